@@ -1,0 +1,2 @@
+//! bpcluster
+fn main() {}

@@ -1,0 +1,2 @@
+//! bpctl
+fn main() {}

@@ -1,0 +1,2 @@
+//! bpmaster
+fn main() {}

@@ -1,0 +1,2 @@
+//! bpslave
+fn main() {}

@@ -1,0 +1,2 @@
+//! bpstat
+fn main() {}

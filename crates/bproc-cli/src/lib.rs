@@ -1,0 +1,1 @@
+//! shared code of the client tools: bpstat and bpctl logic, formats, errors

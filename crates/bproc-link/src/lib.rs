@@ -1,0 +1,1 @@
+//! bproc links: async framed connections and the cluster-key handshake

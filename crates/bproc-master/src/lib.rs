@@ -1,0 +1,1 @@
+//! bpmaster daemon library

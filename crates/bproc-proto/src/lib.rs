@@ -1,0 +1,32 @@
+//! The bproc wire protocol, without I/O.
+//!
+//! Every message on every bproc link (master ↔ slave over TCP, client ↔ master over a Unix
+//! socket) is one *frame*: a fixed 16-byte [`Header`] followed by a body of at most
+//! [`MAX_BODY`] bytes. This crate turns bytes into [`Message`]s and back. It never touches a
+//! socket, so the daemons, the blocking client library and the fuzzer all share one decoder.
+//!
+//! Decoding is bounded: the header's length is checked against [`MAX_BODY`] before anything is
+//! allocated, every string and list inside the body is checked against its own `MAX_*` limit,
+//! and trailing bytes are an error. A message type this version does not know decodes to
+//! [`Message::Unknown`] so that the receiver can answer it with an error instead of dropping the
+//! connection.
+//!
+//! ```
+//! use bproc_proto::{decode, encode, Message};
+//! let bytes = encode(7, &Message::NodeList);
+//! assert_eq!(decode(&bytes).unwrap(), (7, Message::NodeList));
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod codec;
+pub mod errno;
+mod frame;
+mod msg;
+
+pub use codec::{DecodeError, Reader, Writer};
+pub use frame::{check, decode, decode_body, encode, Header, HEADER_LEN, MAGIC, MAX_BODY, VERSION};
+pub use msg::{
+    Endpoint, Message, NodeAction, NodeInfo, NodeStatus, MAX_NODES, MAX_PATH, MAX_STATE_LEN,
+    MAX_TEXT,
+};

@@ -1,0 +1,591 @@
+//! The messages and their body encodings.
+//!
+//! Type numbers are grouped: 1–19 slave link, 20–39 client requests, 40–59 master → slave
+//! commands, 100–119 replies, 120– events. Numbers are never reused; a retired message keeps
+//! its number. See `docs/protocol.md` for the flows.
+
+use std::net::Ipv4Addr;
+
+use crate::codec::{DecodeError, Reader, Writer};
+
+/// Longest node state string (BProc's `BPROC_STATE_LEN`).
+pub const MAX_STATE_LEN: usize = 15;
+/// Longest free-text field (error messages, reasons, version strings, host names).
+pub const MAX_TEXT: usize = 4096;
+/// Longest path.
+pub const MAX_PATH: usize = 4096;
+/// Most nodes in one list.
+pub const MAX_NODES: usize = 1 << 16;
+
+/// A node command that the slave carries out without a reply (BProc's fire-and-forget calls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeAction {
+    /// Run the node's reboot command.
+    Reboot,
+    /// Run the node's halt command.
+    Halt,
+    /// Run the node's power-off command.
+    Poweroff,
+}
+
+impl NodeAction {
+    fn code(self) -> u8 {
+        match self {
+            NodeAction::Reboot => 1,
+            NodeAction::Halt => 2,
+            NodeAction::Poweroff => 3,
+        }
+    }
+    fn from_code(c: u8) -> Result<Self, DecodeError> {
+        Ok(match c {
+            1 => NodeAction::Reboot,
+            2 => NodeAction::Halt,
+            3 => NodeAction::Poweroff,
+            v => return Err(DecodeError::BadValue { what: "node action", value: v.into() }),
+        })
+    }
+    /// The word used in logs and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeAction::Reboot => "reboot",
+            NodeAction::Halt => "halt",
+            NodeAction::Poweroff => "poweroff",
+        }
+    }
+}
+
+/// An IPv4 address and port where either part may be left for the receiver to fill in
+/// (`bpctl --reconnect`'s omitted parts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Endpoint {
+    /// Address, or `None` for "the one in use now".
+    pub ip: Option<Ipv4Addr>,
+    /// Port, or 0 for "the one in use now".
+    pub port: u16,
+}
+
+/// What a slave reports about its machine.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeInfo {
+    /// Online CPUs.
+    pub cpus: u32,
+    /// Total memory in bytes.
+    pub mem_total: u64,
+    /// Available memory in bytes.
+    pub mem_free: u64,
+    /// Load averages over 1, 5 and 15 minutes, in hundredths.
+    pub load: [u32; 3],
+    /// Seconds since the node booted.
+    pub uptime: u64,
+    /// Kernel release (`uname -r`).
+    pub kernel: String,
+    /// Host name of the node.
+    pub hostname: String,
+    /// Machine architecture (`uname -m`).
+    pub arch: String,
+}
+
+/// One row of the master's node table as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeStatus {
+    /// Node number (≥ 0).
+    pub node: i32,
+    /// State string (`down`, `boot`, `up`, `error` or any alphanumeric word).
+    pub state: String,
+    /// Permission bits, a subset of 0111.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Address of the node's connection; `None` while down.
+    pub addr: Option<Ipv4Addr>,
+    /// Latest machine report; `None` while down.
+    pub info: Option<NodeInfo>,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Master → slave, first frame on a link: a fresh random challenge.
+    AuthChallenge {
+        /// Master's nonce.
+        nonce: [u8; 32],
+    },
+    /// Slave → master: the slave's own nonce and its proof of the cluster key.
+    AuthResponse {
+        /// Slave's nonce.
+        nonce: [u8; 32],
+        /// HMAC over both nonces (see `bproc-link`).
+        mac: [u8; 32],
+    },
+    /// Master → slave: the master's proof of the cluster key.
+    AuthConfirm {
+        /// HMAC over both nonces, with the master's label.
+        mac: [u8; 32],
+    },
+    /// Slave → master after authentication: who it is.
+    Join {
+        /// Software version of the slave.
+        version: String,
+        /// Session cookie of the slave's previous session, 0 for a fresh daemon.
+        cookie: u64,
+        /// The machine's report.
+        info: NodeInfo,
+    },
+    /// Master → slave: the node's configuration (BProc's `CONF`); sent on join and on SIGHUP.
+    Conf {
+        /// The node number assigned.
+        node: i32,
+        /// The session cookie to present when reconnecting.
+        cookie: u64,
+        /// Seconds without a ping after which the slave declares the master lost.
+        ping_timeout: u32,
+        /// Master's time of day, milliseconds since the epoch.
+        time_ms: u64,
+    },
+    /// Master → slave keepalive.
+    Ping {
+        /// Sequence number echoed by the pong.
+        seq: u64,
+        /// Master's time of day, milliseconds since the epoch.
+        time_ms: u64,
+    },
+    /// Slave → master keepalive answer with a fresh machine report.
+    Pong {
+        /// The ping's sequence number.
+        seq: u64,
+        /// The machine's report.
+        info: NodeInfo,
+    },
+    /// Either side, just before closing a link: why.
+    Disconnect {
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// Master → slave: reboot, halt or power off (no reply).
+    Action {
+        /// What to do.
+        action: NodeAction,
+    },
+    /// Master → slave request: `chroot(path)` the slave daemon.
+    SlaveChroot {
+        /// New root directory.
+        path: String,
+    },
+    /// Master → slave request: open a new link to `master` from `local` and move the session.
+    SlaveReconnect {
+        /// Master address to connect to.
+        master: Endpoint,
+        /// Local address to connect from.
+        local: Endpoint,
+    },
+
+    /// Client → master: the whole node table.
+    NodeList,
+    /// Client → master: set a node's state string.
+    SetState {
+        /// Node number.
+        node: i32,
+        /// New state.
+        state: String,
+    },
+    /// Client → master: set a node's permission bits.
+    Chmod {
+        /// Node number.
+        node: i32,
+        /// New mode (only execute bits are valid).
+        mode: u32,
+    },
+    /// Client → master: set a node's owner.
+    Chown {
+        /// Node number.
+        node: i32,
+        /// New owner.
+        uid: u32,
+    },
+    /// Client → master: set a node's group.
+    Chgrp {
+        /// Node number.
+        node: i32,
+        /// New group.
+        gid: u32,
+    },
+    /// Client → master: reboot, halt or power off a node.
+    NodeCommand {
+        /// Node number.
+        node: i32,
+        /// What to do.
+        action: NodeAction,
+    },
+    /// Client → master: `chroot` a node's slave daemon.
+    NodeChroot {
+        /// Node number.
+        node: i32,
+        /// New root directory on the node.
+        path: String,
+    },
+    /// Client → master: move a node's link to another address (`bpctl --reconnect`).
+    NodeReconnect {
+        /// Node number.
+        node: i32,
+        /// Master address for the new link.
+        master: Endpoint,
+        /// Slave address for the new link.
+        local: Endpoint,
+    },
+    /// Client → master: send me [`Message::NodesChanged`] after every change, until I close.
+    Watch,
+
+    /// Reply: success.
+    Ok,
+    /// Reply: failure, with an errno-style code (see [`crate::errno`]) and a message.
+    Error {
+        /// errno value or a `BE_*` code.
+        code: i32,
+        /// What went wrong, naming the node or path.
+        message: String,
+    },
+    /// Reply to [`Message::NodeList`].
+    Nodes {
+        /// Every configured node in table order.
+        nodes: Vec<NodeStatus>,
+    },
+    /// Event to watchers: the node table after a change.
+    NodesChanged {
+        /// Every configured node in table order.
+        nodes: Vec<NodeStatus>,
+    },
+
+    /// A message type this version does not know. Its body was skipped; answer with an error.
+    Unknown {
+        /// The type number received.
+        msg_type: u16,
+    },
+}
+
+mod ty {
+    pub const AUTH_CHALLENGE: u16 = 1;
+    pub const AUTH_RESPONSE: u16 = 2;
+    pub const AUTH_CONFIRM: u16 = 3;
+    pub const JOIN: u16 = 4;
+    pub const CONF: u16 = 5;
+    pub const PING: u16 = 6;
+    pub const PONG: u16 = 7;
+    pub const DISCONNECT: u16 = 8;
+    pub const NODE_LIST: u16 = 20;
+    pub const SET_STATE: u16 = 21;
+    pub const CHMOD: u16 = 22;
+    pub const CHOWN: u16 = 23;
+    pub const CHGRP: u16 = 24;
+    pub const NODE_COMMAND: u16 = 25;
+    pub const NODE_CHROOT: u16 = 26;
+    pub const NODE_RECONNECT: u16 = 27;
+    pub const WATCH: u16 = 28;
+    pub const ACTION: u16 = 40;
+    pub const SLAVE_CHROOT: u16 = 41;
+    pub const SLAVE_RECONNECT: u16 = 42;
+    pub const OK: u16 = 100;
+    pub const ERROR: u16 = 101;
+    pub const NODES: u16 = 102;
+    pub const NODES_CHANGED: u16 = 120;
+}
+
+// Smallest encodings, used to bound list counts before allocating.
+const MIN_NODE_STATUS: usize = 4 + 4 + 12 + 2;
+
+fn put_ip(w: &mut Writer, ip: Option<Ipv4Addr>) {
+    match ip {
+        Some(ip) => {
+            w.u8(1);
+            w.fixed(&ip.octets());
+        }
+        None => w.u8(0),
+    }
+}
+
+fn get_ip(r: &mut Reader<'_>) -> Result<Option<Ipv4Addr>, DecodeError> {
+    match r.u8("address flag")? {
+        0 => Ok(None),
+        1 => Ok(Some(Ipv4Addr::from(r.fixed::<4>("address")?))),
+        v => Err(DecodeError::BadValue { what: "address flag", value: v.into() }),
+    }
+}
+
+fn put_endpoint(w: &mut Writer, e: &Endpoint) {
+    put_ip(w, e.ip);
+    w.u16(e.port);
+}
+
+fn get_endpoint(r: &mut Reader<'_>) -> Result<Endpoint, DecodeError> {
+    Ok(Endpoint { ip: get_ip(r)?, port: r.u16("port")? })
+}
+
+impl NodeInfo {
+    fn encode(&self, w: &mut Writer) {
+        w.u32(self.cpus);
+        w.u64(self.mem_total);
+        w.u64(self.mem_free);
+        for l in self.load {
+            w.u32(l);
+        }
+        w.u64(self.uptime);
+        w.str(&self.kernel);
+        w.str(&self.hostname);
+        w.str(&self.arch);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(NodeInfo {
+            cpus: r.u32("cpus")?,
+            mem_total: r.u64("mem_total")?,
+            mem_free: r.u64("mem_free")?,
+            load: [r.u32("load")?, r.u32("load")?, r.u32("load")?],
+            uptime: r.u64("uptime")?,
+            kernel: r.str("kernel", MAX_TEXT)?,
+            hostname: r.str("hostname", MAX_TEXT)?,
+            arch: r.str("arch", MAX_TEXT)?,
+        })
+    }
+}
+
+impl NodeStatus {
+    fn encode(&self, w: &mut Writer) {
+        w.i32(self.node);
+        w.str(&self.state);
+        w.u32(self.mode);
+        w.u32(self.uid);
+        w.u32(self.gid);
+        put_ip(w, self.addr);
+        match &self.info {
+            Some(i) => {
+                w.u8(1);
+                i.encode(w);
+            }
+            None => w.u8(0),
+        }
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(NodeStatus {
+            node: r.i32("node")?,
+            state: r.str("state", MAX_STATE_LEN)?,
+            mode: r.u32("mode")?,
+            uid: r.u32("uid")?,
+            gid: r.u32("gid")?,
+            addr: get_ip(r)?,
+            info: match r.u8("info flag")? {
+                0 => None,
+                1 => Some(NodeInfo::decode(r)?),
+                v => return Err(DecodeError::BadValue { what: "info flag", value: v.into() }),
+            },
+        })
+    }
+}
+
+fn put_nodes(w: &mut Writer, nodes: &[NodeStatus]) {
+    w.u32(nodes.len() as u32);
+    for n in nodes {
+        n.encode(w);
+    }
+}
+
+fn get_nodes(r: &mut Reader<'_>) -> Result<Vec<NodeStatus>, DecodeError> {
+    let n = r.count("node list", MAX_NODES, MIN_NODE_STATUS)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(NodeStatus::decode(r)?);
+    }
+    Ok(out)
+}
+
+impl Message {
+    /// The frame type number of this message.
+    pub fn msg_type(&self) -> u16 {
+        use Message::*;
+        match self {
+            AuthChallenge { .. } => ty::AUTH_CHALLENGE,
+            AuthResponse { .. } => ty::AUTH_RESPONSE,
+            AuthConfirm { .. } => ty::AUTH_CONFIRM,
+            Join { .. } => ty::JOIN,
+            Conf { .. } => ty::CONF,
+            Ping { .. } => ty::PING,
+            Pong { .. } => ty::PONG,
+            Disconnect { .. } => ty::DISCONNECT,
+            Action { .. } => ty::ACTION,
+            SlaveChroot { .. } => ty::SLAVE_CHROOT,
+            SlaveReconnect { .. } => ty::SLAVE_RECONNECT,
+            NodeList => ty::NODE_LIST,
+            SetState { .. } => ty::SET_STATE,
+            Chmod { .. } => ty::CHMOD,
+            Chown { .. } => ty::CHOWN,
+            Chgrp { .. } => ty::CHGRP,
+            NodeCommand { .. } => ty::NODE_COMMAND,
+            NodeChroot { .. } => ty::NODE_CHROOT,
+            NodeReconnect { .. } => ty::NODE_RECONNECT,
+            Watch => ty::WATCH,
+            Ok => ty::OK,
+            Error { .. } => ty::ERROR,
+            Nodes { .. } => ty::NODES,
+            NodesChanged { .. } => ty::NODES_CHANGED,
+            Unknown { msg_type } => *msg_type,
+        }
+    }
+
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        use Message::*;
+        match self {
+            AuthChallenge { .. } => "AuthChallenge",
+            AuthResponse { .. } => "AuthResponse",
+            AuthConfirm { .. } => "AuthConfirm",
+            Join { .. } => "Join",
+            Conf { .. } => "Conf",
+            Ping { .. } => "Ping",
+            Pong { .. } => "Pong",
+            Disconnect { .. } => "Disconnect",
+            Action { .. } => "Action",
+            SlaveChroot { .. } => "SlaveChroot",
+            SlaveReconnect { .. } => "SlaveReconnect",
+            NodeList => "NodeList",
+            SetState { .. } => "SetState",
+            Chmod { .. } => "Chmod",
+            Chown { .. } => "Chown",
+            Chgrp { .. } => "Chgrp",
+            NodeCommand { .. } => "NodeCommand",
+            NodeChroot { .. } => "NodeChroot",
+            NodeReconnect { .. } => "NodeReconnect",
+            Watch => "Watch",
+            Ok => "Ok",
+            Error { .. } => "Error",
+            Nodes { .. } => "Nodes",
+            NodesChanged { .. } => "NodesChanged",
+            Unknown { .. } => "Unknown",
+        }
+    }
+
+    pub(crate) fn encode_body(&self, w: &mut Writer) {
+        use Message::*;
+        match self {
+            AuthChallenge { nonce } => w.fixed(nonce),
+            AuthResponse { nonce, mac } => {
+                w.fixed(nonce);
+                w.fixed(mac);
+            }
+            AuthConfirm { mac } => w.fixed(mac),
+            Join { version, cookie, info } => {
+                w.str(version);
+                w.u64(*cookie);
+                info.encode(w);
+            }
+            Conf { node, cookie, ping_timeout, time_ms } => {
+                w.i32(*node);
+                w.u64(*cookie);
+                w.u32(*ping_timeout);
+                w.u64(*time_ms);
+            }
+            Ping { seq, time_ms } => {
+                w.u64(*seq);
+                w.u64(*time_ms);
+            }
+            Pong { seq, info } => {
+                w.u64(*seq);
+                info.encode(w);
+            }
+            Disconnect { reason } => w.str(reason),
+            Action { action } => w.u8(action.code()),
+            SlaveChroot { path } => w.str(path),
+            SlaveReconnect { master, local } => {
+                put_endpoint(w, master);
+                put_endpoint(w, local);
+            }
+            NodeList | Watch | Ok | Unknown { .. } => {}
+            SetState { node, state } => {
+                w.i32(*node);
+                w.str(state);
+            }
+            Chmod { node, mode } => {
+                w.i32(*node);
+                w.u32(*mode);
+            }
+            Chown { node, uid } => {
+                w.i32(*node);
+                w.u32(*uid);
+            }
+            Chgrp { node, gid } => {
+                w.i32(*node);
+                w.u32(*gid);
+            }
+            NodeCommand { node, action } => {
+                w.i32(*node);
+                w.u8(action.code());
+            }
+            NodeChroot { node, path } => {
+                w.i32(*node);
+                w.str(path);
+            }
+            NodeReconnect { node, master, local } => {
+                w.i32(*node);
+                put_endpoint(w, master);
+                put_endpoint(w, local);
+            }
+            Error { code, message } => {
+                w.i32(*code);
+                w.str(message);
+            }
+            Nodes { nodes } | NodesChanged { nodes } => put_nodes(w, nodes),
+        }
+    }
+
+    pub(crate) fn decode_body(msg_type: u16, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+        use Message::*;
+        Result::Ok(match msg_type {
+            ty::AUTH_CHALLENGE => AuthChallenge { nonce: r.fixed("nonce")? },
+            ty::AUTH_RESPONSE => AuthResponse { nonce: r.fixed("nonce")?, mac: r.fixed("mac")? },
+            ty::AUTH_CONFIRM => AuthConfirm { mac: r.fixed("mac")? },
+            ty::JOIN => Join {
+                version: r.str("version", MAX_TEXT)?,
+                cookie: r.u64("cookie")?,
+                info: NodeInfo::decode(r)?,
+            },
+            ty::CONF => Conf {
+                node: r.i32("node")?,
+                cookie: r.u64("cookie")?,
+                ping_timeout: r.u32("ping timeout")?,
+                time_ms: r.u64("time")?,
+            },
+            ty::PING => Ping { seq: r.u64("seq")?, time_ms: r.u64("time")? },
+            ty::PONG => Pong { seq: r.u64("seq")?, info: NodeInfo::decode(r)? },
+            ty::DISCONNECT => Disconnect { reason: r.str("reason", MAX_TEXT)? },
+            ty::ACTION => Action { action: NodeAction::from_code(r.u8("action")?)? },
+            ty::SLAVE_CHROOT => SlaveChroot { path: r.str("path", MAX_PATH)? },
+            ty::SLAVE_RECONNECT => {
+                SlaveReconnect { master: get_endpoint(r)?, local: get_endpoint(r)? }
+            }
+            ty::NODE_LIST => NodeList,
+            ty::SET_STATE => SetState { node: r.i32("node")?, state: r.str("state", MAX_TEXT)? },
+            ty::CHMOD => Chmod { node: r.i32("node")?, mode: r.u32("mode")? },
+            ty::CHOWN => Chown { node: r.i32("node")?, uid: r.u32("uid")? },
+            ty::CHGRP => Chgrp { node: r.i32("node")?, gid: r.u32("gid")? },
+            ty::NODE_COMMAND => NodeCommand {
+                node: r.i32("node")?,
+                action: NodeAction::from_code(r.u8("action")?)?,
+            },
+            ty::NODE_CHROOT => NodeChroot { node: r.i32("node")?, path: r.str("path", MAX_PATH)? },
+            ty::NODE_RECONNECT => NodeReconnect {
+                node: r.i32("node")?,
+                master: get_endpoint(r)?,
+                local: get_endpoint(r)?,
+            },
+            ty::WATCH => Watch,
+            ty::OK => Ok,
+            ty::ERROR => Error { code: r.i32("code")?, message: r.str("message", MAX_TEXT)? },
+            ty::NODES => Nodes { nodes: get_nodes(r)? },
+            ty::NODES_CHANGED => NodesChanged { nodes: get_nodes(r)? },
+            other => {
+                // Skip the body: an unknown message is answered, not parsed.
+                let rest = r.bytes_left();
+                r.skip(rest);
+                Unknown { msg_type: other }
+            }
+        })
+    }
+}

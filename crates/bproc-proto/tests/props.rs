@@ -1,0 +1,96 @@
+//! Property tests of the decoder: arbitrary bytes never panic, and every message round-trips.
+
+use bproc_proto::{check, decode, encode, Endpoint, Message, NodeAction, NodeInfo, NodeStatus};
+use proptest::prelude::*;
+use std::net::Ipv4Addr;
+
+fn info() -> impl Strategy<Value = NodeInfo> {
+    (any::<u32>(), any::<u64>(), any::<u64>(), any::<[u32; 3]>(), any::<u64>(), ".{0,20}", ".{0,20}", "[a-z0-9_]{0,8}")
+        .prop_map(|(cpus, mem_total, mem_free, load, uptime, kernel, hostname, arch)| NodeInfo {
+            cpus, mem_total, mem_free, load, uptime, kernel, hostname, arch,
+        })
+}
+
+fn status() -> impl Strategy<Value = NodeStatus> {
+    (any::<i32>(), "[A-Za-z0-9]{1,15}", 0u32..0o1000, any::<u32>(), any::<u32>(),
+     proptest::option::of(any::<u32>()), proptest::option::of(info()))
+        .prop_map(|(node, state, mode, uid, gid, addr, info)| NodeStatus {
+            node, state, mode, uid, gid, addr: addr.map(Ipv4Addr::from), info,
+        })
+}
+
+fn endpoint() -> impl Strategy<Value = Endpoint> {
+    (proptest::option::of(any::<u32>()), any::<u16>())
+        .prop_map(|(ip, port)| Endpoint { ip: ip.map(Ipv4Addr::from), port })
+}
+
+fn action() -> impl Strategy<Value = NodeAction> {
+    prop_oneof![Just(NodeAction::Reboot), Just(NodeAction::Halt), Just(NodeAction::Poweroff)]
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        any::<[u8; 32]>().prop_map(|nonce| Message::AuthChallenge { nonce }),
+        (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(nonce, mac)| Message::AuthResponse { nonce, mac }),
+        any::<[u8; 32]>().prop_map(|mac| Message::AuthConfirm { mac }),
+        (".{0,30}", any::<u64>(), info()).prop_map(|(version, cookie, info)| Message::Join { version, cookie, info }),
+        (any::<i32>(), any::<u64>(), any::<u32>(), any::<u64>())
+            .prop_map(|(node, cookie, ping_timeout, time_ms)| Message::Conf { node, cookie, ping_timeout, time_ms }),
+        (any::<u64>(), any::<u64>()).prop_map(|(seq, time_ms)| Message::Ping { seq, time_ms }),
+        (any::<u64>(), info()).prop_map(|(seq, info)| Message::Pong { seq, info }),
+        ".{0,40}".prop_map(|reason| Message::Disconnect { reason }),
+        action().prop_map(|action| Message::Action { action }),
+        ".{0,40}".prop_map(|path| Message::SlaveChroot { path }),
+        (endpoint(), endpoint()).prop_map(|(master, local)| Message::SlaveReconnect { master, local }),
+        Just(Message::NodeList),
+        (any::<i32>(), ".{0,20}").prop_map(|(node, state)| Message::SetState { node, state }),
+        (any::<i32>(), any::<u32>()).prop_map(|(node, mode)| Message::Chmod { node, mode }),
+        (any::<i32>(), any::<u32>()).prop_map(|(node, uid)| Message::Chown { node, uid }),
+        (any::<i32>(), any::<u32>()).prop_map(|(node, gid)| Message::Chgrp { node, gid }),
+        (any::<i32>(), action()).prop_map(|(node, action)| Message::NodeCommand { node, action }),
+        (any::<i32>(), ".{0,40}").prop_map(|(node, path)| Message::NodeChroot { node, path }),
+        (any::<i32>(), endpoint(), endpoint()).prop_map(|(node, master, local)| Message::NodeReconnect { node, master, local }),
+        Just(Message::Watch),
+        Just(Message::Ok),
+        (any::<i32>(), ".{0,40}").prop_map(|(code, message)| Message::Error { code, message }),
+        proptest::collection::vec(status(), 0..20).prop_map(|nodes| Message::Nodes { nodes }),
+        proptest::collection::vec(status(), 0..20).prop_map(|nodes| Message::NodesChanged { nodes }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = check(&bytes);
+        let _ = decode(&bytes);
+    }
+
+    #[test]
+    fn any_body_behind_a_valid_header_decodes_or_fails_cleanly(
+        ty in 0u16..140, body in proptest::collection::vec(any::<u8>(), 0..512)
+    ) {
+        let mut frame = encode(1, &Message::Ok);
+        frame[6..8].copy_from_slice(&ty.to_be_bytes());
+        frame[12..16].copy_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        let _ = decode(&frame);
+    }
+
+    #[test]
+    fn messages_round_trip(id in any::<u32>(), msg in message()) {
+        let bytes = encode(id, &msg);
+        prop_assert_eq!(check(&bytes), Ok(Some(bytes.len())));
+        prop_assert_eq!(decode(&bytes), Ok((id, msg)));
+    }
+
+    #[test]
+    fn every_truncation_is_incomplete(msg in message()) {
+        let bytes = encode(9, &msg);
+        for cut in 0..bytes.len() {
+            prop_assert_eq!(check(&bytes[..cut]), Ok(None));
+            prop_assert!(decode(&bytes[..cut]).is_err());
+        }
+    }
+}

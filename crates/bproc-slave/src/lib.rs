@@ -1,0 +1,1 @@
+//! bpslave daemon library

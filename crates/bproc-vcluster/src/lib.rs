@@ -1,0 +1,1 @@
+//! bpcluster: a master and N slaves on one machine

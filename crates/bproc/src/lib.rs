@@ -1,0 +1,1 @@
+//! bproc client library: talk to bpmaster, node sets and node specs
