@@ -1,1 +1,14 @@
-//! shared code of the client tools: bpstat and bpctl logic, formats, errors
+//! The client tools' logic: `bpstat` and `bpctl`, with BProc's options and output formats.
+//!
+//! Each tool is a module with a `main(args) -> ExitCode` that the thin binary calls. Options
+//! are parsed with `lexopt`, which follows getopt's rules (clustered short options, attached
+//! or separate values), so BProc-era command lines parse as they did.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod bpctl;
+pub mod bpstat;
+pub mod bpstat_fmt;
+mod util;
+
+pub use util::{parse_c_int, write_out};

@@ -1,1 +1,239 @@
-//! bproc links: async framed connections and the cluster-key handshake
+//! Links between bproc daemons: reading and writing frames on async streams, the cluster key,
+//! and the mutual challenge-response that opens every master ↔ slave link.
+//!
+//! The handshake proves to each side that the other holds the cluster key, without sending
+//! the key and before either side reveals anything else:
+//!
+//! ```text
+//!  master                                   slave
+//!    | -- AuthChallenge { Nm } -------------> |
+//!    | <- AuthResponse { Ns, HMAC(K, "bproc-slave"  | Nm | Ns) } --
+//!    |    (verify, else log and close)        |
+//!    | -- AuthConfirm { HMAC(K, "bproc-master" | Nm | Ns) } ------> |
+//!    |                                        | (verify, else close)
+//! ```
+//! Both nonces are 32 fresh random bytes, so a recorded exchange cannot be replayed, and the
+//! two labels keep one side's proof from being reflected back as the other's. HMAC-SHA256 and
+//! its constant-time comparison come from RustCrypto.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod key;
+
+use std::time::Duration;
+
+use bproc_proto::{DecodeError, Header, Message, HEADER_LEN};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub use key::{ClusterKey, KeyError};
+
+/// How long a peer has to complete the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors on a link.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    /// The socket failed.
+    #[error("connection failed")]
+    Io(#[from] std::io::Error),
+    /// The peer sent bytes that are not a valid frame.
+    #[error("bad frame from peer")]
+    Decode(#[from] DecodeError),
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The peer sent a message that does not belong at this point.
+    #[error("expected {expected}, received {received}")]
+    Unexpected {
+        /// What the protocol called for.
+        expected: &'static str,
+        /// What arrived.
+        received: &'static str,
+    },
+    /// The peer does not hold the cluster key.
+    #[error("peer failed authentication: it does not hold the cluster key (check the key file on both sides)")]
+    AuthFailed,
+    /// The peer took too long.
+    #[error("timed out during {0}")]
+    Timeout(&'static str),
+    /// The peer refused us, with its reason.
+    #[error("refused by peer: {0}")]
+    Refused(String),
+}
+
+/// Reads one frame. Returns `Ok(None)` on a clean end of stream between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<(u32, Message)>, LinkError> {
+    let mut head = [0u8; HEADER_LEN];
+    match r.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    // The header bounds the body length before we allocate for it.
+    let h = Header::parse(&head)?;
+    let mut body = vec![0u8; h.len as usize];
+    r.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            LinkError::Closed
+        } else {
+            LinkError::Io(e)
+        }
+    })?;
+    Ok(Some((h.id, bproc_proto::decode_body(&h, &body)?)))
+}
+
+/// Reads one frame, treating end of stream as [`LinkError::Closed`].
+pub async fn expect_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(u32, Message), LinkError> {
+    read_frame(r).await?.ok_or(LinkError::Closed)
+}
+
+/// Writes one frame and flushes it.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    id: u32,
+    msg: &Message,
+) -> Result<(), LinkError> {
+    w.write_all(&bproc_proto::encode(id, msg)).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+fn proof(key: &ClusterKey, label: &[u8], nm: &[u8; 32], ns: &[u8; 32]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.bytes()).expect("HMAC takes any key length");
+    mac.update(label);
+    mac.update(nm);
+    mac.update(ns);
+    mac
+}
+
+const SLAVE_LABEL: &[u8] = b"bproc-slave\0";
+const MASTER_LABEL: &[u8] = b"bproc-master\0";
+
+fn nonce() -> [u8; 32] {
+    let mut n = [0u8; 32];
+    getrandom::fill(&mut n).expect("the kernel's random source failed");
+    n
+}
+
+/// Runs the master's side of the handshake on a fresh slave connection.
+pub async fn master_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    key: &ClusterKey,
+) -> Result<(), LinkError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let nm = nonce();
+        write_frame(s, 0, &Message::AuthChallenge { nonce: nm }).await?;
+        let (_, msg) = expect_frame(s).await?;
+        let Message::AuthResponse { nonce: ns, mac } = msg else {
+            return Err(LinkError::Unexpected {
+                expected: "AuthResponse",
+                received: msg.name(),
+            });
+        };
+        if proof(key, SLAVE_LABEL, &nm, &ns)
+            .verify_slice(&mac)
+            .is_err()
+        {
+            // Tell the peer nothing but that it failed; then the caller closes.
+            let refusal = Message::Disconnect {
+                reason: "authentication failed".into(),
+                reconnect: false,
+            };
+            let _ = write_frame(s, 0, &refusal).await;
+            return Err(LinkError::AuthFailed);
+        }
+        let mac: [u8; 32] = proof(key, MASTER_LABEL, &nm, &ns)
+            .finalize()
+            .into_bytes()
+            .into();
+        write_frame(s, 0, &Message::AuthConfirm { mac }).await
+    })
+    .await
+    .map_err(|_| LinkError::Timeout("authentication"))?
+}
+
+/// Runs the slave's side of the handshake on a fresh connection to the master.
+pub async fn slave_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    key: &ClusterKey,
+) -> Result<(), LinkError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let (_, msg) = expect_frame(s).await?;
+        let Message::AuthChallenge { nonce: nm } = msg else {
+            return Err(LinkError::Unexpected {
+                expected: "AuthChallenge",
+                received: msg.name(),
+            });
+        };
+        let ns = nonce();
+        let mac: [u8; 32] = proof(key, SLAVE_LABEL, &nm, &ns)
+            .finalize()
+            .into_bytes()
+            .into();
+        write_frame(s, 0, &Message::AuthResponse { nonce: ns, mac }).await?;
+        match expect_frame(s).await? {
+            (_, Message::AuthConfirm { mac }) => proof(key, MASTER_LABEL, &nm, &ns)
+                .verify_slice(&mac)
+                .map_err(|_| LinkError::AuthFailed),
+            (_, Message::Disconnect { reason, .. }) => Err(LinkError::Refused(reason)),
+            (_, other) => Err(LinkError::Unexpected {
+                expected: "AuthConfirm",
+                received: other.name(),
+            }),
+        }
+    })
+    .await
+    .map_err(|_| LinkError::Timeout("authentication"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair(
+        mk: &ClusterKey,
+        sk: &ClusterKey,
+    ) -> (Result<(), LinkError>, Result<(), LinkError>) {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let (m, s) = tokio::join!(master_handshake(&mut a, mk), slave_handshake(&mut b, sk));
+        (m, s)
+    }
+
+    #[tokio::test]
+    async fn same_key_authenticates_both_ways() {
+        let k = ClusterKey::generate();
+        let (m, s) = pair(&k, &k).await;
+        m.unwrap();
+        s.unwrap();
+    }
+
+    #[tokio::test]
+    async fn wrong_key_is_refused_by_the_master() {
+        let (m, s) = pair(&ClusterKey::generate(), &ClusterKey::generate()).await;
+        assert!(matches!(m, Err(LinkError::AuthFailed)));
+        assert!(matches!(s, Err(LinkError::Refused(_))));
+    }
+
+    #[tokio::test]
+    async fn a_master_without_the_key_is_refused_by_the_slave() {
+        // A fake master that answers with a confirmation it cannot have computed.
+        let k = ClusterKey::generate();
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let fake = async {
+            write_frame(&mut a, 0, &Message::AuthChallenge { nonce: [7; 32] })
+                .await
+                .unwrap();
+            expect_frame(&mut a).await.unwrap();
+            write_frame(&mut a, 0, &Message::AuthConfirm { mac: [0; 32] })
+                .await
+                .unwrap();
+        };
+        let (_, s) = tokio::join!(fake, slave_handshake(&mut b, &k));
+        assert!(matches!(s, Err(LinkError::AuthFailed)));
+    }
+}

@@ -1,1 +1,422 @@
-//! bpmaster daemon library
+//! The bpmaster daemon as a library: the node table, slave links, the client socket.
+//!
+//! # Layout
+//! - [`config`]: BProc's configuration file.
+//! - [`table`]: the node table and its permission rules, without I/O.
+//! - `slaves`: TCP links to slaves (handshake, join, pings, node loss).
+//! - `clients`: the Unix socket for local clients, identified by `SO_PEERCRED`.
+//! - `hook`: the `node_up` program run when a node boots.
+//! - [`persist`]: the state file that lets a restarted master resume sessions.
+//!
+//! # Concurrency
+//! One tokio runtime. All node state sits behind one `std::sync::Mutex` that is never held
+//! across an `.await`; each link has a reader task and a writer task fed by an unbounded channel,
+//! so no lock holder ever waits on a socket. Every visible change bumps a `watch` counter that
+//! wakes watchers (`bpstat -U`) and the state-file writer, which coalesces bursts.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), bproc_master::MasterError> {
+//! use bproc_master::{config::Config, Master, Options};
+//! let config = Config::load(std::path::Path::new("/etc/clustermatic/config"))?;
+//! let master = Master::bind(config, Options::default()).await?;
+//! master.run(std::future::pending()).await
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod clients;
+pub mod config;
+mod hook;
+pub mod persist;
+mod slaves;
+pub mod table;
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bproc_link::{ClusterKey, KeyError};
+use thiserror::Error;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use config::{Config, ConfigError};
+use persist::PersistError;
+use table::Table;
+
+/// Default client socket.
+pub const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
+/// Default cluster key file.
+pub const DEFAULT_KEYFILE: &str = "/etc/clustermatic/key";
+/// Default directory of the state file.
+pub const DEFAULT_STATEDIR: &str = "/var/lib/bproc";
+/// Default directory of node_up logs.
+pub const DEFAULT_LOGDIR: &str = "/var/log/clustermatic";
+
+/// Errors that stop the master.
+#[derive(Debug, Error)]
+pub enum MasterError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The cluster key cannot be used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The state file cannot be used.
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    /// A listening socket cannot be opened.
+    #[error("cannot listen on {what}")]
+    Listen {
+        /// The address or path.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another master already serves the socket.
+    #[error("another bpmaster is already running on {} (only one master per machine)", .0.display())]
+    AlreadyRunning(PathBuf),
+    /// The configuration gives nothing to listen on.
+    #[error("{}: nothing to listen on; add an `interface NAME` or `listen ADDR` line", .0.display())]
+    NoListener(PathBuf),
+    /// An interface named in the configuration has no IPv4 address.
+    #[error("{}: interface {name} has no IPv4 address", path.display())]
+    Interface {
+        /// The configuration file.
+        path: PathBuf,
+        /// The interface.
+        name: String,
+    },
+}
+
+/// Command-line choices that are not in the configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Accept slaves of another software version (`-i`).
+    pub ignore_version: bool,
+}
+
+/// Paths the daemon uses, resolved from the configuration and defaults.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    pub socket: PathBuf,
+    pub state_file: PathBuf,
+    pub logdir: PathBuf,
+    pub node_up: PathBuf,
+}
+
+impl Paths {
+    fn resolve(config: &Config) -> Paths {
+        let socket = config
+            .socket
+            .clone()
+            .or_else(|| std::env::var_os("BPROC_SOCKET").map(PathBuf::from))
+            .unwrap_or_else(|| DEFAULT_SOCKET.into());
+        let statedir = config
+            .statedir
+            .clone()
+            .unwrap_or_else(|| DEFAULT_STATEDIR.into());
+        let confdir = config.path.parent().unwrap_or(Path::new("/"));
+        Paths {
+            socket,
+            state_file: statedir.join("nodes.json"),
+            logdir: config
+                .logdir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_LOGDIR.into()),
+            // BProc runs node_up from the configuration's directory.
+            node_up: confdir.join("node_up"),
+        }
+    }
+}
+
+/// State shared by every task of the daemon.
+pub(crate) struct Shared {
+    table: Mutex<Table>,
+    config: Mutex<Arc<Config>>,
+    key: ClusterKey,
+    paths: Paths,
+    options: Options,
+    /// Bumped on every change clients can see; wakes watchers and the state writer.
+    changed: watch::Sender<u64>,
+    next_conn: AtomicU64,
+    next_request: AtomicU32,
+    /// Set once shutdown begins, so links closing then do not mark their nodes down in the
+    /// state file: their slaves are expected to resume with the next master.
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    pub(crate) fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+    pub(crate) fn conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+    pub(crate) fn request_id(&self) -> u32 {
+        // Never 0: id 0 marks events and unsolicited frames.
+        loop {
+            let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the configuration (SIGHUP). On error the old one stays.
+    fn reload(&self) {
+        let path = self.config().path.clone();
+        let config = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("SIGHUP: keeping the old configuration: {e}");
+                return;
+            }
+        };
+        for w in &config.warnings {
+            warn!("{w}");
+        }
+        let config = Arc::new(config);
+        let dropped = self.table().reconfigure(&config);
+        for (n, session) in dropped {
+            warn!("node {n}: no longer in the configuration; disconnecting it");
+            slaves::disconnect(
+                session,
+                "node removed from the master's configuration",
+                true,
+            );
+        }
+        *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        slaves::send_conf_all(self, &config);
+        self.notify();
+        info!("configuration reloaded from {}", path.display());
+    }
+}
+
+/// A master with its sockets open, ready to run.
+pub struct Master {
+    shared: Arc<Shared>,
+    tcp: Vec<TcpListener>,
+    unix: UnixListener,
+}
+
+async fn listen_addrs(config: &Config) -> Result<Vec<SocketAddr>, MasterError> {
+    let mut addrs = config.listen.clone();
+    if !config.interfaces.is_empty() {
+        let ifaddrs = nix::ifaddrs::getifaddrs().map_err(|e| MasterError::Listen {
+            what: "network interfaces".into(),
+            source: e.into(),
+        })?;
+        let ifaddrs: Vec<_> = ifaddrs.collect();
+        for name in &config.interfaces {
+            let ip: Option<Ipv4Addr> = ifaddrs
+                .iter()
+                .filter(|i| &i.interface_name == name)
+                .find_map(|i| i.address.as_ref()?.as_sockaddr_in().map(|s| s.ip()));
+            let ip = ip.ok_or_else(|| MasterError::Interface {
+                path: config.path.clone(),
+                name: name.clone(),
+            })?;
+            addrs.push(SocketAddr::new(ip.into(), config.port));
+        }
+    }
+    if addrs.is_empty() {
+        return Err(MasterError::NoListener(config.path.clone()));
+    }
+    Ok(addrs)
+}
+
+fn bind_unix(path: &Path) -> Result<UnixListener, MasterError> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(MasterError::AlreadyRunning(path.into()));
+    }
+    let listen_err = |source| MasterError::Listen {
+        what: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(listen_err)?;
+    }
+    // A socket file left by a master that died; nobody answers on it.
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).map_err(listen_err)?;
+    // Any user may connect: the kernel tells us who they are.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(listen_err)?;
+    Ok(l)
+}
+
+impl Master {
+    /// Loads the key and saved sessions and opens every listening socket.
+    pub async fn bind(config: Config, options: Options) -> Result<Master, MasterError> {
+        for w in &config.warnings {
+            warn!("{w}");
+        }
+        let keyfile = config
+            .keyfile
+            .clone()
+            .unwrap_or_else(|| DEFAULT_KEYFILE.into());
+        let key = ClusterKey::load(&keyfile)?;
+        let paths = Paths::resolve(&config);
+        let mut table = Table::from_config(&config);
+        for (n, saved) in persist::load(&paths.state_file)? {
+            if let Some(node) = table.get_mut(n) {
+                node.saved = Some(saved);
+            }
+        }
+        let mut tcp = Vec::new();
+        for addr in listen_addrs(&config).await? {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| MasterError::Listen {
+                    what: addr.to_string(),
+                    source,
+                })?;
+            tcp.push(l);
+        }
+        let unix = bind_unix(&paths.socket)?;
+        let shared = Arc::new(Shared {
+            table: Mutex::new(table),
+            config: Mutex::new(Arc::new(config)),
+            key,
+            paths,
+            options,
+            changed: watch::channel(0).0,
+            next_conn: AtomicU64::new(1),
+            next_request: AtomicU32::new(1),
+            stopping: AtomicBool::new(false),
+        });
+        Ok(Master { shared, tcp, unix })
+    }
+
+    /// The TCP addresses slaves connect to.
+    pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
+        self.tcp
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The client socket.
+    pub fn socket_path(&self) -> &Path {
+        &self.shared.paths.socket
+    }
+
+    /// Serves until `shutdown` completes or SIGTERM/SIGINT arrives; SIGHUP reloads the
+    /// configuration. Saves the node table before returning.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), MasterError> {
+        let shared = self.shared;
+        for l in self.tcp {
+            tokio::spawn(slaves::accept_loop(shared.clone(), l));
+        }
+        tokio::spawn(clients::accept_loop(shared.clone(), self.unix));
+        tokio::spawn(slaves::ping_loop(shared.clone()));
+        let writer = tokio::spawn(state_writer(shared.clone()));
+        let signals = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::hangup()),
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                warn!("cannot install signal handlers; SIGHUP will not reload");
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => shared.reload(),
+                    _ = term.recv() => return,
+                    _ = int.recv() => return,
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown => {}
+            _ = signals => {}
+        }
+        info!("shutting down");
+        shared.stopping.store(true, Ordering::Relaxed);
+        writer.abort();
+        let snapshot = saved_sessions(&shared.table());
+        persist::save(&shared.paths.state_file, snapshot)?;
+        let _ = std::fs::remove_file(&shared.paths.socket);
+        Ok(())
+    }
+}
+
+fn saved_sessions(t: &Table) -> std::collections::BTreeMap<i32, persist::Saved> {
+    t.iter()
+        .filter_map(|n| {
+            let saved = match &n.session {
+                Some(s) => persist::Saved {
+                    cookie: s.cookie,
+                    state: n.state.clone(),
+                    mode: n.mode,
+                    uid: n.uid,
+                    gid: n.gid,
+                },
+                None => n.saved.clone()?,
+            };
+            Some((n.number, saved))
+        })
+        .collect()
+}
+
+/// Writes the state file after changes, at most every 50 ms.
+async fn state_writer(shared: Arc<Shared>) {
+    let mut rx = shared.changed.subscribe();
+    while rx.changed().await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        rx.mark_unchanged();
+        if shared.stopping() {
+            return;
+        }
+        let snapshot = saved_sessions(&shared.table());
+        let path = shared.paths.state_file.clone();
+        match tokio::task::spawn_blocking(move || persist::save(&path, snapshot)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("{e}"),
+            Err(e) => warn!("state writer failed: {e}"),
+        }
+    }
+}
+
+/// Runs the daemon to completion on a new runtime: bind, report, serve.
+///
+/// `on_ready` receives the bound addresses once every socket is open.
+pub fn serve(
+    config: Config,
+    options: Options,
+    on_ready: impl FnOnce(&[SocketAddr], &Path),
+) -> Result<(), MasterError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| MasterError::Listen {
+            what: "the async runtime".into(),
+            source,
+        })?;
+    rt.block_on(async {
+        let master = Master::bind(config, options).await?;
+        on_ready(&master.tcp_addrs(), master.socket_path());
+        master.run(std::future::pending()).await
+    })
+}

@@ -206,7 +206,14 @@ mod tests {
         w.str("hello");
         let bytes = w.into_inner();
         let err = Reader::new(&bytes).str("name", 4).unwrap_err();
-        assert_eq!(err, DecodeError::TooLong { what: "name", len: 5, max: 4 });
+        assert_eq!(
+            err,
+            DecodeError::TooLong {
+                what: "name",
+                len: 5,
+                max: 4
+            }
+        );
     }
 
     #[test]

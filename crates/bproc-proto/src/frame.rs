@@ -44,17 +44,27 @@ impl Header {
         }
         let ver = r.u8("version")?;
         if ver != VERSION {
-            return Err(DecodeError::BadVersion { got: ver, ours: VERSION });
+            return Err(DecodeError::BadVersion {
+                got: ver,
+                ours: VERSION,
+            });
         }
         let flags = r.u8("flags")?;
         if flags != 0 {
-            return Err(DecodeError::BadValue { what: "header flags", value: flags.into() });
+            return Err(DecodeError::BadValue {
+                what: "header flags",
+                value: flags.into(),
+            });
         }
         let msg_type = r.u16("type")?;
         let id = r.u32("request id")?;
         let len = r.u32("body length")?;
         if len as usize > MAX_BODY {
-            return Err(DecodeError::TooLong { what: "body", len: len as usize, max: MAX_BODY });
+            return Err(DecodeError::TooLong {
+                what: "body",
+                len: len as usize,
+                max: MAX_BODY,
+            });
         }
         Ok(Header { msg_type, id, len })
     }
@@ -92,7 +102,9 @@ pub fn check(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
 
 /// Decodes exactly one frame from `frame`, returning its request id and message.
 pub fn decode(frame: &[u8]) -> Result<(u32, Message), DecodeError> {
-    let head = frame.first_chunk::<HEADER_LEN>().ok_or(DecodeError::Truncated("header"))?;
+    let head = frame
+        .first_chunk::<HEADER_LEN>()
+        .ok_or(DecodeError::Truncated("header"))?;
     let h = Header::parse(head)?;
     let body = &frame[HEADER_LEN..];
     if body.len() < h.len as usize {
@@ -130,12 +142,21 @@ mod tests {
     fn oversized_length_is_refused_from_the_header_alone() {
         let mut bytes = encode(1, &Message::NodeList);
         bytes[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(check(&bytes), Err(DecodeError::TooLong { what: "body", .. })));
+        assert!(matches!(
+            check(&bytes),
+            Err(DecodeError::TooLong { what: "body", .. })
+        ));
     }
 
     #[test]
     fn partial_frames_are_incomplete_not_errors() {
-        let bytes = encode(3, &Message::SetState { node: 4, state: "up".into() });
+        let bytes = encode(
+            3,
+            &Message::SetState {
+                node: 4,
+                state: "up".into(),
+            },
+        );
         for cut in 0..bytes.len() {
             assert_eq!(check(&bytes[..cut]), Ok(None), "cut at {cut}");
         }
@@ -146,7 +167,13 @@ mod tests {
     fn wrong_version_is_named() {
         let mut bytes = encode(1, &Message::NodeList);
         bytes[4] = 9;
-        assert_eq!(decode(&bytes), Err(DecodeError::BadVersion { got: 9, ours: VERSION }));
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::BadVersion {
+                got: 9,
+                ours: VERSION
+            })
+        );
     }
 
     #[test]
@@ -155,6 +182,9 @@ mod tests {
         bytes[6..8].copy_from_slice(&0xfffeu16.to_be_bytes());
         bytes[12..16].copy_from_slice(&3u32.to_be_bytes());
         bytes.extend_from_slice(&[1, 2, 3]);
-        assert_eq!(decode(&bytes), Ok((5, Message::Unknown { msg_type: 0xfffe })));
+        assert_eq!(
+            decode(&bytes),
+            Ok((5, Message::Unknown { msg_type: 0xfffe }))
+        );
     }
 }

@@ -41,7 +41,12 @@ impl NodeAction {
             1 => NodeAction::Reboot,
             2 => NodeAction::Halt,
             3 => NodeAction::Poweroff,
-            v => return Err(DecodeError::BadValue { what: "node action", value: v.into() }),
+            v => {
+                return Err(DecodeError::BadValue {
+                    what: "node action",
+                    value: v.into(),
+                })
+            }
         })
     }
     /// The word used in logs and messages.
@@ -162,6 +167,9 @@ pub enum Message {
     Disconnect {
         /// Human-readable reason.
         reason: String,
+        /// Whether a slave started with `-r` should connect again. False when the administrator
+        /// set the node down or the slave was refused.
+        reconnect: bool,
     },
     /// Master → slave: reboot, halt or power off (no reply).
     Action {
@@ -308,7 +316,10 @@ fn get_ip(r: &mut Reader<'_>) -> Result<Option<Ipv4Addr>, DecodeError> {
     match r.u8("address flag")? {
         0 => Ok(None),
         1 => Ok(Some(Ipv4Addr::from(r.fixed::<4>("address")?))),
-        v => Err(DecodeError::BadValue { what: "address flag", value: v.into() }),
+        v => Err(DecodeError::BadValue {
+            what: "address flag",
+            value: v.into(),
+        }),
     }
 }
 
@@ -318,7 +329,10 @@ fn put_endpoint(w: &mut Writer, e: &Endpoint) {
 }
 
 fn get_endpoint(r: &mut Reader<'_>) -> Result<Endpoint, DecodeError> {
-    Ok(Endpoint { ip: get_ip(r)?, port: r.u16("port")? })
+    Ok(Endpoint {
+        ip: get_ip(r)?,
+        port: r.u16("port")?,
+    })
 }
 
 impl NodeInfo {
@@ -375,7 +389,12 @@ impl NodeStatus {
             info: match r.u8("info flag")? {
                 0 => None,
                 1 => Some(NodeInfo::decode(r)?),
-                v => return Err(DecodeError::BadValue { what: "info flag", value: v.into() }),
+                v => {
+                    return Err(DecodeError::BadValue {
+                        what: "info flag",
+                        value: v.into(),
+                    })
+                }
             },
         })
     }
@@ -471,12 +490,21 @@ impl Message {
                 w.fixed(mac);
             }
             AuthConfirm { mac } => w.fixed(mac),
-            Join { version, cookie, info } => {
+            Join {
+                version,
+                cookie,
+                info,
+            } => {
                 w.str(version);
                 w.u64(*cookie);
                 info.encode(w);
             }
-            Conf { node, cookie, ping_timeout, time_ms } => {
+            Conf {
+                node,
+                cookie,
+                ping_timeout,
+                time_ms,
+            } => {
                 w.i32(*node);
                 w.u64(*cookie);
                 w.u32(*ping_timeout);
@@ -490,7 +518,10 @@ impl Message {
                 w.u64(*seq);
                 info.encode(w);
             }
-            Disconnect { reason } => w.str(reason),
+            Disconnect { reason, reconnect } => {
+                w.str(reason);
+                w.u8(u8::from(*reconnect));
+            }
             Action { action } => w.u8(action.code()),
             SlaveChroot { path } => w.str(path),
             SlaveReconnect { master, local } => {
@@ -522,7 +553,11 @@ impl Message {
                 w.i32(*node);
                 w.str(path);
             }
-            NodeReconnect { node, master, local } => {
+            NodeReconnect {
+                node,
+                master,
+                local,
+            } => {
                 w.i32(*node);
                 put_endpoint(w, master);
                 put_endpoint(w, local);
@@ -538,9 +573,16 @@ impl Message {
     pub(crate) fn decode_body(msg_type: u16, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
         use Message::*;
         Result::Ok(match msg_type {
-            ty::AUTH_CHALLENGE => AuthChallenge { nonce: r.fixed("nonce")? },
-            ty::AUTH_RESPONSE => AuthResponse { nonce: r.fixed("nonce")?, mac: r.fixed("mac")? },
-            ty::AUTH_CONFIRM => AuthConfirm { mac: r.fixed("mac")? },
+            ty::AUTH_CHALLENGE => AuthChallenge {
+                nonce: r.fixed("nonce")?,
+            },
+            ty::AUTH_RESPONSE => AuthResponse {
+                nonce: r.fixed("nonce")?,
+                mac: r.fixed("mac")?,
+            },
+            ty::AUTH_CONFIRM => AuthConfirm {
+                mac: r.fixed("mac")?,
+            },
             ty::JOIN => Join {
                 version: r.str("version", MAX_TEXT)?,
                 cookie: r.u64("cookie")?,
@@ -552,24 +594,62 @@ impl Message {
                 ping_timeout: r.u32("ping timeout")?,
                 time_ms: r.u64("time")?,
             },
-            ty::PING => Ping { seq: r.u64("seq")?, time_ms: r.u64("time")? },
-            ty::PONG => Pong { seq: r.u64("seq")?, info: NodeInfo::decode(r)? },
-            ty::DISCONNECT => Disconnect { reason: r.str("reason", MAX_TEXT)? },
-            ty::ACTION => Action { action: NodeAction::from_code(r.u8("action")?)? },
-            ty::SLAVE_CHROOT => SlaveChroot { path: r.str("path", MAX_PATH)? },
-            ty::SLAVE_RECONNECT => {
-                SlaveReconnect { master: get_endpoint(r)?, local: get_endpoint(r)? }
-            }
+            ty::PING => Ping {
+                seq: r.u64("seq")?,
+                time_ms: r.u64("time")?,
+            },
+            ty::PONG => Pong {
+                seq: r.u64("seq")?,
+                info: NodeInfo::decode(r)?,
+            },
+            ty::DISCONNECT => Disconnect {
+                reason: r.str("reason", MAX_TEXT)?,
+                reconnect: match r.u8("reconnect flag")? {
+                    0 => false,
+                    1 => true,
+                    v => {
+                        return Err(DecodeError::BadValue {
+                            what: "reconnect flag",
+                            value: v.into(),
+                        })
+                    }
+                },
+            },
+            ty::ACTION => Action {
+                action: NodeAction::from_code(r.u8("action")?)?,
+            },
+            ty::SLAVE_CHROOT => SlaveChroot {
+                path: r.str("path", MAX_PATH)?,
+            },
+            ty::SLAVE_RECONNECT => SlaveReconnect {
+                master: get_endpoint(r)?,
+                local: get_endpoint(r)?,
+            },
             ty::NODE_LIST => NodeList,
-            ty::SET_STATE => SetState { node: r.i32("node")?, state: r.str("state", MAX_TEXT)? },
-            ty::CHMOD => Chmod { node: r.i32("node")?, mode: r.u32("mode")? },
-            ty::CHOWN => Chown { node: r.i32("node")?, uid: r.u32("uid")? },
-            ty::CHGRP => Chgrp { node: r.i32("node")?, gid: r.u32("gid")? },
+            ty::SET_STATE => SetState {
+                node: r.i32("node")?,
+                state: r.str("state", MAX_TEXT)?,
+            },
+            ty::CHMOD => Chmod {
+                node: r.i32("node")?,
+                mode: r.u32("mode")?,
+            },
+            ty::CHOWN => Chown {
+                node: r.i32("node")?,
+                uid: r.u32("uid")?,
+            },
+            ty::CHGRP => Chgrp {
+                node: r.i32("node")?,
+                gid: r.u32("gid")?,
+            },
             ty::NODE_COMMAND => NodeCommand {
                 node: r.i32("node")?,
                 action: NodeAction::from_code(r.u8("action")?)?,
             },
-            ty::NODE_CHROOT => NodeChroot { node: r.i32("node")?, path: r.str("path", MAX_PATH)? },
+            ty::NODE_CHROOT => NodeChroot {
+                node: r.i32("node")?,
+                path: r.str("path", MAX_PATH)?,
+            },
             ty::NODE_RECONNECT => NodeReconnect {
                 node: r.i32("node")?,
                 master: get_endpoint(r)?,
@@ -577,9 +657,16 @@ impl Message {
             },
             ty::WATCH => Watch,
             ty::OK => Ok,
-            ty::ERROR => Error { code: r.i32("code")?, message: r.str("message", MAX_TEXT)? },
-            ty::NODES => Nodes { nodes: get_nodes(r)? },
-            ty::NODES_CHANGED => NodesChanged { nodes: get_nodes(r)? },
+            ty::ERROR => Error {
+                code: r.i32("code")?,
+                message: r.str("message", MAX_TEXT)?,
+            },
+            ty::NODES => Nodes {
+                nodes: get_nodes(r)?,
+            },
+            ty::NODES_CHANGED => NodesChanged {
+                nodes: get_nodes(r)?,
+            },
             other => {
                 // Skip the body: an unknown message is answered, not parsed.
                 let rest = r.bytes_left();

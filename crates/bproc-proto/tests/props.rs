@@ -5,43 +5,93 @@ use proptest::prelude::*;
 use std::net::Ipv4Addr;
 
 fn info() -> impl Strategy<Value = NodeInfo> {
-    (any::<u32>(), any::<u64>(), any::<u64>(), any::<[u32; 3]>(), any::<u64>(), ".{0,20}", ".{0,20}", "[a-z0-9_]{0,8}")
-        .prop_map(|(cpus, mem_total, mem_free, load, uptime, kernel, hostname, arch)| NodeInfo {
-            cpus, mem_total, mem_free, load, uptime, kernel, hostname, arch,
-        })
+    (
+        any::<u32>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<[u32; 3]>(),
+        any::<u64>(),
+        ".{0,20}",
+        ".{0,20}",
+        "[a-z0-9_]{0,8}",
+    )
+        .prop_map(
+            |(cpus, mem_total, mem_free, load, uptime, kernel, hostname, arch)| NodeInfo {
+                cpus,
+                mem_total,
+                mem_free,
+                load,
+                uptime,
+                kernel,
+                hostname,
+                arch,
+            },
+        )
 }
 
 fn status() -> impl Strategy<Value = NodeStatus> {
-    (any::<i32>(), "[A-Za-z0-9]{1,15}", 0u32..0o1000, any::<u32>(), any::<u32>(),
-     proptest::option::of(any::<u32>()), proptest::option::of(info()))
+    (
+        any::<i32>(),
+        "[A-Za-z0-9]{1,15}",
+        0u32..0o1000,
+        any::<u32>(),
+        any::<u32>(),
+        proptest::option::of(any::<u32>()),
+        proptest::option::of(info()),
+    )
         .prop_map(|(node, state, mode, uid, gid, addr, info)| NodeStatus {
-            node, state, mode, uid, gid, addr: addr.map(Ipv4Addr::from), info,
+            node,
+            state,
+            mode,
+            uid,
+            gid,
+            addr: addr.map(Ipv4Addr::from),
+            info,
         })
 }
 
 fn endpoint() -> impl Strategy<Value = Endpoint> {
-    (proptest::option::of(any::<u32>()), any::<u16>())
-        .prop_map(|(ip, port)| Endpoint { ip: ip.map(Ipv4Addr::from), port })
+    (proptest::option::of(any::<u32>()), any::<u16>()).prop_map(|(ip, port)| Endpoint {
+        ip: ip.map(Ipv4Addr::from),
+        port,
+    })
 }
 
 fn action() -> impl Strategy<Value = NodeAction> {
-    prop_oneof![Just(NodeAction::Reboot), Just(NodeAction::Halt), Just(NodeAction::Poweroff)]
+    prop_oneof![
+        Just(NodeAction::Reboot),
+        Just(NodeAction::Halt),
+        Just(NodeAction::Poweroff)
+    ]
 }
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         any::<[u8; 32]>().prop_map(|nonce| Message::AuthChallenge { nonce }),
-        (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(nonce, mac)| Message::AuthResponse { nonce, mac }),
+        (any::<[u8; 32]>(), any::<[u8; 32]>())
+            .prop_map(|(nonce, mac)| Message::AuthResponse { nonce, mac }),
         any::<[u8; 32]>().prop_map(|mac| Message::AuthConfirm { mac }),
-        (".{0,30}", any::<u64>(), info()).prop_map(|(version, cookie, info)| Message::Join { version, cookie, info }),
-        (any::<i32>(), any::<u64>(), any::<u32>(), any::<u64>())
-            .prop_map(|(node, cookie, ping_timeout, time_ms)| Message::Conf { node, cookie, ping_timeout, time_ms }),
+        (".{0,30}", any::<u64>(), info()).prop_map(|(version, cookie, info)| Message::Join {
+            version,
+            cookie,
+            info
+        }),
+        (any::<i32>(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
+            |(node, cookie, ping_timeout, time_ms)| Message::Conf {
+                node,
+                cookie,
+                ping_timeout,
+                time_ms
+            }
+        ),
         (any::<u64>(), any::<u64>()).prop_map(|(seq, time_ms)| Message::Ping { seq, time_ms }),
         (any::<u64>(), info()).prop_map(|(seq, info)| Message::Pong { seq, info }),
-        ".{0,40}".prop_map(|reason| Message::Disconnect { reason }),
+        (".{0,40}", any::<bool>())
+            .prop_map(|(reason, reconnect)| Message::Disconnect { reason, reconnect }),
         action().prop_map(|action| Message::Action { action }),
         ".{0,40}".prop_map(|path| Message::SlaveChroot { path }),
-        (endpoint(), endpoint()).prop_map(|(master, local)| Message::SlaveReconnect { master, local }),
+        (endpoint(), endpoint())
+            .prop_map(|(master, local)| Message::SlaveReconnect { master, local }),
         Just(Message::NodeList),
         (any::<i32>(), ".{0,20}").prop_map(|(node, state)| Message::SetState { node, state }),
         (any::<i32>(), any::<u32>()).prop_map(|(node, mode)| Message::Chmod { node, mode }),
@@ -49,12 +99,19 @@ fn message() -> impl Strategy<Value = Message> {
         (any::<i32>(), any::<u32>()).prop_map(|(node, gid)| Message::Chgrp { node, gid }),
         (any::<i32>(), action()).prop_map(|(node, action)| Message::NodeCommand { node, action }),
         (any::<i32>(), ".{0,40}").prop_map(|(node, path)| Message::NodeChroot { node, path }),
-        (any::<i32>(), endpoint(), endpoint()).prop_map(|(node, master, local)| Message::NodeReconnect { node, master, local }),
+        (any::<i32>(), endpoint(), endpoint()).prop_map(|(node, master, local)| {
+            Message::NodeReconnect {
+                node,
+                master,
+                local,
+            }
+        }),
         Just(Message::Watch),
         Just(Message::Ok),
         (any::<i32>(), ".{0,40}").prop_map(|(code, message)| Message::Error { code, message }),
         proptest::collection::vec(status(), 0..20).prop_map(|nodes| Message::Nodes { nodes }),
-        proptest::collection::vec(status(), 0..20).prop_map(|nodes| Message::NodesChanged { nodes }),
+        proptest::collection::vec(status(), 0..20)
+            .prop_map(|nodes| Message::NodesChanged { nodes }),
     ]
 }
 

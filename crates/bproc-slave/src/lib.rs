@@ -1,1 +1,412 @@
-//! bpslave daemon library
+//! The bpslave daemon as a library: connect to the master, prove the cluster key, join,
+//! answer pings with machine reports, and carry out node commands.
+//!
+//! # Sessions
+//! The master gives each session a cookie. A slave that loses its master keeps the cookie for
+//! a grace period and presents it when it reconnects (`-r`), so a master restart or a network
+//! blip resumes the session (state and permissions kept) instead of rebooting the node. After
+//! the grace period the slave starts afresh with cookie 0 and the node boots again.
+//!
+//! # Concurrency
+//! One current-thread tokio runtime; one link at a time. Everything the slave does in answer
+//! to the master is quick, so the link loop handles each frame inline.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod info;
+pub mod isolate;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use bproc_link::{expect_frame, read_frame, slave_handshake, write_frame, ClusterKey, LinkError};
+use bproc_proto::errno::{ENOSYS, EPROTO};
+use bproc_proto::{Endpoint, Message, NodeAction};
+use thiserror::Error;
+use tokio::net::{TcpSocket, TcpStream};
+use tracing::{info, warn};
+
+pub use info::node_info;
+
+/// BProc's default master port.
+pub const DEFAULT_PORT: u16 = 2223;
+/// Default cluster key file.
+pub const DEFAULT_KEYFILE: &str = "/etc/clustermatic/key";
+/// Software version sent in the join.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Errors that stop the slave.
+#[derive(Debug, Error)]
+pub enum SlaveError {
+    /// The master cannot be reached or the link failed (without `-r`).
+    #[error("master {addr}: {source}")]
+    Link {
+        /// Master address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: LinkError,
+    },
+    /// The master ended the session and asked us not to come back.
+    #[error("master {addr} closed the session: {reason}")]
+    Dismissed {
+        /// Master address.
+        addr: SocketAddr,
+        /// The master's reason.
+        reason: String,
+    },
+    /// The async runtime could not start.
+    #[error("cannot start the runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// How the slave runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Master address.
+    pub master: SocketAddrV4,
+    /// Local address to connect from (`-s`).
+    pub source: Option<Ipv4Addr>,
+    /// Reconnect after losing the master (`-r`).
+    pub reconnect: bool,
+    /// The cluster key.
+    pub key: ClusterKey,
+    /// How long a lost session's cookie is kept for resuming.
+    pub grace: Duration,
+    /// Command run for `bpctl -R`; without one the daemon restarts itself.
+    pub reboot_cmd: Option<String>,
+    /// Command run for `bpctl -H`; without one the daemon exits.
+    pub halt_cmd: Option<String>,
+    /// Command run for `bpctl -P`; without one the daemon exits.
+    pub poweroff_cmd: Option<String>,
+}
+
+impl Options {
+    /// Options with defaults for everything but the master address and the key.
+    pub fn new(master: SocketAddrV4, key: ClusterKey) -> Self {
+        Options {
+            master,
+            key,
+            source: None,
+            reconnect: false,
+            grace: Duration::from_secs(60),
+            reboot_cmd: None,
+            halt_cmd: None,
+            poweroff_cmd: None,
+        }
+    }
+}
+
+/// Why the slave stopped without an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// The master asked for a reboot and no reboot command is set: restart the daemon.
+    Restart,
+    /// Halted or powered off, or a node command ran.
+    Stopped,
+}
+
+/// How one link ended.
+enum End {
+    Action(NodeAction),
+    Lost(LinkError),
+    Dismissed(String),
+}
+
+/// Connects from a reserved port when we may (BProc's `bindresvport`), else from any port.
+async fn connect(master: SocketAddrV4, source: Option<Ipv4Addr>) -> Result<TcpStream, LinkError> {
+    let src_ip = source.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let privileged = nix::unistd::geteuid().is_root();
+    let ports: Box<dyn Iterator<Item = u16>> = if privileged {
+        Box::new((600..1024).rev().chain([0]))
+    } else {
+        Box::new([0].into_iter())
+    };
+    let mut last = None;
+    for port in ports {
+        let sock = TcpSocket::new_v4()?;
+        sock.set_reuseaddr(true)?;
+        match sock.bind(SocketAddr::V4(SocketAddrV4::new(src_ip, port))) {
+            Ok(()) => {}
+            Err(e) if port != 0 => {
+                // Taken, or no right to reserved ports in this namespace: try the next.
+                last = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match tokio::time::timeout(Duration::from_secs(10), sock.connect(master.into())).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::AddrNotAvailable && port != 0 => {
+                // This 4-tuple is still in TIME_WAIT from an earlier link.
+                last = Some(e);
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(LinkError::Timeout("connect")),
+        }
+    }
+    Err(last.map_or(LinkError::Closed, LinkError::Io))
+}
+
+/// A live, joined link.
+struct Link {
+    stream: TcpStream,
+    master: SocketAddrV4,
+    node: i32,
+    ping_timeout: Duration,
+}
+
+async fn open_link(
+    key: &ClusterKey,
+    master: SocketAddrV4,
+    source: Option<Ipv4Addr>,
+    cookie: &mut u64,
+) -> Result<Link, End> {
+    let mut stream = connect(master, source).await.map_err(End::Lost)?;
+    slave_handshake(&mut stream, key)
+        .await
+        .map_err(|e| match e {
+            LinkError::Refused(r) => End::Dismissed(r),
+            e => End::Lost(e),
+        })?;
+    let join = Message::Join {
+        version: SOFTWARE_VERSION.into(),
+        cookie: *cookie,
+        info: node_info(),
+    };
+    write_frame(&mut stream, 0, &join)
+        .await
+        .map_err(End::Lost)?;
+    match tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await {
+        Ok(Ok((
+            _,
+            Message::Conf {
+                node,
+                cookie: c,
+                ping_timeout,
+                ..
+            },
+        ))) => {
+            *cookie = c;
+            Ok(Link {
+                stream,
+                master,
+                node,
+                ping_timeout: Duration::from_secs(ping_timeout.max(2).into()),
+            })
+        }
+        Ok(Ok((_, Message::Disconnect { reason, .. }))) => Err(End::Dismissed(reason)),
+        Ok(Ok((_, other))) => Err(End::Lost(LinkError::Unexpected {
+            expected: "Conf",
+            received: other.name(),
+        })),
+        Ok(Err(e)) => Err(End::Lost(e)),
+        Err(_) => Err(End::Lost(LinkError::Timeout("join"))),
+    }
+}
+
+fn error_reply(code: i32, message: String) -> Message {
+    Message::Error { code, message }
+}
+
+fn chroot(path: &str) -> Message {
+    match nix::unistd::chroot(path).and_then(|()| nix::unistd::chdir("/")) {
+        Ok(()) => {
+            info!("changed root to {path}");
+            Message::Ok
+        }
+        Err(e) => error_reply(e as i32, format!("chroot {path}: {}", e.desc())),
+    }
+}
+
+/// Serves one session over `link` (and the links it moves to) until it ends.
+async fn serve_link(opts: &Options, key: &ClusterKey, mut link: Link, cookie: &mut u64) -> End {
+    loop {
+        let frame = tokio::time::timeout(link.ping_timeout, read_frame(&mut link.stream)).await;
+        let (id, msg) = match frame {
+            Err(_) => return End::Lost(LinkError::Timeout("ping: no ping from the master")),
+            Ok(Ok(Some(f))) => f,
+            Ok(Ok(None)) => return End::Lost(LinkError::Closed),
+            Ok(Err(e)) => return End::Lost(e),
+        };
+        let reply = match msg {
+            Message::Ping { seq, .. } => Some(Message::Pong {
+                seq,
+                info: node_info(),
+            }),
+            Message::Conf {
+                node,
+                cookie: c,
+                ping_timeout,
+                ..
+            } => {
+                if node != link.node {
+                    info!("master renumbered this node from {} to {node}", link.node);
+                }
+                link.node = node;
+                *cookie = c;
+                link.ping_timeout = Duration::from_secs(ping_timeout.max(2).into());
+                None
+            }
+            Message::Action { action } => return End::Action(action),
+            Message::SlaveChroot { path } => Some(chroot(&path)),
+            Message::SlaveReconnect { master, local } => {
+                match reconnect(opts, key, &link, master, local, cookie).await {
+                    Ok(new) => {
+                        info!("session moved to a new link to {}", new.master);
+                        link = new;
+                        Some(Message::Ok)
+                    }
+                    Err(e) => Some(error_reply(bproc_proto::errno::EIO, e)),
+                }
+            }
+            Message::Disconnect { reason, reconnect } => {
+                return if reconnect {
+                    End::Lost(LinkError::Refused(reason))
+                } else {
+                    End::Dismissed(reason)
+                };
+            }
+            Message::Unknown { msg_type } => Some(error_reply(
+                ENOSYS,
+                format!("unknown message type {msg_type}"),
+            )),
+            other => Some(error_reply(
+                EPROTO,
+                format!("{} is not valid from a master", other.name()),
+            )),
+        };
+        if let Some(reply) = reply {
+            if let Err(e) = write_frame(&mut link.stream, id, &reply).await {
+                return End::Lost(e);
+            }
+        }
+    }
+}
+
+/// Opens a second link for the same session (`bpctl --reconnect`); omitted parts of the
+/// endpoints keep the current link's values.
+async fn reconnect(
+    opts: &Options,
+    key: &ClusterKey,
+    link: &Link,
+    master: Endpoint,
+    local: Endpoint,
+    cookie: &mut u64,
+) -> Result<Link, String> {
+    let target = SocketAddrV4::new(
+        master.ip.unwrap_or(*link.master.ip()),
+        if master.port == 0 {
+            link.master.port()
+        } else {
+            master.port
+        },
+    );
+    let source = local
+        .ip
+        .or(opts.source)
+        .or_else(|| match link.stream.local_addr() {
+            Ok(SocketAddr::V4(a)) => Some(*a.ip()),
+            _ => None,
+        });
+    match open_link(key, target, source, cookie).await {
+        Ok(l) => Ok(l),
+        Err(End::Lost(e)) => Err(format!("reconnect to {target}: {e}")),
+        Err(End::Dismissed(r)) => Err(format!("reconnect to {target}: refused: {r}")),
+        Err(End::Action(_)) => Err("reconnect interrupted".into()),
+    }
+}
+
+fn run_command(what: &str, cmd: &str) {
+    info!("{what}: running `{cmd}`");
+    match std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        Ok(s) => warn!("{what} command `{cmd}` failed: {s}"),
+        Err(e) => warn!("{what} command `{cmd}` could not run: {e}"),
+    }
+}
+
+/// Runs the slave until it is told to stop, or, without `-r`, until the link ends.
+pub async fn run(opts: Options) -> Result<Exit, SlaveError> {
+    let key = opts.key.clone();
+    let mut cookie = 0u64;
+    let mut master = opts.master;
+    let mut backoff = Duration::from_millis(100);
+    let mut lost_since: Option<Instant> = None;
+    loop {
+        let end = match open_link(&key, master, opts.source, &mut cookie).await {
+            Ok(link) => {
+                info!("connected to master {} as node {}", link.master, link.node);
+                master = link.master;
+                backoff = Duration::from_millis(100);
+                lost_since = None;
+                serve_link(&opts, &key, link, &mut cookie).await
+            }
+            Err(end) => end,
+        };
+        match end {
+            End::Action(action) => {
+                let cmd = match action {
+                    NodeAction::Reboot => &opts.reboot_cmd,
+                    NodeAction::Halt => &opts.halt_cmd,
+                    NodeAction::Poweroff => &opts.poweroff_cmd,
+                };
+                return Ok(match (action, cmd) {
+                    (_, Some(cmd)) => {
+                        run_command(action.name(), cmd);
+                        Exit::Stopped
+                    }
+                    (NodeAction::Reboot, None) => {
+                        info!("reboot: restarting the slave daemon");
+                        Exit::Restart
+                    }
+                    (_, None) => {
+                        info!("{}: stopping the slave daemon", action.name());
+                        Exit::Stopped
+                    }
+                });
+            }
+            End::Dismissed(reason) => {
+                return Err(SlaveError::Dismissed {
+                    addr: master.into(),
+                    reason,
+                });
+            }
+            End::Lost(e) => {
+                if !opts.reconnect {
+                    return Err(SlaveError::Link {
+                        addr: master.into(),
+                        source: e,
+                    });
+                }
+                let since = *lost_since.get_or_insert_with(Instant::now);
+                if cookie != 0 && since.elapsed() > opts.grace {
+                    info!(
+                        "master gone for over {:?}: starting a new session",
+                        opts.grace
+                    );
+                    cookie = 0;
+                }
+                warn!("master {master}: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Runs [`run`] on a new current-thread runtime.
+pub fn serve(opts: Options) -> Result<Exit, SlaveError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(SlaveError::Runtime)?
+        .block_on(run(opts))
+}

@@ -1,1 +1,564 @@
-//! bpcluster: a master and N slaves on one machine
+//! A virtual cluster on one machine: one `bpmaster` and N `bpslave` processes, each slave with
+//! its own loopback address (node i connects from 127.0.1.0 + i) and, where the kernel allows,
+//! its own host name `n<i>` and `/tmp`. This is what `bpcluster`, the integration tests and the
+//! benchmarks run on, so everything they check goes over real sockets between real daemons.
+//!
+//! Everything lives in one directory: `config`, `key`, `master.sock`, `state/`, `log/` (one log
+//! per daemon) and `pids` once detached. [`Cluster`] owns its processes and kills them, by pid,
+//! when dropped, unless [`Cluster::detach`] handed them over to `bpcluster down`.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bproc::{Client, NodeStatus};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use thiserror::Error;
+
+pub mod cli;
+
+/// Address of node 0; node i uses this plus i.
+pub const BASE_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 0);
+
+/// Errors starting or stopping a virtual cluster.
+#[derive(Debug, Error)]
+pub enum VclusterError {
+    /// A file in the cluster directory could not be written or read.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A daemon could not be started.
+    #[error("cannot start {}: {source}", prog.display())]
+    Spawn {
+        /// The program.
+        prog: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The master did not come up.
+    #[error("bpmaster did not start; its log {} says:\n{log}", path.display())]
+    Master {
+        /// The master's log file.
+        path: PathBuf,
+        /// Its last lines.
+        log: String,
+    },
+    /// Nodes did not come up in time.
+    #[error("{missing} of {total} nodes not up after {secs} s:\n{detail}")]
+    NotUp {
+        /// How many are missing.
+        missing: usize,
+        /// How many were expected.
+        total: usize,
+        /// The time waited.
+        secs: u64,
+        /// States and daemon log tails of the missing nodes.
+        detail: String,
+    },
+    /// The master refused or failed a request.
+    #[error(transparent)]
+    Client(#[from] bproc::BprocError),
+    /// No cluster in the directory.
+    #[error("no virtual cluster in {} (start one with `bpcluster up`)", .0.display())]
+    NoCluster(PathBuf),
+    /// The node number is not part of the cluster.
+    #[error("node {0} is not part of this cluster")]
+    NoSuchNode(usize),
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// The cluster directory (created if missing).
+    pub dir: PathBuf,
+    /// Directory holding `bpmaster` and `bpslave`.
+    pub bin_dir: PathBuf,
+    /// Give each node its own host name and /tmp.
+    pub isolate: bool,
+    /// The master's ping timeout in seconds.
+    pub ping_timeout: u32,
+    /// Slaves reconnect when they lose the master (`bpslave -r`).
+    pub reconnect: bool,
+    /// Extra configuration lines appended to the generated file.
+    pub extra_config: String,
+    /// Daemons log at info level.
+    pub verbose: bool,
+    /// How long to wait for every node to be up.
+    pub timeout: Duration,
+}
+
+impl Spec {
+    /// A spec with defaults: isolation when root, ping timeout 10 s, reconnecting slaves.
+    pub fn new(nodes: usize, dir: impl Into<PathBuf>, bin_dir: impl Into<PathBuf>) -> Self {
+        Spec {
+            nodes,
+            dir: dir.into(),
+            bin_dir: bin_dir.into(),
+            isolate: nix::unistd::geteuid().is_root(),
+            ping_timeout: 10,
+            reconnect: true,
+            extra_config: String::new(),
+            verbose: true,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Address of node `i`.
+pub fn node_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(BASE_ADDR) + i as u32)
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> VclusterError + '_ {
+    move |source| VclusterError::File {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Last `n` lines of a log file, for error messages.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A running virtual cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    spec: Spec,
+    port: u16,
+    master: Option<Child>,
+    slaves: Vec<Option<Child>>,
+    owned: bool,
+}
+
+impl Cluster {
+    /// Writes the configuration and key, starts the master and every slave, and waits until
+    /// every node is `up`.
+    pub fn start(spec: Spec) -> Result<Cluster, VclusterError> {
+        let dir = &spec.dir;
+        for d in [dir.clone(), dir.join("log"), dir.join("state")] {
+            std::fs::create_dir_all(&d).map_err(file_err(&d))?;
+        }
+        let key = dir.join("key");
+        let _ = std::fs::remove_file(&key);
+        bproc_link::ClusterKey::create(&key).map_err(|e| VclusterError::File {
+            path: key.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let _ = std::fs::remove_file(dir.join("state/nodes.json"));
+        // A free port chosen now and kept, so a restarted master listens where slaves look.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(file_err(dir))?
+            .port();
+        let mut c = Cluster {
+            slaves: (0..spec.nodes).map(|_| None).collect(),
+            spec,
+            port,
+            master: None,
+            owned: true,
+        };
+        c.write_config()?;
+        c.start_master()?;
+        for i in 0..c.spec.nodes {
+            c.start_slave(i)?;
+        }
+        c.wait_for(|nodes| nodes.iter().filter(|n| n.state == "up").count() == c.spec.nodes)?;
+        Ok(c)
+    }
+
+    fn write_config(&self) -> Result<(), VclusterError> {
+        let dir = &self.spec.dir;
+        let mut text = String::from("# Virtual cluster written by bpcluster\n");
+        let _ = writeln!(text, "listen 127.0.0.1:{}", self.port);
+        let _ = writeln!(text, "pingtimeout {}", self.spec.ping_timeout);
+        let _ = writeln!(text, "socket {}", dir.join("master.sock").display());
+        let _ = writeln!(text, "keyfile {}", dir.join("key").display());
+        let _ = writeln!(text, "statedir {}", dir.join("state").display());
+        let _ = writeln!(text, "logdir {}", dir.join("log").display());
+        if !nix::unistd::geteuid().is_root() {
+            // Only root can bind the reserved ports BProc requires of slaves.
+            text.push_str("allowinsecureports\n");
+        }
+        if self.spec.nodes > 0 {
+            let _ = writeln!(
+                text,
+                "iprange 0 {} {}",
+                node_addr(0),
+                node_addr(self.spec.nodes - 1)
+            );
+        }
+        text.push_str(&self.spec.extra_config);
+        let path = self.config_path();
+        std::fs::write(&path, text).map_err(file_err(&path))
+    }
+
+    /// The configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.spec.dir.join("config")
+    }
+
+    /// The master's client socket (what `BPROC_SOCKET` should be).
+    pub fn socket(&self) -> PathBuf {
+        self.spec.dir.join("master.sock")
+    }
+
+    /// The master's TCP address.
+    pub fn master_addr(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.port)
+    }
+
+    /// The cluster directory.
+    pub fn dir(&self) -> &Path {
+        &self.spec.dir
+    }
+
+    /// The spec the cluster was started with.
+    pub fn spec(&self) -> &Spec {
+        &self.spec
+    }
+
+    /// Log file of the master.
+    pub fn master_log(&self) -> PathBuf {
+        self.spec.dir.join("log/master.log")
+    }
+
+    /// Log file of node `i`'s slave.
+    pub fn slave_log(&self, i: usize) -> PathBuf {
+        self.spec.dir.join(format!("log/n{i}.log"))
+    }
+
+    fn log_file(&self, path: &Path) -> Result<std::fs::File, VclusterError> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(file_err(path))
+    }
+
+    /// Starts the master (again) and waits until it listens.
+    pub fn start_master(&mut self) -> Result<(), VclusterError> {
+        let prog = self.spec.bin_dir.join("bpmaster");
+        let log = self.master_log();
+        let mut cmd = Command::new(&prog);
+        cmd.arg("-d")
+            .arg("--print-address")
+            .arg("-c")
+            .arg(self.config_path());
+        if self.spec.verbose {
+            cmd.arg("-v");
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(self.log_file(&log)?)
+            .process_group(0)
+            .spawn()
+            .map_err(|source| VclusterError::Spawn {
+                prog: prog.clone(),
+                source,
+            })?;
+        // The master prints its address once every socket is open: that is readiness.
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped");
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        if line.trim().is_empty() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(VclusterError::Master {
+                log: log_tail(&log, 20),
+                path: log,
+            });
+        }
+        self.master = Some(child);
+        Ok(())
+    }
+
+    /// Starts node `i`'s slave (again).
+    pub fn start_slave(&mut self, i: usize) -> Result<(), VclusterError> {
+        if i >= self.spec.nodes {
+            return Err(VclusterError::NoSuchNode(i));
+        }
+        let prog = self.spec.bin_dir.join("bpslave");
+        let mut cmd = Command::new(&prog);
+        cmd.arg("-d")
+            .arg("--key")
+            .arg(self.spec.dir.join("key"))
+            .arg("-s")
+            .arg(node_addr(i).to_string());
+        if self.spec.reconnect {
+            cmd.arg("-r");
+        }
+        if self.spec.verbose {
+            cmd.arg("-v");
+        }
+        if self.spec.isolate {
+            cmd.arg("--isolate").arg(format!("n{i}"));
+        }
+        cmd.arg(self.master_addr().to_string());
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log_file(&self.slave_log(i))?)
+            .process_group(0)
+            .spawn()
+            .map_err(|source| VclusterError::Spawn { prog, source })?;
+        self.slaves[i] = Some(child);
+        Ok(())
+    }
+
+    /// Pid of the master, if running under this handle.
+    pub fn master_pid(&self) -> Option<u32> {
+        self.master.as_ref().map(Child::id)
+    }
+
+    /// Pid of node `i`'s slave, if running under this handle.
+    pub fn slave_pid(&self, i: usize) -> Option<u32> {
+        self.slaves.get(i)?.as_ref().map(Child::id)
+    }
+
+    /// Sends `sig` to node `i`'s slave; SIGKILL also reaps it.
+    pub fn signal_slave(&mut self, i: usize, sig: Signal) -> Result<(), VclusterError> {
+        let child = self
+            .slaves
+            .get_mut(i)
+            .and_then(Option::as_mut)
+            .ok_or(VclusterError::NoSuchNode(i))?;
+        let _ = kill(Pid::from_raw(child.id() as i32), sig);
+        if sig == Signal::SIGKILL {
+            let _ = child.wait();
+            self.slaves[i] = None;
+        }
+        Ok(())
+    }
+
+    /// Stops the master with SIGTERM (it saves its state) and waits for it.
+    pub fn stop_master(&mut self) {
+        if let Some(mut m) = self.master.take() {
+            stop_child(&mut m, Duration::from_secs(5));
+        }
+    }
+
+    /// A client connected to the master.
+    pub fn client(&self) -> Result<Client, VclusterError> {
+        Ok(Client::connect_to(&self.socket())?)
+    }
+
+    /// Waits until `done` holds for the node table, or the spec's timeout passes.
+    pub fn wait_for(
+        &self,
+        done: impl Fn(&[NodeStatus]) -> bool,
+    ) -> Result<Vec<NodeStatus>, VclusterError> {
+        self.wait_for_within(self.spec.timeout, done)
+    }
+
+    /// Waits until `done` holds for the node table, or `timeout` passes. Woken by the master's
+    /// change notifications, not by polling.
+    pub fn wait_for_within(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[NodeStatus]) -> bool,
+    ) -> Result<Vec<NodeStatus>, VclusterError> {
+        let deadline = Instant::now() + timeout;
+        let mut w = self.client()?.watch()?;
+        let mut last = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = [nix::poll::PollFd::new(
+                w.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            // Wake at least every 200 ms to notice a daemon that died.
+            let ms = u16::try_from(left.as_millis().min(200)).unwrap_or(200);
+            let ready = nix::poll::poll(&mut fds, ms).unwrap_or(0);
+            if ready > 0 {
+                last = w.next_table()?;
+                if done(&last) {
+                    return Ok(last);
+                }
+            } else if Instant::now() >= deadline {
+                return Err(self.not_up(&last, timeout));
+            }
+            if let Some(dead) = self.dead_daemon() {
+                return Err(dead);
+            }
+        }
+    }
+
+    /// A daemon of this cluster that has exited, as an error naming it and its log.
+    fn dead_daemon(&self) -> Option<VclusterError> {
+        if let Some(m) = &self.master {
+            if !pid_runs(m.id() as i32, "bpmaster") {
+                return Some(VclusterError::Master {
+                    path: self.master_log(),
+                    log: log_tail(&self.master_log(), 20),
+                });
+            }
+        }
+        let (i, _) = self.slaves.iter().enumerate().find(|(_, s)| {
+            s.as_ref()
+                .is_some_and(|s| !pid_runs(s.id() as i32, "bpslave"))
+        })?;
+        Some(VclusterError::NotUp {
+            missing: 1,
+            total: self.spec.nodes,
+            secs: 0,
+            detail: format!(
+                "the slave of node {i} exited; its log ends:\n{}",
+                log_tail(&self.slave_log(i), 10)
+            ),
+        })
+    }
+
+    fn not_up(&self, nodes: &[NodeStatus], waited: Duration) -> VclusterError {
+        let mut detail = String::new();
+        let missing: Vec<&NodeStatus> = nodes.iter().filter(|n| n.state != "up").collect();
+        for n in missing.iter().take(5) {
+            let _ = writeln!(detail, "node {} is {}; its log ends:", n.node, n.state);
+            let _ = writeln!(detail, "{}", log_tail(&self.slave_log(n.node as usize), 5));
+        }
+        let _ = writeln!(
+            detail,
+            "master log ends:\n{}",
+            log_tail(&self.master_log(), 10)
+        );
+        VclusterError::NotUp {
+            missing: if nodes.is_empty() {
+                self.spec.nodes
+            } else {
+                missing.len()
+            },
+            total: self.spec.nodes,
+            secs: waited.as_secs(),
+            detail,
+        }
+    }
+
+    /// Hands the processes over to the directory: records their pids in `DIR/pids` and
+    /// leaves them running when this handle is dropped (`bpcluster up`).
+    pub fn detach(mut self) -> Result<(), VclusterError> {
+        let mut text = String::new();
+        if let Some(m) = &self.master {
+            let _ = writeln!(text, "master {}", m.id());
+        }
+        for (i, s) in self.slaves.iter().enumerate() {
+            if let Some(s) = s {
+                let _ = writeln!(text, "n{i} {}", s.id());
+            }
+        }
+        let path = self.spec.dir.join("pids");
+        std::fs::write(&path, text).map_err(file_err(&path))?;
+        self.owned = false;
+        Ok(())
+    }
+
+    /// Kills every process this handle started, slaves first.
+    pub fn stop(&mut self) {
+        for s in self.slaves.iter_mut().filter_map(Option::take) {
+            let mut s = s;
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        self.stop_master();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.owned {
+            self.stop();
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`; always reaps.
+fn stop_child(c: &mut Child, grace: Duration) {
+    let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// Whether `pid` is alive and runs `prog` (so a recycled pid is never killed).
+pub fn pid_runs(pid: i32, prog: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            c.split(|b| *b == 0).next().is_some_and(|argv0| {
+                Path::new(std::str::from_utf8(argv0).unwrap_or("")).ends_with(prog)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// The processes recorded in a detached cluster's `pids` file: (name, pid).
+pub fn recorded_pids(dir: &Path) -> Result<Vec<(String, i32)>, VclusterError> {
+    let path = dir.join("pids");
+    let text =
+        std::fs::read_to_string(&path).map_err(|_| VclusterError::NoCluster(dir.to_owned()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let (name, pid) = l.split_once(' ')?;
+            Some((name.to_owned(), pid.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+/// Stops a detached cluster: slaves, then the master (SIGTERM, then SIGKILL), and removes the
+/// directory. Returns how many processes were stopped.
+pub fn stop_detached(dir: &Path) -> Result<usize, VclusterError> {
+    let pids = recorded_pids(dir)?;
+    let prog = |name: &str| {
+        if name == "master" {
+            "bpmaster"
+        } else {
+            "bpslave"
+        }
+    };
+    let live: Vec<(&str, i32)> = pids
+        .iter()
+        .filter(|(n, p)| pid_runs(*p, prog(n)))
+        .map(|(n, p)| (prog(n), *p))
+        .collect();
+    let (masters, slaves): (Vec<_>, Vec<_>) = live.iter().partition(|(p, _)| *p == "bpmaster");
+    for group in [slaves, masters] {
+        for (_, pid) in &group {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while group.iter().any(|(p, pid)| pid_runs(*pid, p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for (p, pid) in &group {
+            if pid_runs(*pid, p) {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+        }
+    }
+    std::fs::remove_dir_all(dir).map_err(file_err(dir))?;
+    Ok(live.len())
+}

@@ -1,1 +1,263 @@
-//! bproc client library: talk to bpmaster, node sets and node specs
+//! The bproc client library: talk to the local `bpmaster`, read the node table, change nodes,
+//! watch for changes, and evaluate node specifications.
+//!
+//! The master listens on a Unix socket (`$BPROC_SOCKET`, default
+//! [`DEFAULT_SOCKET`]) and identifies callers by their kernel credentials, so this library
+//! needs no privileges of its own: what a caller may do is what its uid and groups allow.
+//!
+//! # Main types
+//! - [`Client`]: one connection, blocking calls (`nodes`, `set_state`, `chmod`, ...).
+//! - [`Watcher`]: the node table after every change, for `bpstat -U` and schedulers; it is
+//!   a file descriptor, so it works with `poll`/`epoll`.
+//! - [`nodespec`]: BProc's node specification grammar (`0-3,7`, `allup`, `n[0-7]`).
+//! - [`BprocError`]: every failure, with the errno-style code BProc would report.
+//!
+//! ```no_run
+//! let mut c = bproc::Client::connect()?;
+//! for n in c.nodes()? {
+//!     println!("{} {}", n.node, n.state);
+//! }
+//! # Ok::<(), bproc::BprocError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod nodespec;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+pub use bproc_proto::errno;
+use bproc_proto::{DecodeError, Header, HEADER_LEN};
+pub use bproc_proto::{Endpoint, Message, NodeAction, NodeInfo, NodeStatus};
+use thiserror::Error;
+
+/// The master's client socket when `$BPROC_SOCKET` is not set.
+pub const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
+/// Node number of the master.
+pub const NODE_MASTER: i32 = -1;
+
+/// Everything that can go wrong talking to the master.
+#[derive(Debug, Error)]
+pub enum BprocError {
+    /// No master answers on the socket.
+    #[error("cannot reach bpmaster at {} (is bpmaster running? set BPROC_SOCKET to its socket)", path.display())]
+    Connect {
+        /// The socket tried.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection failed mid-call.
+    #[error("lost the connection to bpmaster")]
+    Io(#[from] std::io::Error),
+    /// The master sent something undecodable.
+    #[error("bad reply from bpmaster")]
+    Decode(#[from] DecodeError),
+    /// The master refused or failed the request.
+    #[error("{message}")]
+    Remote {
+        /// errno or `BE_*` code.
+        code: i32,
+        /// The master's explanation.
+        message: String,
+    },
+    /// The master answered with the wrong kind of message.
+    #[error("unexpected reply {0} from bpmaster")]
+    Unexpected(&'static str),
+}
+
+impl BprocError {
+    /// The errno value BProc's C library would set for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            BprocError::Remote { code, .. } => *code,
+            BprocError::Connect { .. } => errno::ENOSYS,
+            _ => errno::EIO,
+        }
+    }
+}
+
+/// BProc's `bproc_strerror`: its own texts for `BE_*` codes, the C library's for the rest.
+/// Accepts a code or its negation.
+pub fn strerror(code: i32) -> String {
+    if let Some(t) = errno::bproc_text(code) {
+        return t.to_owned();
+    }
+    let s = std::io::Error::from_raw_os_error(code.abs()).to_string();
+    match s.rfind(" (os error") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
+/// The socket path clients use: `$BPROC_SOCKET` or [`DEFAULT_SOCKET`].
+pub fn socket_path() -> PathBuf {
+    std::env::var_os("BPROC_SOCKET").map_or_else(|| DEFAULT_SOCKET.into(), PathBuf::from)
+}
+
+fn read_message(s: &mut UnixStream) -> Result<(u32, Message), BprocError> {
+    let mut head = [0u8; HEADER_LEN];
+    s.read_exact(&mut head)?;
+    let h = Header::parse(&head)?;
+    let mut body = vec![0u8; h.len as usize];
+    s.read_exact(&mut body)?;
+    Ok((h.id, bproc_proto::decode_body(&h, &body)?))
+}
+
+/// A connection to the master.
+#[derive(Debug)]
+pub struct Client {
+    stream: UnixStream,
+    next_id: u32,
+}
+
+impl Client {
+    /// Connects to the master at [`socket_path`].
+    pub fn connect() -> Result<Client, BprocError> {
+        Self::connect_to(&socket_path())
+    }
+
+    /// Connects to the master at `path`.
+    pub fn connect_to(path: &Path) -> Result<Client, BprocError> {
+        let stream = UnixStream::connect(path).map_err(|source| BprocError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Client { stream, next_id: 1 })
+    }
+
+    /// Sends one request and returns the reply; an `Error` reply becomes [`BprocError::Remote`].
+    pub fn request(&mut self, msg: &Message) -> Result<Message, BprocError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.stream.write_all(&bproc_proto::encode(id, msg))?;
+        loop {
+            let (rid, reply) = read_message(&mut self.stream)?;
+            if rid != id {
+                continue; // a stale reply to an abandoned request
+            }
+            return match reply {
+                Message::Error { code, message } => Err(BprocError::Remote { code, message }),
+                r => Ok(r),
+            };
+        }
+    }
+
+    fn expect_ok(&mut self, msg: &Message) -> Result<(), BprocError> {
+        match self.request(msg)? {
+            Message::Ok => Ok(()),
+            other => Err(BprocError::Unexpected(other.name())),
+        }
+    }
+
+    /// Every configured node, in configuration order.
+    pub fn nodes(&mut self) -> Result<Vec<NodeStatus>, BprocError> {
+        match self.request(&Message::NodeList)? {
+            Message::Nodes { nodes } => Ok(nodes),
+            other => Err(BprocError::Unexpected(other.name())),
+        }
+    }
+
+    /// Sets a node's state string (root only; `down` disconnects the node).
+    pub fn set_state(&mut self, node: i32, state: &str) -> Result<(), BprocError> {
+        self.expect_ok(&Message::SetState {
+            node,
+            state: state.into(),
+        })
+    }
+
+    /// Sets a node's permission bits (owner or root; execute bits only).
+    pub fn chmod(&mut self, node: i32, mode: u32) -> Result<(), BprocError> {
+        self.expect_ok(&Message::Chmod { node, mode })
+    }
+
+    /// Sets a node's owner (root only).
+    pub fn chown(&mut self, node: i32, uid: u32) -> Result<(), BprocError> {
+        self.expect_ok(&Message::Chown { node, uid })
+    }
+
+    /// Sets a node's group (root, or the owner to one of its groups).
+    pub fn chgrp(&mut self, node: i32, gid: u32) -> Result<(), BprocError> {
+        self.expect_ok(&Message::Chgrp { node, gid })
+    }
+
+    /// Reboots, halts or powers off a node (root only; does not wait).
+    pub fn node_action(&mut self, node: i32, action: NodeAction) -> Result<(), BprocError> {
+        self.expect_ok(&Message::NodeCommand { node, action })
+    }
+
+    /// Makes a node's slave daemon `chroot` (root only).
+    pub fn node_chroot(&mut self, node: i32, path: &str) -> Result<(), BprocError> {
+        self.expect_ok(&Message::NodeChroot {
+            node,
+            path: path.into(),
+        })
+    }
+
+    /// Moves a node's link to new addresses without ending its session (root only).
+    pub fn node_reconnect(
+        &mut self,
+        node: i32,
+        master: Endpoint,
+        local: Endpoint,
+    ) -> Result<(), BprocError> {
+        self.expect_ok(&Message::NodeReconnect {
+            node,
+            master,
+            local,
+        })
+    }
+
+    /// Turns this connection into a [`Watcher`].
+    pub fn watch(mut self) -> Result<Watcher, BprocError> {
+        self.expect_ok(&Message::Watch)?;
+        Ok(Watcher {
+            stream: self.stream,
+        })
+    }
+}
+
+/// A stream of node tables, one after every change, starting with the current one.
+#[derive(Debug)]
+pub struct Watcher {
+    stream: UnixStream,
+}
+
+impl Watcher {
+    /// Blocks until the next table arrives.
+    pub fn next_table(&mut self) -> Result<Vec<NodeStatus>, BprocError> {
+        loop {
+            match read_message(&mut self.stream)? {
+                (_, Message::NodesChanged { nodes }) => return Ok(nodes),
+                (_, Message::Error { code, message }) => {
+                    return Err(BprocError::Remote { code, message })
+                }
+                _ => continue,
+            }
+        }
+    }
+}
+
+impl AsFd for Watcher {
+    /// Readable when a new table is waiting (for `poll`/`epoll`).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strerror_texts() {
+        assert_eq!(strerror(301), "Node is down");
+        assert_eq!(strerror(-303), "Slave node died");
+        assert_eq!(strerror(1), "Operation not permitted");
+        assert_eq!(strerror(-2), "No such file or directory");
+    }
+}

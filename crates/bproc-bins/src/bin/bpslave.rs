@@ -1,2 +1,168 @@
-//! bpslave
-fn main() {}
+//! bpslave: the slave daemon. Parses options, optionally gives the node its own namespaces,
+//! and runs `bproc_slave::serve`; a reboot without a reboot command restarts the daemon.
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bproc_link::ClusterKey;
+use bproc_slave::{isolate, Exit, Options, DEFAULT_KEYFILE, DEFAULT_PORT};
+use lexopt::prelude::*;
+
+const USAGE: &str = "Usage: bpslave [options] MASTER[:PORT] [PORT]
+  -h                  print this message and exit
+  -V                  print the version and exit
+  -v                  verbose (implies -d; repeat for more)
+  -d                  do not daemonize
+  -e                  log to stderr (always the case)
+  -l FACILITY         accepted for compatibility (logs go to stderr)
+  -i                  accepted for compatibility (the master decides: bpmaster -i)
+  -r                  reconnect after losing the master
+  -s ADDR             connect from local address ADDR
+  --key FILE          cluster key (default /etc/clustermatic/key)
+  --grace SECS        keep a lost session this long for resuming (default 60)
+  --reboot-cmd CMD    run CMD for `bpctl -R` (default: restart this daemon)
+  --halt-cmd CMD      run CMD for `bpctl -H` (default: stop this daemon)
+  --poweroff-cmd CMD  run CMD for `bpctl -P` (default: stop this daemon)
+  --isolate NAME      give this node its own host name NAME and its own /tmp
+  --check-isolation   exit 0 if --isolate can work here, else explain why not
+";
+
+struct Args {
+    opts: Options,
+    foreground: bool,
+    verbose: u8,
+    isolate: Option<String>,
+}
+
+fn parse() -> anyhow::Result<Option<Args>> {
+    let mut keyfile = PathBuf::from(DEFAULT_KEYFILE);
+    let mut source = None;
+    let mut reconnect = false;
+    let mut grace = None;
+    let mut cmds: [Option<String>; 3] = Default::default();
+    let (mut foreground, mut verbose, mut isolate_as) = (false, 0u8, None);
+    let mut positional = Vec::new();
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            Short('V') | Long("version") => {
+                println!("bpslave version {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            Short('v') => {
+                verbose += 1;
+                foreground = true;
+            }
+            Short('d') => foreground = true,
+            Short('e') | Short('i') => {}
+            Short('l') => {
+                p.value()?;
+            }
+            Short('r') => reconnect = true,
+            Short('s') => {
+                let v = p.value()?.string()?;
+                source = Some(
+                    v.parse()
+                        .with_context(|| format!("-s {v}: not an IPv4 address"))?,
+                );
+            }
+            Short('m') => bail!("message tracing (-m) is not supported by this bpslave"),
+            Long("key") => keyfile = p.value()?.into(),
+            Long("grace") => {
+                let v = p.value()?.string()?;
+                grace =
+                    Some(Duration::from_secs(v.parse().with_context(|| {
+                        format!("--grace {v}: not a number of seconds")
+                    })?));
+            }
+            Long("reboot-cmd") => cmds[0] = Some(p.value()?.string()?),
+            Long("halt-cmd") => cmds[1] = Some(p.value()?.string()?),
+            Long("poweroff-cmd") => cmds[2] = Some(p.value()?.string()?),
+            Long("isolate") => isolate_as = Some(p.value()?.string()?),
+            Long("check-isolation") => {
+                isolate::isolate("bproc-check")?;
+                return Ok(None);
+            }
+            Value(v) => positional.push(v.string()?),
+            other => return Err(other.unexpected()).context(USAGE.trim_end().to_owned()),
+        }
+    }
+    let (host, port) = match positional.as_slice() {
+        [m] => m
+            .split_once(':')
+            .map_or((m.as_str(), None), |(h, p)| (h, Some(p))),
+        [m, p] => (m.as_str(), Some(p.as_str())),
+        _ => bail!("expected the master's address\n{}", USAGE.trim_end()),
+    };
+    let ip: Ipv4Addr = host
+        .parse()
+        .with_context(|| format!("master address {host}: not an IPv4 address"))?;
+    let port = match port {
+        Some(p) => p
+            .parse()
+            .with_context(|| format!("port {p}: not a port number"))?,
+        None => DEFAULT_PORT,
+    };
+    let master = SocketAddrV4::new(ip, port);
+    // Read the key now: isolation may hide the directory it is in.
+    let mut opts = Options::new(master, ClusterKey::load(&keyfile)?);
+    opts.source = source;
+    opts.reconnect = reconnect;
+    if let Some(g) = grace {
+        opts.grace = g;
+    }
+    let [reboot, halt, poweroff] = cmds;
+    (opts.reboot_cmd, opts.halt_cmd, opts.poweroff_cmd) = (reboot, halt, poweroff);
+    Ok(Some(Args {
+        opts,
+        foreground,
+        verbose,
+        isolate: isolate_as,
+    }))
+}
+
+fn run() -> anyhow::Result<()> {
+    let Some(a) = parse()? else { return Ok(()) };
+    let level = match a.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(name) = &a.isolate {
+        isolate::isolate(name)?;
+    }
+    if !a.foreground {
+        nix::unistd::daemon(false, true).context("cannot daemonize")?;
+    }
+    match bproc_slave::serve(a.opts)? {
+        Exit::Stopped => Ok(()),
+        Exit::Restart => {
+            let exe = std::env::current_exe().context("cannot find this program to restart it")?;
+            let err = std::process::Command::new(exe)
+                .args(std::env::args_os().skip(1))
+                .exec();
+            Err(err).context("cannot restart bpslave")
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpslave: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The client socket: local programs (bpstat, bpctl, libbproc) ask for the node table and
+//! request changes. Each caller is identified by the kernel (`SO_PEERCRED`), never by anything
+//! it sends; its supplementary groups are read from `/proc/<pid>/status`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bproc_link::{read_frame, write_frame, LinkError};
+use bproc_proto::errno::{ENOSYS, EPROTO};
+use bproc_proto::Message;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, info, warn};
+
+use crate::slaves::{self, disconnect};
+use crate::table::{Caller, Refusal};
+use crate::Shared;
+
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_client(shared.clone(), stream));
+            }
+            Err(e) => {
+                warn!("accepting a client failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Supplementary groups of `pid`, from `/proc/<pid>/status`.
+fn groups_of(pid: Option<i32>) -> Vec<u32> {
+    let Some(pid) = pid else { return Vec::new() };
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
+    let caller = match stream.peer_cred() {
+        Ok(c) => Caller {
+            uid: c.uid(),
+            gid: c.gid(),
+            groups: groups_of(c.pid()),
+        },
+        Err(e) => {
+            warn!("client without credentials refused: {e}");
+            return;
+        }
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    loop {
+        let (id, msg) = match read_frame(&mut rd).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(LinkError::Decode(e)) => {
+                // The stream is out of step after a bad frame: answer once, then close.
+                let _ = write_frame(
+                    &mut wr,
+                    0,
+                    &Message::Error {
+                        code: EPROTO,
+                        message: e.to_string(),
+                    },
+                )
+                .await;
+                return;
+            }
+            Err(e) => {
+                debug!("client uid {}: {e}", caller.uid);
+                return;
+            }
+        };
+        if msg == Message::Watch {
+            watch(&shared, id, rd, wr).await;
+            return;
+        }
+        let reply = handle(&shared, &caller, msg).await;
+        if write_frame(&mut wr, id, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Streams the node table after every change until the client goes away.
+async fn watch(
+    shared: &Shared,
+    id: u32,
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+) {
+    let mut rx = shared.changed.subscribe();
+    if write_frame(&mut wr, id, &Message::Ok).await.is_err() {
+        return;
+    }
+    loop {
+        let nodes = shared.table().statuses();
+        if write_frame(&mut wr, 0, &Message::NodesChanged { nodes })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        rx.mark_unchanged();
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            // A watcher sends nothing more; any frame or EOF ends the watch.
+            _ = read_frame(&mut rd) => return,
+        }
+    }
+}
+
+fn done(shared: &Shared, r: Result<(), Refusal>) -> Message {
+    match r {
+        Ok(()) => {
+            shared.notify();
+            Message::Ok
+        }
+        Err(e) => e.to_message(),
+    }
+}
+
+async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
+    match msg {
+        Message::NodeList => Message::Nodes {
+            nodes: shared.table().statuses(),
+        },
+        Message::SetState { node, state } => {
+            let r = shared.table().set_state(caller, node, &state);
+            match r {
+                Ok(Some(session)) => {
+                    info!("node {node}: set down by uid {}", caller.uid);
+                    disconnect(session, "node set down by the administrator", false);
+                    done(shared, Ok(()))
+                }
+                Ok(None) => {
+                    info!("node {node}: state set to {state} by uid {}", caller.uid);
+                    done(shared, Ok(()))
+                }
+                Err(e) => e.to_message(),
+            }
+        }
+        Message::Chmod { node, mode } => {
+            let r = shared.table().chmod(caller, node, mode);
+            done(shared, r)
+        }
+        Message::Chown { node, uid } => {
+            let r = shared.table().chown(caller, node, uid);
+            done(shared, r)
+        }
+        Message::Chgrp { node, gid } => {
+            let r = shared.table().chgrp(caller, node, gid);
+            done(shared, r)
+        }
+        Message::NodeCommand { node, action } => {
+            let r = shared.table().command_target(caller, node).map(|n| {
+                n.send(0, Message::Action { action });
+            });
+            if r.is_ok() {
+                info!(
+                    "node {node}: {} requested by uid {}",
+                    action.name(),
+                    caller.uid
+                );
+            }
+            r.map_or_else(|e| e.to_message(), |()| Message::Ok)
+        }
+        Message::NodeChroot { node, path } => {
+            if let Err(e) = shared.table().command_target(caller, node) {
+                return e.to_message();
+            }
+            slaves::request(shared, node, Message::SlaveChroot { path }).await
+        }
+        Message::NodeReconnect {
+            node,
+            master,
+            local,
+        } => {
+            if let Err(e) = shared.table().command_target(caller, node) {
+                return e.to_message();
+            }
+            slaves::request(shared, node, Message::SlaveReconnect { master, local }).await
+        }
+        Message::Unknown { msg_type } => Message::Error {
+            code: ENOSYS,
+            message: format!(
+                "unknown request type {msg_type}: is this client newer than bpmaster?"
+            ),
+        },
+        other => Message::Error {
+            code: EPROTO,
+            message: format!("{} is not a client request", other.name()),
+        },
+    }
+}

@@ -1,0 +1,94 @@
+//! The `node_up` program: run when a node starts a fresh session (spec §1.8, §1.10).
+//!
+//! bpmaster runs `node_up <node>` from the configuration file's directory, with stdin on
+//! `/dev/null`, stdout and stderr on `LOGDIR/node.<N>`, its own process group, no inherited
+//! descriptors, and `BPROC_SOCKET`/`BPROC_NODE` in its environment so it can call `bpctl`.
+//!
+//! Deliberate differences from BProc, which left the outcome to the script: when the program
+//! exits 0 and the node is still `boot`, bpmaster opens it (mode 0111) and sets it `up`; when it
+//! fails and the node is still `boot`, the node goes to `error`. Without a `node_up` program
+//! the node goes straight to `up` with mode 0111.
+
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::process::Command;
+use tracing::{info, warn};
+
+use crate::table::UP_MODE;
+use crate::Shared;
+
+pub(crate) async fn node_up(shared: Arc<Shared>, n: i32, cookie: u64) {
+    let ok = match run(&shared, n).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            warn!("node {n}: {e}");
+            false
+        }
+    };
+    let changed = {
+        let mut t = shared.table();
+        match t.get_mut(n) {
+            Some(node)
+                if node.state == "boot"
+                    && node.session.as_ref().is_some_and(|s| s.cookie == cookie) =>
+            {
+                if ok {
+                    node.mode = UP_MODE;
+                    node.state = "up".into();
+                } else {
+                    node.state = "error".into();
+                }
+                true
+            }
+            _ => false,
+        }
+    };
+    if changed {
+        info!(
+            "node {n}: {}",
+            if ok { "up" } else { "error (node_up failed)" }
+        );
+        shared.notify();
+    }
+}
+
+/// Runs the program if there is one; `Ok(true)` when absent or successful.
+async fn run(shared: &Shared, n: i32) -> Result<bool, String> {
+    let prog = &shared.paths.node_up;
+    if !prog.exists() {
+        return Ok(true);
+    }
+    let logdir = &shared.paths.logdir;
+    std::fs::create_dir_all(logdir).map_err(|e| {
+        format!(
+            "cannot create node_up log directory {}: {e}",
+            logdir.display()
+        )
+    })?;
+    let logpath = logdir.join(format!("node.{n}"));
+    let log = std::fs::File::create(&logpath)
+        .map_err(|e| format!("cannot create {}: {e}", logpath.display()))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", logpath.display()))?;
+    let status = Command::new(prog)
+        .arg(n.to_string())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .env("BPROC_SOCKET", &shared.paths.socket)
+        .env("BPROC_NODE", n.to_string())
+        .status()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", prog.display()))?;
+    if !status.success() {
+        warn!(
+            "node {n}: {} {n} failed ({status}); see {}",
+            prog.display(),
+            logpath.display()
+        );
+    }
+    Ok(status.success())
+}

@@ -1,0 +1,405 @@
+//! Slave links: accept, check the source, authenticate, receive the join, then serve pongs and
+//! replies until the link ends; and the ping loop that finds silent slaves (spec §5.2, §5.11).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bproc_link::{expect_frame, master_handshake, read_frame, write_frame, LinkError};
+use bproc_proto::errno::{BE_SLAVEDIED, ENOSYS, EPROTO};
+use bproc_proto::Message;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::table::{JoinKind, Outgoing, Session, BOOT_MODE};
+use crate::{hook, Shared};
+
+/// Version string slaves and master exchange.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_slave(shared.clone(), stream, peer));
+            }
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                warn!("accepting a slave connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Ends a session: fails its outstanding requests with `BE_SLAVEDIED` (by dropping their
+/// senders) and tells its writer to send the reason and close.
+pub(crate) fn disconnect(session: Session, reason: &str, reconnect: bool) {
+    let _ = session
+        .tx
+        .send(Outgoing::Close(reason.to_owned(), reconnect));
+}
+
+fn conf_for(node: i32, cookie: u64, config: &Config) -> Message {
+    Message::Conf {
+        node,
+        cookie,
+        ping_timeout: config.ping_timeout,
+        time_ms: now_ms(),
+    }
+}
+
+/// Resends `CONF` to every connected slave (after SIGHUP).
+pub(crate) fn send_conf_all(shared: &Shared, config: &Config) {
+    let t = shared.table();
+    for n in t.iter() {
+        if let Some(s) = &n.session {
+            n.send(0, conf_for(n.number, s.cookie, config));
+        }
+    }
+}
+
+fn new_cookie() -> u64 {
+    loop {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).expect("the kernel's random source failed");
+        let c = u64::from_be_bytes(b);
+        if c != 0 {
+            return c;
+        }
+    }
+}
+
+async fn refuse(stream: &mut TcpStream, reason: String) {
+    let _ = write_frame(
+        stream,
+        0,
+        &Message::Disconnect {
+            reason,
+            reconnect: false,
+        },
+    )
+    .await;
+}
+
+async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+    let ip = match peer.ip() {
+        IpAddr::V4(ip) => ip,
+        IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(ip) => ip,
+            None => {
+                warn!("connect from {peer}: IPv6 slaves are not supported");
+                return;
+            }
+        },
+    };
+    let config = shared.config();
+    let Some(n) = config.node_for_addr(ip) else {
+        warn!(
+            "connect from unrecognized address {ip}: no ip/iprange line of {} names it",
+            config.path.display()
+        );
+        return;
+    };
+    if !config.allow_insecure_ports && peer.port() >= 1024 {
+        warn!(
+            "node {n}: connection from {peer} refused: source port is not reserved \
+             (start bpslave as root, or add `allowinsecureports` to {})",
+            config.path.display()
+        );
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = master_handshake(&mut stream, &shared.key).await {
+        warn!("node {n}: connection from {peer} refused: {e}");
+        return;
+    }
+    let join = tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await;
+    let (version, cookie, info) = match join {
+        Ok(Ok((
+            _,
+            Message::Join {
+                version,
+                cookie,
+                info,
+            },
+        ))) => (version, cookie, info),
+        Ok(Ok((_, other))) => {
+            warn!(
+                "node {n}: expected Join from {peer}, received {}",
+                other.name()
+            );
+            return;
+        }
+        Ok(Err(e)) => {
+            warn!("node {n}: {peer}: {e}");
+            return;
+        }
+        Err(_) => {
+            warn!("node {n}: {peer} sent no Join in time");
+            return;
+        }
+    };
+    if version != SOFTWARE_VERSION && !shared.options.ignore_version {
+        let reason = format!(
+            "version mismatch: slave {version}, master {SOFTWARE_VERSION} (run bpmaster -i to accept)"
+        );
+        warn!("node {n}: {reason}");
+        refuse(&mut stream, reason).await;
+        return;
+    }
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let conn = shared.conn_id();
+    let joined = {
+        let mut t = shared.table();
+        t.join_kind(n, cookie).map(|kind| {
+            let node = t.get_mut(n).expect("join_kind checked the node");
+            let mut session = Session {
+                cookie: 0,
+                conn,
+                tx: tx.clone(),
+                ping_in: 2,
+                pending: HashMap::new(),
+            };
+            match kind {
+                JoinKind::Fresh | JoinKind::Replace => {
+                    if let Some(old) = node.go_down() {
+                        disconnect(
+                            old,
+                            "replaced by a new session from a restarted slave",
+                            false,
+                        );
+                    }
+                    session.cookie = new_cookie();
+                    node.state = "boot".into();
+                    node.mode = BOOT_MODE;
+                    node.saved = None;
+                }
+                JoinKind::Reconnect => {
+                    let old = node.session.take().expect("reconnect needs a live session");
+                    session.cookie = old.cookie;
+                    session.pending = HashMap::new();
+                    disconnect(old, "session moved to a new connection", false);
+                }
+                JoinKind::Resume => {
+                    let saved = node.saved.take().expect("resume needs a saved session");
+                    session.cookie = saved.cookie;
+                    node.state = saved.state;
+                    node.mode = saved.mode;
+                    node.uid = saved.uid;
+                    node.gid = saved.gid;
+                }
+            }
+            node.addr = Some(ip);
+            node.info = Some(info);
+            let cookie = session.cookie;
+            node.session = Some(session);
+            node.send(0, conf_for(n, cookie, &config));
+            (kind, cookie)
+        })
+    };
+    let (kind, cookie) = match joined {
+        Ok(j) => j,
+        Err(reason) => {
+            warn!("node {n}: {reason}");
+            refuse(&mut stream, reason).await;
+            return;
+        }
+    };
+    shared.notify();
+    info!("node {n}: {kind:?} session from {peer} (slave {version})");
+    if matches!(kind, JoinKind::Fresh | JoinKind::Replace) {
+        tokio::spawn(hook::node_up(shared.clone(), n, cookie));
+    }
+
+    let (mut rd, wr) = stream.into_split();
+    let (done_tx, mut done_rx) = oneshot::channel();
+    tokio::spawn(writer(wr, rx, done_tx));
+    drop(tx);
+    let reason = loop {
+        let frame = tokio::select! {
+            f = read_frame(&mut rd) => f,
+            _ = &mut done_rx => break "link closed by the master".to_owned(),
+        };
+        match frame {
+            Ok(Some((id, msg))) => {
+                if let Some(reason) = on_frame(&shared, n, conn, id, msg) {
+                    break reason;
+                }
+            }
+            Ok(None) => break "connection closed by the slave".to_owned(),
+            Err(LinkError::Io(e)) => break format!("connection lost: {e}"),
+            Err(e) => break format!("{e}"),
+        }
+    };
+    let went_down = {
+        let mut t = shared.table();
+        match t.get_mut(n) {
+            Some(node) if node.session.as_ref().is_some_and(|s| s.conn == conn) => {
+                if shared.stopping() {
+                    // Keep the session for the next master to resume.
+                    node.session.take();
+                    false
+                } else {
+                    node.go_down();
+                    true
+                }
+            }
+            _ => false,
+        }
+    };
+    if went_down {
+        warn!("node {n}: down: {reason}");
+        shared.notify();
+    } else {
+        debug!("node {n}: connection {conn} ended: {reason}");
+    }
+}
+
+/// Handles one frame from a slave; returns a reason to end the link.
+fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option<String> {
+    let mut t = shared.table();
+    let node = t.get_mut(n)?;
+    let session = node.session.as_mut().filter(|s| s.conn == conn)?;
+    match msg {
+        Message::Pong { info, .. } => {
+            session.ping_in = 2;
+            node.info = Some(info);
+        }
+        reply @ (Message::Ok | Message::Error { .. }) => {
+            if let Some(waiter) = session.pending.remove(&id) {
+                let _ = waiter.send(reply);
+            }
+        }
+        Message::Disconnect { reason, .. } => return Some(format!("slave disconnected: {reason}")),
+        Message::Unknown { msg_type } => {
+            let _ = session.tx.send(Outgoing::Frame(
+                id,
+                Message::Error {
+                    code: ENOSYS,
+                    message: format!("unknown message type {msg_type}"),
+                },
+            ));
+        }
+        other => {
+            let _ = session.tx.send(Outgoing::Frame(
+                id,
+                Message::Error {
+                    code: EPROTO,
+                    message: format!("{} is not valid from a slave", other.name()),
+                },
+            ));
+        }
+    }
+    None
+}
+
+async fn writer(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    done: oneshot::Sender<()>,
+) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Outgoing::Frame(id, msg) => {
+                if write_frame(&mut wr, id, &msg).await.is_err() {
+                    break;
+                }
+            }
+            Outgoing::Close(reason, reconnect) => {
+                let _ = write_frame(&mut wr, 0, &Message::Disconnect { reason, reconnect }).await;
+                break;
+            }
+        }
+    }
+    let _ = done.send(());
+}
+
+/// Sends a request to node `n` and waits for its reply.
+pub(crate) async fn request(shared: &Shared, n: i32, msg: Message) -> Message {
+    let id = shared.request_id();
+    let (tx, rx) = oneshot::channel();
+    {
+        let mut t = shared.table();
+        let Some(s) = t.get_mut(n).and_then(|node| node.session.as_mut()) else {
+            return Message::Error {
+                code: BE_SLAVEDIED,
+                message: format!("node {n} is down"),
+            };
+        };
+        s.pending.insert(id, tx);
+        let _ = s.tx.send(Outgoing::Frame(id, msg));
+    }
+    match tokio::time::timeout(Duration::from_secs(30), rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => Message::Error {
+            code: BE_SLAVEDIED,
+            message: format!("node {n} went down before answering"),
+        },
+        Err(_) => {
+            if let Some(s) = shared
+                .table()
+                .get_mut(n)
+                .and_then(|node| node.session.as_mut())
+            {
+                s.pending.remove(&id);
+            }
+            Message::Error {
+                code: BE_SLAVEDIED,
+                message: format!("node {n} did not answer in 30 s"),
+            }
+        }
+    }
+}
+
+/// Pings every connected slave each `pingtimeout / 2`; a slave that answered none of the
+/// last two pings is declared down (spec §5.2: detection within 1–1.5 × pingtimeout).
+pub(crate) async fn ping_loop(shared: Arc<Shared>) {
+    let mut seq = 0u64;
+    loop {
+        let period = Duration::from_millis(u64::from(shared.config().ping_timeout) * 500);
+        tokio::time::sleep(period).await;
+        seq += 1;
+        let mut lost = Vec::new();
+        {
+            let mut t = shared.table();
+            for node in t.iter_mut() {
+                let Some(s) = node.session.as_mut() else {
+                    continue;
+                };
+                if s.ping_in == 0 {
+                    lost.push(node.number);
+                    if let Some(s) = node.go_down() {
+                        disconnect(s, "ping timeout", true);
+                    }
+                } else {
+                    s.ping_in -= 1;
+                    let _ = s.tx.send(Outgoing::Frame(
+                        0,
+                        Message::Ping {
+                            seq,
+                            time_ms: now_ms(),
+                        },
+                    ));
+                }
+            }
+        }
+        if !lost.is_empty() {
+            for n in &lost {
+                warn!("node {n}: down: ping timeout");
+            }
+            shared.notify();
+        }
+    }
+}

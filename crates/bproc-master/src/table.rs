@@ -1,0 +1,546 @@
+//! The node table: every configured node's state, permissions and session, and the rules for
+//! changing them (BProc 4.0's bpfs semantics, spec §3). No I/O happens here: callers hold the
+//! lock, call a method, and act on what it returns (send a message, notify watchers, persist).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+use bproc_proto::errno::{BE_INVALIDNODE, BE_NODEDOWN, EINVAL, ENODATA, ENOSPC, EPERM};
+use bproc_proto::{Message, NodeInfo, NodeStatus, MAX_STATE_LEN};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::persist::Saved;
+
+/// Mode of a node that has just connected: only root may start processes (spec §3.2).
+pub const BOOT_MODE: u32 = 0o100;
+/// Mode of a node that finished booting.
+pub const UP_MODE: u32 = 0o111;
+
+/// Who is asking, as the kernel told us (SO_PEERCRED) plus supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Effective uid.
+    pub uid: u32,
+    /// Effective gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl Caller {
+    fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+    fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// A refused change: an errno-style code and a message naming the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// errno or `BE_*` value.
+    pub code: i32,
+    /// Explanation.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: i32, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+    /// The reply message for a client.
+    pub fn to_message(&self) -> Message {
+        Message::Error {
+            code: self.code,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// What goes to a slave's writer task.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A frame with its request id.
+    Frame(u32, Message),
+    /// Send this reason and whether the slave may reconnect, then close the link.
+    Close(String, bool),
+}
+
+/// A connected slave's session.
+#[derive(Debug)]
+pub struct Session {
+    /// Cookie the slave presents to resume this session.
+    pub cookie: u64,
+    /// Identifies the connection currently carrying the session.
+    pub conn: u64,
+    /// The connection's writer.
+    pub tx: mpsc::UnboundedSender<Outgoing>,
+    /// Ping credit: set to 2 by a pong, decremented by each ping (spec §5.2).
+    pub ping_in: u8,
+    /// Requests to the slave awaiting replies, by request id.
+    pub pending: HashMap<u32, oneshot::Sender<Message>>,
+}
+
+/// One node.
+#[derive(Debug)]
+pub struct Node {
+    /// Node number.
+    pub number: i32,
+    /// State string.
+    pub state: String,
+    /// Permission bits ⊆ 0111.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Address of the current connection.
+    pub addr: Option<Ipv4Addr>,
+    /// Latest machine report.
+    pub info: Option<NodeInfo>,
+    /// The live session, if connected.
+    pub session: Option<Session>,
+    /// What a previous master saved about this node, offered to a slave that resumes with the
+    /// same cookie after a master restart.
+    pub saved: Option<Saved>,
+}
+
+impl Node {
+    fn new(number: i32) -> Self {
+        Node {
+            number,
+            state: "down".into(),
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            addr: None,
+            info: None,
+            session: None,
+            saved: None,
+        }
+    }
+
+    /// The node as clients see it.
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            node: self.number,
+            state: self.state.clone(),
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            addr: self.addr,
+            info: self.info.clone(),
+        }
+    }
+
+    /// Whether the node is connected.
+    pub fn is_up(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Sends a frame to the slave, if connected.
+    pub fn send(&self, id: u32, msg: Message) {
+        if let Some(s) = &self.session {
+            let _ = s.tx.send(Outgoing::Frame(id, msg));
+        }
+    }
+
+    /// Clears everything a down node must not keep (spec §3.2 item 6) and returns the session.
+    pub fn go_down(&mut self) -> Option<Session> {
+        self.state = "down".into();
+        self.mode = 0;
+        self.uid = 0;
+        self.gid = 0;
+        self.addr = None;
+        self.info = None;
+        self.session.take()
+    }
+}
+
+/// How a joining slave is received.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JoinKind {
+    /// A new session: the node boots.
+    Fresh,
+    /// A new session replacing a live one whose daemon restarted.
+    Replace,
+    /// The same session on a new connection (hot reconnect).
+    Reconnect,
+    /// A session saved by a previous master, resumed with its state and permissions.
+    Resume,
+}
+
+/// The table of all configured nodes.
+#[derive(Debug, Default)]
+pub struct Table {
+    nodes: BTreeMap<i32, Node>,
+    /// Node numbers in configuration order.
+    order: Vec<i32>,
+}
+
+/// Checks a state string: 1–15 characters of `[A-Za-z0-9]` (spec §3.2).
+pub fn check_state(state: &str) -> Result<(), Refusal> {
+    if state.len() > MAX_STATE_LEN {
+        return Err(Refusal::new(
+            ENOSPC,
+            format!("state \"{state}\" is longer than {MAX_STATE_LEN} characters"),
+        ));
+    }
+    if state.is_empty() || !state.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Refusal::new(
+            EINVAL,
+            format!("state \"{state}\" must be 1-{MAX_STATE_LEN} letters and digits"),
+        ));
+    }
+    Ok(())
+}
+
+impl Table {
+    /// A table with every node of `config` down.
+    pub fn from_config(config: &Config) -> Self {
+        let mut t = Table::default();
+        for n in config.node_numbers() {
+            t.order.push(n);
+            t.nodes.insert(n, Node::new(n));
+        }
+        t
+    }
+
+    /// Rebuilds the table for a new configuration (SIGHUP). Live sessions move to the node
+    /// their address now maps to; the sessions whose address no longer maps anywhere, or
+    /// whose new node is taken, are returned so the caller can disconnect them.
+    pub fn reconfigure(&mut self, config: &Config) -> Vec<(i32, Session)> {
+        let mut old = std::mem::take(self);
+        *self = Table::from_config(config);
+        let mut dropped = Vec::new();
+        for number in old.order.clone() {
+            let Some(mut node) = old.nodes.remove(&number) else {
+                continue;
+            };
+            let target = node.addr.and_then(|a| config.node_for_addr(a));
+            match target {
+                Some(t) if self.nodes.get(&t).is_some_and(|n| !n.is_up()) => {
+                    node.number = t;
+                    node.saved = None;
+                    self.nodes.insert(t, node);
+                }
+                _ => {
+                    if let Some(s) = node.go_down() {
+                        dropped.push((number, s));
+                    } else if let Some(n) = self.nodes.get_mut(&number) {
+                        // Keep what a previous master saved for nodes that still exist.
+                        n.saved = node.saved;
+                    }
+                }
+            }
+        }
+        dropped
+    }
+
+    /// The node, if configured.
+    pub fn get(&self, n: i32) -> Option<&Node> {
+        self.nodes.get(&n)
+    }
+
+    /// The node, if configured.
+    pub fn get_mut(&mut self, n: i32) -> Option<&mut Node> {
+        self.nodes.get_mut(&n)
+    }
+
+    /// Every node in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Node> {
+        self.order.iter().filter_map(|n| self.nodes.get(n))
+    }
+
+    /// Every node in configuration order, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Node> {
+        self.nodes.values_mut()
+    }
+
+    /// Snapshot for clients, in configuration order.
+    pub fn statuses(&self) -> Vec<NodeStatus> {
+        self.iter().map(Node::status).collect()
+    }
+
+    /// Decides how a slave presenting `cookie` is received on node `n`.
+    pub fn join_kind(&self, n: i32, cookie: u64) -> Result<JoinKind, String> {
+        let node = self
+            .nodes
+            .get(&n)
+            .ok_or_else(|| format!("node {n} is not configured"))?;
+        match &node.session {
+            None if cookie != 0 && node.saved.as_ref().is_some_and(|s| s.cookie == cookie) => {
+                Ok(JoinKind::Resume)
+            }
+            None => Ok(JoinKind::Fresh),
+            Some(_) if cookie == 0 => Ok(JoinKind::Replace),
+            Some(s) if s.cookie == cookie => Ok(JoinKind::Reconnect),
+            Some(_) => Err(format!(
+                "node {n} already has a live session with another cookie; refusing the second slave"
+            )),
+        }
+    }
+
+    fn node_for_change(&mut self, n: i32) -> Result<&mut Node, Refusal> {
+        if n == -1 {
+            return Err(Refusal::new(
+                ENODATA,
+                "the master (node -1) has no state or permissions to change",
+            ));
+        }
+        self.nodes
+            .get_mut(&n)
+            .ok_or_else(|| Refusal::new(BE_INVALIDNODE, format!("node {n} is not configured")))
+    }
+
+    /// Sets a state string. Setting `down` returns the session, which the caller disconnects.
+    pub fn set_state(
+        &mut self,
+        caller: &Caller,
+        n: i32,
+        state: &str,
+    ) -> Result<Option<Session>, Refusal> {
+        check_state(state)?;
+        let node = self.node_for_change(n)?;
+        if !caller.is_root() {
+            return Err(Refusal::new(
+                EPERM,
+                format!("only root may set the state of node {n}"),
+            ));
+        }
+        if !node.is_up() {
+            return Err(Refusal::new(
+                BE_NODEDOWN,
+                format!("node {n} is down; its state cannot be set"),
+            ));
+        }
+        if state == "down" {
+            return Ok(node.go_down());
+        }
+        node.state = state.to_owned();
+        Ok(None)
+    }
+
+    /// chmod, with BProc's rules: only execute bits, owner or root, not while down.
+    pub fn chmod(&mut self, caller: &Caller, n: i32, mode: u32) -> Result<(), Refusal> {
+        let node = self.node_for_change(n)?;
+        if mode & !0o111 != 0 {
+            return Err(Refusal::new(
+                EPERM,
+                format!(
+                    "mode {mode:04o} for node {n}: only the execute bits (0111) exist on nodes"
+                ),
+            ));
+        }
+        if !node.is_up() {
+            return Err(Refusal::new(
+                EPERM,
+                format!("node {n} is down; its mode cannot change"),
+            ));
+        }
+        if !caller.is_root() && caller.uid != node.uid {
+            return Err(Refusal::new(
+                EPERM,
+                format!("only root or the owner may chmod node {n}"),
+            ));
+        }
+        node.mode = mode;
+        Ok(())
+    }
+
+    /// chown: root only, not while down.
+    pub fn chown(&mut self, caller: &Caller, n: i32, uid: u32) -> Result<(), Refusal> {
+        let node = self.node_for_change(n)?;
+        if !node.is_up() {
+            return Err(Refusal::new(
+                EPERM,
+                format!("node {n} is down; its owner cannot change"),
+            ));
+        }
+        if !caller.is_root() {
+            return Err(Refusal::new(
+                EPERM,
+                format!("only root may change the owner of node {n}"),
+            ));
+        }
+        node.uid = uid;
+        Ok(())
+    }
+
+    /// chgrp: root, or the owner to a group it belongs to; not while down.
+    pub fn chgrp(&mut self, caller: &Caller, n: i32, gid: u32) -> Result<(), Refusal> {
+        let node = self.node_for_change(n)?;
+        if !node.is_up() {
+            return Err(Refusal::new(
+                EPERM,
+                format!("node {n} is down; its group cannot change"),
+            ));
+        }
+        if !caller.is_root() && !(caller.uid == node.uid && caller.in_group(gid)) {
+            return Err(Refusal::new(
+                EPERM,
+                format!("only root, or the owner of node {n} to a group it is in, may chgrp it"),
+            ));
+        }
+        node.gid = gid;
+        Ok(())
+    }
+
+    /// Checks that a root caller may send a node command to `n`, which must be up.
+    pub fn command_target(&mut self, caller: &Caller, n: i32) -> Result<&mut Node, Refusal> {
+        if !caller.is_root() {
+            return Err(Refusal::new(
+                EPERM,
+                format!("only root may send commands to node {n}"),
+            ));
+        }
+        let node = self.node_for_change(n)?;
+        if !node.is_up() {
+            return Err(Refusal::new(BE_NODEDOWN, format!("node {n} is down")));
+        }
+        Ok(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn table(n: usize) -> Table {
+        let text: String = (0..n)
+            .map(|i| format!("ip {i} 10.0.0.{}\n", i + 1))
+            .collect();
+        Table::from_config(&Config::parse(&text, Path::new("t")).unwrap())
+    }
+
+    fn connect(t: &mut Table, n: i32) -> mpsc::UnboundedReceiver<Outgoing> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let node = t.get_mut(n).unwrap();
+        node.session = Some(Session {
+            cookie: 7,
+            conn: 1,
+            tx,
+            ping_in: 2,
+            pending: HashMap::new(),
+        });
+        node.state = "up".into();
+        node.mode = UP_MODE;
+        node.addr = Some(Ipv4Addr::new(10, 0, 0, n as u8 + 1));
+        rx
+    }
+
+    const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        groups: Vec::new(),
+    };
+    fn user(uid: u32, gid: u32) -> Caller {
+        Caller {
+            uid,
+            gid,
+            groups: vec![],
+        }
+    }
+
+    #[test]
+    fn states_are_checked_like_bpfs() {
+        assert_eq!(check_state("unavailable"), Ok(()));
+        assert_eq!(check_state("a234567890123456").unwrap_err().code, ENOSPC);
+        assert_eq!(check_state("up!").unwrap_err().code, EINVAL);
+        assert_eq!(check_state("").unwrap_err().code, EINVAL);
+    }
+
+    #[test]
+    fn only_root_sets_state_and_down_nodes_refuse() {
+        let mut t = table(2);
+        let _rx = connect(&mut t, 0);
+        assert_eq!(t.set_state(&user(5, 5), 0, "busy").unwrap_err().code, EPERM);
+        assert!(t.set_state(&ROOT, 0, "busy").unwrap().is_none());
+        assert_eq!(t.get(0).unwrap().state, "busy");
+        assert_eq!(t.set_state(&ROOT, 1, "up").unwrap_err().code, BE_NODEDOWN);
+        assert_eq!(
+            t.set_state(&ROOT, 9, "up").unwrap_err().code,
+            BE_INVALIDNODE
+        );
+        assert_eq!(t.set_state(&ROOT, -1, "up").unwrap_err().code, ENODATA);
+    }
+
+    #[test]
+    fn setting_down_clears_the_node_and_hands_back_the_session() {
+        let mut t = table(1);
+        let _rx = connect(&mut t, 0);
+        t.chown(&ROOT, 0, 1000).unwrap();
+        assert!(t.set_state(&ROOT, 0, "down").unwrap().is_some());
+        let n = t.get(0).unwrap();
+        assert_eq!(
+            (n.state.as_str(), n.mode, n.uid, n.addr),
+            ("down", 0, 0, None)
+        );
+    }
+
+    #[test]
+    fn permission_rules() {
+        let mut t = table(1);
+        let _rx = connect(&mut t, 0);
+        assert_eq!(t.chmod(&ROOT, 0, 0o644).unwrap_err().code, EPERM);
+        assert_eq!(t.chmod(&user(5, 5), 0, 0o100).unwrap_err().code, EPERM);
+        assert_eq!(t.chown(&user(5, 5), 0, 5).unwrap_err().code, EPERM);
+        t.chown(&ROOT, 0, 5).unwrap();
+        t.chmod(&user(5, 5), 0, 0o100).unwrap();
+        assert_eq!(t.chgrp(&user(5, 5), 0, 7).unwrap_err().code, EPERM);
+        t.chgrp(
+            &Caller {
+                uid: 5,
+                gid: 5,
+                groups: vec![7],
+            },
+            0,
+            7,
+        )
+        .unwrap();
+        assert_eq!(t.chgrp(&user(6, 7), 0, 7).unwrap_err().code, EPERM);
+        let n = t.get(0).unwrap();
+        assert_eq!((n.mode, n.uid, n.gid), (0o100, 5, 7));
+    }
+
+    #[test]
+    fn join_decisions() {
+        let mut t = table(1);
+        assert_eq!(t.join_kind(0, 0), Ok(JoinKind::Fresh));
+        let _rx = connect(&mut t, 0);
+        assert_eq!(t.join_kind(0, 0), Ok(JoinKind::Replace));
+        assert_eq!(t.join_kind(0, 7), Ok(JoinKind::Reconnect));
+        assert!(t.join_kind(0, 8).is_err());
+        t.get_mut(0).unwrap().go_down();
+        t.get_mut(0).unwrap().saved = Some(Saved {
+            cookie: 9,
+            state: "up".into(),
+            mode: 0o100,
+            uid: 3,
+            gid: 4,
+        });
+        assert_eq!(t.join_kind(0, 9), Ok(JoinKind::Resume));
+        assert_eq!(t.join_kind(0, 8), Ok(JoinKind::Fresh));
+    }
+
+    #[test]
+    fn reconfigure_moves_sessions_by_address() {
+        let mut t = table(2);
+        let _rx = connect(&mut t, 1);
+        // Node 1's address 10.0.0.2 now belongs to node 5; 10.0.0.1 is gone.
+        let cfg = Config::parse("ip 5 10.0.0.2\nip 6 10.0.0.3\n", Path::new("t")).unwrap();
+        assert!(t.reconfigure(&cfg).is_empty());
+        assert!(t.get(5).unwrap().is_up());
+        assert!(t.get(0).is_none());
+        let cfg = Config::parse("ip 6 10.0.0.3\n", Path::new("t")).unwrap();
+        let dropped = t.reconfigure(&cfg);
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].0, 5);
+    }
+}

@@ -1,0 +1,258 @@
+//! `bpcluster`: start, inspect, stop and demonstrate a virtual cluster from the shell.
+//!
+//! ```text
+//! eval "$(bpcluster up -n 4)"   # master + 4 nodes; exports BPROC_SOCKET and PATH
+//! bpstat
+//! bpcluster status
+//! bpcluster down
+//! bpcluster demo                # a guided tour on a throw-away cluster
+//! ```
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use lexopt::prelude::*;
+
+use crate::{node_addr, pid_runs, recorded_pids, stop_detached, Cluster, Spec, VclusterError};
+
+const USAGE: &str = "Usage: bpcluster COMMAND [options]
+Commands:
+  up -n N       start a master and N nodes in the background and wait until all are up;
+                prints shell commands: eval \"$(bpcluster up -n 4)\"
+  down          stop the cluster and remove its directory
+  status        show the cluster's daemons and nodes
+  demo          start 4 nodes, show bpstat, mark a node down, show bpstat -l, stop
+Options:
+  --dir DIR           cluster directory (default $BPCLUSTER_DIR or /tmp/bpcluster-UID)
+  --ping-timeout S    master ping timeout in seconds (default 10)
+  --no-isolate        do not give nodes their own host name and /tmp
+  --timeout S         how long `up` waits for the nodes (default 60 + N/10)
+  -h, --help          print this message
+";
+
+struct Args {
+    command: String,
+    nodes: Option<usize>,
+    dir: PathBuf,
+    ping_timeout: u32,
+    isolate: bool,
+    timeout: Option<u64>,
+}
+
+fn default_dir() -> PathBuf {
+    std::env::var_os("BPCLUSTER_DIR").map_or_else(
+        || PathBuf::from(format!("/tmp/bpcluster-{}", nix::unistd::getuid())),
+        PathBuf::from,
+    )
+}
+
+fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
+    let mut a = Args {
+        command: String::new(),
+        nodes: None,
+        dir: default_dir(),
+        ping_timeout: 10,
+        isolate: true,
+        timeout: None,
+    };
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Short('n') | Long("nodes") => a.nodes = Some(p.value()?.parse()?),
+            Long("dir") => a.dir = p.value()?.into(),
+            Long("ping-timeout") => a.ping_timeout = p.value()?.parse()?,
+            Long("no-isolate") => a.isolate = false,
+            Long("timeout") => a.timeout = Some(p.value()?.parse()?),
+            Value(v) if a.command.is_empty() => a.command = v.string()?,
+            other => return Err(other.unexpected()),
+        }
+    }
+    Ok(Some(a))
+}
+
+/// Directory of the running program, where its sibling binaries live.
+fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Whether nodes can get their own namespaces here; says why not, once, when they cannot.
+fn isolation_works(bin: &Path) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let out = Command::new(bin.join("bpslave"))
+        .arg("--check-isolation")
+        .output();
+    match out {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            eprintln!(
+                "bpcluster: nodes will share this machine's host name and /tmp: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!("bpcluster: cannot run bpslave: {e}");
+            false
+        }
+    }
+}
+
+fn spec_for(a: &Args, n: usize) -> Spec {
+    let bin = bin_dir();
+    let mut s = Spec::new(n, a.dir.clone(), bin.clone());
+    s.isolate = a.isolate && isolation_works(&bin);
+    s.ping_timeout = a.ping_timeout;
+    s.timeout = Duration::from_secs(a.timeout.unwrap_or(60 + n as u64 / 10));
+    s
+}
+
+fn up(a: &Args) -> Result<(), VclusterError> {
+    let n = a.nodes.unwrap_or(4);
+    if a.dir.join("pids").exists() {
+        let live = recorded_pids(&a.dir)?.iter().any(|(name, pid)| {
+            pid_runs(
+                *pid,
+                if name == "master" {
+                    "bpmaster"
+                } else {
+                    "bpslave"
+                },
+            )
+        });
+        if live {
+            eprintln!(
+                "bpcluster: a cluster is already running in {}; stop it with `bpcluster down --dir {}`",
+                a.dir.display(),
+                a.dir.display()
+            );
+            return Err(VclusterError::NoCluster(a.dir.clone()));
+        }
+        let _ = std::fs::remove_dir_all(&a.dir);
+    }
+    let t0 = Instant::now();
+    let c = Cluster::start(spec_for(a, n))?;
+    eprintln!(
+        "bpcluster: master and {n} nodes up in {:.2} s (directory {})",
+        t0.elapsed().as_secs_f64(),
+        a.dir.display()
+    );
+    println!("export BPROC_SOCKET={}", c.socket().display());
+    println!("export PATH={}:$PATH", bin_dir().display());
+    c.detach()
+}
+
+fn status(a: &Args) -> Result<(), VclusterError> {
+    let pids = recorded_pids(&a.dir)?;
+    for (name, pid) in &pids {
+        let prog = if name == "master" {
+            "bpmaster"
+        } else {
+            "bpslave"
+        };
+        let what = if pid_runs(*pid, prog) {
+            "running"
+        } else {
+            "exited"
+        };
+        let addr = name
+            .strip_prefix('n')
+            .and_then(|i| i.parse().ok())
+            .map(|i| format!(" {}", node_addr(i)))
+            .unwrap_or_default();
+        println!("{name:<8} pid {pid:<8} {what}{addr}");
+    }
+    match bproc::Client::connect_to(&a.dir.join("master.sock")).and_then(|mut c| c.nodes()) {
+        Ok(nodes) => {
+            let up = nodes.iter().filter(|n| n.state == "up").count();
+            println!(
+                "{up} of {} nodes up; BPROC_SOCKET={}",
+                nodes.len(),
+                a.dir.join("master.sock").display()
+            );
+        }
+        Err(e) => println!("master not answering: {e}"),
+    }
+    Ok(())
+}
+
+/// Runs a tool with the cluster's socket, echoing the command line like a shell session.
+fn show(c: &Cluster, prog: &str, args: &[&str]) {
+    println!("$ {prog} {}", args.join(" "));
+    let status = Command::new(bin_dir().join(prog))
+        .args(args)
+        .env("BPROC_SOCKET", c.socket())
+        .status();
+    if let Err(e) = status {
+        println!("({prog} failed to run: {e})");
+    }
+    println!();
+}
+
+fn demo(a: &Args) -> Result<(), VclusterError> {
+    let dir = std::env::temp_dir().join(format!("bpcluster-demo-{}", std::process::id()));
+    let mut args_for_demo = spec_for(a, 4);
+    args_for_demo.dir = dir.clone();
+    println!("Starting a virtual cluster: one bpmaster and 4 bpslave daemons on 127.0.1.0-3 ...");
+    let t0 = Instant::now();
+    let c = Cluster::start(args_for_demo)?;
+    println!("4 nodes up in {:.2} s\n", t0.elapsed().as_secs_f64());
+    show(&c, "bpstat", &[]);
+    show(
+        &c,
+        "bpctl",
+        &["-S", "1", "-m", "0100", "-u", "root", "-g", "root"],
+    );
+    show(&c, "bpctl", &["-S", "3", "-s", "down"]);
+    c.wait_for(|n| n.iter().any(|n| n.node == 3 && n.state == "down"))?;
+    show(&c, "bpstat", &[]);
+    show(&c, "bpstat", &["-l"]);
+    show(&c, "bpstat", &["-t", "allup"]);
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("Cluster stopped.");
+    Ok(())
+}
+
+/// Runs bpcluster with `args` (without the program name).
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let a = match parse(args) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprint!("bpcluster: {e}\n{USAGE}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = match a.command.as_str() {
+        "up" => up(&a),
+        "down" => stop_detached(&a.dir).map(|n| eprintln!("bpcluster: stopped {n} daemons")),
+        "status" => status(&a),
+        "demo" => demo(&a),
+        "" => {
+            eprint!("{USAGE}");
+            return ExitCode::FAILURE;
+        }
+        other => {
+            eprint!("bpcluster: unknown command {other}\n{USAGE}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpcluster: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
