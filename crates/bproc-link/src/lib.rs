@@ -141,7 +141,8 @@ pub async fn master_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         {
             // Tell the peer nothing but that it failed; then the caller closes.
             let refusal = Message::Disconnect {
-                reason: "authentication failed".into(),
+                reason: "authentication failed: this slave does not hold the master's cluster key"
+                    .into(),
                 reconnect: false,
             };
             let _ = write_frame(s, 0, &refusal).await;

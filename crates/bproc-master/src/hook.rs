@@ -78,6 +78,8 @@ async fn run(shared: &Shared, n: i32) -> Result<bool, String> {
         .stdout(log)
         .stderr(log2)
         .process_group(0)
+        // A master that stops takes its unfinished node_up programs with it.
+        .kill_on_drop(true)
         .env("BPROC_SOCKET", &shared.paths.socket)
         .env("BPROC_NODE", n.to_string())
         .status()

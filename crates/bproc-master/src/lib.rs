@@ -282,6 +282,8 @@ impl Master {
                 node.saved = Some(saved);
             }
         }
+        // The client socket first: it is what tells us another master already runs.
+        let unix = bind_unix(&paths.socket)?;
         let mut tcp = Vec::new();
         for addr in listen_addrs(&config).await? {
             let l = TcpListener::bind(addr)
@@ -292,7 +294,6 @@ impl Master {
                 })?;
             tcp.push(l);
         }
-        let unix = bind_unix(&paths.socket)?;
         let shared = Arc::new(Shared {
             table: Mutex::new(table),
             config: Mutex::new(Arc::new(config)),

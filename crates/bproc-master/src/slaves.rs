@@ -187,9 +187,10 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
                     node.saved = None;
                 }
                 JoinKind::Reconnect => {
-                    let old = node.session.take().expect("reconnect needs a live session");
+                    let mut old = node.session.take().expect("reconnect needs a live session");
                     session.cookie = old.cookie;
-                    session.pending = HashMap::new();
+                    // The reply to the request that moved the link arrives on the new one.
+                    session.pending = std::mem::take(&mut old.pending);
                     disconnect(old, "session moved to a new connection", false);
                 }
                 JoinKind::Resume => {

@@ -381,7 +381,7 @@ impl Table {
                 format!("node {n} is down; its group cannot change"),
             ));
         }
-        if !caller.is_root() && !(caller.uid == node.uid && caller.in_group(gid)) {
+        if !(caller.is_root() || caller.uid == node.uid && caller.in_group(gid)) {
             return Err(Refusal::new(
                 EPERM,
                 format!("only root, or the owner of node {n} to a group it is in, may chgrp it"),

@@ -73,7 +73,7 @@ pub struct Options {
     pub key: ClusterKey,
     /// How long a lost session's cookie is kept for resuming.
     pub grace: Duration,
-    /// Command run for `bpctl -R`; without one the daemon restarts itself.
+    /// Command run for `bpctl -R`; without one the daemon starts a new session.
     pub reboot_cmd: Option<String>,
     /// Command run for `bpctl -H`; without one the daemon exits.
     pub halt_cmd: Option<String>,
@@ -95,15 +95,6 @@ impl Options {
             poweroff_cmd: None,
         }
     }
-}
-
-/// Why the slave stopped without an error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Exit {
-    /// The master asked for a reboot and no reboot command is set: restart the daemon.
-    Restart,
-    /// Halted or powered off, or a node command ran.
-    Stopped,
 }
 
 /// How one link ended.
@@ -334,7 +325,7 @@ fn run_command(what: &str, cmd: &str) {
 }
 
 /// Runs the slave until it is told to stop, or, without `-r`, until the link ends.
-pub async fn run(opts: Options) -> Result<Exit, SlaveError> {
+pub async fn run(opts: Options) -> Result<(), SlaveError> {
     let key = opts.key.clone();
     let mut cookie = 0u64;
     let mut master = opts.master;
@@ -358,20 +349,22 @@ pub async fn run(opts: Options) -> Result<Exit, SlaveError> {
                     NodeAction::Halt => &opts.halt_cmd,
                     NodeAction::Poweroff => &opts.poweroff_cmd,
                 };
-                return Ok(match (action, cmd) {
+                match (action, cmd) {
                     (_, Some(cmd)) => {
                         run_command(action.name(), cmd);
-                        Exit::Stopped
+                        return Ok(());
                     }
                     (NodeAction::Reboot, None) => {
-                        info!("reboot: restarting the slave daemon");
-                        Exit::Restart
+                        // A virtual node's reboot: drop the session and join again afresh,
+                        // as a rebooted machine's new daemon would.
+                        info!("reboot: starting a new session");
+                        cookie = 0;
                     }
                     (_, None) => {
                         info!("{}: stopping the slave daemon", action.name());
-                        Exit::Stopped
+                        return Ok(());
                     }
-                });
+                }
             }
             End::Dismissed(reason) => {
                 return Err(SlaveError::Dismissed {
@@ -403,7 +396,7 @@ pub async fn run(opts: Options) -> Result<Exit, SlaveError> {
 }
 
 /// Runs [`run`] on a new current-thread runtime.
-pub fn serve(opts: Options) -> Result<Exit, SlaveError> {
+pub fn serve(opts: Options) -> Result<(), SlaveError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

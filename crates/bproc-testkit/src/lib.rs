@@ -1,1 +1,274 @@
-//! test harness: clusters, commands, readiness
+//! Test harness for end-to-end tests: virtual clusters in unique directories, client commands
+//! that report everything on failure, and an unprivileged user for permission checks.
+//!
+//! Tests pass the directory of the built binaries (from `CARGO_BIN_EXE_*`), so this crate
+//! never guesses where they are. Every process a [`TestCluster`] starts is killed by pid when
+//! it is dropped, also when the test panics.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::ops::{Deref, DerefMut};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub use bproc_vcluster::{log_tail, node_addr, Cluster, Spec};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh directory for one test under the system temp dir.
+pub fn unique_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("bproc-test-{}-{n}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create test directory");
+    d
+}
+
+/// True when running as root; otherwise prints why the calling test is skipped.
+pub fn require_root(why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED: this test needs root: {why}");
+    false
+}
+
+/// An unprivileged user for permission tests: name, uid, gid.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// Login name.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary group id (a group of the same name).
+    pub gid: u32,
+}
+
+/// Creates (once) the user `bpalice` with a group of the same name. Needs root.
+pub fn test_user() -> TestUser {
+    static USER: OnceLock<TestUser> = OnceLock::new();
+    USER.get_or_init(|| {
+        let name = "bpalice";
+        if nix::unistd::User::from_name(name).ok().flatten().is_none() {
+            let st = Command::new("useradd")
+                .args([
+                    "--user-group",
+                    "--no-create-home",
+                    "--shell",
+                    "/bin/sh",
+                    name,
+                ])
+                .status()
+                .expect("run useradd");
+            assert!(st.success(), "useradd {name} failed: {st}");
+        }
+        let u = nix::unistd::User::from_name(name)
+            .unwrap()
+            .expect("user exists");
+        TestUser {
+            name: name.into(),
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        }
+    })
+    .clone()
+}
+
+/// A virtual cluster owned by one test.
+#[derive(Debug)]
+pub struct TestCluster {
+    cluster: Cluster,
+    bins: PathBuf,
+}
+
+impl TestCluster {
+    /// A spec for `n` nodes in a unique directory, with a 30 s start timeout.
+    pub fn spec(bins: &Path, n: usize, tag: &str) -> Spec {
+        let mut s = Spec::new(n, unique_dir(tag), bins);
+        s.timeout = Duration::from_secs(30);
+        s
+    }
+
+    /// Starts the cluster, panicking with the daemons' logs if it does not come up.
+    pub fn start(spec: Spec) -> TestCluster {
+        let bins = spec.bin_dir.clone();
+        match Cluster::start(spec) {
+            Ok(cluster) => TestCluster { cluster, bins },
+            Err(e) => panic!("virtual cluster did not start: {e}"),
+        }
+    }
+
+    /// Starts `n` nodes with default settings.
+    pub fn up(bins: &Path, n: usize, tag: &str) -> TestCluster {
+        Self::start(Self::spec(bins, n, tag))
+    }
+
+    /// A command running the tool `prog` against this cluster.
+    pub fn cmd(&self, prog: &str) -> TestCommand {
+        let mut c = Command::new(self.bins.join(prog));
+        c.env("BPROC_SOCKET", self.cluster.socket());
+        TestCommand {
+            cmd: c,
+            logs: Some(self.cluster.dir().join("log")),
+            input: None,
+        }
+    }
+
+    /// Waits (on change notifications) until `done` holds, panicking with logs after `secs`.
+    pub fn wait(&self, secs: u64, what: &str, done: impl Fn(&[bproc::NodeStatus]) -> bool) {
+        if let Err(e) = self
+            .cluster
+            .wait_for_within(Duration::from_secs(secs), done)
+        {
+            panic!("waiting for {what}: {e}");
+        }
+    }
+
+    /// Waits until node `n` has state `state`.
+    pub fn wait_state(&self, n: i32, state: &str, secs: u64) {
+        self.wait(secs, &format!("node {n} to be {state}"), |t| {
+            t.iter().any(|x| x.node == n && x.state == state)
+        });
+    }
+}
+
+impl Deref for TestCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+impl DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.cluster
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.cluster.stop();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(self.cluster.dir());
+        } else {
+            eprintln!(
+                "cluster directory kept for inspection: {}",
+                self.cluster.dir().display()
+            );
+        }
+    }
+}
+
+/// A command under test; failures report the command line, status, output and daemon logs.
+#[derive(Debug)]
+pub struct TestCommand {
+    cmd: Command,
+    logs: Option<PathBuf>,
+    input: Option<Vec<u8>>,
+}
+
+impl TestCommand {
+    /// Any program, not tied to a cluster.
+    pub fn new(prog: impl AsRef<OsStr>) -> TestCommand {
+        TestCommand {
+            cmd: Command::new(prog),
+            logs: None,
+            input: None,
+        }
+    }
+    /// Adds an argument.
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.cmd.arg(a);
+        self
+    }
+    /// Adds arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, a: I) -> Self {
+        self.cmd.args(a);
+        self
+    }
+    /// Sets an environment variable.
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+    /// Runs as another user and group (no supplementary groups).
+    pub fn as_user(mut self, u: &TestUser) -> Self {
+        self.cmd.uid(u.uid).gid(u.gid);
+        self
+    }
+    /// Feeds `data` on stdin.
+    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.input = Some(data.into());
+        self
+    }
+
+    fn describe(&self, out: &Output) -> String {
+        let mut s = format!(
+            "command: {:?}\nstatus: {}\nstdout:\n{}\nstderr:\n{}",
+            self.cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(dir) = &self.logs {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+                paths.sort();
+                for p in paths {
+                    s += &format!("\n--- {} (tail)\n{}", p.display(), log_tail(&p, 15));
+                }
+            }
+        }
+        s
+    }
+
+    /// Runs to completion.
+    pub fn output(&mut self) -> Output {
+        self.cmd.stdin(if self.input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = self
+            .cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", self.cmd));
+        if let Some(data) = self.input.take() {
+            let mut stdin = child.stdin.take().expect("piped");
+            // A writer thread, so a child that does not read cannot block us.
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&data);
+            });
+        }
+        child.wait_with_output().expect("wait for command")
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(mut self) -> String {
+        let out = self.output();
+        assert!(
+            out.status.success(),
+            "command failed\n{}",
+            self.describe(&out)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs and asserts failure; returns the output.
+    pub fn fails(mut self) -> Output {
+        let out = self.output();
+        assert!(
+            !out.status.success(),
+            "command unexpectedly succeeded\n{}",
+            self.describe(&out)
+        );
+        out
+    }
+}

@@ -101,6 +101,9 @@ pub struct Spec {
     pub verbose: bool,
     /// How long to wait for every node to be up.
     pub timeout: Duration,
+    /// Start returns once every node is connected (any state but `down`) instead of `up`:
+    /// for clusters whose node_up program holds some nodes in `boot`.
+    pub ready_when_connected: bool,
 }
 
 impl Spec {
@@ -116,6 +119,7 @@ impl Spec {
             extra_config: String::new(),
             verbose: true,
             timeout: Duration::from_secs(60),
+            ready_when_connected: false,
         }
     }
 }
@@ -181,7 +185,15 @@ impl Cluster {
         for i in 0..c.spec.nodes {
             c.start_slave(i)?;
         }
-        c.wait_for(|nodes| nodes.iter().filter(|n| n.state == "up").count() == c.spec.nodes)?;
+        let connected_only = c.spec.ready_when_connected;
+        let ready = |n: &NodeStatus| {
+            if connected_only {
+                n.state != "down"
+            } else {
+                n.state == "up"
+            }
+        };
+        c.wait_for(|nodes| nodes.iter().filter(|n| ready(n)).count() == c.spec.nodes)?;
         Ok(c)
     }
 
@@ -406,17 +418,18 @@ impl Cluster {
     /// A daemon of this cluster that has exited, as an error naming it and its log.
     fn dead_daemon(&self) -> Option<VclusterError> {
         if let Some(m) = &self.master {
-            if !pid_runs(m.id() as i32, "bpmaster") {
+            if child_exited(m.id()) {
                 return Some(VclusterError::Master {
                     path: self.master_log(),
                     log: log_tail(&self.master_log(), 20),
                 });
             }
         }
-        let (i, _) = self.slaves.iter().enumerate().find(|(_, s)| {
-            s.as_ref()
-                .is_some_and(|s| !pid_runs(s.id() as i32, "bpslave"))
-        })?;
+        let (i, _) = self
+            .slaves
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.as_ref().is_some_and(|s| child_exited(s.id())))?;
         Some(VclusterError::NotUp {
             missing: 1,
             total: self.spec.nodes,
@@ -501,6 +514,18 @@ fn stop_child(c: &mut Child, grace: Duration) {
     }
     let _ = c.kill();
     let _ = c.wait();
+}
+
+/// Whether our child `pid` has exited (it is a zombie until reaped, or gone). Unlike a look
+/// at its command line, this is right even while the child is still inside `execve`.
+fn child_exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_none_or(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
+        Err(_) => true,
+    }
 }
 
 /// Whether `pid` is alive and runs `prog` (so a recycled pid is never killed).

@@ -1,14 +1,13 @@
 //! bpslave: the slave daemon. Parses options, optionally gives the node its own namespaces,
-//! and runs `bproc_slave::serve`; a reboot without a reboot command restarts the daemon.
+//! and runs `bproc_slave::serve`.
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bproc_link::ClusterKey;
-use bproc_slave::{isolate, Exit, Options, DEFAULT_KEYFILE, DEFAULT_PORT};
+use bproc_slave::{isolate, Options, DEFAULT_KEYFILE, DEFAULT_PORT};
 use lexopt::prelude::*;
 
 const USAGE: &str = "Usage: bpslave [options] MASTER[:PORT] [PORT]
@@ -23,7 +22,7 @@ const USAGE: &str = "Usage: bpslave [options] MASTER[:PORT] [PORT]
   -s ADDR             connect from local address ADDR
   --key FILE          cluster key (default /etc/clustermatic/key)
   --grace SECS        keep a lost session this long for resuming (default 60)
-  --reboot-cmd CMD    run CMD for `bpctl -R` (default: restart this daemon)
+  --reboot-cmd CMD    run CMD for `bpctl -R` (default: rejoin as a fresh node)
   --halt-cmd CMD      run CMD for `bpctl -H` (default: stop this daemon)
   --poweroff-cmd CMD  run CMD for `bpctl -P` (default: stop this daemon)
   --isolate NAME      give this node its own host name NAME and its own /tmp
@@ -145,16 +144,8 @@ fn run() -> anyhow::Result<()> {
     if !a.foreground {
         nix::unistd::daemon(false, true).context("cannot daemonize")?;
     }
-    match bproc_slave::serve(a.opts)? {
-        Exit::Stopped => Ok(()),
-        Exit::Restart => {
-            let exe = std::env::current_exe().context("cannot find this program to restart it")?;
-            let err = std::process::Command::new(exe)
-                .args(std::env::args_os().skip(1))
-                .exec();
-            Err(err).context("cannot restart bpslave")
-        }
-    }
+    bproc_slave::serve(a.opts)?;
+    Ok(())
 }
 
 fn main() -> ExitCode {

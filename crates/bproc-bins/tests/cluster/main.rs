@@ -1,1 +1,17 @@
-//! cluster tests
+//! End-to-end tests: real bpmaster and bpslave daemons on loopback, driven through the client
+//! tools as a user would. Each test starts its own virtual cluster in its own directory and
+//! kills every daemon it started when it ends, also on failure.
+
+mod daemons;
+mod nodes;
+mod vcluster;
+
+use std::path::{Path, PathBuf};
+
+/// Directory of the binaries under test.
+pub fn bins() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_bpmaster"))
+        .parent()
+        .expect("bin dir")
+        .to_owned()
+}
