@@ -52,6 +52,7 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
             uid: c.uid(),
             gid: c.gid(),
             groups: groups_of(c.pid()),
+            admin: c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw(),
         },
         Err(e) => {
             warn!("client without credentials refused: {e}");
@@ -104,6 +105,8 @@ async fn watch(
         return;
     }
     loop {
+        // Mark before the snapshot: a change after this point wakes the next round.
+        rx.mark_unchanged();
         let nodes = shared.table().statuses();
         if write_frame(&mut wr, 0, &Message::NodesChanged { nodes })
             .await
@@ -111,7 +114,6 @@ async fn watch(
         {
             return;
         }
-        rx.mark_unchanged();
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             // A watcher sends nothing more; any frame or EOF ends the watch.

@@ -26,11 +26,14 @@ pub struct Caller {
     pub gid: u32,
     /// Supplementary groups.
     pub groups: Vec<u32>,
+    /// The cluster's administrator: root, or the user the master runs as (a user's own
+    /// virtual cluster is theirs to administer). Holds BProc's root-only rights.
+    pub admin: bool,
 }
 
 impl Caller {
     fn is_root(&self) -> bool {
-        self.uid == 0
+        self.admin
     }
     fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
@@ -439,12 +442,14 @@ mod tests {
         uid: 0,
         gid: 0,
         groups: Vec::new(),
+        admin: true,
     };
     fn user(uid: u32, gid: u32) -> Caller {
         Caller {
             uid,
             gid,
             groups: vec![],
+            admin: false,
         }
     }
 
@@ -499,6 +504,7 @@ mod tests {
                 uid: 5,
                 gid: 5,
                 groups: vec![7],
+                admin: false,
             },
             0,
             7,

@@ -35,7 +35,12 @@ pub fn require_root(why: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    eprintln!("SKIPPED: this test needs root: {why}");
+    // Straight to the stderr handle: libtest captures `eprintln!` of passing tests, and a
+    // skip must never pass silently.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED: this test needs root: {why}"
+    );
     false
 }
 
@@ -124,9 +129,9 @@ impl TestCluster {
     pub fn wait(&self, secs: u64, what: &str, done: impl Fn(&[bproc::NodeStatus]) -> bool) {
         if let Err(e) = self
             .cluster
-            .wait_for_within(Duration::from_secs(secs), done)
+            .wait_for_within(what, Duration::from_secs(secs), done)
         {
-            panic!("waiting for {what}: {e}");
+            panic!("{e}");
         }
     }
 

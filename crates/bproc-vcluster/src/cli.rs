@@ -211,7 +211,9 @@ fn demo(a: &Args) -> Result<(), VclusterError> {
         &["-S", "1", "-m", "0100", "-u", "root", "-g", "root"],
     );
     show(&c, "bpctl", &["-S", "3", "-s", "down"]);
-    c.wait_for(|n| n.iter().any(|n| n.node == 3 && n.state == "down"))?;
+    c.wait_for_within("node 3 down", Duration::from_secs(10), |n| {
+        n.iter().any(|n| n.node == 3 && n.state == "down")
+    })?;
     show(&c, "bpstat", &[]);
     show(&c, "bpstat", &["-l"]);
     show(&c, "bpstat", &["-t", "allup"]);

@@ -57,17 +57,23 @@ pub enum VclusterError {
         /// Its last lines.
         log: String,
     },
-    /// Nodes did not come up in time.
-    #[error("{missing} of {total} nodes not up after {secs} s:\n{detail}")]
-    NotUp {
-        /// How many are missing.
-        missing: usize,
-        /// How many were expected.
-        total: usize,
+    /// The cluster did not reach the state waited for.
+    #[error("{what}: not reached after {secs} s:\n{detail}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
         /// The time waited.
         secs: u64,
-        /// States and daemon log tails of the missing nodes.
+        /// Node states and daemon log tails.
         detail: String,
+    },
+    /// A daemon of the cluster exited.
+    #[error("{what} exited; its log ends:\n{log}")]
+    Exited {
+        /// Which daemon.
+        what: String,
+        /// The end of its log.
+        log: String,
     },
     /// The master refused or failed a request.
     #[error(transparent)]
@@ -193,7 +199,14 @@ impl Cluster {
                 n.state == "up"
             }
         };
-        c.wait_for(|nodes| nodes.iter().filter(|n| ready(n)).count() == c.spec.nodes)?;
+        let what = if connected_only {
+            "every node connected"
+        } else {
+            "every node up"
+        };
+        c.wait(what, c.spec.timeout, true, |nodes| {
+            nodes.iter().filter(|n| ready(n)).count() == c.spec.nodes
+        })?;
         Ok(c)
     }
 
@@ -374,19 +387,24 @@ impl Cluster {
         Ok(Client::connect_to(&self.socket())?)
     }
 
-    /// Waits until `done` holds for the node table, or the spec's timeout passes.
-    pub fn wait_for(
-        &self,
-        done: impl Fn(&[NodeStatus]) -> bool,
-    ) -> Result<Vec<NodeStatus>, VclusterError> {
-        self.wait_for_within(self.spec.timeout, done)
-    }
-
-    /// Waits until `done` holds for the node table, or `timeout` passes. Woken by the master's
-    /// change notifications, not by polling.
+    /// Waits until `done` holds for the node table, or `timeout` passes; `what` names the
+    /// condition in the error. Woken by the master's change notifications, not by polling.
     pub fn wait_for_within(
         &self,
+        what: &str,
         timeout: Duration,
+        done: impl Fn(&[NodeStatus]) -> bool,
+    ) -> Result<Vec<NodeStatus>, VclusterError> {
+        self.wait(what, timeout, false, done)
+    }
+
+    /// The waiting loop. With `watch_daemons` (while starting), a daemon that exits ends the
+    /// wait at once instead of at the timeout; later, daemons may exit on purpose (halt).
+    fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        watch_daemons: bool,
         done: impl Fn(&[NodeStatus]) -> bool,
     ) -> Result<Vec<NodeStatus>, VclusterError> {
         let deadline = Instant::now() + timeout;
@@ -398,19 +416,24 @@ impl Cluster {
                 w.as_fd(),
                 nix::poll::PollFlags::POLLIN,
             )];
-            // Wake at least every 200 ms to notice a daemon that died.
+            // Wake at least every 200 ms to check the daemons and the deadline.
             let ms = u16::try_from(left.as_millis().min(200)).unwrap_or(200);
-            let ready = nix::poll::poll(&mut fds, ms).unwrap_or(0);
-            if ready > 0 {
+            if nix::poll::poll(&mut fds, ms).unwrap_or(0) > 0 {
                 last = w.next_table()?;
                 if done(&last) {
                     return Ok(last);
                 }
             } else if Instant::now() >= deadline {
-                return Err(self.not_up(&last, timeout));
+                return Err(VclusterError::Timeout {
+                    what: what.to_owned(),
+                    secs: timeout.as_secs(),
+                    detail: self.describe(&last),
+                });
             }
-            if let Some(dead) = self.dead_daemon() {
-                return Err(dead);
+            if watch_daemons {
+                if let Some(dead) = self.dead_daemon() {
+                    return Err(dead);
+                }
             }
         }
     }
@@ -430,21 +453,18 @@ impl Cluster {
             .iter()
             .enumerate()
             .find(|(_, s)| s.as_ref().is_some_and(|s| child_exited(s.id())))?;
-        Some(VclusterError::NotUp {
-            missing: 1,
-            total: self.spec.nodes,
-            secs: 0,
-            detail: format!(
-                "the slave of node {i} exited; its log ends:\n{}",
-                log_tail(&self.slave_log(i), 10)
-            ),
+        Some(VclusterError::Exited {
+            what: format!("the slave of node {i}"),
+            log: log_tail(&self.slave_log(i), 10),
         })
     }
 
-    fn not_up(&self, nodes: &[NodeStatus], waited: Duration) -> VclusterError {
+    /// The nodes that are not up, with their log tails, and the master's log tail.
+    fn describe(&self, nodes: &[NodeStatus]) -> String {
         let mut detail = String::new();
-        let missing: Vec<&NodeStatus> = nodes.iter().filter(|n| n.state != "up").collect();
-        for n in missing.iter().take(5) {
+        let not_up: Vec<&NodeStatus> = nodes.iter().filter(|n| n.state != "up").collect();
+        let _ = writeln!(detail, "{} of {} nodes not up", not_up.len(), nodes.len());
+        for n in not_up.iter().take(5) {
             let _ = writeln!(detail, "node {} is {}; its log ends:", n.node, n.state);
             let _ = writeln!(detail, "{}", log_tail(&self.slave_log(n.node as usize), 5));
         }
@@ -453,16 +473,7 @@ impl Cluster {
             "master log ends:\n{}",
             log_tail(&self.master_log(), 10)
         );
-        VclusterError::NotUp {
-            missing: if nodes.is_empty() {
-                self.spec.nodes
-            } else {
-                missing.len()
-            },
-            total: self.spec.nodes,
-            secs: waited.as_secs(),
-            detail,
-        }
+        detail
     }
 
     /// Hands the processes over to the directory: records their pids in `DIR/pids` and

@@ -4,6 +4,7 @@
 
 mod daemons;
 mod nodes;
+mod policy;
 mod vcluster;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,190 @@
+//! Writes the seed corpus: one small, valid frame per message type (plus an unknown type), as
+//! produced by `bproc_proto::encode`. The committed files in `fuzz/seeds/` come from this;
+//! re-run it after a protocol change:
+//!
+//! ```text
+//! cd fuzz && cargo +stable run --example gen_seeds -- seeds
+//! ```
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use bproc_proto::{encode, Endpoint, Message, NodeAction, NodeInfo, NodeStatus};
+
+fn info() -> NodeInfo {
+    NodeInfo {
+        cpus: 4,
+        mem_total: 8 << 30,
+        mem_free: 3 << 30,
+        load: [12, 34, 56],
+        uptime: 3600,
+        kernel: "6.1.0".into(),
+        hostname: "n0".into(),
+        arch: "x86_64".into(),
+    }
+}
+
+fn ep(ip: Option<[u8; 4]>, port: u16) -> Endpoint {
+    Endpoint {
+        ip: ip.map(Ipv4Addr::from),
+        port,
+    }
+}
+
+fn nodes() -> Vec<NodeStatus> {
+    vec![
+        NodeStatus {
+            node: 0,
+            state: "up".into(),
+            mode: 0o111,
+            uid: 0,
+            gid: 0,
+            addr: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            info: Some(info()),
+        },
+        NodeStatus {
+            node: 1,
+            state: "down".into(),
+            mode: 0o100,
+            uid: 1000,
+            gid: 100,
+            addr: None,
+            info: None,
+        },
+    ]
+}
+
+fn main() -> std::io::Result<()> {
+    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "seeds".into()));
+    std::fs::create_dir_all(&dir)?;
+    let msgs: Vec<(u32, Message)> = vec![
+        (0, Message::AuthChallenge { nonce: [0xa5; 32] }),
+        (
+            0,
+            Message::AuthResponse {
+                nonce: [1; 32],
+                mac: [2; 32],
+            },
+        ),
+        (0, Message::AuthConfirm { mac: [3; 32] }),
+        (
+            1,
+            Message::Join {
+                version: "0.1.0".into(),
+                cookie: 0x1122_3344_5566_7788,
+                info: info(),
+            },
+        ),
+        (
+            1,
+            Message::Conf {
+                node: 3,
+                cookie: 42,
+                ping_timeout: 30,
+                time_ms: 1_700_000_000_000,
+            },
+        ),
+        (
+            0,
+            Message::Ping {
+                seq: 7,
+                time_ms: 1_700_000_000_123,
+            },
+        ),
+        (
+            0,
+            Message::Pong {
+                seq: 7,
+                info: info(),
+            },
+        ),
+        (
+            0,
+            Message::Disconnect {
+                reason: "node set down".into(),
+                reconnect: true,
+            },
+        ),
+        (
+            0,
+            Message::Action {
+                action: NodeAction::Reboot,
+            },
+        ),
+        (
+            2,
+            Message::SlaveChroot {
+                path: "/tmp/root".into(),
+            },
+        ),
+        (
+            3,
+            Message::SlaveReconnect {
+                master: ep(Some([10, 0, 0, 1]), 2223),
+                local: ep(None, 0),
+            },
+        ),
+        (4, Message::NodeList),
+        (
+            5,
+            Message::SetState {
+                node: 2,
+                state: "boot".into(),
+            },
+        ),
+        (
+            6,
+            Message::Chmod {
+                node: 2,
+                mode: 0o111,
+            },
+        ),
+        (7, Message::Chown { node: 2, uid: 1000 }),
+        (8, Message::Chgrp { node: -1, gid: 100 }),
+        (
+            9,
+            Message::NodeCommand {
+                node: 2,
+                action: NodeAction::Poweroff,
+            },
+        ),
+        (
+            10,
+            Message::NodeChroot {
+                node: 2,
+                path: "/".into(),
+            },
+        ),
+        (
+            11,
+            Message::NodeReconnect {
+                node: 2,
+                master: ep(None, 2223),
+                local: ep(Some([10, 0, 0, 9]), 0),
+            },
+        ),
+        (12, Message::Watch),
+        (13, Message::Ok),
+        (
+            14,
+            Message::Error {
+                code: 2,
+                message: "node 9: no such node".into(),
+            },
+        ),
+        (15, Message::Nodes { nodes: nodes() }),
+        (0, Message::NodesChanged { nodes: nodes() }),
+    ];
+    for (id, msg) in &msgs {
+        let path = dir.join(msg.name());
+        std::fs::write(&path, encode(*id, msg))?;
+    }
+    // A type this version does not know, with a body that is skipped.
+    let mut unknown = encode(16, &Message::NodeList);
+    unknown[6..8].copy_from_slice(&0xfffeu16.to_be_bytes());
+    unknown[12..16].copy_from_slice(&3u32.to_be_bytes());
+    unknown.extend_from_slice(&[1, 2, 3]);
+    std::fs::write(dir.join("Unknown"), unknown)?;
+    println!("wrote {} seeds to {}", msgs.len() + 1, dir.display());
+    Ok(())
+}
