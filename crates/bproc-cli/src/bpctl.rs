@@ -14,7 +14,6 @@
 //! - `--keygen [FILE]` (not in BProc) creates the cluster key file.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bproc::{nodespec, strerror, BprocError, Client, Endpoint, NodeAction};
@@ -171,23 +170,7 @@ fn parse(args: Vec<OsString>) -> Result<Parsed, lexopt::Error> {
                     }
                 }
             }
-            Long("keygen") => {
-                let path: PathBuf = match p.optional_value() {
-                    Some(v) => v.into(),
-                    None => match p.next()? {
-                        Some(Value(v)) => v.into(),
-                        Some(other) => return Err(other.unexpected()),
-                        None => "/etc/clustermatic/key".into(),
-                    },
-                };
-                return Ok(Parsed::Exit(match bproc_link::ClusterKey::create(&path) {
-                    Ok(_) => {
-                        println!("cluster key written to {}", path.display());
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => fail(e),
-                }));
-            }
+            Long("keygen") => return Ok(Parsed::Exit(crate::keygen("bpctl", &mut p)?)),
             other => return Err(other.unexpected()),
         };
         steps.push(step);

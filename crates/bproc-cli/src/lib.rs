@@ -11,4 +11,4 @@ pub mod bpstat;
 pub mod bpstat_fmt;
 mod util;
 
-pub use util::{parse_c_int, write_out};
+pub use util::{keygen, parse_c_int, write_out, DEFAULT_KEYFILE};

@@ -2,6 +2,8 @@
 //! pipe as success (`bpstat | head`).
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// Parses an integer as C's `strtol(s, &end, 0)` with a full-string check: decimal, `0x` hex,
 /// or leading-`0` octal, with an optional sign.
@@ -29,6 +31,33 @@ pub fn write_out(text: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r,
     }
+}
+
+/// Where the cluster key lives unless a configuration says otherwise.
+pub const DEFAULT_KEYFILE: &str = "/etc/clustermatic/key";
+
+/// Handles `--keygen [FILE]` once the parser has seen `--keygen`: takes FILE from
+/// `--keygen=FILE` or the next argument, writes a new key there (mode 0600, never
+/// overwriting) and reports it. `prog` prefixes the error message.
+pub fn keygen(prog: &str, p: &mut lexopt::Parser) -> Result<ExitCode, lexopt::Error> {
+    let path: PathBuf = match p.optional_value() {
+        Some(v) => v.into(),
+        None => match p.next()? {
+            Some(lexopt::Arg::Value(v)) => v.into(),
+            Some(other) => return Err(other.unexpected()),
+            None => DEFAULT_KEYFILE.into(),
+        },
+    };
+    Ok(match bproc_link::ClusterKey::create(&path) {
+        Ok(_) => {
+            println!("cluster key written to {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{prog}: {e}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 #[cfg(test)]

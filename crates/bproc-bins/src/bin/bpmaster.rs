@@ -27,7 +27,8 @@ struct Args {
     print_address: bool,
 }
 
-fn parse() -> anyhow::Result<Option<Args>> {
+/// The arguments, or the exit code of an option that ends the program (`-h`, `--keygen`).
+fn parse() -> anyhow::Result<Result<Args, ExitCode>> {
     let mut a = Args {
         foreground: false,
         verbose: 0,
@@ -40,11 +41,11 @@ fn parse() -> anyhow::Result<Option<Args>> {
         match arg {
             Short('h') | Long("help") => {
                 print!("{USAGE}");
-                return Ok(None);
+                return Ok(Err(ExitCode::SUCCESS));
             }
             Short('V') | Long("version") => {
                 println!("bpmaster version {}", env!("CARGO_PKG_VERSION"));
-                return Ok(None);
+                return Ok(Err(ExitCode::SUCCESS));
             }
             Short('d') => a.foreground = true,
             Short('v') => a.verbose += 1,
@@ -52,22 +53,18 @@ fn parse() -> anyhow::Result<Option<Args>> {
             Short('c') => a.config = p.value()?.into(),
             Short('m') => bail!("message tracing (-m) is not supported by this bpmaster"),
             Long("print-address") => a.print_address = true,
-            Long("keygen") => {
-                let path: PathBuf = p
-                    .optional_value()
-                    .map_or_else(|| "/etc/clustermatic/key".into(), PathBuf::from);
-                bproc_link::ClusterKey::create(&path)?;
-                println!("cluster key written to {}", path.display());
-                return Ok(None);
-            }
+            Long("keygen") => return Ok(Err(bproc_cli::keygen("bpmaster", &mut p)?)),
             other => return Err(other.unexpected()).context(USAGE.trim_end().to_owned()),
         }
     }
-    Ok(Some(a))
+    Ok(Ok(a))
 }
 
-fn run() -> anyhow::Result<()> {
-    let Some(a) = parse()? else { return Ok(()) };
+fn run() -> anyhow::Result<ExitCode> {
+    let a = match parse()? {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
     let level = match a.verbose {
         0 => tracing::Level::WARN,
         1 => tracing::Level::INFO,
@@ -91,12 +88,12 @@ fn run() -> anyhow::Result<()> {
             }
         }
     })?;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     match run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("bpmaster: {e:#}");
             ExitCode::FAILURE

@@ -262,7 +262,10 @@ fn reconnect_and_chroot() {
     } else {
         // A slave that is not root may not chroot; the slave's errno comes back.
         let out = c.cmd("bpctl").args(["-S", "0", "--chroot", "/"]).fails();
-        assert_eq!(String::from_utf8_lossy(&out.stderr), "0: Operation not permitted\n");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "0: Operation not permitted\n"
+        );
     }
 }
 

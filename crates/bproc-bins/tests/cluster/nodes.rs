@@ -311,3 +311,29 @@ fn bpstat_update_redraws_on_change() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `bpstat -A HOST` names the node at an address; `--keygen` writes a private key once.
+#[test]
+fn address_lookup_and_keygen() {
+    let c = TestCluster::up(&bins(), 3, "lookup");
+    assert_eq!(c.cmd("bpstat").args(["-A", "127.0.1.2"]).ok(), "2\n");
+    let out = c.cmd("bpstat").args(["-A", "127.0.9.9"]).fails();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "No node with address 127.0.9.9\n"
+    );
+    let key = c.dir().join("new.key");
+    let out = c.cmd("bpctl").arg("--keygen").arg(&key).ok();
+    assert_eq!(out, format!("cluster key written to {}\n", key.display()));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
+    bproc_link::ClusterKey::load(&key).unwrap();
+    let out = c.cmd("bpmaster").arg("--keygen").arg(&key).fails();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{out:?}"
+    );
+    // Power-off stops the node's daemon, like halt.
+    c.cmd("bpctl").args(["-S", "0", "--pwroff"]).ok();
+    c.wait_state(0, "down", 10);
+}
