@@ -185,7 +185,12 @@ fn status(a: &Args) -> Result<(), VclusterError> {
 
 /// Runs a tool with the cluster's socket, echoing the command line like a shell session.
 fn show(c: &Cluster, prog: &str, args: &[&str]) {
-    println!("$ {prog} {}", args.join(" "));
+    let mut line = format!("$ {prog}");
+    for a in args {
+        line.push(' ');
+        line.push_str(a);
+    }
+    println!("{line}");
     let status = Command::new(bin_dir().join(prog))
         .args(args)
         .env("BPROC_SOCKET", c.socket())

@@ -65,15 +65,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Ok(a) => a,
         Err(code) => return Ok(code),
     };
-    let level = match a.verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        _ => tracing::Level::DEBUG,
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .init();
+    bproc_bins::init_logging(a.verbose);
     let config = Config::load(&a.config)?;
     bproc_master::serve(config, a.options, |addrs, socket| {
         if a.print_address {

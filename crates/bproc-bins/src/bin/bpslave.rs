@@ -129,15 +129,7 @@ fn parse() -> anyhow::Result<Option<Args>> {
 
 fn run() -> anyhow::Result<()> {
     let Some(a) = parse()? else { return Ok(()) };
-    let level = match a.verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        _ => tracing::Level::DEBUG,
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .init();
+    bproc_bins::init_logging(a.verbose);
     if let Some(name) = &a.isolate {
         isolate::isolate(name)?;
     }

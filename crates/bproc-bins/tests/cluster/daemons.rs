@@ -99,27 +99,24 @@ fn wrong_key_and_unknown_address_are_refused() {
 fn config_errors_name_their_line() {
     let dir = unique_dir("badconf");
     let conf = dir.join("config");
-    std::fs::write(&conf, "# test\nlisten 127.0.0.1:0\npingtimeout 1\n").unwrap();
-    let out = TestCommand::new(bins().join("bpmaster"))
-        .arg("-d")
-        .arg("-c")
-        .arg(&conf)
-        .fails();
+    let master_fails = |text: &str| {
+        std::fs::write(&conf, text).unwrap();
+        let out = TestCommand::new(bins().join("bpmaster"))
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .fails();
+        String::from_utf8(out.stderr).unwrap()
+    };
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
+        master_fails("# test\nlisten 127.0.0.1:0\npingtimeout 1\n"),
         format!(
             "bpmaster: {}:3: pingtimeout must be 2 seconds or more, not 1\n",
             conf.display()
         )
     );
-    std::fs::write(&conf, "iprange 0 10.0.0.5 10.0.0.9\nip 10.0.0.7\n").unwrap();
-    let out = TestCommand::new(bins().join("bpmaster"))
-        .arg("-d")
-        .arg("-c")
-        .arg(&conf)
-        .fails();
     assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
+        master_fails("iprange 0 10.0.0.5 10.0.0.9\nip 10.0.0.7\n"),
         format!(
             "bpmaster: {}:2: IP already allocated: 10.0.0.7 (node 2)\n",
             conf.display()
