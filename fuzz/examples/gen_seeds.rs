@@ -5,6 +5,9 @@
 //! ```text
 //! cd fuzz && cargo +stable run --example gen_seeds -- seeds
 //! ```
+//!
+//! Files named `regress-*` in `fuzz/seeds/` are not made here: they are inputs that once made a
+//! fuzz target fail, kept so that every run replays them first. This program leaves them alone.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bproc_link::{read_frame, write_frame, LinkError};
 use bproc_proto::errno::{ENOSYS, EPROTO};
-use bproc_proto::Message;
+use bproc_proto::{Endpoint, Message};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info, warn};
@@ -82,9 +82,16 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
                 return;
             }
         };
-        if msg == Message::Watch {
-            watch(&shared, id, rd, wr).await;
-            return;
+        match msg {
+            Message::Watch => {
+                watch(&shared, id, rd, wr).await;
+                return;
+            }
+            Message::Launch { nodes, spec } => {
+                crate::launch::serve(shared, caller, id, nodes, spec, rd, wr).await;
+                return;
+            }
+            _ => {}
         }
         let reply = handle(&shared, &caller, msg).await;
         if write_frame(&mut wr, id, &reply).await.is_err() {
@@ -137,12 +144,30 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
         Message::NodeList => Message::Nodes {
             nodes: shared.table().statuses(),
         },
+        Message::MasterInfo => Message::MasterInfoReply {
+            version: crate::slaves::SOFTWARE_VERSION.into(),
+            addrs: shared
+                .listen
+                .iter()
+                .map(|a| match a {
+                    std::net::SocketAddr::V4(a) => Endpoint {
+                        ip: Some(*a.ip()),
+                        port: a.port(),
+                    },
+                    std::net::SocketAddr::V6(a) => Endpoint {
+                        ip: None,
+                        port: a.port(),
+                    },
+                })
+                .collect(),
+        },
         Message::SetState { node, state } => {
             let r = shared.table().set_state(caller, node, &state);
             match r {
                 Ok(Some(session)) => {
                     info!("node {node}: set down by uid {}", caller.uid);
                     disconnect(session, "node set down by the administrator", false);
+                    shared.node_lost(node);
                     done(shared, Ok(()))
                 }
                 Ok(None) => {

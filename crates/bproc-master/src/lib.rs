@@ -28,6 +28,7 @@
 mod clients;
 pub mod config;
 mod hook;
+mod launch;
 pub mod persist;
 mod slaves;
 pub mod table;
@@ -147,6 +148,11 @@ pub(crate) struct Shared {
     changed: watch::Sender<u64>,
     next_conn: AtomicU64,
     next_request: AtomicU32,
+    next_launch: AtomicU64,
+    /// Running launches, for routing exits and node loss to their clients.
+    launches: launch::Launches,
+    /// The TCP addresses slaves connect to (launchers listen on the same address).
+    listen: Vec<SocketAddr>,
     /// Set once shutdown begins, so links closing then do not mark their nodes down in the
     /// state file: their slaves are expected to resume with the next master.
     stopping: AtomicBool,
@@ -177,6 +183,13 @@ impl Shared {
             }
         }
     }
+    pub(crate) fn launch_id(&self) -> u64 {
+        self.next_launch.fetch_add(1, Ordering::Relaxed)
+    }
+    /// Node `n` went down: its processes are reported lost to their launchers.
+    pub(crate) fn node_lost(&self, n: i32) {
+        self.launches.node_lost(n);
+    }
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
     }
@@ -198,6 +211,7 @@ impl Shared {
         let dropped = self.table().reconfigure(&config);
         for (n, session) in dropped {
             warn!("node {n}: no longer in the configuration; disconnecting it");
+            self.node_lost(n);
             slaves::disconnect(
                 session,
                 "node removed from the master's configuration",
@@ -303,6 +317,9 @@ impl Master {
             changed: watch::channel(0).0,
             next_conn: AtomicU64::new(1),
             next_request: AtomicU32::new(1),
+            next_launch: AtomicU64::new(1),
+            launches: launch::Launches::default(),
+            listen: tcp.iter().filter_map(|l| l.local_addr().ok()).collect(),
             stopping: AtomicBool::new(false),
         });
         Ok(Master { shared, tcp, unix })

@@ -180,6 +180,8 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
                             "replaced by a new session from a restarted slave",
                             false,
                         );
+                        // The old daemon's processes are gone with it.
+                        shared.node_lost(n);
                     }
                     session.cookie = new_cookie();
                     node.state = "boot".into();
@@ -261,6 +263,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         }
     };
     if went_down {
+        shared.node_lost(n);
         warn!("node {n}: down: {reason}");
         shared.notify();
     } else {
@@ -278,7 +281,14 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
             session.ping_in = 2;
             node.info = Some(info);
         }
-        reply @ (Message::Ok | Message::Error { .. }) => {
+        Message::ProcExit {
+            launch,
+            rank,
+            status,
+        } => {
+            shared.launches.exited(launch, rank, status);
+        }
+        reply @ (Message::Ok | Message::Error { .. } | Message::Spawned { .. }) => {
             if let Some(waiter) = session.pending.remove(&id) {
                 let _ = waiter.send(reply);
             }
@@ -398,6 +408,7 @@ pub(crate) async fn ping_loop(shared: Arc<Shared>) {
         }
         if !lost.is_empty() {
             for n in &lost {
+                shared.node_lost(*n);
                 warn!("node {n}: down: ping timeout");
             }
             shared.notify();

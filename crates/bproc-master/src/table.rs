@@ -394,6 +394,36 @@ impl Table {
         Ok(())
     }
 
+    /// Checks that `caller` may start a process on node `n` (spec §3.4): the node must be up,
+    /// and the execute bit for the caller as owner, else group, else other must be set; root
+    /// (the administrator) needs any one execute bit.
+    pub fn may_run(&self, caller: &Caller, n: i32) -> Result<(), Refusal> {
+        let node = self
+            .nodes
+            .get(&n)
+            .ok_or_else(|| Refusal::new(BE_INVALIDNODE, format!("node {n} is not configured")))?;
+        if !node.is_up() {
+            return Err(Refusal::new(BE_NODEDOWN, format!("node {n} is down")));
+        }
+        let allowed = if caller.is_root() {
+            node.mode & 0o111 != 0
+        } else if caller.uid == node.uid {
+            node.mode & 0o100 != 0
+        } else if caller.in_group(node.gid) {
+            node.mode & 0o010 != 0
+        } else {
+            node.mode & 0o001 != 0
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                EPERM,
+                format!("no execute permission on node {n} (mode {:04o})", node.mode),
+            ))
+        }
+    }
+
     /// Checks that a root caller may send a node command to `n`, which must be up.
     pub fn command_target(&mut self, caller: &Caller, n: i32) -> Result<&mut Node, Refusal> {
         if !caller.is_root() {
@@ -513,6 +543,38 @@ mod tests {
         assert_eq!(t.chgrp(&user(6, 7), 0, 7).unwrap_err().code, EPERM);
         let n = t.get(0).unwrap();
         assert_eq!((n.mode, n.uid, n.gid), (0o100, 5, 7));
+    }
+
+    #[test]
+    fn run_permission_follows_the_execute_bits() {
+        let mut t = table(2);
+        let _rx = connect(&mut t, 0);
+        t.chown(&ROOT, 0, 5).unwrap();
+        t.chgrp(&ROOT, 0, 7).unwrap();
+        let owner = user(5, 5);
+        let member = Caller {
+            uid: 6,
+            gid: 9,
+            groups: vec![7],
+            admin: false,
+        };
+        let other = user(8, 8);
+        for (mode, o, m, x) in [
+            (0o100, true, false, false),
+            (0o010, false, true, false),
+            (0o001, false, false, true),
+            (0o111, true, true, true),
+        ] {
+            t.chmod(&ROOT, 0, mode).unwrap();
+            assert_eq!(t.may_run(&owner, 0).is_ok(), o, "owner, mode {mode:o}");
+            assert_eq!(t.may_run(&member, 0).is_ok(), m, "member, mode {mode:o}");
+            assert_eq!(t.may_run(&other, 0).is_ok(), x, "other, mode {mode:o}");
+            assert!(t.may_run(&ROOT, 0).is_ok());
+        }
+        t.chmod(&ROOT, 0, 0).unwrap();
+        assert_eq!(t.may_run(&ROOT, 0).unwrap_err().code, EPERM);
+        assert_eq!(t.may_run(&ROOT, 1).unwrap_err().code, BE_NODEDOWN);
+        assert_eq!(t.may_run(&ROOT, 7).unwrap_err().code, BE_INVALIDNODE);
     }
 
     #[test]

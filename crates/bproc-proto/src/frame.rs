@@ -176,6 +176,17 @@ mod tests {
         );
     }
 
+    /// Found by the fuzzer: a node-lost exit with a stray value must not decode, since it
+    /// could not be re-encoded to the same bytes.
+    #[test]
+    fn node_lost_exit_with_a_value_is_refused() {
+        let bytes: [u8; 33] = [
+            0x42, 0x50, 0x52, 0x43, 1, 0, 0, 0x79, 0, 0, 0x79, 0, 0, 0, 0, 0x11, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 8, 2, 0x23, 0, 0, 9,
+        ];
+        assert!(matches!(decode(&bytes), Err(DecodeError::BadValue { .. })));
+    }
+
     #[test]
     fn unknown_type_decodes_to_unknown() {
         let mut bytes = encode(5, &Message::NodeList);

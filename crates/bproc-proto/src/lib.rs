@@ -27,6 +27,6 @@ mod msg;
 pub use codec::{DecodeError, Reader, Writer};
 pub use frame::{check, decode, decode_body, encode, Header, HEADER_LEN, MAGIC, MAX_BODY, VERSION};
 pub use msg::{
-    Endpoint, Message, NodeAction, NodeInfo, NodeStatus, MAX_NODES, MAX_PATH, MAX_STATE_LEN,
-    MAX_TEXT,
+    Creds, Endpoint, ExitStatus, IoSpec, Message, NodeAction, NodeInfo, NodeStatus, ProcSpec,
+    MAX_ARGS, MAX_NODES, MAX_PATH, MAX_STATE_LEN, MAX_TEXT,
 };

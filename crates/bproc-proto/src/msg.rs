@@ -59,6 +59,64 @@ impl NodeAction {
     }
 }
 
+/// Where a launched process's fd 0, 1 or 2 goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoSpec {
+    /// A TCP connection back to the launcher (bpsh), which forwards it.
+    Forward,
+    /// `/dev/null` on the node (`bpsh -N`).
+    Null,
+    /// A file on the node, opened with the caller's credentials (`bpsh -I/-O/-E`): read-only
+    /// for fd 0, else write, create (0666 before umask) and truncate.
+    File(String),
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+    /// Its node was lost before it ended (BProc's `BE_SLAVEDIED`); it counts as killed by
+    /// SIGKILL.
+    NodeLost,
+}
+
+/// A process to start on a node: what the launcher asks for, minus who it is (the master adds
+/// the caller's credentials from the kernel, never from the request).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProcSpec {
+    /// Program to execute (an absolute path).
+    pub path: String,
+    /// Arguments, `argv[0]` as typed.
+    pub argv: Vec<String>,
+    /// Environment, `NAME=value` each.
+    pub env: Vec<String>,
+    /// Working directory; `/` is used when it does not exist on the node.
+    pub cwd: String,
+    /// File mode creation mask.
+    pub umask: u32,
+    /// fds 0, 1, 2.
+    pub io: Vec<IoSpec>,
+    /// Port of the launcher's listener for forwarded fds, on the master's address as the
+    /// node sees it.
+    pub io_port: u16,
+    /// Secret the node presents on each forwarded connection.
+    pub token: [u8; 16],
+}
+
+/// The caller's identity, as the kernel told the master.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Creds {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
 /// An IPv4 address and port where either part may be left for the receiver to fill in
 /// (`bpctl --reconnect`'s omitted parts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -181,6 +239,28 @@ pub enum Message {
         /// New root directory.
         path: String,
     },
+    /// Master → slave request: start a process. Replied with [`Message::Spawned`].
+    Spawn {
+        /// Launch id, unique per master.
+        launch: u64,
+        /// Rank within the launch.
+        rank: u32,
+        /// Number of ranks in the launch.
+        size: u32,
+        /// Credentials to run with.
+        creds: Creds,
+        /// The process.
+        spec: ProcSpec,
+    },
+    /// Master → slave: signal a launch's process on this node (`rank` `u32::MAX`: all of them).
+    SignalProc {
+        /// Launch id.
+        launch: u64,
+        /// Rank, or `u32::MAX`.
+        rank: u32,
+        /// Signal number.
+        signal: i32,
+    },
     /// Master → slave request: open a new link to `master` from `local` and move the session.
     SlaveReconnect {
         /// Master address to connect to.
@@ -244,6 +324,21 @@ pub enum Message {
     },
     /// Client → master: send me [`Message::NodesChanged`] after every change, until I close.
     Watch,
+    /// Client → master: the master's slave-facing addresses and version.
+    MasterInfo,
+    /// Client → master: start `spec` once on each of `nodes` (rank = index). Replied with
+    /// [`Message::Launched`]; then [`Message::ProcExit`] events arrive, one per started rank.
+    Launch {
+        /// Node numbers, duplicates allowed.
+        nodes: Vec<i32>,
+        /// The process.
+        spec: ProcSpec,
+    },
+    /// Client → master: send `signal` to every running process of this connection's launch.
+    SignalLaunch {
+        /// Signal number.
+        signal: i32,
+    },
 
     /// Reply: success.
     Ok,
@@ -258,6 +353,33 @@ pub enum Message {
     Nodes {
         /// Every configured node in table order.
         nodes: Vec<NodeStatus>,
+    },
+    /// Reply to [`Message::MasterInfo`].
+    MasterInfoReply {
+        /// Software version.
+        version: String,
+        /// Addresses slaves connect to.
+        addrs: Vec<Endpoint>,
+    },
+    /// Reply to [`Message::Launch`]: per rank, the process's pid on its node (> 0) or a
+    /// negated error code (≤ 0), as `bproc_vexecmove` returns.
+    Launched {
+        /// One entry per rank.
+        pids: Vec<i32>,
+    },
+    /// Reply to [`Message::Spawn`]: the pid on the node.
+    Spawned {
+        /// Process id on the node.
+        pid: i32,
+    },
+    /// Slave → master, and master → launcher: a launched process ended.
+    ProcExit {
+        /// Launch id (0 towards the launcher).
+        launch: u64,
+        /// Rank.
+        rank: u32,
+        /// How it ended.
+        status: ExitStatus,
     },
     /// Event to watchers: the node table after a change.
     NodesChanged {
@@ -290,13 +412,22 @@ mod ty {
     pub const NODE_CHROOT: u16 = 26;
     pub const NODE_RECONNECT: u16 = 27;
     pub const WATCH: u16 = 28;
+    pub const MASTER_INFO: u16 = 29;
+    pub const LAUNCH: u16 = 30;
+    pub const SIGNAL_LAUNCH: u16 = 31;
     pub const ACTION: u16 = 40;
     pub const SLAVE_CHROOT: u16 = 41;
     pub const SLAVE_RECONNECT: u16 = 42;
+    pub const SPAWN: u16 = 43;
+    pub const SIGNAL_PROC: u16 = 44;
     pub const OK: u16 = 100;
     pub const ERROR: u16 = 101;
     pub const NODES: u16 = 102;
+    pub const MASTER_INFO_REPLY: u16 = 103;
+    pub const LAUNCHED: u16 = 104;
+    pub const SPAWNED: u16 = 105;
     pub const NODES_CHANGED: u16 = 120;
+    pub const PROC_EXIT: u16 = 121;
 }
 
 // Smallest encodings, used to bound list counts before allocating.
@@ -400,6 +531,153 @@ impl NodeStatus {
     }
 }
 
+/// Most arguments or environment entries of one process.
+pub const MAX_ARGS: usize = 1 << 16;
+
+fn put_strs(w: &mut Writer, v: &[String]) {
+    w.u32(v.len() as u32);
+    for s in v {
+        w.str(s);
+    }
+}
+
+fn get_strs(r: &mut Reader<'_>, what: &'static str) -> Result<Vec<String>, DecodeError> {
+    let n = r.count(what, MAX_ARGS, 4)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        // A single argument may be large, but the body limit bounds them all together.
+        out.push(r.str(what, crate::MAX_BODY)?);
+    }
+    Ok(out)
+}
+
+impl IoSpec {
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            IoSpec::Forward => w.u8(0),
+            IoSpec::Null => w.u8(1),
+            IoSpec::File(p) => {
+                w.u8(2);
+                w.str(p);
+            }
+        }
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match r.u8("io kind")? {
+            0 => IoSpec::Forward,
+            1 => IoSpec::Null,
+            2 => IoSpec::File(r.str("io path", MAX_PATH)?),
+            v => {
+                return Err(DecodeError::BadValue {
+                    what: "io kind",
+                    value: v.into(),
+                })
+            }
+        })
+    }
+}
+
+impl ExitStatus {
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            ExitStatus::Code(c) => {
+                w.u8(0);
+                w.i32(*c);
+            }
+            ExitStatus::Signal(s) => {
+                w.u8(1);
+                w.i32(*s);
+            }
+            ExitStatus::NodeLost => {
+                w.u8(2);
+                w.i32(0);
+            }
+        }
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let kind = r.u8("exit kind")?;
+        let v = r.i32("exit value")?;
+        Ok(match kind {
+            0 => ExitStatus::Code(v),
+            1 => ExitStatus::Signal(v),
+            // Carries no value: anything but 0 would not survive a re-encode.
+            2 if v == 0 => ExitStatus::NodeLost,
+            2 => {
+                return Err(DecodeError::BadValue {
+                    what: "node-lost exit value",
+                    value: v as u64,
+                })
+            }
+            k => {
+                return Err(DecodeError::BadValue {
+                    what: "exit kind",
+                    value: k.into(),
+                })
+            }
+        })
+    }
+}
+
+impl ProcSpec {
+    fn encode(&self, w: &mut Writer) {
+        w.str(&self.path);
+        put_strs(w, &self.argv);
+        put_strs(w, &self.env);
+        w.str(&self.cwd);
+        w.u32(self.umask);
+        w.u32(self.io.len() as u32);
+        for io in &self.io {
+            io.encode(w);
+        }
+        w.u16(self.io_port);
+        w.fixed(&self.token);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let path = r.str("path", MAX_PATH)?;
+        let argv = get_strs(r, "argv")?;
+        let env = get_strs(r, "environment")?;
+        let cwd = r.str("cwd", MAX_PATH)?;
+        let umask = r.u32("umask")?;
+        let n = r.count("io list", 3, 1)?;
+        let mut io = Vec::with_capacity(n);
+        for _ in 0..n {
+            io.push(IoSpec::decode(r)?);
+        }
+        Ok(ProcSpec {
+            path,
+            argv,
+            env,
+            cwd,
+            umask,
+            io,
+            io_port: r.u16("io port")?,
+            token: r.fixed("token")?,
+        })
+    }
+}
+
+impl Creds {
+    fn encode(&self, w: &mut Writer) {
+        w.u32(self.uid);
+        w.u32(self.gid);
+        w.u32(self.groups.len() as u32);
+        for g in &self.groups {
+            w.u32(*g);
+        }
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let uid = r.u32("uid")?;
+        let gid = r.u32("gid")?;
+        // Linux allows 65536 supplementary groups.
+        let n = r.count("groups", 1 << 16, 4)?;
+        let mut groups = Vec::with_capacity(n);
+        for _ in 0..n {
+            groups.push(r.u32("group")?);
+        }
+        Ok(Creds { uid, gid, groups })
+    }
+}
+
 fn put_nodes(w: &mut Writer, nodes: &[NodeStatus]) {
     w.u32(nodes.len() as u32);
     for n in nodes {
@@ -441,6 +719,15 @@ impl Message {
             NodeChroot { .. } => ty::NODE_CHROOT,
             NodeReconnect { .. } => ty::NODE_RECONNECT,
             Watch => ty::WATCH,
+            MasterInfo => ty::MASTER_INFO,
+            Launch { .. } => ty::LAUNCH,
+            SignalLaunch { .. } => ty::SIGNAL_LAUNCH,
+            Spawn { .. } => ty::SPAWN,
+            SignalProc { .. } => ty::SIGNAL_PROC,
+            MasterInfoReply { .. } => ty::MASTER_INFO_REPLY,
+            Launched { .. } => ty::LAUNCHED,
+            Spawned { .. } => ty::SPAWNED,
+            ProcExit { .. } => ty::PROC_EXIT,
             Ok => ty::OK,
             Error { .. } => ty::ERROR,
             Nodes { .. } => ty::NODES,
@@ -473,6 +760,15 @@ impl Message {
             NodeChroot { .. } => "NodeChroot",
             NodeReconnect { .. } => "NodeReconnect",
             Watch => "Watch",
+            MasterInfo => "MasterInfo",
+            Launch { .. } => "Launch",
+            SignalLaunch { .. } => "SignalLaunch",
+            Spawn { .. } => "Spawn",
+            SignalProc { .. } => "SignalProc",
+            MasterInfoReply { .. } => "MasterInfoReply",
+            Launched { .. } => "Launched",
+            Spawned { .. } => "Spawned",
+            ProcExit { .. } => "ProcExit",
             Ok => "Ok",
             Error { .. } => "Error",
             Nodes { .. } => "Nodes",
@@ -528,7 +824,60 @@ impl Message {
                 put_endpoint(w, master);
                 put_endpoint(w, local);
             }
-            NodeList | Watch | Ok | Unknown { .. } => {}
+            NodeList | Watch | MasterInfo | Ok | Unknown { .. } => {}
+            Launch { nodes, spec } => {
+                w.u32(nodes.len() as u32);
+                for n in nodes {
+                    w.i32(*n);
+                }
+                spec.encode(w);
+            }
+            SignalLaunch { signal } => w.i32(*signal),
+            Spawn {
+                launch,
+                rank,
+                size,
+                creds,
+                spec,
+            } => {
+                w.u64(*launch);
+                w.u32(*rank);
+                w.u32(*size);
+                creds.encode(w);
+                spec.encode(w);
+            }
+            SignalProc {
+                launch,
+                rank,
+                signal,
+            } => {
+                w.u64(*launch);
+                w.u32(*rank);
+                w.i32(*signal);
+            }
+            MasterInfoReply { version, addrs } => {
+                w.str(version);
+                w.u32(addrs.len() as u32);
+                for a in addrs {
+                    put_endpoint(w, a);
+                }
+            }
+            Launched { pids } => {
+                w.u32(pids.len() as u32);
+                for p in pids {
+                    w.i32(*p);
+                }
+            }
+            Spawned { pid } => w.i32(*pid),
+            ProcExit {
+                launch,
+                rank,
+                status,
+            } => {
+                w.u64(*launch);
+                w.u32(*rank);
+                status.encode(w);
+            }
             SetState { node, state } => {
                 w.i32(*node);
                 w.str(state);
@@ -656,6 +1005,56 @@ impl Message {
                 local: get_endpoint(r)?,
             },
             ty::WATCH => Watch,
+            ty::MASTER_INFO => MasterInfo,
+            ty::LAUNCH => {
+                let n = r.count("node list", MAX_NODES, 4)?;
+                let mut nodes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    nodes.push(r.i32("node")?);
+                }
+                Launch {
+                    nodes,
+                    spec: ProcSpec::decode(r)?,
+                }
+            }
+            ty::SIGNAL_LAUNCH => SignalLaunch {
+                signal: r.i32("signal")?,
+            },
+            ty::SPAWN => Spawn {
+                launch: r.u64("launch")?,
+                rank: r.u32("rank")?,
+                size: r.u32("size")?,
+                creds: Creds::decode(r)?,
+                spec: ProcSpec::decode(r)?,
+            },
+            ty::SIGNAL_PROC => SignalProc {
+                launch: r.u64("launch")?,
+                rank: r.u32("rank")?,
+                signal: r.i32("signal")?,
+            },
+            ty::MASTER_INFO_REPLY => {
+                let version = r.str("version", MAX_TEXT)?;
+                let n = r.count("address list", MAX_NODES, 3)?;
+                let mut addrs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    addrs.push(get_endpoint(r)?);
+                }
+                MasterInfoReply { version, addrs }
+            }
+            ty::LAUNCHED => {
+                let n = r.count("pid list", MAX_NODES, 4)?;
+                let mut pids = Vec::with_capacity(n);
+                for _ in 0..n {
+                    pids.push(r.i32("pid")?);
+                }
+                Launched { pids }
+            }
+            ty::SPAWNED => Spawned { pid: r.i32("pid")? },
+            ty::PROC_EXIT => ProcExit {
+                launch: r.u64("launch")?,
+                rank: r.u32("rank")?,
+                status: ExitStatus::decode(r)?,
+            },
             ty::OK => Ok,
             ty::ERROR => Error {
                 code: r.i32("code")?,

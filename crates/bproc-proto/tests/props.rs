@@ -1,6 +1,9 @@
 //! Property tests of the decoder: arbitrary bytes never panic, and every message round-trips.
 
-use bproc_proto::{check, decode, encode, Endpoint, Message, NodeAction, NodeInfo, NodeStatus};
+use bproc_proto::{
+    check, decode, encode, Creds, Endpoint, ExitStatus, IoSpec, Message, NodeAction, NodeInfo,
+    NodeStatus, ProcSpec,
+};
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
 
@@ -65,7 +68,97 @@ fn action() -> impl Strategy<Value = NodeAction> {
     ]
 }
 
+fn io() -> impl Strategy<Value = IoSpec> {
+    prop_oneof![
+        Just(IoSpec::Forward),
+        Just(IoSpec::Null),
+        ".{0,20}".prop_map(IoSpec::File)
+    ]
+}
+
+fn spec() -> impl Strategy<Value = ProcSpec> {
+    (
+        ".{0,30}",
+        proptest::collection::vec(".{0,10}", 0..5),
+        proptest::collection::vec(".{0,10}", 0..5),
+        ".{0,20}",
+        any::<u32>(),
+        proptest::collection::vec(io(), 0..=3),
+        any::<u16>(),
+        any::<[u8; 16]>(),
+    )
+        .prop_map(
+            |(path, argv, env, cwd, umask, io, io_port, token)| ProcSpec {
+                path,
+                argv,
+                env,
+                cwd,
+                umask,
+                io,
+                io_port,
+                token,
+            },
+        )
+}
+
+fn status_of_exit() -> impl Strategy<Value = ExitStatus> {
+    prop_oneof![
+        any::<i32>().prop_map(ExitStatus::Code),
+        any::<i32>().prop_map(ExitStatus::Signal),
+        Just(ExitStatus::NodeLost),
+    ]
+}
+
+fn launch_messages() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        Just(Message::MasterInfo),
+        (proptest::collection::vec(any::<i32>(), 0..10), spec())
+            .prop_map(|(nodes, spec)| Message::Launch { nodes, spec }),
+        any::<i32>().prop_map(|signal| Message::SignalLaunch { signal }),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u32>(), 0..5),
+            spec()
+        )
+            .prop_map(
+                |(launch, rank, size, uid, gid, groups, spec)| Message::Spawn {
+                    launch,
+                    rank,
+                    size,
+                    creds: Creds { uid, gid, groups },
+                    spec,
+                }
+            ),
+        (any::<u64>(), any::<u32>(), any::<i32>()).prop_map(|(launch, rank, signal)| {
+            Message::SignalProc {
+                launch,
+                rank,
+                signal,
+            }
+        }),
+        (".{0,10}", proptest::collection::vec(endpoint(), 0..4))
+            .prop_map(|(version, addrs)| Message::MasterInfoReply { version, addrs }),
+        proptest::collection::vec(any::<i32>(), 0..10).prop_map(|pids| Message::Launched { pids }),
+        any::<i32>().prop_map(|pid| Message::Spawned { pid }),
+        (any::<u64>(), any::<u32>(), status_of_exit()).prop_map(|(launch, rank, status)| {
+            Message::ProcExit {
+                launch,
+                rank,
+                status,
+            }
+        }),
+    ]
+}
+
 fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![base_message(), launch_messages()]
+}
+
+fn base_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         any::<[u8; 32]>().prop_map(|nonce| Message::AuthChallenge { nonce }),
         (any::<[u8; 32]>(), any::<[u8; 32]>())

@@ -15,18 +15,23 @@
 
 mod info;
 pub mod isolate;
+pub mod procs;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bproc_link::{expect_frame, read_frame, slave_handshake, write_frame, ClusterKey, LinkError};
 use bproc_proto::errno::{ENOSYS, EPROTO};
 use bproc_proto::{Endpoint, Message, NodeAction};
 use thiserror::Error;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub use info::node_info;
+pub use procs::Authority;
 
 /// BProc's default master port.
 pub const DEFAULT_PORT: u16 = 2223;
@@ -79,6 +84,8 @@ pub struct Options {
     pub halt_cmd: Option<String>,
     /// Command run for `bpctl -P`; without one the daemon exits.
     pub poweroff_cmd: Option<String>,
+    /// Whose processes this daemon may run.
+    pub authority: Authority,
 }
 
 impl Options {
@@ -93,6 +100,10 @@ impl Options {
             reboot_cmd: None,
             halt_cmd: None,
             poweroff_cmd: None,
+            authority: Authority {
+                root: nix::unistd::geteuid().is_root(),
+                uid: nix::unistd::geteuid().as_raw(),
+            },
         }
     }
 }
@@ -142,12 +153,71 @@ async fn connect(master: SocketAddrV4, source: Option<Ipv4Addr>) -> Result<TcpSt
     Err(last.map_or(LinkError::Closed, LinkError::Io))
 }
 
-/// A live, joined link.
+/// A joined link, not yet split into its reading and writing halves.
 struct Link {
     stream: TcpStream,
     master: SocketAddrV4,
     node: i32,
     ping_timeout: Duration,
+}
+
+/// Frames to the master, over whichever link is current. Tasks that outlive a link (a
+/// process reporting its exit) send here; frames sent while no link is up are held and go
+/// out on the next one.
+#[derive(Clone, Default)]
+struct Outbox(Arc<Mutex<OutboxState>>);
+
+/// The current link's writer, and frames held while there is none.
+#[derive(Default)]
+struct OutboxState {
+    link: Option<mpsc::UnboundedSender<(u32, Message)>>,
+    held: Vec<(u32, Message)>,
+}
+
+impl Outbox {
+    fn state(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn send(&self, id: u32, msg: Message) {
+        let mut g = self.state();
+        match &g.link {
+            Some(tx) if !tx.is_closed() => {
+                let _ = tx.send((id, msg));
+            }
+            _ => g.held.push((id, msg)),
+        }
+    }
+    fn attach(&self, tx: mpsc::UnboundedSender<(u32, Message)>) {
+        let mut g = self.state();
+        for (id, msg) in g.held.drain(..) {
+            let _ = tx.send((id, msg));
+        }
+        g.link = Some(tx);
+    }
+    fn detach(&self) {
+        self.state().link = None;
+    }
+}
+
+async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<(u32, Message)>) {
+    while let Some((id, msg)) = rx.recv().await {
+        if write_frame(&mut wr, id, &msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Splits a joined link: its writer serves `outbox` from now on.
+fn attach(link: Link, outbox: &Outbox) -> (OwnedReadHalf, SocketAddrV4, i32, Duration, Ipv4Addr) {
+    let local = match link.stream.local_addr() {
+        Ok(SocketAddr::V4(a)) => *a.ip(),
+        _ => Ipv4Addr::UNSPECIFIED,
+    };
+    let (rd, wr) = link.stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(writer(wr, rx));
+    outbox.attach(tx);
+    (rd, link.master, link.node, link.ping_timeout, local)
 }
 
 async fn open_link(
@@ -214,14 +284,22 @@ fn chroot(path: &str) -> Message {
 }
 
 /// Serves one session over `link` (and the links it moves to) until it ends.
-async fn serve_link(opts: &Options, key: &ClusterKey, mut link: Link, cookie: &mut u64) -> End {
-    loop {
-        let frame = tokio::time::timeout(link.ping_timeout, read_frame(&mut link.stream)).await;
+async fn serve_link(
+    opts: &Options,
+    key: &ClusterKey,
+    link: Link,
+    cookie: &mut u64,
+    outbox: &Outbox,
+    procs: &procs::Procs,
+) -> End {
+    let (mut rd, mut master, mut node, mut ping_timeout, mut local) = attach(link, outbox);
+    let end = loop {
+        let frame = tokio::time::timeout(ping_timeout, read_frame(&mut rd)).await;
         let (id, msg) = match frame {
-            Err(_) => return End::Lost(LinkError::Timeout("ping: no ping from the master")),
+            Err(_) => break End::Lost(LinkError::Timeout("ping: no ping from the master")),
             Ok(Ok(Some(f))) => f,
-            Ok(Ok(None)) => return End::Lost(LinkError::Closed),
-            Ok(Err(e)) => return End::Lost(e),
+            Ok(Ok(None)) => break End::Lost(LinkError::Closed),
+            Ok(Err(e)) => break End::Lost(e),
         };
         let reply = match msg {
             Message::Ping { seq, .. } => Some(Message::Pong {
@@ -229,33 +307,64 @@ async fn serve_link(opts: &Options, key: &ClusterKey, mut link: Link, cookie: &m
                 info: node_info(),
             }),
             Message::Conf {
-                node,
+                node: n,
                 cookie: c,
-                ping_timeout,
+                ping_timeout: pt,
                 ..
             } => {
-                if node != link.node {
-                    info!("master renumbered this node from {} to {node}", link.node);
+                if n != node {
+                    info!("master renumbered this node from {node} to {n}");
                 }
-                link.node = node;
+                node = n;
                 *cookie = c;
-                link.ping_timeout = Duration::from_secs(ping_timeout.max(2).into());
+                ping_timeout = Duration::from_secs(pt.max(2).into());
                 None
             }
-            Message::Action { action } => return End::Action(action),
+            Message::Action { action } => break End::Action(action),
             Message::SlaveChroot { path } => Some(chroot(&path)),
-            Message::SlaveReconnect { master, local } => {
-                match reconnect(opts, key, &link, master, local, cookie).await {
-                    Ok(new) => {
-                        info!("session moved to a new link to {}", new.master);
-                        link = new;
-                        Some(Message::Ok)
-                    }
-                    Err(e) => Some(error_reply(bproc_proto::errno::EIO, e)),
-                }
+            Message::Spawn {
+                launch,
+                rank,
+                creds,
+                spec,
+                ..
+            } => {
+                let (procs, outbox, authority, master_ip) =
+                    (procs.clone(), outbox.clone(), opts.authority, *master.ip());
+                tokio::spawn(async move {
+                    let report = {
+                        let outbox = outbox.clone();
+                        move |m| outbox.send(0, m)
+                    };
+                    let reply = procs::spawn(
+                        &procs, authority, master_ip, launch, rank, creds, spec, report,
+                    )
+                    .await;
+                    outbox.send(id, reply);
+                });
+                None
             }
+            Message::SignalProc {
+                launch,
+                rank,
+                signal,
+            } => {
+                procs.signal(launch, rank, signal);
+                None
+            }
+            Message::SlaveReconnect {
+                master: m,
+                local: l,
+            } => match reconnect(opts, key, master, local, m, l, cookie).await {
+                Ok(new) => {
+                    info!("session moved to a new link to {}", new.master);
+                    (rd, master, node, ping_timeout, local) = attach(new, outbox);
+                    Some(Message::Ok)
+                }
+                Err(e) => Some(error_reply(bproc_proto::errno::EIO, e)),
+            },
             Message::Disconnect { reason, reconnect } => {
-                return if reconnect {
+                break if reconnect {
                     End::Lost(LinkError::Refused(reason))
                 } else {
                     End::Dismissed(reason)
@@ -271,11 +380,11 @@ async fn serve_link(opts: &Options, key: &ClusterKey, mut link: Link, cookie: &m
             )),
         };
         if let Some(reply) = reply {
-            if let Err(e) = write_frame(&mut link.stream, id, &reply).await {
-                return End::Lost(e);
-            }
+            outbox.send(id, reply);
         }
-    }
+    };
+    outbox.detach();
+    end
 }
 
 /// Opens a second link for the same session (`bpctl --reconnect`); omitted parts of the
@@ -283,26 +392,21 @@ async fn serve_link(opts: &Options, key: &ClusterKey, mut link: Link, cookie: &m
 async fn reconnect(
     opts: &Options,
     key: &ClusterKey,
-    link: &Link,
+    current: SocketAddrV4,
+    current_local: Ipv4Addr,
     master: Endpoint,
     local: Endpoint,
     cookie: &mut u64,
 ) -> Result<Link, String> {
     let target = SocketAddrV4::new(
-        master.ip.unwrap_or(*link.master.ip()),
+        master.ip.unwrap_or(*current.ip()),
         if master.port == 0 {
-            link.master.port()
+            current.port()
         } else {
             master.port
         },
     );
-    let source = local
-        .ip
-        .or(opts.source)
-        .or_else(|| match link.stream.local_addr() {
-            Ok(SocketAddr::V4(a)) => Some(*a.ip()),
-            _ => None,
-        });
+    let source = local.ip.or(opts.source).or(Some(current_local));
     match open_link(key, target, source, cookie).await {
         Ok(l) => Ok(l),
         Err(End::Lost(e)) => Err(format!("reconnect to {target}: {e}")),
@@ -327,18 +431,32 @@ fn run_command(what: &str, cmd: &str) {
 /// Runs the slave until it is told to stop, or, without `-r`, until the link ends.
 pub async fn run(opts: Options) -> Result<(), SlaveError> {
     let key = opts.key.clone();
+    let outbox = Outbox::default();
+    let procs = procs::Procs::default();
+    let result = run_sessions(&opts, &key, &outbox, &procs).await;
+    // Leaving the master for good: its processes go too (BProc's slave reset).
+    procs.kill_all();
+    result
+}
+
+async fn run_sessions(
+    opts: &Options,
+    key: &ClusterKey,
+    outbox: &Outbox,
+    procs: &procs::Procs,
+) -> Result<(), SlaveError> {
     let mut cookie = 0u64;
     let mut master = opts.master;
     let mut backoff = Duration::from_millis(100);
     let mut lost_since: Option<Instant> = None;
     loop {
-        let end = match open_link(&key, master, opts.source, &mut cookie).await {
+        let end = match open_link(key, master, opts.source, &mut cookie).await {
             Ok(link) => {
                 info!("connected to master {} as node {}", link.master, link.node);
                 master = link.master;
                 backoff = Duration::from_millis(100);
                 lost_since = None;
-                serve_link(&opts, &key, link, &mut cookie).await
+                serve_link(opts, key, link, &mut cookie, outbox, procs).await
             }
             Err(end) => end,
         };

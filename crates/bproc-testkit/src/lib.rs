@@ -255,6 +255,11 @@ impl TestCommand {
         child.wait_with_output().expect("wait for command")
     }
 
+    /// Runs without judging the outcome.
+    pub fn output_of(mut self) -> Output {
+        self.output()
+    }
+
     /// Runs and asserts success; returns stdout.
     pub fn ok(mut self) -> String {
         let out = self.output();

@@ -1,0 +1,333 @@
+//! bpsh on live clusters: BProc's output formats and exit rules byte for byte, stdin
+//! replication, remote files, identity and permissions, signals, node loss, bounded memory.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bproc_testkit::{require_root, test_user, TestCluster};
+use nix::sys::signal::Signal;
+
+use crate::bins;
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// The seed article's `bpsh -a -p -s -d -L ...`: dividers, prefixes, node order.
+#[test]
+fn seed_example_sorted_prefixed_divided() {
+    let c = TestCluster::up(&bins(), 5, "bpsh-seed");
+    let out = c
+        .cmd("bpsh")
+        .args([
+            "-a",
+            "-p",
+            "-s",
+            "-d",
+            "-L",
+            "sh",
+            "-c",
+            "echo total $BPROC_RANK; [ $BPROC_RANK = 0000003 ] && echo myoutput; true",
+        ])
+        .ok();
+    let dashes = "-".repeat(69);
+    let mut want = String::new();
+    for n in 0..5 {
+        want += &format!("{n}\t{dashes}\n{n:3}: total 000000{n}\n");
+        if n == 3 {
+            want += "  3: myoutput\n";
+        }
+    }
+    assert_eq!(out, want);
+    // `bpsh 1,3 date`: one line per node; options may follow the node spec.
+    assert_eq!(
+        c.cmd("bpsh")
+            .args(["1,3", "-p", "echo", "hi"])
+            .ok()
+            .lines()
+            .count(),
+        2
+    );
+}
+
+/// Exit status: the highest code; a killed process gives 255 and BProc's message; nodes that
+/// could not start the program print why and do not count.
+#[test]
+fn exit_status_rules() {
+    let mut spec = TestCluster::spec(&bins(), 4, "bpsh-exit");
+    spec.extra_config = "ip 7 127.0.1.77\n".into();
+    let c = TestCluster::start(spec);
+    let out = c
+        .cmd("bpsh")
+        .args(["0-2", "sh", "-c", "exit $((BPROC_RANK + 3))"])
+        .output_of();
+    assert_eq!(out.status.code(), Some(5));
+    let out = c
+        .cmd("bpsh")
+        .args(["1", "sh", "-c", "kill -KILL $$"])
+        .output_of();
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        text(&out).1,
+        "bpsh: Child process on node 1 exited abnormally.\n"
+    );
+    let out = c.cmd("bpsh").args(["7,2", "true"]).output_of();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out).1, "7: Node is down\n");
+    let out = c.cmd("bpsh").args(["3", "no-such-command-xyz"]).output_of();
+    assert_eq!(
+        (out.status.code(), text(&out).1),
+        (
+            Some(1),
+            "bpsh: no-such-command-xyz: command not found\n".into()
+        )
+    );
+    let out = c.cmd("bpsh").args(["3-x", "true"]).output_of();
+    assert_eq!(
+        (out.status.code(), text(&out).1),
+        (Some(1), "Invalid node specification \"3-x\"\n".into())
+    );
+    let out = c.cmd("bpsh").args(["99", "true"]).output_of();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("node 99 is not configured"),
+        "{out:?}"
+    );
+    let out = c.cmd("bpsh").arg("-h").output_of();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out)
+        .0
+        .starts_with("usage: bpsh [options] nodenumber command\n"));
+    let t = c.cmd("bpsh").args(["-t", "0", "true"]).ok();
+    let secs: f64 = t.trim().parse().unwrap();
+    assert!(
+        t.trim().split('.').nth(1).unwrap().len() == 6 && secs < 10.0,
+        "{t}"
+    );
+}
+
+/// stdin goes to every node (slowest reader sets the pace); -n gives /dev/null; stdout and
+/// stderr stay apart.
+#[test]
+fn stdin_replication_and_streams() {
+    let c = TestCluster::up(&bins(), 3, "bpsh-stdin");
+    let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    let out = c
+        .cmd("bpsh")
+        .args(["0-2", "-p", "sh", "-c", "wc -c; echo e >&2"])
+        .stdin(data)
+        .output_of();
+    let (o, e) = text(&out);
+    let mut lines: Vec<&str> = o.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["  0: 1048576", "  1: 1048576", "  2: 1048576"]);
+    assert_eq!(sorted_err(&e), "  0: e\n  1: e\n  2: e\n");
+    let out = c
+        .cmd("bpsh")
+        .args(["-n", "1", "wc", "-c"])
+        .stdin("ignored")
+        .ok();
+    assert_eq!(out, "0\n");
+    // A node that stops reading early does not stall the others.
+    let out = c
+        .cmd("bpsh")
+        .args([
+            "-L",
+            "0-1",
+            "sh",
+            "-c",
+            "[ $BPROC_RANK = 0000000 ] && exit 0; wc -c",
+        ])
+        .stdin(vec![b'x'; 300_000])
+        .ok();
+    assert_eq!(out, "300000\n");
+}
+
+fn sorted_err(e: &str) -> String {
+    let mut v: Vec<&str> = e.lines().collect();
+    v.sort();
+    v.iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// -N forwards nothing; -I/-O/-E open files on the node; the rank and program name are set;
+/// a working directory missing on the node becomes `/`.
+#[test]
+fn remote_files_and_environment() {
+    let c = TestCluster::up(&bins(), 2, "bpsh-files");
+    assert_eq!(
+        c.cmd("bpsh").args(["-N", "1", "echo", "invisible"]).ok(),
+        ""
+    );
+    let f = "/tmp/bpsh-remote-file";
+    c.cmd("bpsh")
+        .args(["1", "-O", f, "sh", "-c", "echo to-file; echo err >&2"])
+        .ok();
+    assert_eq!(c.cmd("bpsh").args(["1", "cat", f]).ok(), "to-file\n");
+    assert_eq!(
+        c.cmd("bpsh").args(["1", "-I", f, "tr", "a-z", "A-Z"]).ok(),
+        "TO-FILE\n"
+    );
+    let out = c
+        .cmd("bpsh")
+        .args(["1", "-I", "/no/such/input", "cat"])
+        .output_of();
+    assert_eq!(text(&out).1, "1: No such file or directory\n");
+    let env = c
+        .cmd("bpsh")
+        .args(["0-1", "-L", "sh", "-c", "echo $BPROC_RANK $BPROC_PROGNAME"])
+        .ok();
+    let mut lines: Vec<String> = env.lines().map(str::to_owned).collect();
+    lines.sort();
+    let sh = bproc_bpsh::which("sh".as_ref()).unwrap();
+    assert_eq!(
+        lines,
+        [
+            format!("0000000 {}", sh.display()),
+            format!("0000001 {}", sh.display())
+        ]
+    );
+    if nix::unistd::geteuid().is_root() {
+        // Node /tmp is private: a directory made on the master under /tmp is not there.
+        let dir = bproc_testkit::unique_dir("cwd");
+        let out = Command::new(bins().join("bpsh"))
+            .args(["0", "pwd"])
+            .current_dir(&dir)
+            .env("BPROC_SOCKET", c.socket())
+            .output()
+            .unwrap();
+        assert_eq!(text(&out).0, "/\n");
+        assert_eq!(c.cmd("bpsh").args(["0", "hostname"]).ok(), "n0\n");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Processes run as the caller; a node's execute bits decide who may run there.
+#[test]
+fn identity_and_permissions() {
+    if !require_root("runs bpsh as a second, unprivileged user") {
+        return;
+    }
+    let user = test_user();
+    let c = TestCluster::up(&bins(), 3, "bpsh-perm");
+    let ids = c
+        .cmd("bpsh")
+        .as_user(&user)
+        .args(["0", "sh", "-c", "id -u; id -g"])
+        .ok();
+    assert_eq!(ids, format!("{}\n{}\n", user.uid, user.gid));
+    c.cmd("bpctl")
+        .args([
+            "-S", "1", "-m", "0100", "-S", "2", "-u", &user.name, "-m", "0100",
+        ])
+        .ok();
+    let out = c
+        .cmd("bpsh")
+        .as_user(&user)
+        .args(["0-2", "-L", "id", "-un"])
+        .output_of();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out),
+        (
+            format!("{0}\n{0}\n", user.name),
+            "1: Operation not permitted\n".into()
+        )
+    );
+    // Root may run where any execute bit is set.
+    assert_eq!(c.cmd("bpsh").args(["1", "id", "-u"]).ok(), "0\n");
+}
+
+/// Signals sent to bpsh reach the remote process; a node lost mid-run ends bpsh at once.
+#[test]
+fn signals_and_node_loss() {
+    let mut c = TestCluster::up(&bins(), 3, "bpsh-sig");
+    let mut child = Command::new(bins().join("bpsh"))
+        .args([
+            "1",
+            "sh",
+            "-c",
+            "trap 'echo got USR1; exit 3' USR1; echo ready; while :; do sleep 0.05; done",
+        ])
+        .env("BPROC_SOCKET", c.socket())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGUSR1,
+    )
+    .unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "got USR1");
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+
+    let mut child = Command::new(bins().join("bpsh"))
+        .args(["2", "sh", "-c", "echo ready; exec sleep 60"])
+        .env("BPROC_SOCKET", c.socket())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let t0 = Instant::now();
+    c.signal_slave(2, Signal::SIGKILL).unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "bpsh took {:?} to notice",
+        t0.elapsed()
+    );
+    assert_eq!(status.code(), Some(255));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(
+        err,
+        "bpsh: Child process on node 2 exited abnormally (node lost: Slave node died).\n"
+    );
+}
+
+/// A node printing 256 MiB streams through bpsh without bpsh growing.
+#[test]
+fn large_output_keeps_memory_bounded() {
+    let c = TestCluster::up(&bins(), 1, "bpsh-big");
+    // GNU time reports bpsh's peak resident set (KiB) on stderr.
+    let mut child = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(bins().join("bpsh"))
+        .args(["0", "head", "-c", "268435456", "/dev/zero"])
+        .env("BPROC_SOCKET", c.socket())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("GNU time (/usr/bin/time) is needed; .ci/run installs it");
+    let mut total = 0u64;
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match std::io::Read::read(&mut out, &mut buf).unwrap() {
+            0 => break,
+            k => total += k as u64,
+        }
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(child.wait().unwrap().success(), "{err}");
+    assert_eq!(total, 256 << 20);
+    let peak_kib: u64 = err
+        .trim()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("time output");
+    assert!(
+        peak_kib > 0 && peak_kib < 32 * 1024,
+        "bpsh peaked at {peak_kib} KiB for 256 MiB of output"
+    );
+}

@@ -1,0 +1,182 @@
+//! bpsh's command line, parsed as BProc's getopt loop does: options may come before the node
+//! spec and between it and the command (`bpsh 3 -p uname`); the first word after the node
+//! spec starts the command, and everything after it belongs to the command.
+
+use std::ffi::OsString;
+
+use lexopt::prelude::*;
+
+/// What `-h` and usage errors print.
+pub const USAGE: &str = "usage: bpsh [options] nodenumber command
+       bpsh -a [options] command
+       bpsh -A [options] command
+  -h, --help          print this message
+  -v                  print the version
+  -a                  run on every node that is up
+  -A                  run on every node that is not down
+  -n                  remote stdin is /dev/null
+  -N                  no I/O forwarding: remote stdin, stdout and stderr are /dev/null
+  -L                  line-buffer each node's output
+  -p                  prefix each line with its node number (implies -L)
+  -s                  show each node's output in node order, one node after another
+  -d                  print a divider line before each node's output (implies -s)
+  -b N                I/O buffer size and longest line for -L (default 4096)
+  -I, --stdin FILE    remote stdin from FILE on the node
+  -O, --stdout FILE   remote stdout to FILE on the node
+  -E, --stderr FILE   remote stderr to FILE on the node
+  -t, --time          print the elapsed time in seconds when all processes are done
+  -l USER             ignored (rsh compatibility)
+NODES is a node specification: 3, 0-7,9, n[0-3], allup, ...
+";
+
+/// The parsed command line.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Args {
+    /// The node specification (`-a` gives `allup`, `-A` `allnotdown`).
+    pub spec: String,
+    /// Remote stdin is /dev/null (`-n`).
+    pub no_stdin: bool,
+    /// No forwarding at all (`-N`).
+    pub no_io: bool,
+    /// Line-buffered output (`-L`, implied by `-p`).
+    pub line: bool,
+    /// Node-number prefixes (`-p`).
+    pub prefix: bool,
+    /// Node after node (`-s`, implied by `-d`).
+    pub sequential: bool,
+    /// Dividers (`-d`).
+    pub divider: bool,
+    /// Buffer size (`-b`).
+    pub buffer: usize,
+    /// Remote files for fds 0, 1, 2 (`-I`, `-O`, `-E`).
+    pub files: [Option<String>; 3],
+    /// Print the elapsed time (`-t`).
+    pub time: bool,
+    /// The command and its arguments.
+    pub command: Vec<OsString>,
+}
+
+/// How parsing ended when it does not give a command to run.
+#[derive(Debug, PartialEq)]
+pub enum Stop {
+    /// Print this to stdout and exit 0 (`-v`).
+    Version,
+    /// Print the usage to stdout and exit 1 (`-h`, as BProc does).
+    Help,
+    /// A usage error: print the message and the usage, exit 1.
+    Usage(String),
+}
+
+fn u(e: lexopt::Error) -> Stop {
+    Stop::Usage(e.to_string())
+}
+
+/// Parses bpsh's arguments (without the program name).
+pub fn parse(args: Vec<OsString>) -> Result<Args, Stop> {
+    let mut a = Args {
+        buffer: 4096,
+        ..Args::default()
+    };
+    let mut have_spec = false;
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next().map_err(u)? {
+        match arg {
+            Short('h') | Long("help") => return Err(Stop::Help),
+            Short('v') => return Err(Stop::Version),
+            Short('l') => {
+                p.value().map_err(u)?;
+            }
+            Short('a') => {
+                a.spec = "allup".into();
+                have_spec = true;
+            }
+            Short('A') => {
+                a.spec = "allnotdown".into();
+                have_spec = true;
+            }
+            Short('1') => {
+                a.spec = "-1".into();
+                have_spec = true;
+            }
+            Short('n') => a.no_stdin = true,
+            Short('N') => a.no_io = true,
+            Short('L') => a.line = true,
+            Short('p') => {
+                a.prefix = true;
+                a.line = true;
+            }
+            Short('s') => a.sequential = true,
+            Short('d') => {
+                a.divider = true;
+                a.sequential = true;
+            }
+            Short('b') => {
+                let v = p.value().map_err(u)?.string().map_err(u)?;
+                match crate::parse_c_int(&v) {
+                    Some(n) if n > 0 => a.buffer = n as usize,
+                    _ => return Err(Stop::Usage(format!("Invalid buffer size: {v}"))),
+                }
+            }
+            Short('I') | Long("stdin") => {
+                a.files[0] = Some(p.value().map_err(u)?.string().map_err(u)?)
+            }
+            Short('O') | Long("stdout") => {
+                a.files[1] = Some(p.value().map_err(u)?.string().map_err(u)?)
+            }
+            Short('E') | Long("stderr") => {
+                a.files[2] = Some(p.value().map_err(u)?.string().map_err(u)?)
+            }
+            Short('t') | Long("time") => a.time = true,
+            Value(v) if !have_spec => {
+                a.spec = v.string().map_err(u)?;
+                have_spec = true;
+            }
+            Value(v) => {
+                a.command.push(v);
+                a.command.extend(p.raw_args().map_err(u)?);
+                break;
+            }
+            other => return Err(u(other.unexpected())),
+        }
+    }
+    if a.command.is_empty() {
+        return Err(Stop::Usage("no command given".into()));
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<Args, Stop> {
+        parse(v.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn options_around_the_node_spec() {
+        let a = args(&["3", "-p", "uname", "-a"]).unwrap();
+        assert_eq!(a.spec, "3");
+        assert!(a.prefix && a.line);
+        assert_eq!(a.command, vec![OsString::from("uname"), "-a".into()]);
+        let a = args(&["-a", "-p", "-s", "-d", "-L", "ls", "-l", "/tmp"]).unwrap();
+        assert_eq!(a.spec, "allup");
+        assert!(a.divider && a.sequential && a.line);
+        assert_eq!(a.command.len(), 3);
+        let a = args(&["-A", "-b", "0x100", "-O", "/tmp/o", "cat"]).unwrap();
+        assert_eq!((a.spec.as_str(), a.buffer), ("allnotdown", 256));
+        assert_eq!(a.files[1].as_deref(), Some("/tmp/o"));
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert_eq!(args(&["3"]), Err(Stop::Usage("no command given".into())));
+        assert_eq!(
+            args(&["-b", "0", "3", "x"]),
+            Err(Stop::Usage("Invalid buffer size: 0".into()))
+        );
+        assert_eq!(args(&["-h"]), Err(Stop::Help));
+        assert_eq!(args(&["-v", "3", "x"]), Err(Stop::Version));
+        assert!(matches!(args(&["-Z", "3", "x"]), Err(Stop::Usage(_))));
+    }
+}

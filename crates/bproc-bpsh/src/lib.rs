@@ -1,0 +1,662 @@
+//! bpsh: run a program on cluster nodes, with BProc's options, output formats and exit
+//! rules (spec §1.2).
+//!
+//! # How a run goes
+//! 1. The command is resolved on the master (`$PATH`, as BProc's `which()`); the node spec is
+//!    evaluated against the master's node table.
+//! 2. bpsh listens on the master's slave-facing address and sends one `Launch` to the master,
+//!    with a fresh random token. The master checks each node's permissions against the
+//!    caller's kernel-given identity and asks every slave at once.
+//! 3. Each slave connects the forwarded fds of its process straight back to bpsh (presenting
+//!    the token, the rank and the fd number), then starts the process as the caller. Output
+//!    therefore never passes through a daemon, and TCP flow control bounds memory: bpsh reads
+//!    into one buffer per stream and a bounded queue, so a node printing gigabytes blocks on
+//!    its socket instead of growing bpsh.
+//! 4. bpsh replicates its stdin to every node (the slowest reader sets the pace), prints
+//!    output in the chosen format, and relays signals it receives (`kill`, Ctrl-C) to every
+//!    remote process. It ends when every process has exited and its output is drained; a
+//!    node lost mid-run ends its process as killed.
+//!
+//! Exit status: the highest exit code of the remote processes; 255 if any was killed (BProc's
+//! rule). Nodes that could not start the program print `NODE: reason` and do not count.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod args;
+pub mod output;
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bproc::{nodespec, strerror, Client};
+use bproc_link::{read_frame, write_frame};
+use bproc_proto::{ExitStatus, IoSpec, Message, ProcSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use args::{Args, Stop, USAGE};
+use output::{divider, Formatter, STDERR, STDOUT};
+
+/// Parses an integer as C's `strtol(s, 0)` with a full-string check.
+fn parse_c_int(s: &str) -> Option<i64> {
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s),
+    };
+    let v = if let Some(h) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
+        i64::from_str_radix(h, 16).ok()?
+    } else if body.len() > 1 && body.starts_with('0') {
+        i64::from_str_radix(&body[1..], 8).ok()?
+    } else {
+        body.parse().ok()?
+    };
+    Some(if neg { -v } else { v })
+}
+
+fn is_executable(p: &Path) -> bool {
+    p.is_file() && nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
+/// Resolves the command on the master as BProc's `which()`: a name with a `/` is used if
+/// executable; otherwise `$PATH` (default `:/bin:/usr/bin`, an empty element meaning the
+/// current directory) is searched. The result is absolute, for use on the node.
+pub fn which(cmd: &OsStr) -> Option<PathBuf> {
+    let abs = |p: PathBuf| -> Option<PathBuf> {
+        if p.is_absolute() {
+            Some(p)
+        } else {
+            Some(std::env::current_dir().ok()?.join(p))
+        }
+    };
+    if cmd.as_bytes().contains(&b'/') {
+        let p = PathBuf::from(cmd);
+        return is_executable(&p).then(|| abs(p)).flatten();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| ":/bin:/usr/bin".into());
+    for dir in path.as_bytes().split(|b| *b == b':') {
+        let dir = if dir.is_empty() {
+            Path::new(".")
+        } else {
+            Path::new(OsStr::from_bytes(dir))
+        };
+        let candidate = dir.join(cmd);
+        if is_executable(&candidate) {
+            return abs(candidate);
+        }
+    }
+    None
+}
+
+/// Runs bpsh with `args` (without the program name).
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    let a = match args::parse(args) {
+        Ok(a) => a,
+        Err(Stop::Version) => {
+            println!("bpsh version {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(Stop::Help) => {
+            print!("{USAGE}");
+            return ExitCode::FAILURE;
+        }
+        Err(Stop::Usage(msg)) => {
+            eprintln!("bpsh: {msg}");
+            print!("{USAGE}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match prepare(&a) {
+        Ok(Some(p)) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("bpsh: cannot start: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let code = rt.block_on(run(a, p));
+            // Reading our stdin may sit in a blocking thread: do not wait for it.
+            rt.shutdown_background();
+            code
+        }
+        Ok(None) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("bpsh: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a run needs from the master before it starts.
+struct Prepared {
+    nodes: Vec<i32>,
+    spec: ProcSpec,
+    listen_ip: Ipv4Addr,
+}
+
+/// Resolves the command and the nodes; `Ok(None)` when a message was printed.
+fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
+    let cmd = &a.command[0];
+    let Some(path) = which(cmd) else {
+        eprintln!("bpsh: {}: command not found", cmd.to_string_lossy());
+        return Ok(None);
+    };
+    let mut client = Client::connect()?;
+    let table = client.nodes()?;
+    let sel = match nodespec::filter(&table, &a.spec) {
+        Ok(s) => s,
+        Err(_) => {
+            eprintln!("Invalid node specification \"{}\"", a.spec);
+            return Ok(None);
+        }
+    };
+    for n in &sel.unconfigured {
+        eprintln!("bpsh: node {n} is not configured");
+    }
+    if sel.nodes.is_empty() {
+        eprintln!("bpsh: \"{}\" selects no node; nothing to run", a.spec);
+        return Ok(None);
+    }
+    let listen_ip = match client.request(&Message::MasterInfo)? {
+        Message::MasterInfoReply { addrs, .. } => addrs
+            .iter()
+            .find_map(|e| e.ip)
+            .filter(|ip| !ip.is_unspecified())
+            .unwrap_or(Ipv4Addr::LOCALHOST),
+        other => return Err(bproc::BprocError::Unexpected(other.name())),
+    };
+    let mut strings = Vec::with_capacity(a.command.len());
+    for arg in &a.command {
+        match arg.to_str() {
+            Some(s) => strings.push(s.to_owned()),
+            None => {
+                eprintln!("bpsh: argument {arg:?} is not valid UTF-8");
+                return Ok(None);
+            }
+        }
+    }
+    let path_str = path.to_string_lossy().into_owned();
+    let mut env: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v.to_str()?)))
+        .filter(|kv| !kv.starts_with("BPROC_RANK=") && !kv.starts_with("BPROC_PROGNAME="))
+        .collect();
+    env.push("BPROC_RANK=XXXXXXX".into());
+    env.push(format!("BPROC_PROGNAME={path_str}"));
+    let io = (0..3)
+        .map(|fd| match (&a.files[fd], a.no_io, fd == 0 && a.no_stdin) {
+            (Some(f), _, _) => IoSpec::File(f.clone()),
+            (None, true, _) | (None, false, true) => IoSpec::Null,
+            _ => IoSpec::Forward,
+        })
+        .collect();
+    let mut token = [0u8; 16];
+    getrandom::fill(&mut token).expect("the kernel's random source failed");
+    let spec = ProcSpec {
+        path: path_str,
+        argv: strings,
+        env,
+        cwd: std::env::current_dir()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "/".into()),
+        umask: current_umask(),
+        io,
+        io_port: 0,
+        token,
+    };
+    Ok(Some(Prepared {
+        nodes: sel.nodes.iter().map(|n| n.node).collect(),
+        spec,
+        listen_ip,
+    }))
+}
+
+fn current_umask() -> u32 {
+    // umask(2) can only be read by setting it; put it back at once.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    nix::sys::stat::umask(old);
+    old.bits()
+}
+
+/// A forwarded connection's slot: where the accept loop delivers it.
+type Slot = Option<oneshot::Sender<TcpStream>>;
+
+/// Reads connection headers and hands each valid connection to its (rank, fd) slot.
+async fn accept_loop(listener: TcpListener, token: [u8; 16], slots: Arc<Mutex<Vec<[Slot; 3]>>>) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        let slots = slots.clone();
+        tokio::spawn(async move {
+            let mut head = [0u8; 21];
+            let ok = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head)).await;
+            if !matches!(ok, Ok(Ok(_))) || head[..16] != token {
+                return; // not one of ours: close silently, as BProc does
+            }
+            let rank = u32::from_be_bytes([head[16], head[17], head[18], head[19]]) as usize;
+            let fd = head[20] as usize;
+            let slot = slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(rank)
+                .and_then(|r| r.get_mut(fd)?.take());
+            match slot {
+                Some(tx) => {
+                    let _ = tx.send(s);
+                }
+                None => eprintln!("bpsh: unexpected connection for rank {rank} fd {fd}"),
+            }
+        });
+    }
+}
+
+/// What the stream readers tell the output loop.
+enum Out {
+    Data(usize, u8, Vec<u8>),
+    Eof(usize, u8),
+}
+
+/// Per-rank progress.
+#[derive(Debug, Clone)]
+struct Rank {
+    node: i32,
+    /// Output streams still open.
+    open: u8,
+    /// How it ended, once known; `None` while running.
+    status: Option<ExitStatus>,
+    /// Never started.
+    failed: bool,
+}
+
+impl Rank {
+    fn done(&self) -> bool {
+        self.failed || (self.status.is_some() && self.open == 0)
+    }
+}
+
+async fn run(a: Args, p: Prepared) -> ExitCode {
+    let n = p.nodes.len();
+    let mut spec = p.spec;
+    let forwards: Vec<bool> = spec.io.iter().map(|io| *io == IoSpec::Forward).collect();
+    let slots: Arc<Mutex<Vec<[Slot; 3]>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let mut receivers: Vec<[Option<oneshot::Receiver<TcpStream>>; 3]> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut senders: [Slot; 3] = [None, None, None];
+        let mut rxs: [Option<oneshot::Receiver<TcpStream>>; 3] = [None, None, None];
+        for fd in 0..3 {
+            if forwards[fd] {
+                let (tx, rx) = oneshot::channel();
+                senders[fd] = Some(tx);
+                rxs[fd] = Some(rx);
+            }
+        }
+        slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(senders);
+        receivers.push(rxs);
+    }
+    if forwards.iter().any(|f| *f) {
+        let listener = match TcpListener::bind(SocketAddr::new(p.listen_ip.into(), 0)).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("bpsh: cannot listen on {} for I/O: {e}", p.listen_ip);
+                return ExitCode::FAILURE;
+            }
+        };
+        spec.io_port = listener.local_addr().map_or(0, |a| a.port());
+        tokio::spawn(accept_loop(listener, spec.token, slots.clone()));
+    }
+
+    let conn = match UnixStream::connect(bproc::socket_path()).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "bpsh: cannot reach bpmaster at {}: {e}",
+                bproc::socket_path().display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut mrd, mut mwr) = conn.into_split();
+    let start = Instant::now();
+    if let Err(e) = write_frame(
+        &mut mwr,
+        1,
+        &Message::Launch {
+            nodes: p.nodes.clone(),
+            spec,
+        },
+    )
+    .await
+    {
+        eprintln!("bpsh: bproc_vexecmove_io: {e}");
+        return ExitCode::FAILURE;
+    }
+    let pids = match read_frame(&mut mrd).await {
+        Ok(Some((_, Message::Launched { pids }))) => pids,
+        Ok(Some((_, Message::Error { code, .. }))) => {
+            eprintln!("bproc_vexecmove_io: {}", strerror(code));
+            return ExitCode::FAILURE;
+        }
+        other => {
+            eprintln!("bpsh: bproc_vexecmove_io: unexpected answer from bpmaster: {other:?}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out_streams = u8::from(forwards[1]) + u8::from(forwards[2]);
+    let mut ranks: Vec<Rank> = p
+        .nodes
+        .iter()
+        .zip(&pids)
+        .map(|(&node, &pid)| Rank {
+            node,
+            open: out_streams,
+            status: None,
+            failed: pid <= 0,
+        })
+        .collect();
+    for r in ranks.iter().zip(&pids).filter(|(r, _)| r.failed) {
+        eprintln!("{}: {}", r.0.node, strerror(-r.1));
+    }
+
+    // Master events: exits in, signals out.
+    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(u32, ExitStatus)>();
+    tokio::spawn(async move {
+        while let Ok(Some((_, msg))) = read_frame(&mut mrd).await {
+            if let Message::ProcExit { rank, status, .. } = msg {
+                let _ = exit_tx.send((rank, status));
+            }
+        }
+    });
+    tokio::spawn(forward_signals(mwr));
+
+    // Output readers: in sequential mode a rank's streams are read only in its turn.
+    let (turn_tx, turn_rx) = watch::channel(0usize);
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(64);
+    let mut stdin_writers = Vec::new();
+    for (rank, rxs) in receivers.iter_mut().enumerate() {
+        if ranks[rank].failed {
+            continue;
+        }
+        for fd in [1u8, 2] {
+            if let Some(rx) = rxs[fd as usize].take() {
+                let (out, mut turn) = (out_tx.clone(), turn_rx.clone());
+                let (sequential, size) = (a.sequential, a.buffer);
+                tokio::spawn(async move {
+                    let Ok(mut s) = rx.await else { return };
+                    if sequential && turn.wait_for(|t| *t >= rank).await.is_err() {
+                        return;
+                    }
+                    let mut buf = vec![0u8; size];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => {
+                                if out
+                                    .send(Out::Data(rank, fd, buf[..k].to_vec()))
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = out.send(Out::Eof(rank, fd)).await;
+                });
+            }
+        }
+        if let Some(rx) = rxs[0].take() {
+            let (tx, chunks) = mpsc::channel::<Arc<Vec<u8>>>(1);
+            stdin_writers.push(tx);
+            tokio::spawn(write_stdin(rx, chunks));
+        }
+    }
+    drop(out_tx);
+    if !stdin_writers.is_empty() {
+        tokio::spawn(replicate_stdin(stdin_writers, a.buffer));
+    }
+
+    let mut fmt = Formatter::new(a.line, a.prefix, a.buffer, p.nodes.clone());
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut turn = 0usize;
+    if a.divider && n > 0 {
+        let _ = stdout.write_all(&divider(ranks[0].node)).await;
+        let _ = stdout.flush().await;
+    }
+    loop {
+        // Advance the sequential turn past finished ranks, a divider for each new one.
+        if a.sequential {
+            while turn < n && ranks[turn].done() {
+                turn += 1;
+                let _ = turn_tx.send(turn);
+                if a.divider && turn < n {
+                    let _ = stdout.write_all(&divider(ranks[turn].node)).await;
+                    let _ = stdout.flush().await;
+                }
+            }
+        }
+        if ranks.iter().all(Rank::done) {
+            break;
+        }
+        tokio::select! {
+            ev = out_rx.recv(), if !ranks.iter().all(|r| r.open == 0 || r.failed) => match ev {
+                Some(Out::Data(rank, fd, data)) => {
+                    if ranks[rank].status == Some(ExitStatus::NodeLost) {
+                        continue; // abandoned
+                    }
+                    let bytes = fmt.data(rank, fd, &data);
+                    write_to(fd, &bytes, &mut stdout, &mut stderr).await;
+                }
+                Some(Out::Eof(rank, fd)) => {
+                    let bytes = fmt.eof(rank, fd);
+                    write_to(fd, &bytes, &mut stdout, &mut stderr).await;
+                    ranks[rank].open = ranks[rank].open.saturating_sub(1);
+                }
+                None => {
+                    for r in &mut ranks {
+                        r.open = 0;
+                    }
+                }
+            },
+            ev = exit_rx.recv() => match ev {
+                Some((rank, status)) => {
+                    if let Some(r) = ranks.get_mut(rank as usize) {
+                        r.status = Some(status);
+                        if status == ExitStatus::NodeLost {
+                            // Its streams may never close: stop waiting for them.
+                            r.open = 0;
+                        }
+                    }
+                }
+                None => {
+                    // The master went away: nothing more will be reported.
+                    for r in ranks.iter_mut().filter(|r| r.status.is_none()) {
+                        r.status = Some(ExitStatus::NodeLost);
+                        r.open = 0;
+                    }
+                }
+            },
+        }
+    }
+    let _ = stdout.flush().await;
+    let _ = stderr.flush().await;
+    if a.time {
+        let _ = stdout
+            .write_all(format!("{:.6}\n", start.elapsed().as_secs_f64()).as_bytes())
+            .await;
+        let _ = stdout.flush().await;
+    }
+    exit_code(&ranks)
+}
+
+async fn write_to(fd: u8, bytes: &[u8], out: &mut tokio::io::Stdout, err: &mut tokio::io::Stderr) {
+    if bytes.is_empty() {
+        return;
+    }
+    // A closed stdout (bpsh | head) is not an error: the reader has what it wanted.
+    let _ = if fd == STDERR {
+        err.write_all(bytes).await
+    } else {
+        out.write_all(bytes).await
+    };
+    let _ = if fd == STDOUT {
+        out.flush().await
+    } else {
+        err.flush().await
+    };
+}
+
+/// BProc's exit rule: the highest exit code; 255 and a message for each killed process.
+fn exit_code(ranks: &[Rank]) -> ExitCode {
+    let mut code = 0i32;
+    let mut stderr = std::io::stderr().lock();
+    for r in ranks {
+        match r.status {
+            Some(ExitStatus::Code(c)) => code = code.max(c & 0xff),
+            Some(ExitStatus::Signal(_)) => {
+                let _ = writeln!(
+                    stderr,
+                    "bpsh: Child process on node {} exited abnormally.",
+                    r.node
+                );
+                code = 255;
+            }
+            Some(ExitStatus::NodeLost) => {
+                let _ = writeln!(
+                    stderr,
+                    "bpsh: Child process on node {} exited abnormally (node lost: {}).",
+                    r.node,
+                    strerror(bproc::errno::BE_SLAVEDIED)
+                );
+                code = 255;
+            }
+            None => {}
+        }
+    }
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// Feeds one node's stdin socket from the replicated chunks; closes it at EOF.
+async fn write_stdin(sock: oneshot::Receiver<TcpStream>, mut chunks: mpsc::Receiver<Arc<Vec<u8>>>) {
+    let Ok(mut s) = sock.await else { return };
+    while let Some(chunk) = chunks.recv().await {
+        if s.write_all(&chunk).await.is_err() {
+            return; // the remote closed its stdin: stop feeding it
+        }
+    }
+    let _ = s.shutdown().await;
+}
+
+/// Reads bpsh's stdin and gives each chunk to every node in turn, so the slowest reader
+/// throttles the reading (BProc's shared buffer).
+async fn replicate_stdin(mut writers: Vec<mpsc::Sender<Arc<Vec<u8>>>>, size: usize) {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; size];
+    loop {
+        let k = match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => return, // dropping the senders closes every remote stdin
+            Ok(k) => k,
+        };
+        let chunk = Arc::new(buf[..k].to_vec());
+        let mut live = Vec::with_capacity(writers.len());
+        for w in writers {
+            if w.send(chunk.clone()).await.is_ok() {
+                live.push(w);
+            }
+        }
+        writers = live;
+        if writers.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Relays the signals a user sends bpsh to every remote process.
+async fn forward_signals(mut wr: tokio::net::unix::OwnedWriteHalf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let kinds = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+    ];
+    let (tx, mut rx) = mpsc::unbounded_channel::<i32>();
+    for kind in kinds {
+        let Ok(mut s) = signal(kind) else { continue };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                let _ = tx.send(kind.as_raw_value());
+            }
+        });
+    }
+    drop(tx);
+    let mut id = 2u32;
+    while let Some(sig) = rx.recv().await {
+        if write_frame(&mut wr, id, &Message::SignalLaunch { signal: sig })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        id += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_resolves_like_bproc() {
+        assert_eq!(which(OsStr::new("sh")).map(|p| p.is_absolute()), Some(true));
+        assert_eq!(which(OsStr::new("/bin/sh")), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(which(OsStr::new("no-such-command-anywhere")), None);
+        assert_eq!(which(OsStr::new("/etc/passwd")), None);
+        assert_eq!(which(OsStr::new("/bin")), None);
+    }
+
+    #[test]
+    fn exit_rules() {
+        let r = |status, failed| Rank {
+            node: 1,
+            open: 0,
+            status,
+            failed,
+        };
+        assert_eq!(
+            exit_code(&[
+                r(Some(ExitStatus::Code(3)), false),
+                r(Some(ExitStatus::Code(7)), false)
+            ]),
+            ExitCode::from(7)
+        );
+        assert_eq!(
+            exit_code(&[r(None, true), r(Some(ExitStatus::Code(0)), false)]),
+            ExitCode::from(0)
+        );
+        assert_eq!(
+            exit_code(&[
+                r(Some(ExitStatus::Signal(9)), false),
+                r(Some(ExitStatus::Code(1)), false)
+            ]),
+            ExitCode::from(255)
+        );
+    }
+}

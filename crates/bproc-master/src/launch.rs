@@ -1,0 +1,249 @@
+//! Launches: a client (bpsh) asks for one process per listed node; the master checks each
+//! node's permissions with the caller's kernel-given identity, asks every slave at once (the
+//! requests are pipelined, never one round trip after another), answers with the pids, then
+//! relays each process's exit to the client until the client goes away.
+//!
+//! The launch lives as long as the client's connection: a client that disconnects takes its
+//! still-running processes with it (SIGKILL), and a node that is lost reports its processes as
+//! ended by node loss (`BE_SLAVEDIED`, seen as SIGKILL), so the client never waits forever.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bproc_link::{read_frame, write_frame};
+use bproc_proto::{errno, Creds, ExitStatus, Message, ProcSpec};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, info};
+
+use crate::slaves;
+use crate::table::Caller;
+use crate::Shared;
+
+/// Where a rank stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Spawn requested, no reply seen yet.
+    Pending,
+    /// Spawn requested and its exit already reported: a fast process whose exit overtook
+    /// the spawn reply on its way through the master.
+    EndedEarly(ExitStatus),
+    /// Running.
+    Running,
+    /// Ended and reported, or never started.
+    Done,
+}
+
+/// A launch's bookkeeping, shared with the slave links that report exits.
+#[derive(Debug)]
+pub(crate) struct Launch {
+    /// Node of each rank.
+    nodes: Vec<i32>,
+    /// Each rank's state.
+    states: Vec<State>,
+    /// Exits to relay to the client.
+    events: mpsc::UnboundedSender<(u32, ExitStatus)>,
+}
+
+/// All live launches by id.
+#[derive(Debug, Default)]
+pub(crate) struct Launches(std::sync::Mutex<HashMap<u64, Launch>>);
+
+impl Launches {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Launch>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slave reports that rank `rank` of `launch` ended.
+    pub(crate) fn exited(&self, launch: u64, rank: u32, status: ExitStatus) {
+        if let Some(l) = self.lock().get_mut(&launch) {
+            match l.states.get(rank as usize) {
+                Some(State::Running) => {
+                    l.states[rank as usize] = State::Done;
+                    let _ = l.events.send((rank, status));
+                }
+                Some(State::Pending) => l.states[rank as usize] = State::EndedEarly(status),
+                _ => {}
+            }
+        }
+    }
+
+    /// Records the outcome of rank `rank`'s spawn; relays an exit that came first.
+    fn spawned(&self, launch: u64, rank: usize, started: bool) {
+        if let Some(l) = self.lock().get_mut(&launch) {
+            l.states[rank] = match (l.states[rank], started) {
+                (State::EndedEarly(status), true) => {
+                    let _ = l.events.send((rank as u32, status));
+                    State::Done
+                }
+                (State::Pending, true) => State::Running,
+                _ => State::Done,
+            };
+        }
+    }
+
+    /// Node `n` is lost: every process there is reported ended by node loss.
+    pub(crate) fn node_lost(&self, n: i32) {
+        for l in self.lock().values_mut() {
+            for (rank, node) in l.nodes.iter().enumerate() {
+                if *node == n && l.states[rank] == State::Running {
+                    l.states[rank] = State::Done;
+                    let _ = l.events.send((rank as u32, ExitStatus::NodeLost));
+                }
+            }
+        }
+    }
+
+    /// Nodes with running ranks of `launch`.
+    fn running_nodes(&self, launch: u64) -> Vec<i32> {
+        let g = self.lock();
+        let Some(l) = g.get(&launch) else {
+            return Vec::new();
+        };
+        let mut nodes: Vec<i32> = l
+            .nodes
+            .iter()
+            .zip(&l.states)
+            .filter(|(_, s)| **s == State::Running)
+            .map(|(n, _)| *n)
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+}
+
+fn signal_launch(shared: &Shared, launch: u64, signal: i32) {
+    let t = shared.table();
+    for n in shared.launches.running_nodes(launch) {
+        if let Some(node) = t.get(n) {
+            node.send(
+                0,
+                Message::SignalProc {
+                    launch,
+                    rank: u32::MAX,
+                    signal,
+                },
+            );
+        }
+    }
+}
+
+/// Serves a `Launch` request and the rest of the client's connection.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    caller: Caller,
+    id: u32,
+    nodes: Vec<i32>,
+    spec: ProcSpec,
+    mut rd: OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+) {
+    let launch = shared.launch_id();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let size = nodes.len() as u32;
+    shared.launches.lock().insert(
+        launch,
+        Launch {
+            nodes: nodes.clone(),
+            states: vec![State::Pending; nodes.len()],
+            events: tx,
+        },
+    );
+    let creds = Creds {
+        uid: caller.uid,
+        gid: caller.gid,
+        groups: caller.groups.clone(),
+    };
+    let mut pids = vec![0i32; nodes.len()];
+    let mut tasks = JoinSet::new();
+    {
+        let t = shared.table();
+        for (rank, &n) in nodes.iter().enumerate() {
+            if let Err(refusal) = t.may_run(&caller, n) {
+                pids[rank] = -refusal.code;
+                shared.launches.spawned(launch, rank, false);
+                continue;
+            }
+            let msg = Message::Spawn {
+                launch,
+                rank: rank as u32,
+                size,
+                creds: creds.clone(),
+                spec: spec.clone(),
+            };
+            let shared = shared.clone();
+            tasks.spawn(async move { (rank, slaves::request(&shared, n, msg).await) });
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        let Ok((rank, reply)) = done else { continue };
+        shared
+            .launches
+            .spawned(launch, rank, matches!(reply, Message::Spawned { .. }));
+        pids[rank] = match reply {
+            Message::Spawned { pid } => pid,
+            Message::Error { code, .. } => -code,
+            other => {
+                debug!("launch {launch}: unexpected {} from a slave", other.name());
+                -errno::EPROTO
+            }
+        };
+    }
+    let started = pids.iter().filter(|p| **p > 0).count();
+    info!(
+        "launch {launch}: uid {} started {started} of {} ({})",
+        caller.uid,
+        nodes.len(),
+        spec.path
+    );
+    // A node lost while its spawn reply was on the way: its process is gone.
+    {
+        let t = shared.table();
+        for (rank, &n) in nodes.iter().enumerate() {
+            if pids[rank] > 0 && !t.get(n).is_some_and(|node| node.is_up()) {
+                shared
+                    .launches
+                    .exited(launch, rank as u32, ExitStatus::NodeLost);
+            }
+        }
+    }
+    if write_frame(&mut wr, id, &Message::Launched { pids })
+        .await
+        .is_ok()
+    {
+        loop {
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some((rank, status)) = ev else { break };
+                    let msg = Message::ProcExit { launch: 0, rank, status };
+                    if write_frame(&mut wr, 0, &msg).await.is_err() {
+                        break;
+                    }
+                }
+                frame = read_frame(&mut rd) => match frame {
+                    Ok(Some((rid, Message::SignalLaunch { signal }))) => {
+                        signal_launch(&shared, launch, signal);
+                        if write_frame(&mut wr, rid, &Message::Ok).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Some((rid, other))) => {
+                        let msg = Message::Error {
+                            code: errno::EPROTO,
+                            message: format!("{} is not valid during a launch", other.name()),
+                        };
+                        if write_frame(&mut wr, rid, &msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+    }
+    // The client is gone: its processes go too.
+    signal_launch(&shared, launch, nix::sys::signal::Signal::SIGKILL as i32);
+    shared.launches.lock().remove(&launch);
+}

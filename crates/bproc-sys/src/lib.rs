@@ -1,0 +1,133 @@
+//! The raw Linux that bproc needs where no safe wrapper exists. All of the workspace's
+//! `unsafe` code lives here, each block with the invariants it relies on.
+//!
+//! Today that is one thing: starting a remote process as the caller. `std::process::Command`
+//! can set a uid and gid but not supplementary groups on stable Rust, and it drops groups
+//! itself when it changes the uid, so the whole switch (groups, then gid, then uid) is done
+//! here in a `pre_exec` hook, followed by the umask and the files that `bpsh -I/-O/-E` open
+//! on the node with the caller's rights.
+#![allow(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{close, dup2, setgid, setgroups, setuid, Gid, Uid};
+
+/// Who a child runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// A file the child opens onto one of its fds after taking its identity.
+#[derive(Debug, Clone)]
+pub struct FdFile {
+    /// Target fd (0, 1 or 2).
+    pub fd: i32,
+    /// Path on this machine.
+    pub path: CString,
+    /// Open for writing (create, truncate, mode 0666 before umask) rather than reading.
+    pub write: bool,
+}
+
+/// Makes `cmd`'s child take `identity` (when given: groups, gid, uid, in that order, so the
+/// switch cannot be undone), set `mask` as its umask, open `files` onto their fds, and die
+/// with SIGKILL when the thread that started it exits (so no process outlives its slave
+/// daemon), in the child, just before `exec`. A failure aborts the spawn with the errno,
+/// which `Command::spawn` returns.
+pub fn prepare_child(cmd: &mut Command, identity: Option<Identity>, mask: u32, files: Vec<FdFile>) {
+    // Everything the hook needs is built here, before fork: the hook must not allocate.
+    let ids = identity.map(|i| {
+        let groups: Vec<Gid> = i.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        (Uid::from_raw(i.uid), Gid::from_raw(i.gid), groups)
+    });
+    let mode = Mode::from_bits_truncate(mask & 0o777);
+    let hook = move || -> std::io::Result<()> {
+        if let Some((uid, gid, groups)) = &ids {
+            setgroups(groups)?;
+            setgid(*gid)?;
+            setuid(*uid)?;
+        }
+        // After the identity switch, which clears the parent-death signal.
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+        umask(mode);
+        for f in &files {
+            let flags = if f.write {
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC
+            } else {
+                OFlag::O_RDONLY
+            };
+            let opened = open(f.path.as_c_str(), flags, Mode::from_bits_truncate(0o666))?;
+            if opened != f.fd {
+                dup2(opened, f.fd)?;
+                close(opened)?;
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the child between fork and exec, where only async-signal-safe
+    // work is allowed. It makes only direct system calls (setgroups, setgid, setuid, prctl,
+    // umask, open, dup2, close) through nix wrappers that do not allocate: the group list, the mode
+    // and the NUL-terminated paths were all built before the fork and are only borrowed, and
+    // errors are returned as plain errno values. It takes no locks and touches no state
+    // shared with other threads.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Stdio;
+
+    #[test]
+    fn files_and_umask_apply_in_the_child() {
+        let dir = std::env::temp_dir().join(format!("bproc-sys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "umask; echo hello"]).stdout(Stdio::null());
+        let path = CString::new(out.to_str().unwrap()).unwrap();
+        prepare_child(
+            &mut cmd,
+            None,
+            0o027,
+            vec![FdFile {
+                fd: 1,
+                path,
+                write: true,
+            }],
+        );
+        assert!(cmd.status().unwrap().success());
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "0027\nhello\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_input_file_fails_the_spawn() {
+        let mut cmd = Command::new("/bin/true");
+        let path = CString::new("/no/such/file/here").unwrap();
+        prepare_child(
+            &mut cmd,
+            None,
+            0o022,
+            vec![FdFile {
+                fd: 0,
+                path,
+                write: false,
+            }],
+        );
+        let err = cmd.spawn().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(2));
+    }
+}
