@@ -228,6 +228,14 @@ fn current_umask() -> u32 {
     old.bits()
 }
 
+/// Listens with a deep accept queue (the kernel caps it at `net.core.somaxconn`): every node
+/// connects up to three fds at the same moment, and a dropped SYN costs a second or more.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.bind(addr)?;
+    s.listen(65535)
+}
+
 /// A forwarded connection's slot: where the accept loop delivers it.
 type Slot = Option<oneshot::Sender<TcpStream>>;
 
@@ -308,7 +316,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         receivers.push(rxs);
     }
     if forwards.iter().any(|f| *f) {
-        let listener = match TcpListener::bind(SocketAddr::new(p.listen_ip.into(), 0)).await {
+        let listener = match listen(SocketAddr::new(p.listen_ip.into(), 0)) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("bpsh: cannot listen on {} for I/O: {e}", p.listen_ip);

@@ -258,6 +258,20 @@ async fn listen_addrs(config: &Config) -> Result<Vec<SocketAddr>, MasterError> {
     Ok(addrs)
 }
 
+/// Listens with a deep accept queue (capped by `net.core.somaxconn`): a thousand slaves
+/// connect at once when a cluster boots or the master restarts, and a dropped SYN costs a
+/// second or more.
+fn listen_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    s.set_reuseaddr(true)?;
+    s.bind(addr)?;
+    s.listen(65535)
+}
+
 fn bind_unix(path: &Path) -> Result<UnixListener, MasterError> {
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(MasterError::AlreadyRunning(path.into()));
@@ -300,12 +314,10 @@ impl Master {
         let unix = bind_unix(&paths.socket)?;
         let mut tcp = Vec::new();
         for addr in listen_addrs(&config).await? {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| MasterError::Listen {
-                    what: addr.to_string(),
-                    source,
-                })?;
+            let l = listen_tcp(addr).map_err(|source| MasterError::Listen {
+                what: addr.to_string(),
+                source,
+            })?;
             tcp.push(l);
         }
         let shared = Arc::new(Shared {

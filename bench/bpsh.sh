@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# bpsh launch benchmark: `bpsh 0 true` against a local spawn of /bin/true, and `bpsh -a true`
+# at several cluster sizes against the spawn floor (N local spawns / cores), all measured in
+# this run on a virtual cluster. Prints a markdown table of medians and ratios.
+#
+#   bench/bpsh.sh                      # sizes 8 64 256 1024
+#   SIZES="8 64" RUNS=9 bench/bpsh.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-7}
+SIZES=${SIZES:-"8 64 256 1024"}
+cargo build --release --quiet -p bproc-bins
+B=$PWD/target/release
+DIR=$(mktemp -d /tmp/bproc-bench.XXXXXX)
+trap '"$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
+CORES=$(nproc)
+
+now_ns() { date +%s%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+ms() { awk -v ns="$1" 'BEGIN {printf "%.2f", ns/1e6}'; }
+time_ns() { local t0 t1; t0=$(now_ns); "$@" >/dev/null; t1=$(now_ns); echo $((t1 - t0)); }
+
+max=0
+for n in $SIZES; do [ "$n" -gt "$max" ] && max=$n; done
+"$B/bpcluster" up -n "$max" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }
+export BPROC_SOCKET=$DIR/c/master.sock
+
+spawn=$(for _ in $(seq 21); do time_ns /bin/true; done | median)
+one=$(for _ in $(seq 21); do time_ns "$B/bpsh" 0 true; done | median)
+
+echo "## bpsh launch benchmark"
+echo
+echo "$CORES cores, kernel $(uname -r), one virtual cluster of $max nodes; medians of $RUNS runs (21 for single launches)."
+echo
+echo "| command | median (ms) | baseline (ms) | ratio |"
+echo "|---|---:|---:|---:|"
+printf "| bpsh 0 true | %s | %s (local /bin/true) | %.1f |\n" "$(ms "$one")" "$(ms "$spawn")" "$(awk -v a="$one" -v b="$spawn" 'BEGIN {print a/b}')"
+for n in $SIZES; do
+    t=$(for _ in $(seq "$RUNS"); do time_ns "$B/bpsh" "0-$((n - 1))" true; done | median)
+    floor=$(awk -v s="$spawn" -v n="$n" -v c="$CORES" 'BEGIN {print s*n/c}')
+    printf "| bpsh 0-%d true (%d nodes) | %s | %s (spawn floor) | %.1f |\n" "$((n - 1))" "$n" "$(ms "$t")" "$(ms "$floor")" "$(awk -v a="$t" -v b="$floor" 'BEGIN {print a/b}')"
+done
