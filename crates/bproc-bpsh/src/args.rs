@@ -73,10 +73,7 @@ fn u(e: lexopt::Error) -> Stop {
 
 /// Parses bpsh's arguments (without the program name).
 pub fn parse(args: Vec<OsString>) -> Result<Args, Stop> {
-    let mut a = Args {
-        buffer: 4096,
-        ..Args::default()
-    };
+    let mut a = Args { buffer: 4096, ..Args::default() };
     let mut have_spec = false;
     let mut p = lexopt::Parser::from_args(args);
     while let Some(arg) = p.next().map_err(u)? {
@@ -171,10 +168,7 @@ mod tests {
     #[test]
     fn usage_errors() {
         assert_eq!(args(&["3"]), Err(Stop::Usage("no command given".into())));
-        assert_eq!(
-            args(&["-b", "0", "3", "x"]),
-            Err(Stop::Usage("Invalid buffer size: 0".into()))
-        );
+        assert_eq!(args(&["-b", "0", "3", "x"]), Err(Stop::Usage("Invalid buffer size: 0".into())));
         assert_eq!(args(&["-h"]), Err(Stop::Help));
         assert_eq!(args(&["-v", "3", "x"]), Err(Stop::Version));
         assert!(matches!(args(&["-Z", "3", "x"]), Err(Stop::Usage(_))));

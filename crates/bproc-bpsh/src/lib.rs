@@ -81,11 +81,7 @@ pub fn which(cmd: &OsStr) -> Option<PathBuf> {
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| ":/bin:/usr/bin".into());
     for dir in path.as_bytes().split(|b| *b == b':') {
-        let dir = if dir.is_empty() {
-            Path::new(".")
-        } else {
-            Path::new(OsStr::from_bytes(dir))
-        };
+        let dir = if dir.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(dir)) };
         let candidate = dir.join(cmd);
         if is_executable(&candidate) {
             return abs(candidate);
@@ -214,11 +210,7 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         io_port: 0,
         token,
     };
-    Ok(Some(Prepared {
-        nodes: sel.nodes.iter().map(|n| n.node).collect(),
-        spec,
-        listen_ip,
-    }))
+    Ok(Some(Prepared { nodes: sel.nodes.iter().map(|n| n.node).collect(), spec, listen_ip }))
 }
 
 fn current_umask() -> u32 {
@@ -309,10 +301,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
                 rxs[fd] = Some(rx);
             }
         }
-        slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(senders);
+        slots.lock().unwrap_or_else(|e| e.into_inner()).push(senders);
         receivers.push(rxs);
     }
     if forwards.iter().any(|f| *f) {
@@ -330,24 +319,14 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     let conn = match UnixStream::connect(bproc::socket_path()).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
-                "bpsh: cannot reach bpmaster at {}: {e}",
-                bproc::socket_path().display()
-            );
+            eprintln!("bpsh: cannot reach bpmaster at {}: {e}", bproc::socket_path().display());
             return ExitCode::FAILURE;
         }
     };
     let (mut mrd, mut mwr) = conn.into_split();
     let start = Instant::now();
-    if let Err(e) = write_frame(
-        &mut mwr,
-        1,
-        &Message::Launch {
-            nodes: p.nodes.clone(),
-            spec,
-        },
-    )
-    .await
+    if let Err(e) =
+        write_frame(&mut mwr, 1, &Message::Launch { nodes: p.nodes.clone(), spec }).await
     {
         eprintln!("bpsh: bproc_vexecmove_io: {e}");
         return ExitCode::FAILURE;
@@ -368,12 +347,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         .nodes
         .iter()
         .zip(&pids)
-        .map(|(&node, &pid)| Rank {
-            node,
-            open: out_streams,
-            status: None,
-            failed: pid <= 0,
-        })
+        .map(|(&node, &pid)| Rank { node, open: out_streams, status: None, failed: pid <= 0 })
         .collect();
     for r in ranks.iter().zip(&pids).filter(|(r, _)| r.failed) {
         eprintln!("{}: {}", r.0.node, strerror(-r.1));
@@ -412,11 +386,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
                         match s.read(&mut buf).await {
                             Ok(0) | Err(_) => break,
                             Ok(k) => {
-                                if out
-                                    .send(Out::Data(rank, fd, buf[..k].to_vec()))
-                                    .await
-                                    .is_err()
-                                {
+                                if out.send(Out::Data(rank, fd, buf[..k].to_vec())).await.is_err() {
                                     return;
                                 }
                             }
@@ -503,9 +473,8 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     let _ = stdout.flush().await;
     let _ = stderr.flush().await;
     if a.time {
-        let _ = stdout
-            .write_all(format!("{:.6}\n", start.elapsed().as_secs_f64()).as_bytes())
-            .await;
+        let _ =
+            stdout.write_all(format!("{:.6}\n", start.elapsed().as_secs_f64()).as_bytes()).await;
         let _ = stdout.flush().await;
     }
     exit_code(&ranks)
@@ -516,16 +485,8 @@ async fn write_to(fd: u8, bytes: &[u8], out: &mut tokio::io::Stdout, err: &mut t
         return;
     }
     // A closed stdout (bpsh | head) is not an error: the reader has what it wanted.
-    let _ = if fd == STDERR {
-        err.write_all(bytes).await
-    } else {
-        out.write_all(bytes).await
-    };
-    let _ = if fd == STDOUT {
-        out.flush().await
-    } else {
-        err.flush().await
-    };
+    let _ = if fd == STDERR { err.write_all(bytes).await } else { out.write_all(bytes).await };
+    let _ = if fd == STDOUT { out.flush().await } else { err.flush().await };
 }
 
 /// BProc's exit rule: the highest exit code; 255 and a message for each killed process.
@@ -536,11 +497,8 @@ fn exit_code(ranks: &[Rank]) -> ExitCode {
         match r.status {
             Some(ExitStatus::Code(c)) => code = code.max(c & 0xff),
             Some(ExitStatus::Signal(_)) => {
-                let _ = writeln!(
-                    stderr,
-                    "bpsh: Child process on node {} exited abnormally.",
-                    r.node
-                );
+                let _ =
+                    writeln!(stderr, "bpsh: Child process on node {} exited abnormally.", r.node);
                 code = 255;
             }
             Some(ExitStatus::NodeLost) => {
@@ -617,10 +575,7 @@ async fn forward_signals(mut wr: tokio::net::unix::OwnedWriteHalf) {
     drop(tx);
     let mut id = 2u32;
     while let Some(sig) = rx.recv().await {
-        if write_frame(&mut wr, id, &Message::SignalLaunch { signal: sig })
-            .await
-            .is_err()
-        {
+        if write_frame(&mut wr, id, &Message::SignalLaunch { signal: sig }).await.is_err() {
             return;
         }
         id += 1;
@@ -642,17 +597,9 @@ mod tests {
 
     #[test]
     fn exit_rules() {
-        let r = |status, failed| Rank {
-            node: 1,
-            open: 0,
-            status,
-            failed,
-        };
+        let r = |status, failed| Rank { node: 1, open: 0, status, failed };
         assert_eq!(
-            exit_code(&[
-                r(Some(ExitStatus::Code(3)), false),
-                r(Some(ExitStatus::Code(7)), false)
-            ]),
+            exit_code(&[r(Some(ExitStatus::Code(3)), false), r(Some(ExitStatus::Code(7)), false)]),
             ExitCode::from(7)
         );
         assert_eq!(

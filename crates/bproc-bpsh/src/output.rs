@@ -116,10 +116,7 @@ mod tests {
         assert_eq!(f.data(1, STDERR, b"x\n"), b" 12: x\n");
         assert_eq!(f.data(2, STDOUT, b"y\n"), b"1000: y\n");
         // A line longer than the buffer is cut, each piece on its own prefixed line.
-        assert_eq!(
-            f.data(0, STDOUT, b"0123456789\n"),
-            b"  5: 01234567\n  5: 89\n"
-        );
+        assert_eq!(f.data(0, STDOUT, b"0123456789\n"), b"  5: 01234567\n  5: 89\n");
         assert!(f.data(0, STDOUT, b"tail").is_empty());
         assert_eq!(f.eof(0, STDOUT), b"  5: tail\n");
     }

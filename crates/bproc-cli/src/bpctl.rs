@@ -69,21 +69,11 @@ fn lookup_id(s: &str, by_name: impl Fn(&str) -> Option<u32>) -> Option<u32> {
 }
 
 fn parse_user(s: &str) -> Option<u32> {
-    lookup_id(s, |n| {
-        nix::unistd::User::from_name(n)
-            .ok()
-            .flatten()
-            .map(|u| u.uid.as_raw())
-    })
+    lookup_id(s, |n| nix::unistd::User::from_name(n).ok().flatten().map(|u| u.uid.as_raw()))
 }
 
 fn parse_group(s: &str) -> Option<u32> {
-    lookup_id(s, |n| {
-        nix::unistd::Group::from_name(n)
-            .ok()
-            .flatten()
-            .map(|g| g.gid.as_raw())
-    })
+    lookup_id(s, |n| nix::unistd::Group::from_name(n).ok().flatten().map(|g| g.gid.as_raw()))
 }
 
 fn parse_endpoint(s: &str) -> Option<Endpoint> {
@@ -94,11 +84,7 @@ fn parse_endpoint(s: &str) -> Option<Endpoint> {
         Some((h, p)) => (h, p.parse::<u16>().ok()?),
         None => (s, 0),
     };
-    let ip = if host.is_empty() {
-        None
-    } else {
-        Some(host.parse().ok()?)
-    };
+    let ip = if host.is_empty() { None } else { Some(host.parse().ok()?) };
     Some(Endpoint { ip, port })
 }
 
@@ -188,14 +174,8 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(i) = steps
-        .iter()
-        .position(|s| !matches!(s, Step::Select(_) | Step::SelectMaster))
-    {
-        if !steps[..i]
-            .iter()
-            .any(|s| matches!(s, Step::Select(_) | Step::SelectMaster))
-        {
+    if let Some(i) = steps.iter().position(|s| !matches!(s, Step::Select(_) | Step::SelectMaster)) {
+        if !steps[..i].iter().any(|s| matches!(s, Step::Select(_) | Step::SelectMaster)) {
             return fail("no nodes selected: put -S NODES (or -M) before the actions");
         }
     }
@@ -288,24 +268,9 @@ mod tests {
     #[test]
     fn reconnect_spec() {
         let (m, l) = parse_reconnect("10.0.0.1:99,10.0.0.2").unwrap();
-        assert_eq!(
-            m,
-            Endpoint {
-                ip: Some([10, 0, 0, 1].into()),
-                port: 99
-            }
-        );
-        assert_eq!(
-            l,
-            Endpoint {
-                ip: Some([10, 0, 0, 2].into()),
-                port: 0
-            }
-        );
-        assert_eq!(
-            parse_reconnect(":7").unwrap().0,
-            Endpoint { ip: None, port: 7 }
-        );
+        assert_eq!(m, Endpoint { ip: Some([10, 0, 0, 1].into()), port: 99 });
+        assert_eq!(l, Endpoint { ip: Some([10, 0, 0, 2].into()), port: 0 });
+        assert_eq!(parse_reconnect(":7").unwrap().0, Endpoint { ip: None, port: 7 });
         assert!(parse_reconnect("host:1").is_none());
     }
 

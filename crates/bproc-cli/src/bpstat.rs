@@ -147,10 +147,7 @@ fn address_of(all: &[NodeStatus], host: &str) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let addrs: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
-    match all
-        .iter()
-        .find(|n| n.addr.is_some_and(|a| addrs.contains(&IpAddr::V4(a))))
-    {
+    match all.iter().find(|n| n.addr.is_some_and(|a| addrs.contains(&IpAddr::V4(a)))) {
         Some(n) => {
             let _ = write_out(&format!("{}\n", n.node));
             ExitCode::SUCCESS

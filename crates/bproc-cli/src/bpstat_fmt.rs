@@ -112,12 +112,10 @@ impl Names for SystemNames {
         self.users
             .borrow_mut()
             .entry(uid)
-            .or_insert_with(
-                || match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-                    Ok(Some(u)) => u.name,
-                    _ => format!("#{uid}"),
-                },
-            )
+            .or_insert_with(|| match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+                Ok(Some(u)) => u.name,
+                _ => format!("#{uid}"),
+            })
             .clone()
     }
 
@@ -270,10 +268,7 @@ pub fn long(nodes: &[NodeStatus], names: &dyn Names) -> String {
 
 /// `-a`: one dotted quad per line; a down node, or one without address, shows 0.0.0.0.
 pub fn addresses(nodes: &[NodeStatus]) -> String {
-    nodes
-        .iter()
-        .map(|n| format!("{}\n", shown_addr(n)))
-        .collect()
+    nodes.iter().map(|n| format!("{}\n", shown_addr(n))).collect()
 }
 
 /// `-s`: one state per line.
@@ -379,14 +374,7 @@ mod tests {
     }
 
     fn node(n: i32, state: &str, mode: u32, uid: u32, gid: u32) -> NodeStatus {
-        NodeStatus {
-            node: n,
-            state: state.into(),
-            mode,
-            uid,
-            gid,
-            ..Default::default()
-        }
+        NodeStatus { node: n, state: state.into(), mode, uid, gid, ..Default::default() }
     }
 
     /// The cluster of the spec's compact example, in number order.
@@ -427,18 +415,9 @@ mod tests {
         let nodes: Vec<_> = (0..7).map(|i| node(i * 2, "up", 0o111, 0, 0)).collect();
         let text = compact(&nodes, 57, &FakeNames).unwrap();
         let rows: Vec<&str> = text.lines().collect();
-        assert_eq!(
-            rows[0],
-            "Node(s)     Status          Mode       User     Group   "
-        );
-        assert_eq!(
-            rows[1],
-            "0,2,4,6,8   up              ---x--x--x root     root    "
-        );
-        assert_eq!(
-            rows[2],
-            "10,12       up              ---x--x--x root     root    "
-        );
+        assert_eq!(rows[0], "Node(s)     Status          Mode       User     Group   ");
+        assert_eq!(rows[1], "0,2,4,6,8   up              ---x--x--x root     root    ");
+        assert_eq!(rows[2], "10,12       up              ---x--x--x root     root    ");
         assert_eq!(rows.len(), 3);
     }
 
@@ -446,36 +425,24 @@ mod tests {
     fn compact_cut_inside_a_range() {
         // "0,2,4,6" fits in 11; adding ",8" (9 chars) fits, but ",8-10" (12) does not, so the
         // row ends before 8 and the next row restarts the run at 8.
-        let mut nodes: Vec<_> = [0, 2, 4, 6]
-            .iter()
-            .map(|&i| node(i, "up", 0o111, 0, 0))
-            .collect();
+        let mut nodes: Vec<_> = [0, 2, 4, 6].iter().map(|&i| node(i, "up", 0o111, 0, 0)).collect();
         nodes.extend((8..=10).map(|i| node(i, "up", 0o111, 0, 0)));
         let text = compact(&nodes, 57, &FakeNames).unwrap();
-        let lists: Vec<&str> = text
-            .lines()
-            .skip(1)
-            .map(|l| l.split(' ').next().unwrap())
-            .collect();
+        let lists: Vec<&str> = text.lines().skip(1).map(|l| l.split(' ').next().unwrap()).collect();
         assert_eq!(lists, ["0,2,4,6", "8-10"]);
     }
 
     #[test]
     fn compact_exact_fit_and_wide_numbers() {
         // Exactly 11 characters fits; one more does not.
-        let nodes: Vec<_> = [10, 12, 14, 16, 18]
-            .iter()
-            .map(|&i| node(i, "up", 0, 0, 0))
-            .collect();
+        let nodes: Vec<_> = [10, 12, 14, 16, 18].iter().map(|&i| node(i, "up", 0, 0, 0)).collect();
         assert_eq!(compact_row(&nodes, 0, 11), ("10,12,14,16".to_owned(), 4));
         assert_eq!(compact_row(&nodes, 0, 10), ("10,12,14".to_owned(), 3));
         assert_eq!(compact_row(&nodes, 3, 11), ("16,18".to_owned(), 5));
         let text = compact(&nodes, 57, &FakeNames).unwrap();
         assert!(text.lines().nth(1).unwrap().starts_with("10,12,14,16 up "));
         // A first range longer than the column: the first number alone, then the rest.
-        let big: Vec<_> = (1_000_000..1_000_003)
-            .map(|i| node(i, "up", 0, 0, 0))
-            .collect();
+        let big: Vec<_> = (1_000_000..1_000_003).map(|i| node(i, "up", 0, 0, 0)).collect();
         assert_eq!(compact_row(&big, 0, 11), ("1000000".to_owned(), 1));
         assert_eq!(compact_row(&big, 1, 15), ("1000001-1000002".to_owned(), 3));
     }
@@ -483,24 +450,12 @@ mod tests {
     #[test]
     fn compact_groups_only_adjacent_entries() {
         // Keep order: a differing entry in between splits the group.
-        let nodes = vec![
-            node(0, "up", 0, 0, 0),
-            node(1, "down", 0, 0, 0),
-            node(2, "up", 0, 0, 0),
-        ];
+        let nodes = vec![node(0, "up", 0, 0, 0), node(1, "down", 0, 0, 0), node(2, "up", 0, 0, 0)];
         let text = compact(&nodes, 80, &FakeNames).unwrap();
-        let lists: Vec<&str> = text
-            .lines()
-            .skip(1)
-            .map(|l| l.split(' ').next().unwrap())
-            .collect();
+        let lists: Vec<&str> = text.lines().skip(1).map(|l| l.split(' ').next().unwrap()).collect();
         assert_eq!(lists, ["0", "1", "2"]);
         // Descending numbers are not ranges.
-        let nodes = vec![
-            node(3, "up", 0, 0, 0),
-            node(2, "up", 0, 0, 0),
-            node(1, "up", 0, 0, 0),
-        ];
+        let nodes = vec![node(3, "up", 0, 0, 0), node(2, "up", 0, 0, 0), node(1, "up", 0, 0, 0)];
         let text = compact(&nodes, 80, &FakeNames).unwrap();
         assert!(text.lines().nth(1).unwrap().starts_with("3,2,1 "));
     }
@@ -518,18 +473,9 @@ mod tests {
     #[test]
     fn window_too_small() {
         let nodes = example();
-        assert!(matches!(
-            compact(&nodes, 56, &FakeNames),
-            Err(FormatError::WindowTooSmall)
-        ));
-        assert!(matches!(
-            compact(&nodes, 10, &FakeNames),
-            Err(FormatError::WindowTooSmall)
-        ));
-        assert!(matches!(
-            compact(&nodes, 0, &FakeNames),
-            Err(FormatError::WindowTooSmall)
-        ));
+        assert!(matches!(compact(&nodes, 56, &FakeNames), Err(FormatError::WindowTooSmall)));
+        assert!(matches!(compact(&nodes, 10, &FakeNames), Err(FormatError::WindowTooSmall)));
+        assert!(matches!(compact(&nodes, 0, &FakeNames), Err(FormatError::WindowTooSmall)));
         assert!(compact(&nodes, 57, &FakeNames).is_ok());
         assert_eq!(FormatError::WindowTooSmall.to_string(), "Window to small.");
     }
@@ -607,11 +553,7 @@ mod tests {
     #[test]
     fn status_sort_is_strcmp() {
         // Byte order: upper case before lower case, and a prefix first.
-        let mut v = vec![
-            node(0, "up", 0, 0, 0),
-            node(1, "Up", 0, 0, 0),
-            node(2, "u", 0, 0, 0),
-        ];
+        let mut v = vec![node(0, "up", 0, 0, 0), node(1, "Up", 0, 0, 0), node(2, "u", 0, 0, 0)];
         sort_nodes(&mut v, Sort::Status, false, true);
         assert_eq!(order(&v), [1, 2, 0]);
     }

@@ -17,9 +17,7 @@ pub fn parse_c_int(s: &str) -> Option<i64> {
     } else if body.len() > 1 && body.starts_with('0') {
         i64::from_str_radix(&body[1..], 8).ok()?
     } else {
-        body.parse::<u64>()
-            .ok()
-            .and_then(|v| i64::try_from(v).ok())?
+        body.parse::<u64>().ok().and_then(|v| i64::try_from(v).ok())?
     };
     Some(if neg { -v } else { v })
 }

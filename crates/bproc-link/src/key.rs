@@ -65,17 +65,11 @@ impl ClusterKey {
 
     /// Reads a key file, refusing one that group or others can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io = |source| KeyError::Io { path: path.to_owned(), source };
         let meta = std::fs::metadata(path).map_err(io)?;
         let mode = meta.mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(KeyError::Exposed {
-                path: path.to_owned(),
-                mode,
-            });
+            return Err(KeyError::Exposed { path: path.to_owned(), mode });
         }
         let text = std::fs::read_to_string(path).map_err(io)?;
         Self::parse(text.trim()).ok_or_else(|| KeyError::Format(path.to_owned()))
@@ -96,28 +90,20 @@ impl ClusterKey {
     /// Writes a new key to `path` with mode 0600, refusing to overwrite an existing file.
     pub fn create(path: &Path) -> Result<Self, KeyError> {
         let key = Self::generate();
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::AlreadyExists {
-                    KeyError::Exists(path.to_owned())
-                } else {
-                    KeyError::Io {
-                        path: path.to_owned(),
-                        source,
+        let mut f =
+            OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(
+                |source| {
+                    if source.kind() == std::io::ErrorKind::AlreadyExists {
+                        KeyError::Exists(path.to_owned())
+                    } else {
+                        KeyError::Io { path: path.to_owned(), source }
                     }
-                }
-            })?;
+                },
+            )?;
         let hex: String = key.0.iter().map(|b| format!("{b:02x}")).collect();
         writeln!(f, "{TAG} {hex}")
             .and_then(|_| f.sync_all())
-            .map_err(|source| KeyError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
         Ok(key)
     }
 }
@@ -135,16 +121,10 @@ mod tests {
         let k = ClusterKey::create(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         assert_eq!(ClusterKey::load(&path).unwrap().bytes(), k.bytes());
-        assert!(matches!(
-            ClusterKey::create(&path),
-            Err(KeyError::Exists(_))
-        ));
+        assert!(matches!(ClusterKey::create(&path), Err(KeyError::Exists(_))));
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .unwrap();
-        assert!(matches!(
-            ClusterKey::load(&path),
-            Err(KeyError::Exposed { mode: 0o644, .. })
-        ));
+        assert!(matches!(ClusterKey::load(&path), Err(KeyError::Exposed { mode: 0o644, .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

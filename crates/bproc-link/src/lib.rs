@@ -130,15 +130,9 @@ pub async fn master_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         write_frame(s, 0, &Message::AuthChallenge { nonce: nm }).await?;
         let (_, msg) = expect_frame(s).await?;
         let Message::AuthResponse { nonce: ns, mac } = msg else {
-            return Err(LinkError::Unexpected {
-                expected: "AuthResponse",
-                received: msg.name(),
-            });
+            return Err(LinkError::Unexpected { expected: "AuthResponse", received: msg.name() });
         };
-        if proof(key, SLAVE_LABEL, &nm, &ns)
-            .verify_slice(&mac)
-            .is_err()
-        {
+        if proof(key, SLAVE_LABEL, &nm, &ns).verify_slice(&mac).is_err() {
             // Tell the peer nothing but that it failed; then the caller closes.
             let refusal = Message::Disconnect {
                 reason: "authentication failed: this slave does not hold the master's cluster key"
@@ -148,10 +142,7 @@ pub async fn master_handshake<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = write_frame(s, 0, &refusal).await;
             return Err(LinkError::AuthFailed);
         }
-        let mac: [u8; 32] = proof(key, MASTER_LABEL, &nm, &ns)
-            .finalize()
-            .into_bytes()
-            .into();
+        let mac: [u8; 32] = proof(key, MASTER_LABEL, &nm, &ns).finalize().into_bytes().into();
         write_frame(s, 0, &Message::AuthConfirm { mac }).await
     })
     .await
@@ -166,26 +157,19 @@ pub async fn slave_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let (_, msg) = expect_frame(s).await?;
         let Message::AuthChallenge { nonce: nm } = msg else {
-            return Err(LinkError::Unexpected {
-                expected: "AuthChallenge",
-                received: msg.name(),
-            });
+            return Err(LinkError::Unexpected { expected: "AuthChallenge", received: msg.name() });
         };
         let ns = nonce();
-        let mac: [u8; 32] = proof(key, SLAVE_LABEL, &nm, &ns)
-            .finalize()
-            .into_bytes()
-            .into();
+        let mac: [u8; 32] = proof(key, SLAVE_LABEL, &nm, &ns).finalize().into_bytes().into();
         write_frame(s, 0, &Message::AuthResponse { nonce: ns, mac }).await?;
         match expect_frame(s).await? {
             (_, Message::AuthConfirm { mac }) => proof(key, MASTER_LABEL, &nm, &ns)
                 .verify_slice(&mac)
                 .map_err(|_| LinkError::AuthFailed),
             (_, Message::Disconnect { reason, .. }) => Err(LinkError::Refused(reason)),
-            (_, other) => Err(LinkError::Unexpected {
-                expected: "AuthConfirm",
-                received: other.name(),
-            }),
+            (_, other) => {
+                Err(LinkError::Unexpected { expected: "AuthConfirm", received: other.name() })
+            }
         }
     })
     .await
@@ -226,13 +210,9 @@ mod tests {
         let k = ClusterKey::generate();
         let (mut a, mut b) = tokio::io::duplex(4096);
         let fake = async {
-            write_frame(&mut a, 0, &Message::AuthChallenge { nonce: [7; 32] })
-                .await
-                .unwrap();
+            write_frame(&mut a, 0, &Message::AuthChallenge { nonce: [7; 32] }).await.unwrap();
             expect_frame(&mut a).await.unwrap();
-            write_frame(&mut a, 0, &Message::AuthConfirm { mac: [0; 32] })
-                .await
-                .unwrap();
+            write_frame(&mut a, 0, &Message::AuthConfirm { mac: [0; 32] }).await.unwrap();
         };
         let (_, s) = tokio::join!(fake, slave_handshake(&mut b, &k));
         assert!(matches!(s, Err(LinkError::AuthFailed)));

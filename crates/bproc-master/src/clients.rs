@@ -38,11 +38,7 @@ fn groups_of(pid: Option<i32>) -> Vec<u32> {
     };
     text.lines()
         .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect()
-        })
+        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_default()
 }
 
@@ -69,10 +65,7 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
                 let _ = write_frame(
                     &mut wr,
                     0,
-                    &Message::Error {
-                        code: EPROTO,
-                        message: e.to_string(),
-                    },
+                    &Message::Error { code: EPROTO, message: e.to_string() },
                 )
                 .await;
                 return;
@@ -115,10 +108,7 @@ async fn watch(
         // Mark before the snapshot: a change after this point wakes the next round.
         rx.mark_unchanged();
         let nodes = shared.table().statuses();
-        if write_frame(&mut wr, 0, &Message::NodesChanged { nodes })
-            .await
-            .is_err()
-        {
+        if write_frame(&mut wr, 0, &Message::NodesChanged { nodes }).await.is_err() {
             return;
         }
         tokio::select! {
@@ -141,23 +131,15 @@ fn done(shared: &Shared, r: Result<(), Refusal>) -> Message {
 
 async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
     match msg {
-        Message::NodeList => Message::Nodes {
-            nodes: shared.table().statuses(),
-        },
+        Message::NodeList => Message::Nodes { nodes: shared.table().statuses() },
         Message::MasterInfo => Message::MasterInfoReply {
             version: crate::slaves::SOFTWARE_VERSION.into(),
             addrs: shared
                 .listen
                 .iter()
                 .map(|a| match a {
-                    std::net::SocketAddr::V4(a) => Endpoint {
-                        ip: Some(*a.ip()),
-                        port: a.port(),
-                    },
-                    std::net::SocketAddr::V6(a) => Endpoint {
-                        ip: None,
-                        port: a.port(),
-                    },
+                    std::net::SocketAddr::V4(a) => Endpoint { ip: Some(*a.ip()), port: a.port() },
+                    std::net::SocketAddr::V6(a) => Endpoint { ip: None, port: a.port() },
                 })
                 .collect(),
         },
@@ -194,11 +176,7 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
                 n.send(0, Message::Action { action });
             });
             if r.is_ok() {
-                info!(
-                    "node {node}: {} requested by uid {}",
-                    action.name(),
-                    caller.uid
-                );
+                info!("node {node}: {} requested by uid {}", action.name(), caller.uid);
             }
             r.map_or_else(|e| e.to_message(), |()| Message::Ok)
         }
@@ -208,11 +186,7 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
             }
             slaves::request(shared, node, Message::SlaveChroot { path }).await
         }
-        Message::NodeReconnect {
-            node,
-            master,
-            local,
-        } => {
+        Message::NodeReconnect { node, master, local } => {
             if let Err(e) = shared.table().command_target(caller, node) {
                 return e.to_message();
             }

@@ -236,10 +236,8 @@ impl Config {
     /// [`ConfigError::Read`] if the file cannot be read (or is not UTF-8), otherwise as
     /// [`parse`](Self::parse).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Config::parse(&text, path)
     }
 
@@ -253,19 +251,12 @@ impl Config {
     /// an invalid value, an address given twice, a host that does not resolve. Unknown
     /// directives are not errors; they become [`Config::warnings`].
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let syntax = |line, message| ConfigError::Syntax {
-            path: path.into(),
-            line,
-            message,
-        };
+        let syntax = |line, message| ConfigError::Syntax { path: path.into(), line, message };
         let mut lines = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let args = split_line(raw).map_err(|m| syntax(i + 1, m))?;
             if !args.is_empty() {
-                lines.push(Line {
-                    number: i + 1,
-                    args,
-                });
+                lines.push(Line { number: i + 1, args });
             }
         }
         let mut parser = Parser::new(path);
@@ -273,9 +264,7 @@ impl Config {
             for line in &lines {
                 let directive = Directive::from_tag(&line.args[0]);
                 if directive.pass() == pass {
-                    parser
-                        .apply(directive, line)
-                        .map_err(|m| syntax(line.number, m))?;
+                    parser.apply(directive, line).map_err(|m| syntax(line.number, m))?;
                 }
             }
         }
@@ -284,10 +273,7 @@ impl Config {
 
     /// The node `ip` belongs to: the first in table order whose addresses include it.
     pub fn node_for_addr(&self, ip: Ipv4Addr) -> Option<i32> {
-        self.nodes
-            .iter()
-            .find(|n| n.addrs.contains(&ip))
-            .map(|n| n.node)
+        self.nodes.iter().find(|n| n.addrs.contains(&ip)).map(|n| n.node)
     }
 
     /// The configured node numbers, in table order.
@@ -472,8 +458,7 @@ fn parse_yes_no(name: &str, arg: &str) -> Result<bool, String> {
 
 /// Parses a dotted-quad IPv4 address.
 fn parse_addr(arg: &str) -> Result<Ipv4Addr, String> {
-    arg.parse()
-        .map_err(|_| format!("invalid IP address: {arg}"))
+    arg.parse().map_err(|_| format!("invalid IP address: {arg}"))
 }
 
 /// Parses a port number for `what`; `allow_zero` admits 0 ("any free port").
@@ -494,9 +479,7 @@ fn lookup_service(services: &str, name: &str) -> Option<u16> {
         let service = fields.next()?;
         let (port, proto) = fields.next()?.split_once('/')?;
         let named = service == name || fields.any(|alias| alias == name);
-        (named && proto == "tcp")
-            .then(|| port.parse().ok())
-            .flatten()
+        (named && proto == "tcp").then(|| port.parse().ok()).flatten()
     })
 }
 
@@ -551,10 +534,7 @@ impl NodeTable {
                     return Err(format!("too many nodes (at most {MAX_NODES})"));
                 }
                 self.index.insert(node, self.nodes.len());
-                self.nodes.push(NodeAddrs {
-                    node,
-                    addrs: Vec::new(),
-                });
+                self.nodes.push(NodeAddrs { node, addrs: Vec::new() });
                 self.nodes.len() - 1
             }
         };
@@ -572,10 +552,7 @@ impl NodeTable {
         if addrs.is_empty() {
             return Err(format!("missing address for node {node}"));
         }
-        let addrs = addrs
-            .iter()
-            .map(|a| parse_addr(a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let addrs = addrs.iter().map(|a| parse_addr(a)).collect::<Result<Vec<_>, _>>()?;
         for addr in addrs {
             self.add(node, addr)?;
         }
@@ -594,10 +571,7 @@ impl NodeTable {
         let first = u32::from(parse_addr(&range[0])?);
         let last = u32::from(parse_addr(&range[1])?);
         if last < first {
-            return Err(format!(
-                "invalid range: {} comes after {}",
-                range[0], range[1]
-            ));
+            return Err(format!("invalid range: {} comes after {}", range[0], range[1]));
         }
         // `span` is one less than the number of addresses, so the full range fits a u32.
         let span = last - first;
@@ -621,10 +595,7 @@ impl NodeTable {
         };
         if let Some(ip) = overlap {
             let ip = Ipv4Addr::from(ip);
-            return Err(format!(
-                "IP already allocated: {ip} (node {})",
-                self.owner[&ip]
-            ));
+            return Err(format!("IP already allocated: {ip} (node {})", self.owner[&ip]));
         }
         for (node, ip) in (start..).zip(first..=last) {
             self.add(node, Ipv4Addr::from(ip))?;
@@ -806,10 +777,7 @@ mod tests {
     }
 
     fn node(node: i32, addrs: &[&str]) -> NodeAddrs {
-        NodeAddrs {
-            node,
-            addrs: addrs.iter().map(|a| ip(a)).collect(),
-        }
+        NodeAddrs { node, addrs: addrs.iter().map(|a| ip(a)).collect() }
     }
 
     fn split(line: &str) -> Vec<String> {
@@ -828,10 +796,7 @@ mod tests {
         assert!(!c.allow_insecure_ports);
         assert!(c.nodes.is_empty() && c.interfaces.is_empty() && c.listen.is_empty());
         assert!(c.masters.is_empty() && c.warnings.is_empty());
-        assert_eq!(
-            (c.socket, c.keyfile, c.statedir, c.logdir),
-            (None, None, None, None)
-        );
+        assert_eq!((c.socket, c.keyfile, c.statedir, c.logdir), (None, None, None, None));
         assert!(parse("\n   \n# only a comment\n\t\n").nodes.is_empty());
     }
 
@@ -845,21 +810,12 @@ mod tests {
              libraries /usr/lib/libbproc.so* /usr/lib64/libbproc.so*\n",
         );
         assert_eq!(c.interfaces, ["eth1"]);
-        assert_eq!(
-            c.node_numbers().collect::<Vec<_>>(),
-            (0..8).collect::<Vec<_>>()
-        );
+        assert_eq!(c.node_numbers().collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
         for (i, n) in c.nodes.iter().enumerate() {
             assert_eq!(n.addrs, [Ipv4Addr::new(10, 0, 0, 10 + i as u8)]);
         }
-        assert_eq!(
-            c.libraries_from_binary,
-            ["/bin/sleep", "/bin/ps", "/bin/ping", "/bin/ls"]
-        );
-        assert_eq!(
-            c.libraries,
-            ["/usr/lib/libbproc.so*", "/usr/lib64/libbproc.so*"]
-        );
+        assert_eq!(c.libraries_from_binary, ["/bin/sleep", "/bin/ps", "/bin/ping", "/bin/ls"]);
+        assert_eq!(c.libraries, ["/usr/lib/libbproc.so*", "/usr/lib64/libbproc.so*"]);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
@@ -889,10 +845,7 @@ mod tests {
         assert_eq!(split("a\x0bb"), ["a", "b"]);
         assert_eq!(split_line("a 'b c").unwrap_err(), "unterminated ' quote");
         assert_eq!(split_line("a \"b").unwrap_err(), "unterminated \" quote");
-        assert_eq!(
-            split_line(r"a b\").unwrap_err(),
-            "backslash at the end of the line"
-        );
+        assert_eq!(split_line(r"a b\").unwrap_err(), "backslash at the end of the line");
     }
 
     #[test]
@@ -901,10 +854,7 @@ mod tests {
             parse("libraries \"/opt/my libs/*.so\" /x\\ y # comment 'quoted'\nkeyfile '/k#ey'\n");
         assert_eq!(c.libraries, ["/opt/my libs/*.so", "/x y"]);
         assert_eq!(c.keyfile, Some(PathBuf::from("/k#ey")));
-        assert_eq!(
-            error("ip 10.0.0.1\nlibraries 'oops\n"),
-            "test.conf:2: unterminated ' quote"
-        );
+        assert_eq!(error("ip 10.0.0.1\nlibraries 'oops\n"), "test.conf:2: unterminated ' quote");
     }
 
     #[test]
@@ -932,10 +882,7 @@ mod tests {
         let c = parse("ip 5 10.0.0.1 10.0.1.1 10.0.2.1\nip 10.0.0.6\n");
         assert_eq!(
             c.nodes,
-            [
-                node(5, &["10.0.0.1", "10.0.1.1", "10.0.2.1"]),
-                node(6, &["10.0.0.6"])
-            ]
+            [node(5, &["10.0.0.1", "10.0.1.1", "10.0.2.1"]), node(6, &["10.0.0.6"])]
         );
     }
 
@@ -944,14 +891,8 @@ mod tests {
         let c = parse("ip 0x10 10.0.0.1\nip 010 10.0.0.2\nip +3 10.0.0.3\n");
         assert_eq!(c.node_numbers().collect::<Vec<_>>(), [16, 8, 3]);
         // `08` is not octal, so it is read as an address.
-        assert_eq!(
-            error("ip 08 10.0.0.1\n"),
-            "test.conf:1: invalid IP address: 08"
-        );
-        assert_eq!(
-            error("ip \"\" 10.0.0.1\n"),
-            "test.conf:1: invalid IP address: "
-        );
+        assert_eq!(error("ip 08 10.0.0.1\n"), "test.conf:1: invalid IP address: 08");
+        assert_eq!(error("ip \"\" 10.0.0.1\n"), "test.conf:1: invalid IP address: ");
     }
 
     #[test]
@@ -986,18 +927,9 @@ mod tests {
             "test.conf:1: invalid node number: 4294967296 (too large)"
         );
         assert_eq!(error("ip 3\n"), "test.conf:1: missing address for node 3");
-        assert_eq!(
-            error("ip 10.0.0.300\n"),
-            "test.conf:1: invalid IP address: 10.0.0.300"
-        );
-        assert_eq!(
-            error("ip 1 10.1\n"),
-            "test.conf:1: invalid IP address: 10.1"
-        );
-        assert_eq!(
-            error("\n\nip\n"),
-            "test.conf:3: too few arguments for ip (min = 1)"
-        );
+        assert_eq!(error("ip 10.0.0.300\n"), "test.conf:1: invalid IP address: 10.0.0.300");
+        assert_eq!(error("ip 1 10.1\n"), "test.conf:1: invalid IP address: 10.1");
+        assert_eq!(error("\n\nip\n"), "test.conf:3: too few arguments for ip (min = 1)");
         assert_eq!(
             error("ip 2147483647 10.0.0.1\nip 10.0.0.2\n"),
             "test.conf:2: no node number after 2147483647"
@@ -1037,21 +969,12 @@ mod tests {
     #[test]
     fn iprange_overlap() {
         let text = "ip 10.0.0.5\n# comment\niprange 3 10.0.0.1 10.0.0.9\n";
-        assert_eq!(
-            error(text),
-            "test.conf:3: IP already allocated: 10.0.0.5 (node 0)"
-        );
+        assert_eq!(error(text), "test.conf:3: IP already allocated: 10.0.0.5 (node 0)");
         // Many addresses assigned, small range: the other search direction.
         let text = "iprange 10.0.0.1 10.0.0.200\niprange 10.0.0.200 10.0.0.201\n";
-        assert_eq!(
-            error(text),
-            "test.conf:2: IP already allocated: 10.0.0.200 (node 199)"
-        );
+        assert_eq!(error(text), "test.conf:2: IP already allocated: 10.0.0.200 (node 199)");
         let text = "iprange 10.0.0.1 10.0.0.9\nip 10.0.0.9\n";
-        assert_eq!(
-            error(text),
-            "test.conf:2: IP already allocated: 10.0.0.9 (node 8)"
-        );
+        assert_eq!(error(text), "test.conf:2: IP already allocated: 10.0.0.9 (node 8)");
     }
 
     #[test]
@@ -1072,10 +995,7 @@ mod tests {
             error("iprange 5 10.0.0.1\n"),
             "test.conf:1: iprange needs two addresses after the node number"
         );
-        assert_eq!(
-            error("iprange x 10.0.0.1 10.0.0.2\n"),
-            "test.conf:1: invalid node number: x"
-        );
+        assert_eq!(error("iprange x 10.0.0.1 10.0.0.2\n"), "test.conf:1: invalid node number: x");
         assert_eq!(
             error("iprange -2 10.0.0.1 10.0.0.2\n"),
             "test.conf:1: invalid node number: -2 (must be 0 or more)"
@@ -1129,10 +1049,7 @@ mod tests {
             error("pingtimeout -5\n"),
             "test.conf:1: pingtimeout must be 2 seconds or more, not -5"
         );
-        assert_eq!(
-            error("pingtimeout 10s\n"),
-            "test.conf:1: invalid number for pingtimeout: 10s"
-        );
+        assert_eq!(error("pingtimeout 10s\n"), "test.conf:1: invalid number for pingtimeout: 10s");
         assert_eq!(
             error("pingtimeout 99999999999\n"),
             "test.conf:1: pingtimeout too large: 99999999999"
@@ -1195,10 +1112,7 @@ mod tests {
             error("allowinsecureports yes\n"),
             "test.conf:1: too many arguments for allowinsecureports (max = 0)"
         );
-        assert_eq!(
-            error("logfacility kernel\n"),
-            "test.conf:1: unknown log facility: kernel"
-        );
+        assert_eq!(error("logfacility kernel\n"), "test.conf:1: unknown log facility: kernel");
         assert_eq!(
             error("slavetimesync maybe\n"),
             "test.conf:1: slavetimesync must be yes or no, not `maybe`"
@@ -1207,14 +1121,8 @@ mod tests {
             error("slave privatefs 1\n"),
             "test.conf:1: slave privatefs must be yes or no, not `1`"
         );
-        assert_eq!(
-            error("slave turbo yes\n"),
-            "test.conf:1: unknown slave option: turbo"
-        );
-        assert_eq!(
-            error("slave\n"),
-            "test.conf:1: too few arguments for slave (min = 1)"
-        );
+        assert_eq!(error("slave turbo yes\n"), "test.conf:1: unknown slave option: turbo");
+        assert_eq!(error("slave\n"), "test.conf:1: too few arguments for slave (min = 1)");
         assert_eq!(
             error("slave timesync\n"),
             "test.conf:1: too few arguments for slave timesync (min = 1)"
@@ -1229,10 +1137,7 @@ mod tests {
     fn interfaces() {
         let c = parse("interface eth0\ninterface eth1 10.0.0.1 255.255.255.0\n");
         assert_eq!(c.interfaces, ["eth0", "eth1"]);
-        assert_eq!(
-            error("interface\n"),
-            "test.conf:1: too few arguments for interface (min = 1)"
-        );
+        assert_eq!(error("interface\n"), "test.conf:1: too few arguments for interface (min = 1)");
         assert_eq!(
             error("interface a b c d\n"),
             "test.conf:1: too many arguments for interface (max = 3)"
@@ -1244,15 +1149,11 @@ mod tests {
         let c = parse(
             "listen 127.0.0.1\nlisten 10.0.0.1:4000\nlisten 127.0.0.1:0\nlisten 127.0.0.1:0\n",
         );
-        let want: Vec<SocketAddr> = [
-            "127.0.0.1:2223",
-            "10.0.0.1:4000",
-            "127.0.0.1:0",
-            "127.0.0.1:0",
-        ]
-        .iter()
-        .map(|a| a.parse().unwrap())
-        .collect();
+        let want: Vec<SocketAddr> =
+            ["127.0.0.1:2223", "10.0.0.1:4000", "127.0.0.1:0", "127.0.0.1:0"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect();
         assert_eq!(c.listen, want);
         assert_eq!(
             error("listen localhost\n"),
@@ -1275,10 +1176,7 @@ mod tests {
         );
         assert_eq!(c.port, 3000);
         assert_eq!(c.listen, ["127.0.0.1:3000".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(
-            c.masters,
-            ["10.0.0.100:3000".parse::<SocketAddr>().unwrap()]
-        );
+        assert_eq!(c.masters, ["10.0.0.100:3000".parse::<SocketAddr>().unwrap()]);
         assert_eq!(c.interfaces, ["eth0"]);
         // Errors report their real line, even from a later pass.
         assert_eq!(
@@ -1310,10 +1208,7 @@ mod tests {
             error("master 10.0.0.1:0\n"),
             "test.conf:1: invalid port for master: 0 (must be 1-65535)"
         );
-        assert_eq!(
-            error("master\n"),
-            "test.conf:1: too few arguments for master (min = 1)"
-        );
+        assert_eq!(error("master\n"), "test.conf:1: too few arguments for master (min = 1)");
         assert!(error("master no-such-host.invalid\n").starts_with("test.conf:1: "));
     }
 
@@ -1326,10 +1221,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.socket, Some(PathBuf::from("/run/bp.sock")));
         assert_eq!(c.keyfile, Some(PathBuf::from("/etc/clustermatic/key")));
-        assert_eq!(
-            c.statedir,
-            Some(PathBuf::from("/etc/clustermatic/../state"))
-        );
+        assert_eq!(c.statedir, Some(PathBuf::from("/etc/clustermatic/../state")));
         assert_eq!(c.logdir, Some(PathBuf::from("/var/log/cm")));
         // A bare file name: relative to the current directory, where the file is.
         assert_eq!(parse("keyfile k\n").keyfile, Some(PathBuf::from("k")));
@@ -1364,10 +1256,7 @@ mod tests {
 
     #[test]
     fn foreign_directives_are_silent() {
-        let text: String = FOREIGN_DIRECTIVES
-            .iter()
-            .map(|t| format!("{t} a b c\n"))
-            .collect();
+        let text: String = FOREIGN_DIRECTIVES.iter().map(|t| format!("{t} a b c\n")).collect();
         let c = parse(&format!("{text}nodes\nnode_up max_clients 256\n"));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }

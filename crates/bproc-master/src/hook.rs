@@ -45,10 +45,7 @@ pub(crate) async fn node_up(shared: Arc<Shared>, n: i32, cookie: u64) {
         }
     };
     if changed {
-        info!(
-            "node {n}: {}",
-            if ok { "up" } else { "error (node_up failed)" }
-        );
+        info!("node {n}: {}", if ok { "up" } else { "error (node_up failed)" });
         shared.notify();
     }
 }
@@ -60,18 +57,12 @@ async fn run(shared: &Shared, n: i32) -> Result<bool, String> {
         return Ok(true);
     }
     let logdir = &shared.paths.logdir;
-    std::fs::create_dir_all(logdir).map_err(|e| {
-        format!(
-            "cannot create node_up log directory {}: {e}",
-            logdir.display()
-        )
-    })?;
+    std::fs::create_dir_all(logdir)
+        .map_err(|e| format!("cannot create node_up log directory {}: {e}", logdir.display()))?;
     let logpath = logdir.join(format!("node.{n}"));
     let log = std::fs::File::create(&logpath)
         .map_err(|e| format!("cannot create {}: {e}", logpath.display()))?;
-    let log2 = log
-        .try_clone()
-        .map_err(|e| format!("{}: {e}", logpath.display()))?;
+    let log2 = log.try_clone().map_err(|e| format!("{}: {e}", logpath.display()))?;
     let status = Command::new(prog)
         .arg(n.to_string())
         .stdin(Stdio::null())
@@ -86,11 +77,7 @@ async fn run(shared: &Shared, n: i32) -> Result<bool, String> {
         .await
         .map_err(|e| format!("cannot run {}: {e}", prog.display()))?;
     if !status.success() {
-        warn!(
-            "node {n}: {} {n} failed ({status}); see {}",
-            prog.display(),
-            logpath.display()
-        );
+        warn!("node {n}: {} {n} failed ({status}); see {}", prog.display(), logpath.display());
     }
     Ok(status.success())
 }

@@ -118,14 +118,7 @@ fn signal_launch(shared: &Shared, launch: u64, signal: i32) {
     let t = shared.table();
     for n in shared.launches.running_nodes(launch) {
         if let Some(node) = t.get(n) {
-            node.send(
-                0,
-                Message::SignalProc {
-                    launch,
-                    rank: u32::MAX,
-                    signal,
-                },
-            );
+            node.send(0, Message::SignalProc { launch, rank: u32::MAX, signal });
         }
     }
 }
@@ -145,17 +138,9 @@ pub(crate) async fn serve(
     let size = nodes.len() as u32;
     shared.launches.lock().insert(
         launch,
-        Launch {
-            nodes: nodes.clone(),
-            states: vec![State::Pending; nodes.len()],
-            events: tx,
-        },
+        Launch { nodes: nodes.clone(), states: vec![State::Pending; nodes.len()], events: tx },
     );
-    let creds = Creds {
-        uid: caller.uid,
-        gid: caller.gid,
-        groups: caller.groups.clone(),
-    };
+    let creds = Creds { uid: caller.uid, gid: caller.gid, groups: caller.groups.clone() };
     let mut pids = vec![0i32; nodes.len()];
     let mut tasks = JoinSet::new();
     {
@@ -179,9 +164,7 @@ pub(crate) async fn serve(
     }
     while let Some(done) = tasks.join_next().await {
         let Ok((rank, reply)) = done else { continue };
-        shared
-            .launches
-            .spawned(launch, rank, matches!(reply, Message::Spawned { .. }));
+        shared.launches.spawned(launch, rank, matches!(reply, Message::Spawned { .. }));
         pids[rank] = match reply {
             Message::Spawned { pid } => pid,
             Message::Error { code, .. } => -code,
@@ -203,16 +186,11 @@ pub(crate) async fn serve(
         let t = shared.table();
         for (rank, &n) in nodes.iter().enumerate() {
             if pids[rank] > 0 && !t.get(n).is_some_and(|node| node.is_up()) {
-                shared
-                    .launches
-                    .exited(launch, rank as u32, ExitStatus::NodeLost);
+                shared.launches.exited(launch, rank as u32, ExitStatus::NodeLost);
             }
         }
     }
-    if write_frame(&mut wr, id, &Message::Launched { pids })
-        .await
-        .is_ok()
-    {
+    if write_frame(&mut wr, id, &Message::Launched { pids }).await.is_ok() {
         loop {
             tokio::select! {
                 ev = rx.recv() => {

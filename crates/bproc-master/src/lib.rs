@@ -119,18 +119,12 @@ impl Paths {
             .clone()
             .or_else(|| std::env::var_os("BPROC_SOCKET").map(PathBuf::from))
             .unwrap_or_else(|| DEFAULT_SOCKET.into());
-        let statedir = config
-            .statedir
-            .clone()
-            .unwrap_or_else(|| DEFAULT_STATEDIR.into());
+        let statedir = config.statedir.clone().unwrap_or_else(|| DEFAULT_STATEDIR.into());
         let confdir = config.path.parent().unwrap_or(Path::new("/"));
         Paths {
             socket,
             state_file: statedir.join("nodes.json"),
-            logdir: config
-                .logdir
-                .clone()
-                .unwrap_or_else(|| DEFAULT_LOGDIR.into()),
+            logdir: config.logdir.clone().unwrap_or_else(|| DEFAULT_LOGDIR.into()),
             // BProc runs node_up from the configuration's directory.
             node_up: confdir.join("node_up"),
         }
@@ -163,10 +157,7 @@ impl Shared {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
     pub(crate) fn config(&self) -> Arc<Config> {
-        self.config
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
     pub(crate) fn notify(&self) {
         self.changed.send_modify(|v| *v += 1);
@@ -212,11 +203,7 @@ impl Shared {
         for (n, session) in dropped {
             warn!("node {n}: no longer in the configuration; disconnecting it");
             self.node_lost(n);
-            slaves::disconnect(
-                session,
-                "node removed from the master's configuration",
-                true,
-            );
+            slaves::disconnect(session, "node removed from the master's configuration", true);
         }
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
         slaves::send_conf_all(self, &config);
@@ -276,10 +263,7 @@ fn bind_unix(path: &Path) -> Result<UnixListener, MasterError> {
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(MasterError::AlreadyRunning(path.into()));
     }
-    let listen_err = |source| MasterError::Listen {
-        what: path.display().to_string(),
-        source,
-    };
+    let listen_err = |source| MasterError::Listen { what: path.display().to_string(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(listen_err)?;
     }
@@ -298,10 +282,7 @@ impl Master {
         for w in &config.warnings {
             warn!("{w}");
         }
-        let keyfile = config
-            .keyfile
-            .clone()
-            .unwrap_or_else(|| DEFAULT_KEYFILE.into());
+        let keyfile = config.keyfile.clone().unwrap_or_else(|| DEFAULT_KEYFILE.into());
         let key = ClusterKey::load(&keyfile)?;
         let paths = Paths::resolve(&config);
         let mut table = Table::from_config(&config);
@@ -314,10 +295,8 @@ impl Master {
         let unix = bind_unix(&paths.socket)?;
         let mut tcp = Vec::new();
         for addr in listen_addrs(&config).await? {
-            let l = listen_tcp(addr).map_err(|source| MasterError::Listen {
-                what: addr.to_string(),
-                source,
-            })?;
+            let l = listen_tcp(addr)
+                .map_err(|source| MasterError::Listen { what: addr.to_string(), source })?;
             tcp.push(l);
         }
         let shared = Arc::new(Shared {
@@ -339,10 +318,7 @@ impl Master {
 
     /// The TCP addresses slaves connect to.
     pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
-        self.tcp
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        self.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
     /// The client socket.
@@ -440,10 +416,7 @@ pub fn serve(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| MasterError::Listen {
-            what: "the async runtime".into(),
-            source,
-        })?;
+        .map_err(|source| MasterError::Listen { what: "the async runtime".into(), source })?;
     rt.block_on(async {
         let master = Master::bind(config, options).await?;
         on_ready(&master.tcp_addrs(), master.socket_path());

@@ -62,18 +62,10 @@ pub fn load(path: &Path) -> Result<BTreeMap<i32, Saved>, PersistError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(source) => {
-            return Err(PersistError::Io {
-                path: path.into(),
-                op: "read",
-                source,
-            })
-        }
+        Err(source) => return Err(PersistError::Io { path: path.into(), op: "read", source }),
     };
-    let f: File = serde_json::from_str(&text).map_err(|e| PersistError::Format {
-        path: path.into(),
-        detail: e.to_string(),
-    })?;
+    let f: File = serde_json::from_str(&text)
+        .map_err(|e| PersistError::Format { path: path.into(), detail: e.to_string() })?;
     if f.version != 1 {
         return Err(PersistError::Format {
             path: path.into(),
@@ -85,19 +77,13 @@ pub fn load(path: &Path) -> Result<BTreeMap<i32, Saved>, PersistError> {
 
 /// Replaces the file atomically with `nodes`.
 pub fn save(path: &Path, nodes: BTreeMap<i32, Saved>) -> Result<(), PersistError> {
-    let io = |op, source| PersistError::Io {
-        path: path.into(),
-        op,
-        source,
-    };
+    let io = |op, source| PersistError::Io { path: path.into(), op, source };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| io("create the directory of", e))?;
     let tmp = path.with_extension("tmp");
     let text = serde_json::to_vec_pretty(&File { version: 1, nodes }).expect("serializable");
     let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
-    f.write_all(&text)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| io("write", e))?;
+    f.write_all(&text).and_then(|_| f.sync_all()).map_err(|e| io("write", e))?;
     std::fs::rename(&tmp, path).map_err(|e| io("replace", e))?;
     // Make the rename itself durable.
     if let Ok(d) = std::fs::File::open(dir) {
@@ -116,16 +102,7 @@ mod tests {
         let path = dir.join("nodes.json");
         assert!(load(&path).unwrap().is_empty());
         let mut m = BTreeMap::new();
-        m.insert(
-            3,
-            Saved {
-                cookie: 42,
-                state: "up".into(),
-                mode: 0o100,
-                uid: 1000,
-                gid: 100,
-            },
-        );
+        m.insert(3, Saved { cookie: 42, state: "up".into(), mode: 0o100, uid: 1000, gid: 100 });
         save(&path, m.clone()).unwrap();
         assert_eq!(load(&path).unwrap(), m);
         std::fs::write(&path, "{").unwrap();

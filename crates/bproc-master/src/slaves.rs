@@ -22,9 +22,7 @@ use crate::{hook, Shared};
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
@@ -45,18 +43,11 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 /// Ends a session: fails its outstanding requests with `BE_SLAVEDIED` (by dropping their
 /// senders) and tells its writer to send the reason and close.
 pub(crate) fn disconnect(session: Session, reason: &str, reconnect: bool) {
-    let _ = session
-        .tx
-        .send(Outgoing::Close(reason.to_owned(), reconnect));
+    let _ = session.tx.send(Outgoing::Close(reason.to_owned(), reconnect));
 }
 
 fn conf_for(node: i32, cookie: u64, config: &Config) -> Message {
-    Message::Conf {
-        node,
-        cookie,
-        ping_timeout: config.ping_timeout,
-        time_ms: now_ms(),
-    }
+    Message::Conf { node, cookie, ping_timeout: config.ping_timeout, time_ms: now_ms() }
 }
 
 /// Resends `CONF` to every connected slave (after SIGHUP).
@@ -81,15 +72,7 @@ fn new_cookie() -> u64 {
 }
 
 async fn refuse(stream: &mut TcpStream, reason: String) {
-    let _ = write_frame(
-        stream,
-        0,
-        &Message::Disconnect {
-            reason,
-            reconnect: false,
-        },
-    )
-    .await;
+    let _ = write_frame(stream, 0, &Message::Disconnect { reason, reconnect: false }).await;
 }
 
 async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
@@ -126,19 +109,9 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
     }
     let join = tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await;
     let (version, cookie, info) = match join {
-        Ok(Ok((
-            _,
-            Message::Join {
-                version,
-                cookie,
-                info,
-            },
-        ))) => (version, cookie, info),
+        Ok(Ok((_, Message::Join { version, cookie, info }))) => (version, cookie, info),
         Ok(Ok((_, other))) => {
-            warn!(
-                "node {n}: expected Join from {peer}, received {}",
-                other.name()
-            );
+            warn!("node {n}: expected Join from {peer}, received {}", other.name());
             return;
         }
         Ok(Err(e)) => {
@@ -165,21 +138,12 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         let mut t = shared.table();
         t.join_kind(n, cookie).map(|kind| {
             let node = t.get_mut(n).expect("join_kind checked the node");
-            let mut session = Session {
-                cookie: 0,
-                conn,
-                tx: tx.clone(),
-                ping_in: 2,
-                pending: HashMap::new(),
-            };
+            let mut session =
+                Session { cookie: 0, conn, tx: tx.clone(), ping_in: 2, pending: HashMap::new() };
             match kind {
                 JoinKind::Fresh | JoinKind::Replace => {
                     if let Some(old) = node.go_down() {
-                        disconnect(
-                            old,
-                            "replaced by a new session from a restarted slave",
-                            false,
-                        );
+                        disconnect(old, "replaced by a new session from a restarted slave", false);
                         // The old daemon's processes are gone with it.
                         shared.node_lost(n);
                     }
@@ -281,11 +245,7 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
             session.ping_in = 2;
             node.info = Some(info);
         }
-        Message::ProcExit {
-            launch,
-            rank,
-            status,
-        } => {
+        Message::ProcExit { launch, rank, status } => {
             shared.launches.exited(launch, rank, status);
         }
         reply @ (Message::Ok | Message::Error { .. } | Message::Spawned { .. }) => {
@@ -344,10 +304,7 @@ pub(crate) async fn request(shared: &Shared, n: i32, msg: Message) -> Message {
     {
         let mut t = shared.table();
         let Some(s) = t.get_mut(n).and_then(|node| node.session.as_mut()) else {
-            return Message::Error {
-                code: BE_SLAVEDIED,
-                message: format!("node {n} is down"),
-            };
+            return Message::Error { code: BE_SLAVEDIED, message: format!("node {n} is down") };
         };
         s.pending.insert(id, tx);
         let _ = s.tx.send(Outgoing::Frame(id, msg));
@@ -359,11 +316,7 @@ pub(crate) async fn request(shared: &Shared, n: i32, msg: Message) -> Message {
             message: format!("node {n} went down before answering"),
         },
         Err(_) => {
-            if let Some(s) = shared
-                .table()
-                .get_mut(n)
-                .and_then(|node| node.session.as_mut())
-            {
+            if let Some(s) = shared.table().get_mut(n).and_then(|node| node.session.as_mut()) {
                 s.pending.remove(&id);
             }
             Message::Error {
@@ -396,13 +349,7 @@ pub(crate) async fn ping_loop(shared: Arc<Shared>) {
                     }
                 } else {
                     s.ping_in -= 1;
-                    let _ = s.tx.send(Outgoing::Frame(
-                        0,
-                        Message::Ping {
-                            seq,
-                            time_ms: now_ms(),
-                        },
-                    ));
+                    let _ = s.tx.send(Outgoing::Frame(0, Message::Ping { seq, time_ms: now_ms() }));
                 }
             }
         }

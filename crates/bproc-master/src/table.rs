@@ -51,17 +51,11 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(code: i32, message: impl Into<String>) -> Self {
-        Refusal {
-            code,
-            message: message.into(),
-        }
+        Refusal { code, message: message.into() }
     }
     /// The reply message for a client.
     pub fn to_message(&self) -> Message {
-        Message::Error {
-            code: self.code,
-            message: self.message.clone(),
-        }
+        Message::Error { code: self.code, message: self.message.clone() }
     }
 }
 
@@ -272,10 +266,7 @@ impl Table {
 
     /// Decides how a slave presenting `cookie` is received on node `n`.
     pub fn join_kind(&self, n: i32, cookie: u64) -> Result<JoinKind, String> {
-        let node = self
-            .nodes
-            .get(&n)
-            .ok_or_else(|| format!("node {n} is not configured"))?;
+        let node = self.nodes.get(&n).ok_or_else(|| format!("node {n} is not configured"))?;
         match &node.session {
             None if cookie != 0 && node.saved.as_ref().is_some_and(|s| s.cookie == cookie) => {
                 Ok(JoinKind::Resume)
@@ -311,10 +302,7 @@ impl Table {
         check_state(state)?;
         let node = self.node_for_change(n)?;
         if !caller.is_root() {
-            return Err(Refusal::new(
-                EPERM,
-                format!("only root may set the state of node {n}"),
-            ));
+            return Err(Refusal::new(EPERM, format!("only root may set the state of node {n}")));
         }
         if !node.is_up() {
             return Err(Refusal::new(
@@ -341,16 +329,10 @@ impl Table {
             ));
         }
         if !node.is_up() {
-            return Err(Refusal::new(
-                EPERM,
-                format!("node {n} is down; its mode cannot change"),
-            ));
+            return Err(Refusal::new(EPERM, format!("node {n} is down; its mode cannot change")));
         }
         if !caller.is_root() && caller.uid != node.uid {
-            return Err(Refusal::new(
-                EPERM,
-                format!("only root or the owner may chmod node {n}"),
-            ));
+            return Err(Refusal::new(EPERM, format!("only root or the owner may chmod node {n}")));
         }
         node.mode = mode;
         Ok(())
@@ -360,16 +342,10 @@ impl Table {
     pub fn chown(&mut self, caller: &Caller, n: i32, uid: u32) -> Result<(), Refusal> {
         let node = self.node_for_change(n)?;
         if !node.is_up() {
-            return Err(Refusal::new(
-                EPERM,
-                format!("node {n} is down; its owner cannot change"),
-            ));
+            return Err(Refusal::new(EPERM, format!("node {n} is down; its owner cannot change")));
         }
         if !caller.is_root() {
-            return Err(Refusal::new(
-                EPERM,
-                format!("only root may change the owner of node {n}"),
-            ));
+            return Err(Refusal::new(EPERM, format!("only root may change the owner of node {n}")));
         }
         node.uid = uid;
         Ok(())
@@ -379,10 +355,7 @@ impl Table {
     pub fn chgrp(&mut self, caller: &Caller, n: i32, gid: u32) -> Result<(), Refusal> {
         let node = self.node_for_change(n)?;
         if !node.is_up() {
-            return Err(Refusal::new(
-                EPERM,
-                format!("node {n} is down; its group cannot change"),
-            ));
+            return Err(Refusal::new(EPERM, format!("node {n} is down; its group cannot change")));
         }
         if !(caller.is_root() || caller.uid == node.uid && caller.in_group(gid)) {
             return Err(Refusal::new(
@@ -427,10 +400,7 @@ impl Table {
     /// Checks that a root caller may send a node command to `n`, which must be up.
     pub fn command_target(&mut self, caller: &Caller, n: i32) -> Result<&mut Node, Refusal> {
         if !caller.is_root() {
-            return Err(Refusal::new(
-                EPERM,
-                format!("only root may send commands to node {n}"),
-            ));
+            return Err(Refusal::new(EPERM, format!("only root may send commands to node {n}")));
         }
         let node = self.node_for_change(n)?;
         if !node.is_up() {
@@ -446,41 +416,24 @@ mod tests {
     use std::path::Path;
 
     fn table(n: usize) -> Table {
-        let text: String = (0..n)
-            .map(|i| format!("ip {i} 10.0.0.{}\n", i + 1))
-            .collect();
+        let text: String = (0..n).map(|i| format!("ip {i} 10.0.0.{}\n", i + 1)).collect();
         Table::from_config(&Config::parse(&text, Path::new("t")).unwrap())
     }
 
     fn connect(t: &mut Table, n: i32) -> mpsc::UnboundedReceiver<Outgoing> {
         let (tx, rx) = mpsc::unbounded_channel();
         let node = t.get_mut(n).unwrap();
-        node.session = Some(Session {
-            cookie: 7,
-            conn: 1,
-            tx,
-            ping_in: 2,
-            pending: HashMap::new(),
-        });
+        node.session =
+            Some(Session { cookie: 7, conn: 1, tx, ping_in: 2, pending: HashMap::new() });
         node.state = "up".into();
         node.mode = UP_MODE;
         node.addr = Some(Ipv4Addr::new(10, 0, 0, n as u8 + 1));
         rx
     }
 
-    const ROOT: Caller = Caller {
-        uid: 0,
-        gid: 0,
-        groups: Vec::new(),
-        admin: true,
-    };
+    const ROOT: Caller = Caller { uid: 0, gid: 0, groups: Vec::new(), admin: true };
     fn user(uid: u32, gid: u32) -> Caller {
-        Caller {
-            uid,
-            gid,
-            groups: vec![],
-            admin: false,
-        }
+        Caller { uid, gid, groups: vec![], admin: false }
     }
 
     #[test]
@@ -499,10 +452,7 @@ mod tests {
         assert!(t.set_state(&ROOT, 0, "busy").unwrap().is_none());
         assert_eq!(t.get(0).unwrap().state, "busy");
         assert_eq!(t.set_state(&ROOT, 1, "up").unwrap_err().code, BE_NODEDOWN);
-        assert_eq!(
-            t.set_state(&ROOT, 9, "up").unwrap_err().code,
-            BE_INVALIDNODE
-        );
+        assert_eq!(t.set_state(&ROOT, 9, "up").unwrap_err().code, BE_INVALIDNODE);
         assert_eq!(t.set_state(&ROOT, -1, "up").unwrap_err().code, ENODATA);
     }
 
@@ -513,10 +463,7 @@ mod tests {
         t.chown(&ROOT, 0, 1000).unwrap();
         assert!(t.set_state(&ROOT, 0, "down").unwrap().is_some());
         let n = t.get(0).unwrap();
-        assert_eq!(
-            (n.state.as_str(), n.mode, n.uid, n.addr),
-            ("down", 0, 0, None)
-        );
+        assert_eq!((n.state.as_str(), n.mode, n.uid, n.addr), ("down", 0, 0, None));
     }
 
     #[test]
@@ -529,17 +476,7 @@ mod tests {
         t.chown(&ROOT, 0, 5).unwrap();
         t.chmod(&user(5, 5), 0, 0o100).unwrap();
         assert_eq!(t.chgrp(&user(5, 5), 0, 7).unwrap_err().code, EPERM);
-        t.chgrp(
-            &Caller {
-                uid: 5,
-                gid: 5,
-                groups: vec![7],
-                admin: false,
-            },
-            0,
-            7,
-        )
-        .unwrap();
+        t.chgrp(&Caller { uid: 5, gid: 5, groups: vec![7], admin: false }, 0, 7).unwrap();
         assert_eq!(t.chgrp(&user(6, 7), 0, 7).unwrap_err().code, EPERM);
         let n = t.get(0).unwrap();
         assert_eq!((n.mode, n.uid, n.gid), (0o100, 5, 7));
@@ -552,12 +489,7 @@ mod tests {
         t.chown(&ROOT, 0, 5).unwrap();
         t.chgrp(&ROOT, 0, 7).unwrap();
         let owner = user(5, 5);
-        let member = Caller {
-            uid: 6,
-            gid: 9,
-            groups: vec![7],
-            admin: false,
-        };
+        let member = Caller { uid: 6, gid: 9, groups: vec![7], admin: false };
         let other = user(8, 8);
         for (mode, o, m, x) in [
             (0o100, true, false, false),
@@ -586,13 +518,8 @@ mod tests {
         assert_eq!(t.join_kind(0, 7), Ok(JoinKind::Reconnect));
         assert!(t.join_kind(0, 8).is_err());
         t.get_mut(0).unwrap().go_down();
-        t.get_mut(0).unwrap().saved = Some(Saved {
-            cookie: 9,
-            state: "up".into(),
-            mode: 0o100,
-            uid: 3,
-            gid: 4,
-        });
+        t.get_mut(0).unwrap().saved =
+            Some(Saved { cookie: 9, state: "up".into(), mode: 0o100, uid: 3, gid: 4 });
         assert_eq!(t.join_kind(0, 9), Ok(JoinKind::Resume));
         assert_eq!(t.join_kind(0, 8), Ok(JoinKind::Fresh));
     }

@@ -157,9 +157,7 @@ impl<'a> Reader<'a> {
     /// A UTF-8 string of at most `max` bytes.
     pub fn str(&mut self, what: &'static str, max: usize) -> Result<String, DecodeError> {
         let b = self.bytes(what, max)?;
-        std::str::from_utf8(b)
-            .map(str::to_owned)
-            .map_err(|_| DecodeError::BadString(what))
+        std::str::from_utf8(b).map(str::to_owned).map_err(|_| DecodeError::BadString(what))
     }
     /// A u32 element count, checked against `max` and against the bytes left, given that every
     /// element takes at least `min_elem` bytes. Callers allocate only after this check.
@@ -206,14 +204,7 @@ mod tests {
         w.str("hello");
         let bytes = w.into_inner();
         let err = Reader::new(&bytes).str("name", 4).unwrap_err();
-        assert_eq!(
-            err,
-            DecodeError::TooLong {
-                what: "name",
-                len: 5,
-                max: 4
-            }
-        );
+        assert_eq!(err, DecodeError::TooLong { what: "name", len: 5, max: 4 });
     }
 
     #[test]

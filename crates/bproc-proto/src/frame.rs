@@ -44,27 +44,17 @@ impl Header {
         }
         let ver = r.u8("version")?;
         if ver != VERSION {
-            return Err(DecodeError::BadVersion {
-                got: ver,
-                ours: VERSION,
-            });
+            return Err(DecodeError::BadVersion { got: ver, ours: VERSION });
         }
         let flags = r.u8("flags")?;
         if flags != 0 {
-            return Err(DecodeError::BadValue {
-                what: "header flags",
-                value: flags.into(),
-            });
+            return Err(DecodeError::BadValue { what: "header flags", value: flags.into() });
         }
         let msg_type = r.u16("type")?;
         let id = r.u32("request id")?;
         let len = r.u32("body length")?;
         if len as usize > MAX_BODY {
-            return Err(DecodeError::TooLong {
-                what: "body",
-                len: len as usize,
-                max: MAX_BODY,
-            });
+            return Err(DecodeError::TooLong { what: "body", len: len as usize, max: MAX_BODY });
         }
         Ok(Header { msg_type, id, len })
     }
@@ -102,9 +92,7 @@ pub fn check(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
 
 /// Decodes exactly one frame from `frame`, returning its request id and message.
 pub fn decode(frame: &[u8]) -> Result<(u32, Message), DecodeError> {
-    let head = frame
-        .first_chunk::<HEADER_LEN>()
-        .ok_or(DecodeError::Truncated("header"))?;
+    let head = frame.first_chunk::<HEADER_LEN>().ok_or(DecodeError::Truncated("header"))?;
     let h = Header::parse(head)?;
     let body = &frame[HEADER_LEN..];
     if body.len() < h.len as usize {
@@ -132,31 +120,19 @@ mod tests {
     #[test]
     fn header_fixture() {
         let bytes = encode(0x01020304, &Message::NodeList);
-        assert_eq!(
-            bytes,
-            [b'B', b'P', b'R', b'C', 1, 0, 0, 20, 1, 2, 3, 4, 0, 0, 0, 0]
-        );
+        assert_eq!(bytes, [b'B', b'P', b'R', b'C', 1, 0, 0, 20, 1, 2, 3, 4, 0, 0, 0, 0]);
     }
 
     #[test]
     fn oversized_length_is_refused_from_the_header_alone() {
         let mut bytes = encode(1, &Message::NodeList);
         bytes[12..16].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            check(&bytes),
-            Err(DecodeError::TooLong { what: "body", .. })
-        ));
+        assert!(matches!(check(&bytes), Err(DecodeError::TooLong { what: "body", .. })));
     }
 
     #[test]
     fn partial_frames_are_incomplete_not_errors() {
-        let bytes = encode(
-            3,
-            &Message::SetState {
-                node: 4,
-                state: "up".into(),
-            },
-        );
+        let bytes = encode(3, &Message::SetState { node: 4, state: "up".into() });
         for cut in 0..bytes.len() {
             assert_eq!(check(&bytes[..cut]), Ok(None), "cut at {cut}");
         }
@@ -167,13 +143,7 @@ mod tests {
     fn wrong_version_is_named() {
         let mut bytes = encode(1, &Message::NodeList);
         bytes[4] = 9;
-        assert_eq!(
-            decode(&bytes),
-            Err(DecodeError::BadVersion {
-                got: 9,
-                ours: VERSION
-            })
-        );
+        assert_eq!(decode(&bytes), Err(DecodeError::BadVersion { got: 9, ours: VERSION }));
     }
 
     /// Found by the fuzzer: a node-lost exit with a stray value must not decode, since it
@@ -193,9 +163,6 @@ mod tests {
         bytes[6..8].copy_from_slice(&0xfffeu16.to_be_bytes());
         bytes[12..16].copy_from_slice(&3u32.to_be_bytes());
         bytes.extend_from_slice(&[1, 2, 3]);
-        assert_eq!(
-            decode(&bytes),
-            Ok((5, Message::Unknown { msg_type: 0xfffe }))
-        );
+        assert_eq!(decode(&bytes), Ok((5, Message::Unknown { msg_type: 0xfffe })));
     }
 }

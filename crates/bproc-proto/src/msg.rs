@@ -41,12 +41,7 @@ impl NodeAction {
             1 => NodeAction::Reboot,
             2 => NodeAction::Halt,
             3 => NodeAction::Poweroff,
-            v => {
-                return Err(DecodeError::BadValue {
-                    what: "node action",
-                    value: v.into(),
-                })
-            }
+            v => return Err(DecodeError::BadValue { what: "node action", value: v.into() }),
         })
     }
     /// The word used in logs and messages.
@@ -447,10 +442,7 @@ fn get_ip(r: &mut Reader<'_>) -> Result<Option<Ipv4Addr>, DecodeError> {
     match r.u8("address flag")? {
         0 => Ok(None),
         1 => Ok(Some(Ipv4Addr::from(r.fixed::<4>("address")?))),
-        v => Err(DecodeError::BadValue {
-            what: "address flag",
-            value: v.into(),
-        }),
+        v => Err(DecodeError::BadValue { what: "address flag", value: v.into() }),
     }
 }
 
@@ -460,10 +452,7 @@ fn put_endpoint(w: &mut Writer, e: &Endpoint) {
 }
 
 fn get_endpoint(r: &mut Reader<'_>) -> Result<Endpoint, DecodeError> {
-    Ok(Endpoint {
-        ip: get_ip(r)?,
-        port: r.u16("port")?,
-    })
+    Ok(Endpoint { ip: get_ip(r)?, port: r.u16("port")? })
 }
 
 impl NodeInfo {
@@ -520,12 +509,7 @@ impl NodeStatus {
             info: match r.u8("info flag")? {
                 0 => None,
                 1 => Some(NodeInfo::decode(r)?),
-                v => {
-                    return Err(DecodeError::BadValue {
-                        what: "info flag",
-                        value: v.into(),
-                    })
-                }
+                v => return Err(DecodeError::BadValue { what: "info flag", value: v.into() }),
             },
         })
     }
@@ -567,12 +551,7 @@ impl IoSpec {
             0 => IoSpec::Forward,
             1 => IoSpec::Null,
             2 => IoSpec::File(r.str("io path", MAX_PATH)?),
-            v => {
-                return Err(DecodeError::BadValue {
-                    what: "io kind",
-                    value: v.into(),
-                })
-            }
+            v => return Err(DecodeError::BadValue { what: "io kind", value: v.into() }),
         })
     }
 }
@@ -603,17 +582,9 @@ impl ExitStatus {
             // Carries no value: anything but 0 would not survive a re-encode.
             2 if v == 0 => ExitStatus::NodeLost,
             2 => {
-                return Err(DecodeError::BadValue {
-                    what: "node-lost exit value",
-                    value: v as u64,
-                })
+                return Err(DecodeError::BadValue { what: "node-lost exit value", value: v as u64 })
             }
-            k => {
-                return Err(DecodeError::BadValue {
-                    what: "exit kind",
-                    value: k.into(),
-                })
-            }
+            k => return Err(DecodeError::BadValue { what: "exit kind", value: k.into() }),
         })
     }
 }
@@ -786,21 +757,12 @@ impl Message {
                 w.fixed(mac);
             }
             AuthConfirm { mac } => w.fixed(mac),
-            Join {
-                version,
-                cookie,
-                info,
-            } => {
+            Join { version, cookie, info } => {
                 w.str(version);
                 w.u64(*cookie);
                 info.encode(w);
             }
-            Conf {
-                node,
-                cookie,
-                ping_timeout,
-                time_ms,
-            } => {
+            Conf { node, cookie, ping_timeout, time_ms } => {
                 w.i32(*node);
                 w.u64(*cookie);
                 w.u32(*ping_timeout);
@@ -833,24 +795,14 @@ impl Message {
                 spec.encode(w);
             }
             SignalLaunch { signal } => w.i32(*signal),
-            Spawn {
-                launch,
-                rank,
-                size,
-                creds,
-                spec,
-            } => {
+            Spawn { launch, rank, size, creds, spec } => {
                 w.u64(*launch);
                 w.u32(*rank);
                 w.u32(*size);
                 creds.encode(w);
                 spec.encode(w);
             }
-            SignalProc {
-                launch,
-                rank,
-                signal,
-            } => {
+            SignalProc { launch, rank, signal } => {
                 w.u64(*launch);
                 w.u32(*rank);
                 w.i32(*signal);
@@ -869,11 +821,7 @@ impl Message {
                 }
             }
             Spawned { pid } => w.i32(*pid),
-            ProcExit {
-                launch,
-                rank,
-                status,
-            } => {
+            ProcExit { launch, rank, status } => {
                 w.u64(*launch);
                 w.u32(*rank);
                 status.encode(w);
@@ -902,11 +850,7 @@ impl Message {
                 w.i32(*node);
                 w.str(path);
             }
-            NodeReconnect {
-                node,
-                master,
-                local,
-            } => {
+            NodeReconnect { node, master, local } => {
                 w.i32(*node);
                 put_endpoint(w, master);
                 put_endpoint(w, local);
@@ -922,16 +866,9 @@ impl Message {
     pub(crate) fn decode_body(msg_type: u16, r: &mut Reader<'_>) -> Result<Message, DecodeError> {
         use Message::*;
         Result::Ok(match msg_type {
-            ty::AUTH_CHALLENGE => AuthChallenge {
-                nonce: r.fixed("nonce")?,
-            },
-            ty::AUTH_RESPONSE => AuthResponse {
-                nonce: r.fixed("nonce")?,
-                mac: r.fixed("mac")?,
-            },
-            ty::AUTH_CONFIRM => AuthConfirm {
-                mac: r.fixed("mac")?,
-            },
+            ty::AUTH_CHALLENGE => AuthChallenge { nonce: r.fixed("nonce")? },
+            ty::AUTH_RESPONSE => AuthResponse { nonce: r.fixed("nonce")?, mac: r.fixed("mac")? },
+            ty::AUTH_CONFIRM => AuthConfirm { mac: r.fixed("mac")? },
             ty::JOIN => Join {
                 version: r.str("version", MAX_TEXT)?,
                 cookie: r.u64("cookie")?,
@@ -943,14 +880,8 @@ impl Message {
                 ping_timeout: r.u32("ping timeout")?,
                 time_ms: r.u64("time")?,
             },
-            ty::PING => Ping {
-                seq: r.u64("seq")?,
-                time_ms: r.u64("time")?,
-            },
-            ty::PONG => Pong {
-                seq: r.u64("seq")?,
-                info: NodeInfo::decode(r)?,
-            },
+            ty::PING => Ping { seq: r.u64("seq")?, time_ms: r.u64("time")? },
+            ty::PONG => Pong { seq: r.u64("seq")?, info: NodeInfo::decode(r)? },
             ty::DISCONNECT => Disconnect {
                 reason: r.str("reason", MAX_TEXT)?,
                 reconnect: match r.u8("reconnect flag")? {
@@ -964,41 +895,21 @@ impl Message {
                     }
                 },
             },
-            ty::ACTION => Action {
-                action: NodeAction::from_code(r.u8("action")?)?,
-            },
-            ty::SLAVE_CHROOT => SlaveChroot {
-                path: r.str("path", MAX_PATH)?,
-            },
-            ty::SLAVE_RECONNECT => SlaveReconnect {
-                master: get_endpoint(r)?,
-                local: get_endpoint(r)?,
-            },
+            ty::ACTION => Action { action: NodeAction::from_code(r.u8("action")?)? },
+            ty::SLAVE_CHROOT => SlaveChroot { path: r.str("path", MAX_PATH)? },
+            ty::SLAVE_RECONNECT => {
+                SlaveReconnect { master: get_endpoint(r)?, local: get_endpoint(r)? }
+            }
             ty::NODE_LIST => NodeList,
-            ty::SET_STATE => SetState {
-                node: r.i32("node")?,
-                state: r.str("state", MAX_TEXT)?,
-            },
-            ty::CHMOD => Chmod {
-                node: r.i32("node")?,
-                mode: r.u32("mode")?,
-            },
-            ty::CHOWN => Chown {
-                node: r.i32("node")?,
-                uid: r.u32("uid")?,
-            },
-            ty::CHGRP => Chgrp {
-                node: r.i32("node")?,
-                gid: r.u32("gid")?,
-            },
+            ty::SET_STATE => SetState { node: r.i32("node")?, state: r.str("state", MAX_TEXT)? },
+            ty::CHMOD => Chmod { node: r.i32("node")?, mode: r.u32("mode")? },
+            ty::CHOWN => Chown { node: r.i32("node")?, uid: r.u32("uid")? },
+            ty::CHGRP => Chgrp { node: r.i32("node")?, gid: r.u32("gid")? },
             ty::NODE_COMMAND => NodeCommand {
                 node: r.i32("node")?,
                 action: NodeAction::from_code(r.u8("action")?)?,
             },
-            ty::NODE_CHROOT => NodeChroot {
-                node: r.i32("node")?,
-                path: r.str("path", MAX_PATH)?,
-            },
+            ty::NODE_CHROOT => NodeChroot { node: r.i32("node")?, path: r.str("path", MAX_PATH)? },
             ty::NODE_RECONNECT => NodeReconnect {
                 node: r.i32("node")?,
                 master: get_endpoint(r)?,
@@ -1012,14 +923,9 @@ impl Message {
                 for _ in 0..n {
                     nodes.push(r.i32("node")?);
                 }
-                Launch {
-                    nodes,
-                    spec: ProcSpec::decode(r)?,
-                }
+                Launch { nodes, spec: ProcSpec::decode(r)? }
             }
-            ty::SIGNAL_LAUNCH => SignalLaunch {
-                signal: r.i32("signal")?,
-            },
+            ty::SIGNAL_LAUNCH => SignalLaunch { signal: r.i32("signal")? },
             ty::SPAWN => Spawn {
                 launch: r.u64("launch")?,
                 rank: r.u32("rank")?,
@@ -1056,16 +962,9 @@ impl Message {
                 status: ExitStatus::decode(r)?,
             },
             ty::OK => Ok,
-            ty::ERROR => Error {
-                code: r.i32("code")?,
-                message: r.str("message", MAX_TEXT)?,
-            },
-            ty::NODES => Nodes {
-                nodes: get_nodes(r)?,
-            },
-            ty::NODES_CHANGED => NodesChanged {
-                nodes: get_nodes(r)?,
-            },
+            ty::ERROR => Error { code: r.i32("code")?, message: r.str("message", MAX_TEXT)? },
+            ty::NODES => Nodes { nodes: get_nodes(r)? },
+            ty::NODES_CHANGED => NodesChanged { nodes: get_nodes(r)? },
             other => {
                 // Skip the body: an unknown message is answered, not parsed.
                 let rest = r.bytes_left();

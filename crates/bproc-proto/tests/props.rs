@@ -18,18 +18,9 @@ fn info() -> impl Strategy<Value = NodeInfo> {
         ".{0,20}",
         "[a-z0-9_]{0,8}",
     )
-        .prop_map(
-            |(cpus, mem_total, mem_free, load, uptime, kernel, hostname, arch)| NodeInfo {
-                cpus,
-                mem_total,
-                mem_free,
-                load,
-                uptime,
-                kernel,
-                hostname,
-                arch,
-            },
-        )
+        .prop_map(|(cpus, mem_total, mem_free, load, uptime, kernel, hostname, arch)| {
+            NodeInfo { cpus, mem_total, mem_free, load, uptime, kernel, hostname, arch }
+        })
 }
 
 fn status() -> impl Strategy<Value = NodeStatus> {
@@ -54,26 +45,16 @@ fn status() -> impl Strategy<Value = NodeStatus> {
 }
 
 fn endpoint() -> impl Strategy<Value = Endpoint> {
-    (proptest::option::of(any::<u32>()), any::<u16>()).prop_map(|(ip, port)| Endpoint {
-        ip: ip.map(Ipv4Addr::from),
-        port,
-    })
+    (proptest::option::of(any::<u32>()), any::<u16>())
+        .prop_map(|(ip, port)| Endpoint { ip: ip.map(Ipv4Addr::from), port })
 }
 
 fn action() -> impl Strategy<Value = NodeAction> {
-    prop_oneof![
-        Just(NodeAction::Reboot),
-        Just(NodeAction::Halt),
-        Just(NodeAction::Poweroff)
-    ]
+    prop_oneof![Just(NodeAction::Reboot), Just(NodeAction::Halt), Just(NodeAction::Poweroff)]
 }
 
 fn io() -> impl Strategy<Value = IoSpec> {
-    prop_oneof![
-        Just(IoSpec::Forward),
-        Just(IoSpec::Null),
-        ".{0,20}".prop_map(IoSpec::File)
-    ]
+    prop_oneof![Just(IoSpec::Forward), Just(IoSpec::Null), ".{0,20}".prop_map(IoSpec::File)]
 }
 
 fn spec() -> impl Strategy<Value = ProcSpec> {
@@ -87,18 +68,16 @@ fn spec() -> impl Strategy<Value = ProcSpec> {
         any::<u16>(),
         any::<[u8; 16]>(),
     )
-        .prop_map(
-            |(path, argv, env, cwd, umask, io, io_port, token)| ProcSpec {
-                path,
-                argv,
-                env,
-                cwd,
-                umask,
-                io,
-                io_port,
-                token,
-            },
-        )
+        .prop_map(|(path, argv, env, cwd, umask, io, io_port, token)| ProcSpec {
+            path,
+            argv,
+            env,
+            cwd,
+            umask,
+            io,
+            io_port,
+            token,
+        })
 }
 
 fn status_of_exit() -> impl Strategy<Value = ExitStatus> {
@@ -124,33 +103,21 @@ fn launch_messages() -> impl Strategy<Value = Message> {
             proptest::collection::vec(any::<u32>(), 0..5),
             spec()
         )
-            .prop_map(
-                |(launch, rank, size, uid, gid, groups, spec)| Message::Spawn {
-                    launch,
-                    rank,
-                    size,
-                    creds: Creds { uid, gid, groups },
-                    spec,
-                }
-            ),
-        (any::<u64>(), any::<u32>(), any::<i32>()).prop_map(|(launch, rank, signal)| {
-            Message::SignalProc {
+            .prop_map(|(launch, rank, size, uid, gid, groups, spec)| Message::Spawn {
                 launch,
                 rank,
-                signal,
-            }
-        }),
+                size,
+                creds: Creds { uid, gid, groups },
+                spec,
+            }),
+        (any::<u64>(), any::<u32>(), any::<i32>())
+            .prop_map(|(launch, rank, signal)| { Message::SignalProc { launch, rank, signal } }),
         (".{0,10}", proptest::collection::vec(endpoint(), 0..4))
             .prop_map(|(version, addrs)| Message::MasterInfoReply { version, addrs }),
         proptest::collection::vec(any::<i32>(), 0..10).prop_map(|pids| Message::Launched { pids }),
         any::<i32>().prop_map(|pid| Message::Spawned { pid }),
-        (any::<u64>(), any::<u32>(), status_of_exit()).prop_map(|(launch, rank, status)| {
-            Message::ProcExit {
-                launch,
-                rank,
-                status,
-            }
-        }),
+        (any::<u64>(), any::<u32>(), status_of_exit())
+            .prop_map(|(launch, rank, status)| { Message::ProcExit { launch, rank, status } }),
     ]
 }
 
@@ -192,13 +159,8 @@ fn base_message() -> impl Strategy<Value = Message> {
         (any::<i32>(), any::<u32>()).prop_map(|(node, gid)| Message::Chgrp { node, gid }),
         (any::<i32>(), action()).prop_map(|(node, action)| Message::NodeCommand { node, action }),
         (any::<i32>(), ".{0,40}").prop_map(|(node, path)| Message::NodeChroot { node, path }),
-        (any::<i32>(), endpoint(), endpoint()).prop_map(|(node, master, local)| {
-            Message::NodeReconnect {
-                node,
-                master,
-                local,
-            }
-        }),
+        (any::<i32>(), endpoint(), endpoint())
+            .prop_map(|(node, master, local)| { Message::NodeReconnect { node, master, local } }),
         Just(Message::Watch),
         Just(Message::Ok),
         (any::<i32>(), ".{0,40}").prop_map(|(code, message)| Message::Error { code, message }),

@@ -5,14 +5,7 @@ use bproc_proto::NodeInfo;
 
 fn meminfo_kib(text: &str, key: &str) -> u64 {
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix(key)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
+        .find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse().ok())
         .unwrap_or(0)
 }
 
@@ -30,9 +23,7 @@ pub fn node_info() -> NodeInfo {
     let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let uts = nix::sys::utsname::uname().ok();
     let s = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
-        uts.as_ref()
-            .map(|u| f(u).to_string_lossy().into_owned())
-            .unwrap_or_default()
+        uts.as_ref().map(|u| f(u).to_string_lossy().into_owned()).unwrap_or_default()
     };
     NodeInfo {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),

@@ -33,10 +33,7 @@ pub fn isolate(hostname: &str) -> Result<(), IsolateError> {
     let uid = nix::unistd::getuid();
     let gid = nix::unistd::getgid();
     if uid.is_root() {
-        sys(
-            "namespaces",
-            unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS),
-        )?;
+        sys("namespaces", unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWNS))?;
     } else {
         sys(
             "user namespace",
@@ -56,13 +53,7 @@ pub fn isolate(hostname: &str) -> Result<(), IsolateError> {
     // Keep our mounts from propagating back to the host.
     sys(
         "mount namespace",
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        ),
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>),
     )?;
     sys(
         "/tmp",

@@ -119,11 +119,8 @@ enum End {
 async fn connect(master: SocketAddrV4, source: Option<Ipv4Addr>) -> Result<TcpStream, LinkError> {
     let src_ip = source.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let privileged = nix::unistd::geteuid().is_root();
-    let ports: Box<dyn Iterator<Item = u16>> = if privileged {
-        Box::new((600..1024).rev().chain([0]))
-    } else {
-        Box::new([0].into_iter())
-    };
+    let ports: Box<dyn Iterator<Item = u16>> =
+        if privileged { Box::new((600..1024).rev().chain([0])) } else { Box::new([0].into_iter()) };
     let mut last = None;
     for port in ports {
         let sock = TcpSocket::new_v4()?;
@@ -227,30 +224,15 @@ async fn open_link(
     cookie: &mut u64,
 ) -> Result<Link, End> {
     let mut stream = connect(master, source).await.map_err(End::Lost)?;
-    slave_handshake(&mut stream, key)
-        .await
-        .map_err(|e| match e {
-            LinkError::Refused(r) => End::Dismissed(r),
-            e => End::Lost(e),
-        })?;
-    let join = Message::Join {
-        version: SOFTWARE_VERSION.into(),
-        cookie: *cookie,
-        info: node_info(),
-    };
-    write_frame(&mut stream, 0, &join)
-        .await
-        .map_err(End::Lost)?;
+    slave_handshake(&mut stream, key).await.map_err(|e| match e {
+        LinkError::Refused(r) => End::Dismissed(r),
+        e => End::Lost(e),
+    })?;
+    let join =
+        Message::Join { version: SOFTWARE_VERSION.into(), cookie: *cookie, info: node_info() };
+    write_frame(&mut stream, 0, &join).await.map_err(End::Lost)?;
     match tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await {
-        Ok(Ok((
-            _,
-            Message::Conf {
-                node,
-                cookie: c,
-                ping_timeout,
-                ..
-            },
-        ))) => {
+        Ok(Ok((_, Message::Conf { node, cookie: c, ping_timeout, .. }))) => {
             *cookie = c;
             Ok(Link {
                 stream,
@@ -260,10 +242,9 @@ async fn open_link(
             })
         }
         Ok(Ok((_, Message::Disconnect { reason, .. }))) => Err(End::Dismissed(reason)),
-        Ok(Ok((_, other))) => Err(End::Lost(LinkError::Unexpected {
-            expected: "Conf",
-            received: other.name(),
-        })),
+        Ok(Ok((_, other))) => {
+            Err(End::Lost(LinkError::Unexpected { expected: "Conf", received: other.name() }))
+        }
         Ok(Err(e)) => Err(End::Lost(e)),
         Err(_) => Err(End::Lost(LinkError::Timeout("join"))),
     }
@@ -302,16 +283,8 @@ async fn serve_link(
             Ok(Err(e)) => break End::Lost(e),
         };
         let reply = match msg {
-            Message::Ping { seq, .. } => Some(Message::Pong {
-                seq,
-                info: node_info(),
-            }),
-            Message::Conf {
-                node: n,
-                cookie: c,
-                ping_timeout: pt,
-                ..
-            } => {
+            Message::Ping { seq, .. } => Some(Message::Pong { seq, info: node_info() }),
+            Message::Conf { node: n, cookie: c, ping_timeout: pt, .. } => {
                 if n != node {
                     info!("master renumbered this node from {node} to {n}");
                 }
@@ -322,13 +295,7 @@ async fn serve_link(
             }
             Message::Action { action } => break End::Action(action),
             Message::SlaveChroot { path } => Some(chroot(&path)),
-            Message::Spawn {
-                launch,
-                rank,
-                creds,
-                spec,
-                ..
-            } => {
+            Message::Spawn { launch, rank, creds, spec, .. } => {
                 let (procs, outbox, authority, master_ip) =
                     (procs.clone(), outbox.clone(), opts.authority, *master.ip());
                 tokio::spawn(async move {
@@ -344,25 +311,20 @@ async fn serve_link(
                 });
                 None
             }
-            Message::SignalProc {
-                launch,
-                rank,
-                signal,
-            } => {
+            Message::SignalProc { launch, rank, signal } => {
                 procs.signal(launch, rank, signal);
                 None
             }
-            Message::SlaveReconnect {
-                master: m,
-                local: l,
-            } => match reconnect(opts, key, master, local, m, l, cookie).await {
-                Ok(new) => {
-                    info!("session moved to a new link to {}", new.master);
-                    (rd, master, node, ping_timeout, local) = attach(new, outbox);
-                    Some(Message::Ok)
+            Message::SlaveReconnect { master: m, local: l } => {
+                match reconnect(opts, key, master, local, m, l, cookie).await {
+                    Ok(new) => {
+                        info!("session moved to a new link to {}", new.master);
+                        (rd, master, node, ping_timeout, local) = attach(new, outbox);
+                        Some(Message::Ok)
+                    }
+                    Err(e) => Some(error_reply(bproc_proto::errno::EIO, e)),
                 }
-                Err(e) => Some(error_reply(bproc_proto::errno::EIO, e)),
-            },
+            }
             Message::Disconnect { reason, reconnect } => {
                 break if reconnect {
                     End::Lost(LinkError::Refused(reason))
@@ -370,14 +332,12 @@ async fn serve_link(
                     End::Dismissed(reason)
                 };
             }
-            Message::Unknown { msg_type } => Some(error_reply(
-                ENOSYS,
-                format!("unknown message type {msg_type}"),
-            )),
-            other => Some(error_reply(
-                EPROTO,
-                format!("{} is not valid from a master", other.name()),
-            )),
+            Message::Unknown { msg_type } => {
+                Some(error_reply(ENOSYS, format!("unknown message type {msg_type}")))
+            }
+            other => {
+                Some(error_reply(EPROTO, format!("{} is not valid from a master", other.name())))
+            }
         };
         if let Some(reply) = reply {
             outbox.send(id, reply);
@@ -400,11 +360,7 @@ async fn reconnect(
 ) -> Result<Link, String> {
     let target = SocketAddrV4::new(
         master.ip.unwrap_or(*current.ip()),
-        if master.port == 0 {
-            current.port()
-        } else {
-            master.port
-        },
+        if master.port == 0 { current.port() } else { master.port },
     );
     let source = local.ip.or(opts.source).or(Some(current_local));
     match open_link(key, target, source, cookie).await {
@@ -417,11 +373,7 @@ async fn reconnect(
 
 fn run_command(what: &str, cmd: &str) {
     info!("{what}: running `{cmd}`");
-    match std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(cmd)
-        .status()
-    {
+    match std::process::Command::new("/bin/sh").arg("-c").arg(cmd).status() {
         Ok(s) if s.success() => {}
         Ok(s) => warn!("{what} command `{cmd}` failed: {s}"),
         Err(e) => warn!("{what} command `{cmd}` could not run: {e}"),
@@ -485,24 +437,15 @@ async fn run_sessions(
                 }
             }
             End::Dismissed(reason) => {
-                return Err(SlaveError::Dismissed {
-                    addr: master.into(),
-                    reason,
-                });
+                return Err(SlaveError::Dismissed { addr: master.into(), reason });
             }
             End::Lost(e) => {
                 if !opts.reconnect {
-                    return Err(SlaveError::Link {
-                        addr: master.into(),
-                        source: e,
-                    });
+                    return Err(SlaveError::Link { addr: master.into(), source: e });
                 }
                 let since = *lost_since.get_or_insert_with(Instant::now);
                 if cookie != 0 && since.elapsed() > opts.grace {
-                    info!(
-                        "master gone for over {:?}: starting a new session",
-                        opts.grace
-                    );
+                    info!("master gone for over {:?}: starting a new session", opts.grace);
                     cookie = 0;
                 }
                 warn!("master {master}: {e}; retrying in {backoff:?}");

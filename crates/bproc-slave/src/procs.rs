@@ -96,11 +96,8 @@ fn environment(env: &[String], rank: u32) -> Vec<(String, String)> {
     env.iter()
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| {
-            let v = if k == "BPROC_RANK" && v == "XXXXXXX" {
-                format!("{rank:07}")
-            } else {
-                v.into()
-            };
+            let v =
+                if k == "BPROC_RANK" && v == "XXXXXXX" { format!("{rank:07}") } else { v.into() };
             (k.to_owned(), v)
         })
         .collect()
@@ -132,15 +129,8 @@ pub async fn spawn(
         return refuse(EINVAL, "empty command".into());
     };
     let mut cmd = std::process::Command::new(&spec.path);
-    cmd.arg0(argv0)
-        .args(&spec.argv[1..])
-        .env_clear()
-        .envs(environment(&spec.env, rank));
-    cmd.current_dir(if Path::new(&spec.cwd).is_dir() {
-        spec.cwd.as_str()
-    } else {
-        "/"
-    });
+    cmd.arg0(argv0).args(&spec.argv[1..]).env_clear().envs(environment(&spec.env, rank));
+    cmd.current_dir(if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" });
     cmd.process_group(0);
     let mut files = Vec::new();
     for fd in 0..3u8 {
@@ -150,11 +140,7 @@ pub async fn spawn(
                 let Ok(path) = CString::new(p.as_str()) else {
                     return refuse(EINVAL, format!("NUL in file name {p:?}"));
                 };
-                files.push(FdFile {
-                    fd: fd.into(),
-                    path,
-                    write: fd != 0,
-                });
+                files.push(FdFile { fd: fd.into(), path, write: fd != 0 });
                 Stdio::null()
             }
             IoSpec::Forward => match connect_back(master, &spec, rank, fd).await {
@@ -188,10 +174,7 @@ pub async fn spawn(
     };
     let pid = child.id().map_or(0, |p| p as i32);
     procs.lock().insert((launch, rank), pid);
-    info!(
-        "launch {launch} rank {rank}: started {} as pid {pid} (uid {})",
-        spec.path, creds.uid
-    );
+    info!("launch {launch} rank {rank}: started {} as pid {pid} (uid {})", spec.path, creds.uid);
     let procs = procs.clone();
     tokio::spawn(async move {
         let status = match child.wait().await {
@@ -206,11 +189,7 @@ pub async fn spawn(
             }
         };
         procs.lock().remove(&(launch, rank));
-        report(Message::ProcExit {
-            launch,
-            rank,
-            status,
-        });
+        report(Message::ProcExit { launch, rank, status });
     });
     Message::Spawned { pid }
 }
@@ -221,11 +200,7 @@ mod tests {
 
     #[test]
     fn rank_is_written_into_the_environment() {
-        let env = vec![
-            "A=1".to_string(),
-            "BPROC_RANK=XXXXXXX".into(),
-            "B=x=y".into(),
-        ];
+        let env = vec!["A=1".to_string(), "BPROC_RANK=XXXXXXX".into(), "B=x=y".into()];
         assert_eq!(
             environment(&env, 12),
             vec![

@@ -98,16 +98,7 @@ mod tests {
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "umask; echo hello"]).stdout(Stdio::null());
         let path = CString::new(out.to_str().unwrap()).unwrap();
-        prepare_child(
-            &mut cmd,
-            None,
-            0o027,
-            vec![FdFile {
-                fd: 1,
-                path,
-                write: true,
-            }],
-        );
+        prepare_child(&mut cmd, None, 0o027, vec![FdFile { fd: 1, path, write: true }]);
         assert!(cmd.status().unwrap().success());
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "0027\nhello\n");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -117,16 +108,7 @@ mod tests {
     fn a_missing_input_file_fails_the_spawn() {
         let mut cmd = Command::new("/bin/true");
         let path = CString::new("/no/such/file/here").unwrap();
-        prepare_child(
-            &mut cmd,
-            None,
-            0o022,
-            vec![FdFile {
-                fd: 0,
-                path,
-                write: false,
-            }],
-        );
+        prepare_child(&mut cmd, None, 0o022, vec![FdFile { fd: 0, path, write: false }]);
         let err = cmd.spawn().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(2));
     }

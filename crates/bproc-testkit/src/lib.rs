@@ -37,10 +37,7 @@ pub fn require_root(why: &str) -> bool {
     }
     // Straight to the stderr handle: libtest captures `eprintln!` of passing tests, and a
     // skip must never pass silently.
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "SKIPPED: this test needs root: {why}"
-    );
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: this test needs root: {why}");
     false
 }
 
@@ -62,25 +59,13 @@ pub fn test_user() -> TestUser {
         let name = "bpalice";
         if nix::unistd::User::from_name(name).ok().flatten().is_none() {
             let st = Command::new("useradd")
-                .args([
-                    "--user-group",
-                    "--no-create-home",
-                    "--shell",
-                    "/bin/sh",
-                    name,
-                ])
+                .args(["--user-group", "--no-create-home", "--shell", "/bin/sh", name])
                 .status()
                 .expect("run useradd");
             assert!(st.success(), "useradd {name} failed: {st}");
         }
-        let u = nix::unistd::User::from_name(name)
-            .unwrap()
-            .expect("user exists");
-        TestUser {
-            name: name.into(),
-            uid: u.uid.as_raw(),
-            gid: u.gid.as_raw(),
-        }
+        let u = nix::unistd::User::from_name(name).unwrap().expect("user exists");
+        TestUser { name: name.into(), uid: u.uid.as_raw(), gid: u.gid.as_raw() }
     })
     .clone()
 }
@@ -118,19 +103,12 @@ impl TestCluster {
     pub fn cmd(&self, prog: &str) -> TestCommand {
         let mut c = Command::new(self.bins.join(prog));
         c.env("BPROC_SOCKET", self.cluster.socket());
-        TestCommand {
-            cmd: c,
-            logs: Some(self.cluster.dir().join("log")),
-            input: None,
-        }
+        TestCommand { cmd: c, logs: Some(self.cluster.dir().join("log")), input: None }
     }
 
     /// Waits (on change notifications) until `done` holds, panicking with logs after `secs`.
     pub fn wait(&self, secs: u64, what: &str, done: impl Fn(&[bproc::NodeStatus]) -> bool) {
-        if let Err(e) = self
-            .cluster
-            .wait_for_within(what, Duration::from_secs(secs), done)
-        {
+        if let Err(e) = self.cluster.wait_for_within(what, Duration::from_secs(secs), done) {
             panic!("{e}");
         }
     }
@@ -162,10 +140,7 @@ impl Drop for TestCluster {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(self.cluster.dir());
         } else {
-            eprintln!(
-                "cluster directory kept for inspection: {}",
-                self.cluster.dir().display()
-            );
+            eprintln!("cluster directory kept for inspection: {}", self.cluster.dir().display());
         }
     }
 }
@@ -181,11 +156,7 @@ pub struct TestCommand {
 impl TestCommand {
     /// Any program, not tied to a cluster.
     pub fn new(prog: impl AsRef<OsStr>) -> TestCommand {
-        TestCommand {
-            cmd: Command::new(prog),
-            logs: None,
-            input: None,
-        }
+        TestCommand { cmd: Command::new(prog), logs: None, input: None }
     }
     /// Adds an argument.
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
@@ -235,16 +206,10 @@ impl TestCommand {
 
     /// Runs to completion.
     pub fn output(&mut self) -> Output {
-        self.cmd.stdin(if self.input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+        self.cmd.stdin(if self.input.is_some() { Stdio::piped() } else { Stdio::null() });
         self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = self
-            .cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", self.cmd));
+        let mut child =
+            self.cmd.spawn().unwrap_or_else(|e| panic!("cannot run {:?}: {e}", self.cmd));
         if let Some(data) = self.input.take() {
             let mut stdin = child.stdin.take().expect("piped");
             // A writer thread, so a child that does not read cannot block us.
@@ -263,22 +228,14 @@ impl TestCommand {
     /// Runs and asserts success; returns stdout.
     pub fn ok(mut self) -> String {
         let out = self.output();
-        assert!(
-            out.status.success(),
-            "command failed\n{}",
-            self.describe(&out)
-        );
+        assert!(out.status.success(), "command failed\n{}", self.describe(&out));
         String::from_utf8(out.stdout).expect("utf-8 stdout")
     }
 
     /// Runs and asserts failure; returns the output.
     pub fn fails(mut self) -> Output {
         let out = self.output();
-        assert!(
-            !out.status.success(),
-            "command unexpectedly succeeded\n{}",
-            self.describe(&out)
-        );
+        assert!(!out.status.success(), "command unexpectedly succeeded\n{}", self.describe(&out));
         out
     }
 }

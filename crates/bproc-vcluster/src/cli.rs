@@ -86,9 +86,7 @@ fn isolation_works(bin: &Path) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    let out = Command::new(bin.join("bpslave"))
-        .arg("--check-isolation")
-        .output();
+    let out = Command::new(bin.join("bpslave")).arg("--check-isolation").output();
     match out {
         Ok(o) if o.status.success() => true,
         Ok(o) => {
@@ -118,14 +116,7 @@ fn up(a: &Args) -> Result<(), VclusterError> {
     let n = a.nodes.unwrap_or(4);
     if a.dir.join("pids").exists() {
         let live = recorded_pids(&a.dir)?.iter().any(|(name, pid)| {
-            pid_runs(
-                *pid,
-                if name == "master" {
-                    "bpmaster"
-                } else {
-                    "bpslave"
-                },
-            )
+            pid_runs(*pid, if name == "master" { "bpmaster" } else { "bpslave" })
         });
         if live {
             eprintln!(
@@ -152,16 +143,8 @@ fn up(a: &Args) -> Result<(), VclusterError> {
 fn status(a: &Args) -> Result<(), VclusterError> {
     let pids = recorded_pids(&a.dir)?;
     for (name, pid) in &pids {
-        let prog = if name == "master" {
-            "bpmaster"
-        } else {
-            "bpslave"
-        };
-        let what = if pid_runs(*pid, prog) {
-            "running"
-        } else {
-            "exited"
-        };
+        let prog = if name == "master" { "bpmaster" } else { "bpslave" };
+        let what = if pid_runs(*pid, prog) { "running" } else { "exited" };
         let addr = name
             .strip_prefix('n')
             .and_then(|i| i.parse().ok())
@@ -188,13 +171,15 @@ fn show(c: &Cluster, prog: &str, args: &[&str]) {
     let mut line = format!("$ {prog}");
     for a in args {
         line.push(' ');
-        line.push_str(a);
+        if a.contains([' ', '$', '(']) {
+            line.push_str(&format!("'{a}'"));
+        } else {
+            line.push_str(a);
+        }
     }
     println!("{line}");
-    let status = Command::new(bin_dir().join(prog))
-        .args(args)
-        .env("BPROC_SOCKET", c.socket())
-        .status();
+    let status =
+        Command::new(bin_dir().join(prog)).args(args).env("BPROC_SOCKET", c.socket()).status();
     if let Err(e) = status {
         println!("({prog} failed to run: {e})");
     }
@@ -210,11 +195,15 @@ fn demo(a: &Args) -> Result<(), VclusterError> {
     let c = Cluster::start(args_for_demo)?;
     println!("4 nodes up in {:.2} s\n", t0.elapsed().as_secs_f64());
     show(&c, "bpstat", &[]);
-    show(
-        &c,
-        "bpctl",
-        &["-S", "1", "-m", "0100", "-u", "root", "-g", "root"],
-    );
+    println!("Run a program on every node, output prefixed, sorted and divided by node:");
+    let hello = "echo hello from $(hostname), rank $BPROC_RANK";
+    show(&c, "bpsh", &["-a", "-p", "-s", "-d", "sh", "-c", hello]);
+    println!("Write a file on node 2, then look for it on every node (each has its own /tmp):");
+    show(&c, "bpsh", &["2", "-O", "/tmp/myoutput", "echo", "results"]);
+    show(&c, "bpsh", &["-a", "-p", "-L", "ls", "/tmp"]);
+    println!("Give nodes 1-2 to user 65534 (nobody), and only to them:");
+    show(&c, "bpctl", &["-S", "1-2", "-u", "65534", "-g", "65534", "-m", "0100"]);
+    println!("Take node 3 out of service:");
     show(&c, "bpctl", &["-S", "3", "-s", "down"]);
     c.wait_for_within("node 3 down", Duration::from_secs(10), |n| {
         n.iter().any(|n| n.node == 3 && n.state == "down")
@@ -222,6 +211,8 @@ fn demo(a: &Args) -> Result<(), VclusterError> {
     show(&c, "bpstat", &[]);
     show(&c, "bpstat", &["-l"]);
     show(&c, "bpstat", &["-t", "allup"]);
+    println!("A down node is reported, and the others still run:");
+    show(&c, "bpsh", &["0-3", "-p", "uname", "-r"]);
     drop(c);
     let _ = std::fs::remove_dir_all(&dir);
     println!("Cluster stopped.");

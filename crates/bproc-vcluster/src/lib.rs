@@ -136,10 +136,7 @@ pub fn node_addr(i: usize) -> Ipv4Addr {
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> VclusterError + '_ {
-    move |source| VclusterError::File {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| VclusterError::File { path: path.to_owned(), source }
 }
 
 /// Last `n` lines of a log file, for error messages.
@@ -199,11 +196,7 @@ impl Cluster {
                 n.state == "up"
             }
         };
-        let what = if connected_only {
-            "every node connected"
-        } else {
-            "every node up"
-        };
+        let what = if connected_only { "every node connected" } else { "every node up" };
         c.wait(what, c.spec.timeout, true, |nodes| {
             nodes.iter().filter(|n| ready(n)).count() == c.spec.nodes
         })?;
@@ -224,12 +217,7 @@ impl Cluster {
             text.push_str("allowinsecureports\n");
         }
         if self.spec.nodes > 0 {
-            let _ = writeln!(
-                text,
-                "iprange 0 {} {}",
-                node_addr(0),
-                node_addr(self.spec.nodes - 1)
-            );
+            let _ = writeln!(text, "iprange 0 {} {}", node_addr(0), node_addr(self.spec.nodes - 1));
         }
         text.push_str(&self.spec.extra_config);
         let path = self.config_path();
@@ -272,11 +260,7 @@ impl Cluster {
     }
 
     fn log_file(&self, path: &Path) -> Result<std::fs::File, VclusterError> {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(file_err(path))
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(file_err(path))
     }
 
     /// Starts the master (again) and waits until it listens.
@@ -284,10 +268,7 @@ impl Cluster {
         let prog = self.spec.bin_dir.join("bpmaster");
         let log = self.master_log();
         let mut cmd = Command::new(&prog);
-        cmd.arg("-d")
-            .arg("--print-address")
-            .arg("-c")
-            .arg(self.config_path());
+        cmd.arg("-d").arg("--print-address").arg("-c").arg(self.config_path());
         if self.spec.verbose {
             cmd.arg("-v");
         }
@@ -297,10 +278,7 @@ impl Cluster {
             .stderr(self.log_file(&log)?)
             .process_group(0)
             .spawn()
-            .map_err(|source| VclusterError::Spawn {
-                prog: prog.clone(),
-                source,
-            })?;
+            .map_err(|source| VclusterError::Spawn { prog: prog.clone(), source })?;
         // The master prints its address once every socket is open: that is readiness.
         let mut line = String::new();
         let stdout = child.stdout.take().expect("piped");
@@ -308,10 +286,7 @@ impl Cluster {
         if line.trim().is_empty() {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(VclusterError::Master {
-                log: log_tail(&log, 20),
-                path: log,
-            });
+            return Err(VclusterError::Master { log: log_tail(&log, 20), path: log });
         }
         self.master = Some(child);
         Ok(())
@@ -362,11 +337,8 @@ impl Cluster {
 
     /// Sends `sig` to node `i`'s slave; SIGKILL also reaps it.
     pub fn signal_slave(&mut self, i: usize, sig: Signal) -> Result<(), VclusterError> {
-        let child = self
-            .slaves
-            .get_mut(i)
-            .and_then(Option::as_mut)
-            .ok_or(VclusterError::NoSuchNode(i))?;
+        let child =
+            self.slaves.get_mut(i).and_then(Option::as_mut).ok_or(VclusterError::NoSuchNode(i))?;
         let _ = kill(Pid::from_raw(child.id() as i32), sig);
         if sig == Signal::SIGKILL {
             let _ = child.wait();
@@ -412,10 +384,7 @@ impl Cluster {
         let mut last = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let mut fds = [nix::poll::PollFd::new(
-                w.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
+            let mut fds = [nix::poll::PollFd::new(w.as_fd(), nix::poll::PollFlags::POLLIN)];
             // Wake at least every 200 ms to check the daemons and the deadline.
             let ms = u16::try_from(left.as_millis().min(200)).unwrap_or(200);
             if nix::poll::poll(&mut fds, ms).unwrap_or(0) > 0 {
@@ -468,11 +437,7 @@ impl Cluster {
             let _ = writeln!(detail, "node {} is {}; its log ends:", n.node, n.state);
             let _ = writeln!(detail, "{}", log_tail(&self.slave_log(n.node as usize), 5));
         }
-        let _ = writeln!(
-            detail,
-            "master log ends:\n{}",
-            log_tail(&self.master_log(), 10)
-        );
+        let _ = writeln!(detail, "master log ends:\n{}", log_tail(&self.master_log(), 10));
         detail
     }
 
@@ -575,11 +540,8 @@ pub fn stop_detached(dir: &Path) -> Result<usize, VclusterError> {
             "bpslave"
         }
     };
-    let live: Vec<(&str, i32)> = pids
-        .iter()
-        .filter(|(n, p)| pid_runs(*p, prog(n)))
-        .map(|(n, p)| (prog(n), *p))
-        .collect();
+    let live: Vec<(&str, i32)> =
+        pids.iter().filter(|(n, p)| pid_runs(*p, prog(n))).map(|(n, p)| (prog(n), *p)).collect();
     let (masters, slaves): (Vec<_>, Vec<_>) = live.iter().partition(|(p, _)| *p == "bpmaster");
     for group in [slaves, masters] {
         for (_, pid) in &group {

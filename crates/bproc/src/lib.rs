@@ -123,10 +123,8 @@ impl Client {
 
     /// Connects to the master at `path`.
     pub fn connect_to(path: &Path) -> Result<Client, BprocError> {
-        let stream = UnixStream::connect(path).map_err(|source| BprocError::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
+        let stream = UnixStream::connect(path)
+            .map_err(|source| BprocError::Connect { path: path.to_owned(), source })?;
         Ok(Client { stream, next_id: 1 })
     }
 
@@ -164,10 +162,7 @@ impl Client {
 
     /// Sets a node's state string (root only; `down` disconnects the node).
     pub fn set_state(&mut self, node: i32, state: &str) -> Result<(), BprocError> {
-        self.expect_ok(&Message::SetState {
-            node,
-            state: state.into(),
-        })
+        self.expect_ok(&Message::SetState { node, state: state.into() })
     }
 
     /// Sets a node's permission bits (owner or root; execute bits only).
@@ -192,10 +187,7 @@ impl Client {
 
     /// Makes a node's slave daemon `chroot` (root only).
     pub fn node_chroot(&mut self, node: i32, path: &str) -> Result<(), BprocError> {
-        self.expect_ok(&Message::NodeChroot {
-            node,
-            path: path.into(),
-        })
+        self.expect_ok(&Message::NodeChroot { node, path: path.into() })
     }
 
     /// Moves a node's link to new addresses without ending its session (root only).
@@ -205,19 +197,13 @@ impl Client {
         master: Endpoint,
         local: Endpoint,
     ) -> Result<(), BprocError> {
-        self.expect_ok(&Message::NodeReconnect {
-            node,
-            master,
-            local,
-        })
+        self.expect_ok(&Message::NodeReconnect { node, master, local })
     }
 
     /// Turns this connection into a [`Watcher`].
     pub fn watch(mut self) -> Result<Watcher, BprocError> {
         self.expect_ok(&Message::Watch)?;
-        Ok(Watcher {
-            stream: self.stream,
-        })
+        Ok(Watcher { stream: self.stream })
     }
 }
 

@@ -120,15 +120,9 @@ pub fn parse_node_name(s: &str) -> Option<i32> {
 /// the later entry wins, as in BProc's id map.
 pub fn filter(nodes: &[NodeStatus], spec: &str) -> Result<Selection, NodeSpecError> {
     let invalid = || NodeSpecError::Invalid(spec.to_owned());
-    let table: BTreeMap<i32, &NodeStatus> = nodes
-        .iter()
-        .filter(|n| n.node >= 0)
-        .map(|n| (n.node, n))
-        .collect();
-    let mut eval = Eval {
-        table,
-        out: Selection::default(),
-    };
+    let table: BTreeMap<i32, &NodeStatus> =
+        nodes.iter().filter(|n| n.node >= 0).map(|n| (n.node, n)).collect();
+    let mut eval = Eval { table, out: Selection::default() };
     for chunk in split_chunks(spec).ok_or_else(invalid)? {
         if chunk.is_empty() {
             continue;
@@ -170,9 +164,7 @@ impl Eval<'_> {
                 return true;
             }
             "all" => {
-                self.out
-                    .nodes
-                    .extend(self.table.values().map(|n| (*n).clone()));
+                self.out.nodes.extend(self.table.values().map(|n| (*n).clone()));
                 return true;
             }
             _ => {}
@@ -184,10 +176,7 @@ impl Eval<'_> {
                 None => (word, false),
             };
             self.out.nodes.extend(
-                self.table
-                    .values()
-                    .filter(|n| (n.state == word) != invert)
-                    .map(|n| (*n).clone()),
+                self.table.values().filter(|n| (n.state == word) != invert).map(|n| (*n).clone()),
             );
             return true;
         }
@@ -229,10 +218,7 @@ impl Eval<'_> {
         // Configured numbers are i32 and ≥ 0, so clamping keeps every configured one.
         let clamp = |v: i64| i32::try_from(v.clamp(0, i32::MAX.into())).unwrap_or(i32::MAX);
         if hi >= 0 {
-            let picked = self
-                .table
-                .range(clamp(lo)..=clamp(hi))
-                .map(|(_, n)| (*n).clone());
+            let picked = self.table.range(clamp(lo)..=clamp(hi)).map(|(_, n)| (*n).clone());
             self.out.nodes.extend(picked);
         }
         if i128::from(hi) - i128::from(lo) >= MAX_LISTED_RANGE {
@@ -287,10 +273,8 @@ fn strip_prefix(s: &[u8]) -> &[u8] {
 /// decimal digits. Returns the value (saturated to i64) and the bytes consumed, or `None` when
 /// no digit was read.
 fn strtol0(s: &[u8]) -> Option<(i64, usize)> {
-    let mut i = s
-        .iter()
-        .take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'))
-        .count();
+    let mut i =
+        s.iter().take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')).count();
     let negative = match s.get(i) {
         Some(b'-') => {
             i += 1;
@@ -369,12 +353,7 @@ mod tests {
     use super::*;
 
     fn node(n: i32, state: &str) -> NodeStatus {
-        NodeStatus {
-            node: n,
-            state: state.to_owned(),
-            mode: 0o111,
-            ..Default::default()
-        }
+        NodeStatus { node: n, state: state.to_owned(), mode: 0o111, ..Default::default() }
     }
 
     /// Nodes 0-7: 0-3 up, 4 down, 5 boot, 6 up, 7 error; listed out of order on purpose.
@@ -392,12 +371,7 @@ mod tests {
     }
 
     fn numbers(spec: &str) -> Vec<i32> {
-        filter(&table(), spec)
-            .unwrap()
-            .nodes
-            .iter()
-            .map(|n| n.node)
-            .collect()
+        filter(&table(), spec).unwrap().nodes.iter().map(|n| n.node).collect()
     }
 
     fn unconfigured(spec: &str) -> Vec<i64> {
@@ -405,11 +379,7 @@ mod tests {
     }
 
     fn invalid(spec: &str) {
-        assert_eq!(
-            filter(&table(), spec),
-            Err(NodeSpecError::Invalid(spec.to_owned())),
-            "{spec}"
-        );
+        assert_eq!(filter(&table(), spec), Err(NodeSpecError::Invalid(spec.to_owned())), "{spec}");
     }
 
     #[test]
@@ -441,10 +411,7 @@ mod tests {
     fn hex_and_octal_against_sparse_table() {
         let t: Vec<_> = [16, 8, 1000].iter().map(|&n| node(n, "up")).collect();
         let sel = filter(&t, "0x10,010,01750").unwrap();
-        assert_eq!(
-            sel.nodes.iter().map(|n| n.node).collect::<Vec<_>>(),
-            [16, 8, 1000]
-        );
+        assert_eq!(sel.nodes.iter().map(|n| n.node).collect::<Vec<_>>(), [16, 8, 1000]);
     }
 
     #[test]
@@ -486,10 +453,7 @@ mod tests {
         assert_eq!(numbers("0-100000"), [0, 1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(unconfigured("0-100000"), [100000]);
         assert_eq!(unconfigured("-5-0x7fffffffff"), [-5, 0x7f_ffff_ffff]);
-        assert_eq!(
-            numbers("-99999999999999999999999-"),
-            [0, 1, 2, 3, 4, 5, 6, 7]
-        );
+        assert_eq!(numbers("-99999999999999999999999-"), [0, 1, 2, 3, 4, 5, 6, 7]);
     }
 
     #[test]
@@ -497,10 +461,7 @@ mod tests {
         let sel = filter(&table(), "master").unwrap();
         assert_eq!(sel.nodes, [master_entry()]);
         let m = master_entry();
-        assert_eq!(
-            (m.node, m.state.as_str(), m.mode, m.uid, m.gid),
-            (-1, "up", 0o111, 0, 0)
-        );
+        assert_eq!((m.node, m.state.as_str(), m.mode, m.uid, m.gid), (-1, "up", 0o111, 0, 0));
         assert_eq!((m.addr, m.info), (None, None));
         assert_eq!(numbers("master,0"), [-1, 0]);
     }
@@ -529,14 +490,8 @@ mod tests {
     #[test]
     fn state_with_all_prefix_needs_doubling() {
         let t = vec![node(0, "allocated"), node(1, "up")];
-        let pick = |s: &str| -> Vec<i32> {
-            filter(&t, s)
-                .unwrap()
-                .nodes
-                .iter()
-                .map(|n| n.node)
-                .collect()
-        };
+        let pick =
+            |s: &str| -> Vec<i32> { filter(&t, s).unwrap().nodes.iter().map(|n| n.node).collect() };
         assert!(pick("allocated").is_empty());
         assert_eq!(pick("allallocated"), [0]);
     }
@@ -620,18 +575,7 @@ mod tests {
         assert_eq!(parse_node_name("n-1"), Some(-1));
         assert_eq!(parse_node_name("master"), Some(-1));
         assert_eq!(parse_node_name("0x10"), Some(16));
-        for bad in [
-            "",
-            "n",
-            "-2",
-            "3x",
-            " 3",
-            "n 3",
-            "host",
-            "4294967296",
-            "1-2",
-            "n[1]",
-        ] {
+        for bad in ["", "n", "-2", "3x", " 3", "n 3", "host", "4294967296", "1-2", "n[1]"] {
             assert_eq!(parse_node_name(bad), None, "{bad:?}");
         }
     }

@@ -67,19 +67,15 @@ fn parse() -> anyhow::Result<Option<Args>> {
             Short('r') => reconnect = true,
             Short('s') => {
                 let v = p.value()?.string()?;
-                source = Some(
-                    v.parse()
-                        .with_context(|| format!("-s {v}: not an IPv4 address"))?,
-                );
+                source = Some(v.parse().with_context(|| format!("-s {v}: not an IPv4 address"))?);
             }
             Short('m') => bail!("message tracing (-m) is not supported by this bpslave"),
             Long("key") => keyfile = p.value()?.into(),
             Long("grace") => {
                 let v = p.value()?.string()?;
-                grace =
-                    Some(Duration::from_secs(v.parse().with_context(|| {
-                        format!("--grace {v}: not a number of seconds")
-                    })?));
+                grace = Some(Duration::from_secs(
+                    v.parse().with_context(|| format!("--grace {v}: not a number of seconds"))?,
+                ));
             }
             Long("reboot-cmd") => cmds[0] = Some(p.value()?.string()?),
             Long("halt-cmd") => cmds[1] = Some(p.value()?.string()?),
@@ -94,19 +90,14 @@ fn parse() -> anyhow::Result<Option<Args>> {
         }
     }
     let (host, port) = match positional.as_slice() {
-        [m] => m
-            .split_once(':')
-            .map_or((m.as_str(), None), |(h, p)| (h, Some(p))),
+        [m] => m.split_once(':').map_or((m.as_str(), None), |(h, p)| (h, Some(p))),
         [m, p] => (m.as_str(), Some(p.as_str())),
         _ => bail!("expected the master's address\n{}", USAGE.trim_end()),
     };
-    let ip: Ipv4Addr = host
-        .parse()
-        .with_context(|| format!("master address {host}: not an IPv4 address"))?;
+    let ip: Ipv4Addr =
+        host.parse().with_context(|| format!("master address {host}: not an IPv4 address"))?;
     let port = match port {
-        Some(p) => p
-            .parse()
-            .with_context(|| format!("port {p}: not a port number"))?,
+        Some(p) => p.parse().with_context(|| format!("port {p}: not a port number"))?,
         None => DEFAULT_PORT,
     };
     let master = SocketAddrV4::new(ip, port);
@@ -119,12 +110,7 @@ fn parse() -> anyhow::Result<Option<Args>> {
     }
     let [reboot, halt, poweroff] = cmds;
     (opts.reboot_cmd, opts.halt_cmd, opts.poweroff_cmd) = (reboot, halt, poweroff);
-    Ok(Some(Args {
-        opts,
-        foreground,
-        verbose,
-        isolate: isolate_as,
-    }))
+    Ok(Some(Args { opts, foreground, verbose, isolate: isolate_as }))
 }
 
 fn run() -> anyhow::Result<()> {

@@ -11,10 +11,7 @@ use nix::sys::signal::Signal;
 use crate::bins;
 
 fn text(out: &std::process::Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    (String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 /// The seed article's `bpsh -a -p -s -d -L ...`: dividers, prefixes, node order.
@@ -44,14 +41,7 @@ fn seed_example_sorted_prefixed_divided() {
     }
     assert_eq!(out, want);
     // `bpsh 1,3 date`: one line per node; options may follow the node spec.
-    assert_eq!(
-        c.cmd("bpsh")
-            .args(["1,3", "-p", "echo", "hi"])
-            .ok()
-            .lines()
-            .count(),
-        2
-    );
+    assert_eq!(c.cmd("bpsh").args(["1,3", "-p", "echo", "hi"]).ok().lines().count(), 2);
 }
 
 /// Exit status: the highest code; a killed process gives 255 and BProc's message; nodes that
@@ -61,30 +51,18 @@ fn exit_status_rules() {
     let mut spec = TestCluster::spec(&bins(), 4, "bpsh-exit");
     spec.extra_config = "ip 7 127.0.1.77\n".into();
     let c = TestCluster::start(spec);
-    let out = c
-        .cmd("bpsh")
-        .args(["0-2", "sh", "-c", "exit $((BPROC_RANK + 3))"])
-        .output_of();
+    let out = c.cmd("bpsh").args(["0-2", "sh", "-c", "exit $((BPROC_RANK + 3))"]).output_of();
     assert_eq!(out.status.code(), Some(5));
-    let out = c
-        .cmd("bpsh")
-        .args(["1", "sh", "-c", "kill -KILL $$"])
-        .output_of();
+    let out = c.cmd("bpsh").args(["1", "sh", "-c", "kill -KILL $$"]).output_of();
     assert_eq!(out.status.code(), Some(255));
-    assert_eq!(
-        text(&out).1,
-        "bpsh: Child process on node 1 exited abnormally.\n"
-    );
+    assert_eq!(text(&out).1, "bpsh: Child process on node 1 exited abnormally.\n");
     let out = c.cmd("bpsh").args(["7,2", "true"]).output_of();
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out).1, "7: Node is down\n");
     let out = c.cmd("bpsh").args(["3", "no-such-command-xyz"]).output_of();
     assert_eq!(
         (out.status.code(), text(&out).1),
-        (
-            Some(1),
-            "bpsh: no-such-command-xyz: command not found\n".into()
-        )
+        (Some(1), "bpsh: no-such-command-xyz: command not found\n".into())
     );
     let out = c.cmd("bpsh").args(["3-x", "true"]).output_of();
     assert_eq!(
@@ -93,21 +71,13 @@ fn exit_status_rules() {
     );
     let out = c.cmd("bpsh").args(["99", "true"]).output_of();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out).1.contains("node 99 is not configured"),
-        "{out:?}"
-    );
+    assert!(text(&out).1.contains("node 99 is not configured"), "{out:?}");
     let out = c.cmd("bpsh").arg("-h").output_of();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out)
-        .0
-        .starts_with("usage: bpsh [options] nodenumber command\n"));
+    assert!(text(&out).0.starts_with("usage: bpsh [options] nodenumber command\n"));
     let t = c.cmd("bpsh").args(["-t", "0", "true"]).ok();
     let secs: f64 = t.trim().parse().unwrap();
-    assert!(
-        t.trim().split('.').nth(1).unwrap().len() == 6 && secs < 10.0,
-        "{t}"
-    );
+    assert!(t.trim().split('.').nth(1).unwrap().len() == 6 && secs < 10.0, "{t}");
 }
 
 /// stdin goes to every node (slowest reader sets the pace); -n gives /dev/null; stdout and
@@ -116,32 +86,19 @@ fn exit_status_rules() {
 fn stdin_replication_and_streams() {
     let c = TestCluster::up(&bins(), 3, "bpsh-stdin");
     let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
-    let out = c
-        .cmd("bpsh")
-        .args(["0-2", "-p", "sh", "-c", "wc -c; echo e >&2"])
-        .stdin(data)
-        .output_of();
+    let out =
+        c.cmd("bpsh").args(["0-2", "-p", "sh", "-c", "wc -c; echo e >&2"]).stdin(data).output_of();
     let (o, e) = text(&out);
     let mut lines: Vec<&str> = o.lines().collect();
     lines.sort();
     assert_eq!(lines, ["  0: 1048576", "  1: 1048576", "  2: 1048576"]);
     assert_eq!(sorted_err(&e), "  0: e\n  1: e\n  2: e\n");
-    let out = c
-        .cmd("bpsh")
-        .args(["-n", "1", "wc", "-c"])
-        .stdin("ignored")
-        .ok();
+    let out = c.cmd("bpsh").args(["-n", "1", "wc", "-c"]).stdin("ignored").ok();
     assert_eq!(out, "0\n");
     // A node that stops reading early does not stall the others.
     let out = c
         .cmd("bpsh")
-        .args([
-            "-L",
-            "0-1",
-            "sh",
-            "-c",
-            "[ $BPROC_RANK = 0000000 ] && exit 0; wc -c",
-        ])
+        .args(["-L", "0-1", "sh", "-c", "[ $BPROC_RANK = 0000000 ] && exit 0; wc -c"])
         .stdin(vec![b'x'; 300_000])
         .ok();
     assert_eq!(out, "300000\n");
@@ -158,38 +115,19 @@ fn sorted_err(e: &str) -> String {
 #[test]
 fn remote_files_and_environment() {
     let c = TestCluster::up(&bins(), 2, "bpsh-files");
-    assert_eq!(
-        c.cmd("bpsh").args(["-N", "1", "echo", "invisible"]).ok(),
-        ""
-    );
+    assert_eq!(c.cmd("bpsh").args(["-N", "1", "echo", "invisible"]).ok(), "");
     let f = "/tmp/bpsh-remote-file";
-    c.cmd("bpsh")
-        .args(["1", "-O", f, "sh", "-c", "echo to-file; echo err >&2"])
-        .ok();
+    c.cmd("bpsh").args(["1", "-O", f, "sh", "-c", "echo to-file; echo err >&2"]).ok();
     assert_eq!(c.cmd("bpsh").args(["1", "cat", f]).ok(), "to-file\n");
-    assert_eq!(
-        c.cmd("bpsh").args(["1", "-I", f, "tr", "a-z", "A-Z"]).ok(),
-        "TO-FILE\n"
-    );
-    let out = c
-        .cmd("bpsh")
-        .args(["1", "-I", "/no/such/input", "cat"])
-        .output_of();
+    assert_eq!(c.cmd("bpsh").args(["1", "-I", f, "tr", "a-z", "A-Z"]).ok(), "TO-FILE\n");
+    let out = c.cmd("bpsh").args(["1", "-I", "/no/such/input", "cat"]).output_of();
     assert_eq!(text(&out).1, "1: No such file or directory\n");
-    let env = c
-        .cmd("bpsh")
-        .args(["0-1", "-L", "sh", "-c", "echo $BPROC_RANK $BPROC_PROGNAME"])
-        .ok();
+    let env =
+        c.cmd("bpsh").args(["0-1", "-L", "sh", "-c", "echo $BPROC_RANK $BPROC_PROGNAME"]).ok();
     let mut lines: Vec<String> = env.lines().map(str::to_owned).collect();
     lines.sort();
     let sh = bproc_bpsh::which("sh".as_ref()).unwrap();
-    assert_eq!(
-        lines,
-        [
-            format!("0000000 {}", sh.display()),
-            format!("0000001 {}", sh.display())
-        ]
-    );
+    assert_eq!(lines, [format!("0000000 {}", sh.display()), format!("0000001 {}", sh.display())]);
     if nix::unistd::geteuid().is_root() {
         // Node /tmp is private: a directory made on the master under /tmp is not there.
         let dir = bproc_testkit::unique_dir("cwd");
@@ -213,29 +151,14 @@ fn identity_and_permissions() {
     }
     let user = test_user();
     let c = TestCluster::up(&bins(), 3, "bpsh-perm");
-    let ids = c
-        .cmd("bpsh")
-        .as_user(&user)
-        .args(["0", "sh", "-c", "id -u; id -g"])
-        .ok();
+    let ids = c.cmd("bpsh").as_user(&user).args(["0", "sh", "-c", "id -u; id -g"]).ok();
     assert_eq!(ids, format!("{}\n{}\n", user.uid, user.gid));
-    c.cmd("bpctl")
-        .args([
-            "-S", "1", "-m", "0100", "-S", "2", "-u", &user.name, "-m", "0100",
-        ])
-        .ok();
-    let out = c
-        .cmd("bpsh")
-        .as_user(&user)
-        .args(["0-2", "-L", "id", "-un"])
-        .output_of();
+    c.cmd("bpctl").args(["-S", "1", "-m", "0100", "-S", "2", "-u", &user.name, "-m", "0100"]).ok();
+    let out = c.cmd("bpsh").as_user(&user).args(["0-2", "-L", "id", "-un"]).output_of();
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         text(&out),
-        (
-            format!("{0}\n{0}\n", user.name),
-            "1: Operation not permitted\n".into()
-        )
+        (format!("{0}\n{0}\n", user.name), "1: Operation not permitted\n".into())
     );
     // Root may run where any execute bit is set.
     assert_eq!(c.cmd("bpsh").args(["1", "id", "-u"]).ok(), "0\n");
@@ -259,11 +182,7 @@ fn signals_and_node_loss() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        Signal::SIGUSR1,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGUSR1).unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), "got USR1");
     assert_eq!(child.wait().unwrap().code(), Some(3));
 
@@ -279,11 +198,7 @@ fn signals_and_node_loss() {
     let t0 = Instant::now();
     c.signal_slave(2, Signal::SIGKILL).unwrap();
     let status = child.wait().unwrap();
-    assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "bpsh took {:?} to notice",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "bpsh took {:?} to notice", t0.elapsed());
     assert_eq!(status.code(), Some(255));
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
@@ -320,12 +235,8 @@ fn large_output_keeps_memory_bounded() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(child.wait().unwrap().success(), "{err}");
     assert_eq!(total, 256 << 20);
-    let peak_kib: u64 = err
-        .trim()
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("time output");
+    let peak_kib: u64 =
+        err.trim().lines().last().and_then(|l| l.trim().parse().ok()).expect("time output");
     assert!(
         peak_kib > 0 && peak_kib < 32 * 1024,
         "bpsh peaked at {peak_kib} KiB for 256 MiB of output"

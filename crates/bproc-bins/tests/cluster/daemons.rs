@@ -24,12 +24,7 @@ fn killed_slave_goes_down() {
     assert!(t0.elapsed().as_secs_f64() <= 2.0, "took {:?}", t0.elapsed());
     assert_eq!(c.cmd("bpstat").args(["-n", "down"]).ok(), "6\n");
     assert_eq!(
-        c.cmd("bpstat")
-            .args(["-l", "6"])
-            .ok()
-            .lines()
-            .nth(1)
-            .unwrap(),
+        c.cmd("bpstat").args(["-l", "6"]).ok().lines().nth(1).unwrap(),
         "   6 0.0.0.0         down         ----------\troot       root      "
     );
 }
@@ -45,10 +40,7 @@ fn silent_slave_times_out_and_returns() {
     c.signal_slave(1, Signal::SIGSTOP).unwrap();
     c.wait_state(1, "down", 5);
     let took = t0.elapsed().as_secs_f64();
-    assert!(
-        (1.0..=3.5).contains(&took),
-        "ping timeout detection took {took:.2} s"
-    );
+    assert!((1.0..=3.5).contains(&took), "ping timeout detection took {took:.2} s");
     let log = std::fs::read_to_string(c.master_log()).unwrap();
     assert!(log.contains("node 1: down: ping timeout"), "{log}");
     c.signal_slave(1, Signal::SIGCONT).unwrap();
@@ -80,17 +72,11 @@ fn wrong_key_and_unknown_address_are_refused() {
         .arg(c.dir().join("key"))
         .args(["-s", "127.0.1.99", &master])
         .fails();
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("bpslave: master"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bpslave: master"), "{out:?}");
     let log = std::fs::read_to_string(c.master_log()).unwrap();
     assert!(log.contains("node 5: connection from 127.0.1.50:"), "{log}");
     assert!(log.contains("peer failed authentication"), "{log}");
-    assert!(
-        log.contains("connect from unrecognized address 127.0.1.99"),
-        "{log}"
-    );
+    assert!(log.contains("connect from unrecognized address 127.0.1.99"), "{log}");
 }
 
 /// Configuration errors name the file and line and stop the master; unknown directives are
@@ -101,53 +87,31 @@ fn config_errors_name_their_line() {
     let conf = dir.join("config");
     let master_fails = |text: &str| {
         std::fs::write(&conf, text).unwrap();
-        let out = TestCommand::new(bins().join("bpmaster"))
-            .arg("-d")
-            .arg("-c")
-            .arg(&conf)
-            .fails();
+        let out = TestCommand::new(bins().join("bpmaster")).arg("-d").arg("-c").arg(&conf).fails();
         String::from_utf8(out.stderr).unwrap()
     };
     assert_eq!(
         master_fails("# test\nlisten 127.0.0.1:0\npingtimeout 1\n"),
-        format!(
-            "bpmaster: {}:3: pingtimeout must be 2 seconds or more, not 1\n",
-            conf.display()
-        )
+        format!("bpmaster: {}:3: pingtimeout must be 2 seconds or more, not 1\n", conf.display())
     );
     assert_eq!(
         master_fails("iprange 0 10.0.0.5 10.0.0.9\nip 10.0.0.7\n"),
-        format!(
-            "bpmaster: {}:2: IP already allocated: 10.0.0.7 (node 2)\n",
-            conf.display()
-        )
+        format!("bpmaster: {}:2: IP already allocated: 10.0.0.7 (node 2)\n", conf.display())
     );
     let out = TestCommand::new(bins().join("bpmaster"))
         .arg("-d")
         .arg("-c")
         .arg(dir.join("missing"))
         .fails();
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("missing"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"), "{out:?}");
     // An unknown directive is warned about and the cluster still runs.
     let mut spec = TestCluster::spec(&bins(), 1, "warn");
     spec.extra_config = "frobnicate yes\nbootfile /boot/img\n".into();
     let c = TestCluster::start(spec);
     let log = std::fs::read_to_string(c.master_log()).unwrap();
     let conf = std::fs::read_to_string(c.config_path()).unwrap();
-    let line = conf
-        .lines()
-        .position(|l| l.starts_with("frobnicate"))
-        .unwrap()
-        + 1;
-    assert!(
-        log.contains(&format!(
-            ":{line}: unknown directive `frobnicate` (ignored)"
-        )),
-        "{log}"
-    );
+    let line = conf.lines().position(|l| l.starts_with("frobnicate")).unwrap() + 1;
+    assert!(log.contains(&format!(":{line}: unknown directive `frobnicate` (ignored)")), "{log}");
     assert!(!log.contains("bootfile"), "{log}");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -164,10 +128,7 @@ fn sighup_reload_keeps_slaves() {
     )
     .unwrap();
     c.wait(10, "node 9 configured", |t| t.iter().any(|n| n.node == 9));
-    assert_eq!(
-        c.cmd("bpstat").args(["-s", "-N"]).ok(),
-        "up\nup\nup\nup\ndown\n"
-    );
+    assert_eq!(c.cmd("bpstat").args(["-s", "-N"]).ok(), "up\nup\nup\nup\ndown\n");
     // A broken file keeps the old configuration.
     std::fs::write(c.config_path(), "pingtimeout x\n").unwrap();
     nix::sys::signal::kill(
@@ -179,10 +140,7 @@ fn sighup_reload_keeps_slaves() {
     c.wait_state(0, "marker", 5);
     assert_eq!(c.cmd("bpstat").args(["-t"]).ok(), "5\n");
     let log = std::fs::read_to_string(c.master_log()).unwrap();
-    assert!(
-        log.contains("SIGHUP: keeping the old configuration"),
-        "{log}"
-    );
+    assert!(log.contains("SIGHUP: keeping the old configuration"), "{log}");
 }
 
 /// Reboot restarts a node (down, boot, up again); halt stops it for good.
@@ -205,10 +163,7 @@ fn reboot_and_halt() {
     c.cmd("bpctl").args(["-S", "1", "-R"]).ok();
     c.wait_state(1, "boot", 10);
     c.wait_state(1, "up", 10);
-    assert!(
-        bproc_vcluster::pid_runs(pid as i32, "bpslave"),
-        "the daemon restarted in place"
-    );
+    assert!(bproc_vcluster::pid_runs(pid as i32, "bpslave"), "the daemon restarted in place");
     let pid2 = c.slave_pid(2).unwrap();
     c.cmd("bpctl").args(["--slave", "2", "--halt"]).ok();
     c.wait_state(2, "down", 10);
@@ -229,40 +184,21 @@ fn reconnect_and_chroot() {
     spec.extra_config = format!("ip 1 {}\n", node_addr(201));
     let c = TestCluster::start(spec);
     c.cmd("bpctl")
-        .args([
-            "-S",
-            "1",
-            "-s",
-            "kept",
-            "--reconnect",
-            &format!(",{}", node_addr(201)),
-        ])
+        .args(["-S", "1", "-s", "kept", "--reconnect", &format!(",{}", node_addr(201))])
         .ok();
-    assert_eq!(
-        c.cmd("bpstat").args(["-a", "1"]).ok(),
-        format!("{}\n", node_addr(201))
-    );
+    assert_eq!(c.cmd("bpstat").args(["-a", "1"]).ok(), format!("{}\n", node_addr(201)));
     assert_eq!(c.cmd("bpstat").args(["-s", "1"]).ok(), "kept\n");
     let log = std::fs::read_to_string(c.master_log()).unwrap();
     assert!(log.contains("node 1: Reconnect session"), "{log}");
     // The old link is gone but the node stayed up: pings still answered.
-    let out = c
-        .cmd("bpctl")
-        .args(["-S", "0", "-r", "/no/such/dir"])
-        .fails();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "0: No such file or directory\n"
-    );
+    let out = c.cmd("bpctl").args(["-S", "0", "-r", "/no/such/dir"]).fails();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "0: No such file or directory\n");
     if nix::unistd::geteuid().is_root() {
         c.cmd("bpctl").args(["-S", "0", "--chroot", "/"]).ok();
     } else {
         // A slave that is not root may not chroot; the slave's errno comes back.
         let out = c.cmd("bpctl").args(["-S", "0", "--chroot", "/"]).fails();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stderr),
-            "0: Operation not permitted\n"
-        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "0: Operation not permitted\n");
     }
 }
 
@@ -319,25 +255,15 @@ fn malformed_client_traffic_is_answered() {
 #[test]
 fn one_master_per_socket_and_basic_options() {
     let c = TestCluster::up(&bins(), 1, "single");
-    let out = TestCommand::new(bins().join("bpmaster"))
-        .arg("-d")
-        .arg("-c")
-        .arg(c.config_path())
-        .fails();
+    let out =
+        TestCommand::new(bins().join("bpmaster")).arg("-d").arg("-c").arg(c.config_path()).fails();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another bpmaster is already running"), "{err}");
     for prog in ["bpmaster", "bpslave", "bpstat", "bpctl"] {
-        let flag = if prog == "bpstat" || prog == "bpctl" {
-            "-v"
-        } else {
-            "-V"
-        };
+        let flag = if prog == "bpstat" || prog == "bpctl" { "-v" } else { "-V" };
         let v = TestCommand::new(bins().join(prog)).arg(flag).ok();
         assert_eq!(v, format!("{prog} version {}\n", env!("CARGO_PKG_VERSION")));
-        assert!(TestCommand::new(bins().join(prog))
-            .arg("-h")
-            .ok()
-            .starts_with("Usage: "));
+        assert!(TestCommand::new(bins().join(prog)).arg("-h").ok().starts_with("Usage: "));
     }
     let out = Command::new(bins().join("bpstat"))
         .env("BPROC_SOCKET", c.dir().join("nope"))

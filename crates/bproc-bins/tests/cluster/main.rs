@@ -12,8 +12,5 @@ use std::path::{Path, PathBuf};
 
 /// Directory of the binaries under test.
 pub fn bins() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_bpmaster"))
-        .parent()
-        .expect("bin dir")
-        .to_owned()
+    Path::new(env!("CARGO_BIN_EXE_bpmaster")).parent().expect("bin dir").to_owned()
 }

@@ -30,16 +30,10 @@ fn bpstat_formats_for_a_mixed_cluster() {
     write_hook(&spec.dir, HOOK_HOLD_5);
     spec.ready_when_connected = true;
     let c = TestCluster::start(spec);
-    c.wait(20, "nodes other than 5 up", |t| {
-        t.iter().filter(|n| n.state == "up").count() == 9
-    });
+    c.wait(20, "nodes other than 5 up", |t| t.iter().filter(|n| n.state == "up").count() == 9);
     c.cmd("bpctl").args(["-S", "2", "-s", "down"]).ok();
     c.wait_state(2, "down", 10);
-    c.cmd("bpctl")
-        .args([
-            "-S", "7-8", "-u", &user.name, "-g", &user.name, "-m", "0100",
-        ])
-        .ok();
+    c.cmd("bpctl").args(["-S", "7-8", "-u", &user.name, "-g", &user.name, "-m", "0100"]).ok();
 
     let compact = c.cmd("bpstat").ok();
     let u8 = format!("{:<8.8}", user.name);
@@ -60,53 +54,27 @@ fn bpstat_formats_for_a_mixed_cluster() {
         let (addr, state, mode, owner) = match n {
             2 => ("0.0.0.0".to_string(), "down", "----------", "root"),
             5 => (format!("127.0.1.{n}"), "boot", "---x------", "root"),
-            7 | 8 => (
-                format!("127.0.1.{n}"),
-                "up",
-                "---x------",
-                user.name.as_str(),
-            ),
+            7 | 8 => (format!("127.0.1.{n}"), "up", "---x------", user.name.as_str()),
             _ => (format!("127.0.1.{n}"), "up", "---x--x--x", "root"),
         };
         want += &format!("{n:4} {addr:<15} {state:<12} {mode}\t{owner:<10.10} {owner:<10.10}\n");
     }
     assert_eq!(long, want);
 
-    assert_eq!(
-        c.cmd("bpstat").args(["-n", "allup"]).ok(),
-        "0\n1\n3\n4\n6\n7\n8\n9\n"
-    );
+    assert_eq!(c.cmd("bpstat").args(["-n", "allup"]).ok(), "0\n1\n3\n4\n6\n7\n8\n9\n");
     assert_eq!(c.cmd("bpstat").args(["-t", "allnotdown"]).ok(), "9\n");
     assert_eq!(c.cmd("bpstat").args(["-s", "4-6"]).ok(), "up\nboot\nup\n");
-    assert_eq!(
-        c.cmd("bpstat").args(["-a", "1-2"]).ok(),
-        "127.0.1.1\n0.0.0.0\n"
-    );
+    assert_eq!(c.cmd("bpstat").args(["-a", "1-2"]).ok(), "127.0.1.1\n0.0.0.0\n");
     // Status sort, ties ascending; reversed status order keeps ties ascending.
-    assert_eq!(
-        c.cmd("bpstat").args(["-n", "-S", "1-6"]).ok(),
-        "5\n2\n1\n3\n4\n6\n"
-    );
-    assert_eq!(
-        c.cmd("bpstat").args(["-n", "-S", "-R", "1-6"]).ok(),
-        "1\n3\n4\n6\n2\n5\n"
-    );
+    assert_eq!(c.cmd("bpstat").args(["-n", "-S", "1-6"]).ok(), "5\n2\n1\n3\n4\n6\n");
+    assert_eq!(c.cmd("bpstat").args(["-n", "-S", "-R", "1-6"]).ok(), "1\n3\n4\n6\n2\n5\n");
     assert_eq!(c.cmd("bpstat").args(["-n", "-R", "1-3"]).ok(), "3\n2\n1\n");
     // Specs concatenate in argument order; -O keeps it.
-    assert_eq!(
-        c.cmd("bpstat").args(["-n", "-O", "9", "0", "n4,.3"]).ok(),
-        "9\n0\n4\n3\n"
-    );
-    assert_eq!(
-        c.cmd("bpstat").args(["-n", "boot", "master"]).ok(),
-        "-1\n5\n"
-    );
+    assert_eq!(c.cmd("bpstat").args(["-n", "-O", "9", "0", "n4,.3"]).ok(), "9\n0\n4\n3\n");
+    assert_eq!(c.cmd("bpstat").args(["-n", "boot", "master"]).ok(), "-1\n5\n");
     // Narrow terminals are refused as BProc does; this is stdout width, so check via a spec.
     let bad = c.cmd("bpstat").arg("1-x").fails();
-    assert_eq!(
-        String::from_utf8_lossy(&bad.stderr),
-        "Invalid node specification \"1-x\"\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&bad.stderr), "Invalid node specification \"1-x\"\n");
 }
 
 /// The JSON view carries each node's machine report.
@@ -146,16 +114,11 @@ fn bpctl_settings_survive_a_master_restart() {
         )),
         "{before}"
     );
-    assert!(
-        before.contains("   4 127.0.1.4       busy         ---x--x--x\troot"),
-        "{before}"
-    );
+    assert!(before.contains("   4 127.0.1.4       busy         ---x--x--x\troot"), "{before}");
 
     c.stop_master();
     c.start_master().expect("master restarts");
-    c.wait(30, "all nodes back", |t| {
-        t.iter().all(|n| n.state != "down")
-    });
+    c.wait(30, "all nodes back", |t| t.iter().all(|n| n.state != "down"));
     let after = c.cmd("bpstat").args(["-l"]).ok();
     assert_eq!(after, before);
 }
@@ -168,46 +131,20 @@ fn bpctl_permissions_and_errors() {
     }
     let user = test_user();
     let c = TestCluster::up(&bins(), 3, "perms");
-    let out = c
-        .cmd("bpctl")
-        .as_user(&user)
-        .args(["-S", "1", "-s", "busy"])
-        .fails();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "1: Operation not permitted\n"
-    );
-    let out = c
-        .cmd("bpctl")
-        .as_user(&user)
-        .args(["-S", "0-2", "-m", "0"])
-        .fails();
+    let out = c.cmd("bpctl").as_user(&user).args(["-S", "1", "-s", "busy"]).fails();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "1: Operation not permitted\n");
+    let out = c.cmd("bpctl").as_user(&user).args(["-S", "0-2", "-m", "0"]).fails();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "0: Operation not permitted\n1: Operation not permitted\n2: Operation not permitted\n"
     );
-    let out = c
-        .cmd("bpctl")
-        .as_user(&user)
-        .args(["-S", "1", "-u", "0"])
-        .fails();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "1: Operation not permitted\n"
-    );
+    let out = c.cmd("bpctl").as_user(&user).args(["-S", "1", "-u", "0"]).fails();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "1: Operation not permitted\n");
     // Give node 1 to the user: now the user may chmod it, and chgrp to its own group.
     c.cmd("bpctl").args(["-S", "1", "-u", &user.name]).ok();
-    c.cmd("bpctl")
-        .as_user(&user)
-        .args(["-S", "1", "-m", "0100", "-g", &user.name])
-        .ok();
+    c.cmd("bpctl").as_user(&user).args(["-S", "1", "-m", "0100", "-g", &user.name]).ok();
     assert_eq!(
-        c.cmd("bpstat")
-            .args(["-l", "1"])
-            .ok()
-            .lines()
-            .nth(1)
-            .unwrap(),
+        c.cmd("bpstat").args(["-l", "1"]).ok().lines().nth(1).unwrap(),
         format!(
             "   1 127.0.1.1       up           ---x------\t{:<10.10} {:<10.10}",
             user.name, user.name
@@ -215,25 +152,13 @@ fn bpctl_permissions_and_errors() {
     );
     // Root: only execute bits exist; states are 1-15 letters and digits.
     let out = c.cmd("bpctl").args(["-S", "0", "-m", "0644"]).fails();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "0: Operation not permitted\n"
-    );
-    let out = c
-        .cmd("bpctl")
-        .args(["-S", "0", "-s", "waytoolongstate16"])
-        .fails();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "0: No space left on device\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "0: Operation not permitted\n");
+    let out = c.cmd("bpctl").args(["-S", "0", "-s", "waytoolongstate16"]).fails();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "0: No space left on device\n");
     let out = c.cmd("bpctl").args(["-S", "0", "-m", "9x"]).fails();
     assert_eq!(String::from_utf8_lossy(&out.stderr), "Invalid number: 9x\n");
     let out = c.cmd("bpctl").args(["-S", "0", "-u", "nosuchuser"]).fails();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "Invalid user id: nosuchuser\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "Invalid user id: nosuchuser\n");
     let out = c.cmd("bpctl").args(["-S", "bad!", "-s", "up"]).fails();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
@@ -243,16 +168,10 @@ fn bpctl_permissions_and_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no nodes selected"));
     // The master has no state; a down node cannot be changed.
     let out = c.cmd("bpctl").args(["-M", "-s", "up"]).fails();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "-1: No data available\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "-1: No data available\n");
     c.cmd("bpctl").args(["-S", "2", "-s", "down"]).ok();
     c.wait_state(2, "down", 10);
-    let out = c
-        .cmd("bpctl")
-        .args(["-S", "2", "-s", "up", "-m", "0111"])
-        .fails();
+    let out = c.cmd("bpctl").args(["-S", "2", "-s", "up", "-m", "0111"]).fails();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "2: Node is down\n2: Operation not permitted\n"
@@ -273,11 +192,7 @@ fn node_up_program_outcomes() {
     let log = std::fs::read_to_string(c.dir().join("log/node.2")).unwrap();
     assert!(log.starts_with("setting up node 2 via "), "{log}");
     // A node that failed setup keeps boot's mode: root only.
-    assert!(c
-        .cmd("bpstat")
-        .args(["-l", "2"])
-        .ok()
-        .contains("error        ---x------"));
+    assert!(c.cmd("bpstat").args(["-l", "2"]).ok().contains("error        ---x------"));
 }
 
 /// `bpstat -U` redraws when a node changes, without polling.
@@ -296,11 +211,7 @@ fn bpstat_update_redraws_on_change() {
         let mut buf = Vec::new();
         let mut byte = [0u8; 1];
         while !String::from_utf8_lossy(&buf).ends_with(want) {
-            assert_eq!(
-                out.read(&mut byte).unwrap(),
-                1,
-                "bpstat -U ended; got {buf:?}"
-            );
+            assert_eq!(out.read(&mut byte).unwrap(), 1, "bpstat -U ended; got {buf:?}");
             buf.push(byte[0]);
         }
         String::from_utf8(buf).unwrap()
@@ -318,10 +229,7 @@ fn address_lookup_and_keygen() {
     let c = TestCluster::up(&bins(), 3, "lookup");
     assert_eq!(c.cmd("bpstat").args(["-A", "127.0.1.2"]).ok(), "2\n");
     let out = c.cmd("bpstat").args(["-A", "127.0.9.9"]).fails();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        "No node with address 127.0.9.9\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "No node with address 127.0.9.9\n");
     let key = c.dir().join("new.key");
     let out = c.cmd("bpctl").arg("--keygen").arg(&key).ok();
     assert_eq!(out, format!("cluster key written to {}\n", key.display()));
@@ -329,10 +237,7 @@ fn address_lookup_and_keygen() {
     assert_eq!(std::fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
     bproc_link::ClusterKey::load(&key).unwrap();
     let out = c.cmd("bpmaster").arg("--keygen").arg(&key).fails();
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("already exists"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"), "{out:?}");
     // Power-off stops the node's daemon, like halt.
     c.cmd("bpctl").args(["-S", "0", "--pwroff"]).ok();
     c.wait_state(0, "down", 10);

@@ -29,9 +29,8 @@ fn up_status_down() {
         )
     );
     assert_eq!(pids.len(), 9);
-    let stat = TestCommand::new(bins().join("bpstat"))
-        .env("BPROC_SOCKET", dir.join("master.sock"))
-        .ok();
+    let stat =
+        TestCommand::new(bins().join("bpstat")).env("BPROC_SOCKET", dir.join("master.sock")).ok();
     assert_eq!(
         stat,
         "Node(s)                            Status          Mode       User     Group   \n\
@@ -44,15 +43,8 @@ fn up_status_down() {
     cluster().args(["up", "-n", "2", "--dir"]).arg(&dir).fails();
     cluster().args(["down", "--dir"]).arg(&dir).ok();
     for (name, pid) in &pids {
-        let prog = if name == "master" {
-            "bpmaster"
-        } else {
-            "bpslave"
-        };
-        assert!(
-            !bproc_vcluster::pid_runs(*pid, prog),
-            "{name} (pid {pid}) still running"
-        );
+        let prog = if name == "master" { "bpmaster" } else { "bpslave" };
+        assert!(!bproc_vcluster::pid_runs(*pid, prog), "{name} (pid {pid}) still running");
     }
     assert!(!dir.exists());
     drop(guard);
@@ -64,11 +56,14 @@ fn up_status_down() {
 fn demo_runs() {
     let out = TestCommand::new(bins().join("bpcluster")).arg("demo").ok();
     assert!(out.contains("$ bpctl -S 3 -s down"), "{out}");
-    assert!(
-        out.contains("3                                  down            ----------"),
-        "{out}"
-    );
+    assert!(out.contains("3                                  down            ----------"), "{out}");
     assert!(out.contains("   3 0.0.0.0         down"), "{out}");
     assert!(out.contains("$ bpstat -t allup\n3\n"), "{out}");
+    assert!(
+        out.contains("  2: hello from n2, rank 0000002\n") || !nix::unistd::geteuid().is_root(),
+        "{out}"
+    );
+    assert!(out.contains("  2: myoutput\n"), "{out}");
+    assert!(!out.contains("  1: myoutput\n") || !nix::unistd::geteuid().is_root(), "{out}");
     assert!(out.ends_with("Cluster stopped.\n"), "{out}");
 }
