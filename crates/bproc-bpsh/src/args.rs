@@ -26,6 +26,13 @@ pub const USAGE: &str = "usage: bpsh [options] nodenumber command
   -E, --stderr FILE   remote stderr to FILE on the node
   -t, --time          print the elapsed time in seconds when all processes are done
   -l USER             ignored (rsh compatibility)
+Beyond BProc (long options only):
+  --timeout SECS      kill every remote process still running after SECS seconds
+  --fail-fast         kill the others as soon as one process fails or a node is lost
+  --fold              print nothing until the end, then each distinct output once under
+                      the nodes that produced it (like dshbak -c)
+  --report            print a table of each node's exit status at the end (on stderr)
+  --json              print one JSON object per node at the end (stdout, stderr, status)
 NODES is a node specification: 3, 0-7,9, n[0-3], allup, ...
 ";
 
@@ -52,6 +59,16 @@ pub struct Args {
     pub files: [Option<String>; 3],
     /// Print the elapsed time (`-t`).
     pub time: bool,
+    /// Kill what still runs after this long (`--timeout`).
+    pub timeout: Option<std::time::Duration>,
+    /// Kill the others when one fails (`--fail-fast`).
+    pub fail_fast: bool,
+    /// Group identical outputs at the end (`--fold`).
+    pub fold: bool,
+    /// Per-node exit table at the end (`--report`).
+    pub report: bool,
+    /// JSON results at the end (`--json`).
+    pub json: bool,
     /// The command and its arguments.
     pub command: Vec<OsString>,
 }
@@ -79,7 +96,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Args, Stop> {
     while let Some(arg) = p.next().map_err(u)? {
         match arg {
             Short('h') | Long("help") => return Err(Stop::Help),
-            Short('v') => return Err(Stop::Version),
+            Short('v') | Long("version") => return Err(Stop::Version),
             Short('l') => {
                 p.value().map_err(u)?;
             }
@@ -124,6 +141,19 @@ pub fn parse(args: Vec<OsString>) -> Result<Args, Stop> {
                 a.files[2] = Some(p.value().map_err(u)?.string().map_err(u)?)
             }
             Short('t') | Long("time") => a.time = true,
+            Long("timeout") => {
+                let v = p.value().map_err(u)?.string().map_err(u)?;
+                match v.parse::<f64>() {
+                    Ok(secs) if secs > 0.0 && secs.is_finite() => {
+                        a.timeout = Some(std::time::Duration::from_secs_f64(secs))
+                    }
+                    _ => return Err(Stop::Usage(format!("--timeout {v}: expected seconds > 0"))),
+                }
+            }
+            Long("fail-fast") => a.fail_fast = true,
+            Long("fold") => a.fold = true,
+            Long("report") => a.report = true,
+            Long("json") => a.json = true,
             Value(v) if !have_spec => {
                 a.spec = v.string().map_err(u)?;
                 have_spec = true;
@@ -135,6 +165,9 @@ pub fn parse(args: Vec<OsString>) -> Result<Args, Stop> {
             }
             other => return Err(u(other.unexpected())),
         }
+    }
+    if a.fold && a.json {
+        return Err(Stop::Usage("--fold and --json both collect the output; choose one".into()));
     }
     if a.command.is_empty() {
         return Err(Stop::Usage("no command given".into()));
@@ -163,6 +196,16 @@ mod tests {
         let a = args(&["-A", "-b", "0x100", "-O", "/tmp/o", "cat"]).unwrap();
         assert_eq!((a.spec.as_str(), a.buffer), ("allnotdown", 256));
         assert_eq!(a.files[1].as_deref(), Some("/tmp/o"));
+    }
+
+    #[test]
+    fn extensions() {
+        let a =
+            args(&["--timeout", "1.5", "--fold", "--report", "-a", "--fail-fast", "x"]).unwrap();
+        assert_eq!(a.timeout, Some(std::time::Duration::from_millis(1500)));
+        assert!(a.fold && a.report && a.fail_fast);
+        assert!(matches!(args(&["--timeout", "0", "1", "x"]), Err(Stop::Usage(_))));
+        assert!(matches!(args(&["--fold", "--json", "1", "x"]), Err(Stop::Usage(_))));
     }
 
     #[test]

@@ -24,6 +24,7 @@
 
 pub mod args;
 pub mod output;
+pub mod report;
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write as _;
@@ -267,10 +268,46 @@ enum Out {
     Eof(usize, u8),
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn ranks_nodes(ranks: &[Rank]) -> Vec<i32> {
+    ranks.iter().map(|r| r.node).collect()
+}
+
+/// How each rank ended, for `--report` and `--json`.
+fn report_rows(ranks: &[Rank], pids: &[i32]) -> Vec<report::Row> {
+    ranks
+        .iter()
+        .zip(pids)
+        .map(|(r, &pid)| report::Row {
+            node: r.node,
+            outcome: if r.failed {
+                report::Outcome::NotStarted(strerror(-pid))
+            } else if r.timed_out {
+                report::Outcome::TimedOut
+            } else {
+                match r.status {
+                    Some(ExitStatus::Code(c)) => report::Outcome::Exit(c),
+                    Some(ExitStatus::Signal(s)) => report::Outcome::Signal(s),
+                    Some(ExitStatus::NodeLost) | None => report::Outcome::NodeLost,
+                }
+            },
+        })
+        .collect()
+}
+
 /// Per-rank progress.
 #[derive(Debug, Clone)]
 struct Rank {
     node: i32,
+    /// Killed by `--timeout`.
+    timed_out: bool,
     /// Output streams still open.
     open: u8,
     /// How it ended, once known; `None` while running.
@@ -347,7 +384,13 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         .nodes
         .iter()
         .zip(&pids)
-        .map(|(&node, &pid)| Rank { node, open: out_streams, status: None, failed: pid <= 0 })
+        .map(|(&node, &pid)| Rank {
+            node,
+            timed_out: false,
+            open: out_streams,
+            status: None,
+            failed: pid <= 0,
+        })
         .collect();
     for r in ranks.iter().zip(&pids).filter(|(r, _)| r.failed) {
         eprintln!("{}: {}", r.0.node, strerror(-r.1));
@@ -362,7 +405,12 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             }
         }
     });
-    tokio::spawn(forward_signals(mwr));
+    let (kill_tx, kill_rx) = mpsc::unbounded_channel::<i32>();
+    tokio::spawn(forward_signals(mwr, kill_tx.clone(), kill_rx));
+    let kill_all = |why: String| {
+        eprintln!("bpsh: {why}");
+        let _ = kill_tx.send(nix::sys::signal::Signal::SIGKILL as i32);
+    };
 
     // Output readers: in sequential mode a rank's streams are read only in its turn.
     let (turn_tx, turn_rx) = watch::channel(0usize);
@@ -408,6 +456,11 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     }
 
     let mut fmt = Formatter::new(a.line, a.prefix, a.buffer, p.nodes.clone());
+    // --fold and --json print at the end: (stdout, stderr) per rank until then.
+    let collect = a.fold || a.json;
+    let mut collected: Vec<(Vec<u8>, Vec<u8>)> = vec![(Vec::new(), Vec::new()); n];
+    let deadline = a.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut killed = false;
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let mut turn = 0usize;
@@ -437,11 +490,21 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
                         continue; // abandoned
                     }
                     let bytes = fmt.data(rank, fd, &data);
-                    write_to(fd, &bytes, &mut stdout, &mut stderr).await;
+                    if collect {
+                        let c = &mut collected[rank];
+                        if fd == STDERR { &mut c.1 } else { &mut c.0 }.extend_from_slice(&bytes);
+                    } else {
+                        write_to(fd, &bytes, &mut stdout, &mut stderr).await;
+                    }
                 }
                 Some(Out::Eof(rank, fd)) => {
                     let bytes = fmt.eof(rank, fd);
-                    write_to(fd, &bytes, &mut stdout, &mut stderr).await;
+                    if collect {
+                        let c = &mut collected[rank];
+                        if fd == STDERR { &mut c.1 } else { &mut c.0 }.extend_from_slice(&bytes);
+                    } else {
+                        write_to(fd, &bytes, &mut stdout, &mut stderr).await;
+                    }
                     ranks[rank].open = ranks[rank].open.saturating_sub(1);
                 }
                 None => {
@@ -450,6 +513,14 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
                     }
                 }
             },
+            _ = sleep_until(deadline), if !killed => {
+                killed = true;
+                for r in ranks.iter_mut().filter(|r| !r.failed && r.status.is_none()) {
+                    r.timed_out = true;
+                }
+                let secs = a.timeout.map_or(0.0, |t| t.as_secs_f64());
+                kill_all(format!("--timeout: {secs} s passed; killing what still runs"));
+            }
             ev = exit_rx.recv() => match ev {
                 Some((rank, status)) => {
                     if let Some(r) = ranks.get_mut(rank as usize) {
@@ -457,6 +528,10 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
                         if status == ExitStatus::NodeLost {
                             // Its streams may never close: stop waiting for them.
                             r.open = 0;
+                        }
+                        if a.fail_fast && !killed && status != ExitStatus::Code(0) {
+                            killed = true;
+                            kill_all(format!("--fail-fast: node {} failed; killing the others", r.node));
                         }
                     }
                 }
@@ -470,8 +545,20 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             },
         }
     }
+    if a.fold {
+        let _ = stdout.write_all(&report::fold(&ranks_nodes(&ranks), &collected)).await;
+    }
+    if a.json {
+        let _ = stdout
+            .write_all(report::json(&report_rows(&ranks, &pids), &collected).as_bytes())
+            .await;
+    }
     let _ = stdout.flush().await;
     let _ = stderr.flush().await;
+    if a.report {
+        let _ = stderr.write_all(report::table(&report_rows(&ranks, &pids)).as_bytes()).await;
+        let _ = stderr.flush().await;
+    }
     if a.time {
         let _ =
             stdout.write_all(format!("{:.6}\n", start.elapsed().as_secs_f64()).as_bytes()).await;
@@ -496,6 +583,10 @@ fn exit_code(ranks: &[Rank]) -> ExitCode {
     for r in ranks {
         match r.status {
             Some(ExitStatus::Code(c)) => code = code.max(c & 0xff),
+            Some(ExitStatus::Signal(_)) if r.timed_out => {
+                let _ = writeln!(stderr, "bpsh: node {}: timed out; killed.", r.node);
+                code = 255;
+            }
             Some(ExitStatus::Signal(_)) => {
                 let _ =
                     writeln!(stderr, "bpsh: Child process on node {} exited abnormally.", r.node);
@@ -551,8 +642,13 @@ async fn replicate_stdin(mut writers: Vec<mpsc::Sender<Arc<Vec<u8>>>>, size: usi
     }
 }
 
-/// Relays the signals a user sends bpsh to every remote process.
-async fn forward_signals(mut wr: tokio::net::unix::OwnedWriteHalf) {
+/// Relays the signals a user sends bpsh, and the kills bpsh decides on (`--timeout`,
+/// `--fail-fast`), to every remote process.
+async fn forward_signals(
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+    tx: mpsc::UnboundedSender<i32>,
+    mut rx: mpsc::UnboundedReceiver<i32>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let kinds = [
         SignalKind::interrupt(),
@@ -562,7 +658,6 @@ async fn forward_signals(mut wr: tokio::net::unix::OwnedWriteHalf) {
         SignalKind::user_defined1(),
         SignalKind::user_defined2(),
     ];
-    let (tx, mut rx) = mpsc::unbounded_channel::<i32>();
     for kind in kinds {
         let Ok(mut s) = signal(kind) else { continue };
         let tx = tx.clone();
@@ -597,7 +692,7 @@ mod tests {
 
     #[test]
     fn exit_rules() {
-        let r = |status, failed| Rank { node: 1, open: 0, status, failed };
+        let r = |status, failed| Rank { node: 1, timed_out: false, open: 0, status, failed };
         assert_eq!(
             exit_code(&[r(Some(ExitStatus::Code(3)), false), r(Some(ExitStatus::Code(7)), false)]),
             ExitCode::from(7)

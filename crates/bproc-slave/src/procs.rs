@@ -38,7 +38,9 @@ impl Procs {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sends `signal` to a launch's process of `rank`, or all of them for `u32::MAX`.
+    /// Sends `signal` to a launch's process of `rank`, or all of them for `u32::MAX`. Each
+    /// process leads its own process group and the whole group gets the signal, as a
+    /// terminal's job would: children that hold the output open go too.
     pub fn signal(&self, launch: u64, rank: u32, signal: i32) {
         let Ok(sig) = Signal::try_from(signal) else {
             warn!("launch {launch}: ignoring invalid signal {signal}");
@@ -46,7 +48,7 @@ impl Procs {
         };
         for (&(l, r), &pid) in self.lock().iter() {
             if l == launch && (rank == u32::MAX || r == rank) {
-                let _ = kill(Pid::from_raw(pid), sig);
+                let _ = kill(Pid::from_raw(-pid), sig);
             }
         }
     }

@@ -242,3 +242,51 @@ fn large_output_keeps_memory_bounded() {
         "bpsh peaked at {peak_kib} KiB for 256 MiB of output"
     );
 }
+
+/// Beyond BProc: --timeout kills the remote process groups, --fail-fast stops the others,
+/// --fold groups identical outputs, --report and --json summarise.
+#[test]
+fn timeout_failfast_fold_report_json() {
+    let c = TestCluster::up(&bins(), 4, "bpsh-ext");
+    let t0 = Instant::now();
+    let out =
+        c.cmd("bpsh").args(["-a", "--timeout", "0.5", "sh", "-c", "sleep 30 & wait"]).output_of();
+    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+    assert_eq!(out.status.code(), Some(255));
+    let err = text(&out).1;
+    assert!(err.starts_with("bpsh: --timeout: 0.5 s passed; killing what still runs\n"), "{err}");
+    assert_eq!(err.matches("timed out; killed.").count(), 4, "{err}");
+
+    let out = c
+        .cmd("bpsh")
+        .args(["0-2", "--fail-fast", "sh", "-c", "[ $BPROC_RANK = 0000001 ] && exit 4; sleep 30"])
+        .output_of();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out).1.starts_with("bpsh: --fail-fast: node 1 failed; killing the others\n"));
+
+    let rule = "-".repeat(16);
+    let out = c
+        .cmd("bpsh")
+        .args([
+            "-a",
+            "--fold",
+            "sh",
+            "-c",
+            "echo same; [ $BPROC_RANK = 0000002 ] && echo odd; true",
+        ])
+        .ok();
+    assert_eq!(out, format!("{rule}\n0-1,3\n{rule}\nsame\n{rule}\n2\n{rule}\nsame\nodd\n"));
+
+    let out =
+        c.cmd("bpsh").args(["-a", "--report", "sh", "-c", "exit $((BPROC_RANK % 2))"]).output_of();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out).1, "nodes  result\n0,2    exit 0\n1,3    exit 1\n");
+
+    let out = c.cmd("bpsh").args(["0-1", "--json", "sh", "-c", "echo hi $BPROC_RANK"]).ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        r#"{"node":0,"outcome":"exit","stderr":"","stdout":"hi 0000000\n","value":0}"#
+    );
+    assert_eq!(lines.len(), 2);
+}
