@@ -109,6 +109,11 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    execute(a)
+}
+
+/// Runs parsed arguments: resolve, launch, forward, report.
+fn execute(a: Args) -> ExitCode {
     match prepare(&a) {
         Ok(Some(p)) => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -133,6 +138,85 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `brsh HOST [options] command...`: BProc's rsh-compatible entry, for programs that expect
+/// `rsh`/`ssh` (MPI launchers). HOST is `3`, `n3`, `.3`, `master`, or this machine's host
+/// name; the words of the command are joined with spaces and run by `/bin/sh -c` on the node,
+/// as a remote shell would, so quoting made for rsh or ssh (`'"/path/proxy"' --port x:1`)
+/// means the same. ssh-style options are accepted before HOST and after it.
+pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
+    const USAGE: &str = "usage: brsh [-l user] [-n] [-x] HOST command...";
+    let mut host: Option<String> = None;
+    let mut no_stdin = false;
+    let mut words: Vec<OsString> = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let s = arg.to_string_lossy().into_owned();
+        if host.is_some() && !words.is_empty() {
+            words.push(arg);
+            continue;
+        }
+        match s.as_str() {
+            "-n" => no_stdin = true,
+            // ssh/rsh options with a value; -l names a user, which must be ourselves.
+            "-l" => {
+                let user = it.next().map(|u| u.to_string_lossy().into_owned()).unwrap_or_default();
+                let me = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten();
+                if me.is_none_or(|m| m.name != user)
+                    && user.parse::<u32>().ok() != Some(nix::unistd::getuid().as_raw())
+                {
+                    eprintln!("brsh: -l {user}: processes run as the caller; run brsh as {user}");
+                    return ExitCode::from(255);
+                }
+            }
+            "-p" | "-o" | "-i" | "-F" | "-E" | "-b" | "-c" | "-J" | "-m" | "-S" => {
+                it.next();
+            }
+            "--" if host.is_some() => words.extend(it.by_ref()),
+            _ if s.starts_with('-') && s.len() > 1 => {} // -x, -T, -t, -oKey=value ...
+            _ if host.is_none() => host = Some(s),
+            _ => words.push(arg),
+        }
+    }
+    let (Some(host), false) = (host, words.is_empty()) else {
+        eprintln!("{USAGE}\n(an interactive login is not supported: give a command)");
+        return ExitCode::from(255);
+    };
+    let joined = words.iter().map(|w| w.to_string_lossy()).collect::<Vec<_>>().join(" ");
+    let local = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok());
+    let node = match bproc::nodespec::parse_node_name(&host) {
+        Some(n) => n,
+        None if local.as_deref() == Some(host.as_str()) || host == "localhost" => {
+            bproc::NODE_MASTER
+        }
+        None => {
+            eprintln!("brsh: {host}: not a node (use 3, n3, .3, master or this host's name)");
+            return ExitCode::from(255);
+        }
+    };
+    if node == bproc::NODE_MASTER {
+        // The front end itself: run here, as rsh to the local host would.
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c").arg(&joined);
+        if no_stdin {
+            cmd.stdin(std::process::Stdio::null());
+        }
+        return match cmd.status() {
+            Ok(st) => ExitCode::from(st.code().map_or(255, |c| c as u8)),
+            Err(e) => {
+                eprintln!("brsh: /bin/sh: {e}");
+                ExitCode::from(255)
+            }
+        };
+    }
+    execute(Args {
+        spec: node.to_string(),
+        no_stdin,
+        buffer: 4096,
+        command: vec!["/bin/sh".into(), "-c".into(), joined.into()],
+        ..Args::default()
+    })
 }
 
 /// What a run needs from the master before it starts.

@@ -290,3 +290,27 @@ fn timeout_failfast_fold_report_json() {
     );
     assert_eq!(lines.len(), 2);
 }
+
+/// brsh behaves like rsh for launchers: the words are joined and run by `sh -c` on the node,
+/// with the quoting MPICH (`'"/path/proxy"'`) and Open MPI (`' orted'`, `'"env"'`) use.
+#[test]
+fn brsh_runs_rsh_style_commands() {
+    let c = TestCluster::up(&bins(), 4, "brsh");
+    let brsh = |args: &[&str]| c.cmd("brsh").args(args).output_of();
+    let out = brsh(&["n1", "\"/bin/echo\"", "hello", "'a  b'", "--control-port", "vm:1"]);
+    assert_eq!(text(&out), ("hello a  b --control-port vm:1\n".into(), String::new()));
+    let out = brsh(&[".2", " echo", "-mca", "ess", "\"env\""]);
+    assert_eq!(text(&out).0, "-mca ess env\n");
+    let out = brsh(&["-x", "-n", "3", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    if nix::unistd::geteuid().is_root() {
+        assert_eq!(text(&brsh(&["-x", "0", "hostname"])).0, "n0\n");
+    }
+    let here = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert_eq!(text(&brsh(&["master", "hostname"])).0, format!("{here}\n"));
+    assert_eq!(text(&brsh(&[&here, "echo", "local"])).0, "local\n");
+    let out = brsh(&["no.such.host", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out).1.contains("not a node"), "{out:?}");
+    assert_eq!(brsh(&["n1"]).status.code(), Some(255));
+}
