@@ -4,6 +4,7 @@
 
 mod bpsh;
 mod daemons;
+mod mpi;
 mod nodes;
 mod policy;
 mod vcluster;
