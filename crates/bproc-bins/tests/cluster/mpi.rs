@@ -52,8 +52,9 @@ fn mpi_hello_world_over_brsh() {
     if !require_root("creates a network namespace so that MPI traffic stays on loopback") {
         return;
     }
-    // The program must be where nodes can see it: not under /tmp, which is private per node.
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("mpi-{}", std::process::id()));
+    // The program must be where nodes can see it: not under /tmp, which is private per node
+    // (and may hold this checkout).
+    let work = Path::new("/var/tmp").join(format!("bproc-mpi-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("hello.c"), HELLO).unwrap();
     let b = bins();
