@@ -58,7 +58,9 @@ fn mpi_hello_world_over_brsh() {
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("hello.c"), HELLO).unwrap();
     let b = bins();
-    let brsh = b.join("brsh").display().to_string();
+    // Open MPI hands the agent's path to its daemons on the nodes: it must exist there too.
+    std::fs::copy(b.join("brsh"), work.join("brsh")).unwrap();
+    let brsh = work.join("brsh").display().to_string();
     let cases = [
         (
             "mpicc.mpich",
