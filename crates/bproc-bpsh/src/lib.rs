@@ -45,22 +45,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use args::{Args, Stop, USAGE};
 use output::{divider, Formatter, STDERR, STDOUT};
 
-/// Parses an integer as C's `strtol(s, 0)` with a full-string check.
-fn parse_c_int(s: &str) -> Option<i64> {
-    let (neg, body) = match s.strip_prefix('-') {
-        Some(b) => (true, b),
-        None => (false, s),
-    };
-    let v = if let Some(h) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
-        i64::from_str_radix(h, 16).ok()?
-    } else if body.len() > 1 && body.starts_with('0') {
-        i64::from_str_radix(&body[1..], 8).ok()?
-    } else {
-        body.parse().ok()?
-    };
-    Some(if neg { -v } else { v })
-}
-
 fn is_executable(p: &Path) -> bool {
     p.is_file() && nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
 }

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use bproc::{nodespec, strerror, BprocError, Client, Endpoint, NodeAction};
 use lexopt::prelude::*;
 
-use crate::util::parse_c_int;
+use bproc::parse_c_int;
 
 const USAGE: &str = "Usage: bpctl [options]
   -h, --help              print this message and exit

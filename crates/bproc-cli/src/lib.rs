@@ -11,4 +11,5 @@ pub mod bpstat;
 pub mod bpstat_fmt;
 mod util;
 
-pub use util::{keygen, parse_c_int, write_out, DEFAULT_KEYFILE};
+pub use bproc::parse_c_int;
+pub use util::{keygen, write_out, DEFAULT_KEYFILE};

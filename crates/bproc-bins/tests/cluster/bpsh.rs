@@ -164,37 +164,34 @@ fn identity_and_permissions() {
     assert_eq!(c.cmd("bpsh").args(["1", "id", "-u"]).ok(), "0\n");
 }
 
+/// Starts bpsh with piped output and waits until the remote program prints `ready`.
+fn start_ready(
+    c: &TestCluster,
+    args: &[&str],
+) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut child = Command::new(bins().join("bpsh"))
+        .args(args)
+        .env("BPROC_SOCKET", c.socket())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    (child, lines)
+}
+
 /// Signals sent to bpsh reach the remote process; a node lost mid-run ends bpsh at once.
 #[test]
 fn signals_and_node_loss() {
     let mut c = TestCluster::up(&bins(), 3, "bpsh-sig");
-    let mut child = Command::new(bins().join("bpsh"))
-        .args([
-            "1",
-            "sh",
-            "-c",
-            "trap 'echo got USR1; exit 3' USR1; echo ready; while :; do sleep 0.05; done",
-        ])
-        .env("BPROC_SOCKET", c.socket())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let trap = "trap 'echo got USR1; exit 3' USR1; echo ready; while :; do sleep 0.05; done";
+    let (mut child, mut lines) = start_ready(&c, &["1", "sh", "-c", trap]);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGUSR1).unwrap();
     assert_eq!(lines.next().unwrap().unwrap(), "got USR1");
     assert_eq!(child.wait().unwrap().code(), Some(3));
 
-    let mut child = Command::new(bins().join("bpsh"))
-        .args(["2", "sh", "-c", "echo ready; exec sleep 60"])
-        .env("BPROC_SOCKET", c.socket())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let (mut child, _lines) = start_ready(&c, &["2", "sh", "-c", "echo ready; exec sleep 60"]);
     let t0 = Instant::now();
     c.signal_slave(2, Signal::SIGKILL).unwrap();
     let status = child.wait().unwrap();
