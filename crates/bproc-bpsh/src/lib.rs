@@ -278,8 +278,34 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         io,
         io_port: 0,
         token,
+        rlimits: current_rlimits(),
     };
     Ok(Some(Prepared { nodes: sel.nodes.iter().map(|n| n.node).collect(), spec, listen_ip }))
+}
+
+/// The caller's resource limits, which travel with the process as BProc's did with its image.
+fn current_rlimits() -> Vec<(u32, u64, u64)> {
+    use nix::sys::resource::{getrlimit, Resource};
+    [
+        Resource::RLIMIT_CPU,
+        Resource::RLIMIT_FSIZE,
+        Resource::RLIMIT_DATA,
+        Resource::RLIMIT_STACK,
+        Resource::RLIMIT_CORE,
+        Resource::RLIMIT_NOFILE,
+        Resource::RLIMIT_AS,
+        Resource::RLIMIT_NPROC,
+        Resource::RLIMIT_MEMLOCK,
+        Resource::RLIMIT_LOCKS,
+        Resource::RLIMIT_SIGPENDING,
+        Resource::RLIMIT_MSGQUEUE,
+        Resource::RLIMIT_NICE,
+        Resource::RLIMIT_RTPRIO,
+        Resource::RLIMIT_RTTIME,
+    ]
+    .into_iter()
+    .filter_map(|r| getrlimit(r).ok().map(|(soft, hard)| (r as u32, soft, hard)))
+    .collect()
 }
 
 fn current_umask() -> u32 {

@@ -99,7 +99,12 @@ pub struct ProcSpec {
     pub io_port: u16,
     /// Secret the node presents on each forwarded connection.
     pub token: [u8; 16],
+    /// Resource limits to apply: (resource number, soft, hard), `u64::MAX` for unlimited.
+    pub rlimits: Vec<(u32, u64, u64)>,
 }
+
+/// Most resource limits one process carries (Linux has 16).
+pub const MAX_RLIMITS: usize = 64;
 
 /// The caller's identity, as the kernel told the master.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -602,6 +607,12 @@ impl ProcSpec {
         }
         w.u16(self.io_port);
         w.fixed(&self.token);
+        w.u32(self.rlimits.len() as u32);
+        for (r, soft, hard) in &self.rlimits {
+            w.u32(*r);
+            w.u64(*soft);
+            w.u64(*hard);
+        }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let path = r.str("path", MAX_PATH)?;
@@ -623,6 +634,18 @@ impl ProcSpec {
             io,
             io_port: r.u16("io port")?,
             token: r.fixed("token")?,
+            rlimits: {
+                let n = r.count("rlimits", MAX_RLIMITS, 20)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push((
+                        r.u32("rlimit resource")?,
+                        r.u64("rlimit soft")?,
+                        r.u64("rlimit hard")?,
+                    ));
+                }
+                v
+            },
         })
     }
 }

@@ -67,8 +67,9 @@ fn spec() -> impl Strategy<Value = ProcSpec> {
         proptest::collection::vec(io(), 0..=3),
         any::<u16>(),
         any::<[u8; 16]>(),
+        proptest::collection::vec(any::<(u32, u64, u64)>(), 0..4),
     )
-        .prop_map(|(path, argv, env, cwd, umask, io, io_port, token)| ProcSpec {
+        .prop_map(|(path, argv, env, cwd, umask, io, io_port, token, rlimits)| ProcSpec {
             path,
             argv,
             env,
@@ -77,6 +78,7 @@ fn spec() -> impl Strategy<Value = ProcSpec> {
             io,
             io_port,
             token,
+            rlimits,
         })
 }
 

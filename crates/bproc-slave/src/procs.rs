@@ -166,7 +166,7 @@ pub async fn spawn(
         gid: creds.gid,
         groups: creds.groups.clone(),
     });
-    prepare_child(&mut cmd, identity, spec.umask, files);
+    prepare_child(&mut cmd, spec.rlimits.clone(), identity, spec.umask, files);
     let mut child = match tokio::process::Command::from(cmd).spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -39,12 +39,23 @@ pub struct FdFile {
     pub write: bool,
 }
 
-/// Makes `cmd`'s child take `identity` (when given: groups, gid, uid, in that order, so the
+/// A resource limit for the child: (resource number as in `<sys/resource.h>`, soft, hard),
+/// `u64::MAX` meaning unlimited.
+pub type Limit = (u32, u64, u64);
+
+/// Makes `cmd`'s child take the caller's resource `limits` (before the identity switch, so that
+/// a root slave can raise them to the caller's values), take `identity` (when given: groups, gid, uid, in that order, so the
 /// switch cannot be undone), set `mask` as its umask, open `files` onto their fds, and die
 /// with SIGKILL when the thread that started it exits (so no process outlives its slave
 /// daemon), in the child, just before `exec`. A failure aborts the spawn with the errno,
 /// which `Command::spawn` returns.
-pub fn prepare_child(cmd: &mut Command, identity: Option<Identity>, mask: u32, files: Vec<FdFile>) {
+pub fn prepare_child(
+    cmd: &mut Command,
+    limits: Vec<Limit>,
+    identity: Option<Identity>,
+    mask: u32,
+    files: Vec<FdFile>,
+) {
     // Everything the hook needs is built here, before fork: the hook must not allocate.
     let ids = identity.map(|i| {
         let groups: Vec<Gid> = i.groups.iter().map(|g| Gid::from_raw(*g)).collect();
@@ -52,6 +63,14 @@ pub fn prepare_child(cmd: &mut Command, identity: Option<Identity>, mask: u32, f
     });
     let mode = Mode::from_bits_truncate(mask & 0o777);
     let hook = move || -> std::io::Result<()> {
+        for &(resource, soft, hard) in &limits {
+            let rlim = nix::libc::rlimit { rlim_cur: soft, rlim_max: hard };
+            // A limit this node cannot grant (a non-root slave raising a hard limit) is left
+            // as the node has it rather than failing the launch.
+            // SAFETY: setrlimit is async-signal-safe; `rlim` is a valid, initialised struct
+            // on this stack frame, and an unknown resource number only returns EINVAL.
+            let _ = unsafe { nix::libc::setrlimit(resource as _, &rlim) };
+        }
         if let Some((uid, gid, groups)) = &ids {
             setgroups(groups)?;
             setgid(*gid)?;
@@ -96,11 +115,18 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("out");
         let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", "umask; echo hello"]).stdout(Stdio::null());
+        cmd.args(["-c", "umask; ulimit -n; echo hello"]).stdout(Stdio::null());
         let path = CString::new(out.to_str().unwrap()).unwrap();
-        prepare_child(&mut cmd, None, 0o027, vec![FdFile { fd: 1, path, write: true }]);
+        prepare_child(
+            &mut cmd,
+            vec![(7, 77, 77)],
+            None,
+            0o027,
+            vec![FdFile { fd: 1, path, write: true }],
+        );
         assert!(cmd.status().unwrap().success());
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), "0027\nhello\n");
+        // Resource 7 is RLIMIT_NOFILE.
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "0027\n77\nhello\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -108,7 +134,7 @@ mod tests {
     fn a_missing_input_file_fails_the_spawn() {
         let mut cmd = Command::new("/bin/true");
         let path = CString::new("/no/such/file/here").unwrap();
-        prepare_child(&mut cmd, None, 0o022, vec![FdFile { fd: 0, path, write: false }]);
+        prepare_child(&mut cmd, vec![], None, 0o022, vec![FdFile { fd: 0, path, write: false }]);
         let err = cmd.spawn().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(2));
     }

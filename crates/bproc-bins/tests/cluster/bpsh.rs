@@ -311,3 +311,17 @@ fn brsh_runs_rsh_style_commands() {
     assert!(text(&out).1.contains("not a node"), "{out:?}");
     assert_eq!(brsh(&["n1"]).status.code(), Some(255));
 }
+
+/// The caller's resource limits go with the process.
+#[test]
+fn resource_limits_travel() {
+    let c = TestCluster::up(&bins(), 1, "bpsh-rlimit");
+    let bpsh = bins().join("bpsh");
+    let script = format!(
+        "ulimit -S -n 123; ulimit -S -c 0; exec {} 0 sh -c 'ulimit -S -n; ulimit -S -c'",
+        bpsh.display()
+    );
+    let out =
+        Command::new("sh").args(["-c", &script]).env("BPROC_SOCKET", c.socket()).output().unwrap();
+    assert_eq!(text(&out), ("123\n0\n".into(), String::new()));
+}
