@@ -12,7 +12,24 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use bproc_proto::{encode, Endpoint, Message, NodeAction, NodeInfo, NodeStatus};
+use bproc_proto::{
+    encode, Creds, Endpoint, ExitStatus, IoSpec, Message, NodeAction, NodeInfo, NodeStatus,
+    ProcSpec,
+};
+
+fn spec() -> ProcSpec {
+    ProcSpec {
+        path: "/bin/echo".into(),
+        argv: vec!["echo".into(), "hi".into()],
+        env: vec!["BPROC_RANK=XXXXXXX".into()],
+        cwd: "/tmp".into(),
+        umask: 0o022,
+        io: vec![IoSpec::Forward, IoSpec::Null, IoSpec::File("/tmp/o".into())],
+        io_port: 40000,
+        token: [9; 16],
+        rlimits: vec![(7, 1024, 4096)],
+    }
+}
 
 fn info() -> NodeInfo {
     NodeInfo {
@@ -28,10 +45,7 @@ fn info() -> NodeInfo {
 }
 
 fn ep(ip: Option<[u8; 4]>, port: u16) -> Endpoint {
-    Endpoint {
-        ip: ip.map(Ipv4Addr::from),
-        port,
-    }
+    Endpoint { ip: ip.map(Ipv4Addr::from), port }
 }
 
 fn nodes() -> Vec<NodeStatus> {
@@ -62,102 +76,23 @@ fn main() -> std::io::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let msgs: Vec<(u32, Message)> = vec![
         (0, Message::AuthChallenge { nonce: [0xa5; 32] }),
-        (
-            0,
-            Message::AuthResponse {
-                nonce: [1; 32],
-                mac: [2; 32],
-            },
-        ),
+        (0, Message::AuthResponse { nonce: [1; 32], mac: [2; 32] }),
         (0, Message::AuthConfirm { mac: [3; 32] }),
-        (
-            1,
-            Message::Join {
-                version: "0.1.0".into(),
-                cookie: 0x1122_3344_5566_7788,
-                info: info(),
-            },
-        ),
-        (
-            1,
-            Message::Conf {
-                node: 3,
-                cookie: 42,
-                ping_timeout: 30,
-                time_ms: 1_700_000_000_000,
-            },
-        ),
-        (
-            0,
-            Message::Ping {
-                seq: 7,
-                time_ms: 1_700_000_000_123,
-            },
-        ),
-        (
-            0,
-            Message::Pong {
-                seq: 7,
-                info: info(),
-            },
-        ),
-        (
-            0,
-            Message::Disconnect {
-                reason: "node set down".into(),
-                reconnect: true,
-            },
-        ),
-        (
-            0,
-            Message::Action {
-                action: NodeAction::Reboot,
-            },
-        ),
-        (
-            2,
-            Message::SlaveChroot {
-                path: "/tmp/root".into(),
-            },
-        ),
-        (
-            3,
-            Message::SlaveReconnect {
-                master: ep(Some([10, 0, 0, 1]), 2223),
-                local: ep(None, 0),
-            },
-        ),
+        (1, Message::Join { version: "0.1.0".into(), cookie: 0x1122_3344_5566_7788, info: info() }),
+        (1, Message::Conf { node: 3, cookie: 42, ping_timeout: 30, time_ms: 1_700_000_000_000 }),
+        (0, Message::Ping { seq: 7, time_ms: 1_700_000_000_123 }),
+        (0, Message::Pong { seq: 7, info: info() }),
+        (0, Message::Disconnect { reason: "node set down".into(), reconnect: true }),
+        (0, Message::Action { action: NodeAction::Reboot }),
+        (2, Message::SlaveChroot { path: "/tmp/root".into() }),
+        (3, Message::SlaveReconnect { master: ep(Some([10, 0, 0, 1]), 2223), local: ep(None, 0) }),
         (4, Message::NodeList),
-        (
-            5,
-            Message::SetState {
-                node: 2,
-                state: "boot".into(),
-            },
-        ),
-        (
-            6,
-            Message::Chmod {
-                node: 2,
-                mode: 0o111,
-            },
-        ),
+        (5, Message::SetState { node: 2, state: "boot".into() }),
+        (6, Message::Chmod { node: 2, mode: 0o111 }),
         (7, Message::Chown { node: 2, uid: 1000 }),
         (8, Message::Chgrp { node: -1, gid: 100 }),
-        (
-            9,
-            Message::NodeCommand {
-                node: 2,
-                action: NodeAction::Poweroff,
-            },
-        ),
-        (
-            10,
-            Message::NodeChroot {
-                node: 2,
-                path: "/".into(),
-            },
-        ),
+        (9, Message::NodeCommand { node: 2, action: NodeAction::Poweroff }),
+        (10, Message::NodeChroot { node: 2, path: "/".into() }),
         (
             11,
             Message::NodeReconnect {
@@ -168,15 +103,33 @@ fn main() -> std::io::Result<()> {
         ),
         (12, Message::Watch),
         (13, Message::Ok),
-        (
-            14,
-            Message::Error {
-                code: 2,
-                message: "node 9: no such node".into(),
-            },
-        ),
+        (14, Message::Error { code: 2, message: "node 9: no such node".into() }),
         (15, Message::Nodes { nodes: nodes() }),
         (0, Message::NodesChanged { nodes: nodes() }),
+        (17, Message::MasterInfo),
+        (18, Message::Launch { nodes: vec![0, 1, 1], spec: spec() }),
+        (19, Message::SignalLaunch { signal: 10 }),
+        (
+            20,
+            Message::Spawn {
+                launch: 3,
+                rank: 1,
+                size: 3,
+                creds: Creds { uid: 1000, gid: 100, groups: vec![100, 27] },
+                spec: spec(),
+            },
+        ),
+        (0, Message::SignalProc { launch: 3, rank: u32::MAX, signal: 9 }),
+        (
+            17,
+            Message::MasterInfoReply {
+                version: "0.1.0".into(),
+                addrs: vec![ep(Some([127, 0, 0, 1]), 2223)],
+            },
+        ),
+        (18, Message::Launched { pids: vec![100, -301, 0] }),
+        (20, Message::Spawned { pid: 4321 }),
+        (0, Message::ProcExit { launch: 3, rank: 1, status: ExitStatus::Signal(9) }),
     ];
     for (id, msg) in &msgs {
         let path = dir.join(msg.name());

@@ -21,11 +21,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // A frame `decode` accepts is a complete frame of exactly its own length.
-    assert_eq!(
-        checked,
-        Ok(Some(data.len())),
-        "decode accepted what check did not"
-    );
+    assert_eq!(checked, Ok(Some(data.len())), "decode accepted what check did not");
 
     let again = encode(id, &msg);
     // Unknown skips its body, so its encoding (empty body) differs from the input; the

@@ -18,26 +18,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if matches!(msg, Message::Unknown { .. }) {
-        assert_eq!(
-            msg,
-            Message::Unknown {
-                msg_type: h.msg_type
-            }
-        );
+        assert_eq!(msg, Message::Unknown { msg_type: h.msg_type });
         return;
     }
-    assert_eq!(
-        msg.msg_type(),
-        h.msg_type,
-        "{} decoded from another type",
-        msg.name()
-    );
+    assert_eq!(msg.msg_type(), h.msg_type, "{} decoded from another type", msg.name());
     let again = encode(h.id, &msg);
-    assert_eq!(
-        &again[HEADER_LEN..],
-        body,
-        "re-encoding {} changed the body",
-        msg.name()
-    );
+    assert_eq!(&again[HEADER_LEN..], body, "re-encoding {} changed the body", msg.name());
     assert_eq!(decode(&again), Ok((h.id, msg)));
 });
