@@ -39,7 +39,7 @@ use bproc::{nodespec, strerror, Client};
 use bproc_link::{read_frame, write_frame};
 use bproc_proto::{ExitStatus, IoSpec, Message, ProcSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use args::{Args, Stop, USAGE};
@@ -323,8 +323,17 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.listen(65535)
 }
 
-/// A forwarded connection's slot: where the accept loop delivers it.
-type Slot = Option<oneshot::Sender<TcpStream>>;
+/// One end of a process's fd as bpsh sees it: a socket from a node, or a pipe to a process
+/// bpsh started itself on the front end.
+enum Conn {
+    /// The process's stdout or stderr.
+    Read(Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+    /// The process's stdin.
+    Write(Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
+}
+
+/// A forwarded fd's slot: where the accept loop (or a local start) delivers it.
+type Slot = Option<oneshot::Sender<Conn>>;
 
 /// Reads connection headers and hands each valid connection to its (rank, fd) slot.
 async fn accept_loop(listener: TcpListener, token: [u8; 16], slots: Arc<Mutex<Vec<[Slot; 3]>>>) {
@@ -348,12 +357,76 @@ async fn accept_loop(listener: TcpListener, token: [u8; 16], slots: Arc<Mutex<Ve
                 .and_then(|r| r.get_mut(fd)?.take());
             match slot {
                 Some(tx) => {
-                    let _ = tx.send(s);
+                    let _ = tx.send(if fd == 0 {
+                        Conn::Write(Box::new(s))
+                    } else {
+                        Conn::Read(Box::new(s))
+                    });
                 }
                 None => eprintln!("bpsh: unexpected connection for rank {rank} fd {fd}"),
             }
         });
     }
+}
+
+/// Starts rank `rank` on the front end itself (node spec `master`), as the caller, with its
+/// forwarded fds as pipes delivered to their slots. Returns the pid, or an errno.
+fn start_local(
+    spec: &ProcSpec,
+    rank: usize,
+    slots: &Mutex<Vec<[Slot; 3]>>,
+    exits: mpsc::UnboundedSender<(u32, ExitStatus)>,
+) -> Result<i32, i32> {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut cmd = tokio::process::Command::new(&spec.path);
+    cmd.arg0(spec.argv.first().map_or(spec.path.as_str(), String::as_str))
+        .args(spec.argv.iter().skip(1))
+        .env_clear()
+        .envs(spec.env_for_rank(rank as u32))
+        .current_dir(if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" })
+        .process_group(0);
+    for (fd, io) in spec.io.iter().enumerate().take(3) {
+        let stdio = match io {
+            IoSpec::Forward => Stdio::piped(),
+            IoSpec::Null => Stdio::null(),
+            IoSpec::File(path) => {
+                let f =
+                    if fd == 0 { std::fs::File::open(path) } else { std::fs::File::create(path) };
+                Stdio::from(f.map_err(|e| e.raw_os_error().unwrap_or(bproc::errno::EIO))?)
+            }
+        };
+        match fd {
+            0 => cmd.stdin(stdio),
+            1 => cmd.stdout(stdio),
+            _ => cmd.stderr(stdio),
+        };
+    }
+    let mut child = cmd.spawn().map_err(|e| e.raw_os_error().unwrap_or(bproc::errno::EIO))?;
+    let mut slots = slots.lock().unwrap_or_else(|e| e.into_inner());
+    let conns: [Option<Conn>; 3] = [
+        child.stdin.take().map(|s| Conn::Write(Box::new(s))),
+        child.stdout.take().map(|s| Conn::Read(Box::new(s))),
+        child.stderr.take().map(|s| Conn::Read(Box::new(s))),
+    ];
+    for (fd, conn) in conns.into_iter().enumerate() {
+        if let (Some(conn), Some(tx)) = (conn, slots[rank][fd].take()) {
+            let _ = tx.send(conn);
+        }
+    }
+    let pid = child.id().map_or(0, |p| p as i32);
+    tokio::spawn(async move {
+        let status = match child.wait().await {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => ExitStatus::Code(c),
+                (None, Some(sig)) => ExitStatus::Signal(sig),
+                _ => ExitStatus::Code(255),
+            },
+            Err(_) => ExitStatus::Code(255),
+        };
+        let _ = exits.send((rank as u32, status));
+    });
+    Ok(pid)
 }
 
 /// What the stream readers tell the output loop.
@@ -421,10 +494,10 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     let mut spec = p.spec;
     let forwards: Vec<bool> = spec.io.iter().map(|io| *io == IoSpec::Forward).collect();
     let slots: Arc<Mutex<Vec<[Slot; 3]>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
-    let mut receivers: Vec<[Option<oneshot::Receiver<TcpStream>>; 3]> = Vec::with_capacity(n);
+    let mut receivers: Vec<[Option<oneshot::Receiver<Conn>>; 3]> = Vec::with_capacity(n);
     for _ in 0..n {
         let mut senders: [Slot; 3] = [None, None, None];
-        let mut rxs: [Option<oneshot::Receiver<TcpStream>>; 3] = [None, None, None];
+        let mut rxs: [Option<oneshot::Receiver<Conn>>; 3] = [None, None, None];
         for fd in 0..3 {
             if forwards[fd] {
                 let (tx, rx) = oneshot::channel();
@@ -457,12 +530,13 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     let (mut mrd, mut mwr) = conn.into_split();
     let start = Instant::now();
     if let Err(e) =
-        write_frame(&mut mwr, 1, &Message::Launch { nodes: p.nodes.clone(), spec }).await
+        write_frame(&mut mwr, 1, &Message::Launch { nodes: p.nodes.clone(), spec: spec.clone() })
+            .await
     {
         eprintln!("bpsh: bproc_vexecmove_io: {e}");
         return ExitCode::FAILURE;
     }
-    let pids = match read_frame(&mut mrd).await {
+    let mut pids = match read_frame(&mut mrd).await {
         Ok(Some((_, Message::Launched { pids }))) => pids,
         Ok(Some((_, Message::Error { code, .. }))) => {
             eprintln!("bproc_vexecmove_io: {}", strerror(code));
@@ -473,6 +547,20 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Ranks on the front end (spec `master`) run here, as the caller; the master skipped them.
+    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(u32, ExitStatus)>();
+    let local_pids: Arc<Mutex<Vec<i32>>> = Arc::default();
+    for (rank, pid) in pids.iter_mut().enumerate() {
+        if p.nodes[rank] == bproc_proto::NODE_MASTER && *pid == 0 {
+            *pid = match start_local(&spec, rank, &slots, exit_tx.clone()) {
+                Ok(local) => {
+                    local_pids.lock().unwrap_or_else(|e| e.into_inner()).push(local);
+                    local
+                }
+                Err(code) => -code,
+            };
+        }
+    }
     let out_streams = u8::from(forwards[1]) + u8::from(forwards[2]);
     let mut ranks: Vec<Rank> = p
         .nodes
@@ -491,7 +579,6 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     }
 
     // Master events: exits in, signals out.
-    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(u32, ExitStatus)>();
     tokio::spawn(async move {
         while let Ok(Some((_, msg))) = read_frame(&mut mrd).await {
             if let Message::ProcExit { rank, status, .. } = msg {
@@ -500,7 +587,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         }
     });
     let (kill_tx, kill_rx) = mpsc::unbounded_channel::<i32>();
-    tokio::spawn(forward_signals(mwr, kill_tx.clone(), kill_rx));
+    tokio::spawn(forward_signals(mwr, kill_tx.clone(), kill_rx, local_pids));
     let kill_all = |why: String| {
         eprintln!("bpsh: {why}");
         let _ = kill_tx.send(nix::sys::signal::Signal::SIGKILL as i32);
@@ -519,7 +606,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
                 let (out, mut turn) = (out_tx.clone(), turn_rx.clone());
                 let (sequential, size) = (a.sequential, a.buffer);
                 tokio::spawn(async move {
-                    let Ok(mut s) = rx.await else { return };
+                    let Ok(Conn::Read(mut s)) = rx.await else { return };
                     if sequential && turn.wait_for(|t| *t >= rank).await.is_err() {
                         return;
                     }
@@ -702,8 +789,8 @@ fn exit_code(ranks: &[Rank]) -> ExitCode {
 }
 
 /// Feeds one node's stdin socket from the replicated chunks; closes it at EOF.
-async fn write_stdin(sock: oneshot::Receiver<TcpStream>, mut chunks: mpsc::Receiver<Arc<Vec<u8>>>) {
-    let Ok(mut s) = sock.await else { return };
+async fn write_stdin(sock: oneshot::Receiver<Conn>, mut chunks: mpsc::Receiver<Arc<Vec<u8>>>) {
+    let Ok(Conn::Write(mut s)) = sock.await else { return };
     while let Some(chunk) = chunks.recv().await {
         if s.write_all(&chunk).await.is_err() {
             return; // the remote closed its stdin: stop feeding it
@@ -742,6 +829,7 @@ async fn forward_signals(
     mut wr: tokio::net::unix::OwnedWriteHalf,
     tx: mpsc::UnboundedSender<i32>,
     mut rx: mpsc::UnboundedReceiver<i32>,
+    local: Arc<Mutex<Vec<i32>>>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let kinds = [
@@ -764,6 +852,11 @@ async fn forward_signals(
     drop(tx);
     let mut id = 2u32;
     while let Some(sig) = rx.recv().await {
+        if let Ok(signal) = nix::sys::signal::Signal::try_from(sig) {
+            for &pid in local.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), signal);
+            }
+        }
         if write_frame(&mut wr, id, &Message::SignalLaunch { signal: sig }).await.is_err() {
             return;
         }

@@ -146,6 +146,12 @@ pub(crate) async fn serve(
     {
         let t = shared.table();
         for (rank, &n) in nodes.iter().enumerate() {
+            if n == bproc_proto::NODE_MASTER {
+                // The front end: the launcher runs it itself, as the caller. The master
+                // daemon never runs user code. pid 0 means "not attempted here".
+                shared.launches.spawned(launch, rank, false);
+                continue;
+            }
             if let Err(refusal) = t.may_run(&caller, n) {
                 pids[rank] = -refusal.code;
                 shared.launches.spawned(launch, rank, false);

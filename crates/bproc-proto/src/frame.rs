@@ -158,6 +158,17 @@ mod tests {
     }
 
     #[test]
+    fn rank_is_written_into_the_environment() {
+        let spec = crate::ProcSpec {
+            env: vec!["A=1".into(), "BPROC_RANK=XXXXXXX".into(), "B=x=y".into()],
+            ..Default::default()
+        };
+        let env = spec.env_for_rank(12);
+        assert_eq!(env[1], ("BPROC_RANK".into(), "0000012".into()));
+        assert_eq!(env[2], ("B".into(), "x=y".into()));
+    }
+
+    #[test]
     fn unknown_type_decodes_to_unknown() {
         let mut bytes = encode(5, &Message::NodeList);
         bytes[6..8].copy_from_slice(&0xfffeu16.to_be_bytes());

@@ -8,6 +8,9 @@ use std::net::Ipv4Addr;
 
 use crate::codec::{DecodeError, Reader, Writer};
 
+/// Node number of the master (front end).
+pub const NODE_MASTER: i32 = -1;
+
 /// Longest node state string (BProc's `BPROC_STATE_LEN`).
 pub const MAX_STATE_LEN: usize = 15;
 /// Longest free-text field (error messages, reasons, version strings, host names).
@@ -595,6 +598,23 @@ impl ExitStatus {
 }
 
 impl ProcSpec {
+    /// The environment for rank `rank`: `BPROC_RANK=XXXXXXX` becomes the rank in seven digits,
+    /// as BProc's vexecmove rewrote it in each child.
+    pub fn env_for_rank(&self, rank: u32) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| {
+                let v = if k == "BPROC_RANK" && v == "XXXXXXX" {
+                    format!("{rank:07}")
+                } else {
+                    v.into()
+                };
+                (k.to_owned(), v)
+            })
+            .collect()
+    }
+
     fn encode(&self, w: &mut Writer) {
         w.str(&self.path);
         put_strs(w, &self.argv);

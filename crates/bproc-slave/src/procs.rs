@@ -93,18 +93,6 @@ async fn connect_back(
     Ok(OwnedFd::from(s))
 }
 
-/// `BPROC_RANK=XXXXXXX` becomes the rank, as BProc's vexecmove does.
-fn environment(env: &[String], rank: u32) -> Vec<(String, String)> {
-    env.iter()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| {
-            let v =
-                if k == "BPROC_RANK" && v == "XXXXXXX" { format!("{rank:07}") } else { v.into() };
-            (k.to_owned(), v)
-        })
-        .collect()
-}
-
 /// Starts rank `rank` of `launch`; returns the reply for the master. When the process is
 /// running, a task waits for it and sends its [`Message::ProcExit`] through `report`.
 #[allow(clippy::too_many_arguments)]
@@ -131,7 +119,7 @@ pub async fn spawn(
         return refuse(EINVAL, "empty command".into());
     };
     let mut cmd = std::process::Command::new(&spec.path);
-    cmd.arg0(argv0).args(&spec.argv[1..]).env_clear().envs(environment(&spec.env, rank));
+    cmd.arg0(argv0).args(&spec.argv[1..]).env_clear().envs(spec.env_for_rank(rank));
     cmd.current_dir(if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" });
     cmd.process_group(0);
     let mut files = Vec::new();
@@ -194,22 +182,4 @@ pub async fn spawn(
         report(Message::ProcExit { launch, rank, status });
     });
     Message::Spawned { pid }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rank_is_written_into_the_environment() {
-        let env = vec!["A=1".to_string(), "BPROC_RANK=XXXXXXX".into(), "B=x=y".into()];
-        assert_eq!(
-            environment(&env, 12),
-            vec![
-                ("A".into(), "1".into()),
-                ("BPROC_RANK".into(), "0000012".into()),
-                ("B".into(), "x=y".into())
-            ]
-        );
-    }
 }

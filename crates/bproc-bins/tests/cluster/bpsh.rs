@@ -325,3 +325,18 @@ fn resource_limits_travel() {
         Command::new("sh").args(["-c", &script]).env("BPROC_SOCKET", c.socket()).output().unwrap();
     assert_eq!(text(&out), ("123\n0\n".into(), String::new()));
 }
+
+/// The spec `master` runs on the front end itself, as the caller, with the same forwarding,
+/// ranks and exit rules as the nodes.
+#[test]
+fn master_spec_runs_on_the_front_end() {
+    let c = TestCluster::up(&bins(), 2, "bpsh-master");
+    let here = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let out =
+        c.cmd("bpsh").args(["master,1", "-p", "-s", "sh", "-c", "echo $BPROC_RANK; hostname"]).ok();
+    let node1 = if nix::unistd::geteuid().is_root() { "n1".to_string() } else { here.clone() };
+    assert_eq!(out, format!(" -1: 0000000\n -1: {here}\n  1: 0000001\n  1: {node1}\n"));
+    assert_eq!(c.cmd("bpsh").args(["master", "wc", "-c"]).stdin("four").ok(), "4\n");
+    let out = c.cmd("bpsh").args(["master,0", "sh", "-c", "exit $((BPROC_RANK + 6))"]).output_of();
+    assert_eq!(out.status.code(), Some(7));
+}
