@@ -28,6 +28,12 @@ fn spec() -> ProcSpec {
         io_port: 40000,
         token: [9; 16],
         rlimits: vec![(7, 1024, 4096)],
+        files: vec![bproc_proto::StagedRef {
+            path: "/bin/echo".into(),
+            mode: 0o755,
+            size: 4,
+            hash: [1; 32],
+        }],
     }
 }
 
@@ -41,6 +47,8 @@ fn info() -> NodeInfo {
         kernel: "6.1.0".into(),
         hostname: "n0".into(),
         arch: "x86_64".into(),
+        diskless: false,
+        staged_bytes: 0,
     }
 }
 

@@ -208,6 +208,8 @@ struct Prepared {
     nodes: Vec<i32>,
     spec: ProcSpec,
     listen_ip: Ipv4Addr,
+    /// Files diskless nodes may fetch, by content hash.
+    staged: Arc<std::collections::HashMap<[u8; 32], PathBuf>>,
 }
 
 /// Resolves the command and the nodes; `Ok(None)` when a message was printed.
@@ -279,8 +281,38 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         io_port: 0,
         token,
         rlimits: current_rlimits(),
+        files: Vec::new(),
     };
-    Ok(Some(Prepared { nodes: sel.nodes.iter().map(|n| n.node).collect(), spec, listen_ip }))
+    // A diskless node needs the program, its interpreters and libraries: gather them by hash
+    // (only then: hashing costs more than a whole launch to a node that has a disk).
+    let mut spec = spec;
+    let mut staged = std::collections::HashMap::new();
+    if sel.nodes.iter().any(|n| n.info.as_ref().is_some_and(|i| i.diskless)) {
+        let ld = std::env::var("LD_LIBRARY_PATH").ok();
+        match bproc_stage::closure(&path, ld.as_deref()) {
+            Ok(files) => {
+                for f in files {
+                    spec.files.push(bproc_proto::StagedRef {
+                        path: f.path.to_string_lossy().into_owned(),
+                        mode: f.mode,
+                        size: f.size,
+                        hash: f.hash,
+                    });
+                    staged.insert(f.hash, f.path);
+                }
+            }
+            Err(e) => {
+                eprintln!("bpsh: {e}");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(Prepared {
+        nodes: sel.nodes.iter().map(|n| n.node).collect(),
+        spec,
+        listen_ip,
+        staged: Arc::new(staged),
+    }))
 }
 
 /// The caller's resource limits, which travel with the process as BProc's did with its image.
@@ -336,12 +368,36 @@ enum Conn {
 type Slot = Option<oneshot::Sender<Conn>>;
 
 /// Reads connection headers and hands each valid connection to its (rank, fd) slot.
-async fn accept_loop(listener: TcpListener, token: [u8; 16], slots: Arc<Mutex<Vec<[Slot; 3]>>>) {
+/// Sends the staged file with `hash` to a node that asked for it: size, then content.
+async fn serve_file(
+    mut s: tokio::net::TcpStream,
+    staged: &std::collections::HashMap<[u8; 32], PathBuf>,
+) {
+    let mut hash = [0u8; 32];
+    if s.read_exact(&mut hash).await.is_err() {
+        return;
+    }
+    let Some(path) = staged.get(&hash) else { return };
+    let Ok(mut f) = tokio::fs::File::open(path).await else { return };
+    let Ok(meta) = f.metadata().await else { return };
+    if s.write_all(&meta.len().to_be_bytes()).await.is_ok() {
+        let _ = tokio::io::copy(&mut f, &mut s).await;
+        let _ = s.shutdown().await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    token: [u8; 16],
+    slots: Arc<Mutex<Vec<[Slot; 3]>>>,
+    staged: Arc<std::collections::HashMap<[u8; 32], PathBuf>>,
+) {
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
             continue;
         };
         let slots = slots.clone();
+        let staged = staged.clone();
         tokio::spawn(async move {
             let mut head = [0u8; 21];
             let ok = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head)).await;
@@ -350,6 +406,10 @@ async fn accept_loop(listener: TcpListener, token: [u8; 16], slots: Arc<Mutex<Ve
             }
             let rank = u32::from_be_bytes([head[16], head[17], head[18], head[19]]) as usize;
             let fd = head[20] as usize;
+            if fd == 0xff {
+                serve_file(s, &staged).await;
+                return;
+            }
             let slot = slots
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -490,6 +550,8 @@ impl Rank {
 }
 
 async fn run(a: Args, p: Prepared) -> ExitCode {
+    let (kill_tx, kill_rx) = mpsc::unbounded_channel::<i32>();
+    catch_signals(&kill_tx);
     let n = p.nodes.len();
     let mut spec = p.spec;
     let forwards: Vec<bool> = spec.io.iter().map(|io| *io == IoSpec::Forward).collect();
@@ -508,7 +570,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         slots.lock().unwrap_or_else(|e| e.into_inner()).push(senders);
         receivers.push(rxs);
     }
-    if forwards.iter().any(|f| *f) {
+    if forwards.iter().any(|f| *f) || !spec.files.is_empty() {
         let listener = match listen(SocketAddr::new(p.listen_ip.into(), 0)) {
             Ok(l) => l,
             Err(e) => {
@@ -517,7 +579,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             }
         };
         spec.io_port = listener.local_addr().map_or(0, |a| a.port());
-        tokio::spawn(accept_loop(listener, spec.token, slots.clone()));
+        tokio::spawn(accept_loop(listener, spec.token, slots.clone(), p.staged.clone()));
     }
 
     let conn = match UnixStream::connect(bproc::socket_path()).await {
@@ -586,8 +648,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             }
         }
     });
-    let (kill_tx, kill_rx) = mpsc::unbounded_channel::<i32>();
-    tokio::spawn(forward_signals(mwr, kill_tx.clone(), kill_rx, local_pids));
+    tokio::spawn(forward_signals(mwr, kill_rx, local_pids));
     let kill_all = |why: String| {
         eprintln!("bpsh: {why}");
         let _ = kill_tx.send(nix::sys::signal::Signal::SIGKILL as i32);
@@ -823,14 +884,10 @@ async fn replicate_stdin(mut writers: Vec<mpsc::Sender<Arc<Vec<u8>>>>, size: usi
     }
 }
 
-/// Relays the signals a user sends bpsh, and the kills bpsh decides on (`--timeout`,
-/// `--fail-fast`), to every remote process.
-async fn forward_signals(
-    mut wr: tokio::net::unix::OwnedWriteHalf,
-    tx: mpsc::UnboundedSender<i32>,
-    mut rx: mpsc::UnboundedReceiver<i32>,
-    local: Arc<Mutex<Vec<i32>>>,
-) {
+/// Catches the signals a user may send bpsh (Ctrl-C, `kill`), so that they are relayed
+/// instead of ending bpsh. Called before anything starts: a signal that arrived before the
+/// handlers would kill bpsh and orphan the remote processes.
+fn catch_signals(tx: &mpsc::UnboundedSender<i32>) {
     use tokio::signal::unix::{signal, SignalKind};
     let kinds = [
         SignalKind::interrupt(),
@@ -849,7 +906,15 @@ async fn forward_signals(
             }
         });
     }
-    drop(tx);
+}
+
+/// Relays the signals a user sends bpsh, and the kills bpsh decides on (`--timeout`,
+/// `--fail-fast`), to every remote process.
+async fn forward_signals(
+    mut wr: tokio::net::unix::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<i32>,
+    local: Arc<Mutex<Vec<i32>>>,
+) {
     let mut id = 2u32;
     while let Some(sig) = rx.recv().await {
         if let Ok(signal) = nix::sys::signal::Signal::try_from(sig) {

@@ -311,12 +311,14 @@ struct JsonInfo {
     kernel: String,
     hostname: String,
     arch: String,
+    diskless: bool,
+    staged_bytes: u64,
 }
 
 /// A pretty-printed, newline-terminated JSON array with one object per node: `node`, `state`,
 /// `mode` (octal string such as `"0111"`), `user`, `group`, `uid`, `gid`, `addr` (dotted quad
 /// or null) and `info` (null, or `cpus`, `mem_total`, `mem_free`, `load` as three load
-/// averages, `uptime`, `kernel`, `hostname`, `arch`).
+/// averages, `uptime`, `kernel`, `hostname`, `arch`, `diskless`, `staged_bytes`).
 pub fn json(nodes: &[NodeStatus], names: &dyn Names) -> String {
     let rows: Vec<JsonNode> = nodes
         .iter()
@@ -338,6 +340,8 @@ pub fn json(nodes: &[NodeStatus], names: &dyn Names) -> String {
                 kernel: i.kernel.clone(),
                 hostname: i.hostname.clone(),
                 arch: i.arch.clone(),
+                diskless: i.diskless,
+                staged_bytes: i.staged_bytes,
             }),
         })
         .collect();
@@ -597,6 +601,8 @@ mod tests {
             kernel: "6.1.0".into(),
             hostname: "n0".into(),
             arch: "x86_64".into(),
+            diskless: true,
+            staged_bytes: 1234,
         });
         let text = json(&[n, node(1, "down", 0, 0, 0)], &FakeNames);
         assert!(text.ends_with("]\n"));
@@ -610,7 +616,7 @@ mod tests {
                     "info": {
                         "cpus": 4, "mem_total": 8u64 << 30, "mem_free": 1u64 << 30,
                         "load": [1.5, 0.25, 0.0], "uptime": 3600, "kernel": "6.1.0",
-                        "hostname": "n0", "arch": "x86_64"
+                        "hostname": "n0", "arch": "x86_64", "diskless": true, "staged_bytes": 1234
                     }
                 },
                 {

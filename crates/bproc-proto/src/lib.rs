@@ -28,5 +28,5 @@ pub use codec::{DecodeError, Reader, Writer};
 pub use frame::{check, decode, decode_body, encode, Header, HEADER_LEN, MAGIC, MAX_BODY, VERSION};
 pub use msg::{
     Creds, Endpoint, ExitStatus, IoSpec, Message, NodeAction, NodeInfo, NodeStatus, ProcSpec,
-    MAX_ARGS, MAX_NODES, MAX_PATH, MAX_STATE_LEN, MAX_TEXT, NODE_MASTER,
+    StagedRef, MAX_ARGS, MAX_NODES, MAX_PATH, MAX_STAGED, MAX_STATE_LEN, MAX_TEXT, NODE_MASTER,
 };

@@ -104,10 +104,29 @@ pub struct ProcSpec {
     pub token: [u8; 16],
     /// Resource limits to apply: (resource number, soft, hard), `u64::MAX` for unlimited.
     pub rlimits: Vec<(u32, u64, u64)>,
+    /// Files a diskless node must hold (program, interpreters, libraries).
+    pub files: Vec<StagedRef>,
 }
 
 /// Most resource limits one process carries (Linux has 16).
 pub const MAX_RLIMITS: usize = 64;
+
+/// A file a diskless node needs for a launch, fetched from the launcher by content hash
+/// unless the node's cache already holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StagedRef {
+    /// Absolute path, the same on the node.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the content.
+    pub hash: [u8; 32],
+}
+
+/// Most files staged for one launch.
+pub const MAX_STAGED: usize = 4096;
 
 /// The caller's identity, as the kernel told the master.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -149,6 +168,10 @@ pub struct NodeInfo {
     pub hostname: String,
     /// Machine architecture (`uname -m`).
     pub arch: String,
+    /// The node has no filesystem of its own: programs and libraries are staged on it.
+    pub diskless: bool,
+    /// Bytes of programs and libraries fetched into the node's cache so far.
+    pub staged_bytes: u64,
 }
 
 /// One row of the master's node table as clients see it.
@@ -475,6 +498,8 @@ impl NodeInfo {
         w.str(&self.kernel);
         w.str(&self.hostname);
         w.str(&self.arch);
+        w.u8(u8::from(self.diskless));
+        w.u64(self.staged_bytes);
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(NodeInfo {
@@ -486,6 +511,12 @@ impl NodeInfo {
             kernel: r.str("kernel", MAX_TEXT)?,
             hostname: r.str("hostname", MAX_TEXT)?,
             arch: r.str("arch", MAX_TEXT)?,
+            diskless: match r.u8("diskless flag")? {
+                0 => false,
+                1 => true,
+                v => return Err(DecodeError::BadValue { what: "diskless flag", value: v.into() }),
+            },
+            staged_bytes: r.u64("staged bytes")?,
         })
     }
 }
@@ -633,6 +664,13 @@ impl ProcSpec {
             w.u64(*soft);
             w.u64(*hard);
         }
+        w.u32(self.files.len() as u32);
+        for f in &self.files {
+            w.str(&f.path);
+            w.u32(f.mode);
+            w.u64(f.size);
+            w.fixed(&f.hash);
+        }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let path = r.str("path", MAX_PATH)?;
@@ -663,6 +701,19 @@ impl ProcSpec {
                         r.u64("rlimit soft")?,
                         r.u64("rlimit hard")?,
                     ));
+                }
+                v
+            },
+            files: {
+                let n = r.count("staged files", MAX_STAGED, 48)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(StagedRef {
+                        path: r.str("staged path", MAX_PATH)?,
+                        mode: r.u32("staged mode")?,
+                        size: r.u64("staged size")?,
+                        hash: r.fixed("staged hash")?,
+                    });
                 }
                 v
             },

@@ -2,25 +2,35 @@
 
 use bproc_proto::{
     check, decode, encode, Creds, Endpoint, ExitStatus, IoSpec, Message, NodeAction, NodeInfo,
-    NodeStatus, ProcSpec,
+    NodeStatus, ProcSpec, StagedRef,
 };
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
 
 fn info() -> impl Strategy<Value = NodeInfo> {
     (
-        any::<u32>(),
-        any::<u64>(),
-        any::<u64>(),
-        any::<[u32; 3]>(),
-        any::<u64>(),
-        ".{0,20}",
-        ".{0,20}",
-        "[a-z0-9_]{0,8}",
+        (any::<u32>(), any::<u64>(), any::<u64>(), any::<[u32; 3]>(), any::<u64>()),
+        (".{0,20}", ".{0,20}", "[a-z0-9_]{0,8}", any::<bool>(), any::<u64>()),
     )
-        .prop_map(|(cpus, mem_total, mem_free, load, uptime, kernel, hostname, arch)| {
-            NodeInfo { cpus, mem_total, mem_free, load, uptime, kernel, hostname, arch }
-        })
+        .prop_map(
+            |(
+                (cpus, mem_total, mem_free, load, uptime),
+                (kernel, hostname, arch, diskless, staged_bytes),
+            )| {
+                NodeInfo {
+                    cpus,
+                    mem_total,
+                    mem_free,
+                    load,
+                    uptime,
+                    kernel,
+                    hostname,
+                    arch,
+                    diskless,
+                    staged_bytes,
+                }
+            },
+        )
 }
 
 fn status() -> impl Strategy<Value = NodeStatus> {
@@ -68,17 +78,24 @@ fn spec() -> impl Strategy<Value = ProcSpec> {
         any::<u16>(),
         any::<[u8; 16]>(),
         proptest::collection::vec(any::<(u32, u64, u64)>(), 0..4),
+        proptest::collection::vec((".{0,20}", any::<u32>(), any::<u64>(), any::<[u8; 32]>()), 0..3),
     )
-        .prop_map(|(path, argv, env, cwd, umask, io, io_port, token, rlimits)| ProcSpec {
-            path,
-            argv,
-            env,
-            cwd,
-            umask,
-            io,
-            io_port,
-            token,
-            rlimits,
+        .prop_map(|(path, argv, env, cwd, umask, io, io_port, token, rlimits, files)| {
+            ProcSpec {
+                path,
+                argv,
+                env,
+                cwd,
+                umask,
+                io,
+                io_port,
+                token,
+                rlimits,
+                files: files
+                    .into_iter()
+                    .map(|(path, mode, size, hash)| StagedRef { path, mode, size, hash })
+                    .collect(),
+            }
         })
 }
 

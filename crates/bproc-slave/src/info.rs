@@ -1,7 +1,14 @@
 //! The machine report a slave sends with its join and every pong: CPUs, memory, load, uptime,
 //! kernel release, host name and architecture, read from `/proc` and `uname(2)`.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use bproc_proto::NodeInfo;
+
+/// Set once at start-up when the node is diskless.
+pub(crate) static DISKLESS: AtomicBool = AtomicBool::new(false);
+/// Bytes fetched into the staging cache so far.
+pub(crate) static STAGED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 fn meminfo_kib(text: &str, key: &str) -> u64 {
     text.lines()
@@ -37,6 +44,8 @@ pub fn node_info() -> NodeInfo {
         kernel: s(|u| u.release()),
         hostname: s(|u| u.nodename()),
         arch: s(|u| u.machine()),
+        diskless: DISKLESS.load(Ordering::Relaxed),
+        staged_bytes: STAGED_BYTES.load(Ordering::Relaxed),
     }
 }
 

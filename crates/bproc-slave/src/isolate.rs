@@ -28,6 +28,51 @@ fn sys<T>(what: &'static str, r: nix::Result<T>) -> Result<T, IsolateError> {
     r.map_err(|source| IsolateError::Sys { what, source })
 }
 
+/// Where a diskless node keeps its files: `root` is what its processes see as `/` (a tmpfs
+/// holding `/proc`, `/dev`, `/tmp` and what launches staged), `cache` holds staged files by
+/// content hash, on the same filesystem so that installing one is a hard link.
+#[derive(Debug, Clone)]
+pub struct Diskless {
+    /// The processes' root.
+    pub root: std::path::PathBuf,
+    /// The content-addressed cache.
+    pub cache: std::path::PathBuf,
+}
+
+/// Builds a diskless node's filesystem under `base` (which must be on a private tmpfs: the
+/// node's own `/tmp` after [`isolate`]). Needs root.
+pub fn diskless(base: &std::path::Path) -> Result<Diskless, IsolateError> {
+    let d = Diskless { root: base.join("root"), cache: base.join("cache") };
+    let mk = |p: std::path::PathBuf| {
+        std::fs::create_dir_all(&p).map_err(|e| IsolateError::Sys {
+            what: "diskless root",
+            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
+        })
+    };
+    for dir in ["proc", "dev", "tmp"] {
+        mk(d.root.join(dir))?;
+    }
+    mk(d.cache.clone())?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(d.root.join("tmp"), std::fs::Permissions::from_mode(0o1777));
+    sys(
+        "diskless /proc",
+        mount(Some("proc"), &d.root.join("proc"), Some("proc"), MsFlags::empty(), None::<&str>),
+    )?;
+    sys(
+        "diskless /dev",
+        mount(
+            Some("/dev"),
+            &d.root.join("dev"),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+    )?;
+    crate::info::DISKLESS.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(d)
+}
+
 /// Enters new UTS and mount namespaces, sets the host name and mounts a private `/tmp`.
 pub fn isolate(hostname: &str) -> Result<(), IsolateError> {
     let uid = nix::unistd::getuid();

@@ -86,6 +86,8 @@ pub struct Options {
     pub poweroff_cmd: Option<String>,
     /// Whose processes this daemon may run.
     pub authority: Authority,
+    /// The node's own filesystem, when it is diskless.
+    pub diskless: Option<isolate::Diskless>,
 }
 
 impl Options {
@@ -104,6 +106,7 @@ impl Options {
                 root: nix::unistd::geteuid().is_root(),
                 uid: nix::unistd::geteuid().as_raw(),
             },
+            diskless: None,
         }
     }
 }
@@ -298,13 +301,22 @@ async fn serve_link(
             Message::Spawn { launch, rank, creds, spec, .. } => {
                 let (procs, outbox, authority, master_ip) =
                     (procs.clone(), outbox.clone(), opts.authority, *master.ip());
+                let diskless = opts.diskless.clone();
                 tokio::spawn(async move {
                     let report = {
                         let outbox = outbox.clone();
                         move |m| outbox.send(0, m)
                     };
                     let reply = procs::spawn(
-                        &procs, authority, master_ip, launch, rank, creds, spec, report,
+                        &procs,
+                        authority,
+                        diskless.as_ref(),
+                        master_ip,
+                        launch,
+                        rank,
+                        creds,
+                        spec,
+                        report,
                     )
                     .await;
                     outbox.send(id, reply);

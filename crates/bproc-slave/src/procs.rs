@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 
 use bproc_proto::errno::{EINVAL, EPERM};
 use bproc_proto::{Creds, ExitStatus, IoSpec, Message, ProcSpec};
-use bproc_sys::{prepare_child, FdFile, Identity};
+use bproc_sys::{prepare_child, FdFile, Identity, Jail};
+
+use crate::isolate::Diskless;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
@@ -28,6 +30,10 @@ use tracing::{info, warn};
 
 /// Length of the header on a forwarded connection.
 pub const IO_HEADER_LEN: usize = 21;
+/// The fd number in a connection header that asks the launcher for a staged file instead:
+/// the header is followed by the file's 32-byte hash, and the launcher answers with the size
+/// (u64, big-endian) and the content.
+pub const FETCH_FD: u8 = 0xff;
 
 /// Running processes by (launch, rank).
 #[derive(Debug, Default, Clone)]
@@ -74,13 +80,13 @@ fn refuse(code: i32, message: String) -> Message {
     Message::Error { code, message }
 }
 
-/// Opens the connection for `fd` of `rank` back to the launcher.
-async fn connect_back(
+/// Opens a connection to the launcher and sends its header.
+async fn open_to_launcher(
     master: Ipv4Addr,
     spec: &ProcSpec,
     rank: u32,
     fd: u8,
-) -> std::io::Result<OwnedFd> {
+) -> std::io::Result<TcpStream> {
     let mut s = TcpStream::connect(SocketAddrV4::new(master, spec.io_port)).await?;
     s.set_nodelay(true)?;
     let mut head = [0u8; IO_HEADER_LEN];
@@ -88,9 +94,87 @@ async fn connect_back(
     head[16..20].copy_from_slice(&rank.to_be_bytes());
     head[20] = fd;
     s.write_all(&head).await?;
-    let s = s.into_std()?;
+    Ok(s)
+}
+
+/// Opens the connection for `fd` of `rank` back to the launcher.
+async fn connect_back(
+    master: Ipv4Addr,
+    spec: &ProcSpec,
+    rank: u32,
+    fd: u8,
+) -> std::io::Result<OwnedFd> {
+    let s = open_to_launcher(master, spec, rank, fd).await?.into_std()?;
     s.set_nonblocking(false)?;
     Ok(OwnedFd::from(s))
+}
+
+/// Makes every file of `spec` present in a diskless node's root: from the cache when it holds
+/// the content, else fetched from the launcher and checked against its hash. Each file is a
+/// hard link to its cache entry, put in place by rename so concurrent launches never see a
+/// partial file.
+async fn stage(d: &Diskless, master: Ipv4Addr, spec: &ProcSpec, rank: u32) -> Result<(), String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncReadExt;
+    for f in &spec.files {
+        let cached = d.cache.join(bproc_stage_hex(&f.hash));
+        if !cached.exists() {
+            let mut s = open_to_launcher(master, spec, rank, FETCH_FD)
+                .await
+                .map_err(|e| format!("{}: cannot fetch it from the launcher: {e}", f.path))?;
+            s.write_all(&f.hash).await.map_err(|e| format!("{}: {e}", f.path))?;
+            let size = s
+                .read_u64()
+                .await
+                .map_err(|e| format!("{}: launcher did not send it: {e}", f.path))?;
+            if size != f.size {
+                return Err(format!("{}: launcher sent {size} bytes, expected {}", f.path, f.size));
+            }
+            let mut data = Vec::with_capacity(size as usize);
+            (&mut s)
+                .take(size)
+                .read_to_end(&mut data)
+                .await
+                .map_err(|e| format!("{}: {e}", f.path))?;
+            if data.len() as u64 != size || <[u8; 32]>::from(Sha256::digest(&data)) != f.hash {
+                return Err(format!("{}: content does not match its hash", f.path));
+            }
+            let tmp = d.cache.join(format!(
+                ".{}.{rank}.{}",
+                bproc_stage_hex(&f.hash),
+                std::process::id()
+            ));
+            std::fs::write(&tmp, &data)
+                .and_then(|_| {
+                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode & 0o7777))
+                })
+                .and_then(|_| std::fs::rename(&tmp, &cached))
+                .map_err(|e| format!("{}: cannot cache it: {e}", f.path))?;
+            crate::info::STAGED_BYTES.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        }
+        let target = d.root.join(f.path.trim_start_matches('/'));
+        let same = |a: &Path, b: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            matches!((std::fs::metadata(a), std::fs::metadata(b)), (Ok(x), Ok(y)) if x.ino() == y.ino())
+        };
+        if !same(&target, &cached) {
+            let parent = target.parent().unwrap_or(&d.root);
+            let tmp = parent.join(format!(".bproc-{}-{rank}", std::process::id()));
+            std::fs::create_dir_all(parent)
+                .and_then(|_| {
+                    let _ = std::fs::remove_file(&tmp);
+                    std::fs::hard_link(&cached, &tmp)
+                })
+                .and_then(|_| std::fs::rename(&tmp, &target))
+                .map_err(|e| format!("{}: cannot install it: {e}", f.path))?;
+        }
+    }
+    Ok(())
+}
+
+fn bproc_stage_hex(hash: &[u8; 32]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Starts rank `rank` of `launch`; returns the reply for the master. When the process is
@@ -99,6 +183,7 @@ async fn connect_back(
 pub async fn spawn(
     procs: &Procs,
     authority: Authority,
+    diskless: Option<&Diskless>,
     master: Ipv4Addr,
     launch: u64,
     rank: u32,
@@ -118,9 +203,30 @@ pub async fn spawn(
     let Some(argv0) = spec.argv.first() else {
         return refuse(EINVAL, "empty command".into());
     };
+    let mut jail = None;
+    if let Some(d) = diskless {
+        let before = crate::info::STAGED_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = stage(d, master, &spec, rank).await {
+            warn!("launch {launch} rank {rank}: {e}");
+            return refuse(bproc_proto::errno::EIO, e);
+        }
+        if crate::info::STAGED_BYTES.load(std::sync::atomic::Ordering::Relaxed) != before {
+            // The master learns the new cache total now, ahead of the spawn reply, rather
+            // than at the next ping (a pong is the slave's machine report).
+            report(Message::Pong { seq: 0, info: crate::node_info() });
+        }
+        let inside = d.root.join(spec.cwd.trim_start_matches('/'));
+        let cwd = if inside.is_dir() { spec.cwd.as_str() } else { "/" };
+        match (CString::new(d.root.as_os_str().as_encoded_bytes()), CString::new(cwd)) {
+            (Ok(root), Ok(cwd)) => jail = Some(Jail { root, cwd }),
+            _ => return refuse(EINVAL, "NUL in a path".into()),
+        }
+    }
     let mut cmd = std::process::Command::new(&spec.path);
     cmd.arg0(argv0).args(&spec.argv[1..]).env_clear().envs(spec.env_for_rank(rank));
-    cmd.current_dir(if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" });
+    if jail.is_none() {
+        cmd.current_dir(if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" });
+    }
     cmd.process_group(0);
     let mut files = Vec::new();
     for fd in 0..3u8 {
@@ -154,7 +260,7 @@ pub async fn spawn(
         gid: creds.gid,
         groups: creds.groups.clone(),
     });
-    prepare_child(&mut cmd, spec.rlimits.clone(), identity, spec.umask, files);
+    prepare_child(&mut cmd, spec.rlimits.clone(), jail, identity, spec.umask, files);
     let mut child = match tokio::process::Command::from(cmd).spawn() {
         Ok(c) => c,
         Err(e) => {

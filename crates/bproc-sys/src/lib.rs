@@ -39,12 +39,22 @@ pub struct FdFile {
     pub write: bool,
 }
 
+/// A root to confine the child to (a diskless node's filesystem) and its working directory
+/// inside it. Applied before the identity switch, since `chroot` needs privilege.
+#[derive(Debug, Clone)]
+pub struct Jail {
+    /// The new root.
+    pub root: CString,
+    /// Working directory inside it.
+    pub cwd: CString,
+}
+
 /// A resource limit for the child: (resource number as in `<sys/resource.h>`, soft, hard),
 /// `u64::MAX` meaning unlimited.
 pub type Limit = (u32, u64, u64);
 
 /// Makes `cmd`'s child take the caller's resource `limits` (before the identity switch, so that
-/// a root slave can raise them to the caller's values), take `identity` (when given: groups, gid, uid, in that order, so the
+/// a root slave can raise them to the caller's values), enter its `jail`, take `identity` (when given: groups, gid, uid, in that order, so the
 /// switch cannot be undone), set `mask` as its umask, open `files` onto their fds, and die
 /// with SIGKILL when the thread that started it exits (so no process outlives its slave
 /// daemon), in the child, just before `exec`. A failure aborts the spawn with the errno,
@@ -52,6 +62,7 @@ pub type Limit = (u32, u64, u64);
 pub fn prepare_child(
     cmd: &mut Command,
     limits: Vec<Limit>,
+    jail: Option<Jail>,
     identity: Option<Identity>,
     mask: u32,
     files: Vec<FdFile>,
@@ -70,6 +81,10 @@ pub fn prepare_child(
             // SAFETY: setrlimit is async-signal-safe; `rlim` is a valid, initialised struct
             // on this stack frame, and an unknown resource number only returns EINVAL.
             let _ = unsafe { nix::libc::setrlimit(resource as _, &rlim) };
+        }
+        if let Some(j) = &jail {
+            nix::unistd::chroot(j.root.as_c_str())?;
+            nix::unistd::chdir(j.cwd.as_c_str())?;
         }
         if let Some((uid, gid, groups)) = &ids {
             setgroups(groups)?;
@@ -94,8 +109,8 @@ pub fn prepare_child(
         Ok(())
     };
     // SAFETY: the hook runs in the child between fork and exec, where only async-signal-safe
-    // work is allowed. It makes only direct system calls (setgroups, setgid, setuid, prctl,
-    // umask, open, dup2, close) through nix wrappers that do not allocate: the group list, the mode
+    // work is allowed. It makes only direct system calls (setrlimit, chroot, chdir,
+    // setgroups, setgid, setuid, prctl, umask, open, dup2, close) through nix wrappers that do not allocate: the group list, the mode
     // and the NUL-terminated paths were all built before the fork and are only borrowed, and
     // errors are returned as plain errno values. It takes no locks and touches no state
     // shared with other threads.
@@ -121,6 +136,7 @@ mod tests {
             &mut cmd,
             vec![(7, 77, 77)],
             None,
+            None,
             0o027,
             vec![FdFile { fd: 1, path, write: true }],
         );
@@ -134,7 +150,14 @@ mod tests {
     fn a_missing_input_file_fails_the_spawn() {
         let mut cmd = Command::new("/bin/true");
         let path = CString::new("/no/such/file/here").unwrap();
-        prepare_child(&mut cmd, vec![], None, 0o022, vec![FdFile { fd: 0, path, write: false }]);
+        prepare_child(
+            &mut cmd,
+            vec![],
+            None,
+            None,
+            0o022,
+            vec![FdFile { fd: 0, path, write: false }],
+        );
         let err = cmd.spawn().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(2));
     }

@@ -28,6 +28,8 @@ Options:
   --dir DIR           cluster directory (default $BPCLUSTER_DIR or /tmp/bpcluster-UID)
   --ping-timeout S    master ping timeout in seconds (default 10)
   --no-isolate        do not give nodes their own host name and /tmp
+  --diskless          nodes have no filesystem: their processes see only /proc, /dev, /tmp
+                      and the programs and libraries bpsh brings (as root)
   --timeout S         how long `up` waits for the nodes (default 60 + N/10)
   -h, --help          print this message
 ";
@@ -38,6 +40,7 @@ struct Args {
     dir: PathBuf,
     ping_timeout: u32,
     isolate: bool,
+    diskless: bool,
     timeout: Option<u64>,
 }
 
@@ -55,6 +58,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
         dir: default_dir(),
         ping_timeout: 10,
         isolate: true,
+        diskless: false,
         timeout: None,
     };
     let mut p = lexopt::Parser::from_args(args);
@@ -65,6 +69,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
             Long("dir") => a.dir = p.value()?.into(),
             Long("ping-timeout") => a.ping_timeout = p.value()?.parse()?,
             Long("no-isolate") => a.isolate = false,
+            Long("diskless") => a.diskless = true,
             Long("timeout") => a.timeout = Some(p.value()?.parse()?),
             Value(v) if a.command.is_empty() => a.command = v.string()?,
             other => return Err(other.unexpected()),
@@ -107,6 +112,7 @@ fn spec_for(a: &Args, n: usize) -> Spec {
     let bin = bin_dir();
     let mut s = Spec::new(n, a.dir.clone(), bin.clone());
     s.isolate = a.isolate && isolation_works(&bin);
+    s.diskless = a.diskless;
     s.ping_timeout = a.ping_timeout;
     s.timeout = Duration::from_secs(a.timeout.unwrap_or(60 + n as u64 / 10));
     s

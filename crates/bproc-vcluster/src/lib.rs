@@ -107,6 +107,9 @@ pub struct Spec {
     pub verbose: bool,
     /// How long to wait for every node to be up.
     pub timeout: Duration,
+    /// Nodes are diskless: their processes see an empty root with only what launches stage
+    /// (needs root and isolation).
+    pub diskless: bool,
     /// Start returns once every node is connected (any state but `down`) instead of `up`:
     /// for clusters whose node_up program holds some nodes in `boot`.
     pub ready_when_connected: bool,
@@ -126,6 +129,7 @@ impl Spec {
             verbose: true,
             timeout: Duration::from_secs(60),
             ready_when_connected: false,
+            diskless: false,
         }
     }
 }
@@ -312,6 +316,9 @@ impl Cluster {
         }
         if self.spec.isolate {
             cmd.arg("--isolate").arg(format!("n{i}"));
+            if self.spec.diskless {
+                cmd.arg("--diskless");
+            }
         }
         cmd.arg(self.master_addr().to_string());
         let child = cmd

@@ -26,11 +26,14 @@ const USAGE: &str = "Usage: bpslave [options] MASTER[:PORT] [PORT]
   --halt-cmd CMD      run CMD for `bpctl -H` (default: stop this daemon)
   --poweroff-cmd CMD  run CMD for `bpctl -P` (default: stop this daemon)
   --isolate NAME      give this node its own host name NAME and its own /tmp
+  --diskless          with --isolate, as root: processes run in an empty root holding only
+                      /proc, /dev, /tmp and the programs and libraries launches bring
   --check-isolation   exit 0 if --isolate can work here, else explain why not
 ";
 
 struct Args {
     opts: Options,
+    diskless: bool,
     foreground: bool,
     verbose: u8,
     isolate: Option<String>,
@@ -42,7 +45,7 @@ fn parse() -> anyhow::Result<Option<Args>> {
     let mut reconnect = false;
     let mut grace = None;
     let mut cmds: [Option<String>; 3] = Default::default();
-    let (mut foreground, mut verbose, mut isolate_as) = (false, 0u8, None);
+    let (mut foreground, mut verbose, mut isolate_as, mut diskless) = (false, 0u8, None, false);
     let mut positional = Vec::new();
     let mut p = lexopt::Parser::from_env();
     while let Some(arg) = p.next()? {
@@ -81,6 +84,7 @@ fn parse() -> anyhow::Result<Option<Args>> {
             Long("halt-cmd") => cmds[1] = Some(p.value()?.string()?),
             Long("poweroff-cmd") => cmds[2] = Some(p.value()?.string()?),
             Long("isolate") => isolate_as = Some(p.value()?.string()?),
+            Long("diskless") => diskless = true,
             Long("check-isolation") => {
                 isolate::isolate("bproc-check")?;
                 return Ok(None);
@@ -110,14 +114,21 @@ fn parse() -> anyhow::Result<Option<Args>> {
     }
     let [reboot, halt, poweroff] = cmds;
     (opts.reboot_cmd, opts.halt_cmd, opts.poweroff_cmd) = (reboot, halt, poweroff);
-    Ok(Some(Args { opts, foreground, verbose, isolate: isolate_as }))
+    if diskless && (isolate_as.is_none() || !opts.authority.root) {
+        bail!("--diskless needs --isolate NAME and root: the node's root lives in its own /tmp");
+    }
+    Ok(Some(Args { opts, foreground, verbose, isolate: isolate_as, diskless }))
 }
 
 fn run() -> anyhow::Result<()> {
     let Some(a) = parse()? else { return Ok(()) };
     bproc_bins::init_logging(a.verbose);
+    let mut a = a;
     if let Some(name) = &a.isolate {
         isolate::isolate(name)?;
+    }
+    if a.diskless {
+        a.opts.diskless = Some(isolate::diskless(std::path::Path::new("/tmp/.bproc-node"))?);
     }
     if !a.foreground {
         nix::unistd::daemon(false, true).context("cannot daemonize")?;

@@ -2,6 +2,7 @@
 //! replication, remote files, identity and permissions, signals, node loss, bounded memory.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -339,4 +340,46 @@ fn master_spec_runs_on_the_front_end() {
     assert_eq!(c.cmd("bpsh").args(["master", "wc", "-c"]).stdin("four").ok(), "4\n");
     let out = c.cmd("bpsh").args(["master,0", "sh", "-c", "exit $((BPROC_RANK + 6))"]).output_of();
     assert_eq!(out.status.code(), Some(7));
+}
+
+/// Staged bytes a node reports in `bpstat --json`.
+fn staged_bytes(c: &TestCluster, node: i32) -> u64 {
+    let out = c.cmd("bpstat").args(["--json", &node.to_string()]).ok();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["info"]["staged_bytes"].as_u64().expect("staged_bytes in bpstat --json")
+}
+
+/// On diskless nodes the program, its loader and libraries, and a script's interpreter are
+/// moved from the master; the node's cache sends nothing the second time.
+#[test]
+fn diskless_nodes_get_programs_from_the_master() {
+    if !require_root("diskless nodes need their own mount namespace and chroot") {
+        return;
+    }
+    let mut spec = TestCluster::spec(&bins(), 2, "diskless");
+    spec.diskless = true;
+    let c = TestCluster::start(spec);
+    assert_eq!(staged_bytes(&c, 0), 0);
+    assert_eq!(c.cmd("bpsh").args(["0", "ls", "-l", "/tmp"]).ok(), "total 0\n");
+    let first = staged_bytes(&c, 0);
+    assert!(first > 100_000, "ls and its libraries are staged: {first} bytes");
+    // Nothing of the master's filesystem is there: only what was staged.
+    let bins_dir = c.cmd("bpsh").args(["0", "sh", "-c", "ls /; ls /etc 2>&1; echo"]).output_of();
+    let listing = text(&bins_dir).0;
+    assert!(listing.starts_with("dev\n") && listing.contains("proc\ntmp\n"), "{listing}");
+    assert!(listing.contains("No such file or directory"), "no /etc on a diskless node: {listing}");
+    // The second run of ls sends nothing.
+    let before = staged_bytes(&c, 0);
+    c.cmd("bpsh").args(["0", "ls", "/"]).ok();
+    assert_eq!(staged_bytes(&c, 0), before, "the cache served the second run");
+    // A script and its interpreter move together (the script lives where nodes do not see it
+    // otherwise: node 1 has nothing but what is staged).
+    let dir = Path::new("/var/tmp").join(format!("bproc-script-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("hello.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hello from a script, rank $BPROC_RANK\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = c.cmd("bpsh").arg("1").arg(&script).ok();
+    assert_eq!(out, "hello from a script, rank 0000000\n");
+    let _ = std::fs::remove_dir_all(&dir);
 }
