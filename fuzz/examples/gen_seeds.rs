@@ -128,6 +128,7 @@ fn main() -> std::io::Result<()> {
             },
         ),
         (0, Message::SignalProc { launch: 3, rank: u32::MAX, signal: 9 }),
+        (21, Message::StageFiles { port: 40001, token: [5; 16], files: spec().files }),
         (
             17,
             Message::MasterInfoReply {

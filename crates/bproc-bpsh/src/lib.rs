@@ -368,24 +368,6 @@ enum Conn {
 type Slot = Option<oneshot::Sender<Conn>>;
 
 /// Reads connection headers and hands each valid connection to its (rank, fd) slot.
-/// Sends the staged file with `hash` to a node that asked for it: size, then content.
-async fn serve_file(
-    mut s: tokio::net::TcpStream,
-    staged: &std::collections::HashMap<[u8; 32], PathBuf>,
-) {
-    let mut hash = [0u8; 32];
-    if s.read_exact(&mut hash).await.is_err() {
-        return;
-    }
-    let Some(path) = staged.get(&hash) else { return };
-    let Ok(mut f) = tokio::fs::File::open(path).await else { return };
-    let Ok(meta) = f.metadata().await else { return };
-    if s.write_all(&meta.len().to_be_bytes()).await.is_ok() {
-        let _ = tokio::io::copy(&mut f, &mut s).await;
-        let _ = s.shutdown().await;
-    }
-}
-
 async fn accept_loop(
     listener: TcpListener,
     token: [u8; 16],
@@ -407,7 +389,8 @@ async fn accept_loop(
             let rank = u32::from_be_bytes([head[16], head[17], head[18], head[19]]) as usize;
             let fd = head[20] as usize;
             if fd == 0xff {
-                serve_file(s, &staged).await;
+                let mut s = s;
+                bproc_link::serve_staged_file(&mut s, &staged).await;
                 return;
             }
             let slot = slots

@@ -103,6 +103,28 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Answers one staged-file request on `s`, whose 21-byte header (token, rank, fd 255) was
+/// already read and checked: reads the file's 32-byte hash and sends its size (u64,
+/// big-endian) and content, or closes the connection for a hash it does not serve. The node
+/// checks the content against the hash. Used by bpsh for launches and by bpmaster for the
+/// configuration's libraries.
+pub async fn serve_staged_file<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    files: &std::collections::HashMap<[u8; 32], std::path::PathBuf>,
+) {
+    let mut hash = [0u8; 32];
+    if s.read_exact(&mut hash).await.is_err() {
+        return;
+    }
+    let Some(path) = files.get(&hash) else { return };
+    let Ok(mut f) = tokio::fs::File::open(path).await else { return };
+    let Ok(meta) = f.metadata().await else { return };
+    if s.write_all(&meta.len().to_be_bytes()).await.is_ok() {
+        let _ = tokio::io::copy(&mut f, s).await;
+        let _ = s.shutdown().await;
+    }
+}
+
 fn proof(key: &ClusterKey, label: &[u8], nm: &[u8; 32], ns: &[u8; 32]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key.bytes()).expect("HMAC takes any key length");
     mac.update(label);

@@ -50,8 +50,30 @@ pub(crate) async fn node_up(shared: Arc<Shared>, n: i32, cookie: u64) {
     }
 }
 
-/// Runs the program if there is one; `Ok(true)` when absent or successful.
+/// Stages the configuration's libraries on a diskless node (spec §4.2), as BProc's node_up did
+/// with its `vmadlib` plugin.
+async fn stage_libraries(shared: &Shared, n: i32) -> Result<(), String> {
+    let Some(stage) = &shared.stage else { return Ok(()) };
+    let diskless =
+        shared.table().get(n).and_then(|node| node.info.as_ref()).is_some_and(|i| i.diskless);
+    if !diskless {
+        return Ok(());
+    }
+    let msg = bproc_proto::Message::StageFiles {
+        port: stage.port,
+        token: stage.token,
+        files: stage.files.clone(),
+    };
+    match crate::slaves::request(shared, n, msg).await {
+        bproc_proto::Message::Ok => Ok(()),
+        bproc_proto::Message::Error { message, .. } => Err(format!("staging libraries: {message}")),
+        other => Err(format!("staging libraries: unexpected {}", other.name())),
+    }
+}
+
+/// Stages libraries, then runs the program if there is one; `Ok(true)` when all succeeded.
 async fn run(shared: &Shared, n: i32) -> Result<bool, String> {
+    stage_libraries(shared, n).await?;
     let prog = &shared.paths.node_up;
     if !prog.exists() {
         return Ok(true);

@@ -31,10 +31,11 @@ mod hook;
 mod launch;
 pub mod persist;
 mod slaves;
+mod stage;
 pub mod table;
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -86,6 +87,9 @@ pub enum MasterError {
     /// The configuration gives nothing to listen on.
     #[error("{}: nothing to listen on; add an `interface NAME` or `listen ADDR` line", .0.display())]
     NoListener(PathBuf),
+    /// The configured libraries cannot be staged.
+    #[error("{0}")]
+    Stage(String),
     /// An interface named in the configuration has no IPv4 address.
     #[error("{}: interface {name} has no IPv4 address", path.display())]
     Interface {
@@ -147,6 +151,8 @@ pub(crate) struct Shared {
     launches: launch::Launches,
     /// The TCP addresses slaves connect to (launchers listen on the same address).
     listen: Vec<SocketAddr>,
+    /// The configuration's libraries, staged on diskless nodes as they join.
+    stage: Option<Arc<stage::Stage>>,
     /// Set once shutdown begins, so links closing then do not mark their nodes down in the
     /// state file: their slaves are expected to resume with the next master.
     stopping: AtomicBool,
@@ -299,6 +305,11 @@ impl Master {
                 .map_err(|source| MasterError::Listen { what: addr.to_string(), source })?;
             tcp.push(l);
         }
+        let stage_ip = tcp
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
+        let stage = stage::start(&config, stage_ip).await.map_err(MasterError::Stage)?;
         let shared = Arc::new(Shared {
             table: Mutex::new(table),
             config: Mutex::new(Arc::new(config)),
@@ -311,6 +322,7 @@ impl Master {
             next_launch: AtomicU64::new(1),
             launches: launch::Launches::default(),
             listen: tcp.iter().filter_map(|l| l.local_addr().ok()).collect(),
+            stage,
             stopping: AtomicBool::new(false),
         });
         Ok(Master { shared, tcp, unix })

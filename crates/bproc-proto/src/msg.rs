@@ -278,6 +278,17 @@ pub enum Message {
         /// The process.
         spec: ProcSpec,
     },
+    /// Master → slave request, when a diskless node joins: make these files present in the
+    /// node's root (the configuration's `libraries`), fetching missing ones from the master's
+    /// file port with `token`, as a launch's files are fetched from its launcher.
+    StageFiles {
+        /// Port of the master's file server, on the master's address.
+        port: u16,
+        /// Secret to present.
+        token: [u8; 16],
+        /// The files.
+        files: Vec<StagedRef>,
+    },
     /// Master → slave: signal a launch's process on this node (`rank` `u32::MAX`: all of them).
     SignalProc {
         /// Launch id.
@@ -446,6 +457,7 @@ mod ty {
     pub const SLAVE_RECONNECT: u16 = 42;
     pub const SPAWN: u16 = 43;
     pub const SIGNAL_PROC: u16 = 44;
+    pub const STAGE_FILES: u16 = 45;
     pub const OK: u16 = 100;
     pub const ERROR: u16 = 101;
     pub const NODES: u16 = 102;
@@ -574,6 +586,30 @@ fn get_strs(r: &mut Reader<'_>, what: &'static str) -> Result<Vec<String>, Decod
     Ok(out)
 }
 
+fn put_files(w: &mut Writer, files: &[StagedRef]) {
+    w.u32(files.len() as u32);
+    for f in files {
+        w.str(&f.path);
+        w.u32(f.mode);
+        w.u64(f.size);
+        w.fixed(&f.hash);
+    }
+}
+
+fn get_files(r: &mut Reader<'_>) -> Result<Vec<StagedRef>, DecodeError> {
+    let n = r.count("staged files", MAX_STAGED, 48)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(StagedRef {
+            path: r.str("staged path", MAX_PATH)?,
+            mode: r.u32("staged mode")?,
+            size: r.u64("staged size")?,
+            hash: r.fixed("staged hash")?,
+        });
+    }
+    Ok(v)
+}
+
 impl IoSpec {
     fn encode(&self, w: &mut Writer) {
         match self {
@@ -664,13 +700,7 @@ impl ProcSpec {
             w.u64(*soft);
             w.u64(*hard);
         }
-        w.u32(self.files.len() as u32);
-        for f in &self.files {
-            w.str(&f.path);
-            w.u32(f.mode);
-            w.u64(f.size);
-            w.fixed(&f.hash);
-        }
+        put_files(w, &self.files);
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let path = r.str("path", MAX_PATH)?;
@@ -704,19 +734,7 @@ impl ProcSpec {
                 }
                 v
             },
-            files: {
-                let n = r.count("staged files", MAX_STAGED, 48)?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push(StagedRef {
-                        path: r.str("staged path", MAX_PATH)?,
-                        mode: r.u32("staged mode")?,
-                        size: r.u64("staged size")?,
-                        hash: r.fixed("staged hash")?,
-                    });
-                }
-                v
-            },
+            files: get_files(r)?,
         })
     }
 }
@@ -789,6 +807,7 @@ impl Message {
             SignalLaunch { .. } => ty::SIGNAL_LAUNCH,
             Spawn { .. } => ty::SPAWN,
             SignalProc { .. } => ty::SIGNAL_PROC,
+            StageFiles { .. } => ty::STAGE_FILES,
             MasterInfoReply { .. } => ty::MASTER_INFO_REPLY,
             Launched { .. } => ty::LAUNCHED,
             Spawned { .. } => ty::SPAWNED,
@@ -830,6 +849,7 @@ impl Message {
             SignalLaunch { .. } => "SignalLaunch",
             Spawn { .. } => "Spawn",
             SignalProc { .. } => "SignalProc",
+            StageFiles { .. } => "StageFiles",
             MasterInfoReply { .. } => "MasterInfoReply",
             Launched { .. } => "Launched",
             Spawned { .. } => "Spawned",
@@ -900,6 +920,11 @@ impl Message {
                 w.u64(*launch);
                 w.u32(*rank);
                 w.i32(*signal);
+            }
+            StageFiles { port, token, files } => {
+                w.u16(*port);
+                w.fixed(token);
+                put_files(w, files);
             }
             MasterInfoReply { version, addrs } => {
                 w.str(version);
@@ -1032,6 +1057,9 @@ impl Message {
                 rank: r.u32("rank")?,
                 signal: r.i32("signal")?,
             },
+            ty::STAGE_FILES => {
+                StageFiles { port: r.u16("port")?, token: r.fixed("token")?, files: get_files(r)? }
+            }
             ty::MASTER_INFO_REPLY => {
                 let version = r.str("version", MAX_TEXT)?;
                 let n = r.count("address list", MAX_NODES, 3)?;

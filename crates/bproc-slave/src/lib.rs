@@ -323,6 +323,36 @@ async fn serve_link(
                 });
                 None
             }
+            Message::StageFiles { port, token, files } => {
+                let (outbox, diskless, master_ip) =
+                    (outbox.clone(), opts.diskless.clone(), *master.ip());
+                tokio::spawn(async move {
+                    // A node with a filesystem of its own already has the master's files.
+                    let reply = match &diskless {
+                        None => Message::Ok,
+                        Some(d) => {
+                            let spec = bproc_proto::ProcSpec {
+                                io_port: port,
+                                token,
+                                files,
+                                ..Default::default()
+                            };
+                            match procs::stage(d, master_ip, &spec, u32::MAX).await {
+                                Ok(()) => {
+                                    outbox.send(0, Message::Pong { seq: 0, info: node_info() });
+                                    Message::Ok
+                                }
+                                Err(e) => {
+                                    warn!("staging the master's libraries: {e}");
+                                    error_reply(bproc_proto::errno::EIO, e)
+                                }
+                            }
+                        }
+                    };
+                    outbox.send(id, reply);
+                });
+                None
+            }
             Message::SignalProc { launch, rank, signal } => {
                 procs.signal(launch, rank, signal);
                 None

@@ -113,7 +113,12 @@ async fn connect_back(
 /// the content, else fetched from the launcher and checked against its hash. Each file is a
 /// hard link to its cache entry, put in place by rename so concurrent launches never see a
 /// partial file.
-async fn stage(d: &Diskless, master: Ipv4Addr, spec: &ProcSpec, rank: u32) -> Result<(), String> {
+pub(crate) async fn stage(
+    d: &Diskless,
+    master: Ipv4Addr,
+    spec: &ProcSpec,
+    rank: u32,
+) -> Result<(), String> {
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::AsyncReadExt;

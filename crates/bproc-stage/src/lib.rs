@@ -207,6 +207,56 @@ pub fn closure(
     Ok(files.into_values().collect())
 }
 
+/// The files the configuration's `libraries` and `librariesfrombinary` lines put on every
+/// node (BProc's rc script: each `libraries` argument, a path or a glob, contributes the
+/// `*.so*` files directly in it; each `librariesfrombinary` program, the libraries it needs).
+/// A `libraries` argument naming a regular file stages that file whatever its name, so that
+/// a diskless node can be given `/etc/passwd` and the like. Missing paths are skipped, as
+/// BProc did.
+pub fn config_files(
+    libraries: &[String],
+    from_binaries: &[String],
+) -> Result<Vec<StagedFile>, StageError> {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for arg in libraries {
+        let matches =
+            if arg.contains('*') { glob(arg, Path::new("/")) } else { vec![PathBuf::from(arg)] };
+        for m in matches {
+            if m.is_file() {
+                paths.push(m);
+            } else if let Ok(rd) = std::fs::read_dir(&m) {
+                let mut libs: Vec<PathBuf> = rd
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.is_file()
+                            && p.file_name().is_some_and(|n| n.to_string_lossy().contains(".so"))
+                    })
+                    .collect();
+                libs.sort();
+                paths.extend(libs);
+            }
+        }
+    }
+    let mut files: BTreeMap<PathBuf, StagedFile> = BTreeMap::new();
+    for p in paths {
+        let bytes = read(&p)?;
+        files.insert(p.clone(), staged(&p, &bytes)?);
+    }
+    for bin in from_binaries {
+        let bin = Path::new(bin);
+        if !bin.is_file() {
+            continue;
+        }
+        for f in closure(bin, None)? {
+            if f.path != bin {
+                files.insert(f.path.clone(), f);
+            }
+        }
+    }
+    Ok(files.into_values().collect())
+}
+
 /// Lowercase hex of a content hash, as used for cache file names.
 pub fn hex(hash: &[u8; 32]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
@@ -249,6 +299,16 @@ mod tests {
         std::fs::write(&script, "#!\n").unwrap();
         assert!(matches!(closure(&script, None), Err(StageError::Script(_))));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn configuration_lines() {
+        let files = config_files(&["/etc/hostname".into(), "/no/such".into()], &["/bin/ls".into()])
+            .unwrap();
+        let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+        assert!(paths.contains(&Path::new("/etc/hostname")), "{paths:?}");
+        assert!(!paths.contains(&Path::new("/bin/ls")), "the binary itself is not a library");
+        assert!(names(&files).iter().any(|f| f.starts_with("libc.so")), "{paths:?}");
     }
 
     #[test]

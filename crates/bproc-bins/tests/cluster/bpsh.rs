@@ -383,3 +383,32 @@ fn diskless_nodes_get_programs_from_the_master() {
     assert_eq!(out, "hello from a script, rank 0000000\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The configuration's `libraries` and `librariesfrombinary` lines are staged on diskless
+/// nodes when they join, before they turn up: with ssh's libraries and the user database
+/// there, `bpsh 0 ssh -V` (a dozen shared libraries) runs on a diskless node.
+#[test]
+fn diskless_nodes_get_the_configured_libraries_at_join() {
+    if !require_root("diskless nodes need their own mount namespace and chroot") {
+        return;
+    }
+    let Some(ssh) = bproc_bpsh::which("ssh".as_ref()) else {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED: ssh is not installed");
+        return;
+    };
+    let mut spec = TestCluster::spec(&bins(), 1, "diskless-libs");
+    spec.diskless = true;
+    spec.extra_config =
+        format!("libraries /etc/passwd /etc/group\nlibrariesfrombinary {}\n", ssh.display());
+    let c = TestCluster::start(spec);
+    let at_join = staged_bytes(&c, 0);
+    assert!(at_join > 100_000, "libraries staged when the node joined: {at_join} bytes");
+    let out = c.cmd("bpsh").args(["0", "ssh", "-V"]).output_of();
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out).1.starts_with("OpenSSH_"), "{out:?}");
+    // Only the ssh binary itself was new: its libraries were already there.
+    let added = staged_bytes(&c, 0) - at_join;
+    assert_eq!(added, std::fs::metadata(&ssh).unwrap().len(), "only ssh itself was sent");
+    assert!(c.cmd("bpsh").args(["0", "cat", "/etc/passwd"]).ok().starts_with("root:"));
+}

@@ -1,0 +1,76 @@
+//! The configuration's `libraries` and `librariesfrombinary` files, staged on every diskless
+//! node when it joins, before `node_up` runs and the node turns `up`. The master serves them
+//! on a port of its own, with a token, in the same fetch protocol bpsh uses for a launch's
+//! files; a node fetches only what its cache lacks.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bproc_proto::StagedRef;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// The staged set and where it is served.
+#[derive(Debug)]
+pub(crate) struct Stage {
+    /// Port of the file server on the master's slave-facing address.
+    pub port: u16,
+    /// Secret nodes present.
+    pub token: [u8; 16],
+    /// The files, as sent to nodes.
+    pub files: Vec<StagedRef>,
+    by_hash: HashMap<[u8; 32], PathBuf>,
+}
+
+/// Gathers the configured files and starts serving them; `None` when there are none.
+pub(crate) async fn start(config: &Config, ip: IpAddr) -> Result<Option<Arc<Stage>>, String> {
+    let files = bproc_stage::config_files(&config.libraries, &config.libraries_from_binary)
+        .map_err(|e| format!("{}: libraries: {e}", config.path.display()))?;
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0))
+        .await
+        .map_err(|e| format!("cannot listen for library staging on {ip}: {e}"))?;
+    let mut token = [0u8; 16];
+    getrandom::fill(&mut token).expect("the kernel's random source failed");
+    let stage = Arc::new(Stage {
+        port: listener.local_addr().map_err(|e| e.to_string())?.port(),
+        token,
+        files: files
+            .iter()
+            .map(|f| StagedRef {
+                path: f.path.to_string_lossy().into_owned(),
+                mode: f.mode,
+                size: f.size,
+                hash: f.hash,
+            })
+            .collect(),
+        by_hash: files.into_iter().map(|f| (f.hash, f.path)).collect(),
+    });
+    info!("staging {} configured files on diskless nodes", stage.files.len());
+    tokio::spawn(serve(listener, stage.clone()));
+    Ok(Some(stage))
+}
+
+async fn serve(listener: TcpListener, stage: Arc<Stage>) {
+    loop {
+        let Ok((mut s, peer)) = listener.accept().await else { continue };
+        let stage = stage.clone();
+        tokio::spawn(async move {
+            let mut head = [0u8; 21];
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head)).await;
+            if !matches!(read, Ok(Ok(_))) || head[..16] != stage.token || head[20] != 0xff {
+                warn!("library staging: refused a connection from {peer}");
+                return;
+            }
+            bproc_link::serve_staged_file(&mut s, &stage.by_hash).await;
+        });
+    }
+}
