@@ -420,7 +420,6 @@ fn start_local(
     slots: &Mutex<Vec<[Slot; 3]>>,
     exits: mpsc::UnboundedSender<(u32, ExitStatus)>,
 ) -> Result<i32, i32> {
-    use std::os::unix::process::ExitStatusExt;
     use std::process::Stdio;
     let mut cmd = tokio::process::Command::new(&spec.path);
     cmd.arg0(spec.argv.first().map_or(spec.path.as_str(), String::as_str))
@@ -459,14 +458,7 @@ fn start_local(
     }
     let pid = child.id().map_or(0, |p| p as i32);
     tokio::spawn(async move {
-        let status = match child.wait().await {
-            Ok(s) => match (s.code(), s.signal()) {
-                (Some(c), _) => ExitStatus::Code(c),
-                (None, Some(sig)) => ExitStatus::Signal(sig),
-                _ => ExitStatus::Code(255),
-            },
-            Err(_) => ExitStatus::Code(255),
-        };
+        let status = child.wait().await.map_or(ExitStatus::Code(255), ExitStatus::from);
         let _ = exits.send((rank as u32, status));
     });
     Ok(pid)

@@ -631,6 +631,19 @@ impl IoSpec {
     }
 }
 
+impl From<std::process::ExitStatus> for ExitStatus {
+    /// How a local child ended: its exit code or the signal that killed it.
+    fn from(s: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (s.code(), s.signal()) {
+            (Some(c), _) => ExitStatus::Code(c),
+            (None, Some(sig)) => ExitStatus::Signal(sig),
+            // Stopped or continued: not an end; callers only convert final statuses.
+            _ => ExitStatus::Code(255),
+        }
+    }
+}
+
 impl ExitStatus {
     fn encode(&self, w: &mut Writer) {
         match self {

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -279,11 +279,7 @@ pub async fn spawn(
     let procs = procs.clone();
     tokio::spawn(async move {
         let status = match child.wait().await {
-            Ok(s) => match (s.code(), s.signal()) {
-                (Some(c), _) => ExitStatus::Code(c),
-                (None, Some(sig)) => ExitStatus::Signal(sig),
-                _ => ExitStatus::Code(255),
-            },
+            Ok(s) => ExitStatus::from(s),
             Err(e) => {
                 warn!("launch {launch} rank {rank}: wait failed: {e}");
                 ExitStatus::Code(255)
