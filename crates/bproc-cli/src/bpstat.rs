@@ -37,6 +37,8 @@ Other:
   -U, --update         redisplay whenever a node changes
   -L, --lock           ignore interrupt and suspend keys (with -U, for consoles)
   -A HOST              print the number of the node with HOST's address
+      --master-info    print the master's version, slave-facing addresses and the bytes it
+                       has sent to slaves, as one JSON line
   -p, -P               list or annotate remote processes (not available yet)
 Nodes are node specifications (0-3,7 allup n[0-7] master); the default is all.
 ";
@@ -59,6 +61,7 @@ struct Args {
     update: bool,
     lock: bool,
     address_of: Option<String>,
+    master_info: bool,
     specs: Vec<String>,
 }
 
@@ -70,6 +73,7 @@ fn parse(args: Vec<OsString>) -> Result<Result<Args, ExitCode>, lexopt::Error> {
         update: false,
         lock: false,
         address_of: None,
+        master_info: false,
         specs: Vec::new(),
     };
     let mut p = lexopt::Parser::from_args(args);
@@ -97,6 +101,7 @@ fn parse(args: Vec<OsString>) -> Result<Result<Args, ExitCode>, lexopt::Error> {
             Short('U') | Long("update") => a.update = true,
             Short('L') | Long("lock") => a.lock = true,
             Short('A') => a.address_of = Some(p.value()?.string()?),
+            Long("master-info") => a.master_info = true,
             Short('p') | Short('P') => {
                 eprintln!(
                     "bpstat: -p and -P list remote processes, which need ghost processes; \
@@ -183,6 +188,29 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if a.master_info {
+        return match client.request(&bproc::Message::MasterInfo) {
+            Ok(bproc::Message::MasterInfoReply { version, addrs, bytes_to_slaves }) => {
+                let addrs: Vec<String> = addrs
+                    .iter()
+                    .map(|e| format!("{}:{}", e.ip.map_or("*".into(), |i| i.to_string()), e.port))
+                    .collect();
+                let v = serde_json::json!({
+                    "version": version, "addrs": addrs, "bytes_to_slaves": bytes_to_slaves
+                });
+                let _ = write_out(&format!("{v}\n"));
+                ExitCode::SUCCESS
+            }
+            Ok(other) => {
+                eprintln!("bpstat: unexpected reply {} from bpmaster", other.name());
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("bpstat: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(host) = &a.address_of {
         return match client.nodes() {
             Ok(all) => address_of(&all, host),

@@ -142,6 +142,7 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
                     std::net::SocketAddr::V6(a) => Endpoint { ip: None, port: a.port() },
                 })
                 .collect(),
+            bytes_to_slaves: shared.sent_to_slaves.load(std::sync::atomic::Ordering::Relaxed),
         },
         Message::SetState { node, state } => {
             let r = shared.table().set_state(caller, node, &state);

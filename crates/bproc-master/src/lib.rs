@@ -153,6 +153,8 @@ pub(crate) struct Shared {
     listen: Vec<SocketAddr>,
     /// The configuration's libraries, staged on diskless nodes as they join.
     stage: Option<Arc<stage::Stage>>,
+    /// Bytes written to slave links, for measuring what a launch costs the master.
+    pub(crate) sent_to_slaves: Arc<AtomicU64>,
     /// Set once shutdown begins, so links closing then do not mark their nodes down in the
     /// state file: their slaves are expected to resume with the next master.
     stopping: AtomicBool,
@@ -323,6 +325,7 @@ impl Master {
             launches: launch::Launches::default(),
             listen: tcp.iter().filter_map(|l| l.local_addr().ok()).collect(),
             stage,
+            sent_to_slaves: Arc::default(),
             stopping: AtomicBool::new(false),
         });
         Ok(Master { shared, tcp, unix })

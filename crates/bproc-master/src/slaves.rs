@@ -192,7 +192,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
 
     let (mut rd, wr) = stream.into_split();
     let (done_tx, mut done_rx) = oneshot::channel();
-    tokio::spawn(writer(wr, rx, done_tx));
+    tokio::spawn(writer(wr, rx, done_tx, shared.sent_to_slaves.clone()));
     drop(tx);
     let reason = loop {
         let frame = tokio::select! {
@@ -280,11 +280,15 @@ async fn writer(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     done: oneshot::Sender<()>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
 ) {
+    use tokio::io::AsyncWriteExt;
     while let Some(out) = rx.recv().await {
         match out {
             Outgoing::Frame(id, msg) => {
-                if write_frame(&mut wr, id, &msg).await.is_err() {
+                let bytes = bproc_proto::encode(id, &msg);
+                sent.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if wr.write_all(&bytes).await.is_err() {
                     break;
                 }
             }

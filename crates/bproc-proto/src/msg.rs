@@ -397,6 +397,8 @@ pub enum Message {
         version: String,
         /// Addresses slaves connect to.
         addrs: Vec<Endpoint>,
+        /// Bytes the master has sent to slaves since it started (launches, pings, commands).
+        bytes_to_slaves: u64,
     },
     /// Reply to [`Message::Launch`]: per rank, the process's pid on its node (> 0) or a
     /// negated error code (≤ 0), as `bproc_vexecmove` returns.
@@ -939,12 +941,13 @@ impl Message {
                 w.fixed(token);
                 put_files(w, files);
             }
-            MasterInfoReply { version, addrs } => {
+            MasterInfoReply { version, addrs, bytes_to_slaves } => {
                 w.str(version);
                 w.u32(addrs.len() as u32);
                 for a in addrs {
                     put_endpoint(w, a);
                 }
+                w.u64(*bytes_to_slaves);
             }
             Launched { pids } => {
                 w.u32(pids.len() as u32);
@@ -1080,7 +1083,7 @@ impl Message {
                 for _ in 0..n {
                     addrs.push(get_endpoint(r)?);
                 }
-                MasterInfoReply { version, addrs }
+                MasterInfoReply { version, addrs, bytes_to_slaves: r.u64("bytes to slaves")? }
             }
             ty::LAUNCHED => {
                 let n = r.count("pid list", MAX_NODES, 4)?;

@@ -133,8 +133,13 @@ fn launch_messages() -> impl Strategy<Value = Message> {
             .prop_map(|(launch, rank, signal)| { Message::SignalProc { launch, rank, signal } }),
         (any::<u16>(), any::<[u8; 16]>(), spec())
             .prop_map(|(port, token, s)| Message::StageFiles { port, token, files: s.files }),
-        (".{0,10}", proptest::collection::vec(endpoint(), 0..4))
-            .prop_map(|(version, addrs)| Message::MasterInfoReply { version, addrs }),
+        (".{0,10}", proptest::collection::vec(endpoint(), 0..4), any::<u64>()).prop_map(
+            |(version, addrs, bytes_to_slaves)| Message::MasterInfoReply {
+                version,
+                addrs,
+                bytes_to_slaves
+            }
+        ),
         proptest::collection::vec(any::<i32>(), 0..10).prop_map(|pids| Message::Launched { pids }),
         any::<i32>().prop_map(|pid| Message::Spawned { pid }),
         (any::<u64>(), any::<u32>(), status_of_exit())

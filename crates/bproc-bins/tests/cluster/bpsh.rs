@@ -420,3 +420,21 @@ fn diskless_nodes_get_the_configured_libraries_at_join() {
     assert_eq!(added, std::fs::metadata(&ssh).unwrap().len(), "only ssh itself was sent");
     assert!(c.cmd("bpsh").args(["0", "cat", "/etc/passwd"]).ok().starts_with("root:"));
 }
+
+/// The master counts what it sends to slaves (`bpstat --master-info`): a launch to two nodes
+/// costs it two spawn requests, each carrying the program's environment.
+#[test]
+fn master_counts_the_bytes_it_sends() {
+    let c = TestCluster::up(&bins(), 2, "bytes");
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&c.cmd("bpstat").arg("--master-info").ok()).unwrap()
+    };
+    let before = read();
+    assert_eq!(before["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(before["addrs"][0], c.master_addr().to_string());
+    c.cmd("bpsh").args(["0-1", "true"]).ok();
+    let sent =
+        read()["bytes_to_slaves"].as_u64().unwrap() - before["bytes_to_slaves"].as_u64().unwrap();
+    let env_size: usize = std::env::vars().map(|(k, v)| k.len() + v.len() + 5).sum();
+    assert!(sent as usize >= 2 * env_size, "sent {sent} bytes, environment is {env_size}");
+}
