@@ -134,7 +134,8 @@ fn main() -> std::io::Result<()> {
             Message::MasterInfoReply {
                 version: "0.1.0".into(),
                 addrs: vec![ep(Some([127, 0, 0, 1]), 2223)],
-            , bytes_to_slaves: 1 << 20 },
+                bytes_to_slaves: 1 << 20,
+            },
         ),
         (18, Message::Launched { pids: vec![100, -301, 0] }),
         (20, Message::Spawned { pid: 4321 }),
