@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use bproc_proto::{
-    encode, Creds, Endpoint, ExitStatus, IoSpec, Message, NodeAction, NodeInfo, NodeStatus,
+    encode, CopyLink, CopyOpts, CopyTask, Creds, NODE_CLIENT, Endpoint, ExitStatus, IoSpec, Message, NodeAction, NodeInfo, NodeStatus,
     ProcSpec,
 };
 
@@ -26,6 +26,7 @@ fn spec() -> ProcSpec {
         umask: 0o022,
         io: vec![IoSpec::Forward, IoSpec::Null, IoSpec::File("/tmp/o".into())],
         io_port: 40000,
+        io_ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
         token: [9; 16],
         rlimits: vec![(7, 1024, 4096)],
         files: vec![bproc_proto::StagedRef {
@@ -35,6 +36,14 @@ fn spec() -> ProcSpec {
             hash: [1; 32],
         }],
     }
+}
+
+fn copy_opts() -> CopyOpts {
+    CopyOpts { recursive: true, preserve: true, target_dir: false, umask: 0o022 }
+}
+
+fn link() -> CopyLink {
+    CopyLink { node: 4, ip: Some(Ipv4Addr::new(10, 0, 0, 6)), port: 40200, token: [6; 16] }
 }
 
 fn info() -> NodeInfo {
@@ -86,7 +95,19 @@ fn main() -> std::io::Result<()> {
         (0, Message::AuthChallenge { nonce: [0xa5; 32] }),
         (0, Message::AuthResponse { nonce: [1; 32], mac: [2; 32] }),
         (0, Message::AuthConfirm { mac: [3; 32] }),
-        (1, Message::Join { version: "0.1.0".into(), cookie: 0x1122_3344_5566_7788, info: info() }),
+        (
+            1,
+            Message::Join {
+                version: "0.1.0".into(),
+                cookie: 0x1122_3344_5566_7788,
+                info: info(),
+                data_port: 40100,
+            },
+        ),
+        (
+            0,
+            Message::ProxyClient { node: 3, creds: Creds { uid: 1000, gid: 100, groups: vec![27] } },
+        ),
         (1, Message::Conf { node: 3, cookie: 42, ping_timeout: 30, time_ms: 1_700_000_000_000 }),
         (0, Message::Ping { seq: 7, time_ms: 1_700_000_000_123 }),
         (0, Message::Pong { seq: 7, info: info() }),
@@ -135,6 +156,55 @@ fn main() -> std::io::Result<()> {
                 version: "0.1.0".into(),
                 addrs: vec![ep(Some([127, 0, 0, 1]), 2223)],
                 bytes_to_slaves: 1 << 20,
+                client_node: 3,
+                client_ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            },
+        ),
+        (
+            22,
+            Message::Copy {
+                src: vec![NODE_CLIENT],
+                paths: vec!["a".into(), "b".into()],
+                dst: vec![0, 1, 2],
+                target: "/tmp".into(),
+                opts: copy_opts(),
+                cwd: "/home/u".into(),
+                fanout: 2,
+                port: 0,
+            },
+        ),
+        (
+            23,
+            Message::CopyOrder {
+                creds: Creds { uid: 1000, gid: 100, groups: vec![] },
+                cwd: "/".into(),
+                opts: copy_opts(),
+                task: CopyTask::Receive {
+                    token: [4; 16],
+                    target: "/tmp".into(),
+                    suffix: ".3".into(),
+                    to: vec![link()],
+                },
+            },
+        ),
+        (
+            24,
+            Message::CopyOrder {
+                creds: Creds { uid: 0, gid: 0, groups: vec![] },
+                cwd: "/".into(),
+                opts: copy_opts(),
+                task: CopyTask::Send { paths: vec!["/etc/hosts".into()], to: vec![link()] },
+            },
+        ),
+        (22, Message::CopyPlan { links: vec![link()], reports: 3 }),
+        (
+            0,
+            Message::CopyResult {
+                node: 2,
+                source_errors: vec!["rcp: /x: No such file or directory".into()],
+                errors: vec![],
+                files: 1,
+                bytes: 4096,
             },
         ),
         (18, Message::Launched { pids: vec![100, -301, 0] }),
@@ -142,9 +212,26 @@ fn main() -> std::io::Result<()> {
         (0, Message::ProcExit { launch: 3, rank: 1, status: ExitStatus::Signal(9) }),
     ];
     for (id, msg) in &msgs {
-        let path = dir.join(msg.name());
+        let mut name = msg.name().to_owned();
+        if let Message::CopyOrder { task: CopyTask::Send { .. }, .. } = msg {
+            name += "Send";
+        }
+        let path = dir.join(name);
         std::fs::write(&path, encode(*id, msg))?;
     }
+    // A bpcp copy stream (for the copy_stream target): a directory holding a file and a link.
+    use bproc_copy::stream::{encode_entry, encode_trailer, Entry, Times, Trailer, MAGIC};
+    let mut stream = MAGIC.to_vec();
+    let times = Times { mtime: (1_700_000_000, 5), atime: (1_700_000_001, 0) };
+    encode_entry(&Entry::Dir { name: b"d".to_vec(), mode: 0o755, times }, &mut stream);
+    encode_entry(&Entry::File { name: b"f".to_vec(), mode: 0o644, times, size: 3 }, &mut stream);
+    stream.extend_from_slice(b"abc");
+    encode_trailer(&Trailer::Ok([7; 16]), &mut stream);
+    encode_entry(&Entry::Symlink { name: b"l".to_vec(), target: b"f".to_vec() }, &mut stream);
+    encode_entry(&Entry::Up, &mut stream);
+    encode_entry(&Entry::Error { message: "rcp: /x: No such file or directory".into() }, &mut stream);
+    encode_entry(&Entry::End, &mut stream);
+    std::fs::write(dir.join("CopyStream"), stream)?;
     // A type this version does not know, with a body that is skipped.
     let mut unknown = encode(16, &Message::NodeList);
     unknown[6..8].copy_from_slice(&0xfffeu16.to_be_bytes());

@@ -235,14 +235,7 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         eprintln!("bpsh: \"{}\" selects no node; nothing to run", a.spec);
         return Ok(None);
     }
-    let listen_ip = match client.request(&Message::MasterInfo)? {
-        Message::MasterInfoReply { addrs, .. } => addrs
-            .iter()
-            .find_map(|e| e.ip)
-            .filter(|ip| !ip.is_unspecified())
-            .unwrap_or(Ipv4Addr::LOCALHOST),
-        other => return Err(bproc::BprocError::Unexpected(other.name())),
-    };
+    let listen_ip = client.place()?.ip;
     let mut strings = Vec::with_capacity(a.command.len());
     for arg in &a.command {
         match arg.to_str() {
@@ -279,6 +272,7 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         umask: current_umask(),
         io,
         io_port: 0,
+        io_ip: None,
         token,
         rlimits: current_rlimits(),
         files: Vec::new(),

@@ -190,7 +190,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     };
     if a.master_info {
         return match client.request(&bproc::Message::MasterInfo) {
-            Ok(bproc::Message::MasterInfoReply { version, addrs, bytes_to_slaves }) => {
+            Ok(bproc::Message::MasterInfoReply { version, addrs, bytes_to_slaves, .. }) => {
                 let addrs: Vec<String> = addrs
                     .iter()
                     .map(|e| format!("{}:{}", e.ip.map_or("*".into(), |i| i.to_string()), e.port))

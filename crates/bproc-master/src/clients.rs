@@ -1,6 +1,10 @@
 //! The client socket: local programs (bpstat, bpctl, libbproc) ask for the node table and
 //! request changes. Each caller is identified by the kernel (`SO_PEERCRED`), never by anything
 //! it sends; its supplementary groups are read from `/proc/<pid>/status`.
+//!
+//! A client running on a node reaches the master through its slave, which opens an
+//! authenticated TCP connection for it and vouches for its identity (read from the kernel on
+//! the node); from then on the connection is served like a local one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +12,8 @@ use std::time::Duration;
 use bproc_link::{read_frame, write_frame, LinkError};
 use bproc_proto::errno::{ENOSYS, EPROTO};
 use bproc_proto::{Endpoint, Message};
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
 use crate::slaves::{self, disconnect};
@@ -30,32 +34,52 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
     }
 }
 
-/// Supplementary groups of `pid`, from `/proc/<pid>/status`.
-fn groups_of(pid: Option<i32>) -> Vec<u32> {
-    let Some(pid) = pid else { return Vec::new() };
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_default()
-}
+/// The reading half of a client connection, local or proxied.
+pub(crate) type ClientRd = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half.
+pub(crate) type ClientWr = Box<dyn AsyncWrite + Send + Unpin>;
 
 async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
     let caller = match stream.peer_cred() {
         Ok(c) => Caller {
             uid: c.uid(),
             gid: c.gid(),
-            groups: groups_of(c.pid()),
+            groups: c.pid().map(bproc_sys::groups_of).unwrap_or_default(),
             admin: c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw(),
+            origin: None,
         },
         Err(e) => {
             warn!("client without credentials refused: {e}");
             return;
         }
     };
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    serve(shared, caller, Box::new(rd), Box::new(wr)).await;
+}
+
+/// Serves a client of node `node` (at `ip`) whose slave opened `stream` for it.
+pub(crate) async fn serve_proxied(
+    shared: Arc<Shared>,
+    node: i32,
+    ip: std::net::Ipv4Addr,
+    creds: bproc_proto::Creds,
+    stream: TcpStream,
+) {
+    // Root on a node is root of the cluster, as in BProc, where a node's processes are the
+    // master's own.
+    let caller = Caller {
+        uid: creds.uid,
+        gid: creds.gid,
+        groups: creds.groups,
+        admin: creds.uid == 0,
+        origin: Some((node, ip)),
+    };
+    debug!("node {node}: client uid {} connected through its slave", caller.uid);
+    let (rd, wr) = stream.into_split();
+    serve(shared, caller, Box::new(rd), Box::new(wr)).await;
+}
+
+async fn serve(shared: Arc<Shared>, caller: Caller, mut rd: ClientRd, mut wr: ClientWr) {
     loop {
         let (id, msg) = match read_frame(&mut rd).await {
             Ok(Some(f)) => f,
@@ -84,6 +108,11 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
                 crate::launch::serve(shared, caller, id, nodes, spec, rd, wr).await;
                 return;
             }
+            Message::Copy { src, paths, dst, target, opts, cwd, fanout, port } => {
+                let req = crate::copy::Request { src, paths, dst, target, opts, cwd, fanout, port };
+                crate::copy::serve(shared, caller, id, req, rd, wr).await;
+                return;
+            }
             _ => {}
         }
         let reply = handle(&shared, &caller, msg).await;
@@ -94,12 +123,7 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
 }
 
 /// Streams the node table after every change until the client goes away.
-async fn watch(
-    shared: &Shared,
-    id: u32,
-    mut rd: tokio::net::unix::OwnedReadHalf,
-    mut wr: OwnedWriteHalf,
-) {
+async fn watch(shared: &Shared, id: u32, mut rd: ClientRd, mut wr: ClientWr) {
     let mut rx = shared.changed.subscribe();
     if write_frame(&mut wr, id, &Message::Ok).await.is_err() {
         return;
@@ -143,6 +167,8 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
                 })
                 .collect(),
             bytes_to_slaves: shared.sent_to_slaves.load(std::sync::atomic::Ordering::Relaxed),
+            client_node: caller.origin.map_or(bproc_proto::NODE_MASTER, |o| o.0),
+            client_ip: caller.origin.map(|o| o.1),
         },
         Message::SetState { node, state } => {
             let r = shared.table().set_state(caller, node, &state);

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use bproc_link::{read_frame, write_frame};
 use bproc_proto::{errno, Creds, ExitStatus, Message, ProcSpec};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{debug, info};
@@ -130,10 +129,12 @@ pub(crate) async fn serve(
     id: u32,
     nodes: Vec<i32>,
     spec: ProcSpec,
-    mut rd: OwnedReadHalf,
-    mut wr: OwnedWriteHalf,
+    mut rd: crate::clients::ClientRd,
+    mut wr: crate::clients::ClientWr,
 ) {
     let launch = shared.launch_id();
+    // Nodes connect a launcher's fds back to where it runs, never where it claims to.
+    let spec = ProcSpec { io_ip: caller.origin.map(|o| o.1), ..spec };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let size = nodes.len() as u32;
     shared.launches.lock().insert(

@@ -27,6 +27,7 @@
 
 mod clients;
 pub mod config;
+mod copy;
 mod hook;
 mod launch;
 pub mod persist;
@@ -153,6 +154,8 @@ pub(crate) struct Shared {
     listen: Vec<SocketAddr>,
     /// The configuration's libraries, staged on diskless nodes as they join.
     stage: Option<Arc<stage::Stage>>,
+    /// The data port where clients on nodes copy to and from the front end.
+    data: bproc_copy::service::DataService,
     /// Bytes written to slave links, for measuring what a launch costs the master.
     pub(crate) sent_to_slaves: Arc<AtomicU64>,
     /// Set once shutdown begins, so links closing then do not mark their nodes down in the
@@ -312,6 +315,15 @@ impl Master {
             .and_then(|l| l.local_addr().ok())
             .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip());
         let stage = stage::start(&config, stage_ip).await.map_err(MasterError::Stage)?;
+        let data_ip = match stage_ip {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
+        };
+        let euid = nix::unistd::geteuid();
+        let authority = bproc_copy::service::Authority { root: euid.is_root(), uid: euid.as_raw() };
+        let data = bproc_copy::service::DataService::start(data_ip, authority, None).map_err(
+            |source| MasterError::Listen { what: format!("{data_ip}:0 (data port)"), source },
+        )?;
         let shared = Arc::new(Shared {
             table: Mutex::new(table),
             config: Mutex::new(Arc::new(config)),
@@ -325,6 +337,7 @@ impl Master {
             launches: launch::Launches::default(),
             listen: tcp.iter().filter_map(|l| l.local_addr().ok()).collect(),
             stage,
+            data,
             sent_to_slaves: Arc::default(),
             stopping: AtomicBool::new(false),
         });

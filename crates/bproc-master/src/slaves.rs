@@ -108,8 +108,22 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         return;
     }
     let join = tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await;
-    let (version, cookie, info) = match join {
-        Ok(Ok((_, Message::Join { version, cookie, info }))) => (version, cookie, info),
+    let (version, cookie, info, data_port) = match join {
+        Ok(Ok((_, Message::Join { version, cookie, info, data_port }))) => {
+            (version, cookie, info, data_port)
+        }
+        Ok(Ok((_, Message::ProxyClient { node, creds }))) => {
+            if node != n {
+                warn!("node {n}: {peer} carried a client for node {node}; refused");
+                return;
+            }
+            if shared.table().get(n).is_none_or(|x| x.session.is_none()) {
+                warn!("node {n}: a client connection arrived while the node is down; refused");
+                return;
+            }
+            crate::clients::serve_proxied(shared, n, ip, creds, stream).await;
+            return;
+        }
         Ok(Ok((_, other))) => {
             warn!("node {n}: expected Join from {peer}, received {}", other.name());
             return;
@@ -169,6 +183,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
                 }
             }
             node.addr = Some(ip);
+            node.data_port = data_port;
             node.info = Some(info);
             let cookie = session.cookie;
             node.session = Some(session);
@@ -248,7 +263,10 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
         Message::ProcExit { launch, rank, status } => {
             shared.launches.exited(launch, rank, status);
         }
-        reply @ (Message::Ok | Message::Error { .. } | Message::Spawned { .. }) => {
+        reply @ (Message::Ok
+        | Message::Error { .. }
+        | Message::Spawned { .. }
+        | Message::CopyResult { .. }) => {
             if let Some(waiter) = session.pending.remove(&id) {
                 let _ = waiter.send(reply);
             }
@@ -301,8 +319,19 @@ async fn writer(
     let _ = done.send(());
 }
 
-/// Sends a request to node `n` and waits for its reply.
+/// Sends a request to node `n` and waits up to 30 s for its reply.
 pub(crate) async fn request(shared: &Shared, n: i32, msg: Message) -> Message {
+    request_within(shared, n, msg, Duration::from_secs(30)).await
+}
+
+/// Sends a request to node `n` and waits up to `limit` for its reply; the node going down
+/// ends the wait at once.
+pub(crate) async fn request_within(
+    shared: &Shared,
+    n: i32,
+    msg: Message,
+    limit: Duration,
+) -> Message {
     let id = shared.request_id();
     let (tx, rx) = oneshot::channel();
     {
@@ -313,7 +342,7 @@ pub(crate) async fn request(shared: &Shared, n: i32, msg: Message) -> Message {
         s.pending.insert(id, tx);
         let _ = s.tx.send(Outgoing::Frame(id, msg));
     }
-    match tokio::time::timeout(Duration::from_secs(30), rx).await {
+    match tokio::time::timeout(limit, rx).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(_)) => Message::Error {
             code: BE_SLAVEDIED,
@@ -325,7 +354,7 @@ pub(crate) async fn request(shared: &Shared, n: i32, msg: Message) -> Message {
             }
             Message::Error {
                 code: BE_SLAVEDIED,
-                message: format!("node {n} did not answer in 30 s"),
+                message: format!("node {n} did not answer in {} s", limit.as_secs()),
             }
         }
     }

@@ -29,6 +29,9 @@ pub struct Caller {
     /// The cluster's administrator: root, or the user the master runs as (a user's own
     /// virtual cluster is theirs to administer). Holds BProc's root-only rights.
     pub admin: bool,
+    /// The node and address a client on a node runs at (through its slave); `None` on the
+    /// front end.
+    pub origin: Option<(i32, Ipv4Addr)>,
 }
 
 impl Caller {
@@ -101,6 +104,8 @@ pub struct Node {
     pub gid: u32,
     /// Address of the current connection.
     pub addr: Option<Ipv4Addr>,
+    /// The slave's data port (copies), on `addr`.
+    pub data_port: u16,
     /// Latest machine report.
     pub info: Option<NodeInfo>,
     /// The live session, if connected.
@@ -119,6 +124,7 @@ impl Node {
             uid: 0,
             gid: 0,
             addr: None,
+            data_port: 0,
             info: None,
             session: None,
             saved: None,
@@ -434,9 +440,9 @@ mod tests {
         rx
     }
 
-    const ROOT: Caller = Caller { uid: 0, gid: 0, groups: Vec::new(), admin: true };
+    const ROOT: Caller = Caller { uid: 0, gid: 0, groups: Vec::new(), admin: true, origin: None };
     fn user(uid: u32, gid: u32) -> Caller {
-        Caller { uid, gid, groups: vec![], admin: false }
+        Caller { uid, gid, groups: vec![], admin: false, origin: None }
     }
 
     #[test]
@@ -479,7 +485,8 @@ mod tests {
         t.chown(&ROOT, 0, 5).unwrap();
         t.chmod(&user(5, 5), 0, 0o100).unwrap();
         assert_eq!(t.chgrp(&user(5, 5), 0, 7).unwrap_err().code, EPERM);
-        t.chgrp(&Caller { uid: 5, gid: 5, groups: vec![7], admin: false }, 0, 7).unwrap();
+        t.chgrp(&Caller { uid: 5, gid: 5, groups: vec![7], admin: false, origin: None }, 0, 7)
+            .unwrap();
         assert_eq!(t.chgrp(&user(6, 7), 0, 7).unwrap_err().code, EPERM);
         let n = t.get(0).unwrap();
         assert_eq!((n.mode, n.uid, n.gid), (0o100, 5, 7));
@@ -492,7 +499,7 @@ mod tests {
         t.chown(&ROOT, 0, 5).unwrap();
         t.chgrp(&ROOT, 0, 7).unwrap();
         let owner = user(5, 5);
-        let member = Caller { uid: 6, gid: 9, groups: vec![7], admin: false };
+        let member = Caller { uid: 6, gid: 9, groups: vec![7], admin: false, origin: None };
         let other = user(8, 8);
         for (mode, o, m, x) in [
             (0o100, true, false, false),

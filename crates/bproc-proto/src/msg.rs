@@ -97,9 +97,11 @@ pub struct ProcSpec {
     pub umask: u32,
     /// fds 0, 1, 2.
     pub io: Vec<IoSpec>,
-    /// Port of the launcher's listener for forwarded fds, on the master's address as the
-    /// node sees it.
+    /// Port of the launcher's listener for forwarded fds.
     pub io_port: u16,
+    /// Address of that listener: `None` for the master's address as the node sees it (set by
+    /// the master for launchers on nodes).
+    pub io_ip: Option<Ipv4Addr>,
     /// Secret the node presents on each forwarded connection.
     pub token: [u8; 16],
     /// Resource limits to apply: (resource number, soft, hard), `u64::MAX` for unlimited.
@@ -193,6 +195,63 @@ pub struct NodeStatus {
     pub info: Option<NodeInfo>,
 }
 
+/// A receiver of a copy stream: a data port and the token the sender must present.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CopyLink {
+    /// Node number of the receiver ([`NODE_MASTER`] for the master, [`NODE_CLIENT`] for the
+    /// client that asked for the copy).
+    pub node: i32,
+    /// Its address, or `None` for "the master's address as you see it".
+    pub ip: Option<Ipv4Addr>,
+    /// Its data port.
+    pub port: u16,
+    /// Secret the sender presents first.
+    pub token: [u8; 16],
+}
+
+/// Node number that stands for the client itself in copy requests.
+pub const NODE_CLIENT: i32 = i32::MIN;
+
+/// How a copy treats what it moves (bpcp's flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CopyOpts {
+    /// Copy directories recursively (`-r`).
+    pub recursive: bool,
+    /// Keep mode and times (`-p`).
+    pub preserve: bool,
+    /// The target must be a directory (several sources, or a gather).
+    pub target_dir: bool,
+    /// Umask applied to new files without `-p`.
+    pub umask: u32,
+}
+
+/// One node's part in a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyTask {
+    /// Read `paths` and stream them to each of `to`.
+    Send {
+        /// Files or directories, as the user typed them.
+        paths: Vec<String>,
+        /// Receivers to connect to.
+        to: Vec<CopyLink>,
+    },
+    /// Accept one stream presenting `token`, relay it to each of `to`, and write it at
+    /// `target`, each top-level name followed by `suffix`.
+    Receive {
+        /// Secret the sender presents.
+        token: [u8; 16],
+        /// Target path (a directory, or the new name of a single source).
+        target: String,
+        /// Appended to each top-level name (`.N` when gathering from many nodes).
+        suffix: String,
+        /// Receivers further down the broadcast tree.
+        to: Vec<CopyLink>,
+    },
+}
+
+/// Most paths or receivers in one copy request.
+pub const MAX_COPY_ITEMS: usize = 1 << 16;
+
 /// Every message of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -221,6 +280,17 @@ pub enum Message {
         cookie: u64,
         /// The machine's report.
         info: NodeInfo,
+        /// Port of the slave's data service (copies), on the link's address.
+        data_port: u16,
+    },
+    /// Slave → master after authentication, instead of [`Message::Join`]: this connection
+    /// carries a client running on the node; from here on it speaks the client protocol with
+    /// the master, as `creds` (which the slave read from the kernel).
+    ProxyClient {
+        /// The node the client runs on.
+        node: i32,
+        /// The client's identity on the node.
+        creds: Creds,
     },
     /// Master → slave: the node's configuration (BProc's `CONF`); sent on join and on SIGHUP.
     Conf {
@@ -288,6 +358,18 @@ pub enum Message {
         token: [u8; 16],
         /// The files.
         files: Vec<StagedRef>,
+    },
+    /// Master → slave request: take part in a copy, as `creds`. Replied with
+    /// [`Message::CopyResult`] when the part is over.
+    CopyOrder {
+        /// Identity to open and create files with.
+        creds: Creds,
+        /// Working directory for relative paths (`/` when missing).
+        cwd: String,
+        /// Flags.
+        opts: CopyOpts,
+        /// What to do.
+        task: CopyTask,
     },
     /// Master → slave: signal a launch's process on this node (`rank` `u32::MAX`: all of them).
     SignalProc {
@@ -376,6 +458,27 @@ pub enum Message {
         /// Signal number.
         signal: i32,
     },
+    /// Client → master: copy `paths` from each of `src` to `target` on each of `dst`
+    /// ([`NODE_CLIENT`] in either list: the client itself). Replied with
+    /// [`Message::CopyPlan`], then one [`Message::CopyResult`] per node with a part.
+    Copy {
+        /// Source nodes (several only when gathering to the client).
+        src: Vec<i32>,
+        /// Source paths (on every source node).
+        paths: Vec<String>,
+        /// Destination nodes (several: a broadcast).
+        dst: Vec<i32>,
+        /// Target path on the destinations.
+        target: String,
+        /// Flags.
+        opts: CopyOpts,
+        /// The client's working directory, for relative paths on nodes.
+        cwd: String,
+        /// Children per node in a broadcast tree (1: a chain).
+        fanout: u32,
+        /// The client's data port, when it receives.
+        port: u16,
+    },
 
     /// Reply: success.
     Ok,
@@ -399,12 +502,39 @@ pub enum Message {
         addrs: Vec<Endpoint>,
         /// Bytes the master has sent to slaves since it started (launches, pings, commands).
         bytes_to_slaves: u64,
+        /// The node the asking client runs on ([`NODE_MASTER`] on the front end).
+        client_node: i32,
+        /// Where nodes reach the asking client: its node's address for a client on a node,
+        /// `None` on the front end (use `addrs`).
+        client_ip: Option<Ipv4Addr>,
     },
     /// Reply to [`Message::Launch`]: per rank, the process's pid on its node (> 0) or a
     /// negated error code (≤ 0), as `bproc_vexecmove` returns.
     Launched {
         /// One entry per rank.
         pids: Vec<i32>,
+    },
+    /// Reply to [`Message::Copy`]: the client's links (receivers to stream to when it sends;
+    /// the tokens of the senders that will connect when it receives) and how many
+    /// [`Message::CopyResult`] events will follow.
+    CopyPlan {
+        /// The links.
+        links: Vec<CopyLink>,
+        /// Number of results to wait for.
+        reports: u32,
+    },
+    /// A node's part of a copy ended (slave → master reply, master → client event).
+    CopyResult {
+        /// The node (filled in by the master).
+        node: i32,
+        /// Errors of the source, carried in the stream (`rcp: /x: No such file or directory`).
+        source_errors: Vec<String>,
+        /// This node's own errors.
+        errors: Vec<String>,
+        /// Files written.
+        files: u64,
+        /// Bytes of file data written.
+        bytes: u64,
     },
     /// Reply to [`Message::Spawn`]: the pid on the node.
     Spawned {
@@ -442,6 +572,7 @@ mod ty {
     pub const PING: u16 = 6;
     pub const PONG: u16 = 7;
     pub const DISCONNECT: u16 = 8;
+    pub const PROXY_CLIENT: u16 = 9;
     pub const NODE_LIST: u16 = 20;
     pub const SET_STATE: u16 = 21;
     pub const CHMOD: u16 = 22;
@@ -454,20 +585,24 @@ mod ty {
     pub const MASTER_INFO: u16 = 29;
     pub const LAUNCH: u16 = 30;
     pub const SIGNAL_LAUNCH: u16 = 31;
+    pub const COPY: u16 = 32;
     pub const ACTION: u16 = 40;
     pub const SLAVE_CHROOT: u16 = 41;
     pub const SLAVE_RECONNECT: u16 = 42;
     pub const SPAWN: u16 = 43;
     pub const SIGNAL_PROC: u16 = 44;
     pub const STAGE_FILES: u16 = 45;
+    pub const COPY_ORDER: u16 = 46;
     pub const OK: u16 = 100;
     pub const ERROR: u16 = 101;
     pub const NODES: u16 = 102;
     pub const MASTER_INFO_REPLY: u16 = 103;
     pub const LAUNCHED: u16 = 104;
     pub const SPAWNED: u16 = 105;
+    pub const COPY_PLAN: u16 = 106;
     pub const NODES_CHANGED: u16 = 120;
     pub const PROC_EXIT: u16 = 121;
+    pub const COPY_RESULT: u16 = 122;
 }
 
 // Smallest encodings, used to bound list counts before allocating.
@@ -708,6 +843,7 @@ impl ProcSpec {
             io.encode(w);
         }
         w.u16(self.io_port);
+        put_ip(w, self.io_ip);
         w.fixed(&self.token);
         w.u32(self.rlimits.len() as u32);
         for (r, soft, hard) in &self.rlimits {
@@ -736,6 +872,7 @@ impl ProcSpec {
             umask,
             io,
             io_port: r.u16("io port")?,
+            io_ip: get_ip(r)?,
             token: r.fixed("token")?,
             rlimits: {
                 let n = r.count("rlimits", MAX_RLIMITS, 20)?;
@@ -776,6 +913,98 @@ impl Creds {
     }
 }
 
+fn put_i32s(w: &mut Writer, v: &[i32]) {
+    w.u32(v.len() as u32);
+    for x in v {
+        w.i32(*x);
+    }
+}
+
+fn get_i32s(r: &mut Reader<'_>, what: &'static str) -> Result<Vec<i32>, DecodeError> {
+    let n = r.count(what, MAX_NODES, 4)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(r.i32(what)?);
+    }
+    Ok(v)
+}
+
+fn put_links(w: &mut Writer, links: &[CopyLink]) {
+    w.u32(links.len() as u32);
+    for l in links {
+        w.i32(l.node);
+        put_ip(w, l.ip);
+        w.u16(l.port);
+        w.fixed(&l.token);
+    }
+}
+
+fn get_links(r: &mut Reader<'_>) -> Result<Vec<CopyLink>, DecodeError> {
+    let n = r.count("copy links", MAX_COPY_ITEMS, 4 + 1 + 2 + 16)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(CopyLink {
+            node: r.i32("node")?,
+            ip: get_ip(r)?,
+            port: r.u16("port")?,
+            token: r.fixed("token")?,
+        });
+    }
+    Ok(v)
+}
+
+impl CopyOpts {
+    fn encode(&self, w: &mut Writer) {
+        w.u8(u8::from(self.recursive)
+            | u8::from(self.preserve) << 1
+            | u8::from(self.target_dir) << 2);
+        w.u32(self.umask);
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let f = r.u8("copy flags")?;
+        if f & !7 != 0 {
+            return Err(DecodeError::BadValue { what: "copy flags", value: f.into() });
+        }
+        Ok(CopyOpts {
+            recursive: f & 1 != 0,
+            preserve: f & 2 != 0,
+            target_dir: f & 4 != 0,
+            umask: r.u32("umask")?,
+        })
+    }
+}
+
+impl CopyTask {
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            CopyTask::Send { paths, to } => {
+                w.u8(0);
+                put_strs(w, paths);
+                put_links(w, to);
+            }
+            CopyTask::Receive { token, target, suffix, to } => {
+                w.u8(1);
+                w.fixed(token);
+                w.str(target);
+                w.str(suffix);
+                put_links(w, to);
+            }
+        }
+    }
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(match r.u8("copy task")? {
+            0 => CopyTask::Send { paths: get_strs(r, "paths")?, to: get_links(r)? },
+            1 => CopyTask::Receive {
+                token: r.fixed("token")?,
+                target: r.str("target", MAX_PATH)?,
+                suffix: r.str("suffix", MAX_PATH)?,
+                to: get_links(r)?,
+            },
+            v => return Err(DecodeError::BadValue { what: "copy task", value: v.into() }),
+        })
+    }
+}
+
 fn put_nodes(w: &mut Writer, nodes: &[NodeStatus]) {
     w.u32(nodes.len() as u32);
     for n in nodes {
@@ -805,6 +1034,11 @@ impl Message {
             Ping { .. } => ty::PING,
             Pong { .. } => ty::PONG,
             Disconnect { .. } => ty::DISCONNECT,
+            ProxyClient { .. } => ty::PROXY_CLIENT,
+            Copy { .. } => ty::COPY,
+            CopyOrder { .. } => ty::COPY_ORDER,
+            CopyPlan { .. } => ty::COPY_PLAN,
+            CopyResult { .. } => ty::COPY_RESULT,
             Action { .. } => ty::ACTION,
             SlaveChroot { .. } => ty::SLAVE_CHROOT,
             SlaveReconnect { .. } => ty::SLAVE_RECONNECT,
@@ -847,6 +1081,11 @@ impl Message {
             Ping { .. } => "Ping",
             Pong { .. } => "Pong",
             Disconnect { .. } => "Disconnect",
+            ProxyClient { .. } => "ProxyClient",
+            Copy { .. } => "Copy",
+            CopyOrder { .. } => "CopyOrder",
+            CopyPlan { .. } => "CopyPlan",
+            CopyResult { .. } => "CopyResult",
             Action { .. } => "Action",
             SlaveChroot { .. } => "SlaveChroot",
             SlaveReconnect { .. } => "SlaveReconnect",
@@ -886,10 +1125,42 @@ impl Message {
                 w.fixed(mac);
             }
             AuthConfirm { mac } => w.fixed(mac),
-            Join { version, cookie, info } => {
+            Join { version, cookie, info, data_port } => {
                 w.str(version);
                 w.u64(*cookie);
                 info.encode(w);
+                w.u16(*data_port);
+            }
+            ProxyClient { node, creds } => {
+                w.i32(*node);
+                creds.encode(w);
+            }
+            Copy { src, paths, dst, target, opts, cwd, fanout, port } => {
+                put_i32s(w, src);
+                put_strs(w, paths);
+                put_i32s(w, dst);
+                w.str(target);
+                opts.encode(w);
+                w.str(cwd);
+                w.u32(*fanout);
+                w.u16(*port);
+            }
+            CopyOrder { creds, cwd, opts, task } => {
+                creds.encode(w);
+                w.str(cwd);
+                opts.encode(w);
+                task.encode(w);
+            }
+            CopyPlan { links, reports } => {
+                put_links(w, links);
+                w.u32(*reports);
+            }
+            CopyResult { node, source_errors, errors, files, bytes } => {
+                w.i32(*node);
+                put_strs(w, source_errors);
+                put_strs(w, errors);
+                w.u64(*files);
+                w.u64(*bytes);
             }
             Conf { node, cookie, ping_timeout, time_ms } => {
                 w.i32(*node);
@@ -941,13 +1212,15 @@ impl Message {
                 w.fixed(token);
                 put_files(w, files);
             }
-            MasterInfoReply { version, addrs, bytes_to_slaves } => {
+            MasterInfoReply { version, addrs, bytes_to_slaves, client_node, client_ip } => {
                 w.str(version);
                 w.u32(addrs.len() as u32);
                 for a in addrs {
                     put_endpoint(w, a);
                 }
                 w.u64(*bytes_to_slaves);
+                w.i32(*client_node);
+                put_ip(w, *client_ip);
             }
             Launched { pids } => {
                 w.u32(pids.len() as u32);
@@ -1008,6 +1281,32 @@ impl Message {
                 version: r.str("version", MAX_TEXT)?,
                 cookie: r.u64("cookie")?,
                 info: NodeInfo::decode(r)?,
+                data_port: r.u16("data port")?,
+            },
+            ty::PROXY_CLIENT => ProxyClient { node: r.i32("node")?, creds: Creds::decode(r)? },
+            ty::COPY => Copy {
+                src: get_i32s(r, "source nodes")?,
+                paths: get_strs(r, "paths")?,
+                dst: get_i32s(r, "destination nodes")?,
+                target: r.str("target", MAX_PATH)?,
+                opts: CopyOpts::decode(r)?,
+                cwd: r.str("cwd", MAX_PATH)?,
+                fanout: r.u32("fanout")?,
+                port: r.u16("port")?,
+            },
+            ty::COPY_ORDER => CopyOrder {
+                creds: Creds::decode(r)?,
+                cwd: r.str("cwd", MAX_PATH)?,
+                opts: CopyOpts::decode(r)?,
+                task: CopyTask::decode(r)?,
+            },
+            ty::COPY_PLAN => CopyPlan { links: get_links(r)?, reports: r.u32("reports")? },
+            ty::COPY_RESULT => CopyResult {
+                node: r.i32("node")?,
+                source_errors: get_strs(r, "source errors")?,
+                errors: get_strs(r, "errors")?,
+                files: r.u64("files")?,
+                bytes: r.u64("bytes")?,
             },
             ty::CONF => Conf {
                 node: r.i32("node")?,
@@ -1083,7 +1382,13 @@ impl Message {
                 for _ in 0..n {
                     addrs.push(get_endpoint(r)?);
                 }
-                MasterInfoReply { version, addrs, bytes_to_slaves: r.u64("bytes to slaves")? }
+                MasterInfoReply {
+                    version,
+                    addrs,
+                    bytes_to_slaves: r.u64("bytes to slaves")?,
+                    client_node: r.i32("client node")?,
+                    client_ip: get_ip(r)?,
+                }
             }
             ty::LAUNCHED => {
                 let n = r.count("pid list", MAX_NODES, 4)?;

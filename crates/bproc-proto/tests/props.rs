@@ -1,8 +1,8 @@
 //! Property tests of the decoder: arbitrary bytes never panic, and every message round-trips.
 
 use bproc_proto::{
-    check, decode, encode, Creds, Endpoint, ExitStatus, IoSpec, Message, NodeAction, NodeInfo,
-    NodeStatus, ProcSpec, StagedRef,
+    check, decode, encode, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, IoSpec,
+    Message, NodeAction, NodeInfo, NodeStatus, ProcSpec, StagedRef,
 };
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
@@ -79,9 +79,11 @@ fn spec() -> impl Strategy<Value = ProcSpec> {
         any::<[u8; 16]>(),
         proptest::collection::vec(any::<(u32, u64, u64)>(), 0..4),
         proptest::collection::vec((".{0,20}", any::<u32>(), any::<u64>(), any::<[u8; 32]>()), 0..3),
+        proptest::option::of(any::<[u8; 4]>()),
     )
-        .prop_map(|(path, argv, env, cwd, umask, io, io_port, token, rlimits, files)| {
-            ProcSpec {
+        .prop_map(
+            |(path, argv, env, cwd, umask, io, io_port, token, rlimits, files, io_ip)| ProcSpec {
+                io_ip: io_ip.map(Ipv4Addr::from),
                 path,
                 argv,
                 env,
@@ -95,8 +97,8 @@ fn spec() -> impl Strategy<Value = ProcSpec> {
                     .into_iter()
                     .map(|(path, mode, size, hash)| StagedRef { path, mode, size, hash })
                     .collect(),
-            }
-        })
+            },
+        )
 }
 
 fn status_of_exit() -> impl Strategy<Value = ExitStatus> {
@@ -133,13 +135,22 @@ fn launch_messages() -> impl Strategy<Value = Message> {
             .prop_map(|(launch, rank, signal)| { Message::SignalProc { launch, rank, signal } }),
         (any::<u16>(), any::<[u8; 16]>(), spec())
             .prop_map(|(port, token, s)| Message::StageFiles { port, token, files: s.files }),
-        (".{0,10}", proptest::collection::vec(endpoint(), 0..4), any::<u64>()).prop_map(
-            |(version, addrs, bytes_to_slaves)| Message::MasterInfoReply {
-                version,
-                addrs,
-                bytes_to_slaves
-            }
-        ),
+        (
+            ".{0,10}",
+            proptest::collection::vec(endpoint(), 0..4),
+            any::<u64>(),
+            any::<i32>(),
+            proptest::option::of(any::<[u8; 4]>())
+        )
+            .prop_map(|(version, addrs, bytes_to_slaves, client_node, ip)| {
+                Message::MasterInfoReply {
+                    version,
+                    addrs,
+                    bytes_to_slaves,
+                    client_node,
+                    client_ip: ip.map(Ipv4Addr::from),
+                }
+            }),
         proptest::collection::vec(any::<i32>(), 0..10).prop_map(|pids| Message::Launched { pids }),
         any::<i32>().prop_map(|pid| Message::Spawned { pid }),
         (any::<u64>(), any::<u32>(), status_of_exit())
@@ -147,8 +158,77 @@ fn launch_messages() -> impl Strategy<Value = Message> {
     ]
 }
 
+fn link() -> impl Strategy<Value = CopyLink> {
+    (any::<i32>(), proptest::option::of(any::<[u8; 4]>()), any::<u16>(), any::<[u8; 16]>())
+        .prop_map(|(node, ip, port, token)| CopyLink {
+            node,
+            ip: ip.map(Ipv4Addr::from),
+            port,
+            token,
+        })
+}
+
+fn copy_opts() -> impl Strategy<Value = CopyOpts> {
+    (any::<bool>(), any::<bool>(), any::<bool>(), any::<u32>()).prop_map(
+        |(recursive, preserve, target_dir, umask)| CopyOpts {
+            recursive,
+            preserve,
+            target_dir,
+            umask,
+        },
+    )
+}
+
+fn copy_messages() -> impl Strategy<Value = Message> {
+    let strs = || proptest::collection::vec(".{0,12}", 0..4);
+    let nodes = || proptest::collection::vec(any::<i32>(), 0..6);
+    let links = || proptest::collection::vec(link(), 0..4);
+    let task = prop_oneof![
+        (strs(), links()).prop_map(|(paths, to)| CopyTask::Send { paths, to }),
+        (any::<[u8; 16]>(), ".{0,20}", ".{0,4}", links()).prop_map(
+            |(token, target, suffix, to)| CopyTask::Receive { token, target, suffix, to }
+        ),
+    ];
+    prop_oneof![
+        (any::<i32>(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u32>(), 0..4))
+            .prop_map(|(node, uid, gid, groups)| Message::ProxyClient {
+                node,
+                creds: Creds { uid, gid, groups }
+            }),
+        (nodes(), strs(), nodes(), ".{0,20}", copy_opts(), ".{0,20}", any::<u32>(), any::<u16>())
+            .prop_map(|(src, paths, dst, target, opts, cwd, fanout, port)| Message::Copy {
+                src,
+                paths,
+                dst,
+                target,
+                opts,
+                cwd,
+                fanout,
+                port
+            }),
+        (any::<u32>(), any::<u32>(), ".{0,20}", copy_opts(), task).prop_map(
+            |(uid, gid, cwd, opts, task)| Message::CopyOrder {
+                creds: Creds { uid, gid, groups: vec![] },
+                cwd,
+                opts,
+                task
+            }
+        ),
+        (links(), any::<u32>()).prop_map(|(links, reports)| Message::CopyPlan { links, reports }),
+        (any::<i32>(), strs(), strs(), any::<u64>(), any::<u64>()).prop_map(
+            |(node, source_errors, errors, files, bytes)| Message::CopyResult {
+                node,
+                source_errors,
+                errors,
+                files,
+                bytes
+            }
+        ),
+    ]
+}
+
 fn message() -> impl Strategy<Value = Message> {
-    prop_oneof![base_message(), launch_messages()]
+    prop_oneof![base_message(), launch_messages(), copy_messages()]
 }
 
 fn base_message() -> impl Strategy<Value = Message> {
@@ -157,11 +237,9 @@ fn base_message() -> impl Strategy<Value = Message> {
         (any::<[u8; 32]>(), any::<[u8; 32]>())
             .prop_map(|(nonce, mac)| Message::AuthResponse { nonce, mac }),
         any::<[u8; 32]>().prop_map(|mac| Message::AuthConfirm { mac }),
-        (".{0,30}", any::<u64>(), info()).prop_map(|(version, cookie, info)| Message::Join {
-            version,
-            cookie,
-            info
-        }),
+        (".{0,30}", any::<u64>(), info(), any::<u16>()).prop_map(
+            |(version, cookie, info, data_port)| Message::Join { version, cookie, info, data_port }
+        ),
         (any::<i32>(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
             |(node, cookie, ping_timeout, time_ms)| Message::Conf {
                 node,

@@ -100,15 +100,17 @@ pub fn isolate(hostname: &str) -> Result<(), IsolateError> {
         "mount namespace",
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>),
     )?;
-    sys(
-        "/tmp",
+    // Huge pages where the kernel offers them: writing a large file into a tmpfs of small
+    // pages costs a page allocation per 4 KiB and runs at a fraction of memory speed.
+    let tmp = |opts: &str| {
         mount(
             Some("tmpfs"),
             "/tmp",
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=1777"),
-        ),
-    )?;
+            Some(opts),
+        )
+    };
+    sys("/tmp", tmp("mode=1777,huge=within_size").or_else(|_| tmp("mode=1777")))?;
     Ok(())
 }

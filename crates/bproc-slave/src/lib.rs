@@ -16,6 +16,7 @@
 mod info;
 pub mod isolate;
 pub mod procs;
+mod proxy;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
@@ -88,6 +89,9 @@ pub struct Options {
     pub authority: Authority,
     /// The node's own filesystem, when it is diskless.
     pub diskless: Option<isolate::Diskless>,
+    /// The node's client socket as its processes see it (`$BPROC_SOCKET` on the node);
+    /// inside the diskless root when there is one.
+    pub client_socket: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -107,6 +111,38 @@ impl Options {
                 uid: nix::unistd::geteuid().as_raw(),
             },
             diskless: None,
+            client_socket: None,
+        }
+    }
+
+    /// Where the client socket file is created: inside the diskless root, if any.
+    fn client_socket_file(&self) -> Option<std::path::PathBuf> {
+        let p = self.client_socket.as_ref()?;
+        Some(match &self.diskless {
+            Some(d) => d.root.join(p.strip_prefix("/").unwrap_or(p)),
+            None => p.clone(),
+        })
+    }
+}
+
+/// The data service, opened on the address of the first link.
+#[derive(Default)]
+struct Data(std::sync::OnceLock<bproc_copy::service::DataService>);
+
+impl Data {
+    fn port_for(&self, ip: Ipv4Addr, opts: &Options) -> u16 {
+        if let Some(d) = self.0.get() {
+            return d.port();
+        }
+        let authority =
+            bproc_copy::service::Authority { root: opts.authority.root, uid: opts.authority.uid };
+        let jail = opts.diskless.as_ref().map(|d| d.root.clone());
+        match bproc_copy::service::DataService::start(ip, authority, jail) {
+            Ok(d) => self.0.get_or_init(|| d).port(),
+            Err(e) => {
+                warn!("cannot open the data port on {ip}: {e}; copies to this node will fail");
+                0
+            }
         }
     }
 }
@@ -119,10 +155,13 @@ enum End {
 }
 
 /// Connects from a reserved port when we may (BProc's `bindresvport`), else from any port.
-async fn connect(master: SocketAddrV4, source: Option<Ipv4Addr>) -> Result<TcpStream, LinkError> {
+pub(crate) async fn connect(
+    master: SocketAddrV4,
+    source: Option<Ipv4Addr>,
+) -> Result<TcpStream, LinkError> {
     let src_ip = source.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let privileged = nix::unistd::geteuid().is_root();
-    let ports: Box<dyn Iterator<Item = u16>> =
+    let ports: Box<dyn Iterator<Item = u16> + Send> =
         if privileged { Box::new((600..1024).rev().chain([0])) } else { Box::new([0].into_iter()) };
     let mut last = None;
     for port in ports {
@@ -221,18 +260,29 @@ fn attach(link: Link, outbox: &Outbox) -> (OwnedReadHalf, SocketAddrV4, i32, Dur
 }
 
 async fn open_link(
-    key: &ClusterKey,
+    opts: &Options,
+    data: &Data,
     master: SocketAddrV4,
     source: Option<Ipv4Addr>,
     cookie: &mut u64,
 ) -> Result<Link, End> {
+    let key = &opts.key;
     let mut stream = connect(master, source).await.map_err(End::Lost)?;
+    let local = match stream.local_addr() {
+        Ok(SocketAddr::V4(a)) => *a.ip(),
+        _ => Ipv4Addr::LOCALHOST,
+    };
+    let data_port = data.port_for(local, opts);
     slave_handshake(&mut stream, key).await.map_err(|e| match e {
         LinkError::Refused(r) => End::Dismissed(r),
         e => End::Lost(e),
     })?;
-    let join =
-        Message::Join { version: SOFTWARE_VERSION.into(), cookie: *cookie, info: node_info() };
+    let join = Message::Join {
+        version: SOFTWARE_VERSION.into(),
+        cookie: *cookie,
+        info: node_info(),
+        data_port,
+    };
     write_frame(&mut stream, 0, &join).await.map_err(End::Lost)?;
     match tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await {
         Ok(Ok((_, Message::Conf { node, cookie: c, ping_timeout, .. }))) => {
@@ -268,15 +318,19 @@ fn chroot(path: &str) -> Message {
 }
 
 /// Serves one session over `link` (and the links it moves to) until it ends.
+#[allow(clippy::too_many_arguments)]
 async fn serve_link(
     opts: &Options,
-    key: &ClusterKey,
     link: Link,
     cookie: &mut u64,
     outbox: &Outbox,
     procs: &procs::Procs,
+    data: &Data,
+    state: &proxy::LinkState,
 ) -> End {
     let (mut rd, mut master, mut node, mut ping_timeout, mut local) = attach(link, outbox);
+    state.set(Some(proxy::Current { master, local, node }));
+    let client_socket = opts.client_socket.as_ref().map(|p| p.to_string_lossy().into_owned());
     let end = loop {
         let frame = tokio::time::timeout(ping_timeout, read_frame(&mut rd)).await;
         let (id, msg) = match frame {
@@ -292,6 +346,7 @@ async fn serve_link(
                     info!("master renumbered this node from {node} to {n}");
                 }
                 node = n;
+                state.set(Some(proxy::Current { master, local, node }));
                 *cookie = c;
                 ping_timeout = Duration::from_secs(pt.max(2).into());
                 None
@@ -302,6 +357,7 @@ async fn serve_link(
                 let (procs, outbox, authority, master_ip) =
                     (procs.clone(), outbox.clone(), opts.authority, *master.ip());
                 let diskless = opts.diskless.clone();
+                let client_socket = client_socket.clone();
                 tokio::spawn(async move {
                     let report = {
                         let outbox = outbox.clone();
@@ -312,6 +368,7 @@ async fn serve_link(
                         authority,
                         diskless.as_ref(),
                         master_ip,
+                        client_socket.as_deref(),
                         launch,
                         rank,
                         creds,
@@ -357,11 +414,25 @@ async fn serve_link(
                 procs.signal(launch, rank, signal);
                 None
             }
+            Message::CopyOrder { creds, cwd, opts: copy_opts, task } => match data.0.get() {
+                Some(d) => {
+                    let outbox = outbox.clone();
+                    d.run_order(creds, cwd, copy_opts, task, *master.ip(), move |m| {
+                        outbox.send(id, m)
+                    });
+                    None
+                }
+                None => Some(error_reply(
+                    bproc_proto::errno::EIO,
+                    "this node's data port could not be opened".into(),
+                )),
+            },
             Message::SlaveReconnect { master: m, local: l } => {
-                match reconnect(opts, key, master, local, m, l, cookie).await {
+                match reconnect(opts, data, master, local, m, l, cookie).await {
                     Ok(new) => {
                         info!("session moved to a new link to {}", new.master);
                         (rd, master, node, ping_timeout, local) = attach(new, outbox);
+                        state.set(Some(proxy::Current { master, local, node }));
                         Some(Message::Ok)
                     }
                     Err(e) => Some(error_reply(bproc_proto::errno::EIO, e)),
@@ -386,6 +457,7 @@ async fn serve_link(
         }
     };
     outbox.detach();
+    state.set(None);
     end
 }
 
@@ -393,7 +465,7 @@ async fn serve_link(
 /// endpoints keep the current link's values.
 async fn reconnect(
     opts: &Options,
-    key: &ClusterKey,
+    data: &Data,
     current: SocketAddrV4,
     current_local: Ipv4Addr,
     master: Endpoint,
@@ -405,7 +477,7 @@ async fn reconnect(
         if master.port == 0 { current.port() } else { master.port },
     );
     let source = local.ip.or(opts.source).or(Some(current_local));
-    match open_link(key, target, source, cookie).await {
+    match open_link(opts, data, target, source, cookie).await {
         Ok(l) => Ok(l),
         Err(End::Lost(e)) => Err(format!("reconnect to {target}: {e}")),
         Err(End::Dismissed(r)) => Err(format!("reconnect to {target}: refused: {r}")),
@@ -427,7 +499,20 @@ pub async fn run(opts: Options) -> Result<(), SlaveError> {
     let key = opts.key.clone();
     let outbox = Outbox::default();
     let procs = procs::Procs::default();
-    let result = run_sessions(&opts, &key, &outbox, &procs).await;
+    let data = Data::default();
+    let state = proxy::LinkState::default();
+    if let Some(file) = opts.client_socket_file() {
+        match proxy::bind(&file) {
+            Ok(l) => {
+                tokio::spawn(proxy::serve(l, key.clone(), state.clone()));
+            }
+            Err(e) => warn!(
+                "cannot open the node's client socket {}: {e}; programs on this node cannot use the cluster",
+                file.display()
+            ),
+        }
+    }
+    let result = run_sessions(&opts, &outbox, &procs, &data, &state).await;
     // Leaving the master for good: its processes go too (BProc's slave reset).
     procs.kill_all();
     result
@@ -435,22 +520,23 @@ pub async fn run(opts: Options) -> Result<(), SlaveError> {
 
 async fn run_sessions(
     opts: &Options,
-    key: &ClusterKey,
     outbox: &Outbox,
     procs: &procs::Procs,
+    data: &Data,
+    state: &proxy::LinkState,
 ) -> Result<(), SlaveError> {
     let mut cookie = 0u64;
     let mut master = opts.master;
     let mut backoff = Duration::from_millis(100);
     let mut lost_since: Option<Instant> = None;
     loop {
-        let end = match open_link(key, master, opts.source, &mut cookie).await {
+        let end = match open_link(opts, data, master, opts.source, &mut cookie).await {
             Ok(link) => {
                 info!("connected to master {} as node {}", link.master, link.node);
                 master = link.master;
                 backoff = Duration::from_millis(100);
                 lost_since = None;
-                serve_link(opts, key, link, &mut cookie, outbox, procs).await
+                serve_link(opts, link, &mut cookie, outbox, procs, data, state).await
             }
             Err(end) => end,
         };

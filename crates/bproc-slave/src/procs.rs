@@ -87,7 +87,8 @@ async fn open_to_launcher(
     rank: u32,
     fd: u8,
 ) -> std::io::Result<TcpStream> {
-    let mut s = TcpStream::connect(SocketAddrV4::new(master, spec.io_port)).await?;
+    let ip = spec.io_ip.unwrap_or(master);
+    let mut s = TcpStream::connect(SocketAddrV4::new(ip, spec.io_port)).await?;
     s.set_nodelay(true)?;
     let mut head = [0u8; IO_HEADER_LEN];
     head[..16].copy_from_slice(&spec.token);
@@ -190,6 +191,7 @@ pub async fn spawn(
     authority: Authority,
     diskless: Option<&Diskless>,
     master: Ipv4Addr,
+    client_socket: Option<&str>,
     launch: u64,
     rank: u32,
     creds: Creds,
@@ -229,6 +231,11 @@ pub async fn spawn(
     }
     let mut cmd = std::process::Command::new(&spec.path);
     cmd.arg0(argv0).args(&spec.argv[1..]).env_clear().envs(spec.env_for_rank(rank));
+    // The cluster API on this node is the slave's client socket, whatever the launcher's was.
+    match client_socket {
+        Some(path) => cmd.env("BPROC_SOCKET", path),
+        None => cmd.env_remove("BPROC_SOCKET"),
+    };
     if jail.is_none() {
         cmd.current_dir(if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" });
     }

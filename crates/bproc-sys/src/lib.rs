@@ -1,11 +1,12 @@
 //! The raw Linux that bproc needs where no safe wrapper exists. All of the workspace's
 //! `unsafe` code lives here, each block with the invariants it relies on.
 //!
-//! Today that is one thing: starting a remote process as the caller. `std::process::Command`
-//! can set a uid and gid but not supplementary groups on stable Rust, and it drops groups
-//! itself when it changes the uid, so the whole switch (groups, then gid, then uid) is done
-//! here in a `pre_exec` hook, followed by the umask and the files that `bpsh -I/-O/-E` open
-//! on the node with the caller's rights.
+//! Two things need it. Starting a remote process as the caller: `std::process::Command` can
+//! set a uid and gid but not supplementary groups on stable Rust, and it drops groups itself
+//! when it changes the uid, so the whole switch (groups, then gid, then uid) is done here in a
+//! `pre_exec` hook, followed by the umask and the files that `bpsh -I/-O/-E` open on the node
+//! with the caller's rights. And giving one thread of a daemon the caller's filesystem identity
+//! for a copy ([`thread_fs_identity`]), which needs the raw `setgroups` system call.
 #![allow(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -117,6 +118,44 @@ pub fn prepare_child(
     unsafe {
         cmd.pre_exec(hook);
     }
+}
+
+/// Makes the calling thread, and only it, open and create files as `id`: its supplementary
+/// groups, then its filesystem gid and uid. The rest of the process keeps its identity, so a
+/// root daemon can serve each user's copy on its own thread. From root, the kernel also drops
+/// the thread's filesystem capabilities, so permission checks apply as they would to the user.
+///
+/// Call it on a thread that does nothing else afterwards (the change cannot be undone safely).
+pub fn thread_fs_identity(id: &Identity) -> nix::Result<()> {
+    let groups: Vec<nix::libc::gid_t> = id.groups.clone();
+    // SAFETY: the raw system call (not glibc's setgroups, which changes every thread of the
+    // process) reads `groups.len()` gids from a live, correctly typed buffer and changes only
+    // the calling thread's credentials.
+    let r = unsafe { nix::libc::syscall(nix::libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if r != 0 {
+        return Err(nix::Error::last());
+    }
+    nix::unistd::setfsgid(Gid::from_raw(id.gid));
+    nix::unistd::setfsuid(Uid::from_raw(id.uid));
+    // setfs[ug]id report the previous value, never an error: ask again to see what took.
+    if nix::unistd::setfsuid(Uid::from_raw(id.uid)).as_raw() != id.uid
+        || nix::unistd::setfsgid(Gid::from_raw(id.gid)).as_raw() != id.gid
+    {
+        return Err(nix::Error::EPERM);
+    }
+    Ok(())
+}
+
+/// The supplementary groups of process `pid`, from `/proc/<pid>/status` (the kernel's
+/// `SO_PEERCRED` gives only the uid and gid); empty when the process is gone.
+pub fn groups_of(pid: i32) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -103,6 +103,13 @@ impl TestCluster {
     pub fn cmd(&self, prog: &str) -> TestCommand {
         let mut c = Command::new(self.bins.join(prog));
         c.env("BPROC_SOCKET", self.cluster.socket());
+        // The tools under test come first in PATH, so that `bpsh N bpcp ...` finds them.
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![self.bins.clone()];
+        dirs.extend(std::env::split_paths(&path));
+        if let Ok(p) = std::env::join_paths(dirs) {
+            c.env("PATH", p);
+        }
         TestCommand { cmd: c, logs: Some(self.cluster.dir().join("log")), input: None }
     }
 

@@ -319,6 +319,9 @@ impl Cluster {
             if self.spec.diskless {
                 cmd.arg("--diskless");
             }
+        } else {
+            // Without a /tmp of their own, the nodes' client sockets must not collide.
+            cmd.arg("--client-socket").arg(self.spec.dir.join(format!("node{i}.sock")));
         }
         cmd.arg(self.master_addr().to_string());
         let child = cmd

@@ -217,11 +217,46 @@ impl Client {
         self.expect_ok(&Message::NodeReconnect { node, master, local })
     }
 
+    /// Where this process runs: its node ([`NODE_MASTER`] on the front end) and the address
+    /// nodes reach it at (for listeners that nodes connect back to).
+    pub fn place(&mut self) -> Result<Place, BprocError> {
+        match self.request(&Message::MasterInfo)? {
+            Message::MasterInfoReply { addrs, client_node, client_ip, .. } => Ok(Place {
+                node: client_node,
+                ip: client_ip
+                    .or_else(|| addrs.iter().find_map(|e| e.ip))
+                    .filter(|ip| !ip.is_unspecified())
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+            }),
+            other => Err(BprocError::Unexpected(other.name())),
+        }
+    }
+
+    /// Waits for the next event (a frame that answers no request), such as the results that
+    /// follow a copy's plan.
+    pub fn next_event(&mut self) -> Result<Message, BprocError> {
+        loop {
+            let (id, m) = read_message(&mut self.stream)?;
+            if id == 0 {
+                return Ok(m);
+            }
+        }
+    }
+
     /// Turns this connection into a [`Watcher`].
     pub fn watch(mut self) -> Result<Watcher, BprocError> {
         self.expect_ok(&Message::Watch)?;
         Ok(Watcher { stream: self.stream })
     }
+}
+
+/// Where a client runs, as the master sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// Its node; [`NODE_MASTER`] on the front end.
+    pub node: i32,
+    /// The address nodes reach it at.
+    pub ip: std::net::Ipv4Addr,
 }
 
 /// A stream of node tables, one after every change, starting with the current one.

@@ -29,6 +29,9 @@ const USAGE: &str = "Usage: bpslave [options] MASTER[:PORT] [PORT]
   --diskless          with --isolate, as root: processes run in an empty root holding only
                       /proc, /dev, /tmp and the programs and libraries launches bring
   --check-isolation   exit 0 if --isolate can work here, else explain why not
+  --client-socket P   where programs on this node reach the cluster ($BPROC_SOCKET on the
+                      node; default /run/bproc/node.sock, /tmp/.bproc/node.sock with --isolate)
+  --no-client-socket  programs on this node cannot use the cluster
 ";
 
 struct Args {
@@ -47,6 +50,7 @@ fn parse() -> anyhow::Result<Option<Args>> {
     let mut cmds: [Option<String>; 3] = Default::default();
     let (mut foreground, mut verbose, mut isolate_as, mut diskless) = (false, 0u8, None, false);
     let mut positional = Vec::new();
+    let mut client_socket: Option<Option<PathBuf>> = None;
     let mut p = lexopt::Parser::from_env();
     while let Some(arg) = p.next()? {
         match arg {
@@ -85,6 +89,8 @@ fn parse() -> anyhow::Result<Option<Args>> {
             Long("poweroff-cmd") => cmds[2] = Some(p.value()?.string()?),
             Long("isolate") => isolate_as = Some(p.value()?.string()?),
             Long("diskless") => diskless = true,
+            Long("client-socket") => client_socket = Some(Some(p.value()?.into())),
+            Long("no-client-socket") => client_socket = Some(None),
             Long("check-isolation") => {
                 isolate::isolate("bproc-check")?;
                 return Ok(None);
@@ -114,6 +120,16 @@ fn parse() -> anyhow::Result<Option<Args>> {
     }
     let [reboot, halt, poweroff] = cmds;
     (opts.reboot_cmd, opts.halt_cmd, opts.poweroff_cmd) = (reboot, halt, poweroff);
+    opts.client_socket = client_socket.unwrap_or_else(|| {
+        // An isolated node's /tmp is its own; other nodes of a virtual cluster share /run.
+        Some(
+            if isolate_as.is_some() { "/tmp/.bproc/node.sock" } else { "/run/bproc/node.sock" }
+                .into(),
+        )
+    });
+    if opts.client_socket.as_ref().is_some_and(|p| p.is_relative()) {
+        bail!("--client-socket needs an absolute path");
+    }
     if diskless && (isolate_as.is_none() || !opts.authority.root) {
         bail!("--diskless needs --isolate NAME and root: the node's root lives in its own /tmp");
     }

@@ -2,6 +2,7 @@
 //! tools as a user would. Each test starts its own virtual cluster in its own directory and
 //! kills every daemon it started when it ends, also on failure.
 
+mod bpcp;
 mod bpsh;
 mod daemons;
 mod mpi;

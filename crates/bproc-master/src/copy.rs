@@ -1,0 +1,248 @@
+//! bpcp's requests: check who may copy where, then introduce the sender to its receivers.
+//! File data never passes through the master daemon: each sender connects straight to its
+//! receivers' data ports (a slave's, the client's own, or this daemon's for a client on a
+//! node copying to the front end), and a broadcast goes down a chain or tree of receivers,
+//! each relaying to its children as it writes.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bproc_copy::service::new_token;
+use bproc_link::write_frame;
+use bproc_proto::errno::EINVAL;
+use bproc_proto::{
+    CopyLink, CopyOpts, CopyTask, Creds, Message, MAX_COPY_ITEMS, NODE_CLIENT, NODE_MASTER,
+};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::clients::{ClientRd, ClientWr};
+use crate::table::Caller;
+use crate::Shared;
+
+/// A bpcp request, as received.
+pub(crate) struct Request {
+    pub src: Vec<i32>,
+    pub paths: Vec<String>,
+    pub dst: Vec<i32>,
+    pub target: String,
+    pub opts: CopyOpts,
+    pub cwd: String,
+    pub fanout: u32,
+    pub port: u16,
+}
+
+/// How a copy runs.
+struct Plan {
+    /// The client's links.
+    links: Vec<CopyLink>,
+    /// Results of nodes refused at once.
+    refused: Vec<Message>,
+    /// The parts to order.
+    orders: Vec<Order>,
+}
+
+/// A node's part, to be ordered.
+struct Order {
+    node: i32,
+    task: CopyTask,
+}
+
+fn result(node: i32, error: String) -> Message {
+    Message::CopyResult { node, source_errors: Vec::new(), errors: vec![error], files: 0, bytes: 0 }
+}
+
+/// The master's own address as slaves see it (where its data port listens).
+fn master_ip(shared: &Shared) -> Ipv4Addr {
+    match shared.listen.first().map(|a| a.ip()) {
+        Some(IpAddr::V4(ip)) => ip,
+        _ => Ipv4Addr::LOCALHOST,
+    }
+}
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    caller: Caller,
+    id: u32,
+    req: Request,
+    mut rd: ClientRd,
+    mut wr: ClientWr,
+) {
+    let Plan { links: plan, refused, orders } = match plan(&shared, &caller, &req) {
+        Ok(p) => p,
+        Err(message) => {
+            let _ = write_frame(&mut wr, id, &Message::Error { code: EINVAL, message }).await;
+            return;
+        }
+    };
+    let reports = (refused.len() + orders.len()) as u32;
+    if write_frame(&mut wr, id, &Message::CopyPlan { links: plan, reports }).await.is_err() {
+        return;
+    }
+    for r in refused {
+        if write_frame(&mut wr, 0, &r).await.is_err() {
+            return;
+        }
+    }
+    let creds = Creds { uid: caller.uid, gid: caller.gid, groups: caller.groups.clone() };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    for o in orders {
+        let msg = Message::CopyOrder {
+            creds: creds.clone(),
+            cwd: req.cwd.clone(),
+            opts: req.opts,
+            task: o.task,
+        };
+        let tx = tx.clone();
+        let node = o.node;
+        if node == NODE_MASTER {
+            let Message::CopyOrder { creds, cwd, opts, task } = msg else { unreachable!() };
+            let own = master_ip(&shared);
+            shared.data.run_order(creds, cwd, opts, task, own, move |m| {
+                let _ = tx.send((node, m));
+            });
+            continue;
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            // A copy takes as long as its data; only the node going down ends the wait.
+            let reply =
+                crate::slaves::request_within(&shared, node, msg, Duration::from_secs(86400 * 365))
+                    .await;
+            let _ = tx.send((node, reply));
+        });
+    }
+    drop(tx);
+    for _ in 0..reports {
+        let (node, reply) = tokio::select! {
+            r = rx.recv() => match r { Some(r) => r, None => return },
+            // The client is gone: the copy's streams break and its parts end on their own.
+            _ = bproc_link::read_frame(&mut rd) => return,
+        };
+        let event = match reply {
+            Message::CopyResult { source_errors, errors, files, bytes, .. } => {
+                Message::CopyResult { node, source_errors, errors, files, bytes }
+            }
+            Message::Error { message, .. } => result(node, format!("rcp: {message}")),
+            other => result(node, format!("rcp: node {node} answered {}", other.name())),
+        };
+        if write_frame(&mut wr, 0, &event).await.is_err() {
+            return;
+        }
+    }
+    debug!("copy for uid {} done", caller.uid);
+}
+
+/// Checks a request and lays out the copy; an invalid request gets a message.
+fn plan(shared: &Shared, caller: &Caller, req: &Request) -> Result<Plan, String> {
+    let client_in_src = req.src.contains(&NODE_CLIENT);
+    let client_in_dst = req.dst.contains(&NODE_CLIENT);
+    if req.src.is_empty() || req.dst.is_empty() {
+        return Err("a copy needs a source and a destination".into());
+    }
+    if req.src.len() > 1 && req.dst != [NODE_CLIENT] {
+        return Err(
+            "copying from several nodes works only into a directory of bpcp's own machine".into()
+        );
+    }
+    if client_in_src && client_in_dst {
+        return Err("a copy from bpcp's machine to itself needs no master".into());
+    }
+    if req.src.len() + req.dst.len() > MAX_COPY_ITEMS || req.paths.is_empty() {
+        return Err("bad copy request".into());
+    }
+    for &n in req.src.iter().chain(&req.dst) {
+        if n == NODE_MASTER && caller.origin.is_none() {
+            return Err(
+                "the front end's own files are bpcp's local files: name them without a node".into(),
+            );
+        }
+        if n < NODE_MASTER && n != NODE_CLIENT {
+            return Err(format!("invalid node number {n}"));
+        }
+    }
+    let fanout = req.fanout.clamp(1, 64) as usize;
+    let own_ip = master_ip(shared);
+    let mut refused = Vec::new();
+    // Where each usable node's data port is.
+    let t = shared.table();
+    let link_for = |n: i32, refused: &mut Vec<Message>| -> Option<CopyLink> {
+        let token = new_token();
+        match n {
+            NODE_CLIENT => {
+                Some(CopyLink { node: n, ip: caller.origin.map(|o| o.1), port: req.port, token })
+            }
+            NODE_MASTER => {
+                Some(CopyLink { node: n, ip: Some(own_ip), port: shared.data.port(), token })
+            }
+            n => match t.may_run(caller, n) {
+                Err(refusal) => {
+                    refused.push(result(n, format!("rcp: {}", refusal.message)));
+                    None
+                }
+                Ok(()) => {
+                    let node = t.get(n)?;
+                    Some(CopyLink { node: n, ip: node.addr, port: node.data_port, token })
+                }
+            },
+        }
+    };
+    let mut client_links = Vec::new();
+    let mut orders = Vec::new();
+    if req.src.len() > 1 || req.dst == [NODE_CLIENT] {
+        // Pull or gather: every source streams to the client, which names the files.
+        for &s in &req.src {
+            let Some(link) = link_for(s, &mut refused) else { continue };
+            let to = CopyLink {
+                node: NODE_CLIENT,
+                ip: caller.origin.map(|o| o.1),
+                port: req.port,
+                token: new_token(),
+            };
+            client_links.push(CopyLink { token: to.token, ..link });
+            orders.push(Order {
+                node: s,
+                task: CopyTask::Send { paths: req.paths.clone(), to: vec![to] },
+            });
+        }
+        return Ok(Plan { links: client_links, refused, orders });
+    }
+    // Push or broadcast from one source down a tree of receivers.
+    let source = req.src[0];
+    if source != NODE_CLIENT && link_for(source, &mut refused).is_none() {
+        // The source is refused: nothing moves; its refusal is the only report.
+        return Ok(Plan { links: Vec::new(), refused, orders: Vec::new() });
+    }
+    let receivers: Vec<CopyLink> =
+        req.dst.iter().filter_map(|&n| link_for(n, &mut refused)).collect();
+    drop(t);
+    let children = |i: Option<usize>| -> Vec<CopyLink> {
+        let first = match i {
+            None => 0,
+            Some(i) => fanout * (i + 1),
+        };
+        receivers.iter().skip(first).take(fanout).cloned().collect()
+    };
+    for (i, r) in receivers.iter().enumerate() {
+        orders.push(Order {
+            node: r.node,
+            task: CopyTask::Receive {
+                token: r.token,
+                target: req.target.clone(),
+                suffix: String::new(),
+                to: children(Some(i)),
+            },
+        });
+    }
+    let roots = children(None);
+    if source == NODE_CLIENT {
+        client_links = roots;
+    } else if !roots.is_empty() {
+        orders.push(Order {
+            node: source,
+            task: CopyTask::Send { paths: req.paths.clone(), to: roots },
+        });
+    }
+    Ok(Plan { links: client_links, refused, orders })
+}

@@ -1,0 +1,88 @@
+//! The node's client socket: programs running on the node (bpsh, bpcp, libbproc callers) use
+//! the cluster API through it. Each connection is carried to the master over a TCP
+//! connection of its own, authenticated with the cluster key like the slave's link, and the
+//! slave vouches for the client's identity, which it reads from the kernel (`SO_PEERCRED`).
+//! The slave never interprets the client's requests: the master serves them as it serves a
+//! local client, with this node as the client's origin.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bproc_link::{slave_handshake, write_frame, ClusterKey};
+use bproc_proto::{Creds, Message};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, warn};
+
+/// The link in use now, for clients to follow.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Current {
+    pub master: SocketAddrV4,
+    pub local: Ipv4Addr,
+    pub node: i32,
+}
+
+/// Shared view of the current link; `None` while the master is unreachable.
+#[derive(Clone, Default)]
+pub(crate) struct LinkState(Arc<Mutex<Option<Current>>>);
+
+impl LinkState {
+    pub(crate) fn set(&self, c: Option<Current>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+    fn get(&self) -> Option<Current> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Opens the client socket at `path` (creating its directory; any user may connect, the
+/// kernel says who they are).
+pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
+}
+
+/// Accepts clients until the daemon ends.
+pub(crate) async fn serve(listener: UnixListener, key: ClusterKey, link: LinkState) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let (key, link) = (key.clone(), link.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = carry(stream, &key, &link).await {
+                        debug!("node client: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!("node client socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn carry(mut client: UnixStream, key: &ClusterKey, link: &LinkState) -> Result<(), String> {
+    let cred = client.peer_cred().map_err(|e| format!("no credentials: {e}"))?;
+    let creds = Creds {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        groups: cred.pid().map(bproc_sys::groups_of).unwrap_or_default(),
+    };
+    // With the master unreachable the client sees its connection close at once.
+    let cur = link.get().ok_or("the master is not connected")?;
+    let mut up = crate::connect(cur.master, Some(cur.local)).await.map_err(|e| e.to_string())?;
+    slave_handshake(&mut up, key).await.map_err(|e| e.to_string())?;
+    write_frame(&mut up, 0, &Message::ProxyClient { node: cur.node, creds })
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::io::copy_bidirectional(&mut client, &mut up).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
