@@ -332,10 +332,7 @@ impl Run {
         let mut out = Fanout::connect(links, std::net::Ipv4Addr::LOCALHOST);
         let bar = bar(total_size(paths, opts.recursive));
         let result = {
-            let mut w = BufWriter::with_capacity(
-                bproc_copy::CHUNK,
-                Counting { inner: &mut out, n: self.sent.clone() },
-            );
+            let mut w = BufWriter::with_capacity(bproc_copy::CHUNK, &mut out);
             let r = send(
                 paths,
                 opts.recursive,
@@ -348,6 +345,7 @@ impl Run {
             b.0.finish_and_clear();
         }
         out.finish();
+        self.sent.fetch_add(out.sent, Ordering::Relaxed);
         for e in &out.errors {
             self.error(e);
         }
@@ -526,28 +524,6 @@ fn bar(total: Option<u64>) -> Option<Bar> {
         }
     };
     Some(Bar(b))
-}
-
-/// Counts the bytes written through it.
-struct Counting<W> {
-    inner: W,
-    n: Arc<AtomicU64>,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.n.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.inner.write_all(buf)?;
-        self.n.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Counts the bytes read through it.

@@ -286,6 +286,8 @@ pub struct Fanout {
     outs: Vec<(i32, TcpStream)>,
     /// What went wrong, naming the node.
     pub errors: Vec<String>,
+    /// Bytes written, counted once per branch.
+    pub sent: u64,
 }
 
 fn node_name(n: i32) -> String {
@@ -299,7 +301,7 @@ fn node_name(n: i32) -> String {
 impl Fanout {
     /// Connects to every link.
     pub fn connect(links: &[CopyLink], default_ip: Ipv4Addr) -> Fanout {
-        let mut f = Fanout { outs: Vec::new(), errors: Vec::new() };
+        let mut f = Fanout { outs: Vec::new(), errors: Vec::new(), sent: 0 };
         for l in links {
             match connect_link(l, default_ip) {
                 Ok(s) => f.outs.push((l.node, s)),
@@ -332,9 +334,12 @@ impl Write for Fanout {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         let mut failed = Vec::new();
         for (i, (n, s)) in self.outs.iter_mut().enumerate() {
-            if let Err(e) = s.write_all(buf) {
-                failed.push(i);
-                self.errors.push(format!("rcp: lost the connection to {}: {e}", node_name(*n)));
+            match s.write_all(buf) {
+                Ok(()) => self.sent += buf.len() as u64,
+                Err(e) => {
+                    failed.push(i);
+                    self.errors.push(format!("rcp: lost the connection to {}: {e}", node_name(*n)));
+                }
             }
         }
         for i in failed.into_iter().rev() {

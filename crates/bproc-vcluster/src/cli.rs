@@ -184,8 +184,10 @@ fn show(c: &Cluster, prog: &str, args: &[&str]) {
         }
     }
     println!("{line}");
-    let status =
-        Command::new(bin_dir().join(prog)).args(args).env("BPROC_SOCKET", c.socket()).status();
+    // Our own tools from beside this binary; anything else (ls) from PATH.
+    let own = bin_dir().join(prog);
+    let program = if own.exists() { own } else { prog.into() };
+    let status = Command::new(program).args(args).env("BPROC_SOCKET", c.socket()).status();
     if let Err(e) = status {
         println!("({prog} failed to run: {e})");
     }
@@ -207,6 +209,18 @@ fn demo(a: &Args) -> Result<(), VclusterError> {
     println!("Write a file on node 2, then look for it on every node (each has its own /tmp):");
     show(&c, "bpsh", &["2", "-O", "/tmp/myoutput", "echo", "results"]);
     show(&c, "bpsh", &["-a", "-p", "-L", "ls", "/tmp"]);
+    println!("Copy it from node 2 to node 3 (straight between the nodes), then gather it:");
+    show(&c, "bpcp", &["2:/tmp/myoutput", "3:/tmp"]);
+    let gathered = dir.join("gathered");
+    let _ = std::fs::create_dir_all(&gathered);
+    let g = gathered.to_string_lossy().into_owned();
+    show(&c, "bpcp", &["2-3:/tmp/myoutput", &g]);
+    show(&c, "ls", &[&g]);
+    println!("Broadcast a file from the front end to every node:");
+    let input = dir.join("input.dat");
+    let _ = std::fs::write(&input, "input for every node\n");
+    show(&c, "bpcp", &[&input.to_string_lossy(), "all:/tmp"]);
+    show(&c, "bpsh", &["-a", "-p", "cat", "/tmp/input.dat"]);
     println!("Give nodes 1-2 to user 65534 (nobody), and only to them:");
     show(&c, "bpctl", &["-S", "1-2", "-u", "65534", "-g", "65534", "-m", "0100"]);
     println!("Take node 3 out of service:");

@@ -64,6 +64,10 @@ fn demo_runs() {
         "{out}"
     );
     assert!(out.contains("  2: myoutput\n"), "{out}");
+    assert!(out.contains("myoutput.2\nmyoutput.3\n"), "{out}");
+    for n in 0..4 {
+        assert!(out.contains(&format!("{n:3}: input for every node\n")), "{out}");
+    }
     assert!(!out.contains("  1: myoutput\n") || !nix::unistd::geteuid().is_root(), "{out}");
     assert!(out.ends_with("Cluster stopped.\n"), "{out}");
 }

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# bpcp benchmark, all measured in one run on a virtual cluster:
+#  1. one-node throughput for a 1 GiB file, against a local `cp` of the same file into a fresh
+#     tmpfs with the nodes' settings (the floor: writing 1 GiB into memory once);
+#  2. the bytes the front end sends for a broadcast to 8, 32 and 64 nodes (bpcp's own copy
+#     streams plus the master daemon's orders), against the file size;
+#  3. a 100 MiB broadcast to 64 nodes against `pdcp -R ssh` and `clush --copy` to the same
+#     number of ssh "nodes" (the project's loopback-only sshd, ../shared/bench/peers-setup.sh).
+# Prints markdown tables of medians and ratios.
+#
+#   bench/bpcp.sh                    # everything
+#   RUNS=3 PEERS=0 bench/bpcp.sh     # skip the ssh peers
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-5}
+PEERS=${PEERS:-1}
+NS=${PEERS_NS:-bprocpeers}
+STATE=${PEERS_STATE:-/tmp/bproc-peers}
+SETUP=$(cd ../shared/bench 2>/dev/null && pwd)/peers-setup.sh
+if [ "$PEERS" = 1 ] && [ "$(ip netns identify $$ 2>/dev/null)" != "$NS" ]; then
+    [ -f "$SETUP" ] || { echo "bpcp.sh: $SETUP not found (PEERS=0 skips the peers)" >&2; exit 2; }
+    bash "$SETUP" status >/dev/null 2>&1 || bash "$SETUP" >/dev/null
+    cargo build --release --quiet -p bproc-bins
+    exec ip netns exec "$NS" bash "$0" "$@"
+fi
+cargo build --release --quiet -p bproc-bins
+B=$PWD/target/release
+DIR=$(mktemp -d /tmp/bproc-bpcp-bench.XXXXXX)
+SRC=/dev/shm/bproc-bpcp-bench.$$
+FLOOR=$DIR/floor
+cleanup() {
+    "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true
+    mountpoint -q "$FLOOR" && umount "$FLOOR"
+    rm -rf "$DIR" "$SRC" "$SRC.100"
+}
+trap cleanup EXIT
+export BPROC_SOCKET=$DIR/c/master.sock
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+now_ns() { date +%s%N; }
+time_s() { # command... -> seconds
+    local t0 t1
+    t0=$(now_ns)
+    "$@" >/dev/null
+    t1=$(now_ns)
+    awk -v ns=$((t1 - t0)) 'BEGIN {printf "%.3f\n", ns/1e9}'
+}
+up() { "$B/bpcluster" up -n "$1" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }; }
+down() { "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true; }
+master_sent() { "$B/bpstat" --master-info | python3 -c "import json,sys; print(json.load(sys.stdin)['bytes_to_slaves'])"; }
+
+echo "## bpcp"
+echo
+echo "$(nproc) cores, $(uname -r); medians of $RUNS runs."
+echo
+
+# 1. One node, 1 GiB.
+head -c 1G /dev/urandom >"$SRC"
+mkdir -p "$FLOOR"
+mount -t tmpfs -o huge=within_size,size=4g tmpfs "$FLOOR" 2>/dev/null || mount -t tmpfs -o size=4g tmpfs "$FLOOR"
+up 2
+"$B/bpcp" "$SRC" 0:/tmp/big # warm up: the node's cache of huge pages, the page cache of SRC
+cp_t=$(for _ in $(seq "$RUNS"); do rm -f "$FLOOR/big"; time_s cp "$SRC" "$FLOOR/big"; done | median)
+bpcp_t=$(for _ in $(seq "$RUNS"); do time_s "$B/bpcp" "$SRC" 0:/tmp/big; done | median)
+[ "$("$B/bpsh" 0 cksum </dev/null /tmp/big | cut -d' ' -f1,2)" = "$(cksum <"$SRC")" ] ||
+    { echo "bpcp.sh: node 0's copy differs" >&2; exit 1; }
+down
+umount "$FLOOR"
+gbs() { awk -v s="$1" 'BEGIN {printf "%.2f", 1.073741824/s}'; }
+echo "| 1 GiB to one node | median (s) | GB/s | baseline: local cp into tmpfs (s) | ratio |"
+echo "|---|---:|---:|---:|---:|"
+printf "| bpcp FILE 0:/tmp/big | %s | %s | %s (%s GB/s) | %.2f |\n" "$bpcp_t" "$(gbs "$bpcp_t")" "$cp_t" "$(gbs "$cp_t")" \
+    "$(awk -v a="$bpcp_t" -v b="$cp_t" 'BEGIN {print a/b}')"
+echo
+
+# 2. Bytes the front end sends for a broadcast, and 3. the time of a 100 MiB broadcast.
+head -c 100M /dev/urandom >"$SRC.100"
+size=$((100 << 20))
+up 64
+echo "| broadcast of 100 MiB | bpcp sent (bytes) | master daemon sent (bytes) | front end total / file size |"
+echo "|---|---:|---:|---:|"
+for n in 8 32 64; do
+    for fan in 1 2; do
+        before=$(master_sent)
+        sent=$("$B/bpcp" --stats --fanout "$fan" "$SRC.100" "0-$((n - 1)):/tmp/copy.bin" 2>&1 >/dev/null | awk '/copy streams/ {print $4}')
+        after=$(master_sent)
+        printf "| %d nodes, fanout %d | %s | %s | %.3f |\n" "$n" "$fan" "$sent" "$((after - before))" \
+            "$(awk -v a="$sent" -v b=$((after - before)) -v s="$size" 'BEGIN {print (a+b)/s}')"
+    done
+done
+echo
+bc_t=$(for _ in $(seq "$RUNS"); do time_s "$B/bpcp" "$SRC.100" all:/tmp/copy.bin; done | median)
+want=$(cksum <"$SRC.100")
+"$B/bpsh" -a -n sh -c 'cksum </tmp/copy.bin' | grep -vqxF "$want" &&
+    { echo "bpcp.sh: a node's copy differs" >&2; exit 1; }
+down
+
+echo "| 100 MiB to 64 nodes | median (s) | ratio to bpcp |"
+echo "|---|---:|---:|"
+printf "| bpcp FILE all:/tmp/copy.bin (chain) | %s | 1 |\n" "$bc_t"
+if [ "$PEERS" = 1 ]; then
+    CFG_COPY=$STATE/ssh_config_copy
+    [ -f "$CFG_COPY" ] || CFG_COPY=$STATE/ssh_config
+    list=$(seq -s, -f "127.0.1.%g" 1 64)
+    peer() { # name command -> median s, with the destinations emptied before each run
+        local t
+        t=$(for _ in $(seq "$RUNS"); do rm -rf "$STATE"/dst/*; time_s sh -c "$2 2>/dev/null"; done | median)
+        printf "| %s | %s | %.1f |\n" "$1" "$t" "$(awk -v a="$t" -v b="$bc_t" 'BEGIN {print a/b}')"
+    }
+    peer "pdcp -R ssh -f 64" "PDSH_SSH_ARGS_APPEND='-F $CFG_COPY' pdcp -R ssh -f 64 -w $list $SRC.100 copy.bin"
+    peer "clush --copy" "clush -o '-F $CFG_COPY' -w $list --copy $SRC.100 --dest copy.bin"
+    rm -rf "$STATE"/dst/*
+fi
