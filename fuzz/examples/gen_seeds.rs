@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use bproc_proto::{
-    encode, CopyLink, CopyOpts, CopyTask, Creds, NODE_CLIENT, Endpoint, ExitStatus, IoSpec, Message, NodeAction, NodeInfo, NodeStatus,
+    encode, CopyLink, CopyOpts, CopyTask, Creds, TreeEntry, NODE_CLIENT, Endpoint, ExitStatus, IoSpec, Message, NodeAction, NodeInfo, NodeStatus,
     ProcSpec,
 };
 
@@ -102,6 +102,7 @@ fn main() -> std::io::Result<()> {
                 cookie: 0x1122_3344_5566_7788,
                 info: info(),
                 data_port: 40100,
+                tree_port: 40101,
             },
         ),
         (
@@ -139,15 +140,20 @@ fn main() -> std::io::Result<()> {
         (18, Message::Launch { nodes: vec![0, 1, 1], spec: spec() }),
         (19, Message::SignalLaunch { signal: 10 }),
         (
-            20,
-            Message::Spawn {
+            0,
+            Message::SpawnTree {
                 launch: 3,
-                rank: 1,
                 size: 3,
                 creds: Creds { uid: 1000, gid: 100, groups: vec![100, 27] },
                 spec: spec(),
+                width: 32,
+                entries: vec![
+                    TreeEntry { node: 0, ip: Ipv4Addr::new(10, 0, 0, 2), port: 40300, ranks: vec![0] },
+                    TreeEntry { node: 1, ip: Ipv4Addr::new(10, 0, 0, 3), port: 40301, ranks: vec![1, 2] },
+                ],
             },
         ),
+        (0, Message::RankSpawned { launch: 3, rank: 1, pid: 4321 }),
         (0, Message::SignalProc { launch: 3, rank: u32::MAX, signal: 9 }),
         (21, Message::StageFiles { port: 40001, token: [5; 16], files: spec().files }),
         (
@@ -208,7 +214,6 @@ fn main() -> std::io::Result<()> {
             },
         ),
         (18, Message::Launched { pids: vec![100, -301, 0] }),
-        (20, Message::Spawned { pid: 4321 }),
         (0, Message::ProcExit { launch: 3, rank: 1, status: ExitStatus::Signal(9) }),
     ];
     for (id, msg) in &msgs {

@@ -90,6 +90,8 @@ use thiserror::Error;
 
 /// The default `bprocport`: the TCP port slaves connect to.
 pub const DEFAULT_PORT: u16 = 2223;
+/// Default `launchfanout`: a launch reaches 1024 nodes in two hops.
+pub const DEFAULT_LAUNCH_FANOUT: u32 = 32;
 /// The default `pingtimeout`, in seconds.
 pub const DEFAULT_PING_TIMEOUT: u32 = 30;
 /// The smallest `pingtimeout` BProc allows, in seconds.
@@ -176,6 +178,9 @@ pub struct Config {
     /// `pingtimeout`: seconds without a ping before a slave is declared dead, at least
     /// [`MIN_PING_TIMEOUT`]. Sent to the slaves.
     pub ping_timeout: u32,
+    /// `launchfanout` (ours): how many nodes each node passes a launch on to, default
+    /// [`DEFAULT_LAUNCH_FANOUT`].
+    pub launch_fanout: u32,
     /// `allowinsecureports`: accept slaves whose source port is 1024 or more.
     pub allow_insecure_ports: bool,
     /// `logfacility`: the syslog facility, lowercase, default [`DEFAULT_LOG_FACILITY`].
@@ -338,6 +343,7 @@ enum Directive {
     AllowInsecurePorts,
     LogFacility,
     PingTimeout,
+    LaunchFanout,
     SlaveTimesync,
     Slave,
     Interface,
@@ -363,6 +369,7 @@ impl Directive {
             "allowinsecureports" => Directive::AllowInsecurePorts,
             "logfacility" => Directive::LogFacility,
             "pingtimeout" => Directive::PingTimeout,
+            "launchfanout" => Directive::LaunchFanout,
             "slavetimesync" => Directive::SlaveTimesync,
             "slave" => Directive::Slave,
             "interface" => Directive::Interface,
@@ -396,8 +403,8 @@ impl Directive {
         use Directive::*;
         match self {
             AllowInsecurePorts => (0, Some(0)),
-            BprocPort | LogFacility | PingTimeout | SlaveTimesync | Listen | Socket | Keyfile
-            | Statedir | Logdir => (1, Some(1)),
+            BprocPort | LogFacility | PingTimeout | LaunchFanout | SlaveTimesync | Listen
+            | Socket | Keyfile | Statedir | Logdir => (1, Some(1)),
             Interface => (1, Some(3)),
             IpRange => (2, Some(3)),
             Slave | Ip | Master => (1, None),
@@ -623,6 +630,7 @@ impl Parser {
                 interfaces: Vec::new(),
                 listen: Vec::new(),
                 ping_timeout: DEFAULT_PING_TIMEOUT,
+                launch_fanout: DEFAULT_LAUNCH_FANOUT,
                 allow_insecure_ports: false,
                 log_facility: DEFAULT_LOG_FACILITY.into(),
                 slave_timesync: true,
@@ -681,6 +689,14 @@ impl Parser {
                 }
                 c.ping_timeout =
                     u32::try_from(n).map_err(|_| format!("pingtimeout too large: {}", args[0]))?;
+            }
+            Directive::LaunchFanout => {
+                c.launch_fanout = parse_c_integer(&args[0])
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| {
+                        format!("launchfanout must be a number from 1 to 1024, not {}", args[0])
+                    })?;
             }
             Directive::SlaveTimesync => c.slave_timesync = parse_yes_no(tag, &args[0])?,
             Directive::Slave => {

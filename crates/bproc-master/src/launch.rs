@@ -1,7 +1,10 @@
 //! Launches: a client (bpsh) asks for one process per listed node; the master checks each
-//! node's permissions with the caller's kernel-given identity, asks every slave at once (the
-//! requests are pipelined, never one round trip after another), answers with the pids, then
-//! relays each process's exit to the client until the client goes away.
+//! node's permissions with the caller's kernel-given identity and sends the launch down a
+//! tree of slaves (`launchfanout` children per node, 32 by default): it sends only to the
+//! first level, each slave starts its ranks and passes the rest on, and every rank's outcome
+//! comes back on its node's own link. So what the master sends per launch stays nearly flat as
+//! the node count grows. It answers the client with the pids, then relays each process's exit
+//! to the client until the client goes away.
 //!
 //! The launch lives as long as the client's connection: a client that disconnects takes its
 //! still-running processes with it (SIGKILL), and a node that is lost reports its processes as
@@ -11,14 +14,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bproc_link::{read_frame, write_frame};
-use bproc_proto::{errno, Creds, ExitStatus, Message, ProcSpec};
+use bproc_proto::{errno, split_tree, Creds, ExitStatus, Message, ProcSpec, TreeEntry};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tracing::{debug, info};
 
-use crate::slaves;
 use crate::table::Caller;
 use crate::Shared;
+
+/// How long a launch waits for a rank's outcome before counting its node as dead (a node
+/// lost on the way down the tree takes its subtree's reports with it).
+const SPAWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Where a rank stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +48,8 @@ pub(crate) struct Launch {
     states: Vec<State>,
     /// Exits to relay to the client.
     events: mpsc::UnboundedSender<(u32, ExitStatus)>,
+    /// Spawn outcomes (rank, pid or negated error) for the serving task.
+    spawns: mpsc::UnboundedSender<(u32, i32)>,
 }
 
 /// All live launches by id.
@@ -68,6 +75,13 @@ impl Launches {
         }
     }
 
+    /// A slave reports how starting `rank` went.
+    pub(crate) fn rank_spawned(&self, launch: u64, rank: u32, pid: i32) {
+        if let Some(l) = self.lock().get(&launch) {
+            let _ = l.spawns.send((rank, pid));
+        }
+    }
+
     /// Records the outcome of rank `rank`'s spawn; relays an exit that came first.
     fn spawned(&self, launch: u64, rank: usize, started: bool) {
         if let Some(l) = self.lock().get_mut(&launch) {
@@ -82,13 +96,23 @@ impl Launches {
         }
     }
 
-    /// Node `n` is lost: every process there is reported ended by node loss.
+    /// Node `n` is lost: every process there is reported ended by node loss, and ranks still
+    /// starting there failed.
     pub(crate) fn node_lost(&self, n: i32) {
         for l in self.lock().values_mut() {
             for (rank, node) in l.nodes.iter().enumerate() {
-                if *node == n && l.states[rank] == State::Running {
-                    l.states[rank] = State::Done;
-                    let _ = l.events.send((rank as u32, ExitStatus::NodeLost));
+                if *node != n {
+                    continue;
+                }
+                match l.states[rank] {
+                    State::Running => {
+                        l.states[rank] = State::Done;
+                        let _ = l.events.send((rank as u32, ExitStatus::NodeLost));
+                    }
+                    State::Pending => {
+                        let _ = l.spawns.send((rank as u32, -errno::BE_SLAVEDIED));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -136,16 +160,26 @@ pub(crate) async fn serve(
     // Nodes connect a launcher's fds back to where it runs, never where it claims to.
     let spec = ProcSpec { io_ip: caller.origin.map(|o| o.1), ..spec };
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let (spawns_tx, mut spawns) = mpsc::unbounded_channel();
     let size = nodes.len() as u32;
     shared.launches.lock().insert(
         launch,
-        Launch { nodes: nodes.clone(), states: vec![State::Pending; nodes.len()], events: tx },
+        Launch {
+            nodes: nodes.clone(),
+            states: vec![State::Pending; nodes.len()],
+            events: tx,
+            spawns: spawns_tx,
+        },
     );
     let creds = Creds { uid: caller.uid, gid: caller.gid, groups: caller.groups.clone() };
     let mut pids = vec![0i32; nodes.len()];
-    let mut tasks = JoinSet::new();
+    let mut waiting = vec![false; nodes.len()];
+    let width = shared.config().launch_fanout;
+    // One tree entry per node, in the order nodes first appear; a node may run several ranks.
+    let mut entries: Vec<TreeEntry> = Vec::new();
     {
         let t = shared.table();
+        let mut index = HashMap::new();
         for (rank, &n) in nodes.iter().enumerate() {
             if n == bproc_proto::NODE_MASTER {
                 // The front end: the launcher runs it itself, as the caller. The master
@@ -153,33 +187,64 @@ pub(crate) async fn serve(
                 shared.launches.spawned(launch, rank, false);
                 continue;
             }
-            if let Err(refusal) = t.may_run(&caller, n) {
-                pids[rank] = -refusal.code;
+            let node = match t.may_run(&caller, n) {
+                Ok(()) => t.get(n).filter(|node| node.addr.is_some()),
+                Err(refusal) => {
+                    pids[rank] = -refusal.code;
+                    shared.launches.spawned(launch, rank, false);
+                    continue;
+                }
+            };
+            let Some(node) = node else {
+                pids[rank] = -errno::BE_NODEDOWN;
                 shared.launches.spawned(launch, rank, false);
                 continue;
-            }
-            let msg = Message::Spawn {
+            };
+            let i = *index.entry(n).or_insert_with(|| {
+                entries.push(TreeEntry {
+                    node: n,
+                    ip: node.addr.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                    port: node.tree_port,
+                    ranks: Vec::new(),
+                });
+                entries.len() - 1
+            });
+            entries[i].ranks.push(rank as u32);
+            waiting[rank] = true;
+        }
+        for part in split_tree(&entries, width) {
+            let msg = Message::SpawnTree {
                 launch,
-                rank: rank as u32,
                 size,
                 creds: creds.clone(),
                 spec: spec.clone(),
+                width,
+                entries: part.to_vec(),
             };
-            let shared = shared.clone();
-            tasks.spawn(async move { (rank, slaves::request(&shared, n, msg).await) });
+            if let Some(node) = t.get(part[0].node) {
+                node.send(0, msg);
+            }
         }
     }
-    while let Some(done) = tasks.join_next().await {
-        let Ok((rank, reply)) = done else { continue };
-        shared.launches.spawned(launch, rank, matches!(reply, Message::Spawned { .. }));
-        pids[rank] = match reply {
-            Message::Spawned { pid } => pid,
-            Message::Error { code, .. } => -code,
-            other => {
-                debug!("launch {launch}: unexpected {} from a slave", other.name());
-                -errno::EPROTO
-            }
+    let mut left = waiting.iter().filter(|w| **w).count();
+    let deadline = tokio::time::Instant::now() + SPAWN_TIMEOUT;
+    while left > 0 {
+        let (rank, pid) = tokio::select! {
+            r = spawns.recv() => match r { Some(r) => r, None => break },
+            _ = tokio::time::sleep_until(deadline) => break,
         };
+        let rank = rank as usize;
+        if rank < waiting.len() && waiting[rank] {
+            waiting[rank] = false;
+            left -= 1;
+            pids[rank] = pid;
+            shared.launches.spawned(launch, rank, pid > 0);
+        }
+    }
+    for rank in (0..waiting.len()).filter(|&r| waiting[r]) {
+        debug!("launch {launch}: rank {rank} never reported; counting its node as dead");
+        pids[rank] = -errno::BE_SLAVEDIED;
+        shared.launches.spawned(launch, rank, false);
     }
     let started = pids.iter().filter(|p| **p > 0).count();
     info!(

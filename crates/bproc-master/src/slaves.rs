@@ -108,9 +108,9 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         return;
     }
     let join = tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await;
-    let (version, cookie, info, data_port) = match join {
-        Ok(Ok((_, Message::Join { version, cookie, info, data_port }))) => {
-            (version, cookie, info, data_port)
+    let (version, cookie, info, data_port, tree_port) = match join {
+        Ok(Ok((_, Message::Join { version, cookie, info, data_port, tree_port }))) => {
+            (version, cookie, info, data_port, tree_port)
         }
         Ok(Ok((_, Message::ProxyClient { node, creds }))) => {
             if node != n {
@@ -184,6 +184,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
             }
             node.addr = Some(ip);
             node.data_port = data_port;
+            node.tree_port = tree_port;
             node.info = Some(info);
             let cookie = session.cookie;
             node.session = Some(session);
@@ -263,10 +264,10 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
         Message::ProcExit { launch, rank, status } => {
             shared.launches.exited(launch, rank, status);
         }
-        reply @ (Message::Ok
-        | Message::Error { .. }
-        | Message::Spawned { .. }
-        | Message::CopyResult { .. }) => {
+        Message::RankSpawned { launch, rank, pid } => {
+            shared.launches.rank_spawned(launch, rank, pid);
+        }
+        reply @ (Message::Ok | Message::Error { .. } | Message::CopyResult { .. }) => {
             if let Some(waiter) = session.pending.remove(&id) {
                 let _ = waiter.send(reply);
             }

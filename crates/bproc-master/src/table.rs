@@ -106,6 +106,8 @@ pub struct Node {
     pub addr: Option<Ipv4Addr>,
     /// The slave's data port (copies), on `addr`.
     pub data_port: u16,
+    /// The slave's tree port (launch trees), on `addr`.
+    pub tree_port: u16,
     /// Latest machine report.
     pub info: Option<NodeInfo>,
     /// The live session, if connected.
@@ -125,6 +127,7 @@ impl Node {
             gid: 0,
             addr: None,
             data_port: 0,
+            tree_port: 0,
             info: None,
             session: None,
             saved: None,

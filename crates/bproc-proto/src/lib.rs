@@ -27,7 +27,7 @@ mod msg;
 pub use codec::{DecodeError, Reader, Writer};
 pub use frame::{check, decode, decode_body, encode, Header, HEADER_LEN, MAGIC, MAX_BODY, VERSION};
 pub use msg::{
-    CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, IoSpec, Message, NodeAction,
-    NodeInfo, NodeStatus, ProcSpec, StagedRef, MAX_ARGS, MAX_COPY_ITEMS, MAX_NODES, MAX_PATH,
-    MAX_STAGED, MAX_STATE_LEN, MAX_TEXT, NODE_CLIENT, NODE_MASTER,
+    split_tree, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, IoSpec, Message,
+    NodeAction, NodeInfo, NodeStatus, ProcSpec, StagedRef, TreeEntry, MAX_ARGS, MAX_COPY_ITEMS,
+    MAX_NODES, MAX_PATH, MAX_STAGED, MAX_STATE_LEN, MAX_TEXT, NODE_CLIENT, NODE_MASTER,
 };

@@ -209,6 +209,37 @@ pub struct CopyLink {
     pub token: [u8; 16],
 }
 
+/// One node's part of a launch tree: where it listens for the tree and which ranks it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Node number.
+    pub node: i32,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its tree port.
+    pub port: u16,
+    /// The ranks it runs.
+    pub ranks: Vec<u32>,
+}
+
+/// How a tree node splits the nodes below it among its children: at most `width` contiguous
+/// runs of nearly equal length, each led by the child that receives it.
+pub fn split_tree(rest: &[TreeEntry], width: u32) -> Vec<&[TreeEntry]> {
+    let width = (width.max(1) as usize).min(rest.len());
+    if width == 0 {
+        return Vec::new();
+    }
+    let (base, extra) = (rest.len() / width, rest.len() % width);
+    let mut out = Vec::with_capacity(width);
+    let mut at = 0;
+    for i in 0..width {
+        let len = base + usize::from(i < extra);
+        out.push(&rest[at..at + len]);
+        at += len;
+    }
+    out
+}
+
 /// Node number that stands for the client itself in copy requests.
 pub const NODE_CLIENT: i32 = i32::MIN;
 
@@ -282,6 +313,8 @@ pub enum Message {
         info: NodeInfo,
         /// Port of the slave's data service (copies), on the link's address.
         data_port: u16,
+        /// Port where the slave takes launch trees from other slaves, on the same address.
+        tree_port: u16,
     },
     /// Slave → master after authentication, instead of [`Message::Join`]: this connection
     /// carries a client running on the node; from here on it speaks the client protocol with
@@ -335,19 +368,6 @@ pub enum Message {
         /// New root directory.
         path: String,
     },
-    /// Master → slave request: start a process. Replied with [`Message::Spawned`].
-    Spawn {
-        /// Launch id, unique per master.
-        launch: u64,
-        /// Rank within the launch.
-        rank: u32,
-        /// Number of ranks in the launch.
-        size: u32,
-        /// Credentials to run with.
-        creds: Creds,
-        /// The process.
-        spec: ProcSpec,
-    },
     /// Master → slave request, when a diskless node joins: make these files present in the
     /// node's root (the configuration's `libraries`), fetching missing ones from the master's
     /// file port with `token`, as a launch's files are fetched from its launcher.
@@ -370,6 +390,24 @@ pub enum Message {
         opts: CopyOpts,
         /// What to do.
         task: CopyTask,
+    },
+    /// Master → slave, and slave → slave over a tree connection: run the ranks of
+    /// `entries[0]` (this node) and pass the rest on, split among at most `width` children,
+    /// each of which gets its part the same way. Each rank's outcome goes to the master as
+    /// [`Message::RankSpawned`].
+    SpawnTree {
+        /// Launch id.
+        launch: u64,
+        /// Number of ranks in the launch.
+        size: u32,
+        /// Credentials to run with.
+        creds: Creds,
+        /// The process.
+        spec: ProcSpec,
+        /// Children per node.
+        width: u32,
+        /// This node's part, then the subtree below it.
+        entries: Vec<TreeEntry>,
     },
     /// Master → slave: signal a launch's process on this node (`rank` `u32::MAX`: all of them).
     SignalProc {
@@ -536,11 +574,6 @@ pub enum Message {
         /// Bytes of file data written.
         bytes: u64,
     },
-    /// Reply to [`Message::Spawn`]: the pid on the node.
-    Spawned {
-        /// Process id on the node.
-        pid: i32,
-    },
     /// Slave → master, and master → launcher: a launched process ended.
     ProcExit {
         /// Launch id (0 towards the launcher).
@@ -549,6 +582,15 @@ pub enum Message {
         rank: u32,
         /// How it ended.
         status: ExitStatus,
+    },
+    /// Slave → master: how starting a rank of a launch tree went.
+    RankSpawned {
+        /// Launch id.
+        launch: u64,
+        /// Rank.
+        rank: u32,
+        /// The pid on its node (> 0) or a negated error code.
+        pid: i32,
     },
     /// Event to watchers: the node table after a change.
     NodesChanged {
@@ -589,20 +631,22 @@ mod ty {
     pub const ACTION: u16 = 40;
     pub const SLAVE_CHROOT: u16 = 41;
     pub const SLAVE_RECONNECT: u16 = 42;
-    pub const SPAWN: u16 = 43;
+    // 43 was Spawn (one rank per request), replaced by SpawnTree.
     pub const SIGNAL_PROC: u16 = 44;
     pub const STAGE_FILES: u16 = 45;
     pub const COPY_ORDER: u16 = 46;
+    pub const SPAWN_TREE: u16 = 47;
     pub const OK: u16 = 100;
     pub const ERROR: u16 = 101;
     pub const NODES: u16 = 102;
     pub const MASTER_INFO_REPLY: u16 = 103;
     pub const LAUNCHED: u16 = 104;
-    pub const SPAWNED: u16 = 105;
+    // 105 was Spawned, the reply to Spawn.
     pub const COPY_PLAN: u16 = 106;
     pub const NODES_CHANGED: u16 = 120;
     pub const PROC_EXIT: u16 = 121;
     pub const COPY_RESULT: u16 = 122;
+    pub const RANK_SPAWNED: u16 = 123;
 }
 
 // Smallest encodings, used to bound list counts before allocating.
@@ -1039,6 +1083,8 @@ impl Message {
             CopyOrder { .. } => ty::COPY_ORDER,
             CopyPlan { .. } => ty::COPY_PLAN,
             CopyResult { .. } => ty::COPY_RESULT,
+            SpawnTree { .. } => ty::SPAWN_TREE,
+            RankSpawned { .. } => ty::RANK_SPAWNED,
             Action { .. } => ty::ACTION,
             SlaveChroot { .. } => ty::SLAVE_CHROOT,
             SlaveReconnect { .. } => ty::SLAVE_RECONNECT,
@@ -1054,12 +1100,10 @@ impl Message {
             MasterInfo => ty::MASTER_INFO,
             Launch { .. } => ty::LAUNCH,
             SignalLaunch { .. } => ty::SIGNAL_LAUNCH,
-            Spawn { .. } => ty::SPAWN,
             SignalProc { .. } => ty::SIGNAL_PROC,
             StageFiles { .. } => ty::STAGE_FILES,
             MasterInfoReply { .. } => ty::MASTER_INFO_REPLY,
             Launched { .. } => ty::LAUNCHED,
-            Spawned { .. } => ty::SPAWNED,
             ProcExit { .. } => ty::PROC_EXIT,
             Ok => ty::OK,
             Error { .. } => ty::ERROR,
@@ -1086,6 +1130,8 @@ impl Message {
             CopyOrder { .. } => "CopyOrder",
             CopyPlan { .. } => "CopyPlan",
             CopyResult { .. } => "CopyResult",
+            SpawnTree { .. } => "SpawnTree",
+            RankSpawned { .. } => "RankSpawned",
             Action { .. } => "Action",
             SlaveChroot { .. } => "SlaveChroot",
             SlaveReconnect { .. } => "SlaveReconnect",
@@ -1101,12 +1147,10 @@ impl Message {
             MasterInfo => "MasterInfo",
             Launch { .. } => "Launch",
             SignalLaunch { .. } => "SignalLaunch",
-            Spawn { .. } => "Spawn",
             SignalProc { .. } => "SignalProc",
             StageFiles { .. } => "StageFiles",
             MasterInfoReply { .. } => "MasterInfoReply",
             Launched { .. } => "Launched",
-            Spawned { .. } => "Spawned",
             ProcExit { .. } => "ProcExit",
             Ok => "Ok",
             Error { .. } => "Error",
@@ -1125,11 +1169,34 @@ impl Message {
                 w.fixed(mac);
             }
             AuthConfirm { mac } => w.fixed(mac),
-            Join { version, cookie, info, data_port } => {
+            Join { version, cookie, info, data_port, tree_port } => {
                 w.str(version);
                 w.u64(*cookie);
                 info.encode(w);
                 w.u16(*data_port);
+                w.u16(*tree_port);
+            }
+            SpawnTree { launch, size, creds, spec, width, entries } => {
+                w.u64(*launch);
+                w.u32(*size);
+                creds.encode(w);
+                spec.encode(w);
+                w.u32(*width);
+                w.u32(entries.len() as u32);
+                for e in entries {
+                    w.i32(e.node);
+                    w.fixed(&e.ip.octets());
+                    w.u16(e.port);
+                    w.u32(e.ranks.len() as u32);
+                    for r in &e.ranks {
+                        w.u32(*r);
+                    }
+                }
+            }
+            RankSpawned { launch, rank, pid } => {
+                w.u64(*launch);
+                w.u32(*rank);
+                w.i32(*pid);
             }
             ProxyClient { node, creds } => {
                 w.i32(*node);
@@ -1195,13 +1262,6 @@ impl Message {
                 spec.encode(w);
             }
             SignalLaunch { signal } => w.i32(*signal),
-            Spawn { launch, rank, size, creds, spec } => {
-                w.u64(*launch);
-                w.u32(*rank);
-                w.u32(*size);
-                creds.encode(w);
-                spec.encode(w);
-            }
             SignalProc { launch, rank, signal } => {
                 w.u64(*launch);
                 w.u32(*rank);
@@ -1228,7 +1288,6 @@ impl Message {
                     w.i32(*p);
                 }
             }
-            Spawned { pid } => w.i32(*pid),
             ProcExit { launch, rank, status } => {
                 w.u64(*launch);
                 w.u32(*rank);
@@ -1282,7 +1341,32 @@ impl Message {
                 cookie: r.u64("cookie")?,
                 info: NodeInfo::decode(r)?,
                 data_port: r.u16("data port")?,
+                tree_port: r.u16("tree port")?,
             },
+            ty::SPAWN_TREE => {
+                let launch = r.u64("launch")?;
+                let size = r.u32("size")?;
+                let creds = Creds::decode(r)?;
+                let spec = ProcSpec::decode(r)?;
+                let width = r.u32("width")?;
+                let n = r.count("tree entries", MAX_NODES, 14)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let node = r.i32("node")?;
+                    let ip = Ipv4Addr::from(r.fixed::<4>("address")?);
+                    let port = r.u16("port")?;
+                    let k = r.count("ranks", MAX_NODES, 4)?;
+                    let mut ranks = Vec::with_capacity(k);
+                    for _ in 0..k {
+                        ranks.push(r.u32("rank")?);
+                    }
+                    entries.push(TreeEntry { node, ip, port, ranks });
+                }
+                SpawnTree { launch, size, creds, spec, width, entries }
+            }
+            ty::RANK_SPAWNED => {
+                RankSpawned { launch: r.u64("launch")?, rank: r.u32("rank")?, pid: r.i32("pid")? }
+            }
             ty::PROXY_CLIENT => ProxyClient { node: r.i32("node")?, creds: Creds::decode(r)? },
             ty::COPY => Copy {
                 src: get_i32s(r, "source nodes")?,
@@ -1360,13 +1444,6 @@ impl Message {
                 Launch { nodes, spec: ProcSpec::decode(r)? }
             }
             ty::SIGNAL_LAUNCH => SignalLaunch { signal: r.i32("signal")? },
-            ty::SPAWN => Spawn {
-                launch: r.u64("launch")?,
-                rank: r.u32("rank")?,
-                size: r.u32("size")?,
-                creds: Creds::decode(r)?,
-                spec: ProcSpec::decode(r)?,
-            },
             ty::SIGNAL_PROC => SignalProc {
                 launch: r.u64("launch")?,
                 rank: r.u32("rank")?,
@@ -1398,7 +1475,6 @@ impl Message {
                 }
                 Launched { pids }
             }
-            ty::SPAWNED => Spawned { pid: r.i32("pid")? },
             ty::PROC_EXIT => ProcExit {
                 launch: r.u64("launch")?,
                 rank: r.u32("rank")?,
@@ -1415,5 +1491,35 @@ impl Message {
                 Unknown { msg_type: other }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tree_tests {
+    use super::*;
+
+    fn entries(n: usize) -> Vec<TreeEntry> {
+        (0..n)
+            .map(|i| TreeEntry {
+                node: i as i32,
+                ip: Ipv4Addr::LOCALHOST,
+                port: 1,
+                ranks: vec![i as u32],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tree_parts_are_contiguous_and_even() {
+        let e = entries(10);
+        let parts = split_tree(&e, 3);
+        let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        assert_eq!(lens, [4, 3, 3]);
+        assert_eq!(parts[1][0].node, 4);
+        assert_eq!(split_tree(&e, 32).len(), 10);
+        assert!(split_tree(&e[..0], 32).is_empty());
+        // 1024 nodes at width 32: 32 parts of 32, each led by its root.
+        let e = entries(1024);
+        assert!(split_tree(&e, 32).iter().all(|p| p.len() == 32));
     }
 }

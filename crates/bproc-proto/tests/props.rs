@@ -2,7 +2,7 @@
 
 use bproc_proto::{
     check, decode, encode, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, IoSpec,
-    Message, NodeAction, NodeInfo, NodeStatus, ProcSpec, StagedRef,
+    Message, NodeAction, NodeInfo, NodeStatus, ProcSpec, StagedRef, TreeEntry,
 };
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
@@ -120,17 +120,39 @@ fn launch_messages() -> impl Strategy<Value = Message> {
             any::<u32>(),
             any::<u32>(),
             any::<u32>(),
-            any::<u32>(),
             proptest::collection::vec(any::<u32>(), 0..5),
-            spec()
+            spec(),
+            any::<u32>(),
+            proptest::collection::vec(
+                (
+                    any::<i32>(),
+                    any::<[u8; 4]>(),
+                    any::<u16>(),
+                    proptest::collection::vec(any::<u32>(), 0..4)
+                ),
+                0..5
+            )
         )
-            .prop_map(|(launch, rank, size, uid, gid, groups, spec)| Message::Spawn {
-                launch,
-                rank,
-                size,
-                creds: Creds { uid, gid, groups },
-                spec,
+            .prop_map(|(launch, size, uid, gid, groups, spec, width, entries)| {
+                Message::SpawnTree {
+                    launch,
+                    size,
+                    creds: Creds { uid, gid, groups },
+                    spec,
+                    width,
+                    entries: entries
+                        .into_iter()
+                        .map(|(node, ip, port, ranks)| TreeEntry {
+                            node,
+                            ip: Ipv4Addr::from(ip),
+                            port,
+                            ranks,
+                        })
+                        .collect(),
+                }
             }),
+        (any::<u64>(), any::<u32>(), any::<i32>())
+            .prop_map(|(launch, rank, pid)| Message::RankSpawned { launch, rank, pid }),
         (any::<u64>(), any::<u32>(), any::<i32>())
             .prop_map(|(launch, rank, signal)| { Message::SignalProc { launch, rank, signal } }),
         (any::<u16>(), any::<[u8; 16]>(), spec())
@@ -152,7 +174,6 @@ fn launch_messages() -> impl Strategy<Value = Message> {
                 }
             }),
         proptest::collection::vec(any::<i32>(), 0..10).prop_map(|pids| Message::Launched { pids }),
-        any::<i32>().prop_map(|pid| Message::Spawned { pid }),
         (any::<u64>(), any::<u32>(), status_of_exit())
             .prop_map(|(launch, rank, status)| { Message::ProcExit { launch, rank, status } }),
     ]
@@ -237,8 +258,14 @@ fn base_message() -> impl Strategy<Value = Message> {
         (any::<[u8; 32]>(), any::<[u8; 32]>())
             .prop_map(|(nonce, mac)| Message::AuthResponse { nonce, mac }),
         any::<[u8; 32]>().prop_map(|mac| Message::AuthConfirm { mac }),
-        (".{0,30}", any::<u64>(), info(), any::<u16>()).prop_map(
-            |(version, cookie, info, data_port)| Message::Join { version, cookie, info, data_port }
+        (".{0,30}", any::<u64>(), info(), any::<u16>(), any::<u16>()).prop_map(
+            |(version, cookie, info, data_port, tree_port)| Message::Join {
+                version,
+                cookie,
+                info,
+                data_port,
+                tree_port
+            }
         ),
         (any::<i32>(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
             |(node, cookie, ping_timeout, time_ms)| Message::Conf {

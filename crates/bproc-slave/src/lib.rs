@@ -17,6 +17,7 @@ mod info;
 pub mod isolate;
 pub mod procs;
 mod proxy;
+mod tree;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
@@ -125,20 +126,47 @@ impl Options {
     }
 }
 
-/// The data service, opened on the address of the first link.
-#[derive(Default)]
-struct Data(std::sync::OnceLock<bproc_copy::service::DataService>);
+/// The data service and the tree port, opened on the address of the first link.
+struct Data {
+    copy: std::sync::OnceLock<bproc_copy::service::DataService>,
+    tree_port: std::sync::OnceLock<u16>,
+    tree: Arc<tree::Ctx>,
+}
 
 impl Data {
+    fn new(tree: Arc<tree::Ctx>) -> Self {
+        Data { copy: Default::default(), tree_port: Default::default(), tree }
+    }
+
+    /// The tree port, opened on `ip` the first time (0 if it cannot be).
+    fn tree_port_for(&self, ip: Ipv4Addr) -> u16 {
+        *self.tree_port.get_or_init(|| {
+            let listener = std::net::TcpListener::bind((ip, 0))
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std);
+            match listener {
+                Ok(l) => {
+                    let port = l.local_addr().map_or(0, |a| a.port());
+                    tokio::spawn(tree::serve(l, self.tree.clone()));
+                    port
+                }
+                Err(e) => {
+                    warn!("cannot open the tree port on {ip}: {e}; launches reach this node only from the master");
+                    0
+                }
+            }
+        })
+    }
+
     fn port_for(&self, ip: Ipv4Addr, opts: &Options) -> u16 {
-        if let Some(d) = self.0.get() {
+        if let Some(d) = self.copy.get() {
             return d.port();
         }
         let authority =
             bproc_copy::service::Authority { root: opts.authority.root, uid: opts.authority.uid };
         let jail = opts.diskless.as_ref().map(|d| d.root.clone());
         match bproc_copy::service::DataService::start(ip, authority, jail) {
-            Ok(d) => self.0.get_or_init(|| d).port(),
+            Ok(d) => self.copy.get_or_init(|| d).port(),
             Err(e) => {
                 warn!("cannot open the data port on {ip}: {e}; copies to this node will fail");
                 0
@@ -273,6 +301,7 @@ async fn open_link(
         _ => Ipv4Addr::LOCALHOST,
     };
     let data_port = data.port_for(local, opts);
+    let tree_port = data.tree_port_for(local);
     slave_handshake(&mut stream, key).await.map_err(|e| match e {
         LinkError::Refused(r) => End::Dismissed(r),
         e => End::Lost(e),
@@ -282,6 +311,7 @@ async fn open_link(
         cookie: *cookie,
         info: node_info(),
         data_port,
+        tree_port,
     };
     write_frame(&mut stream, 0, &join).await.map_err(End::Lost)?;
     match tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await {
@@ -330,7 +360,6 @@ async fn serve_link(
 ) -> End {
     let (mut rd, mut master, mut node, mut ping_timeout, mut local) = attach(link, outbox);
     state.set(Some(proxy::Current { master, local, node }));
-    let client_socket = opts.client_socket.as_ref().map(|p| p.to_string_lossy().into_owned());
     let end = loop {
         let frame = tokio::time::timeout(ping_timeout, read_frame(&mut rd)).await;
         let (id, msg) = match frame {
@@ -353,33 +382,6 @@ async fn serve_link(
             }
             Message::Action { action } => break End::Action(action),
             Message::SlaveChroot { path } => Some(chroot(&path)),
-            Message::Spawn { launch, rank, creds, spec, .. } => {
-                let (procs, outbox, authority, master_ip) =
-                    (procs.clone(), outbox.clone(), opts.authority, *master.ip());
-                let diskless = opts.diskless.clone();
-                let client_socket = client_socket.clone();
-                tokio::spawn(async move {
-                    let report = {
-                        let outbox = outbox.clone();
-                        move |m| outbox.send(0, m)
-                    };
-                    let reply = procs::spawn(
-                        &procs,
-                        authority,
-                        diskless.as_ref(),
-                        master_ip,
-                        client_socket.as_deref(),
-                        launch,
-                        rank,
-                        creds,
-                        spec,
-                        report,
-                    )
-                    .await;
-                    outbox.send(id, reply);
-                });
-                None
-            }
             Message::StageFiles { port, token, files } => {
                 let (outbox, diskless, master_ip) =
                     (outbox.clone(), opts.diskless.clone(), *master.ip());
@@ -414,7 +416,12 @@ async fn serve_link(
                 procs.signal(launch, rank, signal);
                 None
             }
-            Message::CopyOrder { creds, cwd, opts: copy_opts, task } => match data.0.get() {
+            Message::SpawnTree { launch, size, creds, spec, width, entries } => {
+                let l = tree::Launch { launch, size, creds, spec, width };
+                tree::run(data.tree.clone(), l, entries);
+                None
+            }
+            Message::CopyOrder { creds, cwd, opts: copy_opts, task } => match data.copy.get() {
                 Some(d) => {
                     let outbox = outbox.clone();
                     d.run_order(creds, cwd, copy_opts, task, *master.ip(), move |m| {
@@ -499,8 +506,13 @@ pub async fn run(opts: Options) -> Result<(), SlaveError> {
     let key = opts.key.clone();
     let outbox = Outbox::default();
     let procs = procs::Procs::default();
-    let data = Data::default();
     let state = proxy::LinkState::default();
+    let data = Data::new(Arc::new(tree::Ctx {
+        opts: opts.clone(),
+        procs: procs.clone(),
+        outbox: outbox.clone(),
+        link: state.clone(),
+    }));
     if let Some(file) = opts.client_socket_file() {
         match proxy::bind(&file) {
             Ok(l) => {

@@ -76,8 +76,18 @@ pub struct Authority {
     pub uid: u32,
 }
 
-fn refuse(code: i32, message: String) -> Message {
-    Message::Error { code, message }
+/// Why a rank could not start: an errno-style code (sent to the master) and the details
+/// (logged here).
+#[derive(Debug)]
+pub struct Refused {
+    /// errno or `BE_*` value.
+    pub code: i32,
+    /// What went wrong.
+    pub message: String,
+}
+
+fn refuse(code: i32, message: String) -> Result<i32, Refused> {
+    Err(Refused { code, message })
 }
 
 /// Opens a connection to the launcher and sends its header.
@@ -183,8 +193,8 @@ fn bproc_stage_hex(hash: &[u8; 32]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Starts rank `rank` of `launch`; returns the reply for the master. When the process is
-/// running, a task waits for it and sends its [`Message::ProcExit`] through `report`.
+/// Starts rank `rank` of `launch`; returns its pid. When the process is running, a task
+/// waits for it and sends its [`Message::ProcExit`] through `report`.
 #[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     procs: &Procs,
@@ -197,7 +207,7 @@ pub async fn spawn(
     creds: Creds,
     spec: ProcSpec,
     report: impl Fn(Message) + Send + 'static,
-) -> Message {
+) -> Result<i32, Refused> {
     if !authority.root && creds.uid != authority.uid {
         return refuse(
             EPERM,
@@ -295,5 +305,5 @@ pub async fn spawn(
         procs.lock().remove(&(launch, rank));
         report(Message::ProcExit { launch, rank, status });
     });
-    Message::Spawned { pid }
+    Ok(pid)
 }

@@ -31,7 +31,7 @@ impl LinkState {
     pub(crate) fn set(&self, c: Option<Current>) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = c;
     }
-    fn get(&self) -> Option<Current> {
+    pub(crate) fn get(&self) -> Option<Current> {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

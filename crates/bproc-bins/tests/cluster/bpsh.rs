@@ -438,3 +438,48 @@ fn master_counts_the_bytes_it_sends() {
     let env_size: usize = std::env::vars().map(|(k, v)| k.len() + v.len() + 5).sum();
     assert!(sent as usize >= 2 * env_size, "sent {sent} bytes, environment is {env_size}");
 }
+
+/// A launch goes down a tree of slaves: with two children per node, 12 nodes sit three
+/// levels deep, every rank still runs once with its own rank, and the master sends only to
+/// the first level.
+#[test]
+fn launch_tree() {
+    let mut spec = TestCluster::spec(&bins(), 12, "bpsh-tree");
+    spec.extra_config = "launchfanout 2\n".into();
+    let c = TestCluster::start(spec);
+    let sent = || match c.client().unwrap().request(&bproc::Message::MasterInfo).unwrap() {
+        bproc::Message::MasterInfoReply { bytes_to_slaves, .. } => bytes_to_slaves,
+        other => panic!("{other:?}"),
+    };
+    // Twice node 5: a node may run several ranks.
+    let nodes = "0-11,5";
+    let out = c.cmd("bpsh").args([nodes, "-p", "sh", "-c", "echo $BPROC_RANK"]).ok();
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    let mut want: Vec<String> = (0..12).map(|n| format!("{n:3}: {n:07}")).collect();
+    want.push(format!("{:3}: {:07}", 5, 12));
+    want.sort();
+    assert_eq!(lines, want);
+    let before = sent();
+    c.cmd("bpsh").args(["0-11", "true"]).ok();
+    let one = sent() - before;
+    // Two SpawnTree frames (plus the odd ping), not twelve.
+    let frame = {
+        let before = sent();
+        c.cmd("bpsh").args(["0", "true"]).ok();
+        sent() - before
+    };
+    assert!(one < 3 * frame, "12 nodes cost {one} bytes, one node {frame}");
+}
+
+/// bpsh runs on a node too, through its slave: the processes it starts connect back to it.
+#[test]
+fn bpsh_on_a_node() {
+    let c = TestCluster::up(&bins(), 3, "bpsh-onnode");
+    let out = c.cmd("bpsh").args(["1", "bpsh", "2", "sh", "-c", "echo $BPROC_RANK from node 2"]).ok();
+    assert_eq!(out, "0000000 from node 2\n");
+    let out = c.cmd("bpsh").args(["0", "bpsh", "-a", "-p", "-s", "echo", "hi"]).ok();
+    assert_eq!(out, "  0: hi\n  1: hi\n  2: hi\n");
+    let out = c.cmd("bpsh").args(["0", "bpsh", "2", "sh", "-c", "exit 7"]).output_of();
+    assert_eq!(out.status.code(), Some(7));
+}
