@@ -396,7 +396,8 @@ async fn serve_link(
                                 files,
                                 ..Default::default()
                             };
-                            match procs::stage(d, master_ip, &spec, u32::MAX).await {
+                            let source = procs::Source::Launcher;
+                            match procs::stage(d, &source, master_ip, &spec, u32::MAX).await {
                                 Ok(()) => {
                                     outbox.send(0, Message::Pong { seq: 0, info: node_info() });
                                     Message::Ok
@@ -418,7 +419,7 @@ async fn serve_link(
             }
             Message::SpawnTree { launch, size, creds, spec, width, entries } => {
                 let l = tree::Launch { launch, size, creds, spec, width };
-                tree::run(data.tree.clone(), l, entries);
+                tree::run(data.tree.clone(), l, entries, procs::Source::Launcher);
                 None
             }
             Message::CopyOrder { creds, cwd, opts: copy_opts, task } => match data.copy.get() {

@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use bproc_proto::errno::{EINVAL, EPERM};
-use bproc_proto::{Creds, ExitStatus, IoSpec, Message, ProcSpec};
+use bproc_proto::{Creds, ExitStatus, IoSpec, Message, ProcSpec, StagedRef};
 use bproc_sys::{prepare_child, FdFile, Identity, Jail};
 
 use crate::isolate::Diskless;
@@ -120,55 +120,117 @@ async fn connect_back(
     Ok(OwnedFd::from(s))
 }
 
+/// Where a diskless node fetches the staged files its cache lacks.
+#[derive(Clone)]
+pub enum Source {
+    /// The launcher (or the master's file server), at the spec's io address.
+    Launcher,
+    /// The node that passed this launch on, over the tree connection: each node fetches from
+    /// its parent, so a program crosses each tree edge once, not once per node from the
+    /// launcher.
+    Parent(Arc<tokio::sync::Mutex<TcpStream>>),
+}
+
+/// One fetch of each content at a time, so a file wanted by several ranks or children is
+/// fetched once.
+static FETCHING: Mutex<Option<FetchLocks>> = Mutex::new(None);
+
+/// A lock per content hash.
+type FetchLocks = HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>;
+
+async fn fetch(
+    source: &Source,
+    master: Ipv4Addr,
+    spec: &ProcSpec,
+    rank: u32,
+    f: &StagedRef,
+) -> Result<Vec<u8>, String> {
+    use sha2::{Digest, Sha256};
+    use tokio::io::AsyncReadExt;
+    async fn exchange(s: &mut TcpStream, f: &StagedRef) -> std::io::Result<Vec<u8>> {
+        s.write_all(&f.hash).await?;
+        let size = s.read_u64().await?;
+        if size != f.size {
+            return Err(std::io::Error::other(format!("sent {size} bytes, expected {}", f.size)));
+        }
+        let mut data = vec![0u8; size as usize];
+        s.read_exact(&mut data).await?;
+        Ok(data)
+    }
+    let from_parent = match source {
+        Source::Parent(s) => exchange(&mut *s.lock().await, f).await.ok(),
+        Source::Launcher => None,
+    };
+    // A parent with a disk of its own keeps no cache to serve from: go to the launcher.
+    let (data, from) = match from_parent {
+        Some(data) => (data, "the parent node"),
+        None => {
+            let mut s = open_to_launcher(master, spec, rank, FETCH_FD)
+                .await
+                .map_err(|e| format!("{}: cannot fetch it from the launcher: {e}", f.path))?;
+            let data = exchange(&mut s, f)
+                .await
+                .map_err(|e| format!("{}: from the launcher: {e}", f.path))?;
+            (data, "the launcher")
+        }
+    };
+    info!("staged {} ({} bytes) from {from}", f.path, data.len());
+    if <[u8; 32]>::from(Sha256::digest(&data)) != f.hash {
+        return Err(format!("{}: content does not match its hash", f.path));
+    }
+    Ok(data)
+}
+
+/// The cache entry of `f`, fetched from `source` unless the cache already holds it.
+pub(crate) async fn ensure_cached(
+    d: &Diskless,
+    source: &Source,
+    master: Ipv4Addr,
+    spec: &ProcSpec,
+    rank: u32,
+    f: &StagedRef,
+) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let cached = d.cache.join(bproc_stage_hex(&f.hash));
+    if cached.exists() {
+        return Ok(cached);
+    }
+    let lock = FETCHING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .entry(f.hash)
+        .or_default()
+        .clone();
+    let _held = lock.lock().await;
+    if cached.exists() {
+        return Ok(cached);
+    }
+    let data = fetch(source, master, spec, rank, f).await?;
+    let tmp = d.cache.join(format!(".{}.{rank}.{}", bproc_stage_hex(&f.hash), std::process::id()));
+    std::fs::write(&tmp, &data)
+        .and_then(|_| {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode & 0o7777))
+        })
+        .and_then(|_| std::fs::rename(&tmp, &cached))
+        .map_err(|e| format!("{}: cannot cache it: {e}", f.path))?;
+    crate::info::STAGED_BYTES.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    Ok(cached)
+}
+
 /// Makes every file of `spec` present in a diskless node's root: from the cache when it holds
-/// the content, else fetched from the launcher and checked against its hash. Each file is a
-/// hard link to its cache entry, put in place by rename so concurrent launches never see a
-/// partial file.
+/// the content, else fetched from `source` and checked against its hash. Each file is a hard
+/// link to its cache entry, put in place by rename so concurrent launches never see a partial
+/// file.
 pub(crate) async fn stage(
     d: &Diskless,
+    source: &Source,
     master: Ipv4Addr,
     spec: &ProcSpec,
     rank: u32,
 ) -> Result<(), String> {
-    use sha2::{Digest, Sha256};
-    use std::os::unix::fs::PermissionsExt;
-    use tokio::io::AsyncReadExt;
     for f in &spec.files {
-        let cached = d.cache.join(bproc_stage_hex(&f.hash));
-        if !cached.exists() {
-            let mut s = open_to_launcher(master, spec, rank, FETCH_FD)
-                .await
-                .map_err(|e| format!("{}: cannot fetch it from the launcher: {e}", f.path))?;
-            s.write_all(&f.hash).await.map_err(|e| format!("{}: {e}", f.path))?;
-            let size = s
-                .read_u64()
-                .await
-                .map_err(|e| format!("{}: launcher did not send it: {e}", f.path))?;
-            if size != f.size {
-                return Err(format!("{}: launcher sent {size} bytes, expected {}", f.path, f.size));
-            }
-            let mut data = Vec::with_capacity(size as usize);
-            (&mut s)
-                .take(size)
-                .read_to_end(&mut data)
-                .await
-                .map_err(|e| format!("{}: {e}", f.path))?;
-            if data.len() as u64 != size || <[u8; 32]>::from(Sha256::digest(&data)) != f.hash {
-                return Err(format!("{}: content does not match its hash", f.path));
-            }
-            let tmp = d.cache.join(format!(
-                ".{}.{rank}.{}",
-                bproc_stage_hex(&f.hash),
-                std::process::id()
-            ));
-            std::fs::write(&tmp, &data)
-                .and_then(|_| {
-                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode & 0o7777))
-                })
-                .and_then(|_| std::fs::rename(&tmp, &cached))
-                .map_err(|e| format!("{}: cannot cache it: {e}", f.path))?;
-            crate::info::STAGED_BYTES.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-        }
+        let cached = ensure_cached(d, source, master, spec, rank, f).await?;
         let target = d.root.join(f.path.trim_start_matches('/'));
         let same = |a: &Path, b: &Path| {
             use std::os::unix::fs::MetadataExt;
@@ -200,6 +262,7 @@ pub async fn spawn(
     procs: &Procs,
     authority: Authority,
     diskless: Option<&Diskless>,
+    source: &Source,
     master: Ipv4Addr,
     client_socket: Option<&str>,
     launch: u64,
@@ -223,7 +286,7 @@ pub async fn spawn(
     let mut jail = None;
     if let Some(d) = diskless {
         let before = crate::info::STAGED_BYTES.load(std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = stage(d, master, &spec, rank).await {
+        if let Err(e) = stage(d, source, master, &spec, rank).await {
             warn!("launch {launch} rank {rank}: {e}");
             return refuse(bproc_proto::errno::EIO, e);
         }

@@ -7,6 +7,10 @@
 //!
 //! A child that cannot be reached has its ranks reported as on a down node, and its part
 //! goes on to the next node of the same branch, so one dead node costs only its own ranks.
+//!
+//! On diskless nodes the program travels down the same tree: a node fetches the files its
+//! cache lacks from its parent over the tree connection (the first level from the launcher),
+//! and serves its children from its own cache, fetching once what several of them ask for.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -65,7 +69,9 @@ async fn take(mut s: TcpStream, ctx: &Arc<Ctx>) -> Result<(), String> {
     let frame = tokio::time::timeout(HANDSHAKE_TIMEOUT, expect_frame(&mut s)).await;
     match frame {
         Ok(Ok((_, Message::SpawnTree { launch, size, creds, spec, width, entries }))) => {
-            run(ctx.clone(), Launch { launch, size, creds, spec, width }, entries);
+            // The connection stays open while this subtree may fetch files through it.
+            let source = procs::Source::Parent(Arc::new(tokio::sync::Mutex::new(s)));
+            run(ctx.clone(), Launch { launch, size, creds, spec, width }, entries, source);
             Ok(())
         }
         Ok(Ok((_, other))) => Err(format!("expected SpawnTree, received {}", other.name())),
@@ -75,31 +81,36 @@ async fn take(mut s: TcpStream, ctx: &Arc<Ctx>) -> Result<(), String> {
 }
 
 /// Starts this node's ranks (`entries[0]`) and passes the rest of the tree on.
-pub(crate) fn run(ctx: Arc<Ctx>, l: Launch, entries: Vec<TreeEntry>) {
+pub(crate) fn run(ctx: Arc<Ctx>, l: Launch, entries: Vec<TreeEntry>, source: procs::Source) {
     let Some((me, rest)) = entries.split_first() else { return };
     // The subtree first: its nodes then start while this one starts its own ranks.
     for part in split_tree(rest, l.width) {
-        let (ctx, l, part) = (ctx.clone(), l.clone(), part.to_vec());
-        tokio::spawn(async move { forward(&ctx, &l, part).await });
+        let (ctx, l, part, source) = (ctx.clone(), l.clone(), part.to_vec(), source.clone());
+        tokio::spawn(async move { forward(&ctx, &l, part, &source).await });
     }
     for &rank in &me.ranks {
-        let (ctx, l) = (ctx.clone(), l.clone());
+        let (ctx, l, source) = (ctx.clone(), l.clone(), source.clone());
         tokio::spawn(async move {
-            let pid = start(&ctx, &l, rank).await;
+            let pid = start(&ctx, &l, rank, &source).await;
             ctx.outbox.send(0, Message::RankSpawned { launch: l.launch, rank, pid });
         });
     }
 }
 
+fn master_ip(ctx: &Ctx) -> Ipv4Addr {
+    ctx.link.get().map_or(Ipv4Addr::LOCALHOST, |c| *c.master.ip())
+}
+
 /// Starts one rank here; its pid or a negated error.
-async fn start(ctx: &Ctx, l: &Launch, rank: u32) -> i32 {
-    let master = ctx.link.get().map_or(Ipv4Addr::LOCALHOST, |c| *c.master.ip());
+async fn start(ctx: &Ctx, l: &Launch, rank: u32, source: &procs::Source) -> i32 {
+    let master = master_ip(ctx);
     let client_socket = ctx.opts.client_socket.as_ref().map(|p| p.to_string_lossy().into_owned());
     let outbox = ctx.outbox.clone();
     let reply = procs::spawn(
         &ctx.procs,
         ctx.opts.authority,
         ctx.opts.diskless.as_ref(),
+        source,
         master,
         client_socket.as_deref(),
         l.launch,
@@ -120,11 +131,18 @@ async fn start(ctx: &Ctx, l: &Launch, rank: u32) -> i32 {
 
 /// Hands `part` to its first node; a node that cannot be reached has its ranks reported and
 /// the part goes to the next one.
-async fn forward(ctx: &Ctx, l: &Launch, mut part: Vec<TreeEntry>) {
+async fn forward(ctx: &Ctx, l: &Launch, mut part: Vec<TreeEntry>, source: &procs::Source) {
     while !part.is_empty() {
         let child = &part[0];
         match send(ctx, l, &part).await {
-            Ok(()) => return,
+            Ok(mut s) => {
+                if let Some(d) = &ctx.opts.diskless {
+                    if !l.spec.files.is_empty() {
+                        serve_files(ctx, d, l, &mut s, source).await;
+                    }
+                }
+                return;
+            }
             Err(e) => {
                 debug!("launch {}: node {} unreachable for the tree: {e}", l.launch, child.node);
                 for &rank in &child.ranks {
@@ -137,7 +155,41 @@ async fn forward(ctx: &Ctx, l: &Launch, mut part: Vec<TreeEntry>) {
     }
 }
 
-async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<(), String> {
+/// Answers a child's file requests (a hash; the size and content in return) from this
+/// node's cache, fetching into it what it lacks, until the child is done and closes.
+async fn serve_files(
+    ctx: &Ctx,
+    d: &crate::isolate::Diskless,
+    l: &Launch,
+    s: &mut TcpStream,
+    source: &procs::Source,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut hash = [0u8; 32];
+        if s.read_exact(&mut hash).await.is_err() {
+            return;
+        }
+        let Some(f) = l.spec.files.iter().find(|f| f.hash == hash) else { return };
+        let cached =
+            match procs::ensure_cached(d, source, master_ip(ctx), &l.spec, u32::MAX, f).await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!("launch {}: cannot serve {} to a child: {e}", l.launch, f.path);
+                    return;
+                }
+            };
+        let Ok(data) = tokio::fs::read(&cached).await else { return };
+        if s.write_all(&(data.len() as u64).to_be_bytes()).await.is_err()
+            || s.write_all(&data).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Connects to `part`'s first node and hands it `part`; returns the open connection.
+async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<TcpStream, String> {
     let child = &part[0];
     let addr = SocketAddrV4::new(child.ip, child.port);
     let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
@@ -154,5 +206,6 @@ async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<(), String> {
         width: l.width,
         entries: part.to_vec(),
     };
-    write_frame(&mut s, 0, &msg).await.map_err(|e| e.to_string())
+    write_frame(&mut s, 0, &msg).await.map_err(|e| e.to_string())?;
+    Ok(s)
 }

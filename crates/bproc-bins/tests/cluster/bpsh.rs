@@ -392,6 +392,34 @@ fn diskless_nodes_get_programs_from_the_master() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// On diskless nodes the program travels down the launch tree: only the first level fetches
+/// it from bpsh, every other node from its parent.
+#[test]
+fn diskless_programs_travel_down_the_tree() {
+    if !require_root("diskless nodes need their own mount namespace and chroot") {
+        return;
+    }
+    let mut spec = TestCluster::spec(&bins(), 6, "diskless-tree");
+    spec.diskless = true;
+    spec.extra_config = "launchfanout 2\n".into();
+    let c = TestCluster::start(spec);
+    let out = c.cmd("bpsh").args(["-a", "-p", "-s", "ls", "/"]).ok();
+    for n in 0..6 {
+        assert!(out.contains(&format!("{n:3}: proc\n")), "{out}");
+    }
+    let mut from_launcher = 0;
+    let mut from_parent = 0;
+    for i in 0..6 {
+        let log = std::fs::read_to_string(c.slave_log(i)).unwrap();
+        let launcher = log.lines().filter(|l| l.contains("from the launcher")).count();
+        let parent = log.lines().filter(|l| l.contains("from the parent node")).count();
+        assert!(launcher == 0 || parent == 0, "node {i} fetched from both:\n{log}");
+        from_launcher += usize::from(launcher > 0);
+        from_parent += usize::from(parent > 0);
+    }
+    assert_eq!((from_launcher, from_parent), (2, 4));
+}
+
 /// The configuration's `libraries` and `librariesfrombinary` lines are staged on diskless
 /// nodes when they join, before they turn up: with ssh's libraries and the user database
 /// there, `bpsh 0 ssh -V` (a dozen shared libraries) runs on a diskless node.
@@ -476,7 +504,8 @@ fn launch_tree() {
 #[test]
 fn bpsh_on_a_node() {
     let c = TestCluster::up(&bins(), 3, "bpsh-onnode");
-    let out = c.cmd("bpsh").args(["1", "bpsh", "2", "sh", "-c", "echo $BPROC_RANK from node 2"]).ok();
+    let out =
+        c.cmd("bpsh").args(["1", "bpsh", "2", "sh", "-c", "echo $BPROC_RANK from node 2"]).ok();
     assert_eq!(out, "0000000 from node 2\n");
     let out = c.cmd("bpsh").args(["0", "bpsh", "-a", "-p", "-s", "echo", "hi"]).ok();
     assert_eq!(out, "  0: hi\n  1: hi\n  2: hi\n");
