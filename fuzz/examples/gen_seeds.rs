@@ -143,6 +143,8 @@ fn main() -> std::io::Result<()> {
             0,
             Message::SpawnTree {
                 launch: 3,
+                nonce: 0x5eed_5eed_5eed_5eed,
+                time_ms: 1_700_000_000_000,
                 size: 3,
                 creds: Creds { uid: 1000, gid: 100, groups: vec![100, 27] },
                 spec: spec(),

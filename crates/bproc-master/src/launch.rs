@@ -175,6 +175,11 @@ pub(crate) async fn serve(
     let mut pids = vec![0i32; nodes.len()];
     let mut waiting = vec![false; nodes.len()];
     let width = shared.config().launch_fanout;
+    let nonce = {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).expect("the kernel's random source failed");
+        u64::from_be_bytes(b)
+    };
     // One tree entry per node, in the order nodes first appear; a node may run several ranks.
     let mut entries: Vec<TreeEntry> = Vec::new();
     {
@@ -215,6 +220,8 @@ pub(crate) async fn serve(
         for part in split_tree(&entries, width) {
             let msg = Message::SpawnTree {
                 launch,
+                nonce,
+                time_ms: crate::slaves::now_ms(),
                 size,
                 creds: creds.clone(),
                 spec: spec.clone(),

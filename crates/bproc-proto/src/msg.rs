@@ -398,6 +398,11 @@ pub enum Message {
     SpawnTree {
         /// Launch id.
         launch: u64,
+        /// Random, once per launch: a node takes each launch once, so a recorded tree
+        /// message cannot be replayed.
+        nonce: u64,
+        /// The master's time of day when it sent the launch, milliseconds since the epoch.
+        time_ms: u64,
         /// Number of ranks in the launch.
         size: u32,
         /// Credentials to run with.
@@ -1176,8 +1181,10 @@ impl Message {
                 w.u16(*data_port);
                 w.u16(*tree_port);
             }
-            SpawnTree { launch, size, creds, spec, width, entries } => {
+            SpawnTree { launch, nonce, time_ms, size, creds, spec, width, entries } => {
                 w.u64(*launch);
+                w.u64(*nonce);
+                w.u64(*time_ms);
                 w.u32(*size);
                 creds.encode(w);
                 spec.encode(w);
@@ -1345,6 +1352,8 @@ impl Message {
             },
             ty::SPAWN_TREE => {
                 let launch = r.u64("launch")?;
+                let nonce = r.u64("nonce")?;
+                let time_ms = r.u64("time")?;
                 let size = r.u32("size")?;
                 let creds = Creds::decode(r)?;
                 let spec = ProcSpec::decode(r)?;
@@ -1362,7 +1371,7 @@ impl Message {
                     }
                     entries.push(TreeEntry { node, ip, port, ranks });
                 }
-                SpawnTree { launch, size, creds, spec, width, entries }
+                SpawnTree { launch, nonce, time_ms, size, creds, spec, width, entries }
             }
             ty::RANK_SPAWNED => {
                 RankSpawned { launch: r.u64("launch")?, rank: r.u32("rank")?, pid: r.i32("pid")? }

@@ -136,6 +136,8 @@ fn launch_messages() -> impl Strategy<Value = Message> {
             .prop_map(|(launch, size, uid, gid, groups, spec, width, entries)| {
                 Message::SpawnTree {
                     launch,
+                    nonce: launch.rotate_left(7),
+                    time_ms: launch / 3,
                     size,
                     creds: Creds { uid, gid, groups },
                     spec,

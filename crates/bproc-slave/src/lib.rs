@@ -315,7 +315,8 @@ async fn open_link(
     };
     write_frame(&mut stream, 0, &join).await.map_err(End::Lost)?;
     match tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await {
-        Ok(Ok((_, Message::Conf { node, cookie: c, ping_timeout, .. }))) => {
+        Ok(Ok((_, Message::Conf { node, cookie: c, ping_timeout, time_ms }))) => {
+            tree::master_time(time_ms);
             *cookie = c;
             Ok(Link {
                 stream,
@@ -369,8 +370,12 @@ async fn serve_link(
             Ok(Err(e)) => break End::Lost(e),
         };
         let reply = match msg {
-            Message::Ping { seq, .. } => Some(Message::Pong { seq, info: node_info() }),
-            Message::Conf { node: n, cookie: c, ping_timeout: pt, .. } => {
+            Message::Ping { seq, time_ms } => {
+                tree::master_time(time_ms);
+                Some(Message::Pong { seq, info: node_info() })
+            }
+            Message::Conf { node: n, cookie: c, ping_timeout: pt, time_ms } => {
+                tree::master_time(time_ms);
                 if n != node {
                     info!("master renumbered this node from {node} to {n}");
                 }
@@ -417,8 +422,8 @@ async fn serve_link(
                 procs.signal(launch, rank, signal);
                 None
             }
-            Message::SpawnTree { launch, size, creds, spec, width, entries } => {
-                let l = tree::Launch { launch, size, creds, spec, width };
+            Message::SpawnTree { launch, nonce, time_ms, size, creds, spec, width, entries } => {
+                let l = tree::Launch { launch, nonce, time_ms, size, creds, spec, width };
                 tree::run(data.tree.clone(), l, entries, procs::Source::Launcher);
                 None
             }
