@@ -70,6 +70,39 @@ pub fn test_user() -> TestUser {
     .clone()
 }
 
+/// The tools that tests run on nodes (`bpsh`, `bpcp`), at a path the nodes see: isolated
+/// nodes have a /tmp of their own, so binaries built under /tmp (a checkout there) are copied
+/// once per test process to /var/tmp. Copies left by earlier test processes are removed.
+pub fn node_visible_bins(bins: &Path) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    if !bins.starts_with("/tmp") {
+        return bins.to_owned();
+    }
+    DIR.get_or_init(|| {
+        let base = Path::new("/var/tmp");
+        let prefix = "bproc-test-bins-";
+        if let Ok(entries) = std::fs::read_dir(base) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let pid = name.strip_prefix(prefix).and_then(|p| p.parse::<i32>().ok());
+                if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(format!("{prefix}{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the node-visible tools directory");
+        for tool in ["bpsh", "bpcp"] {
+            let (from, to) = (bins.join(tool), dir.join(tool));
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).expect("copy a tool where nodes see it");
+            }
+        }
+        dir
+    })
+    .clone()
+}
+
 /// A virtual cluster owned by one test.
 #[derive(Debug)]
 pub struct TestCluster {
@@ -103,9 +136,10 @@ impl TestCluster {
     pub fn cmd(&self, prog: &str) -> TestCommand {
         let mut c = Command::new(self.bins.join(prog));
         c.env("BPROC_SOCKET", self.cluster.socket());
-        // The tools under test come first in PATH, so that `bpsh N bpcp ...` finds them.
+        // The tools under test come first in PATH, so that `bpsh N bpcp ...` finds them, at a
+        // path the nodes see too.
         let path = std::env::var_os("PATH").unwrap_or_default();
-        let mut dirs = vec![self.bins.clone()];
+        let mut dirs = vec![node_visible_bins(&self.bins), self.bins.clone()];
         dirs.extend(std::env::split_paths(&path));
         if let Ok(p) = std::env::join_paths(dirs) {
             c.env("PATH", p);
