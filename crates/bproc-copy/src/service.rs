@@ -50,7 +50,6 @@ struct Registry {
 #[derive(Clone)]
 pub struct DataService {
     port: u16,
-    ip: Ipv4Addr,
     registry: Arc<Registry>,
     authority: Authority,
     /// A diskless node's root: files are read and written inside it.
@@ -81,7 +80,7 @@ impl DataService {
     ) -> io::Result<DataService> {
         let listener = TcpListener::bind(SocketAddrV4::new(ip, 0))?;
         let port = listener.local_addr()?.port();
-        let svc = DataService { port, ip, registry: Arc::default(), authority, jail };
+        let svc = DataService { port, registry: Arc::default(), authority, jail };
         let registry = svc.registry.clone();
         std::thread::Builder::new().name("bproc-data".into()).spawn(move || {
             for conn in listener.incoming() {
@@ -105,11 +104,6 @@ impl DataService {
     /// The data port.
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    /// The address the port is bound to.
-    pub fn ip(&self) -> Ipv4Addr {
-        self.ip
     }
 
     /// Registers a receiver's token; the stream comes out of the returned channel.
