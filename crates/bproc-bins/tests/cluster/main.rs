@@ -4,6 +4,7 @@
 
 mod bpcp;
 mod bpsh;
+mod capi;
 mod daemons;
 mod mpi;
 mod nodes;

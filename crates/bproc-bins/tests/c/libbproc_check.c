@@ -1,0 +1,65 @@
+/* Exercises libbproc's C API on a live cluster and prints what it sees, for the test to
+ * compare. Written against BProc 4.0's documentation: sys/bproc.h, -1 and errno. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/bproc.h>
+
+static void fail(const char *what, int r) {
+    printf("%s: %d %s\n", what, r, r < 0 ? bproc_strerror(errno) : "ok");
+}
+
+int main(int argc, char **argv) {
+    char buf[BPROC_STATE_LEN + 1];
+    struct bproc_node_info_t info;
+    struct bproc_node_set_t all = BPROC_EMPTY_NODESET, some = BPROC_EMPTY_NODESET;
+    struct sockaddr_in sin;
+    int size = sizeof sin, i;
+
+    if (argc > 1 && strcmp(argv[1], "where") == 0) {
+        printf("currnode %d\n", bproc_currnode());
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "chmod") == 0) {
+        fail("chmod 1", bproc_chmod(1, 0111));
+        fail("access 2", bproc_access(2, BPROC_X_OK));
+        return 0;
+    }
+    printf("numnodes %d currnode %d\n", bproc_numnodes(), bproc_currnode());
+    fail("nodestatus 1", bproc_nodestatus(1, buf, sizeof buf));
+    printf("status %s\n", buf);
+    fail("nodestatus 99", bproc_nodestatus(99, buf, sizeof buf));
+    fail("nodestatus -1", bproc_nodestatus(-1, buf, sizeof buf));
+    fail("nodeinfo 2", bproc_nodeinfo(2, &info));
+    printf("info %d %s %o %u %u %s\n", info.node, info.status, info.mode, info.user, info.group,
+           inet_ntoa(((struct sockaddr_in *)&info.addr)->sin_addr));
+    fail("nodeaddr 0", bproc_nodeaddr(0, (struct sockaddr *)&sin, &size));
+    printf("addr %s size %d\n", inet_ntoa(sin.sin_addr), size);
+    printf("nodelist %d\n", bproc_nodelist(&all));
+    for (i = 0; i < all.size; i++)
+        printf(" %d:%s", bproc_node_set_node(&all, i)->node, bproc_node_set_node(&all, i)->status);
+    printf("\n");
+    fail("nodefilter 1-2,0", bproc_nodefilter(&some, &all, "1-2,0"));
+    for (i = 0; i < some.size; i++)
+        printf(" %d", some.node[i].node);
+    printf("\n");
+    fail("nodeset_append", bproc_nodeset_append(&some, &some));
+    printf("append %d\n", some.size);
+    bproc_nodeset_free(&some);
+    fail("nodespec allup", bproc_nodespec(&some, "allup"));
+    printf("allup %d\n", some.size);
+    bproc_nodeset_free(&some);
+    fail("nodespec bad", bproc_nodespec(&some, "1-x"));
+    bproc_nodeset_free(&all);
+    fail("nodesetstatus 3", bproc_nodesetstatus(3, "maint"));
+    fail("nodestatus 3", bproc_nodestatus(3, buf, sizeof buf));
+    printf("status %s\n", buf);
+    fail("chmod 3", bproc_chmod(3, 0100));
+    fail("access 3", bproc_access(3, BPROC_X_OK));
+    fail("chmod bad bits", bproc_chmod(3, 0777));
+    printf("strerror %s / %s\n", bproc_strerror(BE_NODEDOWN), bproc_strerror(-ENOENT));
+    return 0;
+}

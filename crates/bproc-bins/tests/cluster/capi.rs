@@ -1,0 +1,197 @@
+//! libbproc's C API, built as a C program with the system compiler against `sys/bproc.h`
+//! and `libbproc.so.4` (and `libbproc.a` for a program run on a node), on a live cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bproc_testkit::{require_root, test_user, TestCluster};
+
+use crate::bins;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Builds the library (the test binary does not depend on it) and the check program, both
+/// dynamically and statically linked, in a directory nodes see too.
+fn build_check(tag: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    if Command::new("cc").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no C compiler (cc) to build the libbproc check program");
+        return None;
+    }
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "bproc-capi"])
+        .current_dir(root())
+        .status()
+        .expect("run cargo");
+    assert!(st.success(), "building bproc-capi failed");
+    let lib = bins();
+    let dir = Path::new("/var/tmp").join(format!("bproc-capi-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The program asks for the soname, as an installed library provides it.
+    std::fs::copy(lib.join("libbproc.so"), dir.join("libbproc.so.4")).unwrap();
+    let src = root().join("crates/bproc-bins/tests/c/libbproc_check.c");
+    let include = root().join("crates/bproc-capi/include");
+    let (dynamic, fixed) = (dir.join("check"), dir.join("check-static"));
+    let cc = |args: Vec<std::ffi::OsString>| {
+        let out = Command::new("cc").args(args).output().expect("run cc");
+        assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let mut a: Vec<std::ffi::OsString> =
+        vec!["-Wall".into(), "-Werror".into(), "-I".into(), include.into()];
+    a.push(src.clone().into());
+    cc([
+        a.clone(),
+        vec![
+            "-o".into(),
+            dynamic.clone().into(),
+            "-L".into(),
+            lib.clone().into(),
+            "-lbproc".into(),
+            format!("-Wl,-rpath,{}", dir.display()).into(),
+        ],
+    ]
+    .concat());
+    cc([
+        a,
+        vec![
+            "-o".into(),
+            fixed.clone().into(),
+            lib.join("libbproc.a").into(),
+            "-lpthread".into(),
+            "-ldl".into(),
+            "-lm".into(),
+            "-lrt".into(),
+        ],
+    ]
+    .concat());
+    Some((dir, dynamic, fixed))
+}
+
+/// Every implemented call, with its error cases, as root on the front end; as a user; and
+/// on a node.
+#[test]
+fn c_programs_use_libbproc() {
+    if !require_root("checks EPERM as a second, unprivileged user") {
+        return;
+    }
+    let Some((dir, dynamic, fixed)) = build_check("use") else { return };
+    let c = TestCluster::up(&bins(), 4, "capi");
+    let out = c.cmd(dynamic.to_str().unwrap()).ok();
+    let want = "\
+numnodes 4 currnode -1
+nodestatus 1: 3 ok
+status up
+nodestatus 99: -1 Invalid node number
+nodestatus -1: -1 No data available
+nodeinfo 2: 0 ok
+info 2 up 111 0 0 127.0.1.2
+nodeaddr 0: 0 ok
+addr 127.0.1.0 size 16
+nodelist 4
+ 0:up 1:up 2:up 3:up
+nodefilter 1-2,0: 0 ok
+ 1 2 0
+nodeset_append: 0 ok
+append 6
+nodespec allup: 0 ok
+allup 4
+nodespec bad: -1 Invalid argument
+nodesetstatus 3: 0 ok
+nodestatus 3: 6 ok
+status maint
+chmod 3: 0 ok
+access 3: 0 ok
+chmod bad bits: -1 Operation not permitted
+strerror Node is down / No such file or directory
+";
+    assert_eq!(out, want);
+    let user = test_user();
+    let out = c.cmd(dynamic.to_str().unwrap()).as_user(&user).arg("chmod").ok();
+    assert_eq!(out, "chmod 1: -1 Operation not permitted\naccess 2: 0 ok\n");
+    c.cmd("bpctl").args(["-S", "2", "-m", "0100"]).ok();
+    let out = c.cmd(dynamic.to_str().unwrap()).as_user(&user).arg("chmod").ok();
+    assert_eq!(out, "chmod 1: -1 Operation not permitted\naccess 2: -1 Operation not permitted\n");
+    // On a node the library goes through the slave: it knows where it runs.
+    let out = c.cmd("bpsh").args(["1", fixed.to_str().unwrap(), "where"]).ok();
+    assert_eq!(out, "currnode 1\n");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The header declares exactly the functions the library exports.
+#[test]
+fn header_matches_the_library() {
+    let Some((dir, _, _)) = build_check("header") else { return };
+    let _ = std::fs::remove_dir_all(dir);
+    let header =
+        std::fs::read_to_string(root().join("crates/bproc-capi/include/sys/bproc.h")).unwrap();
+    let mut declared: Vec<String> = header
+        .lines()
+        .filter(|l| l.contains("bproc_") && l.trim_end().ends_with(");"))
+        .filter_map(|l| {
+            let name = l.split('(').next()?.split_whitespace().last()?;
+            Some(name.trim_start_matches('*').to_owned())
+        })
+        .collect();
+    declared.sort();
+    let nm =
+        Command::new("nm").args(["-D", "--defined-only"]).arg(bins().join("libbproc.so")).output();
+    let Ok(nm) = nm else {
+        eprintln!("SKIPPED: no nm to list libbproc's symbols");
+        return;
+    };
+    let mut exported: Vec<String> = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|s| s.starts_with("bproc_"))
+        .map(str::to_owned)
+        .collect();
+    exported.sort();
+    assert_eq!(declared, exported);
+}
+
+/// `scripts/install.sh` puts programs, library, headers and `bproc.pc` under a prefix; a
+/// BProc-era program builds with pkg-config against it and runs.
+#[test]
+fn installed_library_builds_old_programs() {
+    if Command::new("pkg-config").arg("--version").output().is_err()
+        || Command::new("cc").arg("--version").output().is_err()
+    {
+        eprintln!("SKIPPED: pkg-config or cc missing to build against the installed library");
+        return;
+    }
+    let prefix = Path::new("/var/tmp").join(format!("bproc-install-{}", std::process::id()));
+    let st = Command::new("bash")
+        .arg(root().join("scripts/install.sh"))
+        .arg(&prefix)
+        .env("PROFILE", "debug")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for f in ["bin/bpsh", "bin/bpcp", "lib/libbproc.so.4", "lib/libbproc.a", "include/sys/bproc.h"]
+    {
+        assert!(prefix.join(f).exists(), "{f} installed");
+    }
+    let flags = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "bproc"])
+        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+        .output()
+        .unwrap();
+    assert!(flags.status.success());
+    let flags = String::from_utf8(flags.stdout).unwrap();
+    let prog = prefix.join("nodelist");
+    let out = Command::new("cc")
+        .arg(root().join("crates/bproc-bins/tests/c/nodelist.c"))
+        .args(flags.split_whitespace())
+        .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
+        .arg("-o")
+        .arg(&prog)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let c = TestCluster::up(&bins(), 3, "capi-install");
+    c.cmd("bpctl").args(["-S", "2", "-s", "down"]).ok();
+    let out = c.cmd(prog.to_str().unwrap()).ok();
+    let _ = std::fs::remove_dir_all(&prefix);
+    assert_eq!(out, "3 nodes\n  0 up         x\n  1 up         x\n  2 down       -\n");
+}

@@ -1,0 +1,51 @@
+/* bproc: BProc 4.0's C API. Functions return -1 and set errno on failure unless noted;
+ * errno may hold BProc's own values (BE_*), which bproc_strerror() explains.
+ * Link with -lbproc (pkg-config bproc). */
+#ifndef _SYS_BPROC_H
+#define _SYS_BPROC_H
+
+#include <sys/socket.h>
+#include <sys/bproc_common.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Node information. */
+int bproc_numnodes(void);
+int bproc_currnode(void);
+int bproc_nodestatus(int node, char *buf, int len);
+int bproc_nodeinfo(int node, struct bproc_node_info_t *info);
+int bproc_nodelist(struct bproc_node_set_t *ns);
+int bproc_nodeaddr(int node, struct sockaddr *addr, int *size);
+
+/* Node sets and node specifications. */
+int bproc_nodeset_init(struct bproc_node_set_t *ns, int size);
+int bproc_nodeset_grow(struct bproc_node_set_t *ns, int size);
+int bproc_nodeset_add(struct bproc_node_set_t *ns, struct bproc_node_info_t *n);
+int bproc_nodeset_append(struct bproc_node_set_t *a, struct bproc_node_set_t *b);
+void bproc_nodeset_free(struct bproc_node_set_t *ns);
+int bproc_nodefilter(struct bproc_node_set_t *out, struct bproc_node_set_t *in, const char *spec);
+int bproc_nodespec(struct bproc_node_set_t *out, const char *spec);
+
+/* Permissions. */
+int bproc_chmod(int node, int mode);
+int bproc_chown(int node, int user);
+int bproc_chgrp(int node, int group);
+int bproc_access(int node, int mode);
+
+/* Administration. */
+int bproc_nodesetstatus(int node, char *state);
+int bproc_nodechroot(int node, char *path);
+int bproc_nodereboot(int node);
+int bproc_nodehalt(int node);
+int bproc_nodepwroff(int node);
+
+/* Errors. */
+const char *bproc_strerror(int err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

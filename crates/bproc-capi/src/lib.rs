@@ -1,0 +1,572 @@
+//! libbproc: BProc 4.0's C API over the `bproc` client library, built as `libbproc.so.4` and
+//! `libbproc.a`, with the headers in `include/sys/`. Old BProc C programs compile against it
+//! unchanged for the calls it provides (node information, node sets and specifications,
+//! permissions, administration, errors).
+//!
+//! Every function keeps C's conventions: −1 and `errno` on failure (BProc's `BE_*` values
+//! included), never a panic across the boundary (a panic becomes `EIO`), and every pointer is
+//! checked for NULL (`EINVAL`). Node sets are allocated with the C library's `malloc`, so C
+//! code may free them as BProc's did.
+#![allow(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::ffi::{c_char, c_int, c_uint, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bproc::errno::{BE_INVALIDNODE, BE_NODEDOWN, EINVAL, EIO};
+use bproc::{nodespec, Client, NodeAction, NodeStatus, NODE_MASTER};
+use nix::libc;
+
+/// Longest node state string.
+const STATE_LEN: usize = 15;
+
+/// `struct bproc_node_info_t`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NodeInfo {
+    /// Node number.
+    pub node: c_int,
+    /// State, NUL-terminated.
+    pub status: [c_char; STATE_LEN + 1],
+    /// Permission bits.
+    pub mode: c_uint,
+    /// Owner.
+    pub user: c_uint,
+    /// Group.
+    pub group: c_uint,
+    /// Address (`AF_INET`, or all zero while down).
+    pub addr: libc::sockaddr,
+}
+
+/// `struct bproc_node_set_t`.
+#[repr(C)]
+pub struct NodeSet {
+    /// Entries in use.
+    pub size: c_int,
+    /// Entries allocated.
+    pub alloc: c_int,
+    /// The entries (C `malloc`).
+    pub node: *mut NodeInfo,
+}
+
+const _: () = assert!(std::mem::size_of::<NodeInfo>() == 48);
+
+/// Runs `f`, turning an error code into −1 with `errno` and a panic into `EIO`.
+fn guard(f: impl FnOnce() -> Result<c_int, i32>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            nix::errno::Errno::set_raw(e);
+            -1
+        }
+        Err(_) => {
+            nix::errno::Errno::set_raw(EIO);
+            -1
+        }
+    }
+}
+
+fn client() -> Result<Client, i32> {
+    Client::connect().map_err(|e| e.errno())
+}
+
+fn nodes() -> Result<Vec<NodeStatus>, i32> {
+    client()?.nodes().map_err(|e| e.errno())
+}
+
+fn find(node: c_int) -> Result<NodeStatus, i32> {
+    nodes()?.into_iter().find(|n| n.node == node).ok_or(BE_INVALIDNODE)
+}
+
+fn sockaddr(ip: Option<std::net::Ipv4Addr>) -> libc::sockaddr {
+    let mut sin: libc::sockaddr_in = libc::sockaddr_in {
+        sin_family: 0,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: 0 },
+        sin_zero: [0; 8],
+    };
+    if let Some(ip) = ip {
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from(ip).to_be();
+    }
+    // SAFETY: sockaddr_in and sockaddr are both 16-byte plain-old-data C structures; the
+    // socket API defines this reinterpretation.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn info_of(n: &NodeStatus) -> NodeInfo {
+    let mut status = [0 as c_char; STATE_LEN + 1];
+    for (d, s) in status.iter_mut().zip(n.state.bytes().take(STATE_LEN)) {
+        *d = s as c_char;
+    }
+    NodeInfo {
+        node: n.node,
+        status,
+        mode: n.mode,
+        user: n.uid,
+        group: n.gid,
+        addr: sockaddr(n.addr),
+    }
+}
+
+/// # Safety
+/// `p` is NULL or a NUL-terminated string.
+unsafe fn text<'a>(p: *const c_char) -> Result<&'a str, i32> {
+    if p.is_null() {
+        return Err(EINVAL);
+    }
+    // SAFETY: non-NULL and NUL-terminated, as the caller promises.
+    unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| EINVAL)
+}
+
+/// Number of configured slave nodes.
+#[no_mangle]
+pub extern "C" fn bproc_numnodes() -> c_int {
+    guard(|| Ok(nodes()?.len() as c_int))
+}
+
+/// The node this process runs on; −1 on the front end (and on error, as in BProc).
+#[no_mangle]
+pub extern "C" fn bproc_currnode() -> c_int {
+    match catch_unwind(|| client().and_then(|mut c| c.place().map_err(|e| e.errno()))) {
+        Ok(Ok(p)) => p.node,
+        _ => NODE_MASTER,
+    }
+}
+
+/// Copies node `node`'s state into `buf` (NUL-terminated when it fits); returns its length
+/// with the NUL.
+///
+/// # Safety
+/// `buf` points to `len` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodestatus(node: c_int, buf: *mut c_char, len: c_int) -> c_int {
+    guard(|| {
+        if buf.is_null() || len < 0 {
+            return Err(EINVAL);
+        }
+        if node == NODE_MASTER {
+            return Err(libc::ENODATA);
+        }
+        let n = find(node)?;
+        let bytes = n.state.as_bytes();
+        let len = len as usize;
+        let copy = bytes.len().min(len);
+        // SAFETY: `buf` holds `len` bytes (the caller's promise) and `copy` ≤ `len`; the NUL
+        // is written only when it fits.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr().cast::<c_char>(), buf, copy);
+            if bytes.len() < len {
+                *buf.add(bytes.len()) = 0;
+            }
+        }
+        Ok(bytes.len() as c_int + 1)
+    })
+}
+
+/// Fills `info` for node `node` (also for a down node, whose address is all zero).
+///
+/// # Safety
+/// `info` points to a writable `struct bproc_node_info_t`.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodeinfo(node: c_int, info: *mut NodeInfo) -> c_int {
+    guard(|| {
+        if info.is_null() {
+            return Err(EINVAL);
+        }
+        let n = find(node)?;
+        // SAFETY: non-NULL and writable, as the caller promises.
+        unsafe { info.write(info_of(&n)) };
+        Ok(0)
+    })
+}
+
+/// The address of node `node` (the master's with −1).
+///
+/// # Safety
+/// `addr` points to `*size` writable bytes; `size` is a valid pointer.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodeaddr(
+    node: c_int,
+    addr: *mut libc::sockaddr,
+    size: *mut c_int,
+) -> c_int {
+    guard(|| {
+        if addr.is_null() || size.is_null() {
+            return Err(EINVAL);
+        }
+        let ip = if node == NODE_MASTER {
+            client()?.place().map_err(|e| e.errno())?;
+            let info = client()?.request(&bproc::Message::MasterInfo).map_err(|e| e.errno())?;
+            match info {
+                bproc::Message::MasterInfoReply { addrs, .. } => addrs.iter().find_map(|a| a.ip),
+                _ => None,
+            }
+        } else {
+            find(node)?.addr
+        };
+        let ip = ip.ok_or(BE_NODEDOWN)?;
+        let sa = sockaddr(Some(ip));
+        let n = std::mem::size_of::<libc::sockaddr>();
+        // SAFETY: `size` is valid; `addr` holds `*size` bytes and at most that many are written.
+        unsafe {
+            let room = (*size).max(0) as usize;
+            std::ptr::copy_nonoverlapping(
+                (&sa as *const libc::sockaddr).cast::<u8>(),
+                addr.cast::<u8>(),
+                n.min(room),
+            );
+            *size = n as c_int;
+        }
+        Ok(0)
+    })
+}
+
+/// # Safety
+/// `ns` points to a node set whose `node` is NULL or from the C library's `malloc`.
+unsafe fn grow(ns: *mut NodeSet, want: c_int) -> Result<(), i32> {
+    // SAFETY: the caller's promise.
+    let ns = unsafe { &mut *ns };
+    if want <= ns.alloc {
+        return Ok(());
+    }
+    let alloc = (want + 127) / 128 * 128;
+    // SAFETY: `node` is NULL or a malloc'd block; realloc keeps the first `size` entries.
+    let p =
+        unsafe { libc::realloc(ns.node.cast(), alloc as usize * std::mem::size_of::<NodeInfo>()) };
+    if p.is_null() {
+        return Err(libc::ENOMEM);
+    }
+    ns.node = p.cast();
+    ns.alloc = alloc;
+    Ok(())
+}
+
+/// # Safety
+/// As for [`grow`].
+unsafe fn push(ns: *mut NodeSet, n: NodeInfo) -> Result<(), i32> {
+    // SAFETY: the caller's promise; `grow` makes room for one more entry.
+    unsafe {
+        grow(ns, (*ns).size + 1)?;
+        let ns = &mut *ns;
+        ns.node.add(ns.size as usize).write(n);
+        ns.size += 1;
+    }
+    Ok(())
+}
+
+/// Makes `ns` an empty set with room for `size` entries.
+///
+/// # Safety
+/// `ns` points to a writable node set (its old contents are not freed).
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodeset_init(ns: *mut NodeSet, size: c_int) -> c_int {
+    guard(|| {
+        if ns.is_null() {
+            return Err(EINVAL);
+        }
+        // SAFETY: writable, as the caller promises.
+        unsafe { ns.write(NodeSet { size: 0, alloc: 0, node: std::ptr::null_mut() }) };
+        if size > 0 {
+            // SAFETY: `ns` was just made a valid empty set.
+            unsafe { grow(ns, size)? };
+            // SAFETY: as above; BProc counts the allocated entries as the size.
+            unsafe { (*ns).size = size };
+        }
+        Ok(0)
+    })
+}
+
+/// Makes room for `size` entries (a multiple of 128).
+///
+/// # Safety
+/// `ns` points to a node set made by this library or `BPROC_EMPTY_NODESET`.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodeset_grow(ns: *mut NodeSet, size: c_int) -> c_int {
+    guard(|| {
+        if ns.is_null() {
+            return Err(EINVAL);
+        }
+        // SAFETY: the caller's promise.
+        unsafe { grow(ns, size)? };
+        Ok(0)
+    })
+}
+
+/// Appends a copy of `n`.
+///
+/// # Safety
+/// `ns` as for [`bproc_nodeset_grow`]; `n` points to a node entry.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodeset_add(ns: *mut NodeSet, n: *mut NodeInfo) -> c_int {
+    guard(|| {
+        if ns.is_null() || n.is_null() {
+            return Err(EINVAL);
+        }
+        // SAFETY: the caller's promises.
+        unsafe { push(ns, *n)? };
+        Ok(0)
+    })
+}
+
+/// Appends every entry of `b` to `a`.
+///
+/// # Safety
+/// Both point to node sets as for [`bproc_nodeset_grow`].
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodeset_append(a: *mut NodeSet, b: *mut NodeSet) -> c_int {
+    guard(|| {
+        if a.is_null() || b.is_null() {
+            return Err(EINVAL);
+        }
+        // SAFETY: `b` holds `size` valid entries; copied out before `a` may reallocate (a
+        // set appended to itself stays valid).
+        let entries: Vec<NodeInfo> = unsafe { entries(b) }.to_vec();
+        for e in entries {
+            // SAFETY: the caller's promise about `a`.
+            unsafe { push(a, e)? };
+        }
+        Ok(0)
+    })
+}
+
+/// # Safety
+/// `ns` points to a valid node set.
+unsafe fn entries<'a>(ns: *const NodeSet) -> &'a [NodeInfo] {
+    // SAFETY: a valid set holds `size` initialised entries at `node` (or none).
+    unsafe {
+        let ns = &*ns;
+        if ns.node.is_null() || ns.size <= 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(ns.node, ns.size as usize)
+        }
+    }
+}
+
+/// Frees a set's entries and empties it.
+///
+/// # Safety
+/// `ns` is NULL or points to a node set as for [`bproc_nodeset_grow`].
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodeset_free(ns: *mut NodeSet) {
+    if ns.is_null() {
+        return;
+    }
+    // SAFETY: `node` is NULL or malloc'd; the set is left empty so a second free is harmless.
+    unsafe {
+        libc::free((*ns).node.cast());
+        ns.write(NodeSet { size: 0, alloc: 0, node: std::ptr::null_mut() });
+    }
+}
+
+/// Every configured node, in table order; returns the count.
+///
+/// # Safety
+/// `ns` points to a writable node set (its old contents are not freed).
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodelist(ns: *mut NodeSet) -> c_int {
+    guard(|| {
+        if ns.is_null() {
+            return Err(EINVAL);
+        }
+        let list = nodes()?;
+        // SAFETY: writable, as the caller promises; then a valid empty set is filled.
+        unsafe {
+            ns.write(NodeSet { size: 0, alloc: 0, node: std::ptr::null_mut() });
+            for n in &list {
+                push(ns, info_of(n))?;
+            }
+        }
+        Ok(list.len() as c_int)
+    })
+}
+
+fn status_of(n: &NodeInfo) -> NodeStatus {
+    let state: Vec<u8> = n.status.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    NodeStatus {
+        node: n.node,
+        state: String::from_utf8_lossy(&state).into_owned(),
+        mode: n.mode,
+        uid: n.user,
+        gid: n.group,
+        addr: None,
+        info: None,
+    }
+}
+
+/// Puts the entries of `in` that `spec` selects into `out` (reinitialised first).
+///
+/// # Safety
+/// `out` points to a writable node set, `in` to a valid one, `spec` to a C string.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodefilter(
+    out: *mut NodeSet,
+    input: *mut NodeSet,
+    spec: *const c_char,
+) -> c_int {
+    guard(|| {
+        if out.is_null() || input.is_null() {
+            return Err(EINVAL);
+        }
+        // SAFETY: the caller's promises.
+        let (spec, all) = unsafe { (text(spec)?, entries(input).to_vec()) };
+        let table: Vec<NodeStatus> = all.iter().map(status_of).collect();
+        let sel = nodespec::filter(&table, spec).map_err(|_| EINVAL)?;
+        // SAFETY: writable, as the caller promises.
+        unsafe { out.write(NodeSet { size: 0, alloc: 0, node: std::ptr::null_mut() }) };
+        for s in sel.nodes {
+            let e = if s.node == NODE_MASTER {
+                info_of(&s)
+            } else {
+                *all.iter().find(|e| e.node == s.node).ok_or(EINVAL)?
+            };
+            // SAFETY: `out` is a valid set now.
+            unsafe { push(out, e)? };
+        }
+        Ok(0)
+    })
+}
+
+/// [`bproc_nodelist`] then [`bproc_nodefilter`].
+///
+/// # Safety
+/// As for [`bproc_nodefilter`].
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodespec(out: *mut NodeSet, spec: *const c_char) -> c_int {
+    let mut all = NodeSet { size: 0, alloc: 0, node: std::ptr::null_mut() };
+    // SAFETY: `all` is a local set; `out` and `spec` are the caller's promise.
+    unsafe {
+        if bproc_nodelist(&mut all) < 0 {
+            return -1;
+        }
+        let r = bproc_nodefilter(out, &mut all, spec);
+        bproc_nodeset_free(&mut all);
+        r
+    }
+}
+
+fn call(f: impl FnOnce(&mut Client) -> Result<(), bproc::BprocError>) -> c_int {
+    guard(|| {
+        let mut c = client()?;
+        f(&mut c).map_err(|e| e.errno())?;
+        Ok(0)
+    })
+}
+
+/// Sets node `node`'s mode (execute bits only).
+#[no_mangle]
+pub extern "C" fn bproc_chmod(node: c_int, mode: c_int) -> c_int {
+    call(|c| c.chmod(node, mode as u32))
+}
+
+/// Sets node `node`'s owner (root only).
+#[no_mangle]
+pub extern "C" fn bproc_chown(node: c_int, user: c_int) -> c_int {
+    call(|c| c.chown(node, user as u32))
+}
+
+/// Sets node `node`'s group.
+#[no_mangle]
+pub extern "C" fn bproc_chgrp(node: c_int, group: c_int) -> c_int {
+    call(|c| c.chgrp(node, group as u32))
+}
+
+/// Whether the real user may run on node `node` (`BPROC_X_OK`): 0, or −1 with `EPERM`
+/// (also for a down node, as in BProc) or `BE_INVALIDNODE`.
+#[no_mangle]
+pub extern "C" fn bproc_access(node: c_int, mode: c_int) -> c_int {
+    guard(|| {
+        if mode & !1 != 0 {
+            return Err(EINVAL);
+        }
+        if node == NODE_MASTER {
+            return Ok(0);
+        }
+        let n = find(node)?;
+        if mode == 0 {
+            return Ok(0);
+        }
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        let in_group = gid == n.gid
+            || nix::unistd::getgroups().is_ok_and(|g| g.iter().any(|g| g.as_raw() == n.gid));
+        let bit = if uid == 0 {
+            0o111
+        } else if uid == n.uid {
+            0o100
+        } else if in_group {
+            0o010
+        } else {
+            0o001
+        };
+        if n.state == "down" || n.mode & bit == 0 {
+            return Err(libc::EPERM);
+        }
+        Ok(0)
+    })
+}
+
+/// Sets node `node`'s state string (root only).
+///
+/// # Safety
+/// `state` points to a C string.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodesetstatus(node: c_int, state: *mut c_char) -> c_int {
+    // SAFETY: the caller's promise.
+    let state = match unsafe { text(state) } {
+        Ok(s) => s.to_owned(),
+        Err(e) => return guard(|| Err(e)),
+    };
+    call(|c| c.set_state(node, &state))
+}
+
+/// Makes node `node`'s slave daemon `chroot(path)` (root only).
+///
+/// # Safety
+/// `path` points to a C string.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodechroot(node: c_int, path: *mut c_char) -> c_int {
+    // SAFETY: the caller's promise.
+    let path = match unsafe { text(path) } {
+        Ok(s) => s.to_owned(),
+        Err(e) => return guard(|| Err(e)),
+    };
+    call(|c| c.node_chroot(node, &path))
+}
+
+/// Reboots node `node` (root only; does not wait).
+#[no_mangle]
+pub extern "C" fn bproc_nodereboot(node: c_int) -> c_int {
+    call(|c| c.node_action(node, NodeAction::Reboot))
+}
+
+/// Halts node `node` (root only; does not wait).
+#[no_mangle]
+pub extern "C" fn bproc_nodehalt(node: c_int) -> c_int {
+    call(|c| c.node_action(node, NodeAction::Halt))
+}
+
+/// Powers node `node` off (root only; does not wait).
+#[no_mangle]
+pub extern "C" fn bproc_nodepwroff(node: c_int) -> c_int {
+    call(|c| c.node_action(node, NodeAction::Poweroff))
+}
+
+/// BProc's text for `BE_*` codes, the C library's for the rest; takes `e` or `-e`. The
+/// string is never freed.
+#[no_mangle]
+pub extern "C" fn bproc_strerror(err: c_int) -> *const c_char {
+    static TEXTS: std::sync::Mutex<Vec<(c_int, std::ffi::CString)>> =
+        std::sync::Mutex::new(Vec::new());
+    let code = err.checked_abs().unwrap_or(0);
+    let mut g = TEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, s)) = g.iter().find(|(c, _)| *c == code) {
+        return s.as_ptr();
+    }
+    let s = std::ffi::CString::new(bproc::strerror(code)).unwrap_or_default();
+    let p = s.as_ptr();
+    // The CString's heap buffer does not move when the vector grows.
+    g.push((code, s));
+    p
+}
