@@ -395,6 +395,54 @@ fn status_of(n: &NodeInfo) -> NodeStatus {
     }
 }
 
+/// Notifier fds made by [`bproc_notifier`]: only these are drained by [`bproc_nodelist_`].
+static NOTIFIERS: std::sync::Mutex<Vec<c_int>> = std::sync::Mutex::new(Vec::new());
+
+/// A file descriptor that polls readable (`POLLIN`) after any change to the node table, and
+/// at once for the current one; [`bproc_nodelist_`] on it reads the table and clears it. A
+/// thread follows the master's changes for it for as long as the master runs.
+#[no_mangle]
+pub extern "C" fn bproc_notifier() -> c_int {
+    use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+    guard(|| {
+        let mut watcher = client()?.watch().map_err(|e| e.errno())?;
+        let flags =
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK;
+        let ev =
+            nix::sys::eventfd::EventFd::from_value_and_flags(0, flags).map_err(|e| e as i32)?;
+        let fd = OwnedFd::from(ev);
+        let writer = fd.try_clone().map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
+        std::thread::Builder::new()
+            .name("bproc-notifier".into())
+            .spawn(move || {
+                while watcher.next_table().is_ok() {
+                    if nix::unistd::write(&writer, &1u64.to_ne_bytes()).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
+        let raw = fd.as_raw_fd();
+        NOTIFIERS.lock().unwrap_or_else(|e| e.into_inner()).push(raw);
+        Ok(fd.into_raw_fd())
+    })
+}
+
+/// [`bproc_nodelist`], first clearing the notifier `fd` (from [`bproc_notifier`]).
+///
+/// # Safety
+/// As for [`bproc_nodelist`].
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodelist_(ns: *mut NodeSet, fd: c_int) -> c_int {
+    if NOTIFIERS.lock().unwrap_or_else(|e| e.into_inner()).contains(&fd) {
+        let mut b = [0u8; 8];
+        // Non-blocking: nothing to clear is fine.
+        let _ = nix::unistd::read(fd, &mut b);
+    }
+    // SAFETY: the caller's promise.
+    unsafe { bproc_nodelist(ns) }
+}
+
 /// Puts the entries of `in` that `spec` selects into `out` (reinitialised first).
 ///
 /// # Safety

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/bproc.h>
 
 static void fail(const char *what, int r) {
@@ -54,7 +55,17 @@ int main(int argc, char **argv) {
     bproc_nodeset_free(&some);
     fail("nodespec bad", bproc_nodespec(&some, "1-x"));
     bproc_nodeset_free(&all);
-    fail("nodesetstatus 3", bproc_nodesetstatus(3, "maint"));
+    {
+        int fd = bproc_notifier();
+        struct pollfd p = {fd, POLLIN, 0};
+        printf("notifier %s\n", fd >= 0 ? "ok" : "failed");
+        printf("initially readable %d\n", poll(&p, 1, 2000));
+        printf("nodelist_ %d\n", bproc_nodelist_(&all, fd));
+        bproc_nodeset_free(&all);
+        printf("then readable %d\n", poll(&p, 1, 0));
+        fail("nodesetstatus 3", bproc_nodesetstatus(3, "maint"));
+        printf("after a change readable %d\n", poll(&p, 1, 2000));
+    }
     fail("nodestatus 3", bproc_nodestatus(3, buf, sizeof buf));
     printf("status %s\n", buf);
     fail("chmod 3", bproc_chmod(3, 0100));

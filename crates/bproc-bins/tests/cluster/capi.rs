@@ -97,7 +97,12 @@ append 6
 nodespec allup: 0 ok
 allup 4
 nodespec bad: -1 Invalid argument
+notifier ok
+initially readable 1
+nodelist_ 4
+then readable 0
 nodesetstatus 3: 0 ok
+after a change readable 1
 nodestatus 3: 6 ok
 status maint
 chmod 3: 0 ok

@@ -18,6 +18,8 @@ int bproc_nodestatus(int node, char *buf, int len);
 int bproc_nodeinfo(int node, struct bproc_node_info_t *info);
 int bproc_nodelist(struct bproc_node_set_t *ns);
 int bproc_nodeaddr(int node, struct sockaddr *addr, int *size);
+int bproc_notifier(void);
+int bproc_nodelist_(struct bproc_node_set_t *ns, int fd);
 
 /* Node sets and node specifications. */
 int bproc_nodeset_init(struct bproc_node_set_t *ns, int size);
