@@ -601,6 +601,100 @@ pub extern "C" fn bproc_nodepwroff(node: c_int) -> c_int {
     call(|c| c.node_action(node, NodeAction::Poweroff))
 }
 
+/// The migration calls come with process migration; until then they fail with `ENOSYS`.
+const NOT_YET: i32 = libc::ENOSYS;
+
+/// Moves the caller to `node`: 0 when it already runs there (as in BProc), else `ENOSYS`
+/// for now.
+#[no_mangle]
+pub extern "C" fn bproc_move(node: c_int) -> c_int {
+    guard(|| if node == bproc_currnode() { Ok(0) } else { Err(NOT_YET) })
+}
+
+/// [`bproc_move`] with I/O redirection (ignored while only same-node moves work).
+#[no_mangle]
+pub extern "C" fn bproc_move_io(node: c_int, _io: *mut std::ffi::c_void, _iolen: c_int) -> c_int {
+    bproc_move(node)
+}
+
+/// A fork whose child lives on `node`: `ENOSYS` for now.
+#[no_mangle]
+pub extern "C" fn bproc_rfork(_node: c_int) -> c_int {
+    guard(|| Err(NOT_YET))
+}
+
+/// [`bproc_rfork`] with I/O redirection: `ENOSYS` for now.
+#[no_mangle]
+pub extern "C" fn bproc_rfork_io(_node: c_int, _io: *mut std::ffi::c_void, _iolen: c_int) -> c_int {
+    guard(|| Err(NOT_YET))
+}
+
+/// One child per node: `ENOSYS` for now.
+#[no_mangle]
+pub extern "C" fn bproc_vrfork(_n: c_int, _nodes: *mut c_int, _pids: *mut c_int) -> c_int {
+    guard(|| Err(NOT_YET))
+}
+
+/// [`bproc_vrfork`] with I/O redirection: `ENOSYS` for now.
+#[no_mangle]
+pub extern "C" fn bproc_vrfork_io(
+    _n: c_int,
+    _nodes: *mut c_int,
+    _pids: *mut c_int,
+    _io: *mut std::ffi::c_void,
+    _iolen: c_int,
+) -> c_int {
+    guard(|| Err(NOT_YET))
+}
+
+/// exec then move: `ENOSYS` for now.
+#[no_mangle]
+pub extern "C" fn bproc_execmove(
+    _node: c_int,
+    _cmd: *const c_char,
+    _argv: *const *const c_char,
+    _envp: *const *const c_char,
+) -> c_int {
+    guard(|| Err(NOT_YET))
+}
+
+/// [`bproc_execmove`] with I/O redirection: `ENOSYS` for now.
+#[no_mangle]
+pub extern "C" fn bproc_execmove_io(
+    _node: c_int,
+    _io: *mut std::ffi::c_void,
+    _iolen: c_int,
+    _cmd: *const c_char,
+    _argv: *const *const c_char,
+    _envp: *const *const c_char,
+) -> c_int {
+    guard(|| Err(NOT_YET))
+}
+
+/// Writes the caller's image to `fd`: `ENOSYS` for now.
+#[no_mangle]
+pub extern "C" fn bproc_dump(_fd: c_int, _flags: c_int) -> c_int {
+    guard(|| Err(NOT_YET))
+}
+
+/// Replaces the caller with an image from `fd`: `ENOSYS` for now.
+#[no_mangle]
+pub extern "C" fn bproc_undump(_fd: c_int) -> c_int {
+    guard(|| Err(NOT_YET))
+}
+
+/// Execs `cmd` and dumps the new image: `ENOSYS` for now.
+#[no_mangle]
+pub extern "C" fn bproc_execdump(
+    _fd: c_int,
+    _flags: c_int,
+    _cmd: *const c_char,
+    _argv: *const *const c_char,
+    _envp: *const *const c_char,
+) -> c_int {
+    guard(|| Err(NOT_YET))
+}
+
 /// BProc's text for `BE_*` codes, the C library's for the rest; takes `e` or `-e`. The
 /// string is never freed.
 #[no_mangle]

@@ -72,5 +72,8 @@ int main(int argc, char **argv) {
     fail("access 3", bproc_access(3, BPROC_X_OK));
     fail("chmod bad bits", bproc_chmod(3, 0777));
     printf("strerror %s / %s\n", bproc_strerror(BE_NODEDOWN), bproc_strerror(-ENOENT));
+    fail("move -1", bproc_move(BPROC_NODE_MASTER));
+    fail("move 1", bproc_move(1));
+    fail("rfork 1", bproc_rfork(1));
     return 0;
 }

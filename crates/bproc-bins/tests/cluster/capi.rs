@@ -109,6 +109,9 @@ chmod 3: 0 ok
 access 3: 0 ok
 chmod bad bits: -1 Operation not permitted
 strerror Node is down / No such file or directory
+move -1: 0 ok
+move 1: -1 Function not implemented
+rfork 1: -1 Function not implemented
 ";
     assert_eq!(out, want);
     let user = test_user();
@@ -130,12 +133,19 @@ fn header_matches_the_library() {
     let _ = std::fs::remove_dir_all(dir);
     let header =
         std::fs::read_to_string(root().join("crates/bproc-capi/include/sys/bproc.h")).unwrap();
-    let mut declared: Vec<String> = header
+    // Every prototype: statements (split at `;`) outside preprocessor lines and comments.
+    let code: String = header
         .lines()
-        .filter(|l| l.contains("bproc_") && l.trim_end().ends_with(");"))
-        .filter_map(|l| {
-            let name = l.split('(').next()?.split_whitespace().last()?;
-            Some(name.trim_start_matches('*').to_owned())
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim_start().starts_with("/*"))
+        .filter(|l| !l.trim_start().starts_with('*'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut declared: Vec<String> = code
+        .split(';')
+        .filter_map(|stmt| {
+            let name = stmt.split('(').next()?.split_whitespace().last()?;
+            let name = name.trim_start_matches('*');
+            name.starts_with("bproc_").then(|| name.to_owned())
         })
         .collect();
     declared.sort();

@@ -43,6 +43,21 @@ int bproc_nodereboot(int node);
 int bproc_nodehalt(int node);
 int bproc_nodepwroff(int node);
 
+/* Process migration. Not implemented yet: these fail with ENOSYS, except a move to the
+ * node the caller already runs on, which returns 0 as in BProc. */
+int bproc_move(int node);
+int bproc_move_io(int node, struct bproc_io_t *io, int iolen);
+int bproc_rfork(int node);
+int bproc_rfork_io(int node, struct bproc_io_t *io, int iolen);
+int bproc_vrfork(int nnodes, int *nodes, int *pids);
+int bproc_vrfork_io(int nnodes, int *nodes, int *pids, struct bproc_io_t *io, int iolen);
+int bproc_execmove(int node, const char *cmd, char *const argv[], char *const envp[]);
+int bproc_execmove_io(int node, struct bproc_io_t *io, int iolen, const char *cmd,
+                      char *const argv[], char *const envp[]);
+int bproc_dump(int fd, int flags);
+int bproc_undump(int fd);
+int bproc_execdump(int fd, int flags, const char *cmd, char *const argv[], char *const envp[]);
+
 /* Errors. */
 const char *bproc_strerror(int err);
 

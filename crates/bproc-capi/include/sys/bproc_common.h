@@ -44,4 +44,32 @@ struct bproc_node_set_t {
 #define BPROC_EMPTY_NODESET {0, 0, 0}
 #define bproc_node_set_node(ns, i) (&(ns)->node[(i)])
 
+/* I/O redirection for the migration calls. */
+#define BPROC_IO_MAX_LEN   16
+#define BPROC_IO_FILE      0
+#define BPROC_IO_SOCKET    1
+#define BPROC_IO_MEMFILE   2
+#define BPROC_IO_SEND_INFO 1
+#define BPROC_IO_DELAY     2
+struct bproc_io_t {
+    int fd;
+    short type;
+    short flags;
+    union {
+        struct sockaddr addr;
+        struct {
+            int flags;
+            int mode;
+            long offset;
+            char name[256];
+        } file;
+    } d;
+};
+
+/* What a process image carries (VMADump). */
+#define BPROC_DUMP_LIBS  1
+#define BPROC_DUMP_EXEC  2
+#define BPROC_DUMP_OTHER 4
+#define BPROC_DUMP_ALL   (BPROC_DUMP_LIBS | BPROC_DUMP_EXEC | BPROC_DUMP_OTHER)
+
 #endif
