@@ -116,11 +116,11 @@ impl Run {
 
     /// Where this bpcp runs; without a master, the front end (for local copies).
     fn place(&mut self) -> Result<Place, Fatal> {
-        if let Some(p) = self.place {
-            return Ok(p);
+        if let Some(p) = &self.place {
+            return Ok(p.clone());
         }
         let p = self.client()?.place()?;
-        self.place = Some(p);
+        self.place = Some(p.clone());
         Ok(p)
     }
 
@@ -182,7 +182,7 @@ impl Run {
             recursive: a.recursive,
             preserve: a.preserve,
             target_dir: sources.len() > 1 || gather,
-            umask: current_umask(),
+            umask: bproc::launch::current_umask(),
         };
         // Consecutive sources on the same host travel in one stream.
         let mut i = 0;
@@ -458,13 +458,6 @@ impl Run {
         }
         Ok(())
     }
-}
-
-fn current_umask() -> u32 {
-    // umask(2) can only be read by setting it; put it back at once.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    nix::sys::stat::umask(old);
-    old.bits()
 }
 
 /// Bytes of regular files under `paths` (for the progress bar).

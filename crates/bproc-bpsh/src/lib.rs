@@ -206,6 +206,8 @@ pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
 /// What a run needs from the master before it starts.
 struct Prepared {
     nodes: Vec<i32>,
+    /// The ghost program, when remote processes get ghosts.
+    ghost: Option<String>,
     spec: ProcSpec,
     listen_ip: Ipv4Addr,
     /// Files diskless nodes may fetch, by content hash.
@@ -235,7 +237,8 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         eprintln!("bpsh: \"{}\" selects no node; nothing to run", a.spec);
         return Ok(None);
     }
-    let listen_ip = client.place()?.ip;
+    let place = client.place()?;
+    let listen_ip = place.ip;
     let mut strings = Vec::with_capacity(a.command.len());
     for arg in &a.command {
         match arg.to_str() {
@@ -269,12 +272,12 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         cwd: std::env::current_dir()
             .map(|d| d.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "/".into()),
-        umask: current_umask(),
+        umask: bproc::launch::current_umask(),
         io,
         io_port: 0,
         io_ip: None,
         token,
-        rlimits: current_rlimits(),
+        rlimits: bproc::launch::current_rlimits(),
         files: Vec::new(),
     };
     // A diskless node needs the program, its interpreters and libraries: gather them by hash
@@ -303,42 +306,11 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
     }
     Ok(Some(Prepared {
         nodes: sel.nodes.iter().map(|n| n.node).collect(),
+        ghost: place.ghost,
         spec,
         listen_ip,
         staged: Arc::new(staged),
     }))
-}
-
-/// The caller's resource limits, which travel with the process as BProc's did with its image.
-fn current_rlimits() -> Vec<(u32, u64, u64)> {
-    use nix::sys::resource::{getrlimit, Resource};
-    [
-        Resource::RLIMIT_CPU,
-        Resource::RLIMIT_FSIZE,
-        Resource::RLIMIT_DATA,
-        Resource::RLIMIT_STACK,
-        Resource::RLIMIT_CORE,
-        Resource::RLIMIT_NOFILE,
-        Resource::RLIMIT_AS,
-        Resource::RLIMIT_NPROC,
-        Resource::RLIMIT_MEMLOCK,
-        Resource::RLIMIT_LOCKS,
-        Resource::RLIMIT_SIGPENDING,
-        Resource::RLIMIT_MSGQUEUE,
-        Resource::RLIMIT_NICE,
-        Resource::RLIMIT_RTPRIO,
-        Resource::RLIMIT_RTTIME,
-    ]
-    .into_iter()
-    .filter_map(|r| getrlimit(r).ok().map(|(soft, hard)| (r as u32, soft, hard)))
-    .collect()
-}
-
-fn current_umask() -> u32 {
-    // umask(2) can only be read by setting it; put it back at once.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    nix::sys::stat::umask(old);
-    old.bits()
 }
 
 /// Listens with a deep accept queue (the kernel caps it at `net.core.somaxconn`): every node
@@ -560,10 +532,22 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     };
     let (mut mrd, mut mwr) = conn.into_split();
     let start = Instant::now();
-    if let Err(e) =
-        write_frame(&mut mwr, 1, &Message::Launch { nodes: p.nodes.clone(), spec: spec.clone() })
-            .await
-    {
+    // A ghost for each remote process, in our process group: Ctrl-C, Ctrl-Z and `kill` on it
+    // reach the process, and `ps` shows it.
+    let mut ghosts: Vec<Option<std::process::Child>> = Vec::with_capacity(n);
+    for &node in &p.nodes {
+        ghosts.push(match &p.ghost {
+            Some(g) if node != bproc_proto::NODE_MASTER => {
+                bproc::ghost::spawn(g, &bproc::ghost::comm_of(&spec.path)).ok()
+            }
+            _ => None,
+        });
+    }
+    let ghost_pids: Vec<i32> =
+        ghosts.iter().map(|g| g.as_ref().map_or(0, |c| c.id() as i32)).collect();
+    let has_ghosts = ghost_pids.iter().any(|g| *g > 0);
+    let launch = Message::Launch { nodes: p.nodes.clone(), spec: spec.clone(), ghosts: ghost_pids };
+    if let Err(e) = write_frame(&mut mwr, 1, &launch).await {
         eprintln!("bpsh: bproc_vexecmove_io: {e}");
         return ExitCode::FAILURE;
     }
@@ -608,6 +592,9 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     for r in ranks.iter().zip(&pids).filter(|(r, _)| r.failed) {
         eprintln!("{}: {}", r.0.node, strerror(-r.1));
     }
+    bproc::ghost::discard(
+        ghosts.iter_mut().zip(&ranks).filter(|(_, r)| r.failed).filter_map(|(g, _)| g.take()),
+    );
 
     // Master events: exits in, signals out.
     tokio::spawn(async move {
@@ -617,7 +604,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             }
         }
     });
-    tokio::spawn(forward_signals(mwr, kill_rx, local_pids));
+    tokio::spawn(forward_signals(mwr, kill_rx, local_pids, has_ghosts));
     let kill_all = |why: String| {
         eprintln!("bpsh: {why}");
         let _ = kill_tx.send(nix::sys::signal::Signal::SIGKILL as i32);
@@ -883,9 +870,17 @@ async fn forward_signals(
     mut wr: tokio::net::unix::OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<i32>,
     local: Arc<Mutex<Vec<i32>>>,
+    has_ghosts: bool,
 ) {
     let mut id = 2u32;
     while let Some(sig) = rx.recv().await {
+        // A terminal's Ctrl-C and Ctrl-\ reach the ghosts, which are in our process group,
+        // and each forwards it: relaying it as well would deliver it twice.
+        let from_terminal = sig == nix::sys::signal::Signal::SIGINT as i32
+            || sig == nix::sys::signal::Signal::SIGQUIT as i32;
+        if has_ghosts && from_terminal {
+            continue;
+        }
         if let Ok(signal) = nix::sys::signal::Signal::try_from(sig) {
             for &pid in local.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), signal);

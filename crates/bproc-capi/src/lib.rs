@@ -602,6 +602,9 @@ pub extern "C" fn bproc_nodepwroff(node: c_int) -> c_int {
 }
 
 /// The migration calls come with process migration; until then they fail with `ENOSYS`.
+/// `BPROC_NODE_ANY`.
+const BPROC_NODE_ANY: c_int = -4;
+
 const NOT_YET: i32 = libc::ENOSYS;
 
 /// Moves the caller to `node`: 0 when it already runs there (as in BProc), else `ENOSYS`
@@ -647,28 +650,204 @@ pub extern "C" fn bproc_vrfork_io(
     guard(|| Err(NOT_YET))
 }
 
-/// exec then move: `ENOSYS` for now.
-#[no_mangle]
-pub extern "C" fn bproc_execmove(
-    _node: c_int,
-    _cmd: *const c_char,
-    _argv: *const *const c_char,
-    _envp: *const *const c_char,
-) -> c_int {
-    guard(|| Err(NOT_YET))
+/// `argv` or `envp`: a NULL-terminated array of strings (NULL: empty).
+///
+/// # Safety
+/// `p` is NULL or points at an array of NUL-terminated strings ended by NULL.
+unsafe fn strings(p: *const *const c_char) -> Result<Vec<String>, i32> {
+    let mut out = Vec::new();
+    if p.is_null() {
+        return Ok(out);
+    }
+    for i in 0.. {
+        // SAFETY: the array is NULL-terminated, so every index up to the NULL is valid.
+        let s = unsafe { *p.add(i) };
+        if s.is_null() {
+            break;
+        }
+        // SAFETY: each entry is a NUL-terminated string, as the caller promises.
+        out.push(unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned());
+    }
+    Ok(out)
 }
 
-/// [`bproc_execmove`] with I/O redirection: `ENOSYS` for now.
+/// # Safety
+/// As for [`strings`], and `cmd` is a NUL-terminated string.
+unsafe fn program(
+    cmd: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> Result<bproc::launch::Program, i32> {
+    // SAFETY: as the caller promises.
+    let path = unsafe { text(cmd) }?.to_owned();
+    // SAFETY: as the caller promises.
+    let (argv, env) = unsafe { (strings(argv)?, strings(envp)?) };
+    Ok(bproc::launch::Program { path, argv, env })
+}
+
+/// Runs `cmd` on `node` in place of the caller, which becomes its ghost (same pid and
+/// parent): `wait` on the caller gives the remote status. No return on success. The program
+/// comes from the node's filesystem (see [`bproc_rexec`]).
+///
+/// # Safety
+/// `cmd` is a string; `argv` and `envp` are NULL-terminated string arrays.
 #[no_mangle]
-pub extern "C" fn bproc_execmove_io(
-    _node: c_int,
-    _io: *mut std::ffi::c_void,
-    _iolen: c_int,
-    _cmd: *const c_char,
-    _argv: *const *const c_char,
-    _envp: *const *const c_char,
+pub unsafe extern "C" fn bproc_execmove(
+    node: c_int,
+    cmd: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
 ) -> c_int {
-    guard(|| Err(NOT_YET))
+    // SAFETY: as the caller promises.
+    guard(|| Err(bproc::launch::execmove(node, &unsafe { program(cmd, argv, envp) }?).errno()))
+}
+
+/// [`bproc_execmove`] with I/O redirection: only the defaults (`iolen` 0 or −1: the process
+/// gets `/dev/null`) are available; a list gives `ENOSYS`.
+///
+/// # Safety
+/// As for [`bproc_execmove`].
+#[no_mangle]
+pub unsafe extern "C" fn bproc_execmove_io(
+    node: c_int,
+    _io: *mut std::ffi::c_void,
+    iolen: c_int,
+    cmd: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    if iolen > 0 {
+        return guard(|| Err(NOT_YET));
+    }
+    // SAFETY: as the caller promises.
+    unsafe { bproc_execmove(node, cmd, argv, envp) }
+}
+
+/// The caller turns into the ghost of `cmd` run on `node` from the node's own filesystem.
+/// No return on success.
+///
+/// # Safety
+/// As for [`bproc_execmove`].
+#[no_mangle]
+pub unsafe extern "C" fn bproc_rexec(
+    node: c_int,
+    cmd: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: as the caller promises.
+    unsafe { bproc_execmove(node, cmd, argv, envp) }
+}
+
+/// Starts `cmd` once on each of `nodes[0..n]`. Returns `n`; `pids[i]` is the child's pid (a
+/// ghost on the front end for a remote process, so `waitpid` gives its status) or the
+/// negated error for that node (`-BE_NODEDOWN`...). `BPROC_RANK=XXXXXXX` in `envp` becomes
+/// each child's rank.
+///
+/// # Safety
+/// `nodes` and `pids` hold `n` ints; the rest as for [`bproc_execmove`].
+#[no_mangle]
+pub unsafe extern "C" fn bproc_vexecmove(
+    n: c_int,
+    nodes: *const c_int,
+    pids: *mut c_int,
+    cmd: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    guard(|| {
+        if n <= 0 || nodes.is_null() || pids.is_null() {
+            return Err(EINVAL);
+        }
+        // SAFETY: the caller gives `n` readable ints at `nodes`.
+        let list = unsafe { std::slice::from_raw_parts(nodes, n as usize) }.to_vec();
+        // SAFETY: as the caller promises.
+        let prog = unsafe { program(cmd, argv, envp) }?;
+        let got = bproc::launch::vexecmove(&list, &prog).map_err(|e| e.errno())?;
+        // SAFETY: the caller gives `n` writable ints at `pids`.
+        let out = unsafe { std::slice::from_raw_parts_mut(pids, n as usize) };
+        out.copy_from_slice(&got);
+        Ok(n)
+    })
+}
+
+/// [`bproc_vexecmove`] with I/O redirection: only the defaults (`iolen` 0 or −1).
+///
+/// # Safety
+/// As for [`bproc_vexecmove`].
+#[no_mangle]
+pub unsafe extern "C" fn bproc_vexecmove_io(
+    n: c_int,
+    nodes: *const c_int,
+    pids: *mut c_int,
+    _io: *mut std::ffi::c_void,
+    iolen: c_int,
+    cmd: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    if iolen > 0 {
+        return guard(|| Err(NOT_YET));
+    }
+    // SAFETY: as the caller promises.
+    unsafe { bproc_vexecmove(n, nodes, pids, cmd, argv, envp) }
+}
+
+/// `struct bproc_proc_info_t`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProcInfo {
+    /// The process's pid on the front end (its ghost's).
+    pub pid: c_int,
+    /// Its node.
+    pub node: c_int,
+}
+
+/// The node process `pid` runs on: −1 for a local process, one that does not exist, or on
+/// error (as BProc's, which never fails).
+#[no_mangle]
+pub extern "C" fn bproc_pidnode(pid: c_int) -> c_int {
+    let found = || -> Option<c_int> {
+        match client().ok()?.request(&bproc::Message::ProcList).ok()? {
+            bproc::Message::Procs { procs } => procs.iter().find(|p| p.pid == pid).map(|p| p.node),
+            _ => None,
+        }
+    };
+    catch_unwind(found).ok().flatten().unwrap_or(NODE_MASTER)
+}
+
+/// Every remote process on `node` (`BPROC_NODE_ANY`: all), in a `malloc`ed array the caller
+/// frees; returns the count.
+///
+/// # Safety
+/// `list` is NULL or points at a writable pointer.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_proclist(node: c_int, list: *mut *mut ProcInfo) -> c_int {
+    guard(|| {
+        if list.is_null() {
+            return Err(EINVAL);
+        }
+        let procs = match client()?.request(&bproc::Message::ProcList).map_err(|e| e.errno())? {
+            bproc::Message::Procs { procs } => procs,
+            _ => return Err(EIO),
+        };
+        let v: Vec<ProcInfo> = procs
+            .iter()
+            .filter(|p| node == BPROC_NODE_ANY || p.node == node)
+            .map(|p| ProcInfo { pid: p.pid, node: p.node })
+            .collect();
+        let bytes = std::mem::size_of::<ProcInfo>() * v.len().max(1);
+        // SAFETY: malloc of a positive size; the result is checked for NULL.
+        let p = unsafe { libc::malloc(bytes) }.cast::<ProcInfo>();
+        if p.is_null() {
+            return Err(libc::ENOMEM);
+        }
+        // SAFETY: `p` holds room for `v.len()` entries; the regions do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p, v.len()) };
+        // SAFETY: `list` is a valid, writable pointer (checked for NULL above).
+        unsafe { *list = p };
+        Ok(v.len() as c_int)
+    })
 }
 
 /// Writes the caller's image to `fd`: `ENOSYS` for now.

@@ -47,6 +47,7 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
             groups: c.pid().map(bproc_sys::groups_of).unwrap_or_default(),
             admin: c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw(),
             origin: None,
+            pid: c.pid(),
         },
         Err(e) => {
             warn!("client without credentials refused: {e}");
@@ -73,6 +74,7 @@ pub(crate) async fn serve_proxied(
         groups: creds.groups,
         admin: creds.uid == 0,
         origin: Some((node, ip)),
+        pid: None,
     };
     debug!("node {node}: client uid {} connected through its slave", caller.uid);
     let (rd, wr) = stream.into_split();
@@ -104,9 +106,21 @@ async fn serve(shared: Arc<Shared>, caller: Caller, mut rd: ClientRd, mut wr: Cl
                 watch(&shared, id, rd, wr).await;
                 return;
             }
-            Message::Launch { nodes, spec } => {
-                crate::launch::serve(shared, caller, id, nodes, spec, rd, wr).await;
+            Message::Launch { nodes, spec, ghosts } => {
+                crate::launch::serve(shared, caller, id, nodes, spec, ghosts, rd, wr).await;
                 return;
+            }
+            Message::GhostHello { fork } => {
+                // Ghosts live on the front end only, where the kernel names their pid.
+                if let Some(pid) = caller.pid {
+                    crate::ghosts::serve(shared, pid, caller.uid, fork, rd, wr).await;
+                }
+                return;
+            }
+            Message::ProcStatList { pids } => {
+                let reply = crate::ghosts::stats(&shared, pids).await;
+                let _ = write_frame(&mut wr, id, &reply).await;
+                continue;
             }
             Message::Copy { src, paths, dst, target, opts, cwd, fanout, port } => {
                 let req = crate::copy::Request { src, paths, dst, target, opts, cwd, fanout, port };
@@ -169,7 +183,9 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
             bytes_to_slaves: shared.sent_to_slaves.load(std::sync::atomic::Ordering::Relaxed),
             client_node: caller.origin.map_or(bproc_proto::NODE_MASTER, |o| o.0),
             client_ip: caller.origin.map(|o| o.1),
+            ghost: shared.ghost_program.clone().unwrap_or_default(),
         },
+        Message::ProcList => Message::Procs { procs: shared.ghosts.list() },
         Message::SetState { node, state } => {
             let r = shared.table().set_state(caller, node, &state);
             match r {

@@ -6,9 +6,11 @@
 //! the node count grows. It answers the client with the pids, then relays each process's exit
 //! to the client until the client goes away.
 //!
-//! The launch lives as long as the client's connection: a client that disconnects takes its
-//! still-running processes with it (SIGKILL), and a node that is lost reports its processes as
-//! ended by node loss (`BE_SLAVEDIED`, seen as SIGKILL), so the client never waits forever.
+//! A rank with a ghost (a process the client made on the front end and named in the launch)
+//! lives as long as its ghost. A rank without one lives as long as the client's connection: a
+//! client that disconnects takes those still running with it (SIGKILL). A node that is lost
+//! reports its processes as ended by node loss (`BE_SLAVEDIED`, seen as SIGKILL), so the
+//! client never waits forever.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +46,10 @@ enum State {
 pub(crate) struct Launch {
     /// Node of each rank.
     nodes: Vec<i32>,
+    /// Ghost of each rank (0: none).
+    ghosts: Vec<i32>,
+    /// The caller's uid.
+    uid: u32,
     /// Each rank's state.
     states: Vec<State>,
     /// Exits to relay to the client.
@@ -75,11 +81,13 @@ impl Launches {
         }
     }
 
-    /// A slave reports how starting `rank` went.
-    pub(crate) fn rank_spawned(&self, launch: u64, rank: u32, pid: i32) {
-        if let Some(l) = self.lock().get(&launch) {
-            let _ = l.spawns.send((rank, pid));
-        }
+    /// A slave reports how starting `rank` went; returns the rank's ghost (0: none) and the
+    /// caller's uid.
+    pub(crate) fn rank_spawned(&self, launch: u64, rank: u32, pid: i32) -> Option<(i32, u32)> {
+        let g = self.lock();
+        let l = g.get(&launch)?;
+        let _ = l.spawns.send((rank, pid));
+        Some((l.ghosts.get(rank as usize).copied().unwrap_or(0), l.uid))
     }
 
     /// Records the outcome of rank `rank`'s spawn; relays an exit that came first.
@@ -146,17 +154,44 @@ fn signal_launch(shared: &Shared, launch: u64, signal: i32) {
     }
 }
 
+/// The client of `launch` is gone: its running ranks without a ghost are killed.
+fn orphaned(shared: &Shared, launch: u64) {
+    let ranks: Vec<(i32, u32)> = match shared.launches.lock().get(&launch) {
+        Some(l) => (0..l.nodes.len())
+            .filter(|&r| l.states[r] == State::Running && l.ghosts.get(r).is_none_or(|g| *g <= 0))
+            .map(|r| (l.nodes[r], r as u32))
+            .collect(),
+        None => return,
+    };
+    let t = shared.table();
+    let signal = nix::sys::signal::Signal::SIGKILL as i32;
+    for (n, rank) in ranks {
+        if let Some(node) = t.get(n) {
+            node.send(0, Message::SignalProc { launch, rank, signal });
+        }
+    }
+}
+
 /// Serves a `Launch` request and the rest of the client's connection.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     caller: Caller,
     id: u32,
     nodes: Vec<i32>,
     spec: ProcSpec,
+    ghosts: Vec<i32>,
     mut rd: crate::clients::ClientRd,
     mut wr: crate::clients::ClientWr,
 ) {
     let launch = shared.launch_id();
+    // Ghosts are the caller's own children on the front end; anything else runs without.
+    let ghosts: Vec<i32> = (0..nodes.len())
+        .map(|r| match (ghosts.get(r), caller.pid) {
+            (Some(&g), Some(me)) if shared.ghosts.claim(g, me, caller.uid) => g,
+            _ => 0,
+        })
+        .collect();
     // Nodes connect a launcher's fds back to where it runs, never where it claims to.
     let spec = ProcSpec { io_ip: caller.origin.map(|o| o.1), ..spec };
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -166,6 +201,8 @@ pub(crate) async fn serve(
         launch,
         Launch {
             nodes: nodes.clone(),
+            ghosts: ghosts.clone(),
+            uid: caller.uid,
             states: vec![State::Pending; nodes.len()],
             events: tx,
             spawns: spawns_tx,
@@ -211,10 +248,12 @@ pub(crate) async fn serve(
                     ip: node.addr.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
                     port: node.tree_port,
                     ranks: Vec::new(),
+                    pids: Vec::new(),
                 });
                 entries.len() - 1
             });
             entries[i].ranks.push(rank as u32);
+            entries[i].pids.push(ghosts[rank]);
             waiting[rank] = true;
         }
         for part in split_tree(&entries, width) {
@@ -300,7 +339,7 @@ pub(crate) async fn serve(
             }
         }
     }
-    // The client is gone: its processes go too.
-    signal_launch(&shared, launch, nix::sys::signal::Signal::SIGKILL as i32);
+    // The client is gone: its processes without ghosts go too.
+    orphaned(&shared, launch);
     shared.launches.lock().remove(&launch);
 }

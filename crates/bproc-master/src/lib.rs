@@ -28,6 +28,7 @@
 mod clients;
 pub mod config;
 mod copy;
+mod ghosts;
 mod hook;
 mod launch;
 pub mod persist;
@@ -150,6 +151,10 @@ pub(crate) struct Shared {
     next_launch: AtomicU64,
     /// Running launches, for routing exits and node loss to their clients.
     launches: launch::Launches,
+    /// Remote processes and their ghosts.
+    ghosts: ghosts::Ghosts,
+    /// The ghost program launchers start (`bpghost` beside bpmaster), if installed.
+    ghost_program: Option<String>,
     /// The TCP addresses slaves connect to (launchers listen on the same address).
     listen: Vec<SocketAddr>,
     /// The configuration's libraries, staged on diskless nodes as they join.
@@ -191,6 +196,7 @@ impl Shared {
     /// Node `n` went down: its processes are reported lost to their launchers.
     pub(crate) fn node_lost(&self, n: i32) {
         self.launches.node_lost(n);
+        self.ghosts.node_lost(n);
     }
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
@@ -259,6 +265,19 @@ async fn listen_addrs(config: &Config) -> Result<Vec<SocketAddr>, MasterError> {
 /// Listens with a deep accept queue (capped by `net.core.somaxconn`): a thousand slaves
 /// connect at once when a cluster boots or the master restarts, and a dropped SYN costs a
 /// second or more.
+/// The ghost program: `$BPROC_GHOST`, else `bpghost` beside this program, if executable.
+fn ghost_program() -> Option<String> {
+    let path = match std::env::var_os("BPROC_GHOST") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::env::current_exe().ok()?.with_file_name("bpghost"),
+    };
+    let ok = nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK).is_ok();
+    if !ok {
+        warn!("no ghost program at {}: remote processes get no ghosts", path.display());
+    }
+    ok.then(|| path.to_string_lossy().into_owned())
+}
+
 fn listen_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let s = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -335,6 +354,8 @@ impl Master {
             next_request: AtomicU32::new(1),
             next_launch: AtomicU64::new(1),
             launches: launch::Launches::default(),
+            ghosts: ghosts::Ghosts::default(),
+            ghost_program: ghost_program(),
             listen: tcp.iter().filter_map(|l| l.local_addr().ok()).collect(),
             stage,
             data,

@@ -261,13 +261,24 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
             session.ping_in = 2;
             node.info = Some(info);
         }
-        Message::ProcExit { launch, rank, status } => {
-            shared.launches.exited(launch, rank, status);
+        Message::ProcEvent { pid, change } => {
+            if let Some((launch, rank, status)) = shared.ghosts.event(n, pid, change) {
+                shared.launches.exited(launch, rank, status);
+            }
         }
         Message::RankSpawned { launch, rank, pid } => {
-            shared.launches.rank_spawned(launch, rank, pid);
+            if let Some((ghost, uid)) = shared.launches.rank_spawned(launch, rank, pid) {
+                if pid > 0 {
+                    shared.ghosts.started(n, pid, launch, rank, ghost, uid);
+                } else {
+                    shared.ghosts.abandon(ghost);
+                }
+            }
         }
-        reply @ (Message::Ok | Message::Error { .. } | Message::CopyResult { .. }) => {
+        reply @ (Message::Ok
+        | Message::Error { .. }
+        | Message::CopyResult { .. }
+        | Message::ProcStats { .. }) => {
             if let Some(waiter) = session.pending.remove(&id) {
                 let _ = waiter.send(reply);
             }

@@ -32,6 +32,8 @@ pub struct Caller {
     /// The node and address a client on a node runs at (through its slave); `None` on the
     /// front end.
     pub origin: Option<(i32, Ipv4Addr)>,
+    /// Its pid on the front end (from `SO_PEERCRED`); `None` for a client on a node.
+    pub pid: Option<i32>,
 }
 
 impl Caller {
@@ -443,9 +445,10 @@ mod tests {
         rx
     }
 
-    const ROOT: Caller = Caller { uid: 0, gid: 0, groups: Vec::new(), admin: true, origin: None };
+    const ROOT: Caller =
+        Caller { uid: 0, gid: 0, groups: Vec::new(), admin: true, origin: None, pid: None };
     fn user(uid: u32, gid: u32) -> Caller {
-        Caller { uid, gid, groups: vec![], admin: false, origin: None }
+        Caller { uid, gid, groups: vec![], admin: false, origin: None, pid: None }
     }
 
     #[test]
@@ -488,8 +491,12 @@ mod tests {
         t.chown(&ROOT, 0, 5).unwrap();
         t.chmod(&user(5, 5), 0, 0o100).unwrap();
         assert_eq!(t.chgrp(&user(5, 5), 0, 7).unwrap_err().code, EPERM);
-        t.chgrp(&Caller { uid: 5, gid: 5, groups: vec![7], admin: false, origin: None }, 0, 7)
-            .unwrap();
+        t.chgrp(
+            &Caller { uid: 5, gid: 5, groups: vec![7], admin: false, origin: None, pid: None },
+            0,
+            7,
+        )
+        .unwrap();
         assert_eq!(t.chgrp(&user(6, 7), 0, 7).unwrap_err().code, EPERM);
         let n = t.get(0).unwrap();
         assert_eq!((n.mode, n.uid, n.gid), (0o100, 5, 7));
@@ -502,7 +509,8 @@ mod tests {
         t.chown(&ROOT, 0, 5).unwrap();
         t.chgrp(&ROOT, 0, 7).unwrap();
         let owner = user(5, 5);
-        let member = Caller { uid: 6, gid: 9, groups: vec![7], admin: false, origin: None };
+        let member =
+            Caller { uid: 6, gid: 9, groups: vec![7], admin: false, origin: None, pid: None };
         let other = user(8, 8);
         for (mode, o, m, x) in [
             (0o100, true, false, false),

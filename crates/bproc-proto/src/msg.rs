@@ -19,6 +19,8 @@ pub const MAX_TEXT: usize = 4096;
 pub const MAX_PATH: usize = 4096;
 /// Most nodes in one list.
 pub const MAX_NODES: usize = 1 << 16;
+/// Most processes in one process list.
+pub const MAX_PROCS: usize = 1 << 20;
 
 /// A node command that the slave carries out without a reply (BProc's fire-and-forget calls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +222,60 @@ pub struct TreeEntry {
     pub port: u16,
     /// The ranks it runs.
     pub ranks: Vec<u32>,
+    /// For each of `ranks`, the pid of its ghost on the master (0: none), which the process
+    /// takes on the node when the slave can give it (a pid namespace per master).
+    pub pids: Vec<i32>,
+}
+
+/// What happened to a process on a node (slave → master, [`Message::ProcEvent`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcChange {
+    /// It ended.
+    Exited(ExitStatus),
+    /// It stopped (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU).
+    Stopped,
+    /// It continued after a stop.
+    Continued,
+    /// It forked `child` (the child's pid on the node, as the slave names it), running `comm`.
+    Forked {
+        /// The child's pid on the node.
+        child: i32,
+        /// The child's pid as it sees itself (in the node's pid namespace for the master).
+        child_ns: i32,
+        /// Its command name.
+        comm: String,
+    },
+    /// It ran a new program, `comm`.
+    Exec {
+        /// The new command name.
+        comm: String,
+    },
+}
+
+/// A remote process as the master knows it ([`Message::Procs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcEntry {
+    /// Its ghost's pid on the master.
+    pub pid: i32,
+    /// The node it runs on.
+    pub node: i32,
+    /// Its pid on the node as the slave names it.
+    pub rpid: i32,
+    /// Owner.
+    pub uid: u32,
+}
+
+/// A remote process's state as measured on its node ([`Message::ProcStats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Its pid on the node as the slave names it.
+    pub rpid: i32,
+    /// State letter from `/proc/PID/stat` (`R`, `S`, `T`...).
+    pub state: u8,
+    /// User plus system CPU time, milliseconds.
+    pub cpu_ms: u64,
+    /// Resident memory, KiB.
+    pub rss_kib: u64,
 }
 
 /// How a tree node splits the nodes below it among its children: at most `width` contiguous
@@ -414,6 +470,21 @@ pub enum Message {
         /// This node's part, then the subtree below it.
         entries: Vec<TreeEntry>,
     },
+    /// Master → slave: send `signal` to process `pid` of this node on behalf of `sender` (a
+    /// master pid; 0 for the master itself).
+    SignalPid {
+        /// The process's pid on the node as the slave names it.
+        pid: i32,
+        /// Signal number.
+        signal: i32,
+        /// Who sent it, on the master.
+        sender: i32,
+    },
+    /// Master → slave request: measure these processes. Replied with [`Message::ProcStats`].
+    ProcStatQuery {
+        /// Pids on the node as the slave names them.
+        pids: Vec<i32>,
+    },
     /// Master → slave: signal a launch's process on this node (`rank` `u32::MAX`: all of them).
     SignalProc {
         /// Launch id.
@@ -495,6 +566,33 @@ pub enum Message {
         nodes: Vec<i32>,
         /// The process.
         spec: ProcSpec,
+        /// Per rank, the pid of the ghost the client made for it (empty, or 0: none). A rank
+        /// with a ghost lives as long as its ghost, not as long as this connection.
+        ghosts: Vec<i32>,
+    },
+    /// Client → master, a ghost's first frame: this connection is the ghost of a remote
+    /// process (which one, the kernel-given pid says). `fork` is the fork it answers
+    /// ([`Message::GhostFork`]), 0 for a ghost made by its launcher. Then the ghost sends
+    /// [`Message::GhostSignal`]s and receives [`Message::GhostState`], [`Message::GhostFork`],
+    /// [`Message::GhostExec`] and finally [`Message::ProcExit`].
+    GhostHello {
+        /// Fork id, or 0.
+        fork: u64,
+    },
+    /// Ghost → master: a signal arrived for the remote process.
+    GhostSignal {
+        /// Signal number.
+        signal: i32,
+        /// The sender's pid (0: the kernel, a terminal).
+        sender: i32,
+    },
+    /// Client → master: every remote process. Replied with [`Message::Procs`].
+    ProcList,
+    /// Client → master: the state, CPU time and memory of the remote processes of `pids`
+    /// (ghost pids; empty: all), measured on their nodes. Replied with [`Message::ProcStats`].
+    ProcStatList {
+        /// Ghost pids, or none for all.
+        pids: Vec<i32>,
     },
     /// Client → master: send `signal` to every running process of this connection's launch.
     SignalLaunch {
@@ -550,6 +648,44 @@ pub enum Message {
         /// Where nodes reach the asking client: its node's address for a client on a node,
         /// `None` on the front end (use `addrs`).
         client_ip: Option<Ipv4Addr>,
+        /// The ghost program launchers start for remote processes (empty: none installed).
+        ghost: String,
+    },
+    /// Master → ghost: the remote process stopped (`true`) or continued.
+    GhostState {
+        /// Stopped or running.
+        stopped: bool,
+    },
+    /// Master → ghost: the remote process forked; fork a child ghost named `comm` that opens
+    /// its own connection with [`Message::GhostHello`] `{ fork }`.
+    GhostFork {
+        /// Fork id.
+        fork: u64,
+        /// The child's command name.
+        comm: String,
+    },
+    /// Master → ghost: the remote process ran a new program.
+    GhostExec {
+        /// The new command name.
+        comm: String,
+    },
+    /// Slave → master: what happened to process `pid` of this node.
+    ProcEvent {
+        /// The process's pid on the node as the slave names it.
+        pid: i32,
+        /// What happened.
+        change: ProcChange,
+    },
+    /// Reply to [`Message::ProcList`].
+    Procs {
+        /// Every remote process.
+        procs: Vec<ProcEntry>,
+    },
+    /// Reply to [`Message::ProcStatQuery`] and [`Message::ProcStatList`].
+    ProcStats {
+        /// One entry per process found; `rpid` is the node pid from a slave and the ghost pid
+        /// from the master.
+        stats: Vec<ProcStat>,
     },
     /// Reply to [`Message::Launch`]: per rank, the process's pid on its node (> 0) or a
     /// negated error code (≤ 0), as `bproc_vexecmove` returns.
@@ -633,6 +769,10 @@ mod ty {
     pub const LAUNCH: u16 = 30;
     pub const SIGNAL_LAUNCH: u16 = 31;
     pub const COPY: u16 = 32;
+    pub const GHOST_HELLO: u16 = 33;
+    pub const GHOST_SIGNAL: u16 = 34;
+    pub const PROC_LIST: u16 = 35;
+    pub const PROC_STAT_LIST: u16 = 36;
     pub const ACTION: u16 = 40;
     pub const SLAVE_CHROOT: u16 = 41;
     pub const SLAVE_RECONNECT: u16 = 42;
@@ -641,6 +781,8 @@ mod ty {
     pub const STAGE_FILES: u16 = 45;
     pub const COPY_ORDER: u16 = 46;
     pub const SPAWN_TREE: u16 = 47;
+    pub const SIGNAL_PID: u16 = 48;
+    pub const PROC_STAT_QUERY: u16 = 49;
     pub const OK: u16 = 100;
     pub const ERROR: u16 = 101;
     pub const NODES: u16 = 102;
@@ -648,10 +790,16 @@ mod ty {
     pub const LAUNCHED: u16 = 104;
     // 105 was Spawned, the reply to Spawn.
     pub const COPY_PLAN: u16 = 106;
+    pub const PROCS: u16 = 107;
+    pub const PROC_STATS: u16 = 108;
     pub const NODES_CHANGED: u16 = 120;
     pub const PROC_EXIT: u16 = 121;
     pub const COPY_RESULT: u16 = 122;
     pub const RANK_SPAWNED: u16 = 123;
+    pub const GHOST_STATE: u16 = 124;
+    pub const GHOST_FORK: u16 = 125;
+    pub const GHOST_EXEC: u16 = 126;
+    pub const PROC_EVENT: u16 = 127;
 }
 
 // Smallest encodings, used to bound list counts before allocating.
@@ -1105,6 +1253,18 @@ impl Message {
             MasterInfo => ty::MASTER_INFO,
             Launch { .. } => ty::LAUNCH,
             SignalLaunch { .. } => ty::SIGNAL_LAUNCH,
+            GhostHello { .. } => ty::GHOST_HELLO,
+            GhostSignal { .. } => ty::GHOST_SIGNAL,
+            ProcList => ty::PROC_LIST,
+            ProcStatList { .. } => ty::PROC_STAT_LIST,
+            SignalPid { .. } => ty::SIGNAL_PID,
+            ProcStatQuery { .. } => ty::PROC_STAT_QUERY,
+            Procs { .. } => ty::PROCS,
+            ProcStats { .. } => ty::PROC_STATS,
+            GhostState { .. } => ty::GHOST_STATE,
+            GhostFork { .. } => ty::GHOST_FORK,
+            GhostExec { .. } => ty::GHOST_EXEC,
+            ProcEvent { .. } => ty::PROC_EVENT,
             SignalProc { .. } => ty::SIGNAL_PROC,
             StageFiles { .. } => ty::STAGE_FILES,
             MasterInfoReply { .. } => ty::MASTER_INFO_REPLY,
@@ -1152,6 +1312,18 @@ impl Message {
             MasterInfo => "MasterInfo",
             Launch { .. } => "Launch",
             SignalLaunch { .. } => "SignalLaunch",
+            GhostHello { .. } => "GhostHello",
+            GhostSignal { .. } => "GhostSignal",
+            ProcList => "ProcList",
+            ProcStatList { .. } => "ProcStatList",
+            SignalPid { .. } => "SignalPid",
+            ProcStatQuery { .. } => "ProcStatQuery",
+            Procs { .. } => "Procs",
+            ProcStats { .. } => "ProcStats",
+            GhostState { .. } => "GhostState",
+            GhostFork { .. } => "GhostFork",
+            GhostExec { .. } => "GhostExec",
+            ProcEvent { .. } => "ProcEvent",
             SignalProc { .. } => "SignalProc",
             StageFiles { .. } => "StageFiles",
             MasterInfoReply { .. } => "MasterInfoReply",
@@ -1198,6 +1370,7 @@ impl Message {
                     for r in &e.ranks {
                         w.u32(*r);
                     }
+                    put_i32s(w, &e.pids);
                 }
             }
             RankSpawned { launch, rank, pid } => {
@@ -1260,13 +1433,70 @@ impl Message {
                 put_endpoint(w, master);
                 put_endpoint(w, local);
             }
-            NodeList | Watch | MasterInfo | Ok | Unknown { .. } => {}
-            Launch { nodes, spec } => {
+            NodeList | Watch | MasterInfo | ProcList | Ok | Unknown { .. } => {}
+            Launch { nodes, spec, ghosts } => {
                 w.u32(nodes.len() as u32);
                 for n in nodes {
                     w.i32(*n);
                 }
                 spec.encode(w);
+                put_i32s(w, ghosts);
+            }
+            GhostHello { fork } => w.u64(*fork),
+            GhostSignal { signal, sender } => {
+                w.i32(*signal);
+                w.i32(*sender);
+            }
+            ProcStatList { pids } | ProcStatQuery { pids } => put_i32s(w, pids),
+            SignalPid { pid, signal, sender } => {
+                w.i32(*pid);
+                w.i32(*signal);
+                w.i32(*sender);
+            }
+            Procs { procs } => {
+                w.u32(procs.len() as u32);
+                for p in procs {
+                    w.i32(p.pid);
+                    w.i32(p.node);
+                    w.i32(p.rpid);
+                    w.u32(p.uid);
+                }
+            }
+            ProcStats { stats } => {
+                w.u32(stats.len() as u32);
+                for s in stats {
+                    w.i32(s.rpid);
+                    w.u8(s.state);
+                    w.u64(s.cpu_ms);
+                    w.u64(s.rss_kib);
+                }
+            }
+            GhostState { stopped } => w.u8(u8::from(*stopped)),
+            GhostFork { fork, comm } => {
+                w.u64(*fork);
+                w.str(comm);
+            }
+            GhostExec { comm } => w.str(comm),
+            ProcEvent { pid, change } => {
+                w.i32(*pid);
+                match change {
+                    ProcChange::Exited(status) => {
+                        w.u8(0);
+                        status.encode(w);
+                    }
+                    ProcChange::Stopped => w.u8(1),
+                    ProcChange::Continued => w.u8(2),
+                    ProcChange::Forked { child, child_ns, comm } => {
+                        w.u8(3);
+                        w.i32(*child);
+                        w.i32(*child_ns);
+                        w.str(comm);
+                    }
+                    ProcChange::Exec { comm } => {
+                        w.u8(4);
+                        w.str(comm);
+                    }
+                }
             }
             SignalLaunch { signal } => w.i32(*signal),
             SignalProc { launch, rank, signal } => {
@@ -1279,7 +1509,7 @@ impl Message {
                 w.fixed(token);
                 put_files(w, files);
             }
-            MasterInfoReply { version, addrs, bytes_to_slaves, client_node, client_ip } => {
+            MasterInfoReply { version, addrs, bytes_to_slaves, client_node, client_ip, ghost } => {
                 w.str(version);
                 w.u32(addrs.len() as u32);
                 for a in addrs {
@@ -1288,6 +1518,7 @@ impl Message {
                 w.u64(*bytes_to_slaves);
                 w.i32(*client_node);
                 put_ip(w, *client_ip);
+                w.str(ghost);
             }
             Launched { pids } => {
                 w.u32(pids.len() as u32);
@@ -1369,7 +1600,8 @@ impl Message {
                     for _ in 0..k {
                         ranks.push(r.u32("rank")?);
                     }
-                    entries.push(TreeEntry { node, ip, port, ranks });
+                    let pids = get_i32s(r, "ghost pids")?;
+                    entries.push(TreeEntry { node, ip, port, ranks, pids });
                 }
                 SpawnTree { launch, nonce, time_ms, size, creds, spec, width, entries }
             }
@@ -1450,7 +1682,69 @@ impl Message {
                 for _ in 0..n {
                     nodes.push(r.i32("node")?);
                 }
-                Launch { nodes, spec: ProcSpec::decode(r)? }
+                let spec = ProcSpec::decode(r)?;
+                Launch { nodes, spec, ghosts: get_i32s(r, "ghost pids")? }
+            }
+            ty::GHOST_HELLO => GhostHello { fork: r.u64("fork")? },
+            ty::GHOST_SIGNAL => GhostSignal { signal: r.i32("signal")?, sender: r.i32("sender")? },
+            ty::PROC_LIST => ProcList,
+            ty::PROC_STAT_LIST => ProcStatList { pids: get_i32s(r, "pids")? },
+            ty::PROC_STAT_QUERY => ProcStatQuery { pids: get_i32s(r, "pids")? },
+            ty::SIGNAL_PID => {
+                SignalPid { pid: r.i32("pid")?, signal: r.i32("signal")?, sender: r.i32("sender")? }
+            }
+            ty::PROCS => {
+                let n = r.count("process list", MAX_PROCS, 16)?;
+                let mut procs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    procs.push(ProcEntry {
+                        pid: r.i32("pid")?,
+                        node: r.i32("node")?,
+                        rpid: r.i32("node pid")?,
+                        uid: r.u32("uid")?,
+                    });
+                }
+                Procs { procs }
+            }
+            ty::PROC_STATS => {
+                let n = r.count("process stats", MAX_PROCS, 21)?;
+                let mut stats = Vec::with_capacity(n);
+                for _ in 0..n {
+                    stats.push(ProcStat {
+                        rpid: r.i32("pid")?,
+                        state: r.u8("state")?,
+                        cpu_ms: r.u64("cpu time")?,
+                        rss_kib: r.u64("resident memory")?,
+                    });
+                }
+                ProcStats { stats }
+            }
+            ty::GHOST_STATE => GhostState {
+                stopped: match r.u8("stopped flag")? {
+                    0 => false,
+                    1 => true,
+                    v => {
+                        return Err(DecodeError::BadValue { what: "stopped flag", value: v.into() })
+                    }
+                },
+            },
+            ty::GHOST_FORK => GhostFork { fork: r.u64("fork")?, comm: r.str("comm", MAX_TEXT)? },
+            ty::GHOST_EXEC => GhostExec { comm: r.str("comm", MAX_TEXT)? },
+            ty::PROC_EVENT => {
+                let pid = r.i32("pid")?;
+                let change = match r.u8("change")? {
+                    0 => ProcChange::Exited(ExitStatus::decode(r)?),
+                    1 => ProcChange::Stopped,
+                    2 => ProcChange::Continued,
+                    3 => ProcChange::Forked {
+                        child: r.i32("child")?,
+                        child_ns: r.i32("child ns pid")?,
+                        comm: r.str("comm", MAX_TEXT)?,
+                    },
+                    4 => ProcChange::Exec { comm: r.str("comm", MAX_TEXT)? },
+                    v => return Err(DecodeError::BadValue { what: "change", value: v.into() }),
+                };
+                ProcEvent { pid, change }
             }
             ty::SIGNAL_LAUNCH => SignalLaunch { signal: r.i32("signal")? },
             ty::SIGNAL_PROC => SignalProc {
@@ -1474,6 +1768,7 @@ impl Message {
                     bytes_to_slaves: r.u64("bytes to slaves")?,
                     client_node: r.i32("client node")?,
                     client_ip: get_ip(r)?,
+                    ghost: r.str("ghost path", MAX_PATH)?,
                 }
             }
             ty::LAUNCHED => {
@@ -1514,6 +1809,7 @@ mod tree_tests {
                 ip: Ipv4Addr::LOCALHOST,
                 port: 1,
                 ranks: vec![i as u32],
+                pids: vec![0],
             })
             .collect()
     }

@@ -2,7 +2,8 @@
 
 use bproc_proto::{
     check, decode, encode, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, IoSpec,
-    Message, NodeAction, NodeInfo, NodeStatus, ProcSpec, StagedRef, TreeEntry,
+    Message, NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat,
+    StagedRef, TreeEntry,
 };
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
@@ -109,11 +110,59 @@ fn status_of_exit() -> impl Strategy<Value = ExitStatus> {
     ]
 }
 
+fn proc_change() -> impl Strategy<Value = ProcChange> {
+    prop_oneof![
+        status_of_exit().prop_map(ProcChange::Exited),
+        Just(ProcChange::Stopped),
+        Just(ProcChange::Continued),
+        (any::<i32>(), any::<i32>(), ".{0,16}")
+            .prop_map(|(child, child_ns, comm)| ProcChange::Forked { child, child_ns, comm }),
+        ".{0,16}".prop_map(|comm| ProcChange::Exec { comm }),
+    ]
+}
+
+fn ghost_messages() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        any::<u64>().prop_map(|fork| Message::GhostHello { fork }),
+        (any::<i32>(), any::<i32>())
+            .prop_map(|(signal, sender)| Message::GhostSignal { signal, sender }),
+        Just(Message::ProcList),
+        proptest::collection::vec(any::<i32>(), 0..10)
+            .prop_map(|pids| Message::ProcStatList { pids }),
+        proptest::collection::vec(any::<i32>(), 0..10)
+            .prop_map(|pids| Message::ProcStatQuery { pids }),
+        (any::<i32>(), any::<i32>(), any::<i32>())
+            .prop_map(|(pid, signal, sender)| Message::SignalPid { pid, signal, sender }),
+        proptest::collection::vec((any::<i32>(), any::<i32>(), any::<i32>(), any::<u32>()), 0..6)
+            .prop_map(|v| Message::Procs {
+                procs: v
+                    .into_iter()
+                    .map(|(pid, node, rpid, uid)| ProcEntry { pid, node, rpid, uid })
+                    .collect()
+            }),
+        proptest::collection::vec((any::<i32>(), any::<u8>(), any::<u64>(), any::<u64>()), 0..6)
+            .prop_map(|v| Message::ProcStats {
+                stats: v
+                    .into_iter()
+                    .map(|(rpid, state, cpu_ms, rss_kib)| ProcStat { rpid, state, cpu_ms, rss_kib })
+                    .collect()
+            }),
+        any::<bool>().prop_map(|stopped| Message::GhostState { stopped }),
+        (any::<u64>(), ".{0,16}").prop_map(|(fork, comm)| Message::GhostFork { fork, comm }),
+        ".{0,16}".prop_map(|comm| Message::GhostExec { comm }),
+        (any::<i32>(), proc_change()).prop_map(|(pid, change)| Message::ProcEvent { pid, change }),
+    ]
+}
+
 fn launch_messages() -> impl Strategy<Value = Message> {
     prop_oneof![
         Just(Message::MasterInfo),
-        (proptest::collection::vec(any::<i32>(), 0..10), spec())
-            .prop_map(|(nodes, spec)| Message::Launch { nodes, spec }),
+        (
+            proptest::collection::vec(any::<i32>(), 0..10),
+            spec(),
+            proptest::collection::vec(any::<i32>(), 0..10)
+        )
+            .prop_map(|(nodes, spec, ghosts)| Message::Launch { nodes, spec, ghosts }),
         any::<i32>().prop_map(|signal| Message::SignalLaunch { signal }),
         (
             any::<u64>(),
@@ -128,7 +177,8 @@ fn launch_messages() -> impl Strategy<Value = Message> {
                     any::<i32>(),
                     any::<[u8; 4]>(),
                     any::<u16>(),
-                    proptest::collection::vec(any::<u32>(), 0..4)
+                    proptest::collection::vec(any::<u32>(), 0..4),
+                    proptest::collection::vec(any::<i32>(), 0..4)
                 ),
                 0..5
             )
@@ -144,11 +194,12 @@ fn launch_messages() -> impl Strategy<Value = Message> {
                     width,
                     entries: entries
                         .into_iter()
-                        .map(|(node, ip, port, ranks)| TreeEntry {
+                        .map(|(node, ip, port, ranks, pids)| TreeEntry {
                             node,
                             ip: Ipv4Addr::from(ip),
                             port,
                             ranks,
+                            pids,
                         })
                         .collect(),
                 }
@@ -164,15 +215,17 @@ fn launch_messages() -> impl Strategy<Value = Message> {
             proptest::collection::vec(endpoint(), 0..4),
             any::<u64>(),
             any::<i32>(),
-            proptest::option::of(any::<[u8; 4]>())
+            proptest::option::of(any::<[u8; 4]>()),
+            ".{0,10}"
         )
-            .prop_map(|(version, addrs, bytes_to_slaves, client_node, ip)| {
+            .prop_map(|(version, addrs, bytes_to_slaves, client_node, ip, ghost)| {
                 Message::MasterInfoReply {
                     version,
                     addrs,
                     bytes_to_slaves,
                     client_node,
                     client_ip: ip.map(Ipv4Addr::from),
+                    ghost,
                 }
             }),
         proptest::collection::vec(any::<i32>(), 0..10).prop_map(|pids| Message::Launched { pids }),
@@ -251,7 +304,7 @@ fn copy_messages() -> impl Strategy<Value = Message> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    prop_oneof![base_message(), launch_messages(), copy_messages()]
+    prop_oneof![base_message(), launch_messages(), ghost_messages(), copy_messages()]
 }
 
 fn base_message() -> impl Strategy<Value = Message> {

@@ -112,5 +112,11 @@ pub fn isolate(hostname: &str) -> Result<(), IsolateError> {
         )
     };
     sys("/tmp", tmp("mode=1777,huge=within_size").or_else(|_| tmp("mode=1777")))?;
+    // Shared within the node: the namespace its processes run in (with their own /proc)
+    // then sees the node's mounts, and the node sees theirs.
+    sys(
+        "mount propagation",
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SHARED, None::<&str>),
+    )?;
     Ok(())
 }

@@ -422,6 +422,13 @@ async fn serve_link(
                 procs.signal(launch, rank, signal);
                 None
             }
+            Message::SignalPid { pid, signal, sender } => {
+                procs.signal_pid(pid, signal, sender);
+                None
+            }
+            Message::ProcStatQuery { pids } => Some(Message::ProcStats {
+                stats: pids.into_iter().filter_map(procs::stat).collect(),
+            }),
             Message::SpawnTree { launch, nonce, time_ms, size, creds, spec, width, entries } => {
                 let l = tree::Launch { launch, nonce, time_ms, size, creds, spec, width };
                 tree::run(data.tree.clone(), l, entries, procs::Source::Launcher);
@@ -511,7 +518,21 @@ fn run_command(what: &str, cmd: &str) {
 pub async fn run(opts: Options) -> Result<(), SlaveError> {
     let key = opts.key.clone();
     let outbox = Outbox::default();
-    let procs = procs::Procs::default();
+    let procs = {
+        let outbox = outbox.clone();
+        procs::Procs::new(move |m| outbox.send(0, m), opts.authority.root, opts.diskless.as_ref())
+    };
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+        Ok(mut sigchld) => {
+            let procs = procs.clone();
+            tokio::spawn(async move {
+                while sigchld.recv().await.is_some() {
+                    procs.reap();
+                }
+            });
+        }
+        Err(e) => warn!("cannot watch SIGCHLD ({e}): process exits will not be reported"),
+    }
     let state = proxy::LinkState::default();
     let data = Data::new(Arc::new(tree::Ctx {
         opts: opts.clone(),
@@ -574,6 +595,7 @@ async fn run_sessions(
                         // A virtual node's reboot: drop the session and join again afresh,
                         // as a rebooted machine's new daemon would.
                         info!("reboot: starting a new session");
+                        procs.kill_all();
                         cookie = 0;
                     }
                     (_, None) => {
@@ -591,7 +613,12 @@ async fn run_sessions(
                 }
                 let since = *lost_since.get_or_insert_with(Instant::now);
                 if cookie != 0 && since.elapsed() > opts.grace {
-                    info!("master gone for over {:?}: starting a new session", opts.grace);
+                    // BProc's slave reset: the old master's processes die with its session.
+                    info!(
+                        "master gone for over {:?}: killing its processes, starting a new session",
+                        opts.grace
+                    );
+                    procs.kill_all();
                     cookie = 0;
                 }
                 warn!("master {master}: {e}; retrying in {backoff:?}");

@@ -12,21 +12,19 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use bproc_proto::errno::{EINVAL, EPERM};
-use bproc_proto::{Creds, ExitStatus, IoSpec, Message, ProcSpec, StagedRef};
-use bproc_sys::{prepare_child, FdFile, Identity, Jail};
+use bproc_proto::{Creds, ExitStatus, IoSpec, Message, ProcChange, ProcSpec, StagedRef};
+use bproc_sys::{FdFile, Identity, Jail};
 
 use crate::isolate::Diskless;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Length of the header on a forwarded connection.
 pub const IO_HEADER_LEN: usize = 21;
@@ -35,13 +33,92 @@ pub const IO_HEADER_LEN: usize = 21;
 /// (u64, big-endian) and the content.
 pub const FETCH_FD: u8 = 0xff;
 
-/// Running processes by (launch, rank).
-#[derive(Debug, Default, Clone)]
-pub struct Procs(Arc<Mutex<HashMap<(u64, u32), i32>>>);
+/// The processes this slave runs for its master: started here (on a spawner thread that
+/// owns the master's pid namespace, when the slave is root), watched for stop, continue and
+/// exit through SIGCHLD, and reported as [`Message::ProcEvent`]s.
+#[derive(Clone)]
+pub struct Procs(Arc<ProcsInner>);
+
+struct ProcsInner {
+    /// Running launch ranks: (launch, rank) → pid.
+    ranks: Mutex<HashMap<(u64, u32), i32>>,
+    /// Direct children being watched.
+    children: Mutex<std::collections::HashSet<i32>>,
+    /// Where events go.
+    report: Box<dyn Fn(Message) + Send + Sync>,
+    spawner: Spawner,
+}
+
+impl std::fmt::Debug for Procs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Procs").finish_non_exhaustive()
+    }
+}
 
 impl Procs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u32), i32>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// Tracks processes, sending their events to `report`; with `pid_namespace`, they start
+    /// in a pid namespace of their own, where each takes its ghost's pid.
+    pub fn new(
+        report: impl Fn(Message) + Send + Sync + 'static,
+        pid_namespace: bool,
+        diskless: Option<&Diskless>,
+    ) -> Procs {
+        let extra_proc = diskless.map(|d| d.root.join("proc"));
+        Procs(Arc::new(ProcsInner {
+            ranks: Mutex::default(),
+            children: Mutex::default(),
+            report: Box::new(report),
+            spawner: Spawner::start(pid_namespace, extra_proc),
+        }))
+    }
+
+    fn ranks(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u32), i32>> {
+        self.0.ranks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn children(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i32>> {
+        self.0.children.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether processes get their ghosts' pids here.
+    pub fn same_pids(&self) -> bool {
+        self.0.spawner.pid_namespace
+    }
+
+    /// Starts watching `pid`, rank `rank` of `launch` (after its start was reported, so its
+    /// events follow that report).
+    pub fn track(&self, launch: u64, rank: u32, pid: i32) {
+        self.ranks().insert((launch, rank), pid);
+        self.children().insert(pid);
+        self.reap();
+    }
+
+    /// Collects the state changes of watched children (on SIGCHLD) and reports them.
+    pub fn reap(&self) {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+        let pids: Vec<i32> = self.children().iter().copied().collect();
+        let flags = WaitPidFlag::WEXITED
+            | WaitPidFlag::WSTOPPED
+            | WaitPidFlag::WCONTINUED
+            | WaitPidFlag::WNOHANG;
+        for pid in pids {
+            let change = match waitid(Id::Pid(Pid::from_raw(pid)), flags) {
+                Ok(WaitStatus::Exited(_, code)) => ProcChange::Exited(ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    ProcChange::Exited(ExitStatus::Signal(sig as i32))
+                }
+                Ok(WaitStatus::Stopped(..)) => ProcChange::Stopped,
+                Ok(WaitStatus::Continued(_)) => ProcChange::Continued,
+                Err(nix::Error::ECHILD) => ProcChange::Exited(ExitStatus::Code(255)),
+                _ => continue,
+            };
+            if matches!(change, ProcChange::Exited(_)) {
+                self.children().remove(&pid);
+                self.ranks().retain(|_, p| *p != pid);
+            }
+            (self.0.report)(Message::ProcEvent { pid, change });
+        }
+        self.0.spawner.reap_init();
     }
 
     /// Sends `signal` to a launch's process of `rank`, or all of them for `u32::MAX`. Each
@@ -52,17 +129,135 @@ impl Procs {
             warn!("launch {launch}: ignoring invalid signal {signal}");
             return;
         };
-        for (&(l, r), &pid) in self.lock().iter() {
+        for (&(l, r), &pid) in self.ranks().iter() {
             if l == launch && (rank == u32::MAX || r == rank) {
                 let _ = kill(Pid::from_raw(-pid), sig);
             }
         }
     }
 
-    /// Kills every process (the node is leaving its master for good).
+    /// Sends `signal` from its ghost to process `pid` alone, naming `sender` (a master pid)
+    /// as its origin. Only processes of this master's are signalled.
+    pub fn signal_pid(&self, pid: i32, signal: i32, sender: i32) {
+        if !self.children().contains(&pid) {
+            debug!("signal {signal} for {pid}: not a process of this master's here");
+            return;
+        }
+        if let Err(e) = bproc_sys::signal_from(pid, signal, sender) {
+            debug!("signal {signal} to {pid}: {e}");
+        }
+    }
+
+    /// Kills every process (the node is leaving its master for good), with the whole pid
+    /// namespace when there is one.
     pub fn kill_all(&self) {
-        for &pid in self.lock().values() {
+        for &pid in self.ranks().values() {
             let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        }
+        self.0.spawner.reset();
+    }
+
+    /// Starts `spec` on the spawner thread.
+    async fn spawn(&self, spec: bproc_sys::SpawnSpec) -> std::io::Result<i32> {
+        self.0.spawner.spawn(spec).await
+    }
+}
+
+/// A request to the spawner thread.
+type SpawnJob = (bproc_sys::SpawnSpec, tokio::sync::oneshot::Sender<std::io::Result<i32>>);
+
+/// The thread that starts processes. With a pid namespace it has entered the namespace for
+/// its children, which a thread can do only if it never starts threads itself; the
+/// namespace's init dies with it. Processes it starts die with it too (parent-death signal),
+/// and it lives as long as the daemon.
+struct Spawner {
+    tx: Mutex<std::sync::mpsc::Sender<SpawnJob>>,
+    pid_namespace: bool,
+    /// The namespace's init, to reap when it is replaced.
+    init: Arc<std::sync::atomic::AtomicI32>,
+    /// Asks the thread for a fresh namespace (killing everything in the old one).
+    reset: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Spawner {
+    fn start(want_namespace: bool, extra_proc: Option<std::path::PathBuf>) -> Spawner {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let init = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (init2, reset2) = (init.clone(), reset.clone());
+        let spawned = std::thread::Builder::new().name("spawner".into()).spawn(move || {
+            let make = || -> Option<bproc_sys::PidNamespace> {
+                if !want_namespace {
+                    return None;
+                }
+                match bproc_sys::PidNamespace::create(extra_proc.as_deref())
+                    .and_then(|ns| ns.enter_for_children().map(|_| ns))
+                {
+                    Ok(ns) => {
+                        init2.store(ns.init_pid(), std::sync::atomic::Ordering::Relaxed);
+                        Some(ns)
+                    }
+                    Err(e) => {
+                        warn!("no pid namespace ({e}): remote processes keep this node's pids");
+                        None
+                    }
+                }
+            };
+            let mut ns = make();
+            let _ = ready_tx.send(ns.is_some());
+            while let Ok((spec, reply)) = rx.recv() {
+                if reset2.swap(false, std::sync::atomic::Ordering::Relaxed) && ns.is_some() {
+                    ns = None; // kills the init, and every process of the namespace
+                    ns = make().or(ns);
+                }
+                let mut spec = spec;
+                spec.mounts = ns.as_ref().map(|n| n.mounts());
+                let _ = reply.send(bproc_sys::spawn(&spec));
+            }
+        });
+        let pid_namespace = spawned.is_ok() && ready_rx.recv().unwrap_or(false);
+        Spawner { tx: Mutex::new(tx), pid_namespace, init, reset }
+    }
+
+    async fn spawn(&self, spec: bproc_sys::SpawnSpec) -> std::io::Result<i32> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((spec, tx))
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+        rx.await.map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+    }
+
+    /// Kills the namespace's processes now; the thread makes a new namespace before its next
+    /// spawn.
+    fn reset(&self) {
+        if self.pid_namespace {
+            let init = self.init.load(std::sync::atomic::Ordering::Relaxed);
+            if init > 0 {
+                let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
+            }
+            self.reset.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Reaps a killed init (never blocks: a dying init waits for its namespace's processes,
+    /// which are reaped by [`Procs::reap`]).
+    fn reap_init(&self) {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        let init = self.init.load(std::sync::atomic::Ordering::Relaxed);
+        if init > 0 {
+            if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+                waitpid(Pid::from_raw(init), Some(WaitPidFlag::WNOHANG))
+            {
+                let _ = self.init.compare_exchange(
+                    init,
+                    0,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
         }
     }
 }
@@ -255,8 +450,8 @@ fn bproc_stage_hex(hash: &[u8; 32]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Starts rank `rank` of `launch`; returns its pid. When the process is running, a task
-/// waits for it and sends its [`Message::ProcExit`] through `report`.
+/// Starts rank `rank` of `launch` as `set_tid` when this node gives processes their ghosts'
+/// pids; returns its pid here. The caller reports the start, then [`Procs::track`]s it.
 #[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     procs: &Procs,
@@ -267,6 +462,7 @@ pub async fn spawn(
     client_socket: Option<&str>,
     launch: u64,
     rank: u32,
+    set_tid: Option<i32>,
     creds: Creds,
     spec: ProcSpec,
     report: impl Fn(Message) + Send + 'static,
@@ -280,8 +476,11 @@ pub async fn spawn(
             ),
         );
     }
-    let Some(argv0) = spec.argv.first() else {
+    if spec.argv.is_empty() {
         return refuse(EINVAL, "empty command".into());
+    }
+    let cstr = |s: &str| {
+        CString::new(s).map_err(|_| Refused { code: EINVAL, message: format!("NUL in {s:?}") })
     };
     let mut jail = None;
     if let Some(d) = diskless {
@@ -297,35 +496,43 @@ pub async fn spawn(
         }
         let inside = d.root.join(spec.cwd.trim_start_matches('/'));
         let cwd = if inside.is_dir() { spec.cwd.as_str() } else { "/" };
-        match (CString::new(d.root.as_os_str().as_encoded_bytes()), CString::new(cwd)) {
-            (Ok(root), Ok(cwd)) => jail = Some(Jail { root, cwd }),
-            _ => return refuse(EINVAL, "NUL in a path".into()),
+        let root = CString::new(d.root.as_os_str().as_encoded_bytes())
+            .map_err(|_| Refused { code: EINVAL, message: "NUL in a path".into() })?;
+        jail = Some(Jail { root, cwd: cstr(cwd)? });
+    }
+    let mut envp = Vec::new();
+    for (k, v) in spec.env_for_rank(rank) {
+        // The cluster API on this node is the slave's client socket, whatever the
+        // launcher's was.
+        if k != "BPROC_SOCKET" {
+            envp.push(cstr(&format!("{k}={v}"))?);
         }
     }
-    let mut cmd = std::process::Command::new(&spec.path);
-    cmd.arg0(argv0).args(&spec.argv[1..]).env_clear().envs(spec.env_for_rank(rank));
-    // The cluster API on this node is the slave's client socket, whatever the launcher's was.
-    match client_socket {
-        Some(path) => cmd.env("BPROC_SOCKET", path),
-        None => cmd.env_remove("BPROC_SOCKET"),
-    };
-    if jail.is_none() {
-        cmd.current_dir(if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" });
+    if let Some(path) = client_socket {
+        envp.push(cstr(&format!("BPROC_SOCKET={path}"))?);
     }
-    cmd.process_group(0);
     let mut files = Vec::new();
+    let mut stdio = Vec::with_capacity(3);
     for fd in 0..3u8 {
-        let stdio = match spec.io.get(fd as usize).unwrap_or(&IoSpec::Null) {
-            IoSpec::Null => Stdio::null(),
+        let null = || {
+            std::fs::OpenOptions::new()
+                .read(fd == 0)
+                .write(fd != 0)
+                .open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|e| Refused {
+                    code: e.raw_os_error().unwrap_or(EINVAL),
+                    message: format!("/dev/null: {e}"),
+                })
+        };
+        stdio.push(match spec.io.get(fd as usize).unwrap_or(&IoSpec::Null) {
+            IoSpec::Null => null()?,
             IoSpec::File(p) => {
-                let Ok(path) = CString::new(p.as_str()) else {
-                    return refuse(EINVAL, format!("NUL in file name {p:?}"));
-                };
-                files.push(FdFile { fd: fd.into(), path, write: fd != 0 });
-                Stdio::null()
+                files.push(FdFile { fd: fd.into(), path: cstr(p)?, write: fd != 0 });
+                null()?
             }
             IoSpec::Forward => match connect_back(master, &spec, rank, fd).await {
-                Ok(sock) => Stdio::from(sock),
+                Ok(sock) => sock,
                 Err(e) => {
                     return refuse(
                         e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
@@ -333,40 +540,92 @@ pub async fn spawn(
                     )
                 }
             },
-        };
-        match fd {
-            0 => cmd.stdin(stdio),
-            1 => cmd.stdout(stdio),
-            _ => cmd.stderr(stdio),
-        };
+        });
     }
-    let identity = authority.root.then(|| Identity {
-        uid: creds.uid,
-        gid: creds.gid,
-        groups: creds.groups.clone(),
-    });
-    prepare_child(&mut cmd, spec.rlimits.clone(), jail, identity, spec.umask, files);
-    let mut child = match tokio::process::Command::from(cmd).spawn() {
-        Ok(c) => c,
+    let Ok(stdio) = <[OwnedFd; 3]>::try_from(stdio) else {
+        return refuse(EINVAL, "stdio".into());
+    };
+    let cwd = if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
+    let mut req = bproc_sys::SpawnSpec {
+        path: cstr(&spec.path)?,
+        argv: spec.argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
+        envp,
+        cwd: Some(cstr(cwd)?),
+        stdio,
+        limits: spec.rlimits.clone(),
+        jail,
+        identity: authority.root.then(|| Identity {
+            uid: creds.uid,
+            gid: creds.gid,
+            groups: creds.groups.clone(),
+        }),
+        umask: spec.umask,
+        files,
+        set_tid: set_tid.filter(|p| *p > 0 && procs.same_pids()),
+        mounts: None,
+    };
+    let mut result = procs.spawn(clone_spec(&req)?).await;
+    if req.set_tid.is_some()
+        && matches!(&result, Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST))
+    {
+        // The pid is taken here (a process of an earlier session): run under another.
+        warn!("launch {launch} rank {rank}: pid {:?} is taken on this node", req.set_tid);
+        req.set_tid = None;
+        result = procs.spawn(req).await;
+    }
+    let pid = match result {
+        Ok(pid) => pid,
         Err(e) => {
             let code = e.raw_os_error().unwrap_or(bproc_proto::errno::EIO);
             return refuse(code, format!("{}: {e}", spec.path));
         }
     };
-    let pid = child.id().map_or(0, |p| p as i32);
-    procs.lock().insert((launch, rank), pid);
     info!("launch {launch} rank {rank}: started {} as pid {pid} (uid {})", spec.path, creds.uid);
-    let procs = procs.clone();
-    tokio::spawn(async move {
-        let status = match child.wait().await {
-            Ok(s) => ExitStatus::from(s),
-            Err(e) => {
-                warn!("launch {launch} rank {rank}: wait failed: {e}");
-                ExitStatus::Code(255)
-            }
-        };
-        procs.lock().remove(&(launch, rank));
-        report(Message::ProcExit { launch, rank, status });
-    });
     Ok(pid)
+}
+
+/// A copy of `s` for a first attempt (its fds duplicated), so the original can be retried.
+fn clone_spec(s: &bproc_sys::SpawnSpec) -> Result<bproc_sys::SpawnSpec, Refused> {
+    let dup = |fd: &OwnedFd| {
+        fd.try_clone().map_err(|e| Refused {
+            code: e.raw_os_error().unwrap_or(EINVAL),
+            message: format!("dup: {e}"),
+        })
+    };
+    Ok(bproc_sys::SpawnSpec {
+        path: s.path.clone(),
+        argv: s.argv.clone(),
+        envp: s.envp.clone(),
+        cwd: s.cwd.clone(),
+        stdio: [dup(&s.stdio[0])?, dup(&s.stdio[1])?, dup(&s.stdio[2])?],
+        limits: s.limits.clone(),
+        jail: s.jail.clone(),
+        identity: s.identity.clone(),
+        umask: s.umask,
+        files: s.files.clone(),
+        set_tid: s.set_tid,
+        mounts: s.mounts,
+    })
+}
+
+/// State, CPU time and resident memory of process `pid` here, from `/proc/PID/stat`.
+pub fn stat(pid: i32) -> Option<bproc_proto::ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields count from its end.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
+    let page_kib =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096)
+            as u64
+            / 1024;
+    // After the name: state(0) ... utime(11) stime(12) ... rss(21).
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some(bproc_proto::ProcStat {
+        rpid: pid,
+        state: f.first()?.bytes().next()?,
+        cpu_ms: (num(11)? + num(12)?) * 1000 / ticks.max(1),
+        rss_kib: num(21)? * page_kib,
+    })
 }

@@ -158,11 +158,15 @@ pub(crate) fn run(ctx: Arc<Ctx>, l: Launch, entries: Vec<TreeEntry>, source: pro
         let (ctx, l, part, source) = (ctx.clone(), l.clone(), part.to_vec(), source.clone());
         tokio::spawn(async move { forward(&ctx, &l, part, &source).await });
     }
-    for &rank in &me.ranks {
+    for (i, &rank) in me.ranks.iter().enumerate() {
+        let ghost = me.pids.get(i).copied().filter(|p| *p > 0);
         let (ctx, l, source) = (ctx.clone(), l.clone(), source.clone());
         tokio::spawn(async move {
-            let pid = start(&ctx, &l, rank, &source).await;
+            let pid = start(&ctx, &l, rank, ghost, &source).await;
             ctx.outbox.send(0, Message::RankSpawned { launch: l.launch, rank, pid });
+            if pid > 0 {
+                ctx.procs.track(l.launch, rank, pid);
+            }
         });
     }
 }
@@ -172,7 +176,13 @@ fn master_ip(ctx: &Ctx) -> Ipv4Addr {
 }
 
 /// Starts one rank here; its pid or a negated error.
-async fn start(ctx: &Ctx, l: &Launch, rank: u32, source: &procs::Source) -> i32 {
+async fn start(
+    ctx: &Ctx,
+    l: &Launch,
+    rank: u32,
+    ghost: Option<i32>,
+    source: &procs::Source,
+) -> i32 {
     let master = master_ip(ctx);
     let client_socket = ctx.opts.client_socket.as_ref().map(|p| p.to_string_lossy().into_owned());
     let outbox = ctx.outbox.clone();
@@ -185,6 +195,7 @@ async fn start(ctx: &Ctx, l: &Launch, rank: u32, source: &procs::Source) -> i32 
         client_socket.as_deref(),
         l.launch,
         rank,
+        ghost,
         l.creds.clone(),
         l.spec.clone(),
         move |m| outbox.send(0, m),

@@ -10,6 +10,13 @@
 #![allow(unsafe_code)]
 #![deny(missing_docs)]
 
+mod spawn;
+
+pub use spawn::{
+    close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket, signal_from,
+    spawn, PidNamespace, SpawnSpec,
+};
+
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::process::Command;

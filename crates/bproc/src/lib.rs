@@ -22,6 +22,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod ghost;
+pub mod launch;
 pub mod nodespec;
 
 use std::io::{Read, Write};
@@ -221,8 +223,9 @@ impl Client {
     /// nodes reach it at (for listeners that nodes connect back to).
     pub fn place(&mut self) -> Result<Place, BprocError> {
         match self.request(&Message::MasterInfo)? {
-            Message::MasterInfoReply { addrs, client_node, client_ip, .. } => Ok(Place {
+            Message::MasterInfoReply { addrs, client_node, client_ip, ghost, .. } => Ok(Place {
                 node: client_node,
+                ghost: (client_node == NODE_MASTER && !ghost.is_empty()).then_some(ghost),
                 ip: client_ip
                     .or_else(|| addrs.iter().find_map(|e| e.ip))
                     .filter(|ip| !ip.is_unspecified())
@@ -251,12 +254,15 @@ impl Client {
 }
 
 /// Where a client runs, as the master sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Place {
     /// Its node; [`NODE_MASTER`] on the front end.
     pub node: i32,
     /// The address nodes reach it at.
     pub ip: std::net::Ipv4Addr,
+    /// The ghost program to start for remote processes, when there is one and this process
+    /// runs on the front end (ghosts live there only).
+    pub ghost: Option<String>,
 }
 
 /// A stream of node tables, one after every change, starting with the current one.

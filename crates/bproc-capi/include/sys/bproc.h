@@ -43,6 +43,23 @@ int bproc_nodereboot(int node);
 int bproc_nodehalt(int node);
 int bproc_nodepwroff(int node);
 
+/* Process placement. The program runs from the node's filesystem with /dev/null as its
+ * stdio (I/O lists other than the default give ENOSYS). Each remote process has a ghost on
+ * the front end: the caller itself for execmove and rexec, a child of the caller for
+ * vexecmove, so wait() gives the remote exit status. */
+int bproc_vexecmove(int n, int *nodes, int *pids, const char *cmd, char *const argv[],
+                    char *const envp[]);
+int bproc_vexecmove_io(int n, int *nodes, int *pids, struct bproc_io_t *io, int iolen,
+                       const char *cmd, char *const argv[], char *const envp[]);
+int bproc_rexec(int node, const char *cmd, char *const argv[], char *const envp[]);
+int bproc_execmove(int node, const char *cmd, char *const argv[], char *const envp[]);
+int bproc_execmove_io(int node, struct bproc_io_t *io, int iolen, const char *cmd,
+                      char *const argv[], char *const envp[]);
+
+/* Processes: the node of a pid (-1: local or none), and every remote process. */
+int bproc_pidnode(int pid);
+int bproc_proclist(int node, struct bproc_proc_info_t **list);
+
 /* Process migration. Not implemented yet: these fail with ENOSYS, except a move to the
  * node the caller already runs on, which returns 0 as in BProc. */
 int bproc_move(int node);
@@ -51,9 +68,6 @@ int bproc_rfork(int node);
 int bproc_rfork_io(int node, struct bproc_io_t *io, int iolen);
 int bproc_vrfork(int nnodes, int *nodes, int *pids);
 int bproc_vrfork_io(int nnodes, int *nodes, int *pids, struct bproc_io_t *io, int iolen);
-int bproc_execmove(int node, const char *cmd, char *const argv[], char *const envp[]);
-int bproc_execmove_io(int node, struct bproc_io_t *io, int iolen, const char *cmd,
-                      char *const argv[], char *const envp[]);
 int bproc_dump(int fd, int flags);
 int bproc_undump(int fd);
 int bproc_execdump(int fd, int flags, const char *cmd, char *const argv[], char *const envp[]);

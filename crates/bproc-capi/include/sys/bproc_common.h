@@ -51,6 +51,12 @@ struct bproc_node_set_t {
 #define BPROC_IO_MEMFILE   2
 #define BPROC_IO_SEND_INFO 1
 #define BPROC_IO_DELAY     2
+/* A remote process: its pid on the front end and its node (bproc_proclist). */
+struct bproc_proc_info_t {
+    int pid;
+    int node;
+};
+
 struct bproc_io_t {
     int fd;
     short type;

@@ -1,0 +1,389 @@
+//! The master's process table: every remote process (by node and its pid there), the launch
+//! rank it is, and its ghost on the master, with the ghost's connection.
+//!
+//! A remote process enters the table when its slave reports it started (`RankSpawned`) or
+//! forked (`ProcEvent Forked`), and leaves when it ends. A ghost enters when it connects
+//! (`GhostHello`; the kernel's `SO_PEERCRED` says which pid it is) or when its launcher names
+//! it in a launch, whichever comes first, and leaves when its connection closes. Messages for
+//! a ghost that has not connected yet wait in the table.
+//!
+//! Trust: a launch may name as ghosts only the caller's own children of the caller's uid
+//! (checked in `/proc`), and a forked ghost must be a child of its parent's ghost, so no
+//! client can attach a remote process to someone else's process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bproc_link::{read_frame, write_frame};
+use bproc_proto::{ExitStatus, Message, ProcChange, ProcEntry};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::clients::{ClientRd, ClientWr};
+use crate::Shared;
+
+/// A remote process.
+#[derive(Debug)]
+struct Proc {
+    /// Its ghost's pid, once known.
+    ghost: Option<i32>,
+    /// The launch and rank it is, for a launched process.
+    launch: Option<(u64, u32)>,
+    /// Owner.
+    uid: u32,
+}
+
+/// A ghost on the master.
+#[derive(Debug, Default)]
+struct Ghost {
+    /// Its connection, once it said hello.
+    tx: Option<mpsc::UnboundedSender<Message>>,
+    /// Messages waiting for the connection.
+    queue: Vec<Message>,
+    /// The remote process it stands for, once started.
+    remote: Option<(i32, i32)>,
+    /// Owner, from the launch or the connection.
+    uid: Option<u32>,
+    /// Told to stop (so a continue must wake it).
+    stopped: bool,
+}
+
+impl Ghost {
+    fn send(&mut self, msg: Message) {
+        match &self.tx {
+            Some(tx) => {
+                let _ = tx.send(msg);
+            }
+            None => self.queue.push(msg),
+        }
+    }
+}
+
+/// A child ghost asked for and not yet connected.
+#[derive(Debug)]
+struct Fork {
+    node: i32,
+    /// The child's pid on the node.
+    child: i32,
+    /// The parent's ghost, which forks it.
+    parent: i32,
+    /// How the child ended, if it already did.
+    ended: Option<ExitStatus>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    procs: HashMap<(i32, i32), Proc>,
+    ghosts: HashMap<i32, Ghost>,
+    /// Forks asked of a parent's ghost, until the child ghost connects.
+    forks: HashMap<u64, Fork>,
+    next_fork: u64,
+}
+
+/// The process table.
+#[derive(Debug, Default)]
+pub(crate) struct Ghosts(std::sync::Mutex<Inner>);
+
+/// `(ppid, uid)` of a live process, from `/proc`.
+fn parent_and_uid(pid: i32) -> Option<(i32, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    Some((field("PPid:")? as i32, field("Uid:")? as u32))
+}
+
+impl Ghosts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A launch by `caller_pid` (uid `uid`) names `ghost` for one of its ranks; false (and
+    /// the rank runs without a ghost) unless it is the caller's own child of its own uid, or
+    /// the caller itself (which becomes the ghost: `bproc_execmove`).
+    pub(crate) fn claim(&self, ghost: i32, caller_pid: i32, uid: u32) -> bool {
+        let own = |(ppid, u): (i32, u32)| u == uid && (ppid == caller_pid || ghost == caller_pid);
+        if ghost <= 0 || !parent_and_uid(ghost).is_some_and(own) {
+            if ghost > 0 {
+                warn!("pid {caller_pid}: {ghost} is not its child of uid {uid}; no ghost");
+            }
+            return false;
+        }
+        let mut g = self.lock();
+        let entry = g.ghosts.entry(ghost).or_default();
+        if entry.remote.is_some() || entry.uid.is_some_and(|u| u != uid) {
+            return false;
+        }
+        entry.uid = Some(uid);
+        true
+    }
+
+    /// Rank `rank` of `launch` started on node `n` as `pid` there (`ghost`: its ghost or 0).
+    pub(crate) fn started(&self, n: i32, pid: i32, launch: u64, rank: u32, ghost: i32, uid: u32) {
+        let mut g = self.lock();
+        let ghost = (ghost > 0).then_some(ghost);
+        if let Some(gh) = ghost.and_then(|p| g.ghosts.get_mut(&p)) {
+            gh.remote = Some((n, pid));
+        }
+        g.procs.insert((n, pid), Proc { ghost, launch: Some((launch, rank)), uid });
+    }
+
+    /// A named ghost's rank did not start: forget it (its launcher ends it).
+    pub(crate) fn abandon(&self, ghost: i32) {
+        if ghost > 0 {
+            self.lock().ghosts.remove(&ghost);
+        }
+    }
+
+    /// Something happened to process `pid` of node `n`. Returns the launch rank that ended,
+    /// for the launch's own bookkeeping.
+    pub(crate) fn event(
+        &self,
+        n: i32,
+        pid: i32,
+        change: ProcChange,
+    ) -> Option<(u64, u32, ExitStatus)> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let proc_ghost = inner.procs.get(&(n, pid)).map(|p| p.ghost);
+        match change {
+            ProcChange::Exited(status) => {
+                let p = inner.procs.remove(&(n, pid))?;
+                if let Some(gh) = p.ghost.and_then(|gp| inner.ghosts.get_mut(&gp)) {
+                    gh.remote = None;
+                    gh.send(Message::ProcExit { launch: 0, rank: 0, status });
+                }
+                // A fork whose ghost has not connected yet: it exits on arrival.
+                for f in inner.forks.values_mut().filter(|f| (f.node, f.child) == (n, pid)) {
+                    f.ended = Some(status);
+                }
+                p.launch.map(|(l, r)| (l, r, status))
+            }
+            ProcChange::Stopped => {
+                if let Some(gh) = proc_ghost.flatten().and_then(|gp| inner.ghosts.get_mut(&gp)) {
+                    gh.stopped = true;
+                    gh.send(Message::GhostState { stopped: true });
+                }
+                None
+            }
+            ProcChange::Continued => {
+                if let Some(gp) = proc_ghost.flatten() {
+                    if let Some(gh) = inner.ghosts.get_mut(&gp) {
+                        if std::mem::take(&mut gh.stopped) {
+                            // A stopped ghost reads nothing until it is woken.
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(gp),
+                                nix::sys::signal::Signal::SIGCONT,
+                            );
+                        }
+                        gh.send(Message::GhostState { stopped: false });
+                    }
+                }
+                None
+            }
+            ProcChange::Forked { child, comm, .. } => {
+                let uid = inner.procs.get(&(n, pid)).map(|p| p.uid)?;
+                let parent = proc_ghost.flatten();
+                inner.procs.insert((n, child), Proc { ghost: None, launch: None, uid });
+                if let Some(gp) = parent {
+                    inner.next_fork += 1;
+                    let fork = inner.next_fork;
+                    inner.forks.insert(fork, Fork { node: n, child, parent: gp, ended: None });
+                    if let Some(gh) = inner.ghosts.get_mut(&gp) {
+                        gh.send(Message::GhostFork { fork, comm });
+                    }
+                }
+                None
+            }
+            ProcChange::Exec { comm } => {
+                if let Some(gh) = proc_ghost.flatten().and_then(|gp| inner.ghosts.get_mut(&gp)) {
+                    gh.send(Message::GhostExec { comm });
+                }
+                None
+            }
+        }
+    }
+
+    /// Node `n` is lost: every ghost of its processes dies as if by SIGKILL.
+    pub(crate) fn node_lost(&self, n: i32) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let lost: Vec<(i32, i32)> = inner.procs.keys().filter(|k| k.0 == n).copied().collect();
+        for key in lost {
+            if let Some(gh) = inner
+                .procs
+                .remove(&key)
+                .and_then(|p| p.ghost)
+                .and_then(|gp| inner.ghosts.get_mut(&gp))
+            {
+                gh.remote = None;
+                gh.send(Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::NodeLost });
+            }
+        }
+        for f in inner.forks.values_mut().filter(|f| f.node == n) {
+            f.ended = Some(ExitStatus::NodeLost);
+        }
+    }
+
+    /// Every remote process with a ghost, for `bpstat -p`.
+    pub(crate) fn list(&self) -> Vec<ProcEntry> {
+        let g = self.lock();
+        let mut v: Vec<ProcEntry> = g
+            .procs
+            .iter()
+            .filter_map(|(&(node, rpid), p)| {
+                Some(ProcEntry { pid: p.ghost?, node, rpid, uid: p.uid })
+            })
+            .collect();
+        v.sort_by_key(|e| e.pid);
+        v
+    }
+
+    /// Connects ghost `pid` (uid `uid`), answering fork `fork` when not 0. Returns the
+    /// remote process it stands for when already known, and its queued messages.
+    fn connect(
+        &self,
+        pid: i32,
+        uid: u32,
+        fork: u64,
+        tx: mpsc::UnboundedSender<Message>,
+    ) -> Result<(), String> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        if fork != 0 {
+            let Some(Fork { node: n, child, parent, ended }) = inner.forks.remove(&fork) else {
+                return Err(format!("fork {fork} is not pending"));
+            };
+            let proc_uid = inner.procs.get(&(n, child)).map(|p| p.uid);
+            if parent_and_uid(pid).map(|p| p.0) != Some(parent)
+                || proc_uid.is_some_and(|u| u != uid)
+            {
+                return Err(format!("pid {pid} is not the ghost of fork {fork}"));
+            }
+            let mut gh = Ghost { uid: Some(uid), ..Ghost::default() };
+            match (inner.procs.get_mut(&(n, child)), ended) {
+                (Some(p), None) => {
+                    p.ghost = Some(pid);
+                    gh.remote = Some((n, child));
+                }
+                // It ended before its ghost came: the ghost ends at once, as it did.
+                (_, status) => gh.queue.push(Message::ProcExit {
+                    launch: 0,
+                    rank: 0,
+                    status: status.unwrap_or(ExitStatus::NodeLost),
+                }),
+            }
+            inner.ghosts.insert(pid, gh);
+        }
+        let gh = inner.ghosts.entry(pid).or_default();
+        if gh.uid.is_some_and(|u| u != uid) || gh.tx.is_some() {
+            return Err(format!("pid {pid} is already a ghost of another connection"));
+        }
+        gh.uid = Some(uid);
+        for m in gh.queue.drain(..) {
+            let _ = tx.send(m);
+        }
+        gh.tx = Some(tx);
+        Ok(())
+    }
+
+    /// Ghost `pid`'s connection closed: returns the remote process it leaves running (it was
+    /// killed: only SIGKILL can end a ghost before its process).
+    fn disconnect(&self, pid: i32) -> Option<(i32, i32)> {
+        let mut g = self.lock();
+        let gh = g.ghosts.remove(&pid)?;
+        let remote = gh.remote?;
+        if let Some(p) = g.procs.get_mut(&remote) {
+            p.ghost = None;
+        }
+        Some(remote)
+    }
+
+    fn remote_of(&self, pid: i32) -> Option<(i32, i32)> {
+        self.lock().ghosts.get(&pid).and_then(|g| g.remote)
+    }
+}
+
+/// Serves a ghost's connection: its signals go to its remote process; what happens to that
+/// process comes back. `pid` and `uid` are the kernel's.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    pid: i32,
+    uid: u32,
+    fork: u64,
+    mut rd: ClientRd,
+    mut wr: ClientWr,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Err(e) = shared.ghosts.connect(pid, uid, fork, tx) {
+        warn!("ghost {pid}: {e}");
+        return;
+    }
+    debug!("ghost {pid} (uid {uid}) connected");
+    loop {
+        tokio::select! {
+            out = rx.recv() => {
+                let Some(msg) = out else { break };
+                if write_frame(&mut wr, 0, &msg).await.is_err() {
+                    break;
+                }
+            }
+            frame = read_frame(&mut rd) => match frame {
+                Ok(Some((_, Message::GhostSignal { signal, sender }))) => {
+                    if let Some((n, rpid)) = shared.ghosts.remote_of(pid) {
+                        if let Some(node) = shared.table().get(n) {
+                            node.send(0, Message::SignalPid { pid: rpid, signal, sender });
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+    if let Some((n, rpid)) = shared.ghosts.disconnect(pid) {
+        debug!("ghost {pid} died; killing its process {rpid} on node {n}");
+        if let Some(node) = shared.table().get(n) {
+            let signal = nix::sys::signal::Signal::SIGKILL as i32;
+            node.send(0, Message::SignalPid { pid: rpid, signal, sender: 0 });
+        }
+    }
+}
+
+/// The state, CPU time and memory of the remote processes with ghosts `pids` (all when
+/// empty), asked of their nodes at once; `rpid` in the answer is the ghost's pid.
+pub(crate) async fn stats(shared: &Arc<Shared>, pids: Vec<i32>) -> Message {
+    let mut by_node: HashMap<i32, Vec<(i32, i32)>> = HashMap::new();
+    for e in shared.ghosts.list() {
+        if pids.is_empty() || pids.contains(&e.pid) {
+            by_node.entry(e.node).or_default().push((e.rpid, e.pid));
+        }
+    }
+    let mut asks = tokio::task::JoinSet::new();
+    for (n, procs) in by_node {
+        let shared = shared.clone();
+        asks.spawn(async move {
+            let query = Message::ProcStatQuery { pids: procs.iter().map(|p| p.0).collect() };
+            let limit = std::time::Duration::from_secs(5);
+            match crate::slaves::request_within(&shared, n, query, limit).await {
+                Message::ProcStats { stats } => stats
+                    .into_iter()
+                    .filter_map(|mut s| {
+                        s.rpid = procs.iter().find(|p| p.0 == s.rpid)?.1;
+                        Some(s)
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            }
+        });
+    }
+    let mut stats = Vec::new();
+    while let Some(r) = asks.join_next().await {
+        stats.extend(r.unwrap_or_default());
+    }
+    stats.sort_by_key(|s| s.rpid);
+    Message::ProcStats { stats }
+}

@@ -1,0 +1,444 @@
+//! Starting a remote process with `clone3`, so that it can take a chosen pid in the slave's
+//! pid namespace (`set_tid`): the ghost's pid on the master. Also the namespace's init, which
+//! reaps what the namespace's processes leave behind.
+//!
+//! The child of `clone3` is a copy of a multi-threaded daemon: until it calls `execve` it
+//! makes only direct system calls on memory prepared before the clone (no allocation, no
+//! locks), and reports a failure to the parent as an errno on a close-on-exec pipe.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::libc;
+
+use crate::{FdFile, Identity, Jail, Limit};
+
+/// Everything a new process needs; built by the caller, read by the child.
+#[derive(Debug)]
+pub struct SpawnSpec {
+    /// Program to run.
+    pub path: CString,
+    /// Its arguments, `argv[0]` first.
+    pub argv: Vec<CString>,
+    /// Its environment, `NAME=value`.
+    pub envp: Vec<CString>,
+    /// Working directory (entered after the identity switch, with the caller's rights);
+    /// ignored with a jail, which has its own.
+    pub cwd: Option<CString>,
+    /// Its fds 0, 1 and 2.
+    pub stdio: [OwnedFd; 3],
+    /// Resource limits.
+    pub limits: Vec<Limit>,
+    /// Root to confine it to.
+    pub jail: Option<Jail>,
+    /// Who it runs as.
+    pub identity: Option<Identity>,
+    /// Its umask.
+    pub umask: u32,
+    /// Files opened onto its fds after the identity switch.
+    pub files: Vec<FdFile>,
+    /// The pid it must have in the calling thread's pid namespace for children.
+    pub set_tid: Option<i32>,
+    /// A mount namespace to enter first (the pid namespace's, where `/proc` shows it).
+    pub mounts: Option<std::os::fd::RawFd>,
+}
+
+/// `struct clone_args` of `<linux/sched.h>` (libc has it only for some targets).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3` with `args`: like `fork`, 0 in the child and the pid in the parent.
+///
+/// # Safety
+/// The caller's child must keep to async-signal-safe work until it execs or exits.
+unsafe fn clone3(args: &CloneArgs) -> nix::Result<i32> {
+    // SAFETY (for the call itself): `args` is a live, fully initialised clone_args of the
+    // size passed, and `set_tid` (when used) points at an i32 the caller keeps alive.
+    let r =
+        libc::syscall(libc::SYS_clone3, args as *const CloneArgs, std::mem::size_of::<CloneArgs>());
+    if r < 0 {
+        Err(nix::Error::last())
+    } else {
+        Ok(r as i32)
+    }
+}
+
+/// Starts `spec` as a child of the calling process, in the calling thread's pid namespace for
+/// children; returns its pid in the caller's own namespace. The child leads a new process
+/// group and dies with SIGKILL when the calling thread exits.
+pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
+    let argv: Vec<*const libc::c_char> =
+        spec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> =
+        spec.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let groups: Vec<libc::gid_t> =
+        spec.identity.as_ref().map(|i| i.groups.clone()).unwrap_or_default();
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let tid: i32 = spec.set_tid.unwrap_or(0);
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: if spec.set_tid.is_some() { &tid as *const i32 as u64 } else { 0 },
+        set_tid_size: u64::from(spec.set_tid.is_some()),
+        ..Default::default()
+    };
+    // SAFETY: the child runs only `child`, which makes direct system calls on data built
+    // above (argv, envp, groups, paths) and never returns: it execs or calls _exit.
+    let pid = unsafe { clone3(&args) }?;
+    if pid == 0 {
+        let errno = child(spec, &argv, &envp, &groups);
+        let bytes = errno.to_ne_bytes();
+        // SAFETY: write and _exit are async-signal-safe; `bytes` lives on this stack.
+        unsafe {
+            libc::write(wr.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127);
+        }
+    }
+    drop(wr);
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    loop {
+        match nix::unistd::read(rd.as_raw_fd(), &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => {
+                got += k;
+                if got == 4 {
+                    break;
+                }
+            }
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if got == 4 {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)));
+    }
+    Ok(pid)
+}
+
+/// The child's side of [`spawn`]: returns an errno only when something failed.
+fn child(
+    spec: &SpawnSpec,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    groups: &[libc::gid_t],
+) -> i32 {
+    let err = || nix::Error::last_raw();
+    // SAFETY: every call below is a direct system call (async-signal-safe) on memory that was
+    // prepared before the clone and stays alive; nothing allocates or takes a lock.
+    unsafe {
+        // The daemon's signal state must not leak into the program.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        for sig in 1..libc::SIGRTMIN() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        if libc::setpgid(0, 0) != 0 {
+            return err();
+        }
+        if let Some(fd) = spec.mounts {
+            if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
+                return err();
+            }
+        }
+        for (fd, from) in spec.stdio.iter().enumerate() {
+            let from = from.as_raw_fd();
+            if from == fd as i32 {
+                libc::fcntl(from, libc::F_SETFD, 0);
+            } else if libc::dup2(from, fd as i32) < 0 {
+                return err();
+            }
+        }
+        for &(resource, soft, hard) in &spec.limits {
+            let rlim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+            // A limit this node cannot grant is left as the node has it.
+            libc::setrlimit(resource as _, &rlim);
+        }
+        if let Some(j) = &spec.jail {
+            if libc::chroot(j.root.as_ptr()) != 0 || libc::chdir(j.cwd.as_ptr()) != 0 {
+                return err();
+            }
+        }
+        if let Some(id) = &spec.identity {
+            if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                || libc::syscall(libc::SYS_setgid, id.gid) != 0
+                || libc::syscall(libc::SYS_setuid, id.uid) != 0
+            {
+                return err();
+            }
+        }
+        if spec.jail.is_none() {
+            if let Some(cwd) = &spec.cwd {
+                if libc::chdir(cwd.as_ptr()) != 0 {
+                    libc::chdir(c"/".as_ptr());
+                }
+            }
+        }
+        // After the identity switch, which clears the parent-death signal.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        libc::umask((spec.umask & 0o777) as libc::mode_t);
+        for f in &spec.files {
+            let flags = if f.write {
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC
+            } else {
+                libc::O_RDONLY
+            };
+            let opened = libc::open(f.path.as_ptr(), flags, 0o666);
+            if opened < 0 {
+                return err();
+            }
+            if opened != f.fd {
+                libc::dup2(opened, f.fd);
+                libc::close(opened);
+            }
+        }
+        libc::execve(spec.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    }
+    err()
+}
+
+/// A pid namespace and its init (pid 1), which reaps orphans until it is killed. Dropping it
+/// kills the init, and with it every process of the namespace.
+#[derive(Debug)]
+pub struct PidNamespace {
+    init: i32,
+    /// The write end of a pipe the init watches: it closes when this process dies, and the
+    /// init then exits, which kills the namespace (a namespace's init ignores the
+    /// parent-death signal, as it ignores every signal from the kernel).
+    _lifeline: OwnedFd,
+    /// `/proc/<init>/ns/pid`.
+    ns: std::fs::File,
+    /// `/proc/<init>/ns/mnt`: the node's mounts with a `/proc` of this namespace.
+    mnt: std::fs::File,
+}
+
+impl PidNamespace {
+    /// Creates the namespace (needs CAP_SYS_ADMIN) as a child of the calling thread's own
+    /// namespace, with a mount namespace of its own where `/proc` (and `extra_proc`, a
+    /// diskless root's) shows the namespace's processes under their pids there. Its init
+    /// dies with the calling process.
+    pub fn create(extra_proc: Option<&std::path::Path>) -> std::io::Result<PidNamespace> {
+        use std::os::unix::ffi::OsStrExt;
+        let extra = match extra_proc {
+            Some(p) => Some(
+                CString::new(p.as_os_str().as_bytes())
+                    .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?,
+            ),
+            None => None,
+        };
+        let (ready_rd, ready_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // A thread that entered another namespace for its children goes home first.
+        let home = std::fs::File::open("/proc/thread-self/ns/pid")?;
+        nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWPID)?;
+        let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let args = CloneArgs {
+            flags: libc::CLONE_NEWPID as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            ..Default::default()
+        };
+        // SAFETY: the child runs `init_loop`, which makes only direct system calls on its
+        // own stack and never returns.
+        let pid = unsafe { clone3(&args) }?;
+        if pid == 0 {
+            init_loop(rd.as_raw_fd(), ready_wr.as_raw_fd(), extra.as_deref());
+        }
+        drop((rd, ready_wr));
+        // The init says when its mounts are in place (or closes the pipe, failing).
+        let mut b = [0u8; 1];
+        let ready = nix::unistd::read(ready_rd.as_raw_fd(), &mut b) == Ok(1);
+        let opened = if ready {
+            std::fs::File::open(format!("/proc/{pid}/ns/pid"))
+                .and_then(|ns| Ok((ns, std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?)))
+        } else {
+            Err(std::io::Error::other("the namespace's init could not mount its /proc"))
+        };
+        match opened {
+            Ok((ns, mnt)) => Ok(PidNamespace { init: pid, ns, mnt, _lifeline: wr }),
+            Err(e) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// The namespace's mount namespace, for [`SpawnSpec::mounts`].
+    pub fn mounts(&self) -> std::os::fd::RawFd {
+        self.mnt.as_raw_fd()
+    }
+
+    /// The init's pid in the caller's namespace.
+    pub fn init_pid(&self) -> i32 {
+        self.init
+    }
+
+    /// Makes the calling thread's future children start in this namespace. The thread can
+    /// then no longer start threads: use a thread that only spawns.
+    pub fn enter_for_children(&self) -> std::io::Result<()> {
+        nix::sched::setns(&self.ns, nix::sched::CloneFlags::CLONE_NEWPID)?;
+        Ok(())
+    }
+}
+
+impl Drop for PidNamespace {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.init),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The namespace's init: mount its `/proc`, say so on `ready`, then reap every child; exit
+/// when `lifeline` reports its writer gone.
+fn init_loop(lifeline: i32, ready: i32, extra_proc: Option<&std::ffi::CStr>) -> ! {
+    // SAFETY: direct system calls on memory prepared before the clone or on this stack.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"bproc-init".as_ptr());
+        // A mount namespace of its own with a /proc that shows this pid namespace. Every
+        // other mount stays a peer of the node's (where the node's are shared), so what a
+        // job mounts the node sees, as on BProc, where a node's processes are the node's.
+        let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        let null = std::ptr::null::<libc::c_char>();
+        let own_proc = |at: &std::ffi::CStr| {
+            libc::mount(null, at.as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, null.cast()) == 0
+                && libc::mount(
+                    c"proc".as_ptr(),
+                    at.as_ptr(),
+                    c"proc".as_ptr(),
+                    proc_flags,
+                    null.cast(),
+                ) == 0
+        };
+        if libc::unshare(libc::CLONE_NEWNS) != 0 || !own_proc(c"/proc") {
+            libc::_exit(1);
+        }
+        if let Some(p) = extra_proc {
+            if !own_proc(p) {
+                libc::_exit(1);
+            }
+        }
+        libc::write(ready, [1u8].as_ptr().cast(), 1);
+        // Keep the lifeline as fd 3 and close everything else of the daemon's: the
+        // namespace must not hold its sockets or the lifeline's write end.
+        if libc::dup2(lifeline, 3) < 0 {
+            libc::_exit(1);
+        }
+        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+        loop {
+            while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+            let mut pfd = libc::pollfd { fd: 3, events: libc::POLLIN, revents: 0 };
+            // A short timeout instead of a SIGCHLD handler, which a cloned copy of a
+            // multi-threaded daemon cannot install safely.
+            if libc::poll(&mut pfd, 1, 100) > 0 && pfd.revents != 0 {
+                // The daemon is gone: ending the init kills the whole namespace.
+                libc::_exit(0);
+            }
+        }
+    }
+}
+
+/// Forks a single-threaded caller (the ghost): 0 in the child, the child's pid in the parent.
+pub fn fork_single_threaded() -> nix::Result<i32> {
+    // SAFETY: documented for single-threaded callers only, where the child is a full copy with
+    // no lock held by a vanished thread; it may then do anything.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => Ok(0),
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
+    }
+}
+
+/// Puts every signal back to its default action (signals ignored by a launcher stay ignored
+/// across `exec`; a ghost must see them all, and die by them when told to).
+pub fn default_signal_actions() {
+    for sig in nix::sys::signal::Signal::iterator() {
+        if sig != nix::sys::signal::Signal::SIGKILL && sig != nix::sys::signal::Signal::SIGSTOP {
+            // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+            let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+        }
+    }
+}
+
+/// Takes ownership of `fd`, inherited across `exec` under a number the environment gave, if
+/// it is an open socket.
+pub fn inherited_socket(fd: i32) -> Option<std::os::unix::net::UnixStream> {
+    use std::os::fd::FromRawFd;
+    let st = nix::sys::stat::fstat(fd).ok()?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return None;
+    }
+    // SAFETY: `fd` is open (fstat succeeded), and the caller names an fd it was handed
+    // across exec for this purpose, which nothing else in the process owns.
+    Some(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
+}
+
+/// Sends `signal` to `pid` as coming from `sender` (a pid in the master's space, 0 for none):
+/// with `sender` the target's `siginfo` names it (`si_code` `SI_QUEUE`), as BProc delivered
+/// forwarded signals "as if from the original sender".
+pub fn signal_from(pid: i32, signal: i32, sender: i32) -> nix::Result<()> {
+    if sender <= 0 {
+        let sig = nix::sys::signal::Signal::try_from(signal)?;
+        return nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+    // SAFETY: a zeroed siginfo_t is a valid value; the fields written below are the ones
+    // rt_sigqueueinfo reads for SI_QUEUE (signo, code, pid, uid at their kernel offsets).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    info.si_signo = signal;
+    info.si_code = libc::SI_QUEUE;
+    // si_pid and si_uid follow the three leading ints (signo, errno, code) and padding.
+    #[repr(C)]
+    struct Head {
+        signo: i32,
+        errno: i32,
+        code: i32,
+        pad: i32,
+        pid: i32,
+        uid: u32,
+    }
+    // SAFETY: `Head` is a prefix of the kernel's siginfo layout on 64-bit Linux and smaller
+    // than siginfo_t; both are plain old data.
+    unsafe {
+        let head = &mut *(&mut info as *mut libc::siginfo_t).cast::<Head>();
+        head.pid = sender;
+        head.uid = libc::getuid();
+    }
+    // SAFETY: `info` is a live, initialised siginfo_t.
+    let r = unsafe { libc::syscall(libc::SYS_rt_sigqueueinfo, pid, signal, &info) };
+    if r != 0 {
+        return Err(nix::Error::last());
+    }
+    Ok(())
+}
+
+/// Closes every fd from `first` up, except `keep`.
+pub fn close_fds_from(first: u32, keep: Option<u32>) {
+    let ranges = match keep {
+        Some(k) if k >= first => vec![(first, k.saturating_sub(1)), (k + 1, u32::MAX)],
+        _ => vec![(first, u32::MAX)],
+    };
+    for (lo, hi) in ranges {
+        if lo <= hi {
+            // SAFETY: close_range only closes descriptors; the caller owns none of them as
+            // Rust objects (it runs this before opening anything it keeps).
+            unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0u32) };
+        }
+    }
+}

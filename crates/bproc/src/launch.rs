@@ -1,0 +1,170 @@
+//! Process placement from a program (libbproc's `bproc_vexecmove`, `bproc_execmove` and
+//! `bproc_rexec`): start a program on nodes, each remote process with a ghost on the front
+//! end, so the caller waits for, signals and sees it as a local child.
+//!
+//! The program runs from the node's own filesystem (as `bproc_rexec` does); its standard
+//! input, output and error are `/dev/null` there (bpsh is the launcher that forwards them).
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use bproc_proto::{IoSpec, Message, ProcSpec, NODE_MASTER};
+
+use crate::{BprocError, Client};
+
+/// A program to start: its path, arguments (`argv[0]` first) and environment (`NAME=value`;
+/// `BPROC_RANK=XXXXXXX` becomes each process's rank, `%07d`, on the nodes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    /// Path of the program (relative paths are taken from the current directory).
+    pub path: String,
+    /// Arguments, `argv[0]` first.
+    pub argv: Vec<String>,
+    /// Environment.
+    pub env: Vec<String>,
+}
+
+/// The caller's umask.
+pub fn current_umask() -> u32 {
+    // umask(2) can only be read by setting it; put it back at once.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    nix::sys::stat::umask(old);
+    old.bits()
+}
+
+/// The caller's resource limits, which travel with its processes as BProc's did with its
+/// image: (resource number, soft, hard).
+pub fn current_rlimits() -> Vec<(u32, u64, u64)> {
+    use nix::sys::resource::{getrlimit, Resource};
+    [
+        Resource::RLIMIT_CPU,
+        Resource::RLIMIT_FSIZE,
+        Resource::RLIMIT_DATA,
+        Resource::RLIMIT_STACK,
+        Resource::RLIMIT_CORE,
+        Resource::RLIMIT_NOFILE,
+        Resource::RLIMIT_AS,
+        Resource::RLIMIT_NPROC,
+        Resource::RLIMIT_MEMLOCK,
+        Resource::RLIMIT_LOCKS,
+        Resource::RLIMIT_SIGPENDING,
+        Resource::RLIMIT_MSGQUEUE,
+        Resource::RLIMIT_NICE,
+        Resource::RLIMIT_RTPRIO,
+        Resource::RLIMIT_RTTIME,
+    ]
+    .into_iter()
+    .filter_map(|r| getrlimit(r).ok().map(|(soft, hard)| (r as u32, soft, hard)))
+    .collect()
+}
+
+fn spec_of(p: &Program) -> ProcSpec {
+    let cwd = std::env::current_dir().map(|d| d.to_string_lossy().into_owned());
+    let path = if p.path.starts_with('/') {
+        p.path.clone()
+    } else {
+        format!("{}/{}", cwd.as_deref().unwrap_or(""), p.path)
+    };
+    let mut token = [0u8; 16];
+    getrandom::fill(&mut token).expect("the kernel's random source failed");
+    ProcSpec {
+        path,
+        argv: p.argv.clone(),
+        env: p.env.clone(),
+        cwd: cwd.unwrap_or_else(|_| "/".into()),
+        umask: current_umask(),
+        io: vec![IoSpec::Null; 3],
+        io_port: 0,
+        io_ip: None,
+        token,
+        rlimits: current_rlimits(),
+        files: Vec::new(),
+    }
+}
+
+/// Starts `prog` once on each of `nodes` (duplicates allowed; rank = index). Returns, per
+/// rank, the process's pid (> 0) or its negated error (`-BE_NODEDOWN`, `-EPERM`...). On the
+/// front end every remote process gets a ghost, a child of the caller whose pid is returned,
+/// so `waitpid` on it gives the remote exit status. A rank on [`NODE_MASTER`] is a local
+/// child of the caller.
+pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> {
+    let mut client = Client::connect()?;
+    let ghost = client.place()?.ghost;
+    let spec = spec_of(prog);
+    let comm = crate::ghost::comm_of(&spec.path);
+    let mut ghosts: Vec<Option<std::process::Child>> = nodes
+        .iter()
+        .map(|&n| match &ghost {
+            Some(g) if n != NODE_MASTER => crate::ghost::spawn(g, &comm).ok(),
+            _ => None,
+        })
+        .collect();
+    let ghost_pids: Vec<i32> =
+        ghosts.iter().map(|g| g.as_ref().map_or(0, |c| c.id() as i32)).collect();
+    let launch = Message::Launch { nodes: nodes.to_vec(), spec: spec.clone(), ghosts: ghost_pids };
+    let mut pids = match client.request(&launch) {
+        Ok(Message::Launched { pids }) if pids.len() == nodes.len() => pids,
+        other => {
+            crate::ghost::discard(ghosts.iter_mut().filter_map(Option::take));
+            return match other {
+                Err(e) => Err(e),
+                Ok(m) => Err(BprocError::Unexpected(m.name())),
+            };
+        }
+    };
+    for (rank, pid) in pids.iter_mut().enumerate() {
+        if nodes[rank] == NODE_MASTER {
+            *pid = start_here(&spec, rank).unwrap_or_else(|e| -e.raw_os_error().unwrap_or(5));
+        } else if *pid <= 0 {
+            crate::ghost::discard(ghosts[rank].take());
+        } else if let Some(g) = &ghosts[rank] {
+            *pid = g.id() as i32;
+        }
+    }
+    // The ghosts stand for the processes from now on; the connection may close.
+    Ok(pids)
+}
+
+/// Rank `rank` on the front end: a plain child of the caller.
+fn start_here(spec: &ProcSpec, rank: usize) -> std::io::Result<i32> {
+    let mut cmd = Command::new(&spec.path);
+    cmd.arg0(spec.argv.first().map_or(spec.path.as_str(), |a| a.as_str()))
+        .args(spec.argv.iter().skip(1))
+        .env_clear()
+        .envs(spec.env_for_rank(rank as u32));
+    Ok(cmd.spawn()?.id() as i32)
+}
+
+/// Replaces the caller with `prog` running on `node`: the caller becomes the process's ghost
+/// (same pid, same parent). Returns only on failure.
+pub fn execmove(node: i32, prog: &Program) -> BprocError {
+    let run = || -> Result<std::convert::Infallible, BprocError> {
+        let mut client = Client::connect()?;
+        let Some(ghost) = client.place()?.ghost else {
+            return Err(BprocError::Remote {
+                code: bproc_proto::errno::ENOSYS,
+                message: "no ghost program on the front end (bpghost beside bpmaster)".into(),
+            });
+        };
+        let spec = spec_of(prog);
+        let me = std::process::id() as i32;
+        let launch = Message::Launch { nodes: vec![node], spec: spec.clone(), ghosts: vec![me] };
+        let pid = match client.request(&launch)? {
+            Message::Launched { pids } if pids.len() == 1 => pids[0],
+            m => return Err(BprocError::Unexpected(m.name())),
+        };
+        if pid <= 0 {
+            return Err(BprocError::Remote { code: -pid, message: crate::strerror(-pid) });
+        }
+        let err = Command::new(&ghost)
+            .arg0(format!("[{}]", crate::ghost::comm_of(&spec.path)))
+            .env_clear()
+            .env("BPROC_SOCKET", crate::socket_path())
+            .exec();
+        Err(BprocError::Io(err))
+    };
+    match run() {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
