@@ -4,7 +4,9 @@
 //! - an invalid node spec is named in the error (BProc always printed `argv[1]`);
 //! - `-A HOST` works: it prints the number of the node whose address HOST resolves to;
 //! - `--json` (not in BProc) prints every selected node with its machine report;
-//! - `-p` and `-P` say they are not available yet (they need ghost processes).
+//! - `-P` finds the pid by field, not by character column (see [`crate::bpstat_procs`]);
+//! - `--stat` (not in BProc) shows each remote process's state, CPU time and memory as
+//!   measured on its node.
 
 use std::ffi::OsString;
 use std::net::{IpAddr, ToSocketAddrs};
@@ -39,7 +41,10 @@ Other:
   -A HOST              print the number of the node with HOST's address
       --master-info    print the master's version, slave-facing addresses and the bytes it
                        has sent to slaves, as one JSON line
-  -p, -P               list or annotate remote processes (not available yet)
+Processes:
+  -p                   every remote process and its node (PID, Node)
+  -P                   annotate ps output read on stdin with each process's node
+      --stat           each remote process's state, CPU time and memory on its node
 Nodes are node specifications (0-3,7 allup n[0-7] master); the default is all.
 ";
 
@@ -62,7 +67,16 @@ struct Args {
     lock: bool,
     address_of: Option<String>,
     master_info: bool,
+    procs: Option<Procs>,
     specs: Vec<String>,
+}
+
+/// The process views.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Procs {
+    List,
+    Annotate,
+    Stat,
 }
 
 fn parse(args: Vec<OsString>) -> Result<Result<Args, ExitCode>, lexopt::Error> {
@@ -74,6 +88,7 @@ fn parse(args: Vec<OsString>) -> Result<Result<Args, ExitCode>, lexopt::Error> {
         lock: false,
         address_of: None,
         master_info: false,
+        procs: None,
         specs: Vec::new(),
     };
     let mut p = lexopt::Parser::from_args(args);
@@ -102,13 +117,9 @@ fn parse(args: Vec<OsString>) -> Result<Result<Args, ExitCode>, lexopt::Error> {
             Short('L') | Long("lock") => a.lock = true,
             Short('A') => a.address_of = Some(p.value()?.string()?),
             Long("master-info") => a.master_info = true,
-            Short('p') | Short('P') => {
-                eprintln!(
-                    "bpstat: -p and -P list remote processes, which need ghost processes; \
-                     they are not available in this version yet"
-                );
-                return Ok(Err(ExitCode::FAILURE));
-            }
+            Short('p') => a.procs = Some(Procs::List),
+            Short('P') => a.procs = Some(Procs::Annotate),
+            Long("stat") => a.procs = Some(Procs::Stat),
             Value(v) => a.specs.push(v.string()?),
             other => return Err(other.unexpected()),
         }
@@ -211,6 +222,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             }
         };
     }
+    if let Some(view) = a.procs {
+        return procs(&mut client, view);
+    }
     if let Some(host) = &a.address_of {
         return match client.nodes() {
             Ok(all) => address_of(&all, host),
@@ -271,6 +285,57 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 }
             }
             Err(code) => return code,
+        }
+    }
+}
+
+/// `-p`, `-P` and `--stat`.
+fn procs(client: &mut Client, view: Procs) -> ExitCode {
+    use crate::bpstat_procs as p;
+    let list = match client.procs() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bpstat: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = match view {
+        Procs::List => p::pid_list(&list),
+        Procs::Annotate => {
+            let mut input = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input) {
+                eprintln!("bpstat: reading stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            match p::annotate(&input, &list) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("bpstat: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Procs::Stat => {
+            let stats = match client.proc_stats(&[]) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("bpstat: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let comm = |pid: i32| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|c| c.trim_end().to_owned())
+                    .unwrap_or_default()
+            };
+            p::stat_table(&list, &stats, comm)
+        }
+    };
+    match write_out(&text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpstat: {e}");
+            ExitCode::FAILURE
         }
     }
 }

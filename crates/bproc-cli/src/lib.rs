@@ -9,6 +9,7 @@
 pub mod bpctl;
 pub mod bpstat;
 pub mod bpstat_fmt;
+pub mod bpstat_procs;
 mod util;
 
 pub use bproc::parse_c_int;

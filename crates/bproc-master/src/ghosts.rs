@@ -65,10 +65,8 @@ struct Fork {
     node: i32,
     /// The child's pid on the node.
     child: i32,
-    /// The parent's ghost, which forks it.
-    parent: i32,
-    /// How the child ended, if it already did.
-    ended: Option<ExitStatus>,
+    /// Messages for the child ghost, delivered when it connects.
+    queue: Vec<Message>,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +76,110 @@ struct Inner {
     /// Forks asked of a parent's ghost, until the child ghost connects.
     forks: HashMap<u64, Fork>,
     next_fork: u64,
+    /// Events that overtook the report of their process (a fork right after the start
+    /// races the start's report on the node), kept until it comes.
+    early: HashMap<(i32, i32), Vec<ProcChange>>,
+    early_count: usize,
+}
+
+/// Most early events kept; beyond, the oldest are dropped.
+const MAX_EARLY: usize = 65536;
+
+/// What an event means for a launch: rank `.1` of launch `.0` ended with `.2`.
+pub(crate) type RankEnd = (u64, u32, ExitStatus);
+
+impl Inner {
+    /// Sends `msg` to the ghost of process (n, pid), or keeps it for the ghost of a fork
+    /// that has not connected yet.
+    fn deliver(&mut self, key: (i32, i32), msg: Message) {
+        match self.procs.get(&key).and_then(|p| p.ghost) {
+            Some(gp) => {
+                if let Some(gh) = self.ghosts.get_mut(&gp) {
+                    gh.send(msg);
+                }
+            }
+            None => {
+                if let Some(f) = self.forks.values_mut().find(|f| (f.node, f.child) == key) {
+                    f.queue.push(msg);
+                }
+            }
+        }
+    }
+
+    /// Applies the events of (n, pid) kept early, and those of the processes they create.
+    fn replay(&mut self, key: (i32, i32), ends: &mut Vec<RankEnd>) {
+        let mut work = vec![key];
+        while let Some(k) = work.pop() {
+            for change in self.early.remove(&k).unwrap_or_default() {
+                self.early_count = self.early_count.saturating_sub(1);
+                if let ProcChange::Forked { child, .. } = &change {
+                    work.push((k.0, *child));
+                }
+                ends.extend(self.apply(k, change));
+            }
+        }
+    }
+
+    /// Applies one event of a known process.
+    fn apply(&mut self, key: (i32, i32), change: ProcChange) -> Option<RankEnd> {
+        let n = key.0;
+        match change {
+            ProcChange::Exited(status) => {
+                self.deliver(key, Message::ProcExit { launch: 0, rank: 0, status });
+                let p = self.procs.remove(&key)?;
+                if let Some(gh) = p.ghost.and_then(|gp| self.ghosts.get_mut(&gp)) {
+                    gh.remote = None;
+                }
+                p.launch.map(|(l, r)| (l, r, status))
+            }
+            ProcChange::Stopped => {
+                if let Some(gh) = self.ghost_of(key) {
+                    gh.stopped = true;
+                }
+                self.deliver(key, Message::GhostState { stopped: true });
+                None
+            }
+            ProcChange::Continued => {
+                let gp = self.procs.get(&key).and_then(|p| p.ghost);
+                if let Some(gh) = self.ghost_of(key) {
+                    if std::mem::take(&mut gh.stopped) {
+                        // A stopped ghost reads nothing until it is woken.
+                        if let Some(gp) = gp {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(gp),
+                                nix::sys::signal::Signal::SIGCONT,
+                            );
+                        }
+                    }
+                }
+                self.deliver(key, Message::GhostState { stopped: false });
+                None
+            }
+            ProcChange::Forked { child, comm, .. } => {
+                let uid = self.procs.get(&key)?.uid;
+                self.procs.insert((n, child), Proc { ghost: None, launch: None, uid });
+                // The parent's ghost forks the child's; one still on its way does it when
+                // it comes (the request waits with it).
+                let has_ghost = self.procs.get(&key).is_some_and(|p| p.ghost.is_some());
+                if has_ghost || self.forks.values().any(|f| (f.node, f.child) == key) {
+                    self.next_fork += 1;
+                    let fork = self.next_fork;
+                    self.forks.insert(fork, Fork { node: n, child, queue: Vec::new() });
+                    self.deliver(key, Message::GhostFork { fork, comm });
+                }
+                None
+            }
+            ProcChange::Exec { comm } => {
+                self.deliver(key, Message::GhostExec { comm });
+                None
+            }
+        }
+    }
+
+    fn ghost_of(&mut self, key: (i32, i32)) -> Option<&mut Ghost> {
+        let gp = self.procs.get(&key)?.ghost?;
+        self.ghosts.get_mut(&gp)
+    }
 }
 
 /// The process table.
@@ -122,13 +224,25 @@ impl Ghosts {
     }
 
     /// Rank `rank` of `launch` started on node `n` as `pid` there (`ghost`: its ghost or 0).
-    pub(crate) fn started(&self, n: i32, pid: i32, launch: u64, rank: u32, ghost: i32, uid: u32) {
+    /// Returns the launch ranks that ended in events that came before this report.
+    pub(crate) fn started(
+        &self,
+        n: i32,
+        pid: i32,
+        launch: u64,
+        rank: u32,
+        ghost: i32,
+        uid: u32,
+    ) -> Vec<RankEnd> {
         let mut g = self.lock();
         let ghost = (ghost > 0).then_some(ghost);
         if let Some(gh) = ghost.and_then(|p| g.ghosts.get_mut(&p)) {
             gh.remote = Some((n, pid));
         }
         g.procs.insert((n, pid), Proc { ghost, launch: Some((launch, rank)), uid });
+        let mut ends = Vec::new();
+        g.replay((n, pid), &mut ends);
+        ends
     }
 
     /// A named ghost's rank did not start: forget it (its launcher ends it).
@@ -138,73 +252,31 @@ impl Ghosts {
         }
     }
 
-    /// Something happened to process `pid` of node `n`. Returns the launch rank that ended,
-    /// for the launch's own bookkeeping.
-    pub(crate) fn event(
-        &self,
-        n: i32,
-        pid: i32,
-        change: ProcChange,
-    ) -> Option<(u64, u32, ExitStatus)> {
+    /// Something happened to process `pid` of node `n`. Returns the launch ranks that ended,
+    /// for the launches' own bookkeeping.
+    pub(crate) fn event(&self, n: i32, pid: i32, change: ProcChange) -> Vec<RankEnd> {
         let mut g = self.lock();
         let inner = &mut *g;
-        let proc_ghost = inner.procs.get(&(n, pid)).map(|p| p.ghost);
-        match change {
-            ProcChange::Exited(status) => {
-                let p = inner.procs.remove(&(n, pid))?;
-                if let Some(gh) = p.ghost.and_then(|gp| inner.ghosts.get_mut(&gp)) {
-                    gh.remote = None;
-                    gh.send(Message::ProcExit { launch: 0, rank: 0, status });
-                }
-                // A fork whose ghost has not connected yet: it exits on arrival.
-                for f in inner.forks.values_mut().filter(|f| (f.node, f.child) == (n, pid)) {
-                    f.ended = Some(status);
-                }
-                p.launch.map(|(l, r)| (l, r, status))
+        if !inner.procs.contains_key(&(n, pid)) {
+            if inner.early_count >= MAX_EARLY {
+                warn!("{MAX_EARLY} process events wait for their processes; dropping them");
+                inner.early.clear();
+                inner.early_count = 0;
             }
-            ProcChange::Stopped => {
-                if let Some(gh) = proc_ghost.flatten().and_then(|gp| inner.ghosts.get_mut(&gp)) {
-                    gh.stopped = true;
-                    gh.send(Message::GhostState { stopped: true });
-                }
-                None
-            }
-            ProcChange::Continued => {
-                if let Some(gp) = proc_ghost.flatten() {
-                    if let Some(gh) = inner.ghosts.get_mut(&gp) {
-                        if std::mem::take(&mut gh.stopped) {
-                            // A stopped ghost reads nothing until it is woken.
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(gp),
-                                nix::sys::signal::Signal::SIGCONT,
-                            );
-                        }
-                        gh.send(Message::GhostState { stopped: false });
-                    }
-                }
-                None
-            }
-            ProcChange::Forked { child, comm, .. } => {
-                let uid = inner.procs.get(&(n, pid)).map(|p| p.uid)?;
-                let parent = proc_ghost.flatten();
-                inner.procs.insert((n, child), Proc { ghost: None, launch: None, uid });
-                if let Some(gp) = parent {
-                    inner.next_fork += 1;
-                    let fork = inner.next_fork;
-                    inner.forks.insert(fork, Fork { node: n, child, parent: gp, ended: None });
-                    if let Some(gh) = inner.ghosts.get_mut(&gp) {
-                        gh.send(Message::GhostFork { fork, comm });
-                    }
-                }
-                None
-            }
-            ProcChange::Exec { comm } => {
-                if let Some(gh) = proc_ghost.flatten().and_then(|gp| inner.ghosts.get_mut(&gp)) {
-                    gh.send(Message::GhostExec { comm });
-                }
-                None
-            }
+            inner.early.entry((n, pid)).or_default().push(change);
+            inner.early_count += 1;
+            return Vec::new();
         }
+        let mut ends: Vec<RankEnd> = Vec::new();
+        let forked = match &change {
+            ProcChange::Forked { child, .. } => Some(*child),
+            _ => None,
+        };
+        ends.extend(inner.apply((n, pid), change));
+        if let Some(child) = forked {
+            inner.replay((n, child), &mut ends);
+        }
+        ends
     }
 
     /// Node `n` is lost: every ghost of its processes dies as if by SIGKILL.
@@ -224,8 +296,9 @@ impl Ghosts {
             }
         }
         for f in inner.forks.values_mut().filter(|f| f.node == n) {
-            f.ended = Some(ExitStatus::NodeLost);
+            f.queue.push(Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::NodeLost });
         }
+        inner.early.retain(|k, _| k.0 != n);
     }
 
     /// Every remote process with a ghost, for `bpstat -p`.
@@ -254,27 +327,21 @@ impl Ghosts {
         let mut g = self.lock();
         let inner = &mut *g;
         if fork != 0 {
-            let Some(Fork { node: n, child, parent, ended }) = inner.forks.remove(&fork) else {
-                return Err(format!("fork {fork} is not pending"));
-            };
-            let proc_uid = inner.procs.get(&(n, child)).map(|p| p.uid);
-            if parent_and_uid(pid).map(|p| p.0) != Some(parent)
-                || proc_uid.is_some_and(|u| u != uid)
-            {
+            // A child ghost is forked by a ghost of the same user.
+            let parent = parent_and_uid(pid).map(|p| p.0);
+            let by_ghost =
+                parent.and_then(|pp| inner.ghosts.get(&pp)).is_some_and(|g| g.uid == Some(uid));
+            if !by_ghost {
                 return Err(format!("pid {pid} is not the ghost of fork {fork}"));
             }
-            let mut gh = Ghost { uid: Some(uid), ..Ghost::default() };
-            match (inner.procs.get_mut(&(n, child)), ended) {
-                (Some(p), None) => {
-                    p.ghost = Some(pid);
-                    gh.remote = Some((n, child));
-                }
-                // It ended before its ghost came: the ghost ends at once, as it did.
-                (_, status) => gh.queue.push(Message::ProcExit {
-                    launch: 0,
-                    rank: 0,
-                    status: status.unwrap_or(ExitStatus::NodeLost),
-                }),
+            let Some(Fork { node: n, child, queue }) = inner.forks.remove(&fork) else {
+                return Err(format!("fork {fork} is not pending"));
+            };
+            // What happened meanwhile (a rename, its own forks, its end) follows at once.
+            let mut gh = Ghost { uid: Some(uid), queue, ..Ghost::default() };
+            if let Some(p) = inner.procs.get_mut(&(n, child)) {
+                p.ghost = Some(pid);
+                gh.remote = Some((n, child));
             }
             inner.ghosts.insert(pid, gh);
         }

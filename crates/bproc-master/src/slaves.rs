@@ -262,14 +262,18 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
             node.info = Some(info);
         }
         Message::ProcEvent { pid, change } => {
-            if let Some((launch, rank, status)) = shared.ghosts.event(n, pid, change) {
+            for (launch, rank, status) in shared.ghosts.event(n, pid, change) {
                 shared.launches.exited(launch, rank, status);
             }
         }
         Message::RankSpawned { launch, rank, pid } => {
             if let Some((ghost, uid)) = shared.launches.rank_spawned(launch, rank, pid) {
                 if pid > 0 {
-                    shared.ghosts.started(n, pid, launch, rank, ghost, uid);
+                    for (launch, rank, status) in
+                        shared.ghosts.started(n, pid, launch, rank, ghost, uid)
+                    {
+                        shared.launches.exited(launch, rank, status);
+                    }
                 } else {
                     shared.ghosts.abandon(ghost);
                 }

@@ -44,6 +44,9 @@ struct ProcsInner {
     ranks: Mutex<HashMap<(u64, u32), i32>>,
     /// Direct children being watched.
     children: Mutex<std::collections::HashSet<i32>>,
+    /// Every process of the master's here (direct children and what they forked), with its
+    /// command name.
+    known: Mutex<HashMap<i32, String>>,
     /// Where events go.
     report: Box<dyn Fn(Message) + Send + Sync>,
     spawner: Spawner,
@@ -64,12 +67,94 @@ impl Procs {
         diskless: Option<&Diskless>,
     ) -> Procs {
         let extra_proc = diskless.map(|d| d.root.join("proc"));
-        Procs(Arc::new(ProcsInner {
+        let procs = Procs(Arc::new(ProcsInner {
             ranks: Mutex::default(),
             children: Mutex::default(),
+            known: Mutex::default(),
             report: Box::new(report),
             spawner: Spawner::start(pid_namespace, extra_proc),
-        }))
+        }));
+        if procs.same_pids() {
+            procs.follow_forks();
+        }
+        procs
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<i32, String>> {
+        self.0.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Follows what the master's processes fork, exec and end, on a thread reading the
+    /// kernel's process events: a fork becomes a ghost on the master under its parent's.
+    /// The master's processes are those in its pid namespace.
+    fn follow_forks(&self) {
+        let mut events = match bproc_sys::ProcEvents::subscribe() {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("no process events ({e}): processes forked on this node get no ghosts");
+                return;
+            }
+        };
+        let procs = self.clone();
+        let me = std::process::id() as i32;
+        let spawned = std::thread::Builder::new().name("proc-events".into()).spawn(move || loop {
+            let batch = match events.read() {
+                Ok(b) => b,
+                // Lost events (a burst overflowed the socket): carry on with the next ones.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => continue,
+                Err(e) => {
+                    warn!("process events stopped: {e}");
+                    return;
+                }
+            };
+            for ev in batch {
+                procs.on_event(ev, me);
+            }
+        });
+        if let Err(e) = spawned {
+            warn!("no process events thread: {e}");
+        }
+    }
+
+    fn on_event(&self, ev: bproc_sys::ProcEvent, me: i32) {
+        use bproc_sys::ProcEvent;
+        match ev {
+            ProcEvent::Fork { parent, child } => {
+                // The daemon's own forks are the processes it starts, reported as ranks.
+                if parent == me || !self.0.spawner.in_namespace(child) {
+                    return;
+                }
+                let Some((comm, child_ns)) = comm_and_ns_pid(child) else { return };
+                self.known().insert(child, comm.clone());
+                let change = ProcChange::Forked { child, child_ns, comm };
+                (self.0.report)(Message::ProcEvent { pid: parent, change });
+            }
+            ProcEvent::Exec { pid } => {
+                let Some(comm) = comm_and_ns_pid(pid).map(|c| c.0) else { return };
+                let changed = match self.known().get_mut(&pid) {
+                    Some(old) if *old != comm => {
+                        old.clone_from(&comm);
+                        true
+                    }
+                    _ => false,
+                };
+                if changed {
+                    (self.0.report)(Message::ProcEvent { pid, change: ProcChange::Exec { comm } });
+                }
+            }
+            ProcEvent::Exit { pid, status } => {
+                // Direct children are reported by the reaper, with stops and continues.
+                if self.children().contains(&pid) || self.known().remove(&pid).is_none() {
+                    return;
+                }
+                let status = if status & 0x7f == 0 {
+                    ExitStatus::Code((status >> 8) & 0xff)
+                } else {
+                    ExitStatus::Signal(status & 0x7f)
+                };
+                (self.0.report)(Message::ProcEvent { pid, change: ProcChange::Exited(status) });
+            }
+        }
     }
 
     fn ranks(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u32), i32>> {
@@ -90,6 +175,9 @@ impl Procs {
     pub fn track(&self, launch: u64, rank: u32, pid: i32) {
         self.ranks().insert((launch, rank), pid);
         self.children().insert(pid);
+        if let Some((comm, _)) = comm_and_ns_pid(pid) {
+            self.known().insert(pid, comm);
+        }
         self.reap();
     }
 
@@ -114,6 +202,7 @@ impl Procs {
             };
             if matches!(change, ProcChange::Exited(_)) {
                 self.children().remove(&pid);
+                self.known().remove(&pid);
                 self.ranks().retain(|_, p| *p != pid);
             }
             (self.0.report)(Message::ProcEvent { pid, change });
@@ -139,7 +228,7 @@ impl Procs {
     /// Sends `signal` from its ghost to process `pid` alone, naming `sender` (a master pid)
     /// as its origin. Only processes of this master's are signalled.
     pub fn signal_pid(&self, pid: i32, signal: i32, sender: i32) {
-        if !self.children().contains(&pid) {
+        if !self.known().contains_key(&pid) {
             debug!("signal {signal} for {pid}: not a process of this master's here");
             return;
         }
@@ -155,6 +244,7 @@ impl Procs {
             let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
         }
         self.0.spawner.reset();
+        self.known().clear();
     }
 
     /// Starts `spec` on the spawner thread.
@@ -228,6 +318,13 @@ impl Spawner {
             .send((spec, tx))
             .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
         rx.await.map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+    }
+
+    /// Whether `pid` (here) lives in the master's pid namespace.
+    fn in_namespace(&self, pid: i32) -> bool {
+        let init = self.init.load(std::sync::atomic::Ordering::Relaxed);
+        let link = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+        init > 0 && link(pid).is_some_and(|l| Some(l) == link(init))
     }
 
     /// Kills the namespace's processes now; the thread makes a new namespace before its next
@@ -628,4 +725,12 @@ pub fn stat(pid: i32) -> Option<bproc_proto::ProcStat> {
         cpu_ms: (num(11)? + num(12)?) * 1000 / ticks.max(1),
         rss_kib: num(21)? * page_kib,
     })
+}
+
+/// The command name of `pid` and its pid in its own (innermost) pid namespace.
+fn comm_and_ns_pid(pid: i32) -> Option<(String, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let comm = text.lines().find_map(|l| l.strip_prefix("Name:"))?.trim().to_owned();
+    let ns = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?;
+    Some((comm, ns.parse().ok()?))
 }

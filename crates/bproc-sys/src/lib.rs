@@ -10,7 +10,10 @@
 #![allow(unsafe_code)]
 #![deny(missing_docs)]
 
+mod procev;
 mod spawn;
+
+pub use procev::{ProcEvent, ProcEvents};
 
 pub use spawn::{
     close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket, signal_from,

@@ -33,7 +33,9 @@ use std::path::{Path, PathBuf};
 
 pub use bproc_proto::errno;
 use bproc_proto::{DecodeError, Header, HEADER_LEN};
-pub use bproc_proto::{Endpoint, Message, NodeAction, NodeInfo, NodeStatus};
+pub use bproc_proto::{
+    Endpoint, ExitStatus, Message, NodeAction, NodeInfo, NodeStatus, ProcEntry, ProcStat,
+};
 use thiserror::Error;
 
 /// The master's client socket when `$BPROC_SOCKET` is not set.
@@ -175,6 +177,23 @@ impl Client {
     pub fn nodes(&mut self) -> Result<Vec<NodeStatus>, BprocError> {
         match self.request(&Message::NodeList)? {
             Message::Nodes { nodes } => Ok(nodes),
+            other => Err(BprocError::Unexpected(other.name())),
+        }
+    }
+
+    /// Every remote process with a ghost on the front end, in pid order.
+    pub fn procs(&mut self) -> Result<Vec<ProcEntry>, BprocError> {
+        match self.request(&Message::ProcList)? {
+            Message::Procs { procs } => Ok(procs),
+            other => Err(BprocError::Unexpected(other.name())),
+        }
+    }
+
+    /// State, CPU time and memory of the remote processes whose ghosts are `pids` (all when
+    /// empty), measured on their nodes; each entry's `rpid` is the ghost's pid.
+    pub fn proc_stats(&mut self, pids: &[i32]) -> Result<Vec<ProcStat>, BprocError> {
+        match self.request(&Message::ProcStatList { pids: pids.to_vec() })? {
+            Message::ProcStats { stats } => Ok(stats),
             other => Err(BprocError::Unexpected(other.name())),
         }
     }

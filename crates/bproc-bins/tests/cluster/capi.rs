@@ -12,11 +12,11 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Builds the library (the test binary does not depend on it) and the check program, both
-/// dynamically and statically linked, in a directory nodes see too.
-fn build_check(tag: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
+/// Builds the library (the test binary does not depend on it) and the C program `src` (in
+/// `tests/c/`) linked to it dynamically, in a directory nodes see too: (directory, program).
+pub(crate) fn build_program(src: &str, tag: &str) -> Option<(PathBuf, PathBuf)> {
     if Command::new("cc").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: no C compiler (cc) to build the libbproc check program");
+        eprintln!("SKIPPED: no C compiler (cc) to build {src}");
         return None;
     }
     let st = Command::new(env!("CARGO"))
@@ -30,34 +30,43 @@ fn build_check(tag: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
     std::fs::create_dir_all(&dir).unwrap();
     // The program asks for the soname, as an installed library provides it.
     std::fs::copy(lib.join("libbproc.so"), dir.join("libbproc.so.4")).unwrap();
-    let src = root().join("crates/bproc-bins/tests/c/libbproc_check.c");
-    let include = root().join("crates/bproc-capi/include");
-    let (dynamic, fixed) = (dir.join("check"), dir.join("check-static"));
-    let cc = |args: Vec<std::ffi::OsString>| {
-        let out = Command::new("cc").args(args).output().expect("run cc");
-        assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let mut a: Vec<std::ffi::OsString> =
-        vec!["-Wall".into(), "-Werror".into(), "-I".into(), include.into()];
-    a.push(src.clone().into());
-    cc([
-        a.clone(),
+    let exe = dir.join(src.trim_end_matches(".c"));
+    cc(&[
+        c_flags(src),
         vec![
             "-o".into(),
-            dynamic.clone().into(),
+            exe.clone().into(),
             "-L".into(),
-            lib.clone().into(),
+            lib.into(),
             "-lbproc".into(),
             format!("-Wl,-rpath,{}", dir.display()).into(),
         ],
     ]
     .concat());
-    cc([
-        a,
+    Some((dir, exe))
+}
+
+fn c_flags(src: &str) -> Vec<std::ffi::OsString> {
+    let include = root().join("crates/bproc-capi/include");
+    let src = root().join("crates/bproc-bins/tests/c").join(src);
+    vec!["-Wall".into(), "-Werror".into(), "-I".into(), include.into(), src.into()]
+}
+
+fn cc(args: &[std::ffi::OsString]) {
+    let out = Command::new("cc").args(args).output().expect("run cc");
+    assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The check program, linked dynamically and statically.
+fn build_check(tag: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let (dir, dynamic) = build_program("libbproc_check.c", tag)?;
+    let fixed = dir.join("check-static");
+    cc(&[
+        c_flags("libbproc_check.c"),
         vec![
             "-o".into(),
             fixed.clone().into(),
-            lib.join("libbproc.a").into(),
+            bins().join("libbproc.a").into(),
             "-lpthread".into(),
             "-ldl".into(),
             "-lm".into(),

@@ -6,6 +6,7 @@ mod bpcp;
 mod bpsh;
 mod capi;
 mod daemons;
+mod ghosts;
 mod mpi;
 mod nodes;
 mod policy;

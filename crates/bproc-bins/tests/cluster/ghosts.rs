@@ -1,0 +1,285 @@
+//! Ghosts: every remote process has a real process on the front end, a child of its launcher,
+//! through which `wait`, `kill`, job control and `ps` work as on a local process.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bproc_testkit::{require_root, TestCluster};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::bins;
+use crate::capi::build_program;
+
+/// Kills a child process (and waits for it) when dropped, also on failure.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` until it gives a value, panicking with `what` after `secs`.
+fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `(ppid, state letter, argv)` of a process on this machine.
+fn ps(pid: i32) -> Option<(i32, char, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim_end().to_owned();
+    Some((ppid, state, args))
+}
+
+/// The ghost_wait program started with `args`, and the pid it prints first.
+fn start_waiter(
+    c: &TestCluster,
+    prog: &std::path::Path,
+    args: &[&str],
+) -> (Reaped, i32, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(prog)
+        .args(args)
+        .env("BPROC_SOCKET", c.socket())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid = line
+        .strip_prefix("pid ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("expected a pid, got {line:?}"));
+    (Reaped(child), pid, out)
+}
+
+fn rest(mut out: BufReader<std::process::ChildStdout>) -> String {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut out, &mut s).unwrap();
+    s
+}
+
+/// A C program that starts a remote child through libbproc gets its exact status from
+/// `waitpid`; signals sent to the ghost reach the remote process; the remote process has the
+/// ghost's pid; a node going down kills its ghosts by SIGKILL within the ping timeout.
+#[test]
+fn c_programs_wait_for_and_signal_remote_children() {
+    if !require_root(
+        "remote processes take their ghost's pid only in a pid namespace of a root slave",
+    ) {
+        return;
+    }
+    let Some((dir, prog)) = build_program("ghost_wait.c", "ghost") else { return };
+    let mut spec = TestCluster::spec(&bins(), 4, "ghost-c");
+    spec.ping_timeout = 4;
+    let mut c = TestCluster::start(spec);
+    let run = |args: &[&str]| c.cmd(prog.to_str().unwrap()).args(args).ok();
+    let status = |out: &str| out.lines().nth(1).unwrap_or_default().to_owned();
+    // Exact exit code, exact signal (core flag clear), and execmove, where the caller itself
+    // becomes the ghost.
+    assert_eq!(status(&run(&["1", "exit"])), "exited 42");
+    assert_eq!(status(&run(&["2", "signal"])), "signaled 11 core 0");
+    assert_eq!(status(&run(&["3", "exec"])), "exited 5");
+    // getpid() on the node is the ghost's pid.
+    let file = dir.join("pid");
+    let out = run(&["1", "pid", file.to_str().unwrap()]);
+    let ghost: i32 = out.lines().next().unwrap().strip_prefix("pid ").unwrap().parse().unwrap();
+    let remote: i32 = std::fs::read_to_string(&file).unwrap().trim().parse().unwrap();
+    assert_eq!(remote, ghost, "the remote process's getpid()");
+    assert_eq!(status(&out), "exited 0");
+
+    // Signals: USR1 runs the remote handler (which exits 3), TERM and KILL end it. Each
+    // ghost is the program's child and shows as [sh].
+    let mark = dir.join("usr1");
+    let (_w, pid, out) = start_waiter(&c, &prog, &["1", "wait", mark.to_str().unwrap()]);
+    let (ppid, _, args) = ps(pid).expect("the ghost runs");
+    assert_eq!(args, "[sh]");
+    assert!(
+        ppid > 0 && ps(ppid).is_some_and(|p| p.2.contains("ghost_wait")),
+        "the ghost's parent is the launcher"
+    );
+    until(10, "the remote process to be listed", || {
+        c.client().ok()?.procs().ok()?.iter().find(|p| p.pid == pid && p.node == 1).map(|_| ())
+    });
+    kill(Pid::from_raw(pid), Signal::SIGUSR1).unwrap();
+    assert_eq!(rest(out), "exited 3\n");
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "usr1\n");
+    for (sig, want) in
+        [(Signal::SIGTERM, "signaled 15 core 0\n"), (Signal::SIGKILL, "signaled 9 core 0\n")]
+    {
+        let (_w, pid, out) = start_waiter(&c, &prog, &["2", "wait"]);
+        until(10, "the remote process to be listed", || {
+            c.client().ok()?.procs().ok()?.iter().find(|p| p.pid == pid).map(|_| ())
+        });
+        kill(Pid::from_raw(pid), sig).unwrap();
+        assert_eq!(rest(out), want);
+        // The remote process is gone too (SIGKILL cannot be forwarded: the master sees its
+        // ghost die and kills it).
+        until(10, "the remote process to end", || {
+            let procs = c.client().ok()?.procs().ok()?;
+            procs.iter().all(|p| p.pid != pid).then_some(())
+        });
+    }
+
+    // A down node: the per-node code, and no child left behind.
+    c.cmd("bpctl").args(["-S", "3", "-s", "down"]).ok();
+    c.wait_state(3, "down", 10);
+    let out = run(&["3", "down"]);
+    assert_eq!(out, "pids[0] = -301 (Node is down)\n");
+
+    // Node loss: the slave dies; the ghost dies by SIGKILL within the ping timeout (here at
+    // once: the link closes).
+    let (_w, pid, out) = start_waiter(&c, &prog, &["2", "wait"]);
+    until(10, "the remote process to be listed", || {
+        c.client().ok()?.procs().ok()?.iter().find(|p| p.pid == pid).map(|_| ())
+    });
+    let t0 = Instant::now();
+    c.signal_slave(2, Signal::SIGKILL).unwrap();
+    assert_eq!(rest(out), "signaled 9 core 0\n");
+    assert!(t0.elapsed() < Duration::from_secs(4), "ghost ended after {:?}", t0.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `sh -c 'sleep 100 & sleep 100 & wait'` on a node has three ghosts, the two sleeps under
+/// the shell under bpsh, and `ps xf | bpstat -P` marks them with their node.
+#[test]
+fn remote_forks_become_ghosts() {
+    if !require_root("processes forked on a node are followed through the kernel's process events (CAP_NET_ADMIN)") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 3, "ghost-fork");
+    let bpsh = Reaped(
+        Command::new(bins().join("bpsh"))
+            .args(["2", "sh", "-c", "sleep 100 & sleep 100 & wait"])
+            .env("BPROC_SOCKET", c.socket())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let procs = until(20, "three remote processes on node 2", || {
+        let p = c.client().ok()?.procs().ok()?;
+        (p.iter().filter(|e| e.node == 2).count() == 3).then_some(p)
+    });
+    let bpsh_pid = bpsh.0.id() as i32;
+    let tree: Vec<(i32, i32, String)> = procs
+        .iter()
+        .map(|e| until(10, "ghost names", || ps(e.pid).map(|p| (e.pid, p.0, p.2))))
+        .collect();
+    let shell: Vec<_> = tree.iter().filter(|t| t.2 == "[sh]").collect();
+    assert_eq!(shell.len(), 1, "{tree:?}");
+    assert_eq!(shell[0].1, bpsh_pid, "the shell's ghost is bpsh's child: {tree:?}");
+    let sleeps = until(10, "the sleeps' ghosts to be renamed", || {
+        let s: Vec<(i32, i32, String)> = procs
+            .iter()
+            .filter_map(|e| ps(e.pid).map(|p| (e.pid, p.0, p.2)))
+            .filter(|t| t.2 == "[sleep]")
+            .collect();
+        (s.len() == 2).then_some(s)
+    });
+    assert!(
+        sleeps.iter().all(|s| s.1 == shell[0].0),
+        "the sleeps' ghosts are the shell's children: {sleeps:?}"
+    );
+
+    // ps xf | bpstat -P: a NODE column with 2 on exactly those three lines.
+    let ps_out = Command::new("ps").arg("xf").output().unwrap();
+    let annotated = c.cmd("bpstat").arg("-P").stdin(ps_out.stdout).ok();
+    let marked: Vec<&str> = annotated.lines().filter(|l| l.starts_with("2\t")).collect();
+    assert_eq!(marked.len(), 3, "{annotated}");
+    assert!(marked.iter().filter(|l| l.ends_with("\\_ [sleep]")).count() == 2, "{annotated}");
+    assert!(annotated.starts_with("NODE\t"), "{annotated}");
+
+    // bpstat -p lists them; --stat measures them on the node.
+    let list = c.cmd("bpstat").arg("-p").ok();
+    assert_eq!(list.lines().filter(|l| l.ends_with("\t2")).count(), 3, "{list}");
+    let stat = c.cmd("bpstat").arg("--stat").ok();
+    assert_eq!(
+        stat.lines().filter(|l| l.contains(" sleep") || l.contains(" sh")).count(),
+        3,
+        "{stat}"
+    );
+    for s in &sleeps {
+        let _ = kill(Pid::from_raw(s.0), Signal::SIGKILL);
+    }
+    let _ = kill(Pid::from_raw(shell[0].0), Signal::SIGKILL);
+    until(10, "the remote processes to end", || {
+        c.client().ok()?.procs().ok()?.is_empty().then_some(())
+    });
+    drop(bpsh);
+}
+
+/// Ctrl-Z on `bpsh 1 sleep 100` in an interactive shell stops the remote process and the
+/// job; `fg` resumes both; Ctrl-C ends it.
+#[test]
+fn job_control_through_a_terminal() {
+    if !require_root("runs the remote process in the slave's pid namespace") {
+        return;
+    }
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no script(1) (util-linux) to give the shell a terminal");
+        return;
+    }
+    let c = TestCluster::up(&bins(), 2, "ghost-tty");
+    let path = std::env::join_paths(
+        std::iter::once(bins())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .unwrap();
+    let mut term = Reaped(
+        Command::new("script")
+            .args(["-qfec", "bash --norc --noprofile -i", "/dev/null"])
+            .env("BPROC_SOCKET", c.socket())
+            .env("PATH", path)
+            .env("PS1", "$ ")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut keys = term.0.stdin.take().unwrap();
+    let mut type_keys = |s: &str| {
+        keys.write_all(s.as_bytes()).unwrap();
+        keys.flush().unwrap();
+    };
+    type_keys("bpsh 1 sleep 100\n");
+    let ghost = until(20, "the remote sleep", || {
+        c.client().ok()?.procs().ok()?.iter().find(|p| p.node == 1).map(|p| p.pid)
+    });
+    let remote_state = || -> Option<char> {
+        c.client().ok()?.proc_stats(&[ghost]).ok()?.first().map(|s| char::from(s.state))
+    };
+    until(10, "the remote sleep to run", || (remote_state()? == 'S').then_some(()));
+    let bpsh = ps(ghost).unwrap().0;
+    type_keys("\x1a");
+    until(10, "the remote process to stop", || (remote_state()? == 'T').then_some(()));
+    until(10, "the ghost and bpsh to stop", || {
+        (ps(ghost)?.1 == 'T' && ps(bpsh)?.1 == 'T').then_some(())
+    });
+    type_keys("fg\n");
+    until(10, "the remote process to run again", || (remote_state()? == 'S').then_some(()));
+    until(10, "the ghost and bpsh to run again", || {
+        (ps(ghost)?.1 == 'S' && ps(bpsh)?.1 != 'T').then_some(())
+    });
+    type_keys("\x03");
+    until(10, "Ctrl-C to end the remote process", || {
+        c.client().ok()?.procs().ok()?.is_empty().then_some(())
+    });
+    until(10, "bpsh to end", || ps(bpsh).is_none_or(|p| p.1 == 'Z').then_some(()));
+    type_keys("exit\n");
+}
