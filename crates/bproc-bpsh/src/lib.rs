@@ -534,19 +534,13 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     let start = Instant::now();
     // A ghost for each remote process, in our process group: Ctrl-C, Ctrl-Z and `kill` on it
     // reach the process, and `ps` shows it.
-    let mut ghosts: Vec<Option<std::process::Child>> = Vec::with_capacity(n);
-    for &node in &p.nodes {
-        ghosts.push(match &p.ghost {
-            Some(g) if node != bproc_proto::NODE_MASTER => {
-                bproc::ghost::spawn(g, &bproc::ghost::comm_of(&spec.path)).ok()
-            }
-            _ => None,
-        });
-    }
-    let ghost_pids: Vec<i32> =
-        ghosts.iter().map(|g| g.as_ref().map_or(0, |c| c.id() as i32)).collect();
-    let has_ghosts = ghost_pids.iter().any(|g| *g > 0);
-    let launch = Message::Launch { nodes: p.nodes.clone(), spec: spec.clone(), ghosts: ghost_pids };
+    let ghosts = match &p.ghost {
+        Some(g) => bproc::launch::ghosts_for(g, &bproc::ghost::comm_of(&spec.path), &p.nodes),
+        None => vec![0; n],
+    };
+    let has_ghosts = ghosts.iter().any(|g| *g > 0);
+    let launch =
+        Message::Launch { nodes: p.nodes.clone(), spec: spec.clone(), ghosts: ghosts.clone() };
     if let Err(e) = write_frame(&mut mwr, 1, &launch).await {
         eprintln!("bpsh: bproc_vexecmove_io: {e}");
         return ExitCode::FAILURE;
@@ -592,9 +586,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     for r in ranks.iter().zip(&pids).filter(|(r, _)| r.failed) {
         eprintln!("{}: {}", r.0.node, strerror(-r.1));
     }
-    bproc::ghost::discard(
-        ghosts.iter_mut().zip(&ranks).filter(|(_, r)| r.failed).filter_map(|(g, _)| g.take()),
-    );
+    bproc::ghost::discard(ghosts.iter().zip(&ranks).filter(|(_, r)| r.failed).map(|(g, _)| *g));
 
     // Master events: exits in, signals out.
     tokio::spawn(async move {

@@ -36,10 +36,17 @@ use nix::unistd::Pid;
 pub const ENV_FD: &str = "BPROC_GHOST_FD";
 /// Environment variable naming the fork a new child ghost answers.
 pub const ENV_FORK: &str = "BPROC_GHOST_FORK";
+/// Environment variable asking for this many ghosts in all (see [`main`]).
+pub const ENV_COUNT: &str = "BPROC_GHOST_COUNT";
 /// bpmaster's client socket when `BPROC_SOCKET` is not set.
 const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
 
 /// Runs a ghost; `argv0` is `[name]`. Returns only on a setup failure.
+///
+/// With `BPROC_GHOST_COUNT=N` it first makes N − 1 more ghosts, as siblings (children of its
+/// own parent, the launcher), and writes the N pids, itself first, to its stdout, one per
+/// line, before it takes `/dev/null` as stdout. A launcher so pays one `exec` for a whole
+/// launch, and each further ghost costs a fork of this small process.
 pub fn main(argv0: OsString) -> ExitCode {
     let name = name_of(argv0.as_bytes()).to_vec();
     if let Ok(c) = CString::new(name.clone()) {
@@ -53,6 +60,28 @@ pub fn main(argv0: OsString) -> ExitCode {
     bproc_sys::default_signal_actions();
     if sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None).is_err() {
         return ExitCode::from(255);
+    }
+    if let Some(count) = std::env::var(ENV_COUNT).ok().and_then(|v| v.parse::<usize>().ok()) {
+        let mut pids = vec![std::process::id() as i32];
+        for _ in 1..count {
+            match bproc_sys::clone_sibling() {
+                Ok(0) => {
+                    pids.clear();
+                    break;
+                }
+                Ok(pid) => pids.push(pid),
+                Err(_) => break, // the launcher sees fewer pids and makes the rest itself
+            }
+        }
+        if !pids.is_empty() {
+            let list: String = pids.iter().map(|p| format!("{p}\n")).collect();
+            let _ = std::io::stdout().write_all(list.as_bytes());
+            let _ = std::io::stdout().flush();
+        }
+        // Only the launcher's reader had use for stdout: let it see the end.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1);
+        }
     }
     let sfd = match SignalFd::with_flags(&all, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
         Ok(s) => s,

@@ -522,6 +522,7 @@ pub async fn run(opts: Options) -> Result<(), SlaveError> {
         let outbox = outbox.clone();
         procs::Procs::new(move |m| outbox.send(0, m), opts.authority.root, opts.diskless.as_ref())
     };
+    tokio::spawn(procs.clone().follow());
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
         Ok(mut sigchld) => {
             let procs = procs.clone();

@@ -44,9 +44,10 @@ struct ProcsInner {
     ranks: Mutex<HashMap<(u64, u32), i32>>,
     /// Direct children being watched.
     children: Mutex<std::collections::HashSet<i32>>,
-    /// Every process of the master's here (direct children and what they forked), with its
-    /// command name.
-    known: Mutex<HashMap<i32, String>>,
+    /// Every process of the master's here (direct children and what they forked).
+    known: Mutex<HashMap<i32, Known>>,
+    /// Wakes [`Procs::follow`] when a process starts.
+    started: tokio::sync::Notify,
     /// Where events go.
     report: Box<dyn Fn(Message) + Send + Sync>,
     spawner: Spawner,
@@ -67,92 +68,84 @@ impl Procs {
         diskless: Option<&Diskless>,
     ) -> Procs {
         let extra_proc = diskless.map(|d| d.root.join("proc"));
-        let procs = Procs(Arc::new(ProcsInner {
+        Procs(Arc::new(ProcsInner {
             ranks: Mutex::default(),
             children: Mutex::default(),
             known: Mutex::default(),
+            started: tokio::sync::Notify::new(),
             report: Box::new(report),
             spawner: Spawner::start(pid_namespace, extra_proc),
-        }));
-        if procs.same_pids() {
-            procs.follow_forks();
-        }
-        procs
+        }))
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<i32, String>> {
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Known>> {
         self.0.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Follows what the master's processes fork, exec and end, on a thread reading the
-    /// kernel's process events: a fork becomes a ghost on the master under its parent's.
-    /// The master's processes are those in its pid namespace.
-    fn follow_forks(&self) {
-        let mut events = match bproc_sys::ProcEvents::subscribe() {
-            Ok(e) => e,
-            Err(e) => {
-                warn!("no process events ({e}): processes forked on this node get no ghosts");
-                return;
-            }
-        };
-        let procs = self.clone();
-        let me = std::process::id() as i32;
-        let spawned = std::thread::Builder::new().name("proc-events".into()).spawn(move || loop {
-            let batch = match events.read() {
-                Ok(b) => b,
-                // Lost events (a burst overflowed the socket): carry on with the next ones.
-                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => continue,
-                Err(e) => {
-                    warn!("process events stopped: {e}");
-                    return;
+    /// Follows what the master's processes here fork, exec and end, by looking at their
+    /// children and names in `/proc`: a fork becomes a ghost on the master under its
+    /// parent's. Looking often while a process is young and rarely after keeps the cost to
+    /// this node's own processes (the kernel's process events go to every listener on the
+    /// machine, which a virtual cluster of a thousand nodes on one host cannot afford).
+    pub async fn follow(self) {
+        loop {
+            let youngest = self.0.known.lock().map_or(None, |k| k.values().map(|p| p.seen).max());
+            match youngest {
+                None => self.0.started.notified().await,
+                Some(t) => {
+                    // The first look 50 ms after the latest start, then ever less often, up
+                    // to once a second: a short process is never looked at, and a thousand
+                    // slaves on one host do not poll each other off the CPU.
+                    let tick = t.elapsed().clamp(LOOK_FIRST, LOOK_MAX);
+                    tokio::time::sleep(tick).await;
                 }
-            };
-            for ev in batch {
-                procs.on_event(ev, me);
             }
-        });
-        if let Err(e) = spawned {
-            warn!("no process events thread: {e}");
+            self.look();
         }
     }
 
-    fn on_event(&self, ev: bproc_sys::ProcEvent, me: i32) {
-        use bproc_sys::ProcEvent;
-        match ev {
-            ProcEvent::Fork { parent, child } => {
-                // The daemon's own forks are the processes it starts, reported as ranks.
-                if parent == me || !self.0.spawner.in_namespace(child) {
-                    return;
+    /// One look at every known process: new children, new programs, ends.
+    fn look(&self) {
+        let pids: Vec<(i32, String)> =
+            self.known().iter().map(|(p, k)| (*p, k.comm.clone())).collect();
+        for (pid, comm) in pids {
+            let direct = self.children().contains(&pid);
+            let Some(st) = proc_stat(pid) else {
+                // Gone and reaped by its parent before this look: its status is lost.
+                if !direct && self.known().remove(&pid).is_some() {
+                    let change = ProcChange::Exited(ExitStatus::Code(0));
+                    (self.0.report)(Message::ProcEvent { pid, change });
                 }
-                let Some((comm, child_ns)) = comm_and_ns_pid(child) else { return };
-                self.known().insert(child, comm.clone());
-                let change = ProcChange::Forked { child, child_ns, comm };
-                (self.0.report)(Message::ProcEvent { pid: parent, change });
-            }
-            ProcEvent::Exec { pid } => {
-                let Some(comm) = comm_and_ns_pid(pid).map(|c| c.0) else { return };
-                let changed = match self.known().get_mut(&pid) {
-                    Some(old) if *old != comm => {
-                        old.clone_from(&comm);
-                        true
-                    }
-                    _ => false,
-                };
-                if changed {
-                    (self.0.report)(Message::ProcEvent { pid, change: ProcChange::Exec { comm } });
-                }
-            }
-            ProcEvent::Exit { pid, status } => {
+                continue;
+            };
+            if st.state == 'Z' {
                 // Direct children are reported by the reaper, with stops and continues.
-                if self.children().contains(&pid) || self.known().remove(&pid).is_none() {
-                    return;
+                if !direct && self.known().remove(&pid).is_some() {
+                    let change = ProcChange::Exited(decode_wait(st.exit_code));
+                    (self.0.report)(Message::ProcEvent { pid, change });
                 }
-                let status = if status & 0x7f == 0 {
-                    ExitStatus::Code((status >> 8) & 0xff)
-                } else {
-                    ExitStatus::Signal(status & 0x7f)
-                };
-                (self.0.report)(Message::ProcEvent { pid, change: ProcChange::Exited(status) });
+                continue;
+            }
+            if st.comm != comm {
+                if let Some(k) = self.known().get_mut(&pid) {
+                    k.comm.clone_from(&st.comm);
+                }
+                let change = ProcChange::Exec { comm: st.comm.clone() };
+                (self.0.report)(Message::ProcEvent { pid, change });
+            }
+            let Ok(kids) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            else {
+                continue;
+            };
+            for child in kids.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                if self.known().contains_key(&child) {
+                    continue;
+                }
+                let Some((comm, child_ns)) = comm_and_ns_pid(child) else { continue };
+                self.known()
+                    .insert(child, Known { comm: comm.clone(), seen: std::time::Instant::now() });
+                let change = ProcChange::Forked { child, child_ns, comm };
+                (self.0.report)(Message::ProcEvent { pid, change });
             }
         }
     }
@@ -175,10 +168,11 @@ impl Procs {
     pub fn track(&self, launch: u64, rank: u32, pid: i32) {
         self.ranks().insert((launch, rank), pid);
         self.children().insert(pid);
-        if let Some((comm, _)) = comm_and_ns_pid(pid) {
-            self.known().insert(pid, comm);
+        if let Some(st) = proc_stat(pid) {
+            self.known().insert(pid, Known { comm: st.comm, seen: std::time::Instant::now() });
         }
         self.reap();
+        self.0.started.notify_one();
     }
 
     /// Collects the state changes of watched children (on SIGCHLD) and reports them.
@@ -277,13 +271,22 @@ impl Spawner {
         let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (init2, reset2) = (init.clone(), reset.clone());
         let spawned = std::thread::Builder::new().name("spawner".into()).spawn(move || {
+            // No signal handler of the daemon's may run in a child before it execs.
+            let _ = nix::sys::signal::SigSet::all().thread_block();
+            // The node's own mounts, to come back to before making a new namespace.
+            let home = std::fs::File::open("/proc/thread-self/ns/mnt").ok();
             let make = || -> Option<bproc_sys::PidNamespace> {
                 if !want_namespace {
                     return None;
                 }
-                match bproc_sys::PidNamespace::create(extra_proc.as_deref())
-                    .and_then(|ns| ns.enter_for_children().map(|_| ns))
-                {
+                if let Some(h) = &home {
+                    let _ = nix::sched::setns(h, nix::sched::CloneFlags::CLONE_NEWNS);
+                }
+                match bproc_sys::PidNamespace::create(extra_proc.as_deref()).and_then(|ns| {
+                    ns.enter_for_children()?;
+                    ns.enter_mounts()?;
+                    Ok(ns)
+                }) {
                     Ok(ns) => {
                         init2.store(ns.init_pid(), std::sync::atomic::Ordering::Relaxed);
                         Some(ns)
@@ -301,8 +304,6 @@ impl Spawner {
                     ns = None; // kills the init, and every process of the namespace
                     ns = make().or(ns);
                 }
-                let mut spec = spec;
-                spec.mounts = ns.as_ref().map(|n| n.mounts());
                 let _ = reply.send(bproc_sys::spawn(&spec));
             }
         });
@@ -318,13 +319,6 @@ impl Spawner {
             .send((spec, tx))
             .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
         rx.await.map_err(|_| std::io::Error::other("the spawner thread is gone"))?
-    }
-
-    /// Whether `pid` (here) lives in the master's pid namespace.
-    fn in_namespace(&self, pid: i32) -> bool {
-        let init = self.init.load(std::sync::atomic::Ordering::Relaxed);
-        let link = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
-        init > 0 && link(pid).is_some_and(|l| Some(l) == link(init))
     }
 
     /// Kills the namespace's processes now; the thread makes a new namespace before its next
@@ -659,7 +653,6 @@ pub async fn spawn(
         umask: spec.umask,
         files,
         set_tid: set_tid.filter(|p| *p > 0 && procs.same_pids()),
-        mounts: None,
     };
     let mut result = procs.spawn(clone_spec(&req)?).await;
     if req.set_tid.is_some()
@@ -701,7 +694,6 @@ fn clone_spec(s: &bproc_sys::SpawnSpec) -> Result<bproc_sys::SpawnSpec, Refused>
         umask: s.umask,
         files: s.files.clone(),
         set_tid: s.set_tid,
-        mounts: s.mounts,
     })
 }
 
@@ -725,6 +717,49 @@ pub fn stat(pid: i32) -> Option<bproc_proto::ProcStat> {
         cpu_ms: (num(11)? + num(12)?) * 1000 / ticks.max(1),
         rss_kib: num(21)? * page_kib,
     })
+}
+
+/// When [`Procs::follow`] first looks at a new process, and how rarely at most.
+const LOOK_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+const LOOK_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A process of the master's, as [`Procs::follow`] last saw it.
+#[derive(Debug)]
+struct Known {
+    /// Its command name.
+    comm: String,
+    /// When it was first seen.
+    seen: std::time::Instant,
+}
+
+/// What `/proc/PID/stat` says of a process.
+struct Stat {
+    comm: String,
+    state: char,
+    /// Its wait status, once it is a zombie.
+    exit_code: i32,
+}
+
+fn proc_stat(pid: i32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (open, close) = (text.find('(')?, text.rfind(')')?);
+    let comm = text.get(open + 1..close)?.to_owned();
+    let f: Vec<&str> = text.get(close + 2..)?.split_whitespace().collect();
+    // After the name: state is field 3 of stat(5), exit_code field 52.
+    Some(Stat {
+        comm,
+        state: f.first()?.chars().next()?,
+        exit_code: f.get(49).and_then(|v| v.parse().ok()).unwrap_or(0),
+    })
+}
+
+/// A wait status as an [`ExitStatus`].
+fn decode_wait(status: i32) -> ExitStatus {
+    if status & 0x7f == 0 {
+        ExitStatus::Code((status >> 8) & 0xff)
+    } else {
+        ExitStatus::Signal(status & 0x7f)
+    }
 }
 
 /// The command name of `pid` and its pid in its own (innermost) pid namespace.

@@ -10,14 +10,11 @@
 #![allow(unsafe_code)]
 #![deny(missing_docs)]
 
-mod procev;
 mod spawn;
 
-pub use procev::{ProcEvent, ProcEvents};
-
 pub use spawn::{
-    close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket, signal_from,
-    spawn, PidNamespace, SpawnSpec,
+    clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,
+    signal_from, spawn, PidNamespace, SpawnSpec,
 };
 
 use std::ffi::CString;

@@ -39,8 +39,6 @@ pub struct SpawnSpec {
     pub files: Vec<FdFile>,
     /// The pid it must have in the calling thread's pid namespace for children.
     pub set_tid: Option<i32>,
-    /// A mount namespace to enter first (the pid namespace's, where `/proc` shows it).
-    pub mounts: Option<std::os::fd::RawFd>,
 }
 
 /// `struct clone_args` of `<linux/sched.h>` (libc has it only for some targets).
@@ -78,7 +76,8 @@ unsafe fn clone3(args: &CloneArgs) -> nix::Result<i32> {
 
 /// Starts `spec` as a child of the calling process, in the calling thread's pid namespace for
 /// children; returns its pid in the caller's own namespace. The child leads a new process
-/// group and dies with SIGKILL when the calling thread exits.
+/// group and dies with SIGKILL when the calling thread exits. Call it from a thread that
+/// blocks every signal: the child starts with that mask and clears it just before `exec`.
 pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
     let argv: Vec<*const libc::c_char> =
         spec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
@@ -86,47 +85,126 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
         spec.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let groups: Vec<libc::gid_t> =
         spec.identity.as_ref().map(|i| i.groups.clone()).unwrap_or_default();
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let tid: i32 = spec.set_tid.unwrap_or(0);
+    let mut ctx = ChildCtx { spec, argv: &argv, envp: &envp, groups: &groups, errno: 0 };
+    // The child shares this memory and runs on its own stack until it execs, while this
+    // thread waits (vfork): no page tables are copied, which on a daemon of some size costs
+    // more than the rest of a start.
+    let mut stack = vec![0u8; CHILD_STACK];
     let args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
         exit_signal: libc::SIGCHLD as u64,
+        stack: stack.as_mut_ptr() as u64,
+        stack_size: CHILD_STACK as u64,
         set_tid: if spec.set_tid.is_some() { &tid as *const i32 as u64 } else { 0 },
         set_tid_size: u64::from(spec.set_tid.is_some()),
         ..Default::default()
     };
-    // SAFETY: the child runs only `child`, which makes direct system calls on data built
-    // above (argv, envp, groups, paths) and never returns: it execs or calls _exit.
-    let pid = unsafe { clone3(&args) }?;
-    if pid == 0 {
-        let errno = child(spec, &argv, &envp, &groups);
-        let bytes = errno.to_ne_bytes();
-        // SAFETY: write and _exit are async-signal-safe; `bytes` lives on this stack.
-        unsafe {
-            libc::write(wr.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
-            libc::_exit(127);
-        }
+    // SAFETY: the child runs `child_entry` on `stack`, reading `ctx` (alive until this call
+    // returns, which happens only once the child has exec'd or exited) and writing only its
+    // `errno`; it makes direct system calls only and never returns.
+    let pid = unsafe { clone3_vfork(&args, child_entry, (&mut ctx as *mut ChildCtx).cast()) };
+    drop(stack);
+    if pid < 0 {
+        return Err(std::io::Error::from_raw_os_error(-pid as i32));
     }
-    drop(wr);
-    let mut buf = [0u8; 4];
-    let mut got = 0;
-    loop {
-        match nix::unistd::read(rd.as_raw_fd(), &mut buf[got..]) {
-            Ok(0) => break,
-            Ok(k) => {
-                got += k;
-                if got == 4 {
-                    break;
-                }
-            }
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    // SAFETY: the child has exec'd or exited; nothing else writes `errno` now.
+    let errno = unsafe { std::ptr::read_volatile(&ctx.errno) };
+    if errno != 0 {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+        return Err(std::io::Error::from_raw_os_error(errno));
     }
-    if got == 4 {
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        return Err(std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)));
+    Ok(pid as i32)
+}
+
+/// Stack for the child of [`spawn`] until it execs.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// What the child of [`spawn`] reads, and where it leaves its errno.
+struct ChildCtx<'a> {
+    spec: &'a SpawnSpec,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    groups: &'a [libc::gid_t],
+    errno: i32,
+}
+
+extern "C" fn child_entry(ctx: *mut libc::c_void) -> ! {
+    // SAFETY: `ctx` is the `ChildCtx` of the waiting parent, alive until this child execs or
+    // exits; the parent reads `errno` only after that.
+    unsafe {
+        let ctx = &mut *ctx.cast::<ChildCtx>();
+        let e = child(ctx.spec, ctx.argv, ctx.envp, ctx.groups);
+        std::ptr::write_volatile(&mut ctx.errno, if e == 0 { libc::EIO } else { e });
+        libc::_exit(127)
     }
-    Ok(pid)
+}
+
+/// `clone3` with `args` whose child calls `entry(arg)` on the stack `args` names and never
+/// returns; the parent gets the child's pid or a negated errno.
+///
+/// # Safety
+/// `args` must name a valid stack; `entry` must never return and may only make direct system
+/// calls while it shares the caller's memory.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_vfork(
+    args: &CloneArgs,
+    entry: extern "C" fn(*mut libc::c_void) -> !,
+    arg: *mut libc::c_void,
+) -> i64 {
+    let ret: i64;
+    // SAFETY: the kernel starts the child on the new stack (16-byte aligned top) right after
+    // the syscall with rax = 0; it calls `entry(arg)`, which does not return. The parent
+    // continues after the label with the result in rax; syscall clobbers only rcx and r11.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Elsewhere: a plain fork-like `clone3` (the page tables are copied), the child calling
+/// `entry(arg)` on a copy of the caller's stack.
+///
+/// # Safety
+/// As for the x86-64 version.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone3_vfork(
+    args: &CloneArgs,
+    entry: extern "C" fn(*mut libc::c_void) -> !,
+    arg: *mut libc::c_void,
+) -> i64 {
+    let plain = CloneArgs {
+        flags: 0,
+        stack: 0,
+        stack_size: 0,
+        exit_signal: args.exit_signal,
+        set_tid: args.set_tid,
+        set_tid_size: args.set_tid_size,
+        ..Default::default()
+    };
+    // SAFETY: as documented; without CLONE_VM the child works on copies, and the parent's
+    // `errno` slot is not shared, so a failure shows as the child's exit instead.
+    match unsafe { clone3(&plain) } {
+        Ok(0) => entry(arg),
+        Ok(pid) => i64::from(pid),
+        Err(e) => -(e as i64),
+    }
 }
 
 /// The child's side of [`spawn`]: returns an errno only when something failed.
@@ -140,22 +218,11 @@ fn child(
     // SAFETY: every call below is a direct system call (async-signal-safe) on memory that was
     // prepared before the clone and stays alive; nothing allocates or takes a lock.
     unsafe {
-        // The daemon's signal state must not leak into the program.
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        for sig in 1..libc::SIGRTMIN() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
+        // Handled signals go back to their defaults at exec; an ignored one would stay
+        // ignored, and the Rust runtime ignores SIGPIPE.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         if libc::setpgid(0, 0) != 0 {
             return err();
-        }
-        if let Some(fd) = spec.mounts {
-            if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
-                return err();
-            }
         }
         for (fd, from) in spec.stdio.iter().enumerate() {
             let from = from.as_raw_fd();
@@ -208,6 +275,11 @@ fn child(
                 libc::close(opened);
             }
         }
+        // The daemon's signal mask must not leak into the program. Unblocked only now, so
+        // that no handler of the daemon's runs in this child, which shares its memory.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::execve(spec.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
     err()
@@ -280,11 +352,6 @@ impl PidNamespace {
         }
     }
 
-    /// The namespace's mount namespace, for [`SpawnSpec::mounts`].
-    pub fn mounts(&self) -> std::os::fd::RawFd {
-        self.mnt.as_raw_fd()
-    }
-
     /// The init's pid in the caller's namespace.
     pub fn init_pid(&self) -> i32 {
         self.init
@@ -294,6 +361,15 @@ impl PidNamespace {
     /// then no longer start threads: use a thread that only spawns.
     pub fn enter_for_children(&self) -> std::io::Result<()> {
         nix::sched::setns(&self.ns, nix::sched::CloneFlags::CLONE_NEWPID)?;
+        Ok(())
+    }
+
+    /// Makes the calling thread, and what it starts, use the namespace's mounts (its own
+    /// `/proc`): once for the thread instead of once per process started. The thread first
+    /// takes a filesystem context (root, working directory) of its own.
+    pub fn enter_mounts(&self) -> std::io::Result<()> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+        nix::sched::setns(&self.mnt, nix::sched::CloneFlags::CLONE_NEWNS)?;
         Ok(())
     }
 }
@@ -343,12 +419,26 @@ fn init_loop(lifeline: i32, ready: i32, extra_proc: Option<&std::ffi::CStr>) -> 
             libc::_exit(1);
         }
         libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+        // SIGCHLD through a signalfd: a cloned copy of a multi-threaded daemon cannot
+        // install a handler safely, and polling would wake every init of a large virtual
+        // cluster for nothing.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let sfd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if sfd < 0 {
+            libc::_exit(1);
+        }
+        let mut info = [0u8; 128];
         loop {
             while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
-            let mut pfd = libc::pollfd { fd: 3, events: libc::POLLIN, revents: 0 };
-            // A short timeout instead of a SIGCHLD handler, which a cloned copy of a
-            // multi-threaded daemon cannot install safely.
-            if libc::poll(&mut pfd, 1, 100) > 0 && pfd.revents != 0 {
+            while libc::read(sfd, info.as_mut_ptr().cast(), info.len()) > 0 {}
+            let mut pfd = [
+                libc::pollfd { fd: 3, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
+            ];
+            if libc::poll(pfd.as_mut_ptr(), 2, -1) > 0 && pfd[0].revents != 0 {
                 // The daemon is gone: ending the init kills the whole namespace.
                 libc::_exit(0);
             }
@@ -440,5 +530,27 @@ pub fn close_fds_from(first: u32, keep: Option<u32>) {
             // Rust objects (it runs this before opening anything it keeps).
             unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0u32) };
         }
+    }
+}
+
+/// Forks a single-threaded caller into a sibling: a child of the caller's parent (which gets
+/// its SIGCHLD), as `clone(CLONE_PARENT)`. 0 in the child, its pid in the caller.
+pub fn clone_sibling() -> nix::Result<i32> {
+    // SAFETY: with no new stack the child runs on a copy of the caller's, as after fork; for
+    // a single-threaded caller no lock can be held by a vanished thread.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if r < 0 {
+        Err(nix::Error::last())
+    } else {
+        Ok(r as i32)
     }
 }

@@ -4,7 +4,7 @@
 //! master names it ([`crate::Place::ghost`]).
 
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 /// The `comm` of a program: its file name, cut to the kernel's 15 bytes.
 pub fn comm_of(path: &str) -> String {
@@ -16,25 +16,50 @@ pub fn comm_of(path: &str) -> String {
     base[..end].to_owned()
 }
 
-/// Starts a ghost named `[comm]` from `program`, with no stdio (the remote process's I/O
-/// goes elsewhere). It connects to the master itself and waits there for its process.
-pub fn spawn(program: &str, comm: &str) -> std::io::Result<Child> {
-    Command::new(program)
+/// Starts `n` ghosts named `[comm]` from `program`, children of the caller with no stdio
+/// (the remote processes' I/O goes elsewhere); returns their pids. The program is executed
+/// once and forks the others, so a ghost costs a fork of a small process. Each connects to
+/// the master itself and waits there for its process.
+pub fn spawn(program: &str, comm: &str, n: usize) -> std::io::Result<Vec<i32>> {
+    use std::io::Read;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut first = Command::new(program)
         .arg0(format!("[{comm}]"))
         .env_clear()
         .env("BPROC_SOCKET", crate::socket_path())
+        .env("BPROC_GHOST_COUNT", n.to_string())
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
+        .spawn()?;
+    let mut list = String::new();
+    if let Some(mut out) = first.stdout.take() {
+        // Ends when every ghost has let go of the pipe.
+        out.read_to_string(&mut list)?;
+    }
+    let pids: Vec<i32> = list.lines().filter_map(|l| l.parse().ok()).collect();
+    if pids.len() != n {
+        discard(pids.iter().copied().chain(std::iter::once(first.id() as i32)));
+        return Err(std::io::Error::other(format!(
+            "{program} made {} of {n} ghosts",
+            list.lines().count()
+        )));
+    }
+    // The ghosts are reaped by whoever waits for them (the caller); `first` is not waited for.
+    Ok(pids)
 }
 
 /// Ends ghosts whose processes never started: kills and reaps each, so the caller never sees
 /// them as children.
-pub fn discard(ghosts: impl IntoIterator<Item = Child>) {
-    for mut g in ghosts {
-        let _ = g.kill();
-        let _ = g.wait();
+pub fn discard(ghosts: impl IntoIterator<Item = i32>) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    for g in ghosts {
+        if g > 0 && kill(Pid::from_raw(g), Signal::SIGKILL).is_ok() {
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(g), None);
+        }
     }
 }
 

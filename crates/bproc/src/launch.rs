@@ -92,20 +92,16 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
     let ghost = client.place()?.ghost;
     let spec = spec_of(prog);
     let comm = crate::ghost::comm_of(&spec.path);
-    let mut ghosts: Vec<Option<std::process::Child>> = nodes
-        .iter()
-        .map(|&n| match &ghost {
-            Some(g) if n != NODE_MASTER => crate::ghost::spawn(g, &comm).ok(),
-            _ => None,
-        })
-        .collect();
-    let ghost_pids: Vec<i32> =
-        ghosts.iter().map(|g| g.as_ref().map_or(0, |c| c.id() as i32)).collect();
-    let launch = Message::Launch { nodes: nodes.to_vec(), spec: spec.clone(), ghosts: ghost_pids };
+    let ghosts = match &ghost {
+        Some(g) => ghosts_for(g, &comm, nodes),
+        None => vec![0; nodes.len()],
+    };
+    let launch =
+        Message::Launch { nodes: nodes.to_vec(), spec: spec.clone(), ghosts: ghosts.clone() };
     let mut pids = match client.request(&launch) {
         Ok(Message::Launched { pids }) if pids.len() == nodes.len() => pids,
         other => {
-            crate::ghost::discard(ghosts.iter_mut().filter_map(Option::take));
+            crate::ghost::discard(ghosts);
             return match other {
                 Err(e) => Err(e),
                 Ok(m) => Err(BprocError::Unexpected(m.name())),
@@ -116,13 +112,21 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
         if nodes[rank] == NODE_MASTER {
             *pid = start_here(&spec, rank).unwrap_or_else(|e| -e.raw_os_error().unwrap_or(5));
         } else if *pid <= 0 {
-            crate::ghost::discard(ghosts[rank].take());
-        } else if let Some(g) = &ghosts[rank] {
-            *pid = g.id() as i32;
+            crate::ghost::discard([ghosts[rank]]);
+        } else if ghosts[rank] > 0 {
+            *pid = ghosts[rank];
         }
     }
     // The ghosts stand for the processes from now on; the connection may close.
     Ok(pids)
+}
+
+/// A ghost for each rank not on the front end (0 for the others, and for all when the ghost
+/// program fails: the ranks then run without ghosts).
+pub fn ghosts_for(program: &str, comm: &str, nodes: &[i32]) -> Vec<i32> {
+    let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
+    let mut made = crate::ghost::spawn(program, comm, remote).unwrap_or_default().into_iter();
+    nodes.iter().map(|&n| if n == NODE_MASTER { 0 } else { made.next().unwrap_or(0) }).collect()
 }
 
 /// Rank `rank` on the front end: a plain child of the caller.

@@ -180,9 +180,10 @@ fn remote_forks_become_ghosts() {
         .iter()
         .map(|e| until(10, "ghost names", || ps(e.pid).map(|p| (e.pid, p.0, p.2))))
         .collect();
-    let shell: Vec<_> = tree.iter().filter(|t| t.2 == "[sh]").collect();
+    // The shell's ghost is bpsh's child; a fork's ghost is "[sh]" until its exec shows.
+    let shell: Vec<_> = tree.iter().filter(|t| t.1 == bpsh_pid).collect();
     assert_eq!(shell.len(), 1, "{tree:?}");
-    assert_eq!(shell[0].1, bpsh_pid, "the shell's ghost is bpsh's child: {tree:?}");
+    assert_eq!(shell[0].2, "[sh]", "{tree:?}");
     let sleeps = until(10, "the sleeps' ghosts to be renamed", || {
         let s: Vec<(i32, i32, String)> = procs
             .iter()

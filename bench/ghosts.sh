@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Ghost benchmark: what a ghost costs on the front end. Creates N ghosts the way launchers
+# do (one exec of bpghost, the rest forked from it), connected to a running bpmaster, and
+# measures the time per ghost and its memory: user memory (PSS, from smaps_rollup) and kernel
+# memory (the growth of Slab + KernelStack + PageTables in /proc/meminfo). The baseline, in
+# the same run, is N `sleep` processes started one by one with fork and exec.
+#
+#   bench/ghosts.sh            # N=1000, medians of 5 rounds
+#   N=200 RUNS=3 bench/ghosts.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-1000}
+RUNS=${RUNS:-5}
+cargo build --release --quiet -p bproc-bins
+B=$PWD/target/release
+DIR=$(mktemp -d /tmp/bproc-bench.XXXXXX)
+trap '"$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
+"$B/bpcluster" up -n 1 --dir "$DIR/c" >/dev/null
+export BPROC_SOCKET=$DIR/c/master.sock
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+kernel_kib() { awk '/^(Slab|KernelStack|PageTables):/ {s += $2} END {print s}' /proc/meminfo; }
+pss_kib() { local s=0 p v; for p in "$@"; do v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0); s=$((s + v)); done; echo "$s"; }
+
+# One round: creates N processes with "$@" (which prints their pids), measures, kills them.
+# Prints: microseconds per process, user KiB per process, kernel KiB per process.
+round() {
+    local k0 t0 t1 k1 pids
+    sync; k0=$(kernel_kib)
+    t0=$(date +%s%N)
+    pids=$("$@")
+    t1=$(date +%s%N)
+    sleep 0.5 # let ghosts connect, so their sockets count
+    k1=$(kernel_kib)
+    # shellcheck disable=SC2086
+    echo "$(( (t1 - t0) / 1000 / N )) $(( $(pss_kib $pids) / N )) $(( (k1 - k0) / N ))"
+    # shellcheck disable=SC2086
+    kill -9 $pids 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+# The first ghost stays running, so its pid list is read through a FIFO until every ghost
+# has let go of it.
+mkfifo "$DIR/fifo"
+ghosts() { BPROC_GHOST_COUNT=$N "$B/bpghost" >"$DIR/fifo" & cat "$DIR/fifo"; }
+sleeps() { local i; for i in $(seq "$N"); do sleep 1000 >/dev/null & echo $!; done; }
+ghost_rounds=$(for _ in $(seq "$RUNS"); do round ghosts; done)
+sleep_rounds=$(for _ in $(seq "$RUNS"); do round sleeps; done)
+col() { awk -v c="$1" '{print $c}' | median; }
+
+g_us=$(col 1 <<<"$ghost_rounds"); g_pss=$(col 2 <<<"$ghost_rounds"); g_k=$(col 3 <<<"$ghost_rounds")
+s_us=$(col 1 <<<"$sleep_rounds"); s_pss=$(col 2 <<<"$sleep_rounds"); s_k=$(col 3 <<<"$sleep_rounds")
+echo "## ghost benchmark"
+echo
+echo "$(nproc) cores, kernel $(uname -r); $N processes per round, medians of $RUNS rounds; baseline: $N \`sleep\` processes started by fork and exec."
+echo
+echo "| per process | ghost | baseline (sleep) | ratio | target |"
+echo "|---|---:|---:|---:|---|"
+printf "| creation (µs) | %s | %s | %.2f | ≤ 200 |\n" "$g_us" "$s_us" "$(awk -v a="$g_us" -v b="$s_us" 'BEGIN {print a/b}')"
+printf "| user memory, PSS (KiB) | %s | %s | %.2f | |\n" "$g_pss" "$s_pss" "$(awk -v a="$g_pss" -v b="$s_pss" 'BEGIN {print (b ? a/b : 0)}')"
+printf "| kernel memory (KiB) | %s | %s | %.2f | |\n" "$g_k" "$s_k" "$(awk -v a="$g_k" -v b="$s_k" 'BEGIN {print (b ? a/b : 0)}')"
+printf "| total (KiB) | %s | %s | %.2f | ≤ 256 |\n" "$((g_pss + g_k))" "$((s_pss + s_k))" "$(awk -v a="$((g_pss + g_k))" -v b="$((s_pss + s_k))" 'BEGIN {print (b ? a/b : 0)}')"
