@@ -44,9 +44,9 @@ const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
 /// Runs a ghost; `argv0` is `[name]`. Returns only on a setup failure.
 ///
 /// With `BPROC_GHOST_COUNT=N` it first makes N − 1 more ghosts, as siblings (children of its
-/// own parent, the launcher), and writes the N pids, itself first, to its stdout, one per
-/// line, before it takes `/dev/null` as stdout. A launcher so pays one `exec` for a whole
-/// launch, and each further ghost costs a fork of this small process.
+/// own parent, the launcher), and the N pids are written to stdout as `INDEX PID` lines (in
+/// no particular order) before every ghost takes `/dev/null` as stdout. A launcher so pays one
+/// `exec` for a whole launch, and each further ghost costs a fork of this small process.
 pub fn main(argv0: OsString) -> ExitCode {
     let name = name_of(argv0.as_bytes()).to_vec();
     if let Ok(c) = CString::new(name.clone()) {
@@ -62,21 +62,20 @@ pub fn main(argv0: OsString) -> ExitCode {
         return ExitCode::from(255);
     }
     if let Some(count) = std::env::var(ENV_COUNT).ok().and_then(|v| v.parse::<usize>().ok()) {
-        let mut pids = vec![std::process::id() as i32];
-        for _ in 1..count {
-            match bproc_sys::clone_sibling() {
-                Ok(0) => {
-                    pids.clear();
-                    break;
-                }
-                Ok(pid) => pids.push(pid),
-                Err(_) => break, // the launcher sees fewer pids and makes the rest itself
+        let made = make_siblings(count);
+        // Whole lines, at most PIPE_BUF bytes a write: writes of several makers interleave
+        // only between lines.
+        let mut chunk = String::new();
+        for (i, pid) in made {
+            let line = format!("{i} {pid}\n");
+            if chunk.len() + line.len() > 4000 {
+                let _ = nix::unistd::write(std::io::stdout(), chunk.as_bytes());
+                chunk.clear();
             }
+            chunk.push_str(&line);
         }
-        if !pids.is_empty() {
-            let list: String = pids.iter().map(|p| format!("{p}\n")).collect();
-            let _ = std::io::stdout().write_all(list.as_bytes());
-            let _ = std::io::stdout().flush();
+        if !chunk.is_empty() {
+            let _ = nix::unistd::write(std::io::stdout(), chunk.as_bytes());
         }
         // Only the launcher's reader had use for stdout: let it see the end.
         if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
@@ -98,6 +97,33 @@ pub fn main(argv0: OsString) -> ExitCode {
         }
     };
     serve(sfd, ctl)
+}
+
+/// Ghosts a maker makes itself; beyond, it hands half of its range to a sibling that makes
+/// those in parallel (a launcher's two cores fork twice as many).
+const SPLIT: usize = 64;
+
+/// Makes ghosts 0..count as siblings of this one (ghost 0); returns the (index, pid) pairs
+/// this process made, itself included. A sibling that takes over a range returns its own.
+fn make_siblings(count: usize) -> Vec<(usize, i32)> {
+    let (mut lo, mut hi) = (0, count.max(1));
+    while hi - lo > SPLIT {
+        let mid = lo + (hi - lo) / 2;
+        match bproc_sys::clone_sibling() {
+            Ok(0) => lo = mid, // this process is ghost `mid` and makes `mid..hi`
+            Ok(_) => hi = mid,
+            Err(_) => break,
+        }
+    }
+    let mut made = vec![(lo, std::process::id() as i32)];
+    for i in lo + 1..hi {
+        match bproc_sys::clone_sibling() {
+            Ok(0) => return Vec::new(),
+            Ok(pid) => made.push((i, pid)),
+            Err(_) => break, // the launcher sees fewer pids and runs those ranks without
+        }
+    }
+    made
 }
 
 /// `prog` from `[prog]`.

@@ -142,7 +142,8 @@ impl Inner {
             ProcChange::Continued => {
                 let gp = self.procs.get(&key).and_then(|p| p.ghost);
                 if let Some(gh) = self.ghost_of(key) {
-                    if std::mem::take(&mut gh.stopped) {
+                    // Only a connected ghost is known to be what it claims.
+                    if std::mem::take(&mut gh.stopped) && gh.tx.is_some() {
                         // A stopped ghost reads nothing until it is woken.
                         if let Some(gp) = gp {
                             let _ = nix::sys::signal::kill(
@@ -204,13 +205,16 @@ impl Ghosts {
     }
 
     /// A launch by `caller_pid` (uid `uid`) names `ghost` for one of its ranks; false (and
-    /// the rank runs without a ghost) unless it is the caller's own child of its own uid, or
-    /// the caller itself (which becomes the ghost: `bproc_execmove`).
+    /// the rank runs without a ghost) unless it is a process of the caller's uid. The ghost
+    /// must then say hello with that uid (the kernel's word), and only a ghost that did is
+    /// ever signalled by the master.
     pub(crate) fn claim(&self, ghost: i32, caller_pid: i32, uid: u32) -> bool {
-        let own = |(ppid, u): (i32, u32)| u == uid && (ppid == caller_pid || ghost == caller_pid);
-        if ghost <= 0 || !parent_and_uid(ghost).is_some_and(own) {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/PID belongs to the process's effective uid: one stat, not a status read.
+        let owner = std::fs::metadata(format!("/proc/{ghost}")).map(|m| m.uid()).ok();
+        if ghost <= 0 || owner != Some(uid) {
             if ghost > 0 {
-                warn!("pid {caller_pid}: {ghost} is not its child of uid {uid}; no ghost");
+                warn!("pid {caller_pid}: {ghost} is not a process of uid {uid}; no ghost");
             }
             return false;
         }

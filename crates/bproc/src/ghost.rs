@@ -39,8 +39,17 @@ pub fn spawn(program: &str, comm: &str, n: usize) -> std::io::Result<Vec<i32>> {
         // Ends when every ghost has let go of the pipe.
         out.read_to_string(&mut list)?;
     }
-    let pids: Vec<i32> = list.lines().filter_map(|l| l.parse().ok()).collect();
-    if pids.len() != n {
+    // `INDEX PID` lines, in any order.
+    let mut pids = vec![0i32; n];
+    for (i, pid) in list.lines().filter_map(|l| {
+        let (i, p) = l.split_once(' ')?;
+        Some((i.parse::<usize>().ok()?, p.parse::<i32>().ok()?))
+    }) {
+        if let Some(slot) = pids.get_mut(i) {
+            *slot = pid;
+        }
+    }
+    if pids.contains(&0) {
         discard(pids.iter().copied().chain(std::iter::once(first.id() as i32)));
         return Err(std::io::Error::other(format!(
             "{program} made {} of {n} ghosts",
