@@ -20,7 +20,7 @@ debug) cargo build --quiet -p bproc-bins -p bproc-capi ;;
 esac
 R=target/$PROFILE
 install -d "$DEST/bin" "$DEST/lib/pkgconfig" "$DEST/include/sys"
-for p in bpmaster bpslave bpsh brsh bpcp bpstat bpctl bpcluster; do
+for p in bpmaster bpslave bpghost bpsh brsh bpcp bpstat bpctl bpcluster; do
     install -m 755 "$R/$p" "$DEST/bin/$p"
 done
 install -m 755 "$R/libbproc.so" "$DEST/lib/libbproc.so.4.0.0"

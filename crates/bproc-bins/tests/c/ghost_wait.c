@@ -7,7 +7,8 @@
  *   pid     the child writes its own pid ($$) to FILE and exits 0
  *   exec    a forked child calls bproc_execmove and becomes the ghost; exits 5
  *   down    vexecmove to NODE, which is down: prints the per-node code
- * Prints "pid P" (P > 0 is the ghost) as soon as the child runs, then how it ended. */
+ * Prints "pid P" (P > 0 is the ghost) as soon as the child runs (in wait mode then
+ * "node N (pid Q: -1)": bproc_pidnode of the child and of itself), then how it ended. */
 #include <sys/bproc.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -67,6 +68,8 @@ int main(int argc, char **argv) {
         }
     }
     printf("pid %d\n", pid);
+    if (!strcmp(mode, "wait")) /* it runs until signalled: its node is known meanwhile */
+        printf("node %d (pid %d: %d)\n", bproc_pidnode(pid), getpid(), bproc_pidnode(getpid()));
     fflush(stdout);
     int status;
     if (waitpid(pid, &status, 0) != pid) {

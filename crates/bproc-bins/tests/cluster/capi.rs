@@ -203,19 +203,26 @@ fn installed_library_builds_old_programs() {
         .unwrap();
     assert!(flags.status.success());
     let flags = String::from_utf8(flags.stdout).unwrap();
-    let prog = prefix.join("nodelist");
-    let out = Command::new("cc")
-        .arg(root().join("crates/bproc-bins/tests/c/nodelist.c"))
-        .args(flags.split_whitespace())
-        .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
-        .arg("-o")
-        .arg(&prog)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let build = |name: &str| {
+        let prog = prefix.join(name);
+        let out = Command::new("cc")
+            .arg(root().join(format!("crates/bproc-bins/tests/c/{name}.c")))
+            .args(flags.split_whitespace())
+            .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
+            .arg("-o")
+            .arg(&prog)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        prog
+    };
+    let (lister, launcher) = (build("nodelist"), build("launcher"));
     let c = TestCluster::up(&bins(), 3, "capi-install");
     c.cmd("bpctl").args(["-S", "2", "-s", "down"]).ok();
-    let out = c.cmd(prog.to_str().unwrap()).ok();
-    let _ = std::fs::remove_dir_all(&prefix);
+    let out = c.cmd(lister.to_str().unwrap()).ok();
     assert_eq!(out, "3 nodes\n  0 up         x\n  1 up         x\n  2 down       -\n");
+    // The launcher waits for its remote children through their ghosts; each exits 10 + rank.
+    let out = c.cmd(launcher.to_str().unwrap()).ok();
+    let _ = std::fs::remove_dir_all(&prefix);
+    assert_eq!(out, "rank 0 node 0 exit 10\nrank 1 node 1 exit 11\n");
 }

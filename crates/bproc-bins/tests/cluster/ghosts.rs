@@ -65,6 +65,10 @@ fn start_waiter(
         .strip_prefix("pid ")
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("expected a pid, got {line:?}"));
+    // bproc_pidnode: the child's node, and -1 for the program itself (a local process).
+    let mut node = String::new();
+    out.read_line(&mut node).unwrap();
+    assert_eq!(node, format!("node {} (pid {}: -1)\n", args[0], child.id()));
     (Reaped(child), pid, out)
 }
 
