@@ -13,8 +13,8 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use bproc_proto::{
-    encode, CopyLink, CopyOpts, CopyTask, Creds, TreeEntry, NODE_CLIENT, Endpoint, ExitStatus, IoSpec, Message, NodeAction, NodeInfo, NodeStatus,
-    ProcSpec,
+    encode, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, IoSpec, Message, NodeAction,
+    NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat, TreeEntry, NODE_CLIENT,
 };
 
 fn spec() -> ProcSpec {
@@ -107,7 +107,10 @@ fn main() -> std::io::Result<()> {
         ),
         (
             0,
-            Message::ProxyClient { node: 3, creds: Creds { uid: 1000, gid: 100, groups: vec![27] } },
+            Message::ProxyClient {
+                node: 3,
+                creds: Creds { uid: 1000, gid: 100, groups: vec![27] },
+            },
         ),
         (1, Message::Conf { node: 3, cookie: 42, ping_timeout: 30, time_ms: 1_700_000_000_000 }),
         (0, Message::Ping { seq: 7, time_ms: 1_700_000_000_123 }),
@@ -137,7 +140,33 @@ fn main() -> std::io::Result<()> {
         (15, Message::Nodes { nodes: nodes() }),
         (0, Message::NodesChanged { nodes: nodes() }),
         (17, Message::MasterInfo),
-        (18, Message::Launch { nodes: vec![0, 1, 1], spec: spec() }),
+        (18, Message::Launch { nodes: vec![0, 1, 1], spec: spec(), ghosts: vec![4321, 4322, 0] }),
+        (0, Message::GhostHello { fork: 7 }),
+        (0, Message::GhostSignal { signal: 15, sender: 999 }),
+        (25, Message::ProcList),
+        (26, Message::ProcStatList { pids: vec![4321] }),
+        (0, Message::SignalPid { pid: 17, signal: 10, sender: 999 }),
+        (27, Message::ProcStatQuery { pids: vec![17, 18] }),
+        (25, Message::Procs { procs: vec![ProcEntry { pid: 4321, node: 1, rpid: 17, uid: 1000 }] }),
+        (
+            27,
+            Message::ProcStats {
+                stats: vec![ProcStat { rpid: 17, state: b'S', cpu_ms: 1500, rss_kib: 2048 }],
+            },
+        ),
+        (0, Message::GhostState { stopped: true }),
+        (0, Message::GhostFork { fork: 7, comm: "sleep".into() }),
+        (0, Message::GhostExec { comm: "sleep".into() }),
+        (0, Message::ProcEvent { pid: 17, change: ProcChange::Exited(ExitStatus::Signal(9)) }),
+        (
+            0,
+            Message::ProcEvent {
+                pid: 17,
+                change: ProcChange::Forked { child: 18, child_ns: 3, comm: "sh".into() },
+            },
+        ),
+        (0, Message::ProcEvent { pid: 18, change: ProcChange::Exec { comm: "sleep".into() } }),
+        (0, Message::ProcEvent { pid: 18, change: ProcChange::Stopped }),
         (19, Message::SignalLaunch { signal: 10 }),
         (
             0,
@@ -150,8 +179,20 @@ fn main() -> std::io::Result<()> {
                 spec: spec(),
                 width: 32,
                 entries: vec![
-                    TreeEntry { node: 0, ip: Ipv4Addr::new(10, 0, 0, 2), port: 40300, ranks: vec![0] },
-                    TreeEntry { node: 1, ip: Ipv4Addr::new(10, 0, 0, 3), port: 40301, ranks: vec![1, 2] },
+                    TreeEntry {
+                        node: 0,
+                        ip: Ipv4Addr::new(10, 0, 0, 2),
+                        port: 40300,
+                        ranks: vec![0],
+                        pids: vec![4321],
+                    },
+                    TreeEntry {
+                        node: 1,
+                        ip: Ipv4Addr::new(10, 0, 0, 3),
+                        port: 40301,
+                        ranks: vec![1, 2],
+                        pids: vec![4322, 0],
+                    },
                 ],
             },
         ),
@@ -166,6 +207,7 @@ fn main() -> std::io::Result<()> {
                 bytes_to_slaves: 1 << 20,
                 client_node: 3,
                 client_ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+                ghost: "/usr/local/bin/bpghost".into(),
             },
         ),
         (
@@ -236,7 +278,10 @@ fn main() -> std::io::Result<()> {
     encode_trailer(&Trailer::Ok([7; 16]), &mut stream);
     encode_entry(&Entry::Symlink { name: b"l".to_vec(), target: b"f".to_vec() }, &mut stream);
     encode_entry(&Entry::Up, &mut stream);
-    encode_entry(&Entry::Error { message: "rcp: /x: No such file or directory".into() }, &mut stream);
+    encode_entry(
+        &Entry::Error { message: "rcp: /x: No such file or directory".into() },
+        &mut stream,
+    );
     encode_entry(&Entry::End, &mut stream);
     std::fs::write(dir.join("CopyStream"), stream)?;
     // A type this version does not know, with a body that is skipped.
