@@ -158,14 +158,16 @@ fn read_frame(s: &mut UnixStream) -> Option<Message> {
     bproc_proto::decode_body(&h, &body).ok()
 }
 
-/// Signals that stop a process by default; forwarding one means a stop notice will follow.
+/// Signals that stop a process by default; forwarding one asks for a stop.
 fn is_stop(sig: i32) -> bool {
     [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU].iter().any(|s| *s as i32 == sig)
 }
 
 fn serve(sfd: SignalFd, mut ctl: UnixStream) -> ExitCode {
-    // A stop we asked for and then cancelled with SIGCONT before the node's notice came.
-    let (mut stop_sent, mut cont_after) = (false, false);
+    // A SIGCONT forwarded since the last stop request or notice: a stop notice that comes
+    // after it is stale (Ctrl-Z then at once `fg`; or this ghost was stopped by a SIGSTOP of
+    // its own, which the master passed on, and continued since).
+    let mut cont_pending = false;
     loop {
         let mut fds = [
             PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
@@ -186,9 +188,9 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream) -> ExitCode {
                     continue;
                 }
                 if is_stop(sig) {
-                    (stop_sent, cont_after) = (true, false);
-                } else if sig == Signal::SIGCONT as i32 && stop_sent {
-                    cont_after = true;
+                    cont_pending = false;
+                } else if sig == Signal::SIGCONT as i32 {
+                    cont_pending = true;
                 }
                 let msg = Message::GhostSignal { signal: sig, sender: info.ssi_pid as i32 };
                 if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
@@ -202,12 +204,11 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream) -> ExitCode {
         match read_frame(&mut ctl) {
             None => return violent_death(),
             Some(Message::ProcExit { status, .. }) => return die(status),
-            Some(Message::GhostState { stopped: true }) => {
-                let cancelled = stop_sent && cont_after;
-                (stop_sent, cont_after) = (false, false);
-                if !cancelled {
+            Some(Message::GhostState { stopped }) => {
+                if stopped && !cont_pending {
                     let _ = raise(Signal::SIGSTOP);
                 }
+                cont_pending = false;
             }
             Some(Message::GhostFork { fork, comm }) => {
                 if bproc_sys::fork_single_threaded() == Ok(0) {

@@ -46,6 +46,9 @@ struct Ghost {
     uid: Option<u32>,
     /// Told to stop (so a continue must wake it).
     stopped: bool,
+    /// Seen stopped by a signal of its own (SIGSTOP, which it cannot catch), and its process
+    /// stopped for it.
+    stopped_here: bool,
 }
 
 impl Ghost {
@@ -152,6 +155,9 @@ impl Inner {
                             );
                         }
                     }
+                }
+                if let Some(gh) = self.ghost_of(key) {
+                    gh.stopped_here = false;
                 }
                 self.deliver(key, Message::GhostState { stopped: false });
                 None
@@ -457,4 +463,43 @@ pub(crate) async fn stats(shared: &Arc<Shared>, pids: Vec<i32>) -> Message {
     }
     stats.sort_by_key(|s| s.rpid);
     Message::ProcStats { stats }
+}
+
+/// How often ghosts are checked for a SIGSTOP of their own.
+const STOP_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// SIGSTOP cannot be caught, so a ghost cannot forward it: once a second the master looks at
+/// the state of every connected ghost, and stops the process of a ghost stopped by nobody but
+/// itself. Its SIGCONT, which it can catch, resumes the process the usual way.
+pub(crate) async fn stop_watch(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(STOP_CHECK).await;
+        let ghosts: Vec<(i32, (i32, i32))> = {
+            let g = shared.ghosts.lock();
+            g.ghosts
+                .iter()
+                .filter(|(_, gh)| gh.tx.is_some() && !gh.stopped && !gh.stopped_here)
+                .filter_map(|(&pid, gh)| Some((pid, gh.remote?)))
+                .collect()
+        };
+        for (pid, (n, rpid)) in ghosts {
+            if state_of(pid) != Some('T') {
+                continue;
+            }
+            if let Some(gh) = shared.ghosts.lock().ghosts.get_mut(&pid) {
+                gh.stopped_here = true;
+            }
+            debug!("ghost {pid} was stopped; stopping its process {rpid} on node {n}");
+            if let Some(node) = shared.table().get(n) {
+                let signal = nix::sys::signal::Signal::SIGSTOP as i32;
+                node.send(0, Message::SignalPid { pid: rpid, signal, sender: 0 });
+            }
+        }
+    }
+}
+
+/// The state letter of process `pid` (`T` when stopped).
+fn state_of(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.get(stat.rfind(')')? + 2..)?.chars().next()
 }

@@ -384,6 +384,7 @@ impl Master {
         }
         tokio::spawn(clients::accept_loop(shared.clone(), self.unix));
         tokio::spawn(slaves::ping_loop(shared.clone()));
+        tokio::spawn(ghosts::stop_watch(shared.clone()));
         let writer = tokio::spawn(state_writer(shared.clone()));
         let signals = async {
             use tokio::signal::unix::{signal, SignalKind};

@@ -123,6 +123,22 @@ fn c_programs_wait_for_and_signal_remote_children() {
     kill(Pid::from_raw(pid), Signal::SIGUSR1).unwrap();
     assert_eq!(rest(out), "exited 3\n");
     assert_eq!(std::fs::read_to_string(&mark).unwrap(), "usr1\n");
+    // SIGSTOP cannot be caught: the master sees the ghost stopped and stops the process;
+    // SIGCONT resumes both, and the ghost keeps running (TERM then reaches the process).
+    {
+        let (_w, pid, out) = start_waiter(&c, &prog, &["2", "wait"]);
+        let remote_state = || -> Option<char> {
+            c.client().ok()?.proc_stats(&[pid]).ok()?.first().map(|s| char::from(s.state))
+        };
+        kill(Pid::from_raw(pid), Signal::SIGSTOP).unwrap();
+        until(10, "the remote process to stop", || (remote_state()? == 'T').then_some(()));
+        kill(Pid::from_raw(pid), Signal::SIGCONT).unwrap();
+        until(10, "the remote process and its ghost to run", || {
+            (remote_state()? != 'T' && ps(pid)?.1 != 'T').then_some(())
+        });
+        kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+        assert_eq!(rest(out), "signaled 15 core 0\n");
+    }
     for (sig, want) in
         [(Signal::SIGTERM, "signaled 15 core 0\n"), (Signal::SIGKILL, "signaled 9 core 0\n")]
     {
