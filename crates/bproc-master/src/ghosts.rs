@@ -7,9 +7,10 @@
 //! it in a launch, whichever comes first, and leaves when its connection closes. Messages for
 //! a ghost that has not connected yet wait in the table.
 //!
-//! Trust: a launch may name as ghosts only the caller's own children of the caller's uid
-//! (checked in `/proc`), and a forked ghost must be a child of its parent's ghost, so no
-//! client can attach a remote process to someone else's process.
+//! Trust: a launch may name as ghosts only processes of the caller's uid (checked in
+//! `/proc`); a ghost's hello must come from that uid (the kernel's word); a forked ghost must
+//! be the child of a ghost of the same user; and the master signals only ghosts that said
+//! hello. So no client can attach a remote process to someone else's process.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -309,6 +310,7 @@ impl Ghosts {
             f.queue.push(Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::NodeLost });
         }
         inner.early.retain(|k, _| k.0 != n);
+        inner.early_count = inner.early.values().map(Vec::len).sum();
     }
 
     /// Every remote process with a ghost, for `bpstat -p`.
@@ -325,8 +327,8 @@ impl Ghosts {
         v
     }
 
-    /// Connects ghost `pid` (uid `uid`), answering fork `fork` when not 0. Returns the
-    /// remote process it stands for when already known, and its queued messages.
+    /// Connects ghost `pid` (uid `uid`), answering fork `fork` when not 0, and hands it the
+    /// messages that waited for it; Err names why it is refused.
     fn connect(
         &self,
         pid: i32,

@@ -715,9 +715,10 @@ pub enum Message {
         /// Bytes of file data written.
         bytes: u64,
     },
-    /// Slave → master, and master → launcher: a launched process ended.
+    /// Master → launcher and master → ghost: a launched process ended (slaves report it as
+    /// [`Message::ProcEvent`]).
     ProcExit {
-        /// Launch id (0 towards the launcher).
+        /// Launch id (0 towards the launcher and the ghost).
         launch: u64,
         /// Rank.
         rank: u32,

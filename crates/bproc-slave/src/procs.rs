@@ -1,5 +1,7 @@
-//! Processes the slave runs for the master: start them as the caller, connect their forwarded
-//! fds back to the launcher, track them for signals, and report how they end.
+//! Processes the slave runs for the master: start them as the caller (in the master's pid
+//! namespace, with their ghosts' pids, when the slave is root), connect their forwarded fds
+//! back to the launcher, deliver the signals their ghosts forward, and report how they stop,
+//! continue, fork, exec and end.
 //!
 //! A forwarded fd is a TCP connection from this node to the launcher's listener (on the
 //! master's address as this node sees it). The slave opens it before the process starts and
