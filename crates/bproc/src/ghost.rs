@@ -7,6 +7,10 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 /// The `comm` of a program: its file name, cut to the kernel's 15 bytes.
+///
+/// ```
+/// assert_eq!(bproc::ghost::comm_of("/usr/bin/hello-world"), "hello-world");
+/// ```
 pub fn comm_of(path: &str) -> String {
     let base = path.rsplit('/').next().unwrap_or(path);
     let mut end = base.len().min(15);

@@ -87,6 +87,26 @@ fn spec_of(p: &Program) -> ProcSpec {
 /// front end every remote process gets a ghost, a child of the caller whose pid is returned,
 /// so `waitpid` on it gives the remote exit status. A rank on [`NODE_MASTER`] is a local
 /// child of the caller.
+///
+/// ```no_run
+/// use bproc::launch::{vexecmove, Program};
+/// use nix::sys::wait::{waitpid, WaitStatus};
+/// use nix::unistd::Pid;
+///
+/// let prog = Program {
+///     path: "/bin/sh".into(),
+///     argv: vec!["sh".into(), "-c".into(), "exit $((1$BPROC_RANK - 10000000))".into()],
+///     env: vec!["BPROC_RANK=XXXXXXX".into()],
+/// };
+/// for (rank, pid) in vexecmove(&[0, 1, 2], &prog)?.into_iter().enumerate() {
+///     if pid <= 0 {
+///         println!("rank {rank}: {}", bproc::strerror(pid));
+///     } else if let Ok(WaitStatus::Exited(_, code)) = waitpid(Pid::from_raw(pid), None) {
+///         assert_eq!(code as usize, rank);
+///     }
+/// }
+/// # Ok::<(), bproc::BprocError>(())
+/// ```
 pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> {
     let mut client = Client::connect()?;
     let ghost = client.place()?.ghost;

@@ -11,6 +11,9 @@
 //!   a file descriptor, so it works with `poll`/`epoll`.
 //! - [`nodespec`]: BProc's node specification grammar (`0-3,7`, `allup`, `n[0-7]`).
 //! - [`BprocError`]: every failure, with the errno-style code BProc would report.
+//! - [`launch`]: start a program on nodes, each remote process with a ghost that the caller
+//!   waits for as for a local child; [`Client::procs`] and [`Client::proc_stats`] read the
+//!   master's process table.
 //!
 //! ```no_run
 //! let mut c = bproc::Client::connect()?;
@@ -86,7 +89,14 @@ impl BprocError {
 }
 
 /// BProc's `bproc_strerror`: its own texts for `BE_*` codes, the C library's for the rest.
-/// Accepts a code or its negation.
+/// Accepts a code or its negation (as per-node codes come in `bproc_vexecmove`'s `pids`).
+///
+/// ```
+/// use bproc::{errno, strerror};
+/// assert_eq!(strerror(errno::BE_NODEDOWN), "Node is down");
+/// assert_eq!(strerror(-errno::BE_NODEDOWN), "Node is down");
+/// assert_eq!(strerror(errno::EPERM), "Operation not permitted");
+/// ```
 pub fn strerror(code: i32) -> String {
     if let Some(t) = errno::bproc_text(code) {
         return t.to_owned();
@@ -100,6 +110,13 @@ pub fn strerror(code: i32) -> String {
 
 /// Parses an integer as C's `strtol(s, &end, 0)` with a full-string check: decimal, `0x` hex,
 /// or leading-`0` octal, with an optional sign.
+///
+/// ```
+/// assert_eq!(bproc::parse_c_int("0x10"), Some(16));
+/// assert_eq!(bproc::parse_c_int("010"), Some(8));
+/// assert_eq!(bproc::parse_c_int("-3"), Some(-3));
+/// assert_eq!(bproc::parse_c_int("3x"), None);
+/// ```
 pub fn parse_c_int(s: &str) -> Option<i64> {
     let (neg, body) = match s.strip_prefix('-') {
         Some(b) => (true, b),

@@ -99,6 +99,14 @@ pub fn master_entry() -> NodeStatus {
 ///
 /// Numbers follow the nodespec rules (`0x10` and `010` are accepted) but must be the whole
 /// string, without white space, and must be -1 or more.
+///
+/// ```
+/// use bproc::nodespec::parse_node_name;
+/// assert_eq!(parse_node_name("n3"), Some(3));
+/// assert_eq!(parse_node_name(".3"), Some(3));
+/// assert_eq!(parse_node_name("master"), Some(-1));
+/// assert_eq!(parse_node_name("node3"), None);
+/// ```
 pub fn parse_node_name(s: &str) -> Option<i32> {
     if s == "master" {
         return Some(NODE_MASTER);
@@ -118,6 +126,28 @@ pub fn parse_node_name(s: &str) -> Option<i32> {
 ///
 /// Entries with a negative node number in the table are ignored; if a number appears twice,
 /// the later entry wins, as in BProc's id map.
+///
+/// ```
+/// use bproc::{nodespec, NodeStatus};
+/// let node = |n, state: &str| NodeStatus {
+///     node: n,
+///     state: state.into(),
+///     mode: 0o111,
+///     uid: 0,
+///     gid: 0,
+///     addr: None,
+///     info: None,
+/// };
+/// let table = [node(0, "up"), node(1, "down"), node(2, "up"), node(3, "boot")];
+/// let numbers = |spec| -> Vec<i32> {
+///     nodespec::filter(&table, spec).unwrap().nodes.iter().map(|n| n.node).collect()
+/// };
+/// assert_eq!(numbers("allup"), [0, 2]);
+/// assert_eq!(numbers("0-1,3"), [0, 1, 3]);
+/// assert_eq!(numbers("n[2-3]"), [2, 3]);
+/// assert_eq!(nodespec::filter(&table, "0-7").unwrap().unconfigured, [4, 5, 6, 7]);
+/// assert!(nodespec::filter(&table, "1-x").is_err());
+/// ```
 pub fn filter(nodes: &[NodeStatus], spec: &str) -> Result<Selection, NodeSpecError> {
     let invalid = || NodeSpecError::Invalid(spec.to_owned());
     let table: BTreeMap<i32, &NodeStatus> =
