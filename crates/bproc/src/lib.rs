@@ -86,6 +86,66 @@ impl BprocError {
             _ => errno::EIO,
         }
     }
+
+    /// BProc's own error, when it is one (`BE_*`), rather than a system errno.
+    ///
+    /// ```
+    /// use bproc::{BeError, BprocError};
+    /// let e = BprocError::Remote { code: 301, message: "node 5 is down".into() };
+    /// assert_eq!(e.bproc_error(), Some(BeError::NodeDown));
+    /// assert_eq!(BeError::from_code(-303), Some(BeError::SlaveDied));
+    /// assert_eq!(BeError::NodeDown.code(), 301);
+    /// ```
+    pub fn bproc_error(&self) -> Option<BeError> {
+        BeError::from_code(self.errno())
+    }
+}
+
+/// BProc's own error codes (`BE_*` in `sys/bproc_common.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeError {
+    /// `BE_INVALIDNODE` (300): no such node.
+    InvalidNode,
+    /// `BE_NODEDOWN` (301): the node is down.
+    NodeDown,
+    /// `BE_SAMENODE` (302): a move to the node the process is on.
+    SameNode,
+    /// `BE_SLAVEDIED` (303): the node's slave died during the request.
+    SlaveDied,
+    /// `BE_INVALIDPROC` (304): no such process.
+    InvalidProc,
+}
+
+impl BeError {
+    /// The error for `code` or its negation (as in `bproc_vexecmove`'s `pids`), if it is
+    /// one of BProc's.
+    pub fn from_code(code: i32) -> Option<BeError> {
+        Some(match code.checked_abs()? {
+            errno::BE_INVALIDNODE => BeError::InvalidNode,
+            errno::BE_NODEDOWN => BeError::NodeDown,
+            errno::BE_SAMENODE => BeError::SameNode,
+            errno::BE_SLAVEDIED => BeError::SlaveDied,
+            errno::BE_INVALIDPROC => BeError::InvalidProc,
+            _ => return None,
+        })
+    }
+
+    /// Its code.
+    pub fn code(self) -> i32 {
+        match self {
+            BeError::InvalidNode => errno::BE_INVALIDNODE,
+            BeError::NodeDown => errno::BE_NODEDOWN,
+            BeError::SameNode => errno::BE_SAMENODE,
+            BeError::SlaveDied => errno::BE_SLAVEDIED,
+            BeError::InvalidProc => errno::BE_INVALIDPROC,
+        }
+    }
+}
+
+impl std::fmt::Display for BeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&strerror(self.code()))
+    }
 }
 
 /// BProc's `bproc_strerror`: its own texts for `BE_*` codes, the C library's for the rest.
