@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs bproc under a prefix, as `make install` would: the programs, libbproc (shared
-# library with soname libbproc.so.4, static library), the C headers and a pkg-config file.
+# library with soname libbproc.so.4, static library), the C headers, a pkg-config file and
+# the man pages.
 #
 #   scripts/install.sh [PREFIX]          # default /usr/local
 #   DESTDIR=/tmp/stage scripts/install.sh /usr   # staged install for packaging
@@ -19,7 +20,8 @@ debug) cargo build --quiet -p bproc-bins -p bproc-capi ;;
 *) echo "install.sh: PROFILE must be release or debug" >&2; exit 2 ;;
 esac
 R=target/$PROFILE
-install -d "$DEST/bin" "$DEST/lib/pkgconfig" "$DEST/include/sys"
+install -d "$DEST/bin" "$DEST/lib/pkgconfig" "$DEST/include/sys" \
+    "$DEST/share/man/man1" "$DEST/share/man/man3" "$DEST/share/man/man8"
 for p in bpmaster bpslave bpghost bpsh brsh bpcp bpstat bpctl bpcluster; do
     install -m 755 "$R/$p" "$DEST/bin/$p"
 done
@@ -27,6 +29,9 @@ install -m 755 "$R/libbproc.so" "$DEST/lib/libbproc.so.4.0.0"
 ln -sf libbproc.so.4.0.0 "$DEST/lib/libbproc.so.4"
 ln -sf libbproc.so.4 "$DEST/lib/libbproc.so"
 install -m 644 "$R/libbproc.a" "$DEST/lib/libbproc.a"
+for m in man/*.[138]; do
+    install -m 644 "$m" "$DEST/share/man/man${m##*.}/"
+done
 install -m 644 crates/bproc-capi/include/sys/bproc.h crates/bproc-capi/include/sys/bproc_common.h \
     "$DEST/include/sys/"
 cat >"$DEST/lib/pkgconfig/bproc.pc" <<EOPC

@@ -192,8 +192,17 @@ fn installed_library_builds_old_programs() {
         .status()
         .unwrap();
     assert!(st.success());
-    for f in ["bin/bpsh", "bin/bpcp", "lib/libbproc.so.4", "lib/libbproc.a", "include/sys/bproc.h"]
-    {
+    for f in [
+        "bin/bpsh",
+        "bin/bpcp",
+        "bin/bpghost",
+        "lib/libbproc.so.4",
+        "lib/libbproc.a",
+        "include/sys/bproc.h",
+        "share/man/man1/bpsh.1",
+        "share/man/man3/libbproc.3",
+        "share/man/man8/bpmaster.8",
+    ] {
         assert!(prefix.join(f).exists(), "{f} installed");
     }
     let flags = Command::new("pkg-config")

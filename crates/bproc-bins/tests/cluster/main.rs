@@ -7,6 +7,7 @@ mod bpsh;
 mod capi;
 mod daemons;
 mod ghosts;
+mod manpages;
 mod mpi;
 mod nodes;
 mod policy;

@@ -1,0 +1,51 @@
+//! The man pages render without warnings, and each program's page names every option its
+//! `--help` lists.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::bins;
+
+#[test]
+fn man_pages_render_and_cover_the_options() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../man");
+    if Command::new("groff").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no groff to render the man pages (apt install groff-base)");
+        return;
+    }
+    let mut pages: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    pages.sort();
+    assert!(pages.len() >= 8, "{pages:?}");
+    for page in &pages {
+        let out =
+            Command::new("groff").args(["-man", "-Tutf8", "-ww", "-z"]).arg(page).output().unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}: {}",
+            page.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every short option in a tool's usage text appears in its page.
+    for (tool, help) in
+        [("bpsh", "--help"), ("bpctl", "--help"), ("bpstat", "--help"), ("bpcp", "--help")]
+    {
+        let usage = Command::new(bins().join(tool)).arg(help).output().unwrap();
+        let usage = String::from_utf8_lossy(&usage.stdout).into_owned()
+            + &String::from_utf8_lossy(&usage.stderr);
+        let page =
+            std::fs::read_to_string(dir.join(format!("{tool}.1"))).unwrap().replace("\\-", "-");
+        for word in usage.split(|c: char| c.is_whitespace() || c == ',') {
+            let opt = word.trim_end_matches(':');
+            let short =
+                opt.len() == 2 && opt.starts_with('-') && opt.as_bytes()[1].is_ascii_alphabetic();
+            let long = opt.starts_with("--")
+                && opt.len() > 3
+                && opt[2..].bytes().all(|b| b.is_ascii_lowercase() || b == b'-');
+            let ignored = ["-h", "-v", "-V", "-l", "-f", "--help", "--version"].contains(&opt);
+            if (short || long) && !ignored {
+                assert!(page.contains(opt), "{tool}.1 does not mention {opt}");
+            }
+        }
+    }
+}
