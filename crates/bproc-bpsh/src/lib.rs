@@ -274,6 +274,7 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
             .unwrap_or_else(|_| "/".into()),
         umask: bproc::launch::current_umask(),
         io,
+        fds: Vec::new(),
         io_port: 0,
         io_ip: None,
         token,
@@ -397,7 +398,10 @@ fn start_local(
     for (fd, io) in spec.io.iter().enumerate().take(3) {
         let stdio = match io {
             IoSpec::Forward => Stdio::piped(),
-            IoSpec::Null => Stdio::null(),
+            // bpsh asks for nothing else.
+            IoSpec::Null | IoSpec::Closed | IoSpec::Open { .. } | IoSpec::Connect { .. } => {
+                Stdio::null()
+            }
             IoSpec::File(path) => {
                 let f =
                     if fd == 0 { std::fs::File::open(path) } else { std::fs::File::create(path) };

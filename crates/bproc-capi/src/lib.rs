@@ -583,6 +583,166 @@ pub unsafe extern "C" fn bproc_nodechroot(node: c_int, path: *mut c_char) -> c_i
     call(|c| c.node_chroot(node, &path))
 }
 
+/// An endpoint from a C address: IPv4 only; `0.0.0.0` and port 0 keep what is in use.
+///
+/// # Safety
+/// `addr` is NULL or points at `size` readable bytes.
+unsafe fn endpoint(addr: *const libc::sockaddr, size: c_int) -> Result<bproc::Endpoint, i32> {
+    if addr.is_null() {
+        return Ok(bproc::Endpoint::default());
+    }
+    if usize::try_from(size).map_or(true, |s| s < std::mem::size_of::<libc::sockaddr_in>()) {
+        return Err(EINVAL);
+    }
+    // SAFETY: at least a sockaddr_in's bytes are readable, as the caller promises; the read
+    // is unaligned-safe.
+    let a = unsafe { std::ptr::read_unaligned(addr.cast::<libc::sockaddr_in>()) };
+    if c_int::from(a.sin_family) != libc::AF_INET {
+        return Err(EINVAL);
+    }
+    let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+    Ok(bproc::Endpoint { ip: (!ip.is_unspecified()).then_some(ip), port: u16::from_be(a.sin_port) })
+}
+
+/// Makes node `node`'s slave open a new connection to the master at `rem` (from its own
+/// address `loc`, which may be NULL) and move its session there (root only; IPv4 only).
+///
+/// # Safety
+/// `rem` and `loc` are NULL or point at `remsize` and `locsize` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_nodereconnect(
+    node: c_int,
+    rem: *const libc::sockaddr,
+    remsize: c_int,
+    loc: *const libc::sockaddr,
+    locsize: c_int,
+) -> c_int {
+    // SAFETY: as the caller promises.
+    let ends = unsafe { endpoint(rem, remsize).and_then(|r| Ok((r, endpoint(loc, locsize)?))) };
+    match ends {
+        Ok((master, local)) => call(|c| c.node_reconnect(node, master, local)),
+        Err(e) => guard(|| Err(e)),
+    }
+}
+
+/// Reads attribute `name` of node `node` into `value` (`size` bytes; with `size` 0 only the
+/// length is returned). Returns the value's length; `ERANGE` when it does not fit, `ENODATA`
+/// when the node has no such attribute. Names: `state`, `addr` (dotted IPv4) and those set
+/// with [`bproc_setnodeattr`].
+///
+/// # Safety
+/// `name` is a string; `value` is NULL or holds `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_getnodeattr(
+    node: c_int,
+    name: *const c_char,
+    value: *mut std::ffi::c_void,
+    size: c_int,
+) -> c_int {
+    guard(|| {
+        // SAFETY: as the caller promises.
+        let name = unsafe { text(name) }?;
+        let v = client()?.node_attr(node, name).map_err(|e| e.errno())?;
+        let size = usize::try_from(size).map_err(|_| EINVAL)?;
+        if size > 0 {
+            if v.len() > size {
+                return Err(libc::ERANGE);
+            }
+            if value.is_null() {
+                return Err(EINVAL);
+            }
+            // SAFETY: `value` holds `size` ≥ `v.len()` writable bytes.
+            unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), value.cast::<u8>(), v.len()) };
+        }
+        Ok(v.len() as c_int)
+    })
+}
+
+/// Sets attribute `name` of node `node` to `size` bytes at `value` (root only, while the node
+/// is up; it keeps the attribute until it goes down). Size 0 removes it; `state` sets the
+/// node's state; `addr` is read-only.
+///
+/// # Safety
+/// `name` is a string; `value` is NULL or holds `size` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_setnodeattr(
+    node: c_int,
+    name: *const c_char,
+    value: *const std::ffi::c_void,
+    size: c_int,
+) -> c_int {
+    let args = || -> Result<(String, Vec<u8>), i32> {
+        // SAFETY: as the caller promises.
+        let name = unsafe { text(name) }?.to_owned();
+        let size = usize::try_from(size).map_err(|_| EINVAL)?;
+        if size > bproc::MAX_ATTR_VALUE {
+            return Err(libc::E2BIG);
+        }
+        if size == 0 {
+            return Ok((name, Vec::new()));
+        }
+        if value.is_null() {
+            return Err(EINVAL);
+        }
+        // SAFETY: `value` holds `size` readable bytes.
+        Ok((name, unsafe { std::slice::from_raw_parts(value.cast::<u8>(), size) }.to_vec()))
+    };
+    match args() {
+        Ok((name, v)) => call(|c| c.set_node_attr(node, &name, &v)),
+        Err(e) => guard(|| Err(e)),
+    }
+}
+
+/// `struct bproc_version_t`.
+#[repr(C)]
+pub struct Version {
+    /// `'B', 'P', 'r'`.
+    pub bproc_magic: [c_char; 3],
+    /// The machine, as an ELF `e_machine` value (62: x86-64).
+    pub arch: u8,
+    /// The wire protocol's version.
+    pub magic: u32,
+    /// The master's version, NUL-terminated.
+    pub version_string: [c_char; 24],
+}
+
+const _: () = assert!(std::mem::size_of::<Version>() == 32);
+
+/// Fills `v` with the version of the bproc the caller talks to: the master's software
+/// version (BProc reported its kernel module's).
+///
+/// # Safety
+/// `v` is NULL or points at a writable `struct bproc_version_t`.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_version(v: *mut Version) -> c_int {
+    guard(|| {
+        if v.is_null() {
+            return Err(EINVAL);
+        }
+        let version = client()?.master_version().map_err(|e| e.errno())?;
+        let mut text = [0 as c_char; 24];
+        for (d, b) in text.iter_mut().zip(version.bytes().take(23)) {
+            *d = b as c_char;
+        }
+        let arch = if cfg!(target_arch = "x86_64") {
+            62
+        } else if cfg!(target_arch = "aarch64") {
+            183
+        } else {
+            0
+        };
+        let out = Version {
+            bproc_magic: [b'B' as c_char, b'P' as c_char, b'r' as c_char],
+            arch,
+            magic: u32::from(bproc::PROTOCOL_VERSION),
+            version_string: text,
+        };
+        // SAFETY: `v` is a valid, writable pointer (checked for NULL above).
+        unsafe { v.write(out) };
+        Ok(0)
+    })
+}
+
 /// Reboots node `node` (root only; does not wait).
 #[no_mangle]
 pub extern "C" fn bproc_nodereboot(node: c_int) -> c_int {
@@ -672,17 +832,132 @@ unsafe fn strings(p: *const *const c_char) -> Result<Vec<String>, i32> {
 }
 
 /// # Safety
-/// As for [`strings`], and `cmd` is a NUL-terminated string.
+/// As for [`strings`], and `cmd` is a NUL-terminated string; `io` as for [`io_list`].
 unsafe fn program(
     cmd: *const c_char,
     argv: *const *const c_char,
     envp: *const *const c_char,
+    io: *const Io,
+    iolen: c_int,
 ) -> Result<bproc::launch::Program, i32> {
     // SAFETY: as the caller promises.
     let path = unsafe { text(cmd) }?.to_owned();
     // SAFETY: as the caller promises.
-    let (argv, env) = unsafe { (strings(argv)?, strings(envp)?) };
-    Ok(bproc::launch::Program { path, argv, env })
+    let (argv, env, io) = unsafe { (strings(argv)?, strings(envp)?, io_list(io, iolen)?) };
+    Ok(bproc::launch::Program { path, argv, env, io })
+}
+
+/// `BPROC_IO_FILE`.
+const IO_FILE: i16 = 0;
+/// `BPROC_IO_SOCKET`.
+const IO_SOCKET: i16 = 1;
+/// `BPROC_IO_MEMFILE`, internal to BProc.
+const IO_MEMFILE: i16 = 2;
+/// `BPROC_IO_SEND_INFO`.
+const IO_SEND_INFO: i16 = 1;
+/// `BPROC_IO_DELAY`.
+const IO_DELAY: i16 = 2;
+
+/// The file half of `struct bproc_io_t`'s union.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IoFile {
+    /// `open(2)` flags.
+    pub flags: c_int,
+    /// Mode of a created file.
+    pub mode: c_int,
+    /// Where to seek to after opening.
+    pub offset: std::ffi::c_long,
+    /// Path on the node, NUL-terminated.
+    pub name: [c_char; 256],
+}
+
+/// `struct bproc_io_t`'s union.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union IoTarget {
+    /// For `BPROC_IO_SOCKET`.
+    pub addr: libc::sockaddr,
+    /// For `BPROC_IO_FILE`.
+    pub file: IoFile,
+}
+
+/// `struct bproc_io_t`: what one fd of a placed process is.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Io {
+    /// The fd.
+    pub fd: c_int,
+    /// `BPROC_IO_FILE` or `BPROC_IO_SOCKET`.
+    pub kind: std::ffi::c_short,
+    /// `BPROC_IO_SEND_INFO`, `BPROC_IO_DELAY`.
+    pub flags: std::ffi::c_short,
+    /// The file or address.
+    pub d: IoTarget,
+}
+
+const _: () = assert!(std::mem::size_of::<Io>() == 280);
+
+/// An I/O list from C: `iolen` −1 for the default (`/dev/null` as stdio), 0 for no fds,
+/// else `io[0..iolen]` (at most `BPROC_IO_MAX_LEN`).
+///
+/// # Safety
+/// With `iolen` > 0, `io` is NULL or points at `iolen` entries.
+unsafe fn io_list(io: *const Io, iolen: c_int) -> Result<bproc::launch::IoList, i32> {
+    use bproc::launch::IoList;
+    use bproc::{FdIo, IoSpec};
+    if iolen == -1 {
+        return Ok(IoList::Default);
+    }
+    let Ok(n) = usize::try_from(iolen) else { return Err(EINVAL) };
+    if n > bproc::MAX_FD_IO || (n > 0 && io.is_null()) {
+        return Err(EINVAL);
+    }
+    let entries = if n == 0 {
+        &[][..]
+    } else {
+        // SAFETY: `io` holds `n` entries, as the caller promises.
+        unsafe { std::slice::from_raw_parts(io, n) }
+    };
+    let mut out = Vec::with_capacity(n);
+    for e in entries {
+        let spec = match e.kind {
+            IO_FILE => {
+                // SAFETY: the caller filled the union's file half for a FILE entry.
+                let f = unsafe { e.d.file };
+                let name = f.name.iter().position(|c| *c == 0).ok_or(EINVAL)?;
+                let bytes: Vec<u8> = f.name[..name].iter().map(|c| *c as u8).collect();
+                IoSpec::Open {
+                    path: String::from_utf8(bytes).map_err(|_| EINVAL)?,
+                    flags: f.flags,
+                    mode: f.mode as u32,
+                    offset: f.offset,
+                }
+            }
+            IO_SOCKET => {
+                // SAFETY: the caller filled the union's address half for a SOCKET entry;
+                // sockaddr and sockaddr_in are the same size.
+                let a =
+                    unsafe { std::mem::transmute::<libc::sockaddr, libc::sockaddr_in>(e.d.addr) };
+                if c_int::from(a.sin_family) != libc::AF_INET {
+                    return Err(EINVAL);
+                }
+                let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+                IoSpec::Connect {
+                    ip: (!ip.is_unspecified()).then_some(ip),
+                    port: u16::from_be(a.sin_port),
+                    send_info: e.flags & IO_SEND_INFO != 0,
+                }
+            }
+            IO_MEMFILE => return Err(libc::EPERM),
+            _ => return Err(EINVAL),
+        };
+        if !(0..=bproc::MAX_FD).contains(&e.fd) {
+            return Err(EINVAL);
+        }
+        out.push(FdIo { fd: e.fd, io: spec, optional: e.flags & IO_DELAY != 0 });
+    }
+    Ok(IoList::Exactly(out))
 }
 
 /// Runs `cmd` on `node` in place of the caller, which becomes its ghost (same pid and
@@ -698,29 +973,29 @@ pub unsafe extern "C" fn bproc_execmove(
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
-    // SAFETY: as the caller promises.
-    guard(|| Err(bproc::launch::execmove(node, &unsafe { program(cmd, argv, envp) }?).errno()))
+    // SAFETY: as the caller promises; no I/O list.
+    unsafe { bproc_execmove_io(node, std::ptr::null(), -1, cmd, argv, envp) }
 }
 
-/// [`bproc_execmove`] with I/O redirection: only the defaults (`iolen` 0 or −1: the process
-/// gets `/dev/null`) are available; a list gives `ENOSYS`.
+/// [`bproc_execmove`] with an I/O list (`iolen` −1: the default, `/dev/null` as stdio; 0: no
+/// fds at all).
 ///
 /// # Safety
-/// As for [`bproc_execmove`].
+/// As for [`bproc_execmove`], and `io` holds `iolen` entries.
 #[no_mangle]
 pub unsafe extern "C" fn bproc_execmove_io(
     node: c_int,
-    _io: *mut std::ffi::c_void,
+    io: *const Io,
     iolen: c_int,
     cmd: *const c_char,
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
-    if iolen > 0 {
-        return guard(|| Err(NOT_YET));
-    }
-    // SAFETY: as the caller promises.
-    unsafe { bproc_execmove(node, cmd, argv, envp) }
+    guard(|| {
+        // SAFETY: as the caller promises.
+        let prog = unsafe { program(cmd, argv, envp, io, iolen) }?;
+        Err(bproc::launch::execmove(node, &prog).errno())
+    })
 }
 
 /// The caller turns into the ghost of `cmd` run on `node` from the node's own filesystem.
@@ -739,6 +1014,23 @@ pub unsafe extern "C" fn bproc_rexec(
     unsafe { bproc_execmove(node, cmd, argv, envp) }
 }
 
+/// [`bproc_rexec`] with an I/O list.
+///
+/// # Safety
+/// As for [`bproc_execmove_io`].
+#[no_mangle]
+pub unsafe extern "C" fn bproc_rexec_io(
+    node: c_int,
+    io: *const Io,
+    iolen: c_int,
+    cmd: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: as the caller promises.
+    unsafe { bproc_execmove_io(node, io, iolen, cmd, argv, envp) }
+}
+
 /// Starts `cmd` once on each of `nodes[0..n]`. Returns `n`; `pids[i]` is the child's pid (a
 /// ghost on the front end for a remote process, so `waitpid` gives its status) or the
 /// negated error for that node (`-BE_NODEDOWN`...). `BPROC_RANK=XXXXXXX` in `envp` becomes
@@ -755,6 +1047,25 @@ pub unsafe extern "C" fn bproc_vexecmove(
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
+    // SAFETY: as the caller promises; no I/O list.
+    unsafe { bproc_vexecmove_io(n, nodes, pids, std::ptr::null(), -1, cmd, argv, envp) }
+}
+
+/// [`bproc_vexecmove`] with an I/O list, applied to every process.
+///
+/// # Safety
+/// As for [`bproc_vexecmove`], and `io` holds `iolen` entries.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_vexecmove_io(
+    n: c_int,
+    nodes: *const c_int,
+    pids: *mut c_int,
+    io: *const Io,
+    iolen: c_int,
+    cmd: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
     guard(|| {
         if n <= 0 || nodes.is_null() || pids.is_null() {
             return Err(EINVAL);
@@ -762,35 +1073,13 @@ pub unsafe extern "C" fn bproc_vexecmove(
         // SAFETY: the caller gives `n` readable ints at `nodes`.
         let list = unsafe { std::slice::from_raw_parts(nodes, n as usize) }.to_vec();
         // SAFETY: as the caller promises.
-        let prog = unsafe { program(cmd, argv, envp) }?;
+        let prog = unsafe { program(cmd, argv, envp, io, iolen) }?;
         let got = bproc::launch::vexecmove(&list, &prog).map_err(|e| e.errno())?;
         // SAFETY: the caller gives `n` writable ints at `pids`.
         let out = unsafe { std::slice::from_raw_parts_mut(pids, n as usize) };
         out.copy_from_slice(&got);
         Ok(n)
     })
-}
-
-/// [`bproc_vexecmove`] with I/O redirection: only the defaults (`iolen` 0 or −1).
-///
-/// # Safety
-/// As for [`bproc_vexecmove`].
-#[no_mangle]
-pub unsafe extern "C" fn bproc_vexecmove_io(
-    n: c_int,
-    nodes: *const c_int,
-    pids: *mut c_int,
-    _io: *mut std::ffi::c_void,
-    iolen: c_int,
-    cmd: *const c_char,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> c_int {
-    if iolen > 0 {
-        return guard(|| Err(NOT_YET));
-    }
-    // SAFETY: as the caller promises.
-    unsafe { bproc_vexecmove(n, nodes, pids, cmd, argv, envp) }
 }
 
 /// `struct bproc_proc_info_t`.

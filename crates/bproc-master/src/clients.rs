@@ -17,7 +17,7 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
 use crate::slaves::{self, disconnect};
-use crate::table::{Caller, Refusal};
+use crate::table::{Caller, Refusal, Session};
 use crate::Shared;
 
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
@@ -167,6 +167,29 @@ fn done(shared: &Shared, r: Result<(), Refusal>) -> Message {
     }
 }
 
+/// The reply to a change of node `node` (`what`, for the log), which may have set it down.
+fn changed(
+    shared: &Shared,
+    caller: &Caller,
+    node: i32,
+    what: &str,
+    r: Result<Option<Session>, Refusal>,
+) -> Message {
+    match r {
+        Ok(Some(session)) => {
+            info!("node {node}: set down by uid {}", caller.uid);
+            disconnect(session, "node set down by the administrator", false);
+            shared.node_lost(node);
+            done(shared, Ok(()))
+        }
+        Ok(None) => {
+            info!("node {node}: {what} by uid {}", caller.uid);
+            done(shared, Ok(()))
+        }
+        Err(e) => e.to_message(),
+    }
+}
+
 async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
     match msg {
         Message::NodeList => Message::Nodes { nodes: shared.table().statuses() },
@@ -188,19 +211,15 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
         Message::ProcList => Message::Procs { procs: shared.ghosts.list() },
         Message::SetState { node, state } => {
             let r = shared.table().set_state(caller, node, &state);
-            match r {
-                Ok(Some(session)) => {
-                    info!("node {node}: set down by uid {}", caller.uid);
-                    disconnect(session, "node set down by the administrator", false);
-                    shared.node_lost(node);
-                    done(shared, Ok(()))
-                }
-                Ok(None) => {
-                    info!("node {node}: state set to {state} by uid {}", caller.uid);
-                    done(shared, Ok(()))
-                }
-                Err(e) => e.to_message(),
-            }
+            changed(shared, caller, node, &format!("state set to {state}"), r)
+        }
+        Message::GetNodeAttr { node, name } => match shared.table().attr(node, &name) {
+            Ok(value) => Message::NodeAttr { value },
+            Err(e) => e.to_message(),
+        },
+        Message::SetNodeAttr { node, name, value } => {
+            let r = shared.table().set_attr(caller, node, &name, &value);
+            changed(shared, caller, node, &format!("attribute {name} set"), r)
         }
         Message::Chmod { node, mode } => {
             let r = shared.table().chmod(caller, node, mode);

@@ -428,6 +428,7 @@ fn saved_sessions(t: &Table) -> std::collections::BTreeMap<i32, persist::Saved> 
                     mode: n.mode,
                     uid: n.uid,
                     gid: n.gid,
+                    attrs: n.attrs.clone(),
                 },
                 None => n.saved.clone()?,
             };

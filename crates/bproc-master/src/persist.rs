@@ -25,6 +25,9 @@ pub struct Saved {
     pub uid: u32,
     /// Group.
     pub gid: u32,
+    /// Attributes set with `bproc_setnodeattr`.
+    #[serde(default)]
+    pub attrs: BTreeMap<String, Vec<u8>>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -102,7 +105,17 @@ mod tests {
         let path = dir.join("nodes.json");
         assert!(load(&path).unwrap().is_empty());
         let mut m = BTreeMap::new();
-        m.insert(3, Saved { cookie: 42, state: "up".into(), mode: 0o100, uid: 1000, gid: 100 });
+        m.insert(
+            3,
+            Saved {
+                cookie: 42,
+                state: "up".into(),
+                mode: 0o100,
+                uid: 1000,
+                gid: 100,
+                attrs: [("rack".to_owned(), b"r7".to_vec())].into(),
+            },
+        );
         save(&path, m.clone()).unwrap();
         assert_eq!(load(&path).unwrap(), m);
         std::fs::write(&path, "{").unwrap();

@@ -180,6 +180,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
                     node.mode = saved.mode;
                     node.uid = saved.uid;
                     node.gid = saved.gid;
+                    node.attrs = saved.attrs;
                 }
             }
             node.addr = Some(ip);

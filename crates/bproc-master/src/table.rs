@@ -14,6 +14,9 @@ use crate::persist::Saved;
 
 /// Mode of a node that has just connected: only root may start processes (spec §3.2).
 pub const BOOT_MODE: u32 = 0o100;
+/// Most attributes one node holds.
+pub const MAX_ATTRS: usize = 64;
+
 /// Mode of a node that finished booting.
 pub const UP_MODE: u32 = 0o111;
 
@@ -117,6 +120,8 @@ pub struct Node {
     /// What a previous master saved about this node, offered to a slave that resumes with the
     /// same cookie after a master restart.
     pub saved: Option<Saved>,
+    /// Attributes set by the administrator (`bproc_setnodeattr`), kept while the node is up.
+    pub attrs: BTreeMap<String, Vec<u8>>,
 }
 
 impl Node {
@@ -133,6 +138,7 @@ impl Node {
             info: None,
             session: None,
             saved: None,
+            attrs: BTreeMap::new(),
         }
     }
 
@@ -169,6 +175,7 @@ impl Node {
         self.gid = 0;
         self.addr = None;
         self.info = None;
+        self.attrs.clear();
         self.session.take()
     }
 }
@@ -328,6 +335,66 @@ impl Table {
             return Ok(node.go_down());
         }
         node.state = state.to_owned();
+        Ok(None)
+    }
+
+    /// One attribute of node `n`: `state`, `addr` (dotted IPv4, while up), or one that
+    /// [`Table::set_attr`] set.
+    pub fn attr(&self, n: i32, name: &str) -> Result<Vec<u8>, Refusal> {
+        let node = self
+            .nodes
+            .get(&n)
+            .ok_or_else(|| Refusal::new(BE_INVALIDNODE, format!("node {n} is not configured")))?;
+        let missing = || Refusal::new(ENODATA, format!("node {n} has no attribute {name:?}"));
+        match name {
+            "state" => Ok(node.state.clone().into_bytes()),
+            "addr" => node.addr.map(|a| a.to_string().into_bytes()).ok_or_else(missing),
+            _ => node.attrs.get(name).cloned().ok_or_else(missing),
+        }
+    }
+
+    /// Sets (or with an empty value removes) an attribute of node `n`: root only, while the
+    /// node is up. `state` sets the state (see [`Table::set_state`], whose session return it
+    /// shares); `addr` cannot be set.
+    pub fn set_attr(
+        &mut self,
+        caller: &Caller,
+        n: i32,
+        name: &str,
+        value: &[u8],
+    ) -> Result<Option<Session>, Refusal> {
+        if name == "state" {
+            let state = std::str::from_utf8(value)
+                .map_err(|_| Refusal::new(EINVAL, "a state is text"))?
+                .trim_end_matches('\0');
+            return self.set_state(caller, n, state);
+        }
+        let node = self.node_for_change(n)?;
+        if !caller.is_root() {
+            return Err(Refusal::new(EPERM, format!("only root may set attributes of node {n}")));
+        }
+        if name == "addr" {
+            return Err(Refusal::new(EPERM, format!("the address of node {n} is read-only")));
+        }
+        if name.is_empty() || name.contains('\0') {
+            return Err(Refusal::new(EINVAL, format!("bad attribute name {name:?}")));
+        }
+        if !node.is_up() {
+            return Err(Refusal::new(
+                BE_NODEDOWN,
+                format!("node {n} is down; it has no attributes"),
+            ));
+        }
+        if value.is_empty() {
+            node.attrs.remove(name);
+        } else if node.attrs.len() >= MAX_ATTRS && !node.attrs.contains_key(name) {
+            return Err(Refusal::new(
+                ENOSPC,
+                format!("node {n} has {MAX_ATTRS} attributes already; remove one first"),
+            ));
+        } else {
+            node.attrs.insert(name.to_owned(), value.to_vec());
+        }
         Ok(None)
     }
 
@@ -539,8 +606,14 @@ mod tests {
         assert_eq!(t.join_kind(0, 7), Ok(JoinKind::Reconnect));
         assert!(t.join_kind(0, 8).is_err());
         t.get_mut(0).unwrap().go_down();
-        t.get_mut(0).unwrap().saved =
-            Some(Saved { cookie: 9, state: "up".into(), mode: 0o100, uid: 3, gid: 4 });
+        t.get_mut(0).unwrap().saved = Some(Saved {
+            cookie: 9,
+            state: "up".into(),
+            mode: 0o100,
+            uid: 3,
+            gid: 4,
+            attrs: Default::default(),
+        });
         assert_eq!(t.join_kind(0, 9), Ok(JoinKind::Resume));
         assert_eq!(t.join_kind(0, 8), Ok(JoinKind::Fresh));
     }

@@ -69,7 +69,49 @@ pub enum IoSpec {
     /// A file on the node, opened with the caller's credentials (`bpsh -I/-O/-E`): read-only
     /// for fd 0, else write, create (0666 before umask) and truncate.
     File(String),
+    /// A file on the node opened with the caller's credentials, these `open(2)` flags and
+    /// mode, then positioned at `offset` (libbproc's `BPROC_IO_FILE`).
+    Open {
+        /// Path on the node.
+        path: String,
+        /// `open(2)` flags (Linux values).
+        flags: i32,
+        /// Mode for a created file, before the umask.
+        mode: u32,
+        /// Where to seek to after opening (0: stay at the start, or at the end with
+        /// `O_APPEND`).
+        offset: i64,
+    },
+    /// A TCP connection from the node (libbproc's `BPROC_IO_SOCKET`).
+    Connect {
+        /// Address; `None` (`0.0.0.0`): the launcher's, as this node reaches it.
+        ip: Option<Ipv4Addr>,
+        /// Port.
+        port: u16,
+        /// Send the process's front-end pid and the fd number first, as two native-endian
+        /// 32-bit integers (`BPROC_IO_SEND_INFO`).
+        send_info: bool,
+    },
+    /// No file: the fd is closed.
+    Closed,
 }
+
+/// One entry of an explicit I/O list: what `fd` of the process is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdIo {
+    /// The fd in the process, 0 to [`MAX_FD`].
+    pub fd: i32,
+    /// What it is.
+    pub io: IoSpec,
+    /// When it cannot be set up, leave the fd closed and start the process anyway (with
+    /// `BPROC_IO_DELAY`, BProc only logged such errors).
+    pub optional: bool,
+}
+
+/// Most entries in an explicit I/O list (BProc's `BPROC_IO_MAX_LEN`).
+pub const MAX_FD_IO: usize = 16;
+/// Highest fd an I/O list may name.
+pub const MAX_FD: i32 = 1023;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +141,8 @@ pub struct ProcSpec {
     pub umask: u32,
     /// fds 0, 1, 2.
     pub io: Vec<IoSpec>,
+    /// Explicit I/O list, applied after `io` (so it may override fds 0–2).
+    pub fds: Vec<FdIo>,
     /// Port of the launcher's listener for forwarded fds.
     pub io_port: u16,
     /// Address of that listener: `None` for the master's address as the node sees it (set by
@@ -111,6 +155,11 @@ pub struct ProcSpec {
     /// Files a diskless node must hold (program, interpreters, libraries).
     pub files: Vec<StagedRef>,
 }
+
+/// Longest node attribute name (as an xattr name's).
+pub const MAX_ATTR_NAME: usize = 255;
+/// Largest node attribute value (as an xattr value's).
+pub const MAX_ATTR_VALUE: usize = 1 << 16;
 
 /// Most resource limits one process carries (Linux has 16).
 pub const MAX_RLIMITS: usize = 64;
@@ -539,6 +588,29 @@ pub enum Message {
         /// What to do.
         action: NodeAction,
     },
+    /// Client → master: one attribute of a node (`state`, `addr`, or one set with
+    /// [`Message::SetNodeAttr`]). Replied with [`Message::NodeAttr`].
+    GetNodeAttr {
+        /// Node number.
+        node: i32,
+        /// Attribute name.
+        name: String,
+    },
+    /// Client → master: set a node's attribute (root only; an empty value removes it). The
+    /// node keeps it until it goes down.
+    SetNodeAttr {
+        /// Node number.
+        node: i32,
+        /// Attribute name.
+        name: String,
+        /// Value, at most [`MAX_ATTR_VALUE`] bytes.
+        value: Vec<u8>,
+    },
+    /// Reply to [`Message::GetNodeAttr`].
+    NodeAttr {
+        /// The value.
+        value: Vec<u8>,
+    },
     /// Client → master: `chroot` a node's slave daemon.
     NodeChroot {
         /// Node number.
@@ -774,6 +846,8 @@ mod ty {
     pub const GHOST_SIGNAL: u16 = 34;
     pub const PROC_LIST: u16 = 35;
     pub const PROC_STAT_LIST: u16 = 36;
+    pub const GET_NODE_ATTR: u16 = 37;
+    pub const SET_NODE_ATTR: u16 = 38;
     pub const ACTION: u16 = 40;
     pub const SLAVE_CHROOT: u16 = 41;
     pub const SLAVE_RECONNECT: u16 = 42;
@@ -793,6 +867,7 @@ mod ty {
     pub const COPY_PLAN: u16 = 106;
     pub const PROCS: u16 = 107;
     pub const PROC_STATS: u16 = 108;
+    pub const NODE_ATTR: u16 = 109;
     pub const NODES_CHANGED: u16 = 120;
     pub const PROC_EXIT: u16 = 121;
     pub const COPY_RESULT: u16 = 122;
@@ -821,6 +896,14 @@ fn get_ip(r: &mut Reader<'_>) -> Result<Option<Ipv4Addr>, DecodeError> {
         0 => Ok(None),
         1 => Ok(Some(Ipv4Addr::from(r.fixed::<4>("address")?))),
         v => Err(DecodeError::BadValue { what: "address flag", value: v.into() }),
+    }
+}
+
+fn get_bool(r: &mut Reader<'_>, what: &'static str) -> Result<bool, DecodeError> {
+    match r.u8(what)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        v => Err(DecodeError::BadValue { what, value: v.into() }),
     }
 }
 
@@ -858,11 +941,7 @@ impl NodeInfo {
             kernel: r.str("kernel", MAX_TEXT)?,
             hostname: r.str("hostname", MAX_TEXT)?,
             arch: r.str("arch", MAX_TEXT)?,
-            diskless: match r.u8("diskless flag")? {
-                0 => false,
-                1 => true,
-                v => return Err(DecodeError::BadValue { what: "diskless flag", value: v.into() }),
-            },
+            diskless: get_bool(r, "diskless flag")?,
             staged_bytes: r.u64("staged bytes")?,
         })
     }
@@ -954,6 +1033,20 @@ impl IoSpec {
                 w.u8(2);
                 w.str(p);
             }
+            IoSpec::Open { path, flags, mode, offset } => {
+                w.u8(3);
+                w.str(path);
+                w.i32(*flags);
+                w.u32(*mode);
+                w.u64(*offset as u64);
+            }
+            IoSpec::Connect { ip, port, send_info } => {
+                w.u8(4);
+                put_ip(w, *ip);
+                w.u16(*port);
+                w.u8(u8::from(*send_info));
+            }
+            IoSpec::Closed => w.u8(5),
         }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -961,6 +1054,18 @@ impl IoSpec {
             0 => IoSpec::Forward,
             1 => IoSpec::Null,
             2 => IoSpec::File(r.str("io path", MAX_PATH)?),
+            3 => IoSpec::Open {
+                path: r.str("io path", MAX_PATH)?,
+                flags: r.i32("open flags")?,
+                mode: r.u32("open mode")?,
+                offset: r.u64("offset")? as i64,
+            },
+            4 => IoSpec::Connect {
+                ip: get_ip(r)?,
+                port: r.u16("io port")?,
+                send_info: get_bool(r, "send info")?,
+            },
+            5 => IoSpec::Closed,
             v => return Err(DecodeError::BadValue { what: "io kind", value: v.into() }),
         })
     }
@@ -1040,6 +1145,12 @@ impl ProcSpec {
         for io in &self.io {
             io.encode(w);
         }
+        w.u32(self.fds.len() as u32);
+        for f in &self.fds {
+            w.i32(f.fd);
+            f.io.encode(w);
+            w.u8(u8::from(f.optional));
+        }
         w.u16(self.io_port);
         put_ip(w, self.io_ip);
         w.fixed(&self.token);
@@ -1062,6 +1173,15 @@ impl ProcSpec {
         for _ in 0..n {
             io.push(IoSpec::decode(r)?);
         }
+        let n = r.count("io list", MAX_FD_IO, 6)?;
+        let mut fds = Vec::with_capacity(n);
+        for _ in 0..n {
+            let fd = r.i32("fd")?;
+            if !(0..=MAX_FD).contains(&fd) {
+                return Err(DecodeError::BadValue { what: "fd", value: fd as u64 });
+            }
+            fds.push(FdIo { fd, io: IoSpec::decode(r)?, optional: get_bool(r, "optional")? });
+        }
         Ok(ProcSpec {
             path,
             argv,
@@ -1069,6 +1189,7 @@ impl ProcSpec {
             cwd,
             umask,
             io,
+            fds,
             io_port: r.u16("io port")?,
             io_ip: get_ip(r)?,
             token: r.fixed("token")?,
@@ -1250,6 +1371,9 @@ impl Message {
             NodeCommand { .. } => ty::NODE_COMMAND,
             NodeChroot { .. } => ty::NODE_CHROOT,
             NodeReconnect { .. } => ty::NODE_RECONNECT,
+            GetNodeAttr { .. } => ty::GET_NODE_ATTR,
+            SetNodeAttr { .. } => ty::SET_NODE_ATTR,
+            NodeAttr { .. } => ty::NODE_ATTR,
             Watch => ty::WATCH,
             MasterInfo => ty::MASTER_INFO,
             Launch { .. } => ty::LAUNCH,
@@ -1309,6 +1433,9 @@ impl Message {
             NodeCommand { .. } => "NodeCommand",
             NodeChroot { .. } => "NodeChroot",
             NodeReconnect { .. } => "NodeReconnect",
+            GetNodeAttr { .. } => "GetNodeAttr",
+            SetNodeAttr { .. } => "SetNodeAttr",
+            NodeAttr { .. } => "NodeAttr",
             Watch => "Watch",
             MasterInfo => "MasterInfo",
             Launch { .. } => "Launch",
@@ -1561,6 +1688,16 @@ impl Message {
                 put_endpoint(w, master);
                 put_endpoint(w, local);
             }
+            GetNodeAttr { node, name } => {
+                w.i32(*node);
+                w.str(name);
+            }
+            SetNodeAttr { node, name, value } => {
+                w.i32(*node);
+                w.str(name);
+                w.bytes(value);
+            }
+            NodeAttr { value } => w.bytes(value),
             Error { code, message } => {
                 w.i32(*code);
                 w.str(message);
@@ -1675,6 +1812,17 @@ impl Message {
                 master: get_endpoint(r)?,
                 local: get_endpoint(r)?,
             },
+            ty::GET_NODE_ATTR => {
+                GetNodeAttr { node: r.i32("node")?, name: r.str("attribute name", MAX_ATTR_NAME)? }
+            }
+            ty::SET_NODE_ATTR => SetNodeAttr {
+                node: r.i32("node")?,
+                name: r.str("attribute name", MAX_ATTR_NAME)?,
+                value: r.bytes("attribute value", MAX_ATTR_VALUE)?.to_vec(),
+            },
+            ty::NODE_ATTR => {
+                NodeAttr { value: r.bytes("attribute value", MAX_ATTR_VALUE)?.to_vec() }
+            }
             ty::WATCH => Watch,
             ty::MASTER_INFO => MasterInfo,
             ty::LAUNCH => {
@@ -1720,15 +1868,7 @@ impl Message {
                 }
                 ProcStats { stats }
             }
-            ty::GHOST_STATE => GhostState {
-                stopped: match r.u8("stopped flag")? {
-                    0 => false,
-                    1 => true,
-                    v => {
-                        return Err(DecodeError::BadValue { what: "stopped flag", value: v.into() })
-                    }
-                },
-            },
+            ty::GHOST_STATE => GhostState { stopped: get_bool(r, "stopped flag")? },
             ty::GHOST_FORK => GhostFork { fork: r.u64("fork")?, comm: r.str("comm", MAX_TEXT)? },
             ty::GHOST_EXEC => GhostExec { comm: r.str("comm", MAX_TEXT)? },
             ty::PROC_EVENT => {

@@ -1,9 +1,9 @@
 //! Property tests of the decoder: arbitrary bytes never panic, and every message round-trips.
 
 use bproc_proto::{
-    check, decode, encode, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, IoSpec,
+    check, decode, encode, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, FdIo, IoSpec,
     Message, NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat,
-    StagedRef, TreeEntry,
+    StagedRef, TreeEntry, MAX_FD, MAX_FD_IO,
 };
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
@@ -65,7 +65,21 @@ fn action() -> impl Strategy<Value = NodeAction> {
 }
 
 fn io() -> impl Strategy<Value = IoSpec> {
-    prop_oneof![Just(IoSpec::Forward), Just(IoSpec::Null), ".{0,20}".prop_map(IoSpec::File)]
+    prop_oneof![
+        Just(IoSpec::Forward),
+        Just(IoSpec::Null),
+        Just(IoSpec::Closed),
+        ".{0,20}".prop_map(IoSpec::File),
+        (".{0,20}", any::<i32>(), any::<u32>(), any::<i64>())
+            .prop_map(|(path, flags, mode, offset)| IoSpec::Open { path, flags, mode, offset }),
+        (proptest::option::of(any::<[u8; 4]>()), any::<u16>(), any::<bool>()).prop_map(
+            |(ip, port, send_info)| IoSpec::Connect { ip: ip.map(Ipv4Addr::from), port, send_info }
+        ),
+    ]
+}
+
+fn fd_io() -> impl Strategy<Value = FdIo> {
+    (0..=MAX_FD, io(), any::<bool>()).prop_map(|(fd, io, optional)| FdIo { fd, io, optional })
 }
 
 fn spec() -> impl Strategy<Value = ProcSpec> {
@@ -81,23 +95,27 @@ fn spec() -> impl Strategy<Value = ProcSpec> {
         proptest::collection::vec(any::<(u32, u64, u64)>(), 0..4),
         proptest::collection::vec((".{0,20}", any::<u32>(), any::<u64>(), any::<[u8; 32]>()), 0..3),
         proptest::option::of(any::<[u8; 4]>()),
+        proptest::collection::vec(fd_io(), 0..=MAX_FD_IO),
     )
         .prop_map(
-            |(path, argv, env, cwd, umask, io, io_port, token, rlimits, files, io_ip)| ProcSpec {
-                io_ip: io_ip.map(Ipv4Addr::from),
-                path,
-                argv,
-                env,
-                cwd,
-                umask,
-                io,
-                io_port,
-                token,
-                rlimits,
-                files: files
-                    .into_iter()
-                    .map(|(path, mode, size, hash)| StagedRef { path, mode, size, hash })
-                    .collect(),
+            |(path, argv, env, cwd, umask, io, io_port, token, rlimits, files, io_ip, fds)| {
+                ProcSpec {
+                    io_ip: io_ip.map(Ipv4Addr::from),
+                    fds,
+                    path,
+                    argv,
+                    env,
+                    cwd,
+                    umask,
+                    io,
+                    io_port,
+                    token,
+                    rlimits,
+                    files: files
+                        .into_iter()
+                        .map(|(path, mode, size, hash)| StagedRef { path, mode, size, hash })
+                        .collect(),
+                }
             },
         )
 }
@@ -347,6 +365,10 @@ fn base_message() -> impl Strategy<Value = Message> {
         (any::<i32>(), ".{0,40}").prop_map(|(node, path)| Message::NodeChroot { node, path }),
         (any::<i32>(), endpoint(), endpoint())
             .prop_map(|(node, master, local)| { Message::NodeReconnect { node, master, local } }),
+        (any::<i32>(), ".{0,40}").prop_map(|(node, name)| Message::GetNodeAttr { node, name }),
+        (any::<i32>(), ".{0,40}", proptest::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(node, name, value)| Message::SetNodeAttr { node, name, value }),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(|value| Message::NodeAttr { value }),
         Just(Message::Watch),
         Just(Message::Ok),
         (any::<i32>(), ".{0,40}").prop_map(|(code, message)| Message::Error { code, message }),

@@ -396,16 +396,106 @@ async fn open_to_launcher(
     Ok(s)
 }
 
-/// Opens the connection for `fd` of `rank` back to the launcher.
-async fn connect_back(
+/// What one fd of a new process is, as the slave prepares it.
+enum Opened {
+    /// This open file.
+    Fd(OwnedFd),
+    /// A file the process opens itself, with its own identity.
+    File(FdFile),
+    /// Nothing.
+    Closed,
+}
+
+/// The fds of a new process, the latest word on each fd winning.
+#[derive(Default)]
+struct Fds {
+    stdio: [Option<OwnedFd>; 3],
+    extra: Vec<(i32, OwnedFd)>,
+    files: Vec<FdFile>,
+}
+
+impl Fds {
+    fn set(&mut self, fd: i32, o: Opened) {
+        self.extra.retain(|(n, _)| *n != fd);
+        self.files.retain(|f| f.fd != fd);
+        let slot = usize::try_from(fd).ok().and_then(|i| self.stdio.get_mut(i));
+        match (o, slot) {
+            (Opened::Fd(f), Some(s)) => *s = Some(f),
+            (Opened::Fd(f), None) => self.extra.push((fd, f)),
+            (Opened::File(f), slot) => {
+                if let Some(s) = slot {
+                    // Open until the process replaces it: the slot must hold something.
+                    *s = None;
+                }
+                self.files.push(f);
+            }
+            (Opened::Closed, Some(s)) => *s = None,
+            (Opened::Closed, None) => {}
+        }
+    }
+}
+
+/// Prepares `io` as fd `fd` of rank `rank` (whose ghost is `ghost`, 0 for none).
+async fn open_io(
+    io: &IoSpec,
+    fd: i32,
     master: Ipv4Addr,
     spec: &ProcSpec,
     rank: u32,
-    fd: u8,
-) -> std::io::Result<OwnedFd> {
-    let s = open_to_launcher(master, spec, rank, fd).await?.into_std()?;
-    s.set_nonblocking(false)?;
-    Ok(OwnedFd::from(s))
+    ghost: i32,
+) -> Result<Opened, Refused> {
+    let failed = |what: String, e: std::io::Error| Refused {
+        code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
+        message: format!("fd {fd}: {what}: {e}"),
+    };
+    let path = |p: &str| {
+        CString::new(p).map_err(|_| Refused { code: EINVAL, message: format!("NUL in {p:?}") })
+    };
+    Ok(match io {
+        IoSpec::Closed => Opened::Closed,
+        IoSpec::Null => Opened::Fd(
+            std::fs::OpenOptions::new()
+                .read(fd == 0)
+                .write(fd != 0)
+                .open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|e| failed("/dev/null".into(), e))?,
+        ),
+        IoSpec::File(p) if fd == 0 => Opened::File(FdFile::read(fd, path(p)?)),
+        IoSpec::File(p) => Opened::File(FdFile::write(fd, path(p)?)),
+        IoSpec::Open { path: p, flags, mode, offset } => {
+            Opened::File(FdFile { fd, path: path(p)?, flags: *flags, mode: *mode, offset: *offset })
+        }
+        IoSpec::Forward => {
+            let Ok(n) = u8::try_from(fd) else {
+                return Err(Refused {
+                    code: EINVAL,
+                    message: format!("fd {fd} cannot be forwarded"),
+                });
+            };
+            let s = open_to_launcher(master, spec, rank, n)
+                .await
+                .and_then(|s| s.into_std())
+                .map_err(|e| failed("cannot connect back to the launcher".into(), e))?;
+            s.set_nonblocking(false).map_err(|e| failed("socket".into(), e))?;
+            Opened::Fd(OwnedFd::from(s))
+        }
+        IoSpec::Connect { ip, port, send_info } => {
+            let to = SocketAddrV4::new(ip.unwrap_or(spec.io_ip.unwrap_or(master)), *port);
+            let mut s =
+                TcpStream::connect(to).await.map_err(|e| failed(format!("connect to {to}"), e))?;
+            if *send_info {
+                // BProc's header: the process's pid on the front end, then the fd number.
+                let mut info = [0u8; 8];
+                info[..4].copy_from_slice(&ghost.to_ne_bytes());
+                info[4..].copy_from_slice(&fd.to_ne_bytes());
+                s.write_all(&info).await.map_err(|e| failed(format!("write to {to}"), e))?;
+            }
+            let s = s.into_std().map_err(|e| failed("socket".into(), e))?;
+            s.set_nonblocking(false).map_err(|e| failed("socket".into(), e))?;
+            Opened::Fd(OwnedFd::from(s))
+        }
+    })
 }
 
 /// Where a diskless node fetches the staged files its cache lacks.
@@ -604,40 +694,23 @@ pub async fn spawn(
     if let Some(path) = client_socket {
         envp.push(cstr(&format!("BPROC_SOCKET={path}"))?);
     }
-    let mut files = Vec::new();
-    let mut stdio = Vec::with_capacity(3);
-    for fd in 0..3u8 {
-        let null = || {
-            std::fs::OpenOptions::new()
-                .read(fd == 0)
-                .write(fd != 0)
-                .open("/dev/null")
-                .map(OwnedFd::from)
-                .map_err(|e| Refused {
-                    code: e.raw_os_error().unwrap_or(EINVAL),
-                    message: format!("/dev/null: {e}"),
-                })
-        };
-        stdio.push(match spec.io.get(fd as usize).unwrap_or(&IoSpec::Null) {
-            IoSpec::Null => null()?,
-            IoSpec::File(p) => {
-                files.push(FdFile { fd: fd.into(), path: cstr(p)?, write: fd != 0 });
-                null()?
-            }
-            IoSpec::Forward => match connect_back(master, &spec, rank, fd).await {
-                Ok(sock) => sock,
-                Err(e) => {
-                    return refuse(
-                        e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
-                        format!("cannot connect fd {fd} back to the launcher: {e}"),
-                    )
-                }
-            },
-        });
+    let mut fds = Fds::default();
+    let ghost = set_tid.unwrap_or(0);
+    for fd in 0..3 {
+        let io = spec.io.get(fd as usize).unwrap_or(&IoSpec::Null);
+        fds.set(fd, open_io(io, fd, master, &spec, rank, ghost).await?);
     }
-    let Ok(stdio) = <[OwnedFd; 3]>::try_from(stdio) else {
-        return refuse(EINVAL, "stdio".into());
-    };
+    for f in &spec.fds {
+        match open_io(&f.io, f.fd, master, &spec, rank, ghost).await {
+            Ok(o) => fds.set(f.fd, o),
+            Err(e) if f.optional => {
+                warn!("launch {launch} rank {rank}: fd {} left closed: {}", f.fd, e.message);
+                fds.set(f.fd, Opened::Closed);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Fds { stdio, extra, files } = fds;
     let cwd = if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
     let mut req = bproc_sys::SpawnSpec {
         path: cstr(&spec.path)?,
@@ -645,6 +718,7 @@ pub async fn spawn(
         envp,
         cwd: Some(cstr(cwd)?),
         stdio,
+        fds: extra,
         limits: spec.rlimits.clone(),
         jail,
         identity: authority.root.then(|| Identity {
@@ -689,7 +763,12 @@ fn clone_spec(s: &bproc_sys::SpawnSpec) -> Result<bproc_sys::SpawnSpec, Refused>
         argv: s.argv.clone(),
         envp: s.envp.clone(),
         cwd: s.cwd.clone(),
-        stdio: [dup(&s.stdio[0])?, dup(&s.stdio[1])?, dup(&s.stdio[2])?],
+        stdio: [
+            s.stdio[0].as_ref().map(dup).transpose()?,
+            s.stdio[1].as_ref().map(dup).transpose()?,
+            s.stdio[2].as_ref().map(dup).transpose()?,
+        ],
+        fds: s.fds.iter().map(|(n, fd)| Ok((*n, dup(fd)?))).collect::<Result<_, Refused>>()?,
         limits: s.limits.clone(),
         jail: s.jail.clone(),
         identity: s.identity.clone(),

@@ -18,10 +18,12 @@ mod spawn;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,
-    signal_from, spawn, PidNamespace, SpawnSpec,
+    signal_from, spawn, PidNamespace, SpawnSpec, MAX_FDS,
 };
 
 use std::ffi::CString;
+
+use nix::libc;
 
 use nix::unistd::{Gid, Uid};
 
@@ -39,12 +41,29 @@ pub struct Identity {
 /// A file the child opens onto one of its fds after taking its identity.
 #[derive(Debug, Clone)]
 pub struct FdFile {
-    /// Target fd (0, 1 or 2).
+    /// Target fd.
     pub fd: i32,
     /// Path on this machine.
     pub path: CString,
-    /// Open for writing (create, truncate, mode 0666 before umask) rather than reading.
-    pub write: bool,
+    /// `open(2)` flags.
+    pub flags: i32,
+    /// Mode of a created file, before the umask.
+    pub mode: u32,
+    /// Position to seek to after opening (0: none).
+    pub offset: i64,
+}
+
+impl FdFile {
+    /// `path` opened for reading onto `fd`.
+    pub fn read(fd: i32, path: CString) -> FdFile {
+        FdFile { fd, path, flags: libc::O_RDONLY, mode: 0, offset: 0 }
+    }
+
+    /// `path` opened for writing onto `fd`: created (0666 before the umask) or truncated.
+    pub fn write(fd: i32, path: CString) -> FdFile {
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+        FdFile { fd, path, flags, mode: 0o666, offset: 0 }
+    }
 }
 
 /// A root to confine the child to (a diskless node's filesystem) and its working directory
@@ -104,11 +123,11 @@ mod tests {
     use super::*;
     use std::os::fd::OwnedFd;
 
-    fn null() -> [OwnedFd; 3] {
+    fn null() -> [Option<OwnedFd>; 3] {
         let open = |w: bool| {
             OwnedFd::from(std::fs::OpenOptions::new().read(!w).write(w).open("/dev/null").unwrap())
         };
-        [open(false), open(true), open(true)]
+        [Some(open(false)), Some(open(true)), Some(open(true))]
     }
 
     fn spec(argv: &[&str], files: Vec<FdFile>, limits: Vec<Limit>) -> SpawnSpec {
@@ -118,6 +137,7 @@ mod tests {
             envp: vec![CString::new("PATH=/bin:/usr/bin").unwrap()],
             cwd: Some(CString::new("/").unwrap()),
             stdio: null(),
+            fds: Vec::new(),
             limits,
             jail: None,
             identity: None,
@@ -140,7 +160,7 @@ mod tests {
         // Resource 7 is RLIMIT_NOFILE.
         let s = spec(
             &["/bin/sh", "-c", "umask; ulimit -n; echo $$ hello"],
-            vec![FdFile { fd: 1, path, write: true }],
+            vec![FdFile::write(1, path)],
             vec![(7, 77, 77)],
         );
         let pid = spawn(&s).unwrap();
@@ -153,9 +173,35 @@ mod tests {
     }
 
     #[test]
+    fn fds_land_where_asked_even_when_they_cross() {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join(format!("bproc-sys-fds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = OwnedFd::from(std::fs::File::create(dir.join("a")).unwrap());
+        let b = OwnedFd::from(std::fs::File::create(dir.join("b")).unwrap());
+        std::fs::write(dir.join("c"), "abcdefgh").unwrap();
+        let (x, y) = (a.as_raw_fd(), b.as_raw_fd());
+        // Each target is the other's source; stdout is closed; the file is written at 3.
+        let script =
+            format!("echo toA >&{y}; echo toB >&{x}; echo XY >&7; echo gone; echo $? >&{y}");
+        let mut s = spec(&["/bin/bash", "-c", &script], vec![], vec![]);
+        s.fds = vec![(y, a), (x, b)];
+        s.stdio[1] = None;
+        let c = CString::new(dir.join("c").to_str().unwrap()).unwrap();
+        s.files = vec![FdFile { fd: 7, path: c, flags: libc::O_WRONLY, mode: 0, offset: 3 }];
+        let pid = spawn(&s).unwrap();
+        assert!(matches!(wait(pid), nix::sys::wait::WaitStatus::Exited(_, 0)));
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("a"), "toA\n1\n");
+        assert_eq!(read("b"), "toB\n");
+        assert_eq!(read("c"), "abcXY\ngh");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn failures_before_exec_come_back_as_errors() {
         let path = CString::new("/no/such/file/here").unwrap();
-        let s = spec(&["/bin/true"], vec![FdFile { fd: 0, path, write: false }], vec![]);
+        let s = spec(&["/bin/true"], vec![FdFile::read(0, path)], vec![]);
         assert_eq!(spawn(&s).unwrap_err().raw_os_error(), Some(2));
         let s = spec(&["/no/such/program"], vec![], vec![]);
         assert_eq!(spawn(&s).unwrap_err().raw_os_error(), Some(2));

@@ -25,8 +25,10 @@ pub struct SpawnSpec {
     /// Working directory (entered after the identity switch, with the caller's rights);
     /// ignored with a jail, which has its own.
     pub cwd: Option<CString>,
-    /// Its fds 0, 1 and 2.
-    pub stdio: [OwnedFd; 3],
+    /// Its fds 0, 1 and 2 (`None`: closed).
+    pub stdio: [Option<OwnedFd>; 3],
+    /// Further fds it gets, at these numbers, after `stdio` (at most [`MAX_FDS`]).
+    pub fds: Vec<(i32, OwnedFd)>,
     /// Resource limits.
     pub limits: Vec<Limit>,
     /// Root to confine it to.
@@ -40,6 +42,9 @@ pub struct SpawnSpec {
     /// The pid it must have in the calling thread's pid namespace for children.
     pub set_tid: Option<i32>,
 }
+
+/// Most further fds a [`SpawnSpec`] may carry.
+pub const MAX_FDS: usize = 16;
 
 /// `struct clone_args` of `<linux/sched.h>` (libc has it only for some targets).
 #[repr(C)]
@@ -79,6 +84,9 @@ unsafe fn clone3(args: &CloneArgs) -> nix::Result<i32> {
 /// group and dies with SIGKILL when the calling thread exits. Call it from a thread that
 /// blocks every signal: the child starts with that mask and clears it just before `exec`.
 pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
+    if spec.fds.len() > MAX_FDS || spec.fds.iter().any(|(fd, _)| *fd < 0) {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let argv: Vec<*const libc::c_char> =
         spec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let envp: Vec<*const libc::c_char> =
@@ -225,10 +233,29 @@ fn child(
             return err();
         }
         for (fd, from) in spec.stdio.iter().enumerate() {
+            let Some(from) = from else {
+                libc::close(fd as i32);
+                continue;
+            };
             let from = from.as_raw_fd();
             if from == fd as i32 {
                 libc::fcntl(from, libc::F_SETFD, 0);
             } else if libc::dup2(from, fd as i32) < 0 {
+                return err();
+            }
+        }
+        // Each source first moves above every target, so that no dup2 below lands on a
+        // source still to be placed; the copies close at exec.
+        let above = spec.fds.iter().map(|(to, _)| *to).max().unwrap_or(0) + 1;
+        let mut high = [-1; MAX_FDS];
+        for (slot, (_, from)) in high.iter_mut().zip(&spec.fds) {
+            *slot = libc::fcntl(from.as_raw_fd(), libc::F_DUPFD_CLOEXEC, above);
+            if *slot < 0 {
+                return err();
+            }
+        }
+        for (from, (to, _)) in high.iter().zip(&spec.fds) {
+            if libc::dup2(*from, *to) < 0 {
                 return err();
             }
         }
@@ -261,16 +288,16 @@ fn child(
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         libc::umask((spec.umask & 0o777) as libc::mode_t);
         for f in &spec.files {
-            let flags = if f.write {
-                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC
-            } else {
-                libc::O_RDONLY
-            };
-            let opened = libc::open(f.path.as_ptr(), flags, 0o666);
+            let opened = libc::open(f.path.as_ptr(), f.flags | libc::O_CLOEXEC, f.mode);
             if opened < 0 {
                 return err();
             }
-            if opened != f.fd {
+            if f.offset != 0 && libc::lseek(opened, f.offset, libc::SEEK_SET) < 0 {
+                return err();
+            }
+            if opened == f.fd {
+                libc::fcntl(opened, libc::F_SETFD, 0);
+            } else {
                 libc::dup2(opened, f.fd);
                 libc::close(opened);
             }

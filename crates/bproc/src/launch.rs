@@ -2,19 +2,20 @@
 //! `bproc_rexec`): start a program on nodes, each remote process with a ghost on the front
 //! end, so the caller waits for, signals and sees it as a local child.
 //!
-//! The program runs from the node's own filesystem (as `bproc_rexec` does); its standard
-//! input, output and error are `/dev/null` there (bpsh is the launcher that forwards them).
+//! The program runs from the node's own filesystem (as `bproc_rexec` does). By default its
+//! standard input, output and error are `/dev/null` there (bpsh is the launcher that forwards
+//! them); an explicit [`IoList`] gives it files on the node and TCP connections instead.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use bproc_proto::{IoSpec, Message, ProcSpec, NODE_MASTER};
+use bproc_proto::{FdIo, IoSpec, Message, ProcSpec, MAX_FD, MAX_FD_IO, NODE_MASTER};
 
 use crate::{BprocError, Client};
 
 /// A program to start: its path, arguments (`argv[0]` first) and environment (`NAME=value`;
 /// `BPROC_RANK=XXXXXXX` becomes each process's rank, `%07d`, on the nodes).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Program {
     /// Path of the program (relative paths are taken from the current directory).
     pub path: String,
@@ -22,6 +23,35 @@ pub struct Program {
     pub argv: Vec<String>,
     /// Environment.
     pub env: Vec<String>,
+    /// Its fds on the node.
+    pub io: IoList,
+}
+
+/// What a remote process's fds are (libbproc's `bproc_io_t` lists).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum IoList {
+    /// `/dev/null` as fds 0, 1 and 2.
+    #[default]
+    Default,
+    /// These fds (at most 16, numbered 0 to 1023) and no others; an empty list leaves the
+    /// process with no fds at all.
+    Exactly(Vec<FdIo>),
+}
+
+impl IoList {
+    fn check(&self) -> Result<(), BprocError> {
+        let IoList::Exactly(v) = self else { return Ok(()) };
+        let bad = v.len() > MAX_FD_IO || v.iter().any(|f| !(0..=MAX_FD).contains(&f.fd));
+        if bad {
+            return Err(BprocError::Remote {
+                code: bproc_proto::errno::EINVAL,
+                message: format!(
+                    "an I/O list holds at most {MAX_FD_IO} entries, for fds 0 to {MAX_FD}"
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The caller's umask.
@@ -73,7 +103,14 @@ fn spec_of(p: &Program) -> ProcSpec {
         env: p.env.clone(),
         cwd: cwd.unwrap_or_else(|_| "/".into()),
         umask: current_umask(),
-        io: vec![IoSpec::Null; 3],
+        io: match &p.io {
+            IoList::Default => vec![IoSpec::Null; 3],
+            IoList::Exactly(_) => vec![IoSpec::Closed; 3],
+        },
+        fds: match &p.io {
+            IoList::Default => Vec::new(),
+            IoList::Exactly(v) => v.clone(),
+        },
         io_port: 0,
         io_ip: None,
         token,
@@ -97,6 +134,7 @@ fn spec_of(p: &Program) -> ProcSpec {
 ///     path: "/bin/sh".into(),
 ///     argv: vec!["sh".into(), "-c".into(), "exit $((1$BPROC_RANK - 10000000))".into()],
 ///     env: vec!["BPROC_RANK=XXXXXXX".into()],
+///     ..Default::default()
 /// };
 /// for (rank, pid) in vexecmove(&[0, 1, 2], &prog)?.into_iter().enumerate() {
 ///     if pid <= 0 {
@@ -108,6 +146,7 @@ fn spec_of(p: &Program) -> ProcSpec {
 /// # Ok::<(), bproc::BprocError>(())
 /// ```
 pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> {
+    prog.io.check()?;
     let mut client = Client::connect()?;
     let ghost = client.place()?.ghost;
     let spec = spec_of(prog);
@@ -149,8 +188,12 @@ pub fn ghosts_for(program: &str, comm: &str, nodes: &[i32]) -> Vec<i32> {
     nodes.iter().map(|&n| if n == NODE_MASTER { 0 } else { made.next().unwrap_or(0) }).collect()
 }
 
-/// Rank `rank` on the front end: a plain child of the caller.
+/// Rank `rank` on the front end: a plain child of the caller, with the caller's stdio or the
+/// spec's I/O list.
 fn start_here(spec: &ProcSpec, rank: usize) -> std::io::Result<i32> {
+    if !spec.fds.is_empty() || spec.io.first() == Some(&IoSpec::Closed) {
+        return start_here_with_fds(spec, rank);
+    }
     let mut cmd = Command::new(&spec.path);
     cmd.arg0(spec.argv.first().map_or(spec.path.as_str(), |a| a.as_str()))
         .args(spec.argv.iter().skip(1))
@@ -159,10 +202,86 @@ fn start_here(spec: &ProcSpec, rank: usize) -> std::io::Result<i32> {
     Ok(cmd.spawn()?.id() as i32)
 }
 
+/// [`start_here`] for an explicit I/O list: the same rules as on a node, with `0.0.0.0`
+/// meaning this machine and a pid of 0 in `SEND_INFO` headers (the pid is not known before
+/// the process starts).
+fn start_here_with_fds(spec: &ProcSpec, rank: usize) -> std::io::Result<i32> {
+    use std::ffi::CString;
+    use std::io::Write;
+    use std::os::fd::OwnedFd;
+    let cstr =
+        |s: &str| CString::new(s).map_err(|_| std::io::Error::other(format!("NUL in {s:?}")));
+    let mut stdio: [Option<OwnedFd>; 3] = [None, None, None];
+    let mut fds: Vec<(i32, OwnedFd)> = Vec::new();
+    let mut files: Vec<bproc_sys::FdFile> = Vec::new();
+    for f in &spec.fds {
+        fds.retain(|(n, _)| *n != f.fd);
+        files.retain(|x| x.fd != f.fd);
+        if let Some(s) = usize::try_from(f.fd).ok().and_then(|i| stdio.get_mut(i)) {
+            *s = None;
+        }
+        let opened = match &f.io {
+            IoSpec::Open { path, flags, mode, offset } => {
+                let path = cstr(path)?;
+                files.push(bproc_sys::FdFile {
+                    fd: f.fd,
+                    path,
+                    flags: *flags,
+                    mode: *mode,
+                    offset: *offset,
+                });
+                continue;
+            }
+            IoSpec::Connect { ip, port, send_info } => {
+                let to =
+                    std::net::SocketAddrV4::new(ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST), *port);
+                std::net::TcpStream::connect(to).and_then(|mut s| {
+                    if *send_info {
+                        s.write_all(&[0i32.to_ne_bytes(), f.fd.to_ne_bytes()].concat())?;
+                    }
+                    Ok(OwnedFd::from(s))
+                })
+            }
+            IoSpec::Null => std::fs::OpenOptions::new()
+                .read(f.fd == 0)
+                .write(f.fd != 0)
+                .open("/dev/null")
+                .map(OwnedFd::from),
+            IoSpec::Closed => continue,
+            IoSpec::Forward | IoSpec::File(_) => {
+                Err(std::io::Error::from_raw_os_error(bproc_proto::errno::EINVAL))
+            }
+        };
+        match (opened, usize::try_from(f.fd).ok().and_then(|i| stdio.get_mut(i))) {
+            (Ok(fd), Some(s)) => *s = Some(fd),
+            (Ok(fd), None) => fds.push((f.fd, fd)),
+            (Err(_), _) if f.optional => {}
+            (Err(e), _) => return Err(e),
+        }
+    }
+    let env = spec.env_for_rank(rank as u32);
+    let req = bproc_sys::SpawnSpec {
+        path: cstr(&spec.path)?,
+        argv: spec.argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
+        envp: env.iter().map(|(k, v)| cstr(&format!("{k}={v}"))).collect::<Result<_, _>>()?,
+        cwd: None,
+        stdio,
+        fds,
+        limits: Vec::new(),
+        jail: None,
+        identity: None,
+        umask: spec.umask,
+        files,
+        set_tid: None,
+    };
+    bproc_sys::spawn(&req)
+}
+
 /// Replaces the caller with `prog` running on `node`: the caller becomes the process's ghost
 /// (same pid, same parent). Returns only on failure.
 pub fn execmove(node: i32, prog: &Program) -> BprocError {
     let run = || -> Result<std::convert::Infallible, BprocError> {
+        prog.io.check()?;
         let mut client = Client::connect()?;
         let Some(ghost) = client.place()?.ghost else {
             return Err(BprocError::Remote {

@@ -37,7 +37,8 @@ use std::path::{Path, PathBuf};
 pub use bproc_proto::errno;
 use bproc_proto::{DecodeError, Header, HEADER_LEN};
 pub use bproc_proto::{
-    Endpoint, ExitStatus, Message, NodeAction, NodeInfo, NodeStatus, ProcEntry, ProcStat,
+    Endpoint, ExitStatus, FdIo, IoSpec, Message, NodeAction, NodeInfo, NodeStatus, ProcEntry,
+    ProcStat, MAX_ATTR_VALUE, MAX_FD, MAX_FD_IO, VERSION as PROTOCOL_VERSION,
 };
 use thiserror::Error;
 
@@ -315,6 +316,29 @@ impl Client {
         self.expect_ok(&Message::NodeReconnect { node, master, local })
     }
 
+    /// One attribute of a node: `state`, `addr` (dotted IPv4, while up), or one that root
+    /// set with [`Client::set_node_attr`]. A missing one is `ENODATA`.
+    pub fn node_attr(&mut self, node: i32, name: &str) -> Result<Vec<u8>, BprocError> {
+        match self.request(&Message::GetNodeAttr { node, name: name.into() })? {
+            Message::NodeAttr { value } => Ok(value),
+            other => Err(BprocError::Unexpected(other.name())),
+        }
+    }
+
+    /// Sets a node attribute (root only, while the node is up, which it keeps until it goes
+    /// down); an empty value removes it. Setting `state` sets the node's state.
+    pub fn set_node_attr(&mut self, node: i32, name: &str, value: &[u8]) -> Result<(), BprocError> {
+        self.expect_ok(&Message::SetNodeAttr { node, name: name.into(), value: value.to_vec() })
+    }
+
+    /// The master's software version.
+    pub fn master_version(&mut self) -> Result<String, BprocError> {
+        match self.request(&Message::MasterInfo)? {
+            Message::MasterInfoReply { version, .. } => Ok(version),
+            other => Err(BprocError::Unexpected(other.name())),
+        }
+    }
+
     /// Where this process runs: its node ([`NODE_MASTER`] on the front end) and the address
     /// nodes reach it at (for listeners that nodes connect back to).
     pub fn place(&mut self) -> Result<Place, BprocError> {
@@ -367,16 +391,63 @@ pub struct Watcher {
     stream: UnixStream,
 }
 
+/// The table a watcher's frame carries, its error, or `None` for a frame to skip.
+fn table_in(m: Message) -> Option<Result<Vec<NodeStatus>, BprocError>> {
+    match m {
+        Message::NodesChanged { nodes } => Some(Ok(nodes)),
+        Message::Error { code, message } => Some(Err(BprocError::Remote { code, message })),
+        _ => None,
+    }
+}
+
 impl Watcher {
     /// Blocks until the next table arrives.
     pub fn next_table(&mut self) -> Result<Vec<NodeStatus>, BprocError> {
         loop {
-            match read_message(&mut self.stream)? {
-                (_, Message::NodesChanged { nodes }) => return Ok(nodes),
-                (_, Message::Error { code, message }) => {
-                    return Err(BprocError::Remote { code, message })
-                }
-                _ => continue,
+            if let Some(t) = table_in(read_message(&mut self.stream)?.1) {
+                return t;
+            }
+        }
+    }
+
+    /// This watcher for async code: needs a tokio runtime with I/O enabled (feature `tokio`).
+    ///
+    /// ```no_run
+    /// # async fn show() -> Result<(), bproc::BprocError> {
+    /// let mut w = bproc::Client::connect()?.watch()?.into_async()?;
+    /// loop {
+    ///     let nodes = w.next_table().await?;
+    ///     println!("{} nodes up", nodes.iter().filter(|n| n.state == "up").count());
+    /// }
+    /// # }
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn into_async(self) -> Result<AsyncWatcher, BprocError> {
+        self.stream.set_nonblocking(true)?;
+        Ok(AsyncWatcher { stream: tokio::net::UnixStream::from_std(self.stream)? })
+    }
+}
+
+/// A [`Watcher`] for async code (feature `tokio`).
+#[cfg(feature = "tokio")]
+#[derive(Debug)]
+pub struct AsyncWatcher {
+    stream: tokio::net::UnixStream,
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncWatcher {
+    /// Waits for the next table.
+    pub async fn next_table(&mut self) -> Result<Vec<NodeStatus>, BprocError> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut head = [0u8; HEADER_LEN];
+            self.stream.read_exact(&mut head).await?;
+            let h = Header::parse(&head)?;
+            let mut body = vec![0u8; h.len as usize];
+            self.stream.read_exact(&mut body).await?;
+            if let Some(t) = table_in(bproc_proto::decode_body(&h, &body)?) {
+                return t;
             }
         }
     }

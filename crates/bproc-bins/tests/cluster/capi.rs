@@ -135,6 +135,80 @@ rfork 1: -1 Function not implemented
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// I/O lists (files on the node, connections back with BProc's pid/fd header, closed fds,
+/// the front end's own rank), node attributes, `bproc_version` and `bproc_nodereconnect`.
+#[test]
+fn io_lists_attributes_and_version() {
+    if !require_root("checks EPERM as a second, unprivileged user") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("io_lists.c", "io") else { return };
+    let c = TestCluster::up(&bins(), 4, "capi-io");
+    let out = c.cmd(exe.to_str().unwrap()).arg(&dir).ok();
+    let version = env!("CARGO_PKG_VERSION");
+    let want = format!(
+        "\
+sizeof bproc_io_t 280
+vexecmove_io: 2 ok
+connection: pid is a rank's 1, fd 1
+connection: pid is a rank's 1, fd 1
+fd 0 closed
+fd 3 closed
+rank 0000000
+fd 0 closed
+fd 3 closed
+rank 0000001
+exit 10 11
+err: [err
+err
+]
+five: [abcXYfgh]
+vexecmove_io iolen 0: 1 ok
+exit 6
+ran: [ran
+]
+vexecmove_io refused: 1 ok
+pid -111 Connection refused
+vexecmove_io delayed: 1 ok
+exit 4
+vexecmove_io -1: 1 ok
+exit 0
+local: [local
+]
+iolen 17: -1 Invalid argument
+iolen -2: -1 Invalid argument
+memfile: -1 Operation not permitted
+inet6: -1 Invalid argument
+version: 0 ok
+version BPr 62 2 {version}
+nodereconnect 3: 0 ok
+nodereconnect 99: -1 Invalid node number
+nodereconnect inet6: -1 Invalid argument
+setnodeattr 1 rack: 0 ok
+getnodeattr 1 rack size 0: 2 ok
+getnodeattr 1 rack size 1: -1 Numerical result out of range
+getnodeattr 1 rack: 2 ok
+rack [r7]
+state [up]
+addr [127.0.1.1]
+getnodeattr 1 missing: -1 No data available
+getnodeattr 99 rack: -1 Invalid node number
+setnodeattr 1 addr: -1 Operation not permitted
+setnodeattr 1 rack removed: 0 ok
+getnodeattr 1 rack: -1 No data available
+setnodeattr 2 rack: 0 ok
+setnodeattr 2 state down: 0 ok
+getnodeattr 2 rack: -1 No data available
+"
+    );
+    assert_eq!(out, want);
+    let out = c.cmd(exe.to_str().unwrap()).as_user(&test_user()).arg("user").ok();
+    assert_eq!(out, "setnodeattr 1 rack: -1 Operation not permitted\n");
+    // The reconnected node is still up, on its new connection.
+    c.wait_state(3, "up", 10);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The header declares exactly the functions the library exports.
 #[test]
 fn header_matches_the_library() {

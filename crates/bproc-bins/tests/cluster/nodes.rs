@@ -115,12 +115,41 @@ fn bpctl_settings_survive_a_master_restart() {
         "{before}"
     );
     assert!(before.contains("   4 127.0.1.4       busy         ---x--x--x\troot"), "{before}");
+    c.client().unwrap().set_node_attr(3, "rack", b"r7").unwrap();
 
     c.stop_master();
     c.start_master().expect("master restarts");
     c.wait(30, "all nodes back", |t| t.iter().all(|n| n.state != "down"));
     let after = c.cmd("bpstat").args(["-l"]).ok();
     assert_eq!(after, before);
+    assert_eq!(c.client().unwrap().node_attr(3, "rack").unwrap(), b"r7");
+}
+
+/// The change notifier in async code: a tokio task sees each change as it happens.
+#[test]
+fn async_watcher_sees_changes() {
+    let c = TestCluster::up(&bins(), 2, "async-watch");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut w = {
+        let _in_runtime = rt.enter();
+        c.client().unwrap().watch().unwrap().into_async().unwrap()
+    };
+    let first = rt.block_on(w.next_table()).unwrap();
+    assert_eq!(first.iter().filter(|n| n.state == "up").count(), 2);
+    c.cmd("bpctl").args(["-S", "1", "-s", "maint"]).ok();
+    let seen = rt.block_on(async {
+        let wait = async {
+            loop {
+                let t = w.next_table().await.unwrap();
+                if t.iter().any(|n| n.node == 1 && n.state == "maint") {
+                    return t;
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), wait).await
+    });
+    let table = seen.expect("the change arrives within 10 s");
+    assert!(table.iter().any(|n| n.node == 0 && n.state == "up"));
 }
 
 /// Only root changes nodes; owners may chmod their node; bad values are named.

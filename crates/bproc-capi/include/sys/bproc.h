@@ -20,6 +20,13 @@ int bproc_nodelist(struct bproc_node_set_t *ns);
 int bproc_nodeaddr(int node, struct sockaddr *addr, int *size);
 int bproc_notifier(void);
 int bproc_nodelist_(struct bproc_node_set_t *ns, int fd);
+/* Node attributes: "state", "addr" (dotted IPv4) and those root sets, which a node keeps
+ * until it goes down. get returns the length (size 0: only the length), ERANGE if it does
+ * not fit, ENODATA if missing; set with size 0 removes. */
+int bproc_getnodeattr(int node, const char *name, void *value, int size);
+int bproc_setnodeattr(int node, const char *name, const void *value, int size);
+/* The master's version (BProc: the kernel module's). */
+int bproc_version(struct bproc_version_t *v);
 
 /* Node sets and node specifications. */
 int bproc_nodeset_init(struct bproc_node_set_t *ns, int size);
@@ -42,16 +49,21 @@ int bproc_nodechroot(int node, char *path);
 int bproc_nodereboot(int node);
 int bproc_nodehalt(int node);
 int bproc_nodepwroff(int node);
+int bproc_nodereconnect(int node, struct sockaddr *rem, int remsize, struct sockaddr *loc,
+                        int locsize);
 
-/* Process placement. The program runs from the node's filesystem with /dev/null as its
- * stdio (I/O lists other than the default give ENOSYS). Each remote process has a ghost on
- * the front end: the caller itself for execmove and rexec, a child of the caller for
- * vexecmove, so wait() gives the remote exit status. */
+/* Process placement. The program runs from the node's filesystem. With no I/O list (iolen
+ * -1) its stdio is /dev/null; an I/O list names each fd it gets (files opened on the node,
+ * TCP connections from it; 0.0.0.0 is the launcher's address) and it has no other (iolen 0:
+ * none). Each remote process has a ghost on the front end: the caller itself for execmove
+ * and rexec, a child of the caller for vexecmove, so wait() gives the remote exit status. */
 int bproc_vexecmove(int n, int *nodes, int *pids, const char *cmd, char *const argv[],
                     char *const envp[]);
 int bproc_vexecmove_io(int n, int *nodes, int *pids, struct bproc_io_t *io, int iolen,
                        const char *cmd, char *const argv[], char *const envp[]);
 int bproc_rexec(int node, const char *cmd, char *const argv[], char *const envp[]);
+int bproc_rexec_io(int node, struct bproc_io_t *io, int iolen, const char *cmd,
+                   char *const argv[], char *const envp[]);
 int bproc_execmove(int node, const char *cmd, char *const argv[], char *const envp[]);
 int bproc_execmove_io(int node, struct bproc_io_t *io, int iolen, const char *cmd,
                       char *const argv[], char *const envp[]);

@@ -72,6 +72,14 @@ struct bproc_io_t {
     } d;
 };
 
+/* bproc_version(). */
+struct bproc_version_t {
+    char bproc_magic[3]; /* 'B', 'P', 'r' */
+    unsigned char arch;  /* ELF machine: 62 on x86-64 */
+    unsigned int magic;  /* the wire protocol's version */
+    char version_string[24];
+};
+
 /* What a process image carries (VMADump). */
 #define BPROC_DUMP_LIBS  1
 #define BPROC_DUMP_EXEC  2

@@ -1,0 +1,798 @@
+//! bproc's process image: what a process that moves (or checkpoints itself) becomes on the
+//! wire or in a file, and what the restorer reads back. This crate only encodes and decodes;
+//! it never touches a process, a file or a socket.
+//!
+//! ```text
+//!  preamble (20 bytes)
+//!  +----------------+-------------+-----------------+-----------------+
+//!  | magic BPROCIMG | version u32 | header len u32  | header CRC32 u32|
+//!  +----------------+-------------+-----------------+-----------------+
+//!  header (header len bytes, at most MAX_HEADER; bproc-proto's codec: big-endian
+//!  integers, u32-length strings and lists, each bounded): machine, process state, regions
+//!  chunks, one per run of saved pages, then the end
+//!  +-----------+---------+-------------+--------------+
+//!  | addr u64  | len u32 | CRC32 u32   | len bytes    |   addr, len page-aligned,
+//!  +-----------+---------+-------------+--------------+   len ≤ MAX_CHUNK, inside a region
+//!  | u64::MAX  | 0       | chunks u32  |                  the end: how many chunks came
+//!  +-----------+---------+-------------+
+//! ```
+//!
+//! Every length is checked before anything is allocated, and a decoded header re-encodes to
+//! the same bytes. Pages not in any chunk are zero after a restore (never touched before the
+//! dump); regions by reference take their pages from the named file, except those in chunks.
+
+use bproc_proto::{DecodeError, Reader, Writer};
+use thiserror::Error;
+
+/// The first 8 bytes of every image.
+pub const MAGIC: [u8; 8] = *b"BPROCIMG";
+/// The format version this crate reads and writes.
+pub const VERSION: u32 = 1;
+/// Bytes in the preamble.
+pub const PREAMBLE_LEN: usize = 20;
+/// Bytes in a chunk head (and in the end).
+pub const CHUNK_HEAD_LEN: usize = 16;
+/// Largest header.
+pub const MAX_HEADER: usize = 4 << 20;
+/// Largest chunk of page data.
+pub const MAX_CHUNK: u32 = 4 << 20;
+/// Most memory regions in one image (Linux's default `vm.max_map_count` is 65530).
+pub const MAX_REGIONS: usize = 1 << 16;
+/// Page size the image is laid out in.
+pub const PAGE: u64 = 4096;
+/// First address past user space on x86-64 (47-bit).
+pub const USER_END: u64 = 1 << 47;
+
+const MAX_TEXT: usize = 4096;
+
+/// Why an image was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ImageError {
+    /// Not an image at all.
+    #[error("not a bproc process image (bad magic)")]
+    BadMagic,
+    /// Made by another version of this format.
+    #[error("process image format version {got}; this bproc reads version {ours}")]
+    BadVersion {
+        /// The image's.
+        got: u32,
+        /// Ours.
+        ours: u32,
+    },
+    /// The header is longer than allowed.
+    #[error("process image header of {0} bytes is over the limit")]
+    HeaderTooLong(u32),
+    /// A checksum does not match: the image was damaged.
+    #[error("process image damaged: {0} checksum mismatch")]
+    Checksum(&'static str),
+    /// A field could not be decoded.
+    #[error("process image header: {0}")]
+    Decode(#[from] DecodeError),
+    /// The regions or a chunk do not describe a sane address space.
+    #[error("process image: {0}")]
+    Layout(String),
+}
+
+/// The machine an image was made on; a restore elsewhere must match it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Machine {
+    /// `uname -m`.
+    pub arch: String,
+    /// `uname -r`: the vDSO's code and the kernel's behaviour depend on it.
+    pub kernel: String,
+    /// SHA-256 of the vDSO's bytes.
+    pub vdso_hash: [u8; 32],
+    /// SHA-256 of the CPU's feature flags (libraries pick code paths by them at startup).
+    pub cpu_hash: [u8; 32],
+}
+
+/// One signal's disposition, as the kernel's `struct sigaction` holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SigAction {
+    /// Signal number, 1–64.
+    pub signal: u8,
+    /// Handler address (or `SIG_IGN` = 1).
+    pub handler: u64,
+    /// `SA_*` flags.
+    pub flags: u64,
+    /// `sa_restorer`.
+    pub restorer: u64,
+    /// Signals blocked while the handler runs.
+    pub mask: u64,
+}
+
+/// The kernel-side memory layout fields (`prctl(PR_SET_MM_MAP)`), from `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MmFields {
+    /// Code start.
+    pub start_code: u64,
+    /// Code end.
+    pub end_code: u64,
+    /// Data start.
+    pub start_data: u64,
+    /// Data end.
+    pub end_data: u64,
+    /// Heap start.
+    pub start_brk: u64,
+    /// Current break.
+    pub brk: u64,
+    /// Stack start.
+    pub start_stack: u64,
+    /// Arguments start.
+    pub arg_start: u64,
+    /// Arguments end.
+    pub arg_end: u64,
+    /// Environment start.
+    pub env_start: u64,
+    /// Environment end.
+    pub env_end: u64,
+}
+
+/// A mapping the kernel makes itself (`[vdso]`, `[vvar]`, `[vvar_vclock]`): moved, not
+/// copied.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Special {
+    /// Its name in `/proc/PID/maps`.
+    pub name: String,
+    /// Start address.
+    pub start: u64,
+    /// End address.
+    pub end: u64,
+}
+
+/// Where a region's pages come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Zero pages, plus the chunks (heap, stack, anonymous memory).
+    Anonymous,
+    /// A private mapping of a file sent by content: like [`Source::Anonymous`] (the path is
+    /// kept for `/proc/PID/maps`-style reports only).
+    Copied {
+        /// The file it mapped.
+        path: String,
+    },
+    /// A private mapping of a file the restoring machine has too (a library on the library
+    /// list): mapped from it, then the chunks over it (the pages the process changed).
+    File {
+        /// Path.
+        path: String,
+        /// Offset of the region's start in the file.
+        offset: u64,
+        /// The file's size when dumped.
+        size: u64,
+        /// Its modification time when dumped (seconds, nanoseconds).
+        mtime: (i64, u32),
+    },
+}
+
+/// Protection bits of a region.
+pub mod prot {
+    /// Readable.
+    pub const READ: u8 = 1;
+    /// Writable.
+    pub const WRITE: u8 = 2;
+    /// Executable.
+    pub const EXEC: u8 = 4;
+}
+
+/// One memory region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    /// Start address (page-aligned).
+    pub start: u64,
+    /// End address (page-aligned, above `start`).
+    pub end: u64,
+    /// [`prot`] bits.
+    pub prot: u8,
+    /// The main stack (grows down).
+    pub stack: bool,
+    /// Where its pages come from.
+    pub source: Source,
+}
+
+/// Everything about a process except its page data.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Header {
+    /// Where it was made.
+    pub machine: Machine,
+    /// Its pid when dumped.
+    pub pid: i32,
+    /// Its command name.
+    pub comm: String,
+    /// Its executable's path.
+    pub exe: String,
+    /// Its working directory.
+    pub cwd: String,
+    /// Its umask.
+    pub umask: u32,
+    /// Stack pointer to resume with.
+    pub rsp: u64,
+    /// Instruction pointer to resume at.
+    pub rip: u64,
+    /// `fs` base (thread pointer).
+    pub fs_base: u64,
+    /// `gs` base.
+    pub gs_base: u64,
+    /// Blocked signals.
+    pub sigmask: u64,
+    /// Dispositions other than the default.
+    pub sigactions: Vec<SigAction>,
+    /// Alternate signal stack: (address, flags, size); size 0 for none.
+    pub altstack: (u64, i32, u64),
+    /// Registered rseq area: (address, length, signature); address 0 for none.
+    pub rseq: (u64, u32, u32),
+    /// Robust futex list: (head, length).
+    pub robust_list: (u64, u64),
+    /// `set_tid_address` pointer.
+    pub tid_address: u64,
+    /// Execution domain.
+    pub personality: u32,
+    /// Memory layout fields.
+    pub mm: MmFields,
+    /// The auxiliary vector, as (type, value) pairs.
+    pub auxv: Vec<(u64, u64)>,
+    /// Resource limits: (resource, soft, hard).
+    pub rlimits: Vec<(u32, u64, u64)>,
+    /// Kernel-made mappings to move into place.
+    pub specials: Vec<Special>,
+    /// Memory regions, in address order, not overlapping.
+    pub regions: Vec<Region>,
+}
+
+/// A chunk head or the end of the chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// `len` bytes for `addr` follow, with this CRC32.
+    Data {
+        /// Where they go.
+        addr: u64,
+        /// How many.
+        len: u32,
+        /// Their CRC32.
+        crc: u32,
+    },
+    /// No more chunks; `chunks` came before it.
+    End {
+        /// The count, which the reader compares with what it saw.
+        chunks: u32,
+    },
+}
+
+impl Chunk {
+    /// The 16 bytes of this head.
+    pub fn encode(&self) -> [u8; CHUNK_HEAD_LEN] {
+        let (addr, len, crc) = match *self {
+            Chunk::Data { addr, len, crc } => (addr, len, crc),
+            Chunk::End { chunks } => (u64::MAX, 0, chunks),
+        };
+        let mut b = [0u8; CHUNK_HEAD_LEN];
+        b[..8].copy_from_slice(&addr.to_be_bytes());
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        b[12..].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    /// A head for `data` to be restored at `addr`.
+    pub fn for_data(addr: u64, data: &[u8]) -> Chunk {
+        Chunk::Data { addr, len: data.len() as u32, crc: crc32fast::hash(data) }
+    }
+
+    /// Parses a head, checking alignment and size (not yet that it lies in a region: see
+    /// [`Header::check_chunk`]).
+    pub fn parse(b: &[u8; CHUNK_HEAD_LEN]) -> Result<Chunk, ImageError> {
+        let addr = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+        let len = u32::from_be_bytes(b[8..12].try_into().expect("4 bytes"));
+        let crc = u32::from_be_bytes(b[12..].try_into().expect("4 bytes"));
+        if addr == u64::MAX {
+            if len != 0 {
+                return Err(ImageError::Layout(format!("end marker with length {len}")));
+            }
+            return Ok(Chunk::End { chunks: crc });
+        }
+        if len == 0 || len > MAX_CHUNK || addr % PAGE != 0 || u64::from(len) % PAGE != 0 {
+            return Err(ImageError::Layout(format!(
+                "chunk at {addr:#x} of {len} bytes is not whole pages of at most {MAX_CHUNK}"
+            )));
+        }
+        Ok(Chunk::Data { addr, len, crc })
+    }
+
+    /// Checks `data` against this head's CRC.
+    pub fn verify(&self, data: &[u8]) -> Result<(), ImageError> {
+        match *self {
+            Chunk::Data { len, crc, .. }
+                if data.len() == len as usize && crc32fast::hash(data) == crc =>
+            {
+                Ok(())
+            }
+            _ => Err(ImageError::Checksum("page data")),
+        }
+    }
+}
+
+/// The preamble's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preamble {
+    /// Bytes of header that follow.
+    pub header_len: u32,
+    /// Their CRC32.
+    pub header_crc: u32,
+}
+
+impl Preamble {
+    /// Parses the first [`PREAMBLE_LEN`] bytes of an image.
+    pub fn parse(b: &[u8; PREAMBLE_LEN]) -> Result<Preamble, ImageError> {
+        if b[..8] != MAGIC {
+            return Err(ImageError::BadMagic);
+        }
+        let word = |i: usize| u32::from_be_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        let version = word(8);
+        if version != VERSION {
+            return Err(ImageError::BadVersion { got: version, ours: VERSION });
+        }
+        let header_len = word(12);
+        if header_len as usize > MAX_HEADER {
+            return Err(ImageError::HeaderTooLong(header_len));
+        }
+        Ok(Preamble { header_len, header_crc: word(16) })
+    }
+}
+
+impl Header {
+    /// The preamble and header: the first bytes of the image.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new(Vec::new());
+        self.encode_body(&mut w);
+        let body = w.into_inner();
+        let mut out = Vec::with_capacity(PREAMBLE_LEN + body.len());
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decodes the header bytes that follow `pre`, checking the CRC and the layout.
+    pub fn decode(pre: &Preamble, body: &[u8]) -> Result<Header, ImageError> {
+        if body.len() != pre.header_len as usize {
+            return Err(ImageError::Layout("header length differs from the preamble's".into()));
+        }
+        if crc32fast::hash(body) != pre.header_crc {
+            return Err(ImageError::Checksum("header"));
+        }
+        let mut r = Reader::new(body);
+        let h = Header::decode_body(&mut r)?;
+        r.finish()?;
+        h.check_layout()?;
+        Ok(h)
+    }
+
+    /// Checks that a chunk lies inside one region.
+    pub fn check_chunk(&self, chunk: &Chunk) -> Result<(), ImageError> {
+        let Chunk::Data { addr, len, .. } = *chunk else { return Ok(()) };
+        let end = addr.saturating_add(u64::from(len));
+        let i = self.regions.partition_point(|r| r.end <= addr);
+        match self.regions.get(i) {
+            Some(r) if r.start <= addr && end <= r.end => Ok(()),
+            _ => Err(ImageError::Layout(format!(
+                "chunk {addr:#x}-{end:#x} is not inside one region"
+            ))),
+        }
+    }
+
+    fn check_layout(&self) -> Result<(), ImageError> {
+        let mut prev_end = 0;
+        for r in &self.regions {
+            if r.start % PAGE != 0 || r.end % PAGE != 0 || r.start >= r.end || r.end > USER_END {
+                return Err(ImageError::Layout(format!(
+                    "region {:#x}-{:#x} is not whole user pages",
+                    r.start, r.end
+                )));
+            }
+            if r.start < prev_end {
+                return Err(ImageError::Layout(format!(
+                    "region {:#x}-{:#x} overlaps or precedes the one before",
+                    r.start, r.end
+                )));
+            }
+            prev_end = r.end;
+        }
+        for s in &self.specials {
+            if s.start % PAGE != 0 || s.end % PAGE != 0 || s.start >= s.end || s.end > USER_END {
+                return Err(ImageError::Layout(format!(
+                    "{} at {:#x} is not whole pages",
+                    s.name, s.start
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_body(&self, w: &mut Writer) {
+        let m = &self.machine;
+        w.str(&m.arch);
+        w.str(&m.kernel);
+        w.fixed(&m.vdso_hash);
+        w.fixed(&m.cpu_hash);
+        w.i32(self.pid);
+        w.str(&self.comm);
+        w.str(&self.exe);
+        w.str(&self.cwd);
+        w.u32(self.umask);
+        for v in [self.rsp, self.rip, self.fs_base, self.gs_base, self.sigmask] {
+            w.u64(v);
+        }
+        w.u32(self.sigactions.len() as u32);
+        for a in &self.sigactions {
+            w.u8(a.signal);
+            w.u64(a.handler);
+            w.u64(a.flags);
+            w.u64(a.restorer);
+            w.u64(a.mask);
+        }
+        w.u64(self.altstack.0);
+        w.i32(self.altstack.1);
+        w.u64(self.altstack.2);
+        w.u64(self.rseq.0);
+        w.u32(self.rseq.1);
+        w.u32(self.rseq.2);
+        w.u64(self.robust_list.0);
+        w.u64(self.robust_list.1);
+        w.u64(self.tid_address);
+        w.u32(self.personality);
+        let mm = &self.mm;
+        for v in [
+            mm.start_code,
+            mm.end_code,
+            mm.start_data,
+            mm.end_data,
+            mm.start_brk,
+            mm.brk,
+            mm.start_stack,
+            mm.arg_start,
+            mm.arg_end,
+            mm.env_start,
+            mm.env_end,
+        ] {
+            w.u64(v);
+        }
+        w.u32(self.auxv.len() as u32);
+        for (k, v) in &self.auxv {
+            w.u64(*k);
+            w.u64(*v);
+        }
+        w.u32(self.rlimits.len() as u32);
+        for (r, soft, hard) in &self.rlimits {
+            w.u32(*r);
+            w.u64(*soft);
+            w.u64(*hard);
+        }
+        w.u32(self.specials.len() as u32);
+        for s in &self.specials {
+            w.str(&s.name);
+            w.u64(s.start);
+            w.u64(s.end);
+        }
+        w.u32(self.regions.len() as u32);
+        for r in &self.regions {
+            w.u64(r.start);
+            w.u64(r.end);
+            w.u8(r.prot);
+            w.u8(u8::from(r.stack));
+            match &r.source {
+                Source::Anonymous => w.u8(0),
+                Source::Copied { path } => {
+                    w.u8(1);
+                    w.str(path);
+                }
+                Source::File { path, offset, size, mtime } => {
+                    w.u8(2);
+                    w.str(path);
+                    w.u64(*offset);
+                    w.u64(*size);
+                    w.u64(mtime.0 as u64);
+                    w.u32(mtime.1);
+                }
+            }
+        }
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<Header, ImageError> {
+        let machine = Machine {
+            arch: r.str("arch", MAX_TEXT)?,
+            kernel: r.str("kernel", MAX_TEXT)?,
+            vdso_hash: r.fixed("vdso hash")?,
+            cpu_hash: r.fixed("cpu hash")?,
+        };
+        let pid = r.i32("pid")?;
+        let comm = r.str("comm", MAX_TEXT)?;
+        let exe = r.str("exe", MAX_TEXT)?;
+        let cwd = r.str("cwd", MAX_TEXT)?;
+        let umask = r.u32("umask")?;
+        let rsp = r.u64("rsp")?;
+        let rip = r.u64("rip")?;
+        let fs_base = r.u64("fs base")?;
+        let gs_base = r.u64("gs base")?;
+        let sigmask = r.u64("signal mask")?;
+        let n = r.count("signal actions", 64, 33)?;
+        let mut sigactions = Vec::with_capacity(n);
+        for _ in 0..n {
+            let signal = r.u8("signal")?;
+            if !(1..=64).contains(&signal) {
+                return Err(DecodeError::BadValue { what: "signal", value: signal.into() }.into());
+            }
+            sigactions.push(SigAction {
+                signal,
+                handler: r.u64("handler")?,
+                flags: r.u64("sa_flags")?,
+                restorer: r.u64("restorer")?,
+                mask: r.u64("sa_mask")?,
+            });
+        }
+        let altstack = (r.u64("altstack")?, r.i32("altstack flags")?, r.u64("altstack size")?);
+        let rseq = (r.u64("rseq")?, r.u32("rseq length")?, r.u32("rseq signature")?);
+        let robust_list = (r.u64("robust list")?, r.u64("robust list length")?);
+        let tid_address = r.u64("tid address")?;
+        let personality = r.u32("personality")?;
+        let mut f = [0u64; 11];
+        for v in f.iter_mut() {
+            *v = r.u64("mm field")?;
+        }
+        let mm = MmFields {
+            start_code: f[0],
+            end_code: f[1],
+            start_data: f[2],
+            end_data: f[3],
+            start_brk: f[4],
+            brk: f[5],
+            start_stack: f[6],
+            arg_start: f[7],
+            arg_end: f[8],
+            env_start: f[9],
+            env_end: f[10],
+        };
+        let n = r.count("auxv", 256, 16)?;
+        let mut auxv = Vec::with_capacity(n);
+        for _ in 0..n {
+            auxv.push((r.u64("auxv type")?, r.u64("auxv value")?));
+        }
+        let n = r.count("rlimits", 64, 20)?;
+        let mut rlimits = Vec::with_capacity(n);
+        for _ in 0..n {
+            rlimits.push((r.u32("resource")?, r.u64("soft limit")?, r.u64("hard limit")?));
+        }
+        let n = r.count("special mappings", 16, 20)?;
+        let mut specials = Vec::with_capacity(n);
+        for _ in 0..n {
+            specials.push(Special {
+                name: r.str("special name", 64)?,
+                start: r.u64("special start")?,
+                end: r.u64("special end")?,
+            });
+        }
+        let n = r.count("regions", MAX_REGIONS, 19)?;
+        let mut regions = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = r.u64("region start")?;
+            let end = r.u64("region end")?;
+            let prot = r.u8("prot")?;
+            if prot > 7 {
+                return Err(DecodeError::BadValue { what: "prot", value: prot.into() }.into());
+            }
+            let stack = match r.u8("stack flag")? {
+                0 => false,
+                1 => true,
+                v => {
+                    return Err(DecodeError::BadValue { what: "stack flag", value: v.into() }.into())
+                }
+            };
+            let source = match r.u8("region source")? {
+                0 => Source::Anonymous,
+                1 => Source::Copied { path: r.str("path", MAX_TEXT)? },
+                2 => Source::File {
+                    path: r.str("path", MAX_TEXT)?,
+                    offset: r.u64("file offset")?,
+                    size: r.u64("file size")?,
+                    mtime: (r.u64("mtime")? as i64, r.u32("mtime ns")?),
+                },
+                v => {
+                    return Err(
+                        DecodeError::BadValue { what: "region source", value: v.into() }.into()
+                    )
+                }
+            };
+            regions.push(Region { start, end, prot, stack, source });
+        }
+        Ok(Header {
+            machine,
+            pid,
+            comm,
+            exe,
+            cwd,
+            umask,
+            rsp,
+            rip,
+            fs_base,
+            gs_base,
+            sigmask,
+            sigactions,
+            altstack,
+            rseq,
+            robust_list,
+            tid_address,
+            personality,
+            mm,
+            auxv,
+            rlimits,
+            specials,
+            regions,
+        })
+    }
+}
+
+/// Reads a whole image from `r`: the header, then each chunk (checked against the header and
+/// its CRC) passed to `chunk(addr, data)`. Fails on the first damaged or misplaced part and on
+/// a missing or wrong end.
+pub fn read_image<R: std::io::Read>(
+    r: &mut R,
+    mut chunk: impl FnMut(&Header, u64, &[u8]) -> Result<(), ImageError>,
+) -> Result<Header, ReadError> {
+    let mut pre = [0u8; PREAMBLE_LEN];
+    r.read_exact(&mut pre)?;
+    let pre = Preamble::parse(&pre)?;
+    let mut body = vec![0u8; pre.header_len as usize];
+    r.read_exact(&mut body)?;
+    let header = Header::decode(&pre, &body)?;
+    let mut data = Vec::new();
+    let mut seen = 0u32;
+    loop {
+        let mut head = [0u8; CHUNK_HEAD_LEN];
+        r.read_exact(&mut head)?;
+        match Chunk::parse(&head)? {
+            Chunk::End { chunks } if chunks == seen => return Ok(header),
+            Chunk::End { chunks } => {
+                return Err(ImageError::Layout(format!(
+                    "the end names {chunks} chunks, {seen} came"
+                ))
+                .into())
+            }
+            c @ Chunk::Data { addr, len, .. } => {
+                header.check_chunk(&c)?;
+                data.resize(len as usize, 0);
+                r.read_exact(&mut data)?;
+                c.verify(&data)?;
+                chunk(&header, addr, &data)?;
+                seen = seen.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// Why [`read_image`] failed.
+#[derive(Debug, Error)]
+pub enum ReadError {
+    /// Reading failed (a short image is `UnexpectedEof`).
+    #[error("reading the process image: {0}")]
+    Io(#[from] std::io::Error),
+    /// The image is bad.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Header {
+        Header {
+            machine: Machine {
+                arch: "x86_64".into(),
+                kernel: "6.18.0".into(),
+                vdso_hash: [1; 32],
+                cpu_hash: [2; 32],
+            },
+            pid: 4242,
+            comm: "app".into(),
+            exe: "/usr/bin/app".into(),
+            cwd: "/tmp".into(),
+            umask: 0o022,
+            rsp: 0x7ffd_0000_1000,
+            rip: 0x5555_0000_1234,
+            fs_base: 0x7f00_0000_0740,
+            sigmask: 1 << 11,
+            sigactions: vec![SigAction {
+                signal: 10,
+                handler: 0x5555_0000_2000,
+                ..Default::default()
+            }],
+            rseq: (0x7f00_0000_0ea0, 32, 0x5305_3053),
+            regions: vec![
+                Region {
+                    start: 0x5555_0000_0000,
+                    end: 0x5555_0000_2000,
+                    prot: prot::READ | prot::EXEC,
+                    stack: false,
+                    source: Source::File {
+                        path: "/usr/bin/app".into(),
+                        offset: 0,
+                        size: 9000,
+                        mtime: (1_700_000_000, 5),
+                    },
+                },
+                Region {
+                    start: 0x7ffd_0000_0000,
+                    end: 0x7ffd_0002_0000,
+                    prot: prot::READ | prot::WRITE,
+                    stack: true,
+                    source: Source::Anonymous,
+                },
+            ],
+            specials: vec![Special {
+                name: "[vdso]".into(),
+                start: 0x7fff_0000_0000,
+                end: 0x7fff_0000_2000,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn image(h: &Header, chunks: &[(u64, Vec<u8>)]) -> Vec<u8> {
+        let mut out = h.encode();
+        for (addr, data) in chunks {
+            out.extend_from_slice(&Chunk::for_data(*addr, data).encode());
+            out.extend_from_slice(data);
+        }
+        out.extend_from_slice(&Chunk::End { chunks: chunks.len() as u32 }.encode());
+        out
+    }
+
+    #[test]
+    fn an_image_reads_back() {
+        let h = sample();
+        let page = vec![7u8; 4096];
+        let bytes = image(&h, &[(0x7ffd_0001_0000, page.clone())]);
+        let mut got = Vec::new();
+        let back = read_image(&mut bytes.as_slice(), |_, a, d| {
+            got.push((a, d.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(back, h);
+        assert_eq!(got, vec![(0x7ffd_0001_0000, page)]);
+    }
+
+    #[test]
+    fn damage_is_named() {
+        let h = sample();
+        let bytes = image(&h, &[(0x7ffd_0001_0000, vec![7u8; 4096])]);
+        let read = |b: &[u8]| read_image(&mut &b[..], |_, _, _| Ok(())).map(|_| ());
+        let mut bad = bytes.clone();
+        bad[PREAMBLE_LEN + 3] ^= 1;
+        assert!(matches!(read(&bad), Err(ReadError::Image(ImageError::Checksum("header")))));
+        let mut bad = bytes.clone();
+        let last_data = bytes.len() - CHUNK_HEAD_LEN - 1;
+        bad[last_data] ^= 1;
+        assert!(matches!(read(&bad), Err(ReadError::Image(ImageError::Checksum("page data")))));
+        assert!(matches!(read(&bytes[..bytes.len() - 1]), Err(ReadError::Io(_))));
+        let mut bad = bytes.clone();
+        bad[8..12].copy_from_slice(&9u32.to_be_bytes());
+        assert!(matches!(read(&bad), Err(ReadError::Image(ImageError::BadVersion { got: 9, .. }))));
+        // A chunk outside every region.
+        let outside = image(&h, &[(0x1000, vec![0u8; 4096])]);
+        assert!(matches!(read(&outside), Err(ReadError::Image(ImageError::Layout(_)))));
+        // An end that miscounts.
+        let mut short = h.encode();
+        short.extend_from_slice(&Chunk::End { chunks: 1 }.encode());
+        assert!(matches!(read(&short), Err(ReadError::Image(ImageError::Layout(_)))));
+    }
+
+    #[test]
+    fn overlapping_regions_are_refused() {
+        let mut h = sample();
+        h.regions[1].start = h.regions[0].start;
+        let bytes = h.encode();
+        let pre = Preamble::parse(bytes[..PREAMBLE_LEN].try_into().unwrap()).unwrap();
+        assert!(matches!(Header::decode(&pre, &bytes[PREAMBLE_LEN..]), Err(ImageError::Layout(_))));
+    }
+}
