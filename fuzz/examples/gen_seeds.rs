@@ -300,6 +300,24 @@ fn main() -> std::io::Result<()> {
     );
     encode_entry(&Entry::End, &mut stream);
     std::fs::write(dir.join("CopyStream"), stream)?;
+    // A process image (for the image target): a header with one region and one chunk.
+    let header = bproc_image::Header {
+        comm: "app".into(),
+        regions: vec![bproc_image::Region {
+            start: 0x10000,
+            end: 0x12000,
+            prot: 3,
+            stack: false,
+            source: bproc_image::Source::Anonymous,
+        }],
+        ..Default::default()
+    };
+    let mut image = header.encode();
+    let page = [5u8; 4096];
+    image.extend_from_slice(&bproc_image::Chunk::for_data(0x11000, &page).encode());
+    image.extend_from_slice(&page);
+    image.extend_from_slice(&bproc_image::Chunk::End { chunks: 1 }.encode());
+    std::fs::write(dir.join("ProcessImage"), image)?;
     // A type this version does not know, with a body that is skipped.
     let mut unknown = encode(16, &Message::NodeList);
     unknown[6..8].copy_from_slice(&0xfffeu16.to_be_bytes());

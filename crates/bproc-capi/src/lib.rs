@@ -1139,10 +1139,26 @@ pub unsafe extern "C" fn bproc_proclist(node: c_int, list: *mut *mut ProcInfo) -
     })
 }
 
-/// Writes the caller's image to `fd`: `ENOSYS` for now.
+/// Writes the caller's image to `fd` (`flags`: what goes by content, `BPROC_DUMP_*`).
+/// Returns 0 here and 1 in a copy restored from the image; `EBUSY` for a process that cannot
+/// move (threads, sockets, pipes, shared memory), with nothing written.
 #[no_mangle]
-pub extern "C" fn bproc_dump(_fd: c_int, _flags: c_int) -> c_int {
-    guard(|| Err(NOT_YET))
+pub extern "C" fn bproc_dump(fd: c_int, flags: c_int) -> c_int {
+    guard(|| {
+        if fd < 0 {
+            return Err(libc::EBADF);
+        }
+        // Buffered output would be written again by every restored copy.
+        // SAFETY: fflush(NULL) flushes every C stdio stream.
+        unsafe { libc::fflush(std::ptr::null_mut()) };
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        // SAFETY: the caller passes an open fd, which stays open for this call.
+        let out = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        match bproc::migrate::dump(out, flags).map_err(|e| e.errno())? {
+            bproc::migrate::Resumed::Dumped => Ok(0),
+            bproc::migrate::Resumed::Restored(v) => Ok(v as c_int),
+        }
+    })
 }
 
 /// Replaces the caller with an image from `fd`: `ENOSYS` for now.

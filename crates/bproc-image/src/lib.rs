@@ -128,6 +128,25 @@ pub struct MmFields {
     pub env_end: u64,
 }
 
+impl MmFields {
+    /// The fields in `struct prctl_mm_map`'s order (and the image's).
+    pub fn to_array(&self) -> [u64; 11] {
+        [
+            self.start_code,
+            self.end_code,
+            self.start_data,
+            self.end_data,
+            self.start_brk,
+            self.brk,
+            self.start_stack,
+            self.arg_start,
+            self.arg_end,
+            self.env_start,
+            self.env_end,
+        ]
+    }
+}
+
 /// A mapping the kernel makes itself (`[vdso]`, `[vvar]`, `[vvar_vclock]`): moved, not
 /// copied.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -164,6 +183,23 @@ pub enum Source {
         mtime: (i64, u32),
     },
 }
+
+/// A regular file the process has open, reopened by path on the restoring machine.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OpenFile {
+    /// Its fd (3 or more: stdio comes from the restorer).
+    pub fd: i32,
+    /// Path.
+    pub path: String,
+    /// `open(2)` flags it has (from `/proc/PID/fdinfo`), without `O_CREAT`, `O_EXCL` and
+    /// `O_TRUNC`.
+    pub flags: i32,
+    /// Its file position.
+    pub offset: u64,
+}
+
+/// Most open files an image carries.
+pub const MAX_FILES: usize = 1024;
 
 /// Protection bits of a region.
 pub mod prot {
@@ -235,6 +271,8 @@ pub struct Header {
     pub rlimits: Vec<(u32, u64, u64)>,
     /// Kernel-made mappings to move into place.
     pub specials: Vec<Special>,
+    /// Regular files open at fds 3 and up.
+    pub files: Vec<OpenFile>,
     /// Memory regions, in address order, not overlapping.
     pub regions: Vec<Region>,
 }
@@ -441,20 +479,7 @@ impl Header {
         w.u64(self.robust_list.1);
         w.u64(self.tid_address);
         w.u32(self.personality);
-        let mm = &self.mm;
-        for v in [
-            mm.start_code,
-            mm.end_code,
-            mm.start_data,
-            mm.end_data,
-            mm.start_brk,
-            mm.brk,
-            mm.start_stack,
-            mm.arg_start,
-            mm.arg_end,
-            mm.env_start,
-            mm.env_end,
-        ] {
+        for v in self.mm.to_array() {
             w.u64(v);
         }
         w.u32(self.auxv.len() as u32);
@@ -473,6 +498,13 @@ impl Header {
             w.str(&s.name);
             w.u64(s.start);
             w.u64(s.end);
+        }
+        w.u32(self.files.len() as u32);
+        for f in &self.files {
+            w.i32(f.fd);
+            w.str(&f.path);
+            w.i32(f.flags);
+            w.u64(f.offset);
         }
         w.u32(self.regions.len() as u32);
         for r in &self.regions {
@@ -571,6 +603,20 @@ impl Header {
                 end: r.u64("special end")?,
             });
         }
+        let n = r.count("open files", MAX_FILES, 20)?;
+        let mut files = Vec::with_capacity(n);
+        for _ in 0..n {
+            let fd = r.i32("fd")?;
+            if !(3..=1 << 20).contains(&fd) {
+                return Err(DecodeError::BadValue { what: "fd", value: fd as u64 }.into());
+            }
+            files.push(OpenFile {
+                fd,
+                path: r.str("path", MAX_TEXT)?,
+                flags: r.i32("open flags")?,
+                offset: r.u64("file offset")?,
+            });
+        }
         let n = r.count("regions", MAX_REGIONS, 19)?;
         let mut regions = Vec::with_capacity(n);
         for _ in 0..n {
@@ -626,47 +672,73 @@ impl Header {
             auxv,
             rlimits,
             specials,
+            files,
             regions,
         })
     }
 }
 
-/// Reads a whole image from `r`: the header, then each chunk (checked against the header and
-/// its CRC) passed to `chunk(addr, data)`. Fails on the first damaged or misplaced part and on
-/// a missing or wrong end.
+/// Reads an image from a stream: the header first, then the chunks one at a time, each
+/// checked against the header and its CRC.
+#[derive(Debug)]
+pub struct ImageReader<R> {
+    r: R,
+    header: Header,
+    seen: u32,
+}
+
+impl<R: std::io::Read> ImageReader<R> {
+    /// Reads and checks the preamble and header.
+    pub fn open(mut r: R) -> Result<Self, ReadError> {
+        let mut pre = [0u8; PREAMBLE_LEN];
+        r.read_exact(&mut pre)?;
+        let pre = Preamble::parse(&pre)?;
+        let mut body = vec![0u8; pre.header_len as usize];
+        r.read_exact(&mut body)?;
+        let header = Header::decode(&pre, &body)?;
+        Ok(ImageReader { r, header, seen: 0 })
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The next chunk's data into `buf` and its address, or `None` at a correct end. Fails on
+    /// a damaged or misplaced chunk, and on a missing or miscounting end.
+    pub fn next_chunk(&mut self, buf: &mut Vec<u8>) -> Result<Option<u64>, ReadError> {
+        let mut head = [0u8; CHUNK_HEAD_LEN];
+        self.r.read_exact(&mut head)?;
+        match Chunk::parse(&head)? {
+            Chunk::End { chunks } if chunks == self.seen => Ok(None),
+            Chunk::End { chunks } => Err(ImageError::Layout(format!(
+                "the end names {chunks} chunks, {} came",
+                self.seen
+            ))
+            .into()),
+            c @ Chunk::Data { addr, len, .. } => {
+                self.header.check_chunk(&c)?;
+                buf.resize(len as usize, 0);
+                self.r.read_exact(buf)?;
+                c.verify(buf)?;
+                self.seen = self.seen.saturating_add(1);
+                Ok(Some(addr))
+            }
+        }
+    }
+}
+
+/// Reads a whole image from `r`, passing each chunk to `chunk(header, addr, data)`.
 pub fn read_image<R: std::io::Read>(
     r: &mut R,
     mut chunk: impl FnMut(&Header, u64, &[u8]) -> Result<(), ImageError>,
 ) -> Result<Header, ReadError> {
-    let mut pre = [0u8; PREAMBLE_LEN];
-    r.read_exact(&mut pre)?;
-    let pre = Preamble::parse(&pre)?;
-    let mut body = vec![0u8; pre.header_len as usize];
-    r.read_exact(&mut body)?;
-    let header = Header::decode(&pre, &body)?;
+    let mut reader = ImageReader::open(r)?;
     let mut data = Vec::new();
-    let mut seen = 0u32;
-    loop {
-        let mut head = [0u8; CHUNK_HEAD_LEN];
-        r.read_exact(&mut head)?;
-        match Chunk::parse(&head)? {
-            Chunk::End { chunks } if chunks == seen => return Ok(header),
-            Chunk::End { chunks } => {
-                return Err(ImageError::Layout(format!(
-                    "the end names {chunks} chunks, {seen} came"
-                ))
-                .into())
-            }
-            c @ Chunk::Data { addr, len, .. } => {
-                header.check_chunk(&c)?;
-                data.resize(len as usize, 0);
-                r.read_exact(&mut data)?;
-                c.verify(&data)?;
-                chunk(&header, addr, &data)?;
-                seen = seen.saturating_add(1);
-            }
-        }
+    while let Some(addr) = reader.next_chunk(&mut data)? {
+        chunk(&reader.header, addr, &data)?;
     }
+    Ok(reader.header)
 }
 
 /// Why [`read_image`] failed.

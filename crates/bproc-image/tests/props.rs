@@ -2,8 +2,8 @@
 //! panic or over-allocate.
 
 use bproc_image::{
-    read_image, Chunk, Header, Machine, MmFields, Preamble, Region, SigAction, Source, Special,
-    PREAMBLE_LEN,
+    read_image, Chunk, Header, Machine, MmFields, OpenFile, Preamble, Region, SigAction, Source,
+    Special, PREAMBLE_LEN,
 };
 use proptest::prelude::*;
 
@@ -42,63 +42,72 @@ fn header() -> impl Strategy<Value = Header> {
         (any::<u32>(), any::<[u64; 11]>()),
         proptest::collection::vec(any::<(u64, u64)>(), 0..6),
         proptest::collection::vec(any::<(u32, u64, u64)>(), 0..4),
-        proptest::collection::vec((".{0,8}", 1u64..100, 1u64..10), 0..3),
+        (
+            proptest::collection::vec((".{0,8}", 1u64..100, 1u64..10), 0..3),
+            proptest::collection::vec((3i32..100, ".{0,8}", any::<i32>(), any::<u64>()), 0..3),
+        ),
         regions(),
     )
-        .prop_map(|(m, p, regs, acts, sig, (personality, mm), auxv, rlimits, sp, regions)| {
-            Header {
-                machine: Machine { arch: m.0, kernel: m.1, vdso_hash: m.2, cpu_hash: m.3 },
-                pid: p.0,
-                comm: p.1,
-                exe: p.2,
-                cwd: p.3,
-                umask: p.4,
-                rsp: regs[0],
-                rip: regs[1],
-                fs_base: regs[2],
-                gs_base: regs[3],
-                sigmask: regs[4],
-                sigactions: acts
-                    .into_iter()
-                    .map(|(signal, a)| SigAction {
-                        signal,
-                        handler: a[0],
-                        flags: a[1],
-                        restorer: a[2],
-                        mask: a[3],
-                    })
-                    .collect(),
-                altstack: sig.0,
-                rseq: sig.1,
-                robust_list: sig.2,
-                tid_address: sig.3,
-                personality,
-                mm: MmFields {
-                    start_code: mm[0],
-                    end_code: mm[1],
-                    start_data: mm[2],
-                    end_data: mm[3],
-                    start_brk: mm[4],
-                    brk: mm[5],
-                    start_stack: mm[6],
-                    arg_start: mm[7],
-                    arg_end: mm[8],
-                    env_start: mm[9],
-                    env_end: mm[10],
-                },
-                auxv,
-                rlimits,
-                specials: sp
-                    .into_iter()
-                    .map(|(name, start, len)| Special {
-                        name,
-                        start: start * 4096,
-                        end: (start + len) * 4096,
-                    })
-                    .collect(),
-                regions,
-            }
-        })
+        .prop_map(
+            |(m, p, regs, acts, sig, (personality, mm), auxv, rlimits, (sp, files), regions)| {
+                Header {
+                    machine: Machine { arch: m.0, kernel: m.1, vdso_hash: m.2, cpu_hash: m.3 },
+                    pid: p.0,
+                    comm: p.1,
+                    exe: p.2,
+                    cwd: p.3,
+                    umask: p.4,
+                    rsp: regs[0],
+                    rip: regs[1],
+                    fs_base: regs[2],
+                    gs_base: regs[3],
+                    sigmask: regs[4],
+                    sigactions: acts
+                        .into_iter()
+                        .map(|(signal, a)| SigAction {
+                            signal,
+                            handler: a[0],
+                            flags: a[1],
+                            restorer: a[2],
+                            mask: a[3],
+                        })
+                        .collect(),
+                    altstack: sig.0,
+                    rseq: sig.1,
+                    robust_list: sig.2,
+                    tid_address: sig.3,
+                    personality,
+                    mm: MmFields {
+                        start_code: mm[0],
+                        end_code: mm[1],
+                        start_data: mm[2],
+                        end_data: mm[3],
+                        start_brk: mm[4],
+                        brk: mm[5],
+                        start_stack: mm[6],
+                        arg_start: mm[7],
+                        arg_end: mm[8],
+                        env_start: mm[9],
+                        env_end: mm[10],
+                    },
+                    auxv,
+                    rlimits,
+                    specials: sp
+                        .into_iter()
+                        .map(|(name, start, len)| Special {
+                            name,
+                            start: start * 4096,
+                            end: (start + len) * 4096,
+                        })
+                        .collect(),
+                    files: files
+                        .into_iter()
+                        .map(|(fd, path, flags, offset)| OpenFile { fd, path, flags, offset })
+                        .collect(),
+                    regions,
+                }
+            },
+        )
 }
 
 proptest! {

@@ -729,6 +729,7 @@ pub async fn spawn(
         umask: spec.umask,
         files,
         set_tid: set_tid.filter(|p| *p > 0 && procs.same_pids()),
+        trace: false,
     };
     let mut result = procs.spawn(clone_spec(&req)?).await;
     if req.set_tid.is_some()
@@ -775,6 +776,7 @@ fn clone_spec(s: &bproc_sys::SpawnSpec) -> Result<bproc_sys::SpawnSpec, Refused>
         umask: s.umask,
         files: s.files.clone(),
         set_tid: s.set_tid,
+        trace: s.trace,
     })
 }
 

@@ -14,6 +14,8 @@
 #![allow(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod ckpt;
+pub mod restore;
 mod spawn;
 
 pub use spawn::{
@@ -144,6 +146,7 @@ mod tests {
             umask: 0o027,
             files,
             set_tid: None,
+            trace: false,
         }
     }
 
@@ -181,14 +184,15 @@ mod tests {
         let b = OwnedFd::from(std::fs::File::create(dir.join("b")).unwrap());
         std::fs::write(dir.join("c"), "abcdefgh").unwrap();
         let (x, y) = (a.as_raw_fd(), b.as_raw_fd());
+        let z = x.max(y) + 1;
         // Each target is the other's source; stdout is closed; the file is written at 3.
         let script =
-            format!("echo toA >&{y}; echo toB >&{x}; echo XY >&7; echo gone; echo $? >&{y}");
+            format!("echo toA >&{y}; echo toB >&{x}; echo XY >&{z}; echo gone; echo $? >&{y}");
         let mut s = spec(&["/bin/bash", "-c", &script], vec![], vec![]);
         s.fds = vec![(y, a), (x, b)];
         s.stdio[1] = None;
         let c = CString::new(dir.join("c").to_str().unwrap()).unwrap();
-        s.files = vec![FdFile { fd: 7, path: c, flags: libc::O_WRONLY, mode: 0, offset: 3 }];
+        s.files = vec![FdFile { fd: z, path: c, flags: libc::O_WRONLY, mode: 0, offset: 3 }];
         let pid = spawn(&s).unwrap();
         assert!(matches!(wait(pid), nix::sys::wait::WaitStatus::Exited(_, 0)));
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();

@@ -41,6 +41,9 @@ pub struct SpawnSpec {
     pub files: Vec<FdFile>,
     /// The pid it must have in the calling thread's pid namespace for children.
     pub set_tid: Option<i32>,
+    /// Traced by the calling thread from its first instruction (`PTRACE_TRACEME`): it stops
+    /// with `SIGTRAP` after the exec.
+    pub trace: bool,
 }
 
 /// Most further fds a [`SpawnSpec`] may carry.
@@ -307,6 +310,9 @@ fn child(
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if spec.trace && libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+            return err();
+        }
         libc::execve(spec.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
     err()

@@ -273,6 +273,7 @@ fn start_here_with_fds(spec: &ProcSpec, rank: usize) -> std::io::Result<i32> {
         umask: spec.umask,
         files,
         set_tid: None,
+        trace: false,
     };
     bproc_sys::spawn(&req)
 }

@@ -27,6 +27,7 @@
 
 pub mod ghost;
 pub mod launch;
+pub mod migrate;
 pub mod nodespec;
 
 use std::io::{Read, Write};
@@ -76,6 +77,9 @@ pub enum BprocError {
     /// The master answered with the wrong kind of message.
     #[error("unexpected reply {0} from bpmaster")]
     Unexpected(&'static str),
+    /// A checkpoint or restore failed (`EBUSY`: the process holds what cannot move).
+    #[error(transparent)]
+    Migration(#[from] bproc_sys::ckpt::CkptError),
 }
 
 impl BprocError {
@@ -84,6 +88,7 @@ impl BprocError {
         match self {
             BprocError::Remote { code, .. } => *code,
             BprocError::Connect { .. } => errno::ENOSYS,
+            BprocError::Migration(e) => e.errno(),
             _ => errno::EIO,
         }
     }

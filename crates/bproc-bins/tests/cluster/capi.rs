@@ -209,6 +209,39 @@ getnodeattr 2 rack: -1 No data available
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A C program checkpoints itself with `bproc_dump` (64 MiB of data, TLS, a handler) and a
+/// new process restored from the file, under the original pid, runs on from the call.
+#[test]
+fn bproc_dump_restores_in_a_new_process() {
+    if !require_root("restores under the original pid (set_tid)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("dump_restore.c", "dump") else { return };
+    let image = dir.join("image");
+    let out = Command::new(&exe).arg(&image).output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    let pid: i32 = stdout.strip_prefix("dumped ").unwrap().trim().parse().unwrap();
+    let log = dir.join("out");
+    let stdio = [
+        Some(std::fs::File::open("/dev/null").unwrap().into()),
+        Some(std::fs::File::create(&log).unwrap().into()),
+        Some(std::fs::File::create(dir.join("err")).unwrap().into()),
+    ];
+    let spec =
+        bproc_sys::restore::RestoreSpec { stdio, set_tid: Some(pid), identity: None, value: 1 };
+    let got = bproc_sys::restore::restore(std::fs::File::open(&image).unwrap(), spec).unwrap();
+    assert_eq!(got, pid);
+    let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(got), None).unwrap();
+    let printed = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(st, nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(got), 42));
+    assert_eq!(
+        printed,
+        "returns 1: ok\nmemory: ok\ntls: ok\nheap growth: ok\nhandler: ok\npid: ok\n"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The header declares exactly the functions the library exports.
 #[test]
 fn header_matches_the_library() {

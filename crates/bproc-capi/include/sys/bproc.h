@@ -72,8 +72,12 @@ int bproc_execmove_io(int node, struct bproc_io_t *io, int iolen, const char *cm
 int bproc_pidnode(int pid);
 int bproc_proclist(int node, struct bproc_proc_info_t **list);
 
-/* Process migration. Not implemented yet: these fail with ENOSYS, except a move to the
- * node the caller already runs on, which returns 0 as in BProc. */
+/* Checkpoint: bproc_dump writes the caller to fd as a process image (flags: BPROC_DUMP_* say
+ * what goes by content; the rest is named by path) and returns 0, or 1 in a copy restored
+ * from the image; EBUSY, with nothing written, for a process with several threads, sockets
+ * or pipes at fds 3 and up, or shared memory. Moving (move, rfork, vrfork), undump and
+ * execdump are not implemented yet: they fail with ENOSYS, except a move to the node the
+ * caller already runs on, which returns 0 as in BProc. */
 int bproc_move(int node);
 int bproc_move_io(int node, struct bproc_io_t *io, int iolen);
 int bproc_rfork(int node);

@@ -1,0 +1,654 @@
+//! Checkpoint of the calling process at a call point: the dump half of process migration
+//! (VMADump's job, done from inside the process instead of the kernel).
+//!
+//! [`checkpoint`] saves the callee-saved registers on the stack (a `setjmp` made of a few
+//! lines of assembly), then writes the whole process to an fd as a `bproc-image`: its memory
+//! regions (only the pages it touched; libraries on the library list by reference, with just
+//! the pages it changed), signal state, rseq, robust list, memory layout fields, auxiliary
+//! vector, limits and regular open files. It returns twice in effect: once here, having
+//! written the image, and once in every process restored from it ([`crate::restore`]).
+//!
+//! From the moment it starts writing pages it allocates nothing, so the heap it saves is the
+//! heap it resumes with. What cannot move is refused with `EBUSY` before anything is written:
+//! a second thread, sockets, pipes and other kernel objects at fds 3 and up, shared mappings.
+
+use std::ffi::c_void;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::panic::AssertUnwindSafe;
+
+use bproc_image::{
+    Chunk, Header, Machine, MmFields, OpenFile, Region, SigAction, Source, Special, MAX_CHUNK, PAGE,
+};
+use nix::libc;
+use thiserror::Error;
+
+/// Why a process could not be dumped or restored.
+#[derive(Debug, Error)]
+pub enum CkptError {
+    /// The process holds something that cannot move (`EBUSY`).
+    #[error("cannot move this process: {0}")]
+    Busy(String),
+    /// The image was made on a different machine (kernel, CPU, architecture).
+    #[error("cannot restore here: {0}")]
+    Machine(String),
+    /// The image is damaged.
+    #[error(transparent)]
+    Image(#[from] bproc_image::ReadError),
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl CkptError {
+    /// The errno that stands for it.
+    pub fn errno(&self) -> i32 {
+        match self {
+            CkptError::Busy(_) => libc::EBUSY,
+            CkptError::Machine(_) => libc::ENOEXEC,
+            CkptError::Image(bproc_image::ReadError::Io(e)) => {
+                e.raw_os_error().unwrap_or(libc::EIO)
+            }
+            CkptError::Image(_) => libc::EINVAL,
+            CkptError::Sys { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+        }
+    }
+
+    pub(crate) fn sys(what: impl Into<String>, source: std::io::Error) -> Self {
+        CkptError::Sys { what: what.into(), source }
+    }
+}
+
+/// Which return of [`checkpoint`] this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// The original process: the image was written.
+    Dumped,
+    /// A process restored from the image, with the value its restorer gave (≥ 1).
+    Restored(i64),
+}
+
+/// What a dump leaves out or sends by reference.
+pub struct DumpOptions<'a> {
+    /// Whether a file is on the library list: its private mappings are sent by reference
+    /// (the restoring machine has the same file at the same path).
+    pub by_ref: &'a dyn Fn(&str) -> bool,
+    /// Fds the dump neither carries nor refuses (the image's own fd, a connection the caller
+    /// closes in the restored copy).
+    pub skip_fds: &'a [RawFd],
+}
+
+// The call point. `bproc_ckpt_enter(callback, ctx)` pushes the callee-saved registers and
+// the SSE and x87 control words, then calls `callback(ctx, rsp)`: `rsp` is all a restorer
+// needs to come back here, through `bproc_ckpt_resume`, which pops them and returns its
+// `rax` (set by the restorer) to `bproc_ckpt_enter`'s caller.
+std::arch::global_asm!(
+    ".text",
+    ".p2align 4",
+    ".globl bproc_ckpt_enter",
+    ".type bproc_ckpt_enter,@function",
+    "bproc_ckpt_enter:",
+    "push rbp",
+    "push rbx",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "sub rsp, 8",
+    "stmxcsr [rsp]",
+    "fnstcw [rsp + 4]",
+    "mov rax, rdi",
+    "mov rdi, rsi",
+    "mov rsi, rsp",
+    "call rax",
+    "add rsp, 8",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    ".size bproc_ckpt_enter, . - bproc_ckpt_enter",
+    ".globl bproc_ckpt_resume",
+    ".type bproc_ckpt_resume,@function",
+    "bproc_ckpt_resume:",
+    "ldmxcsr [rsp]",
+    "fldcw [rsp + 4]",
+    "add rsp, 8",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbx",
+    "pop rbp",
+    "ret",
+    ".size bproc_ckpt_resume, . - bproc_ckpt_resume",
+);
+
+extern "C" {
+    fn bproc_ckpt_enter(callback: extern "C" fn(*mut c_void, u64) -> i64, ctx: *mut c_void) -> i64;
+    fn bproc_ckpt_resume();
+}
+
+struct Ctx<'a> {
+    out: RawFd,
+    opts: &'a DumpOptions<'a>,
+    result: Option<Result<(), CkptError>>,
+}
+
+extern "C" fn dump_entry(ctx: *mut c_void, rsp: u64) -> i64 {
+    // SAFETY: `checkpoint` passes a live `Ctx` it does not touch until this returns.
+    let ctx = unsafe { &mut *ctx.cast::<Ctx<'_>>() };
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| dump(ctx.out, ctx.opts, rsp)));
+    ctx.result = Some(r.unwrap_or_else(|_| Err(CkptError::Busy("the dumper panicked".into()))));
+    0
+}
+
+/// Writes the calling process to `out` as a process image. Returns [`Resumed::Dumped`] here,
+/// and [`Resumed::Restored`] in each process restored from the image. Flush buffered output
+/// first, or the restored copies write it again.
+pub fn checkpoint(out: BorrowedFd<'_>, opts: &DumpOptions<'_>) -> Result<Resumed, CkptError> {
+    let mut ctx = Ctx { out: out.as_raw_fd(), opts, result: None };
+    // SAFETY: `dump_entry` matches the callback's ABI and gets `ctx` back; the assembly keeps
+    // the C ABI (callee-saved registers, 16-byte stack alignment at the call).
+    let r = unsafe { bproc_ckpt_enter(dump_entry, (&mut ctx as *mut Ctx<'_>).cast()) };
+    if r > 0 {
+        // A restored copy: its `ctx` holds what the dump saw before it finished.
+        return Ok(Resumed::Restored(r));
+    }
+    ctx.result.take().unwrap_or(Ok(()))?;
+    Ok(Resumed::Dumped)
+}
+
+/// One line of `/proc/PID/maps`.
+pub(crate) struct MapLine {
+    pub start: u64,
+    pub end: u64,
+    pub perms: [u8; 4],
+    pub offset: u64,
+    pub inode: u64,
+    pub name: String,
+}
+
+pub(crate) fn parse_maps(text: &str) -> Vec<MapLine> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(6, ' ');
+            let (range, perms, offset, _dev, inode) =
+                (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+            let name = f.next().unwrap_or("").trim_start().to_owned();
+            let (s, e) = range.split_once('-')?;
+            Some(MapLine {
+                start: u64::from_str_radix(s, 16).ok()?,
+                end: u64::from_str_radix(e, 16).ok()?,
+                perms: perms.as_bytes().try_into().ok()?,
+                offset: u64::from_str_radix(offset, 16).ok()?,
+                inode: inode.parse().ok()?,
+                name,
+            })
+        })
+        .collect()
+}
+
+fn prot_of(perms: &[u8; 4]) -> u8 {
+    use bproc_image::prot::{EXEC, READ, WRITE};
+    (if perms[0] == b'r' { READ } else { 0 })
+        | (if perms[1] == b'w' { WRITE } else { 0 })
+        | (if perms[2] == b'x' { EXEC } else { 0 })
+}
+
+/// The machine as an image records it: architecture, kernel release, vDSO and CPU hashes.
+pub fn this_machine() -> Result<Machine, CkptError> {
+    use sha2::{Digest, Sha256};
+    let uts = nix::sys::utsname::uname().map_err(|e| CkptError::sys("uname", e.into()))?;
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| CkptError::sys("/proc/self/maps", e))?;
+    let mut vdso = Sha256::new();
+    for m in parse_maps(&maps).iter().filter(|m| m.name == "[vdso]") {
+        // SAFETY: the vDSO is mapped readable for this process's whole life.
+        vdso.update(unsafe {
+            std::slice::from_raw_parts(m.start as *const u8, (m.end - m.start) as usize)
+        });
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    Ok(Machine {
+        arch: uts.machine().to_string_lossy().into_owned(),
+        kernel: uts.release().to_string_lossy().into_owned(),
+        vdso_hash: vdso.finalize().into(),
+        cpu_hash: Sha256::digest(flags.as_bytes()).into(),
+    })
+}
+
+/// The kernel's `struct sigaction` on x86-64.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct KSigAction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+fn sigactions() -> Vec<SigAction> {
+    let mut out = Vec::new();
+    for sig in 1..=64u8 {
+        if sig == libc::SIGKILL as u8 || sig == libc::SIGSTOP as u8 {
+            continue;
+        }
+        let mut old = KSigAction::default();
+        // SAFETY: reads the disposition into a correctly sized kernel struct; no change.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                libc::c_long::from(sig),
+                std::ptr::null::<KSigAction>(),
+                &mut old as *mut KSigAction,
+                8usize,
+            )
+        };
+        if r == 0 && old.handler != 0 {
+            out.push(SigAction {
+                signal: sig,
+                handler: old.handler,
+                flags: old.flags,
+                restorer: old.restorer,
+                mask: old.mask,
+            });
+        }
+    }
+    out
+}
+
+/// glibc's registered rseq area (`__rseq_offset` from the thread pointer, `__rseq_size`), if
+/// it registered one.
+fn rseq(fs_base: u64) -> (u64, u32, u32) {
+    // SAFETY: dlsym with NUL-terminated names; the symbols, when present, are glibc's
+    // read-only variables of these types.
+    unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
+        if off.is_null() || size.is_null() {
+            return (0, 0, 0);
+        }
+        let size = *size.cast::<u32>();
+        if size == 0 {
+            return (0, 0, 0);
+        }
+        let area = fs_base.wrapping_add(*off.cast::<isize>() as u64);
+        (area, size.max(32), 0x5305_3053)
+    }
+}
+
+fn mm_fields() -> Result<MmFields, CkptError> {
+    let stat = std::fs::read_to_string("/proc/self/stat")
+        .map_err(|e| CkptError::sys("/proc/self/stat", e))?;
+    let rest = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
+    // Fields after the name, 0-based: startcode 23, endcode 24, startstack 25, start_data
+    // 42, end_data 43, start_brk 44, arg_start 45, arg_end 46, env_start 47, env_end 48.
+    let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    // SAFETY: brk(0) only reports the current break.
+    let brk = unsafe { libc::syscall(libc::SYS_brk, 0usize) } as u64;
+    Ok(MmFields {
+        start_code: at(23),
+        end_code: at(24),
+        start_stack: at(25),
+        start_data: at(42),
+        end_data: at(43),
+        start_brk: at(44),
+        brk,
+        arg_start: at(45),
+        arg_end: at(46),
+        env_start: at(47),
+        env_end: at(48),
+    })
+}
+
+fn open_files(skip: &[RawFd]) -> Result<Vec<OpenFile>, CkptError> {
+    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| CkptError::sys("/proc/self/fd", e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    let mut out = Vec::new();
+    for fd in fds.into_iter().filter(|fd| *fd > 2 && !skip.contains(fd)) {
+        // The directory listing's own fd is gone by now.
+        let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else { continue };
+        let target = target.to_string_lossy().into_owned();
+        if !target.starts_with('/') || target.ends_with(" (deleted)") {
+            let what = target.split(':').next().unwrap_or("");
+            return Err(CkptError::Busy(format!(
+                "fd {fd} is {} ({target}); only regular files and stdio can move",
+                match what {
+                    "socket" => "a socket",
+                    "pipe" => "a pipe",
+                    _ => "a kernel object",
+                }
+            )));
+        }
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+        let field = |name: &str, radix: u32| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| u64::from_str_radix(v.trim(), radix).ok())
+                .unwrap_or(0)
+        };
+        let flags = field("flags:", 8) as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+        out.push(OpenFile { fd, path: target, flags, offset: field("pos:", 10) });
+    }
+    Ok(out)
+}
+
+fn regions(opts: &DumpOptions<'_>) -> Result<(Vec<Region>, Vec<Special>), CkptError> {
+    use std::os::unix::fs::MetadataExt;
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| CkptError::sys("/proc/self/maps", e))?;
+    let mut regions = Vec::new();
+    let mut specials = Vec::new();
+    for m in parse_maps(&maps) {
+        if m.name == "[vsyscall]" {
+            continue;
+        }
+        if m.name.starts_with("[vdso") || m.name.starts_with("[vvar") {
+            specials.push(Special { name: m.name, start: m.start, end: m.end });
+            continue;
+        }
+        if m.perms[3] == b's' {
+            return Err(CkptError::Busy(format!(
+                "shared mapping {:#x}-{:#x} {}: shared memory cannot move",
+                m.start, m.end, m.name
+            )));
+        }
+        let source = if m.name.starts_with('/') {
+            let on_list = (opts.by_ref)(&m.name);
+            match std::fs::metadata(&m.name) {
+                Ok(st) if on_list && st.ino() == m.inode && !m.name.ends_with(" (deleted)") => {
+                    Source::File {
+                        path: m.name.clone(),
+                        offset: m.offset,
+                        size: st.size(),
+                        mtime: (st.mtime(), st.mtime_nsec() as u32),
+                    }
+                }
+                _ => Source::Copied { path: m.name.clone() },
+            }
+        } else {
+            Source::Anonymous
+        };
+        regions.push(Region {
+            start: m.start,
+            end: m.end,
+            prot: prot_of(&m.perms),
+            stack: m.name == "[stack]",
+            source,
+        });
+    }
+    Ok((regions, specials))
+}
+
+fn header(opts: &DumpOptions<'_>, rsp: u64) -> Result<Header, CkptError> {
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        let n = tasks.count();
+        if n > 1 {
+            return Err(CkptError::Busy(format!(
+                "it has {n} threads; only a single-threaded process can move"
+            )));
+        }
+    }
+    let files = open_files(opts.skip_fds)?;
+    let (regions, specials) = regions(opts)?;
+    let mut fs_base = 0u64;
+    let mut gs_base = 0u64;
+    let mut sigmask = 0u64;
+    let mut robust = (0u64, 0u64);
+    let mut tid_address = 0u64;
+    // SAFETY: each call writes one value of the given type into a local.
+    let (altstack, personality, umask) = unsafe {
+        libc::syscall(libc::SYS_arch_prctl, 0x1003, &mut fs_base as *mut u64); // ARCH_GET_FS
+        libc::syscall(libc::SYS_arch_prctl, 0x1004, &mut gs_base as *mut u64); // ARCH_GET_GS
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            std::ptr::null::<u64>(),
+            &mut sigmask as *mut u64,
+            8usize,
+        );
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            0,
+            &mut robust.0 as *mut u64,
+            &mut robust.1 as *mut u64,
+        );
+        libc::prctl(libc::PR_GET_TID_ADDRESS, &mut tid_address as *mut u64);
+        let mut ss: libc::stack_t = std::mem::zeroed();
+        libc::sigaltstack(std::ptr::null(), &mut ss);
+        let umask = libc::umask(0o022);
+        libc::umask(umask);
+        ((ss.ss_sp as u64, ss.ss_flags, ss.ss_size as u64), libc::personality(0xffff_ffff), umask)
+    };
+    let auxv_bytes = std::fs::read("/proc/self/auxv").unwrap_or_default();
+    let mut auxv = Vec::new();
+    for pair in auxv_bytes.chunks_exact(16) {
+        let k = u64::from_ne_bytes(pair[..8].try_into().expect("8 bytes"));
+        let v = u64::from_ne_bytes(pair[8..].try_into().expect("8 bytes"));
+        if k == 0 {
+            break;
+        }
+        auxv.push((k, v));
+    }
+    let rlimits = (0..16u32)
+        .filter_map(|r| {
+            let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit writes one rlimit.
+            (unsafe { libc::getrlimit(r as _, &mut l) } == 0).then_some((r, l.rlim_cur, l.rlim_max))
+        })
+        .collect();
+    let text = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim_end().to_owned();
+    let link = |p: &str| std::fs::read_link(p).map(|l| l.to_string_lossy().into_owned());
+    Ok(Header {
+        machine: this_machine()?,
+        pid: std::process::id() as i32,
+        comm: text("/proc/self/comm"),
+        exe: link("/proc/self/exe").unwrap_or_default(),
+        cwd: link("/proc/self/cwd").unwrap_or_else(|_| "/".into()),
+        umask,
+        rsp,
+        rip: bproc_ckpt_resume as *const () as usize as u64,
+        fs_base,
+        gs_base,
+        sigmask,
+        sigactions: sigactions(),
+        altstack,
+        rseq: rseq(fs_base),
+        robust_list: robust,
+        tid_address,
+        personality: personality as u32,
+        mm: mm_fields()?,
+        auxv,
+        rlimits,
+        specials,
+        files,
+        regions,
+    })
+}
+
+/// Writes all of `buf` to `fd` with raw system calls (no allocation).
+fn write_all(fd: RawFd, mut buf: &[u8]) -> Result<(), CkptError> {
+    while !buf.is_empty() {
+        // SAFETY: writes from a valid slice.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(CkptError::sys("writing the image", e));
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Which pages of a region the image carries, from `/proc/self/pagemap`: those present or
+/// swapped; in a mapping by reference, only those no longer the file's (copied on write);
+/// in a copied file mapping, every page.
+fn wanted(source: &Source, entry: u64) -> bool {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    const FILE_PAGE: u64 = 1 << 61;
+    match source {
+        Source::Copied { .. } => true,
+        Source::File { .. } => entry & (PRESENT | SWAPPED) != 0 && entry & FILE_PAGE == 0,
+        Source::Anonymous => entry & (PRESENT | SWAPPED) != 0,
+    }
+}
+
+/// A buffer mapped outside the regions being saved, unmapped when dropped.
+struct Bounce {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Bounce {
+    fn new(len: usize) -> Result<Bounce, CkptError> {
+        // SAFETY: a fresh private anonymous mapping; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(CkptError::sys("mapping a buffer", std::io::Error::last_os_error()));
+        }
+        Ok(Bounce { ptr: ptr.cast(), len })
+    }
+}
+
+impl Drop for Bounce {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped; nothing refers to it any more.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+fn dump(out: RawFd, opts: &DumpOptions<'_>, rsp: u64) -> Result<(), CkptError> {
+    let h = header(opts, rsp)?;
+    let head = h.encode();
+    let open = |p: &str| std::fs::File::open(p).map_err(|e| CkptError::sys(p.to_owned(), e));
+    let (pagemap, mem) = (open("/proc/self/pagemap")?, open("/proc/self/mem")?);
+    // Pages are copied by the kernel (from /proc/self/mem) into a buffer mapped after the
+    // regions were listed, so the dump never reads memory that Rust code may be using, and
+    // the buffer is not part of the image.
+    let bounce = Bounce::new(MAX_CHUNK as usize)?;
+    // From here on, nothing allocates: the heap being saved stays as it was.
+    write_all(out, &head)?;
+    let mut chunks = 0u32;
+    let mut entries = [0u64; 512];
+    let max_pages = u64::from(MAX_CHUNK) / PAGE;
+    let mut write_chunk = |start: u64, pages: u64| -> Result<(), CkptError> {
+        let len = (pages * PAGE) as usize;
+        // SAFETY: reads into the bounce buffer, which holds MAX_CHUNK ≥ len bytes.
+        let got =
+            unsafe { libc::pread(mem.as_raw_fd(), bounce.ptr.cast(), len, start as libc::off_t) };
+        if got != len as isize {
+            return Err(CkptError::sys(
+                format!("reading {start:#x}"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: the buffer is ours alone and `len` bytes of it were just filled.
+        let data = unsafe { std::slice::from_raw_parts(bounce.ptr, len) };
+        write_all(out, &Chunk::for_data(start, data).encode())?;
+        chunks += 1;
+        write_all(out, data)
+    };
+    for r in &h.regions {
+        let mut run: Option<(u64, u64)> = None; // (start, pages)
+        let mut page = r.start;
+        while page < r.end {
+            let n = (((r.end - page) / PAGE) as usize).min(entries.len());
+            let bytes = n * 8;
+            // SAFETY: reads into the local array, at most its size.
+            let got = unsafe {
+                libc::pread(
+                    pagemap.as_raw_fd(),
+                    entries.as_mut_ptr().cast(),
+                    bytes,
+                    ((page / PAGE) * 8) as libc::off_t,
+                )
+            };
+            if got != bytes as isize {
+                return Err(CkptError::sys("reading pagemap", std::io::Error::last_os_error()));
+            }
+            for (i, e) in entries[..n].iter().enumerate() {
+                let addr = page + i as u64 * PAGE;
+                let take = wanted(&r.source, *e);
+                run = match (run, take) {
+                    (Some((s, k)), true) if k < max_pages => Some((s, k + 1)),
+                    (prev, take) => {
+                        if let Some((s, k)) = prev {
+                            write_chunk(s, k)?;
+                        }
+                        take.then_some((addr, 1))
+                    }
+                };
+            }
+            page += n as u64 * PAGE;
+        }
+        if let Some((s, k)) = run {
+            write_chunk(s, k)?;
+        }
+    }
+    write_all(out, &Chunk::End { chunks }.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_parse() {
+        let text = "55d0a000-55d0c000 r-xp 00002000 fd:01 1234   /usr/bin/cat\n\
+                    7ffd1000-7ffd3000 rw-p 00000000 00:00 0      [stack]\n\
+                    7f0000000000-7f0000001000 rw-p 00000000 00:00 0 \n";
+        let m = parse_maps(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            (m[0].start, m[0].end, m[0].offset, m[0].inode),
+            (0x55d0a000, 0x55d0c000, 0x2000, 1234)
+        );
+        assert_eq!(m[0].name, "/usr/bin/cat");
+        assert_eq!(prot_of(&m[0].perms), 5);
+        assert_eq!(m[1].name, "[stack]");
+        assert_eq!(m[2].name, "");
+    }
+
+    #[test]
+    fn a_threaded_process_is_refused() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
+        let dir = std::env::temp_dir().join(format!("bproc-ckpt-busy-{}", std::process::id()));
+        let f = std::fs::File::create(&dir).unwrap();
+        let opts = DumpOptions { by_ref: &|_| true, skip_fds: &[] };
+        let e = checkpoint(f.as_fd(), &opts).unwrap_err();
+        assert_eq!(e.errno(), libc::EBUSY, "{e}");
+        assert!(e.to_string().contains("threads"), "{e}");
+        assert_eq!(std::fs::metadata(&dir).unwrap().len(), 0, "nothing written");
+        std::fs::remove_file(dir).unwrap();
+        drop(tx);
+        let _ = other.join();
+    }
+
+    use std::os::fd::AsFd;
+}

@@ -1,0 +1,105 @@
+//! Checkpoint and restore on one machine, without a cluster: a program dumps itself to a
+//! file, and a new process restored from the file runs on from the call point.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Command;
+
+use bproc_sys::restore::{restore, RestoreSpec};
+
+/// The demo program, built now (a test does not make cargo build examples).
+fn demo() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "bproc-sys", "--example", "ckpt_demo"])
+            .status()
+            .expect("run cargo");
+        assert!(st.success(), "building the ckpt_demo example failed");
+    });
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    dir.join("examples/ckpt_demo")
+}
+
+/// Runs the demo with `MIB` of data (and `extra` arguments) in a new directory; returns the
+/// directory, the image's path and the demo's output.
+fn run_demo(tag: &str, mib: &str, extra: &[&str]) -> (PathBuf, PathBuf, std::process::Output) {
+    let dir = scratch(tag);
+    let (image, data) = (dir.join("image"), dir.join("data"));
+    std::fs::write(&data, "0123456789").unwrap();
+    let out = Command::new(demo())
+        .args([image.to_str().unwrap(), mib, data.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap();
+    (dir, image, out)
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bproc-ckpt-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn a_process_is_restored_whole_under_its_pid() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: restoring under the original pid (set_tid) needs root");
+        return;
+    }
+    let (dir, image, out) = run_demo("whole", "64", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let pid: i32 = stdout.strip_prefix("dumped ").unwrap().trim().parse().unwrap();
+    let size = std::fs::metadata(&image).unwrap().len();
+    assert!(size > 64 << 20, "the image holds the 64 MiB: {size} bytes");
+
+    let log = dir.join("out");
+    let stdio: [Option<OwnedFd>; 3] = [
+        Some(std::fs::File::open("/dev/null").unwrap().into()),
+        Some(std::fs::File::create(&log).unwrap().into()),
+        Some(std::fs::File::create(dir.join("err")).unwrap().into()),
+    ];
+    let spec = RestoreSpec { stdio, set_tid: Some(pid), identity: None, value: 1 };
+    let got = restore(std::fs::File::open(&image).unwrap(), spec).unwrap();
+    assert_eq!(got, pid, "restored under the original pid");
+    let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(got), None).unwrap();
+    let printed = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        st,
+        nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(got), 42),
+        "{printed}{}",
+        std::fs::read_to_string(dir.join("err")).unwrap()
+    );
+    assert_eq!(
+        printed,
+        "value: ok\nmemory: ok\ntls: ok\nheap growth: ok\nhandler: ok\nmask: ok\nfile: ok\n\
+         pid: ok\nclock: ok\nfork and exec: ok\n"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_damaged_image_restores_nothing() {
+    let (dir, image, out) = run_demo("damaged", "1", &[]);
+    assert!(out.status.success());
+    let mut bytes = std::fs::read(&image).unwrap();
+    let last = bytes.len() - 100;
+    bytes[last] ^= 0xff;
+    let spec = RestoreSpec { stdio: [None, None, None], set_tid: None, identity: None, value: 1 };
+    let e = restore(bytes.as_slice(), spec).unwrap_err();
+    assert!(e.to_string().contains("checksum"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_open_socket_is_refused_and_the_process_runs_on() {
+    let (dir, image, out) = run_demo("socket", "1", &["socket"]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.starts_with("refused: cannot move this process: fd "), "{stdout}");
+    assert!(stdout.contains("is a socket") && stdout.contains("(errno 16)"), "{stdout}");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 0, "nothing written");
+    std::fs::remove_dir_all(dir).unwrap();
+}
