@@ -547,7 +547,7 @@ fn dump(out: RawFd, opts: &DumpOptions<'_>, rsp: u64) -> Result<(), CkptError> {
     let head = h.encode();
     let open = |p: &str| std::fs::File::open(p).map_err(|e| CkptError::sys(p.to_owned(), e));
     let (pagemap, mem) = (open("/proc/self/pagemap")?, open("/proc/self/mem")?);
-    // Pages are copied by the kernel (from /proc/self/mem) into a buffer mapped after the
+    // Pages are copied by the kernel (process_vm_readv) into a buffer mapped after the
     // regions were listed, so the dump never reads memory that Rust code may be using, and
     // the buffer is not part of the image.
     let bounce = Bounce::new(MAX_CHUNK as usize)?;
@@ -556,11 +556,20 @@ fn dump(out: RawFd, opts: &DumpOptions<'_>, rsp: u64) -> Result<(), CkptError> {
     let mut chunks = 0u32;
     let mut entries = [0u64; 512];
     let max_pages = u64::from(MAX_CHUNK) / PAGE;
-    let mut write_chunk = |start: u64, pages: u64| -> Result<(), CkptError> {
+    let mut write_chunk = |start: u64, pages: u64, readable: bool| -> Result<(), CkptError> {
         let len = (pages * PAGE) as usize;
-        // SAFETY: reads into the bounce buffer, which holds MAX_CHUNK ≥ len bytes.
-        let got =
-            unsafe { libc::pread(mem.as_raw_fd(), bounce.ptr.cast(), len, start as libc::off_t) };
+        let local = libc::iovec { iov_base: bounce.ptr.cast(), iov_len: len };
+        let remote = libc::iovec { iov_base: start as *mut c_void, iov_len: len };
+        // SAFETY: the kernel copies this process's pages into the bounce buffer, which holds
+        // MAX_CHUNK ≥ len bytes; the source is only read, by the kernel. process_vm_readv is
+        // the fast path; /proc/self/mem also reads pages that are not readable.
+        let got = unsafe {
+            if readable {
+                libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0)
+            } else {
+                libc::pread(mem.as_raw_fd(), bounce.ptr.cast(), len, start as libc::off_t)
+            }
+        };
         if got != len as isize {
             return Err(CkptError::sys(
                 format!("reading {start:#x}"),
@@ -574,6 +583,7 @@ fn dump(out: RawFd, opts: &DumpOptions<'_>, rsp: u64) -> Result<(), CkptError> {
         write_all(out, data)
     };
     for r in &h.regions {
+        let readable = r.prot & bproc_image::prot::READ != 0;
         let mut run: Option<(u64, u64)> = None; // (start, pages)
         let mut page = r.start;
         while page < r.end {
@@ -598,7 +608,7 @@ fn dump(out: RawFd, opts: &DumpOptions<'_>, rsp: u64) -> Result<(), CkptError> {
                     (Some((s, k)), true) if k < max_pages => Some((s, k + 1)),
                     (prev, take) => {
                         if let Some((s, k)) = prev {
-                            write_chunk(s, k)?;
+                            write_chunk(s, k, readable)?;
                         }
                         take.then_some((addr, 1))
                     }
@@ -607,7 +617,7 @@ fn dump(out: RawFd, opts: &DumpOptions<'_>, rsp: u64) -> Result<(), CkptError> {
             page += n as u64 * PAGE;
         }
         if let Some((s, k)) = run {
-            write_chunk(s, k)?;
+            write_chunk(s, k, readable)?;
         }
     }
     write_all(out, &Chunk::End { chunks }.encode())
