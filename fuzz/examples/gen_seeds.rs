@@ -48,6 +48,7 @@ fn spec() -> ProcSpec {
             size: 4,
             hash: [1; 32],
         }],
+        image: None,
     }
 }
 
@@ -123,6 +124,7 @@ fn main() -> std::io::Result<()> {
             Message::ProxyClient {
                 node: 3,
                 creds: Creds { uid: 1000, gid: 100, groups: vec![27] },
+                pid: 4321,
             },
         ),
         (1, Message::Conf { node: 3, cookie: 42, ping_timeout: 30, time_ms: 1_700_000_000_000 }),
@@ -156,7 +158,24 @@ fn main() -> std::io::Result<()> {
         (15, Message::Nodes { nodes: nodes() }),
         (0, Message::NodesChanged { nodes: nodes() }),
         (17, Message::MasterInfo),
-        (18, Message::Launch { nodes: vec![0, 1, 1], spec: spec(), ghosts: vec![4321, 4322, 0] }),
+        (
+            18,
+            Message::Launch {
+                nodes: vec![0, 1, 1],
+                spec: spec(),
+                ghosts: vec![4321, 4322, 0],
+                io_ports: vec![0, 40010, 0],
+            },
+        ),
+        (
+            19,
+            Message::Launch {
+                nodes: vec![2],
+                spec: ProcSpec { image: Some(Endpoint { ip: None, port: 40020 }), ..spec() },
+                ghosts: vec![-1],
+                io_ports: vec![40010],
+            },
+        ),
         (0, Message::GhostHello { fork: 7 }),
         (0, Message::GhostSignal { signal: 15, sender: 999 }),
         (25, Message::ProcList),
@@ -173,6 +192,14 @@ fn main() -> std::io::Result<()> {
         (0, Message::GhostState { stopped: true }),
         (0, Message::GhostFork { fork: 7, comm: "sleep".into() }),
         (0, Message::GhostExec { comm: "sleep".into() }),
+        (
+            0,
+            Message::GhostRestore {
+                image: Endpoint { ip: Some(Ipv4Addr::new(10, 0, 0, 3)), port: 40020 },
+                token: [7; 16],
+            },
+        ),
+        (0, Message::GhostRestored { code: 0 }),
         (0, Message::ProcEvent { pid: 17, change: ProcChange::Exited(ExitStatus::Signal(9)) }),
         (
             0,
@@ -201,6 +228,7 @@ fn main() -> std::io::Result<()> {
                         port: 40300,
                         ranks: vec![0],
                         pids: vec![4321],
+                        ports: vec![40010],
                     },
                     TreeEntry {
                         node: 1,
@@ -208,6 +236,7 @@ fn main() -> std::io::Result<()> {
                         port: 40301,
                         ranks: vec![1, 2],
                         pids: vec![4322, 0],
+                        ports: Vec::new(),
                     },
                 ],
             },

@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
             Ok(Some(x)) => x,
             Ok(None) => {
                 // "Need more" is only allowed while a header can still be incomplete.
-                assert!(rest.len() < HEADER_MAX, "decoder asked for more after {} bytes", rest.len());
+                assert!(
+                    rest.len() < HEADER_MAX,
+                    "decoder asked for more after {} bytes",
+                    rest.len()
+                );
                 return;
             }
             Err(_) => return,

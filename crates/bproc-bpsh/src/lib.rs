@@ -280,6 +280,7 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         token,
         rlimits: bproc::launch::current_rlimits(),
         files: Vec::new(),
+        image: None,
     };
     // A diskless node needs the program, its interpreters and libraries: gather them by hash
     // (only then: hashing costs more than a whole launch to a node that has a disk).
@@ -348,14 +349,14 @@ async fn accept_loop(
         let slots = slots.clone();
         let staged = staged.clone();
         tokio::spawn(async move {
-            let mut head = [0u8; 21];
+            let mut head = [0u8; bproc_proto::conn::HEADER_LEN];
             let ok = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head)).await;
-            if !matches!(ok, Ok(Ok(_))) || head[..16] != token {
+            let (got, rank, fd) = bproc_proto::conn::parse(&head);
+            if !matches!(ok, Ok(Ok(_))) || got != token {
                 return; // not one of ours: close silently, as BProc does
             }
-            let rank = u32::from_be_bytes([head[16], head[17], head[18], head[19]]) as usize;
-            let fd = head[20] as usize;
-            if fd == 0xff {
+            let (rank, fd) = (rank as usize, fd as usize);
+            if fd == usize::from(bproc_proto::conn::FETCH) {
                 let mut s = s;
                 bproc_link::serve_staged_file(&mut s, &staged).await;
                 return;
@@ -543,8 +544,12 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         None => vec![0; n],
     };
     let has_ghosts = ghosts.iter().any(|g| *g > 0);
-    let launch =
-        Message::Launch { nodes: p.nodes.clone(), spec: spec.clone(), ghosts: ghosts.clone() };
+    let launch = Message::Launch {
+        nodes: p.nodes.clone(),
+        spec: spec.clone(),
+        ghosts: ghosts.clone(),
+        io_ports: Vec::new(),
+    };
     if let Err(e) = write_frame(&mut mwr, 1, &launch).await {
         eprintln!("bpsh: bproc_vexecmove_io: {e}");
         return ExitCode::FAILURE;

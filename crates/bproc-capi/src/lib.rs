@@ -761,53 +761,182 @@ pub extern "C" fn bproc_nodepwroff(node: c_int) -> c_int {
     call(|c| c.node_action(node, NodeAction::Poweroff))
 }
 
-/// The migration calls come with process migration; until then they fail with `ENOSYS`.
 /// `BPROC_NODE_ANY`.
 const BPROC_NODE_ANY: c_int = -4;
 
-const NOT_YET: i32 = libc::ENOSYS;
-
-/// Moves the caller to `node`: 0 when it already runs there (as in BProc), else `ENOSYS`
-/// for now.
-#[no_mangle]
-pub extern "C" fn bproc_move(node: c_int) -> c_int {
-    guard(|| if node == bproc_currnode() { Ok(0) } else { Err(NOT_YET) })
+/// Flushes every C stdio stream and Rust's stdout: buffered output would otherwise be
+/// written again by the moved or restored copy.
+fn flush_all() {
+    // SAFETY: fflush(NULL) flushes every C stdio stream.
+    unsafe { libc::fflush(std::ptr::null_mut()) };
+    let _ = std::io::Write::flush(&mut std::io::stdout());
 }
 
-/// [`bproc_move`] with I/O redirection (ignored while only same-node moves work).
+/// Moves the caller to `node` (`BPROC_NODE_MASTER`: the front end): 0 on the new node, as
+/// the same pid; 0 also when it already runs there, as in BProc. On failure the caller stays
+/// where it was: `EBUSY` for what cannot move (threads, sockets, pipes, shared memory),
+/// `BE_NODEDOWN`, `EPERM`...
 #[no_mangle]
-pub extern "C" fn bproc_move_io(node: c_int, _io: *mut std::ffi::c_void, _iolen: c_int) -> c_int {
+pub extern "C" fn bproc_move(node: c_int) -> c_int {
+    // SAFETY: no I/O list.
+    unsafe { bproc_move_io(node, std::ptr::null(), -1) }
+}
+
+/// [`bproc_move`] with BProc's flags argument (`BPROC_DUMP_*`, which this implementation
+/// decides itself: libraries by reference, the rest by content).
+#[no_mangle]
+pub extern "C" fn _bproc_move(node: c_int, _flags: c_int) -> c_int {
     bproc_move(node)
 }
 
-/// A fork whose child lives on `node`: `ENOSYS` for now.
+/// [`bproc_move`] with an I/O list for the moved process (`iolen` −1: stdout and stderr
+/// relayed by the ghost, stdin `/dev/null`; 0: no fds at all).
+///
+/// # Safety
+/// `io` holds `iolen` entries.
 #[no_mangle]
-pub extern "C" fn bproc_rfork(_node: c_int) -> c_int {
-    guard(|| Err(NOT_YET))
+pub unsafe extern "C" fn bproc_move_io(node: c_int, io: *const Io, iolen: c_int) -> c_int {
+    guard(|| {
+        // SAFETY: as the caller promises.
+        let io = unsafe { io_list(io, iolen) }?;
+        flush_all();
+        bproc::migrate::move_to(node, &io).map_err(|e| e.errno())?;
+        Ok(0)
+    })
 }
 
-/// [`bproc_rfork`] with I/O redirection: `ENOSYS` for now.
+/// [`bproc_move_io`] with BProc's flags argument.
+///
+/// # Safety
+/// As for [`bproc_move_io`].
 #[no_mangle]
-pub extern "C" fn bproc_rfork_io(_node: c_int, _io: *mut std::ffi::c_void, _iolen: c_int) -> c_int {
-    guard(|| Err(NOT_YET))
-}
-
-/// One child per node: `ENOSYS` for now.
-#[no_mangle]
-pub extern "C" fn bproc_vrfork(_n: c_int, _nodes: *mut c_int, _pids: *mut c_int) -> c_int {
-    guard(|| Err(NOT_YET))
-}
-
-/// [`bproc_vrfork`] with I/O redirection: `ENOSYS` for now.
-#[no_mangle]
-pub extern "C" fn bproc_vrfork_io(
-    _n: c_int,
-    _nodes: *mut c_int,
-    _pids: *mut c_int,
-    _io: *mut std::ffi::c_void,
-    _iolen: c_int,
+pub unsafe extern "C" fn _bproc_move_io(
+    node: c_int,
+    io: *const Io,
+    iolen: c_int,
+    _flags: c_int,
 ) -> c_int {
-    guard(|| Err(NOT_YET))
+    // SAFETY: as the caller promises.
+    unsafe { bproc_move_io(node, io, iolen) }
+}
+
+/// A fork whose child runs on `node`: the child's pid in the parent (its ghost's: `waitpid`
+/// gives the child's status), 0 in the child. A failure on the node is returned as the
+/// negated error itself (`-BE_NODEDOWN`), as in BProc; -1 with `errno` for the rest.
+#[no_mangle]
+pub extern "C" fn bproc_rfork(node: c_int) -> c_int {
+    // SAFETY: no I/O list.
+    unsafe { bproc_rfork_io(node, std::ptr::null(), -1) }
+}
+
+/// [`bproc_rfork`] with BProc's flags argument.
+#[no_mangle]
+pub extern "C" fn _bproc_rfork(node: c_int, _flags: c_int) -> c_int {
+    bproc_rfork(node)
+}
+
+/// [`bproc_rfork`] with an I/O list for the child.
+///
+/// # Safety
+/// `io` holds `iolen` entries.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_rfork_io(node: c_int, io: *const Io, iolen: c_int) -> c_int {
+    guard(|| {
+        // SAFETY: as the caller promises.
+        let io = unsafe { io_list(io, iolen) }?;
+        flush_all();
+        bproc::migrate::rfork(node, &io).map_err(|e| e.errno())
+    })
+}
+
+/// [`bproc_rfork_io`] with BProc's flags argument.
+///
+/// # Safety
+/// As for [`bproc_rfork_io`].
+#[no_mangle]
+pub unsafe extern "C" fn _bproc_rfork_io(
+    node: c_int,
+    io: *const Io,
+    iolen: c_int,
+    _flags: c_int,
+) -> c_int {
+    // SAFETY: as the caller promises.
+    unsafe { bproc_rfork_io(node, io, iolen) }
+}
+
+/// One child on each of `nodes[0..n]`: `n` in the parent, with each child's pid (or negated
+/// error) in `pids`; its index in each child. Every child is a direct child of the caller.
+///
+/// # Safety
+/// `nodes` and `pids` hold `n` entries.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_vrfork(n: c_int, nodes: *const c_int, pids: *mut c_int) -> c_int {
+    // SAFETY: as the caller promises.
+    unsafe { bproc_vrfork_io(n, nodes, pids, std::ptr::null(), -1) }
+}
+
+/// [`bproc_vrfork`] with BProc's flags argument (ignored there too).
+///
+/// # Safety
+/// As for [`bproc_vrfork`].
+#[no_mangle]
+pub unsafe extern "C" fn _bproc_vrfork(
+    n: c_int,
+    nodes: *const c_int,
+    pids: *mut c_int,
+    _flags: c_int,
+) -> c_int {
+    // SAFETY: as the caller promises.
+    unsafe { bproc_vrfork(n, nodes, pids) }
+}
+
+/// [`bproc_vrfork`] with an I/O list for every child.
+///
+/// # Safety
+/// `nodes` and `pids` hold `n` entries, `io` holds `iolen`.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_vrfork_io(
+    n: c_int,
+    nodes: *const c_int,
+    pids: *mut c_int,
+    io: *const Io,
+    iolen: c_int,
+) -> c_int {
+    guard(|| {
+        if n <= 0 || nodes.is_null() || pids.is_null() {
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: as the caller promises.
+        let io = unsafe { io_list(io, iolen) }?;
+        // SAFETY: `nodes` holds `n` entries.
+        let list = unsafe { std::slice::from_raw_parts(nodes, n as usize) }.to_vec();
+        flush_all();
+        match bproc::migrate::vrfork(&list, &io).map_err(|e| e.errno())? {
+            bproc::migrate::Forked::Child(rank) => Ok(rank as c_int),
+            bproc::migrate::Forked::Parent(got) => {
+                // SAFETY: `pids` holds `n` entries, and `got` has one per node.
+                unsafe { std::ptr::copy_nonoverlapping(got.as_ptr(), pids, got.len()) };
+                Ok(n)
+            }
+        }
+    })
+}
+
+/// [`bproc_vrfork_io`] with BProc's flags argument.
+///
+/// # Safety
+/// As for [`bproc_vrfork_io`].
+#[no_mangle]
+pub unsafe extern "C" fn _bproc_vrfork_io(
+    n: c_int,
+    nodes: *const c_int,
+    pids: *mut c_int,
+    io: *const Io,
+    iolen: c_int,
+    _flags: c_int,
+) -> c_int {
+    // SAFETY: as the caller promises.
+    unsafe { bproc_vrfork_io(n, nodes, pids, io, iolen) }
 }
 
 /// `argv` or `envp`: a NULL-terminated array of strings (NULL: empty).
@@ -1148,10 +1277,7 @@ pub extern "C" fn bproc_dump(fd: c_int, flags: c_int) -> c_int {
         if fd < 0 {
             return Err(libc::EBADF);
         }
-        // Buffered output would be written again by every restored copy.
-        // SAFETY: fflush(NULL) flushes every C stdio stream.
-        unsafe { libc::fflush(std::ptr::null_mut()) };
-        let _ = std::io::Write::flush(&mut std::io::stdout());
+        flush_all();
         // SAFETY: the caller passes an open fd, which stays open for this call.
         let out = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         match bproc::migrate::dump(out, flags).map_err(|e| e.errno())? {
@@ -1161,10 +1287,25 @@ pub extern "C" fn bproc_dump(fd: c_int, flags: c_int) -> c_int {
     })
 }
 
-/// Replaces the caller with an image from `fd`: `ENOSYS` for now.
+/// Replaces the caller with the image read from `fd` (made by [`bproc_dump`]): no return
+/// on success, where the image's process returns 1 from its `bproc_dump`; the caller keeps
+/// its pid, parent and fds 0 to 2. -1 with `errno` when the image cannot be restored here
+/// (`ENOEXEC`: another kernel or CPU, or a referenced file differs; `EINVAL`: damaged).
 #[no_mangle]
-pub extern "C" fn bproc_undump(_fd: c_int) -> c_int {
-    guard(|| Err(NOT_YET))
+pub extern "C" fn bproc_undump(fd: c_int) -> c_int {
+    guard(|| {
+        if fd < 0 {
+            return Err(libc::EBADF);
+        }
+        flush_all();
+        // SAFETY: the caller passes an open fd, which stays open for this call.
+        let file = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .map(std::fs::File::from)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
+        let reader = std::io::BufReader::with_capacity(1 << 20, file);
+        Err(bproc::migrate::undump(reader).errno())
+    })
 }
 
 /// Execs `cmd` and dumps the new image: `ENOSYS` for now.
@@ -1176,7 +1317,7 @@ pub extern "C" fn bproc_execdump(
     _argv: *const *const c_char,
     _envp: *const *const c_char,
 ) -> c_int {
-    guard(|| Err(NOT_YET))
+    guard(|| Err(libc::ENOSYS))
 }
 
 /// BProc's text for `BE_*` codes, the C library's for the rest; takes `e` or `-e`. The

@@ -14,10 +14,17 @@
 //! - `ProcExit` ends it with the remote status: the same exit code, or death by the same
 //!   signal (with core dumps off, so the core flag stays clear).
 //!
+//! - `GhostRestore` (its process moves back to the front end) makes it restore the process's
+//!   image into itself, so the process is back under its own pid and parent.
+//!
+//! The ghost of a moved or rforked process also relays that process's output ([`relay`]).
+//!
 //! SIGKILL cannot be caught: the master sees the ghost's connection close while the remote
 //! process still runs, and kills that process. If the master goes away, the ghost kills itself
 //! with SIGKILL, BProc's "violent death".
 #![deny(missing_docs)]
+
+pub mod relay;
 
 use std::ffi::{CString, OsString};
 use std::io::{Read, Write};
@@ -55,14 +62,28 @@ pub fn main(argv0: OsString) -> ExitCode {
     // Hold nothing of the launcher's but the control socket a re-exec passes on: a ghost
     // that kept a pipe open would keep its reader waiting.
     let keep = std::env::var(ENV_FD).ok().and_then(|v| v.parse::<u32>().ok());
-    bproc_sys::close_fds_from(3, keep);
+    bproc_sys::close_fds_from(
+        3,
+        &keep.into_iter().chain(relay::inherited_fd()).collect::<Vec<_>>(),
+    );
     let all = SigSet::all();
     bproc_sys::default_signal_actions();
     if sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None).is_err() {
         return ExitCode::from(255);
     }
+    let mut relay = None;
     if let Some(count) = std::env::var(ENV_COUNT).ok().and_then(|v| v.parse::<usize>().ok()) {
-        let made = make_siblings(count);
+        let (me, made) = make_siblings(count);
+        if let Some(r) = relay::Relay::from_env() {
+            // Each ghost has its own listener, so each writes its own line, with the port.
+            let line = match &r {
+                Ok(r) => format!("{me} {} {}\n", std::process::id(), r.port()),
+                Err(_) => format!("{me} {} 0\n", std::process::id()),
+            };
+            let _ = nix::unistd::write(std::io::stdout(), line.as_bytes());
+            relay = r.ok();
+        }
+        let made = if relay.is_some() { Vec::new() } else { made };
         // Whole lines, at most PIPE_BUF bytes a write: writes of several makers interleave
         // only between lines.
         let mut chunk = String::new();
@@ -77,9 +98,17 @@ pub fn main(argv0: OsString) -> ExitCode {
         if !chunk.is_empty() {
             let _ = nix::unistd::write(std::io::stdout(), chunk.as_bytes());
         }
-        // Only the launcher's reader had use for stdout: let it see the end.
-        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-            let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1);
+        // Only the launcher's reader had use for stdout: let it see the end. A relay writes
+        // its process's output to the launcher's stdout, which came in as stdin (the pipe
+        // took the place of stdout); the ghost reads nothing.
+        if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+            let null = std::os::fd::AsRawFd::as_raw_fd(&null);
+            if relay.is_some() {
+                let _ = nix::unistd::dup2(0, 1);
+                let _ = nix::unistd::dup2(null, 0);
+            } else {
+                let _ = nix::unistd::dup2(null, 1);
+            }
         }
     }
     let sfd = match SignalFd::with_flags(&all, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
@@ -89,6 +118,9 @@ pub fn main(argv0: OsString) -> ExitCode {
             return ExitCode::from(255);
         }
     };
+    if relay.is_none() {
+        relay = relay::Relay::from_env().and_then(Result::ok);
+    }
     let ctl = match control() {
         Ok(c) => c,
         Err(e) => {
@@ -96,16 +128,17 @@ pub fn main(argv0: OsString) -> ExitCode {
             return ExitCode::from(255);
         }
     };
-    serve(sfd, ctl)
+    serve(sfd, ctl, relay)
 }
 
 /// Ghosts a maker makes itself; beyond, it hands half of its range to a sibling that makes
 /// those in parallel (a launcher's two cores fork twice as many).
 const SPLIT: usize = 64;
 
-/// Makes ghosts 0..count as siblings of this one (ghost 0); returns the (index, pid) pairs
-/// this process made, itself included. A sibling that takes over a range returns its own.
-fn make_siblings(count: usize) -> Vec<(usize, i32)> {
+/// Makes ghosts 0..count as siblings of this one (ghost 0); returns this process's index and
+/// the (index, pid) pairs it made, itself included. A sibling that takes over a range returns
+/// its own.
+fn make_siblings(count: usize) -> (usize, Vec<(usize, i32)>) {
     let (mut lo, mut hi) = (0, count.max(1));
     while hi - lo > SPLIT {
         let mid = lo + (hi - lo) / 2;
@@ -118,12 +151,12 @@ fn make_siblings(count: usize) -> Vec<(usize, i32)> {
     let mut made = vec![(lo, std::process::id() as i32)];
     for i in lo + 1..hi {
         match bproc_sys::clone_sibling() {
-            Ok(0) => return Vec::new(),
+            Ok(0) => return (i, Vec::new()),
             Ok(pid) => made.push((i, pid)),
             Err(_) => break, // the launcher sees fewer pids and runs those ranks without
         }
     }
-    made
+    (lo, made)
 }
 
 /// `prog` from `[prog]`.
@@ -163,23 +196,35 @@ fn is_stop(sig: i32) -> bool {
     [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU].iter().any(|s| *s as i32 == sig)
 }
 
-fn serve(sfd: SignalFd, mut ctl: UnixStream) -> ExitCode {
+/// How long a ghost waits for its process's last output.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) -> ExitCode {
     // A SIGCONT forwarded since the last stop request or notice: a stop notice that comes
     // after it is stale (Ctrl-Z then at once `fg`; or this ghost was stopped by a SIGSTOP of
     // its own, which the master passed on, and continued since).
     let mut cont_pending = false;
     loop {
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
             PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
         ];
+        if let Some(r) = &relay {
+            fds.extend(r.poll_fds().into_iter().map(|f| PollFd::new(f, PollFlags::POLLIN)));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::Error::EINTR) => continue,
             Err(_) => return violent_death(),
         }
+        let ready: Vec<bool> =
+            fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
         let sig_ready = fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
-        let ctl_ready = fds[1].revents().is_some_and(|r| !r.is_empty());
+        drop(fds);
+        let ctl_ready = ready[1];
+        if let Some(r) = &mut relay {
+            r.on_ready(&ready[2..]);
+        }
         if sig_ready {
             while let Ok(Some(info)) = sfd.read_signal() {
                 let sig = info.ssi_signo as i32;
@@ -203,7 +248,19 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream) -> ExitCode {
         }
         match read_frame(&mut ctl) {
             None => return violent_death(),
-            Some(Message::ProcExit { status, .. }) => return die(status),
+            Some(Message::ProcExit { status, .. }) => {
+                if let Some(r) = &mut relay {
+                    r.drain(DRAIN);
+                }
+                return die(status);
+            }
+            Some(Message::GhostRestore { image, token }) => {
+                let code = take_back(image, token, &mut ctl, &mut relay);
+                let msg = Message::GhostRestored { code };
+                if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
+                    return violent_death();
+                }
+            }
             Some(Message::GhostState { stopped }) => {
                 if stopped && !cont_pending {
                     let _ = raise(Signal::SIGSTOP);
@@ -232,6 +289,47 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream) -> ExitCode {
             Some(_) => {}
         }
     }
+}
+
+/// Becomes the process again: restores its image, fetched from `image`, into this process.
+/// Returns only on failure, with the errno to report (this ghost goes on as before).
+fn take_back(
+    image: bproc_proto::Endpoint,
+    token: [u8; 16],
+    ctl: &mut UnixStream,
+    relay: &mut Option<relay::Relay>,
+) -> i32 {
+    let addr =
+        std::net::SocketAddrV4::new(image.ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST), image.port);
+    let opened = std::net::TcpStream::connect_timeout(&addr.into(), DRAIN).and_then(|mut s| {
+        s.write_all(&bproc_proto::conn::header(&token, 0, bproc_proto::conn::IMAGE))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        Ok(s)
+    });
+    let s = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bpghost: cannot fetch the image from {addr}: {e}");
+            return e.raw_os_error().unwrap_or(nix::libc::EIO);
+        }
+    };
+    let reader = std::io::BufReader::with_capacity(1 << 20, s);
+    // Runs in the restore's helper, with the process restored but held: the master is told
+    // (so the copy on the node may end), and what that copy wrote comes out first.
+    // The process finds the master's socket where it is now.
+    let socket = std::env::var_os("BPROC_SOCKET").unwrap_or_else(|| DEFAULT_SOCKET.into());
+    let note = socket.as_bytes().to_vec();
+    let e = bproc_sys::restore::restore_in_place(reader, 1, Some(&note), &mut || {
+        let ok = bproc_proto::encode(0, &Message::GhostRestored { code: 0 });
+        ctl.write_all(&ok)
+            .map_err(|e| bproc_sys::ckpt::CkptError::Busy(format!("the master went away: {e}")))?;
+        if let Some(r) = relay {
+            r.drain(DRAIN);
+        }
+        Ok(())
+    });
+    eprintln!("bpghost: cannot take the process back: {e}");
+    e.errno()
 }
 
 /// Reaps ended child ghosts.

@@ -27,7 +27,7 @@ use thiserror::Error;
 /// The first 8 bytes of every image.
 pub const MAGIC: [u8; 8] = *b"BPROCIMG";
 /// The format version this crate reads and writes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes in the preamble.
 pub const PREAMBLE_LEN: usize = 20;
 /// Bytes in a chunk head (and in the end).
@@ -263,6 +263,9 @@ pub struct Header {
     pub tid_address: u64,
     /// Execution domain.
     pub personality: u32,
+    /// A buffer in the process (address, length; 0 for none) where a restorer writes a
+    /// NUL-terminated note for it: the path of the cluster socket where it now runs.
+    pub mailbox: (u64, u32),
     /// Memory layout fields.
     pub mm: MmFields,
     /// The auxiliary vector, as (type, value) pairs.
@@ -479,6 +482,8 @@ impl Header {
         w.u64(self.robust_list.1);
         w.u64(self.tid_address);
         w.u32(self.personality);
+        w.u64(self.mailbox.0);
+        w.u32(self.mailbox.1);
         for v in self.mm.to_array() {
             w.u64(v);
         }
@@ -567,6 +572,7 @@ impl Header {
         let robust_list = (r.u64("robust list")?, r.u64("robust list length")?);
         let tid_address = r.u64("tid address")?;
         let personality = r.u32("personality")?;
+        let mailbox = (r.u64("mailbox")?, r.u32("mailbox length")?);
         let mut f = [0u64; 11];
         for v in f.iter_mut() {
             *v = r.u64("mm field")?;
@@ -668,6 +674,7 @@ impl Header {
             robust_list,
             tid_address,
             personality,
+            mailbox,
             mm,
             auxv,
             rlimits,

@@ -77,6 +77,7 @@ fn header() -> impl Strategy<Value = Header> {
                     robust_list: sig.2,
                     tid_address: sig.3,
                     personality,
+                    mailbox: (u64::from(personality) << 12, personality >> 20),
                     mm: MmFields {
                         start_code: mm[0],
                         end_code: mm[1],

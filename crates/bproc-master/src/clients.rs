@@ -48,6 +48,7 @@ async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
             admin: c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw(),
             origin: None,
             pid: c.pid(),
+            node_pid: None,
         },
         Err(e) => {
             warn!("client without credentials refused: {e}");
@@ -64,6 +65,7 @@ pub(crate) async fn serve_proxied(
     node: i32,
     ip: std::net::Ipv4Addr,
     creds: bproc_proto::Creds,
+    pid: i32,
     stream: TcpStream,
 ) {
     // Root on a node is root of the cluster, as in BProc, where a node's processes are the
@@ -75,6 +77,7 @@ pub(crate) async fn serve_proxied(
         admin: creds.uid == 0,
         origin: Some((node, ip)),
         pid: None,
+        node_pid: (pid > 0).then_some(pid),
     };
     debug!("node {node}: client uid {} connected through its slave", caller.uid);
     let (rd, wr) = stream.into_split();
@@ -106,8 +109,9 @@ async fn serve(shared: Arc<Shared>, caller: Caller, mut rd: ClientRd, mut wr: Cl
                 watch(&shared, id, rd, wr).await;
                 return;
             }
-            Message::Launch { nodes, spec, ghosts } => {
-                crate::launch::serve(shared, caller, id, nodes, spec, ghosts, rd, wr).await;
+            Message::Launch { nodes, spec, ghosts, io_ports } => {
+                let req = crate::launch::Request { nodes, spec, ghosts, io_ports };
+                crate::launch::serve(shared, caller, id, req, rd, wr).await;
                 return;
             }
             Message::GhostHello { fork } => {

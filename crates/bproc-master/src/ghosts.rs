@@ -2,7 +2,10 @@
 //! rank it is, and its ghost on the master, with the ghost's connection.
 //!
 //! A remote process enters the table when its slave reports it started (`RankSpawned`) or
-//! forked (`ProcEvent Forked`), and leaves when it ends. A ghost enters when it connects
+//! forked (`ProcEvent Forked`), and leaves when it ends or moves. A process that moves to
+//! another node keeps its ghost, which then stands for the new copy (the old one's end is
+//! ignored); one that moves back to the front end is restored into its ghost, which stops
+//! being one. A ghost enters when it connects
 //! (`GhostHello`; the kernel's `SO_PEERCRED` says which pid it is) or when its launcher names
 //! it in a launch, whichever comes first, and leaves when its connection closes. Messages for
 //! a ghost that has not connected yet wait in the table.
@@ -50,6 +53,8 @@ struct Ghost {
     /// Seen stopped by a signal of its own (SIGSTOP, which it cannot catch), and its process
     /// stopped for it.
     stopped_here: bool,
+    /// Waiting for its answer to [`Message::GhostRestore`].
+    restoring: Option<tokio::sync::oneshot::Sender<i32>>,
 }
 
 impl Ghost {
@@ -84,6 +89,8 @@ struct Inner {
     /// races the start's report on the node), kept until it comes.
     early: HashMap<(i32, i32), Vec<ProcChange>>,
     early_count: usize,
+    /// Processes that moved away, until their end (which means nothing) is reported.
+    moved: std::collections::HashSet<(i32, i32)>,
 }
 
 /// Most early events kept; beyond, the oldest are dropped.
@@ -234,8 +241,17 @@ impl Ghosts {
         true
     }
 
+    /// The ghost of process `key` (of uid `uid`), which asks to move.
+    pub(crate) fn ghost_for(&self, key: (i32, i32), uid: u32) -> Option<i32> {
+        let g = self.lock();
+        let ghost = g.procs.get(&key).filter(|p| p.uid == uid)?.ghost?;
+        g.ghosts.get(&ghost).is_some_and(|gh| gh.remote == Some(key)).then_some(ghost)
+    }
+
     /// Rank `rank` of `launch` started on node `n` as `pid` there (`ghost`: its ghost or 0).
-    /// Returns the launch ranks that ended in events that came before this report.
+    /// Returns the launch ranks that ended in events that came before this report. A ghost
+    /// that stood for another process (which moved here) now stands for this one, which
+    /// takes over the launch and rank the old one was.
     pub(crate) fn started(
         &self,
         n: i32,
@@ -246,20 +262,85 @@ impl Ghosts {
         uid: u32,
     ) -> Vec<RankEnd> {
         let mut g = self.lock();
+        let inner = &mut *g;
         let ghost = (ghost > 0).then_some(ghost);
-        if let Some(gh) = ghost.and_then(|p| g.ghosts.get_mut(&p)) {
-            gh.remote = Some((n, pid));
+        let mut was = (launch, rank);
+        if let Some(gh) = ghost.and_then(|p| inner.ghosts.get_mut(&p)) {
+            if let Some(old) = gh.remote.replace((n, pid)).filter(|o| *o != (n, pid)) {
+                if let Some(l) = inner.procs.remove(&old).and_then(|p| p.launch) {
+                    was = l;
+                }
+                inner.moved.insert(old);
+            }
         }
-        g.procs.insert((n, pid), Proc { ghost, launch: Some((launch, rank)), uid });
+        g.procs.insert((n, pid), Proc { ghost, launch: Some(was), uid });
         let mut ends = Vec::new();
         g.replay((n, pid), &mut ends);
         ends
     }
 
-    /// A named ghost's rank did not start: forget it (its launcher ends it).
+    /// A named ghost's rank did not start: forget it (its launcher ends it), unless it
+    /// still stands for a process (one that failed to move).
     pub(crate) fn abandon(&self, ghost: i32) {
-        if ghost > 0 {
-            self.lock().ghosts.remove(&ghost);
+        let mut g = self.lock();
+        if g.ghosts.get(&ghost).is_some_and(|gh| gh.remote.is_none()) {
+            g.ghosts.remove(&ghost);
+        }
+    }
+
+    /// Process `key` moves back to the front end: its ghost restores it from the image at
+    /// `image` (with `token`) and becomes it. Returns the ghost's pid, or the negated error.
+    pub(crate) async fn take_back(
+        &self,
+        ghost: i32,
+        key: (i32, i32),
+        image: bproc_proto::Endpoint,
+        token: [u8; 16],
+    ) -> i32 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A process that moves back at once may find its ghost still starting.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut tx = Some(tx);
+        loop {
+            {
+                let mut g = self.lock();
+                let Some(gh) = g.ghosts.get_mut(&ghost).filter(|gh| gh.remote == Some(key)) else {
+                    return -bproc_proto::errno::ESRCH;
+                };
+                if gh.tx.is_some() {
+                    gh.restoring = tx.take();
+                    gh.send(Message::GhostRestore { image, token });
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return -bproc_proto::errno::EAGAIN;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(60), rx).await {
+            Ok(Ok(0)) => ghost,
+            Ok(Ok(code)) => -code,
+            _ => -bproc_proto::errno::EIO,
+        }
+    }
+
+    /// Ghost `pid` answered its restore: with 0 it is its process now, no ghost, and the
+    /// copy it took back from the node is gone from the table.
+    fn restored(&self, pid: i32, code: i32) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let Some(gh) = inner.ghosts.get_mut(&pid) else { return };
+        let waiter = gh.restoring.take();
+        if code == 0 {
+            if let Some(key) = gh.remote.take() {
+                inner.procs.remove(&key);
+                inner.moved.insert(key);
+            }
+            inner.ghosts.remove(&pid);
+        }
+        if let Some(w) = waiter {
+            let _ = w.send(code);
         }
     }
 
@@ -268,6 +349,12 @@ impl Ghosts {
     pub(crate) fn event(&self, n: i32, pid: i32, change: ProcChange) -> Vec<RankEnd> {
         let mut g = self.lock();
         let inner = &mut *g;
+        if inner.moved.contains(&(n, pid)) {
+            if matches!(change, ProcChange::Exited(_)) {
+                inner.moved.remove(&(n, pid));
+            }
+            return Vec::new();
+        }
         if !inner.procs.contains_key(&(n, pid)) {
             if inner.early_count >= MAX_EARLY {
                 warn!("{MAX_EARLY} process events wait for their processes; dropping them");
@@ -310,6 +397,7 @@ impl Ghosts {
             f.queue.push(Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::NodeLost });
         }
         inner.early.retain(|k, _| k.0 != n);
+        inner.moved.retain(|k| k.0 != n);
         inner.early_count = inner.early.values().map(Vec::len).sum();
     }
 
@@ -411,6 +499,13 @@ pub(crate) async fn serve(
                 }
             }
             frame = read_frame(&mut rd) => match frame {
+                Ok(Some((_, Message::GhostRestored { code }))) => {
+                    shared.ghosts.restored(pid, code);
+                    if code == 0 {
+                        // No longer a ghost: this connection has nothing more to say.
+                        return;
+                    }
+                }
                 Ok(Some((_, Message::GhostSignal { signal, sender }))) => {
                     if let Some((n, rpid)) = shared.ghosts.remote_of(pid) {
                         if let Some(node) = shared.table().get(n) {

@@ -172,28 +172,55 @@ fn orphaned(shared: &Shared, launch: u64) {
     }
 }
 
+/// A `Launch` request.
+pub(crate) struct Request {
+    pub nodes: Vec<i32>,
+    pub spec: ProcSpec,
+    pub ghosts: Vec<i32>,
+    pub io_ports: Vec<u16>,
+}
+
 /// Serves a `Launch` request and the rest of the client's connection.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     caller: Caller,
     id: u32,
-    nodes: Vec<i32>,
-    spec: ProcSpec,
-    ghosts: Vec<i32>,
+    req: Request,
     mut rd: crate::clients::ClientRd,
     mut wr: crate::clients::ClientWr,
 ) {
+    let Request { nodes, spec, ghosts, io_ports } = req;
     let launch = shared.launch_id();
-    // Ghosts are the caller's own children on the front end; anything else runs without.
+    let image = spec.image.is_some();
+    // The process a node's client is, when it moves itself.
+    let mover = match (caller.origin, caller.node_pid) {
+        (Some((n, _)), Some(pid)) if image => Some((n, pid)),
+        _ => None,
+    };
+    // Ghosts are the caller's own children on the front end (or the caller itself, for a
+    // move); a process moving from a node keeps its ghost; anything else runs without.
     let ghosts: Vec<i32> = (0..nodes.len())
-        .map(|r| match (ghosts.get(r), caller.pid) {
-            (Some(&g), Some(me)) if shared.ghosts.claim(g, me, caller.uid) => g,
-            _ => 0,
+        .map(|r| {
+            let g = ghosts.get(r).copied().unwrap_or(0);
+            let ghost = match (caller.pid, mover) {
+                (Some(me), _) => shared.ghosts.claim(g, me, caller.uid).then_some(g),
+                // -1: the moving process's own ghost.
+                (None, Some(key)) if g == -1 => shared.ghosts.ghost_for(key, caller.uid),
+                _ => None,
+            };
+            ghost.unwrap_or(0)
         })
         .collect();
-    // Nodes connect a launcher's fds back to where it runs, never where it claims to.
-    let spec = ProcSpec { io_ip: caller.origin.map(|o| o.1), ..spec };
+    // Nodes connect a launcher's fds back to where it runs, never where it claims to, and
+    // fetch an image from there too; a moving process's output goes to its ghost, here.
+    let to_ghosts = mover.is_some() && ghosts.iter().all(|g| *g > 0);
+    let spec = ProcSpec {
+        io_ip: if to_ghosts { None } else { caller.origin.map(|o| o.1) },
+        image: spec.image.map(|e| bproc_proto::Endpoint { ip: caller.origin.map(|o| o.1), ..e }),
+        ..spec
+    };
+    // Ranks that move back to the front end, into their ghosts.
+    let mut back = Vec::new();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (spawns_tx, mut spawns) = mpsc::unbounded_channel();
     let size = nodes.len() as u32;
@@ -225,8 +252,12 @@ pub(crate) async fn serve(
         for (rank, &n) in nodes.iter().enumerate() {
             if n == bproc_proto::NODE_MASTER {
                 // The front end: the launcher runs it itself, as the caller. The master
-                // daemon never runs user code. pid 0 means "not attempted here".
+                // daemon never runs user code. pid 0 means "not attempted here". A process
+                // coming back from a node is restored by its ghost.
                 shared.launches.spawned(launch, rank, false);
+                if to_ghosts {
+                    back.push(rank);
+                }
                 continue;
             }
             let node = match t.may_run(&caller, n) {
@@ -249,11 +280,13 @@ pub(crate) async fn serve(
                     port: node.tree_port,
                     ranks: Vec::new(),
                     pids: Vec::new(),
+                    ports: Vec::new(),
                 });
                 entries.len() - 1
             });
             entries[i].ranks.push(rank as u32);
             entries[i].pids.push(ghosts[rank]);
+            entries[i].ports.push(io_ports.get(rank).copied().unwrap_or(0));
             waiting[rank] = true;
         }
         for part in split_tree(&entries, width) {
@@ -270,6 +303,11 @@ pub(crate) async fn serve(
             if let Some(node) = t.get(part[0].node) {
                 node.send(0, msg);
             }
+        }
+    }
+    if let (Some(key), Some(from)) = (mover, spec.image) {
+        for &rank in &back {
+            pids[rank] = shared.ghosts.take_back(ghosts[rank], key, from, spec.token).await;
         }
     }
     let mut left = waiting.iter().filter(|w| **w).count();

@@ -37,6 +37,8 @@ pub struct Caller {
     pub origin: Option<(i32, Ipv4Addr)>,
     /// Its pid on the front end (from `SO_PEERCRED`); `None` for a client on a node.
     pub pid: Option<i32>,
+    /// For a client on a node, its pid there as its slave sees it (the kernel's word).
+    pub node_pid: Option<i32>,
 }
 
 impl Caller {
@@ -512,10 +514,17 @@ mod tests {
         rx
     }
 
-    const ROOT: Caller =
-        Caller { uid: 0, gid: 0, groups: Vec::new(), admin: true, origin: None, pid: None };
+    const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        groups: Vec::new(),
+        admin: true,
+        origin: None,
+        pid: None,
+        node_pid: None,
+    };
     fn user(uid: u32, gid: u32) -> Caller {
-        Caller { uid, gid, groups: vec![], admin: false, origin: None, pid: None }
+        Caller { uid, gid, groups: vec![], admin: false, origin: None, pid: None, node_pid: None }
     }
 
     #[test]
@@ -559,7 +568,15 @@ mod tests {
         t.chmod(&user(5, 5), 0, 0o100).unwrap();
         assert_eq!(t.chgrp(&user(5, 5), 0, 7).unwrap_err().code, EPERM);
         t.chgrp(
-            &Caller { uid: 5, gid: 5, groups: vec![7], admin: false, origin: None, pid: None },
+            &Caller {
+                uid: 5,
+                gid: 5,
+                groups: vec![7],
+                admin: false,
+                origin: None,
+                pid: None,
+                node_pid: None,
+            },
             0,
             7,
         )
@@ -576,8 +593,15 @@ mod tests {
         t.chown(&ROOT, 0, 5).unwrap();
         t.chgrp(&ROOT, 0, 7).unwrap();
         let owner = user(5, 5);
-        let member =
-            Caller { uid: 6, gid: 9, groups: vec![7], admin: false, origin: None, pid: None };
+        let member = Caller {
+            uid: 6,
+            gid: 9,
+            groups: vec![7],
+            admin: false,
+            origin: None,
+            pid: None,
+            node_pid: None,
+        };
         let other = user(8, 8);
         for (mode, o, m, x) in [
             (0o100, true, false, false),

@@ -7,8 +7,12 @@
 pub const EPERM: i32 = 1;
 /// No such file or directory (no such node).
 pub const ENOENT: i32 = 2;
+/// No such process.
+pub const ESRCH: i32 = 3;
 /// I/O error.
 pub const EIO: i32 = 5;
+/// Try again.
+pub const EAGAIN: i32 = 11;
 /// Resource busy.
 pub const EBUSY: i32 = 16;
 /// Invalid argument.
@@ -21,6 +25,8 @@ pub const ENOSYS: i32 = 38;
 pub const ENODATA: i32 = 61;
 /// Protocol error.
 pub const EPROTO: i32 = 71;
+/// Operation not supported.
+pub const EOPNOTSUPP: i32 = 95;
 
 /// Invalid node number.
 pub const BE_INVALIDNODE: i32 = 300;

@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 mod codec;
+pub mod conn;
 pub mod errno;
 mod frame;
 mod msg;

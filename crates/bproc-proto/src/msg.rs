@@ -154,6 +154,10 @@ pub struct ProcSpec {
     pub rlimits: Vec<(u32, u64, u64)>,
     /// Files a diskless node must hold (program, interpreters, libraries).
     pub files: Vec<StagedRef>,
+    /// A process image to restore instead of starting `path` (a move, rfork or vrfork): the
+    /// node fetches it from this endpoint (`None` address: the master's, as the node sees
+    /// it) with `token`, and each rank's restored copy returns rank + 1 from the dump.
+    pub image: Option<Endpoint>,
 }
 
 /// Longest node attribute name (as an xattr name's).
@@ -274,6 +278,9 @@ pub struct TreeEntry {
     /// For each of `ranks`, the pid of its ghost on the master (0: none), which the process
     /// takes on the node when the slave can give it (a pid namespace per master).
     pub pids: Vec<i32>,
+    /// For each of `ranks`, the port its forwarded fds connect to instead of the spec's
+    /// `io_port` (empty, or 0: the spec's): a moved process's ghost relays its output.
+    pub ports: Vec<u16>,
 }
 
 /// What happened to a process on a node (slave → master, [`Message::ProcEvent`]).
@@ -429,6 +436,9 @@ pub enum Message {
         node: i32,
         /// The client's identity on the node.
         creds: Creds,
+        /// Its pid as the slave sees it (the kernel's word; 0 if unknown), which names it
+        /// among the node's processes when it moves itself.
+        pid: i32,
     },
     /// Master → slave: the node's configuration (BProc's `CONF`); sent on join and on SIGHUP.
     Conf {
@@ -639,8 +649,12 @@ pub enum Message {
         /// The process.
         spec: ProcSpec,
         /// Per rank, the pid of the ghost the client made for it (empty, or 0: none). A rank
-        /// with a ghost lives as long as its ghost, not as long as this connection.
+        /// with a ghost lives as long as its ghost, not as long as this connection. For a
+        /// process on a node that moves itself (an image launch), -1 names its own ghost.
         ghosts: Vec<i32>,
+        /// Per rank, the port its forwarded fds connect to instead of `spec.io_port` (empty,
+        /// or 0: `spec.io_port`).
+        io_ports: Vec<u16>,
     },
     /// Client → master, a ghost's first frame: this connection is the ghost of a remote
     /// process (which one, the kernel-given pid says). `fork` is the fork it answers
@@ -740,6 +754,21 @@ pub enum Message {
     GhostExec {
         /// The new command name.
         comm: String,
+    },
+    /// Master → ghost: the remote process moves back to the front end. The ghost becomes it,
+    /// restoring the image fetched from `image` with `token`, and answers
+    /// [`Message::GhostRestored`] before the restored process runs.
+    GhostRestore {
+        /// Where the image is served.
+        image: Endpoint,
+        /// Secret to present there.
+        token: [u8; 16],
+    },
+    /// Ghost → master: how [`Message::GhostRestore`] went: 0, or an errno (the ghost stays a
+    /// ghost).
+    GhostRestored {
+        /// 0 or errno.
+        code: i32,
     },
     /// Slave → master: what happened to process `pid` of this node.
     ProcEvent {
@@ -848,6 +877,7 @@ mod ty {
     pub const PROC_STAT_LIST: u16 = 36;
     pub const GET_NODE_ATTR: u16 = 37;
     pub const SET_NODE_ATTR: u16 = 38;
+    pub const GHOST_RESTORED: u16 = 39;
     pub const ACTION: u16 = 40;
     pub const SLAVE_CHROOT: u16 = 41;
     pub const SLAVE_RECONNECT: u16 = 42;
@@ -876,6 +906,7 @@ mod ty {
     pub const GHOST_FORK: u16 = 125;
     pub const GHOST_EXEC: u16 = 126;
     pub const PROC_EVENT: u16 = 127;
+    pub const GHOST_RESTORE: u16 = 128;
 }
 
 // Smallest encodings, used to bound list counts before allocating.
@@ -1161,6 +1192,13 @@ impl ProcSpec {
             w.u64(*hard);
         }
         put_files(w, &self.files);
+        match &self.image {
+            Some(e) => {
+                w.u8(1);
+                put_endpoint(w, e);
+            }
+            None => w.u8(0),
+        }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let path = r.str("path", MAX_PATH)?;
@@ -1206,6 +1244,7 @@ impl ProcSpec {
                 v
             },
             files: get_files(r)?,
+            image: if get_bool(r, "image flag")? { Some(get_endpoint(r)?) } else { None },
         })
     }
 }
@@ -1244,6 +1283,22 @@ fn get_i32s(r: &mut Reader<'_>, what: &'static str) -> Result<Vec<i32>, DecodeEr
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
         v.push(r.i32(what)?);
+    }
+    Ok(v)
+}
+
+fn put_u16s(w: &mut Writer, v: &[u16]) {
+    w.u32(v.len() as u32);
+    for x in v {
+        w.u16(*x);
+    }
+}
+
+fn get_u16s(r: &mut Reader<'_>, what: &'static str) -> Result<Vec<u16>, DecodeError> {
+    let n = r.count(what, MAX_NODES, 2)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(r.u16(what)?);
     }
     Ok(v)
 }
@@ -1389,6 +1444,8 @@ impl Message {
             GhostState { .. } => ty::GHOST_STATE,
             GhostFork { .. } => ty::GHOST_FORK,
             GhostExec { .. } => ty::GHOST_EXEC,
+            GhostRestore { .. } => ty::GHOST_RESTORE,
+            GhostRestored { .. } => ty::GHOST_RESTORED,
             ProcEvent { .. } => ty::PROC_EVENT,
             SignalProc { .. } => ty::SIGNAL_PROC,
             StageFiles { .. } => ty::STAGE_FILES,
@@ -1451,6 +1508,8 @@ impl Message {
             GhostState { .. } => "GhostState",
             GhostFork { .. } => "GhostFork",
             GhostExec { .. } => "GhostExec",
+            GhostRestore { .. } => "GhostRestore",
+            GhostRestored { .. } => "GhostRestored",
             ProcEvent { .. } => "ProcEvent",
             SignalProc { .. } => "SignalProc",
             StageFiles { .. } => "StageFiles",
@@ -1499,6 +1558,7 @@ impl Message {
                         w.u32(*r);
                     }
                     put_i32s(w, &e.pids);
+                    put_u16s(w, &e.ports);
                 }
             }
             RankSpawned { launch, rank, pid } => {
@@ -1506,9 +1566,10 @@ impl Message {
                 w.u32(*rank);
                 w.i32(*pid);
             }
-            ProxyClient { node, creds } => {
+            ProxyClient { node, creds, pid } => {
                 w.i32(*node);
                 creds.encode(w);
+                w.i32(*pid);
             }
             Copy { src, paths, dst, target, opts, cwd, fanout, port } => {
                 put_i32s(w, src);
@@ -1562,13 +1623,14 @@ impl Message {
                 put_endpoint(w, local);
             }
             NodeList | Watch | MasterInfo | ProcList | Ok | Unknown { .. } => {}
-            Launch { nodes, spec, ghosts } => {
+            Launch { nodes, spec, ghosts, io_ports } => {
                 w.u32(nodes.len() as u32);
                 for n in nodes {
                     w.i32(*n);
                 }
                 spec.encode(w);
                 put_i32s(w, ghosts);
+                put_u16s(w, io_ports);
             }
             GhostHello { fork } => w.u64(*fork),
             GhostSignal { signal, sender } => {
@@ -1605,6 +1667,11 @@ impl Message {
                 w.str(comm);
             }
             GhostExec { comm } => w.str(comm),
+            GhostRestore { image, token } => {
+                put_endpoint(w, image);
+                w.fixed(token);
+            }
+            GhostRestored { code } => w.i32(*code),
             ProcEvent { pid, change } => {
                 w.i32(*pid);
                 match change {
@@ -1739,14 +1806,17 @@ impl Message {
                         ranks.push(r.u32("rank")?);
                     }
                     let pids = get_i32s(r, "ghost pids")?;
-                    entries.push(TreeEntry { node, ip, port, ranks, pids });
+                    let ports = get_u16s(r, "io ports")?;
+                    entries.push(TreeEntry { node, ip, port, ranks, pids, ports });
                 }
                 SpawnTree { launch, nonce, time_ms, size, creds, spec, width, entries }
             }
             ty::RANK_SPAWNED => {
                 RankSpawned { launch: r.u64("launch")?, rank: r.u32("rank")?, pid: r.i32("pid")? }
             }
-            ty::PROXY_CLIENT => ProxyClient { node: r.i32("node")?, creds: Creds::decode(r)? },
+            ty::PROXY_CLIENT => {
+                ProxyClient { node: r.i32("node")?, creds: Creds::decode(r)?, pid: r.i32("pid")? }
+            }
             ty::COPY => Copy {
                 src: get_i32s(r, "source nodes")?,
                 paths: get_strs(r, "paths")?,
@@ -1832,7 +1902,12 @@ impl Message {
                     nodes.push(r.i32("node")?);
                 }
                 let spec = ProcSpec::decode(r)?;
-                Launch { nodes, spec, ghosts: get_i32s(r, "ghost pids")? }
+                Launch {
+                    nodes,
+                    spec,
+                    ghosts: get_i32s(r, "ghost pids")?,
+                    io_ports: get_u16s(r, "io ports")?,
+                }
             }
             ty::GHOST_HELLO => GhostHello { fork: r.u64("fork")? },
             ty::GHOST_SIGNAL => GhostSignal { signal: r.i32("signal")?, sender: r.i32("sender")? },
@@ -1871,6 +1946,8 @@ impl Message {
             ty::GHOST_STATE => GhostState { stopped: get_bool(r, "stopped flag")? },
             ty::GHOST_FORK => GhostFork { fork: r.u64("fork")?, comm: r.str("comm", MAX_TEXT)? },
             ty::GHOST_EXEC => GhostExec { comm: r.str("comm", MAX_TEXT)? },
+            ty::GHOST_RESTORE => GhostRestore { image: get_endpoint(r)?, token: r.fixed("token")? },
+            ty::GHOST_RESTORED => GhostRestored { code: r.i32("code")? },
             ty::PROC_EVENT => {
                 let pid = r.i32("pid")?;
                 let change = match r.u8("change")? {
@@ -1951,6 +2028,7 @@ mod tree_tests {
                 port: 1,
                 ranks: vec![i as u32],
                 pids: vec![0],
+                ports: Vec::new(),
             })
             .collect()
     }

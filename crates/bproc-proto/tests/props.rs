@@ -83,6 +83,12 @@ fn fd_io() -> impl Strategy<Value = FdIo> {
 }
 
 fn spec() -> impl Strategy<Value = ProcSpec> {
+    let image = proptest::option::of((proptest::option::of(any::<[u8; 4]>()), any::<u16>()))
+        .prop_map(|e| e.map(|(ip, port)| Endpoint { ip: ip.map(Ipv4Addr::from), port }));
+    (spec_without_image(), image).prop_map(|(s, image)| ProcSpec { image, ..s })
+}
+
+fn spec_without_image() -> impl Strategy<Value = ProcSpec> {
     (
         ".{0,30}",
         proptest::collection::vec(".{0,10}", 0..5),
@@ -115,6 +121,7 @@ fn spec() -> impl Strategy<Value = ProcSpec> {
                         .into_iter()
                         .map(|(path, mode, size, hash)| StagedRef { path, mode, size, hash })
                         .collect(),
+                    image: None,
                 }
             },
         )
@@ -168,6 +175,11 @@ fn ghost_messages() -> impl Strategy<Value = Message> {
         any::<bool>().prop_map(|stopped| Message::GhostState { stopped }),
         (any::<u64>(), ".{0,16}").prop_map(|(fork, comm)| Message::GhostFork { fork, comm }),
         ".{0,16}".prop_map(|comm| Message::GhostExec { comm }),
+        (any::<u16>(), any::<[u8; 16]>()).prop_map(|(port, token)| Message::GhostRestore {
+            image: Endpoint { ip: None, port },
+            token
+        }),
+        any::<i32>().prop_map(|code| Message::GhostRestored { code }),
         (any::<i32>(), proc_change()).prop_map(|(pid, change)| Message::ProcEvent { pid, change }),
     ]
 }
@@ -180,7 +192,12 @@ fn launch_messages() -> impl Strategy<Value = Message> {
             spec(),
             proptest::collection::vec(any::<i32>(), 0..10)
         )
-            .prop_map(|(nodes, spec, ghosts)| Message::Launch { nodes, spec, ghosts }),
+            .prop_map(|(nodes, spec, ghosts)| Message::Launch {
+                io_ports: ghosts.iter().map(|g| *g as u16).collect(),
+                nodes,
+                spec,
+                ghosts,
+            }),
         any::<i32>().prop_map(|signal| Message::SignalLaunch { signal }),
         (
             any::<u64>(),
@@ -217,6 +234,7 @@ fn launch_messages() -> impl Strategy<Value = Message> {
                             ip: Ipv4Addr::from(ip),
                             port,
                             ranks,
+                            ports: pids.iter().map(|p| *p as u16).collect(),
                             pids,
                         })
                         .collect(),
@@ -287,7 +305,8 @@ fn copy_messages() -> impl Strategy<Value = Message> {
         (any::<i32>(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u32>(), 0..4))
             .prop_map(|(node, uid, gid, groups)| Message::ProxyClient {
                 node,
-                creds: Creds { uid, gid, groups }
+                creds: Creds { uid, gid, groups },
+                pid: uid as i32,
             }),
         (nodes(), strs(), nodes(), ".{0,20}", copy_opts(), ".{0,20}", any::<u32>(), any::<u16>())
             .prop_map(|(src, paths, dst, target, opts, cwd, fanout, port)| Message::Copy {

@@ -28,12 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-/// Length of the header on a forwarded connection.
-pub const IO_HEADER_LEN: usize = 21;
-/// The fd number in a connection header that asks the launcher for a staged file instead:
-/// the header is followed by the file's 32-byte hash, and the launcher answers with the size
-/// (u64, big-endian) and the content.
-pub const FETCH_FD: u8 = 0xff;
+use bproc_proto::conn::{FETCH as FETCH_FD, IMAGE as IMAGE_FD};
 
 /// The processes this slave runs for its master: started here (on a spawner thread that
 /// owns the master's pid namespace, when the slave is root), watched for stop, continue and
@@ -245,12 +240,49 @@ impl Procs {
 
     /// Starts `spec` on the spawner thread.
     async fn spawn(&self, spec: bproc_sys::SpawnSpec) -> std::io::Result<i32> {
-        self.0.spawner.spawn(spec).await
+        self.0.spawner.run(Box::new(move || bproc_sys::spawn(&spec))).await
+    }
+
+    /// Restores an image read from `image` on the spawner thread (whose children are in the
+    /// pid namespace, and which alone may trace them).
+    async fn restore(
+        &self,
+        image: std::net::TcpStream,
+        spec: bproc_sys::restore::RestoreSpec,
+    ) -> std::io::Result<i32> {
+        let job = move || {
+            let reader = std::io::BufReader::with_capacity(1 << 20, image);
+            bproc_sys::restore::restore(reader, spec).map_err(|e| {
+                std::io::Error::new(
+                    std::io::Error::from_raw_os_error(e.errno()).kind(),
+                    RestoreFailed { errno: e.errno(), message: e.to_string() },
+                )
+            })
+        };
+        self.0.spawner.run(Box::new(job)).await
     }
 }
 
+/// A failed restore, keeping its errno and explanation.
+#[derive(Debug)]
+struct RestoreFailed {
+    errno: i32,
+    message: String,
+}
+
+impl std::fmt::Display for RestoreFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RestoreFailed {}
+
+/// Work for the spawner thread: start a process, returning its pid.
+type Job = Box<dyn FnOnce() -> std::io::Result<i32> + Send>;
+
 /// A request to the spawner thread.
-type SpawnJob = (bproc_sys::SpawnSpec, tokio::sync::oneshot::Sender<std::io::Result<i32>>);
+type SpawnJob = (Job, tokio::sync::oneshot::Sender<std::io::Result<i32>>);
 
 /// The thread that starts processes. With a pid namespace it has entered the namespace for
 /// its children, which a thread can do only if it never starts threads itself; the
@@ -275,6 +307,10 @@ impl Spawner {
         let spawned = std::thread::Builder::new().name("spawner".into()).spawn(move || {
             // No signal handler of the daemon's may run in a child before it execs.
             let _ = nix::sys::signal::SigSet::all().thread_block();
+            // Restores here see only the namespace's /proc once it is entered.
+            if let Err(e) = bproc_sys::restore::prepare() {
+                warn!("processes cannot move to this node: {e}");
+            }
             // The node's own mounts, to come back to before making a new namespace.
             let home = std::fs::File::open("/proc/thread-self/ns/mnt").ok();
             let make = || -> Option<bproc_sys::PidNamespace> {
@@ -301,24 +337,24 @@ impl Spawner {
             };
             let mut ns = make();
             let _ = ready_tx.send(ns.is_some());
-            while let Ok((spec, reply)) = rx.recv() {
+            while let Ok((job, reply)) = rx.recv() {
                 if reset2.swap(false, std::sync::atomic::Ordering::Relaxed) && ns.is_some() {
                     ns = None; // kills the init, and every process of the namespace
                     ns = make().or(ns);
                 }
-                let _ = reply.send(bproc_sys::spawn(&spec));
+                let _ = reply.send(job());
             }
         });
         let pid_namespace = spawned.is_ok() && ready_rx.recv().unwrap_or(false);
         Spawner { tx: Mutex::new(tx), pid_namespace, init, reset }
     }
 
-    async fn spawn(&self, spec: bproc_sys::SpawnSpec) -> std::io::Result<i32> {
+    async fn run(&self, job: Job) -> std::io::Result<i32> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.tx
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .send((spec, tx))
+            .send((job, tx))
             .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
         rx.await.map_err(|_| std::io::Error::other("the spawner thread is gone"))?
     }
@@ -388,11 +424,7 @@ async fn open_to_launcher(
     let ip = spec.io_ip.unwrap_or(master);
     let mut s = TcpStream::connect(SocketAddrV4::new(ip, spec.io_port)).await?;
     s.set_nodelay(true)?;
-    let mut head = [0u8; IO_HEADER_LEN];
-    head[..16].copy_from_slice(&spec.token);
-    head[16..20].copy_from_slice(&rank.to_be_bytes());
-    head[20] = fd;
-    s.write_all(&head).await?;
+    s.write_all(&bproc_proto::conn::header(&spec.token, rank, fd)).await?;
     Ok(s)
 }
 
@@ -496,6 +528,28 @@ async fn open_io(
             Opened::Fd(OwnedFd::from(s))
         }
     })
+}
+
+/// Opens the connection that carries rank `rank`'s process image, from `from` (an address of
+/// `None`: the master's), as a blocking socket for the restore.
+async fn open_image(
+    master: Ipv4Addr,
+    spec: &ProcSpec,
+    from: bproc_proto::Endpoint,
+    rank: u32,
+) -> Result<std::net::TcpStream, Refused> {
+    let to = SocketAddrV4::new(from.ip.unwrap_or(master), from.port);
+    let failed = |e: std::io::Error| Refused {
+        code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
+        message: format!("cannot fetch the process image from {to}: {e}"),
+    };
+    let mut s = TcpStream::connect(to).await.map_err(failed)?;
+    s.write_all(&bproc_proto::conn::header(&spec.token, rank, IMAGE_FD)).await.map_err(failed)?;
+    let s = s.into_std().map_err(failed)?;
+    s.set_nonblocking(false).map_err(failed)?;
+    // A sender that stops mid-image must not hold the spawner thread for ever.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).map_err(failed)?;
+    Ok(s)
 }
 
 /// Where a diskless node fetches the staged files its cache lacks.
@@ -666,6 +720,13 @@ pub async fn spawn(
         CString::new(s).map_err(|_| Refused { code: EINVAL, message: format!("NUL in {s:?}") })
     };
     let mut jail = None;
+    if spec.image.is_some() && diskless.is_some() {
+        return refuse(
+            bproc_proto::errno::EOPNOTSUPP,
+            "this node is diskless: processes cannot move to it yet (run the cluster with disks)"
+                .into(),
+        );
+    }
     if let Some(d) = diskless {
         let before = crate::info::STAGED_BYTES.load(std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = stage(d, source, master, &spec, rank).await {
@@ -694,6 +755,12 @@ pub async fn spawn(
     if let Some(path) = client_socket {
         envp.push(cstr(&format!("BPROC_SOCKET={path}"))?);
     }
+    // An image's connection opens before the forwarded fds', so a mover that serves both
+    // on one listener takes it first.
+    let image = match spec.image {
+        Some(from) => Some(open_image(master, &spec, from, rank).await?),
+        None => None,
+    };
     let mut fds = Fds::default();
     let ghost = set_tid.unwrap_or(0);
     for fd in 0..3 {
@@ -711,6 +778,37 @@ pub async fn spawn(
         }
     }
     let Fds { stdio, extra, files } = fds;
+    let identity = authority.root.then(|| Identity {
+        uid: creds.uid,
+        gid: creds.gid,
+        groups: creds.groups.clone(),
+    });
+    if let Some(image) = image {
+        let restore = bproc_sys::restore::RestoreSpec {
+            stdio,
+            fds: extra,
+            files,
+            set_tid: set_tid.filter(|p| *p > 0 && procs.same_pids()),
+            identity,
+            value: i64::from(rank) + 1,
+            // Where the process finds the cluster now.
+            note: client_socket.map(|p| p.as_bytes().to_vec()),
+        };
+        return match procs.restore(image, restore).await {
+            Ok(pid) => {
+                info!("launch {launch} rank {rank}: restored a process image as pid {pid}");
+                Ok(pid)
+            }
+            Err(e) => {
+                let code = e
+                    .get_ref()
+                    .and_then(|r| r.downcast_ref::<RestoreFailed>())
+                    .map_or(bproc_proto::errno::EIO, |r| r.errno);
+                warn!("launch {launch} rank {rank}: restoring the process image failed: {e}");
+                refuse(code, format!("restoring the image: {e}"))
+            }
+        };
+    }
     let cwd = if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
     let mut req = bproc_sys::SpawnSpec {
         path: cstr(&spec.path)?,
@@ -721,11 +819,7 @@ pub async fn spawn(
         fds: extra,
         limits: spec.rlimits.clone(),
         jail,
-        identity: authority.root.then(|| Identity {
-            uid: creds.uid,
-            gid: creds.gid,
-            groups: creds.groups.clone(),
-        }),
+        identity,
         umask: spec.umask,
         files,
         set_tid: set_tid.filter(|p| *p > 0 && procs.same_pids()),

@@ -80,9 +80,13 @@ async fn carry(mut client: UnixStream, key: &ClusterKey, link: &LinkState) -> Re
     let cur = link.get().ok_or("the master is not connected")?;
     let mut up = crate::connect(cur.master, Some(cur.local)).await.map_err(|e| e.to_string())?;
     slave_handshake(&mut up, key).await.map_err(|e| e.to_string())?;
-    write_frame(&mut up, 0, &Message::ProxyClient { node: cur.node, creds })
-        .await
-        .map_err(|e| e.to_string())?;
+    write_frame(
+        &mut up,
+        0,
+        &Message::ProxyClient { node: cur.node, creds, pid: cred.pid().unwrap_or(0) },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     tokio::io::copy_bidirectional(&mut client, &mut up).await.map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -160,9 +160,10 @@ pub(crate) fn run(ctx: Arc<Ctx>, l: Launch, entries: Vec<TreeEntry>, source: pro
     }
     for (i, &rank) in me.ranks.iter().enumerate() {
         let ghost = me.pids.get(i).copied().filter(|p| *p > 0);
+        let port = me.ports.get(i).copied().unwrap_or(0);
         let (ctx, l, source) = (ctx.clone(), l.clone(), source.clone());
         tokio::spawn(async move {
-            let pid = start(&ctx, &l, rank, ghost, &source).await;
+            let pid = start(&ctx, &l, rank, ghost, port, &source).await;
             ctx.outbox.send(0, Message::RankSpawned { launch: l.launch, rank, pid });
             if pid > 0 {
                 ctx.procs.track(l.launch, rank, pid);
@@ -175,14 +176,20 @@ fn master_ip(ctx: &Ctx) -> Ipv4Addr {
     ctx.link.get().map_or(Ipv4Addr::LOCALHOST, |c| *c.master.ip())
 }
 
-/// Starts one rank here; its pid or a negated error.
+/// Starts one rank here (its fds forwarded to `port` rather than the launch's, if not 0);
+/// its pid or a negated error.
 async fn start(
     ctx: &Ctx,
     l: &Launch,
     rank: u32,
     ghost: Option<i32>,
+    port: u16,
     source: &procs::Source,
 ) -> i32 {
+    let mut spec = l.spec.clone();
+    if port != 0 {
+        spec.io_port = port;
+    }
     let master = master_ip(ctx);
     let client_socket = ctx.opts.client_socket.as_ref().map(|p| p.to_string_lossy().into_owned());
     let outbox = ctx.outbox.clone();
@@ -197,7 +204,7 @@ async fn start(
         rank,
         ghost,
         l.creds.clone(),
-        l.spec.clone(),
+        spec,
         move |m| outbox.send(0, m),
     )
     .await;

@@ -38,7 +38,7 @@ fn main() {
         std::process::exit(2);
     }
     // Fds inherited from whoever started it (a build tool's pipes) could not move.
-    bproc_sys::close_fds_from(3, None);
+    bproc_sys::close_fds_from(3, &[]);
     let mib: usize = args[2].parse().expect("MIB");
     let big: Vec<u64> = (0..mib * (1 << 20) / 8).map(pattern).collect();
     COUNTER.with(|c| c.set(7));
@@ -63,7 +63,7 @@ fn main() {
     let lib = |p: &str| p.starts_with("/usr/lib") || p.starts_with("/lib");
     let skip = [image.as_raw_fd()];
     let t0 = std::time::Instant::now();
-    match checkpoint(image.as_fd(), &DumpOptions { by_ref: &lib, skip_fds: &skip }) {
+    match checkpoint(image.as_fd(), &DumpOptions { by_ref: &lib, skip_fds: &skip, mailbox: None }) {
         Ok(Resumed::Dumped) => {
             eprintln!("dump_ms {:.3}", t0.elapsed().as_secs_f64() * 1e3);
             println!("dumped {pid}");

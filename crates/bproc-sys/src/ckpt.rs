@@ -80,6 +80,8 @@ pub struct DumpOptions<'a> {
     /// Fds the dump neither carries nor refuses (the image's own fd, a connection the caller
     /// closes in the restored copy).
     pub skip_fds: &'a [RawFd],
+    /// A writable buffer (address, length) for the restorer's note ([`Header::mailbox`]).
+    pub mailbox: Option<(u64, u32)>,
 }
 
 // The call point. `bproc_ckpt_enter(callback, ctx)` pushes the callee-saved registers and
@@ -203,7 +205,18 @@ fn prot_of(perms: &[u8; 4]) -> u8 {
 }
 
 /// The machine as an image records it: architecture, kernel release, vDSO and CPU hashes.
+/// Worked out once per process (a daemon's threads that enter another pid namespace's
+/// `/proc` can no longer see their own).
 pub fn this_machine() -> Result<Machine, CkptError> {
+    static MACHINE: std::sync::OnceLock<Machine> = std::sync::OnceLock::new();
+    if let Some(m) = MACHINE.get() {
+        return Ok(m.clone());
+    }
+    let m = describe_machine()?;
+    Ok(MACHINE.get_or_init(|| m).clone())
+}
+
+fn describe_machine() -> Result<Machine, CkptError> {
     use sha2::{Digest, Sha256};
     let uts = nix::sys::utsname::uname().map_err(|e| CkptError::sys("uname", e.into()))?;
     let maps = std::fs::read_to_string("/proc/self/maps")
@@ -469,6 +482,7 @@ fn header(opts: &DumpOptions<'_>, rsp: u64) -> Result<Header, CkptError> {
         robust_list: robust,
         tid_address,
         personality: personality as u32,
+        mailbox: opts.mailbox.unwrap_or((0, 0)),
         mm: mm_fields()?,
         auxv,
         rlimits,
@@ -650,7 +664,7 @@ mod tests {
         let other = std::thread::spawn(move || rx.recv());
         let dir = std::env::temp_dir().join(format!("bproc-ckpt-busy-{}", std::process::id()));
         let f = std::fs::File::create(&dir).unwrap();
-        let opts = DumpOptions { by_ref: &|_| true, skip_fds: &[] };
+        let opts = DumpOptions { by_ref: &|_| true, skip_fds: &[], mailbox: None };
         let e = checkpoint(f.as_fd(), &opts).unwrap_err();
         assert_eq!(e.errno(), libc::EBUSY, "{e}");
         assert!(e.to_string().contains("threads"), "{e}");

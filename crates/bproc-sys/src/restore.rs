@@ -9,6 +9,11 @@
 //! the saved stack pointer, resume address and thread pointer and lets go. The process then
 //! returns from [`crate::ckpt::checkpoint`] as a restored copy, under the pid the caller chose
 //! (`set_tid`) when it runs the restore in a pid namespace.
+//!
+//! [`restore_in_place`] restores into the calling process instead (BProc's `bproc_undump`,
+//! and a ghost taking its process back from a node): the caller makes a helper that seizes
+//! it, checks the image, and lets the caller exec the stub; the helper then injects as above.
+//! The caller keeps its pid, parent and fds 0 to 2.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -17,19 +22,41 @@ use bproc_image::{Header, ImageReader, Source, PAGE};
 use nix::libc;
 
 use crate::ckpt::{parse_maps, this_machine, CkptError, KSigAction, MapLine};
-use crate::{Identity, SpawnSpec};
+use crate::{FdFile, Identity, SpawnSpec};
 
 /// How to restore.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct RestoreSpec {
     /// The new process's fds 0, 1 and 2.
     pub stdio: [Option<OwnedFd>; 3],
+    /// Further fds it gets (an I/O list); the image's own files at these numbers are left out.
+    pub fds: Vec<(i32, OwnedFd)>,
+    /// Files it opens at these fds (an I/O list), as [`SpawnSpec::files`].
+    pub files: Vec<FdFile>,
     /// Its pid in the calling thread's pid namespace for children, if chosen.
     pub set_tid: Option<i32>,
     /// Who it runs as.
     pub identity: Option<Identity>,
     /// What `checkpoint` returns in it ([`crate::ckpt::Resumed::Restored`]), at least 1.
     pub value: i64,
+    /// A note for it, written into its mailbox ([`Header::mailbox`]) when it has one.
+    pub note: Option<Vec<u8>>,
+}
+
+/// The `/proc` of the pid namespace the restorer runs in, pinned by [`prepare`].
+static HOST_PROC: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// Readies this process to restore from a thread that later enters another pid namespace's
+/// mounts (a slave's spawner thread, whose `/proc` then shows only that namespace): keeps
+/// this `/proc` open, where restored processes are found by the pids this thread gets, and
+/// describes the machine while `/proc/self` is still this process.
+pub fn prepare() -> Result<(), CkptError> {
+    this_machine()?;
+    if HOST_PROC.get().is_none() {
+        let fd = std::fs::File::open("/proc").map_err(|e| CkptError::sys("/proc", e))?;
+        let _ = HOST_PROC.set(fd.into());
+    }
+    Ok(())
 }
 
 const STUB_BASE: u64 = 0x1_0000_0000;
@@ -85,6 +112,11 @@ struct Tracee {
 }
 
 impl Tracee {
+    fn new(pid: i32) -> Tracee {
+        // SAFETY: all-zero is a valid user_regs_struct; replaced before use.
+        Tracee { pid, base: unsafe { std::mem::zeroed() }, gadget: 0, scratch: 0 }
+    }
+
     fn wait_stop(&self) -> Result<i32, CkptError> {
         let mut st = 0;
         // SAFETY: waits for our own traced child.
@@ -176,8 +208,25 @@ impl Tracee {
     }
 
     fn maps(&self) -> Result<Vec<MapLine>, CkptError> {
-        let text = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))
-            .map_err(|e| CkptError::sys("maps of the restored process", e))?;
+        let failed = |e: std::io::Error| CkptError::sys("maps of the restored process", e);
+        let text = match HOST_PROC.get() {
+            Some(dir) => {
+                let path = format!("{}/maps", self.pid);
+                let fd = nix::fcntl::openat(
+                    Some(dir.as_raw_fd()),
+                    path.as_str(),
+                    nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(|e| failed(e.into()))?;
+                // SAFETY: a fresh fd we own.
+                let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+                let mut text = String::new();
+                f.read_to_string(&mut text).map_err(failed)?;
+                text
+            }
+            None => std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).map_err(failed)?,
+        };
         Ok(parse_maps(&text))
     }
 }
@@ -242,34 +291,24 @@ pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
     let mut reader = ImageReader::open(image)?;
     let h = reader.header().clone();
     check_machine(&h)?;
-    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
-    let memfd = unsafe { libc::memfd_create(c"bproc-stub".as_ptr(), libc::MFD_CLOEXEC) };
-    if memfd < 0 {
-        return Err(last_err("memfd_create"));
-    }
-    // SAFETY: a fresh fd we own.
-    let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
-    let elf = stub_elf();
-    std::io::Write::write_all(
-        &mut std::fs::File::from(memfd.try_clone().map_err(|e| CkptError::sys("dup", e))?),
-        &elf,
-    )
-    .map_err(|e| CkptError::sys("writing the stub", e))?;
+    let memfd = stub_memfd()?;
     let cstr =
         |s: &str| std::ffi::CString::new(s).map_err(|_| CkptError::Busy(format!("NUL in {s:?}")));
-    let comm = if h.comm.is_empty() { "restored" } else { h.comm.as_str() };
+    // Reserved: the I/O list's fds, which the image's files must not replace.
+    let reserved: Vec<i32> =
+        spec.fds.iter().map(|(n, _)| *n).chain(spec.files.iter().map(|f| f.fd)).collect();
     let req = SpawnSpec {
         path: cstr(&format!("/proc/self/fd/{}", memfd.as_raw_fd()))?,
-        argv: vec![cstr(comm)?],
+        argv: vec![cstr(comm_of(&h))?],
         envp: Vec::new(),
-        cwd: Some(cstr(&h.cwd)?),
+        cwd: Some(cstr(cwd_of(&h))?),
         stdio: spec.stdio,
-        fds: Vec::new(),
+        fds: spec.fds,
         limits: h.rlimits.clone(),
         jail: None,
         identity: spec.identity,
         umask: h.umask,
-        files: Vec::new(),
+        files: spec.files,
         set_tid: spec.set_tid,
         trace: true,
     };
@@ -282,7 +321,27 @@ pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
             libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
         }
     };
-    match inject(pid, &h, &mut reader, spec.value) {
+    let t = Tracee::new(pid);
+    let started = t.wait_stop().and_then(|sig| {
+        if sig != libc::SIGTRAP {
+            return Err(CkptError::sys(
+                format!("the restore stub stopped with signal {sig}"),
+                std::io::Error::from_raw_os_error(libc::EFAULT),
+            ));
+        }
+        // SAFETY: sets an option on our stopped tracee.
+        if unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, libc::PTRACE_O_EXITKILL) } != 0 {
+            return Err(last_err("PTRACE_SETOPTIONS"));
+        }
+        Ok(())
+    });
+    let how = Inject {
+        value: spec.value,
+        reserved: &reserved,
+        in_place: false,
+        note: spec.note.as_deref(),
+    };
+    match started.and_then(|()| inject(t, &h, &mut reader, &how, &mut || Ok(()))) {
         Ok(()) => Ok(pid),
         Err(e) => {
             kill();
@@ -291,30 +350,287 @@ pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
     }
 }
 
+/// Replaces the calling process with the image read from `image` (BProc's `bproc_undump`):
+/// the process keeps its pid, parent and fds 0 to 2, and returns from the dump with `value`.
+/// A helper process (not a child of the caller's, so the restored program never sees it)
+/// seizes the caller, checks the image's header and machine, runs the restore once the
+/// caller has exec'd the stub, calls `before_resume` while the process is still held, and
+/// lets it go. Returns only on failure, with the caller unchanged; a failure after the
+/// caller's exec kills it, as a failed exec would.
+///
+/// The caller should be single-threaded (it forks, and its other threads end at the exec).
+pub fn restore_in_place(
+    image: impl Read,
+    value: i64,
+    note: Option<&[u8]>,
+    before_resume: &mut dyn FnMut() -> Result<(), CkptError>,
+) -> CkptError {
+    match in_place(image, value, note, before_resume) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// A pipe's two ends, close-on-exec.
+fn pipe() -> Result<(OwnedFd, OwnedFd), CkptError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| CkptError::sys("pipe", std::io::Error::from(e)))
+}
+
+fn read_exact(fd: &OwnedFd, buf: &mut [u8]) -> Result<(), CkptError> {
+    let mut f = std::fs::File::from(fd.try_clone().map_err(|e| CkptError::sys("dup", e))?);
+    std::io::Read::read_exact(&mut f, buf)
+        .map_err(|e| CkptError::sys("the restore helper went away", e))
+}
+
+fn write_all(fd: &OwnedFd, buf: &[u8]) {
+    if let Ok(c) = fd.try_clone() {
+        let _ = std::io::Write::write_all(&mut std::fs::File::from(c), buf);
+    }
+}
+
+fn in_place(
+    image: impl Read,
+    value: i64,
+    note: Option<&[u8]>,
+    before_resume: &mut dyn FnMut() -> Result<(), CkptError>,
+) -> Result<std::convert::Infallible, CkptError> {
+    let memfd = stub_memfd()?;
+    let (p_rd, h_wr) = pipe()?; // helper → caller
+    let (h_rd, p_wr) = pipe()?; // caller → helper
+                                // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() };
+    // The helper is a grandchild whose parent exits at once, so it is nobody's child here.
+    match crate::fork_single_threaded().map_err(|e| CkptError::sys("fork", e.into()))? {
+        0 => {
+            let code = match crate::fork_single_threaded() {
+                Ok(0) => {
+                    let code = helper(me, image, value, note, before_resume, &h_rd, &h_wr);
+                    // SAFETY: ends the helper without running the caller's exit handlers.
+                    unsafe { libc::_exit(code) }
+                }
+                Ok(h) => {
+                    write_all(&h_wr, &h.to_ne_bytes());
+                    0
+                }
+                Err(_) => 1,
+            };
+            // SAFETY: as above.
+            unsafe { libc::_exit(code) }
+        }
+        h1 => {
+            let mut b = [0u8; 4];
+            let got = read_exact(&p_rd, &mut b);
+            // SAFETY: reaps the intermediate child.
+            unsafe { libc::waitpid(h1, std::ptr::null_mut(), 0) };
+            got?;
+            let helper_pid = i32::from_ne_bytes(b);
+            // Yama, where present, lets only the named helper attach; elsewhere this fails
+            // harmlessly.
+            // SAFETY: a prctl with plain integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_PTRACER, helper_pid as libc::c_ulong, 0, 0, 0) };
+            write_all(&p_wr, &[1]);
+            let fail = |e: CkptError| {
+                // SAFETY: ends our helper; it has not taken over this process.
+                unsafe { libc::kill(helper_pid, libc::SIGKILL) };
+                e
+            };
+            let mut head = [0u8; 6];
+            read_exact(&p_rd, &mut head).map_err(fail)?;
+            let code = i32::from_ne_bytes([head[0], head[1], head[2], head[3]]);
+            if code != 0 {
+                let mut msg = vec![0u8; usize::from(u16::from_ne_bytes([head[4], head[5]]))];
+                read_exact(&p_rd, &mut msg).map_err(fail)?;
+                let msg = String::from_utf8_lossy(&msg).into_owned();
+                return Err(if code == libc::ENOEXEC {
+                    CkptError::Machine(msg)
+                } else {
+                    CkptError::sys(msg, std::io::Error::from_raw_os_error(code))
+                });
+            }
+            // Nothing of the caller's but fds 0 to 2 survives the exec; the image reopens
+            // its own files.
+            // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only marks descriptors.
+            unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32) };
+            let argv0 = std::ffi::CString::new("bproc-restore").unwrap_or_default();
+            let argv = [argv0.as_ptr(), std::ptr::null()];
+            let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+            // SAFETY: execveat on our memfd with NUL-terminated argv and envp arrays.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    memfd.as_raw_fd(),
+                    c"".as_ptr(),
+                    argv.as_ptr(),
+                    envp.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+            Err(fail(last_err("exec of the restore stub")))
+        }
+    }
+}
+
+/// The helper of [`restore_in_place`]: returns its exit code.
+fn helper(
+    target: i32,
+    image: impl Read,
+    value: i64,
+    note: Option<&[u8]>,
+    before_resume: &mut dyn FnMut() -> Result<(), CkptError>,
+    rd: &OwnedFd,
+    wr: &OwnedFd,
+) -> i32 {
+    let mut go = [0u8; 1];
+    if read_exact(rd, &mut go).is_err() {
+        return 1;
+    }
+    let prepared = (|| {
+        // SAFETY: seizes the caller, which asked for it; no pointer arguments.
+        let r = unsafe {
+            libc::ptrace(libc::PTRACE_SEIZE, target, 0, libc::PTRACE_O_TRACEEXEC as libc::c_ulong)
+        };
+        if r != 0 {
+            return Err(last_err(format!("cannot trace pid {target}")));
+        }
+        let reader = ImageReader::open(image)?;
+        check_machine(reader.header())?;
+        Ok(reader)
+    })();
+    let mut reader = match prepared {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e.to_string();
+            let msg = &msg.as_bytes()[..msg.len().min(1000)];
+            let mut b = e.errno().to_ne_bytes().to_vec();
+            b.extend_from_slice(&(msg.len() as u16).to_ne_bytes());
+            b.extend_from_slice(msg);
+            write_all(wr, &b);
+            return 1;
+        }
+    };
+    write_all(wr, &[0; 6]);
+    let t = Tracee::new(target);
+    let mut st = 0;
+    // SAFETY: waits for our tracee's exec event.
+    let r = unsafe { libc::waitpid(target, &mut st, libc::__WALL) };
+    if r != target
+        || !libc::WIFSTOPPED(st)
+        || st >> 8 != libc::SIGTRAP | (libc::PTRACE_EVENT_EXEC << 8)
+    {
+        return 1;
+    }
+    // From here a failure must not leave the stub running.
+    // SAFETY: sets options on our stopped tracee.
+    unsafe {
+        libc::ptrace(
+            libc::PTRACE_SETOPTIONS,
+            target,
+            0,
+            (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEEXEC) as libc::c_ulong,
+        )
+    };
+    // The exec event stops inside execve, whose return value would replace the first
+    // injected call's number: run to the stub's int3 first, then point it back at its
+    // syscall instruction.
+    let stepped = (|| {
+        let mut r = t.regs()?;
+        let entry = r.rip;
+        r.rip = entry + 2;
+        t.set_regs(&r)?;
+        // SAFETY: resumes our stopped tracee.
+        if unsafe { libc::ptrace(libc::PTRACE_CONT, target, 0, 0) } != 0 {
+            return Err(last_err("PTRACE_CONT"));
+        }
+        match t.wait_stop()? {
+            libc::SIGTRAP => {}
+            sig => {
+                return Err(CkptError::sys(
+                    format!("the restore stub stopped with signal {sig}"),
+                    std::io::Error::from_raw_os_error(libc::EFAULT),
+                ))
+            }
+        }
+        let mut r = t.regs()?;
+        r.rip = entry;
+        t.set_regs(&r)
+    })();
+    if let Err(e) = stepped {
+        eprintln!("bproc: restoring pid {target} failed: {e}");
+        // SAFETY: kills the stub, which cannot run.
+        unsafe { libc::kill(target, libc::SIGKILL) };
+        return 1;
+    }
+    let h = reader.header().clone();
+    let how = Inject { value, reserved: &[], in_place: true, note };
+    match inject(t, &h, &mut reader, &how, before_resume) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bproc: restoring pid {target} failed: {e}");
+            // SAFETY: kills the half-restored process, which cannot run.
+            unsafe { libc::kill(target, libc::SIGKILL) };
+            1
+        }
+    }
+}
+
+/// The stub program in a new memfd.
+fn stub_memfd() -> Result<OwnedFd, CkptError> {
+    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
+    let memfd = unsafe { libc::memfd_create(c"bproc-stub".as_ptr(), libc::MFD_CLOEXEC) };
+    if memfd < 0 {
+        return Err(last_err("memfd_create"));
+    }
+    // SAFETY: a fresh fd we own.
+    let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
+    std::io::Write::write_all(
+        &mut std::fs::File::from(memfd.try_clone().map_err(|e| CkptError::sys("dup", e))?),
+        &stub_elf(),
+    )
+    .map_err(|e| CkptError::sys("writing the stub", e))?;
+    Ok(memfd)
+}
+
+fn comm_of(h: &Header) -> &str {
+    if h.comm.is_empty() {
+        "restored"
+    } else {
+        h.comm.as_str()
+    }
+}
+
+/// The image's working directory, or `/` where it does not exist (as BProc did).
+fn cwd_of(h: &Header) -> &str {
+    if std::path::Path::new(&h.cwd).is_dir() {
+        &h.cwd
+    } else {
+        "/"
+    }
+}
+
+/// What an injection sets beyond the image.
+struct Inject<'a> {
+    /// What `checkpoint` returns in the restored process.
+    value: i64,
+    /// fds the image's files leave alone.
+    reserved: &'a [i32],
+    /// The tracee is the caller itself after exec: the working directory, umask and limits,
+    /// which a new process got from its spawn, are set here.
+    in_place: bool,
+    /// The note for the process's mailbox.
+    note: Option<&'a [u8]>,
+}
+
+/// Restores the image into the stopped stub `t` (at its entry point) and lets it go, after
+/// `before_resume` (the last chance to fail, with the process still held).
 fn inject<R: Read>(
-    pid: i32,
+    mut t: Tracee,
     h: &Header,
     reader: &mut ImageReader<R>,
-    value: i64,
+    how: &Inject<'_>,
+    before_resume: &mut dyn FnMut() -> Result<(), CkptError>,
 ) -> Result<(), CkptError> {
-    let mut t = Tracee {
-        pid,
-        // SAFETY: all-zero is a valid user_regs_struct; replaced below.
-        base: unsafe { std::mem::zeroed() },
-        gadget: 0,
-        scratch: 0,
-    };
-    let sig = t.wait_stop()?;
-    if sig != libc::SIGTRAP {
-        return Err(CkptError::sys(
-            format!("the restore stub stopped with signal {sig}"),
-            std::io::Error::from_raw_os_error(libc::EFAULT),
-        ));
-    }
-    // SAFETY: sets an option on our stopped tracee.
-    if unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, libc::PTRACE_O_EXITKILL) } != 0 {
-        return Err(last_err("PTRACE_SETOPTIONS"));
-    }
+    let pid = t.pid;
     t.base = t.regs()?;
     t.gadget = t.base.rip;
 
@@ -390,6 +706,14 @@ fn inject<R: Read>(
     while let Some(addr) = reader.next_chunk(&mut buf)? {
         t.poke(addr, &buf)?;
     }
+    if let (Some(note), (at, len)) = (how.note, h.mailbox) {
+        if at != 0 && len > 0 {
+            let n = note.len().min(len as usize - 1);
+            let mut b = note[..n].to_vec();
+            b.push(0);
+            t.poke(at, &b)?;
+        }
+    }
     for r in h.regions.iter().filter(|r| u64::from(r.prot) != rw) {
         t.call(
             "mprotect",
@@ -448,7 +772,18 @@ fn inject<R: Read>(
     if h.personality != 0 {
         t.call("personality", libc::SYS_personality, [u64::from(h.personality), 0, 0, 0, 0, 0])?;
     }
-    for f in &h.files {
+    if how.in_place {
+        let p = t.string(cwd_of(h))?;
+        t.call("chdir", libc::SYS_chdir, [p, 0, 0, 0, 0, 0])?;
+        t.call("umask", libc::SYS_umask, [u64::from(h.umask), 0, 0, 0, 0, 0])?;
+        for &(res, soft, hard) in &h.rlimits {
+            let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+            // SAFETY: prlimit on our tracee with a valid limit; a limit the caller may not
+            // raise stays as it is.
+            unsafe { libc::prlimit(pid, res as _, &lim, std::ptr::null_mut()) };
+        }
+    }
+    for f in h.files.iter().filter(|f| !how.reserved.contains(&f.fd)) {
         let p = t.string(&f.path)?;
         let fd = t.call(
             &format!("reopen {} (fd {})", f.path, f.fd),
@@ -472,6 +807,7 @@ fn inject<R: Read>(
         }
     }
 
+    before_resume()?;
     // The last call removes the gadget itself: the int3 after it then faults, which the
     // next registers make moot.
     let mut r = t.base;
@@ -493,7 +829,7 @@ fn inject<R: Read>(
     }
     let mut fin = t.base;
     (fin.rax, fin.rbx, fin.rcx, fin.rdx, fin.rsi, fin.rdi, fin.rbp) =
-        (value as u64, 0, 0, 0, 0, 0, 0);
+        (how.value as u64, 0, 0, 0, 0, 0, 0);
     (fin.r8, fin.r9, fin.r10, fin.r11, fin.r12, fin.r13, fin.r14, fin.r15) =
         (0, 0, 0, 0, 0, 0, 0, 0);
     fin.rsp = h.rsp;

@@ -235,6 +235,9 @@ fn child(
         if libc::setpgid(0, 0) != 0 {
             return err();
         }
+        // Nothing the caller holds goes to the program but what the spec names (dup2 below
+        // makes each target without close-on-exec).
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */);
         for (fd, from) in spec.stdio.iter().enumerate() {
             let Some(from) = from else {
                 libc::close(fd as i32);
@@ -503,6 +506,11 @@ pub fn default_signal_actions() {
 /// Takes ownership of `fd`, inherited across `exec` under a number the environment gave, if
 /// it is an open socket.
 pub fn inherited_socket(fd: i32) -> Option<std::os::unix::net::UnixStream> {
+    inherited_socket_fd(fd).map(std::os::unix::net::UnixStream::from)
+}
+
+/// [`inherited_socket`] for any kind of socket (a TCP listener, say).
+pub fn inherited_socket_fd(fd: i32) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let st = nix::sys::stat::fstat(fd).ok()?;
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
@@ -510,7 +518,7 @@ pub fn inherited_socket(fd: i32) -> Option<std::os::unix::net::UnixStream> {
     }
     // SAFETY: `fd` is open (fstat succeeded), and the caller names an fd it was handed
     // across exec for this purpose, which nothing else in the process owns.
-    Some(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// Sends `signal` to `pid` as coming from `sender` (a pid in the master's space, 0 for none):
@@ -551,12 +559,20 @@ pub fn signal_from(pid: i32, signal: i32, sender: i32) -> nix::Result<()> {
     Ok(())
 }
 
-/// Closes every fd from `first` up, except `keep`.
-pub fn close_fds_from(first: u32, keep: Option<u32>) {
-    let ranges = match keep {
-        Some(k) if k >= first => vec![(first, k.saturating_sub(1)), (k + 1, u32::MAX)],
-        _ => vec![(first, u32::MAX)],
-    };
+/// Closes every fd from `first` up, except those in `keep`.
+pub fn close_fds_from(first: u32, keep: &[u32]) {
+    let mut keep: Vec<u32> = keep.iter().copied().filter(|k| *k >= first).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut ranges = Vec::new();
+    let mut lo = first;
+    for k in keep {
+        ranges.push((lo, k.saturating_sub(1)));
+        lo = k.saturating_add(1);
+    }
+    if lo != 0 {
+        ranges.push((lo, u32::MAX));
+    }
     for (lo, hi) in ranges {
         if lo <= hi {
             // SAFETY: close_range only closes descriptors; the caller owns none of them as

@@ -132,6 +132,11 @@ impl TestCluster {
         Self::start(Self::spec(bins, n, tag))
     }
 
+    /// The master's client socket.
+    pub fn socket(&self) -> PathBuf {
+        self.cluster.socket()
+    }
+
     /// A command running the tool `prog` against this cluster.
     pub fn cmd(&self, prog: &str) -> TestCommand {
         let mut c = Command::new(self.bins.join(prog));
@@ -271,6 +276,13 @@ impl TestCommand {
         let out = self.output();
         assert!(out.status.success(), "command failed\n{}", self.describe(&out));
         String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Runs and asserts it exits with `code`; returns the output.
+    pub fn exits(mut self, code: i32) -> Output {
+        let out = self.output();
+        assert_eq!(out.status.code(), Some(code), "wrong exit status\n{}", self.describe(&out));
+        out
     }
 
     /// Runs and asserts failure; returns the output.

@@ -25,36 +25,71 @@ pub fn comm_of(path: &str) -> String {
 /// once and forks the others, so a ghost costs a fork of a small process. Each connects to
 /// the master itself and waits there for its process.
 pub fn spawn(program: &str, comm: &str, n: usize) -> std::io::Result<Vec<i32>> {
+    Ok(spawn_with(program, comm, n, None)?.into_iter().map(|(pid, _)| pid).collect())
+}
+
+/// [`spawn`] for processes whose output their ghosts relay (moved or rforked ones): each
+/// ghost listens for its process's output connections, which present `token`, and keeps
+/// the caller's stdout and stderr to write it to. Returns each ghost's pid and port.
+pub fn spawn_relays(
+    program: &str,
+    comm: &str,
+    n: usize,
+    token: &[u8; 16],
+) -> std::io::Result<Vec<(i32, u16)>> {
+    spawn_with(program, comm, n, Some(token))
+}
+
+fn spawn_with(
+    program: &str,
+    comm: &str,
+    n: usize,
+    relay: Option<&[u8; 16]>,
+) -> std::io::Result<Vec<(i32, u16)>> {
     use std::io::Read;
     if n == 0 {
         return Ok(Vec::new());
     }
-    let mut first = Command::new(program)
-        .arg0(format!("[{comm}]"))
+    let mut cmd = Command::new(program);
+    cmd.arg0(format!("[{comm}]"))
         .env_clear()
         .env("BPROC_SOCKET", crate::socket_path())
-        .env("BPROC_GHOST_COUNT", n.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+        .env("BPROC_GHOST_COUNT", n.to_string());
+    match relay {
+        Some(token) => {
+            use std::os::fd::AsFd;
+            // The pipe for the ghosts' lines takes stdout's place, so the caller's stdout,
+            // where the ghosts write their processes' output, goes in as their stdin.
+            let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+            let out = std::io::stdout().as_fd().try_clone_to_owned()?;
+            cmd.env("BPROC_GHOST_IO", hex).stdin(Stdio::from(out)).stderr(Stdio::inherit());
+        }
+        None => {
+            cmd.stdin(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    let mut first = cmd.stdout(Stdio::piped()).spawn()?;
     let mut list = String::new();
     if let Some(mut out) = first.stdout.take() {
         // Ends when every ghost has let go of the pipe.
         out.read_to_string(&mut list)?;
     }
-    // `INDEX PID` lines, in any order.
-    let mut pids = vec![0i32; n];
-    for (i, pid) in list.lines().filter_map(|l| {
-        let (i, p) = l.split_once(' ')?;
-        Some((i.parse::<usize>().ok()?, p.parse::<i32>().ok()?))
+    // `INDEX PID` lines (`INDEX PID PORT` with relays), in any order.
+    let mut pids = vec![(0i32, 0u16); n];
+    for (i, pid, port) in list.lines().filter_map(|l| {
+        let mut f = l.split(' ');
+        let i = f.next()?.parse::<usize>().ok()?;
+        let pid = f.next()?.parse::<i32>().ok()?;
+        let port = f.next().map_or(Some(0), |p| p.parse::<u16>().ok())?;
+        Some((i, pid, port))
     }) {
         if let Some(slot) = pids.get_mut(i) {
-            *slot = pid;
+            *slot = (pid, port);
         }
     }
-    if pids.contains(&0) {
-        discard(pids.iter().copied().chain(std::iter::once(first.id() as i32)));
+    if pids.iter().any(|(pid, port)| *pid == 0 || (relay.is_some() && *port == 0)) {
+        let all = pids.iter().map(|p| p.0).chain(std::iter::once(first.id() as i32));
+        discard(all);
         return Err(std::io::Error::other(format!(
             "{program} made {} of {n} ghosts",
             list.lines().count()

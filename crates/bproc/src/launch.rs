@@ -39,7 +39,7 @@ pub enum IoList {
 }
 
 impl IoList {
-    fn check(&self) -> Result<(), BprocError> {
+    pub(crate) fn check(&self) -> Result<(), BprocError> {
         let IoList::Exactly(v) = self else { return Ok(()) };
         let bad = v.len() > MAX_FD_IO || v.iter().any(|f| !(0..=MAX_FD).contains(&f.fd));
         if bad {
@@ -116,6 +116,7 @@ fn spec_of(p: &Program) -> ProcSpec {
         token,
         rlimits: current_rlimits(),
         files: Vec::new(),
+        image: None,
     }
 }
 
@@ -155,8 +156,12 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
         Some(g) => ghosts_for(g, &comm, nodes),
         None => vec![0; nodes.len()],
     };
-    let launch =
-        Message::Launch { nodes: nodes.to_vec(), spec: spec.clone(), ghosts: ghosts.clone() };
+    let launch = Message::Launch {
+        nodes: nodes.to_vec(),
+        spec: spec.clone(),
+        ghosts: ghosts.clone(),
+        io_ports: Vec::new(),
+    };
     let mut pids = match client.request(&launch) {
         Ok(Message::Launched { pids }) if pids.len() == nodes.len() => pids,
         other => {
@@ -292,7 +297,12 @@ pub fn execmove(node: i32, prog: &Program) -> BprocError {
         };
         let spec = spec_of(prog);
         let me = std::process::id() as i32;
-        let launch = Message::Launch { nodes: vec![node], spec: spec.clone(), ghosts: vec![me] };
+        let launch = Message::Launch {
+            nodes: vec![node],
+            spec: spec.clone(),
+            ghosts: vec![me],
+            io_ports: Vec::new(),
+        };
         let pid = match client.request(&launch)? {
             Message::Launched { pids } if pids.len() == 1 => pids[0],
             m => return Err(BprocError::Unexpected(m.name())),

@@ -234,9 +234,25 @@ impl Client {
 
     /// Sends one request and returns the reply; an `Error` reply becomes [`BprocError::Remote`].
     pub fn request(&mut self, msg: &Message) -> Result<Message, BprocError> {
+        let id = self.send(msg)?;
+        self.reply(id)
+    }
+
+    /// Sends a request without waiting; its id, for [`Client::reply`].
+    pub(crate) fn send(&mut self, msg: &Message) -> Result<u32, BprocError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         self.stream.write_all(&bproc_proto::encode(id, msg))?;
+        Ok(id)
+    }
+
+    /// The connection, to poll while a request is out.
+    pub(crate) fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// The reply to request `id`.
+    pub(crate) fn reply(&mut self, id: u32) -> Result<Message, BprocError> {
         loop {
             let (rid, reply) = read_message(&mut self.stream)?;
             if rid != id {

@@ -1,12 +1,40 @@
-//! Process checkpoint from a program (libbproc's `bproc_dump`): the calling process writes
-//! itself to an fd as a process image, from which [`bproc_sys::restore`] starts a copy that
-//! returns from the same call. Moving between nodes builds on the same image.
+//! Process migration from a program: checkpoint to a file (libbproc's `bproc_dump` and
+//! `bproc_undump`), moving the calling process to another node ([`move_to`], `bproc_move`),
+//! and forks whose children live on other nodes ([`rfork`], [`vrfork`]).
+//!
+//! # How a move goes
+//! The caller opens a TCP listener and asks the master to start "an image" on the node, with
+//! the listener as its source. The node's slave connects, presents the launch token, and the
+//! caller dumps itself straight into that connection ([`bproc_sys::ckpt`]) while the slave
+//! restores it ([`bproc_sys::restore`]) as the same pid, in the master's pid namespace. Then:
+//! - from the front end, the caller execs `bpghost` in place: the same pid and parent, now
+//!   the ghost, which keeps the listener and relays the process's stdout and stderr (the
+//!   node connects them to it; stdin is `/dev/null`, as in BProc);
+//! - from a node, the old copy ends quietly once the master has the new one, and the ghost
+//!   stands for the new copy; the next node connects the output to the same ghost;
+//! - back to the front end, the ghost restores the image into itself, after relaying the
+//!   last output of the copy that left the node.
+//!
+//! The ghost's port and token live in this process's memory (a static), so they move with
+//! it. A process started by `bpsh` or `vexecmove` has its output connected to its launcher,
+//! which cannot follow it: after a move its stdout and stderr are `/dev/null`.
+//!
+//! An [`rfork`] or [`vrfork`] dumps the caller once into memory and serves that image to
+//! every node; each child is restored with its rank, and has a ghost (a child of the caller,
+//! relaying its output) whose pid the caller gets.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::sync::Mutex;
 
 pub use bproc_sys::ckpt::Resumed;
 
-use crate::BprocError;
+use bproc_proto::{conn, errno, Endpoint, IoSpec, Message, ProcSpec, NODE_MASTER};
+
+use crate::launch::IoList;
+use crate::{BprocError, Client};
 
 /// Send libraries on the library list by content too (BProc's `BPROC_DUMP_LIBS`).
 pub const DUMP_LIBS: i32 = 1;
@@ -30,6 +58,11 @@ pub fn on_library_list(path: &str) -> bool {
 /// [`Resumed::Restored`] in each restored copy. Refuses with `EBUSY` (before writing anything)
 /// a process with several threads, sockets or pipes at fds 3 and up, or shared memory.
 pub fn dump(out: BorrowedFd<'_>, flags: i32) -> Result<Resumed, BprocError> {
+    dump_skipping(out, flags, &[out.as_raw_fd()])
+}
+
+/// [`dump`], leaving out (and not refusing for) the fds in `skip`.
+fn dump_skipping(out: BorrowedFd<'_>, flags: i32, skip: &[RawFd]) -> Result<Resumed, BprocError> {
     let exe = std::fs::read_link("/proc/self/exe")
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -43,7 +76,401 @@ pub fn dump(out: BorrowedFd<'_>, flags: i32) -> Result<Resumed, BprocError> {
         };
         flags & by_content == 0
     };
-    let skip = [out.as_raw_fd()];
-    let opts = bproc_sys::ckpt::DumpOptions { by_ref: &by_ref, skip_fds: &skip };
-    Ok(bproc_sys::ckpt::checkpoint(out, &opts)?)
+    let at = MAILBOX.lock().unwrap_or_else(|e| e.into_inner()).as_ptr() as u64;
+    let opts = bproc_sys::ckpt::DumpOptions {
+        by_ref: &by_ref,
+        skip_fds: skip,
+        mailbox: Some((at, MAILBOX_LEN as u32)),
+    };
+    let resumed = bproc_sys::ckpt::checkpoint(out, &opts)?;
+    if let Resumed::Restored(_) = resumed {
+        read_mailbox();
+    }
+    Ok(resumed)
+}
+
+const MAILBOX_LEN: usize = 512;
+
+/// Where a restorer writes the path of the cluster socket where the process now runs (its
+/// environment, in its memory, names the one where it was dumped).
+static MAILBOX: Mutex<[u8; MAILBOX_LEN]> = Mutex::new([0; MAILBOX_LEN]);
+
+fn read_mailbox() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut g = MAILBOX.lock().unwrap_or_else(|e| e.into_inner());
+    let end = g.iter().position(|b| *b == 0).unwrap_or(0);
+    if end > 0 {
+        // A restored process is single-threaded: nothing reads the environment meanwhile.
+        std::env::set_var("BPROC_SOCKET", std::ffi::OsStr::from_bytes(&g[..end]));
+    }
+    g.fill(0);
+}
+
+/// Replaces the calling process with the image read from `image` (BProc's `bproc_undump`):
+/// returns only on failure. The image's process returns [`Resumed::Restored`]`(1)` from its
+/// [`dump`], with this process's pid, parent and fds 0 to 2.
+pub fn undump(image: impl Read) -> BprocError {
+    BprocError::Migration(bproc_sys::restore::restore_in_place(image, 1, None, &mut || Ok(())))
+}
+
+/// The ghost that relays this process's output once it has moved: its port on the front end
+/// and the token its connections present. It is in the process's memory, so it moves with
+/// the process.
+static RELAY: Mutex<Option<(u16, [u8; 16])>> = Mutex::new(None);
+
+fn relay() -> Option<(u16, [u8; 16])> {
+    *RELAY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn set_relay(r: Option<(u16, [u8; 16])>) {
+    *RELAY.lock().unwrap_or_else(|e| e.into_inner()) = r;
+}
+
+fn remote(code: i32, message: impl Into<String>) -> BprocError {
+    BprocError::Remote { code, message: message.into() }
+}
+
+fn token() -> [u8; 16] {
+    let mut t = [0u8; 16];
+    getrandom::fill(&mut t).expect("the kernel's random source failed");
+    t
+}
+
+/// The spec of an image launch served on `port`: the I/O list's fds, or by default
+/// `/dev/null` as stdin and stdout and stderr forwarded.
+fn image_spec(io: &IoList, port: u16, token: [u8; 16]) -> ProcSpec {
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (io, fds) = match io {
+        IoList::Default => (vec![IoSpec::Null, IoSpec::Forward, IoSpec::Forward], Vec::new()),
+        IoList::Exactly(v) => (vec![IoSpec::Closed; 3], v.clone()),
+    };
+    ProcSpec {
+        argv: vec![crate::ghost::comm_of(&exe)],
+        path: exe,
+        env: Vec::new(),
+        cwd: std::env::current_dir().map_or_else(|_| "/".into(), |d| d.to_string_lossy().into()),
+        umask: crate::launch::current_umask(),
+        io,
+        fds,
+        io_port: 0,
+        io_ip: None,
+        token,
+        rlimits: Vec::new(),
+        files: Vec::new(),
+        image: Some(Endpoint { ip: None, port }),
+    }
+}
+
+/// Waits for the image connection of request `id` on `listener`; an answer from the master
+/// first means the launch failed.
+fn image_connection(
+    listener: &TcpListener,
+    client: &mut Client,
+    id: u32,
+    token: &[u8; 16],
+) -> Result<TcpStream, BprocError> {
+    loop {
+        let Some((sock_ready, reply_ready)) = wait_either(listener, client, 60_000)? else {
+            return Err(remote(errno::EIO, "no node fetched the process image"));
+        };
+        if reply_ready {
+            return Err(match client.reply(id) {
+                Ok(Message::Launched { pids }) => {
+                    let code = pids.first().map_or(errno::EIO, |p| -p.min(&-1));
+                    remote(code, crate::strerror(-code))
+                }
+                Ok(m) => BprocError::Unexpected(m.name()),
+                Err(e) => e,
+            });
+        }
+        if sock_ready {
+            let (mut s, _) = listener.accept()?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            let mut head = [0u8; conn::HEADER_LEN];
+            if s.read_exact(&mut head).is_ok() {
+                let (got, _, what) = conn::parse(&head);
+                if got == *token && what == conn::IMAGE {
+                    s.set_read_timeout(None)?;
+                    return Ok(s);
+                }
+            }
+        }
+    }
+}
+
+/// Waits up to `ms` for a connection on `listener` or a reply on `client`: which are ready,
+/// or `None` on a timeout.
+fn wait_either(
+    listener: &TcpListener,
+    client: &Client,
+    ms: u16,
+) -> Result<Option<(bool, bool)>, BprocError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [
+        PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+        PollFd::new(client.stream().as_fd(), PollFlags::POLLIN),
+    ];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(0) => Ok(None),
+        Ok(_) => {
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            Ok(Some((ready(&fds[0]), ready(&fds[1]))))
+        }
+        Err(nix::Error::EINTR) => Ok(Some((false, false))),
+        Err(e) => Err(BprocError::Io(e.into())),
+    }
+}
+
+/// The single pid of a launch reply, or its error.
+fn one_pid(reply: Result<Message, BprocError>) -> Result<i32, BprocError> {
+    match reply? {
+        Message::Launched { pids } if pids.len() == 1 && pids[0] > 0 => Ok(pids[0]),
+        Message::Launched { pids } if pids.len() == 1 => {
+            Err(remote(-pids[0], crate::strerror(pids[0])))
+        }
+        m => Err(BprocError::Unexpected(m.name())),
+    }
+}
+
+/// Moves the calling process to `node` (BProc's `bproc_move`; [`NODE_MASTER`] is the front
+/// end): returns `Ok` on the new node, as the same pid, with its memory, registers, signal
+/// handlers and regular open files. The process must be single-threaded and hold no sockets,
+/// pipes or shared memory beyond fds 0 to 2 (`EBUSY` otherwise, before anything moves).
+/// Moving to the node the process is on does nothing. On failure the process stays where it
+/// was. `io` gives its fds there (by default stdout and stderr go to the ghost, which writes
+/// them where the process's own went, and stdin is `/dev/null`).
+pub fn move_to(node: i32, io: &IoList) -> Result<(), BprocError> {
+    io.check()?;
+    let _ = std::io::stdout().flush();
+    let mut client = Client::connect()?;
+    let place = client.place()?;
+    if node == place.node {
+        return Ok(());
+    }
+    let listener = TcpListener::bind("0.0.0.0:0")?;
+    let port = listener.local_addr()?.port();
+    let before = relay();
+    let from_master = place.node == NODE_MASTER;
+    let (token, relay_port, ghost) = if from_master {
+        (token(), port, std::process::id() as i32)
+    } else {
+        // -1: "my own ghost", which the master finds from who is asking.
+        let (p, t) = before.unwrap_or((0, token()));
+        (t, p, -1)
+    };
+    let ghost_prog = match (&place.ghost, from_master) {
+        (Some(g), true) => Some(g.clone()),
+        (None, true) => {
+            return Err(remote(
+                errno::ENOSYS,
+                "no ghost program on the front end (bpghost beside bpmaster)",
+            ))
+        }
+        _ => None,
+    };
+    let mut spec = image_spec(io, port, token);
+    if !from_master && before.is_none() && matches!(io, IoList::Default) {
+        spec.io = vec![IoSpec::Null; 3];
+    }
+    let launch = Message::Launch {
+        nodes: vec![node],
+        spec,
+        ghosts: vec![ghost],
+        io_ports: vec![relay_port],
+    };
+    let id = client.send(&launch)?;
+    let sock = image_connection(&listener, &mut client, id, &token)?;
+    if from_master {
+        set_relay(Some((port, token)));
+    }
+    let skip = [listener.as_raw_fd(), client.stream().as_raw_fd(), sock.as_raw_fd()];
+    let dumped = dump_skipping(sock.as_fd(), DUMP_DEFAULT, &skip);
+    if let Ok(Resumed::Restored(_)) = dumped {
+        // On the new node: none of these fds exist here.
+        std::mem::forget((sock, listener, client));
+        return Ok(());
+    }
+    drop(sock);
+    let result = one_pid(client.reply(id));
+    if let Err(e) = dumped.and(result) {
+        set_relay(before);
+        return Err(e);
+    }
+    match ghost_prog {
+        Some(prog) => {
+            // The front end: this process becomes the ghost, keeping its pid and parent.
+            nix::fcntl::fcntl(
+                listener.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .map_err(|e| BprocError::Io(e.into()))?;
+            let comm = crate::ghost::comm_of(
+                &std::fs::read_link("/proc/self/exe").unwrap_or_default().to_string_lossy(),
+            );
+            let err = std::process::Command::new(prog)
+                .arg0(format!("[{comm}]"))
+                .env_clear()
+                .env("BPROC_SOCKET", crate::socket_path())
+                .env("BPROC_GHOST_IO", relay_env(&token, listener.as_raw_fd()))
+                .exec();
+            // The process runs on the node: this copy cannot go back to being it.
+            eprintln!("bproc: the process moved to node {node}, but its ghost failed: {err}");
+            bproc_sys::exit_now(127)
+        }
+        // The new copy runs; this one ends without a trace (its end is not reported).
+        None => bproc_sys::exit_now(0),
+    }
+}
+
+fn relay_env(token: &[u8; 16], fd: RawFd) -> String {
+    let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}:{fd}")
+}
+
+/// Where a vector fork left the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forked {
+    /// The caller, with each child's pid or negated error (`-BE_NODEDOWN`, `-EPERM`...).
+    Parent(Vec<i32>),
+    /// Child `rank` (its index in the node list), running on its node.
+    Child(usize),
+}
+
+/// A fork whose child runs on `node` (BProc's `bproc_rfork`): the child's pid in the parent
+/// (a ghost's, so `waitpid` gives the child's exit status) or its negated error; 0 in the
+/// child.
+pub fn rfork(node: i32, io: &IoList) -> Result<i32, BprocError> {
+    match vrfork(&[node], io)? {
+        Forked::Parent(pids) => Ok(pids[0]),
+        Forked::Child(_) => Ok(0),
+    }
+}
+
+/// One child on each of `nodes` (BProc's `bproc_vrfork`), every one a direct child of the
+/// caller: [`Forked::Child`] with its index in each child, [`Forked::Parent`] in the caller.
+/// A child on the front end ([`NODE_MASTER`]) is a local fork. The caller is dumped once
+/// and the image is served to the nodes concurrently. Only the front end can vrfork (ghosts
+/// live there); a process on a node gets `ENOSYS`.
+pub fn vrfork(nodes: &[i32], io: &IoList) -> Result<Forked, BprocError> {
+    io.check()?;
+    if nodes.is_empty() {
+        return Err(remote(errno::EINVAL, "vrfork needs at least one node"));
+    }
+    let _ = std::io::stdout().flush();
+    let mut client = Client::connect()?;
+    let place = client.place()?;
+    let Some(prog) = place.ghost.clone() else {
+        return Err(remote(
+            errno::ENOSYS,
+            "rfork and vrfork work from the front end only, with bpghost beside bpmaster",
+        ));
+    };
+    let here = |n: i32| n == NODE_MASTER || n == place.node;
+    let image = nix::sys::memfd::memfd_create(
+        c"bproc-image",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .map_err(|e| BprocError::Io(e.into()))?;
+    let listener = TcpListener::bind("0.0.0.0:0")?;
+    let skip = [image.as_raw_fd(), listener.as_raw_fd(), client.stream().as_raw_fd()];
+    match dump_skipping(image.as_fd(), DUMP_DEFAULT, &skip)? {
+        Resumed::Restored(v) => {
+            std::mem::forget((image, listener, client));
+            return Ok(Forked::Child((v - 1) as usize));
+        }
+        Resumed::Dumped => {}
+    }
+    let token = token();
+    let exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+    let comm = crate::ghost::comm_of(&exe.to_string_lossy());
+    let remote_count = nodes.iter().filter(|n| !here(**n)).count();
+    let relays = crate::ghost::spawn_relays(&prog, &comm, remote_count, &token)
+        .map_err(|e| remote(errno::EAGAIN, format!("cannot start ghosts: {e}")))?;
+    let mut made = relays.into_iter();
+    let (ghosts, ports): (Vec<i32>, Vec<u16>) =
+        nodes.iter().map(|n| if here(*n) { (0, 0) } else { made.next().unwrap_or((0, 0)) }).unzip();
+    let port = listener.local_addr()?.port();
+    let launch = Message::Launch {
+        nodes: nodes.iter().map(|n| if here(*n) { NODE_MASTER } else { *n }).collect(),
+        spec: image_spec(io, port, token),
+        ghosts: ghosts.clone(),
+        io_ports: ports,
+    };
+    let id = client.send(&launch)?;
+    let reply = serve_image(&listener, &mut client, id, &token, &image);
+    let mut pids = match reply {
+        Ok(Message::Launched { pids }) if pids.len() == nodes.len() => pids,
+        other => {
+            crate::ghost::discard(ghosts);
+            return Err(match other {
+                Err(e) => e,
+                Ok(m) => BprocError::Unexpected(m.name()),
+            });
+        }
+    };
+    drop((image, listener, client));
+    for (rank, pid) in pids.iter_mut().enumerate() {
+        if here(nodes[rank]) {
+            match bproc_sys::fork_single_threaded() {
+                Ok(0) => return Ok(Forked::Child(rank)),
+                Ok(child) => *pid = child,
+                Err(e) => *pid = -(e as i32),
+            }
+        } else if *pid <= 0 {
+            crate::ghost::discard([ghosts[rank]]);
+        } else if ghosts[rank] > 0 {
+            *pid = ghosts[rank];
+        }
+    }
+    Ok(Forked::Parent(pids))
+}
+
+/// Serves `image` to every node that connects for request `id`, each on a thread of its own,
+/// until the master's answer (which comes once every node has restored or failed).
+fn serve_image(
+    listener: &TcpListener,
+    client: &mut Client,
+    id: u32,
+    token: &[u8; 16],
+    image: &OwnedFd,
+) -> Result<Message, BprocError> {
+    let size =
+        nix::sys::stat::fstat(image.as_raw_fd()).map_err(|e| BprocError::Io(e.into()))?.st_size;
+    std::thread::scope(|scope| loop {
+        let Some((sock_ready, reply_ready)) = wait_either(listener, client, u16::MAX)? else {
+            continue;
+        };
+        if reply_ready {
+            return client.reply(id);
+        }
+        if sock_ready {
+            let Ok((s, _)) = listener.accept() else { continue };
+            scope.spawn(move || send_image(s, token, image, size as usize));
+        }
+    })
+}
+
+/// Sends the whole image to one node that presents `token`.
+fn send_image(mut s: TcpStream, token: &[u8; 16], image: &OwnedFd, size: usize) {
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let mut head = [0u8; conn::HEADER_LEN];
+    if s.read_exact(&mut head).is_err() {
+        return;
+    }
+    let (got, _, what) = conn::parse(&head);
+    if got != *token || what != conn::IMAGE {
+        return;
+    }
+    let mut off: i64 = 0;
+    while (off as usize) < size {
+        let left = size - off as usize;
+        match nix::sys::sendfile::sendfile(&s, image, Some(&mut off), left) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => {}
+            Err(_) => return,
+        }
+    }
 }

@@ -119,8 +119,8 @@ access 3: 0 ok
 chmod bad bits: -1 Operation not permitted
 strerror Node is down / No such file or directory
 move -1: 0 ok
-move 1: -1 Function not implemented
-rfork 1: -1 Function not implemented
+move 1: -1 Device or resource busy
+rfork 1: -1 Device or resource busy
 ";
     assert_eq!(out, want);
     let user = test_user();
@@ -180,7 +180,7 @@ iolen -2: -1 Invalid argument
 memfile: -1 Operation not permitted
 inet6: -1 Invalid argument
 version: 0 ok
-version BPr 62 2 {version}
+version BPr 62 3 {version}
 nodereconnect 3: 0 ok
 nodereconnect 99: -1 Invalid node number
 nodereconnect inet6: -1 Invalid argument
@@ -228,8 +228,13 @@ fn bproc_dump_restores_in_a_new_process() {
         Some(std::fs::File::create(&log).unwrap().into()),
         Some(std::fs::File::create(dir.join("err")).unwrap().into()),
     ];
-    let spec =
-        bproc_sys::restore::RestoreSpec { stdio, set_tid: Some(pid), identity: None, value: 1 };
+    let spec = bproc_sys::restore::RestoreSpec {
+        stdio,
+        set_tid: Some(pid),
+        identity: None,
+        value: 1,
+        ..Default::default()
+    };
     let got = bproc_sys::restore::restore(std::fs::File::open(&image).unwrap(), spec).unwrap();
     assert_eq!(got, pid);
     let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(got), None).unwrap();
@@ -341,4 +346,91 @@ fn installed_library_builds_old_programs() {
     let out = c.cmd(launcher.to_str().unwrap()).ok();
     let _ = std::fs::remove_dir_all(&prefix);
     assert_eq!(out, "rank 0 node 0 exit 10\nrank 1 node 1 exit 11\n");
+}
+
+/// A C program with 64 MiB of data moves itself to node 2, then node 3, then back to the
+/// front end, and checks after each move its memory, TLS, heap growth, stdio, signal
+/// handler, pid and node; its output comes through its ghost, in order.
+#[test]
+fn a_process_moves_to_nodes_and_back() {
+    if !require_root("moved processes keep their pids (set_tid in the nodes' pid namespaces)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("move.c", "move") else { return };
+    let c = TestCluster::up(&bins(), 4, "move");
+    let out = c.cmd(exe.to_str().unwrap()).args(["2", "3"]).exits(42);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (first, rest) = stdout.split_once('\n').unwrap();
+    assert!(first.starts_with("pid ") && first.ends_with(" on node -1"), "{stdout}");
+    assert_eq!(rest, "stdout from node 2\nstdout from node 3\nstdout from node -1\n");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr, "stderr from node 2\nstderr from node 3\nstderr from node -1\n");
+    // Back on the front end, it is nobody's ghost: the process table is empty.
+    let procs = bproc::Client::connect_to(&c.socket()).unwrap().procs().unwrap();
+    assert!(procs.is_empty(), "{procs:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `bproc_rfork` to 8 nodes, each child exiting with its rank, then `bproc_vrfork` to all 8:
+/// every child a direct child of the caller, its output relayed by its ghost.
+#[test]
+fn rfork_and_vrfork_children_are_the_callers() {
+    if !require_root("rforked children take their ghosts' pids (set_tid)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("rfork.c", "rfork") else { return };
+    let c = TestCluster::up(&bins(), 8, "rfork");
+    let out = c.cmd(exe.to_str().unwrap()).arg("8").exits(42);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for i in 0..8 {
+        assert!(stdout.contains(&format!("rfork child {i} on node {i}\n")), "{stdout}");
+        assert!(stdout.contains(&format!("vrfork child {i} on node {i}\n")), "{stdout}");
+    }
+    assert_eq!(stdout.lines().count(), 16, "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A threaded process and one with an open socket are refused with EBUSY and go on where
+/// they were; without them the same process moves.
+#[test]
+fn what_cannot_move_is_refused_and_stays() {
+    if !require_root("moved processes keep their pids (set_tid in the nodes' pid namespaces)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("refuse.c", "refuse") else { return };
+    let c = TestCluster::up(&bins(), 2, "refuse");
+    let out = c.cmd(exe.to_str().unwrap()).arg("1").exits(42);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "thread: Device or resource busy, still on node -1\n\
+         socket: Device or resource busy, still on node -1\n\
+         moved to node 1 as pid same\n"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The same journey for a Rust program (`bproc::migrate`), then a `vrfork` to every node.
+#[test]
+fn a_rust_program_moves_and_vrforks() {
+    if !require_root("moved processes keep their pids (set_tid in the nodes' pid namespaces)") {
+        return;
+    }
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "bproc", "--example", "wander"])
+        .current_dir(root())
+        .status()
+        .expect("run cargo");
+    assert!(st.success(), "building the wander example failed");
+    let exe = bins().join("examples/wander");
+    let c = TestCluster::up(&bins(), 4, "wander");
+    let out = c.cmd(exe.to_str().unwrap()).args(["1", "3", "0", "1", "2", "3"]).exits(42);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (moves, children) = stdout.split_at(stdout.find("child").unwrap_or(stdout.len()));
+    assert_eq!(moves, "on node 1\non node 3\non node -1\n");
+    let mut children: Vec<&str> = children.lines().collect();
+    children.sort_unstable();
+    assert_eq!(
+        children,
+        ["child 0 on node 0", "child 1 on node 1", "child 2 on node 2", "child 3 on node 3"]
+    );
 }

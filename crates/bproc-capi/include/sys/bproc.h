@@ -72,18 +72,32 @@ int bproc_execmove_io(int node, struct bproc_io_t *io, int iolen, const char *cm
 int bproc_pidnode(int pid);
 int bproc_proclist(int node, struct bproc_proc_info_t **list);
 
-/* Checkpoint: bproc_dump writes the caller to fd as a process image (flags: BPROC_DUMP_* say
+/* Migration. bproc_move moves the caller to a node (BPROC_NODE_MASTER: back to the front
+ * end) and returns 0 there, as the same pid; the original on the front end becomes its ghost,
+ * which writes the process's stdout and stderr where the caller's went (stdin is /dev/null).
+ * bproc_rfork forks a child on a node (pid in the parent, 0 in the child; a failure on the
+ * node is returned as its negated error), bproc_vrfork one per node (n in the parent with
+ * pids[], the child's index in each child). What cannot move gives EBUSY and the caller stays
+ * where it was: several threads, sockets or pipes at fds 3 and up, shared memory. The flags
+ * of the _bproc_* forms are accepted and ignored. rfork and vrfork work from the front end.
+ *
+ * Checkpoint: bproc_dump writes the caller to fd as a process image (flags: BPROC_DUMP_* say
  * what goes by content; the rest is named by path) and returns 0, or 1 in a copy restored
- * from the image; EBUSY, with nothing written, for a process with several threads, sockets
- * or pipes at fds 3 and up, or shared memory. Moving (move, rfork, vrfork), undump and
- * execdump are not implemented yet: they fail with ENOSYS, except a move to the node the
- * caller already runs on, which returns 0 as in BProc. */
+ * from the image; bproc_undump replaces the caller with an image (no return on success).
+ * bproc_execdump is not implemented: it fails with ENOSYS. */
 int bproc_move(int node);
 int bproc_move_io(int node, struct bproc_io_t *io, int iolen);
+int _bproc_move(int node, int flags);
+int _bproc_move_io(int node, struct bproc_io_t *io, int iolen, int flags);
 int bproc_rfork(int node);
 int bproc_rfork_io(int node, struct bproc_io_t *io, int iolen);
+int _bproc_rfork(int node, int flags);
+int _bproc_rfork_io(int node, struct bproc_io_t *io, int iolen, int flags);
 int bproc_vrfork(int nnodes, int *nodes, int *pids);
 int bproc_vrfork_io(int nnodes, int *nodes, int *pids, struct bproc_io_t *io, int iolen);
+int _bproc_vrfork(int nnodes, int *nodes, int *pids, int flags);
+int _bproc_vrfork_io(int nnodes, int *nodes, int *pids, struct bproc_io_t *io, int iolen,
+                     int flags);
 int bproc_dump(int fd, int flags);
 int bproc_undump(int fd);
 int bproc_execdump(int fd, int flags, const char *cmd, char *const argv[], char *const envp[]);

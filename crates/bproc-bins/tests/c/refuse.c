@@ -1,0 +1,52 @@
+/* A process that cannot move is refused with EBUSY and goes on where it was: first with a
+ * second thread, then with an open socket. Without them it moves to node N, and exits 42
+ * there. Usage: refuse N */
+#include <sys/bproc.h>
+#include <sys/socket.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static int go;
+
+static void *idle(void *arg) {
+    (void)arg;
+    while (!__atomic_load_n(&go, __ATOMIC_SEQ_CST)) usleep(1000);
+    return NULL;
+}
+
+static int refused(const char *what, int node, pid_t pid) {
+    int r = bproc_move(node);
+    int e = errno;
+    if (r == 0) {
+        printf("%s: moved to node %d\n", what, bproc_currnode());
+        return 0;
+    }
+    int ok = e == EBUSY && bproc_currnode() == BPROC_NODE_MASTER && getpid() == pid;
+    printf("%s: %s, still on node %d\n", what, bproc_strerror(e), bproc_currnode());
+    return ok;
+}
+
+int main(int argc, char **argv) {
+    closefrom(3); /* what the test harness leaves open would not move */
+    if (argc != 2) return 2;
+    int node = atoi(argv[1]);
+    pid_t pid = getpid();
+    pthread_t t;
+    if (pthread_create(&t, NULL, idle, NULL) != 0) return 3;
+    int ok = refused("thread", node, pid);
+    __atomic_store_n(&go, 1, __ATOMIC_SEQ_CST);
+    pthread_join(t, NULL);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0) return 4;
+    ok &= refused("socket", node, pid);
+    close(s);
+    if (bproc_move(node) != 0) {
+        printf("move failed: %s\n", bproc_strerror(errno));
+        return 5;
+    }
+    printf("moved to node %d as pid %s\n", bproc_currnode(), getpid() == pid ? "same" : "other");
+    return ok ? 42 : 1;
+}

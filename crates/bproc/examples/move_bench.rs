@@ -1,0 +1,52 @@
+//! Times migration for `bench/move.sh`. `move_bench move NODE MIB RUNS`: with MIB MiB of
+//! data, moves to NODE and back RUNS times, printing `move_ms` for each move out (from the
+//! call until the process runs on the node) and `back_ms` for each return; the data is
+//! checked at the end. `move_bench vrfork MIB NODE...`: one vrfork to the nodes, printing
+//! `vrfork_ms` (until every child runs) once they have all exited 0.
+
+use std::time::Instant;
+
+use bproc::launch::IoList;
+use bproc::migrate::{move_to, vrfork, Forked};
+
+fn main() {
+    for fd in 3..1024 {
+        let _ = nix::unistd::close(fd);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize| args.get(i).and_then(|a| a.parse::<i64>().ok()).unwrap_or(0);
+    let data: Vec<u8> = (0..(num(2) as usize) << 20).map(|i| (i % 251) as u8).collect();
+    match args.first().map(String::as_str) {
+        Some("move") => {
+            let node = num(1) as i32;
+            for _ in 0..num(3) {
+                let t = Instant::now();
+                move_to(node, &IoList::Default).expect("move");
+                println!("move_ms {:.3}", t.elapsed().as_secs_f64() * 1e3);
+                let t = Instant::now();
+                move_to(bproc::NODE_MASTER, &IoList::Default).expect("move back");
+                println!("back_ms {:.3}", t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Some("vrfork") => {
+            let nodes: Vec<i32> = args[3..].iter().filter_map(|a| a.parse().ok()).collect();
+            let t = Instant::now();
+            match vrfork(&nodes, &IoList::Default).expect("vrfork") {
+                Forked::Child(_) => std::process::exit(0),
+                Forked::Parent(pids) => {
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    for p in pids {
+                        let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(p), None);
+                        assert!(matches!(st, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))));
+                    }
+                    println!("vrfork_ms {ms:.3}");
+                }
+            }
+        }
+        _ => {
+            eprintln!("usage: move_bench move NODE MIB RUNS | move_bench vrfork MIB NODE...");
+            std::process::exit(2);
+        }
+    }
+    assert!(data.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8), "data damaged");
+}
