@@ -22,7 +22,7 @@ esac
 R=target/$PROFILE
 install -d "$DEST/bin" "$DEST/lib/pkgconfig" "$DEST/include/sys" \
     "$DEST/share/man/man1" "$DEST/share/man/man3" "$DEST/share/man/man8"
-for p in bpmaster bpslave bpghost bpsh brsh bpcp bpstat bpctl bpcluster; do
+for p in bpmaster bpslave bpghost bpsh brsh bpcp bpstat bpctl bplib bpcluster; do
     install -m 755 "$R/$p" "$DEST/bin/$p"
 done
 install -m 755 "$R/libbproc.so" "$DEST/lib/libbproc.so.4.0.0"

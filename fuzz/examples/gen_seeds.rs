@@ -200,6 +200,12 @@ fn main() -> std::io::Result<()> {
             },
         ),
         (0, Message::GhostRestored { code: 0 }),
+        (28, Message::LibList { only: vec!["/lib/x86_64-linux-gnu/libc.so.6".into()] }),
+        (28, Message::Libraries { names: vec!["/lib/x86_64-linux-gnu/libc.so.6".into()] }),
+        (
+            0,
+            Message::LibEdit { op: bproc_proto::LibOp::Add, names: vec!["/usr/lib/libbproc.so".into()] },
+        ),
         (0, Message::ProcEvent { pid: 17, change: ProcChange::Exited(ExitStatus::Signal(9)) }),
         (
             0,

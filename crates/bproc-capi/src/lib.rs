@@ -1308,16 +1308,105 @@ pub extern "C" fn bproc_undump(fd: c_int) -> c_int {
     })
 }
 
-/// Execs `cmd` and dumps the new image: `ENOSYS` for now.
+/// Writes to `fd` the image of `cmd` run with `argv` and `envp`, stopped before its first
+/// instruction (`flags` as for [`bproc_dump`]): a process restored from it starts the
+/// program. The program never runs here. Returns 0; -1 with `errno` from the exec (`ENOENT`,
+/// `EACCES`...) or `EBUSY` for sockets or pipes at fds 3 and up that it would inherit.
+///
+/// # Safety
+/// `cmd` is a C string; `argv` and `envp` are NULL-terminated string arrays (or NULL).
 #[no_mangle]
-pub extern "C" fn bproc_execdump(
-    _fd: c_int,
-    _flags: c_int,
-    _cmd: *const c_char,
-    _argv: *const *const c_char,
-    _envp: *const *const c_char,
+pub unsafe extern "C" fn bproc_execdump(
+    fd: c_int,
+    flags: c_int,
+    cmd: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
 ) -> c_int {
-    guard(|| Err(libc::ENOSYS))
+    guard(|| {
+        if fd < 0 {
+            return Err(libc::EBADF);
+        }
+        // SAFETY: the caller's promise.
+        let (cmd, argv, envp) = unsafe { (text(cmd)?, strings(argv)?, strings(envp)?) };
+        // SAFETY: the caller passes an open fd, which stays open for this call.
+        let out = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        bproc::migrate::exec_dump(out, flags, cmd, &argv, &envp).map_err(|e| e.errno())?;
+        Ok(0)
+    })
+}
+
+/// Empties the library list (root only).
+#[no_mangle]
+pub extern "C" fn bproc_libclear() -> c_int {
+    call(|c| c.edit_libraries(bproc::LibOp::Clear, &[]))
+}
+
+/// `name` as a one-name list, or the error for a bad string.
+///
+/// # Safety
+/// `name` is NULL or a C string.
+unsafe fn lib_name(name: *const c_char) -> Result<Vec<String>, i32> {
+    // SAFETY: the caller's promise.
+    Ok(vec![unsafe { text(name) }?.to_owned()])
+}
+
+/// Adds the absolute path `name` to the library list (root only); adding a name already
+/// there does nothing.
+///
+/// # Safety
+/// `name` is a C string.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_libadd(name: *const c_char) -> c_int {
+    // SAFETY: the caller's promise.
+    match unsafe { lib_name(name) } {
+        Ok(n) => call(|c| c.edit_libraries(bproc::LibOp::Add, &n)),
+        Err(e) => guard(|| Err(e)),
+    }
+}
+
+/// Removes `name` from the library list (root only); `ENOENT` when it is not there.
+///
+/// # Safety
+/// `name` is a C string.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_libdel(name: *const c_char) -> c_int {
+    // SAFETY: the caller's promise.
+    match unsafe { lib_name(name) } {
+        Ok(n) => call(|c| c.edit_libraries(bproc::LibOp::Delete, &n)),
+        Err(e) => guard(|| Err(e)),
+    }
+}
+
+/// Stores in `*list` a `malloc`ed run of NUL-terminated paths ending with an empty string:
+/// the library list. Returns 0.
+///
+/// # Safety
+/// `list` is NULL or points at a writable pointer.
+#[no_mangle]
+pub unsafe extern "C" fn bproc_liblist(list: *mut *mut c_char) -> c_int {
+    guard(|| {
+        if list.is_null() {
+            return Err(EINVAL);
+        }
+        let names = client()?.libraries(&[]).map_err(|e| e.errno())?;
+        let mut bytes: Vec<u8> = Vec::new();
+        for n in &names {
+            bytes.extend_from_slice(n.as_bytes());
+            bytes.push(0);
+        }
+        bytes.push(0);
+        // SAFETY: malloc of a positive size; the result is checked for NULL.
+        let p = unsafe { libc::malloc(bytes.len()) }.cast::<u8>();
+        if p.is_null() {
+            return Err(libc::ENOMEM);
+        }
+        // SAFETY: `p` holds `bytes.len()` bytes; the regions do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) };
+        // SAFETY: `list` is a valid, writable pointer (checked for NULL above).
+        unsafe { *list = p.cast() };
+        Ok(0)
+    })
 }
 
 /// BProc's text for `BE_*` codes, the C library's for the rest; takes `e` or `-e`. The

@@ -1,4 +1,4 @@
-//! The client tools' logic: `bpstat` and `bpctl`, with BProc's options and output formats.
+//! The client tools' logic: `bpstat`, `bpctl` and `bplib`, with BProc's options and output formats.
 //!
 //! Each tool is a module with a `main(args) -> ExitCode` that the thin binary calls. Options
 //! are parsed with `lexopt`, which follows getopt's rules (clustered short options, attached
@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod bpctl;
+pub mod bplib;
 pub mod bpstat;
 pub mod bpstat_fmt;
 pub mod bpstat_procs;

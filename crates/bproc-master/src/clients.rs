@@ -213,6 +213,14 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
             ghost: shared.ghost_program.clone().unwrap_or_default(),
         },
         Message::ProcList => Message::Procs { procs: shared.ghosts.list() },
+        Message::LibList { only } => shared.libraries.list(&only),
+        Message::LibEdit { op, names } => {
+            let reply = shared.libraries.edit(caller.admin, op, names);
+            if reply == Message::Ok {
+                info!("library list changed ({op:?}) by uid {}", caller.uid);
+            }
+            reply
+        }
         Message::SetState { node, state } => {
             let r = shared.table().set_state(caller, node, &state);
             changed(shared, caller, node, &format!("state set to {state}"), r)

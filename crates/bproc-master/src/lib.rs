@@ -31,6 +31,7 @@ mod copy;
 mod ghosts;
 mod hook;
 mod launch;
+mod libs;
 pub mod persist;
 mod slaves;
 mod stage;
@@ -159,6 +160,8 @@ pub(crate) struct Shared {
     listen: Vec<SocketAddr>,
     /// The configuration's libraries, staged on diskless nodes as they join.
     stage: Option<Arc<stage::Stage>>,
+    /// The library list, which starts as the configuration's libraries.
+    libraries: libs::Libraries,
     /// The data port where clients on nodes copy to and from the front end.
     data: bproc_copy::service::DataService,
     /// Bytes written to slave links, for measuring what a launch costs the master.
@@ -357,6 +360,9 @@ impl Master {
             ghosts: ghosts::Ghosts::default(),
             ghost_program: ghost_program(),
             listen: tcp.iter().filter_map(|l| l.local_addr().ok()).collect(),
+            libraries: libs::Libraries::new(
+                stage.iter().flat_map(|s| s.files.iter().map(|f| f.path.clone())),
+            ),
             stage,
             data,
             sent_to_slaves: Arc::default(),

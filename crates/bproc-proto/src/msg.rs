@@ -22,6 +22,18 @@ pub const MAX_NODES: usize = 1 << 16;
 /// Most processes in one process list.
 pub const MAX_PROCS: usize = 1 << 20;
 
+/// A change to the library list ([`Message::LibEdit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum LibOp {
+    /// Empty the list (`bplib -c`).
+    Clear = 0,
+    /// Add the names; adding one already there does nothing (`bplib -a`).
+    Add = 1,
+    /// Remove the names; a name not on the list is an error (`bplib -d`).
+    Delete = 2,
+}
+
 /// A node command that the slave carries out without a reply (BProc's fire-and-forget calls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeAction {
@@ -621,6 +633,11 @@ pub enum Message {
         /// The value.
         value: Vec<u8>,
     },
+    /// Reply to [`Message::LibList`]: paths in sorted order.
+    Libraries {
+        /// The paths.
+        names: Vec<String>,
+    },
     /// Client → master: `chroot` a node's slave daemon.
     NodeChroot {
         /// Node number.
@@ -705,6 +722,21 @@ pub enum Message {
         fanout: u32,
         /// The client's data port, when it receives.
         port: u16,
+    },
+    /// Client → master: the library list (files every machine has at the same path, which
+    /// process images name instead of carrying). `only` empty: the whole list; otherwise
+    /// those of `only` on it. Replied with [`Message::Libraries`].
+    LibList {
+        /// Paths to look up, or none for all.
+        only: Vec<String>,
+    },
+    /// Client → master: change the library list (root only). Replied with
+    /// [`Message::Ok`], or an error that changed nothing.
+    LibEdit {
+        /// What to do with `names`.
+        op: LibOp,
+        /// Absolute paths (none for [`LibOp::Clear`]).
+        names: Vec<String>,
     },
 
     /// Reply: success.
@@ -888,6 +920,8 @@ mod ty {
     pub const SPAWN_TREE: u16 = 47;
     pub const SIGNAL_PID: u16 = 48;
     pub const PROC_STAT_QUERY: u16 = 49;
+    pub const LIB_LIST: u16 = 50;
+    pub const LIB_EDIT: u16 = 51;
     pub const OK: u16 = 100;
     pub const ERROR: u16 = 101;
     pub const NODES: u16 = 102;
@@ -898,6 +932,7 @@ mod ty {
     pub const PROCS: u16 = 107;
     pub const PROC_STATS: u16 = 108;
     pub const NODE_ATTR: u16 = 109;
+    pub const LIBRARIES: u16 = 110;
     pub const NODES_CHANGED: u16 = 120;
     pub const PROC_EXIT: u16 = 121;
     pub const COPY_RESULT: u16 = 122;
@@ -1429,6 +1464,9 @@ impl Message {
             GetNodeAttr { .. } => ty::GET_NODE_ATTR,
             SetNodeAttr { .. } => ty::SET_NODE_ATTR,
             NodeAttr { .. } => ty::NODE_ATTR,
+            LibList { .. } => ty::LIB_LIST,
+            LibEdit { .. } => ty::LIB_EDIT,
+            Libraries { .. } => ty::LIBRARIES,
             Watch => ty::WATCH,
             MasterInfo => ty::MASTER_INFO,
             Launch { .. } => ty::LAUNCH,
@@ -1501,6 +1539,9 @@ impl Message {
             GhostSignal { .. } => "GhostSignal",
             ProcList => "ProcList",
             ProcStatList { .. } => "ProcStatList",
+            LibList { .. } => "LibList",
+            LibEdit { .. } => "LibEdit",
+            Libraries { .. } => "Libraries",
             SignalPid { .. } => "SignalPid",
             ProcStatQuery { .. } => "ProcStatQuery",
             Procs { .. } => "Procs",
@@ -1638,6 +1679,11 @@ impl Message {
                 w.i32(*sender);
             }
             ProcStatList { pids } | ProcStatQuery { pids } => put_i32s(w, pids),
+            LibList { only: names } | Libraries { names } => put_strs(w, names),
+            LibEdit { op, names } => {
+                w.u8(*op as u8);
+                put_strs(w, names);
+            }
             SignalPid { pid, signal, sender } => {
                 w.i32(*pid);
                 w.i32(*signal);
@@ -1913,6 +1959,22 @@ impl Message {
             ty::GHOST_SIGNAL => GhostSignal { signal: r.i32("signal")?, sender: r.i32("sender")? },
             ty::PROC_LIST => ProcList,
             ty::PROC_STAT_LIST => ProcStatList { pids: get_i32s(r, "pids")? },
+            ty::LIB_LIST => LibList { only: get_strs(r, "library paths")? },
+            ty::LIBRARIES => Libraries { names: get_strs(r, "library paths")? },
+            ty::LIB_EDIT => {
+                let op = match r.u8("library operation")? {
+                    0 => LibOp::Clear,
+                    1 => LibOp::Add,
+                    2 => LibOp::Delete,
+                    v => {
+                        return Err(DecodeError::BadValue {
+                            what: "library operation",
+                            value: v.into(),
+                        })
+                    }
+                };
+                LibEdit { op, names: get_strs(r, "library paths")? }
+            }
             ty::PROC_STAT_QUERY => ProcStatQuery { pids: get_i32s(r, "pids")? },
             ty::SIGNAL_PID => {
                 SignalPid { pid: r.i32("pid")?, signal: r.i32("signal")?, sender: r.i32("sender")? }

@@ -2,7 +2,7 @@
 
 use bproc_proto::{
     check, decode, encode, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, FdIo, IoSpec,
-    Message, NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat,
+    LibOp, Message, NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat,
     StagedRef, TreeEntry, MAX_FD, MAX_FD_IO,
 };
 use proptest::prelude::*;
@@ -180,6 +180,13 @@ fn ghost_messages() -> impl Strategy<Value = Message> {
             token
         }),
         any::<i32>().prop_map(|code| Message::GhostRestored { code }),
+        prop::collection::vec(".{0,40}", 0..4).prop_map(|only| Message::LibList { only }),
+        prop::collection::vec(".{0,40}", 0..4).prop_map(|names| Message::Libraries { names }),
+        (
+            prop_oneof![Just(LibOp::Clear), Just(LibOp::Add), Just(LibOp::Delete)],
+            prop::collection::vec(".{0,40}", 0..4)
+        )
+            .prop_map(|(op, names)| Message::LibEdit { op, names }),
         (any::<i32>(), proc_change()).prop_map(|(pid, change)| Message::ProcEvent { pid, change }),
     ]
 }

@@ -146,7 +146,8 @@ struct Ctx<'a> {
 extern "C" fn dump_entry(ctx: *mut c_void, rsp: u64) -> i64 {
     // SAFETY: `checkpoint` passes a live `Ctx` it does not touch until this returns.
     let ctx = unsafe { &mut *ctx.cast::<Ctx<'_>>() };
-    let r = std::panic::catch_unwind(AssertUnwindSafe(|| dump(ctx.out, ctx.opts, rsp)));
+    let r =
+        std::panic::catch_unwind(AssertUnwindSafe(|| dump(ctx.out, ctx.opts, &Target::Me { rsp })));
     ctx.result = Some(r.unwrap_or_else(|_| Err(CkptError::Busy("the dumper panicked".into()))));
     0
 }
@@ -165,6 +166,122 @@ pub fn checkpoint(out: BorrowedFd<'_>, opts: &DumpOptions<'_>) -> Result<Resumed
     }
     ctx.result.take().unwrap_or(Ok(()))?;
     Ok(Resumed::Dumped)
+}
+
+/// Whose state a dump reads: this process at its call point, or a child stopped by
+/// ptrace at its first instruction after `execve` ([`exec_dump`]).
+enum Target {
+    Me { rsp: u64 },
+    Exec { pid: i32, regs: Box<libc::user_regs_struct> },
+}
+
+impl Target {
+    /// `/proc/self/NAME` or `/proc/PID/NAME`.
+    fn proc(&self, name: &str) -> String {
+        match self {
+            Target::Me { .. } => format!("/proc/self/{name}"),
+            Target::Exec { pid, .. } => format!("/proc/{pid}/{name}"),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        match self {
+            Target::Me { .. } => std::process::id() as i32,
+            Target::Exec { pid, .. } => *pid,
+        }
+    }
+}
+
+/// Runs `path` with `argv` and `envp` in a child stopped by ptrace before the new program's
+/// first instruction, writes that process to `out` as an image, and kills the child
+/// (BProc's `bproc_execdump`). A process restored from the image starts the program from its
+/// entry point, with these arguments and environment. The child inherits this process's fds
+/// but those in `opts.skip_fds` and the close-on-exec ones, and they are checked as for
+/// [`checkpoint`] (`EBUSY` for sockets and pipes at fds 3 and up). If the exec fails, its
+/// errno (`ENOENT`, `EACCES`...) is returned.
+pub fn exec_dump(
+    out: BorrowedFd<'_>,
+    opts: &DumpOptions<'_>,
+    path: &std::ffi::CStr,
+    argv: &[std::ffi::CString],
+    envp: &[std::ffi::CString],
+) -> Result<(), CkptError> {
+    use std::ffi::c_char;
+    let argp: Vec<*const c_char> =
+        argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envpp: Vec<*const c_char> =
+        envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let mut report = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(report.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(CkptError::sys("pipe2", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the child only makes async-signal-safe calls (close, ptrace, execve, write,
+    // _exit) on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: as above; the pointers stay valid in the child's copy of memory.
+        unsafe {
+            for fd in opts.skip_fds {
+                libc::close(*fd);
+            }
+            libc::close(report[0]);
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) == 0 {
+                libc::execve(path.as_ptr(), argp.as_ptr(), envpp.as_ptr());
+            }
+            let e = *libc::__errno_location();
+            libc::write(report[1], (&e as *const i32).cast(), 4);
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: closes our copy of the write end, which nothing else uses.
+    unsafe { libc::close(report[1]) };
+    // SAFETY: takes ownership of the read end.
+    let report =
+        unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(report[0]) };
+    if pid < 0 {
+        return Err(CkptError::sys("fork", std::io::Error::last_os_error()));
+    }
+    let child = Child(pid);
+    let what = path.to_string_lossy();
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    while unsafe { libc::waitpid(pid, &mut status, libc::__WALL) } < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(CkptError::sys(format!("waiting for {what} to start"), e));
+        }
+    }
+    if !libc::WIFSTOPPED(status) {
+        std::mem::forget(child); // reaped already
+        let mut e = [0u8; 4];
+        let n = nix::unistd::read(report.as_raw_fd(), &mut e).unwrap_or(0);
+        let errno = if n == 4 { i32::from_ne_bytes(e) } else { libc::ECHILD };
+        return Err(CkptError::sys(
+            format!("cannot run {what}"),
+            std::io::Error::from_raw_os_error(errno),
+        ));
+    }
+    // SAFETY: a zeroed user_regs_struct is a valid value for PTRACE_GETREGS to fill.
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    // SAFETY: PTRACE_GETREGS fills one user_regs_struct of our stopped tracee.
+    if unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs as *mut _) } != 0 {
+        return Err(CkptError::sys("PTRACE_GETREGS", std::io::Error::last_os_error()));
+    }
+    dump(out.as_raw_fd(), opts, &Target::Exec { pid, regs: Box::new(regs) })
+}
+
+/// A traced child, killed and reaped when dropped.
+struct Child(i32);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // SAFETY: kills and reaps our own child, which nothing else waits for.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), libc::__WALL);
+        }
+    }
 }
 
 /// One line of `/proc/PID/maps`.
@@ -298,16 +415,20 @@ fn rseq(fs_base: u64) -> (u64, u32, u32) {
     }
 }
 
-fn mm_fields() -> Result<MmFields, CkptError> {
-    let stat = std::fs::read_to_string("/proc/self/stat")
-        .map_err(|e| CkptError::sys("/proc/self/stat", e))?;
+fn mm_fields(t: &Target) -> Result<MmFields, CkptError> {
+    let path = t.proc("stat");
+    let stat = std::fs::read_to_string(&path).map_err(|e| CkptError::sys(path, e))?;
     let rest = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
     // Fields after the name, 0-based: startcode 23, endcode 24, startstack 25, start_data
     // 42, end_data 43, start_brk 44, arg_start 45, arg_end 46, env_start 47, env_end 48.
     let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
     let at = |i: usize| f.get(i).copied().unwrap_or(0);
-    // SAFETY: brk(0) only reports the current break.
-    let brk = unsafe { libc::syscall(libc::SYS_brk, 0usize) } as u64;
+    let brk = match t {
+        // SAFETY: brk(0) only reports the current break.
+        Target::Me { .. } => (unsafe { libc::syscall(libc::SYS_brk, 0usize) }) as u64,
+        // Right after execve the break is where the heap starts.
+        Target::Exec { .. } => at(44),
+    };
     Ok(MmFields {
         start_code: at(23),
         end_code: at(24),
@@ -323,16 +444,17 @@ fn mm_fields() -> Result<MmFields, CkptError> {
     })
 }
 
-fn open_files(skip: &[RawFd]) -> Result<Vec<OpenFile>, CkptError> {
-    let mut fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .map_err(|e| CkptError::sys("/proc/self/fd", e))?
+fn open_files(skip: &[RawFd], t: &Target) -> Result<Vec<OpenFile>, CkptError> {
+    let dir = t.proc("fd");
+    let mut fds: Vec<i32> = std::fs::read_dir(&dir)
+        .map_err(|e| CkptError::sys(dir.clone(), e))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     fds.sort_unstable();
     let mut out = Vec::new();
     for fd in fds.into_iter().filter(|fd| *fd > 2 && !skip.contains(fd)) {
         // The directory listing's own fd is gone by now.
-        let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else { continue };
+        let Ok(target) = std::fs::read_link(format!("{dir}/{fd}")) else { continue };
         let target = target.to_string_lossy().into_owned();
         if !target.starts_with('/') || target.ends_with(" (deleted)") {
             let what = target.split(':').next().unwrap_or("");
@@ -345,7 +467,7 @@ fn open_files(skip: &[RawFd]) -> Result<Vec<OpenFile>, CkptError> {
                 }
             )));
         }
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+        let info = std::fs::read_to_string(t.proc(&format!("fdinfo/{fd}"))).unwrap_or_default();
         let field = |name: &str, radix: u32| {
             info.lines()
                 .find_map(|l| l.strip_prefix(name))
@@ -358,10 +480,10 @@ fn open_files(skip: &[RawFd]) -> Result<Vec<OpenFile>, CkptError> {
     Ok(out)
 }
 
-fn regions(opts: &DumpOptions<'_>) -> Result<(Vec<Region>, Vec<Special>), CkptError> {
+fn regions(opts: &DumpOptions<'_>, t: &Target) -> Result<(Vec<Region>, Vec<Special>), CkptError> {
     use std::os::unix::fs::MetadataExt;
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map_err(|e| CkptError::sys("/proc/self/maps", e))?;
+    let path = t.proc("maps");
+    let maps = std::fs::read_to_string(&path).map_err(|e| CkptError::sys(path, e))?;
     let mut regions = Vec::new();
     let mut specials = Vec::new();
     for m in parse_maps(&maps) {
@@ -405,8 +527,8 @@ fn regions(opts: &DumpOptions<'_>) -> Result<(Vec<Region>, Vec<Special>), CkptEr
     Ok((regions, specials))
 }
 
-fn header(opts: &DumpOptions<'_>, rsp: u64) -> Result<Header, CkptError> {
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+fn header(opts: &DumpOptions<'_>, t: &Target) -> Result<Header, CkptError> {
+    if let Ok(tasks) = std::fs::read_dir(t.proc("task")) {
         let n = tasks.count();
         if n > 1 {
             return Err(CkptError::Busy(format!(
@@ -414,8 +536,79 @@ fn header(opts: &DumpOptions<'_>, rsp: u64) -> Result<Header, CkptError> {
             )));
         }
     }
-    let files = open_files(opts.skip_fds)?;
-    let (regions, specials) = regions(opts)?;
+    let files = open_files(opts.skip_fds, t)?;
+    let (regions, specials) = regions(opts, t)?;
+    let text =
+        |p: &str| std::fs::read_to_string(t.proc(p)).unwrap_or_default().trim_end().to_owned();
+    let link = |p: &str| std::fs::read_link(t.proc(p)).map(|l| l.to_string_lossy().into_owned());
+    let state = match t {
+        Target::Me { rsp } => my_state(*rsp),
+        Target::Exec { pid, regs } => exec_state(*pid, regs, &text("status"), &text("personality")),
+    };
+    let auxv_bytes = std::fs::read(t.proc("auxv")).unwrap_or_default();
+    let mut auxv = Vec::new();
+    for pair in auxv_bytes.chunks_exact(16) {
+        let k = u64::from_ne_bytes(pair[..8].try_into().expect("8 bytes"));
+        let v = u64::from_ne_bytes(pair[8..].try_into().expect("8 bytes"));
+        if k == 0 {
+            break;
+        }
+        auxv.push((k, v));
+    }
+    let rlimits = (0..16u32)
+        .filter_map(|r| {
+            let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: prlimit with no new limit writes one rlimit.
+            let got = unsafe { libc::prlimit(t.pid(), r as _, std::ptr::null(), &mut l) };
+            (got == 0).then_some((r, l.rlim_cur, l.rlim_max))
+        })
+        .collect();
+    Ok(Header {
+        machine: this_machine()?,
+        pid: t.pid(),
+        comm: text("comm"),
+        exe: link("exe").unwrap_or_default(),
+        cwd: link("cwd").unwrap_or_else(|_| "/".into()),
+        umask: state.umask,
+        rsp: state.rsp,
+        rip: state.rip,
+        fs_base: state.fs_base,
+        gs_base: state.gs_base,
+        sigmask: state.sigmask,
+        sigactions: state.sigactions,
+        altstack: state.altstack,
+        rseq: state.rseq,
+        robust_list: state.robust_list,
+        tid_address: state.tid_address,
+        personality: state.personality,
+        mailbox: opts.mailbox.unwrap_or((0, 0)),
+        mm: mm_fields(t)?,
+        auxv,
+        rlimits,
+        specials,
+        files,
+        regions,
+    })
+}
+
+/// The per-thread and signal state of a dump.
+struct State {
+    umask: u32,
+    rsp: u64,
+    rip: u64,
+    fs_base: u64,
+    gs_base: u64,
+    sigmask: u64,
+    sigactions: Vec<SigAction>,
+    altstack: (u64, i32, u64),
+    rseq: (u64, u32, u32),
+    robust_list: (u64, u64),
+    tid_address: u64,
+    personality: u32,
+}
+
+/// This process's state, to resume at `bproc_ckpt_resume` with stack pointer `rsp`.
+fn my_state(rsp: u64) -> State {
     let mut fs_base = 0u64;
     let mut gs_base = 0u64;
     let mut sigmask = 0u64;
@@ -445,31 +638,7 @@ fn header(opts: &DumpOptions<'_>, rsp: u64) -> Result<Header, CkptError> {
         libc::umask(umask);
         ((ss.ss_sp as u64, ss.ss_flags, ss.ss_size as u64), libc::personality(0xffff_ffff), umask)
     };
-    let auxv_bytes = std::fs::read("/proc/self/auxv").unwrap_or_default();
-    let mut auxv = Vec::new();
-    for pair in auxv_bytes.chunks_exact(16) {
-        let k = u64::from_ne_bytes(pair[..8].try_into().expect("8 bytes"));
-        let v = u64::from_ne_bytes(pair[8..].try_into().expect("8 bytes"));
-        if k == 0 {
-            break;
-        }
-        auxv.push((k, v));
-    }
-    let rlimits = (0..16u32)
-        .filter_map(|r| {
-            let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            // SAFETY: getrlimit writes one rlimit.
-            (unsafe { libc::getrlimit(r as _, &mut l) } == 0).then_some((r, l.rlim_cur, l.rlim_max))
-        })
-        .collect();
-    let text = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim_end().to_owned();
-    let link = |p: &str| std::fs::read_link(p).map(|l| l.to_string_lossy().into_owned());
-    Ok(Header {
-        machine: this_machine()?,
-        pid: std::process::id() as i32,
-        comm: text("/proc/self/comm"),
-        exe: link("/proc/self/exe").unwrap_or_default(),
-        cwd: link("/proc/self/cwd").unwrap_or_else(|_| "/".into()),
+    State {
         umask,
         rsp,
         rip: bproc_ckpt_resume as *const () as usize as u64,
@@ -482,14 +651,50 @@ fn header(opts: &DumpOptions<'_>, rsp: u64) -> Result<Header, CkptError> {
         robust_list: robust,
         tid_address,
         personality: personality as u32,
-        mailbox: opts.mailbox.unwrap_or((0, 0)),
-        mm: mm_fields()?,
-        auxv,
-        rlimits,
-        specials,
-        files,
-        regions,
-    })
+    }
+}
+
+/// The state of child `pid`, stopped by ptrace right after `execve` with registers `regs`:
+/// `status` and `personality` are its `/proc` files. A new program has no handlers (only
+/// ignored signals stay ignored), no alternate stack, rseq, robust list or tid address yet.
+fn exec_state(pid: i32, regs: &libc::user_regs_struct, status: &str, personality: &str) -> State {
+    let field = |name: &str, radix: u32| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), radix).ok())
+            .unwrap_or(0)
+    };
+    let mut sigmask = 0u64;
+    // SAFETY: PTRACE_GETSIGMASK writes 8 bytes into a local; `pid` is our stopped tracee.
+    if unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, pid, 8, &mut sigmask as *mut u64) } != 0 {
+        sigmask = field("SigBlk:", 16);
+    }
+    let ignored = field("SigIgn:", 16);
+    let sigactions = (1..=64u8)
+        .filter(|s| ignored & (1 << (s - 1)) != 0)
+        .map(|signal| SigAction {
+            signal,
+            handler: libc::SIG_IGN as u64,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        })
+        .collect();
+    State {
+        umask: field("Umask:", 8) as u32,
+        rsp: regs.rsp,
+        rip: regs.rip,
+        fs_base: regs.fs_base,
+        gs_base: regs.gs_base,
+        sigmask,
+        sigactions,
+        altstack: (0, libc::SS_DISABLE, 0),
+        rseq: (0, 0, 0),
+        robust_list: (0, 0),
+        tid_address: 0,
+        personality: u32::from_str_radix(personality.trim(), 16).unwrap_or(0),
+    }
 }
 
 /// Writes all of `buf` to `fd` with raw system calls (no allocation).
@@ -556,11 +761,12 @@ impl Drop for Bounce {
     }
 }
 
-fn dump(out: RawFd, opts: &DumpOptions<'_>, rsp: u64) -> Result<(), CkptError> {
-    let h = header(opts, rsp)?;
+fn dump(out: RawFd, opts: &DumpOptions<'_>, t: &Target) -> Result<(), CkptError> {
+    let h = header(opts, t)?;
     let head = h.encode();
-    let open = |p: &str| std::fs::File::open(p).map_err(|e| CkptError::sys(p.to_owned(), e));
-    let (pagemap, mem) = (open("/proc/self/pagemap")?, open("/proc/self/mem")?);
+    let open = |p: String| std::fs::File::open(&p).map_err(|e| CkptError::sys(p, e));
+    let (pagemap, mem) = (open(t.proc("pagemap"))?, open(t.proc("mem"))?);
+    let pid = t.pid();
     // Pages are copied by the kernel (process_vm_readv) into a buffer mapped after the
     // regions were listed, so the dump never reads memory that Rust code may be using, and
     // the buffer is not part of the image.
@@ -574,12 +780,12 @@ fn dump(out: RawFd, opts: &DumpOptions<'_>, rsp: u64) -> Result<(), CkptError> {
         let len = (pages * PAGE) as usize;
         let local = libc::iovec { iov_base: bounce.ptr.cast(), iov_len: len };
         let remote = libc::iovec { iov_base: start as *mut c_void, iov_len: len };
-        // SAFETY: the kernel copies this process's pages into the bounce buffer, which holds
+        // SAFETY: the kernel copies the target's pages into the bounce buffer, which holds
         // MAX_CHUNK ≥ len bytes; the source is only read, by the kernel. process_vm_readv is
-        // the fast path; /proc/self/mem also reads pages that are not readable.
+        // the fast path; /proc/PID/mem also reads pages that are not readable.
         let got = unsafe {
             if readable {
-                libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0)
+                libc::process_vm_readv(pid, &local, 1, &remote, 1, 0)
             } else {
                 libc::pread(mem.as_raw_fd(), bounce.ptr.cast(), len, start as libc::off_t)
             }

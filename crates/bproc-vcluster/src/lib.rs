@@ -223,6 +223,13 @@ impl Cluster {
         if self.spec.nodes > 0 {
             let _ = writeln!(text, "iprange 0 {} {}", node_addr(0), node_addr(self.spec.nodes - 1));
         }
+        if !self.spec.diskless {
+            // The nodes share this machine's files: the C library and the others every
+            // program of ours loads go on the library list, so moved processes name them.
+            // (Diskless nodes take no moves, and would get these staged at join.)
+            let bpmaster = self.spec.bin_dir.join("bpmaster");
+            let _ = writeln!(text, "librariesfrombinary {}", bpmaster.display());
+        }
         text.push_str(&self.spec.extra_config);
         let path = self.config_path();
         std::fs::write(&path, text).map_err(file_err(&path))

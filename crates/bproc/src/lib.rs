@@ -38,8 +38,8 @@ use std::path::{Path, PathBuf};
 pub use bproc_proto::errno;
 use bproc_proto::{DecodeError, Header, HEADER_LEN};
 pub use bproc_proto::{
-    Endpoint, ExitStatus, FdIo, IoSpec, Message, NodeAction, NodeInfo, NodeStatus, ProcEntry,
-    ProcStat, MAX_ATTR_VALUE, MAX_FD, MAX_FD_IO, VERSION as PROTOCOL_VERSION,
+    Endpoint, ExitStatus, FdIo, IoSpec, LibOp, Message, NodeAction, NodeInfo, NodeStatus,
+    ProcEntry, ProcStat, MAX_ATTR_VALUE, MAX_FD, MAX_FD_IO, VERSION as PROTOCOL_VERSION,
 };
 use thiserror::Error;
 
@@ -350,6 +350,23 @@ impl Client {
     /// down); an empty value removes it. Setting `state` sets the node's state.
     pub fn set_node_attr(&mut self, node: i32, name: &str, value: &[u8]) -> Result<(), BprocError> {
         self.expect_ok(&Message::SetNodeAttr { node, name: name.into(), value: value.to_vec() })
+    }
+
+    /// The library list (BProc's `bproc_liblist`): files every machine has at the same
+    /// path, which process images name instead of carrying. With `only`, just those of
+    /// `only` that are on it.
+    pub fn libraries(&mut self, only: &[String]) -> Result<Vec<String>, BprocError> {
+        match self.request(&Message::LibList { only: only.to_vec() })? {
+            Message::Libraries { names } => Ok(names),
+            other => Err(BprocError::Unexpected(other.name())),
+        }
+    }
+
+    /// Changes the library list (root only; BProc's `bproc_libadd`, `bproc_libdel` and
+    /// `bproc_libclear`). Adding a name already there does nothing; deleting one that is not
+    /// there is `ENOENT`, and then nothing changes.
+    pub fn edit_libraries(&mut self, op: LibOp, names: &[String]) -> Result<(), BprocError> {
+        self.expect_ok(&Message::LibEdit { op, names: names.to_vec() })
     }
 
     /// The master's software version.

@@ -45,37 +45,71 @@ pub const DUMP_OTHER: i32 = 4;
 /// BProc's default: everything by content except the libraries on the list.
 pub const DUMP_DEFAULT: i32 = DUMP_EXEC | DUMP_OTHER;
 
-/// The library list: files every machine has at the same path, so an image names them
-/// instead of carrying them. Without a list from the master it is the system library
-/// directories.
-pub fn on_library_list(path: &str) -> bool {
-    ["/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/"].iter().any(|d| path.starts_with(d))
+/// The files mapped into this process that are on the master's library list (files every
+/// machine has at the same path, so an image names them instead of carrying them). Without
+/// a master to ask, none.
+fn mapped_libraries(client: Option<&mut Client>) -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut files: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.starts_with('/'))
+        .map(str::to_owned)
+        .collect();
+    files.dedup();
+    let mut own;
+    let client = match client {
+        Some(c) => c,
+        None => match Client::connect() {
+            Ok(c) => {
+                own = c;
+                &mut own
+            }
+            Err(_) => return Vec::new(),
+        },
+    };
+    client.libraries(&files).unwrap_or_default()
 }
 
-/// Writes the calling process to `out` (BProc's `bproc_dump`): `flags` choose what goes by
-/// content ([`DUMP_LIBS`], [`DUMP_EXEC`], [`DUMP_OTHER`]); the rest is named by path and must
-/// be identical where the image is restored. Returns [`Resumed::Dumped`] here and
-/// [`Resumed::Restored`] in each restored copy. Refuses with `EBUSY` (before writing anything)
-/// a process with several threads, sockets or pipes at fds 3 and up, or shared memory.
-pub fn dump(out: BorrowedFd<'_>, flags: i32) -> Result<Resumed, BprocError> {
-    dump_skipping(out, flags, &[out.as_raw_fd()])
-}
-
-/// [`dump`], leaving out (and not refusing for) the fds in `skip`.
-fn dump_skipping(out: BorrowedFd<'_>, flags: i32, skip: &[RawFd]) -> Result<Resumed, BprocError> {
-    let exe = std::fs::read_link("/proc/self/exe")
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let by_ref = |path: &str| {
+/// Whether a dump with `flags` names a mapped file instead of carrying it: the executable
+/// `exe` unless [`DUMP_EXEC`], files on the library list `libs` unless [`DUMP_LIBS`], others
+/// unless [`DUMP_OTHER`].
+fn by_reference<'a>(flags: i32, exe: &'a str, libs: &'a [String]) -> impl Fn(&str) -> bool + 'a {
+    move |path: &str| {
         let by_content = if path == exe {
             DUMP_EXEC
-        } else if on_library_list(path) {
+        } else if libs.iter().any(|l| l == path) {
             DUMP_LIBS
         } else {
             DUMP_OTHER
         };
         flags & by_content == 0
-    };
+    }
+}
+
+/// Writes the calling process to `out` (BProc's `bproc_dump`): `flags` choose what goes by
+/// content ([`DUMP_LIBS`], [`DUMP_EXEC`], [`DUMP_OTHER`]); the rest is named by path and must
+/// be identical where the image is restored. Files on the master's library list are
+/// libraries; with no master, there are none. Returns [`Resumed::Dumped`] here and
+/// [`Resumed::Restored`] in each restored copy. Refuses with `EBUSY` (before writing anything)
+/// a process with several threads, sockets or pipes at fds 3 and up, or shared memory.
+pub fn dump(out: BorrowedFd<'_>, flags: i32) -> Result<Resumed, BprocError> {
+    let libs = mapped_libraries(None);
+    dump_skipping(out, flags, &[out.as_raw_fd()], &libs)
+}
+
+/// [`dump`], leaving out (and not refusing for) the fds in `skip`, with `libs` as the
+/// library list.
+fn dump_skipping(
+    out: BorrowedFd<'_>,
+    flags: i32,
+    skip: &[RawFd],
+    libs: &[String],
+) -> Result<Resumed, BprocError> {
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let by_ref = by_reference(flags, &exe, libs);
     let at = MAILBOX.lock().unwrap_or_else(|e| e.into_inner()).as_ptr() as u64;
     let opts = bproc_sys::ckpt::DumpOptions {
         by_ref: &by_ref,
@@ -104,6 +138,42 @@ fn read_mailbox() {
         std::env::set_var("BPROC_SOCKET", std::ffi::OsStr::from_bytes(&g[..end]));
     }
     g.fill(0);
+}
+
+/// Runs `cmd` with `argv` and `envp` and writes the new program, stopped before its first
+/// instruction, to `out` (BProc's `bproc_execdump`): a process restored from the image
+/// starts the program. `flags` as for [`dump`], with `cmd` as the executable. The program
+/// never runs here (a child stopped at its exec is dumped, then killed). Errors: the exec's
+/// own (`ENOENT`, `EACCES`...), `EBUSY` for sockets or pipes this process would pass on at
+/// fds 3 and up.
+pub fn exec_dump(
+    out: BorrowedFd<'_>,
+    flags: i32,
+    cmd: &str,
+    argv: &[String],
+    envp: &[String],
+) -> Result<(), BprocError> {
+    use std::ffi::CString;
+    let c = |s: &str| {
+        CString::new(s).map_err(|_| remote(errno::EINVAL, format!("{s:?} holds a NUL byte")))
+    };
+    let path = c(cmd)?;
+    let argv = argv.iter().map(|a| c(a)).collect::<Result<Vec<_>, _>>()?;
+    let envp = envp.iter().map(|e| c(e)).collect::<Result<Vec<_>, _>>()?;
+    let exe =
+        std::fs::canonicalize(cmd).map_or_else(|_| cmd.to_owned(), |p| p.to_string_lossy().into());
+    let libs = match Client::connect() {
+        // The libraries it will map are not known before it runs: ask about them all.
+        Ok(mut client) => client.libraries(&[]).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let by_ref = by_reference(flags, &exe, &libs);
+    let opts = bproc_sys::ckpt::DumpOptions {
+        by_ref: &by_ref,
+        skip_fds: &[out.as_raw_fd()],
+        mailbox: None,
+    };
+    Ok(bproc_sys::ckpt::exec_dump(out, &opts, &path, &argv, &envp)?)
 }
 
 /// Replaces the calling process with the image read from `image` (BProc's `bproc_undump`):
@@ -280,13 +350,15 @@ pub fn move_to(node: i32, io: &IoList) -> Result<(), BprocError> {
         ghosts: vec![ghost],
         io_ports: vec![relay_port],
     };
+    // Asked before the launch: the node is waiting for the image once it starts.
+    let libs = mapped_libraries(Some(&mut client));
     let id = client.send(&launch)?;
     let sock = image_connection(&listener, &mut client, id, &token)?;
     if from_master {
         set_relay(Some((port, token)));
     }
     let skip = [listener.as_raw_fd(), client.stream().as_raw_fd(), sock.as_raw_fd()];
-    let dumped = dump_skipping(sock.as_fd(), DUMP_DEFAULT, &skip);
+    let dumped = dump_skipping(sock.as_fd(), DUMP_DEFAULT, &skip, &libs);
     if let Ok(Resumed::Restored(_)) = dumped {
         // On the new node: none of these fds exist here.
         std::mem::forget((sock, listener, client));
@@ -375,7 +447,8 @@ pub fn vrfork(nodes: &[i32], io: &IoList) -> Result<Forked, BprocError> {
     .map_err(|e| BprocError::Io(e.into()))?;
     let listener = TcpListener::bind("0.0.0.0:0")?;
     let skip = [image.as_raw_fd(), listener.as_raw_fd(), client.stream().as_raw_fd()];
-    match dump_skipping(image.as_fd(), DUMP_DEFAULT, &skip)? {
+    let libs = mapped_libraries(Some(&mut client));
+    match dump_skipping(image.as_fd(), DUMP_DEFAULT, &skip, &libs)? {
         Resumed::Restored(v) => {
             std::mem::forget((image, listener, client));
             return Ok(Forked::Child((v - 1) as usize));

@@ -24,6 +24,21 @@ int main(int argc, char **argv) {
         printf("currnode %d\n", bproc_currnode());
         return 0;
     }
+    if (argc > 2 && strcmp(argv[1], "libs") == 0) {
+        /* The library list: add argv[2], find it listed, delete it twice. */
+        char *list = NULL, *p;
+        int found = 0, names = 0;
+        fail("libadd", bproc_libadd(argv[2]));
+        fail("liblist", bproc_liblist(&list));
+        for (p = list; p && *p; p += strlen(p) + 1, names++)
+            found += strcmp(p, argv[2]) == 0;
+        printf("listed %d of %s\n", found, names > 0 ? "some" : "none");
+        free(list);
+        fail("libdel", bproc_libdel(argv[2]));
+        fail("libdel again", bproc_libdel(argv[2]));
+        fail("libadd relative", bproc_libadd("libc.so.6"));
+        return 0;
+    }
     if (argc > 1 && strcmp(argv[1], "chmod") == 0) {
         fail("chmod 1", bproc_chmod(1, 0111));
         fail("access 2", bproc_access(2, BPROC_X_OK));

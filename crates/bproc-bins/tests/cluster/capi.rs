@@ -57,6 +57,11 @@ fn cc(args: &[std::ffi::OsString]) {
     assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// The check program, linked dynamically: (directory, program).
+pub(crate) fn build_check_program(tag: &str) -> Option<(PathBuf, PathBuf)> {
+    build_program("libbproc_check.c", tag)
+}
+
 /// The check program, linked dynamically and statically.
 fn build_check(tag: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
     let (dir, dynamic) = build_program("libbproc_check.c", tag)?;
@@ -244,6 +249,35 @@ fn bproc_dump_restores_in_a_new_process() {
         printed,
         "returns 1: ok\nmemory: ok\ntls: ok\nheap growth: ok\nhandler: ok\npid: ok\n"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `bproc_execdump` writes a program stopped before its first instruction; a process that
+/// `bproc_undump`s the image becomes that program, from its start, with its arguments and
+/// environment, as the same pid. A program that does not exist is the exec's error.
+#[test]
+fn execdump_images_start_the_program() {
+    let Some((dir, exe)) = build_program("execdump.c", "execdump") else { return };
+    let image = dir.join("image");
+    let run =
+        |mode: &str| Command::new(&exe).args([mode, image.to_str().unwrap()]).output().unwrap();
+    let out = run("dump");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "dumped\n", "{out:?}");
+    assert!(out.status.success());
+    let out = run("undump");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let pid: i32 =
+        stdout.lines().next().unwrap().strip_prefix("undumping ").unwrap().parse().unwrap();
+    assert_eq!(
+        stdout,
+        format!("undumping {pid}\nstarted hello as {pid} with 1 args: zero one\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(7));
+    let out = run("missing");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "execdump: No such file or directory\n");
+    assert_eq!(out.status.code(), Some(1));
     let _ = std::fs::remove_dir_all(dir);
 }
 

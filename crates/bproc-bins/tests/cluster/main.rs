@@ -7,6 +7,7 @@ mod bpsh;
 mod capi;
 mod daemons;
 mod ghosts;
+mod libs;
 mod manpages;
 mod mpi;
 mod nodes;

@@ -27,9 +27,13 @@ fn man_pages_render_and_cover_the_options() {
         );
     }
     // Every short option in a tool's usage text appears in its page.
-    for (tool, help) in
-        [("bpsh", "--help"), ("bpctl", "--help"), ("bpstat", "--help"), ("bpcp", "--help")]
-    {
+    for (tool, help) in [
+        ("bpsh", "--help"),
+        ("bpctl", "--help"),
+        ("bpstat", "--help"),
+        ("bpcp", "--help"),
+        ("bplib", "-h"),
+    ] {
         let usage = Command::new(bins().join(tool)).arg(help).output().unwrap();
         let usage = String::from_utf8_lossy(&usage.stdout).into_owned()
             + &String::from_utf8_lossy(&usage.stderr);

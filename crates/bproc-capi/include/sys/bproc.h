@@ -84,7 +84,8 @@ int bproc_proclist(int node, struct bproc_proc_info_t **list);
  * Checkpoint: bproc_dump writes the caller to fd as a process image (flags: BPROC_DUMP_* say
  * what goes by content; the rest is named by path) and returns 0, or 1 in a copy restored
  * from the image; bproc_undump replaces the caller with an image (no return on success).
- * bproc_execdump is not implemented: it fails with ENOSYS. */
+ * bproc_execdump writes the image of a program run with argv and envp, stopped before its
+ * first instruction (it never runs here): a process restored from it starts the program. */
 int bproc_move(int node);
 int bproc_move_io(int node, struct bproc_io_t *io, int iolen);
 int _bproc_move(int node, int flags);
@@ -101,6 +102,15 @@ int _bproc_vrfork_io(int nnodes, int *nodes, int *pids, struct bproc_io_t *io, i
 int bproc_dump(int fd, int flags);
 int bproc_undump(int fd);
 int bproc_execdump(int fd, int flags, const char *cmd, char *const argv[], char *const envp[]);
+
+/* The library list: files every machine has at the same path, which images name instead of
+ * carrying (unless BPROC_DUMP_LIBS). Changes need root; bproc_libdel of a name not on the
+ * list gives ENOENT. bproc_liblist stores a malloc'd run of NUL-terminated names ending with
+ * an empty string, and returns 0. */
+int bproc_libclear(void);
+int bproc_libadd(const char *libname);
+int bproc_libdel(const char *libname);
+int bproc_liblist(char **list);
 
 /* Errors. */
 const char *bproc_strerror(int err);
