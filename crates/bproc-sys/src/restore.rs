@@ -1,8 +1,9 @@
 //! Restore of a process image ([`crate::ckpt`]) into a new process, by system call injection.
 //!
 //! The new process starts as a five-byte static program (`syscall; int3; jmp`) written to a
-//! memfd, traced from its first instruction. The restorer makes it run one system call at a
-//! time with the registers it chooses: it unmaps the stub, moves the vDSO to where the image
+//! memfd, traced from its first instruction. The restorer makes it run system calls with the
+//! arguments it chooses, in batches (a small runner it writes into the process executes a
+//! table of calls, so a batch costs one ptrace stop): it unmaps the stub, moves the vDSO to where the image
 //! had it, maps every region (files by reference, the rest anonymous), writes the saved pages
 //! in with `process_vm_writev`, sets the memory layout (`PR_SET_MM_MAP`), name, signal
 //! actions, alternate stack, rseq, robust list, tid address and open files, and finally loads
@@ -65,6 +66,34 @@ const PR_SET_MM: i32 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 const MAP_FIXED_NOREPLACE: i32 = 0x10_0000;
 const MREMAP_MAYMOVE_FIXED: u64 = 3;
+/// Pages the restore adds to the process while it works: code (the gadget and the batch
+/// runner), data (strings and structures system calls read), and the batch's call table.
+const SCRATCH_PAGES: u64 = 3;
+/// Where the batch runner starts in the code page.
+const RUNNER_AT: u64 = 16;
+/// The batch runner: with `rbx` at a table of 64-byte entries (number, six arguments,
+/// result), runs each call and stores its result, until an entry whose number is -1 or a
+/// call that fails; then `int3`.
+const RUNNER: [u8; 54] = [
+    0x48, 0x8b, 0x03, // 0: mov rax, [rbx]
+    0x48, 0x83, 0xf8, 0xff, // cmp rax, -1
+    0x74, 0x2c, // je done
+    0x48, 0x8b, 0x7b, 0x08, // mov rdi, [rbx + 8]
+    0x48, 0x8b, 0x73, 0x10, // mov rsi, [rbx + 16]
+    0x48, 0x8b, 0x53, 0x18, // mov rdx, [rbx + 24]
+    0x4c, 0x8b, 0x53, 0x20, // mov r10, [rbx + 32]
+    0x4c, 0x8b, 0x43, 0x28, // mov r8, [rbx + 40]
+    0x4c, 0x8b, 0x4b, 0x30, // mov r9, [rbx + 48]
+    0x0f, 0x05, // syscall
+    0x48, 0x89, 0x43, 0x38, // mov [rbx + 56], rax
+    0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // cmp rax, -4095
+    0x73, 0x06, // jae done
+    0x48, 0x83, 0xc3, 0x40, // add rbx, 64
+    0xeb, 0xcb, // jmp 0
+    0xcc, // done: int3
+];
+/// Calls in one table page, leaving room for the end marker.
+const TABLE_CALLS: usize = (PAGE as usize / 64) - 1;
 
 /// A minimal static ELF executable whose entry point is [`STUB_CODE`]: no libc, no rseq, no
 /// heap, nothing to undo.
@@ -103,18 +132,92 @@ fn last_err(what: impl Into<String>) -> CkptError {
     CkptError::sys(what, std::io::Error::last_os_error())
 }
 
-/// The traced new process and where its system call gadget is.
+/// The traced new process and where its system call gadget, batch runner, data page and
+/// call table are.
 struct Tracee {
     pid: i32,
     base: libc::user_regs_struct,
     gadget: u64,
     scratch: u64,
+    table: u64,
+}
+
+/// System calls run in the tracee together, each `(what, number, arguments)`; strings and
+/// structures they read go in the data page, through [`Batch::bytes`].
+#[derive(Default)]
+struct Batch {
+    calls: Vec<(String, i64, [u64; 6])>,
+    data: Vec<u8>,
+}
+
+impl Batch {
+    fn push(&mut self, what: impl Into<String>, nr: i64, args: [u64; 6]) {
+        self.calls.push((what.into(), nr, args));
+    }
+
+    /// Puts `b` in the data page (8-byte aligned) and returns where it will be, or `None`
+    /// when the page is full (run the batch first).
+    fn bytes(&mut self, t: &Tracee, b: &[u8]) -> Option<u64> {
+        let at = self.data.len().next_multiple_of(8);
+        if at + b.len() > PAGE as usize {
+            return None;
+        }
+        self.data.resize(at, 0);
+        self.data.extend_from_slice(b);
+        Some(t.scratch + at as u64)
+    }
+
+    /// A NUL-terminated string in the data page, as [`Batch::bytes`].
+    fn string(&mut self, t: &Tracee, s: &str) -> Result<Option<u64>, CkptError> {
+        if s.len() >= PAGE as usize || s.contains('\0') {
+            return Err(CkptError::Busy(format!("path too long or with a NUL: {s:?}")));
+        }
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        Ok(self.bytes(t, &b))
+    }
+
+    /// Runs the calls in order, stopping at the first failure (its errno, named); the
+    /// results otherwise.
+    fn run(self, t: &Tracee) -> Result<Vec<u64>, CkptError> {
+        t.poke(t.scratch, &self.data)?;
+        let mut results = Vec::with_capacity(self.calls.len());
+        for part in self.calls.chunks(TABLE_CALLS) {
+            let mut table: Vec<u8> = Vec::with_capacity((part.len() + 1) * 64);
+            for (_, nr, args) in part {
+                table.extend_from_slice(&(*nr as u64).to_ne_bytes());
+                for a in args {
+                    table.extend_from_slice(&a.to_ne_bytes());
+                }
+                table.extend_from_slice(&0u64.to_ne_bytes());
+            }
+            table.extend_from_slice(&u64::MAX.to_ne_bytes());
+            t.poke(t.table, &table)?;
+            let mut r = t.base;
+            r.rip = t.gadget + RUNNER_AT;
+            r.rbx = t.table;
+            r.orig_rax = u64::MAX;
+            t.run_to_trap(&r, &part[0].0)?;
+            let mut got = vec![0u8; part.len() * 64];
+            t.peek(t.table, &mut got)?;
+            for (i, (what, _, _)) in part.iter().enumerate() {
+                let at = i * 64 + 56;
+                let rax = u64::from_ne_bytes(got[at..at + 8].try_into().expect("8 bytes")) as i64;
+                if (-4095..0).contains(&rax) {
+                    let e = std::io::Error::from_raw_os_error(-rax as i32);
+                    return Err(CkptError::sys(what.clone(), e));
+                }
+                results.push(rax as u64);
+            }
+        }
+        Ok(results)
+    }
 }
 
 impl Tracee {
     fn new(pid: i32) -> Tracee {
         // SAFETY: all-zero is a valid user_regs_struct; replaced before use.
-        Tracee { pid, base: unsafe { std::mem::zeroed() }, gadget: 0, scratch: 0 }
+        Tracee { pid, base: unsafe { std::mem::zeroed() }, gadget: 0, scratch: 0, table: 0 }
     }
 
     fn wait_stop(&self) -> Result<i32, CkptError> {
@@ -151,15 +254,10 @@ impl Tracee {
         Ok(r)
     }
 
-    /// Runs system call `nr` in the process and returns its result (an errno as an error).
-    fn call(&self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64, CkptError> {
-        let mut r = self.base;
-        r.rip = self.gadget;
-        r.rax = nr as u64;
-        r.orig_rax = u64::MAX;
-        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) =
-            (args[0], args[1], args[2], args[3], args[4], args[5]);
-        self.set_regs(&r)?;
+    /// Lets the process run from registers `r` until its next `int3` (`what` names the work
+    /// if it stops otherwise).
+    fn run_to_trap(&self, r: &libc::user_regs_struct, what: &str) -> Result<(), CkptError> {
+        self.set_regs(r)?;
         // SAFETY: resumes our stopped tracee.
         if unsafe { libc::ptrace(libc::PTRACE_CONT, self.pid, 0, 0) } != 0 {
             return Err(last_err("PTRACE_CONT"));
@@ -171,6 +269,18 @@ impl Tracee {
                 std::io::Error::from_raw_os_error(libc::EFAULT),
             ));
         }
+        Ok(())
+    }
+
+    /// Runs system call `nr` in the process and returns its result (an errno as an error).
+    fn call(&self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64, CkptError> {
+        let mut r = self.base;
+        r.rip = self.gadget;
+        r.rax = nr as u64;
+        r.orig_rax = u64::MAX;
+        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) =
+            (args[0], args[1], args[2], args[3], args[4], args[5]);
+        self.run_to_trap(&r, what)?;
         let rax = self.regs()?.rax as i64;
         if (-4095..0).contains(&rax) {
             return Err(CkptError::sys(what, std::io::Error::from_raw_os_error(-rax as i32)));
@@ -192,6 +302,19 @@ impl Tracee {
             }
             data = &data[n as usize..];
             at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at `addr` in the process.
+    fn peek(&self, addr: u64, buf: &mut [u8]) -> Result<(), CkptError> {
+        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let remote = libc::iovec { iov_base: addr as *mut _, iov_len: buf.len() };
+        // SAFETY: one local iovec over a live, writable slice; the remote side is checked by
+        // the kernel.
+        let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+        if n != buf.len() as isize {
+            return Err(last_err(format!("reading {} bytes at {addr:#x}", buf.len())));
         }
         Ok(())
     }
@@ -312,7 +435,20 @@ pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
         set_tid: spec.set_tid,
         trace: true,
     };
-    let pid = crate::spawn(&req).map_err(|e| CkptError::sys("starting the restore stub", e))?;
+    // The pid may still be held by the copy that just moved away from here (it ends once the
+    // move has succeeded, and is reaped soon after): wait for it, briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let pid = loop {
+        match crate::spawn(&req) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_micros(500));
+            }
+            r => break r.map_err(|e| CkptError::sys("starting the restore stub", e))?,
+        }
+    };
     drop(memfd);
     let kill = || {
         // SAFETY: kills and reaps our own child.
@@ -639,19 +775,22 @@ fn inject<R: Read>(
     let mut used: Vec<(u64, u64)> = stub_maps.iter().map(|m| (m.start, m.end)).collect();
     used.extend(h.regions.iter().map(|r| (r.start, r.end)));
     used.extend(h.specials.iter().map(|s| (s.start, s.end)));
-    let at = hole(&used, 2 * PAGE, 0x10_0000)
+    let at = hole(&used, SCRATCH_PAGES * PAGE, 0x10_0000)
         .ok_or_else(|| CkptError::Busy("no room for the restore's scratch pages".into()))?;
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
     let got = t.call(
         "mmap scratch",
         libc::SYS_mmap,
-        [at, 2 * PAGE, rw, anon | MAP_FIXED_NOREPLACE as u64, u64::MAX, 0],
+        [at, SCRATCH_PAGES * PAGE, rw, anon | MAP_FIXED_NOREPLACE as u64, u64::MAX, 0],
     )?;
     if got != at {
         return Err(CkptError::Busy(format!("scratch landed at {got:#x}, not {at:#x}")));
     }
-    t.poke(at, &STUB_CODE[..3])?;
+    let mut code = STUB_CODE[..3].to_vec();
+    code.resize(RUNNER_AT as usize, 0xcc);
+    code.extend_from_slice(&RUNNER);
+    t.poke(at, &code)?;
     t.call(
         "mprotect gadget",
         libc::SYS_mprotect,
@@ -659,45 +798,74 @@ fn inject<R: Read>(
     )?;
     t.gadget = at;
     t.scratch = at + PAGE;
+    t.table = at + 2 * PAGE;
 
     // Only the kernel's own mappings and the scratch pages stay.
     let kernel_made = |m: &MapLine| {
         m.name.starts_with("[vdso") || m.name.starts_with("[vvar") || m.name == "[vsyscall]"
     };
+    let mut b = Batch::default();
     for m in stub_maps.iter().filter(|m| !kernel_made(m)) {
-        t.call("munmap stub", libc::SYS_munmap, [m.start, m.end - m.start, 0, 0, 0, 0])?;
+        b.push("munmap stub", libc::SYS_munmap, [m.start, m.end - m.start, 0, 0, 0, 0]);
     }
-    move_specials(&t, h, &stub_maps, at)?;
+    move_specials(h, &stub_maps, at, &mut b)?;
+    b.run(&t)?;
+
+    // Each file mapped by reference, opened once.
+    let mut paths: Vec<&str> = Vec::new();
+    for r in &h.regions {
+        if let Source::File { path, .. } = &r.source {
+            if !paths.contains(&path.as_str()) {
+                paths.push(path);
+            }
+        }
+    }
+    let mut fds: Vec<u64> = Vec::with_capacity(paths.len());
+    let mut b = Batch::default();
+    for path in &paths {
+        let p = match b.string(&t, path)? {
+            Some(p) => p,
+            None => {
+                fds.extend(std::mem::take(&mut b).run(&t)?);
+                b.string(&t, path)?.expect("a path fits an empty page")
+            }
+        };
+        let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+        b.push(
+            format!("open {path}"),
+            libc::SYS_openat,
+            [libc::AT_FDCWD as u64, p, flags, 0, 0, 0],
+        );
+    }
+    fds.extend(b.run(&t)?);
 
     // Every region, writable until its pages are in.
+    let mut b = Batch::default();
     for r in &h.regions {
         let len = r.end - r.start;
-        let got = match &r.source {
+        match &r.source {
             Source::File { path, offset, .. } => {
-                let p = t.string(path)?;
-                let fd = t.call(
-                    &format!("open {path}"),
-                    libc::SYS_openat,
-                    [libc::AT_FDCWD as u64, p, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0],
-                )?;
+                let fd = fds[paths.iter().position(|p| p == path).expect("opened above")];
                 let prot = u64::from(r.prot) | rw;
-                let mapped = t.call(
-                    &format!("map {path}"),
+                let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64;
+                b.push(
+                    format!("map {path}"),
                     libc::SYS_mmap,
-                    [r.start, len, prot, (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64, fd, *offset],
+                    [r.start, len, prot, flags, fd, *offset],
                 );
-                t.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-                mapped?
             }
             Source::Anonymous | Source::Copied { .. } => {
                 let grows = if r.stack { libc::MAP_GROWSDOWN as u64 } else { 0 };
-                t.call(
-                    "map region",
-                    libc::SYS_mmap,
-                    [r.start, len, rw, anon | libc::MAP_FIXED as u64 | grows, u64::MAX, 0],
-                )?
+                let flags = anon | libc::MAP_FIXED as u64 | grows;
+                b.push("map region", libc::SYS_mmap, [r.start, len, rw, flags, u64::MAX, 0]);
             }
-        };
+        }
+    }
+    for fd in &fds {
+        b.push("close", libc::SYS_close, [*fd, 0, 0, 0, 0, 0]);
+    }
+    let got = b.run(&t)?;
+    for (r, got) in h.regions.iter().zip(got) {
         if got != r.start {
             return Err(CkptError::Busy(format!("region {:#x} landed at {got:#x}", r.start)));
         }
@@ -714,17 +882,21 @@ fn inject<R: Read>(
             t.poke(at, &b)?;
         }
     }
+    let mut b = Batch::default();
     for r in h.regions.iter().filter(|r| u64::from(r.prot) != rw) {
-        t.call(
+        b.push(
             "mprotect",
             libc::SYS_mprotect,
             [r.start, r.end - r.start, u64::from(r.prot), 0, 0, 0],
-        )?;
+        );
     }
+    b.run(&t)?;
 
     set_mm(&t, h)?;
-    let comm = t.string(&h.comm)?;
-    t.call("PR_SET_NAME", libc::SYS_prctl, [libc::PR_SET_NAME as u64, comm, 0, 0, 0, 0])?;
+    let full = || CkptError::Busy("the restore's data page overflowed".into());
+    let mut b = Batch::default();
+    let comm = b.string(&t, &h.comm)?.ok_or_else(full)?;
+    b.push("PR_SET_NAME", libc::SYS_prctl, [libc::PR_SET_NAME as u64, comm, 0, 0, 0, 0]);
     for a in &h.sigactions {
         let k =
             KSigAction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask };
@@ -735,43 +907,35 @@ fn inject<R: Read>(
                 std::mem::size_of::<KSigAction>(),
             )
         };
-        t.poke(t.scratch, bytes)?;
-        t.call(
-            &format!("rt_sigaction {}", a.signal),
-            libc::SYS_rt_sigaction,
-            [u64::from(a.signal), t.scratch, 0, 8, 0, 0],
-        )?;
+        let at = b.bytes(&t, bytes).ok_or_else(full)?;
+        let what = format!("rt_sigaction {}", a.signal);
+        b.push(what, libc::SYS_rt_sigaction, [u64::from(a.signal), at, 0, 8, 0, 0]);
     }
     let (ss_sp, ss_flags, ss_size) = h.altstack;
     if ss_size > 0 && ss_flags & libc::SS_DISABLE == 0 {
-        let mut b = Vec::with_capacity(24);
-        b.extend_from_slice(&ss_sp.to_ne_bytes());
-        b.extend_from_slice(&(ss_flags & !libc::SS_ONSTACK).to_ne_bytes());
-        b.extend_from_slice(&0u32.to_ne_bytes());
-        b.extend_from_slice(&ss_size.to_ne_bytes());
-        t.poke(t.scratch, &b)?;
-        t.call("sigaltstack", libc::SYS_sigaltstack, [t.scratch, 0, 0, 0, 0, 0])?;
+        let mut ss = Vec::with_capacity(24);
+        ss.extend_from_slice(&ss_sp.to_ne_bytes());
+        ss.extend_from_slice(&(ss_flags & !libc::SS_ONSTACK).to_ne_bytes());
+        ss.extend_from_slice(&0u32.to_ne_bytes());
+        ss.extend_from_slice(&ss_size.to_ne_bytes());
+        let at = b.bytes(&t, &ss).ok_or_else(full)?;
+        b.push("sigaltstack", libc::SYS_sigaltstack, [at, 0, 0, 0, 0, 0]);
     }
     if h.rseq.0 != 0 {
-        t.call(
-            "rseq",
-            libc::SYS_rseq,
-            [h.rseq.0, u64::from(h.rseq.1), 0, u64::from(h.rseq.2), 0, 0],
-        )?;
+        let args = [h.rseq.0, u64::from(h.rseq.1), 0, u64::from(h.rseq.2), 0, 0];
+        b.push("rseq", libc::SYS_rseq, args);
     }
     if h.robust_list.0 != 0 {
-        t.call(
-            "set_robust_list",
-            libc::SYS_set_robust_list,
-            [h.robust_list.0, h.robust_list.1, 0, 0, 0, 0],
-        )?;
+        let args = [h.robust_list.0, h.robust_list.1, 0, 0, 0, 0];
+        b.push("set_robust_list", libc::SYS_set_robust_list, args);
     }
     if h.tid_address != 0 {
-        t.call("set_tid_address", libc::SYS_set_tid_address, [h.tid_address, 0, 0, 0, 0, 0])?;
+        b.push("set_tid_address", libc::SYS_set_tid_address, [h.tid_address, 0, 0, 0, 0, 0]);
     }
     if h.personality != 0 {
-        t.call("personality", libc::SYS_personality, [u64::from(h.personality), 0, 0, 0, 0, 0])?;
+        b.push("personality", libc::SYS_personality, [u64::from(h.personality), 0, 0, 0, 0, 0]);
     }
+    b.run(&t)?;
     if how.in_place {
         let p = t.string(cwd_of(h))?;
         t.call("chdir", libc::SYS_chdir, [p, 0, 0, 0, 0, 0])?;
@@ -814,7 +978,7 @@ fn inject<R: Read>(
     r.rip = t.gadget;
     r.rax = libc::SYS_munmap as u64;
     r.orig_rax = u64::MAX;
-    (r.rdi, r.rsi) = (at, 2 * PAGE);
+    (r.rdi, r.rsi) = (at, SCRATCH_PAGES * PAGE);
     t.set_regs(&r)?;
     // SAFETY: resumes our stopped tracee.
     if unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, 0) } != 0 {
@@ -854,10 +1018,10 @@ fn inject<R: Read>(
 /// Moves the vDSO and vvar pages, as a group keeping their offsets, to where the image had
 /// them (glibc keeps pointers into the vDSO).
 fn move_specials(
-    t: &Tracee,
     h: &Header,
     stub_maps: &[MapLine],
     scratch: u64,
+    b: &mut Batch,
 ) -> Result<(), CkptError> {
     let here: Vec<&MapLine> = stub_maps
         .iter()
@@ -888,18 +1052,18 @@ fn move_specials(
     let mut used: Vec<(u64, u64)> = h.regions.iter().map(|r| (r.start, r.end)).collect();
     used.extend(h.specials.iter().map(|s| (s.start, s.end)));
     used.extend(here.iter().map(|m| (m.start, m.end)));
-    used.push((scratch, scratch + 2 * PAGE));
+    used.push((scratch, scratch + SCRATCH_PAGES * PAGE));
     let tmp = hole(&used, span, 0x10_0000)
         .ok_or_else(|| CkptError::Busy("no room to move the vDSO".into()))?;
     for (from, to) in [(cmin, tmp), (tmp, imin)] {
         for m in &here {
             let len = m.end - m.start;
             let off = m.start - cmin;
-            t.call(
+            b.push(
                 "mremap vdso",
                 libc::SYS_mremap,
                 [from + off, len, len, MREMAP_MAYMOVE_FIXED, to + off, 0],
-            )?;
+            );
         }
     }
     Ok(())
