@@ -2,10 +2,11 @@
 # Migration benchmark on a local virtual cluster (loopback): the time to move a running
 # process to a node (from the call until it runs there, as the same pid) and back, for a
 # small process and for one holding 64 MiB, and the time of one bproc_vrfork to 64 nodes
-# (until every child runs). Baselines in the same run: a bpsh of /bin/true on one node (the
-# cheapest remote start there is) for the small move, a bpcp of a 64 MiB file to the node
-# (the same bytes moved to the node) for the big one, and a bpsh of /bin/true on all 64 nodes
-# for the vrfork.
+# (until every child runs), small and holding 64 MiB. Baselines in the same run: a bpsh of
+# /bin/true on one node (the cheapest remote start there is) for the small move, a bpcp of a
+# 64 MiB file to the node (the same bytes moved to the node) for the big one, a bpsh of
+# /bin/true on all 64 nodes for the small vrfork, and a bpcp broadcast of 64 MiB to all 64
+# nodes for the big one.
 #
 #   bench/move.sh              # medians of 7 runs (as root: moves keep their pids)
 #   RUNS=3 NODES=16 bench/move.sh
@@ -37,11 +38,14 @@ for mib in 0 64; do
     printf '%-18s %12s %12s %14s %12s\n' "move ${mib} MiB" "$m" "$b" "$base" "$(echo "scale=2; $m / $base" | bc)"
 done
 nodes=$(seq -s ' ' 0 $((NODES - 1)))
-: >"$DIR/v" && : >"$DIR/base"
-for _ in $(seq "$RUNS"); do
-    # shellcheck disable=SC2086
-    "$B/examples/move_bench" vrfork 0 $nodes | awk '/^vrfork_ms/ {print $2}' >>"$DIR/v"
-    ms bpsh -a /bin/true >>"$DIR/base"
+for mib in 0 64; do
+    : >"$DIR/v" && : >"$DIR/base"
+    for _ in $(seq "$RUNS"); do
+        # shellcheck disable=SC2086
+        "$B/examples/move_bench" vrfork "$mib" $nodes | awk '/^vrfork_ms/ {print $2}' >>"$DIR/v"
+        if [ "$mib" = 0 ]; then ms bpsh -a /bin/true >>"$DIR/base"
+        else ms bpcp "$DIR/64m" all:/tmp/64m >>"$DIR/base"; fi
+    done
+    v=$(median <"$DIR/v") base=$(median <"$DIR/base")
+    printf '%-18s %12s %12s %14s %12s\n' "vrfork ${mib} MiB" "$v" - "$base" "$(echo "scale=2; $v / $base" | bc)"
 done
-v=$(median <"$DIR/v") base=$(median <"$DIR/base")
-printf '%-18s %12s %12s %14s %12s\n' "vrfork ${NODES} nodes" "$v" - "$base" "$(echo "scale=2; $v / $base" | bc)"

@@ -243,16 +243,22 @@ impl Procs {
         self.0.spawner.run(Box::new(move || bproc_sys::spawn(&spec))).await
     }
 
-    /// Restores an image read from `image` on the spawner thread (whose children are in the
-    /// pid namespace, and which alone may trace them).
+    /// Restores `image` on the spawner thread (whose children are in the pid namespace, and
+    /// which alone may trace them).
     async fn restore(
         &self,
-        image: std::net::TcpStream,
+        image: Image,
         spec: bproc_sys::restore::RestoreSpec,
     ) -> std::io::Result<i32> {
         let job = move || {
-            let reader = std::io::BufReader::with_capacity(1 << 20, image);
-            bproc_sys::restore::restore(reader, spec).map_err(|e| {
+            let restored = match image {
+                Image::Stream(s) => {
+                    let reader = std::io::BufReader::with_capacity(1 << 20, s);
+                    bproc_sys::restore::restore(reader, spec)
+                }
+                Image::Bytes(b) => bproc_sys::restore::restore(&b[..], spec),
+            };
+            restored.map_err(|e| {
                 std::io::Error::new(
                     std::io::Error::from_raw_os_error(e.errno()).kind(),
                     RestoreFailed { errno: e.errno(), message: e.to_string() },
@@ -261,6 +267,14 @@ impl Procs {
         };
         self.0.spawner.run(Box::new(job)).await
     }
+}
+
+/// Where a restore reads its image: a connection to the mover (restored as it arrives), or
+/// a copy this node already holds (a vector fork's, shared by its ranks and its children in
+/// the launch tree).
+enum Image {
+    Stream(std::net::TcpStream),
+    Bytes(Arc<Vec<u8>>),
 }
 
 /// A failed restore, keeping its errno and explanation.
@@ -531,13 +545,13 @@ async fn open_io(
 }
 
 /// Opens the connection that carries rank `rank`'s process image, from `from` (an address of
-/// `None`: the master's), as a blocking socket for the restore.
-async fn open_image(
+/// `None`: the master's).
+pub(crate) async fn connect_image(
     master: Ipv4Addr,
     spec: &ProcSpec,
     from: bproc_proto::Endpoint,
     rank: u32,
-) -> Result<std::net::TcpStream, Refused> {
+) -> Result<TcpStream, Refused> {
     let to = SocketAddrV4::new(from.ip.unwrap_or(master), from.port);
     let failed = |e: std::io::Error| Refused {
         code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
@@ -545,7 +559,21 @@ async fn open_image(
     };
     let mut s = TcpStream::connect(to).await.map_err(failed)?;
     s.write_all(&bproc_proto::conn::header(&spec.token, rank, IMAGE_FD)).await.map_err(failed)?;
-    let s = s.into_std().map_err(failed)?;
+    Ok(s)
+}
+
+/// [`connect_image`], as a blocking socket for the restore.
+async fn open_image(
+    master: Ipv4Addr,
+    spec: &ProcSpec,
+    from: bproc_proto::Endpoint,
+    rank: u32,
+) -> Result<std::net::TcpStream, Refused> {
+    let failed = |e: std::io::Error| Refused {
+        code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
+        message: format!("cannot fetch the process image: {e}"),
+    };
+    let s = connect_image(master, spec, from, rank).await?.into_std().map_err(failed)?;
     s.set_nonblocking(false).map_err(failed)?;
     // A sender that stops mid-image must not hold the spawner thread for ever.
     s.set_read_timeout(Some(std::time::Duration::from_secs(30))).map_err(failed)?;
@@ -688,7 +716,9 @@ fn bproc_stage_hex(hash: &[u8; 32]) -> String {
 }
 
 /// Starts rank `rank` of `launch` as `set_tid` when this node gives processes their ghosts'
-/// pids; returns its pid here. The caller reports the start, then [`Procs::track`]s it.
+/// pids; returns its pid here. The caller reports the start, then [`Procs::track`]s it. An
+/// image launch restores `shared` when given (the node's copy of a vector fork's image),
+/// else the image fetched for this rank.
 #[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     procs: &Procs,
@@ -702,6 +732,7 @@ pub async fn spawn(
     set_tid: Option<i32>,
     creds: Creds,
     spec: ProcSpec,
+    shared: Option<Arc<Vec<u8>>>,
     report: impl Fn(Message) + Send + 'static,
 ) -> Result<i32, Refused> {
     if !authority.root && creds.uid != authority.uid {
@@ -757,9 +788,10 @@ pub async fn spawn(
     }
     // An image's connection opens before the forwarded fds', so a mover that serves both
     // on one listener takes it first.
-    let image = match spec.image {
-        Some(from) => Some(open_image(master, &spec, from, rank).await?),
-        None => None,
+    let image = match (spec.image, shared) {
+        (Some(_), Some(bytes)) => Some(Image::Bytes(bytes)),
+        (Some(from), None) => Some(Image::Stream(open_image(master, &spec, from, rank).await?)),
+        (None, _) => None,
     };
     let mut fds = Fds::default();
     let ghost = set_tid.unwrap_or(0);

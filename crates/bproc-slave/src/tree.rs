@@ -17,6 +17,11 @@
 //! On diskless nodes the program travels down the same tree: a node fetches the files its
 //! cache lacks from its parent over the tree connection (the first level from the launcher),
 //! and serves its children from its own cache, fetching once what several of them ask for.
+//!
+//! A vector fork's process image travels the same way (BProc's vrfork passed it down a tree
+//! of re-senders too): a node fetches it once, from the mover at the first level and from its
+//! parent below, restores its ranks from that copy and serves it to its children. A single
+//! move streams its image straight from the mover into the restore instead.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -30,7 +35,7 @@ use bproc_link::{read_sealed, write_sealed, HANDSHAKE_TIMEOUT};
 use bproc_proto::errno::BE_NODEDOWN;
 use bproc_proto::{split_tree, Creds, Message, ProcSpec, TreeEntry};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{procs, proxy, Options, Outbox};
 
@@ -146,6 +151,71 @@ async fn take(mut s: TcpStream, ctx: &Arc<Ctx>) -> Result<(), String> {
     }
 }
 
+/// A vector fork's image as this node holds it, fetched once and shared by its ranks and
+/// its children in the tree.
+type SharedImage = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, String>>>;
+
+/// What a child writes on its tree connection, in place of a file's hash, for the image.
+const IMAGE_REQUEST: [u8; 32] = [0xff; 32];
+
+/// This node's copy of the launch's image, fetching it the first time.
+async fn image_of(
+    ctx: &Ctx,
+    l: &Launch,
+    source: &procs::Source,
+    cell: &SharedImage,
+) -> Result<Arc<Vec<u8>>, String> {
+    cell.get_or_init(|| fetch_image(ctx, l, source)).await.clone()
+}
+
+async fn fetch_image(
+    ctx: &Ctx,
+    l: &Launch,
+    source: &procs::Source,
+) -> Result<Arc<Vec<u8>>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut data = Vec::new();
+    let fetch = async {
+        match source {
+            procs::Source::Launcher => {
+                let from = l.spec.image.ok_or("not an image launch")?;
+                let mut s = procs::connect_image(master_ip(ctx), &l.spec, from, 0)
+                    .await
+                    .map_err(|r| r.message)?;
+                s.read_to_end(&mut data).await.map_err(|e| format!("from the mover: {e}"))?;
+            }
+            procs::Source::Parent(conn) => {
+                let mut s = conn.lock().await;
+                let failed = |e: std::io::Error| format!("from the parent node: {e}");
+                s.write_all(&IMAGE_REQUEST).await.map_err(failed)?;
+                let len = s.read_u64().await.map_err(failed)?;
+                // Read as it comes: the length is the parent's word, not an allocation.
+                (&mut *s).take(len).read_to_end(&mut data).await.map_err(failed)?;
+                if data.len() as u64 != len {
+                    return Err(format!("the parent node sent {} of {len} bytes", data.len()));
+                }
+            }
+        }
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(60), fetch).await {
+        Ok(Ok(())) => {
+            let from = match source {
+                procs::Source::Launcher => "the mover",
+                procs::Source::Parent(_) => "the parent node",
+            };
+            info!(
+                "launch {}: fetched the process image ({} bytes) from {from}",
+                l.launch,
+                data.len()
+            );
+            Ok(Arc::new(data))
+        }
+        Ok(Err(e)) => Err(format!("cannot fetch the process image {e}")),
+        Err(_) => Err("the process image did not arrive within 60 s".into()),
+    }
+}
+
 /// Starts this node's ranks (`entries[0]`) and passes the rest of the tree on.
 pub(crate) fn run(ctx: Arc<Ctx>, l: Launch, entries: Vec<TreeEntry>, source: procs::Source) {
     let Some((me, rest)) = entries.split_first() else { return };
@@ -153,17 +223,20 @@ pub(crate) fn run(ctx: Arc<Ctx>, l: Launch, entries: Vec<TreeEntry>, source: pro
         warn!("launch {}: already taken here; a replay is ignored", l.launch);
         return;
     }
+    let shared: Option<SharedImage> =
+        (l.spec.image.is_some() && l.size > 1).then(|| Arc::new(tokio::sync::OnceCell::new()));
     // The subtree first: its nodes then start while this one starts its own ranks.
     for part in split_tree(rest, l.width) {
         let (ctx, l, part, source) = (ctx.clone(), l.clone(), part.to_vec(), source.clone());
-        tokio::spawn(async move { forward(&ctx, &l, part, &source).await });
+        let shared = shared.clone();
+        tokio::spawn(async move { forward(&ctx, &l, part, &source, shared).await });
     }
     for (i, &rank) in me.ranks.iter().enumerate() {
         let ghost = me.pids.get(i).copied().filter(|p| *p > 0);
         let port = me.ports.get(i).copied().unwrap_or(0);
-        let (ctx, l, source) = (ctx.clone(), l.clone(), source.clone());
+        let (ctx, l, source, shared) = (ctx.clone(), l.clone(), source.clone(), shared.clone());
         tokio::spawn(async move {
-            let pid = start(&ctx, &l, rank, ghost, port, &source).await;
+            let pid = start(&ctx, &l, rank, ghost, port, &source, shared).await;
             ctx.outbox.send(0, Message::RankSpawned { launch: l.launch, rank, pid });
             if pid > 0 {
                 ctx.procs.track(l.launch, rank, pid);
@@ -185,7 +258,18 @@ async fn start(
     ghost: Option<i32>,
     port: u16,
     source: &procs::Source,
+    shared: Option<SharedImage>,
 ) -> i32 {
+    let image = match &shared {
+        Some(cell) => match image_of(ctx, l, source, cell).await {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                warn!("launch {} rank {rank}: {e}", l.launch);
+                return -bproc_proto::errno::EIO;
+            }
+        },
+        None => None,
+    };
     let mut spec = l.spec.clone();
     if port != 0 {
         spec.io_port = port;
@@ -205,6 +289,7 @@ async fn start(
         ghost,
         l.creds.clone(),
         spec,
+        image,
         move |m| outbox.send(0, m),
     )
     .await;
@@ -219,15 +304,20 @@ async fn start(
 
 /// Hands `part` to its first node; a node that cannot be reached has its ranks reported and
 /// the part goes to the next one.
-async fn forward(ctx: &Ctx, l: &Launch, mut part: Vec<TreeEntry>, source: &procs::Source) {
+async fn forward(
+    ctx: &Ctx,
+    l: &Launch,
+    mut part: Vec<TreeEntry>,
+    source: &procs::Source,
+    shared: Option<SharedImage>,
+) {
     while !part.is_empty() {
         let child = &part[0];
         match send(ctx, l, &part).await {
             Ok(mut s) => {
-                if let Some(d) = &ctx.opts.diskless {
-                    if !l.spec.files.is_empty() {
-                        serve_files(ctx, d, l, &mut s, source).await;
-                    }
+                let files = ctx.opts.diskless.is_some() && !l.spec.files.is_empty();
+                if files || shared.is_some() {
+                    serve_child(ctx, l, &mut s, source, shared.as_ref()).await;
                 }
                 return;
             }
@@ -243,14 +333,15 @@ async fn forward(ctx: &Ctx, l: &Launch, mut part: Vec<TreeEntry>, source: &procs
     }
 }
 
-/// Answers a child's file requests (a hash; the size and content in return) from this
-/// node's cache, fetching into it what it lacks, until the child is done and closes.
-async fn serve_files(
+/// Answers a child's requests, until it is done and closes: for a file (its hash), the size
+/// and content from this node's cache, fetching into it what it lacks (diskless nodes); for
+/// [`IMAGE_REQUEST`], the size and bytes of the launch's image.
+async fn serve_child(
     ctx: &Ctx,
-    d: &crate::isolate::Diskless,
     l: &Launch,
     s: &mut TcpStream,
     source: &procs::Source,
+    shared: Option<&SharedImage>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
@@ -258,6 +349,23 @@ async fn serve_files(
         if s.read_exact(&mut hash).await.is_err() {
             return;
         }
+        if hash == IMAGE_REQUEST {
+            let Some(cell) = shared else { return };
+            let image = match image_of(ctx, l, source, cell).await {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!("launch {}: cannot serve the image to a child: {e}", l.launch);
+                    return;
+                }
+            };
+            if s.write_all(&(image.len() as u64).to_be_bytes()).await.is_err()
+                || s.write_all(&image).await.is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        let Some(d) = &ctx.opts.diskless else { return };
         let Some(f) = l.spec.files.iter().find(|f| f.hash == hash) else { return };
         let cached =
             match procs::ensure_cached(d, source, master_ip(ctx), &l.spec, u32::MAX, f).await {

@@ -15,7 +15,9 @@ fn main() {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize| args.get(i).and_then(|a| a.parse::<i64>().ok()).unwrap_or(0);
-    let data: Vec<u8> = (0..(num(2) as usize) << 20).map(|i| (i % 251) as u8).collect();
+    let forking = args.first().map(String::as_str) == Some("vrfork");
+    let mib = if forking { num(1) } else { num(2) } as usize;
+    let data: Vec<u8> = (0..mib << 20).map(|i| (i % 251) as u8).collect();
     match args.first().map(String::as_str) {
         Some("move") => {
             let node = num(1) as i32;
@@ -29,7 +31,7 @@ fn main() {
             }
         }
         Some("vrfork") => {
-            let nodes: Vec<i32> = args[3..].iter().filter_map(|a| a.parse().ok()).collect();
+            let nodes: Vec<i32> = args[2..].iter().filter_map(|a| a.parse().ok()).collect();
             let t = Instant::now();
             match vrfork(&nodes, &IoList::Default).expect("vrfork") {
                 Forked::Child(_) => std::process::exit(0),

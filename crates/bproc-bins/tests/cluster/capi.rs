@@ -406,14 +406,18 @@ fn a_process_moves_to_nodes_and_back() {
 }
 
 /// `bproc_rfork` to 8 nodes, each child exiting with its rank, then `bproc_vrfork` to all 8:
-/// every child a direct child of the caller, its output relayed by its ghost.
+/// every child a direct child of the caller, its output relayed by its ghost. The vrfork's
+/// image goes down the launch tree (two children per node): only the first two nodes fetch
+/// it from the caller, the others from their parents.
 #[test]
 fn rfork_and_vrfork_children_are_the_callers() {
     if !require_root("rforked children take their ghosts' pids (set_tid)") {
         return;
     }
     let Some((dir, exe)) = build_program("rfork.c", "rfork") else { return };
-    let c = TestCluster::up(&bins(), 8, "rfork");
+    let mut spec = TestCluster::spec(&bins(), 8, "rfork");
+    spec.extra_config = "launchfanout 2\n".into();
+    let c = TestCluster::start(spec);
     let out = c.cmd(exe.to_str().unwrap()).arg("8").exits(42);
     let stdout = String::from_utf8(out.stdout).unwrap();
     for i in 0..8 {
@@ -421,6 +425,20 @@ fn rfork_and_vrfork_children_are_the_callers() {
         assert!(stdout.contains(&format!("vrfork child {i} on node {i}\n")), "{stdout}");
     }
     assert_eq!(stdout.lines().count(), 16, "{stdout}");
+    // Each node's log says once where its copy of the image came from.
+    let fetched = |from: &str| {
+        (0..8)
+            .flat_map(|n| {
+                let log = std::fs::read_to_string(c.slave_log(n)).unwrap();
+                log.lines()
+                    .filter(|l| l.contains("fetched the process image") && l.ends_with(from))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .count()
+    };
+    assert_eq!(fetched("from the mover"), 2, "the first two nodes fetched it from the caller");
+    assert_eq!(fetched("from the parent node"), 6, "the others, from their parents");
     let _ = std::fs::remove_dir_all(dir);
 }
 
