@@ -4,7 +4,7 @@
 # Usage:
 #   fuzz/run.sh [SECONDS] [TARGET...]
 #     SECONDS  how long to fuzz each target (default 60)
-#     TARGET   decode | header_body | copy_stream | image (default: all, one after the other)
+#     TARGET   decode | header_body | copy_stream | image | probe (default: all, one after the other)
 #   e.g.  fuzz/run.sh                  # 60 s per target
 #         fuzz/run.sh 180              # 3 min per target
 #         fuzz/run.sh 600 decode       # one target for 10 min
@@ -21,6 +21,8 @@
 #                decoders): no panic, no over-read, accepted entries re-encode to the same bytes.
 #   image        arbitrary bytes as a process image (bproc-image): no panic, bounded reads, an
 #                accepted header re-encodes to the same bytes.
+#   probe        arbitrary bytes as the file probe on an image connection (bproc_proto::conn):
+#                no panic, an accepted probe re-encodes to the same bytes.
 #
 # Stable toolchain: `cargo fuzz build/run --sanitizer none` makes cargo-fuzz pass only stable
 # rustc flags (-Cpasses=sancov-module, -Cllvm-args=-sanitizer-coverage-*, -Cdebug-assertions,
@@ -45,7 +47,7 @@ FUZZ_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SECS="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(decode header_body copy_stream image)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(decode header_body copy_stream image probe)
 MAX_LEN="${FUZZ_MAX_LEN:-16384}"
 
 case "$SECS" in

@@ -302,8 +302,17 @@ fn take_back(
     let addr =
         std::net::SocketAddrV4::new(image.ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST), image.port);
     let opened = std::net::TcpStream::connect_timeout(&addr.into(), DRAIN).and_then(|mut s| {
-        s.write_all(&bproc_proto::conn::header(&token, 0, bproc_proto::conn::IMAGE))?;
+        use bproc_proto::conn;
+        s.write_all(&conn::header(&token, 0, conn::IMAGE))?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        // The mover asks which of its files the front end has: those it names, not sends.
+        let bad = |e: bproc_proto::DecodeError| std::io::Error::other(e.to_string());
+        let mut head = [0u8; 4];
+        s.read_exact(&mut head)?;
+        let mut body = vec![0u8; conn::probe_len(head).map_err(bad)?];
+        s.read_exact(&mut body)?;
+        let here = |f: &conn::FileId| bproc_sys::restore::same_file(&f.path, f.size, f.mtime);
+        s.write_all(&conn::answer(&body, here).map_err(bad)?)?;
         Ok(s)
     });
     let s = match opened {

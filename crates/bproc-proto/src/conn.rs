@@ -8,6 +8,15 @@
 //! let h = conn::header(&[7; 16], 3, conn::IMAGE);
 //! assert_eq!(conn::parse(&h), ([7; 16], 3, conn::IMAGE));
 //! ```
+//!
+//! On an image connection the mover then asks which of the files it maps the restoring
+//! machine has, identical (same size and modification time), at the same path: a probe (u32
+//! body length ≤ [`MAX_PROBE_BYTES`], then the body: u32 count ≤ [`MAX_PROBE_FILES`], and per
+//! file its path, size u64, mtime seconds u64 as two's complement and nanoseconds u32),
+//! answered with u32 count and one byte per file (1: present). Those files go in the image by
+//! reference; then the image follows.
+
+use crate::{DecodeError, Reader, Writer};
 
 /// Length of the header.
 pub const HEADER_LEN: usize = 21;
@@ -16,6 +25,86 @@ pub const HEADER_LEN: usize = 21;
 pub const FETCH: u8 = 0xff;
 /// The process image of a move or rfork: the launcher writes the image and closes.
 pub const IMAGE: u8 = 0xfe;
+
+/// Most files in one probe.
+pub const MAX_PROBE_FILES: usize = 4096;
+/// Largest probe body.
+pub const MAX_PROBE_BYTES: usize = 1 << 20;
+
+/// A file as a probe names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileId {
+    /// Absolute path.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time: seconds and nanoseconds.
+    pub mtime: (i64, u32),
+}
+
+/// A probe for `files`, length first.
+pub fn encode_probe(files: &[FileId]) -> Vec<u8> {
+    let mut w = Writer::new(vec![0; 4]);
+    w.u32(files.len() as u32);
+    for f in files {
+        w.str(&f.path);
+        w.u64(f.size);
+        w.u64(f.mtime.0 as u64);
+        w.u32(f.mtime.1);
+    }
+    let mut out = w.into_inner();
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// The body length a probe's first four bytes announce, if acceptable.
+pub fn probe_len(head: [u8; 4]) -> Result<usize, DecodeError> {
+    let len = u32::from_be_bytes(head) as usize;
+    if len > MAX_PROBE_BYTES {
+        return Err(DecodeError::BadValue { what: "probe length", value: len as u64 });
+    }
+    Ok(len)
+}
+
+/// The files of a probe body.
+pub fn decode_probe(body: &[u8]) -> Result<Vec<FileId>, DecodeError> {
+    let mut r = Reader::new(body);
+    // A file takes at least 4 + 8 + 8 + 4 bytes.
+    let n = r.count("probe files", MAX_PROBE_FILES, 24)?;
+    let mut files = Vec::with_capacity(n);
+    for _ in 0..n {
+        files.push(FileId {
+            path: r.str("probe path", crate::MAX_PATH)?,
+            size: r.u64("probe size")?,
+            mtime: (r.u64("probe mtime")? as i64, r.u32("probe mtime ns")?),
+        });
+    }
+    r.finish()?;
+    Ok(files)
+}
+
+/// The answer to a probe: u32 count, then a byte per file.
+pub fn encode_answer(present: &[bool]) -> Vec<u8> {
+    let mut out = (present.len() as u32).to_be_bytes().to_vec();
+    out.extend(present.iter().map(|p| u8::from(*p)));
+    out
+}
+
+/// The answer to the probe `body`, with `present` telling which files are here.
+pub fn answer(body: &[u8], present: impl Fn(&FileId) -> bool) -> Result<Vec<u8>, DecodeError> {
+    let files = decode_probe(body)?;
+    Ok(encode_answer(&files.iter().map(present).collect::<Vec<_>>()))
+}
+
+/// The number of answer bytes that follow a count of `head`, which must be `asked`.
+pub fn answer_len(head: [u8; 4], asked: usize) -> Result<usize, DecodeError> {
+    let n = u32::from_be_bytes(head) as usize;
+    if n != asked {
+        return Err(DecodeError::BadValue { what: "probe answer count", value: n as u64 });
+    }
+    Ok(n)
+}
 
 /// The header for rank `rank`'s connection `what` under `token`.
 pub fn header(token: &[u8; 16], rank: u32, what: u8) -> [u8; HEADER_LEN] {
@@ -31,4 +120,27 @@ pub fn parse(h: &[u8; HEADER_LEN]) -> ([u8; 16], u32, u8) {
     let mut token = [0u8; 16];
     token.copy_from_slice(&h[..16]);
     (token, u32::from_be_bytes([h[16], h[17], h[18], h[19]]), h[20])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_round_trip_and_are_bounded() {
+        let files = vec![
+            FileId { path: "/usr/bin/cat".into(), size: 35_280, mtime: (1_700_000_000, 5) },
+            FileId { path: "/tmp/x".into(), size: 0, mtime: (-1, 0) },
+        ];
+        let p = encode_probe(&files);
+        let len = probe_len(p[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, p.len() - 4);
+        assert_eq!(decode_probe(&p[4..]).unwrap(), files);
+        assert!(decode_probe(&p[4..p.len() - 1]).is_err(), "truncated");
+        assert!(probe_len((MAX_PROBE_BYTES as u32 + 1).to_be_bytes()).is_err());
+        let a = encode_answer(&[true, false]);
+        assert_eq!(answer_len(a[..4].try_into().unwrap(), 2).unwrap(), 2);
+        assert_eq!(&a[4..], &[1, 0]);
+        assert!(answer_len(a[..4].try_into().unwrap(), 3).is_err());
+    }
 }

@@ -545,7 +545,7 @@ async fn open_io(
 }
 
 /// Opens the connection that carries rank `rank`'s process image, from `from` (an address of
-/// `None`: the master's).
+/// `None`: the master's), and answers the mover's probe: which of its files this node has.
 pub(crate) async fn connect_image(
     master: Ipv4Addr,
     spec: &ProcSpec,
@@ -559,6 +559,27 @@ pub(crate) async fn connect_image(
     };
     let mut s = TcpStream::connect(to).await.map_err(failed)?;
     s.write_all(&bproc_proto::conn::header(&spec.token, rank, IMAGE_FD)).await.map_err(failed)?;
+    let answer = async {
+        use bproc_proto::conn;
+        use tokio::io::AsyncReadExt;
+        let bad = |e: bproc_proto::DecodeError| std::io::Error::other(e.to_string());
+        let mut head = [0u8; 4];
+        s.read_exact(&mut head).await?;
+        let mut body = vec![0u8; conn::probe_len(head).map_err(bad)?];
+        s.read_exact(&mut body).await?;
+        let here = |f: &conn::FileId| bproc_sys::restore::same_file(&f.path, f.size, f.mtime);
+        let answer = conn::answer(&body, here).map_err(bad)?;
+        let asked = answer.len() - 4;
+        let found = answer[4..].iter().filter(|a| **a == 1).count();
+        if asked > 0 {
+            info!("rank {rank}: {found} of {asked} files the mover asked about are here");
+        }
+        s.write_all(&answer).await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(30), answer).await {
+        Ok(r) => r.map_err(failed)?,
+        Err(_) => return Err(failed(std::io::ErrorKind::TimedOut.into())),
+    }
     Ok(s)
 }
 

@@ -374,8 +374,16 @@ fn hole(used: &[(u64, u64)], size: u64, from: u64) -> Option<u64> {
 
 /// Checks that `h` was made on a machine this one can run: same architecture, kernel
 /// release, vDSO and CPU features, and the same library files.
-fn check_machine(h: &Header) -> Result<(), CkptError> {
+/// Whether this machine has the regular file `path` with this size and modification time
+/// (seconds, nanoseconds): the file an image names by reference, or one a mover asks about.
+pub fn same_file(path: &str, size: u64, mtime: (i64, u32)) -> bool {
     use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|st| {
+        st.is_file() && st.size() == size && (st.mtime(), st.mtime_nsec() as u32) == mtime
+    })
+}
+
+fn check_machine(h: &Header) -> Result<(), CkptError> {
     let here = this_machine()?;
     let m = &h.machine;
     let differs = if m.arch != here.arch {
@@ -394,13 +402,10 @@ fn check_machine(h: &Header) -> Result<(), CkptError> {
     }
     for r in &h.regions {
         if let Source::File { path, size, mtime, .. } = &r.source {
-            let ok = std::fs::metadata(path).is_ok_and(|st| {
-                st.size() == *size && (st.mtime(), st.mtime_nsec() as u32) == *mtime
-            });
-            if !ok {
+            if !same_file(path, *size, *mtime) {
                 return Err(CkptError::Machine(format!(
-                    "{path} is missing or differs from the one the image was made with \
-                     (take it off the library list to send it by content)"
+                    "{path} is missing or differs from the one the image names (it changed since \
+                     the dump, or it is on the library list but differs here: take it off)"
                 )));
             }
         }

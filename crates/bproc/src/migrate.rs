@@ -49,14 +49,7 @@ pub const DUMP_DEFAULT: i32 = DUMP_EXEC | DUMP_OTHER;
 /// machine has at the same path, so an image names them instead of carrying them). Without
 /// a master to ask, none.
 fn mapped_libraries(client: Option<&mut Client>) -> Vec<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    let mut files: Vec<String> = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .filter(|p| p.starts_with('/'))
-        .map(str::to_owned)
-        .collect();
-    files.dedup();
+    let files = mapped_files();
     let mut own;
     let client = match client {
         Some(c) => c,
@@ -73,9 +66,18 @@ fn mapped_libraries(client: Option<&mut Client>) -> Vec<String> {
 
 /// Whether a dump with `flags` names a mapped file instead of carrying it: the executable
 /// `exe` unless [`DUMP_EXEC`], files on the library list `libs` unless [`DUMP_LIBS`], others
-/// unless [`DUMP_OTHER`].
-fn by_reference<'a>(flags: i32, exe: &'a str, libs: &'a [String]) -> impl Fn(&str) -> bool + 'a {
+/// unless [`DUMP_OTHER`]; and whatever the flags, the files in `present`, which the restoring
+/// machine has identical (the same bytes either way).
+fn by_reference<'a>(
+    flags: i32,
+    exe: &'a str,
+    libs: &'a [String],
+    present: &'a [String],
+) -> impl Fn(&str) -> bool + 'a {
     move |path: &str| {
+        if present.iter().any(|p| p == path) {
+            return true;
+        }
         let by_content = if path == exe {
             DUMP_EXEC
         } else if libs.iter().any(|l| l == path) {
@@ -87,6 +89,41 @@ fn by_reference<'a>(flags: i32, exe: &'a str, libs: &'a [String]) -> impl Fn(&st
     }
 }
 
+/// The files mapped into this process, each once.
+fn mapped_files() -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut files: Vec<String> = Vec::new();
+    for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
+        if path.starts_with('/') && !files.iter().any(|f| f == path) {
+            files.push(path.to_owned());
+        }
+    }
+    files
+}
+
+/// Asks the machine restoring from `sock` which of this process's mapped files (but those on
+/// the library list `libs`, named anyway) it has identical: those the image names.
+fn probe(mut sock: &TcpStream, libs: &[String]) -> Result<Vec<String>, BprocError> {
+    use std::os::unix::fs::MetadataExt;
+    let files: Vec<conn::FileId> = mapped_files()
+        .into_iter()
+        .filter(|f| !libs.contains(f))
+        .filter_map(|path| {
+            let st = std::fs::metadata(&path).ok().filter(|st| st.is_file())?;
+            let mtime = (st.mtime(), st.mtime_nsec() as u32);
+            Some(conn::FileId { path, size: st.size(), mtime })
+        })
+        .collect();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    sock.write_all(&conn::encode_probe(&files))?;
+    let mut head = [0u8; 4];
+    sock.read_exact(&mut head)?;
+    let mut answer = vec![0u8; conn::answer_len(head, files.len())?];
+    sock.read_exact(&mut answer)?;
+    sock.set_read_timeout(None)?;
+    Ok(files.into_iter().zip(answer).filter(|(_, a)| *a == 1).map(|(f, _)| f.path).collect())
+}
+
 /// Writes the calling process to `out` (BProc's `bproc_dump`): `flags` choose what goes by
 /// content ([`DUMP_LIBS`], [`DUMP_EXEC`], [`DUMP_OTHER`]); the rest is named by path and must
 /// be identical where the image is restored. Files on the master's library list are
@@ -95,21 +132,22 @@ fn by_reference<'a>(flags: i32, exe: &'a str, libs: &'a [String]) -> impl Fn(&st
 /// a process with several threads, sockets or pipes at fds 3 and up, or shared memory.
 pub fn dump(out: BorrowedFd<'_>, flags: i32) -> Result<Resumed, BprocError> {
     let libs = mapped_libraries(None);
-    dump_skipping(out, flags, &[out.as_raw_fd()], &libs)
+    dump_skipping(out, flags, &[out.as_raw_fd()], &libs, &[])
 }
 
 /// [`dump`], leaving out (and not refusing for) the fds in `skip`, with `libs` as the
-/// library list.
+/// library list and naming the files in `present` too.
 fn dump_skipping(
     out: BorrowedFd<'_>,
     flags: i32,
     skip: &[RawFd],
     libs: &[String],
+    present: &[String],
 ) -> Result<Resumed, BprocError> {
     let exe = std::fs::read_link("/proc/self/exe")
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let by_ref = by_reference(flags, &exe, libs);
+    let by_ref = by_reference(flags, &exe, libs, present);
     let at = MAILBOX.lock().unwrap_or_else(|e| e.into_inner()).as_ptr() as u64;
     let opts = bproc_sys::ckpt::DumpOptions {
         by_ref: &by_ref,
@@ -167,7 +205,7 @@ pub fn exec_dump(
         Ok(mut client) => client.libraries(&[]).unwrap_or_default(),
         Err(_) => Vec::new(),
     };
-    let by_ref = by_reference(flags, &exe, &libs);
+    let by_ref = by_reference(flags, &exe, &libs, &[]);
     let opts = bproc_sys::ckpt::DumpOptions {
         by_ref: &by_ref,
         skip_fds: &[out.as_raw_fd()],
@@ -358,7 +396,8 @@ pub fn move_to(node: i32, io: &IoList) -> Result<(), BprocError> {
         set_relay(Some((port, token)));
     }
     let skip = [listener.as_raw_fd(), client.stream().as_raw_fd(), sock.as_raw_fd()];
-    let dumped = dump_skipping(sock.as_fd(), DUMP_DEFAULT, &skip, &libs);
+    let dumped = probe(&sock, &libs)
+        .and_then(|present| dump_skipping(sock.as_fd(), DUMP_DEFAULT, &skip, &libs, &present));
     if let Ok(Resumed::Restored(_)) = dumped {
         // On the new node: none of these fds exist here.
         std::mem::forget((sock, listener, client));
@@ -448,7 +487,7 @@ pub fn vrfork(nodes: &[i32], io: &IoList) -> Result<Forked, BprocError> {
     let listener = TcpListener::bind("0.0.0.0:0")?;
     let skip = [image.as_raw_fd(), listener.as_raw_fd(), client.stream().as_raw_fd()];
     let libs = mapped_libraries(Some(&mut client));
-    match dump_skipping(image.as_fd(), DUMP_DEFAULT, &skip, &libs)? {
+    match dump_skipping(image.as_fd(), DUMP_DEFAULT, &skip, &libs, &[])? {
         Resumed::Restored(v) => {
             std::mem::forget((image, listener, client));
             return Ok(Forked::Child((v - 1) as usize));
@@ -534,6 +573,11 @@ fn send_image(mut s: TcpStream, token: &[u8; 16], image: &OwnedFd, size: usize) 
     }
     let (got, _, what) = conn::parse(&head);
     if got != *token || what != conn::IMAGE {
+        return;
+    }
+    // The image is made: nothing to ask the node about.
+    let mut answer = [0u8; 4];
+    if s.write_all(&conn::encode_probe(&[])).is_err() || s.read_exact(&mut answer).is_err() {
         return;
     }
     let mut off: i64 = 0;

@@ -485,4 +485,28 @@ fn a_rust_program_moves_and_vrforks() {
         children,
         ["child 0 on node 0", "child 1 on node 1", "child 2 on node 2", "child 3 on node 3"]
     );
+    // The nodes have the program (the build directory is shared): the image names it.
+    let probes = |node: usize| {
+        let log = std::fs::read_to_string(c.slave_log(node)).unwrap();
+        log.lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once(": ")?;
+                let (found, rest) = rest.split_once(" of ")?;
+                let asked = rest.strip_suffix(" files the mover asked about are here")?;
+                Some((found.parse::<usize>().ok()?, asked.parse::<usize>().ok()?))
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = probes(1);
+    assert!(!first.is_empty() && first.iter().all(|(f, a)| f == a), "{first:?}");
+    // A copy in the front end's own /tmp, which nodes do not see, travels by content.
+    let dir = bproc_testkit::unique_dir("wander-private");
+    std::fs::create_dir_all(&dir).unwrap();
+    let private = dir.join("wander");
+    std::fs::copy(&exe, &private).unwrap();
+    let out = c.cmd(private.to_str().unwrap()).args(["1", "3"]).exits(42);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "on node 1\non node 3\non node -1\n");
+    let after = probes(1);
+    assert!(after[first.len()..].iter().any(|(f, _)| *f == 0), "{after:?}");
+    let _ = std::fs::remove_dir_all(dir);
 }
