@@ -473,7 +473,11 @@ fn a_rust_program_moves_and_vrforks() {
         .status()
         .expect("run cargo");
     assert!(st.success(), "building the wander example failed");
-    let exe = bins().join("examples/wander");
+    // A copy where nodes see it too (a checkout under /tmp is the front end's alone).
+    let shared = Path::new("/var/tmp").join(format!("bproc-test-wander-{}", std::process::id()));
+    std::fs::create_dir_all(&shared).unwrap();
+    let exe = shared.join("wander");
+    std::fs::copy(bins().join("examples/wander"), &exe).unwrap();
     let c = TestCluster::up(&bins(), 4, "wander");
     let out = c.cmd(exe.to_str().unwrap()).args(["1", "3", "0", "1", "2", "3"]).exits(42);
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -485,7 +489,7 @@ fn a_rust_program_moves_and_vrforks() {
         children,
         ["child 0 on node 0", "child 1 on node 1", "child 2 on node 2", "child 3 on node 3"]
     );
-    // The nodes have the program (the build directory is shared): the image names it.
+    // The nodes have the program: the image names it.
     let probes = |node: usize| {
         let log = std::fs::read_to_string(c.slave_log(node)).unwrap();
         log.lines()
@@ -509,4 +513,5 @@ fn a_rust_program_moves_and_vrforks() {
     let after = probes(1);
     assert!(after[first.len()..].iter().any(|(f, _)| *f == 0), "{after:?}");
     let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(shared);
 }
