@@ -545,12 +545,14 @@ async fn open_io(
 }
 
 /// Opens the connection that carries rank `rank`'s process image, from `from` (an address of
-/// `None`: the master's), and answers the mover's probe: which of its files this node has.
+/// `None`: the master's), and answers the mover's probe: which of its files this node has
+/// (under `root`, a diskless node's, when given).
 pub(crate) async fn connect_image(
     master: Ipv4Addr,
     spec: &ProcSpec,
     from: bproc_proto::Endpoint,
     rank: u32,
+    root: Option<&Path>,
 ) -> Result<TcpStream, Refused> {
     let to = SocketAddrV4::new(from.ip.unwrap_or(master), from.port);
     let failed = |e: std::io::Error| Refused {
@@ -567,7 +569,13 @@ pub(crate) async fn connect_image(
         s.read_exact(&mut head).await?;
         let mut body = vec![0u8; conn::probe_len(head).map_err(bad)?];
         s.read_exact(&mut body).await?;
-        let here = |f: &conn::FileId| bproc_sys::restore::same_file(&f.path, f.size, f.mtime);
+        let here = |f: &conn::FileId| {
+            let path = match root {
+                Some(r) => r.join(f.path.trim_start_matches('/')).to_string_lossy().into_owned(),
+                None => f.path.clone(),
+            };
+            bproc_sys::restore::same_file(&path, f.size, f.mtime)
+        };
         let answer = conn::answer(&body, here).map_err(bad)?;
         let asked = answer.len() - 4;
         let found = answer[4..].iter().filter(|a| **a == 1).count();
@@ -589,12 +597,13 @@ async fn open_image(
     spec: &ProcSpec,
     from: bproc_proto::Endpoint,
     rank: u32,
+    root: Option<&Path>,
 ) -> Result<std::net::TcpStream, Refused> {
     let failed = |e: std::io::Error| Refused {
         code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
         message: format!("cannot fetch the process image: {e}"),
     };
-    let s = connect_image(master, spec, from, rank).await?.into_std().map_err(failed)?;
+    let s = connect_image(master, spec, from, rank, root).await?.into_std().map_err(failed)?;
     s.set_nonblocking(false).map_err(failed)?;
     // A sender that stops mid-image must not hold the spawner thread for ever.
     s.set_read_timeout(Some(std::time::Duration::from_secs(30))).map_err(failed)?;
@@ -772,13 +781,6 @@ pub async fn spawn(
         CString::new(s).map_err(|_| Refused { code: EINVAL, message: format!("NUL in {s:?}") })
     };
     let mut jail = None;
-    if spec.image.is_some() && diskless.is_some() {
-        return refuse(
-            bproc_proto::errno::EOPNOTSUPP,
-            "this node is diskless: processes cannot move to it yet (run the cluster with disks)"
-                .into(),
-        );
-    }
     if let Some(d) = diskless {
         let before = crate::info::STAGED_BYTES.load(std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = stage(d, source, master, &spec, rank).await {
@@ -811,7 +813,10 @@ pub async fn spawn(
     // on one listener takes it first.
     let image = match (spec.image, shared) {
         (Some(_), Some(bytes)) => Some(Image::Bytes(bytes)),
-        (Some(from), None) => Some(Image::Stream(open_image(master, &spec, from, rank).await?)),
+        (Some(from), None) => {
+            let root = diskless.map(|d| d.root.as_path());
+            Some(Image::Stream(open_image(master, &spec, from, rank, root).await?))
+        }
         (None, _) => None,
     };
     let mut fds = Fds::default();
@@ -846,6 +851,7 @@ pub async fn spawn(
             value: i64::from(rank) + 1,
             // Where the process finds the cluster now.
             note: client_socket.map(|p| p.as_bytes().to_vec()),
+            root: diskless.map(|d| d.root.clone()),
         };
         return match procs.restore(image, restore).await {
             Ok(pid) => {

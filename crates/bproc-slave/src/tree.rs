@@ -179,7 +179,8 @@ async fn fetch_image(
         match source {
             procs::Source::Launcher => {
                 let from = l.spec.image.ok_or("not an image launch")?;
-                let mut s = procs::connect_image(master_ip(ctx), &l.spec, from, 0)
+                let root = ctx.opts.diskless.as_ref().map(|d| d.root.as_path());
+                let mut s = procs::connect_image(master_ip(ctx), &l.spec, from, 0, root)
                     .await
                     .map_err(|r| r.message)?;
                 s.read_to_end(&mut data).await.map_err(|e| format!("from the mover: {e}"))?;

@@ -42,6 +42,9 @@ pub struct RestoreSpec {
     pub value: i64,
     /// A note for it, written into its mailbox ([`Header::mailbox`]) when it has one.
     pub note: Option<Vec<u8>>,
+    /// A root to confine it to (a diskless node's): the files the image names, and its
+    /// working directory, are looked up there.
+    pub root: Option<std::path::PathBuf>,
 }
 
 /// The `/proc` of the pid namespace the restorer runs in, pinned by [`prepare`].
@@ -383,7 +386,15 @@ pub fn same_file(path: &str, size: u64, mtime: (i64, u32)) -> bool {
     })
 }
 
-fn check_machine(h: &Header) -> Result<(), CkptError> {
+/// `path` as seen from inside `root` (the host's own when `None`).
+fn inside(root: Option<&std::path::Path>, path: &str) -> std::path::PathBuf {
+    match root {
+        Some(r) => r.join(path.trim_start_matches('/')),
+        None => path.into(),
+    }
+}
+
+fn check_machine(h: &Header, root: Option<&std::path::Path>) -> Result<(), CkptError> {
     let here = this_machine()?;
     let m = &h.machine;
     let differs = if m.arch != here.arch {
@@ -402,7 +413,7 @@ fn check_machine(h: &Header) -> Result<(), CkptError> {
     }
     for r in &h.regions {
         if let Source::File { path, size, mtime, .. } = &r.source {
-            if !same_file(path, *size, *mtime) {
+            if !same_file(&inside(root, path).to_string_lossy(), *size, *mtime) {
                 return Err(CkptError::Machine(format!(
                     "{path} is missing or differs from the one the image names (it changed since \
                      the dump, or it is on the library list but differs here: take it off)"
@@ -418,7 +429,8 @@ fn check_machine(h: &Header) -> Result<(), CkptError> {
 pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
     let mut reader = ImageReader::open(image)?;
     let h = reader.header().clone();
-    check_machine(&h)?;
+    let root = spec.root.as_deref();
+    check_machine(&h, root)?;
     let memfd = stub_memfd()?;
     let cstr =
         |s: &str| std::ffi::CString::new(s).map_err(|_| CkptError::Busy(format!("NUL in {s:?}")));
@@ -429,11 +441,17 @@ pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
         path: cstr(&format!("/proc/self/fd/{}", memfd.as_raw_fd()))?,
         argv: vec![cstr(comm_of(&h))?],
         envp: Vec::new(),
-        cwd: Some(cstr(cwd_of(&h))?),
+        cwd: Some(cstr(cwd_of(&h, root))?),
         stdio: spec.stdio,
         fds: spec.fds,
         limits: h.rlimits.clone(),
-        jail: None,
+        jail: match root {
+            Some(r) => Some(crate::Jail {
+                root: cstr(&r.to_string_lossy())?,
+                cwd: cstr(cwd_of(&h, root))?,
+            }),
+            None => None,
+        },
         identity: spec.identity,
         umask: h.umask,
         files: spec.files,
@@ -635,7 +653,7 @@ fn helper(
             return Err(last_err(format!("cannot trace pid {target}")));
         }
         let reader = ImageReader::open(image)?;
-        check_machine(reader.header())?;
+        check_machine(reader.header(), None)?;
         Ok(reader)
     })();
     let mut reader = match prepared {
@@ -741,8 +759,8 @@ fn comm_of(h: &Header) -> &str {
 }
 
 /// The image's working directory, or `/` where it does not exist (as BProc did).
-fn cwd_of(h: &Header) -> &str {
-    if std::path::Path::new(&h.cwd).is_dir() {
+fn cwd_of<'h>(h: &'h Header, root: Option<&std::path::Path>) -> &'h str {
+    if inside(root, &h.cwd).is_dir() {
         &h.cwd
     } else {
         "/"
@@ -942,7 +960,7 @@ fn inject<R: Read>(
     }
     b.run(&t)?;
     if how.in_place {
-        let p = t.string(cwd_of(h))?;
+        let p = t.string(cwd_of(h, None))?;
         t.call("chdir", libc::SYS_chdir, [p, 0, 0, 0, 0, 0])?;
         t.call("umask", libc::SYS_umask, [u64::from(h.umask), 0, 0, 0, 0, 0])?;
         for &(res, soft, hard) in &h.rlimits {

@@ -390,8 +390,32 @@ fn a_process_moves_to_nodes_and_back() {
     if !require_root("moved processes keep their pids (set_tid in the nodes' pid namespaces)") {
         return;
     }
-    let Some((dir, exe)) = build_program("move.c", "move") else { return };
-    let c = TestCluster::up(&bins(), 4, "move");
+    let Some(c) = journey(false) else { return };
+    // Back on the front end, it is nobody's ghost: the process table is empty.
+    let procs = bproc::Client::connect_to(&c.socket()).unwrap().procs().unwrap();
+    assert!(procs.is_empty(), "{procs:?}");
+}
+
+/// The same journey to diskless nodes, whose empty root has none of the front end's files:
+/// the probe finds none of them there, so the image carries them all, and the process runs
+/// confined to the node's root.
+#[test]
+fn a_process_moves_to_diskless_nodes_and_back() {
+    if !require_root("diskless nodes need their own mount namespace and chroot") {
+        return;
+    }
+    let _ = journey(true);
+}
+
+/// Runs `move.c` from the front end to nodes 2 and 3 and back, on a cluster of 4 nodes
+/// (diskless or not), and checks what it reports; the cluster, for more checks (`None` when
+/// there is no C compiler, which `build_program` reports).
+fn journey(diskless: bool) -> Option<TestCluster> {
+    let tag = if diskless { "move-diskless" } else { "move" };
+    let (dir, exe) = build_program("move.c", tag)?;
+    let mut spec = TestCluster::spec(&bins(), 4, tag);
+    spec.diskless = diskless;
+    let c = TestCluster::start(spec);
     let out = c.cmd(exe.to_str().unwrap()).args(["2", "3"]).exits(42);
     let stdout = String::from_utf8(out.stdout).unwrap();
     let (first, rest) = stdout.split_once('\n').unwrap();
@@ -399,10 +423,8 @@ fn a_process_moves_to_nodes_and_back() {
     assert_eq!(rest, "stdout from node 2\nstdout from node 3\nstdout from node -1\n");
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr, "stderr from node 2\nstderr from node 3\nstderr from node -1\n");
-    // Back on the front end, it is nobody's ghost: the process table is empty.
-    let procs = bproc::Client::connect_to(&c.socket()).unwrap().procs().unwrap();
-    assert!(procs.is_empty(), "{procs:?}");
     let _ = std::fs::remove_dir_all(dir);
+    Some(c)
 }
 
 /// `bproc_rfork` to 8 nodes, each child exiting with its rank, then `bproc_vrfork` to all 8:
