@@ -1,10 +1,11 @@
-//! Process migration from a program: checkpoint to a file (libbproc's `bproc_dump` and
-//! `bproc_undump`), moving the calling process to another node ([`move_to`], `bproc_move`),
+//! Process migration from a program: checkpoint to a file (libbproc's `bproc_dump`,
+//! `bproc_undump` and `bproc_execdump`), moving the calling process to another node ([`move_to`], `bproc_move`),
 //! and forks whose children live on other nodes ([`rfork`], [`vrfork`]).
 //!
 //! # How a move goes
 //! The caller opens a TCP listener and asks the master to start "an image" on the node, with
-//! the listener as its source. The node's slave connects, presents the launch token, and the
+//! the listener as its source. The node's slave connects, presents the launch token, says
+//! which of the caller's mapped files it has identical (those are named, not sent), and the
 //! caller dumps itself straight into that connection ([`bproc_sys::ckpt`]) while the slave
 //! restores it ([`bproc_sys::restore`]) as the same pid, in the master's pid namespace. Then:
 //! - from the front end, the caller execs `bpghost` in place: the same pid and parent, now

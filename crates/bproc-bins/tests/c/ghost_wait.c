@@ -2,8 +2,9 @@
  * C program. Usage: ghost_wait NODE MODE [FILE]
  *   exit    the child exits with 42
  *   signal  the child kills itself with SIGSEGV
- *   wait    the child waits for signals (the test sends them to the printed pid): USR1 makes
- *           it write "usr1" to FILE and exit 3; TERM ends it
+ *   wait    the child waits for signals (the test sends them to the printed pid): it writes
+ *           "ready" to FILE once its handler is set; USR1 makes it write "usr1" to FILE and
+ *           exit 3; TERM ends it
  *   pid     the child writes its own pid ($$) to FILE and exits 0
  *   exec    a forked child calls bproc_execmove and becomes the ghost; exits 5
  *   down    vexecmove to NODE, which is down: prints the per-node code
@@ -38,7 +39,8 @@ int main(int argc, char **argv) {
         snprintf(script, sizeof script, "kill -SEGV $$");
     else if (!strcmp(mode, "wait"))
         snprintf(script, sizeof script,
-                 "trap 'echo usr1 > %s; exit 3' USR1; while :; do sleep 0.05; done", file);
+                 "trap 'echo usr1 > %s; exit 3' USR1; echo ready > %s; while :; do sleep 0.05; done",
+                 file, file);
     else if (!strcmp(mode, "pid"))
         snprintf(script, sizeof script, "echo $$ > %s", file);
     else if (!strcmp(mode, "exec") || !strcmp(mode, "down"))

@@ -120,6 +120,10 @@ fn c_programs_wait_for_and_signal_remote_children() {
     until(10, "the remote process to be listed", || {
         c.client().ok()?.procs().ok()?.iter().find(|p| p.pid == pid && p.node == 1).map(|_| ())
     });
+    // Its shell has set the handler (before, USR1 would simply kill it).
+    until(10, "the remote handler to be set", || {
+        (std::fs::read_to_string(&mark).ok()? == "ready\n").then_some(())
+    });
     kill(Pid::from_raw(pid), Signal::SIGUSR1).unwrap();
     assert_eq!(rest(out), "exited 3\n");
     assert_eq!(std::fs::read_to_string(&mark).unwrap(), "usr1\n");
