@@ -15,10 +15,14 @@
 //! 4. bpsh replicates its stdin to every node (the slowest reader sets the pace), prints
 //!    output in the chosen format, and relays signals it receives (`kill`, Ctrl-C) to every
 //!    remote process. It ends when every process has exited and its output is drained; a
-//!    node lost mid-run ends its process as killed.
+//!    node lost mid-run ends its process as killed, and says so on stderr at once.
+//! 5. If bpmaster goes away (a restart), the jobs go on: bpsh follows each remote process
+//!    through its ghost, its own child, which waits for the master to come back and ends
+//!    with the process's status; signals go to the ghosts, which pass them on.
 //!
-//! Exit status: the highest exit code of the remote processes; 255 if any was killed (BProc's
-//! rule). Nodes that could not start the program print `NODE: reason` and do not count.
+//! Exit status: the highest exit code of the remote processes; 255 if any was killed or
+//! lost (BProc's rule). Nodes that could not start the program print `NODE: reason` and
+//! make the status at least 1, as pdsh and clush do.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -487,6 +491,8 @@ struct Rank {
     status: Option<ExitStatus>,
     /// Never started.
     failed: bool,
+    /// Its ghost gave up waiting for a master that did not come back.
+    master_gone: bool,
 }
 
 impl Rank {
@@ -590,6 +596,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             open: out_streams,
             status: None,
             failed: pid <= 0,
+            master_gone: false,
         })
         .collect();
     for r in ranks.iter().zip(&pids).filter(|(r, _)| r.failed) {
@@ -598,14 +605,20 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     bproc::ghost::discard(ghosts.iter().zip(&ranks).filter(|(_, r)| r.failed).map(|(g, _)| *g));
 
     // Master events: exits in, signals out.
+    let (gone_tx, mut gone_rx) = oneshot::channel::<()>();
+    let ghost_exits = exit_tx.clone();
     tokio::spawn(async move {
         while let Ok(Some((_, msg))) = read_frame(&mut mrd).await {
             if let Message::ProcExit { rank, status, .. } = msg {
                 let _ = exit_tx.send((rank, status));
             }
         }
+        let _ = gone_tx.send(());
     });
-    tokio::spawn(forward_signals(mwr, kill_rx, local_pids, has_ghosts));
+    let ghost_pids: Vec<i32> =
+        ghosts.iter().zip(&ranks).filter(|(g, r)| **g > 0 && !r.failed).map(|(g, _)| *g).collect();
+    tokio::spawn(forward_signals(mwr, kill_rx, local_pids, has_ghosts, ghost_pids));
+    let mut master_lost = false;
     let kill_all = |why: String| {
         eprintln!("bpsh: {why}");
         let _ = kill_tx.send(nix::sys::signal::Signal::SIGKILL as i32);
@@ -720,10 +733,47 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
                 let secs = a.timeout.map_or(0.0, |t| t.as_secs_f64());
                 kill_all(format!("--timeout: {secs} s passed; killing what still runs"));
             }
+            _ = &mut gone_rx, if !master_lost => {
+                master_lost = true;
+                let follow: Vec<(u32, i32)> = ranks
+                    .iter()
+                    .zip(&ghosts)
+                    .enumerate()
+                    .filter(|(_, (r, g))| !r.failed && r.status.is_none() && r.node != bproc_proto::NODE_MASTER && **g > 0)
+                    .map(|(i, (_, g))| (i as u32, *g))
+                    .collect();
+                eprintln!(
+                    "bpsh: lost bpmaster at {}; following {} remote process(es) through their ghosts until it is back",
+                    bproc::socket_path().display(),
+                    follow.len()
+                );
+                for (i, r) in ranks.iter_mut().enumerate() {
+                    let followed = follow.iter().any(|f| f.0 as usize == i);
+                    if !followed && !r.failed && r.status.is_none() && r.node != bproc_proto::NODE_MASTER {
+                        // Nothing follows it without the master: it is lost with it.
+                        r.master_gone = true;
+                        r.status = Some(ExitStatus::NodeLost);
+                        r.open = 0;
+                    }
+                }
+                follow_ghosts(follow, ghost_exits.clone());
+            }
             ev = exit_rx.recv() => match ev {
                 Some((rank, status)) => {
                     if let Some(r) = ranks.get_mut(rank as usize) {
+                        let kill = ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL as i32);
+                        if master_lost && status == kill && !master_answers() {
+                            // Its ghost gave up: no master came back within the grace period.
+                            r.master_gone = true;
+                        }
                         r.status = Some(status);
+                        if status == ExitStatus::NodeLost && !r.master_gone {
+                            eprintln!(
+                                "bpsh: node {}: lost ({}); its process is gone",
+                                r.node,
+                                strerror(bproc::errno::BE_SLAVEDIED)
+                            );
+                        }
                         if status == ExitStatus::NodeLost {
                             // Its streams may never close: stop waiting for them.
                             r.open = 0;
@@ -775,11 +825,25 @@ async fn write_to(fd: u8, bytes: &[u8], out: &mut tokio::io::Stdout, err: &mut t
     let _ = if fd == STDOUT { out.flush().await } else { err.flush().await };
 }
 
-/// BProc's exit rule: the highest exit code; 255 and a message for each killed process.
+/// BProc's exit rule: the highest exit code; 255 and a message for each killed process (a
+/// lost node was reported as it happened); at least 1 if a node could not run the program.
 fn exit_code(ranks: &[Rank]) -> ExitCode {
     let mut code = 0i32;
     let mut stderr = std::io::stderr().lock();
     for r in ranks {
+        if r.failed {
+            code = code.max(1);
+        }
+        if r.master_gone {
+            let _ = writeln!(
+                stderr,
+                "bpsh: node {}: bpmaster at {} did not come back within the grace period; the process is lost.",
+                r.node,
+                bproc::socket_path().display()
+            );
+            code = 255;
+            continue;
+        }
         match r.status {
             Some(ExitStatus::Code(c)) => code = code.max(c & 0xff),
             Some(ExitStatus::Signal(_)) if r.timed_out => {
@@ -791,15 +855,7 @@ fn exit_code(ranks: &[Rank]) -> ExitCode {
                     writeln!(stderr, "bpsh: Child process on node {} exited abnormally.", r.node);
                 code = 255;
             }
-            Some(ExitStatus::NodeLost) => {
-                let _ = writeln!(
-                    stderr,
-                    "bpsh: Child process on node {} exited abnormally (node lost: {}).",
-                    r.node,
-                    strerror(bproc::errno::BE_SLAVEDIED)
-                );
-                code = 255;
-            }
+            Some(ExitStatus::NodeLost) => code = 255,
             None => {}
         }
     }
@@ -865,15 +921,46 @@ fn catch_signals(tx: &mpsc::UnboundedSender<i32>) {
     }
 }
 
+/// Whether a master answers on the client socket now.
+fn master_answers() -> bool {
+    std::os::unix::net::UnixStream::connect(bproc::socket_path()).is_ok()
+}
+
+/// Follows ranks through their ghosts (`(rank, ghost pid)`), once the master is gone: each
+/// ghost, a child of bpsh, ends with its process's status, or by SIGKILL if no master came
+/// back. Their ends go to `exits`.
+fn follow_ghosts(mut follow: Vec<(u32, i32)>, exits: mpsc::UnboundedSender<(u32, ExitStatus)>) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    std::thread::spawn(move || {
+        while !follow.is_empty() {
+            follow.retain(|&(rank, pid)| {
+                let status =
+                    match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(_, c)) => ExitStatus::Code(c),
+                        Ok(WaitStatus::Signaled(_, sig, _)) => ExitStatus::Signal(sig as i32),
+                        Err(_) => ExitStatus::NodeLost,
+                        Ok(_) => return true,
+                    };
+                let _ = exits.send((rank, status));
+                false
+            });
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+}
+
 /// Relays the signals a user sends bpsh, and the kills bpsh decides on (`--timeout`,
-/// `--fail-fast`), to every remote process.
+/// `--fail-fast`), to every remote process: through the master, or, once it is gone,
+/// through the ghosts (`ghosts`), which pass them on when it is back.
 async fn forward_signals(
     mut wr: tokio::net::unix::OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<i32>,
     local: Arc<Mutex<Vec<i32>>>,
     has_ghosts: bool,
+    ghosts: Vec<i32>,
 ) {
     let mut id = 2u32;
+    let mut master = true;
     while let Some(sig) = rx.recv().await {
         // A terminal's Ctrl-C and Ctrl-\ reach the ghosts, which are in our process group,
         // and each forwards it: relaying it as well would deliver it twice.
@@ -887,10 +974,17 @@ async fn forward_signals(
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), signal);
             }
         }
-        if write_frame(&mut wr, id, &Message::SignalLaunch { signal: sig }).await.is_err() {
-            return;
+        if master && write_frame(&mut wr, id, &Message::SignalLaunch { signal: sig }).await.is_ok()
+        {
+            id += 1;
+            continue;
         }
-        id += 1;
+        master = false;
+        if let Ok(signal) = nix::sys::signal::Signal::try_from(sig) {
+            for &pid in &ghosts {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+            }
+        }
     }
 }
 
@@ -909,15 +1003,24 @@ mod tests {
 
     #[test]
     fn exit_rules() {
-        let r = |status, failed| Rank { node: 1, timed_out: false, open: 0, status, failed };
+        let r = |status, failed| Rank {
+            node: 1,
+            timed_out: false,
+            open: 0,
+            status,
+            failed,
+            master_gone: false,
+        };
         assert_eq!(
             exit_code(&[r(Some(ExitStatus::Code(3)), false), r(Some(ExitStatus::Code(7)), false)]),
             ExitCode::from(7)
         );
+        // A node that could not run the program fails the run, as in pdsh and clush.
         assert_eq!(
             exit_code(&[r(None, true), r(Some(ExitStatus::Code(0)), false)]),
-            ExitCode::from(0)
+            ExitCode::from(1)
         );
+        assert_eq!(exit_code(&[r(None, true), r(None, true)]), ExitCode::from(1));
         assert_eq!(
             exit_code(&[
                 r(Some(ExitStatus::Signal(9)), false),

@@ -20,8 +20,13 @@
 //! The ghost of a moved or rforked process also relays that process's output ([`relay`]).
 //!
 //! SIGKILL cannot be caught: the master sees the ghost's connection close while the remote
-//! process still runs, and kills that process. If the master goes away, the ghost kills itself
-//! with SIGKILL, BProc's "violent death".
+//! process still runs, and kills that process.
+//!
+//! A ghost outlives its master: when the connection ends it connects again and says hello
+//! (the signals it receives meanwhile wait), so a master that restarts finds it and goes on
+//! following its process. Only if no master answers within the grace period (`BPROC_GRACE`
+//! seconds, default 60, the master's default `graceperiod`) does it kill itself with SIGKILL,
+//! BProc's "violent death": by then the nodes have ended its process.
 #![deny(missing_docs)]
 
 pub mod relay;
@@ -47,6 +52,18 @@ pub const ENV_FORK: &str = "BPROC_GHOST_FORK";
 pub const ENV_COUNT: &str = "BPROC_GHOST_COUNT";
 /// bpmaster's client socket when `BPROC_SOCKET` is not set.
 const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
+/// Environment variable: seconds a ghost waits for its master to come back.
+pub const ENV_GRACE: &str = "BPROC_GRACE";
+/// The wait when `BPROC_GRACE` is not set: the master's default `graceperiod`.
+const DEFAULT_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long to wait for a master that went away.
+fn grace() -> std::time::Duration {
+    std::env::var(ENV_GRACE)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(DEFAULT_GRACE, std::time::Duration::from_secs)
+}
 
 /// Runs a ghost; `argv0` is `[name]`. Returns only on a setup failure.
 ///
@@ -175,11 +192,60 @@ fn control() -> std::io::Result<UnixStream> {
         )?;
         return Ok(s);
     }
+    let fork = std::env::var(ENV_FORK).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    hello(fork)
+}
+
+/// A new connection to the master, introduced as ghost of fork `fork` (0: none).
+fn hello(fork: u64) -> std::io::Result<UnixStream> {
     let path = std::env::var_os("BPROC_SOCKET").unwrap_or_else(|| DEFAULT_SOCKET.into());
     let mut s = UnixStream::connect(path)?;
-    let fork = std::env::var(ENV_FORK).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     s.write_all(&bproc_proto::encode(0, &Message::GhostHello { fork }))?;
     Ok(s)
+}
+
+/// The master went away: connects again once it is back, and sends it the signals that came
+/// meanwhile. None if it does not come back within the grace period.
+fn reconnect(sfd: &SignalFd, cont_pending: &mut bool) -> Option<UnixStream> {
+    let deadline = std::time::Instant::now() + grace();
+    let mut waiting = Vec::new();
+    loop {
+        waiting.extend(read_signals(sfd, cont_pending));
+        if let Ok(mut s) = hello(0) {
+            let sent = waiting.iter().all(|m| s.write_all(&bproc_proto::encode(0, m)).is_ok());
+            if sent {
+                return Some(s);
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        // Wake for a signal as well, so it is read (and a child ghost reaped) at once.
+        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let wait = left.min(std::time::Duration::from_millis(100)).as_millis() as u16;
+        let _ = poll(&mut fds, PollTimeout::from(wait));
+    }
+}
+
+/// The signals pending on `sfd` as messages for the master (child ghosts are reaped, not
+/// forwarded).
+fn read_signals(sfd: &SignalFd, cont_pending: &mut bool) -> Vec<Message> {
+    let mut out = Vec::new();
+    while let Ok(Some(info)) = sfd.read_signal() {
+        let sig = info.ssi_signo as i32;
+        if sig == Signal::SIGCHLD as i32 {
+            reap();
+            continue;
+        }
+        if is_stop(sig) {
+            *cont_pending = false;
+        } else if sig == Signal::SIGCONT as i32 {
+            *cont_pending = true;
+        }
+        out.push(Message::GhostSignal { signal: sig, sender: info.ssi_pid as i32 });
+    }
+    out
 }
 
 fn read_frame(s: &mut UnixStream) -> Option<Message> {
@@ -226,20 +292,12 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
             r.on_ready(&ready[2..]);
         }
         if sig_ready {
-            while let Ok(Some(info)) = sfd.read_signal() {
-                let sig = info.ssi_signo as i32;
-                if sig == Signal::SIGCHLD as i32 {
-                    reap();
-                    continue;
-                }
-                if is_stop(sig) {
-                    cont_pending = false;
-                } else if sig == Signal::SIGCONT as i32 {
-                    cont_pending = true;
-                }
-                let msg = Message::GhostSignal { signal: sig, sender: info.ssi_pid as i32 };
-                if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
-                    return violent_death();
+            let msgs = read_signals(&sfd, &mut cont_pending);
+            if !msgs.iter().all(|m| ctl.write_all(&bproc_proto::encode(0, m)).is_ok()) {
+                // Lost with the connection; the master that comes back is sent the rest.
+                match reconnect(&sfd, &mut cont_pending) {
+                    Some(c) => ctl = c,
+                    None => return violent_death(),
                 }
             }
         }
@@ -247,7 +305,10 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
             continue;
         }
         match read_frame(&mut ctl) {
-            None => return violent_death(),
+            None => match reconnect(&sfd, &mut cont_pending) {
+                Some(c) => ctl = c,
+                None => return violent_death(),
+            },
             Some(Message::ProcExit { status, .. }) => {
                 if let Some(r) = &mut relay {
                     r.drain(DRAIN);
@@ -358,10 +419,12 @@ fn reexec(comm: &str, env: &[(&str, String)]) {
     let Ok(arg0) = CString::new(format!("[{comm}]")) else { return };
     let mut envp: Vec<CString> =
         env.iter().filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok()).collect();
-    if let Some(sock) = std::env::var_os("BPROC_SOCKET") {
-        let mut kv = b"BPROC_SOCKET=".to_vec();
-        kv.extend_from_slice(sock.as_bytes());
-        envp.extend(CString::new(kv));
+    for name in ["BPROC_SOCKET", ENV_GRACE] {
+        if let Some(v) = std::env::var_os(name) {
+            let mut kv = format!("{name}=").into_bytes();
+            kv.extend_from_slice(v.as_bytes());
+            envp.extend(CString::new(kv));
+        }
     }
     let _ = nix::unistd::execve(&exe, &[arg0], &envp);
 }
@@ -387,7 +450,7 @@ fn die(status: ExitStatus) -> ExitCode {
     }
 }
 
-/// The master is gone or the node was lost: die as BProc's ghosts did, by SIGKILL.
+/// The master did not come back or the node was lost: die as BProc's ghosts did, by SIGKILL.
 fn violent_death() -> ExitCode {
     let _ = kill(Pid::this(), Signal::SIGKILL);
     ExitCode::from(137)

@@ -96,6 +96,8 @@ pub const DEFAULT_LAUNCH_FANOUT: u32 = 32;
 pub const DEFAULT_PING_TIMEOUT: u32 = 30;
 /// The smallest `pingtimeout` BProc allows, in seconds.
 pub const MIN_PING_TIMEOUT: u32 = 2;
+/// The default `graceperiod`, in seconds.
+pub const DEFAULT_GRACE: u32 = 60;
 /// The default `logfacility`.
 pub const DEFAULT_LOG_FACILITY: &str = "daemon";
 
@@ -178,6 +180,10 @@ pub struct Config {
     /// `pingtimeout`: seconds without a ping before a slave is declared dead, at least
     /// [`MIN_PING_TIMEOUT`]. Sent to the slaves.
     pub ping_timeout: u32,
+    /// `graceperiod` (ours): seconds a session outlives its link, default [`DEFAULT_GRACE`].
+    /// An unreachable node keeps its jobs that long; a slave without its master that long
+    /// kills them itself. Sent to the slaves.
+    pub grace: u32,
     /// `launchfanout` (ours): how many nodes each node passes a launch on to, default
     /// [`DEFAULT_LAUNCH_FANOUT`].
     pub launch_fanout: u32,
@@ -343,6 +349,7 @@ enum Directive {
     AllowInsecurePorts,
     LogFacility,
     PingTimeout,
+    GracePeriod,
     LaunchFanout,
     SlaveTimesync,
     Slave,
@@ -369,6 +376,7 @@ impl Directive {
             "allowinsecureports" => Directive::AllowInsecurePorts,
             "logfacility" => Directive::LogFacility,
             "pingtimeout" => Directive::PingTimeout,
+            "graceperiod" => Directive::GracePeriod,
             "launchfanout" => Directive::LaunchFanout,
             "slavetimesync" => Directive::SlaveTimesync,
             "slave" => Directive::Slave,
@@ -403,8 +411,8 @@ impl Directive {
         use Directive::*;
         match self {
             AllowInsecurePorts => (0, Some(0)),
-            BprocPort | LogFacility | PingTimeout | LaunchFanout | SlaveTimesync | Listen
-            | Socket | Keyfile | Statedir | Logdir => (1, Some(1)),
+            BprocPort | LogFacility | PingTimeout | GracePeriod | LaunchFanout | SlaveTimesync
+            | Listen | Socket | Keyfile | Statedir | Logdir => (1, Some(1)),
             Interface => (1, Some(3)),
             IpRange => (2, Some(3)),
             Slave | Ip | Master => (1, None),
@@ -630,6 +638,7 @@ impl Parser {
                 interfaces: Vec::new(),
                 listen: Vec::new(),
                 ping_timeout: DEFAULT_PING_TIMEOUT,
+                grace: DEFAULT_GRACE,
                 launch_fanout: DEFAULT_LAUNCH_FANOUT,
                 allow_insecure_ports: false,
                 log_facility: DEFAULT_LOG_FACILITY.into(),
@@ -689,6 +698,17 @@ impl Parser {
                 }
                 c.ping_timeout =
                     u32::try_from(n).map_err(|_| format!("pingtimeout too large: {}", args[0]))?;
+            }
+            Directive::GracePeriod => {
+                c.grace = parse_c_integer(&args[0])
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| (1..=86_400).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "graceperiod must be a number of seconds from 1 to 86400, not {}",
+                            args[0]
+                        )
+                    })?;
             }
             Directive::LaunchFanout => {
                 c.launch_fanout = parse_c_integer(&args[0])
@@ -1051,6 +1071,16 @@ mod tests {
         assert_eq!(c.node_for_addr(ip("10.0.0.1")), Some(1));
         assert_eq!(c.node_for_addr(ip("10.0.0.2")), None);
         assert_eq!(c.node_numbers().collect::<Vec<_>>(), [3, 1]);
+    }
+
+    #[test]
+    fn graceperiod() {
+        assert_eq!(parse("").grace, DEFAULT_GRACE);
+        assert_eq!(parse("graceperiod 5\n").grace, 5);
+        assert_eq!(
+            error("graceperiod 0\n"),
+            "test.conf:1: graceperiod must be a number of seconds from 1 to 86400, not 0"
+        );
     }
 
     #[test]

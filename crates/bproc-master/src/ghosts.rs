@@ -10,6 +10,13 @@
 //! it in a launch, whichever comes first, and leaves when its connection closes. Messages for
 //! a ghost that has not connected yet wait in the table.
 //!
+//! A restarted master rebuilds the table: each slave that resumes its session lists its
+//! processes with their ghosts (`SessionProcs`: a launched rank's ghost came with its launch,
+//! a forked process's was told by `GhostOf`), and each ghost, which outlives the master,
+//! connects again and says hello. A ghost that does not come back within the grace period
+//! has its process killed; a ghost whose process no resumed slave names is told its node is
+//! lost.
+//!
 //! Trust: a launch may name as ghosts only processes of the caller's uid (checked in
 //! `/proc`); a ghost's hello must come from that uid (the kernel's word); a forked ghost must
 //! be the child of a ghost of the same user; and the master signals only ghosts that said
@@ -19,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bproc_link::{read_frame, write_frame};
-use bproc_proto::{ExitStatus, Message, ProcChange, ProcEntry};
+use bproc_proto::{ExitStatus, Message, ProcChange, ProcEntry, SlaveProc};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -415,17 +422,63 @@ impl Ghosts {
         v
     }
 
+    /// Node `n` resumed its session and runs `procs` for the master: the processes this
+    /// master does not know yet enter the table (after a restart), with their ghosts, which
+    /// must connect again. Returns the pids of processes to kill: ranks of a launch without
+    /// ghosts (their launcher's connection went with the old master), and processes whose
+    /// named ghost is already another process's or another user's; and the launch ranks that
+    /// ended in events that waited for these processes.
+    pub(crate) fn resumed(&self, n: i32, procs: Vec<SlaveProc>) -> (Vec<i32>, Vec<RankEnd>) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let mut kill = Vec::new();
+        for p in procs {
+            let key = (n, p.pid);
+            if inner.procs.contains_key(&key) || inner.moved.contains(&key) {
+                continue;
+            }
+            let launch = (p.launch != 0).then_some((p.launch, p.rank));
+            if p.ghost <= 0 {
+                if launch.is_some() {
+                    kill.push(p.pid);
+                } else {
+                    inner.procs.insert(key, Proc { ghost: None, launch, uid: p.uid });
+                }
+                continue;
+            }
+            let gh = inner.ghosts.entry(p.ghost).or_default();
+            if gh.uid.is_some_and(|u| u != p.uid) || gh.remote.is_some_and(|r| r != key) {
+                warn!(
+                    "node {n}: process {} names ghost {}, which is not its; killing it",
+                    p.pid, p.ghost
+                );
+                kill.push(p.pid);
+                continue;
+            }
+            gh.uid = Some(p.uid);
+            gh.remote = Some(key);
+            inner.procs.insert(key, Proc { ghost: Some(p.ghost), launch, uid: p.uid });
+        }
+        let mut ends = Vec::new();
+        for key in inner.procs.keys().filter(|k| k.0 == n).copied().collect::<Vec<_>>() {
+            inner.replay(key, &mut ends);
+        }
+        (kill, ends)
+    }
+
     /// Connects ghost `pid` (uid `uid`), answering fork `fork` when not 0, and hands it the
-    /// messages that waited for it; Err names why it is refused.
+    /// messages that waited for it. Returns the remote process of a forked ghost, whose slave
+    /// is to be told its ghost; Err names why it is refused.
     fn connect(
         &self,
         pid: i32,
         uid: u32,
         fork: u64,
         tx: mpsc::UnboundedSender<Message>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<(i32, i32)>, String> {
         let mut g = self.lock();
         let inner = &mut *g;
+        let mut forked = None;
         if fork != 0 {
             // A child ghost is forked by a ghost of the same user.
             let parent = parent_and_uid(pid).map(|p| p.0);
@@ -442,6 +495,7 @@ impl Ghosts {
             if let Some(p) = inner.procs.get_mut(&(n, child)) {
                 p.ghost = Some(pid);
                 gh.remote = Some((n, child));
+                forked = Some((n, child));
             }
             inner.ghosts.insert(pid, gh);
         }
@@ -454,7 +508,49 @@ impl Ghosts {
             let _ = tx.send(m);
         }
         gh.tx = Some(tx);
-        Ok(())
+        Ok(forked)
+    }
+
+    /// Ghosts that stayed half-known (not connected but with a process, or connected with
+    /// none) for longer than `limit`, tracked in `since` from one call to the next; they are
+    /// dropped from the table (a connected one is told its node is lost). Returns each with
+    /// the process it leaves.
+    fn half_known(
+        &self,
+        since: &mut HashMap<i32, tokio::time::Instant>,
+        limit: std::time::Duration,
+    ) -> Vec<(i32, Option<(i32, i32)>)> {
+        let now = tokio::time::Instant::now();
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let pending_parents: std::collections::HashSet<(i32, i32)> =
+            inner.forks.values().map(|f| (f.node, f.child)).collect();
+        since.retain(|pid, _| {
+            inner.ghosts.get(pid).is_some_and(|gh| {
+                gh.restoring.is_none() && (gh.tx.is_some() != gh.remote.is_some())
+            })
+        });
+        for (&pid, gh) in &inner.ghosts {
+            let half = gh.restoring.is_none() && (gh.tx.is_some() != gh.remote.is_some());
+            if half && !gh.remote.is_some_and(|r| pending_parents.contains(&r)) {
+                since.entry(pid).or_insert(now);
+            }
+        }
+        let over: Vec<i32> =
+            since.iter().filter(|(_, t)| now - **t > limit).map(|(p, _)| *p).collect();
+        let mut ended = Vec::new();
+        for pid in over {
+            since.remove(&pid);
+            let Some(mut gh) = inner.ghosts.remove(&pid) else { continue };
+            if let Some(key) = gh.remote {
+                inner.procs.remove(&key);
+            } else {
+                let lost = ExitStatus::NodeLost;
+                gh.send(Message::ProcExit { launch: 0, rank: 0, status: lost });
+            }
+            ended.push((pid, gh.remote));
+        }
+        ended
     }
 
     /// Ghost `pid`'s connection closed: returns the remote process it leaves running (it was
@@ -485,9 +581,17 @@ pub(crate) async fn serve(
     mut wr: ClientWr,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    if let Err(e) = shared.ghosts.connect(pid, uid, fork, tx) {
-        warn!("ghost {pid}: {e}");
-        return;
+    match shared.ghosts.connect(pid, uid, fork, tx) {
+        Ok(Some((n, child))) => {
+            if let Some(node) = shared.table().get(n) {
+                node.send(0, Message::GhostOf { pid: child, ghost: pid });
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            warn!("ghost {pid}: {e}");
+            return;
+        }
     }
     debug!("ghost {pid} (uid {uid}) connected");
     loop {
@@ -565,12 +669,37 @@ pub(crate) async fn stats(shared: &Arc<Shared>, pids: Vec<i32>) -> Message {
 /// How often ghosts are checked for a SIGSTOP of their own.
 const STOP_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The shortest wait for a half-known ghost: longer than a launch waits for its ranks.
+const MIN_HALF_WAIT: std::time::Duration = std::time::Duration::from_secs(35);
+
 /// SIGSTOP cannot be caught, so a ghost cannot forward it: once a second the master looks at
 /// the state of every connected ghost, and stops the process of a ghost stopped by nobody but
 /// itself. Its SIGCONT, which it can catch, resumes the process the usual way.
+///
+/// The same look ends what a master restart left half-known, once the grace period is over:
+/// a process whose ghost never came back is killed, and a ghost whose process no slave named
+/// is told its node is lost.
 pub(crate) async fn stop_watch(shared: Arc<Shared>) {
+    let mut half: HashMap<i32, tokio::time::Instant> = HashMap::new();
     loop {
         tokio::time::sleep(STOP_CHECK).await;
+        let limit = {
+            let c = shared.config();
+            std::time::Duration::from_secs(u64::from(c.grace) + u64::from(c.ping_timeout))
+                .max(MIN_HALF_WAIT)
+        };
+        for (pid, remote) in shared.ghosts.half_known(&mut half, limit) {
+            match remote {
+                Some((n, rpid)) => {
+                    warn!("ghost {pid} did not come back; killing its process {rpid} on node {n}");
+                    if let Some(node) = shared.table().get(n) {
+                        let signal = nix::sys::signal::Signal::SIGKILL as i32;
+                        node.send(0, Message::SignalPid { pid: rpid, signal, sender: 0 });
+                    }
+                }
+                None => warn!("ghost {pid}: no node named its process; ending it as lost"),
+            }
+        }
         let ghosts: Vec<(i32, (i32, i32))> = {
             let g = shared.ghosts.lock();
             g.ghosts

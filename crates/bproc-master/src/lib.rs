@@ -319,9 +319,13 @@ impl Master {
         let key = ClusterKey::load(&keyfile)?;
         let paths = Paths::resolve(&config);
         let mut table = Table::from_config(&config);
+        // Sessions a previous master left wait for their slaves, with their jobs, for the
+        // grace period.
         for (n, saved) in persist::load(&paths.state_file)? {
             if let Some(node) = table.get_mut(n) {
                 node.saved = Some(saved);
+                node.state = table::UNREACHABLE.into();
+                node.unreachable_since = Some(std::time::Instant::now());
             }
         }
         // The client socket first: it is what tells us another master already runs.
@@ -355,7 +359,8 @@ impl Master {
             changed: watch::channel(0).0,
             next_conn: AtomicU64::new(1),
             next_request: AtomicU32::new(1),
-            next_launch: AtomicU64::new(1),
+            // Launch ids outlive a master restart on the nodes: start past the old master's.
+            next_launch: AtomicU64::new(slaves::now_ms() << 16),
             launches: launch::Launches::default(),
             ghosts: ghosts::Ghosts::default(),
             ghost_program: ghost_program(),

@@ -47,7 +47,13 @@ pub(crate) fn disconnect(session: Session, reason: &str, reconnect: bool) {
 }
 
 fn conf_for(node: i32, cookie: u64, config: &Config) -> Message {
-    Message::Conf { node, cookie, ping_timeout: config.ping_timeout, time_ms: now_ms() }
+    Message::Conf {
+        node,
+        cookie,
+        ping_timeout: config.ping_timeout,
+        time_ms: now_ms(),
+        grace: config.grace,
+    }
 }
 
 /// Resends `CONF` to every connected slave (after SIGHUP).
@@ -156,9 +162,13 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
                 Session { cookie: 0, conn, tx: tx.clone(), ping_in: 2, pending: HashMap::new() };
             match kind {
                 JoinKind::Fresh | JoinKind::Replace => {
+                    let unreachable = node.unreachable_since.is_some();
                     if let Some(old) = node.go_down() {
                         disconnect(old, "replaced by a new session from a restarted slave", false);
                         // The old daemon's processes are gone with it.
+                        shared.node_lost(n);
+                    } else if unreachable {
+                        // A slave that comes back without its session has killed its jobs.
                         shared.node_lost(n);
                     }
                     session.cookie = new_cookie();
@@ -181,6 +191,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
                     node.uid = saved.uid;
                     node.gid = saved.gid;
                     node.attrs = saved.attrs;
+                    node.unreachable_since = None;
                 }
             }
             node.addr = Some(ip);
@@ -214,42 +225,81 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
     let reason = loop {
         let frame = tokio::select! {
             f = read_frame(&mut rd) => f,
-            _ = &mut done_rx => break "link closed by the master".to_owned(),
+            _ = &mut done_rx => break Ended::Left("link closed by the master".to_owned()),
         };
         match frame {
             Ok(Some((id, msg))) => {
                 if let Some(reason) = on_frame(&shared, n, conn, id, msg) {
-                    break reason;
+                    break Ended::Left(reason);
                 }
             }
-            Ok(None) => break "connection closed by the slave".to_owned(),
-            Err(LinkError::Io(e)) => break format!("connection lost: {e}"),
-            Err(e) => break format!("{e}"),
+            Ok(None) => break Ended::Left("connection closed by the slave".to_owned()),
+            Err(LinkError::Io(e)) if slave_gone(&e) => {
+                break Ended::Left(format!("connection lost: {e}"))
+            }
+            Err(LinkError::Io(e)) => break Ended::Cut(format!("connection lost: {e}")),
+            Err(e) => break Ended::Left(format!("{e}")),
         }
     };
-    let went_down = {
+    let went = {
         let mut t = shared.table();
         match t.get_mut(n) {
             Some(node) if node.session.as_ref().is_some_and(|s| s.conn == conn) => {
                 if shared.stopping() {
                     // Keep the session for the next master to resume.
                     node.session.take();
-                    false
+                    None
+                } else if matches!(reason, Ended::Cut(_)) {
+                    node.go_unreachable();
+                    Some(false)
                 } else {
                     node.go_down();
-                    true
+                    Some(true)
                 }
             }
-            _ => false,
+            _ => None,
         }
     };
-    if went_down {
-        shared.node_lost(n);
-        warn!("node {n}: down: {reason}");
-        shared.notify();
-    } else {
-        debug!("node {n}: connection {conn} ended: {reason}");
+    match went {
+        Some(true) => {
+            shared.node_lost(n);
+            warn!("node {n}: down: {reason}");
+            shared.notify();
+        }
+        Some(false) => {
+            warn!("node {n}: unreachable: {reason}; keeping its jobs for the grace period");
+            shared.notify();
+        }
+        None => debug!("node {n}: connection {conn} ended: {reason}"),
     }
+}
+
+/// How a slave's link ended.
+enum Ended {
+    /// The slave left: it closed the connection, its kernel reset it (the daemon died), or
+    /// it broke the protocol. Its processes are gone.
+    Left(String),
+    /// The network failed: the slave may still run, with its processes, and come back.
+    Cut(String),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Left(r) | Ended::Cut(r) => f.write_str(r),
+        }
+    }
+}
+
+/// Whether a read error means the slave's end is gone (its kernel reset the connection),
+/// rather than the network in between failing.
+fn slave_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// Handles one frame from a slave; returns a reason to end the link.
@@ -264,6 +314,19 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
         }
         Message::ProcEvent { pid, change } => {
             for (launch, rank, status) in shared.ghosts.event(n, pid, change) {
+                shared.launches.exited(launch, rank, status);
+            }
+        }
+        Message::SessionProcs { procs } => {
+            // A restarted master learns the processes of a resumed session; those without
+            // anyone left to follow them (a launch without ghosts) end.
+            let (kill, ends) = shared.ghosts.resumed(n, procs);
+            for pid in kill {
+                let signal = nix::sys::signal::Signal::SIGKILL as i32;
+                let msg = Message::SignalPid { pid, signal, sender: 0 };
+                let _ = session.tx.send(Outgoing::Frame(0, msg));
+            }
+            for (launch, rank, status) in ends {
                 shared.launches.exited(launch, rank, status);
             }
         }
@@ -378,23 +441,37 @@ pub(crate) async fn request_within(
 }
 
 /// Pings every connected slave each `pingtimeout / 2`; a slave that answered none of the
-/// last two pings is declared down (spec §5.2: detection within 1–1.5 × pingtimeout).
+/// last two pings is unreachable (detection within 1–1.5 × pingtimeout, as BProc's): its
+/// session and jobs are kept for `graceperiod`. A session unreachable for longer than
+/// `graceperiod + pingtimeout` is given up and its jobs are reported lost; by then the
+/// slave, which counts the grace period from its own last ping (at most `pingtimeout`
+/// after the master's last pong), has killed them itself. So a job is never both reported
+/// lost and still running.
 pub(crate) async fn ping_loop(shared: Arc<Shared>) {
     let mut seq = 0u64;
     loop {
-        let period = Duration::from_millis(u64::from(shared.config().ping_timeout) * 500);
+        let config = shared.config();
+        let period = Duration::from_millis(u64::from(config.ping_timeout) * 500);
+        let give_up = Duration::from_secs(u64::from(config.grace) + u64::from(config.ping_timeout));
+        drop(config);
         tokio::time::sleep(period).await;
         seq += 1;
         let mut lost = Vec::new();
+        let mut unreachable = Vec::new();
         {
             let mut t = shared.table();
             for node in t.iter_mut() {
+                if node.unreachable_since.is_some_and(|t| t.elapsed() > give_up) {
+                    node.forget_saved();
+                    lost.push(node.number);
+                    continue;
+                }
                 let Some(s) = node.session.as_mut() else {
                     continue;
                 };
                 if s.ping_in == 0 {
-                    lost.push(node.number);
-                    if let Some(s) = node.go_down() {
+                    unreachable.push(node.number);
+                    if let Some(s) = node.go_unreachable() {
                         disconnect(s, "ping timeout", true);
                     }
                 } else {
@@ -403,11 +480,17 @@ pub(crate) async fn ping_loop(shared: Arc<Shared>) {
                 }
             }
         }
-        if !lost.is_empty() {
-            for n in &lost {
-                shared.node_lost(*n);
-                warn!("node {n}: down: ping timeout");
-            }
+        for n in &unreachable {
+            warn!("node {n}: unreachable: ping timeout; keeping its jobs for the grace period");
+        }
+        for n in &lost {
+            shared.node_lost(*n);
+            warn!(
+                "node {n}: down: unreachable for longer than the grace period ({} s)",
+                give_up.as_secs()
+            );
+        }
+        if !lost.is_empty() || !unreachable.is_empty() {
             shared.notify();
         }
     }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::time::Instant;
 
 use bproc_proto::errno::{BE_INVALIDNODE, BE_NODEDOWN, EINVAL, ENODATA, ENOSPC, EPERM};
 use bproc_proto::{Message, NodeInfo, NodeStatus, MAX_STATE_LEN};
@@ -124,6 +125,9 @@ pub struct Node {
     pub saved: Option<Saved>,
     /// Attributes set by the administrator (`bproc_setnodeattr`), kept while the node is up.
     pub attrs: BTreeMap<String, Vec<u8>>,
+    /// Since when the node is unreachable: its link was lost without the slave leaving (or a
+    /// previous master saved its session), and its jobs are kept for the grace period.
+    pub unreachable_since: Option<Instant>,
 }
 
 impl Node {
@@ -141,6 +145,7 @@ impl Node {
             session: None,
             saved: None,
             attrs: BTreeMap::new(),
+            unreachable_since: None,
         }
     }
 
@@ -178,9 +183,41 @@ impl Node {
         self.addr = None;
         self.info = None;
         self.attrs.clear();
+        self.unreachable_since = None;
         self.session.take()
     }
+
+    /// The link was lost while the slave may still run (no ping answered, a network fault):
+    /// the session is kept as saved, for the slave to resume within the grace period, and the
+    /// node shows `unreachable`. Returns the session, which the caller disconnects.
+    pub fn go_unreachable(&mut self) -> Option<Session> {
+        let s = self.session.take()?;
+        self.saved = Some(Saved {
+            cookie: s.cookie,
+            state: std::mem::replace(&mut self.state, UNREACHABLE.into()),
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            attrs: self.attrs.clone(),
+        });
+        self.addr = None;
+        self.unreachable_since = Some(Instant::now());
+        Some(s)
+    }
+
+    /// A saved session that no slave can resume any more: the node is down.
+    pub fn forget_saved(&mut self) {
+        self.saved = None;
+        self.unreachable_since = None;
+        if self.session.is_none() {
+            self.state = "down".into();
+            self.info = None;
+        }
+    }
 }
+
+/// The state of a node whose session waits for its slave to come back.
+pub const UNREACHABLE: &str = "unreachable";
 
 /// How a joining slave is received.
 #[derive(Debug, PartialEq, Eq)]
@@ -255,6 +292,10 @@ impl Table {
                     } else if let Some(n) = self.nodes.get_mut(&number) {
                         // Keep what a previous master saved for nodes that still exist.
                         n.saved = node.saved;
+                        n.unreachable_since = node.unreachable_since;
+                        if n.unreachable_since.is_some() {
+                            n.state = node.state;
+                        }
                     }
                 }
             }

@@ -333,6 +333,21 @@ pub struct ProcEntry {
     pub uid: u32,
 }
 
+/// A process a slave runs for its master ([`Message::SessionProcs`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlaveProc {
+    /// Its pid on the node as the slave names it.
+    pub pid: i32,
+    /// Its ghost's pid on the master (0: none known).
+    pub ghost: i32,
+    /// The launch it is a rank of (0: forked, not launched).
+    pub launch: u64,
+    /// Its rank in that launch.
+    pub rank: u32,
+    /// Owner.
+    pub uid: u32,
+}
+
 /// A remote process's state as measured on its node ([`Message::ProcStats`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcStat {
@@ -462,6 +477,10 @@ pub enum Message {
         ping_timeout: u32,
         /// Master's time of day, milliseconds since the epoch.
         time_ms: u64,
+        /// Seconds a session outlives its link: the master keeps an unreachable node's jobs
+        /// that long, and the slave kills them itself (self-fencing) once it has been without
+        /// its master that long.
+        grace: u32,
     },
     /// Master → slave keepalive.
     Ping {
@@ -809,6 +828,20 @@ pub enum Message {
         /// What happened.
         change: ProcChange,
     },
+    /// Slave → master, first after a [`Message::Conf`] that resumed the session: the
+    /// processes the slave runs for it, so a restarted master rebuilds its process table.
+    SessionProcs {
+        /// One entry per live process.
+        procs: Vec<SlaveProc>,
+    },
+    /// Master → slave: the ghost of process `pid` (one that a process forked there), so the
+    /// slave can name it in [`Message::SessionProcs`] after a master restart.
+    GhostOf {
+        /// The process's pid on the node as the slave names it.
+        pid: i32,
+        /// Its ghost's pid on the master.
+        ghost: i32,
+    },
     /// Reply to [`Message::ProcList`].
     Procs {
         /// Every remote process.
@@ -922,6 +955,8 @@ mod ty {
     pub const PROC_STAT_QUERY: u16 = 49;
     pub const LIB_LIST: u16 = 50;
     pub const LIB_EDIT: u16 = 51;
+    pub const SESSION_PROCS: u16 = 52;
+    pub const GHOST_OF: u16 = 53;
     pub const OK: u16 = 100;
     pub const ERROR: u16 = 101;
     pub const NODES: u16 = 102;
@@ -1466,6 +1501,8 @@ impl Message {
             NodeAttr { .. } => ty::NODE_ATTR,
             LibList { .. } => ty::LIB_LIST,
             LibEdit { .. } => ty::LIB_EDIT,
+            SessionProcs { .. } => ty::SESSION_PROCS,
+            GhostOf { .. } => ty::GHOST_OF,
             Libraries { .. } => ty::LIBRARIES,
             Watch => ty::WATCH,
             MasterInfo => ty::MASTER_INFO,
@@ -1541,6 +1578,8 @@ impl Message {
             ProcStatList { .. } => "ProcStatList",
             LibList { .. } => "LibList",
             LibEdit { .. } => "LibEdit",
+            SessionProcs { .. } => "SessionProcs",
+            GhostOf { .. } => "GhostOf",
             Libraries { .. } => "Libraries",
             SignalPid { .. } => "SignalPid",
             ProcStatQuery { .. } => "ProcStatQuery",
@@ -1639,11 +1678,26 @@ impl Message {
                 w.u64(*files);
                 w.u64(*bytes);
             }
-            Conf { node, cookie, ping_timeout, time_ms } => {
+            Conf { node, cookie, ping_timeout, time_ms, grace } => {
                 w.i32(*node);
                 w.u64(*cookie);
                 w.u32(*ping_timeout);
                 w.u64(*time_ms);
+                w.u32(*grace);
+            }
+            SessionProcs { procs } => {
+                w.u32(procs.len() as u32);
+                for p in procs {
+                    w.i32(p.pid);
+                    w.i32(p.ghost);
+                    w.u64(p.launch);
+                    w.u32(p.rank);
+                    w.u32(p.uid);
+                }
+            }
+            GhostOf { pid, ghost } => {
+                w.i32(*pid);
+                w.i32(*ghost);
             }
             Ping { seq, time_ms } => {
                 w.u64(*seq);
@@ -1892,7 +1946,23 @@ impl Message {
                 cookie: r.u64("cookie")?,
                 ping_timeout: r.u32("ping timeout")?,
                 time_ms: r.u64("time")?,
+                grace: r.u32("grace")?,
             },
+            ty::SESSION_PROCS => {
+                let n = r.count("session processes", MAX_PROCS, 24)?;
+                let mut procs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    procs.push(SlaveProc {
+                        pid: r.i32("pid")?,
+                        ghost: r.i32("ghost")?,
+                        launch: r.u64("launch")?,
+                        rank: r.u32("rank")?,
+                        uid: r.u32("uid")?,
+                    });
+                }
+                SessionProcs { procs }
+            }
+            ty::GHOST_OF => GhostOf { pid: r.i32("pid")?, ghost: r.i32("ghost")? },
             ty::PING => Ping { seq: r.u64("seq")?, time_ms: r.u64("time")? },
             ty::PONG => Pong { seq: r.u64("seq")?, info: NodeInfo::decode(r)? },
             ty::DISCONNECT => Disconnect {

@@ -3,7 +3,7 @@
 use bproc_proto::{
     check, decode, encode, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, FdIo, IoSpec,
     LibOp, Message, NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat,
-    StagedRef, TreeEntry, MAX_FD, MAX_FD_IO,
+    SlaveProc, StagedRef, TreeEntry, MAX_FD, MAX_FD_IO,
 };
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
@@ -188,6 +188,14 @@ fn ghost_messages() -> impl Strategy<Value = Message> {
         )
             .prop_map(|(op, names)| Message::LibEdit { op, names }),
         (any::<i32>(), proc_change()).prop_map(|(pid, change)| Message::ProcEvent { pid, change }),
+        prop::collection::vec(
+            (any::<i32>(), any::<i32>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
+                |(pid, ghost, launch, rank, uid)| SlaveProc { pid, ghost, launch, rank, uid }
+            ),
+            0..4
+        )
+        .prop_map(|procs| Message::SessionProcs { procs }),
+        (any::<i32>(), any::<i32>()).prop_map(|(pid, ghost)| Message::GhostOf { pid, ghost }),
     ]
 }
 
@@ -366,12 +374,13 @@ fn base_message() -> impl Strategy<Value = Message> {
                 tree_port
             }
         ),
-        (any::<i32>(), any::<u64>(), any::<u32>(), any::<u64>()).prop_map(
-            |(node, cookie, ping_timeout, time_ms)| Message::Conf {
+        (any::<i32>(), any::<u64>(), any::<u32>(), any::<u64>(), any::<u32>()).prop_map(
+            |(node, cookie, ping_timeout, time_ms, grace)| Message::Conf {
                 node,
                 cookie,
                 ping_timeout,
-                time_ms
+                time_ms,
+                grace
             }
         ),
         (any::<u64>(), any::<u64>()).prop_map(|(seq, time_ms)| Message::Ping { seq, time_ms }),

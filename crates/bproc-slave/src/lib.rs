@@ -7,6 +7,13 @@
 //! blip resumes the session (state and permissions kept) instead of rebooting the node. After
 //! the grace period the slave starts afresh with cookie 0 and the node boots again.
 //!
+//! The master's configuration sets the grace period (`graceperiod`, in `Conf`; `--grace`
+//! until the first `Conf`). Once the slave has been without its master for that long it kills
+//! the master's processes itself (self-fencing), since by then the master reports them lost;
+//! and a master that answers with a new session instead of resuming the old one gets no old
+//! processes either. A resumed session starts with `SessionProcs`, the processes the slave
+//! runs, so that a restarted master rebuilds its process table.
+//!
 //! # Concurrency
 //! One current-thread tokio runtime; one link at a time. Everything the slave does in answer
 //! to the master is quick, so the link loop handles each frame inline.
@@ -131,11 +138,26 @@ struct Data {
     copy: std::sync::OnceLock<bproc_copy::service::DataService>,
     tree_port: std::sync::OnceLock<u16>,
     tree: Arc<tree::Ctx>,
+    /// The grace period in seconds, as the master last said.
+    grace: std::sync::atomic::AtomicU64,
 }
 
 impl Data {
-    fn new(tree: Arc<tree::Ctx>) -> Self {
-        Data { copy: Default::default(), tree_port: Default::default(), tree }
+    fn new(tree: Arc<tree::Ctx>, grace: Duration) -> Self {
+        Data {
+            copy: Default::default(),
+            tree_port: Default::default(),
+            tree,
+            grace: std::sync::atomic::AtomicU64::new(grace.as_secs().max(1)),
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn set_grace(&self, secs: u32) {
+        self.grace.store(u64::from(secs.max(1)), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The tree port, opened on `ip` the first time (0 if it cannot be).
@@ -264,6 +286,23 @@ impl Outbox {
     fn detach(&self) {
         self.state().link = None;
     }
+    /// The processes whose end is held, not yet reported.
+    fn held_exits(&self) -> Vec<i32> {
+        let g = self.state();
+        g.held
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Message::ProcEvent { pid, change: bproc_proto::ProcChange::Exited(_) } => {
+                    Some(*pid)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+    /// Drops what was held for a session that is gone.
+    fn drop_held(&self) {
+        self.state().held.clear();
+    }
 }
 
 async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<(u32, Message)>) {
@@ -315,8 +354,20 @@ async fn open_link(
     };
     write_frame(&mut stream, 0, &join).await.map_err(End::Lost)?;
     match tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await {
-        Ok(Ok((_, Message::Conf { node, cookie: c, ping_timeout, time_ms }))) => {
+        Ok(Ok((_, Message::Conf { node, cookie: c, ping_timeout, time_ms, grace }))) => {
             tree::master_time(time_ms);
+            data.set_grace(grace);
+            if *cookie != 0 && c != *cookie {
+                // The master did not keep the old session: its processes are not the master's
+                // any more, and it reports them lost.
+                info!("the master started a new session; killing the old session's processes");
+                fence(data);
+            } else if *cookie != 0 {
+                let procs = data.tree.procs.session_procs(&data.tree.outbox.held_exits());
+                write_frame(&mut stream, 0, &Message::SessionProcs { procs })
+                    .await
+                    .map_err(End::Lost)?;
+            }
             *cookie = c;
             Ok(Link {
                 stream,
@@ -374,8 +425,9 @@ async fn serve_link(
                 tree::master_time(time_ms);
                 Some(Message::Pong { seq, info: node_info() })
             }
-            Message::Conf { node: n, cookie: c, ping_timeout: pt, time_ms } => {
+            Message::Conf { node: n, cookie: c, ping_timeout: pt, time_ms, grace } => {
                 tree::master_time(time_ms);
+                data.set_grace(grace);
                 if n != node {
                     info!("master renumbered this node from {node} to {n}");
                 }
@@ -424,6 +476,10 @@ async fn serve_link(
             }
             Message::SignalPid { pid, signal, sender } => {
                 procs.signal_pid(pid, signal, sender);
+                None
+            }
+            Message::GhostOf { pid, ghost } => {
+                procs.set_ghost(pid, ghost);
                 None
             }
             Message::ProcStatQuery { pids } => Some(Message::ProcStats {
@@ -535,12 +591,15 @@ pub async fn run(opts: Options) -> Result<(), SlaveError> {
         Err(e) => warn!("cannot watch SIGCHLD ({e}): process exits will not be reported"),
     }
     let state = proxy::LinkState::default();
-    let data = Data::new(Arc::new(tree::Ctx {
-        opts: opts.clone(),
-        procs: procs.clone(),
-        outbox: outbox.clone(),
-        link: state.clone(),
-    }));
+    let data = Data::new(
+        Arc::new(tree::Ctx {
+            opts: opts.clone(),
+            procs: procs.clone(),
+            outbox: outbox.clone(),
+            link: state.clone(),
+        }),
+        opts.grace,
+    );
     if let Some(file) = opts.client_socket_file() {
         match proxy::bind(&file) {
             Ok(l) => {
@@ -558,6 +617,12 @@ pub async fn run(opts: Options) -> Result<(), SlaveError> {
     result
 }
 
+/// Kills the processes of a session that is over, with what was held to report about them.
+fn fence(data: &Data) {
+    data.tree.procs.kill_all();
+    data.tree.outbox.drop_held();
+}
+
 async fn run_sessions(
     opts: &Options,
     outbox: &Outbox,
@@ -570,7 +635,16 @@ async fn run_sessions(
     let mut backoff = Duration::from_millis(100);
     let mut lost_since: Option<Instant> = None;
     loop {
-        let end = match open_link(opts, data, master, opts.source, &mut cookie).await {
+        // While the session may still be resumed, no attempt outlasts the grace period.
+        let fence_at = lost_since.filter(|_| cookie != 0).map(|t| t + data.grace());
+        let attempt = open_link(opts, data, master, opts.source, &mut cookie);
+        let opened = match fence_at {
+            Some(at) => tokio::time::timeout_at(at.into(), attempt)
+                .await
+                .unwrap_or(Err(End::Lost(LinkError::Timeout("connect")))),
+            None => attempt.await,
+        };
+        let end = match opened {
             Ok(link) => {
                 info!("connected to master {} as node {}", link.master, link.node);
                 master = link.master;
@@ -613,17 +687,23 @@ async fn run_sessions(
                     return Err(SlaveError::Link { addr: master.into(), source: e });
                 }
                 let since = *lost_since.get_or_insert_with(Instant::now);
-                if cookie != 0 && since.elapsed() > opts.grace {
-                    // BProc's slave reset: the old master's processes die with its session.
-                    info!(
-                        "master gone for over {:?}: killing its processes, starting a new session",
-                        opts.grace
+                let grace = data.grace();
+                if cookie != 0 && since.elapsed() >= grace {
+                    // Self-fencing, BProc's slave reset: the master now reports this node's
+                    // jobs lost, so they must not run on.
+                    warn!(
+                        "master {master} gone for {} s (the grace period): killing its processes, starting a new session",
+                        grace.as_secs()
                     );
-                    procs.kill_all();
+                    fence(data);
                     cookie = 0;
                 }
                 warn!("master {master}: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
+                let wait = match cookie {
+                    0 => backoff,
+                    _ => backoff.min((since + grace).saturating_duration_since(Instant::now())),
+                };
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }

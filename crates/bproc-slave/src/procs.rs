@@ -41,8 +41,13 @@ struct ProcsInner {
     ranks: Mutex<HashMap<(u64, u32), i32>>,
     /// Direct children being watched.
     children: Mutex<std::collections::HashSet<i32>>,
+    /// Direct children killed with their session ([`Procs::kill_all`]): reaped, not reported.
+    doomed: Mutex<std::collections::HashSet<i32>>,
     /// Every process of the master's here (direct children and what they forked).
     known: Mutex<HashMap<i32, Known>>,
+    /// Processes that ended since the last [`Procs::session_procs`], kept so a restarted
+    /// master still learns whose end the events it is yet to receive report.
+    ended: Mutex<HashMap<i32, Known>>,
     /// Wakes [`Procs::follow`] when a process starts.
     started: tokio::sync::Notify,
     /// Where events go.
@@ -68,7 +73,9 @@ impl Procs {
         Procs(Arc::new(ProcsInner {
             ranks: Mutex::default(),
             children: Mutex::default(),
+            doomed: Mutex::default(),
             known: Mutex::default(),
+            ended: Mutex::default(),
             started: tokio::sync::Notify::new(),
             report: Box::new(report),
             spawner: Spawner::start(pid_namespace, extra_proc),
@@ -77,6 +84,40 @@ impl Procs {
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Known>> {
         self.0.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets ended process `pid`, keeping what a restarted master may need of it; true if
+    /// it was known.
+    fn forget(&self, pid: i32) -> bool {
+        let Some(k) = self.known().remove(&pid) else { return false };
+        self.0.ended.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, k);
+        true
+    }
+
+    /// The processes a resumed session has: every live one, and those that ended with their
+    /// end still to be reported (`unreported`), each with its ghost, launch and owner.
+    pub fn session_procs(&self, unreported: &[i32]) -> Vec<bproc_proto::SlaveProc> {
+        let ended = std::mem::take(&mut *self.0.ended.lock().unwrap_or_else(|e| e.into_inner()));
+        let known = self.known();
+        let entry = |(pid, k): (&i32, &Known)| bproc_proto::SlaveProc {
+            pid: *pid,
+            ghost: k.ghost,
+            launch: k.launch,
+            rank: k.rank,
+            uid: k.uid,
+        };
+        known
+            .iter()
+            .map(entry)
+            .chain(ended.iter().filter(|(p, _)| unreported.contains(p)).map(entry))
+            .collect()
+    }
+
+    /// The master names the ghost of process `pid` (a fork's).
+    pub fn set_ghost(&self, pid: i32, ghost: i32) {
+        if let Some(k) = self.known().get_mut(&pid) {
+            k.ghost = ghost;
+        }
     }
 
     /// Follows what the master's processes here fork, exec and end, by looking at their
@@ -109,7 +150,7 @@ impl Procs {
             let direct = self.children().contains(&pid);
             let Some(st) = proc_stat(pid) else {
                 // Gone and reaped by its parent before this look: its status is lost.
-                if !direct && self.known().remove(&pid).is_some() {
+                if !direct && self.forget(pid) {
                     let change = ProcChange::Exited(ExitStatus::Code(0));
                     (self.0.report)(Message::ProcEvent { pid, change });
                 }
@@ -117,7 +158,7 @@ impl Procs {
             };
             if st.state == 'Z' {
                 // Direct children are reported by the reaper, with stops and continues.
-                if !direct && self.known().remove(&pid).is_some() {
+                if !direct && self.forget(pid) {
                     let change = ProcChange::Exited(decode_wait(st.exit_code));
                     (self.0.report)(Message::ProcEvent { pid, change });
                 }
@@ -134,13 +175,13 @@ impl Procs {
             else {
                 continue;
             };
+            let uid = self.known().get(&pid).map_or(0, |k| k.uid);
             for child in kids.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
                 if self.known().contains_key(&child) {
                     continue;
                 }
                 let Some((comm, child_ns)) = comm_and_ns_pid(child) else { continue };
-                self.known()
-                    .insert(child, Known { comm: comm.clone(), seen: std::time::Instant::now() });
+                self.known().insert(child, Known::new(comm.clone(), 0, 0, 0, uid));
                 let change = ProcChange::Forked { child, child_ns, comm };
                 (self.0.report)(Message::ProcEvent { pid, change });
             }
@@ -160,13 +201,13 @@ impl Procs {
         self.0.spawner.pid_namespace
     }
 
-    /// Starts watching `pid`, rank `rank` of `launch` (after its start was reported, so its
-    /// events follow that report).
-    pub fn track(&self, launch: u64, rank: u32, pid: i32) {
+    /// Starts watching `pid`, rank `rank` of `launch` with ghost `ghost` (0: none), run for
+    /// `uid` (after its start was reported, so its events follow that report).
+    pub fn track(&self, launch: u64, rank: u32, pid: i32, ghost: i32, uid: u32) {
         self.ranks().insert((launch, rank), pid);
         self.children().insert(pid);
         if let Some(st) = proc_stat(pid) {
-            self.known().insert(pid, Known { comm: st.comm, seen: std::time::Instant::now() });
+            self.known().insert(pid, Known::new(st.comm, ghost, launch, rank, uid));
         }
         self.reap();
         self.0.started.notify_one();
@@ -175,6 +216,19 @@ impl Procs {
     /// Collects the state changes of watched children (on SIGCHLD) and reports them.
     pub fn reap(&self) {
         use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+        let doomed: Vec<i32> =
+            self.0.doomed.lock().map(|d| d.iter().copied().collect()).unwrap_or_default();
+        for pid in doomed {
+            let gone = !matches!(
+                waitid(Id::Pid(Pid::from_raw(pid)), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG),
+                Ok(WaitStatus::StillAlive)
+            );
+            if gone {
+                if let Ok(mut d) = self.0.doomed.lock() {
+                    d.remove(&pid);
+                }
+            }
+        }
         let pids: Vec<i32> = self.children().iter().copied().collect();
         let flags = WaitPidFlag::WEXITED
             | WaitPidFlag::WSTOPPED
@@ -193,7 +247,7 @@ impl Procs {
             };
             if matches!(change, ProcChange::Exited(_)) {
                 self.children().remove(&pid);
-                self.known().remove(&pid);
+                self.forget(pid);
                 self.ranks().retain(|_, p| *p != pid);
             }
             (self.0.report)(Message::ProcEvent { pid, change });
@@ -235,7 +289,11 @@ impl Procs {
             let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
         }
         self.0.spawner.reset();
+        let children = std::mem::take(&mut *self.children());
+        self.0.doomed.lock().unwrap_or_else(|e| e.into_inner()).extend(children);
+        self.ranks().clear();
         self.known().clear();
+        self.0.ended.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Starts `spec` on the spawner thread.
@@ -966,6 +1024,19 @@ struct Known {
     comm: String,
     /// When it was first seen.
     seen: std::time::Instant,
+    /// Its ghost on the master (0: none known).
+    ghost: i32,
+    /// The launch and rank it is (launch 0: a fork).
+    launch: u64,
+    rank: u32,
+    /// Whom it runs for.
+    uid: u32,
+}
+
+impl Known {
+    fn new(comm: String, ghost: i32, launch: u64, rank: u32, uid: u32) -> Known {
+        Known { comm, seen: std::time::Instant::now(), ghost, launch, rank, uid }
+    }
 }
 
 /// What `/proc/PID/stat` says of a process.

@@ -292,3 +292,125 @@ impl TestCommand {
         out
     }
 }
+
+/// A command started in the background. Its stdout (stream 1) and stderr (stream 2) are read
+/// line by line by threads; every wait has a deadline; it is killed by pid when dropped, also
+/// when the test panics.
+#[derive(Debug)]
+pub struct Running {
+    child: Option<std::process::Child>,
+    lines: std::sync::mpsc::Receiver<(u8, String)>,
+    /// Every stdout line read so far.
+    pub out: Vec<String>,
+    /// Every stderr line read so far.
+    pub err: Vec<String>,
+}
+
+impl TestCommand {
+    /// Starts the command in the background, stdin closed.
+    pub fn spawn(mut self) -> Running {
+        self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child =
+            self.cmd.spawn().unwrap_or_else(|e| panic!("cannot run {:?}: {e}", self.cmd));
+        let (tx, lines) = std::sync::mpsc::channel();
+        fn pump(
+            r: impl std::io::Read + Send + 'static,
+            n: u8,
+            tx: std::sync::mpsc::Sender<(u8, String)>,
+        ) {
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(r).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send((n, line)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        pump(child.stdout.take().expect("piped"), 1, tx.clone());
+        pump(child.stderr.take().expect("piped"), 2, tx);
+        Running { child: Some(child), lines, out: Vec::new(), err: Vec::new() }
+    }
+}
+
+impl Running {
+    /// The process's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    fn take(&mut self, (n, line): (u8, String)) -> (u8, String) {
+        if n == 1 { &mut self.out } else { &mut self.err }.push(line.clone());
+        (n, line)
+    }
+
+    /// Waits up to `secs` for a line (stream 1 or 2) that `want` accepts, and returns it;
+    /// panics with everything read so far if none comes.
+    pub fn wait_line(&mut self, secs: u64, what: &str, want: impl Fn(u8, &str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let (n, line) = self.take(l);
+                    if want(n, &line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "timed out after {secs} s waiting for {what}\nstdout: {:?}\nstderr: {:?}",
+                    self.out, self.err
+                ),
+            }
+        }
+    }
+
+    /// Waits up to `secs` for the process to end and its output to close; returns its status.
+    pub fn finish(&mut self, secs: u64) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.take(l);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "still running after {secs} s\nstdout: {:?}\nstderr: {:?}",
+                    self.out, self.err
+                ),
+            }
+        }
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(st) = child.try_wait().expect("wait for command") {
+                self.child = None;
+                return st;
+            }
+            assert!(std::time::Instant::now() < deadline, "still running after {secs} s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Calls `f` every 10 ms until it returns a value, panicking after `secs` seconds.
+pub fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -371,6 +371,14 @@ impl Cluster {
         }
     }
 
+    /// Kills the master with SIGKILL (a crash: it saves nothing) and reaps it.
+    pub fn kill_master(&mut self) {
+        if let Some(mut m) = self.master.take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+
     /// A client connected to the master.
     pub fn client(&self) -> Result<Client, VclusterError> {
         Ok(Client::connect_to(&self.socket())?)

@@ -55,6 +55,10 @@ fn spawn_with(
         .env_clear()
         .env("BPROC_SOCKET", crate::socket_path())
         .env("BPROC_GHOST_COUNT", n.to_string());
+    // How long the ghosts wait for a master that restarts.
+    if let Some(grace) = std::env::var_os("BPROC_GRACE") {
+        cmd.env("BPROC_GRACE", grace);
+    }
     match relay {
         Some(token) => {
             use std::os::fd::AsFd;

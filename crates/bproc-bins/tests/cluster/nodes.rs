@@ -119,7 +119,9 @@ fn bpctl_settings_survive_a_master_restart() {
 
     c.stop_master();
     c.start_master().expect("master restarts");
-    c.wait(30, "all nodes back", |t| t.iter().all(|n| n.state != "down"));
+    c.wait(30, "all nodes back", |t| {
+        t.iter().all(|n| n.state != "down" && n.state != "unreachable")
+    });
     let after = c.cmd("bpstat").args(["-l"]).ok();
     assert_eq!(after, before);
     assert_eq!(c.client().unwrap().node_attr(3, "rack").unwrap(), b"r7");
