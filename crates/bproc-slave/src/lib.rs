@@ -308,9 +308,11 @@ impl Outbox {
 async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<(u32, Message)>) {
     while let Some((id, msg)) = rx.recv().await {
         if write_frame(&mut wr, id, &msg).await.is_err() {
-            return;
+            break;
         }
     }
+    // The connection closes with its read half, which a lost link keeps (see serve_link).
+    wr.forget();
 }
 
 /// Splits a joined link: its writer serves `outbox` from now on.
@@ -399,7 +401,10 @@ fn chroot(path: &str) -> Message {
     }
 }
 
-/// Serves one session over `link` (and the links it moves to) until it ends.
+/// Serves one session over `link` (and the links it moves to) until it ends. Returns the
+/// link's read half too, which holds the connection open: a link given up for silence (a
+/// network fault) must not close before the next one has joined, or the master, reading
+/// the close first, would take the node for dead and report its jobs lost.
 #[allow(clippy::too_many_arguments)]
 async fn serve_link(
     opts: &Options,
@@ -409,7 +414,7 @@ async fn serve_link(
     procs: &procs::Procs,
     data: &Data,
     state: &proxy::LinkState,
-) -> End {
+) -> (End, OwnedReadHalf) {
     let (mut rd, mut master, mut node, mut ping_timeout, mut local) = attach(link, outbox);
     state.set(Some(proxy::Current { master, local, node }));
     let end = loop {
@@ -534,7 +539,7 @@ async fn serve_link(
     };
     outbox.detach();
     state.set(None);
-    end
+    (end, rd)
 }
 
 /// Opens a second link for the same session (`bpctl --reconnect`); omitted parts of the
@@ -634,6 +639,8 @@ async fn run_sessions(
     let mut master = opts.master;
     let mut backoff = Duration::from_millis(100);
     let mut lost_since: Option<Instant> = None;
+    // The last link, lost for silence, kept open until a new one joins (see serve_link).
+    let mut old_link: Option<OwnedReadHalf> = None;
     loop {
         // While the session may still be resumed, no attempt outlasts the grace period.
         let fence_at = lost_since.filter(|_| cookie != 0).map(|t| t + data.grace());
@@ -647,10 +654,14 @@ async fn run_sessions(
         let end = match opened {
             Ok(link) => {
                 info!("connected to master {} as node {}", link.master, link.node);
+                drop(old_link.take());
                 master = link.master;
                 backoff = Duration::from_millis(100);
                 lost_since = None;
-                serve_link(opts, link, &mut cookie, outbox, procs, data, state).await
+                let (end, rd) =
+                    serve_link(opts, link, &mut cookie, outbox, procs, data, state).await;
+                old_link = Some(rd);
+                end
             }
             Err(end) => end,
         };
@@ -697,6 +708,7 @@ async fn run_sessions(
                     );
                     fence(data);
                     cookie = 0;
+                    drop(old_link.take());
                 }
                 warn!("master {master}: {e}; retrying in {backoff:?}");
                 let wait = match cookie {
