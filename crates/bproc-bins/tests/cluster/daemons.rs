@@ -286,12 +286,18 @@ impl Drop for Background {
     }
 }
 
-/// The daemon that listens on the Unix socket `path` (the kernel names it: `SO_PEERCRED`).
-fn daemon_behind(path: &Path) -> Background {
+/// The pid of the process listening on the Unix socket `path` (the kernel names it:
+/// `SO_PEERCRED`).
+fn listener_pid(path: &Path) -> i32 {
     let s = UnixStream::connect(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
         .expect("SO_PEERCRED");
-    Background(cred.pid())
+    cred.pid()
+}
+
+/// The daemon that listens on `path`, to be killed when dropped.
+fn daemon_behind(path: &Path) -> Background {
+    Background(listener_pid(path))
 }
 
 /// Fields of `/proc/PID/stat` after the command name: state, ppid, pgrp, session, ...
@@ -441,6 +447,42 @@ fn background_daemons_log_to_syslog() {
     assert!(msg.contains(&format!(" bpslave[{}]: master 127.0.0.1:{port}: ", slave.0)), "{msg}");
     assert!(msg.ends_with("; retrying in 100ms"), "{msg}");
     drop((master, slave));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Under systemd (`NOTIFY_SOCKET` set, a `Type=notify` service) the master does not fork
+/// even without `-d`: it says `READY=1` once listening, as the process systemd started.
+#[test]
+fn master_under_systemd_notifies_ready() {
+    let dir = unique_dir("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.join("notify")).unwrap();
+    notify.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let _syslog = std::os::unix::net::UnixDatagram::bind(dir.join("log.sock")).unwrap();
+    let conf = hand_config(&dir, "listen 127.0.0.1:0\n");
+    let master = Command::new(bins().join("bpmaster"))
+        .arg("-c")
+        .arg(&conf)
+        .env("NOTIFY_SOCKET", dir.join("notify"))
+        .env("BPROC_SYSLOG_SOCKET", dir.join("log.sock"))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed and reaped however the test ends.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut master = Reaped(master);
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // The process systemd started is the daemon: it did not fork.
+    assert_eq!(listener_pid(&dir.join("master.sock")), master.0.id() as i32);
+    assert!(master.0.try_wait().unwrap().is_none(), "bpmaster exited");
+    drop(master);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
