@@ -524,7 +524,7 @@ fn a_rust_program_moves_and_vrforks() {
         let log = std::fs::read_to_string(c.slave_log(node)).unwrap();
         log.lines()
             .filter_map(|l| {
-                let (_, rest) = l.split_once(": ")?;
+                let (_, rest) = l.rsplit_once(": ")?;
                 let (found, rest) = rest.split_once(" of ")?;
                 let asked = rest.strip_suffix(" files the mover asked about are here")?;
                 Some((found.parse::<usize>().ok()?, asked.parse::<usize>().ok()?))
