@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs bproc under a prefix, as `make install` would: the programs, libbproc (shared
-# library with soname libbproc.so.4, static library), the C headers, a pkg-config file and
-# the man pages.
+# Installs bproc under a prefix, as `make install` would: the daemons (bpmaster, bpslave) in
+# sbin, the other programs in bin, libbproc (shared library with soname libbproc.so.4, static
+# library), the C headers, a pkg-config file, the man pages and systemd units for the daemons.
 #
 #   scripts/install.sh [PREFIX]          # default /usr/local
 #   DESTDIR=/tmp/stage scripts/install.sh /usr   # staged install for packaging
+#
+# The units go to PREFIX/lib/systemd/system (which systemd reads for /usr and /usr/local), or
+# to $SYSTEMDUNITDIR; they run the daemons from PREFIX/sbin. Enable them with
+# `systemctl daemon-reload && systemctl enable --now bpmaster` (or bpslave, on the nodes).
 #
 # Builds in release mode first (PROFILE=debug installs the debug build, for tests).
 # Afterwards: cc prog.c $(pkg-config --cflags --libs bproc)
@@ -20,10 +24,19 @@ debug) cargo build --quiet -p bproc-bins -p bproc-capi ;;
 *) echo "install.sh: PROFILE must be release or debug" >&2; exit 2 ;;
 esac
 R=target/$PROFILE
-install -d "$DEST/bin" "$DEST/lib/pkgconfig" "$DEST/include/sys" \
-    "$DEST/share/man/man1" "$DEST/share/man/man3" "$DEST/share/man/man8"
-for p in bpmaster bpslave bpghost bpsh brsh bpcp bpstat bpctl bplib bpcluster; do
+UNITDIR=${DESTDIR:-}${SYSTEMDUNITDIR:-$PREFIX/lib/systemd/system}
+install -d "$DEST/bin" "$DEST/sbin" "$DEST/lib/pkgconfig" "$DEST/include/sys" \
+    "$DEST/share/man/man1" "$DEST/share/man/man3" "$DEST/share/man/man8" "$UNITDIR"
+# bpmaster finds bpghost in ../bin, and bpcluster the daemons in ../sbin.
+for p in bpmaster bpslave; do
+    install -m 755 "$R/$p" "$DEST/sbin/$p"
+done
+for p in bpghost bpsh brsh bpcp bpstat bpctl bplib bpcluster; do
     install -m 755 "$R/$p" "$DEST/bin/$p"
+done
+for u in bpmaster bpslave; do
+    sed "s|@SBINDIR@|$PREFIX/sbin|g" "systemd/$u.service.in" >"$UNITDIR/$u.service"
+    chmod 644 "$UNITDIR/$u.service"
 done
 install -m 755 "$R/libbproc.so" "$DEST/lib/libbproc.so.4.0.0"
 ln -sf libbproc.so.4.0.0 "$DEST/lib/libbproc.so.4"

@@ -1,11 +1,7 @@
-//! What the daemons' `main`s share: logging setup.
+//! What the daemons' `main`s share: how they start ([`daemon`]: in the background with a
+//! readiness report, in the foreground, or under systemd with [`notify`]) and where their
+//! logs go ([`logging`]: stderr or syslog).
 
-/// Logs to stderr at warn level, info with one `-v`, debug with more.
-pub fn init_logging(verbosity: u8) {
-    let level = match verbosity {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        _ => tracing::Level::DEBUG,
-    };
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).init();
-}
+pub mod daemon;
+pub mod logging;
+pub mod notify;

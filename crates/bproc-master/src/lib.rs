@@ -268,13 +268,22 @@ async fn listen_addrs(config: &Config) -> Result<Vec<SocketAddr>, MasterError> {
 /// Listens with a deep accept queue (capped by `net.core.somaxconn`): a thousand slaves
 /// connect at once when a cluster boots or the master restarts, and a dropped SYN costs a
 /// second or more.
-/// The ghost program: `$BPROC_GHOST`, else `bpghost` beside this program, if executable.
+/// The ghost program: `$BPROC_GHOST`, else `bpghost` beside this program, else in `../bin`
+/// (an installed bpmaster is in `sbin`, the programs users run in `bin`), if executable.
 fn ghost_program() -> Option<String> {
+    let executable = |p: &Path| nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok();
     let path = match std::env::var_os("BPROC_GHOST") {
         Some(p) => std::path::PathBuf::from(p),
-        None => std::env::current_exe().ok()?.with_file_name("bpghost"),
+        None => {
+            let beside = std::env::current_exe().ok()?.with_file_name("bpghost");
+            let in_bin = beside.parent().and_then(Path::parent).map(|d| d.join("bin/bpghost"));
+            match in_bin {
+                Some(b) if !executable(&beside) && executable(&b) => b,
+                _ => beside,
+            }
+        }
     };
-    let ok = nix::unistd::access(&path, nix::unistd::AccessFlags::X_OK).is_ok();
+    let ok = executable(&path);
     if !ok {
         warn!("no ghost program at {}: remote processes get no ghosts", path.display());
     }

@@ -53,7 +53,7 @@ pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug, Error)]
 pub enum SlaveError {
     /// The master cannot be reached or the link failed (without `-r`).
-    #[error("master {addr}: {source}")]
+    #[error("master {addr}")]
     Link {
         /// Master address.
         addr: SocketAddr,
@@ -576,7 +576,11 @@ fn run_command(what: &str, cmd: &str) {
 }
 
 /// Runs the slave until it is told to stop, or, without `-r`, until the link ends.
-pub async fn run(opts: Options) -> Result<(), SlaveError> {
+///
+/// `on_ready` is called once the daemon is set up and its first attempt to join the master
+/// is over: joined, or, with `-r`, failed and to be retried (a node may boot before its
+/// master). A first attempt that fails for good ends `run` with the error instead.
+pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveError> {
     let key = opts.key.clone();
     let outbox = Outbox::default();
     let procs = {
@@ -616,7 +620,7 @@ pub async fn run(opts: Options) -> Result<(), SlaveError> {
             ),
         }
     }
-    let result = run_sessions(&opts, &outbox, &procs, &data, &state).await;
+    let result = run_sessions(&opts, &outbox, &procs, &data, &state, on_ready).await;
     // Leaving the master for good: its processes go too (BProc's slave reset).
     procs.kill_all();
     result
@@ -634,7 +638,9 @@ async fn run_sessions(
     procs: &procs::Procs,
     data: &Data,
     state: &proxy::LinkState,
+    on_ready: impl FnOnce(),
 ) -> Result<(), SlaveError> {
+    let mut on_ready = Some(on_ready);
     let mut cookie = 0u64;
     let mut master = opts.master;
     let mut backoff = Duration::from_millis(100);
@@ -658,6 +664,9 @@ async fn run_sessions(
                 master = link.master;
                 backoff = Duration::from_millis(100);
                 lost_since = None;
+                if let Some(ready) = on_ready.take() {
+                    ready();
+                }
                 let (end, rd) =
                     serve_link(opts, link, &mut cookie, outbox, procs, data, state).await;
                 old_link = Some(rd);
@@ -711,6 +720,9 @@ async fn run_sessions(
                     drop(old_link.take());
                 }
                 warn!("master {master}: {e}; retrying in {backoff:?}");
+                if let Some(ready) = on_ready.take() {
+                    ready();
+                }
                 let wait = match cookie {
                     0 => backoff,
                     _ => backoff.min((since + grace).saturating_duration_since(Instant::now())),
@@ -723,10 +735,10 @@ async fn run_sessions(
 }
 
 /// Runs [`run`] on a new current-thread runtime.
-pub fn serve(opts: Options) -> Result<(), SlaveError> {
+pub fn serve(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(SlaveError::Runtime)?
-        .block_on(run(opts))
+        .block_on(run(opts, on_ready))
 }

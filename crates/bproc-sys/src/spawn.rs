@@ -450,10 +450,13 @@ fn init_loop(lifeline: i32, ready: i32, extra_proc: Option<&std::ffi::CStr>) -> 
         }
         libc::write(ready, [1u8].as_ptr().cast(), 1);
         // Keep the lifeline as fd 3 and close everything else of the daemon's: the
-        // namespace must not hold its sockets or the lifeline's write end.
+        // namespace must not hold its sockets or the lifeline's write end, nor its standard
+        // streams (a daemon that went to the background must leave the terminal, or the
+        // pipe of whoever started it, for good).
         if libc::dup2(lifeline, 3) < 0 {
             libc::_exit(1);
         }
+        libc::syscall(libc::SYS_close_range, 0u32, 2u32, 0u32);
         libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
         // SIGCHLD through a signalfd: a cloned copy of a multi-threaded daemon cannot
         // install a handler safely, and polling would wake every init of a large virtual

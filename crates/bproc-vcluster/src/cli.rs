@@ -108,8 +108,18 @@ fn isolation_works(bin: &Path) -> bool {
     }
 }
 
-fn spec_for(a: &Args, n: usize) -> Spec {
+/// Where bpmaster and bpslave are: beside this program (a build tree), or in `../sbin` (an
+/// installation, where daemons go to sbin).
+fn daemon_dir() -> PathBuf {
     let bin = bin_dir();
+    match bin.parent().map(|p| p.join("sbin")) {
+        Some(sbin) if !bin.join("bpmaster").exists() && sbin.join("bpmaster").exists() => sbin,
+        _ => bin,
+    }
+}
+
+fn spec_for(a: &Args, n: usize) -> Spec {
+    let bin = daemon_dir();
     let mut s = Spec::new(n, a.dir.clone(), bin.clone());
     s.isolate = a.isolate && isolation_works(&bin);
     s.diskless = a.diskless;

@@ -113,6 +113,10 @@ pub struct Spec {
     /// Start returns once every node is connected (any state but `down`) instead of `up`:
     /// for clusters whose node_up program holds some nodes in `boot`.
     pub ready_when_connected: bool,
+    /// Start the master the way an administrator does, in the background (no `-d`), from the
+    /// cluster directory with the relative `-c config`: its logs then go to syslog, and its
+    /// pid comes from its `--print-address` report.
+    pub daemonize_master: bool,
 }
 
 impl Spec {
@@ -130,6 +134,7 @@ impl Spec {
             timeout: Duration::from_secs(60),
             ready_when_connected: false,
             diskless: false,
+            daemonize_master: false,
         }
     }
 }
@@ -150,12 +155,46 @@ pub fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A daemon this handle started: its child, or, gone to the background, its pid.
+#[derive(Debug)]
+enum Daemon {
+    Child(Child),
+    Background(u32),
+}
+
+impl Daemon {
+    fn id(&self) -> u32 {
+        match self {
+            Daemon::Child(c) => c.id(),
+            Daemon::Background(pid) => *pid,
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; a child is always reaped.
+    fn stop(&mut self, grace: Duration) {
+        match self {
+            Daemon::Child(c) => stop_child(c, grace),
+            Daemon::Background(pid) => {
+                let pid = Pid::from_raw(*pid as i32);
+                let _ = kill(pid, Signal::SIGTERM);
+                let deadline = Instant::now() + grace;
+                while Instant::now() < deadline && !child_exited(pid.as_raw() as u32) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if !child_exited(pid.as_raw() as u32) {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 /// A running virtual cluster.
 #[derive(Debug)]
 pub struct Cluster {
     spec: Spec,
     port: u16,
-    master: Option<Child>,
+    master: Option<Daemon>,
     slaves: Vec<Option<Child>>,
     owned: bool,
 }
@@ -279,7 +318,11 @@ impl Cluster {
         let prog = self.spec.bin_dir.join("bpmaster");
         let log = self.master_log();
         let mut cmd = Command::new(&prog);
-        cmd.arg("-d").arg("--print-address").arg("-c").arg(self.config_path());
+        if self.spec.daemonize_master {
+            cmd.arg("--print-address").arg("-c").arg("config").current_dir(&self.spec.dir);
+        } else {
+            cmd.arg("-d").arg("--print-address").arg("-c").arg(self.config_path());
+        }
         if self.spec.verbose {
             cmd.arg("-v");
         }
@@ -287,20 +330,35 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(self.log_file(&log)?)
+            .env_remove("NOTIFY_SOCKET")
             .process_group(0)
             .spawn()
             .map_err(|source| VclusterError::Spawn { prog: prog.clone(), source })?;
-        // The master prints its address once every socket is open: that is readiness.
+        // The master prints "ADDRESS SOCKET PID" once every socket is open: that is readiness
+        // (from the daemon itself with -d, else from the command, which then exits).
         let mut line = String::new();
         let stdout = child.stdout.take().expect("piped");
         let _ = BufReader::new(stdout).read_line(&mut line);
-        if line.trim().is_empty() {
+        let failed = |mut child: Child| {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(VclusterError::Master { log: log_tail(&log, 20), path: log });
+            Err(VclusterError::Master { log: log_tail(&log, 20), path: log.clone() })
+        };
+        if line.trim().is_empty() {
+            return failed(child);
         }
-        self.master = Some(child);
-        Ok(())
+        if !self.spec.daemonize_master {
+            self.master = Some(Daemon::Child(child));
+            return Ok(());
+        }
+        let pid = line.split_whitespace().nth(2).and_then(|p| p.parse().ok());
+        match (child.wait(), pid) {
+            (Ok(st), Some(pid)) if st.success() => {
+                self.master = Some(Daemon::Background(pid));
+                Ok(())
+            }
+            _ => failed(child),
+        }
     }
 
     /// Starts node `i`'s slave (again).
@@ -335,6 +393,7 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(self.log_file(&self.slave_log(i))?)
+            .env_remove("NOTIFY_SOCKET")
             .process_group(0)
             .spawn()
             .map_err(|source| VclusterError::Spawn { prog, source })?;
@@ -344,7 +403,7 @@ impl Cluster {
 
     /// Pid of the master, if running under this handle.
     pub fn master_pid(&self) -> Option<u32> {
-        self.master.as_ref().map(Child::id)
+        self.master.as_ref().map(Daemon::id)
     }
 
     /// Pid of node `i`'s slave, if running under this handle.
@@ -367,15 +426,25 @@ impl Cluster {
     /// Stops the master with SIGTERM (it saves its state) and waits for it.
     pub fn stop_master(&mut self) {
         if let Some(mut m) = self.master.take() {
-            stop_child(&mut m, Duration::from_secs(5));
+            m.stop(Duration::from_secs(5));
         }
     }
 
     /// Kills the master with SIGKILL (a crash: it saves nothing) and reaps it.
     pub fn kill_master(&mut self) {
-        if let Some(mut m) = self.master.take() {
-            let _ = m.kill();
-            let _ = m.wait();
+        if let Some(m) = self.master.take() {
+            match m {
+                Daemon::Child(mut c) => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                Daemon::Background(pid) => {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    while !child_exited(pid) {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
         }
     }
 

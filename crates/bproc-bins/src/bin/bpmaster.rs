@@ -1,22 +1,24 @@
-//! bpmaster: the master daemon. Parses options, loads the configuration and runs
-//! `bproc_master::serve`.
-use std::io::Write;
+//! bpmaster: the master daemon. Parses options, loads the configuration, starts in the
+//! background (see `bproc_bins::daemon`) and runs `bproc_master::serve`.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use bproc_bins::daemon::{Daemon, Started};
+use bproc_bins::logging;
 use bproc_master::{config::Config, Options};
 use lexopt::prelude::*;
 
 const USAGE: &str = "Usage: bpmaster [-h] [-V] [-d] [-v]... [-i] [-c file]
   -h               print this message and exit
   -V               print the version and exit
-  -d               do not daemonize (stay in the foreground)
-  -v               more log output on stderr (repeat for more)
+  -d               do not daemonize: stay in the foreground and log to stderr
+                   (otherwise logs go to syslog with the config's logfacility)
+  -v               more log output (repeat for more)
   -i               accept slaves of another software version
   -c FILE          configuration file (default /etc/clustermatic/config)
   --keygen [FILE]  create the cluster key (default /etc/clustermatic/key) and exit
-  --print-address  print \"TCP-ADDRESS SOCKET\" on stdout once listening
+  --print-address  print \"TCP-ADDRESS SOCKET PID\" on stdout once listening
 ";
 
 struct Args {
@@ -60,35 +62,60 @@ fn parse() -> anyhow::Result<Result<Args, ExitCode>> {
     Ok(Ok(a))
 }
 
-fn run() -> anyhow::Result<ExitCode> {
-    let a = match parse()? {
-        Ok(a) => a,
-        Err(code) => return Ok(code),
-    };
-    bproc_bins::init_logging(a.verbose);
-    let config = Config::load(&a.config)?;
-    bproc_master::serve(config, a.options, |addrs, socket| {
-        if a.print_address {
-            let first = addrs.first().map(ToString::to_string).unwrap_or_default();
-            println!("{first} {}", socket.display());
-            let _ = std::io::stdout().flush();
-        }
-        if !a.foreground {
-            // Keep stderr: logs go wherever the service manager points it.
-            if let Err(e) = nix::unistd::daemon(false, true) {
-                tracing::error!("cannot daemonize: {e}");
-            }
-        }
-    })?;
-    Ok(ExitCode::SUCCESS)
-}
-
+/// Loads the configuration, starts the daemon (in the background unless `-d`) and serves.
 fn main() -> ExitCode {
-    match run() {
-        Ok(code) => code,
+    let loaded = match parse() {
+        Ok(Ok(a)) => load(a),
+        Ok(Err(code)) => return code,
+        Err(e) => Err(e),
+    };
+    let (a, config) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("bpmaster: {e:#}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    let daemon = match Daemon::start("bpmaster", a.foreground) {
+        Ok(Started::Daemon(d)) => d,
+        Ok(Started::Parent(code)) => return code,
+        Err(e) => {
+            eprintln!("bpmaster: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = serve(a, config, &daemon);
+    daemon.exit(result.map_err(|e| format!("{e:#}")))
+}
+
+/// The arguments and the configuration, read before the daemon forks so that their errors
+/// reach the terminal at once. The path is made absolute first: the daemon moves to `/`, and
+/// SIGHUP reads the file again.
+fn load(mut a: Args) -> anyhow::Result<(Args, Config)> {
+    a.config = std::path::absolute(&a.config)
+        .with_context(|| format!("configuration file {}", a.config.display()))?;
+    let config = Config::load(&a.config)?;
+    Ok((a, config))
+}
+
+fn serve(a: Args, config: Config, daemon: &Daemon) -> anyhow::Result<()> {
+    let target = if daemon.background() {
+        let facility = logging::facility(&config.log_facility)?;
+        logging::Target::Syslog { ident: "bpmaster", facility }
+    } else {
+        logging::Target::Stderr
+    };
+    if let Some(warning) = logging::init(target, a.verbose) {
+        eprintln!("bpmaster: {warning}");
     }
+    bproc_master::serve(config, a.options, |addrs, socket| {
+        let report = if a.print_address {
+            let first = addrs.first().map(ToString::to_string).unwrap_or_default();
+            format!("{first} {} {}", socket.display(), std::process::id())
+        } else {
+            String::new()
+        };
+        daemon.ready(&report);
+    })?;
+    Ok(())
 }

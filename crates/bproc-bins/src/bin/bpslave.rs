@@ -1,11 +1,14 @@
-//! bpslave: the slave daemon. Parses options, optionally gives the node its own namespaces,
-//! and runs `bproc_slave::serve`.
+//! bpslave: the slave daemon. Parses options, starts in the background (see
+//! `bproc_bins::daemon`), optionally gives the node its own namespaces, and runs
+//! `bproc_slave::serve`.
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use bproc_bins::daemon::{Daemon, Started};
+use bproc_bins::logging;
 use bproc_link::ClusterKey;
 use bproc_slave::{isolate, Options, DEFAULT_KEYFILE, DEFAULT_PORT};
 use lexopt::prelude::*;
@@ -14,9 +17,9 @@ const USAGE: &str = "Usage: bpslave [options] MASTER[:PORT] [PORT]
   -h                  print this message and exit
   -V                  print the version and exit
   -v                  verbose (implies -d; repeat for more)
-  -d                  do not daemonize
-  -e                  log to stderr (always the case)
-  -l FACILITY         accepted for compatibility (logs go to stderr)
+  -d                  do not daemonize: stay in the foreground and log to stderr
+  -e                  log to stderr, also in the background
+  -l FACILITY         syslog facility in the background (default daemon)
   -i                  accepted for compatibility (the master decides: bpmaster -i)
   -r                  reconnect after losing the master
   -s ADDR             connect from local address ADDR
@@ -38,6 +41,10 @@ struct Args {
     opts: Options,
     diskless: bool,
     foreground: bool,
+    /// `-e`: log to stderr even in the background.
+    stderr: bool,
+    /// `-l`: the syslog facility in the background.
+    facility: logging::Facility,
     verbose: u8,
     isolate: Option<String>,
 }
@@ -49,6 +56,7 @@ fn parse() -> anyhow::Result<Option<Args>> {
     let mut grace = None;
     let mut cmds: [Option<String>; 3] = Default::default();
     let (mut foreground, mut verbose, mut isolate_as, mut diskless) = (false, 0u8, None, false);
+    let (mut stderr, mut facility) = (false, logging::Facility::LOG_DAEMON);
     let mut positional = Vec::new();
     let mut client_socket: Option<Option<PathBuf>> = None;
     let mut p = lexopt::Parser::from_env();
@@ -67,10 +75,9 @@ fn parse() -> anyhow::Result<Option<Args>> {
                 foreground = true;
             }
             Short('d') => foreground = true,
-            Short('e') | Short('i') => {}
-            Short('l') => {
-                p.value()?;
-            }
+            Short('i') => {}
+            Short('e') => stderr = true,
+            Short('l') => facility = logging::facility(&p.value()?.string()?)?,
             Short('r') => reconnect = true,
             Short('s') => {
                 let v = p.value()?.string()?;
@@ -133,32 +140,49 @@ fn parse() -> anyhow::Result<Option<Args>> {
     if diskless && (isolate_as.is_none() || !opts.authority.root) {
         bail!("--diskless needs --isolate NAME and root: the node's root lives in its own /tmp");
     }
-    Ok(Some(Args { opts, foreground, verbose, isolate: isolate_as, diskless }))
+    Ok(Some(Args { opts, foreground, stderr, facility, verbose, isolate: isolate_as, diskless }))
 }
 
-fn run() -> anyhow::Result<()> {
-    let Some(a) = parse()? else { return Ok(()) };
-    bproc_bins::init_logging(a.verbose);
-    let mut a = a;
+/// Reads the options and the key, starts the daemon (in the background unless `-d`), and
+/// serves the master.
+fn main() -> ExitCode {
+    let a = match parse() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpslave: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut daemon = match Daemon::start("bpslave", a.foreground) {
+        Ok(Started::Daemon(d)) => d,
+        Ok(Started::Parent(code)) => return code,
+        Err(e) => {
+            eprintln!("bpslave: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    daemon.keep_stderr(a.stderr);
+    let result = serve(a, &daemon);
+    daemon.exit(result.map_err(|e| format!("{e:#}")))
+}
+
+fn serve(mut a: Args, daemon: &Daemon) -> anyhow::Result<()> {
+    let target = if daemon.background() && !a.stderr {
+        logging::Target::Syslog { ident: "bpslave", facility: a.facility }
+    } else {
+        logging::Target::Stderr
+    };
+    if let Some(warning) = logging::init(target, a.verbose) {
+        eprintln!("bpslave: {warning}");
+    }
+    // New namespaces need a single-threaded process: before the runtime starts.
     if let Some(name) = &a.isolate {
         isolate::isolate(name)?;
     }
     if a.diskless {
         a.opts.diskless = Some(isolate::diskless(std::path::Path::new("/tmp/.bproc-node"))?);
     }
-    if !a.foreground {
-        nix::unistd::daemon(false, true).context("cannot daemonize")?;
-    }
-    bproc_slave::serve(a.opts)?;
+    bproc_slave::serve(a.opts, || daemon.ready(""))?;
     Ok(())
-}
-
-fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bpslave: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -320,8 +320,9 @@ fn header_matches_the_library() {
     assert_eq!(declared, exported);
 }
 
-/// `scripts/install.sh` puts programs, library, headers and `bproc.pc` under a prefix; a
-/// BProc-era program builds with pkg-config against it and runs.
+/// `scripts/install.sh` puts programs (daemons in sbin), library, headers, `bproc.pc` and the
+/// systemd units under a prefix; a BProc-era program builds with pkg-config against it and
+/// runs.
 #[test]
 fn installed_library_builds_old_programs() {
     if Command::new("pkg-config").arg("--version").output().is_err()
@@ -339,9 +340,12 @@ fn installed_library_builds_old_programs() {
         .unwrap();
     assert!(st.success());
     for f in [
+        "sbin/bpmaster",
+        "sbin/bpslave",
         "bin/bpsh",
         "bin/bpcp",
         "bin/bpghost",
+        "lib/systemd/system/bpslave.service",
         "lib/libbproc.so.4",
         "lib/libbproc.a",
         "include/sys/bproc.h",
@@ -351,6 +355,10 @@ fn installed_library_builds_old_programs() {
     ] {
         assert!(prefix.join(f).exists(), "{f} installed");
     }
+    let unit = std::fs::read_to_string(prefix.join("lib/systemd/system/bpmaster.service")).unwrap();
+    let exec =
+        format!("ExecStart={}/sbin/bpmaster -c /etc/clustermatic/config\n", prefix.display());
+    assert!(unit.contains(&exec), "{unit}");
     let flags = Command::new("pkg-config")
         .args(["--cflags", "--libs", "bproc"])
         .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
@@ -516,7 +524,7 @@ fn a_rust_program_moves_and_vrforks() {
         let log = std::fs::read_to_string(c.slave_log(node)).unwrap();
         log.lines()
             .filter_map(|l| {
-                let (_, rest) = l.split_once(": ")?;
+                let (_, rest) = l.rsplit_once(": ")?;
                 let (found, rest) = rest.split_once(" of ")?;
                 let asked = rest.strip_suffix(" files the mover asked about are here")?;
                 Some((found.parse::<usize>().ok()?, asked.parse::<usize>().ok()?))

@@ -1,8 +1,11 @@
 //! The daemons under failure and administration: node loss, ping timeouts, authentication,
-//! configuration errors and reloads, node commands, and malformed client traffic.
+//! configuration errors and reloads, node commands, and malformed client traffic; started in
+//! the background as an administrator does (readiness, syslog, failed starts) and the
+//! systemd units.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bproc_proto::{decode, encode, errno, Message};
@@ -270,4 +273,296 @@ fn one_master_per_socket_and_basic_options() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is bpmaster running?"));
+}
+
+/// A daemon that went to the background (not our child), killed by pid when dropped, also
+/// when the test fails.
+struct Background(i32);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGKILL);
+    }
+}
+
+/// The pid of the process listening on the Unix socket `path` (the kernel names it:
+/// `SO_PEERCRED`).
+fn listener_pid(path: &Path) -> i32 {
+    let s = UnixStream::connect(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+        .expect("SO_PEERCRED");
+    cred.pid()
+}
+
+/// The daemon that listens on `path`, to be killed when dropped.
+fn daemon_behind(path: &Path) -> Background {
+    Background(listener_pid(path))
+}
+
+/// Fields of `/proc/PID/stat` after the command name: state, ppid, pgrp, session, ...
+fn proc_stat(pid: i32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat.rsplit_once(')').unwrap().1.split_whitespace().map(str::to_owned).collect()
+}
+
+/// Checks what going to the background promises: a session of its own (no terminal), not
+/// the starter's child, in `/`, standard streams on /dev/null.
+fn assert_detached(pid: i32) {
+    let stat = proc_stat(pid);
+    assert_ne!(stat[1], std::process::id().to_string(), "the test's child: {stat:?}");
+    assert_eq!(stat[3], pid.to_string(), "not a session leader: {stat:?}");
+    assert_eq!(std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(), Path::new("/"));
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(target, Path::new("/dev/null"), "fd {fd}");
+    }
+}
+
+/// A configuration for a master started by hand in `dir` (with its key), plus `extra`.
+fn hand_config(dir: &Path, extra: &str) -> PathBuf {
+    let key = dir.join("key");
+    if !key.exists() {
+        TestCommand::new(bins().join("bpmaster")).arg("--keygen").arg(&key).ok();
+    }
+    let conf = dir.join("config");
+    let d = dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "socket {d}/master.sock\nkeyfile {d}/key\nstatedir {d}/state\nlogdir {d}/log\n{extra}"
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+/// The last line of a command's stderr (before it, a machine without syslog gets a warning).
+fn last_err_line(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().to_owned()
+}
+
+/// bpmaster started the normal way (no `-d`, issue "A real cluster") forks before any thread
+/// starts, so its data port still accepts: nodes copy to the front end (the seed's `bpsh -a
+/// -p bpcp /tmp/myoutput` hung until killed when the fork came after the data port's thread).
+#[test]
+fn background_master_takes_copies_from_nodes() {
+    let mut spec = TestCluster::spec(&bins(), 3, "bg-copy");
+    spec.daemonize_master = true;
+    let c = TestCluster::start(spec);
+    assert_detached(c.master_pid().unwrap() as i32);
+    let local = unique_dir("bg-copy-local");
+    let name = format!("/tmp/bproc-bg-copy-{}", std::process::id());
+    let line = format!("echo result of node 1 > {name}");
+    c.cmd("bpsh").args(["1", "sh", "-c", &line]).ok();
+    // --timeout: a master that takes no copies fails the test instead of hanging it.
+    let dst = local.join("h");
+    c.cmd("bpsh")
+        .args(["--timeout", "60", "1", "bpcp", &name, &format!("master:{}", dst.display())])
+        .ok();
+    assert_eq!(std::fs::read_to_string(&dst).unwrap(), "result of node 1\n");
+    if c.spec().isolate {
+        // Each node has its own /tmp: only node 1 has the file, which lands in the front
+        // end's /tmp, and the others say they have none.
+        let out = c.cmd("bpsh").args(["--timeout", "60", "-a", "-p", "bpcp", &name]).output_of();
+        let got = std::fs::read_to_string(&name);
+        let _ = std::fs::remove_file(&name);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_eq!(got.unwrap(), "result of node 1\n");
+    }
+    let _ = std::fs::remove_dir_all(&local);
+}
+
+/// A daemonized master started with a relative `-c` (from the configuration's directory, as
+/// an administrator in /etc/clustermatic would) still finds its file on SIGHUP, although it
+/// now runs in `/`.
+#[test]
+fn background_master_reloads_its_relative_config() {
+    let mut spec = TestCluster::spec(&bins(), 1, "bg-hup");
+    spec.daemonize_master = true;
+    let c = TestCluster::start(spec);
+    let pid = c.master_pid().unwrap() as i32;
+    assert_detached(pid);
+    let conf = std::fs::read_to_string(c.config_path()).unwrap();
+    std::fs::write(c.config_path(), format!("{conf}ip 9 {}\n", node_addr(90))).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP).unwrap();
+    c.wait(10, "node 9 configured", |t| t.iter().any(|n| n.node == 9));
+    assert_eq!(c.cmd("bpstat").args(["-s", "-N"]).ok(), "up\ndown\n");
+}
+
+/// In the background both daemons log to syslog with their facility (bpmaster's
+/// `logfacility`, bpslave's `-l`): one datagram per message, `<PRI>... NAME[PID]: text`.
+#[test]
+fn background_daemons_log_to_syslog() {
+    let dir = unique_dir("syslog");
+    let log = dir.join("log.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&log).unwrap();
+    // Waits for a message, not a sleep: the daemons log at start.
+    rx.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let next_from = |name: &str| loop {
+        let mut buf = [0u8; 4096];
+        let n = rx.recv(&mut buf).expect("a syslog message within 30 s");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.contains(&format!(" {name}[")) {
+            return msg;
+        }
+    };
+    let conf = hand_config(&dir, "listen 127.0.0.1:0\nlogfacility local3\nfrobnicate yes\n");
+    let out = Command::new(bins().join("bpmaster"))
+        .arg("-c")
+        .arg(&conf)
+        .env("BPROC_SYSLOG_SOCKET", &log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let master = daemon_behind(&dir.join("master.sock"));
+    let msg = next_from("bpmaster");
+    // local3 (19) × 8 + warning (4)
+    assert!(msg.starts_with("<156>"), "{msg}");
+    let want = format!(
+        " bpmaster[{}]: {}:7: unknown directive `frobnicate` (ignored)",
+        master.0,
+        conf.display()
+    );
+    assert!(msg.ends_with(&want), "{msg}");
+
+    // A slave whose master is not there yet (-r) is ready after its first attempt, and logs
+    // the retries.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = Command::new(bins().join("bpslave"))
+        .args(["-r", "-l", "local5", "--key"])
+        .arg(dir.join("key"))
+        .arg("--client-socket")
+        .arg(dir.join("node.sock"))
+        .arg(format!("127.0.0.1:{port}"))
+        .env("BPROC_SYSLOG_SOCKET", &log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let slave = daemon_behind(&dir.join("node.sock"));
+    assert_detached(slave.0);
+    let msg = next_from("bpslave");
+    // local5 (21) × 8 + warning (4)
+    assert!(msg.starts_with("<172>"), "{msg}");
+    assert!(msg.contains(&format!(" bpslave[{}]: master 127.0.0.1:{port}: ", slave.0)), "{msg}");
+    assert!(msg.ends_with("; retrying in 100ms"), "{msg}");
+    drop((master, slave));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Under systemd (`NOTIFY_SOCKET` set, a `Type=notify` service) the master does not fork
+/// even without `-d`: it says `READY=1` once listening, as the process systemd started.
+#[test]
+fn master_under_systemd_notifies_ready() {
+    let dir = unique_dir("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.join("notify")).unwrap();
+    notify.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let _syslog = std::os::unix::net::UnixDatagram::bind(dir.join("log.sock")).unwrap();
+    let conf = hand_config(&dir, "listen 127.0.0.1:0\n");
+    let master = Command::new(bins().join("bpmaster"))
+        .arg("-c")
+        .arg(&conf)
+        .env("NOTIFY_SOCKET", dir.join("notify"))
+        .env("BPROC_SYSLOG_SOCKET", dir.join("log.sock"))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed and reaped however the test ends.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut master = Reaped(master);
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 within 30 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // The process systemd started is the daemon: it did not fork.
+    assert_eq!(listener_pid(&dir.join("master.sock")), master.0.id() as i32);
+    assert!(master.0.try_wait().unwrap().is_none(), "bpmaster exited");
+    drop(master);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A start that fails in the background makes the command that was typed fail with the
+/// daemon's reason: an interface without an address, a port in use, a master not there.
+#[test]
+fn failed_background_start_is_reported() {
+    let dir = unique_dir("bg-fail");
+    let run = |prog: &str, args: &[&str], socket: &str| {
+        let out = Command::new(bins().join(prog)).args(args).output().unwrap();
+        // Should one start after all, it must not outlive the test.
+        let started = out.status.success().then(|| daemon_behind(&dir.join(socket)));
+        (out, started)
+    };
+    let conf = hand_config(&dir, "interface nosuch0\n");
+    let (out, _d) = run("bpmaster", &["-c", conf.to_str().unwrap()], "master.sock");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let want = format!("bpmaster: {}: interface nosuch0 has no IPv4 address", conf.display());
+    assert_eq!(last_err_line(&out), want);
+
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    hand_config(&dir, &format!("listen 127.0.0.1:{port}\n"));
+    let (out, _d) = run("bpmaster", &["-c", conf.to_str().unwrap()], "master.sock");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        last_err_line(&out),
+        format!(
+            "bpmaster: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)"
+        )
+    );
+
+    drop(held);
+    let key = dir.join("key");
+    let sock = dir.join("node.sock");
+    let args = ["--key", key.to_str().unwrap(), "--client-socket", sock.to_str().unwrap()];
+    let master = format!("127.0.0.1:{port}");
+    let (out, _d) = run("bpslave", &[&args[..], &[master.as_str()]].concat(), "node.sock");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        last_err_line(&out),
+        format!("bpslave: master {master}: connection failed: Connection refused (os error 111)")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The systemd units pass `systemd-analyze verify` (with the daemons where install.sh puts
+/// them, and their man pages found).
+#[test]
+fn systemd_units_verify() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no systemd-analyze to check the units (apt install systemd)");
+        return;
+    }
+    let dir = unique_dir("units");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::create_dir_all(dir.join("man/man8")).unwrap();
+    let mut units = Vec::new();
+    for name in ["bpmaster", "bpslave"] {
+        let text =
+            std::fs::read_to_string(root.join(format!("systemd/{name}.service.in"))).unwrap();
+        let unit = dir.join(format!("{name}.service"));
+        std::fs::write(&unit, text.replace("@SBINDIR@", bins().to_str().unwrap())).unwrap();
+        units.push(unit);
+        std::fs::copy(root.join(format!("man/{name}.8")), dir.join(format!("man/man8/{name}.8")))
+            .unwrap();
+    }
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.arg("verify");
+    if Command::new("man").arg("-w").arg("man").output().is_ok() {
+        cmd.env("MANPATH", dir.join("man"));
+    } else {
+        cmd.arg("--man=no");
+    }
+    let out = cmd.args(&units).output().unwrap();
+    // Problems with the machine's own units are not ours; a unit's own problems name it.
+    let ours: Vec<&str> = std::str::from_utf8(&out.stderr)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("bpmaster") || l.contains("bpslave"))
+        .collect();
+    assert!(out.status.success() && ours.is_empty(), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
