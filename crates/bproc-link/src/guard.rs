@@ -6,9 +6,9 @@
 //!   pending one, which has had the longest to prove itself: a peer that opens connections
 //!   and sends nothing cannot hold more than the bound, and cannot starve an honest peer,
 //!   which proves itself within a round trip of connecting.
-//! - [`Refusals`] rate-limits the warnings refused connections cause: the first of an
-//!   interval is logged as it comes, the rest are counted and summed up in one line, so a
-//!   flood of bad connections costs the log a line per interval instead of a line each.
+//! - [`Refusals`] rate-limits the warnings refused connections cause: the first few of an
+//!   interval are logged as they come, the rest are counted and summed up in one line, so a
+//!   flood of bad connections costs the log a few lines per interval instead of a line each.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -125,6 +125,8 @@ pub struct Refusals {
 struct RefusalState {
     /// Start of the interval in which a line was logged.
     since: Option<Instant>,
+    /// Lines logged in it.
+    logged: u32,
     /// Refusals not logged in that interval.
     quiet: u64,
     /// The latest of those.
@@ -133,13 +135,20 @@ struct RefusalState {
 
 /// The interval of [`Refusals`].
 pub const REFUSAL_INTERVAL: Duration = Duration::from_secs(10);
+/// Refusals logged one by one in an interval before the rest are counted.
+pub const REFUSAL_BURST: u32 = 5;
 
 impl Refusals {
     /// Refusals on `what` (a port or socket, named in every line).
     pub const fn new(what: &'static str) -> Refusals {
         Refusals {
             what,
-            state: Mutex::new(RefusalState { since: None, quiet: 0, latest: String::new() }),
+            state: Mutex::new(RefusalState {
+                since: None,
+                logged: 0,
+                quiet: 0,
+                latest: String::new(),
+            }),
         }
     }
 
@@ -147,18 +156,24 @@ impl Refusals {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A connection was refused for `why`: logged now if it is the first of the interval,
-    /// else counted for the summary.
+    /// A connection was refused for `why`: logged now if it is one of the first
+    /// [`REFUSAL_BURST`] of the interval, else counted for the summary.
     pub fn refuse(&self, why: impl Display) {
         let now = Instant::now();
         let mut s = self.lock();
+        let mut summary = None;
         if s.since.is_some_and(|t| now.duration_since(t) < REFUSAL_INTERVAL) {
-            s.quiet += 1;
-            s.latest = why.to_string();
-            return;
+            if s.logged >= REFUSAL_BURST {
+                s.quiet += 1;
+                s.latest = why.to_string();
+                return;
+            }
+        } else {
+            summary = self.take_summary(&mut s);
+            s.since = Some(now);
+            s.logged = 0;
         }
-        let summary = self.take_summary(&mut s);
-        s.since = Some(now);
+        s.logged += 1;
         drop(s);
         if let Some(line) = summary {
             warn!("{line}");
@@ -173,6 +188,7 @@ impl Refusals {
         if s.since.is_some_and(|t| t.elapsed() >= REFUSAL_INTERVAL) {
             let summary = self.take_summary(&mut s);
             s.since = None;
+            s.logged = 0;
             drop(s);
             if let Some(line) = summary {
                 warn!("{line}");
@@ -244,7 +260,10 @@ mod tests {
     #[test]
     fn refusals_are_counted_within_an_interval() {
         let r = Refusals::new("test port");
-        r.refuse("first");
+        for i in 0..REFUSAL_BURST {
+            r.refuse(format_args!("logged {i}"));
+        }
+        assert_eq!(r.unlogged(), 0);
         for i in 0..100 {
             r.refuse(format_args!("number {i}"));
         }

@@ -92,6 +92,8 @@ use thiserror::Error;
 pub const DEFAULT_PORT: u16 = 2223;
 /// Default `launchfanout`: a launch reaches 1024 nodes in two hops.
 pub const DEFAULT_LAUNCH_FANOUT: u32 = 32;
+/// Default `maxclientsperuser`: client connections one user other than root may hold.
+pub const DEFAULT_MAX_CLIENTS_PER_USER: u32 = 256;
 /// The default `pingtimeout`, in seconds.
 pub const DEFAULT_PING_TIMEOUT: u32 = 30;
 /// The smallest `pingtimeout` BProc allows, in seconds.
@@ -181,6 +183,10 @@ pub struct Config {
     /// `launchfanout` (ours): how many nodes each node passes a launch on to, default
     /// [`DEFAULT_LAUNCH_FANOUT`].
     pub launch_fanout: u32,
+    /// `maxclientsperuser` (ours): client connections one user other than root (and the
+    /// master's own user) may hold at once, default [`DEFAULT_MAX_CLIENTS_PER_USER`]. Ghosts
+    /// do not count. Local and node clients count alike.
+    pub max_clients_per_user: u32,
     /// `allowinsecureports`: accept slaves whose source port is 1024 or more.
     pub allow_insecure_ports: bool,
     /// `logfacility`: the syslog facility, lowercase, default [`DEFAULT_LOG_FACILITY`].
@@ -344,6 +350,7 @@ enum Directive {
     LogFacility,
     PingTimeout,
     LaunchFanout,
+    MaxClientsPerUser,
     SlaveTimesync,
     Slave,
     Interface,
@@ -370,6 +377,7 @@ impl Directive {
             "logfacility" => Directive::LogFacility,
             "pingtimeout" => Directive::PingTimeout,
             "launchfanout" => Directive::LaunchFanout,
+            "maxclientsperuser" => Directive::MaxClientsPerUser,
             "slavetimesync" => Directive::SlaveTimesync,
             "slave" => Directive::Slave,
             "interface" => Directive::Interface,
@@ -403,8 +411,8 @@ impl Directive {
         use Directive::*;
         match self {
             AllowInsecurePorts => (0, Some(0)),
-            BprocPort | LogFacility | PingTimeout | LaunchFanout | SlaveTimesync | Listen
-            | Socket | Keyfile | Statedir | Logdir => (1, Some(1)),
+            BprocPort | LogFacility | PingTimeout | LaunchFanout | MaxClientsPerUser
+            | SlaveTimesync | Listen | Socket | Keyfile | Statedir | Logdir => (1, Some(1)),
             Interface => (1, Some(3)),
             IpRange => (2, Some(3)),
             Slave | Ip | Master => (1, None),
@@ -631,6 +639,7 @@ impl Parser {
                 listen: Vec::new(),
                 ping_timeout: DEFAULT_PING_TIMEOUT,
                 launch_fanout: DEFAULT_LAUNCH_FANOUT,
+                max_clients_per_user: DEFAULT_MAX_CLIENTS_PER_USER,
                 allow_insecure_ports: false,
                 log_facility: DEFAULT_LOG_FACILITY.into(),
                 slave_timesync: true,
@@ -696,6 +705,17 @@ impl Parser {
                     .filter(|n| (1..=1024).contains(n))
                     .ok_or_else(|| {
                         format!("launchfanout must be a number from 1 to 1024, not {}", args[0])
+                    })?;
+            }
+            Directive::MaxClientsPerUser => {
+                c.max_clients_per_user = parse_c_integer(&args[0])
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| (1..=1 << 20).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "maxclientsperuser must be a number from 1 to 1048576, not {}",
+                            args[0]
+                        )
                     })?;
             }
             Directive::SlaveTimesync => c.slave_timesync = parse_yes_no(tag, &args[0])?,
@@ -1051,6 +1071,20 @@ mod tests {
         assert_eq!(c.node_for_addr(ip("10.0.0.1")), Some(1));
         assert_eq!(c.node_for_addr(ip("10.0.0.2")), None);
         assert_eq!(c.node_numbers().collect::<Vec<_>>(), [3, 1]);
+    }
+
+    #[test]
+    fn maxclientsperuser() {
+        assert_eq!(parse("\n").max_clients_per_user, DEFAULT_MAX_CLIENTS_PER_USER);
+        assert_eq!(parse("maxclientsperuser 8\n").max_clients_per_user, 8);
+        assert_eq!(
+            error("maxclientsperuser 0\n"),
+            "test.conf:1: maxclientsperuser must be a number from 1 to 1048576, not 0"
+        );
+        assert_eq!(
+            error("maxclientsperuser many\n"),
+            "test.conf:1: maxclientsperuser must be a number from 1 to 1048576, not many"
+        );
     }
 
     #[test]
