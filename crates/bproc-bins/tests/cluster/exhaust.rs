@@ -102,6 +102,30 @@ STDOUT->flush;
 <STDIN>;
 "#;
 
+/// Starts a holder of `n` connections as `user` and waits until it holds them.
+fn hold(c: &TestCluster, user: &bproc_testkit::TestUser, n: usize) -> std::process::Child {
+    let hex: String = encode(1, &Message::NodeList).iter().map(|b| format!("{b:02x}")).collect();
+    let mut h = Command::new("setpriv")
+        .args(["--reuid", &user.uid.to_string(), "--regid", &user.gid.to_string()])
+        .args(["--clear-groups", "perl", "-e", HOLDER])
+        .arg(c.socket())
+        .args([&n.to_string(), &hex])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the connection holder (setpriv, perl)");
+    let mut line = String::new();
+    BufReader::new(h.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), n.to_string(), "the holder opened every connection");
+    h
+}
+
+/// Ends a holder: it lets go when its stdin closes.
+fn release(mut h: std::process::Child) {
+    drop(h.stdin.take());
+    h.wait().unwrap();
+}
+
 /// An unprivileged user holding 20,000 connections to the client socket gets its cap of
 /// 256 (each further connection is refused, naming the cap) while root's bpstat answers at
 /// once; the master's descriptors stay bounded, its log gets a few lines, and partial frames
@@ -116,27 +140,9 @@ fn a_user_cannot_exhaust_the_client_socket() {
     let master = c.master_pid().unwrap();
     c.cmd("bpstat").ok();
     let (fds0, lines0) = (open_fds(master), log_lines(&c.master_log()));
-    let hex: String = encode(1, &Message::NodeList).iter().map(|b| format!("{b:02x}")).collect();
     // Two holders of 10,000 each: an unprivileged process's open-file limit may be lower
     // than 20,000, and root may not be allowed to raise it (in a container).
-    let mut holders: Vec<std::process::Child> = (0..2)
-        .map(|_| {
-            Command::new("setpriv")
-                .args(["--reuid", &user.uid.to_string(), "--regid", &user.gid.to_string()])
-                .args(["--clear-groups", "perl", "-e", HOLDER])
-                .arg(c.socket())
-                .args(["10000", &hex])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("run the connection holder (setpriv, perl)")
-        })
-        .collect();
-    for h in &mut holders {
-        let mut line = String::new();
-        BufReader::new(h.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "10000", "the holder opened every connection");
-    }
+    let holders = [hold(&c, &user, 10000), hold(&c, &user, 10000)];
     // Root is not held up by the flood.
     let t0 = Instant::now();
     let out = c.cmd("bpstat").arg("-t").ok();
@@ -174,10 +180,7 @@ fn a_user_cannot_exhaust_the_client_socket() {
     assert!(grew < 16 << 10, "50 partial frames cost the master {grew} kB");
     drop(partial);
     // Once the user lets go, it connects again.
-    for mut h in holders {
-        drop(h.stdin.take());
-        h.wait().unwrap();
-    }
+    holders.into_iter().for_each(release);
     let t0 = Instant::now();
     while !c.cmd("bpstat").as_user(&user).output_of().status.success() {
         assert!(t0.elapsed() < Duration::from_secs(10), "the user's slots never came back");
@@ -255,4 +258,55 @@ fn refused_floods_cost_no_threads_and_few_log_lines() {
     let lines = log_lines(&c.master_log()) - lines0;
     assert!(lines <= 12, "{lines} log lines for 1000 refused slave connections");
     c.wait_state(0, "up", 5);
+}
+
+/// Ghosts do not count against a user's cap: they stand for processes the user runs, and a
+/// job has one for each. A job of 8 ranks runs under a cap of 3 connections, while a fourth
+/// plain connection of the same user is refused.
+#[test]
+fn ghosts_do_not_count_against_the_cap() {
+    if !require_root("runs a job as a second, unprivileged user") {
+        return;
+    }
+    let user = test_user();
+    let mut spec = TestCluster::spec(&bins(), 2, "exhaust-ghosts");
+    spec.extra_config = "maxclientsperuser 3\n".into();
+    let c = TestCluster::start(spec);
+    use std::os::unix::process::CommandExt;
+    let mut job = Command::new(bins().join("bpsh"))
+        .args(["0,1,0,1,0,1,0,1", "sh", "-c", "echo x; exec sleep 60"])
+        .env("BPROC_SOCKET", c.socket())
+        .uid(user.uid)
+        .gid(user.gid)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(job.stdout.take().unwrap());
+    for _ in 0..8 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "x\n");
+    }
+    // Every rank has its ghost: the master lists them with their nodes, and refused none.
+    let t0 = Instant::now();
+    loop {
+        let procs = c.cmd("bpstat").arg("-p").ok();
+        let ghosts = procs.lines().skip(1).count();
+        if ghosts == 8 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{ghosts} ghosts:\n{procs}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(c.master_log()).unwrap();
+    assert!(!log.contains("refused"), "{log}");
+    let _ = job.kill();
+    let _ = job.wait();
+    let holder = hold(&c, &user, 3);
+    let out = c.cmd("bpstat").as_user(&user).fails();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let cap = format!("user {} already has 3 connections (cap maxclientsperuser)", user.uid);
+    assert!(err.contains(&cap), "{err}");
+    release(holder);
 }
