@@ -22,6 +22,7 @@
 //!   their job does.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,8 +49,8 @@ pub(crate) static REFUSED: Refusals = Refusals::new("client socket");
 /// Client connections, by user, for the caps (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct Conns {
-    /// `maxclientsperuser`.
-    per_user: usize,
+    /// `maxclientsperuser` (a reload changes it).
+    per_user: AtomicUsize,
     /// Most connections of users other than root, together: the open-file limit less a
     /// reserve for root, the slave links and the daemon's own files.
     others_max: usize,
@@ -97,11 +98,20 @@ impl Conns {
     pub(crate) fn new(per_user: u32, fd_limit: u64, nodes: usize) -> Conns {
         let limit = usize::try_from(fd_limit).unwrap_or(usize::MAX);
         let reserve = 256usize.saturating_add(nodes.saturating_mul(4)).min(limit / 2);
-        Conns { per_user: per_user as usize, others_max: limit - reserve, counts: Mutex::default() }
+        Conns {
+            per_user: AtomicUsize::new(per_user as usize),
+            others_max: limit - reserve,
+            counts: Mutex::default(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a reloaded `maxclientsperuser` to new connections.
+    pub(crate) fn set_per_user(&self, per_user: u32) {
+        self.per_user.store(per_user as usize, Ordering::Relaxed);
     }
 
     /// Admits a connection of `uid` (`admin`: root or the master's own user; `ghost`: from
@@ -117,7 +127,7 @@ impl Conns {
             return Ok(Slot { conns: self.clone(), uid, capped: false, other: false });
         }
         let mine = c.by_uid.get(&uid).copied().unwrap_or(0);
-        if !ghost && mine >= self.per_user {
+        if !ghost && mine >= self.per_user.load(Ordering::Relaxed) {
             return Err(format!(
                 "bpmaster refused the connection: user {uid} already has {mine} connections \
                  (cap maxclientsperuser)"
@@ -445,5 +455,44 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
             code: EPROTO,
             message: format!("{} is not a client request", other.name()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_is_capped_and_gets_its_slots_back() {
+        let conns = Arc::new(Conns::new(2, 100_000, 4));
+        let a = conns.admit(1001, false, false).unwrap();
+        let _b = conns.admit(1001, false, false).unwrap();
+        assert_eq!(
+            conns.admit(1001, false, false).unwrap_err(),
+            "bpmaster refused the connection: user 1001 already has 2 connections \
+             (cap maxclientsperuser)"
+        );
+        // Another user, root, the user's ghosts: not held back.
+        let _c = conns.admit(1002, false, false).unwrap();
+        let _r: Vec<Slot> = (0..10).map(|_| conns.admit(0, true, false).unwrap()).collect();
+        let _g: Vec<Slot> = (0..10).map(|_| conns.admit(1001, false, true).unwrap()).collect();
+        drop(a);
+        let _d = conns.admit(1001, false, false).unwrap();
+        // A reload raises the cap for new connections.
+        conns.set_per_user(3);
+        let _e = conns.admit(1001, false, false).unwrap();
+    }
+
+    #[test]
+    fn root_keeps_a_reserve() {
+        // 1000 descriptors, 10 nodes: 296 kept for root, 704 for everybody else.
+        let conns = Arc::new(Conns::new(1000, 1000, 10));
+        let others: Vec<Slot> =
+            (0..704).map(|i| conns.admit(2000 + i, false, i % 2 == 0).unwrap()).collect();
+        let err = conns.admit(5000, false, false).unwrap_err();
+        assert!(err.contains("users other than root hold 704 connections"), "{err}");
+        assert!(conns.admit(0, true, false).is_ok());
+        drop(others);
+        assert!(conns.admit(5000, false, false).is_ok());
     }
 }

@@ -228,6 +228,7 @@ impl Shared {
             slaves::disconnect(session, "node removed from the master's configuration", true);
         }
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        self.conns.set_per_user(config.max_clients_per_user);
         slaves::send_conf_all(self, &config);
         self.notify();
         info!("configuration reloaded from {}", path.display());
