@@ -6,21 +6,28 @@
 //! (and, on a diskless node, the node's root), so files are opened and created exactly as the
 //! user's own process would, and the daemon's other work keeps its rights.
 //!
-//! A stream's connection starts with the 16-byte token of the receiver it is for. The master
-//! sends the orders of one copy at the same moment, so a stream can arrive just before its
-//! receiver's order: the accepting thread waits a little for the token to be registered.
+//! A stream's connection starts with the 16-byte token of the receiver it is for. Tokens are
+//! read by async tasks on one thread of the service's own (a small tokio runtime), never by a
+//! thread per connection: each connection has [`TOKEN_DEADLINE`] to send its token, and at
+//! most [`MAX_PENDING`] may be reading one at a time (past that, a new connection ends the
+//! oldest, see `bproc_link::guard::Pending`). The master sends the orders of one copy at the
+//! same moment, so a stream can arrive just before its receiver's order: it then waits, with
+//! no thread, among at most [`MAX_EARLY`] early streams, for up to [`MEET_TIMEOUT`]. So a
+//! flood of connections with made-up tokens costs the daemon neither threads nor more than a
+//! bounded number of descriptors, and its refusals are logged once per interval.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bproc_link::guard::{Pending, Refusals};
 use bproc_proto::errno::EPERM;
 use bproc_proto::{CopyLink, CopyOpts, CopyTask, Creds, Message};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::sink::{receive, Target};
 use crate::source::send;
@@ -30,6 +37,15 @@ use crate::NoProgress;
 pub const MEET_TIMEOUT: Duration = Duration::from_secs(30);
 /// A stream that sends nothing for this long is given up.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a new connection has to send its token.
+pub const TOKEN_DEADLINE: Duration = Duration::from_secs(5);
+/// Most connections reading their token at once.
+pub const MAX_PENDING: usize = 256;
+/// Most streams waiting for their receiver's order.
+pub const MAX_EARLY: usize = 256;
+
+/// Refused connections on the data ports, logged once per interval.
+static REFUSED: Refusals = Refusals::new("data port");
 
 /// Whose files this daemon may touch.
 #[derive(Debug, Clone, Copy)]
@@ -40,10 +56,81 @@ pub struct Authority {
     pub uid: u32,
 }
 
+/// Where receivers and their streams meet.
 #[derive(Default)]
-struct Registry {
-    waiting: Mutex<HashMap<[u8; 16], SyncSender<TcpStream>>>,
-    changed: Condvar,
+struct Registry(Mutex<Meet>);
+
+#[derive(Default)]
+struct Meet {
+    /// Receivers waiting for their stream.
+    waiting: HashMap<[u8; 16], SyncSender<TcpStream>>,
+    /// Streams that came before their receiver's order, with their arrival.
+    early: HashMap<[u8; 16], (TcpStream, Instant)>,
+    /// The same, oldest first (entries whose stream left or was replaced are skipped).
+    order: VecDeque<([u8; 16], Instant)>,
+}
+
+impl Meet {
+    /// Drops early streams older than [`MEET_TIMEOUT`]; returns how many.
+    fn expire(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        while let Some(&(token, at)) = self.order.front() {
+            if now.duration_since(at) < MEET_TIMEOUT {
+                break;
+            }
+            self.order.pop_front();
+            if self.early.get(&token).is_some_and(|e| e.1 == at) {
+                self.early.remove(&token);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Drops the oldest early stream.
+    fn evict_oldest(&mut self) {
+        while let Some((token, at)) = self.order.pop_front() {
+            if self.early.get(&token).is_some_and(|e| e.1 == at) {
+                self.early.remove(&token);
+                return;
+            }
+        }
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Meet> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands a stream to its receiver, or keeps it (bounded) until the receiver registers.
+    fn deliver(&self, token: [u8; 16], s: TcpStream) {
+        let mut m = self.lock();
+        if let Some(tx) = m.waiting.remove(&token) {
+            drop(m);
+            let _ = tx.send(s);
+            return;
+        }
+        let now = Instant::now();
+        let expired = m.expire(now);
+        if m.early.len() >= MAX_EARLY {
+            m.evict_oldest();
+            drop(m);
+            REFUSED.refuse(format_args!(
+                "{MAX_EARLY} streams wait for copy orders that have not come; dropped the oldest"
+            ));
+            m = self.lock();
+        }
+        m.early.insert(token, (s, now));
+        m.order.push_back((token, now));
+        drop(m);
+        if expired > 0 {
+            REFUSED.refuse(format_args!(
+                "{expired} stream(s) with unknown tokens dropped after {} s",
+                MEET_TIMEOUT.as_secs()
+            ));
+        }
+    }
 }
 
 /// A daemon's data port and the orders it runs.
@@ -72,31 +159,25 @@ pub fn new_token() -> [u8; 16] {
 }
 
 impl DataService {
-    /// Opens the data port on `ip` and starts accepting.
+    /// Opens the data port on `ip` and starts accepting, on a thread of its own.
     pub fn start(
         ip: Ipv4Addr,
         authority: Authority,
         jail: Option<PathBuf>,
     ) -> io::Result<DataService> {
         let listener = TcpListener::bind(SocketAddrV4::new(ip, 0))?;
+        listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let svc = DataService { port, registry: Arc::default(), authority, jail };
         let registry = svc.registry.clone();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name("bproc-data".into()).spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(s) => {
-                        let registry = registry.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("bproc-data-conn".into())
-                            .spawn(move || deliver(&registry, s));
-                    }
-                    Err(e) => {
-                        warn!("data port: accept failed: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => accept(l, registry).await,
+                    Err(e) => warn!("data port: cannot serve: {e}"),
                 }
-            }
+            });
         })?;
         Ok(svc)
     }
@@ -109,13 +190,21 @@ impl DataService {
     /// Registers a receiver's token; the stream comes out of the returned channel.
     pub fn expect(&self, token: [u8; 16]) -> Receiver<TcpStream> {
         let (tx, rx) = sync_channel(1);
-        self.registry.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(token, tx);
-        self.registry.changed.notify_all();
+        let mut m = self.registry.lock();
+        match m.early.remove(&token) {
+            // The stream came first; the channel holds it (capacity 1).
+            Some((s, _)) => {
+                let _ = tx.send(s);
+            }
+            None => {
+                m.waiting.insert(token, tx);
+            }
+        }
         rx
     }
 
     fn forget(&self, token: &[u8; 16]) {
-        self.registry.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(token);
+        self.registry.lock().waiting.remove(token);
     }
 
     /// Runs a copy order on a new thread and calls `done` with the [`Message::CopyResult`]
@@ -246,31 +335,57 @@ fn result(source_errors: Vec<String>, errors: Vec<String>, files: u64, bytes: u6
     Message::CopyResult { node: 0, source_errors, errors, files, bytes }
 }
 
-/// Reads the token of an arriving stream and hands the stream to its receiver.
-fn deliver(registry: &Registry, mut s: TcpStream) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut token = [0u8; 16];
-    if s.read_exact(&mut token).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + MEET_TIMEOUT;
-    let mut waiting = registry.waiting.lock().unwrap_or_else(|e| e.into_inner());
+/// Accepts streams until the daemon ends: each reads its token in a pending task, and old
+/// early streams and the refusal summary are looked after every few seconds.
+async fn accept(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
+    let pending = Pending::new(MAX_PENDING);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
-        if let Some(tx) = waiting.remove(&token) {
-            drop(waiting);
-            let _ = tx.send(s);
-            return;
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((s, peer)) => {
+                    let registry = registry.clone();
+                    let evicted = pending.spawn(move |place| async move {
+                        let mut s = s;
+                        let mut token = [0u8; 16];
+                        use tokio::io::AsyncReadExt;
+                        let read = tokio::time::timeout(TOKEN_DEADLINE, s.read_exact(&mut token));
+                        match read.await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => return REFUSED.refuse(format_args!("{peer}: {e} before its token")),
+                            Err(_) => return REFUSED.refuse(format_args!(
+                                "{peer} sent no token within {} s", TOKEN_DEADLINE.as_secs()
+                            )),
+                        }
+                        place.admit();
+                        match s.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) {
+                            Ok(s) => registry.deliver(token, s),
+                            Err(e) => warn!("data port: {peer}: {e}"),
+                        }
+                    });
+                    if evicted {
+                        REFUSED.refuse(format_args!(
+                            "{MAX_PENDING} connections wait to send a token; dropped the oldest"
+                        ));
+                    }
+                }
+                Err(e) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    REFUSED.refuse(format_args!("accept failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = tick.tick() => {
+                let expired = registry.lock().expire(Instant::now());
+                if expired > 0 {
+                    REFUSED.refuse(format_args!(
+                        "{expired} stream(s) with unknown tokens dropped after {} s",
+                        MEET_TIMEOUT.as_secs()
+                    ));
+                }
+                REFUSED.flush();
+            }
         }
-        let now = Instant::now();
-        if now >= deadline {
-            debug!("data port: a stream with an unknown token was dropped");
-            return;
-        }
-        waiting = registry
-            .changed
-            .wait_timeout(waiting, deadline - now)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
     }
 }
 
@@ -366,5 +481,70 @@ impl<R: Read> Read for Tee<'_, R> {
             let _ = self.outs.write_all(&buf[..n]);
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> DataService {
+        let authority = Authority { root: false, uid: nix::unistd::geteuid().as_raw() };
+        DataService::start(Ipv4Addr::LOCALHOST, authority, None).unwrap()
+    }
+
+    fn send_token(port: u16, token: [u8; 16], data: &[u8]) -> TcpStream {
+        let link = CopyLink { node: 0, ip: Some(Ipv4Addr::LOCALHOST), port, token };
+        let mut s = connect_link(&link, Ipv4Addr::LOCALHOST).unwrap();
+        s.write_all(data).unwrap();
+        s
+    }
+
+    #[test]
+    fn streams_meet_their_receivers_in_either_order() {
+        let svc = service();
+        // The receiver first.
+        let (t1, t2) = (new_token(), new_token());
+        let rx = svc.expect(t1);
+        let _a = send_token(svc.port(), t1, b"one");
+        let mut got = [0u8; 3];
+        rx.recv_timeout(Duration::from_secs(10)).unwrap().read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"one");
+        // The stream first: it waits, threadless, until its receiver registers.
+        let _b = send_token(svc.port(), t2, b"two");
+        let t0 = Instant::now();
+        while svc.registry.lock().early.is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "the stream never arrived");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let rx = svc.expect(t2);
+        rx.recv_timeout(Duration::from_secs(1)).unwrap().read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"two");
+    }
+
+    #[test]
+    fn early_streams_are_bounded() {
+        let svc = service();
+        let held: Vec<TcpStream> =
+            (0..MAX_EARLY + 20).map(|_| send_token(svc.port(), new_token(), b"")).collect();
+        let t0 = Instant::now();
+        // Every connection is taken in; at most MAX_EARLY stay.
+        loop {
+            let open = held
+                .iter()
+                .filter(|s| {
+                    s.set_nonblocking(true).unwrap();
+                    let mut b = [0u8; 1];
+                    // Dropped ones read EOF; kept ones would block.
+                    !matches!(s.peek(&mut b), Ok(0))
+                })
+                .count();
+            if open == MAX_EARLY {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "{open} early streams kept");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(svc.registry.lock().early.len(), MAX_EARLY);
     }
 }

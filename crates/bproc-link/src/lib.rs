@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod guard;
 mod key;
 
 use std::time::Duration;
@@ -64,27 +65,69 @@ pub enum LinkError {
     Refused(String),
 }
 
+/// How long a frame may take to arrive once its first byte has: a peer that starts a frame
+/// and stalls is dropped, instead of holding a connection (and the bytes it sent) forever.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(20);
+
+/// The most a reader sets aside for a body before its bytes arrive: beyond this, the buffer
+/// grows as data comes, so a header's claim alone costs nothing.
+const FIRST_ALLOC: usize = 16 << 10;
+
+/// Reads `len` bytes of a body (or the rest of a frame) into `buf`, growing it only as
+/// bytes arrive: the length is the peer's word, not an allocation.
+async fn read_claimed<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    len: usize,
+) -> Result<(), LinkError> {
+    buf.reserve(len.min(FIRST_ALLOC));
+    let want = buf.len() + len;
+    r.take(len as u64).read_to_end(buf).await?;
+    if buf.len() < want {
+        return Err(LinkError::Closed);
+    }
+    Ok(())
+}
+
 /// Reads one frame. Returns `Ok(None)` on a clean end of stream between frames.
+///
+/// Waiting for a frame to start has no limit (links and watchers are quiet for long), but
+/// once its first byte is in, the whole frame must follow within [`FRAME_DEADLINE`]. The body
+/// buffer grows as bytes arrive, so a header claiming a large body costs nothing until the
+/// body comes.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<Option<(u32, Message)>, LinkError> {
     let mut head = [0u8; HEADER_LEN];
-    match r.read_exact(&mut head).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    // The header bounds the body length before we allocate for it.
-    let h = Header::parse(&head)?;
-    let mut body = vec![0u8; h.len as usize];
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            LinkError::Closed
-        } else {
-            LinkError::Io(e)
+    // The first byte: a clean end of stream here is the end of the conversation.
+    loop {
+        match r.read(&mut head[..1]).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
         }
-    })?;
+    }
+    let rest = async {
+        r.read_exact(&mut head[1..]).await.map_err(eof_is_closed)?;
+        // The header bounds the body length before anything is read for it.
+        let h = Header::parse(&head)?;
+        let mut body = Vec::new();
+        read_claimed(r, &mut body, h.len as usize).await?;
+        Ok::<_, LinkError>((h, body))
+    };
+    let (h, body) = tokio::time::timeout(FRAME_DEADLINE, rest)
+        .await
+        .map_err(|_| LinkError::Timeout("a frame (it must arrive within 20 s of its start)"))??;
     Ok(Some((h.id, bproc_proto::decode_body(&h, &body)?)))
+}
+
+fn eof_is_closed(e: std::io::Error) -> LinkError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        LinkError::Closed
+    } else {
+        LinkError::Io(e)
+    }
 }
 
 /// Reads one frame, treating end of stream as [`LinkError::Closed`].
@@ -169,18 +212,20 @@ pub async fn write_sealed<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Reads a frame written by [`write_sealed`] and checks its MAC before decoding it.
+/// Reads a frame written by [`write_sealed`] and checks its MAC before decoding it. The
+/// frame grows in memory only as its bytes arrive (nothing is set aside for the length the
+/// unauthenticated header claims), and the caller bounds the time it may take.
 pub async fn read_sealed<R: AsyncRead + Unpin>(
     r: &mut R,
     key: &ClusterKey,
 ) -> Result<Message, LinkError> {
-    let mut frame = vec![0u8; HEADER_LEN];
-    r.read_exact(&mut frame).await?;
-    let h = Header::parse(&frame[..HEADER_LEN].try_into().expect("header length"))?;
-    frame.resize(HEADER_LEN + h.len as usize, 0);
-    r.read_exact(&mut frame[HEADER_LEN..]).await?;
+    let mut head = [0u8; HEADER_LEN];
+    r.read_exact(&mut head).await.map_err(eof_is_closed)?;
+    let h = Header::parse(&head)?;
+    let mut frame = head.to_vec();
+    read_claimed(r, &mut frame, h.len as usize).await?;
     let mut mac = [0u8; 32];
-    r.read_exact(&mut mac).await?;
+    r.read_exact(&mut mac).await.map_err(eof_is_closed)?;
     seal_mac(key, &frame).verify_slice(&mac).map_err(|_| LinkError::AuthFailed)?;
     Ok(bproc_proto::decode_body(&h, &frame[HEADER_LEN..])?)
 }
@@ -266,6 +311,31 @@ mod tests {
         let mut tampered = buf.clone();
         tampered[HEADER_LEN + 3] ^= 1;
         assert!(matches!(read_sealed(&mut &tampered[..], &k).await, Err(LinkError::AuthFailed)));
+    }
+
+    /// A header claiming the largest body, then silence: the reader waits (for at most
+    /// [`FRAME_DEADLINE`]) without having set the body aside, and a close mid-frame is
+    /// `Closed`.
+    #[tokio::test(start_paused = true)]
+    async fn a_started_frame_must_finish_in_time() {
+        let mut head = bproc_proto::encode(1, &Message::NodeList);
+        head[12..16].copy_from_slice(&(bproc_proto::MAX_BODY as u32).to_be_bytes());
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&head).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        let r = read_frame(&mut b).await;
+        assert!(matches!(r, Err(LinkError::Timeout(_))), "{r:?}");
+        assert_eq!(t0.elapsed(), FRAME_DEADLINE);
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&head).await.unwrap();
+        a.write_all(b"partial").await.unwrap();
+        drop(a);
+        assert!(matches!(read_frame(&mut b).await, Err(LinkError::Closed)));
+        // A quiet link between frames is no error.
+        let (a, mut b) = tokio::io::duplex(64);
+        let wait = tokio::time::timeout(FRAME_DEADLINE * 10, read_frame(&mut b)).await;
+        assert!(wait.is_err(), "still waiting for a frame to start");
+        drop(a);
     }
 
     #[tokio::test]

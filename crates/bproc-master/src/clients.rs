@@ -5,31 +5,202 @@
 //! A client running on a node reaches the master through its slave, which opens an
 //! authenticated TCP connection for it and vouches for its identity (read from the kernel on
 //! the node); from then on the connection is served like a local one.
+//!
+//! # Limits
+//! No user can exhaust the master for the others, or for root:
+//! - A user other than root (and the master's own user) holds at most `maxclientsperuser`
+//!   connections, local and from nodes together. Ghosts (connections from the ghost
+//!   program, which stand for running remote processes) do not count against it.
+//! - Together, the connections of users other than root keep clear of the master's open-file
+//!   limit by a reserve (see [`Conns`]), so root's `bpstat` always answers.
+//! - A refused client is told why in an error frame (request id 0) naming the cap, and the
+//!   refusal is logged once per interval at most.
+//! - A connection has [`FIRST_REQUEST`] to send its first request whole, and a frame must
+//!   arrive within `bproc_link::FRAME_DEADLINE` of its start, its bytes kept only as they
+//!   come. A connection of plain requests that stays quiet for [`IDLE_TIMEOUT`] is closed
+//!   (the client library reconnects). Ghosts, watchers, launches and copies wait as long as
+//!   their job does.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bproc_link::guard::Refusals;
 use bproc_link::{read_frame, write_frame, LinkError};
-use bproc_proto::errno::{ENOSYS, EPROTO};
+use bproc_proto::errno::{EAGAIN, ENOSYS, EPROTO};
 use bproc_proto::{Endpoint, Message};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::slaves::{self, disconnect};
 use crate::table::{Caller, Refusal, Session};
 use crate::Shared;
 
+/// How long a new connection has to send its first request.
+pub(crate) const FIRST_REQUEST: Duration = Duration::from_secs(10);
+/// How long a connection of plain requests may stay quiet between them.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Refused client connections, logged once per interval.
+pub(crate) static REFUSED: Refusals = Refusals::new("client socket");
+
+/// Client connections, by user, for the caps (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct Conns {
+    /// `maxclientsperuser` (a reload changes it).
+    per_user: AtomicUsize,
+    /// Most connections of users other than root, together: the open-file limit less a
+    /// reserve for root, the slave links and the daemon's own files.
+    others_max: usize,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    /// Capped connections by uid (not ghosts, not root's).
+    by_uid: HashMap<u32, usize>,
+    /// Every connection of users other than root, ghosts included.
+    others: usize,
+}
+
+/// A connection's place in [`Conns`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    conns: Arc<Conns>,
+    uid: u32,
+    capped: bool,
+    other: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.conns.lock();
+        if self.capped {
+            if let Some(n) = c.by_uid.get_mut(&self.uid) {
+                *n -= 1;
+                if *n == 0 {
+                    c.by_uid.remove(&self.uid);
+                }
+            }
+        }
+        if self.other {
+            c.others -= 1;
+        }
+    }
+}
+
+impl Conns {
+    /// Caps of `per_user` connections a user, under an open-file limit of `fd_limit` with
+    /// `nodes` configured nodes. Root's reserve is 256 descriptors plus 4 a node (its link,
+    /// copies, launches), at most half the limit.
+    pub(crate) fn new(per_user: u32, fd_limit: u64, nodes: usize) -> Conns {
+        let limit = usize::try_from(fd_limit).unwrap_or(usize::MAX);
+        let reserve = 256usize.saturating_add(nodes.saturating_mul(4)).min(limit / 2);
+        Conns {
+            per_user: AtomicUsize::new(per_user as usize),
+            others_max: limit - reserve,
+            counts: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a reloaded `maxclientsperuser` to new connections.
+    pub(crate) fn set_per_user(&self, per_user: u32) {
+        self.per_user.store(per_user as usize, Ordering::Relaxed);
+    }
+
+    /// Admits a connection of `uid` (`admin`: root or the master's own user; `ghost`: from
+    /// the ghost program), or says why not.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        uid: u32,
+        admin: bool,
+        ghost: bool,
+    ) -> Result<Slot, String> {
+        let mut c = self.lock();
+        if admin {
+            return Ok(Slot { conns: self.clone(), uid, capped: false, other: false });
+        }
+        let mine = c.by_uid.get(&uid).copied().unwrap_or(0);
+        if !ghost && mine >= self.per_user.load(Ordering::Relaxed) {
+            return Err(format!(
+                "bpmaster refused the connection: user {uid} already has {mine} connections \
+                 (cap maxclientsperuser)"
+            ));
+        }
+        if c.others >= self.others_max {
+            return Err(format!(
+                "bpmaster refused the connection: users other than root hold {} connections, \
+                 all its open-file limit allows beside root's reserve (raise bpmaster's \
+                 `ulimit -n`)",
+                c.others
+            ));
+        }
+        c.others += 1;
+        if !ghost {
+            *c.by_uid.entry(uid).or_default() += 1;
+        }
+        Ok(Slot { conns: self.clone(), uid, capped: !ghost, other: true })
+    }
+}
+
+/// The refusal a client reads instead of an answer.
+fn refusal(why: &str) -> Vec<u8> {
+    bproc_proto::encode(0, &Message::Error { code: EAGAIN, message: why.to_owned() })
+}
+
+/// Whether process `pid` runs the ghost program `ghost`.
+fn is_ghost(pid: i32, ghost: Option<&str>) -> bool {
+    let Some(ghost) = ghost else { return false };
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
+    let ghost = std::path::Path::new(ghost);
+    exe == ghost || std::fs::canonicalize(ghost).is_ok_and(|g| g == exe)
+}
+
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_client(shared.clone(), stream));
-            }
+            Ok((stream, _)) => admit_local(&shared, stream),
             Err(e) => {
-                warn!("accepting a client failed: {e}");
+                // Out of descriptors or similar: back off instead of spinning.
+                REFUSED.refuse(format_args!("accepting a client failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+/// Admits a local client under the caps and serves it, or refuses it at once (no task, no
+/// waiting: the refusal fits the socket's empty buffer).
+fn admit_local(shared: &Arc<Shared>, stream: UnixStream) {
+    let c = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => return REFUSED.refuse(format_args!("a client without credentials: {e}")),
+    };
+    let admin = c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw();
+    let ghost = !admin && c.pid().is_some_and(|p| is_ghost(p, shared.ghost_program.as_deref()));
+    match shared.conns.admit(c.uid(), admin, ghost) {
+        Ok(slot) => {
+            let caller = Caller {
+                uid: c.uid(),
+                gid: c.gid(),
+                groups: c.pid().map(bproc_sys::groups_of).unwrap_or_default(),
+                admin,
+                origin: None,
+                pid: c.pid(),
+                node_pid: None,
+            };
+            let (rd, wr) = stream.into_split();
+            tokio::spawn(serve(shared.clone(), caller, slot, Box::new(rd), Box::new(wr)));
+        }
+        Err(why) => {
+            let _ = stream.try_write(&refusal(&why));
+            REFUSED.refuse(format_args!("pid {}: {why}", c.pid().unwrap_or(0)));
         }
     }
 }
@@ -38,26 +209,6 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
 pub(crate) type ClientRd = Box<dyn AsyncRead + Send + Unpin>;
 /// The writing half.
 pub(crate) type ClientWr = Box<dyn AsyncWrite + Send + Unpin>;
-
-async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
-    let caller = match stream.peer_cred() {
-        Ok(c) => Caller {
-            uid: c.uid(),
-            gid: c.gid(),
-            groups: c.pid().map(bproc_sys::groups_of).unwrap_or_default(),
-            admin: c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw(),
-            origin: None,
-            pid: c.pid(),
-            node_pid: None,
-        },
-        Err(e) => {
-            warn!("client without credentials refused: {e}");
-            return;
-        }
-    };
-    let (rd, wr) = stream.into_split();
-    serve(shared, caller, Box::new(rd), Box::new(wr)).await;
-}
 
 /// Serves a client of node `node` (at `ip`) whose slave opened `stream` for it.
 pub(crate) async fn serve_proxied(
@@ -79,14 +230,42 @@ pub(crate) async fn serve_proxied(
         pid: None,
         node_pid: (pid > 0).then_some(pid),
     };
+    let mut stream = stream;
+    let slot = match shared.conns.admit(caller.uid, caller.admin, false) {
+        Ok(slot) => slot,
+        Err(why) => {
+            use tokio::io::AsyncWriteExt;
+            let _ = tokio::time::timeout(FIRST_REQUEST, stream.write_all(&refusal(&why))).await;
+            REFUSED.refuse(format_args!("node {node}: {why}"));
+            return;
+        }
+    };
     debug!("node {node}: client uid {} connected through its slave", caller.uid);
     let (rd, wr) = stream.into_split();
-    serve(shared, caller, Box::new(rd), Box::new(wr)).await;
+    serve(shared, caller, slot, Box::new(rd), Box::new(wr)).await;
 }
 
-async fn serve(shared: Arc<Shared>, caller: Caller, mut rd: ClientRd, mut wr: ClientWr) {
+/// Serves one client connection; `_slot` holds its place under the caps until it ends.
+async fn serve(
+    shared: Arc<Shared>,
+    caller: Caller,
+    _slot: Slot,
+    mut rd: ClientRd,
+    mut wr: ClientWr,
+) {
+    let mut first = true;
     loop {
-        let (id, msg) = match read_frame(&mut rd).await {
+        // The first request comes at once; later ones may pause, but not forever.
+        let quiet = if first { FIRST_REQUEST } else { IDLE_TIMEOUT };
+        first = false;
+        let frame = match tokio::time::timeout(quiet, read_frame(&mut rd)).await {
+            Ok(f) => f,
+            Err(_) => {
+                debug!("client uid {}: quiet for {} s; closed", caller.uid, quiet.as_secs());
+                return;
+            }
+        };
+        let (id, msg) = match frame {
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(LinkError::Decode(e)) => {
@@ -276,5 +455,44 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
             code: EPROTO,
             message: format!("{} is not a client request", other.name()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_is_capped_and_gets_its_slots_back() {
+        let conns = Arc::new(Conns::new(2, 100_000, 4));
+        let a = conns.admit(1001, false, false).unwrap();
+        let _b = conns.admit(1001, false, false).unwrap();
+        assert_eq!(
+            conns.admit(1001, false, false).unwrap_err(),
+            "bpmaster refused the connection: user 1001 already has 2 connections \
+             (cap maxclientsperuser)"
+        );
+        // Another user, root, the user's ghosts: not held back.
+        let _c = conns.admit(1002, false, false).unwrap();
+        let _r: Vec<Slot> = (0..10).map(|_| conns.admit(0, true, false).unwrap()).collect();
+        let _g: Vec<Slot> = (0..10).map(|_| conns.admit(1001, false, true).unwrap()).collect();
+        drop(a);
+        let _d = conns.admit(1001, false, false).unwrap();
+        // A reload raises the cap for new connections.
+        conns.set_per_user(3);
+        let _e = conns.admit(1001, false, false).unwrap();
+    }
+
+    #[test]
+    fn root_keeps_a_reserve() {
+        // 1000 descriptors, 10 nodes: 296 kept for root, 704 for everybody else.
+        let conns = Arc::new(Conns::new(1000, 1000, 10));
+        let others: Vec<Slot> =
+            (0..704).map(|i| conns.admit(2000 + i, false, i % 2 == 0).unwrap()).collect();
+        let err = conns.admit(5000, false, false).unwrap_err();
+        assert!(err.contains("users other than root hold 704 connections"), "{err}");
+        assert!(conns.admit(0, true, false).is_ok());
+        drop(others);
+        assert!(conns.admit(5000, false, false).is_ok());
     }
 }

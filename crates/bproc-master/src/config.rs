@@ -92,6 +92,8 @@ use thiserror::Error;
 pub const DEFAULT_PORT: u16 = 2223;
 /// Default `launchfanout`: a launch reaches 1024 nodes in two hops.
 pub const DEFAULT_LAUNCH_FANOUT: u32 = 32;
+/// Default `maxclientsperuser`: client connections one user other than root may hold.
+pub const DEFAULT_MAX_CLIENTS_PER_USER: u32 = 256;
 /// The default `pingtimeout`, in seconds.
 pub const DEFAULT_PING_TIMEOUT: u32 = 30;
 /// The smallest `pingtimeout` BProc allows, in seconds.
@@ -187,6 +189,10 @@ pub struct Config {
     /// `launchfanout` (ours): how many nodes each node passes a launch on to, default
     /// [`DEFAULT_LAUNCH_FANOUT`].
     pub launch_fanout: u32,
+    /// `maxclientsperuser` (ours): client connections one user other than root (and the
+    /// master's own user) may hold at once, default [`DEFAULT_MAX_CLIENTS_PER_USER`]. Ghosts
+    /// do not count. Local and node clients count alike.
+    pub max_clients_per_user: u32,
     /// `allowinsecureports`: accept slaves whose source port is 1024 or more.
     pub allow_insecure_ports: bool,
     /// `logfacility`: the syslog facility, lowercase, default [`DEFAULT_LOG_FACILITY`].
@@ -351,6 +357,7 @@ enum Directive {
     PingTimeout,
     GracePeriod,
     LaunchFanout,
+    MaxClientsPerUser,
     SlaveTimesync,
     Slave,
     Interface,
@@ -378,6 +385,7 @@ impl Directive {
             "pingtimeout" => Directive::PingTimeout,
             "graceperiod" => Directive::GracePeriod,
             "launchfanout" => Directive::LaunchFanout,
+            "maxclientsperuser" => Directive::MaxClientsPerUser,
             "slavetimesync" => Directive::SlaveTimesync,
             "slave" => Directive::Slave,
             "interface" => Directive::Interface,
@@ -411,8 +419,10 @@ impl Directive {
         use Directive::*;
         match self {
             AllowInsecurePorts => (0, Some(0)),
-            BprocPort | LogFacility | PingTimeout | GracePeriod | LaunchFanout | SlaveTimesync
-            | Listen | Socket | Keyfile | Statedir | Logdir => (1, Some(1)),
+            BprocPort | LogFacility | PingTimeout | GracePeriod | LaunchFanout
+            | MaxClientsPerUser | SlaveTimesync | Listen | Socket | Keyfile | Statedir | Logdir => {
+                (1, Some(1))
+            }
             Interface => (1, Some(3)),
             IpRange => (2, Some(3)),
             Slave | Ip | Master => (1, None),
@@ -640,6 +650,7 @@ impl Parser {
                 ping_timeout: DEFAULT_PING_TIMEOUT,
                 grace: DEFAULT_GRACE,
                 launch_fanout: DEFAULT_LAUNCH_FANOUT,
+                max_clients_per_user: DEFAULT_MAX_CLIENTS_PER_USER,
                 allow_insecure_ports: false,
                 log_facility: DEFAULT_LOG_FACILITY.into(),
                 slave_timesync: true,
@@ -716,6 +727,17 @@ impl Parser {
                     .filter(|n| (1..=1024).contains(n))
                     .ok_or_else(|| {
                         format!("launchfanout must be a number from 1 to 1024, not {}", args[0])
+                    })?;
+            }
+            Directive::MaxClientsPerUser => {
+                c.max_clients_per_user = parse_c_integer(&args[0])
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| (1..=1 << 20).contains(n))
+                    .ok_or_else(|| {
+                        format!(
+                            "maxclientsperuser must be a number from 1 to 1048576, not {}",
+                            args[0]
+                        )
                     })?;
             }
             Directive::SlaveTimesync => c.slave_timesync = parse_yes_no(tag, &args[0])?,
@@ -1080,6 +1102,20 @@ mod tests {
         assert_eq!(
             error("graceperiod 0\n"),
             "test.conf:1: graceperiod must be a number of seconds from 1 to 86400, not 0"
+        );
+    }
+
+    #[test]
+    fn maxclientsperuser() {
+        assert_eq!(parse("\n").max_clients_per_user, DEFAULT_MAX_CLIENTS_PER_USER);
+        assert_eq!(parse("maxclientsperuser 8\n").max_clients_per_user, 8);
+        assert_eq!(
+            error("maxclientsperuser 0\n"),
+            "test.conf:1: maxclientsperuser must be a number from 1 to 1048576, not 0"
+        );
+        assert_eq!(
+            error("maxclientsperuser many\n"),
+            "test.conf:1: maxclientsperuser must be a number from 1 to 1048576, not many"
         );
     }
 

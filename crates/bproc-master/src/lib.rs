@@ -164,6 +164,8 @@ pub(crate) struct Shared {
     libraries: libs::Libraries,
     /// The data port where clients on nodes copy to and from the front end.
     data: bproc_copy::service::DataService,
+    /// Client connections by user, under `maxclientsperuser` and root's reserve.
+    conns: Arc<clients::Conns>,
     /// Bytes written to slave links, for measuring what a launch costs the master.
     pub(crate) sent_to_slaves: Arc<AtomicU64>,
     /// Set once shutdown begins, so links closing then do not mark their nodes down in the
@@ -226,6 +228,7 @@ impl Shared {
             slaves::disconnect(session, "node removed from the master's configuration", true);
         }
         *self.config.lock().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        self.conns.set_per_user(config.max_clients_per_user);
         slaves::send_conf_all(self, &config);
         self.notify();
         info!("configuration reloaded from {}", path.display());
@@ -359,7 +362,13 @@ impl Master {
         let data = bproc_copy::service::DataService::start(data_ip, authority, None).map_err(
             |source| MasterError::Listen { what: format!("{data_ip}:0 (data port)"), source },
         )?;
+        let conns = Arc::new(clients::Conns::new(
+            config.max_clients_per_user,
+            bproc_sys::fd_limit(),
+            config.nodes.len(),
+        ));
         let shared = Arc::new(Shared {
+            conns,
             table: Mutex::new(table),
             config: Mutex::new(Arc::new(config)),
             key,
@@ -405,6 +414,16 @@ impl Master {
         tokio::spawn(clients::accept_loop(shared.clone(), self.unix));
         tokio::spawn(slaves::ping_loop(shared.clone()));
         tokio::spawn(ghosts::stop_watch(shared.clone()));
+        // The end of a flood of refused connections is reported even if nothing follows it.
+        tokio::spawn(async {
+            let mut tick = tokio::time::interval(bproc_link::guard::REFUSAL_INTERVAL);
+            loop {
+                tick.tick().await;
+                clients::REFUSED.flush();
+                slaves::REFUSED.flush();
+                stage::REFUSED.flush();
+            }
+        });
         let writer = tokio::spawn(state_writer(shared.clone()));
         let signals = async {
             use tokio::signal::unix::{signal, SignalKind};
@@ -476,7 +495,8 @@ async fn state_writer(shared: Arc<Shared>) {
     }
 }
 
-/// Runs the daemon to completion on a new runtime: bind, report, serve.
+/// Runs the daemon to completion on a new runtime: raise the open-file limit (every client
+/// and link costs a descriptor), bind, report, serve.
 ///
 /// `on_ready` receives the bound addresses once every socket is open.
 pub fn serve(
@@ -484,6 +504,9 @@ pub fn serve(
     options: Options,
     on_ready: impl FnOnce(&[SocketAddr], &Path),
 ) -> Result<(), MasterError> {
+    if let Err(e) = bproc_sys::raise_fd_limit() {
+        warn!("cannot raise the limit on open files: {e}");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

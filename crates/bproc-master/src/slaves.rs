@@ -25,6 +25,11 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Refused slave connections (unknown addresses, failed handshakes), logged once per
+/// interval beyond the first few: the port is open to anyone who can reach it.
+pub(crate) static REFUSED: bproc_link::guard::Refusals =
+    bproc_link::guard::Refusals::new("slave port");
+
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         match listener.accept().await {
@@ -33,7 +38,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             }
             Err(e) => {
                 // Out of descriptors or similar: back off instead of spinning.
-                warn!("accepting a slave connection failed: {e}");
+                REFUSED.refuse(format_args!("accepting a slave connection failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -87,30 +92,30 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
             Some(ip) => ip,
             None => {
-                warn!("connect from {peer}: IPv6 slaves are not supported");
+                REFUSED.refuse(format_args!("connect from {peer}: IPv6 slaves are not supported"));
                 return;
             }
         },
     };
     let config = shared.config();
     let Some(n) = config.node_for_addr(ip) else {
-        warn!(
+        REFUSED.refuse(format_args!(
             "connect from unrecognized address {ip}: no ip/iprange line of {} names it",
             config.path.display()
-        );
+        ));
         return;
     };
     if !config.allow_insecure_ports && peer.port() >= 1024 {
-        warn!(
+        REFUSED.refuse(format_args!(
             "node {n}: connection from {peer} refused: source port is not reserved \
              (start bpslave as root, or add `allowinsecureports` to {})",
             config.path.display()
-        );
+        ));
         return;
     }
     let _ = stream.set_nodelay(true);
     if let Err(e) = master_handshake(&mut stream, &shared.key).await {
-        warn!("node {n}: connection from {peer} refused: {e}");
+        REFUSED.refuse(format_args!("node {n}: connection from {peer} refused: {e}"));
         return;
     }
     let join = tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await;
@@ -120,26 +125,33 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         }
         Ok(Ok((_, Message::ProxyClient { node, creds, pid }))) => {
             if node != n {
-                warn!("node {n}: {peer} carried a client for node {node}; refused");
+                REFUSED.refuse(format_args!(
+                    "node {n}: {peer} carried a client for node {node}; refused"
+                ));
                 return;
             }
             if shared.table().get(n).is_none_or(|x| x.session.is_none()) {
-                warn!("node {n}: a client connection arrived while the node is down; refused");
+                REFUSED.refuse(format_args!(
+                    "node {n}: a client connection arrived while the node is down; refused"
+                ));
                 return;
             }
             crate::clients::serve_proxied(shared, n, ip, creds, pid, stream).await;
             return;
         }
         Ok(Ok((_, other))) => {
-            warn!("node {n}: expected Join from {peer}, received {}", other.name());
+            REFUSED.refuse(format_args!(
+                "node {n}: expected Join from {peer}, received {}",
+                other.name()
+            ));
             return;
         }
         Ok(Err(e)) => {
-            warn!("node {n}: {peer}: {e}");
+            REFUSED.refuse(format_args!("node {n}: {peer}: {e}"));
             return;
         }
         Err(_) => {
-            warn!("node {n}: {peer} sent no Join in time");
+            REFUSED.refuse(format_args!("node {n}: {peer} sent no Join in time"));
             return;
         }
     };

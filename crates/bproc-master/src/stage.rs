@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bproc_link::guard::{Pending, Refusals};
 use bproc_proto::StagedRef;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::Config;
 
@@ -59,18 +60,39 @@ pub(crate) async fn start(config: &Config, ip: IpAddr) -> Result<Option<Arc<Stag
     Ok(Some(stage))
 }
 
+/// Refused staging connections, logged once per interval beyond the first few.
+pub(crate) static REFUSED: Refusals = Refusals::new("library staging port");
+
+/// Most connections read at once before they show the token.
+const MAX_PENDING: usize = 256;
+
 async fn serve(listener: TcpListener, stage: Arc<Stage>) {
+    let pending = Pending::new(MAX_PENDING);
     loop {
-        let Ok((mut s, peer)) = listener.accept().await else { continue };
+        let (mut s, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors or similar: back off instead of spinning.
+                REFUSED.refuse(format_args!("accept failed: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let stage = stage.clone();
-        tokio::spawn(async move {
+        let evicted = pending.spawn(move |place| async move {
             let mut head = [0u8; 21];
-            let read = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head)).await;
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head)).await;
             if !matches!(read, Ok(Ok(_))) || head[..16] != stage.token || head[20] != 0xff {
-                warn!("library staging: refused a connection from {peer}");
+                REFUSED.refuse(format_args!("refused a connection from {peer}"));
                 return;
             }
+            place.admit();
             bproc_link::serve_staged_file(&mut s, &stage.by_hash).await;
         });
+        if evicted {
+            REFUSED.refuse(format_args!(
+                "{MAX_PENDING} connections wait to show the token; dropped the oldest"
+            ));
+        }
     }
 }

@@ -588,6 +588,14 @@ pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveErro
         procs::Procs::new(move |m| outbox.send(0, m), opts.authority.root, opts.diskless.as_ref())
     };
     tokio::spawn(procs.clone().follow());
+    // The end of a flood of refused connections is reported even if nothing follows it.
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(bproc_link::guard::REFUSAL_INTERVAL);
+        loop {
+            tick.tick().await;
+            tree::REFUSED.flush();
+        }
+    });
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
         Ok(mut sigchld) => {
             let procs = procs.clone();
@@ -734,8 +742,12 @@ async fn run_sessions(
     }
 }
 
-/// Runs [`run`] on a new current-thread runtime.
+/// Runs [`run`] on a new current-thread runtime, with the soft limit on open files raised to
+/// the hard limit (every connection costs one).
 pub fn serve(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveError> {
+    if let Err(e) = bproc_sys::raise_fd_limit() {
+        warn!("cannot raise the limit on open files: {e}");
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

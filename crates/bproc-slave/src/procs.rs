@@ -701,8 +701,12 @@ async fn fetch(
         if size != f.size {
             return Err(std::io::Error::other(format!("sent {size} bytes, expected {}", f.size)));
         }
-        let mut data = vec![0u8; size as usize];
-        s.read_exact(&mut data).await?;
+        // Kept as it comes: the size is the launch's word, and the peer may send less.
+        let mut data = Vec::with_capacity((size as usize).min(1 << 20));
+        s.take(size).read_to_end(&mut data).await?;
+        if data.len() as u64 != size {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         Ok(data)
     }
     let from_parent = match source {

@@ -14,6 +14,12 @@
 //! A child that cannot be reached has its ranks reported as on a down node, and its part
 //! goes on to the next node of the same branch, so one dead node costs only its own ranks.
 //!
+//! The tree port is open to anyone who can reach it, so nothing is spent on a connection
+//! before its part is proved: a part must arrive whole within [`HANDSHAKE_TIMEOUT`], its
+//! bytes are kept only as they come (the header's length is not an allocation), at most
+//! [`MAX_PENDING`] connections are read at once (a new one ends the oldest), and refusals are
+//! logged once per interval.
+//!
 //! On diskless nodes the program travels down the same tree: a node fetches the files its
 //! cache lacks from its parent over the tree connection (the first level from the launcher),
 //! and serves its children from its own cache, fetching once what several of them ask for.
@@ -31,6 +37,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
+use bproc_link::guard::{Pending, Refusals};
 use bproc_link::{read_sealed, write_sealed, HANDSHAKE_TIMEOUT};
 use bproc_proto::errno::BE_NODEDOWN;
 use bproc_proto::{split_tree, Creds, Message, ProcSpec, TreeEntry};
@@ -97,28 +104,45 @@ pub(crate) struct Launch {
     pub width: u32,
 }
 
+/// Most tree connections read at once before their part is proved.
+const MAX_PENDING: usize = 256;
+
+/// Refused tree connections, logged once per interval.
+pub(crate) static REFUSED: Refusals = Refusals::new("tree port");
+
 /// Accepts tree connections from other slaves until the daemon ends.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
+    let pending = Pending::new(MAX_PENDING);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = take(stream, &ctx).await {
-                        warn!("launch tree from {peer}: {e}");
+                let evicted = pending.spawn(move |place| async move {
+                    if let Err(e) = take(stream, &ctx, place).await {
+                        REFUSED.refuse(format_args!("launch tree from {peer}: {e}"));
                     }
                 });
+                if evicted {
+                    REFUSED.refuse(format_args!(
+                        "{MAX_PENDING} connections are sending launch parts; dropped the oldest"
+                    ));
+                }
             }
             Err(e) => {
-                warn!("tree port: accept failed: {e}");
+                REFUSED.refuse(format_args!("accept failed: {e}"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 }
 
-/// Reads one sealed tree part from a parent.
-async fn take(mut s: TcpStream, ctx: &Arc<Ctx>) -> Result<(), String> {
+/// Reads one sealed tree part from a parent; `place` is its place among the connections not
+/// yet proved.
+async fn take(
+    mut s: TcpStream,
+    ctx: &Arc<Ctx>,
+    place: bproc_link::guard::Admitted,
+) -> Result<(), String> {
     let _ = s.set_nodelay(true);
     let frame = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_sealed(&mut s, &ctx.opts.key)).await;
     match frame {
@@ -132,6 +156,7 @@ async fn take(mut s: TcpStream, ctx: &Arc<Ctx>) -> Result<(), String> {
             width,
             entries,
         })) => {
+            place.admit();
             let age = now_ms() + MASTER_CLOCK.load(Ordering::Relaxed) - time_ms as i64;
             if age.abs() > MAX_AGE_MS {
                 return Err(format!(

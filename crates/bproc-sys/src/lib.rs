@@ -36,6 +36,26 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Raises this process's soft limit on open files to its hard limit (`setrlimit(2)`,
+/// `RLIMIT_NOFILE`) and returns the limit now in force. Daemons call it at start: every
+/// connection costs a descriptor, and the default soft limit (often 1024) is far below what
+/// the kernel allows. The processes a slave starts take their callers' limits (from the
+/// launch), not these.
+pub fn raise_fd_limit() -> nix::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard.max(soft))
+}
+
+/// The soft limit on open files (`getrlimit(2)`, `RLIMIT_NOFILE`).
+pub fn fd_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft)
+}
+
 /// Who a child runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

@@ -207,16 +207,38 @@ fn read_message(s: &mut UnixStream) -> Result<(u32, Message), BprocError> {
     let mut head = [0u8; HEADER_LEN];
     s.read_exact(&mut head)?;
     let h = Header::parse(&head)?;
-    let mut body = vec![0u8; h.len as usize];
-    s.read_exact(&mut body)?;
+    // Kept as it comes: the header's length alone allocates nothing.
+    let mut body = Vec::with_capacity((h.len as usize).min(64 << 10));
+    s.take(u64::from(h.len)).read_to_end(&mut body)?;
+    if body.len() < h.len as usize {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
     Ok((h.id, bproc_proto::decode_body(&h, &body)?))
 }
 
 /// A connection to the master.
+///
+/// The master closes a connection of plain requests that stays quiet for ten minutes; the
+/// next request then reconnects once, transparently. A connection the master refuses (a
+/// user's cap of connections, `maxclientsperuser`) fails with its reason as
+/// [`BprocError::Remote`] (`EAGAIN`).
 #[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
     next_id: u32,
+    path: PathBuf,
+    /// When the latest reply came; `None` before the first.
+    answered: Option<std::time::Instant>,
+}
+
+/// How long a connection must have been quiet for its loss to be taken as the master's idle
+/// close, worth one reconnection.
+const QUIET_BEFORE_RECONNECT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `e` says the master closed the connection.
+fn closed_by_master(e: &BprocError) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e, BprocError::Io(io) if matches!(io.kind(), UnexpectedEof | BrokenPipe | ConnectionReset))
 }
 
 impl Client {
@@ -229,21 +251,46 @@ impl Client {
     pub fn connect_to(path: &Path) -> Result<Client, BprocError> {
         let stream = UnixStream::connect(path)
             .map_err(|source| BprocError::Connect { path: path.to_owned(), source })?;
-        Ok(Client { stream, next_id: 1 })
+        Ok(Client { stream, next_id: 1, path: path.to_owned(), answered: None })
     }
 
     /// Sends one request and returns the reply; an `Error` reply becomes [`BprocError::Remote`].
     pub fn request(&mut self, msg: &Message) -> Result<Message, BprocError> {
-        let id = self.send(msg)?;
-        self.reply(id)
+        let r = self.send(msg).and_then(|id| self.reply(id));
+        match r {
+            Err(e)
+                if closed_by_master(&e)
+                    && self.answered.is_some_and(|t| t.elapsed() >= QUIET_BEFORE_RECONNECT) =>
+            {
+                // Closed for being quiet: the request never reached the master.
+                *self = Client::connect_to(&self.path.clone())?;
+                let id = self.send(msg)?;
+                self.reply(id)
+            }
+            r => r,
+        }
     }
 
     /// Sends a request without waiting; its id, for [`Client::reply`].
     pub(crate) fn send(&mut self, msg: &Message) -> Result<u32, BprocError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        self.stream.write_all(&bproc_proto::encode(id, msg))?;
+        if let Err(e) = self.stream.write_all(&bproc_proto::encode(id, msg)) {
+            // A master that refused the connection wrote why before closing it.
+            return Err(self.refusal().unwrap_or(BprocError::Io(e)));
+        }
         Ok(id)
+    }
+
+    /// The reason the master gave for closing the connection, if it left one unread.
+    fn refusal(&mut self) -> Option<BprocError> {
+        self.stream.set_nonblocking(true).ok()?;
+        let r = read_message(&mut self.stream);
+        let _ = self.stream.set_nonblocking(false);
+        match r {
+            Ok((0, Message::Error { code, message })) => Some(BprocError::Remote { code, message }),
+            _ => None,
+        }
     }
 
     /// The connection, to poll while a request is out.
@@ -251,13 +298,18 @@ impl Client {
         &self.stream
     }
 
-    /// The reply to request `id`.
+    /// The reply to request `id`. An error with request id 0 is about the connection itself
+    /// (refused, or a frame the master could not read); the master closes it after.
     pub(crate) fn reply(&mut self, id: u32) -> Result<Message, BprocError> {
         loop {
             let (rid, reply) = read_message(&mut self.stream)?;
+            if let (0, Message::Error { code, message }) = (rid, &reply) {
+                return Err(BprocError::Remote { code: *code, message: message.clone() });
+            }
             if rid != id {
                 continue; // a stale reply to an abandoned request
             }
+            self.answered = Some(std::time::Instant::now());
             return match reply {
                 Message::Error { code, message } => Err(BprocError::Remote { code, message }),
                 r => Ok(r),

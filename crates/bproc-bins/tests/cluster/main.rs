@@ -6,6 +6,7 @@ mod bpcp;
 mod bpsh;
 mod capi;
 mod daemons;
+mod exhaust;
 mod faults;
 mod ghosts;
 mod libs;
