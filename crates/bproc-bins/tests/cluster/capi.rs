@@ -185,7 +185,7 @@ iolen -2: -1 Invalid argument
 memfile: -1 Operation not permitted
 inet6: -1 Invalid argument
 version: 0 ok
-version BPr 62 3 {version}
+version BPr 62 4 {version}
 nodereconnect 3: 0 ok
 nodereconnect 99: -1 Invalid node number
 nodereconnect inet6: -1 Invalid argument

@@ -138,3 +138,44 @@ fn lost_and_refused_nodes_make_bpsh_fail() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("2: "), "{out:?}");
     c.cmd("bpsh").args(["0-1", "true"]).exits(0);
 }
+
+/// A master that does not come back within the grace period: the job ends, bpsh names the
+/// master (not a node), and the slave has killed the process itself.
+#[test]
+fn a_master_that_never_returns_ends_the_jobs() {
+    if !require_root("ghosts and pid namespaces of root slaves") {
+        return;
+    }
+    let mut c = grace_cluster(1, "no-master", 10, 2);
+    let tag = format!("bproc-orphan-{}", std::process::id());
+    let script = "echo started; while :; do sleep 0.2; done";
+    let mut job =
+        c.cmd("bpsh").env("BPROC_GRACE", "2").args(["0", "sh", "-c", script, &tag]).spawn();
+    job.wait_line(20, "the job to start", |n, l| n == 1 && l == "started");
+    assert!(shell_runs(&tag), "the job's shell is seen from here");
+    c.kill_master();
+    assert_eq!(job.finish(30).code(), Some(255), "{job:?}");
+    assert!(
+        job.err.iter().any(|l| l.contains("bpmaster") && l.contains("did not come back")),
+        "{:?}",
+        job.err
+    );
+    assert!(!job.err.iter().any(|l| l.contains("node 0: lost")), "{:?}", job.err);
+    // The slave fenced itself: the job's shell is gone.
+    bproc_testkit::until(20, "the slave to kill the orphaned job", || {
+        (!shell_runs(&tag)).then_some(())
+    });
+}
+
+/// Whether a live `sh` whose arguments include `tag` runs on this machine (any pid
+/// namespace's processes show in ours).
+fn shell_runs(tag: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().any(|e| {
+        let p = e.path();
+        let argv = std::fs::read(p.join("cmdline")).unwrap_or_default();
+        let mut args = argv.split(|b| *b == 0);
+        let zombie = std::fs::read_to_string(p.join("stat")).is_ok_and(|s| s.contains(") Z "));
+        args.next() == Some(b"sh") && args.any(|a| a == tag.as_bytes()) && !zombie
+    })
+}
