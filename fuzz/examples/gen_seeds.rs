@@ -125,6 +125,8 @@ fn main() -> std::io::Result<()> {
                 node: 3,
                 creds: Creds { uid: 1000, gid: 100, groups: vec![27] },
                 pid: 4321,
+                rlimits: vec![(0, 10, 10), (7, 512, 1024)],
+                umask: 0o022,
             },
         ),
         (1, Message::Conf { node: 3, cookie: 42, ping_timeout: 30, time_ms: 1_700_000_000_000 }),

@@ -1,6 +1,7 @@
 //! The client socket: local programs (bpstat, bpctl, libbproc) ask for the node table and
 //! request changes. Each caller is identified by the kernel (`SO_PEERCRED`), never by anything
-//! it sends; its supplementary groups are read from `/proc/<pid>/status`.
+//! it sends; its supplementary groups are read from `/proc/<pid>/status`, and the limits and
+//! umask its launches get from `/proc/<pid>` when it launches (see [`Inherit`]).
 //!
 //! A client running on a node reaches the master through its slave, which opens an
 //! authenticated TCP connection for it and vouches for its identity (read from the kernel on
@@ -17,7 +18,7 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
 use crate::slaves::{self, disconnect};
-use crate::table::{Caller, Refusal, Session};
+use crate::table::{Caller, Inherit, Refusal, Session};
 use crate::Shared;
 
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
@@ -41,15 +42,20 @@ pub(crate) type ClientWr = Box<dyn AsyncWrite + Send + Unpin>;
 
 async fn serve_client(shared: Arc<Shared>, stream: UnixStream) {
     let caller = match stream.peer_cred() {
-        Ok(c) => Caller {
-            uid: c.uid(),
-            gid: c.gid(),
-            groups: c.pid().map(bproc_sys::groups_of).unwrap_or_default(),
-            admin: c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw(),
-            origin: None,
-            pid: c.pid(),
-            node_pid: None,
-        },
+        Ok(c) => {
+            // The process as it is now, so that a pid reused later is noticed.
+            let peer = c.pid().and_then(|pid| bproc_sys::peer::Peer::identify(pid).ok());
+            Caller {
+                uid: c.uid(),
+                gid: c.gid(),
+                groups: peer.and_then(|p| p.groups().ok()).unwrap_or_default(),
+                admin: c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw(),
+                origin: None,
+                pid: c.pid(),
+                node_pid: None,
+                inherit: peer.map_or(Inherit::Unknown, Inherit::Local),
+            }
+        }
         Err(e) => {
             warn!("client without credentials refused: {e}");
             return;
@@ -66,6 +72,7 @@ pub(crate) async fn serve_proxied(
     ip: std::net::Ipv4Addr,
     creds: bproc_proto::Creds,
     pid: i32,
+    inherited: bproc_sys::peer::Inherited,
     stream: TcpStream,
 ) {
     // Root on a node is root of the cluster, as in BProc, where a node's processes are the
@@ -78,6 +85,8 @@ pub(crate) async fn serve_proxied(
         origin: Some((node, ip)),
         pid: None,
         node_pid: (pid > 0).then_some(pid),
+        // The slave read these from the node's kernel, as it did the credentials.
+        inherit: Inherit::Reported(inherited),
     };
     debug!("node {node}: client uid {} connected through its slave", caller.uid);
     let (rd, wr) = stream.into_split();

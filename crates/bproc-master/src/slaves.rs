@@ -112,7 +112,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         Ok(Ok((_, Message::Join { version, cookie, info, data_port, tree_port }))) => {
             (version, cookie, info, data_port, tree_port)
         }
-        Ok(Ok((_, Message::ProxyClient { node, creds, pid }))) => {
+        Ok(Ok((_, Message::ProxyClient { node, creds, pid, rlimits, umask }))) => {
             if node != n {
                 warn!("node {n}: {peer} carried a client for node {node}; refused");
                 return;
@@ -121,7 +121,8 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
                 warn!("node {n}: a client connection arrived while the node is down; refused");
                 return;
             }
-            crate::clients::serve_proxied(shared, n, ip, creds, pid, stream).await;
+            let inherited = bproc_sys::peer::Inherited { rlimits, umask };
+            crate::clients::serve_proxied(shared, n, ip, creds, pid, inherited, stream).await;
             return;
         }
         Ok(Ok((_, other))) => {
