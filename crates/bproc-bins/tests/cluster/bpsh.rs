@@ -566,4 +566,5 @@ fn limits_come_from_the_kernel_not_the_launcher() {
         show,
     ]);
     assert_eq!(via.ok(), real);
+    let _ = std::fs::remove_dir_all(Path::new(fake).parent().unwrap());
 }
