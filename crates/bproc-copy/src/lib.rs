@@ -2,8 +2,9 @@
 //!
 //! A copy is a *stream* ([`stream`]) from one sender to one or more receivers. The sender
 //! ([`source`]) walks the source paths and writes files, directories and links with an
-//! XXH3-128 checksum per file; a receiver ([`sink`]) writes them under a temporary name and
-//! renames each file over the old one only when its checksum matches. A receiver can relay
+//! XXH3-128 checksum per file; a receiver ([`sink`]) writes each file unnamed and puts it in
+//! place of the old one only when its checksum matches (writing through links, and into FIFOs
+//! and devices in place). A receiver can relay
 //! the stream to further receivers while it writes ([`service::Tee`]), which is how a
 //! broadcast runs down a chain or tree of nodes with each byte leaving the master once.
 //!

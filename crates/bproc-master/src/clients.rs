@@ -1,6 +1,7 @@
 //! The client socket: local programs (bpstat, bpctl, libbproc) ask for the node table and
 //! request changes. Each caller is identified by the kernel (`SO_PEERCRED`), never by anything
-//! it sends; its supplementary groups are read from `/proc/<pid>/status`.
+//! it sends; its supplementary groups are read from `/proc/<pid>/status`, and the limits and
+//! umask its launches get from `/proc/<pid>` when it launches (see [`Inherit`]).
 //!
 //! A client running on a node reaches the master through its slave, which opens an
 //! authenticated TCP connection for it and vouches for its identity (read from the kernel on
@@ -35,7 +36,7 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tracing::{debug, info};
 
 use crate::slaves::{self, disconnect};
-use crate::table::{Caller, Refusal, Session};
+use crate::table::{Caller, Inherit, Refusal, Session};
 use crate::Shared;
 
 /// How long a new connection has to send its first request.
@@ -186,14 +187,17 @@ fn admit_local(shared: &Arc<Shared>, stream: UnixStream) {
     let ghost = !admin && c.pid().is_some_and(|p| is_ghost(p, shared.ghost_program.as_deref()));
     match shared.conns.admit(c.uid(), admin, ghost) {
         Ok(slot) => {
+            // The process as it is now, so that a pid reused later is noticed.
+            let peer = c.pid().and_then(|pid| bproc_sys::peer::Peer::identify(pid).ok());
             let caller = Caller {
                 uid: c.uid(),
                 gid: c.gid(),
-                groups: c.pid().map(bproc_sys::groups_of).unwrap_or_default(),
+                groups: peer.and_then(|p| p.groups().ok()).unwrap_or_default(),
                 admin,
                 origin: None,
                 pid: c.pid(),
                 node_pid: None,
+                inherit: peer.map_or(Inherit::Unknown, Inherit::Local),
             };
             let (rd, wr) = stream.into_split();
             tokio::spawn(serve(shared.clone(), caller, slot, Box::new(rd), Box::new(wr)));
@@ -217,6 +221,7 @@ pub(crate) async fn serve_proxied(
     ip: std::net::Ipv4Addr,
     creds: bproc_proto::Creds,
     pid: i32,
+    inherited: bproc_sys::peer::Inherited,
     stream: TcpStream,
 ) {
     // Root on a node is root of the cluster, as in BProc, where a node's processes are the
@@ -229,6 +234,8 @@ pub(crate) async fn serve_proxied(
         origin: Some((node, ip)),
         pid: None,
         node_pid: (pid > 0).then_some(pid),
+        // The slave read these from the node's kernel, as it did the credentials.
+        inherit: Inherit::Reported(inherited),
     };
     let mut stream = stream;
     let slot = match shared.conns.admit(caller.uid, caller.admin, false) {

@@ -69,6 +69,15 @@ pub(crate) async fn serve(
     mut rd: ClientRd,
     mut wr: ClientWr,
 ) {
+    // New files on nodes are masked with the caller's umask as its kernel has it.
+    let umask = match crate::launch::inherited(&caller) {
+        Ok(i) => i.umask,
+        Err(r) => {
+            let _ = write_frame(&mut wr, id, &r.to_message()).await;
+            return;
+        }
+    };
+    let req = Request { opts: CopyOpts { umask, ..req.opts }, ..req };
     let Plan { links: plan, refused, orders } = match plan(&shared, &caller, &req) {
         Ok(p) => p,
         Err(message) => {

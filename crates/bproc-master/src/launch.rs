@@ -6,6 +6,12 @@
 //! the node count grows. It answers the client with the pids, then relays each process's exit
 //! to the client until the client goes away.
 //!
+//! The launched processes get the caller's resource limits and umask as its kernel has them
+//! (the caller's `/proc/PID` on the front end, read when it launches; for a client on a node,
+//! what its slave read there), whatever the request says: a launcher that fakes `getrlimit`
+//! gets nothing it does not have. The slave applies them after the identity switch, so they
+//! can only lower what the node gives.
+//!
 //! A rank with a ghost (a process the client made on the front end and named in the launch)
 //! lives as long as its ghost. A rank without one lives as long as the client's connection: a
 //! client that disconnects takes those still running with it (SIGKILL). A node that is lost
@@ -20,7 +26,9 @@ use bproc_proto::{errno, split_tree, Creds, ExitStatus, Message, ProcSpec, TreeE
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::table::Caller;
+use bproc_sys::peer::Inherited;
+
+use crate::table::{Caller, Inherit, Refusal};
 use crate::Shared;
 
 /// How long a launch waits for a rank's outcome before counting its node as dead (a node
@@ -172,6 +180,22 @@ fn orphaned(shared: &Shared, launch: u64) {
     }
 }
 
+/// The resource limits and umask `caller`'s processes get, from the kernel: read now from
+/// its `/proc/PID` on the front end (failing if the pid no longer names the process that
+/// connected), or as its slave reported them.
+pub(crate) fn inherited(caller: &Caller) -> Result<Inherited, Refusal> {
+    match &caller.inherit {
+        Inherit::Local(peer) => peer.inherited().map_err(|e| {
+            Refusal::new(errno::ESRCH, format!("cannot read the launcher's limits: {e}"))
+        }),
+        Inherit::Reported(i) => Ok(i.clone()),
+        Inherit::Unknown => Err(Refusal::new(
+            errno::EPERM,
+            "the kernel named no process for this client, so its limits are unknown",
+        )),
+    }
+}
+
 /// A `Launch` request.
 pub(crate) struct Request {
     pub nodes: Vec<i32>,
@@ -190,6 +214,14 @@ pub(crate) async fn serve(
     mut wr: crate::clients::ClientWr,
 ) {
     let Request { nodes, spec, ghosts, io_ports } = req;
+    let inherited = match inherited(&caller) {
+        Ok(i) => i,
+        Err(r) => {
+            info!("launch refused for uid {}: {}", caller.uid, r.message);
+            let _ = write_frame(&mut wr, id, &r.to_message()).await;
+            return;
+        }
+    };
     let launch = shared.launch_id();
     let image = spec.image.is_some();
     // The process a node's client is, when it moves itself.
@@ -215,6 +247,8 @@ pub(crate) async fn serve(
     // fetch an image from there too; a moving process's output goes to its ghost, here.
     let to_ghosts = mover.is_some() && ghosts.iter().all(|g| *g > 0);
     let spec = ProcSpec {
+        rlimits: inherited.rlimits,
+        umask: inherited.umask,
         io_ip: if to_ghosts { None } else { caller.origin.map(|o| o.1) },
         image: spec.image.map(|e| bproc_proto::Endpoint { ip: caller.origin.map(|o| o.1), ..e }),
         ..spec

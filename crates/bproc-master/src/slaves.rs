@@ -123,7 +123,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         Ok(Ok((_, Message::Join { version, cookie, info, data_port, tree_port }))) => {
             (version, cookie, info, data_port, tree_port)
         }
-        Ok(Ok((_, Message::ProxyClient { node, creds, pid }))) => {
+        Ok(Ok((_, Message::ProxyClient { node, creds, pid, rlimits, umask }))) => {
             if node != n {
                 REFUSED.refuse(format_args!(
                     "node {n}: {peer} carried a client for node {node}; refused"
@@ -136,7 +136,8 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
                 ));
                 return;
             }
-            crate::clients::serve_proxied(shared, n, ip, creds, pid, stream).await;
+            let inherited = bproc_sys::peer::Inherited { rlimits, umask };
+            crate::clients::serve_proxied(shared, n, ip, creds, pid, inherited, stream).await;
             return;
         }
         Ok(Ok((_, other))) => {

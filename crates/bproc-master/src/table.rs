@@ -40,6 +40,20 @@ pub struct Caller {
     pub pid: Option<i32>,
     /// For a client on a node, its pid there as its slave sees it (the kernel's word).
     pub node_pid: Option<i32>,
+    /// Where its launches take their resource limits and umask from.
+    pub inherit: Inherit,
+}
+
+/// Where a caller's launches take their resource limits and umask from: the kernel, never
+/// what the caller sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inherit {
+    /// A process on the front end: read from its `/proc/PID` when it launches.
+    Local(bproc_sys::peer::Peer),
+    /// A client on a node: what its slave read from `/proc/PID` there when it connected.
+    Reported(bproc_sys::peer::Inherited),
+    /// Not known (the kernel named no pid): the caller cannot launch.
+    Unknown,
 }
 
 impl Caller {
@@ -61,7 +75,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: i32, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: i32, message: impl Into<String>) -> Self {
         Refusal { code, message: message.into() }
     }
     /// The reply message for a client.
@@ -563,9 +577,19 @@ mod tests {
         origin: None,
         pid: None,
         node_pid: None,
+        inherit: Inherit::Unknown,
     };
     fn user(uid: u32, gid: u32) -> Caller {
-        Caller { uid, gid, groups: vec![], admin: false, origin: None, pid: None, node_pid: None }
+        Caller {
+            uid,
+            gid,
+            groups: vec![],
+            admin: false,
+            origin: None,
+            pid: None,
+            node_pid: None,
+            inherit: Inherit::Unknown,
+        }
     }
 
     #[test]
@@ -617,6 +641,7 @@ mod tests {
                 origin: None,
                 pid: None,
                 node_pid: None,
+                inherit: Inherit::Unknown,
             },
             0,
             7,
@@ -642,6 +667,7 @@ mod tests {
             origin: None,
             pid: None,
             node_pid: None,
+            inherit: Inherit::Unknown,
         };
         let other = user(8, 8);
         for (mode, o, m, x) in [

@@ -149,7 +149,7 @@ pub struct ProcSpec {
     pub env: Vec<String>,
     /// Working directory; `/` is used when it does not exist on the node.
     pub cwd: String,
-    /// File mode creation mask.
+    /// File mode creation mask; the master replaces it with the launcher's, from its kernel.
     pub umask: u32,
     /// fds 0, 1, 2.
     pub io: Vec<IoSpec>,
@@ -163,6 +163,8 @@ pub struct ProcSpec {
     /// Secret the node presents on each forwarded connection.
     pub token: [u8; 16],
     /// Resource limits to apply: (resource number, soft, hard), `u64::MAX` for unlimited.
+    /// The master replaces what a launcher sends with the launcher's limits as its kernel
+    /// has them, so a launcher cannot claim more than it has.
     pub rlimits: Vec<(u32, u64, u64)>,
     /// Files a diskless node must hold (program, interpreters, libraries).
     pub files: Vec<StagedRef>,
@@ -466,6 +468,10 @@ pub enum Message {
         /// Its pid as the slave sees it (the kernel's word; 0 if unknown), which names it
         /// among the node's processes when it moves itself.
         pid: i32,
+        /// Its resource limits, from `/proc/PID/limits` on the node, which its launches get.
+        rlimits: Vec<(u32, u64, u64)>,
+        /// Its umask, from `/proc/PID/status` on the node.
+        umask: u32,
     },
     /// Master → slave: the node's configuration (BProc's `CONF`); sent on join and on SIGHUP.
     Conf {
@@ -1101,6 +1107,24 @@ fn get_strs(r: &mut Reader<'_>, what: &'static str) -> Result<Vec<String>, Decod
     Ok(out)
 }
 
+fn put_rlimits(w: &mut Writer, v: &[(u32, u64, u64)]) {
+    w.u32(v.len() as u32);
+    for (r, soft, hard) in v {
+        w.u32(*r);
+        w.u64(*soft);
+        w.u64(*hard);
+    }
+}
+
+fn get_rlimits(r: &mut Reader<'_>) -> Result<Vec<(u32, u64, u64)>, DecodeError> {
+    let n = r.count("rlimits", MAX_RLIMITS, 20)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push((r.u32("rlimit resource")?, r.u64("rlimit soft")?, r.u64("rlimit hard")?));
+    }
+    Ok(v)
+}
+
 fn put_files(w: &mut Writer, files: &[StagedRef]) {
     w.u32(files.len() as u32);
     for f in files {
@@ -1255,12 +1279,7 @@ impl ProcSpec {
         w.u16(self.io_port);
         put_ip(w, self.io_ip);
         w.fixed(&self.token);
-        w.u32(self.rlimits.len() as u32);
-        for (r, soft, hard) in &self.rlimits {
-            w.u32(*r);
-            w.u64(*soft);
-            w.u64(*hard);
-        }
+        put_rlimits(w, &self.rlimits);
         put_files(w, &self.files);
         match &self.image {
             Some(e) => {
@@ -1301,18 +1320,7 @@ impl ProcSpec {
             io_port: r.u16("io port")?,
             io_ip: get_ip(r)?,
             token: r.fixed("token")?,
-            rlimits: {
-                let n = r.count("rlimits", MAX_RLIMITS, 20)?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push((
-                        r.u32("rlimit resource")?,
-                        r.u64("rlimit soft")?,
-                        r.u64("rlimit hard")?,
-                    ));
-                }
-                v
-            },
+            rlimits: get_rlimits(r)?,
             files: get_files(r)?,
             image: if get_bool(r, "image flag")? { Some(get_endpoint(r)?) } else { None },
         })
@@ -1646,10 +1654,12 @@ impl Message {
                 w.u32(*rank);
                 w.i32(*pid);
             }
-            ProxyClient { node, creds, pid } => {
+            ProxyClient { node, creds, pid, rlimits, umask } => {
                 w.i32(*node);
                 creds.encode(w);
                 w.i32(*pid);
+                put_rlimits(w, rlimits);
+                w.u32(*umask);
             }
             Copy { src, paths, dst, target, opts, cwd, fanout, port } => {
                 put_i32s(w, src);
@@ -1914,9 +1924,13 @@ impl Message {
             ty::RANK_SPAWNED => {
                 RankSpawned { launch: r.u64("launch")?, rank: r.u32("rank")?, pid: r.i32("pid")? }
             }
-            ty::PROXY_CLIENT => {
-                ProxyClient { node: r.i32("node")?, creds: Creds::decode(r)?, pid: r.i32("pid")? }
-            }
+            ty::PROXY_CLIENT => ProxyClient {
+                node: r.i32("node")?,
+                creds: Creds::decode(r)?,
+                pid: r.i32("pid")?,
+                rlimits: get_rlimits(r)?,
+                umask: r.u32("umask")?,
+            },
             ty::COPY => Copy {
                 src: get_i32s(r, "source nodes")?,
                 paths: get_strs(r, "paths")?,

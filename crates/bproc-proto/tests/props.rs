@@ -317,11 +317,19 @@ fn copy_messages() -> impl Strategy<Value = Message> {
         ),
     ];
     prop_oneof![
-        (any::<i32>(), any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u32>(), 0..4))
-            .prop_map(|(node, uid, gid, groups)| Message::ProxyClient {
+        (
+            any::<i32>(),
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u32>(), 0..4),
+            proptest::collection::vec(any::<(u32, u64, u64)>(), 0..17),
+        )
+            .prop_map(|(node, uid, gid, groups, rlimits)| Message::ProxyClient {
                 node,
                 creds: Creds { uid, gid, groups },
                 pid: uid as i32,
+                rlimits,
+                umask: gid & 0o777,
             }),
         (nodes(), strs(), nodes(), ".{0,20}", copy_opts(), ".{0,20}", any::<u32>(), any::<u16>())
             .prop_map(|(src, paths, dst, target, opts, cwd, fanout, port)| Message::Copy {

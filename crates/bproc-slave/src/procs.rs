@@ -914,6 +914,8 @@ pub async fn spawn(
             // Where the process finds the cluster now.
             note: client_socket.map(|p| p.as_bytes().to_vec()),
             root: diskless.map(|d| d.root.clone()),
+            // The master filled these in from the launcher's kernel.
+            limits: spec.rlimits.clone(),
         };
         return match procs.restore(image, restore).await {
             Ok(pid) => {

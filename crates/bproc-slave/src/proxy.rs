@@ -1,7 +1,10 @@
 //! The node's client socket: programs running on the node (bpsh, bpcp, libbproc callers) use
 //! the cluster API through it. Each connection is carried to the master over a TCP
 //! connection of its own, authenticated with the cluster key like the slave's link, and the
-//! slave vouches for the client's identity, which it reads from the kernel (`SO_PEERCRED`).
+//! slave vouches for the client's identity, which it reads from the kernel (`SO_PEERCRED`),
+//! and for what the client's launches inherit: its resource limits and umask, read from this
+//! node's `/proc/PID` when it connects (checked against the pid's start time, so a pid
+//! reused meanwhile is caught), never from what the client says.
 //! The slave never interprets the client's requests: the master serves them as it serves a
 //! local client, with this node as the client's origin.
 
@@ -71,11 +74,11 @@ pub(crate) async fn serve(listener: UnixListener, key: ClusterKey, link: LinkSta
 
 async fn carry(mut client: UnixStream, key: &ClusterKey, link: &LinkState) -> Result<(), String> {
     let cred = client.peer_cred().map_err(|e| format!("no credentials: {e}"))?;
-    let creds = Creds {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        groups: cred.pid().map(bproc_sys::groups_of).unwrap_or_default(),
-    };
+    let pid = cred.pid().ok_or("the kernel gave no pid for the client")?;
+    let peer = bproc_sys::peer::Peer::identify(pid).map_err(|e| e.to_string())?;
+    let groups = peer.groups().map_err(|e| e.to_string())?;
+    let inherited = peer.inherited().map_err(|e| e.to_string())?;
+    let creds = Creds { uid: cred.uid(), gid: cred.gid(), groups };
     // With the master unreachable the client sees its connection close at once.
     let cur = link.get().ok_or("the master is not connected")?;
     let mut up = crate::connect(cur.master, Some(cur.local)).await.map_err(|e| e.to_string())?;
@@ -83,7 +86,13 @@ async fn carry(mut client: UnixStream, key: &ClusterKey, link: &LinkState) -> Re
     write_frame(
         &mut up,
         0,
-        &Message::ProxyClient { node: cur.node, creds, pid: cred.pid().unwrap_or(0) },
+        &Message::ProxyClient {
+            node: cur.node,
+            creds,
+            pid,
+            rlimits: inherited.rlimits,
+            umask: inherited.umask,
+        },
     )
     .await
     .map_err(|e| e.to_string())?;

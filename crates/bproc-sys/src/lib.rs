@@ -11,10 +11,14 @@
 //!   ([`thread_fs_identity`]), which needs the raw `setgroups` system call.
 //! - Forwarded signals that name their sender ([`signal_from`]).
 //! - The ghost's process plumbing: forks, inherited fds, signal dispositions.
+//!
+//! It also reads what the kernel says about another process ([`peer`]: groups, limits,
+//! umask), since that is as raw as the rest and every daemon needs it.
 #![allow(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod ckpt;
+pub mod peer;
 pub mod restore;
 mod spawn;
 
@@ -136,15 +140,28 @@ pub fn thread_fs_identity(id: &Identity) -> nix::Result<()> {
 }
 
 /// The supplementary groups of process `pid`, from `/proc/<pid>/status` (the kernel's
-/// `SO_PEERCRED` gives only the uid and gid); empty when the process is gone.
+/// `SO_PEERCRED` gives only the uid and gid); empty when the process is gone. Prefer
+/// [`peer::Peer::groups`], which also notices a pid reused meanwhile.
 pub fn groups_of(pid: i32) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_default()
+    peer::Peer::identify(pid).and_then(|p| p.groups()).unwrap_or_default()
+}
+
+/// `limits` lowered to `ceiling`, resource by resource (a resource only one of them has is
+/// kept as it is there): the limits a restored image may have at most, when the image was
+/// made by the caller and the ceiling read from the caller's kernel.
+pub fn cap_limits(limits: &[Limit], ceiling: &[Limit]) -> Vec<Limit> {
+    let mut out: Vec<Limit> = limits
+        .iter()
+        .map(|&(r, soft, hard)| match ceiling.iter().find(|c| c.0 == r) {
+            Some(&(_, _, top)) => {
+                let hard = hard.min(top);
+                (r, soft.min(hard), hard)
+            }
+            None => (r, soft, hard),
+        })
+        .collect();
+    out.extend(ceiling.iter().filter(|c| !limits.iter().any(|l| l.0 == c.0)));
+    out
 }
 
 #[cfg(test)]
@@ -200,6 +217,51 @@ mod tests {
         );
         assert_eq!(std::fs::read_to_string(&out).unwrap(), format!("0027\n77\n{pid} hello\n"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The slave applied a launch's limits as root before switching user, so a launcher
+    /// that claimed more than it had got it. Now they are applied as the user, each kept
+    /// within the hard limit the process has.
+    #[test]
+    fn limits_are_only_lowered_and_as_the_user() {
+        use nix::sys::resource::{getrlimit, Resource};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: switching to another user needs root");
+            return;
+        }
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let (_, cpu_hard) = getrlimit(Resource::RLIMIT_CPU).unwrap();
+        let dir = std::env::temp_dir().join(format!("bproc-sys-lim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out");
+        let path = CString::new(out.to_str().unwrap()).unwrap();
+        // NOFILE asked above what this process has; CPU lowered, soft above the new hard.
+        let mut s = spec(
+            &["/bin/sh", "-c", "ulimit -Sn; ulimit -Hn; ulimit -St; ulimit -Ht"],
+            vec![FdFile::write(1, path)],
+            vec![(7, u64::MAX, u64::MAX), (0, 50, 40)],
+        );
+        s.identity = Some(Identity { uid: 65534, gid: 65534, groups: Vec::new() });
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let pid = spawn(&s).unwrap();
+        assert!(matches!(wait(pid), nix::sys::wait::WaitStatus::Exited(_, 0)));
+        let cpu = if cpu_hard < 40 { cpu_hard.to_string() } else { "40".into() };
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            format!("{hard}\n{hard}\n{cpu}\n{cpu}\n")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn image_limits_are_capped_by_the_launchers() {
+        let image = [(0, 10, 100), (7, 4096, 1 << 20), (3, 8 << 20, u64::MAX)];
+        let ceiling = [(0, 5, 50), (7, 512, 512), (9, 1 << 30, 1 << 30)];
+        assert_eq!(
+            cap_limits(&image, &ceiling),
+            [(0, 10, 50), (7, 512, 512), (3, 8 << 20, u64::MAX), (9, 1 << 30, 1 << 30)]
+        );
     }
 
     #[test]

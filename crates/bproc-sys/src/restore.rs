@@ -23,7 +23,7 @@ use bproc_image::{Header, ImageReader, Source, PAGE};
 use nix::libc;
 
 use crate::ckpt::{parse_maps, this_machine, CkptError, KSigAction, MapLine};
-use crate::{FdFile, Identity, SpawnSpec};
+use crate::{FdFile, Identity, Limit, SpawnSpec};
 
 /// How to restore.
 #[derive(Debug, Default)]
@@ -45,6 +45,10 @@ pub struct RestoreSpec {
     /// A root to confine it to (a diskless node's): the files the image names, and its
     /// working directory, are looked up there.
     pub root: Option<std::path::PathBuf>,
+    /// The most it may have of each resource (the launcher's limits, from its kernel): the
+    /// image's limits are lowered to these ([`crate::cap_limits`]), since an image says
+    /// whatever its maker wrote.
+    pub limits: Vec<Limit>,
 }
 
 /// The `/proc` of the pid namespace the restorer runs in, pinned by [`prepare`].
@@ -444,7 +448,7 @@ pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
         cwd: Some(cstr(cwd_of(&h, root))?),
         stdio: spec.stdio,
         fds: spec.fds,
-        limits: h.rlimits.clone(),
+        limits: crate::cap_limits(&h.rlimits, &spec.limits),
         jail: match root {
             Some(r) => Some(crate::Jail {
                 root: cstr(&r.to_string_lossy())?,

@@ -265,10 +265,15 @@ fn child(
                 return err();
             }
         }
+        // The process count is checked against RLIMIT_NPROC when setuid below changes the
+        // user (and the exec then fails if over it), so that one is lowered first, as root.
+        // (The constant is a u32 with glibc and a c_int with musl.)
+        #[allow(clippy::unnecessary_cast)]
+        let nproc = libc::RLIMIT_NPROC as u32;
         for &(resource, soft, hard) in &spec.limits {
-            let rlim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-            // A limit this node cannot grant is left as the node has it.
-            libc::setrlimit(resource as _, &rlim);
+            if resource == nproc {
+                lower_limit(resource, soft, hard);
+            }
         }
         if let Some(j) = &spec.jail {
             if libc::chroot(j.root.as_ptr()) != 0 || libc::chdir(j.cwd.as_ptr()) != 0 {
@@ -282,6 +287,12 @@ fn child(
             {
                 return err();
             }
+        }
+        // Limits after the identity switch: a user's process can then only lower a hard
+        // limit, whatever the spec asks (the kernel refuses more), and `lower_limit` keeps
+        // each one within what the process has.
+        for &(resource, soft, hard) in &spec.limits {
+            lower_limit(resource, soft, hard);
         }
         if spec.jail.is_none() {
             if let Some(cwd) = &spec.cwd {
@@ -319,6 +330,23 @@ fn child(
         libc::execve(spec.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
     err()
+}
+
+/// Sets limit `resource` of the calling process to `soft` and `hard`, never above the hard
+/// limit it has now: a limit the node does not give is left at the node's, and a soft limit
+/// above it comes down to it. Direct system calls only (it runs in the child of [`spawn`]).
+fn lower_limit(resource: u32, soft: u64, hard: u64) {
+    let mut now = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write a live rlimit on this stack; both are
+    // plain system calls, safe in a child that shares the parent's memory.
+    unsafe {
+        if libc::getrlimit(resource as _, &mut now) != 0 {
+            return;
+        }
+        let max = hard.min(now.rlim_max);
+        let lim = libc::rlimit { rlim_cur: soft.min(max), rlim_max: max };
+        libc::setrlimit(resource as _, &lim);
+    }
 }
 
 /// A pid namespace and its init (pid 1), which reaps orphans until it is killed. Dropping it

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use lexopt::prelude::*;
 
-use crate::{node_addr, pid_runs, recorded_pids, stop_detached, Cluster, Spec, VclusterError};
+use crate::{node_addr, recorded_pids, stop_detached, Cluster, Spec, VclusterError};
 
 const USAGE: &str = "Usage: bpcluster COMMAND [options]
 Commands:
@@ -131,9 +131,7 @@ fn spec_for(a: &Args, n: usize) -> Spec {
 fn up(a: &Args) -> Result<(), VclusterError> {
     let n = a.nodes.unwrap_or(4);
     if a.dir.join("pids").exists() {
-        let live = recorded_pids(&a.dir)?.iter().any(|(name, pid)| {
-            pid_runs(*pid, if name == "master" { "bpmaster" } else { "bpslave" })
-        });
+        let live = recorded_pids(&a.dir)?.iter().any(|r| r.find(&a.dir).is_some());
         if live {
             eprintln!(
                 "bpcluster: a cluster is already running in {}; stop it with `bpcluster down --dir {}`",
@@ -158,9 +156,10 @@ fn up(a: &Args) -> Result<(), VclusterError> {
 
 fn status(a: &Args) -> Result<(), VclusterError> {
     let pids = recorded_pids(&a.dir)?;
-    for (name, pid) in &pids {
-        let prog = if name == "master" { "bpmaster" } else { "bpslave" };
-        let what = if pid_runs(*pid, prog) { "running" } else { "exited" };
+    for r in &pids {
+        let (name, pid) = (&r.name, r.pid);
+        // A pid that now names another process counts as exited.
+        let what = if r.find(&a.dir).is_some() { "running" } else { "exited" };
         let addr = name
             .strip_prefix('n')
             .and_then(|i| i.parse().ok())

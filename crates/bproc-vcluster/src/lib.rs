@@ -6,13 +6,22 @@
 //! Everything lives in one directory: `config`, `key`, `master.sock`, `state/`, `log/` (one log
 //! per daemon) and `pids` once detached. [`Cluster`] owns its processes and kills them, by pid,
 //! when dropped, unless [`Cluster::detach`] handed them over to `bpcluster down`.
+//!
+//! A `pids` file can outlive its daemons, and their pids can then name other processes (even
+//! another cluster's daemons). So `bpcluster down` signals a recorded pid only once it has
+//! proved the process is this cluster's daemon ([`Recorded::find`]): it opens a pidfd, checks
+//! the start time recorded with the pid and that the command line names this directory's
+//! `config` (the master) or `key` (a slave), and then signals through the pidfd, which cannot
+//! reach another process even if the pid is reused meanwhile.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -202,7 +211,10 @@ pub struct Cluster {
 impl Cluster {
     /// Writes the configuration and key, starts the master and every slave, and waits until
     /// every node is `up`.
-    pub fn start(spec: Spec) -> Result<Cluster, VclusterError> {
+    pub fn start(mut spec: Spec) -> Result<Cluster, VclusterError> {
+        // Absolute, so that the daemons' command lines name the directory wherever `down`
+        // runs, and the socket path printed for shells holds after a `cd`.
+        spec.dir = std::path::absolute(&spec.dir).map_err(file_err(&spec.dir))?;
         let dir = &spec.dir;
         for d in [dir.clone(), dir.join("log"), dir.join("state")] {
             std::fs::create_dir_all(&d).map_err(file_err(&d))?;
@@ -535,16 +547,21 @@ impl Cluster {
         detail
     }
 
-    /// Hands the processes over to the directory: records their pids in `DIR/pids` and
-    /// leaves them running when this handle is dropped (`bpcluster up`).
+    /// Hands the processes over to the directory: records their pids and start times in
+    /// `DIR/pids` and leaves them running when this handle is dropped (`bpcluster up`).
     pub fn detach(mut self) -> Result<(), VclusterError> {
         let mut text = String::new();
+        let mut record = |name: &str, pid: u32| {
+            // Our own children, alive: their start times can be read.
+            let start = start_time(pid as i32).map(|t| format!(" {t}")).unwrap_or_default();
+            let _ = writeln!(text, "{name} {pid}{start}");
+        };
         if let Some(m) = &self.master {
-            let _ = writeln!(text, "master {}", m.id());
+            record("master", m.id());
         }
         for (i, s) in self.slaves.iter().enumerate() {
             if let Some(s) = s {
-                let _ = writeln!(text, "n{i} {}", s.id());
+                record(&format!("n{i}"), s.id());
             }
         }
         let path = self.spec.dir.join("pids");
@@ -598,56 +615,120 @@ fn child_exited(pid: u32) -> bool {
     }
 }
 
-/// Whether `pid` is alive and runs `prog` (so a recycled pid is never killed).
+/// Whether `pid` is alive and runs `prog`. Only a first look: a stale pid can run a program of
+/// that name for someone else; [`Recorded::find`] proves more.
 pub fn pid_runs(pid: i32, prog: &str) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            c.split(|b| *b == 0).next().is_some_and(|argv0| {
-                Path::new(std::str::from_utf8(argv0).unwrap_or("")).ends_with(prog)
-            })
-        })
-        .unwrap_or(false)
+    argv(pid)
+        .first()
+        .is_some_and(|argv0| Path::new(std::ffi::OsStr::from_bytes(argv0)).ends_with(prog))
 }
 
-/// The processes recorded in a detached cluster's `pids` file: (name, pid).
-pub fn recorded_pids(dir: &Path) -> Result<Vec<(String, i32)>, VclusterError> {
+/// The command line of `pid`, argument by argument (empty when it is gone).
+fn argv(pid: i32) -> Vec<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).filter(|a| !a.is_empty()).map(<[u8]>::to_vec).collect())
+        .unwrap_or_default()
+}
+
+/// When `pid` started, in clock ticks after boot (`/proc/PID/stat`, field 22): with the pid,
+/// this names one process for as long as the machine runs.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold anything: count from its end, where
+    // the state is field 3.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// A daemon recorded in a detached cluster's `pids` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// `master`, or `nI` for node I's slave.
+    pub name: String,
+    /// Its pid.
+    pub pid: i32,
+    /// Its start time ([`start_time`]); `None` in a file written before they were recorded.
+    pub start: Option<u64>,
+}
+
+impl Recorded {
+    /// The program the daemon runs.
+    pub fn program(&self) -> &'static str {
+        if self.name == "master" {
+            "bpmaster"
+        } else {
+            "bpslave"
+        }
+    }
+
+    /// A pidfd for the daemon if its pid still names it: the process started when recorded,
+    /// runs [`Self::program`], and its command line names the file of cluster directory `dir`
+    /// it was started with (`-c DIR/config` for the master, `--key DIR/key` for a slave).
+    /// The pidfd is opened first and checked live last, so what was read in between is that
+    /// process's.
+    pub fn find(&self, dir: &Path) -> Option<OwnedFd> {
+        let pid = rustix::process::Pid::from_raw(self.pid)?;
+        let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+        if self.start.is_some_and(|t| start_time(self.pid) != Some(t)) {
+            return None;
+        }
+        let (flag, file) = if self.name == "master" { ("-c", "config") } else { ("--key", "key") };
+        let ours = std::fs::metadata(dir.join(file)).ok()?;
+        let argv = argv(self.pid);
+        let argv0 = argv.first()?;
+        if !Path::new(std::ffi::OsStr::from_bytes(argv0)).ends_with(self.program()) {
+            return None;
+        }
+        let names_ours = argv.windows(2).any(|w| {
+            w[0] == flag.as_bytes()
+                && std::fs::metadata(std::ffi::OsStr::from_bytes(&w[1]))
+                    .is_ok_and(|m| (m.dev(), m.ino()) == (ours.dev(), ours.ino()))
+        });
+        (names_ours && !exited(&fd)).then_some(fd)
+    }
+}
+
+/// Whether the process of `pidfd` has ended (a pidfd polls readable then).
+fn exited(pidfd: &OwnedFd) -> bool {
+    let mut fds = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+    nix::poll::poll(&mut fds, 0u16).is_ok_and(|n| n > 0)
+}
+
+/// The processes recorded in a detached cluster's `pids` file.
+pub fn recorded_pids(dir: &Path) -> Result<Vec<Recorded>, VclusterError> {
     let path = dir.join("pids");
     let text =
         std::fs::read_to_string(&path).map_err(|_| VclusterError::NoCluster(dir.to_owned()))?;
     Ok(text
         .lines()
         .filter_map(|l| {
-            let (name, pid) = l.split_once(' ')?;
-            Some((name.to_owned(), pid.trim().parse().ok()?))
+            let mut f = l.split_whitespace();
+            let name = f.next()?.to_owned();
+            let pid = f.next()?.parse().ok()?;
+            let start = f.next().and_then(|t| t.parse().ok());
+            Some(Recorded { name, pid, start })
         })
         .collect())
 }
 
 /// Stops a detached cluster: slaves, then the master (SIGTERM, then SIGKILL), and removes the
-/// directory. Returns how many processes were stopped.
+/// directory. Only processes proved to be the cluster's daemons ([`Recorded::find`]) are
+/// signalled, through their pidfds. Returns how many processes were stopped.
 pub fn stop_detached(dir: &Path) -> Result<usize, VclusterError> {
     let pids = recorded_pids(dir)?;
-    let prog = |name: &str| {
-        if name == "master" {
-            "bpmaster"
-        } else {
-            "bpslave"
-        }
-    };
-    let live: Vec<(&str, i32)> =
-        pids.iter().filter(|(n, p)| pid_runs(*p, prog(n))).map(|(n, p)| (prog(n), *p)).collect();
-    let (masters, slaves): (Vec<_>, Vec<_>) = live.iter().partition(|(p, _)| *p == "bpmaster");
+    let live: Vec<(bool, OwnedFd)> =
+        pids.iter().filter_map(|r| Some((r.name == "master", r.find(dir)?))).collect();
+    let (masters, slaves): (Vec<_>, Vec<_>) = live.iter().partition(|(master, _)| *master);
     for group in [slaves, masters] {
-        for (_, pid) in &group {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+        for (_, fd) in &group {
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::TERM);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while group.iter().any(|(p, pid)| pid_runs(*pid, p)) && Instant::now() < deadline {
+        while group.iter().any(|(_, fd)| !exited(fd)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        for (p, pid) in &group {
-            if pid_runs(*pid, p) {
-                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        for (_, fd) in &group {
+            if !exited(fd) {
+                let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
             }
         }
     }

@@ -232,30 +232,21 @@ fn interrupted_copy_keeps_the_old_file() {
     assert_eq!(names, ["big"], "the partial file is removed");
     assert_eq!(std::fs::read(on_node(&c, 0, "/tmp/small/big")).unwrap(), b"old\n");
 
-    // A killed sender: stop bpcp as soon as the node holds the temporary file, then kill it.
+    // A killed sender: stop bpcp as soon as the node is writing the new file, then kill it.
     std::fs::write(on_node(&c, 1, "/tmp/big"), b"old\n").unwrap();
-    let tmpdir = on_node(&c, 1, "/tmp");
+    let slave = c.slave_pid(1).unwrap();
+    let node_tmp = Path::new("/tmp");
     let mut child = Command::new(bins().join("bpcp"))
         .args([big, "1:/tmp/big"])
         .env("BPROC_SOCKET", c.socket())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    let temp = loop {
-        let found = std::fs::read_dir(&tmpdir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .find(|e| e.file_name().to_string_lossy().starts_with(".big.bpcp-"));
-        if let Some(e) = found {
-            break e.path();
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "no temporary file appeared");
-        std::thread::sleep(Duration::from_micros(200));
-    };
+    let whole = || std::fs::metadata(on_node(&c, 1, "/tmp/big")).is_ok_and(|m| m.len() == 64 << 20);
+    let caught = wait_partial(slave, node_tmp, whole);
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let finished_before_stop = !temp.exists();
+    let finished_before_stop = !caught || held_in(slave, node_tmp).is_none();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     child.wait().unwrap();
     if finished_before_stop {
@@ -263,11 +254,13 @@ fn interrupted_copy_keeps_the_old_file() {
         assert_eq!(std::fs::read(on_node(&c, 1, "/tmp/big")).unwrap().len(), 64 << 20);
     } else {
         let t0 = Instant::now();
-        while temp.exists() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "the partial file was not removed");
+        while held_in(slave, node_tmp).is_some() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "the partial file was not dropped");
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(std::fs::read(on_node(&c, 1, "/tmp/big")).unwrap(), b"old\n");
+        let names = names_in(&on_node(&c, 1, "/tmp"));
+        assert!(!names.iter().any(|n| n.contains("bpcp-")), "{names:?}");
     }
     let _ = std::fs::remove_dir_all(&local);
 }
@@ -354,5 +347,197 @@ fn bpcp_on_a_node() {
     assert_eq!(std::fs::read(&dst).unwrap(), b"from node 1\n");
     c.cmd("bpsh").args(["2", "bpcp", &format!("-1:{}", dst.display()), "/tmp/back"]).ok();
     assert_eq!(std::fs::read(on_node(&c, 2, "/tmp/back")).unwrap(), b"from node 1\n");
+    let _ = std::fs::remove_dir_all(&local);
+}
+
+/// The largest file in `dir` that process `pid` holds open: a file being received (unnamed,
+/// or under a temporary name). Its size.
+fn held_in(pid: u32, dir: &Path) -> Option<u64> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    fds.flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|to| to.parent() == Some(dir)))
+        .filter_map(|e| std::fs::metadata(e.path()).ok().map(|m| m.len()))
+        .max()
+}
+
+/// Waits until `pid` holds a partly written file in `dir`; false if `done` holds first.
+fn wait_partial(pid: u32, dir: &Path, done: impl Fn() -> bool) -> bool {
+    let t0 = Instant::now();
+    loop {
+        if held_in(pid, dir).is_some_and(|n| n > 0) {
+            return true;
+        }
+        if done() {
+            return false;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "no file was being received in {dir:?}");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A killed receiver leaves nothing behind: bpcp receiving on the front end, and a node's
+/// slave receiving, each killed (SIGKILL) in the middle of a large file. Before, each left
+/// its partial `.NAME.bpcp-XXXXXXXX` (5 of 5 tries).
+#[test]
+fn killed_receivers_leave_no_file() {
+    if !require_root("kills a node's slave and reads the fds of its copy thread") {
+        return;
+    }
+    let mut c = TestCluster::up(&bins(), 2, "bpcp-leftover");
+    let size = 128 << 20;
+    // Nodes see /var/tmp (their /tmp is their own).
+    let shared = PathBuf::from(format!("/var/tmp/bproc-leftover-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&shared);
+    std::fs::create_dir_all(shared.join("in")).unwrap();
+    let big = shared.join("big");
+    std::fs::write(&big, pattern(size, 4)).unwrap();
+
+    // bpcp receives from node 1 into a local directory, and is killed mid-file.
+    let local = unique_dir("bpcp-leftover-local");
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut child = Command::new(bins().join("bpcp"))
+            .arg(format!("1:{}", big.display()))
+            .arg(&local)
+            .env("BPROC_SOCKET", c.socket())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let caught = wait_partial(child.id(), &local, || local.join("big").exists());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        // Stopped, it can no longer finish: still partial means killed mid-file.
+        let mid_file = caught && !local.join("big").exists();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        if mid_file {
+            break;
+        }
+        assert!(tries < 3, "the copy finished before it could be killed, {tries} times");
+        std::fs::remove_file(local.join("big")).unwrap();
+    }
+    assert_eq!(names_in(&local), Vec::<String>::new(), "bpcp left a file behind");
+
+    // Node 1 receives a copy from the front end, and its slave is killed mid-file.
+    let into = shared.join("in");
+    let slave = c.slave_pid(1).unwrap();
+    let mut child = Command::new(bins().join("bpcp"))
+        .arg(&big)
+        .arg(format!("1:{}/", into.display()))
+        .env("BPROC_SOCKET", c.socket())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let caught = wait_partial(slave, &into, || into.join("big").exists());
+    c.signal_slave(1, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mid_file = caught && !into.join("big").exists();
+    c.signal_slave(1, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "bpcp did not end after the node died");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = names_in(&into);
+    let _ = std::fs::remove_dir_all(&shared);
+    let _ = std::fs::remove_dir_all(&local);
+    if mid_file {
+        assert_eq!(left, Vec::<String>::new(), "the killed slave left a file behind");
+    } else {
+        eprintln!("note: the node finished its copy before it could be killed");
+        assert_eq!(left, ["big"]);
+    }
+}
+
+/// Makes `dir` hold what a write-through test needs: `null` (a private character device
+/// with /dev/null's numbers, never the shared one), `fifo`, `real` holding "old" and
+/// `llink` pointing to it.
+fn special_files(dir: &Path) {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    std::fs::create_dir_all(dir).unwrap();
+    let null = dir.join("null");
+    mknod(&null, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(1, 3)).unwrap();
+    std::fs::set_permissions(&null, std::fs::Permissions::from_mode(0o666)).unwrap();
+    nix::unistd::mkfifo(&dir.join("fifo"), Mode::from_bits_truncate(0o644)).unwrap();
+    std::fs::write(dir.join("real"), b"old\n").unwrap();
+    std::os::unix::fs::symlink(dir.join("real"), dir.join("llink")).unwrap();
+}
+
+/// Checks `dir` after the write-through copies: every special file is still what it was, and
+/// the link's file holds `data`.
+fn check_special_files(dir: &Path, data: &[u8]) {
+    use std::os::unix::fs::FileTypeExt;
+    let null = std::fs::symlink_metadata(dir.join("null")).unwrap();
+    assert!(null.file_type().is_char_device(), "null is no longer a device");
+    assert_eq!(null.rdev(), nix::sys::stat::makedev(1, 3));
+    assert!(std::fs::symlink_metadata(dir.join("fifo")).unwrap().file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(dir.join("llink")).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(dir.join("real")).unwrap(), data);
+    assert_eq!(names_in(dir), ["fifo", "llink", "null", "real"]);
+}
+
+/// bpcp writes through what it must not replace, as rcp and cp do: a device and a FIFO are
+/// written in place, a symbolic link's file is replaced. Before, `bpcp FILE N:/dev/null`
+/// turned the node's /dev/null into a regular file, and `bpcp 1:/tmp/realfile llink`
+/// replaced the link. Both receivers: a node, and bpcp on the front end.
+#[test]
+fn devices_fifos_and_links_are_written_through() {
+    if !require_root("makes a private character device (mknod)") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 2, "bpcp-through");
+    let data = pattern(200_000, 6);
+    // A node receives into /var/tmp, which nodes share with the front end (their own /tmp
+    // does not allow devices).
+    let shared = PathBuf::from(format!("/var/tmp/bproc-through-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&shared);
+    let remote = shared.join("remote");
+    special_files(&remote);
+    let src = shared.join("src");
+    std::fs::write(&src, &data).unwrap();
+    let src = src.to_str().unwrap();
+    for name in ["null", "llink"] {
+        c.cmd("bpcp").args([src, &format!("1:{}", remote.join(name).display())]).ok();
+    }
+    let mut cat = Command::new(bins().join("bpsh"))
+        .args(["1", "cat"])
+        .arg(remote.join("fifo"))
+        .env("BPROC_SOCKET", c.socket())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = cat.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut v).unwrap();
+        v
+    });
+    c.cmd("bpcp").args([src, &format!("1:{}", remote.join("fifo").display())]).ok();
+    assert_eq!(reader.join().unwrap(), data, "what the node's FIFO passed on");
+    assert!(cat.wait().unwrap().success());
+    check_special_files(&remote, &data);
+
+    // bpcp on the front end receives from node 1.
+    let local = unique_dir("bpcp-through-local");
+    special_files(&local);
+    let from = format!("1:{src}");
+    for name in ["null", "llink"] {
+        c.cmd("bpcp").args([&from, local.join(name).to_str().unwrap()]).ok();
+    }
+    let fifo = local.join("fifo");
+    let reader = std::thread::spawn(move || std::fs::read(fifo).unwrap());
+    c.cmd("bpcp").args([&from, local.join("fifo").to_str().unwrap()]).ok();
+    assert_eq!(reader.join().unwrap(), data, "what the local FIFO passed on");
+    check_special_files(&local, &data);
+    let _ = std::fs::remove_dir_all(&shared);
     let _ = std::fs::remove_dir_all(&local);
 }

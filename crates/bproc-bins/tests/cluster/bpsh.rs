@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bproc_testkit::{require_root, test_user, TestCluster};
+use bproc_testkit::{require_root, test_user, TestCluster, TestCommand};
 use nix::sys::signal::Signal;
 
 use crate::bins;
@@ -508,4 +508,60 @@ fn bpsh_on_a_node() {
     assert_eq!(out, "  0: hi\n  1: hi\n  2: hi\n");
     let out = c.cmd("bpsh").args(["0", "bpsh", "2", "sh", "-c", "exit 7"]).output_of();
     assert_eq!(out.status.code(), Some(7));
+}
+
+/// A launch's resource limits and umask come from the launcher's kernel (`/proc/PID`), not
+/// from what it claims: a user under `prlimit` with an LD_PRELOAD object that makes every
+/// limit look unlimited. Before, bpsh sent the faked limits and the slave applied them as
+/// root: unlimited CPU, 20,000 files and unlimited file size on the node. From a node too,
+/// where the slave reads the launcher's limits from its own /proc.
+#[test]
+fn limits_come_from_the_kernel_not_the_launcher() {
+    if !require_root("runs bpsh as a second, unprivileged user") {
+        return;
+    }
+    let Some(fake) = crate::capi::build_preload("fake_rlimit.c", "limits") else { return };
+    let user = test_user();
+    let c = TestCluster::up(&bins(), 3, "bpsh-limits");
+    let show = "ulimit -Hn; ulimit -Ht; ulimit -Hf; ulimit -Sn; umask";
+    let mut path = vec![bproc_testkit::node_visible_bins(&bins()), bins()];
+    path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    let path = std::env::join_paths(path).unwrap();
+    let limited = |cmd: &[&str]| {
+        TestCommand::new("prlimit")
+            .as_user(&user)
+            .args(["--nofile=512", "--cpu=10", "--fsize=2097152", "--"])
+            .args(["sh", "-c", "umask 027; exec \"$@\"", "sh"])
+            .args(cmd)
+            .env("BPROC_SOCKET", c.socket())
+            .env("PATH", &path)
+    };
+    // What the user really has, and what the preload object claims.
+    let real = limited(&["sh", "-c", show]).ok();
+    let lines: Vec<&str> = real.lines().collect();
+    assert_eq!((lines[0], lines[1], lines[3], lines[4]), ("512", "10", "512", "0027"), "{real}");
+    assert_ne!(lines[2], "unlimited");
+    let fake = fake.to_str().unwrap();
+    let claimed = limited(&["env", &format!("LD_PRELOAD={fake}"), "sh", "-c", show]).ok();
+    assert_eq!(claimed, "unlimited\nunlimited\nunlimited\nunlimited\n0000\n");
+    // bpsh under the preload: the node gets the real limits.
+    let on_node = limited(&["env", &format!("LD_PRELOAD={fake}"), "bpsh", "1", "sh", "-c", show]);
+    assert_eq!(on_node.ok(), real);
+    // The preload object works on the nodes too...
+    let fooled = limited(&["bpsh", "1", "env", &format!("LD_PRELOAD={fake}"), "sh", "-c", show]);
+    assert_eq!(fooled.ok(), claimed);
+    // ...but bpsh on node 1, itself under it, launching on node 2 does not fool its slave.
+    let via = limited(&[
+        "bpsh",
+        "1",
+        "env",
+        &format!("LD_PRELOAD={fake}"),
+        "bpsh",
+        "2",
+        "sh",
+        "-c",
+        show,
+    ]);
+    assert_eq!(via.ok(), real);
+    let _ = std::fs::remove_dir_all(Path::new(fake).parent().unwrap());
 }

@@ -46,6 +46,23 @@ pub(crate) fn build_program(src: &str, tag: &str) -> Option<(PathBuf, PathBuf)> 
     Some((dir, exe))
 }
 
+/// Builds `src` (in `tests/c/`) as a shared object for LD_PRELOAD, in a directory every user
+/// and every node can read.
+pub(crate) fn build_preload(src: &str, tag: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if Command::new("cc").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no C compiler (cc) to build {src}");
+        return None;
+    }
+    let dir = Path::new("/var/tmp").join(format!("bproc-preload-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let so = dir.join(src.trim_end_matches(".c")).with_extension("so");
+    cc(&[c_flags(src), vec!["-shared".into(), "-fPIC".into(), "-o".into(), so.clone().into()]]
+        .concat());
+    Some(so)
+}
+
 fn c_flags(src: &str) -> Vec<std::ffi::OsString> {
     let include = root().join("crates/bproc-capi/include");
     let src = root().join("crates/bproc-bins/tests/c").join(src);
@@ -151,6 +168,7 @@ fn io_lists_attributes_and_version() {
     let c = TestCluster::up(&bins(), 4, "capi-io");
     let out = c.cmd(exe.to_str().unwrap()).arg(&dir).ok();
     let version = env!("CARGO_PKG_VERSION");
+    let proto = bproc_proto::VERSION;
     let want = format!(
         "\
 sizeof bproc_io_t 280
@@ -185,7 +203,7 @@ iolen -2: -1 Invalid argument
 memfile: -1 Operation not permitted
 inet6: -1 Invalid argument
 version: 0 ok
-version BPr 62 4 {version}
+version BPr 62 {proto} {version}
 nodereconnect 3: 0 ok
 nodereconnect 99: -1 Invalid node number
 nodereconnect inet6: -1 Invalid argument

@@ -1,0 +1,260 @@
+//! What the kernel says about another process, read from `/proc/PID`: the supplementary
+//! groups of a daemon's client, and what a process it launches inherits (resource limits and
+//! umask). A client could lie about any of these in a request (an `LD_PRELOAD` object makes
+//! `getrlimit` answer anything); `/proc` cannot be lied to by the process it describes.
+//!
+//! A pid names a process only while it lives: once it is reaped, the number can be given to
+//! another. A [`Peer`] is therefore the pid together with the process's start time
+//! (`/proc/PID/stat`, field 22, clock ticks since boot), taken when the client connected, and
+//! every read checks the start time again afterwards: if the pid still names a process that
+//! started then, it is the same process and what was read is its own.
+//!
+//! What stays open: a client that exits, and whose pid is reused, between its `connect` and
+//! the daemon's [`Peer::identify`] (microseconds, and a full turn of the pid space) would be
+//! taken for the new process. `SO_PEERPIDFD` (Linux 6.5) would close that too.
+
+use std::io;
+
+use thiserror::Error;
+
+use crate::Limit;
+
+/// Why `/proc` could not say.
+#[derive(Debug, Error)]
+pub enum PeerError {
+    /// The process has ended, or its pid now names another process.
+    #[error("process {pid} is gone (or its pid now names another process)")]
+    Gone {
+        /// The pid.
+        pid: i32,
+    },
+    /// A file under `/proc/PID` could not be read.
+    #[error("cannot read /proc/{pid}/{file}")]
+    Read {
+        /// The pid.
+        pid: i32,
+        /// The file.
+        file: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A file under `/proc/PID` did not hold what this kernel interface promises.
+    #[error("/proc/{pid}/{file} is not as expected: {what}")]
+    Parse {
+        /// The pid.
+        pid: i32,
+        /// The file.
+        file: &'static str,
+        /// What was wrong.
+        what: String,
+    },
+}
+
+/// One process, named by its pid and start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pid: i32,
+    start: u64,
+}
+
+/// What a launched process inherits from its launcher.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Inherited {
+    /// Every resource limit the kernel lists, in resource order.
+    pub rlimits: Vec<Limit>,
+    /// The file mode creation mask.
+    pub umask: u32,
+}
+
+impl Peer {
+    /// The process that has pid `pid` now.
+    pub fn identify(pid: i32) -> Result<Peer, PeerError> {
+        let stat = read(pid, "stat")?;
+        let start = start_time(&stat).ok_or_else(|| PeerError::Parse {
+            pid,
+            file: "stat",
+            what: "no start time".into(),
+        })?;
+        Ok(Peer { pid, start })
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Its supplementary groups (`SO_PEERCRED` gives only the uid and gid).
+    pub fn groups(&self) -> Result<Vec<u32>, PeerError> {
+        let status = read(self.pid, "status")?;
+        self.same()?;
+        Ok(groups(&status).unwrap_or_default())
+    }
+
+    /// Its resource limits and umask, as the kernel has them now.
+    pub fn inherited(&self) -> Result<Inherited, PeerError> {
+        let pid = self.pid;
+        let limits = read(pid, "limits")?;
+        let status = read(pid, "status")?;
+        self.same()?;
+        let rlimits =
+            parse_limits(&limits).map_err(|what| PeerError::Parse { pid, file: "limits", what })?;
+        let umask = umask(&status).ok_or_else(|| PeerError::Parse {
+            pid,
+            file: "status",
+            what: "no Umask line (Linux 4.7 added it)".into(),
+        })?;
+        Ok(Inherited { rlimits, umask })
+    }
+
+    /// Fails unless the pid still names the process identified.
+    fn same(&self) -> Result<(), PeerError> {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) if start_time(&stat) == Some(self.start) => Ok(()),
+            _ => Err(PeerError::Gone { pid: self.pid }),
+        }
+    }
+}
+
+/// Reads `/proc/PID/FILE`; a process that is gone is [`PeerError::Gone`].
+fn read(pid: i32, file: &'static str) -> Result<String, PeerError> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).map_err(|source| {
+        match source.raw_os_error() {
+            Some(nix::libc::ENOENT | nix::libc::ESRCH) => PeerError::Gone { pid },
+            _ => PeerError::Read { pid, file, source },
+        }
+    })
+}
+
+/// The start time in `/proc/PID/stat` text (field 22).
+fn start_time(stat: &str) -> Option<u64> {
+    // The command name is in parentheses and may hold anything: count from its end, where
+    // the state is field 3.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// The `Groups:` of `/proc/PID/status` text.
+fn groups(status: &str) -> Option<Vec<u32>> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+    Some(line.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+}
+
+/// The `Umask:` of `/proc/PID/status` text (octal).
+fn umask(status: &str) -> Option<u32> {
+    let v = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(v.trim(), 8).ok().filter(|m| *m <= 0o777)
+}
+
+/// `/proc/PID/limits` rows, in the kernel's order, which is the resource numbers' order
+/// (`fs/proc/base.c`, `lnames`).
+const LIMIT_NAMES: [&str; 16] = [
+    "Max cpu time",
+    "Max file size",
+    "Max data size",
+    "Max stack size",
+    "Max core file size",
+    "Max resident set",
+    "Max processes",
+    "Max open files",
+    "Max locked memory",
+    "Max address space",
+    "Max file locks",
+    "Max pending signals",
+    "Max msgqueue size",
+    "Max nice priority",
+    "Max realtime priority",
+    "Max realtime timeout",
+];
+
+/// The limits in `/proc/PID/limits` text: (resource, soft, hard), `u64::MAX` for unlimited.
+fn parse_limits(text: &str) -> Result<Vec<Limit>, String> {
+    let value = |v: &str| match v {
+        "unlimited" => Ok(u64::MAX),
+        v => v.parse::<u64>().map_err(|_| format!("bad limit {v:?}")),
+    };
+    let mut out = Vec::with_capacity(LIMIT_NAMES.len());
+    for line in text.lines().skip(1) {
+        let Some((resource, name)) =
+            LIMIT_NAMES.iter().enumerate().find(|(_, n)| line.starts_with(**n))
+        else {
+            // A row a newer kernel added: not a limit this process can be given.
+            continue;
+        };
+        let mut f = line[name.len()..].split_whitespace();
+        let (Some(soft), Some(hard)) = (f.next(), f.next()) else {
+            return Err(format!("short row {line:?}"));
+        };
+        out.push((resource as u32, value(soft)?, value(hard)?));
+    }
+    if out.len() != LIMIT_NAMES.len() {
+        return Err(format!("{} of {} limits listed", out.len(), LIMIT_NAMES.len()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: &str = "\
+Limit                     Soft Limit           Hard Limit           Units     
+Max cpu time              10                   10                   seconds   
+Max file size             2097152              2097152              bytes     
+Max data size             unlimited            unlimited            bytes     
+Max stack size            8388608              unlimited            bytes     
+Max core file size        0                    unlimited            bytes     
+Max resident set          unlimited            unlimited            bytes     
+Max processes             63432                63432                processes 
+Max open files            512                  512                  files     
+Max locked memory         8388608              8388608              bytes     
+Max address space         unlimited            unlimited            bytes     
+Max file locks            unlimited            unlimited            locks     
+Max pending signals       63432                63432                signals   
+Max msgqueue size         819200               819200               bytes     
+Max nice priority         0                    0                    
+Max realtime priority     0                    0                    
+Max realtime timeout      unlimited            unlimited            us        
+";
+
+    #[test]
+    fn limits_parse_in_resource_order() {
+        let l = parse_limits(LIMITS).unwrap();
+        assert_eq!(l.len(), 16);
+        assert_eq!(l[0], (0, 10, 10));
+        assert_eq!(l[1], (1, 2_097_152, 2_097_152));
+        assert_eq!(l[3], (3, 8_388_608, u64::MAX));
+        assert_eq!(l[7], (7, 512, 512));
+        assert_eq!(l[13], (13, 0, 0));
+        assert_eq!(l[15], (15, u64::MAX, u64::MAX));
+        let cut: String = LIMITS.lines().take(9).map(|l| format!("{l}\n")).collect();
+        assert_eq!(parse_limits(&cut), Err("8 of 16 limits listed".into()));
+        let bad = LIMITS.replace("512                  512", "512                  lots");
+        assert_eq!(parse_limits(&bad), Err("bad limit \"lots\"".into()));
+    }
+
+    #[test]
+    fn status_and_stat_fields() {
+        let status = "Name:\tsh\nUmask:\t0027\nState:\tS (sleeping)\nGroups:\t4 24 1000 \n";
+        assert_eq!(umask(status), Some(0o027));
+        assert_eq!(groups(status), Some(vec![4, 24, 1000]));
+        assert_eq!(umask("Name:\tsh\n"), None);
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000";
+        assert_eq!(start_time(stat), Some(987_654));
+    }
+
+    #[test]
+    fn this_process_is_read_and_a_recycled_pid_is_caught() {
+        let me = Peer::identify(std::process::id() as i32).unwrap();
+        let got = me.inherited().unwrap();
+        let (soft, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(got.rlimits[7], (7, soft, hard));
+        let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+        nix::sys::stat::umask(umask);
+        assert_eq!(got.umask, umask.bits());
+        // Another process's start time under this pid: as if the pid had been reused.
+        let other = Peer { start: me.start + 1, ..me };
+        assert!(matches!(other.inherited(), Err(PeerError::Gone { .. })));
+        assert!(matches!(Peer::identify(i32::MAX), Err(PeerError::Gone { .. })));
+    }
+}
