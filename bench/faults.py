@@ -196,7 +196,8 @@ class Job:
         return [int(l) for _, l in self.out if l.strip().isdigit()]
 
     def reported_lost(self, code):
-        return code == 255 or any("lost" in l for _, l in self.err)
+        said = ("lost (", "did not come back")
+        return code == 255 or any(w in l for _, l in self.err for w in said)
 
 
 def marker_alive(tag):

@@ -743,7 +743,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
                     .map(|(i, (_, g))| (i as u32, *g))
                     .collect();
                 eprintln!(
-                    "bpsh: lost bpmaster at {}; following {} remote process(es) through their ghosts until it is back",
+                    "bpsh: bpmaster at {} went away; following {} remote process(es) through their ghosts until it is back",
                     bproc::socket_path().display(),
                     follow.len()
                 );
