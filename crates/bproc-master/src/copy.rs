@@ -122,6 +122,7 @@ pub(crate) async fn serve(
         };
         let event = match reply {
             Message::CopyResult { source_errors, errors, files, bytes, .. } => {
+                shared.metrics.copied(bytes);
                 Message::CopyResult { node, source_errors, errors, files, bytes }
             }
             Message::Error { message, .. } => result(node, format!("rcp: {message}")),

@@ -94,6 +94,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
     };
     let config = shared.config();
     let Some(n) = config.node_for_addr(ip) else {
+        shared.metrics.connection_rejected();
         warn!(
             "connect from unrecognized address {ip}: no ip/iprange line of {} names it",
             config.path.display()
@@ -101,6 +102,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         return;
     };
     if !config.allow_insecure_ports && peer.port() >= 1024 {
+        shared.metrics.connection_rejected();
         warn!(
             "node {n}: connection from {peer} refused: source port is not reserved \
              (start bpslave as root, or add `allowinsecureports` to {})",
@@ -110,6 +112,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
     }
     let _ = stream.set_nodelay(true);
     if let Err(e) = master_handshake(&mut stream, &shared.key).await {
+        shared.metrics.auth_refused();
         warn!("node {n}: connection from {peer} refused: {e}");
         return;
     }
