@@ -12,7 +12,9 @@ mod libs;
 mod manpages;
 mod mpi;
 mod nodes;
+mod nss;
 mod policy;
+mod status;
 mod vcluster;
 
 use std::path::{Path, PathBuf};
