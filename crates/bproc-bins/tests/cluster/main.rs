@@ -5,6 +5,7 @@
 mod bpcp;
 mod bpsh;
 mod capi;
+mod completions;
 mod daemons;
 mod faults;
 mod ghosts;
