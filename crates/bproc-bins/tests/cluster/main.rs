@@ -7,6 +7,7 @@ mod bpsh;
 mod capi;
 mod completions;
 mod daemons;
+mod deb;
 mod faults;
 mod ghosts;
 mod libs;
