@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-deb >/dev/null || { echo "deb.sh: cargo-deb missing: cargo install cargo-deb" >&2; exit 2; }
 ROOT=target/debian-root
-rm -rf "$ROOT"
+rm -rf "$ROOT" target/debian/bproc_*.deb
 DESTDIR=$ROOT LIBDIR=/usr/lib/x86_64-linux-gnu SYSTEMDUNITDIR=/usr/lib/systemd/system \
     scripts/install.sh /usr >/dev/null
 # Packages ship without debug sections (a debug build's are hundreds of megabytes).

@@ -206,6 +206,8 @@ fn status_page_table_in_chromium() {
     let (c, url) = cluster_with_page(64, "statuspage", "");
     c.cmd("bpsh").args(["-a", "true"]).ok();
     let tab = browser.new_tab().unwrap();
+    // A loaded machine (the whole suite at once) can be slow to load a page.
+    tab.set_default_timeout(Duration::from_secs(60));
     tab.navigate_to(&url).unwrap().wait_until_navigated().unwrap();
     wait_nodes(&tab, 64);
     assert_eq!(eval(&tab, "document.body.dataset.view"), "table");
@@ -237,6 +239,8 @@ fn status_page_dots_at_1024_nodes() {
     let Some(browser) = browser() else { return };
     let (c, url) = cluster_with_page(1024, "statusdots", "");
     let tab = browser.new_tab().unwrap();
+    // A loaded machine (the whole suite at once) can be slow to load a page.
+    tab.set_default_timeout(Duration::from_secs(60));
     tab.navigate_to(&url).unwrap().wait_until_navigated().unwrap();
     wait_nodes(&tab, 1024);
     assert_eq!(eval(&tab, "document.body.dataset.view"), "dots", "large clusters open on dots");
