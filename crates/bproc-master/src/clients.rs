@@ -204,6 +204,7 @@ fn admit_local(shared: &Arc<Shared>, stream: UnixStream) {
         }
         Err(why) => {
             let _ = stream.try_write(&refusal(&why));
+            shared.metrics.connection_rejected();
             REFUSED.refuse(format_args!("pid {}: {why}", c.pid().unwrap_or(0)));
         }
     }
@@ -243,6 +244,7 @@ pub(crate) async fn serve_proxied(
         Err(why) => {
             use tokio::io::AsyncWriteExt;
             let _ = tokio::time::timeout(FIRST_REQUEST, stream.write_all(&refusal(&why))).await;
+            shared.metrics.connection_rejected();
             REFUSED.refuse(format_args!("node {node}: {why}"));
             return;
         }

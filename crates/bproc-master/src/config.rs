@@ -77,6 +77,9 @@
 //! PATH` (the client Unix socket), `keyfile PATH` (the cluster key), `statedir DIR` (the state
 //! file's directory) and `logdir DIR` (`node_up` logs). Relative paths are taken relative to
 //! the configuration file's directory, so a configuration and its key can move together.
+//! `nodename FORMAT` names every node (`%N`: its number) for the NSS module.
+//! `statuspage ADDR[:PORT]` serves the read-only status page and Prometheus metrics there
+//! (`statuspage off`, the default, serves nothing).
 //! `libraries` and `librariesfrombinary` (read by the beoboot rc script in BProc) are recorded
 //! raw, so a replacement for that script can use them.
 
@@ -102,6 +105,8 @@ pub const MIN_PING_TIMEOUT: u32 = 2;
 pub const DEFAULT_GRACE: u32 = 60;
 /// The default `logfacility`.
 pub const DEFAULT_LOG_FACILITY: &str = "daemon";
+/// The port of `statuspage ADDR` without a port.
+pub const DEFAULT_STATUS_PORT: u16 = 8080;
 
 /// The syslog facility names `logfacility` accepts (glibc's `facilitynames`).
 const LOG_FACILITIES: &[&str] = &[
@@ -217,6 +222,13 @@ pub struct Config {
     pub statedir: Option<PathBuf>,
     /// `logdir DIR` (extension): where `node_up` logs go.
     pub logdir: Option<PathBuf>,
+    /// `statuspage ADDR[:PORT]` (extension): where the status page and `/metrics` are
+    /// served; `None` (the default, or `statuspage off`): nowhere.
+    pub status_page: Option<SocketAddr>,
+    /// `nodename FORMAT` (Scyld's, the first argument only): more names for every node,
+    /// `%N` standing for its number (`nodename node%N`), in file order. The NSS module
+    /// resolves them beside `nN` and `.N`.
+    pub node_names: Vec<String>,
     /// Lines that were ignored, such as unknown directives.
     pub warnings: Vec<Warning>,
 }
@@ -366,6 +378,8 @@ enum Directive {
     Keyfile,
     Statedir,
     Logdir,
+    StatusPage,
+    NodeName,
     Ip,
     IpRange,
     Master,
@@ -394,6 +408,8 @@ impl Directive {
             "keyfile" => Directive::Keyfile,
             "statedir" => Directive::Statedir,
             "logdir" => Directive::Logdir,
+            "statuspage" => Directive::StatusPage,
+            "nodename" => Directive::NodeName,
             "ip" => Directive::Ip,
             "iprange" => Directive::IpRange,
             "master" => Directive::Master,
@@ -408,7 +424,7 @@ impl Directive {
     fn pass(self) -> u8 {
         use Directive::*;
         match self {
-            Interface | Listen | Socket | Keyfile | Statedir | Logdir => 1,
+            Interface | Listen | Socket | Keyfile | Statedir | Logdir | StatusPage => 1,
             Ip | IpRange | Master => 2,
             _ => 0,
         }
@@ -420,9 +436,8 @@ impl Directive {
         match self {
             AllowInsecurePorts => (0, Some(0)),
             BprocPort | LogFacility | PingTimeout | GracePeriod | LaunchFanout
-            | MaxClientsPerUser | SlaveTimesync | Listen | Socket | Keyfile | Statedir | Logdir => {
-                (1, Some(1))
-            }
+            | MaxClientsPerUser | SlaveTimesync | Listen | Socket | Keyfile | Statedir | Logdir
+            | StatusPage | NodeName => (1, Some(1)),
             Interface => (1, Some(3)),
             IpRange => (2, Some(3)),
             Slave | Ip | Master => (1, None),
@@ -493,6 +508,20 @@ fn parse_port(what: &str, arg: &str, allow_zero: bool) -> Result<u16, String> {
         .filter(|&p| p >= min)
         .and_then(|p| u16::try_from(p).ok())
         .ok_or_else(|| format!("invalid port for {what}: {arg} (must be {min}-65535)"))
+}
+
+/// `statuspage ADDR[:PORT]` or `statuspage off`; the port defaults to
+/// [`DEFAULT_STATUS_PORT`], 0 picks a free one.
+fn parse_status_page(arg: &str) -> Result<Option<SocketAddr>, String> {
+    if arg == "off" {
+        return Ok(None);
+    }
+    if let Ok(ip) = arg.parse::<IpAddr>() {
+        return Ok(Some(SocketAddr::new(ip, DEFAULT_STATUS_PORT)));
+    }
+    arg.parse().map(Some).map_err(|_| {
+        format!("invalid statuspage: {arg} (expected ADDR[:PORT], such as 127.0.0.1:8080, or off)")
+    })
 }
 
 /// Finds the TCP port of service `name` (or one of its aliases) in `services`, a file in
@@ -663,6 +692,8 @@ impl Parser {
                 keyfile: None,
                 statedir: None,
                 logdir: None,
+                status_page: None,
+                node_names: Vec::new(),
                 warnings: Vec::new(),
             },
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -761,6 +792,18 @@ impl Parser {
             Directive::Keyfile => self.config.keyfile = Some(self.path_arg(tag, &args[0])?),
             Directive::Statedir => self.config.statedir = Some(self.path_arg(tag, &args[0])?),
             Directive::Logdir => self.config.logdir = Some(self.path_arg(tag, &args[0])?),
+            Directive::StatusPage => self.config.status_page = parse_status_page(&args[0])?,
+            Directive::NodeName => {
+                let format = &args[0];
+                let valid = |c: char| c.is_ascii_alphanumeric() || "-._%".contains(c);
+                if !format.contains("%N") || !format.chars().all(valid) {
+                    return Err(format!(
+                        "invalid nodename: {format} (letters, digits, `-`, `.`, `_` and %N for the \
+                         node number, such as node%N)"
+                    ));
+                }
+                c.node_names.push(format.clone());
+            }
             Directive::Ip => self.table.ip(args)?,
             Directive::IpRange => self.table.iprange(args)?,
             Directive::Master => {
@@ -1312,6 +1355,30 @@ mod tests {
             error("statedir a b\n"),
             "test.conf:1: too many arguments for statedir (max = 1)"
         );
+    }
+
+    #[test]
+    fn statuspage() {
+        assert_eq!(parse("").status_page, None);
+        assert_eq!(
+            parse("statuspage 127.0.0.1").status_page,
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse("statuspage 0.0.0.0:9100").status_page,
+            Some("0.0.0.0:9100".parse().unwrap())
+        );
+        assert_eq!(parse("statuspage [::1]:0").status_page, Some("[::1]:0".parse().unwrap()));
+        assert_eq!(parse("statuspage 127.0.0.1\nstatuspage off").status_page, None);
+        assert!(error("statuspage localhost").contains("invalid statuspage: localhost"));
+        assert!(error("statuspage").contains("too few arguments"));
+    }
+
+    #[test]
+    fn nodename() {
+        assert_eq!(parse("nodename node%N\nnodename c%N.x").node_names, ["node%N", "c%N.x"]);
+        assert!(error("nodename fixed").contains("invalid nodename: fixed"));
+        assert!(error("nodename a/%N").contains("invalid nodename"));
     }
 
     #[test]

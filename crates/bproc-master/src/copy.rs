@@ -131,6 +131,7 @@ pub(crate) async fn serve(
         };
         let event = match reply {
             Message::CopyResult { source_errors, errors, files, bytes, .. } => {
+                shared.metrics.copied(bytes);
                 Message::CopyResult { node, source_errors, errors, files, bytes }
             }
             Message::Error { message, .. } => result(node, format!("rcp: {message}")),

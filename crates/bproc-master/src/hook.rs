@@ -19,6 +19,7 @@ use crate::table::UP_MODE;
 use crate::Shared;
 
 pub(crate) async fn node_up(shared: Arc<Shared>, n: i32, cookie: u64) {
+    let started = std::time::Instant::now();
     let ok = match run(&shared, n).await {
         Ok(ok) => ok,
         Err(e) => {
@@ -34,6 +35,7 @@ pub(crate) async fn node_up(shared: Arc<Shared>, n: i32, cookie: u64) {
                     && node.session.as_ref().is_some_and(|s| s.cookie == cookie) =>
             {
                 if ok {
+                    shared.metrics.node_booted(started.elapsed());
                     node.mode = UP_MODE;
                     node.state = "up".into();
                 } else {

@@ -365,6 +365,8 @@ pub(crate) async fn serve(
         shared.launches.spawned(launch, rank, false);
     }
     let started = pids.iter().filter(|p| **p > 0).count();
+    shared.metrics.launch();
+    shared.metrics.ranks_started(started as u64);
     info!(
         "launch {launch}: uid {} started {started} of {} ({})",
         caller.uid,

@@ -7,6 +7,8 @@
 //! - `clients`: the Unix socket for local clients, identified by `SO_PEERCRED`.
 //! - `hook`: the `node_up` program run when a node boots.
 //! - [`persist`]: the state file that lets a restarted master resume sessions.
+//! - `status`: the status page and `/metrics` (`statuspage` in the configuration).
+//! - `names`: the node names file read by the NSS module (`STATEDIR/hosts`).
 //!
 //! # Concurrency
 //! One tokio runtime. All node state sits behind one `std::sync::Mutex` that is never held
@@ -32,9 +34,11 @@ mod ghosts;
 mod hook;
 mod launch;
 mod libs;
+mod names;
 pub mod persist;
 mod slaves;
 mod stage;
+mod status;
 pub mod table;
 
 use std::future::Future;
@@ -115,6 +119,8 @@ pub struct Options {
 pub(crate) struct Paths {
     pub socket: PathBuf,
     pub state_file: PathBuf,
+    /// The node names file for the NSS module, beside the state file.
+    pub hosts_file: PathBuf,
     pub logdir: PathBuf,
     pub node_up: PathBuf,
 }
@@ -131,6 +137,7 @@ impl Paths {
         Paths {
             socket,
             state_file: statedir.join("nodes.json"),
+            hosts_file: statedir.join("hosts"),
             logdir: config.logdir.clone().unwrap_or_else(|| DEFAULT_LOGDIR.into()),
             // BProc runs node_up from the configuration's directory.
             node_up: confdir.join("node_up"),
@@ -168,6 +175,9 @@ pub(crate) struct Shared {
     conns: Arc<clients::Conns>,
     /// Bytes written to slave links, for measuring what a launch costs the master.
     pub(crate) sent_to_slaves: Arc<AtomicU64>,
+    /// Event counters for `/metrics`: call `metrics.connection_rejected()`,
+    /// `metrics.auth_refused()` and the others where the event happens.
+    pub(crate) metrics: bproc_status::Metrics,
     /// Set once shutdown begins, so links closing then do not mark their nodes down in the
     /// state file: their slaves are expected to resume with the next master.
     stopping: AtomicBool,
@@ -240,6 +250,8 @@ pub struct Master {
     shared: Arc<Shared>,
     tcp: Vec<TcpListener>,
     unix: UnixListener,
+    /// The status page's listener (`statuspage`), if any.
+    status: Option<TcpListener>,
 }
 
 async fn listen_addrs(config: &Config) -> Result<Vec<SocketAddr>, MasterError> {
@@ -348,6 +360,7 @@ impl Master {
                 .map_err(|source| MasterError::Listen { what: addr.to_string(), source })?;
             tcp.push(l);
         }
+        let status = status::bind(&config).await?;
         let stage_ip = tcp
             .first()
             .and_then(|l| l.local_addr().ok())
@@ -389,14 +402,20 @@ impl Master {
             stage,
             data,
             sent_to_slaves: Arc::default(),
+            metrics: bproc_status::Metrics::default(),
             stopping: AtomicBool::new(false),
         });
-        Ok(Master { shared, tcp, unix })
+        Ok(Master { shared, tcp, unix, status })
     }
 
     /// The TCP addresses slaves connect to.
     pub fn tcp_addrs(&self) -> Vec<SocketAddr> {
         self.tcp.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// Where the status page is served (`statuspage`), if anywhere.
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        self.status.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The client socket.
@@ -424,6 +443,9 @@ impl Master {
                 stage::REFUSED.flush();
             }
         });
+        if let Some(l) = self.status {
+            tokio::spawn(status::serve(shared.clone(), l));
+        }
         let writer = tokio::spawn(state_writer(shared.clone()));
         let signals = async {
             use tokio::signal::unix::{signal, SignalKind};
@@ -476,10 +498,30 @@ fn saved_sessions(t: &Table) -> std::collections::BTreeMap<i32, persist::Saved> 
         .collect()
 }
 
-/// Writes the state file after changes, at most every 50 ms.
+/// Writes the state file after changes, at most every 50 ms, and the names file when its
+/// text changed (it is written once at start).
 async fn state_writer(shared: Arc<Shared>) {
     let mut rx = shared.changed.subscribe();
-    while rx.changed().await.is_ok() {
+    let mut names = String::new();
+    loop {
+        let text = names::text(&shared.config(), &shared.listen);
+        if text != names {
+            let path = shared.paths.hosts_file.clone();
+            let t = text.clone();
+            // Said once per new text, not at every change.
+            match tokio::task::spawn_blocking(move || names::write(&path, &t)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(
+                    "cannot write the node names file {}: {e}",
+                    shared.paths.hosts_file.display()
+                ),
+                Err(e) => warn!("names writer failed: {e}"),
+            }
+            names = text;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         rx.mark_unchanged();
         if shared.stopping() {

@@ -99,6 +99,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
     };
     let config = shared.config();
     let Some(n) = config.node_for_addr(ip) else {
+        shared.metrics.connection_rejected();
         REFUSED.refuse(format_args!(
             "connect from unrecognized address {ip}: no ip/iprange line of {} names it",
             config.path.display()
@@ -106,6 +107,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         return;
     };
     if !config.allow_insecure_ports && peer.port() >= 1024 {
+        shared.metrics.connection_rejected();
         REFUSED.refuse(format_args!(
             "node {n}: connection from {peer} refused: source port is not reserved \
              (start bpslave as root, or add `allowinsecureports` to {})",
@@ -115,6 +117,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
     }
     let _ = stream.set_nodelay(true);
     if let Err(e) = master_handshake(&mut stream, &shared.key).await {
+        shared.metrics.auth_refused();
         REFUSED.refuse(format_args!("node {n}: connection from {peer} refused: {e}"));
         return;
     }

@@ -5,7 +5,9 @@
 mod bpcp;
 mod bpsh;
 mod capi;
+mod completions;
 mod daemons;
+mod deb;
 mod exhaust;
 mod faults;
 mod ghosts;
@@ -13,7 +15,9 @@ mod libs;
 mod manpages;
 mod mpi;
 mod nodes;
+mod nss;
 mod policy;
+mod status;
 mod vcluster;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
-//! The man pages render without warnings, and each program's page names every option its
-//! `--help` lists.
+//! The man pages render without warnings, each has EXIT STATUS and FILES sections, each
+//! program's page names every option its `--help` lists, and `bproc-config(5)` names every
+//! directive the master's parser knows.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,7 +16,7 @@ fn man_pages_render_and_cover_the_options() {
     }
     let mut pages: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     pages.sort();
-    assert!(pages.len() >= 8, "{pages:?}");
+    assert!(pages.len() >= 11, "{pages:?}");
     for page in &pages {
         let out =
             Command::new("groff").args(["-man", "-Tutf8", "-ww", "-z"]).arg(page).output().unwrap();
@@ -25,6 +26,10 @@ fn man_pages_render_and_cover_the_options() {
             page.display(),
             String::from_utf8_lossy(&out.stderr)
         );
+        let text = std::fs::read_to_string(page).unwrap();
+        for section in [".SH EXIT STATUS\n", ".SH FILES\n"] {
+            assert!(text.contains(section), "{}: no {section}", page.display());
+        }
     }
     // Every short option in a tool's usage text appears in its page.
     for (tool, help) in [
@@ -33,6 +38,7 @@ fn man_pages_render_and_cover_the_options() {
         ("bpstat", "--help"),
         ("bpcp", "--help"),
         ("bplib", "-h"),
+        ("brsh", "--help"),
     ] {
         let usage = Command::new(bins().join(tool)).arg(help).output().unwrap();
         let usage = String::from_utf8_lossy(&usage.stdout).into_owned()
@@ -51,5 +57,42 @@ fn man_pages_render_and_cover_the_options() {
                 assert!(page.contains(opt), "{tool}.1 does not mention {opt}");
             }
         }
+    }
+}
+
+/// Every directive `Directive::from_tag` in the master's config parser knows is documented in
+/// `bproc-config(5)`, with its default where it has one.
+#[test]
+fn config_page_names_every_directive() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let source = std::fs::read_to_string(root.join("crates/bproc-master/src/config.rs")).unwrap();
+    let page =
+        std::fs::read_to_string(root.join("man/bproc-config.5")).unwrap().replace("\\-", "-");
+    let from_tag = &source[source.find("fn from_tag").unwrap()..];
+    let from_tag = &from_tag[..from_tag.find("t if FOREIGN_DIRECTIVES").unwrap()];
+    let tags: Vec<&str> =
+        from_tag.lines().filter_map(|l| l.trim().strip_prefix('"')?.split('"').next()).collect();
+    assert!(tags.len() >= 20, "{tags:?}");
+    for tag in tags {
+        assert!(
+            page.contains(&format!("BI \"{tag} "))
+                || page.contains(&format!(".B {tag}\n"))
+                || page.contains(&format!(".BI {tag} ")),
+            "bproc-config.5 does not document {tag}"
+        );
+    }
+    for default in [
+        "2223",
+        "30",
+        "60",
+        "32",
+        "daemon",
+        "/run/bproc/master.sock",
+        "/etc/clustermatic/key",
+        "/var/lib/bproc",
+        "/var/log/clustermatic",
+        "8080",
+    ] {
+        assert!(page.contains(default), "bproc-config.5 does not give the default {default}");
     }
 }
