@@ -51,14 +51,18 @@ fn spawn_with(
         return Ok(Vec::new());
     }
     let mut cmd = Command::new(program);
-    cmd.arg0(format!("[{comm}]"))
-        .env_clear()
-        .env("BPROC_SOCKET", crate::socket_path())
-        .env("BPROC_GHOST_COUNT", n.to_string());
+    cmd.arg0(format!("[{comm}]")).env_clear().env("BPROC_SOCKET", crate::socket_path());
     // How long the ghosts wait for a master that restarts.
     if let Some(grace) = std::env::var_os("BPROC_GRACE") {
         cmd.env("BPROC_GRACE", grace);
     }
+    if n == 1 && relay.is_none() {
+        // One ghost is the child itself: its pid is known once it has exec'd, and the launch
+        // need not wait for it to start up and say so.
+        let ghost = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        return Ok(vec![(ghost.id() as i32, 0)]);
+    }
+    cmd.env("BPROC_GHOST_COUNT", n.to_string());
     match relay {
         Some(token) => {
             use std::os::fd::AsFd;
