@@ -523,16 +523,10 @@ impl Ghosts {
         let now = tokio::time::Instant::now();
         let mut g = self.lock();
         let inner = &mut *g;
-        let pending_parents: std::collections::HashSet<(i32, i32)> =
-            inner.forks.values().map(|f| (f.node, f.child)).collect();
-        since.retain(|pid, _| {
-            inner.ghosts.get(pid).is_some_and(|gh| {
-                gh.restoring.is_none() && (gh.tx.is_some() != gh.remote.is_some())
-            })
-        });
+        let half = |gh: &Ghost| gh.restoring.is_none() && gh.tx.is_some() != gh.remote.is_some();
+        since.retain(|pid, _| inner.ghosts.get(pid).is_some_and(half));
         for (&pid, gh) in &inner.ghosts {
-            let half = gh.restoring.is_none() && (gh.tx.is_some() != gh.remote.is_some());
-            if half && !gh.remote.is_some_and(|r| pending_parents.contains(&r)) {
+            if half(gh) {
                 since.entry(pid).or_insert(now);
             }
         }
