@@ -24,6 +24,7 @@ use nix::unistd::Pid;
 use thiserror::Error;
 
 pub mod cli;
+pub mod vm;
 
 /// Address of node 0; node i uses this plus i.
 pub const BASE_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 0);

@@ -14,6 +14,7 @@ mod mpi;
 mod nodes;
 mod policy;
 mod vcluster;
+mod vm;
 
 use std::path::{Path, PathBuf};
 
