@@ -365,7 +365,11 @@ fn serve_dhcp(sock: &UdpSocket, shared: &Shared, ra: Option<std::sync::mpsc::Sen
             }
             MessageType::Ack => {
                 bump(&s.dhcp_acks);
-                shared.site.arm_key(ip);
+                // The node's own system, not its firmware, fetches the key: arming it only
+                // then keeps the window in which someone else could take it short.
+                if !reply.ipxe {
+                    shared.site.arm_key(ip);
+                }
                 "ack"
             }
             _ => {

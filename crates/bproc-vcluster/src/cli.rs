@@ -42,6 +42,8 @@ Options:
                       modules from beside it (an unpacked linux-image package) or --modules
   --modules DIR       the kernel's modules directory
   --memory MB         memory of each machine (default 512)
+  --bootkey-once      keep the cluster key out of the image: the boot server hands it to each
+                      machine once per boot
   -h, --help          print this message
 ";
 
@@ -57,6 +59,7 @@ struct Args {
     kernel: Option<PathBuf>,
     modules: Option<PathBuf>,
     memory: Option<u32>,
+    key_once: bool,
     rest: Vec<OsString>,
 }
 
@@ -80,6 +83,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
         kernel: None,
         modules: None,
         memory: None,
+        key_once: false,
         rest: Vec::new(),
     };
     let mut p = lexopt::Parser::from_args(args);
@@ -96,6 +100,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
             Long("kernel") => a.kernel = Some(p.value()?.into()),
             Long("modules") => a.modules = Some(p.value()?.into()),
             Long("memory") => a.memory = Some(p.value()?.parse()?),
+            Long("bootkey-once") => a.key_once = true,
             Value(v) if a.command.is_empty() => a.command = v.string()?,
             Value(v) if a.command == "exec" => {
                 a.rest.push(v);
@@ -202,6 +207,7 @@ fn up_vms(a: &Args) -> Result<(), crate::vm::VmError> {
         spec.timeout = Duration::from_secs(t);
     }
     spec.ping_timeout = a.ping_timeout;
+    spec.key_once = a.key_once;
     if a.dir.join("pids").exists() {
         return Err(VmError::Daemon {
             what: "the cluster",

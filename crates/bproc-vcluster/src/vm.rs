@@ -154,6 +154,9 @@ pub struct VmSpec {
     pub qemu: PathBuf,
     /// Extra configuration lines appended to the generated file.
     pub extra_config: String,
+    /// Leave the cluster key out of the image and have the boot server hand it to each node
+    /// once per boot (`bootkey once`), instead of in the image for anyone who fetches it.
+    pub key_once: bool,
 }
 
 impl VmSpec {
@@ -175,6 +178,7 @@ impl VmSpec {
             timeout: Duration::from_secs(180),
             qemu: "qemu-system-x86_64".into(),
             extra_config: String::new(),
+            key_once: false,
         }
     }
 }
@@ -323,6 +327,9 @@ impl VmCluster {
             let _ = writeln!(text, "node {i} {}", vm_mac(i));
         }
         let _ = writeln!(text, "bootfile {}", self.image_path().display());
+        if self.spec.key_once {
+            text.push_str("bootkey once\n");
+        }
         text.push_str(&self.spec.extra_config);
         let path = self.config_path();
         std::fs::write(&path, text).map_err(file_err(&path))
@@ -334,7 +341,7 @@ impl VmCluster {
             spec.modules_dir = Some(m.clone());
         }
         spec.bpslave = self.spec.bin_dir.join("bpslave");
-        spec.key = Some(self.spec.dir.join("key"));
+        spec.key = (!self.spec.key_once).then(|| self.spec.dir.join("key"));
         let image = bproc_beoboot::build(&spec).map_err(VmError::Image)?;
         image.write(&self.image_path()).map_err(VmError::Image)
     }

@@ -107,8 +107,76 @@ fn hop(tools: &Path) -> PathBuf {
     exe
 }
 
+/// Runs `f` on a thread of its own inside the network namespace `netns`.
+fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = std::fs::File::open(format!("/var/run/netns/{netns}")).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A network namespace of the test's own, deleted when dropped.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().unwrap();
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+/// Sends the boot server, from a host of its own plugged into the cluster's bridge (another
+/// network namespace, 10.22.3.250), packets that are not DHCP requests and a request from a
+/// hardware address no node line names; returns its counters (`/stats`).
+fn pester_the_boot_server(c: &VmCluster) -> String {
+    let probe = Netns(format!("{}-probe", c.netns()));
+    ip(&["netns", "add", &probe.0]);
+    let ns = c.netns();
+    ip(&["-n", ns, "link", "add", "bpprobe0", "type", "veth", "peer", "name", "bpprobe1"]);
+    ip(&["-n", ns, "link", "set", "bpprobe1", "netns", &probe.0]);
+    ip(&["-n", ns, "link", "set", "bpprobe0", "master", "bpbr0", "up"]);
+    ip(&["-n", &probe.0, "addr", "add", "10.22.3.250/24", "dev", "bpprobe1"]);
+    ip(&["-n", &probe.0, "link", "set", "bpprobe1", "up"]);
+    in_netns(&probe.0, || {
+        use dhcproto::v4::{DhcpOption, Encodable, Encoder, Message, MessageType};
+        use std::io::{Read, Write};
+        let sock = std::net::UdpSocket::bind("0.0.0.0:68").unwrap();
+        sock.set_broadcast(true).unwrap();
+        let dev = std::ffi::OsString::from("bpprobe1");
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::BindToDevice, &dev).unwrap();
+        let to = "255.255.255.255:67";
+        let z = std::net::Ipv4Addr::UNSPECIFIED;
+        let mut stranger = Message::new_with_id(1, z, z, z, z, &[2, 0, 0, 0, 0, 0x99]);
+        stranger.opts_mut().insert(DhcpOption::MessageType(MessageType::Discover));
+        let mut valid = Vec::new();
+        stranger.encode(&mut Encoder::new(&mut valid)).unwrap();
+        let mut bad_hlen = valid.clone();
+        bad_hlen[2] = 200;
+        for garbage in [&b""[..], b"", &[0xff; 300], &valid[..100], &bad_hlen] {
+            sock.send_to(garbage, to).unwrap();
+        }
+        sock.send_to(&valid, to).unwrap();
+        // The counters, once the last packet has been counted.
+        until(10, "the boot server to count the packets", || {
+            let mut s = std::net::TcpStream::connect("10.22.3.1:80").ok()?;
+            s.write_all(b"GET /stats HTTP/1.0\r\n\r\n").ok()?;
+            let mut page = String::new();
+            s.read_to_string(&mut page).ok()?;
+            page.contains("dhcp_unknown 1\n").then_some(page)
+        })
+    })
+}
+
 /// Two machines boot from the network and serve the seed article's walkthrough, ghosts, a
-/// move of a 64 MiB process between them, and the loss and return of a machine.
+/// move of a 64 MiB process between them, and the loss and return of a machine. The image
+/// holds no key: the boot server hands it to each node once per boot (`bootkey once`).
 #[test]
 fn network_booted_machines() {
     if !require_root("the machines' network namespace, bridge and tap devices") {
@@ -124,6 +192,7 @@ fn network_booted_machines() {
     // A machine that is killed is down within seconds, not after the default minute of grace.
     spec.ping_timeout = 6;
     spec.extra_config = "graceperiod 3\n".into();
+    spec.key_once = true;
     let mut c = match VmCluster::start(spec) {
         Ok(c) => c,
         Err(e) => panic!("the machines did not come up: {e}"),
@@ -208,6 +277,17 @@ fn network_booted_machines() {
     let _ = kill(Pid::from_raw(hop_pid), Signal::SIGKILL);
     until(30, "the mover to end", || (!procs_on(&c, 1).contains(&hop_pid)).then_some(()));
     drop(mover);
+
+    // Garbage and strangers are dropped and counted; the server goes on (node 1 boots again
+    // below).
+    let stats = pester_the_boot_server(&c);
+    let count = |name: &str| -> u64 {
+        let line = stats.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or("");
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    assert_eq!((count("dhcp_malformed"), count("dhcp_unknown")), (5, 1), "{stats}");
+    // Each node's firmware and then its system asked for an address.
+    assert!(count("dhcp_acks") >= 4 && count("http_served") >= 8, "{stats}");
 
     // Killing node 1's machine takes the node down and its sleep's ghost with it.
     c.kill_vm(1).unwrap();
