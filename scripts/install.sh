@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs bproc under a prefix, as `make install` would: the daemons (bpmaster, bpslave) in
-# sbin, the other programs in bin, libbproc (shared library with soname libbproc.so.4, static
+# Installs bproc under a prefix, as `make install` would: the daemons (bpmaster, bpslave,
+# beoserv) and beoboot in sbin, the other programs in bin, libbproc (shared library with soname libbproc.so.4, static
 # library), the C headers, a pkg-config file, the man pages and systemd units for the daemons.
 #
 #   scripts/install.sh [PREFIX]          # default /usr/local
@@ -28,13 +28,13 @@ UNITDIR=${DESTDIR:-}${SYSTEMDUNITDIR:-$PREFIX/lib/systemd/system}
 install -d "$DEST/bin" "$DEST/sbin" "$DEST/lib/pkgconfig" "$DEST/include/sys" \
     "$DEST/share/man/man1" "$DEST/share/man/man3" "$DEST/share/man/man8" "$UNITDIR"
 # bpmaster finds bpghost in ../bin, and bpcluster the daemons in ../sbin.
-for p in bpmaster bpslave; do
+for p in bpmaster bpslave beoserv beoboot; do
     install -m 755 "$R/$p" "$DEST/sbin/$p"
 done
 for p in bpghost bpsh brsh bpcp bpstat bpctl bplib bpcluster; do
     install -m 755 "$R/$p" "$DEST/bin/$p"
 done
-for u in bpmaster bpslave; do
+for u in bpmaster bpslave beoserv; do
     sed "s|@SBINDIR@|$PREFIX/sbin|g" "systemd/$u.service.in" >"$UNITDIR/$u.service"
     chmod 644 "$UNITDIR/$u.service"
 done
