@@ -80,9 +80,13 @@ fn is_ipxe(req: &Message) -> bool {
             if c.windows(4).any(|w| w == b"iPXE"))
 }
 
-/// Decodes a packet and answers it.
+/// Decodes a packet and answers it. Never panics, whatever the bytes.
 pub fn answer(plan: &DhcpPlan, packet: &[u8]) -> Result<Reply, Dropped> {
-    let req = Message::decode(&mut Decoder::new(packet)).map_err(|_| Dropped::Malformed)?;
+    // dhcproto 0.14's option decoder can panic on some bad lengths (debug assertions and a
+    // `len - 1` of the bulk lease query options, 151-158); a packet that makes it panic is
+    // as malformed as one it rejects.
+    let decoded = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(packet)));
+    let req = decoded.map_err(|_| Dropped::Malformed)?.map_err(|_| Dropped::Malformed)?;
     // `chaddr()` trusts `hlen`: check it before anything reads the address.
     if req.opcode() != Opcode::BootRequest || req.htype() != HType::Eth || req.hlen() != 6 {
         return Err(Dropped::Malformed);
@@ -194,7 +198,8 @@ mod tests {
         assert_eq!((m.opcode(), m.xid()), (Opcode::BootReply, 7));
         assert_eq!(m.yiaddr(), Ipv4Addr::new(10, 22, 3, 10));
         assert_eq!(m.siaddr(), Ipv4Addr::new(10, 22, 3, 1));
-        assert_eq!(m.fname_str().unwrap().unwrap(), "http://10.22.3.1:80/boot.ipxe");
+        let file = m.fname_str().unwrap().unwrap();
+        assert_eq!(file.trim_end_matches('\0'), "http://10.22.3.1:80/boot.ipxe");
         let o = m.opts();
         assert!(matches!(o.get(OptionCode::Hostname), Some(DhcpOption::Hostname(h)) if h == "n0"));
         assert!(matches!(o.get(OptionCode::Unknown(175)),
@@ -241,6 +246,16 @@ mod tests {
         assert_eq!(answer(&plan(), &long_hlen), Err(Dropped::Malformed));
         let release = request(MessageType::Release, MAC, &[]);
         assert_eq!(answer(&plan(), &release), Err(Dropped::NotForUs));
+        assert_eq!(answer(&plan(), &upsetting()), Err(Dropped::Malformed));
+    }
+
+    /// A request whose option 152 (bulk lease query base time) is one byte long, which
+    /// dhcproto's decoder asserts is four (a panic in debug builds).
+    pub(crate) fn upsetting() -> Vec<u8> {
+        let mut p = request(MessageType::Discover, MAC, &[]);
+        let end = p.iter().rposition(|b| *b == 255).unwrap();
+        p.splice(end..end, [152, 1, 0]);
+        p
     }
 
     proptest::proptest! {
