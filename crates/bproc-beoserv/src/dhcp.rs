@@ -6,8 +6,10 @@
 //! is ignored, so the boot server can share a network with another DHCP server that serves
 //! other machines. The firmware asks first (iPXE says so with option 175 or the user class
 //! `iPXE`): its answer names the boot script by HTTP and carries iPXE's "no ProxyDHCP"
-//! setting, so iPXE does not wait seconds for ProxyDHCP offers that never come. The node's
-//! own DHCP client asks again once Linux runs; it gets the same address and its host name.
+//! setting, so iPXE does not wait seconds for ProxyDHCP offers that never come. Plain PXE
+//! firmware (vendor class `PXEClient`, no iPXE) is sent to the `pxeloader` by TFTP, when one
+//! is configured: iPXE, which then asks again. The node's own DHCP client asks again once
+//! Linux runs; it gets the same address and its host name.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -41,6 +43,8 @@ pub struct DhcpPlan {
     pub netmask: Ipv4Addr,
     /// The boot script iPXE is told to fetch (`http://SERVER:PORT/boot.ipxe`).
     pub script_url: String,
+    /// The file plain PXE firmware is told to fetch by TFTP from this server, if any.
+    pub pxe_loader: Option<String>,
     /// The nodes by hardware address.
     pub leases: HashMap<Mac, Lease>,
 }
@@ -70,6 +74,8 @@ pub struct Reply {
     pub unicast: Option<Ipv4Addr>,
     /// The client is iPXE (it was told to fetch the boot script).
     pub ipxe: bool,
+    /// The client is plain PXE firmware and was told to fetch the loader by TFTP.
+    pub pxe: bool,
 }
 
 /// Whether the request comes from iPXE.
@@ -78,6 +84,12 @@ fn is_ipxe(req: &Message) -> bool {
     opts.get(OptionCode::Unknown(OPT_IPXE_ENCAP)).is_some()
         || matches!(opts.get(OptionCode::UserClass), Some(DhcpOption::UserClass(c))
             if c.windows(4).any(|w| w == b"iPXE"))
+}
+
+/// Whether the request comes from PXE firmware (vendor class `PXEClient...`).
+fn is_pxe(req: &Message) -> bool {
+    matches!(req.opts().get(OptionCode::ClassIdentifier),
+        Some(DhcpOption::ClassIdentifier(c)) if c.starts_with(b"PXEClient"))
 }
 
 /// Decodes a packet and answers it. Never panics, whatever the bytes.
@@ -118,6 +130,7 @@ pub fn answer(plan: &DhcpPlan, packet: &[u8]) -> Result<Reply, Dropped> {
         _ => return Err(Dropped::NotForUs),
     };
     let ipxe = is_ipxe(&req);
+    let pxe = !ipxe && is_pxe(&req) && plan.pxe_loader.is_some();
     let yiaddr = if kind == MessageType::Nak { Ipv4Addr::UNSPECIFIED } else { lease.ip };
     let mut reply = Message::new_with_id(
         req.xid(),
@@ -135,6 +148,9 @@ pub fn answer(plan: &DhcpPlan, packet: &[u8]) -> Result<Reply, Dropped> {
         o.insert(DhcpOption::AddressLeaseTime(u32::MAX));
         o.insert(DhcpOption::SubnetMask(plan.netmask));
         o.insert(DhcpOption::Hostname(format!("n{}", lease.node)));
+        if let (true, Some(loader)) = (pxe, &plan.pxe_loader) {
+            reply.set_fname_str(loader);
+        }
         if ipxe {
             reply.set_fname_str(&plan.script_url);
             reply.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
@@ -152,7 +168,7 @@ pub fn answer(plan: &DhcpPlan, packet: &[u8]) -> Result<Reply, Dropped> {
     } else {
         None
     };
-    Ok(Reply { bytes, kind, lease, unicast, ipxe })
+    Ok(Reply { bytes, kind, lease, unicast, ipxe, pxe })
 }
 
 #[cfg(test)]
@@ -166,6 +182,7 @@ mod tests {
             server: Ipv4Addr::new(10, 22, 3, 1),
             netmask: Ipv4Addr::new(255, 255, 255, 0),
             script_url: "http://10.22.3.1:80/boot.ipxe".into(),
+            pxe_loader: Some("undionly.kpxe".into()),
             leases: HashMap::from([(
                 Mac(MAC),
                 Lease { node: 0, ip: Ipv4Addr::new(10, 22, 3, 10) },
@@ -231,6 +248,22 @@ mod tests {
             answer(&plan(), &request(MessageType::Request, MAC, &[sid])),
             Err(Dropped::NotForUs)
         );
+    }
+
+    #[test]
+    fn plain_pxe_firmware_gets_the_loader() {
+        let class = DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec());
+        let r = answer(&plan(), &request(MessageType::Discover, MAC, std::slice::from_ref(&class)))
+            .unwrap();
+        assert!(r.pxe && !r.ipxe);
+        let m = decode(&r);
+        assert_eq!(m.fname_str().unwrap().unwrap().trim_end_matches('\0'), "undionly.kpxe");
+        assert_eq!(m.siaddr(), Ipv4Addr::new(10, 22, 3, 1));
+        // Without a loader, an address alone.
+        let mut p = plan();
+        p.pxe_loader = None;
+        let r = answer(&p, &request(MessageType::Discover, MAC, &[class])).unwrap();
+        assert!(!r.pxe && decode(&r).fname().is_none());
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   most current network cards run or can chain-load, is sent to a script that loads the
 //!   kernel and the initramfs;
 //! - an IPv6 router advertisement ([`ra`]) whenever iPXE asks for an address, which spares
-//!   each node iPXE's 15-second wait for an IPv6 router.
+//!   each node iPXE's 15-second wait for an IPv6 router;
+//! - with `pxeloader FILE`, that one file by TFTP (port 69) to plain PXE firmware, which
+//!   should be iPXE to chain-load (`undionly.kpxe`).
 //!
 //! Bad packets and refused requests are dropped and counted ([`Stats`], also served at
 //! `/stats`), never fatal: each packet is handled inside a panic boundary as well.
@@ -32,6 +34,7 @@
 pub mod dhcp;
 pub mod http;
 pub mod ra;
+mod tftp;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
@@ -77,6 +80,15 @@ pub enum BeoservError {
     /// The image cannot be read.
     #[error(transparent)]
     Image(#[from] BeobootError),
+    /// The PXE loader cannot be read.
+    #[error("cannot read the PXE loader {} (pxeloader)", path.display())]
+    Loader {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The cluster key (for `bootkey once`) cannot be read.
     #[error("cannot read the cluster key {} (bootkey once)", path.display())]
     Key {
@@ -120,6 +132,10 @@ pub struct Stats {
     pub http_refused: AtomicU64,
     /// Bytes of content sent over HTTP.
     pub http_bytes: AtomicU64,
+    /// TFTP transfers of the PXE loader started.
+    pub tftp_served: AtomicU64,
+    /// TFTP requests refused (another file, a write).
+    pub tftp_refused: AtomicU64,
 }
 
 impl Stats {
@@ -128,7 +144,8 @@ impl Stats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
             "dhcp_offers {}\ndhcp_acks {}\ndhcp_naks {}\ndhcp_malformed {}\ndhcp_unknown {}\n\
-             dhcp_ignored {}\nhttp_served {}\nhttp_refused {}\nhttp_bytes {}\n",
+             dhcp_ignored {}\nhttp_served {}\nhttp_refused {}\nhttp_bytes {}\n\
+             tftp_served {}\ntftp_refused {}\n",
             l(&self.dhcp_offers),
             l(&self.dhcp_acks),
             l(&self.dhcp_naks),
@@ -138,21 +155,23 @@ impl Stats {
             l(&self.http_served),
             l(&self.http_refused),
             l(&self.http_bytes),
+            l(&self.tftp_served),
+            l(&self.tftp_refused),
         )
     }
 }
 
-fn bump(a: &AtomicU64) {
+pub(crate) fn bump(a: &AtomicU64) {
     a.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The state the DHCP and HTTP threads share.
-struct Shared {
+/// The state the DHCP, HTTP and TFTP threads share.
+pub(crate) struct Shared {
     plan: DhcpPlan,
     site: Site,
     kernel: Arc<[u8]>,
     initrd: Arc<[u8]>,
-    stats: Stats,
+    pub(crate) stats: Stats,
     /// Hardware addresses already reported as unknown (bounded), so a stranger's retries do
     /// not fill the log.
     strangers: Mutex<HashSet<[u8; 6]>>,
@@ -164,6 +183,8 @@ pub struct BootServer {
     http: tiny_http::Server,
     http_addr: SocketAddrV4,
     interface: String,
+    /// TFTP's socket, the loader's name and content, with `pxeloader`.
+    tftp: Option<(UdpSocket, String, Arc<[u8]>)>,
     shared: Arc<Shared>,
 }
 
@@ -244,6 +265,23 @@ impl BootServer {
             cmdline.push(' ');
             cmdline.push_str(a);
         }
+        let tftp = match &boot.pxe_loader {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|source| BeoservError::Loader { path: path.clone(), source })?;
+                let name = path
+                    .file_name()
+                    .map_or_else(|| "pxeloader".to_owned(), |n| n.to_string_lossy().into_owned());
+                let addr = SocketAddrV4::new(server, 69);
+                let sock = UdpSocket::bind(addr).map_err(|source| BeoservError::Bind {
+                    what: "TFTP",
+                    addr: addr.to_string(),
+                    source,
+                })?;
+                Some((sock, name, Arc::<[u8]>::from(bytes)))
+            }
+            None => None,
+        };
         let dhcp = bind_dhcp(&interface)?;
         let http = tiny_http::Server::http(http_addr).map_err(|e| BeoservError::Bind {
             what: "HTTP",
@@ -251,14 +289,20 @@ impl BootServer {
             source: std::io::Error::other(e.to_string()),
         })?;
         let shared = Arc::new(Shared {
-            plan: DhcpPlan { server, netmask, script_url: format!("{base_url}/boot.ipxe"), leases },
+            plan: DhcpPlan {
+                server,
+                netmask,
+                script_url: format!("{base_url}/boot.ipxe"),
+                pxe_loader: tftp.as_ref().map(|(_, name, _)| name.clone()),
+                leases,
+            },
             site: Site { base_url, master, cmdline, nodes, key, armed: Mutex::new(HashSet::new()) },
             kernel: image.kernel.into(),
             initrd: image.initrd.into(),
             stats: Stats::default(),
             strangers: Mutex::new(HashSet::new()),
         });
-        Ok(BootServer { dhcp, http, http_addr, interface, shared })
+        Ok(BootServer { dhcp, http, http_addr, interface, tftp, shared })
     }
 
     /// Where HTTP is served.
@@ -290,6 +334,15 @@ impl BootServer {
                 });
             if let Err(e) = spawned {
                 warn!("cannot start HTTP worker {i}: {e}");
+            }
+        }
+        if let Some((sock, name, bytes)) = self.tftp {
+            let shared = self.shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("tftp".into())
+                .spawn(move || tftp::serve(sock, name, bytes, shared));
+            if let Err(e) = spawned {
+                warn!("cannot start the TFTP server: {e}");
             }
         }
         let ra = ra::start(&self.interface);
@@ -382,7 +435,11 @@ fn serve_dhcp(sock: &UdpSocket, shared: &Shared, ra: Option<std::sync::mpsc::Sen
             Some(relay) => SocketAddrV4::new(relay, DHCP_SERVER_PORT),
             None => SocketAddrV4::new(Ipv4Addr::BROADCAST, DHCP_CLIENT_PORT),
         };
-        let firmware = if reply.ipxe { " (iPXE: sent to the boot script)" } else { "" };
+        let firmware = match (reply.ipxe, reply.pxe) {
+            (true, _) => " (iPXE: sent to the boot script)",
+            (_, true) => " (PXE: sent to the loader by TFTP)",
+            _ => "",
+        };
         info!("DHCP {what} to node {node}: {ip}{firmware}");
         if let Err(e) = sock.send_to(&reply.bytes, dest) {
             warn!("DHCP: cannot send the {what} for node {node} to {dest}: {e}");

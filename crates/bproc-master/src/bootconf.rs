@@ -8,6 +8,7 @@
 //! | `bootserver on\|off` (ours) | whether `beoserv` serves this file's nodes (default on) |
 //! | `bootport PORT` (ours) | the boot server's HTTP port (default 80) |
 //! | `kernelcommandline ARG...` | more arguments for the nodes' kernel, after the image's own |
+//! | `pxeloader FILE` (ours) | the network boot program plain PXE firmware (without iPXE) gets by TFTP; it should be iPXE itself (`undionly.kpxe`, Debian's `ipxe` package), which then asks again and gets the script |
 //! | `bootkey image\|once` (ours) | `once`: the boot server hands the cluster key (`keyfile`) to each node once per boot, for images built without it; `image` (default): the image carries it |
 //!
 //! A node's address comes from the `ip`/`iprange` lines: the boot server answers a hardware
@@ -68,6 +69,8 @@ pub struct BootConfig {
     pub kernel_args: Vec<String>,
     /// `bootkey once`: hand the cluster key to each node once per boot.
     pub key_once: bool,
+    /// `pxeloader FILE`: what plain PXE firmware is sent by TFTP.
+    pub pxe_loader: Option<PathBuf>,
     /// Hardware address → node, from the `node` lines.
     pub macs: Vec<(Mac, i32)>,
     /// The node a `node` line without a number names.
@@ -82,6 +85,7 @@ impl Default for BootConfig {
             port: DEFAULT_BOOT_PORT,
             kernel_args: Vec::new(),
             key_once: false,
+            pxe_loader: None,
             macs: Vec::new(),
             next: 0,
         }
@@ -137,6 +141,13 @@ impl BootConfig {
                     "image" => false,
                     other => return Err(format!("bootkey must be image or once, not `{other}`")),
                 }
+            }
+            "pxeloader" => {
+                let file = one()?;
+                if file.is_empty() {
+                    return Err("empty path for pxeloader".into());
+                }
+                self.pxe_loader = Some(dir.join(file));
             }
             "kernelcommandline" => self.kernel_args.extend(args.iter().cloned()),
             "node" => return self.node(args).map(Some),
@@ -225,6 +236,8 @@ mod tests {
         assert!(err("bootfile 0-3 /a\n").contains("per-node"));
         assert!(!parse("bootserver off\n").unwrap().boot.server);
         assert!(parse("bootkey once\n").unwrap().boot.key_once);
+        let loader = parse("pxeloader undionly.kpxe\n").unwrap().boot.pxe_loader;
+        assert_eq!(loader.as_deref(), Some(Path::new("/etc/clustermatic/undionly.kpxe")));
         assert!(err("bootkey always\n").contains("image or once"));
     }
 }

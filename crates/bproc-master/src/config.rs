@@ -396,9 +396,8 @@ impl Directive {
             "master" => Directive::Master,
             "libraries" => Directive::Libraries,
             "librariesfrombinary" => Directive::LibrariesFromBinary,
-            "bootfile" | "bootserver" | "bootport" | "bootkey" | "kernelcommandline" | "node" => {
-                Directive::Boot
-            }
+            "bootfile" | "bootserver" | "bootport" | "bootkey" | "pxeloader"
+            | "kernelcommandline" | "node" => Directive::Boot,
             t if FOREIGN_DIRECTIVES.contains(&t) => Directive::Foreign,
             _ => Directive::Unknown,
         }

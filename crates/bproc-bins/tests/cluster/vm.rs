@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bproc_testkit::{require_root, unique_dir, until, TestCommand};
-use bproc_vcluster::vm::{unavailable, vm_node_addr, VmCluster, VmSpec};
+use bproc_vcluster::vm::{unavailable, vm_mac, vm_node_addr, VmCluster, VmSpec};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -135,7 +135,7 @@ fn ip(args: &[&str]) {
 /// Sends the boot server, from a host of its own plugged into the cluster's bridge (another
 /// network namespace, 10.22.3.250), packets that are not DHCP requests and a request from a
 /// hardware address no node line names; returns its counters (`/stats`).
-fn pester_the_boot_server(c: &VmCluster) -> String {
+fn pester_the_boot_server(c: &VmCluster, loader: &Path) -> String {
     let probe = Netns(format!("{}-probe", c.netns()));
     ip(&["netns", "add", &probe.0]);
     let ns = c.netns();
@@ -144,7 +144,7 @@ fn pester_the_boot_server(c: &VmCluster) -> String {
     ip(&["-n", ns, "link", "set", "bpprobe0", "master", "bpbr0", "up"]);
     ip(&["-n", &probe.0, "addr", "add", "10.22.3.250/24", "dev", "bpprobe1"]);
     ip(&["-n", &probe.0, "link", "set", "bpprobe1", "up"]);
-    in_netns(&probe.0, || {
+    let stats = in_netns(&probe.0, || {
         use dhcproto::v4::{DhcpOption, Encodable, Encoder, Message, MessageType};
         use std::io::{Read, Write};
         let sock = std::net::UdpSocket::bind("0.0.0.0:68").unwrap();
@@ -176,7 +176,60 @@ fn pester_the_boot_server(c: &VmCluster) -> String {
             s.read_to_string(&mut page).ok()?;
             page.contains("dhcp_unknown 1\n").then_some(page)
         })
-    })
+    });
+    plain_pxe_firmware(&probe.0, loader);
+    stats
+}
+
+/// From the probe host: plain PXE firmware (vendor class PXEClient, no iPXE) with node 1's
+/// hardware address is offered node 1's address and the loader's name, and TFTP serves the
+/// loader, and nothing else.
+fn plain_pxe_firmware(probe: &str, loader: &Path) {
+    let name = loader.file_name().unwrap().to_string_lossy().into_owned();
+    let want = name.clone();
+    in_netns(probe, move || {
+        use dhcproto::v4::{Decodable, Decoder, DhcpOption, Encodable, Encoder, Message};
+        let sock = std::net::UdpSocket::bind("0.0.0.0:68").unwrap();
+        sock.set_broadcast(true).unwrap();
+        let dev = std::ffi::OsString::from("bpprobe1");
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::BindToDevice, &dev).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mac: Vec<u8> =
+            vm_mac(1).split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+        let z = std::net::Ipv4Addr::UNSPECIFIED;
+        let mut pxe = Message::new_with_id(0x5058_4521, z, z, z, z, &mac);
+        let o = pxe.opts_mut();
+        o.insert(DhcpOption::MessageType(dhcproto::v4::MessageType::Discover));
+        o.insert(DhcpOption::ClassIdentifier(b"PXEClient:Arch:00000:UNDI:002001".to_vec()));
+        let mut bytes = Vec::new();
+        pxe.encode(&mut Encoder::new(&mut bytes)).unwrap();
+        sock.send_to(&bytes, "255.255.255.255:67").unwrap();
+        let mut buf = [0u8; 1500];
+        let offer = loop {
+            let n = sock.recv(&mut buf).expect("an offer for the PXE firmware");
+            let m = Message::decode(&mut Decoder::new(&buf[..n])).unwrap();
+            if m.xid() == 0x5058_4521 {
+                break m;
+            }
+        };
+        assert_eq!(offer.yiaddr(), vm_node_addr(1));
+        let file = String::from_utf8_lossy(offer.fname().unwrap_or_default()).into_owned();
+        assert_eq!(file.trim_end_matches('\0'), want);
+    });
+    let got = std::env::temp_dir().join(format!("bproc-vm-pxe-{}", std::process::id()));
+    let tftp = |remote: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", probe, "busybox", "tftp", "-g", "-r", remote, "-l"])
+            .arg(&got)
+            .arg("10.22.3.1")
+            .output()
+            .unwrap()
+    };
+    let out = tftp(&name);
+    assert!(out.status.success(), "busybox tftp: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(loader).unwrap());
+    assert!(!tftp("kernel").status.success(), "TFTP serves only the loader");
+    let _ = std::fs::remove_file(&got);
 }
 
 /// Two machines boot from the network and serve the seed article's walkthrough, ghosts, a
@@ -193,10 +246,15 @@ fn network_booted_machines() {
     }
     let kernel = guest_kernel().unwrap();
     let release = bproc_beoboot::kernel_release(&kernel).expect("vmlinuz-RELEASE");
+    // A stand-in for the PXE loader (iPXE's undionly.kpxe) that plain PXE firmware would get.
+    let boot_files = unique_dir("vm-boot-files");
+    let loader = boot_files.join("pxe-loader.kpxe");
+    std::fs::write(&loader, (0..100_000u32).map(|i| (i * 7 % 253) as u8).collect::<Vec<u8>>())
+        .unwrap();
     let mut spec = VmSpec::new(2, unique_dir("vm"), bins(), &kernel);
     // A machine that is killed is down within seconds, not after the default minute of grace.
     spec.ping_timeout = 6;
-    spec.extra_config = "graceperiod 3\n".into();
+    spec.extra_config = format!("graceperiod 3\npxeloader {}\n", loader.display());
     spec.key_once = true;
     let mut c = match VmCluster::start(spec) {
         Ok(c) => c,
@@ -285,7 +343,7 @@ fn network_booted_machines() {
 
     // Garbage and strangers are dropped and counted; the server goes on (node 1 boots again
     // below).
-    let stats = pester_the_boot_server(&c);
+    let stats = pester_the_boot_server(&c, &loader);
     let count = |name: &str| -> u64 {
         let line = stats.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or("");
         line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
@@ -325,7 +383,7 @@ fn network_booted_machines() {
     assert_eq!(out, "n1\n");
 
     drop(c);
-    for d in [work, tools] {
+    for d in [work, tools, boot_files] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
