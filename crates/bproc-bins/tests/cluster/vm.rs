@@ -382,8 +382,9 @@ fn network_booted_machines() {
     let out = cmd(&c, &tools, "bpsh").args(["1", "hostname"]).ok();
     assert_eq!(out, "n1\n");
 
+    let vm_dir = c.dir().to_owned();
     drop(c);
-    for d in [work, tools, boot_files] {
+    for d in [vm_dir, work, tools, boot_files] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
