@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Installs bproc under a prefix, as `make install` would: the daemons (bpmaster, bpslave) in
-# sbin, the other programs in bin, libbproc (shared library with soname libbproc.so.4, static
-# library), the C headers, a pkg-config file, the man pages and systemd units for the daemons,
-# the NSS module libnss_bproc.so.2 (node names for every program; add `bproc` to the hosts line
-# of /etc/nsswitch.conf, and run ldconfig for a prefix outside the linker's default paths) and
-# the shell completions (bash, zsh, fish).
+# Installs bproc under a prefix, as `make install` would: the daemons (bpmaster, bpslave,
+# beoserv) and beoboot in sbin, the other programs in bin, libbproc (shared library with soname
+# libbproc.so.4, static library), the C headers, a pkg-config file, the man pages and systemd
+# units for the daemons, the NSS module libnss_bproc.so.2 (node names for every program; add
+# `bproc` to the hosts line of /etc/nsswitch.conf, and run ldconfig for a prefix outside the
+# linker's default paths) and the shell completions (bash, zsh, fish).
 #
 #   scripts/install.sh [PREFIX]          # default /usr/local
 #   DESTDIR=/tmp/stage scripts/install.sh /usr   # staged install for packaging
@@ -36,13 +36,13 @@ install -d "$DEST/bin" "$DEST/sbin" "$DESTLIB/pkgconfig" "$DEST/include/sys" \
     "$UNITDIR" "$DEST/share/bash-completion/completions" "$DEST/share/zsh/vendor-completions" \
     "$DEST/share/fish/vendor_completions.d"
 # bpmaster finds bpghost in ../bin, and bpcluster the daemons in ../sbin.
-for p in bpmaster bpslave; do
+for p in bpmaster bpslave beoserv beoboot; do
     install -m 755 "$R/$p" "$DEST/sbin/$p"
 done
 for p in bpghost bpsh brsh bpcp bpstat bpctl bplib bpcluster; do
     install -m 755 "$R/$p" "$DEST/bin/$p"
 done
-for u in bpmaster bpslave; do
+for u in bpmaster bpslave beoserv; do
     sed "s|@SBINDIR@|$PREFIX/sbin|g" "systemd/$u.service.in" >"$UNITDIR/$u.service"
     chmod 644 "$UNITDIR/$u.service"
 done

@@ -17,7 +17,8 @@
 //! - Tags are processed in three passes, so their relative order across passes does not
 //!   matter: pass 0 sets the scalar options (`bprocport`, `pingtimeout`, …), pass 1 the
 //!   listening sockets (`interface`, `listen`) and paths, pass 2 the node table (`ip`,
-//!   `iprange`) and `master`. Hence `listen 10.0.0.1` followed by `bprocport 3000` listens on
+//!   `iprange`) and `master`, pass 3 the boot server's lines (after the node table, which
+//!   they refer to). Hence `listen 10.0.0.1` followed by `bprocport 3000` listens on
 //!   port 3000. Within a pass, lines apply in file order.
 //!
 //! Parsing is all-or-nothing: the first error fails the whole load, which the daemon treats as
@@ -38,8 +39,9 @@
 //!
 //! 1. **Unknown directives are warned about** (`unknown directive `foo` (ignored)`), not
 //!    silently ignored; the configuration still loads. Directives that other Clustermatic
-//!    components read from the same file (`bootfile`, `node`, `nodes`, `kernelimage`, …) are
-//!    accepted without a warning.
+//!    components read from the same file (`nodes`, `kernelimage`, …) are accepted without a
+//!    warning; the boot server's (`bootfile`, `node`, …) are checked and recorded in
+//!    [`Config::boot`] (see [`crate::bootconf`]).
 //! 2. **Error line numbers are the real ones.** BProc keeps counting lines across passes, so
 //!    its errors in later passes point past the end of the file.
 //! 3. **`#` inside quotes or after a backslash is part of the argument.** BProc cuts every
@@ -89,6 +91,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use bproc_proto::MAX_NODES;
+
+use crate::bootconf::BootConfig;
 use thiserror::Error;
 
 /// The default `bprocport`: the TCP port slaves connect to.
@@ -118,8 +122,6 @@ const LOG_FACILITIES: &[&str] = &[
 /// Directives other Clustermatic components read from the same file; accepted silently.
 const FOREIGN_DIRECTIVES: &[&str] = &[
     "nodes",
-    "bootfile",
-    "node",
     "mcastbcast",
     "mcastport",
     "mcastthrottle",
@@ -128,7 +130,6 @@ const FOREIGN_DIRECTIVES: &[&str] = &[
     "nodeupworker",
     "node_up",
     "kernelimage",
-    "kernelcommandline",
     "pxefileserver",
     "pxeinterface",
     "moduleinfo",
@@ -229,6 +230,8 @@ pub struct Config {
     /// `%N` standing for its number (`nodename node%N`), in file order. The NSS module
     /// resolves them beside `nN` and `.N`.
     pub node_names: Vec<String>,
+    /// The boot server's directives (`bootfile`, `node`, ...), which bpmaster only checks.
+    pub boot: BootConfig,
     /// Lines that were ignored, such as unknown directives.
     pub warnings: Vec<Warning>,
 }
@@ -289,7 +292,7 @@ impl Config {
             }
         }
         let mut parser = Parser::new(path);
-        for pass in 0..=2 {
+        for pass in 0..=3 {
             for line in &lines {
                 let directive = Directive::from_tag(&line.args[0]);
                 if directive.pass() == pass {
@@ -385,6 +388,8 @@ enum Directive {
     Master,
     Libraries,
     LibrariesFromBinary,
+    /// Read by the boot server ([`crate::bootconf`]).
+    Boot,
     /// Read by another Clustermatic component.
     Foreign,
     Unknown,
@@ -415,6 +420,8 @@ impl Directive {
             "master" => Directive::Master,
             "libraries" => Directive::Libraries,
             "librariesfrombinary" => Directive::LibrariesFromBinary,
+            "bootfile" | "bootserver" | "bootport" | "bootkey" | "pxeloader"
+            | "kernelcommandline" | "node" => Directive::Boot,
             t if FOREIGN_DIRECTIVES.contains(&t) => Directive::Foreign,
             _ => Directive::Unknown,
         }
@@ -426,6 +433,7 @@ impl Directive {
         match self {
             Interface | Listen | Socket | Keyfile | Statedir | Logdir | StatusPage => 1,
             Ip | IpRange | Master => 2,
+            Boot => 3,
             _ => 0,
         }
     }
@@ -440,7 +448,7 @@ impl Directive {
             | StatusPage | NodeName => (1, Some(1)),
             Interface => (1, Some(3)),
             IpRange => (2, Some(3)),
-            Slave | Ip | Master => (1, None),
+            Slave | Ip | Master | Boot => (1, None),
             Libraries | LibrariesFromBinary | Foreign | Unknown => (0, None),
         }
     }
@@ -464,7 +472,7 @@ fn check_arity(
 /// Parses an integer the way C's `strtol(s, &end, 0)` does when it must consume all of `s`:
 /// optional sign, then `0x` hex, `0` octal or decimal. Out-of-range values saturate, as
 /// `strtol` clamps them. Unlike `strtol`, the empty string is not 0.
-fn parse_c_integer(s: &str) -> Option<i64> {
+pub(crate) fn parse_c_integer(s: &str) -> Option<i64> {
     let (negative, rest) = match s.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
@@ -694,6 +702,7 @@ impl Parser {
                 logdir: None,
                 status_page: None,
                 node_names: Vec::new(),
+                boot: BootConfig::default(),
                 warnings: Vec::new(),
             },
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -813,6 +822,20 @@ impl Parser {
             }
             Directive::Libraries => c.libraries.extend(args.iter().cloned()),
             Directive::LibrariesFromBinary => c.libraries_from_binary.extend(args.iter().cloned()),
+            Directive::Boot => {
+                if let Some(node) = c.boot.apply(tag, args, &self.dir)? {
+                    if !self.table.index.contains_key(&node) {
+                        c.warnings.push(Warning {
+                            file: c.path.clone(),
+                            line: line.number,
+                            message: format!(
+                                "node {node} has no ip or iprange address: the boot server \
+                                 cannot answer its hardware address"
+                            ),
+                        });
+                    }
+                }
+            }
             Directive::Foreign => {}
             Directive::Unknown => c.warnings.push(Warning {
                 file: c.path.clone(),

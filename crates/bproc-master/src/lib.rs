@@ -1,7 +1,7 @@
 //! The bpmaster daemon as a library: the node table, slave links, the client socket.
 //!
 //! # Layout
-//! - [`config`]: BProc's configuration file.
+//! - [`config`]: BProc's configuration file ([`bootconf`]: the boot server's part of it).
 //! - [`table`]: the node table and its permission rules, without I/O.
 //! - `slaves`: TCP links to slaves (handshake, join, pings, node loss).
 //! - `clients`: the Unix socket for local clients, identified by `SO_PEERCRED`.
@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod bootconf;
 mod clients;
 pub mod config;
 mod copy;

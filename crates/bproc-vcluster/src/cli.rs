@@ -6,6 +6,8 @@
 //! bpcluster status
 //! bpcluster down
 //! bpcluster demo                # a guided tour on a throw-away cluster
+//! bpcluster up --vm 2 --kernel vmlinuz   # 2 QEMU machines booted from the network (root)
+//! bpcluster exec -- bpsh -a uname -r     # inside the machines' network namespace
 //! ```
 
 use std::ffi::OsString;
@@ -24,13 +26,24 @@ Commands:
   down          stop the cluster and remove its directory
   status        show the cluster's daemons and nodes
   demo          start 4 nodes, show bpstat, mark a node down, show bpstat -l, stop
+  up --vm N     (root) start N QEMU machines that boot from the network: a namespace with a
+                bridge, the master and the boot server (beoserv) inside it, an image built
+                by beoboot from --kernel; prints the boot time of each node
+  exec -- CMD   run CMD in the machines' network namespace with BPROC_SOCKET and PATH set
+                (bpsh and bpcp take connections from nodes, so they must run there)
 Options:
   --dir DIR           cluster directory (default $BPCLUSTER_DIR or /tmp/bpcluster-UID)
   --ping-timeout S    master ping timeout in seconds (default 10)
   --no-isolate        do not give nodes their own host name and /tmp
   --diskless          nodes have no filesystem: their processes see only /proc, /dev, /tmp
                       and the programs and libraries bpsh brings (as root)
-  --timeout S         how long `up` waits for the nodes (default 60 + N/10)
+  --timeout S         how long `up` waits for the nodes (default 60 + N/10; 180 with --vm)
+  --kernel FILE       the machines' kernel (default /boot/vmlinuz-RELEASE of this machine),
+                      modules from beside it (an unpacked linux-image package) or --modules
+  --modules DIR       the kernel's modules directory
+  --memory MB         memory of each machine (default 512)
+  --bootkey-once      keep the cluster key out of the image: the boot server hands it to each
+                      machine once per boot
   -h, --help          print this message
 ";
 
@@ -42,6 +55,12 @@ struct Args {
     isolate: bool,
     diskless: bool,
     timeout: Option<u64>,
+    vms: Option<usize>,
+    kernel: Option<PathBuf>,
+    modules: Option<PathBuf>,
+    memory: Option<u32>,
+    key_once: bool,
+    rest: Vec<OsString>,
 }
 
 fn default_dir() -> PathBuf {
@@ -60,6 +79,12 @@ fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
         isolate: true,
         diskless: false,
         timeout: None,
+        vms: None,
+        kernel: None,
+        modules: None,
+        memory: None,
+        key_once: false,
+        rest: Vec::new(),
     };
     let mut p = lexopt::Parser::from_args(args);
     while let Some(arg) = p.next()? {
@@ -71,7 +96,16 @@ fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
             Long("no-isolate") => a.isolate = false,
             Long("diskless") => a.diskless = true,
             Long("timeout") => a.timeout = Some(p.value()?.parse()?),
+            Long("vm") => a.vms = Some(p.value()?.parse()?),
+            Long("kernel") => a.kernel = Some(p.value()?.into()),
+            Long("modules") => a.modules = Some(p.value()?.into()),
+            Long("memory") => a.memory = Some(p.value()?.parse()?),
+            Long("bootkey-once") => a.key_once = true,
             Value(v) if a.command.is_empty() => a.command = v.string()?,
+            Value(v) if a.command == "exec" => {
+                a.rest.push(v);
+                a.rest.extend(p.raw_args()?);
+            }
             other => return Err(other.unexpected()),
         }
     }
@@ -152,6 +186,85 @@ fn up(a: &Args) -> Result<(), VclusterError> {
     println!("export BPROC_SOCKET={}", c.socket().display());
     println!("export PATH={}:$PATH", bin_dir().display());
     c.detach()
+}
+
+/// `up --vm N`: machines that boot from the network.
+fn up_vms(a: &Args) -> Result<(), crate::vm::VmError> {
+    use crate::vm::{VmCluster, VmError, VmSpec};
+    let n = a.vms.unwrap_or(2);
+    let kernel = match &a.kernel {
+        Some(k) => k.clone(),
+        None => bproc_beoboot::ImageSpec::running().map_err(VmError::Image)?.kernel,
+    };
+    let mut spec = VmSpec::new(n, a.dir.clone(), daemon_dir(), kernel);
+    spec.modules_dir = a.modules.clone();
+    if let Some(m) = a.memory {
+        spec.memory_mb = m;
+    }
+    if let Some(t) = a.timeout {
+        spec.timeout = Duration::from_secs(t);
+    }
+    spec.ping_timeout = a.ping_timeout;
+    spec.key_once = a.key_once;
+    if a.dir.join("pids").exists() {
+        return Err(VmError::Daemon {
+            what: "the cluster",
+            detail: format!(
+                "a cluster is already running in {}; stop it with `bpcluster down --dir {}`",
+                a.dir.display(),
+                a.dir.display()
+            ),
+        });
+    }
+    let t0 = Instant::now();
+    let c = VmCluster::start(spec)?;
+    for (i, t) in c.boot_times().iter().enumerate() {
+        if let Some(t) = t {
+            eprintln!("bpcluster: node {i} up {:.1} s after its machine started", t.as_secs_f64());
+        }
+    }
+    eprintln!(
+        "bpcluster: master and {n} machines up in {:.1} s (directory {}, network namespace {}); \
+         run bpsh and bpcp with `bpcluster exec -- CMD`",
+        t0.elapsed().as_secs_f64(),
+        a.dir.display(),
+        c.netns()
+    );
+    println!("export BPROC_SOCKET={}", c.socket().display());
+    println!("export PATH={}:$PATH", bin_dir().display());
+    c.detach()
+}
+
+/// `exec -- CMD`: runs CMD in the machines' namespace.
+fn exec(a: &Args) -> ExitCode {
+    let Ok(ns) = std::fs::read_to_string(a.dir.join("netns")) else {
+        eprintln!(
+            "bpcluster: no cluster of machines in {} (start one with `bpcluster up --vm N`)",
+            a.dir.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let Some((prog, args)) = a.rest.split_first() else {
+        eprint!("bpcluster: exec needs a command\n{USAGE}");
+        return ExitCode::FAILURE;
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![bin_dir()];
+    dirs.extend(std::env::split_paths(&path));
+    let status = Command::new("ip")
+        .args(["netns", "exec", ns.trim()])
+        .arg(prog)
+        .args(args)
+        .env("BPROC_SOCKET", a.dir.join("master.sock"))
+        .env("PATH", std::env::join_paths(dirs).unwrap_or(path))
+        .status();
+    match status {
+        Ok(st) => ExitCode::from(st.code().map_or(1, |c| u8::try_from(c).unwrap_or(1))),
+        Err(e) => {
+            eprintln!("bpcluster: cannot run ip netns exec: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn status(a: &Args) -> Result<(), VclusterError> {
@@ -262,8 +375,26 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         }
     };
     let r = match a.command.as_str() {
-        "up" => up(&a),
+        "up" if a.vms.is_none() => up(&a),
+        "down" if crate::vm::is_vm_cluster(&a.dir) => crate::vm::stop_detached_vms(&a.dir)
+            .map(|n| eprintln!("bpcluster: stopped {n} machines and daemons")),
         "down" => stop_detached(&a.dir).map(|n| eprintln!("bpcluster: stopped {n} daemons")),
+        "exec" => return exec(&a),
+        "up" if a.vms.is_some() => {
+            return match up_vms(&a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let mut msg = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        msg.push_str(&format!(": {s}"));
+                        source = s.source();
+                    }
+                    eprintln!("bpcluster: {msg}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         "status" => status(&a),
         "demo" => demo(&a),
         "" => {

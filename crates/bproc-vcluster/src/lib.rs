@@ -33,6 +33,7 @@ use nix::unistd::Pid;
 use thiserror::Error;
 
 pub mod cli;
+pub mod vm;
 
 /// Address of node 0; node i uses this plus i.
 pub const BASE_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 1, 0);
@@ -653,16 +654,18 @@ pub struct Recorded {
 impl Recorded {
     /// The program the daemon runs.
     pub fn program(&self) -> &'static str {
-        if self.name == "master" {
-            "bpmaster"
-        } else {
-            "bpslave"
+        match self.name.as_str() {
+            "master" => "bpmaster",
+            "beoserv" => "beoserv",
+            n if n.starts_with("vm") => "qemu-system-x86_64",
+            _ => "bpslave",
         }
     }
 
     /// A pidfd for the daemon if its pid still names it: the process started when recorded,
     /// runs [`Self::program`], and its command line names the file of cluster directory `dir`
-    /// it was started with (`-c DIR/config` for the master, `--key DIR/key` for a slave).
+    /// it was started with (`-c DIR/config` for the master and the boot server, `--key
+    /// DIR/key` for a slave; a machine's QEMU names files in `dir`).
     /// The pidfd is opened first and checked live last, so what was read in between is that
     /// process's.
     pub fn find(&self, dir: &Path) -> Option<OwnedFd> {
@@ -671,18 +674,27 @@ impl Recorded {
         if self.start.is_some_and(|t| start_time(self.pid) != Some(t)) {
             return None;
         }
-        let (flag, file) = if self.name == "master" { ("-c", "config") } else { ("--key", "key") };
-        let ours = std::fs::metadata(dir.join(file)).ok()?;
         let argv = argv(self.pid);
         let argv0 = argv.first()?;
         if !Path::new(std::ffi::OsStr::from_bytes(argv0)).ends_with(self.program()) {
             return None;
         }
-        let names_ours = argv.windows(2).any(|w| {
-            w[0] == flag.as_bytes()
-                && std::fs::metadata(std::ffi::OsStr::from_bytes(&w[1]))
-                    .is_ok_and(|m| (m.dev(), m.ino()) == (ours.dev(), ours.ino()))
-        });
+        let names_ours = if self.name.starts_with("vm") {
+            let dir = std::fs::canonicalize(dir).ok()?;
+            let dir = dir.as_os_str().as_bytes();
+            self.start.is_some() && argv.iter().any(|a| a.windows(dir.len()).any(|w| w == dir))
+        } else {
+            let (flag, file) = match self.name.as_str() {
+                "master" | "beoserv" => ("-c", "config"),
+                _ => ("--key", "key"),
+            };
+            let ours = std::fs::metadata(dir.join(file)).ok()?;
+            argv.windows(2).any(|w| {
+                w[0] == flag.as_bytes()
+                    && std::fs::metadata(std::ffi::OsStr::from_bytes(&w[1]))
+                        .is_ok_and(|m| (m.dev(), m.ino()) == (ours.dev(), ours.ino()))
+            })
+        };
         (names_ours && !exited(&fd)).then_some(fd)
     }
 }

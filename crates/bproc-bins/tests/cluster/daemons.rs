@@ -540,7 +540,7 @@ fn systemd_units_verify() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     std::fs::create_dir_all(dir.join("man/man8")).unwrap();
     let mut units = Vec::new();
-    for name in ["bpmaster", "bpslave"] {
+    for name in ["bpmaster", "bpslave", "beoserv"] {
         let text =
             std::fs::read_to_string(root.join(format!("systemd/{name}.service.in"))).unwrap();
         let unit = dir.join(format!("{name}.service"));
@@ -561,7 +561,7 @@ fn systemd_units_verify() {
     let ours: Vec<&str> = std::str::from_utf8(&out.stderr)
         .unwrap()
         .lines()
-        .filter(|l| l.contains("bpmaster") || l.contains("bpslave"))
+        .filter(|l| ["bpmaster", "bpslave", "beoserv"].iter().any(|d| l.contains(d)))
         .collect();
     assert!(out.status.success() && ours.is_empty(), "{out:?}");
     let _ = std::fs::remove_dir_all(&dir);

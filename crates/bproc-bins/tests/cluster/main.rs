@@ -19,6 +19,7 @@ mod nss;
 mod policy;
 mod status;
 mod vcluster;
+mod vm;
 
 use std::path::{Path, PathBuf};
 

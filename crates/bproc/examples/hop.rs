@@ -1,0 +1,52 @@
+//! A process that holds 64 MiB and moves itself from node to node with `bproc::migrate`,
+//! for nodes started from a launcher that cannot follow it (`bpsh 0 hop 1`): after a move
+//! its output goes nowhere, so after each move it writes what it found to `/tmp/hop.out` on
+//! the node it reached (`on node N: pid P, memory intact`, or what is wrong), then stays
+//! (up to 10 minutes, so that `bpstat -p` shows it there) until a signal ends it.
+//!
+//! Usage: `hop NODE...` (run on a node, with the cluster reachable through `BPROC_SOCKET`).
+
+use std::io::Write;
+
+use bproc::launch::IoList;
+use bproc::migrate::move_to;
+
+fn pattern(i: usize) -> u8 {
+    (i * 7 + i / 4096) as u8
+}
+
+fn node_here() -> i32 {
+    bproc::Client::connect().and_then(|mut c| c.place()).map_or(-9, |p| p.node)
+}
+
+fn main() {
+    let nodes: Vec<i32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    if nodes.is_empty() {
+        eprintln!("usage: hop NODE...");
+        std::process::exit(2);
+    }
+    // Whatever the caller left open (a launcher's sockets) would not move.
+    for fd in 3..1024 {
+        let _ = nix::unistd::close(fd);
+    }
+    let big: Vec<u8> = (0..64usize << 20).map(pattern).collect();
+    let pid = std::process::id();
+    println!("pid {pid} on node {}", node_here());
+    let _ = std::io::stdout().flush();
+    for node in nodes {
+        if let Err(e) = move_to(node, &IoList::Default) {
+            println!("move to {node} failed: {e}");
+            std::process::exit(10);
+        }
+        let memory = big.iter().enumerate().all(|(i, b)| *b == pattern(i));
+        let here = node_here();
+        let report = format!(
+            "on node {here}: pid {}{}, memory {}\n",
+            std::process::id(),
+            if std::process::id() == pid { "" } else { " (MOVED FROM ANOTHER PID)" },
+            if memory { "intact" } else { "WRONG" }
+        );
+        let _ = std::fs::write("/tmp/hop.out", report);
+    }
+    std::thread::sleep(std::time::Duration::from_secs(600));
+}
