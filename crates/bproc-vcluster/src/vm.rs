@@ -435,6 +435,9 @@ impl VmCluster {
             .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"))
             .arg("-device")
             .arg(format!("virtio-net-pci,netdev=n0,mac={}", vm_mac(i)))
+            // Names the cluster's directory on its command line, which `down` checks.
+            .arg("-pidfile")
+            .arg(self.spec.dir.join(format!("log/vm{i}.pid")))
             .stdin(Stdio::null())
             .stdout(out.try_clone().map_err(file_err(&log))?)
             .stderr(out)
