@@ -445,6 +445,14 @@ enum Out {
     Eof(usize, u8),
 }
 
+/// `fut`'s result, or `None` if `limit` passes first (no limit: waits as long as it takes).
+async fn within<T>(limit: Option<Duration>, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    match limit {
+        Some(l) => tokio::time::timeout(l, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -534,10 +542,21 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         tokio::spawn(accept_loop(listener, spec.token, slots.clone(), p.staged.clone()));
     }
 
-    let conn = match UnixStream::connect(bproc::socket_path()).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("bpsh: cannot reach bpmaster at {}: {e}", bproc::socket_path().display());
+    let path = bproc::socket_path();
+    let limit = bproc::timeout();
+    let timed_out = |what| bproc::BprocError::Timeout {
+        path: path.clone(),
+        what,
+        limit: limit.unwrap_or_default(),
+    };
+    let conn = match within(limit, UnixStream::connect(&path)).await {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            eprintln!("bpsh: cannot reach bpmaster at {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        None => {
+            eprintln!("bpsh: {}", timed_out("accept the connection"));
             return ExitCode::FAILURE;
         }
     };
@@ -556,17 +575,32 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         ghosts: ghosts.clone(),
         io_ports: Vec::new(),
     };
-    if let Err(e) = write_frame(&mut mwr, 1, &launch).await {
-        eprintln!("bpsh: bproc_vexecmove_io: {e}");
-        return ExitCode::FAILURE;
+    match within(limit, write_frame(&mut mwr, 1, &launch)).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            eprintln!("bpsh: bproc_vexecmove_io: {e}");
+            bproc::ghost::discard(ghosts);
+            return ExitCode::FAILURE;
+        }
+        None => {
+            eprintln!("bpsh: {}", timed_out("answer"));
+            bproc::ghost::discard(ghosts);
+            return ExitCode::FAILURE;
+        }
     }
-    let mut pids = match read_frame(&mut mrd).await {
-        Ok(Some((_, Message::Launched { pids }))) => pids,
-        Ok(Some((_, Message::Error { code, .. }))) => {
+    // The master answers once every node has reported its start (it gives each 30 s).
+    let mut pids = match within(limit, read_frame(&mut mrd)).await {
+        Some(Ok(Some((_, Message::Launched { pids })))) => pids,
+        Some(Ok(Some((_, Message::Error { code, .. })))) => {
             eprintln!("bproc_vexecmove_io: {}", strerror(code));
             return ExitCode::FAILURE;
         }
-        other => {
+        None => {
+            eprintln!("bpsh: {}", timed_out("answer"));
+            bproc::ghost::discard(ghosts);
+            return ExitCode::FAILURE;
+        }
+        Some(other) => {
             eprintln!("bpsh: bproc_vexecmove_io: unexpected answer from bpmaster: {other:?}");
             return ExitCode::FAILURE;
         }

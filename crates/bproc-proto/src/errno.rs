@@ -27,6 +27,8 @@ pub const ENODATA: i32 = 61;
 pub const EPROTO: i32 = 71;
 /// Operation not supported.
 pub const EOPNOTSUPP: i32 = 95;
+/// Timed out (a client gave up waiting for the master).
+pub const ETIMEDOUT: i32 = 110;
 
 /// Invalid node number.
 pub const BE_INVALIDNODE: i32 = 300;
