@@ -54,6 +54,27 @@ pub fn raise_fd_limit() -> nix::Result<u64> {
     Ok(hard.max(soft))
 }
 
+/// Makes `cmd` start its program with no signal blocked (`sigprocmask(2)`), whatever the
+/// calling thread blocks. The mask survives fork and exec, and std does not reset it, so a
+/// program that blocks signals to read them from a signalfd (bpcluster's Ctrl-C) would start
+/// daemons that never act on SIGTERM.
+pub fn unblock_signals_in(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the child between fork and exec, where only async-signal-safe
+    // work is allowed: it builds an empty set on the stack and calls sigprocmask, which is
+    // async-signal-safe; nothing is allocated or locked.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            )?;
+            Ok(())
+        });
+    }
+}
+
 /// The soft limit on open files (`getrlimit(2)`, `RLIMIT_NOFILE`).
 pub fn fd_limit() -> u64 {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)

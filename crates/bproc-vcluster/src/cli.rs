@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use lexopt::prelude::*;
@@ -91,7 +91,7 @@ fn isolation_works(bin: &Path) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    let out = Command::new(bin.join("bpslave")).arg("--check-isolation").output();
+    let out = crate::daemon_command(&bin.join("bpslave")).arg("--check-isolation").output();
     match out {
         Ok(o) if o.status.success() => true,
         Ok(o) => {
@@ -181,8 +181,12 @@ fn status(a: &Args) -> Result<(), VclusterError> {
     Ok(())
 }
 
-/// Runs a tool with the cluster's socket, echoing the command line like a shell session.
-fn show(c: &Cluster, prog: &str, args: &[&str]) {
+/// Runs a tool with the cluster's socket, echoing the command line like a shell session;
+/// fails once the demo is interrupted.
+fn show(c: &Cluster, prog: &str, args: &[&str]) -> Result<(), VclusterError> {
+    if let Some(sig) = crate::interrupted() {
+        return Err(VclusterError::Interrupted(sig));
+    }
     let mut line = format!("$ {prog}");
     for a in args {
         line.push(' ');
@@ -196,56 +200,87 @@ fn show(c: &Cluster, prog: &str, args: &[&str]) {
     // Our own tools from beside this binary; anything else (ls) from PATH.
     let own = bin_dir().join(prog);
     let program = if own.exists() { own } else { prog.into() };
-    let status = Command::new(program).args(args).env("BPROC_SOCKET", c.socket()).status();
+    let status =
+        crate::daemon_command(&program).args(args).env("BPROC_SOCKET", c.socket()).status();
     if let Err(e) = status {
         println!("({prog} failed to run: {e})");
     }
     println!();
+    crate::interrupted().map_or(Ok(()), |sig| Err(VclusterError::Interrupted(sig)))
 }
 
 fn demo(a: &Args) -> Result<(), VclusterError> {
     let dir = std::env::temp_dir().join(format!("bpcluster-demo-{}", std::process::id()));
+    // Its cluster is stopped when `demo_in` returns, also when it fails or is interrupted.
+    let r = demo_in(a, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    r?;
+    println!("Cluster stopped.");
+    Ok(())
+}
+
+fn demo_in(a: &Args, dir: &Path) -> Result<(), VclusterError> {
     let mut args_for_demo = spec_for(a, 4);
-    args_for_demo.dir = dir.clone();
+    args_for_demo.dir = dir.to_owned();
     println!("Starting a virtual cluster: one bpmaster and 4 bpslave daemons on 127.0.1.0-3 ...");
     let t0 = Instant::now();
     let c = Cluster::start(args_for_demo)?;
     println!("4 nodes up in {:.2} s\n", t0.elapsed().as_secs_f64());
-    show(&c, "bpstat", &[]);
+    show(&c, "bpstat", &[])?;
     println!("Run a program on every node, output prefixed, sorted and divided by node:");
     let hello = "echo hello from $(hostname), rank $BPROC_RANK";
-    show(&c, "bpsh", &["-a", "-p", "-s", "-d", "sh", "-c", hello]);
+    show(&c, "bpsh", &["-a", "-p", "-s", "-d", "sh", "-c", hello])?;
     println!("Write a file on node 2, then look for it on every node (each has its own /tmp):");
-    show(&c, "bpsh", &["2", "-O", "/tmp/myoutput", "echo", "results"]);
-    show(&c, "bpsh", &["-a", "-p", "-L", "ls", "/tmp"]);
+    show(&c, "bpsh", &["2", "-O", "/tmp/myoutput", "echo", "results"])?;
+    show(&c, "bpsh", &["-a", "-p", "-L", "ls", "/tmp"])?;
     println!("Copy it from node 2 to node 3 (straight between the nodes), then gather it:");
-    show(&c, "bpcp", &["2:/tmp/myoutput", "3:/tmp"]);
+    show(&c, "bpcp", &["2:/tmp/myoutput", "3:/tmp"])?;
     let gathered = dir.join("gathered");
     let _ = std::fs::create_dir_all(&gathered);
     let g = gathered.to_string_lossy().into_owned();
-    show(&c, "bpcp", &["2-3:/tmp/myoutput", &g]);
-    show(&c, "ls", &[&g]);
+    show(&c, "bpcp", &["2-3:/tmp/myoutput", &g])?;
+    show(&c, "ls", &[&g])?;
     println!("Broadcast a file from the front end to every node:");
     let input = dir.join("input.dat");
     let _ = std::fs::write(&input, "input for every node\n");
-    show(&c, "bpcp", &[&input.to_string_lossy(), "all:/tmp"]);
-    show(&c, "bpsh", &["-a", "-p", "cat", "/tmp/input.dat"]);
+    show(&c, "bpcp", &[&input.to_string_lossy(), "all:/tmp"])?;
+    show(&c, "bpsh", &["-a", "-p", "cat", "/tmp/input.dat"])?;
     println!("Give nodes 1-2 to user 65534 (nobody), and only to them:");
-    show(&c, "bpctl", &["-S", "1-2", "-u", "65534", "-g", "65534", "-m", "0100"]);
+    show(&c, "bpctl", &["-S", "1-2", "-u", "65534", "-g", "65534", "-m", "0100"])?;
     println!("Take node 3 out of service:");
-    show(&c, "bpctl", &["-S", "3", "-s", "down"]);
+    show(&c, "bpctl", &["-S", "3", "-s", "down"])?;
     c.wait_for_within("node 3 down", Duration::from_secs(10), |n| {
         n.iter().any(|n| n.node == 3 && n.state == "down")
     })?;
-    show(&c, "bpstat", &[]);
-    show(&c, "bpstat", &["-l"]);
-    show(&c, "bpstat", &["-t", "allup"]);
+    show(&c, "bpstat", &[])?;
+    show(&c, "bpstat", &["-l"])?;
+    show(&c, "bpstat", &["-t", "allup"])?;
     println!("A down node is reported, and the others still run:");
-    show(&c, "bpsh", &["0-3", "-p", "uname", "-r"]);
-    drop(c);
-    let _ = std::fs::remove_dir_all(&dir);
-    println!("Cluster stopped.");
+    show(&c, "bpsh", &["0-3", "-p", "uname", "-r"])?;
     Ok(())
+}
+
+/// Makes SIGINT (Ctrl-C), SIGTERM and SIGHUP interrupt a start instead of killing bpcluster
+/// outright: the daemons run in process groups of their own, out of the terminal's reach, so
+/// bpcluster must stop them itself. The signals are blocked (threads started later inherit
+/// that; programs started get a clean mask) and read from a signalfd by a thread, which marks
+/// the start interrupted ([`crate::interrupt`]); the start then stops what it started.
+fn catch_interrupts() {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::SignalFd;
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    let Ok(fd) = SignalFd::new(&set) else { return };
+    if set.thread_block().is_err() {
+        return;
+    }
+    std::thread::spawn(move || {
+        while let Ok(Some(info)) = fd.read_signal() {
+            crate::interrupt(info.ssi_signo as i32);
+        }
+    });
 }
 
 /// Runs bpcluster with `args` (without the program name).
@@ -261,6 +296,9 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(a.command.as_str(), "up" | "demo") {
+        catch_interrupts();
+    }
     let r = match a.command.as_str() {
         "up" => up(&a),
         "down" => stop_detached(&a.dir).map(|n| eprintln!("bpcluster: stopped {n} daemons")),
@@ -277,6 +315,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ VclusterError::Interrupted(sig)) => {
+            eprintln!("bpcluster: {e}");
+            ExitCode::from(128u8.saturating_add(sig as u8))
+        }
         Err(e) => {
             eprintln!("bpcluster: {e}");
             ExitCode::FAILURE
