@@ -183,6 +183,19 @@ pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(255);
         }
     };
+    let named_front_end = bproc::nodespec::parse_node_name(&host) == Some(bproc::NODE_MASTER);
+    if named_front_end {
+        // `master` from a node is the front end, where nothing here can start a process.
+        if let Ok(place) = Client::connect().and_then(|mut c| c.place()) {
+            if place.node != bproc::NODE_MASTER {
+                eprintln!(
+                    "brsh: {host}: cannot run on the front end from node {}: run brsh there",
+                    place.node
+                );
+                return ExitCode::from(255);
+            }
+        }
+    }
     if node == bproc::NODE_MASTER {
         // The front end itself: run here, as rsh to the local host would.
         let mut cmd = std::process::Command::new("/bin/sh");
@@ -214,6 +227,8 @@ struct Prepared {
     ghost: Option<String>,
     spec: ProcSpec,
     listen_ip: Ipv4Addr,
+    /// The node bpsh runs on ([`bproc::NODE_MASTER`] on the front end).
+    here: i32,
     /// Files diskless nodes may fetch, by content hash.
     staged: Arc<std::collections::HashMap<[u8; 32], PathBuf>>,
 }
@@ -315,6 +330,7 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         ghost: place.ghost,
         spec,
         listen_ip,
+        here: place.node,
         staged: Arc::new(staged),
     }))
 }
@@ -446,7 +462,10 @@ enum Out {
 }
 
 /// `fut`'s result, or `None` if `limit` passes first (no limit: waits as long as it takes).
-async fn within<T>(limit: Option<Duration>, fut: impl std::future::Future<Output = T>) -> Option<T> {
+async fn within<T>(
+    limit: Option<Duration>,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
     match limit {
         Some(l) => tokio::time::timeout(l, fut).await.ok(),
         None => Some(fut.await),
@@ -608,8 +627,15 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     // Ranks on the front end (spec `master`) run here, as the caller; the master skipped them.
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(u32, ExitStatus)>();
     let local_pids: Arc<Mutex<Vec<i32>>> = Arc::default();
+    // From a node, `master` is the front end, where nothing here can start a process: the
+    // master daemon runs no user code. Refused, rather than run on this node.
+    let refused = |rank: usize| {
+        p.nodes[rank] == bproc_proto::NODE_MASTER && p.here != bproc_proto::NODE_MASTER
+    };
     for (rank, pid) in pids.iter_mut().enumerate() {
-        if p.nodes[rank] == bproc_proto::NODE_MASTER && *pid == 0 {
+        if refused(rank) {
+            *pid = -bproc::errno::EOPNOTSUPP;
+        } else if p.nodes[rank] == bproc_proto::NODE_MASTER && *pid == 0 {
             *pid = match start_local(&spec, rank, &slots, exit_tx.clone()) {
                 Ok(local) => {
                     local_pids.lock().unwrap_or_else(|e| e.into_inner()).push(local);
@@ -633,8 +659,16 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             master_gone: false,
         })
         .collect();
-    for r in ranks.iter().zip(&pids).filter(|(r, _)| r.failed) {
-        eprintln!("{}: {}", r.0.node, strerror(-r.1));
+    for (rank, (r, pid)) in ranks.iter().zip(&pids).enumerate().filter(|(_, (r, _))| r.failed) {
+        if refused(rank) {
+            eprintln!(
+                "bpsh: master: cannot run on the front end from node {}: bpsh on a node starts \
+                 processes on nodes only (run this bpsh on the front end)",
+                p.here
+            );
+        } else {
+            eprintln!("{}: {}", r.node, strerror(-pid));
+        }
     }
     bproc::ghost::discard(ghosts.iter().zip(&ranks).filter(|(_, r)| r.failed).map(|(g, _)| *g));
 

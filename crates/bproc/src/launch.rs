@@ -149,7 +149,8 @@ fn spec_of(p: &Program) -> ProcSpec {
 pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> {
     prog.io.check()?;
     let mut client = Client::connect()?;
-    let ghost = client.place()?.ghost;
+    let place = client.place()?;
+    let ghost = place.ghost;
     let spec = spec_of(prog);
     let comm = crate::ghost::comm_of(&spec.path);
     let ghosts = match &ghost {
@@ -173,7 +174,11 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
         }
     };
     for (rank, pid) in pids.iter_mut().enumerate() {
-        if nodes[rank] == NODE_MASTER {
+        if nodes[rank] == NODE_MASTER && place.node != NODE_MASTER {
+            // The front end, from a node: nothing here can start a process there (the master
+            // daemon runs no user code), and running it on this node would be wrong.
+            *pid = -bproc_proto::errno::EOPNOTSUPP;
+        } else if nodes[rank] == NODE_MASTER {
             *pid = start_here(&spec, rank).unwrap_or_else(|e| -e.raw_os_error().unwrap_or(5));
         } else if *pid <= 0 {
             crate::ghost::discard([ghosts[rank]]);

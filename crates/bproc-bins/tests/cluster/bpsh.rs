@@ -347,6 +347,37 @@ fn master_spec_runs_on_the_front_end() {
     assert_eq!(out.status.code(), Some(7));
 }
 
+/// Issue "hardening", item 3: from a node, `master` is the front end. Nothing there can
+/// start a bpsh-on-a-node's process (the master daemon runs no user code), so it is refused
+/// with the reason, and the other nodes still run. Before, it ran on the node itself
+/// (`bpsh 1 bpsh master hostname` printed `n1`).
+#[test]
+fn master_from_a_node_is_refused_not_run_on_the_node() {
+    let c = TestCluster::up(&bins(), 2, "bpsh-master-node");
+    let out = c.cmd("bpsh").args(["1", "bpsh", "master", "sh", "-c", "echo ran here"]).output_of();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        "bpsh: master: cannot run on the front end from node 1: bpsh on a node starts \
+         processes on nodes only (run this bpsh on the front end)\n"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let out =
+        c.cmd("bpsh").args(["1", "bpsh", "master,0", "sh", "-c", "echo $BPROC_RANK"]).output_of();
+    assert_eq!(text(&out).0, "0000001\n");
+    assert_eq!(out.status.code(), Some(1));
+    let out = c.cmd("bpsh").args(["1", "brsh", "master", "echo", "ran", "here"]).output_of();
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        text(&out),
+        (
+            String::new(),
+            "brsh: master: cannot run on the front end from node 1: run brsh there\n".into()
+        )
+    );
+}
+
 /// Staged bytes a node reports in `bpstat --json`.
 fn staged_bytes(c: &TestCluster, node: i32) -> u64 {
     let out = c.cmd("bpstat").args(["--json", &node.to_string()]).ok();
