@@ -391,10 +391,38 @@ fn error_reply(code: i32, message: String) -> Message {
     Message::Error { code, message }
 }
 
+/// The node's root after `bpctl -r` (BProc's `bproc_nodechroot`), as a path from the root the
+/// slave started with; `None` until then. Process-wide, as the chroot itself is.
+static NODE_ROOT: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
+
+/// Where the node's processes are confined: the root `bpctl -r` gave the node, as a path
+/// from the slave's original root, which its spawner thread still has (it left the daemon's
+/// shared filesystem context before any chroot).
+pub(crate) fn node_root() -> Option<std::path::PathBuf> {
+    NODE_ROOT.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Changes the daemon's root (its copies see it) and records it for the processes it starts,
+/// which are chrooted there too.
 fn chroot(path: &str) -> Message {
-    match nix::unistd::chroot(path).and_then(|()| nix::unistd::chdir("/")) {
+    // Where `path` is from the original root: resolved before the chroot, below any earlier one.
+    let real = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) => {
+            let code = e.raw_os_error().unwrap_or(bproc_proto::errno::EIO);
+            return error_reply(
+                code,
+                format!("chroot {path}: {}", nix::errno::Errno::from_raw(code).desc()),
+            );
+        }
+    };
+    match nix::unistd::chroot(&real).and_then(|()| nix::unistd::chdir("/")) {
         Ok(()) => {
-            info!("changed root to {path}");
+            let mut root = NODE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+            let below = real.strip_prefix("/").unwrap_or(&real);
+            let now = root.as_deref().unwrap_or(std::path::Path::new("/")).join(below);
+            info!("changed root to {path} ({} from the original root)", now.display());
+            *root = Some(now);
             Message::Ok
         }
         Err(e) => error_reply(e as i32, format!("chroot {path}: {}", e.desc())),

@@ -842,7 +842,23 @@ pub async fn spawn(
     let cstr = |s: &str| {
         CString::new(s).map_err(|_| Refused { code: EINVAL, message: format!("NUL in {s:?}") })
     };
+    // A root given with `bpctl -r` confines the node's processes, below which a diskless
+    // node's root is found (the daemon's own paths resolve there since its chroot).
+    let node_root = crate::node_root();
+    let jail_root = |inner: &Path| match &node_root {
+        Some(r) => r.join(inner.strip_prefix("/").unwrap_or(inner)),
+        None => inner.to_owned(),
+    };
+    let jail_cstr = |p: &Path| {
+        CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| Refused { code: EINVAL, message: "NUL in a path".into() })
+    };
     let mut jail = None;
+    if let (Some(r), None) = (&node_root, diskless) {
+        // The working directory is looked up from the daemon, which has this root already.
+        let cwd = if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
+        jail = Some(Jail { root: jail_cstr(r)?, cwd: cstr(cwd)? });
+    }
     if let Some(d) = diskless {
         let before = crate::info::STAGED_BYTES.load(std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = stage(d, source, master, &spec, rank).await {
@@ -856,9 +872,7 @@ pub async fn spawn(
         }
         let inside = d.root.join(spec.cwd.trim_start_matches('/'));
         let cwd = if inside.is_dir() { spec.cwd.as_str() } else { "/" };
-        let root = CString::new(d.root.as_os_str().as_encoded_bytes())
-            .map_err(|_| Refused { code: EINVAL, message: "NUL in a path".into() })?;
-        jail = Some(Jail { root, cwd: cstr(cwd)? });
+        jail = Some(Jail { root: jail_cstr(&jail_root(&d.root))?, cwd: cstr(cwd)? });
     }
     let mut envp = Vec::new();
     for (k, v) in spec.env_for_rank(rank) {
@@ -913,7 +927,7 @@ pub async fn spawn(
             value: i64::from(rank) + 1,
             // Where the process finds the cluster now.
             note: client_socket.map(|p| p.as_bytes().to_vec()),
-            root: diskless.map(|d| d.root.clone()),
+            root: diskless.map(|d| jail_root(&d.root)).or(node_root.clone()),
             // The master filled these in from the launcher's kernel.
             limits: spec.rlimits.clone(),
         };

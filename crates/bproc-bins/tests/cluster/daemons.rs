@@ -204,6 +204,37 @@ fn reconnect_and_chroot() {
     }
 }
 
+/// Issue "hardening", item 4: `bpctl -r` confines the processes bpsh starts on the node, as
+/// it does the node's copies. Before, it changed only the slave daemon's root, which its
+/// spawner thread had left at start, so `bpsh N ls /` listed the node's full root.
+#[test]
+fn chroot_confines_the_nodes_processes() {
+    if !bproc_testkit::require_root("chroot needs root") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 1, "chroot-procs");
+    // Outside /tmp, which an isolated node has of its own.
+    let jail = PathBuf::from(format!("/var/tmp/bproc-test-jail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&jail);
+    for f in bproc_stage::closure(Path::new("/bin/ls"), None).unwrap() {
+        let to = jail.join(f.path.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&f.path, &to).unwrap();
+    }
+    std::fs::write(jail.join("marker"), "inside\n").unwrap();
+    c.cmd("bpctl").args(["-S", "0", "-r"]).arg(&jail).ok();
+    let out = c.cmd("bpsh").args(["0", "/bin/ls", "/"]).ok();
+    let names: Vec<&str> = out.lines().collect();
+    assert!(names.contains(&"marker"), "{out}");
+    assert!(!names.contains(&"etc") && !names.contains(&"proc"), "{out}");
+    // Copies see the same root.
+    let got = unique_dir("chroot-copy");
+    c.cmd("bpcp").arg("0:/marker").arg(&got).ok();
+    assert_eq!(std::fs::read_to_string(got.join("marker")).unwrap(), "inside\n");
+    let _ = std::fs::remove_dir_all(&jail);
+    let _ = std::fs::remove_dir_all(&got);
+}
+
 fn frame_exchange(s: &mut UnixStream, bytes: &[u8]) -> Message {
     s.write_all(bytes).unwrap();
     let mut head = [0u8; 16];
