@@ -305,7 +305,9 @@ fn listen_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 fn bind_unix(path: &Path) -> Result<UnixListener, MasterError> {
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+    // Never remove a socket a live master serves (a blocking connect would also wait
+    // forever on one whose accept queue is full).
+    if bproc_sys::peer::socket_server(path).is_some() {
         return Err(MasterError::AlreadyRunning(path.into()));
     }
     let listen_err = |source| MasterError::Listen { what: path.display().to_string(), source };

@@ -72,6 +72,20 @@ pub enum SlaveError {
     /// The async runtime could not start.
     #[error("cannot start the runtime")]
     Runtime(#[source] std::io::Error),
+    /// Another daemon serves the node's client socket (another slave on this host): this one
+    /// would send its node's programs to that one.
+    #[error(
+        "the node's client socket {} is served by another daemon{}; stop it, or give this \
+         slave a socket of its own with --client-socket PATH",
+        path.display(),
+        if *pid > 0 { format!(" (pid {pid})") } else { String::new() }
+    )]
+    ClientSocketTaken {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// The daemon serving it (0 if unknown).
+        pid: i32,
+    },
 }
 
 /// How the slave runs.
@@ -610,6 +624,23 @@ fn run_command(what: &str, cmd: &str) {
 /// master). A first attempt that fails for good ends `run` with the error instead.
 pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveError> {
     let key = opts.key.clone();
+    // First, before anything is started: a socket another daemon serves stays its own.
+    let client_socket = match opts.client_socket_file() {
+        Some(file) => match proxy::bind(&file) {
+            Ok(l) => Some(l),
+            Err(proxy::BindError::Served(pid)) => {
+                return Err(SlaveError::ClientSocketTaken { path: file, pid })
+            }
+            Err(proxy::BindError::Io(e)) => {
+                warn!(
+                    "cannot open the node's client socket {}: {e}; programs on this node cannot use the cluster",
+                    file.display()
+                );
+                None
+            }
+        },
+        None => None,
+    };
     let outbox = Outbox::default();
     let procs = {
         let outbox = outbox.clone();
@@ -645,16 +676,8 @@ pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveErro
         }),
         opts.grace,
     );
-    if let Some(file) = opts.client_socket_file() {
-        match proxy::bind(&file) {
-            Ok(l) => {
-                tokio::spawn(proxy::serve(l, key.clone(), state.clone()));
-            }
-            Err(e) => warn!(
-                "cannot open the node's client socket {}: {e}; programs on this node cannot use the cluster",
-                file.display()
-            ),
-        }
+    if let Some(l) = client_socket {
+        tokio::spawn(proxy::serve(l, key.clone(), state.clone()));
     }
     let result = run_sessions(&opts, &outbox, &procs, &data, &state, on_ready).await;
     // Leaving the master for good: its processes go too (BProc's slave reset).

@@ -81,6 +81,43 @@ fn wrong_key_and_unknown_address_are_refused() {
     assert!(log.contains("connect from unrecognized address 127.0.1.99"), "{log}");
 }
 
+/// Issue "hardening", item 6: a second bpslave on the host (here one holding the wrong key,
+/// which the master would refuse anyway) leaves the running slave's client socket alone and
+/// says why it does not start. Before, it removed the socket before trying to join, and
+/// programs on the node could no longer reach the cluster (`bpstat` there failed).
+#[test]
+fn second_slave_leaves_the_client_socket_alone() {
+    let mut spec = TestCluster::spec(&bins(), 1, "second-slave");
+    spec.isolate = false; // the client socket is then DIR/node0.sock, on the host
+    let c = TestCluster::start(spec);
+    let socket = c.dir().join("node0.sock");
+    let serving = listener_pid(&socket);
+    let other = c.dir().join("other.key");
+    bproc_link::ClusterKey::create(&other).unwrap();
+    let out = TestCommand::new(bins().join("bpslave"))
+        .args(["-d", "--key"])
+        .arg(&other)
+        .arg("--client-socket")
+        .arg(&socket)
+        .args(["-s", &node_addr(0).to_string(), &c.master_addr().to_string()])
+        .fails();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default(),
+        format!(
+            "bpslave: the node's client socket {} is served by another daemon (pid {serving}); \
+             stop it, or give this slave a socket of its own with --client-socket PATH",
+            socket.display()
+        )
+    );
+    assert_eq!(listener_pid(&socket), serving);
+    // Programs on the node still reach the cluster through it.
+    assert_eq!(c.cmd("bpsh").args(["0", "bpstat", "-s", "0"]).ok(), "up\n");
+    // A socket file nobody serves (its daemon died) is taken over as before.
+    let stale = c.dir().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(bproc_sys::peer::socket_server(&stale).is_none());
+}
+
 /// Configuration errors name the file and line and stop the master; unknown directives are
 /// warned about, not silently ignored.
 #[test]
