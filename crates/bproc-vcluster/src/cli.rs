@@ -130,15 +130,13 @@ fn spec_for(a: &Args, n: usize) -> Spec {
 
 fn up(a: &Args) -> Result<(), VclusterError> {
     let n = a.nodes.unwrap_or(4);
-    if a.dir.join("pids").exists() {
-        let live = recorded_pids(&a.dir)?.iter().any(|r| r.find(&a.dir).is_some());
+    if a.dir.join("pids").exists() || a.dir.join("config").exists() {
+        let recorded = recorded_pids(&a.dir).unwrap_or_default();
+        let known: Vec<i32> = recorded.iter().map(|r| r.pid).collect();
+        let live = recorded.iter().any(|r| r.find(&a.dir).is_some())
+            || !crate::unrecorded_daemons(&a.dir, &known).is_empty();
         if live {
-            eprintln!(
-                "bpcluster: a cluster is already running in {}; stop it with `bpcluster down --dir {}`",
-                a.dir.display(),
-                a.dir.display()
-            );
-            return Err(VclusterError::NoCluster(a.dir.clone()));
+            return Err(VclusterError::Running(a.dir.clone()));
         }
         let _ = std::fs::remove_dir_all(&a.dir);
     }
@@ -166,6 +164,10 @@ fn status(a: &Args) -> Result<(), VclusterError> {
             .map(|i| format!(" {}", node_addr(i)))
             .unwrap_or_default();
         println!("{name:<8} pid {pid:<8} {what}{addr}");
+    }
+    let known: Vec<i32> = pids.iter().map(|r| r.pid).collect();
+    for u in crate::unrecorded_daemons(&a.dir, &known) {
+        println!("{:<8} pid {:<8} running (not recorded by `up`: started by hand)", u.name, u.pid);
     }
     match bproc::Client::connect_to(&a.dir.join("master.sock")).and_then(|mut c| c.nodes()) {
         Ok(nodes) => {
@@ -301,7 +303,13 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     }
     let r = match a.command.as_str() {
         "up" => up(&a),
-        "down" => stop_detached(&a.dir).map(|n| eprintln!("bpcluster: stopped {n} daemons")),
+        "down" => stop_detached(&a.dir).map(|s| {
+            let by_hand = match s.unrecorded {
+                0 => String::new(),
+                n => format!(" ({n} not recorded by `up`: started by hand)"),
+            };
+            eprintln!("bpcluster: stopped {} daemons{by_hand}", s.daemons);
+        }),
         "status" => status(&a),
         "demo" => demo(&a),
         "" => {

@@ -95,6 +95,9 @@ pub enum VclusterError {
     /// No cluster in the directory.
     #[error("no virtual cluster in {} (start one with `bpcluster up`)", .0.display())]
     NoCluster(PathBuf),
+    /// A cluster already runs in the directory.
+    #[error("a cluster is already running in {dir}; stop it with `bpcluster down --dir {dir}`", dir = .0.display())]
+    Running(PathBuf),
     /// A signal ended the start; the daemons it had started are stopped.
     #[error("interrupted by signal {0}; stopped the daemons it had started")]
     Interrupted(i32),
@@ -785,20 +788,107 @@ impl Recorded {
         if self.start.is_some_and(|t| start_time(self.pid) != Some(t)) {
             return None;
         }
-        let (flag, file) = if self.name == "master" { ("-c", "config") } else { ("--key", "key") };
-        let ours = std::fs::metadata(dir.join(file)).ok()?;
-        let argv = argv(self.pid);
-        let argv0 = argv.first()?;
-        if !Path::new(std::ffi::OsStr::from_bytes(argv0)).ends_with(self.program()) {
-            return None;
-        }
-        let names_ours = argv.windows(2).any(|w| {
-            w[0] == flag.as_bytes()
-                && std::fs::metadata(std::ffi::OsStr::from_bytes(&w[1]))
-                    .is_ok_and(|m| (m.dev(), m.ino()) == (ours.dev(), ours.ino()))
-        });
-        (names_ours && !exited(&fd)).then_some(fd)
+        (is_daemon_of(self.pid, self.name == "master", dir) && !exited(&fd)).then_some(fd)
     }
+}
+
+/// Whether `pid` runs bpmaster (`master`) or bpslave with a command line naming the `config`
+/// (`-c`) or `key` (`--key`) file of cluster directory `dir`, as the same file (device and
+/// inode). A relative name is taken from the process's working directory.
+fn is_daemon_of(pid: i32, master: bool, dir: &Path) -> bool {
+    let (prog, flag, file) =
+        if master { ("bpmaster", "-c", "config") } else { ("bpslave", "--key", "key") };
+    let Ok(ours) = std::fs::metadata(dir.join(file)) else { return false };
+    let argv = argv(pid);
+    let Some(argv0) = argv.first() else { return false };
+    if !Path::new(std::ffi::OsStr::from_bytes(argv0)).ends_with(prog) {
+        return false;
+    }
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+    argv.windows(2).any(|w| {
+        w[0] == flag.as_bytes()
+            && std::fs::metadata(cwd.join(std::ffi::OsStr::from_bytes(&w[1])))
+                .is_ok_and(|m| (m.dev(), m.ino()) == (ours.dev(), ours.ino()))
+    })
+}
+
+/// A daemon of a cluster that its `pids` file does not name (restarted by hand).
+#[derive(Debug)]
+pub struct Unrecorded {
+    /// `master` or `slave`.
+    pub name: &'static str,
+    /// Its pid.
+    pub pid: i32,
+    /// A pidfd for it, opened once it was proved the cluster's.
+    pub fd: OwnedFd,
+}
+
+/// The daemons of the cluster in `dir` other than the pids in `known`: the process serving
+/// `DIR/master.sock` (which only the cluster's master does), and every bpmaster or bpslave
+/// whose executable is that program and whose command line names this directory's `config`
+/// or `key` ([`Recorded::find`]'s proof, without a recorded start time: the start time read
+/// before the pidfd was opened must still be the process's after).
+pub fn unrecorded_daemons(dir: &Path, known: &[i32]) -> Vec<Unrecorded> {
+    let open = |pid: i32| {
+        let t = start_time(pid)?;
+        let fd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid)?,
+            rustix::process::PidfdFlags::empty(),
+        )
+        .ok()?;
+        (start_time(pid) == Some(t) && !exited(&fd)).then_some(fd)
+    };
+    let mut found = Vec::new();
+    let socket = dir.join("master.sock");
+    if let Some(pid) = bproc_sys::peer::socket_server(&socket).filter(|p| *p > 0) {
+        if !known.contains(&pid) && pid_runs(pid, "bpmaster") {
+            if let Some(fd) = open(pid) {
+                // Still the process serving the socket, now that the pidfd pins it.
+                if bproc_sys::peer::socket_server(&socket) == Some(pid) {
+                    found.push(Unrecorded { name: "master", pid, fd });
+                }
+            }
+        }
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    let mut daemons = Vec::new();
+    for pid in entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        if known.contains(&pid) || found.iter().any(|f| f.pid == pid) {
+            continue;
+        }
+        // Unrecorded, the program itself must be a daemon, not one that calls itself so.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        for master in [true, false] {
+            let prog = if master { "bpmaster" } else { "bpslave" };
+            if exe.file_name().is_some_and(|n| n == prog) && is_daemon_of(pid, master, dir) {
+                if let Some(fd) = open(pid).filter(|_| is_daemon_of(pid, master, dir)) {
+                    daemons.push(Unrecorded {
+                        name: if master { "master" } else { "slave" },
+                        pid,
+                        fd,
+                    });
+                }
+            }
+        }
+    }
+    // A daemon's own forks (a slave's pid namespace init) share its command line: only
+    // processes whose parent is not a daemon of the cluster count.
+    let parents: Vec<i32> = known
+        .iter()
+        .copied()
+        .chain(daemons.iter().map(|d| d.pid))
+        .chain(found.iter().map(|f| f.pid))
+        .collect();
+    found.extend(
+        daemons.into_iter().filter(|d| !parent_of(d.pid).is_some_and(|p| parents.contains(&p))),
+    );
+    found
+}
+
+/// The parent of `pid` (`/proc/PID/stat`, field 4).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Whether the process of `pidfd` has ended (a pidfd polls readable then).
@@ -824,13 +914,36 @@ pub fn recorded_pids(dir: &Path) -> Result<Vec<Recorded>, VclusterError> {
         .collect())
 }
 
+/// What [`stop_detached`] stopped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Daemons in total.
+    pub daemons: usize,
+    /// Of those, daemons the `pids` file did not name (restarted by hand).
+    pub unrecorded: usize,
+}
+
 /// Stops a detached cluster: slaves, then the master (SIGTERM, then SIGKILL), and removes the
-/// directory. Only processes proved to be the cluster's daemons ([`Recorded::find`]) are
-/// signalled, through their pidfds. Returns how many processes were stopped.
-pub fn stop_detached(dir: &Path) -> Result<usize, VclusterError> {
-    let pids = recorded_pids(dir)?;
-    let live: Vec<(bool, OwnedFd)> =
+/// directory. Only processes proved to be the cluster's daemons are signalled, through their
+/// pidfds: those recorded in `pids` ([`Recorded::find`]) and those it does not name, such as
+/// a master restarted by hand ([`unrecorded_daemons`]), which would otherwise go on and
+/// recreate the directory with its state file. A directory without a `pids` file is a
+/// cluster only if such daemons are found.
+pub fn stop_detached(dir: &Path) -> Result<Stopped, VclusterError> {
+    let pids = match recorded_pids(dir) {
+        Ok(p) => p,
+        Err(VclusterError::NoCluster(_)) if dir.join("config").exists() => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut live: Vec<(bool, OwnedFd)> =
         pids.iter().filter_map(|r| Some((r.name == "master", r.find(dir)?))).collect();
+    let known: Vec<i32> = pids.iter().map(|r| r.pid).collect();
+    let extra = unrecorded_daemons(dir, &known);
+    if pids.is_empty() && extra.is_empty() && !dir.join("pids").exists() {
+        return Err(VclusterError::NoCluster(dir.to_owned()));
+    }
+    let unrecorded = extra.len();
+    live.extend(extra.into_iter().map(|u| (u.name == "master", u.fd)));
     let (masters, slaves): (Vec<_>, Vec<_>) = live.iter().partition(|(master, _)| *master);
     for group in [slaves, masters] {
         for (_, fd) in &group {
@@ -847,5 +960,5 @@ pub fn stop_detached(dir: &Path) -> Result<usize, VclusterError> {
         }
     }
     std::fs::remove_dir_all(dir).map_err(file_err(dir))?;
-    Ok(live.len())
+    Ok(Stopped { daemons: live.len(), unrecorded })
 }

@@ -49,8 +49,17 @@ fn up_status_down() {
     let status = cluster().args(["status", "--dir"]).arg(&dir).ok();
     assert!(status.contains("8 of 8 nodes up"), "{status}");
     assert_eq!(status.matches("running").count(), 9, "{status}");
-    // A second `up` in the same directory is refused while the first runs.
-    cluster().args(["up", "-n", "2", "--dir"]).arg(&dir).fails();
+    // A second `up` in the same directory is refused while the first runs, with one message
+    // (issue "hardening", item 7: it also said there was no cluster there).
+    let out = cluster().args(["up", "-n", "2", "--dir"]).arg(&dir).fails();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "bpcluster: a cluster is already running in {}; stop it with `bpcluster down --dir {}`\n",
+            dir.display(),
+            dir.display()
+        )
+    );
     cluster().args(["down", "--dir"]).arg(&dir).ok();
     for r in &pids {
         assert!(r.start.is_some(), "{r:?}: no start time recorded");
@@ -348,4 +357,63 @@ fn up_refuses_more_nodes_than_the_open_file_limit() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(10));
     assert_eq!(naming(&dir), Vec::<i32>::new());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue "hardening", item 7: `bpcluster down` also stops a master restarted by hand (here as
+/// an administrator does, in the background from the cluster directory), which the `pids`
+/// file does not name, and says so. Before, it skipped it silently, and the master's state
+/// file then recreated the directory.
+#[test]
+fn down_stops_a_master_restarted_by_hand() {
+    let dir = unique_dir("bpcluster-byhand");
+    let cluster = || TestCommand::new(bins().join("bpcluster"));
+    cluster().args(["up", "-n", "1", "--no-isolate", "--dir"]).arg(&dir).ok();
+    struct Down(std::path::PathBuf);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = bproc_vcluster::stop_detached(&self.0);
+        }
+    }
+    let _guard = Down(dir.clone());
+    let recorded = bproc_vcluster::recorded_pids(&dir).unwrap();
+    let master = recorded.iter().find(|r| r.name == "master").unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(master.pid), nix::sys::signal::SIGTERM)
+        .unwrap();
+    bproc_testkit::until(10, "the master to stop", || {
+        (!bproc_vcluster::pid_runs(master.pid, "bpmaster")).then_some(())
+    });
+    let st = Command::new(bins().join("bpmaster"))
+        .args(["-c", "config"])
+        .current_dir(&dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let socket = dir.join("master.sock");
+    let by_hand = bproc_sys::peer::socket_server(&socket).expect("the new master serves");
+    // Killed if the test fails before `down` stops it.
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0),
+                nix::sys::signal::SIGKILL,
+            );
+        }
+    }
+    let _kill = Kill(by_hand);
+    let status = cluster().args(["status", "--dir"]).arg(&dir).ok();
+    assert!(
+        status.contains(&format!(
+            "master   pid {by_hand:<8} running (not recorded by `up`: started by hand)"
+        )),
+        "{status}"
+    );
+    let out = cluster().args(["down", "--dir"]).arg(&dir).output_of();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "bpcluster: stopped 2 daemons (1 not recorded by `up`: started by hand)\n"
+    );
+    assert!(!bproc_vcluster::pid_runs(by_hand, "bpmaster"), "the master still runs");
+    assert!(!dir.exists());
 }
