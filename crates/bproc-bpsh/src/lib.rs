@@ -79,6 +79,37 @@ pub fn which(cmd: &OsStr) -> Option<PathBuf> {
     None
 }
 
+/// Why [`which`] found nothing to run for `cmd`, as bpsh says it: a file that is there but
+/// not executable (or a directory) is named as such; only a name found nowhere is "command
+/// not found".
+pub fn not_runnable(cmd: &OsStr) -> String {
+    let shown = cmd.to_string_lossy();
+    let why = |p: &Path| {
+        if p.is_dir() {
+            Some(format!("{}: is a directory", p.display()))
+        } else if p.exists() {
+            Some(format!("{}: not executable (Permission denied)", p.display()))
+        } else {
+            None
+        }
+    };
+    if cmd.as_bytes().contains(&b'/') {
+        return why(Path::new(cmd))
+            .unwrap_or_else(|| format!("{shown}: No such file or directory"));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| ":/bin:/usr/bin".into());
+    for dir in path.as_bytes().split(|b| *b == b':') {
+        let dir = if dir.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(dir)) };
+        let candidate = dir.join(cmd);
+        if candidate.is_file() {
+            if let Some(w) = why(&candidate) {
+                return w;
+            }
+        }
+    }
+    format!("{shown}: command not found")
+}
+
 /// Runs bpsh with `args` (without the program name).
 pub fn main(args: Vec<OsString>) -> ExitCode {
     let a = match args::parse(args) {
@@ -237,7 +268,7 @@ struct Prepared {
 fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
     let cmd = &a.command[0];
     let Some(path) = which(cmd) else {
-        eprintln!("bpsh: {}: command not found", cmd.to_string_lossy());
+        eprintln!("bpsh: {}", not_runnable(cmd));
         return Ok(None);
     };
     let mut client = Client::connect()?;
@@ -485,14 +516,15 @@ fn ranks_nodes(ranks: &[Rank]) -> Vec<i32> {
 }
 
 /// How each rank ended, for `--report` and `--json`.
-fn report_rows(ranks: &[Rank], pids: &[i32]) -> Vec<report::Row> {
+fn report_rows(ranks: &[Rank], pids: &[i32], reasons: &[Option<String>]) -> Vec<report::Row> {
     ranks
         .iter()
         .zip(pids)
-        .map(|(r, &pid)| report::Row {
+        .zip(reasons)
+        .map(|((r, &pid), reason)| report::Row {
             node: r.node,
             outcome: if r.failed {
-                report::Outcome::NotStarted(strerror(-pid))
+                report::Outcome::NotStarted(reason.clone().unwrap_or_else(|| strerror(-pid)))
             } else if r.timed_out {
                 report::Outcome::TimedOut
             } else {
@@ -607,8 +639,23 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    // The master answers once every node has reported its start (it gives each 30 s).
-    let mut pids = match within(limit, read_frame(&mut mrd)).await {
+    // The master answers once every node has reported its start (it gives each 30 s), after
+    // the reasons nodes gave for ranks they could not start.
+    let mut reasons: Vec<Option<String>> = vec![None; p.nodes.len()];
+    let answer = within(limit, async {
+        loop {
+            match read_frame(&mut mrd).await {
+                Ok(Some((_, Message::RankRefused { rank, reason, .. }))) => {
+                    if let Some(r) = reasons.get_mut(rank as usize) {
+                        *r = Some(reason);
+                    }
+                }
+                other => return other,
+            }
+        }
+    })
+    .await;
+    let mut pids = match answer {
         Some(Ok(Some((_, Message::Launched { pids })))) => pids,
         Some(Ok(Some((_, Message::Error { code, .. })))) => {
             eprintln!("bproc_vexecmove_io: {}", strerror(code));
@@ -659,6 +706,8 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             master_gone: false,
         })
         .collect();
+    // What a rank that did not start says: its node's reason, else the error's text.
+    let why = |rank: usize, pid: i32| reasons[rank].clone().unwrap_or_else(|| strerror(-pid));
     for (rank, (r, pid)) in ranks.iter().zip(&pids).enumerate().filter(|(_, (r, _))| r.failed) {
         if refused(rank) {
             eprintln!(
@@ -667,7 +716,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
                 p.here
             );
         } else {
-            eprintln!("{}: {}", r.node, strerror(-pid));
+            eprintln!("{}: {}", r.node, why(rank, *pid));
         }
     }
     bproc::ghost::discard(ghosts.iter().zip(&ranks).filter(|(_, r)| r.failed).map(|(g, _)| *g));
@@ -867,13 +916,14 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     }
     if a.json {
         let _ = stdout
-            .write_all(report::json(&report_rows(&ranks, &pids), &collected).as_bytes())
+            .write_all(report::json(&report_rows(&ranks, &pids, &reasons), &collected).as_bytes())
             .await;
     }
     let _ = stdout.flush().await;
     let _ = stderr.flush().await;
     if a.report {
-        let _ = stderr.write_all(report::table(&report_rows(&ranks, &pids)).as_bytes()).await;
+        let _ =
+            stderr.write_all(report::table(&report_rows(&ranks, &pids, &reasons)).as_bytes()).await;
         let _ = stderr.flush().await;
     }
     if a.time {
@@ -1067,6 +1117,23 @@ mod tests {
         assert_eq!(which(OsStr::new("no-such-command-anywhere")), None);
         assert_eq!(which(OsStr::new("/etc/passwd")), None);
         assert_eq!(which(OsStr::new("/bin")), None);
+    }
+
+    #[test]
+    fn what_cannot_run_is_named() {
+        assert_eq!(
+            not_runnable(OsStr::new("/etc/passwd")),
+            "/etc/passwd: not executable (Permission denied)"
+        );
+        assert_eq!(not_runnable(OsStr::new("/bin")), "/bin: is a directory");
+        assert_eq!(
+            not_runnable(OsStr::new("/no/such/prog")),
+            "/no/such/prog: No such file or directory"
+        );
+        assert_eq!(
+            not_runnable(OsStr::new("no-such-command-anywhere")),
+            "no-such-command-anywhere: command not found"
+        );
     }
 
     #[test]

@@ -343,6 +343,9 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
                 shared.launches.exited(launch, rank, status);
             }
         }
+        Message::RankRefused { launch, rank, reason } => {
+            shared.launches.rank_refused(n, launch, rank, reason);
+        }
         Message::RankSpawned { launch, rank, pid } => {
             if let Some((ghost, uid)) = shared.launches.rank_spawned(launch, rank, pid) {
                 if pid > 0 {

@@ -906,6 +906,18 @@ pub enum Message {
         /// The pid on its node (> 0) or a negated error code.
         pid: i32,
     },
+    /// Why a rank could not start (`/tmp/prog: No such file or directory`): slave → master
+    /// just before its [`Message::RankSpawned`] with the negated error, and master → launcher
+    /// as an event (request id 0, `launch` 0) before [`Message::Launched`], so the launcher can
+    /// say more than the error code.
+    RankRefused {
+        /// Launch id (0 to the launcher).
+        launch: u64,
+        /// Rank.
+        rank: u32,
+        /// The reason, naming what failed.
+        reason: String,
+    },
     /// Event to watchers: the node table after a change.
     NodesChanged {
         /// Every configured node in table order.
@@ -983,6 +995,7 @@ mod ty {
     pub const GHOST_EXEC: u16 = 126;
     pub const PROC_EVENT: u16 = 127;
     pub const GHOST_RESTORE: u16 = 128;
+    pub const RANK_REFUSED: u16 = 129;
 }
 
 // Smallest encodings, used to bound list counts before allocating.
@@ -1493,6 +1506,7 @@ impl Message {
             CopyResult { .. } => ty::COPY_RESULT,
             SpawnTree { .. } => ty::SPAWN_TREE,
             RankSpawned { .. } => ty::RANK_SPAWNED,
+            RankRefused { .. } => ty::RANK_REFUSED,
             Action { .. } => ty::ACTION,
             SlaveChroot { .. } => ty::SLAVE_CHROOT,
             SlaveReconnect { .. } => ty::SLAVE_RECONNECT,
@@ -1562,6 +1576,7 @@ impl Message {
             CopyResult { .. } => "CopyResult",
             SpawnTree { .. } => "SpawnTree",
             RankSpawned { .. } => "RankSpawned",
+            RankRefused { .. } => "RankRefused",
             Action { .. } => "Action",
             SlaveChroot { .. } => "SlaveChroot",
             SlaveReconnect { .. } => "SlaveReconnect",
@@ -1653,6 +1668,11 @@ impl Message {
                 w.u64(*launch);
                 w.u32(*rank);
                 w.i32(*pid);
+            }
+            RankRefused { launch, rank, reason } => {
+                w.u64(*launch);
+                w.u32(*rank);
+                w.str(reason);
             }
             ProxyClient { node, creds, pid, rlimits, umask } => {
                 w.i32(*node);
@@ -1924,6 +1944,11 @@ impl Message {
             ty::RANK_SPAWNED => {
                 RankSpawned { launch: r.u64("launch")?, rank: r.u32("rank")?, pid: r.i32("pid")? }
             }
+            ty::RANK_REFUSED => RankRefused {
+                launch: r.u64("launch")?,
+                rank: r.u32("rank")?,
+                reason: r.str("reason", MAX_TEXT)?,
+            },
             ty::PROXY_CLIENT => ProxyClient {
                 node: r.i32("node")?,
                 creds: Creds::decode(r)?,

@@ -962,6 +962,10 @@ pub async fn spawn(
         set_tid: set_tid.filter(|p| *p > 0 && procs.same_pids()),
         trace: false,
     };
+    // What a failure names: the file -I/-O/-E (or an I/O list) opened, else the program.
+    let file_paths: Vec<String> =
+        req.files.iter().map(|f| f.path.to_string_lossy().into_owned()).collect();
+    let jail_path = req.jail.as_ref().map(|j| j.root.to_string_lossy().into_owned());
     let mut result = procs.spawn(clone_spec(&req)?).await;
     if req.set_tid.is_some()
         && matches!(&result, Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST))
@@ -974,8 +978,25 @@ pub async fn spawn(
     let pid = match result {
         Ok(pid) => pid,
         Err(e) => {
-            let code = e.raw_os_error().unwrap_or(bproc_proto::errno::EIO);
-            return refuse(code, format!("{}: {e}", spec.path));
+            let code = bproc_sys::spawn_errno(&e).unwrap_or(bproc_proto::errno::EIO);
+            let text = nix::errno::Errno::from_raw(code).desc();
+            let step = e
+                .get_ref()
+                .and_then(|r| r.downcast_ref::<bproc_sys::SpawnFailed>())
+                .map(|f| f.step);
+            let message = match step {
+                Some(bproc_sys::SpawnStep::File(i)) if i < file_paths.len() => {
+                    format!("{}: {text}", file_paths[i])
+                }
+                Some(bproc_sys::SpawnStep::Root) => {
+                    format!("{}: {text} (the node's root)", jail_path.unwrap_or_default())
+                }
+                Some(bproc_sys::SpawnStep::Identity) => {
+                    format!("cannot run as uid {} gid {}: {text}", creds.uid, creds.gid)
+                }
+                _ => format!("{}: {text}", spec.path),
+            };
+            return refuse(code, message);
         }
     };
     info!("launch {launch} rank {rank}: started {} as pid {pid} (uid {})", spec.path, creds.uid);

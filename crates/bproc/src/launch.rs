@@ -179,7 +179,8 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
             // daemon runs no user code), and running it on this node would be wrong.
             *pid = -bproc_proto::errno::EOPNOTSUPP;
         } else if nodes[rank] == NODE_MASTER {
-            *pid = start_here(&spec, rank).unwrap_or_else(|e| -e.raw_os_error().unwrap_or(5));
+            *pid = start_here(&spec, rank)
+                .unwrap_or_else(|e| -bproc_sys::spawn_errno(&e).unwrap_or(5));
         } else if *pid <= 0 {
             crate::ghost::discard([ghosts[rank]]);
         } else if ghosts[rank] > 0 {

@@ -122,7 +122,7 @@ fn remote_files_and_environment() {
     assert_eq!(c.cmd("bpsh").args(["1", "cat", f]).ok(), "to-file\n");
     assert_eq!(c.cmd("bpsh").args(["1", "-I", f, "tr", "a-z", "A-Z"]).ok(), "TO-FILE\n");
     let out = c.cmd("bpsh").args(["1", "-I", "/no/such/input", "cat"]).output_of();
-    assert_eq!(text(&out).1, "1: No such file or directory\n");
+    assert_eq!(text(&out).1, "1: /no/such/input: No such file or directory\n");
     let env =
         c.cmd("bpsh").args(["0-1", "-L", "sh", "-c", "echo $BPROC_RANK $BPROC_PROGNAME"]).ok();
     let mut lines: Vec<String> = env.lines().map(str::to_owned).collect();
@@ -376,6 +376,38 @@ fn master_from_a_node_is_refused_not_run_on_the_node() {
             "brsh: master: cannot run on the front end from node 1: run brsh there\n".into()
         )
     );
+}
+
+/// Issue "hardening", item 8: a node that cannot start the command says which file failed
+/// (the program, or a file of -I/-O/-E), and a program the front end cannot run is named
+/// with the reason. Before: `0: No such file or directory`, and "command not found" for a
+/// file that is there but not executable.
+#[test]
+fn failures_name_the_file() {
+    if !require_root("the program must be missing on an isolated node's own /tmp") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 2, "bpsh-names");
+    let prog = std::env::temp_dir().join(format!("bproc-test-prog-{}", std::process::id()));
+    std::fs::write(&prog, "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = c.cmd("bpsh").arg("0").arg(&prog).output_of();
+    std::fs::remove_file(&prog).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out).1, format!("0: {}: No such file or directory\n", prog.display()));
+    let out = c.cmd("bpsh").args(["1", "-O", "/nodir/x", "echo"]).output_of();
+    assert_eq!(text(&out).1, "1: /nodir/x: No such file or directory\n");
+    let out = c.cmd("bpsh").args(["1", "-I", "/nonexist", "cat"]).output_of();
+    assert_eq!(text(&out).1, "1: /nonexist: No such file or directory\n");
+    let out = c.cmd("bpsh").args(["0-1", "--report", "-E", "/nodir/e", "true"]).output_of();
+    assert_eq!(
+        text(&out).1,
+        "0: /nodir/e: No such file or directory\n1: /nodir/e: No such file or directory\n\
+         nodes  result\n0-1    not started: /nodir/e: No such file or directory\n"
+    );
+    let out = c.cmd("bpsh").args(["0", "/etc/passwd"]).output_of();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out).1, "bpsh: /etc/passwd: not executable (Permission denied)\n");
 }
 
 /// Staged bytes a node reports in `bpstat --json`.
