@@ -212,11 +212,11 @@ fn reboot_and_halt() {
         std::thread::yield_now();
     }
     let out = c.cmd("bpctl").args(["-S", "2", "-R"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "2: Node is down\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "2: node 2 is down\n");
 }
 
 /// --reconnect moves a node's link to another of its addresses without a new session; chroot
-/// reports the slave's errno.
+/// and reconnect report the node's reason.
 #[test]
 fn reconnect_and_chroot() {
     let mut spec = TestCluster::spec(&bins(), 2, "reconnect");
@@ -231,13 +231,22 @@ fn reconnect_and_chroot() {
     assert!(log.contains("node 1: Reconnect session"), "{log}");
     // The old link is gone but the node stayed up: pings still answered.
     let out = c.cmd("bpctl").args(["-S", "0", "-r", "/no/such/dir"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "0: No such file or directory\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "0: chroot /no/such/dir: No such file or directory\n"
+    );
+    // Issue "hardening", item 9: a reconnect from an address the master does not know says
+    // what happened; before, "Input/output error".
+    let out = c.cmd("bpctl").args(["-S", "0", "--reconnect", ",127.0.5.5"]).fails();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("0: reconnect to 127.0.0.1:"), "{err}");
+    assert_eq!(c.cmd("bpstat").args(["-s", "0"]).ok(), "up\n");
     if nix::unistd::geteuid().is_root() {
         c.cmd("bpctl").args(["-S", "0", "--chroot", "/"]).ok();
     } else {
         // A slave that is not root may not chroot; the slave's errno comes back.
         let out = c.cmd("bpctl").args(["-S", "0", "--chroot", "/"]).fails();
-        assert_eq!(String::from_utf8_lossy(&out.stderr), "0: Operation not permitted\n");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "0: chroot /: Operation not permitted\n");
     }
 }
 

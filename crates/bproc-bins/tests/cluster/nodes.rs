@@ -162,15 +162,20 @@ fn bpctl_permissions_and_errors() {
     }
     let user = test_user();
     let c = TestCluster::up(&bins(), 3, "perms");
+    // Refusals print the master's reason (issue "hardening", item 9).
     let out = c.cmd("bpctl").as_user(&user).args(["-S", "1", "-s", "busy"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "1: Operation not permitted\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "1: only root may set the state of node 1\n");
     let out = c.cmd("bpctl").as_user(&user).args(["-S", "0-2", "-m", "0"]).fails();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "0: Operation not permitted\n1: Operation not permitted\n2: Operation not permitted\n"
+        "0: only root or the owner may chmod node 0\n1: only root or the owner may chmod node 1\n\
+         2: only root or the owner may chmod node 2\n"
     );
     let out = c.cmd("bpctl").as_user(&user).args(["-S", "1", "-u", "0"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "1: Operation not permitted\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "1: only root may change the owner of node 1\n"
+    );
     // Give node 1 to the user: now the user may chmod it, and chgrp to its own group.
     c.cmd("bpctl").args(["-S", "1", "-u", &user.name]).ok();
     c.cmd("bpctl").as_user(&user).args(["-S", "1", "-m", "0100", "-g", &user.name]).ok();
@@ -182,10 +187,25 @@ fn bpctl_permissions_and_errors() {
         )
     );
     // Root: only execute bits exist; states are 1-15 letters and digits.
+    // Item 9: before, "Operation not permitted" and "No space left on device".
     let out = c.cmd("bpctl").args(["-S", "0", "-m", "0644"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "0: Operation not permitted\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "0: mode 0644 for node 0: only execute bits may be set (0100 owner, 0010 group, \
+         0001 others; 0111 for everyone)\n"
+    );
     let out = c.cmd("bpctl").args(["-S", "0", "-s", "waytoolongstate16"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "0: No space left on device\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "0: state \"waytoolongstate16\" is longer than 15 characters\n"
+    );
+    // Item 9: an unconfigured node is named and fails the command; before, exit 0 silently.
+    let out = c.cmd("bpctl").args(["-S", "7"]).fails();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "bpctl: node 7 is not configured\n");
+    let out = c.cmd("bpctl").args(["-S", "1,7", "-s", "seven"]).fails();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "bpctl: node 7 is not configured\n");
+    assert_eq!(c.cmd("bpstat").args(["-s", "1"]).ok(), "seven\n");
+    c.cmd("bpctl").args(["-S", "1", "-s", "up"]).ok();
     let out = c.cmd("bpctl").args(["-S", "0", "-m", "9x"]).fails();
     assert_eq!(String::from_utf8_lossy(&out.stderr), "Invalid number: 9x\n");
     let out = c.cmd("bpctl").args(["-S", "0", "-u", "nosuchuser"]).fails();
@@ -199,13 +219,16 @@ fn bpctl_permissions_and_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no nodes selected"));
     // The master has no state; a down node cannot be changed.
     let out = c.cmd("bpctl").args(["-M", "-s", "up"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "-1: No data available\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "-1: the master (node -1) has no state or permissions to change\n"
+    );
     c.cmd("bpctl").args(["-S", "2", "-s", "down"]).ok();
     c.wait_state(2, "down", 10);
     let out = c.cmd("bpctl").args(["-S", "2", "-s", "up", "-m", "0111"]).fails();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "2: Node is down\n2: Operation not permitted\n"
+        "2: node 2 is down; its state cannot be set\n2: node 2 is down; its mode cannot change\n"
     );
 }
 
