@@ -275,8 +275,8 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
     let table = client.nodes()?;
     let sel = match nodespec::filter(&table, &a.spec) {
         Ok(s) => s,
-        Err(_) => {
-            eprintln!("Invalid node specification \"{}\"", a.spec);
+        Err(e) => {
+            eprintln!("{}", e.bproc_message());
             return Ok(None);
         }
     };

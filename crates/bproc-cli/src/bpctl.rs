@@ -214,8 +214,8 @@ fn execute(client: &mut Client, steps: &[Step]) -> Result<bool, BprocError> {
                         }
                         selected = sel.nodes.iter().map(|n| n.node).collect();
                     }
-                    Err(_) => {
-                        eprintln!("bpctl: invalid node specification \"{spec}\"");
+                    Err(e) => {
+                        eprintln!("bpctl: {e}");
                         return Ok(false);
                     }
                 }

@@ -77,6 +77,37 @@ fn bpstat_formats_for_a_mixed_cluster() {
     assert_eq!(String::from_utf8_lossy(&bad.stderr), "Invalid node specification \"1-x\"\n");
 }
 
+/// Issue "hardening", item 10: a word in a node spec that is neither a known state nor one a
+/// node has is an error in every tool. Before, it was taken for a state no node had:
+/// `bpctl -S foo -s up` did nothing and exited 0, `bpstat foo` printed a header only.
+#[test]
+fn unknown_state_words_are_errors() {
+    let c = TestCluster::up(&bins(), 2, "spec-words");
+    let why = "\"foo\" is not a node state (up, down, boot, error, unreachable, unavailable, \
+               reboot, halt, pwroff, or one a node has now)";
+    let out = c.cmd("bpctl").args(["-S", "foo", "-s", "up"]).fails();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("bpctl: invalid node specification \"foo\": {why}\n")
+    );
+    let out = c.cmd("bpstat").arg("foo").fails();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("Invalid node specification \"foo\": {why}\n")
+    );
+    let out = c.cmd("bpsh").args(["notfoo", "true"]).fails();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("Invalid node specification \"notfoo\": {why}\n")
+    );
+    // A known state no node has selects nothing, as before; one set on a node is known.
+    assert_eq!(c.cmd("bpstat").args(["-n", "unreachable"]).ok(), "");
+    c.cmd("bpctl").args(["-S", "1", "-s", "maint"]).ok();
+    assert_eq!(c.cmd("bpstat").args(["-n", "maint"]).ok(), "1\n");
+    assert_eq!(c.cmd("bpstat").args(["-n", "notmaint"]).ok(), "0\n");
+}
+
 /// The JSON view carries each node's machine report.
 #[test]
 fn bpstat_json_reports_node_info() {
