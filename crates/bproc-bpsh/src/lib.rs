@@ -332,6 +332,11 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         files: Vec::new(),
         image: None,
     };
+    // One frame carries the launch: a spec over the limit is said here, with the limit.
+    if let Some(why) = spec.too_large() {
+        eprintln!("bpsh: {why}");
+        return Ok(None);
+    }
     // A diskless node needs the program, its interpreters and libraries: gather them by hash
     // (only then: hashing costs more than a whole launch to a node that has a disk).
     let mut spec = spec;

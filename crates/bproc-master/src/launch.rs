@@ -237,6 +237,11 @@ pub(crate) async fn serve(
     mut wr: crate::clients::ClientWr,
 ) {
     let Request { nodes, spec, ghosts, io_ports } = req;
+    // Its tree parts carry the spec too, each in one frame.
+    if let Some(message) = spec.too_large() {
+        let _ = write_frame(&mut wr, id, &Message::Error { code: errno::E2BIG, message }).await;
+        return;
+    }
     let inherited = match inherited(&caller) {
         Ok(i) => i,
         Err(r) => {

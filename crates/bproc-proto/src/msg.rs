@@ -1255,7 +1255,50 @@ impl ExitStatus {
     }
 }
 
+/// Most bytes a launch's arguments and environment may take together (each string with its
+/// length): the launch travels in one frame of at most [`crate::MAX_BODY`] (4 MiB), and its
+/// tree parts add the nodes to the same spec, so a quarter is left for them.
+pub const MAX_LAUNCH_TEXT: usize = 3 << 20;
+
 impl ProcSpec {
+    /// Bytes the arguments take on the wire.
+    pub fn argv_size(&self) -> usize {
+        self.argv.iter().map(|a| a.len() + 4).sum()
+    }
+
+    /// Bytes the environment takes on the wire.
+    pub fn env_size(&self) -> usize {
+        self.env.iter().map(|e| e.len() + 4).sum()
+    }
+
+    /// Why this spec cannot be launched for its size, if it cannot: its arguments and
+    /// environment take more than [`MAX_LAUNCH_TEXT`]. Names the larger part and the limit.
+    pub fn too_large(&self) -> Option<String> {
+        let (argv, env) = (self.argv_size(), self.env_size());
+        if argv + env <= MAX_LAUNCH_TEXT {
+            return None;
+        }
+        let mib = |n: usize| n as f64 / f64::from(1u32 << 20);
+        let limit = mib(MAX_LAUNCH_TEXT);
+        Some(if env >= argv {
+            format!(
+                "the environment is too large to launch: {:.1} MiB with the arguments' {:.1} MiB, \
+                 and a launch carries at most {limit:.0} MiB of both (unset large variables, or \
+                 pass the data in a file)",
+                mib(env),
+                mib(argv)
+            )
+        } else {
+            format!(
+                "the arguments are too large to launch: {:.1} MiB with the environment's {:.1} \
+                 MiB, and a launch carries at most {limit:.0} MiB of both (pass the data in a \
+                 file)",
+                mib(argv),
+                mib(env)
+            )
+        })
+    }
+
     /// The environment for rank `rank`: `BPROC_RANK=XXXXXXX` becomes the rank in seven digits,
     /// as BProc's vexecmove rewrote it in each child.
     pub fn env_for_rank(&self, rank: u32) -> Vec<(String, String)> {

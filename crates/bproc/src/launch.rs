@@ -88,6 +88,14 @@ pub fn current_rlimits() -> Vec<(u32, u64, u64)> {
     .collect()
 }
 
+/// `E2BIG`, with the sizes and the limit, for a spec one launch cannot carry.
+fn fits(spec: &ProcSpec) -> Result<(), BprocError> {
+    match spec.too_large() {
+        Some(message) => Err(BprocError::Remote { code: bproc_proto::errno::E2BIG, message }),
+        None => Ok(()),
+    }
+}
+
 fn spec_of(p: &Program) -> ProcSpec {
     let cwd = std::env::current_dir().map(|d| d.to_string_lossy().into_owned());
     let path = if p.path.starts_with('/') {
@@ -152,6 +160,7 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
     let place = client.place()?;
     let ghost = place.ghost;
     let spec = spec_of(prog);
+    fits(&spec)?;
     let comm = crate::ghost::comm_of(&spec.path);
     let ghosts = match &ghost {
         Some(g) => ghosts_for(g, &comm, nodes),
@@ -302,6 +311,7 @@ pub fn execmove(node: i32, prog: &Program) -> BprocError {
             });
         };
         let spec = spec_of(prog);
+        fits(&spec)?;
         let me = std::process::id() as i32;
         let launch = Message::Launch {
             nodes: vec![node],

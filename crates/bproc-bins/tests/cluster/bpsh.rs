@@ -410,6 +410,37 @@ fn failures_name_the_file() {
     assert_eq!(text(&out).1, "bpsh: /etc/passwd: not executable (Permission denied)\n");
 }
 
+/// Issue "hardening", item 11: an environment too large for a launch is refused before it is
+/// sent, naming its size and the limit. Before: `bproc_vexecmove_io: connection failed` (the
+/// master dropped a frame over 4 MiB). A large environment under the limit still runs.
+#[test]
+fn environment_too_large_is_named() {
+    let c = TestCluster::up(&bins(), 1, "bpsh-bigenv");
+    // The environment is made by a shell whose stack limit is raised first (the kernel
+    // allows a quarter of it for arguments and environment, 128 KiB per string), so that bpsh
+    // itself can start with 4.5 MiB of environment.
+    let run = |chunks: u32, cmd: &str| {
+        let script = format!(
+            "x=$(head -c 102400 /dev/zero | tr '\\0' x); i=0; \
+             while [ $i -lt {chunks} ]; do export BIG$i=$x; i=$((i+1)); done; exec {} {cmd}",
+            bins().join("bpsh").display()
+        );
+        TestCommand::new("prlimit")
+            .args(["--stack=67108864", "sh", "-c", &script])
+            .env("BPROC_SOCKET", c.socket())
+    };
+    let out = run(46, "0 true").fails();
+    let err = text(&out).1;
+    assert!(
+        err.starts_with("bpsh: the environment is too large to launch: 4.5 MiB")
+            && err.contains("a launch carries at most 3 MiB of both"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = run(10, "0 sh -c 'echo ${#BIG0}'").ok();
+    assert_eq!(out, "102400\n");
+}
+
 /// Staged bytes a node reports in `bpstat --json`.
 fn staged_bytes(c: &TestCluster, node: i32) -> u64 {
     let out = c.cmd("bpstat").args(["--json", &node.to_string()]).ok();
