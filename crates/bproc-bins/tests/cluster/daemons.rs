@@ -69,12 +69,55 @@ fn wrong_key_and_unknown_address_are_refused() {
         "{err}"
     );
     assert_eq!(c.cmd("bpstat").args(["-s", "5"]).ok(), "down\n");
+    // Issue "hardening", item 12: the master says why before it closes, and the cause is
+    // printed once. Before: "connection closed by peer: connection closed by peer".
     let out = TestCommand::new(bins().join("bpslave"))
         .args(["-d", "--key"])
         .arg(c.dir().join("key"))
         .args(["-s", "127.0.1.99", &master])
         .fails();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bpslave: master"), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default(),
+        format!(
+            "bpslave: master {master}: refused by peer: address 127.0.1.99 is not a node of this \
+             cluster (no ip or iprange line of the master's configuration names it)"
+        )
+    );
+    let out = TestCommand::new(bins().join("bpslave"))
+        .args(["-d", "--key"])
+        .arg(c.dir().join("key"))
+        .args(["-s", "127.0.1.99", "127.0.0.1:1"])
+        .fails();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default(),
+        "bpslave: master 127.0.0.1:1: connection failed: Connection refused (os error 111)"
+    );
+    if bproc_testkit::require_root("a slave from a port that is not reserved runs as a user") {
+        // The master of a root cluster takes reserved source ports only.
+        let user = bproc_testkit::test_user();
+        let key = c.dir().join("user.key");
+        std::fs::copy(c.dir().join("key"), &key).unwrap();
+        nix::unistd::chown(&key, Some(nix::unistd::Uid::from_raw(user.uid)), None).unwrap();
+        let out = TestCommand::new(bins().join("bpslave"))
+            .as_user(&user)
+            .args(["-d", "--client-socket"])
+            .arg(c.dir().join("user-node.sock"))
+            .arg("--key")
+            .arg(&key)
+            .args(["-s", &node_addr(1).to_string(), &master])
+            .fails();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!(
+                "bpslave: master {master}: refused by peer: node 1: source port "
+            )) && last.ends_with(
+                " is not reserved (start bpslave as root, or allow it with \
+                     `allowinsecureports` in the master's configuration)"
+            ),
+            "{err}"
+        );
+    }
     let log = std::fs::read_to_string(c.master_log()).unwrap();
     assert!(log.contains("node 5: connection from 127.0.1.50:"), "{log}");
     assert!(log.contains("peer failed authentication"), "{log}");
@@ -240,6 +283,13 @@ fn reconnect_and_chroot() {
     let out = c.cmd("bpctl").args(["-S", "0", "--reconnect", ",127.0.5.5"]).fails();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("0: reconnect to 127.0.0.1:"), "{err}");
+    assert!(
+        err.trim_end().ends_with(
+            ": refused by peer: address 127.0.5.5 is not a node of this cluster (no ip or \
+             iprange line of the master's configuration names it)"
+        ),
+        "{err}"
+    );
     assert_eq!(c.cmd("bpstat").args(["-s", "0"]).ok(), "up\n");
     if nix::unistd::geteuid().is_root() {
         c.cmd("bpctl").args(["-S", "0", "--chroot", "/"]).ok();
