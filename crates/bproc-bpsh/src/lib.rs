@@ -608,7 +608,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     let conn = match within(limit, UnixStream::connect(&path)).await {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
-            eprintln!("bpsh: cannot reach bpmaster at {}: {e}", path.display());
+            eprintln!("bpsh: {}", bproc::connect_error(&path, e));
             return ExitCode::FAILURE;
         }
         None => {

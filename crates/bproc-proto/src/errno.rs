@@ -13,6 +13,8 @@ pub const ESRCH: i32 = 3;
 pub const EIO: i32 = 5;
 /// Try again.
 pub const EAGAIN: i32 = 11;
+/// Permission denied.
+pub const EACCES: i32 = 13;
 /// Argument list too long (a launch's arguments and environment over the limit).
 pub const E2BIG: i32 = 7;
 /// Resource busy.

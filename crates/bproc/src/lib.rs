@@ -95,6 +95,21 @@ pub enum BprocError {
         /// How long the client waited.
         limit: Duration,
     },
+    /// The socket is there but this user may not connect to it (the socket's or a
+    /// directory's permissions).
+    #[error(
+        "no permission to connect to bpmaster's socket {} (the socket or a directory above it \
+         does not let this user in; ask the administrator, or set BPROC_SOCKET to a socket you \
+         may use)",
+        path.display()
+    )]
+    ConnectDenied {
+        /// The socket tried.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The connection failed mid-call.
     #[error("lost the connection to bpmaster")]
     Io(#[from] std::io::Error),
@@ -123,6 +138,7 @@ impl BprocError {
         match self {
             BprocError::Remote { code, .. } => *code,
             BprocError::Connect { .. } => errno::ENOSYS,
+            BprocError::ConnectDenied { .. } => errno::EACCES,
             BprocError::Timeout { .. } => errno::ETIMEDOUT,
             BprocError::Migration(e) => e.errno(),
             _ => errno::EIO,
@@ -278,6 +294,17 @@ fn timed_out(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
+/// The error for a failed connection to the master's socket `path`: "is bpmaster running?"
+/// only when no master is there; a socket this user may not use is said so.
+pub fn connect_error(path: &Path, source: std::io::Error) -> BprocError {
+    match source.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            BprocError::ConnectDenied { path: path.to_owned(), source }
+        }
+        _ => BprocError::Connect { path: path.to_owned(), source },
+    }
+}
+
 /// Connects to the Unix socket `path`, waiting at most `limit` for a place in its accept
 /// queue: a master that stopped accepting (hung, or out of descriptors) leaves a blocking
 /// `connect` waiting forever once its queue is full, so the connect is non-blocking and
@@ -286,7 +313,7 @@ fn connect_bounded(path: &Path, limit: Option<Duration>) -> Result<UnixStream, B
     use nix::errno::Errno;
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     use std::os::fd::AsRawFd;
-    let failed = |source: std::io::Error| BprocError::Connect { path: path.to_owned(), source };
+    let failed = |source| connect_error(path, source);
     let Some(limit) = limit else { return UnixStream::connect(path).map_err(failed) };
     let addr = UnixAddr::new(path).map_err(|e| failed(e.into()))?;
     let fd = socket(

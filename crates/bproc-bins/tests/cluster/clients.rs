@@ -93,3 +93,47 @@ fn clients_give_up_on_a_master_that_accepts_nothing() {
     drop(l);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue "hardening", item 13: a socket this user may not connect to (here, in a directory
+/// only root may enter) is said so, not taken for a missing master ("is bpmaster running?").
+#[test]
+fn a_socket_the_user_may_not_use_is_named() {
+    if !bproc_testkit::require_root("runs the clients as a second, unprivileged user") {
+        return;
+    }
+    let user = bproc_testkit::test_user();
+    let dir = unique_dir("denied-socket");
+    let inner = dir.join("private");
+    std::fs::create_dir(&inner).unwrap();
+    std::fs::set_permissions(&inner, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let socket = inner.join("master.sock");
+    let _l = UnixListener::bind(&socket).unwrap();
+    for prog in ["bpstat", "bpctl", "bpsh"] {
+        let args: &[&str] = match prog {
+            "bpctl" => &["-S", "0", "-s", "up"],
+            "bpsh" => &["0", "true"],
+            _ => &[],
+        };
+        let out = TestCommand::new(bins().join(prog))
+            .args(args)
+            .env("BPROC_SOCKET", &socket)
+            .as_user(&user)
+            .fails();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "{prog}: no permission to connect to bpmaster's socket {} (the socket or a \
+                 directory above it does not let this user in; ask the administrator, or set \
+                 BPROC_SOCKET to a socket you may use)\n",
+                socket.display()
+            )
+        );
+    }
+    // No socket at all is still a master that is not running.
+    let out = TestCommand::new(bins().join("bpstat"))
+        .env("BPROC_SOCKET", dir.join("none.sock"))
+        .as_user(&user)
+        .fails();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is bpmaster running?"), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
