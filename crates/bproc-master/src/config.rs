@@ -166,6 +166,22 @@ impl fmt::Display for Warning {
     }
 }
 
+/// One argument of a directive that is resolved later (an interface, a library path), with
+/// its line, so that what goes wrong then is reported at that line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigArg {
+    /// The argument as written (quotes removed).
+    pub arg: String,
+    /// The 1-based line number.
+    pub line: usize,
+}
+
+impl PartialEq<&str> for ConfigArg {
+    fn eq(&self, other: &&str) -> bool {
+        self.arg == *other
+    }
+}
+
 /// A loaded configuration file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -175,7 +191,7 @@ pub struct Config {
     pub port: u16,
     /// `interface NAME`: listen on the IPv4 address of each of these interfaces, on
     /// [`port`](Self::port). Resolved by the daemon when it binds.
-    pub interfaces: Vec<String>,
+    pub interfaces: Vec<ConfigArg>,
     /// `listen ADDR[:PORT]` (extension): more addresses to listen on. The port defaults to
     /// [`port`](Self::port); 0 means any free port.
     pub listen: Vec<SocketAddr>,
@@ -206,9 +222,9 @@ pub struct Config {
     /// `master HOST[:PORT]`: every master of a multi-master cluster, resolved.
     pub masters: Vec<SocketAddr>,
     /// The raw arguments of every `libraries` line (paths or globs), in file order.
-    pub libraries: Vec<String>,
+    pub libraries: Vec<ConfigArg>,
     /// The raw arguments of every `librariesfrombinary` line, in file order.
-    pub libraries_from_binary: Vec<String>,
+    pub libraries_from_binary: Vec<ConfigArg>,
     /// `socket PATH` (extension): the client Unix socket.
     pub socket: Option<PathBuf>,
     /// `keyfile PATH` (extension): the cluster key.
@@ -752,7 +768,9 @@ impl Parser {
                 check_arity(&name, values, (1, Some(1)))?;
                 *flag = parse_yes_no(&name, &values[0])?;
             }
-            Directive::Interface => c.interfaces.push(args[0].clone()),
+            Directive::Interface => {
+                c.interfaces.push(ConfigArg { arg: args[0].clone(), line: line.number })
+            }
             Directive::Listen => {
                 let addr = self.listen(&args[0])?;
                 self.config.listen.push(addr);
@@ -768,8 +786,12 @@ impl Parser {
                     self.master(arg)?;
                 }
             }
-            Directive::Libraries => c.libraries.extend(args.iter().cloned()),
-            Directive::LibrariesFromBinary => c.libraries_from_binary.extend(args.iter().cloned()),
+            Directive::Libraries => c
+                .libraries
+                .extend(args.iter().map(|a| ConfigArg { arg: a.clone(), line: line.number })),
+            Directive::LibrariesFromBinary => c
+                .libraries_from_binary
+                .extend(args.iter().map(|a| ConfigArg { arg: a.clone(), line: line.number })),
             Directive::Foreign => {}
             Directive::Unknown => c.warnings.push(Warning {
                 file: c.path.clone(),

@@ -441,6 +441,64 @@ fn environment_too_large_is_named() {
     assert_eq!(out, "102400\n");
 }
 
+/// Issue "hardening", item 14: a `libraries` directory stages its whole tree on diskless
+/// nodes (Python's standard library, for one), and an argument that names nothing is warned
+/// about at its line. Before, a directory gave only its `*.so*` files and a missing path was
+/// skipped without a word.
+#[test]
+fn library_directories_stage_their_tree() {
+    if !require_root("diskless nodes need their own mount namespace and chroot") {
+        return;
+    }
+    let tree = bproc_testkit::unique_dir("libtree");
+    std::fs::create_dir_all(tree.join("pkg/sub")).unwrap();
+    std::fs::write(tree.join("pkg/sub/deep.txt"), "deep in the tree\n").unwrap();
+    std::fs::write(tree.join("top.txt"), "top\n").unwrap();
+    // Python with its standard library, when this machine has one outside the test's PATH
+    // shims: the README's example.
+    let python = ["3.13", "3.12", "3.11", "3.10"]
+        .iter()
+        .map(|v| (format!("/usr/bin/python{v}"), format!("/usr/lib/python{v}")))
+        .find(|(b, l)| Path::new(b).is_file() && Path::new(l).is_dir());
+    let mut spec = TestCluster::spec(&bins(), 1, "diskless-tree");
+    spec.diskless = true;
+    spec.extra_config = format!(
+        "libraries {}\nlibraries /no/such/lib\nlibrariesfrombinary /no/such/bin\n{}",
+        tree.display(),
+        python.as_ref().map(|(_, lib)| format!("libraries {lib}\n")).unwrap_or_default()
+    );
+    let c = TestCluster::start(spec);
+    let deep = tree.join("pkg/sub/deep.txt");
+    assert_eq!(c.cmd("bpsh").arg("0").arg("cat").arg(&deep).ok(), "deep in the tree\n");
+    let log = std::fs::read_to_string(c.master_log()).unwrap();
+    let conf = std::fs::read_to_string(c.config_path()).unwrap();
+    let line = |start: &str| conf.lines().position(|l| l.starts_with(start)).unwrap() + 1;
+    let lib = line("libraries /no/such/lib");
+    let bin = line("librariesfrombinary /no/such/bin");
+    assert!(
+        log.contains(&format!(
+            ":{lib}: libraries /no/such/lib: no such file or directory; nothing is staged or \
+             listed for it"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            ":{bin}: librariesfrombinary /no/such/bin: no such program; its libraries are not \
+             staged or listed"
+        )),
+        "{log}"
+    );
+    if let Some((python, _)) = python {
+        let out = c
+            .cmd("bpsh")
+            .args(["0", &python, "-c", "import json, os; print(json.dumps([os.sep]))"])
+            .ok();
+        assert_eq!(out, "[\"/\"]\n");
+    }
+    let _ = std::fs::remove_dir_all(&tree);
+}
+
 /// Staged bytes a node reports in `bpstat --json`.
 fn staged_bytes(c: &TestCluster, node: i32) -> u64 {
     let out = c.cmd("bpstat").args(["--json", &node.to_string()]).ok();

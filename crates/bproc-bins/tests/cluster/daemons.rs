@@ -180,6 +180,37 @@ fn config_errors_name_their_line() {
         master_fails("iprange 0 10.0.0.5 10.0.0.9\nip 10.0.0.7\n"),
         format!("bpmaster: {}:2: IP already allocated: 10.0.0.7 (node 2)\n", conf.display())
     );
+    // Issue "hardening", item 14: an interface is reported at its line, saying whether it is
+    // missing or has no IPv4 address.
+    let key = dir.join("key");
+    bproc_link::ClusterKey::create(&key).unwrap();
+    let head = format!("keyfile {}\nsocket {}\n", key.display(), dir.join("s.sock").display());
+    assert_eq!(
+        master_fails(&format!("{head}interface eth9\n")),
+        format!(
+            "bpmaster: {}:3: interface eth9: no such network interface (see `ip link`)\n",
+            conf.display()
+        )
+    );
+    let no_ipv4 = nix::ifaddrs::getifaddrs().ok().and_then(|all| {
+        let all: Vec<_> = all.collect();
+        all.iter().map(|i| i.interface_name.clone()).find(|n| {
+            !all.iter().any(|i| {
+                &i.interface_name == n
+                    && i.address.as_ref().is_some_and(|a| a.as_sockaddr_in().is_some())
+            })
+        })
+    });
+    if let Some(name) = no_ipv4 {
+        assert_eq!(
+            master_fails(&format!("{head}interface {name}\n")),
+            format!(
+                "bpmaster: {}:3: interface {name}: it has no IPv4 address (slaves connect over \
+                 IPv4; see `ip addr`)\n",
+                conf.display()
+            )
+        );
+    }
     let out = TestCommand::new(bins().join("bpmaster"))
         .arg("-d")
         .arg("-c")
@@ -626,7 +657,16 @@ fn failed_background_start_is_reported() {
     let conf = hand_config(&dir, "interface nosuch0\n");
     let (out, _d) = run("bpmaster", &["-c", conf.to_str().unwrap()], "master.sock");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let want = format!("bpmaster: {}: interface nosuch0 has no IPv4 address", conf.display());
+    let line = std::fs::read_to_string(&conf)
+        .unwrap()
+        .lines()
+        .position(|l| l == "interface nosuch0")
+        .unwrap()
+        + 1;
+    let want = format!(
+        "bpmaster: {}:{line}: interface nosuch0: no such network interface (see `ip link`)",
+        conf.display()
+    );
     assert_eq!(last_err_line(&out), want);
 
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
