@@ -67,6 +67,10 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
             print!("{USAGE}{EXTENSIONS}");
             return ExitCode::SUCCESS;
         }
+        Parsed::Version => {
+            println!("bpcp version {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
         Parsed::Usage(m) => {
             eprintln!("{m}");
             print!("{USAGE}");

@@ -165,7 +165,7 @@ fn execute(a: Args) -> ExitCode {
 /// as a remote shell would, so quoting made for rsh or ssh (`'"/path/proxy"' --port x:1`)
 /// means the same. ssh-style options are accepted before HOST and after it.
 pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
-    const USAGE: &str = "usage: brsh [-l user] [-n] [-x] HOST command...";
+    const USAGE: &str = "usage: brsh [-l user] [-n] [-x] HOST command...\n       brsh -V|--version";
     let mut host: Option<String> = None;
     let mut no_stdin = false;
     let mut words: Vec<OsString> = Vec::new();
@@ -177,6 +177,10 @@ pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
             continue;
         }
         match s.as_str() {
+            "-V" | "--version" if host.is_none() => {
+                println!("brsh version {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
             "-n" => no_stdin = true,
             // ssh/rsh options with a value; -l names a user, which must be ourselves.
             "-l" => {

@@ -32,6 +32,7 @@ Options:
                       and the programs and libraries bpsh brings (as root)
   --timeout S         how long `up` waits for the nodes (default 60 + N/10)
   -h, --help          print this message
+  -V, --version       print the version
 ";
 
 struct Args {
@@ -51,7 +52,13 @@ fn default_dir() -> PathBuf {
     )
 }
 
-fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
+/// What the command line asks for besides a command.
+enum Stop {
+    Help,
+    Version,
+}
+
+fn parse(args: Vec<OsString>) -> Result<Result<Args, Stop>, lexopt::Error> {
     let mut a = Args {
         command: String::new(),
         nodes: None,
@@ -64,7 +71,8 @@ fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
     let mut p = lexopt::Parser::from_args(args);
     while let Some(arg) = p.next()? {
         match arg {
-            Short('h') | Long("help") => return Ok(None),
+            Short('h') | Long("help") => return Ok(Err(Stop::Help)),
+            Short('V') | Long("version") => return Ok(Err(Stop::Version)),
             Short('n') | Long("nodes") => a.nodes = Some(p.value()?.parse()?),
             Long("dir") => a.dir = p.value()?.into(),
             Long("ping-timeout") => a.ping_timeout = p.value()?.parse()?,
@@ -75,7 +83,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
             other => return Err(other.unexpected()),
         }
     }
-    Ok(Some(a))
+    Ok(Ok(a))
 }
 
 /// Directory of the running program, where its sibling binaries live.
@@ -288,9 +296,13 @@ fn catch_interrupts() {
 /// Runs bpcluster with `args` (without the program name).
 pub fn main(args: Vec<OsString>) -> ExitCode {
     let a = match parse(args) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
+        Ok(Ok(a)) => a,
+        Ok(Err(Stop::Help)) => {
             print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Err(Stop::Version)) => {
+            println!("bpcluster version {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
         Err(e) => {

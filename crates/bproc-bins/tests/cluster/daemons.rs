@@ -425,6 +425,28 @@ fn one_master_per_socket_and_basic_options() {
         assert_eq!(v, format!("{prog} version {}\n", env!("CARGO_PKG_VERSION")));
         assert!(TestCommand::new(bins().join(prog)).arg("-h").ok().starts_with("Usage: "));
     }
+    // Issue "hardening", item 15: --version on every program (bpcp, bpcluster and brsh had
+    // none), and a daemon's usage error says what was wrong first, then the usage (before:
+    // ten lines of usage, then the error).
+    for prog in
+        ["bpmaster", "bpslave", "bpsh", "bpstat", "bpctl", "bplib", "bpcp", "bpcluster", "brsh"]
+    {
+        let v = TestCommand::new(bins().join(prog)).arg("--version").ok();
+        assert_eq!(v, format!("{prog} version {}\n", env!("CARGO_PKG_VERSION")));
+    }
+    for prog in ["bpmaster", "bpslave"] {
+        let out = TestCommand::new(bins().join(prog)).arg("-x").exits(1);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let mut lines = err.lines();
+        assert_eq!(lines.next(), Some(format!("{prog}: invalid option '-x'").as_str()), "{err}");
+        assert!(lines.next().is_some_and(|l| l.starts_with("Usage: ")), "{err}");
+    }
+    let out = TestCommand::new(bins().join("bpslave")).exits(1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("bpslave: no master given: bpslave MASTER[:PORT]\nUsage: "),
+        "{out:?}"
+    );
     let out = Command::new(bins().join("bpstat"))
         .env("BPROC_SOCKET", c.dir().join("nope"))
         .output()
