@@ -520,10 +520,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn ranks_nodes(ranks: &[Rank]) -> Vec<i32> {
-    ranks.iter().map(|r| r.node).collect()
-}
-
 /// How each rank ended, for `--report` and `--json`.
 fn report_rows(ranks: &[Rank], pids: &[i32], reasons: &[Option<String>]) -> Vec<report::Row> {
     ranks
@@ -921,7 +917,10 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         }
     }
     if a.fold {
-        let _ = stdout.write_all(&report::fold(&ranks_nodes(&ranks), &collected)).await;
+        let rows = report_rows(&ranks, &pids, &reasons);
+        for (fd, bytes) in report::fold(&rows, &collected) {
+            write_to(fd, &bytes, &mut stdout, &mut stderr).await;
+        }
     }
     if a.json {
         let _ = stdout

@@ -57,27 +57,39 @@ pub fn ranges(nodes: &[i32]) -> String {
     out.join(",")
 }
 
-/// `--fold`: each distinct output (stdout then stderr) once, under the nodes that printed
-/// it, in the order of the first such node. Nodes with no output are not listed.
-pub fn fold(nodes: &[i32], outputs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let mut groups: Vec<(Vec<u8>, Vec<i32>)> = Vec::new();
-    for (&node, (o, e)) in nodes.iter().zip(outputs) {
-        let text = [o.as_slice(), e.as_slice()].concat();
-        if text.is_empty() {
-            continue;
-        }
-        match groups.iter_mut().find(|(t, _)| *t == text) {
-            Some((_, ns)) => ns.push(node),
-            None => groups.push((text, vec![node])),
+/// `--fold`: each distinct result once, under the nodes that produced it, in the order of
+/// the first such node. A result is the node's outcome with its stdout and its stderr, each
+/// kept to its own stream: the header (the nodes and how they ended, `0-3 (exit 0)`) and the
+/// stdout text go to stdout, the stderr text to stderr. Every node is listed, those without
+/// output too, so each exit code shows. Returns the pieces to write, in order, each with its
+/// stream ([`crate::output::STDOUT`] or [`crate::output::STDERR`]).
+pub fn fold(rows: &[Row], outputs: &[(Vec<u8>, Vec<u8>)]) -> Vec<(u8, Vec<u8>)> {
+    type Key<'a> = (&'a [u8], &'a [u8], String);
+    let mut groups: Vec<(Key<'_>, Vec<i32>)> = Vec::new();
+    for (r, (o, e)) in rows.iter().zip(outputs) {
+        let key = (o.as_slice(), e.as_slice(), r.outcome.text());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, ns)) => ns.push(r.node),
+            None => groups.push((key, vec![r.node])),
         }
     }
     let rule = "-".repeat(16);
     let mut out = Vec::new();
-    for (text, ns) in groups {
-        out.extend_from_slice(format!("{rule}\n{}\n{rule}\n", ranges(&ns)).as_bytes());
-        out.extend_from_slice(&text);
-        if !text.ends_with(b"\n") {
-            out.push(b'\n');
+    let whole = |text: &[u8]| {
+        let mut t = text.to_vec();
+        if !t.is_empty() && !t.ends_with(b"\n") {
+            t.push(b'\n');
+        }
+        t
+    };
+    for ((o, e, outcome), ns) in groups {
+        let header = format!("{rule}\n{} ({outcome})\n{rule}\n", ranges(&ns));
+        out.push((crate::output::STDOUT, header.into_bytes()));
+        if !o.is_empty() {
+            out.push((crate::output::STDOUT, whole(o)));
+        }
+        if !e.is_empty() {
+            out.push((crate::output::STDERR, whole(e)));
         }
     }
     out
@@ -136,17 +148,37 @@ mod tests {
     }
 
     #[test]
-    fn fold_groups_identical_outputs() {
+    fn fold_groups_identical_results() {
+        let exit = |node, c| Row { node, outcome: Outcome::Exit(c) };
+        let rows = [exit(0, 0), exit(1, 0), exit(2, 0), exit(3, 0), exit(4, 0), exit(5, 3)];
         let outs = vec![
             (b"same\n".to_vec(), vec![]),
-            (b"other\n".to_vec(), vec![]),
+            (b"other\n".to_vec(), b"warn".to_vec()),
             (b"same\n".to_vec(), vec![]),
             (vec![], vec![]),
             (b"sa".to_vec(), b"me\n".to_vec()),
+            (b"same\n".to_vec(), vec![]),
         ];
-        let text = String::from_utf8(fold(&[0, 1, 2, 3, 4], &outs)).unwrap();
+        let pieces = fold(&rows, &outs);
+        let stream = |n: u8| -> String {
+            pieces
+                .iter()
+                .filter(|(s, _)| *s == n)
+                .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+                .collect()
+        };
         let rule = "-".repeat(16);
-        assert_eq!(text, format!("{rule}\n0,2,4\n{rule}\nsame\n{rule}\n1\n{rule}\nother\n"));
+        // stdout and stderr stay apart; the same text with another exit code is another
+        // group; a node without output is listed with its outcome.
+        assert_eq!(
+            stream(crate::output::STDOUT),
+            format!(
+                "{rule}\n0,2 (exit 0)\n{rule}\nsame\n{rule}\n1 (exit 0)\n{rule}\nother\n\
+                 {rule}\n3 (exit 0)\n{rule}\n{rule}\n4 (exit 0)\n{rule}\nsa\n\
+                 {rule}\n5 (exit 3)\n{rule}\nsame\n"
+            )
+        );
+        assert_eq!(stream(crate::output::STDERR), "warn\nme\n");
     }
 
     #[test]

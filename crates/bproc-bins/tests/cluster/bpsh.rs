@@ -278,7 +278,10 @@ fn timeout_failfast_fold_report_json() {
             "echo same; [ $BPROC_RANK = 0000002 ] && echo odd; true",
         ])
         .ok();
-    assert_eq!(out, format!("{rule}\n0-1,3\n{rule}\nsame\n{rule}\n2\n{rule}\nsame\nodd\n"));
+    assert_eq!(
+        out,
+        format!("{rule}\n0-1,3 (exit 0)\n{rule}\nsame\n{rule}\n2 (exit 0)\n{rule}\nsame\nodd\n")
+    );
 
     let out =
         c.cmd("bpsh").args(["-a", "--report", "sh", "-c", "exit $((BPROC_RANK % 2))"]).output_of();
@@ -292,6 +295,45 @@ fn timeout_failfast_fold_report_json() {
         r#"{"node":0,"outcome":"exit","stderr":"","stdout":"hi 0000000\n","value":0}"#
     );
     assert_eq!(lines.len(), 2);
+}
+
+/// Issue "hardening", item 16: how --fold combines with each output option. Its groups keep
+/// stdout and stderr apart and show how the nodes ended; -s, -L, -t and --report combine, -p
+/// and -d (and --json) are refused with the reason. Before, stderr was merged into stdout,
+/// exit codes were not shown, -p never folded and -s -d printed empty dividers.
+#[test]
+fn fold_with_each_output_option() {
+    let c = TestCluster::up(&bins(), 4, "bpsh-fold");
+    let rule = "-".repeat(16);
+    let job = ["sh", "-c", "echo out; echo err >&2; exit $((BPROC_RANK % 2))"];
+    let folded = format!("{rule}\n0,2 (exit 0)\n{rule}\nout\n{rule}\n1,3 (exit 1)\n{rule}\nout\n");
+    let out = c.cmd("bpsh").args(["-a", "--fold"]).args(job).exits(1);
+    assert_eq!(text(&out), (folded.clone(), "err\nerr\n".into()));
+    for opt in ["-s", "-L"] {
+        let out = c.cmd("bpsh").args(["-a", "--fold", opt]).args(job).exits(1);
+        assert_eq!(text(&out), (folded.clone(), "err\nerr\n".into()), "{opt}");
+    }
+    let out = c.cmd("bpsh").args(["-a", "--fold", "-t"]).args(job).exits(1);
+    let (o, _) = text(&out);
+    let (groups, time) = o.split_at(folded.len());
+    assert_eq!(groups, folded);
+    assert!(time.trim().parse::<f64>().is_ok(), "{o}");
+    let out = c.cmd("bpsh").args(["-a", "--fold", "--report"]).args(job).exits(1);
+    assert_eq!(
+        text(&out),
+        (folded.clone(), "err\nerr\nnodes  result\n0,2    exit 0\n1,3    exit 1\n".into())
+    );
+    // A node that produced nothing is listed too, with how it ended.
+    let out = c.cmd("bpsh").args(["0-1", "--fold", "sh", "-c", "exit 3"]).exits(3);
+    assert_eq!(text(&out).0, format!("{rule}\n0-1 (exit 3)\n{rule}\n"));
+    for (opt, why) in
+        [("-p", "-p would give every node's lines its own number"), ("-d", "-d dividers")]
+    {
+        let out = c.cmd("bpsh").args(["-a", "--fold", opt, "true"]).exits(1);
+        let (o, e) = text(&out);
+        assert!(e.starts_with("bpsh: --fold ") && e.contains(why), "{opt}: {e}");
+        assert!(o.starts_with("usage: bpsh"), "{opt}: {o}");
+    }
 }
 
 /// brsh behaves like rsh for launchers: the words are joined and run by `sh -c` on the node,
