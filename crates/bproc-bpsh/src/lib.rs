@@ -529,7 +529,10 @@ fn report_rows(ranks: &[Rank], pids: &[i32], reasons: &[Option<String>]) -> Vec<
         .map(|((r, &pid), reason)| report::Row {
             node: r.node,
             outcome: if r.failed {
-                report::Outcome::NotStarted(reason.clone().unwrap_or_else(|| strerror(-pid)))
+                report::Outcome::NotStarted {
+                    code: -pid,
+                    why: reason.clone().unwrap_or_else(|| strerror(-pid)),
+                }
             } else if r.timed_out {
                 report::Outcome::TimedOut
             } else {

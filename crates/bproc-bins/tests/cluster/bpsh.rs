@@ -292,7 +292,7 @@ fn timeout_failfast_fold_report_json() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[0],
-        r#"{"node":0,"outcome":"exit","stderr":"","stdout":"hi 0000000\n","value":0}"#
+        r#"{"node":0,"outcome":"exit","reason":"exit 0","stderr":"","stderr_base64":false,"stdout":"hi 0000000\n","stdout_base64":false,"value":0}"#
     );
     assert_eq!(lines.len(), 2);
 }
@@ -334,6 +334,36 @@ fn fold_with_each_output_option() {
         assert!(e.starts_with("bpsh: --fold ") && e.contains(why), "{opt}: {e}");
         assert!(o.starts_with("usage: bpsh"), "{opt}: {o}");
     }
+}
+
+/// Issue "hardening", item 17: `--json` keeps each field's type whatever the outcome, and
+/// carries output that is not UTF-8 byte for byte (base64, flagged). Before, such bytes became
+/// U+FFFD and `value` was a number, null or text depending on the outcome.
+#[test]
+fn json_is_typed_and_lossless() {
+    let c = TestCluster::up(&bins(), 3, "bpsh-json");
+    c.cmd("bpctl").args(["-S", "2", "-s", "down"]).ok();
+    c.wait_state(2, "down", 10);
+    let out = c
+        .cmd("bpsh")
+        .args(["0-2", "--json", "sh", "-c", "printf '\\377\\000a'; echo fine >&2; kill -TERM $$"])
+        .output_of();
+    let rows: Vec<serde_json::Value> =
+        text(&out).0.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 3, "{out:?}");
+    for (row, (outcome, value)) in
+        rows.iter().zip([("signal", 15), ("signal", 15), ("not_started", 301)])
+    {
+        assert_eq!(row["outcome"], outcome, "{row}");
+        assert_eq!(row["value"], value, "{row}");
+        assert!(row["reason"].is_string(), "{row}");
+    }
+    for row in &rows[..2] {
+        assert_eq!((&row["stdout"], &row["stdout_base64"]), (&"/wBh".into(), &true.into()));
+        assert_eq!((&row["stderr"], &row["stderr_base64"]), (&"fine\n".into(), &false.into()));
+    }
+    assert_eq!(rows[2]["reason"], "not started: Node is down");
+    assert_eq!((&rows[2]["stdout"], &rows[2]["stdout_base64"]), (&"".into(), &false.into()));
 }
 
 /// brsh behaves like rsh for launchers: the words are joined and run by `sh -c` on the node,
