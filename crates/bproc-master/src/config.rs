@@ -98,6 +98,8 @@ pub const DEFAULT_MAX_CLIENTS_PER_USER: u32 = 256;
 pub const DEFAULT_PING_TIMEOUT: u32 = 30;
 /// The smallest `pingtimeout` BProc allows, in seconds.
 pub const MIN_PING_TIMEOUT: u32 = 2;
+/// The default `nodeuptimeout`, in seconds: a boot that takes longer is taken as hung.
+pub const DEFAULT_NODE_UP_TIMEOUT: u32 = 300;
 /// The default `graceperiod`, in seconds.
 pub const DEFAULT_GRACE: u32 = 60;
 /// The default `logfacility`.
@@ -202,6 +204,10 @@ pub struct Config {
     /// An unreachable node keeps its jobs that long; a slave without its master that long
     /// kills them itself. Sent to the slaves.
     pub grace: u32,
+    /// `nodeuptimeout` (ours): seconds the `node_up` program may run, default
+    /// [`DEFAULT_NODE_UP_TIMEOUT`]; 0 for no limit. One still running then is killed and the
+    /// node goes to `error`.
+    pub node_up_timeout: u32,
     /// `launchfanout` (ours): how many nodes each node passes a launch on to, default
     /// [`DEFAULT_LAUNCH_FANOUT`].
     pub launch_fanout: u32,
@@ -372,6 +378,7 @@ enum Directive {
     LogFacility,
     PingTimeout,
     GracePeriod,
+    NodeUpTimeout,
     LaunchFanout,
     MaxClientsPerUser,
     SlaveTimesync,
@@ -400,6 +407,7 @@ impl Directive {
             "logfacility" => Directive::LogFacility,
             "pingtimeout" => Directive::PingTimeout,
             "graceperiod" => Directive::GracePeriod,
+            "nodeuptimeout" => Directive::NodeUpTimeout,
             "launchfanout" => Directive::LaunchFanout,
             "maxclientsperuser" => Directive::MaxClientsPerUser,
             "slavetimesync" => Directive::SlaveTimesync,
@@ -435,7 +443,7 @@ impl Directive {
         use Directive::*;
         match self {
             AllowInsecurePorts => (0, Some(0)),
-            BprocPort | LogFacility | PingTimeout | GracePeriod | LaunchFanout
+            BprocPort | LogFacility | PingTimeout | GracePeriod | NodeUpTimeout | LaunchFanout
             | MaxClientsPerUser | SlaveTimesync | Listen | Socket | Keyfile | Statedir | Logdir => {
                 (1, Some(1))
             }
@@ -666,6 +674,7 @@ impl Parser {
                 ping_timeout: DEFAULT_PING_TIMEOUT,
                 grace: DEFAULT_GRACE,
                 launch_fanout: DEFAULT_LAUNCH_FANOUT,
+                node_up_timeout: DEFAULT_NODE_UP_TIMEOUT,
                 max_clients_per_user: DEFAULT_MAX_CLIENTS_PER_USER,
                 allow_insecure_ports: false,
                 log_facility: DEFAULT_LOG_FACILITY.into(),
@@ -733,6 +742,18 @@ impl Parser {
                     .ok_or_else(|| {
                         format!(
                             "graceperiod must be a number of seconds from 1 to 86400, not {}",
+                            args[0]
+                        )
+                    })?;
+            }
+            Directive::NodeUpTimeout => {
+                c.node_up_timeout = parse_c_integer(&args[0])
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n <= 86_400)
+                    .ok_or_else(|| {
+                        format!(
+                            "nodeuptimeout must be a number of seconds from 0 (no limit) to \
+                             86400, not {}",
                             args[0]
                         )
                     })?;
@@ -1124,6 +1145,18 @@ mod tests {
         assert_eq!(
             error("graceperiod 0\n"),
             "test.conf:1: graceperiod must be a number of seconds from 1 to 86400, not 0"
+        );
+    }
+
+    #[test]
+    fn nodeuptimeout() {
+        assert_eq!(parse("").node_up_timeout, DEFAULT_NODE_UP_TIMEOUT);
+        assert_eq!(parse("nodeuptimeout 0\n").node_up_timeout, 0);
+        assert_eq!(parse("nodeuptimeout 2\n").node_up_timeout, 2);
+        assert_eq!(
+            error("nodeuptimeout soon\n"),
+            "test.conf:1: nodeuptimeout must be a number of seconds from 0 (no limit) to 86400, \
+             not soon"
         );
     }
 

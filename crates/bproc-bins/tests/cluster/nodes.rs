@@ -263,6 +263,46 @@ fn bpctl_permissions_and_errors() {
     );
 }
 
+/// Issue "hardening", item 18: a node_up program that hangs is killed, with what it started,
+/// after `nodeuptimeout` seconds, and its node goes to `error` with the reason in the master's
+/// log. Before, the node stayed in `boot` forever.
+#[test]
+fn hung_node_up_times_out_to_error() {
+    let mut spec = TestCluster::spec(&bins(), 2, "nodeup-hang");
+    let sleeper = spec.dir.join("sleeper");
+    write_hook(
+        &spec.dir,
+        &format!(
+            "#!/bin/sh\n[ \"$1\" = 1 ] || exit 0\nsleep 600 &\necho $! > {}\nwait\n",
+            sleeper.display()
+        ),
+    );
+    spec.extra_config = "nodeuptimeout 1\n".into();
+    spec.ready_when_connected = true;
+    let c = TestCluster::start(spec);
+    c.wait(20, "node 1 in error", |t| {
+        t.iter().map(|n| n.state.as_str()).collect::<Vec<_>>() == ["up", "error"]
+    });
+    let log = std::fs::read_to_string(c.master_log()).unwrap();
+    let node_up = c.dir().join("node_up");
+    assert!(
+        log.contains(&format!(
+            "node 1: {} 1 did not finish within 1 s (nodeuptimeout); killed it and its \
+             processes; see {}",
+            node_up.display(),
+            c.dir().join("log/node.1").display()
+        )),
+        "{log}"
+    );
+    let pid: i32 = std::fs::read_to_string(&sleeper).unwrap().trim().parse().unwrap();
+    bproc_testkit::until(5, "the hook's child to be killed", || {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")))
+        .then_some(())
+    });
+}
+
 /// node_up decides boot → up (exit 0) or boot → error (failure), and its output is logged.
 #[test]
 fn node_up_program_outcomes() {
