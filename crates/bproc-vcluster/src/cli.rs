@@ -10,10 +10,13 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use lexopt::prelude::*;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use crate::{node_addr, recorded_pids, stop_detached, Cluster, Spec, VclusterError};
 
@@ -23,7 +26,8 @@ Commands:
                 prints shell commands: eval \"$(bpcluster up -n 4)\"
   down          stop the cluster and remove its directory
   status        show the cluster's daemons and nodes
-  demo          start 4 nodes, show bpstat, mark a node down, show bpstat -l, stop
+  demo          a tour on 4 nodes: bpstat, bpsh, bpcp, a job's ghosts in ps and Ctrl-C
+                reaching it, another user refused, a node taken down; then stop
 Options:
   --dir DIR           cluster directory (default $BPCLUSTER_DIR or /tmp/bpcluster-UID)
   --ping-timeout S    master ping timeout in seconds (default 10)
@@ -191,6 +195,15 @@ fn status(a: &Args) -> Result<(), VclusterError> {
     Ok(())
 }
 
+/// The demo's stdout for a tool's stderr too, so that a transcript holds both in order.
+fn as_stdout() -> std::process::Stdio {
+    use std::os::fd::AsFd;
+    std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_or_else(|_| std::process::Stdio::inherit(), std::process::Stdio::from)
+}
+
 /// Runs a tool with the cluster's socket, echoing the command line like a shell session;
 /// fails once the demo is interrupted.
 fn show(c: &Cluster, prog: &str, args: &[&str]) -> Result<(), VclusterError> {
@@ -210,10 +223,121 @@ fn show(c: &Cluster, prog: &str, args: &[&str]) -> Result<(), VclusterError> {
     // Our own tools from beside this binary; anything else (ls) from PATH.
     let own = bin_dir().join(prog);
     let program = if own.exists() { own } else { prog.into() };
-    let status =
-        crate::daemon_command(&program).args(args).env("BPROC_SOCKET", c.socket()).status();
+    let status = crate::daemon_command(&program)
+        .args(args)
+        .env("BPROC_SOCKET", c.socket())
+        .stderr(as_stdout())
+        .status();
     if let Err(e) = status {
         println!("({prog} failed to run: {e})");
+    }
+    println!();
+    crate::interrupted().map_or(Ok(()), |sig| Err(VclusterError::Interrupted(sig)))
+}
+
+/// A job left running on nodes 0 and 1: its ghosts in `ps`, then what Ctrl-C does to it.
+fn demo_ghosts(c: &Cluster) -> Result<(), VclusterError> {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    println!("A running job has a ghost on the front end for each remote process, a child of");
+    println!("bpsh: ps shows it as [sleep], and bpstat -P adds the node the process runs on:");
+    println!("$ bpsh 0-1 sleep 30 &");
+    let bpsh = bin_dir().join("bpsh");
+    let spawn_err = |source| VclusterError::Spawn { prog: bpsh.clone(), source };
+    // Its own process group, as a shell's job: what the terminal's Ctrl-C signals.
+    let mut job = crate::daemon_command(&bpsh)
+        .arg0("bpsh")
+        .args(["0-1", "sleep", "30"])
+        .env("BPROC_SOCKET", c.socket())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(spawn_err)?;
+    let pid = job.id() as i32;
+    let stop = |job: &mut std::process::Child| {
+        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        let _ = job.wait();
+    };
+    // Until both ghosts are in the master's process table (the cluster runs nothing else).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut client = c.client()?;
+    while client.procs()?.len() < 2 {
+        if Instant::now() > deadline || matches!(job.try_wait(), Ok(Some(_))) {
+            stop(&mut job);
+            println!("(the job did not start)\n");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let p = pid.to_string();
+    println!("$ ps f --pid {p} --ppid {p} | bpstat -P");
+    let ps = Command::new("ps").args(["f", "--pid", &p, "--ppid", &p]).output();
+    match ps {
+        Ok(ps) => {
+            let mut bpstat = crate::daemon_command(&bin_dir().join("bpstat"))
+                .arg("-P")
+                .env("BPROC_SOCKET", c.socket())
+                .stdin(Stdio::piped())
+                .spawn()
+                .map_err(|source| VclusterError::Spawn { prog: "bpstat".into(), source })?;
+            if let Some(mut input) = bpstat.stdin.take() {
+                let _ = input.write_all(&ps.stdout);
+            }
+            let _ = bpstat.wait();
+        }
+        Err(e) => println!("(ps failed to run: {e})"),
+    }
+    println!();
+    println!("Ctrl-C: the terminal sends SIGINT to the job's process group, and each ghost");
+    println!("passes it on to its remote process:");
+    println!("$ kill -INT -{p}");
+    let _ = kill(Pid::from_raw(-pid), Signal::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match job.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => break None,
+        }
+    };
+    let mut said = String::new();
+    if let Some(mut err) = job.stderr.take() {
+        let _ = err.read_to_string(&mut said);
+    }
+    print!("{said}");
+    match status.and_then(|s| s.code()) {
+        Some(code) => println!("(bpsh exited with status {code})\n"),
+        None => {
+            stop(&mut job);
+            println!("(bpsh did not end; killed)\n");
+        }
+    }
+    crate::interrupted().map_or(Ok(()), |sig| Err(VclusterError::Interrupted(sig)))
+}
+
+/// Another user refused on nodes given to user 65534, and let in on node 0 (root only: it
+/// runs bpsh as that user).
+fn demo_refusal(c: &Cluster) -> Result<(), VclusterError> {
+    use std::os::unix::process::CommandExt;
+    println!("Any other user is refused there; the master checks each launch against who the");
+    println!("kernel says asks (here uid 65533), and node 0 is open to all:");
+    println!("$ bpsh 0-2 id -u          # as uid 65533");
+    if !nix::unistd::geteuid().is_root() {
+        println!("(run the demo as root to see it)\n");
+        return Ok(());
+    }
+    let status = crate::daemon_command(&bin_dir().join("bpsh"))
+        .args(["0-2", "id", "-u"])
+        .env("BPROC_SOCKET", c.socket())
+        .current_dir("/")
+        .stderr(as_stdout())
+        .uid(65533)
+        .gid(65533)
+        .status();
+    if let Err(e) = status {
+        println!("(bpsh failed to run: {e})");
     }
     println!();
     crate::interrupted().map_or(Ok(()), |sig| Err(VclusterError::Interrupted(sig)))
@@ -255,8 +379,10 @@ fn demo_in(a: &Args, dir: &Path) -> Result<(), VclusterError> {
     let _ = std::fs::write(&input, "input for every node\n");
     show(&c, "bpcp", &[&input.to_string_lossy(), "all:/tmp"])?;
     show(&c, "bpsh", &["-a", "-p", "cat", "/tmp/input.dat"])?;
+    demo_ghosts(&c)?;
     println!("Give nodes 1-2 to user 65534 (nobody), and only to them:");
     show(&c, "bpctl", &["-S", "1-2", "-u", "65534", "-g", "65534", "-m", "0100"])?;
+    demo_refusal(&c)?;
     println!("Take node 3 out of service:");
     show(&c, "bpctl", &["-S", "3", "-s", "down"])?;
     c.wait_for_within("node 3 down", Duration::from_secs(10), |n| {

@@ -89,6 +89,28 @@ fn demo_runs() {
     }
     assert!(!out.contains("  1: myoutput\n") || !nix::unistd::geteuid().is_root(), "{out}");
     assert!(out.ends_with("Cluster stopped.\n"), "{out}");
+    // Issue "hardening", item 19: a running job's ghosts with their nodes, Ctrl-C reaching
+    // the remote processes, and another user refused.
+    assert!(out.contains("$ bpsh 0-1 sleep 30 &\n$ ps f --pid "), "{out}");
+    let ghost = |node: &str| {
+        out.lines().any(|l| l.starts_with(&format!("{node}\t")) && l.ends_with(" \\_ [sleep]"))
+    };
+    assert!(ghost("0") && ghost("1"), "{out}");
+    assert!(
+        out.contains(
+            "bpsh: Child process on node 0 exited abnormally.\n\
+             bpsh: Child process on node 1 exited abnormally.\n(bpsh exited with status 255)\n"
+        ),
+        "{out}"
+    );
+    if nix::unistd::geteuid().is_root() {
+        assert!(
+            out.contains(
+                "# as uid 65533\n1: Operation not permitted\n2: Operation not permitted\n65533\n"
+            ),
+            "{out}"
+        );
+    }
 }
 
 /// A process the test started, killed and reaped when dropped.
