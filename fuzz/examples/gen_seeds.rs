@@ -272,6 +272,14 @@ fn main() -> std::io::Result<()> {
             },
         ),
         (0, Message::RankSpawned { launch: 3, rank: 1, pid: 4321 }),
+        (
+            0,
+            Message::RankRefused {
+                launch: 3,
+                rank: 1,
+                reason: "/tmp/prog: No such file or directory".into(),
+            },
+        ),
         (0, Message::SignalProc { launch: 3, rank: u32::MAX, signal: 9 }),
         (21, Message::StageFiles { port: 40001, token: [5; 16], files: spec().files }),
         (

@@ -223,6 +223,7 @@ impl BootServer {
             .interfaces
             .first()
             .ok_or_else(|| BeoservError::NoInterface(config.path.clone()))?
+            .arg
             .clone();
         let (server, netmask) =
             interface_addr(&interface).ok_or_else(|| BeoservError::NoAddress(interface.clone()))?;

@@ -5,3 +5,9 @@
 pub mod daemon;
 pub mod logging;
 pub mod notify;
+
+/// A command-line mistake. A daemon's `main` prints it first, then the usage, so the line that
+/// says what was wrong is not lost above the list of options.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);

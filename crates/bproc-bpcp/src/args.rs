@@ -18,6 +18,7 @@ pub const EXTENSIONS: &str = "
   --fanout K    children per node in a broadcast tree (default 1: a pipelined chain)
   --stats       print the copy-stream bytes this process sent and received
   --help        this text
+  --version     print the version
 ";
 
 /// A parsed command line.
@@ -42,6 +43,8 @@ pub enum Parsed {
     Run(Args),
     /// Print the help and exit 0.
     Help,
+    /// Print the version and exit 0.
+    Version,
     /// Print this message and the usage, exit 1.
     Usage(String),
 }
@@ -72,6 +75,7 @@ pub fn parse(args: Vec<OsString>) -> Parsed {
             };
             match name {
                 "help" => return Parsed::Help,
+                "version" => return Parsed::Version,
                 "stats" => a.stats = true,
                 "fanout" => {
                     let v = inline.or_else(|| it.next().and_then(|v| v.into_string().ok()));

@@ -67,6 +67,10 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
             print!("{USAGE}{EXTENSIONS}");
             return ExitCode::SUCCESS;
         }
+        Parsed::Version => {
+            println!("bpcp version {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
         Parsed::Usage(m) => {
             eprintln!("{m}");
             print!("{USAGE}");
@@ -138,8 +142,12 @@ impl Run {
             let t = self.client()?.nodes()?;
             self.table = Some(t);
         }
-        let sel = nodespec::filter(self.table.as_deref().unwrap_or_default(), host)
-            .map_err(|_| Fatal(format!("bpcp: Invalid node number: {host}")))?;
+        let sel = nodespec::filter(self.table.as_deref().unwrap_or_default(), host).map_err(
+            |e| match e.reason() {
+                Some(why) => Fatal(format!("bpcp: Invalid node number: {host}: {why}")),
+                None => Fatal(format!("bpcp: Invalid node number: {host}")),
+            },
+        )?;
         for n in &sel.unconfigured {
             eprintln!("bpcp: node {n} is not configured");
         }

@@ -29,8 +29,9 @@ pub const USAGE: &str = "usage: bpsh [options] nodenumber command
 Beyond BProc (long options only):
   --timeout SECS      kill every remote process still running after SECS seconds
   --fail-fast         kill the others as soon as one process fails or a node is lost
-  --fold              print nothing until the end, then each distinct output once under
-                      the nodes that produced it (like dshbak -c)
+  --fold              print nothing until the end, then each distinct result (stdout on
+                      stdout, stderr on stderr, and how it ended) once under the nodes that
+                      produced it (like dshbak -c); not with -p, -d or --json
   --report            print a table of each node's exit status at the end (on stderr)
   --json              print one JSON object per node at the end (stdout, stderr, status)
 NODES is a node specification: 3, 0-7,9, n[0-3], allup, ...
@@ -166,8 +167,27 @@ pub fn parse(args: Vec<OsString>) -> Result<Args, Stop> {
             other => return Err(u(other.unexpected())),
         }
     }
+    // --fold: what each option does with it, or why it cannot be combined.
     if a.fold && a.json {
         return Err(Stop::Usage("--fold and --json both collect the output; choose one".into()));
+    }
+    if a.fold && a.prefix {
+        return Err(Stop::Usage(
+            "--fold prints each output once under the nodes that produced it; -p would give \
+             every node's lines its own number, so nothing would fold: choose one"
+                .into(),
+        ));
+    }
+    if a.fold && a.divider {
+        return Err(Stop::Usage(
+            "--fold heads each group of nodes itself; -d dividers would stand over nothing: \
+             choose one"
+                .into(),
+        ));
+    }
+    if a.fold {
+        // Groups come in node order anyway; -L changes nothing in whole outputs.
+        a.sequential = false;
     }
     if a.command.is_empty() {
         return Err(Stop::Usage("no command given".into()));
@@ -206,6 +226,15 @@ mod tests {
         assert!(a.fold && a.report && a.fail_fast);
         assert!(matches!(args(&["--timeout", "0", "1", "x"]), Err(Stop::Usage(_))));
         assert!(matches!(args(&["--fold", "--json", "1", "x"]), Err(Stop::Usage(_))));
+        // Issue "hardening", item 16: --fold with each output option.
+        assert!(
+            matches!(args(&["--fold", "-p", "1", "x"]), Err(Stop::Usage(m)) if m.contains("-p"))
+        );
+        assert!(
+            matches!(args(&["--fold", "-d", "1", "x"]), Err(Stop::Usage(m)) if m.contains("-d"))
+        );
+        let a = args(&["--fold", "-s", "-L", "-t", "--report", "1", "x"]).unwrap();
+        assert!(a.fold && !a.sequential && a.line && a.time && a.report);
     }
 
     #[test]

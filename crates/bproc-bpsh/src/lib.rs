@@ -79,6 +79,37 @@ pub fn which(cmd: &OsStr) -> Option<PathBuf> {
     None
 }
 
+/// Why [`which`] found nothing to run for `cmd`, as bpsh says it: a file that is there but
+/// not executable (or a directory) is named as such; only a name found nowhere is "command
+/// not found".
+pub fn not_runnable(cmd: &OsStr) -> String {
+    let shown = cmd.to_string_lossy();
+    let why = |p: &Path| {
+        if p.is_dir() {
+            Some(format!("{}: is a directory", p.display()))
+        } else if p.exists() {
+            Some(format!("{}: not executable (Permission denied)", p.display()))
+        } else {
+            None
+        }
+    };
+    if cmd.as_bytes().contains(&b'/') {
+        return why(Path::new(cmd))
+            .unwrap_or_else(|| format!("{shown}: No such file or directory"));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| ":/bin:/usr/bin".into());
+    for dir in path.as_bytes().split(|b| *b == b':') {
+        let dir = if dir.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(dir)) };
+        let candidate = dir.join(cmd);
+        if candidate.is_file() {
+            if let Some(w) = why(&candidate) {
+                return w;
+            }
+        }
+    }
+    format!("{shown}: command not found")
+}
+
 /// Runs bpsh with `args` (without the program name).
 pub fn main(args: Vec<OsString>) -> ExitCode {
     let a = match args::parse(args) {
@@ -134,7 +165,7 @@ fn execute(a: Args) -> ExitCode {
 /// as a remote shell would, so quoting made for rsh or ssh (`'"/path/proxy"' --port x:1`)
 /// means the same. ssh-style options are accepted before HOST and after it.
 pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
-    const USAGE: &str = "usage: brsh [-l user] [-n] [-x] HOST command...";
+    const USAGE: &str = "usage: brsh [-l user] [-n] [-x] HOST command...\n       brsh -V|--version";
     let mut host: Option<String> = None;
     let mut no_stdin = false;
     let mut words: Vec<OsString> = Vec::new();
@@ -146,6 +177,10 @@ pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
             continue;
         }
         match s.as_str() {
+            "-V" | "--version" if host.is_none() => {
+                println!("brsh version {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
             "-n" => no_stdin = true,
             // ssh/rsh options with a value; -l names a user, which must be ourselves.
             "-l" => {
@@ -183,6 +218,19 @@ pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(255);
         }
     };
+    let named_front_end = bproc::nodespec::parse_node_name(&host) == Some(bproc::NODE_MASTER);
+    if named_front_end {
+        // `master` from a node is the front end, where nothing here can start a process.
+        if let Ok(place) = Client::connect().and_then(|mut c| c.place()) {
+            if place.node != bproc::NODE_MASTER {
+                eprintln!(
+                    "brsh: {host}: cannot run on the front end from node {}: run brsh there",
+                    place.node
+                );
+                return ExitCode::from(255);
+            }
+        }
+    }
     if node == bproc::NODE_MASTER {
         // The front end itself: run here, as rsh to the local host would.
         let mut cmd = std::process::Command::new("/bin/sh");
@@ -214,6 +262,8 @@ struct Prepared {
     ghost: Option<String>,
     spec: ProcSpec,
     listen_ip: Ipv4Addr,
+    /// The node bpsh runs on ([`bproc::NODE_MASTER`] on the front end).
+    here: i32,
     /// Files diskless nodes may fetch, by content hash.
     staged: Arc<std::collections::HashMap<[u8; 32], PathBuf>>,
 }
@@ -222,15 +272,15 @@ struct Prepared {
 fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
     let cmd = &a.command[0];
     let Some(path) = which(cmd) else {
-        eprintln!("bpsh: {}: command not found", cmd.to_string_lossy());
+        eprintln!("bpsh: {}", not_runnable(cmd));
         return Ok(None);
     };
     let mut client = Client::connect()?;
     let table = client.nodes()?;
     let sel = match nodespec::filter(&table, &a.spec) {
         Ok(s) => s,
-        Err(_) => {
-            eprintln!("Invalid node specification \"{}\"", a.spec);
+        Err(e) => {
+            eprintln!("{}", e.bproc_message());
             return Ok(None);
         }
     };
@@ -286,6 +336,11 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         files: Vec::new(),
         image: None,
     };
+    // One frame carries the launch: a spec over the limit is said here, with the limit.
+    if let Some(why) = spec.too_large() {
+        eprintln!("bpsh: {why}");
+        return Ok(None);
+    }
     // A diskless node needs the program, its interpreters and libraries: gather them by hash
     // (only then: hashing costs more than a whole launch to a node that has a disk).
     let mut spec = spec;
@@ -315,6 +370,7 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         ghost: place.ghost,
         spec,
         listen_ip,
+        here: place.node,
         staged: Arc::new(staged),
     }))
 }
@@ -445,6 +501,17 @@ enum Out {
     Eof(usize, u8),
 }
 
+/// `fut`'s result, or `None` if `limit` passes first (no limit: waits as long as it takes).
+async fn within<T>(
+    limit: Option<Duration>,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match limit {
+        Some(l) => tokio::time::timeout(l, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
@@ -453,19 +520,19 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-fn ranks_nodes(ranks: &[Rank]) -> Vec<i32> {
-    ranks.iter().map(|r| r.node).collect()
-}
-
 /// How each rank ended, for `--report` and `--json`.
-fn report_rows(ranks: &[Rank], pids: &[i32]) -> Vec<report::Row> {
+fn report_rows(ranks: &[Rank], pids: &[i32], reasons: &[Option<String>]) -> Vec<report::Row> {
     ranks
         .iter()
         .zip(pids)
-        .map(|(r, &pid)| report::Row {
+        .zip(reasons)
+        .map(|((r, &pid), reason)| report::Row {
             node: r.node,
             outcome: if r.failed {
-                report::Outcome::NotStarted(strerror(-pid))
+                report::Outcome::NotStarted {
+                    code: -pid,
+                    why: reason.clone().unwrap_or_else(|| strerror(-pid)),
+                }
             } else if r.timed_out {
                 report::Outcome::TimedOut
             } else {
@@ -534,10 +601,21 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         tokio::spawn(accept_loop(listener, spec.token, slots.clone(), p.staged.clone()));
     }
 
-    let conn = match UnixStream::connect(bproc::socket_path()).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("bpsh: cannot reach bpmaster at {}: {e}", bproc::socket_path().display());
+    let path = bproc::socket_path();
+    let limit = bproc::timeout();
+    let timed_out = |what| bproc::BprocError::Timeout {
+        path: path.clone(),
+        what,
+        limit: limit.unwrap_or_default(),
+    };
+    let conn = match within(limit, UnixStream::connect(&path)).await {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            eprintln!("bpsh: {}", bproc::connect_error(&path, e));
+            return ExitCode::FAILURE;
+        }
+        None => {
+            eprintln!("bpsh: {}", timed_out("accept the connection"));
             return ExitCode::FAILURE;
         }
     };
@@ -556,17 +634,47 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         ghosts: ghosts.clone(),
         io_ports: Vec::new(),
     };
-    if let Err(e) = write_frame(&mut mwr, 1, &launch).await {
-        eprintln!("bpsh: bproc_vexecmove_io: {e}");
-        return ExitCode::FAILURE;
+    match within(limit, write_frame(&mut mwr, 1, &launch)).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            eprintln!("bpsh: bproc_vexecmove_io: {e}");
+            bproc::ghost::discard(ghosts);
+            return ExitCode::FAILURE;
+        }
+        None => {
+            eprintln!("bpsh: {}", timed_out("answer"));
+            bproc::ghost::discard(ghosts);
+            return ExitCode::FAILURE;
+        }
     }
-    let mut pids = match read_frame(&mut mrd).await {
-        Ok(Some((_, Message::Launched { pids }))) => pids,
-        Ok(Some((_, Message::Error { code, .. }))) => {
+    // The master answers once every node has reported its start (it gives each 30 s), after
+    // the reasons nodes gave for ranks they could not start.
+    let mut reasons: Vec<Option<String>> = vec![None; p.nodes.len()];
+    let answer = within(limit, async {
+        loop {
+            match read_frame(&mut mrd).await {
+                Ok(Some((_, Message::RankRefused { rank, reason, .. }))) => {
+                    if let Some(r) = reasons.get_mut(rank as usize) {
+                        *r = Some(reason);
+                    }
+                }
+                other => return other,
+            }
+        }
+    })
+    .await;
+    let mut pids = match answer {
+        Some(Ok(Some((_, Message::Launched { pids })))) => pids,
+        Some(Ok(Some((_, Message::Error { code, .. })))) => {
             eprintln!("bproc_vexecmove_io: {}", strerror(code));
             return ExitCode::FAILURE;
         }
-        other => {
+        None => {
+            eprintln!("bpsh: {}", timed_out("answer"));
+            bproc::ghost::discard(ghosts);
+            return ExitCode::FAILURE;
+        }
+        Some(other) => {
             eprintln!("bpsh: bproc_vexecmove_io: unexpected answer from bpmaster: {other:?}");
             return ExitCode::FAILURE;
         }
@@ -574,8 +682,15 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     // Ranks on the front end (spec `master`) run here, as the caller; the master skipped them.
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(u32, ExitStatus)>();
     let local_pids: Arc<Mutex<Vec<i32>>> = Arc::default();
+    // From a node, `master` is the front end, where nothing here can start a process: the
+    // master daemon runs no user code. Refused, rather than run on this node.
+    let refused = |rank: usize| {
+        p.nodes[rank] == bproc_proto::NODE_MASTER && p.here != bproc_proto::NODE_MASTER
+    };
     for (rank, pid) in pids.iter_mut().enumerate() {
-        if p.nodes[rank] == bproc_proto::NODE_MASTER && *pid == 0 {
+        if refused(rank) {
+            *pid = -bproc::errno::EOPNOTSUPP;
+        } else if p.nodes[rank] == bproc_proto::NODE_MASTER && *pid == 0 {
             *pid = match start_local(&spec, rank, &slots, exit_tx.clone()) {
                 Ok(local) => {
                     local_pids.lock().unwrap_or_else(|e| e.into_inner()).push(local);
@@ -599,8 +714,18 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             master_gone: false,
         })
         .collect();
-    for r in ranks.iter().zip(&pids).filter(|(r, _)| r.failed) {
-        eprintln!("{}: {}", r.0.node, strerror(-r.1));
+    // What a rank that did not start says: its node's reason, else the error's text.
+    let why = |rank: usize, pid: i32| reasons[rank].clone().unwrap_or_else(|| strerror(-pid));
+    for (rank, (r, pid)) in ranks.iter().zip(&pids).enumerate().filter(|(_, (r, _))| r.failed) {
+        if refused(rank) {
+            eprintln!(
+                "bpsh: master: cannot run on the front end from node {}: bpsh on a node starts \
+                 processes on nodes only (run this bpsh on the front end)",
+                p.here
+            );
+        } else {
+            eprintln!("{}: {}", r.node, why(rank, *pid));
+        }
     }
     bproc::ghost::discard(ghosts.iter().zip(&ranks).filter(|(_, r)| r.failed).map(|(g, _)| *g));
 
@@ -795,17 +920,21 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         }
     }
     if a.fold {
-        let _ = stdout.write_all(&report::fold(&ranks_nodes(&ranks), &collected)).await;
+        let rows = report_rows(&ranks, &pids, &reasons);
+        for (fd, bytes) in report::fold(&rows, &collected) {
+            write_to(fd, &bytes, &mut stdout, &mut stderr).await;
+        }
     }
     if a.json {
         let _ = stdout
-            .write_all(report::json(&report_rows(&ranks, &pids), &collected).as_bytes())
+            .write_all(report::json(&report_rows(&ranks, &pids, &reasons), &collected).as_bytes())
             .await;
     }
     let _ = stdout.flush().await;
     let _ = stderr.flush().await;
     if a.report {
-        let _ = stderr.write_all(report::table(&report_rows(&ranks, &pids)).as_bytes()).await;
+        let _ =
+            stderr.write_all(report::table(&report_rows(&ranks, &pids, &reasons)).as_bytes()).await;
         let _ = stderr.flush().await;
     }
     if a.time {
@@ -999,6 +1128,23 @@ mod tests {
         assert_eq!(which(OsStr::new("no-such-command-anywhere")), None);
         assert_eq!(which(OsStr::new("/etc/passwd")), None);
         assert_eq!(which(OsStr::new("/bin")), None);
+    }
+
+    #[test]
+    fn what_cannot_run_is_named() {
+        assert_eq!(
+            not_runnable(OsStr::new("/etc/passwd")),
+            "/etc/passwd: not executable (Permission denied)"
+        );
+        assert_eq!(not_runnable(OsStr::new("/bin")), "/bin: is a directory");
+        assert_eq!(
+            not_runnable(OsStr::new("/no/such/prog")),
+            "/no/such/prog: No such file or directory"
+        );
+        assert_eq!(
+            not_runnable(OsStr::new("no-such-command-anywhere")),
+            "no-such-command-anywhere: command not found"
+        );
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //!   silent exit 1;
 //! - an action before any `-S`/`-M` is an error instead of silently doing nothing;
 //! - `-g` errors say `Invalid group id`.
+//! - a refused action prints the master's (or node's) reason, `NODE: reason`, not only the
+//!   error's text (`0: mode 0644 for node 0: ...` rather than `0: Operation not permitted`);
+//! - an unconfigured node number selected is named, and makes the exit status 1.
 //! - `--keygen [FILE]` (not in BProc) creates the cluster key file.
 
 use std::ffi::OsString;
@@ -204,9 +207,15 @@ fn execute(client: &mut Client, steps: &[Step]) -> Result<bool, BprocError> {
             Step::Select(spec) => {
                 let nodes = client.nodes()?;
                 match nodespec::filter(&nodes, spec) {
-                    Ok(sel) => selected = sel.nodes.iter().map(|n| n.node).collect(),
-                    Err(_) => {
-                        eprintln!("bpctl: invalid node specification \"{spec}\"");
+                    Ok(sel) => {
+                        for n in &sel.unconfigured {
+                            eprintln!("bpctl: node {n} is not configured");
+                            ok = false;
+                        }
+                        selected = sel.nodes.iter().map(|n| n.node).collect();
+                    }
+                    Err(e) => {
+                        eprintln!("bpctl: {e}");
                         return Ok(false);
                     }
                 }
@@ -225,8 +234,11 @@ fn execute(client: &mut Client, steps: &[Step]) -> Result<bool, BprocError> {
                     };
                     match r {
                         Ok(()) => {}
-                        Err(BprocError::Remote { code, .. }) => {
-                            eprintln!("{n}: {}", strerror(code));
+                        Err(BprocError::Remote { code, message }) => {
+                            // The reason says what the error's text cannot (which bits, how
+                            // long, what the node answered).
+                            let why = if message.is_empty() { strerror(code) } else { message };
+                            eprintln!("{n}: {why}");
                             ok = false;
                         }
                         Err(e) => return Err(e),

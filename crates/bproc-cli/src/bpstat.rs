@@ -128,14 +128,16 @@ fn parse(args: Vec<OsString>) -> Result<Result<Args, ExitCode>, lexopt::Error> {
 }
 
 /// Selects the nodes named by the specs (all by default), in argument order.
-fn select(all: &[NodeStatus], specs: &[String]) -> Result<Vec<NodeStatus>, String> {
+fn select(
+    all: &[NodeStatus],
+    specs: &[String],
+) -> Result<Vec<NodeStatus>, nodespec::NodeSpecError> {
     if specs.is_empty() {
         return Ok(all.to_vec());
     }
     let mut out = Vec::new();
     for s in specs {
-        let sel = nodespec::filter(all, s).map_err(|_| s.clone())?;
-        out.extend(sel.nodes);
+        out.extend(nodespec::filter(all, s)?.nodes);
     }
     Ok(out)
 }
@@ -236,7 +238,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     }
     let show = |all: &[NodeStatus]| -> Result<String, ExitCode> {
         let nodes = select(all, &a.specs).map_err(|bad| {
-            eprintln!("Invalid node specification \"{bad}\"");
+            eprintln!("{}", bad.bproc_message());
             ExitCode::FAILURE
         })?;
         render(&a, nodes).map_err(|e| {

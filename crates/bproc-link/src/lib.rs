@@ -63,6 +63,10 @@ pub enum LinkError {
     /// The peer refused us, with its reason.
     #[error("refused by peer: {0}")]
     Refused(String),
+    /// The peer refused us for now, with its reason, and we may try again (an address or
+    /// port it does not take, which a configuration reload may change).
+    #[error("refused by peer: {0}")]
+    Declined(String),
 }
 
 /// How long a frame may take to arrive once its first byte has: a peer that starts a frame
@@ -266,8 +270,21 @@ pub async fn slave_handshake<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), LinkError> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let (_, msg) = expect_frame(s).await?;
-        let Message::AuthChallenge { nonce: nm } = msg else {
-            return Err(LinkError::Unexpected { expected: "AuthChallenge", received: msg.name() });
+        let nm = match msg {
+            Message::AuthChallenge { nonce } => nonce,
+            // Refused before the handshake (an address or port the master does not take).
+            Message::Disconnect { reason, reconnect: true } => {
+                return Err(LinkError::Declined(reason))
+            }
+            Message::Disconnect { reason, reconnect: false } => {
+                return Err(LinkError::Refused(reason))
+            }
+            other => {
+                return Err(LinkError::Unexpected {
+                    expected: "AuthChallenge",
+                    received: other.name(),
+                })
+            }
         };
         let ns = nonce();
         let mac: [u8; 32] = proof(key, SLAVE_LABEL, &nm, &ns).finalize().into_bytes().into();

@@ -105,6 +105,8 @@ pub const DEFAULT_MAX_CLIENTS_PER_USER: u32 = 256;
 pub const DEFAULT_PING_TIMEOUT: u32 = 30;
 /// The smallest `pingtimeout` BProc allows, in seconds.
 pub const MIN_PING_TIMEOUT: u32 = 2;
+/// The default `nodeuptimeout`, in seconds: a boot that takes longer is taken as hung.
+pub const DEFAULT_NODE_UP_TIMEOUT: u32 = 300;
 /// The default `graceperiod`, in seconds.
 pub const DEFAULT_GRACE: u32 = 60;
 /// The default `logfacility`.
@@ -172,6 +174,22 @@ impl fmt::Display for Warning {
     }
 }
 
+/// One argument of a directive that is resolved later (an interface, a library path), with
+/// its line, so that what goes wrong then is reported at that line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigArg {
+    /// The argument as written (quotes removed).
+    pub arg: String,
+    /// The 1-based line number.
+    pub line: usize,
+}
+
+impl PartialEq<&str> for ConfigArg {
+    fn eq(&self, other: &&str) -> bool {
+        self.arg == *other
+    }
+}
+
 /// A loaded configuration file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -181,7 +199,7 @@ pub struct Config {
     pub port: u16,
     /// `interface NAME`: listen on the IPv4 address of each of these interfaces, on
     /// [`port`](Self::port). Resolved by the daemon when it binds.
-    pub interfaces: Vec<String>,
+    pub interfaces: Vec<ConfigArg>,
     /// `listen ADDR[:PORT]` (extension): more addresses to listen on. The port defaults to
     /// [`port`](Self::port); 0 means any free port.
     pub listen: Vec<SocketAddr>,
@@ -192,6 +210,10 @@ pub struct Config {
     /// An unreachable node keeps its jobs that long; a slave without its master that long
     /// kills them itself. Sent to the slaves.
     pub grace: u32,
+    /// `nodeuptimeout` (ours): seconds the `node_up` program may run, default
+    /// [`DEFAULT_NODE_UP_TIMEOUT`]; 0 for no limit. One still running then is killed and the
+    /// node goes to `error`.
+    pub node_up_timeout: u32,
     /// `launchfanout` (ours): how many nodes each node passes a launch on to, default
     /// [`DEFAULT_LAUNCH_FANOUT`].
     pub launch_fanout: u32,
@@ -212,9 +234,9 @@ pub struct Config {
     /// `master HOST[:PORT]`: every master of a multi-master cluster, resolved.
     pub masters: Vec<SocketAddr>,
     /// The raw arguments of every `libraries` line (paths or globs), in file order.
-    pub libraries: Vec<String>,
+    pub libraries: Vec<ConfigArg>,
     /// The raw arguments of every `librariesfrombinary` line, in file order.
-    pub libraries_from_binary: Vec<String>,
+    pub libraries_from_binary: Vec<ConfigArg>,
     /// `socket PATH` (extension): the client Unix socket.
     pub socket: Option<PathBuf>,
     /// `keyfile PATH` (extension): the cluster key.
@@ -371,6 +393,7 @@ enum Directive {
     LogFacility,
     PingTimeout,
     GracePeriod,
+    NodeUpTimeout,
     LaunchFanout,
     MaxClientsPerUser,
     SlaveTimesync,
@@ -403,6 +426,7 @@ impl Directive {
             "logfacility" => Directive::LogFacility,
             "pingtimeout" => Directive::PingTimeout,
             "graceperiod" => Directive::GracePeriod,
+            "nodeuptimeout" => Directive::NodeUpTimeout,
             "launchfanout" => Directive::LaunchFanout,
             "maxclientsperuser" => Directive::MaxClientsPerUser,
             "slavetimesync" => Directive::SlaveTimesync,
@@ -443,7 +467,7 @@ impl Directive {
         use Directive::*;
         match self {
             AllowInsecurePorts => (0, Some(0)),
-            BprocPort | LogFacility | PingTimeout | GracePeriod | LaunchFanout
+            BprocPort | LogFacility | PingTimeout | GracePeriod | NodeUpTimeout | LaunchFanout
             | MaxClientsPerUser | SlaveTimesync | Listen | Socket | Keyfile | Statedir | Logdir
             | StatusPage | NodeName => (1, Some(1)),
             Interface => (1, Some(3)),
@@ -687,6 +711,7 @@ impl Parser {
                 ping_timeout: DEFAULT_PING_TIMEOUT,
                 grace: DEFAULT_GRACE,
                 launch_fanout: DEFAULT_LAUNCH_FANOUT,
+                node_up_timeout: DEFAULT_NODE_UP_TIMEOUT,
                 max_clients_per_user: DEFAULT_MAX_CLIENTS_PER_USER,
                 allow_insecure_ports: false,
                 log_facility: DEFAULT_LOG_FACILITY.into(),
@@ -761,6 +786,18 @@ impl Parser {
                         )
                     })?;
             }
+            Directive::NodeUpTimeout => {
+                c.node_up_timeout = parse_c_integer(&args[0])
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n <= 86_400)
+                    .ok_or_else(|| {
+                        format!(
+                            "nodeuptimeout must be a number of seconds from 0 (no limit) to \
+                             86400, not {}",
+                            args[0]
+                        )
+                    })?;
+            }
             Directive::LaunchFanout => {
                 c.launch_fanout = parse_c_integer(&args[0])
                     .and_then(|n| u32::try_from(n).ok())
@@ -792,7 +829,9 @@ impl Parser {
                 check_arity(&name, values, (1, Some(1)))?;
                 *flag = parse_yes_no(&name, &values[0])?;
             }
-            Directive::Interface => c.interfaces.push(args[0].clone()),
+            Directive::Interface => {
+                c.interfaces.push(ConfigArg { arg: args[0].clone(), line: line.number })
+            }
             Directive::Listen => {
                 let addr = self.listen(&args[0])?;
                 self.config.listen.push(addr);
@@ -820,8 +859,12 @@ impl Parser {
                     self.master(arg)?;
                 }
             }
-            Directive::Libraries => c.libraries.extend(args.iter().cloned()),
-            Directive::LibrariesFromBinary => c.libraries_from_binary.extend(args.iter().cloned()),
+            Directive::Libraries => c
+                .libraries
+                .extend(args.iter().map(|a| ConfigArg { arg: a.clone(), line: line.number })),
+            Directive::LibrariesFromBinary => c
+                .libraries_from_binary
+                .extend(args.iter().map(|a| ConfigArg { arg: a.clone(), line: line.number })),
             Directive::Boot => {
                 if let Some(node) = c.boot.apply(tag, args, &self.dir)? {
                     if !self.table.index.contains_key(&node) {
@@ -1168,6 +1211,18 @@ mod tests {
         assert_eq!(
             error("graceperiod 0\n"),
             "test.conf:1: graceperiod must be a number of seconds from 1 to 86400, not 0"
+        );
+    }
+
+    #[test]
+    fn nodeuptimeout() {
+        assert_eq!(parse("").node_up_timeout, DEFAULT_NODE_UP_TIMEOUT);
+        assert_eq!(parse("nodeuptimeout 0\n").node_up_timeout, 0);
+        assert_eq!(parse("nodeuptimeout 2\n").node_up_timeout, 2);
+        assert_eq!(
+            error("nodeuptimeout soon\n"),
+            "test.conf:1: nodeuptimeout must be a number of seconds from 0 (no limit) to 86400, \
+             not soon"
         );
     }
 

@@ -7,10 +7,13 @@
 //! Deliberate differences from BProc, which left the outcome to the script: when the program
 //! exits 0 and the node is still `boot`, bpmaster opens it (mode 0111) and sets it `up`; when it
 //! fails and the node is still `boot`, the node goes to `error`. Without a `node_up` program
-//! the node goes straight to `up` with mode 0111.
+//! the node goes straight to `up` with mode 0111. A program still running after
+//! `nodeuptimeout` seconds (default 300) is killed with its process group, and the node goes to
+//! `error`, the master's log saying why (BProc's node stayed in `boot` forever).
 
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::process::Command;
 use tracing::{info, warn};
@@ -87,7 +90,7 @@ async fn run(shared: &Shared, n: i32) -> Result<bool, String> {
     let log = std::fs::File::create(&logpath)
         .map_err(|e| format!("cannot create {}: {e}", logpath.display()))?;
     let log2 = log.try_clone().map_err(|e| format!("{}: {e}", logpath.display()))?;
-    let status = Command::new(prog)
+    let mut child = Command::new(prog)
         .arg(n.to_string())
         .stdin(Stdio::null())
         .stdout(log)
@@ -97,9 +100,33 @@ async fn run(shared: &Shared, n: i32) -> Result<bool, String> {
         .kill_on_drop(true)
         .env("BPROC_SOCKET", &shared.paths.socket)
         .env("BPROC_NODE", n.to_string())
-        .status()
-        .await
+        .spawn()
         .map_err(|e| format!("cannot run {}: {e}", prog.display()))?;
+    let limit = shared.config().node_up_timeout;
+    let status = if limit == 0 {
+        child.wait().await
+    } else {
+        match tokio::time::timeout(Duration::from_secs(limit.into()), child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                // The whole group: what the program started goes with it.
+                if let Some(pid) = child.id() {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                let _ = child.kill().await;
+                return Err(format!(
+                    "{} {n} did not finish within {limit} s (nodeuptimeout); killed it and its \
+                     processes; see {}",
+                    prog.display(),
+                    logpath.display()
+                ));
+            }
+        }
+    }
+    .map_err(|e| format!("waiting for {}: {e}", prog.display()))?;
     if !status.success() {
         warn!("node {n}: {} {n} failed ({status}); see {}", prog.display(), logpath.display());
     }

@@ -64,6 +64,8 @@ pub(crate) struct Launch {
     events: mpsc::UnboundedSender<(u32, ExitStatus)>,
     /// Spawn outcomes (rank, pid or negated error) for the serving task.
     spawns: mpsc::UnboundedSender<(u32, i32)>,
+    /// Why ranks failed to start, as their nodes said, for the launcher.
+    reasons: Vec<Option<String>>,
 }
 
 /// All live launches by id.
@@ -96,6 +98,27 @@ impl Launches {
         let l = g.get(&launch)?;
         let _ = l.spawns.send((rank, pid));
         Some((l.ghosts.get(rank as usize).copied().unwrap_or(0), l.uid))
+    }
+
+    /// Node `n` says why rank `rank` of `launch` did not start (only for its own ranks).
+    pub(crate) fn rank_refused(&self, n: i32, launch: u64, rank: u32, reason: String) {
+        if let Some(l) = self.lock().get_mut(&launch) {
+            let rank = rank as usize;
+            if l.nodes.get(rank) == Some(&n) {
+                l.reasons[rank] = Some(reason);
+            }
+        }
+    }
+
+    /// The reasons nodes gave for ranks of `launch` that did not start.
+    fn reasons(&self, launch: u64) -> Vec<(u32, String)> {
+        self.lock().get(&launch).map_or_else(Vec::new, |l| {
+            l.reasons
+                .iter()
+                .enumerate()
+                .filter_map(|(rank, r)| Some((rank as u32, r.clone()?)))
+                .collect()
+        })
     }
 
     /// Records the outcome of rank `rank`'s spawn; relays an exit that came first.
@@ -214,6 +237,11 @@ pub(crate) async fn serve(
     mut wr: crate::clients::ClientWr,
 ) {
     let Request { nodes, spec, ghosts, io_ports } = req;
+    // Its tree parts carry the spec too, each in one frame.
+    if let Some(message) = spec.too_large() {
+        let _ = write_frame(&mut wr, id, &Message::Error { code: errno::E2BIG, message }).await;
+        return;
+    }
     let inherited = match inherited(&caller) {
         Ok(i) => i,
         Err(r) => {
@@ -267,6 +295,7 @@ pub(crate) async fn serve(
             states: vec![State::Pending; nodes.len()],
             events: tx,
             spawns: spawns_tx,
+            reasons: vec![None; nodes.len()],
         },
     );
     let creds = Creds { uid: caller.uid, gid: caller.gid, groups: caller.groups.clone() };
@@ -380,6 +409,13 @@ pub(crate) async fn serve(
             if pids[rank] > 0 && !t.get(n).is_some_and(|node| node.is_up()) {
                 shared.launches.exited(launch, rank as u32, ExitStatus::NodeLost);
             }
+        }
+    }
+    // What failed where, said by the nodes, ahead of the answer.
+    for (rank, reason) in shared.launches.reasons(launch) {
+        if pids.get(rank as usize).is_some_and(|p| *p <= 0) {
+            let _ =
+                write_frame(&mut wr, 0, &Message::RankRefused { launch: 0, rank, reason }).await;
         }
     }
     if write_frame(&mut wr, id, &Message::Launched { pids }).await.is_ok() {

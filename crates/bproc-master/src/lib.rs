@@ -98,13 +98,17 @@ pub enum MasterError {
     /// The configured libraries cannot be staged.
     #[error("{0}")]
     Stage(String),
-    /// An interface named in the configuration has no IPv4 address.
-    #[error("{}: interface {name} has no IPv4 address", path.display())]
+    /// An interface named in the configuration is missing or has no IPv4 address.
+    #[error("{}:{line}: interface {name}: {why}", path.display())]
     Interface {
         /// The configuration file.
         path: PathBuf,
+        /// The line of the `interface` directive.
+        line: usize,
         /// The interface.
         name: String,
+        /// What is wrong with it.
+        why: &'static str,
     },
 }
 
@@ -263,14 +267,20 @@ async fn listen_addrs(config: &Config) -> Result<Vec<SocketAddr>, MasterError> {
             source: e.into(),
         })?;
         let ifaddrs: Vec<_> = ifaddrs.collect();
-        for name in &config.interfaces {
-            let ip: Option<Ipv4Addr> = ifaddrs
-                .iter()
-                .filter(|i| &i.interface_name == name)
-                .find_map(|i| i.address.as_ref()?.as_sockaddr_in().map(|s| s.ip()));
+        for interface in &config.interfaces {
+            let name = &interface.arg;
+            let mine: Vec<_> = ifaddrs.iter().filter(|i| &i.interface_name == name).collect();
+            let ip: Option<Ipv4Addr> =
+                mine.iter().find_map(|i| i.address.as_ref()?.as_sockaddr_in().map(|s| s.ip()));
             let ip = ip.ok_or_else(|| MasterError::Interface {
                 path: config.path.clone(),
+                line: interface.line,
                 name: name.clone(),
+                why: if mine.is_empty() {
+                    "no such network interface (see `ip link`)"
+                } else {
+                    "it has no IPv4 address (slaves connect over IPv4; see `ip addr`)"
+                },
             })?;
             addrs.push(SocketAddr::new(ip.into(), config.port));
         }
@@ -318,7 +328,9 @@ fn listen_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 fn bind_unix(path: &Path) -> Result<UnixListener, MasterError> {
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+    // Never remove a socket a live master serves (a blocking connect would also wait
+    // forever on one whose accept queue is full).
+    if bproc_sys::peer::socket_server(path).is_some() {
         return Err(MasterError::AlreadyRunning(path.into()));
     }
     let listen_err = |source| MasterError::Listen { what: path.display().to_string(), source };

@@ -82,8 +82,12 @@ fn new_cookie() -> u64 {
     }
 }
 
-async fn refuse(stream: &mut TcpStream, reason: String) {
-    let _ = write_frame(stream, 0, &Message::Disconnect { reason, reconnect: false }).await;
+/// Tells a slave why it is refused before the connection closes; `reconnect` lets one with
+/// `-r` try again later (a reload may take its address).
+async fn refuse(stream: &mut TcpStream, reason: String, reconnect: bool) {
+    // A small frame fits the socket's empty buffer; a peer that reads nothing costs no wait.
+    let bye = Message::Disconnect { reason, reconnect };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write_frame(stream, 0, &bye)).await;
 }
 
 async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
@@ -98,12 +102,19 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         },
     };
     let config = shared.config();
+    // A refused slave is told why before the connection closes (the configuration's path
+    // stays in the master's log).
     let Some(n) = config.node_for_addr(ip) else {
         shared.metrics.connection_rejected();
         REFUSED.refuse(format_args!(
             "connect from unrecognized address {ip}: no ip/iprange line of {} names it",
             config.path.display()
         ));
+        let why = format!(
+            "address {ip} is not a node of this cluster (no ip or iprange line of the master's \
+             configuration names it)"
+        );
+        refuse(&mut stream, why, true).await;
         return;
     };
     if !config.allow_insecure_ports && peer.port() >= 1024 {
@@ -113,6 +124,12 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
              (start bpslave as root, or add `allowinsecureports` to {})",
             config.path.display()
         ));
+        let why = format!(
+            "node {n}: source port {} is not reserved (start bpslave as root, or allow it with \
+             `allowinsecureports` in the master's configuration)",
+            peer.port()
+        );
+        refuse(&mut stream, why, true).await;
         return;
     }
     let _ = stream.set_nodelay(true);
@@ -164,7 +181,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
             "version mismatch: slave {version}, master {SOFTWARE_VERSION} (run bpmaster -i to accept)"
         );
         warn!("node {n}: {reason}");
-        refuse(&mut stream, reason).await;
+        refuse(&mut stream, reason, false).await;
         return;
     }
 
@@ -224,7 +241,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         Ok(j) => j,
         Err(reason) => {
             warn!("node {n}: {reason}");
-            refuse(&mut stream, reason).await;
+            refuse(&mut stream, reason, false).await;
             return;
         }
     };
@@ -345,6 +362,9 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
             for (launch, rank, status) in ends {
                 shared.launches.exited(launch, rank, status);
             }
+        }
+        Message::RankRefused { launch, rank, reason } => {
+            shared.launches.rank_refused(n, launch, rank, reason);
         }
         Message::RankSpawned { launch, rank, pid } => {
             if let Some((ghost, uid)) = shared.launches.rank_spawned(launch, rank, pid) {

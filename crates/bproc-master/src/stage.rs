@@ -13,7 +13,7 @@ use bproc_link::guard::{Pending, Refusals};
 use bproc_proto::StagedRef;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 
@@ -31,10 +31,45 @@ pub(crate) struct Stage {
 
 /// Gathers the configured files and starts serving them; `None` when there are none.
 pub(crate) async fn start(config: &Config, ip: IpAddr) -> Result<Option<Arc<Stage>>, String> {
-    let files = bproc_stage::config_files(&config.libraries, &config.libraries_from_binary)
+    // Each argument that names nothing is said at its line; the others are staged.
+    let at = |line: usize| format!("{}:{line}", config.path.display());
+    let mut paths = Vec::new();
+    for lib in &config.libraries {
+        match bproc_stage::library_files(&lib.arg) {
+            Ok(found) => paths.extend(found),
+            Err(why) => warn!(
+                "{}: libraries {}: {why}; nothing is staged or listed for it",
+                at(lib.line),
+                lib.arg
+            ),
+        }
+    }
+    let mut binaries = Vec::new();
+    for bin in &config.libraries_from_binary {
+        let p = PathBuf::from(&bin.arg);
+        if p.is_file() {
+            binaries.push(p);
+        } else {
+            warn!(
+                "{}: librariesfrombinary {}: no such program; its libraries are not staged or listed",
+                at(bin.line),
+                bin.arg
+            );
+        }
+    }
+    let files = bproc_stage::config_files(&paths, &binaries)
         .map_err(|e| format!("{}: libraries: {e}", config.path.display()))?;
     if files.is_empty() {
         return Ok(None);
+    }
+    // Every diskless node gets them in one message, which carries at most so many.
+    if files.len() > bproc_proto::MAX_STAGED {
+        return Err(format!(
+            "{}: libraries: {} files to stage, at most {} fit (list fewer directories)",
+            config.path.display(),
+            files.len(),
+            bproc_proto::MAX_STAGED
+        ));
     }
     let listener = TcpListener::bind(SocketAddr::new(ip, 0))
         .await

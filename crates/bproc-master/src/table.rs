@@ -462,7 +462,8 @@ impl Table {
             return Err(Refusal::new(
                 EPERM,
                 format!(
-                    "mode {mode:04o} for node {n}: only the execute bits (0111) exist on nodes"
+                    "mode {mode:04o} for node {n}: only execute bits may be set (0100 owner, \
+                     0010 group, 0001 others; 0111 for everyone)"
                 ),
             ));
         }

@@ -13,6 +13,10 @@ pub const ESRCH: i32 = 3;
 pub const EIO: i32 = 5;
 /// Try again.
 pub const EAGAIN: i32 = 11;
+/// Permission denied.
+pub const EACCES: i32 = 13;
+/// Argument list too long (a launch's arguments and environment over the limit).
+pub const E2BIG: i32 = 7;
 /// Resource busy.
 pub const EBUSY: i32 = 16;
 /// Invalid argument.
@@ -27,6 +31,8 @@ pub const ENODATA: i32 = 61;
 pub const EPROTO: i32 = 71;
 /// Operation not supported.
 pub const EOPNOTSUPP: i32 = 95;
+/// Timed out (a client gave up waiting for the master).
+pub const ETIMEDOUT: i32 = 110;
 
 /// Invalid node number.
 pub const BE_INVALIDNODE: i32 = 300;

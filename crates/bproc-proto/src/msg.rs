@@ -906,6 +906,18 @@ pub enum Message {
         /// The pid on its node (> 0) or a negated error code.
         pid: i32,
     },
+    /// Why a rank could not start (`/tmp/prog: No such file or directory`): slave → master
+    /// just before its [`Message::RankSpawned`] with the negated error, and master → launcher
+    /// as an event (request id 0, `launch` 0) before [`Message::Launched`], so the launcher can
+    /// say more than the error code.
+    RankRefused {
+        /// Launch id (0 to the launcher).
+        launch: u64,
+        /// Rank.
+        rank: u32,
+        /// The reason, naming what failed.
+        reason: String,
+    },
     /// Event to watchers: the node table after a change.
     NodesChanged {
         /// Every configured node in table order.
@@ -983,6 +995,7 @@ mod ty {
     pub const GHOST_EXEC: u16 = 126;
     pub const PROC_EVENT: u16 = 127;
     pub const GHOST_RESTORE: u16 = 128;
+    pub const RANK_REFUSED: u16 = 129;
 }
 
 // Smallest encodings, used to bound list counts before allocating.
@@ -1242,7 +1255,50 @@ impl ExitStatus {
     }
 }
 
+/// Most bytes a launch's arguments and environment may take together (each string with its
+/// length): the launch travels in one frame of at most [`crate::MAX_BODY`] (4 MiB), and its
+/// tree parts add the nodes to the same spec, so a quarter is left for them.
+pub const MAX_LAUNCH_TEXT: usize = 3 << 20;
+
 impl ProcSpec {
+    /// Bytes the arguments take on the wire.
+    pub fn argv_size(&self) -> usize {
+        self.argv.iter().map(|a| a.len() + 4).sum()
+    }
+
+    /// Bytes the environment takes on the wire.
+    pub fn env_size(&self) -> usize {
+        self.env.iter().map(|e| e.len() + 4).sum()
+    }
+
+    /// Why this spec cannot be launched for its size, if it cannot: its arguments and
+    /// environment take more than [`MAX_LAUNCH_TEXT`]. Names the larger part and the limit.
+    pub fn too_large(&self) -> Option<String> {
+        let (argv, env) = (self.argv_size(), self.env_size());
+        if argv + env <= MAX_LAUNCH_TEXT {
+            return None;
+        }
+        let mib = |n: usize| n as f64 / f64::from(1u32 << 20);
+        let limit = mib(MAX_LAUNCH_TEXT);
+        Some(if env >= argv {
+            format!(
+                "the environment is too large to launch: {:.1} MiB with the arguments' {:.1} MiB, \
+                 and a launch carries at most {limit:.0} MiB of both (unset large variables, or \
+                 pass the data in a file)",
+                mib(env),
+                mib(argv)
+            )
+        } else {
+            format!(
+                "the arguments are too large to launch: {:.1} MiB with the environment's {:.1} \
+                 MiB, and a launch carries at most {limit:.0} MiB of both (pass the data in a \
+                 file)",
+                mib(argv),
+                mib(env)
+            )
+        })
+    }
+
     /// The environment for rank `rank`: `BPROC_RANK=XXXXXXX` becomes the rank in seven digits,
     /// as BProc's vexecmove rewrote it in each child.
     pub fn env_for_rank(&self, rank: u32) -> Vec<(String, String)> {
@@ -1493,6 +1549,7 @@ impl Message {
             CopyResult { .. } => ty::COPY_RESULT,
             SpawnTree { .. } => ty::SPAWN_TREE,
             RankSpawned { .. } => ty::RANK_SPAWNED,
+            RankRefused { .. } => ty::RANK_REFUSED,
             Action { .. } => ty::ACTION,
             SlaveChroot { .. } => ty::SLAVE_CHROOT,
             SlaveReconnect { .. } => ty::SLAVE_RECONNECT,
@@ -1562,6 +1619,7 @@ impl Message {
             CopyResult { .. } => "CopyResult",
             SpawnTree { .. } => "SpawnTree",
             RankSpawned { .. } => "RankSpawned",
+            RankRefused { .. } => "RankRefused",
             Action { .. } => "Action",
             SlaveChroot { .. } => "SlaveChroot",
             SlaveReconnect { .. } => "SlaveReconnect",
@@ -1653,6 +1711,11 @@ impl Message {
                 w.u64(*launch);
                 w.u32(*rank);
                 w.i32(*pid);
+            }
+            RankRefused { launch, rank, reason } => {
+                w.u64(*launch);
+                w.u32(*rank);
+                w.str(reason);
             }
             ProxyClient { node, creds, pid, rlimits, umask } => {
                 w.i32(*node);
@@ -1924,6 +1987,11 @@ impl Message {
             ty::RANK_SPAWNED => {
                 RankSpawned { launch: r.u64("launch")?, rank: r.u32("rank")?, pid: r.i32("pid")? }
             }
+            ty::RANK_REFUSED => RankRefused {
+                launch: r.u64("launch")?,
+                rank: r.u32("rank")?,
+                reason: r.str("reason", MAX_TEXT)?,
+            },
             ty::PROXY_CLIENT => ProxyClient {
                 node: r.i32("node")?,
                 creds: Creds::decode(r)?,

@@ -257,6 +257,8 @@ fn launch_messages() -> impl Strategy<Value = Message> {
             }),
         (any::<u64>(), any::<u32>(), any::<i32>())
             .prop_map(|(launch, rank, pid)| Message::RankSpawned { launch, rank, pid }),
+        (any::<u64>(), any::<u32>(), ".{0,40}")
+            .prop_map(|(launch, rank, reason)| Message::RankRefused { launch, rank, reason }),
         (any::<u64>(), any::<u32>(), any::<i32>())
             .prop_map(|(launch, rank, signal)| { Message::SignalProc { launch, rank, signal } }),
         (any::<u16>(), any::<[u8; 16]>(), spec())

@@ -72,6 +72,20 @@ pub enum SlaveError {
     /// The async runtime could not start.
     #[error("cannot start the runtime")]
     Runtime(#[source] std::io::Error),
+    /// Another daemon serves the node's client socket (another slave on this host): this one
+    /// would send its node's programs to that one.
+    #[error(
+        "the node's client socket {} is served by another daemon{}; stop it, or give this \
+         slave a socket of its own with --client-socket PATH",
+        path.display(),
+        if *pid > 0 { format!(" (pid {pid})") } else { String::new() }
+    )]
+    ClientSocketTaken {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// The daemon serving it (0 if unknown).
+        pid: i32,
+    },
 }
 
 /// How the slave runs.
@@ -391,10 +405,38 @@ fn error_reply(code: i32, message: String) -> Message {
     Message::Error { code, message }
 }
 
+/// The node's root after `bpctl -r` (BProc's `bproc_nodechroot`), as a path from the root the
+/// slave started with; `None` until then. Process-wide, as the chroot itself is.
+static NODE_ROOT: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
+
+/// Where the node's processes are confined: the root `bpctl -r` gave the node, as a path
+/// from the slave's original root, which its spawner thread still has (it left the daemon's
+/// shared filesystem context before any chroot).
+pub(crate) fn node_root() -> Option<std::path::PathBuf> {
+    NODE_ROOT.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Changes the daemon's root (its copies see it) and records it for the processes it starts,
+/// which are chrooted there too.
 fn chroot(path: &str) -> Message {
-    match nix::unistd::chroot(path).and_then(|()| nix::unistd::chdir("/")) {
+    // Where `path` is from the original root: resolved before the chroot, below any earlier one.
+    let real = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) => {
+            let code = e.raw_os_error().unwrap_or(bproc_proto::errno::EIO);
+            return error_reply(
+                code,
+                format!("chroot {path}: {}", nix::errno::Errno::from_raw(code).desc()),
+            );
+        }
+    };
+    match nix::unistd::chroot(&real).and_then(|()| nix::unistd::chdir("/")) {
         Ok(()) => {
-            info!("changed root to {path}");
+            let mut root = NODE_ROOT.lock().unwrap_or_else(|e| e.into_inner());
+            let below = real.strip_prefix("/").unwrap_or(&real);
+            let now = root.as_deref().unwrap_or(std::path::Path::new("/")).join(below);
+            info!("changed root to {path} ({} from the original root)", now.display());
+            *root = Some(now);
             Message::Ok
         }
         Err(e) => error_reply(e as i32, format!("chroot {path}: {}", e.desc())),
@@ -582,6 +624,23 @@ fn run_command(what: &str, cmd: &str) {
 /// master). A first attempt that fails for good ends `run` with the error instead.
 pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveError> {
     let key = opts.key.clone();
+    // First, before anything is started: a socket another daemon serves stays its own.
+    let client_socket = match opts.client_socket_file() {
+        Some(file) => match proxy::bind(&file) {
+            Ok(l) => Some(l),
+            Err(proxy::BindError::Served(pid)) => {
+                return Err(SlaveError::ClientSocketTaken { path: file, pid })
+            }
+            Err(proxy::BindError::Io(e)) => {
+                warn!(
+                    "cannot open the node's client socket {}: {e}; programs on this node cannot use the cluster",
+                    file.display()
+                );
+                None
+            }
+        },
+        None => None,
+    };
     let outbox = Outbox::default();
     let procs = {
         let outbox = outbox.clone();
@@ -617,16 +676,8 @@ pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveErro
         }),
         opts.grace,
     );
-    if let Some(file) = opts.client_socket_file() {
-        match proxy::bind(&file) {
-            Ok(l) => {
-                tokio::spawn(proxy::serve(l, key.clone(), state.clone()));
-            }
-            Err(e) => warn!(
-                "cannot open the node's client socket {}: {e}; programs on this node cannot use the cluster",
-                file.display()
-            ),
-        }
+    if let Some(l) = client_socket {
+        tokio::spawn(proxy::serve(l, key.clone(), state.clone()));
     }
     let result = run_sessions(&opts, &outbox, &procs, &data, &state, on_ready).await;
     // Leaving the master for good: its processes go too (BProc's slave reset).

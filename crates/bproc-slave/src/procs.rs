@@ -842,7 +842,23 @@ pub async fn spawn(
     let cstr = |s: &str| {
         CString::new(s).map_err(|_| Refused { code: EINVAL, message: format!("NUL in {s:?}") })
     };
+    // A root given with `bpctl -r` confines the node's processes, below which a diskless
+    // node's root is found (the daemon's own paths resolve there since its chroot).
+    let node_root = crate::node_root();
+    let jail_root = |inner: &Path| match &node_root {
+        Some(r) => r.join(inner.strip_prefix("/").unwrap_or(inner)),
+        None => inner.to_owned(),
+    };
+    let jail_cstr = |p: &Path| {
+        CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| Refused { code: EINVAL, message: "NUL in a path".into() })
+    };
     let mut jail = None;
+    if let (Some(r), None) = (&node_root, diskless) {
+        // The working directory is looked up from the daemon, which has this root already.
+        let cwd = if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
+        jail = Some(Jail { root: jail_cstr(r)?, cwd: cstr(cwd)? });
+    }
     if let Some(d) = diskless {
         let before = crate::info::STAGED_BYTES.load(std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = stage(d, source, master, &spec, rank).await {
@@ -856,9 +872,7 @@ pub async fn spawn(
         }
         let inside = d.root.join(spec.cwd.trim_start_matches('/'));
         let cwd = if inside.is_dir() { spec.cwd.as_str() } else { "/" };
-        let root = CString::new(d.root.as_os_str().as_encoded_bytes())
-            .map_err(|_| Refused { code: EINVAL, message: "NUL in a path".into() })?;
-        jail = Some(Jail { root, cwd: cstr(cwd)? });
+        jail = Some(Jail { root: jail_cstr(&jail_root(&d.root))?, cwd: cstr(cwd)? });
     }
     let mut envp = Vec::new();
     for (k, v) in spec.env_for_rank(rank) {
@@ -913,7 +927,7 @@ pub async fn spawn(
             value: i64::from(rank) + 1,
             // Where the process finds the cluster now.
             note: client_socket.map(|p| p.as_bytes().to_vec()),
-            root: diskless.map(|d| d.root.clone()),
+            root: diskless.map(|d| jail_root(&d.root)).or(node_root.clone()),
             // The master filled these in from the launcher's kernel.
             limits: spec.rlimits.clone(),
         };
@@ -948,6 +962,10 @@ pub async fn spawn(
         set_tid: set_tid.filter(|p| *p > 0 && procs.same_pids()),
         trace: false,
     };
+    // What a failure names: the file -I/-O/-E (or an I/O list) opened, else the program.
+    let file_paths: Vec<String> =
+        req.files.iter().map(|f| f.path.to_string_lossy().into_owned()).collect();
+    let jail_path = req.jail.as_ref().map(|j| j.root.to_string_lossy().into_owned());
     let mut result = procs.spawn(clone_spec(&req)?).await;
     if req.set_tid.is_some()
         && matches!(&result, Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST))
@@ -960,8 +978,25 @@ pub async fn spawn(
     let pid = match result {
         Ok(pid) => pid,
         Err(e) => {
-            let code = e.raw_os_error().unwrap_or(bproc_proto::errno::EIO);
-            return refuse(code, format!("{}: {e}", spec.path));
+            let code = bproc_sys::spawn_errno(&e).unwrap_or(bproc_proto::errno::EIO);
+            let text = nix::errno::Errno::from_raw(code).desc();
+            let step = e
+                .get_ref()
+                .and_then(|r| r.downcast_ref::<bproc_sys::SpawnFailed>())
+                .map(|f| f.step);
+            let message = match step {
+                Some(bproc_sys::SpawnStep::File(i)) if i < file_paths.len() => {
+                    format!("{}: {text}", file_paths[i])
+                }
+                Some(bproc_sys::SpawnStep::Root) => {
+                    format!("{}: {text} (the node's root)", jail_path.unwrap_or_default())
+                }
+                Some(bproc_sys::SpawnStep::Identity) => {
+                    format!("cannot run as uid {} gid {}: {text}", creds.uid, creds.gid)
+                }
+                _ => format!("{}: {text}", spec.path),
+            };
+            return refuse(code, message);
         }
     };
     info!("launch {launch} rank {rank}: started {} as pid {pid} (uid {})", spec.path, creds.uid);

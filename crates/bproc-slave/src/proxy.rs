@@ -39,16 +39,30 @@ impl LinkState {
     }
 }
 
+/// Why the client socket could not be opened.
+#[derive(Debug)]
+pub(crate) enum BindError {
+    /// Another live daemon serves the path (its pid; 0 if unknown): it is left alone.
+    Served(i32),
+    /// Creating it failed.
+    Io(std::io::Error),
+}
+
 /// Opens the client socket at `path` (creating its directory; any user may connect, the
-/// kernel says who they are).
-pub(crate) fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// kernel says who they are). A socket file left by a daemon that died is replaced; one that
+/// a live daemon serves (another slave on this host) is never removed.
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, BindError> {
     use std::os::unix::fs::PermissionsExt;
+    if let Some(pid) = bproc_sys::peer::socket_server(path) {
+        return Err(BindError::Served(pid));
+    }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(BindError::Io)?;
     }
     let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    let l = UnixListener::bind(path).map_err(BindError::Io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(BindError::Io)?;
     Ok(l)
 }
 

@@ -323,6 +323,16 @@ async fn start(
         Ok(pid) => pid,
         Err(r) => {
             debug!("launch {} rank {rank}: {}", l.launch, r.message);
+            // Ahead of the RankSpawned with the code, on the same link.
+            let mut reason = r.message.clone();
+            if reason.len() > 1024 {
+                let mut end = 1024;
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                reason.truncate(end);
+            }
+            ctx.outbox.send(0, Message::RankRefused { launch: l.launch, rank, reason });
             -r.code
         }
     }

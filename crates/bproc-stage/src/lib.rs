@@ -207,49 +207,73 @@ pub fn closure(
     Ok(files.into_values().collect())
 }
 
-/// The files the configuration's `libraries` and `librariesfrombinary` lines put on every
-/// node (BProc's rc script: each `libraries` argument, a path or a glob, contributes the
-/// `*.so*` files directly in it; each `librariesfrombinary` program, the libraries it needs).
-/// A `libraries` argument naming a regular file stages that file whatever its name, so that
-/// a diskless node can be given `/etc/passwd` and the like. Missing paths are skipped, as
-/// BProc did.
-pub fn config_files(
-    libraries: &[String],
-    from_binaries: &[String],
-) -> Result<Vec<StagedFile>, StageError> {
-    let mut paths: Vec<PathBuf> = Vec::new();
-    for arg in libraries {
-        let matches =
-            if arg.contains('*') { glob(arg, Path::new("/")) } else { vec![PathBuf::from(arg)] };
-        for m in matches {
-            if m.is_file() {
-                paths.push(m);
-            } else if let Ok(rd) = std::fs::read_dir(&m) {
-                let mut libs: Vec<PathBuf> = rd
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| {
-                        p.is_file()
-                            && p.file_name().is_some_and(|n| n.to_string_lossy().contains(".so"))
-                    })
-                    .collect();
-                libs.sort();
-                paths.extend(libs);
+/// The files one `libraries` argument names: the file itself (a regular file stages whatever
+/// its name, so a diskless node can be given `/etc/passwd`), every regular file under a
+/// directory (its whole tree, which is how a diskless node gets Python's standard library),
+/// or, for a glob (`*` in the last component), the same for each match. `Err` says why it
+/// names nothing, for the configuration's warning.
+///
+/// BProc's rc script took only the `*.so*` files directly in each argument and skipped
+/// missing ones without a word.
+pub fn library_files(arg: &str) -> Result<Vec<PathBuf>, String> {
+    let matches =
+        if arg.contains('*') { glob(arg, Path::new("/")) } else { vec![PathBuf::from(arg)] };
+    if matches.is_empty() {
+        return Err("the pattern matches nothing".into());
+    }
+    let mut out = Vec::new();
+    for m in matches {
+        match std::fs::metadata(&m) {
+            Ok(md) if md.is_file() => out.push(m),
+            Ok(md) if md.is_dir() => tree(&m, &mut out),
+            Ok(_) => {}
+            Err(e) if arg.contains('*') => {
+                return Err(format!("{}: {}", m.display(), e.kind()));
+            }
+            Err(e) => {
+                return Err(match e.kind() {
+                    std::io::ErrorKind::NotFound => "no such file or directory".into(),
+                    _ => format!("cannot read it: {e}"),
+                })
             }
         }
     }
+    if out.is_empty() {
+        return Err("it holds no regular file".into());
+    }
+    Ok(out)
+}
+
+/// Every regular file under `dir`, sorted; symbolic links to files count as the files they
+/// name, links to directories are not followed (no loops).
+fn tree(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        let Ok(link) = std::fs::symlink_metadata(&p) else { continue };
+        if link.is_dir() {
+            tree(&p, out);
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+}
+
+/// The staged files of the configuration's `libraries` paths ([`library_files`]) and of the
+/// programs of its `librariesfrombinary` lines (the libraries each needs, not the program).
+pub fn config_files(
+    libraries: &[PathBuf],
+    from_binaries: &[PathBuf],
+) -> Result<Vec<StagedFile>, StageError> {
     let mut files: BTreeMap<PathBuf, StagedFile> = BTreeMap::new();
-    for p in paths {
-        let bytes = read(&p)?;
-        files.insert(p.clone(), staged(&p, &bytes)?);
+    for p in libraries {
+        let bytes = read(p)?;
+        files.insert(p.clone(), staged(p, &bytes)?);
     }
     for bin in from_binaries {
-        let bin = Path::new(bin);
-        if !bin.is_file() {
-            continue;
-        }
         for f in closure(bin, None)? {
-            if f.path != bin {
+            if &f.path != bin {
                 files.insert(f.path.clone(), f);
             }
         }
@@ -303,12 +327,36 @@ mod tests {
 
     #[test]
     fn configuration_lines() {
-        let files = config_files(&["/etc/hostname".into(), "/no/such".into()], &["/bin/ls".into()])
-            .unwrap();
+        let files = config_files(&["/etc/hostname".into()], &["/bin/ls".into()]).unwrap();
         let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
         assert!(paths.contains(&Path::new("/etc/hostname")), "{paths:?}");
         assert!(!paths.contains(&Path::new("/bin/ls")), "the binary itself is not a library");
         assert!(names(&files).iter().any(|f| f.starts_with("libc.so")), "{paths:?}");
+    }
+
+    /// Issue "hardening", item 14: a directory stages its tree; a path that names nothing
+    /// says why (before, both were skipped without a word, and a directory gave only its
+    /// `*.so*` files).
+    #[test]
+    fn library_arguments() {
+        let dir = std::env::temp_dir().join(format!("bproc-stage-libs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("pkg/sub")).unwrap();
+        std::fs::write(dir.join("pkg/a.py"), "a").unwrap();
+        std::fs::write(dir.join("pkg/sub/b.py"), "b").unwrap();
+        std::os::unix::fs::symlink(dir.join("pkg"), dir.join("pkg/sub/loop")).unwrap();
+        std::fs::create_dir_all(dir.join("empty")).unwrap();
+        let d = dir.display();
+        assert_eq!(
+            library_files(&format!("{d}/pkg")).unwrap(),
+            [dir.join("pkg/a.py"), dir.join("pkg/sub/b.py")]
+        );
+        assert_eq!(library_files(&format!("{d}/pk*")).unwrap().len(), 2);
+        assert_eq!(library_files("/etc/hostname").unwrap(), [PathBuf::from("/etc/hostname")]);
+        assert_eq!(library_files(&format!("{d}/nope")).unwrap_err(), "no such file or directory");
+        assert_eq!(library_files(&format!("{d}/x*")).unwrap_err(), "the pattern matches nothing");
+        assert_eq!(library_files(&format!("{d}/empty")).unwrap_err(), "it holds no regular file");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

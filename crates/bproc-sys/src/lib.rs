@@ -24,7 +24,8 @@ mod spawn;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,
-    inherited_socket_fd, signal_from, spawn, PidNamespace, SpawnSpec, MAX_FDS,
+    inherited_socket_fd, signal_from, spawn, spawn_errno, PidNamespace, SpawnFailed, SpawnSpec,
+    SpawnStep, MAX_FDS,
 };
 
 use std::ffi::CString;
@@ -52,6 +53,27 @@ pub fn raise_fd_limit() -> nix::Result<u64> {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
     Ok(hard.max(soft))
+}
+
+/// Makes `cmd` start its program with no signal blocked (`sigprocmask(2)`), whatever the
+/// calling thread blocks. The mask survives fork and exec, and std does not reset it, so a
+/// program that blocks signals to read them from a signalfd (bpcluster's Ctrl-C) would start
+/// daemons that never act on SIGTERM.
+pub fn unblock_signals_in(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the child between fork and exec, where only async-signal-safe
+    // work is allowed: it builds an empty set on the stack and calls sigprocmask, which is
+    // async-signal-safe; nothing is allocated or locked.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            )?;
+            Ok(())
+        });
+    }
 }
 
 /// The soft limit on open files (`getrlimit(2)`, `RLIMIT_NOFILE`).
@@ -291,12 +313,22 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A failure in the child comes back with its errno and the step that failed, so the
+    /// caller can name the file (issue "hardening", item 8).
     #[test]
     fn failures_before_exec_come_back_as_errors() {
+        let failed = |e: std::io::Error| {
+            let f = *e.get_ref().and_then(|r| r.downcast_ref::<SpawnFailed>()).unwrap();
+            assert_eq!(spawn_errno(&e), Some(f.errno));
+            assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+            f
+        };
         let path = CString::new("/no/such/file/here").unwrap();
         let s = spec(&["/bin/true"], vec![FdFile::read(0, path)], vec![]);
-        assert_eq!(spawn(&s).unwrap_err().raw_os_error(), Some(2));
+        let f = failed(spawn(&s).unwrap_err());
+        assert_eq!((f.step, f.errno), (SpawnStep::File(0), 2));
         let s = spec(&["/no/such/program"], vec![], vec![]);
-        assert_eq!(spawn(&s).unwrap_err().raw_os_error(), Some(2));
+        let f = failed(spawn(&s).unwrap_err());
+        assert_eq!((f.step, f.errno), (SpawnStep::Exec, 2));
     }
 }

@@ -192,6 +192,31 @@ fn parse_limits(text: &str) -> Result<Vec<Limit>, String> {
     Ok(out)
 }
 
+/// Whether a process serves the Unix socket at `path`, and which (its pid, when the kernel
+/// says; 0 when its accept queue is full): a daemon about to replace a socket file must not
+/// remove one that another live daemon serves, which would leave that daemon's clients with
+/// nothing to connect to. A non-blocking connect succeeds, or finds the queue full (`EAGAIN`),
+/// only while something listens; `SO_PEERCRED` on it names the process that listened.
+pub fn socket_server(path: &std::path::Path) -> Option<i32> {
+    use nix::sys::socket::{
+        connect, getsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, UnixAddr,
+    };
+    use std::os::fd::AsRawFd;
+    let addr = UnixAddr::new(path).ok()?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .ok()?;
+    match connect(fd.as_raw_fd(), &addr) {
+        Ok(()) => Some(getsockopt(&fd, sockopt::PeerCredentials).map_or(0, |c| c.pid())),
+        Err(nix::errno::Errno::EAGAIN) => Some(0),
+        Err(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,7 +97,7 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
     let groups: Vec<libc::gid_t> =
         spec.identity.as_ref().map(|i| i.groups.clone()).unwrap_or_default();
     let tid: i32 = spec.set_tid.unwrap_or(0);
-    let mut ctx = ChildCtx { spec, argv: &argv, envp: &envp, groups: &groups, errno: 0 };
+    let mut ctx = ChildCtx { spec, argv: &argv, envp: &envp, groups: &groups, errno: 0, step: 0 };
     // The child shares this memory and runs on its own stack until it execs, while this
     // thread waits (vfork): no page tables are copied, which on a daemon of some size costs
     // more than the rest of a start.
@@ -119,13 +119,54 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
     if pid < 0 {
         return Err(std::io::Error::from_raw_os_error(-pid as i32));
     }
-    // SAFETY: the child has exec'd or exited; nothing else writes `errno` now.
-    let errno = unsafe { std::ptr::read_volatile(&ctx.errno) };
+    // SAFETY: the child has exec'd or exited; nothing else writes `errno` or `step` now.
+    let (errno, step) =
+        unsafe { (std::ptr::read_volatile(&ctx.errno), std::ptr::read_volatile(&ctx.step)) };
     if errno != 0 {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
-        return Err(std::io::Error::from_raw_os_error(errno));
+        let step = match step {
+            STEP_SETUP => SpawnStep::Setup,
+            STEP_ROOT => SpawnStep::Root,
+            STEP_IDENTITY => SpawnStep::Identity,
+            STEP_EXEC => SpawnStep::Exec,
+            i => SpawnStep::File((i - STEP_FILE) as usize),
+        };
+        let kind = std::io::Error::from_raw_os_error(errno).kind();
+        return Err(std::io::Error::new(kind, SpawnFailed { step, errno }));
     }
     Ok(pid as i32)
+}
+
+/// The step at which the child of [`spawn`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnStep {
+    /// Its own setup (process group, fds, tracing).
+    Setup,
+    /// Entering the jail ([`SpawnSpec::jail`]).
+    Root,
+    /// Taking the identity ([`SpawnSpec::identity`]).
+    Identity,
+    /// Opening `files[i]` ([`SpawnSpec::files`]).
+    File(usize),
+    /// Executing the program (or its interpreter).
+    Exec,
+}
+
+/// A start that failed in the child, carried in the `std::io::Error` that [`spawn`] returns
+/// (whose kind matches the errno): which step failed, so a caller can name the file.
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
+#[error("{step:?} failed: {}", nix::errno::Errno::from_raw(*errno).desc())]
+pub struct SpawnFailed {
+    /// The step.
+    pub step: SpawnStep,
+    /// Its errno.
+    pub errno: i32,
+}
+
+/// The errno of an error [`spawn`] returned: the system's, or the child's ([`SpawnFailed`]).
+pub fn spawn_errno(e: &std::io::Error) -> Option<i32> {
+    e.raw_os_error()
+        .or_else(|| e.get_ref().and_then(|r| r.downcast_ref::<SpawnFailed>()).map(|f| f.errno))
 }
 
 /// Stack for the child of [`spawn`] until it execs.
@@ -138,6 +179,7 @@ struct ChildCtx<'a> {
     envp: &'a [*const libc::c_char],
     groups: &'a [libc::gid_t],
     errno: i32,
+    step: u32,
 }
 
 extern "C" fn child_entry(ctx: *mut libc::c_void) -> ! {
@@ -145,7 +187,8 @@ extern "C" fn child_entry(ctx: *mut libc::c_void) -> ! {
     // exits; the parent reads `errno` only after that.
     unsafe {
         let ctx = &mut *ctx.cast::<ChildCtx>();
-        let e = child(ctx.spec, ctx.argv, ctx.envp, ctx.groups);
+        let (e, step) = child(ctx.spec, ctx.argv, ctx.envp, ctx.groups);
+        std::ptr::write_volatile(&mut ctx.step, step);
         std::ptr::write_volatile(&mut ctx.errno, if e == 0 { libc::EIO } else { e });
         libc::_exit(127)
     }
@@ -218,14 +261,23 @@ unsafe fn clone3_vfork(
     }
 }
 
-/// The child's side of [`spawn`]: returns an errno only when something failed.
+/// Steps of the child of [`spawn`], as it reports the one that failed ([`SpawnStep`]).
+const STEP_SETUP: u32 = 0;
+const STEP_ROOT: u32 = 1;
+const STEP_IDENTITY: u32 = 2;
+const STEP_EXEC: u32 = 3;
+/// `STEP_FILE + i`: opening `files[i]`.
+const STEP_FILE: u32 = 4;
+
+/// The child's side of [`spawn`]: returns only when something failed, with the errno and the
+/// step that failed.
 fn child(
     spec: &SpawnSpec,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     groups: &[libc::gid_t],
-) -> i32 {
-    let err = || nix::Error::last_raw();
+) -> (i32, u32) {
+    let err = |step: u32| (nix::Error::last_raw(), step);
     // SAFETY: every call below is a direct system call (async-signal-safe) on memory that was
     // prepared before the clone and stays alive; nothing allocates or takes a lock.
     unsafe {
@@ -233,7 +285,7 @@ fn child(
         // ignored, and the Rust runtime ignores SIGPIPE.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         if libc::setpgid(0, 0) != 0 {
-            return err();
+            return err(STEP_SETUP);
         }
         // Nothing the caller holds goes to the program but what the spec names (dup2 below
         // makes each target without close-on-exec).
@@ -247,7 +299,7 @@ fn child(
             if from == fd as i32 {
                 libc::fcntl(from, libc::F_SETFD, 0);
             } else if libc::dup2(from, fd as i32) < 0 {
-                return err();
+                return err(STEP_SETUP);
             }
         }
         // Each source first moves above every target, so that no dup2 below lands on a
@@ -257,12 +309,12 @@ fn child(
         for (slot, (_, from)) in high.iter_mut().zip(&spec.fds) {
             *slot = libc::fcntl(from.as_raw_fd(), libc::F_DUPFD_CLOEXEC, above);
             if *slot < 0 {
-                return err();
+                return err(STEP_SETUP);
             }
         }
         for (from, (to, _)) in high.iter().zip(&spec.fds) {
             if libc::dup2(*from, *to) < 0 {
-                return err();
+                return err(STEP_SETUP);
             }
         }
         // The process count is checked against RLIMIT_NPROC when setuid below changes the
@@ -277,7 +329,7 @@ fn child(
         }
         if let Some(j) = &spec.jail {
             if libc::chroot(j.root.as_ptr()) != 0 || libc::chdir(j.cwd.as_ptr()) != 0 {
-                return err();
+                return err(STEP_ROOT);
             }
         }
         if let Some(id) = &spec.identity {
@@ -285,7 +337,7 @@ fn child(
                 || libc::syscall(libc::SYS_setgid, id.gid) != 0
                 || libc::syscall(libc::SYS_setuid, id.uid) != 0
             {
-                return err();
+                return err(STEP_IDENTITY);
             }
         }
         // Limits after the identity switch: a user's process can then only lower a hard
@@ -304,13 +356,13 @@ fn child(
         // After the identity switch, which clears the parent-death signal.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         libc::umask((spec.umask & 0o777) as libc::mode_t);
-        for f in &spec.files {
+        for (i, f) in spec.files.iter().enumerate() {
             let opened = libc::open(f.path.as_ptr(), f.flags | libc::O_CLOEXEC, f.mode);
             if opened < 0 {
-                return err();
+                return err(STEP_FILE + i as u32);
             }
             if f.offset != 0 && libc::lseek(opened, f.offset, libc::SEEK_SET) < 0 {
-                return err();
+                return err(STEP_FILE + i as u32);
             }
             if opened == f.fd {
                 libc::fcntl(opened, libc::F_SETFD, 0);
@@ -325,11 +377,11 @@ fn child(
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         if spec.trace && libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
-            return err();
+            return err(STEP_SETUP);
         }
         libc::execve(spec.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
-    err()
+    err(STEP_EXEC)
 }
 
 /// Sets limit `resource` of the calling process to `soft` and `hard`, never above the hard

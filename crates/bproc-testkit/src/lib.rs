@@ -70,7 +70,7 @@ pub fn test_user() -> TestUser {
     .clone()
 }
 
-/// The tools that tests run on nodes (`bpsh`, `bpcp`), at a path the nodes see: isolated
+/// The tools that tests run on nodes (`bpsh`, `bpcp`, `brsh`), at a path the nodes see: isolated
 /// nodes have a /tmp of their own, so binaries built under /tmp (a checkout there) are copied
 /// once per test process to /var/tmp. Copies left by earlier test processes are removed.
 pub fn node_visible_bins(bins: &Path) -> PathBuf {
@@ -92,7 +92,7 @@ pub fn node_visible_bins(bins: &Path) -> PathBuf {
         }
         let dir = base.join(format!("{prefix}{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the node-visible tools directory");
-        for tool in ["bpsh", "bpcp"] {
+        for tool in ["bpsh", "bpcp", "brsh"] {
             let (from, to) = (bins.join(tool), dir.join(tool));
             if std::fs::hard_link(&from, &to).is_err() {
                 std::fs::copy(&from, &to).expect("copy a tool where nodes see it");

@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use lexopt::prelude::*;
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use crate::{node_addr, recorded_pids, stop_detached, Cluster, Spec, VclusterError};
 
 const USAGE: &str = "Usage: bpcluster COMMAND [options]
@@ -25,7 +28,8 @@ Commands:
                 prints shell commands: eval \"$(bpcluster up -n 4)\"
   down          stop the cluster and remove its directory
   status        show the cluster's daemons and nodes
-  demo          start 4 nodes, show bpstat, mark a node down, show bpstat -l, stop
+  demo          a tour on 4 nodes: bpstat, bpsh, bpcp, a job's ghosts in ps and Ctrl-C
+                reaching it, another user refused, a node taken down; then stop
   up --vm N     (root) start N QEMU machines that boot from the network: a namespace with a
                 bridge, the master and the boot server (beoserv) inside it, an image built
                 by beoboot from --kernel; prints the boot time of each node
@@ -45,6 +49,7 @@ Options:
   --bootkey-once      keep the cluster key out of the image: the boot server hands it to each
                       machine once per boot
   -h, --help          print this message
+  -V, --version       print the version
 ";
 
 struct Args {
@@ -70,7 +75,13 @@ fn default_dir() -> PathBuf {
     )
 }
 
-fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
+/// What the command line asks for besides a command.
+enum Stop {
+    Help,
+    Version,
+}
+
+fn parse(args: Vec<OsString>) -> Result<Result<Args, Stop>, lexopt::Error> {
     let mut a = Args {
         command: String::new(),
         nodes: None,
@@ -89,7 +100,8 @@ fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
     let mut p = lexopt::Parser::from_args(args);
     while let Some(arg) = p.next()? {
         match arg {
-            Short('h') | Long("help") => return Ok(None),
+            Short('h') | Long("help") => return Ok(Err(Stop::Help)),
+            Short('V') | Long("version") => return Ok(Err(Stop::Version)),
             Short('n') | Long("nodes") => a.nodes = Some(p.value()?.parse()?),
             Long("dir") => a.dir = p.value()?.into(),
             Long("ping-timeout") => a.ping_timeout = p.value()?.parse()?,
@@ -109,7 +121,7 @@ fn parse(args: Vec<OsString>) -> Result<Option<Args>, lexopt::Error> {
             other => return Err(other.unexpected()),
         }
     }
-    Ok(Some(a))
+    Ok(Ok(a))
 }
 
 /// Directory of the running program, where its sibling binaries live.
@@ -125,7 +137,7 @@ fn isolation_works(bin: &Path) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    let out = Command::new(bin.join("bpslave")).arg("--check-isolation").output();
+    let out = crate::daemon_command(&bin.join("bpslave")).arg("--check-isolation").output();
     match out {
         Ok(o) if o.status.success() => true,
         Ok(o) => {
@@ -164,15 +176,13 @@ fn spec_for(a: &Args, n: usize) -> Spec {
 
 fn up(a: &Args) -> Result<(), VclusterError> {
     let n = a.nodes.unwrap_or(4);
-    if a.dir.join("pids").exists() {
-        let live = recorded_pids(&a.dir)?.iter().any(|r| r.find(&a.dir).is_some());
+    if a.dir.join("pids").exists() || a.dir.join("config").exists() {
+        let recorded = recorded_pids(&a.dir).unwrap_or_default();
+        let known: Vec<i32> = recorded.iter().map(|r| r.pid).collect();
+        let live = recorded.iter().any(|r| r.find(&a.dir).is_some())
+            || !crate::unrecorded_daemons(&a.dir, &known).is_empty();
         if live {
-            eprintln!(
-                "bpcluster: a cluster is already running in {}; stop it with `bpcluster down --dir {}`",
-                a.dir.display(),
-                a.dir.display()
-            );
-            return Err(VclusterError::NoCluster(a.dir.clone()));
+            return Err(VclusterError::Running(a.dir.clone()));
         }
         let _ = std::fs::remove_dir_all(&a.dir);
     }
@@ -280,6 +290,10 @@ fn status(a: &Args) -> Result<(), VclusterError> {
             .unwrap_or_default();
         println!("{name:<8} pid {pid:<8} {what}{addr}");
     }
+    let known: Vec<i32> = pids.iter().map(|r| r.pid).collect();
+    for u in crate::unrecorded_daemons(&a.dir, &known) {
+        println!("{:<8} pid {:<8} running (not recorded by `up`: started by hand)", u.name, u.pid);
+    }
     match bproc::Client::connect_to(&a.dir.join("master.sock")).and_then(|mut c| c.nodes()) {
         Ok(nodes) => {
             let up = nodes.iter().filter(|n| n.state == "up").count();
@@ -294,8 +308,21 @@ fn status(a: &Args) -> Result<(), VclusterError> {
     Ok(())
 }
 
-/// Runs a tool with the cluster's socket, echoing the command line like a shell session.
-fn show(c: &Cluster, prog: &str, args: &[&str]) {
+/// The demo's stdout for a tool's stderr too, so that a transcript holds both in order.
+fn as_stdout() -> std::process::Stdio {
+    use std::os::fd::AsFd;
+    std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_or_else(|_| std::process::Stdio::inherit(), std::process::Stdio::from)
+}
+
+/// Runs a tool with the cluster's socket, echoing the command line like a shell session;
+/// fails once the demo is interrupted.
+fn show(c: &Cluster, prog: &str, args: &[&str]) -> Result<(), VclusterError> {
+    if let Some(sig) = crate::interrupted() {
+        return Err(VclusterError::Interrupted(sig));
+    }
     let mut line = format!("$ {prog}");
     for a in args {
         line.push(' ');
@@ -309,64 +336,212 @@ fn show(c: &Cluster, prog: &str, args: &[&str]) {
     // Our own tools from beside this binary; anything else (ls) from PATH.
     let own = bin_dir().join(prog);
     let program = if own.exists() { own } else { prog.into() };
-    let status = Command::new(program).args(args).env("BPROC_SOCKET", c.socket()).status();
+    let status = crate::daemon_command(&program)
+        .args(args)
+        .env("BPROC_SOCKET", c.socket())
+        .stderr(as_stdout())
+        .status();
     if let Err(e) = status {
         println!("({prog} failed to run: {e})");
     }
     println!();
+    crate::interrupted().map_or(Ok(()), |sig| Err(VclusterError::Interrupted(sig)))
+}
+
+/// A job left running on nodes 0 and 1: its ghosts in `ps`, then what Ctrl-C does to it.
+fn demo_ghosts(c: &Cluster) -> Result<(), VclusterError> {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    println!("A running job has a ghost on the front end for each remote process, a child of");
+    println!("bpsh: ps shows it as [sleep], and bpstat -P adds the node the process runs on:");
+    println!("$ bpsh 0-1 sleep 30 &");
+    let bpsh = bin_dir().join("bpsh");
+    let spawn_err = |source| VclusterError::Spawn { prog: bpsh.clone(), source };
+    // Its own process group, as a shell's job: what the terminal's Ctrl-C signals.
+    let mut job = crate::daemon_command(&bpsh)
+        .arg0("bpsh")
+        .args(["0-1", "sleep", "30"])
+        .env("BPROC_SOCKET", c.socket())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(spawn_err)?;
+    let pid = job.id() as i32;
+    let stop = |job: &mut std::process::Child| {
+        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        let _ = job.wait();
+    };
+    // Until both ghosts are in the master's process table (the cluster runs nothing else).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut client = c.client()?;
+    while client.procs()?.len() < 2 {
+        if Instant::now() > deadline || matches!(job.try_wait(), Ok(Some(_))) {
+            stop(&mut job);
+            println!("(the job did not start)\n");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let p = pid.to_string();
+    println!("$ ps f --pid {p} --ppid {p} | bpstat -P");
+    let ps = Command::new("ps").args(["f", "--pid", &p, "--ppid", &p]).output();
+    match ps {
+        Ok(ps) => {
+            let mut bpstat = crate::daemon_command(&bin_dir().join("bpstat"))
+                .arg("-P")
+                .env("BPROC_SOCKET", c.socket())
+                .stdin(Stdio::piped())
+                .spawn()
+                .map_err(|source| VclusterError::Spawn { prog: "bpstat".into(), source })?;
+            if let Some(mut input) = bpstat.stdin.take() {
+                let _ = input.write_all(&ps.stdout);
+            }
+            let _ = bpstat.wait();
+        }
+        Err(e) => println!("(ps failed to run: {e})"),
+    }
+    println!();
+    println!("Ctrl-C: the terminal sends SIGINT to the job's process group, and each ghost");
+    println!("passes it on to its remote process:");
+    println!("$ kill -INT -{p}");
+    let _ = kill(Pid::from_raw(-pid), Signal::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match job.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => break None,
+        }
+    };
+    let mut said = String::new();
+    if let Some(mut err) = job.stderr.take() {
+        let _ = err.read_to_string(&mut said);
+    }
+    print!("{said}");
+    match status.and_then(|s| s.code()) {
+        Some(code) => println!("(bpsh exited with status {code})\n"),
+        None => {
+            stop(&mut job);
+            println!("(bpsh did not end; killed)\n");
+        }
+    }
+    crate::interrupted().map_or(Ok(()), |sig| Err(VclusterError::Interrupted(sig)))
+}
+
+/// Another user refused on nodes given to user 65534, and let in on node 0 (root only: it
+/// runs bpsh as that user).
+fn demo_refusal(c: &Cluster) -> Result<(), VclusterError> {
+    use std::os::unix::process::CommandExt;
+    println!("Any other user is refused there; the master checks each launch against who the");
+    println!("kernel says asks (here uid 65533), and node 0 is open to all:");
+    println!("$ bpsh 0-2 id -u          # as uid 65533");
+    if !nix::unistd::geteuid().is_root() {
+        println!("(run the demo as root to see it)\n");
+        return Ok(());
+    }
+    let status = crate::daemon_command(&bin_dir().join("bpsh"))
+        .args(["0-2", "id", "-u"])
+        .env("BPROC_SOCKET", c.socket())
+        .current_dir("/")
+        .stderr(as_stdout())
+        .uid(65533)
+        .gid(65533)
+        .status();
+    if let Err(e) = status {
+        println!("(bpsh failed to run: {e})");
+    }
+    println!();
+    crate::interrupted().map_or(Ok(()), |sig| Err(VclusterError::Interrupted(sig)))
 }
 
 fn demo(a: &Args) -> Result<(), VclusterError> {
     let dir = std::env::temp_dir().join(format!("bpcluster-demo-{}", std::process::id()));
+    // Its cluster is stopped when `demo_in` returns, also when it fails or is interrupted.
+    let r = demo_in(a, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    r?;
+    println!("Cluster stopped.");
+    Ok(())
+}
+
+fn demo_in(a: &Args, dir: &Path) -> Result<(), VclusterError> {
     let mut args_for_demo = spec_for(a, 4);
-    args_for_demo.dir = dir.clone();
+    args_for_demo.dir = dir.to_owned();
     println!("Starting a virtual cluster: one bpmaster and 4 bpslave daemons on 127.0.1.0-3 ...");
     let t0 = Instant::now();
     let c = Cluster::start(args_for_demo)?;
     println!("4 nodes up in {:.2} s\n", t0.elapsed().as_secs_f64());
-    show(&c, "bpstat", &[]);
+    show(&c, "bpstat", &[])?;
     println!("Run a program on every node, output prefixed, sorted and divided by node:");
     let hello = "echo hello from $(hostname), rank $BPROC_RANK";
-    show(&c, "bpsh", &["-a", "-p", "-s", "-d", "sh", "-c", hello]);
+    show(&c, "bpsh", &["-a", "-p", "-s", "-d", "sh", "-c", hello])?;
     println!("Write a file on node 2, then look for it on every node (each has its own /tmp):");
-    show(&c, "bpsh", &["2", "-O", "/tmp/myoutput", "echo", "results"]);
-    show(&c, "bpsh", &["-a", "-p", "-L", "ls", "/tmp"]);
+    show(&c, "bpsh", &["2", "-O", "/tmp/myoutput", "echo", "results"])?;
+    show(&c, "bpsh", &["-a", "-p", "-L", "ls", "/tmp"])?;
     println!("Copy it from node 2 to node 3 (straight between the nodes), then gather it:");
-    show(&c, "bpcp", &["2:/tmp/myoutput", "3:/tmp"]);
+    show(&c, "bpcp", &["2:/tmp/myoutput", "3:/tmp"])?;
     let gathered = dir.join("gathered");
     let _ = std::fs::create_dir_all(&gathered);
     let g = gathered.to_string_lossy().into_owned();
-    show(&c, "bpcp", &["2-3:/tmp/myoutput", &g]);
-    show(&c, "ls", &[&g]);
+    show(&c, "bpcp", &["2-3:/tmp/myoutput", &g])?;
+    show(&c, "ls", &[&g])?;
     println!("Broadcast a file from the front end to every node:");
     let input = dir.join("input.dat");
     let _ = std::fs::write(&input, "input for every node\n");
-    show(&c, "bpcp", &[&input.to_string_lossy(), "all:/tmp"]);
-    show(&c, "bpsh", &["-a", "-p", "cat", "/tmp/input.dat"]);
+    show(&c, "bpcp", &[&input.to_string_lossy(), "all:/tmp"])?;
+    show(&c, "bpsh", &["-a", "-p", "cat", "/tmp/input.dat"])?;
+    demo_ghosts(&c)?;
     println!("Give nodes 1-2 to user 65534 (nobody), and only to them:");
-    show(&c, "bpctl", &["-S", "1-2", "-u", "65534", "-g", "65534", "-m", "0100"]);
+    show(&c, "bpctl", &["-S", "1-2", "-u", "65534", "-g", "65534", "-m", "0100"])?;
+    demo_refusal(&c)?;
     println!("Take node 3 out of service:");
-    show(&c, "bpctl", &["-S", "3", "-s", "down"]);
+    show(&c, "bpctl", &["-S", "3", "-s", "down"])?;
     c.wait_for_within("node 3 down", Duration::from_secs(10), |n| {
         n.iter().any(|n| n.node == 3 && n.state == "down")
     })?;
-    show(&c, "bpstat", &[]);
-    show(&c, "bpstat", &["-l"]);
-    show(&c, "bpstat", &["-t", "allup"]);
+    show(&c, "bpstat", &[])?;
+    show(&c, "bpstat", &["-l"])?;
+    show(&c, "bpstat", &["-t", "allup"])?;
     println!("A down node is reported, and the others still run:");
-    show(&c, "bpsh", &["0-3", "-p", "uname", "-r"]);
-    drop(c);
-    let _ = std::fs::remove_dir_all(&dir);
-    println!("Cluster stopped.");
+    show(&c, "bpsh", &["0-3", "-p", "uname", "-r"])?;
     Ok(())
+}
+
+/// Makes SIGINT (Ctrl-C), SIGTERM and SIGHUP interrupt a start instead of killing bpcluster
+/// outright: the daemons run in process groups of their own, out of the terminal's reach, so
+/// bpcluster must stop them itself. The signals are blocked (threads started later inherit
+/// that; programs started get a clean mask) and read from a signalfd by a thread, which marks
+/// the start interrupted ([`crate::interrupt`]); the start then stops what it started.
+fn catch_interrupts() {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::SignalFd;
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    let Ok(fd) = SignalFd::new(&set) else { return };
+    if set.thread_block().is_err() {
+        return;
+    }
+    std::thread::spawn(move || {
+        while let Ok(Some(info)) = fd.read_signal() {
+            crate::interrupt(info.ssi_signo as i32);
+        }
+    });
 }
 
 /// Runs bpcluster with `args` (without the program name).
 pub fn main(args: Vec<OsString>) -> ExitCode {
     let a = match parse(args) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
+        Ok(Ok(a)) => a,
+        Ok(Err(Stop::Help)) => {
             print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Err(Stop::Version)) => {
+            println!("bpcluster version {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -374,11 +549,20 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(a.command.as_str(), "up" | "demo") {
+        catch_interrupts();
+    }
     let r = match a.command.as_str() {
         "up" if a.vms.is_none() => up(&a),
         "down" if crate::vm::is_vm_cluster(&a.dir) => crate::vm::stop_detached_vms(&a.dir)
             .map(|n| eprintln!("bpcluster: stopped {n} machines and daemons")),
-        "down" => stop_detached(&a.dir).map(|n| eprintln!("bpcluster: stopped {n} daemons")),
+        "down" => stop_detached(&a.dir).map(|s| {
+            let by_hand = match s.unrecorded {
+                0 => String::new(),
+                n => format!(" ({n} not recorded by `up`: started by hand)"),
+            };
+            eprintln!("bpcluster: stopped {} daemons{by_hand}", s.daemons);
+        }),
         "exec" => return exec(&a),
         "up" if a.vms.is_some() => {
             return match up_vms(&a) {
@@ -408,6 +592,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ VclusterError::Interrupted(sig)) => {
+            eprintln!("bpcluster: {e}");
+            ExitCode::from(128u8.saturating_add(sig as u8))
+        }
         Err(e) => {
             eprintln!("bpcluster: {e}");
             ExitCode::FAILURE

@@ -13,6 +13,10 @@
 //! the start time recorded with the pid and that the command line names this directory's
 //! `config` (the master) or `key` (a slave), and then signals through the pidfd, which cannot
 //! reach another process even if the pid is reused meanwhile.
+//!
+//! A start records each daemon in `pids` as it spawns it, so `bpcluster down` can stop a start
+//! that hangs; a start that fails, times out or is interrupted ([`interrupt`]) stops every
+//! daemon it started before it returns.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -25,6 +29,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use bproc::{Client, NodeStatus};
@@ -91,6 +96,26 @@ pub enum VclusterError {
     /// No cluster in the directory.
     #[error("no virtual cluster in {} (start one with `bpcluster up`)", .0.display())]
     NoCluster(PathBuf),
+    /// A cluster already runs in the directory.
+    #[error("a cluster is already running in {dir}; stop it with `bpcluster down --dir {dir}`", dir = .0.display())]
+    Running(PathBuf),
+    /// A signal ended the start; the daemons it had started are stopped.
+    #[error("interrupted by signal {0}; stopped the daemons it had started")]
+    Interrupted(i32),
+    /// The master could not hold a link per node.
+    #[error(
+        "{nodes} nodes need at least {need} open files in bpmaster (one per node, more for \
+         each job's ghosts), but the hard limit here is {hard}: raise it (`ulimit -Hn` as \
+         root, LimitNOFILE= or limits.conf) or start fewer nodes"
+    )]
+    FdLimit {
+        /// Nodes asked for.
+        nodes: usize,
+        /// Descriptors the master needs at least.
+        need: u64,
+        /// The hard limit on open files here, which the master inherits.
+        hard: u64,
+    },
     /// The node number is not part of the cluster.
     #[error("node {0} is not part of this cluster")]
     NoSuchNode(usize),
@@ -147,6 +172,39 @@ impl Spec {
             daemonize_master: false,
         }
     }
+}
+
+/// The signal that interrupted starts in this process, 0 while none has.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+/// Interrupts every start in this process, now and later: it stops the daemons it started and
+/// fails with [`VclusterError::Interrupted`]. For a signal handler thread (`bpcluster`'s
+/// Ctrl-C), hence async-signal-safe work only.
+pub fn interrupt(signal: i32) {
+    INTERRUPTED.store(signal.max(1), Ordering::SeqCst);
+}
+
+/// The signal given to [`interrupt`], if any.
+pub fn interrupted() -> Option<i32> {
+    Some(INTERRUPTED.load(Ordering::SeqCst)).filter(|s| *s != 0)
+}
+
+fn check_interrupt() -> Result<(), VclusterError> {
+    interrupted().map_or(Ok(()), |s| Err(VclusterError::Interrupted(s)))
+}
+
+/// Descriptors bpmaster needs for `nodes` nodes, at least: one link per node, and its own
+/// (about 20 measured: sockets, runtime, logs) with a margin for a few clients.
+fn fds_needed(nodes: usize) -> u64 {
+    nodes as u64 + 64
+}
+
+/// A command for `prog` that starts with no signal blocked, whatever this process blocks
+/// (`bpcluster` blocks SIGINT, SIGTERM and SIGHUP to catch them).
+pub fn daemon_command(prog: &Path) -> Command {
+    let mut cmd = Command::new(prog);
+    bproc_sys::unblock_signals_in(&mut cmd);
+    cmd
 }
 
 /// Address of node `i`.
@@ -207,6 +265,8 @@ pub struct Cluster {
     master: Option<Daemon>,
     slaves: Vec<Option<Child>>,
     owned: bool,
+    /// `DIR/pids`, appended to as each daemon starts.
+    pids: Option<std::fs::File>,
 }
 
 impl Cluster {
@@ -216,6 +276,18 @@ impl Cluster {
         // Absolute, so that the daemons' command lines name the directory wherever `down`
         // runs, and the socket path printed for shells holds after a `cd`.
         spec.dir = std::path::absolute(&spec.dir).map_err(file_err(&spec.dir))?;
+        check_interrupt()?;
+        // The master inherits our limit and raises its soft limit to the hard one: below what
+        // it needs, it would stop accepting nodes and clients, and the start would hang.
+        let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(u64::MAX, |(_, hard)| hard);
+        if hard < fds_needed(spec.nodes) {
+            return Err(VclusterError::FdLimit {
+                nodes: spec.nodes,
+                need: fds_needed(spec.nodes),
+                hard,
+            });
+        }
         let dir = &spec.dir;
         for d in [dir.clone(), dir.join("log"), dir.join("state")] {
             std::fs::create_dir_all(&d).map_err(file_err(&d))?;
@@ -232,16 +304,21 @@ impl Cluster {
             .and_then(|l| l.local_addr())
             .map_err(file_err(dir))?
             .port();
+        let pids_path = dir.join("pids");
+        let pids = std::fs::File::create(&pids_path).map_err(file_err(&pids_path))?;
         let mut c = Cluster {
             slaves: (0..spec.nodes).map(|_| None).collect(),
             spec,
             port,
             master: None,
             owned: true,
+            pids: Some(pids),
         };
+        // From here on, an error drops `c`, which stops what was started.
         c.write_config()?;
         c.start_master()?;
         for i in 0..c.spec.nodes {
+            check_interrupt()?;
             c.start_slave(i)?;
         }
         let connected_only = c.spec.ready_when_connected;
@@ -330,7 +407,7 @@ impl Cluster {
     pub fn start_master(&mut self) -> Result<(), VclusterError> {
         let prog = self.spec.bin_dir.join("bpmaster");
         let log = self.master_log();
-        let mut cmd = Command::new(&prog);
+        let mut cmd = daemon_command(&prog);
         if self.spec.daemonize_master {
             cmd.arg("--print-address").arg("-c").arg("config").current_dir(&self.spec.dir);
         } else {
@@ -361,12 +438,14 @@ impl Cluster {
             return failed(child);
         }
         if !self.spec.daemonize_master {
+            self.record("master", child.id());
             self.master = Some(Daemon::Child(child));
             return Ok(());
         }
         let pid = line.split_whitespace().nth(2).and_then(|p| p.parse().ok());
         match (child.wait(), pid) {
             (Ok(st), Some(pid)) if st.success() => {
+                self.record("master", pid);
                 self.master = Some(Daemon::Background(pid));
                 Ok(())
             }
@@ -380,7 +459,7 @@ impl Cluster {
             return Err(VclusterError::NoSuchNode(i));
         }
         let prog = self.spec.bin_dir.join("bpslave");
-        let mut cmd = Command::new(&prog);
+        let mut cmd = daemon_command(&prog);
         cmd.arg("-d")
             .arg("--key")
             .arg(self.spec.dir.join("key"))
@@ -410,8 +489,20 @@ impl Cluster {
             .process_group(0)
             .spawn()
             .map_err(|source| VclusterError::Spawn { prog, source })?;
+        self.record(&format!("n{i}"), child.id());
         self.slaves[i] = Some(child);
         Ok(())
+    }
+
+    /// Appends a daemon just started to `DIR/pids`, so that `bpcluster down` finds it even
+    /// while this start is still waiting (or hangs). Best effort: the file is a convenience,
+    /// and `detach` writes it whole.
+    fn record(&mut self, name: &str, pid: u32) {
+        use std::io::Write as _;
+        if let Some(f) = &mut self.pids {
+            let start = start_time(pid as i32).map(|t| format!(" {t}")).unwrap_or_default();
+            let _ = writeln!(f, "{name} {pid}{start}");
+        }
     }
 
     /// Pid of the master, if running under this handle.
@@ -487,24 +578,43 @@ impl Cluster {
         done: impl Fn(&[NodeStatus]) -> bool,
     ) -> Result<Vec<NodeStatus>, VclusterError> {
         let deadline = Instant::now() + timeout;
-        let mut w = self.client()?.watch()?;
+        let timed_out = |last: &[NodeStatus], why: &str| VclusterError::Timeout {
+            what: what.to_owned(),
+            secs: timeout.as_secs(),
+            detail: format!("{why}{}", self.describe(last)),
+        };
+        // Every wait is bounded by the deadline and broken by an interrupt: a master that
+        // accepts but never answers (hung, or out of descriptors) must not hold the start.
+        let mut w = loop {
+            check_interrupt()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let slice = Some(left.clamp(Duration::from_millis(1), Duration::from_millis(200)));
+            match Client::connect_within(&self.socket(), slice) {
+                Ok(c) => break c.watch_unconfirmed()?,
+                Err(bproc::BprocError::Timeout { .. }) if !left.is_zero() => {}
+                Err(bproc::BprocError::Timeout { .. }) => {
+                    return Err(timed_out(&[], "bpmaster accepted no connection; "))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let mut last = Vec::new();
+        let mut answered = false;
         loop {
+            check_interrupt()?;
             let left = deadline.saturating_duration_since(Instant::now());
             let mut fds = [nix::poll::PollFd::new(w.as_fd(), nix::poll::PollFlags::POLLIN)];
             // Wake at least every 200 ms to check the daemons and the deadline.
             let ms = u16::try_from(left.as_millis().min(200)).unwrap_or(200);
             if nix::poll::poll(&mut fds, ms).unwrap_or(0) > 0 {
                 last = w.next_table()?;
+                answered = true;
                 if done(&last) {
                     return Ok(last);
                 }
             } else if Instant::now() >= deadline {
-                return Err(VclusterError::Timeout {
-                    what: what.to_owned(),
-                    secs: timeout.as_secs(),
-                    detail: self.describe(&last),
-                });
+                let why = if answered { "" } else { "bpmaster answered no request; " };
+                return Err(timed_out(&last, why));
             }
             if watch_daemons {
                 if let Some(dead) = self.dead_daemon() {
@@ -539,7 +649,9 @@ impl Cluster {
     fn describe(&self, nodes: &[NodeStatus]) -> String {
         let mut detail = String::new();
         let not_up: Vec<&NodeStatus> = nodes.iter().filter(|n| n.state != "up").collect();
-        let _ = writeln!(detail, "{} of {} nodes not up", not_up.len(), nodes.len());
+        if !nodes.is_empty() {
+            let _ = writeln!(detail, "{} of {} nodes not up", not_up.len(), nodes.len());
+        }
         for n in not_up.iter().take(5) {
             let _ = writeln!(detail, "node {} is {}; its log ends:", n.node, n.state);
             let _ = writeln!(detail, "{}", log_tail(&self.slave_log(n.node as usize), 5));
@@ -567,11 +679,13 @@ impl Cluster {
         }
         let path = self.spec.dir.join("pids");
         std::fs::write(&path, text).map_err(file_err(&path))?;
+        self.pids = None;
         self.owned = false;
         Ok(())
     }
 
-    /// Kills every process this handle started, slaves first.
+    /// Kills every process this handle started, slaves first, and removes `DIR/pids`, which
+    /// then names no live daemon.
     pub fn stop(&mut self) {
         for s in self.slaves.iter_mut().filter_map(Option::take) {
             let mut s = s;
@@ -579,6 +693,9 @@ impl Cluster {
             let _ = s.wait();
         }
         self.stop_master();
+        if self.pids.take().is_some() {
+            let _ = std::fs::remove_file(self.spec.dir.join("pids"));
+        }
     }
 }
 
@@ -689,14 +806,115 @@ impl Recorded {
                 _ => ("--key", "key"),
             };
             let ours = std::fs::metadata(dir.join(file)).ok()?;
+            // A relative name is taken from the process's working directory.
+            let cwd = std::fs::read_link(format!("/proc/{}/cwd", self.pid)).unwrap_or_default();
             argv.windows(2).any(|w| {
                 w[0] == flag.as_bytes()
-                    && std::fs::metadata(std::ffi::OsStr::from_bytes(&w[1]))
+                    && std::fs::metadata(cwd.join(std::ffi::OsStr::from_bytes(&w[1])))
                         .is_ok_and(|m| (m.dev(), m.ino()) == (ours.dev(), ours.ino()))
             })
         };
         (names_ours && !exited(&fd)).then_some(fd)
     }
+}
+
+/// Whether `pid` runs bpmaster (`master`) or bpslave with a command line naming the `config`
+/// (`-c`) or `key` (`--key`) file of cluster directory `dir`, as the same file (device and
+/// inode). A relative name is taken from the process's working directory.
+fn is_daemon_of(pid: i32, master: bool, dir: &Path) -> bool {
+    let (prog, flag, file) =
+        if master { ("bpmaster", "-c", "config") } else { ("bpslave", "--key", "key") };
+    let Ok(ours) = std::fs::metadata(dir.join(file)) else { return false };
+    let argv = argv(pid);
+    let Some(argv0) = argv.first() else { return false };
+    if !Path::new(std::ffi::OsStr::from_bytes(argv0)).ends_with(prog) {
+        return false;
+    }
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+    argv.windows(2).any(|w| {
+        w[0] == flag.as_bytes()
+            && std::fs::metadata(cwd.join(std::ffi::OsStr::from_bytes(&w[1])))
+                .is_ok_and(|m| (m.dev(), m.ino()) == (ours.dev(), ours.ino()))
+    })
+}
+
+/// A daemon of a cluster that its `pids` file does not name (restarted by hand).
+#[derive(Debug)]
+pub struct Unrecorded {
+    /// `master` or `slave`.
+    pub name: &'static str,
+    /// Its pid.
+    pub pid: i32,
+    /// A pidfd for it, opened once it was proved the cluster's.
+    pub fd: OwnedFd,
+}
+
+/// The daemons of the cluster in `dir` other than the pids in `known`: the process serving
+/// `DIR/master.sock` (which only the cluster's master does), and every bpmaster or bpslave
+/// whose executable is that program and whose command line names this directory's `config`
+/// or `key` ([`Recorded::find`]'s proof, without a recorded start time: the start time read
+/// before the pidfd was opened must still be the process's after).
+pub fn unrecorded_daemons(dir: &Path, known: &[i32]) -> Vec<Unrecorded> {
+    let open = |pid: i32| {
+        let t = start_time(pid)?;
+        let fd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid)?,
+            rustix::process::PidfdFlags::empty(),
+        )
+        .ok()?;
+        (start_time(pid) == Some(t) && !exited(&fd)).then_some(fd)
+    };
+    let mut found = Vec::new();
+    let socket = dir.join("master.sock");
+    if let Some(pid) = bproc_sys::peer::socket_server(&socket).filter(|p| *p > 0) {
+        if !known.contains(&pid) && pid_runs(pid, "bpmaster") {
+            if let Some(fd) = open(pid) {
+                // Still the process serving the socket, now that the pidfd pins it.
+                if bproc_sys::peer::socket_server(&socket) == Some(pid) {
+                    found.push(Unrecorded { name: "master", pid, fd });
+                }
+            }
+        }
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    let mut daemons = Vec::new();
+    for pid in entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        if known.contains(&pid) || found.iter().any(|f| f.pid == pid) {
+            continue;
+        }
+        // Unrecorded, the program itself must be a daemon, not one that calls itself so.
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        for master in [true, false] {
+            let prog = if master { "bpmaster" } else { "bpslave" };
+            if exe.file_name().is_some_and(|n| n == prog) && is_daemon_of(pid, master, dir) {
+                if let Some(fd) = open(pid).filter(|_| is_daemon_of(pid, master, dir)) {
+                    daemons.push(Unrecorded {
+                        name: if master { "master" } else { "slave" },
+                        pid,
+                        fd,
+                    });
+                }
+            }
+        }
+    }
+    // A daemon's own forks (a slave's pid namespace init) share its command line: only
+    // processes whose parent is not a daemon of the cluster count.
+    let parents: Vec<i32> = known
+        .iter()
+        .copied()
+        .chain(daemons.iter().map(|d| d.pid))
+        .chain(found.iter().map(|f| f.pid))
+        .collect();
+    found.extend(
+        daemons.into_iter().filter(|d| !parent_of(d.pid).is_some_and(|p| parents.contains(&p))),
+    );
+    found
+}
+
+/// The parent of `pid` (`/proc/PID/stat`, field 4).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Whether the process of `pidfd` has ended (a pidfd polls readable then).
@@ -722,13 +940,36 @@ pub fn recorded_pids(dir: &Path) -> Result<Vec<Recorded>, VclusterError> {
         .collect())
 }
 
+/// What [`stop_detached`] stopped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Daemons in total.
+    pub daemons: usize,
+    /// Of those, daemons the `pids` file did not name (restarted by hand).
+    pub unrecorded: usize,
+}
+
 /// Stops a detached cluster: slaves, then the master (SIGTERM, then SIGKILL), and removes the
-/// directory. Only processes proved to be the cluster's daemons ([`Recorded::find`]) are
-/// signalled, through their pidfds. Returns how many processes were stopped.
-pub fn stop_detached(dir: &Path) -> Result<usize, VclusterError> {
-    let pids = recorded_pids(dir)?;
-    let live: Vec<(bool, OwnedFd)> =
+/// directory. Only processes proved to be the cluster's daemons are signalled, through their
+/// pidfds: those recorded in `pids` ([`Recorded::find`]) and those it does not name, such as
+/// a master restarted by hand ([`unrecorded_daemons`]), which would otherwise go on and
+/// recreate the directory with its state file. A directory without a `pids` file is a
+/// cluster only if such daemons are found.
+pub fn stop_detached(dir: &Path) -> Result<Stopped, VclusterError> {
+    let pids = match recorded_pids(dir) {
+        Ok(p) => p,
+        Err(VclusterError::NoCluster(_)) if dir.join("config").exists() => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut live: Vec<(bool, OwnedFd)> =
         pids.iter().filter_map(|r| Some((r.name == "master", r.find(dir)?))).collect();
+    let known: Vec<i32> = pids.iter().map(|r| r.pid).collect();
+    let extra = unrecorded_daemons(dir, &known);
+    if pids.is_empty() && extra.is_empty() && !dir.join("pids").exists() {
+        return Err(VclusterError::NoCluster(dir.to_owned()));
+    }
+    let unrecorded = extra.len();
+    live.extend(extra.into_iter().map(|u| (u.name == "master", u.fd)));
     let (masters, slaves): (Vec<_>, Vec<_>) = live.iter().partition(|(master, _)| *master);
     for group in [slaves, masters] {
         for (_, fd) in &group {
@@ -745,5 +986,5 @@ pub fn stop_detached(dir: &Path) -> Result<usize, VclusterError> {
         }
     }
     std::fs::remove_dir_all(dir).map_err(file_err(dir))?;
-    Ok(live.len())
+    Ok(Stopped { daemons: live.len(), unrecorded })
 }

@@ -88,6 +88,14 @@ pub fn current_rlimits() -> Vec<(u32, u64, u64)> {
     .collect()
 }
 
+/// `E2BIG`, with the sizes and the limit, for a spec one launch cannot carry.
+fn fits(spec: &ProcSpec) -> Result<(), BprocError> {
+    match spec.too_large() {
+        Some(message) => Err(BprocError::Remote { code: bproc_proto::errno::E2BIG, message }),
+        None => Ok(()),
+    }
+}
+
 fn spec_of(p: &Program) -> ProcSpec {
     let cwd = std::env::current_dir().map(|d| d.to_string_lossy().into_owned());
     let path = if p.path.starts_with('/') {
@@ -149,8 +157,10 @@ fn spec_of(p: &Program) -> ProcSpec {
 pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> {
     prog.io.check()?;
     let mut client = Client::connect()?;
-    let ghost = client.place()?.ghost;
+    let place = client.place()?;
+    let ghost = place.ghost;
     let spec = spec_of(prog);
+    fits(&spec)?;
     let comm = crate::ghost::comm_of(&spec.path);
     let ghosts = match &ghost {
         Some(g) => ghosts_for(g, &comm, nodes),
@@ -173,8 +183,13 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
         }
     };
     for (rank, pid) in pids.iter_mut().enumerate() {
-        if nodes[rank] == NODE_MASTER {
-            *pid = start_here(&spec, rank).unwrap_or_else(|e| -e.raw_os_error().unwrap_or(5));
+        if nodes[rank] == NODE_MASTER && place.node != NODE_MASTER {
+            // The front end, from a node: nothing here can start a process there (the master
+            // daemon runs no user code), and running it on this node would be wrong.
+            *pid = -bproc_proto::errno::EOPNOTSUPP;
+        } else if nodes[rank] == NODE_MASTER {
+            *pid = start_here(&spec, rank)
+                .unwrap_or_else(|e| -bproc_sys::spawn_errno(&e).unwrap_or(5));
         } else if *pid <= 0 {
             crate::ghost::discard([ghosts[rank]]);
         } else if ghosts[rank] > 0 {
@@ -296,6 +311,7 @@ pub fn execmove(node: i32, prog: &Program) -> BprocError {
             });
         };
         let spec = spec_of(prog);
+        fits(&spec)?;
         let me = std::process::id() as i32;
         let launch = Message::Launch {
             nodes: vec![node],

@@ -34,6 +34,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub use bproc_proto::errno;
 use bproc_proto::{DecodeError, Header, HEADER_LEN};
@@ -47,6 +48,24 @@ use thiserror::Error;
 pub const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
 /// Node number of the master.
 pub const NODE_MASTER: i32 = -1;
+/// How long a client waits for bpmaster to accept its connection, and then for each answer,
+/// when `$BPROC_TIMEOUT` does not say: longer than the 30 s the master gives a node to answer
+/// a request it passes on, so the master's own reason gets through; short enough that a hung
+/// master is reported instead of waited on.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long clients wait for bpmaster: `$BPROC_TIMEOUT` seconds (fractions allowed; `0` waits
+/// forever), else [`DEFAULT_TIMEOUT`]. `None` is no limit.
+///
+/// Only waits for an answer are bounded: a watcher waiting for the next change, or bpsh
+/// waiting for its processes, waits as long as they run.
+pub fn timeout() -> Option<Duration> {
+    match std::env::var("BPROC_TIMEOUT").ok().and_then(|v| v.trim().parse::<f64>().ok()) {
+        Some(0.0) => None,
+        Some(s) if s > 0.0 && s.is_finite() => Some(Duration::from_secs_f64(s)),
+        _ => Some(DEFAULT_TIMEOUT),
+    }
+}
 
 /// Everything that can go wrong talking to the master.
 #[derive(Debug, Error)]
@@ -54,6 +73,37 @@ pub enum BprocError {
     /// No master answers on the socket.
     #[error("cannot reach bpmaster at {} (is bpmaster running? set BPROC_SOCKET to its socket)", path.display())]
     Connect {
+        /// The socket tried.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The master accepted no connection, or gave no answer, within the client's limit
+    /// ([`timeout`]).
+    #[error(
+        "bpmaster at {} did not {what} within {} s (is it hung or overloaded? \
+         BPROC_TIMEOUT sets how many seconds to wait)",
+        path.display(),
+        limit.as_secs_f64()
+    )]
+    Timeout {
+        /// The socket.
+        path: PathBuf,
+        /// What it did not do: `accept the connection`, `answer`.
+        what: &'static str,
+        /// How long the client waited.
+        limit: Duration,
+    },
+    /// The socket is there but this user may not connect to it (the socket's or a
+    /// directory's permissions).
+    #[error(
+        "no permission to connect to bpmaster's socket {} (the socket or a directory above it \
+         does not let this user in; ask the administrator, or set BPROC_SOCKET to a socket you \
+         may use)",
+        path.display()
+    )]
+    ConnectDenied {
         /// The socket tried.
         path: PathBuf,
         /// The cause.
@@ -88,6 +138,8 @@ impl BprocError {
         match self {
             BprocError::Remote { code, .. } => *code,
             BprocError::Connect { .. } => errno::ENOSYS,
+            BprocError::ConnectDenied { .. } => errno::EACCES,
+            BprocError::Timeout { .. } => errno::ETIMEDOUT,
             BprocError::Migration(e) => e.errno(),
             _ => errno::EIO,
         }
@@ -227,6 +279,8 @@ pub struct Client {
     stream: UnixStream,
     next_id: u32,
     path: PathBuf,
+    /// The limit on each wait for an answer ([`timeout`]).
+    limit: Option<Duration>,
     /// When the latest reply came; `None` before the first.
     answered: Option<std::time::Instant>,
 }
@@ -234,6 +288,63 @@ pub struct Client {
 /// How long a connection must have been quiet for its loss to be taken as the master's idle
 /// close, worth one reconnection.
 const QUIET_BEFORE_RECONNECT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `e` is a socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` report `EAGAIN`).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+}
+
+/// The error for a failed connection to the master's socket `path`: "is bpmaster running?"
+/// only when no master is there; a socket this user may not use is said so.
+pub fn connect_error(path: &Path, source: std::io::Error) -> BprocError {
+    match source.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            BprocError::ConnectDenied { path: path.to_owned(), source }
+        }
+        _ => BprocError::Connect { path: path.to_owned(), source },
+    }
+}
+
+/// Connects to the Unix socket `path`, waiting at most `limit` for a place in its accept
+/// queue: a master that stopped accepting (hung, or out of descriptors) leaves a blocking
+/// `connect` waiting forever once its queue is full, so the connect is non-blocking and
+/// retried while the queue is full (`EAGAIN`).
+fn connect_bounded(path: &Path, limit: Option<Duration>) -> Result<UnixStream, BprocError> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    let failed = |source| connect_error(path, source);
+    let Some(limit) = limit else { return UnixStream::connect(path).map_err(failed) };
+    let addr = UnixAddr::new(path).map_err(|e| failed(e.into()))?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| failed(e.into()))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => break,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(Errno::EAGAIN) => {
+                return Err(BprocError::Timeout {
+                    path: path.to_owned(),
+                    what: "accept the connection",
+                    limit,
+                })
+            }
+            Err(e) => return Err(failed(e.into())),
+        }
+    }
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false).map_err(failed)?;
+    Ok(stream)
+}
 
 /// Whether `e` says the master closed the connection.
 fn closed_by_master(e: &BprocError) -> bool {
@@ -247,26 +358,54 @@ impl Client {
         Self::connect_to(&socket_path())
     }
 
-    /// Connects to the master at `path`.
+    /// Connects to the master at `path`, waiting at most [`timeout`] for it to accept.
     pub fn connect_to(path: &Path) -> Result<Client, BprocError> {
-        let stream = UnixStream::connect(path)
-            .map_err(|source| BprocError::Connect { path: path.to_owned(), source })?;
-        Ok(Client { stream, next_id: 1, path: path.to_owned(), answered: None })
+        Self::connect_within(path, timeout())
+    }
+
+    /// Connects to the master at `path`; `limit` bounds the wait for the connection to be
+    /// accepted and then each wait for an answer (`None`: no limit).
+    pub fn connect_within(path: &Path, limit: Option<Duration>) -> Result<Client, BprocError> {
+        let stream = connect_bounded(path, limit)?;
+        Ok(Client { stream, next_id: 1, path: path.to_owned(), limit, answered: None })
+    }
+
+    /// Changes the limit on each wait for an answer (`None`: no limit).
+    pub fn set_timeout(&mut self, limit: Option<Duration>) {
+        self.limit = limit;
     }
 
     /// Sends one request and returns the reply; an `Error` reply becomes [`BprocError::Remote`].
+    /// Sending and the wait for the reply are each bounded by the client's limit.
     pub fn request(&mut self, msg: &Message) -> Result<Message, BprocError> {
-        let r = self.send(msg).and_then(|id| self.reply(id));
+        let r = self.request_once(msg);
         match r {
             Err(e)
                 if closed_by_master(&e)
                     && self.answered.is_some_and(|t| t.elapsed() >= QUIET_BEFORE_RECONNECT) =>
             {
                 // Closed for being quiet: the request never reached the master.
-                *self = Client::connect_to(&self.path.clone())?;
-                let id = self.send(msg)?;
-                self.reply(id)
+                *self = Client::connect_within(&self.path.clone(), self.limit)?;
+                self.request_once(msg)
             }
+            r => r,
+        }
+    }
+
+    /// One request and its reply, under the client's limit.
+    fn request_once(&mut self, msg: &Message) -> Result<Message, BprocError> {
+        self.stream.set_read_timeout(self.limit)?;
+        self.stream.set_write_timeout(self.limit)?;
+        let r = self.send(msg).and_then(|id| self.reply(id));
+        // Later waits (events, a watcher's changes) last as long as they must.
+        let _ = self.stream.set_read_timeout(None);
+        let _ = self.stream.set_write_timeout(None);
+        match r {
+            Err(BprocError::Io(e)) if timed_out(&e) => Err(BprocError::Timeout {
+                path: self.path.clone(),
+                what: "answer",
+                limit: self.limit.unwrap_or_default(),
+            }),
             r => r,
         }
     }
@@ -459,6 +598,16 @@ impl Client {
     /// Turns this connection into a [`Watcher`].
     pub fn watch(mut self) -> Result<Watcher, BprocError> {
         self.expect_ok(&Message::Watch)?;
+        Ok(Watcher { stream: self.stream })
+    }
+
+    /// Turns this connection into a [`Watcher`] without waiting for the master to agree, for
+    /// callers that poll the watcher under a deadline of their own: the first table comes
+    /// once the master has answered, and a refusal is the watcher's first error.
+    pub fn watch_unconfirmed(mut self) -> Result<Watcher, BprocError> {
+        self.stream.set_write_timeout(self.limit)?;
+        self.send(&Message::Watch)?;
+        self.stream.set_write_timeout(None)?;
         Ok(Watcher { stream: self.stream })
     }
 }

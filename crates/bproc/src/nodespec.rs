@@ -22,7 +22,9 @@
 //! 4. **State class**, a word `[A-Za-z][A-Za-z0-9_]*`: a leading `all` is dropped, then a
 //!    leading `not` inverts the match, and every configured node whose state equals (or, when
 //!    inverted, differs from) the rest is selected in node-number order. `allup` is `up`;
-//!    `notup` and `allnotdown` invert. A word that matches no state selects nothing.
+//!    `notup` and `allnotdown` invert. The word must be a known state ([`KNOWN_STATES`]) or
+//!    one some node has now (set with `bpctl -s`); anything else is an error (BProc took any
+//!    word for a state, so a typo selected nothing).
 //! 5. **Hostlist** (an extension, not in BProc): an optional `n` or `.` and a bracketed list of
 //!    numbers and ranges, `n[0-7,9]`, meaning the same as `0-7,9`.
 //!
@@ -72,12 +74,53 @@ pub struct Selection {
     pub unconfigured: Vec<i64>,
 }
 
+/// The states every cluster has: BProc's (`up`, `down`, `boot`, `error`, and the Scyld
+/// vocabulary `unavailable`, `reboot`, `halt`, `pwroff`) and `unreachable`, a node whose link
+/// failed while its session may still resume.
+pub const KNOWN_STATES: &[&str] =
+    &["up", "down", "boot", "error", "unreachable", "unavailable", "reboot", "halt", "pwroff"];
+
 /// Why a node spec could not be evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeSpecError {
     /// The spec (quoted in full, as BProc does) does not follow the grammar.
     #[error("invalid node specification \"{0}\"")]
     Invalid(String),
+    /// A word of the spec is neither a known state nor one a node has.
+    #[error("invalid node specification \"{spec}\": {}", unknown_state(word))]
+    UnknownState {
+        /// The whole spec.
+        spec: String,
+        /// The word, without `all` and `not`.
+        word: String,
+    },
+}
+
+fn unknown_state(word: &str) -> String {
+    format!("\"{word}\" is not a node state ({}, or one a node has now)", KNOWN_STATES.join(", "))
+}
+
+impl NodeSpecError {
+    /// What is wrong beyond the spec being invalid, for callers that print BProc's
+    /// `Invalid node specification "SPEC"` and add `: REASON`.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            NodeSpecError::Invalid(_) => None,
+            NodeSpecError::UnknownState { word, .. } => Some(unknown_state(word)),
+        }
+    }
+
+    /// BProc's message (`Invalid node specification "SPEC"`), with the reason when there is
+    /// one.
+    pub fn bproc_message(&self) -> String {
+        let spec = match self {
+            NodeSpecError::Invalid(s) | NodeSpecError::UnknownState { spec: s, .. } => s,
+        };
+        match self.reason() {
+            Some(r) => format!("Invalid node specification \"{spec}\": {r}"),
+            None => format!("Invalid node specification \"{spec}\""),
+        }
+    }
 }
 
 /// The synthetic master entry: node -1, state "up", mode 0o111, uid 0, gid 0, addr None,
@@ -153,15 +196,33 @@ pub fn filter(nodes: &[NodeStatus], spec: &str) -> Result<Selection, NodeSpecErr
     let table: BTreeMap<i32, &NodeStatus> =
         nodes.iter().filter(|n| n.node >= 0).map(|n| (n.node, n)).collect();
     let mut eval = Eval { table, out: Selection::default() };
+    // A chunk outside the grammar makes the spec invalid first; then an unknown state.
+    let mut unknown = None;
     for chunk in split_chunks(spec).ok_or_else(invalid)? {
         if chunk.is_empty() {
             continue;
         }
-        if !eval.chunk(chunk) {
-            return Err(invalid());
+        match eval.chunk(chunk) {
+            Chunk::Ok => {}
+            Chunk::Invalid => return Err(invalid()),
+            Chunk::UnknownState(word) => {
+                unknown.get_or_insert(NodeSpecError::UnknownState { spec: spec.to_owned(), word });
+            }
         }
     }
-    Ok(eval.out)
+    match unknown {
+        Some(e) => Err(e),
+        None => Ok(eval.out),
+    }
+}
+
+/// How one chunk evaluated.
+enum Chunk {
+    Ok,
+    /// It matches no form.
+    Invalid,
+    /// A state word that no node has and no cluster knows.
+    UnknownState(String),
 }
 
 /// The upper end of a number chunk.
@@ -182,20 +243,20 @@ struct Eval<'a> {
 }
 
 impl Eval<'_> {
-    /// Appends the nodes of one non-empty chunk; false if the chunk matches no form.
-    fn chunk(&mut self, chunk: &str) -> bool {
+    /// Appends the nodes of one non-empty chunk.
+    fn chunk(&mut self, chunk: &str) -> Chunk {
         if let Some((lo, upper)) = parse_number_or_range(chunk) {
             self.number_or_range(lo, upper);
-            return true;
+            return Chunk::Ok;
         }
         match chunk {
             "master" => {
                 self.out.nodes.push(master_entry());
-                return true;
+                return Chunk::Ok;
             }
             "all" => {
                 self.out.nodes.extend(self.table.values().map(|n| (*n).clone()));
-                return true;
+                return Chunk::Ok;
             }
             _ => {}
         }
@@ -205,18 +266,21 @@ impl Eval<'_> {
                 Some(rest) => (rest, true),
                 None => (word, false),
             };
+            if !KNOWN_STATES.contains(&word) && !self.table.values().any(|n| n.state == word) {
+                return Chunk::UnknownState(word.to_owned());
+            }
             self.out.nodes.extend(
                 self.table.values().filter(|n| (n.state == word) != invert).map(|n| (*n).clone()),
             );
-            return true;
+            return Chunk::Ok;
         }
         if let Some(items) = parse_hostlist(chunk) {
             for (lo, upper) in items {
                 self.number_or_range(lo, upper);
             }
-            return true;
+            return Chunk::Ok;
         }
-        false
+        Chunk::Invalid
     }
 
     /// Highest configured number, or -1 when nothing is configured.
@@ -509,12 +573,41 @@ mod tests {
         assert_eq!(numbers("allnotdown"), [0, 1, 2, 3, 5, 6, 7]);
         assert_eq!(numbers("allboot"), [5]);
         assert_eq!(numbers("error"), [7]);
-        // Any word is valid; one matching nothing is empty.
-        assert!(numbers("bogus_state2").is_empty());
-        assert!(numbers("Up").is_empty());
+        // A known state no node has selects nothing.
+        assert!(numbers("unreachable").is_empty());
+        assert!(numbers("allpwroff").is_empty());
+    }
+
+    /// Issue "hardening", item 10: a word that is neither a known state nor one a node has is
+    /// an error (BProc took it for a state and selected nothing, so `bpctl -S foo -s up` did
+    /// nothing and exited 0).
+    #[test]
+    fn unknown_words_are_errors() {
+        let unknown = |spec: &str, word: &str| {
+            assert_eq!(
+                filter(&table(), spec),
+                Err(NodeSpecError::UnknownState { spec: spec.into(), word: word.into() }),
+                "{spec}"
+            );
+        };
+        unknown("foo", "foo");
+        unknown("bogus_state2", "bogus_state2");
+        unknown("Up", "Up");
+        unknown("notfoo", "foo");
+        unknown("1,allfoo", "foo");
         // `n` + non-number falls through to a state word.
-        assert!(numbers("n5x").is_empty());
-        assert!(numbers("nodes").is_empty());
+        unknown("n5x", "n5x");
+        unknown("nodes", "nodes");
+        // A state set on some node (bpctl -s) is a word like the others.
+        let t = vec![node(0, "maintenance"), node(1, "up")];
+        assert_eq!(filter(&t, "maintenance").unwrap().nodes, [node(0, "maintenance")]);
+        assert_eq!(filter(&t, "notmaintenance").unwrap().nodes, [node(1, "up")]);
+        let e = filter(&table(), "foo").unwrap_err();
+        assert_eq!(
+            e.bproc_message(),
+            "Invalid node specification \"foo\": \"foo\" is not a node state (up, down, boot, \
+             error, unreachable, unavailable, reboot, halt, pwroff, or one a node has now)"
+        );
     }
 
     #[test]
@@ -522,7 +615,11 @@ mod tests {
         let t = vec![node(0, "allocated"), node(1, "up")];
         let pick =
             |s: &str| -> Vec<i32> { filter(&t, s).unwrap().nodes.iter().map(|n| n.node).collect() };
-        assert!(pick("allocated").is_empty());
+        // `allocated` reads as `all` + `ocated`, a state nobody has.
+        assert!(matches!(
+            filter(&t, "allocated"),
+            Err(NodeSpecError::UnknownState { word, .. }) if word == "ocated"
+        ));
         assert_eq!(pick("allallocated"), [0]);
     }
 

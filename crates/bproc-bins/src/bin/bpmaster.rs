@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use bproc_bins::daemon::{Daemon, Started};
 use bproc_bins::logging;
+use bproc_bins::Usage;
 use bproc_master::{config::Config, Options};
 use lexopt::prelude::*;
 
@@ -56,7 +57,7 @@ fn parse() -> anyhow::Result<Result<Args, ExitCode>> {
             Short('m') => bail!("message tracing (-m) is not supported by this bpmaster"),
             Long("print-address") => a.print_address = true,
             Long("keygen") => return Ok(Err(bproc_cli::keygen("bpmaster", &mut p)?)),
-            other => return Err(other.unexpected()).context(USAGE.trim_end().to_owned()),
+            other => return Err(Usage(other.unexpected().to_string()).into()),
         }
     }
     Ok(Ok(a))
@@ -71,6 +72,11 @@ fn main() -> ExitCode {
     };
     let (a, config) = match loaded {
         Ok(loaded) => loaded,
+        Err(e) if e.is::<Usage>() => {
+            // The error first, then what the options are.
+            eprint!("bpmaster: {e}\n{USAGE}");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("bpmaster: {e:#}");
             return ExitCode::FAILURE;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bproc_bins::daemon::{Daemon, Started};
 use bproc_bins::logging;
+use bproc_bins::Usage;
 use bproc_link::ClusterKey;
 use bproc_slave::{isolate, Options, DEFAULT_KEYFILE, DEFAULT_PORT};
 use lexopt::prelude::*;
@@ -103,13 +104,14 @@ fn parse() -> anyhow::Result<Option<Args>> {
                 return Ok(None);
             }
             Value(v) => positional.push(v.string()?),
-            other => return Err(other.unexpected()).context(USAGE.trim_end().to_owned()),
+            other => return Err(Usage(other.unexpected().to_string()).into()),
         }
     }
     let (host, port) = match positional.as_slice() {
         [m] => m.split_once(':').map_or((m.as_str(), None), |(h, p)| (h, Some(p))),
         [m, p] => (m.as_str(), Some(p.as_str())),
-        _ => bail!("expected the master's address\n{}", USAGE.trim_end()),
+        [] => return Err(Usage("no master given: bpslave MASTER[:PORT]".into()).into()),
+        _ => return Err(Usage(format!("too many arguments: {}", positional.join(" "))).into()),
     };
     let ip: Ipv4Addr =
         host.parse().with_context(|| format!("master address {host}: not an IPv4 address"))?;
@@ -149,6 +151,11 @@ fn main() -> ExitCode {
     let a = match parse() {
         Ok(Some(a)) => a,
         Ok(None) => return ExitCode::SUCCESS,
+        Err(e) if e.is::<Usage>() => {
+            // The error first, then what the options are.
+            eprint!("bpslave: {e}\n{USAGE}");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("bpslave: {e:#}");
             return ExitCode::FAILURE;

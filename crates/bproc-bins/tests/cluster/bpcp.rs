@@ -149,10 +149,21 @@ fn directions_and_options() {
         (out.status.code(), text(&out).1),
         (Some(1), "bpcp: Invalid node number: 3x\n".into())
     );
+    let out = c.cmd("bpcp").args([a, "unreachable:/tmp"]).output_of();
+    assert_eq!(
+        (out.status.code(), text(&out).1),
+        (Some(1), "bpcp: \"unreachable\" selects no node; nothing to copy\n".into())
+    );
+    // A word that is no state at all is named (issue "hardening", item 10).
     let out = c.cmd("bpcp").args([a, "booting:/tmp"]).output_of();
     assert_eq!(
         (out.status.code(), text(&out).1),
-        (Some(1), "bpcp: \"booting\" selects no node; nothing to copy\n".into())
+        (
+            Some(1),
+            "bpcp: Invalid node number: booting: \"booting\" is not a node state (up, down, \
+             boot, error, unreachable, unavailable, reboot, halt, pwroff, or one a node has now)\n"
+                .into()
+        )
     );
     let out = c.cmd("bpcp").args([a]).output_of();
     assert_eq!(out.status.code(), Some(1));

@@ -122,7 +122,7 @@ fn remote_files_and_environment() {
     assert_eq!(c.cmd("bpsh").args(["1", "cat", f]).ok(), "to-file\n");
     assert_eq!(c.cmd("bpsh").args(["1", "-I", f, "tr", "a-z", "A-Z"]).ok(), "TO-FILE\n");
     let out = c.cmd("bpsh").args(["1", "-I", "/no/such/input", "cat"]).output_of();
-    assert_eq!(text(&out).1, "1: No such file or directory\n");
+    assert_eq!(text(&out).1, "1: /no/such/input: No such file or directory\n");
     let env =
         c.cmd("bpsh").args(["0-1", "-L", "sh", "-c", "echo $BPROC_RANK $BPROC_PROGNAME"]).ok();
     let mut lines: Vec<String> = env.lines().map(str::to_owned).collect();
@@ -278,7 +278,10 @@ fn timeout_failfast_fold_report_json() {
             "echo same; [ $BPROC_RANK = 0000002 ] && echo odd; true",
         ])
         .ok();
-    assert_eq!(out, format!("{rule}\n0-1,3\n{rule}\nsame\n{rule}\n2\n{rule}\nsame\nodd\n"));
+    assert_eq!(
+        out,
+        format!("{rule}\n0-1,3 (exit 0)\n{rule}\nsame\n{rule}\n2 (exit 0)\n{rule}\nsame\nodd\n")
+    );
 
     let out =
         c.cmd("bpsh").args(["-a", "--report", "sh", "-c", "exit $((BPROC_RANK % 2))"]).output_of();
@@ -289,9 +292,78 @@ fn timeout_failfast_fold_report_json() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[0],
-        r#"{"node":0,"outcome":"exit","stderr":"","stdout":"hi 0000000\n","value":0}"#
+        r#"{"node":0,"outcome":"exit","reason":"exit 0","stderr":"","stderr_base64":false,"stdout":"hi 0000000\n","stdout_base64":false,"value":0}"#
     );
     assert_eq!(lines.len(), 2);
+}
+
+/// Issue "hardening", item 16: how --fold combines with each output option. Its groups keep
+/// stdout and stderr apart and show how the nodes ended; -s, -L, -t and --report combine, -p
+/// and -d (and --json) are refused with the reason. Before, stderr was merged into stdout,
+/// exit codes were not shown, -p never folded and -s -d printed empty dividers.
+#[test]
+fn fold_with_each_output_option() {
+    let c = TestCluster::up(&bins(), 4, "bpsh-fold");
+    let rule = "-".repeat(16);
+    let job = ["sh", "-c", "echo out; echo err >&2; exit $((BPROC_RANK % 2))"];
+    let folded = format!("{rule}\n0,2 (exit 0)\n{rule}\nout\n{rule}\n1,3 (exit 1)\n{rule}\nout\n");
+    let out = c.cmd("bpsh").args(["-a", "--fold"]).args(job).exits(1);
+    assert_eq!(text(&out), (folded.clone(), "err\nerr\n".into()));
+    for opt in ["-s", "-L"] {
+        let out = c.cmd("bpsh").args(["-a", "--fold", opt]).args(job).exits(1);
+        assert_eq!(text(&out), (folded.clone(), "err\nerr\n".into()), "{opt}");
+    }
+    let out = c.cmd("bpsh").args(["-a", "--fold", "-t"]).args(job).exits(1);
+    let (o, _) = text(&out);
+    let (groups, time) = o.split_at(folded.len());
+    assert_eq!(groups, folded);
+    assert!(time.trim().parse::<f64>().is_ok(), "{o}");
+    let out = c.cmd("bpsh").args(["-a", "--fold", "--report"]).args(job).exits(1);
+    assert_eq!(
+        text(&out),
+        (folded.clone(), "err\nerr\nnodes  result\n0,2    exit 0\n1,3    exit 1\n".into())
+    );
+    // A node that produced nothing is listed too, with how it ended.
+    let out = c.cmd("bpsh").args(["0-1", "--fold", "sh", "-c", "exit 3"]).exits(3);
+    assert_eq!(text(&out).0, format!("{rule}\n0-1 (exit 3)\n{rule}\n"));
+    for (opt, why) in
+        [("-p", "-p would give every node's lines its own number"), ("-d", "-d dividers")]
+    {
+        let out = c.cmd("bpsh").args(["-a", "--fold", opt, "true"]).exits(1);
+        let (o, e) = text(&out);
+        assert!(e.starts_with("bpsh: --fold ") && e.contains(why), "{opt}: {e}");
+        assert!(o.starts_with("usage: bpsh"), "{opt}: {o}");
+    }
+}
+
+/// Issue "hardening", item 17: `--json` keeps each field's type whatever the outcome, and
+/// carries output that is not UTF-8 byte for byte (base64, flagged). Before, such bytes became
+/// U+FFFD and `value` was a number, null or text depending on the outcome.
+#[test]
+fn json_is_typed_and_lossless() {
+    let c = TestCluster::up(&bins(), 3, "bpsh-json");
+    c.cmd("bpctl").args(["-S", "2", "-s", "down"]).ok();
+    c.wait_state(2, "down", 10);
+    let out = c
+        .cmd("bpsh")
+        .args(["0-2", "--json", "sh", "-c", "printf '\\377\\000a'; echo fine >&2; kill -TERM $$"])
+        .output_of();
+    let rows: Vec<serde_json::Value> =
+        text(&out).0.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 3, "{out:?}");
+    for (row, (outcome, value)) in
+        rows.iter().zip([("signal", 15), ("signal", 15), ("not_started", 301)])
+    {
+        assert_eq!(row["outcome"], outcome, "{row}");
+        assert_eq!(row["value"], value, "{row}");
+        assert!(row["reason"].is_string(), "{row}");
+    }
+    for row in &rows[..2] {
+        assert_eq!((&row["stdout"], &row["stdout_base64"]), (&"/wBh".into(), &true.into()));
+        assert_eq!((&row["stderr"], &row["stderr_base64"]), (&"fine\n".into(), &false.into()));
+    }
+    assert_eq!(rows[2]["reason"], "not started: Node is down");
+    assert_eq!((&rows[2]["stdout"], &rows[2]["stdout_base64"]), (&"".into(), &false.into()));
 }
 
 /// brsh behaves like rsh for launchers: the words are joined and run by `sh -c` on the node,
@@ -345,6 +417,158 @@ fn master_spec_runs_on_the_front_end() {
     assert_eq!(c.cmd("bpsh").args(["master", "wc", "-c"]).stdin("four").ok(), "4\n");
     let out = c.cmd("bpsh").args(["master,0", "sh", "-c", "exit $((BPROC_RANK + 6))"]).output_of();
     assert_eq!(out.status.code(), Some(7));
+}
+
+/// Issue "hardening", item 3: from a node, `master` is the front end. Nothing there can
+/// start a bpsh-on-a-node's process (the master daemon runs no user code), so it is refused
+/// with the reason, and the other nodes still run. Before, it ran on the node itself
+/// (`bpsh 1 bpsh master hostname` printed `n1`).
+#[test]
+fn master_from_a_node_is_refused_not_run_on_the_node() {
+    let c = TestCluster::up(&bins(), 2, "bpsh-master-node");
+    let out = c.cmd("bpsh").args(["1", "bpsh", "master", "sh", "-c", "echo ran here"]).output_of();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        "bpsh: master: cannot run on the front end from node 1: bpsh on a node starts \
+         processes on nodes only (run this bpsh on the front end)\n"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let out =
+        c.cmd("bpsh").args(["1", "bpsh", "master,0", "sh", "-c", "echo $BPROC_RANK"]).output_of();
+    assert_eq!(text(&out).0, "0000001\n");
+    assert_eq!(out.status.code(), Some(1));
+    let out = c.cmd("bpsh").args(["1", "brsh", "master", "echo", "ran", "here"]).output_of();
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        text(&out),
+        (
+            String::new(),
+            "brsh: master: cannot run on the front end from node 1: run brsh there\n".into()
+        )
+    );
+}
+
+/// Issue "hardening", item 8: a node that cannot start the command says which file failed
+/// (the program, or a file of -I/-O/-E), and a program the front end cannot run is named
+/// with the reason. Before: `0: No such file or directory`, and "command not found" for a
+/// file that is there but not executable.
+#[test]
+fn failures_name_the_file() {
+    if !require_root("the program must be missing on an isolated node's own /tmp") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 2, "bpsh-names");
+    let prog = std::env::temp_dir().join(format!("bproc-test-prog-{}", std::process::id()));
+    std::fs::write(&prog, "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(&prog, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = c.cmd("bpsh").arg("0").arg(&prog).output_of();
+    std::fs::remove_file(&prog).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out).1, format!("0: {}: No such file or directory\n", prog.display()));
+    let out = c.cmd("bpsh").args(["1", "-O", "/nodir/x", "echo"]).output_of();
+    assert_eq!(text(&out).1, "1: /nodir/x: No such file or directory\n");
+    let out = c.cmd("bpsh").args(["1", "-I", "/nonexist", "cat"]).output_of();
+    assert_eq!(text(&out).1, "1: /nonexist: No such file or directory\n");
+    let out = c.cmd("bpsh").args(["0-1", "--report", "-E", "/nodir/e", "true"]).output_of();
+    assert_eq!(
+        text(&out).1,
+        "0: /nodir/e: No such file or directory\n1: /nodir/e: No such file or directory\n\
+         nodes  result\n0-1    not started: /nodir/e: No such file or directory\n"
+    );
+    let out = c.cmd("bpsh").args(["0", "/etc/passwd"]).output_of();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out).1, "bpsh: /etc/passwd: not executable (Permission denied)\n");
+}
+
+/// Issue "hardening", item 11: an environment too large for a launch is refused before it is
+/// sent, naming its size and the limit. Before: `bproc_vexecmove_io: connection failed` (the
+/// master dropped a frame over 4 MiB). A large environment under the limit still runs.
+#[test]
+fn environment_too_large_is_named() {
+    let c = TestCluster::up(&bins(), 1, "bpsh-bigenv");
+    // The environment is made by a shell whose stack limit is raised first (the kernel
+    // allows a quarter of it for arguments and environment, 128 KiB per string), so that bpsh
+    // itself can start with 4.5 MiB of environment.
+    let run = |chunks: u32, cmd: &str| {
+        let script = format!(
+            "x=$(head -c 102400 /dev/zero | tr '\\0' x); i=0; \
+             while [ $i -lt {chunks} ]; do export BIG$i=$x; i=$((i+1)); done; exec {} {cmd}",
+            bins().join("bpsh").display()
+        );
+        TestCommand::new("prlimit")
+            .args(["--stack=67108864", "sh", "-c", &script])
+            .env("BPROC_SOCKET", c.socket())
+    };
+    let out = run(46, "0 true").fails();
+    let err = text(&out).1;
+    assert!(
+        err.starts_with("bpsh: the environment is too large to launch: 4.5 MiB")
+            && err.contains("a launch carries at most 3 MiB of both"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = run(10, "0 sh -c 'echo ${#BIG0}'").ok();
+    assert_eq!(out, "102400\n");
+}
+
+/// Issue "hardening", item 14: a `libraries` directory stages its whole tree on diskless
+/// nodes (Python's standard library, for one), and an argument that names nothing is warned
+/// about at its line. Before, a directory gave only its `*.so*` files and a missing path was
+/// skipped without a word.
+#[test]
+fn library_directories_stage_their_tree() {
+    if !require_root("diskless nodes need their own mount namespace and chroot") {
+        return;
+    }
+    let tree = bproc_testkit::unique_dir("libtree");
+    std::fs::create_dir_all(tree.join("pkg/sub")).unwrap();
+    std::fs::write(tree.join("pkg/sub/deep.txt"), "deep in the tree\n").unwrap();
+    std::fs::write(tree.join("top.txt"), "top\n").unwrap();
+    // Python with its standard library, when this machine has one outside the test's PATH
+    // shims: the README's example.
+    let python = ["3.13", "3.12", "3.11", "3.10"]
+        .iter()
+        .map(|v| (format!("/usr/bin/python{v}"), format!("/usr/lib/python{v}")))
+        .find(|(b, l)| Path::new(b).is_file() && Path::new(l).is_dir());
+    let mut spec = TestCluster::spec(&bins(), 1, "diskless-tree");
+    spec.diskless = true;
+    spec.extra_config = format!(
+        "libraries {}\nlibraries /no/such/lib\nlibrariesfrombinary /no/such/bin\n{}",
+        tree.display(),
+        python.as_ref().map(|(_, lib)| format!("libraries {lib}\n")).unwrap_or_default()
+    );
+    let c = TestCluster::start(spec);
+    let deep = tree.join("pkg/sub/deep.txt");
+    assert_eq!(c.cmd("bpsh").arg("0").arg("cat").arg(&deep).ok(), "deep in the tree\n");
+    let log = std::fs::read_to_string(c.master_log()).unwrap();
+    let conf = std::fs::read_to_string(c.config_path()).unwrap();
+    let line = |start: &str| conf.lines().position(|l| l.starts_with(start)).unwrap() + 1;
+    let lib = line("libraries /no/such/lib");
+    let bin = line("librariesfrombinary /no/such/bin");
+    assert!(
+        log.contains(&format!(
+            ":{lib}: libraries /no/such/lib: no such file or directory; nothing is staged or \
+             listed for it"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            ":{bin}: librariesfrombinary /no/such/bin: no such program; its libraries are not \
+             staged or listed"
+        )),
+        "{log}"
+    );
+    if let Some((python, _)) = python {
+        let out = c
+            .cmd("bpsh")
+            .args(["0", &python, "-c", "import json, os; print(json.dumps([os.sep]))"])
+            .ok();
+        assert_eq!(out, "[\"/\"]\n");
+    }
+    let _ = std::fs::remove_dir_all(&tree);
 }
 
 /// Staged bytes a node reports in `bpstat --json`.

@@ -69,16 +69,96 @@ fn wrong_key_and_unknown_address_are_refused() {
         "{err}"
     );
     assert_eq!(c.cmd("bpstat").args(["-s", "5"]).ok(), "down\n");
+    // Issue "hardening", item 12: the master says why before it closes, and the cause is
+    // printed once. Before: "connection closed by peer: connection closed by peer".
     let out = TestCommand::new(bins().join("bpslave"))
         .args(["-d", "--key"])
         .arg(c.dir().join("key"))
         .args(["-s", "127.0.1.99", &master])
         .fails();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bpslave: master"), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default(),
+        format!(
+            "bpslave: master {master}: refused by peer: address 127.0.1.99 is not a node of this \
+             cluster (no ip or iprange line of the master's configuration names it)"
+        )
+    );
+    let out = TestCommand::new(bins().join("bpslave"))
+        .args(["-d", "--key"])
+        .arg(c.dir().join("key"))
+        .args(["-s", "127.0.1.99", "127.0.0.1:1"])
+        .fails();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default(),
+        "bpslave: master 127.0.0.1:1: connection failed: Connection refused (os error 111)"
+    );
+    if bproc_testkit::require_root("a slave from a port that is not reserved runs as a user") {
+        // The master of a root cluster takes reserved source ports only.
+        let user = bproc_testkit::test_user();
+        let key = c.dir().join("user.key");
+        std::fs::copy(c.dir().join("key"), &key).unwrap();
+        nix::unistd::chown(&key, Some(nix::unistd::Uid::from_raw(user.uid)), None).unwrap();
+        let out = TestCommand::new(bins().join("bpslave"))
+            .as_user(&user)
+            .args(["-d", "--client-socket"])
+            .arg(c.dir().join("user-node.sock"))
+            .arg("--key")
+            .arg(&key)
+            .args(["-s", &node_addr(1).to_string(), &master])
+            .fails();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!(
+                "bpslave: master {master}: refused by peer: node 1: source port "
+            )) && last.ends_with(
+                " is not reserved (start bpslave as root, or allow it with \
+                     `allowinsecureports` in the master's configuration)"
+            ),
+            "{err}"
+        );
+    }
     let log = std::fs::read_to_string(c.master_log()).unwrap();
     assert!(log.contains("node 5: connection from 127.0.1.50:"), "{log}");
     assert!(log.contains("peer failed authentication"), "{log}");
     assert!(log.contains("connect from unrecognized address 127.0.1.99"), "{log}");
+}
+
+/// Issue "hardening", item 6: a second bpslave on the host (here one holding the wrong key,
+/// which the master would refuse anyway) leaves the running slave's client socket alone and
+/// says why it does not start. Before, it removed the socket before trying to join, and
+/// programs on the node could no longer reach the cluster (`bpstat` there failed).
+#[test]
+fn second_slave_leaves_the_client_socket_alone() {
+    let mut spec = TestCluster::spec(&bins(), 1, "second-slave");
+    spec.isolate = false; // the client socket is then DIR/node0.sock, on the host
+    let c = TestCluster::start(spec);
+    let socket = c.dir().join("node0.sock");
+    let serving = listener_pid(&socket);
+    let other = c.dir().join("other.key");
+    bproc_link::ClusterKey::create(&other).unwrap();
+    let out = TestCommand::new(bins().join("bpslave"))
+        .args(["-d", "--key"])
+        .arg(&other)
+        .arg("--client-socket")
+        .arg(&socket)
+        .args(["-s", &node_addr(0).to_string(), &c.master_addr().to_string()])
+        .fails();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default(),
+        format!(
+            "bpslave: the node's client socket {} is served by another daemon (pid {serving}); \
+             stop it, or give this slave a socket of its own with --client-socket PATH",
+            socket.display()
+        )
+    );
+    assert_eq!(listener_pid(&socket), serving);
+    // Programs on the node still reach the cluster through it.
+    assert_eq!(c.cmd("bpsh").args(["0", "bpstat", "-s", "0"]).ok(), "up\n");
+    // A socket file nobody serves (its daemon died) is taken over as before.
+    let stale = c.dir().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(bproc_sys::peer::socket_server(&stale).is_none());
 }
 
 /// Configuration errors name the file and line and stop the master; unknown directives are
@@ -100,6 +180,37 @@ fn config_errors_name_their_line() {
         master_fails("iprange 0 10.0.0.5 10.0.0.9\nip 10.0.0.7\n"),
         format!("bpmaster: {}:2: IP already allocated: 10.0.0.7 (node 2)\n", conf.display())
     );
+    // Issue "hardening", item 14: an interface is reported at its line, saying whether it is
+    // missing or has no IPv4 address.
+    let key = dir.join("key");
+    bproc_link::ClusterKey::create(&key).unwrap();
+    let head = format!("keyfile {}\nsocket {}\n", key.display(), dir.join("s.sock").display());
+    assert_eq!(
+        master_fails(&format!("{head}interface eth9\n")),
+        format!(
+            "bpmaster: {}:3: interface eth9: no such network interface (see `ip link`)\n",
+            conf.display()
+        )
+    );
+    let no_ipv4 = nix::ifaddrs::getifaddrs().ok().and_then(|all| {
+        let all: Vec<_> = all.collect();
+        all.iter().map(|i| i.interface_name.clone()).find(|n| {
+            !all.iter().any(|i| {
+                &i.interface_name == n
+                    && i.address.as_ref().is_some_and(|a| a.as_sockaddr_in().is_some())
+            })
+        })
+    });
+    if let Some(name) = no_ipv4 {
+        assert_eq!(
+            master_fails(&format!("{head}interface {name}\n")),
+            format!(
+                "bpmaster: {}:3: interface {name}: it has no IPv4 address (slaves connect over \
+                 IPv4; see `ip addr`)\n",
+                conf.display()
+            )
+        );
+    }
     let out = TestCommand::new(bins().join("bpmaster"))
         .arg("-d")
         .arg("-c")
@@ -175,11 +286,11 @@ fn reboot_and_halt() {
         std::thread::yield_now();
     }
     let out = c.cmd("bpctl").args(["-S", "2", "-R"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "2: Node is down\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "2: node 2 is down\n");
 }
 
 /// --reconnect moves a node's link to another of its addresses without a new session; chroot
-/// reports the slave's errno.
+/// and reconnect report the node's reason.
 #[test]
 fn reconnect_and_chroot() {
     let mut spec = TestCluster::spec(&bins(), 2, "reconnect");
@@ -194,14 +305,61 @@ fn reconnect_and_chroot() {
     assert!(log.contains("node 1: Reconnect session"), "{log}");
     // The old link is gone but the node stayed up: pings still answered.
     let out = c.cmd("bpctl").args(["-S", "0", "-r", "/no/such/dir"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "0: No such file or directory\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "0: chroot /no/such/dir: No such file or directory\n"
+    );
+    // Issue "hardening", item 9: a reconnect from an address the master does not know says
+    // what happened; before, "Input/output error".
+    let out = c.cmd("bpctl").args(["-S", "0", "--reconnect", ",127.0.5.5"]).fails();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("0: reconnect to 127.0.0.1:"), "{err}");
+    assert!(
+        err.trim_end().ends_with(
+            ": refused by peer: address 127.0.5.5 is not a node of this cluster (no ip or \
+             iprange line of the master's configuration names it)"
+        ),
+        "{err}"
+    );
+    assert_eq!(c.cmd("bpstat").args(["-s", "0"]).ok(), "up\n");
     if nix::unistd::geteuid().is_root() {
         c.cmd("bpctl").args(["-S", "0", "--chroot", "/"]).ok();
     } else {
         // A slave that is not root may not chroot; the slave's errno comes back.
         let out = c.cmd("bpctl").args(["-S", "0", "--chroot", "/"]).fails();
-        assert_eq!(String::from_utf8_lossy(&out.stderr), "0: Operation not permitted\n");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "0: chroot /: Operation not permitted\n");
     }
+}
+
+/// Issue "hardening", item 4: `bpctl -r` confines the processes bpsh starts on the node, as
+/// it does the node's copies. Before, it changed only the slave daemon's root, which its
+/// spawner thread had left at start, so `bpsh N ls /` listed the node's full root.
+#[test]
+fn chroot_confines_the_nodes_processes() {
+    if !bproc_testkit::require_root("chroot needs root") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 1, "chroot-procs");
+    // Outside /tmp, which an isolated node has of its own.
+    let jail = PathBuf::from(format!("/var/tmp/bproc-test-jail-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&jail);
+    for f in bproc_stage::closure(Path::new("/bin/ls"), None).unwrap() {
+        let to = jail.join(f.path.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&f.path, &to).unwrap();
+    }
+    std::fs::write(jail.join("marker"), "inside\n").unwrap();
+    c.cmd("bpctl").args(["-S", "0", "-r"]).arg(&jail).ok();
+    let out = c.cmd("bpsh").args(["0", "/bin/ls", "/"]).ok();
+    let names: Vec<&str> = out.lines().collect();
+    assert!(names.contains(&"marker"), "{out}");
+    assert!(!names.contains(&"etc") && !names.contains(&"proc"), "{out}");
+    // Copies see the same root.
+    let got = unique_dir("chroot-copy");
+    c.cmd("bpcp").arg("0:/marker").arg(&got).ok();
+    assert_eq!(std::fs::read_to_string(got.join("marker")).unwrap(), "inside\n");
+    let _ = std::fs::remove_dir_all(&jail);
+    let _ = std::fs::remove_dir_all(&got);
 }
 
 fn frame_exchange(s: &mut UnixStream, bytes: &[u8]) -> Message {
@@ -267,6 +425,28 @@ fn one_master_per_socket_and_basic_options() {
         assert_eq!(v, format!("{prog} version {}\n", env!("CARGO_PKG_VERSION")));
         assert!(TestCommand::new(bins().join(prog)).arg("-h").ok().starts_with("Usage: "));
     }
+    // Issue "hardening", item 15: --version on every program (bpcp, bpcluster and brsh had
+    // none), and a daemon's usage error says what was wrong first, then the usage (before:
+    // ten lines of usage, then the error).
+    for prog in
+        ["bpmaster", "bpslave", "bpsh", "bpstat", "bpctl", "bplib", "bpcp", "bpcluster", "brsh"]
+    {
+        let v = TestCommand::new(bins().join(prog)).arg("--version").ok();
+        assert_eq!(v, format!("{prog} version {}\n", env!("CARGO_PKG_VERSION")));
+    }
+    for prog in ["bpmaster", "bpslave"] {
+        let out = TestCommand::new(bins().join(prog)).arg("-x").exits(1);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let mut lines = err.lines();
+        assert_eq!(lines.next(), Some(format!("{prog}: invalid option '-x'").as_str()), "{err}");
+        assert!(lines.next().is_some_and(|l| l.starts_with("Usage: ")), "{err}");
+    }
+    let out = TestCommand::new(bins().join("bpslave")).exits(1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("bpslave: no master given: bpslave MASTER[:PORT]\nUsage: "),
+        "{out:?}"
+    );
     let out = Command::new(bins().join("bpstat"))
         .env("BPROC_SOCKET", c.dir().join("nope"))
         .output()
@@ -499,7 +679,16 @@ fn failed_background_start_is_reported() {
     let conf = hand_config(&dir, "interface nosuch0\n");
     let (out, _d) = run("bpmaster", &["-c", conf.to_str().unwrap()], "master.sock");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let want = format!("bpmaster: {}: interface nosuch0 has no IPv4 address", conf.display());
+    let line = std::fs::read_to_string(&conf)
+        .unwrap()
+        .lines()
+        .position(|l| l == "interface nosuch0")
+        .unwrap()
+        + 1;
+    let want = format!(
+        "bpmaster: {}:{line}: interface nosuch0: no such network interface (see `ip link`)",
+        conf.display()
+    );
     assert_eq!(last_err_line(&out), want);
 
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -5,6 +5,7 @@
 mod bpcp;
 mod bpsh;
 mod capi;
+mod clients;
 mod completions;
 mod daemons;
 mod deb;

@@ -32,19 +32,23 @@ fn man_pages_render_and_cover_the_options() {
         }
     }
     // Every short option in a tool's usage text appears in its page.
-    for (tool, help) in [
-        ("bpsh", "--help"),
-        ("bpctl", "--help"),
-        ("bpstat", "--help"),
-        ("bpcp", "--help"),
-        ("bplib", "-h"),
-        ("brsh", "--help"),
+    for (tool, help, section) in [
+        ("bpsh", "--help", 1),
+        ("bpctl", "--help", 1),
+        ("bpstat", "--help", 1),
+        ("bpcp", "--help", 1),
+        ("bplib", "-h", 1),
+        ("bpcluster", "--help", 1),
+        ("bpmaster", "-h", 8),
+        ("bpslave", "-h", 8),
+        ("brsh", "--help", 1),
     ] {
         let usage = Command::new(bins().join(tool)).arg(help).output().unwrap();
         let usage = String::from_utf8_lossy(&usage.stdout).into_owned()
             + &String::from_utf8_lossy(&usage.stderr);
-        let page =
-            std::fs::read_to_string(dir.join(format!("{tool}.1"))).unwrap().replace("\\-", "-");
+        let page = std::fs::read_to_string(dir.join(format!("{tool}.{section}")))
+            .unwrap()
+            .replace("\\-", "-");
         for word in usage.split(|c: char| c.is_whitespace() || c == ',') {
             let opt = word.trim_end_matches(':');
             let short =

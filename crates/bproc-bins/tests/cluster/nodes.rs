@@ -77,6 +77,37 @@ fn bpstat_formats_for_a_mixed_cluster() {
     assert_eq!(String::from_utf8_lossy(&bad.stderr), "Invalid node specification \"1-x\"\n");
 }
 
+/// Issue "hardening", item 10: a word in a node spec that is neither a known state nor one a
+/// node has is an error in every tool. Before, it was taken for a state no node had:
+/// `bpctl -S foo -s up` did nothing and exited 0, `bpstat foo` printed a header only.
+#[test]
+fn unknown_state_words_are_errors() {
+    let c = TestCluster::up(&bins(), 2, "spec-words");
+    let why = "\"foo\" is not a node state (up, down, boot, error, unreachable, unavailable, \
+               reboot, halt, pwroff, or one a node has now)";
+    let out = c.cmd("bpctl").args(["-S", "foo", "-s", "up"]).fails();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("bpctl: invalid node specification \"foo\": {why}\n")
+    );
+    let out = c.cmd("bpstat").arg("foo").fails();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("Invalid node specification \"foo\": {why}\n")
+    );
+    let out = c.cmd("bpsh").args(["notfoo", "true"]).fails();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("Invalid node specification \"notfoo\": {why}\n")
+    );
+    // A known state no node has selects nothing, as before; one set on a node is known.
+    assert_eq!(c.cmd("bpstat").args(["-n", "unreachable"]).ok(), "");
+    c.cmd("bpctl").args(["-S", "1", "-s", "maint"]).ok();
+    assert_eq!(c.cmd("bpstat").args(["-n", "maint"]).ok(), "1\n");
+    assert_eq!(c.cmd("bpstat").args(["-n", "notmaint"]).ok(), "0\n");
+}
+
 /// The JSON view carries each node's machine report.
 #[test]
 fn bpstat_json_reports_node_info() {
@@ -162,15 +193,20 @@ fn bpctl_permissions_and_errors() {
     }
     let user = test_user();
     let c = TestCluster::up(&bins(), 3, "perms");
+    // Refusals print the master's reason (issue "hardening", item 9).
     let out = c.cmd("bpctl").as_user(&user).args(["-S", "1", "-s", "busy"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "1: Operation not permitted\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "1: only root may set the state of node 1\n");
     let out = c.cmd("bpctl").as_user(&user).args(["-S", "0-2", "-m", "0"]).fails();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "0: Operation not permitted\n1: Operation not permitted\n2: Operation not permitted\n"
+        "0: only root or the owner may chmod node 0\n1: only root or the owner may chmod node 1\n\
+         2: only root or the owner may chmod node 2\n"
     );
     let out = c.cmd("bpctl").as_user(&user).args(["-S", "1", "-u", "0"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "1: Operation not permitted\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "1: only root may change the owner of node 1\n"
+    );
     // Give node 1 to the user: now the user may chmod it, and chgrp to its own group.
     c.cmd("bpctl").args(["-S", "1", "-u", &user.name]).ok();
     c.cmd("bpctl").as_user(&user).args(["-S", "1", "-m", "0100", "-g", &user.name]).ok();
@@ -182,10 +218,25 @@ fn bpctl_permissions_and_errors() {
         )
     );
     // Root: only execute bits exist; states are 1-15 letters and digits.
+    // Item 9: before, "Operation not permitted" and "No space left on device".
     let out = c.cmd("bpctl").args(["-S", "0", "-m", "0644"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "0: Operation not permitted\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "0: mode 0644 for node 0: only execute bits may be set (0100 owner, 0010 group, \
+         0001 others; 0111 for everyone)\n"
+    );
     let out = c.cmd("bpctl").args(["-S", "0", "-s", "waytoolongstate16"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "0: No space left on device\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "0: state \"waytoolongstate16\" is longer than 15 characters\n"
+    );
+    // Item 9: an unconfigured node is named and fails the command; before, exit 0 silently.
+    let out = c.cmd("bpctl").args(["-S", "7"]).fails();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "bpctl: node 7 is not configured\n");
+    let out = c.cmd("bpctl").args(["-S", "1,7", "-s", "seven"]).fails();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "bpctl: node 7 is not configured\n");
+    assert_eq!(c.cmd("bpstat").args(["-s", "1"]).ok(), "seven\n");
+    c.cmd("bpctl").args(["-S", "1", "-s", "up"]).ok();
     let out = c.cmd("bpctl").args(["-S", "0", "-m", "9x"]).fails();
     assert_eq!(String::from_utf8_lossy(&out.stderr), "Invalid number: 9x\n");
     let out = c.cmd("bpctl").args(["-S", "0", "-u", "nosuchuser"]).fails();
@@ -199,14 +250,57 @@ fn bpctl_permissions_and_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no nodes selected"));
     // The master has no state; a down node cannot be changed.
     let out = c.cmd("bpctl").args(["-M", "-s", "up"]).fails();
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "-1: No data available\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "-1: the master (node -1) has no state or permissions to change\n"
+    );
     c.cmd("bpctl").args(["-S", "2", "-s", "down"]).ok();
     c.wait_state(2, "down", 10);
     let out = c.cmd("bpctl").args(["-S", "2", "-s", "up", "-m", "0111"]).fails();
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "2: Node is down\n2: Operation not permitted\n"
+        "2: node 2 is down; its state cannot be set\n2: node 2 is down; its mode cannot change\n"
     );
+}
+
+/// Issue "hardening", item 18: a node_up program that hangs is killed, with what it started,
+/// after `nodeuptimeout` seconds, and its node goes to `error` with the reason in the master's
+/// log. Before, the node stayed in `boot` forever.
+#[test]
+fn hung_node_up_times_out_to_error() {
+    let mut spec = TestCluster::spec(&bins(), 2, "nodeup-hang");
+    let sleeper = spec.dir.join("sleeper");
+    write_hook(
+        &spec.dir,
+        &format!(
+            "#!/bin/sh\n[ \"$1\" = 1 ] || exit 0\nsleep 600 &\necho $! > {}\nwait\n",
+            sleeper.display()
+        ),
+    );
+    spec.extra_config = "nodeuptimeout 1\n".into();
+    spec.ready_when_connected = true;
+    let c = TestCluster::start(spec);
+    c.wait(20, "node 1 in error", |t| {
+        t.iter().map(|n| n.state.as_str()).collect::<Vec<_>>() == ["up", "error"]
+    });
+    let log = std::fs::read_to_string(c.master_log()).unwrap();
+    let node_up = c.dir().join("node_up");
+    assert!(
+        log.contains(&format!(
+            "node 1: {} 1 did not finish within 1 s (nodeuptimeout); killed it and its \
+             processes; see {}",
+            node_up.display(),
+            c.dir().join("log/node.1").display()
+        )),
+        "{log}"
+    );
+    let pid: i32 = std::fs::read_to_string(&sleeper).unwrap().trim().parse().unwrap();
+    bproc_testkit::until(5, "the hook's child to be killed", || {
+        (!std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")))
+        .then_some(())
+    });
 }
 
 /// node_up decides boot → up (exit 0) or boot → error (failure), and its output is logged.
