@@ -311,20 +311,46 @@ impl Procs {
         let job = move || {
             let restored = match image {
                 Image::Stream(s) => {
-                    let reader = std::io::BufReader::with_capacity(1 << 20, s);
-                    bproc_sys::restore::restore(reader, spec)
+                    let mut reader = std::io::BufReader::with_capacity(1 << 20, s);
+                    match refusal(&mut reader) {
+                        Some(why) => Err(bproc_sys::ckpt::CkptError::Busy(why)),
+                        None => bproc_sys::restore::restore_noting(reader, spec),
+                    }
                 }
-                Image::Bytes(b) => bproc_sys::restore::restore(&b[..], spec),
+                Image::Bytes(b) => bproc_sys::restore::restore_noting(&b[..], spec),
             };
-            restored.map_err(|e| {
-                std::io::Error::new(
-                    std::io::Error::from_raw_os_error(e.errno()).kind(),
-                    RestoreFailed { errno: e.errno(), message: e.to_string() },
-                )
-            })
+            restored
+                .map(|(pid, closed)| {
+                    for what in closed {
+                        info!("pid {pid}: restored without a file this node lacks: {what}");
+                    }
+                    pid
+                })
+                .map_err(|e| {
+                    std::io::Error::new(
+                        std::io::Error::from_raw_os_error(e.errno()).kind(),
+                        RestoreFailed { errno: e.errno(), message: e.to_string() },
+                    )
+                })
         };
         self.0.spawner.run(Box::new(job)).await
     }
+}
+
+/// The mover's reason, when the stream opens with a refusal instead of an image
+/// ([`bproc_proto::conn::REFUSAL`]); the stream is left as it was otherwise.
+fn refusal(r: &mut impl std::io::BufRead) -> Option<String> {
+    use bproc_proto::conn;
+    let head = r.fill_buf().ok()?;
+    if head.len() < conn::REFUSAL.len() || head[..conn::REFUSAL.len()] != conn::REFUSAL {
+        return None;
+    }
+    r.consume(conn::REFUSAL.len());
+    let mut len = [0u8; 2];
+    r.read_exact(&mut len).ok()?;
+    let mut why = vec![0u8; conn::refusal_len(len)];
+    r.read_exact(&mut why).ok()?;
+    Some(String::from_utf8_lossy(&why).into_owned())
 }
 
 /// Where a restore reads its image: a connection to the mover (restored as it arrives), or

@@ -9,8 +9,15 @@
 //! written the image, and once in every process restored from it ([`crate::restore`]).
 //!
 //! From the moment it starts writing pages it allocates nothing, so the heap it saves is the
-//! heap it resumes with. What cannot move is refused with `EBUSY` before anything is written:
-//! a second thread, sockets, pipes and other kernel objects at fds 3 and up, shared mappings.
+//! heap it resumes with.
+//!
+//! What cannot travel is handled as BProc did: fds 3 and up that are not files on a disk
+//! (pipes, sockets, event, timer and signal fds, epoll, FIFOs, terminals, deleted files) are
+//! left out, so the restored copy has them closed; shared file mappings that are read-only go
+//! by reference (when the target has the file) or by content, as private mappings, and
+//! writable shared mappings become private copies. With [`DumpOptions::strict`] each of these
+//! is refused instead. A second thread is always refused. A refusal is `EBUSY` before anything
+//! is written, and its message names the cause (`fd 7: a connected TCP socket`, `thread 2`).
 
 use std::ffi::c_void;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -82,6 +89,10 @@ pub struct DumpOptions<'a> {
     pub skip_fds: &'a [RawFd],
     /// A writable buffer (address, length) for the restorer's note ([`Header::mailbox`]).
     pub mailbox: Option<(u64, u32)>,
+    /// Refuse (`EBUSY`) what would not move unchanged: fds that would be closed, writable
+    /// shared mappings that would become private. By default they are closed and made
+    /// private, as BProc did.
+    pub strict: bool,
 }
 
 // The call point. `bproc_ckpt_enter(callback, ctx)` pushes the callee-saved registers and
@@ -444,7 +455,7 @@ fn mm_fields(t: &Target) -> Result<MmFields, CkptError> {
     })
 }
 
-fn open_files(skip: &[RawFd], t: &Target) -> Result<Vec<OpenFile>, CkptError> {
+fn open_files(opts: &DumpOptions<'_>, t: &Target) -> Result<Vec<OpenFile>, CkptError> {
     let dir = t.proc("fd");
     let mut fds: Vec<i32> = std::fs::read_dir(&dir)
         .map_err(|e| CkptError::sys(dir.clone(), e))?
@@ -452,20 +463,16 @@ fn open_files(skip: &[RawFd], t: &Target) -> Result<Vec<OpenFile>, CkptError> {
         .collect();
     fds.sort_unstable();
     let mut out = Vec::new();
-    for fd in fds.into_iter().filter(|fd| *fd > 2 && !skip.contains(fd)) {
+    for fd in fds.into_iter().filter(|fd| *fd > 2 && !opts.skip_fds.contains(fd)) {
         // The directory listing's own fd is gone by now.
         let Ok(target) = std::fs::read_link(format!("{dir}/{fd}")) else { continue };
         let target = target.to_string_lossy().into_owned();
-        if !target.starts_with('/') || target.ends_with(" (deleted)") {
-            let what = target.split(':').next().unwrap_or("");
-            return Err(CkptError::Busy(format!(
-                "fd {fd} is {} ({target}); only regular files and stdio can move",
-                match what {
-                    "socket" => "a socket",
-                    "pipe" => "a pipe",
-                    _ => "a kernel object",
-                }
-            )));
+        // A target made by `exec_dump` inherited this process's fd at the same number.
+        if let Some(what) = cannot_travel(fd, &target, &format!("{dir}/{fd}")) {
+            if opts.strict {
+                return Err(CkptError::Busy(format!("fd {fd}: {what}")));
+            }
+            continue;
         }
         let info = std::fs::read_to_string(t.proc(&format!("fdinfo/{fd}"))).unwrap_or_default();
         let field = |name: &str, radix: u32| {
@@ -478,6 +485,115 @@ fn open_files(skip: &[RawFd], t: &Target) -> Result<Vec<OpenFile>, CkptError> {
         out.push(OpenFile { fd, path: target, flags, offset: field("pos:", 10) });
     }
     Ok(out)
+}
+
+/// Why fd `fd` (its `/proc` link reads `target`; `link` is that link) cannot be opened again
+/// elsewhere by path, or `None` for a file on a disk (regular file, directory, or a device
+/// other than a terminal). The kind of a socket is read from this process's fd of the same
+/// number, which is the same socket.
+pub(crate) fn cannot_travel(fd: RawFd, target: &str, link: &str) -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if target.starts_with("socket:") {
+        return Some(socket_kind(fd));
+    }
+    if target.starts_with("pipe:") {
+        return Some("a pipe".into());
+    }
+    if let Some(kind) = target.strip_prefix("anon_inode:") {
+        let kind = kind.trim_start_matches('[').trim_end_matches(']');
+        return Some(match kind {
+            "eventfd" => "an eventfd".into(),
+            "eventpoll" => "an epoll instance".into(),
+            "timerfd" => "a timerfd".into(),
+            "signalfd" => "a signalfd".into(),
+            "inotify" => "an inotify instance".into(),
+            "pidfd" => "a pidfd".into(),
+            other => format!("a kernel object ({other})"),
+        });
+    }
+    if target.starts_with("/memfd:") {
+        return Some(format!("a memfd ({})", target.trim_end_matches(" (deleted)")));
+    }
+    if target.ends_with(" (deleted)") {
+        return Some(format!("a deleted file ({target})"));
+    }
+    if !target.starts_with('/') {
+        return Some(format!("a kernel object ({target})"));
+    }
+    let st = std::fs::metadata(link).ok()?;
+    let ft = st.file_type();
+    if ft.is_fifo() {
+        return Some(format!("a FIFO ({target})"));
+    }
+    if ft.is_socket() {
+        return Some(format!("a socket ({target})"));
+    }
+    if ft.is_char_device() {
+        // Terminals: the console and virtual terminals (4), /dev/tty and ptmx (5), and
+        // pseudo-terminals (136 to 143). A node's are other devices.
+        let major = nix::sys::stat::major(st.rdev());
+        if major == 4 || major == 5 || (136..=143).contains(&major) {
+            return Some(format!("a terminal ({target})"));
+        }
+    }
+    None
+}
+
+/// What kind of socket fd `fd` is, in words: "a connected TCP socket", "a Unix socket".
+fn socket_kind(fd: RawFd) -> String {
+    let opt = |name: libc::c_int| {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into a local int.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then_some(v)
+    };
+    let (Some(domain), Some(kind)) = (opt(libc::SO_DOMAIN), opt(libc::SO_TYPE)) else {
+        return "a socket".into();
+    };
+    let listening = opt(libc::SO_ACCEPTCONN) == Some(1);
+    let mut addr = zeroed_storage();
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getpeername writes at most `len` bytes into a local sockaddr_storage.
+    let connected = unsafe {
+        libc::getpeername(fd, (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len)
+    } == 0;
+    let family = match domain {
+        libc::AF_INET | libc::AF_INET6 => match kind {
+            libc::SOCK_STREAM => "TCP",
+            libc::SOCK_DGRAM => "UDP",
+            _ => "IP",
+        },
+        libc::AF_UNIX => "Unix",
+        libc::AF_NETLINK => "netlink",
+        libc::AF_PACKET => "packet",
+        _ => "",
+    };
+    let state = if listening {
+        "listening "
+    } else if connected {
+        "connected "
+    } else {
+        ""
+    };
+    if family.is_empty() {
+        format!("a {state}socket of family {domain}")
+    } else {
+        format!("a {state}{family} socket")
+    }
+}
+
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain old data, for which all zeroes is a valid value.
+    unsafe { std::mem::zeroed() }
 }
 
 fn regions(opts: &DumpOptions<'_>, t: &Target) -> Result<(Vec<Region>, Vec<Special>), CkptError> {
@@ -494,16 +610,24 @@ fn regions(opts: &DumpOptions<'_>, t: &Target) -> Result<(Vec<Region>, Vec<Speci
             specials.push(Special { name: m.name, start: m.start, end: m.end });
             continue;
         }
-        if m.perms[3] == b's' {
+        let shared = m.perms[3] == b's';
+        if shared && m.perms[1] == b'w' && opts.strict {
             return Err(CkptError::Busy(format!(
-                "shared mapping {:#x}-{:#x} {}: shared memory cannot move",
+                "shared mapping {:#x}-{:#x} {}: writable shared memory would become private",
                 m.start, m.end, m.name
             )));
         }
         let source = if m.name.starts_with('/') {
             let on_list = (opts.by_ref)(&m.name);
             match std::fs::metadata(&m.name) {
-                Ok(st) if on_list && st.ino() == m.inode && !m.name.ends_with(" (deleted)") => {
+                // A writable shared mapping becomes a private copy of its contents: mapped
+                // privately from the file, it would read the file's later changes.
+                Ok(st)
+                    if on_list
+                        && st.ino() == m.inode
+                        && !m.name.ends_with(" (deleted)")
+                        && !(shared && m.perms[1] == b'w') =>
+                {
                     Source::File {
                         path: m.name.clone(),
                         offset: m.offset,
@@ -513,6 +637,10 @@ fn regions(opts: &DumpOptions<'_>, t: &Target) -> Result<(Vec<Region>, Vec<Speci
                 }
                 _ => Source::Copied { path: m.name.clone() },
             }
+        } else if shared {
+            // Shared anonymous memory (`/dev/zero`, SysV) is named like a file; here it
+            // has no name at all: a private copy of every page.
+            Source::Copied { path: String::new() }
         } else {
             Source::Anonymous
         };
@@ -529,14 +657,18 @@ fn regions(opts: &DumpOptions<'_>, t: &Target) -> Result<(Vec<Region>, Vec<Speci
 
 fn header(opts: &DumpOptions<'_>, t: &Target) -> Result<Header, CkptError> {
     if let Ok(tasks) = std::fs::read_dir(t.proc("task")) {
-        let n = tasks.count();
-        if n > 1 {
+        let mut tids: Vec<i32> =
+            tasks.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+        if tids.len() > 1 {
+            tids.sort_unstable();
+            let other = tids.iter().find(|&&tid| tid != t.pid()).copied().unwrap_or(0);
             return Err(CkptError::Busy(format!(
-                "it has {n} threads; only a single-threaded process can move"
+                "thread {other} (one of {} threads): only a single-threaded process can move",
+                tids.len()
             )));
         }
     }
-    let files = open_files(opts.skip_fds, t)?;
+    let files = open_files(opts, t)?;
     let (regions, specials) = regions(opts, t)?;
     let text =
         |p: &str| std::fs::read_to_string(t.proc(p)).unwrap_or_default().trim_end().to_owned();
@@ -870,10 +1002,10 @@ mod tests {
         let other = std::thread::spawn(move || rx.recv());
         let dir = std::env::temp_dir().join(format!("bproc-ckpt-busy-{}", std::process::id()));
         let f = std::fs::File::create(&dir).unwrap();
-        let opts = DumpOptions { by_ref: &|_| true, skip_fds: &[], mailbox: None };
+        let opts = DumpOptions { by_ref: &|_| true, skip_fds: &[], mailbox: None, strict: false };
         let e = checkpoint(f.as_fd(), &opts).unwrap_err();
         assert_eq!(e.errno(), libc::EBUSY, "{e}");
-        assert!(e.to_string().contains("threads"), "{e}");
+        assert!(e.to_string().contains("thread "), "{e}");
         assert_eq!(std::fs::metadata(&dir).unwrap().len(), 0, "nothing written");
         std::fs::remove_file(dir).unwrap();
         drop(tx);

@@ -431,6 +431,16 @@ fn check_machine(h: &Header, root: Option<&std::path::Path>) -> Result<(), CkptE
 /// Restores the image read from `image` into a new child of the calling thread and lets it
 /// run; returns its pid. On failure the new process is killed.
 pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
+    restore_noting(image, spec).map(|(pid, _)| pid)
+}
+
+/// [`restore`], also returning what the restored process lost on the way: a line for each
+/// file it had open that this machine lacks or denies, left closed
+/// (`fd 5 (/var/log/x) left closed: No such file or directory`).
+pub fn restore_noting(
+    image: impl Read,
+    spec: RestoreSpec,
+) -> Result<(i32, Vec<String>), CkptError> {
     let mut reader = ImageReader::open(image)?;
     let h = reader.header().clone();
     let root = spec.root.as_deref();
@@ -505,7 +515,7 @@ pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
         note: spec.note.as_deref(),
     };
     match started.and_then(|()| inject(t, &h, &mut reader, &how, &mut || Ok(()))) {
-        Ok(()) => Ok(pid),
+        Ok(closed) => Ok((pid, closed)),
         Err(e) => {
             kill();
             Err(e)
@@ -727,7 +737,7 @@ fn helper(
     let h = reader.header().clone();
     let how = Inject { value, reserved: &[], in_place: true, note };
     match inject(t, &h, &mut reader, &how, before_resume) {
-        Ok(()) => 0,
+        Ok(_closed) => 0,
         Err(e) => {
             eprintln!("bproc: restoring pid {target} failed: {e}");
             // SAFETY: kills the half-restored process, which cannot run.
@@ -792,7 +802,7 @@ fn inject<R: Read>(
     reader: &mut ImageReader<R>,
     how: &Inject<'_>,
     before_resume: &mut dyn FnMut() -> Result<(), CkptError>,
-) -> Result<(), CkptError> {
+) -> Result<Vec<String>, CkptError> {
     let pid = t.pid;
     t.base = t.regs()?;
     t.gadget = t.base.rip;
@@ -974,14 +984,28 @@ fn inject<R: Read>(
             unsafe { libc::prlimit(pid, res as _, &lim, std::ptr::null_mut()) };
         }
     }
+    // A file the image had open but this machine lacks (or denies) is left closed, as BProc
+    // left what it could not carry; the caller hears which.
+    let mut closed = Vec::new();
     for f in h.files.iter().filter(|f| !how.reserved.contains(&f.fd)) {
         let p = t.string(&f.path)?;
-        let fd = t.call(
+        let fd = match t.call(
             &format!("reopen {} (fd {})", f.path, f.fd),
             libc::SYS_openat,
             [libc::AT_FDCWD as u64, p, (f.flags & !libc::O_CLOEXEC) as u64, 0, 0, 0],
-        )?;
-        t.call("lseek", libc::SYS_lseek, [fd, f.offset, libc::SEEK_SET as u64, 0, 0, 0])?;
+        ) {
+            Ok(fd) => fd,
+            Err(CkptError::Sys { source, .. }) if cannot_open(&source) => {
+                closed.push(format!("fd {} ({}) left closed: {source}", f.fd, f.path));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if f.offset != 0 {
+            // Devices that cannot seek keep their position at 0.
+            let _ =
+                t.call("lseek", libc::SYS_lseek, [fd, f.offset, libc::SEEK_SET as u64, 0, 0, 0]);
+        }
         if fd != f.fd as u64 {
             t.call(
                 "dup3",
@@ -1039,7 +1063,28 @@ fn inject<R: Read>(
     if unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) } != 0 {
         return Err(last_err("PTRACE_DETACH"));
     }
-    Ok(())
+    Ok(closed)
+}
+
+/// Whether `e`, from reopening a file, means this machine lacks it or denies it (rather than
+/// a failure of the restore itself).
+fn cannot_open(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOENT
+                | libc::EACCES
+                | libc::EPERM
+                | libc::ENOTDIR
+                | libc::ELOOP
+                | libc::ENXIO
+                | libc::ENODEV
+                | libc::EROFS
+                | libc::ETXTBSY
+                | libc::EISDIR
+                | libc::ENAMETOOLONG
+        )
+    )
 }
 
 /// Moves the vDSO and vvar pages, as a group keeping their offsets, to where the image had

@@ -490,8 +490,9 @@ fn rfork_and_vrfork_children_are_the_callers() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A threaded process and one with an open socket are refused with EBUSY and go on where
-/// they were; without them the same process moves.
+/// A threaded process, and one with an open socket that asks for strictness, are refused
+/// with EBUSY and go on where they were; without the thread the same process moves, leaving
+/// its socket behind.
 #[test]
 fn what_cannot_move_is_refused_and_stays() {
     if !require_root("moved processes keep their pids (set_tid in the nodes' pid namespaces)") {
@@ -504,7 +505,7 @@ fn what_cannot_move_is_refused_and_stays() {
         String::from_utf8(out.stdout).unwrap(),
         "thread: Device or resource busy, still on node -1\n\
          socket: Device or resource busy, still on node -1\n\
-         moved to node 1 as pid same\n"
+         moved to node 1 as pid same, socket closed\n"
     );
     let _ = std::fs::remove_dir_all(dir);
 }

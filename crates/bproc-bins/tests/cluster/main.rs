@@ -11,6 +11,7 @@ mod faults;
 mod ghosts;
 mod libs;
 mod manpages;
+mod migrate;
 mod mpi;
 mod nodes;
 mod policy;
