@@ -79,3 +79,65 @@ fn what_cannot_travel_is_closed_or_refused_with_its_reason() {
 fn have(path: &str) -> bool {
     Path::new(path).exists()
 }
+
+/// A C program after `setlocale(LC_ALL, "")` under C.UTF-8 (a shared read-only mapping of
+/// glibc's gconv cache), started by a shell that left a pipe at fd 251, moves to node 1 and
+/// back: the pipe is closed on the node, the locale still converts.
+#[test]
+fn a_program_with_a_locale_and_a_shell_pipe_moves() {
+    if !require_root("moved processes keep their pids (set_tid in the nodes' pid namespaces)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("locale.c", "locale") else { return };
+    let c = TestCluster::up(&bins(), 2, "locale");
+    let script = format!("exec 251<&0; exec {} 1", exe.display());
+    let out = c.cmd("/bin/bash").args(["-c", &script]).env("LANG", "C.UTF-8").stdin("").exits(42);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].starts_with("before: ") && !lines[0].starts_with("before: 0 shared"),
+        "the locale maps a shared file: {stdout}"
+    );
+    assert!(lines[0].ends_with("fd 251 open, 5 wide characters"), "{stdout}");
+    assert_eq!(
+        &lines[1..],
+        [
+            "on node 1: pid same, fd 251 closed, 5 wide characters",
+            "on node -1: pid same, fd 251 closed, 5 wide characters"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A Python 3 script calls `bproc_move` through ctypes under LANG=C.UTF-8: it arrives on
+/// node 1 as the same pid with its variables, and comes back.
+#[test]
+fn a_python_script_moves() {
+    if !require_root("moved processes keep their pids (set_tid in the nodes' pid namespaces)") {
+        return;
+    }
+    let Some(python) = ["/usr/bin/python3", "/usr/local/bin/python3"].into_iter().find(|p| have(p))
+    else {
+        eprintln!("SKIPPED: no python3");
+        return;
+    };
+    // Any program will do: what is wanted is the library where nodes see it.
+    let Some((dir, _)) = build_program("locale.c", "python") else { return };
+    let script = dir.join("move.py");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/move.py"), &script).unwrap();
+    let c = TestCluster::up(&bins(), 2, "python");
+    let lib = dir.join("libbproc.so.4");
+    let out = c
+        .cmd(python)
+        .args([script.to_str().unwrap(), lib.to_str().unwrap(), "1"])
+        .env("LANG", "C.UTF-8")
+        .exits(42);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "python 3 on node -1\n\
+         on node 1: pid same, variables whole, gr\u{f6}\u{df}e\n\
+         on node -1: pid same, variables whole, gr\u{f6}\u{df}e\n"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
