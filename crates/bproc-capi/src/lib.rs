@@ -1155,8 +1155,8 @@ pub unsafe extern "C" fn bproc_execmove(
     unsafe { bproc_execmove_io(node, std::ptr::null(), -1, cmd, argv, envp) }
 }
 
-/// [`bproc_execmove`] with an I/O list (`iolen` −1: the default, `/dev/null` as stdio; 0: no
-/// fds at all).
+/// [`bproc_execmove`] with an I/O list (`iolen` −1: the default, stdout and stderr relayed
+/// to the caller's by its ghost, stdin `/dev/null`; 0: no fds at all).
 ///
 /// # Safety
 /// As for [`bproc_execmove`], and `io` holds `iolen` entries.

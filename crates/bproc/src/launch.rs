@@ -2,9 +2,11 @@
 //! `bproc_rexec`): start a program on nodes, each remote process with a ghost on the front
 //! end, so the caller waits for, signals and sees it as a local child.
 //!
-//! The program runs from the node's own filesystem (as `bproc_rexec` does). By default its
-//! standard input, output and error are `/dev/null` there (bpsh is the launcher that forwards
-//! them); an explicit [`IoList`] gives it files on the node and TCP connections instead.
+//! The program runs from the node's own filesystem (as `bproc_rexec` does). By default (BProc's
+//! "weak" forwarding, spec §5.10) its standard output and error come back to the caller's own:
+//! the node connects them to the process's ghost, which writes them to the caller's stdout
+//! and stderr, each in order; stdin is `/dev/null`. An explicit [`IoList`] gives it files on
+//! the node and TCP connections instead.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -30,7 +32,8 @@ pub struct Program {
 /// What a remote process's fds are (libbproc's `bproc_io_t` lists).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum IoList {
-    /// `/dev/null` as fds 0, 1 and 2.
+    /// `/dev/null` as stdin; stdout and stderr forwarded to the caller's (through the
+    /// ghost, which relays them).
     #[default]
     Default,
     /// These fds (at most 16, numbered 0 to 1023) and no others; an empty list leaves the
@@ -104,7 +107,7 @@ fn spec_of(p: &Program) -> ProcSpec {
         cwd: cwd.unwrap_or_else(|_| "/".into()),
         umask: current_umask(),
         io: match &p.io {
-            IoList::Default => vec![IoSpec::Null; 3],
+            IoList::Default => vec![IoSpec::Null, IoSpec::Forward, IoSpec::Forward],
             IoList::Exactly(_) => vec![IoSpec::Closed; 3],
         },
         fds: match &p.io {
@@ -150,17 +153,30 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
     prog.io.check()?;
     let mut client = Client::connect()?;
     let ghost = client.place()?.ghost;
-    let spec = spec_of(prog);
+    let mut spec = spec_of(prog);
     let comm = crate::ghost::comm_of(&spec.path);
-    let ghosts = match &ghost {
-        Some(g) => ghosts_for(g, &comm, nodes),
-        None => vec![0; nodes.len()],
+    let (ghosts, io_ports) = match &ghost {
+        Some(g) if spec.io.contains(&IoSpec::Forward) => {
+            relays_for(g, &comm, nodes, &spec.token).unwrap_or_else(|| {
+                // No relays: the ranks run with ghosts that do not relay, and no output.
+                spec.io = vec![IoSpec::Null; 3];
+                (ghosts_for(g, &comm, nodes), Vec::new())
+            })
+        }
+        Some(g) => (ghosts_for(g, &comm, nodes), Vec::new()),
+        None => {
+            // No ghosts (a launch from a node): nobody to relay to.
+            if spec.io.contains(&IoSpec::Forward) {
+                spec.io = vec![IoSpec::Null; 3];
+            }
+            (vec![0; nodes.len()], Vec::new())
+        }
     };
     let launch = Message::Launch {
         nodes: nodes.to_vec(),
         spec: spec.clone(),
         ghosts: ghosts.clone(),
-        io_ports: Vec::new(),
+        io_ports,
     };
     let mut pids = match client.request(&launch) {
         Ok(Message::Launched { pids }) if pids.len() == nodes.len() => pids,
@@ -191,6 +207,24 @@ pub fn ghosts_for(program: &str, comm: &str, nodes: &[i32]) -> Vec<i32> {
     let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
     let mut made = crate::ghost::spawn(program, comm, remote).unwrap_or_default().into_iter();
     nodes.iter().map(|&n| if n == NODE_MASTER { 0 } else { made.next().unwrap_or(0) }).collect()
+}
+
+/// Relaying ghosts for each rank not on the front end, with the ports the nodes connect the
+/// ranks' output to (0 for the others); `None` when the ghost program fails.
+fn relays_for(
+    program: &str,
+    comm: &str,
+    nodes: &[i32],
+    token: &[u8; 16],
+) -> Option<(Vec<i32>, Vec<u16>)> {
+    let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
+    let mut made = crate::ghost::spawn_relays(program, comm, remote, token).ok()?.into_iter();
+    Some(
+        nodes
+            .iter()
+            .map(|&n| if n == NODE_MASTER { (0, 0) } else { made.next().unwrap_or((0, 0)) })
+            .unzip(),
+    )
 }
 
 /// Rank `rank` on the front end: a plain child of the caller, with the caller's stdio or the
@@ -297,12 +331,19 @@ pub fn execmove(node: i32, prog: &Program) -> BprocError {
         };
         let spec = spec_of(prog);
         let me = std::process::id() as i32;
-        let launch = Message::Launch {
-            nodes: vec![node],
-            spec: spec.clone(),
-            ghosts: vec![me],
-            io_ports: Vec::new(),
+        // The caller becomes the ghost, which relays the output from this listener to the
+        // caller's own stdout and stderr.
+        let relay = if spec.io.contains(&IoSpec::Forward) {
+            Some(std::net::TcpListener::bind("0.0.0.0:0")?)
+        } else {
+            None
         };
+        let io_ports = match &relay {
+            Some(l) => vec![l.local_addr()?.port()],
+            None => Vec::new(),
+        };
+        let launch =
+            Message::Launch { nodes: vec![node], spec: spec.clone(), ghosts: vec![me], io_ports };
         let pid = match client.request(&launch)? {
             Message::Launched { pids } if pids.len() == 1 => pids[0],
             m => return Err(BprocError::Unexpected(m.name())),
@@ -310,11 +351,20 @@ pub fn execmove(node: i32, prog: &Program) -> BprocError {
         if pid <= 0 {
             return Err(BprocError::Remote { code: -pid, message: crate::strerror(-pid) });
         }
-        let err = Command::new(&ghost)
-            .arg0(format!("[{}]", crate::ghost::comm_of(&spec.path)))
+        let mut cmd = Command::new(&ghost);
+        cmd.arg0(format!("[{}]", crate::ghost::comm_of(&spec.path)))
             .env_clear()
-            .env("BPROC_SOCKET", crate::socket_path())
-            .exec();
+            .env("BPROC_SOCKET", crate::socket_path());
+        if let Some(l) = &relay {
+            use std::os::fd::AsRawFd;
+            nix::fcntl::fcntl(
+                l.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .map_err(|e| BprocError::Io(e.into()))?;
+            cmd.env("BPROC_GHOST_IO", crate::migrate::relay_env(&spec.token, l.as_raw_fd()));
+        }
+        let err = cmd.exec();
         Err(BprocError::Io(err))
     };
     match run() {

@@ -53,7 +53,8 @@ int bproc_nodereconnect(int node, struct sockaddr *rem, int remsize, struct sock
                         int locsize);
 
 /* Process placement. The program runs from the node's filesystem. With no I/O list (iolen
- * -1) its stdio is /dev/null; an I/O list names each fd it gets (files opened on the node,
+ * -1) its stdout and stderr come to the caller's (relayed by its ghost, BProc's "weak"
+ * forwarding) and stdin is /dev/null; an I/O list names each fd it gets (files opened on the node,
  * TCP connections from it; 0.0.0.0 is the launcher's address) and it has no other (iolen 0:
  * none). Each remote process has a ghost on the front end: the caller itself for execmove
  * and rexec, a child of the caller for vexecmove, so wait() gives the remote exit status. */
