@@ -50,6 +50,10 @@ pub const ENV_FD: &str = "BPROC_GHOST_FD";
 pub const ENV_FORK: &str = "BPROC_GHOST_FORK";
 /// Environment variable asking for this many ghosts in all (see [`main`]).
 pub const ENV_COUNT: &str = "BPROC_GHOST_COUNT";
+/// Set by a launcher that gives its ghosts its stdout (as their stdin, since stdout carries
+/// the pid list) and stderr: the ghost keeps them as its fds 1 and 2, so a process that moves
+/// back to the front end into its ghost writes where its launcher does.
+pub const ENV_OUTPUT: &str = "BPROC_GHOST_OUTPUT";
 /// bpmaster's client socket when `BPROC_SOCKET` is not set.
 const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
 /// Environment variable: seconds a ghost waits for its master to come back.
@@ -120,7 +124,7 @@ pub fn main(argv0: OsString) -> ExitCode {
         // took the place of stdout); the ghost reads nothing.
         if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
             let null = std::os::fd::AsRawFd::as_raw_fd(&null);
-            if relay.is_some() {
+            if relay.is_some() || std::env::var_os(ENV_OUTPUT).is_some() {
                 let _ = nix::unistd::dup2(0, 1);
                 let _ = nix::unistd::dup2(null, 0);
             } else {

@@ -209,6 +209,15 @@ pub fn ghosts_for(program: &str, comm: &str, nodes: &[i32]) -> Vec<i32> {
     nodes.iter().map(|&n| if n == NODE_MASTER { 0 } else { made.next().unwrap_or(0) }).collect()
 }
 
+/// [`ghosts_for`], the ghosts keeping the caller's stdout and stderr (bpsh's: a process that
+/// moves back to the front end into its ghost writes there).
+pub fn ghosts_keeping_output(program: &str, comm: &str, nodes: &[i32]) -> Vec<i32> {
+    let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
+    let mut made =
+        crate::ghost::spawn_keeping_output(program, comm, remote).unwrap_or_default().into_iter();
+    nodes.iter().map(|&n| if n == NODE_MASTER { 0 } else { made.next().unwrap_or(0) }).collect()
+}
+
 /// Relaying ghosts for each rank not on the front end, with the ports the nodes connect the
 /// ranks' output to (0 for the others); `None` when the ghost program fails.
 fn relays_for(

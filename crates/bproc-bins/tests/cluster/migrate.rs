@@ -141,3 +141,24 @@ fn a_python_script_moves() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `bpsh 1 ./back`, where `back` moves itself back to the front end and exits 3 there: bpsh
+/// ends with 3 (its ghost took the process back and ended as it), with the output from both
+/// sides, and no ghost left behind.
+#[test]
+fn bpsh_follows_a_process_back_to_the_front_end() {
+    if !require_root("moved processes keep their pids (set_tid in the nodes' pid namespaces)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("back.c", "back") else { return };
+    let c = TestCluster::up(&bins(), 2, "back");
+    let started = std::time::Instant::now();
+    let out = c.cmd("bpsh").args(["1", exe.to_str().unwrap()]).exits(3);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "on node 1\nback on node -1 as pid same\n"
+    );
+    assert_eq!(String::from_utf8(out.stderr).unwrap(), "stderr on node -1\n");
+    let _ = std::fs::remove_dir_all(dir);
+}
