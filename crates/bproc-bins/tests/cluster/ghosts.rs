@@ -99,6 +99,11 @@ fn c_programs_wait_for_and_signal_remote_children() {
     assert_eq!(status(&run(&["1", "exit"])), "exited 42");
     assert_eq!(status(&run(&["2", "signal"])), "signaled 11 core 0");
     assert_eq!(status(&run(&["3", "exec"])), "exited 5");
+    // A ghost stopped by SIGTSTP stops with SIGTSTP, as a local child would.
+    assert_eq!(
+        run(&["1", "stop"]).lines().skip(1).collect::<Vec<_>>(),
+        ["stopped 20", "signaled 15 core 0"]
+    );
     // getpid() on the node is the ghost's pid.
     let file = dir.join("pid");
     let out = run(&["1", "pid", file.to_str().unwrap()]);

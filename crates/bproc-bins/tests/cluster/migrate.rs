@@ -155,10 +155,7 @@ fn bpsh_follows_a_process_back_to_the_front_end() {
     let started = std::time::Instant::now();
     let out = c.cmd("bpsh").args(["1", exe.to_str().unwrap()]).exits(3);
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        "on node 1\nback on node -1 as pid same\n"
-    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "on node 1\nback on node -1 as pid same\n");
     assert_eq!(String::from_utf8(out.stderr).unwrap(), "stderr on node -1\n");
     let _ = std::fs::remove_dir_all(dir);
 }
