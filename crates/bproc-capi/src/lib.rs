@@ -460,9 +460,12 @@ pub extern "C" fn bproc_notifier() -> c_int {
             .spawn(move || {
                 while watcher.next_table().is_ok() {
                     if nix::unistd::write(&writer, &1u64.to_ne_bytes()).is_err() {
-                        return;
+                        break;
                     }
                 }
+                // In a process that moved, both fds were left behind (closed, their numbers
+                // free for others): never close them here.
+                std::mem::forget((watcher, writer));
             })
             .map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
         let raw = fd.as_raw_fd();
@@ -817,7 +820,8 @@ fn flush_all() {
 
 /// Moves the caller to `node` (`BPROC_NODE_MASTER`: the front end): 0 on the new node, as
 /// the same pid; 0 also when it already runs there, as in BProc. On failure the caller stays
-/// where it was: `EBUSY` for what cannot move (a second thread), `BE_NODEDOWN`, `EPERM`...,
+/// where it was: `EBUSY` for what cannot move (a thread that blocks the signal that holds
+/// threads for the dump), `BE_NODEDOWN`, `EPERM`...,
 /// with the reason in [`bproc_lasterror`]. Fds 3 and up that cannot be opened again by path
 /// (pipes, sockets, terminals...) are closed on the node, and shared memory becomes private,
 /// as in BProc.

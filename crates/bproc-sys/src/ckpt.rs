@@ -16,8 +16,14 @@
 //! left out, so the restored copy has them closed; shared file mappings that are read-only go
 //! by reference (when the target has the file) or by content, as private mappings, and
 //! writable shared mappings become private copies. With [`DumpOptions::strict`] each of these
-//! is refused instead. A second thread is always refused. A refusal is `EBUSY` before anything
-//! is written, and its message names the cause (`fd 7: a connected TCP socket`, `thread 2`).
+//! is refused instead. A refusal is `EBUSY` before anything is written, and its message names
+//! the cause (`fd 7: a connected TCP socket`).
+//!
+//! Other threads are held still while the dump is written (`crate::threads`: each is
+//! signalled and waits in the handler, having saved its registers, FPU state, signal mask,
+//! thread pointer, alternate stack, robust list and tid address), and go into the image, to
+//! be made again by the restore. A thread that does not stop (it blocks the signal) is a
+//! refusal naming it.
 
 use std::ffi::c_void;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -151,14 +157,17 @@ extern "C" {
 struct Ctx<'a> {
     out: RawFd,
     opts: &'a DumpOptions<'a>,
+    /// The other threads, held, and the tid slot ([`Header::tid_slot`]).
+    threads: (Vec<bproc_image::Thread>, u32),
     result: Option<Result<(), CkptError>>,
 }
 
 extern "C" fn dump_entry(ctx: *mut c_void, rsp: u64) -> i64 {
     // SAFETY: `checkpoint` passes a live `Ctx` it does not touch until this returns.
     let ctx = unsafe { &mut *ctx.cast::<Ctx<'_>>() };
-    let r =
-        std::panic::catch_unwind(AssertUnwindSafe(|| dump(ctx.out, ctx.opts, &Target::Me { rsp })));
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        dump(ctx.out, ctx.opts, &Target::Me { rsp }, &ctx.threads)
+    }));
     ctx.result = Some(r.unwrap_or_else(|_| Err(CkptError::Busy("the dumper panicked".into()))));
     0
 }
@@ -167,13 +176,23 @@ extern "C" fn dump_entry(ctx: *mut c_void, rsp: u64) -> i64 {
 /// and [`Resumed::Restored`] in each process restored from the image. Flush buffered output
 /// first, or the restored copies write it again.
 pub fn checkpoint(out: BorrowedFd<'_>, opts: &DumpOptions<'_>) -> Result<Resumed, CkptError> {
-    let mut ctx = Ctx { out: out.as_raw_fd(), opts, result: None };
+    crate::threads::cache_rseq();
+    let frozen = crate::threads::Frozen::hold()?;
+    let threads = frozen.as_ref().map(|f| f.threads()).unwrap_or_default();
+    let mut ctx = Ctx { out: out.as_raw_fd(), opts, threads, result: None };
     // SAFETY: `dump_entry` matches the callback's ABI and gets `ctx` back; the assembly keeps
     // the C ABI (callee-saved registers, 16-byte stack alignment at the call).
     let r = unsafe { bproc_ckpt_enter(dump_entry, (&mut ctx as *mut Ctx<'_>).cast()) };
     if r > 0 {
-        // A restored copy: its `ctx` holds what the dump saw before it finished.
+        // A restored copy: its `ctx` holds what the dump saw before it finished; its other
+        // threads were made again where they were before they were held.
+        if let Some(f) = frozen {
+            f.thaw(true);
+        }
         return Ok(Resumed::Restored(r));
+    }
+    if let Some(f) = frozen {
+        f.thaw(false);
     }
     ctx.result.take().unwrap_or(Ok(()))?;
     Ok(Resumed::Dumped)
@@ -279,7 +298,7 @@ pub fn exec_dump(
     if unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs as *mut _) } != 0 {
         return Err(CkptError::sys("PTRACE_GETREGS", std::io::Error::last_os_error()));
     }
-    dump(out.as_raw_fd(), opts, &Target::Exec { pid, regs: Box::new(regs) })
+    dump(out.as_raw_fd(), opts, &Target::Exec { pid, regs: Box::new(regs) }, &(Vec::new(), 0))
 }
 
 /// A traced child, killed and reaped when dropped.
@@ -408,22 +427,13 @@ fn sigactions() -> Vec<SigAction> {
 
 /// glibc's registered rseq area (`__rseq_offset` from the thread pointer, `__rseq_size`), if
 /// it registered one.
+/// (Read before any thread is held: `crate::threads::cache_rseq`.)
 fn rseq(fs_base: u64) -> (u64, u32, u32) {
-    // SAFETY: dlsym with NUL-terminated names; the symbols, when present, are glibc's
-    // read-only variables of these types.
-    unsafe {
-        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
-        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
-        if off.is_null() || size.is_null() {
-            return (0, 0, 0);
-        }
-        let size = *size.cast::<u32>();
-        if size == 0 {
-            return (0, 0, 0);
-        }
-        let area = fs_base.wrapping_add(*off.cast::<isize>() as u64);
-        (area, size.max(32), 0x5305_3053)
+    let (off, size) = crate::threads::cached_rseq();
+    if size == 0 {
+        return (0, 0, 0);
     }
+    (fs_base.wrapping_add(off as u64), size.max(32), 0x5305_3053)
 }
 
 fn mm_fields(t: &Target) -> Result<MmFields, CkptError> {
@@ -655,15 +665,26 @@ fn regions(opts: &DumpOptions<'_>, t: &Target) -> Result<(Vec<Region>, Vec<Speci
     Ok((regions, specials))
 }
 
-fn header(opts: &DumpOptions<'_>, t: &Target) -> Result<Header, CkptError> {
+fn header(
+    opts: &DumpOptions<'_>,
+    t: &Target,
+    threads: &(Vec<bproc_image::Thread>, u32),
+) -> Result<Header, CkptError> {
     if let Ok(tasks) = std::fs::read_dir(t.proc("task")) {
-        let mut tids: Vec<i32> =
+        let me = match t {
+            // SAFETY: gettid cannot fail.
+            Target::Me { .. } => unsafe { libc::gettid() },
+            Target::Exec { pid, .. } => *pid,
+        };
+        let tids: Vec<i32> =
             tasks.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-        if tids.len() > 1 {
-            tids.sort_unstable();
-            let other = tids.iter().find(|&&tid| tid != t.pid()).copied().unwrap_or(0);
+        let missing = tids
+            .iter()
+            .find(|&&tid| tid != me && !threads.0.iter().any(|th| th.tid == tid))
+            .copied();
+        if let Some(other) = missing {
             return Err(CkptError::Busy(format!(
-                "thread {other} (one of {} threads): only a single-threaded process can move",
+                "thread {other} (one of {} threads) was not held for the dump",
                 tids.len()
             )));
         }
@@ -720,6 +741,8 @@ fn header(opts: &DumpOptions<'_>, t: &Target) -> Result<Header, CkptError> {
         specials,
         files,
         regions,
+        threads: threads.0.clone(),
+        tid_slot: threads.1,
     })
 }
 
@@ -893,8 +916,13 @@ impl Drop for Bounce {
     }
 }
 
-fn dump(out: RawFd, opts: &DumpOptions<'_>, t: &Target) -> Result<(), CkptError> {
-    let h = header(opts, t)?;
+fn dump(
+    out: RawFd,
+    opts: &DumpOptions<'_>,
+    t: &Target,
+    threads: &(Vec<bproc_image::Thread>, u32),
+) -> Result<(), CkptError> {
+    let h = header(opts, t, threads)?;
     let head = h.encode();
     let open = |p: String| std::fs::File::open(&p).map_err(|e| CkptError::sys(p, e));
     let (pagemap, mem) = (open(t.proc("pagemap"))?, open(t.proc("mem"))?);
@@ -997,18 +1025,31 @@ mod tests {
     }
 
     #[test]
-    fn a_threaded_process_is_refused() {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let other = std::thread::spawn(move || rx.recv());
-        let dir = std::env::temp_dir().join(format!("bproc-ckpt-busy-{}", std::process::id()));
-        let f = std::fs::File::create(&dir).unwrap();
+    fn a_thread_that_does_not_stop_is_named() {
+        let (tx, rx) = std::sync::mpsc::channel::<i32>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            // SAFETY: builds a signal set in a local and blocks it for this thread.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, crate::threads::FREEZE_SIGNAL);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+            // SAFETY: gettid cannot fail.
+            let _ = tx.send(unsafe { libc::gettid() });
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let path = std::env::temp_dir().join(format!("bproc-ckpt-busy-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
         let opts = DumpOptions { by_ref: &|_| true, skip_fds: &[], mailbox: None, strict: false };
         let e = checkpoint(f.as_fd(), &opts).unwrap_err();
         assert_eq!(e.errno(), libc::EBUSY, "{e}");
-        assert!(e.to_string().contains("thread "), "{e}");
-        assert_eq!(std::fs::metadata(&dir).unwrap().len(), 0, "nothing written");
-        std::fs::remove_file(dir).unwrap();
-        drop(tx);
+        assert!(e.to_string().contains(&format!("thread {tid} did not stop")), "{e}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "nothing written");
+        std::fs::remove_file(path).unwrap();
+        drop(done_tx);
         let _ = other.join();
     }
 

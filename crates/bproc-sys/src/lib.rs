@@ -21,6 +21,7 @@ pub mod ckpt;
 pub mod peer;
 pub mod restore;
 mod spawn;
+mod threads;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,

@@ -135,9 +135,9 @@ fn probe(mut sock: &TcpStream, libs: &[String]) -> Result<Vec<String>, BprocErro
 /// libraries; with no master, there are none. Returns [`Resumed::Dumped`] here and
 /// [`Resumed::Restored`] in each restored copy. Fds 3 and up that cannot be opened again by
 /// path (pipes, sockets...) are closed in the copies, and writable shared memory becomes
-/// private, unless `flags` has [`STRICT`]. Refuses with `EBUSY` (before writing anything,
-/// with the reason in the error) a process with several threads, or under [`STRICT`] one
-/// holding such fds or memory.
+/// private, unless `flags` has [`STRICT`]. Every thread is dumped. Refuses with `EBUSY`
+/// (before writing anything, with the reason in the error) a process with a thread that does
+/// not stop for the dump, or under [`STRICT`] one holding such fds or memory.
 pub fn dump(out: BorrowedFd<'_>, flags: i32) -> Result<Resumed, BprocError> {
     let libs = mapped_libraries(None);
     dump_skipping(out, flags, &[out.as_raw_fd()], &libs, &[])
@@ -356,8 +356,8 @@ fn one_pid(reply: Result<Message, BprocError>) -> Result<i32, BprocError> {
 /// end): returns `Ok` on the new node, as the same pid, with its memory, registers, signal
 /// handlers and regular open files. What cannot travel is left behind as BProc left it: fds
 /// 3 and up that are not files on a disk are closed there (as are files the node lacks),
-/// and shared memory becomes private. The process must be single-threaded (`EBUSY`
-/// otherwise, before anything moves, the error naming the cause).
+/// and shared memory becomes private. Every thread moves with it. `EBUSY` (before anything
+/// moves, the error naming the cause) for a thread that does not stop for the dump.
 /// Moving to the node the process is on does nothing. On failure the process stays where it
 /// was. `io` gives its fds there (by default stdout and stderr go to the ghost, which writes
 /// them where the process's own went, and stdin is `/dev/null`).

@@ -2,15 +2,13 @@
  * first refused under BPROC_MOVE_STRICT, with the reason bproc_lasterror() gives; then all of
  * them together move with a plain bproc_move: on the node the fds are closed (stdio still
  * works), read-only shared mappings read the same bytes and writable shared memory is a
- * private copy with its contents. A second thread is refused either way. Then back to the
- * front end. Exits 42 when all is well.
+ * private copy with its contents. Then back to the front end. Exits 42 when all is well.
  * Usage: matrix NODE SHARED_DIR PRIVATE_DIR (SHARED_DIR seen by the node, PRIVATE_DIR not) */
 #define _GNU_SOURCE
 #include <sys/bproc.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,12 +51,6 @@ static void strict(const char *what) {
     }
     if (e != EBUSY || bproc_currnode() != BPROC_NODE_MASTER || getpid() != pid) bad |= 2;
     printf("%s: refused: %s\n", what, bproc_lasterror());
-}
-
-static void *idle(void *arg) {
-    (void)arg;
-    pause();
-    return NULL;
 }
 
 static char *map_file(const char *dir, const char *name, int prot) {
@@ -149,19 +141,6 @@ int main(int argc, char **argv) {
     close(at(accept(6, NULL, NULL), 8));
     close(6);
     strict("tcp");
-
-    /* A second thread, refused with or without the flag. */
-    pthread_t t;
-    if (pthread_create(&t, NULL, idle, NULL) != 0) return 3;
-    strict("thread");
-    if (bproc_move(node) == 0) {
-        printf("thread: moved\n");
-        bad |= 4;
-    } else {
-        printf("thread: refused: %s\n", bproc_lasterror());
-    }
-    pthread_cancel(t);
-    pthread_join(t, NULL);
 
     /* All of it at once, without the flag. */
     if (bproc_move(node) != 0) {

@@ -1,6 +1,6 @@
-/* A process that cannot move is refused with EBUSY and goes on where it was: first with a
- * second thread, then with an open socket under BPROC_MOVE_STRICT. Without the thread it
- * moves to node N, the socket left behind, and exits 42 there. Usage: refuse N */
+/* A process that asks for BPROC_MOVE_STRICT is refused with EBUSY and goes on where it
+ * was: first with a pipe, then with an open socket. Without the flag it moves to node N with
+ * a second thread, the socket left behind, and exits 42 there. Usage: refuse N */
 #include <sys/bproc.h>
 #include <sys/socket.h>
 #include <errno.h>
@@ -35,11 +35,13 @@ int main(int argc, char **argv) {
     if (argc != 2) return 2;
     int node = atoi(argv[1]);
     pid_t pid = getpid();
+    int p[2];
+    if (pipe(p) != 0) return 3;
+    int ok = refused("pipe", node, BPROC_MOVE_STRICT, pid);
+    close(p[0]);
+    close(p[1]);
     pthread_t t;
     if (pthread_create(&t, NULL, idle, NULL) != 0) return 3;
-    int ok = refused("thread", node, 0, pid);
-    __atomic_store_n(&go, 1, __ATOMIC_SEQ_CST);
-    pthread_join(t, NULL);
     int s = socket(AF_INET, SOCK_STREAM, 0);
     if (s < 0) return 4;
     ok &= refused("socket", node, BPROC_MOVE_STRICT, pid);
@@ -49,5 +51,7 @@ int main(int argc, char **argv) {
     }
     printf("moved to node %d as pid %s, socket %s\n", bproc_currnode(),
            getpid() == pid ? "same" : "other", fcntl(s, F_GETFD) < 0 ? "closed" : "open");
+    __atomic_store_n(&go, 1, __ATOMIC_SEQ_CST);
+    pthread_join(t, NULL);
     return ok ? 42 : 1;
 }

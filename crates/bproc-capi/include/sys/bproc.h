@@ -81,10 +81,10 @@ int bproc_proclist(int node, struct bproc_proc_info_t **list);
  * pids[], the child's index in each child). As in BProc, fds 3 and up that cannot be opened
  * again by path (pipes, sockets, event fds, epoll, FIFOs, terminals, deleted files, files the
  * node lacks) are closed in the moved copy, and shared memory becomes private; the flag
- * BPROC_MOVE_STRICT of the _bproc_* forms (and of bproc_dump) refuses them instead. What
- * cannot move gives EBUSY and the caller stays where it was (a second thread, or what
- * BPROC_MOVE_STRICT refused); bproc_lasterror() then says what, e.g. "fd 7: a connected TCP
- * socket". rfork and vrfork work from the front end.
+ * BPROC_MOVE_STRICT of the _bproc_* forms (and of bproc_dump) refuses them instead. Every
+ * thread moves with the process. What cannot move gives EBUSY and the caller stays where it
+ * was (a thread blocking signal 64, or what BPROC_MOVE_STRICT refused); bproc_lasterror()
+ * then says what, e.g. "fd 7: a connected TCP socket". rfork and vrfork work from the front end.
  *
  * Checkpoint: bproc_dump writes the caller to fd as a process image (flags: BPROC_DUMP_* say
  * what goes by content; the rest is named by path) and returns 0, or 1 in a copy restored
