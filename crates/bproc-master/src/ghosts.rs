@@ -179,6 +179,11 @@ impl Inner {
             }
             ProcChange::Forked { child, comm, .. } => {
                 let uid = self.procs.get(&key)?.uid;
+                // A child already known (a repeated report) keeps its ghost, or its fork.
+                let pending = self.forks.values().any(|f| (f.node, f.child) == (n, child));
+                if pending || self.procs.get(&(n, child)).is_some_and(|p| p.ghost.is_some()) {
+                    return None;
+                }
                 self.procs.insert((n, child), Proc { ghost: None, launch: None, uid });
                 // The parent's ghost forks the child's; one still on its way does it when
                 // it comes (the request waits with it).
@@ -491,8 +496,13 @@ impl Ghosts {
                 return Err(format!("fork {fork} is not pending"));
             };
             // What happened meanwhile (a rename, its own forks, its end) follows at once.
+            // A process that ended before its ghost came has its end in the queue: the ghost
+            // stands for nothing else (the pid may be another process's by now).
+            let ended = queue.iter().any(|m| matches!(m, Message::ProcExit { .. }));
             let mut gh = Ghost { uid: Some(uid), queue, ..Ghost::default() };
-            if let Some(p) = inner.procs.get_mut(&(n, child)) {
+            if let Some(p) =
+                inner.procs.get_mut(&(n, child)).filter(|p| !ended && p.ghost.is_none())
+            {
                 p.ghost = Some(pid);
                 gh.remote = Some((n, child));
                 forked = Some((n, child));
@@ -559,9 +569,9 @@ impl Ghosts {
         let mut g = self.lock();
         let gh = g.ghosts.remove(&pid)?;
         let remote = gh.remote?;
-        if let Some(p) = g.procs.get_mut(&remote) {
-            p.ghost = None;
-        }
+        // Only the process this ghost stands for (another ghost may stand for its pid now).
+        let p = g.procs.get_mut(&remote).filter(|p| p.ghost == Some(pid))?;
+        p.ghost = None;
         Some(remote)
     }
 

@@ -180,10 +180,22 @@ impl Procs {
                 if self.known().contains_key(&child) {
                     continue;
                 }
+                let ended = proc_stat(child).filter(|st| st.state == 'Z');
+                let reported = self.0.ended.lock().is_ok_and(|e| e.contains_key(&child));
+                if ended.is_some() && reported {
+                    // Its end was reported; its parent (stopped, or slow) has yet to reap it.
+                    continue;
+                }
                 let Some((comm, child_ns)) = comm_and_ns_pid(child) else { continue };
                 self.known().insert(child, Known::new(comm.clone(), 0, 0, 0, uid));
                 let change = ProcChange::Forked { child, child_ns, comm };
                 (self.0.report)(Message::ProcEvent { pid, change });
+                if let Some(st) = ended {
+                    // Born and ended between two looks: its ghost ends as it did.
+                    self.forget(child);
+                    let change = ProcChange::Exited(decode_wait(st.exit_code));
+                    (self.0.report)(Message::ProcEvent { pid: child, change });
+                }
             }
         }
     }

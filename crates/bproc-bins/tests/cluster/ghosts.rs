@@ -313,3 +313,66 @@ fn job_control_through_a_terminal() {
     until(10, "bpsh to end", || ps(bpsh).is_none_or(|p| p.1 == 'Z').then_some(()));
     type_keys("exit\n");
 }
+
+/// The ghosts of this cluster (by the socket in their environment) still alive: pids.
+fn ghosts_of(c: &TestCluster) -> Vec<i32> {
+    let want = format!("BPROC_SOCKET={}", c.socket().display());
+    let ghost = bins().join("bpghost");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == ghost)
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+                && ps(*pid).is_some_and(|p| p.1 != 'Z')
+        })
+        .collect()
+}
+
+/// `bpsh 1 sh -c 'while :; do sleep 0.2; done'`, its shell's ghost stopped for a second,
+/// continued, then Ctrl-C (SIGINT to bpsh's process group), twenty times: no ghost is left
+/// (before, a fork's ghost made while its parent's ghost was stopped could outlive
+/// everything).
+#[test]
+fn stop_continue_interrupt_leaves_no_ghosts() {
+    use std::os::unix::process::CommandExt;
+    if !require_root(
+        "remote processes take their ghost's pid only in a pid namespace of a root slave",
+    ) {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 2, "ghost-leak");
+    for trial in 0..20 {
+        let mut bpsh = Reaped(
+            Command::new(bins().join("bpsh"))
+                .args(["1", "sh", "-c", "while :; do sleep 0.2; done"])
+                .env("BPROC_SOCKET", c.socket())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap(),
+        );
+        let bp = bpsh.0.id() as i32;
+        let shell = until(10, "the shell's ghost", || {
+            ghosts_of(&c).into_iter().find(|g| ps(*g).is_some_and(|p| p.0 == bp))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        kill(Pid::from_raw(shell), Signal::SIGSTOP).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        kill(Pid::from_raw(shell), Signal::SIGCONT).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        nix::sys::signal::killpg(Pid::from_raw(bp), Signal::SIGINT).unwrap();
+        let t0 = Instant::now();
+        while bpsh.0.try_wait().unwrap().is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "trial {trial}: bpsh did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let left = until(5, "every ghost to end", || {
+        let g = ghosts_of(&c);
+        g.is_empty().then_some(g)
+    });
+    assert!(left.is_empty());
+}
