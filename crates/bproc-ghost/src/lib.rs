@@ -372,6 +372,13 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
             }
             Some(Message::GhostFork { fork, comm }) => {
                 if bproc_sys::fork_single_threaded() == Ok(0) {
+                    // A fork's ghost holds nothing of the launcher's output: a pipe it kept
+                    // open would keep its reader waiting for as long as the ghost lives.
+                    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+                        let null = std::os::fd::AsRawFd::as_raw_fd(&null);
+                        let _ = nix::unistd::dup2(null, 1);
+                        let _ = nix::unistd::dup2(null, 2);
+                    }
                     // The child's copies of the signalfd and connection close on exec.
                     reexec(&comm, &[(ENV_FORK, fork.to_string())]);
                     return violent_death();

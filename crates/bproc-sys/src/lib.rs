@@ -19,6 +19,7 @@
 
 pub mod ckpt;
 pub mod peer;
+pub mod procevents;
 pub mod restore;
 mod spawn;
 mod threads;

@@ -376,3 +376,30 @@ fn stop_continue_interrupt_leaves_no_ghosts() {
     });
     assert!(left.is_empty());
 }
+
+/// Fifty forks of a shell on a node, each child ending at once (`/bin/true`), get fifty
+/// ghosts: the master's count of ghosts grows by 51 (the shell's own, and one per fork),
+/// seen through `bpstat --master-info`. The slave follows forks through the kernel's
+/// process events, filtered to its own processes, so none is too short to be seen.
+#[test]
+fn every_short_fork_gets_a_ghost() {
+    if !require_root("the kernel's process events need CAP_NET_ADMIN") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 2, "ghost-forks");
+    let made = || -> u64 {
+        let out = c.cmd("bpstat").arg("--master-info").ok();
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["ghosts_made"].as_u64().unwrap()
+    };
+    let before = made();
+    let script = "i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done";
+    c.cmd("bpsh").args(["1", "sh", "-c", script]).ok();
+    let t0 = Instant::now();
+    let mut after = made();
+    while after < before + 51 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        after = made();
+    }
+    assert_eq!(after - before, 51);
+}
