@@ -1124,6 +1124,9 @@ mod tests {
             status,
             failed,
             master_gone: false,
+            ghost: false,
+            ghost_end: None,
+            lingering: None,
         };
         assert_eq!(
             exit_code(&[r(Some(ExitStatus::Code(3)), false), r(Some(ExitStatus::Code(7)), false)]),

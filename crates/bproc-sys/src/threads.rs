@@ -397,7 +397,7 @@ unsafe fn fill(s: &mut Slot, uc: &libc::ucontext_t) {
         unsafe {
             let word = |off: usize| u32::from_ne_bytes(*fp.add(off).cast::<[u8; 4]>());
             let len = if word(464) == 0x4650_5853 { word(480) as usize } else { 512 };
-            let len = if len <= MAX_XSTATE && len >= 512 { len } else { 512 };
+            let len = if (512..=MAX_XSTATE).contains(&len) { len } else { 512 };
             std::ptr::copy_nonoverlapping(fp, s.xstate.as_mut_ptr(), len);
             s.xstate_len = len as u32;
         }
