@@ -101,7 +101,16 @@ impl Procs {
         let Some(mut k) = self.known().remove(&pid) else { return false };
         k.end = Some(end);
         k.gone = Some(std::time::Instant::now());
-        self.0.ended.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, k);
+        let mut ended = self.0.ended.lock().unwrap_or_else(|e| e.into_inner());
+        if ended.len() >= ENDED_PRUNE_AT && ended.len().is_multiple_of(256) {
+            // Every fork ends up here: keep what a restarted master may still ask about, and
+            // under a storm of forks only the last seconds'.
+            ended.retain(|_, e| e.gone.is_none_or(|t| t.elapsed() < ENDED_KEPT));
+            if ended.len() >= 4 * ENDED_PRUNE_AT {
+                ended.retain(|_, e| e.gone.is_none_or(|t| t.elapsed() < REPORTED_LATELY));
+            }
+        }
+        ended.insert(pid, k);
         true
     }
 
@@ -590,6 +599,11 @@ fn refusal(r: &mut impl std::io::BufRead) -> Option<String> {
     r.read_exact(&mut why).ok()?;
     Some(String::from_utf8_lossy(&why).into_owned())
 }
+
+/// Ended processes kept for a resumed session: those of the last [`ENDED_KEPT`], looked
+/// over once there are [`ENDED_PRUNE_AT`].
+const ENDED_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
+const ENDED_PRUNE_AT: usize = 4096;
 
 /// How long an ended fork's pid is taken for that process, not a new one, by a late look.
 const REPORTED_LATELY: std::time::Duration = std::time::Duration::from_secs(5);
