@@ -1091,7 +1091,8 @@ fn bproc_stage_hex(hash: &[u8; 32]) -> String {
 /// Starts rank `rank` of `launch` as `set_tid` when this node gives processes their ghosts'
 /// pids; returns its pid here. The caller reports the start, then [`Procs::track`]s it. An
 /// image launch restores `shared` when given (the node's copy of a vector fork's image),
-/// else the image fetched for this rank.
+/// else the image fetched for this rank. `forward_port` (0: the spec's) is where its
+/// forwarded fds connect.
 #[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     procs: &Procs,
@@ -1105,6 +1106,7 @@ pub async fn spawn(
     set_tid: Option<i32>,
     creds: Creds,
     spec: ProcSpec,
+    forward_port: u16,
     shared: Option<Arc<Vec<u8>>>,
     report: impl Fn(Message) + Send + 'static,
 ) -> Result<i32, Refused> {
@@ -1162,6 +1164,9 @@ pub async fn spawn(
         }
         (None, _) => None,
     };
+    // The rank's own port for its forwarded fds (its relaying ghost's), once staging, which
+    // fetches from the launcher's, is done.
+    let spec = if forward_port != 0 { ProcSpec { io_port: forward_port, ..spec } } else { spec };
     let mut fds = Fds::default();
     let ghost = set_tid.unwrap_or(0);
     for fd in 0..3 {

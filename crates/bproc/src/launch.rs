@@ -7,6 +7,11 @@
 //! the node connects them to the process's ghost, which writes them to the caller's stdout
 //! and stderr, each in order; stdin is `/dev/null`. An explicit [`IoList`] gives it files on
 //! the node and TCP connections instead.
+//!
+//! A diskless node has none of the front end's files: for a launch that includes one, the
+//! program, its interpreters and libraries are gathered by hash (`bproc-stage`, as bpsh does)
+//! into the spec, and the caller serves them (`conn::FETCH` connections) while the launch
+//! is under way; each node fetches what its cache lacks.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -154,6 +159,7 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
     let mut client = Client::connect()?;
     let ghost = client.place()?.ghost;
     let mut spec = spec_of(prog);
+    let staged = stage_for_diskless(&mut client, nodes, &mut spec)?;
     let comm = crate::ghost::comm_of(&spec.path);
     let (ghosts, io_ports) = match &ghost {
         Some(g) if spec.io.contains(&IoSpec::Forward) => {
@@ -178,7 +184,11 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
         ghosts: ghosts.clone(),
         io_ports,
     };
-    let mut pids = match client.request(&launch) {
+    let reply = match &staged {
+        Some(files) => serve_files(files, &spec.token, || client.request(&launch)),
+        None => client.request(&launch),
+    };
+    let mut pids = match reply {
         Ok(Message::Launched { pids }) if pids.len() == nodes.len() => pids,
         other => {
             crate::ghost::discard(ghosts);
@@ -199,6 +209,94 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
     }
     // The ghosts stand for the processes from now on; the connection may close.
     Ok(pids)
+}
+
+/// Files served to diskless nodes by hash, on a listener of their own.
+struct Staged {
+    listener: std::net::TcpListener,
+    files: std::collections::HashMap<[u8; 32], std::path::PathBuf>,
+}
+
+/// When one of `nodes` is diskless, gathers the program's files into `spec` and opens the
+/// listener nodes fetch them from (the spec's I/O port); `None` otherwise.
+fn stage_for_diskless(
+    client: &mut Client,
+    nodes: &[i32],
+    spec: &mut ProcSpec,
+) -> Result<Option<Staged>, BprocError> {
+    let table = client.nodes()?;
+    let diskless = table
+        .iter()
+        .any(|n| nodes.contains(&n.node) && n.info.as_ref().is_some_and(|i| i.diskless));
+    if !diskless {
+        return Ok(None);
+    }
+    let ld = std::env::var("LD_LIBRARY_PATH").ok();
+    let gathered =
+        bproc_stage::closure(std::path::Path::new(&spec.path), ld.as_deref()).map_err(|e| {
+            BprocError::Remote {
+                code: bproc_proto::errno::ENOENT,
+                message: format!("cannot stage {} for diskless nodes: {e}", spec.path),
+            }
+        })?;
+    let mut files = std::collections::HashMap::new();
+    for f in gathered {
+        spec.files.push(bproc_proto::StagedRef {
+            path: f.path.to_string_lossy().into_owned(),
+            mode: f.mode,
+            size: f.size,
+            hash: f.hash,
+        });
+        files.insert(f.hash, f.path);
+    }
+    let listener = std::net::TcpListener::bind("0.0.0.0:0")?;
+    spec.io_port = listener.local_addr()?.port();
+    Ok(Some(Staged { listener, files }))
+}
+
+/// Runs `request` while serving `staged` to the nodes that fetch a file (the launch header
+/// with `token` and `conn::FETCH`, then the file's hash; the answer is the size, u64
+/// big-endian, and the bytes), each on a thread of its own.
+fn serve_files<T>(staged: &Staged, token: &[u8; 16], request: impl FnOnce() -> T) -> T {
+    use bproc_proto::conn;
+    use std::io::{Read, Write};
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let _ = staged.listener.set_nonblocking(true);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((mut s, _)) = staged.listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    continue;
+                };
+                scope.spawn(move || {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                    let mut head = [0u8; conn::HEADER_LEN];
+                    let mut hash = [0u8; 32];
+                    if s.read_exact(&mut head).is_err() || s.read_exact(&mut hash).is_err() {
+                        return;
+                    }
+                    let (got, _, what) = conn::parse(&head);
+                    if got != *token || what != conn::FETCH {
+                        return;
+                    }
+                    let Some(mut f) =
+                        staged.files.get(&hash).and_then(|p| std::fs::File::open(p).ok())
+                    else {
+                        return;
+                    };
+                    let len = f.metadata().map_or(0, |m| m.len());
+                    if s.write_all(&len.to_be_bytes()).is_ok() {
+                        let _ = std::io::copy(&mut f, &mut s);
+                    }
+                });
+            }
+        });
+        let answer = request();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        answer
+    })
 }
 
 /// A ghost for each rank not on the front end (0 for the others, and for all when the ghost

@@ -176,3 +176,25 @@ fn a_threaded_process_moves_with_every_thread() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `bproc_vexecmove` to diskless nodes (whose root has none of the front end's files): the
+/// library stages the program and its libraries as bpsh does, serving them while the launch
+/// runs; each child's line comes back without an I/O list, and each exit status.
+#[test]
+fn vexecmove_reaches_diskless_nodes() {
+    if !require_root("diskless nodes need their own mount namespace and chroot") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("launcher.c", "launcher-diskless") else { return };
+    let mut spec = TestCluster::spec(&bins(), 2, "launcher-diskless");
+    spec.diskless = true;
+    let c = TestCluster::start(spec);
+    let out = c.cmd(exe.to_str().unwrap()).ok();
+    let (mut children, mut ranks): (Vec<&str>, Vec<&str>) =
+        out.lines().partition(|l| l.starts_with("child"));
+    children.sort_unstable();
+    ranks.sort_unstable();
+    assert_eq!(children, ["child of rank 0", "child of rank 1"], "{out}");
+    assert_eq!(ranks, ["rank 0 node 0 exit 10", "rank 1 node 1 exit 11"], "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
