@@ -678,7 +678,13 @@ fn helper(
         if r != 0 {
             return Err(last_err(format!("cannot trace pid {target}")));
         }
-        let reader = ImageReader::open(image)?;
+        // The whole image is read and checked (every chunk's checksum) while the caller can
+        // still be told: once it has exec'd the stub, a failure can only kill it.
+        let mut bytes = Vec::new();
+        let mut image = image;
+        image.read_to_end(&mut bytes).map_err(|e| CkptError::sys("reading the image", e))?;
+        bproc_image::read_image(&mut &bytes[..], |_, _, _| Ok(()))?;
+        let reader = ImageReader::open(std::io::Cursor::new(bytes))?;
         check_machine(reader.header(), None)?;
         Ok(reader)
     })();

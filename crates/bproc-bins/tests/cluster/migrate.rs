@@ -198,3 +198,34 @@ fn vexecmove_reaches_diskless_nodes() {
     assert_eq!(ranks, ["rank 0 node 0 exit 10", "rank 1 node 1 exit 11"], "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `bproc_undump` of an image whose open file is gone restores it with that fd closed
+/// (before, the caller was killed); of a damaged image, returns −1 with `EINVAL` and the
+/// reason, and the caller goes on.
+#[test]
+fn undump_restores_without_a_lost_file_and_refuses_a_damaged_image() {
+    if !require_root("restores keep the caller's pid") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("undump.c", "undump") else { return };
+    let (image, file) = (dir.join("image"), dir.join("log"));
+    let run =
+        |args: &[&std::path::Path]| std::process::Command::new(&exe).args(args).output().unwrap();
+    let out = run(&[Path::new("dump"), &image, &file]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "dumped\n");
+    std::fs::remove_file(&file).unwrap();
+    let out = run(&[Path::new("undump"), &image]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "restored: fd 7 closed\n");
+    assert_eq!(out.status.code(), Some(42));
+    // A damaged image: the page data's checksum is checked before the caller is replaced.
+    let mut bytes = std::fs::read(&image).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    bytes.truncate(bytes.len() - 64);
+    std::fs::write(&image, &bytes).unwrap();
+    let out = run(&[Path::new("undump"), &image]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.starts_with("undump: -1 "), "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
