@@ -514,9 +514,26 @@ impl Procs {
             debug!("signal {signal} for {pid}: not a process of this master's here");
             return;
         }
-        if let Err(e) = bproc_sys::signal_from(pid, signal, sender) {
-            debug!("signal {signal} to {pid}: {e}");
-        }
+        // In the master's pid namespace, the signal is queued from inside it (by a child of
+        // the spawner thread), or the kernel would clear the sender's pid.
+        let inside = self.same_pids().then(|| job_ns_pid(pid)).flatten();
+        let Some(ns_pid) = inside.filter(|_| sender > 0) else {
+            if let Err(e) = bproc_sys::signal_from(pid, signal, sender) {
+                debug!("signal {signal} to {pid}: {e}");
+            }
+            return;
+        };
+        let procs = self.clone();
+        tokio::spawn(async move {
+            let job = move || {
+                bproc_sys::signal_from_inside(ns_pid, signal, sender)
+                    .map(|()| 0)
+                    .map_err(std::io::Error::from)
+            };
+            if let Err(e) = procs.0.spawner.run(Box::new(job)).await {
+                debug!("signal {signal} to {pid}: {e}");
+            }
+        });
     }
 
     /// Kills every process (the node is leaving its master for good), with the whole pid
@@ -1366,6 +1383,13 @@ fn decode_wait(status: i32) -> ExitStatus {
 }
 
 /// The command name of `pid` and its pid in its own (innermost) pid namespace.
+/// Process `pid`'s pid in the master's pid namespace (the first below this one).
+fn job_ns_pid(pid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let ns = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    ns.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn comm_and_ns_pid(pid: i32) -> Option<(String, i32)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let comm = text.lines().find_map(|l| l.strip_prefix("Name:"))?.trim().to_owned();

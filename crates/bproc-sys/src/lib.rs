@@ -26,7 +26,7 @@ mod threads;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,
-    inherited_socket_fd, signal_from, spawn, PidNamespace, SpawnSpec, MAX_FDS,
+    inherited_socket_fd, signal_from, signal_from_inside, spawn, PidNamespace, SpawnSpec, MAX_FDS,
 };
 
 use std::ffi::CString;

@@ -403,3 +403,33 @@ fn every_short_fork_gets_a_ghost() {
     }
     assert_eq!(after - before, 51);
 }
+
+/// A signal sent to a ghost reaches its process on the node with the sender's pid (on the
+/// front end) in `si_pid` and `SI_QUEUE` in `si_code`, though the process runs in the
+/// slave's pid namespace (the slave queues it from inside).
+#[test]
+fn a_forwarded_signal_names_its_sender() {
+    if !require_root("remote processes run in a pid namespace of a root slave") {
+        return;
+    }
+    let Some((dir, prog)) = build_program("siginfo.c", "siginfo") else { return };
+    let c = TestCluster::up(&bins(), 2, "ghost-siginfo");
+    let mut job = c.cmd("bpsh").args(["1", prog.to_str().unwrap()]).spawn();
+    job.wait_line(20, "the program to be ready", |n, l| n == 1 && l == "ready");
+    let bpsh = job.pid();
+    let ghost = until(10, "the ghost", || {
+        std::fs::read_dir("/proc").ok()?.find_map(|e| {
+            let pid = e.ok()?.file_name().to_str()?.parse::<i32>().ok()?;
+            ps(pid).filter(|p| p.0 == bpsh && p.2.starts_with("[siginfo]")).map(|_| pid)
+        })
+    });
+    kill(Pid::from_raw(ghost), Signal::SIGUSR1).unwrap();
+    let st = job.finish(20);
+    assert!(st.success(), "{job:?}");
+    let me = std::process::id();
+    assert_eq!(
+        job.out.last().map(String::as_str),
+        Some(format!("si_pid {me} si_code -1").as_str())
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
