@@ -17,8 +17,14 @@
 //!   last output of the copy that left the node.
 //!
 //! The ghost's port and token live in this process's memory (a static), so they move with
-//! it. A process started by `bpsh` or `vexecmove` has its output connected to its launcher,
-//! which cannot follow it: after a move its stdout and stderr are `/dev/null`.
+//! it. A process started by `bpsh` or `vexecmove` has its output connected to its launcher:
+//! moved back to the front end (into its ghost, which keeps the launcher's stdout and
+//! stderr) it writes there again; moved on to another node, its stdout and stderr are
+//! `/dev/null` (the launcher's connections cannot follow it yet).
+//!
+//! What cannot travel stays behind, as in BProc (see [`bproc_sys::ckpt`]): fds that are not
+//! files on a disk are closed in the moved copy, shared memory becomes private, unless the
+//! caller asks for [`STRICT`]; every thread moves.
 //!
 //! An [`rfork`] or [`vrfork`] dumps the caller once into memory and serves that image to
 //! every node; each child is restored with its rank, and has a ghost (a child of the caller,
