@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Migration benchmark on a local virtual cluster (loopback): the time to move a running
 # process to a node (from the call until it runs there, as the same pid) and back, for a
-# small process and for one holding 64 MiB, and the time of one bproc_vrfork to 64 nodes
+# small process, for one holding 64 MiB and for a small one with 4 more threads (each
+# counting, checked to go on counting after the moves), and the time of one bproc_vrfork to 64 nodes
 # (until every child runs), small and holding 64 MiB. Baselines in the same run: a bpsh of
 # /bin/true on one node (the cheapest remote start there is) for the small move, a bpcp of a
 # 64 MiB file to the node (the same bytes moved to the node) for the big one, a bpsh of
@@ -37,6 +38,13 @@ for mib in 0 64; do
     base=$(median <"$DIR/base")
     printf '%-18s %12s %12s %14s %12s\n' "move ${mib} MiB" "$m" "$b" "$base" "$(echo "scale=2; $m / $base" | bc)"
 done
+"$B/examples/move_bench" move 1 0 "$RUNS" 4 >"$DIR/out"
+m=$(awk '/^move_ms/ {print $2}' "$DIR/out" | median)
+b=$(awk '/^back_ms/ {print $2}' "$DIR/out" | median)
+: >"$DIR/base"
+for _ in $(seq "$RUNS"); do ms bpsh 1 /bin/true >>"$DIR/base"; done
+base=$(median <"$DIR/base")
+printf '%-18s %12s %12s %14s %12s\n' "move 4 threads" "$m" "$b" "$base" "$(echo "scale=2; $m / $base" | bc)"
 nodes=$(seq -s ' ' 0 $((NODES - 1)))
 for mib in 0 64; do
     : >"$DIR/v" && : >"$DIR/base"

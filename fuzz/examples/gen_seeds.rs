@@ -291,6 +291,7 @@ fn main() -> std::io::Result<()> {
                 client_node: 3,
                 client_ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
                 ghost: "/usr/local/bin/bpghost".into(),
+                ghosts_made: 7,
             },
         ),
         (

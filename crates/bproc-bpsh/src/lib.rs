@@ -19,6 +19,10 @@
 //! 5. If bpmaster goes away (a restart), the jobs go on: bpsh follows each remote process
 //!    through its ghost, its own child, which waits for the master to come back and ends
 //!    with the process's status; signals go to the ghosts, which pass them on.
+//! 6. bpsh watches each ghost (a pidfd) and reaps it before it exits, so no ghost outlives
+//!    bpsh. A ghost that ends without the master reporting its process (the process moved
+//!    back to the front end into its ghost, and ended there) gives the rank its own status.
+//!    The ghosts keep bpsh's stdout and stderr, where such a process then writes.
 //!
 //! Exit status: the highest exit code of the remote processes; 255 if any was killed or
 //! lost (BProc's rule). Nodes that could not start the program print `NODE: reason` and
@@ -560,12 +564,90 @@ struct Rank {
     failed: bool,
     /// Its ghost gave up waiting for a master that did not come back.
     master_gone: bool,
+    /// Its ghost is still to be reaped.
+    ghost: bool,
+    /// How its ghost ended, once reaped.
+    ghost_end: Option<ExitStatus>,
+    /// Since when it has ended with its output drained, waiting only for its ghost.
+    lingering: Option<Instant>,
 }
+
+/// How long bpsh waits for a ghost whose process has ended and whose output is drained.
+const GHOST_LINGER: Duration = Duration::from_secs(2);
+
+/// How long a ghost's own end waits for the master's word on its process (which, when it
+/// comes, is the one that counts: a lost node's ghost is killed, but its process was lost).
+const GHOST_WORD: Duration = Duration::from_millis(100);
 
 impl Rank {
     fn done(&self) -> bool {
-        self.failed || (self.status.is_some() && self.open == 0)
+        self.failed || (self.status.is_some() && self.open == 0 && !self.ghost)
     }
+}
+
+/// Watches ghosts `(rank, pid)`, children of bpsh, on a thread of its own: each one's pidfd
+/// polls readable when it ends; it is then reaped, and how it ended (how its process ended)
+/// goes to `tx`. A ghost without a pidfd is looked at every 20 ms instead.
+fn watch_ghosts(mut ghosts: Vec<(usize, i32)>, tx: mpsc::UnboundedSender<(usize, ExitStatus)>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use std::os::fd::AsFd;
+    std::thread::spawn(move || {
+        let mut fds: Vec<Option<std::os::fd::OwnedFd>> = ghosts
+            .iter()
+            .map(|&(_, pid)| {
+                let p = rustix::process::Pid::from_raw(pid)?;
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+            })
+            .collect();
+        while !ghosts.is_empty() {
+            let all = fds.iter().all(Option::is_some);
+            // Which to look at: those whose pidfd is readable, and those without one.
+            let mut look: Vec<bool> = fds.iter().map(Option::is_none).collect();
+            {
+                let (idx, mut polled): (Vec<usize>, Vec<PollFd<'_>>) = fds
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, fd)| {
+                        Some((i, PollFd::new(fd.as_ref()?.as_fd(), PollFlags::POLLIN)))
+                    })
+                    .unzip();
+                let wait = if all { PollTimeout::NONE } else { PollTimeout::from(20u8) };
+                if poll(&mut polled, wait).is_err() {
+                    look.iter_mut().for_each(|l| *l = true);
+                }
+                for (i, p) in idx.into_iter().zip(&polled) {
+                    if p.revents().is_some_and(|r| !r.is_empty()) {
+                        look[i] = true;
+                    }
+                }
+            }
+            let mut i = 0;
+            while i < ghosts.len() {
+                if !look[i] {
+                    i += 1;
+                    continue;
+                }
+                let (rank, pid) = ghosts[i];
+                let end = match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))
+                {
+                    Ok(WaitStatus::Exited(_, c)) => Some(ExitStatus::Code(c)),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => Some(ExitStatus::Signal(sig as i32)),
+                    Err(nix::Error::EINTR) | Ok(_) => None,
+                    Err(_) => Some(ExitStatus::NodeLost),
+                };
+                match end {
+                    Some(end) => {
+                        let _ = tx.send((rank, end));
+                        ghosts.swap_remove(i);
+                        fds.swap_remove(i);
+                        look.swap_remove(i);
+                    }
+                    None => i += 1,
+                }
+            }
+        }
+    });
 }
 
 async fn run(a: Args, p: Prepared) -> ExitCode {
@@ -624,7 +706,9 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     // A ghost for each remote process, in our process group: Ctrl-C, Ctrl-Z and `kill` on it
     // reach the process, and `ps` shows it.
     let ghosts = match &p.ghost {
-        Some(g) => bproc::launch::ghosts_for(g, &bproc::ghost::comm_of(&spec.path), &p.nodes),
+        Some(g) => {
+            bproc::launch::ghosts_keeping_output(g, &bproc::ghost::comm_of(&spec.path), &p.nodes)
+        }
         None => vec![0; n],
     };
     let has_ghosts = ghosts.iter().any(|g| *g > 0);
@@ -712,6 +796,9 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             status: None,
             failed: pid <= 0,
             master_gone: false,
+            ghost: false,
+            ghost_end: None,
+            lingering: None,
         })
         .collect();
     // What a rank that did not start says: its node's reason, else the error's text.
@@ -728,6 +815,17 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         }
     }
     bproc::ghost::discard(ghosts.iter().zip(&ranks).filter(|(_, r)| r.failed).map(|(g, _)| *g));
+    // Every live ghost is watched and reaped here.
+    let (reaped_tx, mut reaped_rx) = mpsc::unbounded_channel::<(usize, ExitStatus)>();
+    let (late_tx, mut late_rx) = mpsc::unbounded_channel::<(usize, ExitStatus)>();
+    let mut watched = Vec::new();
+    for (rank, (&g, r)) in ghosts.iter().zip(ranks.iter_mut()).enumerate() {
+        if g > 0 && !r.failed {
+            r.ghost = true;
+            watched.push((rank, g));
+        }
+    }
+    watch_ghosts(watched, reaped_tx);
 
     // Master events: exits in, signals out.
     let (gone_tx, mut gone_rx) = oneshot::channel::<()>();
@@ -881,7 +979,46 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
                         r.open = 0;
                     }
                 }
-                follow_ghosts(follow, ghost_exits.clone());
+                // The ghosts are watched already: those that ended stand for their processes.
+                for &(rank, _) in &follow {
+                    if let Some(end) = ranks[rank as usize].ghost_end {
+                        let _ = ghost_exits.send((rank, end));
+                    }
+                }
+            }
+            ev = reaped_rx.recv() => if let Some((rank, end)) = ev {
+                let r = &mut ranks[rank];
+                r.ghost = false;
+                r.ghost_end = Some(end);
+                if r.status.is_none() {
+                    if master_lost {
+                        let _ = ghost_exits.send((rank as u32, end));
+                    } else {
+                        // A ghost that took its process back, and ended as it: the master
+                        // no longer knows the process. Its word, if it comes, counts first.
+                        let tx = late_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(GHOST_WORD).await;
+                            let _ = tx.send((rank, end));
+                        });
+                    }
+                }
+            },
+            ev = late_rx.recv() => if let Some((rank, end)) = ev {
+                let r = &mut ranks[rank];
+                if r.status.is_none() {
+                    r.status = Some(end);
+                }
+            },
+            _ = tokio::time::sleep(Duration::from_millis(50)),
+                if ranks.iter().any(|r| r.ghost && r.status.is_some() && r.open == 0) => {
+                let now = Instant::now();
+                for r in ranks.iter_mut().filter(|r| r.ghost && r.status.is_some() && r.open == 0) {
+                    let since = *r.lingering.get_or_insert(now);
+                    if now.duration_since(since) > GHOST_LINGER {
+                        r.ghost = false;
+                    }
+                }
             }
             ev = exit_rx.recv() => match ev {
                 Some((rank, status)) => {
@@ -1055,29 +1192,6 @@ fn master_answers() -> bool {
     std::os::unix::net::UnixStream::connect(bproc::socket_path()).is_ok()
 }
 
-/// Follows ranks through their ghosts (`(rank, ghost pid)`), once the master is gone: each
-/// ghost, a child of bpsh, ends with its process's status, or by SIGKILL if no master came
-/// back. Their ends go to `exits`.
-fn follow_ghosts(mut follow: Vec<(u32, i32)>, exits: mpsc::UnboundedSender<(u32, ExitStatus)>) {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    std::thread::spawn(move || {
-        while !follow.is_empty() {
-            follow.retain(|&(rank, pid)| {
-                let status =
-                    match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-                        Ok(WaitStatus::Exited(_, c)) => ExitStatus::Code(c),
-                        Ok(WaitStatus::Signaled(_, sig, _)) => ExitStatus::Signal(sig as i32),
-                        Err(_) => ExitStatus::NodeLost,
-                        Ok(_) => return true,
-                    };
-                let _ = exits.send((rank, status));
-                false
-            });
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    });
-}
-
 /// Relays the signals a user sends bpsh, and the kills bpsh decides on (`--timeout`,
 /// `--fail-fast`), to every remote process: through the master, or, once it is gone,
 /// through the ghosts (`ghosts`), which pass them on when it is back.
@@ -1156,6 +1270,9 @@ mod tests {
             status,
             failed,
             master_gone: false,
+            ghost: false,
+            ghost_end: None,
+            lingering: None,
         };
         assert_eq!(
             exit_code(&[r(Some(ExitStatus::Code(3)), false), r(Some(ExitStatus::Code(7)), false)]),

@@ -51,27 +51,70 @@ pub struct NodeSet {
 
 const _: () = assert!(std::mem::size_of::<NodeInfo>() == 48);
 
-/// Runs `f`, turning an error code into −1 with `errno` and a panic into `EIO`.
-fn guard(f: impl FnOnce() -> Result<c_int, i32>) -> c_int {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            nix::errno::Errno::set_raw(e);
-            -1
+thread_local! {
+    /// The text of this thread's latest failure, for [`bproc_lasterror`].
+    static LAST_ERROR: std::cell::RefCell<std::ffi::CString> =
+        std::cell::RefCell::new(std::ffi::CString::default());
+    /// Whether the call under way has written [`LAST_ERROR`] already.
+    static NOTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Keeps `text` as this thread's latest failure.
+fn note(text: String) {
+    let text = std::ffi::CString::new(text.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|l| *l.borrow_mut() = text);
+    NOTED.with(|n| n.set(true));
+}
+
+/// Keeps what `e` says (with its causes, each once) for [`bproc_lasterror`]; its errno.
+fn failed(e: bproc::BprocError) -> i32 {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
         }
-        Err(_) => {
-            nix::errno::Errno::set_raw(EIO);
-            -1
-        }
+        cause = c.source();
     }
+    note(text);
+    e.errno()
+}
+
+/// Runs `f`, turning an error code into −1 with `errno` and a panic into `EIO`; a failure
+/// is kept for [`bproc_lasterror`] (the code's text when `f` said nothing more).
+fn guard(f: impl FnOnce() -> Result<c_int, i32>) -> c_int {
+    NOTED.with(|n| n.set(false));
+    let code = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => return v,
+        Ok(Err(e)) => e,
+        Err(_) => {
+            note("libbproc failed internally (a panic)".into());
+            EIO
+        }
+    };
+    if !NOTED.with(|n| n.get()) {
+        note(bproc::strerror(code));
+    }
+    nix::errno::Errno::set_raw(code);
+    -1
+}
+
+/// What this thread's latest failed call said, in words, with its cause: for a move that was
+/// refused, what could not move (`cannot move this process: thread 4312 (one of 2
+/// threads)...`); otherwise the text of its errno. An empty string before any failure. The
+/// string stays valid until the thread's next failing call.
+#[no_mangle]
+pub extern "C" fn bproc_lasterror() -> *const c_char {
+    LAST_ERROR.with(|l| l.borrow().as_ptr())
 }
 
 fn client() -> Result<Client, i32> {
-    Client::connect().map_err(|e| e.errno())
+    Client::connect().map_err(failed)
 }
 
 fn nodes() -> Result<Vec<NodeStatus>, i32> {
-    client()?.nodes().map_err(|e| e.errno())
+    client()?.nodes().map_err(failed)
 }
 
 fn find(node: c_int) -> Result<NodeStatus, i32> {
@@ -128,7 +171,7 @@ pub extern "C" fn bproc_numnodes() -> c_int {
 /// The node this process runs on; −1 on the front end (and on error, as in BProc).
 #[no_mangle]
 pub extern "C" fn bproc_currnode() -> c_int {
-    match catch_unwind(|| client().and_then(|mut c| c.place().map_err(|e| e.errno()))) {
+    match catch_unwind(|| client().and_then(|mut c| c.place().map_err(failed))) {
         Ok(Ok(p)) => p.node,
         _ => NODE_MASTER,
     }
@@ -196,8 +239,8 @@ pub unsafe extern "C" fn bproc_nodeaddr(
             return Err(EINVAL);
         }
         let ip = if node == NODE_MASTER {
-            client()?.place().map_err(|e| e.errno())?;
-            let info = client()?.request(&bproc::Message::MasterInfo).map_err(|e| e.errno())?;
+            client()?.place().map_err(failed)?;
+            let info = client()?.request(&bproc::Message::MasterInfo).map_err(failed)?;
             match info {
                 bproc::Message::MasterInfoReply { addrs, .. } => addrs.iter().find_map(|a| a.ip),
                 _ => None,
@@ -405,7 +448,7 @@ static NOTIFIERS: std::sync::Mutex<Vec<c_int>> = std::sync::Mutex::new(Vec::new(
 pub extern "C" fn bproc_notifier() -> c_int {
     use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
     guard(|| {
-        let mut watcher = client()?.watch().map_err(|e| e.errno())?;
+        let mut watcher = client()?.watch().map_err(failed)?;
         let flags =
             nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK;
         let ev =
@@ -417,9 +460,12 @@ pub extern "C" fn bproc_notifier() -> c_int {
             .spawn(move || {
                 while watcher.next_table().is_ok() {
                     if nix::unistd::write(&writer, &1u64.to_ne_bytes()).is_err() {
-                        return;
+                        break;
                     }
                 }
+                // In a process that moved, both fds were left behind (closed, their numbers
+                // free for others): never close them here.
+                std::mem::forget((watcher, writer));
             })
             .map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
         let raw = fd.as_raw_fd();
@@ -497,7 +543,7 @@ pub unsafe extern "C" fn bproc_nodespec(out: *mut NodeSet, spec: *const c_char) 
 fn call(f: impl FnOnce(&mut Client) -> Result<(), bproc::BprocError>) -> c_int {
     guard(|| {
         let mut c = client()?;
-        f(&mut c).map_err(|e| e.errno())?;
+        f(&mut c).map_err(failed)?;
         Ok(0)
     })
 }
@@ -642,7 +688,7 @@ pub unsafe extern "C" fn bproc_getnodeattr(
     guard(|| {
         // SAFETY: as the caller promises.
         let name = unsafe { text(name) }?;
-        let v = client()?.node_attr(node, name).map_err(|e| e.errno())?;
+        let v = client()?.node_attr(node, name).map_err(failed)?;
         let size = usize::try_from(size).map_err(|_| EINVAL)?;
         if size > 0 {
             if v.len() > size {
@@ -719,7 +765,7 @@ pub unsafe extern "C" fn bproc_version(v: *mut Version) -> c_int {
         if v.is_null() {
             return Err(EINVAL);
         }
-        let version = client()?.master_version().map_err(|e| e.errno())?;
+        let version = client()?.master_version().map_err(failed)?;
         let mut text = [0 as c_char; 24];
         for (d, b) in text.iter_mut().zip(version.bytes().take(23)) {
             *d = b as c_char;
@@ -774,19 +820,25 @@ fn flush_all() {
 
 /// Moves the caller to `node` (`BPROC_NODE_MASTER`: the front end): 0 on the new node, as
 /// the same pid; 0 also when it already runs there, as in BProc. On failure the caller stays
-/// where it was: `EBUSY` for what cannot move (threads, sockets, pipes, shared memory),
-/// `BE_NODEDOWN`, `EPERM`...
+/// where it was: `EBUSY` for what cannot move (a thread that blocks the signal that holds
+/// threads for the dump), `BE_NODEDOWN`, `EPERM`...,
+/// with the reason in [`bproc_lasterror`]. Fds 3 and up that cannot be opened again by path
+/// (pipes, sockets, terminals...) are closed on the node, and shared memory becomes private,
+/// as in BProc.
 #[no_mangle]
 pub extern "C" fn bproc_move(node: c_int) -> c_int {
     // SAFETY: no I/O list.
     unsafe { bproc_move_io(node, std::ptr::null(), -1) }
 }
 
-/// [`bproc_move`] with BProc's flags argument (`BPROC_DUMP_*`, which this implementation
-/// decides itself: libraries by reference, the rest by content).
+/// [`bproc_move`] with BProc's flags argument: `BPROC_MOVE_STRICT` refuses (`EBUSY`, the
+/// reason in [`bproc_lasterror`]) fds that would be closed and shared memory that would
+/// become private; the `BPROC_DUMP_*` bits are decided by this implementation itself
+/// (libraries and files the node has by reference, the rest by content).
 #[no_mangle]
-pub extern "C" fn _bproc_move(node: c_int, _flags: c_int) -> c_int {
-    bproc_move(node)
+pub extern "C" fn _bproc_move(node: c_int, flags: c_int) -> c_int {
+    // SAFETY: no I/O list.
+    unsafe { _bproc_move_io(node, std::ptr::null(), -1, flags) }
 }
 
 /// [`bproc_move`] with an I/O list for the moved process (`iolen` −1: stdout and stderr
@@ -796,13 +848,8 @@ pub extern "C" fn _bproc_move(node: c_int, _flags: c_int) -> c_int {
 /// `io` holds `iolen` entries.
 #[no_mangle]
 pub unsafe extern "C" fn bproc_move_io(node: c_int, io: *const Io, iolen: c_int) -> c_int {
-    guard(|| {
-        // SAFETY: as the caller promises.
-        let io = unsafe { io_list(io, iolen) }?;
-        flush_all();
-        bproc::migrate::move_to(node, &io).map_err(|e| e.errno())?;
-        Ok(0)
-    })
+    // SAFETY: as the caller promises.
+    unsafe { _bproc_move_io(node, io, iolen, 0) }
 }
 
 /// [`bproc_move_io`] with BProc's flags argument.
@@ -814,10 +861,15 @@ pub unsafe extern "C" fn _bproc_move_io(
     node: c_int,
     io: *const Io,
     iolen: c_int,
-    _flags: c_int,
+    flags: c_int,
 ) -> c_int {
-    // SAFETY: as the caller promises.
-    unsafe { bproc_move_io(node, io, iolen) }
+    guard(|| {
+        // SAFETY: as the caller promises.
+        let io = unsafe { io_list(io, iolen) }?;
+        flush_all();
+        bproc::migrate::move_with(node, &io, flags).map_err(failed)?;
+        Ok(0)
+    })
 }
 
 /// A fork whose child runs on `node`: the child's pid in the parent (its ghost's: `waitpid`
@@ -831,8 +883,9 @@ pub extern "C" fn bproc_rfork(node: c_int) -> c_int {
 
 /// [`bproc_rfork`] with BProc's flags argument.
 #[no_mangle]
-pub extern "C" fn _bproc_rfork(node: c_int, _flags: c_int) -> c_int {
-    bproc_rfork(node)
+pub extern "C" fn _bproc_rfork(node: c_int, flags: c_int) -> c_int {
+    // SAFETY: no I/O list.
+    unsafe { _bproc_rfork_io(node, std::ptr::null(), -1, flags) }
 }
 
 /// [`bproc_rfork`] with an I/O list for the child.
@@ -841,12 +894,8 @@ pub extern "C" fn _bproc_rfork(node: c_int, _flags: c_int) -> c_int {
 /// `io` holds `iolen` entries.
 #[no_mangle]
 pub unsafe extern "C" fn bproc_rfork_io(node: c_int, io: *const Io, iolen: c_int) -> c_int {
-    guard(|| {
-        // SAFETY: as the caller promises.
-        let io = unsafe { io_list(io, iolen) }?;
-        flush_all();
-        bproc::migrate::rfork(node, &io).map_err(|e| e.errno())
-    })
+    // SAFETY: as the caller promises.
+    unsafe { _bproc_rfork_io(node, io, iolen, 0) }
 }
 
 /// [`bproc_rfork_io`] with BProc's flags argument.
@@ -858,10 +907,14 @@ pub unsafe extern "C" fn _bproc_rfork_io(
     node: c_int,
     io: *const Io,
     iolen: c_int,
-    _flags: c_int,
+    flags: c_int,
 ) -> c_int {
-    // SAFETY: as the caller promises.
-    unsafe { bproc_rfork_io(node, io, iolen) }
+    guard(|| {
+        // SAFETY: as the caller promises.
+        let io = unsafe { io_list(io, iolen) }?;
+        flush_all();
+        bproc::migrate::rfork_with(node, &io, flags).map_err(failed)
+    })
 }
 
 /// One child on each of `nodes[0..n]`: `n` in the parent, with each child's pid (or negated
@@ -875,7 +928,7 @@ pub unsafe extern "C" fn bproc_vrfork(n: c_int, nodes: *const c_int, pids: *mut 
     unsafe { bproc_vrfork_io(n, nodes, pids, std::ptr::null(), -1) }
 }
 
-/// [`bproc_vrfork`] with BProc's flags argument (ignored there too).
+/// [`bproc_vrfork`] with BProc's flags argument (`BPROC_MOVE_STRICT` counts).
 ///
 /// # Safety
 /// As for [`bproc_vrfork`].
@@ -884,10 +937,10 @@ pub unsafe extern "C" fn _bproc_vrfork(
     n: c_int,
     nodes: *const c_int,
     pids: *mut c_int,
-    _flags: c_int,
+    flags: c_int,
 ) -> c_int {
     // SAFETY: as the caller promises.
-    unsafe { bproc_vrfork(n, nodes, pids) }
+    unsafe { _bproc_vrfork_io(n, nodes, pids, std::ptr::null(), -1, flags) }
 }
 
 /// [`bproc_vrfork`] with an I/O list for every child.
@@ -902,27 +955,11 @@ pub unsafe extern "C" fn bproc_vrfork_io(
     io: *const Io,
     iolen: c_int,
 ) -> c_int {
-    guard(|| {
-        if n <= 0 || nodes.is_null() || pids.is_null() {
-            return Err(libc::EINVAL);
-        }
-        // SAFETY: as the caller promises.
-        let io = unsafe { io_list(io, iolen) }?;
-        // SAFETY: `nodes` holds `n` entries.
-        let list = unsafe { std::slice::from_raw_parts(nodes, n as usize) }.to_vec();
-        flush_all();
-        match bproc::migrate::vrfork(&list, &io).map_err(|e| e.errno())? {
-            bproc::migrate::Forked::Child(rank) => Ok(rank as c_int),
-            bproc::migrate::Forked::Parent(got) => {
-                // SAFETY: `pids` holds `n` entries, and `got` has one per node.
-                unsafe { std::ptr::copy_nonoverlapping(got.as_ptr(), pids, got.len()) };
-                Ok(n)
-            }
-        }
-    })
+    // SAFETY: as the caller promises.
+    unsafe { _bproc_vrfork_io(n, nodes, pids, io, iolen, 0) }
 }
 
-/// [`bproc_vrfork_io`] with BProc's flags argument.
+/// [`bproc_vrfork_io`] with BProc's flags argument (`BPROC_MOVE_STRICT` counts).
 ///
 /// # Safety
 /// As for [`bproc_vrfork_io`].
@@ -933,10 +970,26 @@ pub unsafe extern "C" fn _bproc_vrfork_io(
     pids: *mut c_int,
     io: *const Io,
     iolen: c_int,
-    _flags: c_int,
+    flags: c_int,
 ) -> c_int {
-    // SAFETY: as the caller promises.
-    unsafe { bproc_vrfork_io(n, nodes, pids, io, iolen) }
+    guard(|| {
+        if n <= 0 || nodes.is_null() || pids.is_null() {
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: as the caller promises.
+        let io = unsafe { io_list(io, iolen) }?;
+        // SAFETY: `nodes` holds `n` entries.
+        let list = unsafe { std::slice::from_raw_parts(nodes, n as usize) }.to_vec();
+        flush_all();
+        match bproc::migrate::vrfork_with(&list, &io, flags).map_err(failed)? {
+            bproc::migrate::Forked::Child(rank) => Ok(rank as c_int),
+            bproc::migrate::Forked::Parent(got) => {
+                // SAFETY: `pids` holds `n` entries, and `got` has one per node.
+                unsafe { std::ptr::copy_nonoverlapping(got.as_ptr(), pids, got.len()) };
+                Ok(n)
+            }
+        }
+    })
 }
 
 /// `argv` or `envp`: a NULL-terminated array of strings (NULL: empty).
@@ -1106,8 +1159,8 @@ pub unsafe extern "C" fn bproc_execmove(
     unsafe { bproc_execmove_io(node, std::ptr::null(), -1, cmd, argv, envp) }
 }
 
-/// [`bproc_execmove`] with an I/O list (`iolen` −1: the default, `/dev/null` as stdio; 0: no
-/// fds at all).
+/// [`bproc_execmove`] with an I/O list (`iolen` −1: the default, stdout and stderr relayed
+/// to the caller's by its ghost, stdin `/dev/null`; 0: no fds at all).
 ///
 /// # Safety
 /// As for [`bproc_execmove`], and `io` holds `iolen` entries.
@@ -1123,7 +1176,7 @@ pub unsafe extern "C" fn bproc_execmove_io(
     guard(|| {
         // SAFETY: as the caller promises.
         let prog = unsafe { program(cmd, argv, envp, io, iolen) }?;
-        Err(bproc::launch::execmove(node, &prog).errno())
+        Err(failed(bproc::launch::execmove(node, &prog)))
     })
 }
 
@@ -1203,7 +1256,7 @@ pub unsafe extern "C" fn bproc_vexecmove_io(
         let list = unsafe { std::slice::from_raw_parts(nodes, n as usize) }.to_vec();
         // SAFETY: as the caller promises.
         let prog = unsafe { program(cmd, argv, envp, io, iolen) }?;
-        let got = bproc::launch::vexecmove(&list, &prog).map_err(|e| e.errno())?;
+        let got = bproc::launch::vexecmove(&list, &prog).map_err(failed)?;
         // SAFETY: the caller gives `n` writable ints at `pids`.
         let out = unsafe { std::slice::from_raw_parts_mut(pids, n as usize) };
         out.copy_from_slice(&got);
@@ -1245,7 +1298,7 @@ pub unsafe extern "C" fn bproc_proclist(node: c_int, list: *mut *mut ProcInfo) -
         if list.is_null() {
             return Err(EINVAL);
         }
-        let procs = match client()?.request(&bproc::Message::ProcList).map_err(|e| e.errno())? {
+        let procs = match client()?.request(&bproc::Message::ProcList).map_err(failed)? {
             bproc::Message::Procs { procs } => procs,
             _ => return Err(EIO),
         };
@@ -1280,7 +1333,7 @@ pub extern "C" fn bproc_dump(fd: c_int, flags: c_int) -> c_int {
         flush_all();
         // SAFETY: the caller passes an open fd, which stays open for this call.
         let out = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        match bproc::migrate::dump(out, flags).map_err(|e| e.errno())? {
+        match bproc::migrate::dump(out, flags).map_err(failed)? {
             bproc::migrate::Resumed::Dumped => Ok(0),
             bproc::migrate::Resumed::Restored(v) => Ok(v as c_int),
         }
@@ -1304,7 +1357,7 @@ pub extern "C" fn bproc_undump(fd: c_int) -> c_int {
             .map(std::fs::File::from)
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
         let reader = std::io::BufReader::with_capacity(1 << 20, file);
-        Err(bproc::migrate::undump(reader).errno())
+        Err(failed(bproc::migrate::undump(reader)))
     })
 }
 
@@ -1331,7 +1384,7 @@ pub unsafe extern "C" fn bproc_execdump(
         let (cmd, argv, envp) = unsafe { (text(cmd)?, strings(argv)?, strings(envp)?) };
         // SAFETY: the caller passes an open fd, which stays open for this call.
         let out = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        bproc::migrate::exec_dump(out, flags, cmd, &argv, &envp).map_err(|e| e.errno())?;
+        bproc::migrate::exec_dump(out, flags, cmd, &argv, &envp).map_err(failed)?;
         Ok(0)
     })
 }
@@ -1389,7 +1442,7 @@ pub unsafe extern "C" fn bproc_liblist(list: *mut *mut c_char) -> c_int {
         if list.is_null() {
             return Err(EINVAL);
         }
-        let names = client()?.libraries(&[]).map_err(|e| e.errno())?;
+        let names = client()?.libraries(&[]).map_err(failed)?;
         let mut bytes: Vec<u8> = Vec::new();
         for n in &names {
             bytes.extend_from_slice(n.as_bytes());

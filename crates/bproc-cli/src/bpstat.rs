@@ -203,13 +203,20 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     };
     if a.master_info {
         return match client.request(&bproc::Message::MasterInfo) {
-            Ok(bproc::Message::MasterInfoReply { version, addrs, bytes_to_slaves, .. }) => {
+            Ok(bproc::Message::MasterInfoReply {
+                version,
+                addrs,
+                bytes_to_slaves,
+                ghosts_made,
+                ..
+            }) => {
                 let addrs: Vec<String> = addrs
                     .iter()
                     .map(|e| format!("{}:{}", e.ip.map_or("*".into(), |i| i.to_string()), e.port))
                     .collect();
                 let v = serde_json::json!({
-                    "version": version, "addrs": addrs, "bytes_to_slaves": bytes_to_slaves
+                    "version": version, "addrs": addrs, "bytes_to_slaves": bytes_to_slaves,
+                    "ghosts_made": ghosts_made
                 });
                 let _ = write_out(&format!("{v}\n"));
                 ExitCode::SUCCESS

@@ -50,6 +50,10 @@ pub const ENV_FD: &str = "BPROC_GHOST_FD";
 pub const ENV_FORK: &str = "BPROC_GHOST_FORK";
 /// Environment variable asking for this many ghosts in all (see [`main`]).
 pub const ENV_COUNT: &str = "BPROC_GHOST_COUNT";
+/// Set by a launcher that gives its ghosts its stdout (as their stdin, since stdout carries
+/// the pid list) and stderr: the ghost keeps them as its fds 1 and 2, so a process that moves
+/// back to the front end into its ghost writes where its launcher does.
+pub const ENV_OUTPUT: &str = "BPROC_GHOST_OUTPUT";
 /// bpmaster's client socket when `BPROC_SOCKET` is not set.
 const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
 /// Environment variable: seconds a ghost waits for its master to come back.
@@ -120,7 +124,7 @@ pub fn main(argv0: OsString) -> ExitCode {
         // took the place of stdout); the ghost reads nothing.
         if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
             let null = std::os::fd::AsRawFd::as_raw_fd(&null);
-            if relay.is_some() {
+            if relay.is_some() || std::env::var_os(ENV_OUTPUT).is_some() {
                 let _ = nix::unistd::dup2(0, 1);
                 let _ = nix::unistd::dup2(null, 0);
             } else {
@@ -240,6 +244,7 @@ fn read_signals(sfd: &SignalFd, cont_pending: &mut bool) -> Vec<Message> {
         }
         if is_stop(sig) {
             *cont_pending = false;
+            STOP_SIGNAL.store(sig, std::sync::atomic::Ordering::Relaxed);
         } else if sig == Signal::SIGCONT as i32 {
             *cont_pending = true;
         }
@@ -255,6 +260,43 @@ fn read_frame(s: &mut UnixStream) -> Option<Message> {
     let mut body = vec![0u8; h.len as usize];
     s.read_exact(&mut body).ok()?;
     bproc_proto::decode_body(&h, &body).ok()
+}
+
+/// The stop signal this ghost forwarded last (SIGTSTP, SIGTTIN, SIGTTOU), which it stops
+/// itself with when its process stops, so its parent's `waitpid` sees the signal a local
+/// process would have stopped on; 0 for none (a stop on the node: SIGSTOP).
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Stops this ghost as its process stopped: with the stop signal it forwarded last, or
+/// SIGSTOP. The signal is blocked (read from the signalfd), so it is raised and let through
+/// for the moment it takes to stop; the ghost goes on here once continued.
+fn stop_as_the_process() {
+    let sig = STOP_SIGNAL.swap(0, std::sync::atomic::Ordering::Relaxed);
+    let Some(sig) = Signal::try_from(sig).ok().filter(|s| is_stop(*s as i32)) else {
+        let _ = raise(Signal::SIGSTOP);
+        return;
+    };
+    let mut one = SigSet::empty();
+    one.add(sig);
+    let _ = raise(sig);
+    // The pending signal is delivered (its default action stops this process) on unblocking.
+    let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&one), None);
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&one), None);
+    // In an orphaned process group the kernel drops it instead; a ghost that stopped was
+    // continued by a SIGCONT, which waits in the signalfd.
+    if !sigcont_pending() {
+        let _ = raise(Signal::SIGSTOP);
+    }
+}
+
+/// Whether a SIGCONT is pending for this process (`/proc/self/status`).
+fn sigcont_pending() -> bool {
+    let bit = 1u64 << (Signal::SIGCONT as u32 - 1);
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|t| {
+        t.lines()
+            .filter_map(|l| l.strip_prefix("ShdPnd:").or_else(|| l.strip_prefix("SigPnd:")))
+            .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & bit != 0))
+    })
 }
 
 /// Signals that stop a process by default; forwarding one asks for a stop.
@@ -324,12 +366,19 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
             }
             Some(Message::GhostState { stopped }) => {
                 if stopped && !cont_pending {
-                    let _ = raise(Signal::SIGSTOP);
+                    stop_as_the_process();
                 }
                 cont_pending = false;
             }
             Some(Message::GhostFork { fork, comm }) => {
                 if bproc_sys::fork_single_threaded() == Ok(0) {
+                    // A fork's ghost holds nothing of the launcher's output: a pipe it kept
+                    // open would keep its reader waiting for as long as the ghost lives.
+                    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+                        let null = std::os::fd::AsRawFd::as_raw_fd(&null);
+                        let _ = nix::unistd::dup2(null, 1);
+                        let _ = nix::unistd::dup2(null, 2);
+                    }
                     // The child's copies of the signalfd and connection close on exec.
                     reexec(&comm, &[(ENV_FORK, fork.to_string())]);
                     return violent_death();

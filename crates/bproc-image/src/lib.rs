@@ -26,8 +26,8 @@ use thiserror::Error;
 
 /// The first 8 bytes of every image.
 pub const MAGIC: [u8; 8] = *b"BPROCIMG";
-/// The format version this crate reads and writes.
-pub const VERSION: u32 = 2;
+/// The format version this crate reads and writes (3: the other threads).
+pub const VERSION: u32 = 3;
 /// Bytes in the preamble.
 pub const PREAMBLE_LEN: usize = 20;
 /// Bytes in a chunk head (and in the end).
@@ -200,6 +200,47 @@ pub struct OpenFile {
 
 /// Most open files an image carries.
 pub const MAX_FILES: usize = 1024;
+/// Most threads an image carries besides the dumping one.
+pub const MAX_THREADS: usize = 4096;
+/// Words in a thread's registers ([`Thread::regs`]).
+pub const REGS: usize = 27;
+/// Largest FPU and vector state of a thread (`xsave` area).
+pub const MAX_XSTATE: usize = 16 << 10;
+
+/// Indexes into [`Thread::regs`], which follow the kernel's `struct user_regs_struct`.
+pub mod reg {
+    /// `rip`.
+    pub const RIP: usize = 16;
+    /// `rsp`.
+    pub const RSP: usize = 19;
+    /// `fs` base (the thread pointer).
+    pub const FS_BASE: usize = 21;
+}
+
+/// A thread of the process other than the one that dumped it, as it was when stopped at an
+/// arbitrary instruction: all its registers and its own kernel state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Thread {
+    /// Its thread id.
+    pub tid: i32,
+    /// Its general registers, in `struct user_regs_struct` order ([`REGS`] words: r15, r14,
+    /// r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs,
+    /// eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs).
+    pub regs: Vec<u64>,
+    /// Its FPU and vector registers as `xsave` lays them out (standard format; the first
+    /// 512 bytes are the `fxsave` area), at most [`MAX_XSTATE`] bytes.
+    pub xstate: Vec<u8>,
+    /// Its blocked signals.
+    pub sigmask: u64,
+    /// Its alternate signal stack: (address, flags, size); size 0 for none.
+    pub altstack: (u64, i32, u64),
+    /// Its rseq area: (address, length, signature); address 0 for none.
+    pub rseq: (u64, u32, u32),
+    /// Its robust futex list: (head, length).
+    pub robust_list: (u64, u64),
+    /// Its `set_tid_address` pointer.
+    pub tid_address: u64,
+}
 
 /// Protection bits of a region.
 pub mod prot {
@@ -278,6 +319,12 @@ pub struct Header {
     pub files: Vec<OpenFile>,
     /// Memory regions, in address order, not overlapping.
     pub regions: Vec<Region>,
+    /// The other threads.
+    pub threads: Vec<Thread>,
+    /// Where, from each thread's `fs` base, the C library keeps that thread's id (glibc's
+    /// `struct pthread` caches it), so a thread restored under another id can be told; 0 when
+    /// not found.
+    pub tid_slot: u32,
 }
 
 /// A chunk head or the end of the chunks.
@@ -533,6 +580,25 @@ impl Header {
                 }
             }
         }
+        w.u32(self.threads.len() as u32);
+        for t in &self.threads {
+            w.i32(t.tid);
+            for v in &t.regs {
+                w.u64(*v);
+            }
+            w.bytes(&t.xstate);
+            w.u64(t.sigmask);
+            w.u64(t.altstack.0);
+            w.i32(t.altstack.1);
+            w.u64(t.altstack.2);
+            w.u64(t.rseq.0);
+            w.u32(t.rseq.1);
+            w.u32(t.rseq.2);
+            w.u64(t.robust_list.0);
+            w.u64(t.robust_list.1);
+            w.u64(t.tid_address);
+        }
+        w.u32(self.tid_slot);
     }
 
     fn decode_body(r: &mut Reader<'_>) -> Result<Header, ImageError> {
@@ -656,6 +722,34 @@ impl Header {
             };
             regions.push(Region { start, end, prot, stack, source });
         }
+        let n = r.count("threads", MAX_THREADS, 4 + REGS * 8 + 4 + 76)?;
+        let mut threads = Vec::with_capacity(n);
+        for _ in 0..n {
+            let tid = r.i32("tid")?;
+            let mut regs = Vec::with_capacity(REGS);
+            for _ in 0..REGS {
+                regs.push(r.u64("register")?);
+            }
+            threads.push(Thread {
+                tid,
+                regs,
+                xstate: r.bytes("xstate", MAX_XSTATE)?.to_vec(),
+                sigmask: r.u64("thread signal mask")?,
+                altstack: (
+                    r.u64("thread altstack")?,
+                    r.i32("thread altstack flags")?,
+                    r.u64("thread altstack size")?,
+                ),
+                rseq: (
+                    r.u64("thread rseq")?,
+                    r.u32("thread rseq length")?,
+                    r.u32("thread rseq signature")?,
+                ),
+                robust_list: (r.u64("thread robust list")?, r.u64("thread robust list length")?),
+                tid_address: r.u64("thread tid address")?,
+            });
+        }
+        let tid_slot = r.u32("tid slot")?;
         Ok(Header {
             machine,
             pid,
@@ -681,6 +775,8 @@ impl Header {
             specials,
             files,
             regions,
+            threads,
+            tid_slot,
         })
     }
 }
@@ -812,6 +908,17 @@ mod tests {
                 start: 0x7fff_0000_0000,
                 end: 0x7fff_0000_2000,
             }],
+            threads: vec![Thread {
+                tid: 43,
+                regs: (0..REGS as u64).collect(),
+                xstate: vec![9; 832],
+                sigmask: 1 << 9,
+                altstack: (0, 2, 0),
+                rseq: (0x7ffd_0000_1000, 32, 0x5305_3053),
+                robust_list: (0x7ffd_0000_2000, 24),
+                tid_address: 0x7ffd_0000_2010,
+            }],
+            tid_slot: 0x2d0,
             ..Default::default()
         }
     }

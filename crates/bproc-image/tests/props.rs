@@ -3,7 +3,7 @@
 
 use bproc_image::{
     read_image, Chunk, Header, Machine, MmFields, OpenFile, Preamble, Region, SigAction, Source,
-    Special, PREAMBLE_LEN,
+    Special, Thread, PREAMBLE_LEN, REGS,
 };
 use proptest::prelude::*;
 
@@ -106,6 +106,19 @@ fn header() -> impl Strategy<Value = Header> {
                         .map(|(fd, path, flags, offset)| OpenFile { fd, path, flags, offset })
                         .collect(),
                     regions,
+                    threads: (0..personality % 3)
+                        .map(|i| Thread {
+                            tid: p.0.wrapping_add(i as i32),
+                            regs: vec![regs[0].wrapping_add(u64::from(i)); REGS],
+                            xstate: vec![i as u8; 512],
+                            sigmask: regs[4],
+                            altstack: sig.0,
+                            rseq: sig.1,
+                            robust_list: sig.2,
+                            tid_address: sig.3,
+                        })
+                        .collect(),
+                    tid_slot: personality,
                 }
             },
         )

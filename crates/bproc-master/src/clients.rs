@@ -399,6 +399,7 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
             client_node: caller.origin.map_or(bproc_proto::NODE_MASTER, |o| o.0),
             client_ip: caller.origin.map(|o| o.1),
             ghost: shared.ghost_program.clone().unwrap_or_default(),
+            ghosts_made: shared.ghosts.made(),
         },
         Message::ProcList => Message::Procs { procs: shared.ghosts.list() },
         Message::LibList { only } => shared.libraries.list(&only),

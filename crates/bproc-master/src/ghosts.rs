@@ -62,6 +62,8 @@ struct Ghost {
     stopped_here: bool,
     /// Waiting for its answer to [`Message::GhostRestore`].
     restoring: Option<tokio::sync::oneshot::Sender<i32>>,
+    /// Counted in [`Inner::made`].
+    counted: bool,
 }
 
 impl Ghost {
@@ -81,6 +83,11 @@ struct Fork {
     node: i32,
     /// The child's pid on the node.
     child: i32,
+    /// The ghost asked to fork it (0 while that ghost is itself a fork on its way), and the
+    /// owner: a child ghost whose parent ghost has ended meanwhile (its process ended fast)
+    /// is still taken in, from that owner.
+    parent_ghost: i32,
+    uid: u32,
     /// Messages for the child ghost, delivered when it connects.
     queue: Vec<Message>,
 }
@@ -98,6 +105,8 @@ struct Inner {
     early_count: usize,
     /// Processes that moved away, until their end (which means nothing) is reported.
     moved: std::collections::HashSet<(i32, i32)>,
+    /// Ghosts taken in since the master started ([`Ghosts::made`]).
+    made: u64,
 }
 
 /// Most early events kept; beyond, the oldest are dropped.
@@ -179,6 +188,11 @@ impl Inner {
             }
             ProcChange::Forked { child, comm, .. } => {
                 let uid = self.procs.get(&key)?.uid;
+                // A child already known (a repeated report) keeps its ghost, or its fork.
+                let pending = self.forks.values().any(|f| (f.node, f.child) == (n, child));
+                if pending || self.procs.get(&(n, child)).is_some_and(|p| p.ghost.is_some()) {
+                    return None;
+                }
                 self.procs.insert((n, child), Proc { ghost: None, launch: None, uid });
                 // The parent's ghost forks the child's; one still on its way does it when
                 // it comes (the request waits with it).
@@ -186,7 +200,9 @@ impl Inner {
                 if has_ghost || self.forks.values().any(|f| (f.node, f.child) == key) {
                     self.next_fork += 1;
                     let fork = self.next_fork;
-                    self.forks.insert(fork, Fork { node: n, child, queue: Vec::new() });
+                    let parent_ghost = self.procs.get(&key).and_then(|p| p.ghost).unwrap_or(0);
+                    let f = Fork { node: n, child, parent_ghost, uid, queue: Vec::new() };
+                    self.forks.insert(fork, f);
                     self.deliver(key, Message::GhostFork { fork, comm });
                 }
                 None
@@ -207,6 +223,14 @@ impl Inner {
 /// The process table.
 #[derive(Debug, Default)]
 pub(crate) struct Ghosts(std::sync::Mutex<Inner>);
+
+/// Whether process `pid` is alive (not ended, not a zombie), from `/proc`.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3)).map(|st| st != "Z"))
+        .unwrap_or(false)
+}
 
 /// `(ppid, uid)` of a live process, from `/proc`.
 fn parent_and_uid(pid: i32) -> Option<(i32, u32)> {
@@ -446,6 +470,10 @@ impl Ghosts {
                 }
                 continue;
             }
+            if !inner.ghosts.contains_key(&p.ghost) && !alive(p.ghost) {
+                // Its ghost has ended (the process too, whose end the slave sends again).
+                continue;
+            }
             let gh = inner.ghosts.entry(p.ghost).or_default();
             if gh.uid.is_some_and(|u| u != p.uid) || gh.remote.is_some_and(|r| r != key) {
                 warn!(
@@ -480,19 +508,32 @@ impl Ghosts {
         let inner = &mut *g;
         let mut forked = None;
         if fork != 0 {
-            // A child ghost is forked by a ghost of the same user.
+            // A child ghost is forked by a ghost of the same user; if that ghost has ended
+            // since (its process ended before the child ghost said hello), by the ghost that
+            // was asked, which the child outlived.
             let parent = parent_and_uid(pid).map(|p| p.0);
             let by_ghost =
                 parent.and_then(|pp| inner.ghosts.get(&pp)).is_some_and(|g| g.uid == Some(uid));
-            if !by_ghost {
+            let orphaned = inner.forks.get(&fork).is_some_and(|f| {
+                f.uid == uid
+                    && f.parent_ghost > 0
+                    && parent != Some(f.parent_ghost)
+                    && !alive(f.parent_ghost)
+            });
+            if !by_ghost && !orphaned {
                 return Err(format!("pid {pid} is not the ghost of fork {fork}"));
             }
-            let Some(Fork { node: n, child, queue }) = inner.forks.remove(&fork) else {
+            let Some(Fork { node: n, child, queue, .. }) = inner.forks.remove(&fork) else {
                 return Err(format!("fork {fork} is not pending"));
             };
             // What happened meanwhile (a rename, its own forks, its end) follows at once.
+            // A process that ended before its ghost came has its end in the queue: the ghost
+            // stands for nothing else (the pid may be another process's by now).
+            let ended = queue.iter().any(|m| matches!(m, Message::ProcExit { .. }));
             let mut gh = Ghost { uid: Some(uid), queue, ..Ghost::default() };
-            if let Some(p) = inner.procs.get_mut(&(n, child)) {
+            if let Some(p) =
+                inner.procs.get_mut(&(n, child)).filter(|p| !ended && p.ghost.is_none())
+            {
                 p.ghost = Some(pid);
                 gh.remote = Some((n, child));
                 forked = Some((n, child));
@@ -508,6 +549,10 @@ impl Ghosts {
             let _ = tx.send(m);
         }
         gh.tx = Some(tx);
+        if !gh.counted {
+            gh.counted = true;
+            inner.made += 1;
+        }
         Ok(forked)
     }
 
@@ -553,10 +598,16 @@ impl Ghosts {
         let mut g = self.lock();
         let gh = g.ghosts.remove(&pid)?;
         let remote = gh.remote?;
-        if let Some(p) = g.procs.get_mut(&remote) {
-            p.ghost = None;
-        }
+        // Only the process this ghost stands for (another ghost may stand for its pid now).
+        let p = g.procs.get_mut(&remote).filter(|p| p.ghost == Some(pid))?;
+        p.ghost = None;
         Some(remote)
+    }
+
+    /// How many ghosts have said hello since the master started (each at its first hello
+    /// on a connection the master kept).
+    pub(crate) fn made(&self) -> u64 {
+        self.lock().made
     }
 
     fn remote_of(&self, pid: i32) -> Option<(i32, i32)> {

@@ -14,7 +14,9 @@
 //! body length ≤ [`MAX_PROBE_BYTES`], then the body: u32 count ≤ [`MAX_PROBE_FILES`], and per
 //! file its path, size u64, mtime seconds u64 as two's complement and nanoseconds u32),
 //! answered with u32 count and one byte per file (1: present). Those files go in the image by
-//! reference; then the image follows.
+//! reference; then the image follows, or, when the mover cannot move after all, a refusal:
+//! [`REFUSAL`], u16 length (big-endian, at most [`MAX_REFUSAL`]) and the reason in UTF-8, so
+//! the node's log says why no image came.
 
 use crate::{DecodeError, Reader, Writer};
 
@@ -26,10 +28,32 @@ pub const FETCH: u8 = 0xff;
 /// The process image of a move or rfork: the launcher writes the image and closes.
 pub const IMAGE: u8 = 0xfe;
 
+/// Opens a refusal in place of an image (an image opens with `BPROCIMG`).
+pub const REFUSAL: [u8; 8] = *b"BPRCNOGO";
+/// Longest reason in a refusal.
+pub const MAX_REFUSAL: usize = 1024;
+
+/// A refusal saying `why` (cut to [`MAX_REFUSAL`] bytes, at a character boundary).
+pub fn encode_refusal(why: &str) -> Vec<u8> {
+    let mut end = why.len().min(MAX_REFUSAL);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = REFUSAL.to_vec();
+    out.extend_from_slice(&(end as u16).to_be_bytes());
+    out.extend_from_slice(&why.as_bytes()[..end]);
+    out
+}
+
 /// Most files in one probe.
 pub const MAX_PROBE_FILES: usize = 4096;
 /// Largest probe body.
 pub const MAX_PROBE_BYTES: usize = 1 << 20;
+
+/// The length of a refusal's reason from the two bytes after [`REFUSAL`], bounded.
+pub fn refusal_len(head: [u8; 2]) -> usize {
+    usize::from(u16::from_be_bytes(head)).min(MAX_REFUSAL)
+}
 
 /// A file as a probe names it.
 #[derive(Debug, Clone, PartialEq, Eq)]

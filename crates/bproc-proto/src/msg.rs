@@ -793,6 +793,9 @@ pub enum Message {
         client_ip: Option<Ipv4Addr>,
         /// The ghost program launchers start for remote processes (empty: none installed).
         ghost: String,
+        /// Ghosts the master has taken in since it started (each launch's, move's and fork's
+        /// ghost, counted at its hello). Absent from an older master's reply: 0.
+        ghosts_made: u64,
     },
     /// Master → ghost: the remote process stopped (`true`) or continued.
     GhostState {
@@ -1877,7 +1880,15 @@ impl Message {
                 w.fixed(token);
                 put_files(w, files);
             }
-            MasterInfoReply { version, addrs, bytes_to_slaves, client_node, client_ip, ghost } => {
+            MasterInfoReply {
+                version,
+                addrs,
+                bytes_to_slaves,
+                client_node,
+                client_ip,
+                ghost,
+                ghosts_made,
+            } => {
                 w.str(version);
                 w.u32(addrs.len() as u32);
                 for a in addrs {
@@ -1887,6 +1898,7 @@ impl Message {
                 w.i32(*client_node);
                 put_ip(w, *client_ip);
                 w.str(ghost);
+                w.u64(*ghosts_made);
             }
             Launched { pids } => {
                 w.u32(pids.len() as u32);
@@ -2201,6 +2213,8 @@ impl Message {
                     client_node: r.i32("client node")?,
                     client_ip: get_ip(r)?,
                     ghost: r.str("ghost path", MAX_PATH)?,
+                    // A trailing field: an older master's reply ends before it.
+                    ghosts_made: if r.bytes_left() >= 8 { r.u64("ghosts made")? } else { 0 },
                 }
             }
             ty::LAUNCHED => {

@@ -269,18 +269,22 @@ fn launch_messages() -> impl Strategy<Value = Message> {
             any::<u64>(),
             any::<i32>(),
             proptest::option::of(any::<[u8; 4]>()),
-            ".{0,10}"
+            ".{0,10}",
+            any::<u64>()
         )
-            .prop_map(|(version, addrs, bytes_to_slaves, client_node, ip, ghost)| {
-                Message::MasterInfoReply {
-                    version,
-                    addrs,
-                    bytes_to_slaves,
-                    client_node,
-                    client_ip: ip.map(Ipv4Addr::from),
-                    ghost,
+            .prop_map(
+                |(version, addrs, bytes_to_slaves, client_node, ip, ghost, ghosts_made)| {
+                    Message::MasterInfoReply {
+                        version,
+                        addrs,
+                        bytes_to_slaves,
+                        client_node,
+                        client_ip: ip.map(Ipv4Addr::from),
+                        ghost,
+                        ghosts_made,
+                    }
                 }
-            }),
+            ),
         proptest::collection::vec(any::<i32>(), 0..10).prop_map(|pids| Message::Launched { pids }),
         (any::<u64>(), any::<u32>(), status_of_exit())
             .prop_map(|(launch, rank, status)| { Message::ProcExit { launch, rank, status } }),

@@ -379,10 +379,17 @@ async fn open_link(
                 info!("the master started a new session; killing the old session's processes");
                 fence(data);
             } else if *cookie != 0 {
-                let procs = data.tree.procs.session_procs(&data.tree.outbox.held_exits());
+                let (procs, again) = data.tree.procs.session_procs(&data.tree.outbox.held_exits());
                 write_frame(&mut stream, 0, &Message::SessionProcs { procs })
                     .await
                     .map_err(End::Lost)?;
+                // Ends the old link may have lost (a master that restarted never saw them).
+                for (pid, end) in again {
+                    let change = bproc_proto::ProcChange::Exited(end);
+                    write_frame(&mut stream, 0, &Message::ProcEvent { pid, change })
+                        .await
+                        .map_err(End::Lost)?;
+                }
             }
             *cookie = c;
             Ok(Link {

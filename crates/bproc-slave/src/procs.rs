@@ -50,6 +50,13 @@ struct ProcsInner {
     ended: Mutex<HashMap<i32, Known>>,
     /// Wakes [`Procs::follow`] when a process starts.
     started: tokio::sync::Notify,
+    /// The kernel's process events for the known processes, when this slave may have them
+    /// (root): forks, execs and ends as they happen ([`Procs::listen`]).
+    events: std::sync::OnceLock<Arc<bproc_sys::procevents::Events>>,
+    /// Processes this slave started and does not track yet (their start is on its way to
+    /// the master), with the events of theirs that came meanwhile, replayed by
+    /// [`Procs::track`]: a process may fork before it is tracked.
+    fresh: Mutex<HashMap<i32, Vec<bproc_sys::procevents::ProcEvent>>>,
     /// Where events go.
     report: Box<dyn Fn(Message) + Send + Sync>,
     spawner: Spawner,
@@ -77,6 +84,8 @@ impl Procs {
             known: Mutex::default(),
             ended: Mutex::default(),
             started: tokio::sync::Notify::new(),
+            events: std::sync::OnceLock::new(),
+            fresh: Mutex::default(),
             report: Box::new(report),
             spawner: Spawner::start(pid_namespace, extra_proc),
         }))
@@ -88,15 +97,56 @@ impl Procs {
 
     /// Forgets ended process `pid`, keeping what a restarted master may need of it; true if
     /// it was known.
-    fn forget(&self, pid: i32) -> bool {
-        let Some(k) = self.known().remove(&pid) else { return false };
-        self.0.ended.lock().unwrap_or_else(|e| e.into_inner()).insert(pid, k);
+    fn forget(&self, pid: i32, end: ExitStatus) -> bool {
+        let Some(mut k) = self.known().remove(&pid) else { return false };
+        k.end = Some(end);
+        k.gone = Some(std::time::Instant::now());
+        let mut ended = self.0.ended.lock().unwrap_or_else(|e| e.into_inner());
+        if ended.len() >= ENDED_PRUNE_AT && ended.len().is_multiple_of(256) {
+            // Every fork ends up here: keep what a restarted master may still ask about, and
+            // under a storm of forks only the last seconds'.
+            ended.retain(|_, e| e.gone.is_none_or(|t| t.elapsed() < ENDED_KEPT));
+            if ended.len() >= 4 * ENDED_PRUNE_AT {
+                ended.retain(|_, e| e.gone.is_none_or(|t| t.elapsed() < REPORTED_LATELY));
+            }
+        }
+        ended.insert(pid, k);
         true
     }
 
+    /// Starts knowing fork `child`; false (nothing to report) when it is known already, or
+    /// ended lately and was reported (a late look, or the other of the two watchers).
+    fn adopt(&self, child: i32, k: Known) -> bool {
+        let mut known = self.known();
+        if known.contains_key(&child) {
+            return false;
+        }
+        let lately = |e: &Known| e.gone.is_some_and(|t| t.elapsed() < REPORTED_LATELY);
+        if self.0.ended.lock().is_ok_and(|e| e.get(&child).is_some_and(lately)) {
+            return false;
+        }
+        known.insert(child, k);
+        true
+    }
+
+    /// A process this slave has just started: watched at once (it may fork before it is
+    /// tracked).
+    fn fresh_start(&self, pid: i32) {
+        if self.0.events.get().is_some() && !self.known().contains_key(&pid) {
+            self.fresh().entry(pid).or_default();
+            self.rewatch();
+        }
+    }
+
     /// The processes a resumed session has: every live one, and those that ended with their
-    /// end still to be reported (`unreported`), each with its ghost, launch and owner.
-    pub fn session_procs(&self, unreported: &[i32]) -> Vec<bproc_proto::SlaveProc> {
+    /// end still to be reported (`unreported`), each with its ghost, launch and owner; and
+    /// those with a ghost that ended since the last session, with how they ended, whose end
+    /// the master may have lost with the old link (a restarted master never saw it): it is
+    /// sent again after the list.
+    pub fn session_procs(
+        &self,
+        unreported: &[i32],
+    ) -> (Vec<bproc_proto::SlaveProc>, Vec<(i32, ExitStatus)>) {
         let ended = std::mem::take(&mut *self.0.ended.lock().unwrap_or_else(|e| e.into_inner()));
         let known = self.known();
         let entry = |(pid, k): (&i32, &Known)| bproc_proto::SlaveProc {
@@ -106,11 +156,22 @@ impl Procs {
             rank: k.rank,
             uid: k.uid,
         };
-        known
+        let again: Vec<(i32, ExitStatus)> = ended
+            .iter()
+            .filter(|(p, k)| !unreported.contains(p) && k.ghost > 0)
+            .filter_map(|(p, k)| Some((*p, k.end?)))
+            .collect();
+        let procs = known
             .iter()
             .map(entry)
-            .chain(ended.iter().filter(|(p, _)| unreported.contains(p)).map(entry))
-            .collect()
+            .chain(
+                ended
+                    .iter()
+                    .filter(|(p, _)| unreported.contains(p) || again.iter().any(|a| a.0 == **p))
+                    .map(entry),
+            )
+            .collect();
+        (procs, again)
     }
 
     /// The master names the ghost of process `pid` (a fork's).
@@ -126,6 +187,7 @@ impl Procs {
     /// this node's own processes (the kernel's process events go to every listener on the
     /// machine, which a virtual cluster of a thousand nodes on one host cannot afford).
     pub async fn follow(self) {
+        self.listen();
         loop {
             let youngest = self.0.known.lock().map_or(None, |k| k.values().map(|p| p.seen).max());
             match youngest {
@@ -142,6 +204,161 @@ impl Procs {
         }
     }
 
+    /// Subscribes to the kernel's process events, filtered to the known processes (and the
+    /// exits of their children), and handles them on a thread of its own: every fork is
+    /// seen as it happens, however short the child's life, and every end with its status.
+    /// Looking at `/proc` goes on, as a backstop (events lost to a full socket buffer, a
+    /// child that forked before it was watched). Without the right (`CAP_NET_ADMIN`), looking
+    /// is all there is.
+    fn listen(&self) {
+        use bproc_sys::procevents::Events;
+        if std::env::var_os("BPROC_NO_PROCEVENTS").is_some() {
+            return;
+        }
+        let events = match Events::open() {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                info!("following forks by looking at /proc (process events: {e})");
+                return;
+            }
+        };
+        let _ = self.0.events.set(events.clone());
+        self.rewatch();
+        let procs = self.clone();
+        let started = std::thread::Builder::new().name("procevents".into()).spawn(move || loop {
+            match events.next() {
+                Ok(list) => list.into_iter().for_each(|e| procs.on_event(e)),
+                // Events were lost: look at everything once.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => procs.look(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!("process events: {e}; following forks by looking at /proc");
+                    return;
+                }
+            }
+        });
+        if let Err(e) = started {
+            warn!("process events: {e}");
+        }
+    }
+
+    fn fresh(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<i32, Vec<bproc_sys::procevents::ProcEvent>>> {
+        self.0.fresh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Points the event filter at the known processes, those just started, and this slave
+    /// (whose forks are the processes it starts).
+    fn rewatch(&self) {
+        let Some(events) = self.0.events.get() else { return };
+        let mut pids: Vec<i32> = self.known().keys().copied().collect();
+        pids.extend(self.fresh().keys().copied());
+        pids.push(std::process::id() as i32);
+        if let Err(e) = events.watch(&pids) {
+            debug!("process event filter: {e}");
+        }
+    }
+
+    /// One process event of a known process (or of a known process's child).
+    fn on_event(&self, e: bproc_sys::procevents::ProcEvent) {
+        use bproc_sys::procevents::ProcEvent;
+        // This slave's own child: a process it starts, watched at once.
+        if let ProcEvent::Fork { parent, child } = e {
+            if parent == std::process::id() as i32 {
+                if !self.known().contains_key(&child) {
+                    self.fresh().insert(child, Vec::new());
+                }
+                self.rewatch();
+                return;
+            }
+        }
+        // An event of (or about the child of) a process not tracked yet waits for it.
+        let owner = match e {
+            ProcEvent::Fork { parent, .. } => parent,
+            ProcEvent::Exec { pid } => pid,
+            ProcEvent::Exit { pid, parent, .. } => {
+                if self.fresh().remove(&pid).is_some() {
+                    // Ended before it was tracked: the reaper reports it.
+                    return;
+                }
+                if self.known().contains_key(&pid) {
+                    pid
+                } else {
+                    parent
+                }
+            }
+        };
+        if self.known().contains_key(&owner) {
+            // Tracked meanwhile: what waited for it comes first.
+            let waiting = self.fresh().remove(&owner).unwrap_or_default();
+            for w in waiting {
+                self.handle(w);
+            }
+        } else if let Some(queue) = self.fresh().get_mut(&owner) {
+            queue.push(e);
+            return;
+        }
+        self.handle(e);
+    }
+
+    /// [`Procs::on_event`] for an event of a tracked process.
+    fn handle(&self, e: bproc_sys::procevents::ProcEvent) {
+        use bproc_sys::procevents::ProcEvent;
+        match e {
+            ProcEvent::Fork { parent, child } => {
+                let parent_of = self.known().get(&parent).map(|k| (k.uid, k.comm.clone()));
+                let Some((uid, parent_comm)) = parent_of else { return };
+                // A child gone already keeps its parent's name (it had no time to exec).
+                let (comm, child_ns) = comm_and_ns_pid(child).unwrap_or((parent_comm, 0));
+                if !self.adopt(child, Known::new(comm.clone(), 0, 0, 0, uid)) {
+                    return;
+                }
+                self.rewatch();
+                let change = ProcChange::Forked { child, child_ns, comm };
+                (self.0.report)(Message::ProcEvent { pid: parent, change });
+            }
+            ProcEvent::Exec { pid } => {
+                let Some(st) = proc_stat(pid) else { return };
+                let renamed = match self.known().get_mut(&pid) {
+                    Some(k) if k.comm != st.comm => {
+                        k.comm.clone_from(&st.comm);
+                        true
+                    }
+                    _ => false,
+                };
+                if renamed {
+                    let change = ProcChange::Exec { comm: st.comm };
+                    (self.0.report)(Message::ProcEvent { pid, change });
+                }
+            }
+            ProcEvent::Exit { pid, parent, status } if !self.known().contains_key(&pid) => {
+                // A child whose fork came before its parent was watched: seen at its end.
+                let parent_of = self.known().get(&parent).map(|k| (k.uid, k.comm.clone()));
+                let Some((uid, comm)) = parent_of else { return };
+                if self.children().contains(&pid)
+                    || !self.adopt(pid, Known::new(comm.clone(), 0, 0, 0, uid))
+                {
+                    return;
+                }
+                let change = ProcChange::Forked { child: pid, child_ns: 0, comm };
+                (self.0.report)(Message::ProcEvent { pid: parent, change });
+                self.forget(pid, decode_wait(status));
+                let change = ProcChange::Exited(decode_wait(status));
+                (self.0.report)(Message::ProcEvent { pid, change });
+            }
+            ProcEvent::Exit { pid, status, .. } => {
+                // Direct children are reported by the reaper, with stops and continues.
+                if self.children().contains(&pid) || !self.forget(pid, decode_wait(status)) {
+                    return;
+                }
+                self.rewatch();
+                let change = ProcChange::Exited(decode_wait(status));
+                (self.0.report)(Message::ProcEvent { pid, change });
+            }
+        }
+    }
+
     /// One look at every known process: new children, new programs, ends.
     fn look(&self) {
         let pids: Vec<(i32, String)> =
@@ -150,7 +367,7 @@ impl Procs {
             let direct = self.children().contains(&pid);
             let Some(st) = proc_stat(pid) else {
                 // Gone and reaped by its parent before this look: its status is lost.
-                if !direct && self.forget(pid) {
+                if !direct && self.forget(pid, ExitStatus::Code(0)) {
                     let change = ProcChange::Exited(ExitStatus::Code(0));
                     (self.0.report)(Message::ProcEvent { pid, change });
                 }
@@ -158,7 +375,7 @@ impl Procs {
             };
             if st.state == 'Z' {
                 // Direct children are reported by the reaper, with stops and continues.
-                if !direct && self.forget(pid) {
+                if !direct && self.forget(pid, decode_wait(st.exit_code)) {
                     let change = ProcChange::Exited(decode_wait(st.exit_code));
                     (self.0.report)(Message::ProcEvent { pid, change });
                 }
@@ -180,12 +397,27 @@ impl Procs {
                 if self.known().contains_key(&child) {
                     continue;
                 }
+                let ended = proc_stat(child).filter(|st| st.state == 'Z');
+                let reported = self.0.ended.lock().is_ok_and(|e| e.contains_key(&child));
+                if ended.is_some() && reported {
+                    // Its end was reported; its parent (stopped, or slow) has yet to reap it.
+                    continue;
+                }
                 let Some((comm, child_ns)) = comm_and_ns_pid(child) else { continue };
-                self.known().insert(child, Known::new(comm.clone(), 0, 0, 0, uid));
+                if !self.adopt(child, Known::new(comm.clone(), 0, 0, 0, uid)) {
+                    continue;
+                }
                 let change = ProcChange::Forked { child, child_ns, comm };
                 (self.0.report)(Message::ProcEvent { pid, change });
+                if let Some(st) = ended {
+                    // Born and ended between two looks: its ghost ends as it did.
+                    self.forget(child, decode_wait(st.exit_code));
+                    let change = ProcChange::Exited(decode_wait(st.exit_code));
+                    (self.0.report)(Message::ProcEvent { pid: child, change });
+                }
             }
         }
+        self.rewatch();
     }
 
     fn ranks(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u32), i32>> {
@@ -208,6 +440,11 @@ impl Procs {
         self.children().insert(pid);
         if let Some(st) = proc_stat(pid) {
             self.known().insert(pid, Known::new(st.comm, ghost, launch, rank, uid));
+        }
+        let waiting = self.fresh().remove(&pid).unwrap_or_default();
+        self.rewatch();
+        for e in waiting {
+            self.handle(e);
         }
         self.reap();
         self.0.started.notify_one();
@@ -245,9 +482,9 @@ impl Procs {
                 Err(nix::Error::ECHILD) => ProcChange::Exited(ExitStatus::Code(255)),
                 _ => continue,
             };
-            if matches!(change, ProcChange::Exited(_)) {
+            if let ProcChange::Exited(end) = change {
                 self.children().remove(&pid);
-                self.forget(pid);
+                self.forget(pid, end);
                 self.ranks().retain(|_, p| *p != pid);
             }
             (self.0.report)(Message::ProcEvent { pid, change });
@@ -277,9 +514,26 @@ impl Procs {
             debug!("signal {signal} for {pid}: not a process of this master's here");
             return;
         }
-        if let Err(e) = bproc_sys::signal_from(pid, signal, sender) {
-            debug!("signal {signal} to {pid}: {e}");
-        }
+        // In the master's pid namespace, the signal is queued from inside it (by a child of
+        // the spawner thread), or the kernel would clear the sender's pid.
+        let inside = self.same_pids().then(|| job_ns_pid(pid)).flatten();
+        let Some(ns_pid) = inside.filter(|_| sender > 0) else {
+            if let Err(e) = bproc_sys::signal_from(pid, signal, sender) {
+                debug!("signal {signal} to {pid}: {e}");
+            }
+            return;
+        };
+        let procs = self.clone();
+        tokio::spawn(async move {
+            let job = move || {
+                bproc_sys::signal_from_inside(ns_pid, signal, sender)
+                    .map(|()| 0)
+                    .map_err(std::io::Error::from)
+            };
+            if let Err(e) = procs.0.spawner.run(Box::new(job)).await {
+                debug!("signal {signal} to {pid}: {e}");
+            }
+        });
     }
 
     /// Kills every process (the node is leaving its master for good), with the whole pid
@@ -298,7 +552,15 @@ impl Procs {
 
     /// Starts `spec` on the spawner thread.
     async fn spawn(&self, spec: bproc_sys::SpawnSpec) -> std::io::Result<i32> {
-        self.0.spawner.run(Box::new(move || bproc_sys::spawn(&spec))).await
+        let procs = self.clone();
+        let job = move || {
+            let started = bproc_sys::spawn(&spec);
+            if let Ok(pid) = started {
+                procs.fresh_start(pid);
+            }
+            started
+        };
+        self.0.spawner.run(Box::new(job)).await
     }
 
     /// Restores `image` on the spawner thread (whose children are in the pid namespace, and
@@ -308,24 +570,60 @@ impl Procs {
         image: Image,
         spec: bproc_sys::restore::RestoreSpec,
     ) -> std::io::Result<i32> {
+        let procs = self.clone();
         let job = move || {
             let restored = match image {
                 Image::Stream(s) => {
-                    let reader = std::io::BufReader::with_capacity(1 << 20, s);
-                    bproc_sys::restore::restore(reader, spec)
+                    let mut reader = std::io::BufReader::with_capacity(1 << 20, s);
+                    match refusal(&mut reader) {
+                        Some(why) => Err(bproc_sys::ckpt::CkptError::Busy(why)),
+                        None => bproc_sys::restore::restore_noting(reader, spec),
+                    }
                 }
-                Image::Bytes(b) => bproc_sys::restore::restore(&b[..], spec),
+                Image::Bytes(b) => bproc_sys::restore::restore_noting(&b[..], spec),
             };
-            restored.map_err(|e| {
-                std::io::Error::new(
-                    std::io::Error::from_raw_os_error(e.errno()).kind(),
-                    RestoreFailed { errno: e.errno(), message: e.to_string() },
-                )
-            })
+            restored
+                .map(|(pid, closed)| {
+                    procs.fresh_start(pid);
+                    for what in closed {
+                        info!("pid {pid}: restored without a file this node lacks: {what}");
+                    }
+                    pid
+                })
+                .map_err(|e| {
+                    std::io::Error::new(
+                        std::io::Error::from_raw_os_error(e.errno()).kind(),
+                        RestoreFailed { errno: e.errno(), message: e.to_string() },
+                    )
+                })
         };
         self.0.spawner.run(Box::new(job)).await
     }
 }
+
+/// The mover's reason, when the stream opens with a refusal instead of an image
+/// ([`bproc_proto::conn::REFUSAL`]); the stream is left as it was otherwise.
+fn refusal(r: &mut impl std::io::BufRead) -> Option<String> {
+    use bproc_proto::conn;
+    let head = r.fill_buf().ok()?;
+    if head.len() < conn::REFUSAL.len() || head[..conn::REFUSAL.len()] != conn::REFUSAL {
+        return None;
+    }
+    r.consume(conn::REFUSAL.len());
+    let mut len = [0u8; 2];
+    r.read_exact(&mut len).ok()?;
+    let mut why = vec![0u8; conn::refusal_len(len)];
+    r.read_exact(&mut why).ok()?;
+    Some(String::from_utf8_lossy(&why).into_owned())
+}
+
+/// Ended processes kept for a resumed session: those of the last [`ENDED_KEPT`], looked
+/// over once there are [`ENDED_PRUNE_AT`].
+const ENDED_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
+const ENDED_PRUNE_AT: usize = 4096;
+
+/// How long an ended fork's pid is taken for that process, not a new one, by a late look.
+const REPORTED_LATELY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where a restore reads its image: a connection to the mover (restored as it arrives), or
 /// a copy this node already holds (a vector fork's, shared by its ranks and its children in
@@ -810,7 +1108,8 @@ fn bproc_stage_hex(hash: &[u8; 32]) -> String {
 /// Starts rank `rank` of `launch` as `set_tid` when this node gives processes their ghosts'
 /// pids; returns its pid here. The caller reports the start, then [`Procs::track`]s it. An
 /// image launch restores `shared` when given (the node's copy of a vector fork's image),
-/// else the image fetched for this rank.
+/// else the image fetched for this rank. `forward_port` (0: the spec's) is where its
+/// forwarded fds connect.
 #[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     procs: &Procs,
@@ -824,6 +1123,7 @@ pub async fn spawn(
     set_tid: Option<i32>,
     creds: Creds,
     spec: ProcSpec,
+    forward_port: u16,
     shared: Option<Arc<Vec<u8>>>,
     report: impl Fn(Message) + Send + 'static,
 ) -> Result<i32, Refused> {
@@ -895,6 +1195,9 @@ pub async fn spawn(
         }
         (None, _) => None,
     };
+    // The rank's own port for its forwarded fds (its relaying ghost's), once staging, which
+    // fetches from the launcher's, is done.
+    let spec = if forward_port != 0 { ProcSpec { io_port: forward_port, ..spec } } else { spec };
     let mut fds = Fds::default();
     let ghost = set_tid.unwrap_or(0);
     for fd in 0..3 {
@@ -1072,11 +1375,15 @@ struct Known {
     rank: u32,
     /// Whom it runs for.
     uid: u32,
+    /// How it ended, once it has, and when that was seen.
+    end: Option<ExitStatus>,
+    gone: Option<std::time::Instant>,
 }
 
 impl Known {
     fn new(comm: String, ghost: i32, launch: u64, rank: u32, uid: u32) -> Known {
-        Known { comm, seen: std::time::Instant::now(), ghost, launch, rank, uid }
+        let seen = std::time::Instant::now();
+        Known { comm, seen, ghost, launch, rank, uid, end: None, gone: None }
     }
 }
 
@@ -1111,6 +1418,13 @@ fn decode_wait(status: i32) -> ExitStatus {
 }
 
 /// The command name of `pid` and its pid in its own (innermost) pid namespace.
+/// Process `pid`'s pid in the master's pid namespace (the first below this one).
+fn job_ns_pid(pid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let ns = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    ns.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn comm_and_ns_pid(pid: i32) -> Option<(String, i32)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let comm = text.lines().find_map(|l| l.strip_prefix("Name:"))?.trim().to_owned();

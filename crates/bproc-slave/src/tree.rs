@@ -296,10 +296,7 @@ async fn start(
         },
         None => None,
     };
-    let mut spec = l.spec.clone();
-    if port != 0 {
-        spec.io_port = port;
-    }
+    let spec = l.spec.clone();
     let master = master_ip(ctx);
     let client_socket = ctx.opts.client_socket.as_ref().map(|p| p.to_string_lossy().into_owned());
     let outbox = ctx.outbox.clone();
@@ -315,6 +312,7 @@ async fn start(
         ghost,
         l.creds.clone(),
         spec,
+        port,
         image,
         move |m| outbox.send(0, m),
     )

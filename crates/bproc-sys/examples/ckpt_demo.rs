@@ -2,8 +2,8 @@
 //! restored from it, that it came back whole: memory, thread-local storage, heap growth, a
 //! signal handler and a blocked signal, an open file's position, its pid. The checkpoint
 //! test runs it; by hand: `ckpt_demo IMAGE MIB DATAFILE [socket]`, then restore IMAGE.
-//! With `socket` it holds a socket open, which no move can carry: it prints the refusal and
-//! goes on running, exiting 3.
+//! With `socket` it holds a socket open, which no move can carry, and asks for a strict dump:
+//! it prints the refusal and goes on running, exiting 3.
 //!
 //! Prints `dumped PID` and exits 0 as the original; prints what it checked and exits 42 as a
 //! restored copy (1 when a check fails).
@@ -56,14 +56,17 @@ fn main() {
     let mut head = [0u8; 4];
     data.read_exact(&mut head).expect("read data");
     let pid = std::process::id();
-    let _socket =
+    let socket =
         (args.len() == 5).then(|| std::os::unix::net::UnixDatagram::pair().expect("socket"));
     let image = std::fs::File::create(&args[1]).expect("image file");
     std::io::stdout().flush().unwrap();
     let lib = |p: &str| p.starts_with("/usr/lib") || p.starts_with("/lib");
     let skip = [image.as_raw_fd()];
     let t0 = std::time::Instant::now();
-    match checkpoint(image.as_fd(), &DumpOptions { by_ref: &lib, skip_fds: &skip, mailbox: None }) {
+    match checkpoint(
+        image.as_fd(),
+        &DumpOptions { by_ref: &lib, skip_fds: &skip, mailbox: None, strict: socket.is_some() },
+    ) {
         Ok(Resumed::Dumped) => {
             eprintln!("dump_ms {:.3}", t0.elapsed().as_secs_f64() * 1e3);
             println!("dumped {pid}");

@@ -9,8 +9,21 @@
 //! written the image, and once in every process restored from it ([`crate::restore`]).
 //!
 //! From the moment it starts writing pages it allocates nothing, so the heap it saves is the
-//! heap it resumes with. What cannot move is refused with `EBUSY` before anything is written:
-//! a second thread, sockets, pipes and other kernel objects at fds 3 and up, shared mappings.
+//! heap it resumes with.
+//!
+//! What cannot travel is handled as BProc did: fds 3 and up that are not files on a disk
+//! (pipes, sockets, event, timer and signal fds, epoll, FIFOs, terminals, deleted files) are
+//! left out, so the restored copy has them closed; shared file mappings that are read-only go
+//! by reference (when the target has the file) or by content, as private mappings, and
+//! writable shared mappings become private copies. With [`DumpOptions::strict`] each of these
+//! is refused instead. A refusal is `EBUSY` before anything is written, and its message names
+//! the cause (`fd 7: a connected TCP socket`).
+//!
+//! Other threads are held still while the dump is written (`crate::threads`: each is
+//! signalled and waits in the handler, having saved its registers, FPU state, signal mask,
+//! thread pointer, alternate stack, robust list and tid address), and go into the image, to
+//! be made again by the restore. A thread that does not stop (it blocks the signal) is a
+//! refusal naming it.
 
 use std::ffi::c_void;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -82,6 +95,10 @@ pub struct DumpOptions<'a> {
     pub skip_fds: &'a [RawFd],
     /// A writable buffer (address, length) for the restorer's note ([`Header::mailbox`]).
     pub mailbox: Option<(u64, u32)>,
+    /// Refuse (`EBUSY`) what would not move unchanged: fds that would be closed, writable
+    /// shared mappings that would become private. By default they are closed and made
+    /// private, as BProc did.
+    pub strict: bool,
 }
 
 // The call point. `bproc_ckpt_enter(callback, ctx)` pushes the callee-saved registers and
@@ -140,14 +157,17 @@ extern "C" {
 struct Ctx<'a> {
     out: RawFd,
     opts: &'a DumpOptions<'a>,
+    /// The other threads, held, and the tid slot ([`Header::tid_slot`]).
+    threads: (Vec<bproc_image::Thread>, u32),
     result: Option<Result<(), CkptError>>,
 }
 
 extern "C" fn dump_entry(ctx: *mut c_void, rsp: u64) -> i64 {
     // SAFETY: `checkpoint` passes a live `Ctx` it does not touch until this returns.
     let ctx = unsafe { &mut *ctx.cast::<Ctx<'_>>() };
-    let r =
-        std::panic::catch_unwind(AssertUnwindSafe(|| dump(ctx.out, ctx.opts, &Target::Me { rsp })));
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        dump(ctx.out, ctx.opts, &Target::Me { rsp }, &ctx.threads)
+    }));
     ctx.result = Some(r.unwrap_or_else(|_| Err(CkptError::Busy("the dumper panicked".into()))));
     0
 }
@@ -156,13 +176,23 @@ extern "C" fn dump_entry(ctx: *mut c_void, rsp: u64) -> i64 {
 /// and [`Resumed::Restored`] in each process restored from the image. Flush buffered output
 /// first, or the restored copies write it again.
 pub fn checkpoint(out: BorrowedFd<'_>, opts: &DumpOptions<'_>) -> Result<Resumed, CkptError> {
-    let mut ctx = Ctx { out: out.as_raw_fd(), opts, result: None };
+    crate::threads::cache_rseq();
+    let frozen = crate::threads::Frozen::hold()?;
+    let threads = frozen.as_ref().map(|f| f.threads()).unwrap_or_default();
+    let mut ctx = Ctx { out: out.as_raw_fd(), opts, threads, result: None };
     // SAFETY: `dump_entry` matches the callback's ABI and gets `ctx` back; the assembly keeps
     // the C ABI (callee-saved registers, 16-byte stack alignment at the call).
     let r = unsafe { bproc_ckpt_enter(dump_entry, (&mut ctx as *mut Ctx<'_>).cast()) };
     if r > 0 {
-        // A restored copy: its `ctx` holds what the dump saw before it finished.
+        // A restored copy: its `ctx` holds what the dump saw before it finished; its other
+        // threads were made again where they were before they were held.
+        if let Some(f) = frozen {
+            f.thaw(true);
+        }
         return Ok(Resumed::Restored(r));
+    }
+    if let Some(f) = frozen {
+        f.thaw(false);
     }
     ctx.result.take().unwrap_or(Ok(()))?;
     Ok(Resumed::Dumped)
@@ -268,7 +298,7 @@ pub fn exec_dump(
     if unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs as *mut _) } != 0 {
         return Err(CkptError::sys("PTRACE_GETREGS", std::io::Error::last_os_error()));
     }
-    dump(out.as_raw_fd(), opts, &Target::Exec { pid, regs: Box::new(regs) })
+    dump(out.as_raw_fd(), opts, &Target::Exec { pid, regs: Box::new(regs) }, &(Vec::new(), 0))
 }
 
 /// A traced child, killed and reaped when dropped.
@@ -397,22 +427,13 @@ fn sigactions() -> Vec<SigAction> {
 
 /// glibc's registered rseq area (`__rseq_offset` from the thread pointer, `__rseq_size`), if
 /// it registered one.
+/// (Read before any thread is held: `crate::threads::cache_rseq`.)
 fn rseq(fs_base: u64) -> (u64, u32, u32) {
-    // SAFETY: dlsym with NUL-terminated names; the symbols, when present, are glibc's
-    // read-only variables of these types.
-    unsafe {
-        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
-        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
-        if off.is_null() || size.is_null() {
-            return (0, 0, 0);
-        }
-        let size = *size.cast::<u32>();
-        if size == 0 {
-            return (0, 0, 0);
-        }
-        let area = fs_base.wrapping_add(*off.cast::<isize>() as u64);
-        (area, size.max(32), 0x5305_3053)
+    let (off, size) = crate::threads::cached_rseq();
+    if size == 0 {
+        return (0, 0, 0);
     }
+    (fs_base.wrapping_add(off as u64), size.max(32), 0x5305_3053)
 }
 
 fn mm_fields(t: &Target) -> Result<MmFields, CkptError> {
@@ -444,7 +465,7 @@ fn mm_fields(t: &Target) -> Result<MmFields, CkptError> {
     })
 }
 
-fn open_files(skip: &[RawFd], t: &Target) -> Result<Vec<OpenFile>, CkptError> {
+fn open_files(opts: &DumpOptions<'_>, t: &Target) -> Result<Vec<OpenFile>, CkptError> {
     let dir = t.proc("fd");
     let mut fds: Vec<i32> = std::fs::read_dir(&dir)
         .map_err(|e| CkptError::sys(dir.clone(), e))?
@@ -452,20 +473,16 @@ fn open_files(skip: &[RawFd], t: &Target) -> Result<Vec<OpenFile>, CkptError> {
         .collect();
     fds.sort_unstable();
     let mut out = Vec::new();
-    for fd in fds.into_iter().filter(|fd| *fd > 2 && !skip.contains(fd)) {
+    for fd in fds.into_iter().filter(|fd| *fd > 2 && !opts.skip_fds.contains(fd)) {
         // The directory listing's own fd is gone by now.
         let Ok(target) = std::fs::read_link(format!("{dir}/{fd}")) else { continue };
         let target = target.to_string_lossy().into_owned();
-        if !target.starts_with('/') || target.ends_with(" (deleted)") {
-            let what = target.split(':').next().unwrap_or("");
-            return Err(CkptError::Busy(format!(
-                "fd {fd} is {} ({target}); only regular files and stdio can move",
-                match what {
-                    "socket" => "a socket",
-                    "pipe" => "a pipe",
-                    _ => "a kernel object",
-                }
-            )));
+        // A target made by `exec_dump` inherited this process's fd at the same number.
+        if let Some(what) = cannot_travel(fd, &target, &format!("{dir}/{fd}")) {
+            if opts.strict {
+                return Err(CkptError::Busy(format!("fd {fd}: {what}")));
+            }
+            continue;
         }
         let info = std::fs::read_to_string(t.proc(&format!("fdinfo/{fd}"))).unwrap_or_default();
         let field = |name: &str, radix: u32| {
@@ -478,6 +495,115 @@ fn open_files(skip: &[RawFd], t: &Target) -> Result<Vec<OpenFile>, CkptError> {
         out.push(OpenFile { fd, path: target, flags, offset: field("pos:", 10) });
     }
     Ok(out)
+}
+
+/// Why fd `fd` (its `/proc` link reads `target`; `link` is that link) cannot be opened again
+/// elsewhere by path, or `None` for a file on a disk (regular file, directory, or a device
+/// other than a terminal). The kind of a socket is read from this process's fd of the same
+/// number, which is the same socket.
+pub(crate) fn cannot_travel(fd: RawFd, target: &str, link: &str) -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if target.starts_with("socket:") {
+        return Some(socket_kind(fd));
+    }
+    if target.starts_with("pipe:") {
+        return Some("a pipe".into());
+    }
+    if let Some(kind) = target.strip_prefix("anon_inode:") {
+        let kind = kind.trim_start_matches('[').trim_end_matches(']');
+        return Some(match kind {
+            "eventfd" => "an eventfd".into(),
+            "eventpoll" => "an epoll instance".into(),
+            "timerfd" => "a timerfd".into(),
+            "signalfd" => "a signalfd".into(),
+            "inotify" => "an inotify instance".into(),
+            "pidfd" => "a pidfd".into(),
+            other => format!("a kernel object ({other})"),
+        });
+    }
+    if target.starts_with("/memfd:") {
+        return Some(format!("a memfd ({})", target.trim_end_matches(" (deleted)")));
+    }
+    if target.ends_with(" (deleted)") {
+        return Some(format!("a deleted file ({target})"));
+    }
+    if !target.starts_with('/') {
+        return Some(format!("a kernel object ({target})"));
+    }
+    let st = std::fs::metadata(link).ok()?;
+    let ft = st.file_type();
+    if ft.is_fifo() {
+        return Some(format!("a FIFO ({target})"));
+    }
+    if ft.is_socket() {
+        return Some(format!("a socket ({target})"));
+    }
+    if ft.is_char_device() {
+        // Terminals: the console and virtual terminals (4), /dev/tty and ptmx (5), and
+        // pseudo-terminals (136 to 143). A node's are other devices.
+        let major = nix::sys::stat::major(st.rdev());
+        if major == 4 || major == 5 || (136..=143).contains(&major) {
+            return Some(format!("a terminal ({target})"));
+        }
+    }
+    None
+}
+
+/// What kind of socket fd `fd` is, in words: "a connected TCP socket", "a Unix socket".
+fn socket_kind(fd: RawFd) -> String {
+    let opt = |name: libc::c_int| {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into a local int.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then_some(v)
+    };
+    let (Some(domain), Some(kind)) = (opt(libc::SO_DOMAIN), opt(libc::SO_TYPE)) else {
+        return "a socket".into();
+    };
+    let listening = opt(libc::SO_ACCEPTCONN) == Some(1);
+    let mut addr = zeroed_storage();
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getpeername writes at most `len` bytes into a local sockaddr_storage.
+    let connected = unsafe {
+        libc::getpeername(fd, (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len)
+    } == 0;
+    let family = match domain {
+        libc::AF_INET | libc::AF_INET6 => match kind {
+            libc::SOCK_STREAM => "TCP",
+            libc::SOCK_DGRAM => "UDP",
+            _ => "IP",
+        },
+        libc::AF_UNIX => "Unix",
+        libc::AF_NETLINK => "netlink",
+        libc::AF_PACKET => "packet",
+        _ => "",
+    };
+    let state = if listening {
+        "listening "
+    } else if connected {
+        "connected "
+    } else {
+        ""
+    };
+    if family.is_empty() {
+        format!("a {state}socket of family {domain}")
+    } else {
+        format!("a {state}{family} socket")
+    }
+}
+
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain old data, for which all zeroes is a valid value.
+    unsafe { std::mem::zeroed() }
 }
 
 fn regions(opts: &DumpOptions<'_>, t: &Target) -> Result<(Vec<Region>, Vec<Special>), CkptError> {
@@ -494,16 +620,24 @@ fn regions(opts: &DumpOptions<'_>, t: &Target) -> Result<(Vec<Region>, Vec<Speci
             specials.push(Special { name: m.name, start: m.start, end: m.end });
             continue;
         }
-        if m.perms[3] == b's' {
+        let shared = m.perms[3] == b's';
+        if shared && m.perms[1] == b'w' && opts.strict {
             return Err(CkptError::Busy(format!(
-                "shared mapping {:#x}-{:#x} {}: shared memory cannot move",
+                "shared mapping {:#x}-{:#x} {}: writable shared memory would become private",
                 m.start, m.end, m.name
             )));
         }
         let source = if m.name.starts_with('/') {
             let on_list = (opts.by_ref)(&m.name);
             match std::fs::metadata(&m.name) {
-                Ok(st) if on_list && st.ino() == m.inode && !m.name.ends_with(" (deleted)") => {
+                // A writable shared mapping becomes a private copy of its contents: mapped
+                // privately from the file, it would read the file's later changes.
+                Ok(st)
+                    if on_list
+                        && st.ino() == m.inode
+                        && !m.name.ends_with(" (deleted)")
+                        && !(shared && m.perms[1] == b'w') =>
+                {
                     Source::File {
                         path: m.name.clone(),
                         offset: m.offset,
@@ -513,6 +647,10 @@ fn regions(opts: &DumpOptions<'_>, t: &Target) -> Result<(Vec<Region>, Vec<Speci
                 }
                 _ => Source::Copied { path: m.name.clone() },
             }
+        } else if shared {
+            // Shared anonymous memory (`/dev/zero`, SysV) is named like a file; here it
+            // has no name at all: a private copy of every page.
+            Source::Copied { path: String::new() }
         } else {
             Source::Anonymous
         };
@@ -527,16 +665,31 @@ fn regions(opts: &DumpOptions<'_>, t: &Target) -> Result<(Vec<Region>, Vec<Speci
     Ok((regions, specials))
 }
 
-fn header(opts: &DumpOptions<'_>, t: &Target) -> Result<Header, CkptError> {
+fn header(
+    opts: &DumpOptions<'_>,
+    t: &Target,
+    threads: &(Vec<bproc_image::Thread>, u32),
+) -> Result<Header, CkptError> {
     if let Ok(tasks) = std::fs::read_dir(t.proc("task")) {
-        let n = tasks.count();
-        if n > 1 {
+        let me = match t {
+            // SAFETY: gettid cannot fail.
+            Target::Me { .. } => unsafe { libc::gettid() },
+            Target::Exec { pid, .. } => *pid,
+        };
+        let tids: Vec<i32> =
+            tasks.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+        let missing = tids
+            .iter()
+            .find(|&&tid| tid != me && !threads.0.iter().any(|th| th.tid == tid))
+            .copied();
+        if let Some(other) = missing {
             return Err(CkptError::Busy(format!(
-                "it has {n} threads; only a single-threaded process can move"
+                "thread {other} (one of {} threads) was not held for the dump",
+                tids.len()
             )));
         }
     }
-    let files = open_files(opts.skip_fds, t)?;
+    let files = open_files(opts, t)?;
     let (regions, specials) = regions(opts, t)?;
     let text =
         |p: &str| std::fs::read_to_string(t.proc(p)).unwrap_or_default().trim_end().to_owned();
@@ -588,6 +741,8 @@ fn header(opts: &DumpOptions<'_>, t: &Target) -> Result<Header, CkptError> {
         specials,
         files,
         regions,
+        threads: threads.0.clone(),
+        tid_slot: threads.1,
     })
 }
 
@@ -761,8 +916,13 @@ impl Drop for Bounce {
     }
 }
 
-fn dump(out: RawFd, opts: &DumpOptions<'_>, t: &Target) -> Result<(), CkptError> {
-    let h = header(opts, t)?;
+fn dump(
+    out: RawFd,
+    opts: &DumpOptions<'_>,
+    t: &Target,
+    threads: &(Vec<bproc_image::Thread>, u32),
+) -> Result<(), CkptError> {
+    let h = header(opts, t, threads)?;
     let head = h.encode();
     let open = |p: String| std::fs::File::open(&p).map_err(|e| CkptError::sys(p, e));
     let (pagemap, mem) = (open(t.proc("pagemap"))?, open(t.proc("mem"))?);
@@ -865,18 +1025,31 @@ mod tests {
     }
 
     #[test]
-    fn a_threaded_process_is_refused() {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let other = std::thread::spawn(move || rx.recv());
-        let dir = std::env::temp_dir().join(format!("bproc-ckpt-busy-{}", std::process::id()));
-        let f = std::fs::File::create(&dir).unwrap();
-        let opts = DumpOptions { by_ref: &|_| true, skip_fds: &[], mailbox: None };
+    fn a_thread_that_does_not_stop_is_named() {
+        let (tx, rx) = std::sync::mpsc::channel::<i32>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            // SAFETY: builds a signal set in a local and blocks it for this thread.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, crate::threads::FREEZE_SIGNAL);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+            // SAFETY: gettid cannot fail.
+            let _ = tx.send(unsafe { libc::gettid() });
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let path = std::env::temp_dir().join(format!("bproc-ckpt-busy-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        let opts = DumpOptions { by_ref: &|_| true, skip_fds: &[], mailbox: None, strict: false };
         let e = checkpoint(f.as_fd(), &opts).unwrap_err();
         assert_eq!(e.errno(), libc::EBUSY, "{e}");
-        assert!(e.to_string().contains("threads"), "{e}");
-        assert_eq!(std::fs::metadata(&dir).unwrap().len(), 0, "nothing written");
-        std::fs::remove_file(dir).unwrap();
-        drop(tx);
+        assert!(e.to_string().contains(&format!("thread {tid} did not stop")), "{e}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "nothing written");
+        std::fs::remove_file(path).unwrap();
+        drop(done_tx);
         let _ = other.join();
     }
 

@@ -19,13 +19,15 @@
 
 pub mod ckpt;
 pub mod peer;
+pub mod procevents;
 pub mod restore;
 mod spawn;
+mod threads;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,
-    inherited_socket_fd, signal_from, spawn, spawn_errno, PidNamespace, SpawnFailed, SpawnSpec,
-    SpawnStep, MAX_FDS,
+    inherited_socket_fd, signal_from, signal_from_inside, spawn, spawn_errno, PidNamespace,
+    SpawnFailed, SpawnSpec, SpawnStep, MAX_FDS,
 };
 
 use std::ffi::CString;

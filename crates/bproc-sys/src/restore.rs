@@ -227,6 +227,24 @@ impl Tracee {
         Tracee { pid, base: unsafe { std::mem::zeroed() }, gadget: 0, scratch: 0, table: 0 }
     }
 
+    /// Waits for the next stop and returns its raw status (event stops have the event in
+    /// bits 16 and up).
+    fn wait_status(&self) -> Result<i32, CkptError> {
+        let mut st = 0;
+        // SAFETY: waits for our own traced child or thread.
+        let r = unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) };
+        if r != self.pid {
+            return Err(last_err("waiting for the restored process"));
+        }
+        if !libc::WIFSTOPPED(st) {
+            return Err(CkptError::sys(
+                format!("the restored process ended during the restore (status {st:#x})"),
+                std::io::Error::from_raw_os_error(libc::ESRCH),
+            ));
+        }
+        Ok(st)
+    }
+
     fn wait_stop(&self) -> Result<i32, CkptError> {
         let mut st = 0;
         // SAFETY: waits for our own traced child.
@@ -431,6 +449,16 @@ fn check_machine(h: &Header, root: Option<&std::path::Path>) -> Result<(), CkptE
 /// Restores the image read from `image` into a new child of the calling thread and lets it
 /// run; returns its pid. On failure the new process is killed.
 pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
+    restore_noting(image, spec).map(|(pid, _)| pid)
+}
+
+/// [`restore`], also returning what the restored process lost on the way: a line for each
+/// file it had open that this machine lacks or denies, left closed
+/// (`fd 5 (/var/log/x) left closed: No such file or directory`).
+pub fn restore_noting(
+    image: impl Read,
+    spec: RestoreSpec,
+) -> Result<(i32, Vec<String>), CkptError> {
     let mut reader = ImageReader::open(image)?;
     let h = reader.header().clone();
     let root = spec.root.as_deref();
@@ -477,13 +505,7 @@ pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
         }
     };
     drop(memfd);
-    let kill = || {
-        // SAFETY: kills and reaps our own child.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
-        }
-    };
+    let kill = || kill_and_reap(pid);
     let t = Tracee::new(pid);
     let started = t.wait_stop().and_then(|sig| {
         if sig != libc::SIGTRAP {
@@ -505,7 +527,7 @@ pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
         note: spec.note.as_deref(),
     };
     match started.and_then(|()| inject(t, &h, &mut reader, &how, &mut || Ok(()))) {
-        Ok(()) => Ok(pid),
+        Ok(closed) => Ok((pid, closed)),
         Err(e) => {
             kill();
             Err(e)
@@ -656,7 +678,13 @@ fn helper(
         if r != 0 {
             return Err(last_err(format!("cannot trace pid {target}")));
         }
-        let reader = ImageReader::open(image)?;
+        // The whole image is read and checked (every chunk's checksum) while the caller can
+        // still be told: once it has exec'd the stub, a failure can only kill it.
+        let mut bytes = Vec::new();
+        let mut image = image;
+        image.read_to_end(&mut bytes).map_err(|e| CkptError::sys("reading the image", e))?;
+        bproc_image::read_image(&mut &bytes[..], |_, _, _| Ok(()))?;
+        let reader = ImageReader::open(std::io::Cursor::new(bytes))?;
         check_machine(reader.header(), None)?;
         Ok(reader)
     })();
@@ -727,7 +755,7 @@ fn helper(
     let h = reader.header().clone();
     let how = Inject { value, reserved: &[], in_place: true, note };
     match inject(t, &h, &mut reader, &how, before_resume) {
-        Ok(()) => 0,
+        Ok(_closed) => 0,
         Err(e) => {
             eprintln!("bproc: restoring pid {target} failed: {e}");
             // SAFETY: kills the half-restored process, which cannot run.
@@ -792,7 +820,7 @@ fn inject<R: Read>(
     reader: &mut ImageReader<R>,
     how: &Inject<'_>,
     before_resume: &mut dyn FnMut() -> Result<(), CkptError>,
-) -> Result<(), CkptError> {
+) -> Result<Vec<String>, CkptError> {
     let pid = t.pid;
     t.base = t.regs()?;
     t.gadget = t.base.rip;
@@ -974,14 +1002,28 @@ fn inject<R: Read>(
             unsafe { libc::prlimit(pid, res as _, &lim, std::ptr::null_mut()) };
         }
     }
+    // A file the image had open but this machine lacks (or denies) is left closed, as BProc
+    // left what it could not carry; the caller hears which.
+    let mut closed = Vec::new();
     for f in h.files.iter().filter(|f| !how.reserved.contains(&f.fd)) {
         let p = t.string(&f.path)?;
-        let fd = t.call(
+        let fd = match t.call(
             &format!("reopen {} (fd {})", f.path, f.fd),
             libc::SYS_openat,
             [libc::AT_FDCWD as u64, p, (f.flags & !libc::O_CLOEXEC) as u64, 0, 0, 0],
-        )?;
-        t.call("lseek", libc::SYS_lseek, [fd, f.offset, libc::SEEK_SET as u64, 0, 0, 0])?;
+        ) {
+            Ok(fd) => fd,
+            Err(CkptError::Sys { source, .. }) if cannot_open(&source) => {
+                closed.push(format!("fd {} ({}) left closed: {source}", f.fd, f.path));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if f.offset != 0 {
+            // Devices that cannot seek keep their position at 0.
+            let _ =
+                t.call("lseek", libc::SYS_lseek, [fd, f.offset, libc::SEEK_SET as u64, 0, 0, 0]);
+        }
         if fd != f.fd as u64 {
             t.call(
                 "dup3",
@@ -997,6 +1039,9 @@ fn inject<R: Read>(
             )?;
         }
     }
+
+    // The other threads, each held until the end.
+    let threads = make_threads(&t, h)?;
 
     before_resume()?;
     // The last call removes the gadget itself: the int3 after it then faults, which the
@@ -1039,7 +1084,240 @@ fn inject<R: Read>(
     if unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) } != 0 {
         return Err(last_err("PTRACE_DETACH"));
     }
-    Ok(())
+    for tid in threads {
+        // SAFETY: lets a thread we made and set up go.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0) };
+    }
+    MADE.with(|m| m.borrow_mut().clear());
+    Ok(closed)
+}
+
+thread_local! {
+    /// The threads [`make_thread`] made in the process being restored by this thread, which
+    /// a failed restore must reap before the process itself.
+    static MADE: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Kills our traced child `pid` and reaps it: first the threads made in it, which we trace
+/// too (a thread group's leader is not reaped before them).
+fn kill_and_reap(pid: i32) {
+    let tids = MADE.with(|m| std::mem::take(&mut *m.borrow_mut()));
+    // SAFETY: kills and reaps our own child and its threads, which we trace.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        for tid in tids {
+            libc::waitpid(tid, std::ptr::null_mut(), libc::__WALL);
+        }
+        libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+    }
+}
+
+/// `struct clone_args` of `clone3(2)`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `PTRACE_GETREGSET`/`SETREGSET` note type of the `xsave` area.
+const NT_X86_XSTATE: libc::c_int = 0x202;
+
+/// Makes the image's other threads in the stopped process `t` (whose own state is already
+/// restored): for each, a `clone3` run from `t` (with the thread's old id where this pid
+/// namespace allows it; else glibc's cached id is corrected through [`Header::tid_slot`]),
+/// traced from its first instruction ([`libc::PTRACE_O_TRACECLONE`]); then, in the new
+/// thread, its robust list, tid address, rseq area and alternate stack; then its registers,
+/// FPU state and signal mask. Returns the threads, held until the caller lets them go.
+fn make_threads(t: &Tracee, h: &Header) -> Result<Vec<i32>, CkptError> {
+    if h.threads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let opts = libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACECLONE;
+    // SAFETY: sets options on our stopped tracee.
+    if unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, t.pid, 0, opts as libc::c_ulong) } != 0 {
+        return Err(last_err("PTRACE_SETOPTIONS"));
+    }
+    MADE.with(|m| m.borrow_mut().clear());
+    for th in &h.threads {
+        make_thread(t, h, th)?;
+    }
+    Ok(MADE.with(|m| m.borrow().clone()))
+}
+
+/// One thread of [`make_threads`]; returns its id.
+fn make_thread(t: &Tracee, h: &Header, th: &bproc_image::Thread) -> Result<i32, CkptError> {
+    use bproc_image::reg;
+    let flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM) as u64;
+    let what = format!("making thread {}", th.tid);
+    let (mut tid, mut ns_tid) = (0, 0);
+    for want in [Some(th.tid), None] {
+        let tid_at = t.scratch + 256;
+        t.poke(tid_at, &(th.tid as u64).to_ne_bytes())?;
+        let args = CloneArgs {
+            flags,
+            set_tid: if want.is_some() { tid_at } else { 0 },
+            set_tid_size: u64::from(want.is_some()),
+            ..Default::default()
+        };
+        // SAFETY: CloneArgs is plain old data; viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&args as *const CloneArgs).cast::<u8>(),
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        t.poke(t.scratch, bytes)?;
+        let mut r = t.base;
+        r.rip = t.gadget;
+        r.rax = 435; // clone3
+        r.orig_rax = u64::MAX;
+        (r.rdi, r.rsi) = (t.scratch, bytes.len() as u64);
+        t.set_regs(&r)?;
+        // SAFETY: resumes our stopped tracee.
+        if unsafe { libc::ptrace(libc::PTRACE_CONT, t.pid, 0, 0) } != 0 {
+            return Err(last_err("PTRACE_CONT"));
+        }
+        let mut st = t.wait_status()?;
+        if st >> 16 == libc::PTRACE_EVENT_CLONE {
+            let mut msg: libc::c_ulong = 0;
+            // SAFETY: PTRACE_GETEVENTMSG writes one c_ulong into a local.
+            unsafe { libc::ptrace(libc::PTRACE_GETEVENTMSG, t.pid, 0, &mut msg as *mut _) };
+            tid = msg as i32;
+            // SAFETY: resumes our stopped tracee to the gadget's int3.
+            if unsafe { libc::ptrace(libc::PTRACE_CONT, t.pid, 0, 0) } != 0 {
+                return Err(last_err("PTRACE_CONT"));
+            }
+            st = t.wait_status()?;
+        }
+        if libc::WSTOPSIG(st) != libc::SIGTRAP {
+            return Err(CkptError::sys(
+                format!("{what}: stopped with signal {}", libc::WSTOPSIG(st)),
+                std::io::Error::from_raw_os_error(libc::EFAULT),
+            ));
+        }
+        if tid > 0 {
+            MADE.with(|m| m.borrow_mut().push(tid));
+        }
+        // Its id in the process's own pid namespace (`tid` is the one this tracer sees).
+        let rax = t.regs()?.rax as i64;
+        if rax > 0 && tid > 0 {
+            ns_tid = rax as i32;
+            break;
+        }
+        let e = std::io::Error::from_raw_os_error((-rax) as i32);
+        // Another id is fine (glibc's copy is corrected below); other failures are not.
+        if want.is_none() || !matches!(-rax as i32, libc::EPERM | libc::EEXIST | libc::EINVAL) {
+            return Err(CkptError::sys(what, e));
+        }
+    }
+    let new =
+        Tracee { pid: tid, base: t.base, gadget: t.gadget, scratch: t.scratch, table: t.table };
+    // Its first stop (SIGSTOP, or an event stop when seized).
+    new.wait_status()?;
+    let mut base = new.regs()?;
+    base.rsp = t.base.rsp;
+    let new = Tracee { base, ..new };
+    let mut b = Batch::default();
+    if th.robust_list.0 != 0 {
+        let args = [th.robust_list.0, th.robust_list.1, 0, 0, 0, 0];
+        b.push("set_robust_list", libc::SYS_set_robust_list, args);
+    }
+    if th.tid_address != 0 {
+        b.push("set_tid_address", libc::SYS_set_tid_address, [th.tid_address, 0, 0, 0, 0, 0]);
+    }
+    if th.rseq.0 != 0 {
+        let args = [th.rseq.0, u64::from(th.rseq.1), 0, u64::from(th.rseq.2), 0, 0];
+        b.push("rseq", libc::SYS_rseq, args);
+    }
+    let (ss_sp, ss_flags, ss_size) = th.altstack;
+    if ss_size > 0 && ss_flags & libc::SS_DISABLE == 0 {
+        let mut ss = Vec::with_capacity(24);
+        ss.extend_from_slice(&ss_sp.to_ne_bytes());
+        ss.extend_from_slice(&(ss_flags & !libc::SS_ONSTACK).to_ne_bytes());
+        ss.extend_from_slice(&0u32.to_ne_bytes());
+        ss.extend_from_slice(&ss_size.to_ne_bytes());
+        let full = || CkptError::Busy("the restore's data page overflowed".into());
+        let at = b.bytes(&new, &ss).ok_or_else(full)?;
+        b.push("sigaltstack", libc::SYS_sigaltstack, [at, 0, 0, 0, 0, 0]);
+    }
+    b.run(&new)?;
+    if ns_tid != th.tid && h.tid_slot != 0 {
+        // glibc's own copy of the thread's id, which pthread_kill and mutexes use.
+        new.poke(th.regs[reg::FS_BASE] + u64::from(h.tid_slot), &ns_tid.to_ne_bytes())?;
+    }
+    // Its registers, as they were when it was stopped for the dump; the segment selectors
+    // stay the kernel's.
+    let g = &th.regs;
+    let mut fin = new.regs()?;
+    (fin.r15, fin.r14, fin.r13, fin.r12, fin.rbp, fin.rbx) = (g[0], g[1], g[2], g[3], g[4], g[5]);
+    (fin.r11, fin.r10, fin.r9, fin.r8, fin.rax, fin.rcx) = (g[6], g[7], g[8], g[9], g[10], g[11]);
+    (fin.rdx, fin.rsi, fin.rdi) = (g[12], g[13], g[14]);
+    fin.orig_rax = u64::MAX;
+    fin.rip = g[reg::RIP];
+    fin.eflags = g[18];
+    fin.rsp = g[reg::RSP];
+    fin.fs_base = g[reg::FS_BASE];
+    fin.gs_base = g[22];
+    new.set_regs(&fin)?;
+    if th.xstate.len() >= 512 {
+        let mut iov = libc::iovec {
+            iov_base: th.xstate.as_ptr() as *mut libc::c_void,
+            iov_len: th.xstate.len(),
+        };
+        // SAFETY: PTRACE_SETREGSET reads `iov_len` bytes from a live buffer.
+        let r = unsafe {
+            libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut libc::iovec)
+        };
+        if r != 0 {
+            // The legacy area alone (x87 and SSE).
+            // SAFETY: PTRACE_SETFPREGS reads 512 bytes (user_fpregs_struct) from the buffer.
+            if unsafe { libc::ptrace(libc::PTRACE_SETFPREGS, tid, 0, th.xstate.as_ptr()) } != 0 {
+                return Err(last_err(format!("{what}: PTRACE_SETFPREGS")));
+            }
+        }
+    }
+    let mask = th.sigmask;
+    // SAFETY: PTRACE_SETSIGMASK reads an 8-byte mask from a valid pointer.
+    if unsafe { libc::ptrace(libc::PTRACE_SETSIGMASK, tid, 8, &mask as *const u64) } != 0 {
+        return Err(last_err(format!("{what}: PTRACE_SETSIGMASK")));
+    }
+    Ok(tid)
+}
+
+/// Whether `e`, from reopening a file, means this machine lacks it or denies it (rather than
+/// a failure of the restore itself).
+fn cannot_open(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOENT
+                | libc::EACCES
+                | libc::EPERM
+                | libc::ENOTDIR
+                | libc::ELOOP
+                | libc::ENXIO
+                | libc::ENODEV
+                | libc::EROFS
+                | libc::ETXTBSY
+                | libc::EISDIR
+                | libc::ENAMETOOLONG
+        )
+    )
 }
 
 /// Moves the vDSO and vvar pages, as a group keeping their offsets, to where the image had

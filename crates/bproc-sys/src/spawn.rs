@@ -604,6 +604,39 @@ pub fn inherited_socket_fd(fd: i32) -> Option<std::os::fd::OwnedFd> {
     Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
+/// [`signal_from`] run by a short-lived child of the calling thread: called from a thread
+/// that makes its children in `pid`'s pid namespace (a slave's spawner thread), the sender
+/// is then visible to `pid`, so the kernel keeps `sender` in `si_pid` (it clears it for a
+/// signal queued from an ancestor namespace). The child only makes the call and `_exit`s
+/// with its errno.
+pub fn signal_from_inside(pid: i32, signal: i32, sender: i32) -> nix::Result<()> {
+    // SAFETY: the child makes only async-signal-safe calls (rt_sigqueueinfo through
+    // signal_from, which allocates nothing, and _exit) before it exits.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(nix::Error::last());
+    }
+    if child == 0 {
+        let code = match signal_from(pid, signal, sender) {
+            Ok(()) => 0,
+            Err(e) => e as i32,
+        };
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(code) }
+    }
+    let mut status = 0;
+    // SAFETY: reaps the child just made.
+    while unsafe { libc::waitpid(child, &mut status, 0) } < 0 {
+        if nix::Error::last() != nix::Error::EINTR {
+            return Err(nix::Error::last());
+        }
+    }
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(()),
+        e => Err(nix::Error::from_raw(e)),
+    }
+}
+
 /// Sends `signal` to `pid` as coming from `sender` (a pid in the master's space, 0 for none):
 /// with `sender` the target's `siginfo` names it (`si_code` `SI_QUEUE`), as BProc delivered
 /// forwarded signals "as if from the original sender".

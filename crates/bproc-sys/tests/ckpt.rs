@@ -134,7 +134,10 @@ fn an_open_socket_is_refused_and_the_process_runs_on() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(3), "{stdout}");
     assert!(stdout.starts_with("refused: cannot move this process: fd "), "{stdout}");
-    assert!(stdout.contains("is a socket") && stdout.contains("(errno 16)"), "{stdout}");
+    assert!(
+        stdout.contains(": a connected Unix socket") && stdout.contains("(errno 16)"),
+        "{stdout}"
+    );
     assert_eq!(std::fs::metadata(&image).unwrap().len(), 0, "nothing written");
     std::fs::remove_dir_all(dir).unwrap();
 }

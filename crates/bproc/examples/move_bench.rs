@@ -1,7 +1,8 @@
-//! Times migration for `bench/move.sh`. `move_bench move NODE MIB RUNS`: with MIB MiB of
-//! data, moves to NODE and back RUNS times, printing `move_ms` for each move out (from the
-//! call until the process runs on the node) and `back_ms` for each return; the data is
-//! checked at the end. `move_bench vrfork MIB NODE...`: one vrfork to the nodes, printing
+//! Times migration for `bench/move.sh`. `move_bench move NODE MIB RUNS [THREADS]`: with MIB
+//! MiB of data (and THREADS more threads, each counting), moves to NODE and back RUNS times,
+//! printing `move_ms` for each move out (from the call until the process runs on the node)
+//! and `back_ms` for each return; the data, and that every thread still counts, are checked
+//! at the end. `move_bench vrfork MIB NODE...`: one vrfork to the nodes, printing
 //! `vrfork_ms` (until every child runs) once they have all exited 0.
 
 use std::time::Instant;
@@ -20,7 +21,18 @@ fn main() {
     let data: Vec<u8> = (0..mib << 20).map(|i| (i % 251) as u8).collect();
     match args.first().map(String::as_str) {
         Some("move") => {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            use std::sync::Arc;
             let node = num(1) as i32;
+            let counters: Vec<Arc<AtomicU64>> =
+                (0..num(4)).map(|_| Arc::new(AtomicU64::new(0))).collect();
+            for c in &counters {
+                let c = c.clone();
+                std::thread::spawn(move || loop {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                });
+            }
             for _ in 0..num(3) {
                 let t = Instant::now();
                 move_to(node, &IoList::Default).expect("move");
@@ -28,6 +40,11 @@ fn main() {
                 let t = Instant::now();
                 move_to(bproc::NODE_MASTER, &IoList::Default).expect("move back");
                 println!("back_ms {:.3}", t.elapsed().as_secs_f64() * 1e3);
+            }
+            let before: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            for (c, b) in counters.iter().zip(before) {
+                assert!(c.load(Ordering::Relaxed) > b, "a thread stopped counting");
             }
         }
         Some("vrfork") => {
@@ -46,7 +63,9 @@ fn main() {
             }
         }
         _ => {
-            eprintln!("usage: move_bench move NODE MIB RUNS | move_bench vrfork MIB NODE...");
+            eprintln!(
+                "usage: move_bench move NODE MIB RUNS [THREADS] | move_bench vrfork MIB NODE..."
+            );
             std::process::exit(2);
         }
     }

@@ -25,7 +25,23 @@ pub fn comm_of(path: &str) -> String {
 /// once and forks the others, so a ghost costs a fork of a small process. Each connects to
 /// the master itself and waits there for its process.
 pub fn spawn(program: &str, comm: &str, n: usize) -> std::io::Result<Vec<i32>> {
-    Ok(spawn_with(program, comm, n, None)?.into_iter().map(|(pid, _)| pid).collect())
+    Ok(spawn_with(program, comm, n, Io::None)?.into_iter().map(|(pid, _)| pid).collect())
+}
+
+/// [`spawn`] for ghosts that keep the caller's stdout and stderr: a process that moves back
+/// to the front end, into its ghost, then writes where the caller does (bpsh's ghosts).
+pub fn spawn_keeping_output(program: &str, comm: &str, n: usize) -> std::io::Result<Vec<i32>> {
+    Ok(spawn_with(program, comm, n, Io::Output)?.into_iter().map(|(pid, _)| pid).collect())
+}
+
+/// What a new ghost keeps of the caller's stdio.
+enum Io<'a> {
+    /// Nothing.
+    None,
+    /// Stdout and stderr.
+    Output,
+    /// Stdout and stderr, with a relay for connections presenting this token.
+    Relay(&'a [u8; 16]),
 }
 
 /// [`spawn`] for processes whose output their ghosts relay (moved or rforked ones): each
@@ -37,15 +53,14 @@ pub fn spawn_relays(
     n: usize,
     token: &[u8; 16],
 ) -> std::io::Result<Vec<(i32, u16)>> {
-    spawn_with(program, comm, n, Some(token))
+    spawn_with(program, comm, n, Io::Relay(token))
 }
 
-fn spawn_with(
-    program: &str,
-    comm: &str,
-    n: usize,
-    relay: Option<&[u8; 16]>,
-) -> std::io::Result<Vec<(i32, u16)>> {
+fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Result<Vec<(i32, u16)>> {
+    let relay = match io {
+        Io::Relay(t) => Some(t),
+        _ => None,
+    };
     use std::io::Read;
     if n == 0 {
         return Ok(Vec::new());
@@ -56,23 +71,29 @@ fn spawn_with(
     if let Some(grace) = std::env::var_os("BPROC_GRACE") {
         cmd.env("BPROC_GRACE", grace);
     }
-    if n == 1 && relay.is_none() {
+    if n == 1 && matches!(io, Io::None) {
         // One ghost is the child itself: its pid is known once it has exec'd, and the launch
         // need not wait for it to start up and say so.
         let ghost = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
         return Ok(vec![(ghost.id() as i32, 0)]);
     }
     cmd.env("BPROC_GHOST_COUNT", n.to_string());
-    match relay {
-        Some(token) => {
+    match io {
+        Io::Relay(_) | Io::Output => {
             use std::os::fd::AsFd;
             // The pipe for the ghosts' lines takes stdout's place, so the caller's stdout,
             // where the ghosts write their processes' output, goes in as their stdin.
-            let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
             let out = std::io::stdout().as_fd().try_clone_to_owned()?;
-            cmd.env("BPROC_GHOST_IO", hex).stdin(Stdio::from(out)).stderr(Stdio::inherit());
+            cmd.stdin(Stdio::from(out)).stderr(Stdio::inherit());
+            match relay {
+                Some(token) => {
+                    let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+                    cmd.env("BPROC_GHOST_IO", hex)
+                }
+                None => cmd.env("BPROC_GHOST_OUTPUT", "1"),
+            };
         }
-        None => {
+        Io::None => {
             cmd.stdin(Stdio::null()).stderr(Stdio::null());
         }
     }

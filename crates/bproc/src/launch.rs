@@ -2,9 +2,16 @@
 //! `bproc_rexec`): start a program on nodes, each remote process with a ghost on the front
 //! end, so the caller waits for, signals and sees it as a local child.
 //!
-//! The program runs from the node's own filesystem (as `bproc_rexec` does). By default its
-//! standard input, output and error are `/dev/null` there (bpsh is the launcher that forwards
-//! them); an explicit [`IoList`] gives it files on the node and TCP connections instead.
+//! The program runs from the node's own filesystem (as `bproc_rexec` does). By default (BProc's
+//! "weak" forwarding, spec §5.10) its standard output and error come back to the caller's own:
+//! the node connects them to the process's ghost, which writes them to the caller's stdout
+//! and stderr, each in order; stdin is `/dev/null`. An explicit [`IoList`] gives it files on
+//! the node and TCP connections instead.
+//!
+//! A diskless node has none of the front end's files: for a launch that includes one, the
+//! program, its interpreters and libraries are gathered by hash (`bproc-stage`, as bpsh does)
+//! into the spec, and the caller serves them (`conn::FETCH` connections) while the launch
+//! is under way; each node fetches what its cache lacks.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -30,7 +37,8 @@ pub struct Program {
 /// What a remote process's fds are (libbproc's `bproc_io_t` lists).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum IoList {
-    /// `/dev/null` as fds 0, 1 and 2.
+    /// `/dev/null` as stdin; stdout and stderr forwarded to the caller's (through the
+    /// ghost, which relays them).
     #[default]
     Default,
     /// These fds (at most 16, numbered 0 to 1023) and no others; an empty list leaves the
@@ -112,7 +120,7 @@ fn spec_of(p: &Program) -> ProcSpec {
         cwd: cwd.unwrap_or_else(|_| "/".into()),
         umask: current_umask(),
         io: match &p.io {
-            IoList::Default => vec![IoSpec::Null; 3],
+            IoList::Default => vec![IoSpec::Null, IoSpec::Forward, IoSpec::Forward],
             IoList::Exactly(_) => vec![IoSpec::Closed; 3],
         },
         fds: match &p.io {
@@ -159,20 +167,38 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
     let mut client = Client::connect()?;
     let place = client.place()?;
     let ghost = place.ghost;
-    let spec = spec_of(prog);
+    let mut spec = spec_of(prog);
+    let staged = stage_for_diskless(&mut client, nodes, &mut spec)?;
     fits(&spec)?;
     let comm = crate::ghost::comm_of(&spec.path);
-    let ghosts = match &ghost {
-        Some(g) => ghosts_for(g, &comm, nodes),
-        None => vec![0; nodes.len()],
+    let (ghosts, io_ports) = match &ghost {
+        Some(g) if spec.io.contains(&IoSpec::Forward) => {
+            relays_for(g, &comm, nodes, &spec.token).unwrap_or_else(|| {
+                // No relays: the ranks run with ghosts that do not relay, and no output.
+                spec.io = vec![IoSpec::Null; 3];
+                (ghosts_for(g, &comm, nodes), Vec::new())
+            })
+        }
+        Some(g) => (ghosts_for(g, &comm, nodes), Vec::new()),
+        None => {
+            // No ghosts (a launch from a node): nobody to relay to.
+            if spec.io.contains(&IoSpec::Forward) {
+                spec.io = vec![IoSpec::Null; 3];
+            }
+            (vec![0; nodes.len()], Vec::new())
+        }
     };
     let launch = Message::Launch {
         nodes: nodes.to_vec(),
         spec: spec.clone(),
         ghosts: ghosts.clone(),
-        io_ports: Vec::new(),
+        io_ports,
     };
-    let mut pids = match client.request(&launch) {
+    let reply = match &staged {
+        Some(files) => serve_files(files, &spec.token, || client.request(&launch)),
+        None => client.request(&launch),
+    };
+    let mut pids = match reply {
         Ok(Message::Launched { pids }) if pids.len() == nodes.len() => pids,
         other => {
             crate::ghost::discard(ghosts);
@@ -200,12 +226,127 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
     Ok(pids)
 }
 
+/// Files served to diskless nodes by hash, on a listener of their own.
+struct Staged {
+    listener: std::net::TcpListener,
+    files: std::collections::HashMap<[u8; 32], std::path::PathBuf>,
+}
+
+/// When one of `nodes` is diskless, gathers the program's files into `spec` and opens the
+/// listener nodes fetch them from (the spec's I/O port); `None` otherwise.
+fn stage_for_diskless(
+    client: &mut Client,
+    nodes: &[i32],
+    spec: &mut ProcSpec,
+) -> Result<Option<Staged>, BprocError> {
+    let table = client.nodes()?;
+    let diskless = table
+        .iter()
+        .any(|n| nodes.contains(&n.node) && n.info.as_ref().is_some_and(|i| i.diskless));
+    if !diskless {
+        return Ok(None);
+    }
+    let ld = std::env::var("LD_LIBRARY_PATH").ok();
+    let gathered =
+        bproc_stage::closure(std::path::Path::new(&spec.path), ld.as_deref()).map_err(|e| {
+            BprocError::Remote {
+                code: bproc_proto::errno::ENOENT,
+                message: format!("cannot stage {} for diskless nodes: {e}", spec.path),
+            }
+        })?;
+    let mut files = std::collections::HashMap::new();
+    for f in gathered {
+        spec.files.push(bproc_proto::StagedRef {
+            path: f.path.to_string_lossy().into_owned(),
+            mode: f.mode,
+            size: f.size,
+            hash: f.hash,
+        });
+        files.insert(f.hash, f.path);
+    }
+    let listener = std::net::TcpListener::bind("0.0.0.0:0")?;
+    spec.io_port = listener.local_addr()?.port();
+    Ok(Some(Staged { listener, files }))
+}
+
+/// Runs `request` while serving `staged` to the nodes that fetch a file (the launch header
+/// with `token` and `conn::FETCH`, then the file's hash; the answer is the size, u64
+/// big-endian, and the bytes), each on a thread of its own.
+fn serve_files<T>(staged: &Staged, token: &[u8; 16], request: impl FnOnce() -> T) -> T {
+    use bproc_proto::conn;
+    use std::io::{Read, Write};
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let _ = staged.listener.set_nonblocking(true);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((mut s, _)) = staged.listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    continue;
+                };
+                scope.spawn(move || {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                    let mut head = [0u8; conn::HEADER_LEN];
+                    let mut hash = [0u8; 32];
+                    if s.read_exact(&mut head).is_err() || s.read_exact(&mut hash).is_err() {
+                        return;
+                    }
+                    let (got, _, what) = conn::parse(&head);
+                    if got != *token || what != conn::FETCH {
+                        return;
+                    }
+                    let Some(mut f) =
+                        staged.files.get(&hash).and_then(|p| std::fs::File::open(p).ok())
+                    else {
+                        return;
+                    };
+                    let len = f.metadata().map_or(0, |m| m.len());
+                    if s.write_all(&len.to_be_bytes()).is_ok() {
+                        let _ = std::io::copy(&mut f, &mut s);
+                    }
+                });
+            }
+        });
+        let answer = request();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        answer
+    })
+}
+
 /// A ghost for each rank not on the front end (0 for the others, and for all when the ghost
 /// program fails: the ranks then run without ghosts).
 pub fn ghosts_for(program: &str, comm: &str, nodes: &[i32]) -> Vec<i32> {
     let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
     let mut made = crate::ghost::spawn(program, comm, remote).unwrap_or_default().into_iter();
     nodes.iter().map(|&n| if n == NODE_MASTER { 0 } else { made.next().unwrap_or(0) }).collect()
+}
+
+/// [`ghosts_for`], the ghosts keeping the caller's stdout and stderr (bpsh's: a process that
+/// moves back to the front end into its ghost writes there).
+pub fn ghosts_keeping_output(program: &str, comm: &str, nodes: &[i32]) -> Vec<i32> {
+    let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
+    let mut made =
+        crate::ghost::spawn_keeping_output(program, comm, remote).unwrap_or_default().into_iter();
+    nodes.iter().map(|&n| if n == NODE_MASTER { 0 } else { made.next().unwrap_or(0) }).collect()
+}
+
+/// Relaying ghosts for each rank not on the front end, with the ports the nodes connect the
+/// ranks' output to (0 for the others); `None` when the ghost program fails.
+fn relays_for(
+    program: &str,
+    comm: &str,
+    nodes: &[i32],
+    token: &[u8; 16],
+) -> Option<(Vec<i32>, Vec<u16>)> {
+    let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
+    let mut made = crate::ghost::spawn_relays(program, comm, remote, token).ok()?.into_iter();
+    Some(
+        nodes
+            .iter()
+            .map(|&n| if n == NODE_MASTER { (0, 0) } else { made.next().unwrap_or((0, 0)) })
+            .unzip(),
+    )
 }
 
 /// Rank `rank` on the front end: a plain child of the caller, with the caller's stdio or the
@@ -313,12 +454,19 @@ pub fn execmove(node: i32, prog: &Program) -> BprocError {
         let spec = spec_of(prog);
         fits(&spec)?;
         let me = std::process::id() as i32;
-        let launch = Message::Launch {
-            nodes: vec![node],
-            spec: spec.clone(),
-            ghosts: vec![me],
-            io_ports: Vec::new(),
+        // The caller becomes the ghost, which relays the output from this listener to the
+        // caller's own stdout and stderr.
+        let relay = if spec.io.contains(&IoSpec::Forward) {
+            Some(std::net::TcpListener::bind("0.0.0.0:0")?)
+        } else {
+            None
         };
+        let io_ports = match &relay {
+            Some(l) => vec![l.local_addr()?.port()],
+            None => Vec::new(),
+        };
+        let launch =
+            Message::Launch { nodes: vec![node], spec: spec.clone(), ghosts: vec![me], io_ports };
         let pid = match client.request(&launch)? {
             Message::Launched { pids } if pids.len() == 1 => pids[0],
             m => return Err(BprocError::Unexpected(m.name())),
@@ -326,11 +474,20 @@ pub fn execmove(node: i32, prog: &Program) -> BprocError {
         if pid <= 0 {
             return Err(BprocError::Remote { code: -pid, message: crate::strerror(-pid) });
         }
-        let err = Command::new(&ghost)
-            .arg0(format!("[{}]", crate::ghost::comm_of(&spec.path)))
+        let mut cmd = Command::new(&ghost);
+        cmd.arg0(format!("[{}]", crate::ghost::comm_of(&spec.path)))
             .env_clear()
-            .env("BPROC_SOCKET", crate::socket_path())
-            .exec();
+            .env("BPROC_SOCKET", crate::socket_path());
+        if let Some(l) = &relay {
+            use std::os::fd::AsRawFd;
+            nix::fcntl::fcntl(
+                l.as_raw_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .map_err(|e| BprocError::Io(e.into()))?;
+            cmd.env("BPROC_GHOST_IO", crate::migrate::relay_env(&spec.token, l.as_raw_fd()));
+        }
+        let err = cmd.exec();
         Err(BprocError::Io(err))
     };
     match run() {

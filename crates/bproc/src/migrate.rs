@@ -17,8 +17,14 @@
 //!   last output of the copy that left the node.
 //!
 //! The ghost's port and token live in this process's memory (a static), so they move with
-//! it. A process started by `bpsh` or `vexecmove` has its output connected to its launcher,
-//! which cannot follow it: after a move its stdout and stderr are `/dev/null`.
+//! it. A process started by `bpsh` or `vexecmove` has its output connected to its launcher:
+//! moved back to the front end (into its ghost, which keeps the launcher's stdout and
+//! stderr) it writes there again; moved on to another node, its stdout and stderr are
+//! `/dev/null` (the launcher's connections cannot follow it yet).
+//!
+//! What cannot travel stays behind, as in BProc (see [`bproc_sys::ckpt`]): fds that are not
+//! files on a disk are closed in the moved copy, shared memory becomes private, unless the
+//! caller asks for [`STRICT`]; every thread moves.
 //!
 //! An [`rfork`] or [`vrfork`] dumps the caller once into memory and serves that image to
 //! every node; each child is restored with its rank, and has a ghost (a child of the caller,
@@ -45,6 +51,10 @@ pub const DUMP_EXEC: i32 = 2;
 pub const DUMP_OTHER: i32 = 4;
 /// BProc's default: everything by content except the libraries on the list.
 pub const DUMP_DEFAULT: i32 = DUMP_EXEC | DUMP_OTHER;
+/// Refuse (`EBUSY`, with the reason) instead of closing the fds that cannot travel and making
+/// writable shared memory private, which is what a move, fork or dump does without it (as
+/// BProc did). `BPROC_MOVE_STRICT` in C.
+pub const STRICT: i32 = 0x100;
 
 /// The files mapped into this process that are on the master's library list (files every
 /// machine has at the same path, so an image names them instead of carrying them). Without
@@ -129,8 +139,11 @@ fn probe(mut sock: &TcpStream, libs: &[String]) -> Result<Vec<String>, BprocErro
 /// content ([`DUMP_LIBS`], [`DUMP_EXEC`], [`DUMP_OTHER`]); the rest is named by path and must
 /// be identical where the image is restored. Files on the master's library list are
 /// libraries; with no master, there are none. Returns [`Resumed::Dumped`] here and
-/// [`Resumed::Restored`] in each restored copy. Refuses with `EBUSY` (before writing anything)
-/// a process with several threads, sockets or pipes at fds 3 and up, or shared memory.
+/// [`Resumed::Restored`] in each restored copy. Fds 3 and up that cannot be opened again by
+/// path (pipes, sockets...) are closed in the copies, and writable shared memory becomes
+/// private, unless `flags` has [`STRICT`]. Every thread is dumped. Refuses with `EBUSY`
+/// (before writing anything, with the reason in the error) a process with a thread that does
+/// not stop for the dump, or under [`STRICT`] one holding such fds or memory.
 pub fn dump(out: BorrowedFd<'_>, flags: i32) -> Result<Resumed, BprocError> {
     let libs = mapped_libraries(None);
     dump_skipping(out, flags, &[out.as_raw_fd()], &libs, &[])
@@ -154,6 +167,7 @@ fn dump_skipping(
         by_ref: &by_ref,
         skip_fds: skip,
         mailbox: Some((at, MAILBOX_LEN as u32)),
+        strict: flags & STRICT != 0,
     };
     let resumed = bproc_sys::ckpt::checkpoint(out, &opts)?;
     if let Resumed::Restored(_) = resumed {
@@ -211,6 +225,7 @@ pub fn exec_dump(
         by_ref: &by_ref,
         skip_fds: &[out.as_raw_fd()],
         mailbox: None,
+        strict: flags & STRICT != 0,
     };
     Ok(bproc_sys::ckpt::exec_dump(out, &opts, &path, &argv, &envp)?)
 }
@@ -345,12 +360,20 @@ fn one_pid(reply: Result<Message, BprocError>) -> Result<i32, BprocError> {
 
 /// Moves the calling process to `node` (BProc's `bproc_move`; [`NODE_MASTER`] is the front
 /// end): returns `Ok` on the new node, as the same pid, with its memory, registers, signal
-/// handlers and regular open files. The process must be single-threaded and hold no sockets,
-/// pipes or shared memory beyond fds 0 to 2 (`EBUSY` otherwise, before anything moves).
+/// handlers and regular open files. What cannot travel is left behind as BProc left it: fds
+/// 3 and up that are not files on a disk are closed there (as are files the node lacks),
+/// and shared memory becomes private. Every thread moves with it. `EBUSY` (before anything
+/// moves, the error naming the cause) for a thread that does not stop for the dump.
 /// Moving to the node the process is on does nothing. On failure the process stays where it
 /// was. `io` gives its fds there (by default stdout and stderr go to the ghost, which writes
 /// them where the process's own went, and stdin is `/dev/null`).
 pub fn move_to(node: i32, io: &IoList) -> Result<(), BprocError> {
+    move_with(node, io, 0)
+}
+
+/// [`move_to`] with `flags`: [`STRICT`] refuses fds and memory that would not move
+/// unchanged, instead of leaving them behind.
+pub fn move_with(node: i32, io: &IoList, flags: i32) -> Result<(), BprocError> {
     io.check()?;
     let _ = std::io::stdout().flush();
     let mut client = Client::connect()?;
@@ -397,12 +420,17 @@ pub fn move_to(node: i32, io: &IoList) -> Result<(), BprocError> {
         set_relay(Some((port, token)));
     }
     let skip = [listener.as_raw_fd(), client.stream().as_raw_fd(), sock.as_raw_fd()];
-    let dumped = probe(&sock, &libs)
-        .and_then(|present| dump_skipping(sock.as_fd(), DUMP_DEFAULT, &skip, &libs, &present));
+    let dumped = probe(&sock, &libs).and_then(|present| {
+        dump_skipping(sock.as_fd(), DUMP_DEFAULT | (flags & STRICT), &skip, &libs, &present)
+    });
     if let Ok(Resumed::Restored(_)) = dumped {
         // On the new node: none of these fds exist here.
         std::mem::forget((sock, listener, client));
         return Ok(());
+    }
+    if let Err(BprocError::Migration(e @ bproc_sys::ckpt::CkptError::Busy(_))) = &dumped {
+        // Refused before a byte was written: the node's log says why.
+        let _ = (&sock).write_all(&conn::encode_refusal(&e.to_string()));
     }
     drop(sock);
     let result = one_pid(client.reply(id));
@@ -436,7 +464,7 @@ pub fn move_to(node: i32, io: &IoList) -> Result<(), BprocError> {
     }
 }
 
-fn relay_env(token: &[u8; 16], fd: RawFd) -> String {
+pub(crate) fn relay_env(token: &[u8; 16], fd: RawFd) -> String {
     let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
     format!("{hex}:{fd}")
 }
@@ -454,7 +482,12 @@ pub enum Forked {
 /// (a ghost's, so `waitpid` gives the child's exit status) or its negated error; 0 in the
 /// child.
 pub fn rfork(node: i32, io: &IoList) -> Result<i32, BprocError> {
-    match vrfork(&[node], io)? {
+    rfork_with(node, io, 0)
+}
+
+/// [`rfork`] with `flags` ([`STRICT`]).
+pub fn rfork_with(node: i32, io: &IoList, flags: i32) -> Result<i32, BprocError> {
+    match vrfork_with(&[node], io, flags)? {
         Forked::Parent(pids) => Ok(pids[0]),
         Forked::Child(_) => Ok(0),
     }
@@ -466,6 +499,11 @@ pub fn rfork(node: i32, io: &IoList) -> Result<i32, BprocError> {
 /// and the image is served to the nodes concurrently. Only the front end can vrfork (ghosts
 /// live there); a process on a node gets `ENOSYS`.
 pub fn vrfork(nodes: &[i32], io: &IoList) -> Result<Forked, BprocError> {
+    vrfork_with(nodes, io, 0)
+}
+
+/// [`vrfork`] with `flags` ([`STRICT`]).
+pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, BprocError> {
     io.check()?;
     if nodes.is_empty() {
         return Err(remote(errno::EINVAL, "vrfork needs at least one node"));
@@ -488,7 +526,7 @@ pub fn vrfork(nodes: &[i32], io: &IoList) -> Result<Forked, BprocError> {
     let listener = TcpListener::bind("0.0.0.0:0")?;
     let skip = [image.as_raw_fd(), listener.as_raw_fd(), client.stream().as_raw_fd()];
     let libs = mapped_libraries(Some(&mut client));
-    match dump_skipping(image.as_fd(), DUMP_DEFAULT, &skip, &libs, &[])? {
+    match dump_skipping(image.as_fd(), DUMP_DEFAULT | (flags & STRICT), &skip, &libs, &[])? {
         Resumed::Restored(v) => {
             std::mem::forget((image, listener, client));
             return Ok(Forked::Child((v - 1) as usize));

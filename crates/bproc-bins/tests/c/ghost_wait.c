@@ -8,6 +8,8 @@
  *   pid     the child writes its own pid ($$) to FILE and exits 0
  *   exec    a forked child calls bproc_execmove and becomes the ghost; exits 5
  *   down    vexecmove to NODE, which is down: prints the per-node code
+ *   stop    the child loops; the program sends its ghost SIGTSTP and prints the stop signal
+ *           waitpid(WUNTRACED) reports, then continues it and ends it with SIGTERM
  * Prints "pid P" (P > 0 is the ghost) as soon as the child runs (in wait mode then
  * "node N (pid Q: -1)": bproc_pidnode of the child and of itself), then how it ended. */
 #include <sys/bproc.h>
@@ -43,6 +45,8 @@ int main(int argc, char **argv) {
                  file, file);
     else if (!strcmp(mode, "pid"))
         snprintf(script, sizeof script, "echo $$ > %s", file);
+    else if (!strcmp(mode, "stop"))
+        snprintf(script, sizeof script, "while :; do sleep 0.05; done");
     else if (!strcmp(mode, "exec") || !strcmp(mode, "down"))
         snprintf(script, sizeof script, "exit 5");
     else {
@@ -74,6 +78,16 @@ int main(int argc, char **argv) {
         printf("node %d (pid %d: %d)\n", bproc_pidnode(pid), getpid(), bproc_pidnode(getpid()));
     fflush(stdout);
     int status;
+    if (!strcmp(mode, "stop")) {
+        kill(pid, SIGTSTP);
+        if (waitpid(pid, &status, WUNTRACED) != pid || !WIFSTOPPED(status)) {
+            printf("not stopped\n");
+            return 1;
+        }
+        printf("stopped %d\n", WSTOPSIG(status));
+        kill(pid, SIGCONT);
+        kill(pid, SIGTERM);
+    }
     if (waitpid(pid, &status, 0) != pid) {
         perror("waitpid");
         return 1;

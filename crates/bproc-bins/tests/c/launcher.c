@@ -1,6 +1,7 @@
 /* A BProc-era launcher, written from BProc 4.0's documentation: start a program on every up
  * node with bproc_vexecmove, each child finding its index in BPROC_RANK, then wait for all of
- * them. Build with cc launcher.c -lbproc. */
+ * them. With no I/O list the children's output comes to the launcher's stdout (BProc's weak
+ * forwarding). Build with cc launcher.c -lbproc. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -10,8 +11,11 @@
 int main(void) {
     struct bproc_node_set_t ns = BPROC_EMPTY_NODESET;
     int i, n, *nodes, *pids, status;
-    /* Each child exits with 10 + its rank ("1" keeps the zero-padded rank decimal). */
-    char *argv[] = {"sh", "-c", "exit $((1$BPROC_RANK - 10000000 + 10))", NULL};
+    /* Each child says its rank and exits with 10 + its rank ("1" keeps the zero-padded rank
+     * decimal). */
+    char *argv[] = {"sh", "-c",
+                    "r=$((1$BPROC_RANK - 10000000)); echo child of rank $r; exit $((r + 10))",
+                    NULL};
     char *envp[] = {"BPROC_RANK=XXXXXXX", "PATH=/bin:/usr/bin", NULL};
 
     if (bproc_nodespec(&ns, "allup") < 0) {

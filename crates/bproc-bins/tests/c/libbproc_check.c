@@ -88,7 +88,8 @@ int main(int argc, char **argv) {
     fail("chmod bad bits", bproc_chmod(3, 0777));
     printf("strerror %s / %s\n", bproc_strerror(BE_NODEDOWN), bproc_strerror(-ENOENT));
     fail("move -1", bproc_move(BPROC_NODE_MASTER));
-    /* The notifier's socket is still open: this process cannot move. */
+    /* The notifier's socket and thread move too (the socket closed on the node, as BProc
+     * closed what could not travel); from the node, rfork is not available. */
     fail("move 1", bproc_move(1));
     fail("rfork 1", bproc_rfork(1));
     return 0;

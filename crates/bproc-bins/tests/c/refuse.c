@@ -1,9 +1,10 @@
-/* A process that cannot move is refused with EBUSY and goes on where it was: first with a
- * second thread, then with an open socket. Without them it moves to node N, and exits 42
- * there. Usage: refuse N */
+/* A process that asks for BPROC_MOVE_STRICT is refused with EBUSY and goes on where it
+ * was: first with a pipe, then with an open socket. Without the flag it moves to node N with
+ * a second thread, the socket left behind, and exits 42 there. Usage: refuse N */
 #include <sys/bproc.h>
 #include <sys/socket.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,8 +18,8 @@ static void *idle(void *arg) {
     return NULL;
 }
 
-static int refused(const char *what, int node, pid_t pid) {
-    int r = bproc_move(node);
+static int refused(const char *what, int node, int flags, pid_t pid) {
+    int r = _bproc_move(node, flags);
     int e = errno;
     if (r == 0) {
         printf("%s: moved to node %d\n", what, bproc_currnode());
@@ -34,19 +35,23 @@ int main(int argc, char **argv) {
     if (argc != 2) return 2;
     int node = atoi(argv[1]);
     pid_t pid = getpid();
+    int p[2];
+    if (pipe(p) != 0) return 3;
+    int ok = refused("pipe", node, BPROC_MOVE_STRICT, pid);
+    close(p[0]);
+    close(p[1]);
     pthread_t t;
     if (pthread_create(&t, NULL, idle, NULL) != 0) return 3;
-    int ok = refused("thread", node, pid);
-    __atomic_store_n(&go, 1, __ATOMIC_SEQ_CST);
-    pthread_join(t, NULL);
     int s = socket(AF_INET, SOCK_STREAM, 0);
     if (s < 0) return 4;
-    ok &= refused("socket", node, pid);
-    close(s);
+    ok &= refused("socket", node, BPROC_MOVE_STRICT, pid);
     if (bproc_move(node) != 0) {
         printf("move failed: %s\n", bproc_strerror(errno));
         return 5;
     }
-    printf("moved to node %d as pid %s\n", bproc_currnode(), getpid() == pid ? "same" : "other");
+    printf("moved to node %d as pid %s, socket %s\n", bproc_currnode(),
+           getpid() == pid ? "same" : "other", fcntl(s, F_GETFD) < 0 ? "closed" : "open");
+    __atomic_store_n(&go, 1, __ATOMIC_SEQ_CST);
+    pthread_join(t, NULL);
     return ok ? 42 : 1;
 }

@@ -99,6 +99,11 @@ fn c_programs_wait_for_and_signal_remote_children() {
     assert_eq!(status(&run(&["1", "exit"])), "exited 42");
     assert_eq!(status(&run(&["2", "signal"])), "signaled 11 core 0");
     assert_eq!(status(&run(&["3", "exec"])), "exited 5");
+    // A ghost stopped by SIGTSTP stops with SIGTSTP, as a local child would.
+    assert_eq!(
+        run(&["1", "stop"]).lines().skip(1).collect::<Vec<_>>(),
+        ["stopped 20", "signaled 15 core 0"]
+    );
     // getpid() on the node is the ghost's pid.
     let file = dir.join("pid");
     let out = run(&["1", "pid", file.to_str().unwrap()]);
@@ -307,4 +312,124 @@ fn job_control_through_a_terminal() {
     });
     until(10, "bpsh to end", || ps(bpsh).is_none_or(|p| p.1 == 'Z').then_some(()));
     type_keys("exit\n");
+}
+
+/// The ghosts of this cluster (by the socket in their environment) still alive: pids.
+fn ghosts_of(c: &TestCluster) -> Vec<i32> {
+    let want = format!("BPROC_SOCKET={}", c.socket().display());
+    let ghost = bins().join("bpghost");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == ghost)
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_bytes()))
+                && ps(*pid).is_some_and(|p| p.1 != 'Z')
+        })
+        .collect()
+}
+
+/// `bpsh 1 sh -c 'while :; do sleep 0.2; done'`, its shell's ghost stopped for a second,
+/// continued, then Ctrl-C (SIGINT to bpsh's process group), twenty times: no ghost is left
+/// (before, a fork's ghost made while its parent's ghost was stopped could outlive
+/// everything).
+#[test]
+fn stop_continue_interrupt_leaves_no_ghosts() {
+    use std::os::unix::process::CommandExt;
+    if !require_root(
+        "remote processes take their ghost's pid only in a pid namespace of a root slave",
+    ) {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 2, "ghost-leak");
+    for trial in 0..20 {
+        let mut bpsh = Reaped(
+            Command::new(bins().join("bpsh"))
+                .args(["1", "sh", "-c", "while :; do sleep 0.2; done"])
+                .env("BPROC_SOCKET", c.socket())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap(),
+        );
+        let bp = bpsh.0.id() as i32;
+        let shell = until(10, "the shell's ghost", || {
+            ghosts_of(&c).into_iter().find(|g| ps(*g).is_some_and(|p| p.0 == bp))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        kill(Pid::from_raw(shell), Signal::SIGSTOP).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        kill(Pid::from_raw(shell), Signal::SIGCONT).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        nix::sys::signal::killpg(Pid::from_raw(bp), Signal::SIGINT).unwrap();
+        let t0 = Instant::now();
+        while bpsh.0.try_wait().unwrap().is_none() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "trial {trial}: bpsh did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let left = until(5, "every ghost to end", || {
+        let g = ghosts_of(&c);
+        g.is_empty().then_some(g)
+    });
+    assert!(left.is_empty());
+}
+
+/// Fifty forks of a shell on a node, each child ending at once (`/bin/true`), get fifty
+/// ghosts: the master's count of ghosts grows by 51 (the shell's own, and one per fork),
+/// seen through `bpstat --master-info`. The slave follows forks through the kernel's
+/// process events, filtered to its own processes, so none is too short to be seen.
+#[test]
+fn every_short_fork_gets_a_ghost() {
+    if !require_root("the kernel's process events need CAP_NET_ADMIN") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 2, "ghost-forks");
+    let made = || -> u64 {
+        let out = c.cmd("bpstat").arg("--master-info").ok();
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["ghosts_made"].as_u64().unwrap()
+    };
+    let before = made();
+    let script = "i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done";
+    c.cmd("bpsh").args(["1", "sh", "-c", script]).ok();
+    let t0 = Instant::now();
+    let mut after = made();
+    while after < before + 51 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        after = made();
+    }
+    assert_eq!(after - before, 51);
+}
+
+/// A signal sent to a ghost reaches its process on the node with the sender's pid (on the
+/// front end) in `si_pid` and `SI_QUEUE` in `si_code`, though the process runs in the
+/// slave's pid namespace (the slave queues it from inside).
+#[test]
+fn a_forwarded_signal_names_its_sender() {
+    if !require_root("remote processes run in a pid namespace of a root slave") {
+        return;
+    }
+    let Some((dir, prog)) = build_program("siginfo.c", "siginfo") else { return };
+    let c = TestCluster::up(&bins(), 2, "ghost-siginfo");
+    let mut job = c.cmd("bpsh").args(["1", prog.to_str().unwrap()]).spawn();
+    job.wait_line(20, "the program to be ready", |n, l| n == 1 && l == "ready");
+    let bpsh = job.pid();
+    let ghost = until(10, "the ghost", || {
+        std::fs::read_dir("/proc").ok()?.find_map(|e| {
+            let pid = e.ok()?.file_name().to_str()?.parse::<i32>().ok()?;
+            ps(pid).filter(|p| p.0 == bpsh && p.2.starts_with("[siginfo]")).map(|_| pid)
+        })
+    });
+    kill(Pid::from_raw(ghost), Signal::SIGUSR1).unwrap();
+    let st = job.finish(20);
+    assert!(st.success(), "{job:?}");
+    let me = std::process::id();
+    assert_eq!(
+        job.out.last().map(String::as_str),
+        Some(format!("si_pid {me} si_code -1").as_str())
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

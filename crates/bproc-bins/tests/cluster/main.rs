@@ -14,6 +14,7 @@ mod faults;
 mod ghosts;
 mod libs;
 mod manpages;
+mod migrate;
 mod mpi;
 mod nodes;
 mod nss;

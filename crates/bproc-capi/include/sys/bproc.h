@@ -53,7 +53,8 @@ int bproc_nodereconnect(int node, struct sockaddr *rem, int remsize, struct sock
                         int locsize);
 
 /* Process placement. The program runs from the node's filesystem. With no I/O list (iolen
- * -1) its stdio is /dev/null; an I/O list names each fd it gets (files opened on the node,
+ * -1) its stdout and stderr come to the caller's (relayed by its ghost, BProc's "weak"
+ * forwarding) and stdin is /dev/null; an I/O list names each fd it gets (files opened on the node,
  * TCP connections from it; 0.0.0.0 is the launcher's address) and it has no other (iolen 0:
  * none). Each remote process has a ghost on the front end: the caller itself for execmove
  * and rexec, a child of the caller for vexecmove, so wait() gives the remote exit status. */
@@ -77,9 +78,13 @@ int bproc_proclist(int node, struct bproc_proc_info_t **list);
  * which writes the process's stdout and stderr where the caller's went (stdin is /dev/null).
  * bproc_rfork forks a child on a node (pid in the parent, 0 in the child; a failure on the
  * node is returned as its negated error), bproc_vrfork one per node (n in the parent with
- * pids[], the child's index in each child). What cannot move gives EBUSY and the caller stays
- * where it was: several threads, sockets or pipes at fds 3 and up, shared memory. The flags
- * of the _bproc_* forms are accepted and ignored. rfork and vrfork work from the front end.
+ * pids[], the child's index in each child). As in BProc, fds 3 and up that cannot be opened
+ * again by path (pipes, sockets, event fds, epoll, FIFOs, terminals, deleted files, files the
+ * node lacks) are closed in the moved copy, and shared memory becomes private; the flag
+ * BPROC_MOVE_STRICT of the _bproc_* forms (and of bproc_dump) refuses them instead. Every
+ * thread moves with the process. What cannot move gives EBUSY and the caller stays where it
+ * was (a thread blocking signal 64, or what BPROC_MOVE_STRICT refused); bproc_lasterror()
+ * then says what, e.g. "fd 7: a connected TCP socket". rfork and vrfork work from the front end.
  *
  * Checkpoint: bproc_dump writes the caller to fd as a process image (flags: BPROC_DUMP_* say
  * what goes by content; the rest is named by path) and returns 0, or 1 in a copy restored
@@ -112,8 +117,10 @@ int bproc_libadd(const char *libname);
 int bproc_libdel(const char *libname);
 int bproc_liblist(char **list);
 
-/* Errors. */
+/* Errors. bproc_lasterror: the latest failure of the calling thread in words, with its
+ * cause (valid until its next failing call; "" before any). */
 const char *bproc_strerror(int err);
+const char *bproc_lasterror(void);
 
 #ifdef __cplusplus
 }

@@ -85,5 +85,7 @@ struct bproc_version_t {
 #define BPROC_DUMP_EXEC  2
 #define BPROC_DUMP_OTHER 4
 #define BPROC_DUMP_ALL   (BPROC_DUMP_LIBS | BPROC_DUMP_EXEC | BPROC_DUMP_OTHER)
+/* Refuse (EBUSY) what would not move unchanged, instead of closing it or making it private. */
+#define BPROC_MOVE_STRICT 0x100
 
 #endif

@@ -1,0 +1,320 @@
+//! The kernel's process events (netlink proc connector), filtered in the kernel to a set of
+//! processes: how a slave learns at once that one of its processes forked, exec'd or ended,
+//! with the exact exit status, however short the child's life.
+//!
+//! The connector sends every event of the machine to every listener. Unfiltered, a
+//! thousand slaves on one host (a virtual cluster) are each woken for every fork of every
+//! other: 16 ms a fork with 1024 listeners, against 0.4 ms with none (on a loaded 2-core
+//! machine). So each socket carries a classic BPF filter ([`Events::watch`]) that keeps only
+//! events whose process (for a fork: the parent) is in the watched set, a chain of
+//! comparisons the kernel runs before queueing anything: 1.6 ms a fork with 1024 filtered
+//! listeners, and nobody woken for another's processes.
+//!
+//! Subscribing needs `CAP_NET_ADMIN`; without it [`Events::open`] fails and the caller looks
+//! at `/proc` instead.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::libc;
+
+/// One process event of a watched process (host pids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcEvent {
+    /// `parent` made a new process (not a thread) `child`.
+    Fork {
+        /// The forking process (its thread group).
+        parent: i32,
+        /// The new process.
+        child: i32,
+    },
+    /// Process `pid` exec'd a new program.
+    Exec {
+        /// The process.
+        pid: i32,
+    },
+    /// Process `pid`, a child of `parent`, ended with wait status `status`.
+    Exit {
+        /// The process.
+        pid: i32,
+        /// Its parent when it ended.
+        parent: i32,
+        /// Its wait status (`WIFEXITED`...).
+        status: i32,
+    },
+}
+
+const CN_IDX_PROC: u32 = 1;
+const CN_VAL_PROC: u32 = 1;
+const PROC_CN_MCAST_LISTEN: u32 = 1;
+const PROC_EVENT_FORK: u32 = 0x1;
+const PROC_EVENT_EXEC: u32 = 0x2;
+const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+/// Bytes of `struct nlmsghdr`.
+const NLMSG_HDR: usize = 16;
+/// Bytes of `struct cn_msg` before its data.
+const CN_MSG_HDR: usize = 20;
+/// Where `struct proc_event`'s `event_data` starts (after `what`, `cpu`, `timestamp_ns`).
+const EVENT_DATA: usize = 16;
+/// Most processes a filter names (classic BPF programs have at most 4096 instructions, and
+/// each process takes four).
+pub const MAX_WATCHED: usize = 1000;
+
+/// A proc connector socket.
+#[derive(Debug)]
+pub struct Events {
+    fd: OwnedFd,
+}
+
+impl Events {
+    /// Subscribes to the process events, watching no process yet.
+    pub fn open() -> std::io::Result<Events> {
+        // SAFETY: socket(2) with constant arguments; the result is checked.
+        let fd = unsafe {
+            libc::socket(
+                libc::PF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::NETLINK_CONNECTOR,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        let events = Events { fd: unsafe { OwnedFd::from_raw_fd(fd) } };
+        events.watch(&[])?;
+        // SAFETY: all-zero is a valid sockaddr_nl; the fields are set below.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = CN_IDX_PROC;
+        // SAFETY: binds our socket to a valid sockaddr_nl of the given size.
+        let r = unsafe {
+            libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut msg = Vec::with_capacity(NLMSG_HDR + CN_MSG_HDR + 4);
+        let len = (NLMSG_HDR + CN_MSG_HDR + 4) as u32;
+        msg.extend_from_slice(&len.to_ne_bytes());
+        msg.extend_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
+        msg.extend_from_slice(&0u16.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&std::process::id().to_ne_bytes());
+        msg.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
+        msg.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // seq
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // ack
+        msg.extend_from_slice(&4u16.to_ne_bytes()); // len
+        msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
+        msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
+        // SAFETY: sends a buffer we own.
+        if unsafe { libc::send(fd, msg.as_ptr().cast(), msg.len(), 0) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(events)
+    }
+
+    /// Keeps only the events of `pids` (for a fork, of the parent; for an exit, of the
+    /// process or its parent): replaces the socket's filter. With more than [`MAX_WATCHED`]
+    /// pids, nothing passes.
+    pub fn watch(&self, pids: &[i32]) -> std::io::Result<()> {
+        let pids = if pids.len() > MAX_WATCHED { &[][..] } else { pids };
+        let mut prog = filter(pids);
+        let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+        // SAFETY: attaches a filter from a valid sock_fprog whose program outlives the call.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&fprog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits for the next datagram and returns the watched events in it (none for other
+    /// messages, such as the subscription's answer). `ENOBUFS` means events were lost.
+    pub fn next(&self) -> std::io::Result<Vec<ProcEvent>> {
+        let mut buf = [0u8; 4096];
+        // SAFETY: receives into a local buffer of the given size.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(parse(&buf[..n as usize]))
+    }
+}
+
+/// The filter keeping the events of `pids`: an event whose process (for a fork, the
+/// forking parent) is one of them, and an exit whose parent is one of them (a child that ends
+/// before it is watched itself). Loads are big-endian; the kernel wrote host order, so each
+/// pid is compared byte-swapped. Each comparison falls into a jump to the accept when equal.
+fn filter(pids: &[i32]) -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JA: u16 = 0x05; // BPF_JMP | BPF_JA
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let event = (NLMSG_HDR + CN_MSG_HDR) as u32;
+    let data = event + EVENT_DATA as u32;
+    let swap = |v: u32| u32::from_be_bytes(v.to_ne_bytes());
+    let mut prog = Vec::with_capacity(4 * pids.len() + 8);
+    // Jumps to resolve: (index of a JA, true for the accept, false for the drop).
+    let mut jumps: Vec<(usize, bool)> = Vec::new();
+    let members = |prog: &mut Vec<libc::sock_filter>, jumps: &mut Vec<(usize, bool)>, at: u32| {
+        prog.push(ins(LD_W_ABS, 0, 0, at));
+        for pid in pids {
+            prog.push(ins(JEQ_K, 0, 1, swap(*pid as u32)));
+            jumps.push((prog.len(), true));
+            prog.push(ins(JA, 0, 0, 0));
+        }
+    };
+    // The process (exec, exit) or the forking parent: the second u32 of the data.
+    members(&mut prog, &mut jumps, data + 4);
+    // An exit's parent (its fifth and sixth u32: parent pid and tgid).
+    prog.push(ins(LD_W_ABS, 0, 0, event));
+    prog.push(ins(JEQ_K, 1, 0, swap(PROC_EVENT_EXIT)));
+    jumps.push((prog.len(), false));
+    prog.push(ins(JA, 0, 0, 0));
+    members(&mut prog, &mut jumps, data + 20);
+    let drop = prog.len();
+    prog.push(ins(RET_K, 0, 0, 0));
+    let accept = prog.len();
+    prog.push(ins(RET_K, 0, 0, 0xffff));
+    for (at, to_accept) in jumps {
+        let target = if to_accept { accept } else { drop };
+        prog[at].k = (target - at - 1) as u32;
+    }
+    prog
+}
+
+/// The events in a datagram of netlink messages.
+fn parse(mut b: &[u8]) -> Vec<ProcEvent> {
+    let u32_at = |b: &[u8], i: usize| {
+        b.get(i..i + 4).map(|v| u32::from_ne_bytes(v.try_into().expect("4 bytes")))
+    };
+    let mut out = Vec::new();
+    while let Some(len) = u32_at(b, 0) {
+        let len = len as usize;
+        if len < NLMSG_HDR || len > b.len() {
+            break;
+        }
+        let msg = &b[..len];
+        let ev = NLMSG_HDR + CN_MSG_HDR;
+        let data = ev + EVENT_DATA;
+        let field = |i: usize| u32_at(msg, data + 4 * i).map(|v| v as i32);
+        let what = u32_at(msg, ev);
+        let event = match what {
+            Some(PROC_EVENT_FORK) => match (field(1), field(2), field(3)) {
+                // A new thread shares its parent's thread group: not a process.
+                (Some(parent), Some(pid), Some(tgid)) if pid == tgid => {
+                    Some(ProcEvent::Fork { parent, child: pid })
+                }
+                _ => None,
+            },
+            Some(PROC_EVENT_EXEC) => field(1).map(|pid| ProcEvent::Exec { pid }),
+            Some(PROC_EVENT_EXIT) => match (field(0), field(1), field(2), field(5)) {
+                // The thread group's leader ends last: the process ends with it.
+                (Some(pid), Some(tgid), Some(status), Some(parent)) if pid == tgid => {
+                    Some(ProcEvent::Exit { pid, parent, status })
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        out.extend(event);
+        let step = (len + 3) & !3;
+        if step >= b.len() {
+            break;
+        }
+        b = &b[step..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(what: u32, fields: [u32; 4]) -> Vec<u8> {
+        let len = NLMSG_HDR + CN_MSG_HDR + EVENT_DATA + 24;
+        let mut m = vec![0u8; len];
+        m[..4].copy_from_slice(&(len as u32).to_ne_bytes());
+        let ev = NLMSG_HDR + CN_MSG_HDR;
+        m[ev..ev + 4].copy_from_slice(&what.to_ne_bytes());
+        for (i, f) in fields.iter().enumerate() {
+            let at = ev + EVENT_DATA + 4 * i;
+            m[at..at + 4].copy_from_slice(&f.to_ne_bytes());
+        }
+        m
+    }
+
+    #[test]
+    fn events_parse_and_threads_are_left_out() {
+        let mut b = msg(PROC_EVENT_FORK, [10, 10, 11, 11]);
+        b.extend(msg(PROC_EVENT_FORK, [10, 10, 12, 10]));
+        let mut exit = msg(PROC_EVENT_EXIT, [11, 11, 3 << 8, 17]);
+        let at = NLMSG_HDR + CN_MSG_HDR + EVENT_DATA + 20;
+        exit[at..at + 4].copy_from_slice(&10u32.to_ne_bytes());
+        b.extend(exit);
+        b.extend(msg(PROC_EVENT_EXEC, [11, 11, 0, 0]));
+        assert_eq!(
+            parse(&b),
+            [
+                ProcEvent::Fork { parent: 10, child: 11 },
+                ProcEvent::Exit { pid: 11, parent: 10, status: 3 << 8 },
+                ProcEvent::Exec { pid: 11 },
+            ]
+        );
+    }
+
+    /// Runs classic BPF `prog` on `pkt` (the few instructions the filter uses).
+    fn run(prog: &[libc::sock_filter], pkt: &[u8]) -> u32 {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let i = prog[pc];
+            match i.code {
+                0x20 => {
+                    let k = i.k as usize;
+                    a = u32::from_be_bytes(pkt[k..k + 4].try_into().unwrap());
+                    pc += 1;
+                }
+                0x15 => pc += 1 + if a == i.k { i.jt as usize } else { i.jf as usize },
+                0x05 => pc += 1 + i.k as usize,
+                0x06 => return i.k,
+                c => panic!("unexpected instruction {c:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_filter_keeps_watched_processes_and_their_exiting_children() {
+        let pids: Vec<i32> = (100..400).collect();
+        let prog = filter(&pids);
+        assert!(prog.len() <= 4096);
+        let keep = |m: Vec<u8>| run(&prog, &m) != 0;
+        assert!(keep(msg(PROC_EVENT_FORK, [250, 250, 900, 900])), "a watched parent forks");
+        assert!(!keep(msg(PROC_EVENT_FORK, [900, 900, 901, 901])), "another's fork");
+        assert!(keep(msg(PROC_EVENT_EXEC, [399, 399, 0, 0])), "a watched exec");
+        assert!(!keep(msg(PROC_EVENT_EXEC, [400, 400, 0, 0])), "another's exec");
+        let exit = |pid: u32, parent: u32| {
+            let mut m = msg(PROC_EVENT_EXIT, [pid, pid, 0, 0]);
+            let at = NLMSG_HDR + CN_MSG_HDR + EVENT_DATA + 20;
+            m[at..at + 4].copy_from_slice(&parent.to_ne_bytes());
+            m
+        };
+        assert!(keep(exit(100, 1)), "a watched exit");
+        assert!(keep(exit(900, 300)), "the exit of a watched process's child");
+        assert!(!keep(exit(900, 901)), "another's exit");
+        assert!(!keep(msg(PROC_EVENT_FORK, [5, 5, 6, 6])) && filter(&[]).len() == 7);
+    }
+}
