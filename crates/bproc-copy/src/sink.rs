@@ -111,6 +111,13 @@ impl InBuf<'_> {
             }
         }
     }
+    /// Fills `dst`: first from what is buffered, then straight from the input.
+    fn read_exact(&mut self, dst: &mut [u8]) -> io::Result<()> {
+        let have = self.avail().len().min(dst.len());
+        dst[..have].copy_from_slice(&self.buf[self.start..self.start + have]);
+        self.start += have;
+        self.r.read_exact(&mut dst[have..])
+    }
     fn decode<T>(&mut self, f: fn(&[u8]) -> Decoded<T>) -> io::Result<T> {
         loop {
             match f(self.avail()) {
@@ -159,6 +166,7 @@ fn receive_with(
         progress,
         unnamed,
         swept: HashSet::new(),
+        block: None,
     };
     let mut inb = InBuf { r: input, buf: vec![0u8; CHUNK], start: 0, end: 0 };
     if let Err(e) = rx.run(&mut inb) {
@@ -188,7 +196,14 @@ struct Receiver<'a> {
     unnamed: bool,
     /// Directories already swept of stale named temporaries.
     swept: HashSet<PathBuf>,
+    /// Where file data is gathered into whole blocks before it is written.
+    block: Option<Vec<u8>>,
 }
+
+/// File data is written in blocks of this size, at offsets that are multiples of it: a
+/// write that fills whole pages (huge ones too) spares the file system zeroing the rest of
+/// each page first, which cost more than the copy itself into a tmpfs.
+const BLOCK: usize = 2 << 20;
 
 /// Deepest directory nesting accepted.
 const MAX_DEPTH: usize = 1024;
@@ -344,7 +359,7 @@ impl Receiver<'_> {
         times: Times,
         size: u64,
     ) -> io::Result<()> {
-        let mut out = dest.and_then(|p| match self.create(&p) {
+        let mut out = dest.and_then(|p| match self.create(&p, size) {
             Ok(w) => Some(w),
             Err(msg) => {
                 self.report.errors.push(msg);
@@ -354,12 +369,10 @@ impl Receiver<'_> {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut left = size;
         let result = (|| -> io::Result<()> {
+            let block = self.block.get_or_insert_with(|| vec![0u8; BLOCK]);
             while left > 0 {
-                if inb.avail().is_empty() && !inb.fill()? {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                let take = (inb.avail().len() as u64).min(left) as usize;
-                let chunk = &inb.buf[inb.start..inb.start + take];
+                let chunk = &mut block[..left.min(BLOCK as u64) as usize];
+                inb.read_exact(chunk)?;
                 hasher.update(chunk);
                 if let Some(w) = &mut out {
                     if let Err(e) = w.file.write_all(chunk) {
@@ -367,9 +380,8 @@ impl Receiver<'_> {
                         out.take().expect("checked above").discard();
                     }
                 }
-                inb.start += take;
-                left -= take as u64;
-                self.progress.advance(take as u64);
+                left -= chunk.len() as u64;
+                self.progress.advance(chunk.len() as u64);
             }
             Ok(())
         })();
@@ -422,7 +434,7 @@ impl Receiver<'_> {
 
     /// Opens what a file's data is written to: a new file that will become `dest` (or the
     /// file a symbolic link at `dest` names), or a FIFO or device there, in place.
-    fn create(&mut self, dest: &Path) -> Result<Pending, String> {
+    fn create(&mut self, dest: &Path, size: u64) -> Result<Pending, String> {
         let fail = |e: io::Error| rcp_error(&show(dest), &e);
         let (real, existing) = match std::fs::symlink_metadata(dest) {
             Ok(m) if m.file_type().is_symlink() => follow(dest).map_err(fail)?,
@@ -441,6 +453,10 @@ impl Receiver<'_> {
             _ => {
                 let keep_mode = existing.filter(Metadata::is_file).map(|m| m.mode() & 0o7777);
                 let (file, tmp) = self.new_file(&real).map_err(fail)?;
+                // Sized before it is written: a tmpfs mounted `huge=within_size` then backs
+                // it with huge pages from the first write (written up to its end, a piece at a
+                // time, it would get small ones, at half the speed).
+                file.set_len(size).map_err(fail)?;
                 Ok(Pending { file, shown, place: Place::Replace { dest: real, tmp, keep_mode } })
             }
         }

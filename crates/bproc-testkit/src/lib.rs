@@ -14,6 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -149,7 +150,12 @@ impl TestCluster {
         if let Ok(p) = std::env::join_paths(dirs) {
             c.env("PATH", p);
         }
-        TestCommand { cmd: c, logs: Some(self.cluster.dir().join("log")), input: None }
+        TestCommand {
+            cmd: c,
+            logs: Some(self.cluster.dir().join("log")),
+            input: None,
+            timeout: COMMAND_TIMEOUT,
+        }
     }
 
     /// Waits (on change notifications) until `done` holds, panicking with logs after `secs`.
@@ -191,18 +197,29 @@ impl Drop for TestCluster {
     }
 }
 
+/// How long a [`TestCommand`] may run unless told otherwise: a hung tool fails its test
+/// instead of hanging the whole run.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A command under test; failures report the command line, status, output and daemon logs.
+/// It runs in a process group of its own, killed whole when it outlives its timeout.
 #[derive(Debug)]
 pub struct TestCommand {
     cmd: Command,
     logs: Option<PathBuf>,
     input: Option<Vec<u8>>,
+    timeout: Duration,
 }
 
 impl TestCommand {
     /// Any program, not tied to a cluster.
     pub fn new(prog: impl AsRef<OsStr>) -> TestCommand {
-        TestCommand { cmd: Command::new(prog), logs: None, input: None }
+        TestCommand { cmd: Command::new(prog), logs: None, input: None, timeout: COMMAND_TIMEOUT }
+    }
+    /// Sets how long it may run ([`COMMAND_TIMEOUT`] by default).
+    pub fn timeout(mut self, secs: u64) -> Self {
+        self.timeout = Duration::from_secs(secs);
+        self
     }
     /// Adds an argument.
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
@@ -250,10 +267,11 @@ impl TestCommand {
         s
     }
 
-    /// Runs to completion.
+    /// Runs to completion, or panics once it has run for its timeout (after killing its
+    /// process group, so nothing it started keeps its output pipes open).
     pub fn output(&mut self) -> Output {
         self.cmd.stdin(if self.input.is_some() { Stdio::piped() } else { Stdio::null() });
-        self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         let mut child =
             self.cmd.spawn().unwrap_or_else(|e| panic!("cannot run {:?}: {e}", self.cmd));
         if let Some(data) = self.input.take() {
@@ -263,7 +281,22 @@ impl TestCommand {
                 let _ = stdin.write_all(&data);
             });
         }
-        child.wait_with_output().expect("wait for command")
+        let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let timeout = self.timeout;
+        let watchdog = std::thread::spawn(move || {
+            let late = matches!(finished.recv_timeout(timeout), Err(RecvTimeoutError::Timeout));
+            if late {
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            }
+            late
+        });
+        let out = child.wait_with_output().expect("wait for command");
+        drop(done);
+        if watchdog.join().unwrap_or(false) {
+            panic!("timed out after {} s\n{}", timeout.as_secs(), self.describe(&out));
+        }
+        out
     }
 
     /// Runs without judging the outcome.
@@ -412,5 +445,22 @@ pub fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         }
         assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "timed out after 1 s")]
+    fn a_hung_command_fails_within_its_timeout_with_what_it_started() {
+        // The background sleep keeps the output pipes open: only the group kill ends it.
+        TestCommand::new("sh").args(["-c", "sleep 60 & sleep 60"]).timeout(1).output();
+    }
+
+    #[test]
+    fn a_command_within_its_timeout_runs_to_its_end() {
+        assert_eq!(TestCommand::new("echo").arg("hi").timeout(60).ok(), "hi\n");
     }
 }
