@@ -6,7 +6,7 @@
 #     streams plus the master daemon's orders), against the file size;
 #  3. a 100 MiB broadcast to 64 nodes against `pdcp -R ssh` and `clush --copy` to the same
 #     number of ssh "nodes" (the project's loopback-only sshd, ../shared/bench/peers-setup.sh).
-# Prints markdown tables of medians and ratios.
+# Prints markdown tables: hyperfine medians (min–max), ratios, and the targets with whether they hold.
 #
 #   bench/bpcp.sh                    # everything
 #   RUNS=3 PEERS=0 bench/bpcp.sh     # skip the ssh peers
@@ -36,15 +36,18 @@ cleanup() {
 trap cleanup EXIT
 export BPROC_SOCKET=$DIR/c/master.sock
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-now_ns() { date +%s%N; }
-time_s() { # command... -> seconds
-    local t0 t1
-    t0=$(now_ns)
-    "$@" >/dev/null
-    t1=$(now_ns)
-    awk -v ns=$((t1 - t0)) 'BEGIN {printf "%.3f\n", ns/1e9}'
+if ! command -v hyperfine >/dev/null; then
+    [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null
+fi
+# hf RUNS [hyperfine options] CMD... -> "median min max" in seconds, a line per command
+hf() {
+    local runs=$1
+    shift
+    hyperfine --style none --warmup 1 --runs "$runs" --export-json "$DIR/hf.json" "$@" >/dev/null 2>"$DIR/hf.err" ||
+        { cat "$DIR/hf.err" >&2; exit 1; }
+    python3 bench/lib/hf.py "$DIR/hf.json" | awk '{printf "%.3f %.3f %.3f\n", $1 / 1000, $2 / 1000, $3 / 1000}'
 }
+holds() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == "<=") ? v <= t : v >= t; print ok ? "yes" : "**no**"}'; }
 up() { "$B/bpcluster" up -n "$1" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }; }
 down() { "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true; }
 master_sent() { "$B/bpstat" --master-info | python3 -c "import json,sys; print(json.load(sys.stdin)['bytes_to_slaves'])"; }
@@ -60,17 +63,20 @@ mkdir -p "$FLOOR"
 mount -t tmpfs -o huge=within_size,size=4g tmpfs "$FLOOR" 2>/dev/null || mount -t tmpfs -o size=4g tmpfs "$FLOOR"
 up 2
 "$B/bpcp" "$SRC" 0:/tmp/big # warm up: the node's cache of huge pages, the page cache of SRC
-cp_t=$(for _ in $(seq "$RUNS"); do rm -f "$FLOOR/big"; time_s cp "$SRC" "$FLOOR/big"; done | median)
-bpcp_t=$(for _ in $(seq "$RUNS"); do time_s "$B/bpcp" "$SRC" 0:/tmp/big; done | median)
+# bpcp, then cp into an emptied tmpfs, alternating; whole processes, no shell.
+read -r bpcp_t bpcp_min bpcp_max cp_t _ <<<"$(hf "$RUNS" -N --prepare true --prepare "rm -f $FLOOR/big" \
+    "$B/bpcp $SRC 0:/tmp/big" "cp $SRC $FLOOR/big" | tr '\n' ' ')"
 [ "$("$B/bpsh" 0 cksum </dev/null /tmp/big | cut -d' ' -f1,2)" = "$(cksum <"$SRC")" ] ||
     { echo "bpcp.sh: node 0's copy differs" >&2; exit 1; }
 down
 umount "$FLOOR"
 gbs() { awk -v s="$1" 'BEGIN {printf "%.2f", 1.073741824/s}'; }
-echo "| 1 GiB to one node | median (s) | GB/s | baseline: local cp into tmpfs (s) | ratio |"
-echo "|---|---:|---:|---:|---:|"
-printf "| bpcp FILE 0:/tmp/big | %s | %s | %s (%s GB/s) | %.2f |\n" "$bpcp_t" "$(gbs "$bpcp_t")" "$cp_t" "$(gbs "$cp_t")" \
-    "$(awk -v a="$bpcp_t" -v b="$cp_t" 'BEGIN {print a/b}')"
+ratio=$(awk -v a="$bpcp_t" -v b="$cp_t" 'BEGIN {printf "%.2f", a/b}')
+echo "| 1 GiB to one node | median (s) | min–max | GB/s | baseline: local cp into tmpfs (s) | ratio | target | holds |"
+echo "|---|---:|---:|---:|---:|---:|---|---|"
+printf "| bpcp FILE 0:/tmp/big | %s | %s–%s | %s | %s (%s GB/s) | %s | ≥ 2 GB/s, ratio ≤ 1.5 | %s, %s |\n" \
+    "$bpcp_t" "$bpcp_min" "$bpcp_max" "$(gbs "$bpcp_t")" "$cp_t" "$(gbs "$cp_t")" "$ratio" \
+    "$(holds "$(gbs "$bpcp_t")" ">=" 2)" "$(holds "$ratio" "<=" 1.5)"
 echo
 
 # 2. Bytes the front end sends for a broadcast, and 3. the time of a 100 MiB broadcast.
@@ -89,23 +95,24 @@ for n in 8 32 64; do
     done
 done
 echo
-bc_t=$(for _ in $(seq "$RUNS"); do time_s "$B/bpcp" "$SRC.100" all:/tmp/copy.bin; done | median)
+read -r bc_t _ <<<"$(hf "$RUNS" -N "$B/bpcp $SRC.100 all:/tmp/copy.bin")"
 want=$(cksum <"$SRC.100")
 "$B/bpsh" -a -n sh -c 'cksum </tmp/copy.bin' | grep -vqxF "$want" &&
     { echo "bpcp.sh: a node's copy differs" >&2; exit 1; }
 down
 
-echo "| 100 MiB to 64 nodes | median (s) | ratio to bpcp |"
-echo "|---|---:|---:|"
-printf "| bpcp FILE all:/tmp/copy.bin (chain) | %s | 1 |\n" "$bc_t"
+echo "| 100 MiB to 64 nodes | median (s) | ratio to bpcp | target |"
+echo "|---|---:|---:|---|"
+printf "| bpcp FILE all:/tmp/copy.bin (chain) | %s | 1 | |\n" "$bc_t"
 if [ "$PEERS" = 1 ]; then
     CFG_COPY=$STATE/ssh_config_copy
     [ -f "$CFG_COPY" ] || CFG_COPY=$STATE/ssh_config
     list=$(seq -s, -f "127.0.1.%g" 1 64)
     peer() { # name command -> median s, with the destinations emptied before each run
-        local t
-        t=$(for _ in $(seq "$RUNS"); do rm -rf "$STATE"/dst/*; time_s sh -c "$2 2>/dev/null"; done | median)
-        printf "| %s | %s | %.1f |\n" "$1" "$t" "$(awk -v a="$t" -v b="$bc_t" 'BEGIN {print a/b}')"
+        local t r
+        read -r t _ <<<"$(hf "$RUNS" --shell sh --prepare "rm -rf $STATE/dst/*" "$2 2>/dev/null")"
+        r=$(awk -v a="$t" -v b="$bc_t" 'BEGIN {printf "%.1f", a/b}')
+        printf "| %s | %s | %s | bpcp ≥ 15× faster (held): %s |\n" "$1" "$t" "$r" "$(holds "$r" ">=" 15)"
     }
     peer "pdcp -R ssh -f 64" "PDSH_SSH_ARGS_APPEND='-F $CFG_COPY' pdcp -R ssh -f 64 -w $list $SRC.100 copy.bin"
     peer "clush --copy" "clush -o '-F $CFG_COPY' -w $list --copy $SRC.100 --dest copy.bin"

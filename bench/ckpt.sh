@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-7}
-cargo build --release --quiet -p bproc-sys --examples
+cargo build --release --quiet -p bproc-ckpt --examples
 B=$PWD/target/release/examples
 DIR=$(mktemp -d /var/tmp/bproc-ckpt-bench.XXXXXX)
 trap 'rm -rf "$DIR"' EXIT

@@ -421,7 +421,7 @@ fn take_back(
         s.read_exact(&mut head)?;
         let mut body = vec![0u8; conn::probe_len(head).map_err(bad)?];
         s.read_exact(&mut body)?;
-        let here = |f: &conn::FileId| bproc_sys::restore::same_file(&f.path, f.size, f.mtime);
+        let here = |f: &conn::FileId| bproc_ckpt::restore::same_file(&f.path, f.size, f.mtime);
         s.write_all(&conn::answer(&body, here).map_err(bad)?)?;
         Ok(s)
     });
@@ -438,10 +438,10 @@ fn take_back(
     // The process finds the master's socket where it is now.
     let socket = std::env::var_os("BPROC_SOCKET").unwrap_or_else(|| DEFAULT_SOCKET.into());
     let note = socket.as_bytes().to_vec();
-    let e = bproc_sys::restore::restore_in_place(reader, 1, Some(&note), &mut || {
+    let e = bproc_ckpt::restore::restore_in_place(reader, 1, Some(&note), &mut || {
         let ok = bproc_proto::encode(0, &Message::GhostRestored { code: 0 });
         ctl.write_all(&ok)
-            .map_err(|e| bproc_sys::ckpt::CkptError::Busy(format!("the master went away: {e}")))?;
+            .map_err(|e| bproc_ckpt::CkptError::Busy(format!("the master went away: {e}")))?;
         if let Some(r) = relay {
             r.drain(DRAIN);
         }

@@ -568,7 +568,7 @@ impl Procs {
     async fn restore(
         &self,
         image: Image,
-        spec: bproc_sys::restore::RestoreSpec,
+        spec: bproc_ckpt::restore::RestoreSpec,
     ) -> std::io::Result<i32> {
         let procs = self.clone();
         let job = move || {
@@ -576,11 +576,11 @@ impl Procs {
                 Image::Stream(s) => {
                     let mut reader = std::io::BufReader::with_capacity(1 << 20, s);
                     match refusal(&mut reader) {
-                        Some(why) => Err(bproc_sys::ckpt::CkptError::Busy(why)),
-                        None => bproc_sys::restore::restore_noting(reader, spec),
+                        Some(why) => Err(bproc_ckpt::CkptError::Busy(why)),
+                        None => bproc_ckpt::restore::restore_noting(reader, spec),
                     }
                 }
-                Image::Bytes(b) => bproc_sys::restore::restore_noting(&b[..], spec),
+                Image::Bytes(b) => bproc_ckpt::restore::restore_noting(&b[..], spec),
             };
             restored
                 .map(|(pid, closed)| {
@@ -678,7 +678,7 @@ impl Spawner {
             // No signal handler of the daemon's may run in a child before it execs.
             let _ = nix::sys::signal::SigSet::all().thread_block();
             // Restores here see only the namespace's /proc once it is entered.
-            if let Err(e) = bproc_sys::restore::prepare() {
+            if let Err(e) = bproc_ckpt::restore::prepare() {
                 warn!("processes cannot move to this node: {e}");
             }
             // The node's own mounts, to come back to before making a new namespace.
@@ -930,7 +930,7 @@ pub(crate) async fn connect_image(
                 Some(r) => r.join(f.path.trim_start_matches('/')).to_string_lossy().into_owned(),
                 None => f.path.clone(),
             };
-            bproc_sys::restore::same_file(&path, f.size, f.mtime)
+            bproc_ckpt::restore::same_file(&path, f.size, f.mtime)
         };
         let answer = conn::answer(&body, here).map_err(bad)?;
         let asked = answer.len() - 4;
@@ -1221,7 +1221,7 @@ pub async fn spawn(
         groups: creds.groups.clone(),
     });
     if let Some(image) = image {
-        let restore = bproc_sys::restore::RestoreSpec {
+        let restore = bproc_ckpt::restore::RestoreSpec {
             stdio,
             fds: extra,
             files,

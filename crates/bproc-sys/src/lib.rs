@@ -1,5 +1,6 @@
-//! The raw Linux that bproc needs where no safe wrapper exists. All of the workspace's
-//! `unsafe` code lives here, each block with the invariants it relies on.
+//! The raw Linux that bproc needs where no safe wrapper exists, each `unsafe` block with the
+//! invariants it relies on. (Moving a process, as raw as this, is `bproc-ckpt`; the C
+//! boundaries are `bproc-capi` and `bproc-nss`.)
 //!
 //! What needs it:
 //! - Starting a remote process ([`spawn`]): `clone3` with `set_tid` (its ghost's pid in the
@@ -17,12 +18,9 @@
 #![allow(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod ckpt;
 pub mod peer;
 pub mod procevents;
-pub mod restore;
 mod spawn;
-mod threads;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,

@@ -129,7 +129,7 @@ pub enum BprocError {
     Unexpected(&'static str),
     /// A checkpoint or restore failed (`EBUSY`: the process holds what cannot move).
     #[error(transparent)]
-    Migration(#[from] bproc_sys::ckpt::CkptError),
+    Migration(#[from] bproc_ckpt::CkptError),
 }
 
 impl BprocError {

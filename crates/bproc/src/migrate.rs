@@ -6,8 +6,8 @@
 //! The caller opens a TCP listener and asks the master to start "an image" on the node, with
 //! the listener as its source. The node's slave connects, presents the launch token, says
 //! which of the caller's mapped files it has identical (those are named, not sent), and the
-//! caller dumps itself straight into that connection ([`bproc_sys::ckpt`]) while the slave
-//! restores it ([`bproc_sys::restore`]) as the same pid, in the master's pid namespace. Then:
+//! caller dumps itself straight into that connection ([`bproc_ckpt::dump`]) while the slave
+//! restores it ([`bproc_ckpt::restore`]) as the same pid, in the master's pid namespace. Then:
 //! - from the front end, the caller execs `bpghost` in place: the same pid and parent, now
 //!   the ghost, which keeps the listener and relays the process's stdout and stderr (the
 //!   node connects them to it; stdin is `/dev/null`, as in BProc);
@@ -22,7 +22,7 @@
 //! stderr) it writes there again; moved on to another node, its stdout and stderr are
 //! `/dev/null` (the launcher's connections cannot follow it yet).
 //!
-//! What cannot travel stays behind, as in BProc (see [`bproc_sys::ckpt`]): fds that are not
+//! What cannot travel stays behind, as in BProc (see [`bproc_ckpt::dump`]): fds that are not
 //! files on a disk are closed in the moved copy, shared memory becomes private, unless the
 //! caller asks for [`STRICT`]; every thread moves.
 //!
@@ -36,7 +36,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::sync::Mutex;
 
-pub use bproc_sys::ckpt::Resumed;
+pub use bproc_ckpt::Resumed;
 
 use bproc_proto::{conn, errno, Endpoint, IoSpec, Message, ProcSpec, NODE_MASTER};
 
@@ -163,13 +163,13 @@ fn dump_skipping(
         .unwrap_or_default();
     let by_ref = by_reference(flags, &exe, libs, present);
     let at = MAILBOX.lock().unwrap_or_else(|e| e.into_inner()).as_ptr() as u64;
-    let opts = bproc_sys::ckpt::DumpOptions {
+    let opts = bproc_ckpt::DumpOptions {
         by_ref: &by_ref,
         skip_fds: skip,
         mailbox: Some((at, MAILBOX_LEN as u32)),
         strict: flags & STRICT != 0,
     };
-    let resumed = bproc_sys::ckpt::checkpoint(out, &opts)?;
+    let resumed = bproc_ckpt::checkpoint(out, &opts)?;
     if let Resumed::Restored(_) = resumed {
         read_mailbox();
     }
@@ -221,20 +221,20 @@ pub fn exec_dump(
         Err(_) => Vec::new(),
     };
     let by_ref = by_reference(flags, &exe, &libs, &[]);
-    let opts = bproc_sys::ckpt::DumpOptions {
+    let opts = bproc_ckpt::DumpOptions {
         by_ref: &by_ref,
         skip_fds: &[out.as_raw_fd()],
         mailbox: None,
         strict: flags & STRICT != 0,
     };
-    Ok(bproc_sys::ckpt::exec_dump(out, &opts, &path, &argv, &envp)?)
+    Ok(bproc_ckpt::exec_dump(out, &opts, &path, &argv, &envp)?)
 }
 
 /// Replaces the calling process with the image read from `image` (BProc's `bproc_undump`):
 /// returns only on failure. The image's process returns [`Resumed::Restored`]`(1)` from its
 /// [`dump`], with this process's pid, parent and fds 0 to 2.
 pub fn undump(image: impl Read) -> BprocError {
-    BprocError::Migration(bproc_sys::restore::restore_in_place(image, 1, None, &mut || Ok(())))
+    BprocError::Migration(bproc_ckpt::restore::restore_in_place(image, 1, None, &mut || Ok(())))
 }
 
 /// The ghost that relays this process's output once it has moved: its port on the front end
@@ -428,7 +428,7 @@ pub fn move_with(node: i32, io: &IoList, flags: i32) -> Result<(), BprocError> {
         std::mem::forget((sock, listener, client));
         return Ok(());
     }
-    if let Err(BprocError::Migration(e @ bproc_sys::ckpt::CkptError::Busy(_))) = &dumped {
+    if let Err(BprocError::Migration(e @ bproc_ckpt::CkptError::Busy(_))) = &dumped {
         // Refused before a byte was written: the node's log says why.
         let _ = (&sock).write_all(&conn::encode_refusal(&e.to_string()));
     }

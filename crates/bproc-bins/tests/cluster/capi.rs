@@ -251,14 +251,14 @@ fn bproc_dump_restores_in_a_new_process() {
         Some(std::fs::File::create(&log).unwrap().into()),
         Some(std::fs::File::create(dir.join("err")).unwrap().into()),
     ];
-    let spec = bproc_sys::restore::RestoreSpec {
+    let spec = bproc_ckpt::restore::RestoreSpec {
         stdio,
         set_tid: Some(pid),
         identity: None,
         value: 1,
         ..Default::default()
     };
-    let got = bproc_sys::restore::restore(std::fs::File::open(&image).unwrap(), spec).unwrap();
+    let got = bproc_ckpt::restore::restore(std::fs::File::open(&image).unwrap(), spec).unwrap();
     assert_eq!(got, pid);
     let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(got), None).unwrap();
     let printed = std::fs::read_to_string(&log).unwrap();

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bproc_sys::ckpt::{checkpoint, DumpOptions, Resumed};
+use bproc_ckpt::{checkpoint, DumpOptions, Resumed};
 use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 
 thread_local! {

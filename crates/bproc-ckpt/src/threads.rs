@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use bproc_image::{Thread, MAX_XSTATE, REGS};
 use nix::libc;
 
-use crate::ckpt::CkptError;
+use crate::dump::CkptError;
 
 /// The signal that holds the other threads: the highest real-time one.
 pub(crate) const FREEZE_SIGNAL: i32 = 64;

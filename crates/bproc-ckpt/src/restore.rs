@@ -1,4 +1,4 @@
-//! Restore of a process image ([`crate::ckpt`]) into a new process, by system call injection.
+//! Restore of a process image ([`crate::dump`]) into a new process, by system call injection.
 //!
 //! The new process starts as a five-byte static program (`syscall; int3; jmp`) written to a
 //! memfd, traced from its first instruction. The restorer makes it run system calls with the
@@ -8,7 +8,7 @@
 //! in with `process_vm_writev`, sets the memory layout (`PR_SET_MM_MAP`), name, signal
 //! actions, alternate stack, rseq, robust list, tid address and open files, and finally loads
 //! the saved stack pointer, resume address and thread pointer and lets go. The process then
-//! returns from [`crate::ckpt::checkpoint`] as a restored copy, under the pid the caller chose
+//! returns from [`crate::dump::checkpoint`] as a restored copy, under the pid the caller chose
 //! (`set_tid`) when it runs the restore in a pid namespace.
 //!
 //! [`restore_in_place`] restores into the calling process instead (BProc's `bproc_undump`,
@@ -22,8 +22,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use bproc_image::{Header, ImageReader, Source, PAGE};
 use nix::libc;
 
-use crate::ckpt::{parse_maps, this_machine, CkptError, KSigAction, MapLine};
-use crate::{FdFile, Identity, Limit, SpawnSpec};
+use crate::dump::{parse_maps, this_machine, CkptError, KSigAction, MapLine};
+use bproc_sys::{FdFile, Identity, Limit, SpawnSpec};
 
 /// How to restore.
 #[derive(Debug, Default)]
@@ -38,7 +38,7 @@ pub struct RestoreSpec {
     pub set_tid: Option<i32>,
     /// Who it runs as.
     pub identity: Option<Identity>,
-    /// What `checkpoint` returns in it ([`crate::ckpt::Resumed::Restored`]), at least 1.
+    /// What `checkpoint` returns in it ([`crate::dump::Resumed::Restored`]), at least 1.
     pub value: i64,
     /// A note for it, written into its mailbox ([`Header::mailbox`]) when it has one.
     pub note: Option<Vec<u8>>,
@@ -46,7 +46,7 @@ pub struct RestoreSpec {
     /// working directory, are looked up there.
     pub root: Option<std::path::PathBuf>,
     /// The most it may have of each resource (the launcher's limits, from its kernel): the
-    /// image's limits are lowered to these ([`crate::cap_limits`]), since an image says
+    /// image's limits are lowered to these ([`bproc_sys::cap_limits`]), since an image says
     /// whatever its maker wrote.
     pub limits: Vec<Limit>,
 }
@@ -476,9 +476,9 @@ pub fn restore_noting(
         cwd: Some(cstr(cwd_of(&h, root))?),
         stdio: spec.stdio,
         fds: spec.fds,
-        limits: crate::cap_limits(&h.rlimits, &spec.limits),
+        limits: bproc_sys::cap_limits(&h.rlimits, &spec.limits),
         jail: match root {
-            Some(r) => Some(crate::Jail {
+            Some(r) => Some(bproc_sys::Jail {
                 root: cstr(&r.to_string_lossy())?,
                 cwd: cstr(cwd_of(&h, root))?,
             }),
@@ -494,7 +494,7 @@ pub fn restore_noting(
     // move has succeeded, and is reaped soon after): wait for it, briefly.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let pid = loop {
-        match crate::spawn(&req) {
+        match bproc_sys::spawn(&req) {
             Err(e)
                 if e.raw_os_error() == Some(libc::EEXIST)
                     && std::time::Instant::now() < deadline =>
@@ -586,9 +586,9 @@ fn in_place(
                                 // SAFETY: getpid cannot fail.
     let me = unsafe { libc::getpid() };
     // The helper is a grandchild whose parent exits at once, so it is nobody's child here.
-    match crate::fork_single_threaded().map_err(|e| CkptError::sys("fork", e.into()))? {
+    match bproc_sys::fork_single_threaded().map_err(|e| CkptError::sys("fork", e.into()))? {
         0 => {
-            let code = match crate::fork_single_threaded() {
+            let code = match bproc_sys::fork_single_threaded() {
                 Ok(0) => {
                     let code = helper(me, image, value, note, before_resume, &h_rd, &h_wr);
                     // SAFETY: ends the helper without running the caller's exit handlers.

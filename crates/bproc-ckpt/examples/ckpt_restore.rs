@@ -3,7 +3,7 @@
 //! process runs) to stderr as `restore_ms N`. Usage: `ckpt_restore [--in-place] IMAGE`;
 //! with `--in-place` this process becomes the restored one (keeping its pid).
 
-use bproc_sys::restore::{restore, restore_in_place, RestoreSpec};
+use bproc_ckpt::restore::{restore, restore_in_place, RestoreSpec};
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();

@@ -5,17 +5,17 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Command;
 
-use bproc_sys::restore::{restore, restore_in_place, RestoreSpec};
+use bproc_ckpt::restore::{restore, restore_in_place, RestoreSpec};
 
 /// The examples, built now (a test does not make cargo build examples).
 fn example(name: &str) -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         let st = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "bproc-sys", "--examples"])
+            .args(["build", "--quiet", "-p", "bproc-ckpt", "--examples"])
             .status()
             .expect("run cargo");
-        assert!(st.success(), "building the bproc-sys examples failed");
+        assert!(st.success(), "building the bproc-ckpt examples failed");
     });
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();

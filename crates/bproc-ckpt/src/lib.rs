@@ -1,0 +1,22 @@
+//! Checkpoint and restore: the two halves of moving a process, in user space.
+//!
+//! - [`dump`]: the calling process writes itself, all its threads included, as a
+//!   `bproc-image` at a call point (`checkpoint`), or a program is dumped at its first
+//!   instruction (`exec_dump`).
+//! - [`restore`]: a new process (or a ghost, in place) is made from an image by system call
+//!   injection under ptrace, with the pid its caller chose.
+//! - `threads`: holding the other threads of the dumping process still and reading their
+//!   state.
+//!
+//! The image format is `bproc-image`; starting the process to restore into (`clone3` with a
+//! chosen pid, the identity switch) is `bproc-sys`. Like `bproc-sys`, this crate needs
+//! `unsafe` (inline assembly, signal handlers, raw ptrace requests and remote memory), each
+//! block with the invariants it relies on.
+#![allow(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod dump;
+pub mod restore;
+mod threads;
+
+pub use dump::{checkpoint, exec_dump, CkptError, DumpOptions, Resumed};
