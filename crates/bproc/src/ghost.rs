@@ -71,11 +71,22 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
     if let Some(grace) = std::env::var_os("BPROC_GRACE") {
         cmd.env("BPROC_GRACE", grace);
     }
-    if n == 1 && matches!(io, Io::None) {
+    if n == 1 && !matches!(io, Io::Relay(_)) {
         // One ghost is the child itself: its pid is known once it has exec'd, and the launch
-        // need not wait for it to start up and say so.
-        let ghost = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-        return Ok(vec![(ghost.id() as i32, 0)]);
+        // need not wait for it to start up and say so. One that keeps the caller's output
+        // gets it as stdout and stderr directly (no list of pids needs stdout's place).
+        cmd.stdin(Stdio::null());
+        match io {
+            Io::Output => {
+                use std::os::fd::AsFd;
+                let out = std::io::stdout().as_fd().try_clone_to_owned()?;
+                cmd.stdout(Stdio::from(out)).stderr(Stdio::inherit());
+            }
+            _ => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        return Ok(vec![(cmd.spawn()?.id() as i32, 0)]);
     }
     cmd.env("BPROC_GHOST_COUNT", n.to_string());
     match io {
