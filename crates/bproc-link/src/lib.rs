@@ -126,6 +126,87 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some((h.id, bproc_proto::decode_body(&h, &body)?)))
 }
 
+/// Reads frames from one stream and may be cancelled at any await: what a dropped
+/// [`FrameReader::next`] had read stays here for the next call. A `select!` loop that also
+/// waits for something else uses it instead of [`read_frame`], whose partial frame would be
+/// lost when the other branch wins, leaving the stream out of step.
+///
+/// Like [`read_frame`] it reads no byte past the frame it returns, grows the body only as
+/// bytes arrive, and gives a started frame [`FRAME_DEADLINE`] to complete.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    r: R,
+    head: [u8; HEADER_LEN],
+    /// Bytes of the header in `head`.
+    got: usize,
+    /// The header once whole, and the body so far.
+    frame: Option<(Header, Vec<u8>)>,
+    /// When the frame being read began to arrive.
+    started: Option<tokio::time::Instant>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads frames from `r`.
+    pub fn new(r: R) -> Self {
+        FrameReader { r, head: [0; HEADER_LEN], got: 0, frame: None, started: None }
+    }
+
+    /// The next frame; `Ok(None)` on a clean end of stream between frames. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Option<(u32, Message)>, LinkError> {
+        loop {
+            if matches!(&self.frame, Some((h, body)) if body.len() == h.len as usize) {
+                let (h, body) = self.frame.take().expect("matched above");
+                self.started = None;
+                return Ok(Some((h.id, bproc_proto::decode_body(&h, &body)?)));
+            }
+            let mut chunk = [0u8; 8192];
+            let buf = match &self.frame {
+                None => &mut self.head[self.got..],
+                Some((h, body)) => {
+                    let left = (h.len as usize - body.len()).min(chunk.len());
+                    &mut chunk[..left]
+                }
+            };
+            // Nothing is lost if this await is dropped: `read` takes bytes only when it
+            // returns them.
+            let n = match self.started {
+                None => self.r.read(buf).await?,
+                Some(t) => Self::within(t, self.r.read(buf)).await?,
+            };
+            if n == 0 {
+                return match self.started {
+                    None => Ok(None),
+                    Some(_) => Err(LinkError::Closed),
+                };
+            }
+            self.started.get_or_insert_with(tokio::time::Instant::now);
+            match &mut self.frame {
+                Some((_, body)) => body.extend_from_slice(&chunk[..n]),
+                None => {
+                    self.got += n;
+                    if self.got == HEADER_LEN {
+                        self.got = 0;
+                        // The header bounds the body length before anything is read for it.
+                        let h = Header::parse(&self.head)?;
+                        let body = Vec::with_capacity((h.len as usize).min(FIRST_ALLOC));
+                        self.frame = Some((h, body));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn within(
+        started: tokio::time::Instant,
+        read: impl std::future::Future<Output = std::io::Result<usize>>,
+    ) -> Result<usize, LinkError> {
+        match tokio::time::timeout_at(started + FRAME_DEADLINE, read).await {
+            Ok(n) => Ok(n?),
+            Err(_) => Err(LinkError::Timeout("a frame (it must arrive within 20 s of its start)")),
+        }
+    }
+}
+
 fn eof_is_closed(e: std::io::Error) -> LinkError {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         LinkError::Closed
@@ -353,6 +434,40 @@ mod tests {
         let wait = tokio::time::timeout(FRAME_DEADLINE * 10, read_frame(&mut b)).await;
         assert!(wait.is_err(), "still waiting for a frame to start");
         drop(a);
+    }
+
+    /// A `select!` that drops `next` while a frame is half in loses nothing: the frame
+    /// arrives whole at the following call, and the one after it too, in step.
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_reader_cancelled_mid_frame_stays_in_step() {
+        let first = bproc_proto::encode(7, &Message::Error { code: 5, message: "one".into() });
+        let second = bproc_proto::encode(8, &Message::NodeList);
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut frames = FrameReader::new(b);
+        for cut in [3, HEADER_LEN, HEADER_LEN + 2] {
+            a.write_all(&first[..cut]).await.unwrap();
+            let wait = tokio::time::timeout(Duration::from_millis(10), frames.next()).await;
+            assert!(wait.is_err(), "half a frame is not a frame");
+            a.write_all(&first[cut..]).await.unwrap();
+            a.write_all(&second).await.unwrap();
+            let (id, msg) = frames.next().await.unwrap().unwrap();
+            assert_eq!((id, msg), (7, Message::Error { code: 5, message: "one".into() }));
+            assert_eq!(frames.next().await.unwrap().unwrap(), (8, Message::NodeList));
+        }
+        // Its deadline counts from the frame's first byte, across cancelled calls.
+        a.write_all(&first[..5]).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        let _ = tokio::time::timeout(Duration::from_secs(5), frames.next()).await;
+        assert!(matches!(frames.next().await, Err(LinkError::Timeout(_))));
+        assert_eq!(t0.elapsed(), FRAME_DEADLINE);
+        // A clean end between frames; a close mid-frame.
+        let (a, b) = tokio::io::duplex(64);
+        drop(a);
+        assert!(FrameReader::new(b).next().await.unwrap().is_none());
+        let (mut a, b) = tokio::io::duplex(64);
+        a.write_all(&second[..4]).await.unwrap();
+        drop(a);
+        assert!(matches!(FrameReader::new(b).next().await, Err(LinkError::Closed)));
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bproc_link::{read_frame, write_frame};
+use bproc_link::{write_frame, FrameReader};
 use bproc_proto::{ExitStatus, Message, ProcChange, ProcEntry, SlaveProc};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -622,7 +622,7 @@ pub(crate) async fn serve(
     pid: i32,
     uid: u32,
     fork: u64,
-    mut rd: ClientRd,
+    rd: ClientRd,
     mut wr: ClientWr,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -639,6 +639,8 @@ pub(crate) async fn serve(
         }
     }
     debug!("ghost {pid} (uid {uid}) connected");
+    // Cancel-safe: the select below also waits for messages to the ghost.
+    let mut frames = FrameReader::new(rd);
     loop {
         tokio::select! {
             out = rx.recv() => {
@@ -647,7 +649,7 @@ pub(crate) async fn serve(
                     break;
                 }
             }
-            frame = read_frame(&mut rd) => match frame {
+            frame = frames.next() => match frame {
                 Ok(Some((_, Message::GhostRestored { code }))) => {
                     shared.ghosts.restored(pid, code);
                     if code == 0 {

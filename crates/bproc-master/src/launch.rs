@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bproc_link::{read_frame, write_frame};
+use bproc_link::{write_frame, FrameReader};
 use bproc_proto::{errno, split_tree, Creds, ExitStatus, Message, ProcSpec, TreeEntry};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -233,7 +233,7 @@ pub(crate) async fn serve(
     caller: Caller,
     id: u32,
     req: Request,
-    mut rd: crate::clients::ClientRd,
+    rd: crate::clients::ClientRd,
     mut wr: crate::clients::ClientWr,
 ) {
     let Request { nodes, spec, ghosts, io_ports } = req;
@@ -418,6 +418,8 @@ pub(crate) async fn serve(
                 write_frame(&mut wr, 0, &Message::RankRefused { launch: 0, rank, reason }).await;
         }
     }
+    // Cancel-safe: the select below also waits for the ranks' exits.
+    let mut frames = FrameReader::new(rd);
     if write_frame(&mut wr, id, &Message::Launched { pids }).await.is_ok() {
         loop {
             tokio::select! {
@@ -428,7 +430,7 @@ pub(crate) async fn serve(
                         break;
                     }
                 }
-                frame = read_frame(&mut rd) => match frame {
+                frame = frames.next() => match frame {
                     Ok(Some((rid, Message::SignalLaunch { signal }))) => {
                         signal_launch(&shared, launch, signal);
                         if write_frame(&mut wr, rid, &Message::Ok).await.is_err() {
