@@ -401,6 +401,15 @@ fn every_short_fork_gets_a_ghost() {
         std::thread::sleep(Duration::from_millis(50));
         after = made();
     }
+    if after - before != 51 {
+        for f in std::fs::read_dir(c.dir().join("log")).unwrap().flatten() {
+            eprintln!(
+                "--- {}\n{}",
+                f.path().display(),
+                std::fs::read_to_string(f.path()).unwrap_or_default()
+            );
+        }
+    }
     assert_eq!(after - before, 51);
 }
 
