@@ -22,6 +22,7 @@
 
 mod info;
 pub mod isolate;
+mod master_arg;
 pub mod procs;
 mod proxy;
 mod tree;
@@ -40,6 +41,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub use info::node_info;
+pub use master_arg::{master_address, MasterArgError};
 pub use procs::Authority;
 
 /// BProc's default master port.

@@ -1,7 +1,6 @@
 //! bpslave: the slave daemon. Parses options, starts in the background (see
 //! `bproc_bins::daemon`), optionally gives the node its own namespaces, and runs
 //! `bproc_slave::serve`.
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use bproc_bins::daemon::{Daemon, Started};
 use bproc_bins::logging;
 use bproc_bins::Usage;
 use bproc_link::ClusterKey;
-use bproc_slave::{isolate, Options, DEFAULT_KEYFILE, DEFAULT_PORT};
+use bproc_slave::{isolate, Options, DEFAULT_KEYFILE};
 use lexopt::prelude::*;
 
 const USAGE: &str = "Usage: bpslave [options] MASTER[:PORT] [PORT]
@@ -107,19 +106,12 @@ fn parse() -> anyhow::Result<Option<Args>> {
             other => return Err(Usage(other.unexpected().to_string()).into()),
         }
     }
-    let (host, port) = match positional.as_slice() {
-        [m] => m.split_once(':').map_or((m.as_str(), None), |(h, p)| (h, Some(p))),
-        [m, p] => (m.as_str(), Some(p.as_str())),
-        [] => return Err(Usage("no master given: bpslave MASTER[:PORT]".into()).into()),
-        _ => return Err(Usage(format!("too many arguments: {}", positional.join(" "))).into()),
-    };
-    let ip: Ipv4Addr =
-        host.parse().with_context(|| format!("master address {host}: not an IPv4 address"))?;
-    let port = match port {
-        Some(p) => p.parse().with_context(|| format!("port {p}: not a port number"))?,
-        None => DEFAULT_PORT,
-    };
-    let master = SocketAddrV4::new(ip, port);
+    let master = bproc_slave::master_address(&positional).map_err(|e| match e {
+        bproc_slave::MasterArgError::Missing | bproc_slave::MasterArgError::TooMany(_) => {
+            anyhow::Error::from(Usage(e.to_string()))
+        }
+        e => e.into(),
+    })?;
     // Read the key now: isolation may hide the directory it is in.
     let mut opts = Options::new(master, ClusterKey::load(&keyfile)?);
     opts.source = source;
