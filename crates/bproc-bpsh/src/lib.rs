@@ -1,5 +1,5 @@
 //! bpsh: run a program on cluster nodes, with BProc's options, output formats and exit
-//! rules (spec §1.2).
+//! rules.
 //!
 //! # How a run goes
 //! 1. The command is resolved on the master (`$PATH`, as BProc's `which()`); the node spec is

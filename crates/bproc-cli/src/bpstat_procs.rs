@@ -1,4 +1,4 @@
-//! bpstat's process views (spec §1.3): `-p` lists every remote process and its node, `-P`
+//! bpstat's process views: `-p` lists every remote process and its node, `-P`
 //! annotates `ps` output read on stdin with a NODE column, and `--stat` shows each remote
 //! process's state, CPU time and resident memory as measured on its node.
 //!

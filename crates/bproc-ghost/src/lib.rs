@@ -1,4 +1,4 @@
-//! The ghost: the stand-in on the master of a process that runs on a node (spec §5.4).
+//! The ghost: the stand-in on the master of a process that runs on a node.
 //!
 //! A ghost is a real process, a child of whoever launched the remote process, so `wait()`,
 //! `SIGCHLD`, process groups, `ps` and job control work on it unchanged. Its `argv` is only

@@ -1,4 +1,4 @@
-//! The `node_up` program: run when a node starts a fresh session (spec §1.8, §1.10).
+//! The `node_up` program: run when a node starts a fresh session.
 //!
 //! bpmaster runs `node_up <node>` from the configuration file's directory, with stdin on
 //! `/dev/null`, stdout and stderr on `LOGDIR/node.<N>`, its own process group, no inherited
@@ -55,7 +55,7 @@ pub(crate) async fn node_up(shared: Arc<Shared>, n: i32, cookie: u64) {
     }
 }
 
-/// Stages the configuration's libraries on a diskless node (spec §4.2), as BProc's node_up did
+/// Stages the configuration's libraries on a diskless node, as BProc's node_up did
 /// with its `vmadlib` plugin.
 async fn stage_libraries(shared: &Shared, n: i32) -> Result<(), String> {
     let Some(stage) = &shared.stage else { return Ok(()) };

@@ -1,5 +1,5 @@
 //! Slave links: accept, check the source, authenticate, receive the join, then serve pongs and
-//! replies until the link ends; and the ping loop that finds silent slaves (spec §5.2, §5.11).
+//! replies until the link ends; and the ping loop that finds silent slaves.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -1,5 +1,5 @@
 //! The node table: every configured node's state, permissions and session, and the rules for
-//! changing them (BProc 4.0's bpfs semantics, spec §3). No I/O happens here: callers hold the
+//! changing them (BProc 4.0's bpfs semantics). No I/O happens here: callers hold the
 //! lock, call a method, and act on what it returns (send a message, notify watchers, persist).
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Config;
 use crate::persist::Saved;
 
-/// Mode of a node that has just connected: only root may start processes (spec §3.2).
+/// Mode of a node that has just connected: only root may start processes.
 pub const BOOT_MODE: u32 = 0o100;
 /// Most attributes one node holds.
 pub const MAX_ATTRS: usize = 64;
@@ -105,7 +105,7 @@ pub struct Session {
     pub conn: u64,
     /// The connection's writer.
     pub tx: mpsc::UnboundedSender<Outgoing>,
-    /// Ping credit: set to 2 by a pong, decremented by each ping (spec §5.2).
+    /// Ping credit: set to 2 by a pong, decremented by each ping.
     pub ping_in: u8,
     /// Requests to the slave awaiting replies, by request id.
     pub pending: HashMap<u32, oneshot::Sender<Message>>,
@@ -188,7 +188,7 @@ impl Node {
         }
     }
 
-    /// Clears everything a down node must not keep (spec §3.2 item 6) and returns the session.
+    /// Clears everything a down node must not keep and returns the session.
     pub fn go_down(&mut self) -> Option<Session> {
         self.state = "down".into();
         self.mode = 0;
@@ -254,7 +254,7 @@ pub struct Table {
     order: Vec<i32>,
 }
 
-/// Checks a state string: 1–15 characters of `[A-Za-z0-9]` (spec §3.2).
+/// Checks a state string: 1–15 characters of `[A-Za-z0-9]`.
 pub fn check_state(state: &str) -> Result<(), Refusal> {
     if state.len() > MAX_STATE_LEN {
         return Err(Refusal::new(
@@ -506,7 +506,7 @@ impl Table {
         Ok(())
     }
 
-    /// Checks that `caller` may start a process on node `n` (spec §3.4): the node must be up,
+    /// Checks that `caller` may start a process on node `n`: the node must be up,
     /// and the execute bit for the caller as owner, else group, else other must be set; root
     /// (the administrator) needs any one execute bit.
     pub fn may_run(&self, caller: &Caller, n: i32) -> Result<(), Refusal> {

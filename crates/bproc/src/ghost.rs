@@ -1,6 +1,6 @@
 //! Ghosts, as a launcher makes them: before a launch, one ghost per remote process, a child
 //! of the launcher in its process group, so that `wait()`, `kill`, `ps` and job control work
-//! on the remote process through it (spec §5.4). The ghost program itself is `bpghost`; the
+//! on the remote process through it. The ghost program itself is `bpghost`; the
 //! master names it ([`crate::Place::ghost`]).
 
 use std::os::unix::process::CommandExt;

@@ -3,7 +3,7 @@
 //! end, so the caller waits for, signals and sees it as a local child.
 //!
 //! The program runs from the node's own filesystem (as `bproc_rexec` does). By default (BProc's
-//! "weak" forwarding, spec §5.10) its standard output and error come back to the caller's own:
+//! "weak" forwarding) its standard output and error come back to the caller's own:
 //! the node connects them to the process's ghost, which writes them to the caller's stdout
 //! and stderr, each in order; stdin is `/dev/null`. An explicit [`IoList`] gives it files on
 //! the node and TCP connections instead.

@@ -1,4 +1,4 @@
-//! The workspace's dependency policy (STYLE.md §14): versions come from
+//! The workspace's dependency policy: versions come from
 //! `[workspace.dependencies]` with `default-features = false`, and every crate takes its
 //! dependencies from there.
 
