@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The guest kernel for `bpcluster up --vm` and the tests of network-booted machines: Debian's
 # cloud kernel (its NIC driver, virtio, is a module, as on real hardware), from the Debian
-# package registry, unpacked (not installed) into target/vm-kernel/root: boot/vmlinuz-RELEASE
+# package registry, unpacked (not installed) into target/vm-kernel/pkg: boot/vmlinuz-RELEASE
 # and lib/modules/RELEASE, where beoboot finds the modules beside the kernel.
 #
 #   scripts/vm-kernel.sh          # prints the kernel's path; fetches it only once
@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${VM_KERNEL_DIR:-target/vm-kernel}
-found() { ls "$dir"/root/boot/vmlinuz-* 2>/dev/null | head -1; }
+found() { ls "$dir"/pkg/boot/vmlinuz-* 2>/dev/null | head -1; }
 if [ -n "$(found)" ]; then
     found
     exit 0
@@ -31,6 +31,6 @@ if [ -z "$pkg" ]; then
 fi
 mkdir -p "$dir"
 (cd "$dir" && apt-get download -qq -o APT::Sandbox::User=root "$pkg")
-dpkg-deb -x "$dir/${pkg}"_*.deb "$dir/root"
+dpkg-deb -x "$dir/${pkg}"_*.deb "$dir/pkg"
 rm -f "$dir/${pkg}"_*.deb
 found

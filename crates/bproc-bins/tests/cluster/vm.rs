@@ -25,7 +25,7 @@ fn guest_kernel() -> Option<PathBuf> {
     if let Some(k) = std::env::var_os("BPROC_VM_KERNEL") {
         return Some(k.into());
     }
-    let boot = root().join("target/vm-kernel/root/boot");
+    let boot = root().join("target/vm-kernel/pkg/boot");
     std::fs::read_dir(boot)
         .ok()?
         .flatten()
