@@ -22,38 +22,56 @@ DIR=$(mktemp -d /var/tmp/bproc-move-bench.XXXXXX)
 trap 'bpcluster down --dir "$DIR/c" >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
 eval "$(bpcluster up -n "$NODES" --dir "$DIR/c")"
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null; t1=$(date +%s%N); echo "scale=3; ($t1 - $t0) / 1000000" | bc; }
+if ! command -v hyperfine >/dev/null; then
+    [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null
+fi
+# A baseline's median in ms: whole processes timed by hyperfine, no shell.
+base_ms() {
+    hyperfine -N --style none --warmup 1 --runs "$RUNS" --export-json "$DIR/hf.json" "$1" >/dev/null 2>"$DIR/hf.err" ||
+        { cat "$DIR/hf.err" >&2; exit 1; }
+    python3 bench/lib/hf.py "$DIR/hf.json" | awk '{print $1}'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+holds() { awk -v v="$1" -v t="$2" 'BEGIN {print (v <= t) ? "yes" : "**no**"}'; }
+row() { # what, move ms, back ms, baseline name, baseline ms, target text, value checked, limit
+    printf '| %s | %s | %s | %s %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$5" "$(ratio "$2" "$5")" "$6" \
+        "$(if [ -n "$8" ]; then holds "$7" "$8"; else echo -; fi)"
+}
 
 head -c $((64 << 20)) /dev/urandom >"$DIR/64m"
-printf '%-18s %12s %12s %14s %12s\n' what median_ms back_ms baseline_ms ratio
+echo "## migration benchmark"
+echo
+echo "$(nproc) cores, kernel $(uname -r), $NODES nodes; moves timed inside the process (call to running there), medians of $RUNS; baselines whole processes by hyperfine in the same run."
+echo
+echo "| what | median (ms) | back (ms) | baseline (ms) | ratio | target | holds |"
+echo "|---|---:|---:|---|---:|---|---|"
 for mib in 0 64; do
     "$B/examples/move_bench" move 1 "$mib" "$RUNS" >"$DIR/out"
     m=$(awk '/^move_ms/ {print $2}' "$DIR/out" | median)
     b=$(awk '/^back_ms/ {print $2}' "$DIR/out" | median)
-    : >"$DIR/base"
-    for _ in $(seq "$RUNS"); do
-        if [ "$mib" = 0 ]; then ms bpsh 1 /bin/true >>"$DIR/base"
-        else ms bpcp "$DIR/64m" 1:/tmp/64m >>"$DIR/base"; fi
-    done
-    base=$(median <"$DIR/base")
-    printf '%-18s %12s %12s %14s %12s\n' "move ${mib} MiB" "$m" "$b" "$base" "$(echo "scale=2; $m / $base" | bc)"
+    if [ "$mib" = 0 ]; then
+        row "move, small" "$m" "$b" "bpsh 1 /bin/true" "$(base_ms "$B/bpsh 1 /bin/true")" "≤ 5 ms" "$m" 5
+    else
+        row "move, 64 MiB" "$m" "$b" "bpcp of 64 MiB" "$(base_ms "$B/bpcp $DIR/64m 1:/tmp/64m")" "≤ 100 ms" "$m" 100
+    fi
 done
 "$B/examples/move_bench" move 1 0 "$RUNS" 4 >"$DIR/out"
 m=$(awk '/^move_ms/ {print $2}' "$DIR/out" | median)
 b=$(awk '/^back_ms/ {print $2}' "$DIR/out" | median)
-: >"$DIR/base"
-for _ in $(seq "$RUNS"); do ms bpsh 1 /bin/true >>"$DIR/base"; done
-base=$(median <"$DIR/base")
-printf '%-18s %12s %12s %14s %12s\n' "move 4 threads" "$m" "$b" "$base" "$(echo "scale=2; $m / $base" | bc)"
+row "move, 4 more threads" "$m" "$b" "bpsh 1 /bin/true" "$(base_ms "$B/bpsh 1 /bin/true")" "" "" ""
 nodes=$(seq -s ' ' 0 $((NODES - 1)))
 for mib in 0 64; do
-    : >"$DIR/v" && : >"$DIR/base"
+    : >"$DIR/v"
     for _ in $(seq "$RUNS"); do
         # shellcheck disable=SC2086
         "$B/examples/move_bench" vrfork "$mib" $nodes | awk '/^vrfork_ms/ {print $2}' >>"$DIR/v"
-        if [ "$mib" = 0 ]; then ms bpsh -a /bin/true >>"$DIR/base"
-        else ms bpcp "$DIR/64m" all:/tmp/64m >>"$DIR/base"; fi
     done
-    v=$(median <"$DIR/v") base=$(median <"$DIR/base")
-    printf '%-18s %12s %12s %14s %12s\n' "vrfork ${mib} MiB" "$v" - "$base" "$(echo "scale=2; $v / $base" | bc)"
+    v=$(median <"$DIR/v")
+    if [ "$mib" = 0 ]; then
+        base=$(base_ms "$B/bpsh -a /bin/true")
+        row "vrfork, small, $NODES nodes" "$v" - "bpsh -a /bin/true" "$base" "ratio ≤ 1.5" "$(ratio "$v" "$base")" 1.5
+    else
+        base=$(base_ms "$B/bpcp $DIR/64m all:/tmp/64m")
+        row "vrfork, 64 MiB, $NODES nodes" "$v" - "bpcp broadcast of 64 MiB" "$base" "ratio ≤ 1.5" "$(ratio "$v" "$base")" 1.5
+    fi
 done
