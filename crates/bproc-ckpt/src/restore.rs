@@ -459,7 +459,22 @@ pub fn restore_noting(
     image: impl Read,
     spec: RestoreSpec,
 ) -> Result<(i32, Vec<String>), CkptError> {
-    let mut reader = ImageReader::open(image)?;
+    restore_from(ImageReader::open(image)?, spec)
+}
+
+/// [`restore_noting`] from an image held in memory, whose pages go from there straight into
+/// the process (a node restores all of a vector fork's ranks from its one copy).
+pub fn restore_shared(
+    image: std::sync::Arc<Vec<u8>>,
+    spec: RestoreSpec,
+) -> Result<(i32, Vec<String>), CkptError> {
+    restore_from(ImageReader::in_memory(image)?, spec)
+}
+
+fn restore_from<R: Read>(
+    mut reader: ImageReader<R>,
+    spec: RestoreSpec,
+) -> Result<(i32, Vec<String>), CkptError> {
     let h = reader.header().clone();
     let root = spec.root.as_deref();
     check_machine(&h, root)?;
@@ -926,8 +941,8 @@ fn inject<R: Read>(
         }
     }
     let mut buf = Vec::new();
-    while let Some(addr) = reader.next_chunk(&mut buf)? {
-        t.poke(addr, &buf)?;
+    while let Some((addr, data)) = reader.next_chunk(&mut buf)? {
+        t.poke(addr, data)?;
     }
     if let (Some(note), (at, len)) = (how.note, h.mailbox) {
         if at != 0 && len > 0 {

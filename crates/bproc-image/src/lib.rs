@@ -781,25 +781,57 @@ impl Header {
     }
 }
 
-/// Reads an image from a stream: the header first, then the chunks one at a time, each
-/// checked against the header and its CRC.
+/// Reads an image from a stream, or from memory, the header first, then the chunks one at a
+/// time, each checked against the header and its CRC.
 #[derive(Debug)]
 pub struct ImageReader<R> {
-    r: R,
+    input: Input<R>,
     header: Header,
     seen: u32,
 }
 
+/// Where an [`ImageReader`] reads.
+#[derive(Debug)]
+enum Input<R> {
+    Stream(R),
+    /// A whole image in memory and how far it has been read: chunks are lent in place.
+    Memory(std::sync::Arc<Vec<u8>>, usize),
+}
+
+impl<R: std::io::Read> Input<R> {
+    /// The next `n` bytes: lent from memory, else read into `buf`.
+    fn take<'a>(&'a mut self, n: usize, buf: &'a mut Vec<u8>) -> std::io::Result<&'a [u8]> {
+        match self {
+            Input::Stream(r) => {
+                buf.resize(n, 0);
+                r.read_exact(buf)?;
+                Ok(buf)
+            }
+            Input::Memory(bytes, at) => {
+                let start = *at;
+                let Some(got) = bytes.get(start..start.saturating_add(n)) else {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                };
+                *at += n;
+                Ok(got)
+            }
+        }
+    }
+}
+
 impl<R: std::io::Read> ImageReader<R> {
     /// Reads and checks the preamble and header.
-    pub fn open(mut r: R) -> Result<Self, ReadError> {
-        let mut pre = [0u8; PREAMBLE_LEN];
-        r.read_exact(&mut pre)?;
+    pub fn open(r: R) -> Result<Self, ReadError> {
+        Self::start(Input::Stream(r))
+    }
+
+    fn start(mut input: Input<R>) -> Result<Self, ReadError> {
+        let mut buf = Vec::new();
+        let pre: [u8; PREAMBLE_LEN] =
+            input.take(PREAMBLE_LEN, &mut buf)?.try_into().expect("took PREAMBLE_LEN bytes");
         let pre = Preamble::parse(&pre)?;
-        let mut body = vec![0u8; pre.header_len as usize];
-        r.read_exact(&mut body)?;
-        let header = Header::decode(&pre, &body)?;
-        Ok(ImageReader { r, header, seen: 0 })
+        let header = Header::decode(&pre, input.take(pre.header_len as usize, &mut buf)?)?;
+        Ok(ImageReader { input, header, seen: 0 })
     }
 
     /// The header.
@@ -807,11 +839,15 @@ impl<R: std::io::Read> ImageReader<R> {
         &self.header
     }
 
-    /// The next chunk's data into `buf` and its address, or `None` at a correct end. Fails on
-    /// a damaged or misplaced chunk, and on a missing or miscounting end.
-    pub fn next_chunk(&mut self, buf: &mut Vec<u8>) -> Result<Option<u64>, ReadError> {
-        let mut head = [0u8; CHUNK_HEAD_LEN];
-        self.r.read_exact(&mut head)?;
+    /// The next chunk's address and data (read into `buf`, or lent in place from an image in
+    /// memory), or `None` at a correct end. Fails on a damaged or misplaced chunk, and on a
+    /// missing or miscounting end.
+    pub fn next_chunk<'a>(
+        &'a mut self,
+        buf: &'a mut Vec<u8>,
+    ) -> Result<Option<(u64, &'a [u8])>, ReadError> {
+        let head: [u8; CHUNK_HEAD_LEN] =
+            self.input.take(CHUNK_HEAD_LEN, buf)?.try_into().expect("took CHUNK_HEAD_LEN bytes");
         match Chunk::parse(&head)? {
             Chunk::End { chunks } if chunks == self.seen => Ok(None),
             Chunk::End { chunks } => Err(ImageError::Layout(format!(
@@ -821,13 +857,20 @@ impl<R: std::io::Read> ImageReader<R> {
             .into()),
             c @ Chunk::Data { addr, len, .. } => {
                 self.header.check_chunk(&c)?;
-                buf.resize(len as usize, 0);
-                self.r.read_exact(buf)?;
-                c.verify(buf)?;
+                let data = self.input.take(len as usize, buf)?;
+                c.verify(data)?;
                 self.seen = self.seen.saturating_add(1);
-                Ok(Some(addr))
+                Ok(Some((addr, data)))
             }
         }
+    }
+}
+
+impl ImageReader<std::io::Empty> {
+    /// Reads an image held whole in memory, lending each chunk's data in place instead of
+    /// copying it (a node restores a vector fork's ranks from its one copy).
+    pub fn in_memory(bytes: std::sync::Arc<Vec<u8>>) -> Result<Self, ReadError> {
+        Self::start(Input::Memory(bytes, 0))
     }
 }
 
@@ -837,11 +880,12 @@ pub fn read_image<R: std::io::Read>(
     mut chunk: impl FnMut(&Header, u64, &[u8]) -> Result<(), ImageError>,
 ) -> Result<Header, ReadError> {
     let mut reader = ImageReader::open(r)?;
-    let mut data = Vec::new();
-    while let Some(addr) = reader.next_chunk(&mut data)? {
-        chunk(&reader.header, addr, &data)?;
+    let mut buf = Vec::new();
+    let header = reader.header.clone();
+    while let Some((addr, data)) = reader.next_chunk(&mut buf)? {
+        chunk(&header, addr, data)?;
     }
-    Ok(reader.header)
+    Ok(header)
 }
 
 /// Why [`read_image`] failed.
@@ -946,6 +990,35 @@ mod tests {
         .unwrap();
         assert_eq!(back, h);
         assert_eq!(got, vec![(0x7ffd_0001_0000, page)]);
+    }
+
+    /// In memory, the same chunks come back, lent from the image itself; a cut image is a
+    /// short read, a damaged one is named as from a stream.
+    #[test]
+    fn an_image_in_memory_lends_its_chunks() {
+        let h = sample();
+        let page = vec![7u8; 4096];
+        let bytes = std::sync::Arc::new(image(&h, &[(0x7ffd_0001_0000, page.clone())]));
+        let mut r = ImageReader::in_memory(bytes.clone()).unwrap();
+        assert_eq!(r.header(), &h);
+        let mut buf = Vec::new();
+        let (addr, data) = r.next_chunk(&mut buf).unwrap().unwrap();
+        assert_eq!((addr, data), (0x7ffd_0001_0000, &page[..]));
+        let inside = bytes.as_ptr_range();
+        assert!(inside.contains(&data.as_ptr()), "lent, not copied");
+        assert!(buf.capacity() < page.len());
+        assert!(r.next_chunk(&mut buf).unwrap().is_none());
+        let cut = std::sync::Arc::new(bytes[..bytes.len() - 100].to_vec());
+        let mut r = ImageReader::in_memory(cut).unwrap();
+        let short = r.next_chunk(&mut buf);
+        assert!(
+            matches!(short, Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof)
+        );
+        let mut bad = (*bytes).clone();
+        let last = bad.len() - CHUNK_HEAD_LEN - 1;
+        bad[last] ^= 1;
+        let mut r = ImageReader::in_memory(std::sync::Arc::new(bad)).unwrap();
+        assert!(matches!(r.next_chunk(&mut buf), Err(ReadError::Image(_))));
     }
 
     #[test]

@@ -580,7 +580,7 @@ impl Procs {
                         None => bproc_ckpt::restore::restore_noting(reader, spec),
                     }
                 }
-                Image::Bytes(b) => bproc_ckpt::restore::restore_noting(&b[..], spec),
+                Image::Bytes(b) => bproc_ckpt::restore::restore_shared(b, spec),
             };
             restored
                 .map(|(pid, closed)| {
