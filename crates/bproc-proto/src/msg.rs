@@ -106,6 +106,20 @@ pub enum IoSpec {
     },
     /// No file: the fd is closed.
     Closed,
+    /// A forwarded fd of a process that moved on from the node it was launched on: a TCP
+    /// connection to its launcher's listener (bpsh's, or its relaying ghost's), opened with
+    /// the launcher's token and the process's rank in that launch, so the launcher takes it
+    /// as the next connection of that rank's stream. Set by the master, never by a client.
+    Rejoin {
+        /// Address; `None`: the master's, as the node sees it.
+        ip: Option<Ipv4Addr>,
+        /// Port.
+        port: u16,
+        /// The launch's token.
+        token: [u8; 16],
+        /// The rank in that launch.
+        rank: u32,
+    },
 }
 
 /// One entry of an explicit I/O list: what `fd` of the process is.
@@ -824,6 +838,20 @@ pub enum Message {
         /// Secret to present there.
         token: [u8; 16],
     },
+    /// Master → ghost: the ghost's remote process (a client on a node) launched rank `rank`
+    /// of launch `launch` on the front end ([`NODE_MASTER`]); the ghost, the user's own
+    /// process there, starts it as its child (the master daemon runs no user code), with
+    /// its forwarded fds connected back to the launcher. It answers
+    /// [`Message::RankSpawned`] (the pid, or a negated errno) and, when the child ends,
+    /// [`Message::ProcExit`] with the launch and rank.
+    GhostSpawn {
+        /// Launch id.
+        launch: u64,
+        /// Rank.
+        rank: u32,
+        /// The process, with the caller's limits and umask as the master set them.
+        spec: ProcSpec,
+    },
     /// Ghost → master: how [`Message::GhostRestore`] went: 0, or an errno (the ghost stays a
     /// ghost).
     GhostRestored {
@@ -999,6 +1027,7 @@ mod ty {
     pub const PROC_EVENT: u16 = 127;
     pub const GHOST_RESTORE: u16 = 128;
     pub const RANK_REFUSED: u16 = 129;
+    pub const GHOST_SPAWN: u16 = 130;
 }
 
 // Smallest encodings, used to bound list counts before allocating.
@@ -1188,6 +1217,13 @@ impl IoSpec {
                 w.u8(u8::from(*send_info));
             }
             IoSpec::Closed => w.u8(5),
+            IoSpec::Rejoin { ip, port, token, rank } => {
+                w.u8(6);
+                put_ip(w, *ip);
+                w.u16(*port);
+                w.fixed(token);
+                w.u32(*rank);
+            }
         }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -1207,6 +1243,12 @@ impl IoSpec {
                 send_info: get_bool(r, "send info")?,
             },
             5 => IoSpec::Closed,
+            6 => IoSpec::Rejoin {
+                ip: get_ip(r)?,
+                port: r.u16("io port")?,
+                token: r.fixed("io token")?,
+                rank: r.u32("io rank")?,
+            },
             v => return Err(DecodeError::BadValue { what: "io kind", value: v.into() }),
         })
     }
@@ -1588,6 +1630,7 @@ impl Message {
             GhostFork { .. } => ty::GHOST_FORK,
             GhostExec { .. } => ty::GHOST_EXEC,
             GhostRestore { .. } => ty::GHOST_RESTORE,
+            GhostSpawn { .. } => ty::GHOST_SPAWN,
             GhostRestored { .. } => ty::GHOST_RESTORED,
             ProcEvent { .. } => ty::PROC_EVENT,
             SignalProc { .. } => ty::SIGNAL_PROC,
@@ -1658,6 +1701,7 @@ impl Message {
             GhostFork { .. } => "GhostFork",
             GhostExec { .. } => "GhostExec",
             GhostRestore { .. } => "GhostRestore",
+            GhostSpawn { .. } => "GhostSpawn",
             GhostRestored { .. } => "GhostRestored",
             ProcEvent { .. } => "ProcEvent",
             SignalProc { .. } => "SignalProc",
@@ -1848,6 +1892,11 @@ impl Message {
                 w.fixed(token);
             }
             GhostRestored { code } => w.i32(*code),
+            GhostSpawn { launch, rank, spec } => {
+                w.u64(*launch);
+                w.u32(*rank);
+                spec.encode(w);
+            }
             ProcEvent { pid, change } => {
                 w.i32(*pid);
                 match change {
@@ -2174,6 +2223,11 @@ impl Message {
             ty::GHOST_EXEC => GhostExec { comm: r.str("comm", MAX_TEXT)? },
             ty::GHOST_RESTORE => GhostRestore { image: get_endpoint(r)?, token: r.fixed("token")? },
             ty::GHOST_RESTORED => GhostRestored { code: r.i32("code")? },
+            ty::GHOST_SPAWN => GhostSpawn {
+                launch: r.u64("launch")?,
+                rank: r.u32("rank")?,
+                spec: ProcSpec::decode(r)?,
+            },
             ty::PROC_EVENT => {
                 let pid = r.i32("pid")?;
                 let change = match r.u8("change")? {
