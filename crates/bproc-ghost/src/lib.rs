@@ -16,6 +16,10 @@
 //!
 //! - `GhostRestore` (its process moves back to the front end) makes it restore the process's
 //!   image into itself, so the process is back under its own pid and parent.
+//! - `GhostSpawn` (its process, a launcher on a node, launched a rank on the front end,
+//!   `bpsh 1 bpsh master cmd`): it starts the rank as its own child ([`spawn`]), with the
+//!   user's rights it has, answers `RankSpawned` with the pid, and `ProcExit` when the child
+//!   ends.
 //!
 //! The ghost of a moved or rforked process also relays that process's output ([`relay`]).
 //!
@@ -30,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod relay;
+pub mod spawn;
 
 use std::ffi::{CString, OsString};
 use std::io::{Read, Write};
@@ -239,7 +244,7 @@ fn read_signals(sfd: &SignalFd, cont_pending: &mut bool) -> Vec<Message> {
     while let Ok(Some(info)) = sfd.read_signal() {
         let sig = info.ssi_signo as i32;
         if sig == Signal::SIGCHLD as i32 {
-            reap();
+            out.extend(reap());
             continue;
         }
         if is_stop(sig) {
@@ -364,6 +369,14 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
                     return violent_death();
                 }
             }
+            Some(Message::GhostSpawn { launch, rank, spec }) => {
+                let pid = spawn::start(launch, rank, &spec);
+                let msg = Message::RankSpawned { launch, rank, pid };
+                if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
+                    // The master went away; the child runs and its end is sent to the next.
+                    continue;
+                }
+            }
             Some(Message::GhostState { stopped }) => {
                 if stopped && !cont_pending {
                     stop_as_the_process();
@@ -451,14 +464,23 @@ fn take_back(
     e.errno()
 }
 
-/// Reaps ended child ghosts.
-fn reap() {
+/// Reaps ended children: child ghosts, and the ranks it started, whose ends go to the
+/// master as [`Message::ProcExit`].
+fn reap() -> Vec<Message> {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut ends = Vec::new();
     while let Ok(st) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-        if st == WaitStatus::StillAlive {
-            break;
+        let (pid, status) = match st {
+            WaitStatus::StillAlive => break,
+            WaitStatus::Exited(p, c) => (p, ExitStatus::Code(c)),
+            WaitStatus::Signaled(p, sig, _) => (p, ExitStatus::Signal(sig as i32)),
+            _ => continue,
+        };
+        if let Some((launch, rank)) = spawn::ended(pid.as_raw()) {
+            ends.push(Message::ProcExit { launch, rank, status });
         }
     }
+    ends
 }
 
 /// Runs this ghost program again as `[comm]`, with `env` added to a minimal environment.

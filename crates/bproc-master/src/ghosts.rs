@@ -42,6 +42,25 @@ struct Proc {
     launch: Option<(u64, u32)>,
     /// Owner.
     uid: u32,
+    /// Where its forwarded output goes, for a launched process: kept across moves, so a copy
+    /// on another node connects its streams there again.
+    output: Option<Output>,
+}
+
+/// Where a launched process's forwarded stdout and stderr go: its launcher's listener (or its
+/// relaying ghost's), the launch's token, and its rank there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Output {
+    /// Address; `None`: the master's, as the node sees it.
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Port.
+    pub port: u16,
+    /// The launch's token.
+    pub token: [u8; 16],
+    /// The rank.
+    pub rank: u32,
+    /// fds 1 and 2 forwarded.
+    pub fds: [bool; 2],
 }
 
 /// A ghost on the master.
@@ -193,7 +212,8 @@ impl Inner {
                 if pending || self.procs.get(&(n, child)).is_some_and(|p| p.ghost.is_some()) {
                     return None;
                 }
-                self.procs.insert((n, child), Proc { ghost: None, launch: None, uid });
+                self.procs
+                    .insert((n, child), Proc { ghost: None, launch: None, uid, output: None });
                 // The parent's ghost forks the child's; one still on its way does it when
                 // it comes (the request waits with it).
                 let has_ghost = self.procs.get(&key).is_some_and(|p| p.ghost.is_some());
@@ -233,7 +253,7 @@ fn alive(pid: i32) -> bool {
 }
 
 /// `(ppid, uid)` of a live process, from `/proc`.
-fn parent_and_uid(pid: i32) -> Option<(i32, u32)> {
+pub(crate) fn parent_and_uid(pid: i32) -> Option<(i32, u32)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         text.lines()
@@ -272,6 +292,23 @@ impl Ghosts {
         true
     }
 
+    /// Whether ghost `pid` has said hello on a connection that is still open.
+    pub(crate) fn connected(&self, pid: i32) -> bool {
+        self.lock().ghosts.get(&pid).is_some_and(|g| g.tx.is_some())
+    }
+
+    /// Sends `msg` to ghost `pid` (kept for it until it connects).
+    pub(crate) fn send_to(&self, pid: i32, msg: Message) {
+        if let Some(gh) = self.lock().ghosts.get_mut(&pid) {
+            gh.send(msg);
+        }
+    }
+
+    /// Where process `key`'s forwarded output goes, if it was launched with any.
+    pub(crate) fn output_of(&self, key: (i32, i32)) -> Option<Output> {
+        self.lock().procs.get(&key)?.output
+    }
+
     /// The ghost of process `key` (of uid `uid`), which asks to move.
     pub(crate) fn ghost_for(&self, key: (i32, i32), uid: u32) -> Option<i32> {
         let g = self.lock();
@@ -287,10 +324,10 @@ impl Ghosts {
         &self,
         n: i32,
         pid: i32,
-        launch: u64,
-        rank: u32,
+        (launch, rank): (u64, u32),
         ghost: i32,
         uid: u32,
+        mut output: Option<Output>,
     ) -> Vec<RankEnd> {
         let mut g = self.lock();
         let inner = &mut *g;
@@ -298,13 +335,14 @@ impl Ghosts {
         let mut was = (launch, rank);
         if let Some(gh) = ghost.and_then(|p| inner.ghosts.get_mut(&p)) {
             if let Some(old) = gh.remote.replace((n, pid)).filter(|o| *o != (n, pid)) {
-                if let Some(l) = inner.procs.remove(&old).and_then(|p| p.launch) {
-                    was = l;
+                if let Some(p) = inner.procs.remove(&old) {
+                    was = p.launch.unwrap_or(was);
+                    output = output.or(p.output);
                 }
                 inner.moved.insert(old);
             }
         }
-        g.procs.insert((n, pid), Proc { ghost, launch: Some(was), uid });
+        g.procs.insert((n, pid), Proc { ghost, launch: Some(was), uid, output });
         let mut ends = Vec::new();
         g.replay((n, pid), &mut ends);
         ends
@@ -466,7 +504,7 @@ impl Ghosts {
                 if launch.is_some() {
                     kill.push(p.pid);
                 } else {
-                    inner.procs.insert(key, Proc { ghost: None, launch, uid: p.uid });
+                    inner.procs.insert(key, Proc { ghost: None, launch, uid: p.uid, output: None });
                 }
                 continue;
             }
@@ -485,7 +523,9 @@ impl Ghosts {
             }
             gh.uid = Some(p.uid);
             gh.remote = Some(key);
-            inner.procs.insert(key, Proc { ghost: Some(p.ghost), launch, uid: p.uid });
+            inner
+                .procs
+                .insert(key, Proc { ghost: Some(p.ghost), launch, uid: p.uid, output: None });
         }
         let mut ends = Vec::new();
         for key in inner.procs.keys().filter(|k| k.0 == n).copied().collect::<Vec<_>>() {
@@ -654,6 +694,13 @@ pub(crate) async fn serve(
                         // No longer a ghost: this connection has nothing more to say.
                         return;
                     }
+                }
+                // The ranks on the front end it starts for its process (a launcher on a node).
+                Ok(Some((_, Message::RankSpawned { launch, rank, pid: child }))) => {
+                    shared.launches.front_spawned(pid, launch, rank, child);
+                }
+                Ok(Some((_, Message::ProcExit { launch, rank, status }))) => {
+                    shared.launches.front_exited(pid, launch, rank, status);
                 }
                 Ok(Some((_, Message::GhostSignal { signal, sender }))) => {
                     if let Some((n, rpid)) = shared.ghosts.remote_of(pid) {
