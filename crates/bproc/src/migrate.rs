@@ -19,8 +19,9 @@
 //! The ghost's port and token live in this process's memory (a static), so they move with
 //! it. A process started by `bpsh` or `vexecmove` has its output connected to its launcher:
 //! moved back to the front end (into its ghost, which keeps the launcher's stdout and
-//! stderr) it writes there again; moved on to another node, its stdout and stderr are
-//! `/dev/null` (the launcher's connections cannot follow it yet).
+//! stderr) it writes there again; moved on to another node, the master has the next node
+//! connect its stdout and stderr to the launcher again as the same rank (bpsh reads each
+//! rank's connections one after the other, so the output stays in order).
 //!
 //! What cannot travel stays behind, as in BProc (see [`bproc_sys::ckpt`]): fds that are not
 //! files on a disk are closed in the moved copy, shared memory becomes private, unless the
@@ -402,10 +403,9 @@ pub fn move_with(node: i32, io: &IoList, flags: i32) -> Result<(), BprocError> {
         }
         _ => None,
     };
-    let mut spec = image_spec(io, port, token);
-    if !from_master && before.is_none() && matches!(io, IoList::Default) {
-        spec.io = vec![IoSpec::Null; 3];
-    }
+    // From a node without a relaying ghost, the master points forwarded output at where the
+    // process's launcher takes it (bpsh, or its ghost), or at `/dev/null`.
+    let spec = image_spec(io, port, token);
     let launch = Message::Launch {
         nodes: vec![node],
         spec,
