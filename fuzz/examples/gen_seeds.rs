@@ -216,6 +216,8 @@ fn main() -> std::io::Result<()> {
         (0, Message::GhostState { stopped: true }),
         (0, Message::GhostFork { fork: 7, comm: "sleep".into() }),
         (0, Message::GhostExec { comm: "sleep".into() }),
+        (0, Message::GhostRfork { fork: 8, comm: "worker".into(), token: [6; 16] }),
+        (0, Message::GhostRelayPort { port: 40030 }),
         (
             0,
             Message::GhostRestore {

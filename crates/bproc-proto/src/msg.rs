@@ -11,6 +11,10 @@ use crate::codec::{DecodeError, Reader, Writer};
 /// Node number of the master (front end).
 pub const NODE_MASTER: i32 = -1;
 
+/// In [`Message::Launch`]'s ghosts, from a process on a node that rforks: a ghost that the
+/// caller's own ghost forks for the child (so the children's ghosts are its ghost's children).
+pub const GHOST_FORKED: i32 = -2;
+
 /// Longest node state string (BProc's `BPROC_STATE_LEN`).
 pub const MAX_STATE_LEN: usize = 15;
 /// Longest free-text field (error messages, reasons, version strings, host names).
@@ -706,7 +710,8 @@ pub enum Message {
         spec: ProcSpec,
         /// Per rank, the pid of the ghost the client made for it (empty, or 0: none). A rank
         /// with a ghost lives as long as its ghost, not as long as this connection. For a
-        /// process on a node that moves itself (an image launch), -1 names its own ghost.
+        /// process on a node that moves itself (an image launch), -1 names its own ghost;
+        /// for one that rforks, [`GHOST_FORKED`] asks for a ghost its own ghost forks.
         ghosts: Vec<i32>,
         /// Per rank, the port its forwarded fds connect to instead of `spec.io_port` (empty,
         /// or 0: `spec.io_port`).
@@ -823,6 +828,25 @@ pub enum Message {
         fork: u64,
         /// The child's command name.
         comm: String,
+    },
+    /// Master → ghost: its process, on a node, rforks (`bproc_rfork`, `bproc_vrfork`); fork a
+    /// child ghost named `comm` for one of the children, which relays that child's output
+    /// (connections presenting `token`) to this ghost's stdout and stderr, opens its own
+    /// connection with [`Message::GhostHello`] `{ fork }` and then says its relay's port
+    /// ([`Message::GhostRelayPort`]).
+    GhostRfork {
+        /// Fork id.
+        fork: u64,
+        /// The child's command name.
+        comm: String,
+        /// The token the child's output connections present.
+        token: [u8; 16],
+    },
+    /// Ghost → master, after its hello: the port of its relay (a ghost forked for an rforked
+    /// child, [`Message::GhostRfork`]).
+    GhostRelayPort {
+        /// The relay's port on the front end.
+        port: u16,
     },
     /// Master → ghost: the remote process ran a new program.
     GhostExec {
@@ -1006,6 +1030,7 @@ mod ty {
     pub const LIB_EDIT: u16 = 51;
     pub const SESSION_PROCS: u16 = 52;
     pub const GHOST_OF: u16 = 53;
+    pub const GHOST_RELAY_PORT: u16 = 54;
     pub const OK: u16 = 100;
     pub const ERROR: u16 = 101;
     pub const NODES: u16 = 102;
@@ -1028,6 +1053,7 @@ mod ty {
     pub const GHOST_RESTORE: u16 = 128;
     pub const RANK_REFUSED: u16 = 129;
     pub const GHOST_SPAWN: u16 = 130;
+    pub const GHOST_RFORK: u16 = 131;
 }
 
 // Smallest encodings, used to bound list counts before allocating.
@@ -1613,6 +1639,8 @@ impl Message {
             LibEdit { .. } => ty::LIB_EDIT,
             SessionProcs { .. } => ty::SESSION_PROCS,
             GhostOf { .. } => ty::GHOST_OF,
+            GhostRfork { .. } => ty::GHOST_RFORK,
+            GhostRelayPort { .. } => ty::GHOST_RELAY_PORT,
             Libraries { .. } => ty::LIBRARIES,
             Watch => ty::WATCH,
             MasterInfo => ty::MASTER_INFO,
@@ -1692,6 +1720,8 @@ impl Message {
             LibEdit { .. } => "LibEdit",
             SessionProcs { .. } => "SessionProcs",
             GhostOf { .. } => "GhostOf",
+            GhostRfork { .. } => "GhostRfork",
+            GhostRelayPort { .. } => "GhostRelayPort",
             Libraries { .. } => "Libraries",
             SignalPid { .. } => "SignalPid",
             ProcStatQuery { .. } => "ProcStatQuery",
@@ -1882,6 +1912,12 @@ impl Message {
                 }
             }
             GhostState { stopped } => w.u8(u8::from(*stopped)),
+            GhostRfork { fork, comm, token } => {
+                w.u64(*fork);
+                w.str(comm);
+                w.fixed(token);
+            }
+            GhostRelayPort { port } => w.u16(*port),
             GhostFork { fork, comm } => {
                 w.u64(*fork);
                 w.str(comm);
@@ -2220,6 +2256,12 @@ impl Message {
             }
             ty::GHOST_STATE => GhostState { stopped: get_bool(r, "stopped flag")? },
             ty::GHOST_FORK => GhostFork { fork: r.u64("fork")?, comm: r.str("comm", MAX_TEXT)? },
+            ty::GHOST_RFORK => GhostRfork {
+                fork: r.u64("fork")?,
+                comm: r.str("comm", MAX_TEXT)?,
+                token: r.fixed("token")?,
+            },
+            ty::GHOST_RELAY_PORT => GhostRelayPort { port: r.u16("port")? },
             ty::GHOST_EXEC => GhostExec { comm: r.str("comm", MAX_TEXT)? },
             ty::GHOST_RESTORE => GhostRestore { image: get_endpoint(r)?, token: r.fixed("token")? },
             ty::GHOST_RESTORED => GhostRestored { code: r.i32("code")? },

@@ -182,6 +182,9 @@ fn ghost_messages() -> impl Strategy<Value = Message> {
         any::<bool>().prop_map(|stopped| Message::GhostState { stopped }),
         (any::<u64>(), ".{0,16}").prop_map(|(fork, comm)| Message::GhostFork { fork, comm }),
         ".{0,16}".prop_map(|comm| Message::GhostExec { comm }),
+        (any::<u64>(), ".{0,16}", any::<[u8; 16]>())
+            .prop_map(|(fork, comm, token)| Message::GhostRfork { fork, comm, token }),
+        any::<u16>().prop_map(|port| Message::GhostRelayPort { port }),
         (any::<u16>(), any::<[u8; 16]>()).prop_map(|(port, token)| Message::GhostRestore {
             image: Endpoint { ip: None, port },
             token
