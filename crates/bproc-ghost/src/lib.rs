@@ -11,6 +11,8 @@
 //! - `GhostState { stopped }` makes it stop itself with SIGSTOP, so the parent sees the stop;
 //! - `GhostFork` forks a child ghost (which execs itself afresh and says hello with the fork
 //!   id), `GhostExec` re-execs itself under the new name, keeping its pid and connection;
+//! - `GhostRfork` (its process, on a node, rforks) forks a child ghost that relays the
+//!   rforked child's output to this ghost's stdout and stderr and says its relay's port;
 //! - `ProcExit` ends it with the remote status: the same exit code, or death by the same
 //!   signal (with core dumps off, so the core flag stays clear).
 //!
@@ -147,13 +149,21 @@ pub fn main(argv0: OsString) -> ExitCode {
     if relay.is_none() {
         relay = relay::Relay::from_env().and_then(Result::ok);
     }
-    let ctl = match control() {
+    let mut ctl = match control() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("bpghost: cannot reach bpmaster: {e}");
             return ExitCode::from(255);
         }
     };
+    // The ghost of an rforked child (forked by its caller's ghost) says where it relays.
+    let forked = std::env::var(ENV_FORK).is_ok_and(|v| v != "0");
+    if let (true, Some(r)) = (forked, &relay) {
+        let msg = Message::GhostRelayPort { port: r.port() };
+        if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
+            return violent_death();
+        }
+    }
     serve(sfd, ctl, relay)
 }
 
@@ -394,6 +404,15 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
                     }
                     // The child's copies of the signalfd and connection close on exec.
                     reexec(&comm, &[(ENV_FORK, fork.to_string())]);
+                    return violent_death();
+                }
+            }
+            Some(Message::GhostRfork { fork, comm, token }) => {
+                if bproc_sys::fork_single_threaded() == Ok(0) {
+                    // Keeps this ghost's stdout and stderr: the rforked child's output is
+                    // written where its caller's would be on the front end.
+                    let io = relay::env_value(&token, None);
+                    reexec(&comm, &[(ENV_FORK, fork.to_string()), (relay::ENV_IO, io)]);
                     return violent_death();
                 }
             }

@@ -126,6 +126,21 @@ struct Inner {
     moved: std::collections::HashSet<(i32, i32)>,
     /// Ghosts taken in since the master started ([`Ghosts::made`]).
     made: u64,
+    /// Child ghosts asked of a ghost for the children its process rforks on a node, until
+    /// they have said hello and their relay's port.
+    rforks: HashMap<u64, Rfork>,
+}
+
+/// A child ghost asked for an rforked child ([`Message::GhostRfork`]).
+#[derive(Debug)]
+struct Rfork {
+    /// The ghost asked to fork it, and its owner.
+    parent: i32,
+    uid: u32,
+    /// Its pid, once it said hello.
+    pid: Option<i32>,
+    /// Where its pid and relay port go.
+    done: Option<tokio::sync::oneshot::Sender<(i32, u16)>>,
 }
 
 /// Most early events kept; beyond, the oldest are dropped.
@@ -290,6 +305,55 @@ impl Ghosts {
         }
         entry.uid = Some(uid);
         true
+    }
+
+    /// Asks ghost `parent` (of uid `uid`, connected) to fork `n` child ghosts named `comm`
+    /// that relay output presenting `token`, for the children its process rforks; returns
+    /// each one's pid and relay port, or `None` for those that did not come within 10 s.
+    pub(crate) async fn rfork(
+        &self,
+        parent: i32,
+        uid: u32,
+        comm: &str,
+        token: [u8; 16],
+        n: usize,
+    ) -> Vec<Option<(i32, u16)>> {
+        let mut waits = Vec::with_capacity(n);
+        {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            for _ in 0..n {
+                inner.next_fork += 1;
+                let fork = inner.next_fork;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                inner.rforks.insert(fork, Rfork { parent, uid, pid: None, done: Some(tx) });
+                if let Some(gh) = inner.ghosts.get_mut(&parent) {
+                    gh.send(Message::GhostRfork { fork, comm: comm.to_owned(), token });
+                }
+                waits.push((fork, rx));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut made = Vec::with_capacity(n);
+        for (fork, rx) in waits {
+            let got = tokio::time::timeout_at(deadline, rx).await.ok().and_then(Result::ok);
+            if got.is_none() {
+                warn!("ghost {parent}: no child ghost for rfork {fork}");
+            }
+            self.lock().rforks.remove(&fork);
+            made.push(got);
+        }
+        made
+    }
+
+    /// Ghost `pid` says its relay's port: completes the rfork it answers.
+    fn relay_port(&self, pid: i32, port: u16) {
+        let mut g = self.lock();
+        if let Some(rf) = g.rforks.values_mut().find(|rf| rf.pid == Some(pid)) {
+            if let Some(done) = rf.done.take() {
+                let _ = done.send((pid, port));
+            }
+        }
     }
 
     /// Whether ghost `pid` has said hello on a connection that is still open.
@@ -547,7 +611,14 @@ impl Ghosts {
         let mut g = self.lock();
         let inner = &mut *g;
         let mut forked = None;
-        if fork != 0 {
+        if let Some(rf) = inner.rforks.get_mut(&fork).filter(|rf| rf.pid.is_none()) {
+            // A ghost for an rforked child: forked by the caller's ghost, of its user.
+            if parent_and_uid(pid) != Some((rf.parent, uid)) || rf.uid != uid {
+                return Err(format!("pid {pid} is not the ghost of rfork {fork}"));
+            }
+            rf.pid = Some(pid);
+            inner.ghosts.insert(pid, Ghost { uid: Some(uid), ..Ghost::default() });
+        } else if fork != 0 {
             // A child ghost is forked by a ghost of the same user; if that ghost has ended
             // since (its process ended before the child ghost said hello), by the ghost that
             // was asked, which the child outlived.
@@ -701,6 +772,9 @@ pub(crate) async fn serve(
                 }
                 Ok(Some((_, Message::ProcExit { launch, rank, status }))) => {
                     shared.launches.front_exited(pid, launch, rank, status);
+                }
+                Ok(Some((_, Message::GhostRelayPort { port }))) => {
+                    shared.ghosts.relay_port(pid, port);
                 }
                 Ok(Some((_, Message::GhostSignal { signal, sender }))) => {
                     if let Some((n, rpid)) = shared.ghosts.remote_of(pid) {

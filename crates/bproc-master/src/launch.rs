@@ -314,6 +314,42 @@ pub(crate) fn inherited(caller: &Caller) -> Result<Inherited, Refusal> {
     }
 }
 
+/// The ghosts of the children a process on a node rforks (ranks named
+/// [`bproc_proto::GHOST_FORKED`] not on the front end): its own ghost forks one for each, a
+/// relay of that child's output. Returns each rank's ghost (0: none) and relay port.
+async fn rfork_ghosts(
+    shared: &Shared,
+    caller: &Caller,
+    nodes: &[i32],
+    asked: &[i32],
+    spec: &ProcSpec,
+) -> (Vec<i32>, Vec<u16>) {
+    let mut ghosts = vec![0; nodes.len()];
+    let mut ports = vec![0; nodes.len()];
+    let want: Vec<usize> = (0..nodes.len())
+        .filter(|&r| asked.get(r) == Some(&bproc_proto::GHOST_FORKED))
+        .filter(|&r| nodes[r] != bproc_proto::NODE_MASTER)
+        .collect();
+    let helper = match (caller.origin, caller.node_pid) {
+        (Some((n, _)), Some(pid)) => {
+            shared.ghosts.ghost_for((n, pid), caller.uid).filter(|g| shared.ghosts.connected(*g))
+        }
+        _ => None,
+    };
+    let Some(helper) = helper.filter(|_| !want.is_empty()) else {
+        return (ghosts, ports);
+    };
+    let comm = spec.argv.first().cloned().unwrap_or_default();
+    let made = shared.ghosts.rfork(helper, caller.uid, &comm, spec.token, want.len()).await;
+    for (r, m) in want.into_iter().zip(made) {
+        if let Some((pid, port)) = m {
+            ghosts[r] = pid;
+            ports[r] = port;
+        }
+    }
+    (ghosts, ports)
+}
+
 /// A `Launch` request.
 pub(crate) struct Request {
     pub nodes: Vec<i32>,
@@ -331,7 +367,7 @@ pub(crate) async fn serve(
     mut rd: crate::clients::ClientRd,
     mut wr: crate::clients::ClientWr,
 ) {
-    let Request { nodes, spec, ghosts, io_ports } = req;
+    let Request { nodes, spec, ghosts, mut io_ports } = req;
     // Its tree parts carry the spec too, each in one frame.
     if let Some(message) = spec.too_large() {
         let _ = write_frame(&mut wr, id, &Message::Error { code: errno::E2BIG, message }).await;
@@ -347,32 +383,42 @@ pub(crate) async fn serve(
     };
     let launch = shared.launch_id();
     let image = spec.image.is_some();
+    // An rfork from a node: each child's ghost is forked by the caller's ghost.
+    let asked = ghosts.clone();
+    let forking = image && caller.pid.is_none() && asked.contains(&bproc_proto::GHOST_FORKED);
     // The process a node's client is, when it moves itself.
     let mover = match (caller.origin, caller.node_pid) {
-        (Some((n, _)), Some(pid)) if image => Some((n, pid)),
+        (Some((n, _)), Some(pid)) if image && !forking => Some((n, pid)),
         _ => None,
     };
     // Ghosts are the caller's own children on the front end (or the caller itself, for a
-    // move); a process moving from a node keeps its ghost; anything else runs without.
-    let ghosts: Vec<i32> = (0..nodes.len())
-        .map(|r| {
-            let g = ghosts.get(r).copied().unwrap_or(0);
-            let ghost = match (caller.pid, mover) {
-                (Some(me), _) => shared.ghosts.claim(g, me, caller.uid).then_some(g),
-                // -1: the moving process's own ghost.
-                (None, Some(key)) if g == -1 => shared.ghosts.ghost_for(key, caller.uid),
-                _ => None,
-            };
-            ghost.unwrap_or(0)
-        })
-        .collect();
+    // move); a process moving from a node keeps its ghost; the children a process on a node
+    // rforks get ghosts its ghost forks; anything else runs without.
+    let ghosts: Vec<i32> = if forking {
+        let (g, ports) = rfork_ghosts(&shared, &caller, &nodes, &asked, &spec).await;
+        io_ports = ports;
+        g
+    } else {
+        (0..nodes.len())
+            .map(|r| {
+                let g = ghosts.get(r).copied().unwrap_or(0);
+                let ghost = match (caller.pid, mover) {
+                    (Some(me), _) => shared.ghosts.claim(g, me, caller.uid).then_some(g),
+                    // -1: the moving process's own ghost.
+                    (None, Some(key)) if g == -1 => shared.ghosts.ghost_for(key, caller.uid),
+                    _ => None,
+                };
+                ghost.unwrap_or(0)
+            })
+            .collect()
+    };
     // Nodes connect a launcher's fds back to where it runs, never where it claims to, and
     // fetch an image from there too; a moving process's output goes to its ghost, here.
     let to_ghosts = mover.is_some() && ghosts.iter().all(|g| *g > 0);
     let mut spec = ProcSpec {
         rlimits: inherited.rlimits,
         umask: inherited.umask,
-        io_ip: if to_ghosts { None } else { caller.origin.map(|o| o.1) },
+        io_ip: if to_ghosts || forking { None } else { caller.origin.map(|o| o.1) },
         image: spec.image.map(|e| bproc_proto::Endpoint { ip: caller.origin.map(|o| o.1), ..e }),
         ..spec
     };
@@ -458,6 +504,10 @@ pub(crate) async fn serve(
                 // ghost.
                 if to_ghosts {
                     back.push(rank);
+                } else if forking && asked.get(rank) == Some(&bproc_proto::GHOST_FORKED) {
+                    pids[rank] = -errno::EOPNOTSUPP;
+                    let reason = "master: an rfork from a node places no child on the front end";
+                    shared.launches.rank_refused(n, launch, rank as u32, reason.into());
                 } else if caller.origin.is_some() && !image {
                     if helper.is_some() {
                         front.push(rank);
@@ -471,6 +521,14 @@ pub(crate) async fn serve(
                     let launches = &shared.launches;
                     launches.rank_refused(n, launch, rank as u32, reason.into());
                 }
+                shared.launches.spawned(launch, rank, false);
+                continue;
+            }
+            if forking && ghosts[rank] <= 0 {
+                // Its ghost did not come: it would run unseen on the front end.
+                pids[rank] = -errno::EAGAIN;
+                let reason = format!("node {n}: no ghost could be made for the child");
+                shared.launches.rank_refused(n, launch, rank as u32, reason);
                 shared.launches.spawned(launch, rank, false);
                 continue;
             }
@@ -549,6 +607,23 @@ pub(crate) async fn serve(
         debug!("launch {launch}: rank {rank} never reported; counting its node as dead");
         pids[rank] = -errno::BE_SLAVEDIED;
         shared.launches.spawned(launch, rank, false);
+    }
+    if forking {
+        // The ghosts forked for children that did not start stand for nothing.
+        let made = ghosts.iter().zip(&pids).filter(|(g, p)| **g > 0 && **p <= 0);
+        let helper = caller
+            .node_pid
+            .zip(caller.origin)
+            .and_then(|(pid, (n, _))| shared.ghosts.ghost_for((n, pid), caller.uid));
+        for (&g, _) in made {
+            if helper.is_some_and(|h| crate::ghosts::parent_and_uid(g) == Some((h, caller.uid))) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(g),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            shared.ghosts.abandon(g);
+        }
     }
     let started = pids.iter().filter(|p| **p > 0).count();
     shared.metrics.launch();

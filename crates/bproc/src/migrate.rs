@@ -496,8 +496,10 @@ pub fn rfork_with(node: i32, io: &IoList, flags: i32) -> Result<i32, BprocError>
 /// One child on each of `nodes` (BProc's `bproc_vrfork`), every one a direct child of the
 /// caller: [`Forked::Child`] with its index in each child, [`Forked::Parent`] in the caller.
 /// A child on the front end ([`NODE_MASTER`]) is a local fork. The caller is dumped once
-/// and the image is served to the nodes concurrently. Only the front end can vrfork (ghosts
-/// live there); a process on a node gets `ENOSYS`.
+/// and the image is served to the nodes concurrently. From a node, the children's ghosts are
+/// forked by the caller's own ghost on the front end (so they are its children there) and
+/// relay the children's output to where the caller's ghost writes; a child on the caller's
+/// node is a local fork, and one on the front end is refused (`-EOPNOTSUPP`).
 pub fn vrfork(nodes: &[i32], io: &IoList) -> Result<Forked, BprocError> {
     vrfork_with(nodes, io, 0)
 }
@@ -511,13 +513,21 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
     let _ = std::io::stdout().flush();
     let mut client = Client::connect()?;
     let place = client.place()?;
-    let Some(prog) = place.ghost.clone() else {
-        return Err(remote(
-            errno::ENOSYS,
-            "rfork and vrfork work from the front end only, with bpghost beside bpmaster",
-        ));
+    // From a node the caller's ghost forks the children's ghosts; on the front end the
+    // caller starts them itself.
+    let on_node = place.node != NODE_MASTER;
+    let prog = match (&place.ghost, on_node) {
+        (Some(g), false) => g.clone(),
+        (None, false) => {
+            return Err(remote(
+                errno::ENOSYS,
+                "rfork and vrfork need bpghost beside bpmaster on the front end",
+            ))
+        }
+        (_, true) => String::new(),
     };
-    let here = |n: i32| n == NODE_MASTER || n == place.node;
+    // A local fork: the caller's own machine (on a node, BProc's BE_SAMENODE).
+    let here = |n: i32| n == place.node || (n == NODE_MASTER && !on_node);
     let image = nix::sys::memfd::memfd_create(
         c"bproc-image",
         nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
@@ -536,12 +546,19 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
     let token = token();
     let exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
     let comm = crate::ghost::comm_of(&exe.to_string_lossy());
-    let remote_count = nodes.iter().filter(|n| !here(**n)).count();
+    let remote_count = if on_node { 0 } else { nodes.iter().filter(|n| !here(**n)).count() };
     let relays = crate::ghost::spawn_relays(&prog, &comm, remote_count, &token)
         .map_err(|e| remote(errno::EAGAIN, format!("cannot start ghosts: {e}")))?;
     let mut made = relays.into_iter();
-    let (ghosts, ports): (Vec<i32>, Vec<u16>) =
-        nodes.iter().map(|n| if here(*n) { (0, 0) } else { made.next().unwrap_or((0, 0)) }).unzip();
+    let (ghosts, ports): (Vec<i32>, Vec<u16>) = nodes
+        .iter()
+        .map(|n| match (here(*n), on_node) {
+            (true, _) => (0, 0),
+            // The master has the caller's ghost fork one, which relays.
+            (false, true) => (bproc_proto::GHOST_FORKED, 0),
+            (false, false) => made.next().unwrap_or((0, 0)),
+        })
+        .unzip();
     let port = listener.local_addr()?.port();
     let launch = Message::Launch {
         nodes: nodes.iter().map(|n| if here(*n) { NODE_MASTER } else { *n }).collect(),
@@ -554,7 +571,7 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
     let mut pids = match reply {
         Ok(Message::Launched { pids }) if pids.len() == nodes.len() => pids,
         other => {
-            crate::ghost::discard(ghosts);
+            crate::ghost::discard(ghosts.iter().copied().filter(|_| !on_node));
             return Err(match other {
                 Err(e) => e,
                 Ok(m) => BprocError::Unexpected(m.name()),
@@ -569,6 +586,8 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
                 Ok(child) => *pid = child,
                 Err(e) => *pid = -(e as i32),
             }
+        } else if on_node {
+            // The master's pid: the child's on its node (its ghost's, on root slaves).
         } else if *pid <= 0 {
             crate::ghost::discard([ghosts[rank]]);
         } else if ghosts[rank] > 0 {

@@ -497,6 +497,50 @@ fn rfork_and_vrfork_children_are_the_callers() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Issue 17, item 1: a process on a node (started by bpsh) vrforks to two other nodes, its own
+/// node (a local fork) and the front end (refused from a node, `-EOPNOTSUPP`). The remote
+/// children run, each with a ghost on the front end that its caller's ghost forked (so `ps
+/// xf` shows them under it), their output reaches bpsh's stdout and stderr through those
+/// ghosts, and each ghost ends with its child's status.
+#[test]
+fn a_process_on_a_node_rforks() {
+    if !require_root("rforked children take their ghosts' pids (set_tid)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("node_rfork.c", "node_rfork") else { return };
+    let c = TestCluster::up(&bins(), 3, "node-rfork");
+    let mut run = c.cmd("bpsh").args(["1", exe.to_str().unwrap(), "2", "0"]).spawn();
+    let started = ["child 0 on node 2", "child 1 on node 0", "child 2 on node 1"];
+    while !started.iter().all(|l| run.out.iter().any(|o| o == l)) {
+        run.wait_line(30, "the children's first lines", |n, l| n == 1 && started.contains(&l));
+    }
+    // The front end's tree: bpsh → the caller's ghost → the two children's ghosts.
+    let children = |pid: i32| -> Vec<i32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let caller_ghost = children(run.pid());
+    assert_eq!(caller_ghost.len(), 1, "bpsh's children: {caller_ghost:?}");
+    // Two ghosts forked for the rforked children, and one for the local fork on node 1.
+    bproc_testkit::until(10, "three ghosts under the caller's", || {
+        let named = |p: &i32| comm(*p) == "node_rfork\n";
+        (children(caller_ghost[0]).iter().filter(|p| named(p)).count() == 3).then_some(())
+    });
+    let st = run.finish(60);
+    assert_eq!(st.code(), Some(42), "stdout: {:?}\nstderr: {:?}", run.out, run.err);
+    let mut out = run.out.clone();
+    out.sort();
+    assert_eq!(out, ["child 0 on node 2", "child 1 on node 0", "child 2 on node 1", "parent done"]);
+    let mut err = run.err.clone();
+    err.sort();
+    assert_eq!(err, ["child 0 stderr", "child 1 stderr", "child 2 stderr"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A process with a pipe, then with an open socket, that asks for strictness is refused with
 /// EBUSY and goes on where it was; without the flag the same process moves with a second
 /// thread, leaving its socket behind.
