@@ -218,6 +218,7 @@ fn main() -> std::io::Result<()> {
         (0, Message::GhostExec { comm: "sleep".into() }),
         (0, Message::GhostRfork { fork: 8, comm: "worker".into(), token: [6; 16] }),
         (0, Message::GhostRelayPort { port: 40030 }),
+        (29, Message::ProcWait { pid: 4321 }),
         (
             0,
             Message::GhostRestore {

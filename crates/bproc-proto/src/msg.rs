@@ -733,6 +733,13 @@ pub enum Message {
         /// The sender's pid (0: the kernel, a terminal).
         sender: i32,
     },
+    /// Client → master: wait for the end of the remote process whose ghost is `pid` (one of
+    /// the caller's uid). Replied with [`Message::ProcExit`] (launch and rank 0) when it
+    /// ends, however long that takes: a node's stand-in for a child its caller rforked.
+    ProcWait {
+        /// The process's ghost pid.
+        pid: i32,
+    },
     /// Client → master: every remote process. Replied with [`Message::Procs`].
     ProcList,
     /// Client → master: the state, CPU time and memory of the remote processes of `pids`
@@ -1031,6 +1038,7 @@ mod ty {
     pub const SESSION_PROCS: u16 = 52;
     pub const GHOST_OF: u16 = 53;
     pub const GHOST_RELAY_PORT: u16 = 54;
+    pub const PROC_WAIT: u16 = 55;
     pub const OK: u16 = 100;
     pub const ERROR: u16 = 101;
     pub const NODES: u16 = 102;
@@ -1640,6 +1648,7 @@ impl Message {
             SessionProcs { .. } => ty::SESSION_PROCS,
             GhostOf { .. } => ty::GHOST_OF,
             GhostRfork { .. } => ty::GHOST_RFORK,
+            ProcWait { .. } => ty::PROC_WAIT,
             GhostRelayPort { .. } => ty::GHOST_RELAY_PORT,
             Libraries { .. } => ty::LIBRARIES,
             Watch => ty::WATCH,
@@ -1721,6 +1730,7 @@ impl Message {
             SessionProcs { .. } => "SessionProcs",
             GhostOf { .. } => "GhostOf",
             GhostRfork { .. } => "GhostRfork",
+            ProcWait { .. } => "ProcWait",
             GhostRelayPort { .. } => "GhostRelayPort",
             Libraries { .. } => "Libraries",
             SignalPid { .. } => "SignalPid",
@@ -1918,6 +1928,7 @@ impl Message {
                 w.fixed(token);
             }
             GhostRelayPort { port } => w.u16(*port),
+            ProcWait { pid } => w.i32(*pid),
             GhostFork { fork, comm } => {
                 w.u64(*fork);
                 w.str(comm);
@@ -2262,6 +2273,7 @@ impl Message {
                 token: r.fixed("token")?,
             },
             ty::GHOST_RELAY_PORT => GhostRelayPort { port: r.u16("port")? },
+            ty::PROC_WAIT => ProcWait { pid: r.i32("pid")? },
             ty::GHOST_EXEC => GhostExec { comm: r.str("comm", MAX_TEXT)? },
             ty::GHOST_RESTORE => GhostRestore { image: get_endpoint(r)?, token: r.fixed("token")? },
             ty::GHOST_RESTORED => GhostRestored { code: r.i32("code")? },

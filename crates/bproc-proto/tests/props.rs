@@ -185,6 +185,7 @@ fn ghost_messages() -> impl Strategy<Value = Message> {
         (any::<u64>(), ".{0,16}", any::<[u8; 16]>())
             .prop_map(|(fork, comm, token)| Message::GhostRfork { fork, comm, token }),
         any::<u16>().prop_map(|port| Message::GhostRelayPort { port }),
+        any::<i32>().prop_map(|pid| Message::ProcWait { pid }),
         (any::<u16>(), any::<[u8; 16]>()).prop_map(|(port, token)| Message::GhostRestore {
             image: Endpoint { ip: None, port },
             token
