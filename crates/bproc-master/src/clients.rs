@@ -309,6 +309,24 @@ async fn serve(
                 }
                 return;
             }
+            Message::ProcWait { pid } => {
+                // As long as the process runs: this connection waits for nothing else.
+                let reply = match shared.ghosts.wait(pid, caller.uid, caller.admin) {
+                    Some(rx) => match rx.await {
+                        Ok(status) => Message::ProcExit { launch: 0, rank: 0, status },
+                        Err(_) => Message::Error {
+                            code: bproc_proto::errno::ESRCH,
+                            message: format!("process {pid} is gone"),
+                        },
+                    },
+                    None => Message::Error {
+                        code: bproc_proto::errno::ESRCH,
+                        message: format!("{pid} is no remote process of yours"),
+                    },
+                };
+                let _ = write_frame(&mut wr, id, &reply).await;
+                continue;
+            }
             Message::ProcStatList { pids } => {
                 let reply = crate::ghosts::stats(&shared, pids).await;
                 let _ = write_frame(&mut wr, id, &reply).await;

@@ -129,6 +129,8 @@ struct Inner {
     /// Child ghosts asked of a ghost for the children its process rforks on a node, until
     /// they have said hello and their relay's port.
     rforks: HashMap<u64, Rfork>,
+    /// Clients waiting for the end of the process of a ghost ([`Message::ProcWait`]).
+    waiters: HashMap<i32, Vec<tokio::sync::oneshot::Sender<ExitStatus>>>,
 }
 
 /// A child ghost asked for an rforked child ([`Message::GhostRfork`]).
@@ -150,6 +152,13 @@ const MAX_EARLY: usize = 65536;
 pub(crate) type RankEnd = (u64, u32, ExitStatus);
 
 impl Inner {
+    /// The process of ghost `ghost` ended with `status`: tells whoever waits for it.
+    fn notify(&mut self, ghost: i32, status: ExitStatus) {
+        for w in self.waiters.remove(&ghost).unwrap_or_default() {
+            let _ = w.send(status);
+        }
+    }
+
     /// Sends `msg` to the ghost of process (n, pid), or keeps it for the ghost of a fork
     /// that has not connected yet.
     fn deliver(&mut self, key: (i32, i32), msg: Message) {
@@ -190,6 +199,9 @@ impl Inner {
                 let p = self.procs.remove(&key)?;
                 if let Some(gh) = p.ghost.and_then(|gp| self.ghosts.get_mut(&gp)) {
                     gh.remote = None;
+                }
+                if let Some(gp) = p.ghost {
+                    self.notify(gp, status);
                 }
                 p.launch.map(|(l, r)| (l, r, status))
             }
@@ -344,6 +356,25 @@ impl Ghosts {
             made.push(got);
         }
         made
+    }
+
+    /// The end of the remote process of ghost `ghost`, for a client of uid `uid` (its
+    /// owner's, or root's); `None` when it is no remote process of theirs.
+    pub(crate) fn wait(
+        &self,
+        ghost: i32,
+        uid: u32,
+        admin: bool,
+    ) -> Option<tokio::sync::oneshot::Receiver<ExitStatus>> {
+        let mut g = self.lock();
+        let key = g.ghosts.get(&ghost)?.remote?;
+        let owner = g.procs.get(&key)?.uid;
+        if owner != uid && !admin {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        g.waiters.entry(ghost).or_default().push(tx);
+        Some(rx)
     }
 
     /// Ghost `pid` says its relay's port: completes the rfork it answers.
@@ -516,12 +547,9 @@ impl Ghosts {
         let inner = &mut *g;
         let lost: Vec<(i32, i32)> = inner.procs.keys().filter(|k| k.0 == n).copied().collect();
         for key in lost {
-            if let Some(gh) = inner
-                .procs
-                .remove(&key)
-                .and_then(|p| p.ghost)
-                .and_then(|gp| inner.ghosts.get_mut(&gp))
-            {
+            let Some(gp) = inner.procs.remove(&key).and_then(|p| p.ghost) else { continue };
+            inner.notify(gp, ExitStatus::NodeLost);
+            if let Some(gh) = inner.ghosts.get_mut(&gp) {
                 gh.remote = None;
                 gh.send(Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::NodeLost });
             }
@@ -692,6 +720,7 @@ impl Ghosts {
         for pid in over {
             since.remove(&pid);
             let Some(mut gh) = inner.ghosts.remove(&pid) else { continue };
+            inner.notify(pid, ExitStatus::NodeLost);
             if let Some(key) = gh.remote {
                 inner.procs.remove(&key);
             } else {
@@ -708,6 +737,8 @@ impl Ghosts {
     fn disconnect(&self, pid: i32) -> Option<(i32, i32)> {
         let mut g = self.lock();
         let gh = g.ghosts.remove(&pid)?;
+        // Its process is killed with it.
+        g.notify(pid, ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL as i32));
         let remote = gh.remote?;
         // Only the process this ghost stands for (another ghost may stand for its pid now).
         let p = g.procs.get_mut(&remote).filter(|p| p.ghost == Some(pid))?;

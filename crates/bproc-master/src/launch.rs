@@ -609,6 +609,12 @@ pub(crate) async fn serve(
         shared.launches.spawned(launch, rank, false);
     }
     if forking {
+        // The caller knows its children by their ghosts (the same pids on root slaves).
+        for (pid, g) in pids.iter_mut().zip(&ghosts) {
+            if *pid > 0 && *g > 0 {
+                *pid = *g;
+            }
+        }
         // The ghosts forked for children that did not start stand for nothing.
         let made = ghosts.iter().zip(&pids).filter(|(g, p)| **g > 0 && **p <= 0);
         let helper = caller

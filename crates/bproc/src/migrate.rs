@@ -587,7 +587,14 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
                 Err(e) => *pid = -(e as i32),
             }
         } else if on_node {
-            // The master's pid: the child's on its node (its ghost's, on root slaves).
+            // The master's pid is the child's ghost's; the caller waits for a stand-in here.
+            if *pid > 0 {
+                match bproc_sys::fork_single_threaded() {
+                    Ok(0) => stand_in(*pid),
+                    Ok(local) => *pid = local,
+                    Err(e) => *pid = -(e as i32),
+                }
+            }
         } else if *pid <= 0 {
             crate::ghost::discard([ghosts[rank]]);
         } else if ghosts[rank] > 0 {
@@ -595,6 +602,40 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
         }
     }
     Ok(Forked::Parent(pids))
+}
+
+/// A child a process on a node rforked to another node: a copy of the caller that stands
+/// in for it here, so that the caller's `waitpid` (and `SIGCHLD`) see the child end. It
+/// holds none of the caller's fds, asks the master to wait for the child's end
+/// ([`Message::ProcWait`] with its ghost's pid `ghost`) and ends the same way (a lost node:
+/// SIGKILL, as for a ghost).
+fn stand_in(ghost: i32) -> ! {
+    bproc_sys::close_fds_from(0, &[]);
+    let status = (|| {
+        let mut client = Client::connect().ok()?;
+        client.stream().set_read_timeout(None).ok()?;
+        let id = client.send(&Message::ProcWait { pid: ghost }).ok()?;
+        match client.reply(id).ok()? {
+            Message::ProcExit { status, .. } => Some(status),
+            _ => None,
+        }
+    })();
+    let signal = match status {
+        Some(bproc_proto::ExitStatus::Code(c)) => bproc_sys::exit_now(c),
+        Some(bproc_proto::ExitStatus::Signal(s)) => s,
+        Some(bproc_proto::ExitStatus::NodeLost) => nix::sys::signal::Signal::SIGKILL as i32,
+        None => bproc_sys::exit_now(255),
+    };
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
+        // No core file, so the waiter sees the signal with the core flag clear.
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+        bproc_sys::default_signal_actions();
+        let mut one = nix::sys::signal::SigSet::empty();
+        one.add(sig);
+        let _ = nix::sys::signal::raise(sig);
+        let _ = one.thread_unblock();
+    }
+    bproc_sys::exit_now(128 + (signal & 0x7f))
 }
 
 /// Serves `image` to every node that connects for request `id`, each on a thread of its own,

@@ -501,7 +501,8 @@ fn rfork_and_vrfork_children_are_the_callers() {
 /// node (a local fork) and the front end (refused from a node, `-EOPNOTSUPP`). The remote
 /// children run, each with a ghost on the front end that its caller's ghost forked (so `ps
 /// xf` shows them under it), their output reaches bpsh's stdout and stderr through those
-/// ghosts, and each ghost ends with its child's status.
+/// ghosts, and the caller's `waitpid` gets each one's exit status (through its stand-in on
+/// the caller's node).
 #[test]
 fn a_process_on_a_node_rforks() {
     if !require_root("rforked children take their ghosts' pids (set_tid)") {
@@ -525,10 +526,11 @@ fn a_process_on_a_node_rforks() {
     let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     let caller_ghost = children(run.pid());
     assert_eq!(caller_ghost.len(), 1, "bpsh's children: {caller_ghost:?}");
-    // Two ghosts forked for the rforked children, and one for the local fork on node 1.
-    bproc_testkit::until(10, "three ghosts under the caller's", || {
+    // Two ghosts forked for the rforked children, one for the local fork on node 1, and two
+    // for the remote children's stand-ins there (which the caller waits for).
+    bproc_testkit::until(10, "five ghosts under the caller's", || {
         let named = |p: &i32| comm(*p) == "node_rfork\n";
-        (children(caller_ghost[0]).iter().filter(|p| named(p)).count() == 3).then_some(())
+        (children(caller_ghost[0]).iter().filter(|p| named(p)).count() == 5).then_some(())
     });
     let st = run.finish(60);
     assert_eq!(st.code(), Some(42), "stdout: {:?}\nstderr: {:?}", run.out, run.err);
