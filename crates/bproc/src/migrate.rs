@@ -29,7 +29,10 @@
 //!
 //! An [`rfork`] or [`vrfork`] dumps the caller once into memory and serves that image to
 //! every node; each child is restored with its rank, and has a ghost (a child of the caller,
-//! relaying its output) whose pid the caller gets.
+//! relaying its output) whose pid the caller gets. From a node, the children's ghosts are
+//! forked by the caller's ghost on the front end, and the caller gets, for each remote child,
+//! a stand-in on its own node (a fork of itself that waits for the child's end through the
+//! master and ends the same way), so its `waitpid` works there too.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
