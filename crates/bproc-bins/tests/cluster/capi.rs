@@ -142,7 +142,7 @@ chmod bad bits: -1 Operation not permitted
 strerror Node is down / No such file or directory
 move -1: 0 ok
 move 1: 0 ok
-rfork 1: -1 Function not implemented
+rfork 1: exited 7
 ";
     assert_eq!(out, want);
     let user = test_user();
