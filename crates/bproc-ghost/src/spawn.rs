@@ -125,32 +125,22 @@ fn spawn(rank: u32, spec: &ProcSpec) -> std::io::Result<i32> {
             (Err(e), _) => return Err(e),
         }
     }
+    // The node's socket means nothing here: the master's, as this ghost has it.
     let socket = std::env::var("BPROC_SOCKET").ok();
-    let mut envp = Vec::new();
-    for (k, v) in spec.env_for_rank(rank) {
-        // The node's socket means nothing here: the master's, as this ghost has it.
-        if k != "BPROC_SOCKET" {
-            envp.push(cstr(&format!("{k}={v}"))?);
-        }
-    }
-    if let Some(s) = socket {
-        envp.push(cstr(&format!("BPROC_SOCKET={s}"))?);
-    }
+    let envp: std::io::Result<Vec<CString>> =
+        spec.env_where(rank, socket.as_deref()).iter().map(|kv| cstr(kv)).collect();
     let cwd = if std::path::Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
     let req = bproc_sys::SpawnSpec {
         path: cstr(&spec.path)?,
         argv: spec.argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
-        envp,
+        envp: envp?,
         cwd: Some(cstr(cwd)?),
         stdio,
         fds,
         limits: spec.rlimits.clone(),
-        jail: None,
-        identity: None,
         umask: spec.umask,
         files,
-        set_tid: None,
-        trace: false,
+        ..Default::default()
     };
     bproc_sys::spawn(&req)
 }

@@ -1395,6 +1395,16 @@ impl ProcSpec {
             .collect()
     }
 
+    /// [`ProcSpec::env_for_rank`] as `NAME=value` strings, with `BPROC_SOCKET` naming
+    /// `socket` (the cluster socket where the process runs; left out when `None`) instead of
+    /// the launcher's.
+    pub fn env_where(&self, rank: u32, socket: Option<&str>) -> Vec<String> {
+        let env = self.env_for_rank(rank).into_iter().filter(|(k, _)| k != "BPROC_SOCKET");
+        env.map(|(k, v)| format!("{k}={v}"))
+            .chain(socket.map(|s| format!("BPROC_SOCKET={s}")))
+            .collect()
+    }
+
     fn encode(&self, w: &mut Writer) {
         w.str(&self.path);
         put_strs(w, &self.argv);
