@@ -17,6 +17,12 @@
 //! has its process killed; a ghost whose process no resumed slave names is told its node is
 //! lost.
 //!
+//! The children a process on a node rforks get ghosts its own ghost forks
+//! ([`Message::GhostRfork`]); each is taken in only as that ghost's child of the same user,
+//! and says the port it relays output on. A client may wait for the end of one of its
+//! remote processes by its ghost's pid ([`Message::ProcWait`]: the stand-ins a node's
+//! rforking caller waits for); the waiters are told as the ghost is.
+//!
 //! Trust: a launch may name as ghosts only processes of the caller's uid (checked in
 //! `/proc`); a ghost's hello must come from that uid (the kernel's word); a forked ghost must
 //! be the child of a ghost of the same user; and the master signals only ghosts that said

@@ -12,6 +12,12 @@
 //! gets nothing it does not have. The slave applies them after the identity switch, so they
 //! can only lower what the node gives.
 //!
+//! Ranks on the front end are the launcher's to start; for a launcher on a node (`bpsh 1
+//! bpsh master cmd`) its ghost starts them ([`Message::GhostSpawn`]) and reports their pids
+//! and ends, which count only from that ghost and for those ranks. An rfork from a node (its
+//! ghosts named [`bproc_proto::GHOST_FORKED`]) first has the caller's ghost fork a relaying
+//! ghost per remote child, then launches the image with those ghosts.
+//!
 //! A rank with a ghost (a process the client made on the front end and named in the launch)
 //! lives as long as its ghost. A rank without one lives as long as the client's connection: a
 //! client that disconnects takes those still running with it (SIGKILL). A node that is lost
