@@ -758,7 +758,8 @@ impl Ghosts {
         self.lock().made
     }
 
-    fn remote_of(&self, pid: i32) -> Option<(i32, i32)> {
+    /// The remote process ghost `pid` stands for.
+    pub(crate) fn remote_of(&self, pid: i32) -> Option<(i32, i32)> {
         self.lock().ghosts.get(&pid).and_then(|g| g.remote)
     }
 }

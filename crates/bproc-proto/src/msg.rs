@@ -736,6 +736,8 @@ pub enum Message {
     /// Client → master: wait for the end of the remote process whose ghost is `pid` (one of
     /// the caller's uid). Replied with [`Message::ProcExit`] (launch and rank 0) when it
     /// ends, however long that takes: a node's stand-in for a child its caller rforked.
+    /// Meanwhile each [`Message::SignalLaunch`] on the connection goes to that process (no
+    /// answer).
     ProcWait {
         /// The process's ghost pid.
         pid: i32,

@@ -592,11 +592,16 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
         } else if on_node {
             // The master's pid is the child's ghost's; the caller waits for a stand-in here.
             if *pid > 0 {
-                match bproc_sys::fork_single_threaded() {
-                    Ok(0) => stand_in(*pid),
-                    Ok(local) => *pid = local,
-                    Err(e) => *pid = -(e as i32),
+                // Signals wait in the new stand-in until it reads them.
+                use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+                let mut mask = SigSet::empty();
+                let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut mask));
+                let forked = bproc_sys::fork_single_threaded();
+                if forked == Ok(0) {
+                    stand_in(*pid);
                 }
+                let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None);
+                *pid = forked.unwrap_or_else(|e| -(e as i32));
             }
         } else if *pid <= 0 {
             crate::ghost::discard([ghosts[rank]]);
@@ -610,17 +615,49 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
 /// A child a process on a node rforked to another node: a copy of the caller that stands
 /// in for it here, so that the caller's `waitpid` (and `SIGCHLD`) see the child end. It
 /// holds none of the caller's fds, asks the master to wait for the child's end
-/// ([`Message::ProcWait`] with its ghost's pid `ghost`) and ends the same way (a lost node:
-/// SIGKILL, as for a ghost).
+/// ([`Message::ProcWait`] with its ghost's pid `ghost`), passes the signals it receives on
+/// to the child, and ends the way the child ended (a lost node: SIGKILL, as for a ghost).
 fn stand_in(ghost: i32) -> ! {
+    use nix::sys::signal::{SigSet, Signal};
     bproc_sys::close_fds_from(0, &[]);
+    // Signals sent to the stand-in (blocked since before the fork) go on to the child, as
+    // `SignalLaunch` on the waiting connection, SIGCHLD aside; SIGKILL and SIGSTOP end or
+    // stop the stand-in alone. None of the caller's handlers runs here, and none ignores.
+    bproc_sys::default_signal_actions();
+    let all = SigSet::all();
     let status = (|| {
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let sfd =
+            SignalFd::with_flags(&all, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok()?;
         let mut client = Client::connect().ok()?;
         client.stream().set_read_timeout(None).ok()?;
         let id = client.send(&Message::ProcWait { pid: ghost }).ok()?;
-        match client.reply(id).ok()? {
-            Message::ProcExit { status, .. } => Some(status),
-            _ => None,
+        loop {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            let mut fds = [
+                PollFd::new(client.stream().as_fd(), PollFlags::POLLIN),
+                PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(_) => return None,
+            }
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            let (answer, signalled) = (ready(&fds[0]), ready(&fds[1]));
+            if signalled {
+                while let Ok(Some(info)) = sfd.read_signal() {
+                    let signal = info.ssi_signo as i32;
+                    if signal != Signal::SIGCHLD as i32 {
+                        client.send(&Message::SignalLaunch { signal }).ok()?;
+                    }
+                }
+            }
+            if answer {
+                return match client.reply(id).ok()? {
+                    Message::ProcExit { status, .. } => Some(status),
+                    _ => None,
+                };
+            }
         }
     })();
     let signal = match status {

@@ -502,7 +502,7 @@ fn rfork_and_vrfork_children_are_the_callers() {
 /// children run, each with a ghost on the front end that its caller's ghost forked (so `ps
 /// xf` shows them under it), their output reaches bpsh's stdout and stderr through those
 /// ghosts, and the caller's `waitpid` gets each one's exit status (through its stand-in on
-/// the caller's node).
+/// the caller's node, which also passes on a signal sent to it).
 #[test]
 fn a_process_on_a_node_rforks() {
     if !require_root("rforked children take their ghosts' pids (set_tid)") {
