@@ -216,6 +216,9 @@ fn main() -> std::io::Result<()> {
         (0, Message::GhostState { stopped: true }),
         (0, Message::GhostFork { fork: 7, comm: "sleep".into() }),
         (0, Message::GhostExec { comm: "sleep".into() }),
+        (0, Message::GhostRfork { fork: 8, comm: "worker".into(), token: [6; 16] }),
+        (0, Message::GhostRelayPort { port: 40030 }),
+        (29, Message::ProcWait { pid: 4321 }),
         (
             0,
             Message::GhostRestore {
@@ -224,6 +227,26 @@ fn main() -> std::io::Result<()> {
             },
         ),
         (0, Message::GhostRestored { code: 0 }),
+        (
+            0,
+            Message::GhostSpawn {
+                launch: 12,
+                rank: 1,
+                spec: ProcSpec {
+                    io: vec![
+                        IoSpec::Null,
+                        IoSpec::Rejoin {
+                            ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+                            port: 40000,
+                            token: [9; 16],
+                            rank: 3,
+                        },
+                        IoSpec::Forward,
+                    ],
+                    ..spec()
+                },
+            },
+        ),
         (28, Message::LibList { only: vec!["/lib/x86_64-linux-gnu/libc.so.6".into()] }),
         (28, Message::Libraries { names: vec!["/lib/x86_64-linux-gnu/libc.so.6".into()] }),
         (

@@ -222,20 +222,13 @@ pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
             return ExitCode::from(255);
         }
     };
+    // `master` from a node is the front end, where this process's ghost starts the command.
     let named_front_end = bproc::nodespec::parse_node_name(&host) == Some(bproc::NODE_MASTER);
-    if named_front_end {
-        // `master` from a node is the front end, where nothing here can start a process.
-        if let Ok(place) = Client::connect().and_then(|mut c| c.place()) {
-            if place.node != bproc::NODE_MASTER {
-                eprintln!(
-                    "brsh: {host}: cannot run on the front end from node {}: run brsh there",
-                    place.node
-                );
-                return ExitCode::from(255);
-            }
-        }
-    }
-    if node == bproc::NODE_MASTER {
+    let from_node = named_front_end
+        && Client::connect()
+            .and_then(|mut c| c.place())
+            .is_ok_and(|p| p.node != bproc::NODE_MASTER);
+    if node == bproc::NODE_MASTER && !from_node {
         // The front end itself: run here, as rsh to the local host would.
         let mut cmd = std::process::Command::new("/bin/sh");
         cmd.arg("-c").arg(&joined);
@@ -251,7 +244,7 @@ pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
         };
     }
     execute(Args {
-        spec: node.to_string(),
+        spec: if from_node { "master".into() } else { node.to_string() },
         no_stdin,
         buffer: 4096,
         command: vec!["/bin/sh".into(), "-c".into(), joined.into()],
@@ -396,8 +389,11 @@ enum Conn {
     Write(Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
 }
 
-/// A forwarded fd's slot: where the accept loop (or a local start) delivers it.
-type Slot = Option<oneshot::Sender<Conn>>;
+/// A forwarded fd's slot: where the accept loop (or a local start) delivers it. Stdin takes
+/// one connection; stdout and stderr take one after another: a process that moves on from
+/// its node to another has its streams there connected again (`IoSpec::Rejoin`), and the
+/// rank's reader reads each to its end, in the order they came.
+type Slot = Option<mpsc::UnboundedSender<Conn>>;
 
 /// Reads connection headers and hands each valid connection to its (rank, fd) slot.
 async fn accept_loop(
@@ -425,11 +421,15 @@ async fn accept_loop(
                 bproc_link::serve_staged_file(&mut s, &staged).await;
                 return;
             }
-            let slot = slots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_mut(rank)
-                .and_then(|r| r.get_mut(fd)?.take());
+            let slot =
+                slots.lock().unwrap_or_else(|e| e.into_inner()).get_mut(rank).and_then(|r| {
+                    let slot = r.get_mut(fd)?;
+                    if fd == 0 {
+                        slot.take()
+                    } else {
+                        slot.clone()
+                    }
+                });
             match slot {
                 Some(tx) => {
                     let _ = tx.send(if fd == 0 {
@@ -464,9 +464,11 @@ fn start_local(
         let stdio = match io {
             IoSpec::Forward => Stdio::piped(),
             // bpsh asks for nothing else.
-            IoSpec::Null | IoSpec::Closed | IoSpec::Open { .. } | IoSpec::Connect { .. } => {
-                Stdio::null()
-            }
+            IoSpec::Null
+            | IoSpec::Closed
+            | IoSpec::Open { .. }
+            | IoSpec::Connect { .. }
+            | IoSpec::Rejoin { .. } => Stdio::null(),
             IoSpec::File(path) => {
                 let f =
                     if fd == 0 { std::fs::File::open(path) } else { std::fs::File::create(path) };
@@ -657,13 +659,13 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     let mut spec = p.spec;
     let forwards: Vec<bool> = spec.io.iter().map(|io| *io == IoSpec::Forward).collect();
     let slots: Arc<Mutex<Vec<[Slot; 3]>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
-    let mut receivers: Vec<[Option<oneshot::Receiver<Conn>>; 3]> = Vec::with_capacity(n);
+    let mut receivers: Vec<[Option<mpsc::UnboundedReceiver<Conn>>; 3]> = Vec::with_capacity(n);
     for _ in 0..n {
         let mut senders: [Slot; 3] = [None, None, None];
-        let mut rxs: [Option<oneshot::Receiver<Conn>>; 3] = [None, None, None];
+        let mut rxs: [Option<mpsc::UnboundedReceiver<Conn>>; 3] = [None, None, None];
         for fd in 0..3 {
             if forwards[fd] {
-                let (tx, rx) = oneshot::channel();
+                let (tx, rx) = mpsc::unbounded_channel();
                 senders[fd] = Some(tx);
                 rxs[fd] = Some(rx);
             }
@@ -766,15 +768,13 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     // Ranks on the front end (spec `master`) run here, as the caller; the master skipped them.
     let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(u32, ExitStatus)>();
     let local_pids: Arc<Mutex<Vec<i32>>> = Arc::default();
-    // From a node, `master` is the front end, where nothing here can start a process: the
-    // master daemon runs no user code. Refused, rather than run on this node.
-    let refused = |rank: usize| {
-        p.nodes[rank] == bproc_proto::NODE_MASTER && p.here != bproc_proto::NODE_MASTER
+    // From a node, `master` is the front end, where this bpsh's ghost started the rank for
+    // it (the master's pid and refusals count, as for a node).
+    let local = |rank: usize| {
+        p.nodes[rank] == bproc_proto::NODE_MASTER && p.here == bproc_proto::NODE_MASTER
     };
     for (rank, pid) in pids.iter_mut().enumerate() {
-        if refused(rank) {
-            *pid = -bproc::errno::EOPNOTSUPP;
-        } else if p.nodes[rank] == bproc_proto::NODE_MASTER && *pid == 0 {
+        if local(rank) && *pid == 0 {
             *pid = match start_local(&spec, rank, &slots, exit_tx.clone()) {
                 Ok(local) => {
                     local_pids.lock().unwrap_or_else(|e| e.into_inner()).push(local);
@@ -804,15 +804,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     // What a rank that did not start says: its node's reason, else the error's text.
     let why = |rank: usize, pid: i32| reasons[rank].clone().unwrap_or_else(|| strerror(-pid));
     for (rank, (r, pid)) in ranks.iter().zip(&pids).enumerate().filter(|(_, (r, _))| r.failed) {
-        if refused(rank) {
-            eprintln!(
-                "bpsh: master: cannot run on the front end from node {}: bpsh on a node starts \
-                 processes on nodes only (run this bpsh on the front end)",
-                p.here
-            );
-        } else {
-            eprintln!("{}: {}", r.node, why(rank, *pid));
-        }
+        eprintln!("{}: {}", r.node, why(rank, *pid));
     }
     bproc::ghost::discard(ghosts.iter().zip(&ranks).filter(|(_, r)| r.failed).map(|(g, _)| *g));
     // Every live ghost is watched and reaped here.
@@ -851,32 +843,27 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
     let (turn_tx, turn_rx) = watch::channel(0usize);
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(64);
     let mut stdin_writers = Vec::new();
+    // Which ranks have ended: a stream's last connection is known only then (a process that
+    // moves on from a node connects its streams again from the next).
+    let ended: Vec<watch::Sender<bool>> = (0..n).map(|_| watch::channel(false).0).collect();
     for (rank, rxs) in receivers.iter_mut().enumerate() {
         if ranks[rank].failed {
             continue;
         }
         for fd in [1u8, 2] {
             if let Some(rx) = rxs[fd as usize].take() {
-                let (out, mut turn) = (out_tx.clone(), turn_rx.clone());
+                let (out, turn) = (out_tx.clone(), turn_rx.clone());
+                let over = ended[rank].subscribe();
                 let (sequential, size) = (a.sequential, a.buffer);
-                tokio::spawn(async move {
-                    let Ok(Conn::Read(mut s)) = rx.await else { return };
-                    if sequential && turn.wait_for(|t| *t >= rank).await.is_err() {
-                        return;
-                    }
-                    let mut buf = vec![0u8; size];
-                    loop {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => {
-                                if out.send(Out::Data(rank, fd, buf[..k].to_vec())).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    let _ = out.send(Out::Eof(rank, fd)).await;
-                });
+                tokio::spawn(read_stream(
+                    rank,
+                    fd,
+                    rx,
+                    over,
+                    sequential.then_some(turn),
+                    size,
+                    out,
+                ));
             }
         }
         if let Some(rx) = rxs[0].take() {
@@ -904,6 +891,11 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         let _ = stdout.flush().await;
     }
     loop {
+        for (r, tx) in ranks.iter().zip(&ended) {
+            if r.status.is_some() && !*tx.borrow() {
+                tx.send_replace(true);
+            }
+        }
         // Advance the sequential turn past finished ranks, a divider for each new one.
         if a.sequential {
             while turn < n && ranks[turn].done() {
@@ -972,7 +964,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
                 );
                 for (i, r) in ranks.iter_mut().enumerate() {
                     let followed = follow.iter().any(|f| f.0 as usize == i);
-                    if !followed && !r.failed && r.status.is_none() && r.node != bproc_proto::NODE_MASTER {
+                    if !followed && !r.failed && r.status.is_none() && !local(i) {
                         // Nothing follows it without the master: it is lost with it.
                         r.master_gone = true;
                         r.status = Some(ExitStatus::NodeLost);
@@ -1129,14 +1121,64 @@ fn exit_code(ranks: &[Rank]) -> ExitCode {
 }
 
 /// Feeds one node's stdin socket from the replicated chunks; closes it at EOF.
-async fn write_stdin(sock: oneshot::Receiver<Conn>, mut chunks: mpsc::Receiver<Arc<Vec<u8>>>) {
-    let Ok(Conn::Write(mut s)) = sock.await else { return };
+async fn write_stdin(
+    mut sock: mpsc::UnboundedReceiver<Conn>,
+    mut chunks: mpsc::Receiver<Arc<Vec<u8>>>,
+) {
+    let Some(Conn::Write(mut s)) = sock.recv().await else { return };
     while let Some(chunk) = chunks.recv().await {
         if s.write_all(&chunk).await.is_err() {
             return; // the remote closed its stdin: stop feeding it
         }
     }
     let _ = s.shutdown().await;
+}
+
+/// Reads rank `rank`'s stream `fd`: each connection that comes for it to its end, in order,
+/// until the rank has ended and no further connection waits (one comes when the process moves
+/// on to another node; it connects there before the copy it leaves ends). In sequential mode
+/// it first waits for the rank's `turn`.
+async fn read_stream(
+    rank: usize,
+    fd: u8,
+    mut conns: mpsc::UnboundedReceiver<Conn>,
+    mut over: watch::Receiver<bool>,
+    turn: Option<watch::Receiver<usize>>,
+    size: usize,
+    out: mpsc::Sender<Out>,
+) {
+    let Some(mut next) = conns.recv().await else { return };
+    if let Some(mut turn) = turn {
+        if turn.wait_for(|t| *t >= rank).await.is_err() {
+            return;
+        }
+    }
+    let mut buf = vec![0u8; size];
+    loop {
+        if let Conn::Read(mut s) = next {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        if out.send(Out::Data(rank, fd, buf[..k].to_vec())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        next = tokio::select! {
+            c = conns.recv() => match c {
+                Some(c) => c,
+                None => break,
+            },
+            _ = over.wait_for(|e| *e) => match conns.try_recv() {
+                Ok(c) => c,
+                Err(_) => break,
+            },
+        };
+    }
+    let _ = out.send(Out::Eof(rank, fd)).await;
 }
 
 /// Reads bpsh's stdin and gives each chunk to every node in turn, so the slowest reader

@@ -11,11 +11,17 @@
 //! - `GhostState { stopped }` makes it stop itself with SIGSTOP, so the parent sees the stop;
 //! - `GhostFork` forks a child ghost (which execs itself afresh and says hello with the fork
 //!   id), `GhostExec` re-execs itself under the new name, keeping its pid and connection;
+//! - `GhostRfork` (its process, on a node, rforks) forks a child ghost that relays the
+//!   rforked child's output to this ghost's stdout and stderr and says its relay's port;
 //! - `ProcExit` ends it with the remote status: the same exit code, or death by the same
 //!   signal (with core dumps off, so the core flag stays clear).
 //!
 //! - `GhostRestore` (its process moves back to the front end) makes it restore the process's
 //!   image into itself, so the process is back under its own pid and parent.
+//! - `GhostSpawn` (its process, a launcher on a node, launched a rank on the front end,
+//!   `bpsh 1 bpsh master cmd`): it starts the rank as its own child ([`spawn`]), with the
+//!   user's rights it has, answers `RankSpawned` with the pid, and `ProcExit` when the child
+//!   ends.
 //!
 //! The ghost of a moved or rforked process also relays that process's output ([`relay`]).
 //!
@@ -30,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod relay;
+pub mod spawn;
 
 use std::ffi::{CString, OsString};
 use std::io::{Read, Write};
@@ -142,13 +149,21 @@ pub fn main(argv0: OsString) -> ExitCode {
     if relay.is_none() {
         relay = relay::Relay::from_env().and_then(Result::ok);
     }
-    let ctl = match control() {
+    let mut ctl = match control() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("bpghost: cannot reach bpmaster: {e}");
             return ExitCode::from(255);
         }
     };
+    // The ghost of an rforked child (forked by its caller's ghost) says where it relays.
+    let forked = std::env::var(ENV_FORK).is_ok_and(|v| v != "0");
+    if let (true, Some(r)) = (forked, &relay) {
+        let msg = Message::GhostRelayPort { port: r.port() };
+        if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
+            return violent_death();
+        }
+    }
     serve(sfd, ctl, relay)
 }
 
@@ -239,7 +254,7 @@ fn read_signals(sfd: &SignalFd, cont_pending: &mut bool) -> Vec<Message> {
     while let Ok(Some(info)) = sfd.read_signal() {
         let sig = info.ssi_signo as i32;
         if sig == Signal::SIGCHLD as i32 {
-            reap();
+            out.extend(reap());
             continue;
         }
         if is_stop(sig) {
@@ -364,6 +379,14 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
                     return violent_death();
                 }
             }
+            Some(Message::GhostSpawn { launch, rank, spec }) => {
+                let pid = spawn::start(launch, rank, &spec);
+                let msg = Message::RankSpawned { launch, rank, pid };
+                if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
+                    // The master went away; the child runs and its end is sent to the next.
+                    continue;
+                }
+            }
             Some(Message::GhostState { stopped }) => {
                 if stopped && !cont_pending {
                     stop_as_the_process();
@@ -381,6 +404,15 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
                     }
                     // The child's copies of the signalfd and connection close on exec.
                     reexec(&comm, &[(ENV_FORK, fork.to_string())]);
+                    return violent_death();
+                }
+            }
+            Some(Message::GhostRfork { fork, comm, token }) => {
+                if bproc_sys::fork_single_threaded() == Ok(0) {
+                    // Keeps this ghost's stdout and stderr: the rforked child's output is
+                    // written where its caller's would be on the front end.
+                    let io = relay::env_value(&token, None);
+                    reexec(&comm, &[(ENV_FORK, fork.to_string()), (relay::ENV_IO, io)]);
                     return violent_death();
                 }
             }
@@ -451,14 +483,23 @@ fn take_back(
     e.errno()
 }
 
-/// Reaps ended child ghosts.
-fn reap() {
+/// Reaps ended children: child ghosts, and the ranks it started, whose ends go to the
+/// master as [`Message::ProcExit`].
+fn reap() -> Vec<Message> {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut ends = Vec::new();
     while let Ok(st) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-        if st == WaitStatus::StillAlive {
-            break;
+        let (pid, status) = match st {
+            WaitStatus::StillAlive => break,
+            WaitStatus::Exited(p, c) => (p, ExitStatus::Code(c)),
+            WaitStatus::Signaled(p, sig, _) => (p, ExitStatus::Signal(sig as i32)),
+            _ => continue,
+        };
+        if let Some((launch, rank)) = spawn::ended(pid.as_raw()) {
+            ends.push(Message::ProcExit { launch, rank, status });
         }
     }
+    ends
 }
 
 /// Runs this ghost program again as `[comm]`, with `env` added to a minimal environment.

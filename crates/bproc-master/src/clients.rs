@@ -309,6 +309,14 @@ async fn serve(
                 }
                 return;
             }
+            Message::ProcWait { pid } => {
+                // As long as the process runs, this connection only passes signals on to it.
+                let Some(reply) = proc_wait(&shared, &caller, pid, &mut rd).await else {
+                    return;
+                };
+                let _ = write_frame(&mut wr, id, &reply).await;
+                continue;
+            }
             Message::ProcStatList { pids } => {
                 let reply = crate::ghosts::stats(&shared, pids).await;
                 let _ = write_frame(&mut wr, id, &reply).await;
@@ -465,6 +473,45 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
             code: EPROTO,
             message: format!("{} is not a client request", other.name()),
         },
+    }
+}
+
+/// Serves [`Message::ProcWait`] for remote process `pid` (a ghost's pid): its end, when it
+/// comes, as [`Message::ProcExit`]. Meanwhile each [`Message::SignalLaunch`] on the
+/// connection is sent on to the process (no answer). `None` when the client went away.
+async fn proc_wait(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    pid: i32,
+    rd: &mut ClientRd,
+) -> Option<Message> {
+    let Some(mut rx) = shared.ghosts.wait(pid, caller.uid, caller.admin) else {
+        return Some(Message::Error {
+            code: bproc_proto::errno::ESRCH,
+            message: format!("{pid} is no remote process of yours"),
+        });
+    };
+    loop {
+        tokio::select! {
+            end = &mut rx => return Some(match end {
+                Ok(status) => Message::ProcExit { launch: 0, rank: 0, status },
+                Err(_) => Message::Error {
+                    code: bproc_proto::errno::ESRCH,
+                    message: format!("process {pid} is gone"),
+                },
+            }),
+            frame = read_frame(rd) => match frame {
+                Ok(Some((_, Message::SignalLaunch { signal }))) => {
+                    if let Some((n, rpid)) = shared.ghosts.remote_of(pid) {
+                        if let Some(node) = shared.table().get(n) {
+                            node.send(0, Message::SignalPid { pid: rpid, signal, sender: 0 });
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            },
+        }
     }
 }
 

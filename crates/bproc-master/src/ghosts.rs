@@ -17,6 +17,12 @@
 //! has its process killed; a ghost whose process no resumed slave names is told its node is
 //! lost.
 //!
+//! The children a process on a node rforks get ghosts its own ghost forks
+//! ([`Message::GhostRfork`]); each is taken in only as that ghost's child of the same user,
+//! and says the port it relays output on. A client may wait for the end of one of its
+//! remote processes by its ghost's pid ([`Message::ProcWait`]: the stand-ins a node's
+//! rforking caller waits for); the waiters are told as the ghost is.
+//!
 //! Trust: a launch may name as ghosts only processes of the caller's uid (checked in
 //! `/proc`); a ghost's hello must come from that uid (the kernel's word); a forked ghost must
 //! be the child of a ghost of the same user; and the master signals only ghosts that said
@@ -42,6 +48,25 @@ struct Proc {
     launch: Option<(u64, u32)>,
     /// Owner.
     uid: u32,
+    /// Where its forwarded output goes, for a launched process: kept across moves, so a copy
+    /// on another node connects its streams there again.
+    output: Option<Output>,
+}
+
+/// Where a launched process's forwarded stdout and stderr go: its launcher's listener (or its
+/// relaying ghost's), the launch's token, and its rank there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Output {
+    /// Address; `None`: the master's, as the node sees it.
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Port.
+    pub port: u16,
+    /// The launch's token.
+    pub token: [u8; 16],
+    /// The rank.
+    pub rank: u32,
+    /// fds 1 and 2 forwarded.
+    pub fds: [bool; 2],
 }
 
 /// A ghost on the master.
@@ -107,6 +132,23 @@ struct Inner {
     moved: std::collections::HashSet<(i32, i32)>,
     /// Ghosts taken in since the master started ([`Ghosts::made`]).
     made: u64,
+    /// Child ghosts asked of a ghost for the children its process rforks on a node, until
+    /// they have said hello and their relay's port.
+    rforks: HashMap<u64, Rfork>,
+    /// Clients waiting for the end of the process of a ghost ([`Message::ProcWait`]).
+    waiters: HashMap<i32, Vec<tokio::sync::oneshot::Sender<ExitStatus>>>,
+}
+
+/// A child ghost asked for an rforked child ([`Message::GhostRfork`]).
+#[derive(Debug)]
+struct Rfork {
+    /// The ghost asked to fork it, and its owner.
+    parent: i32,
+    uid: u32,
+    /// Its pid, once it said hello.
+    pid: Option<i32>,
+    /// Where its pid and relay port go.
+    done: Option<tokio::sync::oneshot::Sender<(i32, u16)>>,
 }
 
 /// Most early events kept; beyond, the oldest are dropped.
@@ -116,6 +158,13 @@ const MAX_EARLY: usize = 65536;
 pub(crate) type RankEnd = (u64, u32, ExitStatus);
 
 impl Inner {
+    /// The process of ghost `ghost` ended with `status`: tells whoever waits for it.
+    fn notify(&mut self, ghost: i32, status: ExitStatus) {
+        for w in self.waiters.remove(&ghost).unwrap_or_default() {
+            let _ = w.send(status);
+        }
+    }
+
     /// Sends `msg` to the ghost of process (n, pid), or keeps it for the ghost of a fork
     /// that has not connected yet.
     fn deliver(&mut self, key: (i32, i32), msg: Message) {
@@ -157,6 +206,9 @@ impl Inner {
                 if let Some(gh) = p.ghost.and_then(|gp| self.ghosts.get_mut(&gp)) {
                     gh.remote = None;
                 }
+                if let Some(gp) = p.ghost {
+                    self.notify(gp, status);
+                }
                 p.launch.map(|(l, r)| (l, r, status))
             }
             ProcChange::Stopped => {
@@ -193,7 +245,8 @@ impl Inner {
                 if pending || self.procs.get(&(n, child)).is_some_and(|p| p.ghost.is_some()) {
                     return None;
                 }
-                self.procs.insert((n, child), Proc { ghost: None, launch: None, uid });
+                self.procs
+                    .insert((n, child), Proc { ghost: None, launch: None, uid, output: None });
                 // The parent's ghost forks the child's; one still on its way does it when
                 // it comes (the request waits with it).
                 let has_ghost = self.procs.get(&key).is_some_and(|p| p.ghost.is_some());
@@ -233,7 +286,7 @@ fn alive(pid: i32) -> bool {
 }
 
 /// `(ppid, uid)` of a live process, from `/proc`.
-fn parent_and_uid(pid: i32) -> Option<(i32, u32)> {
+pub(crate) fn parent_and_uid(pid: i32) -> Option<(i32, u32)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         text.lines()
@@ -272,6 +325,91 @@ impl Ghosts {
         true
     }
 
+    /// Asks ghost `parent` (of uid `uid`, connected) to fork `n` child ghosts named `comm`
+    /// that relay output presenting `token`, for the children its process rforks; returns
+    /// each one's pid and relay port, or `None` for those that did not come within 10 s.
+    pub(crate) async fn rfork(
+        &self,
+        parent: i32,
+        uid: u32,
+        comm: &str,
+        token: [u8; 16],
+        n: usize,
+    ) -> Vec<Option<(i32, u16)>> {
+        let mut waits = Vec::with_capacity(n);
+        {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            for _ in 0..n {
+                inner.next_fork += 1;
+                let fork = inner.next_fork;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                inner.rforks.insert(fork, Rfork { parent, uid, pid: None, done: Some(tx) });
+                if let Some(gh) = inner.ghosts.get_mut(&parent) {
+                    gh.send(Message::GhostRfork { fork, comm: comm.to_owned(), token });
+                }
+                waits.push((fork, rx));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut made = Vec::with_capacity(n);
+        for (fork, rx) in waits {
+            let got = tokio::time::timeout_at(deadline, rx).await.ok().and_then(Result::ok);
+            if got.is_none() {
+                warn!("ghost {parent}: no child ghost for rfork {fork}");
+            }
+            self.lock().rforks.remove(&fork);
+            made.push(got);
+        }
+        made
+    }
+
+    /// The end of the remote process of ghost `ghost`, for a client of uid `uid` (its
+    /// owner's, or root's); `None` when it is no remote process of theirs.
+    pub(crate) fn wait(
+        &self,
+        ghost: i32,
+        uid: u32,
+        admin: bool,
+    ) -> Option<tokio::sync::oneshot::Receiver<ExitStatus>> {
+        let mut g = self.lock();
+        let key = g.ghosts.get(&ghost)?.remote?;
+        let owner = g.procs.get(&key)?.uid;
+        if owner != uid && !admin {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        g.waiters.entry(ghost).or_default().push(tx);
+        Some(rx)
+    }
+
+    /// Ghost `pid` says its relay's port: completes the rfork it answers.
+    fn relay_port(&self, pid: i32, port: u16) {
+        let mut g = self.lock();
+        if let Some(rf) = g.rforks.values_mut().find(|rf| rf.pid == Some(pid)) {
+            if let Some(done) = rf.done.take() {
+                let _ = done.send((pid, port));
+            }
+        }
+    }
+
+    /// Whether ghost `pid` has said hello on a connection that is still open.
+    pub(crate) fn connected(&self, pid: i32) -> bool {
+        self.lock().ghosts.get(&pid).is_some_and(|g| g.tx.is_some())
+    }
+
+    /// Sends `msg` to ghost `pid` (kept for it until it connects).
+    pub(crate) fn send_to(&self, pid: i32, msg: Message) {
+        if let Some(gh) = self.lock().ghosts.get_mut(&pid) {
+            gh.send(msg);
+        }
+    }
+
+    /// Where process `key`'s forwarded output goes, if it was launched with any.
+    pub(crate) fn output_of(&self, key: (i32, i32)) -> Option<Output> {
+        self.lock().procs.get(&key)?.output
+    }
+
     /// The ghost of process `key` (of uid `uid`), which asks to move.
     pub(crate) fn ghost_for(&self, key: (i32, i32), uid: u32) -> Option<i32> {
         let g = self.lock();
@@ -287,10 +425,10 @@ impl Ghosts {
         &self,
         n: i32,
         pid: i32,
-        launch: u64,
-        rank: u32,
+        (launch, rank): (u64, u32),
         ghost: i32,
         uid: u32,
+        mut output: Option<Output>,
     ) -> Vec<RankEnd> {
         let mut g = self.lock();
         let inner = &mut *g;
@@ -298,13 +436,14 @@ impl Ghosts {
         let mut was = (launch, rank);
         if let Some(gh) = ghost.and_then(|p| inner.ghosts.get_mut(&p)) {
             if let Some(old) = gh.remote.replace((n, pid)).filter(|o| *o != (n, pid)) {
-                if let Some(l) = inner.procs.remove(&old).and_then(|p| p.launch) {
-                    was = l;
+                if let Some(p) = inner.procs.remove(&old) {
+                    was = p.launch.unwrap_or(was);
+                    output = output.or(p.output);
                 }
                 inner.moved.insert(old);
             }
         }
-        g.procs.insert((n, pid), Proc { ghost, launch: Some(was), uid });
+        g.procs.insert((n, pid), Proc { ghost, launch: Some(was), uid, output });
         let mut ends = Vec::new();
         g.replay((n, pid), &mut ends);
         ends
@@ -414,12 +553,9 @@ impl Ghosts {
         let inner = &mut *g;
         let lost: Vec<(i32, i32)> = inner.procs.keys().filter(|k| k.0 == n).copied().collect();
         for key in lost {
-            if let Some(gh) = inner
-                .procs
-                .remove(&key)
-                .and_then(|p| p.ghost)
-                .and_then(|gp| inner.ghosts.get_mut(&gp))
-            {
+            let Some(gp) = inner.procs.remove(&key).and_then(|p| p.ghost) else { continue };
+            inner.notify(gp, ExitStatus::NodeLost);
+            if let Some(gh) = inner.ghosts.get_mut(&gp) {
                 gh.remote = None;
                 gh.send(Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::NodeLost });
             }
@@ -466,7 +602,7 @@ impl Ghosts {
                 if launch.is_some() {
                     kill.push(p.pid);
                 } else {
-                    inner.procs.insert(key, Proc { ghost: None, launch, uid: p.uid });
+                    inner.procs.insert(key, Proc { ghost: None, launch, uid: p.uid, output: None });
                 }
                 continue;
             }
@@ -485,7 +621,9 @@ impl Ghosts {
             }
             gh.uid = Some(p.uid);
             gh.remote = Some(key);
-            inner.procs.insert(key, Proc { ghost: Some(p.ghost), launch, uid: p.uid });
+            inner
+                .procs
+                .insert(key, Proc { ghost: Some(p.ghost), launch, uid: p.uid, output: None });
         }
         let mut ends = Vec::new();
         for key in inner.procs.keys().filter(|k| k.0 == n).copied().collect::<Vec<_>>() {
@@ -507,7 +645,14 @@ impl Ghosts {
         let mut g = self.lock();
         let inner = &mut *g;
         let mut forked = None;
-        if fork != 0 {
+        if let Some(rf) = inner.rforks.get_mut(&fork).filter(|rf| rf.pid.is_none()) {
+            // A ghost for an rforked child: forked by the caller's ghost, of its user.
+            if parent_and_uid(pid) != Some((rf.parent, uid)) || rf.uid != uid {
+                return Err(format!("pid {pid} is not the ghost of rfork {fork}"));
+            }
+            rf.pid = Some(pid);
+            inner.ghosts.insert(pid, Ghost { uid: Some(uid), ..Ghost::default() });
+        } else if fork != 0 {
             // A child ghost is forked by a ghost of the same user; if that ghost has ended
             // since (its process ended before the child ghost said hello), by the ghost that
             // was asked, which the child outlived.
@@ -581,6 +726,7 @@ impl Ghosts {
         for pid in over {
             since.remove(&pid);
             let Some(mut gh) = inner.ghosts.remove(&pid) else { continue };
+            inner.notify(pid, ExitStatus::NodeLost);
             if let Some(key) = gh.remote {
                 inner.procs.remove(&key);
             } else {
@@ -597,6 +743,8 @@ impl Ghosts {
     fn disconnect(&self, pid: i32) -> Option<(i32, i32)> {
         let mut g = self.lock();
         let gh = g.ghosts.remove(&pid)?;
+        // Its process is killed with it.
+        g.notify(pid, ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL as i32));
         let remote = gh.remote?;
         // Only the process this ghost stands for (another ghost may stand for its pid now).
         let p = g.procs.get_mut(&remote).filter(|p| p.ghost == Some(pid))?;
@@ -610,7 +758,8 @@ impl Ghosts {
         self.lock().made
     }
 
-    fn remote_of(&self, pid: i32) -> Option<(i32, i32)> {
+    /// The remote process ghost `pid` stands for.
+    pub(crate) fn remote_of(&self, pid: i32) -> Option<(i32, i32)> {
         self.lock().ghosts.get(&pid).and_then(|g| g.remote)
     }
 }
@@ -656,6 +805,16 @@ pub(crate) async fn serve(
                         // No longer a ghost: this connection has nothing more to say.
                         return;
                     }
+                }
+                // The ranks on the front end it starts for its process (a launcher on a node).
+                Ok(Some((_, Message::RankSpawned { launch, rank, pid: child }))) => {
+                    shared.launches.front_spawned(pid, launch, rank, child);
+                }
+                Ok(Some((_, Message::ProcExit { launch, rank, status }))) => {
+                    shared.launches.front_exited(pid, launch, rank, status);
+                }
+                Ok(Some((_, Message::GhostRelayPort { port }))) => {
+                    shared.ghosts.relay_port(pid, port);
                 }
                 Ok(Some((_, Message::GhostSignal { signal, sender }))) => {
                     if let Some((n, rpid)) = shared.ghosts.remote_of(pid) {

@@ -12,6 +12,12 @@
 //! gets nothing it does not have. The slave applies them after the identity switch, so they
 //! can only lower what the node gives.
 //!
+//! Ranks on the front end are the launcher's to start; for a launcher on a node (`bpsh 1
+//! bpsh master cmd`) its ghost starts them ([`Message::GhostSpawn`]) and reports their pids
+//! and ends, which count only from that ghost and for those ranks. An rfork from a node (its
+//! ghosts named [`bproc_proto::GHOST_FORKED`]) first has the caller's ghost fork a relaying
+//! ghost per remote child, then launches the image with those ghosts.
+//!
 //! A rank with a ghost (a process the client made on the front end and named in the launch)
 //! lives as long as its ghost. A rank without one lives as long as the client's connection: a
 //! client that disconnects takes those still running with it (SIGKILL). A node that is lost
@@ -66,6 +72,68 @@ pub(crate) struct Launch {
     spawns: mpsc::UnboundedSender<(u32, i32)>,
     /// Why ranks failed to start, as their nodes said, for the launcher.
     reasons: Vec<Option<String>>,
+    /// For a launcher on a node, its ghost, which starts the ranks on the front end (0:
+    /// none); and those ranks' pids there once started.
+    helper: i32,
+    front: HashMap<u32, i32>,
+    /// Where the ranks' forwarded stdout and stderr go (`None` for a move, whose process
+    /// keeps where its output went before).
+    output: Option<Output>,
+}
+
+/// Where a launch's forwarded output goes: the launcher's listener (bpsh's), or each rank's
+/// relaying ghost, with the token the connections present.
+#[derive(Debug, Clone)]
+struct Output {
+    ip: Option<std::net::Ipv4Addr>,
+    port: u16,
+    ports: Vec<u16>,
+    token: [u8; 16],
+    /// fds 1 and 2 forwarded.
+    fds: [bool; 2],
+}
+
+impl Output {
+    /// Rank `rank`'s streams.
+    fn of(&self, rank: u32) -> crate::ghosts::Output {
+        let port = self.ports.get(rank as usize).copied().filter(|p| *p != 0);
+        crate::ghosts::Output {
+            ip: self.ip,
+            port: port.unwrap_or(self.port),
+            token: self.token,
+            rank,
+            fds: self.fds,
+        }
+    }
+}
+
+impl Launch {
+    /// Whether `rank` runs on the front end, started by `ghost` for a launcher on a node.
+    fn is_front(&self, ghost: i32, rank: u32) -> bool {
+        self.helper > 0
+            && self.helper == ghost
+            && self.nodes.get(rank as usize) == Some(&bproc_proto::NODE_MASTER)
+    }
+
+    /// The running front-end ranks' pids, each checked to be still the helper's child of
+    /// the launch's user (a pid reused since is not signalled).
+    fn front_running(&self) -> Vec<(u32, i32)> {
+        self.front
+            .iter()
+            .filter(|(r, _)| self.states.get(**r as usize) == Some(&State::Running))
+            .filter(|(_, p)| crate::ghosts::parent_and_uid(**p) == Some((self.helper, self.uid)))
+            .map(|(r, p)| (*r, *p))
+            .collect()
+    }
+}
+
+/// Sends `signal` to the process group of each of `pids` (front-end ranks, each the leader
+/// of its group).
+fn signal_front(pids: impl IntoIterator<Item = i32>, signal: i32) {
+    let Ok(sig) = nix::sys::signal::Signal::try_from(signal) else { return };
+    for pid in pids {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
+    }
 }
 
 /// All live launches by id.
@@ -91,13 +159,38 @@ impl Launches {
         }
     }
 
-    /// A slave reports how starting `rank` went; returns the rank's ghost (0: none) and the
-    /// caller's uid.
-    pub(crate) fn rank_spawned(&self, launch: u64, rank: u32, pid: i32) -> Option<(i32, u32)> {
+    /// A slave reports how starting `rank` went; returns the rank's ghost (0: none), the
+    /// caller's uid and where the rank's output goes.
+    pub(crate) fn rank_spawned(
+        &self,
+        launch: u64,
+        rank: u32,
+        pid: i32,
+    ) -> Option<(i32, u32, Option<crate::ghosts::Output>)> {
         let g = self.lock();
         let l = g.get(&launch)?;
         let _ = l.spawns.send((rank, pid));
-        Some((l.ghosts.get(rank as usize).copied().unwrap_or(0), l.uid))
+        let output = l.output.as_ref().map(|o| o.of(rank));
+        Some((l.ghosts.get(rank as usize).copied().unwrap_or(0), l.uid, output))
+    }
+
+    /// Ghost `ghost` reports how starting front-end rank `rank` of `launch` went (only the
+    /// launch's helper, for its front-end ranks).
+    pub(crate) fn front_spawned(&self, ghost: i32, launch: u64, rank: u32, pid: i32) {
+        let mut g = self.lock();
+        let Some(l) = g.get_mut(&launch).filter(|l| l.is_front(ghost, rank)) else { return };
+        if pid > 0 {
+            l.front.insert(rank, pid);
+        }
+        let _ = l.spawns.send((rank, pid));
+    }
+
+    /// Ghost `ghost` reports that front-end rank `rank` of `launch`, its child, ended.
+    pub(crate) fn front_exited(&self, ghost: i32, launch: u64, rank: u32, status: ExitStatus) {
+        let helper = self.lock().get(&launch).is_some_and(|l| l.is_front(ghost, rank));
+        if helper {
+            self.exited(launch, rank, status);
+        }
     }
 
     /// Node `n` says why rank `rank` of `launch` did not start (only for its own ranks).
@@ -177,6 +270,8 @@ impl Launches {
 }
 
 fn signal_launch(shared: &Shared, launch: u64, signal: i32) {
+    let front = shared.launches.lock().get(&launch).map(Launch::front_running);
+    signal_front(front.into_iter().flatten().map(|(_, p)| p), signal);
     let t = shared.table();
     for n in shared.launches.running_nodes(launch) {
         if let Some(node) = t.get(n) {
@@ -187,9 +282,15 @@ fn signal_launch(shared: &Shared, launch: u64, signal: i32) {
 
 /// The client of `launch` is gone: its running ranks without a ghost are killed.
 fn orphaned(shared: &Shared, launch: u64) {
+    let front = shared.launches.lock().get(&launch).map(Launch::front_running);
+    signal_front(
+        front.into_iter().flatten().map(|(_, p)| p),
+        nix::sys::signal::Signal::SIGKILL as i32,
+    );
     let ranks: Vec<(i32, u32)> = match shared.launches.lock().get(&launch) {
         Some(l) => (0..l.nodes.len())
             .filter(|&r| l.states[r] == State::Running && l.ghosts.get(r).is_none_or(|g| *g <= 0))
+            .filter(|&r| l.nodes[r] != bproc_proto::NODE_MASTER)
             .map(|r| (l.nodes[r], r as u32))
             .collect(),
         None => return,
@@ -219,6 +320,42 @@ pub(crate) fn inherited(caller: &Caller) -> Result<Inherited, Refusal> {
     }
 }
 
+/// The ghosts of the children a process on a node rforks (ranks named
+/// [`bproc_proto::GHOST_FORKED`] not on the front end): its own ghost forks one for each, a
+/// relay of that child's output. Returns each rank's ghost (0: none) and relay port.
+async fn rfork_ghosts(
+    shared: &Shared,
+    caller: &Caller,
+    nodes: &[i32],
+    asked: &[i32],
+    spec: &ProcSpec,
+) -> (Vec<i32>, Vec<u16>) {
+    let mut ghosts = vec![0; nodes.len()];
+    let mut ports = vec![0; nodes.len()];
+    let want: Vec<usize> = (0..nodes.len())
+        .filter(|&r| asked.get(r) == Some(&bproc_proto::GHOST_FORKED))
+        .filter(|&r| nodes[r] != bproc_proto::NODE_MASTER)
+        .collect();
+    let helper = match (caller.origin, caller.node_pid) {
+        (Some((n, _)), Some(pid)) => {
+            shared.ghosts.ghost_for((n, pid), caller.uid).filter(|g| shared.ghosts.connected(*g))
+        }
+        _ => None,
+    };
+    let Some(helper) = helper.filter(|_| !want.is_empty()) else {
+        return (ghosts, ports);
+    };
+    let comm = spec.argv.first().cloned().unwrap_or_default();
+    let made = shared.ghosts.rfork(helper, caller.uid, &comm, spec.token, want.len()).await;
+    for (r, m) in want.into_iter().zip(made) {
+        if let Some((pid, port)) = m {
+            ghosts[r] = pid;
+            ports[r] = port;
+        }
+    }
+    (ghosts, ports)
+}
+
 /// A `Launch` request.
 pub(crate) struct Request {
     pub nodes: Vec<i32>,
@@ -236,7 +373,7 @@ pub(crate) async fn serve(
     rd: crate::clients::ClientRd,
     mut wr: crate::clients::ClientWr,
 ) {
-    let Request { nodes, spec, ghosts, io_ports } = req;
+    let Request { nodes, spec, ghosts, mut io_ports } = req;
     // Its tree parts carry the spec too, each in one frame.
     if let Some(message) = spec.too_large() {
         let _ = write_frame(&mut wr, id, &Message::Error { code: errno::E2BIG, message }).await;
@@ -252,37 +389,87 @@ pub(crate) async fn serve(
     };
     let launch = shared.launch_id();
     let image = spec.image.is_some();
+    // An rfork from a node: each child's ghost is forked by the caller's ghost.
+    let asked = ghosts.clone();
+    let forking = image && caller.pid.is_none() && asked.contains(&bproc_proto::GHOST_FORKED);
     // The process a node's client is, when it moves itself.
     let mover = match (caller.origin, caller.node_pid) {
-        (Some((n, _)), Some(pid)) if image => Some((n, pid)),
+        (Some((n, _)), Some(pid)) if image && !forking => Some((n, pid)),
         _ => None,
     };
     // Ghosts are the caller's own children on the front end (or the caller itself, for a
-    // move); a process moving from a node keeps its ghost; anything else runs without.
-    let ghosts: Vec<i32> = (0..nodes.len())
-        .map(|r| {
-            let g = ghosts.get(r).copied().unwrap_or(0);
-            let ghost = match (caller.pid, mover) {
-                (Some(me), _) => shared.ghosts.claim(g, me, caller.uid).then_some(g),
-                // -1: the moving process's own ghost.
-                (None, Some(key)) if g == -1 => shared.ghosts.ghost_for(key, caller.uid),
-                _ => None,
-            };
-            ghost.unwrap_or(0)
-        })
-        .collect();
+    // move); a process moving from a node keeps its ghost; the children a process on a node
+    // rforks get ghosts its ghost forks; anything else runs without.
+    let ghosts: Vec<i32> = if forking {
+        let (g, ports) = rfork_ghosts(&shared, &caller, &nodes, &asked, &spec).await;
+        io_ports = ports;
+        g
+    } else {
+        (0..nodes.len())
+            .map(|r| {
+                let g = ghosts.get(r).copied().unwrap_or(0);
+                let ghost = match (caller.pid, mover) {
+                    (Some(me), _) => shared.ghosts.claim(g, me, caller.uid).then_some(g),
+                    // -1: the moving process's own ghost.
+                    (None, Some(key)) if g == -1 => shared.ghosts.ghost_for(key, caller.uid),
+                    _ => None,
+                };
+                ghost.unwrap_or(0)
+            })
+            .collect()
+    };
     // Nodes connect a launcher's fds back to where it runs, never where it claims to, and
     // fetch an image from there too; a moving process's output goes to its ghost, here.
     let to_ghosts = mover.is_some() && ghosts.iter().all(|g| *g > 0);
-    let spec = ProcSpec {
+    let mut spec = ProcSpec {
         rlimits: inherited.rlimits,
         umask: inherited.umask,
-        io_ip: if to_ghosts { None } else { caller.origin.map(|o| o.1) },
+        io_ip: if to_ghosts || forking { None } else { caller.origin.map(|o| o.1) },
         image: spec.image.map(|e| bproc_proto::Endpoint { ip: caller.origin.map(|o| o.1), ..e }),
         ..spec
     };
+    // A process moving on from a node, whose output no ghost relays: its stdout and stderr
+    // join its launcher's streams again (bpsh's, or its relaying ghost's), as the same rank.
+    if let Some(key) = mover.filter(|_| io_ports.iter().all(|p| *p == 0)) {
+        let out = (ghosts.first().copied().unwrap_or(0) > 0)
+            .then(|| shared.ghosts.output_of(key))
+            .flatten();
+        for fd in 1..spec.io.len().min(3) {
+            if spec.io[fd] != bproc_proto::IoSpec::Forward {
+                continue;
+            }
+            spec.io[fd] = match &out {
+                Some(o) if o.fds[fd - 1] => bproc_proto::IoSpec::Rejoin {
+                    ip: o.ip,
+                    port: o.port,
+                    token: o.token,
+                    rank: o.rank,
+                },
+                _ => bproc_proto::IoSpec::Null,
+            };
+        }
+    }
+    let spec = spec;
+    let forwarded = |fd: usize| spec.io.get(fd) == Some(&bproc_proto::IoSpec::Forward);
+    let output = (mover.is_none() && (forwarded(1) || forwarded(2))).then(|| Output {
+        ip: spec.io_ip,
+        port: spec.io_port,
+        ports: io_ports.clone(),
+        token: spec.token,
+        fds: [forwarded(1), forwarded(2)],
+    });
+    // A launcher on a node has its ranks on the front end started by its ghost there, the
+    // user's own process: the master daemon runs no user code.
+    let helper = match (caller.origin, caller.node_pid) {
+        (Some((n, _)), Some(pid)) if !image => {
+            shared.ghosts.ghost_for((n, pid), caller.uid).filter(|g| shared.ghosts.connected(*g))
+        }
+        _ => None,
+    };
     // Ranks that move back to the front end, into their ghosts.
     let mut back = Vec::new();
+    // Ranks the launcher's ghost starts on the front end.
+    let mut front = Vec::new();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (spawns_tx, mut spawns) = mpsc::unbounded_channel();
     let size = nodes.len() as u32;
@@ -296,6 +483,9 @@ pub(crate) async fn serve(
             events: tx,
             spawns: spawns_tx,
             reasons: vec![None; nodes.len()],
+            helper: helper.unwrap_or(0),
+            front: HashMap::new(),
+            output,
         },
     );
     let creds = Creds { uid: caller.uid, gid: caller.gid, groups: caller.groups.clone() };
@@ -314,13 +504,38 @@ pub(crate) async fn serve(
         let mut index = HashMap::new();
         for (rank, &n) in nodes.iter().enumerate() {
             if n == bproc_proto::NODE_MASTER {
-                // The front end: the launcher runs it itself, as the caller. The master
-                // daemon never runs user code. pid 0 means "not attempted here". A process
-                // coming back from a node is restored by its ghost.
-                shared.launches.spawned(launch, rank, false);
+                // The front end: the launcher runs it itself, as the caller, or from a node
+                // its ghost does. The master daemon never runs user code. pid 0 means "not
+                // attempted here". A process coming back from a node is restored by its
+                // ghost.
                 if to_ghosts {
                     back.push(rank);
+                } else if forking && asked.get(rank) == Some(&bproc_proto::GHOST_FORKED) {
+                    pids[rank] = -errno::EOPNOTSUPP;
+                    let reason = "master: an rfork from a node places no child on the front end";
+                    shared.launches.rank_refused(n, launch, rank as u32, reason.into());
+                } else if caller.origin.is_some() && !image {
+                    if helper.is_some() {
+                        front.push(rank);
+                        waiting[rank] = true;
+                        continue;
+                    }
+                    pids[rank] = -errno::EOPNOTSUPP;
+                    let reason = "master: cannot run on the front end: the launcher has no \
+                                  ghost there to start it (only a process started from the \
+                                  front end has one)";
+                    let launches = &shared.launches;
+                    launches.rank_refused(n, launch, rank as u32, reason.into());
                 }
+                shared.launches.spawned(launch, rank, false);
+                continue;
+            }
+            if forking && ghosts[rank] <= 0 {
+                // Its ghost did not come: it would run unseen on the front end.
+                pids[rank] = -errno::EAGAIN;
+                let reason = format!("node {n}: no ghost could be made for the child");
+                shared.launches.rank_refused(n, launch, rank as u32, reason);
+                shared.launches.spawned(launch, rank, false);
                 continue;
             }
             let node = match t.may_run(&caller, n) {
@@ -368,6 +583,12 @@ pub(crate) async fn serve(
             }
         }
     }
+    if let Some(g) = helper {
+        for &rank in &front {
+            let msg = Message::GhostSpawn { launch, rank: rank as u32, spec: spec.clone() };
+            shared.ghosts.send_to(g, msg);
+        }
+    }
     if let (Some(key), Some(from)) = (mover, spec.image) {
         for &rank in &back {
             pids[rank] = shared.ghosts.take_back(ghosts[rank], key, from, spec.token).await;
@@ -393,6 +614,29 @@ pub(crate) async fn serve(
         pids[rank] = -errno::BE_SLAVEDIED;
         shared.launches.spawned(launch, rank, false);
     }
+    if forking {
+        // The caller knows its children by their ghosts (the same pids on root slaves).
+        for (pid, g) in pids.iter_mut().zip(&ghosts) {
+            if *pid > 0 && *g > 0 {
+                *pid = *g;
+            }
+        }
+        // The ghosts forked for children that did not start stand for nothing.
+        let made = ghosts.iter().zip(&pids).filter(|(g, p)| **g > 0 && **p <= 0);
+        let helper = caller
+            .node_pid
+            .zip(caller.origin)
+            .and_then(|(pid, (n, _))| shared.ghosts.ghost_for((n, pid), caller.uid));
+        for (&g, _) in made {
+            if helper.is_some_and(|h| crate::ghosts::parent_and_uid(g) == Some((h, caller.uid))) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(g),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            shared.ghosts.abandon(g);
+        }
+    }
     let started = pids.iter().filter(|p| **p > 0).count();
     shared.metrics.launch();
     shared.metrics.ranks_started(started as u64);
@@ -406,7 +650,8 @@ pub(crate) async fn serve(
     {
         let t = shared.table();
         for (rank, &n) in nodes.iter().enumerate() {
-            if pids[rank] > 0 && !t.get(n).is_some_and(|node| node.is_up()) {
+            let here = n == bproc_proto::NODE_MASTER;
+            if pids[rank] > 0 && !here && !t.get(n).is_some_and(|node| node.is_up()) {
                 shared.launches.exited(launch, rank as u32, ExitStatus::NodeLost);
             }
         }

@@ -367,10 +367,10 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
             shared.launches.rank_refused(n, launch, rank, reason);
         }
         Message::RankSpawned { launch, rank, pid } => {
-            if let Some((ghost, uid)) = shared.launches.rank_spawned(launch, rank, pid) {
+            if let Some((ghost, uid, output)) = shared.launches.rank_spawned(launch, rank, pid) {
                 if pid > 0 {
                     for (launch, rank, status) in
-                        shared.ghosts.started(n, pid, launch, rank, ghost, uid)
+                        shared.ghosts.started(n, pid, (launch, rank), ghost, uid, output)
                     {
                         shared.launches.exited(launch, rank, status);
                     }

@@ -30,7 +30,7 @@ pub use frame::{check, decode, decode_body, encode, Header, HEADER_LEN, MAGIC, M
 pub use msg::{
     split_tree, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, FdIo, IoSpec, LibOp,
     Message, NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat,
-    SlaveProc, StagedRef, TreeEntry, MAX_ARGS, MAX_ATTR_NAME, MAX_ATTR_VALUE, MAX_COPY_ITEMS,
-    MAX_FD, MAX_FD_IO, MAX_LAUNCH_TEXT, MAX_NODES, MAX_PATH, MAX_PROCS, MAX_STAGED, MAX_STATE_LEN,
-    MAX_TEXT, NODE_CLIENT, NODE_MASTER,
+    SlaveProc, StagedRef, TreeEntry, GHOST_FORKED, MAX_ARGS, MAX_ATTR_NAME, MAX_ATTR_VALUE,
+    MAX_COPY_ITEMS, MAX_FD, MAX_FD_IO, MAX_LAUNCH_TEXT, MAX_NODES, MAX_PATH, MAX_PROCS, MAX_STAGED,
+    MAX_STATE_LEN, MAX_TEXT, NODE_CLIENT, NODE_MASTER,
 };

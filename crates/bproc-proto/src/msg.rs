@@ -11,6 +11,10 @@ use crate::codec::{DecodeError, Reader, Writer};
 /// Node number of the master (front end).
 pub const NODE_MASTER: i32 = -1;
 
+/// In [`Message::Launch`]'s ghosts, from a process on a node that rforks: a ghost that the
+/// caller's own ghost forks for the child (so the children's ghosts are its ghost's children).
+pub const GHOST_FORKED: i32 = -2;
+
 /// Longest node state string (BProc's `BPROC_STATE_LEN`).
 pub const MAX_STATE_LEN: usize = 15;
 /// Longest free-text field (error messages, reasons, version strings, host names).
@@ -106,6 +110,20 @@ pub enum IoSpec {
     },
     /// No file: the fd is closed.
     Closed,
+    /// A forwarded fd of a process that moved on from the node it was launched on: a TCP
+    /// connection to its launcher's listener (bpsh's, or its relaying ghost's), opened with
+    /// the launcher's token and the process's rank in that launch, so the launcher takes it
+    /// as the next connection of that rank's stream. Set by the master, never by a client.
+    Rejoin {
+        /// Address; `None`: the master's, as the node sees it.
+        ip: Option<Ipv4Addr>,
+        /// Port.
+        port: u16,
+        /// The launch's token.
+        token: [u8; 16],
+        /// The rank in that launch.
+        rank: u32,
+    },
 }
 
 /// One entry of an explicit I/O list: what `fd` of the process is.
@@ -692,7 +710,8 @@ pub enum Message {
         spec: ProcSpec,
         /// Per rank, the pid of the ghost the client made for it (empty, or 0: none). A rank
         /// with a ghost lives as long as its ghost, not as long as this connection. For a
-        /// process on a node that moves itself (an image launch), -1 names its own ghost.
+        /// process on a node that moves itself (an image launch), -1 names its own ghost;
+        /// for one that rforks, [`GHOST_FORKED`] asks for a ghost its own ghost forks.
         ghosts: Vec<i32>,
         /// Per rank, the port its forwarded fds connect to instead of `spec.io_port` (empty,
         /// or 0: `spec.io_port`).
@@ -713,6 +732,15 @@ pub enum Message {
         signal: i32,
         /// The sender's pid (0: the kernel, a terminal).
         sender: i32,
+    },
+    /// Client → master: wait for the end of the remote process whose ghost is `pid` (one of
+    /// the caller's uid). Replied with [`Message::ProcExit`] (launch and rank 0) when it
+    /// ends, however long that takes: a node's stand-in for a child its caller rforked.
+    /// Meanwhile each [`Message::SignalLaunch`] on the connection goes to that process (no
+    /// answer).
+    ProcWait {
+        /// The process's ghost pid.
+        pid: i32,
     },
     /// Client → master: every remote process. Replied with [`Message::Procs`].
     ProcList,
@@ -810,6 +838,25 @@ pub enum Message {
         /// The child's command name.
         comm: String,
     },
+    /// Master → ghost: its process, on a node, rforks (`bproc_rfork`, `bproc_vrfork`); fork a
+    /// child ghost named `comm` for one of the children, which relays that child's output
+    /// (connections presenting `token`) to this ghost's stdout and stderr, opens its own
+    /// connection with [`Message::GhostHello`] `{ fork }` and then says its relay's port
+    /// ([`Message::GhostRelayPort`]).
+    GhostRfork {
+        /// Fork id.
+        fork: u64,
+        /// The child's command name.
+        comm: String,
+        /// The token the child's output connections present.
+        token: [u8; 16],
+    },
+    /// Ghost → master, after its hello: the port of its relay (a ghost forked for an rforked
+    /// child, [`Message::GhostRfork`]).
+    GhostRelayPort {
+        /// The relay's port on the front end.
+        port: u16,
+    },
     /// Master → ghost: the remote process ran a new program.
     GhostExec {
         /// The new command name.
@@ -823,6 +870,20 @@ pub enum Message {
         image: Endpoint,
         /// Secret to present there.
         token: [u8; 16],
+    },
+    /// Master → ghost: the ghost's remote process (a client on a node) launched rank `rank`
+    /// of launch `launch` on the front end ([`NODE_MASTER`]); the ghost, the user's own
+    /// process there, starts it as its child (the master daemon runs no user code), with
+    /// its forwarded fds connected back to the launcher. It answers
+    /// [`Message::RankSpawned`] (the pid, or a negated errno) and, when the child ends,
+    /// [`Message::ProcExit`] with the launch and rank.
+    GhostSpawn {
+        /// Launch id.
+        launch: u64,
+        /// Rank.
+        rank: u32,
+        /// The process, with the caller's limits and umask as the master set them.
+        spec: ProcSpec,
     },
     /// Ghost → master: how [`Message::GhostRestore`] went: 0, or an errno (the ghost stays a
     /// ghost).
@@ -978,6 +1039,8 @@ mod ty {
     pub const LIB_EDIT: u16 = 51;
     pub const SESSION_PROCS: u16 = 52;
     pub const GHOST_OF: u16 = 53;
+    pub const GHOST_RELAY_PORT: u16 = 54;
+    pub const PROC_WAIT: u16 = 55;
     pub const OK: u16 = 100;
     pub const ERROR: u16 = 101;
     pub const NODES: u16 = 102;
@@ -999,6 +1062,8 @@ mod ty {
     pub const PROC_EVENT: u16 = 127;
     pub const GHOST_RESTORE: u16 = 128;
     pub const RANK_REFUSED: u16 = 129;
+    pub const GHOST_SPAWN: u16 = 130;
+    pub const GHOST_RFORK: u16 = 131;
 }
 
 // Smallest encodings, used to bound list counts before allocating.
@@ -1188,6 +1253,13 @@ impl IoSpec {
                 w.u8(u8::from(*send_info));
             }
             IoSpec::Closed => w.u8(5),
+            IoSpec::Rejoin { ip, port, token, rank } => {
+                w.u8(6);
+                put_ip(w, *ip);
+                w.u16(*port);
+                w.fixed(token);
+                w.u32(*rank);
+            }
         }
     }
     fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -1207,6 +1279,12 @@ impl IoSpec {
                 send_info: get_bool(r, "send info")?,
             },
             5 => IoSpec::Closed,
+            6 => IoSpec::Rejoin {
+                ip: get_ip(r)?,
+                port: r.u16("io port")?,
+                token: r.fixed("io token")?,
+                rank: r.u32("io rank")?,
+            },
             v => return Err(DecodeError::BadValue { what: "io kind", value: v.into() }),
         })
     }
@@ -1316,6 +1394,16 @@ impl ProcSpec {
                 };
                 (k.to_owned(), v)
             })
+            .collect()
+    }
+
+    /// [`ProcSpec::env_for_rank`] as `NAME=value` strings, with `BPROC_SOCKET` naming
+    /// `socket` (the cluster socket where the process runs; left out when `None`) instead of
+    /// the launcher's.
+    pub fn env_where(&self, rank: u32, socket: Option<&str>) -> Vec<String> {
+        let env = self.env_for_rank(rank).into_iter().filter(|(k, _)| k != "BPROC_SOCKET");
+        env.map(|(k, v)| format!("{k}={v}"))
+            .chain(socket.map(|s| format!("BPROC_SOCKET={s}")))
             .collect()
     }
 
@@ -1571,6 +1659,9 @@ impl Message {
             LibEdit { .. } => ty::LIB_EDIT,
             SessionProcs { .. } => ty::SESSION_PROCS,
             GhostOf { .. } => ty::GHOST_OF,
+            GhostRfork { .. } => ty::GHOST_RFORK,
+            ProcWait { .. } => ty::PROC_WAIT,
+            GhostRelayPort { .. } => ty::GHOST_RELAY_PORT,
             Libraries { .. } => ty::LIBRARIES,
             Watch => ty::WATCH,
             MasterInfo => ty::MASTER_INFO,
@@ -1588,6 +1679,7 @@ impl Message {
             GhostFork { .. } => ty::GHOST_FORK,
             GhostExec { .. } => ty::GHOST_EXEC,
             GhostRestore { .. } => ty::GHOST_RESTORE,
+            GhostSpawn { .. } => ty::GHOST_SPAWN,
             GhostRestored { .. } => ty::GHOST_RESTORED,
             ProcEvent { .. } => ty::PROC_EVENT,
             SignalProc { .. } => ty::SIGNAL_PROC,
@@ -1649,6 +1741,9 @@ impl Message {
             LibEdit { .. } => "LibEdit",
             SessionProcs { .. } => "SessionProcs",
             GhostOf { .. } => "GhostOf",
+            GhostRfork { .. } => "GhostRfork",
+            ProcWait { .. } => "ProcWait",
+            GhostRelayPort { .. } => "GhostRelayPort",
             Libraries { .. } => "Libraries",
             SignalPid { .. } => "SignalPid",
             ProcStatQuery { .. } => "ProcStatQuery",
@@ -1658,6 +1753,7 @@ impl Message {
             GhostFork { .. } => "GhostFork",
             GhostExec { .. } => "GhostExec",
             GhostRestore { .. } => "GhostRestore",
+            GhostSpawn { .. } => "GhostSpawn",
             GhostRestored { .. } => "GhostRestored",
             ProcEvent { .. } => "ProcEvent",
             SignalProc { .. } => "SignalProc",
@@ -1838,6 +1934,13 @@ impl Message {
                 }
             }
             GhostState { stopped } => w.u8(u8::from(*stopped)),
+            GhostRfork { fork, comm, token } => {
+                w.u64(*fork);
+                w.str(comm);
+                w.fixed(token);
+            }
+            GhostRelayPort { port } => w.u16(*port),
+            ProcWait { pid } => w.i32(*pid),
             GhostFork { fork, comm } => {
                 w.u64(*fork);
                 w.str(comm);
@@ -1848,6 +1951,11 @@ impl Message {
                 w.fixed(token);
             }
             GhostRestored { code } => w.i32(*code),
+            GhostSpawn { launch, rank, spec } => {
+                w.u64(*launch);
+                w.u32(*rank);
+                spec.encode(w);
+            }
             ProcEvent { pid, change } => {
                 w.i32(*pid);
                 match change {
@@ -2171,9 +2279,21 @@ impl Message {
             }
             ty::GHOST_STATE => GhostState { stopped: get_bool(r, "stopped flag")? },
             ty::GHOST_FORK => GhostFork { fork: r.u64("fork")?, comm: r.str("comm", MAX_TEXT)? },
+            ty::GHOST_RFORK => GhostRfork {
+                fork: r.u64("fork")?,
+                comm: r.str("comm", MAX_TEXT)?,
+                token: r.fixed("token")?,
+            },
+            ty::GHOST_RELAY_PORT => GhostRelayPort { port: r.u16("port")? },
+            ty::PROC_WAIT => ProcWait { pid: r.i32("pid")? },
             ty::GHOST_EXEC => GhostExec { comm: r.str("comm", MAX_TEXT)? },
             ty::GHOST_RESTORE => GhostRestore { image: get_endpoint(r)?, token: r.fixed("token")? },
             ty::GHOST_RESTORED => GhostRestored { code: r.i32("code")? },
+            ty::GHOST_SPAWN => GhostSpawn {
+                launch: r.u64("launch")?,
+                rank: r.u32("rank")?,
+                spec: ProcSpec::decode(r)?,
+            },
             ty::PROC_EVENT => {
                 let pid = r.i32("pid")?;
                 let change = match r.u8("change")? {

@@ -75,6 +75,13 @@ fn io() -> impl Strategy<Value = IoSpec> {
         (proptest::option::of(any::<[u8; 4]>()), any::<u16>(), any::<bool>()).prop_map(
             |(ip, port, send_info)| IoSpec::Connect { ip: ip.map(Ipv4Addr::from), port, send_info }
         ),
+        (proptest::option::of(any::<[u8; 4]>()), any::<u16>(), any::<[u8; 16]>(), any::<u32>())
+            .prop_map(|(ip, port, token, rank)| IoSpec::Rejoin {
+                ip: ip.map(Ipv4Addr::from),
+                port,
+                token,
+                rank
+            }),
     ]
 }
 
@@ -175,11 +182,20 @@ fn ghost_messages() -> impl Strategy<Value = Message> {
         any::<bool>().prop_map(|stopped| Message::GhostState { stopped }),
         (any::<u64>(), ".{0,16}").prop_map(|(fork, comm)| Message::GhostFork { fork, comm }),
         ".{0,16}".prop_map(|comm| Message::GhostExec { comm }),
+        (any::<u64>(), ".{0,16}", any::<[u8; 16]>())
+            .prop_map(|(fork, comm, token)| Message::GhostRfork { fork, comm, token }),
+        any::<u16>().prop_map(|port| Message::GhostRelayPort { port }),
+        any::<i32>().prop_map(|pid| Message::ProcWait { pid }),
         (any::<u16>(), any::<[u8; 16]>()).prop_map(|(port, token)| Message::GhostRestore {
             image: Endpoint { ip: None, port },
             token
         }),
         any::<i32>().prop_map(|code| Message::GhostRestored { code }),
+        (any::<u64>(), any::<u32>(), spec()).prop_map(|(launch, rank, spec)| Message::GhostSpawn {
+            launch,
+            rank,
+            spec
+        }),
         prop::collection::vec(".{0,40}", 0..4).prop_map(|only| Message::LibList { only }),
         prop::collection::vec(".{0,40}", 0..4).prop_map(|names| Message::Libraries { names }),
         (

@@ -882,6 +882,19 @@ async fn open_io(
             s.set_nonblocking(false).map_err(|e| failed("socket".into(), e))?;
             Opened::Fd(OwnedFd::from(s))
         }
+        IoSpec::Rejoin { ip, port, token, rank } => {
+            // A moved process's stream, joining its launcher's again as the same rank.
+            let to = SocketAddrV4::new(ip.unwrap_or(master), *port);
+            let n = u8::try_from(fd).unwrap_or(u8::MAX);
+            let mut s =
+                TcpStream::connect(to).await.map_err(|e| failed(format!("connect to {to}"), e))?;
+            let _ = s.set_nodelay(true);
+            let head = bproc_proto::conn::header(token, *rank, n);
+            s.write_all(&head).await.map_err(|e| failed(format!("write to {to}"), e))?;
+            let s = s.into_std().map_err(|e| failed("socket".into(), e))?;
+            s.set_nonblocking(false).map_err(|e| failed("socket".into(), e))?;
+            Opened::Fd(OwnedFd::from(s))
+        }
         IoSpec::Connect { ip, port, send_info } => {
             let to = SocketAddrV4::new(ip.unwrap_or(spec.io_ip.unwrap_or(master)), *port);
             let mut s =

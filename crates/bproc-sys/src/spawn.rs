@@ -13,8 +13,9 @@ use nix::libc;
 
 use crate::{FdFile, Identity, Jail, Limit};
 
-/// Everything a new process needs; built by the caller, read by the child.
-#[derive(Debug)]
+/// Everything a new process needs; built by the caller, read by the child. The default is
+/// nothing at all (no program, fds closed), to fill in with struct update syntax.
+#[derive(Debug, Default)]
 pub struct SpawnSpec {
     /// Program to run.
     pub path: CString,

@@ -210,9 +210,8 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
     };
     for (rank, pid) in pids.iter_mut().enumerate() {
         if nodes[rank] == NODE_MASTER && place.node != NODE_MASTER {
-            // The front end, from a node: nothing here can start a process there (the master
-            // daemon runs no user code), and running it on this node would be wrong.
-            *pid = -bproc_proto::errno::EOPNOTSUPP;
+            // The front end, from a node: the caller's ghost started it there, or the master
+            // said why not (the pid or the error is the master's).
         } else if nodes[rank] == NODE_MASTER {
             *pid = start_here(&spec, rank)
                 .unwrap_or_else(|e| -bproc_sys::spawn_errno(&e).unwrap_or(5));
@@ -409,7 +408,7 @@ fn start_here_with_fds(spec: &ProcSpec, rank: usize) -> std::io::Result<i32> {
                 .open("/dev/null")
                 .map(OwnedFd::from),
             IoSpec::Closed => continue,
-            IoSpec::Forward | IoSpec::File(_) => {
+            IoSpec::Forward | IoSpec::File(_) | IoSpec::Rejoin { .. } => {
                 Err(std::io::Error::from_raw_os_error(bproc_proto::errno::EINVAL))
             }
         };

@@ -19,8 +19,9 @@
 //! The ghost's port and token live in this process's memory (a static), so they move with
 //! it. A process started by `bpsh` or `vexecmove` has its output connected to its launcher:
 //! moved back to the front end (into its ghost, which keeps the launcher's stdout and
-//! stderr) it writes there again; moved on to another node, its stdout and stderr are
-//! `/dev/null` (the launcher's connections cannot follow it yet).
+//! stderr) it writes there again; moved on to another node, the master has the next node
+//! connect its stdout and stderr to the launcher again as the same rank (bpsh reads each
+//! rank's connections one after the other, so the output stays in order).
 //!
 //! What cannot travel stays behind, as in BProc (see [`bproc_ckpt::dump`]): fds that are not
 //! files on a disk are closed in the moved copy, shared memory becomes private, unless the
@@ -28,7 +29,10 @@
 //!
 //! An [`rfork`] or [`vrfork`] dumps the caller once into memory and serves that image to
 //! every node; each child is restored with its rank, and has a ghost (a child of the caller,
-//! relaying its output) whose pid the caller gets.
+//! relaying its output) whose pid the caller gets. From a node, the children's ghosts are
+//! forked by the caller's ghost on the front end, and the caller gets, for each remote child,
+//! a stand-in on its own node (a fork of itself that waits for the child's end through the
+//! master and ends the same way), so its `waitpid` works there too.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -402,10 +406,9 @@ pub fn move_with(node: i32, io: &IoList, flags: i32) -> Result<(), BprocError> {
         }
         _ => None,
     };
-    let mut spec = image_spec(io, port, token);
-    if !from_master && before.is_none() && matches!(io, IoList::Default) {
-        spec.io = vec![IoSpec::Null; 3];
-    }
+    // From a node without a relaying ghost, the master points forwarded output at where the
+    // process's launcher takes it (bpsh, or its ghost), or at `/dev/null`.
+    let spec = image_spec(io, port, token);
     let launch = Message::Launch {
         nodes: vec![node],
         spec,
@@ -496,8 +499,10 @@ pub fn rfork_with(node: i32, io: &IoList, flags: i32) -> Result<i32, BprocError>
 /// One child on each of `nodes` (BProc's `bproc_vrfork`), every one a direct child of the
 /// caller: [`Forked::Child`] with its index in each child, [`Forked::Parent`] in the caller.
 /// A child on the front end ([`NODE_MASTER`]) is a local fork. The caller is dumped once
-/// and the image is served to the nodes concurrently. Only the front end can vrfork (ghosts
-/// live there); a process on a node gets `ENOSYS`.
+/// and the image is served to the nodes concurrently. From a node, the children's ghosts are
+/// forked by the caller's own ghost on the front end (so they are its children there) and
+/// relay the children's output to where the caller's ghost writes; a child on the caller's
+/// node is a local fork, and one on the front end is refused (`-EOPNOTSUPP`).
 pub fn vrfork(nodes: &[i32], io: &IoList) -> Result<Forked, BprocError> {
     vrfork_with(nodes, io, 0)
 }
@@ -511,13 +516,21 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
     let _ = std::io::stdout().flush();
     let mut client = Client::connect()?;
     let place = client.place()?;
-    let Some(prog) = place.ghost.clone() else {
-        return Err(remote(
-            errno::ENOSYS,
-            "rfork and vrfork work from the front end only, with bpghost beside bpmaster",
-        ));
+    // From a node the caller's ghost forks the children's ghosts; on the front end the
+    // caller starts them itself.
+    let on_node = place.node != NODE_MASTER;
+    let prog = match (&place.ghost, on_node) {
+        (Some(g), false) => g.clone(),
+        (None, false) => {
+            return Err(remote(
+                errno::ENOSYS,
+                "rfork and vrfork need bpghost beside bpmaster on the front end",
+            ))
+        }
+        (_, true) => String::new(),
     };
-    let here = |n: i32| n == NODE_MASTER || n == place.node;
+    // A local fork: the caller's own machine (on a node, BProc's BE_SAMENODE).
+    let here = |n: i32| n == place.node || (n == NODE_MASTER && !on_node);
     let image = nix::sys::memfd::memfd_create(
         c"bproc-image",
         nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
@@ -536,12 +549,19 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
     let token = token();
     let exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
     let comm = crate::ghost::comm_of(&exe.to_string_lossy());
-    let remote_count = nodes.iter().filter(|n| !here(**n)).count();
+    let remote_count = if on_node { 0 } else { nodes.iter().filter(|n| !here(**n)).count() };
     let relays = crate::ghost::spawn_relays(&prog, &comm, remote_count, &token)
         .map_err(|e| remote(errno::EAGAIN, format!("cannot start ghosts: {e}")))?;
     let mut made = relays.into_iter();
-    let (ghosts, ports): (Vec<i32>, Vec<u16>) =
-        nodes.iter().map(|n| if here(*n) { (0, 0) } else { made.next().unwrap_or((0, 0)) }).unzip();
+    let (ghosts, ports): (Vec<i32>, Vec<u16>) = nodes
+        .iter()
+        .map(|n| match (here(*n), on_node) {
+            (true, _) => (0, 0),
+            // The master has the caller's ghost fork one, which relays.
+            (false, true) => (bproc_proto::GHOST_FORKED, 0),
+            (false, false) => made.next().unwrap_or((0, 0)),
+        })
+        .unzip();
     let port = listener.local_addr()?.port();
     let launch = Message::Launch {
         nodes: nodes.iter().map(|n| if here(*n) { NODE_MASTER } else { *n }).collect(),
@@ -554,7 +574,7 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
     let mut pids = match reply {
         Ok(Message::Launched { pids }) if pids.len() == nodes.len() => pids,
         other => {
-            crate::ghost::discard(ghosts);
+            crate::ghost::discard(ghosts.iter().copied().filter(|_| !on_node));
             return Err(match other {
                 Err(e) => e,
                 Ok(m) => BprocError::Unexpected(m.name()),
@@ -569,6 +589,20 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
                 Ok(child) => *pid = child,
                 Err(e) => *pid = -(e as i32),
             }
+        } else if on_node {
+            // The master's pid is the child's ghost's; the caller waits for a stand-in here.
+            if *pid > 0 {
+                // Signals wait in the new stand-in until it reads them.
+                use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+                let mut mask = SigSet::empty();
+                let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut mask));
+                let forked = bproc_sys::fork_single_threaded();
+                if forked == Ok(0) {
+                    stand_in(*pid);
+                }
+                let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None);
+                *pid = forked.unwrap_or_else(|e| -(e as i32));
+            }
         } else if *pid <= 0 {
             crate::ghost::discard([ghosts[rank]]);
         } else if ghosts[rank] > 0 {
@@ -576,6 +610,72 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
         }
     }
     Ok(Forked::Parent(pids))
+}
+
+/// A child a process on a node rforked to another node: a copy of the caller that stands
+/// in for it here, so that the caller's `waitpid` (and `SIGCHLD`) see the child end. It
+/// holds none of the caller's fds, asks the master to wait for the child's end
+/// ([`Message::ProcWait`] with its ghost's pid `ghost`), passes the signals it receives on
+/// to the child, and ends the way the child ended (a lost node: SIGKILL, as for a ghost).
+fn stand_in(ghost: i32) -> ! {
+    use nix::sys::signal::{SigSet, Signal};
+    bproc_sys::close_fds_from(0, &[]);
+    // Signals sent to the stand-in (blocked since before the fork) go on to the child, as
+    // `SignalLaunch` on the waiting connection, SIGCHLD aside; SIGKILL and SIGSTOP end or
+    // stop the stand-in alone. None of the caller's handlers runs here, and none ignores.
+    bproc_sys::default_signal_actions();
+    let all = SigSet::all();
+    let status = (|| {
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let sfd =
+            SignalFd::with_flags(&all, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok()?;
+        let mut client = Client::connect().ok()?;
+        client.stream().set_read_timeout(None).ok()?;
+        let id = client.send(&Message::ProcWait { pid: ghost }).ok()?;
+        loop {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            let mut fds = [
+                PollFd::new(client.stream().as_fd(), PollFlags::POLLIN),
+                PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(_) => return None,
+            }
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            let (answer, signalled) = (ready(&fds[0]), ready(&fds[1]));
+            if signalled {
+                while let Ok(Some(info)) = sfd.read_signal() {
+                    let signal = info.ssi_signo as i32;
+                    if signal != Signal::SIGCHLD as i32 {
+                        client.send(&Message::SignalLaunch { signal }).ok()?;
+                    }
+                }
+            }
+            if answer {
+                return match client.reply(id).ok()? {
+                    Message::ProcExit { status, .. } => Some(status),
+                    _ => None,
+                };
+            }
+        }
+    })();
+    let signal = match status {
+        Some(bproc_proto::ExitStatus::Code(c)) => bproc_sys::exit_now(c),
+        Some(bproc_proto::ExitStatus::Signal(s)) => s,
+        Some(bproc_proto::ExitStatus::NodeLost) => nix::sys::signal::Signal::SIGKILL as i32,
+        None => bproc_sys::exit_now(255),
+    };
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
+        // No core file, so the waiter sees the signal with the core flag clear.
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+        bproc_sys::default_signal_actions();
+        let mut one = nix::sys::signal::SigSet::empty();
+        one.add(sig);
+        let _ = nix::sys::signal::raise(sig);
+        let _ = one.thread_unblock();
+    }
+    bproc_sys::exit_now(128 + (signal & 0x7f))
 }
 
 /// Serves `image` to every node that connects for request `id`, each on a thread of its own,

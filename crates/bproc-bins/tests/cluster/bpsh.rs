@@ -419,35 +419,50 @@ fn master_spec_runs_on_the_front_end() {
     assert_eq!(out.status.code(), Some(7));
 }
 
-/// Issue "hardening", item 3: from a node, `master` is the front end. Nothing there can
-/// start a bpsh-on-a-node's process (the master daemon runs no user code), so it is refused
-/// with the reason, and the other nodes still run. Before, it ran on the node itself
-/// (`bpsh 1 bpsh master hostname` printed `n1`).
+/// Issue 18, item 3: from a node, `master` is the front end. The launcher's ghost there (the
+/// user's own process) starts the command, with its output and exit status back to the bpsh
+/// on the node. Before, it was refused (and before that, it ran on the node: `bpsh 1 bpsh
+/// master hostname` printed `n1`).
 #[test]
-fn master_from_a_node_is_refused_not_run_on_the_node() {
+fn master_from_a_node_runs_on_the_front_end() {
     let c = TestCluster::up(&bins(), 2, "bpsh-master-node");
-    let out = c.cmd("bpsh").args(["1", "bpsh", "master", "sh", "-c", "echo ran here"]).output_of();
-    let (stdout, stderr) = text(&out);
-    assert_eq!(stdout, "");
-    assert_eq!(
-        stderr,
-        "bpsh: master: cannot run on the front end from node 1: bpsh on a node starts \
-         processes on nodes only (run this bpsh on the front end)\n"
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let out =
-        c.cmd("bpsh").args(["1", "bpsh", "master,0", "sh", "-c", "echo $BPROC_RANK"]).output_of();
-    assert_eq!(text(&out).0, "0000001\n");
-    assert_eq!(out.status.code(), Some(1));
-    let out = c.cmd("bpsh").args(["1", "brsh", "master", "echo", "ran", "here"]).output_of();
+    let here = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let out = c.cmd("bpsh").args(["1", "bpsh", "master", "hostname"]).output_of();
+    assert_eq!(text(&out), (format!("{here}\n"), String::new()));
+    assert_eq!(out.status.code(), Some(0));
+    // Ranks, stdin, stderr, -p prefixes and exit codes as for any node; the front end's
+    // process runs where the caller's working directory is, if the front end has it.
+    let out = c
+        .cmd("bpsh")
+        .args([
+            "1",
+            "bpsh",
+            "-p",
+            "-s",
+            "master,0",
+            "sh",
+            "-c",
+            "echo $BPROC_RANK; echo e >&2; exit 3",
+        ])
+        .output_of();
+    assert_eq!(text(&out), (" -1: 0000000\n  0: 0000001\n".into(), " -1: e\n  0: e\n".into()));
+    assert_eq!(out.status.code(), Some(3));
+    let out = c.cmd("bpsh").args(["1", "bpsh", "master", "wc", "-c"]).stdin("four").output_of();
+    assert_eq!(text(&out).0, "4\n");
+    let out = c.cmd("bpsh").args(["1", "bpsh", "master", "sh", "-c", "kill -KILL $$"]).output_of();
     assert_eq!(out.status.code(), Some(255));
-    assert_eq!(
-        text(&out),
-        (
-            String::new(),
-            "brsh: master: cannot run on the front end from node 1: run brsh there\n".into()
-        )
-    );
+    assert_eq!(text(&out).1, "bpsh: Child process on node -1 exited abnormally.\n");
+    let out = c.cmd("bpsh").args(["1", "brsh", "master", "echo", "ran", "here"]).output_of();
+    assert_eq!(text(&out), ("ran here\n".into(), String::new()));
+    // As the caller, with the caller's identity: another user runs as that user there.
+    if nix::unistd::geteuid().is_root() {
+        let user = test_user();
+        let id = c.cmd("bpsh").args(["1", "bpsh", "master", "id", "-u"]).as_user(&user).ok();
+        assert_eq!(id, format!("{}\n", user.uid));
+    }
+    // From a process the node's shell forked (its ghost a fork of the launched one's).
+    let out = c.cmd("bpsh").args(["1", "sh", "-c", "bpsh master hostname; echo $?"]).output_of();
+    assert_eq!(text(&out).0, format!("{here}\n0\n"));
 }
 
 /// Issue "hardening", item 8: a node that cannot start the command says which file failed

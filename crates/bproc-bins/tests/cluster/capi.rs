@@ -142,7 +142,7 @@ chmod bad bits: -1 Operation not permitted
 strerror Node is down / No such file or directory
 move -1: 0 ok
 move 1: 0 ok
-rfork 1: -1 Function not implemented
+rfork 1: exited 7
 ";
     assert_eq!(out, want);
     let user = test_user();
@@ -494,6 +494,52 @@ fn rfork_and_vrfork_children_are_the_callers() {
     };
     assert_eq!(fetched("from the mover"), 2, "the first two nodes fetched it from the caller");
     assert_eq!(fetched("from the parent node"), 6, "the others, from their parents");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 17, item 1: a process on a node (started by bpsh) vrforks to two other nodes, its own
+/// node (a local fork) and the front end (refused from a node, `-EOPNOTSUPP`). The remote
+/// children run, each with a ghost on the front end that its caller's ghost forked (so `ps
+/// xf` shows them under it), their output reaches bpsh's stdout and stderr through those
+/// ghosts, and the caller's `waitpid` gets each one's exit status (through its stand-in on
+/// the caller's node, which also passes on a signal sent to it).
+#[test]
+fn a_process_on_a_node_rforks() {
+    if !require_root("rforked children take their ghosts' pids (set_tid)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("node_rfork.c", "node_rfork") else { return };
+    let c = TestCluster::up(&bins(), 3, "node-rfork");
+    let mut run = c.cmd("bpsh").args(["1", exe.to_str().unwrap(), "2", "0"]).spawn();
+    let started = ["child 0 on node 2", "child 1 on node 0", "child 2 on node 1"];
+    while !started.iter().all(|l| run.out.iter().any(|o| o == l)) {
+        run.wait_line(30, "the children's first lines", |n, l| n == 1 && started.contains(&l));
+    }
+    // The front end's tree: bpsh → the caller's ghost → the two children's ghosts.
+    let children = |pid: i32| -> Vec<i32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let caller_ghost = children(run.pid());
+    assert_eq!(caller_ghost.len(), 1, "bpsh's children: {caller_ghost:?}");
+    // Two ghosts forked for the rforked children, one for the local fork on node 1, and two
+    // for the remote children's stand-ins there (which the caller waits for).
+    bproc_testkit::until(10, "five ghosts under the caller's", || {
+        let named = |p: &i32| comm(*p) == "node_rfork\n";
+        (children(caller_ghost[0]).iter().filter(|p| named(p)).count() == 5).then_some(())
+    });
+    let st = run.finish(60);
+    assert_eq!(st.code(), Some(42), "stdout: {:?}\nstderr: {:?}", run.out, run.err);
+    let mut out = run.out.clone();
+    out.sort();
+    assert_eq!(out, ["child 0 on node 2", "child 1 on node 0", "child 2 on node 1", "parent done"]);
+    let mut err = run.err.clone();
+    err.sort();
+    assert_eq!(err, ["child 0 stderr", "child 1 stderr", "child 2 stderr"]);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -158,6 +158,40 @@ fn bpsh_follows_a_process_back_to_the_front_end() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Issue 17, item 2: `bpsh 1 ./onward 2 0`, a process that moves on from node 1 to node 2
+/// and then to node 0: its stdout and stderr keep reaching bpsh, in order, from each node
+/// (each node connects them to bpsh again as the same rank), `-p` prefixes name the rank's
+/// node, and bpsh ends with its exit status. Before, its output after the first move went to
+/// `/dev/null`.
+#[test]
+fn bpsh_follows_a_process_from_node_to_node() {
+    if !require_root("moved processes keep their pids (set_tid in the nodes' pid namespaces)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("onward.c", "onward") else { return };
+    let c = TestCluster::up(&bins(), 3, "onward");
+    let out = c.cmd("bpsh").args(["1", exe.to_str().unwrap(), "2", "0"]).exits(5);
+    let mut want = "start on node 1\n".to_string();
+    for n in [2, 0] {
+        for j in 0..3 {
+            want += &format!("node {n} line {j}\n");
+        }
+    }
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), want);
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "err on node 1\nerr on node 2 as pid same\nerr on node 0 as pid same\n"
+    );
+    // Two ranks, each moving on, with -p: every line under its rank's first node.
+    let out = c.cmd("bpsh").args(["-p", "1,2", exe.to_str().unwrap(), "0"]).exits(5);
+    let text = String::from_utf8(out.stdout).unwrap();
+    for (first, line) in [(1, "start on node 1"), (2, "start on node 2"), (1, "node 0 line 2")] {
+        assert!(text.contains(&format!("{first:3}: {line}\n")), "{text}");
+    }
+    assert_eq!(text.lines().count(), 8, "{text}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A process of five threads (four counting) moves to node 1 and back: every thread is
 /// there after each move, counting, with its id, thread-local variable and FPU state.
 #[test]

@@ -84,7 +84,9 @@ int bproc_proclist(int node, struct bproc_proc_info_t **list);
  * BPROC_MOVE_STRICT of the _bproc_* forms (and of bproc_dump) refuses them instead. Every
  * thread moves with the process. What cannot move gives EBUSY and the caller stays where it
  * was (a thread blocking signal 64, or what BPROC_MOVE_STRICT refused); bproc_lasterror()
- * then says what, e.g. "fd 7: a connected TCP socket". rfork and vrfork work from the front end.
+ * then says what, e.g. "fd 7: a connected TCP socket". rfork and vrfork work from the front end
+ * and from a node (there, pids[] are stand-ins for the remote children that waitpid sees end
+ * as they do; a child on BPROC_NODE_MASTER gets -EOPNOTSUPP).
  *
  * Checkpoint: bproc_dump writes the caller to fd as a process image (flags: BPROC_DUMP_* say
  * what goes by content; the rest is named by path) and returns 0, or 1 in a copy restored
