@@ -320,6 +320,28 @@ pub(crate) fn inherited(caller: &Caller) -> Result<Inherited, Refusal> {
     }
 }
 
+/// How long a launch from a node waits for its caller's ghost on the front end: a process
+/// forked on a node gets its ghost once the master hears of the fork, which can come after
+/// the process has already asked for something only its ghost can do.
+const CALLER_GHOST_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The connected ghost of a caller on a node, waited for up to [`CALLER_GHOST_WAIT`];
+/// `None` for a caller on the front end, or one whose ghost does not come.
+async fn caller_ghost(shared: &Shared, caller: &Caller) -> Option<i32> {
+    let (Some((n, _)), Some(pid)) = (caller.origin, caller.node_pid) else { return None };
+    let deadline = tokio::time::Instant::now() + CALLER_GHOST_WAIT;
+    loop {
+        let ghost = shared.ghosts.ghost_for((n, pid), caller.uid);
+        if let Some(g) = ghost.filter(|g| shared.ghosts.connected(*g)) {
+            return Some(g);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// The ghosts of the children a process on a node rforks (ranks named
 /// [`bproc_proto::GHOST_FORKED`] not on the front end): its own ghost forks one for each, a
 /// relay of that child's output. Returns each rank's ghost (0: none) and relay port.
@@ -336,13 +358,10 @@ async fn rfork_ghosts(
         .filter(|&r| asked.get(r) == Some(&bproc_proto::GHOST_FORKED))
         .filter(|&r| nodes[r] != bproc_proto::NODE_MASTER)
         .collect();
-    let helper = match (caller.origin, caller.node_pid) {
-        (Some((n, _)), Some(pid)) => {
-            shared.ghosts.ghost_for((n, pid), caller.uid).filter(|g| shared.ghosts.connected(*g))
-        }
-        _ => None,
-    };
-    let Some(helper) = helper.filter(|_| !want.is_empty()) else {
+    if want.is_empty() {
+        return (ghosts, ports);
+    }
+    let Some(helper) = caller_ghost(shared, caller).await else {
         return (ghosts, ports);
     };
     let comm = spec.argv.first().cloned().unwrap_or_default();
@@ -460,12 +479,8 @@ pub(crate) async fn serve(
     });
     // A launcher on a node has its ranks on the front end started by its ghost there, the
     // user's own process: the master daemon runs no user code.
-    let helper = match (caller.origin, caller.node_pid) {
-        (Some((n, _)), Some(pid)) if !image => {
-            shared.ghosts.ghost_for((n, pid), caller.uid).filter(|g| shared.ghosts.connected(*g))
-        }
-        _ => None,
-    };
+    let front_end = nodes.contains(&bproc_proto::NODE_MASTER);
+    let helper = if image || !front_end { None } else { caller_ghost(&shared, &caller).await };
     // Ranks that move back to the front end, into their ghosts.
     let mut back = Vec::new();
     // Ranks the launcher's ghost starts on the front end.
