@@ -851,6 +851,34 @@ pub enum Message {
         /// Its ghost's pid on the master.
         ghost: i32,
     },
+    /// Slave → master: process `pid` (the node's) is about to fork and waits. The master has
+    /// the process's ghost fork first and answers [`Message::ForkAheadReply`] with the child
+    /// ghost's pid, which the slave then gives the child; the process's `Forked` event that
+    /// follows takes that ghost whatever pid the child got.
+    ForkAhead {
+        /// The slave's number for the answer.
+        seq: u32,
+        /// The forking process.
+        pid: i32,
+        /// Its command name, the child ghost's name.
+        comm: String,
+    },
+    /// Master → slave: the answer to [`Message::ForkAhead`]: the child ghost's pid, or 0
+    /// when there is none (no ghost to fork; the fork is then followed as any other).
+    ForkAheadReply {
+        /// The request's number.
+        seq: u32,
+        /// The child ghost's pid on the master, or 0.
+        ghost: i32,
+    },
+    /// Ghost → master: it forked the child ghost of [`Message::GhostFork`] `fork`, which
+    /// got pid `pid` (told at once, before the child connects).
+    GhostForked {
+        /// Fork id.
+        fork: u64,
+        /// The child ghost's pid.
+        pid: i32,
+    },
     /// Reply to [`Message::ProcList`].
     Procs {
         /// Every remote process.
@@ -978,6 +1006,9 @@ mod ty {
     pub const LIB_EDIT: u16 = 51;
     pub const SESSION_PROCS: u16 = 52;
     pub const GHOST_OF: u16 = 53;
+    pub const FORK_AHEAD: u16 = 54;
+    pub const FORK_AHEAD_REPLY: u16 = 55;
+    pub const GHOST_FORKED: u16 = 56;
     pub const OK: u16 = 100;
     pub const ERROR: u16 = 101;
     pub const NODES: u16 = 102;
@@ -1571,6 +1602,9 @@ impl Message {
             LibEdit { .. } => ty::LIB_EDIT,
             SessionProcs { .. } => ty::SESSION_PROCS,
             GhostOf { .. } => ty::GHOST_OF,
+            ForkAhead { .. } => ty::FORK_AHEAD,
+            ForkAheadReply { .. } => ty::FORK_AHEAD_REPLY,
+            GhostForked { .. } => ty::GHOST_FORKED,
             Libraries { .. } => ty::LIBRARIES,
             Watch => ty::WATCH,
             MasterInfo => ty::MASTER_INFO,
@@ -1649,6 +1683,9 @@ impl Message {
             LibEdit { .. } => "LibEdit",
             SessionProcs { .. } => "SessionProcs",
             GhostOf { .. } => "GhostOf",
+            ForkAhead { .. } => "ForkAhead",
+            ForkAheadReply { .. } => "ForkAheadReply",
+            GhostForked { .. } => "GhostForked",
             Libraries { .. } => "Libraries",
             SignalPid { .. } => "SignalPid",
             ProcStatQuery { .. } => "ProcStatQuery",
@@ -1774,6 +1811,19 @@ impl Message {
             GhostOf { pid, ghost } => {
                 w.i32(*pid);
                 w.i32(*ghost);
+            }
+            ForkAhead { seq, pid, comm } => {
+                w.u32(*seq);
+                w.i32(*pid);
+                w.str(comm);
+            }
+            ForkAheadReply { seq, ghost } => {
+                w.u32(*seq);
+                w.i32(*ghost);
+            }
+            GhostForked { fork, pid } => {
+                w.u64(*fork);
+                w.i32(*pid);
             }
             Ping { seq, time_ms } => {
                 w.u64(*seq);
@@ -2057,6 +2107,11 @@ impl Message {
                 SessionProcs { procs }
             }
             ty::GHOST_OF => GhostOf { pid: r.i32("pid")?, ghost: r.i32("ghost")? },
+            ty::FORK_AHEAD => {
+                ForkAhead { seq: r.u32("seq")?, pid: r.i32("pid")?, comm: r.str("comm", MAX_TEXT)? }
+            }
+            ty::FORK_AHEAD_REPLY => ForkAheadReply { seq: r.u32("seq")?, ghost: r.i32("ghost")? },
+            ty::GHOST_FORKED => GhostForked { fork: r.u64("fork")?, pid: r.i32("pid")? },
             ty::PING => Ping { seq: r.u64("seq")?, time_ms: r.u64("time")? },
             ty::PONG => Pong { seq: r.u64("seq")?, info: NodeInfo::decode(r)? },
             ty::DISCONNECT => Disconnect {

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod forks;
 mod info;
 pub mod isolate;
 pub mod procs;
@@ -534,6 +535,10 @@ async fn serve_link(
             }
             Message::GhostOf { pid, ghost } => {
                 procs.set_ghost(pid, ghost);
+                None
+            }
+            Message::ForkAheadReply { seq, ghost } => {
+                procs.fork_ahead_reply(seq, ghost);
                 None
             }
             Message::ProcStatQuery { pids } => Some(Message::ProcStats {

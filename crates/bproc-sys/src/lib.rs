@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod ckpt;
+pub mod forkpid;
 pub mod peer;
 pub mod procevents;
 pub mod restore;
@@ -26,8 +27,8 @@ mod threads;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,
-    inherited_socket_fd, signal_from, signal_from_inside, spawn, spawn_errno, PidNamespace,
-    SpawnFailed, SpawnSpec, SpawnStep, MAX_FDS,
+    inherited_socket_fd, signal_from, signal_from_inside, spawn, spawn_errno, LastPid,
+    PidNamespace, SpawnFailed, SpawnSpec, SpawnStep, MAX_FDS,
 };
 
 use std::ffi::CString;
@@ -215,6 +216,7 @@ mod tests {
             files,
             set_tid: None,
             trace: false,
+            fork_listener: None,
         }
     }
 
