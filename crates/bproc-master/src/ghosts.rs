@@ -92,6 +92,8 @@ struct Fork {
     queue: Vec<Message>,
     /// For a fork asked ahead of the process's own ([`Message::ForkAhead`]).
     ahead: Option<Ahead>,
+    /// The name the child ghost was given.
+    comm: String,
 }
 
 /// A child ghost forked before the process forks, so that the child can take its pid. Its
@@ -208,7 +210,7 @@ impl Inner {
             }
             ProcChange::Forked { child, child_ns, comm } => {
                 let uid = self.procs.get(&key)?.uid;
-                if self.bind_ahead(key, child, child_ns, uid) {
+                if self.bind_ahead(key, child, child_ns, &comm, uid) {
                     return None;
                 }
                 // A child already known (a repeated report) keeps its ghost, or its fork.
@@ -224,8 +226,15 @@ impl Inner {
                     self.next_fork += 1;
                     let fork = self.next_fork;
                     let parent_ghost = self.procs.get(&key).and_then(|p| p.ghost).unwrap_or(0);
-                    let f =
-                        Fork { node: n, child, parent_ghost, uid, queue: Vec::new(), ahead: None };
+                    let f = Fork {
+                        node: n,
+                        child,
+                        parent_ghost,
+                        uid,
+                        queue: Vec::new(),
+                        ahead: None,
+                        comm: comm.clone(),
+                    };
                     self.forks.insert(fork, f);
                     self.deliver(key, Message::GhostFork { fork, comm });
                 }
@@ -241,7 +250,14 @@ impl Inner {
     /// Gives fork `child` of `key` (`child_ns` in the slave's namespace) the ghost forked
     /// ahead for it, if one is waiting: the one whose pid the child took, else the oldest
     /// (the child got another pid); true if it did.
-    fn bind_ahead(&mut self, key: (i32, i32), child: i32, child_ns: i32, uid: u32) -> bool {
+    fn bind_ahead(
+        &mut self,
+        key: (i32, i32),
+        child: i32,
+        child_ns: i32,
+        comm: &str,
+        uid: u32,
+    ) -> bool {
         let waiting: Vec<(u64, i32)> = self
             .forks
             .iter()
@@ -258,6 +274,12 @@ impl Inner {
         self.procs.insert((key.0, child), Proc { ghost: None, launch: None, uid });
         let Some(f) = self.forks.get_mut(&id) else { return false };
         f.child = child;
+        if f.comm != comm {
+            // The child ran a program before its fork was reported: its ghost was named
+            // after the parent.
+            f.comm = comm.to_owned();
+            f.queue.push(Message::GhostExec { comm: comm.to_owned() });
+        }
         let Some(a) = f.ahead.filter(|a| a.connected) else { return true };
         // Its ghost is here already: they meet now.
         let Some(f) = self.forks.remove(&id) else { return true };
@@ -716,6 +738,7 @@ impl Ghosts {
             uid,
             queue: Vec::new(),
             ahead: Some(ahead),
+            comm: comm.clone(),
         };
         inner.forks.insert(fork, f);
         if let Some(gh) = inner.ghosts.get_mut(&gp) {
