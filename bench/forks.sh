@@ -15,7 +15,7 @@
 #    whose pid was their ghost's;
 #  - CPU per fork: the master, every slave (with the processes they reaped: the job) and bpsh
 #    with its ghosts, over a job of FORKS forks of /bin/true, divided by FORKS;
-#  - `bpsh -a true` at SIZE nodes, off against on (hyperfine, RUNS runs).
+#  - `bpsh -a true` at SIZE nodes in each mode (hyperfine, RUNS runs).
 #
 #   bench/forks.sh                 # FORKS=200 SIZE=1024 RUNS=11
 #   SIZE=64 RUNS=5 bench/forks.sh
@@ -92,7 +92,7 @@ echo "| fork + exec + exit of /bin/true | ${CPU[off]} | ${CPU[events]} | ${CPU[o
 
 if [ "$SIZE" -gt 0 ]; then
     declare -A HF
-    for mode in off on; do
+    for mode in off events on; do
         up "$mode" "$SIZE"
         hyperfine -N --style none --warmup 2 --runs "$RUNS" --export-json "$DIR/hf.json" \
             "$B/bpsh -a true" >/dev/null 2>"$DIR/hf.err" || { cat "$DIR/hf.err" >&2; exit 1; }
@@ -102,7 +102,7 @@ if [ "$SIZE" -gt 0 ]; then
     echo
     echo "| \`bpsh -a true\`, $SIZE nodes ($RUNS runs) | median (ms) | min–max (ms) |"
     echo "|---|---:|---:|"
-    for mode in off on; do
+    for mode in off events on; do
         read -r med min max <<<"${HF[$mode]}"
         printf "| %s | %.1f | %.1f–%.1f |\n" "$mode" "$med" "$min" "$max"
     done

@@ -55,9 +55,9 @@ pub(crate) struct Forks {
 
 /// What the forks thread needs of the rest of the slave.
 pub(crate) trait Host: Send + Sync + 'static {
-    /// The command name of process `pid` if it is one of the master's (waiting up to
-    /// `limit` for a process just started to be tracked).
-    fn tracked(&self, pid: i32, limit: Duration) -> Option<String>;
+    /// The process of thread `tid` and its command name, if it is one of the master's
+    /// (waiting up to `limit` for a process just started to be tracked).
+    fn tracked(&self, tid: i32, limit: Duration) -> Option<(i32, String)>;
     /// Sends a message to the master.
     fn send(&self, msg: bproc_proto::Message);
 }
@@ -165,12 +165,13 @@ impl Forks {
     fn steer(&self, l: &Listener, n: Notification, seq: u32, host: &impl Host) {
         let start = Instant::now();
         let last = Self::lock(&self.last_pid).clone();
-        let ghost = match (&last, host.tracked(n.pid, self.wait)) {
-            (Some(_), Some(comm)) => {
-                host.send(bproc_proto::Message::ForkAhead { seq, pid: n.pid, comm });
-                self.await_answer(seq, start + self.wait)
+        // The notification names the forking thread; events and the master name its process.
+        let (parent, ghost) = match (&last, host.tracked(n.pid, self.wait)) {
+            (Some(_), Some((pid, comm))) => {
+                host.send(bproc_proto::Message::ForkAhead { seq, pid, comm });
+                (pid, self.await_answer(seq, start + self.wait))
             }
-            _ => 0,
+            _ => (n.pid, 0),
         };
         let set = match (&last, ghost) {
             (Some(last), g) if g > 1 => match last.set(
@@ -186,7 +187,7 @@ impl Forks {
             _ => false,
         };
         if set {
-            *Self::lock(&self.seen) = (n.pid, false);
+            *Self::lock(&self.seen) = (parent, false);
         }
         if let Err(e) = l.proceed(n.id) {
             // The caller went away meanwhile (killed): no fork.

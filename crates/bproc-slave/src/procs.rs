@@ -69,13 +69,18 @@ struct ProcsInner {
 struct ForksHost(std::sync::Weak<ProcsInner>);
 
 impl crate::forks::Host for ForksHost {
-    fn tracked(&self, pid: i32, limit: std::time::Duration) -> Option<String> {
+    fn tracked(&self, tid: i32, limit: std::time::Duration) -> Option<(i32, String)> {
         let deadline = std::time::Instant::now() + limit;
+        let pid = match self.0.upgrade().map(|i| Procs(i).known().contains_key(&tid)) {
+            Some(true) => tid,
+            // A thread other than the main one forks: its process is its thread group.
+            _ => thread_group(tid).unwrap_or(tid),
+        };
         loop {
             let inner = self.0.upgrade()?;
             let procs = Procs(inner);
             if let Some(k) = procs.known().get(&pid) {
-                return Some(k.comm.clone());
+                return Some((pid, k.comm.clone()));
             }
             // Just started: its start is on its way to the master, and it is tracked after.
             if !procs.fresh().contains_key(&pid) || std::time::Instant::now() >= deadline {
@@ -1502,6 +1507,12 @@ fn job_ns_pid(pid: i32) -> Option<i32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let ns = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
     ns.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The thread group (process) of thread `tid`, from `/proc/TID/status`.
+fn thread_group(tid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
 }
 
 fn comm_and_ns_pid(pid: i32) -> Option<(String, i32)> {

@@ -224,6 +224,43 @@ mod tests {
         nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap()
     }
 
+    /// A process started with a fork filter waits at each fork until the listener lets it
+    /// go, and the fork then runs as usual (issue 17).
+    #[test]
+    fn forks_wait_for_the_listener() {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a filter without no_new_privs needs root");
+            return;
+        }
+        let (tx, rx) = forkpid::channel().unwrap();
+        let mut s =
+            spec(&["/bin/sh", "-c", "/bin/true; /bin/true; /bin/true; exit 3"], vec![], vec![]);
+        s.fork_listener = Some(tx);
+        let pid = spawn(&s).unwrap();
+        let l = forkpid::take_listener(rx.as_fd()).expect("the child sends its listener");
+        let mut forks = Vec::new();
+        while forks.len() < 3 {
+            let mut fds = [PollFd::new(l.as_fd(), PollFlags::POLLIN)];
+            assert_eq!(
+                poll(&mut fds, PollTimeout::from(5000u16)),
+                Ok(1),
+                "forks so far: {forks:?}"
+            );
+            let n = l.recv().unwrap();
+            assert_eq!(n.pid, pid);
+            l.proceed(n.id).unwrap();
+            forks.push(n.nr);
+        }
+        assert!(forks.iter().all(|nr| [libc::SYS_clone, libc::SYS_fork, libc::SYS_vfork]
+            .contains(&(*nr as libc::c_long))));
+        assert_eq!(
+            wait(pid),
+            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 3)
+        );
+    }
+
     #[test]
     fn files_limits_and_umask_apply_in_the_child() {
         let dir = std::env::temp_dir().join(format!("bproc-sys-{}", std::process::id()));

@@ -563,3 +563,37 @@ fn a_forwarded_signal_names_its_sender() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Forks on a node do not wait for a master that does not answer: with the master stopped,
+/// a shell on the node still runs twenty forks, each held at most the fork wait (10 ms), and
+/// its output reaches bpsh straight from the node; once the master runs again the job ends
+/// as usual (issue 17).
+#[test]
+fn forks_go_on_while_the_master_is_stopped() {
+    if !require_root("forks are held for their ghosts only in a root slave's pid namespace") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 2, "ghost-slow");
+    let script = "echo ready; sleep 1; i=0; while [ $i -lt 20 ]; do /bin/true; i=$((i+1)); done; \
+                  echo done";
+    let mut job = c.cmd("bpsh").args(["1", "sh", "-c", script]).spawn();
+    job.wait_line(20, "the job to start", |n, l| n == 1 && l == "ready");
+    let master = Pid::from_raw(c.master_pid().unwrap() as i32);
+    /// Wakes the master again, also on failure.
+    struct Stopped(Pid);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGCONT);
+        }
+    }
+    kill(master, Signal::SIGSTOP).unwrap();
+    let stopped = Stopped(master);
+    let t0 = Instant::now();
+    job.wait_line(20, "the forks to be done", |n, l| n == 2 && l == "done");
+    let took = t0.elapsed();
+    drop(stopped);
+    // The shell's second of sleep, and 21 forks of at most 10 ms each with some slack.
+    assert!(took < Duration::from_secs(3), "21 forks took {took:?} with the master stopped");
+    let st = job.finish(30);
+    assert_eq!(st.code(), Some(0), "{job:?}");
+}
