@@ -10,7 +10,8 @@
 //!   `GhostSignal` (SIGCHLD excepted: it reaps its own children, the ghosts of remote forks);
 //! - `GhostState { stopped }` makes it stop itself with SIGSTOP, so the parent sees the stop;
 //! - `GhostFork` forks a child ghost (which execs itself afresh and says hello with the fork
-//!   id), `GhostExec` re-execs itself under the new name, keeping its pid and connection;
+//!   id) and says its pid at once (`GhostForked`: a node may wait for it); `GhostExec`
+//!   re-execs itself under the new name, keeping its pid and connection;
 //! - `GhostRfork` (its process, on a node, rforks) forks a child ghost that relays the
 //!   rforked child's output to this ghost's stdout and stderr and says its relay's port;
 //! - `ProcExit` ends it with the remote status: the same exit code, or death by the same
@@ -394,7 +395,15 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
                 cont_pending = false;
             }
             Some(Message::GhostFork { fork, comm }) => {
-                if bproc_sys::fork_single_threaded() == Ok(0) {
+                let forked = bproc_sys::fork_single_threaded();
+                if let Some(pid) = forked.ok().filter(|p| *p > 0) {
+                    // Told at once: a node waits with the fork until it knows this pid,
+                    // which its child then takes.
+                    // (A connection that failed is found so by the next read.)
+                    let msg = Message::GhostForked { fork, pid };
+                    let _ = ctl.write_all(&bproc_proto::encode(0, &msg));
+                }
+                if forked == Ok(0) {
                     // A fork's ghost holds nothing of the launcher's output: a pipe it kept
                     // open would keep its reader waiting for as long as the ghost lives.
                     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {

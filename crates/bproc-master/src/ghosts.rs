@@ -115,6 +115,24 @@ struct Fork {
     uid: u32,
     /// Messages for the child ghost, delivered when it connects.
     queue: Vec<Message>,
+    /// For a fork asked ahead of the process's own ([`Message::ForkAhead`]).
+    ahead: Option<Ahead>,
+    /// The name the child ghost was given.
+    comm: String,
+}
+
+/// A child ghost forked before the process forks, so that the child can take its pid. Its
+/// [`Fork::child`] is 0 until the process's `Forked` event names the child.
+#[derive(Debug, Clone, Copy)]
+struct Ahead {
+    /// The forking process, on the fork's node.
+    parent: i32,
+    /// The slave's request number, answered once the ghost says its pid.
+    seq: u32,
+    /// The child ghost's pid, once its parent ghost said it ([`Message::GhostForked`]).
+    ghost: i32,
+    /// The child ghost said hello before its process's fork was reported.
+    connected: bool,
 }
 
 #[derive(Debug, Default)]
@@ -137,6 +155,9 @@ struct Inner {
     rforks: HashMap<u64, Rfork>,
     /// Clients waiting for the end of the process of a ghost ([`Message::ProcWait`]).
     waiters: HashMap<i32, Vec<tokio::sync::oneshot::Sender<ExitStatus>>>,
+    /// `GhostOf`s for the slaves, of ahead forks bound when their events came
+    /// ([`Ghosts::take_ghost_of`]).
+    ghost_of: Vec<(i32, Message)>,
 }
 
 /// A child ghost asked for an rforked child ([`Message::GhostRfork`]).
@@ -201,6 +222,7 @@ impl Inner {
         let n = key.0;
         match change {
             ProcChange::Exited(status) => {
+                self.drop_ahead(key);
                 self.deliver(key, Message::ProcExit { launch: 0, rank: 0, status });
                 let p = self.procs.remove(&key)?;
                 if let Some(gh) = p.ghost.and_then(|gp| self.ghosts.get_mut(&gp)) {
@@ -238,8 +260,11 @@ impl Inner {
                 self.deliver(key, Message::GhostState { stopped: false });
                 None
             }
-            ProcChange::Forked { child, comm, .. } => {
+            ProcChange::Forked { child, child_ns, comm } => {
                 let uid = self.procs.get(&key)?.uid;
+                if self.bind_ahead(key, child, child_ns, &comm, uid) {
+                    return None;
+                }
                 // A child already known (a repeated report) keeps its ghost, or its fork.
                 let pending = self.forks.values().any(|f| (f.node, f.child) == (n, child));
                 if pending || self.procs.get(&(n, child)).is_some_and(|p| p.ghost.is_some()) {
@@ -254,7 +279,15 @@ impl Inner {
                     self.next_fork += 1;
                     let fork = self.next_fork;
                     let parent_ghost = self.procs.get(&key).and_then(|p| p.ghost).unwrap_or(0);
-                    let f = Fork { node: n, child, parent_ghost, uid, queue: Vec::new() };
+                    let f = Fork {
+                        node: n,
+                        child,
+                        parent_ghost,
+                        uid,
+                        queue: Vec::new(),
+                        ahead: None,
+                        comm: comm.clone(),
+                    };
                     self.forks.insert(fork, f);
                     self.deliver(key, Message::GhostFork { fork, comm });
                 }
@@ -263,6 +296,72 @@ impl Inner {
             ProcChange::Exec { comm } => {
                 self.deliver(key, Message::GhostExec { comm });
                 None
+            }
+        }
+    }
+
+    /// Gives fork `child` of `key` (`child_ns` in the slave's namespace) the ghost forked
+    /// ahead for it, if one is waiting: the one whose pid the child took, else the oldest
+    /// (the child got another pid); true if it did.
+    fn bind_ahead(
+        &mut self,
+        key: (i32, i32),
+        child: i32,
+        child_ns: i32,
+        comm: &str,
+        uid: u32,
+    ) -> bool {
+        let waiting: Vec<(u64, i32)> = self
+            .forks
+            .iter()
+            .filter(|(_, f)| f.node == key.0 && f.child == 0)
+            .filter_map(|(id, f)| f.ahead.filter(|a| a.parent == key.1).map(|a| (*id, a.ghost)))
+            .collect();
+        let exact = waiting.iter().find(|w| w.1 == child_ns && child_ns > 0).map(|w| w.0);
+        let Some(id) = exact.or_else(|| waiting.iter().map(|w| w.0).min()) else {
+            return false;
+        };
+        if self.procs.get(&(key.0, child)).is_some_and(|p| p.ghost.is_some()) {
+            return true;
+        }
+        self.procs.insert((key.0, child), Proc { ghost: None, launch: None, uid, output: None });
+        let Some(f) = self.forks.get_mut(&id) else { return false };
+        f.child = child;
+        if f.comm != comm {
+            // The child ran a program before its fork was reported: its ghost was named
+            // after the parent.
+            f.comm = comm.to_owned();
+            f.queue.push(Message::GhostExec { comm: comm.to_owned() });
+        }
+        let Some(a) = f.ahead.filter(|a| a.connected) else { return true };
+        // Its ghost is here already: they meet now.
+        let Some(f) = self.forks.remove(&id) else { return true };
+        if let Some(p) = self.procs.get_mut(&(key.0, child)) {
+            p.ghost = Some(a.ghost);
+        }
+        if let Some(gh) = self.ghosts.get_mut(&a.ghost) {
+            gh.remote = Some((key.0, child));
+            for m in f.queue {
+                gh.send(m);
+            }
+        }
+        self.ghost_of.push((key.0, Message::GhostOf { pid: child, ghost: a.ghost }));
+        true
+    }
+
+    /// Process `key` ended: ghosts forked ahead for forks of its that never came end too.
+    fn drop_ahead(&mut self, key: (i32, i32)) {
+        let unused: Vec<u64> = self
+            .forks
+            .iter()
+            .filter(|(_, f)| f.node == key.0 && f.child == 0)
+            .filter(|(_, f)| f.ahead.is_some_and(|a| a.parent == key.1))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unused {
+            let Some(a) = self.forks.remove(&id).and_then(|f| f.ahead) else { continue };
+            if let Some(gh) = self.ghosts.get_mut(&a.ghost).filter(|_| a.connected) {
+                gh.send(Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::Code(0) });
             }
         }
     }
@@ -668,6 +767,16 @@ impl Ghosts {
             if !by_ghost && !orphaned {
                 return Err(format!("pid {pid} is not the ghost of fork {fork}"));
             }
+            let unbound = inner.forks.get_mut(&fork).filter(|f| f.child == 0);
+            if let Some(a) = unbound.and_then(|f| f.ahead.as_mut()) {
+                // Forked ahead, its process not forked yet: it waits for the event.
+                a.ghost = pid;
+                a.connected = true;
+                inner.ghosts.insert(pid, Ghost { uid: Some(uid), ..Ghost::default() });
+            }
+        }
+        let bound = inner.forks.get(&fork).is_none_or(|f| f.child != 0);
+        if fork != 0 && bound {
             let Some(Fork { node: n, child, queue, .. }) = inner.forks.remove(&fork) else {
                 return Err(format!("fork {fork} is not pending"));
             };
@@ -742,6 +851,8 @@ impl Ghosts {
     /// killed: only SIGKILL can end a ghost before its process).
     fn disconnect(&self, pid: i32) -> Option<(i32, i32)> {
         let mut g = self.lock();
+        // A ghost forked ahead for a fork that never came.
+        g.forks.retain(|_, f| f.child != 0 || f.ahead.is_none_or(|a| a.ghost != pid));
         let gh = g.ghosts.remove(&pid)?;
         // Its process is killed with it.
         g.notify(pid, ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL as i32));
@@ -750,6 +861,58 @@ impl Ghosts {
         let p = g.procs.get_mut(&remote).filter(|p| p.ghost == Some(pid))?;
         p.ghost = None;
         Some(remote)
+    }
+
+    /// Process `pid` on node `n` is about to fork (`ForkAhead` number `seq`): asks its ghost
+    /// to fork the child's ghost now. Returns the answer when it is known at once: 0, no
+    /// ghost to fork (the fork is followed as any other). Otherwise [`Ghosts::ghost_forked`]
+    /// answers.
+    pub(crate) fn fork_ahead(&self, n: i32, pid: i32, comm: String, seq: u32) -> Option<i32> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let Some(p) = inner.procs.get(&(n, pid)) else { return Some(0) };
+        let uid = p.uid;
+        // A ghost that has yet to connect gets the request when it does.
+        let Some(gp) = p.ghost.filter(|gp| inner.ghosts.contains_key(gp)) else {
+            return Some(0);
+        };
+        inner.next_fork += 1;
+        let fork = inner.next_fork;
+        let ahead = Ahead { parent: pid, seq, ghost: 0, connected: false };
+        let f = Fork {
+            node: n,
+            child: 0,
+            parent_ghost: gp,
+            uid,
+            queue: Vec::new(),
+            ahead: Some(ahead),
+            comm: comm.clone(),
+        };
+        inner.forks.insert(fork, f);
+        if let Some(gh) = inner.ghosts.get_mut(&gp) {
+            gh.send(Message::GhostFork { fork, comm });
+        }
+        None
+    }
+
+    /// Ghost `by` forked the child ghost of fork `fork`, which has pid `pid`: returns the
+    /// node and request to answer with it, for a fork asked ahead.
+    fn ghost_forked(&self, by: i32, fork: u64, pid: i32) -> Option<(i32, u32)> {
+        let mut g = self.lock();
+        let f = g.forks.get_mut(&fork).filter(|f| f.parent_ghost == by && pid > 0)?;
+        let a = f.ahead.as_mut()?;
+        if a.ghost == 0 {
+            a.ghost = pid;
+        }
+        Some((f.node, a.seq))
+    }
+
+    /// The `GhostOf`s for node `n` that ahead forks bound since the last call.
+    pub(crate) fn take_ghost_of(&self, n: i32) -> Vec<Message> {
+        let mut g = self.lock();
+        let (mine, rest) = std::mem::take(&mut g.ghost_of).into_iter().partition(|m| m.0 == n);
+        g.ghost_of = rest;
+        mine.into_iter().map(|m: (i32, Message)| m.1).collect()
     }
 
     /// How many ghosts have said hello since the master started (each at its first hello
@@ -815,6 +978,13 @@ pub(crate) async fn serve(
                 }
                 Ok(Some((_, Message::GhostRelayPort { port }))) => {
                     shared.ghosts.relay_port(pid, port);
+                }
+                Ok(Some((_, Message::GhostForked { fork, pid: child }))) => {
+                    if let Some((n, seq)) = shared.ghosts.ghost_forked(pid, fork, child) {
+                        if let Some(node) = shared.table().get(n) {
+                            node.send(0, Message::ForkAheadReply { seq, ghost: child });
+                        }
+                    }
                 }
                 Ok(Some((_, Message::GhostSignal { signal, sender }))) => {
                     if let Some((n, rpid)) = shared.ghosts.remote_of(pid) {

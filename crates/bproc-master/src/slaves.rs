@@ -349,6 +349,14 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
             for (launch, rank, status) in shared.ghosts.event(n, pid, change) {
                 shared.launches.exited(launch, rank, status);
             }
+            for msg in shared.ghosts.take_ghost_of(n) {
+                let _ = session.tx.send(Outgoing::Frame(0, msg));
+            }
+        }
+        Message::ForkAhead { seq, pid, comm } => {
+            if let Some(ghost) = shared.ghosts.fork_ahead(n, pid, comm, seq) {
+                let _ = session.tx.send(Outgoing::Frame(0, Message::ForkAheadReply { seq, ghost }));
+            }
         }
         Message::SessionProcs { procs } => {
             // A restarted master learns the processes of a resumed session; those without

@@ -912,6 +912,34 @@ pub enum Message {
         /// Its ghost's pid on the master.
         ghost: i32,
     },
+    /// Slave → master: process `pid` (the node's) is about to fork and waits. The master has
+    /// the process's ghost fork first and answers [`Message::ForkAheadReply`] with the child
+    /// ghost's pid, which the slave then gives the child; the process's `Forked` event that
+    /// follows takes that ghost whatever pid the child got.
+    ForkAhead {
+        /// The slave's number for the answer.
+        seq: u32,
+        /// The forking process.
+        pid: i32,
+        /// Its command name, the child ghost's name.
+        comm: String,
+    },
+    /// Master → slave: the answer to [`Message::ForkAhead`]: the child ghost's pid, or 0
+    /// when there is none (no ghost to fork; the fork is then followed as any other).
+    ForkAheadReply {
+        /// The request's number.
+        seq: u32,
+        /// The child ghost's pid on the master, or 0.
+        ghost: i32,
+    },
+    /// Ghost → master: it forked the child ghost of [`Message::GhostFork`] `fork`, which
+    /// got pid `pid` (told at once, before the child connects).
+    GhostForked {
+        /// Fork id.
+        fork: u64,
+        /// The child ghost's pid.
+        pid: i32,
+    },
     /// Reply to [`Message::ProcList`].
     Procs {
         /// Every remote process.
@@ -1041,6 +1069,9 @@ mod ty {
     pub const GHOST_OF: u16 = 53;
     pub const GHOST_RELAY_PORT: u16 = 54;
     pub const PROC_WAIT: u16 = 55;
+    pub const FORK_AHEAD: u16 = 56;
+    pub const FORK_AHEAD_REPLY: u16 = 57;
+    pub const GHOST_FORKED: u16 = 58;
     pub const OK: u16 = 100;
     pub const ERROR: u16 = 101;
     pub const NODES: u16 = 102;
@@ -1662,6 +1693,9 @@ impl Message {
             GhostRfork { .. } => ty::GHOST_RFORK,
             ProcWait { .. } => ty::PROC_WAIT,
             GhostRelayPort { .. } => ty::GHOST_RELAY_PORT,
+            ForkAhead { .. } => ty::FORK_AHEAD,
+            ForkAheadReply { .. } => ty::FORK_AHEAD_REPLY,
+            GhostForked { .. } => ty::GHOST_FORKED,
             Libraries { .. } => ty::LIBRARIES,
             Watch => ty::WATCH,
             MasterInfo => ty::MASTER_INFO,
@@ -1744,6 +1778,9 @@ impl Message {
             GhostRfork { .. } => "GhostRfork",
             ProcWait { .. } => "ProcWait",
             GhostRelayPort { .. } => "GhostRelayPort",
+            ForkAhead { .. } => "ForkAhead",
+            ForkAheadReply { .. } => "ForkAheadReply",
+            GhostForked { .. } => "GhostForked",
             Libraries { .. } => "Libraries",
             SignalPid { .. } => "SignalPid",
             ProcStatQuery { .. } => "ProcStatQuery",
@@ -1870,6 +1907,19 @@ impl Message {
             GhostOf { pid, ghost } => {
                 w.i32(*pid);
                 w.i32(*ghost);
+            }
+            ForkAhead { seq, pid, comm } => {
+                w.u32(*seq);
+                w.i32(*pid);
+                w.str(comm);
+            }
+            ForkAheadReply { seq, ghost } => {
+                w.u32(*seq);
+                w.i32(*ghost);
+            }
+            GhostForked { fork, pid } => {
+                w.u64(*fork);
+                w.i32(*pid);
             }
             Ping { seq, time_ms } => {
                 w.u64(*seq);
@@ -2165,6 +2215,11 @@ impl Message {
                 SessionProcs { procs }
             }
             ty::GHOST_OF => GhostOf { pid: r.i32("pid")?, ghost: r.i32("ghost")? },
+            ty::FORK_AHEAD => {
+                ForkAhead { seq: r.u32("seq")?, pid: r.i32("pid")?, comm: r.str("comm", MAX_TEXT)? }
+            }
+            ty::FORK_AHEAD_REPLY => ForkAheadReply { seq: r.u32("seq")?, ghost: r.i32("ghost")? },
+            ty::GHOST_FORKED => GhostForked { fork: r.u64("fork")?, pid: r.i32("pid")? },
             ty::PING => Ping { seq: r.u64("seq")?, time_ms: r.u64("time")? },
             ty::PONG => Pong { seq: r.u64("seq")?, info: NodeInfo::decode(r)? },
             ty::DISCONNECT => Disconnect {

@@ -212,6 +212,14 @@ fn ghost_messages() -> impl Strategy<Value = Message> {
         )
         .prop_map(|procs| Message::SessionProcs { procs }),
         (any::<i32>(), any::<i32>()).prop_map(|(pid, ghost)| Message::GhostOf { pid, ghost }),
+        (any::<u32>(), any::<i32>(), ".{0,16}").prop_map(|(seq, pid, comm)| Message::ForkAhead {
+            seq,
+            pid,
+            comm
+        }),
+        (any::<u32>(), any::<i32>())
+            .prop_map(|(seq, ghost)| Message::ForkAheadReply { seq, ghost }),
+        (any::<u64>(), any::<i32>()).prop_map(|(fork, pid)| Message::GhostForked { fork, pid }),
     ]
 }
 

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod forks;
 mod info;
 pub mod isolate;
 mod master_arg;
@@ -536,6 +537,10 @@ async fn serve_link(
             }
             Message::GhostOf { pid, ghost } => {
                 procs.set_ghost(pid, ghost);
+                None
+            }
+            Message::ForkAheadReply { seq, ghost } => {
+                procs.fork_ahead_reply(seq, ghost);
                 None
             }
             Message::ProcStatQuery { pids } => Some(Message::ProcStats {

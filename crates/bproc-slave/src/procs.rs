@@ -60,6 +60,42 @@ struct ProcsInner {
     /// Where events go.
     report: Box<dyn Fn(Message) + Send + Sync>,
     spawner: Spawner,
+    /// Answers the forks of the processes started here, so that each child takes its
+    /// ghost's pid (root slaves, [`crate::forks`]).
+    forks: std::sync::OnceLock<Arc<crate::forks::Forks>>,
+}
+
+/// The forks thread's view of the slave.
+struct ForksHost(std::sync::Weak<ProcsInner>);
+
+impl crate::forks::Host for ForksHost {
+    fn tracked(&self, tid: i32, limit: std::time::Duration) -> Option<(i32, String)> {
+        let deadline = std::time::Instant::now() + limit;
+        let pid = match self.0.upgrade().map(|i| Procs(i).known().contains_key(&tid)) {
+            Some(true) => tid,
+            // A thread other than the main one forks: its process is its thread group.
+            _ => thread_group(tid).unwrap_or(tid),
+        };
+        loop {
+            let inner = self.0.upgrade()?;
+            let procs = Procs(inner);
+            if let Some(k) = procs.known().get(&pid) {
+                return Some((pid, k.comm.clone()));
+            }
+            // Just started: its start is on its way to the master, and it is tracked after.
+            if !procs.fresh().contains_key(&pid) || std::time::Instant::now() >= deadline {
+                return None;
+            }
+            drop(procs);
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+
+    fn send(&self, msg: Message) {
+        if let Some(inner) = self.0.upgrade() {
+            (inner.report)(msg);
+        }
+    }
 }
 
 impl std::fmt::Debug for Procs {
@@ -77,7 +113,7 @@ impl Procs {
         diskless: Option<&Diskless>,
     ) -> Procs {
         let extra_proc = diskless.map(|d| d.root.join("proc"));
-        Procs(Arc::new(ProcsInner {
+        let procs = Procs(Arc::new(ProcsInner {
             ranks: Mutex::default(),
             children: Mutex::default(),
             doomed: Mutex::default(),
@@ -88,7 +124,25 @@ impl Procs {
             fresh: Mutex::default(),
             report: Box::new(report),
             spawner: Spawner::start(pid_namespace, extra_proc),
-        }))
+            forks: std::sync::OnceLock::new(),
+        }));
+        if procs.same_pids() && std::env::var_os("BPROC_NO_FORK_PIDS").is_none() {
+            let host = ForksHost(Arc::downgrade(&procs.0));
+            match crate::forks::Forks::start(host, procs.0.spawner.last_pid.clone()) {
+                Ok(f) => {
+                    let _ = procs.0.forks.set(f);
+                }
+                Err(e) => warn!("forks keep the pids the kernel gives ({e})"),
+            }
+        }
+        procs
+    }
+
+    /// The master's answer to `ForkAhead` number `seq`: the child ghost's pid.
+    pub fn fork_ahead_reply(&self, seq: u32, ghost: i32) {
+        if let Some(f) = self.0.forks.get() {
+            f.answer(seq, ghost);
+        }
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Known>> {
@@ -262,6 +316,15 @@ impl Procs {
 
     /// One process event of a known process (or of a known process's child).
     fn on_event(&self, e: bproc_sys::procevents::ProcEvent) {
+        use bproc_sys::procevents::ProcEvent;
+        self.on_event_inner(e);
+        // After the fork is reported: the next fork's request must not overtake it.
+        if let (ProcEvent::Fork { parent, .. }, Some(f)) = (e, self.0.forks.get()) {
+            f.forked(parent);
+        }
+    }
+
+    fn on_event_inner(&self, e: bproc_sys::procevents::ProcEvent) {
         use bproc_sys::procevents::ProcEvent;
         // This slave's own child: a process it starts, watched at once.
         if let ProcEvent::Fork { parent, child } = e {
@@ -554,9 +617,22 @@ impl Procs {
     async fn spawn(&self, spec: bproc_sys::SpawnSpec) -> std::io::Result<i32> {
         let procs = self.clone();
         let job = move || {
+            let mut spec = spec;
+            // Its forks wait for this slave, which gives each child its ghost's pid.
+            let forks = procs.0.forks.get().and_then(|f| {
+                let (tx, rx) = bproc_sys::forkpid::channel().ok()?;
+                spec.fork_listener = Some(tx);
+                Some((f, rx))
+            });
             let started = bproc_sys::spawn(&spec);
             if let Ok(pid) = started {
                 procs.fresh_start(pid);
+                if let Some((f, rx)) = forks {
+                    match bproc_sys::forkpid::take_listener(std::os::fd::AsFd::as_fd(&rx)) {
+                        Some(l) => f.add(l),
+                        None => debug!("pid {pid}: started without its fork filter"),
+                    }
+                }
             }
             started
         };
@@ -661,6 +737,8 @@ type SpawnJob = (Job, tokio::sync::oneshot::Sender<std::io::Result<i32>>);
 struct Spawner {
     tx: Mutex<std::sync::mpsc::Sender<SpawnJob>>,
     pid_namespace: bool,
+    /// Sets the namespace's last pid (through its init), replaced with the namespace.
+    last_pid: Arc<Mutex<Option<Arc<bproc_sys::LastPid>>>>,
     /// The namespace's init, to reap when it is replaced.
     init: Arc<std::sync::atomic::AtomicI32>,
     /// Asks the thread for a fresh namespace (killing everything in the old one).
@@ -674,6 +752,8 @@ impl Spawner {
         let init = Arc::new(std::sync::atomic::AtomicI32::new(0));
         let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (init2, reset2) = (init.clone(), reset.clone());
+        let last_pid: Arc<Mutex<Option<Arc<bproc_sys::LastPid>>>> = Arc::default();
+        let last_pid2 = last_pid.clone();
         let spawned = std::thread::Builder::new().name("spawner".into()).spawn(move || {
             // No signal handler of the daemon's may run in a child before it execs.
             let _ = nix::sys::signal::SigSet::all().thread_block();
@@ -697,6 +777,8 @@ impl Spawner {
                 }) {
                     Ok(ns) => {
                         init2.store(ns.init_pid(), std::sync::atomic::Ordering::Relaxed);
+                        *last_pid2.lock().unwrap_or_else(|e| e.into_inner()) =
+                            ns.last_pid().ok().map(Arc::new);
                         Some(ns)
                     }
                     Err(e) => {
@@ -716,7 +798,7 @@ impl Spawner {
             }
         });
         let pid_namespace = spawned.is_ok() && ready_rx.recv().unwrap_or(false);
-        Spawner { tx: Mutex::new(tx), pid_namespace, init, reset }
+        Spawner { tx: Mutex::new(tx), pid_namespace, last_pid, init, reset }
     }
 
     async fn run(&self, job: Job) -> std::io::Result<i32> {
@@ -1277,6 +1359,7 @@ pub async fn spawn(
         files,
         set_tid: set_tid.filter(|p| *p > 0 && procs.same_pids()),
         trace: false,
+        fork_listener: None,
     };
     // What a failure names: the file -I/-O/-E (or an I/O list) opened, else the program.
     let file_paths: Vec<String> =
@@ -1345,6 +1428,7 @@ fn clone_spec(s: &bproc_sys::SpawnSpec) -> Result<bproc_sys::SpawnSpec, Refused>
         files: s.files.clone(),
         set_tid: s.set_tid,
         trace: s.trace,
+        fork_listener: None,
     })
 }
 
@@ -1436,6 +1520,12 @@ fn job_ns_pid(pid: i32) -> Option<i32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let ns = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
     ns.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The thread group (process) of thread `tid`, from `/proc/TID/status`.
+fn thread_group(tid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
 }
 
 fn comm_and_ns_pid(pid: i32) -> Option<(String, i32)> {

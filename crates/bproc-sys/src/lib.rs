@@ -18,14 +18,15 @@
 #![allow(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod forkpid;
 pub mod peer;
 pub mod procevents;
 mod spawn;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,
-    inherited_socket_fd, signal_from, signal_from_inside, spawn, spawn_errno, PidNamespace,
-    SpawnFailed, SpawnSpec, SpawnStep, MAX_FDS,
+    inherited_socket_fd, signal_from, signal_from_inside, spawn, spawn_errno, LastPid,
+    PidNamespace, SpawnFailed, SpawnSpec, SpawnStep, MAX_FDS,
 };
 
 use std::ffi::CString;
@@ -213,11 +214,49 @@ mod tests {
             files,
             set_tid: None,
             trace: false,
+            fork_listener: None,
         }
     }
 
     fn wait(pid: i32) -> nix::sys::wait::WaitStatus {
         nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap()
+    }
+
+    /// A process started with a fork filter waits at each fork until the listener lets it
+    /// go, and the fork then runs as usual (issue 17).
+    #[test]
+    fn forks_wait_for_the_listener() {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a filter without no_new_privs needs root");
+            return;
+        }
+        let (tx, rx) = forkpid::channel().unwrap();
+        let mut s =
+            spec(&["/bin/sh", "-c", "/bin/true; /bin/true; /bin/true; exit 3"], vec![], vec![]);
+        s.fork_listener = Some(tx);
+        let pid = spawn(&s).unwrap();
+        let l = forkpid::take_listener(rx.as_fd()).expect("the child sends its listener");
+        let mut forks = Vec::new();
+        while forks.len() < 3 {
+            let mut fds = [PollFd::new(l.as_fd(), PollFlags::POLLIN)];
+            assert_eq!(
+                poll(&mut fds, PollTimeout::from(5000u16)),
+                Ok(1),
+                "forks so far: {forks:?}"
+            );
+            let n = l.recv().unwrap();
+            assert_eq!(n.pid, pid);
+            l.proceed(n.id).unwrap();
+            forks.push(n.nr);
+        }
+        assert!(forks.iter().all(|nr| [libc::SYS_clone, libc::SYS_fork, libc::SYS_vfork]
+            .contains(&(*nr as libc::c_long))));
+        assert_eq!(
+            wait(pid),
+            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 3)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! locks), and reports a failure to the parent as an errno on a close-on-exec pipe.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::libc;
 
@@ -45,6 +45,11 @@ pub struct SpawnSpec {
     /// Traced by the calling thread from its first instruction (`PTRACE_TRACEME`): it stops
     /// with `SIGTRAP` after the exec.
     pub trace: bool,
+    /// Where to send the listener of a fork filter installed in the child before the
+    /// identity switch (the first end of [`forkpid::channel`](crate::forkpid::channel)):
+    /// its forks then wait for the caller's answer. A child that cannot install it starts
+    /// without.
+    pub fork_listener: Option<OwnedFd>,
 }
 
 /// Most further fds a [`SpawnSpec`] may carry.
@@ -98,7 +103,19 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
     let groups: Vec<libc::gid_t> =
         spec.identity.as_ref().map(|i| i.groups.clone()).unwrap_or_default();
     let tid: i32 = spec.set_tid.unwrap_or(0);
-    let mut ctx = ChildCtx { spec, argv: &argv, envp: &envp, groups: &groups, errno: 0, step: 0 };
+    let mut prep = spec.fork_listener.as_ref().map(|s| crate::forkpid::ChildPrep::new(s.as_fd()));
+    if let Some(p) = &mut prep {
+        p.arm();
+    }
+    let mut ctx = ChildCtx {
+        spec,
+        argv: &argv,
+        envp: &envp,
+        groups: &groups,
+        prep: prep.as_mut().map(|p| p as *mut crate::forkpid::ChildPrep),
+        errno: 0,
+        step: 0,
+    };
     // The child shares this memory and runs on its own stack until it execs, while this
     // thread waits (vfork): no page tables are copied, which on a daemon of some size costs
     // more than the rest of a start.
@@ -179,6 +196,8 @@ struct ChildCtx<'a> {
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     groups: &'a [libc::gid_t],
+    /// The fork filter to install, prepared ([`SpawnSpec::fork_listener`]).
+    prep: Option<*mut crate::forkpid::ChildPrep>,
     errno: i32,
     step: u32,
 }
@@ -188,7 +207,7 @@ extern "C" fn child_entry(ctx: *mut libc::c_void) -> ! {
     // exits; the parent reads `errno` only after that.
     unsafe {
         let ctx = &mut *ctx.cast::<ChildCtx>();
-        let (e, step) = child(ctx.spec, ctx.argv, ctx.envp, ctx.groups);
+        let (e, step) = child(ctx.spec, ctx.argv, ctx.envp, ctx.groups, ctx.prep);
         std::ptr::write_volatile(&mut ctx.step, step);
         std::ptr::write_volatile(&mut ctx.errno, if e == 0 { libc::EIO } else { e });
         libc::_exit(127)
@@ -277,6 +296,7 @@ fn child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     groups: &[libc::gid_t],
+    prep: Option<*mut crate::forkpid::ChildPrep>,
 ) -> (i32, u32) {
     let err = |step: u32| (nix::Error::last_raw(), step);
     // SAFETY: every call below is a direct system call (async-signal-safe) on memory that was
@@ -332,6 +352,11 @@ fn child(
             if libc::chroot(j.root.as_ptr()) != 0 || libc::chdir(j.cwd.as_ptr()) != 0 {
                 return err(STEP_ROOT);
             }
+        }
+        // While still root: a filter installed with CAP_SYS_ADMIN needs no `no_new_privs`,
+        // so set-user-id programs keep working under it.
+        if let Some(p) = prep {
+            (*p).install();
         }
         if let Some(id) = &spec.identity {
             if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
@@ -415,6 +440,8 @@ pub struct PidNamespace {
     ns: std::fs::File,
     /// `/proc/<init>/ns/mnt`: the node's mounts with a `/proc` of this namespace.
     mnt: std::fs::File,
+    /// Requests to the init to set the namespace's last pid ([`LastPid`]).
+    last_pid: std::os::unix::net::UnixStream,
 }
 
 impl PidNamespace {
@@ -436,6 +463,7 @@ impl PidNamespace {
         let home = std::fs::File::open("/proc/thread-self/ns/pid")?;
         nix::sched::setns(&home, nix::sched::CloneFlags::CLONE_NEWPID)?;
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (ask, answer) = std::os::unix::net::UnixStream::pair()?;
         let args = CloneArgs {
             flags: libc::CLONE_NEWPID as u64,
             exit_signal: libc::SIGCHLD as u64,
@@ -445,9 +473,9 @@ impl PidNamespace {
         // own stack and never returns.
         let pid = unsafe { clone3(&args) }?;
         if pid == 0 {
-            init_loop(rd.as_raw_fd(), ready_wr.as_raw_fd(), extra.as_deref());
+            init_loop(rd.as_raw_fd(), ready_wr.as_raw_fd(), answer.as_raw_fd(), extra.as_deref());
         }
-        drop((rd, ready_wr));
+        drop((rd, ready_wr, answer));
         // The init says when its mounts are in place (or closes the pipe, failing).
         let mut b = [0u8; 1];
         let ready = nix::unistd::read(ready_rd.as_raw_fd(), &mut b) == Ok(1);
@@ -458,7 +486,7 @@ impl PidNamespace {
             Err(std::io::Error::other("the namespace's init could not mount its /proc"))
         };
         match opened {
-            Ok((ns, mnt)) => Ok(PidNamespace { init: pid, ns, mnt, _lifeline: wr }),
+            Ok((ns, mnt)) => Ok(PidNamespace { init: pid, ns, mnt, _lifeline: wr, last_pid: ask }),
             Err(e) => {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -472,6 +500,12 @@ impl PidNamespace {
     /// The init's pid in the caller's namespace.
     pub fn init_pid(&self) -> i32 {
         self.init
+    }
+
+    /// A handle that asks the init to set the namespace's last pid (so that the next
+    /// process made there gets the pid after it), usable from any thread.
+    pub fn last_pid(&self) -> std::io::Result<LastPid> {
+        Ok(LastPid(std::sync::Mutex::new(self.last_pid.try_clone()?)))
     }
 
     /// Makes the calling thread's future children start in this namespace. The thread can
@@ -500,9 +534,54 @@ impl Drop for PidNamespace {
     }
 }
 
-/// The namespace's init: mount its `/proc`, say so on `ready`, then reap every child; exit
-/// when `lifeline` reports its writer gone.
-fn init_loop(lifeline: i32, ready: i32, extra_proc: Option<&std::ffi::CStr>) -> ! {
+/// Sets a pid namespace's last pid through its init, which alone may: the kernel applies
+/// `/proc/sys/kernel/ns_last_pid` to the writer's own namespace.
+#[derive(Debug)]
+pub struct LastPid(std::sync::Mutex<std::os::unix::net::UnixStream>);
+
+impl LastPid {
+    /// Makes `pid` the namespace's last pid, waiting at most `wait` for the init's answer.
+    pub fn set(&self, pid: i32, wait: std::time::Duration) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // A late answer to an earlier request that timed out goes first.
+        s.set_nonblocking(true)?;
+        let mut stale = [0u8; 64];
+        while matches!(s.read(&mut stale), Ok(n) if n > 0) {}
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(wait.max(std::time::Duration::from_micros(1))))?;
+        s.write_all(&pid.to_ne_bytes())?;
+        let mut errno = [0u8; 4];
+        s.read_exact(&mut errno)?;
+        match i32::from_ne_bytes(errno) {
+            0 => Ok(()),
+            e => Err(std::io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// Writes `n` in decimal into `buf`, returning the length (no allocation: runs in the init).
+fn decimal(mut n: u32, buf: &mut [u8; 12]) -> usize {
+    let mut tmp = [0u8; 12];
+    let mut len = 0;
+    loop {
+        tmp[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[i] = tmp[len - 1 - i];
+    }
+    len
+}
+
+/// The namespace's init: mount its `/proc`, say so on `ready`, then reap every child and
+/// answer requests on `requests` to set the last pid ([`LastPid`]); exit when `lifeline`
+/// reports its writer gone.
+fn init_loop(lifeline: i32, ready: i32, requests: i32, extra_proc: Option<&std::ffi::CStr>) -> ! {
     // SAFETY: direct system calls on memory prepared before the clone or on this stack.
     unsafe {
         libc::prctl(libc::PR_SET_NAME, c"bproc-init".as_ptr());
@@ -534,11 +613,17 @@ fn init_loop(lifeline: i32, ready: i32, extra_proc: Option<&std::ffi::CStr>) -> 
         // namespace must not hold its sockets or the lifeline's write end, nor its standard
         // streams (a daemon that went to the background must leave the terminal, or the
         // pipe of whoever started it, for good).
-        if libc::dup2(lifeline, 3) < 0 {
+        // The request socket as fd 4, and ns_last_pid open as fd 5.
+        if libc::dup2(lifeline, 3) < 0 || libc::dup2(requests, 4) < 0 {
             libc::_exit(1);
         }
+        // (Without it, fd 5 stays closed and each request is answered EBADF.)
+        let last = libc::open(c"/proc/sys/kernel/ns_last_pid".as_ptr(), libc::O_WRONLY);
+        if last < 0 || libc::dup2(last, 5) < 0 {
+            libc::close(5);
+        }
         libc::syscall(libc::SYS_close_range, 0u32, 2u32, 0u32);
-        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+        libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32);
         // SIGCHLD through a signalfd: a cloned copy of a multi-threaded daemon cannot
         // install a handler safely, and polling would wake every init of a large virtual
         // cluster for nothing.
@@ -551,16 +636,37 @@ fn init_loop(lifeline: i32, ready: i32, extra_proc: Option<&std::ffi::CStr>) -> 
             libc::_exit(1);
         }
         let mut info = [0u8; 128];
+        let mut ask = 4;
         loop {
             while libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) > 0 {}
             while libc::read(sfd, info.as_mut_ptr().cast(), info.len()) > 0 {}
             let mut pfd = [
                 libc::pollfd { fd: 3, events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: ask, events: libc::POLLIN, revents: 0 },
             ];
-            if libc::poll(pfd.as_mut_ptr(), 2, -1) > 0 && pfd[0].revents != 0 {
+            if libc::poll(pfd.as_mut_ptr(), 3, -1) <= 0 {
+                continue;
+            }
+            if pfd[0].revents != 0 {
                 // The daemon is gone: ending the init kills the whole namespace.
                 libc::_exit(0);
+            }
+            if pfd[2].revents & libc::POLLIN != 0 {
+                let mut pid = [0u8; 4];
+                if libc::read(4, pid.as_mut_ptr().cast(), 4) == 4 {
+                    let mut text = [0u8; 12];
+                    let len = decimal(u32::from_ne_bytes(pid), &mut text);
+                    let errno = if libc::pwrite(5, text.as_ptr().cast(), len, 0) == len as isize {
+                        0
+                    } else {
+                        *libc::__errno_location()
+                    };
+                    libc::write(4, errno.to_ne_bytes().as_ptr().cast(), 4);
+                }
+            } else if pfd[2].revents != 0 {
+                // The request socket failed: the daemon is going; the lifeline says when.
+                ask = -1;
             }
         }
     }

@@ -152,6 +152,8 @@ pub struct Spec {
     /// cluster directory with the relative `-c config`: its logs then go to syslog, and its
     /// pid comes from its `--print-address` report.
     pub daemonize_master: bool,
+    /// Environment variables set for each slave (tests tune a slave's waits this way).
+    pub slave_env: Vec<(String, String)>,
 }
 
 impl Spec {
@@ -170,6 +172,7 @@ impl Spec {
             ready_when_connected: false,
             diskless: false,
             daemonize_master: false,
+            slave_env: Vec::new(),
         }
     }
 }
@@ -468,6 +471,7 @@ impl Cluster {
         if self.spec.reconnect {
             cmd.arg("-r");
         }
+        cmd.envs(self.spec.slave_env.iter().map(|(k, v)| (k, v)));
         if self.spec.verbose {
             cmd.arg("-v");
         }

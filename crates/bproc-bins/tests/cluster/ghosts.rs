@@ -377,31 +377,112 @@ fn stop_continue_interrupt_leaves_no_ghosts() {
     assert!(left.is_empty());
 }
 
-/// Fifty forks of a shell on a node, each child ending at once (`/bin/true`), get fifty
-/// ghosts: the master's count of ghosts grows by 51 (the shell's own, and one per fork),
-/// seen through `bpstat --master-info`. The slave follows forks through the kernel's
-/// process events, filtered to its own processes, so none is too short to be seen.
+/// Two nodes whose forks wait up to a second for their ghosts: 10 ms by default, and under a
+/// loaded test run the master may take longer (the child then keeps the kernel's pid).
+fn patient_cluster(tag: &str) -> TestCluster {
+    let mut spec = TestCluster::spec(&bins(), 2, tag);
+    spec.slave_env.push(("BPROC_FORK_WAIT_MS".into(), "1000".into()));
+    TestCluster::start(spec)
+}
+
+/// `bpsh 1 sh -c SCRIPT` with its output piped here.
+fn shell_on_node_1(
+    c: &TestCluster,
+    script: &str,
+) -> (Reaped, BufReader<std::process::ChildStdout>) {
+    let mut bpsh = Reaped(
+        Command::new(bins().join("bpsh"))
+            .args(["1", "sh", "-c", script])
+            .env("BPROC_SOCKET", c.socket())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = BufReader::new(bpsh.0.stdout.take().unwrap());
+    (bpsh, out)
+}
+
+/// Fifty forks of a shell on a node, each child ending at once with a status of its own, get
+/// fifty ghosts: the master's count of ghosts grows by 52 (the shell's own, one for its
+/// `sleep`, one per fork), seen through `bpstat --master-info`; each child's ghost has the
+/// child's pid (it prints `$$`), and ends with the child's status, seen through the front
+/// end's process events (exits of the shell's ghost's children). The slave follows forks
+/// through the kernel's process events, filtered to its own processes, so none is too short
+/// to be seen, and steers each child to its ghost's pid before it is made (issue 17). The
+/// shell then becomes a `sleep` (no fork), so its ghost outlives its children's.
 #[test]
 fn every_short_fork_gets_a_ghost() {
     if !require_root("the kernel's process events need CAP_NET_ADMIN") {
         return;
     }
-    let c = TestCluster::up(&bins(), 2, "ghost-forks");
+    let c = patient_cluster("ghost-forks");
     let made = || -> u64 {
         let out = c.cmd("bpstat").arg("--master-info").ok();
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         v["ghosts_made"].as_u64().unwrap()
     };
     let before = made();
-    let script = "i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done";
-    c.cmd("bpsh").args(["1", "sh", "-c", script]).ok();
+    let script = "echo $$; sleep 1; i=0; while [ $i -lt 50 ]; do \
+                  sh -c \"echo \\$\\$ $((i % 7 + 1)); exit $((i % 7 + 1))\"; i=$((i+1)); done; exec sleep 1";
+    let (mut bpsh, mut out) = shell_on_node_1(&c, script);
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let shell: i32 = line.trim().parse().unwrap_or_else(|_| panic!("the shell's pid: {line:?}"));
+    // The shell's ghost has the shell's pid: its children's ends are watched from now on
+    // (the shell sleeps a second first).
+    let events = bproc_sys::procevents::Events::open().unwrap();
+    events.watch(&[shell]).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use bproc_sys::procevents::ProcEvent;
+        while let Ok(list) = events.next() {
+            for e in list {
+                if let ProcEvent::Exit { pid, parent, status } = e {
+                    if parent == shell && tx.send((pid, status)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let printed: Vec<(i32, i32)> = out
+        .lines()
+        .map(|l| {
+            let l = l.unwrap();
+            let (pid, code) = l.split_once(' ').unwrap_or_else(|| panic!("{l:?}"));
+            (pid.parse().unwrap(), code.parse().unwrap())
+        })
+        .collect();
     let t0 = Instant::now();
+    while bpsh.0.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "bpsh did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(printed.len(), 50);
+    let mut ended: std::collections::HashMap<i32, i32> = std::collections::HashMap::new();
+    let t0 = Instant::now();
+    while printed.iter().any(|(p, _)| !ended.contains_key(p))
+        && t0.elapsed() < Duration::from_secs(10)
+    {
+        if let Ok((pid, status)) = rx.recv_timeout(Duration::from_millis(100)) {
+            ended.insert(pid, status);
+        }
+    }
+    for (pid, code) in &printed {
+        let status = ended.get(pid).copied();
+        assert_eq!(
+            status.map(|s| (s >> 8) & 0xff),
+            Some(*code),
+            "the ghost with pid {pid} ends with {code}; ghosts' ends: {ended:?}"
+        );
+    }
     let mut after = made();
-    while after < before + 51 && t0.elapsed() < Duration::from_secs(10) {
+    while after < before + 52 && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));
         after = made();
     }
-    if after - before != 51 {
+    if after - before != 52 {
         for f in std::fs::read_dir(c.dir().join("log")).unwrap().flatten() {
             eprintln!(
                 "--- {}\n{}",
@@ -410,7 +491,58 @@ fn every_short_fork_gets_a_ghost() {
             );
         }
     }
-    assert_eq!(after - before, 51);
+    assert_eq!(after - before, 52);
+}
+
+/// Processes forked on a node take their ghosts' pids: a shell's children (short and long,
+/// in the background and not) print `$$`, and each pid is that of a ghost on the front end,
+/// a child of the shell's ghost, which the master lists for the node (issue 17).
+#[test]
+fn forks_take_their_ghosts_pids() {
+    if !require_root("forks are steered to their ghosts' pids only in a root slave's pid namespace")
+    {
+        return;
+    }
+    let c = patient_cluster("ghost-pids");
+    let script = "echo top $$; sh -c 'echo bg $$; sleep 5' & sh -c 'echo bg $$; sleep 5' & \
+                  sh -c 'echo fg $$'; wait";
+    let (mut bpsh, mut out) = shell_on_node_1(&c, script);
+    let mut pids: Vec<(String, i32)> = Vec::new();
+    for _ in 0..4 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let (what, pid) = line.trim().split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let pid = pid.parse::<i32>().unwrap_or_else(|_| panic!("a pid: {line:?}"));
+        pids.push((what.to_owned(), pid));
+    }
+    let of = |w: &str| -> Vec<i32> { pids.iter().filter(|p| p.0 == w).map(|p| p.1).collect() };
+    let (top, sleepers, short) = (of("top"), of("bg"), of("fg"));
+    assert_eq!((top.len(), sleepers.len(), short.len()), (1, 2, 1), "{pids:?}");
+    let shell = top[0];
+    let bp = bpsh.0.id() as i32;
+    assert_eq!(ps(shell).map(|p| p.0), Some(bp), "the shell's ghost is bpsh's child");
+    // The sleeping children's ghosts: children of the shell's ghost, listed for node 1 under
+    // the same pids.
+    let ghost = bins().join("bpghost");
+    for pid in &sleepers {
+        until(10, "a sleeping child's ghost, listed for node 1", || {
+            let listed = c.client().ok()?.procs().ok()?;
+            listed.iter().any(|e| e.pid == *pid && e.node == 1).then_some(())
+        });
+        let (ppid, _, _) = ps(*pid).unwrap_or_else(|| panic!("{pids:?}: no process {pid} here"));
+        assert_eq!(ppid, shell, "pid {pid}: a child of the shell's ghost");
+        assert_eq!(std::fs::read_link(format!("/proc/{pid}/exe")).ok(), Some(ghost.clone()));
+    }
+    assert!(!sleepers.contains(&short[0]) && short[0] != shell, "{pids:?}");
+    for pid in &sleepers {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    let _ = kill(Pid::from_raw(shell), Signal::SIGTERM);
+    let t0 = Instant::now();
+    while bpsh.0.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "bpsh did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A signal sent to a ghost reaches its process on the node with the sender's pid (on the
@@ -441,4 +573,38 @@ fn a_forwarded_signal_names_its_sender() {
         Some(format!("si_pid {me} si_code -1").as_str())
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Forks on a node do not wait for a master that does not answer: with the master stopped,
+/// a shell on the node still runs twenty forks, each held at most the fork wait (10 ms), and
+/// its output reaches bpsh straight from the node; once the master runs again the job ends
+/// as usual (issue 17).
+#[test]
+fn forks_go_on_while_the_master_is_stopped() {
+    if !require_root("forks are held for their ghosts only in a root slave's pid namespace") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 2, "ghost-slow");
+    let script = "echo ready; sleep 1; i=0; while [ $i -lt 20 ]; do /bin/true; i=$((i+1)); done; \
+                  echo done";
+    let mut job = c.cmd("bpsh").args(["1", "sh", "-c", script]).spawn();
+    job.wait_line(20, "the job to start", |n, l| n == 1 && l == "ready");
+    let master = Pid::from_raw(c.master_pid().unwrap() as i32);
+    /// Wakes the master again, also on failure.
+    struct Stopped(Pid);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGCONT);
+        }
+    }
+    kill(master, Signal::SIGSTOP).unwrap();
+    let stopped = Stopped(master);
+    let t0 = Instant::now();
+    job.wait_line(20, "the forks to be done", |n, l| n == 1 && l == "done");
+    let took = t0.elapsed();
+    drop(stopped);
+    // The shell's second of sleep, and 21 forks of at most 10 ms each with some slack.
+    assert!(took < Duration::from_secs(3), "21 forks took {took:?} with the master stopped");
+    let st = job.finish(30);
+    assert_eq!(st.code(), Some(0), "{job:?}");
 }

@@ -97,8 +97,15 @@ fn mpi_hello_world_over_brsh() {
         let netns = format!("bproc-mpi-{}-{cc}", std::process::id());
         let _cleanup = Cleanup { netns: netns.clone(), cluster: cluster.clone() };
         assert!(Command::new("ip").args(["netns", "add", &netns]).status().unwrap().success());
+        // Forks keep the kernel's pids here (BPROC_NO_FORK_PIDS). UCX (MPICH's transport)
+        // takes virtual nodes, which share one kernel (one boot id, one IPC namespace), for
+        // one host: it joins the ranks through SysV shared memory and checks each peer by
+        // its pid in /proc, where another node's processes are not. With kernel pids every
+        // node's rank has the same small pid, and each finds itself there; with its ghost's
+        // pid no rank finds its peers and MPI_Init fails ("Endpoint timeout"). Real nodes,
+        // each its own host, are not concerned; UCX over TCP alone hangs in MPI_Finalize.
         let script = format!(
-            "set -e\nip link set lo up\n{bpcluster} up -n 4 --dir {dir} > {dir}.env\n. {dir}.env\ncd {work}\n{launch}\n",
+            "set -e\nip link set lo up\nBPROC_NO_FORK_PIDS=1 {bpcluster} up -n 4 --dir {dir} > {dir}.env\n. {dir}.env\ncd {work}\n{launch}\n",
             bpcluster = b.join("bpcluster").display(),
             dir = cluster.display(),
             work = work.display(),

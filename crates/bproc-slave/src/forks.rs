@@ -1,0 +1,225 @@
+//! Forks on this node that take their ghosts' pids (root slaves, in the master's pid
+//! namespace).
+//!
+//! Every process the slave starts there carries a seccomp filter whose listener the slave
+//! holds ([`bproc_sys::forkpid`]): a fork (`fork`, `vfork`, a `clone` that makes a process)
+//! waits until the slave answers. One thread, [`Forks`], answers them one at a time:
+//!
+//! 1. it asks the master to have the parent's ghost fork now (`ForkAhead`), and waits for
+//!    the child ghost's pid (`ForkAheadReply`), at most [`Forks::wait`];
+//! 2. it has the namespace's init set `ns_last_pid` to that pid − 1;
+//! 3. it lets the fork go on (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`): the kernel gives the child
+//!    the next free pid, the ghost's;
+//! 4. it waits (at most [`FORK_SEEN`]) for the fork's process event, so that the next
+//!    fork's `ns_last_pid` cannot overtake this one.
+//!
+//! Every step is bounded, and a step that fails (no master, a master too slow, a parent
+//! without a ghost, a pid taken in the namespace, a thread started meanwhile by another
+//! process, which takes pids too) only means the child gets another pid: the fork goes on
+//! after at most [`Forks::wait`] plus a few milliseconds, and the master gives the process's
+//! `Forked` event the ghost forked ahead, as it does for any fork.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bproc_sys::forkpid::{Listener, Notification};
+use bproc_sys::LastPid;
+use tracing::{debug, warn};
+
+/// Longest wait for the fork's process event once it was let go.
+const FORK_SEEN: Duration = Duration::from_millis(10);
+/// Shortest wait for the init's answer when setting the last pid (it has what is left of
+/// [`Forks::wait`] otherwise).
+const INIT_WAIT: Duration = Duration::from_millis(5);
+/// Default wait for the master's answer (`BPROC_FORK_WAIT_MS` overrides it).
+const MASTER_WAIT: Duration = Duration::from_millis(10);
+
+/// The forks thread's shared state: new listeners, the master's answers, fork events.
+pub(crate) struct Forks {
+    /// Listeners to add, and the write end of the thread's wake pipe.
+    new: Mutex<Vec<Listener>>,
+    wake: std::os::fd::OwnedFd,
+    /// Answers from the master by request number.
+    answers: Mutex<HashMap<u32, i32>>,
+    answered: Condvar,
+    /// The parent whose fork is awaited, and the latest fork seen of it.
+    seen: Mutex<(i32, bool)>,
+    seen_cv: Condvar,
+    /// The namespace's last-pid setter, replaced with the namespace (by the spawner).
+    last_pid: Arc<Mutex<Option<Arc<LastPid>>>>,
+    /// How long a fork waits for the master.
+    wait: Duration,
+}
+
+/// What the forks thread needs of the rest of the slave.
+pub(crate) trait Host: Send + Sync + 'static {
+    /// The process of thread `tid` and its command name, if it is one of the master's
+    /// (waiting up to `limit` for a process just started to be tracked).
+    fn tracked(&self, tid: i32, limit: Duration) -> Option<(i32, String)>;
+    /// Sends a message to the master.
+    fn send(&self, msg: bproc_proto::Message);
+}
+
+impl Forks {
+    /// Starts the thread.
+    pub(crate) fn start(
+        host: impl Host,
+        last_pid: Arc<Mutex<Option<Arc<LastPid>>>>,
+    ) -> std::io::Result<Arc<Forks>> {
+        let (rd, wr) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        let wait = std::env::var("BPROC_FORK_WAIT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(MASTER_WAIT, Duration::from_millis);
+        let forks = Arc::new(Forks {
+            new: Mutex::default(),
+            wake: wr,
+            answers: Mutex::default(),
+            answered: Condvar::new(),
+            seen: Mutex::new((0, false)),
+            seen_cv: Condvar::new(),
+            last_pid,
+            wait,
+        });
+        let me = forks.clone();
+        std::thread::Builder::new().name("forks".into()).spawn(move || me.run(rd, host))?;
+        Ok(forks)
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Answers the forks of a process just started (and of its descendants) from now on.
+    pub(crate) fn add(&self, l: Listener) {
+        Self::lock(&self.new).push(l);
+        let _ = nix::unistd::write(&self.wake, &[1]);
+    }
+
+    /// The master's answer to request `seq`.
+    pub(crate) fn answer(&self, seq: u32, ghost: i32) {
+        Self::lock(&self.answers).insert(seq, ghost);
+        self.answered.notify_all();
+    }
+
+    /// A process event: `parent` forked.
+    pub(crate) fn forked(&self, parent: i32) {
+        let mut s = Self::lock(&self.seen);
+        if s.0 == parent {
+            s.1 = true;
+            self.seen_cv.notify_all();
+        }
+    }
+
+    fn run(self: Arc<Self>, wake: std::os::fd::OwnedFd, host: impl Host) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut listeners: Vec<Listener> = Vec::new();
+        let mut seq: u32 = 0;
+        loop {
+            listeners.append(&mut Self::lock(&self.new));
+            let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+            fds.extend(listeners.iter().map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN)));
+            if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
+                if e != nix::Error::EINTR {
+                    warn!("fork notifications: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            let ready: Vec<PollFlags> =
+                fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
+            drop(fds);
+            if !ready[0].is_empty() {
+                let mut buf = [0u8; 64];
+                while matches!(nix::unistd::read(wake.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
+            }
+            let mut gone = Vec::new();
+            for (i, r) in ready[1..].iter().enumerate() {
+                if r.contains(PollFlags::POLLIN) {
+                    match listeners[i].recv() {
+                        Ok(n) => {
+                            seq = seq.wrapping_add(1);
+                            self.steer(&listeners[i], n, seq, &host);
+                        }
+                        Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
+                        Err(e) => debug!("fork notification: {e}"),
+                    }
+                } else if r
+                    .intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+                {
+                    // No process uses the filter any more.
+                    gone.push(i);
+                }
+            }
+            for i in gone.into_iter().rev() {
+                listeners.swap_remove(i);
+            }
+        }
+    }
+
+    /// Lets fork `n` go on, with the pid of a ghost forked ahead for it when one comes in
+    /// time.
+    fn steer(&self, l: &Listener, n: Notification, seq: u32, host: &impl Host) {
+        let start = Instant::now();
+        let last = Self::lock(&self.last_pid).clone();
+        // The notification names the forking thread; events and the master name its process.
+        let (parent, ghost) = match (&last, host.tracked(n.pid, self.wait)) {
+            (Some(_), Some((pid, comm))) => {
+                host.send(bproc_proto::Message::ForkAhead { seq, pid, comm });
+                (pid, self.await_answer(seq, start + self.wait))
+            }
+            _ => (n.pid, 0),
+        };
+        let set = match (&last, ghost) {
+            (Some(last), g) if g > 1 => match last.set(
+                g - 1,
+                (start + self.wait).saturating_duration_since(Instant::now()).max(INIT_WAIT),
+            ) {
+                Ok(()) => true,
+                Err(e) => {
+                    debug!("setting the namespace's last pid to {}: {e}", g - 1);
+                    false
+                }
+            },
+            _ => false,
+        };
+        if set {
+            *Self::lock(&self.seen) = (parent, false);
+        }
+        if let Err(e) = l.proceed(n.id) {
+            // The caller went away meanwhile (killed): no fork.
+            debug!("fork of {}: {e}", n.pid);
+            *Self::lock(&self.seen) = (0, false);
+            return;
+        }
+        if set {
+            let s = Self::lock(&self.seen);
+            let (mut s, _) = self
+                .seen_cv
+                .wait_timeout_while(s, FORK_SEEN, |s| !s.1)
+                .unwrap_or_else(|e| e.into_inner());
+            *s = (0, false);
+        }
+        debug!("fork of {}: ghost {ghost} (pid set: {set}) after {:?}", n.pid, start.elapsed());
+    }
+
+    /// Waits until `deadline` for the master's answer to `seq` (0 without one).
+    fn await_answer(&self, seq: u32, deadline: Instant) -> i32 {
+        let mut a = Self::lock(&self.answers);
+        loop {
+            if let Some(g) = a.remove(&seq) {
+                // Late answers to earlier requests are of no use now.
+                a.clear();
+                return g;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return 0;
+            }
+            a = self.answered.wait_timeout(a, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
