@@ -744,6 +744,7 @@ impl Ghosts {
         let mut g = self.lock();
         let inner = &mut *g;
         let mut forked = None;
+        let rforked = inner.rforks.get(&fork).is_some_and(|rf| rf.pid.is_none());
         if let Some(rf) = inner.rforks.get_mut(&fork).filter(|rf| rf.pid.is_none()) {
             // A ghost for an rforked child: forked by the caller's ghost, of its user.
             if parent_and_uid(pid) != Some((rf.parent, uid)) || rf.uid != uid {
@@ -776,7 +777,7 @@ impl Ghosts {
             }
         }
         let bound = inner.forks.get(&fork).is_none_or(|f| f.child != 0);
-        if fork != 0 && bound {
+        if fork != 0 && bound && !rforked {
             let Some(Fork { node: n, child, queue, .. }) = inner.forks.remove(&fork) else {
                 return Err(format!("fork {fork} is not pending"));
             };
