@@ -97,8 +97,13 @@ impl Events {
         if r != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let mut msg = Vec::with_capacity(NLMSG_HDR + CN_MSG_HDR + 4);
-        let len = (NLMSG_HDR + CN_MSG_HDR + 4) as u32;
+        // From Linux 6.6 the subscription can name the events wanted: the others (ids, session,
+        // name changes) are then dropped before any socket's filter runs. Where many slaves
+        // share one kernel (a virtual cluster), every event runs every slave's filter.
+        let typed = kernel_at_least(6, 6);
+        let data = if typed { 8 } else { 4 };
+        let mut msg = Vec::with_capacity(NLMSG_HDR + CN_MSG_HDR + data);
+        let len = (NLMSG_HDR + CN_MSG_HDR + data) as u32;
         msg.extend_from_slice(&len.to_ne_bytes());
         msg.extend_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
         msg.extend_from_slice(&0u16.to_ne_bytes());
@@ -108,9 +113,13 @@ impl Events {
         msg.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
         msg.extend_from_slice(&0u32.to_ne_bytes()); // seq
         msg.extend_from_slice(&0u32.to_ne_bytes()); // ack
-        msg.extend_from_slice(&4u16.to_ne_bytes()); // len
+        msg.extend_from_slice(&(data as u16).to_ne_bytes()); // len
         msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
         msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
+        if typed {
+            let wanted = PROC_EVENT_FORK | PROC_EVENT_EXEC | PROC_EVENT_EXIT;
+            msg.extend_from_slice(&wanted.to_ne_bytes());
+        }
         // SAFETY: sends a buffer we own.
         if unsafe { libc::send(fd, msg.as_ptr().cast(), msg.len(), 0) } < 0 {
             return Err(std::io::Error::last_os_error());
@@ -151,6 +160,17 @@ impl Events {
             return Err(std::io::Error::last_os_error());
         }
         Ok(parse(&buf[..n as usize]))
+    }
+}
+
+/// Whether the running kernel is at least `major.minor` (from `uname`).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let Ok(u) = nix::sys::utsname::uname() else { return false };
+    let release = u.release().to_string_lossy();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(a)), Some(Ok(b))) => (a, b) >= (major, minor),
+        _ => false,
     }
 }
 
@@ -244,6 +264,11 @@ fn parse(mut b: &[u8]) -> Vec<ProcEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_running_kernels_release_is_read() {
+        assert!(kernel_at_least(3, 0) && !kernel_at_least(999, 0));
+    }
 
     fn msg(what: u32, fields: [u32; 4]) -> Vec<u8> {
         let len = NLMSG_HDR + CN_MSG_HDR + EVENT_DATA + 24;
