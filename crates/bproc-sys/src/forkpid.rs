@@ -11,8 +11,8 @@
 //! Its children inherit the filter, and with it the one listener. The slave answers each
 //! notification with [`Listener::proceed`] (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`): the call
 //! then runs as if nothing had stopped it. Before that, the namespace's init writes
-//! `ns_last_pid` ([`PidNamespace::set_last_pid`](crate::PidNamespace::set_last_pid)), so the
-//! kernel gives the child the next pid. Nothing here is a security boundary: the filter only
+//! `ns_last_pid` ([`crate::LastPid`], from [`crate::PidNamespace::last_pid`]), so the kernel
+//! gives the child the next pid. Nothing here is a security boundary: the filter only
 //! delays forks, and a process that gets past it (a `clone3` of its own with a fallback it
 //! does not have) merely loses the chosen pid.
 //!
