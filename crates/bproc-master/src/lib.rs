@@ -4,8 +4,14 @@
 //! - [`config`]: BProc's configuration file ([`bootconf`]: the boot server's part of it).
 //! - [`table`]: the node table and its permission rules, without I/O.
 //! - `slaves`: TCP links to slaves (handshake, join, pings, node loss).
-//! - `clients`: the Unix socket for local clients, identified by `SO_PEERCRED`.
-//! - `hook`: the `node_up` program run when a node boots.
+//! - `clients`: the Unix socket for local clients, identified by `SO_PEERCRED`, and what
+//!   each request does.
+//! - `launch`: launches down the tree of slaves, their ranks' starts and ends.
+//! - `ghosts`: the process table of remote processes and their ghosts (forks, moves, ends).
+//! - `copy`: planning bpcp's copies (who sends to whom).
+//! - `libs`: the library list (`bplib`).
+//! - `node_up`: the `node_up` program run when a node boots.
+//! - `stage`: the configuration's libraries, staged on diskless nodes.
 //! - [`persist`]: the state file that lets a restarted master resume sessions.
 //! - `status`: the status page and `/metrics` (`statuspage` in the configuration).
 //! - `names`: the node names file read by the NSS module (`STATEDIR/hosts`).
@@ -32,7 +38,7 @@ mod clients;
 pub mod config;
 mod copy;
 mod ghosts;
-mod hook;
+mod node_up;
 mod launch;
 mod libs;
 mod names;

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::table::{JoinKind, Outgoing, Session, BOOT_MODE};
-use crate::{hook, Shared};
+use crate::{node_up, Shared};
 
 /// Version string slaves and master exchange.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -248,7 +248,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
     shared.notify();
     info!("node {n}: {kind:?} session from {peer} (slave {version})");
     if matches!(kind, JoinKind::Fresh | JoinKind::Replace) {
-        tokio::spawn(hook::node_up(shared.clone(), n, cookie));
+        tokio::spawn(node_up::node_up(shared.clone(), n, cookie));
     }
 
     let (mut rd, wr) = stream.into_split();
