@@ -254,7 +254,7 @@ impl Procs {
                     tokio::time::sleep(tick).await;
                 }
             }
-            self.look();
+            self.scan_proc();
         }
     }
 
@@ -283,7 +283,7 @@ impl Procs {
             match events.next() {
                 Ok(list) => list.into_iter().for_each(|e| procs.on_event(e)),
                 // Events were lost: look at everything once.
-                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => procs.look(),
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => procs.scan_proc(),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     warn!("process events: {e}; following forks by looking at /proc");
@@ -422,8 +422,9 @@ impl Procs {
         }
     }
 
-    /// One look at every known process: new children, new programs, ends.
-    fn look(&self) {
+    /// Reads `/proc` for every known process once: new children, new programs, ends (what
+    /// the process events would have said, when there are none or some were lost).
+    fn scan_proc(&self) {
         let pids: Vec<(i32, String)> =
             self.known().iter().map(|(p, k)| (*p, k.comm.clone())).collect();
         for (pid, comm) in pids {
