@@ -47,14 +47,9 @@ enum Fatal {
     Usage,
 }
 
-#[allow(non_snake_case)]
-fn Fatal(m: String) -> Fatal {
-    Fatal::Message(m)
-}
-
 impl From<BprocError> for Fatal {
     fn from(e: BprocError) -> Self {
-        Fatal(format!("bpcp: {e}"))
+        Fatal::Message(format!("bpcp: {e}"))
     }
 }
 
@@ -144,8 +139,8 @@ impl Run {
         }
         let sel = nodespec::filter(self.table.as_deref().unwrap_or_default(), host).map_err(
             |e| match e.reason() {
-                Some(why) => Fatal(format!("bpcp: Invalid node number: {host}: {why}")),
-                None => Fatal(format!("bpcp: Invalid node number: {host}")),
+                Some(why) => Fatal::Message(format!("bpcp: Invalid node number: {host}: {why}")),
+                None => Fatal::Message(format!("bpcp: Invalid node number: {host}")),
             },
         )?;
         for n in &sel.unconfigured {
@@ -153,7 +148,9 @@ impl Run {
         }
         let nodes: Vec<i32> = sel.nodes.iter().map(|n| n.node).collect();
         if nodes.is_empty() {
-            return Err(Fatal(format!("bpcp: \"{host}\" selects no node; nothing to copy")));
+            return Err(Fatal::Message(format!(
+                "bpcp: \"{host}\" selects no node; nothing to copy"
+            )));
         }
         Ok(Host::Set(nodes))
     }
@@ -184,7 +181,7 @@ impl Run {
         let sources = ops;
         let gather = sources.iter().any(|(h, _)| matches!(h, Host::Set(_)));
         if gather && matches!(target_host, Host::Set(_)) {
-            return Err(Fatal("bpcp: cannot copy from a node set to a node set".into()));
+            return Err(Fatal::Message("bpcp: cannot copy from a node set to a node set".into()));
         }
         let opts = CopyOpts {
             recursive: a.recursive,
@@ -225,14 +222,14 @@ impl Run {
         };
         let (src_nodes, dst_nodes) = (nodes(src), nodes(dst));
         let place = self.place()?;
-        let listener = if *dst == Host::Here {
-            Some(
-                TcpListener::bind((place.ip, 0))
-                    .map_err(|e| Fatal(format!("bpcp: cannot listen on {}: {e}", place.ip)))?,
-            )
-        } else {
-            None
-        };
+        let listener =
+            if *dst == Host::Here {
+                Some(TcpListener::bind((place.ip, 0)).map_err(|e| {
+                    Fatal::Message(format!("bpcp: cannot listen on {}: {e}", place.ip))
+                })?)
+            } else {
+                None
+            };
         let port = listener.as_ref().and_then(|l| l.local_addr().ok()).map_or(0, |a| a.port());
         let cwd = std::env::current_dir().map_or_else(|_| "/".into(), |d| d.display().to_string());
         let req = Message::Copy {
@@ -249,7 +246,10 @@ impl Run {
         let (links, reports) = match client.request(&req)? {
             Message::CopyPlan { links, reports } => (links, reports),
             other => {
-                return Err(Fatal(format!("bpcp: unexpected reply {} from bpmaster", other.name())))
+                return Err(Fatal::Message(format!(
+                    "bpcp: unexpected reply {} from bpmaster",
+                    other.name()
+                )))
             }
         };
         // Results come as events; read them on a thread while data moves here. The master
@@ -378,7 +378,7 @@ impl Run {
         opts: CopyOpts,
         suffix: bool,
     ) -> Result<Vec<(i32, Report)>, Fatal> {
-        listener.set_nonblocking(true).map_err(|e| Fatal(format!("bpcp: {e}")))?;
+        listener.set_nonblocking(true).map_err(|e| Fatal::Message(format!("bpcp: {e}")))?;
         let mut threads = Vec::new();
         let mut waiting: Vec<&CopyLink> = links.iter().collect();
         let deadline = std::time::Instant::now() + MEET_TIMEOUT;
@@ -394,7 +394,7 @@ impl Run {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 }
-                Err(e) => return Err(Fatal(format!("bpcp: accept: {e}"))),
+                Err(e) => return Err(Fatal::Message(format!("bpcp: accept: {e}"))),
             };
             let _ = s.set_nonblocking(false);
             let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
@@ -440,8 +440,8 @@ impl Run {
 
     /// A copy between two paths of this machine, with the same safety as any other.
     fn local(&self, paths: &[String], target: &str, opts: CopyOpts) -> Result<(), Fatal> {
-        let (mut a, mut b) =
-            std::os::unix::net::UnixStream::pair().map_err(|e| Fatal(format!("bpcp: {e}")))?;
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| Fatal::Message(format!("bpcp: {e}")))?;
         let paths = paths.to_vec();
         let sender = std::thread::spawn(move || {
             let mut w = BufWriter::with_capacity(bproc_copy::CHUNK, &mut a);
