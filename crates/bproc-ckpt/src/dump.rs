@@ -44,6 +44,9 @@ pub enum CkptError {
     /// The image was made on a different machine (kernel, CPU, architecture).
     #[error("cannot restore here: {0}")]
     Machine(String),
+    /// A path in the image cannot be given to the kernel: too long, or with a NUL (`EINVAL`).
+    #[error("cannot restore a path: {0}")]
+    Path(String),
     /// The image is damaged.
     #[error(transparent)]
     Image(#[from] bproc_image::ReadError),
@@ -63,6 +66,7 @@ impl CkptError {
         match self {
             CkptError::Busy(_) => libc::EBUSY,
             CkptError::Machine(_) => libc::ENOEXEC,
+            CkptError::Path(_) => libc::EINVAL,
             CkptError::Image(bproc_image::ReadError::Io(e)) => {
                 e.raw_os_error().unwrap_or(libc::EIO)
             }

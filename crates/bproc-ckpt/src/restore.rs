@@ -177,7 +177,7 @@ impl Batch {
     /// A NUL-terminated string in the data page, as [`Batch::bytes`].
     fn string(&mut self, t: &Tracee, s: &str) -> Result<Option<u64>, CkptError> {
         if s.len() >= PAGE as usize || s.contains('\0') {
-            return Err(CkptError::Busy(format!("path too long or with a NUL: {s:?}")));
+            return Err(CkptError::Path(format!("too long or with a NUL: {s:?}")));
         }
         let mut b = s.as_bytes().to_vec();
         b.push(0);
@@ -347,7 +347,7 @@ impl Tracee {
     /// Puts a NUL-terminated string in the scratch page and returns its address.
     fn string(&self, s: &str) -> Result<u64, CkptError> {
         if s.len() >= PAGE as usize || s.contains('\0') {
-            return Err(CkptError::Busy(format!("path too long or with a NUL: {s:?}")));
+            return Err(CkptError::Path(format!("too long or with a NUL: {s:?}")));
         }
         let mut b = s.as_bytes().to_vec();
         b.push(0);
@@ -480,7 +480,7 @@ fn restore_from<R: Read>(
     check_machine(&h, root)?;
     let memfd = stub_memfd()?;
     let cstr =
-        |s: &str| std::ffi::CString::new(s).map_err(|_| CkptError::Busy(format!("NUL in {s:?}")));
+        |s: &str| std::ffi::CString::new(s).map_err(|_| CkptError::Path(format!("NUL in {s:?}")));
     // Reserved: the I/O list's fds, which the image's files must not replace.
     let reserved: Vec<i32> =
         spec.fds.iter().map(|(n, _)| *n).chain(spec.files.iter().map(|f| f.fd)).collect();
