@@ -14,8 +14,7 @@ pub fn write_out(text: &str) -> std::io::Result<()> {
     }
 }
 
-/// Where the cluster key lives unless a configuration says otherwise.
-pub const DEFAULT_KEYFILE: &str = "/etc/clustermatic/key";
+pub use bproc_link::DEFAULT_KEYFILE;
 
 /// Handles `--keygen [FILE]` once the parser has seen `--keygen`: takes FILE from
 /// `--keygen=FILE` or the next argument, writes a new key there (mode 0600, never

@@ -62,8 +62,7 @@ pub const ENV_COUNT: &str = "BPROC_GHOST_COUNT";
 /// the pid list) and stderr: the ghost keeps them as its fds 1 and 2, so a process that moves
 /// back to the front end into its ghost writes where its launcher does.
 pub const ENV_OUTPUT: &str = "BPROC_GHOST_OUTPUT";
-/// bpmaster's client socket when `BPROC_SOCKET` is not set.
-const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
+use bproc_proto::DEFAULT_SOCKET;
 /// Environment variable: seconds a ghost waits for its master to come back.
 pub const ENV_GRACE: &str = "BPROC_GRACE";
 /// The wait when `BPROC_GRACE` is not set: the master's default `graceperiod`.

@@ -31,6 +31,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use key::{ClusterKey, KeyError};
 
+/// Where the cluster key lives unless a configuration or option says otherwise.
+pub const DEFAULT_KEYFILE: &str = "/etc/clustermatic/key";
+
 /// How long a peer has to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -95,8 +95,7 @@ use bproc_proto::MAX_NODES;
 use crate::bootconf::BootConfig;
 use thiserror::Error;
 
-/// The default `bprocport`: the TCP port slaves connect to.
-pub const DEFAULT_PORT: u16 = 2223;
+pub use bproc_proto::DEFAULT_PORT;
 /// Default `launchfanout`: a launch reaches 1024 nodes in two hops.
 pub const DEFAULT_LAUNCH_FANOUT: u32 = 32;
 /// Default `maxclientsperuser`: client connections one user other than root may hold.

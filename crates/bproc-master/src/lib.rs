@@ -65,10 +65,8 @@ use config::{Config, ConfigError};
 use persist::PersistError;
 use table::Table;
 
-/// Default client socket.
-pub const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
-/// Default cluster key file.
-pub const DEFAULT_KEYFILE: &str = "/etc/clustermatic/key";
+pub use bproc_link::DEFAULT_KEYFILE;
+pub use bproc_proto::DEFAULT_SOCKET;
 /// Default directory of the state file.
 pub const DEFAULT_STATEDIR: &str = "/var/lib/bproc";
 /// Default directory of node_up logs.

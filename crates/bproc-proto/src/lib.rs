@@ -25,6 +25,11 @@ pub mod errno;
 mod frame;
 mod msg;
 
+/// BProc's master port: the TCP port slaves connect to unless configured otherwise.
+pub const DEFAULT_PORT: u16 = 2223;
+/// The master's client socket when `$BPROC_SOCKET` is not set.
+pub const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
+
 pub use codec::{DecodeError, Reader, Writer};
 pub use frame::{check, decode, decode_body, encode, Header, HEADER_LEN, MAGIC, MAX_BODY, VERSION};
 pub use msg::{

@@ -45,10 +45,8 @@ pub use info::node_info;
 pub use master_arg::{master_address, MasterArgError};
 pub use procs::Authority;
 
-/// BProc's default master port.
-pub const DEFAULT_PORT: u16 = 2223;
-/// Default cluster key file.
-pub const DEFAULT_KEYFILE: &str = "/etc/clustermatic/key";
+pub use bproc_link::DEFAULT_KEYFILE;
+pub use bproc_proto::DEFAULT_PORT;
 /// Software version sent in the join.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -42,8 +42,8 @@ use thiserror::Error;
 pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 22, 3, 1);
 /// The bridge the machines' NICs are plugged into.
 pub const BRIDGE: &str = "bpbr0";
-/// The master's port.
-pub const MASTER_PORT: u16 = 2223;
+/// The master's port: BProc's.
+pub const MASTER_PORT: u16 = bproc::DEFAULT_PORT;
 
 /// Address of node `i`.
 pub fn vm_node_addr(i: usize) -> Ipv4Addr {

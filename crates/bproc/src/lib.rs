@@ -44,8 +44,7 @@ pub use bproc_proto::{
 };
 use thiserror::Error;
 
-/// The master's client socket when `$BPROC_SOCKET` is not set.
-pub const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
+pub use bproc_proto::{DEFAULT_PORT, DEFAULT_SOCKET};
 /// Node number of the master.
 pub const NODE_MASTER: i32 = -1;
 /// How long a client waits for bpmaster to accept its connection, and then for each answer,
