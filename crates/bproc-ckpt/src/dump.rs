@@ -443,11 +443,11 @@ fn rseq(fs_base: u64) -> (u64, u32, u32) {
 fn mm_fields(t: &Target) -> Result<MmFields, CkptError> {
     let path = t.proc("stat");
     let stat = std::fs::read_to_string(&path).map_err(|e| CkptError::sys(path, e))?;
-    let rest = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
-    // Fields after the name, 0-based: startcode 23, endcode 24, startstack 25, start_data
-    // 42, end_data 43, start_brk 44, arg_start 45, arg_end 46, env_start 47, env_end 48.
-    let f: Vec<u64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
-    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    let st = bproc_sys::peer::Stat::parse(&stat);
+    // Fields after the name, 0-based (proc(5)'s numbers less 3): startcode 23, endcode 24,
+    // startstack 25, start_data 42, end_data 43, start_brk 44, arg_start 45, arg_end 46,
+    // env_start 47, env_end 48.
+    let at = |i: usize| st.as_ref().and_then(|s| s.num::<u64>(i + 3)).unwrap_or(0);
     let brk = match t {
         // SAFETY: brk(0) only reports the current break.
         Target::Me { .. } => (unsafe { libc::syscall(libc::SYS_brk, 0usize) }) as u64,

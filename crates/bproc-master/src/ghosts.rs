@@ -378,10 +378,7 @@ pub(crate) struct Ghosts(std::sync::Mutex<Inner>);
 
 /// Whether process `pid` is alive (not ended, not a zombie), from `/proc`.
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3)).map(|st| st != "Z"))
-        .unwrap_or(false)
+    bproc_sys::peer::Stat::read(pid).and_then(|s| s.state()).is_some_and(|st| st != 'Z')
 }
 
 /// `(ppid, uid)` of a live process, from `/proc`.
@@ -1103,6 +1100,5 @@ pub(crate) async fn stop_watch(shared: Arc<Shared>) {
 
 /// The state letter of process `pid` (`T` when stopped).
 fn state_of(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.get(stat.rfind(')')? + 2..)?.chars().next()
+    bproc_sys::peer::Stat::read(pid)?.state()
 }

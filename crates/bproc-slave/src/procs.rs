@@ -1435,23 +1435,20 @@ fn clone_spec(s: &bproc_sys::SpawnSpec) -> Result<bproc_sys::SpawnSpec, Refused>
 
 /// State, CPU time and resident memory of process `pid` here, from `/proc/PID/stat`.
 pub fn stat(pid: i32) -> Option<bproc_proto::ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: fields count from its end.
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    let st = bproc_sys::peer::Stat::read(pid)?;
     let ticks =
         nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
     let page_kib =
         nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096)
             as u64
             / 1024;
-    // After the name: state(0) ... utime(11) stime(12) ... rss(21).
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    // utime 14, stime 15, rss 24 (pages).
+    let num = |n: usize| st.num::<u64>(n);
     Some(bproc_proto::ProcStat {
         rpid: pid,
-        state: f.first()?.bytes().next()?,
-        cpu_ms: (num(11)? + num(12)?) * 1000 / ticks.max(1),
-        rss_kib: num(21)? * page_kib,
+        state: st.field(3)?.bytes().next()?,
+        cpu_ms: (num(14)? + num(15)?) * 1000 / ticks.max(1),
+        rss_kib: num(24)? * page_kib,
     })
 }
 
@@ -1494,15 +1491,12 @@ struct Stat {
 }
 
 fn proc_stat(pid: i32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (open, close) = (text.find('(')?, text.rfind(')')?);
-    let comm = text.get(open + 1..close)?.to_owned();
-    let f: Vec<&str> = text.get(close + 2..)?.split_whitespace().collect();
-    // After the name: state is field 3 of stat(5), exit_code field 52.
+    let st = bproc_sys::peer::Stat::read(pid)?;
+    // The wait status is field 52.
     Some(Stat {
-        comm,
-        state: f.first()?.chars().next()?,
-        exit_code: f.get(49).and_then(|v| v.parse().ok()).unwrap_or(0),
+        comm: st.comm().to_owned(),
+        state: st.state()?,
+        exit_code: st.num(52).unwrap_or(0),
     })
 }
 

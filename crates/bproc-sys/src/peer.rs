@@ -128,9 +128,52 @@ fn read(pid: i32, file: &'static str) -> Result<String, PeerError> {
 
 /// The start time in `/proc/PID/stat` text (field 22).
 fn start_time(stat: &str) -> Option<u64> {
-    // The command name is in parentheses and may hold anything: count from its end, where
-    // the state is field 3.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(22 - 3)?.parse().ok()
+    Stat::parse(stat)?.num(22)
+}
+
+/// A process's `/proc/PID/stat`: its command name and numbered fields, as proc(5) numbers
+/// them (1 the pid, 2 the name, 3 the state, 4 the parent, 22 the start time...). The name
+/// is in parentheses and may hold anything, spaces and parentheses included, so the fields
+/// are counted from its last `)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    comm: String,
+    /// Fields 3 and on.
+    rest: Vec<String>,
+}
+
+impl Stat {
+    /// Reads `/proc/PID/stat`; `None` when the process is gone.
+    pub fn read(pid: i32) -> Option<Stat> {
+        Stat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+
+    /// Parses the text of a `/proc/PID/stat`.
+    pub fn parse(text: &str) -> Option<Stat> {
+        let (head, rest) = text.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_owned();
+        Some(Stat { comm, rest: rest.split_whitespace().map(str::to_owned).collect() })
+    }
+
+    /// The command name (field 2, without its parentheses).
+    pub fn comm(&self) -> &str {
+        &self.comm
+    }
+
+    /// The state letter (field 3): `R`, `S`, `T` (stopped), `Z` (a zombie)...
+    pub fn state(&self) -> Option<char> {
+        self.field(3)?.chars().next()
+    }
+
+    /// Field `n` (3 and on) as text.
+    pub fn field(&self, n: usize) -> Option<&str> {
+        self.rest.get(n.checked_sub(3)?).map(String::as_str)
+    }
+
+    /// Field `n` (3 and on) as a number.
+    pub fn num<T: std::str::FromStr>(&self, n: usize) -> Option<T> {
+        self.field(n)?.parse().ok()
+    }
 }
 
 /// The `Groups:` of `/proc/PID/status` text.
@@ -220,6 +263,18 @@ pub fn socket_server(path: &std::path::Path) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_fields_count_from_the_names_end() {
+        let s = Stat::parse("42 (a) b (c) S 7 42 42 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 999 9\n")
+            .unwrap();
+        assert_eq!(s.comm(), "a) b (c");
+        assert_eq!((s.state(), s.num::<i32>(4), s.num::<u64>(22)), (Some('S'), Some(7), Some(999)));
+        assert_eq!((s.field(2), s.field(60)), (None, None));
+        assert!(Stat::parse("42 no name").is_none());
+        let me = Stat::read(std::process::id() as i32).unwrap();
+        assert_eq!(me.num::<i32>(4), Some(nix::unistd::getppid().as_raw()));
+    }
 
     const LIMITS: &str = "\
 Limit                     Soft Limit           Hard Limit           Units     

@@ -728,13 +728,9 @@ fn stop_child(c: &mut Child, grace: Duration) {
 /// Whether our child `pid` has exited (it is a zombie until reaped, or gone). Unlike a look
 /// at its command line, this is right even while the child is still inside `execve`.
 fn child_exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may itself hold spaces.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_none_or(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('Z' | 'X'))),
-        Err(_) => true,
-    }
+    bproc_sys::peer::Stat::read(pid as i32)
+        .and_then(|s| s.state())
+        .is_none_or(|st| matches!(st, 'Z' | 'X'))
 }
 
 /// Whether `pid` is alive and runs `prog`. Only a first look: a stale pid can run a program of
@@ -755,10 +751,7 @@ fn argv(pid: i32) -> Vec<Vec<u8>> {
 /// When `pid` started, in clock ticks after boot (`/proc/PID/stat`, field 22): with the pid,
 /// this names one process for as long as the machine runs.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold anything: count from its end, where
-    // the state is field 3.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(22 - 3)?.parse().ok()
+    bproc_sys::peer::Stat::read(pid)?.num(22)
 }
 
 /// A daemon recorded in a detached cluster's `pids` file.
@@ -917,8 +910,7 @@ pub fn unrecorded_daemons(dir: &Path, known: &[i32]) -> Vec<Unrecorded> {
 
 /// The parent of `pid` (`/proc/PID/stat`, field 4).
 fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    bproc_sys::peer::Stat::read(pid)?.num(4)
 }
 
 /// Whether the process of `pidfd` has ended (a pidfd polls readable then).
