@@ -33,18 +33,13 @@ pub struct Relay {
 
 fn parse_token(hex: &str) -> Option<[u8; 16]> {
     let mut t = [0u8; 16];
-    if hex.len() != 32 {
-        return None;
-    }
-    for (i, b) in t.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(hex, &mut t).ok()?;
     Some(t)
 }
 
 /// The value of [`ENV_IO`] for `token` (and an inherited listener `fd`).
 pub fn env_value(token: &[u8; 16], fd: Option<i32>) -> String {
-    let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(token);
     match fd {
         Some(fd) => format!("{hex}:{fd}"),
         None => hex,

@@ -76,14 +76,8 @@ impl ClusterKey {
     }
 
     fn parse(line: &str) -> Option<Self> {
-        let hex = line.strip_prefix(TAG)?.trim();
-        if hex.len() != 64 {
-            return None;
-        }
         let mut k = [0u8; 32];
-        for (i, byte) in k.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
+        hex::decode_to_slice(line.strip_prefix(TAG)?.trim(), &mut k).ok()?;
         Some(ClusterKey(k))
     }
 
@@ -100,8 +94,7 @@ impl ClusterKey {
                     }
                 },
             )?;
-        let hex: String = key.0.iter().map(|b| format!("{b:02x}")).collect();
-        writeln!(f, "{TAG} {hex}")
+        writeln!(f, "{TAG} {}", hex::encode(key.0))
             .and_then(|_| f.sync_all())
             .map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
         Ok(key)

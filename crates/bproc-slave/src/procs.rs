@@ -1137,7 +1137,7 @@ pub(crate) async fn ensure_cached(
     f: &StagedRef,
 ) -> Result<std::path::PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
-    let cached = d.cache.join(bproc_stage_hex(&f.hash));
+    let cached = d.cache.join(hex::encode(f.hash));
     if cached.exists() {
         return Ok(cached);
     }
@@ -1153,7 +1153,7 @@ pub(crate) async fn ensure_cached(
         return Ok(cached);
     }
     let data = fetch(source, master, spec, rank, f).await?;
-    let tmp = d.cache.join(format!(".{}.{rank}.{}", bproc_stage_hex(&f.hash), std::process::id()));
+    let tmp = d.cache.join(format!(".{}.{rank}.{}", hex::encode(f.hash), std::process::id()));
     std::fs::write(&tmp, &data)
         .and_then(|_| {
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode & 0o7777))
@@ -1195,10 +1195,6 @@ pub(crate) async fn stage(
         }
     }
     Ok(())
-}
-
-fn bproc_stage_hex(hash: &[u8; 32]) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Starts rank `rank` of `launch` as `set_tid` when this node gives processes their ghosts'

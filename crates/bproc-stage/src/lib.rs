@@ -283,7 +283,7 @@ pub fn config_files(
 
 /// Lowercase hex of a content hash, as used for cache file names.
 pub fn hex(hash: &[u8; 32]) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hash)
 }
 
 #[cfg(test)]

@@ -97,10 +97,7 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
             let out = std::io::stdout().as_fd().try_clone_to_owned()?;
             cmd.stdin(Stdio::from(out)).stderr(Stdio::inherit());
             match relay {
-                Some(token) => {
-                    let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
-                    cmd.env("BPROC_GHOST_IO", hex)
-                }
+                Some(token) => cmd.env("BPROC_GHOST_IO", hex::encode(token)),
                 None => cmd.env("BPROC_GHOST_OUTPUT", "1"),
             };
         }

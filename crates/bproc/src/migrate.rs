@@ -468,8 +468,7 @@ pub fn move_with(node: i32, io: &IoList, flags: i32) -> Result<(), BprocError> {
 }
 
 pub(crate) fn relay_env(token: &[u8; 16], fd: RawFd) -> String {
-    let hex: String = token.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{hex}:{fd}")
+    format!("{}:{fd}", hex::encode(token))
 }
 
 /// Where a vector fork left the caller.
