@@ -736,9 +736,7 @@ fn child_exited(pid: u32) -> bool {
 /// Whether `pid` is alive and runs `prog`. Only a first look: a stale pid can run a program of
 /// that name for someone else; [`Recorded::find`] proves more.
 pub fn pid_runs(pid: i32, prog: &str) -> bool {
-    argv(pid)
-        .first()
-        .is_some_and(|argv0| Path::new(std::ffi::OsStr::from_bytes(argv0)).ends_with(prog))
+    runs(&argv(pid), prog)
 }
 
 /// The command line of `pid`, argument by argument (empty when it is gone).
@@ -789,8 +787,7 @@ impl Recorded {
             return None;
         }
         let argv = argv(self.pid);
-        let argv0 = argv.first()?;
-        if !Path::new(std::ffi::OsStr::from_bytes(argv0)).ends_with(self.program()) {
+        if !runs(&argv, self.program()) {
             return None;
         }
         let names_ours = if self.name.starts_with("vm") {
@@ -802,14 +799,7 @@ impl Recorded {
                 "master" | "beoserv" => ("-c", "config"),
                 _ => ("--key", "key"),
             };
-            let ours = std::fs::metadata(dir.join(file)).ok()?;
-            // A relative name is taken from the process's working directory.
-            let cwd = std::fs::read_link(format!("/proc/{}/cwd", self.pid)).unwrap_or_default();
-            argv.windows(2).any(|w| {
-                w[0] == flag.as_bytes()
-                    && std::fs::metadata(cwd.join(std::ffi::OsStr::from_bytes(&w[1])))
-                        .is_ok_and(|m| (m.dev(), m.ino()) == (ours.dev(), ours.ino()))
-            })
+            names_file(self.pid, &argv, flag, &dir.join(file))
         };
         (names_ours && !exited(&fd)).then_some(fd)
     }
@@ -821,12 +811,19 @@ impl Recorded {
 fn is_daemon_of(pid: i32, master: bool, dir: &Path) -> bool {
     let (prog, flag, file) =
         if master { ("bpmaster", "-c", "config") } else { ("bpslave", "--key", "key") };
-    let Ok(ours) = std::fs::metadata(dir.join(file)) else { return false };
     let argv = argv(pid);
-    let Some(argv0) = argv.first() else { return false };
-    if !Path::new(std::ffi::OsStr::from_bytes(argv0)).ends_with(prog) {
-        return false;
-    }
+    runs(&argv, prog) && names_file(pid, &argv, flag, &dir.join(file))
+}
+
+/// Whether command line `argv` runs `prog` (its first word ends with it).
+fn runs(argv: &[Vec<u8>], prog: &str) -> bool {
+    argv.first().is_some_and(|a0| Path::new(std::ffi::OsStr::from_bytes(a0)).ends_with(prog))
+}
+
+/// Whether `argv`, the command line of `pid`, has `flag PATH` with PATH the file `file` is
+/// (device and inode); a relative PATH is taken from the process's working directory.
+fn names_file(pid: i32, argv: &[Vec<u8>], flag: &str, file: &Path) -> bool {
+    let Ok(ours) = std::fs::metadata(file) else { return false };
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
     argv.windows(2).any(|w| {
         w[0] == flag.as_bytes()
