@@ -345,17 +345,7 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
     if sel.nodes.iter().any(|n| n.info.as_ref().is_some_and(|i| i.diskless)) {
         let ld = std::env::var("LD_LIBRARY_PATH").ok();
         match bproc_stage::closure(&path, ld.as_deref()) {
-            Ok(files) => {
-                for f in files {
-                    spec.files.push(bproc_proto::StagedRef {
-                        path: f.path.to_string_lossy().into_owned(),
-                        mode: f.mode,
-                        size: f.size,
-                        hash: f.hash,
-                    });
-                    staged.insert(f.hash, f.path);
-                }
-            }
+            Ok(files) => staged = bproc::launch::stage_into(&mut spec, files),
             Err(e) => {
                 eprintln!("bpsh: {e}");
                 return Ok(None);

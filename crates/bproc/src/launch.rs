@@ -233,6 +233,25 @@ struct Staged {
 
 /// When one of `nodes` is diskless, gathers the program's files into `spec` and opens the
 /// listener nodes fetch them from (the spec's I/O port); `None` otherwise.
+/// Names `files` in `spec` for diskless nodes to fetch by hash; returns where each hash's
+/// content is read from when a node asks.
+pub fn stage_into(
+    spec: &mut ProcSpec,
+    files: Vec<bproc_stage::StagedFile>,
+) -> std::collections::HashMap<[u8; 32], std::path::PathBuf> {
+    let mut by_hash = std::collections::HashMap::new();
+    for f in files {
+        spec.files.push(bproc_proto::StagedRef {
+            path: f.path.to_string_lossy().into_owned(),
+            mode: f.mode,
+            size: f.size,
+            hash: f.hash,
+        });
+        by_hash.insert(f.hash, f.path);
+    }
+    by_hash
+}
+
 fn stage_for_diskless(
     client: &mut Client,
     nodes: &[i32],
@@ -253,16 +272,7 @@ fn stage_for_diskless(
                 message: format!("cannot stage {} for diskless nodes: {e}", spec.path),
             }
         })?;
-    let mut files = std::collections::HashMap::new();
-    for f in gathered {
-        spec.files.push(bproc_proto::StagedRef {
-            path: f.path.to_string_lossy().into_owned(),
-            mode: f.mode,
-            size: f.size,
-            hash: f.hash,
-        });
-        files.insert(f.hash, f.path);
-    }
+    let files = stage_into(spec, gathered);
     let listener = std::net::TcpListener::bind("0.0.0.0:0")?;
     spec.io_port = listener.local_addr()?.port();
     Ok(Some(Staged { listener, files }))
