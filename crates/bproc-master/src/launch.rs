@@ -321,18 +321,26 @@ pub(crate) fn inherited(caller: &Caller) -> Result<Inherited, Refusal> {
 }
 
 /// How long a launch from a node waits for its caller's ghost on the front end: a process
-/// forked on a node gets its ghost once the master hears of the fork, which can come after
-/// the process has already asked for something only its ghost can do.
+/// forked on a node gets its ghost once the master hears of the fork, and one that moved
+/// there is its ghost's once the master hears it was restored; either can come after the
+/// process has already asked for something only its ghost can do (a rank on the front end,
+/// an rfork, moving on).
 const CALLER_GHOST_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The connected ghost of a caller on a node, waited for up to [`CALLER_GHOST_WAIT`];
 /// `None` for a caller on the front end, or one whose ghost does not come.
 async fn caller_ghost(shared: &Shared, caller: &Caller) -> Option<i32> {
     let (Some((n, _)), Some(pid)) = (caller.origin, caller.node_pid) else { return None };
+    ghost_of(shared, (n, pid), caller.uid, true).await
+}
+
+/// The ghost of process `key` (node, pid) of user `uid` (one that has connected, when
+/// `connected`), waited for up to [`CALLER_GHOST_WAIT`].
+async fn ghost_of(shared: &Shared, key: (i32, i32), uid: u32, connected: bool) -> Option<i32> {
     let deadline = tokio::time::Instant::now() + CALLER_GHOST_WAIT;
     loop {
-        let ghost = shared.ghosts.ghost_for((n, pid), caller.uid);
-        if let Some(g) = ghost.filter(|g| shared.ghosts.connected(*g)) {
+        let ghost = shared.ghosts.ghost_for(key, uid);
+        if let Some(g) = ghost.filter(|g| !connected || shared.ghosts.connected(*g)) {
             return Some(g);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -419,6 +427,11 @@ pub(crate) async fn serve(
     // Ghosts are the caller's own children on the front end (or the caller itself, for a
     // move); a process moving from a node keeps its ghost; the children a process on a node
     // rforks get ghosts its ghost forks; anything else runs without.
+    // A process that moves on right after it arrived may ask before its arrival is recorded.
+    let mover_ghost = match mover {
+        Some(key) if ghosts.contains(&-1) => ghost_of(&shared, key, caller.uid, false).await,
+        _ => None,
+    };
     let ghosts: Vec<i32> = if forking {
         let (g, ports) = rfork_ghosts(&shared, &caller, &nodes, &asked, &spec).await;
         io_ports = ports;
@@ -430,7 +443,7 @@ pub(crate) async fn serve(
                 let ghost = match (caller.pid, mover) {
                     (Some(me), _) => shared.ghosts.claim(g, me, caller.uid).then_some(g),
                     // -1: the moving process's own ghost.
-                    (None, Some(key)) if g == -1 => shared.ghosts.ghost_for(key, caller.uid),
+                    (None, Some(_)) if g == -1 => mover_ghost,
                     _ => None,
                 };
                 ghost.unwrap_or(0)
