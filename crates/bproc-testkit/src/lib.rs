@@ -211,10 +211,26 @@ pub struct TestCommand {
     timeout: Duration,
 }
 
+/// A command set up with std's builder (working directory, `arg0`, ...), run with a timeout
+/// and reported like any other.
+impl From<Command> for TestCommand {
+    fn from(cmd: Command) -> TestCommand {
+        TestCommand { cmd, logs: None, input: None, timeout: COMMAND_TIMEOUT }
+    }
+}
+
+/// The same from a builder chain (`Command::new(p).arg(a)` is a `&mut Command`): the
+/// configured command is taken out of the temporary, leaving it blank.
+impl From<&mut Command> for TestCommand {
+    fn from(cmd: &mut Command) -> TestCommand {
+        TestCommand::from(std::mem::replace(cmd, Command::new("")))
+    }
+}
+
 impl TestCommand {
     /// Any program, not tied to a cluster.
     pub fn new(prog: impl AsRef<OsStr>) -> TestCommand {
-        TestCommand { cmd: Command::new(prog), logs: None, input: None, timeout: COMMAND_TIMEOUT }
+        TestCommand::from(Command::new(prog))
     }
     /// Sets how long it may run ([`COMMAND_TIMEOUT`] by default).
     pub fn timeout(mut self, secs: u64) -> Self {

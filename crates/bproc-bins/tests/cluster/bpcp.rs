@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bproc_testkit::{require_root, test_user, unique_dir, TestCluster};
+use bproc_testkit::{require_root, test_user, unique_dir, TestCluster, TestCommand};
 
 use crate::bins;
 
@@ -41,12 +41,13 @@ fn seed_examples_verbatim() {
     let data = pattern(300_000, 1);
     std::fs::write(dir.join("input.dat"), &data).unwrap();
     // bpcp resolves local paths against its working directory.
-    let out = Command::new(bins().join("bpcp"))
-        .args(["input.dat", "2:/tmp"])
-        .current_dir(&dir)
-        .env("BPROC_SOCKET", c.socket())
-        .output()
-        .unwrap();
+    let out = TestCommand::from(
+        Command::new(bins().join("bpcp"))
+            .args(["input.dat", "2:/tmp"])
+            .current_dir(&dir)
+            .env("BPROC_SOCKET", c.socket()),
+    )
+    .output_of();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(std::fs::read(on_node(&c, 2, "/tmp/input.dat")).unwrap(), data);
     c.cmd("bpcp").args(["2:/tmp/input.dat", "4:/tmp"]).ok();
@@ -104,10 +105,13 @@ fn directions_and_options() {
     assert_eq!(std::fs::read(&back).unwrap(), data);
     // -p keeps mode and times.
     std::fs::set_permissions(&back, std::fs::Permissions::from_mode(0o604)).unwrap();
-    Command::new("touch")
-        .args(["-d", "2001-02-03 04:05:06", back.to_str().unwrap()])
-        .status()
-        .unwrap();
+    TestCommand::from(Command::new("touch").args([
+        "-d",
+        "2001-02-03 04:05:06",
+        back.to_str().unwrap(),
+    ]))
+    .output_of()
+    .status;
     c.cmd("bpcp").args(["-p", back.to_str().unwrap(), "3:/tmp/kept"]).ok();
     let m = std::fs::metadata(on_node(&c, 3, "/tmp/kept")).unwrap();
     let src = std::fs::metadata(&back).unwrap();

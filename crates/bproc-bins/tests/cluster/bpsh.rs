@@ -1,12 +1,10 @@
 //! bpsh on live clusters: BProc's output formats and exit rules byte for byte, stdin
 //! replication, remote files, identity and permissions, signals, node loss, bounded memory.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use bproc_testkit::{require_root, test_user, TestCluster, TestCommand};
+use bproc_testkit::{require_root, test_user, Running, TestCluster, TestCommand};
 use nix::sys::signal::Signal;
 
 use crate::bins;
@@ -132,12 +130,13 @@ fn remote_files_and_environment() {
     if nix::unistd::geteuid().is_root() {
         // Node /tmp is private: a directory made on the master under /tmp is not there.
         let dir = bproc_testkit::unique_dir("cwd");
-        let out = Command::new(bins().join("bpsh"))
-            .args(["0", "pwd"])
-            .current_dir(&dir)
-            .env("BPROC_SOCKET", c.socket())
-            .output()
-            .unwrap();
+        let out = TestCommand::from(
+            Command::new(bins().join("bpsh"))
+                .args(["0", "pwd"])
+                .current_dir(&dir)
+                .env("BPROC_SOCKET", c.socket()),
+        )
+        .output_of();
         assert_eq!(text(&out).0, "/\n");
         assert_eq!(c.cmd("bpsh").args(["0", "hostname"]).ok(), "n0\n");
         let _ = std::fs::remove_dir_all(dir);
@@ -166,20 +165,10 @@ fn identity_and_permissions() {
 }
 
 /// Starts bpsh with piped output and waits until the remote program prints `ready`.
-fn start_ready(
-    c: &TestCluster,
-    args: &[&str],
-) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
-    let mut child = Command::new(bins().join("bpsh"))
-        .args(args)
-        .env("BPROC_SOCKET", c.socket())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "ready");
-    (child, lines)
+fn start_ready(c: &TestCluster, args: &[&str]) -> Running {
+    let mut bpsh = c.cmd("bpsh").args(args).spawn();
+    bpsh.wait_line(30, "the remote command to start", |n, l| n == 1 && l == "ready");
+    bpsh
 }
 
 /// Signals sent to bpsh reach the remote process; a node lost mid-run ends bpsh at once.
@@ -187,20 +176,16 @@ fn start_ready(
 fn signals_and_node_loss() {
     let mut c = TestCluster::up(&bins(), 3, "bpsh-sig");
     let trap = "trap 'echo got USR1; exit 3' USR1; echo ready; while :; do sleep 0.05; done";
-    let (mut child, mut lines) = start_ready(&c, &["1", "sh", "-c", trap]);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGUSR1).unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "got USR1");
-    assert_eq!(child.wait().unwrap().code(), Some(3));
+    let mut bpsh = start_ready(&c, &["1", "sh", "-c", trap]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(bpsh.pid()), Signal::SIGUSR1).unwrap();
+    bpsh.wait_line(10, "the trap's line", |n, l| n == 1 && l == "got USR1");
+    assert_eq!(bpsh.finish(10).code(), Some(3));
 
-    let (mut child, _lines) = start_ready(&c, &["2", "sh", "-c", "echo ready; exec sleep 60"]);
-    let t0 = Instant::now();
+    // bpsh ends when the node is lost, not when the (lost) sleep would have.
+    let mut bpsh = start_ready(&c, &["2", "sh", "-c", "echo ready; exec sleep 60"]);
     c.signal_slave(2, Signal::SIGKILL).unwrap();
-    let status = child.wait().unwrap();
-    assert!(t0.elapsed() < Duration::from_secs(5), "bpsh took {:?} to notice", t0.elapsed());
-    assert_eq!(status.code(), Some(255));
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert_eq!(err, "bpsh: node 2: lost (Slave node died); its process is gone\n");
+    assert_eq!(bpsh.finish(5).code(), Some(255));
+    assert_eq!(bpsh.err, ["bpsh: node 2: lost (Slave node died); its process is gone"]);
 }
 
 /// A node printing 256 MiB streams through bpsh without bpsh growing.
@@ -251,10 +236,11 @@ fn large_output_keeps_memory_bounded() {
 #[test]
 fn timeout_failfast_fold_report_json() {
     let c = TestCluster::up(&bins(), 4, "bpsh-ext");
-    let t0 = Instant::now();
-    let out =
-        c.cmd("bpsh").args(["-a", "--timeout", "0.5", "sh", "-c", "sleep 30 & wait"]).output_of();
-    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+    let out = c
+        .cmd("bpsh")
+        .args(["-a", "--timeout", "0.5", "sh", "-c", "sleep 30 & wait"])
+        .timeout(10)
+        .output_of();
     assert_eq!(out.status.code(), Some(255));
     let err = text(&out).1;
     assert!(err.starts_with("bpsh: --timeout: 0.5 s passed; killing what still runs\n"), "{err}");
@@ -400,7 +386,8 @@ fn resource_limits_travel() {
         bpsh.display()
     );
     let out =
-        Command::new("sh").args(["-c", &script]).env("BPROC_SOCKET", c.socket()).output().unwrap();
+        TestCommand::from(Command::new("sh").args(["-c", &script]).env("BPROC_SOCKET", c.socket()))
+            .output_of();
     assert_eq!(text(&out), ("123\n0\n".into(), String::new()));
 }
 

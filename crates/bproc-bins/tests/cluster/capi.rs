@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bproc_testkit::{require_root, test_user, TestCluster};
+use bproc_testkit::{require_root, test_user, TestCluster, TestCommand};
 
 use crate::bins;
 
@@ -19,12 +19,14 @@ pub(crate) fn build_program(src: &str, tag: &str) -> Option<(PathBuf, PathBuf)> 
         eprintln!("SKIPPED: no C compiler (cc) to build {src}");
         return None;
     }
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "bproc-capi"])
-        .current_dir(root())
-        .status()
-        .expect("run cargo");
-    assert!(st.success(), "building bproc-capi failed");
+    // A cargo build may take a while on a loaded machine.
+    TestCommand::from(
+        Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "bproc-capi"])
+            .current_dir(root()),
+    )
+    .timeout(600)
+    .ok();
     let lib = bins();
     let dir = Path::new("/var/tmp").join(format!("bproc-capi-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -70,7 +72,7 @@ fn c_flags(src: &str) -> Vec<std::ffi::OsString> {
 }
 
 fn cc(args: &[std::ffi::OsString]) {
-    let out = Command::new("cc").args(args).output().expect("run cc");
+    let out = TestCommand::from(Command::new("cc").args(args)).output_of();
     assert!(out.status.success(), "cc failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -241,7 +243,7 @@ fn bproc_dump_restores_in_a_new_process() {
     }
     let Some((dir, exe)) = build_program("dump_restore.c", "dump") else { return };
     let image = dir.join("image");
-    let out = Command::new(&exe).arg(&image).output().unwrap();
+    let out = TestCommand::from(Command::new(&exe).arg(&image)).output_of();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{stdout}");
     let pid: i32 = stdout.strip_prefix("dumped ").unwrap().trim().parse().unwrap();
@@ -277,8 +279,9 @@ fn bproc_dump_restores_in_a_new_process() {
 fn execdump_images_start_the_program() {
     let Some((dir, exe)) = build_program("execdump.c", "execdump") else { return };
     let image = dir.join("image");
-    let run =
-        |mode: &str| Command::new(&exe).args([mode, image.to_str().unwrap()]).output().unwrap();
+    let run = |mode: &str| {
+        TestCommand::from(Command::new(&exe).args([mode, image.to_str().unwrap()])).output_of()
+    };
     let out = run("dump");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "dumped\n", "{out:?}");
     assert!(out.status.success());
@@ -350,12 +353,14 @@ fn installed_library_builds_old_programs() {
         return;
     }
     let prefix = Path::new("/var/tmp").join(format!("bproc-install-{}", std::process::id()));
-    let st = Command::new("bash")
-        .arg(root().join("scripts/install.sh"))
-        .arg(&prefix)
-        .env("PROFILE", "debug")
-        .status()
-        .unwrap();
+    let st = TestCommand::from(
+        Command::new("bash")
+            .arg(root().join("scripts/install.sh"))
+            .arg(&prefix)
+            .env("PROFILE", "debug"),
+    )
+    .output_of()
+    .status;
     assert!(st.success());
     for f in [
         "sbin/bpmaster",
@@ -377,23 +382,25 @@ fn installed_library_builds_old_programs() {
     let exec =
         format!("ExecStart={}/sbin/bpmaster -c /etc/clustermatic/config\n", prefix.display());
     assert!(unit.contains(&exec), "{unit}");
-    let flags = Command::new("pkg-config")
-        .args(["--cflags", "--libs", "bproc"])
-        .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
-        .output()
-        .unwrap();
+    let flags = TestCommand::from(
+        Command::new("pkg-config")
+            .args(["--cflags", "--libs", "bproc"])
+            .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")),
+    )
+    .output_of();
     assert!(flags.status.success());
     let flags = String::from_utf8(flags.stdout).unwrap();
     let build = |name: &str| {
         let prog = prefix.join(name);
-        let out = Command::new("cc")
-            .arg(root().join(format!("crates/bproc-bins/tests/c/{name}.c")))
-            .args(flags.split_whitespace())
-            .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
-            .arg("-o")
-            .arg(&prog)
-            .output()
-            .unwrap();
+        let out = TestCommand::from(
+            Command::new("cc")
+                .arg(root().join(format!("crates/bproc-bins/tests/c/{name}.c")))
+                .args(flags.split_whitespace())
+                .arg(format!("-Wl,-rpath,{}", prefix.join("lib").display()))
+                .arg("-o")
+                .arg(&prog),
+        )
+        .output_of();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         prog
     };
@@ -569,12 +576,14 @@ fn a_rust_program_moves_and_vrforks() {
     if !require_root("moved processes keep their pids (set_tid in the nodes' pid namespaces)") {
         return;
     }
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "bproc", "--example", "wander"])
-        .current_dir(root())
-        .status()
-        .expect("run cargo");
-    assert!(st.success(), "building the wander example failed");
+    // A cargo build may take a while on a loaded machine.
+    TestCommand::from(
+        Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "bproc", "--example", "wander"])
+            .current_dir(root()),
+    )
+    .timeout(600)
+    .ok();
     // A copy where nodes see it too (a checkout under /tmp is the front end's alone).
     let shared = Path::new("/var/tmp").join(format!("bproc-test-wander-{}", std::process::id()));
     std::fs::create_dir_all(&shared).unwrap();

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bproc_testkit::TestCluster;
+use bproc_testkit::{TestCluster, TestCommand};
 
 use crate::bins;
 
@@ -29,15 +29,16 @@ fn bash_complete(c: &TestCluster, line: &[&str]) -> Vec<String> {
         printf '%s\n' "${COMPREPLY[@]}"
     "#;
     let path = format!("{}:{}", bins().display(), std::env::var("PATH").unwrap_or_default());
-    let out = Command::new("bash")
-        .args(["--norc", "--noprofile", "-c", script, "bash"])
-        .arg(dir().join("bash/bproc"))
-        .args(line)
-        .env("BPROC_SOCKET", c.socket())
-        .env("PATH", path)
-        .current_dir(c.dir())
-        .output()
-        .unwrap();
+    let out = TestCommand::from(
+        Command::new("bash")
+            .args(["--norc", "--noprofile", "-c", script, "bash"])
+            .arg(dir().join("bash/bproc"))
+            .args(line)
+            .env("BPROC_SOCKET", c.socket())
+            .env("PATH", path)
+            .current_dir(c.dir()),
+    )
+    .output_of();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.is_empty(), "{line:?}: {stderr}");
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
@@ -79,14 +80,11 @@ fn bash_completes_options_nodes_and_paths() {
 #[test]
 fn fish_and_zsh_completions_load() {
     if Command::new("fish").arg("--version").output().is_ok() {
-        let out = Command::new("fish")
-            .arg("-c")
-            .arg(format!(
-                "source {}; complete -C 'bpctl -s '",
-                dir().join("fish/bproc.fish").display()
-            ))
-            .output()
-            .unwrap();
+        let out = TestCommand::from(Command::new("fish").arg("-c").arg(format!(
+            "source {}; complete -C 'bpctl -s '",
+            dir().join("fish/bproc.fish").display()
+        )))
+        .output_of();
         let text = String::from_utf8_lossy(&out.stdout);
         let states: Vec<&str> = text.lines().map(|l| l.split('\t').next().unwrap()).collect();
         assert_eq!(states, ["boot", "down", "error", "up"], "{text}");
@@ -97,17 +95,14 @@ fn fish_and_zsh_completions_load() {
         eprintln!("SKIPPED: no zsh to check its completion script (apt install zsh)");
         return;
     }
-    let out = Command::new("zsh")
-        .arg("-f")
-        .arg("-c")
-        .arg(format!(
-            "fpath=({} $fpath); autoload -U compinit; compinit -u -D; \
+    let out = TestCommand::from(Command::new("zsh").arg("-f").arg("-c").arg(format!(
+        "fpath=({} $fpath); autoload -U compinit; compinit -u -D; \
              print -- $_comps[bpsh] $_comps[bpcp] $_comps[bpctl] $_comps[bpstat]",
-            dir().join("zsh").display()
-        ))
-        .output()
-        .unwrap();
+        dir().join("zsh").display()
+    )))
+    .output_of();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "_bproc _bproc _bproc _bproc\n");
-    let out = Command::new("zsh").arg("-n").arg(dir().join("zsh/_bproc")).output().unwrap();
+    let out =
+        TestCommand::from(Command::new("zsh").arg("-n").arg(dir().join("zsh/_bproc"))).output_of();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

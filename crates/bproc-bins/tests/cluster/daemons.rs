@@ -21,10 +21,8 @@ fn killed_slave_goes_down() {
     let mut spec = TestCluster::spec(&bins(), 8, "kill");
     spec.ping_timeout = 2;
     let mut c = TestCluster::start(spec);
-    let t0 = std::time::Instant::now();
     c.signal_slave(6, Signal::SIGKILL).unwrap();
     c.wait_state(6, "down", 2);
-    assert!(t0.elapsed().as_secs_f64() <= 2.0, "took {:?}", t0.elapsed());
     assert_eq!(c.cmd("bpstat").args(["-n", "down"]).ok(), "6\n");
     assert_eq!(
         c.cmd("bpstat").args(["-l", "6"]).ok().lines().nth(1).unwrap(),
@@ -447,10 +445,10 @@ fn one_master_per_socket_and_basic_options() {
             .starts_with("bpslave: no master given: bpslave MASTER[:PORT]\nUsage: "),
         "{out:?}"
     );
-    let out = Command::new(bins().join("bpstat"))
-        .env("BPROC_SOCKET", c.dir().join("nope"))
-        .output()
-        .unwrap();
+    let out = TestCommand::from(
+        Command::new(bins().join("bpstat")).env("BPROC_SOCKET", c.dir().join("nope")),
+    )
+    .output_of();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is bpmaster running?"));
 }
@@ -587,12 +585,10 @@ fn background_daemons_log_to_syslog() {
         }
     };
     let conf = hand_config(&dir, "listen 127.0.0.1:0\nlogfacility local3\nfrobnicate yes\n");
-    let out = Command::new(bins().join("bpmaster"))
-        .arg("-c")
-        .arg(&conf)
-        .env("BPROC_SYSLOG_SOCKET", &log)
-        .output()
-        .unwrap();
+    let out = TestCommand::from(
+        Command::new(bins().join("bpmaster")).arg("-c").arg(&conf).env("BPROC_SYSLOG_SOCKET", &log),
+    )
+    .output_of();
     assert!(out.status.success(), "{out:?}");
     let master = daemon_behind(&dir.join("master.sock"));
     let msg = next_from("bpmaster");
@@ -608,15 +604,16 @@ fn background_daemons_log_to_syslog() {
     // A slave whose master is not there yet (-r) is ready after its first attempt, and logs
     // the retries.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let out = Command::new(bins().join("bpslave"))
-        .args(["-r", "-l", "local5", "--key"])
-        .arg(dir.join("key"))
-        .arg("--client-socket")
-        .arg(dir.join("node.sock"))
-        .arg(format!("127.0.0.1:{port}"))
-        .env("BPROC_SYSLOG_SOCKET", &log)
-        .output()
-        .unwrap();
+    let out = TestCommand::from(
+        Command::new(bins().join("bpslave"))
+            .args(["-r", "-l", "local5", "--key"])
+            .arg(dir.join("key"))
+            .arg("--client-socket")
+            .arg(dir.join("node.sock"))
+            .arg(format!("127.0.0.1:{port}"))
+            .env("BPROC_SYSLOG_SOCKET", &log),
+    )
+    .output_of();
     assert!(out.status.success(), "{out:?}");
     let slave = daemon_behind(&dir.join("node.sock"));
     assert_detached(slave.0);
@@ -671,7 +668,7 @@ fn master_under_systemd_notifies_ready() {
 fn failed_background_start_is_reported() {
     let dir = unique_dir("bg-fail");
     let run = |prog: &str, args: &[&str], socket: &str| {
-        let out = Command::new(bins().join(prog)).args(args).output().unwrap();
+        let out = TestCommand::from(Command::new(bins().join(prog)).args(args)).output_of();
         // Should one start after all, it must not outlive the test.
         let started = out.status.success().then(|| daemon_behind(&dir.join(socket)));
         (out, started)

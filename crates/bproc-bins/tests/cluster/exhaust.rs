@@ -145,10 +145,8 @@ fn a_user_cannot_exhaust_the_client_socket() {
     let holders = [hold(&c, &user, 10000), hold(&c, &user, 10000)];
     // Root is not held up by the flood.
     let t0 = Instant::now();
-    let out = c.cmd("bpstat").arg("-t").ok();
+    assert_eq!(c.cmd("bpstat").arg("-t").timeout(2).ok(), "1\n");
     let took = t0.elapsed();
-    assert_eq!(out, "1\n");
-    assert!(took < Duration::from_secs(2), "root's bpstat took {took:?}");
     // The user is at its cap, and told so.
     let out = c.cmd("bpstat").as_user(&user).fails();
     let err = String::from_utf8_lossy(&out.stderr);

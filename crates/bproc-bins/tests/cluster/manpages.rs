@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::bins;
+use bproc_testkit::TestCommand;
 
 #[test]
 fn man_pages_render_and_cover_the_options() {
@@ -18,8 +19,10 @@ fn man_pages_render_and_cover_the_options() {
     pages.sort();
     assert!(pages.len() >= 11, "{pages:?}");
     for page in &pages {
-        let out =
-            Command::new("groff").args(["-man", "-Tutf8", "-ww", "-z"]).arg(page).output().unwrap();
+        let out = TestCommand::from(
+            Command::new("groff").args(["-man", "-Tutf8", "-ww", "-z"]).arg(page),
+        )
+        .output_of();
         assert!(
             out.status.success() && out.stderr.is_empty(),
             "{}: {}",
@@ -43,7 +46,7 @@ fn man_pages_render_and_cover_the_options() {
         ("bpslave", "-h", 8),
         ("brsh", "--help", 1),
     ] {
-        let usage = Command::new(bins().join(tool)).arg(help).output().unwrap();
+        let usage = TestCommand::from(Command::new(bins().join(tool)).arg(help)).output_of();
         let usage = String::from_utf8_lossy(&usage.stdout).into_owned()
             + &String::from_utf8_lossy(&usage.stderr);
         let page = std::fs::read_to_string(dir.join(format!("{tool}.{section}")))

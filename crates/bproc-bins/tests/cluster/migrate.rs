@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use bproc_testkit::{require_root, unique_dir, TestCluster};
+use bproc_testkit::{require_root, unique_dir, TestCluster, TestCommand};
 
 use crate::bins;
 use crate::capi::build_program;
@@ -150,9 +150,7 @@ fn bpsh_follows_a_process_back_to_the_front_end() {
     }
     let Some((dir, exe)) = build_program("back.c", "back") else { return };
     let c = TestCluster::up(&bins(), 2, "back");
-    let started = std::time::Instant::now();
-    let out = c.cmd("bpsh").args(["1", exe.to_str().unwrap()]).exits(3);
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let out = c.cmd("bpsh").args(["1", exe.to_str().unwrap()]).timeout(10).exits(3);
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "on node 1\nback on node -1 as pid same\n");
     assert_eq!(String::from_utf8(out.stderr).unwrap(), "stderr on node -1\n");
     let _ = std::fs::remove_dir_all(dir);
@@ -243,8 +241,9 @@ fn undump_restores_without_a_lost_file_and_refuses_a_damaged_image() {
     }
     let Some((dir, exe)) = build_program("undump.c", "undump") else { return };
     let (image, file) = (dir.join("image"), dir.join("log"));
-    let run =
-        |args: &[&std::path::Path]| std::process::Command::new(&exe).args(args).output().unwrap();
+    let run = |args: &[&std::path::Path]| {
+        TestCommand::from(std::process::Command::new(&exe).args(args)).output_of()
+    };
     let out = run(&[Path::new("dump"), &image, &file]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "dumped\n");
     std::fs::remove_file(&file).unwrap();

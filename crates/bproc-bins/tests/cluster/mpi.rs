@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bproc_testkit::{require_root, unique_dir};
+use bproc_testkit::{require_root, unique_dir, TestCommand};
 
 use crate::bins;
 
@@ -84,19 +84,24 @@ fn mpi_hello_world_over_brsh() {
             );
             continue;
         }
-        let st = Command::new(cc)
-            .arg("-O2")
-            .arg("-o")
-            .arg(work.join(format!("hello-{cc}")))
-            .arg(work.join("hello.c"))
-            .status()
-            .unwrap();
+        let st = TestCommand::from(
+            Command::new(cc)
+                .arg("-O2")
+                .arg("-o")
+                .arg(work.join(format!("hello-{cc}")))
+                .arg(work.join("hello.c")),
+        )
+        .output_of()
+        .status;
         assert!(st.success(), "{cc} failed");
         let cluster = unique_dir("mpi");
         std::fs::remove_dir_all(&cluster).unwrap();
         let netns = format!("bproc-mpi-{}-{cc}", std::process::id());
         let _cleanup = Cleanup { netns: netns.clone(), cluster: cluster.clone() };
-        assert!(Command::new("ip").args(["netns", "add", &netns]).status().unwrap().success());
+        assert!(TestCommand::from(Command::new("ip").args(["netns", "add", &netns]))
+            .output_of()
+            .status
+            .success());
         // Forks keep the kernel's pids here (BPROC_NO_FORK_PIDS). UCX (MPICH's transport)
         // takes virtual nodes, which share one kernel (one boot id, one IPC namespace), for
         // one host: it joins the ranks through SysV shared memory and checks each peer by
@@ -110,10 +115,10 @@ fn mpi_hello_world_over_brsh() {
             dir = cluster.display(),
             work = work.display(),
         );
-        let out = Command::new("ip")
-            .args(["netns", "exec", &netns, "sh", "-c", &script])
-            .output()
-            .unwrap();
+        let out = TestCommand::from(
+            Command::new("ip").args(["netns", "exec", &netns, "sh", "-c", &script]),
+        )
+        .output_of();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bproc_testkit::{require_root, until, TestCluster};
+use bproc_testkit::{require_root, until, TestCluster, TestCommand};
 
 use crate::bins;
 
@@ -19,14 +19,15 @@ fn root() -> PathBuf {
 /// `getent ARGS...` with the module as the `bproc` source: (exit code, stdout).
 fn getent(dir: &Path, hosts: &Path, args: &[&str]) -> (i32, String) {
     let script = "mount --bind \"$NSSWITCH\" /etc/nsswitch.conf && exec getent \"$@\"";
-    let out = Command::new("unshare")
-        .args(["-m", "sh", "-c", script, "sh"])
-        .args(args)
-        .env("NSSWITCH", dir.join("nsswitch.conf"))
-        .env("LD_LIBRARY_PATH", dir)
-        .env("BPROC_HOSTS", hosts)
-        .output()
-        .expect("run unshare");
+    let out = TestCommand::from(
+        Command::new("unshare")
+            .args(["-m", "sh", "-c", script, "sh"])
+            .args(args)
+            .env("NSSWITCH", dir.join("nsswitch.conf"))
+            .env("LD_LIBRARY_PATH", dir)
+            .env("BPROC_HOSTS", hosts),
+    )
+    .output_of();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.is_empty(), "getent {args:?}: {stderr}");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
@@ -42,12 +43,14 @@ fn getent_resolves_node_names() {
     if !require_root("bind-mounts an nsswitch.conf in a private mount namespace") {
         return;
     }
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "bproc-nss"])
-        .current_dir(root())
-        .status()
-        .expect("run cargo");
-    assert!(st.success(), "building bproc-nss failed");
+    // A cargo build may take a while on a loaded machine.
+    TestCommand::from(
+        Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "bproc-nss"])
+            .current_dir(root()),
+    )
+    .timeout(600)
+    .ok();
     let mut spec = TestCluster::spec(&bins(), 4, "nss");
     spec.extra_config.push_str("nodename node%N\n");
     let c = TestCluster::start(spec);

@@ -183,7 +183,8 @@ fn node_5_down(c: &TestCluster, tab: &Tab, selector: &str) -> Duration {
     c.cmd("bpctl").args(["-S", "5", "-s", "down"]).ok();
     let t0 = Instant::now();
     let js = format!("document.querySelector('{selector}').dataset.state");
-    until(10, "node 5 down on the page", || (eval(tab, &js) == "down").then_some(()));
+    // Within a second: the page follows events, it does not poll or reload.
+    until(1, "node 5 down on the page", || (eval(tab, &js) == "down").then_some(()));
     let took = t0.elapsed();
     assert_eq!(eval(tab, "window.__mark || ''"), "same page", "the page was reloaded");
     took
@@ -226,7 +227,6 @@ fn status_page_table_in_chromium() {
     }
     let took = node_5_down(&c, &tab, "#node-5");
     eprintln!("node 5 showed down {took:?} after bpctl returned");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
     assert_eq!(eval(&tab, "document.querySelector('#node-5 td.state').textContent"), "down");
     assert_eq!(eval(&tab, "document.querySelector('#node-4 td.state').textContent"), "up");
     save_screenshot(&tab, "status-page.png");
@@ -250,7 +250,6 @@ fn status_page_dots_at_1024_nodes() {
     assert_eq!(count(".dot.s-up"), "1024");
     let took = node_5_down(&c, &tab, "#dot-5");
     eprintln!("dot 5 showed down {took:?} after bpctl returned");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
     assert_eq!(count(".dot.s-down"), "1");
     assert_eq!(eval(&tab, "document.querySelector('#dot-5').className"), "dot s-down");
     // The whole grid fits a laptop screen: 32 rows of 32 dots.

@@ -303,14 +303,13 @@ fn up_gives_up_on_a_hung_master_within_its_timeout() {
     let fake = HungMaster::new();
     let dir = unique_dir("bpcluster-hung");
     HungMaster::serve(&dir);
-    let t0 = std::time::Instant::now();
     let out = fake
         .bpcluster()
         .args(["up", "-n", "2", "--no-isolate", "--timeout", "2", "--dir"])
         .arg(&dir)
+        .timeout(20)
         .fails();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(t0.elapsed() < std::time::Duration::from_secs(20), "took {:?}", t0.elapsed());
     assert!(err.contains("every node up: not reached after 2 s"), "{err}");
     assert!(err.contains("bpmaster answered no request"), "{err}");
     assert_eq!(naming(&dir), Vec::<i32>::new(), "daemons left running");
@@ -363,12 +362,12 @@ fn down_stops_a_start_that_hangs() {
 #[test]
 fn up_refuses_more_nodes_than_the_open_file_limit() {
     let dir = unique_dir("bpcluster-fds");
-    let t0 = std::time::Instant::now();
     let out = TestCommand::new("prlimit")
         .arg("--nofile=100:100")
         .arg(bins().join("bpcluster"))
         .args(["up", "-n", "200", "--no-isolate", "--dir"])
         .arg(&dir)
+        .timeout(10)
         .fails();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -376,7 +375,6 @@ fn up_refuses_more_nodes_than_the_open_file_limit() {
             && err.contains("the hard limit here is 100"),
         "{err}"
     );
-    assert!(t0.elapsed() < std::time::Duration::from_secs(10));
     assert_eq!(naming(&dir), Vec::<i32>::new());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -404,12 +402,14 @@ fn down_stops_a_master_restarted_by_hand() {
     bproc_testkit::until(10, "the master to stop", || {
         (!bproc_vcluster::pid_runs(master.pid, "bpmaster")).then_some(())
     });
-    let st = Command::new(bins().join("bpmaster"))
-        .args(["-c", "config"])
-        .current_dir(&dir)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    let st = TestCommand::from(
+        Command::new(bins().join("bpmaster"))
+            .args(["-c", "config"])
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null()),
+    )
+    .output_of()
+    .status;
     assert!(st.success());
     let socket = dir.join("master.sock");
     let by_hand = bproc_sys::peer::socket_server(&socket).expect("the new master serves");

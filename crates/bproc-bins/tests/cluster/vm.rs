@@ -93,12 +93,14 @@ fn procs_on(c: &VmCluster, node: i32) -> Vec<i32> {
 
 /// Builds the `hop` example (a process holding 64 MiB that moves itself), stripped.
 fn hop(tools: &Path) -> PathBuf {
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "bproc", "--example", "hop"])
-        .current_dir(root())
-        .status()
-        .expect("run cargo");
-    assert!(st.success(), "building the hop example failed");
+    // A cargo build may take a while on a loaded machine.
+    TestCommand::from(
+        Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "bproc", "--example", "hop"])
+            .current_dir(root()),
+    )
+    .timeout(600)
+    .ok();
     let bytes = bproc_beoboot::strip_debug(std::fs::read(bins().join("examples/hop")).unwrap());
     let exe = tools.join("hop");
     std::fs::write(&exe, bytes).unwrap();
@@ -128,7 +130,7 @@ impl Drop for Netns {
 }
 
 fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().unwrap();
+    let st = TestCommand::from(Command::new("ip").args(args)).output_of().status;
     assert!(st.success(), "ip {args:?} failed");
 }
 
@@ -218,12 +220,13 @@ fn plain_pxe_firmware(probe: &str, loader: &Path) {
     });
     let got = std::env::temp_dir().join(format!("bproc-vm-pxe-{}", std::process::id()));
     let tftp = |remote: &str| {
-        Command::new("ip")
-            .args(["netns", "exec", probe, "busybox", "tftp", "-g", "-r", remote, "-l"])
-            .arg(&got)
-            .arg("10.22.3.1")
-            .output()
-            .unwrap()
+        TestCommand::from(
+            Command::new("ip")
+                .args(["netns", "exec", probe, "busybox", "tftp", "-g", "-r", remote, "-l"])
+                .arg(&got)
+                .arg("10.22.3.1"),
+        )
+        .output_of()
     };
     let out = tftp(&name);
     assert!(out.status.success(), "busybox tftp: {}", String::from_utf8_lossy(&out.stderr));
@@ -291,14 +294,15 @@ fn network_booted_machines() {
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
     std::fs::write(work.join("input.dat"), &data).unwrap();
     // bpcp resolves local paths against its working directory.
-    let st = Command::new("ip")
-        .args(["netns", "exec", c.netns()])
-        .arg(tools.join("bpcp"))
-        .args(["input.dat", "0:/tmp"])
-        .current_dir(&work)
-        .env("BPROC_SOCKET", c.socket())
-        .output()
-        .unwrap();
+    let st = TestCommand::from(
+        Command::new("ip")
+            .args(["netns", "exec", c.netns()])
+            .arg(tools.join("bpcp"))
+            .args(["input.dat", "0:/tmp"])
+            .current_dir(&work)
+            .env("BPROC_SOCKET", c.socket()),
+    )
+    .output_of();
     assert!(st.status.success(), "bpcp input.dat 0:/tmp: {:?}", text(&st));
     cmd(&c, &tools, "bpcp").args(["0:/tmp/input.dat", "1:/tmp"]).ok();
     let out = cmd(&c, &tools, "bpsh").args(["1", "cat", "/tmp/input.dat"]).output_of();
@@ -316,7 +320,7 @@ fn network_booted_machines() {
     // A remote sleep's ghost, marked with its node by bpstat -P.
     let mut sleeper = cmd(&c, &tools, "bpsh").args(["1", "sleep", "600"]).spawn();
     let pid = until(60, "the remote sleep on node 1", || procs_on(&c, 1).first().copied());
-    let ps = Command::new("ps").arg("xf").output().unwrap();
+    let ps = TestCommand::from(Command::new("ps").arg("xf")).output_of();
     let annotated = cmd(&c, &tools, "bpstat").arg("-P").stdin(ps.stdout).ok();
     let line = annotated
         .lines()
