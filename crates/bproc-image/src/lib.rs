@@ -21,10 +21,8 @@
 //! the same bytes. Pages not in any chunk are zero after a restore (never touched before the
 //! dump); regions by reference take their pages from the named file, except those in chunks.
 
-use bproc_proto::wire::{
-    Bytes, Codec, Exactly, Fixed, Flag, Int, List, Nested, Text, Wire, Within,
-};
-use bproc_proto::{wire_struct, DecodeError, Reader, Writer};
+use bproc_proto::wire::{Bytes, Exactly, Fixed, Flag, Int, List, Nested, Text, Wire, Within};
+use bproc_proto::{wire_enum, wire_struct, DecodeError, Reader, Writer};
 use thiserror::Error;
 
 /// The first 8 bytes of every image.
@@ -170,29 +168,31 @@ wire_struct! {
     }
 }
 
-/// Where a region's pages come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// Zero pages, plus the chunks (heap, stack, anonymous memory).
-    Anonymous,
-    /// A private mapping of a file sent by content: like [`Source::Anonymous`] (the path is
-    /// kept for `/proc/PID/maps`-style reports only).
-    Copied {
-        /// The file it mapped.
-        path: String,
-    },
-    /// A private mapping of a file the restoring machine has too (a library on the library
-    /// list): mapped from it, then the chunks over it (the pages the process changed).
-    File {
-        /// Path.
-        path: String,
-        /// Offset of the region's start in the file.
-        offset: u64,
-        /// The file's size when dumped.
-        size: u64,
-        /// Its modification time when dumped (seconds, nanoseconds).
-        mtime: (i64, u32),
-    },
+wire_enum! {
+    /// Where a region's pages come from.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Source ("region source", "region source") {
+        /// Zero pages, plus the chunks (heap, stack, anonymous memory).
+        0 Anonymous,
+        /// A private mapping of a file sent by content: like [`Source::Anonymous`] (the path is
+        /// kept for `/proc/PID/maps`-style reports only).
+        1 Copied {
+            /// The file it mapped.
+            path: String => Text("path", MAX_TEXT),
+        },
+        /// A private mapping of a file the restoring machine has too (a library on the library
+        /// list): mapped from it, then the chunks over it (the pages the process changed).
+        2 File {
+            /// Path.
+            path: String => Text("path", MAX_TEXT),
+            /// Offset of the region's start in the file.
+            offset: u64 => Int("file offset"),
+            /// The file's size when dumped.
+            size: u64 => Int("file size"),
+            /// Its modification time when dumped (seconds, nanoseconds).
+            mtime: (i64, u32) => (Int("mtime"), Int("mtime ns")),
+        },
+    }
 }
 
 wire_struct! {
@@ -522,42 +522,6 @@ impl Header {
     }
 }
 
-/// A kind byte (0 anonymous, 1 copied, 2 file), then the kind's fields.
-impl Wire for Source {
-    fn put(&self, w: &mut Writer) {
-        match self {
-            Source::Anonymous => w.u8(0),
-            Source::Copied { path } => {
-                w.u8(1);
-                w.str(path);
-            }
-            Source::File { path, offset, size, mtime } => {
-                w.u8(2);
-                w.str(path);
-                w.u64(*offset);
-                w.u64(*size);
-                MTIME.put(mtime, w);
-            }
-        }
-    }
-    fn get(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(match r.u8("region source")? {
-            0 => Source::Anonymous,
-            1 => Source::Copied { path: r.str("path", MAX_TEXT)? },
-            2 => Source::File {
-                path: r.str("path", MAX_TEXT)?,
-                offset: r.u64("file offset")?,
-                size: r.u64("file size")?,
-                mtime: MTIME.get(r)?,
-            },
-            v => return Err(DecodeError::BadValue { what: "region source", value: v.into() }),
-        })
-    }
-}
-
-/// A modification time: seconds (two's complement in a u64), nanoseconds.
-const MTIME: (Int, Int) = (Int("mtime"), Int("mtime ns"));
-
 /// Smallest encoding of a [`Thread`], which bounds the thread list's count.
 const THREAD_MIN: usize = 4 + REGS * 8 + 4 + 76;
 
@@ -683,6 +647,21 @@ pub enum ReadError {
 mod tests {
     use super::*;
 
+    fn thread(tid: i32, fill: u8) -> Thread {
+        Thread {
+            tid,
+            regs: (0..REGS as u64).map(|r| r * 0x1000 + u64::from(fill)).collect(),
+            xstate: vec![fill; 40],
+            sigmask: 1 << 9,
+            altstack: (0x7f00_0001_0000, 2, 8192),
+            rseq: (0x7ffd_0000_1000, 32, 0x5305_3053),
+            robust_list: (0x7ffd_0000_2000, 24),
+            tid_address: 0x7ffd_0000_2010,
+        }
+    }
+
+    /// A header using every field (two of each list, every region source); its bytes are
+    /// the golden fixture `tests/golden/header.hex`.
     pub(crate) fn sample() -> Header {
         Header {
             machine: Machine {
@@ -699,13 +678,41 @@ mod tests {
             rsp: 0x7ffd_0000_1000,
             rip: 0x5555_0000_1234,
             fs_base: 0x7f00_0000_0740,
+            gs_base: 0x7f00_0000_0800,
             sigmask: 1 << 11,
-            sigactions: vec![SigAction {
-                signal: 10,
-                handler: 0x5555_0000_2000,
-                ..Default::default()
-            }],
+            sigactions: vec![
+                SigAction { signal: 10, handler: 0x5555_0000_2000, flags: 4, restorer: 7, mask: 1 },
+                SigAction { signal: 64, handler: 1, flags: 0, restorer: 0, mask: u64::MAX },
+            ],
+            altstack: (0x7f00_0002_0000, 0, 65536),
             rseq: (0x7f00_0000_0ea0, 32, 0x5305_3053),
+            robust_list: (0x7f00_0000_0a20, 24),
+            tid_address: 0x7f00_0000_0a10,
+            personality: 0x0040_0000,
+            mailbox: (0x5555_0000_3000, 4096),
+            mm: MmFields {
+                start_code: 1,
+                end_code: 2,
+                start_data: 3,
+                end_data: 4,
+                start_brk: 5,
+                brk: 6,
+                start_stack: 7,
+                arg_start: 8,
+                arg_end: 9,
+                env_start: 10,
+                env_end: 11,
+            },
+            auxv: vec![(6, 4096), (33, 0x7fff_0000_0000)],
+            rlimits: vec![(7, 1024, 4096), (3, 8 << 20, u64::MAX)],
+            specials: vec![
+                Special { name: "[vdso]".into(), start: 0x7fff_0000_0000, end: 0x7fff_0000_2000 },
+                Special { name: "[vvar]".into(), start: 0x7fff_0000_2000, end: 0x7fff_0000_6000 },
+            ],
+            files: vec![
+                OpenFile { fd: 3, path: "/tmp/log".into(), flags: 0o2001, offset: 77 },
+                OpenFile { fd: 9, path: "/etc/hosts".into(), flags: 0, offset: 0 },
+            ],
             regions: vec![
                 Region {
                     start: 0x5555_0000_0000,
@@ -714,10 +721,17 @@ mod tests {
                     stack: false,
                     source: Source::File {
                         path: "/usr/bin/app".into(),
-                        offset: 0,
+                        offset: 0x1000,
                         size: 9000,
-                        mtime: (1_700_000_000, 5),
+                        mtime: (-1_700_000_000, 5),
                     },
+                },
+                Region {
+                    start: 0x5555_0000_2000,
+                    end: 0x5555_0000_4000,
+                    prot: prot::READ,
+                    stack: false,
+                    source: Source::Copied { path: "/tmp/data".into() },
                 },
                 Region {
                     start: 0x7ffd_0000_0000,
@@ -727,23 +741,8 @@ mod tests {
                     source: Source::Anonymous,
                 },
             ],
-            specials: vec![Special {
-                name: "[vdso]".into(),
-                start: 0x7fff_0000_0000,
-                end: 0x7fff_0000_2000,
-            }],
-            threads: vec![Thread {
-                tid: 43,
-                regs: (0..REGS as u64).collect(),
-                xstate: vec![9; 832],
-                sigmask: 1 << 9,
-                altstack: (0, 2, 0),
-                rseq: (0x7ffd_0000_1000, 32, 0x5305_3053),
-                robust_list: (0x7ffd_0000_2000, 24),
-                tid_address: 0x7ffd_0000_2010,
-            }],
+            threads: vec![thread(43, 9), thread(44, 10)],
             tid_slot: 0x2d0,
-            ..Default::default()
         }
     }
 
@@ -833,5 +832,25 @@ mod tests {
         let bytes = h.encode();
         let pre = Preamble::parse(bytes[..PREAMBLE_LEN].try_into().unwrap()).unwrap();
         assert!(matches!(Header::decode(&pre, &bytes[PREAMBLE_LEN..]), Err(ImageError::Layout(_))));
+    }
+
+    /// The image's first bytes are the committed fixture, and decode back to the sample.
+    /// After a deliberate format change (and a bump of `VERSION`), rewrite the fixture with
+    /// `BPROC_BLESS=1 cargo test -p bproc-image golden`.
+    #[test]
+    fn header_matches_its_fixture() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/header.hex");
+        let bytes = sample().encode();
+        if std::env::var_os("BPROC_BLESS").is_some() {
+            let text: String = bytes.chunks(32).map(|c| hex::encode(c) + "\n").collect();
+            std::fs::write(&path, text).unwrap();
+            return;
+        }
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (write it with BPROC_BLESS=1)", path.display()));
+        let fixture = hex::decode(text.split_whitespace().collect::<String>()).unwrap();
+        assert!(fixture == bytes, "{}: the header encodes differently", path.display());
+        let pre = Preamble::parse(fixture[..PREAMBLE_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(Header::decode(&pre, &fixture[PREAMBLE_LEN..]), Ok(sample()));
     }
 }

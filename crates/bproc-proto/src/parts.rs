@@ -5,10 +5,10 @@
 use std::net::Ipv4Addr;
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::wire::{Addr, Codec, Each, Fixed, Flag, Int, List, Nested, Opt, Text, Wire, Within, IP};
-use crate::wire_struct;
+use crate::wire::{Addr, Each, Fixed, Flag, Int, List, Nested, Opt, Text, Wire, Within, IP};
 #[cfg(doc)]
 use crate::Message;
+use crate::{wire_enum, wire_struct};
 
 /// Node number of the master (front end).
 pub const NODE_MASTER: i32 = -1;
@@ -28,27 +28,31 @@ pub const MAX_NODES: usize = 1 << 16;
 /// Most processes in one process list.
 pub const MAX_PROCS: usize = 1 << 20;
 
-/// A change to the library list ([`Message::LibEdit`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum LibOp {
-    /// Empty the list (`bplib -c`).
-    Clear = 0,
-    /// Add the names; adding one already there does nothing (`bplib -a`).
-    Add = 1,
-    /// Remove the names; a name not on the list is an error (`bplib -d`).
-    Delete = 2,
+wire_enum! {
+    /// A change to the library list ([`Message::LibEdit`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(u8)]
+    pub enum LibOp ("library operation", "library operation") {
+        /// Empty the list (`bplib -c`).
+        0 Clear,
+        /// Add the names; adding one already there does nothing (`bplib -a`).
+        1 Add,
+        /// Remove the names; a name not on the list is an error (`bplib -d`).
+        2 Delete,
+    }
 }
 
-/// A node command that the slave carries out without a reply (BProc's fire-and-forget calls).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeAction {
-    /// Run the node's reboot command.
-    Reboot,
-    /// Run the node's halt command.
-    Halt,
-    /// Run the node's power-off command.
-    Poweroff,
+wire_enum! {
+    /// A node command that the slave carries out without a reply (BProc's fire-and-forget calls).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum NodeAction ("action", "node action") {
+        /// Run the node's reboot command.
+        1 Reboot,
+        /// Run the node's halt command.
+        2 Halt,
+        /// Run the node's power-off command.
+        3 Poweroff,
+    }
 }
 
 impl NodeAction {
@@ -62,55 +66,57 @@ impl NodeAction {
     }
 }
 
-/// Where a launched process's fd 0, 1 or 2 goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IoSpec {
-    /// A TCP connection back to the launcher (bpsh), which forwards it.
-    Forward,
-    /// `/dev/null` on the node (`bpsh -N`).
-    Null,
-    /// A file on the node, opened with the caller's credentials (`bpsh -I/-O/-E`): read-only
-    /// for fd 0, else write, create (0666 before umask) and truncate.
-    File(String),
-    /// A file on the node opened with the caller's credentials, these `open(2)` flags and
-    /// mode, then positioned at `offset` (libbproc's `BPROC_IO_FILE`).
-    Open {
-        /// Path on the node.
-        path: String,
-        /// `open(2)` flags (Linux values).
-        flags: i32,
-        /// Mode for a created file, before the umask.
-        mode: u32,
-        /// Where to seek to after opening (0: stay at the start, or at the end with
-        /// `O_APPEND`).
-        offset: i64,
-    },
-    /// A TCP connection from the node (libbproc's `BPROC_IO_SOCKET`).
-    Connect {
-        /// Address; `None` (`0.0.0.0`): the launcher's, as this node reaches it.
-        ip: Option<Ipv4Addr>,
-        /// Port.
-        port: u16,
-        /// Send the process's front-end pid and the fd number first, as two native-endian
-        /// 32-bit integers (`BPROC_IO_SEND_INFO`).
-        send_info: bool,
-    },
-    /// No file: the fd is closed.
-    Closed,
-    /// A forwarded fd of a process that moved on from the node it was launched on: a TCP
-    /// connection to its launcher's listener (bpsh's, or its relaying ghost's), opened with
-    /// the launcher's token and the process's rank in that launch, so the launcher takes it
-    /// as the next connection of that rank's stream. Set by the master, never by a client.
-    Rejoin {
-        /// Address; `None`: the master's, as the node sees it.
-        ip: Option<Ipv4Addr>,
-        /// Port.
-        port: u16,
-        /// The launch's token.
-        token: [u8; 16],
-        /// The rank in that launch.
-        rank: u32,
-    },
+wire_enum! {
+    /// Where a launched process's fd 0, 1 or 2 goes.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum IoSpec ("io kind", "io kind") {
+        /// A TCP connection back to the launcher (bpsh), which forwards it.
+        0 Forward,
+        /// `/dev/null` on the node (`bpsh -N`).
+        1 Null,
+        /// A file on the node, opened with the caller's credentials (`bpsh -I/-O/-E`): read-only
+        /// for fd 0, else write, create (0666 before umask) and truncate.
+        2 File(path: String => Text("io path", MAX_PATH)),
+        /// A file on the node opened with the caller's credentials, these `open(2)` flags and
+        /// mode, then positioned at `offset` (libbproc's `BPROC_IO_FILE`).
+        3 Open {
+            /// Path on the node.
+            path: String => Text("io path", MAX_PATH),
+            /// `open(2)` flags (Linux values).
+            flags: i32 => Int("open flags"),
+            /// Mode for a created file, before the umask.
+            mode: u32 => Int("open mode"),
+            /// Where to seek to after opening (0: stay at the start, or at the end with
+            /// `O_APPEND`).
+            offset: i64 => Int("offset"),
+        },
+        /// A TCP connection from the node (libbproc's `BPROC_IO_SOCKET`).
+        4 Connect {
+            /// Address; `None` (`0.0.0.0`): the launcher's, as this node reaches it.
+            ip: Option<Ipv4Addr> => IP,
+            /// Port.
+            port: u16 => Int("io port"),
+            /// Send the process's front-end pid and the fd number first, as two native-endian
+            /// 32-bit integers (`BPROC_IO_SEND_INFO`).
+            send_info: bool => Flag("send info"),
+        },
+        /// No file: the fd is closed.
+        5 Closed,
+        /// A forwarded fd of a process that moved on from the node it was launched on: a TCP
+        /// connection to its launcher's listener (bpsh's, or its relaying ghost's), opened with
+        /// the launcher's token and the process's rank in that launch, so the launcher takes it
+        /// as the next connection of that rank's stream. Set by the master, never by a client.
+        6 Rejoin {
+            /// Address; `None`: the master's, as the node sees it.
+            ip: Option<Ipv4Addr> => IP,
+            /// Port.
+            port: u16 => Int("io port"),
+            /// The launch's token.
+            token: [u8; 16] => Fixed("io token"),
+            /// The rank in that launch.
+            rank: u32 => Int("io rank"),
+        },
+    }
 }
 
 wire_struct! {
@@ -321,29 +327,31 @@ wire_struct! {
     }
 }
 
-/// What happened to a process on a node (slave → master, [`Message::ProcEvent`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProcChange {
-    /// It ended.
-    Exited(ExitStatus),
-    /// It stopped (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU).
-    Stopped,
-    /// It continued after a stop.
-    Continued,
-    /// It forked `child` (the child's pid on the node, as the slave names it), running `comm`.
-    Forked {
-        /// The child's pid on the node.
-        child: i32,
-        /// The child's pid as it sees itself (in the node's pid namespace for the master).
-        child_ns: i32,
-        /// Its command name.
-        comm: String,
-    },
-    /// It ran a new program, `comm`.
-    Exec {
-        /// The new command name.
-        comm: String,
-    },
+wire_enum! {
+    /// What happened to a process on a node (slave → master, [`Message::ProcEvent`]).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum ProcChange ("change", "change") {
+        /// It ended.
+        0 Exited(status: ExitStatus => Nested),
+        /// It stopped (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU).
+        1 Stopped,
+        /// It continued after a stop.
+        2 Continued,
+        /// It forked `child` (the child's pid on the node, as the slave names it), running `comm`.
+        3 Forked {
+            /// The child's pid on the node.
+            child: i32 => Int("child"),
+            /// The child's pid as it sees itself (in the node's pid namespace for the master).
+            child_ns: i32 => Int("child ns pid"),
+            /// Its command name.
+            comm: String => Text("comm", MAX_TEXT),
+        },
+        /// It ran a new program, `comm`.
+        4 Exec {
+            /// The new command name.
+            comm: String => Text("comm", MAX_TEXT),
+        },
+    }
 }
 
 wire_struct! {
@@ -427,28 +435,30 @@ pub struct CopyOpts {
     pub umask: u32,
 }
 
-/// One node's part in a copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CopyTask {
-    /// Read `paths` and stream them to each of `to`.
-    Send {
-        /// Files or directories, as the user typed them.
-        paths: Vec<String>,
-        /// Receivers to connect to.
-        to: Vec<CopyLink>,
-    },
-    /// Accept one stream presenting `token`, relay it to each of `to`, and write it at
-    /// `target`, each top-level name followed by `suffix`.
-    Receive {
-        /// Secret the sender presents.
-        token: [u8; 16],
-        /// Target path (a directory, or the new name of a single source).
-        target: String,
-        /// Appended to each top-level name (`.N` when gathering from many nodes).
-        suffix: String,
-        /// Receivers further down the broadcast tree.
-        to: Vec<CopyLink>,
-    },
+wire_enum! {
+    /// One node's part in a copy.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum CopyTask ("copy task", "copy task") {
+        /// Read `paths` and stream them to each of `to`.
+        0 Send {
+            /// Files or directories, as the user typed them.
+            paths: Vec<String> => strs("paths"),
+            /// Receivers to connect to.
+            to: Vec<CopyLink> => LINKS,
+        },
+        /// Accept one stream presenting `token`, relay it to each of `to`, and write it at
+        /// `target`, each top-level name followed by `suffix`.
+        1 Receive {
+            /// Secret the sender presents.
+            token: [u8; 16] => Fixed("token"),
+            /// Target path (a directory, or the new name of a single source).
+            target: String => Text("target", MAX_PATH),
+            /// Appended to each top-level name (`.N` when gathering from many nodes).
+            suffix: String => Text("suffix", MAX_PATH),
+            /// Receivers further down the broadcast tree.
+            to: Vec<CopyLink> => LINKS,
+        },
+    }
 }
 
 /// Most paths or receivers in one copy request.
@@ -493,98 +503,6 @@ const MIN_NODE_STATUS: usize = 4 + 4 + 12 + 2;
 /// The node table.
 pub(crate) const NODES: List<Nested> = List("node list", MAX_NODES, MIN_NODE_STATUS, Nested);
 
-impl Wire for NodeAction {
-    fn put(&self, w: &mut Writer) {
-        w.u8(match self {
-            NodeAction::Reboot => 1,
-            NodeAction::Halt => 2,
-            NodeAction::Poweroff => 3,
-        });
-    }
-    fn get(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(match r.u8("action")? {
-            1 => NodeAction::Reboot,
-            2 => NodeAction::Halt,
-            3 => NodeAction::Poweroff,
-            v => return Err(DecodeError::BadValue { what: "node action", value: v.into() }),
-        })
-    }
-}
-
-impl Wire for LibOp {
-    fn put(&self, w: &mut Writer) {
-        w.u8(*self as u8);
-    }
-    fn get(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(match r.u8("library operation")? {
-            0 => LibOp::Clear,
-            1 => LibOp::Add,
-            2 => LibOp::Delete,
-            v => return Err(DecodeError::BadValue { what: "library operation", value: v.into() }),
-        })
-    }
-}
-
-impl Wire for IoSpec {
-    fn put(&self, w: &mut Writer) {
-        match self {
-            IoSpec::Forward => w.u8(0),
-            IoSpec::Null => w.u8(1),
-            IoSpec::File(p) => {
-                w.u8(2);
-                w.str(p);
-            }
-            IoSpec::Open { path, flags, mode, offset } => {
-                w.u8(3);
-                w.str(path);
-                w.i32(*flags);
-                w.u32(*mode);
-                w.u64(*offset as u64);
-            }
-            IoSpec::Connect { ip, port, send_info } => {
-                w.u8(4);
-                IP.put(ip, w);
-                w.u16(*port);
-                Flag("send info").put(send_info, w);
-            }
-            IoSpec::Closed => w.u8(5),
-            IoSpec::Rejoin { ip, port, token, rank } => {
-                w.u8(6);
-                IP.put(ip, w);
-                w.u16(*port);
-                w.fixed(token);
-                w.u32(*rank);
-            }
-        }
-    }
-    fn get(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(match r.u8("io kind")? {
-            0 => IoSpec::Forward,
-            1 => IoSpec::Null,
-            2 => IoSpec::File(r.str("io path", MAX_PATH)?),
-            3 => IoSpec::Open {
-                path: r.str("io path", MAX_PATH)?,
-                flags: r.i32("open flags")?,
-                mode: r.u32("open mode")?,
-                offset: r.u64("offset")? as i64,
-            },
-            4 => IoSpec::Connect {
-                ip: IP.get(r)?,
-                port: r.u16("io port")?,
-                send_info: Flag("send info").get(r)?,
-            },
-            5 => IoSpec::Closed,
-            6 => IoSpec::Rejoin {
-                ip: IP.get(r)?,
-                port: r.u16("io port")?,
-                token: r.fixed("io token")?,
-                rank: r.u32("io rank")?,
-            },
-            v => return Err(DecodeError::BadValue { what: "io kind", value: v.into() }),
-        })
-    }
-}
-
 /// A kind byte and a value, always both (the node-lost kind's value is 0).
 impl Wire for ExitStatus {
     fn put(&self, w: &mut Writer) {
@@ -612,43 +530,6 @@ impl Wire for ExitStatus {
     }
 }
 
-impl Wire for ProcChange {
-    fn put(&self, w: &mut Writer) {
-        match self {
-            ProcChange::Exited(status) => {
-                w.u8(0);
-                status.put(w);
-            }
-            ProcChange::Stopped => w.u8(1),
-            ProcChange::Continued => w.u8(2),
-            ProcChange::Forked { child, child_ns, comm } => {
-                w.u8(3);
-                w.i32(*child);
-                w.i32(*child_ns);
-                w.str(comm);
-            }
-            ProcChange::Exec { comm } => {
-                w.u8(4);
-                w.str(comm);
-            }
-        }
-    }
-    fn get(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(match r.u8("change")? {
-            0 => ProcChange::Exited(ExitStatus::get(r)?),
-            1 => ProcChange::Stopped,
-            2 => ProcChange::Continued,
-            3 => ProcChange::Forked {
-                child: r.i32("child")?,
-                child_ns: r.i32("child ns pid")?,
-                comm: r.str("comm", MAX_TEXT)?,
-            },
-            4 => ProcChange::Exec { comm: r.str("comm", MAX_TEXT)? },
-            v => return Err(DecodeError::BadValue { what: "change", value: v.into() }),
-        })
-    }
-}
-
 /// The three flags in one byte (bit 0 recursive, 1 preserve, 2 target is a directory), then
 /// the umask.
 impl Wire for CopyOpts {
@@ -668,37 +549,6 @@ impl Wire for CopyOpts {
             preserve: f & 2 != 0,
             target_dir: f & 4 != 0,
             umask: r.u32("umask")?,
-        })
-    }
-}
-
-impl Wire for CopyTask {
-    fn put(&self, w: &mut Writer) {
-        match self {
-            CopyTask::Send { paths, to } => {
-                w.u8(0);
-                strs("paths").put(paths, w);
-                LINKS.put(to, w);
-            }
-            CopyTask::Receive { token, target, suffix, to } => {
-                w.u8(1);
-                w.fixed(token);
-                w.str(target);
-                w.str(suffix);
-                LINKS.put(to, w);
-            }
-        }
-    }
-    fn get(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(match r.u8("copy task")? {
-            0 => CopyTask::Send { paths: strs("paths").get(r)?, to: LINKS.get(r)? },
-            1 => CopyTask::Receive {
-                token: r.fixed("token")?,
-                target: r.str("target", MAX_PATH)?,
-                suffix: r.str("suffix", MAX_PATH)?,
-                to: LINKS.get(r)?,
-            },
-            v => return Err(DecodeError::BadValue { what: "copy task", value: v.into() }),
         })
     }
 }

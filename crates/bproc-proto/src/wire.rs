@@ -357,3 +357,89 @@ macro_rules! wire_struct {
         }
     };
 }
+
+/// Declares an enum that goes on the wire as a kind byte, then the fields of that kind, each
+/// with its [`Codec`]. The header names the kind byte in errors: `(read, refused)`, the name a
+/// short byte gives and the one an unknown kind gives. Each variant is `KIND Name`, with
+/// `(binding: Type => codec)` for a tuple variant (the binding names the value in the
+/// encoder) or `{ field: Type => codec, ... }`. Implements [`Wire`] for it.
+///
+/// ```
+/// use bproc_proto::wire::{Int, Text, Wire};
+/// bproc_proto::wire_enum! {
+///     /// Where to go.
+///     #[derive(Debug, PartialEq)]
+///     pub enum Place ("place kind", "place kind") {
+///         /// Nowhere.
+///         0 Nowhere,
+///         /// A named town.
+///         1 Town(name: String => Text("town", 64)),
+///         /// A point.
+///         2 Point {
+///             /// Across.
+///             x: u16 => Int("x"),
+///             /// Up.
+///             y: u16 => Int("y"),
+///         },
+///     }
+/// }
+/// let mut w = bproc_proto::Writer::default();
+/// Place::Point { x: 1, y: 2 }.put(&mut w);
+/// let bytes = w.into_inner();
+/// assert_eq!(bytes, [2, 0, 1, 0, 2]);
+/// assert_eq!(Place::get(&mut bproc_proto::Reader::new(&bytes)), Ok(Place::Point { x: 1, y: 2 }));
+/// assert!(Place::get(&mut bproc_proto::Reader::new(&[3])).is_err());
+/// ```
+#[macro_export]
+macro_rules! wire_enum {
+    (
+        $(#[$m:meta])*
+        $vis:vis enum $name:ident ($kind:literal, $bad:literal) {
+            $(
+                $(#[$vm:meta])*
+                $tag:literal $var:ident
+                $( ( $( $bind:ident : $tty:ty => $tcodec:expr ),* $(,)? ) )?
+                $( { $( $(#[$fm:meta])* $field:ident : $fty:ty => $fcodec:expr ),* $(,)? } )?
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$m])*
+        $vis enum $name {
+            $(
+                $(#[$vm])*
+                $var $( ( $( $tty, )* ) )? $( { $( $(#[$fm])* $field: $fty, )* } )?,
+            )*
+        }
+
+        impl $crate::wire::Wire for $name {
+            fn put(&self, w: &mut $crate::Writer) {
+                match self {
+                    $(
+                        $name::$var $( ( $( $bind ),* ) )? $( { $( $field ),* } )? => {
+                            w.u8($tag);
+                            $( $( $crate::wire::Codec::<$tty>::put(&$tcodec, $bind, w); )* )?
+                            $( $( $crate::wire::Codec::<$fty>::put(&$fcodec, $field, w); )* )?
+                        }
+                    )*
+                }
+            }
+            fn get(
+                r: &mut $crate::Reader<'_>,
+            ) -> ::core::result::Result<Self, $crate::DecodeError> {
+                ::core::result::Result::Ok(match r.u8($kind)? {
+                    $(
+                        $tag => $name::$var
+                            $( ( $( $crate::wire::Codec::<$tty>::get(&$tcodec, r)?, )* ) )?
+                            $( { $( $field: $crate::wire::Codec::<$fty>::get(&$fcodec, r)?, )* } )?,
+                    )*
+                    v => {
+                        return ::core::result::Result::Err($crate::DecodeError::BadValue {
+                            what: $bad,
+                            value: v.into(),
+                        })
+                    }
+                })
+            }
+        }
+    };
+}
