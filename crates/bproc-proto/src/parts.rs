@@ -1,6 +1,7 @@
 //! The parts messages are made of (process specs, node reports, copy tasks...), each with its
-//! layout on the wire: structs through [`wire_struct!`](crate::wire_struct), field by field;
-//! the enums, whose first byte says which variant follows, by hand.
+//! layout on the wire: structs through [`wire_struct!`](crate::wire_struct) and enums (a kind
+//! byte, then that kind's fields) through [`wire_enum!`](crate::wire_enum), field by field; an
+//! exit status and the copy flags, which fit neither, by hand.
 
 use std::net::Ipv4Addr;
 

@@ -3,11 +3,13 @@
 //!
 //! A type with a fixed layout implements [`Wire`]; a field is declared with a [`Codec`] value
 //! next to it (`Text("path", MAX_PATH)`, `List("pids", MAX_NODES, 4, Int("pid"))`), so the
-//! encoder and the decoder of a struct come from one list of fields ([`wire_struct!`]) and
-//! cannot drift apart. Lists are checked against their limit and against the bytes left
-//! before anything is allocated ([`Reader::count`]).
+//! encoder and the decoder of a struct come from one list of fields ([`wire_struct!`]), those
+//! of an enum from one list of kinds and fields ([`wire_enum!`]), and cannot drift apart.
+//! Lists are checked against their limit and against the bytes left before anything is
+//! allocated ([`Reader::count`]).
 //!
 //! [`wire_struct!`]: crate::wire_struct
+//! [`wire_enum!`]: crate::wire_enum
 
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
