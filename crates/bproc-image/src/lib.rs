@@ -21,7 +21,8 @@
 //! the same bytes. Pages not in any chunk are zero after a restore (never touched before the
 //! dump); regions by reference take their pages from the named file, except those in chunks.
 
-use bproc_proto::{DecodeError, Reader, Writer};
+use bproc_proto::wire::{Bytes, Exactly, Fixed, Flag, Int, List, Nested, Text, Wire, Within};
+use bproc_proto::{wire_enum, wire_struct, DecodeError, Reader, Writer};
 use thiserror::Error;
 
 /// The first 8 bytes of every image.
@@ -73,59 +74,65 @@ pub enum ImageError {
     Layout(String),
 }
 
-/// The machine an image was made on; a restore elsewhere must match it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Machine {
-    /// `uname -m`.
-    pub arch: String,
-    /// `uname -r`: the vDSO's code and the kernel's behaviour depend on it.
-    pub kernel: String,
-    /// SHA-256 of the vDSO's bytes.
-    pub vdso_hash: [u8; 32],
-    /// SHA-256 of the CPU's feature flags (libraries pick code paths by them at startup).
-    pub cpu_hash: [u8; 32],
+wire_struct! {
+    /// The machine an image was made on; a restore elsewhere must match it.
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct Machine {
+        /// `uname -m`.
+        pub arch: String => Text("arch", MAX_TEXT),
+        /// `uname -r`: the vDSO's code and the kernel's behaviour depend on it.
+        pub kernel: String => Text("kernel", MAX_TEXT),
+        /// SHA-256 of the vDSO's bytes.
+        pub vdso_hash: [u8; 32] => Fixed("vdso hash"),
+        /// SHA-256 of the CPU's feature flags (libraries pick code paths by them at startup).
+        pub cpu_hash: [u8; 32] => Fixed("cpu hash"),
+    }
 }
 
-/// One signal's disposition, as the kernel's `struct sigaction` holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SigAction {
-    /// Signal number, 1–64.
-    pub signal: u8,
-    /// Handler address (or `SIG_IGN` = 1).
-    pub handler: u64,
-    /// `SA_*` flags.
-    pub flags: u64,
-    /// `sa_restorer`.
-    pub restorer: u64,
-    /// Signals blocked while the handler runs.
-    pub mask: u64,
+wire_struct! {
+    /// One signal's disposition, as the kernel's `struct sigaction` holds it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct SigAction {
+        /// Signal number, 1–64.
+        pub signal: u8 => Within("signal", 1..=64),
+        /// Handler address (or `SIG_IGN` = 1).
+        pub handler: u64 => Int("handler"),
+        /// `SA_*` flags.
+        pub flags: u64 => Int("sa_flags"),
+        /// `sa_restorer`.
+        pub restorer: u64 => Int("restorer"),
+        /// Signals blocked while the handler runs.
+        pub mask: u64 => Int("sa_mask"),
+    }
 }
 
-/// The kernel-side memory layout fields (`prctl(PR_SET_MM_MAP)`), from `/proc/PID/stat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MmFields {
-    /// Code start.
-    pub start_code: u64,
-    /// Code end.
-    pub end_code: u64,
-    /// Data start.
-    pub start_data: u64,
-    /// Data end.
-    pub end_data: u64,
-    /// Heap start.
-    pub start_brk: u64,
-    /// Current break.
-    pub brk: u64,
-    /// Stack start.
-    pub start_stack: u64,
-    /// Arguments start.
-    pub arg_start: u64,
-    /// Arguments end.
-    pub arg_end: u64,
-    /// Environment start.
-    pub env_start: u64,
-    /// Environment end.
-    pub env_end: u64,
+wire_struct! {
+    /// The kernel-side memory layout fields (`prctl(PR_SET_MM_MAP)`), from `/proc/PID/stat`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct MmFields {
+        /// Code start.
+        pub start_code: u64 => Int("mm field"),
+        /// Code end.
+        pub end_code: u64 => Int("mm field"),
+        /// Data start.
+        pub start_data: u64 => Int("mm field"),
+        /// Data end.
+        pub end_data: u64 => Int("mm field"),
+        /// Heap start.
+        pub start_brk: u64 => Int("mm field"),
+        /// Current break.
+        pub brk: u64 => Int("mm field"),
+        /// Stack start.
+        pub start_stack: u64 => Int("mm field"),
+        /// Arguments start.
+        pub arg_start: u64 => Int("mm field"),
+        /// Arguments end.
+        pub arg_end: u64 => Int("mm field"),
+        /// Environment start.
+        pub env_start: u64 => Int("mm field"),
+        /// Environment end.
+        pub env_end: u64 => Int("mm field"),
+    }
 }
 
 impl MmFields {
@@ -147,55 +154,61 @@ impl MmFields {
     }
 }
 
-/// A mapping the kernel makes itself (`[vdso]`, `[vvar]`, `[vvar_vclock]`): moved, not
-/// copied.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Special {
-    /// Its name in `/proc/PID/maps`.
-    pub name: String,
-    /// Start address.
-    pub start: u64,
-    /// End address.
-    pub end: u64,
+wire_struct! {
+    /// A mapping the kernel makes itself (`[vdso]`, `[vvar]`, `[vvar_vclock]`): moved, not
+    /// copied.
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct Special {
+        /// Its name in `/proc/PID/maps`.
+        pub name: String => Text("special name", 64),
+        /// Start address.
+        pub start: u64 => Int("special start"),
+        /// End address.
+        pub end: u64 => Int("special end"),
+    }
 }
 
-/// Where a region's pages come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// Zero pages, plus the chunks (heap, stack, anonymous memory).
-    Anonymous,
-    /// A private mapping of a file sent by content: like [`Source::Anonymous`] (the path is
-    /// kept for `/proc/PID/maps`-style reports only).
-    Copied {
-        /// The file it mapped.
-        path: String,
-    },
-    /// A private mapping of a file the restoring machine has too (a library on the library
-    /// list): mapped from it, then the chunks over it (the pages the process changed).
-    File {
+wire_enum! {
+    /// Where a region's pages come from.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Source ("region source", "region source") {
+        /// Zero pages, plus the chunks (heap, stack, anonymous memory).
+        0 Anonymous,
+        /// A private mapping of a file sent by content: like [`Source::Anonymous`] (the path is
+        /// kept for `/proc/PID/maps`-style reports only).
+        1 Copied {
+            /// The file it mapped.
+            path: String => Text("path", MAX_TEXT),
+        },
+        /// A private mapping of a file the restoring machine has too (a library on the library
+        /// list): mapped from it, then the chunks over it (the pages the process changed).
+        2 File {
+            /// Path.
+            path: String => Text("path", MAX_TEXT),
+            /// Offset of the region's start in the file.
+            offset: u64 => Int("file offset"),
+            /// The file's size when dumped.
+            size: u64 => Int("file size"),
+            /// Its modification time when dumped (seconds, nanoseconds).
+            mtime: (i64, u32) => (Int("mtime"), Int("mtime ns")),
+        },
+    }
+}
+
+wire_struct! {
+    /// A regular file the process has open, reopened by path on the restoring machine.
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct OpenFile {
+        /// Its fd (3 or more: stdio comes from the restorer).
+        pub fd: i32 => Within("fd", 3..=1 << 20),
         /// Path.
-        path: String,
-        /// Offset of the region's start in the file.
-        offset: u64,
-        /// The file's size when dumped.
-        size: u64,
-        /// Its modification time when dumped (seconds, nanoseconds).
-        mtime: (i64, u32),
-    },
-}
-
-/// A regular file the process has open, reopened by path on the restoring machine.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct OpenFile {
-    /// Its fd (3 or more: stdio comes from the restorer).
-    pub fd: i32,
-    /// Path.
-    pub path: String,
-    /// `open(2)` flags it has (from `/proc/PID/fdinfo`), without `O_CREAT`, `O_EXCL` and
-    /// `O_TRUNC`.
-    pub flags: i32,
-    /// Its file position.
-    pub offset: u64,
+        pub path: String => Text("path", MAX_TEXT),
+        /// `open(2)` flags it has (from `/proc/PID/fdinfo`), without `O_CREAT`, `O_EXCL` and
+        /// `O_TRUNC`.
+        pub flags: i32 => Int("open flags"),
+        /// Its file position.
+        pub offset: u64 => Int("file offset"),
+    }
 }
 
 /// Most open files an image carries.
@@ -217,29 +230,34 @@ pub mod reg {
     pub const FS_BASE: usize = 21;
 }
 
-/// A thread of the process other than the one that dumped it, as it was when stopped at an
-/// arbitrary instruction: all its registers and its own kernel state.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Thread {
-    /// Its thread id.
-    pub tid: i32,
-    /// Its general registers, in `struct user_regs_struct` order ([`REGS`] words: r15, r14,
-    /// r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs,
-    /// eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs).
-    pub regs: Vec<u64>,
-    /// Its FPU and vector registers as `xsave` lays them out (standard format; the first
-    /// 512 bytes are the `fxsave` area), at most [`MAX_XSTATE`] bytes.
-    pub xstate: Vec<u8>,
-    /// Its blocked signals.
-    pub sigmask: u64,
-    /// Its alternate signal stack: (address, flags, size); size 0 for none.
-    pub altstack: (u64, i32, u64),
-    /// Its rseq area: (address, length, signature); address 0 for none.
-    pub rseq: (u64, u32, u32),
-    /// Its robust futex list: (head, length).
-    pub robust_list: (u64, u64),
-    /// Its `set_tid_address` pointer.
-    pub tid_address: u64,
+wire_struct! {
+    /// A thread of the process other than the one that dumped it, as it was when stopped at an
+    /// arbitrary instruction: all its registers and its own kernel state.
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct Thread {
+        /// Its thread id.
+        pub tid: i32 => Int("tid"),
+        /// Its general registers, in `struct user_regs_struct` order ([`REGS`] words: r15, r14,
+        /// r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs,
+        /// eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs).
+        pub regs: Vec<u64> => Exactly(REGS, Int("register")),
+        /// Its FPU and vector registers as `xsave` lays them out (standard format; the first
+        /// 512 bytes are the `fxsave` area), at most [`MAX_XSTATE`] bytes.
+        pub xstate: Vec<u8> => Bytes("xstate", MAX_XSTATE),
+        /// Its blocked signals.
+        pub sigmask: u64 => Int("thread signal mask"),
+        /// Its alternate signal stack: (address, flags, size); size 0 for none.
+        pub altstack: (u64, i32, u64) =>
+            (Int("thread altstack"), Int("thread altstack flags"), Int("thread altstack size")),
+        /// Its rseq area: (address, length, signature); address 0 for none.
+        pub rseq: (u64, u32, u32) =>
+            (Int("thread rseq"), Int("thread rseq length"), Int("thread rseq signature")),
+        /// Its robust futex list: (head, length).
+        pub robust_list: (u64, u64) =>
+            (Int("thread robust list"), Int("thread robust list length")),
+        /// Its `set_tid_address` pointer.
+        pub tid_address: u64 => Int("thread tid address"),
+    }
 }
 
 /// Protection bits of a region.
@@ -252,79 +270,85 @@ pub mod prot {
     pub const EXEC: u8 = 4;
 }
 
-/// One memory region.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Region {
-    /// Start address (page-aligned).
-    pub start: u64,
-    /// End address (page-aligned, above `start`).
-    pub end: u64,
-    /// [`prot`] bits.
-    pub prot: u8,
-    /// The main stack (grows down).
-    pub stack: bool,
-    /// Where its pages come from.
-    pub source: Source,
+wire_struct! {
+    /// One memory region.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Region {
+        /// Start address (page-aligned).
+        pub start: u64 => Int("region start"),
+        /// End address (page-aligned, above `start`).
+        pub end: u64 => Int("region end"),
+        /// [`prot`] bits.
+        pub prot: u8 => Within("prot", 0..=7),
+        /// The main stack (grows down).
+        pub stack: bool => Flag("stack flag"),
+        /// Where its pages come from.
+        pub source: Source => Nested,
+    }
 }
 
-/// Everything about a process except its page data.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Header {
-    /// Where it was made.
-    pub machine: Machine,
-    /// Its pid when dumped.
-    pub pid: i32,
-    /// Its command name.
-    pub comm: String,
-    /// Its executable's path.
-    pub exe: String,
-    /// Its working directory.
-    pub cwd: String,
-    /// Its umask.
-    pub umask: u32,
-    /// Stack pointer to resume with.
-    pub rsp: u64,
-    /// Instruction pointer to resume at.
-    pub rip: u64,
-    /// `fs` base (thread pointer).
-    pub fs_base: u64,
-    /// `gs` base.
-    pub gs_base: u64,
-    /// Blocked signals.
-    pub sigmask: u64,
-    /// Dispositions other than the default.
-    pub sigactions: Vec<SigAction>,
-    /// Alternate signal stack: (address, flags, size); size 0 for none.
-    pub altstack: (u64, i32, u64),
-    /// Registered rseq area: (address, length, signature); address 0 for none.
-    pub rseq: (u64, u32, u32),
-    /// Robust futex list: (head, length).
-    pub robust_list: (u64, u64),
-    /// `set_tid_address` pointer.
-    pub tid_address: u64,
-    /// Execution domain.
-    pub personality: u32,
-    /// A buffer in the process (address, length; 0 for none) where a restorer writes a
-    /// NUL-terminated note for it: the path of the cluster socket where it now runs.
-    pub mailbox: (u64, u32),
-    /// Memory layout fields.
-    pub mm: MmFields,
-    /// The auxiliary vector, as (type, value) pairs.
-    pub auxv: Vec<(u64, u64)>,
-    /// Resource limits: (resource, soft, hard).
-    pub rlimits: Vec<(u32, u64, u64)>,
-    /// Kernel-made mappings to move into place.
-    pub specials: Vec<Special>,
-    /// Regular files open at fds 3 and up.
-    pub files: Vec<OpenFile>,
-    /// Memory regions, in address order, not overlapping.
-    pub regions: Vec<Region>,
-    /// The other threads.
-    pub threads: Vec<Thread>,
-    /// Where, from each thread's `fs` base, the C library keeps that thread's id (glibc's
-    /// `struct pthread` caches it), so a thread restored under another id can be told; 0 when
-    /// not found.
-    pub tid_slot: u32,
+wire_struct! {
+    /// Everything about a process except its page data.
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct Header {
+        /// Where it was made.
+        pub machine: Machine => Nested,
+        /// Its pid when dumped.
+        pub pid: i32 => Int("pid"),
+        /// Its command name.
+        pub comm: String => Text("comm", MAX_TEXT),
+        /// Its executable's path.
+        pub exe: String => Text("exe", MAX_TEXT),
+        /// Its working directory.
+        pub cwd: String => Text("cwd", MAX_TEXT),
+        /// Its umask.
+        pub umask: u32 => Int("umask"),
+        /// Stack pointer to resume with.
+        pub rsp: u64 => Int("rsp"),
+        /// Instruction pointer to resume at.
+        pub rip: u64 => Int("rip"),
+        /// `fs` base (thread pointer).
+        pub fs_base: u64 => Int("fs base"),
+        /// `gs` base.
+        pub gs_base: u64 => Int("gs base"),
+        /// Blocked signals.
+        pub sigmask: u64 => Int("signal mask"),
+        /// Dispositions other than the default.
+        pub sigactions: Vec<SigAction> => List("signal actions", 64, 33, Nested),
+        /// Alternate signal stack: (address, flags, size); size 0 for none.
+        pub altstack: (u64, i32, u64) =>
+            (Int("altstack"), Int("altstack flags"), Int("altstack size")),
+        /// Registered rseq area: (address, length, signature); address 0 for none.
+        pub rseq: (u64, u32, u32) => (Int("rseq"), Int("rseq length"), Int("rseq signature")),
+        /// Robust futex list: (head, length).
+        pub robust_list: (u64, u64) => (Int("robust list"), Int("robust list length")),
+        /// `set_tid_address` pointer.
+        pub tid_address: u64 => Int("tid address"),
+        /// Execution domain.
+        pub personality: u32 => Int("personality"),
+        /// A buffer in the process (address, length; 0 for none) where a restorer writes a
+        /// NUL-terminated note for it: the path of the cluster socket where it now runs.
+        pub mailbox: (u64, u32) => (Int("mailbox"), Int("mailbox length")),
+        /// Memory layout fields.
+        pub mm: MmFields => Nested,
+        /// The auxiliary vector, as (type, value) pairs.
+        pub auxv: Vec<(u64, u64)> => List("auxv", 256, 16, (Int("auxv type"), Int("auxv value"))),
+        /// Resource limits: (resource, soft, hard).
+        pub rlimits: Vec<(u32, u64, u64)> =>
+            List("rlimits", 64, 20, (Int("resource"), Int("soft limit"), Int("hard limit"))),
+        /// Kernel-made mappings to move into place.
+        pub specials: Vec<Special> => List("special mappings", 16, 20, Nested),
+        /// Regular files open at fds 3 and up.
+        pub files: Vec<OpenFile> => List("open files", MAX_FILES, 20, Nested),
+        /// Memory regions, in address order, not overlapping.
+        pub regions: Vec<Region> => List("regions", MAX_REGIONS, 19, Nested),
+        /// The other threads.
+        pub threads: Vec<Thread> => List("threads", MAX_THREADS, THREAD_MIN, Nested),
+        /// Where, from each thread's `fs` base, the C library keeps that thread's id (glibc's
+        /// `struct pthread` caches it), so a thread restored under another id can be told; 0 when
+        /// not found.
+        pub tid_slot: u32 => Int("tid slot"),
+    }
 }
 
 /// A chunk head or the end of the chunks.
@@ -430,7 +454,7 @@ impl Header {
     /// The preamble and header: the first bytes of the image.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new(Vec::new());
-        self.encode_body(&mut w);
+        self.put(&mut w);
         let body = w.into_inner();
         let mut out = Vec::with_capacity(PREAMBLE_LEN + body.len());
         out.extend_from_slice(&MAGIC);
@@ -450,7 +474,7 @@ impl Header {
             return Err(ImageError::Checksum("header"));
         }
         let mut r = Reader::new(body);
-        let h = Header::decode_body(&mut r)?;
+        let h = Header::get(&mut r)?;
         r.finish()?;
         h.check_layout()?;
         Ok(h)
@@ -496,290 +520,10 @@ impl Header {
         }
         Ok(())
     }
-
-    fn encode_body(&self, w: &mut Writer) {
-        let m = &self.machine;
-        w.str(&m.arch);
-        w.str(&m.kernel);
-        w.fixed(&m.vdso_hash);
-        w.fixed(&m.cpu_hash);
-        w.i32(self.pid);
-        w.str(&self.comm);
-        w.str(&self.exe);
-        w.str(&self.cwd);
-        w.u32(self.umask);
-        for v in [self.rsp, self.rip, self.fs_base, self.gs_base, self.sigmask] {
-            w.u64(v);
-        }
-        w.u32(self.sigactions.len() as u32);
-        for a in &self.sigactions {
-            w.u8(a.signal);
-            w.u64(a.handler);
-            w.u64(a.flags);
-            w.u64(a.restorer);
-            w.u64(a.mask);
-        }
-        w.u64(self.altstack.0);
-        w.i32(self.altstack.1);
-        w.u64(self.altstack.2);
-        w.u64(self.rseq.0);
-        w.u32(self.rseq.1);
-        w.u32(self.rseq.2);
-        w.u64(self.robust_list.0);
-        w.u64(self.robust_list.1);
-        w.u64(self.tid_address);
-        w.u32(self.personality);
-        w.u64(self.mailbox.0);
-        w.u32(self.mailbox.1);
-        for v in self.mm.to_array() {
-            w.u64(v);
-        }
-        w.u32(self.auxv.len() as u32);
-        for (k, v) in &self.auxv {
-            w.u64(*k);
-            w.u64(*v);
-        }
-        w.u32(self.rlimits.len() as u32);
-        for (r, soft, hard) in &self.rlimits {
-            w.u32(*r);
-            w.u64(*soft);
-            w.u64(*hard);
-        }
-        w.u32(self.specials.len() as u32);
-        for s in &self.specials {
-            w.str(&s.name);
-            w.u64(s.start);
-            w.u64(s.end);
-        }
-        w.u32(self.files.len() as u32);
-        for f in &self.files {
-            w.i32(f.fd);
-            w.str(&f.path);
-            w.i32(f.flags);
-            w.u64(f.offset);
-        }
-        w.u32(self.regions.len() as u32);
-        for r in &self.regions {
-            w.u64(r.start);
-            w.u64(r.end);
-            w.u8(r.prot);
-            w.u8(u8::from(r.stack));
-            match &r.source {
-                Source::Anonymous => w.u8(0),
-                Source::Copied { path } => {
-                    w.u8(1);
-                    w.str(path);
-                }
-                Source::File { path, offset, size, mtime } => {
-                    w.u8(2);
-                    w.str(path);
-                    w.u64(*offset);
-                    w.u64(*size);
-                    w.u64(mtime.0 as u64);
-                    w.u32(mtime.1);
-                }
-            }
-        }
-        w.u32(self.threads.len() as u32);
-        for t in &self.threads {
-            w.i32(t.tid);
-            for v in &t.regs {
-                w.u64(*v);
-            }
-            w.bytes(&t.xstate);
-            w.u64(t.sigmask);
-            w.u64(t.altstack.0);
-            w.i32(t.altstack.1);
-            w.u64(t.altstack.2);
-            w.u64(t.rseq.0);
-            w.u32(t.rseq.1);
-            w.u32(t.rseq.2);
-            w.u64(t.robust_list.0);
-            w.u64(t.robust_list.1);
-            w.u64(t.tid_address);
-        }
-        w.u32(self.tid_slot);
-    }
-
-    fn decode_body(r: &mut Reader<'_>) -> Result<Header, ImageError> {
-        let machine = Machine {
-            arch: r.str("arch", MAX_TEXT)?,
-            kernel: r.str("kernel", MAX_TEXT)?,
-            vdso_hash: r.fixed("vdso hash")?,
-            cpu_hash: r.fixed("cpu hash")?,
-        };
-        let pid = r.i32("pid")?;
-        let comm = r.str("comm", MAX_TEXT)?;
-        let exe = r.str("exe", MAX_TEXT)?;
-        let cwd = r.str("cwd", MAX_TEXT)?;
-        let umask = r.u32("umask")?;
-        let rsp = r.u64("rsp")?;
-        let rip = r.u64("rip")?;
-        let fs_base = r.u64("fs base")?;
-        let gs_base = r.u64("gs base")?;
-        let sigmask = r.u64("signal mask")?;
-        let n = r.count("signal actions", 64, 33)?;
-        let mut sigactions = Vec::with_capacity(n);
-        for _ in 0..n {
-            let signal = r.u8("signal")?;
-            if !(1..=64).contains(&signal) {
-                return Err(DecodeError::BadValue { what: "signal", value: signal.into() }.into());
-            }
-            sigactions.push(SigAction {
-                signal,
-                handler: r.u64("handler")?,
-                flags: r.u64("sa_flags")?,
-                restorer: r.u64("restorer")?,
-                mask: r.u64("sa_mask")?,
-            });
-        }
-        let altstack = (r.u64("altstack")?, r.i32("altstack flags")?, r.u64("altstack size")?);
-        let rseq = (r.u64("rseq")?, r.u32("rseq length")?, r.u32("rseq signature")?);
-        let robust_list = (r.u64("robust list")?, r.u64("robust list length")?);
-        let tid_address = r.u64("tid address")?;
-        let personality = r.u32("personality")?;
-        let mailbox = (r.u64("mailbox")?, r.u32("mailbox length")?);
-        let mut f = [0u64; 11];
-        for v in f.iter_mut() {
-            *v = r.u64("mm field")?;
-        }
-        let mm = MmFields {
-            start_code: f[0],
-            end_code: f[1],
-            start_data: f[2],
-            end_data: f[3],
-            start_brk: f[4],
-            brk: f[5],
-            start_stack: f[6],
-            arg_start: f[7],
-            arg_end: f[8],
-            env_start: f[9],
-            env_end: f[10],
-        };
-        let n = r.count("auxv", 256, 16)?;
-        let mut auxv = Vec::with_capacity(n);
-        for _ in 0..n {
-            auxv.push((r.u64("auxv type")?, r.u64("auxv value")?));
-        }
-        let n = r.count("rlimits", 64, 20)?;
-        let mut rlimits = Vec::with_capacity(n);
-        for _ in 0..n {
-            rlimits.push((r.u32("resource")?, r.u64("soft limit")?, r.u64("hard limit")?));
-        }
-        let n = r.count("special mappings", 16, 20)?;
-        let mut specials = Vec::with_capacity(n);
-        for _ in 0..n {
-            specials.push(Special {
-                name: r.str("special name", 64)?,
-                start: r.u64("special start")?,
-                end: r.u64("special end")?,
-            });
-        }
-        let n = r.count("open files", MAX_FILES, 20)?;
-        let mut files = Vec::with_capacity(n);
-        for _ in 0..n {
-            let fd = r.i32("fd")?;
-            if !(3..=1 << 20).contains(&fd) {
-                return Err(DecodeError::BadValue { what: "fd", value: fd as u64 }.into());
-            }
-            files.push(OpenFile {
-                fd,
-                path: r.str("path", MAX_TEXT)?,
-                flags: r.i32("open flags")?,
-                offset: r.u64("file offset")?,
-            });
-        }
-        let n = r.count("regions", MAX_REGIONS, 19)?;
-        let mut regions = Vec::with_capacity(n);
-        for _ in 0..n {
-            let start = r.u64("region start")?;
-            let end = r.u64("region end")?;
-            let prot = r.u8("prot")?;
-            if prot > 7 {
-                return Err(DecodeError::BadValue { what: "prot", value: prot.into() }.into());
-            }
-            let stack = match r.u8("stack flag")? {
-                0 => false,
-                1 => true,
-                v => {
-                    return Err(DecodeError::BadValue { what: "stack flag", value: v.into() }.into())
-                }
-            };
-            let source = match r.u8("region source")? {
-                0 => Source::Anonymous,
-                1 => Source::Copied { path: r.str("path", MAX_TEXT)? },
-                2 => Source::File {
-                    path: r.str("path", MAX_TEXT)?,
-                    offset: r.u64("file offset")?,
-                    size: r.u64("file size")?,
-                    mtime: (r.u64("mtime")? as i64, r.u32("mtime ns")?),
-                },
-                v => {
-                    return Err(
-                        DecodeError::BadValue { what: "region source", value: v.into() }.into()
-                    )
-                }
-            };
-            regions.push(Region { start, end, prot, stack, source });
-        }
-        let n = r.count("threads", MAX_THREADS, 4 + REGS * 8 + 4 + 76)?;
-        let mut threads = Vec::with_capacity(n);
-        for _ in 0..n {
-            let tid = r.i32("tid")?;
-            let mut regs = Vec::with_capacity(REGS);
-            for _ in 0..REGS {
-                regs.push(r.u64("register")?);
-            }
-            threads.push(Thread {
-                tid,
-                regs,
-                xstate: r.bytes("xstate", MAX_XSTATE)?.to_vec(),
-                sigmask: r.u64("thread signal mask")?,
-                altstack: (
-                    r.u64("thread altstack")?,
-                    r.i32("thread altstack flags")?,
-                    r.u64("thread altstack size")?,
-                ),
-                rseq: (
-                    r.u64("thread rseq")?,
-                    r.u32("thread rseq length")?,
-                    r.u32("thread rseq signature")?,
-                ),
-                robust_list: (r.u64("thread robust list")?, r.u64("thread robust list length")?),
-                tid_address: r.u64("thread tid address")?,
-            });
-        }
-        let tid_slot = r.u32("tid slot")?;
-        Ok(Header {
-            machine,
-            pid,
-            comm,
-            exe,
-            cwd,
-            umask,
-            rsp,
-            rip,
-            fs_base,
-            gs_base,
-            sigmask,
-            sigactions,
-            altstack,
-            rseq,
-            robust_list,
-            tid_address,
-            personality,
-            mailbox,
-            mm,
-            auxv,
-            rlimits,
-            specials,
-            files,
-            regions,
-            threads,
-            tid_slot,
-        })
-    }
 }
+
+/// Smallest encoding of a [`Thread`], which bounds the thread list's count.
+const THREAD_MIN: usize = 4 + REGS * 8 + 4 + 76;
 
 /// Reads an image from a stream, or from memory, the header first, then the chunks one at a
 /// time, each checked against the header and its CRC.
@@ -903,6 +647,21 @@ pub enum ReadError {
 mod tests {
     use super::*;
 
+    fn thread(tid: i32, fill: u8) -> Thread {
+        Thread {
+            tid,
+            regs: (0..REGS as u64).map(|r| r * 0x1000 + u64::from(fill)).collect(),
+            xstate: vec![fill; 40],
+            sigmask: 1 << 9,
+            altstack: (0x7f00_0001_0000, 2, 8192),
+            rseq: (0x7ffd_0000_1000, 32, 0x5305_3053),
+            robust_list: (0x7ffd_0000_2000, 24),
+            tid_address: 0x7ffd_0000_2010,
+        }
+    }
+
+    /// A header using every field (two of each list, every region source); its bytes are
+    /// the golden fixture `tests/golden/header.hex`.
     pub(crate) fn sample() -> Header {
         Header {
             machine: Machine {
@@ -919,13 +678,41 @@ mod tests {
             rsp: 0x7ffd_0000_1000,
             rip: 0x5555_0000_1234,
             fs_base: 0x7f00_0000_0740,
+            gs_base: 0x7f00_0000_0800,
             sigmask: 1 << 11,
-            sigactions: vec![SigAction {
-                signal: 10,
-                handler: 0x5555_0000_2000,
-                ..Default::default()
-            }],
+            sigactions: vec![
+                SigAction { signal: 10, handler: 0x5555_0000_2000, flags: 4, restorer: 7, mask: 1 },
+                SigAction { signal: 64, handler: 1, flags: 0, restorer: 0, mask: u64::MAX },
+            ],
+            altstack: (0x7f00_0002_0000, 0, 65536),
             rseq: (0x7f00_0000_0ea0, 32, 0x5305_3053),
+            robust_list: (0x7f00_0000_0a20, 24),
+            tid_address: 0x7f00_0000_0a10,
+            personality: 0x0040_0000,
+            mailbox: (0x5555_0000_3000, 4096),
+            mm: MmFields {
+                start_code: 1,
+                end_code: 2,
+                start_data: 3,
+                end_data: 4,
+                start_brk: 5,
+                brk: 6,
+                start_stack: 7,
+                arg_start: 8,
+                arg_end: 9,
+                env_start: 10,
+                env_end: 11,
+            },
+            auxv: vec![(6, 4096), (33, 0x7fff_0000_0000)],
+            rlimits: vec![(7, 1024, 4096), (3, 8 << 20, u64::MAX)],
+            specials: vec![
+                Special { name: "[vdso]".into(), start: 0x7fff_0000_0000, end: 0x7fff_0000_2000 },
+                Special { name: "[vvar]".into(), start: 0x7fff_0000_2000, end: 0x7fff_0000_6000 },
+            ],
+            files: vec![
+                OpenFile { fd: 3, path: "/tmp/log".into(), flags: 0o2001, offset: 77 },
+                OpenFile { fd: 9, path: "/etc/hosts".into(), flags: 0, offset: 0 },
+            ],
             regions: vec![
                 Region {
                     start: 0x5555_0000_0000,
@@ -934,10 +721,17 @@ mod tests {
                     stack: false,
                     source: Source::File {
                         path: "/usr/bin/app".into(),
-                        offset: 0,
+                        offset: 0x1000,
                         size: 9000,
-                        mtime: (1_700_000_000, 5),
+                        mtime: (-1_700_000_000, 5),
                     },
+                },
+                Region {
+                    start: 0x5555_0000_2000,
+                    end: 0x5555_0000_4000,
+                    prot: prot::READ,
+                    stack: false,
+                    source: Source::Copied { path: "/tmp/data".into() },
                 },
                 Region {
                     start: 0x7ffd_0000_0000,
@@ -947,23 +741,8 @@ mod tests {
                     source: Source::Anonymous,
                 },
             ],
-            specials: vec![Special {
-                name: "[vdso]".into(),
-                start: 0x7fff_0000_0000,
-                end: 0x7fff_0000_2000,
-            }],
-            threads: vec![Thread {
-                tid: 43,
-                regs: (0..REGS as u64).collect(),
-                xstate: vec![9; 832],
-                sigmask: 1 << 9,
-                altstack: (0, 2, 0),
-                rseq: (0x7ffd_0000_1000, 32, 0x5305_3053),
-                robust_list: (0x7ffd_0000_2000, 24),
-                tid_address: 0x7ffd_0000_2010,
-            }],
+            threads: vec![thread(43, 9), thread(44, 10)],
             tid_slot: 0x2d0,
-            ..Default::default()
         }
     }
 
@@ -1053,5 +832,25 @@ mod tests {
         let bytes = h.encode();
         let pre = Preamble::parse(bytes[..PREAMBLE_LEN].try_into().unwrap()).unwrap();
         assert!(matches!(Header::decode(&pre, &bytes[PREAMBLE_LEN..]), Err(ImageError::Layout(_))));
+    }
+
+    /// The image's first bytes are the committed fixture, and decode back to the sample.
+    /// After a deliberate format change (and a bump of `VERSION`), rewrite the fixture with
+    /// `BPROC_BLESS=1 cargo test -p bproc-image golden`.
+    #[test]
+    fn header_matches_its_fixture() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/header.hex");
+        let bytes = sample().encode();
+        if std::env::var_os("BPROC_BLESS").is_some() {
+            let text: String = bytes.chunks(32).map(|c| hex::encode(c) + "\n").collect();
+            std::fs::write(&path, text).unwrap();
+            return;
+        }
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (write it with BPROC_BLESS=1)", path.display()));
+        let fixture = hex::decode(text.split_whitespace().collect::<String>()).unwrap();
+        assert!(fixture == bytes, "{}: the header encodes differently", path.display());
+        let pre = Preamble::parse(fixture[..PREAMBLE_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(Header::decode(&pre, &fixture[PREAMBLE_LEN..]), Ok(sample()));
     }
 }

@@ -24,6 +24,8 @@ pub mod conn;
 pub mod errno;
 mod frame;
 mod msg;
+mod parts;
+pub mod wire;
 
 /// BProc's master port: the TCP port slaves connect to unless configured otherwise.
 pub const DEFAULT_PORT: u16 = 2223;
@@ -32,10 +34,11 @@ pub const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
 
 pub use codec::{DecodeError, Reader, Writer};
 pub use frame::{check, decode, decode_body, encode, Header, HEADER_LEN, MAGIC, MAX_BODY, VERSION};
-pub use msg::{
+pub use msg::Message;
+pub use parts::{
     split_tree, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, FdIo, IoSpec, LibOp,
-    Message, NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat,
-    SlaveProc, StagedRef, TreeEntry, GHOST_FORKED, MAX_ARGS, MAX_ATTR_NAME, MAX_ATTR_VALUE,
-    MAX_COPY_ITEMS, MAX_FD, MAX_FD_IO, MAX_LAUNCH_TEXT, MAX_NODES, MAX_PATH, MAX_PROCS, MAX_STAGED,
-    MAX_STATE_LEN, MAX_TEXT, NODE_CLIENT, NODE_MASTER,
+    NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat, SlaveProc,
+    StagedRef, TreeEntry, GHOST_FORKED, MAX_ARGS, MAX_ATTR_NAME, MAX_ATTR_VALUE, MAX_COPY_ITEMS,
+    MAX_FD, MAX_FD_IO, MAX_LAUNCH_TEXT, MAX_NODES, MAX_PATH, MAX_PROCS, MAX_STAGED, MAX_STATE_LEN,
+    MAX_TEXT, NODE_CLIENT, NODE_MASTER,
 };
