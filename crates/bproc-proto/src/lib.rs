@@ -34,7 +34,7 @@ pub const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
 
 pub use codec::{DecodeError, Reader, Writer};
 pub use frame::{check, decode, decode_body, encode, Header, HEADER_LEN, MAGIC, MAX_BODY, VERSION};
-pub use msg::Message;
+pub use msg::{Message, MESSAGE_TYPES};
 pub use parts::{
     split_tree, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, FdIo, IoSpec, LibOp,
     NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat, SlaveProc,

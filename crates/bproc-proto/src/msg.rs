@@ -42,6 +42,10 @@ macro_rules! messages {
             },
         }
 
+        /// Every message's type number and name, in table order (for documentation checks
+        /// and tools that list the protocol).
+        pub const MESSAGE_TYPES: &[(u16, &str)] = &[ $( ($num, stringify!($name)), )* ];
+
         impl Message {
             /// The frame type number of this message.
             pub fn msg_type(&self) -> u16 {
