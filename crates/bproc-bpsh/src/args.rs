@@ -167,7 +167,15 @@ pub fn parse(args: Vec<OsString>) -> Result<Args, Stop> {
             other => return Err(u(other.unexpected())),
         }
     }
-    // --fold: what each option does with it, or why it cannot be combined.
+    check_fold(&mut a)?;
+    if a.command.is_empty() {
+        return Err(Stop::Usage("no command given".into()));
+    }
+    Ok(a)
+}
+
+/// `--fold`: what each option does with it, or why it cannot be combined.
+fn check_fold(a: &mut Args) -> Result<(), Stop> {
     if a.fold && a.json {
         return Err(Stop::Usage("--fold and --json both collect the output; choose one".into()));
     }
@@ -189,10 +197,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Args, Stop> {
         // Groups come in node order anyway; -L changes nothing in whole outputs.
         a.sequential = false;
     }
-    if a.command.is_empty() {
-        return Err(Stop::Usage("no command given".into()));
-    }
-    Ok(a)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -642,14 +642,14 @@ fn watch_ghosts(mut ghosts: Vec<(usize, i32)>, tx: mpsc::UnboundedSender<(usize,
     });
 }
 
-async fn run(a: Args, p: Prepared) -> ExitCode {
-    let (kill_tx, kill_rx) = mpsc::unbounded_channel::<i32>();
-    catch_signals(&kill_tx);
-    let n = p.nodes.len();
-    let mut spec = p.spec;
-    let forwards: Vec<bool> = spec.io.iter().map(|io| *io == IoSpec::Forward).collect();
+/// The forwarded fds' slots (where connections are delivered) and, for each rank, the
+/// receiving ends its readers and stdin writer take.
+type FdSlots = (Arc<Mutex<Vec<[Slot; 3]>>>, Vec<[Option<mpsc::UnboundedReceiver<Conn>>; 3]>);
+
+/// A slot for each forwarded fd (`forwards`) of each of `n` ranks.
+fn fd_slots(n: usize, forwards: &[bool]) -> FdSlots {
     let slots: Arc<Mutex<Vec<[Slot; 3]>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
-    let mut receivers: Vec<[Option<mpsc::UnboundedReceiver<Conn>>; 3]> = Vec::with_capacity(n);
+    let mut receivers = Vec::with_capacity(n);
     for _ in 0..n {
         let mut senders: [Slot; 3] = [None, None, None];
         let mut rxs: [Option<mpsc::UnboundedReceiver<Conn>>; 3] = [None, None, None];
@@ -663,18 +663,28 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         slots.lock().unwrap_or_else(|e| e.into_inner()).push(senders);
         receivers.push(rxs);
     }
-    if forwards.iter().any(|f| *f) || !spec.files.is_empty() {
-        let listener = match listen(SocketAddr::new(p.listen_ip.into(), 0)) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("bpsh: cannot listen on {} for I/O: {e}", p.listen_ip);
-                return ExitCode::FAILURE;
-            }
-        };
-        spec.io_port = listener.local_addr().map_or(0, |a| a.port());
-        tokio::spawn(accept_loop(listener, spec.token, slots.clone(), p.staged.clone()));
-    }
+    (slots, receivers)
+}
 
+/// The connection to the master, which carries exits in and signals out once the job runs.
+type MasterConn = (tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf);
+
+/// A launch as the master answered it.
+struct Launched {
+    /// Each rank's ghost (0: none).
+    ghosts: Vec<i32>,
+    /// Each rank's pid, or a negated error; 0 for a rank on the front end left to bpsh.
+    pids: Vec<i32>,
+    /// Why ranks did not start, as their nodes said.
+    reasons: Vec<Option<String>>,
+    /// When the connection was made (`-t` counts from here).
+    start: Instant,
+}
+
+/// Connects to the master and launches `spec` on the nodes, each remote process with a ghost
+/// when there is a ghost program; the master's answer, or the exit code once bpsh said why
+/// not.
+async fn launch(p: &Prepared, spec: &ProcSpec) -> Result<(MasterConn, Launched), ExitCode> {
     let path = bproc::socket_path();
     let limit = bproc::timeout();
     let timed_out = |what| bproc::BprocError::Timeout {
@@ -686,11 +696,11 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
             eprintln!("bpsh: {}", bproc::connect_error(&path, e));
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
         None => {
             eprintln!("bpsh: {}", timed_out("accept the connection"));
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
     let (mut mrd, mut mwr) = conn.into_split();
@@ -701,27 +711,23 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         Some(g) => {
             bproc::launch::ghosts_keeping_output(g, &bproc::ghost::comm_of(&spec.path), &p.nodes)
         }
-        None => vec![0; n],
+        None => vec![0; p.nodes.len()],
     };
-    let has_ghosts = ghosts.iter().any(|g| *g > 0);
     let launch = Message::Launch {
         nodes: p.nodes.clone(),
         spec: spec.clone(),
         ghosts: ghosts.clone(),
         io_ports: Vec::new(),
     };
+    let fail = |ghosts: Vec<i32>, why: String| {
+        eprintln!("bpsh: {why}");
+        bproc::ghost::discard(ghosts);
+        ExitCode::FAILURE
+    };
     match within(limit, write_frame(&mut mwr, 1, &launch)).await {
         Some(Ok(())) => {}
-        Some(Err(e)) => {
-            eprintln!("bpsh: bproc_vexecmove_io: {e}");
-            bproc::ghost::discard(ghosts);
-            return ExitCode::FAILURE;
-        }
-        None => {
-            eprintln!("bpsh: {}", timed_out("answer"));
-            bproc::ghost::discard(ghosts);
-            return ExitCode::FAILURE;
-        }
+        Some(Err(e)) => return Err(fail(ghosts, format!("bproc_vexecmove_io: {e}"))),
+        None => return Err(fail(ghosts, timed_out("answer").to_string())),
     }
     // The master answers once every node has reported its start (it gives each 30 s), after
     // the reasons nodes gave for ranks they could not start.
@@ -739,32 +745,48 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         }
     })
     .await;
-    let mut pids = match answer {
+    let pids = match answer {
         Some(Ok(Some((_, Message::Launched { pids })))) => pids,
         Some(Ok(Some((_, Message::Error { code, .. })))) => {
             eprintln!("bproc_vexecmove_io: {}", strerror(code));
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
-        None => {
-            eprintln!("bpsh: {}", timed_out("answer"));
-            bproc::ghost::discard(ghosts);
-            return ExitCode::FAILURE;
-        }
+        None => return Err(fail(ghosts, timed_out("answer").to_string())),
         Some(other) => {
             eprintln!("bpsh: bproc_vexecmove_io: unexpected answer from bpmaster: {other:?}");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
-    // Ranks on the front end (spec `master`) run here, as the caller; the master skipped them.
-    let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(u32, ExitStatus)>();
-    let local_pids: Arc<Mutex<Vec<i32>>> = Arc::default();
-    // From a node, `master` is the front end, where this bpsh's ghost started the rank for
-    // it (the master's pid and refusals count, as for a node).
-    let local = |rank: usize| {
-        p.nodes[rank] == bproc_proto::NODE_MASTER && p.here == bproc_proto::NODE_MASTER
+    Ok(((mrd, mwr), Launched { ghosts, pids, reasons, start }))
+}
+
+/// Runs a prepared job: listen for its fds, launch it, then follow it to its end.
+async fn run(a: Args, p: Prepared) -> ExitCode {
+    let (kill_tx, kill_rx) = mpsc::unbounded_channel::<i32>();
+    catch_signals(&kill_tx);
+    let mut spec = p.spec.clone();
+    let forwards: Vec<bool> = spec.io.iter().map(|io| *io == IoSpec::Forward).collect();
+    let (slots, receivers) = fd_slots(p.nodes.len(), &forwards);
+    if forwards.iter().any(|f| *f) || !spec.files.is_empty() {
+        let listener = match listen(SocketAddr::new(p.listen_ip.into(), 0)) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("bpsh: cannot listen on {} for I/O: {e}", p.listen_ip);
+                return ExitCode::FAILURE;
+            }
+        };
+        spec.io_port = listener.local_addr().map_or(0, |a| a.port());
+        tokio::spawn(accept_loop(listener, spec.token, slots.clone(), p.staged.clone()));
+    }
+    let (master, mut launched) = match launch(&p, &spec).await {
+        Ok(l) => l,
+        Err(code) => return code,
     };
-    for (rank, pid) in pids.iter_mut().enumerate() {
-        if local(rank) && *pid == 0 {
+    // Ranks on the front end (spec `master`) run here, as the caller; the master skipped them.
+    let (exit_tx, exit_rx) = mpsc::unbounded_channel::<(u32, ExitStatus)>();
+    let local_pids: Arc<Mutex<Vec<i32>>> = Arc::default();
+    for (rank, pid) in launched.pids.iter_mut().enumerate() {
+        if is_local(&p, rank) && *pid == 0 {
             *pid = match start_local(&spec, rank, &slots, exit_tx.clone()) {
                 Ok(local) => {
                     local_pids.lock().unwrap_or_else(|e| e.into_inner()).push(local);
@@ -774,68 +796,468 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             };
         }
     }
-    let out_streams = u8::from(forwards[1]) + u8::from(forwards[2]);
-    let mut ranks: Vec<Rank> = p
-        .nodes
-        .iter()
-        .zip(&pids)
-        .map(|(&node, &pid)| Rank {
-            node,
-            timed_out: false,
-            open: out_streams,
-            status: None,
-            failed: pid <= 0,
-            master_gone: false,
-            ghost: false,
-            ghost_end: None,
-            lingering: None,
-        })
-        .collect();
-    // What a rank that did not start says: its node's reason, else the error's text.
-    let why = |rank: usize, pid: i32| reasons[rank].clone().unwrap_or_else(|| strerror(-pid));
-    for (rank, (r, pid)) in ranks.iter().zip(&pids).enumerate().filter(|(_, (r, _))| r.failed) {
-        eprintln!("{}: {}", r.node, why(rank, *pid));
-    }
-    bproc::ghost::discard(ghosts.iter().zip(&ranks).filter(|(_, r)| r.failed).map(|(g, _)| *g));
-    // Every live ghost is watched and reaped here.
-    let (reaped_tx, mut reaped_rx) = mpsc::unbounded_channel::<(usize, ExitStatus)>();
-    let (late_tx, mut late_rx) = mpsc::unbounded_channel::<(usize, ExitStatus)>();
-    let mut watched = Vec::new();
-    for (rank, (&g, r)) in ghosts.iter().zip(ranks.iter_mut()).enumerate() {
-        if g > 0 && !r.failed {
-            r.ghost = true;
-            watched.push((rank, g));
-        }
-    }
-    watch_ghosts(watched, reaped_tx);
+    let master_gone = follow_master(master, &launched, exit_tx.clone(), kill_rx, local_pids);
+    let links = Links { kill: kill_tx, exits: exit_tx, exit_rx, master_gone };
+    let mut session = Session::new(a, p, launched, receivers, links);
+    session.run().await;
+    session.finish().await
+}
 
-    // Master events: exits in, signals out.
-    let (gone_tx, mut gone_rx) = oneshot::channel::<()>();
-    let ghost_exits = exit_tx.clone();
+/// Master events: exits in (until its connection ends, which the returned receiver tells),
+/// signals out (`kill`), to the processes bpsh started (`local`) and through the master or,
+/// once it is gone, the ghosts.
+fn follow_master(
+    master: MasterConn,
+    launched: &Launched,
+    exits: mpsc::UnboundedSender<(u32, ExitStatus)>,
+    kill: mpsc::UnboundedReceiver<i32>,
+    local: Arc<Mutex<Vec<i32>>>,
+) -> oneshot::Receiver<()> {
+    let (mut mrd, mwr) = master;
+    let (gone_tx, gone_rx) = oneshot::channel::<()>();
     tokio::spawn(async move {
         while let Ok(Some((_, msg))) = read_frame(&mut mrd).await {
             if let Message::ProcExit { rank, status, .. } = msg {
-                let _ = exit_tx.send((rank, status));
+                let _ = exits.send((rank, status));
             }
         }
         let _ = gone_tx.send(());
     });
-    let ghost_pids: Vec<i32> =
-        ghosts.iter().zip(&ranks).filter(|(g, r)| **g > 0 && !r.failed).map(|(g, _)| *g).collect();
-    tokio::spawn(forward_signals(mwr, kill_rx, local_pids, has_ghosts, ghost_pids));
-    let mut master_lost = false;
-    let kill_all = |why: String| {
-        eprintln!("bpsh: {why}");
-        let _ = kill_tx.send(nix::sys::signal::Signal::SIGKILL as i32);
-    };
+    let ghosts = &launched.ghosts;
+    let has_ghosts = ghosts.iter().any(|g| *g > 0);
+    // The ghosts of ranks that started (the others' were discarded).
+    let ghost_pids: Vec<i32> = ghosts
+        .iter()
+        .zip(&launched.pids)
+        .filter(|(g, p)| **g > 0 && **p > 0)
+        .map(|(g, _)| *g)
+        .collect();
+    tokio::spawn(forward_signals(mwr, kill, local, has_ghosts, ghost_pids));
+    gone_rx
+}
 
-    // Output readers: in sequential mode a rank's streams are read only in its turn.
-    let (turn_tx, turn_rx) = watch::channel(0usize);
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(64);
+/// How a session reaches the rest of the run: the signals to relay, the exits reported.
+struct Links {
+    /// Signals to relay to every process.
+    kill: mpsc::UnboundedSender<i32>,
+    /// Where exits are sent, and received.
+    exits: mpsc::UnboundedSender<(u32, ExitStatus)>,
+    exit_rx: mpsc::UnboundedReceiver<(u32, ExitStatus)>,
+    /// Fires when the master's connection ends.
+    master_gone: oneshot::Receiver<()>,
+}
+
+/// From a node, `master` is the front end, where this bpsh's ghost started the rank for it
+/// (the master's pid and refusals count, as for a node); only on the front end does bpsh
+/// start rank `rank` itself.
+fn is_local(p: &Prepared, rank: usize) -> bool {
+    p.nodes[rank] == bproc_proto::NODE_MASTER && p.here == bproc_proto::NODE_MASTER
+}
+
+/// What the run loop waits on.
+struct Events {
+    /// The ranks' output, from their stream readers.
+    output: mpsc::Receiver<Out>,
+    /// The ranks' exits: from the master, from processes bpsh started, from ghosts once the
+    /// master is gone.
+    exits: mpsc::UnboundedReceiver<(u32, ExitStatus)>,
+    /// Fires when the master's connection ends.
+    master_gone: oneshot::Receiver<()>,
+    /// Ghosts reaped, with how they ended.
+    reaped: mpsc::UnboundedReceiver<(usize, ExitStatus)>,
+    /// Whether ghosts are still watched (the watcher ends with the last one).
+    watching: bool,
+    /// A reaped ghost's end, once the master had its chance to report its process first.
+    ghost_word: mpsc::UnboundedReceiver<(usize, ExitStatus)>,
+    /// `--timeout`'s deadline.
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// One event of a run.
+enum Event {
+    Output(Option<Out>),
+    Timeout,
+    MasterGone,
+    GhostReaped(usize, ExitStatus),
+    GhostsWatched,
+    GhostWord(Option<(usize, ExitStatus)>),
+    Linger,
+    Exit(Option<(u32, ExitStatus)>),
+}
+
+/// A job being followed: its ranks, their output and ends, until all are done.
+struct Session {
+    a: Args,
+    p: Prepared,
+    ranks: Vec<Rank>,
+    pids: Vec<i32>,
+    reasons: Vec<Option<String>>,
+    ghosts: Vec<i32>,
+    start: Instant,
+    events: Events,
+    /// Where exits are sent (a ghost stands for its process once the master is gone).
+    exits: mpsc::UnboundedSender<(u32, ExitStatus)>,
+    ghost_word: mpsc::UnboundedSender<(usize, ExitStatus)>,
+    /// Signals to relay to every process.
+    kill: mpsc::UnboundedSender<i32>,
+    /// Which ranks have ended: a stream's last connection is known only then (a process that
+    /// moves on from a node connects its streams again from the next).
+    ended: Vec<watch::Sender<bool>>,
+    /// In sequential mode, the rank whose output is read.
+    turn: usize,
+    turn_tx: watch::Sender<usize>,
+    fmt: Formatter,
+    /// --fold and --json print at the end: (stdout, stderr) per rank until then.
+    collected: Vec<(Vec<u8>, Vec<u8>)>,
+    killed: bool,
+    master_lost: bool,
+    stdout: tokio::io::Stdout,
+    stderr: tokio::io::Stderr,
+}
+
+impl Session {
+    /// Takes the launched job on: says which ranks did not start, watches the live ghosts,
+    /// and starts the stream readers and stdin's writers.
+    fn new(
+        a: Args,
+        p: Prepared,
+        launched: Launched,
+        mut receivers: Vec<[Option<mpsc::UnboundedReceiver<Conn>>; 3]>,
+        links: Links,
+    ) -> Session {
+        let Launched { ghosts, pids, reasons, start } = launched;
+        let Links { kill, exits, exit_rx, master_gone } = links;
+        let n = p.nodes.len();
+        let forwarded = |fd: usize| p.spec.io.get(fd) == Some(&IoSpec::Forward);
+        let out_streams = u8::from(forwarded(1)) + u8::from(forwarded(2));
+        let mut ranks: Vec<Rank> = p
+            .nodes
+            .iter()
+            .zip(&pids)
+            .map(|(&node, &pid)| Rank {
+                node,
+                timed_out: false,
+                open: out_streams,
+                status: None,
+                failed: pid <= 0,
+                master_gone: false,
+                ghost: false,
+                ghost_end: None,
+                lingering: None,
+            })
+            .collect();
+        // What a rank that did not start says: its node's reason, else the error's text.
+        let why = |rank: usize, pid: i32| reasons[rank].clone().unwrap_or_else(|| strerror(-pid));
+        for (rank, (r, pid)) in ranks.iter().zip(&pids).enumerate().filter(|(_, (r, _))| r.failed) {
+            eprintln!("{}: {}", r.node, why(rank, *pid));
+        }
+        bproc::ghost::discard(ghosts.iter().zip(&ranks).filter(|(_, r)| r.failed).map(|(g, _)| *g));
+        // Every live ghost is watched and reaped here.
+        let (reaped_tx, reaped) = mpsc::unbounded_channel();
+        let (ghost_word, ghost_word_rx) = mpsc::unbounded_channel();
+        let mut watched = Vec::new();
+        for (rank, (&g, r)) in ghosts.iter().zip(ranks.iter_mut()).enumerate() {
+            if g > 0 && !r.failed {
+                r.ghost = true;
+                watched.push((rank, g));
+            }
+        }
+        watch_ghosts(watched, reaped_tx);
+        // Output readers: in sequential mode a rank's streams are read only in its turn.
+        let (turn_tx, turn_rx) = watch::channel(0usize);
+        let ended: Vec<watch::Sender<bool>> = (0..n).map(|_| watch::channel(false).0).collect();
+        let output = start_streams(&a, &ranks, &mut receivers, &ended, &turn_rx);
+        let events = Events {
+            output,
+            exits: exit_rx,
+            master_gone,
+            reaped,
+            watching: true,
+            ghost_word: ghost_word_rx,
+            deadline: a.timeout.map(|t| tokio::time::Instant::now() + t),
+        };
+        Session {
+            fmt: Formatter::new(a.line, a.prefix, a.buffer, p.nodes.clone()),
+            collected: vec![(Vec::new(), Vec::new()); n],
+            a,
+            p,
+            ranks,
+            pids,
+            reasons,
+            ghosts,
+            start,
+            events,
+            exits,
+            ghost_word,
+            kill,
+            ended,
+            turn: 0,
+            turn_tx,
+            killed: false,
+            master_lost: false,
+            stdout: tokio::io::stdout(),
+            stderr: tokio::io::stderr(),
+        }
+    }
+
+    /// Handles events until every rank is done.
+    async fn run(&mut self) {
+        if self.a.divider && !self.ranks.is_empty() {
+            let _ = self.stdout.write_all(&divider(self.ranks[0].node)).await;
+            let _ = self.stdout.flush().await;
+        }
+        loop {
+            for (r, tx) in self.ranks.iter().zip(&self.ended) {
+                if r.status.is_some() && !*tx.borrow() {
+                    tx.send_replace(true);
+                }
+            }
+            if self.a.sequential {
+                self.advance_turn().await;
+            }
+            if self.ranks.iter().all(Rank::done) {
+                return;
+            }
+            match self.next_event().await {
+                Event::Output(out) => self.on_output(out).await,
+                Event::Timeout => self.on_timeout(),
+                Event::MasterGone => self.on_master_gone(),
+                Event::GhostReaped(rank, end) => self.on_ghost_reaped(rank, end),
+                Event::GhostsWatched => self.events.watching = false,
+                Event::GhostWord(Some((rank, end))) => {
+                    let r = &mut self.ranks[rank];
+                    if r.status.is_none() {
+                        r.status = Some(end);
+                    }
+                }
+                // Never: the session keeps a sender.
+                Event::GhostWord(None) => {}
+                Event::Linger => self.on_linger(),
+                Event::Exit(exit) => self.on_exit(exit),
+            }
+        }
+    }
+
+    /// Advances the sequential turn past finished ranks, a divider for each new one.
+    async fn advance_turn(&mut self) {
+        let n = self.ranks.len();
+        while self.turn < n && self.ranks[self.turn].done() {
+            self.turn += 1;
+            let _ = self.turn_tx.send(self.turn);
+            if self.a.divider && self.turn < n {
+                let _ = self.stdout.write_all(&divider(self.ranks[self.turn].node)).await;
+                let _ = self.stdout.flush().await;
+            }
+        }
+    }
+
+    /// Waits for the next event.
+    async fn next_event(&mut self) -> Event {
+        let reading = !self.ranks.iter().all(|r| r.open == 0 || r.failed);
+        let lingering = self.ranks.iter().any(|r| r.ghost && r.status.is_some() && r.open == 0);
+        let ev = &mut self.events;
+        tokio::select! {
+            out = ev.output.recv(), if reading => Event::Output(out),
+            _ = sleep_until(ev.deadline), if !self.killed => Event::Timeout,
+            _ = &mut ev.master_gone, if !self.master_lost => Event::MasterGone,
+            end = ev.reaped.recv(), if ev.watching => match end {
+                Some((rank, end)) => Event::GhostReaped(rank, end),
+                None => Event::GhostsWatched,
+            },
+            end = ev.ghost_word.recv() => Event::GhostWord(end),
+            _ = tokio::time::sleep(Duration::from_millis(50)), if lingering => Event::Linger,
+            exit = ev.exits.recv() => Event::Exit(exit),
+        }
+    }
+
+    /// Output from a rank, or the end of one of its streams; `None`: every reader is done.
+    async fn on_output(&mut self, out: Option<Out>) {
+        let (rank, fd, bytes) = match out {
+            Some(Out::Data(rank, fd, data)) => {
+                if self.ranks[rank].status == Some(ExitStatus::NodeLost) {
+                    return; // abandoned
+                }
+                (rank, fd, self.fmt.data(rank, fd, &data))
+            }
+            Some(Out::Eof(rank, fd)) => {
+                let bytes = self.fmt.eof(rank, fd);
+                self.ranks[rank].open = self.ranks[rank].open.saturating_sub(1);
+                (rank, fd, bytes)
+            }
+            None => {
+                for r in &mut self.ranks {
+                    r.open = 0;
+                }
+                return;
+            }
+        };
+        if self.a.fold || self.a.json {
+            let c = &mut self.collected[rank];
+            if fd == STDERR { &mut c.1 } else { &mut c.0 }.extend_from_slice(&bytes);
+        } else {
+            write_to(fd, &bytes, &mut self.stdout, &mut self.stderr).await;
+        }
+    }
+
+    /// Says why, and has every process killed.
+    fn kill_all(&self, why: String) {
+        eprintln!("bpsh: {why}");
+        let _ = self.kill.send(nix::sys::signal::Signal::SIGKILL as i32);
+    }
+
+    /// `--timeout` passed: what still runs is killed.
+    fn on_timeout(&mut self) {
+        self.killed = true;
+        for r in self.ranks.iter_mut().filter(|r| !r.failed && r.status.is_none()) {
+            r.timed_out = true;
+        }
+        let secs = self.a.timeout.map_or(0.0, |t| t.as_secs_f64());
+        self.kill_all(format!("--timeout: {secs} s passed; killing what still runs"));
+    }
+
+    /// The master went away: remote processes are followed through their ghosts; those
+    /// without one are lost with it.
+    fn on_master_gone(&mut self) {
+        self.master_lost = true;
+        let follow: Vec<(u32, i32)> = (self.ranks.iter().zip(&self.ghosts))
+            .enumerate()
+            .filter(|(_, (r, g))| {
+                !r.failed && r.status.is_none() && r.node != bproc_proto::NODE_MASTER && **g > 0
+            })
+            .map(|(i, (_, g))| (i as u32, *g))
+            .collect();
+        eprintln!(
+            "bpsh: bpmaster at {} went away; following {} remote process(es) through their \
+             ghosts until it is back",
+            bproc::socket_path().display(),
+            follow.len()
+        );
+        for i in 0..self.ranks.len() {
+            let followed = follow.iter().any(|f| f.0 as usize == i);
+            let local = is_local(&self.p, i);
+            let r = &mut self.ranks[i];
+            if !followed && !r.failed && r.status.is_none() && !local {
+                // Nothing follows it without the master: it is lost with it.
+                r.master_gone = true;
+                r.status = Some(ExitStatus::NodeLost);
+                r.open = 0;
+            }
+        }
+        // The ghosts are watched already: those that ended stand for their processes.
+        for &(rank, _) in &follow {
+            if let Some(end) = self.ranks[rank as usize].ghost_end {
+                let _ = self.exits.send((rank, end));
+            }
+        }
+    }
+
+    /// Rank `rank`'s ghost was reaped, having ended as `end`.
+    fn on_ghost_reaped(&mut self, rank: usize, end: ExitStatus) {
+        let r = &mut self.ranks[rank];
+        r.ghost = false;
+        r.ghost_end = Some(end);
+        if r.status.is_some() {
+            return;
+        }
+        if self.master_lost {
+            let _ = self.exits.send((rank as u32, end));
+        } else {
+            // A ghost that took its process back, and ended as it: the master no longer
+            // knows the process. Its word, if it comes, counts first.
+            let tx = self.ghost_word.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(GHOST_WORD).await;
+                let _ = tx.send((rank, end));
+            });
+        }
+    }
+
+    /// Ghosts of ranks that ended with their output drained are waited for no longer than
+    /// [`GHOST_LINGER`].
+    fn on_linger(&mut self) {
+        let now = Instant::now();
+        for r in self.ranks.iter_mut().filter(|r| r.ghost && r.status.is_some() && r.open == 0) {
+            let since = *r.lingering.get_or_insert(now);
+            if now.duration_since(since) > GHOST_LINGER {
+                r.ghost = false;
+            }
+        }
+    }
+
+    /// A rank ended (`None`: nothing more will be reported).
+    fn on_exit(&mut self, exit: Option<(u32, ExitStatus)>) {
+        let Some((rank, status)) = exit else {
+            // The master went away: nothing more will be reported.
+            for r in self.ranks.iter_mut().filter(|r| r.status.is_none()) {
+                r.status = Some(ExitStatus::NodeLost);
+                r.open = 0;
+            }
+            return;
+        };
+        let Some(r) = self.ranks.get_mut(rank as usize) else { return };
+        let kill = ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL as i32);
+        if self.master_lost && status == kill && !master_answers() {
+            // Its ghost gave up: no master came back within the grace period.
+            r.master_gone = true;
+        }
+        r.status = Some(status);
+        if status == ExitStatus::NodeLost && !r.master_gone {
+            eprintln!(
+                "bpsh: node {}: lost ({}); its process is gone",
+                r.node,
+                strerror(bproc::errno::BE_SLAVEDIED)
+            );
+        }
+        if status == ExitStatus::NodeLost {
+            // Its streams may never close: stop waiting for them.
+            r.open = 0;
+        }
+        if self.a.fail_fast && !self.killed && status != ExitStatus::Code(0) {
+            self.killed = true;
+            let node = r.node;
+            self.kill_all(format!("--fail-fast: node {node} failed; killing the others"));
+        }
+    }
+
+    /// Prints what is printed at the end (`--fold`, `--json`, `--report`, `-t`) and gives
+    /// the exit status.
+    async fn finish(mut self) -> ExitCode {
+        let (stdout, stderr) = (&mut self.stdout, &mut self.stderr);
+        let rows = || report_rows(&self.ranks, &self.pids, &self.reasons);
+        if self.a.fold {
+            for (fd, bytes) in report::fold(&rows(), &self.collected) {
+                write_to(fd, &bytes, stdout, stderr).await;
+            }
+        }
+        if self.a.json {
+            let _ = stdout.write_all(report::json(&rows(), &self.collected).as_bytes()).await;
+        }
+        let _ = stdout.flush().await;
+        let _ = stderr.flush().await;
+        if self.a.report {
+            let _ = stderr.write_all(report::table(&rows()).as_bytes()).await;
+            let _ = stderr.flush().await;
+        }
+        if self.a.time {
+            let elapsed = format!("{:.6}\n", self.start.elapsed().as_secs_f64());
+            let _ = stdout.write_all(elapsed.as_bytes()).await;
+            let _ = stdout.flush().await;
+        }
+        exit_code(&self.ranks)
+    }
+}
+
+/// Starts the readers of each started rank's stdout and stderr, and a writer of its stdin
+/// fed from bpsh's; returns where the readers send.
+fn start_streams(
+    a: &Args,
+    ranks: &[Rank],
+    receivers: &mut [[Option<mpsc::UnboundedReceiver<Conn>>; 3]],
+    ended: &[watch::Sender<bool>],
+    turn_rx: &watch::Receiver<usize>,
+) -> mpsc::Receiver<Out> {
+    let (out_tx, out_rx) = mpsc::channel::<Out>(64);
     let mut stdin_writers = Vec::new();
-    // Which ranks have ended: a stream's last connection is known only then (a process that
-    // moves on from a node connects its streams again from the next).
-    let ended: Vec<watch::Sender<bool>> = (0..n).map(|_| watch::channel(false).0).collect();
     for (rank, rxs) in receivers.iter_mut().enumerate() {
         if ranks[rank].failed {
             continue;
@@ -844,16 +1266,8 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             if let Some(rx) = rxs[fd as usize].take() {
                 let (out, turn) = (out_tx.clone(), turn_rx.clone());
                 let over = ended[rank].subscribe();
-                let (sequential, size) = (a.sequential, a.buffer);
-                tokio::spawn(read_stream(
-                    rank,
-                    fd,
-                    rx,
-                    over,
-                    sequential.then_some(turn),
-                    size,
-                    out,
-                ));
+                let turn = a.sequential.then_some(turn);
+                tokio::spawn(read_stream(rank, fd, rx, over, turn, a.buffer, out));
             }
         }
         if let Some(rx) = rxs[0].take() {
@@ -862,206 +1276,10 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
             tokio::spawn(write_stdin(rx, chunks));
         }
     }
-    drop(out_tx);
     if !stdin_writers.is_empty() {
         tokio::spawn(replicate_stdin(stdin_writers, a.buffer));
     }
-
-    let mut fmt = Formatter::new(a.line, a.prefix, a.buffer, p.nodes.clone());
-    // --fold and --json print at the end: (stdout, stderr) per rank until then.
-    let collect = a.fold || a.json;
-    let mut collected: Vec<(Vec<u8>, Vec<u8>)> = vec![(Vec::new(), Vec::new()); n];
-    let deadline = a.timeout.map(|t| tokio::time::Instant::now() + t);
-    let mut killed = false;
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
-    let mut turn = 0usize;
-    if a.divider && n > 0 {
-        let _ = stdout.write_all(&divider(ranks[0].node)).await;
-        let _ = stdout.flush().await;
-    }
-    loop {
-        for (r, tx) in ranks.iter().zip(&ended) {
-            if r.status.is_some() && !*tx.borrow() {
-                tx.send_replace(true);
-            }
-        }
-        // Advance the sequential turn past finished ranks, a divider for each new one.
-        if a.sequential {
-            while turn < n && ranks[turn].done() {
-                turn += 1;
-                let _ = turn_tx.send(turn);
-                if a.divider && turn < n {
-                    let _ = stdout.write_all(&divider(ranks[turn].node)).await;
-                    let _ = stdout.flush().await;
-                }
-            }
-        }
-        if ranks.iter().all(Rank::done) {
-            break;
-        }
-        tokio::select! {
-            ev = out_rx.recv(), if !ranks.iter().all(|r| r.open == 0 || r.failed) => match ev {
-                Some(Out::Data(rank, fd, data)) => {
-                    if ranks[rank].status == Some(ExitStatus::NodeLost) {
-                        continue; // abandoned
-                    }
-                    let bytes = fmt.data(rank, fd, &data);
-                    if collect {
-                        let c = &mut collected[rank];
-                        if fd == STDERR { &mut c.1 } else { &mut c.0 }.extend_from_slice(&bytes);
-                    } else {
-                        write_to(fd, &bytes, &mut stdout, &mut stderr).await;
-                    }
-                }
-                Some(Out::Eof(rank, fd)) => {
-                    let bytes = fmt.eof(rank, fd);
-                    if collect {
-                        let c = &mut collected[rank];
-                        if fd == STDERR { &mut c.1 } else { &mut c.0 }.extend_from_slice(&bytes);
-                    } else {
-                        write_to(fd, &bytes, &mut stdout, &mut stderr).await;
-                    }
-                    ranks[rank].open = ranks[rank].open.saturating_sub(1);
-                }
-                None => {
-                    for r in &mut ranks {
-                        r.open = 0;
-                    }
-                }
-            },
-            _ = sleep_until(deadline), if !killed => {
-                killed = true;
-                for r in ranks.iter_mut().filter(|r| !r.failed && r.status.is_none()) {
-                    r.timed_out = true;
-                }
-                let secs = a.timeout.map_or(0.0, |t| t.as_secs_f64());
-                kill_all(format!("--timeout: {secs} s passed; killing what still runs"));
-            }
-            _ = &mut gone_rx, if !master_lost => {
-                master_lost = true;
-                let follow: Vec<(u32, i32)> = ranks
-                    .iter()
-                    .zip(&ghosts)
-                    .enumerate()
-                    .filter(|(_, (r, g))| !r.failed && r.status.is_none() && r.node != bproc_proto::NODE_MASTER && **g > 0)
-                    .map(|(i, (_, g))| (i as u32, *g))
-                    .collect();
-                eprintln!(
-                    "bpsh: bpmaster at {} went away; following {} remote process(es) through their ghosts until it is back",
-                    bproc::socket_path().display(),
-                    follow.len()
-                );
-                for (i, r) in ranks.iter_mut().enumerate() {
-                    let followed = follow.iter().any(|f| f.0 as usize == i);
-                    if !followed && !r.failed && r.status.is_none() && !local(i) {
-                        // Nothing follows it without the master: it is lost with it.
-                        r.master_gone = true;
-                        r.status = Some(ExitStatus::NodeLost);
-                        r.open = 0;
-                    }
-                }
-                // The ghosts are watched already: those that ended stand for their processes.
-                for &(rank, _) in &follow {
-                    if let Some(end) = ranks[rank as usize].ghost_end {
-                        let _ = ghost_exits.send((rank, end));
-                    }
-                }
-            }
-            ev = reaped_rx.recv() => if let Some((rank, end)) = ev {
-                let r = &mut ranks[rank];
-                r.ghost = false;
-                r.ghost_end = Some(end);
-                if r.status.is_none() {
-                    if master_lost {
-                        let _ = ghost_exits.send((rank as u32, end));
-                    } else {
-                        // A ghost that took its process back, and ended as it: the master
-                        // no longer knows the process. Its word, if it comes, counts first.
-                        let tx = late_tx.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(GHOST_WORD).await;
-                            let _ = tx.send((rank, end));
-                        });
-                    }
-                }
-            },
-            ev = late_rx.recv() => if let Some((rank, end)) = ev {
-                let r = &mut ranks[rank];
-                if r.status.is_none() {
-                    r.status = Some(end);
-                }
-            },
-            _ = tokio::time::sleep(Duration::from_millis(50)),
-                if ranks.iter().any(|r| r.ghost && r.status.is_some() && r.open == 0) => {
-                let now = Instant::now();
-                for r in ranks.iter_mut().filter(|r| r.ghost && r.status.is_some() && r.open == 0) {
-                    let since = *r.lingering.get_or_insert(now);
-                    if now.duration_since(since) > GHOST_LINGER {
-                        r.ghost = false;
-                    }
-                }
-            }
-            ev = exit_rx.recv() => match ev {
-                Some((rank, status)) => {
-                    if let Some(r) = ranks.get_mut(rank as usize) {
-                        let kill = ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL as i32);
-                        if master_lost && status == kill && !master_answers() {
-                            // Its ghost gave up: no master came back within the grace period.
-                            r.master_gone = true;
-                        }
-                        r.status = Some(status);
-                        if status == ExitStatus::NodeLost && !r.master_gone {
-                            eprintln!(
-                                "bpsh: node {}: lost ({}); its process is gone",
-                                r.node,
-                                strerror(bproc::errno::BE_SLAVEDIED)
-                            );
-                        }
-                        if status == ExitStatus::NodeLost {
-                            // Its streams may never close: stop waiting for them.
-                            r.open = 0;
-                        }
-                        if a.fail_fast && !killed && status != ExitStatus::Code(0) {
-                            killed = true;
-                            kill_all(format!("--fail-fast: node {} failed; killing the others", r.node));
-                        }
-                    }
-                }
-                None => {
-                    // The master went away: nothing more will be reported.
-                    for r in ranks.iter_mut().filter(|r| r.status.is_none()) {
-                        r.status = Some(ExitStatus::NodeLost);
-                        r.open = 0;
-                    }
-                }
-            },
-        }
-    }
-    if a.fold {
-        let rows = report_rows(&ranks, &pids, &reasons);
-        for (fd, bytes) in report::fold(&rows, &collected) {
-            write_to(fd, &bytes, &mut stdout, &mut stderr).await;
-        }
-    }
-    if a.json {
-        let _ = stdout
-            .write_all(report::json(&report_rows(&ranks, &pids, &reasons), &collected).as_bytes())
-            .await;
-    }
-    let _ = stdout.flush().await;
-    let _ = stderr.flush().await;
-    if a.report {
-        let _ =
-            stderr.write_all(report::table(&report_rows(&ranks, &pids, &reasons)).as_bytes()).await;
-        let _ = stderr.flush().await;
-    }
-    if a.time {
-        let _ =
-            stdout.write_all(format!("{:.6}\n", start.elapsed().as_secs_f64()).as_bytes()).await;
-        let _ = stdout.flush().await;
-    }
-    exit_code(&ranks)
+    out_rx
 }
 
 async fn write_to(fd: u8, bytes: &[u8], out: &mut tokio::io::Stdout, err: &mut tokio::io::Stderr) {

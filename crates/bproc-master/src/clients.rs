@@ -31,11 +31,11 @@ use bproc_link::guard::Refusals;
 use bproc_link::{read_frame, write_frame, LinkError};
 use bproc_proto::errno::{EAGAIN, ENOSYS, EPROTO};
 use bproc_proto::{Endpoint, Message};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info};
 
-use crate::slaves::{self, disconnect};
+use crate::conn::{ClientRd, ClientWr, Proxied};
+use crate::slaves::disconnect;
 use crate::table::{Caller, Inherit, Refusal, Session};
 use crate::Shared;
 
@@ -210,21 +210,9 @@ fn admit_local(shared: &Arc<Shared>, stream: UnixStream) {
     }
 }
 
-/// The reading half of a client connection, local or proxied.
-pub(crate) type ClientRd = Box<dyn AsyncRead + Send + Unpin>;
-/// The writing half.
-pub(crate) type ClientWr = Box<dyn AsyncWrite + Send + Unpin>;
-
-/// Serves a client of node `node` (at `ip`) whose slave opened `stream` for it.
-pub(crate) async fn serve_proxied(
-    shared: Arc<Shared>,
-    node: i32,
-    ip: std::net::Ipv4Addr,
-    creds: bproc_proto::Creds,
-    pid: i32,
-    inherited: bproc_sys::peer::Inherited,
-    stream: TcpStream,
-) {
+/// Serves a client a slave carries for its node, once the slave port has checked the link.
+pub(crate) async fn serve_proxied(shared: Arc<Shared>, proxied: Proxied) {
+    let Proxied { node, ip, creds, pid, inherited, stream } = proxied;
     // Root on a node is root of the cluster, as in BProc, where a node's processes are the
     // master's own.
     let caller = Caller {
@@ -455,13 +443,13 @@ async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
             if let Err(e) = shared.table().command_target(caller, node) {
                 return e.to_message();
             }
-            slaves::request(shared, node, Message::SlaveChroot { path }).await
+            shared.request(node, Message::SlaveChroot { path }).await
         }
         Message::NodeReconnect { node, master, local } => {
             if let Err(e) = shared.table().command_target(caller, node) {
                 return e.to_message();
             }
-            slaves::request(shared, node, Message::SlaveReconnect { master, local }).await
+            shared.request(node, Message::SlaveReconnect { master, local }).await
         }
         Message::Unknown { msg_type } => Message::Error {
             code: ENOSYS,

@@ -17,7 +17,7 @@ use bproc_proto::{
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::clients::{ClientRd, ClientWr};
+use crate::conn::{ClientRd, ClientWr};
 use crate::table::Caller;
 use crate::Shared;
 
@@ -116,9 +116,7 @@ pub(crate) async fn serve(
         let shared = shared.clone();
         tokio::spawn(async move {
             // A copy takes as long as its data; only the node going down ends the wait.
-            let reply =
-                crate::slaves::request_within(&shared, node, msg, Duration::from_secs(86400 * 365))
-                    .await;
+            let reply = shared.request_within(node, msg, Duration::from_secs(86400 * 365)).await;
             let _ = tx.send((node, reply));
         });
     }

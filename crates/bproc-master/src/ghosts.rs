@@ -36,7 +36,7 @@ use bproc_proto::{ExitStatus, Message, ProcChange, ProcEntry, SlaveProc};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::clients::{ClientRd, ClientWr};
+use crate::conn::{ClientRd, ClientWr};
 use crate::Shared;
 
 /// A remote process.
@@ -1020,7 +1020,7 @@ pub(crate) async fn stats(shared: &Arc<Shared>, pids: Vec<i32>) -> Message {
         asks.spawn(async move {
             let query = Message::ProcStatQuery { pids: procs.iter().map(|p| p.0).collect() };
             let limit = std::time::Duration::from_secs(5);
-            match crate::slaves::request_within(&shared, n, query, limit).await {
+            match shared.request_within(n, query, limit).await {
                 Message::ProcStats { stats } => stats
                     .into_iter()
                     .filter_map(|mut s| {

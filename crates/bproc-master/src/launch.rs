@@ -34,6 +34,7 @@ use tracing::{debug, info};
 
 use bproc_sys::peer::Inherited;
 
+use crate::conn::{ClientRd, ClientWr};
 use crate::table::{Caller, Inherit, Refusal};
 use crate::Shared;
 
@@ -391,64 +392,124 @@ pub(crate) struct Request {
     pub io_ports: Vec<u16>,
 }
 
-/// Serves a `Launch` request and the rest of the client's connection.
+/// A launch as planned from its request, before anything is sent.
+struct Plan {
+    launch: u64,
+    nodes: Vec<i32>,
+    /// The spec as the nodes get it: the caller's limits and umask, its fds and image
+    /// fetched from where it runs.
+    spec: ProcSpec,
+    /// Each rank's ghost (0: none).
+    ghosts: Vec<i32>,
+    /// The ghosts the request named.
+    asked: Vec<i32>,
+    /// Each rank's relay port for its output (0: the launcher's).
+    io_ports: Vec<u16>,
+    /// The launch carries a process image (a move or an rfork).
+    image: bool,
+    /// An rfork from a node: each child's ghost is forked by the caller's ghost.
+    forking: bool,
+    /// The process a node's client is, when it moves itself.
+    mover: Option<(i32, i32)>,
+    /// The ranks go back to the front end, into their ghosts.
+    to_ghosts: bool,
+    output: Option<Output>,
+    /// For a launcher on a node with ranks on the front end, its ghost there, which starts
+    /// them.
+    helper: Option<i32>,
+}
+
+/// A launch's exits to relay to its client: (rank, how it ended).
+type Exits = mpsc::UnboundedReceiver<(u32, ExitStatus)>;
+/// A launch's start outcomes: (rank, pid or negated error).
+type Spawns = mpsc::UnboundedReceiver<(u32, i32)>;
+
+/// How each rank's start stands while the launch is under way.
+struct Starts {
+    /// Each rank's pid, or a negated error; 0 for "not attempted here".
+    pids: Vec<i32>,
+    /// Ranks whose outcome is still to come.
+    waiting: Vec<bool>,
+    /// Ranks that move back to the front end, into their ghosts.
+    back: Vec<usize>,
+    /// Ranks the launcher's ghost starts on the front end.
+    front: Vec<usize>,
+}
+
+/// Serves a `Launch` request and the rest of the client's connection: plan it, send it down
+/// the tree, wait for every rank's start, answer, then relay exits and signals until the
+/// client goes away.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     caller: Caller,
     id: u32,
     req: Request,
-    rd: crate::clients::ClientRd,
-    mut wr: crate::clients::ClientWr,
+    rd: ClientRd,
+    mut wr: ClientWr,
 ) {
-    let Request { nodes, spec, ghosts, mut io_ports } = req;
-    // Its tree parts carry the spec too, each in one frame.
-    if let Some(message) = spec.too_large() {
-        let _ = write_frame(&mut wr, id, &Message::Error { code: errno::E2BIG, message }).await;
-        return;
-    }
-    let inherited = match inherited(&caller) {
-        Ok(i) => i,
-        Err(r) => {
-            info!("launch refused for uid {}: {}", caller.uid, r.message);
-            let _ = write_frame(&mut wr, id, &r.to_message()).await;
+    let plan = match plan(&shared, &caller, req).await {
+        Ok(p) => p,
+        Err(refusal) => {
+            let _ = write_frame(&mut wr, id, &refusal).await;
             return;
         }
     };
+    let launch = plan.launch;
+    let (events, spawns) = register(&shared, &caller, &plan);
+    let mut starts = dispatch(&shared, &caller, &plan);
+    start_on_front_end(&shared, &plan, &mut starts).await;
+    wait_for_starts(&shared, launch, spawns, &mut starts).await;
+    if plan.forking {
+        settle_rfork(&shared, &caller, &plan.ghosts, &mut starts.pids);
+    }
+    let pids = starts.pids;
+    let started = pids.iter().filter(|p| **p > 0).count();
+    shared.metrics.launch();
+    shared.metrics.ranks_started(started as u64);
+    info!(
+        "launch {launch}: uid {} started {started} of {} ({})",
+        caller.uid,
+        plan.nodes.len(),
+        plan.spec.path
+    );
+    lost_on_the_way(&shared, launch, &plan.nodes, &pids);
+    // What failed where, said by the nodes, ahead of the answer.
+    for (rank, reason) in shared.launches.reasons(launch) {
+        if pids.get(rank as usize).is_some_and(|p| *p <= 0) {
+            let _ =
+                write_frame(&mut wr, 0, &Message::RankRefused { launch: 0, rank, reason }).await;
+        }
+    }
+    if write_frame(&mut wr, id, &Message::Launched { pids }).await.is_ok() {
+        relay(&shared, launch, events, rd, wr).await;
+    }
+    // The client is gone: its processes without ghosts go too.
+    orphaned(&shared, launch);
+    shared.launches.lock().remove(&launch);
+}
+
+/// Checks a request and plans its launch; the refusal to answer with otherwise.
+async fn plan(shared: &Shared, caller: &Caller, req: Request) -> Result<Plan, Message> {
+    let Request { nodes, spec, ghosts: asked, io_ports } = req;
+    // Its tree parts carry the spec too, each in one frame.
+    if let Some(message) = spec.too_large() {
+        return Err(Message::Error { code: errno::E2BIG, message });
+    }
+    let inherited = inherited(caller).map_err(|r| {
+        info!("launch refused for uid {}: {}", caller.uid, r.message);
+        r.to_message()
+    })?;
     let launch = shared.launch_id();
     let image = spec.image.is_some();
-    // An rfork from a node: each child's ghost is forked by the caller's ghost.
-    let asked = ghosts.clone();
     let forking = image && caller.pid.is_none() && asked.contains(&bproc_proto::GHOST_FORKED);
-    // The process a node's client is, when it moves itself.
     let mover = match (caller.origin, caller.node_pid) {
         (Some((n, _)), Some(pid)) if image && !forking => Some((n, pid)),
         _ => None,
     };
-    // Ghosts are the caller's own children on the front end (or the caller itself, for a
-    // move); a process moving from a node keeps its ghost; the children a process on a node
-    // rforks get ghosts its ghost forks; anything else runs without.
-    // A process that moves on right after it arrived may ask before its arrival is recorded.
-    let mover_ghost = match mover {
-        Some(key) if ghosts.contains(&-1) => ghost_of(&shared, key, caller.uid, false).await,
-        _ => None,
-    };
-    let ghosts: Vec<i32> = if forking {
-        let (g, ports) = rfork_ghosts(&shared, &caller, &nodes, &asked, &spec).await;
-        io_ports = ports;
-        g
+    let (ghosts, io_ports) = if forking {
+        rfork_ghosts(shared, caller, &nodes, &asked, &spec).await
     } else {
-        (0..nodes.len())
-            .map(|r| {
-                let g = ghosts.get(r).copied().unwrap_or(0);
-                let ghost = match (caller.pid, mover) {
-                    (Some(me), _) => shared.ghosts.claim(g, me, caller.uid).then_some(g),
-                    // -1: the moving process's own ghost.
-                    (None, Some(_)) if g == -1 => mover_ghost,
-                    _ => None,
-                };
-                ghost.unwrap_or(0)
-            })
-            .collect()
+        (rank_ghosts(shared, caller, &asked, nodes.len(), mover).await, io_ports)
     };
     // Nodes connect a launcher's fds back to where it runs, never where it claims to, and
     // fetch an image from there too; a moving process's output goes to its ghost, here.
@@ -466,22 +527,8 @@ pub(crate) async fn serve(
         let out = (ghosts.first().copied().unwrap_or(0) > 0)
             .then(|| shared.ghosts.output_of(key))
             .flatten();
-        for fd in 1..spec.io.len().min(3) {
-            if spec.io[fd] != bproc_proto::IoSpec::Forward {
-                continue;
-            }
-            spec.io[fd] = match &out {
-                Some(o) if o.fds[fd - 1] => bproc_proto::IoSpec::Rejoin {
-                    ip: o.ip,
-                    port: o.port,
-                    token: o.token,
-                    rank: o.rank,
-                },
-                _ => bproc_proto::IoSpec::Null,
-            };
-        }
+        rejoin_output(&mut spec, out.as_ref());
     }
-    let spec = spec;
     let forwarded = |fd: usize| spec.io.get(fd) == Some(&bproc_proto::IoSpec::Forward);
     let output = (mover.is_none() && (forwarded(1) || forwarded(2))).then(|| Output {
         ip: spec.io_ip,
@@ -493,135 +540,225 @@ pub(crate) async fn serve(
     // A launcher on a node has its ranks on the front end started by its ghost there, the
     // user's own process: the master daemon runs no user code.
     let front_end = nodes.contains(&bproc_proto::NODE_MASTER);
-    let helper = if image || !front_end { None } else { caller_ghost(&shared, &caller).await };
-    // Ranks that move back to the front end, into their ghosts.
-    let mut back = Vec::new();
-    // Ranks the launcher's ghost starts on the front end.
-    let mut front = Vec::new();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (spawns_tx, mut spawns) = mpsc::unbounded_channel();
-    let size = nodes.len() as u32;
-    shared.launches.lock().insert(
+    let helper = if image || !front_end { None } else { caller_ghost(shared, caller).await };
+    Ok(Plan {
         launch,
+        nodes,
+        spec,
+        ghosts,
+        asked,
+        io_ports,
+        image,
+        forking,
+        mover,
+        to_ghosts,
+        output,
+        helper,
+    })
+}
+
+/// Each of `ranks` ranks' ghost (0: none), from those the request named (`asked`): ghosts
+/// are the caller's own children on the front end (or the caller itself, for a move); a
+/// process moving from a node (`mover`) keeps its ghost; anything else runs without.
+async fn rank_ghosts(
+    shared: &Shared,
+    caller: &Caller,
+    asked: &[i32],
+    ranks: usize,
+    mover: Option<(i32, i32)>,
+) -> Vec<i32> {
+    // A process that moves on right after it arrived may ask before its arrival is recorded.
+    let mover_ghost = match mover {
+        Some(key) if asked.contains(&-1) => ghost_of(shared, key, caller.uid, false).await,
+        _ => None,
+    };
+    (0..ranks)
+        .map(|r| {
+            let g = asked.get(r).copied().unwrap_or(0);
+            let ghost = match (caller.pid, mover) {
+                (Some(me), _) => shared.ghosts.claim(g, me, caller.uid).then_some(g),
+                // -1: the moving process's own ghost.
+                (None, Some(_)) if g == -1 => mover_ghost,
+                _ => None,
+            };
+            ghost.unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Points a moving process's forwarded stdout and stderr at where they went before it moved
+/// (`out`, if its ghost knows), as the same rank; without that they go nowhere.
+fn rejoin_output(spec: &mut ProcSpec, out: Option<&crate::ghosts::Output>) {
+    for fd in 1..spec.io.len().min(3) {
+        if spec.io[fd] != bproc_proto::IoSpec::Forward {
+            continue;
+        }
+        spec.io[fd] = match out {
+            Some(o) if o.fds[fd - 1] => {
+                bproc_proto::IoSpec::Rejoin { ip: o.ip, port: o.port, token: o.token, rank: o.rank }
+            }
+            _ => bproc_proto::IoSpec::Null,
+        };
+    }
+}
+
+/// Records the launch for the slave links that report on it; returns where its exits and
+/// its ranks' start outcomes arrive.
+fn register(shared: &Shared, caller: &Caller, plan: &Plan) -> (Exits, Spawns) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (spawns_tx, spawns) = mpsc::unbounded_channel();
+    let ranks = plan.nodes.len();
+    shared.launches.lock().insert(
+        plan.launch,
         Launch {
-            nodes: nodes.clone(),
-            ghosts: ghosts.clone(),
+            nodes: plan.nodes.clone(),
+            ghosts: plan.ghosts.clone(),
             uid: caller.uid,
-            states: vec![State::Pending; nodes.len()],
+            states: vec![State::Pending; ranks],
             events: tx,
             spawns: spawns_tx,
-            reasons: vec![None; nodes.len()],
-            helper: helper.unwrap_or(0),
+            reasons: vec![None; ranks],
+            helper: plan.helper.unwrap_or(0),
             front: HashMap::new(),
-            output,
+            output: plan.output.clone(),
         },
     );
+    (rx, spawns)
+}
+
+/// Sends the launch down the tree of slaves, one entry per node in the order nodes first
+/// appear (a node may run several ranks); ranks that cannot start are settled at once, and
+/// those on the front end sorted out for [`start_on_front_end`].
+fn dispatch(shared: &Shared, caller: &Caller, plan: &Plan) -> Starts {
+    let ranks = plan.nodes.len();
+    let mut starts = Starts {
+        pids: vec![0; ranks],
+        waiting: vec![false; ranks],
+        back: Vec::new(),
+        front: Vec::new(),
+    };
+    let launch = plan.launch;
     let creds = Creds { uid: caller.uid, gid: caller.gid, groups: caller.groups.clone() };
-    let mut pids = vec![0i32; nodes.len()];
-    let mut waiting = vec![false; nodes.len()];
     let width = shared.config().launch_fanout;
     let nonce = {
         let mut b = [0u8; 8];
         getrandom::fill(&mut b).expect("the kernel's random source failed");
         u64::from_be_bytes(b)
     };
-    // One tree entry per node, in the order nodes first appear; a node may run several ranks.
     let mut entries: Vec<TreeEntry> = Vec::new();
-    {
-        let t = shared.table();
-        let mut index = HashMap::new();
-        for (rank, &n) in nodes.iter().enumerate() {
-            if n == bproc_proto::NODE_MASTER {
-                // The front end: the launcher runs it itself, as the caller, or from a node
-                // its ghost does. The master daemon never runs user code. pid 0 means "not
-                // attempted here". A process coming back from a node is restored by its
-                // ghost.
-                if to_ghosts {
-                    back.push(rank);
-                } else if forking && asked.get(rank) == Some(&bproc_proto::GHOST_FORKED) {
-                    pids[rank] = -errno::EOPNOTSUPP;
-                    let reason = "master: an rfork from a node places no child on the front end";
-                    shared.launches.rank_refused(n, launch, rank as u32, reason.into());
-                } else if caller.origin.is_some() && !image {
-                    if helper.is_some() {
-                        front.push(rank);
-                        waiting[rank] = true;
-                        continue;
-                    }
-                    pids[rank] = -errno::EOPNOTSUPP;
-                    let reason = "master: cannot run on the front end: the launcher has no \
-                                  ghost there to start it (only a process started from the \
-                                  front end has one)";
-                    let launches = &shared.launches;
-                    launches.rank_refused(n, launch, rank as u32, reason.into());
-                }
-                shared.launches.spawned(launch, rank, false);
-                continue;
-            }
-            if forking && ghosts[rank] <= 0 {
-                // Its ghost did not come: it would run unseen on the front end.
-                pids[rank] = -errno::EAGAIN;
-                let reason = format!("node {n}: no ghost could be made for the child");
-                shared.launches.rank_refused(n, launch, rank as u32, reason);
-                shared.launches.spawned(launch, rank, false);
-                continue;
-            }
-            let node = match t.may_run(&caller, n) {
-                Ok(()) => t.get(n).filter(|node| node.addr.is_some()),
-                Err(refusal) => {
-                    pids[rank] = -refusal.code;
-                    shared.launches.spawned(launch, rank, false);
-                    continue;
-                }
-            };
-            let Some(node) = node else {
-                pids[rank] = -errno::BE_NODEDOWN;
-                shared.launches.spawned(launch, rank, false);
-                continue;
-            };
-            let i = *index.entry(n).or_insert_with(|| {
-                entries.push(TreeEntry {
-                    node: n,
-                    ip: node.addr.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-                    port: node.tree_port,
-                    ranks: Vec::new(),
-                    pids: Vec::new(),
-                    ports: Vec::new(),
-                });
-                entries.len() - 1
-            });
-            entries[i].ranks.push(rank as u32);
-            entries[i].pids.push(ghosts[rank]);
-            entries[i].ports.push(io_ports.get(rank).copied().unwrap_or(0));
-            waiting[rank] = true;
+    let t = shared.table();
+    let mut index = HashMap::new();
+    for (rank, &n) in plan.nodes.iter().enumerate() {
+        if n == bproc_proto::NODE_MASTER {
+            front_end_rank(shared, caller, plan, rank, &mut starts);
+            continue;
         }
-        for part in split_tree(&entries, width) {
-            let msg = Message::SpawnTree {
-                launch,
-                nonce,
-                time_ms: crate::slaves::now_ms(),
-                size,
-                creds: creds.clone(),
-                spec: spec.clone(),
-                width,
-                entries: part.to_vec(),
-            };
-            if let Some(node) = t.get(part[0].node) {
-                node.send(0, msg);
+        let refused = |pid: i32, starts: &mut Starts| {
+            starts.pids[rank] = pid;
+            shared.launches.spawned(launch, rank, false);
+        };
+        if plan.forking && plan.ghosts[rank] <= 0 {
+            // Its ghost did not come: it would run unseen on the front end.
+            let reason = format!("node {n}: no ghost could be made for the child");
+            shared.launches.rank_refused(n, launch, rank as u32, reason);
+            refused(-errno::EAGAIN, &mut starts);
+            continue;
+        }
+        let node = match t.may_run(caller, n) {
+            Ok(()) => t.get(n).filter(|node| node.addr.is_some()),
+            Err(refusal) => {
+                refused(-refusal.code, &mut starts);
+                continue;
             }
+        };
+        let Some(node) = node else {
+            refused(-errno::BE_NODEDOWN, &mut starts);
+            continue;
+        };
+        let i = *index.entry(n).or_insert_with(|| {
+            entries.push(TreeEntry {
+                node: n,
+                ip: node.addr.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                port: node.tree_port,
+                ranks: Vec::new(),
+                pids: Vec::new(),
+                ports: Vec::new(),
+            });
+            entries.len() - 1
+        });
+        entries[i].ranks.push(rank as u32);
+        entries[i].pids.push(plan.ghosts[rank]);
+        entries[i].ports.push(plan.io_ports.get(rank).copied().unwrap_or(0));
+        starts.waiting[rank] = true;
+    }
+    for part in split_tree(&entries, width) {
+        let msg = Message::SpawnTree {
+            launch,
+            nonce,
+            time_ms: crate::now_ms(),
+            size: ranks as u32,
+            creds: creds.clone(),
+            spec: plan.spec.clone(),
+            width,
+            entries: part.to_vec(),
+        };
+        if let Some(node) = t.get(part[0].node) {
+            node.send(0, msg);
         }
     }
-    if let Some(g) = helper {
-        for &rank in &front {
-            let msg = Message::GhostSpawn { launch, rank: rank as u32, spec: spec.clone() };
+    starts
+}
+
+/// Sorts out rank `rank` on the front end. The launcher runs it itself, as the caller, or
+/// from a node its ghost does; the master daemon never runs user code (pid 0 means "not
+/// attempted here"). A process coming back from a node is restored by its ghost.
+fn front_end_rank(shared: &Shared, caller: &Caller, plan: &Plan, rank: usize, st: &mut Starts) {
+    let (launch, n) = (plan.launch, bproc_proto::NODE_MASTER);
+    if plan.to_ghosts {
+        st.back.push(rank);
+    } else if plan.forking && plan.asked.get(rank) == Some(&bproc_proto::GHOST_FORKED) {
+        st.pids[rank] = -errno::EOPNOTSUPP;
+        let reason = "master: an rfork from a node places no child on the front end";
+        shared.launches.rank_refused(n, launch, rank as u32, reason.into());
+    } else if caller.origin.is_some() && !plan.image {
+        if plan.helper.is_some() {
+            st.front.push(rank);
+            st.waiting[rank] = true;
+            return;
+        }
+        st.pids[rank] = -errno::EOPNOTSUPP;
+        let reason = "master: cannot run on the front end: the launcher has no ghost there to \
+                      start it (only a process started from the front end has one)";
+        shared.launches.rank_refused(n, launch, rank as u32, reason.into());
+    }
+    shared.launches.spawned(launch, rank, false);
+}
+
+/// Has the launcher's ghost start its ranks on the front end, and ghosts take back the
+/// processes that move there.
+async fn start_on_front_end(shared: &Shared, plan: &Plan, starts: &mut Starts) {
+    if let Some(g) = plan.helper {
+        for &rank in &starts.front {
+            let msg = Message::GhostSpawn {
+                launch: plan.launch,
+                rank: rank as u32,
+                spec: plan.spec.clone(),
+            };
             shared.ghosts.send_to(g, msg);
         }
     }
-    if let (Some(key), Some(from)) = (mover, spec.image) {
-        for &rank in &back {
-            pids[rank] = shared.ghosts.take_back(ghosts[rank], key, from, spec.token).await;
+    if let (Some(key), Some(from)) = (plan.mover, plan.spec.image) {
+        for &rank in &starts.back {
+            let (ghost, token) = (plan.ghosts[rank], plan.spec.token);
+            starts.pids[rank] = shared.ghosts.take_back(ghost, key, from, token).await;
         }
     }
+}
+
+/// Waits up to [`SPAWN_TIMEOUT`] for the outcome of every rank still starting; a rank that
+/// never reports counts as on a dead node.
+async fn wait_for_starts(shared: &Shared, launch: u64, mut spawns: Spawns, starts: &mut Starts) {
+    let Starts { pids, waiting, .. } = starts;
     let mut left = waiting.iter().filter(|w| **w).count();
     let deadline = tokio::time::Instant::now() + SPAWN_TIMEOUT;
     while left > 0 {
@@ -642,89 +779,75 @@ pub(crate) async fn serve(
         pids[rank] = -errno::BE_SLAVEDIED;
         shared.launches.spawned(launch, rank, false);
     }
-    if forking {
-        // The caller knows its children by their ghosts (the same pids on root slaves).
-        for (pid, g) in pids.iter_mut().zip(&ghosts) {
-            if *pid > 0 && *g > 0 {
-                *pid = *g;
-            }
-        }
-        // The ghosts forked for children that did not start stand for nothing.
-        let made = ghosts.iter().zip(&pids).filter(|(g, p)| **g > 0 && **p <= 0);
-        let helper = caller
-            .node_pid
-            .zip(caller.origin)
-            .and_then(|(pid, (n, _))| shared.ghosts.ghost_for((n, pid), caller.uid));
-        for (&g, _) in made {
-            if helper.is_some_and(|h| crate::ghosts::parent_and_uid(g) == Some((h, caller.uid))) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(g),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            shared.ghosts.abandon(g);
+}
+
+/// After an rfork from a node: the caller knows its children by their ghosts (the same pids
+/// on root slaves), and the ghosts forked for children that did not start stand for nothing.
+fn settle_rfork(shared: &Shared, caller: &Caller, ghosts: &[i32], pids: &mut [i32]) {
+    for (pid, g) in pids.iter_mut().zip(ghosts) {
+        if *pid > 0 && *g > 0 {
+            *pid = *g;
         }
     }
-    let started = pids.iter().filter(|p| **p > 0).count();
-    shared.metrics.launch();
-    shared.metrics.ranks_started(started as u64);
-    info!(
-        "launch {launch}: uid {} started {started} of {} ({})",
-        caller.uid,
-        nodes.len(),
-        spec.path
-    );
-    // A node lost while its spawn reply was on the way: its process is gone.
-    {
-        let t = shared.table();
-        for (rank, &n) in nodes.iter().enumerate() {
-            let here = n == bproc_proto::NODE_MASTER;
-            if pids[rank] > 0 && !here && !t.get(n).is_some_and(|node| node.is_up()) {
-                shared.launches.exited(launch, rank as u32, ExitStatus::NodeLost);
-            }
+    let made = ghosts.iter().zip(pids.iter()).filter(|(g, p)| **g > 0 && **p <= 0);
+    let helper = caller
+        .node_pid
+        .zip(caller.origin)
+        .and_then(|(pid, (n, _))| shared.ghosts.ghost_for((n, pid), caller.uid));
+    for (&g, _) in made {
+        if helper.is_some_and(|h| crate::ghosts::parent_and_uid(g) == Some((h, caller.uid))) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(g),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        shared.ghosts.abandon(g);
+    }
+}
+
+/// A node lost while its spawn reply was on the way: its process is gone.
+fn lost_on_the_way(shared: &Shared, launch: u64, nodes: &[i32], pids: &[i32]) {
+    let t = shared.table();
+    for (rank, &n) in nodes.iter().enumerate() {
+        let here = n == bproc_proto::NODE_MASTER;
+        if pids[rank] > 0 && !here && !t.get(n).is_some_and(|node| node.is_up()) {
+            shared.launches.exited(launch, rank as u32, ExitStatus::NodeLost);
         }
     }
-    // What failed where, said by the nodes, ahead of the answer.
-    for (rank, reason) in shared.launches.reasons(launch) {
-        if pids.get(rank as usize).is_some_and(|p| *p <= 0) {
-            let _ =
-                write_frame(&mut wr, 0, &Message::RankRefused { launch: 0, rank, reason }).await;
-        }
-    }
+}
+
+/// Relays the ranks' exits (`events`) to the client, and its signals to the ranks, until
+/// the client goes away.
+async fn relay(shared: &Shared, launch: u64, mut events: Exits, rd: ClientRd, mut wr: ClientWr) {
     // Cancel-safe: the select below also waits for the ranks' exits.
     let mut frames = FrameReader::new(rd);
-    if write_frame(&mut wr, id, &Message::Launched { pids }).await.is_ok() {
-        loop {
-            tokio::select! {
-                ev = rx.recv() => {
-                    let Some((rank, status)) = ev else { break };
-                    let msg = Message::ProcExit { launch: 0, rank, status };
-                    if write_frame(&mut wr, 0, &msg).await.is_err() {
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                let Some((rank, status)) = ev else { break };
+                let msg = Message::ProcExit { launch: 0, rank, status };
+                if write_frame(&mut wr, 0, &msg).await.is_err() {
+                    break;
+                }
+            }
+            frame = frames.next() => match frame {
+                Ok(Some((rid, Message::SignalLaunch { signal }))) => {
+                    signal_launch(shared, launch, signal);
+                    if write_frame(&mut wr, rid, &Message::Ok).await.is_err() {
                         break;
                     }
                 }
-                frame = frames.next() => match frame {
-                    Ok(Some((rid, Message::SignalLaunch { signal }))) => {
-                        signal_launch(&shared, launch, signal);
-                        if write_frame(&mut wr, rid, &Message::Ok).await.is_err() {
-                            break;
-                        }
+                Ok(Some((rid, other))) => {
+                    let msg = Message::Error {
+                        code: errno::EPROTO,
+                        message: format!("{} is not valid during a launch", other.name()),
+                    };
+                    if write_frame(&mut wr, rid, &msg).await.is_err() {
+                        break;
                     }
-                    Ok(Some((rid, other))) => {
-                        let msg = Message::Error {
-                            code: errno::EPROTO,
-                            message: format!("{} is not valid during a launch", other.name()),
-                        };
-                        if write_frame(&mut wr, rid, &msg).await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) | Err(_) => break,
-                },
-            }
+                }
+                Ok(None) | Err(_) => break,
+            },
         }
     }
-    // The client is gone: its processes without ghosts go too.
-    orphaned(&shared, launch);
-    shared.launches.lock().remove(&launch);
 }

@@ -3,18 +3,32 @@
 //! # Layout
 //! - [`config`]: BProc's configuration file ([`bootconf`]: the boot server's part of it).
 //! - [`table`]: the node table and its permission rules, without I/O.
-//! - `slaves`: TCP links to slaves (handshake, join, pings, node loss).
+//! - [`persist`]: the state file that lets a restarted master resume sessions.
+//! - `conn`: a client connection's halves, and a client a slave carries for its node.
+//! - `slaves`: TCP links to slaves (handshake, join, pings, node loss); a client carried by
+//!   a slave is handed to the client service by this module's daemon (`Master::run`).
+//! - `node_up`: the `node_up` program run when a node boots.
 //! - `clients`: the Unix socket for local clients, identified by `SO_PEERCRED`, and what
 //!   each request does.
 //! - `launch`: launches down the tree of slaves, their ranks' starts and ends.
 //! - `ghosts`: the process table of remote processes and their ghosts (forks, moves, ends).
 //! - `copy`: planning bpcp's copies (who sends to whom).
 //! - `libs`: the library list (`bplib`).
-//! - `node_up`: the `node_up` program run when a node boots.
 //! - `stage`: the configuration's libraries, staged on diskless nodes.
-//! - [`persist`]: the state file that lets a restarted master resume sessions.
 //! - `status`: the status page and `/metrics` (`statuspage` in the configuration).
 //! - `names`: the node names file read by the NSS module (`STATEDIR/hosts`).
+//!
+//! The modules depend in one direction; this file is the top: it holds the state every task
+//! shares (`Shared`, with requests to slaves as its methods), starts the tasks and connects
+//! them. Below it:
+//! - `clients` → `launch`, `copy`, `ghosts`, `slaves`, `conn`, `table`
+//! - `copy` → `launch`, `conn`, `table`
+//! - `launch` → `ghosts`, `conn`, `table`
+//! - `ghosts` → `conn`
+//! - `slaves` → `node_up`, `conn`, `table`, `config`
+//! - `node_up` → `table`
+//! - `table` → `persist`, `config`; `stage`, `status`, `names` → `config`; `config` →
+//!   `bootconf`
 //!
 //! # Concurrency
 //! One tokio runtime. All node state sits behind one `std::sync::Mutex` that is never held
@@ -36,6 +50,7 @@
 pub mod bootconf;
 mod clients;
 pub mod config;
+mod conn;
 mod copy;
 mod ghosts;
 mod launch;
@@ -53,17 +68,19 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bproc_link::{ClusterKey, KeyError};
+use bproc_proto::errno::BE_SLAVEDIED;
+use bproc_proto::Message;
 use thiserror::Error;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use config::{Config, ConfigError};
 use persist::PersistError;
-use table::Table;
+use table::{Outgoing, Table};
 
 pub use bproc_link::DEFAULT_KEYFILE;
 pub use bproc_proto::DEFAULT_SOCKET;
@@ -121,6 +138,11 @@ pub enum MasterError {
 pub struct Options {
     /// Accept slaves of another software version (`-i`).
     pub ignore_version: bool,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Paths the daemon uses, resolved from the configuration and defaults.
@@ -224,6 +246,42 @@ impl Shared {
     }
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Sends a request to node `n` and waits up to 30 s for its reply.
+    pub(crate) async fn request(&self, n: i32, msg: Message) -> Message {
+        self.request_within(n, msg, Duration::from_secs(30)).await
+    }
+
+    /// Sends a request to node `n` and waits up to `limit` for its reply; the node going
+    /// down ends the wait at once (its session's end drops the waiting sender).
+    pub(crate) async fn request_within(&self, n: i32, msg: Message, limit: Duration) -> Message {
+        let id = self.request_id();
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut t = self.table();
+            let Some(s) = t.get_mut(n).and_then(|node| node.session.as_mut()) else {
+                return Message::Error { code: BE_SLAVEDIED, message: format!("node {n} is down") };
+            };
+            s.pending.insert(id, tx);
+            let _ = s.tx.send(Outgoing::Frame(id, msg));
+        }
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Message::Error {
+                code: BE_SLAVEDIED,
+                message: format!("node {n} went down before answering"),
+            },
+            Err(_) => {
+                if let Some(s) = self.table().get_mut(n).and_then(|node| node.session.as_mut()) {
+                    s.pending.remove(&id);
+                }
+                Message::Error {
+                    code: BE_SLAVEDIED,
+                    message: format!("node {n} did not answer in {} s", limit.as_secs()),
+                }
+            }
+        }
     }
 
     /// Re-reads the configuration (SIGHUP). On error the old one stays.
@@ -408,7 +466,7 @@ impl Master {
             next_conn: AtomicU64::new(1),
             next_request: AtomicU32::new(1),
             // Launch ids outlive a master restart on the nodes: start past the old master's.
-            next_launch: AtomicU64::new(slaves::now_ms() << 16),
+            next_launch: AtomicU64::new(now_ms() << 16),
             launches: launch::Launches::default(),
             ghosts: ghosts::Ghosts::default(),
             ghost_program: ghost_program(),
@@ -444,8 +502,9 @@ impl Master {
     /// configuration. Saves the node table before returning.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), MasterError> {
         let shared = self.shared;
+        // A client a slave carries for its node is served like a local one.
         for l in self.tcp {
-            tokio::spawn(slaves::accept_loop(shared.clone(), l));
+            tokio::spawn(slaves::accept_loop(shared.clone(), l, clients::serve_proxied));
         }
         tokio::spawn(clients::accept_loop(shared.clone(), self.unix));
         tokio::spawn(slaves::ping_loop(shared.clone()));

@@ -69,7 +69,7 @@ async fn stage_libraries(shared: &Shared, n: i32) -> Result<(), String> {
         token: stage.token,
         files: stage.files.clone(),
     };
-    match crate::slaves::request(shared, n, msg).await {
+    match shared.request(n, msg).await {
         bproc_proto::Message::Ok => Ok(()),
         bproc_proto::Message::Error { message, .. } => Err(format!("staging libraries: {message}")),
         other => Err(format!("staging libraries: unexpected {}", other.name())),

@@ -1,40 +1,53 @@
 //! Slave links: accept, check the source, authenticate, receive the join, then serve pongs and
-//! replies until the link ends; and the ping loop that finds silent slaves.
+//! replies until the link ends; and the ping loop that finds silent slaves. A connection that
+//! carries a client on a node instead goes to the handler the daemon gives the accept loop.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bproc_link::{expect_frame, master_handshake, read_frame, write_frame, LinkError};
-use bproc_proto::errno::{BE_SLAVEDIED, ENOSYS, EPROTO};
-use bproc_proto::Message;
-use tokio::net::tcp::OwnedWriteHalf;
+use bproc_proto::errno::{ENOSYS, EPROTO};
+use bproc_proto::{Message, NodeInfo};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::conn::Proxied;
 use crate::table::{JoinKind, Outgoing, Session, BOOT_MODE};
-use crate::{node_up, Shared};
+use crate::{node_up, now_ms, Shared};
 
 /// Version string slaves and master exchange.
 pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Refused slave connections (unknown addresses, failed handshakes), logged once per
 /// interval beyond the first few: the port is open to anyone who can reach it.
 pub(crate) static REFUSED: bproc_link::guard::Refusals =
     bproc_link::guard::Refusals::new("slave port");
 
-pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+/// Accepts connections to the slave port; each is checked and becomes a slave's link, or a
+/// client its slave carries, which goes to `on_client` (the client socket's service, handed
+/// in by the daemon).
+pub(crate) async fn accept_loop<F, Fut>(shared: Arc<Shared>, listener: TcpListener, on_client: F)
+where
+    F: Fn(Arc<Shared>, Proxied) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(serve_slave(shared.clone(), stream, peer));
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    match arrive(&shared, stream, peer).await {
+                        Some(Arrival::Slave(joining)) => serve_slave(shared, joining).await,
+                        Some(Arrival::Client(proxied)) => on_client(shared, proxied).await,
+                        None => {}
+                    }
+                });
             }
             Err(e) => {
                 // Out of descriptors or similar: back off instead of spinning.
@@ -90,18 +103,120 @@ async fn refuse(stream: &mut TcpStream, reason: String, reconnect: bool) {
     let _ = tokio::time::timeout(Duration::from_secs(1), write_frame(stream, 0, &bye)).await;
 }
 
-async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+/// What a connection to the slave port turned out to be, once checked.
+enum Arrival {
+    /// A slave asking to join as node `n`.
+    Slave(Joining),
+    /// A client on a node, carried by its slave.
+    Client(Proxied),
+}
+
+/// An authenticated slave's `Join`.
+struct Joining {
+    n: i32,
+    ip: Ipv4Addr,
+    peer: SocketAddr,
+    stream: TcpStream,
+    /// The configuration the connection was checked against (its `CONF` comes from it).
+    config: Arc<Config>,
+    version: String,
+    cookie: u64,
+    info: NodeInfo,
+    data_port: u16,
+    tree_port: u16,
+}
+
+/// Checks a new connection: its source, the handshake, and its first frame (a `Join`, or a
+/// client its slave carries). `None` when it is refused (logged, and the peer told why where
+/// it helps).
+async fn arrive(shared: &Shared, mut stream: TcpStream, peer: SocketAddr) -> Option<Arrival> {
+    let config = shared.config();
+    let (n, ip) = check_source(shared, &config, &mut stream, peer).await?;
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = master_handshake(&mut stream, &shared.key).await {
+        shared.metrics.auth_refused();
+        REFUSED.refuse(format_args!("node {n}: connection from {peer} refused: {e}"));
+        return None;
+    }
+    let first =
+        tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await;
+    match first {
+        Ok(Ok((_, Message::Join { version, cookie, info, data_port, tree_port }))) => {
+            if version != SOFTWARE_VERSION && !shared.options.ignore_version {
+                let reason = format!(
+                    "version mismatch: slave {version}, master {SOFTWARE_VERSION} (run \
+                     bpmaster -i to accept)"
+                );
+                warn!("node {n}: {reason}");
+                refuse(&mut stream, reason, false).await;
+                return None;
+            }
+            let j = Joining {
+                n,
+                ip,
+                peer,
+                stream,
+                config,
+                version,
+                cookie,
+                info,
+                data_port,
+                tree_port,
+            };
+            Some(Arrival::Slave(j))
+        }
+        Ok(Ok((_, Message::ProxyClient { node, creds, pid, rlimits, umask }))) => {
+            if node != n {
+                REFUSED.refuse(format_args!(
+                    "node {n}: {peer} carried a client for node {node}; refused"
+                ));
+                return None;
+            }
+            if shared.table().get(n).is_none_or(|x| x.session.is_none()) {
+                REFUSED.refuse(format_args!(
+                    "node {n}: a client connection arrived while the node is down; refused"
+                ));
+                return None;
+            }
+            let inherited = bproc_sys::peer::Inherited { rlimits, umask };
+            Some(Arrival::Client(Proxied { node: n, ip, creds, pid, inherited, stream }))
+        }
+        Ok(Ok((_, other))) => {
+            REFUSED.refuse(format_args!(
+                "node {n}: expected Join from {peer}, received {}",
+                other.name()
+            ));
+            None
+        }
+        Ok(Err(e)) => {
+            REFUSED.refuse(format_args!("node {n}: {peer}: {e}"));
+            None
+        }
+        Err(_) => {
+            REFUSED.refuse(format_args!("node {n}: {peer} sent no Join in time"));
+            None
+        }
+    }
+}
+
+/// The node a connection comes from (number, IPv4 address), if its source may be one: an
+/// address of the configuration's, from a reserved port unless `allowinsecureports`.
+async fn check_source(
+    shared: &Shared,
+    config: &Config,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<(i32, Ipv4Addr)> {
     let ip = match peer.ip() {
         IpAddr::V4(ip) => ip,
         IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
             Some(ip) => ip,
             None => {
                 REFUSED.refuse(format_args!("connect from {peer}: IPv6 slaves are not supported"));
-                return;
+                return None;
             }
         },
     };
-    let config = shared.config();
     // A refused slave is told why before the connection closes (the configuration's path
     // stays in the master's log).
     let Some(n) = config.node_for_addr(ip) else {
@@ -114,8 +229,8 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
             "address {ip} is not a node of this cluster (no ip or iprange line of the master's \
              configuration names it)"
         );
-        refuse(&mut stream, why, true).await;
-        return;
+        refuse(stream, why, true).await;
+        return None;
     };
     if !config.allow_insecure_ports && peer.port() >= 1024 {
         shared.metrics.connection_rejected();
@@ -129,151 +244,134 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
              `allowinsecureports` in the master's configuration)",
             peer.port()
         );
-        refuse(&mut stream, why, true).await;
-        return;
+        refuse(stream, why, true).await;
+        return None;
     }
-    let _ = stream.set_nodelay(true);
-    if let Err(e) = master_handshake(&mut stream, &shared.key).await {
-        shared.metrics.auth_refused();
-        REFUSED.refuse(format_args!("node {n}: connection from {peer} refused: {e}"));
-        return;
-    }
-    let join = tokio::time::timeout(bproc_link::HANDSHAKE_TIMEOUT, expect_frame(&mut stream)).await;
-    let (version, cookie, info, data_port, tree_port) = match join {
-        Ok(Ok((_, Message::Join { version, cookie, info, data_port, tree_port }))) => {
-            (version, cookie, info, data_port, tree_port)
-        }
-        Ok(Ok((_, Message::ProxyClient { node, creds, pid, rlimits, umask }))) => {
-            if node != n {
-                REFUSED.refuse(format_args!(
-                    "node {n}: {peer} carried a client for node {node}; refused"
-                ));
-                return;
-            }
-            if shared.table().get(n).is_none_or(|x| x.session.is_none()) {
-                REFUSED.refuse(format_args!(
-                    "node {n}: a client connection arrived while the node is down; refused"
-                ));
-                return;
-            }
-            let inherited = bproc_sys::peer::Inherited { rlimits, umask };
-            crate::clients::serve_proxied(shared, n, ip, creds, pid, inherited, stream).await;
-            return;
-        }
-        Ok(Ok((_, other))) => {
-            REFUSED.refuse(format_args!(
-                "node {n}: expected Join from {peer}, received {}",
-                other.name()
-            ));
-            return;
-        }
-        Ok(Err(e)) => {
-            REFUSED.refuse(format_args!("node {n}: {peer}: {e}"));
-            return;
-        }
-        Err(_) => {
-            REFUSED.refuse(format_args!("node {n}: {peer} sent no Join in time"));
-            return;
-        }
-    };
-    if version != SOFTWARE_VERSION && !shared.options.ignore_version {
-        let reason = format!(
-            "version mismatch: slave {version}, master {SOFTWARE_VERSION} (run bpmaster -i to accept)"
-        );
-        warn!("node {n}: {reason}");
-        refuse(&mut stream, reason, false).await;
-        return;
-    }
+    Some((n, ip))
+}
 
+/// Serves a slave's link from its `Join` to its end: the session is opened (fresh, moved,
+/// or resumed), frames are handled until the link ends, then the node goes down or
+/// unreachable.
+async fn serve_slave(shared: Arc<Shared>, joining: Joining) {
     let (tx, rx) = mpsc::unbounded_channel();
     let conn = shared.conn_id();
-    let joined = {
-        let mut t = shared.table();
-        t.join_kind(n, cookie).map(|kind| {
-            let node = t.get_mut(n).expect("join_kind checked the node");
-            let mut session =
-                Session { cookie: 0, conn, tx: tx.clone(), ping_in: 2, pending: HashMap::new() };
-            match kind {
-                JoinKind::Fresh | JoinKind::Replace => {
-                    let unreachable = node.unreachable_since.is_some();
-                    if let Some(old) = node.go_down() {
-                        disconnect(old, "replaced by a new session from a restarted slave", false);
-                        // The old daemon's processes are gone with it.
-                        shared.node_lost(n);
-                    } else if unreachable {
-                        // A slave that comes back without its session has killed its jobs.
-                        shared.node_lost(n);
-                    }
-                    session.cookie = new_cookie();
-                    node.state = "boot".into();
-                    node.mode = BOOT_MODE;
-                    node.saved = None;
-                }
-                JoinKind::Reconnect => {
-                    let mut old = node.session.take().expect("reconnect needs a live session");
-                    session.cookie = old.cookie;
-                    // The reply to the request that moved the link arrives on the new one.
-                    session.pending = std::mem::take(&mut old.pending);
-                    disconnect(old, "session moved to a new connection", false);
-                }
-                JoinKind::Resume => {
-                    let saved = node.saved.take().expect("resume needs a saved session");
-                    session.cookie = saved.cookie;
-                    node.state = saved.state;
-                    node.mode = saved.mode;
-                    node.uid = saved.uid;
-                    node.gid = saved.gid;
-                    node.attrs = saved.attrs;
-                    node.unreachable_since = None;
-                }
-            }
-            node.addr = Some(ip);
-            node.data_port = data_port;
-            node.tree_port = tree_port;
-            node.info = Some(info);
-            let cookie = session.cookie;
-            node.session = Some(session);
-            node.send(0, conf_for(n, cookie, &config));
-            (kind, cookie)
-        })
-    };
-    let (kind, cookie) = match joined {
+    let (n, peer) = (joining.n, joining.peer);
+    let (kind, cookie) = match open_session(&shared, &joining, conn, &tx) {
         Ok(j) => j,
         Err(reason) => {
             warn!("node {n}: {reason}");
+            let mut stream = joining.stream;
             refuse(&mut stream, reason, false).await;
             return;
         }
     };
     shared.notify();
-    info!("node {n}: {kind:?} session from {peer} (slave {version})");
+    info!("node {n}: {kind:?} session from {peer} (slave {})", joining.version);
     if matches!(kind, JoinKind::Fresh | JoinKind::Replace) {
         tokio::spawn(node_up::node_up(shared.clone(), n, cookie));
     }
-
-    let (mut rd, wr) = stream.into_split();
-    let (done_tx, mut done_rx) = oneshot::channel();
+    let (rd, wr) = joining.stream.into_split();
+    let (done_tx, done_rx) = oneshot::channel();
     tokio::spawn(writer(wr, rx, done_tx, shared.sent_to_slaves.clone()));
     drop(tx);
-    let reason = loop {
+    let reason = read_link(&shared, n, conn, rd, done_rx).await;
+    link_ended(&shared, n, conn, reason);
+}
+
+/// Records the session `joining` opens on its node, over connection `conn` whose writer
+/// `tx` feeds, and sends it its `CONF`; returns how it joined and the session's cookie, or
+/// why it is refused.
+fn open_session(
+    shared: &Shared,
+    joining: &Joining,
+    conn: u64,
+    tx: &mpsc::UnboundedSender<Outgoing>,
+) -> Result<(JoinKind, u64), String> {
+    let n = joining.n;
+    let mut t = shared.table();
+    let kind = t.join_kind(n, joining.cookie)?;
+    let node = t.get_mut(n).expect("join_kind checked the node");
+    let mut session =
+        Session { cookie: 0, conn, tx: tx.clone(), ping_in: 2, pending: HashMap::new() };
+    match kind {
+        JoinKind::Fresh | JoinKind::Replace => {
+            let unreachable = node.unreachable_since.is_some();
+            if let Some(old) = node.go_down() {
+                disconnect(old, "replaced by a new session from a restarted slave", false);
+                // The old daemon's processes are gone with it.
+                shared.node_lost(n);
+            } else if unreachable {
+                // A slave that comes back without its session has killed its jobs.
+                shared.node_lost(n);
+            }
+            session.cookie = new_cookie();
+            node.state = "boot".into();
+            node.mode = BOOT_MODE;
+            node.saved = None;
+        }
+        JoinKind::Reconnect => {
+            let mut old = node.session.take().expect("reconnect needs a live session");
+            session.cookie = old.cookie;
+            // The reply to the request that moved the link arrives on the new one.
+            session.pending = std::mem::take(&mut old.pending);
+            disconnect(old, "session moved to a new connection", false);
+        }
+        JoinKind::Resume => {
+            let saved = node.saved.take().expect("resume needs a saved session");
+            session.cookie = saved.cookie;
+            node.state = saved.state;
+            node.mode = saved.mode;
+            node.uid = saved.uid;
+            node.gid = saved.gid;
+            node.attrs = saved.attrs;
+            node.unreachable_since = None;
+        }
+    }
+    node.addr = Some(joining.ip);
+    node.data_port = joining.data_port;
+    node.tree_port = joining.tree_port;
+    node.info = Some(joining.info.clone());
+    let cookie = session.cookie;
+    node.session = Some(session);
+    node.send(0, conf_for(n, cookie, &joining.config));
+    Ok((kind, cookie))
+}
+
+/// Handles node `n`'s frames on connection `conn` until the link ends (`done` fires when
+/// its writer stopped); returns how it ended.
+async fn read_link(
+    shared: &Shared,
+    n: i32,
+    conn: u64,
+    mut rd: OwnedReadHalf,
+    mut done: oneshot::Receiver<()>,
+) -> Ended {
+    loop {
         let frame = tokio::select! {
             f = read_frame(&mut rd) => f,
-            _ = &mut done_rx => break Ended::Left("link closed by the master".to_owned()),
+            _ = &mut done => return Ended::Left("link closed by the master".to_owned()),
         };
         match frame {
             Ok(Some((id, msg))) => {
-                if let Some(reason) = on_frame(&shared, n, conn, id, msg) {
-                    break Ended::Left(reason);
+                if let Some(reason) = on_frame(shared, n, conn, id, msg) {
+                    return Ended::Left(reason);
                 }
             }
-            Ok(None) => break Ended::Left("connection closed by the slave".to_owned()),
+            Ok(None) => return Ended::Left("connection closed by the slave".to_owned()),
             Err(LinkError::Io(e)) if slave_gone(&e) => {
-                break Ended::Left(format!("connection lost: {e}"))
+                return Ended::Left(format!("connection lost: {e}"))
             }
-            Err(LinkError::Io(e)) => break Ended::Cut(format!("connection lost: {e}")),
-            Err(e) => break Ended::Left(format!("{e}")),
+            Err(LinkError::Io(e)) => return Ended::Cut(format!("connection lost: {e}")),
+            Err(e) => return Ended::Left(format!("{e}")),
         }
-    };
+    }
+}
+
+/// Node `n`'s link `conn` ended for `reason`: if it still carried the session, the node goes
+/// down (its jobs reported lost) or unreachable (its jobs kept for the grace period), or,
+/// while the master stops, keeps its session for the next master.
+fn link_ended(shared: &Shared, n: i32, conn: u64, reason: Ended) {
     let went = {
         let mut t = shared.table();
         match t.get_mut(n) {
@@ -441,47 +539,6 @@ async fn writer(
         }
     }
     let _ = done.send(());
-}
-
-/// Sends a request to node `n` and waits up to 30 s for its reply.
-pub(crate) async fn request(shared: &Shared, n: i32, msg: Message) -> Message {
-    request_within(shared, n, msg, Duration::from_secs(30)).await
-}
-
-/// Sends a request to node `n` and waits up to `limit` for its reply; the node going down
-/// ends the wait at once.
-pub(crate) async fn request_within(
-    shared: &Shared,
-    n: i32,
-    msg: Message,
-    limit: Duration,
-) -> Message {
-    let id = shared.request_id();
-    let (tx, rx) = oneshot::channel();
-    {
-        let mut t = shared.table();
-        let Some(s) = t.get_mut(n).and_then(|node| node.session.as_mut()) else {
-            return Message::Error { code: BE_SLAVEDIED, message: format!("node {n} is down") };
-        };
-        s.pending.insert(id, tx);
-        let _ = s.tx.send(Outgoing::Frame(id, msg));
-    }
-    match tokio::time::timeout(limit, rx).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(_)) => Message::Error {
-            code: BE_SLAVEDIED,
-            message: format!("node {n} went down before answering"),
-        },
-        Err(_) => {
-            if let Some(s) = shared.table().get_mut(n).and_then(|node| node.session.as_mut()) {
-                s.pending.remove(&id);
-            }
-            Message::Error {
-                code: BE_SLAVEDIED,
-                message: format!("node {n} did not answer in {} s", limit.as_secs()),
-            }
-        }
-    }
 }
 
 /// Pings every connected slave each `pingtimeout / 2`; a slave that answered none of the
