@@ -241,7 +241,7 @@ async fn serve_slave(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAdd
         Ok(j) => j,
         Err(reason) => {
             warn!("node {n}: {reason}");
-            refuse(&mut stream, reason, false).await;
+            refuse(&mut stream, reason.to_string(), false).await;
             return;
         }
     };

@@ -24,6 +24,7 @@ pub mod conn;
 pub mod errno;
 mod frame;
 mod msg;
+mod refusal;
 
 /// BProc's master port: the TCP port slaves connect to unless configured otherwise.
 pub const DEFAULT_PORT: u16 = 2223;
@@ -39,3 +40,4 @@ pub use msg::{
     MAX_COPY_ITEMS, MAX_FD, MAX_FD_IO, MAX_LAUNCH_TEXT, MAX_NODES, MAX_PATH, MAX_PROCS, MAX_STAGED,
     MAX_STATE_LEN, MAX_TEXT, NODE_CLIENT, NODE_MASTER,
 };
+pub use refusal::Refusal;
