@@ -239,10 +239,10 @@ impl BootConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, ConfigError};
 
-    fn parse(text: &str) -> Result<Config, String> {
-        Config::parse(text, Path::new("/etc/clustermatic/config")).map_err(|e| e.to_string())
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/clustermatic/config"))
     }
 
     #[test]
@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn bad_boot_lines_are_errors() {
-        let err = |t: &str| parse(t).unwrap_err();
+        let err = |t: &str| parse(t).unwrap_err().to_string();
         assert!(err("node 0 52:54:00:12:34\n").contains("invalid hardware address"));
         assert!(err("node 0\n").contains("missing hardware address"));
         assert_eq!(
