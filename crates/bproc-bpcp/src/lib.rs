@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use args::{split_operand, Args, Parsed, EXTENSIONS, USAGE};
-use bproc::{nodespec, BprocError, Client, Message, Place};
+use bproc::{nodespec, BprocError, Client, CopyReport, CopyRequest, Event, Place};
 use bproc_copy::service::{Fanout, MEET_TIMEOUT, STALL_TIMEOUT};
 use bproc_copy::sink::{receive, Report, Target};
 use bproc_copy::source::send;
@@ -92,6 +92,53 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         );
     }
     ExitCode::from(run.errors.get().min(255) as u8)
+}
+
+/// The nodes' reports on a copy, read as events on a thread while data moves here.
+struct Reports {
+    results: mpsc::Receiver<Option<Event>>,
+    expected: u32,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Reports {
+    /// Reads `expected` events from `events`, the copy's connection.
+    fn start(mut events: Client, expected: u32) -> Reports {
+        let (tx, results) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for _ in 0..expected {
+                match events.next_event() {
+                    Ok(e) => {
+                        if tx.send(Some(e)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tx.send(None);
+                        break;
+                    }
+                }
+            }
+        });
+        Reports { results, expected, reader }
+    }
+
+    /// Every report, and whether the connection was lost before the last.
+    fn wait(self) -> (Vec<Event>, bool) {
+        let mut reports = Vec::new();
+        let mut lost = false;
+        while reports.len() < self.expected as usize {
+            match self.results.recv() {
+                Ok(Some(e)) => reports.push(e),
+                _ => {
+                    lost = true;
+                    break;
+                }
+            }
+        }
+        let _ = self.reader.join();
+        (reports, lost)
+    }
 }
 
 /// One run's connection and counters.
@@ -232,8 +279,8 @@ impl Run {
             };
         let port = listener.as_ref().and_then(|l| l.local_addr().ok()).map_or(0, |a| a.port());
         let cwd = std::env::current_dir().map_or_else(|_| "/".into(), |d| d.display().to_string());
-        let req = Message::Copy {
-            src: src_nodes.clone(),
+        let req = CopyRequest {
+            src: src_nodes,
             paths: if *src == Host::Here { vec![".".into()] } else { paths.clone() },
             dst: dst_nodes.clone(),
             target: target.to_owned(),
@@ -242,82 +289,61 @@ impl Run {
             fanout: a.fanout,
             port,
         };
-        let client = self.client()?;
-        let (links, reports) = match client.request(&req)? {
-            Message::CopyPlan { links, reports } => (links, reports),
-            other => {
-                return Err(Fatal::Message(format!(
-                    "bpcp: unexpected reply {} from bpmaster",
-                    other.name()
-                )))
-            }
-        };
-        // Results come as events; read them on a thread while data moves here. The master
-        // gives a copy its connection to the end, so the next one opens another.
-        let (tx, results) = mpsc::channel();
-        let mut events = self.client.take().expect("connected above");
-        let reader = std::thread::spawn(move || {
-            for _ in 0..reports {
-                match events.next_event() {
-                    Ok(m) => {
-                        if tx.send(Some(m)).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => {
-                        let _ = tx.send(None);
-                        break;
-                    }
-                }
-            }
-        });
-        let many_dst = dst_nodes.len() > 1;
-        let mut local_source_errors = None;
-        if *src == Host::Here {
-            local_source_errors = Some(self.push(&paths, &links, opts));
-        }
+        let plan = self.client()?.copy(req)?;
+        // The master gives a copy its connection to the end, so the next one opens another.
+        let reports = Reports::start(self.client.take().expect("connected above"), plan.reports);
+        let local_source_errors =
+            (*src == Host::Here).then(|| self.push(&paths, &plan.links, opts));
         let mut pulled = Vec::new();
         if let Some(l) = listener {
-            pulled = self.pull(l, &links, target, opts, matches!(src, Host::Set(_)))?;
+            pulled = self.pull(l, &plan.links, target, opts, matches!(src, Host::Set(_)))?;
         }
         // Everything this process did is over; collect the nodes' reports.
-        let mut node_reports = Vec::new();
-        let mut lost = false;
-        while node_reports.len() < reports as usize {
-            match results.recv() {
-                Ok(Some(m)) => node_reports.push(m),
-                _ => {
-                    lost = true;
-                    break;
-                }
-            }
+        let (node_reports, lost) = reports.wait();
+        let gather = matches!(src, Host::Set(_));
+        self.print_errors(gather, &dst_nodes, local_source_errors, &pulled, node_reports);
+        if lost {
+            self.error("rcp: lost connection to bpmaster before every node reported");
         }
-        let _ = reader.join();
-        // Source errors are printed once: by the sender itself, or from the first receiver
-        // that saw them; a gather's come per node.
+        Ok(())
+    }
+
+    /// Prints a copy's errors: this process's own, then those `pulled` here, then the nodes'.
+    /// Source errors are printed once: by the sender itself, or from the first receiver that
+    /// saw them; a gather's come per node.
+    fn print_errors(
+        &self,
+        gather: bool,
+        dst_nodes: &[i32],
+        local_source_errors: Option<Vec<String>>,
+        pulled: &[(i32, Report)],
+        node_reports: Vec<Event>,
+    ) {
         let mut printed_source = local_source_errors.is_some();
         if let Some(errs) = local_source_errors {
             for e in errs {
                 self.error(&e);
             }
         }
-        for (node, r) in &pulled {
-            let prefix =
-                if matches!(src, Host::Set(_)) { format!("{node}: ") } else { String::new() };
+        for (node, r) in pulled {
+            let prefix = if gather { format!("{node}: ") } else { String::new() };
             for e in r.source_errors.iter().chain(&r.errors) {
                 self.error(&format!("{prefix}{e}"));
             }
             printed_source = true;
         }
-        for m in node_reports {
-            let Message::CopyResult { node, source_errors, errors, .. } = m else { continue };
+        let many_dst = dst_nodes.len() > 1;
+        for event in node_reports {
+            let Event::CopyReport(CopyReport { node, source_errors, errors, .. }) = event else {
+                continue;
+            };
             if !printed_source && !source_errors.is_empty() {
                 for e in &source_errors {
                     self.error(e);
                 }
                 printed_source = true;
             }
-            let prefix = if many_dst && dst_nodes.contains(&node) || matches!(src, Host::Set(_)) {
+            let prefix = if many_dst && dst_nodes.contains(&node) || gather {
                 format!("{node}: ")
             } else {
                 String::new()
@@ -326,10 +352,6 @@ impl Run {
                 self.error(&format!("{prefix}{e}"));
             }
         }
-        if lost {
-            self.error("rcp: lost connection to bpmaster before every node reported");
-        }
-        Ok(())
     }
 
     /// Streams this machine's `paths` to the receivers in `links`; returns the source errors.

@@ -239,12 +239,8 @@ pub unsafe extern "C" fn bproc_nodeaddr(
             return Err(EINVAL);
         }
         let ip = if node == NODE_MASTER {
-            client()?.place().map_err(failed)?;
-            let info = client()?.request(&bproc::Message::MasterInfo).map_err(failed)?;
-            match info {
-                bproc::Message::MasterInfoReply { addrs, .. } => addrs.iter().find_map(|a| a.ip),
-                _ => None,
-            }
+            let info = client()?.master_info().map_err(failed)?;
+            info.addrs.iter().find_map(|a| a.ip)
         } else {
             find(node)?.addr
         };
@@ -1279,10 +1275,8 @@ pub struct ProcInfo {
 #[no_mangle]
 pub extern "C" fn bproc_pidnode(pid: c_int) -> c_int {
     let found = || -> Option<c_int> {
-        match client().ok()?.request(&bproc::Message::ProcList).ok()? {
-            bproc::Message::Procs { procs } => procs.iter().find(|p| p.pid == pid).map(|p| p.node),
-            _ => None,
-        }
+        let procs = client().ok()?.procs().ok()?;
+        procs.iter().find(|p| p.pid == pid).map(|p| p.node)
     };
     catch_unwind(found).ok().flatten().unwrap_or(NODE_MASTER)
 }
@@ -1298,10 +1292,7 @@ pub unsafe extern "C" fn bproc_proclist(node: c_int, list: *mut *mut ProcInfo) -
         if list.is_null() {
             return Err(EINVAL);
         }
-        let procs = match client()?.request(&bproc::Message::ProcList).map_err(failed)? {
-            bproc::Message::Procs { procs } => procs,
-            _ => return Err(EIO),
-        };
+        let procs = client()?.procs().map_err(failed)?;
         let v: Vec<ProcInfo> = procs
             .iter()
             .filter(|p| node == BPROC_NODE_ANY || p.node == node)

@@ -142,14 +142,12 @@ fn select(
     Ok(out)
 }
 
-fn render(a: &Args, mut nodes: Vec<NodeStatus>) -> Result<String, String> {
+fn render(a: &Args, mut nodes: Vec<NodeStatus>) -> Result<String, fmt::FormatError> {
     let compact = a.display == Display::Compact;
     fmt::sort_nodes(&mut nodes, a.sort, a.reverse, compact);
     let names = SystemNames::default();
     Ok(match a.display {
-        Display::Compact => {
-            fmt::compact(&nodes, fmt::terminal_cols(), &names).map_err(|e| e.to_string())?
-        }
+        Display::Compact => fmt::compact(&nodes, fmt::terminal_cols(), &names)?,
         Display::Long => fmt::long(&nodes, &names),
         Display::Address => fmt::addresses(&nodes),
         Display::Status => fmt::statuses(&nodes),
@@ -157,6 +155,25 @@ fn render(a: &Args, mut nodes: Vec<NodeStatus>) -> Result<String, String> {
         Display::Total => fmt::total(&nodes),
         Display::Json => fmt::json(&nodes, &names),
     })
+}
+
+/// The selected nodes of `all` as the display wants them, or the exit code of a bad spec
+/// or a window too small (already reported).
+fn show(a: &Args, all: &[NodeStatus]) -> Result<String, ExitCode> {
+    let nodes = select(all, &a.specs).map_err(|bad| {
+        eprintln!("{}", bad.bproc_message());
+        ExitCode::FAILURE
+    })?;
+    render(a, nodes).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Reports `e` as bpstat's failure.
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("bpstat: {e}");
+    ExitCode::FAILURE
 }
 
 fn address_of(all: &[NodeStatus], host: &str) -> ExitCode {
@@ -177,6 +194,34 @@ fn address_of(all: &[NodeStatus], host: &str) -> ExitCode {
     }
 }
 
+/// `--master-info`: one JSON line.
+fn master_info(client: &mut Client) -> ExitCode {
+    let info = match client.master_info() {
+        Ok(info) => info,
+        Err(e) => return fail(e),
+    };
+    let addrs: Vec<String> = info
+        .addrs
+        .iter()
+        .map(|e| format!("{}:{}", e.ip.map_or("*".into(), |i| i.to_string()), e.port))
+        .collect();
+    let v = serde_json::json!({
+        "version": info.version, "addrs": addrs, "bytes_to_slaves": info.bytes_to_slaves,
+        "ghosts_made": info.ghosts_made
+    });
+    let _ = write_out(&format!("{v}\n"));
+    ExitCode::SUCCESS
+}
+
+/// `-L`: the interrupt and suspend keys do nothing (blocked signals stay pending and never
+/// act).
+fn block_keys() {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTSTP);
+    let _ = set.thread_block();
+}
+
 /// Runs bpstat with `args` (without the program name).
 pub fn main(args: Vec<OsString>) -> ExitCode {
     let a = match parse(args) {
@@ -188,48 +233,14 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         }
     };
     if a.lock {
-        // Blocked signals stay pending and never act: the keys do nothing.
-        let mut set = SigSet::empty();
-        set.add(Signal::SIGINT);
-        set.add(Signal::SIGTSTP);
-        let _ = set.thread_block();
+        block_keys();
     }
     let mut client = match Client::connect() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("bpstat: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e),
     };
     if a.master_info {
-        return match client.request(&bproc::Message::MasterInfo) {
-            Ok(bproc::Message::MasterInfoReply {
-                version,
-                addrs,
-                bytes_to_slaves,
-                ghosts_made,
-                ..
-            }) => {
-                let addrs: Vec<String> = addrs
-                    .iter()
-                    .map(|e| format!("{}:{}", e.ip.map_or("*".into(), |i| i.to_string()), e.port))
-                    .collect();
-                let v = serde_json::json!({
-                    "version": version, "addrs": addrs, "bytes_to_slaves": bytes_to_slaves,
-                    "ghosts_made": ghosts_made
-                });
-                let _ = write_out(&format!("{v}\n"));
-                ExitCode::SUCCESS
-            }
-            Ok(other) => {
-                eprintln!("bpstat: unexpected reply {} from bpmaster", other.name());
-                ExitCode::FAILURE
-            }
-            Err(e) => {
-                eprintln!("bpstat: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return master_info(&mut client);
     }
     if let Some(view) = a.procs {
         return procs(&mut client, view);
@@ -237,57 +248,37 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     if let Some(host) = &a.address_of {
         return match client.nodes() {
             Ok(all) => address_of(&all, host),
-            Err(e) => {
-                eprintln!("bpstat: {e}");
-                ExitCode::FAILURE
-            }
+            Err(e) => fail(e),
         };
     }
-    let show = |all: &[NodeStatus]| -> Result<String, ExitCode> {
-        let nodes = select(all, &a.specs).map_err(|bad| {
-            eprintln!("{}", bad.bproc_message());
-            ExitCode::FAILURE
-        })?;
-        render(&a, nodes).map_err(|e| {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        })
+    if a.update {
+        return update(&a, client);
+    }
+    let all = match client.nodes() {
+        Ok(n) => n,
+        Err(e) => return fail(e),
     };
-    if !a.update {
-        let all = match client.nodes() {
-            Ok(n) => n,
-            Err(e) => {
-                eprintln!("bpstat: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        return match show(&all) {
-            Ok(text) => match write_out(&text) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("bpstat: {e}");
-                    ExitCode::FAILURE
-                }
-            },
-            Err(code) => code,
-        };
+    match show(&a, &all) {
+        Ok(text) => match write_out(&text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Err(code) => code,
     }
+}
+
+/// `-U`: the table again after every change, until the master goes or output fails.
+fn update(a: &Args, client: Client) -> ExitCode {
     let mut watcher = match client.watch() {
         Ok(w) => w,
-        Err(e) => {
-            eprintln!("bpstat: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e),
     };
     loop {
         let all = match watcher.next_table() {
             Ok(t) => t,
-            Err(e) => {
-                eprintln!("bpstat: {e}");
-                return ExitCode::FAILURE;
-            }
+            Err(e) => return fail(e),
         };
-        match show(&all) {
+        match show(a, &all) {
             Ok(text) => {
                 if write_out(&format!("\x1b[H\x1b[J{text}")).is_err() {
                     return ExitCode::FAILURE;
@@ -303,34 +294,24 @@ fn procs(client: &mut Client, view: Procs) -> ExitCode {
     use crate::bpstat_procs as p;
     let list = match client.procs() {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("bpstat: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(e),
     };
     let text = match view {
         Procs::List => p::pid_list(&list),
         Procs::Annotate => {
             let mut input = String::new();
             if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input) {
-                eprintln!("bpstat: reading stdin: {e}");
-                return ExitCode::FAILURE;
+                return fail(format_args!("reading stdin: {e}"));
             }
             match p::annotate(&input, &list) {
                 Ok(t) => t,
-                Err(e) => {
-                    eprintln!("bpstat: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(e) => return fail(e),
             }
         }
         Procs::Stat => {
             let stats = match client.proc_stats(&[]) {
                 Ok(s) => s,
-                Err(e) => {
-                    eprintln!("bpstat: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(e) => return fail(e),
             };
             let comm = |pid: i32| {
                 std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -342,9 +323,6 @@ fn procs(client: &mut Client, view: Procs) -> ExitCode {
     };
     match write_out(&text) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bpstat: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
 }

@@ -20,14 +20,19 @@ pub fn pid_list(procs: &[ProcEntry]) -> String {
     out
 }
 
+/// `-P` was given input without a `PID` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no PID column in the input (pipe ps output into bpstat -P)")]
+pub struct NoPidColumn;
+
 /// `-P`: `input` (ps output) with a leading NODE column: the node of each remote process,
 /// empty for local ones. Err when the input has no PID column.
-pub fn annotate(input: &str, procs: &[ProcEntry]) -> Result<String, String> {
+pub fn annotate(input: &str, procs: &[ProcEntry]) -> Result<String, NoPidColumn> {
     let node: HashMap<i32, i32> = procs.iter().map(|p| (p.pid, p.node)).collect();
     let mut lines = input.lines();
     let Some(header) = lines.next() else { return Ok(String::new()) };
     let Some(field) = header.split_whitespace().position(|f| f == "PID") else {
-        return Err("no PID column in the input (pipe ps output into bpstat -P)".into());
+        return Err(NoPidColumn);
     };
     let mut out = format!("NODE\t{header}\n");
     for line in lines {

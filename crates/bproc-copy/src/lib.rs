@@ -36,9 +36,13 @@ impl Progress for NoProgress {
 
 /// rcp's message for an error on `path`: `rcp: PATH: No such file or directory`.
 pub fn rcp_error(path: &str, e: &std::io::Error) -> String {
-    let text = match e.raw_os_error() {
+    format!("rcp: {path}: {}", os_text(e))
+}
+
+/// What rcp says of `e`: the C library's text for its errno (`No such file or directory`).
+pub(crate) fn os_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
         Some(code) => nix::errno::Errno::from_raw(code).desc().to_owned(),
         None => e.to_string(),
-    };
-    format!("rcp: {path}: {text}")
+    }
 }

@@ -248,7 +248,7 @@ impl DataService {
             if let Some((token, _)) = &expected {
                 self.forget(token);
             }
-            return fail(m);
+            return fail(m.to_string());
         }
         match task {
             CopyTask::Send { paths, to } => {
@@ -301,15 +301,11 @@ impl DataService {
 
     /// Takes the caller's identity on this thread: its own filesystem context, the node's
     /// root, the caller's groups, gid and uid, then the caller's working directory.
-    fn take_identity(&self, creds: &Creds, cwd: &str) -> Result<(), String> {
+    fn take_identity(&self, creds: &Creds, cwd: &str) -> Result<(), IdentityError> {
         if !self.authority.root && creds.uid != self.authority.uid {
-            return Err(format!(
-                "rcp: this daemon runs as uid {} without root, so it copies only that user's files ({})",
-                self.authority.uid,
-                nix::errno::Errno::from_raw(EPERM).desc()
-            ));
+            return Err(IdentityError::NotRoot { uid: self.authority.uid });
         }
-        let sys = |what: &str, e: nix::Error| format!("rcp: cannot {what}: {}", e.desc());
+        let sys = |what, errno| IdentityError::Sys { what, errno };
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
             .map_err(|e| sys("separate the copy thread", e))?;
         if let Some(root) = &self.jail {
@@ -329,6 +325,21 @@ impl DataService {
         nix::sys::stat::umask(nix::sys::stat::Mode::empty());
         Ok(())
     }
+}
+
+/// Why a copy order cannot run as its caller; the order's result carries it.
+#[derive(Debug, thiserror::Error)]
+enum IdentityError {
+    /// A daemon without root can act only as its own user.
+    #[error(
+        "rcp: this daemon runs as uid {uid} without root, so it copies only that user's files \
+         ({})",
+        nix::errno::Errno::from_raw(EPERM).desc()
+    )]
+    NotRoot { uid: u32 },
+    /// A step of taking the caller's identity failed.
+    #[error("rcp: cannot {what}: {}", errno.desc())]
+    Sys { what: &'static str, errno: nix::Error },
 }
 
 fn result(source_errors: Vec<String>, errors: Vec<String>, files: u64, bytes: u64) -> Message {

@@ -42,6 +42,17 @@ use nix::libc;
 use crate::stream::{decode_entry, decode_magic, decode_trailer, Decoded, Entry, Times, Trailer};
 use crate::{rcp_error, Progress, CHUNK};
 
+/// Why a file's data has nowhere to go; the receiver reports it and goes on with the next.
+#[derive(Debug, thiserror::Error)]
+enum CreateError {
+    /// A system call failed on the file (printed as rcp does, so not a source).
+    #[error("rcp: {shown}: {}", crate::os_text(error))]
+    Io { shown: String, error: io::Error },
+    /// A directory is where the file should go.
+    #[error("rcp: {0}: Is a directory")]
+    IsDir(String),
+}
+
 /// A named temporary (see the module header) whose status has not changed for this long
 /// belongs to a receiver that died, and the next copy into its directory removes it.
 pub const STALE_AFTER: Duration = Duration::from_secs(10 * 60);
@@ -361,8 +372,8 @@ impl Receiver<'_> {
     ) -> io::Result<()> {
         let mut out = dest.and_then(|p| match self.create(&p, size) {
             Ok(w) => Some(w),
-            Err(msg) => {
-                self.report.errors.push(msg);
+            Err(e) => {
+                self.report.errors.push(e.to_string());
                 None
             }
         });
@@ -434,8 +445,8 @@ impl Receiver<'_> {
 
     /// Opens what a file's data is written to: a new file that will become `dest` (or the
     /// file a symbolic link at `dest` names), or a FIFO or device there, in place.
-    fn create(&mut self, dest: &Path, size: u64) -> Result<Pending, String> {
-        let fail = |e: io::Error| rcp_error(&show(dest), &e);
+    fn create(&mut self, dest: &Path, size: u64) -> Result<Pending, CreateError> {
+        let fail = |error: io::Error| CreateError::Io { shown: show(dest), error };
         let (real, existing) = match std::fs::symlink_metadata(dest) {
             Ok(m) if m.file_type().is_symlink() => follow(dest).map_err(fail)?,
             Ok(m) => (dest.to_owned(), Some(m)),
@@ -444,7 +455,7 @@ impl Receiver<'_> {
         };
         let shown = dest.to_owned();
         match &existing {
-            Some(m) if m.is_dir() => Err(format!("rcp: {}: Is a directory", show(dest))),
+            Some(m) if m.is_dir() => Err(CreateError::IsDir(show(dest))),
             Some(m) if is_special(m) => {
                 let fifo = m.file_type().is_fifo();
                 let file = open_in_place(&real, fifo).map_err(fail)?;

@@ -20,6 +20,59 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use thiserror::Error;
+
+/// Not a hardware address.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid hardware address: {0} (expected six bytes like 52:54:00:12:34:01)")]
+pub struct MacError(pub String);
+
+/// What is wrong with one of the boot server's lines.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BootError {
+    /// A directive that takes exactly one argument got more.
+    #[error("{0} takes one argument")]
+    OneArgument(String),
+    /// `bootserver` is neither on nor off.
+    #[error("bootserver must be on or off, not `{0}`")]
+    OnOff(String),
+    /// `bootfile` with several files.
+    #[error("per-node boot files are not supported: give one bootfile")]
+    PerNodeBootfile,
+    /// A path directive with an empty argument.
+    #[error("empty path for {0}")]
+    EmptyPath(&'static str),
+    /// `bootport` is not a port.
+    #[error("invalid port for bootport: {0} (must be 1-65535)")]
+    Port(String),
+    /// `bootkey` is neither image nor once.
+    #[error("bootkey must be image or once, not `{0}`")]
+    BootKey(String),
+    /// Not one of the boot server's directives.
+    #[error("{0} is not a boot directive")]
+    NotBoot(String),
+    /// A `node` line's number is negative or too large.
+    #[error("invalid node number: {0}")]
+    Node(String),
+    /// The node after the last `node` line does not fit an `i32`.
+    #[error("no node number after the last")]
+    NoNodeAfter,
+    /// `node NODE` without a hardware address.
+    #[error("missing hardware address for node {0}")]
+    MissingMac(i32),
+    /// Not a hardware address.
+    #[error(transparent)]
+    Mac(#[from] MacError),
+    /// A hardware address given to two nodes.
+    #[error("hardware address already assigned: {mac} (node {node})")]
+    MacTaken {
+        /// The address.
+        mac: Mac,
+        /// The node it was given to first.
+        node: i32,
+    },
+}
+
 /// The default HTTP port of the boot server.
 pub const DEFAULT_BOOT_PORT: u16 = 80;
 
@@ -35,12 +88,11 @@ impl fmt::Display for Mac {
 }
 
 impl std::str::FromStr for Mac {
-    type Err = String;
+    type Err = MacError;
 
     /// Six hexadecimal bytes separated by `:` or `-` (`52:54:00:12:34:01`).
-    fn from_str(s: &str) -> Result<Mac, String> {
-        let bad =
-            || format!("invalid hardware address: {s} (expected six bytes like 52:54:00:12:34:01)");
+    fn from_str(s: &str) -> Result<Mac, MacError> {
+        let bad = || MacError(s.into());
         let parts: Vec<&str> = s.split([':', '-']).collect();
         if parts.len() != 6 {
             return Err(bad());
@@ -99,32 +151,32 @@ impl BootConfig {
     }
 
     /// Applies one boot directive (`tag` with `args`, at least one); `dir` anchors relative
-    /// paths. Returns the node a `node` line named, or the message of an invalid line.
+    /// paths. Returns the node a `node` line named.
     pub(crate) fn apply(
         &mut self,
         tag: &str,
         args: &[String],
         dir: &Path,
-    ) -> Result<Option<i32>, String> {
+    ) -> Result<Option<i32>, BootError> {
         let one = || match args {
             [a] => Ok(a.as_str()),
-            _ => Err(format!("{tag} takes one argument")),
+            _ => Err(BootError::OneArgument(tag.into())),
         };
         match tag {
             "bootserver" => {
                 self.server = match one()? {
                     "on" | "yes" => true,
                     "off" | "no" => false,
-                    other => return Err(format!("bootserver must be on or off, not `{other}`")),
+                    other => return Err(BootError::OnOff(other.into())),
                 }
             }
             "bootfile" => {
                 if args.len() > 1 {
-                    return Err("per-node boot files are not supported: give one bootfile".into());
+                    return Err(BootError::PerNodeBootfile);
                 }
                 let file = one()?;
                 if file.is_empty() {
-                    return Err("empty path for bootfile".into());
+                    return Err(BootError::EmptyPath("bootfile"));
                 }
                 self.bootfile = Some(dir.join(file));
             }
@@ -133,52 +185,49 @@ impl BootConfig {
                 self.port = crate::config::parse_c_integer(p)
                     .and_then(|n| u16::try_from(n).ok())
                     .filter(|&n| n > 0)
-                    .ok_or_else(|| format!("invalid port for bootport: {p} (must be 1-65535)"))?;
+                    .ok_or_else(|| BootError::Port(p.into()))?;
             }
             "bootkey" => {
                 self.key_once = match one()? {
                     "once" => true,
                     "image" => false,
-                    other => return Err(format!("bootkey must be image or once, not `{other}`")),
+                    other => return Err(BootError::BootKey(other.into())),
                 }
             }
             "pxeloader" => {
                 let file = one()?;
                 if file.is_empty() {
-                    return Err("empty path for pxeloader".into());
+                    return Err(BootError::EmptyPath("pxeloader"));
                 }
                 self.pxe_loader = Some(dir.join(file));
             }
             "kernelcommandline" => self.kernel_args.extend(args.iter().cloned()),
             "node" => return self.node(args).map(Some),
-            _ => return Err(format!("{tag} is not a boot directive")),
+            _ => return Err(BootError::NotBoot(tag.into())),
         }
         Ok(None)
     }
 
     /// `node [NODE] MAC...`
-    fn node(&mut self, args: &[String]) -> Result<i32, String> {
+    fn node(&mut self, args: &[String]) -> Result<i32, BootError> {
         let (node, macs) = match crate::config::parse_c_integer(&args[0]) {
             Some(n) => {
                 let n = i32::try_from(n)
                     .ok()
                     .filter(|n| *n >= 0)
-                    .ok_or_else(|| format!("invalid node number: {}", args[0]))?;
+                    .ok_or_else(|| BootError::Node(args[0].clone()))?;
                 (n, &args[1..])
             }
-            None => (
-                i32::try_from(self.next).map_err(|_| "no node number after the last".to_owned())?,
-                args,
-            ),
+            None => (i32::try_from(self.next).map_err(|_| BootError::NoNodeAfter)?, args),
         };
         if macs.is_empty() {
-            return Err(format!("missing hardware address for node {node}"));
+            return Err(BootError::MissingMac(node));
         }
         let mut seen: HashMap<Mac, i32> = self.macs.iter().copied().collect();
         for m in macs {
             let mac: Mac = m.parse()?;
             if let Some(owner) = seen.insert(mac, node) {
-                return Err(format!("hardware address already assigned: {mac} (node {owner})"));
+                return Err(BootError::MacTaken { mac, node: owner });
             }
             self.macs.push((mac, node));
         }
@@ -190,10 +239,10 @@ impl BootConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Config, ConfigError};
 
-    fn parse(text: &str) -> Result<Config, String> {
-        Config::parse(text, Path::new("/etc/clustermatic/config")).map_err(|e| e.to_string())
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/clustermatic/config"))
     }
 
     #[test]
@@ -224,7 +273,7 @@ mod tests {
 
     #[test]
     fn bad_boot_lines_are_errors() {
-        let err = |t: &str| parse(t).unwrap_err();
+        let err = |t: &str| parse(t).unwrap_err().to_string();
         assert!(err("node 0 52:54:00:12:34\n").contains("invalid hardware address"));
         assert!(err("node 0\n").contains("missing hardware address"));
         assert_eq!(

@@ -122,25 +122,17 @@ impl Conns {
         uid: u32,
         admin: bool,
         ghost: bool,
-    ) -> Result<Slot, String> {
+    ) -> Result<Slot, Crowded> {
         let mut c = self.lock();
         if admin {
             return Ok(Slot { conns: self.clone(), uid, capped: false, other: false });
         }
         let mine = c.by_uid.get(&uid).copied().unwrap_or(0);
         if !ghost && mine >= self.per_user.load(Ordering::Relaxed) {
-            return Err(format!(
-                "bpmaster refused the connection: user {uid} already has {mine} connections \
-                 (cap maxclientsperuser)"
-            ));
+            return Err(Crowded::User { uid, held: mine });
         }
         if c.others >= self.others_max {
-            return Err(format!(
-                "bpmaster refused the connection: users other than root hold {} connections, \
-                 all its open-file limit allows beside root's reserve (raise bpmaster's \
-                 `ulimit -n`)",
-                c.others
-            ));
+            return Err(Crowded::Others { held: c.others });
         }
         c.others += 1;
         if !ghost {
@@ -150,9 +142,26 @@ impl Conns {
     }
 }
 
+/// Why a connection is not admitted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub(crate) enum Crowded {
+    /// The user holds its `maxclientsperuser` connections.
+    #[error(
+        "bpmaster refused the connection: user {uid} already has {held} connections \
+         (cap maxclientsperuser)"
+    )]
+    User { uid: u32, held: usize },
+    /// Users other than root hold all the descriptors root's reserve leaves.
+    #[error(
+        "bpmaster refused the connection: users other than root hold {held} connections, \
+         all its open-file limit allows beside root's reserve (raise bpmaster's `ulimit -n`)"
+    )]
+    Others { held: usize },
+}
+
 /// The refusal a client reads instead of an answer.
-fn refusal(why: &str) -> Vec<u8> {
-    bproc_proto::encode(0, &Message::Error { code: EAGAIN, message: why.to_owned() })
+fn refusal(why: &Crowded) -> Vec<u8> {
+    bproc_proto::encode(0, &Message::Error { code: EAGAIN, message: why.to_string() })
 }
 
 /// Whether process `pid` runs the ghost program `ghost`.
@@ -513,7 +522,7 @@ mod tests {
         let a = conns.admit(1001, false, false).unwrap();
         let _b = conns.admit(1001, false, false).unwrap();
         assert_eq!(
-            conns.admit(1001, false, false).unwrap_err(),
+            conns.admit(1001, false, false).unwrap_err().to_string(),
             "bpmaster refused the connection: user 1001 already has 2 connections \
              (cap maxclientsperuser)"
         );
@@ -534,7 +543,7 @@ mod tests {
         let conns = Arc::new(Conns::new(1000, 1000, 10));
         let others: Vec<Slot> =
             (0..704).map(|i| conns.admit(2000 + i, false, i % 2 == 0).unwrap()).collect();
-        let err = conns.admit(5000, false, false).unwrap_err();
+        let err = conns.admit(5000, false, false).unwrap_err().to_string();
         assert!(err.contains("users other than root hold 704 connections"), "{err}");
         assert!(conns.admit(0, true, false).is_ok());
         drop(others);

@@ -270,15 +270,172 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// A line is invalid.
-    #[error("{}:{line}: {message}", path.display())]
+    #[error("{}:{line}: {problem}", path.display())]
     Syntax {
         /// The configuration file.
         path: PathBuf,
         /// The 1-based line number.
         line: usize,
-        /// What is wrong.
-        message: String,
+        /// What is wrong with the line (printed here, so not a source).
+        problem: LineError,
     },
+}
+
+/// What is wrong with one line of the configuration file; [`ConfigError::Syntax`] adds the
+/// file and line.
+#[derive(Debug, Error)]
+pub enum LineError {
+    /// A quote is not closed before the end of the line.
+    #[error("unterminated {0} quote")]
+    UnterminatedQuote(char),
+    /// A backslash has nothing to escape.
+    #[error("backslash at the end of the line")]
+    TrailingBackslash,
+    /// More arguments than the directive takes.
+    #[error("too many arguments for {tag} (max = {max})")]
+    TooManyArgs {
+        /// The directive.
+        tag: String,
+        /// The most it takes.
+        max: usize,
+    },
+    /// Fewer arguments than the directive needs.
+    #[error("too few arguments for {tag} (min = {min})")]
+    TooFewArgs {
+        /// The directive.
+        tag: String,
+        /// The fewest it takes.
+        min: usize,
+    },
+    /// A flag that is neither `yes` nor `no`.
+    #[error("{tag} must be yes or no, not `{arg}`")]
+    YesNo {
+        /// The directive.
+        tag: String,
+        /// What was given.
+        arg: String,
+    },
+    /// Not a dotted-quad IPv4 address.
+    #[error("invalid IP address: {0}")]
+    Addr(String),
+    /// Not a port number.
+    #[error("invalid port for {what}: {arg} (must be {min}-65535)")]
+    Port {
+        /// The directive.
+        what: &'static str,
+        /// What was given.
+        arg: String,
+        /// The smallest port allowed.
+        min: i64,
+    },
+    /// `statuspage` is neither an address nor `off`.
+    #[error("invalid statuspage: {0} (expected ADDR[:PORT], such as 127.0.0.1:8080, or off)")]
+    StatusPage(String),
+    /// `bprocport` names no TCP service in `/etc/services`.
+    #[error("bprocport: unknown service or invalid port: {0}")]
+    Service(String),
+    /// A node number below 0.
+    #[error("invalid node number: {0} (must be 0 or more)")]
+    NegativeNode(String),
+    /// A node number beyond an `i32`.
+    #[error("invalid node number: {0} (too large)")]
+    NodeTooLarge(String),
+    /// Not a node number.
+    #[error("invalid node number: {0}")]
+    NotANode(String),
+    /// The node after the last one assigned does not fit an `i32`.
+    #[error("no node number after {0}")]
+    NoNodeAfter(i64),
+    /// An address already belongs to a node.
+    #[error("IP already allocated: {ip} (node {node})")]
+    AddrTaken {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The node it belongs to.
+        node: i32,
+    },
+    /// More nodes than a node list on the wire can carry.
+    #[error("too many nodes (at most {MAX_NODES})")]
+    TooManyNodes,
+    /// `ip NODE` without an address.
+    #[error("missing address for node {0}")]
+    MissingAddr(i32),
+    /// `iprange NODE` with one address.
+    #[error("iprange needs two addresses after the node number")]
+    RangeArgs,
+    /// `iprange` with its first address after its last.
+    #[error("invalid range: {first} comes after {last}")]
+    Range {
+        /// The first address, as given.
+        first: String,
+        /// The last address, as given.
+        last: String,
+    },
+    /// An `iprange`'s node numbers would pass `i32::MAX`.
+    #[error("node numbers from {0} run past {max}", max = i32::MAX)]
+    NodesRunPast(i32),
+    /// A path directive with an empty argument.
+    #[error("empty path for {0}")]
+    EmptyPath(String),
+    /// `logfacility` names no syslog facility.
+    #[error("unknown log facility: {0}")]
+    LogFacility(String),
+    /// `pingtimeout` is not a number.
+    #[error("invalid number for pingtimeout: {0}")]
+    PingTimeout(String),
+    /// `pingtimeout` is below the minimum.
+    #[error("pingtimeout must be {MIN_PING_TIMEOUT} seconds or more, not {0}")]
+    PingTimeoutSmall(String),
+    /// `pingtimeout` does not fit a `u32`.
+    #[error("pingtimeout too large: {0}")]
+    PingTimeoutLarge(String),
+    /// A number outside the range its directive allows.
+    #[error("{tag} must be {range}, not {arg}")]
+    OutOfRange {
+        /// The directive.
+        tag: String,
+        /// What it must be.
+        range: &'static str,
+        /// What was given.
+        arg: String,
+    },
+    /// `slave OPTION` with an option we do not know.
+    #[error("unknown slave option: {0}")]
+    SlaveOption(String),
+    /// A `nodename` format that cannot name nodes.
+    #[error(
+        "invalid nodename: {0} (letters, digits, `-`, `.`, `_` and %N for the node number, \
+         such as node%N)"
+    )]
+    NodeName(String),
+    /// `listen` is not `IPV4[:PORT]`.
+    #[error("invalid listen address: {0} (expected IPV4[:PORT])")]
+    Listen(String),
+    /// The same `listen` address twice.
+    #[error("duplicate listen address: {0}")]
+    DuplicateListen(SocketAddr),
+    /// A `master` host does not resolve.
+    #[error("cannot resolve master host {host}: {error}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// Why (printed here, so not a source).
+        error: std::io::Error,
+    },
+    /// A `master` host has only IPv6 addresses.
+    #[error("master host {0} has no IPv4 address")]
+    NoIpv4(String),
+    /// The same master twice.
+    #[error("duplicate master address: {arg} ({addr})")]
+    DuplicateMaster {
+        /// The argument as given.
+        arg: String,
+        /// What it resolved to.
+        addr: SocketAddr,
+    },
+    /// A boot server line is invalid.
+    #[error(transparent)]
+    Boot(#[from] crate::bootconf::BootError),
 }
 
 impl Config {
@@ -304,7 +461,7 @@ impl Config {
     /// an invalid value, an address given twice, a host that does not resolve. Unknown
     /// directives are not errors; they become [`Config::warnings`].
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let syntax = |line, message| ConfigError::Syntax { path: path.into(), line, message };
+        let syntax = |line, problem| ConfigError::Syntax { path: path.into(), line, problem };
         let mut lines = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let args = split_line(raw).map_err(|m| syntax(i + 1, m))?;
@@ -348,7 +505,7 @@ fn is_c_space(c: char) -> bool {
 }
 
 /// Splits one line into arguments, dropping its comment.
-fn split_line(line: &str) -> Result<Vec<String>, String> {
+fn split_line(line: &str) -> Result<Vec<String>, LineError> {
     let mut args = Vec::new();
     let mut chars = line.chars().peekable();
     loop {
@@ -363,7 +520,7 @@ fn split_line(line: &str) -> Result<Vec<String>, String> {
             match (c, quote) {
                 ('\\', _) => match chars.next() {
                     Some(escaped) => arg.push(escaped),
-                    None => return Err("backslash at the end of the line".into()),
+                    None => return Err(LineError::TrailingBackslash),
                 },
                 (c, Some(q)) if c == q => quote = None,
                 (c, Some(_)) => arg.push(c),
@@ -378,7 +535,7 @@ fn split_line(line: &str) -> Result<Vec<String>, String> {
             }
         }
         if let Some(q) = quote {
-            return Err(format!("unterminated {q} quote"));
+            return Err(LineError::UnterminatedQuote(q));
         }
         args.push(arg);
     }
@@ -461,6 +618,18 @@ impl Directive {
         }
     }
 
+    /// The values a directive of one number allows, and how a message describes them.
+    fn bounds(self) -> (std::ops::RangeInclusive<u32>, &'static str) {
+        use Directive::*;
+        match self {
+            GracePeriod => (1..=86_400, "a number of seconds from 1 to 86400"),
+            NodeUpTimeout => (0..=86_400, "a number of seconds from 0 (no limit) to 86400"),
+            LaunchFanout => (1..=1024, "a number from 1 to 1024"),
+            MaxClientsPerUser => (1..=1 << 20, "a number from 1 to 1048576"),
+            _ => (0..=u32::MAX, "a number"),
+        }
+    }
+
     /// The minimum and maximum (`None`: unbounded) number of arguments after the tag.
     fn arity(self) -> (usize, Option<usize>) {
         use Directive::*;
@@ -482,12 +651,12 @@ fn check_arity(
     name: &str,
     args: &[String],
     (min, max): (usize, Option<usize>),
-) -> Result<(), String> {
+) -> Result<(), LineError> {
     if let Some(max) = max.filter(|&max| args.len() > max) {
-        return Err(format!("too many arguments for {name} (max = {max})"));
+        return Err(LineError::TooManyArgs { tag: name.into(), max });
     }
     if args.len() < min {
-        return Err(format!("too few arguments for {name} (min = {min})"));
+        return Err(LineError::TooFewArgs { tag: name.into(), min });
     }
     Ok(())
 }
@@ -517,42 +686,58 @@ pub(crate) fn parse_c_integer(s: &str) -> Option<i64> {
 }
 
 /// Parses `yes` or `no`, case-insensitively.
-fn parse_yes_no(name: &str, arg: &str) -> Result<bool, String> {
+fn parse_yes_no(name: &str, arg: &str) -> Result<bool, LineError> {
     if arg.eq_ignore_ascii_case("yes") {
         Ok(true)
     } else if arg.eq_ignore_ascii_case("no") {
         Ok(false)
     } else {
-        Err(format!("{name} must be yes or no, not `{arg}`"))
+        Err(LineError::YesNo { tag: name.into(), arg: arg.into() })
     }
 }
 
+/// `pingtimeout SECONDS`, at least [`MIN_PING_TIMEOUT`].
+fn parse_ping_timeout(arg: &str) -> Result<u32, LineError> {
+    let n = parse_c_integer(arg).ok_or_else(|| LineError::PingTimeout(arg.into()))?;
+    if n < i64::from(MIN_PING_TIMEOUT) {
+        return Err(LineError::PingTimeoutSmall(arg.into()));
+    }
+    u32::try_from(n).map_err(|_| LineError::PingTimeoutLarge(arg.into()))
+}
+
+/// The number `arg` of `tag`, within the range `directive` allows.
+fn bounded(tag: &str, arg: &str, directive: Directive) -> Result<u32, LineError> {
+    let (range, what) = directive.bounds();
+    parse_c_integer(arg)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| LineError::OutOfRange { tag: tag.into(), range: what, arg: arg.into() })
+}
+
 /// Parses a dotted-quad IPv4 address.
-fn parse_addr(arg: &str) -> Result<Ipv4Addr, String> {
-    arg.parse().map_err(|_| format!("invalid IP address: {arg}"))
+fn parse_addr(arg: &str) -> Result<Ipv4Addr, LineError> {
+    arg.parse().map_err(|_| LineError::Addr(arg.into()))
 }
 
 /// Parses a port number for `what`; `allow_zero` admits 0 ("any free port").
-fn parse_port(what: &str, arg: &str, allow_zero: bool) -> Result<u16, String> {
+fn parse_port(what: &'static str, arg: &str, allow_zero: bool) -> Result<u16, LineError> {
     let min = if allow_zero { 0 } else { 1 };
     parse_c_integer(arg)
         .filter(|&p| p >= min)
         .and_then(|p| u16::try_from(p).ok())
-        .ok_or_else(|| format!("invalid port for {what}: {arg} (must be {min}-65535)"))
+        .ok_or_else(|| LineError::Port { what, arg: arg.into(), min })
 }
 
 /// `statuspage ADDR[:PORT]` or `statuspage off`; the port defaults to
 /// [`DEFAULT_STATUS_PORT`], 0 picks a free one.
-fn parse_status_page(arg: &str) -> Result<Option<SocketAddr>, String> {
+fn parse_status_page(arg: &str) -> Result<Option<SocketAddr>, LineError> {
     if arg == "off" {
         return Ok(None);
     }
     if let Ok(ip) = arg.parse::<IpAddr>() {
         return Ok(Some(SocketAddr::new(ip, DEFAULT_STATUS_PORT)));
     }
-    arg.parse().map(Some).map_err(|_| {
-        format!("invalid statuspage: {arg} (expected ADDR[:PORT], such as 127.0.0.1:8080, or off)")
-    })
+    arg.parse().map(Some).map_err(|_| LineError::StatusPage(arg.into()))
 }
 
 /// Finds the TCP port of service `name` (or one of its aliases) in `services`, a file in
@@ -569,7 +754,7 @@ fn lookup_service(services: &str, name: &str) -> Option<u16> {
 }
 
 /// `bprocport PORT`: a port number or a TCP service name.
-fn parse_bprocport(arg: &str) -> Result<u16, String> {
+fn parse_bprocport(arg: &str) -> Result<u16, LineError> {
     if parse_c_integer(arg).is_some() {
         return parse_port("bprocport", arg, false);
     }
@@ -577,7 +762,7 @@ fn parse_bprocport(arg: &str) -> Result<u16, String> {
         .ok()
         .and_then(|services| lookup_service(&services, arg))
         .filter(|&port| port != 0)
-        .ok_or_else(|| format!("bprocport: unknown service or invalid port: {arg}"))
+        .ok_or_else(|| LineError::Service(arg.into()))
 }
 
 /// The node table under construction.
@@ -594,29 +779,29 @@ struct NodeTable {
 
 impl NodeTable {
     /// The node number given by `arg`, if it is an integer.
-    fn node_arg(arg: &str) -> Option<Result<i32, String>> {
+    fn node_arg(arg: &str) -> Option<Result<i32, LineError>> {
         let n = parse_c_integer(arg)?;
         Some(if n < 0 {
-            Err(format!("invalid node number: {arg} (must be 0 or more)"))
+            Err(LineError::NegativeNode(arg.into()))
         } else {
-            i32::try_from(n).map_err(|_| format!("invalid node number: {arg} (too large)"))
+            i32::try_from(n).map_err(|_| LineError::NodeTooLarge(arg.into()))
         })
     }
 
     /// The node after the last one assigned.
-    fn next_node(&self) -> Result<i32, String> {
-        i32::try_from(self.next).map_err(|_| format!("no node number after {}", self.next - 1))
+    fn next_node(&self) -> Result<i32, LineError> {
+        i32::try_from(self.next).map_err(|_| LineError::NoNodeAfter(self.next - 1))
     }
 
-    fn add(&mut self, node: i32, ip: Ipv4Addr) -> Result<(), String> {
-        if let Some(owner) = self.owner.get(&ip) {
-            return Err(format!("IP already allocated: {ip} (node {owner})"));
+    fn add(&mut self, node: i32, ip: Ipv4Addr) -> Result<(), LineError> {
+        if let Some(&owner) = self.owner.get(&ip) {
+            return Err(LineError::AddrTaken { ip, node: owner });
         }
         let slot = match self.index.get(&node) {
             Some(&slot) => slot,
             None => {
                 if self.nodes.len() >= MAX_NODES {
-                    return Err(format!("too many nodes (at most {MAX_NODES})"));
+                    return Err(LineError::TooManyNodes);
                 }
                 self.index.insert(node, self.nodes.len());
                 self.nodes.push(NodeAddrs { node, addrs: Vec::new() });
@@ -629,13 +814,13 @@ impl NodeTable {
     }
 
     /// `ip [NODE] ADDR...`
-    fn ip(&mut self, args: &[String]) -> Result<(), String> {
+    fn ip(&mut self, args: &[String]) -> Result<(), LineError> {
         let (node, addrs) = match Self::node_arg(&args[0]) {
             Some(node) => (node?, &args[1..]),
             None => (self.next_node()?, args),
         };
         if addrs.is_empty() {
-            return Err(format!("missing address for node {node}"));
+            return Err(LineError::MissingAddr(node));
         }
         let addrs = addrs.iter().map(|a| parse_addr(a)).collect::<Result<Vec<_>, _>>()?;
         for addr in addrs {
@@ -646,26 +831,26 @@ impl NodeTable {
     }
 
     /// `iprange [NODE] ADDR1 ADDR2`
-    fn iprange(&mut self, args: &[String]) -> Result<(), String> {
+    fn iprange(&mut self, args: &[String]) -> Result<(), LineError> {
         let (start, range) = match (Self::node_arg(&args[0]), args.len()) {
             (Some(node), 3) => (node?, &args[1..]),
-            (Some(_), _) => return Err("iprange needs two addresses after the node number".into()),
+            (Some(_), _) => return Err(LineError::RangeArgs),
             (None, 2) => (self.next_node()?, args),
-            (None, _) => return Err(format!("invalid node number: {}", args[0])),
+            (None, _) => return Err(LineError::NotANode(args[0].clone())),
         };
         let first = u32::from(parse_addr(&range[0])?);
         let last = u32::from(parse_addr(&range[1])?);
         if last < first {
-            return Err(format!("invalid range: {} comes after {}", range[0], range[1]));
+            return Err(LineError::Range { first: range[0].clone(), last: range[1].clone() });
         }
         // `span` is one less than the number of addresses, so the full range fits a u32.
         let span = last - first;
         if usize::try_from(span).map_or(true, |span| span >= MAX_NODES) {
-            return Err(format!("too many nodes (at most {MAX_NODES})"));
+            return Err(LineError::TooManyNodes);
         }
         let end = i64::from(start) + i64::from(span) + 1;
         if end - 1 > i64::from(i32::MAX) {
-            return Err(format!("node numbers from {start} run past {}", i32::MAX));
+            return Err(LineError::NodesRunPast(start));
         }
         // Look for overlaps in whichever set is smaller: a wide range against a short table
         // or a short range against a wide table.
@@ -680,7 +865,7 @@ impl NodeTable {
         };
         if let Some(ip) = overlap {
             let ip = Ipv4Addr::from(ip);
-            return Err(format!("IP already allocated: {ip} (node {})", self.owner[&ip]));
+            return Err(LineError::AddrTaken { ip, node: self.owner[&ip] });
         }
         for (node, ip) in (start..).zip(first..=last) {
             self.add(node, Ipv4Addr::from(ip))?;
@@ -741,93 +926,18 @@ impl Parser {
     }
 
     /// `arg` as a path, relative ones taken from the configuration file's directory.
-    fn path_arg(&self, tag: &str, arg: &str) -> Result<PathBuf, String> {
+    fn path_arg(&self, tag: &str, arg: &str) -> Result<PathBuf, LineError> {
         if arg.is_empty() {
-            return Err(format!("empty path for {tag}"));
+            return Err(LineError::EmptyPath(tag.into()));
         }
         Ok(self.dir.join(arg))
     }
 
-    fn apply(&mut self, directive: Directive, line: &Line) -> Result<(), String> {
+    fn apply(&mut self, directive: Directive, line: &Line) -> Result<(), LineError> {
         let (tag, args) = (&line.args[0], &line.args[1..]);
         check_arity(tag, args, directive.arity())?;
         let c = &mut self.config;
         match directive {
-            Directive::BprocPort => c.port = parse_bprocport(&args[0])?,
-            Directive::AllowInsecurePorts => c.allow_insecure_ports = true,
-            Directive::LogFacility => {
-                let name = args[0].to_ascii_lowercase();
-                if !LOG_FACILITIES.contains(&name.as_str()) {
-                    return Err(format!("unknown log facility: {}", args[0]));
-                }
-                c.log_facility = name;
-            }
-            Directive::PingTimeout => {
-                let n = parse_c_integer(&args[0])
-                    .ok_or_else(|| format!("invalid number for pingtimeout: {}", args[0]))?;
-                if n < i64::from(MIN_PING_TIMEOUT) {
-                    return Err(format!(
-                        "pingtimeout must be {MIN_PING_TIMEOUT} seconds or more, not {}",
-                        args[0]
-                    ));
-                }
-                c.ping_timeout =
-                    u32::try_from(n).map_err(|_| format!("pingtimeout too large: {}", args[0]))?;
-            }
-            Directive::GracePeriod => {
-                c.grace = parse_c_integer(&args[0])
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|n| (1..=86_400).contains(n))
-                    .ok_or_else(|| {
-                        format!(
-                            "graceperiod must be a number of seconds from 1 to 86400, not {}",
-                            args[0]
-                        )
-                    })?;
-            }
-            Directive::NodeUpTimeout => {
-                c.node_up_timeout = parse_c_integer(&args[0])
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|n| *n <= 86_400)
-                    .ok_or_else(|| {
-                        format!(
-                            "nodeuptimeout must be a number of seconds from 0 (no limit) to \
-                             86400, not {}",
-                            args[0]
-                        )
-                    })?;
-            }
-            Directive::LaunchFanout => {
-                c.launch_fanout = parse_c_integer(&args[0])
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|n| (1..=1024).contains(n))
-                    .ok_or_else(|| {
-                        format!("launchfanout must be a number from 1 to 1024, not {}", args[0])
-                    })?;
-            }
-            Directive::MaxClientsPerUser => {
-                c.max_clients_per_user = parse_c_integer(&args[0])
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|n| (1..=1 << 20).contains(n))
-                    .ok_or_else(|| {
-                        format!(
-                            "maxclientsperuser must be a number from 1 to 1048576, not {}",
-                            args[0]
-                        )
-                    })?;
-            }
-            Directive::SlaveTimesync => c.slave_timesync = parse_yes_no(tag, &args[0])?,
-            Directive::Slave => {
-                let (option, values) = (&args[0], &args[1..]);
-                let name = format!("slave {option}");
-                let flag = match option.as_str() {
-                    "timesync" => &mut c.slave_timesync,
-                    "privatefs" => &mut c.slave_privatefs,
-                    _ => return Err(format!("unknown slave option: {option}")),
-                };
-                check_arity(&name, values, (1, Some(1)))?;
-                *flag = parse_yes_no(&name, &values[0])?;
-            }
             Directive::Interface => {
                 c.interfaces.push(ConfigArg { arg: args[0].clone(), line: line.number })
             }
@@ -840,17 +950,6 @@ impl Parser {
             Directive::Statedir => self.config.statedir = Some(self.path_arg(tag, &args[0])?),
             Directive::Logdir => self.config.logdir = Some(self.path_arg(tag, &args[0])?),
             Directive::StatusPage => self.config.status_page = parse_status_page(&args[0])?,
-            Directive::NodeName => {
-                let format = &args[0];
-                let valid = |c: char| c.is_ascii_alphanumeric() || "-._%".contains(c);
-                if !format.contains("%N") || !format.chars().all(valid) {
-                    return Err(format!(
-                        "invalid nodename: {format} (letters, digits, `-`, `.`, `_` and %N for the \
-                         node number, such as node%N)"
-                    ));
-                }
-                c.node_names.push(format.clone());
-            }
             Directive::Ip => self.table.ip(args)?,
             Directive::IpRange => self.table.iprange(args)?,
             Directive::Master => {
@@ -884,39 +983,94 @@ impl Parser {
                 line: line.number,
                 message: format!("unknown directive `{tag}` (ignored)"),
             }),
+            _ => self.option(directive, tag, args)?,
+        }
+        Ok(())
+    }
+
+    /// The directives that set one of the daemon's options (pass 0) from their arguments.
+    fn option(
+        &mut self,
+        directive: Directive,
+        tag: &str,
+        args: &[String],
+    ) -> Result<(), LineError> {
+        let c = &mut self.config;
+        match directive {
+            Directive::BprocPort => c.port = parse_bprocport(&args[0])?,
+            Directive::AllowInsecurePorts => c.allow_insecure_ports = true,
+            Directive::LogFacility => {
+                let name = args[0].to_ascii_lowercase();
+                if !LOG_FACILITIES.contains(&name.as_str()) {
+                    return Err(LineError::LogFacility(args[0].clone()));
+                }
+                c.log_facility = name;
+            }
+            Directive::PingTimeout => c.ping_timeout = parse_ping_timeout(&args[0])?,
+            Directive::GracePeriod
+            | Directive::NodeUpTimeout
+            | Directive::LaunchFanout
+            | Directive::MaxClientsPerUser => {
+                let field = match directive {
+                    Directive::GracePeriod => &mut c.grace,
+                    Directive::NodeUpTimeout => &mut c.node_up_timeout,
+                    Directive::LaunchFanout => &mut c.launch_fanout,
+                    _ => &mut c.max_clients_per_user,
+                };
+                *field = bounded(tag, &args[0], directive)?;
+            }
+            Directive::SlaveTimesync => c.slave_timesync = parse_yes_no(tag, &args[0])?,
+            Directive::Slave => {
+                let (option, values) = (&args[0], &args[1..]);
+                let name = format!("slave {option}");
+                let flag = match option.as_str() {
+                    "timesync" => &mut c.slave_timesync,
+                    "privatefs" => &mut c.slave_privatefs,
+                    _ => return Err(LineError::SlaveOption(option.clone())),
+                };
+                check_arity(&name, values, (1, Some(1)))?;
+                *flag = parse_yes_no(&name, &values[0])?;
+            }
+            Directive::NodeName => {
+                let format = &args[0];
+                let valid = |c: char| c.is_ascii_alphanumeric() || "-._%".contains(c);
+                if !format.contains("%N") || !format.chars().all(valid) {
+                    return Err(LineError::NodeName(format.clone()));
+                }
+                c.node_names.push(format.clone());
+            }
+            other => unreachable!("{other:?} is not an option directive"),
         }
         Ok(())
     }
 
     /// `listen ADDR[:PORT]`
-    fn listen(&mut self, arg: &str) -> Result<SocketAddr, String> {
+    fn listen(&mut self, arg: &str) -> Result<SocketAddr, LineError> {
         let (host, port) = match arg.split_once(':') {
             Some((host, port)) => (host, parse_port("listen", port, true)?),
             None => (arg, self.config.port),
         };
-        let ip: Ipv4Addr = host
-            .parse()
-            .map_err(|_| format!("invalid listen address: {arg} (expected IPV4[:PORT])"))?;
+        let ip: Ipv4Addr = host.parse().map_err(|_| LineError::Listen(arg.into()))?;
         let addr = SocketAddr::from(SocketAddrV4::new(ip, port));
         if port != 0 && !self.listen_seen.insert(addr) {
-            return Err(format!("duplicate listen address: {addr}"));
+            return Err(LineError::DuplicateListen(addr));
         }
         Ok(addr)
     }
 
     /// One `master HOST[:PORT]` argument.
-    fn master(&mut self, arg: &str) -> Result<(), String> {
+    fn master(&mut self, arg: &str) -> Result<(), LineError> {
         let (host, port) = match arg.split_once(':') {
             Some((host, port)) => (host, parse_port("master", port, false)?),
             None => (arg, self.config.port),
         };
         let resolved = (host, port)
             .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve master host {host}: {e}"))?
+            .map_err(|error| LineError::Resolve { host: host.into(), error })?
             .find(|a| matches!(a.ip(), IpAddr::V4(_)))
-            .ok_or_else(|| format!("master host {host} has no IPv4 address"))?;
+            .ok_or_else(|| LineError::NoIpv4(host.into()))?;
         if self.config.masters.contains(&resolved) {
-            return Err(format!("duplicate master address: {arg} ({resolved})"));
+            return Err(LineError::DuplicateMaster { arg: arg.into(), addr: resolved });
         }
         self.config.masters.push(resolved);
         Ok(())
@@ -1009,9 +1163,12 @@ mod tests {
         );
         assert_eq!(split("# whole line"), Vec::<String>::new());
         assert_eq!(split("a\x0bb"), ["a", "b"]);
-        assert_eq!(split_line("a 'b c").unwrap_err(), "unterminated ' quote");
-        assert_eq!(split_line("a \"b").unwrap_err(), "unterminated \" quote");
-        assert_eq!(split_line(r"a b\").unwrap_err(), "backslash at the end of the line");
+        assert_eq!(split_line("a 'b c").unwrap_err().to_string(), "unterminated ' quote");
+        assert_eq!(split_line("a \"b").unwrap_err().to_string(), "unterminated \" quote");
+        assert_eq!(
+            split_line(r"a b\").unwrap_err().to_string(),
+            "backslash at the end of the line"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! each relaying to its children as it writes.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use bproc_copy::service::new_token;
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::conn::{ClientRd, ClientWr};
-use crate::table::Caller;
+use crate::table::{Caller, Refusal, Table};
 use crate::Shared;
 
 /// A bpcp request, as received.
@@ -80,8 +80,9 @@ pub(crate) async fn serve(
     let req = Request { opts: CopyOpts { umask, ..req.opts }, ..req };
     let Plan { links: plan, refused, orders } = match plan(&shared, &caller, &req) {
         Ok(p) => p,
-        Err(message) => {
-            let _ = write_frame(&mut wr, id, &Message::Error { code: EINVAL, message }).await;
+        Err(e) => {
+            let refusal = Refusal::new(EINVAL, e.to_string());
+            let _ = write_frame(&mut wr, id, &refusal.to_message()).await;
             return;
         }
     };
@@ -142,89 +143,142 @@ pub(crate) async fn serve(
     debug!("copy for uid {} done", caller.uid);
 }
 
-/// Checks a request and lays out the copy; an invalid request gets a message.
-fn plan(shared: &Shared, caller: &Caller, req: &Request) -> Result<Plan, String> {
-    let client_in_src = req.src.contains(&NODE_CLIENT);
-    let client_in_dst = req.dst.contains(&NODE_CLIENT);
+/// Why the master refuses a bpcp request before anything moves.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PlanError {
+    #[error("a copy needs a source and a destination")]
+    Empty,
+    #[error("copying from several nodes works only into a directory of bpcp's own machine")]
+    SeveralSources,
+    #[error("a copy from bpcp's machine to itself needs no master")]
+    ClientToClient,
+    #[error("bad copy request")]
+    Bad,
+    #[error("the front end's own files are bpcp's local files: name them without a node")]
+    FrontEnd,
+    #[error("invalid node number {0}")]
+    Node(i32),
+}
+
+/// Checks a request's nodes and paths before anything is laid out.
+fn check(caller: &Caller, req: &Request) -> Result<(), PlanError> {
     if req.src.is_empty() || req.dst.is_empty() {
-        return Err("a copy needs a source and a destination".into());
+        return Err(PlanError::Empty);
     }
     if req.src.len() > 1 && req.dst != [NODE_CLIENT] {
-        return Err(
-            "copying from several nodes works only into a directory of bpcp's own machine".into()
-        );
+        return Err(PlanError::SeveralSources);
     }
-    if client_in_src && client_in_dst {
-        return Err("a copy from bpcp's machine to itself needs no master".into());
+    if req.src.contains(&NODE_CLIENT) && req.dst.contains(&NODE_CLIENT) {
+        return Err(PlanError::ClientToClient);
     }
     if req.src.len() + req.dst.len() > MAX_COPY_ITEMS || req.paths.is_empty() {
-        return Err("bad copy request".into());
+        return Err(PlanError::Bad);
     }
     for &n in req.src.iter().chain(&req.dst) {
         if n == NODE_MASTER && caller.origin.is_none() {
-            return Err(
-                "the front end's own files are bpcp's local files: name them without a node".into(),
-            );
+            return Err(PlanError::FrontEnd);
         }
         if n < NODE_MASTER && n != NODE_CLIENT {
-            return Err(format!("invalid node number {n}"));
+            return Err(PlanError::Node(n));
         }
     }
-    let fanout = req.fanout.clamp(1, 64) as usize;
-    let own_ip = master_ip(shared);
-    let mut refused = Vec::new();
-    // Where each usable node's data port is.
-    let t = shared.table();
-    let link_for = |n: i32, refused: &mut Vec<Message>| -> Option<CopyLink> {
+    Ok(())
+}
+
+/// Hands out each usable node's data port, under the table's lock, and keeps the results
+/// of the nodes the caller may not use.
+struct Linker<'a> {
+    shared: &'a Shared,
+    caller: &'a Caller,
+    req: &'a Request,
+    own_ip: Ipv4Addr,
+    table: MutexGuard<'a, Table>,
+    refused: Vec<Message>,
+}
+
+impl Linker<'_> {
+    /// Where node `n`'s data port is, with a fresh token; `None` if the caller may not use it.
+    fn link(&mut self, n: i32) -> Option<CopyLink> {
         let token = new_token();
         match n {
-            NODE_CLIENT => {
-                Some(CopyLink { node: n, ip: caller.origin.map(|o| o.1), port: req.port, token })
-            }
-            NODE_MASTER => {
-                Some(CopyLink { node: n, ip: Some(own_ip), port: shared.data.port(), token })
-            }
-            n => match t.may_run(caller, n) {
+            NODE_CLIENT => Some(CopyLink {
+                node: n,
+                ip: self.caller.origin.map(|o| o.1),
+                port: self.req.port,
+                token,
+            }),
+            NODE_MASTER => Some(CopyLink {
+                node: n,
+                ip: Some(self.own_ip),
+                port: self.shared.data.port(),
+                token,
+            }),
+            n => match self.table.may_run(self.caller, n) {
                 Err(refusal) => {
-                    refused.push(result(n, format!("rcp: {}", refusal.message)));
+                    self.refused.push(result(n, format!("rcp: {}", refusal.message)));
                     None
                 }
                 Ok(()) => {
-                    let node = t.get(n)?;
+                    let node = self.table.get(n)?;
                     Some(CopyLink { node: n, ip: node.addr, port: node.data_port, token })
                 }
             },
         }
+    }
+}
+
+/// Checks a request and lays out the copy.
+fn plan(shared: &Shared, caller: &Caller, req: &Request) -> Result<Plan, PlanError> {
+    check(caller, req)?;
+    let linker = Linker {
+        shared,
+        caller,
+        req,
+        own_ip: master_ip(shared),
+        table: shared.table(),
+        refused: Vec::new(),
     };
+    if req.src.len() > 1 || req.dst == [NODE_CLIENT] {
+        Ok(gather(linker))
+    } else {
+        Ok(tree(linker))
+    }
+}
+
+/// Pull or gather: every source streams to the client, which names the files.
+fn gather(mut linker: Linker<'_>) -> Plan {
+    let (req, caller) = (linker.req, linker.caller);
     let mut client_links = Vec::new();
     let mut orders = Vec::new();
-    if req.src.len() > 1 || req.dst == [NODE_CLIENT] {
-        // Pull or gather: every source streams to the client, which names the files.
-        for &s in &req.src {
-            let Some(link) = link_for(s, &mut refused) else { continue };
-            let to = CopyLink {
-                node: NODE_CLIENT,
-                ip: caller.origin.map(|o| o.1),
-                port: req.port,
-                token: new_token(),
-            };
-            client_links.push(CopyLink { token: to.token, ..link });
-            orders.push(Order {
-                node: s,
-                task: CopyTask::Send { paths: req.paths.clone(), to: vec![to] },
-            });
-        }
-        return Ok(Plan { links: client_links, refused, orders });
+    for &s in &req.src {
+        let Some(link) = linker.link(s) else { continue };
+        let to = CopyLink {
+            node: NODE_CLIENT,
+            ip: caller.origin.map(|o| o.1),
+            port: req.port,
+            token: new_token(),
+        };
+        client_links.push(CopyLink { token: to.token, ..link });
+        orders.push(Order {
+            node: s,
+            task: CopyTask::Send { paths: req.paths.clone(), to: vec![to] },
+        });
     }
-    // Push or broadcast from one source down a tree of receivers.
+    Plan { links: client_links, refused: linker.refused, orders }
+}
+
+/// Push or broadcast from one source down a tree of receivers, `fanout` children each.
+fn tree(mut linker: Linker<'_>) -> Plan {
+    let req = linker.req;
+    let fanout = req.fanout.clamp(1, 64) as usize;
     let source = req.src[0];
-    if source != NODE_CLIENT && link_for(source, &mut refused).is_none() {
+    if source != NODE_CLIENT && linker.link(source).is_none() {
         // The source is refused: nothing moves; its refusal is the only report.
-        return Ok(Plan { links: Vec::new(), refused, orders: Vec::new() });
+        return Plan { links: Vec::new(), refused: linker.refused, orders: Vec::new() };
     }
-    let receivers: Vec<CopyLink> =
-        req.dst.iter().filter_map(|&n| link_for(n, &mut refused)).collect();
-    drop(t);
+    let receivers: Vec<CopyLink> = req.dst.iter().filter_map(|&n| linker.link(n)).collect();
+    let refused = std::mem::take(&mut linker.refused);
+    drop(linker);
     let children = |i: Option<usize>| -> Vec<CopyLink> {
         let first = match i {
             None => 0,
@@ -232,6 +286,7 @@ fn plan(shared: &Shared, caller: &Caller, req: &Request) -> Result<Plan, String>
         };
         receivers.iter().skip(first).take(fanout).cloned().collect()
     };
+    let mut orders = Vec::new();
     for (i, r) in receivers.iter().enumerate() {
         orders.push(Order {
             node: r.node,
@@ -244,6 +299,7 @@ fn plan(shared: &Shared, caller: &Caller, req: &Request) -> Result<Plan, String>
         });
     }
     let roots = children(None);
+    let mut client_links = Vec::new();
     if source == NODE_CLIENT {
         client_links = roots;
     } else if !roots.is_empty() {
@@ -252,5 +308,5 @@ fn plan(shared: &Shared, caller: &Caller, req: &Request) -> Result<Plan, String>
             task: CopyTask::Send { paths: req.paths.clone(), to: roots },
         });
     }
-    Ok(Plan { links: client_links, refused, orders })
+    Plan { links: client_links, refused, orders }
 }

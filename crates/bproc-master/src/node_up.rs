@@ -11,6 +11,7 @@
 //! `nodeuptimeout` seconds (default 300) is killed with its process group, and the node goes to
 //! `error`, the master's log saying why (BProc's node stayed in `boot` forever).
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,31 @@ use tracing::{info, warn};
 
 use crate::table::UP_MODE;
 use crate::Shared;
+
+/// Why a node's `node_up` did not succeed; the master logs it under the node's number. The
+/// causes are printed in the message (the log shows one line), so none is a source.
+#[derive(Debug, thiserror::Error)]
+enum NodeUpError {
+    #[error("staging libraries: {0}")]
+    Stage(String),
+    #[error("staging libraries: unexpected {0}")]
+    StageAnswer(&'static str),
+    #[error("cannot create node_up log directory {}: {error}", dir.display())]
+    LogDir { dir: PathBuf, error: std::io::Error },
+    #[error("cannot create {}: {error}", log.display())]
+    Log { log: PathBuf, error: std::io::Error },
+    #[error("cannot run {}: {error}", prog.display())]
+    Spawn { prog: PathBuf, error: std::io::Error },
+    #[error(
+        "{} {node} did not finish within {limit} s (nodeuptimeout); killed it and its \
+         processes; see {}",
+        prog.display(),
+        log.display()
+    )]
+    Timeout { prog: PathBuf, node: i32, limit: u32, log: PathBuf },
+    #[error("waiting for {}: {error}", prog.display())]
+    Wait { prog: PathBuf, error: std::io::Error },
+}
 
 pub(crate) async fn node_up(shared: Arc<Shared>, n: i32, cookie: u64) {
     let started = std::time::Instant::now();
@@ -57,7 +83,7 @@ pub(crate) async fn node_up(shared: Arc<Shared>, n: i32, cookie: u64) {
 
 /// Stages the configuration's libraries on a diskless node, as BProc's node_up did
 /// with its `vmadlib` plugin.
-async fn stage_libraries(shared: &Shared, n: i32) -> Result<(), String> {
+async fn stage_libraries(shared: &Shared, n: i32) -> Result<(), NodeUpError> {
     let Some(stage) = &shared.stage else { return Ok(()) };
     let diskless =
         shared.table().get(n).and_then(|node| node.info.as_ref()).is_some_and(|i| i.diskless);
@@ -71,13 +97,13 @@ async fn stage_libraries(shared: &Shared, n: i32) -> Result<(), String> {
     };
     match shared.request(n, msg).await {
         bproc_proto::Message::Ok => Ok(()),
-        bproc_proto::Message::Error { message, .. } => Err(format!("staging libraries: {message}")),
-        other => Err(format!("staging libraries: unexpected {}", other.name())),
+        bproc_proto::Message::Error { message, .. } => Err(NodeUpError::Stage(message)),
+        other => Err(NodeUpError::StageAnswer(other.name())),
     }
 }
 
 /// Stages libraries, then runs the program if there is one; `Ok(true)` when all succeeded.
-async fn run(shared: &Shared, n: i32) -> Result<bool, String> {
+async fn run(shared: &Shared, n: i32) -> Result<bool, NodeUpError> {
     stage_libraries(shared, n).await?;
     let prog = &shared.paths.node_up;
     if !prog.exists() {
@@ -85,11 +111,11 @@ async fn run(shared: &Shared, n: i32) -> Result<bool, String> {
     }
     let logdir = &shared.paths.logdir;
     std::fs::create_dir_all(logdir)
-        .map_err(|e| format!("cannot create node_up log directory {}: {e}", logdir.display()))?;
+        .map_err(|error| NodeUpError::LogDir { dir: logdir.clone(), error })?;
     let logpath = logdir.join(format!("node.{n}"));
-    let log = std::fs::File::create(&logpath)
-        .map_err(|e| format!("cannot create {}: {e}", logpath.display()))?;
-    let log2 = log.try_clone().map_err(|e| format!("{}: {e}", logpath.display()))?;
+    let log_error = |error| NodeUpError::Log { log: logpath.clone(), error };
+    let log = std::fs::File::create(&logpath).map_err(log_error)?;
+    let log2 = log.try_clone().map_err(log_error)?;
     let mut child = Command::new(prog)
         .arg(n.to_string())
         .stdin(Stdio::null())
@@ -101,7 +127,7 @@ async fn run(shared: &Shared, n: i32) -> Result<bool, String> {
         .env("BPROC_SOCKET", &shared.paths.socket)
         .env("BPROC_NODE", n.to_string())
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", prog.display()))?;
+        .map_err(|error| NodeUpError::Spawn { prog: prog.clone(), error })?;
     let limit = shared.config().node_up_timeout;
     let status = if limit == 0 {
         child.wait().await
@@ -117,16 +143,16 @@ async fn run(shared: &Shared, n: i32) -> Result<bool, String> {
                     );
                 }
                 let _ = child.kill().await;
-                return Err(format!(
-                    "{} {n} did not finish within {limit} s (nodeuptimeout); killed it and its \
-                     processes; see {}",
-                    prog.display(),
-                    logpath.display()
-                ));
+                return Err(NodeUpError::Timeout {
+                    prog: prog.clone(),
+                    node: n,
+                    limit,
+                    log: logpath,
+                });
             }
         }
     }
-    .map_err(|e| format!("waiting for {}: {e}", prog.display()))?;
+    .map_err(|error| NodeUpError::Wait { prog: prog.clone(), error })?;
     if !status.success() {
         warn!("node {n}: {} {n} failed ({status}); see {}", prog.display(), logpath.display());
     }

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::conn::Proxied;
-use crate::table::{JoinKind, Outgoing, Session, BOOT_MODE};
+use crate::table::{JoinError, JoinKind, Outgoing, Session, BOOT_MODE};
 use crate::{node_up, now_ms, Shared};
 
 /// Version string slaves and master exchange.
@@ -262,7 +262,7 @@ async fn serve_slave(shared: Arc<Shared>, joining: Joining) {
         Err(reason) => {
             warn!("node {n}: {reason}");
             let mut stream = joining.stream;
-            refuse(&mut stream, reason, false).await;
+            refuse(&mut stream, reason.to_string(), false).await;
             return;
         }
     };
@@ -287,7 +287,7 @@ fn open_session(
     joining: &Joining,
     conn: u64,
     tx: &mpsc::UnboundedSender<Outgoing>,
-) -> Result<(JoinKind, u64), String> {
+) -> Result<(JoinKind, u64), JoinError> {
     let n = joining.n;
     let mut t = shared.table();
     let kind = t.join_kind(n, joining.cookie)?;

@@ -65,23 +65,17 @@ impl Caller {
     }
 }
 
-/// A refused change: an errno-style code and a message naming the node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// errno or `BE_*` value.
-    pub code: i32,
-    /// Explanation.
-    pub message: String,
-}
+pub use bproc_proto::Refusal;
 
-impl Refusal {
-    pub(crate) fn new(code: i32, message: impl Into<String>) -> Self {
-        Refusal { code, message: message.into() }
-    }
-    /// The reply message for a client.
-    pub fn to_message(&self) -> Message {
-        Message::Error { code: self.code, message: self.message.clone() }
-    }
+/// Why a slave cannot join node `n`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The configuration has no such node.
+    #[error("node {0} is not configured")]
+    NotConfigured(i32),
+    /// Another slave holds the node's session.
+    #[error("node {0} already has a live session with another cookie; refusing the second slave")]
+    LiveSession(i32),
 }
 
 /// What goes to a slave's writer task.
@@ -343,8 +337,8 @@ impl Table {
     }
 
     /// Decides how a slave presenting `cookie` is received on node `n`.
-    pub fn join_kind(&self, n: i32, cookie: u64) -> Result<JoinKind, String> {
-        let node = self.nodes.get(&n).ok_or_else(|| format!("node {n} is not configured"))?;
+    pub fn join_kind(&self, n: i32, cookie: u64) -> Result<JoinKind, JoinError> {
+        let node = self.nodes.get(&n).ok_or(JoinError::NotConfigured(n))?;
         match &node.session {
             None if cookie != 0 && node.saved.as_ref().is_some_and(|s| s.cookie == cookie) => {
                 Ok(JoinKind::Resume)
@@ -352,9 +346,7 @@ impl Table {
             None => Ok(JoinKind::Fresh),
             Some(_) if cookie == 0 => Ok(JoinKind::Replace),
             Some(s) if s.cookie == cookie => Ok(JoinKind::Reconnect),
-            Some(_) => Err(format!(
-                "node {n} already has a live session with another cookie; refusing the second slave"
-            )),
+            Some(_) => Err(JoinError::LiveSession(n)),
         }
     }
 

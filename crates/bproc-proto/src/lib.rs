@@ -25,6 +25,7 @@ pub mod errno;
 mod frame;
 mod msg;
 mod parts;
+mod refusal;
 pub mod wire;
 
 /// BProc's master port: the TCP port slaves connect to unless configured otherwise.
@@ -42,3 +43,4 @@ pub use parts::{
     MAX_FD, MAX_FD_IO, MAX_LAUNCH_TEXT, MAX_NODES, MAX_PATH, MAX_PROCS, MAX_STAGED, MAX_STATE_LEN,
     MAX_TEXT, NODE_CLIENT, NODE_MASTER,
 };
+pub use refusal::Refusal;

@@ -15,6 +15,11 @@
 //!   waits for as for a local child; [`Client::procs`] and [`Client::proc_stats`] read the
 //!   master's process table.
 //!
+//! The wire protocol's message enum is not part of this API: a [`Client`] speaks it inside
+//! and offers a method for each request, with types of this crate ([`MasterInfo`],
+//! [`CopyRequest`], [`Event`]). The plain data it returns ([`NodeStatus`], [`ProcEntry`], ...)
+//! are the protocol's own structs, re-exported.
+//!
 //! ```no_run
 //! let mut c = bproc::Client::connect()?;
 //! for n in c.nodes()? {
@@ -37,11 +42,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use bproc_proto::errno;
-use bproc_proto::{DecodeError, Header, HEADER_LEN};
+use bproc_proto::Message;
 pub use bproc_proto::{
-    Endpoint, ExitStatus, FdIo, IoSpec, LibOp, Message, NodeAction, NodeInfo, NodeStatus,
-    ProcEntry, ProcStat, MAX_ATTR_VALUE, MAX_FD, MAX_FD_IO, VERSION as PROTOCOL_VERSION,
+    CopyLink, CopyOpts, Endpoint, ExitStatus, FdIo, IoSpec, LibOp, NodeAction, NodeInfo,
+    NodeStatus, ProcEntry, ProcStat, MAX_ATTR_VALUE, MAX_FD, MAX_FD_IO,
+    VERSION as PROTOCOL_VERSION,
 };
+use bproc_proto::{DecodeError, Header, HEADER_LEN};
 use thiserror::Error;
 
 pub use bproc_proto::{DEFAULT_PORT, DEFAULT_SOCKET};
@@ -376,7 +383,7 @@ impl Client {
 
     /// Sends one request and returns the reply; an `Error` reply becomes [`BprocError::Remote`].
     /// Sending and the wait for the reply are each bounded by the client's limit.
-    pub fn request(&mut self, msg: &Message) -> Result<Message, BprocError> {
+    pub(crate) fn request(&mut self, msg: &Message) -> Result<Message, BprocError> {
         let r = self.request_once(msg);
         match r {
             Err(e)
@@ -559,37 +566,73 @@ impl Client {
         self.expect_ok(&Message::LibEdit { op, names: names.to_vec() })
     }
 
-    /// The master's software version.
-    pub fn master_version(&mut self) -> Result<String, BprocError> {
+    /// What the master says of itself and of this client.
+    pub fn master_info(&mut self) -> Result<MasterInfo, BprocError> {
         match self.request(&Message::MasterInfo)? {
-            Message::MasterInfoReply { version, .. } => Ok(version),
-            other => Err(BprocError::Unexpected(other.name())),
-        }
-    }
-
-    /// Where this process runs: its node ([`NODE_MASTER`] on the front end) and the address
-    /// nodes reach it at (for listeners that nodes connect back to).
-    pub fn place(&mut self) -> Result<Place, BprocError> {
-        match self.request(&Message::MasterInfo)? {
-            Message::MasterInfoReply { addrs, client_node, client_ip, ghost, .. } => Ok(Place {
-                node: client_node,
-                ghost: (client_node == NODE_MASTER && !ghost.is_empty()).then_some(ghost),
-                ip: client_ip
-                    .or_else(|| addrs.iter().find_map(|e| e.ip))
-                    .filter(|ip| !ip.is_unspecified())
-                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+            Message::MasterInfoReply {
+                version,
+                addrs,
+                bytes_to_slaves,
+                client_node,
+                client_ip,
+                ghost,
+                ghosts_made,
+            } => Ok(MasterInfo {
+                version,
+                addrs,
+                bytes_to_slaves,
+                ghosts_made,
+                client_node,
+                client_ip,
+                ghost,
             }),
             other => Err(BprocError::Unexpected(other.name())),
         }
     }
 
-    /// Waits for the next event (a frame that answers no request), such as the results that
+    /// The master's software version.
+    pub fn master_version(&mut self) -> Result<String, BprocError> {
+        Ok(self.master_info()?.version)
+    }
+
+    /// Where this process runs: its node ([`NODE_MASTER`] on the front end) and the address
+    /// nodes reach it at (for listeners that nodes connect back to).
+    pub fn place(&mut self) -> Result<Place, BprocError> {
+        let MasterInfo { addrs, client_node, client_ip, ghost, .. } = self.master_info()?;
+        Ok(Place {
+            node: client_node,
+            ghost: (client_node == NODE_MASTER && !ghost.is_empty()).then_some(ghost),
+            ip: client_ip
+                .or_else(|| addrs.iter().find_map(|e| e.ip))
+                .filter(|ip| !ip.is_unspecified())
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+        })
+    }
+
+    /// Asks the master to lay out a copy: it checks the nodes and tells each its part. The
+    /// nodes' reports follow as [`Event`]s ([`Client::next_event`]), as many as the plan
+    /// says; the connection serves this copy to its end.
+    pub fn copy(&mut self, req: CopyRequest) -> Result<CopyPlan, BprocError> {
+        let CopyRequest { src, paths, dst, target, opts, cwd, fanout, port } = req;
+        let msg = Message::Copy { src, paths, dst, target, opts, cwd, fanout, port };
+        match self.request(&msg)? {
+            Message::CopyPlan { links, reports } => Ok(CopyPlan { links, reports }),
+            other => Err(BprocError::Unexpected(other.name())),
+        }
+    }
+
+    /// Waits for the next event (a frame that answers no request), such as the reports that
     /// follow a copy's plan.
-    pub fn next_event(&mut self) -> Result<Message, BprocError> {
+    pub fn next_event(&mut self) -> Result<Event, BprocError> {
         loop {
             let (id, m) = read_message(&mut self.stream)?;
             if id == 0 {
-                return Ok(m);
+                return Ok(match m {
+                    Message::CopyResult { node, source_errors, errors, files, bytes } => {
+                        Event::CopyReport(CopyReport { node, source_errors, errors, files, bytes })
+                    }
+                    other => Event::Other(other.name()),
+                });
             }
         }
     }
@@ -609,6 +652,81 @@ impl Client {
         self.stream.set_write_timeout(None)?;
         Ok(Watcher { stream: self.stream })
     }
+}
+
+/// What the master says of itself and of the client that asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterInfo {
+    /// The master's software version.
+    pub version: String,
+    /// The addresses slaves connect to.
+    pub addrs: Vec<Endpoint>,
+    /// Bytes the master has sent to slaves since it started.
+    pub bytes_to_slaves: u64,
+    /// Ghosts the master has taken in since it started (0 from an older master).
+    pub ghosts_made: u64,
+    /// The node the asking client runs on ([`NODE_MASTER`] on the front end).
+    pub client_node: i32,
+    /// Where nodes reach the asking client, for a client on a node; `None` on the front end
+    /// (use `addrs`).
+    pub client_ip: Option<std::net::Ipv4Addr>,
+    /// The ghost program launchers start for remote processes (empty: none installed).
+    pub ghost: String,
+}
+
+/// A copy for the master to lay out ([`Client::copy`]), as bpcp asks for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyRequest {
+    /// The source nodes (`bproc_proto::NODE_CLIENT`: the caller's own machine).
+    pub src: Vec<i32>,
+    /// The paths to copy on each source.
+    pub paths: Vec<String>,
+    /// The destination nodes.
+    pub dst: Vec<i32>,
+    /// Where the files go on each destination.
+    pub target: String,
+    /// Recursive, preserve, target must be a directory, umask.
+    pub opts: CopyOpts,
+    /// The caller's working directory, for relative paths on nodes.
+    pub cwd: String,
+    /// How many receivers each receiver relays to in a broadcast.
+    pub fanout: u32,
+    /// The caller's data port, when it receives (0: it does not).
+    pub port: u16,
+}
+
+/// The master's answer to a [`CopyRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyPlan {
+    /// The caller's links: the receivers it sends to, or the senders it receives from.
+    pub links: Vec<CopyLink>,
+    /// How many events ([`Client::next_event`]) will report on the nodes' parts.
+    pub reports: u32,
+}
+
+/// One node's report on its part of a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyReport {
+    /// The node.
+    pub node: i32,
+    /// Errors of the source, carried in the stream (`rcp: /x: No such file or directory`).
+    pub source_errors: Vec<String>,
+    /// The node's own errors.
+    pub errors: Vec<String>,
+    /// Files written.
+    pub files: u64,
+    /// Bytes of file data written.
+    pub bytes: u64,
+}
+
+/// Something the master sends unasked, on a connection that waits for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A node's report on its part of a copy.
+    CopyReport(CopyReport),
+    /// A kind of event this client does not read, by name; it still counts as one.
+    Other(&'static str),
 }
 
 /// Where a client runs, as the master sees it.

@@ -520,12 +520,7 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
     let on_node = place.node != NODE_MASTER;
     let prog = match (&place.ghost, on_node) {
         (Some(g), false) => g.clone(),
-        (None, false) => {
-            return Err(remote(
-                errno::ENOSYS,
-                "rfork and vrfork need bpghost beside bpmaster on the front end",
-            ))
-        }
+        (None, false) => return Err(no_ghost_program()),
         (_, true) => String::new(),
     };
     // A local fork: the caller's own machine (on a node, BProc's BE_SAMENODE).
@@ -581,10 +576,31 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
         }
     };
     drop((image, listener, client));
+    if let Some(rank) = settle(&mut pids, nodes, &ghosts, here, on_node) {
+        return Ok(Forked::Child(rank));
+    }
+    Ok(Forked::Parent(pids))
+}
+
+/// A front end without the ghost program cannot give forked children ghosts.
+fn no_ghost_program() -> BprocError {
+    remote(errno::ENOSYS, "rfork and vrfork need bpghost beside bpmaster on the front end")
+}
+
+/// What each of a vrfork's `pids` becomes once the master has launched them: a local fork
+/// for a node that is the caller's own (`Some(rank)` in that child), a stand-in for a child
+/// whose ghost is on the front end, the ghost's pid for one launched from the front end.
+fn settle(
+    pids: &mut [i32],
+    nodes: &[i32],
+    ghosts: &[i32],
+    here: impl Fn(i32) -> bool,
+    on_node: bool,
+) -> Option<usize> {
     for (rank, pid) in pids.iter_mut().enumerate() {
         if here(nodes[rank]) {
             match bproc_sys::fork_single_threaded() {
-                Ok(0) => return Ok(Forked::Child(rank)),
+                Ok(0) => return Some(rank),
                 Ok(child) => *pid = child,
                 Err(e) => *pid = -(e as i32),
             }
@@ -608,7 +624,7 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
             *pid = ghosts[rank];
         }
     }
-    Ok(Forked::Parent(pids))
+    None
 }
 
 /// A child a process on a node rforked to another node: a copy of the caller that stands

@@ -26,10 +26,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 fn master_bytes(c: &TestCluster) -> u64 {
-    match c.client().unwrap().request(&bproc::Message::MasterInfo).unwrap() {
-        bproc::Message::MasterInfoReply { bytes_to_slaves, .. } => bytes_to_slaves,
-        other => panic!("{other:?}"),
-    }
+    c.client().unwrap().master_info().unwrap().bytes_to_slaves
 }
 
 /// The seed article's examples, verbatim: `bpcp input.dat 2:/tmp`, `bpcp 2:/tmp/input.dat

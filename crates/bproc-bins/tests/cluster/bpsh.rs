@@ -698,10 +698,7 @@ fn launch_tree() {
     let mut spec = TestCluster::spec(&bins(), 12, "bpsh-tree");
     spec.extra_config = "launchfanout 2\n".into();
     let c = TestCluster::start(spec);
-    let sent = || match c.client().unwrap().request(&bproc::Message::MasterInfo).unwrap() {
-        bproc::Message::MasterInfoReply { bytes_to_slaves, .. } => bytes_to_slaves,
-        other => panic!("{other:?}"),
-    };
+    let sent = || c.client().unwrap().master_info().unwrap().bytes_to_slaves;
     // Twice node 5: a node may run several ranks.
     let nodes = "0-11,5";
     let out = c.cmd("bpsh").args([nodes, "-p", "sh", "-c", "echo $BPROC_RANK"]).ok();
