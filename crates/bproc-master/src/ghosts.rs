@@ -39,6 +39,23 @@ use tracing::{debug, warn};
 use crate::conn::{ClientRd, ClientWr};
 use crate::Shared;
 
+/// Why a ghost's hello is refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NotAGhost {
+    /// Its parent or user is not the rforking caller's ghost's.
+    #[error("pid {pid} is not the ghost of rfork {fork}")]
+    OfRfork { pid: i32, fork: u64 },
+    /// Its parent or user is not the forking process's ghost's.
+    #[error("pid {pid} is not the ghost of fork {fork}")]
+    OfFork { pid: i32, fork: u64 },
+    /// No fork of that number waits for a ghost.
+    #[error("fork {fork} is not pending")]
+    NotPending { fork: u64 },
+    /// Another connection speaks for that ghost.
+    #[error("pid {pid} is already a ghost of another connection")]
+    Taken { pid: i32 },
+}
+
 /// A remote process.
 #[derive(Debug)]
 struct Proc {
@@ -737,7 +754,7 @@ impl Ghosts {
         uid: u32,
         fork: u64,
         tx: mpsc::UnboundedSender<Message>,
-    ) -> Result<Option<(i32, i32)>, String> {
+    ) -> Result<Option<(i32, i32)>, NotAGhost> {
         let mut g = self.lock();
         let inner = &mut *g;
         let mut forked = None;
@@ -745,7 +762,7 @@ impl Ghosts {
         if let Some(rf) = inner.rforks.get_mut(&fork).filter(|rf| rf.pid.is_none()) {
             // A ghost for an rforked child: forked by the caller's ghost, of its user.
             if parent_and_uid(pid) != Some((rf.parent, uid)) || rf.uid != uid {
-                return Err(format!("pid {pid} is not the ghost of rfork {fork}"));
+                return Err(NotAGhost::OfRfork { pid, fork });
             }
             rf.pid = Some(pid);
             inner.ghosts.insert(pid, Ghost { uid: Some(uid), ..Ghost::default() });
@@ -763,7 +780,7 @@ impl Ghosts {
                     && !alive(f.parent_ghost)
             });
             if !by_ghost && !orphaned {
-                return Err(format!("pid {pid} is not the ghost of fork {fork}"));
+                return Err(NotAGhost::OfFork { pid, fork });
             }
             let unbound = inner.forks.get_mut(&fork).filter(|f| f.child == 0);
             if let Some(a) = unbound.and_then(|f| f.ahead.as_mut()) {
@@ -776,7 +793,7 @@ impl Ghosts {
         let bound = inner.forks.get(&fork).is_none_or(|f| f.child != 0);
         if fork != 0 && bound && !rforked {
             let Some(Fork { node: n, child, queue, .. }) = inner.forks.remove(&fork) else {
-                return Err(format!("fork {fork} is not pending"));
+                return Err(NotAGhost::NotPending { fork });
             };
             // What happened meanwhile (a rename, its own forks, its end) follows at once.
             // A process that ended before its ghost came has its end in the queue: the ghost
@@ -794,7 +811,7 @@ impl Ghosts {
         }
         let gh = inner.ghosts.entry(pid).or_default();
         if gh.uid.is_some_and(|u| u != uid) || gh.tx.is_some() {
-            return Err(format!("pid {pid} is already a ghost of another connection"));
+            return Err(NotAGhost::Taken { pid });
         }
         gh.uid = Some(uid);
         for m in gh.queue.drain(..) {

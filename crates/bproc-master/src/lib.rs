@@ -117,8 +117,8 @@ pub enum MasterError {
     #[error("{}: nothing to listen on; add an `interface NAME` or `listen ADDR` line", .0.display())]
     NoListener(PathBuf),
     /// The configured libraries cannot be staged.
-    #[error("{0}")]
-    Stage(String),
+    #[error(transparent)]
+    Stage(#[from] stage::StageError),
     /// An interface named in the configuration is missing or has no IPv4 address.
     #[error("{}:{line}: interface {name}: {why}", path.display())]
     Interface {

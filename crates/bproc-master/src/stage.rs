@@ -29,8 +29,41 @@ pub(crate) struct Stage {
     by_hash: HashMap<[u8; 32], PathBuf>,
 }
 
+/// Why the configured files cannot be staged (the master does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// A file the `libraries` lines name cannot be read.
+    #[error("{}: libraries: {why}", config.display())]
+    Files {
+        /// The configuration file.
+        config: PathBuf,
+        /// What failed (said in the message, so not a source).
+        why: bproc_stage::StageError,
+    },
+    /// More files than one staging message carries.
+    #[error(
+        "{}: libraries: {files} files to stage, at most {} fit (list fewer directories)",
+        config.display(),
+        bproc_proto::MAX_STAGED
+    )]
+    TooMany {
+        /// The configuration file.
+        config: PathBuf,
+        /// Files named.
+        files: usize,
+    },
+    /// No port to serve them from.
+    #[error("cannot listen for library staging on {ip}: {why}")]
+    Listen {
+        /// The address tried.
+        ip: IpAddr,
+        /// What the kernel said (in the message, so not a source).
+        why: std::io::Error,
+    },
+}
+
 /// Gathers the configured files and starts serving them; `None` when there are none.
-pub(crate) async fn start(config: &Config, ip: IpAddr) -> Result<Option<Arc<Stage>>, String> {
+pub(crate) async fn start(config: &Config, ip: IpAddr) -> Result<Option<Arc<Stage>>, StageError> {
     // Each argument that names nothing is said at its line; the others are staged.
     let at = |line: usize| format!("{}:{line}", config.path.display());
     let mut paths = Vec::new();
@@ -58,26 +91,21 @@ pub(crate) async fn start(config: &Config, ip: IpAddr) -> Result<Option<Arc<Stag
         }
     }
     let files = bproc_stage::config_files(&paths, &binaries)
-        .map_err(|e| format!("{}: libraries: {e}", config.path.display()))?;
+        .map_err(|why| StageError::Files { config: config.path.clone(), why })?;
     if files.is_empty() {
         return Ok(None);
     }
     // Every diskless node gets them in one message, which carries at most so many.
     if files.len() > bproc_proto::MAX_STAGED {
-        return Err(format!(
-            "{}: libraries: {} files to stage, at most {} fit (list fewer directories)",
-            config.path.display(),
-            files.len(),
-            bproc_proto::MAX_STAGED
-        ));
+        return Err(StageError::TooMany { config: config.path.clone(), files: files.len() });
     }
     let listener = TcpListener::bind(SocketAddr::new(ip, 0))
         .await
-        .map_err(|e| format!("cannot listen for library staging on {ip}: {e}"))?;
+        .map_err(|why| StageError::Listen { ip, why })?;
     let mut token = [0u8; 16];
     getrandom::fill(&mut token).expect("the kernel's random source failed");
     let stage = Arc::new(Stage {
-        port: listener.local_addr().map_err(|e| e.to_string())?.port(),
+        port: listener.local_addr().map_err(|why| StageError::Listen { ip, why })?.port(),
         token,
         files: files
             .iter()

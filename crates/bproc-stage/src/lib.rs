@@ -215,11 +215,11 @@ pub fn closure(
 ///
 /// BProc's rc script took only the `*.so*` files directly in each argument and skipped
 /// missing ones without a word.
-pub fn library_files(arg: &str) -> Result<Vec<PathBuf>, String> {
+pub fn library_files(arg: &str) -> Result<Vec<PathBuf>, NamesNothing> {
     let matches =
         if arg.contains('*') { glob(arg, Path::new("/")) } else { vec![PathBuf::from(arg)] };
     if matches.is_empty() {
-        return Err("the pattern matches nothing".into());
+        return Err(NamesNothing::NoMatch);
     }
     let mut out = Vec::new();
     for m in matches {
@@ -228,20 +228,44 @@ pub fn library_files(arg: &str) -> Result<Vec<PathBuf>, String> {
             Ok(md) if md.is_dir() => tree(&m, &mut out),
             Ok(_) => {}
             Err(e) if arg.contains('*') => {
-                return Err(format!("{}: {}", m.display(), e.kind()));
+                return Err(NamesNothing::Match { path: m, kind: e.kind() });
             }
-            Err(e) => {
-                return Err(match e.kind() {
-                    std::io::ErrorKind::NotFound => "no such file or directory".into(),
-                    _ => format!("cannot read it: {e}"),
-                })
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NamesNothing::Missing)
             }
+            Err(e) => return Err(NamesNothing::Unreadable(e)),
         }
     }
     if out.is_empty() {
-        return Err("it holds no regular file".into());
+        return Err(NamesNothing::NoRegularFile);
     }
     Ok(out)
+}
+
+/// Why a `libraries` argument stages nothing (said after the argument in the
+/// configuration's warning).
+#[derive(Debug, Error)]
+pub enum NamesNothing {
+    /// A glob without a match.
+    #[error("the pattern matches nothing")]
+    NoMatch,
+    /// A glob's match that cannot be read.
+    #[error("{}: {kind}", path.display())]
+    Match {
+        /// The match.
+        path: PathBuf,
+        /// What the kernel said.
+        kind: std::io::ErrorKind,
+    },
+    /// The named file is not there.
+    #[error("no such file or directory")]
+    Missing,
+    /// The named file cannot be read.
+    #[error("cannot read it: {0}")]
+    Unreadable(std::io::Error),
+    /// A directory without regular files.
+    #[error("it holds no regular file")]
+    NoRegularFile,
 }
 
 /// Every regular file under `dir`, sorted; symbolic links to files count as the files they
@@ -353,9 +377,18 @@ mod tests {
         );
         assert_eq!(library_files(&format!("{d}/pk*")).unwrap().len(), 2);
         assert_eq!(library_files("/etc/hostname").unwrap(), [PathBuf::from("/etc/hostname")]);
-        assert_eq!(library_files(&format!("{d}/nope")).unwrap_err(), "no such file or directory");
-        assert_eq!(library_files(&format!("{d}/x*")).unwrap_err(), "the pattern matches nothing");
-        assert_eq!(library_files(&format!("{d}/empty")).unwrap_err(), "it holds no regular file");
+        assert_eq!(
+            library_files(&format!("{d}/nope")).unwrap_err().to_string(),
+            "no such file or directory"
+        );
+        assert_eq!(
+            library_files(&format!("{d}/x*")).unwrap_err().to_string(),
+            "the pattern matches nothing"
+        );
+        assert_eq!(
+            library_files(&format!("{d}/empty")).unwrap_err().to_string(),
+            "it holds no regular file"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

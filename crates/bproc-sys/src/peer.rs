@@ -97,8 +97,11 @@ impl Peer {
         let limits = read(pid, "limits")?;
         let status = read(pid, "status")?;
         self.same()?;
-        let rlimits =
-            parse_limits(&limits).map_err(|what| PeerError::Parse { pid, file: "limits", what })?;
+        let rlimits = parse_limits(&limits).map_err(|what| PeerError::Parse {
+            pid,
+            file: "limits",
+            what: what.to_string(),
+        })?;
         let umask = umask(&status).ok_or_else(|| PeerError::Parse {
             pid,
             file: "status",
@@ -210,10 +213,10 @@ const LIMIT_NAMES: [&str; 16] = [
 ];
 
 /// The limits in `/proc/PID/limits` text: (resource, soft, hard), `u64::MAX` for unlimited.
-fn parse_limits(text: &str) -> Result<Vec<Limit>, String> {
+fn parse_limits(text: &str) -> Result<Vec<Limit>, LimitsFault> {
     let value = |v: &str| match v {
         "unlimited" => Ok(u64::MAX),
-        v => v.parse::<u64>().map_err(|_| format!("bad limit {v:?}")),
+        v => v.parse::<u64>().map_err(|_| LimitsFault::Value(v.to_string())),
     };
     let mut out = Vec::with_capacity(LIMIT_NAMES.len());
     for line in text.lines().skip(1) {
@@ -225,14 +228,33 @@ fn parse_limits(text: &str) -> Result<Vec<Limit>, String> {
         };
         let mut f = line[name.len()..].split_whitespace();
         let (Some(soft), Some(hard)) = (f.next(), f.next()) else {
-            return Err(format!("short row {line:?}"));
+            return Err(LimitsFault::ShortRow(line.to_string()));
         };
         out.push((resource as u32, value(soft)?, value(hard)?));
     }
     if out.len() != LIMIT_NAMES.len() {
-        return Err(format!("{} of {} limits listed", out.len(), LIMIT_NAMES.len()));
+        return Err(LimitsFault::Count { listed: out.len(), known: LIMIT_NAMES.len() });
     }
     Ok(out)
+}
+
+/// What is wrong with a `/proc/PID/limits` text.
+#[derive(Debug, PartialEq, Eq, Error)]
+pub enum LimitsFault {
+    /// A value neither a number nor `unlimited`.
+    #[error("bad limit {0:?}")]
+    Value(String),
+    /// A row without soft and hard values.
+    #[error("short row {0:?}")]
+    ShortRow(String),
+    /// Rows missing.
+    #[error("{listed} of {known} limits listed")]
+    Count {
+        /// Rows found.
+        listed: usize,
+        /// Rows expected.
+        known: usize,
+    },
 }
 
 /// Whether a process serves the Unix socket at `path`, and which (its pid, when the kernel
@@ -307,9 +329,9 @@ Max realtime timeout      unlimited            unlimited            us
         assert_eq!(l[13], (13, 0, 0));
         assert_eq!(l[15], (15, u64::MAX, u64::MAX));
         let cut: String = LIMITS.lines().take(9).map(|l| format!("{l}\n")).collect();
-        assert_eq!(parse_limits(&cut), Err("8 of 16 limits listed".into()));
+        assert_eq!(parse_limits(&cut), Err(LimitsFault::Count { listed: 8, known: 16 }));
         let bad = LIMITS.replace("512                  512", "512                  lots");
-        assert_eq!(parse_limits(&bad), Err("bad limit \"lots\"".into()));
+        assert_eq!(parse_limits(&bad), Err(LimitsFault::Value("lots".into())));
     }
 
     #[test]
