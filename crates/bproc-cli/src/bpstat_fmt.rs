@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use bproc_proto::view::NodeView;
 use bproc_proto::NodeStatus;
-use serde::Serialize;
 
 /// Width of the Status column (BProc's `BPROC_STATE_LEN`).
 const STATUS_WIDTH: usize = 15;
@@ -286,65 +286,13 @@ pub fn total(nodes: &[NodeStatus]) -> String {
     format!("{}\n", nodes.len())
 }
 
-/// One node in [`json`] output; field order is output order.
-#[derive(Serialize)]
-struct JsonNode {
-    node: i32,
-    state: String,
-    mode: String,
-    user: String,
-    group: String,
-    uid: u32,
-    gid: u32,
-    addr: Option<String>,
-    info: Option<JsonInfo>,
-}
-
-/// A node's machine report in [`json`] output.
-#[derive(Serialize)]
-struct JsonInfo {
-    cpus: u32,
-    mem_total: u64,
-    mem_free: u64,
-    load: [f64; 3],
-    uptime: u64,
-    kernel: String,
-    hostname: String,
-    arch: String,
-    diskless: bool,
-    staged_bytes: u64,
-}
-
 /// A pretty-printed, newline-terminated JSON array with one object per node: `node`, `state`,
 /// `mode` (octal string such as `"0111"`), `user`, `group`, `uid`, `gid`, `addr` (dotted quad
 /// or null) and `info` (null, or `cpus`, `mem_total`, `mem_free`, `load` as three load
 /// averages, `uptime`, `kernel`, `hostname`, `arch`, `diskless`, `staged_bytes`).
 pub fn json(nodes: &[NodeStatus], names: &dyn Names) -> String {
-    let rows: Vec<JsonNode> = nodes
-        .iter()
-        .map(|n| JsonNode {
-            node: n.node,
-            state: n.state.clone(),
-            mode: format!("{:04o}", n.mode),
-            user: names.user(n.uid),
-            group: names.group(n.gid),
-            uid: n.uid,
-            gid: n.gid,
-            addr: n.addr.map(|a| a.to_string()),
-            info: n.info.as_ref().map(|i| JsonInfo {
-                cpus: i.cpus,
-                mem_total: i.mem_total,
-                mem_free: i.mem_free,
-                load: i.load.map(|l| f64::from(l) / 100.0),
-                uptime: i.uptime,
-                kernel: i.kernel.clone(),
-                hostname: i.hostname.clone(),
-                arch: i.arch.clone(),
-                diskless: i.diskless,
-                staged_bytes: i.staged_bytes,
-            }),
-        })
-        .collect();
+    let rows: Vec<NodeView> =
+        nodes.iter().map(|n| NodeView::new(n, names.user(n.uid), names.group(n.gid))).collect();
     // Serializing plain structs of strings and numbers cannot fail.
     let mut text = serde_json::to_string_pretty(&rows).unwrap_or_else(|_| "[]".to_owned());
     text.push('\n');

@@ -26,6 +26,8 @@ mod frame;
 mod msg;
 mod parts;
 mod refusal;
+#[cfg(feature = "serde")]
+pub mod view;
 pub mod wire;
 
 /// BProc's master port: the TCP port slaves connect to unless configured otherwise.

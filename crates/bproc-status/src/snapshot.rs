@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use bproc_proto::view::NodeView;
 use bproc_proto::NodeStatus;
 use serde::Serialize;
 
@@ -90,31 +91,9 @@ pub struct Page {
 /// One node, as `bpstat --json` prints it, plus `procs`.
 #[derive(Debug, Serialize)]
 pub struct Row {
-    node: i32,
-    state: String,
-    mode: String,
-    user: String,
-    group: String,
-    uid: u32,
-    gid: u32,
-    addr: Option<String>,
-    info: Option<Info>,
+    #[serde(flatten)]
+    node: NodeView,
     procs: u32,
-}
-
-/// A node's machine report.
-#[derive(Debug, Serialize)]
-struct Info {
-    cpus: u32,
-    mem_total: u64,
-    mem_free: u64,
-    load: [f64; 3],
-    uptime: u64,
-    kernel: String,
-    hostname: String,
-    arch: String,
-    diskless: bool,
-    staged_bytes: u64,
 }
 
 impl Page {
@@ -124,26 +103,7 @@ impl Page {
             .nodes
             .iter()
             .map(|n| Row {
-                node: n.node,
-                state: n.state.clone(),
-                mode: format!("{:04o}", n.mode),
-                user: names.user(n.uid),
-                group: names.group(n.gid),
-                uid: n.uid,
-                gid: n.gid,
-                addr: n.addr.map(|a| a.to_string()),
-                info: n.info.as_ref().map(|i| Info {
-                    cpus: i.cpus,
-                    mem_total: i.mem_total,
-                    mem_free: i.mem_free,
-                    load: i.load.map(|l| f64::from(l) / 100.0),
-                    uptime: i.uptime,
-                    kernel: i.kernel.clone(),
-                    hostname: i.hostname.clone(),
-                    arch: i.arch.clone(),
-                    diskless: i.diskless,
-                    staged_bytes: i.staged_bytes,
-                }),
+                node: NodeView::new(n, names.user(n.uid), names.group(n.gid)),
                 procs: snap.procs.get(&n.node).copied().unwrap_or(0),
             })
             .collect();
