@@ -516,7 +516,7 @@ async fn serve_link(
                                 }
                                 Err(e) => {
                                     warn!("staging the master's libraries: {e}");
-                                    error_reply(bproc_proto::errno::EIO, e)
+                                    error_reply(bproc_proto::errno::EIO, e.to_string())
                                 }
                             }
                         }

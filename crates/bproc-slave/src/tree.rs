@@ -300,23 +300,20 @@ async fn start(
     let master = master_ip(ctx);
     let client_socket = ctx.opts.client_socket.as_ref().map(|p| p.to_string_lossy().into_owned());
     let outbox = ctx.outbox.clone();
-    let reply = procs::spawn(
-        &ctx.procs,
-        ctx.opts.authority,
-        ctx.opts.diskless.as_ref(),
+    let cx = procs::Start {
+        procs: &ctx.procs,
+        authority: ctx.opts.authority,
+        diskless: ctx.opts.diskless.as_ref(),
         source,
         master,
-        client_socket.as_deref(),
-        l.launch,
+        client_socket: client_socket.as_deref(),
+        launch: l.launch,
         rank,
-        ghost,
-        l.creds.clone(),
-        spec,
-        port,
-        image,
-        move |m| outbox.send(0, m),
-    )
-    .await;
+        set_tid: ghost,
+        creds: l.creds.clone(),
+        forward_port: port,
+    };
+    let reply = procs::spawn(&cx, spec, image, move |m| outbox.send(0, m)).await;
     match reply {
         Ok(pid) => pid,
         Err(r) => {
