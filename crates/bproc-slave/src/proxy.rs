@@ -91,7 +91,7 @@ pub(crate) async fn serve(listener: UnixListener, key: ClusterKey, link: LinkSta
 #[derive(Debug, thiserror::Error)]
 enum CarryError {
     /// The kernel did not say who the client is.
-    #[error("no credentials: {0}")]
+    #[error("the kernel gave no credentials for the client: {0}")]
     NoCredentials(std::io::Error),
     /// The kernel gave no pid for the client (it is in a pid namespace this node cannot see).
     #[error("the kernel gave no pid for the client")]
@@ -100,7 +100,7 @@ enum CarryError {
     #[error(transparent)]
     Peer(#[from] bproc_sys::peer::PeerError),
     /// The master is unreachable: the client may try again once the node is up.
-    #[error("the master is not connected")]
+    #[error("the master is not connected; the client may try again once the node is up")]
     NotConnected,
     /// The connection to the master failed.
     #[error("master {master}: {error}")]
@@ -111,7 +111,7 @@ enum CarryError {
         error: bproc_link::LinkError,
     },
     /// Carrying the bytes failed (either side closed abruptly).
-    #[error("client pid {pid}: {error}")]
+    #[error("client pid {pid}: carrying its connection: {error}")]
     Copy {
         /// The client.
         pid: i32,

@@ -29,7 +29,7 @@ pub(crate) struct Daemon<'a> {
 enum ReconnectError {
     /// The new master address could not be reached or joined: check the address and that
     /// a master listens there.
-    #[error("reconnect to {target}: {error}")]
+    #[error("reconnect to {target}: {error} (check the address, and that a master listens there)")]
     Lost {
         /// Where the new link was to go.
         target: SocketAddrV4,
@@ -45,7 +45,7 @@ enum ReconnectError {
         reason: String,
     },
     /// The master there asked for a node action while the link opened.
-    #[error("reconnect interrupted")]
+    #[error("reconnect interrupted by a node action; try again once the node is up")]
     Interrupted,
 }
 

@@ -142,7 +142,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
 pub(crate) enum TakeError {
     /// The part is older than [`MAX_AGE_MS`] by the master's clock: a replay, or clocks
     /// that disagree (this node's own pings set its view of the master's clock).
-    #[error("launch {launch} is {secs} s old by the master's clock; refused")]
+    #[error("launch {launch} is {secs} s old by the master's clock; refused (a replay, or a clock that jumped: launch again)")]
     Old {
         /// The launch.
         launch: u64,
@@ -206,8 +206,8 @@ type SharedImage = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, Arc<ImageError
 #[derive(Debug, Error)]
 pub(crate) enum ImageError {
     /// The launch names no image to fetch.
-    #[error("cannot fetch the process image: launch {0} is not an image launch")]
-    NotImage(u64),
+    #[error("cannot fetch the process image: the launch is not an image launch")]
+    NotImage,
     /// The mover could not be reached or refused (the message names it and the image).
     #[error("{0}")]
     Connect(String),
@@ -226,7 +226,10 @@ pub(crate) enum ImageError {
         len: u64,
     },
     /// The mover or the parent node is too slow, or stopped sending.
-    #[error("the process image did not arrive within 60 s")]
+    #[error(
+        "the process image did not arrive within 60 s (the mover or the parent node stopped \
+         sending)"
+    )]
     Timeout,
 }
 
@@ -255,7 +258,7 @@ async fn fetch_image(
     let fetch = async {
         match source {
             procs::Source::Launcher => {
-                let from = l.spec.image.ok_or(ImageError::NotImage(l.launch))?;
+                let from = l.spec.image.ok_or(ImageError::NotImage)?;
                 let root = ctx.opts.diskless.as_ref().map(|d| d.root.as_path());
                 let mut s = procs::connect_image(master_ip(ctx), &l.spec, from, 0, root)
                     .await
@@ -471,10 +474,10 @@ async fn serve_child(
 #[derive(Debug, Error)]
 enum SendError {
     /// Its tree port did not answer within 5 s.
-    #[error("connect to {0} timed out")]
+    #[error("connect to {0} timed out (is the node up, and its tree port reachable?)")]
     Timeout(SocketAddrV4),
     /// Its tree port refused (its slave is not running, or has no tree port).
-    #[error("connect to {addr}: {error}")]
+    #[error("connect to {addr}: {error} (is the node's slave running?)")]
     Connect {
         /// The child's tree port.
         addr: SocketAddrV4,

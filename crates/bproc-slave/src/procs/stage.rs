@@ -22,7 +22,7 @@ use crate::isolate::Diskless;
 #[derive(Debug, Error)]
 pub enum StageError {
     /// The launcher's file server could not be reached: is the launcher still running?
-    #[error("{path}: cannot fetch it from the launcher: {error}")]
+    #[error("{path}: cannot fetch it from the launcher: {error} (the launcher must be running and reachable from this node)")]
     Connect {
         /// The file.
         path: String,
@@ -30,7 +30,7 @@ pub enum StageError {
         error: std::io::Error,
     },
     /// The launcher did not send the file whole.
-    #[error("{path}: from the launcher: {error}")]
+    #[error("{path}: from the launcher: {error} (launch again)")]
     Fetch {
         /// The file.
         path: String,
@@ -39,24 +39,30 @@ pub enum StageError {
     },
     /// What arrived is not the content the launch names (the file changed on the launcher's
     /// machine since the launch started).
-    #[error("{path}: content does not match its hash")]
+    #[error(
+        "{path}: content does not match its hash (it changed during the launch: launch again)"
+    )]
     Hash {
         /// The file.
         path: String,
     },
     /// The node's cache could not take it (full, or read-only).
-    #[error("{path}: cannot cache it: {error}")]
+    #[error("{path}: cannot cache it: {error} (check the node's cache {})", cache.display())]
     Cache {
         /// The file.
         path: String,
+        /// The node's cache.
+        cache: std::path::PathBuf,
         /// What the cache's filesystem said.
         error: std::io::Error,
     },
     /// It could not be linked into the node's root.
-    #[error("{path}: cannot install it: {error}")]
+    #[error("{path}: cannot install it: {error} (check the node's root {})", root.display())]
     Install {
         /// The file.
         path: String,
+        /// The node's root.
+        root: std::path::PathBuf,
         /// What the root's filesystem said.
         error: std::io::Error,
     },
@@ -159,7 +165,11 @@ pub(crate) async fn ensure_cached(
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode & 0o7777))
         })
         .and_then(|_| std::fs::rename(&tmp, &cached))
-        .map_err(|error| StageError::Cache { path: f.path.clone(), error })?;
+        .map_err(|error| StageError::Cache {
+            path: f.path.clone(),
+            cache: d.cache.clone(),
+            error,
+        })?;
     crate::info::STAGED_BYTES.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(cached)
 }
@@ -191,7 +201,11 @@ pub(crate) async fn stage(
                     std::fs::hard_link(&cached, &tmp)
                 })
                 .and_then(|_| std::fs::rename(&tmp, &target))
-                .map_err(|error| StageError::Install { path: f.path.clone(), error })?;
+                .map_err(|error| StageError::Install {
+                    path: f.path.clone(),
+                    root: d.root.clone(),
+                    error,
+                })?;
         }
     }
     Ok(())
