@@ -68,6 +68,18 @@ pub enum StageError {
     },
 }
 
+impl StageError {
+    /// `f` could not be written to `d`'s cache.
+    fn cache(f: &StagedRef, d: &Diskless, error: std::io::Error) -> Self {
+        StageError::Cache { path: f.path.clone(), cache: d.cache.clone(), error }
+    }
+
+    /// `f` could not be linked into `d`'s root.
+    fn install(f: &StagedRef, d: &Diskless, error: std::io::Error) -> Self {
+        StageError::Install { path: f.path.clone(), root: d.root.clone(), error }
+    }
+}
+
 /// Where a diskless node fetches the staged files its cache lacks.
 #[derive(Clone)]
 pub enum Source {
@@ -165,11 +177,7 @@ pub(crate) async fn ensure_cached(
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode & 0o7777))
         })
         .and_then(|_| std::fs::rename(&tmp, &cached))
-        .map_err(|error| StageError::Cache {
-            path: f.path.clone(),
-            cache: d.cache.clone(),
-            error,
-        })?;
+        .map_err(|error| StageError::cache(f, d, error))?;
     crate::info::STAGED_BYTES.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(cached)
 }
@@ -201,11 +209,7 @@ pub(crate) async fn stage(
                     std::fs::hard_link(&cached, &tmp)
                 })
                 .and_then(|_| std::fs::rename(&tmp, &target))
-                .map_err(|error| StageError::Install {
-                    path: f.path.clone(),
-                    root: d.root.clone(),
-                    error,
-                })?;
+                .map_err(|error| StageError::install(f, d, error))?;
         }
     }
     Ok(())
