@@ -24,12 +24,13 @@ pub(crate) struct Daemon<'a> {
     pub state: &'a proxy::LinkState,
 }
 
-/// Why `bpctl --reconnect` found no new link; the message goes back to the master as is.
+/// Why `bpctl --reconnect` found no new link; the message goes back to the master as is
+/// (its text is what `bpctl` prints, kept as it was: the master's reason ends it).
 #[derive(Debug, Error)]
 enum ReconnectError {
     /// The new master address could not be reached or joined: check the address and that
     /// a master listens there.
-    #[error("reconnect to {target}: {error} (check the address, and that a master listens there)")]
+    #[error("reconnect to {target}: {error}")]
     Lost {
         /// Where the new link was to go.
         target: SocketAddrV4,
@@ -44,8 +45,9 @@ enum ReconnectError {
         /// The master's reason.
         reason: String,
     },
-    /// The master there asked for a node action while the link opened.
-    #[error("reconnect interrupted by a node action; try again once the node is up")]
+    /// The master there asked for a node action while the link opened: try again once the
+    /// node is up.
+    #[error("reconnect interrupted")]
     Interrupted,
 }
 
