@@ -264,7 +264,7 @@ pub fn exec_dump(
                 libc::close(*fd);
             }
             libc::close(report[0]);
-            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) == 0 {
+            if nix::sys::ptrace::traceme().is_ok() {
                 libc::execve(path.as_ptr(), argp.as_ptr(), envpp.as_ptr());
             }
             let e = *libc::__errno_location();
@@ -831,6 +831,7 @@ fn exec_state(pid: i32, regs: &libc::user_regs_struct, status: &str, personality
             .unwrap_or(0)
     };
     let mut sigmask = 0u64;
+    // nix has no wrapper for PTRACE_GETSIGMASK.
     // SAFETY: PTRACE_GETSIGMASK writes 8 bytes into a local; `pid` is our stopped tracee.
     if unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, pid, 8, &mut sigmask as *mut u64) } != 0 {
         sigmask = field("SigBlk:", 16);

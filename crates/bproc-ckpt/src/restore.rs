@@ -1335,7 +1335,8 @@ fn set_thread_regs(new: &Tracee, th: &bproc_image::Thread, what: &str) -> Result
             )
         };
         if r != 0 {
-            // The legacy area alone (x87 and SSE).
+            // The legacy area alone (x87 and SSE); nix's NT_PRFPREG set would want the saved
+            // bytes as a user_fpregs_struct, an unsafe read of its own.
             // SAFETY: PTRACE_SETFPREGS reads 512 bytes (user_fpregs_struct) from the buffer.
             if unsafe { libc::ptrace(libc::PTRACE_SETFPREGS, new.pid, 0, th.xstate.as_ptr()) } != 0
             {

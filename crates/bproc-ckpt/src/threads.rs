@@ -151,8 +151,7 @@ impl Frozen {
             ));
         }
         let mut frozen = Frozen { slots, held: 0, old };
-        // SAFETY: getpid cannot fail.
-        let pid = unsafe { libc::getpid() };
+        let pid = nix::unistd::getpid().as_raw();
         let mut asked: Vec<i32> = Vec::new();
         loop {
             let new: Vec<i32> = tids.iter().filter(|t| !asked.contains(t)).copied().collect();
