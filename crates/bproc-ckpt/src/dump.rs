@@ -33,6 +33,10 @@ use bproc_image::{
     Chunk, Header, Machine, MmFields, OpenFile, Region, SigAction, Source, Special, MAX_CHUNK, PAGE,
 };
 use nix::libc;
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::io::IoSliceMut;
 use thiserror::Error;
 
 /// Why a process could not be dumped or restored.
@@ -260,7 +264,7 @@ pub fn exec_dump(
                 libc::close(*fd);
             }
             libc::close(report[0]);
-            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) == 0 {
+            if nix::sys::ptrace::traceme().is_ok() {
                 libc::execve(path.as_ptr(), argp.as_ptr(), envpp.as_ptr());
             }
             let e = *libc::__errno_location();
@@ -278,15 +282,23 @@ pub fn exec_dump(
     }
     let child = Child(pid);
     let what = path.to_string_lossy();
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    while unsafe { libc::waitpid(pid, &mut status, libc::__WALL) } < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(CkptError::sys(format!("waiting for {what} to start"), e));
+    let stopped = loop {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)) {
+            Err(nix::Error::EINTR) => {}
+            Err(e) => {
+                return Err(CkptError::sys(format!("waiting for {what} to start"), e.into()));
+            }
+            Ok(s) => {
+                break matches!(
+                    s,
+                    WaitStatus::Stopped(..)
+                        | WaitStatus::PtraceEvent(..)
+                        | WaitStatus::PtraceSyscall(_)
+                )
+            }
         }
-    }
-    if !libc::WIFSTOPPED(status) {
+    };
+    if !stopped {
         std::mem::forget(child); // reaped already
         let mut e = [0u8; 4];
         let n = nix::unistd::read(report.as_raw_fd(), &mut e).unwrap_or(0);
@@ -296,12 +308,8 @@ pub fn exec_dump(
             std::io::Error::from_raw_os_error(errno),
         ));
     }
-    // SAFETY: a zeroed user_regs_struct is a valid value for PTRACE_GETREGS to fill.
-    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-    // SAFETY: PTRACE_GETREGS fills one user_regs_struct of our stopped tracee.
-    if unsafe { libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs as *mut _) } != 0 {
-        return Err(CkptError::sys("PTRACE_GETREGS", std::io::Error::last_os_error()));
-    }
+    let regs = nix::sys::ptrace::getregs(Pid::from_raw(pid))
+        .map_err(|e| CkptError::sys("PTRACE_GETREGS", e.into()))?;
     dump(out.as_raw_fd(), opts, &Target::Exec { pid, regs: Box::new(regs) }, &(Vec::new(), 0))
 }
 
@@ -310,11 +318,9 @@ struct Child(i32);
 
 impl Drop for Child {
     fn drop(&mut self) {
-        // SAFETY: kills and reaps our own child, which nothing else waits for.
-        unsafe {
-            libc::kill(self.0, libc::SIGKILL);
-            libc::waitpid(self.0, std::ptr::null_mut(), libc::__WALL);
-        }
+        // Our own child, which nothing else waits for.
+        let _ = nix::sys::signal::kill(Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(self.0), Some(WaitPidFlag::__WALL));
     }
 }
 
@@ -825,6 +831,7 @@ fn exec_state(pid: i32, regs: &libc::user_regs_struct, status: &str, personality
             .unwrap_or(0)
     };
     let mut sigmask = 0u64;
+    // nix has no wrapper for PTRACE_GETSIGMASK.
     // SAFETY: PTRACE_GETSIGMASK writes 8 bytes into a local; `pid` is our stopped tracee.
     if unsafe { libc::ptrace(libc::PTRACE_GETSIGMASK, pid, 8, &mut sigmask as *mut u64) } != 0 {
         sigmask = field("SigBlk:", 16);
@@ -942,26 +949,28 @@ fn dump(
     let max_pages = u64::from(MAX_CHUNK) / PAGE;
     let mut write_chunk = |start: u64, pages: u64, readable: bool| -> Result<(), CkptError> {
         let len = (pages * PAGE) as usize;
-        let local = libc::iovec { iov_base: bounce.ptr.cast(), iov_len: len };
-        let remote = libc::iovec { iov_base: start as *mut c_void, iov_len: len };
-        // SAFETY: the kernel copies the target's pages into the bounce buffer, which holds
-        // MAX_CHUNK ≥ len bytes; the source is only read, by the kernel. process_vm_readv is
-        // the fast path; /proc/PID/mem also reads pages that are not readable.
-        let got = unsafe {
-            if readable {
-                libc::process_vm_readv(pid, &local, 1, &remote, 1, 0)
-            } else {
-                libc::pread(mem.as_raw_fd(), bounce.ptr.cast(), len, start as libc::off_t)
-            }
+        // SAFETY: the buffer is ours alone, mapped readable and writable, and holds
+        // MAX_CHUNK ≥ len bytes; nothing else refers to it while this slice lives.
+        let buf = unsafe { std::slice::from_raw_parts_mut(bounce.ptr, len) };
+        // process_vm_readv is the fast path; /proc/PID/mem also reads pages that are not
+        // readable.
+        let got = if readable {
+            let remote = RemoteIoVec { base: start as usize, len };
+            process_vm_readv(Pid::from_raw(pid), &mut [IoSliceMut::new(buf)], &[remote])
+        } else {
+            nix::sys::uio::pread(&mem, buf, start as libc::off_t)
         };
-        if got != len as isize {
-            return Err(CkptError::sys(
-                format!("reading {start:#x}"),
-                std::io::Error::last_os_error(),
-            ));
+        match got {
+            Ok(n) if n == len => {}
+            Ok(_) => {
+                return Err(CkptError::sys(
+                    format!("reading {start:#x}"),
+                    std::io::Error::from_raw_os_error(libc::EFAULT),
+                ))
+            }
+            Err(e) => return Err(CkptError::sys(format!("reading {start:#x}"), e.into())),
         }
-        // SAFETY: the buffer is ours alone and `len` bytes of it were just filled.
-        let data = unsafe { std::slice::from_raw_parts(bounce.ptr, len) };
+        let data = &*buf;
         write_all(out, &Chunk::for_data(start, data).encode())?;
         chunks += 1;
         write_all(out, data)

@@ -10,8 +10,9 @@
 //!
 //! The image format is `bproc-image`; starting the process to restore into (`clone3` with a
 //! chosen pid, the identity switch) is `bproc-sys`. Like `bproc-sys`, this crate needs
-//! `unsafe` (inline assembly, signal handlers, raw ptrace requests and remote memory), each
-//! block with the invariants it relies on.
+//! `unsafe` (inline assembly, signal handlers, the ptrace requests nix has no wrapper for,
+//! memory seen as bytes), each block with the invariants it relies on; tracing, waiting and
+//! remote memory otherwise go through nix's safe wrappers.
 #![allow(unsafe_code)]
 #![deny(missing_docs)]
 

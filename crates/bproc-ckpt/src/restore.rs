@@ -16,11 +16,16 @@
 //! it, checks the image, and lets the caller exec the stub; the helper then injects as above.
 //! The caller keeps its pid, parent and fds 0 to 2.
 
-use std::io::Read;
+use std::io::{IoSlice, IoSliceMut, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use bproc_image::{Header, ImageReader, Source, PAGE};
 use nix::libc;
+use nix::sys::ptrace;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 
 use crate::dump::{parse_maps, this_machine, CkptError, KSigAction, MapLine};
 use bproc_sys::{FdFile, Identity, Limit, SpawnSpec};
@@ -73,6 +78,9 @@ const PR_SET_MM: i32 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 const MAP_FIXED_NOREPLACE: i32 = 0x10_0000;
 const MREMAP_MAYMOVE_FIXED: u64 = 3;
+/// Protection while a region is being filled, and the flags of an anonymous mapping.
+const RW: u64 = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+const ANON: u64 = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
 /// Pages the restore adds to the process while it works: code (the gadget and the batch
 /// runner), data (strings and structures system calls read), and the batch's call table.
 const SCRATCH_PAGES: u64 = 3;
@@ -137,6 +145,11 @@ fn stub_elf() -> Vec<u8> {
 
 fn last_err(what: impl Into<String>) -> CkptError {
     CkptError::sys(what, std::io::Error::last_os_error())
+}
+
+/// A failed system call through nix, as a [`CkptError`].
+fn nix_err(what: impl Into<String>, e: nix::Error) -> CkptError {
+    CkptError::sys(what, std::io::Error::from(e))
 }
 
 /// The traced new process and where its system call gadget, batch runner, data page and
@@ -227,66 +240,58 @@ impl Tracee {
         Tracee { pid, base: unsafe { std::mem::zeroed() }, gadget: 0, scratch: 0, table: 0 }
     }
 
-    /// Waits for the next stop and returns its raw status (event stops have the event in
-    /// bits 16 and up).
-    fn wait_status(&self) -> Result<i32, CkptError> {
-        let mut st = 0;
-        // SAFETY: waits for our own traced child or thread.
-        let r = unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) };
-        if r != self.pid {
-            return Err(last_err("waiting for the restored process"));
-        }
-        if !libc::WIFSTOPPED(st) {
-            return Err(CkptError::sys(
-                format!("the restored process ended during the restore (status {st:#x})"),
-                std::io::Error::from_raw_os_error(libc::ESRCH),
-            ));
-        }
-        Ok(st)
+    fn nix_pid(&self) -> Pid {
+        Pid::from_raw(self.pid)
     }
 
-    fn wait_stop(&self) -> Result<i32, CkptError> {
-        let mut st = 0;
-        // SAFETY: waits for our own traced child.
-        let r = unsafe { libc::waitpid(self.pid, &mut st, libc::__WALL) };
-        if r != self.pid {
-            return Err(last_err("waiting for the restored process"));
-        }
-        if !libc::WIFSTOPPED(st) {
-            return Err(CkptError::sys(
-                format!("the restored process ended during the restore (status {st:#x})"),
+    /// Waits for the next stop and returns its signal and ptrace event (0 for a plain
+    /// signal stop).
+    fn wait_event(&self) -> Result<(i32, i32), CkptError> {
+        match waitpid(self.nix_pid(), Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Stopped(_, sig)) => Ok((sig as i32, 0)),
+            Ok(WaitStatus::PtraceEvent(_, sig, event)) => Ok((sig as i32, event)),
+            Ok(WaitStatus::PtraceSyscall(_)) => Ok((libc::SIGTRAP, 0)),
+            Ok(other) => Err(CkptError::sys(
+                format!("the restored process ended during the restore ({other:?})"),
                 std::io::Error::from_raw_os_error(libc::ESRCH),
-            ));
+            )),
+            Err(e) => Err(nix_err("waiting for the restored process", e)),
         }
-        Ok(libc::WSTOPSIG(st))
+    }
+
+    /// Waits for the next stop and returns its signal.
+    fn wait_stop(&self) -> Result<i32, CkptError> {
+        self.wait_event().map(|(sig, _)| sig)
     }
 
     fn set_regs(&self, r: &libc::user_regs_struct) -> Result<(), CkptError> {
-        // SAFETY: PTRACE_SETREGS reads one user_regs_struct from a valid pointer.
-        if unsafe { libc::ptrace(libc::PTRACE_SETREGS, self.pid, 0, r as *const _) } != 0 {
-            return Err(last_err("PTRACE_SETREGS"));
-        }
-        Ok(())
+        ptrace::setregs(self.nix_pid(), *r).map_err(|e| nix_err("PTRACE_SETREGS", e))
     }
 
     fn regs(&self) -> Result<libc::user_regs_struct, CkptError> {
-        // SAFETY: PTRACE_GETREGS fills one user_regs_struct; all-zero is a valid value.
-        let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-        // SAFETY: as above, with a valid pointer.
-        if unsafe { libc::ptrace(libc::PTRACE_GETREGS, self.pid, 0, &mut r as *mut _) } != 0 {
-            return Err(last_err("PTRACE_GETREGS"));
+        ptrace::getregs(self.nix_pid()).map_err(|e| nix_err("PTRACE_GETREGS", e))
+    }
+
+    /// Resumes the stopped process.
+    fn cont(&self) -> Result<(), CkptError> {
+        ptrace::cont(self.nix_pid(), None).map_err(|e| nix_err("PTRACE_CONT", e))
+    }
+
+    /// Sets the process's signal mask (nix has no wrapper for `PTRACE_SETSIGMASK`); `what`
+    /// names a failure.
+    fn set_sigmask(&self, mask: u64, what: &str) -> Result<(), CkptError> {
+        // SAFETY: PTRACE_SETSIGMASK reads an 8-byte mask from a valid pointer.
+        if unsafe { libc::ptrace(libc::PTRACE_SETSIGMASK, self.pid, 8, &mask as *const u64) } != 0 {
+            return Err(last_err(what));
         }
-        Ok(r)
+        Ok(())
     }
 
     /// Lets the process run from registers `r` until its next `int3` (`what` names the work
     /// if it stops otherwise).
     fn run_to_trap(&self, r: &libc::user_regs_struct, what: &str) -> Result<(), CkptError> {
         self.set_regs(r)?;
-        // SAFETY: resumes our stopped tracee.
-        if unsafe { libc::ptrace(libc::PTRACE_CONT, self.pid, 0, 0) } != 0 {
-            return Err(last_err("PTRACE_CONT"));
-        }
+        self.cont()?;
         let sig = self.wait_stop()?;
         if sig != libc::SIGTRAP {
             return Err(CkptError::sys(
@@ -317,15 +322,11 @@ impl Tracee {
     fn poke(&self, addr: u64, mut data: &[u8]) -> Result<(), CkptError> {
         let mut at = addr;
         while !data.is_empty() {
-            let local = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
-            let remote = libc::iovec { iov_base: at as *mut _, iov_len: data.len() };
-            // SAFETY: one local iovec over a live slice; the remote side is checked by the
-            // kernel.
-            let n = unsafe { libc::process_vm_writev(self.pid, &local, 1, &remote, 1, 0) };
-            if n <= 0 {
-                return Err(last_err(format!("writing {} bytes at {at:#x}", data.len())));
-            }
-            data = &data[n as usize..];
+            let remote = RemoteIoVec { base: at as usize, len: data.len() };
+            let n = process_vm_writev(self.nix_pid(), &[IoSlice::new(data)], &[remote])
+                .and_then(|n| if n == 0 { Err(nix::Error::EFAULT) } else { Ok(n) })
+                .map_err(|e| nix_err(format!("writing {} bytes at {at:#x}", data.len()), e))?;
+            data = &data[n..];
             at += n as u64;
         }
         Ok(())
@@ -333,13 +334,13 @@ impl Tracee {
 
     /// Reads `buf.len()` bytes at `addr` in the process.
     fn peek(&self, addr: u64, buf: &mut [u8]) -> Result<(), CkptError> {
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-        let remote = libc::iovec { iov_base: addr as *mut _, iov_len: buf.len() };
-        // SAFETY: one local iovec over a live, writable slice; the remote side is checked by
-        // the kernel.
-        let n = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
-        if n != buf.len() as isize {
-            return Err(last_err(format!("reading {} bytes at {addr:#x}", buf.len())));
+        let len = buf.len();
+        let remote = RemoteIoVec { base: addr as usize, len };
+        let what = || format!("reading {len} bytes at {addr:#x}");
+        let n = process_vm_readv(self.nix_pid(), &mut [IoSliceMut::new(buf)], &[remote])
+            .map_err(|e| nix_err(what(), e))?;
+        if n != len {
+            return Err(nix_err(what(), nix::Error::EFAULT));
         }
         Ok(())
     }
@@ -530,11 +531,8 @@ fn restore_from<R: Read>(
                 std::io::Error::from_raw_os_error(libc::EFAULT),
             ));
         }
-        // SAFETY: sets an option on our stopped tracee.
-        if unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, libc::PTRACE_O_EXITKILL) } != 0 {
-            return Err(last_err("PTRACE_SETOPTIONS"));
-        }
-        Ok(())
+        ptrace::setoptions(t.nix_pid(), ptrace::Options::PTRACE_O_EXITKILL)
+            .map_err(|e| nix_err("PTRACE_SETOPTIONS", e))
     });
     let how = Inject {
         value: spec.value,
@@ -599,8 +597,7 @@ fn in_place(
     let memfd = stub_memfd()?;
     let (p_rd, h_wr) = pipe()?; // helper → caller
     let (h_rd, p_wr) = pipe()?; // caller → helper
-                                // SAFETY: getpid cannot fail.
-    let me = unsafe { libc::getpid() };
+    let me = nix::unistd::getpid().as_raw();
     // The helper is a grandchild whose parent exits at once, so it is nobody's child here.
     match bproc_sys::fork_single_threaded().map_err(|e| CkptError::sys("fork", e.into()))? {
         0 => {
@@ -622,8 +619,8 @@ fn in_place(
         h1 => {
             let mut b = [0u8; 4];
             let got = read_exact(&p_rd, &mut b);
-            // SAFETY: reaps the intermediate child.
-            unsafe { libc::waitpid(h1, std::ptr::null_mut(), 0) };
+            // Reaps the intermediate child.
+            let _ = waitpid(Pid::from_raw(h1), None);
             got?;
             let helper_pid = i32::from_ne_bytes(b);
             // Yama, where present, lets only the named helper attach; elsewhere this fails
@@ -632,8 +629,8 @@ fn in_place(
             unsafe { libc::prctl(libc::PR_SET_PTRACER, helper_pid as libc::c_ulong, 0, 0, 0) };
             write_all(&p_wr, &[1]);
             let fail = |e: CkptError| {
-                // SAFETY: ends our helper; it has not taken over this process.
-                unsafe { libc::kill(helper_pid, libc::SIGKILL) };
+                // Ends our helper; it has not taken over this process.
+                let _ = kill(Pid::from_raw(helper_pid), Signal::SIGKILL);
                 e
             };
             let mut head = [0u8; 6];
@@ -686,25 +683,7 @@ fn helper(
     if read_exact(rd, &mut go).is_err() {
         return 1;
     }
-    let prepared = (|| {
-        // SAFETY: seizes the caller, which asked for it; no pointer arguments.
-        let r = unsafe {
-            libc::ptrace(libc::PTRACE_SEIZE, target, 0, libc::PTRACE_O_TRACEEXEC as libc::c_ulong)
-        };
-        if r != 0 {
-            return Err(last_err(format!("cannot trace pid {target}")));
-        }
-        // The whole image is read and checked (every chunk's checksum) while the caller can
-        // still be told: once it has exec'd the stub, a failure can only kill it.
-        let mut bytes = Vec::new();
-        let mut image = image;
-        image.read_to_end(&mut bytes).map_err(|e| CkptError::sys("reading the image", e))?;
-        bproc_image::read_image(&mut &bytes[..], |_, _, _| Ok(()))?;
-        let reader = ImageReader::open(std::io::Cursor::new(bytes))?;
-        check_machine(reader.header(), None)?;
-        Ok(reader)
-    })();
-    let mut reader = match prepared {
+    let mut reader = match seize_and_check(target, image) {
         Ok(r) => r,
         Err(e) => {
             let msg = e.to_string();
@@ -718,78 +697,76 @@ fn helper(
     };
     write_all(wr, &[0; 6]);
     let t = Tracee::new(target);
-    let mut st = 0;
-    // SAFETY: waits for our tracee's exec event.
-    let r = unsafe { libc::waitpid(target, &mut st, libc::__WALL) };
-    if r != target
-        || !libc::WIFSTOPPED(st)
-        || st >> 8 != libc::SIGTRAP | (libc::PTRACE_EVENT_EXEC << 8)
-    {
+    let exec_stop = waitpid(t.nix_pid(), Some(WaitPidFlag::__WALL));
+    if !matches!(
+        exec_stop,
+        Ok(WaitStatus::PtraceEvent(_, Signal::SIGTRAP, libc::PTRACE_EVENT_EXEC))
+    ) {
         return 1;
     }
     // From here a failure must not leave the stub running.
-    // SAFETY: sets options on our stopped tracee.
-    unsafe {
-        libc::ptrace(
-            libc::PTRACE_SETOPTIONS,
-            target,
-            0,
-            (libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEEXEC) as libc::c_ulong,
-        )
-    };
-    // The exec event stops inside execve, whose return value would replace the first
-    // injected call's number: run to the stub's int3 first, then point it back at its
-    // syscall instruction.
-    let stepped = (|| {
-        let mut r = t.regs()?;
-        let entry = r.rip;
-        r.rip = entry + 2;
-        t.set_regs(&r)?;
-        // SAFETY: resumes our stopped tracee.
-        if unsafe { libc::ptrace(libc::PTRACE_CONT, target, 0, 0) } != 0 {
-            return Err(last_err("PTRACE_CONT"));
-        }
-        match t.wait_stop()? {
-            libc::SIGTRAP => {}
-            sig => {
-                return Err(CkptError::sys(
-                    format!("the restore stub stopped with signal {sig}"),
-                    std::io::Error::from_raw_os_error(libc::EFAULT),
-                ))
-            }
-        }
-        let mut r = t.regs()?;
-        r.rip = entry;
-        t.set_regs(&r)
-    })();
-    if let Err(e) = stepped {
-        eprintln!("bproc: restoring pid {target} failed: {e}");
-        // SAFETY: kills the stub, which cannot run.
-        unsafe { libc::kill(target, libc::SIGKILL) };
-        return 1;
-    }
+    let _ = ptrace::setoptions(
+        t.nix_pid(),
+        ptrace::Options::PTRACE_O_EXITKILL | ptrace::Options::PTRACE_O_TRACEEXEC,
+    );
     let h = reader.header().clone();
     let how = Inject { value, reserved: &[], in_place: true, note };
-    match inject(t, &h, &mut reader, &how, before_resume) {
+    match step_past_exec(&t).and_then(|()| inject(t, &h, &mut reader, &how, before_resume)) {
         Ok(_closed) => 0,
         Err(e) => {
             eprintln!("bproc: restoring pid {target} failed: {e}");
-            // SAFETY: kills the half-restored process, which cannot run.
-            unsafe { libc::kill(target, libc::SIGKILL) };
+            // Kills the stub or the half-restored process, which cannot run.
+            let _ = kill(Pid::from_raw(target), Signal::SIGKILL);
             1
         }
     }
 }
 
+/// Seizes the caller of [`restore_in_place`] (which asked for it), then reads and checks the
+/// whole image (every chunk's checksum) while the caller can still be told: once it has
+/// exec'd the stub, a failure can only kill it.
+fn seize_and_check(
+    target: i32,
+    mut image: impl Read,
+) -> Result<ImageReader<std::io::Cursor<Vec<u8>>>, CkptError> {
+    ptrace::seize(Pid::from_raw(target), ptrace::Options::PTRACE_O_TRACEEXEC)
+        .map_err(|e| nix_err(format!("cannot trace pid {target}"), e))?;
+    let mut bytes = Vec::new();
+    image.read_to_end(&mut bytes).map_err(|e| CkptError::sys("reading the image", e))?;
+    bproc_image::read_image(&mut &bytes[..], |_, _, _| Ok(()))?;
+    let reader = ImageReader::open(std::io::Cursor::new(bytes))?;
+    check_machine(reader.header(), None)?;
+    Ok(reader)
+}
+
+/// The exec event stops inside execve, whose return value would replace the first injected
+/// call's number: runs the stub to its int3 first, then points it back at its syscall
+/// instruction.
+fn step_past_exec(t: &Tracee) -> Result<(), CkptError> {
+    let mut r = t.regs()?;
+    let entry = r.rip;
+    r.rip = entry + 2;
+    t.set_regs(&r)?;
+    t.cont()?;
+    match t.wait_stop()? {
+        libc::SIGTRAP => {}
+        sig => {
+            return Err(CkptError::sys(
+                format!("the restore stub stopped with signal {sig}"),
+                std::io::Error::from_raw_os_error(libc::EFAULT),
+            ))
+        }
+    }
+    let mut r = t.regs()?;
+    r.rip = entry;
+    t.set_regs(&r)
+}
+
 /// The stub program in a new memfd.
 fn stub_memfd() -> Result<OwnedFd, CkptError> {
-    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
-    let memfd = unsafe { libc::memfd_create(c"bproc-stub".as_ptr(), libc::MFD_CLOEXEC) };
-    if memfd < 0 {
-        return Err(last_err("memfd_create"));
-    }
-    // SAFETY: a fresh fd we own.
-    let memfd = unsafe { OwnedFd::from_raw_fd(memfd) };
+    use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+    let memfd = memfd_create(c"bproc-stub", MemFdCreateFlag::MFD_CLOEXEC)
+        .map_err(|e| nix_err("memfd_create", e))?;
     std::io::Write::write_all(
         &mut std::fs::File::from(memfd.try_clone().map_err(|e| CkptError::sys("dup", e))?),
         &stub_elf(),
@@ -837,23 +814,39 @@ fn inject<R: Read>(
     how: &Inject<'_>,
     before_resume: &mut dyn FnMut() -> Result<(), CkptError>,
 ) -> Result<Vec<String>, CkptError> {
-    let pid = t.pid;
+    let (at, stub_maps) = place_scratch(&mut t, h)?;
+    clear_stub(&t, h, &stub_maps, at)?;
+    map_regions(&t, h)?;
+    write_pages(&t, h, reader, how.note)?;
+    set_mm(&t, h)?;
+    set_process_state(&t, h)?;
+    if how.in_place {
+        set_inherited(&t, h)?;
+    }
+    let closed = reopen_files(&t, h, how.reserved)?;
+    // The other threads, each held until the end.
+    let threads = make_threads(&t, h)?;
+    before_resume()?;
+    unmap_scratch(&t, at)?;
+    let_go(&t, h, how.value, threads)?;
+    Ok(closed)
+}
+
+/// Maps the gadget and scratch pages where neither the stub nor the image has anything, and
+/// points `t` at them; returns where they are and the stub's own mappings.
+fn place_scratch(t: &mut Tracee, h: &Header) -> Result<(u64, Vec<MapLine>), CkptError> {
     t.base = t.regs()?;
     t.gadget = t.base.rip;
-
-    // A gadget and scratch page where neither the stub nor the image has anything.
     let stub_maps = t.maps()?;
     let mut used: Vec<(u64, u64)> = stub_maps.iter().map(|m| (m.start, m.end)).collect();
     used.extend(h.regions.iter().map(|r| (r.start, r.end)));
     used.extend(h.specials.iter().map(|s| (s.start, s.end)));
     let at = hole(&used, SCRATCH_PAGES * PAGE, 0x10_0000)
         .ok_or_else(|| CkptError::Busy("no room for the restore's scratch pages".into()))?;
-    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
-    let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
     let got = t.call(
         "mmap scratch",
         libc::SYS_mmap,
-        [at, SCRATCH_PAGES * PAGE, rw, anon | MAP_FIXED_NOREPLACE as u64, u64::MAX, 0],
+        [at, SCRATCH_PAGES * PAGE, RW, ANON | MAP_FIXED_NOREPLACE as u64, u64::MAX, 0],
     )?;
     if got != at {
         return Err(CkptError::Busy(format!("scratch landed at {got:#x}, not {at:#x}")));
@@ -870,8 +863,12 @@ fn inject<R: Read>(
     t.gadget = at;
     t.scratch = at + PAGE;
     t.table = at + 2 * PAGE;
+    Ok((at, stub_maps))
+}
 
-    // Only the kernel's own mappings and the scratch pages stay.
+/// Unmaps the stub's mappings, leaving only the kernel's own and the scratch pages, and
+/// moves the vDSO to where the image had it.
+fn clear_stub(t: &Tracee, h: &Header, stub_maps: &[MapLine], at: u64) -> Result<(), CkptError> {
     let kernel_made = |m: &MapLine| {
         m.name.starts_with("[vdso") || m.name.starts_with("[vvar") || m.name == "[vsyscall]"
     };
@@ -879,10 +876,13 @@ fn inject<R: Read>(
     for m in stub_maps.iter().filter(|m| !kernel_made(m)) {
         b.push("munmap stub", libc::SYS_munmap, [m.start, m.end - m.start, 0, 0, 0, 0]);
     }
-    move_specials(h, &stub_maps, at, &mut b)?;
-    b.run(&t)?;
+    move_specials(h, stub_maps, at, &mut b)?;
+    b.run(t).map(drop)
+}
 
-    // Each file mapped by reference, opened once.
+/// Maps every region of the image, writable until its pages are in: each file mapped by
+/// reference opened once, the rest anonymous.
+fn map_regions(t: &Tracee, h: &Header) -> Result<(), CkptError> {
     let mut paths: Vec<&str> = Vec::new();
     for r in &h.regions {
         if let Source::File { path, .. } = &r.source {
@@ -894,11 +894,11 @@ fn inject<R: Read>(
     let mut fds: Vec<u64> = Vec::with_capacity(paths.len());
     let mut b = Batch::default();
     for path in &paths {
-        let p = match b.string(&t, path)? {
+        let p = match b.string(t, path)? {
             Some(p) => p,
             None => {
-                fds.extend(std::mem::take(&mut b).run(&t)?);
-                b.string(&t, path)?.expect("a path fits an empty page")
+                fds.extend(std::mem::take(&mut b).run(t)?);
+                b.string(t, path)?.expect("a path fits an empty page")
             }
         };
         let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
@@ -908,16 +908,14 @@ fn inject<R: Read>(
             [libc::AT_FDCWD as u64, p, flags, 0, 0, 0],
         );
     }
-    fds.extend(b.run(&t)?);
-
-    // Every region, writable until its pages are in.
+    fds.extend(b.run(t)?);
     let mut b = Batch::default();
     for r in &h.regions {
         let len = r.end - r.start;
         match &r.source {
             Source::File { path, offset, .. } => {
                 let fd = fds[paths.iter().position(|p| p == path).expect("opened above")];
-                let prot = u64::from(r.prot) | rw;
+                let prot = u64::from(r.prot) | RW;
                 let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64;
                 b.push(
                     format!("map {path}"),
@@ -927,25 +925,36 @@ fn inject<R: Read>(
             }
             Source::Anonymous | Source::Copied { .. } => {
                 let grows = if r.stack { libc::MAP_GROWSDOWN as u64 } else { 0 };
-                let flags = anon | libc::MAP_FIXED as u64 | grows;
-                b.push("map region", libc::SYS_mmap, [r.start, len, rw, flags, u64::MAX, 0]);
+                let flags = ANON | libc::MAP_FIXED as u64 | grows;
+                b.push("map region", libc::SYS_mmap, [r.start, len, RW, flags, u64::MAX, 0]);
             }
         }
     }
     for fd in &fds {
         b.push("close", libc::SYS_close, [*fd, 0, 0, 0, 0, 0]);
     }
-    let got = b.run(&t)?;
+    let got = b.run(t)?;
     for (r, got) in h.regions.iter().zip(got) {
         if got != r.start {
             return Err(CkptError::Busy(format!("region {:#x} landed at {got:#x}", r.start)));
         }
     }
+    Ok(())
+}
+
+/// Writes the image's pages (and `note`, into the mailbox), then gives each region its own
+/// protection.
+fn write_pages<R: Read>(
+    t: &Tracee,
+    h: &Header,
+    reader: &mut ImageReader<R>,
+    note: Option<&[u8]>,
+) -> Result<(), CkptError> {
     let mut buf = Vec::new();
     while let Some((addr, data)) = reader.next_chunk(&mut buf)? {
         t.poke(addr, data)?;
     }
-    if let (Some(note), (at, len)) = (how.note, h.mailbox) {
+    if let (Some(note), (at, len)) = (note, h.mailbox) {
         if at != 0 && len > 0 {
             let n = note.len().min(len as usize - 1);
             let mut b = note[..n].to_vec();
@@ -954,19 +963,21 @@ fn inject<R: Read>(
         }
     }
     let mut b = Batch::default();
-    for r in h.regions.iter().filter(|r| u64::from(r.prot) != rw) {
+    for r in h.regions.iter().filter(|r| u64::from(r.prot) != RW) {
         b.push(
             "mprotect",
             libc::SYS_mprotect,
             [r.start, r.end - r.start, u64::from(r.prot), 0, 0, 0],
         );
     }
-    b.run(&t)?;
+    b.run(t).map(drop)
+}
 
-    set_mm(&t, h)?;
-    let full = || CkptError::Busy("the restore's data page overflowed".into());
+/// Sets the process's name, signal actions, alternate stack, rseq area, robust list, tid
+/// address and personality.
+fn set_process_state(t: &Tracee, h: &Header) -> Result<(), CkptError> {
     let mut b = Batch::default();
-    let comm = b.string(&t, &h.comm)?.ok_or_else(full)?;
+    let comm = b.string(t, &h.comm)?.ok_or_else(page_full)?;
     b.push("PR_SET_NAME", libc::SYS_prctl, [libc::PR_SET_NAME as u64, comm, 0, 0, 0, 0]);
     for a in &h.sigactions {
         let k =
@@ -978,20 +989,11 @@ fn inject<R: Read>(
                 std::mem::size_of::<KSigAction>(),
             )
         };
-        let at = b.bytes(&t, bytes).ok_or_else(full)?;
+        let at = b.bytes(t, bytes).ok_or_else(page_full)?;
         let what = format!("rt_sigaction {}", a.signal);
         b.push(what, libc::SYS_rt_sigaction, [u64::from(a.signal), at, 0, 8, 0, 0]);
     }
-    let (ss_sp, ss_flags, ss_size) = h.altstack;
-    if ss_size > 0 && ss_flags & libc::SS_DISABLE == 0 {
-        let mut ss = Vec::with_capacity(24);
-        ss.extend_from_slice(&ss_sp.to_ne_bytes());
-        ss.extend_from_slice(&(ss_flags & !libc::SS_ONSTACK).to_ne_bytes());
-        ss.extend_from_slice(&0u32.to_ne_bytes());
-        ss.extend_from_slice(&ss_size.to_ne_bytes());
-        let at = b.bytes(&t, &ss).ok_or_else(full)?;
-        b.push("sigaltstack", libc::SYS_sigaltstack, [at, 0, 0, 0, 0, 0]);
-    }
+    push_altstack(&mut b, t, h.altstack)?;
     if h.rseq.0 != 0 {
         let args = [h.rseq.0, u64::from(h.rseq.1), 0, u64::from(h.rseq.2), 0, 0];
         b.push("rseq", libc::SYS_rseq, args);
@@ -1006,22 +1008,51 @@ fn inject<R: Read>(
     if h.personality != 0 {
         b.push("personality", libc::SYS_personality, [u64::from(h.personality), 0, 0, 0, 0, 0]);
     }
-    b.run(&t)?;
-    if how.in_place {
-        let p = t.string(cwd_of(h, None))?;
-        t.call("chdir", libc::SYS_chdir, [p, 0, 0, 0, 0, 0])?;
-        t.call("umask", libc::SYS_umask, [u64::from(h.umask), 0, 0, 0, 0, 0])?;
-        for &(res, soft, hard) in &h.rlimits {
-            let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-            // SAFETY: prlimit on our tracee with a valid limit; a limit the caller may not
-            // raise stays as it is.
-            unsafe { libc::prlimit(pid, res as _, &lim, std::ptr::null_mut()) };
-        }
+    b.run(t).map(drop)
+}
+
+/// The restore's data page is full.
+fn page_full() -> CkptError {
+    CkptError::Busy("the restore's data page overflowed".into())
+}
+
+/// Adds the `sigaltstack` call for `altstack` (`ss_sp`, `ss_flags`, `ss_size`) to `b`, when
+/// there is one.
+fn push_altstack(b: &mut Batch, t: &Tracee, altstack: (u64, i32, u64)) -> Result<(), CkptError> {
+    let (ss_sp, ss_flags, ss_size) = altstack;
+    if ss_size > 0 && ss_flags & libc::SS_DISABLE == 0 {
+        let mut ss = Vec::with_capacity(24);
+        ss.extend_from_slice(&ss_sp.to_ne_bytes());
+        ss.extend_from_slice(&(ss_flags & !libc::SS_ONSTACK).to_ne_bytes());
+        ss.extend_from_slice(&0u32.to_ne_bytes());
+        ss.extend_from_slice(&ss_size.to_ne_bytes());
+        let at = b.bytes(t, &ss).ok_or_else(page_full)?;
+        b.push("sigaltstack", libc::SYS_sigaltstack, [at, 0, 0, 0, 0, 0]);
     }
-    // A file the image had open but this machine lacks (or denies) is left closed, as BProc
-    // left what it could not carry; the caller hears which.
+    Ok(())
+}
+
+/// For a restore in place: the working directory, umask and limits, which a new process
+/// got from its spawn.
+fn set_inherited(t: &Tracee, h: &Header) -> Result<(), CkptError> {
+    let p = t.string(cwd_of(h, None))?;
+    t.call("chdir", libc::SYS_chdir, [p, 0, 0, 0, 0, 0])?;
+    t.call("umask", libc::SYS_umask, [u64::from(h.umask), 0, 0, 0, 0, 0])?;
+    for &(res, soft, hard) in &h.rlimits {
+        let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+        // SAFETY: prlimit on our tracee with a valid limit; a limit the caller may not
+        // raise stays as it is.
+        unsafe { libc::prlimit(t.pid, res as _, &lim, std::ptr::null_mut()) };
+    }
+    Ok(())
+}
+
+/// Reopens the image's files at their fds, except the `reserved` ones. A file the image had
+/// open but this machine lacks (or denies) is left closed, as BProc left what it could not
+/// carry; returns which, for the caller to hear.
+fn reopen_files(t: &Tracee, h: &Header, reserved: &[i32]) -> Result<Vec<String>, CkptError> {
     let mut closed = Vec::new();
-    for f in h.files.iter().filter(|f| !how.reserved.contains(&f.fd)) {
+    for f in h.files.iter().filter(|f| !reserved.contains(&f.fd)) {
         let p = t.string(&f.path)?;
         let fd = match t.call(
             &format!("reopen {} (fd {})", f.path, f.fd),
@@ -1055,23 +1086,19 @@ fn inject<R: Read>(
             )?;
         }
     }
+    Ok(closed)
+}
 
-    // The other threads, each held until the end.
-    let threads = make_threads(&t, h)?;
-
-    before_resume()?;
-    // The last call removes the gadget itself: the int3 after it then faults, which the
-    // next registers make moot.
+/// Removes the gadget and scratch pages (at `at`) with the last injected call: the int3
+/// after it then faults, which the next registers make moot.
+fn unmap_scratch(t: &Tracee, at: u64) -> Result<(), CkptError> {
     let mut r = t.base;
     r.rip = t.gadget;
     r.rax = libc::SYS_munmap as u64;
     r.orig_rax = u64::MAX;
     (r.rdi, r.rsi) = (at, SCRATCH_PAGES * PAGE);
     t.set_regs(&r)?;
-    // SAFETY: resumes our stopped tracee.
-    if unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, 0) } != 0 {
-        return Err(last_err("PTRACE_CONT"));
-    }
+    t.cont()?;
     let sig = t.wait_stop()?;
     if sig != libc::SIGSEGV {
         return Err(CkptError::sys(
@@ -1079,9 +1106,15 @@ fn inject<R: Read>(
             std::io::Error::from_raw_os_error(libc::EFAULT),
         ));
     }
+    Ok(())
+}
+
+/// Loads the saved registers (the dump's return value `value`, its stack pointer, resume
+/// address and thread pointers) and signal mask, and lets the process and its `threads` go.
+fn let_go(t: &Tracee, h: &Header, value: i64, threads: Vec<i32>) -> Result<(), CkptError> {
     let mut fin = t.base;
     (fin.rax, fin.rbx, fin.rcx, fin.rdx, fin.rsi, fin.rdi, fin.rbp) =
-        (how.value as u64, 0, 0, 0, 0, 0, 0);
+        (value as u64, 0, 0, 0, 0, 0, 0);
     (fin.r8, fin.r9, fin.r10, fin.r11, fin.r12, fin.r13, fin.r14, fin.r15) =
         (0, 0, 0, 0, 0, 0, 0, 0);
     fin.rsp = h.rsp;
@@ -1091,21 +1124,15 @@ fn inject<R: Read>(
     fin.gs_base = h.gs_base;
     fin.eflags = 0x246;
     t.set_regs(&fin)?;
-    let mask = h.sigmask;
-    // SAFETY: PTRACE_SETSIGMASK reads an 8-byte mask from a valid pointer.
-    if unsafe { libc::ptrace(libc::PTRACE_SETSIGMASK, pid, 8, &mask as *const u64) } != 0 {
-        return Err(last_err("PTRACE_SETSIGMASK"));
-    }
-    // SAFETY: lets our tracee go, suppressing the pending SIGSEGV.
-    if unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) } != 0 {
-        return Err(last_err("PTRACE_DETACH"));
-    }
+    t.set_sigmask(h.sigmask, "PTRACE_SETSIGMASK")?;
+    // Suppresses the pending SIGSEGV.
+    ptrace::detach(t.nix_pid(), None).map_err(|e| nix_err("PTRACE_DETACH", e))?;
     for tid in threads {
-        // SAFETY: lets a thread we made and set up go.
-        unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0) };
+        // A thread we made and set up.
+        let _ = ptrace::detach(Pid::from_raw(tid), None);
     }
     MADE.with(|m| m.borrow_mut().clear());
-    Ok(closed)
+    Ok(())
 }
 
 thread_local! {
@@ -1118,14 +1145,11 @@ thread_local! {
 /// too (a thread group's leader is not reaped before them).
 fn kill_and_reap(pid: i32) {
     let tids = MADE.with(|m| std::mem::take(&mut *m.borrow_mut()));
-    // SAFETY: kills and reaps our own child and its threads, which we trace.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        for tid in tids {
-            libc::waitpid(tid, std::ptr::null_mut(), libc::__WALL);
-        }
-        libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    for tid in tids {
+        let _ = waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL));
     }
+    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL));
 }
 
 /// `struct clone_args` of `clone3(2)`.
@@ -1158,11 +1182,8 @@ fn make_threads(t: &Tracee, h: &Header) -> Result<Vec<i32>, CkptError> {
     if h.threads.is_empty() {
         return Ok(Vec::new());
     }
-    let opts = libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACECLONE;
-    // SAFETY: sets options on our stopped tracee.
-    if unsafe { libc::ptrace(libc::PTRACE_SETOPTIONS, t.pid, 0, opts as libc::c_ulong) } != 0 {
-        return Err(last_err("PTRACE_SETOPTIONS"));
-    }
+    let opts = ptrace::Options::PTRACE_O_EXITKILL | ptrace::Options::PTRACE_O_TRACECLONE;
+    ptrace::setoptions(t.nix_pid(), opts).map_err(|e| nix_err("PTRACE_SETOPTIONS", e))?;
     MADE.with(|m| m.borrow_mut().clear());
     for th in &h.threads {
         make_thread(t, h, th)?;
@@ -1172,15 +1193,31 @@ fn make_threads(t: &Tracee, h: &Header) -> Result<Vec<i32>, CkptError> {
 
 /// One thread of [`make_threads`]; returns its id.
 fn make_thread(t: &Tracee, h: &Header, th: &bproc_image::Thread) -> Result<i32, CkptError> {
-    use bproc_image::reg;
+    let what = format!("making thread {}", th.tid);
+    let (tid, ns_tid) = clone_thread(t, th, &what)?;
+    let new =
+        Tracee { pid: tid, base: t.base, gadget: t.gadget, scratch: t.scratch, table: t.table };
+    // Its first stop (SIGSTOP, or an event stop when seized).
+    new.wait_event()?;
+    let mut base = new.regs()?;
+    base.rsp = t.base.rsp;
+    let new = Tracee { base, ..new };
+    set_thread_state(&new, h, th, ns_tid)?;
+    set_thread_regs(&new, th, &what)?;
+    Ok(tid)
+}
+
+/// Runs `clone3` in `t` for thread `th`, with its old id when this pid namespace allows it,
+/// else with any; returns the new thread's id as this tracer sees it, and as the process's
+/// own pid namespace does.
+fn clone_thread(t: &Tracee, th: &bproc_image::Thread, what: &str) -> Result<(i32, i32), CkptError> {
     let flags = (libc::CLONE_VM
         | libc::CLONE_FS
         | libc::CLONE_FILES
         | libc::CLONE_SIGHAND
         | libc::CLONE_THREAD
         | libc::CLONE_SYSVSEM) as u64;
-    let what = format!("making thread {}", th.tid);
-    let (mut tid, mut ns_tid) = (0, 0);
+    let mut tid = 0;
     for want in [Some(th.tid), None] {
         let tid_at = t.scratch + 256;
         t.poke(tid_at, &(th.tid as u64).to_ne_bytes())?;
@@ -1204,25 +1241,17 @@ fn make_thread(t: &Tracee, h: &Header, th: &bproc_image::Thread) -> Result<i32, 
         r.orig_rax = u64::MAX;
         (r.rdi, r.rsi) = (t.scratch, bytes.len() as u64);
         t.set_regs(&r)?;
-        // SAFETY: resumes our stopped tracee.
-        if unsafe { libc::ptrace(libc::PTRACE_CONT, t.pid, 0, 0) } != 0 {
-            return Err(last_err("PTRACE_CONT"));
+        t.cont()?;
+        let (mut sig, event) = t.wait_event()?;
+        if event == libc::PTRACE_EVENT_CLONE {
+            tid = ptrace::getevent(t.nix_pid()).unwrap_or(0) as i32;
+            // On to the gadget's int3.
+            t.cont()?;
+            sig = t.wait_event()?.0;
         }
-        let mut st = t.wait_status()?;
-        if st >> 16 == libc::PTRACE_EVENT_CLONE {
-            let mut msg: libc::c_ulong = 0;
-            // SAFETY: PTRACE_GETEVENTMSG writes one c_ulong into a local.
-            unsafe { libc::ptrace(libc::PTRACE_GETEVENTMSG, t.pid, 0, &mut msg as *mut _) };
-            tid = msg as i32;
-            // SAFETY: resumes our stopped tracee to the gadget's int3.
-            if unsafe { libc::ptrace(libc::PTRACE_CONT, t.pid, 0, 0) } != 0 {
-                return Err(last_err("PTRACE_CONT"));
-            }
-            st = t.wait_status()?;
-        }
-        if libc::WSTOPSIG(st) != libc::SIGTRAP {
+        if sig != libc::SIGTRAP {
             return Err(CkptError::sys(
-                format!("{what}: stopped with signal {}", libc::WSTOPSIG(st)),
+                format!("{what}: stopped with signal {sig}"),
                 std::io::Error::from_raw_os_error(libc::EFAULT),
             ));
         }
@@ -1232,22 +1261,26 @@ fn make_thread(t: &Tracee, h: &Header, th: &bproc_image::Thread) -> Result<i32, 
         // Its id in the process's own pid namespace (`tid` is the one this tracer sees).
         let rax = t.regs()?.rax as i64;
         if rax > 0 && tid > 0 {
-            ns_tid = rax as i32;
-            break;
+            return Ok((tid, rax as i32));
         }
         let e = std::io::Error::from_raw_os_error((-rax) as i32);
-        // Another id is fine (glibc's copy is corrected below); other failures are not.
+        // Another id is fine (glibc's copy is corrected later); other failures are not.
         if want.is_none() || !matches!(-rax as i32, libc::EPERM | libc::EEXIST | libc::EINVAL) {
             return Err(CkptError::sys(what, e));
         }
     }
-    let new =
-        Tracee { pid: tid, base: t.base, gadget: t.gadget, scratch: t.scratch, table: t.table };
-    // Its first stop (SIGSTOP, or an event stop when seized).
-    new.wait_status()?;
-    let mut base = new.regs()?;
-    base.rsp = t.base.rsp;
-    let new = Tracee { base, ..new };
+    // Not reached: the second attempt returns either way.
+    Err(CkptError::sys(what, std::io::Error::from_raw_os_error(libc::EAGAIN)))
+}
+
+/// Sets the new thread's robust list, tid address, rseq area and alternate stack, and
+/// corrects glibc's copy of its id when it could not keep its old one (`ns_tid` is the new).
+fn set_thread_state(
+    new: &Tracee,
+    h: &Header,
+    th: &bproc_image::Thread,
+    ns_tid: i32,
+) -> Result<(), CkptError> {
     let mut b = Batch::default();
     if th.robust_list.0 != 0 {
         let args = [th.robust_list.0, th.robust_list.1, 0, 0, 0, 0];
@@ -1260,24 +1293,20 @@ fn make_thread(t: &Tracee, h: &Header, th: &bproc_image::Thread) -> Result<i32, 
         let args = [th.rseq.0, u64::from(th.rseq.1), 0, u64::from(th.rseq.2), 0, 0];
         b.push("rseq", libc::SYS_rseq, args);
     }
-    let (ss_sp, ss_flags, ss_size) = th.altstack;
-    if ss_size > 0 && ss_flags & libc::SS_DISABLE == 0 {
-        let mut ss = Vec::with_capacity(24);
-        ss.extend_from_slice(&ss_sp.to_ne_bytes());
-        ss.extend_from_slice(&(ss_flags & !libc::SS_ONSTACK).to_ne_bytes());
-        ss.extend_from_slice(&0u32.to_ne_bytes());
-        ss.extend_from_slice(&ss_size.to_ne_bytes());
-        let full = || CkptError::Busy("the restore's data page overflowed".into());
-        let at = b.bytes(&new, &ss).ok_or_else(full)?;
-        b.push("sigaltstack", libc::SYS_sigaltstack, [at, 0, 0, 0, 0, 0]);
-    }
-    b.run(&new)?;
+    push_altstack(&mut b, new, th.altstack)?;
+    b.run(new)?;
     if ns_tid != th.tid && h.tid_slot != 0 {
         // glibc's own copy of the thread's id, which pthread_kill and mutexes use.
-        new.poke(th.regs[reg::FS_BASE] + u64::from(h.tid_slot), &ns_tid.to_ne_bytes())?;
+        let at = th.regs[bproc_image::reg::FS_BASE] + u64::from(h.tid_slot);
+        new.poke(at, &ns_tid.to_ne_bytes())?;
     }
-    // Its registers, as they were when it was stopped for the dump; the segment selectors
-    // stay the kernel's.
+    Ok(())
+}
+
+/// Loads the new thread's registers as they were when it was stopped for the dump (the
+/// segment selectors stay the kernel's), its FPU state and its signal mask.
+fn set_thread_regs(new: &Tracee, th: &bproc_image::Thread, what: &str) -> Result<(), CkptError> {
+    use bproc_image::reg;
     let g = &th.regs;
     let mut fin = new.regs()?;
     (fin.r15, fin.r14, fin.r13, fin.r12, fin.rbp, fin.rbx) = (g[0], g[1], g[2], g[3], g[4], g[5]);
@@ -1295,24 +1324,27 @@ fn make_thread(t: &Tracee, h: &Header, th: &bproc_image::Thread) -> Result<i32, 
             iov_base: th.xstate.as_ptr() as *mut libc::c_void,
             iov_len: th.xstate.len(),
         };
+        // nix's register sets stop at the legacy FP area: the xsave area is a raw request.
         // SAFETY: PTRACE_SETREGSET reads `iov_len` bytes from a live buffer.
         let r = unsafe {
-            libc::ptrace(libc::PTRACE_SETREGSET, tid, NT_X86_XSTATE, &mut iov as *mut libc::iovec)
+            libc::ptrace(
+                libc::PTRACE_SETREGSET,
+                new.pid,
+                NT_X86_XSTATE,
+                &mut iov as *mut libc::iovec,
+            )
         };
         if r != 0 {
-            // The legacy area alone (x87 and SSE).
+            // The legacy area alone (x87 and SSE); nix's NT_PRFPREG set would want the saved
+            // bytes as a user_fpregs_struct, an unsafe read of its own.
             // SAFETY: PTRACE_SETFPREGS reads 512 bytes (user_fpregs_struct) from the buffer.
-            if unsafe { libc::ptrace(libc::PTRACE_SETFPREGS, tid, 0, th.xstate.as_ptr()) } != 0 {
+            if unsafe { libc::ptrace(libc::PTRACE_SETFPREGS, new.pid, 0, th.xstate.as_ptr()) } != 0
+            {
                 return Err(last_err(format!("{what}: PTRACE_SETFPREGS")));
             }
         }
     }
-    let mask = th.sigmask;
-    // SAFETY: PTRACE_SETSIGMASK reads an 8-byte mask from a valid pointer.
-    if unsafe { libc::ptrace(libc::PTRACE_SETSIGMASK, tid, 8, &mask as *const u64) } != 0 {
-        return Err(last_err(format!("{what}: PTRACE_SETSIGMASK")));
-    }
-    Ok(tid)
+    new.set_sigmask(th.sigmask, &format!("{what}: PTRACE_SETSIGMASK"))
 }
 
 /// Whether `e`, from reopening a file, means this machine lacks it or denies it (rather than

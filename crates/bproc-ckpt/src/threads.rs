@@ -151,8 +151,7 @@ impl Frozen {
             ));
         }
         let mut frozen = Frozen { slots, held: 0, old };
-        // SAFETY: getpid cannot fail.
-        let pid = unsafe { libc::getpid() };
+        let pid = nix::unistd::getpid().as_raw();
         let mut asked: Vec<i32> = Vec::new();
         loop {
             let new: Vec<i32> = tids.iter().filter(|t| !asked.contains(t)).copied().collect();
@@ -287,11 +286,11 @@ fn find_tid_slot(threads: &[Thread]) -> u32 {
     const SPAN: usize = 0x800;
     let read = |fs: u64| -> Option<Vec<u8>> {
         let mut buf = vec![0u8; SPAN];
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: SPAN };
-        let remote = libc::iovec { iov_base: fs as *mut c_void, iov_len: SPAN };
-        // SAFETY: the kernel copies from this process into our buffer, checking the source.
-        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-        (n == SPAN as isize).then_some(buf)
+        // The kernel copies from this process into our buffer, checking the source.
+        let remote = nix::sys::uio::RemoteIoVec { base: fs as usize, len: SPAN };
+        let local = &mut [std::io::IoSliceMut::new(&mut buf)];
+        let n = nix::sys::uio::process_vm_readv(nix::unistd::Pid::this(), local, &[remote]);
+        (n == Ok(SPAN)).then_some(buf)
     };
     let mut fs = 0u64;
     // SAFETY: ARCH_GET_FS writes one u64 into a local.

@@ -366,79 +366,103 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
                 Some(c) => ctl = c,
                 None => return violent_death(),
             },
-            Some(Message::ProcExit { status, .. }) => {
-                if let Some(r) = &mut relay {
-                    r.drain(DRAIN);
-                }
-                return die(status);
-            }
-            Some(Message::GhostRestore { image, token }) => {
-                let code = take_back(image, token, &mut ctl, &mut relay);
-                let msg = Message::GhostRestored { code };
-                if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
-                    return violent_death();
+            Some(msg) => {
+                if let Some(code) = on_message(msg, &mut ctl, &mut relay, &mut cont_pending) {
+                    return code;
                 }
             }
-            Some(Message::GhostSpawn { launch, rank, spec }) => {
-                let pid = spawn::start(launch, rank, &spec);
-                let msg = Message::RankSpawned { launch, rank, pid };
-                if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
-                    // The master went away; the child runs and its end is sent to the next.
-                    continue;
-                }
-            }
-            Some(Message::GhostState { stopped }) => {
-                if stopped && !cont_pending {
-                    stop_as_the_process();
-                }
-                cont_pending = false;
-            }
-            Some(Message::GhostFork { fork, comm }) => {
-                let forked = bproc_sys::fork_single_threaded();
-                if let Some(pid) = forked.ok().filter(|p| *p > 0) {
-                    // Told at once: a node waits with the fork until it knows this pid,
-                    // which its child then takes.
-                    // (A connection that failed is found so by the next read.)
-                    let msg = Message::GhostForked { fork, pid };
-                    let _ = ctl.write_all(&bproc_proto::encode(0, &msg));
-                }
-                if forked == Ok(0) {
-                    // A fork's ghost holds nothing of the launcher's output: a pipe it kept
-                    // open would keep its reader waiting for as long as the ghost lives.
-                    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-                        let null = std::os::fd::AsRawFd::as_raw_fd(&null);
-                        let _ = nix::unistd::dup2(null, 1);
-                        let _ = nix::unistd::dup2(null, 2);
-                    }
-                    // The child's copies of the signalfd and connection close on exec.
-                    reexec(&comm, &[(ENV_FORK, fork.to_string())]);
-                    return violent_death();
-                }
-            }
-            Some(Message::GhostRfork { fork, comm, token }) => {
-                if bproc_sys::fork_single_threaded() == Ok(0) {
-                    // Keeps this ghost's stdout and stderr: the rforked child's output is
-                    // written where its caller's would be on the front end.
-                    let io = relay::env_value(&token, None);
-                    reexec(&comm, &[(ENV_FORK, fork.to_string()), (relay::ENV_IO, io)]);
-                    return violent_death();
-                }
-            }
-            Some(Message::GhostExec { comm }) => {
-                let fd = ctl.as_raw_fd();
-                let _ = nix::fcntl::fcntl(
-                    fd,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-                );
-                reexec(&comm, &[(ENV_FD, fd.to_string())]);
-                let _ = nix::fcntl::fcntl(
-                    fd,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-                );
-            }
-            Some(_) => {}
         }
     }
+}
+
+/// Serves one message from the master on `ctl`; the ghost's exit code when it is to end.
+fn on_message(
+    msg: Message,
+    ctl: &mut UnixStream,
+    relay: &mut Option<relay::Relay>,
+    cont_pending: &mut bool,
+) -> Option<ExitCode> {
+    match msg {
+        Message::ProcExit { status, .. } => {
+            if let Some(r) = relay {
+                r.drain(DRAIN);
+            }
+            return Some(die(status));
+        }
+        Message::GhostRestore { image, token } => {
+            let code = take_back(image, token, ctl, relay);
+            let msg = Message::GhostRestored { code };
+            if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
+                return Some(violent_death());
+            }
+        }
+        Message::GhostSpawn { launch, rank, spec } => {
+            let pid = spawn::start(launch, rank, &spec);
+            let msg = Message::RankSpawned { launch, rank, pid };
+            if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
+                // The master went away; the child runs and its end is sent to the next.
+                return None;
+            }
+        }
+        Message::GhostState { stopped } => {
+            if stopped && !*cont_pending {
+                stop_as_the_process();
+            }
+            *cont_pending = false;
+        }
+        Message::GhostFork { fork, comm } => return fork_ghost(fork, &comm, ctl),
+        Message::GhostRfork { fork, comm, token } => return rfork_ghost(fork, &comm, &token),
+        Message::GhostExec { comm } => {
+            let fd = ctl.as_raw_fd();
+            let _ =
+                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()));
+            reexec(&comm, &[(ENV_FD, fd.to_string())]);
+            let _ = nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+        }
+        _ => {}
+    }
+    None
+}
+
+/// Forks this ghost for the process's fork `fork` (named `comm`) and tells the master the
+/// new ghost's pid on `ctl`; the child's exit code, should its re-exec fail.
+fn fork_ghost(fork: u64, comm: &str, ctl: &mut UnixStream) -> Option<ExitCode> {
+    let forked = bproc_sys::fork_single_threaded();
+    if let Some(pid) = forked.ok().filter(|p| *p > 0) {
+        // Told at once: a node waits with the fork until it knows this pid, which its child
+        // then takes. (A connection that failed is found so by the next read.)
+        let msg = Message::GhostForked { fork, pid };
+        let _ = ctl.write_all(&bproc_proto::encode(0, &msg));
+    }
+    if forked == Ok(0) {
+        // A fork's ghost holds nothing of the launcher's output: a pipe it kept open would
+        // keep its reader waiting for as long as the ghost lives.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            let null = std::os::fd::AsRawFd::as_raw_fd(&null);
+            let _ = nix::unistd::dup2(null, 1);
+            let _ = nix::unistd::dup2(null, 2);
+        }
+        // The child's copies of the signalfd and connection close on exec.
+        reexec(comm, &[(ENV_FORK, fork.to_string())]);
+        return Some(violent_death());
+    }
+    None
+}
+
+/// Forks this ghost for the process's rfork `fork` (named `comm`, its output relayed with
+/// `token`); the child's exit code, should its re-exec fail.
+fn rfork_ghost(fork: u64, comm: &str, token: &[u8; 16]) -> Option<ExitCode> {
+    if bproc_sys::fork_single_threaded() == Ok(0) {
+        // Keeps this ghost's stdout and stderr: the rforked child's output is written where
+        // its caller's would be on the front end.
+        let io = relay::env_value(token, None);
+        reexec(comm, &[(ENV_FORK, fork.to_string()), (relay::ENV_IO, io)]);
+        return Some(violent_death());
+    }
+    None
 }
 
 /// Becomes the process again: restores its image, fetched from `image`, into this process.

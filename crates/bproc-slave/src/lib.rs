@@ -26,15 +26,15 @@ pub mod isolate;
 mod master_arg;
 pub mod procs;
 mod proxy;
+mod session;
 mod tree;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bproc_link::{expect_frame, read_frame, slave_handshake, write_frame, ClusterKey, LinkError};
-use bproc_proto::errno::{ENOSYS, EPROTO};
-use bproc_proto::{Endpoint, Message, NodeAction};
+use bproc_link::{expect_frame, slave_handshake, write_frame, ClusterKey, LinkError};
+use bproc_proto::{Message, NodeAction};
 use thiserror::Error;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -451,175 +451,6 @@ fn chroot(path: &str) -> Message {
     }
 }
 
-/// Serves one session over `link` (and the links it moves to) until it ends. Returns the
-/// link's read half too, which holds the connection open: a link given up for silence (a
-/// network fault) must not close before the next one has joined, or the master, reading
-/// the close first, would take the node for dead and report its jobs lost.
-#[allow(clippy::too_many_arguments)]
-async fn serve_link(
-    opts: &Options,
-    link: Link,
-    cookie: &mut u64,
-    outbox: &Outbox,
-    procs: &procs::Procs,
-    data: &Data,
-    state: &proxy::LinkState,
-) -> (End, OwnedReadHalf) {
-    let (mut rd, mut master, mut node, mut ping_timeout, mut local) = attach(link, outbox);
-    state.set(Some(proxy::Current { master, local, node }));
-    let end = loop {
-        let frame = tokio::time::timeout(ping_timeout, read_frame(&mut rd)).await;
-        let (id, msg) = match frame {
-            Err(_) => break End::Lost(LinkError::Timeout("ping: no ping from the master")),
-            Ok(Ok(Some(f))) => f,
-            Ok(Ok(None)) => break End::Lost(LinkError::Closed),
-            Ok(Err(e)) => break End::Lost(e),
-        };
-        let reply = match msg {
-            Message::Ping { seq, time_ms } => {
-                tree::master_time(time_ms);
-                Some(Message::Pong { seq, info: node_info() })
-            }
-            Message::Conf { node: n, cookie: c, ping_timeout: pt, time_ms, grace } => {
-                tree::master_time(time_ms);
-                data.set_grace(grace);
-                if n != node {
-                    info!("master renumbered this node from {node} to {n}");
-                }
-                node = n;
-                state.set(Some(proxy::Current { master, local, node }));
-                *cookie = c;
-                ping_timeout = Duration::from_secs(pt.max(2).into());
-                None
-            }
-            Message::Action { action } => break End::Action(action),
-            Message::SlaveChroot { path } => Some(chroot(&path)),
-            Message::StageFiles { port, token, files } => {
-                let (outbox, diskless, master_ip) =
-                    (outbox.clone(), opts.diskless.clone(), *master.ip());
-                tokio::spawn(async move {
-                    // A node with a filesystem of its own already has the master's files.
-                    let reply = match &diskless {
-                        None => Message::Ok,
-                        Some(d) => {
-                            let spec = bproc_proto::ProcSpec {
-                                io_port: port,
-                                token,
-                                files,
-                                ..Default::default()
-                            };
-                            let source = procs::Source::Launcher;
-                            match procs::stage(d, &source, master_ip, &spec, u32::MAX).await {
-                                Ok(()) => {
-                                    outbox.send(0, Message::Pong { seq: 0, info: node_info() });
-                                    Message::Ok
-                                }
-                                Err(e) => {
-                                    warn!("staging the master's libraries: {e}");
-                                    error_reply(bproc_proto::errno::EIO, e)
-                                }
-                            }
-                        }
-                    };
-                    outbox.send(id, reply);
-                });
-                None
-            }
-            Message::SignalProc { launch, rank, signal } => {
-                procs.signal(launch, rank, signal);
-                None
-            }
-            Message::SignalPid { pid, signal, sender } => {
-                procs.signal_pid(pid, signal, sender);
-                None
-            }
-            Message::GhostOf { pid, ghost } => {
-                procs.set_ghost(pid, ghost);
-                None
-            }
-            Message::ForkAheadReply { seq, ghost } => {
-                procs.fork_ahead_reply(seq, ghost);
-                None
-            }
-            Message::ProcStatQuery { pids } => Some(Message::ProcStats {
-                stats: pids.into_iter().filter_map(procs::stat).collect(),
-            }),
-            Message::SpawnTree { launch, nonce, time_ms, size, creds, spec, width, entries } => {
-                let l = tree::Launch { launch, nonce, time_ms, size, creds, spec, width };
-                tree::run(data.tree.clone(), l, entries, procs::Source::Launcher);
-                None
-            }
-            Message::CopyOrder { creds, cwd, opts: copy_opts, task } => match data.copy.get() {
-                Some(d) => {
-                    let outbox = outbox.clone();
-                    d.run_order(creds, cwd, copy_opts, task, *master.ip(), move |m| {
-                        outbox.send(id, m)
-                    });
-                    None
-                }
-                None => Some(error_reply(
-                    bproc_proto::errno::EIO,
-                    "this node's data port could not be opened".into(),
-                )),
-            },
-            Message::SlaveReconnect { master: m, local: l } => {
-                match reconnect(opts, data, master, local, m, l, cookie).await {
-                    Ok(new) => {
-                        info!("session moved to a new link to {}", new.master);
-                        (rd, master, node, ping_timeout, local) = attach(new, outbox);
-                        state.set(Some(proxy::Current { master, local, node }));
-                        Some(Message::Ok)
-                    }
-                    Err(e) => Some(error_reply(bproc_proto::errno::EIO, e)),
-                }
-            }
-            Message::Disconnect { reason, reconnect } => {
-                break if reconnect {
-                    End::Lost(LinkError::Refused(reason))
-                } else {
-                    End::Dismissed(reason)
-                };
-            }
-            Message::Unknown { msg_type } => {
-                Some(error_reply(ENOSYS, format!("unknown message type {msg_type}")))
-            }
-            other => {
-                Some(error_reply(EPROTO, format!("{} is not valid from a master", other.name())))
-            }
-        };
-        if let Some(reply) = reply {
-            outbox.send(id, reply);
-        }
-    };
-    outbox.detach();
-    state.set(None);
-    (end, rd)
-}
-
-/// Opens a second link for the same session (`bpctl --reconnect`); omitted parts of the
-/// endpoints keep the current link's values.
-async fn reconnect(
-    opts: &Options,
-    data: &Data,
-    current: SocketAddrV4,
-    current_local: Ipv4Addr,
-    master: Endpoint,
-    local: Endpoint,
-    cookie: &mut u64,
-) -> Result<Link, String> {
-    let target = SocketAddrV4::new(
-        master.ip.unwrap_or(*current.ip()),
-        if master.port == 0 { current.port() } else { master.port },
-    );
-    let source = local.ip.or(opts.source).or(Some(current_local));
-    match open_link(opts, data, target, source, cookie).await {
-        Ok(l) => Ok(l),
-        Err(End::Lost(e)) => Err(format!("reconnect to {target}: {e}")),
-        Err(End::Dismissed(r)) => Err(format!("reconnect to {target}: refused: {r}")),
-        Err(End::Action(_)) => Err("reconnect interrupted".into()),
-    }
-}
-
 fn run_command(what: &str, cmd: &str) {
     info!("{what}: running `{cmd}`");
     match std::process::Command::new("/bin/sh").arg("-c").arg(cmd).status() {
@@ -691,7 +522,9 @@ pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveErro
     if let Some(l) = client_socket {
         tokio::spawn(proxy::serve(l, key.clone(), state.clone()));
     }
-    let result = run_sessions(&opts, &outbox, &procs, &data, &state, on_ready).await;
+    let daemon =
+        session::Daemon { opts: &opts, outbox: &outbox, procs: &procs, data: &data, state: &state };
+    let result = run_sessions(&daemon, on_ready).await;
     // Leaving the master for good: its processes go too (BProc's slave reset).
     procs.kill_all();
     result
@@ -703,105 +536,147 @@ fn fence(data: &Data) {
     data.tree.outbox.drop_held();
 }
 
-async fn run_sessions(
-    opts: &Options,
-    outbox: &Outbox,
-    procs: &procs::Procs,
-    data: &Data,
-    state: &proxy::LinkState,
-    on_ready: impl FnOnce(),
-) -> Result<(), SlaveError> {
-    let mut on_ready = Some(on_ready);
-    let mut cookie = 0u64;
-    let mut master = opts.master;
-    let mut backoff = Duration::from_millis(100);
-    let mut lost_since: Option<Instant> = None;
-    // The last link, lost for silence, kept open until a new one joins (see serve_link).
-    let mut old_link: Option<OwnedReadHalf> = None;
+/// The daemon's sessions, one after another, with what carries over from one to the next.
+struct Sessions<F> {
+    /// Called once the first attempt to join is over.
+    on_ready: Option<F>,
+    /// The session's cookie (0: none to resume).
+    cookie: u64,
+    /// The master's address (the last link's).
+    master: SocketAddrV4,
+    /// How long to wait before the next attempt.
+    backoff: Duration,
+    /// When the master was lost, while it is.
+    lost_since: Option<Instant>,
+    /// The last link, lost for silence, kept open until a new one joins (see serve_link).
+    old_link: Option<OwnedReadHalf>,
+}
+
+/// Joins the master and serves sessions until the daemon is to stop: reconnecting after a
+/// lost link with `-r` (resuming the session within the grace period, else fencing and
+/// starting afresh), and carrying out node actions.
+async fn run_sessions(d: &session::Daemon<'_>, on_ready: impl FnOnce()) -> Result<(), SlaveError> {
+    let mut s = Sessions {
+        on_ready: Some(on_ready),
+        cookie: 0,
+        master: d.opts.master,
+        backoff: Duration::from_millis(100),
+        lost_since: None,
+        old_link: None,
+    };
     loop {
-        // While the session may still be resumed, no attempt outlasts the grace period.
-        let fence_at = lost_since.filter(|_| cookie != 0).map(|t| t + data.grace());
-        let attempt = open_link(opts, data, master, opts.source, &mut cookie);
-        let opened = match fence_at {
-            Some(at) => tokio::time::timeout_at(at.into(), attempt)
-                .await
-                .unwrap_or(Err(End::Lost(LinkError::Timeout("connect")))),
-            None => attempt.await,
-        };
-        let end = match opened {
+        let end = match s.open(d).await {
             Ok(link) => {
-                info!("connected to master {} as node {}", link.master, link.node);
-                drop(old_link.take());
-                master = link.master;
-                backoff = Duration::from_millis(100);
-                lost_since = None;
-                if let Some(ready) = on_ready.take() {
-                    ready();
-                }
-                let (end, rd) =
-                    serve_link(opts, link, &mut cookie, outbox, procs, data, state).await;
-                old_link = Some(rd);
+                s.joined(&link);
+                let (end, rd) = session::serve_link(d, link, &mut s.cookie).await;
+                s.old_link = Some(rd);
                 end
             }
             Err(end) => end,
         };
         match end {
             End::Action(action) => {
-                let cmd = match action {
-                    NodeAction::Reboot => &opts.reboot_cmd,
-                    NodeAction::Halt => &opts.halt_cmd,
-                    NodeAction::Poweroff => &opts.poweroff_cmd,
-                };
-                match (action, cmd) {
-                    (_, Some(cmd)) => {
-                        run_command(action.name(), cmd);
-                        return Ok(());
-                    }
-                    (NodeAction::Reboot, None) => {
-                        // A virtual node's reboot: drop the session and join again afresh,
-                        // as a rebooted machine's new daemon would.
-                        info!("reboot: starting a new session");
-                        procs.kill_all();
-                        cookie = 0;
-                    }
-                    (_, None) => {
-                        info!("{}: stopping the slave daemon", action.name());
-                        return Ok(());
-                    }
+                if s.act(d, action) {
+                    return Ok(());
                 }
             }
             End::Dismissed(reason) => {
-                return Err(SlaveError::Dismissed { addr: master.into(), reason });
+                return Err(SlaveError::Dismissed { addr: s.master.into(), reason });
             }
             End::Lost(e) => {
-                if !opts.reconnect {
-                    return Err(SlaveError::Link { addr: master.into(), source: e });
+                if !d.opts.reconnect {
+                    return Err(SlaveError::Link { addr: s.master.into(), source: e });
                 }
-                let since = *lost_since.get_or_insert_with(Instant::now);
-                let grace = data.grace();
-                if cookie != 0 && since.elapsed() >= grace {
-                    // Self-fencing, BProc's slave reset: the master now reports this node's
-                    // jobs lost, so they must not run on.
-                    warn!(
-                        "master {master} gone for {} s (the grace period): killing its processes, starting a new session",
-                        grace.as_secs()
-                    );
-                    fence(data);
-                    cookie = 0;
-                    drop(old_link.take());
-                }
-                warn!("master {master}: {e}; retrying in {backoff:?}");
-                if let Some(ready) = on_ready.take() {
-                    ready();
-                }
-                let wait = match cookie {
-                    0 => backoff,
-                    _ => backoff.min((since + grace).saturating_duration_since(Instant::now())),
-                };
-                tokio::time::sleep(wait).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                s.lost(d, &e).await;
             }
         }
+    }
+}
+
+impl<F: FnOnce()> Sessions<F> {
+    /// Opens and joins a link; while the session may still be resumed, no attempt outlasts
+    /// the grace period.
+    async fn open(&mut self, d: &session::Daemon<'_>) -> Result<Link, End> {
+        let fence_at = self.lost_since.filter(|_| self.cookie != 0).map(|t| t + d.data.grace());
+        let attempt = open_link(d.opts, d.data, self.master, d.opts.source, &mut self.cookie);
+        match fence_at {
+            Some(at) => tokio::time::timeout_at(at.into(), attempt)
+                .await
+                .unwrap_or(Err(End::Lost(LinkError::Timeout("connect")))),
+            None => attempt.await,
+        }
+    }
+
+    /// A link has joined: the old one may close, and the daemon is ready.
+    fn joined(&mut self, link: &Link) {
+        info!("connected to master {} as node {}", link.master, link.node);
+        drop(self.old_link.take());
+        self.master = link.master;
+        self.backoff = Duration::from_millis(100);
+        self.lost_since = None;
+        self.ready();
+    }
+
+    fn ready(&mut self) {
+        if let Some(ready) = self.on_ready.take() {
+            ready();
+        }
+    }
+
+    /// Carries out a node action (`bpctl -R`, `-H`, `-P`); true when the daemon is to stop.
+    fn act(&mut self, d: &session::Daemon<'_>, action: NodeAction) -> bool {
+        let opts = d.opts;
+        let cmd = match action {
+            NodeAction::Reboot => &opts.reboot_cmd,
+            NodeAction::Halt => &opts.halt_cmd,
+            NodeAction::Poweroff => &opts.poweroff_cmd,
+        };
+        match (action, cmd) {
+            (_, Some(cmd)) => {
+                run_command(action.name(), cmd);
+                true
+            }
+            (NodeAction::Reboot, None) => {
+                // A virtual node's reboot: drop the session and join again afresh, as a
+                // rebooted machine's new daemon would.
+                info!("reboot: starting a new session");
+                d.procs.kill_all();
+                self.cookie = 0;
+                false
+            }
+            (_, None) => {
+                info!("{}: stopping the slave daemon", action.name());
+                true
+            }
+        }
+    }
+
+    /// The master is lost (`e`): past the grace period the session is fenced, and the next
+    /// attempt waits for the backoff (no later than the grace period's end).
+    async fn lost(&mut self, d: &session::Daemon<'_>, e: &LinkError) {
+        let master = self.master;
+        let since = *self.lost_since.get_or_insert_with(Instant::now);
+        let grace = d.data.grace();
+        if self.cookie != 0 && since.elapsed() >= grace {
+            // Self-fencing, BProc's slave reset: the master now reports this node's jobs
+            // lost, so they must not run on.
+            warn!(
+                "master {master} gone for {} s (the grace period): killing its processes, starting a new session",
+                grace.as_secs()
+            );
+            fence(d.data);
+            self.cookie = 0;
+            drop(self.old_link.take());
+        }
+        let backoff = self.backoff;
+        warn!("master {master}: {e}; retrying in {backoff:?}");
+        self.ready();
+        let wait = match self.cookie {
+            0 => backoff,
+            _ => backoff.min((since + grace).saturating_duration_since(Instant::now())),
+        };
+        tokio::time::sleep(wait).await;
+        self.backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

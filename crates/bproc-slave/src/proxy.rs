@@ -86,17 +86,56 @@ pub(crate) async fn serve(listener: UnixListener, key: ClusterKey, link: LinkSta
     }
 }
 
-async fn carry(mut client: UnixStream, key: &ClusterKey, link: &LinkState) -> Result<(), String> {
-    let cred = client.peer_cred().map_err(|e| format!("no credentials: {e}"))?;
-    let pid = cred.pid().ok_or("the kernel gave no pid for the client")?;
-    let peer = bproc_sys::peer::Peer::identify(pid).map_err(|e| e.to_string())?;
-    let groups = peer.groups().map_err(|e| e.to_string())?;
-    let inherited = peer.inherited().map_err(|e| e.to_string())?;
+/// Why a node client's connection was not carried to the master (logged at debug level:
+/// the client sees its connection close).
+#[derive(Debug, thiserror::Error)]
+enum CarryError {
+    /// The kernel did not say who the client is.
+    #[error("the kernel gave no credentials for the client: {0}")]
+    NoCredentials(std::io::Error),
+    /// The kernel gave no pid for the client (it is in a pid namespace this node cannot see).
+    #[error("the kernel gave no pid for the client")]
+    NoPid,
+    /// The client's `/proc/PID` could not be read, or names another process now.
+    #[error(transparent)]
+    Peer(#[from] bproc_sys::peer::PeerError),
+    /// The master is unreachable: the client may try again once the node is up.
+    #[error("the master is not connected; the client may try again once the node is up")]
+    NotConnected,
+    /// The connection to the master failed.
+    #[error("master {master}: {error}")]
+    Master {
+        /// The master's address.
+        master: SocketAddrV4,
+        /// What the link said.
+        error: bproc_link::LinkError,
+    },
+    /// Carrying the bytes failed (either side closed abruptly).
+    #[error("client pid {pid}: carrying its connection: {error}")]
+    Copy {
+        /// The client.
+        pid: i32,
+        /// What the socket said.
+        error: std::io::Error,
+    },
+}
+
+async fn carry(
+    mut client: UnixStream,
+    key: &ClusterKey,
+    link: &LinkState,
+) -> Result<(), CarryError> {
+    let cred = client.peer_cred().map_err(CarryError::NoCredentials)?;
+    let pid = cred.pid().ok_or(CarryError::NoPid)?;
+    let peer = bproc_sys::peer::Peer::identify(pid)?;
+    let groups = peer.groups()?;
+    let inherited = peer.inherited()?;
     let creds = Creds { uid: cred.uid(), gid: cred.gid(), groups };
     // With the master unreachable the client sees its connection close at once.
-    let cur = link.get().ok_or("the master is not connected")?;
-    let mut up = crate::connect(cur.master, Some(cur.local)).await.map_err(|e| e.to_string())?;
-    slave_handshake(&mut up, key).await.map_err(|e| e.to_string())?;
+    let cur = link.get().ok_or(CarryError::NotConnected)?;
+    let failed = |error| CarryError::Master { master: cur.master, error };
+    let mut up = crate::connect(cur.master, Some(cur.local)).await.map_err(failed)?;
+    slave_handshake(&mut up, key).await.map_err(failed)?;
     write_frame(
         &mut up,
         0,
@@ -109,7 +148,9 @@ async fn carry(mut client: UnixStream, key: &ClusterKey, link: &LinkState) -> Re
         },
     )
     .await
-    .map_err(|e| e.to_string())?;
-    tokio::io::copy_bidirectional(&mut client, &mut up).await.map_err(|e| e.to_string())?;
+    .map_err(failed)?;
+    tokio::io::copy_bidirectional(&mut client, &mut up)
+        .await
+        .map_err(|error| CarryError::Copy { pid, error })?;
     Ok(())
 }

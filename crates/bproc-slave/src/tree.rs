@@ -38,9 +38,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use bproc_link::guard::{Pending, Refusals};
-use bproc_link::{read_sealed, write_sealed, HANDSHAKE_TIMEOUT};
+use bproc_link::{read_sealed, write_sealed, LinkError, HANDSHAKE_TIMEOUT};
 use bproc_proto::errno::BE_NODEDOWN;
 use bproc_proto::{split_tree, Creds, Message, ProcSpec, TreeEntry};
+use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
@@ -136,13 +137,36 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
     }
 }
 
+/// Why a connection to the tree port brought no launch (logged with the peer's address).
+#[derive(Debug, Error)]
+pub(crate) enum TakeError {
+    /// The part is older than [`MAX_AGE_MS`] by the master's clock: a replay, or clocks
+    /// that disagree (this node's own pings set its view of the master's clock).
+    #[error("launch {launch} is {secs} s old by the master's clock; refused (a replay, or a clock that jumped: launch again)")]
+    Old {
+        /// The launch.
+        launch: u64,
+        /// Its age.
+        secs: i64,
+    },
+    /// Something other than a launch part arrived.
+    #[error("expected SpawnTree, received {0}")]
+    Unexpected(&'static str),
+    /// The part could not be read or proved (not sealed with this cluster's key).
+    #[error("{0}")]
+    Link(LinkError),
+    /// Nothing whole arrived within [`HANDSHAKE_TIMEOUT`].
+    #[error("no launch arrived in time")]
+    Timeout,
+}
+
 /// Reads one sealed tree part from a parent; `place` is its place among the connections not
 /// yet proved.
 async fn take(
     mut s: TcpStream,
     ctx: &Arc<Ctx>,
     place: bproc_link::guard::Admitted,
-) -> Result<(), String> {
+) -> Result<(), TakeError> {
     let _ = s.set_nodelay(true);
     let frame = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_sealed(&mut s, &ctx.opts.key)).await;
     match frame {
@@ -159,10 +183,7 @@ async fn take(
             place.admit();
             let age = now_ms() + MASTER_CLOCK.load(Ordering::Relaxed) - time_ms as i64;
             if age.abs() > MAX_AGE_MS {
-                return Err(format!(
-                    "launch {launch} is {} s old by the master's clock; refused",
-                    age / 1000
-                ));
+                return Err(TakeError::Old { launch, secs: age / 1000 });
             }
             // The connection stays open while this subtree may fetch files through it.
             let source = procs::Source::Parent(Arc::new(tokio::sync::Mutex::new(s)));
@@ -170,15 +191,47 @@ async fn take(
             run(ctx.clone(), l, entries, source);
             Ok(())
         }
-        Ok(Ok(other)) => Err(format!("expected SpawnTree, received {}", other.name())),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no launch arrived in time".into()),
+        Ok(Ok(other)) => Err(TakeError::Unexpected(other.name())),
+        Ok(Err(e)) => Err(TakeError::Link(e)),
+        Err(_) => Err(TakeError::Timeout),
     }
 }
 
 /// A vector fork's image as this node holds it, fetched once and shared by its ranks and
 /// its children in the tree.
-type SharedImage = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, String>>>;
+type SharedImage = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, Arc<ImageError>>>>;
+
+/// Why this node has no copy of a vector fork's process image; shared, as the copy would
+/// be, by the ranks and children that wanted it.
+#[derive(Debug, Error)]
+pub(crate) enum ImageError {
+    /// The launch names no image to fetch.
+    #[error("cannot fetch the process image: the launch is not an image launch")]
+    NotImage,
+    /// The mover could not be reached or refused (the message names it and the image).
+    #[error("{0}")]
+    Connect(String),
+    /// The mover's connection failed while the image came.
+    #[error("cannot fetch the process image from the mover: {0}")]
+    Mover(std::io::Error),
+    /// The parent node's connection failed while the image came.
+    #[error("cannot fetch the process image from the parent node: {0}")]
+    Parent(std::io::Error),
+    /// The parent node sent less than it announced.
+    #[error("cannot fetch the process image: the parent node sent {got} of {len} bytes")]
+    Short {
+        /// Bytes received.
+        got: usize,
+        /// Bytes announced.
+        len: u64,
+    },
+    /// The mover or the parent node is too slow, or stopped sending.
+    #[error(
+        "the process image did not arrive within 60 s (the mover or the parent node stopped \
+         sending)"
+    )]
+    Timeout,
+}
 
 /// What a child writes on its tree connection, in place of a file's hash, for the image.
 const IMAGE_REQUEST: [u8; 32] = [0xff; 32];
@@ -189,40 +242,42 @@ async fn image_of(
     l: &Launch,
     source: &procs::Source,
     cell: &SharedImage,
-) -> Result<Arc<Vec<u8>>, String> {
+) -> Result<Arc<Vec<u8>>, Arc<ImageError>> {
     cell.get_or_init(|| fetch_image(ctx, l, source)).await.clone()
 }
 
+/// Fetches the launch's image from `source`: the mover at the tree's first level, the parent
+/// node below.
 async fn fetch_image(
     ctx: &Ctx,
     l: &Launch,
     source: &procs::Source,
-) -> Result<Arc<Vec<u8>>, String> {
+) -> Result<Arc<Vec<u8>>, Arc<ImageError>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut data = Vec::new();
     let fetch = async {
         match source {
             procs::Source::Launcher => {
-                let from = l.spec.image.ok_or("not an image launch")?;
+                let from = l.spec.image.ok_or(ImageError::NotImage)?;
                 let root = ctx.opts.diskless.as_ref().map(|d| d.root.as_path());
                 let mut s = procs::connect_image(master_ip(ctx), &l.spec, from, 0, root)
                     .await
-                    .map_err(|r| r.message)?;
-                s.read_to_end(&mut data).await.map_err(|e| format!("from the mover: {e}"))?;
+                    .map_err(|r| ImageError::Connect(r.message))?;
+                s.read_to_end(&mut data).await.map_err(ImageError::Mover)?;
             }
             procs::Source::Parent(conn) => {
                 let mut s = conn.lock().await;
-                let failed = |e: std::io::Error| format!("from the parent node: {e}");
+                let failed = ImageError::Parent;
                 s.write_all(&IMAGE_REQUEST).await.map_err(failed)?;
                 let len = s.read_u64().await.map_err(failed)?;
                 // Read as it comes: the length is the parent's word, not an allocation.
                 (&mut *s).take(len).read_to_end(&mut data).await.map_err(failed)?;
                 if data.len() as u64 != len {
-                    return Err(format!("the parent node sent {} of {len} bytes", data.len()));
+                    return Err(ImageError::Short { got: data.len(), len });
                 }
             }
         }
-        Ok::<(), String>(())
+        Ok::<(), ImageError>(())
     };
     match tokio::time::timeout(Duration::from_secs(60), fetch).await {
         Ok(Ok(())) => {
@@ -237,8 +292,8 @@ async fn fetch_image(
             );
             Ok(Arc::new(data))
         }
-        Ok(Err(e)) => Err(format!("cannot fetch the process image {e}")),
-        Err(_) => Err("the process image did not arrive within 60 s".into()),
+        Ok(Err(e)) => Err(Arc::new(e)),
+        Err(_) => Err(Arc::new(ImageError::Timeout)),
     }
 }
 
@@ -300,23 +355,20 @@ async fn start(
     let master = master_ip(ctx);
     let client_socket = ctx.opts.client_socket.as_ref().map(|p| p.to_string_lossy().into_owned());
     let outbox = ctx.outbox.clone();
-    let reply = procs::spawn(
-        &ctx.procs,
-        ctx.opts.authority,
-        ctx.opts.diskless.as_ref(),
+    let cx = procs::Start {
+        procs: &ctx.procs,
+        authority: ctx.opts.authority,
+        diskless: ctx.opts.diskless.as_ref(),
         source,
         master,
-        client_socket.as_deref(),
-        l.launch,
+        client_socket: client_socket.as_deref(),
+        launch: l.launch,
         rank,
-        ghost,
-        l.creds.clone(),
-        spec,
-        port,
-        image,
-        move |m| outbox.send(0, m),
-    )
-    .await;
+        set_tid: ghost,
+        creds: l.creds.clone(),
+        forward_port: port,
+    };
+    let reply = procs::spawn(&cx, spec, image, move |m| outbox.send(0, m)).await;
     match reply {
         Ok(pid) => pid,
         Err(r) => {
@@ -418,14 +470,38 @@ async fn serve_child(
     }
 }
 
+/// Why a child node could not be handed its part (its ranks are reported as on a down node).
+#[derive(Debug, Error)]
+enum SendError {
+    /// Its tree port did not answer within 5 s.
+    #[error("connect to {0} timed out (is the node up, and its tree port reachable?)")]
+    Timeout(SocketAddrV4),
+    /// Its tree port refused (its slave is not running, or has no tree port).
+    #[error("connect to {addr}: {error} (is the node's slave running?)")]
+    Connect {
+        /// The child's tree port.
+        addr: SocketAddrV4,
+        /// What the connection said.
+        error: std::io::Error,
+    },
+    /// The part could not be written.
+    #[error("{addr}: {error}")]
+    Write {
+        /// The child's tree port.
+        addr: SocketAddrV4,
+        /// What the link said.
+        error: LinkError,
+    },
+}
+
 /// Connects to `part`'s first node and hands it `part`; returns the open connection.
-async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<TcpStream, String> {
+async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<TcpStream, SendError> {
     let child = &part[0];
     let addr = SocketAddrV4::new(child.ip, child.port);
     let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
         .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| SendError::Timeout(addr))?
+        .map_err(|error| SendError::Connect { addr, error })?;
     let _ = s.set_nodelay(true);
     let msg = Message::SpawnTree {
         launch: l.launch,
@@ -437,7 +513,9 @@ async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<TcpStream, St
         width: l.width,
         entries: part.to_vec(),
     };
-    write_sealed(&mut s, &ctx.opts.key, &msg).await.map_err(|e| e.to_string())?;
+    write_sealed(&mut s, &ctx.opts.key, &msg)
+        .await
+        .map_err(|error| SendError::Write { addr, error })?;
     Ok(s)
 }
 

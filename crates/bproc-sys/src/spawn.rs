@@ -308,35 +308,8 @@ fn child(
         if libc::setpgid(0, 0) != 0 {
             return err(STEP_SETUP);
         }
-        // Nothing the caller holds goes to the program but what the spec names (dup2 below
-        // makes each target without close-on-exec).
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */);
-        for (fd, from) in spec.stdio.iter().enumerate() {
-            let Some(from) = from else {
-                libc::close(fd as i32);
-                continue;
-            };
-            let from = from.as_raw_fd();
-            if from == fd as i32 {
-                libc::fcntl(from, libc::F_SETFD, 0);
-            } else if libc::dup2(from, fd as i32) < 0 {
-                return err(STEP_SETUP);
-            }
-        }
-        // Each source first moves above every target, so that no dup2 below lands on a
-        // source still to be placed; the copies close at exec.
-        let above = spec.fds.iter().map(|(to, _)| *to).max().unwrap_or(0) + 1;
-        let mut high = [-1; MAX_FDS];
-        for (slot, (_, from)) in high.iter_mut().zip(&spec.fds) {
-            *slot = libc::fcntl(from.as_raw_fd(), libc::F_DUPFD_CLOEXEC, above);
-            if *slot < 0 {
-                return err(STEP_SETUP);
-            }
-        }
-        for (from, (to, _)) in high.iter().zip(&spec.fds) {
-            if libc::dup2(*from, *to) < 0 {
-                return err(STEP_SETUP);
-            }
+        if !place_fds(spec) {
+            return err(STEP_SETUP);
         }
         // The process count is checked against RLIMIT_NPROC when setuid below changes the
         // user (and the exec then fails if over it), so that one is lowered first, as root.
@@ -382,20 +355,8 @@ fn child(
         // After the identity switch, which clears the parent-death signal.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         libc::umask((spec.umask & 0o777) as libc::mode_t);
-        for (i, f) in spec.files.iter().enumerate() {
-            let opened = libc::open(f.path.as_ptr(), f.flags | libc::O_CLOEXEC, f.mode);
-            if opened < 0 {
-                return err(STEP_FILE + i as u32);
-            }
-            if f.offset != 0 && libc::lseek(opened, f.offset, libc::SEEK_SET) < 0 {
-                return err(STEP_FILE + i as u32);
-            }
-            if opened == f.fd {
-                libc::fcntl(opened, libc::F_SETFD, 0);
-            } else {
-                libc::dup2(opened, f.fd);
-                libc::close(opened);
-            }
+        if let Err(step) = open_files(spec) {
+            return err(step);
         }
         // The daemon's signal mask must not leak into the program. Unblocked only now, so
         // that no handler of the daemon's runs in this child, which shares its memory.
@@ -408,6 +369,73 @@ fn child(
         libc::execve(spec.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
     }
     err(STEP_EXEC)
+}
+
+/// The child's fds 0 to 2 and the spec's other fds in place, everything else the caller
+/// holds closed at exec; false when a `dup2` failed (errno tells why). Direct system calls
+/// only (it runs in the child of [`spawn`]).
+fn place_fds(spec: &SpawnSpec) -> bool {
+    // SAFETY: direct system calls (async-signal-safe) on fds the spec owns and on a local
+    // array; nothing allocates or takes a lock.
+    unsafe {
+        // Nothing the caller holds goes to the program but what the spec names (dup2 below
+        // makes each target without close-on-exec).
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */);
+        for (fd, from) in spec.stdio.iter().enumerate() {
+            let Some(from) = from else {
+                libc::close(fd as i32);
+                continue;
+            };
+            let from = from.as_raw_fd();
+            if from == fd as i32 {
+                libc::fcntl(from, libc::F_SETFD, 0);
+            } else if libc::dup2(from, fd as i32) < 0 {
+                return false;
+            }
+        }
+        // Each source first moves above every target, so that no dup2 below lands on a
+        // source still to be placed; the copies close at exec.
+        let above = spec.fds.iter().map(|(to, _)| *to).max().unwrap_or(0) + 1;
+        let mut high = [-1; MAX_FDS];
+        for (slot, (_, from)) in high.iter_mut().zip(&spec.fds) {
+            *slot = libc::fcntl(from.as_raw_fd(), libc::F_DUPFD_CLOEXEC, above);
+            if *slot < 0 {
+                return false;
+            }
+        }
+        for (from, (to, _)) in high.iter().zip(&spec.fds) {
+            if libc::dup2(*from, *to) < 0 {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Opens the spec's files (`-I`/`-O`/`-E`, an I/O list) at their fds, as the process's own
+/// identity; the failing step ([`STEP_FILE`] + its index) otherwise. Direct system calls
+/// only (it runs in the child of [`spawn`]).
+fn open_files(spec: &SpawnSpec) -> Result<(), u32> {
+    // SAFETY: direct system calls (async-signal-safe) on NUL-terminated paths prepared
+    // before the clone; nothing allocates or takes a lock.
+    unsafe {
+        for (i, f) in spec.files.iter().enumerate() {
+            let opened = libc::open(f.path.as_ptr(), f.flags | libc::O_CLOEXEC, f.mode);
+            if opened < 0 {
+                return Err(STEP_FILE + i as u32);
+            }
+            if f.offset != 0 && libc::lseek(opened, f.offset, libc::SEEK_SET) < 0 {
+                return Err(STEP_FILE + i as u32);
+            }
+            if opened == f.fd {
+                libc::fcntl(opened, libc::F_SETFD, 0);
+            } else {
+                libc::dup2(opened, f.fd);
+                libc::close(opened);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sets limit `resource` of the calling process to `soft` and `hard`, never above the hard

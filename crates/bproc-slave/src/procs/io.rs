@@ -1,0 +1,219 @@
+//! A new process's fds as the slave prepares them, among them the connections to the
+//! launcher.
+//!
+//! A forwarded fd is a TCP connection from this node to the launcher's listener (on the
+//! master's address as this node sees it). The slave opens it before the process starts and
+//! hands the socket to the process as its fd, so output flows from the process to the launcher
+//! with no copy through any daemon, and TCP flow control bounds memory on both sides. The
+//! connection opens with a 21-byte header: the launch's 16-byte token, the rank (u32,
+//! big-endian) and the fd number (u8).
+
+use std::ffi::CString;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use bproc_proto::conn::IMAGE as IMAGE_FD;
+use bproc_proto::errno::EINVAL;
+use bproc_proto::{IoSpec, ProcSpec};
+use bproc_sys::FdFile;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::info;
+
+use super::Refused;
+
+/// Opens a connection to the launcher and sends its header.
+pub(super) async fn open_to_launcher(
+    master: Ipv4Addr,
+    spec: &ProcSpec,
+    rank: u32,
+    fd: u8,
+) -> std::io::Result<TcpStream> {
+    let ip = spec.io_ip.unwrap_or(master);
+    let mut s = TcpStream::connect(SocketAddrV4::new(ip, spec.io_port)).await?;
+    s.set_nodelay(true)?;
+    s.write_all(&bproc_proto::conn::header(&spec.token, rank, fd)).await?;
+    Ok(s)
+}
+
+/// What one fd of a new process is, as the slave prepares it.
+pub(super) enum Opened {
+    /// This open file.
+    Fd(OwnedFd),
+    /// A file the process opens itself, with its own identity.
+    File(FdFile),
+    /// Nothing.
+    Closed,
+}
+
+/// The fds of a new process, the latest word on each fd winning.
+#[derive(Default)]
+pub(super) struct Fds {
+    pub(super) stdio: [Option<OwnedFd>; 3],
+    pub(super) extra: Vec<(i32, OwnedFd)>,
+    pub(super) files: Vec<FdFile>,
+}
+
+impl Fds {
+    pub(super) fn set(&mut self, fd: i32, o: Opened) {
+        self.extra.retain(|(n, _)| *n != fd);
+        self.files.retain(|f| f.fd != fd);
+        let slot = usize::try_from(fd).ok().and_then(|i| self.stdio.get_mut(i));
+        match (o, slot) {
+            (Opened::Fd(f), Some(s)) => *s = Some(f),
+            (Opened::Fd(f), None) => self.extra.push((fd, f)),
+            (Opened::File(f), slot) => {
+                if let Some(s) = slot {
+                    // Open until the process replaces it: the slot must hold something.
+                    *s = None;
+                }
+                self.files.push(f);
+            }
+            (Opened::Closed, Some(s)) => *s = None,
+            (Opened::Closed, None) => {}
+        }
+    }
+}
+
+/// Prepares `io` as fd `fd` of rank `rank` (whose ghost is `ghost`, 0 for none).
+pub(super) async fn open_io(
+    io: &IoSpec,
+    fd: i32,
+    master: Ipv4Addr,
+    spec: &ProcSpec,
+    rank: u32,
+    ghost: i32,
+) -> Result<Opened, Refused> {
+    let failed = |what: String, e: std::io::Error| Refused {
+        code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
+        message: format!("fd {fd}: {what}: {e}"),
+    };
+    let path = |p: &str| {
+        CString::new(p).map_err(|_| Refused { code: EINVAL, message: format!("NUL in {p:?}") })
+    };
+    Ok(match io {
+        IoSpec::Closed => Opened::Closed,
+        IoSpec::Null => Opened::Fd(
+            std::fs::OpenOptions::new()
+                .read(fd == 0)
+                .write(fd != 0)
+                .open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|e| failed("/dev/null".into(), e))?,
+        ),
+        IoSpec::File(p) if fd == 0 => Opened::File(FdFile::read(fd, path(p)?)),
+        IoSpec::File(p) => Opened::File(FdFile::write(fd, path(p)?)),
+        IoSpec::Open { path: p, flags, mode, offset } => {
+            Opened::File(FdFile { fd, path: path(p)?, flags: *flags, mode: *mode, offset: *offset })
+        }
+        IoSpec::Forward => {
+            let Ok(n) = u8::try_from(fd) else {
+                return Err(Refused {
+                    code: EINVAL,
+                    message: format!("fd {fd} cannot be forwarded"),
+                });
+            };
+            let s = open_to_launcher(master, spec, rank, n)
+                .await
+                .and_then(|s| s.into_std())
+                .map_err(|e| failed("cannot connect back to the launcher".into(), e))?;
+            s.set_nonblocking(false).map_err(|e| failed("socket".into(), e))?;
+            Opened::Fd(OwnedFd::from(s))
+        }
+        IoSpec::Rejoin { ip, port, token, rank } => {
+            // A moved process's stream, joining its launcher's again as the same rank.
+            let to = SocketAddrV4::new(ip.unwrap_or(master), *port);
+            let n = u8::try_from(fd).unwrap_or(u8::MAX);
+            let mut s =
+                TcpStream::connect(to).await.map_err(|e| failed(format!("connect to {to}"), e))?;
+            let _ = s.set_nodelay(true);
+            let head = bproc_proto::conn::header(token, *rank, n);
+            s.write_all(&head).await.map_err(|e| failed(format!("write to {to}"), e))?;
+            let s = s.into_std().map_err(|e| failed("socket".into(), e))?;
+            s.set_nonblocking(false).map_err(|e| failed("socket".into(), e))?;
+            Opened::Fd(OwnedFd::from(s))
+        }
+        IoSpec::Connect { ip, port, send_info } => {
+            let to = SocketAddrV4::new(ip.unwrap_or(spec.io_ip.unwrap_or(master)), *port);
+            let mut s =
+                TcpStream::connect(to).await.map_err(|e| failed(format!("connect to {to}"), e))?;
+            if *send_info {
+                // BProc's header: the process's pid on the front end, then the fd number.
+                let mut info = [0u8; 8];
+                info[..4].copy_from_slice(&ghost.to_ne_bytes());
+                info[4..].copy_from_slice(&fd.to_ne_bytes());
+                s.write_all(&info).await.map_err(|e| failed(format!("write to {to}"), e))?;
+            }
+            let s = s.into_std().map_err(|e| failed("socket".into(), e))?;
+            s.set_nonblocking(false).map_err(|e| failed("socket".into(), e))?;
+            Opened::Fd(OwnedFd::from(s))
+        }
+    })
+}
+
+/// Opens the connection that carries rank `rank`'s process image, from `from` (an address of
+/// `None`: the master's), and answers the mover's probe: which of its files this node has
+/// (under `root`, a diskless node's, when given).
+pub(crate) async fn connect_image(
+    master: Ipv4Addr,
+    spec: &ProcSpec,
+    from: bproc_proto::Endpoint,
+    rank: u32,
+    root: Option<&Path>,
+) -> Result<TcpStream, Refused> {
+    let to = SocketAddrV4::new(from.ip.unwrap_or(master), from.port);
+    let failed = |e: std::io::Error| Refused {
+        code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
+        message: format!("cannot fetch the process image from {to}: {e}"),
+    };
+    let mut s = TcpStream::connect(to).await.map_err(failed)?;
+    s.write_all(&bproc_proto::conn::header(&spec.token, rank, IMAGE_FD)).await.map_err(failed)?;
+    let answer = async {
+        use bproc_proto::conn;
+        use tokio::io::AsyncReadExt;
+        let bad = |e: bproc_proto::DecodeError| std::io::Error::other(e.to_string());
+        let mut head = [0u8; 4];
+        s.read_exact(&mut head).await?;
+        let mut body = vec![0u8; conn::probe_len(head).map_err(bad)?];
+        s.read_exact(&mut body).await?;
+        let here = |f: &conn::FileId| {
+            let path = match root {
+                Some(r) => r.join(f.path.trim_start_matches('/')).to_string_lossy().into_owned(),
+                None => f.path.clone(),
+            };
+            bproc_ckpt::restore::same_file(&path, f.size, f.mtime)
+        };
+        let answer = conn::answer(&body, here).map_err(bad)?;
+        let asked = answer.len() - 4;
+        let found = answer[4..].iter().filter(|a| **a == 1).count();
+        if asked > 0 {
+            info!("rank {rank}: {found} of {asked} files the mover asked about are here");
+        }
+        s.write_all(&answer).await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(30), answer).await {
+        Ok(r) => r.map_err(failed)?,
+        Err(_) => return Err(failed(std::io::ErrorKind::TimedOut.into())),
+    }
+    Ok(s)
+}
+
+/// [`connect_image`], as a blocking socket for the restore.
+pub(super) async fn open_image(
+    master: Ipv4Addr,
+    spec: &ProcSpec,
+    from: bproc_proto::Endpoint,
+    rank: u32,
+    root: Option<&Path>,
+) -> Result<std::net::TcpStream, Refused> {
+    let failed = |e: std::io::Error| Refused {
+        code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
+        message: format!("cannot fetch the process image: {e}"),
+    };
+    let s = connect_image(master, spec, from, rank, root).await?.into_std().map_err(failed)?;
+    s.set_nonblocking(false).map_err(failed)?;
+    // A sender that stops mid-image must not hold the spawner thread for ever.
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).map_err(failed)?;
+    Ok(s)
+}

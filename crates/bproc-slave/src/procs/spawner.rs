@@ -1,0 +1,233 @@
+//! The spawner thread, which starts and restores the slave's processes (inside the master's
+//! pid namespace, when there is one), and the jobs it runs.
+
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tracing::{debug, info, warn};
+
+use super::Procs;
+
+impl Procs {
+    /// Starts `spec` on the spawner thread.
+    pub(super) async fn spawn(&self, spec: bproc_sys::SpawnSpec) -> std::io::Result<i32> {
+        let procs = self.clone();
+        let job = move || {
+            let mut spec = spec;
+            // Its forks wait for this slave, which gives each child its ghost's pid.
+            let forks = procs.0.forks.get().and_then(|f| {
+                let (tx, rx) = bproc_sys::forkpid::channel().ok()?;
+                spec.fork_listener = Some(tx);
+                Some((f, rx))
+            });
+            let started = bproc_sys::spawn(&spec);
+            if let Ok(pid) = started {
+                procs.fresh_start(pid);
+                if let Some((f, rx)) = forks {
+                    match bproc_sys::forkpid::take_listener(std::os::fd::AsFd::as_fd(&rx)) {
+                        Some(l) => f.add(l),
+                        None => debug!("pid {pid}: started without its fork filter"),
+                    }
+                }
+            }
+            started
+        };
+        self.0.spawner.run(Box::new(job)).await
+    }
+
+    /// Restores `image` on the spawner thread (whose children are in the pid namespace, and
+    /// which alone may trace them).
+    pub(super) async fn restore(
+        &self,
+        image: Image,
+        spec: bproc_ckpt::restore::RestoreSpec,
+    ) -> std::io::Result<i32> {
+        let procs = self.clone();
+        let job = move || {
+            let restored = match image {
+                Image::Stream(s) => {
+                    let mut reader = std::io::BufReader::with_capacity(1 << 20, s);
+                    match refusal(&mut reader) {
+                        Some(why) => Err(bproc_ckpt::CkptError::Busy(why)),
+                        None => bproc_ckpt::restore::restore_noting(reader, spec),
+                    }
+                }
+                Image::Bytes(b) => bproc_ckpt::restore::restore_shared(b, spec),
+            };
+            restored
+                .map(|(pid, closed)| {
+                    procs.fresh_start(pid);
+                    for what in closed {
+                        info!("pid {pid}: restored without a file this node lacks: {what}");
+                    }
+                    pid
+                })
+                .map_err(|e| {
+                    std::io::Error::new(
+                        std::io::Error::from_raw_os_error(e.errno()).kind(),
+                        RestoreFailed { errno: e.errno(), message: e.to_string() },
+                    )
+                })
+        };
+        self.0.spawner.run(Box::new(job)).await
+    }
+}
+
+/// The mover's reason, when the stream opens with a refusal instead of an image
+/// ([`bproc_proto::conn::REFUSAL`]); the stream is left as it was otherwise.
+fn refusal(r: &mut impl std::io::BufRead) -> Option<String> {
+    use bproc_proto::conn;
+    let head = r.fill_buf().ok()?;
+    if head.len() < conn::REFUSAL.len() || head[..conn::REFUSAL.len()] != conn::REFUSAL {
+        return None;
+    }
+    r.consume(conn::REFUSAL.len());
+    let mut len = [0u8; 2];
+    r.read_exact(&mut len).ok()?;
+    let mut why = vec![0u8; conn::refusal_len(len)];
+    r.read_exact(&mut why).ok()?;
+    Some(String::from_utf8_lossy(&why).into_owned())
+}
+
+/// Where a restore reads its image: a connection to the mover (restored as it arrives), or
+/// a copy this node already holds (a vector fork's, shared by its ranks and its children in
+/// the launch tree).
+pub(super) enum Image {
+    Stream(std::net::TcpStream),
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// A failed restore, keeping its errno and explanation.
+#[derive(Debug)]
+pub(super) struct RestoreFailed {
+    pub(super) errno: i32,
+    message: String,
+}
+
+impl std::fmt::Display for RestoreFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RestoreFailed {}
+
+/// Work for the spawner thread: start a process, returning its pid.
+type Job = Box<dyn FnOnce() -> std::io::Result<i32> + Send>;
+
+/// A request to the spawner thread.
+type SpawnJob = (Job, tokio::sync::oneshot::Sender<std::io::Result<i32>>);
+
+/// The thread that starts processes. With a pid namespace it has entered the namespace for
+/// its children, which a thread can do only if it never starts threads itself; the
+/// namespace's init dies with it. Processes it starts die with it too (parent-death signal),
+/// and it lives as long as the daemon.
+pub(super) struct Spawner {
+    tx: Mutex<std::sync::mpsc::Sender<SpawnJob>>,
+    pub(super) pid_namespace: bool,
+    /// Sets the namespace's last pid (through its init), replaced with the namespace.
+    pub(super) last_pid: Arc<Mutex<Option<Arc<bproc_sys::LastPid>>>>,
+    /// The namespace's init, to reap when it is replaced.
+    init: Arc<std::sync::atomic::AtomicI32>,
+    /// Asks the thread for a fresh namespace (killing everything in the old one).
+    reset: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Spawner {
+    pub(super) fn start(want_namespace: bool, extra_proc: Option<std::path::PathBuf>) -> Spawner {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let init = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (init2, reset2) = (init.clone(), reset.clone());
+        let last_pid: Arc<Mutex<Option<Arc<bproc_sys::LastPid>>>> = Arc::default();
+        let last_pid2 = last_pid.clone();
+        let spawned = std::thread::Builder::new().name("spawner".into()).spawn(move || {
+            // No signal handler of the daemon's may run in a child before it execs.
+            let _ = nix::sys::signal::SigSet::all().thread_block();
+            // Restores here see only the namespace's /proc once it is entered.
+            if let Err(e) = bproc_ckpt::restore::prepare() {
+                warn!("processes cannot move to this node: {e}");
+            }
+            // The node's own mounts, to come back to before making a new namespace.
+            let home = std::fs::File::open("/proc/thread-self/ns/mnt").ok();
+            let make = || -> Option<bproc_sys::PidNamespace> {
+                if !want_namespace {
+                    return None;
+                }
+                if let Some(h) = &home {
+                    let _ = nix::sched::setns(h, nix::sched::CloneFlags::CLONE_NEWNS);
+                }
+                match bproc_sys::PidNamespace::create(extra_proc.as_deref()).and_then(|ns| {
+                    ns.enter_for_children()?;
+                    ns.enter_mounts()?;
+                    Ok(ns)
+                }) {
+                    Ok(ns) => {
+                        init2.store(ns.init_pid(), std::sync::atomic::Ordering::Relaxed);
+                        *last_pid2.lock().unwrap_or_else(|e| e.into_inner()) =
+                            ns.last_pid().ok().map(Arc::new);
+                        Some(ns)
+                    }
+                    Err(e) => {
+                        warn!("no pid namespace ({e}): remote processes keep this node's pids");
+                        None
+                    }
+                }
+            };
+            let mut ns = make();
+            let _ = ready_tx.send(ns.is_some());
+            while let Ok((job, reply)) = rx.recv() {
+                if reset2.swap(false, std::sync::atomic::Ordering::Relaxed) && ns.is_some() {
+                    ns = None; // kills the init, and every process of the namespace
+                    ns = make().or(ns);
+                }
+                let _ = reply.send(job());
+            }
+        });
+        let pid_namespace = spawned.is_ok() && ready_rx.recv().unwrap_or(false);
+        Spawner { tx: Mutex::new(tx), pid_namespace, last_pid, init, reset }
+    }
+
+    pub(super) async fn run(&self, job: Job) -> std::io::Result<i32> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((job, tx))
+            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+        rx.await.map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+    }
+
+    /// Kills the namespace's processes now; the thread makes a new namespace before its next
+    /// spawn.
+    pub(super) fn reset(&self) {
+        if self.pid_namespace {
+            let init = self.init.load(std::sync::atomic::Ordering::Relaxed);
+            if init > 0 {
+                let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
+            }
+            self.reset.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Reaps a killed init (never blocks: a dying init waits for its namespace's processes,
+    /// which are reaped by [`Procs::reap`]).
+    pub(super) fn reap_init(&self) {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        let init = self.init.load(std::sync::atomic::Ordering::Relaxed);
+        if init > 0 {
+            if let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+                waitpid(Pid::from_raw(init), Some(WaitPidFlag::WNOHANG))
+            {
+                let _ = self.init.compare_exchange(
+                    init,
+                    0,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        }
+    }
+}

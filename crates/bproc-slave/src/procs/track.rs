@@ -1,0 +1,565 @@
+//! The process table: which processes of the master's run here, what they fork and exec,
+//! how they end (the kernel's process events, looks at `/proc`, the reaper), and the signals
+//! their ghosts send them.
+
+use std::sync::Arc;
+
+use bproc_proto::{ExitStatus, Message, ProcChange};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tracing::{debug, info, warn};
+
+use super::Procs;
+
+impl Procs {
+    /// Forgets ended process `pid`, keeping what a restarted master may need of it; true if
+    /// it was known.
+    fn forget(&self, pid: i32, end: ExitStatus) -> bool {
+        let Some(mut k) = self.known().remove(&pid) else { return false };
+        k.end = Some(end);
+        k.gone = Some(std::time::Instant::now());
+        let mut ended = self.0.ended.lock().unwrap_or_else(|e| e.into_inner());
+        if ended.len() >= ENDED_PRUNE_AT && ended.len().is_multiple_of(256) {
+            // Every fork ends up here: keep what a restarted master may still ask about, and
+            // under a storm of forks only the last seconds'.
+            ended.retain(|_, e| e.gone.is_none_or(|t| t.elapsed() < ENDED_KEPT));
+            if ended.len() >= 4 * ENDED_PRUNE_AT {
+                ended.retain(|_, e| e.gone.is_none_or(|t| t.elapsed() < REPORTED_LATELY));
+            }
+        }
+        ended.insert(pid, k);
+        true
+    }
+
+    /// Starts knowing fork `child`; false (nothing to report) when it is known already, or
+    /// ended lately and was reported (a late look, or the other of the two watchers).
+    fn adopt(&self, child: i32, k: Known) -> bool {
+        let mut known = self.known();
+        if known.contains_key(&child) {
+            return false;
+        }
+        let lately = |e: &Known| e.gone.is_some_and(|t| t.elapsed() < REPORTED_LATELY);
+        if self.0.ended.lock().is_ok_and(|e| e.get(&child).is_some_and(lately)) {
+            return false;
+        }
+        known.insert(child, k);
+        true
+    }
+
+    /// A process this slave has just started: watched at once (it may fork before it is
+    /// tracked).
+    pub(super) fn fresh_start(&self, pid: i32) {
+        if self.0.events.get().is_some() && !self.known().contains_key(&pid) {
+            self.fresh().entry(pid).or_default();
+            self.rewatch();
+        }
+    }
+
+    /// The processes a resumed session has: every live one, and those that ended with their
+    /// end still to be reported (`unreported`), each with its ghost, launch and owner; and
+    /// those with a ghost that ended since the last session, with how they ended, whose end
+    /// the master may have lost with the old link (a restarted master never saw it): it is
+    /// sent again after the list.
+    pub fn session_procs(
+        &self,
+        unreported: &[i32],
+    ) -> (Vec<bproc_proto::SlaveProc>, Vec<(i32, ExitStatus)>) {
+        let ended = std::mem::take(&mut *self.0.ended.lock().unwrap_or_else(|e| e.into_inner()));
+        let known = self.known();
+        let entry = |(pid, k): (&i32, &Known)| bproc_proto::SlaveProc {
+            pid: *pid,
+            ghost: k.ghost,
+            launch: k.launch,
+            rank: k.rank,
+            uid: k.uid,
+        };
+        let again: Vec<(i32, ExitStatus)> = ended
+            .iter()
+            .filter(|(p, k)| !unreported.contains(p) && k.ghost > 0)
+            .filter_map(|(p, k)| Some((*p, k.end?)))
+            .collect();
+        let procs = known
+            .iter()
+            .map(entry)
+            .chain(
+                ended
+                    .iter()
+                    .filter(|(p, _)| unreported.contains(p) || again.iter().any(|a| a.0 == **p))
+                    .map(entry),
+            )
+            .collect();
+        (procs, again)
+    }
+
+    /// The master names the ghost of process `pid` (a fork's).
+    pub fn set_ghost(&self, pid: i32, ghost: i32) {
+        if let Some(k) = self.known().get_mut(&pid) {
+            k.ghost = ghost;
+        }
+    }
+
+    /// Follows what the master's processes here fork, exec and end, by looking at their
+    /// children and names in `/proc`: a fork becomes a ghost on the master under its
+    /// parent's. Looking often while a process is young and rarely after keeps the cost to
+    /// this node's own processes (the kernel's process events go to every listener on the
+    /// machine, which a virtual cluster of a thousand nodes on one host cannot afford).
+    pub async fn follow(self) {
+        self.listen();
+        loop {
+            let youngest = self.0.known.lock().map_or(None, |k| k.values().map(|p| p.seen).max());
+            match youngest {
+                None => self.0.started.notified().await,
+                Some(t) => {
+                    // The first look 50 ms after the latest start, then ever less often, up
+                    // to once a second: a short process is never looked at, and a thousand
+                    // slaves on one host do not poll each other off the CPU.
+                    let tick = t.elapsed().clamp(LOOK_FIRST, LOOK_MAX);
+                    tokio::time::sleep(tick).await;
+                }
+            }
+            self.scan_proc();
+        }
+    }
+
+    /// Subscribes to the kernel's process events, filtered to the known processes (and the
+    /// exits of their children), and handles them on a thread of its own: every fork is
+    /// seen as it happens, however short the child's life, and every end with its status.
+    /// Looking at `/proc` goes on, as a backstop (events lost to a full socket buffer, a
+    /// child that forked before it was watched). Without the right (`CAP_NET_ADMIN`), looking
+    /// is all there is.
+    fn listen(&self) {
+        use bproc_sys::procevents::Events;
+        if std::env::var_os("BPROC_NO_PROCEVENTS").is_some() {
+            return;
+        }
+        let events = match Events::open() {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                info!("following forks by looking at /proc (process events: {e})");
+                return;
+            }
+        };
+        let _ = self.0.events.set(events.clone());
+        self.rewatch();
+        let procs = self.clone();
+        let started = std::thread::Builder::new().name("procevents".into()).spawn(move || loop {
+            match events.next() {
+                Ok(list) => list.into_iter().for_each(|e| procs.on_event(e)),
+                // Events were lost: look at everything once.
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => procs.scan_proc(),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!("process events: {e}; following forks by looking at /proc");
+                    return;
+                }
+            }
+        });
+        if let Err(e) = started {
+            warn!("process events: {e}");
+        }
+    }
+
+    /// Points the event filter at the known processes, those just started, and this slave
+    /// (whose forks are the processes it starts).
+    fn rewatch(&self) {
+        let Some(events) = self.0.events.get() else { return };
+        let mut pids: Vec<i32> = self.known().keys().copied().collect();
+        pids.extend(self.fresh().keys().copied());
+        pids.push(std::process::id() as i32);
+        if let Err(e) = events.watch(&pids) {
+            debug!("process event filter: {e}");
+        }
+    }
+
+    /// One process event of a known process (or of a known process's child).
+    fn on_event(&self, e: bproc_sys::procevents::ProcEvent) {
+        use bproc_sys::procevents::ProcEvent;
+        self.on_event_inner(e);
+        // After the fork is reported: the next fork's request must not overtake it.
+        if let (ProcEvent::Fork { parent, .. }, Some(f)) = (e, self.0.forks.get()) {
+            f.forked(parent);
+        }
+    }
+
+    fn on_event_inner(&self, e: bproc_sys::procevents::ProcEvent) {
+        use bproc_sys::procevents::ProcEvent;
+        // This slave's own child: a process it starts, watched at once.
+        if let ProcEvent::Fork { parent, child } = e {
+            if parent == std::process::id() as i32 {
+                if !self.known().contains_key(&child) {
+                    self.fresh().insert(child, Vec::new());
+                }
+                self.rewatch();
+                return;
+            }
+        }
+        // An event of (or about the child of) a process not tracked yet waits for it.
+        let owner = match e {
+            ProcEvent::Fork { parent, .. } => parent,
+            ProcEvent::Exec { pid } => pid,
+            ProcEvent::Exit { pid, parent, .. } => {
+                if self.fresh().remove(&pid).is_some() {
+                    // Ended before it was tracked: the reaper reports it.
+                    return;
+                }
+                if self.known().contains_key(&pid) {
+                    pid
+                } else {
+                    parent
+                }
+            }
+        };
+        if self.known().contains_key(&owner) {
+            // Tracked meanwhile: what waited for it comes first.
+            let waiting = self.fresh().remove(&owner).unwrap_or_default();
+            for w in waiting {
+                self.handle(w);
+            }
+        } else if let Some(queue) = self.fresh().get_mut(&owner) {
+            queue.push(e);
+            return;
+        }
+        self.handle(e);
+    }
+
+    /// [`Procs::on_event`] for an event of a tracked process.
+    fn handle(&self, e: bproc_sys::procevents::ProcEvent) {
+        use bproc_sys::procevents::ProcEvent;
+        match e {
+            ProcEvent::Fork { parent, child } => {
+                let parent_of = self.known().get(&parent).map(|k| (k.uid, k.comm.clone()));
+                let Some((uid, parent_comm)) = parent_of else { return };
+                // A child gone already keeps its parent's name (it had no time to exec).
+                let (comm, child_ns) = comm_and_ns_pid(child).unwrap_or((parent_comm, 0));
+                if !self.adopt(child, Known::new(comm.clone(), 0, 0, 0, uid)) {
+                    return;
+                }
+                self.rewatch();
+                let change = ProcChange::Forked { child, child_ns, comm };
+                (self.0.report)(Message::ProcEvent { pid: parent, change });
+            }
+            ProcEvent::Exec { pid } => {
+                let Some(st) = proc_stat(pid) else { return };
+                let renamed = match self.known().get_mut(&pid) {
+                    Some(k) if k.comm != st.comm => {
+                        k.comm.clone_from(&st.comm);
+                        true
+                    }
+                    _ => false,
+                };
+                if renamed {
+                    let change = ProcChange::Exec { comm: st.comm };
+                    (self.0.report)(Message::ProcEvent { pid, change });
+                }
+            }
+            ProcEvent::Exit { pid, parent, status } if !self.known().contains_key(&pid) => {
+                // A child whose fork came before its parent was watched: seen at its end.
+                let parent_of = self.known().get(&parent).map(|k| (k.uid, k.comm.clone()));
+                let Some((uid, comm)) = parent_of else { return };
+                if self.children().contains(&pid)
+                    || !self.adopt(pid, Known::new(comm.clone(), 0, 0, 0, uid))
+                {
+                    return;
+                }
+                let change = ProcChange::Forked { child: pid, child_ns: 0, comm };
+                (self.0.report)(Message::ProcEvent { pid: parent, change });
+                self.forget(pid, decode_wait(status));
+                let change = ProcChange::Exited(decode_wait(status));
+                (self.0.report)(Message::ProcEvent { pid, change });
+            }
+            ProcEvent::Exit { pid, status, .. } => {
+                // Direct children are reported by the reaper, with stops and continues.
+                if self.children().contains(&pid) || !self.forget(pid, decode_wait(status)) {
+                    return;
+                }
+                self.rewatch();
+                let change = ProcChange::Exited(decode_wait(status));
+                (self.0.report)(Message::ProcEvent { pid, change });
+            }
+        }
+    }
+
+    /// Reads `/proc` for every known process once: new children, new programs, ends (what
+    /// the process events would have said, when there are none or some were lost).
+    fn scan_proc(&self) {
+        let pids: Vec<(i32, String)> =
+            self.known().iter().map(|(p, k)| (*p, k.comm.clone())).collect();
+        for (pid, comm) in pids {
+            let direct = self.children().contains(&pid);
+            let Some(st) = proc_stat(pid) else {
+                // Gone and reaped by its parent before this look: its status is lost.
+                if !direct && self.forget(pid, ExitStatus::Code(0)) {
+                    let change = ProcChange::Exited(ExitStatus::Code(0));
+                    (self.0.report)(Message::ProcEvent { pid, change });
+                }
+                continue;
+            };
+            if st.state == 'Z' {
+                // Direct children are reported by the reaper, with stops and continues.
+                if !direct && self.forget(pid, decode_wait(st.exit_code)) {
+                    let change = ProcChange::Exited(decode_wait(st.exit_code));
+                    (self.0.report)(Message::ProcEvent { pid, change });
+                }
+                continue;
+            }
+            if st.comm != comm {
+                if let Some(k) = self.known().get_mut(&pid) {
+                    k.comm.clone_from(&st.comm);
+                }
+                let change = ProcChange::Exec { comm: st.comm.clone() };
+                (self.0.report)(Message::ProcEvent { pid, change });
+            }
+            let Ok(kids) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            else {
+                continue;
+            };
+            let uid = self.known().get(&pid).map_or(0, |k| k.uid);
+            for child in kids.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                if self.known().contains_key(&child) {
+                    continue;
+                }
+                let ended = proc_stat(child).filter(|st| st.state == 'Z');
+                let reported = self.0.ended.lock().is_ok_and(|e| e.contains_key(&child));
+                if ended.is_some() && reported {
+                    // Its end was reported; its parent (stopped, or slow) has yet to reap it.
+                    continue;
+                }
+                let Some((comm, child_ns)) = comm_and_ns_pid(child) else { continue };
+                if !self.adopt(child, Known::new(comm.clone(), 0, 0, 0, uid)) {
+                    continue;
+                }
+                let change = ProcChange::Forked { child, child_ns, comm };
+                (self.0.report)(Message::ProcEvent { pid, change });
+                if let Some(st) = ended {
+                    // Born and ended between two looks: its ghost ends as it did.
+                    self.forget(child, decode_wait(st.exit_code));
+                    let change = ProcChange::Exited(decode_wait(st.exit_code));
+                    (self.0.report)(Message::ProcEvent { pid: child, change });
+                }
+            }
+        }
+        self.rewatch();
+    }
+
+    /// Starts watching `pid`, rank `rank` of `launch` with ghost `ghost` (0: none), run for
+    /// `uid` (after its start was reported, so its events follow that report).
+    pub fn track(&self, launch: u64, rank: u32, pid: i32, ghost: i32, uid: u32) {
+        self.ranks().insert((launch, rank), pid);
+        self.children().insert(pid);
+        if let Some(st) = proc_stat(pid) {
+            self.known().insert(pid, Known::new(st.comm, ghost, launch, rank, uid));
+        }
+        let waiting = self.fresh().remove(&pid).unwrap_or_default();
+        self.rewatch();
+        for e in waiting {
+            self.handle(e);
+        }
+        self.reap();
+        self.0.started.notify_one();
+    }
+
+    /// Collects the state changes of watched children (on SIGCHLD) and reports them.
+    pub fn reap(&self) {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+        let doomed: Vec<i32> =
+            self.0.doomed.lock().map(|d| d.iter().copied().collect()).unwrap_or_default();
+        for pid in doomed {
+            let gone = !matches!(
+                waitid(Id::Pid(Pid::from_raw(pid)), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG),
+                Ok(WaitStatus::StillAlive)
+            );
+            if gone {
+                if let Ok(mut d) = self.0.doomed.lock() {
+                    d.remove(&pid);
+                }
+            }
+        }
+        let pids: Vec<i32> = self.children().iter().copied().collect();
+        let flags = WaitPidFlag::WEXITED
+            | WaitPidFlag::WSTOPPED
+            | WaitPidFlag::WCONTINUED
+            | WaitPidFlag::WNOHANG;
+        for pid in pids {
+            let change = match waitid(Id::Pid(Pid::from_raw(pid)), flags) {
+                Ok(WaitStatus::Exited(_, code)) => ProcChange::Exited(ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    ProcChange::Exited(ExitStatus::Signal(sig as i32))
+                }
+                Ok(WaitStatus::Stopped(..)) => ProcChange::Stopped,
+                Ok(WaitStatus::Continued(_)) => ProcChange::Continued,
+                Err(nix::Error::ECHILD) => ProcChange::Exited(ExitStatus::Code(255)),
+                _ => continue,
+            };
+            if let ProcChange::Exited(end) = change {
+                self.children().remove(&pid);
+                self.forget(pid, end);
+                self.ranks().retain(|_, p| *p != pid);
+            }
+            (self.0.report)(Message::ProcEvent { pid, change });
+        }
+        self.0.spawner.reap_init();
+    }
+
+    /// Sends `signal` to a launch's process of `rank`, or all of them for `u32::MAX`. Each
+    /// process leads its own process group and the whole group gets the signal, as a
+    /// terminal's job would: children that hold the output open go too.
+    pub fn signal(&self, launch: u64, rank: u32, signal: i32) {
+        let Ok(sig) = Signal::try_from(signal) else {
+            warn!("launch {launch}: ignoring invalid signal {signal}");
+            return;
+        };
+        for (&(l, r), &pid) in self.ranks().iter() {
+            if l == launch && (rank == u32::MAX || r == rank) {
+                let _ = kill(Pid::from_raw(-pid), sig);
+            }
+        }
+    }
+
+    /// Sends `signal` from its ghost to process `pid` alone, naming `sender` (a master pid)
+    /// as its origin. Only processes of this master's are signalled.
+    pub fn signal_pid(&self, pid: i32, signal: i32, sender: i32) {
+        if !self.known().contains_key(&pid) {
+            debug!("signal {signal} for {pid}: not a process of this master's here");
+            return;
+        }
+        // In the master's pid namespace, the signal is queued from inside it (by a child of
+        // the spawner thread), or the kernel would clear the sender's pid.
+        let inside = self.same_pids().then(|| job_ns_pid(pid)).flatten();
+        let Some(ns_pid) = inside.filter(|_| sender > 0) else {
+            if let Err(e) = bproc_sys::signal_from(pid, signal, sender) {
+                debug!("signal {signal} to {pid}: {e}");
+            }
+            return;
+        };
+        let procs = self.clone();
+        tokio::spawn(async move {
+            let job = move || {
+                bproc_sys::signal_from_inside(ns_pid, signal, sender)
+                    .map(|()| 0)
+                    .map_err(std::io::Error::from)
+            };
+            if let Err(e) = procs.0.spawner.run(Box::new(job)).await {
+                debug!("signal {signal} to {pid}: {e}");
+            }
+        });
+    }
+
+    /// Kills every process (the node is leaving its master for good), with the whole pid
+    /// namespace when there is one.
+    pub fn kill_all(&self) {
+        for &pid in self.ranks().values() {
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        }
+        self.0.spawner.reset();
+        let children = std::mem::take(&mut *self.children());
+        self.0.doomed.lock().unwrap_or_else(|e| e.into_inner()).extend(children);
+        self.ranks().clear();
+        self.known().clear();
+        self.0.ended.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Ended processes kept for a resumed session: those of the last [`ENDED_KEPT`], looked
+/// over once there are [`ENDED_PRUNE_AT`].
+const ENDED_KEPT: std::time::Duration = std::time::Duration::from_secs(600);
+const ENDED_PRUNE_AT: usize = 4096;
+
+/// How long an ended fork's pid is taken for that process, not a new one, by a late look.
+const REPORTED_LATELY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// State, CPU time and resident memory of process `pid` here, from `/proc/PID/stat`.
+pub fn stat(pid: i32) -> Option<bproc_proto::ProcStat> {
+    let st = bproc_sys::peer::Stat::read(pid)?;
+    let ticks =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
+    let page_kib =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096)
+            as u64
+            / 1024;
+    // utime 14, stime 15, rss 24 (pages).
+    let num = |n: usize| st.num::<u64>(n);
+    Some(bproc_proto::ProcStat {
+        rpid: pid,
+        state: st.field(3)?.bytes().next()?,
+        cpu_ms: (num(14)? + num(15)?) * 1000 / ticks.max(1),
+        rss_kib: num(24)? * page_kib,
+    })
+}
+
+/// When [`Procs::follow`] first looks at a new process, and how rarely at most.
+const LOOK_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+const LOOK_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A process of the master's, as [`Procs::follow`] last saw it.
+#[derive(Debug)]
+pub(super) struct Known {
+    /// Its command name.
+    pub(super) comm: String,
+    /// When it was first seen.
+    pub(super) seen: std::time::Instant,
+    /// Its ghost on the master (0: none known).
+    ghost: i32,
+    /// The launch and rank it is (launch 0: a fork).
+    launch: u64,
+    rank: u32,
+    /// Whom it runs for.
+    uid: u32,
+    /// How it ended, once it has, and when that was seen.
+    end: Option<ExitStatus>,
+    gone: Option<std::time::Instant>,
+}
+
+impl Known {
+    fn new(comm: String, ghost: i32, launch: u64, rank: u32, uid: u32) -> Known {
+        let seen = std::time::Instant::now();
+        Known { comm, seen, ghost, launch, rank, uid, end: None, gone: None }
+    }
+}
+
+/// What `/proc/PID/stat` says of a process.
+struct Stat {
+    pub(super) comm: String,
+    state: char,
+    /// Its wait status, once it is a zombie.
+    exit_code: i32,
+}
+
+fn proc_stat(pid: i32) -> Option<Stat> {
+    let st = bproc_sys::peer::Stat::read(pid)?;
+    // The wait status is field 52.
+    Some(Stat {
+        comm: st.comm().to_owned(),
+        state: st.state()?,
+        exit_code: st.num(52).unwrap_or(0),
+    })
+}
+
+/// A wait status as an [`ExitStatus`].
+fn decode_wait(status: i32) -> ExitStatus {
+    if status & 0x7f == 0 {
+        ExitStatus::Code((status >> 8) & 0xff)
+    } else {
+        ExitStatus::Signal(status & 0x7f)
+    }
+}
+
+/// The command name of `pid` and its pid in its own (innermost) pid namespace.
+/// Process `pid`'s pid in the master's pid namespace (the first below this one).
+fn job_ns_pid(pid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let ns = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    ns.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The thread group (process) of thread `tid`, from `/proc/TID/status`.
+pub(super) fn thread_group(tid: i32) -> Option<i32> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
+}
+
+fn comm_and_ns_pid(pid: i32) -> Option<(String, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let comm = text.lines().find_map(|l| l.strip_prefix("Name:"))?.trim().to_owned();
+    let ns = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?;
+    Some((comm, ns.parse().ok()?))
+}
