@@ -180,16 +180,10 @@ pub struct Authority {
     pub uid: u32,
 }
 
-/// Why a rank could not start: an errno-style code (sent to the master) and the details
-/// (logged here).
-#[derive(Debug)]
-pub struct Refused {
-    /// errno or `BE_*` value.
-    pub code: i32,
-    /// What went wrong.
-    pub message: String,
-}
+// Why a rank could not start: an errno-style code (sent to the master) and the details
+// (logged here), as the master refuses a request.
+use bproc_proto::Refusal;
 
-fn refuse(code: i32, message: String) -> Result<i32, Refused> {
-    Err(Refused { code, message })
+fn refuse(code: i32, message: String) -> Result<i32, Refusal> {
+    Err(Refusal::new(code, message))
 }

@@ -39,7 +39,7 @@ enum ReconnectError {
     },
     /// The master there refused this node.
     #[error("reconnect to {target}: refused: {reason}")]
-    Refused {
+    Refusal {
         /// Where the new link was to go.
         target: SocketAddrV4,
         /// The master's reason.
@@ -255,7 +255,7 @@ async fn reconnect(
     match open_link(d.opts, d.data, target, source, cookie).await {
         Ok(l) => Ok(l),
         Err(End::Lost(error)) => Err(ReconnectError::Lost { target, error }),
-        Err(End::Dismissed(reason)) => Err(ReconnectError::Refused { target, reason }),
+        Err(End::Dismissed(reason)) => Err(ReconnectError::Refusal { target, reason }),
         Err(End::Action(_)) => Err(ReconnectError::Interrupted),
     }
 }

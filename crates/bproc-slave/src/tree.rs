@@ -108,7 +108,7 @@ pub(crate) struct Launch {
 /// Most tree connections read at once before their part is proved.
 const MAX_PENDING: usize = 256;
 
-/// Refused tree connections, logged once per interval.
+/// Refusal tree connections, logged once per interval.
 pub(crate) static REFUSED: Refusals = Refusals::new("tree port");
 
 /// Accepts tree connections from other slaves until the daemon ends.

@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::info;
 
-use super::Refused;
+use super::Refusal;
 
 /// Opens a connection to the launcher and sends its header.
 pub(super) async fn open_to_launcher(
@@ -84,13 +84,13 @@ pub(super) async fn open_io(
     spec: &ProcSpec,
     rank: u32,
     ghost: i32,
-) -> Result<Opened, Refused> {
-    let failed = |what: String, e: std::io::Error| Refused {
+) -> Result<Opened, Refusal> {
+    let failed = |what: String, e: std::io::Error| Refusal {
         code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
         message: format!("fd {fd}: {what}: {e}"),
     };
     let path = |p: &str| {
-        CString::new(p).map_err(|_| Refused { code: EINVAL, message: format!("NUL in {p:?}") })
+        CString::new(p).map_err(|_| Refusal { code: EINVAL, message: format!("NUL in {p:?}") })
     };
     Ok(match io {
         IoSpec::Closed => Opened::Closed,
@@ -109,7 +109,7 @@ pub(super) async fn open_io(
         }
         IoSpec::Forward => {
             let Ok(n) = u8::try_from(fd) else {
-                return Err(Refused {
+                return Err(Refusal {
                     code: EINVAL,
                     message: format!("fd {fd} cannot be forwarded"),
                 });
@@ -161,9 +161,9 @@ pub(crate) async fn connect_image(
     from: bproc_proto::Endpoint,
     rank: u32,
     root: Option<&Path>,
-) -> Result<TcpStream, Refused> {
+) -> Result<TcpStream, Refusal> {
     let to = SocketAddrV4::new(from.ip.unwrap_or(master), from.port);
-    let failed = |e: std::io::Error| Refused {
+    let failed = |e: std::io::Error| Refusal {
         code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
         message: format!("cannot fetch the process image from {to}: {e}"),
     };
@@ -206,8 +206,8 @@ pub(super) async fn open_image(
     from: bproc_proto::Endpoint,
     rank: u32,
     root: Option<&Path>,
-) -> Result<std::net::TcpStream, Refused> {
-    let failed = |e: std::io::Error| Refused {
+) -> Result<std::net::TcpStream, Refusal> {
+    let failed = |e: std::io::Error| Refusal {
         code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
         message: format!("cannot fetch the process image: {e}"),
     };

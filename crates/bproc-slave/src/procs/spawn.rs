@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use super::io::{open_image, open_io, Fds, Opened};
 use super::spawner::{Image, RestoreFailed};
 use super::stage::{stage, Source};
-use super::{refuse, Authority, Procs, Refused};
+use super::{refuse, Authority, Procs, Refusal};
 use crate::isolate::Diskless;
 
 /// Where and for whom a rank starts: what [`spawn`] needs besides the rank's spec.
@@ -54,7 +54,7 @@ pub async fn spawn(
     spec: ProcSpec,
     shared: Option<Arc<Vec<u8>>>,
     report: impl Fn(Message) + Send + 'static,
-) -> Result<i32, Refused> {
+) -> Result<i32, Refusal> {
     check_may_run(cx, &spec)?;
     // A root given with `bpctl -r` confines the node's processes, below which a diskless
     // node's root is found (the daemon's own paths resolve there since its chroot).
@@ -94,7 +94,7 @@ pub async fn spawn(
 
 /// Refuses a rank this slave may not run: another user's on a slave without root, or one
 /// with no command.
-fn check_may_run(cx: &Start<'_>, spec: &ProcSpec) -> Result<(), Refused> {
+fn check_may_run(cx: &Start<'_>, spec: &ProcSpec) -> Result<(), Refusal> {
     if !cx.authority.root && cx.creds.uid != cx.authority.uid {
         refuse(
             EPERM,
@@ -111,8 +111,8 @@ fn check_may_run(cx: &Start<'_>, spec: &ProcSpec) -> Result<(), Refused> {
 }
 
 /// `s` as a C string, refused when it holds a NUL.
-fn cstr(s: &str) -> Result<CString, Refused> {
-    CString::new(s).map_err(|_| Refused { code: EINVAL, message: format!("NUL in {s:?}") })
+fn cstr(s: &str) -> Result<CString, Refusal> {
+    CString::new(s).map_err(|_| Refusal { code: EINVAL, message: format!("NUL in {s:?}") })
 }
 
 /// `inner` below the node's root (`bpctl -r`), when it has one.
@@ -130,10 +130,10 @@ async fn jail_of(
     spec: &ProcSpec,
     node_root: Option<&Path>,
     report: &impl Fn(Message),
-) -> Result<Option<Jail>, Refused> {
+) -> Result<Option<Jail>, Refusal> {
     let jail_cstr = |p: &Path| {
         CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| Refused { code: EINVAL, message: "NUL in a path".into() })
+            .map_err(|_| Refusal { code: EINVAL, message: "NUL in a path".into() })
     };
     let Some(d) = cx.diskless else {
         let Some(r) = node_root else { return Ok(None) };
@@ -157,7 +157,7 @@ async fn jail_of(
 }
 
 /// The rank's environment: the spec's, with the node's client socket as `BPROC_SOCKET`.
-fn environment(cx: &Start<'_>, spec: &ProcSpec) -> Result<Vec<CString>, Refused> {
+fn environment(cx: &Start<'_>, spec: &ProcSpec) -> Result<Vec<CString>, Refusal> {
     let mut envp = Vec::new();
     for (k, v) in spec.env_for_rank(cx.rank) {
         // The cluster API on this node is the slave's client socket, whatever the
@@ -174,7 +174,7 @@ fn environment(cx: &Start<'_>, spec: &ProcSpec) -> Result<Vec<CString>, Refused>
 
 /// Opens the rank's fds 0 to 2 and those of its I/O list (an optional one that cannot be
 /// opened is left closed).
-async fn open_fds(cx: &Start<'_>, spec: &ProcSpec) -> Result<Fds, Refused> {
+async fn open_fds(cx: &Start<'_>, spec: &ProcSpec) -> Result<Fds, Refusal> {
     let mut fds = Fds::default();
     let ghost = cx.set_tid.unwrap_or(0);
     for fd in 0..3 {
@@ -203,7 +203,7 @@ async fn restore_image(
     fds: Fds,
     identity: Option<Identity>,
     root: Option<PathBuf>,
-) -> Result<i32, Refused> {
+) -> Result<i32, Refusal> {
     let (launch, rank) = (cx.launch, cx.rank);
     let Fds { stdio, extra, files } = fds;
     let restore = bproc_ckpt::restore::RestoreSpec {
@@ -243,7 +243,7 @@ async fn start_program(
     jail: Option<Jail>,
     fds: Fds,
     identity: Option<Identity>,
-) -> Result<i32, Refused> {
+) -> Result<i32, Refusal> {
     let (launch, rank) = (cx.launch, cx.rank);
     let Fds { stdio, extra, files } = fds;
     let cwd = if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
@@ -306,9 +306,9 @@ async fn start_program(
 }
 
 /// A copy of `s` for a first attempt (its fds duplicated), so the original can be retried.
-fn clone_spec(s: &bproc_sys::SpawnSpec) -> Result<bproc_sys::SpawnSpec, Refused> {
+fn clone_spec(s: &bproc_sys::SpawnSpec) -> Result<bproc_sys::SpawnSpec, Refusal> {
     let dup = |fd: &OwnedFd| {
-        fd.try_clone().map_err(|e| Refused {
+        fd.try_clone().map_err(|e| Refusal {
             code: e.raw_os_error().unwrap_or(EINVAL),
             message: format!("dup: {e}"),
         })
@@ -323,7 +323,7 @@ fn clone_spec(s: &bproc_sys::SpawnSpec) -> Result<bproc_sys::SpawnSpec, Refused>
             s.stdio[1].as_ref().map(dup).transpose()?,
             s.stdio[2].as_ref().map(dup).transpose()?,
         ],
-        fds: s.fds.iter().map(|(n, fd)| Ok((*n, dup(fd)?))).collect::<Result<_, Refused>>()?,
+        fds: s.fds.iter().map(|(n, fd)| Ok((*n, dup(fd)?))).collect::<Result<_, Refusal>>()?,
         limits: s.limits.clone(),
         jail: s.jail.clone(),
         identity: s.identity.clone(),
