@@ -434,8 +434,72 @@ fn status_of(n: &NodeInfo) -> NodeStatus {
     }
 }
 
-/// Notifier fds made by [`bproc_notifier`]: only these are drained by [`bproc_nodelist_`].
-static NOTIFIERS: std::sync::Mutex<Vec<c_int>> = std::sync::Mutex::new(Vec::new());
+/// A notifier made by [`bproc_notifier`]: the caller's eventfd `fd`, a duplicate of it of
+/// our own (the caller may close its number), and the thread that follows the master for it
+/// with the watcher socket `watch`.
+struct Notifier {
+    fd: c_int,
+    own: std::os::fd::OwnedFd,
+    watch: c_int,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// The notifiers: only their fds are drained by [`bproc_nodelist_`].
+static NOTIFIERS: std::sync::Mutex<Vec<Notifier>> = std::sync::Mutex::new(Vec::new());
+
+fn notifiers() -> std::sync::MutexGuard<'static, Vec<Notifier>> {
+    NOTIFIERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts a thread that makes the eventfd `own` (the caller's `fd`) readable after every
+/// change to the node table.
+fn follow(fd: c_int, own: std::os::fd::OwnedFd) -> Result<Notifier, c_int> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let watcher = client()?.watch().map_err(failed)?;
+    let watch = watcher.as_fd().as_raw_fd();
+    let writer = own.try_clone().map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
+    let thread = std::thread::Builder::new()
+        .name("bproc-notifier".into())
+        .spawn(move || {
+            let mut watcher = watcher;
+            while watcher.next_table().is_ok() {
+                if nix::unistd::write(&writer, &1u64.to_ne_bytes()).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
+    Ok(Notifier { fd, own, watch, thread })
+}
+
+/// Runs `f`, which may move or fork this process, with no notifier thread running: a thread
+/// blocked on its watcher would wake on the node with that socket closed there, and read
+/// whatever the process opened next under the same number (the reply to its next request).
+/// Afterwards the threads start again where the notifiers' fds are still open (the process
+/// that stayed, a local child); a process that now runs from its image has none.
+fn notifiers_stopped<T>(f: impl FnOnce() -> T) -> T {
+    let before = bproc::migrate::arrivals();
+    let stopped: Vec<(c_int, std::os::fd::OwnedFd)> = notifiers()
+        .drain(..)
+        .map(|n| {
+            // Ends the thread's read with end-of-file; it closes its own fds as it ends.
+            let _ = nix::sys::socket::shutdown(n.watch, nix::sys::socket::Shutdown::Read);
+            let _ = n.thread.join();
+            (n.fd, n.own)
+        })
+        .collect();
+    let result = f();
+    if bproc::migrate::arrivals() == before {
+        // A notifier that cannot follow the master again is dropped, as if the master had
+        // gone away: its fd stays open and quiet.
+        let again = stopped.into_iter().filter_map(|(fd, own)| follow(fd, own).ok());
+        notifiers().extend(again);
+    } else {
+        // Closed where this process now runs: their numbers may be others' already.
+        std::mem::forget(stopped);
+    }
+    result
+}
 
 /// A file descriptor that polls readable (`POLLIN`) after any change to the node table, and
 /// at once for the current one; [`bproc_nodelist_`] on it reads the table and clears it. A
@@ -444,28 +508,14 @@ static NOTIFIERS: std::sync::Mutex<Vec<c_int>> = std::sync::Mutex::new(Vec::new(
 pub extern "C" fn bproc_notifier() -> c_int {
     use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
     guard(|| {
-        let mut watcher = client()?.watch().map_err(failed)?;
         let flags =
             nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK;
         let ev =
             nix::sys::eventfd::EventFd::from_value_and_flags(0, flags).map_err(|e| e as i32)?;
         let fd = OwnedFd::from(ev);
-        let writer = fd.try_clone().map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
-        std::thread::Builder::new()
-            .name("bproc-notifier".into())
-            .spawn(move || {
-                while watcher.next_table().is_ok() {
-                    if nix::unistd::write(&writer, &1u64.to_ne_bytes()).is_err() {
-                        break;
-                    }
-                }
-                // In a process that moved, both fds were left behind (closed, their numbers
-                // free for others): never close them here.
-                std::mem::forget((watcher, writer));
-            })
-            .map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
-        let raw = fd.as_raw_fd();
-        NOTIFIERS.lock().unwrap_or_else(|e| e.into_inner()).push(raw);
+        let own = fd.try_clone().map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
+        let notifier = follow(fd.as_raw_fd(), own)?;
+        notifiers().push(notifier);
         Ok(fd.into_raw_fd())
     })
 }
@@ -476,7 +526,7 @@ pub extern "C" fn bproc_notifier() -> c_int {
 /// As for [`bproc_nodelist`].
 #[no_mangle]
 pub unsafe extern "C" fn bproc_nodelist_(ns: *mut NodeSet, fd: c_int) -> c_int {
-    if NOTIFIERS.lock().unwrap_or_else(|e| e.into_inner()).contains(&fd) {
+    if notifiers().iter().any(|n| n.fd == fd) {
         let mut b = [0u8; 8];
         // Non-blocking: nothing to clear is fine.
         let _ = nix::unistd::read(fd, &mut b);
@@ -863,7 +913,7 @@ pub unsafe extern "C" fn _bproc_move_io(
         // SAFETY: as the caller promises.
         let io = unsafe { io_list(io, iolen) }?;
         flush_all();
-        bproc::migrate::move_with(node, &io, flags).map_err(failed)?;
+        notifiers_stopped(|| bproc::migrate::move_with(node, &io, flags)).map_err(failed)?;
         Ok(0)
     })
 }
@@ -909,7 +959,7 @@ pub unsafe extern "C" fn _bproc_rfork_io(
         // SAFETY: as the caller promises.
         let io = unsafe { io_list(io, iolen) }?;
         flush_all();
-        bproc::migrate::rfork_with(node, &io, flags).map_err(failed)
+        notifiers_stopped(|| bproc::migrate::rfork_with(node, &io, flags)).map_err(failed)
     })
 }
 
@@ -977,7 +1027,9 @@ pub unsafe extern "C" fn _bproc_vrfork_io(
         // SAFETY: `nodes` holds `n` entries.
         let list = unsafe { std::slice::from_raw_parts(nodes, n as usize) }.to_vec();
         flush_all();
-        match bproc::migrate::vrfork_with(&list, &io, flags).map_err(failed)? {
+        match notifiers_stopped(|| bproc::migrate::vrfork_with(&list, &io, flags))
+            .map_err(failed)?
+        {
             bproc::migrate::Forked::Child(rank) => Ok(rank as c_int),
             bproc::migrate::Forked::Parent(got) => {
                 // SAFETY: `pids` holds `n` entries, and `got` has one per node.
@@ -1324,7 +1376,7 @@ pub extern "C" fn bproc_dump(fd: c_int, flags: c_int) -> c_int {
         flush_all();
         // SAFETY: the caller passes an open fd, which stays open for this call.
         let out = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        match bproc::migrate::dump(out, flags).map_err(failed)? {
+        match notifiers_stopped(|| bproc::migrate::dump(out, flags)).map_err(failed)? {
             bproc::migrate::Resumed::Dumped => Ok(0),
             bproc::migrate::Resumed::Restored(v) => Ok(v as c_int),
         }

@@ -175,6 +175,7 @@ fn dump_skipping(
     };
     let resumed = bproc_ckpt::checkpoint(out, &opts)?;
     if let Resumed::Restored(_) = resumed {
+        ARRIVALS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         read_mailbox();
     }
     Ok(resumed)
@@ -245,6 +246,19 @@ pub fn undump(image: impl Read) -> BprocError {
 /// and the token its connections present. It is in the process's memory, so it moves with
 /// the process.
 static RELAY: Mutex<Option<(u16, [u8; 16])>> = Mutex::new(None);
+
+/// How many times this process has come back to life from an image (restored on a node, or
+/// by `undump`), rather than carried on after writing one. Part of the image like all its
+/// memory, so a caller that reads it before a move or fork and again after knows which side
+/// it is on.
+static ARRIVALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`ARRIVALS`]: a value read before a call that may move or fork this process differs
+/// afterwards exactly when it now runs from the image, where the fds that could not travel
+/// are closed (their numbers free for the next open).
+pub fn arrivals() -> u64 {
+    ARRIVALS.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 fn relay() -> Option<(u16, [u8; 16])> {
     *RELAY.lock().unwrap_or_else(|e| e.into_inner())

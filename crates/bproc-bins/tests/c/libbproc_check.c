@@ -90,9 +90,10 @@ int main(int argc, char **argv) {
     fail("chmod bad bits", bproc_chmod(3, 0777));
     printf("strerror %s / %s\n", bproc_strerror(BE_NODEDOWN), bproc_strerror(-ENOENT));
     fail("move -1", bproc_move(BPROC_NODE_MASTER));
-    /* The notifier's socket and thread move too (the socket closed on the node, as BProc
-     * closed what could not travel); from the node, an rfork to that node is a local fork
-     * (BProc's BE_SAMENODE), whose status waitpid gets. */
+    /* A notifier does not follow the process to the node (its thread stops before the move
+     * and its fds are closed there, as BProc closed what could not travel), and never reads
+     * what the moved process opens next under its old numbers; from the node, an rfork to
+     * that node is a local fork (BProc's BE_SAMENODE), whose status waitpid gets. */
     fail("move 1", bproc_move(1));
     int pid = bproc_rfork(1), st = 0;
     if (pid == 0) _exit(7);
