@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-7}
 NODES=${NODES:-64}
-cargo build --release --quiet -p bproc-bins -p bproc --bins --examples
+cargo build --release --quiet -p bproc-bins -p bproc-client --bins --examples
 B=$PWD/target/release
 export PATH=$B:$PATH
 DIR=$(mktemp -d /var/tmp/bproc-move-bench.XXXXXX)

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use args::{split_operand, Args, Parsed, EXTENSIONS, USAGE};
-use bproc::{nodespec, BprocError, Client, CopyReport, CopyRequest, Event, Place};
+use bproc_client::{nodespec, BprocError, Client, CopyReport, CopyRequest, Event, Place};
 use bproc_copy::service::{Fanout, MEET_TIMEOUT, STALL_TIMEOUT};
 use bproc_copy::sink::{receive, Report, Target};
 use bproc_copy::source::send;
@@ -146,7 +146,7 @@ impl Reports {
 struct Run {
     client: Option<Client>,
     place: Option<Place>,
-    table: Option<Vec<bproc::NodeStatus>>,
+    table: Option<Vec<bproc_client::NodeStatus>>,
     errors: Cell<u64>,
     sent: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
@@ -234,7 +234,7 @@ impl Run {
             recursive: a.recursive,
             preserve: a.preserve,
             target_dir: sources.len() > 1 || gather,
-            umask: bproc::launch::current_umask(),
+            umask: bproc_client::launch::current_umask(),
         };
         // Consecutive sources on the same host travel in one stream.
         let mut i = 0;

@@ -127,7 +127,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Args, Stop> {
             }
             Short('b') => {
                 let v = p.value().map_err(u)?.string().map_err(u)?;
-                match bproc::parse_c_int(&v) {
+                match bproc_client::parse_c_int(&v) {
                     Some(n) if n > 0 => a.buffer = n as usize,
                     _ => return Err(Stop::Usage(format!("Invalid buffer size: {v}"))),
                 }

@@ -43,7 +43,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bproc::{nodespec, strerror, Client};
+use bproc_client::{nodespec, strerror, Client};
 use bproc_link::{read_frame, write_frame};
 use bproc_proto::{ExitStatus, IoSpec, Message, ProcSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -212,10 +212,10 @@ pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
     };
     let joined = words.iter().map(|w| w.to_string_lossy()).collect::<Vec<_>>().join(" ");
     let local = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok());
-    let node = match bproc::nodespec::parse_node_name(&host) {
+    let node = match bproc_client::nodespec::parse_node_name(&host) {
         Some(n) => n,
         None if local.as_deref() == Some(host.as_str()) || host == "localhost" => {
-            bproc::NODE_MASTER
+            bproc_client::NODE_MASTER
         }
         None => {
             eprintln!("brsh: {host}: not a node (use 3, n3, .3, master or this host's name)");
@@ -223,12 +223,13 @@ pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
         }
     };
     // `master` from a node is the front end, where this process's ghost starts the command.
-    let named_front_end = bproc::nodespec::parse_node_name(&host) == Some(bproc::NODE_MASTER);
+    let named_front_end =
+        bproc_client::nodespec::parse_node_name(&host) == Some(bproc_client::NODE_MASTER);
     let from_node = named_front_end
         && Client::connect()
             .and_then(|mut c| c.place())
-            .is_ok_and(|p| p.node != bproc::NODE_MASTER);
-    if node == bproc::NODE_MASTER && !from_node {
+            .is_ok_and(|p| p.node != bproc_client::NODE_MASTER);
+    if node == bproc_client::NODE_MASTER && !from_node {
         // The front end itself: run here, as rsh to the local host would.
         let mut cmd = std::process::Command::new("/bin/sh");
         cmd.arg("-c").arg(&joined);
@@ -259,14 +260,14 @@ struct Prepared {
     ghost: Option<String>,
     spec: ProcSpec,
     listen_ip: Ipv4Addr,
-    /// The node bpsh runs on ([`bproc::NODE_MASTER`] on the front end).
+    /// The node bpsh runs on ([`bproc_client::NODE_MASTER`] on the front end).
     here: i32,
     /// Files diskless nodes may fetch, by content hash.
     staged: Arc<std::collections::HashMap<[u8; 32], PathBuf>>,
 }
 
 /// Resolves the command and the nodes; `Ok(None)` when a message was printed.
-fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
+fn prepare(a: &Args) -> Result<Option<Prepared>, bproc_client::BprocError> {
     let cmd = &a.command[0];
     let Some(path) = which(cmd) else {
         eprintln!("bpsh: {}", not_runnable(cmd));
@@ -323,13 +324,13 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
         cwd: std::env::current_dir()
             .map(|d| d.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "/".into()),
-        umask: bproc::launch::current_umask(),
+        umask: bproc_client::launch::current_umask(),
         io,
         fds: Vec::new(),
         io_port: 0,
         io_ip: None,
         token,
-        rlimits: bproc::launch::current_rlimits(),
+        rlimits: bproc_client::launch::current_rlimits(),
         files: Vec::new(),
         image: None,
     };
@@ -345,7 +346,7 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc::BprocError> {
     if sel.nodes.iter().any(|n| n.info.as_ref().is_some_and(|i| i.diskless)) {
         let ld = std::env::var("LD_LIBRARY_PATH").ok();
         match bproc_stage::closure(&path, ld.as_deref()) {
-            Ok(files) => staged = bproc::launch::stage_into(&mut spec, files),
+            Ok(files) => staged = bproc_client::launch::stage_into(&mut spec, files),
             Err(e) => {
                 eprintln!("bpsh: {e}");
                 return Ok(None);
@@ -462,7 +463,7 @@ fn start_local(
             IoSpec::File(path) => {
                 let f =
                     if fd == 0 { std::fs::File::open(path) } else { std::fs::File::create(path) };
-                Stdio::from(f.map_err(|e| e.raw_os_error().unwrap_or(bproc::errno::EIO))?)
+                Stdio::from(f.map_err(|e| e.raw_os_error().unwrap_or(bproc_client::errno::EIO))?)
             }
         };
         match fd {
@@ -471,7 +472,8 @@ fn start_local(
             _ => cmd.stderr(stdio),
         };
     }
-    let mut child = cmd.spawn().map_err(|e| e.raw_os_error().unwrap_or(bproc::errno::EIO))?;
+    let mut child =
+        cmd.spawn().map_err(|e| e.raw_os_error().unwrap_or(bproc_client::errno::EIO))?;
     let mut slots = slots.lock().unwrap_or_else(|e| e.into_inner());
     let conns: [Option<Conn>; 3] = [
         child.stdin.take().map(|s| Conn::Write(Box::new(s))),
@@ -685,9 +687,9 @@ struct Launched {
 /// when there is a ghost program; the master's answer, or the exit code once bpsh said why
 /// not.
 async fn launch(p: &Prepared, spec: &ProcSpec) -> Result<(MasterConn, Launched), ExitCode> {
-    let path = bproc::socket_path();
-    let limit = bproc::timeout();
-    let timed_out = |what| bproc::BprocError::Timeout {
+    let path = bproc_client::socket_path();
+    let limit = bproc_client::timeout();
+    let timed_out = |what| bproc_client::BprocError::Timeout {
         path: path.clone(),
         what,
         limit: limit.unwrap_or_default(),
@@ -695,7 +697,7 @@ async fn launch(p: &Prepared, spec: &ProcSpec) -> Result<(MasterConn, Launched),
     let conn = match within(limit, UnixStream::connect(&path)).await {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
-            eprintln!("bpsh: {}", bproc::connect_error(&path, e));
+            eprintln!("bpsh: {}", bproc_client::connect_error(&path, e));
             return Err(ExitCode::FAILURE);
         }
         None => {
@@ -708,9 +710,11 @@ async fn launch(p: &Prepared, spec: &ProcSpec) -> Result<(MasterConn, Launched),
     // A ghost for each remote process, in our process group: Ctrl-C, Ctrl-Z and `kill` on it
     // reach the process, and `ps` shows it.
     let ghosts = match &p.ghost {
-        Some(g) => {
-            bproc::launch::ghosts_keeping_output(g, &bproc::ghost::comm_of(&spec.path), &p.nodes)
-        }
+        Some(g) => bproc_client::launch::ghosts_keeping_output(
+            g,
+            &bproc_client::ghost::comm_of(&spec.path),
+            &p.nodes,
+        ),
         None => vec![0; p.nodes.len()],
     };
     let launch = Message::Launch {
@@ -721,7 +725,7 @@ async fn launch(p: &Prepared, spec: &ProcSpec) -> Result<(MasterConn, Launched),
     };
     let fail = |ghosts: Vec<i32>, why: String| {
         eprintln!("bpsh: {why}");
-        bproc::ghost::discard(ghosts);
+        bproc_client::ghost::discard(ghosts);
         ExitCode::FAILURE
     };
     match within(limit, write_frame(&mut mwr, 1, &launch)).await {
@@ -951,7 +955,9 @@ impl Session {
         for (rank, (r, pid)) in ranks.iter().zip(&pids).enumerate().filter(|(_, (r, _))| r.failed) {
             eprintln!("{}: {}", r.node, why(rank, *pid));
         }
-        bproc::ghost::discard(ghosts.iter().zip(&ranks).filter(|(_, r)| r.failed).map(|(g, _)| *g));
+        bproc_client::ghost::discard(
+            ghosts.iter().zip(&ranks).filter(|(_, r)| r.failed).map(|(g, _)| *g),
+        );
         // Every live ghost is watched and reaped here.
         let (reaped_tx, reaped) = mpsc::unbounded_channel();
         let (ghost_word, ghost_word_rx) = mpsc::unbounded_channel();
@@ -1129,7 +1135,7 @@ impl Session {
         eprintln!(
             "bpsh: bpmaster at {} went away; following {} remote process(es) through their \
              ghosts until it is back",
-            bproc::socket_path().display(),
+            bproc_client::socket_path().display(),
             follow.len()
         );
         for i in 0..self.ranks.len() {
@@ -1205,7 +1211,7 @@ impl Session {
             eprintln!(
                 "bpsh: node {}: lost ({}); its process is gone",
                 r.node,
-                strerror(bproc::errno::BE_SLAVEDIED)
+                strerror(bproc_client::errno::BE_SLAVEDIED)
             );
         }
         if status == ExitStatus::NodeLost {
@@ -1305,7 +1311,7 @@ fn exit_code(ranks: &[Rank]) -> ExitCode {
                 stderr,
                 "bpsh: node {}: bpmaster at {} did not come back within the grace period; the process is lost.",
                 r.node,
-                bproc::socket_path().display()
+                bproc_client::socket_path().display()
             );
             code = 255;
             continue;
@@ -1439,7 +1445,7 @@ fn catch_signals(tx: &mpsc::UnboundedSender<i32>) {
 
 /// Whether a master answers on the client socket now.
 fn master_answers() -> bool {
-    std::os::unix::net::UnixStream::connect(bproc::socket_path()).is_ok()
+    std::os::unix::net::UnixStream::connect(bproc_client::socket_path()).is_ok()
 }
 
 /// Relays the signals a user sends bpsh, and the kills bpsh decides on (`--timeout`,

@@ -1,4 +1,4 @@
-//! libbproc: BProc 4.0's C API over the `bproc` client library, built as `libbproc.so.4` and
+//! libbproc: BProc 4.0's C API over the `bproc-client` library, built as `libbproc.so.4` and
 //! `libbproc.a`, with the headers in `include/sys/`. Old BProc C programs compile against it
 //! unchanged for the calls it provides (node information, node sets and specifications,
 //! permissions, administration, errors).
@@ -13,8 +13,8 @@
 use std::ffi::{c_char, c_int, c_uint, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use bproc::errno::{BE_INVALIDNODE, BE_NODEDOWN, EINVAL, EIO};
-use bproc::{nodespec, Client, NodeAction, NodeStatus, NODE_MASTER};
+use bproc_client::errno::{BE_INVALIDNODE, BE_NODEDOWN, EINVAL, EIO};
+use bproc_client::{nodespec, Client, NodeAction, NodeStatus, NODE_MASTER};
 use nix::libc;
 
 /// Longest node state string.
@@ -67,7 +67,7 @@ fn note(text: String) {
 }
 
 /// Keeps what `e` says (with its causes, each once) for [`bproc_lasterror`]; its errno.
-fn failed(e: bproc::BprocError) -> i32 {
+fn failed(e: bproc_client::BprocError) -> i32 {
     let mut text = e.to_string();
     let mut cause = std::error::Error::source(&e);
     while let Some(c) = cause {
@@ -94,7 +94,7 @@ fn guard(f: impl FnOnce() -> Result<c_int, i32>) -> c_int {
         }
     };
     if !NOTED.with(|n| n.get()) {
-        note(bproc::strerror(code));
+        note(bproc_client::strerror(code));
     }
     nix::errno::Errno::set_raw(code);
     -1
@@ -478,7 +478,7 @@ fn follow(fd: c_int, own: std::os::fd::OwnedFd) -> Result<Notifier, c_int> {
 /// Afterwards the threads start again where the notifiers' fds are still open (the process
 /// that stayed, a local child); a process that now runs from its image has none.
 fn notifiers_stopped<T>(f: impl FnOnce() -> T) -> T {
-    let before = bproc::migrate::arrivals();
+    let before = bproc_client::migrate::arrivals();
     let stopped: Vec<(c_int, std::os::fd::OwnedFd)> = notifiers()
         .drain(..)
         .map(|n| {
@@ -489,7 +489,7 @@ fn notifiers_stopped<T>(f: impl FnOnce() -> T) -> T {
         })
         .collect();
     let result = f();
-    if bproc::migrate::arrivals() == before {
+    if bproc_client::migrate::arrivals() == before {
         // A notifier that cannot follow the master again is dropped, as if the master had
         // gone away: its fd stays open and quiet.
         let again = stopped.into_iter().filter_map(|(fd, own)| follow(fd, own).ok());
@@ -586,7 +586,7 @@ pub unsafe extern "C" fn bproc_nodespec(out: *mut NodeSet, spec: *const c_char) 
     }
 }
 
-fn call(f: impl FnOnce(&mut Client) -> Result<(), bproc::BprocError>) -> c_int {
+fn call(f: impl FnOnce(&mut Client) -> Result<(), bproc_client::BprocError>) -> c_int {
     guard(|| {
         let mut c = client()?;
         f(&mut c).map_err(failed)?;
@@ -679,9 +679,12 @@ pub unsafe extern "C" fn bproc_nodechroot(node: c_int, path: *mut c_char) -> c_i
 ///
 /// # Safety
 /// `addr` is NULL or points at `size` readable bytes.
-unsafe fn endpoint(addr: *const libc::sockaddr, size: c_int) -> Result<bproc::Endpoint, i32> {
+unsafe fn endpoint(
+    addr: *const libc::sockaddr,
+    size: c_int,
+) -> Result<bproc_client::Endpoint, i32> {
     if addr.is_null() {
-        return Ok(bproc::Endpoint::default());
+        return Ok(bproc_client::Endpoint::default());
     }
     if usize::try_from(size).map_or(true, |s| s < std::mem::size_of::<libc::sockaddr_in>()) {
         return Err(EINVAL);
@@ -693,7 +696,10 @@ unsafe fn endpoint(addr: *const libc::sockaddr, size: c_int) -> Result<bproc::En
         return Err(EINVAL);
     }
     let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
-    Ok(bproc::Endpoint { ip: (!ip.is_unspecified()).then_some(ip), port: u16::from_be(a.sin_port) })
+    Ok(bproc_client::Endpoint {
+        ip: (!ip.is_unspecified()).then_some(ip),
+        port: u16::from_be(a.sin_port),
+    })
 }
 
 /// Makes node `node`'s slave open a new connection to the master at `rem` (from its own
@@ -767,7 +773,7 @@ pub unsafe extern "C" fn bproc_setnodeattr(
         // SAFETY: as the caller promises.
         let name = unsafe { text(name) }?.to_owned();
         let size = usize::try_from(size).map_err(|_| EINVAL)?;
-        if size > bproc::MAX_ATTR_VALUE {
+        if size > bproc_client::MAX_ATTR_VALUE {
             return Err(libc::E2BIG);
         }
         if size == 0 {
@@ -826,7 +832,7 @@ pub unsafe extern "C" fn bproc_version(v: *mut Version) -> c_int {
         let out = Version {
             bproc_magic: [b'B' as c_char, b'P' as c_char, b'r' as c_char],
             arch,
-            magic: u32::from(bproc::PROTOCOL_VERSION),
+            magic: u32::from(bproc_client::PROTOCOL_VERSION),
             version_string: text,
         };
         // SAFETY: `v` is a valid, writable pointer (checked for NULL above).
@@ -913,7 +919,7 @@ pub unsafe extern "C" fn _bproc_move_io(
         // SAFETY: as the caller promises.
         let io = unsafe { io_list(io, iolen) }?;
         flush_all();
-        notifiers_stopped(|| bproc::migrate::move_with(node, &io, flags)).map_err(failed)?;
+        notifiers_stopped(|| bproc_client::migrate::move_with(node, &io, flags)).map_err(failed)?;
         Ok(0)
     })
 }
@@ -959,7 +965,7 @@ pub unsafe extern "C" fn _bproc_rfork_io(
         // SAFETY: as the caller promises.
         let io = unsafe { io_list(io, iolen) }?;
         flush_all();
-        notifiers_stopped(|| bproc::migrate::rfork_with(node, &io, flags)).map_err(failed)
+        notifiers_stopped(|| bproc_client::migrate::rfork_with(node, &io, flags)).map_err(failed)
     })
 }
 
@@ -1027,11 +1033,11 @@ pub unsafe extern "C" fn _bproc_vrfork_io(
         // SAFETY: `nodes` holds `n` entries.
         let list = unsafe { std::slice::from_raw_parts(nodes, n as usize) }.to_vec();
         flush_all();
-        match notifiers_stopped(|| bproc::migrate::vrfork_with(&list, &io, flags))
+        match notifiers_stopped(|| bproc_client::migrate::vrfork_with(&list, &io, flags))
             .map_err(failed)?
         {
-            bproc::migrate::Forked::Child(rank) => Ok(rank as c_int),
-            bproc::migrate::Forked::Parent(got) => {
+            bproc_client::migrate::Forked::Child(rank) => Ok(rank as c_int),
+            bproc_client::migrate::Forked::Parent(got) => {
                 // SAFETY: `pids` holds `n` entries, and `got` has one per node.
                 unsafe { std::ptr::copy_nonoverlapping(got.as_ptr(), pids, got.len()) };
                 Ok(n)
@@ -1069,12 +1075,12 @@ unsafe fn program(
     envp: *const *const c_char,
     io: *const Io,
     iolen: c_int,
-) -> Result<bproc::launch::Program, i32> {
+) -> Result<bproc_client::launch::Program, i32> {
     // SAFETY: as the caller promises.
     let path = unsafe { text(cmd) }?.to_owned();
     // SAFETY: as the caller promises.
     let (argv, env, io) = unsafe { (strings(argv)?, strings(envp)?, io_list(io, iolen)?) };
-    Ok(bproc::launch::Program { path, argv, env, io })
+    Ok(bproc_client::launch::Program { path, argv, env, io })
 }
 
 /// `BPROC_IO_FILE`.
@@ -1133,14 +1139,14 @@ const _: () = assert!(std::mem::size_of::<Io>() == 280);
 ///
 /// # Safety
 /// With `iolen` > 0, `io` is NULL or points at `iolen` entries.
-unsafe fn io_list(io: *const Io, iolen: c_int) -> Result<bproc::launch::IoList, i32> {
-    use bproc::launch::IoList;
-    use bproc::{FdIo, IoSpec};
+unsafe fn io_list(io: *const Io, iolen: c_int) -> Result<bproc_client::launch::IoList, i32> {
+    use bproc_client::launch::IoList;
+    use bproc_client::{FdIo, IoSpec};
     if iolen == -1 {
         return Ok(IoList::Default);
     }
     let Ok(n) = usize::try_from(iolen) else { return Err(EINVAL) };
-    if n > bproc::MAX_FD_IO || (n > 0 && io.is_null()) {
+    if n > bproc_client::MAX_FD_IO || (n > 0 && io.is_null()) {
         return Err(EINVAL);
     }
     let entries = if n == 0 {
@@ -1182,7 +1188,7 @@ unsafe fn io_list(io: *const Io, iolen: c_int) -> Result<bproc::launch::IoList, 
             IO_MEMFILE => return Err(libc::EPERM),
             _ => return Err(EINVAL),
         };
-        if !(0..=bproc::MAX_FD).contains(&e.fd) {
+        if !(0..=bproc_client::MAX_FD).contains(&e.fd) {
             return Err(EINVAL);
         }
         out.push(FdIo { fd: e.fd, io: spec, optional: e.flags & IO_DELAY != 0 });
@@ -1224,7 +1230,7 @@ pub unsafe extern "C" fn bproc_execmove_io(
     guard(|| {
         // SAFETY: as the caller promises.
         let prog = unsafe { program(cmd, argv, envp, io, iolen) }?;
-        Err(failed(bproc::launch::execmove(node, &prog)))
+        Err(failed(bproc_client::launch::execmove(node, &prog)))
     })
 }
 
@@ -1304,7 +1310,7 @@ pub unsafe extern "C" fn bproc_vexecmove_io(
         let list = unsafe { std::slice::from_raw_parts(nodes, n as usize) }.to_vec();
         // SAFETY: as the caller promises.
         let prog = unsafe { program(cmd, argv, envp, io, iolen) }?;
-        let got = bproc::launch::vexecmove(&list, &prog).map_err(failed)?;
+        let got = bproc_client::launch::vexecmove(&list, &prog).map_err(failed)?;
         // SAFETY: the caller gives `n` writable ints at `pids`.
         let out = unsafe { std::slice::from_raw_parts_mut(pids, n as usize) };
         out.copy_from_slice(&got);
@@ -1376,9 +1382,9 @@ pub extern "C" fn bproc_dump(fd: c_int, flags: c_int) -> c_int {
         flush_all();
         // SAFETY: the caller passes an open fd, which stays open for this call.
         let out = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        match notifiers_stopped(|| bproc::migrate::dump(out, flags)).map_err(failed)? {
-            bproc::migrate::Resumed::Dumped => Ok(0),
-            bproc::migrate::Resumed::Restored(v) => Ok(v as c_int),
+        match notifiers_stopped(|| bproc_client::migrate::dump(out, flags)).map_err(failed)? {
+            bproc_client::migrate::Resumed::Dumped => Ok(0),
+            bproc_client::migrate::Resumed::Restored(v) => Ok(v as c_int),
         }
     })
 }
@@ -1400,7 +1406,7 @@ pub extern "C" fn bproc_undump(fd: c_int) -> c_int {
             .map(std::fs::File::from)
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EBADF))?;
         let reader = std::io::BufReader::with_capacity(1 << 20, file);
-        Err(failed(bproc::migrate::undump(reader)))
+        Err(failed(bproc_client::migrate::undump(reader)))
     })
 }
 
@@ -1427,7 +1433,7 @@ pub unsafe extern "C" fn bproc_execdump(
         let (cmd, argv, envp) = unsafe { (text(cmd)?, strings(argv)?, strings(envp)?) };
         // SAFETY: the caller passes an open fd, which stays open for this call.
         let out = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        bproc::migrate::exec_dump(out, flags, cmd, &argv, &envp).map_err(failed)?;
+        bproc_client::migrate::exec_dump(out, flags, cmd, &argv, &envp).map_err(failed)?;
         Ok(0)
     })
 }
@@ -1435,7 +1441,7 @@ pub unsafe extern "C" fn bproc_execdump(
 /// Empties the library list (root only).
 #[no_mangle]
 pub extern "C" fn bproc_libclear() -> c_int {
-    call(|c| c.edit_libraries(bproc::LibOp::Clear, &[]))
+    call(|c| c.edit_libraries(bproc_client::LibOp::Clear, &[]))
 }
 
 /// `name` as a one-name list, or the error for a bad string.
@@ -1456,7 +1462,7 @@ unsafe fn lib_name(name: *const c_char) -> Result<Vec<String>, i32> {
 pub unsafe extern "C" fn bproc_libadd(name: *const c_char) -> c_int {
     // SAFETY: the caller's promise.
     match unsafe { lib_name(name) } {
-        Ok(n) => call(|c| c.edit_libraries(bproc::LibOp::Add, &n)),
+        Ok(n) => call(|c| c.edit_libraries(bproc_client::LibOp::Add, &n)),
         Err(e) => guard(|| Err(e)),
     }
 }
@@ -1469,7 +1475,7 @@ pub unsafe extern "C" fn bproc_libadd(name: *const c_char) -> c_int {
 pub unsafe extern "C" fn bproc_libdel(name: *const c_char) -> c_int {
     // SAFETY: the caller's promise.
     match unsafe { lib_name(name) } {
-        Ok(n) => call(|c| c.edit_libraries(bproc::LibOp::Delete, &n)),
+        Ok(n) => call(|c| c.edit_libraries(bproc_client::LibOp::Delete, &n)),
         Err(e) => guard(|| Err(e)),
     }
 }
@@ -1516,7 +1522,7 @@ pub extern "C" fn bproc_strerror(err: c_int) -> *const c_char {
     if let Some((_, s)) = g.iter().find(|(c, _)| *c == code) {
         return s.as_ptr();
     }
-    let s = std::ffi::CString::new(bproc::strerror(code)).unwrap_or_default();
+    let s = std::ffi::CString::new(bproc_client::strerror(code)).unwrap_or_default();
     let p = s.as_ptr();
     // The CString's heap buffer does not move when the vector grows.
     g.push((code, s));

@@ -159,7 +159,7 @@ impl TestCluster {
     }
 
     /// Waits (on change notifications) until `done` holds, panicking with logs after `secs`.
-    pub fn wait(&self, secs: u64, what: &str, done: impl Fn(&[bproc::NodeStatus]) -> bool) {
+    pub fn wait(&self, secs: u64, what: &str, done: impl Fn(&[bproc_client::NodeStatus]) -> bool) {
         if let Err(e) = self.cluster.wait_for_within(what, Duration::from_secs(secs), done) {
             panic!("{e}");
         }

@@ -294,7 +294,7 @@ fn status(a: &Args) -> Result<(), VclusterError> {
     for u in crate::unrecorded_daemons(&a.dir, &known) {
         println!("{:<8} pid {:<8} running (not recorded by `up`: started by hand)", u.name, u.pid);
     }
-    match bproc::Client::connect_to(&a.dir.join("master.sock")).and_then(|mut c| c.nodes()) {
+    match bproc_client::Client::connect_to(&a.dir.join("master.sock")).and_then(|mut c| c.nodes()) {
         Ok(nodes) => {
             let up = nodes.iter().filter(|n| n.state == "up").count();
             println!(

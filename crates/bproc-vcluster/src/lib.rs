@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use bproc::{Client, NodeStatus};
+use bproc_client::{Client, NodeStatus};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use thiserror::Error;
@@ -92,7 +92,7 @@ pub enum VclusterError {
     },
     /// The master refused or failed a request.
     #[error(transparent)]
-    Client(#[from] bproc::BprocError),
+    Client(#[from] bproc_client::BprocError),
     /// No cluster in the directory.
     #[error("no virtual cluster in {} (start one with `bpcluster up`)", .0.display())]
     NoCluster(PathBuf),
@@ -595,8 +595,8 @@ impl Cluster {
             let slice = Some(left.clamp(Duration::from_millis(1), Duration::from_millis(200)));
             match Client::connect_within(&self.socket(), slice) {
                 Ok(c) => break c.watch_unconfirmed()?,
-                Err(bproc::BprocError::Timeout { .. }) if !left.is_zero() => {}
-                Err(bproc::BprocError::Timeout { .. }) => {
+                Err(bproc_client::BprocError::Timeout { .. }) if !left.is_zero() => {}
+                Err(bproc_client::BprocError::Timeout { .. }) => {
                     return Err(timed_out(&[], "bpmaster accepted no connection; "))
                 }
                 Err(e) => return Err(e.into()),

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bproc::{Client, NodeStatus};
+use bproc_client::{Client, NodeStatus};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use thiserror::Error;
@@ -43,7 +43,7 @@ pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 22, 3, 1);
 /// The bridge the machines' NICs are plugged into.
 pub const BRIDGE: &str = "bpbr0";
 /// The master's port: BProc's.
-pub const MASTER_PORT: u16 = bproc::DEFAULT_PORT;
+pub const MASTER_PORT: u16 = bproc_client::DEFAULT_PORT;
 
 /// Address of node `i`.
 pub fn vm_node_addr(i: usize) -> Ipv4Addr {
@@ -121,7 +121,7 @@ pub enum VmError {
     },
     /// The master refused or failed a request.
     #[error(transparent)]
-    Client(#[from] bproc::BprocError),
+    Client(#[from] bproc_client::BprocError),
     /// The node number is not part of the cluster.
     #[error("node {0} is not part of this cluster")]
     NoSuchNode(usize),

@@ -1,4 +1,4 @@
-//! bpctl: change nodes. See `bproc_cli::bpctl`.
+//! bpctl: change nodes. See `bproc_admin::bpctl`.
 fn main() -> std::process::ExitCode {
-    bproc_cli::bpctl::main(std::env::args_os().skip(1).collect())
+    bproc_admin::bpctl::main(std::env::args_os().skip(1).collect())
 }

@@ -1,4 +1,4 @@
-//! bplib: list and change the library list. See `bproc_cli::bplib`.
+//! bplib: list and change the library list. See `bproc_admin::bplib`.
 fn main() -> std::process::ExitCode {
-    bproc_cli::bplib::main(std::env::args_os().skip(1).collect())
+    bproc_admin::bplib::main(std::env::args_os().skip(1).collect())
 }

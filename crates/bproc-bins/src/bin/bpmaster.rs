@@ -56,7 +56,7 @@ fn parse() -> anyhow::Result<Result<Args, ExitCode>> {
             Short('c') => a.config = p.value()?.into(),
             Short('m') => bail!("message tracing (-m) is not supported by this bpmaster"),
             Long("print-address") => a.print_address = true,
-            Long("keygen") => return Ok(Err(bproc_cli::keygen("bpmaster", &mut p)?)),
+            Long("keygen") => return Ok(Err(bproc_admin::keygen("bpmaster", &mut p)?)),
             other => return Err(Usage(other.unexpected().to_string()).into()),
         }
     }

@@ -1,4 +1,4 @@
-//! bpstat: show node status. See `bproc_cli::bpstat`.
+//! bpstat: show node status. See `bproc_admin::bpstat`.
 fn main() -> std::process::ExitCode {
-    bproc_cli::bpstat::main(std::env::args_os().skip(1).collect())
+    bproc_admin::bpstat::main(std::env::args_os().skip(1).collect())
 }

@@ -432,7 +432,7 @@ fn a_process_moves_to_nodes_and_back() {
     }
     let Some(c) = journey(false) else { return };
     // Back on the front end, it is nobody's ghost: the process table is empty.
-    let procs = bproc::Client::connect_to(&c.socket()).unwrap().procs().unwrap();
+    let procs = bproc_client::Client::connect_to(&c.socket()).unwrap().procs().unwrap();
     assert!(procs.is_empty(), "{procs:?}");
 }
 
@@ -570,7 +570,7 @@ fn what_cannot_move_is_refused_and_stays() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The same journey for a Rust program (`bproc::migrate`), then a `vrfork` to every node.
+/// The same journey for a Rust program (`bproc_client::migrate`), then a `vrfork` to every node.
 #[test]
 fn a_rust_program_moves_and_vrforks() {
     if !require_root("moved processes keep their pids (set_tid in the nodes' pid namespaces)") {
@@ -579,7 +579,7 @@ fn a_rust_program_moves_and_vrforks() {
     // A cargo build may take a while on a loaded machine.
     TestCommand::from(
         Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "bproc", "--example", "wander"])
+            .args(["build", "--quiet", "-p", "bproc-client", "--example", "wander"])
             .current_dir(root()),
     )
     .timeout(600)

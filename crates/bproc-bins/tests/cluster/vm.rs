@@ -85,7 +85,7 @@ fn text(out: &Output) -> (String, String) {
 
 /// The remote processes on `node`: their pids.
 fn procs_on(c: &VmCluster, node: i32) -> Vec<i32> {
-    bproc::Client::connect_to(&c.socket())
+    bproc_client::Client::connect_to(&c.socket())
         .and_then(|mut cl| cl.procs())
         .map(|p| p.into_iter().filter(|e| e.node == node).map(|e| e.pid).collect())
         .unwrap_or_default()
@@ -96,7 +96,7 @@ fn hop(tools: &Path) -> PathBuf {
     // A cargo build may take a while on a loaded machine.
     TestCommand::from(
         Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "bproc", "--example", "hop"])
+            .args(["build", "--quiet", "-p", "bproc-client", "--example", "hop"])
             .current_dir(root()),
     )
     .timeout(600)

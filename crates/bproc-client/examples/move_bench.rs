@@ -7,8 +7,8 @@
 
 use std::time::Instant;
 
-use bproc::launch::IoList;
-use bproc::migrate::{move_to, vrfork, Forked};
+use bproc_client::launch::IoList;
+use bproc_client::migrate::{move_to, vrfork, Forked};
 
 fn main() {
     for fd in 3..1024 {
@@ -38,7 +38,7 @@ fn main() {
                 move_to(node, &IoList::Default).expect("move");
                 println!("move_ms {:.3}", t.elapsed().as_secs_f64() * 1e3);
                 let t = Instant::now();
-                move_to(bproc::NODE_MASTER, &IoList::Default).expect("move back");
+                move_to(bproc_client::NODE_MASTER, &IoList::Default).expect("move back");
                 println!("back_ms {:.3}", t.elapsed().as_secs_f64() * 1e3);
             }
             let before: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();

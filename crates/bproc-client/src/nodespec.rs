@@ -40,7 +40,7 @@
 //! changes nothing but the contents of the table.
 //!
 //! ```
-//! use bproc::nodespec::filter;
+//! use bproc_client::nodespec::filter;
 //! use bproc_proto::NodeStatus;
 //! let table: Vec<NodeStatus> = (0..4)
 //!     .map(|n| NodeStatus { node: n, state: "up".into(), ..Default::default() })
@@ -144,7 +144,7 @@ pub fn master_entry() -> NodeStatus {
 /// string, without white space, and must be -1 or more.
 ///
 /// ```
-/// use bproc::nodespec::parse_node_name;
+/// use bproc_client::nodespec::parse_node_name;
 /// assert_eq!(parse_node_name("n3"), Some(3));
 /// assert_eq!(parse_node_name(".3"), Some(3));
 /// assert_eq!(parse_node_name("master"), Some(-1));
@@ -171,7 +171,7 @@ pub fn parse_node_name(s: &str) -> Option<i32> {
 /// the later entry wins, as in BProc's id map.
 ///
 /// ```
-/// use bproc::{nodespec, NodeStatus};
+/// use bproc_client::{nodespec, NodeStatus};
 /// let node = |n, state: &str| NodeStatus {
 ///     node: n,
 ///     state: state.into(),

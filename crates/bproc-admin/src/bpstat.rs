@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::process::ExitCode;
 
-use bproc::{nodespec, Client, NodeStatus};
+use bproc_client::{nodespec, Client, NodeStatus};
 use lexopt::prelude::*;
 use nix::sys::signal::{SigSet, Signal};
 

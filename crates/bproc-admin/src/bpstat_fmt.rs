@@ -443,7 +443,7 @@ mod tests {
         let mut n = node(0, "up", 0o111, 0, 0);
         n.addr = Some(Ipv4Addr::new(10, 0, 0, 10));
         let down = node(4, "down", 0, 1000, 100);
-        let master = bproc::nodespec::master_entry();
+        let master = bproc_client::nodespec::master_entry();
         let text = long(&[n, down, master], &FakeNames);
         assert_eq!(
             text,

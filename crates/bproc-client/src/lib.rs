@@ -21,11 +21,11 @@
 //! are the protocol's own structs, re-exported.
 //!
 //! ```no_run
-//! let mut c = bproc::Client::connect()?;
+//! let mut c = bproc_client::Client::connect()?;
 //! for n in c.nodes()? {
 //!     println!("{} {}", n.node, n.state);
 //! }
-//! # Ok::<(), bproc::BprocError>(())
+//! # Ok::<(), bproc_client::BprocError>(())
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -154,7 +154,7 @@ impl BprocError {
     /// BProc's own error, when it is one (`BE_*`), rather than a system errno.
     ///
     /// ```
-    /// use bproc::{BeError, BprocError};
+    /// use bproc_client::{BeError, BprocError};
     /// let e = BprocError::Remote { code: 301, message: "node 5 is down".into() };
     /// assert_eq!(e.bproc_error(), Some(BeError::NodeDown));
     /// assert_eq!(BeError::from_code(-303), Some(BeError::SlaveDied));
@@ -216,7 +216,7 @@ impl std::fmt::Display for BeError {
 /// Accepts a code or its negation (as per-node codes come in `bproc_vexecmove`'s `pids`).
 ///
 /// ```
-/// use bproc::{errno, strerror};
+/// use bproc_client::{errno, strerror};
 /// assert_eq!(strerror(errno::BE_NODEDOWN), "Node is down");
 /// assert_eq!(strerror(-errno::BE_NODEDOWN), "Node is down");
 /// assert_eq!(strerror(errno::EPERM), "Operation not permitted");
@@ -236,10 +236,10 @@ pub fn strerror(code: i32) -> String {
 /// or leading-`0` octal, with an optional sign.
 ///
 /// ```
-/// assert_eq!(bproc::parse_c_int("0x10"), Some(16));
-/// assert_eq!(bproc::parse_c_int("010"), Some(8));
-/// assert_eq!(bproc::parse_c_int("-3"), Some(-3));
-/// assert_eq!(bproc::parse_c_int("3x"), None);
+/// assert_eq!(bproc_client::parse_c_int("0x10"), Some(16));
+/// assert_eq!(bproc_client::parse_c_int("010"), Some(8));
+/// assert_eq!(bproc_client::parse_c_int("-3"), Some(-3));
+/// assert_eq!(bproc_client::parse_c_int("3x"), None);
 /// ```
 pub fn parse_c_int(s: &str) -> Option<i64> {
     let (neg, body) = match s.strip_prefix('-') {
@@ -769,8 +769,8 @@ impl Watcher {
     /// This watcher for async code: needs a tokio runtime with I/O enabled (feature `tokio`).
     ///
     /// ```no_run
-    /// # async fn show() -> Result<(), bproc::BprocError> {
-    /// let mut w = bproc::Client::connect()?.watch()?.into_async()?;
+    /// # async fn show() -> Result<(), bproc_client::BprocError> {
+    /// let mut w = bproc_client::Client::connect()?.watch()?.into_async()?;
     /// loop {
     ///     let nodes = w.next_table().await?;
     ///     println!("{} nodes up", nodes.iter().filter(|n| n.state == "up").count());

@@ -143,7 +143,7 @@ fn spec_of(p: &Program) -> ProcSpec {
 /// child of the caller.
 ///
 /// ```no_run
-/// use bproc::launch::{vexecmove, Program};
+/// use bproc_client::launch::{vexecmove, Program};
 /// use nix::sys::wait::{waitpid, WaitStatus};
 /// use nix::unistd::Pid;
 ///
@@ -155,12 +155,12 @@ fn spec_of(p: &Program) -> ProcSpec {
 /// };
 /// for (rank, pid) in vexecmove(&[0, 1, 2], &prog)?.into_iter().enumerate() {
 ///     if pid <= 0 {
-///         println!("rank {rank}: {}", bproc::strerror(pid));
+///         println!("rank {rank}: {}", bproc_client::strerror(pid));
 ///     } else if let Ok(WaitStatus::Exited(_, code)) = waitpid(Pid::from_raw(pid), None) {
 ///         assert_eq!(code as usize, rank);
 ///     }
 /// }
-/// # Ok::<(), bproc::BprocError>(())
+/// # Ok::<(), bproc_client::BprocError>(())
 /// ```
 pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> {
     prog.io.check()?;

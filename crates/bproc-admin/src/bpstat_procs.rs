@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use bproc::{ProcEntry, ProcStat};
+use bproc_client::{ProcEntry, ProcStat};
 
 /// `-p`: a header, then `PID\tNode` for every remote process, in pid order.
 pub fn pid_list(procs: &[ProcEntry]) -> String {

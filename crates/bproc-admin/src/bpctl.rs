@@ -19,10 +19,10 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use bproc::{nodespec, strerror, BprocError, Client, Endpoint, NodeAction};
+use bproc_client::{nodespec, strerror, BprocError, Client, Endpoint, NodeAction};
 use lexopt::prelude::*;
 
-use bproc::parse_c_int;
+use bproc_client::parse_c_int;
 
 const USAGE: &str = "Usage: bpctl [options]
   -h, --help              print this message and exit
@@ -203,7 +203,7 @@ fn execute(client: &mut Client, steps: &[Step]) -> Result<bool, BprocError> {
     let mut ok = true;
     for step in steps {
         match step {
-            Step::SelectMaster => selected = vec![bproc::NODE_MASTER],
+            Step::SelectMaster => selected = vec![bproc_client::NODE_MASTER],
             Step::Select(spec) => {
                 let nodes = client.nodes()?;
                 match nodespec::filter(&nodes, spec) {

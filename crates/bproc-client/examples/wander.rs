@@ -1,4 +1,4 @@
-//! A Rust program that moves itself around the cluster with `bproc::migrate`: 64 MiB of
+//! A Rust program that moves itself around the cluster with `bproc_client::migrate`: 64 MiB of
 //! data, a thread-local and a blocked signal go to node A, then node B, then back to the
 //! front end, checked after each move; then it forks one child on every node listed with
 //! `vrfork`, each exiting with 100 + its index. Exits 42 when all is well.
@@ -7,8 +7,8 @@
 
 use std::cell::Cell;
 
-use bproc::launch::IoList;
-use bproc::migrate::{move_to, vrfork, Forked};
+use bproc_client::launch::IoList;
+use bproc_client::migrate::{move_to, vrfork, Forked};
 
 thread_local!(static MOVES: Cell<u32> = const { Cell::new(0) });
 
@@ -17,7 +17,7 @@ fn pattern(i: usize) -> u8 {
 }
 
 fn node_here() -> i32 {
-    bproc::Client::connect().and_then(|mut c| c.place()).map_or(-9, |p| p.node)
+    bproc_client::Client::connect().and_then(|mut c| c.place()).map_or(-9, |p| p.node)
 }
 
 fn main() {
@@ -37,7 +37,7 @@ fn main() {
     let big: Vec<u8> = (0..64usize << 20).map(pattern).collect();
     let pid = std::process::id();
     let mut ok = true;
-    for &node in &[nodes[0], nodes[1], bproc::NODE_MASTER] {
+    for &node in &[nodes[0], nodes[1], bproc_client::NODE_MASTER] {
         MOVES.with(|m| m.set(m.get() + 1));
         if let Err(e) = move_to(node, &IoList::Default) {
             println!("move to {node} failed: {e}");

@@ -16,7 +16,7 @@ use std::ffi::OsString;
 use std::io::BufRead;
 use std::process::ExitCode;
 
-use bproc::{BprocError, Client, LibOp};
+use bproc_client::{BprocError, Client, LibOp};
 use lexopt::prelude::*;
 
 const USAGE: &str = "Usage: bplib -c | -a NAMES... | -d NAMES... | -l

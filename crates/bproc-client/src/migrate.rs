@@ -253,9 +253,10 @@ static RELAY: Mutex<Option<(u16, [u8; 16])>> = Mutex::new(None);
 /// it is on.
 static ARRIVALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// See [`ARRIVALS`]: a value read before a call that may move or fork this process differs
-/// afterwards exactly when it now runs from the image, where the fds that could not travel
-/// are closed (their numbers free for the next open).
+/// How many times this process has come back to life from an image: a value read before a
+/// call that may move or fork this process differs afterwards exactly when it now runs from
+/// the image, where the fds that could not travel are closed (their numbers free for the
+/// next open).
 pub fn arrivals() -> u64 {
     ARRIVALS.load(std::sync::atomic::Ordering::SeqCst)
 }

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 /// The `comm` of a program: its file name, cut to the kernel's 15 bytes.
 ///
 /// ```
-/// assert_eq!(bproc::ghost::comm_of("/usr/bin/hello-world"), "hello-world");
+/// assert_eq!(bproc_client::ghost::comm_of("/usr/bin/hello-world"), "hello-world");
 /// ```
 pub fn comm_of(path: &str) -> String {
     let base = path.rsplit('/').next().unwrap_or(path);

@@ -1,4 +1,4 @@
-//! A process that holds 64 MiB and moves itself from node to node with `bproc::migrate`,
+//! A process that holds 64 MiB and moves itself from node to node with `bproc_client::migrate`,
 //! for nodes started from a launcher that cannot follow it (`bpsh 0 hop 1`): after a move
 //! its output goes nowhere, so after each move it writes what it found to `/tmp/hop.out` on
 //! the node it reached (`on node N: pid P, memory intact`, or what is wrong), then stays
@@ -8,15 +8,15 @@
 
 use std::io::Write;
 
-use bproc::launch::IoList;
-use bproc::migrate::move_to;
+use bproc_client::launch::IoList;
+use bproc_client::migrate::move_to;
 
 fn pattern(i: usize) -> u8 {
     (i * 7 + i / 4096) as u8
 }
 
 fn node_here() -> i32 {
-    bproc::Client::connect().and_then(|mut c| c.place()).map_or(-9, |p| p.node)
+    bproc_client::Client::connect().and_then(|mut c| c.place()).map_or(-9, |p| p.node)
 }
 
 fn main() {

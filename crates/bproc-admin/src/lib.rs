@@ -13,5 +13,5 @@ pub mod bpstat_fmt;
 pub mod bpstat_procs;
 mod util;
 
-pub use bproc::parse_c_int;
+pub use bproc_client::parse_c_int;
 pub use util::{keygen, write_out, DEFAULT_KEYFILE};
