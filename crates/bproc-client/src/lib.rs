@@ -44,8 +44,8 @@ use std::time::{Duration, Instant};
 pub use bproc_proto::errno;
 use bproc_proto::Message;
 pub use bproc_proto::{
-    CopyLink, CopyOpts, Endpoint, ExitStatus, FdIo, IoSpec, LibOp, NodeAction, NodeInfo,
-    NodeStatus, ProcEntry, ProcStat, MAX_ATTR_VALUE, MAX_FD, MAX_FD_IO,
+    CopyLink, CopyOpts, CopyRequest, Endpoint, ExitStatus, FdIo, IoSpec, LibOp, NodeAction,
+    NodeInfo, NodeStatus, ProcEntry, ProcStat, MAX_ATTR_VALUE, MAX_FD, MAX_FD_IO,
     VERSION as PROTOCOL_VERSION,
 };
 use bproc_proto::{DecodeError, Header, HEADER_LEN};
@@ -613,9 +613,7 @@ impl Client {
     /// nodes' reports follow as [`Event`]s ([`Client::next_event`]), as many as the plan
     /// says; the connection serves this copy to its end.
     pub fn copy(&mut self, req: CopyRequest) -> Result<CopyPlan, BprocError> {
-        let CopyRequest { src, paths, dst, target, opts, cwd, fanout, port } = req;
-        let msg = Message::Copy { src, paths, dst, target, opts, cwd, fanout, port };
-        match self.request(&msg)? {
+        match self.request(&Message::from(req))? {
             Message::CopyPlan { links, reports } => Ok(CopyPlan { links, reports }),
             other => Err(BprocError::Unexpected(other.name())),
         }
@@ -672,27 +670,6 @@ pub struct MasterInfo {
     pub client_ip: Option<std::net::Ipv4Addr>,
     /// The ghost program launchers start for remote processes (empty: none installed).
     pub ghost: String,
-}
-
-/// A copy for the master to lay out ([`Client::copy`]), as bpcp asks for one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyRequest {
-    /// The source nodes (`bproc_proto::NODE_CLIENT`: the caller's own machine).
-    pub src: Vec<i32>,
-    /// The paths to copy on each source.
-    pub paths: Vec<String>,
-    /// The destination nodes.
-    pub dst: Vec<i32>,
-    /// Where the files go on each destination.
-    pub target: String,
-    /// Recursive, preserve, target must be a directory, umask.
-    pub opts: CopyOpts,
-    /// The caller's working directory, for relative paths on nodes.
-    pub cwd: String,
-    /// How many receivers each receiver relays to in a broadcast.
-    pub fanout: u32,
-    /// The caller's data port, when it receives (0: it does not).
-    pub port: u16,
 }
 
 /// The master's answer to a [`CopyRequest`].

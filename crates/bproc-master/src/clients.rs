@@ -320,7 +320,8 @@ async fn serve(
                 continue;
             }
             Message::Copy { src, paths, dst, target, opts, cwd, fanout, port } => {
-                let req = crate::copy::Request { src, paths, dst, target, opts, cwd, fanout, port };
+                let req =
+                    bproc_proto::CopyRequest { src, paths, dst, target, opts, cwd, fanout, port };
                 crate::copy::serve(shared, caller, id, req, rd, wr).await;
                 return;
             }

@@ -12,7 +12,8 @@ use bproc_copy::service::new_token;
 use bproc_link::write_frame;
 use bproc_proto::errno::EINVAL;
 use bproc_proto::{
-    CopyLink, CopyOpts, CopyTask, Creds, Message, MAX_COPY_ITEMS, NODE_CLIENT, NODE_MASTER,
+    CopyLink, CopyOpts, CopyRequest as Request, CopyTask, Creds, Message, MAX_COPY_ITEMS,
+    NODE_CLIENT, NODE_MASTER,
 };
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -20,18 +21,6 @@ use tracing::debug;
 use crate::conn::{ClientRd, ClientWr};
 use crate::table::{Caller, Refusal, Table};
 use crate::Shared;
-
-/// A bpcp request, as received.
-pub(crate) struct Request {
-    pub src: Vec<i32>,
-    pub paths: Vec<String>,
-    pub dst: Vec<i32>,
-    pub target: String,
-    pub opts: CopyOpts,
-    pub cwd: String,
-    pub fanout: u32,
-    pub port: u16,
-}
 
 /// How a copy runs.
 struct Plan {

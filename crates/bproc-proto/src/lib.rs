@@ -26,6 +26,8 @@ mod frame;
 mod msg;
 mod parts;
 mod refusal;
+#[cfg(feature = "samples")]
+pub mod samples;
 #[cfg(feature = "serde")]
 pub mod view;
 pub mod wire;
@@ -39,10 +41,10 @@ pub use codec::{DecodeError, Reader, Writer};
 pub use frame::{check, decode, decode_body, encode, Header, HEADER_LEN, MAGIC, MAX_BODY, VERSION};
 pub use msg::{Message, MESSAGE_TYPES};
 pub use parts::{
-    split_tree, CopyLink, CopyOpts, CopyTask, Creds, Endpoint, ExitStatus, FdIo, IoSpec, LibOp,
-    NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat, SlaveProc,
-    StagedRef, TreeEntry, GHOST_FORKED, MAX_ARGS, MAX_ATTR_NAME, MAX_ATTR_VALUE, MAX_COPY_ITEMS,
-    MAX_FD, MAX_FD_IO, MAX_LAUNCH_TEXT, MAX_NODES, MAX_PATH, MAX_PROCS, MAX_STAGED, MAX_STATE_LEN,
-    MAX_TEXT, NODE_CLIENT, NODE_MASTER,
+    split_tree, CopyLink, CopyOpts, CopyRequest, CopyTask, Creds, Endpoint, ExitStatus, FdIo,
+    IoSpec, LibOp, NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat,
+    SlaveProc, StagedRef, TreeEntry, GHOST_FORKED, MAX_ARGS, MAX_ATTR_NAME, MAX_ATTR_VALUE,
+    MAX_COPY_ITEMS, MAX_FD, MAX_FD_IO, MAX_LAUNCH_TEXT, MAX_NODES, MAX_PATH, MAX_PROCS, MAX_STAGED,
+    MAX_STATE_LEN, MAX_TEXT, NODE_CLIENT, NODE_MASTER,
 };
 pub use refusal::Refusal;

@@ -676,3 +676,10 @@ messages! {
         token: [u8; 16] => Fixed("token"),
     },
 }
+
+impl From<crate::CopyRequest> for Message {
+    fn from(r: crate::CopyRequest) -> Message {
+        let crate::CopyRequest { src, paths, dst, target, opts, cwd, fanout, port } = r;
+        Message::Copy { src, paths, dst, target, opts, cwd, fanout, port }
+    }
+}

@@ -436,6 +436,29 @@ pub struct CopyOpts {
     pub umask: u32,
 }
 
+/// A copy for the master to lay out, as bpcp asks for one: the body of [`Message::Copy`].
+///
+/// [`Message::Copy`]: crate::Message::Copy
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyRequest {
+    /// The source nodes ([`NODE_CLIENT`]: the caller's own machine).
+    pub src: Vec<i32>,
+    /// The paths to copy on each source.
+    pub paths: Vec<String>,
+    /// The destination nodes.
+    pub dst: Vec<i32>,
+    /// Where the files go on each destination.
+    pub target: String,
+    /// Recursive, preserve, target must be a directory, umask.
+    pub opts: CopyOpts,
+    /// The caller's working directory, for relative paths on nodes.
+    pub cwd: String,
+    /// How many receivers each receiver relays to in a broadcast.
+    pub fanout: u32,
+    /// The caller's data port, when it receives (0: it does not).
+    pub port: u16,
+}
+
 wire_enum! {
     /// One node's part in a copy.
     #[derive(Debug, Clone, PartialEq, Eq)]
