@@ -22,7 +22,7 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -302,17 +302,13 @@ impl Cluster {
             source: std::io::Error::other(e.to_string()),
         })?;
         let _ = std::fs::remove_file(dir.join("state/nodes.json"));
-        // A free port chosen now and kept, so a restarted master listens where slaves look.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(file_err(dir))?
-            .port();
         let pids_path = dir.join("pids");
         let pids = std::fs::File::create(&pids_path).map_err(file_err(&pids_path))?;
         let mut c = Cluster {
             slaves: (0..spec.nodes).map(|_| None).collect(),
             spec,
-            port,
+            // Any free port: the master binds it and says which (`start_master`).
+            port: 0,
             master: None,
             owned: true,
             pids: Some(pids),
@@ -320,6 +316,9 @@ impl Cluster {
         // From here on, an error drops `c`, which stops what was started.
         c.write_config()?;
         c.start_master()?;
+        // The port the master now holds goes into the configuration, so a master restarted
+        // from it listens where the slaves look.
+        c.write_config()?;
         for i in 0..c.spec.nodes {
             check_interrupt()?;
             c.start_slave(i)?;
@@ -439,6 +438,14 @@ impl Cluster {
         };
         if line.trim().is_empty() {
             return failed(child);
+        }
+        if self.port == 0 {
+            // A first start binds any free port (`up`); the master says which.
+            let addr = line.split_whitespace().next().and_then(|a| a.parse::<SocketAddr>().ok());
+            match addr {
+                Some(addr) => self.port = addr.port(),
+                None => return failed(child),
+            }
         }
         if !self.spec.daemonize_master {
             self.record("master", child.id());

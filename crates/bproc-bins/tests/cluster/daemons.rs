@@ -602,8 +602,17 @@ fn background_daemons_log_to_syslog() {
     assert!(msg.ends_with(&want), "{msg}");
 
     // A slave whose master is not there yet (-r) is ready after its first attempt, and logs
-    // the retries.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // the retries. Its port is held by a bound socket that never listens: connecting is
+    // refused, and nothing else can take the port meanwhile.
+    let (port, _held) = {
+        use nix::sys::socket::SockaddrIn;
+        use nix::sys::socket::{bind, getsockname, socket, AddressFamily, SockFlag, SockType};
+        use std::os::fd::AsRawFd;
+        let s = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None);
+        let s = s.unwrap();
+        bind(s.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+        (getsockname::<SockaddrIn>(s.as_raw_fd()).unwrap().port(), s)
+    };
     let out = TestCommand::from(
         Command::new(bins().join("bpslave"))
             .args(["-r", "-l", "local5", "--key"])

@@ -11,21 +11,22 @@ use headless_chrome::{Browser, LaunchOptions, Tab};
 
 use crate::bins;
 
-/// A free loopback port for the status page (the master binds it a moment later).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// A cluster of `n` nodes serving its status page; returns it and the page's URL.
+/// A cluster of `n` nodes serving its status page; returns it and the page's URL. The master
+/// binds any free port and logs the one it holds, so no port is guessed ahead of it.
 fn cluster_with_page(n: usize, tag: &str, extra: &str) -> (TestCluster, String) {
-    let port = free_port();
     let mut spec = TestCluster::spec(&bins(), n, tag);
-    spec.extra_config.push_str(&format!("statuspage 127.0.0.1:{port}\n{extra}"));
+    spec.extra_config.push_str(&format!("statuspage 127.0.0.1:0\n{extra}"));
     if n > 256 {
         spec.timeout = Duration::from_secs(120);
     }
-    (TestCluster::start(spec), format!("http://127.0.0.1:{port}/"))
+    let c = TestCluster::start(spec);
+    let log = c.master_log();
+    let url = until(10, "the master's log to name its status page", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let at = text.find("status page on ")? + "status page on ".len();
+        text[at..].split_whitespace().next().map(str::to_owned)
+    });
+    (c, url)
 }
 
 fn get(url: &str) -> String {
