@@ -137,7 +137,8 @@ fn change(pid: i32, change: ProcChange) -> Message {
     Message::ProcEvent { pid, change }
 }
 
-/// Every sample: a name suffix (empty, or which shape of the body) and the message.
+/// Every sample: a name suffix (empty, or which shape of the body) and the message. One
+/// table, an entry per message, so its length grows with the protocol.
 pub fn all() -> Vec<(&'static str, Message)> {
     use Message::*;
     vec![
