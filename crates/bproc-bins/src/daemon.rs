@@ -42,6 +42,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use thiserror::Error;
 
+use crate::logging::{Facility, LogError, Target};
 use crate::notify::Notifier;
 
 /// Why the daemon cannot go to the background.
@@ -172,15 +173,40 @@ impl Daemon {
         }
     }
 
+    /// [`Daemon::start`] for a `main`: the daemon, or the code to exit with (the parent's,
+    /// once the daemon has reported, or 1 after printing why it could not start).
+    pub fn begin(name: &'static str, foreground: bool) -> Result<Daemon, ExitCode> {
+        match Daemon::start(name, foreground) {
+            Ok(Started::Daemon(d)) => Ok(d),
+            Ok(Started::Parent(code)) => Err(code),
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                Err(ExitCode::FAILURE)
+            }
+        }
+    }
+
+    /// Sets the logger: syslog under `facility` (asked only then) in the background unless
+    /// stderr is kept, stderr otherwise; says on stderr when syslog cannot be reached yet.
+    pub fn log(
+        &self,
+        facility: impl FnOnce() -> Result<Facility, LogError>,
+        verbosity: u8,
+    ) -> Result<(), LogError> {
+        let target = if self.background && !self.keep_stderr {
+            Target::Syslog { ident: self.name, facility: facility()? }
+        } else {
+            Target::Stderr
+        };
+        if let Some(warning) = crate::logging::init(target, verbosity) {
+            eprintln!("{}: {warning}", self.name);
+        }
+        Ok(())
+    }
+
     /// Keeps stderr open once started (logs to stderr from the background: bpslave's `-e`).
     pub fn keep_stderr(&mut self, keep: bool) {
         self.keep_stderr = keep;
-    }
-
-    /// Whether the daemon runs without a terminal (forked, or under systemd), so that its
-    /// logs belong in syslog.
-    pub fn background(&self) -> bool {
-        self.background
     }
 
     /// Says the daemon serves: `report` goes to the typed command's stdout (if not empty),

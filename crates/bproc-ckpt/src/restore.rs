@@ -28,7 +28,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::dump::{parse_maps, this_machine, CkptError, KSigAction, MapLine};
-use bproc_sys::{FdFile, Identity, Limit, SpawnSpec};
+use bproc_sys::{CloneArgs, FdFile, Identity, Limit, SpawnSpec};
 
 /// How to restore.
 #[derive(Debug, Default)]
@@ -1152,23 +1152,6 @@ fn kill_and_reap(pid: i32) {
     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL));
 }
 
-/// `struct clone_args` of `clone3(2)`.
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 /// `PTRACE_GETREGSET`/`SETREGSET` note type of the `xsave` area.
 const NT_X86_XSTATE: libc::c_int = 0x202;
 
@@ -1227,13 +1210,7 @@ fn clone_thread(t: &Tracee, th: &bproc_image::Thread, what: &str) -> Result<(i32
             set_tid_size: u64::from(want.is_some()),
             ..Default::default()
         };
-        // SAFETY: CloneArgs is plain old data; viewing it as bytes is sound.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&args as *const CloneArgs).cast::<u8>(),
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
+        let bytes = args.as_bytes();
         t.poke(t.scratch, bytes)?;
         let mut r = t.base;
         r.rip = t.gadget;

@@ -25,7 +25,7 @@ mod spawn;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,
-    inherited_socket_fd, signal_from, signal_from_inside, spawn, spawn_errno, LastPid,
+    inherited_socket_fd, signal_from, signal_from_inside, spawn, spawn_errno, CloneArgs, LastPid,
     PidNamespace, SpawnFailed, SpawnSpec, SpawnStep, MAX_FDS,
 };
 

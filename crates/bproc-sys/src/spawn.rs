@@ -55,21 +55,47 @@ pub struct SpawnSpec {
 /// Most further fds a [`SpawnSpec`] may carry.
 pub const MAX_FDS: usize = 16;
 
-/// `struct clone_args` of `<linux/sched.h>` (libc has it only for some targets).
+/// `struct clone_args` of `<linux/sched.h>` (libc has it only for some targets), for
+/// `clone3(2)` here and for the one a restore makes inside the restored process.
 #[repr(C)]
 #[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+pub struct CloneArgs {
+    /// `CLONE_*` flags.
+    pub flags: u64,
+    /// Where the kernel stores a pidfd (`CLONE_PIDFD`).
+    pub pidfd: u64,
+    /// Where the child's tid goes in the child (`CLONE_CHILD_SETTID`).
+    pub child_tid: u64,
+    /// Where the child's tid goes in the parent (`CLONE_PARENT_SETTID`).
+    pub parent_tid: u64,
+    /// The signal the parent gets when the child ends.
+    pub exit_signal: u64,
+    /// Lowest address of the child's stack.
+    pub stack: u64,
+    /// Size of the child's stack.
+    pub stack_size: u64,
+    /// Thread-local storage (`CLONE_SETTLS`).
+    pub tls: u64,
+    /// Address of the tids to ask for, innermost namespace first.
+    pub set_tid: u64,
+    /// How many tids `set_tid` holds.
+    pub set_tid_size: u64,
+    /// A cgroup fd (`CLONE_INTO_CGROUP`).
+    pub cgroup: u64,
+}
+
+impl CloneArgs {
+    /// The struct as `clone3` reads it, for a call another process makes.
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: CloneArgs is plain old data (`repr(C)`, u64 fields, no padding); its bytes
+        // live as long as the borrow.
+        unsafe {
+            std::slice::from_raw_parts(
+                (self as *const CloneArgs).cast::<u8>(),
+                std::mem::size_of::<CloneArgs>(),
+            )
+        }
+    }
 }
 
 /// `clone3` with `args`: like `fork`, 0 in the child and the pid in the parent.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use bproc_beoserv::BootServer;
-use bproc_bins::daemon::{Daemon, Started};
+use bproc_bins::daemon::Daemon;
 use bproc_bins::logging;
 use bproc_master::config::Config;
 use lexopt::prelude::*;
@@ -73,24 +73,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let daemon = match Daemon::start("beoserv", a.foreground) {
-        Ok(Started::Daemon(d)) => d,
-        Ok(Started::Parent(code)) => return code,
-        Err(e) => {
-            eprintln!("beoserv: {e}");
-            return ExitCode::FAILURE;
-        }
+    let daemon = match Daemon::begin("beoserv", a.foreground) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
-    let target = if daemon.background() {
-        match logging::facility(&config.log_facility) {
-            Ok(facility) => logging::Target::Syslog { ident: "beoserv", facility },
-            Err(e) => return daemon.exit(Err(format!("{e:#}"))),
-        }
-    } else {
-        logging::Target::Stderr
-    };
-    if let Some(warning) = logging::init(target, a.verbose.max(1)) {
-        eprintln!("beoserv: {warning}");
+    if let Err(e) = daemon.log(|| logging::facility(&config.log_facility), a.verbose.max(1)) {
+        return daemon.exit(Err(e));
     }
     for w in &config.warnings {
         tracing::warn!("{w}");

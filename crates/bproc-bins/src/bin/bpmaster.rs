@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use bproc_bins::daemon::{Daemon, Started};
+use bproc_bins::daemon::Daemon;
 use bproc_bins::logging;
 use bproc_bins::Usage;
 use bproc_master::{config::Config, Options};
@@ -82,13 +82,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let daemon = match Daemon::start("bpmaster", a.foreground) {
-        Ok(Started::Daemon(d)) => d,
-        Ok(Started::Parent(code)) => return code,
-        Err(e) => {
-            eprintln!("bpmaster: {e}");
-            return ExitCode::FAILURE;
-        }
+    let daemon = match Daemon::begin("bpmaster", a.foreground) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let result = serve(a, config, &daemon);
     daemon.exit(result.map_err(|e| format!("{e:#}")))
@@ -105,15 +101,7 @@ fn load(mut a: Args) -> anyhow::Result<(Args, Config)> {
 }
 
 fn serve(a: Args, config: Config, daemon: &Daemon) -> anyhow::Result<()> {
-    let target = if daemon.background() {
-        let facility = logging::facility(&config.log_facility)?;
-        logging::Target::Syslog { ident: "bpmaster", facility }
-    } else {
-        logging::Target::Stderr
-    };
-    if let Some(warning) = logging::init(target, a.verbose) {
-        eprintln!("bpmaster: {warning}");
-    }
+    daemon.log(|| logging::facility(&config.log_facility), a.verbose)?;
     bproc_master::serve(config, a.options, |addrs, socket| {
         let report = if a.print_address {
             let first = addrs.first().map(ToString::to_string).unwrap_or_default();

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bproc_bins::daemon::{Daemon, Started};
+use bproc_bins::daemon::Daemon;
 use bproc_bins::logging;
 use bproc_bins::Usage;
 use bproc_link::ClusterKey;
@@ -153,13 +153,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut daemon = match Daemon::start("bpslave", a.foreground) {
-        Ok(Started::Daemon(d)) => d,
-        Ok(Started::Parent(code)) => return code,
-        Err(e) => {
-            eprintln!("bpslave: {e}");
-            return ExitCode::FAILURE;
-        }
+    let mut daemon = match Daemon::begin("bpslave", a.foreground) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     daemon.keep_stderr(a.stderr);
     let result = serve(a, &daemon);
@@ -167,14 +163,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(mut a: Args, daemon: &Daemon) -> anyhow::Result<()> {
-    let target = if daemon.background() && !a.stderr {
-        logging::Target::Syslog { ident: "bpslave", facility: a.facility }
-    } else {
-        logging::Target::Stderr
-    };
-    if let Some(warning) = logging::init(target, a.verbose) {
-        eprintln!("bpslave: {warning}");
-    }
+    daemon.log(|| Ok(a.facility), a.verbose)?;
     // New namespaces need a single-threaded process: before the runtime starts.
     if let Some(name) = &a.isolate {
         isolate::isolate(name)?;
