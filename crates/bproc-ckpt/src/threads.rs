@@ -236,16 +236,7 @@ impl Frozen {
     pub(crate) fn thaw(self, restored: bool) {
         RELEASE.store(1, Ordering::SeqCst);
         if !restored {
-            // SAFETY: wakes every waiter on our futex word.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    RELEASE.as_ptr(),
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    i32::MAX,
-                    std::ptr::null::<libc::timespec>(),
-                );
-            }
+            wake_held();
             let deadline = Instant::now() + ANSWER;
             while INSIDE.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_micros(20));
@@ -266,17 +257,22 @@ impl Frozen {
     fn give_up(&mut self) {
         SLOTS.store(std::ptr::null_mut(), Ordering::SeqCst);
         RELEASE.store(1, Ordering::SeqCst);
-        // SAFETY: wakes every waiter on our futex word.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                RELEASE.as_ptr(),
-                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                i32::MAX,
-                std::ptr::null::<libc::timespec>(),
-            );
-        }
+        wake_held();
         std::mem::forget(std::mem::take(&mut self.slots));
+    }
+}
+
+/// Wakes every thread waiting on the release word (after `RELEASE` is set).
+fn wake_held() {
+    // SAFETY: a futex wake on our own static word; it touches no other memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            RELEASE.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+        );
     }
 }
 
