@@ -683,6 +683,27 @@ struct Launched {
     start: Instant,
 }
 
+/// Where a rank that moves back to the front end (into its ghost) connects its forwarded
+/// stdout and stderr again, so they come out after what it wrote on its node; `None` when
+/// neither is forwarded.
+fn rejoin(p: &Prepared, spec: &ProcSpec) -> Option<bproc_client::ghost::Rejoin> {
+    let fds: Vec<u8> = [1u8, 2]
+        .into_iter()
+        .filter(|&fd| spec.io.get(usize::from(fd)) == Some(&IoSpec::Forward))
+        .collect();
+    if fds.is_empty() || spec.io_port == 0 {
+        return None;
+    }
+    // A listener on every address is reached here through loopback.
+    let ip = if p.listen_ip.is_unspecified() { Ipv4Addr::LOCALHOST } else { p.listen_ip };
+    Some(bproc_client::ghost::Rejoin {
+        addr: std::net::SocketAddrV4::new(ip, spec.io_port),
+        token: spec.token,
+        fds,
+        ranks: Vec::new(),
+    })
+}
+
 /// Connects to the master and launches `spec` on the nodes, each remote process with a ghost
 /// when there is a ghost program; the master's answer, or the exit code once bpsh said why
 /// not.
@@ -714,6 +735,7 @@ async fn launch(p: &Prepared, spec: &ProcSpec) -> Result<(MasterConn, Launched),
             g,
             &bproc_client::ghost::comm_of(&spec.path),
             &p.nodes,
+            rejoin(p, spec),
         ),
         None => vec![0; p.nodes.len()],
     };

@@ -28,18 +28,26 @@ pub fn spawn(program: &str, comm: &str, n: usize) -> std::io::Result<Vec<i32>> {
     Ok(spawn_with(program, comm, n, Io::None)?.into_iter().map(|(pid, _)| pid).collect())
 }
 
+pub use bproc_proto::conn::Rejoin;
+
 /// [`spawn`] for ghosts that keep the caller's stdout and stderr: a process that moves back
-/// to the front end, into its ghost, then writes where the caller does (bpsh's ghosts).
-pub fn spawn_keeping_output(program: &str, comm: &str, n: usize) -> std::io::Result<Vec<i32>> {
-    Ok(spawn_with(program, comm, n, Io::Output)?.into_iter().map(|(pid, _)| pid).collect())
+/// to the front end, into its ghost, then writes where the caller does (bpsh's ghosts), or,
+/// with `rejoin`, to the caller's listener as the same rank.
+pub fn spawn_keeping_output(
+    program: &str,
+    comm: &str,
+    n: usize,
+    rejoin: Option<&Rejoin>,
+) -> std::io::Result<Vec<i32>> {
+    Ok(spawn_with(program, comm, n, Io::Output(rejoin))?.into_iter().map(|(pid, _)| pid).collect())
 }
 
 /// What a new ghost keeps of the caller's stdio.
 enum Io<'a> {
     /// Nothing.
     None,
-    /// Stdout and stderr.
-    Output,
+    /// Stdout and stderr (and where output goes after a move back, if forwarded).
+    Output(Option<&'a Rejoin>),
     /// Stdout and stderr, with a relay for connections presenting this token.
     Relay(&'a [u8; 16]),
 }
@@ -67,6 +75,9 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
     }
     let mut cmd = Command::new(program);
     cmd.arg0(format!("[{comm}]")).env_clear().env("BPROC_SOCKET", crate::socket_path());
+    if let Io::Output(Some(r)) = &io {
+        cmd.env(bproc_proto::conn::ENV_REJOIN, r.encode());
+    }
     // How long the ghosts wait for a master that restarts.
     if let Some(grace) = std::env::var_os("BPROC_GRACE") {
         cmd.env("BPROC_GRACE", grace);
@@ -77,7 +88,7 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
         // gets it as stdout and stderr directly (no list of pids needs stdout's place).
         cmd.stdin(Stdio::null());
         match io {
-            Io::Output => {
+            Io::Output(_) => {
                 use std::os::fd::AsFd;
                 let out = std::io::stdout().as_fd().try_clone_to_owned()?;
                 cmd.stdout(Stdio::from(out)).stderr(Stdio::inherit());
@@ -90,7 +101,7 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
     }
     cmd.env("BPROC_GHOST_COUNT", n.to_string());
     match io {
-        Io::Relay(_) | Io::Output => {
+        Io::Relay(_) | Io::Output(_) => {
             use std::os::fd::AsFd;
             // The pipe for the ghosts' lines takes stdout's place, so the caller's stdout,
             // where the ghosts write their processes' output, goes in as their stdin.

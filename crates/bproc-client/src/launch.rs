@@ -332,11 +332,22 @@ pub fn ghosts_for(program: &str, comm: &str, nodes: &[i32]) -> Vec<i32> {
 }
 
 /// [`ghosts_for`], the ghosts keeping the caller's stdout and stderr (bpsh's: a process that
-/// moves back to the front end into its ghost writes there).
-pub fn ghosts_keeping_output(program: &str, comm: &str, nodes: &[i32]) -> Vec<i32> {
+/// moves back to the front end into its ghost writes there, or, when the caller forwards its
+/// ranks' output to a listener, `rejoin`'s fds connect there again as the same rank).
+pub fn ghosts_keeping_output(
+    program: &str,
+    comm: &str,
+    nodes: &[i32],
+    rejoin: Option<crate::ghost::Rejoin>,
+) -> Vec<i32> {
     let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
-    let mut made =
-        crate::ghost::spawn_keeping_output(program, comm, remote).unwrap_or_default().into_iter();
+    let rejoin = rejoin.map(|r| crate::ghost::Rejoin {
+        ranks: (0..nodes.len() as u32).filter(|&i| nodes[i as usize] != NODE_MASTER).collect(),
+        ..r
+    });
+    let mut made = crate::ghost::spawn_keeping_output(program, comm, remote, rejoin.as_ref())
+        .unwrap_or_default()
+        .into_iter();
     nodes.iter().map(|&n| if n == NODE_MASTER { 0 } else { made.next().unwrap_or(0) }).collect()
 }
 

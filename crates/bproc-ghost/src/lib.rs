@@ -100,8 +100,10 @@ pub fn main(argv0: OsString) -> ExitCode {
         return ExitCode::from(255);
     }
     let mut relay = None;
+    let mut index = 0;
     if let Some(count) = std::env::var(ENV_COUNT).ok().and_then(|v| v.parse::<usize>().ok()) {
         let (me, made) = make_siblings(count);
+        index = me;
         if let Some(r) = relay::Relay::from_env() {
             // Each ghost has its own listener, so each writes its own line, with the port.
             let line = match &r {
@@ -149,6 +151,15 @@ pub fn main(argv0: OsString) -> ExitCode {
     if relay.is_none() {
         relay = relay::Relay::from_env().and_then(Result::ok);
     }
+    // A launcher's ghost (not an rforked child's) learns where its rank's output rejoins.
+    let forked = std::env::var(ENV_FORK).is_ok_and(|v| v != "0");
+    if let (false, Some(r)) = (forked, std::env::var(bproc_proto::conn::ENV_REJOIN).ok()) {
+        if let Some(r) = bproc_proto::conn::Rejoin::decode(&r) {
+            if let Some(&rank) = r.ranks.get(index) {
+                let _ = REJOIN.set((r, rank));
+            }
+        }
+    }
     let mut ctl = match control() {
         Ok(c) => c,
         Err(e) => {
@@ -157,7 +168,6 @@ pub fn main(argv0: OsString) -> ExitCode {
         }
     };
     // The ghost of an rforked child (forked by its caller's ghost) says where it relays.
-    let forked = std::env::var(ENV_FORK).is_ok_and(|v| v != "0");
     if let (true, Some(r)) = (forked, &relay) {
         let msg = Message::GhostRelayPort { port: r.port() };
         if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
@@ -467,6 +477,31 @@ fn rfork_ghost(fork: u64, comm: &str, token: &[u8; 16]) -> Option<ExitCode> {
 
 /// Becomes the process again: restores its image, fetched from `image`, into this process.
 /// Returns only on failure, with the errno to report (this ghost goes on as before).
+/// Where this ghost's rank's forwarded output rejoins its launcher, and the rank.
+static REJOIN: std::sync::OnceLock<(bproc_proto::conn::Rejoin, u32)> = std::sync::OnceLock::new();
+
+/// Before the process moves back in: its forwarded stdout and stderr become connections to
+/// the launcher again, as the same rank, opened while its copy on the node still runs, so the
+/// launcher reads them after that copy's streams end and what the node wrote comes out first.
+/// A stream that cannot connect is left as it was (the launcher's stdout or stderr itself).
+fn rejoin_launcher() {
+    let Some((r, rank)) = REJOIN.get() else { return };
+    for &fd in &r.fds {
+        let opened =
+            std::net::TcpStream::connect_timeout(&r.addr.into(), DRAIN).and_then(|mut s| {
+                s.set_nodelay(true)?;
+                s.write_all(&bproc_proto::conn::header(&r.token, *rank, fd))?;
+                Ok(s)
+            });
+        match opened {
+            Ok(s) => {
+                let _ = nix::unistd::dup2(s.as_raw_fd(), i32::from(fd));
+            }
+            Err(e) => eprintln!("bpghost: cannot reach the launcher at {}: {e}", r.addr),
+        }
+    }
+}
+
 fn take_back(
     image: bproc_proto::Endpoint,
     token: [u8; 16],
@@ -497,6 +532,9 @@ fn take_back(
         }
     };
     let reader = std::io::BufReader::with_capacity(1 << 20, s);
+    if relay.is_none() {
+        rejoin_launcher();
+    }
     // Runs in the restore's helper, with the process restored but held: the master is told
     // (so the copy on the node may end), and what that copy wrote comes out first.
     // The process finds the master's socket where it is now.

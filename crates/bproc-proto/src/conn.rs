@@ -146,6 +146,47 @@ pub fn parse(h: &[u8; HEADER_LEN]) -> ([u8; 16], u32, u8) {
     (token, u32::from_be_bytes([h[16], h[17], h[18], h[19]]), h[20])
 }
 
+/// Environment variable that hands a launcher's ghosts its [`Rejoin`].
+pub const ENV_REJOIN: &str = "BPROC_GHOST_REJOIN";
+
+/// Where a launcher reads its ranks' forwarded output (bpsh's listener), so that a process
+/// that moves back to the front end, into its ghost, connects its output there again as the
+/// same rank, after what its copy on the node wrote (as a process moving on from node to node
+/// does), instead of writing to the launcher's stdout ahead of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejoin {
+    /// The listener.
+    pub addr: std::net::SocketAddrV4,
+    /// The token its connections present.
+    pub token: [u8; 16],
+    /// The forwarded fds among 1 and 2.
+    pub fds: Vec<u8>,
+    /// The rank of each ghost, in the order they are made.
+    pub ranks: Vec<u32>,
+}
+
+impl Rejoin {
+    /// As an environment value: `ADDR:PORT TOKEN FDS RANK,RANK...`.
+    pub fn encode(&self) -> String {
+        let fds: String = self.fds.iter().map(|f| char::from(b'0' + f % 10)).collect();
+        let ranks: Vec<String> = self.ranks.iter().map(u32::to_string).collect();
+        format!("{} {} {fds} {}", self.addr, hex::encode(self.token), ranks.join(","))
+    }
+
+    /// A value [`Rejoin::encode`] made; `None` for anything else.
+    pub fn decode(value: &str) -> Option<Rejoin> {
+        let mut words = value.split(' ');
+        let addr = words.next()?.parse().ok()?;
+        let token = hex::decode(words.next()?).ok()?.try_into().ok()?;
+        let fds = words.next()?.bytes().map(|b| b.checked_sub(b'0')).collect::<Option<_>>()?;
+        let ranks = match words.next()? {
+            "" => Vec::new(),
+            list => list.split(',').map(|r| r.parse().ok()).collect::<Option<_>>()?,
+        };
+        Some(Rejoin { addr, token, fds, ranks })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +207,20 @@ mod tests {
         assert_eq!(answer_len(a[..4].try_into().unwrap(), 2).unwrap(), 2);
         assert_eq!(&a[4..], &[1, 0]);
         assert!(answer_len(a[..4].try_into().unwrap(), 3).is_err());
+    }
+
+    #[test]
+    fn rejoin_survives_the_environment() {
+        let r = Rejoin {
+            addr: "127.0.0.1:40000".parse().unwrap(),
+            token: [0xab; 16],
+            fds: vec![1, 2],
+            ranks: vec![0, 2, 3],
+        };
+        assert_eq!(Rejoin::decode(&r.encode()), Some(r.clone()));
+        let none = Rejoin { fds: vec![], ranks: vec![], ..r };
+        assert_eq!(Rejoin::decode(&none.encode()), Some(none));
+        assert_eq!(Rejoin::decode("127.0.0.1:1 zz 1 0"), None);
+        assert_eq!(Rejoin::decode("nonsense"), None);
     }
 }
