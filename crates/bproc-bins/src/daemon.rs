@@ -42,7 +42,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use thiserror::Error;
 
-use crate::logging::{Facility, LogError, Target};
+use crate::logging::{self, Facility, LogError, Target};
 use crate::notify::Notifier;
 
 /// Why the daemon cannot go to the background.
@@ -198,7 +198,7 @@ impl Daemon {
         } else {
             Target::Stderr
         };
-        if let Some(warning) = crate::logging::init(target, verbosity) {
+        if let Some(warning) = logging::init(target, verbosity) {
             eprintln!("{}: {warning}", self.name);
         }
         Ok(())

@@ -700,6 +700,7 @@ fn rejoin(p: &Prepared, spec: &ProcSpec) -> Option<bproc_client::ghost::Rejoin> 
         addr: std::net::SocketAddrV4::new(ip, spec.io_port),
         token: spec.token,
         fds,
+        // Each ghost's rank: `ghosts_keeping_output` knows which ranks get ghosts.
         ranks: Vec::new(),
     })
 }

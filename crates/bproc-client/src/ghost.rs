@@ -6,6 +6,8 @@
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
+pub use bproc_proto::conn::Rejoin;
+
 /// The `comm` of a program: its file name, cut to the kernel's 15 bytes.
 ///
 /// ```
@@ -27,8 +29,6 @@ pub fn comm_of(path: &str) -> String {
 pub fn spawn(program: &str, comm: &str, n: usize) -> std::io::Result<Vec<i32>> {
     Ok(spawn_with(program, comm, n, Io::None)?.into_iter().map(|(pid, _)| pid).collect())
 }
-
-pub use bproc_proto::conn::Rejoin;
 
 /// [`spawn`] for ghosts that keep the caller's stdout and stderr: a process that moves back
 /// to the front end, into its ghost, then writes where the caller does (bpsh's ghosts), or,
