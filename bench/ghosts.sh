@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Ghost benchmark: what a ghost costs on the front end. Creates N ghosts the way launchers
-# do (one exec of bpghost, the rest forked from it), connected to a running bpmaster, and
-# measures the time per ghost and its memory: user memory (PSS, from smaps_rollup) and kernel
-# memory (the growth of Slab + KernelStack + PageTables in /proc/meminfo). The baseline, in
-# the same run, is N `sleep` processes started one by one with fork and exec.
+# do (one exec of bpghost, the rest light tasks sharing its address space), connected to a
+# running bpmaster, and measures the time per ghost and its memory: user memory (PSS, from
+# smaps_rollup, each address space counted once) and kernel memory (the growth of Slab +
+# KernelStack + PageTables in /proc/meminfo, which includes the master's end of each
+# connection). The baseline, in the same run, is N `sleep` processes started one by one with
+# fork and exec.
 #
 #   bench/ghosts.sh            # N=1000, medians of 5 rounds
 #   N=200 RUNS=3 bench/ghosts.sh
-#   N=20000 RUNS=1 bench/ghosts.sh   # the 20,000 live ghosts of the target (about 2.5 GiB)
+#   N=20000 RUNS=1 bench/ghosts.sh   # the 20,000 live ghosts of the target (about 5 GiB, most of it the baseline)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-1000}
@@ -21,7 +23,8 @@ export BPROC_SOCKET=$DIR/c/master.sock
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 kernel_kib() { awk '/^(Slab|KernelStack|PageTables):/ {s += $2} END {print s}' /proc/meminfo; }
-pss_kib() { local s=0 p v; for p in "$@"; do v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0); s=$((s + v)); done; echo "$s"; }
+# Each address space once: the ghosts of one launch share one (bench/lib/pss.py).
+pss_kib() { python3 bench/lib/pss.py "$@"; }
 
 # One round: creates N processes with "$@" (which prints their pids), measures, kills them.
 # Prints: microseconds per process, user KiB per process, kernel KiB per process.

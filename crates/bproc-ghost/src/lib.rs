@@ -26,6 +26,10 @@
 //!
 //! The ghost of a moved or rforked process also relays that process's output ([`relay`]).
 //!
+//! The ghosts of one launch share one address space ([`light`]): each does the above for
+//! signals, stops and the end itself, and for anything else becomes a full ghost by
+//! executing this program again.
+//!
 //! SIGKILL cannot be caught: the master sees the ghost's connection close while the remote
 //! process still runs, and kills that process.
 //!
@@ -36,6 +40,7 @@
 //! BProc's "violent death": by then the nodes have ended its process.
 #![deny(missing_docs)]
 
+pub mod light;
 pub mod relay;
 pub mod spawn;
 
@@ -47,8 +52,10 @@ use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 
 use bproc_proto::{ExitStatus, Header, Message, HEADER_LEN};
+use bproc_sys::task::raw;
+use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, raise, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 
@@ -58,6 +65,12 @@ pub const ENV_FD: &str = "BPROC_GHOST_FD";
 pub const ENV_FORK: &str = "BPROC_GHOST_FORK";
 /// Environment variable asking for this many ghosts in all (see [`main`]).
 pub const ENV_COUNT: &str = "BPROC_GHOST_COUNT";
+/// Environment variable: which of the launch's ghosts this one is (a light ghost that
+/// becomes a full one, see [`light`]); 0 when not set.
+pub const ENV_INDEX: &str = "BPROC_GHOST_INDEX";
+/// Environment variable: `STOP,CONT`, the stop signal a ghost forwarded last and whether a
+/// SIGCONT was forwarded since (a light ghost that becomes a full one).
+pub const ENV_STATE: &str = "BPROC_GHOST_STATE";
 /// Set by a launcher that gives its ghosts its stdout (as their stdin, since stdout carries
 /// the pid list) and stderr: the ghost keeps them as its fds 1 and 2, so a process that moves
 /// back to the front end into its ghost writes where its launcher does.
@@ -100,8 +113,13 @@ pub fn main(argv0: OsString) -> ExitCode {
         return ExitCode::from(255);
     }
     let mut relay = None;
-    let mut index = 0;
+    let mut index = std::env::var(ENV_INDEX).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     if let Some(count) = std::env::var(ENV_COUNT).ok().and_then(|v| v.parse::<usize>().ok()) {
+        // Ghosts with no output to relay share one address space; if that cannot be had,
+        // each is a fork.
+        if std::env::var_os(relay::ENV_IO).is_none() && count > 1 {
+            light::start(count, argv0.as_bytes());
+        }
         let (me, made) = make_siblings(count);
         index = me;
         if let Some(r) = relay::Relay::from_env() {
@@ -113,20 +131,8 @@ pub fn main(argv0: OsString) -> ExitCode {
             let _ = nix::unistd::write(std::io::stdout(), line.as_bytes());
             relay = r.ok();
         }
-        let made = if relay.is_some() { Vec::new() } else { made };
-        // Whole lines, at most PIPE_BUF bytes a write: writes of several makers interleave
-        // only between lines.
-        let mut chunk = String::new();
-        for (i, pid) in made {
-            let line = format!("{i} {pid}\n");
-            if chunk.len() + line.len() > 4000 {
-                let _ = nix::unistd::write(std::io::stdout(), chunk.as_bytes());
-                chunk.clear();
-            }
-            chunk.push_str(&line);
-        }
-        if !chunk.is_empty() {
-            let _ = nix::unistd::write(std::io::stdout(), chunk.as_bytes());
+        if relay.is_none() {
+            write_lines(&made);
         }
         // Only the launcher's reader had use for stdout: let it see the end. A relay writes
         // its process's output to the launcher's stdout, which came in as stdin (the pipe
@@ -171,10 +177,31 @@ pub fn main(argv0: OsString) -> ExitCode {
     if let (true, Some(r)) = (forked, &relay) {
         let msg = Message::GhostRelayPort { port: r.port() };
         if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
-            return violent_death();
+            violent_death();
         }
     }
-    serve(sfd, ctl, relay)
+    // A light ghost that became this one says where it was.
+    let state = std::env::var(ENV_STATE).unwrap_or_default();
+    let (stop, cont) = state.split_once(',').unwrap_or(("0", "0"));
+    STOP_SIGNAL.store(stop.parse().unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    serve(sfd, ctl, relay, cont == "1")
+}
+
+/// Writes `INDEX PID` lines to stdout for the launcher: whole lines, at most PIPE_BUF bytes a
+/// write, so that writes of several makers interleave only between lines.
+fn write_lines(made: &[(usize, i32)]) {
+    let mut chunk = String::new();
+    for (i, pid) in made {
+        let line = format!("{i} {pid}\n");
+        if chunk.len() + line.len() > 4000 {
+            let _ = nix::unistd::write(std::io::stdout(), chunk.as_bytes());
+            chunk.clear();
+        }
+        chunk.push_str(&line);
+    }
+    if !chunk.is_empty() {
+        let _ = nix::unistd::write(std::io::stdout(), chunk.as_bytes());
+    }
 }
 
 /// Ghosts a maker makes itself; beyond, it hands half of its range to a sibling that makes
@@ -292,51 +319,54 @@ fn read_frame(s: &mut UnixStream) -> Option<Message> {
 /// process would have stopped on; 0 for none (a stop on the node: SIGSTOP).
 static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// Stops this ghost as its process stopped: with the stop signal it forwarded last, or
-/// SIGSTOP. The signal is blocked (read from the signalfd), so it is raised and let through
-/// for the moment it takes to stop; the ghost goes on here once continued.
-fn stop_as_the_process() {
-    let sig = STOP_SIGNAL.swap(0, std::sync::atomic::Ordering::Relaxed);
-    let Some(sig) = Signal::try_from(sig).ok().filter(|s| is_stop(*s as i32)) else {
-        let _ = raise(Signal::SIGSTOP);
+/// Stops this ghost as its process stopped: with `sig`, the stop signal it forwarded last
+/// (SIGTSTP, SIGTTIN, SIGTTOU), or else SIGSTOP. The signal is blocked (read from the
+/// signalfd), so it is raised and let through for the moment it takes to stop; the ghost
+/// goes on here once continued. Direct system calls only: a light ghost calls it too.
+pub(crate) fn stop_as(sig: i32) {
+    let me = raw::getpid();
+    if !is_stop(sig) {
+        let _ = raw::kill(me, libc::SIGSTOP);
         return;
-    };
-    let mut one = SigSet::empty();
-    one.add(sig);
-    let _ = raise(sig);
+    }
+    let _ = raw::kill(me, sig);
     // The pending signal is delivered (its default action stops this process) on unblocking.
-    let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&one), None);
-    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&one), None);
+    let _ = raw::sigprocmask(libc::SIG_UNBLOCK, Some(bit(sig)));
+    let _ = raw::sigprocmask(libc::SIG_BLOCK, Some(bit(sig)));
     // In an orphaned process group the kernel drops it instead; a ghost that stopped was
     // continued by a SIGCONT, which waits in the signalfd.
-    if !sigcont_pending() {
-        let _ = raise(Signal::SIGSTOP);
+    if raw::sigpending().is_ok_and(|p| p & bit(libc::SIGCONT) == 0) {
+        let _ = raw::kill(me, libc::SIGSTOP);
     }
 }
 
-/// Whether a SIGCONT is pending for this process (`/proc/self/status`).
-fn sigcont_pending() -> bool {
-    let bit = 1u64 << (Signal::SIGCONT as u32 - 1);
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|t| {
-        t.lines()
-            .filter_map(|l| l.strip_prefix("ShdPnd:").or_else(|| l.strip_prefix("SigPnd:")))
-            .any(|v| u64::from_str_radix(v.trim(), 16).is_ok_and(|m| m & bit != 0))
-    })
+/// Signal `sig`'s bit in the kernel's mask.
+fn bit(sig: i32) -> u64 {
+    if (1..=64).contains(&sig) {
+        1 << (sig - 1)
+    } else {
+        0
+    }
 }
 
 /// Signals that stop a process by default; forwarding one asks for a stop.
-fn is_stop(sig: i32) -> bool {
+pub(crate) fn is_stop(sig: i32) -> bool {
     [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU].iter().any(|s| *s as i32 == sig)
 }
 
 /// How long a ghost waits for its process's last output.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) -> ExitCode {
-    // A SIGCONT forwarded since the last stop request or notice: a stop notice that comes
-    // after it is stale (Ctrl-Z then at once `fg`; or this ghost was stopped by a SIGSTOP of
-    // its own, which the master passed on, and continued since).
-    let mut cont_pending = false;
+/// Serves the master and the signals until the process ends. `cont_pending`: a SIGCONT was
+/// forwarded since the last stop request or notice, so a stop notice that comes after it is
+/// stale (Ctrl-Z then at once `fg`; or this ghost was stopped by a SIGSTOP of its own, which
+/// the master passed on, and continued since).
+fn serve(
+    sfd: SignalFd,
+    mut ctl: UnixStream,
+    mut relay: Option<relay::Relay>,
+    mut cont_pending: bool,
+) -> ExitCode {
     loop {
         let mut fds = vec![
             PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
@@ -348,7 +378,7 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::Error::EINTR) => continue,
-            Err(_) => return violent_death(),
+            Err(_) => violent_death(),
         }
         let ready: Vec<bool> =
             fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
@@ -364,7 +394,7 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
                 // Lost with the connection; the master that comes back is sent the rest.
                 match reconnect(&sfd, &mut cont_pending) {
                     Some(c) => ctl = c,
-                    None => return violent_death(),
+                    None => violent_death(),
                 }
             }
         }
@@ -374,7 +404,7 @@ fn serve(sfd: SignalFd, mut ctl: UnixStream, mut relay: Option<relay::Relay>) ->
         match read_frame(&mut ctl) {
             None => match reconnect(&sfd, &mut cont_pending) {
                 Some(c) => ctl = c,
-                None => return violent_death(),
+                None => violent_death(),
             },
             Some(msg) => {
                 if let Some(code) = on_message(msg, &mut ctl, &mut relay, &mut cont_pending) {
@@ -397,13 +427,13 @@ fn on_message(
             if let Some(r) = relay {
                 r.drain(DRAIN);
             }
-            return Some(die(status));
+            die(status)
         }
         Message::GhostRestore { image, token } => {
             let code = take_back(image, token, ctl, relay);
             let msg = Message::GhostRestored { code };
             if ctl.write_all(&bproc_proto::encode(0, &msg)).is_err() {
-                return Some(violent_death());
+                violent_death()
             }
         }
         Message::GhostSpawn { launch, rank, spec } => {
@@ -416,7 +446,7 @@ fn on_message(
         }
         Message::GhostState { stopped } => {
             if stopped && !*cont_pending {
-                stop_as_the_process();
+                stop_as(STOP_SIGNAL.swap(0, std::sync::atomic::Ordering::Relaxed));
             }
             *cont_pending = false;
         }
@@ -457,7 +487,7 @@ fn fork_ghost(fork: u64, comm: &str, ctl: &mut UnixStream) -> Option<ExitCode> {
         }
         // The child's copies of the signalfd and connection close on exec.
         reexec(comm, &[(ENV_FORK, fork.to_string())]);
-        return Some(violent_death());
+        violent_death()
     }
     None
 }
@@ -470,7 +500,7 @@ fn rfork_ghost(fork: u64, comm: &str, token: &[u8; 16]) -> Option<ExitCode> {
         // its caller's would be on the front end.
         let io = relay::env_value(token, None);
         reexec(comm, &[(ENV_FORK, fork.to_string()), (relay::ENV_IO, io)]);
-        return Some(violent_death());
+        violent_death()
     }
     None
 }
@@ -586,34 +616,37 @@ fn reexec(comm: &str, env: &[(&str, String)]) {
             envp.extend(CString::new(kv));
         }
     }
+    // The process's output still rejoins its launcher as its rank (a ghost of a fork ignores
+    // it: it is not a launcher's).
+    if let Some((r, rank)) = REJOIN.get() {
+        let mine = bproc_proto::conn::Rejoin { ranks: vec![*rank], ..r.clone() };
+        let kv = format!("{}={}", bproc_proto::conn::ENV_REJOIN, mine.encode());
+        envp.extend(CString::new(kv));
+    }
     let _ = nix::unistd::execve(&exe, &[arg0], &envp);
 }
 
-/// Ends the ghost as the remote process ended: dies by its signal, or returns its code.
-fn die(status: ExitStatus) -> ExitCode {
+/// Ends the ghost as the remote process ended: dies by its signal, or exits with its code.
+/// Direct system calls only: a light ghost calls it too.
+pub(crate) fn die(status: ExitStatus) -> ! {
     match status {
-        ExitStatus::Code(c) => ExitCode::from((c & 0xff) as u8),
+        ExitStatus::Code(c) => raw::exit_group(c & 0xff),
         ExitStatus::Signal(s) => {
-            if let Ok(sig) = Signal::try_from(s) {
-                // No core file, so the parent sees the signal with the core flag clear.
-                let _ =
-                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
-                let mut one = SigSet::empty();
-                one.add(sig);
-                let _ = kill(Pid::this(), sig);
-                let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&one), None);
-            }
+            // No core file, so the parent sees the signal with the core flag clear.
+            raw::no_core();
+            let _ = raw::kill(raw::getpid(), s);
+            let _ = raw::sigprocmask(libc::SIG_UNBLOCK, Some(bit(s)));
             // A signal whose default is not to end a process: end with the shell's code.
-            ExitCode::from((128 + (s & 0x7f)) as u8)
+            raw::exit_group(128 + (s & 0x7f))
         }
         ExitStatus::NodeLost => violent_death(),
     }
 }
 
 /// The master did not come back or the node was lost: die as BProc's ghosts did, by SIGKILL.
-fn violent_death() -> ExitCode {
-    let _ = kill(Pid::this(), Signal::SIGKILL);
-    ExitCode::from(137)
+pub(crate) fn violent_death() -> ! {
+    let _ = raw::kill(raw::getpid(), libc::SIGKILL);
+    raw::exit_group(137)
 }
 
 #[cfg(test)]

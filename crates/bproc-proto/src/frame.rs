@@ -62,7 +62,16 @@ impl Header {
 
 /// Encodes `msg` as one complete frame with request id `id`.
 pub fn encode(id: u32, msg: &Message) -> Vec<u8> {
-    let mut w = Writer::new(Vec::with_capacity(64));
+    let mut buf = Vec::with_capacity(64);
+    encode_into(&mut buf, id, msg);
+    buf
+}
+
+/// [`encode`] into `buf`, which is cleared first: nothing is allocated when `buf` has room
+/// for the frame (a ghost that shares its address space must not allocate).
+pub fn encode_into(buf: &mut Vec<u8>, id: u32, msg: &Message) {
+    buf.clear();
+    let mut w = Writer::new(std::mem::take(buf));
     w.fixed(&MAGIC);
     w.u8(VERSION);
     w.u8(0);
@@ -70,11 +79,10 @@ pub fn encode(id: u32, msg: &Message) -> Vec<u8> {
     w.u32(id);
     w.u32(0); // length, patched below
     msg.encode_body(&mut w);
-    let mut buf = w.into_inner();
+    *buf = w.into_inner();
     let len = (buf.len() - HEADER_LEN) as u32;
     buf[12..16].copy_from_slice(&len.to_be_bytes());
     debug_assert!(len as usize <= MAX_BODY, "encoded body over MAX_BODY");
-    buf
 }
 
 /// Checks whether `buf` starts with a complete frame.

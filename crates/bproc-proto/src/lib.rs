@@ -38,7 +38,9 @@ pub const DEFAULT_PORT: u16 = 2223;
 pub const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
 
 pub use codec::{DecodeError, Reader, Writer};
-pub use frame::{check, decode, decode_body, encode, Header, HEADER_LEN, MAGIC, MAX_BODY, VERSION};
+pub use frame::{
+    check, decode, decode_body, encode, encode_into, Header, HEADER_LEN, MAGIC, MAX_BODY, VERSION,
+};
 pub use msg::{Message, MESSAGE_TYPES};
 pub use parts::{
     split_tree, CopyLink, CopyOpts, CopyRequest, CopyTask, Creds, Endpoint, ExitStatus, FdIo,

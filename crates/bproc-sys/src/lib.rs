@@ -11,7 +11,8 @@
 //! - Giving one thread of a daemon the caller's filesystem identity for a copy
 //!   ([`thread_fs_identity`]), which needs the raw `setgroups` system call.
 //! - Forwarded signals that name their sender ([`signal_from`]).
-//! - The ghost's process plumbing: forks, inherited fds, signal dispositions.
+//! - The ghost's process plumbing: forks, inherited fds, signal dispositions, and the light
+//!   tasks that let the ghosts of one launch share one address space ([`task`]).
 //!
 //! It also reads what the kernel says about another process ([`peer`]: groups, limits,
 //! umask), since that is as raw as the rest and every daemon needs it.
@@ -22,6 +23,7 @@ pub mod forkpid;
 pub mod peer;
 pub mod procevents;
 mod spawn;
+pub mod task;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,

@@ -158,7 +158,7 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
     // SAFETY: the child runs `child_entry` on `stack`, reading `ctx` (alive until this call
     // returns, which happens only once the child has exec'd or exited) and writing only its
     // `errno`; it makes direct system calls only and never returns.
-    let pid = unsafe { clone3_vfork(&args, child_entry, (&mut ctx as *mut ChildCtx).cast()) };
+    let pid = unsafe { clone3_entry(&args, child_entry, (&mut ctx as *mut ChildCtx).cast()) };
     drop(stack);
     if pid < 0 {
         return Err(std::io::Error::from_raw_os_error(-pid as i32));
@@ -247,7 +247,7 @@ extern "C" fn child_entry(ctx: *mut libc::c_void) -> ! {
 /// `args` must name a valid stack; `entry` must never return and may only make direct system
 /// calls while it shares the caller's memory.
 #[cfg(target_arch = "x86_64")]
-unsafe fn clone3_vfork(
+pub(crate) unsafe fn clone3_entry(
     args: &CloneArgs,
     entry: extern "C" fn(*mut libc::c_void) -> !,
     arg: *mut libc::c_void,
@@ -284,13 +284,13 @@ unsafe fn clone3_vfork(
 /// # Safety
 /// As for the x86-64 version.
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn clone3_vfork(
+pub(crate) unsafe fn clone3_entry(
     args: &CloneArgs,
     entry: extern "C" fn(*mut libc::c_void) -> !,
     arg: *mut libc::c_void,
 ) -> i64 {
     let plain = CloneArgs {
-        flags: 0,
+        flags: args.flags & !((libc::CLONE_VM | libc::CLONE_VFORK) as u64),
         stack: 0,
         stack_size: 0,
         exit_signal: args.exit_signal,
@@ -806,29 +806,9 @@ pub fn signal_from(pid: i32, signal: i32, sender: i32) -> nix::Result<()> {
         let sig = nix::sys::signal::Signal::try_from(signal)?;
         return nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
     }
-    // SAFETY: a zeroed siginfo_t is a valid value; the fields written below are the ones
-    // rt_sigqueueinfo reads for SI_QUEUE (signo, code, pid, uid at their kernel offsets).
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    info.si_signo = signal;
-    info.si_code = libc::SI_QUEUE;
-    // si_pid and si_uid follow the three leading ints (signo, errno, code) and padding.
-    #[repr(C)]
-    struct Head {
-        signo: i32,
-        errno: i32,
-        code: i32,
-        pad: i32,
-        pid: i32,
-        uid: u32,
-    }
-    // SAFETY: `Head` is a prefix of the kernel's siginfo layout on 64-bit Linux and smaller
-    // than siginfo_t; both are plain old data.
-    unsafe {
-        let head = &mut *(&mut info as *mut libc::siginfo_t).cast::<Head>();
-        head.pid = sender;
-        head.uid = libc::getuid();
-    }
-    // SAFETY: `info` is a live, initialised siginfo_t.
+    let uid = nix::unistd::getuid().as_raw();
+    let info = crate::task::SigInfo::new(signal, libc::SI_QUEUE, sender, uid);
+    // SAFETY: `info` is a live siginfo_t in the kernel's layout, which the call only reads.
     let r = unsafe { libc::syscall(libc::SYS_rt_sigqueueinfo, pid, signal, &info) };
     if r != 0 {
         return Err(nix::Error::last());

@@ -253,6 +253,89 @@ fn remote_forks_become_ghosts() {
     drop(bpsh);
 }
 
+/// The ghosts of a launch on several nodes share one address space while they forward
+/// signals and wait (light ghosts): a stop and a continue pass through them, and a signal ends
+/// the remote process and its ghost by that signal. A fork on a node makes its parent's ghost
+/// a full one, with memory of its own, and the fork's ghost appears under it.
+#[test]
+fn a_launchs_ghosts_share_one_address_space() {
+    use bproc_sys::peer::same_address_space;
+    if !require_root("processes forked on a node are followed through the kernel's process events (CAP_NET_ADMIN)") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 3, "ghost-light");
+    let bpsh = |cmd: &[&str]| {
+        Reaped(
+            Command::new(bins().join("bpsh"))
+                .arg("1,2")
+                .args(cmd)
+                .env("BPROC_SOCKET", c.socket())
+                .stdin(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let ghosts = |want: usize| {
+        until(20, "the remote processes", || {
+            let p = c.client().ok()?.procs().ok()?;
+            let mut g: Vec<(i32, i32)> = p.iter().map(|e| (e.node, e.pid)).collect();
+            g.sort();
+            (g.len() == want).then_some(g)
+        })
+    };
+
+    let mut sleeps = bpsh(&["sleep", "100"]);
+    let g = ghosts(2);
+    let (one, two) = (g[0].1, g[1].1);
+    assert!(same_address_space(one, two).unwrap(), "ghosts {one} and {two} of one launch");
+    let launcher = sleeps.0.id() as i32;
+    assert!(!same_address_space(one, launcher).unwrap(), "a ghost and bpsh");
+    assert_eq!(ps(one).map(|p| p.0), Some(launcher), "a ghost is bpsh's child");
+    kill(Pid::from_raw(one), Signal::SIGTSTP).unwrap();
+    until(10, "the ghost to stop with its process", || (ps(one)?.1 == 'T').then_some(()));
+    kill(Pid::from_raw(one), Signal::SIGCONT).unwrap();
+    until(10, "the ghost to go on", || (ps(one)?.1 != 'T').then_some(()));
+    for g in [one, two] {
+        kill(Pid::from_raw(g), Signal::SIGTERM).unwrap();
+    }
+    let status = until(10, "bpsh to end", || sleeps.0.try_wait().unwrap());
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut sleeps.0.stderr.take().unwrap(), &mut said).unwrap();
+    assert_eq!(status.code(), Some(255), "ranks killed by a signal: {said}");
+    for node in [1, 2] {
+        let line = format!("bpsh: Child process on node {node} exited abnormally.");
+        assert!(said.contains(&line), "{said}");
+    }
+    until(10, "the remote processes to end", || {
+        c.client().ok()?.procs().ok()?.is_empty().then_some(())
+    });
+
+    let forks = bpsh(&["sh", "-c", "sleep 100 & wait"]);
+    let g = ghosts(4);
+    let shells: Vec<i32> = g
+        .iter()
+        .map(|e| e.1)
+        .filter(|p| ps(*p).is_some_and(|p| p.0 == forks.0.id() as i32))
+        .collect();
+    assert_eq!(shells.len(), 2, "{g:?}");
+    assert!(!same_address_space(shells[0], shells[1]).unwrap(), "ghosts that forked");
+    for shell in &shells {
+        until(10, "the sleep's ghost under its shell's", || {
+            let kids =
+                g.iter().filter(|e| ps(e.1).is_some_and(|p| p.0 == *shell && p.2 == "[sleep]"));
+            (kids.count() == 1).then_some(())
+        });
+    }
+    for e in &g {
+        let _ = kill(Pid::from_raw(e.1), Signal::SIGKILL);
+    }
+    until(10, "the remote processes to end", || {
+        c.client().ok()?.procs().ok()?.is_empty().then_some(())
+    });
+    drop(forks);
+}
+
 /// Ctrl-Z on `bpsh 1 sleep 100` in an interactive shell stops the remote process and the
 /// job; `fg` resumes both; Ctrl-C ends it.
 #[test]

@@ -153,6 +153,18 @@ fn bpsh_follows_a_process_back_to_the_front_end() {
     let out = c.cmd("bpsh").args(["1", exe.to_str().unwrap()]).timeout(10).exits(3);
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "on node 1\nback on node -1 as pid same\n");
     assert_eq!(String::from_utf8(out.stderr).unwrap(), "stderr on node -1\n");
+    // Two ranks: their ghosts share one address space until the move back, when each becomes
+    // a full ghost to take its process in; each rank's lines stay in order, under its prefix.
+    let out = c.cmd("bpsh").args(["-p", "0,1", exe.to_str().unwrap()]).timeout(10).exits(3);
+    let (text, err) =
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
+    for n in [0, 1] {
+        let on = text.find(&format!("{n:3}: on node {n}\n"));
+        let back = text.find(&format!("{n:3}: back on node -1 as pid same\n"));
+        assert!(on.is_some() && on < back, "{text}");
+        assert!(err.contains(&format!("{n:3}: stderr on node -1\n")), "{err}");
+    }
+    assert_eq!((text.lines().count(), err.lines().count()), (4, 2), "{text}{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

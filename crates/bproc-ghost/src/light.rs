@@ -1,0 +1,368 @@
+//! Light ghosts: the ghosts of one launch as tasks that share one address space.
+//!
+//! A forked ghost costs its own page tables and the pages it writes, about 120 KiB on the
+//! front end; a launch of thousands of ranks makes thousands. The ghosts of one launch are
+//! instead made as light tasks ([`bproc_sys::task`]): each is still a process of its own (its
+//! pid, its signals, its connection to the master, a child of the launcher) but they share
+//! the first ghost's memory, so a ghost costs a kernel task and a few pages of stack.
+//!
+//! A light ghost does the common part of a ghost's life itself, with direct system calls and
+//! no allocation (it shares the heap and thread-local storage it must not touch): it forwards
+//! signals, stops and continues with its process, and ends with its status. Anything else
+//! the master asks (a fork, an exec, a move back, a rank to start) or a connection that
+//! breaks, and it becomes a full ghost: it executes the ghost program again, which gets the
+//! connection (with the request still unread on it), its index and its stop state in the
+//! environment, and takes over with its own memory.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::{IntoRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use bproc_proto::{ExitStatus, Header, Message, HEADER_LEN};
+use bproc_sys::task::{raw, Task};
+use nix::errno::Errno;
+use nix::libc;
+
+/// What every ghost of the launch shares, prepared before the first task starts.
+struct Launch {
+    /// The ghost program, to become a full ghost.
+    exe: CString,
+    /// `[prog]`.
+    argv0: CString,
+    /// The environment a full ghost keeps (`KEY=VALUE`).
+    env: Vec<CString>,
+    /// The master's socket.
+    socket: Vec<u8>,
+    /// The `GhostHello` frame.
+    hello: Vec<u8>,
+    /// `/dev/null`, open.
+    null: RawFd,
+    /// The launcher's stdout came in as stdin (see [`crate::ENV_OUTPUT`]).
+    keep_output: bool,
+    /// The blocked signals, which the signalfd reads.
+    blocked: u64,
+    /// Message types a light ghost serves itself.
+    proc_exit: u16,
+    ghost_state: u16,
+}
+
+/// One light ghost's own state; only its task touches it.
+pub struct Ghost {
+    launch: &'static Launch,
+    index: usize,
+    /// Room for the frames it sends (a `GhostSignal`), allocated before it starts.
+    out: Vec<u8>,
+    stop_signal: i32,
+    cont_pending: bool,
+}
+
+/// Launches at least this big are made by two makers, one a core.
+const SPLIT: usize = 128;
+
+/// Makes the launch's `count` ghosts as light tasks, siblings of this process, and becomes
+/// ghost 0; each maker writes `INDEX PID` lines for the launcher on stdout. Returns only if
+/// it could not start, before any ghost was made; it makes fewer if the system runs out of
+/// processes.
+pub fn start(count: usize, argv0: &[u8]) -> Errno {
+    match prepare(count, argv0) {
+        Ok(ghosts) => split(ghosts),
+        Err(e) => e,
+    }
+}
+
+/// The launch's ghosts, and the stacks of all but the first.
+struct Maker {
+    ghosts: &'static mut [Ghost],
+    stacks: bproc_sys::task::TaskStacks,
+}
+
+fn prepare(count: usize, argv0: &[u8]) -> Result<&'static mut Maker, Errno> {
+    let stacks = bproc_sys::task::TaskStacks::new(count.saturating_sub(1).max(1))?;
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null");
+    let null = null.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let socket =
+        std::env::var_os("BPROC_SOCKET").unwrap_or_else(|| bproc_proto::DEFAULT_SOCKET.into());
+    let env = ["BPROC_SOCKET", crate::ENV_GRACE, bproc_proto::conn::ENV_REJOIN]
+        .iter()
+        .filter_map(|k| {
+            let v = std::env::var_os(k)?;
+            CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok()
+        })
+        .collect();
+    let exit = Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::Code(0) };
+    let launch: &'static Launch = Box::leak(Box::new(Launch {
+        exe: c"/proc/self/exe".to_owned(),
+        argv0: CString::new(argv0).map_err(|_| Errno::EINVAL)?,
+        env,
+        socket: socket.as_bytes().to_vec(),
+        hello: bproc_proto::encode(0, &Message::GhostHello { fork: 0 }),
+        null: null.into_raw_fd(),
+        keep_output: std::env::var_os(crate::ENV_OUTPUT).is_some(),
+        blocked: raw::sigprocmask(libc::SIG_BLOCK, None)?,
+        proc_exit: exit.msg_type(),
+        ghost_state: Message::GhostState { stopped: false }.msg_type(),
+    }));
+    let ghosts = (0..count.max(1)).map(|index| Ghost {
+        launch,
+        index,
+        out: Vec::with_capacity(64),
+        stop_signal: 0,
+        cont_pending: false,
+    });
+    let ghosts = Box::leak(ghosts.collect());
+    Ok(Box::leak(Box::new(Maker { ghosts, stacks })))
+}
+
+/// Hands the upper half of a big launch to a second maker (a light task, the first ghost of
+/// that half), then makes the rest.
+fn split(all: &'static mut Maker) -> ! {
+    let count = all.ghosts.len();
+    if count >= SPLIT {
+        let ghosts = std::mem::take(&mut all.ghosts);
+        let (low, high) = ghosts.split_at_mut(count / 2);
+        all.ghosts = low;
+        // The second maker's stack is one of ours; its half's are its own.
+        let theirs = all.stacks.split_off(high.len() - 1);
+        if let Some(stacks) = theirs {
+            let maker: &'static mut Maker = Box::leak(Box::new(Maker { ghosts: high, stacks }));
+            let _ = all.stacks.spawn_sibling(maker);
+        }
+    }
+    make(all)
+}
+
+// SAFETY: a maker keeps to `raw` system calls, its stack and what `prepare` made before any
+// task started, which nothing frees or changes: it makes tasks (direct system calls), writes
+// lines formatted on its stack, then is a ghost.
+#[allow(unsafe_code)]
+unsafe impl Task for Maker {
+    fn run(&'static mut self) -> ! {
+        make(self)
+    }
+}
+
+// SAFETY: a ghost keeps to `raw` system calls, its own state and what `prepare` made before
+// any task started: no allocation (`out` has room for every frame it encodes, and decoding
+// the two messages it serves allocates nothing), no thread-local storage, no locks.
+#[allow(unsafe_code)]
+unsafe impl Task for Ghost {
+    fn run(&'static mut self) -> ! {
+        run(self)
+    }
+}
+
+/// Makes the maker's ghosts but its first, says their pids, then is that first ghost.
+fn make(m: &'static mut Maker) -> ! {
+    let ghosts = std::mem::take(&mut m.ghosts);
+    let Some((first, rest)) = ghosts.split_first_mut() else { raw::exit_group(255) };
+    let mut lines = Lines { buf: [0; 4000], len: 0 };
+    lines.add(first.index, raw::getpid());
+    for g in rest {
+        let index = g.index;
+        match m.stacks.spawn_sibling(g) {
+            Ok(pid) => lines.add(index, pid),
+            Err(_) => break, // the launcher sees fewer pids and runs those ranks without
+        }
+    }
+    lines.flush();
+    run(first)
+}
+
+/// `INDEX PID` lines for the launcher, written in whole lines of at most PIPE_BUF bytes, so
+/// that two makers' writes interleave only between lines.
+struct Lines {
+    buf: [u8; 4000],
+    len: usize,
+}
+
+impl Lines {
+    fn add(&mut self, index: usize, pid: i32) {
+        use std::fmt::Write;
+        let mut line = Line::new();
+        let mut w = Cursor { buf: &mut line.buf, len: 0 };
+        if writeln!(w, "{index} {pid}").is_err() {
+            return;
+        }
+        let n = w.len;
+        if self.len + n > self.buf.len() {
+            self.flush();
+        }
+        if let (Some(to), Some(from)) =
+            (self.buf.get_mut(self.len..self.len + n), line.buf.get(..n))
+        {
+            to.copy_from_slice(from);
+            self.len += n;
+        }
+    }
+
+    fn flush(&mut self) {
+        let _ = raw::write_all(1, self.buf.get(..self.len).unwrap_or_default());
+        self.len = 0;
+    }
+}
+
+/// A light ghost's life, from its own fds to its end.
+pub fn run(g: &'static mut Ghost) -> ! {
+    let l = g.launch;
+    // Only the launcher's reader had use for stdout (the pid list): let it see the end. A
+    // ghost that keeps the launcher's output got it as stdin.
+    if l.keep_output {
+        let _ = raw::dup2(0, 1);
+        let _ = raw::dup2(l.null, 0);
+    } else {
+        let _ = raw::dup2(l.null, 1);
+    }
+    raw::close_from(3);
+    let Ok(sfd) = raw::signalfd(l.blocked) else { raw::exit_group(255) };
+    let ctl = match raw::connect_unix(&l.socket) {
+        Ok(fd) => fd,
+        Err(e) => {
+            say(&[b"bpghost: cannot reach bpmaster: ", e.desc().as_bytes(), b"\n"]);
+            raw::exit_group(255)
+        }
+    };
+    if raw::write_all(ctl, &l.hello).is_err() {
+        become_full(g, ctl);
+    }
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: ctl, events: libc::POLLIN, revents: 0 },
+        ];
+        match raw::poll(&mut fds) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => crate::violent_death(),
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            forward_signals(g, sfd, ctl);
+        }
+        if fds[1].revents != 0 {
+            take_frame(g, ctl);
+        }
+    }
+}
+
+/// Sends the master the signals that came (SIGCHLD aside: a light ghost has no children).
+fn forward_signals(g: &mut Ghost, sfd: RawFd, ctl: RawFd) {
+    while let Ok(Some(info)) = raw::read_signal(sfd) {
+        let sig = info.ssi_signo as i32;
+        if sig == libc::SIGCHLD {
+            continue;
+        }
+        if crate::is_stop(sig) {
+            g.cont_pending = false;
+            g.stop_signal = sig;
+        } else if sig == libc::SIGCONT {
+            g.cont_pending = true;
+        }
+        let msg = Message::GhostSignal { signal: sig, sender: info.ssi_pid as i32 };
+        bproc_proto::encode_into(&mut g.out, 0, &msg);
+        if raw::write_all(ctl, &g.out).is_err() {
+            // The master went away: the full ghost waits for it, with this signal pending.
+            let _ = raw::requeue_self(sig, info.ssi_code, info.ssi_pid as i32, info.ssi_uid);
+            become_full(g, ctl);
+        }
+    }
+}
+
+/// Serves the next frame from the master if it is one a light ghost serves (the process
+/// ended, stopped or continued); else leaves it unread and becomes a full ghost.
+fn take_frame(g: &mut Ghost, ctl: RawFd) {
+    let mut buf = [0u8; HEADER_LEN + 64];
+    let mut head = [0u8; HEADER_LEN];
+    if raw::peek_exact(ctl, &mut head) != Ok(HEADER_LEN) {
+        become_full(g, ctl); // it finds the connection ended and waits for the master
+    }
+    let Ok(h) = Header::parse(&head) else { become_full(g, ctl) };
+    let total = HEADER_LEN + h.len as usize;
+    let l = g.launch;
+    if ![l.proc_exit, l.ghost_state].contains(&h.msg_type) || total > buf.len() {
+        become_full(g, ctl);
+    }
+    let frame = &mut buf[..total];
+    if raw::peek_exact(ctl, frame) != Ok(total) {
+        become_full(g, ctl);
+    }
+    let msg = bproc_proto::decode_body(&h, &frame[HEADER_LEN..]);
+    if msg.is_err() || raw::read_exact(ctl, frame) != Ok(true) {
+        become_full(g, ctl);
+    }
+    match msg {
+        Ok(Message::ProcExit { status, .. }) => crate::die(status),
+        Ok(Message::GhostState { stopped }) => {
+            if stopped && !g.cont_pending {
+                crate::stop_as(std::mem::take(&mut g.stop_signal));
+            }
+            g.cont_pending = false;
+        }
+        _ => become_full(g, ctl),
+    }
+}
+
+/// Executes the ghost program again in this process, handing it the connection `ctl`, this
+/// ghost's index and its stop state; it takes over with memory of its own.
+fn become_full(g: &mut Ghost, ctl: RawFd) -> ! {
+    let l = g.launch;
+    let mut fd = Line::new();
+    let mut index = Line::new();
+    let mut state = Line::new();
+    let mut env: [&CStr; 8] = [c""; 8];
+    let mut n = 0;
+    for v in l.env.iter().map(CString::as_c_str).chain([
+        fd.var(crate::ENV_FD, ctl as i64, None),
+        index.var(crate::ENV_INDEX, g.index as i64, None),
+        state.var(crate::ENV_STATE, g.stop_signal.into(), Some(g.cont_pending.into())),
+    ]) {
+        if let Some(slot) = env.get_mut(n) {
+            *slot = v;
+            n += 1;
+        }
+    }
+    let e = raw::execve(&l.exe, &[&l.argv0], &env[..n]);
+    say(&[b"bpghost: cannot run the ghost program again: ", e.desc().as_bytes(), b"\n"]);
+    crate::violent_death()
+}
+
+/// Writes `parts` to stderr.
+fn say(parts: &[&[u8]]) {
+    for p in parts {
+        let _ = raw::write_all(2, p);
+    }
+}
+
+/// `KEY=N` or `KEY=N,M` for an environment, formatted on the stack.
+struct Line {
+    buf: [u8; 64],
+}
+
+impl Line {
+    fn new() -> Line {
+        Line { buf: [0; 64] }
+    }
+
+    fn var(&mut self, key: &str, n: i64, m: Option<i64>) -> &CStr {
+        use std::fmt::Write;
+        let mut w = Cursor { buf: &mut self.buf, len: 0 };
+        let ok = match m {
+            Some(m) => write!(w, "{key}={n},{m}\0"),
+            None => write!(w, "{key}={n}\0"),
+        };
+        let len = if ok.is_ok() { w.len } else { 0 };
+        CStr::from_bytes_with_nul(&self.buf[..len]).unwrap_or(c"")
+    }
+}
+
+/// `fmt::Write` into a fixed buffer.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl std::fmt::Write for Cursor<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}

@@ -1,0 +1,368 @@
+//! Light tasks: processes that share their maker's address space.
+//!
+//! A task is made by `clone3(CLONE_VM | CLONE_PARENT)`: not a thread (it has its own pid,
+//! signals, fd table, and its parent waits for it like any child) and not a fork (no page
+//! tables, no memory of its own but the stack it runs on). That makes it cost a kernel task
+//! and little else, which is what a front end holding thousands of ghosts needs.
+//!
+//! A task shares its maker's heap and thread-local storage (glibc's `errno` included) while
+//! running its own code at the same time, so it may touch neither: it allocates nothing,
+//! takes no lock and calls no libc function. [`raw`] holds the system calls it makes, which
+//! return the kernel's error directly. It leaves the shared space by `execve` or by exiting.
+//!
+//! Elsewhere than x86-64 a task is a plain fork-like child (its own copy of memory), so the
+//! same code runs, without the saving.
+
+use std::ffi::{c_void, CStr};
+use std::os::fd::RawFd;
+use std::ptr::NonNull;
+
+use nix::errno::Errno;
+use nix::libc;
+
+use crate::CloneArgs;
+
+/// Stack of one task. Its code runs no recursion and a few KiB deep (a frame buffer, the
+/// decoding of a small message, an `execve`'s arrays), so this leaves ample room.
+const STACK: usize = 64 << 10;
+/// The unmapped page below the stacks.
+const GUARD: usize = 4096;
+
+/// Stacks for up to `n` tasks, one after another in one mapping. Never unmapped: tasks run on
+/// them until they exit or exec, and the mapping goes with the last of them.
+///
+/// There is no guard page between two stacks: each would split the mapping, and the kernel
+/// walks every mapping of an address space each time a process that uses it exits (process
+/// accounting), so thousands of tasks would each pay for thousands of mappings. The mapping
+/// has a guard page below it, so that the lowest stack's overflow faults.
+pub struct TaskStacks {
+    base: NonNull<c_void>,
+    n: usize,
+    used: usize,
+}
+
+impl TaskStacks {
+    /// Maps stacks for `n` tasks (address space only: a stack's pages are used as touched).
+    pub fn new(n: usize) -> nix::Result<TaskStacks> {
+        use nix::sys::mman::{mmap_anonymous, mprotect, MapFlags, ProtFlags};
+        let len = n.checked_mul(STACK).and_then(|l| l.checked_add(GUARD));
+        let len = len.and_then(std::num::NonZeroUsize::new).ok_or(Errno::EINVAL)?;
+        let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE | MapFlags::MAP_STACK;
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks overlaps nothing.
+        let base = unsafe {
+            mmap_anonymous(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, flags)?
+        };
+        // SAFETY: the guard page is the mapping's first, which nothing uses yet; making it
+        // inaccessible affects no Rust object.
+        if let Err(e) = unsafe { mprotect(base, GUARD, ProtFlags::PROT_NONE) } {
+            // SAFETY: the mapping is ours and nothing runs on it yet.
+            let _ = unsafe { nix::sys::mman::munmap(base, len.get()) };
+            return Err(e);
+        }
+        // SAFETY: the stacks start right above the guard page, inside the mapping.
+        let base = unsafe { base.byte_add(GUARD) };
+        Ok(TaskStacks { base, n, used: 0 })
+    }
+
+    /// The last `k` stacks, for another maker of tasks; None if they are not free.
+    pub fn split_off(&mut self, k: usize) -> Option<TaskStacks> {
+        let keep = self.n.checked_sub(k).filter(|keep| *keep >= self.used)?;
+        // SAFETY: slot `keep` lies inside the mapping (or just past it when `k` is 0).
+        let base = unsafe { self.base.byte_add(keep * STACK) };
+        self.n = keep;
+        Some(TaskStacks { base, n: k, used: 0 })
+    }
+
+    /// Starts a task on the next free stack, as a sibling of the caller (a child of its
+    /// parent, which gets its `SIGCHLD`): it runs `data.run()`. Returns its pid.
+    pub fn spawn_sibling<T: Task>(&mut self, data: &'static mut T) -> nix::Result<i32> {
+        if self.used == self.n {
+            return Err(Errno::ENOMEM);
+        }
+        // SAFETY: slot `used` lies inside the mapping and no task runs on it yet.
+        let slot = unsafe { self.base.as_ptr().cast::<u8>().add(self.used * STACK) };
+        let args = CloneArgs {
+            // Not CLONE_SIGHAND: a signalfd waits on its handler table, and a signal to one
+            // task would wake every task that shares it.
+            flags: (libc::CLONE_VM | libc::CLONE_PARENT) as u64,
+            // With CLONE_PARENT the task gets the caller's own exit signal (clone3 refuses
+            // one given here).
+            exit_signal: 0,
+            // The stack grows down from the slot's end (16-byte aligned) to its start.
+            stack: slot as u64,
+            stack_size: STACK as u64,
+            ..Default::default()
+        };
+        let data: *mut T = data;
+        // SAFETY: the stack is valid and used by this task only; `task_entry` never returns,
+        // and what it runs keeps to direct system calls (the promise of `Task`).
+        let pid = unsafe { crate::spawn::clone3_entry(&args, task_entry::<T>, data.cast()) };
+        if pid < 0 {
+            return Err(Errno::from_raw(-pid as i32));
+        }
+        self.used += 1;
+        Ok(pid as i32)
+    }
+}
+
+/// What a light task runs.
+///
+/// # Safety
+/// `run` and everything it calls must use only [`raw`] system calls, the task's own data and
+/// stack, and memory nothing frees or changes while tasks run: no heap, no thread-local
+/// storage (glibc's `errno` included), no locks, no libc, no panics.
+pub unsafe trait Task: 'static {
+    /// The task's life; it ends by `execve` or by exiting.
+    fn run(&'static mut self) -> !;
+}
+
+extern "C" fn task_entry<T: Task>(arg: *mut c_void) -> ! {
+    // SAFETY: `arg` is the `&'static mut T` handed to `spawn_sibling`, whose exclusive use
+    // passed to this task.
+    let data = unsafe { &mut *arg.cast::<T>() };
+    data.run()
+}
+
+/// A `siginfo_t` as `rt_sigqueueinfo` reads it: the leading fields of the kernel's layout on
+/// 64-bit Linux (signo, errno, code, padding, then the sender's pid and uid); the rest zero.
+#[repr(C)]
+pub(crate) struct SigInfo {
+    signo: i32,
+    errno: i32,
+    code: i32,
+    pad: i32,
+    pid: i32,
+    uid: u32,
+    rest: [u64; 13],
+}
+
+impl SigInfo {
+    /// Signal `signo` with `code`, from `pid` (uid `uid`).
+    pub(crate) fn new(signo: i32, code: i32, pid: i32, uid: u32) -> SigInfo {
+        SigInfo { signo, errno: 0, code, pad: 0, pid, uid, rest: [0; 13] }
+    }
+}
+
+/// The system calls a task makes: no libc, no `errno`, the kernel's error as returned.
+pub mod raw {
+    use super::*;
+
+    /// One system call with up to six arguments.
+    #[cfg(target_arch = "x86_64")]
+    fn call(n: libc::c_long, a: [usize; 6]) -> Result<usize, Errno> {
+        let r: isize;
+        // SAFETY: each wrapper below passes arguments its system call reads or writes only
+        // within the memory it was handed; `syscall` clobbers rcx and r11 only.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") n as isize => r,
+                in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
+                in("r10") a[3], in("r8") a[4], in("r9") a[5],
+                lateout("rcx") _, lateout("r11") _,
+                options(nostack),
+            );
+        }
+        if (-4095..0).contains(&r) {
+            Err(Errno::from_raw(-r as i32))
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    /// Elsewhere a task has memory of its own (see the module's note), so libc will do.
+    #[cfg(not(target_arch = "x86_64"))]
+    fn call(n: libc::c_long, a: [usize; 6]) -> Result<usize, Errno> {
+        // SAFETY: as for the x86-64 version.
+        let r = unsafe { libc::syscall(n, a[0], a[1], a[2], a[3], a[4], a[5]) };
+        if r < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    /// `read(2)`.
+    pub fn read(fd: RawFd, buf: &mut [u8]) -> Result<usize, Errno> {
+        call(libc::SYS_read, [fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0])
+    }
+
+    /// Fills `buf`; false if the stream ended first.
+    pub fn read_exact(fd: RawFd, mut buf: &mut [u8]) -> Result<bool, Errno> {
+        while !buf.is_empty() {
+            match read(fd, buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => buf = &mut buf[n..],
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes all of `buf`.
+    pub fn write_all(fd: RawFd, mut buf: &[u8]) -> Result<(), Errno> {
+        while !buf.is_empty() {
+            let a = [fd as usize, buf.as_ptr() as usize, buf.len(), 0, 0, 0];
+            match call(libc::SYS_write, a) {
+                Ok(n) => buf = &buf[n..],
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for `buf.len()` bytes on a stream socket and copies them without taking them;
+    /// fewer only if the stream ends.
+    pub fn peek_exact(fd: RawFd, buf: &mut [u8]) -> Result<usize, Errno> {
+        let flags = (libc::MSG_PEEK | libc::MSG_WAITALL) as usize;
+        loop {
+            let a = [fd as usize, buf.as_mut_ptr() as usize, buf.len(), flags, 0, 0];
+            match call(libc::SYS_recvfrom, a) {
+                Err(Errno::EINTR) => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// `ppoll(2)` with no timeout and no mask change: waits until one of `fds` is ready.
+    pub fn poll(fds: &mut [libc::pollfd]) -> Result<usize, Errno> {
+        call(libc::SYS_ppoll, [fds.as_mut_ptr() as usize, fds.len(), 0, 0, 0, 0])
+    }
+
+    /// `close(2)`.
+    pub fn close(fd: RawFd) {
+        let _ = call(libc::SYS_close, [fd as usize, 0, 0, 0, 0, 0]);
+    }
+
+    /// Closes every fd from `first` up.
+    pub fn close_from(first: RawFd) {
+        let _ = call(libc::SYS_close_range, [first as usize, u32::MAX as usize, 0, 0, 0, 0]);
+    }
+
+    /// Makes `new` a copy of `old`.
+    pub fn dup2(old: RawFd, new: RawFd) -> Result<(), Errno> {
+        if old == new {
+            return Ok(());
+        }
+        call(libc::SYS_dup3, [old as usize, new as usize, 0, 0, 0, 0]).map(drop)
+    }
+
+    /// This process's pid.
+    pub fn getpid() -> i32 {
+        call(libc::SYS_getpid, [0; 6]).map_or(0, |p| p as i32)
+    }
+
+    /// `kill(2)`.
+    pub fn kill(pid: i32, sig: i32) -> Result<(), Errno> {
+        call(libc::SYS_kill, [pid as usize, sig as usize, 0, 0, 0, 0]).map(drop)
+    }
+
+    /// Queues `sig` to this process again as `sender` (uid `uid`, code `code`) sent it: a
+    /// signal read from a signalfd that could not be passed on waits for whoever runs next.
+    pub fn requeue_self(sig: i32, code: i32, sender: i32, uid: u32) -> Result<(), Errno> {
+        let info = SigInfo::new(sig, code, sender, uid);
+        let me = getpid() as usize;
+        let a = [me, sig as usize, &info as *const SigInfo as usize, 0, 0, 0];
+        call(libc::SYS_rt_sigqueueinfo, a).map(drop)
+    }
+
+    /// `rt_sigprocmask(2)` with the kernel's 64-bit mask (bit `n - 1` for signal `n`); the
+    /// mask before.
+    pub fn sigprocmask(how: libc::c_int, set: Option<u64>) -> Result<u64, Errno> {
+        let mut old = 0u64;
+        let set_ptr = set.as_ref().map_or(0, |s| s as *const u64 as usize);
+        let a = [how as usize, set_ptr, &mut old as *mut u64 as usize, 8, 0, 0];
+        call(libc::SYS_rt_sigprocmask, a).map(|_| old)
+    }
+
+    /// The signals pending (blocked and waiting), as a mask.
+    pub fn sigpending() -> Result<u64, Errno> {
+        let mut set = 0u64;
+        call(libc::SYS_rt_sigpending, [&mut set as *mut u64 as usize, 8, 0, 0, 0, 0]).map(|_| set)
+    }
+
+    /// A non-blocking, close-on-exec signalfd for the signals in `mask`.
+    pub fn signalfd(mask: u64) -> Result<RawFd, Errno> {
+        let flags = (libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) as usize;
+        let a = [usize::MAX, &mask as *const u64 as usize, 8, flags, 0, 0];
+        call(libc::SYS_signalfd4, a).map(|fd| fd as RawFd)
+    }
+
+    /// The next signal on signalfd `fd`, None if there is none.
+    pub fn read_signal(fd: RawFd) -> Result<Option<libc::signalfd_siginfo>, Errno> {
+        // SAFETY: signalfd_siginfo is plain old data; all zeroes is a valid value.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let len = std::mem::size_of::<libc::signalfd_siginfo>();
+        let a = [fd as usize, &mut info as *mut _ as usize, len, 0, 0, 0];
+        match call(libc::SYS_read, a) {
+            Ok(n) if n == len => Ok(Some(info)),
+            Ok(_) | Err(Errno::EAGAIN) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A stream socket connected to the Unix socket at `path`. It stays open across exec:
+    /// a task hands its connection on to the program it becomes.
+    pub fn connect_unix(path: &[u8]) -> Result<RawFd, Errno> {
+        // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        if path.len() >= addr.sun_path.len() {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(path) {
+            *d = *s as libc::c_char;
+        }
+        let a = [libc::AF_UNIX as usize, libc::SOCK_STREAM as usize, 0, 0, 0, 0];
+        let fd = call(libc::SYS_socket, a)? as RawFd;
+        let len = std::mem::size_of::<libc::sa_family_t>() + path.len() + 1;
+        loop {
+            let a = [fd as usize, &addr as *const _ as usize, len, 0, 0, 0];
+            match call(libc::SYS_connect, a) {
+                Ok(_) => return Ok(fd),
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    close(fd);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// No core files from this process (it is about to die by a signal that dumps one).
+    pub fn no_core() {
+        let limit = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+        let a = [0, libc::RLIMIT_CORE as usize, &limit as *const _ as usize, 0, 0, 0];
+        let _ = call(libc::SYS_prlimit64, a);
+    }
+
+    /// Ends this process with `code`.
+    pub fn exit_group(code: i32) -> ! {
+        loop {
+            let _ = call(libc::SYS_exit_group, [code as usize, 0, 0, 0, 0, 0]);
+        }
+    }
+
+    /// Runs `path` in this process with `argv` and `envp` (at most 31 of each); returns only
+    /// on failure.
+    pub fn execve(path: &CStr, argv: &[&CStr], envp: &[&CStr]) -> Errno {
+        let mut args = [std::ptr::null::<libc::c_char>(); 32];
+        let mut env = [std::ptr::null::<libc::c_char>(); 32];
+        if argv.len() >= args.len() || envp.len() >= env.len() {
+            return Errno::E2BIG;
+        }
+        for (d, s) in args.iter_mut().zip(argv) {
+            *d = s.as_ptr();
+        }
+        for (d, s) in env.iter_mut().zip(envp) {
+            *d = s.as_ptr();
+        }
+        let a = [path.as_ptr() as usize, args.as_ptr() as usize, env.as_ptr() as usize, 0, 0, 0];
+        match call(libc::SYS_execve, a) {
+            Err(e) => e,
+            Ok(_) => Errno::EIO,
+        }
+    }
+}
