@@ -1,9 +1,9 @@
 //! A single-threaded program that checkpoints itself to a file and checks, in the copy
-//! restored from it, that it came back whole: memory, thread-local storage, heap growth, a
-//! signal handler and a blocked signal, an open file's position, its pid. The checkpoint
-//! test runs it; by hand: `ckpt_demo IMAGE MIB DATAFILE [socket]`, then restore IMAGE.
-//! With `socket` it holds a socket open, which no move can carry, and asks for a strict dump:
-//! it prints the refusal and goes on running, exiting 3.
+//! restored from it, that it came back whole: memory (and as much of zeros), thread-local
+//! storage, heap growth, a signal handler and a blocked signal, an open file's position, its
+//! pid. The checkpoint test runs it; by hand: `ckpt_demo IMAGE MIB DATAFILE [socket]`, then
+//! restore IMAGE. With `socket` it holds a socket open, which no move can carry, and asks
+//! for a strict dump: it prints the refusal and goes on running, exiting 3.
 //!
 //! Prints `dumped PID` and exits 0 as the original; prints what it checked and exits 42 as a
 //! restored copy (1 when a check fails).
@@ -41,6 +41,10 @@ fn main() {
     bproc_sys::close_fds_from(3, &[]);
     let mib: usize = args[2].parse().expect("MIB");
     let big: Vec<u64> = (0..mib * (1 << 20) / 8).map(pattern).collect();
+    // As much again of zeros, in pages that are present (written), which the image need not
+    // carry.
+    let mut zeros = vec![1u8; mib << 20];
+    std::hint::black_box(&mut zeros).fill(0);
     COUNTER.with(|c| c.set(7));
     let action = signal::SigAction::new(
         SigHandler::Handler(on_usr1),
@@ -81,6 +85,7 @@ fn main() {
             };
             check("value", v == 1);
             check("memory", big.iter().enumerate().all(|(i, x)| *x == pattern(i)));
+            check("zeros", std::hint::black_box(&zeros).iter().all(|b| *b == 0));
             check("tls", COUNTER.with(|c| c.replace(8)) == 7);
             let grown: Vec<Box<[u8; 4096]>> =
                 (0..4096).map(|i| Box::new([i as u8; 4096])).collect();

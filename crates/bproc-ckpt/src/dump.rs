@@ -947,7 +947,9 @@ fn dump(
     let mut chunks = 0u32;
     let mut entries = [0u64; 512];
     let max_pages = u64::from(MAX_CHUNK) / PAGE;
-    let mut write_chunk = |start: u64, pages: u64, readable: bool| -> Result<(), CkptError> {
+    // `zeros_implied`: the restore maps the region anonymous (it reads as zeros), so pages of
+    // zeros need not travel.
+    let mut write_chunk = |start: u64, pages: u64, readable: bool, zeros_implied: bool| {
         let len = (pages * PAGE) as usize;
         // SAFETY: the buffer is ours alone, mapped readable and writable, and holds
         // MAX_CHUNK ≥ len bytes; nothing else refers to it while this slice lives.
@@ -971,12 +973,32 @@ fn dump(
             Err(e) => return Err(CkptError::sys(format!("reading {start:#x}"), e.into())),
         }
         let data = &*buf;
-        write_all(out, &Chunk::for_data(start, data).encode())?;
-        chunks += 1;
-        write_all(out, data)
+        let page = PAGE as usize;
+        // Stops at the first word that is not zero: a page of data costs next to nothing.
+        let zero = |at: usize| {
+            zeros_implied && data[at..at + page].chunks_exact(16).all(|w| w == [0u8; 16])
+        };
+        let mut at = 0;
+        while at < len {
+            if zero(at) {
+                at += page;
+                continue;
+            }
+            let mut end = at + page;
+            while end < len && !zero(end) {
+                end += page;
+            }
+            let run = &data[at..end];
+            write_all(out, &Chunk::for_data(start + at as u64, run).encode())?;
+            chunks += 1;
+            write_all(out, run)?;
+            at = end;
+        }
+        Ok::<(), CkptError>(())
     };
     for r in &h.regions {
         let readable = r.prot & bproc_image::prot::READ != 0;
+        let zeros_implied = !matches!(r.source, Source::File { .. });
         let mut run: Option<(u64, u64)> = None; // (start, pages)
         let mut page = r.start;
         while page < r.end {
@@ -1001,7 +1023,7 @@ fn dump(
                     (Some((s, k)), true) if k < max_pages => Some((s, k + 1)),
                     (prev, take) => {
                         if let Some((s, k)) = prev {
-                            write_chunk(s, k, readable)?;
+                            write_chunk(s, k, readable, zeros_implied)?;
                         }
                         take.then_some((addr, 1))
                     }
@@ -1010,7 +1032,7 @@ fn dump(
             page += n as u64 * PAGE;
         }
         if let Some((s, k)) = run {
-            write_chunk(s, k, readable)?;
+            write_chunk(s, k, readable, zeros_implied)?;
         }
     }
     write_all(out, &Chunk::End { chunks }.encode())

@@ -58,6 +58,7 @@ fn a_process_is_restored_whole_under_its_pid() {
     let pid: i32 = stdout.strip_prefix("dumped ").unwrap().trim().parse().unwrap();
     let size = std::fs::metadata(&image).unwrap().len();
     assert!(size > 64 << 20, "the image holds the 64 MiB: {size} bytes");
+    assert!(size < 72 << 20, "the image leaves out the 64 MiB of zeros: {size} bytes");
 
     let log = dir.join("out");
     let stdio: [Option<OwnedFd>; 3] = [
@@ -79,7 +80,7 @@ fn a_process_is_restored_whole_under_its_pid() {
     );
     assert_eq!(
         printed,
-        "value: ok\nmemory: ok\ntls: ok\nheap growth: ok\nhandler: ok\nmask: ok\nfile: ok\n\
+        "value: ok\nmemory: ok\nzeros: ok\ntls: ok\nheap growth: ok\nhandler: ok\nmask: ok\nfile: ok\n\
          pid: ok\nclock: ok\nfork and exec: ok\n"
     );
     std::fs::remove_dir_all(dir).unwrap();
@@ -98,7 +99,7 @@ fn a_process_becomes_the_image_in_place() {
     // pid is the one line that differs; everything else came through.
     assert_eq!(
         printed,
-        "value: ok\nmemory: ok\ntls: ok\nheap growth: ok\nhandler: ok\nmask: ok\nfile: ok\n\
+        "value: ok\nmemory: ok\nzeros: ok\ntls: ok\nheap growth: ok\nhandler: ok\nmask: ok\nfile: ok\n\
          pid: WRONG\nclock: ok\nfork and exec: ok\n",
         "{}",
         String::from_utf8_lossy(&out.stderr)
