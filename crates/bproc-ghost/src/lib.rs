@@ -132,7 +132,11 @@ pub fn main(argv0: OsString) -> ExitCode {
             relay = r.ok();
         }
         if relay.is_none() {
-            write_lines(&made);
+            let mut lines = light::Lines::new();
+            for (i, pid) in made {
+                lines.add(i, pid);
+            }
+            lines.flush();
         }
         // Only the launcher's reader had use for stdout: let it see the end. A relay writes
         // its process's output to the launcher's stdout, which came in as stdin (the pipe
@@ -185,23 +189,6 @@ pub fn main(argv0: OsString) -> ExitCode {
     let (stop, cont) = state.split_once(',').unwrap_or(("0", "0"));
     STOP_SIGNAL.store(stop.parse().unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     serve(sfd, ctl, relay, cont == "1")
-}
-
-/// Writes `INDEX PID` lines to stdout for the launcher: whole lines, at most PIPE_BUF bytes a
-/// write, so that writes of several makers interleave only between lines.
-fn write_lines(made: &[(usize, i32)]) {
-    let mut chunk = String::new();
-    for (i, pid) in made {
-        let line = format!("{i} {pid}\n");
-        if chunk.len() + line.len() > 4000 {
-            let _ = nix::unistd::write(std::io::stdout(), chunk.as_bytes());
-            chunk.clear();
-        }
-        chunk.push_str(&line);
-    }
-    if !chunk.is_empty() {
-        let _ = nix::unistd::write(std::io::stdout(), chunk.as_bytes());
-    }
 }
 
 /// Ghosts a maker makes itself; beyond, it hands half of its range to a sibling that makes

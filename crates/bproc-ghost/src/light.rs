@@ -155,7 +155,7 @@ unsafe impl Task for Ghost {
 fn make(m: &'static mut Maker) -> ! {
     let ghosts = std::mem::take(&mut m.ghosts);
     let Some((first, rest)) = ghosts.split_first_mut() else { raw::exit_group(255) };
-    let mut lines = Lines { buf: [0; 4000], len: 0 };
+    let mut lines = Lines::new();
     lines.add(first.index, raw::getpid());
     for g in rest {
         let index = g.index;
@@ -168,15 +168,20 @@ fn make(m: &'static mut Maker) -> ! {
     run(first)
 }
 
-/// `INDEX PID` lines for the launcher, written in whole lines of at most PIPE_BUF bytes, so
-/// that two makers' writes interleave only between lines.
-struct Lines {
+/// `INDEX PID` lines for the launcher on stdout, written in whole lines of at most PIPE_BUF
+/// bytes, so that several makers' writes interleave only between lines. Formatted on the
+/// stack: a light ghost's maker may not allocate.
+pub(crate) struct Lines {
     buf: [u8; 4000],
     len: usize,
 }
 
 impl Lines {
-    fn add(&mut self, index: usize, pid: i32) {
+    pub(crate) fn new() -> Lines {
+        Lines { buf: [0; 4000], len: 0 }
+    }
+
+    pub(crate) fn add(&mut self, index: usize, pid: i32) {
         use std::fmt::Write;
         let mut line = Line::new();
         let mut w = Cursor { buf: &mut line.buf, len: 0 };
@@ -195,7 +200,7 @@ impl Lines {
         }
     }
 
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         let _ = raw::write_all(1, self.buf.get(..self.len).unwrap_or_default());
         self.len = 0;
     }
