@@ -241,7 +241,7 @@ fn control() -> std::io::Result<UnixStream> {
 
 /// A new connection to the master, introduced as ghost of fork `fork` (0: none).
 fn hello(fork: u64) -> std::io::Result<UnixStream> {
-    let path = std::env::var_os("BPROC_SOCKET").unwrap_or_else(|| DEFAULT_SOCKET.into());
+    let path = socket_path();
     let mut s = UnixStream::connect(path)?;
     s.write_all(&bproc_proto::encode(0, &Message::GhostHello { fork }))?;
     Ok(s)
@@ -492,8 +492,6 @@ fn rfork_ghost(fork: u64, comm: &str, token: &[u8; 16]) -> Option<ExitCode> {
     None
 }
 
-/// Becomes the process again: restores its image, fetched from `image`, into this process.
-/// Returns only on failure, with the errno to report (this ghost goes on as before).
 /// Where this ghost's rank's forwarded output rejoins its launcher, and the rank.
 static REJOIN: std::sync::OnceLock<(bproc_proto::conn::Rejoin, u32)> = std::sync::OnceLock::new();
 
@@ -519,6 +517,8 @@ fn rejoin_launcher() {
     }
 }
 
+/// Becomes the process again: restores its image, fetched from `image`, into this process.
+/// Returns only on failure, with the errno to report (this ghost goes on as before).
 fn take_back(
     image: bproc_proto::Endpoint,
     token: [u8; 16],
@@ -555,7 +555,7 @@ fn take_back(
     // Runs in the restore's helper, with the process restored but held: the master is told
     // (so the copy on the node may end), and what that copy wrote comes out first.
     // The process finds the master's socket where it is now.
-    let socket = std::env::var_os("BPROC_SOCKET").unwrap_or_else(|| DEFAULT_SOCKET.into());
+    let socket = socket_path();
     let note = socket.as_bytes().to_vec();
     let e = bproc_ckpt::restore::restore_in_place(reader, 1, Some(&note), &mut || {
         let ok = bproc_proto::encode(0, &Message::GhostRestored { code: 0 });
@@ -589,6 +589,18 @@ fn reap() -> Vec<Message> {
     ends
 }
 
+/// The master's socket, as the environment names it.
+fn socket_path() -> OsString {
+    std::env::var_os("BPROC_SOCKET").unwrap_or_else(|| DEFAULT_SOCKET.into())
+}
+
+/// `NAME=VALUE` for each of `names` the environment has: what the ghost program keeps when
+/// it runs again.
+fn kept_env(names: &[&str]) -> Vec<CString> {
+    let kv = |k: &&str| Some([k.as_bytes(), b"=", std::env::var_os(k)?.as_bytes()].concat());
+    names.iter().filter_map(kv).filter_map(|v| CString::new(v).ok()).collect()
+}
+
 /// Runs this ghost program again as `[comm]`, with `env` added to a minimal environment.
 /// Returns only if the exec failed.
 fn reexec(comm: &str, env: &[(&str, String)]) {
@@ -596,13 +608,7 @@ fn reexec(comm: &str, env: &[(&str, String)]) {
     let Ok(arg0) = CString::new(format!("[{comm}]")) else { return };
     let mut envp: Vec<CString> =
         env.iter().filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok()).collect();
-    for name in ["BPROC_SOCKET", ENV_GRACE] {
-        if let Some(v) = std::env::var_os(name) {
-            let mut kv = format!("{name}=").into_bytes();
-            kv.extend_from_slice(v.as_bytes());
-            envp.extend(CString::new(kv));
-        }
-    }
+    envp.extend(kept_env(&["BPROC_SOCKET", ENV_GRACE]));
     // The process's output still rejoins its launcher as its rank (a ghost of a fork ignores
     // it: it is not a launcher's).
     if let Some((r, rank)) = REJOIN.get() {

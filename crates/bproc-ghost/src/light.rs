@@ -25,8 +25,6 @@ use nix::libc;
 
 /// What every ghost of the launch shares, prepared before the first task starts.
 struct Launch {
-    /// The ghost program, to become a full ghost.
-    exe: CString,
     /// `[prog]`.
     argv0: CString,
     /// The environment a full ghost keeps (`KEY=VALUE`).
@@ -80,18 +78,10 @@ fn prepare(count: usize, argv0: &[u8]) -> Result<&'static mut Maker, Errno> {
     let stacks = bproc_sys::task::TaskStacks::new(count.saturating_sub(1).max(1))?;
     let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null");
     let null = null.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-    let socket =
-        std::env::var_os("BPROC_SOCKET").unwrap_or_else(|| bproc_proto::DEFAULT_SOCKET.into());
-    let env = ["BPROC_SOCKET", crate::ENV_GRACE, bproc_proto::conn::ENV_REJOIN]
-        .iter()
-        .filter_map(|k| {
-            let v = std::env::var_os(k)?;
-            CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok()
-        })
-        .collect();
+    let socket = crate::socket_path();
+    let env = crate::kept_env(&["BPROC_SOCKET", crate::ENV_GRACE, bproc_proto::conn::ENV_REJOIN]);
     let exit = Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::Code(0) };
     let launch: &'static Launch = Box::leak(Box::new(Launch {
-        exe: c"/proc/self/exe".to_owned(),
         argv0: CString::new(argv0).map_err(|_| Errno::EINVAL)?,
         env,
         socket: socket.as_bytes().to_vec(),
@@ -323,7 +313,7 @@ fn become_full(g: &mut Ghost, ctl: RawFd) -> ! {
             n += 1;
         }
     }
-    let e = raw::execve(&l.exe, &[&l.argv0], &env[..n]);
+    let e = raw::execve(c"/proc/self/exe", &[&l.argv0], &env[..n]);
     say(&[b"bpghost: cannot run the ghost program again: ", e.desc().as_bytes(), b"\n"]);
     crate::violent_death()
 }
