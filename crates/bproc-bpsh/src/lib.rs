@@ -138,19 +138,18 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 /// Runs parsed arguments: resolve, launch, forward, report.
 fn execute(a: Args) -> ExitCode {
     match prepare(&a) {
-        Ok(Some(p)) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
+        Ok(Some((p, conn))) => {
+            // One thread: bpsh waits on sockets and pipes and copies bytes, which one core
+            // keeps up with at 1024 ranks, and starting worker threads and handing wakeups
+            // between them cost a single launch about a millisecond.
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("bpsh: cannot start: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            let code = rt.block_on(run(a, p));
+            let code = rt.block_on(run(a, p, conn));
             // Reading our stdin may sit in a blocking thread: do not wait for it.
             rt.shutdown_background();
             code
@@ -266,8 +265,11 @@ struct Prepared {
     staged: Arc<std::collections::HashMap<[u8; 32], PathBuf>>,
 }
 
-/// Resolves the command and the nodes; `Ok(None)` when a message was printed.
-fn prepare(a: &Args) -> Result<Option<Prepared>, bproc_client::BprocError> {
+/// Resolves the command and the nodes, with the master's connection the launch goes on with;
+/// `Ok(None)` when a message was printed.
+fn prepare(
+    a: &Args,
+) -> Result<Option<(Prepared, std::os::unix::net::UnixStream)>, bproc_client::BprocError> {
     let cmd = &a.command[0];
     let Some(path) = which(cmd) else {
         eprintln!("bpsh: {}", not_runnable(cmd));
@@ -353,14 +355,15 @@ fn prepare(a: &Args) -> Result<Option<Prepared>, bproc_client::BprocError> {
             }
         }
     }
-    Ok(Some(Prepared {
+    let prepared = Prepared {
         nodes: sel.nodes.iter().map(|n| n.node).collect(),
         ghost: place.ghost,
         spec,
         listen_ip,
         here: place.node,
         staged: Arc::new(staged),
-    }))
+    };
+    Ok(Some((prepared, client.into_stream())))
 }
 
 /// Listens with a deep accept queue (the kernel caps it at `net.core.somaxconn`): every node
@@ -708,7 +711,11 @@ fn rejoin(p: &Prepared, spec: &ProcSpec) -> Option<bproc_client::ghost::Rejoin> 
 /// Connects to the master and launches `spec` on the nodes, each remote process with a ghost
 /// when there is a ghost program; the master's answer, or the exit code once bpsh said why
 /// not.
-async fn launch(p: &Prepared, spec: &ProcSpec) -> Result<(MasterConn, Launched), ExitCode> {
+async fn launch(
+    p: &Prepared,
+    spec: &ProcSpec,
+    conn: std::os::unix::net::UnixStream,
+) -> Result<(MasterConn, Launched), ExitCode> {
     let path = bproc_client::socket_path();
     let limit = bproc_client::timeout();
     let timed_out = |what| bproc_client::BprocError::Timeout {
@@ -716,14 +723,10 @@ async fn launch(p: &Prepared, spec: &ProcSpec) -> Result<(MasterConn, Launched),
         what,
         limit: limit.unwrap_or_default(),
     };
-    let conn = match within(limit, UnixStream::connect(&path)).await {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
+    let conn = match conn.set_nonblocking(true).and_then(|()| UnixStream::from_std(conn)) {
+        Ok(c) => c,
+        Err(e) => {
             eprintln!("bpsh: {}", bproc_client::connect_error(&path, e));
-            return Err(ExitCode::FAILURE);
-        }
-        None => {
-            eprintln!("bpsh: {}", timed_out("accept the connection"));
             return Err(ExitCode::FAILURE);
         }
     };
@@ -788,7 +791,7 @@ async fn launch(p: &Prepared, spec: &ProcSpec) -> Result<(MasterConn, Launched),
 }
 
 /// Runs a prepared job: listen for its fds, launch it, then follow it to its end.
-async fn run(a: Args, p: Prepared) -> ExitCode {
+async fn run(a: Args, p: Prepared, conn: std::os::unix::net::UnixStream) -> ExitCode {
     let (kill_tx, kill_rx) = mpsc::unbounded_channel::<i32>();
     catch_signals(&kill_tx);
     let mut spec = p.spec.clone();
@@ -805,7 +808,7 @@ async fn run(a: Args, p: Prepared) -> ExitCode {
         spec.io_port = listener.local_addr().map_or(0, |a| a.port());
         tokio::spawn(accept_loop(listener, spec.token, slots.clone(), p.staged.clone()));
     }
-    let (master, mut launched) = match launch(&p, &spec).await {
+    let (master, mut launched) = match launch(&p, &spec, conn).await {
         Ok(l) => l,
         Err(code) => return code,
     };

@@ -376,6 +376,12 @@ impl Client {
         Ok(Client { stream, next_id: 1, path: path.to_owned(), limit, answered: None })
     }
 
+    /// The connection, for a caller that goes on with it by itself (bpsh launches on the
+    /// connection it resolved the nodes on).
+    pub fn into_stream(self) -> UnixStream {
+        self.stream
+    }
+
     /// Changes the limit on each wait for an answer (`None`: no limit).
     pub fn set_timeout(&mut self, limit: Option<Duration>) {
         self.limit = limit;
