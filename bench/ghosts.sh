@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Ghost benchmark: what a ghost costs on the front end. Creates N ghosts the way launchers
-# do (one exec of bpghost, the rest light tasks sharing its address space), connected to a
+# Ghost benchmark: what a ghost costs on the front end. Creates N ghosts the two ways
+# launchers do (one exec of bpghost, or, as bpsh does, a fork of the launcher; the rest light
+# tasks sharing that first ghost's address space), connected to a
 # running bpmaster, and measures the time per ghost and its memory: user memory (PSS, from
 # smaps_rollup, each address space counted once) and kernel memory (the growth of Slab +
 # KernelStack + PageTables in /proc/meminfo, which includes the master's end of each
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 N=${N:-1000}
 RUNS=${RUNS:-5}
 cargo build --release --quiet -p bproc-bins
+cargo build --release --quiet -p bproc-ghost --example fork_ghosts
 B=$PWD/target/release
 DIR=$(mktemp -d /tmp/bproc-bench.XXXXXX)
 trap '"$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
@@ -47,12 +49,15 @@ round() {
 mkfifo "$DIR/fifo"
 # Its lines are `INDEX PID`: the pids only (an index of 0 given to kill would be our group).
 ghosts() { BPROC_GHOST_COUNT=$N "$B/bpghost" >"$DIR/fifo" & awk '{print $2}' "$DIR/fifo"; }
+forked() { "$B/examples/fork_ghosts" "$N" "$B/bpghost" | awk '{print $2}'; }
 sleeps() { local i; for i in $(seq "$N"); do sleep 1000 >/dev/null & echo $!; done; }
 ghost_rounds=$(for _ in $(seq "$RUNS"); do round ghosts; done)
+forked_rounds=$(for _ in $(seq "$RUNS"); do round forked; done)
 sleep_rounds=$(for _ in $(seq "$RUNS"); do round sleeps; done)
 col() { awk -v c="$1" '{print $c}' | median; }
 
 g_us=$(col 1 <<<"$ghost_rounds"); g_pss=$(col 2 <<<"$ghost_rounds"); g_k=$(col 3 <<<"$ghost_rounds")
+f_us=$(col 1 <<<"$forked_rounds"); f_pss=$(col 2 <<<"$forked_rounds"); f_k=$(col 3 <<<"$forked_rounds")
 s_us=$(col 1 <<<"$sleep_rounds"); s_pss=$(col 2 <<<"$sleep_rounds"); s_k=$(col 3 <<<"$sleep_rounds")
 echo "## ghost benchmark"
 echo
@@ -60,10 +65,18 @@ echo "$(nproc) cores, kernel $(uname -r); $N processes per round, medians of $RU
 echo
 holds() { awk -v v="$1" -v t="$2" 'BEGIN {print (v <= t) ? "yes" : "**no**"}'; }
 rel() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", (b ? a/b : 0)}'; }
-echo "| per process, $N live at once | ghost | baseline (sleep) | ratio | target | holds |"
-echo "|---|---:|---:|---:|---|---|"
-printf "| creation (µs) | %s | %s | %s | ≤ 50 | %s |\n" "$g_us" "$s_us" "$(rel "$g_us" "$s_us")" "$(holds "$g_us" 50)"
-printf "| user memory, PSS (KiB) | %s | %s | %s | | |\n" "$g_pss" "$s_pss" "$(rel "$g_pss" "$s_pss")"
-printf "| kernel memory (KiB) | %s | %s | %s | | |\n" "$g_k" "$s_k" "$(rel "$g_k" "$s_k")"
-printf "| total (KiB) | %s | %s | %s | ≤ 64 | %s |\n" "$((g_pss + g_k))" "$((s_pss + s_k))" \
-    "$(rel "$((g_pss + g_k))" "$((s_pss + s_k))")" "$(holds "$((g_pss + g_k))" 64)"
+max() { awk -v a="$1" -v b="$2" 'BEGIN {print (a > b) ? a : b}'; }
+# A row: what, bpghost's figure, the forked one, the baseline's, the target (empty: none). The
+# ratio and the verdict take the larger of the two ghosts' figures.
+row() {
+    local worst
+    worst=$(max "$2" "$3")
+    printf "| %s | %s | %s | %s | %s | %s | %s |\n" "$1" "$2" "$3" "$4" "$(rel "$worst" "$4")" \
+        "${5:+≤ $5}" "${5:+$(holds "$worst" "$5")}"
+}
+echo "| per process, $N live at once | ghost, bpghost | ghost, forked (bpsh) | baseline (sleep) | ratio | target | holds |"
+echo "|---|---:|---:|---:|---:|---|---|"
+row "creation (µs)" "$g_us" "$f_us" "$s_us" 50
+row "user memory, PSS (KiB)" "$g_pss" "$f_pss" "$s_pss"
+row "kernel memory (KiB)" "$g_k" "$f_k" "$s_k"
+row "total (KiB)" "$((g_pss + g_k))" "$((f_pss + f_k))" "$((s_pss + s_k))" 64

@@ -3,6 +3,7 @@
 //! on the remote process through it. The ghost program itself is `bpghost`; the
 //! master names it ([`crate::Place::ghost`]).
 
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -69,7 +70,6 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
         Io::Relay(t) => Some(t),
         _ => None,
     };
-    use std::io::Read;
     if n == 0 {
         return Ok(Vec::new());
     }
@@ -117,12 +117,58 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
         }
     }
     let mut first = cmd.stdout(Stdio::piped()).spawn()?;
-    let mut list = String::new();
-    if let Some(mut out) = first.stdout.take() {
-        // Ends when every ghost has let go of the pipe.
-        out.read_to_string(&mut list)?;
+    let first_pid = first.id() as i32;
+    match first.stdout.take() {
+        Some(out) => read_pids(out, program, n, relay.is_some(), first_pid),
+        None => Ok(Vec::new()),
     }
-    // `INDEX PID` lines (`INDEX PID PORT` with relays), in any order.
+}
+
+/// [`spawn_keeping_output`] without executing the ghost program: the caller forks into the
+/// first ghost, which makes the others as light tasks ([`bproc_ghost::light::fork`]). That
+/// saves a launch the start of a program, but the first ghost's memory, which all the
+/// launch's ghosts share, is a copy of the caller's: this suits a small launcher (bpsh). If
+/// the fork fails, the program starts them.
+pub fn fork_keeping_output(
+    program: &str,
+    comm: &str,
+    n: usize,
+    rejoin: Option<&Rejoin>,
+) -> std::io::Result<Vec<i32>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let socket = crate::socket_path();
+    let mut env = vec![["BPROC_SOCKET=".as_bytes(), socket.as_os_str().as_bytes()].concat()];
+    if let Some(grace) = std::env::var_os("BPROC_GRACE") {
+        env.push(["BPROC_GRACE=".as_bytes(), grace.as_bytes()].concat());
+    }
+    if let Some(r) = rejoin {
+        env.push(format!("{}={}", bproc_proto::conn::ENV_REJOIN, r.encode()).into_bytes());
+    }
+    let env = env.into_iter().filter_map(|v| std::ffi::CString::new(v).ok()).collect();
+    match bproc_ghost::light::fork(std::path::Path::new(program), comm, n, env) {
+        Ok((first, None)) => Ok(vec![first]),
+        Ok((first, Some(lines))) => {
+            let pids = read_pids(lines, program, n, false, first)?;
+            Ok(pids.into_iter().map(|(pid, _)| pid).collect())
+        }
+        Err(_) => spawn_keeping_output(program, comm, n, rejoin),
+    }
+}
+
+/// Reads the ghosts' `INDEX PID` lines (`INDEX PID PORT` with relays) from `out` until every
+/// ghost has let go of it; the pids (and ports) in index order. If one is missing, every
+/// ghost made (and `first`, the one that made them) is ended.
+fn read_pids(
+    mut out: impl std::io::Read,
+    program: &str,
+    n: usize,
+    relay: bool,
+    first: i32,
+) -> std::io::Result<Vec<(i32, u16)>> {
+    let mut list = String::new();
+    out.read_to_string(&mut list)?;
     let mut pids = vec![(0i32, 0u16); n];
     for (i, pid, port) in list.lines().filter_map(|l| {
         let mut f = l.split(' ');
@@ -135,8 +181,8 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
             *slot = (pid, port);
         }
     }
-    if pids.iter().any(|(pid, port)| *pid == 0 || (relay.is_some() && *port == 0)) {
-        let all = pids.iter().map(|p| p.0).chain(std::iter::once(first.id() as i32));
+    if pids.iter().any(|(pid, port)| *pid == 0 || (relay && *port == 0)) {
+        let all = pids.iter().map(|p| p.0).chain(std::iter::once(first));
         discard(all);
         return Err(std::io::Error::other(format!(
             "{program} made {} of {n} ghosts",

@@ -333,7 +333,8 @@ pub fn ghosts_for(program: &str, comm: &str, nodes: &[i32]) -> Vec<i32> {
 
 /// [`ghosts_for`], the ghosts keeping the caller's stdout and stderr (bpsh's: a process that
 /// moves back to the front end into its ghost writes there, or, when the caller forwards its
-/// ranks' output to a listener, `rejoin`'s fds connect there again as the same rank).
+/// ranks' output to a listener, `rejoin`'s fds connect there again as the same rank). The
+/// caller forks into its ghosts ([`crate::ghost::fork_keeping_output`]): for a small launcher.
 pub fn ghosts_keeping_output(
     program: &str,
     comm: &str,
@@ -345,7 +346,7 @@ pub fn ghosts_keeping_output(
         ranks: (0..nodes.len() as u32).filter(|&i| nodes[i as usize] != NODE_MASTER).collect(),
         ..r
     });
-    let mut made = crate::ghost::spawn_keeping_output(program, comm, remote, rejoin.as_ref())
+    let mut made = crate::ghost::fork_keeping_output(program, comm, remote, rejoin.as_ref())
         .unwrap_or_default()
         .into_iter();
     nodes.iter().map(|&n| if n == NODE_MASTER { 0 } else { made.next().unwrap_or(0) }).collect()

@@ -25,6 +25,8 @@ use nix::libc;
 
 /// What every ghost of the launch shares, prepared before the first task starts.
 struct Launch {
+    /// The ghost program a light ghost executes to become a full one.
+    program: CString,
     /// `[prog]`.
     argv0: CString,
     /// The environment a full ghost keeps (`KEY=VALUE`).
@@ -62,10 +64,67 @@ const SPLIT: usize = 128;
 /// it could not start, before any ghost was made; it makes fewer if the system runs out of
 /// processes.
 pub fn start(count: usize, argv0: &[u8]) -> Errno {
-    match prepare(count, argv0) {
-        Ok(ghosts) => split(ghosts),
+    let how = Launcher {
+        program: c"/proc/self/exe".into(),
+        env: crate::kept_env(&["BPROC_SOCKET", crate::ENV_GRACE, bproc_proto::conn::ENV_REJOIN]),
+        keep_output: std::env::var_os(crate::ENV_OUTPUT).is_some(),
+        blocked: match raw::sigprocmask(libc::SIG_BLOCK, None) {
+            Ok(b) => b,
+            Err(e) => return e,
+        },
+    };
+    match prepare(count, argv0, how) {
+        Ok((first, second)) => split(first, second),
         Err(e) => e,
     }
+}
+
+/// Forks the caller, a launcher that is not the ghost program (bpsh), into the first of
+/// `count` ghosts for processes named `comm`, which makes the others as light tasks: no
+/// program is executed for them. `program` is the ghost program, which a ghost executes if
+/// it has to become a full one, with `env` added (`KEY=VALUE`). The ghosts keep the caller's
+/// stdout and stderr, and read `/dev/null`. Returns the first ghost's pid and, when there are
+/// others, the pipe its makers write `INDEX PID` lines to (see [`start`]), every ghost's pid
+/// but the first's.
+///
+/// The first ghost's memory is a copy of the caller's, which its tasks share; so this suits
+/// a small launcher, and a launcher whose memory is large uses the ghost program instead.
+pub fn fork(
+    program: &std::path::Path,
+    comm: &str,
+    count: usize,
+    env: Vec<CString>,
+) -> std::io::Result<(i32, Option<std::fs::File>)> {
+    let err = |e: Errno| std::io::Error::from_raw_os_error(e as i32);
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| err(Errno::EINVAL));
+    let program = cstr(program.as_os_str().as_bytes())?;
+    let argv0 = format!("[{comm}]");
+    let how = Launcher { program, env, keep_output: true, blocked: u64::MAX };
+    let (first, second) = prepare(count, argv0.as_bytes(), how).map_err(err)?;
+    let null = first.ghosts[0].launch.null;
+    let lines = match count {
+        0 | 1 => None,
+        _ => Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(err)?),
+    };
+    let child = Box::leak(Box::new(Forked {
+        first,
+        second,
+        comm: cstr(comm.as_bytes())?,
+        lines: lines.as_ref().map(|(_, w)| std::os::fd::AsRawFd::as_raw_fd(w)),
+    }));
+    let argv0 = cstr(argv0.as_bytes())?;
+    let forked = bproc_sys::task::fork_task(child, Some(&argv0));
+    raw::close(null);
+    let pid = forked.map_err(err)?;
+    Ok((pid, lines.map(|(r, _)| std::fs::File::from(r))))
+}
+
+/// How the ghosts' process started, which they take after.
+struct Launcher {
+    program: CString,
+    env: Vec<CString>,
+    keep_output: bool,
+    blocked: u64,
 }
 
 /// The launch's ghosts, and the stacks of all but the first.
@@ -74,21 +133,28 @@ struct Maker {
     stacks: bproc_sys::task::TaskStacks,
 }
 
-fn prepare(count: usize, argv0: &[u8]) -> Result<&'static mut Maker, Errno> {
-    let stacks = bproc_sys::task::TaskStacks::new(count.saturating_sub(1).max(1))?;
+/// Everything the ghosts use, allocated before any task starts; with a second maker for the
+/// upper half of a big launch.
+#[allow(clippy::type_complexity)]
+fn prepare(
+    count: usize,
+    argv0: &[u8],
+    how: Launcher,
+) -> Result<(&'static mut Maker, Option<&'static mut Maker>), Errno> {
+    let mut stacks = bproc_sys::task::TaskStacks::new(count.saturating_sub(1).max(1))?;
     let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null");
     let null = null.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     let socket = crate::socket_path();
-    let env = crate::kept_env(&["BPROC_SOCKET", crate::ENV_GRACE, bproc_proto::conn::ENV_REJOIN]);
     let exit = Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::Code(0) };
     let launch: &'static Launch = Box::leak(Box::new(Launch {
+        program: how.program,
         argv0: CString::new(argv0).map_err(|_| Errno::EINVAL)?,
-        env,
+        env: how.env,
         socket: socket.as_bytes().to_vec(),
         hello: bproc_proto::encode(0, &Message::GhostHello { fork: 0 }),
         null: null.into_raw_fd(),
-        keep_output: std::env::var_os(crate::ENV_OUTPUT).is_some(),
-        blocked: raw::sigprocmask(libc::SIG_BLOCK, None)?,
+        keep_output: how.keep_output,
+        blocked: how.blocked,
         proc_exit: exit.msg_type(),
         ghost_state: Message::GhostState { stopped: false }.msg_type(),
     }));
@@ -99,26 +165,53 @@ fn prepare(count: usize, argv0: &[u8]) -> Result<&'static mut Maker, Errno> {
         stop_signal: 0,
         cont_pending: false,
     });
-    let ghosts = Box::leak(ghosts.collect());
-    Ok(Box::leak(Box::new(Maker { ghosts, stacks })))
+    let ghosts: &'static mut [Ghost] = Box::leak(ghosts.collect());
+    let n = ghosts.len();
+    // The second maker's stack is one of the first's; its half's are its own.
+    let theirs = if n >= SPLIT { stacks.split_off(n - n / 2 - 1) } else { None };
+    let (low, high) = ghosts.split_at_mut(if theirs.is_some() { n / 2 } else { n });
+    let second = theirs.map(|stacks| Box::leak(Box::new(Maker { ghosts: high, stacks })));
+    Ok((Box::leak(Box::new(Maker { ghosts: low, stacks })), second))
 }
 
-/// Hands the upper half of a big launch to a second maker (a light task, the first ghost of
-/// that half), then makes the rest.
-fn split(all: &'static mut Maker) -> ! {
-    let count = all.ghosts.len();
-    if count >= SPLIT {
-        let ghosts = std::mem::take(&mut all.ghosts);
-        let (low, high) = ghosts.split_at_mut(count / 2);
-        all.ghosts = low;
-        // The second maker's stack is one of ours; its half's are its own.
-        let theirs = all.stacks.split_off(high.len() - 1);
-        if let Some(stacks) = theirs {
-            let maker: &'static mut Maker = Box::leak(Box::new(Maker { ghosts: high, stacks }));
-            let _ = all.stacks.spawn_sibling(maker);
+/// Starts the second maker, if any, then makes the first's ghosts.
+fn split(first: &'static mut Maker, second: Option<&'static mut Maker>) -> ! {
+    if let Some(second) = second {
+        let _ = first.stacks.spawn_sibling(second);
+    }
+    make(first)
+}
+
+/// The first ghost of a launch that [`fork`] made: it takes the ghost's signal state, name
+/// and fds, then makes the others (or is the only one).
+struct Forked {
+    first: &'static mut Maker,
+    second: Option<&'static mut Maker>,
+    comm: CString,
+    /// The pipe for the `INDEX PID` lines, when there are other ghosts.
+    lines: Option<RawFd>,
+}
+
+// SAFETY: as for `Maker`: what it uses was made before the fork and is not changed.
+#[allow(unsafe_code)]
+unsafe impl Task for Forked {
+    fn run(&'static mut self) -> ! {
+        // Signals are read from a signalfd, and a ghost dies of its process's signal by
+        // the default action.
+        let Forked { first, second, comm, lines } = self;
+        let _ = raw::sigprocmask(libc::SIG_SETMASK, Some(u64::MAX));
+        raw::default_signal_actions();
+        raw::set_name(comm);
+        // The launcher's stdout goes in as stdin, as a launcher hands it to the program.
+        let _ = raw::dup2(1, 0);
+        match *lines {
+            Some(w) => {
+                let _ = raw::dup2(w, 1);
+                split(first, second.take())
+            }
+            None => run(&mut first.ghosts[0]),
         }
     }
-    make(all)
 }
 
 // SAFETY: a maker keeps to `raw` system calls, its stack and what `prepare` made before any
@@ -313,7 +406,7 @@ fn become_full(g: &mut Ghost, ctl: RawFd) -> ! {
             n += 1;
         }
     }
-    let e = raw::execve(c"/proc/self/exe", &[&l.argv0], &env[..n]);
+    let e = raw::execve(&l.program, &[&l.argv0], &env[..n]);
     say(&[b"bpghost: cannot run the ghost program again: ", e.desc().as_bytes(), b"\n"]);
     crate::violent_death()
 }

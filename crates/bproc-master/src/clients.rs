@@ -64,6 +64,8 @@ struct Counts {
     by_uid: HashMap<u32, usize>,
     /// Every connection of users other than root, ghosts included.
     others: usize,
+    /// The processes holding capped connections, with how many each holds.
+    pids: HashMap<i32, usize>,
 }
 
 /// A connection's place in [`Conns`], given back when dropped.
@@ -71,19 +73,28 @@ struct Counts {
 pub(crate) struct Slot {
     conns: Arc<Conns>,
     uid: u32,
+    pid: Option<i32>,
     capped: bool,
     other: bool,
+}
+
+/// Takes one from `key`'s count, removing it at zero.
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.conns.lock();
         if self.capped {
-            if let Some(n) = c.by_uid.get_mut(&self.uid) {
-                *n -= 1;
-                if *n == 0 {
-                    c.by_uid.remove(&self.uid);
-                }
+            release(&mut c.by_uid, &self.uid);
+            if let Some(pid) = self.pid {
+                release(&mut c.pids, &pid);
             }
         }
         if self.other {
@@ -115,17 +126,18 @@ impl Conns {
         self.per_user.store(per_user as usize, Ordering::Relaxed);
     }
 
-    /// Admits a connection of `uid` (`admin`: root or the master's own user; `ghost`: from
-    /// the ghost program), or says why not.
+    /// Admits a connection of `uid` from process `pid` (`admin`: root or the master's own
+    /// user; `ghost`: a ghost, see [`is_ghost`]), or says why not.
     pub(crate) fn admit(
         self: &Arc<Self>,
         uid: u32,
+        pid: Option<i32>,
         admin: bool,
         ghost: bool,
     ) -> Result<Slot, Crowded> {
         let mut c = self.lock();
         if admin {
-            return Ok(Slot { conns: self.clone(), uid, capped: false, other: false });
+            return Ok(Slot { conns: self.clone(), uid, pid, capped: false, other: false });
         }
         let mine = c.by_uid.get(&uid).copied().unwrap_or(0);
         if !ghost && mine >= self.per_user.load(Ordering::Relaxed) {
@@ -137,8 +149,16 @@ impl Conns {
         c.others += 1;
         if !ghost {
             *c.by_uid.entry(uid).or_default() += 1;
+            if let Some(pid) = pid {
+                *c.pids.entry(pid).or_default() += 1;
+            }
         }
-        Ok(Slot { conns: self.clone(), uid, capped: !ghost, other: true })
+        Ok(Slot { conns: self.clone(), uid, pid, capped: !ghost, other: true })
+    }
+
+    /// Whether process `pid` holds a capped connection now.
+    fn holds_one(&self, pid: i32) -> bool {
+        self.lock().pids.contains_key(&pid)
     }
 }
 
@@ -164,12 +184,20 @@ fn refusal(why: &Crowded) -> Vec<u8> {
     bproc_proto::encode(0, &Message::Error { code: EAGAIN, message: why.to_string() })
 }
 
-/// Whether process `pid` runs the ghost program `ghost`.
-fn is_ghost(pid: i32, ghost: Option<&str>) -> bool {
-    let Some(ghost) = ghost else { return false };
-    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
-    let ghost = std::path::Path::new(ghost);
-    exe == ghost || std::fs::canonicalize(ghost).is_ok_and(|g| g == exe)
+/// Whether process `pid`, not an admin's, is a ghost: it runs the ghost program `ghost`, or
+/// it is a fork of a client connected now that runs the client's program still (a launcher
+/// that forks its ghosts, bpsh; a fork of one's own client or a run of the ghost program are
+/// open to any user alike, and each counts against the master's limit for all users).
+fn is_ghost(pid: i32, ghost: Option<&str>, conns: &Conns) -> bool {
+    let exe_of = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let Some(exe) = exe_of(pid) else { return false };
+    if let Some(ghost) = ghost.map(std::path::Path::new) {
+        if exe == ghost || std::fs::canonicalize(ghost).is_ok_and(|g| g == exe) {
+            return true;
+        }
+    }
+    let parent = bproc_sys::peer::Stat::read(pid).and_then(|s| s.num::<i32>(4));
+    parent.is_some_and(|p| conns.holds_one(p) && exe_of(p).as_ref() == Some(&exe))
 }
 
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
@@ -193,8 +221,9 @@ fn admit_local(shared: &Arc<Shared>, stream: UnixStream) {
         Err(e) => return REFUSED.refuse(format_args!("a client without credentials: {e}")),
     };
     let admin = c.uid() == 0 || c.uid() == nix::unistd::geteuid().as_raw();
-    let ghost = !admin && c.pid().is_some_and(|p| is_ghost(p, shared.ghost_program.as_deref()));
-    match shared.conns.admit(c.uid(), admin, ghost) {
+    let program = shared.ghost_program.as_deref();
+    let ghost = !admin && c.pid().is_some_and(|p| is_ghost(p, program, &shared.conns));
+    match shared.conns.admit(c.uid(), c.pid(), admin, ghost) {
         Ok(slot) => {
             // The process as it is now, so that a pid reused later is noticed.
             let peer = c.pid().and_then(|pid| bproc_sys::peer::Peer::identify(pid).ok());
@@ -236,7 +265,7 @@ pub(crate) async fn serve_proxied(shared: Arc<Shared>, proxied: Proxied) {
         inherit: Inherit::Reported(inherited),
     };
     let mut stream = stream;
-    let slot = match shared.conns.admit(caller.uid, caller.admin, false) {
+    let slot = match shared.conns.admit(caller.uid, None, caller.admin, false) {
         Ok(slot) => slot,
         Err(why) => {
             use tokio::io::AsyncWriteExt;
@@ -520,22 +549,23 @@ mod tests {
     #[test]
     fn a_user_is_capped_and_gets_its_slots_back() {
         let conns = Arc::new(Conns::new(2, 100_000, 4));
-        let a = conns.admit(1001, false, false).unwrap();
-        let _b = conns.admit(1001, false, false).unwrap();
+        let a = conns.admit(1001, None, false, false).unwrap();
+        let _b = conns.admit(1001, None, false, false).unwrap();
         assert_eq!(
-            conns.admit(1001, false, false).unwrap_err().to_string(),
+            conns.admit(1001, None, false, false).unwrap_err().to_string(),
             "bpmaster refused the connection: user 1001 already has 2 connections \
              (cap maxclientsperuser)"
         );
         // Another user, root, the user's ghosts: not held back.
-        let _c = conns.admit(1002, false, false).unwrap();
-        let _r: Vec<Slot> = (0..10).map(|_| conns.admit(0, true, false).unwrap()).collect();
-        let _g: Vec<Slot> = (0..10).map(|_| conns.admit(1001, false, true).unwrap()).collect();
+        let _c = conns.admit(1002, None, false, false).unwrap();
+        let _r: Vec<Slot> = (0..10).map(|_| conns.admit(0, None, true, false).unwrap()).collect();
+        let _g: Vec<Slot> =
+            (0..10).map(|_| conns.admit(1001, None, false, true).unwrap()).collect();
         drop(a);
-        let _d = conns.admit(1001, false, false).unwrap();
+        let _d = conns.admit(1001, None, false, false).unwrap();
         // A reload raises the cap for new connections.
         conns.set_per_user(3);
-        let _e = conns.admit(1001, false, false).unwrap();
+        let _e = conns.admit(1001, None, false, false).unwrap();
     }
 
     #[test]
@@ -543,11 +573,11 @@ mod tests {
         // 1000 descriptors, 10 nodes: 296 kept for root, 704 for everybody else.
         let conns = Arc::new(Conns::new(1000, 1000, 10));
         let others: Vec<Slot> =
-            (0..704).map(|i| conns.admit(2000 + i, false, i % 2 == 0).unwrap()).collect();
-        let err = conns.admit(5000, false, false).unwrap_err().to_string();
+            (0..704).map(|i| conns.admit(2000 + i, None, false, i % 2 == 0).unwrap()).collect();
+        let err = conns.admit(5000, None, false, false).unwrap_err().to_string();
         assert!(err.contains("users other than root hold 704 connections"), "{err}");
-        assert!(conns.admit(0, true, false).is_ok());
+        assert!(conns.admit(0, None, true, false).is_ok());
         drop(others);
-        assert!(conns.admit(5000, false, false).is_ok());
+        assert!(conns.admit(5000, None, false, false).is_ok());
     }
 }

@@ -102,7 +102,7 @@ impl CloneArgs {
 ///
 /// # Safety
 /// The caller's child must keep to async-signal-safe work until it execs or exits.
-unsafe fn clone3(args: &CloneArgs) -> nix::Result<i32> {
+pub(crate) unsafe fn clone3(args: &CloneArgs) -> nix::Result<i32> {
     // SAFETY (for the call itself): `args` is a live, fully initialised clone_args of the
     // size passed, and `set_tid` (when used) points at an i32 the caller keeps alive.
     let r =

@@ -105,6 +105,70 @@ impl TaskStacks {
     }
 }
 
+/// Forks the caller into a child that runs `data.run()`: a plain fork (memory of its own,
+/// copied on write; the caller is its parent and gets its `SIGCHLD`) whose only code is the
+/// task's. A task's promise (direct system calls only, no heap, no locks) is what makes such
+/// a fork safe in a process with other threads, whatever they held at that moment. With
+/// `title`, the child shows as `title` in `/proc/PID/cmdline` (and so in `ps`), written over
+/// its copy of the caller's arguments.
+pub fn fork_task<T: Task>(data: &'static mut T, title: Option<&CStr>) -> nix::Result<i32> {
+    let area = match title {
+        Some(t) => Some((ArgArea::of_self()?, t)),
+        None => None,
+    };
+    let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    // SAFETY: without CLONE_VM the child works on its own copy of memory and runs only what
+    // follows, direct system calls and copies into its own arguments.
+    match unsafe { crate::spawn::clone3(&args) } {
+        Ok(0) => {
+            if let Some((area, title)) = area {
+                area.set_title(title.to_bytes());
+            }
+            data.run()
+        }
+        r => r,
+    }
+}
+
+/// Where a process's argument strings lie: what `/proc/PID/cmdline` reads.
+#[derive(Clone, Copy)]
+struct ArgArea {
+    start: usize,
+    end: usize,
+}
+
+impl ArgArea {
+    /// This process's, from `/proc/self/stat` (its fields 48 and 49).
+    fn of_self() -> nix::Result<ArgArea> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        let stat = stat.as_deref().and_then(crate::peer::Stat::parse).ok_or(Errno::EIO)?;
+        match (stat.num::<usize>(48), stat.num::<usize>(49)) {
+            (Some(start), Some(end)) if end > start => Ok(ArgArea { start, end }),
+            _ => Err(Errno::EIO),
+        }
+    }
+
+    /// Writes `title` over the arguments, cut to fit, and ends it with a NUL. The last byte
+    /// of the area is made non-NUL, which tells the kernel that the area holds a title
+    /// (`setproctitle`): `cmdline` then reads up to the title's NUL, not the old arguments.
+    fn set_title(self, title: &[u8]) {
+        let len = self.end - self.start;
+        let n = title.len().min(len - 1);
+        let p = self.start as *mut u8;
+        // SAFETY: called only in a child just forked by `fork_task`, which runs one thread
+        // and never reads its arguments: `start..end` is its own copy of the argument
+        // strings the kernel placed on the main stack, mapped and writable for the process's
+        // life, and nothing holds a reference into it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(title.as_ptr(), p, n);
+            p.add(n).write(0);
+            if n + 1 < len {
+                p.add(len - 1).write(b' ');
+            }
+        }
+    }
+}
+
 /// What a light task runs.
 ///
 /// # Safety
@@ -327,6 +391,25 @@ pub mod raw {
                     close(fd);
                     return Err(e);
                 }
+            }
+        }
+    }
+
+    /// Sets this task's name (`comm`, 15 bytes at most).
+    pub fn set_name(name: &CStr) {
+        let _ =
+            call(libc::SYS_prctl, [libc::PR_SET_NAME as usize, name.as_ptr() as usize, 0, 0, 0, 0]);
+    }
+
+    /// Puts every signal's action back to the default (SIGKILL's and SIGSTOP's cannot
+    /// change), ignored ones too, as an exec of a fresh program would find them.
+    pub fn default_signal_actions() {
+        // The kernel's `sigaction` (handler, flags, then restorer and mask) all zero: SIG_DFL,
+        // no flags, nothing masked.
+        let dfl = [0u64; 4];
+        for sig in 1..=64usize {
+            if sig != libc::SIGKILL as usize && sig != libc::SIGSTOP as usize {
+                let _ = call(libc::SYS_rt_sigaction, [sig, dfl.as_ptr() as usize, 0, 8, 0, 0]);
             }
         }
     }

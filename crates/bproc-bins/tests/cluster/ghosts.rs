@@ -253,7 +253,8 @@ fn remote_forks_become_ghosts() {
     drop(bpsh);
 }
 
-/// The ghosts of a launch on several nodes share one address space while they forward
+/// bpsh forks itself into the ghost of a single rank (no program is run for it). The ghosts
+/// of a launch on several nodes share one address space while they forward
 /// signals and wait (light ghosts): a stop and a continue pass through them, and a signal ends
 /// the remote process and its ghost by that signal. A fork on a node makes its parent's ghost
 /// a full one, with memory of its own, and the fork's ghost appears under it.
@@ -285,10 +286,46 @@ fn a_launchs_ghosts_share_one_address_space() {
         })
     };
 
+    // One rank, from a shell that holds an extra fd: bpsh forks itself into the ghost, which
+    // shows as `[sleep]`, holds none of the launcher's fds, and ends with its process.
+    let held = c.dir().join("held-by-the-shell");
+    let one_rank = Reaped(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec 7>>{}; exec \"$0\" 1 sleep 100", held.display()))
+            .arg(bins().join("bpsh"))
+            .env("BPROC_SOCKET", c.socket())
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let ghost = ghosts(1)[0].1;
+    let launcher = one_rank.0.id() as i32;
+    let seen = ps(ghost).map(|(ppid, _, args)| (ppid, args));
+    assert_eq!(seen, Some((launcher, "[sleep]".into())), "bpsh's ghost");
+    let comm = std::fs::read_to_string(format!("/proc/{ghost}/comm")).unwrap();
+    assert_eq!(comm, "sleep\n");
+    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe(ghost), exe(launcher), "a fork of bpsh, no program run for it");
+    let fds: Vec<_> = std::fs::read_dir(format!("/proc/{ghost}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .collect();
+    assert!(!fds.contains(&held), "the ghost holds the shell's fd: {fds:?}");
+    let mut one_rank = one_rank;
+    kill(Pid::from_raw(ghost), Signal::SIGTERM).unwrap();
+    let status = until(10, "bpsh to end", || one_rank.0.try_wait().unwrap());
+    assert_eq!(status.code(), Some(255), "a rank killed by a signal");
+    until(10, "the remote process to end", || {
+        c.client().ok()?.procs().ok()?.is_empty().then_some(())
+    });
+
     let mut sleeps = bpsh(&["sleep", "100"]);
     let g = ghosts(2);
     let (one, two) = (g[0].1, g[1].1);
     assert!(same_address_space(one, two).unwrap(), "ghosts {one} and {two} of one launch");
+    assert_eq!(ps(one).map(|p| p.2), Some("[sleep]".into()));
     let launcher = sleeps.0.id() as i32;
     assert!(!same_address_space(one, launcher).unwrap(), "a ghost and bpsh");
     assert_eq!(ps(one).map(|p| p.0), Some(launcher), "a ghost is bpsh's child");
