@@ -400,7 +400,7 @@ fn alive(pid: i32) -> bool {
 
 /// `(ppid, uid)` of a live process, from `/proc`.
 pub(crate) fn parent_and_uid(pid: i32) -> Option<(i32, u32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let text = bproc_sys::peer::read_proc(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))

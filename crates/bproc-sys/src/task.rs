@@ -140,7 +140,7 @@ struct ArgArea {
 impl ArgArea {
     /// This process's, from `/proc/self/stat` (its fields 48 and 49).
     fn of_self() -> nix::Result<ArgArea> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        let stat = crate::peer::read_proc("/proc/self/stat").ok();
         let stat = stat.as_deref().and_then(crate::peer::Stat::parse).ok_or(Errno::EIO)?;
         match (stat.num::<usize>(48), stat.num::<usize>(49)) {
             (Some(start), Some(end)) if end > start => Ok(ArgArea { start, end }),

@@ -177,9 +177,14 @@ fn environment(cx: &Start<'_>, spec: &ProcSpec) -> Result<Vec<CString>, Refusal>
 async fn open_fds(cx: &Start<'_>, spec: &ProcSpec) -> Result<Fds, Refusal> {
     let mut fds = Fds::default();
     let ghost = cx.set_tid.unwrap_or(0);
-    for fd in 0..3 {
+    let stdio = |fd: i32| {
         let io = spec.io.get(fd as usize).unwrap_or(&IoSpec::Null);
-        fds.set(fd, open_io(io, fd, cx.master, spec, cx.rank, ghost).await?);
+        open_io(io, fd, cx.master, spec, cx.rank, ghost)
+    };
+    // At once: each forwarded one is a connection to the launcher, a round trip.
+    let (i, o, e) = tokio::join!(stdio(0), stdio(1), stdio(2));
+    for (fd, opened) in [i, o, e].into_iter().enumerate() {
+        fds.set(fd as i32, opened?);
     }
     for f in &spec.fds {
         match open_io(&f.io, f.fd, cx.master, spec, cx.rank, ghost).await {

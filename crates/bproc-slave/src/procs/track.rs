@@ -309,7 +309,7 @@ impl Procs {
                 let change = ProcChange::Exec { comm: st.comm.clone() };
                 (self.0.report)(Message::ProcEvent { pid, change });
             }
-            let Ok(kids) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            let Ok(kids) = bproc_sys::peer::read_proc(format!("/proc/{pid}/task/{pid}/children"))
             else {
                 continue;
             };
@@ -546,19 +546,19 @@ fn decode_wait(status: i32) -> ExitStatus {
 /// The command name of `pid` and its pid in its own (innermost) pid namespace.
 /// Process `pid`'s pid in the master's pid namespace (the first below this one).
 fn job_ns_pid(pid: i32) -> Option<i32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let text = bproc_sys::peer::read_proc(format!("/proc/{pid}/status")).ok()?;
     let ns = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
     ns.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The thread group (process) of thread `tid`, from `/proc/TID/status`.
 pub(super) fn thread_group(tid: i32) -> Option<i32> {
-    let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let text = bproc_sys::peer::read_proc(format!("/proc/{tid}/status")).ok()?;
     text.lines().find_map(|l| l.strip_prefix("Tgid:"))?.trim().parse().ok()
 }
 
 fn comm_and_ns_pid(pid: i32) -> Option<(String, i32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let text = bproc_sys::peer::read_proc(format!("/proc/{pid}/status")).ok()?;
     let comm = text.lines().find_map(|l| l.strip_prefix("Name:"))?.trim().to_owned();
     let ns = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?;
     Some((comm, ns.parse().ok()?))
