@@ -43,13 +43,22 @@ round() {
     # shellcheck disable=SC2086
     kill -9 $pids 2>/dev/null || true
     wait 2>/dev/null || true
+    # Until every one is gone and reaped (orphans are reaped by init), so that the next round
+    # has the pids back and never waits for a fork to be retried.
+    local i
+    for i in $(seq 600); do
+        # shellcheck disable=SC2086
+        kill -0 $pids 2>/dev/null || break
+        sleep 0.1
+    done
 }
 # The first ghost stays running, so its pid list is read through a FIFO until every ghost
 # has let go of it.
 mkfifo "$DIR/fifo"
 # Its lines are `INDEX PID`: the pids only (an index of 0 given to kill would be our group).
 ghosts() { BPROC_GHOST_COUNT=$N "$B/bpghost" >"$DIR/fifo" & awk '{print $2}' "$DIR/fifo"; }
-forked() { "$B/examples/fork_ghosts" "$N" "$B/bpghost" | awk '{print $2}'; }
+# It stays to reap its ghosts (their parent), as the launcher does.
+forked() { "$B/examples/fork_ghosts" "$N" "$B/bpghost" >"$DIR/fifo" & awk '{print $2}' "$DIR/fifo"; }
 sleeps() { local i; for i in $(seq "$N"); do sleep 1000 >/dev/null & echo $!; done; }
 ghost_rounds=$(for _ in $(seq "$RUNS"); do round ghosts; done)
 forked_rounds=$(for _ in $(seq "$RUNS"); do round forked; done)

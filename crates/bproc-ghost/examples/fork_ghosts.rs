@@ -1,10 +1,11 @@
 //! Makes N ghosts the way bpsh makes a launch's ghosts (a fork of the caller that makes the
 //! others as light tasks, `bproc_ghost::light::fork`), for `bench/ghosts.sh`: prints their
-//! `INDEX PID` lines and exits, leaving them running (they wait for their processes at the
-//! master of `BPROC_SOCKET`).
+//! `INDEX PID` lines, closes its stdout, and reaps them as they end (they wait for their
+//! processes at the master of `BPROC_SOCKET`), so that none is left a zombie.
 //!
 //!     fork_ghosts N GHOST_PROGRAM
-use std::os::fd::AsFd;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -13,7 +14,7 @@ fn main() -> ExitCode {
     let program = args.next().unwrap_or_else(|| "bpghost".into());
     // The ghosts keep the caller's stdout: give them /dev/null, and write the lines to a copy
     // of the real one (above fd 2, so the ghosts close it).
-    let out = match std::io::stdout().as_fd().try_clone_to_owned() {
+    let mut out = match std::io::stdout().as_fd().try_clone_to_owned() {
         Ok(fd) => std::fs::File::from(fd),
         Err(e) => return fail(&e),
     };
@@ -21,22 +22,23 @@ fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(&e),
     };
-    if let Err(e) = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1) {
+    if let Err(e) = nix::unistd::dup2(null.as_raw_fd(), 1) {
         return fail(&e.into());
     }
-    match bproc_ghost::light::fork(std::path::Path::new(&program), "sleep", n, Vec::new()) {
+    let program = std::path::Path::new(&program);
+    match bproc_ghost::light::fork(program, "sleep", n, Vec::new()) {
         Ok((first, None)) => {
-            use std::io::Write;
-            let _ = writeln!(&out, "0 {first}");
+            let _ = writeln!(out, "0 {first}");
         }
         Ok((_, Some(mut lines))) => {
-            let mut out = out;
             if let Err(e) = std::io::copy(&mut lines, &mut out) {
                 return fail(&e);
             }
         }
         Err(e) => return fail(&e),
     }
+    drop(out);
+    while nix::sys::wait::wait().is_ok() {}
     ExitCode::SUCCESS
 }
 
