@@ -84,8 +84,7 @@ pub fn start(count: usize, argv0: &[u8]) -> Errno {
 /// program is executed for them. `program` is the ghost program, which a ghost executes if
 /// it has to become a full one, with `env` added (`KEY=VALUE`). The ghosts keep the caller's
 /// stdout and stderr, and read `/dev/null`. Returns the first ghost's pid and, when there are
-/// others, the pipe its makers write `INDEX PID` lines to (see [`start`]), every ghost's pid
-/// but the first's.
+/// others, the pipe the makers write every ghost's `INDEX PID` line to (see [`start`]).
 ///
 /// The first ghost's memory is a copy of the caller's, which its tasks share; so this suits
 /// a small launcher, and a launcher whose memory is large uses the ghost program instead.
@@ -104,7 +103,10 @@ pub fn fork(
     let null = first.ghosts[0].launch.null;
     let lines = match count {
         0 | 1 => None,
-        _ => Some(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(err)?),
+        _ => {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(err)?;
+            Some((above_stdio(r)?, above_stdio(w)?))
+        }
     };
     let child = Box::leak(Box::new(Forked {
         first,
@@ -117,6 +119,16 @@ pub fn fork(
     raw::close(null);
     let pid = forked.map_err(err)?;
     Ok((pid, lines.map(|(r, _)| std::fs::File::from(r))))
+}
+
+/// `fd`, or a copy of it numbered 3 or more: a launcher without stdin or stdout gets its new
+/// files under those numbers, which the ghosts' own take.
+fn above_stdio(fd: std::os::fd::OwnedFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    if std::os::fd::AsRawFd::as_raw_fd(&fd) < 3 {
+        fd.try_clone()
+    } else {
+        Ok(fd)
+    }
 }
 
 /// How the ghosts' process started, which they take after.
@@ -143,7 +155,8 @@ fn prepare(
 ) -> Result<(&'static mut Maker, Option<&'static mut Maker>), Errno> {
     let mut stacks = bproc_sys::task::TaskStacks::new(count.saturating_sub(1).max(1))?;
     let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null");
-    let null = null.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    let null = above_stdio(null.map_err(errno)?.into()).map_err(errno)?;
     let socket = crate::socket_path();
     let exit = Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::Code(0) };
     let launch: &'static Launch = Box::leak(Box::new(Launch {
@@ -202,8 +215,11 @@ unsafe impl Task for Forked {
         let _ = raw::sigprocmask(libc::SIG_SETMASK, Some(u64::MAX));
         raw::default_signal_actions();
         raw::set_name(comm);
-        // The launcher's stdout goes in as stdin, as a launcher hands it to the program.
-        let _ = raw::dup2(1, 0);
+        // The launcher's stdout goes in as stdin, as a launcher hands it to the program
+        // (/dev/null if it has none).
+        if raw::dup2(1, 0).is_err() {
+            let _ = raw::dup2(first.ghosts[0].launch.null, 0);
+        }
         match *lines {
             Some(w) => {
                 let _ = raw::dup2(w, 1);

@@ -373,6 +373,45 @@ fn a_launchs_ghosts_share_one_address_space() {
     drop(forks);
 }
 
+/// A launcher started without stdin and stdout still gets its ghosts, which then read and
+/// write `/dev/null` (a file bpsh opens takes the free numbers, so it must not become a
+/// ghost's stdio), and a signal to them ends the job.
+#[test]
+fn ghosts_of_a_launcher_without_stdin_or_stdout() {
+    if !require_root("processes forked on a node are followed through the kernel's process events (CAP_NET_ADMIN)") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 3, "ghost-no-stdio");
+    let mut job = Reaped(
+        Command::new("sh")
+            .arg("-c")
+            .arg("exec \"$0\" 1,2 sleep 100 <&- >&-")
+            .arg(bins().join("bpsh"))
+            .env("BPROC_SOCKET", c.socket())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let ghosts = until(20, "the remote processes", || {
+        let p = c.client().ok()?.procs().ok()?;
+        (p.len() == 2).then(|| p.iter().map(|e| e.pid).collect::<Vec<i32>>())
+    });
+    for g in &ghosts {
+        for fd in [0, 1] {
+            until(10, &format!("ghost {g}'s fd {fd} on /dev/null"), || {
+                let to = std::fs::read_link(format!("/proc/{g}/fd/{fd}")).ok()?;
+                (to == std::path::Path::new("/dev/null")).then_some(())
+            });
+        }
+        kill(Pid::from_raw(*g), Signal::SIGTERM).unwrap();
+    }
+    let status = until(10, "bpsh to end", || job.0.try_wait().unwrap());
+    assert_eq!(status.code(), Some(255), "ranks killed by a signal");
+    until(10, "the remote processes to end", || {
+        c.client().ok()?.procs().ok()?.is_empty().then_some(())
+    });
+}
+
 /// Ctrl-Z on `bpsh 1 sleep 100` in an interactive shell stops the remote process and the
 /// job; `fg` resumes both; Ctrl-C ends it.
 #[test]
