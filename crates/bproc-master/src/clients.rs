@@ -569,6 +569,22 @@ mod tests {
     }
 
     #[test]
+    fn the_processes_holding_counted_connections_are_known() {
+        let conns = Arc::new(Conns::new(4, 100_000, 4));
+        let one = conns.admit(1001, Some(41), false, false).unwrap();
+        let two = conns.admit(1001, Some(41), false, false).unwrap();
+        let _root = conns.admit(0, Some(42), true, false).unwrap();
+        let _ghost = conns.admit(1001, Some(43), false, true).unwrap();
+        assert!(conns.holds_one(41));
+        // Neither root's nor a ghost's connection makes its forks ghosts.
+        assert!(!conns.holds_one(42) && !conns.holds_one(43));
+        drop(one);
+        assert!(conns.holds_one(41), "one of two connections left");
+        drop(two);
+        assert!(!conns.holds_one(41));
+    }
+
+    #[test]
     fn root_keeps_a_reserve() {
         // 1000 descriptors, 10 nodes: 296 kept for root, 704 for everybody else.
         let conns = Arc::new(Conns::new(1000, 1000, 10));
