@@ -782,9 +782,17 @@ async fn launch(
             return Err(ExitCode::FAILURE);
         }
         None => return Err(fail(ghosts, timed_out("answer").to_string())),
+        // The master stopped with the launch in flight: what it started, bpsh cannot follow
+        // (its listener goes with it), so the ghosts end, and with them those ranks.
+        Some(Ok(None)) => {
+            let why = "bproc_vexecmove_io: bpmaster closed the connection before it answered \
+                       the launch (did it stop or restart?); run the command again";
+            return Err(fail(ghosts, why.into()));
+        }
+        Some(Err(e)) => return Err(fail(ghosts, format!("bproc_vexecmove_io: {e}"))),
         Some(other) => {
-            eprintln!("bpsh: bproc_vexecmove_io: unexpected answer from bpmaster: {other:?}");
-            return Err(ExitCode::FAILURE);
+            let why = format!("bproc_vexecmove_io: unexpected answer from bpmaster: {other:?}");
+            return Err(fail(ghosts, why));
         }
     };
     Ok(((mrd, mwr), Launched { ghosts, pids, reasons, start }))

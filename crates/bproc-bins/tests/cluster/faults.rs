@@ -167,6 +167,38 @@ fn a_master_that_never_returns_ends_the_jobs() {
     });
 }
 
+/// A master that goes away with a launch in flight (its node hangs, so the master has not
+/// answered yet): bpsh says that the master closed the connection, ends with its ghost, and
+/// lets go of its output at once (before, its ghost held bpsh's stdout for the grace period).
+#[test]
+fn a_master_lost_during_a_launch_ends_bpsh_and_its_ghost() {
+    if !require_root("ghosts and pid namespaces of root slaves") {
+        return;
+    }
+    let mut c = grace_cluster(1, "launch-lost", 10, 30);
+    c.signal_slave(0, Signal::SIGSTOP).unwrap();
+    let mut job = c.cmd("bpsh").args(["0", "sleep", "100"]).spawn();
+    let bpsh = job.pid();
+    let ghost = bproc_testkit::until(20, "bpsh's ghost", || children(bpsh).first().copied());
+    c.kill_master();
+    let st = job.finish(20);
+    let _ = c.signal_slave(0, Signal::SIGCONT);
+    assert_eq!(st.code(), Some(1), "{job:?}");
+    assert!(job.err.iter().any(|l| l.starts_with("bpsh: bproc_vexecmove_io: ")), "{:?}", job.err);
+    assert!(!std::path::Path::new(&format!("/proc/{ghost}")).exists(), "ghost {ghost} is left");
+}
+
+/// The pids of `parent`'s children.
+fn children(parent: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            bproc_sys::peer::Stat::read(*pid).and_then(|s| s.num::<i32>(4)) == Some(parent)
+        })
+        .collect()
+}
+
 /// Whether a live `sh` whose arguments include `tag` runs on this machine (any pid
 /// namespace's processes show in ours).
 fn shell_runs(tag: &str) -> bool {
