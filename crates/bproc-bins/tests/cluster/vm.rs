@@ -320,13 +320,16 @@ fn network_booted_machines() {
     // A remote sleep's ghost, marked with its node by bpstat -P.
     let mut sleeper = cmd(&c, &tools, "bpsh").args(["1", "sleep", "600"]).spawn();
     let pid = until(60, "the remote sleep on node 1", || procs_on(&c, 1).first().copied());
-    let ps = TestCommand::from(Command::new("ps").arg("xf")).output_of();
-    let annotated = cmd(&c, &tools, "bpstat").arg("-P").stdin(ps.stdout).ok();
-    let line = annotated
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(pid.to_string().as_str()))
-        .unwrap_or_else(|| panic!("no line for ghost {pid}:\n{annotated}"));
-    assert!(line.starts_with("1\t") && line.ends_with("[sleep]"), "{line}");
+    // Until its ghost settles: a ghost told of an exec on the node runs the ghost program
+    // again, and `ps` shows `[bpghost]` for that moment.
+    let mut seen = String::new();
+    let line = until(20, "the ghost's line in ps xf | bpstat -P", || {
+        let ps = TestCommand::from(Command::new("ps").arg("xf")).output_of();
+        seen = cmd(&c, &tools, "bpstat").arg("-P").stdin(ps.stdout).ok();
+        let line = seen.lines().find(|l| l.split_whitespace().nth(1) == Some(&pid.to_string()))?;
+        line.ends_with("[sleep]").then(|| line.to_owned())
+    });
+    assert!(line.starts_with("1\t"), "{line}\n{seen}");
 
     // A process holding 64 MiB moves from node 0 to node 1, keeping its memory and pid.
     let hop = hop(&tools);
