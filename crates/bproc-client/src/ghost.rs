@@ -3,6 +3,7 @@
 //! on the remote process through it. The ghost program itself is `bpghost`; the
 //! master names it ([`crate::Place::ghost`]).
 
+use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -74,14 +75,11 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
         return Ok(Vec::new());
     }
     let mut cmd = Command::new(program);
-    cmd.arg0(format!("[{comm}]")).env_clear().env("BPROC_SOCKET", crate::socket_path());
-    if let Io::Output(Some(r)) = &io {
-        cmd.env(bproc_proto::conn::ENV_REJOIN, r.encode());
-    }
-    // How long the ghosts wait for a master that restarts.
-    if let Some(grace) = std::env::var_os("BPROC_GRACE") {
-        cmd.env("BPROC_GRACE", grace);
-    }
+    let rejoin = match &io {
+        Io::Output(r) => *r,
+        _ => None,
+    };
+    cmd.arg0(format!("[{comm}]")).env_clear().envs(ghost_env(rejoin));
     if n == 1 && !matches!(io, Io::Relay(_)) {
         // One ghost is the child itself: its pid is known once it has exec'd, and the launch
         // need not wait for it to start up and say so. One that keeps the caller's output
@@ -138,15 +136,12 @@ pub fn fork_keeping_output(
     if n == 0 {
         return Ok(Vec::new());
     }
-    let socket = crate::socket_path();
-    let mut env = vec![["BPROC_SOCKET=".as_bytes(), socket.as_os_str().as_bytes()].concat()];
-    if let Some(grace) = std::env::var_os("BPROC_GRACE") {
-        env.push(["BPROC_GRACE=".as_bytes(), grace.as_bytes()].concat());
-    }
-    if let Some(r) = rejoin {
-        env.push(format!("{}={}", bproc_proto::conn::ENV_REJOIN, r.encode()).into_bytes());
-    }
-    let env = env.into_iter().filter_map(|v| std::ffi::CString::new(v).ok()).collect();
+    let env = ghost_env(rejoin)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            std::ffi::CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok()
+        })
+        .collect();
     match bproc_ghost::light::fork(std::path::Path::new(program), comm, n, env) {
         Ok((first, None)) => Ok(vec![first]),
         Ok((first, Some(lines))) => {
@@ -155,6 +150,19 @@ pub fn fork_keeping_output(
         }
         Err(_) => spawn_keeping_output(program, comm, n, rejoin),
     }
+}
+
+/// The environment a ghost gets: the master's socket, how long it waits for a master that
+/// restarts (if set), and where its rank's output rejoins (bpsh's ghosts).
+fn ghost_env(rejoin: Option<&Rejoin>) -> Vec<(OsString, OsString)> {
+    let mut env = vec![("BPROC_SOCKET".into(), crate::socket_path().into_os_string())];
+    if let Some(grace) = std::env::var_os("BPROC_GRACE") {
+        env.push(("BPROC_GRACE".into(), grace));
+    }
+    if let Some(r) = rejoin {
+        env.push((bproc_proto::conn::ENV_REJOIN.into(), r.encode().into()));
+    }
+    env
 }
 
 /// Reads the ghosts' `INDEX PID` lines (`INDEX PID PORT` with relays) from `out` until every
