@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # bpcp benchmark, all measured in one run on a virtual cluster:
 #  1. one-node throughput for a 1 GiB file, against a local `cp` of the same file into a fresh
-#     tmpfs with the nodes' settings (the floor: writing 1 GiB into memory once);
+#     tmpfs with the nodes' settings (writing 1 GiB into memory once), and against the floor of
+#     any copy over TCP: the same bytes through one loopback connection into that tmpfs, with
+#     no checksum or stream format (crates/bproc-copy/examples/tcp_floor.rs);
 #  2. the bytes the front end sends for a broadcast to 8, 32 and 64 nodes (bpcp's own copy
 #     streams plus the master daemon's orders), against the file size;
 #  3. a 100 MiB broadcast to 64 nodes against `pdcp -R ssh` and `clush --copy` to the same
-#     number of ssh "nodes" (the project's loopback-only sshd, ../shared/bench/peers-setup.sh).
+#     number of ssh "nodes" (the project's loopback-only sshd, ../shared/bench/peers-setup.sh),
+#     and against 64 local copies into a tmpfs (all the nodes' copies share this machine's
+#     memory: the floor of a broadcast here).
 # Prints markdown tables: hyperfine medians (min–max), ratios, and the targets with whether they hold.
 #
 #   bench/bpcp.sh                    # everything
@@ -24,6 +28,7 @@ if [ "$PEERS" = 1 ] && [ "$(ip netns identify $$ 2>/dev/null)" != "$NS" ]; then
     exec ip netns exec "$NS" bash "$0" "$@"
 fi
 cargo build --release --quiet -p bproc-bins
+cargo build --release --quiet -p bproc-copy --example tcp_floor
 B=$PWD/target/release
 DIR=$(mktemp -d /tmp/bproc-bpcp-bench.XXXXXX)
 SRC=/dev/shm/bproc-bpcp-bench.$$
@@ -47,6 +52,7 @@ hf() {
         { cat "$DIR/hf.err" >&2; exit 1; }
     python3 bench/lib/hf.py "$DIR/hf.json" | awk '{printf "%.3f %.3f %.3f\n", $1 / 1000, $2 / 1000, $3 / 1000}'
 }
+. bench/lib/rounds.sh
 holds() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == "<=") ? v <= t : v >= t; print ok ? "yes" : "**no**"}'; }
 up() { "$B/bpcluster" up -n "$1" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }; }
 down() { "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true; }
@@ -54,7 +60,7 @@ master_sent() { "$B/bpstat" --master-info | python3 -c "import json,sys; print(j
 
 echo "## bpcp"
 echo
-echo "$(nproc) cores, $(uname -r); medians of $RUNS runs (of at least 11 for 1 GiB to one node)."
+echo "$(nproc) cores, $(uname -r); medians of $RUNS runs (of at least 11 rounds, each command in turn, for 1 GiB to one node)."
 echo
 
 # 1. One node, 1 GiB.
@@ -63,12 +69,15 @@ mkdir -p "$FLOOR"
 mount -t tmpfs -o huge=within_size,size=4g tmpfs "$FLOOR" 2>/dev/null || mount -t tmpfs -o size=4g tmpfs "$FLOOR"
 up 2
 "$B/bpcp" "$SRC" 0:/tmp/big # warm up: the node's cache of huge pages, the page cache of SRC
-# bpcp, then cp, each into a tmpfs without the file (removed before each run, untimed);
-# whole processes, no shell. At least 11 runs: on this virtual machine a run that gets memory
-# the host took back is 2 to 4 times slower, for cp too, now and then.
+# bpcp, cp and the TCP floor, each into a tmpfs without the file (removed before each run,
+# untimed); whole processes, no shell, in rounds (bench/lib/rounds.sh). At least 11 rounds:
+# on this virtual machine a run that gets memory the host took back is 2 to 4 times slower,
+# for cp too, now and then.
 R1=$((RUNS > 11 ? RUNS : 11))
-read -r bpcp_t bpcp_min bpcp_max cp_t _ <<<"$(hf "$R1" -N --prepare "$B/bpsh 0 rm -f /tmp/big" \
-    --prepare "rm -f $FLOOR/big" "$B/bpcp $SRC 0:/tmp/big" "cp $SRC $FLOOR/big" | tr '\n' ' ')"
+read -r bpcp_t bpcp_min bpcp_max cp_t _ _ tcp_t tcp_min tcp_max <<<"$(rounds "$DIR" "$R1" -N \
+    --prepare "$B/bpsh 0 rm -f /tmp/big" --prepare "rm -f $FLOOR/big" --prepare "rm -f $FLOOR/big" \
+    "$B/bpcp $SRC 0:/tmp/big" "cp $SRC $FLOOR/big" "$B/examples/tcp_floor $SRC $FLOOR/big" |
+    awk '{printf "%.3f %.3f %.3f ", $1 / 1000, $2 / 1000, $3 / 1000}')"
 # Replacing the file (the old one stays until the new one is verified, so the node holds both
 # for a moment): no target, to show what the atomic replacement costs here.
 read -r repl_t repl_min repl_max <<<"$(hf "$R1" -N "$B/bpcp $SRC 0:/tmp/big")"
@@ -77,14 +86,19 @@ read -r repl_t repl_min repl_max <<<"$(hf "$R1" -N "$B/bpcp $SRC 0:/tmp/big")"
 down
 umount "$FLOOR"
 gbs() { awk -v s="$1" 'BEGIN {printf "%.2f", 1.073741824/s}'; }
-ratio=$(awk -v a="$bpcp_t" -v b="$cp_t" 'BEGIN {printf "%.2f", a/b}')
+ratio_to() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+ratio=$(ratio_to "$bpcp_t" "$cp_t")
 echo "| 1 GiB to one node | median (s) | min–max | GB/s | baseline: local cp into tmpfs (s) | ratio | target | holds |"
 echo "|---|---:|---:|---:|---:|---:|---|---|"
 printf "| bpcp FILE 0:/tmp/big | %s | %s–%s | %s | %s (%s GB/s) | %s | ≥ 2 GB/s, ratio ≤ 1.5 | %s, %s |\n" \
     "$bpcp_t" "$bpcp_min" "$bpcp_max" "$(gbs "$bpcp_t")" "$cp_t" "$(gbs "$cp_t")" "$ratio" \
     "$(holds "$(gbs "$bpcp_t")" ">=" 2)" "$(holds "$ratio" "<=" 1.5)"
 printf "| the same, replacing the file | %s | %s–%s | %s | | %s | | |\n" \
-    "$repl_t" "$repl_min" "$repl_max" "$(gbs "$repl_t")" "$(awk -v a="$repl_t" -v b="$cp_t" 'BEGIN {printf "%.2f", a/b}')"
+    "$repl_t" "$repl_min" "$repl_max" "$(gbs "$repl_t")" "$(ratio_to "$repl_t" "$cp_t")"
+printf "| floor: the bytes alone through loopback TCP (tcp_floor) | %s | %s–%s | %s | | %s | | |\n" \
+    "$tcp_t" "$tcp_min" "$tcp_max" "$(gbs "$tcp_t")" "$(ratio_to "$tcp_t" "$cp_t")"
+echo
+echo "bpcp takes $(ratio_to "$bpcp_t" "$tcp_t")× the TCP floor. Where the floor's own ratio to cp is above 1.5, or its GB/s below 2, no copy over TCP on this machine can meet that target."
 echo
 
 # 2. Bytes the front end sends for a broadcast, and 3. the time of a 100 MiB broadcast.
@@ -108,10 +122,17 @@ want=$(cksum <"$SRC.100")
 "$B/bpsh" -a -n sh -c 'cksum </tmp/copy.bin' | grep -vqxF "$want" &&
     { echo "bpcp.sh: a node's copy differs" >&2; exit 1; }
 down
+# The floor of a broadcast on one machine: the 64 nodes' copies all live in this machine's
+# memory, so it cannot take less than writing 64 copies of the file into a tmpfs here.
+mount -t tmpfs -o huge=within_size,size=8g tmpfs "$FLOOR" 2>/dev/null || mount -t tmpfs -o size=8g tmpfs "$FLOOR"
+read -r bc_floor _ <<<"$(hf "$RUNS" --prepare "rm -f $FLOOR/c*" "for i in \$(seq 64); do cp $SRC.100 $FLOOR/c\$i; done")"
+umount "$FLOOR"
 
 echo "| 100 MiB to 64 nodes | median (s) | ratio to bpcp | target |"
 echo "|---|---:|---:|---|"
 printf "| bpcp FILE all:/tmp/copy.bin (chain) | %s | 1 | |\n" "$bc_t"
+printf "| floor: 64 local cp of the file into a tmpfs | %s | %s | |\n" "$bc_floor" \
+    "$(awk -v a="$bc_floor" -v b="$bc_t" 'BEGIN {printf "%.2f", a/b}')"
 if [ "$PEERS" = 1 ]; then
     CFG_COPY=$STATE/ssh_config_copy
     [ -f "$CFG_COPY" ] || CFG_COPY=$STATE/ssh_config
