@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # bpsh launch benchmark, whole processes timed by hyperfine (no shell, no wrapper process in
-# the measured time), each against a baseline timed the same way in the same run:
-#  - `bpsh 0 true` against `/bin/true`;
+# the measured time), each against a baseline timed the same way in the same run, taken in
+# turn with it (bench/lib/rounds.sh):
+#  - `bpsh 0 true` against `/bin/true`, and the floor of any launcher that starts a program
+#    and waits for it, with no network: `timeout 60 /bin/true` (coreutils forks, executes
+#    /bin/true and waits);
 #  - `bpsh 0-N true` at each size against the spawn floor: N spawns of /bin/true by a tight
 #    posix_spawn + wait loop, one per core at a time (bench/lib/spawnloop.c);
 #  - the front end's CPU per launched rank (bpsh, its ghosts and bpmaster together: bpsh runs
@@ -34,18 +37,13 @@ cc -O2 -o "$DIR/spawnloop" bench/lib/spawnloop.c
 export BPROC_SOCKET=$DIR/c/master.sock
 up() { "$B/bpcluster" up -n "$1" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }; }
 down() { "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true; }
-# hyperfine RUNS CMD BASELINE -> "cmd_median cmd_min cmd_max base_median base_min base_max" (ms)
-hf() {
-    local runs=$1
-    shift
-    hyperfine -N --style none --warmup 3 --runs "$runs" --export-json "$DIR/hf.json" "$@" >/dev/null 2>"$DIR/hf.err"
-    python3 bench/lib/hf.py "$DIR/hf.json" | tr '\n' ' '
-}
+# rounds DIR RUNS CMD... -> "median min max" (ms) of each command, a line each
+. bench/lib/rounds.sh
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 holds() { awk -v v="$1" -v t="$2" 'BEGIN {print (v <= t) ? "yes" : "**no**"}'; }
-row() { # what, median, min, max, baseline name, baseline median, target text, target value
+row() { # what, median, min, max, baseline name, baseline median, target text, target ratio (or "")
     printf "| %s | %.2f | %.2f–%.2f | %s %.2f | %s | %s | %s |\n" "$1" "$2" "$3" "$4" "$5" "$6" \
-        "$(ratio "$2" "$6")" "$7" "$(holds "$(ratio "$2" "$6")" "$8")"
+        "$(ratio "$2" "$6")" "$7" "$(if [ -n "$8" ]; then holds "$(ratio "$2" "$6")" "$8"; else echo —; fi)"
 }
 # Front-end CPU (µs) per rank over K launches of N ranks: bpsh and its ghosts (cgroup) plus
 # the master (utime + stime in /proc/PID/stat).
@@ -72,15 +70,16 @@ cpu_per_rank() {
 
 echo "## bpsh launch benchmark"
 echo
-echo "$CORES cores, kernel $(uname -r); hyperfine $(hyperfine --version | cut -d' ' -f2), whole processes, no shell; times in ms, median and min–max of $RUNS runs (fewer at 1024 nodes), baselines in the same run."
+echo "$CORES cores, kernel $(uname -r); hyperfine $(hyperfine --version | cut -d' ' -f2), whole processes, no shell; times in ms, median and min–max of $RUNS rounds (fewer at 1024 nodes), each round one run of a command and one of its baseline."
 echo
 echo "| what | median | min–max | baseline (median) | ratio | target | holds |"
 echo "|---|---:|---:|---|---:|---|---|"
 # A single launch on a small cluster: on a real cluster the front end does not also host a
 # thousand slave daemons.
 up 8
-read -r m lo hi bm _ _ <<<"$(hf "$RUNS" "$B/bpsh 0 true" "/bin/true")"
+read -r m lo hi bm _ _ fm flo fhi <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" "/bin/true" "timeout 60 /bin/true" | tr '\n' ' ')"
 row "bpsh 0 true" "$m" "$lo" "$hi" "/bin/true" "$bm" "≤ 2× /bin/true" 2
+row "floor: timeout 60 /bin/true (a local launcher)" "$fm" "$flo" "$fhi" "/bin/true" "$bm" "—" ""
 down
 cpu=""
 # Each size on a cluster of its size: on a virtual cluster every process event on the
@@ -90,15 +89,17 @@ for n in $SIZES; do
     up "$n"
     runs=$RUNS
     [ "$n" -ge 512 ] && runs=$(( RUNS < 11 ? RUNS : 11 ))
-    read -r m lo hi bm _ _ <<<"$(hf "$runs" "$B/bpsh 0-$((n - 1)) true" "$DIR/spawnloop $n $CORES /bin/true")"
+    read -r m lo hi bm _ _ <<<"$(rounds "$DIR" "$runs" -N "$B/bpsh 0-$((n - 1)) true" "$DIR/spawnloop $n $CORES /bin/true" | tr '\n' ' ')"
     if [ "$n" = 1024 ]; then
         row "bpsh -a true, $n nodes" "$m" "$lo" "$hi" "spawn floor" "$bm" "≤ 600 ms (≈ 1.3× floor)" 1.3
     else
-        row "bpsh -a true, $n nodes" "$m" "$lo" "$hi" "spawn floor" "$bm" "—" 1000
+        row "bpsh -a true, $n nodes" "$m" "$lo" "$hi" "spawn floor" "$bm" "—" ""
     fi
     cpu+="| front-end CPU per rank, $n nodes | $(cpu_per_rank "$n" 5) µs | bpsh, ghosts and bpmaster |"$'\n'
     down
 done
+echo
+echo "A remote launch, too, starts a launcher and a program, one after the other, and waits for the program: where the floor's ratio is near 2 or above, no remote launch can take under 2× /bin/true here."
 echo
 echo "| front end | CPU | counted |"
 echo "|---|---:|---|"
