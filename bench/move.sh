@@ -7,7 +7,7 @@
 # /bin/true on one node (the cheapest remote start there is) for the small move, a bpcp of a
 # 64 MiB file to the node (the same bytes moved to the node) for the big one, a bpsh of
 # /bin/true on all 64 nodes for the small vrfork, and a bpcp broadcast of 64 MiB to all 64
-# nodes for the big one.
+# nodes for the big one; each vector fork and its baseline are taken in turn.
 #
 #   bench/move.sh              # medians of 7 runs (as root: moves keep their pids)
 #   RUNS=3 NODES=16 bench/move.sh
@@ -60,18 +60,24 @@ m=$(awk '/^move_ms/ {print $2}' "$DIR/out" | median)
 b=$(awk '/^back_ms/ {print $2}' "$DIR/out" | median)
 row "move, 4 more threads" "$m" "$b" "bpsh 1 /bin/true" "$(base_ms "$B/bpsh 1 /bin/true")" "" "" ""
 nodes=$(seq -s ' ' 0 $((NODES - 1)))
+# A vector fork and its baseline in turn (one of each per round, after one untimed round),
+# so that the machine's drift falls on both alike.
 for mib in 0 64; do
+    if [ "$mib" = 0 ]; then against="$B/bpsh -a /bin/true"; else against="$B/bpcp $DIR/64m all:/tmp/64m"; fi
     : >"$DIR/v"
-    for _ in $(seq "$RUNS"); do
+    rm -f "$DIR"/round.*.json
+    for i in $(seq 0 "$RUNS"); do
         # shellcheck disable=SC2086
-        "$B/examples/move_bench" vrfork "$mib" $nodes | awk '/^vrfork_ms/ {print $2}' >>"$DIR/v"
+        "$B/examples/move_bench" vrfork "$mib" $nodes | awk '/^vrfork_ms/ {print $2}' >"$DIR/one"
+        hyperfine -N --style none --runs 1 --export-json "$DIR/round.$i.json" "$against" >/dev/null 2>"$DIR/hf.err" ||
+            { cat "$DIR/hf.err" >&2; exit 1; }
+        if [ "$i" = 0 ]; then rm "$DIR/round.0.json"; else cat "$DIR/one" >>"$DIR/v"; fi
     done
     v=$(median <"$DIR/v")
+    base=$(python3 bench/lib/hf.py --merge "$DIR"/round.*.json | awk '{print $1}')
     if [ "$mib" = 0 ]; then
-        base=$(base_ms "$B/bpsh -a /bin/true")
         row "vrfork, small, $NODES nodes" "$v" - "bpsh -a /bin/true" "$base" "ratio ≤ 1.5" "$(ratio "$v" "$base")" 1.5
     else
-        base=$(base_ms "$B/bpcp $DIR/64m all:/tmp/64m")
         row "vrfork, 64 MiB, $NODES nodes" "$v" - "bpcp broadcast of 64 MiB" "$base" "ratio ≤ 1.5" "$(ratio "$v" "$base")" 1.5
     fi
 done
