@@ -60,7 +60,7 @@ master_sent() { "$B/bpstat" --master-info | python3 -c "import json,sys; print(j
 
 echo "## bpcp"
 echo
-echo "$(nproc) cores, $(uname -r); medians of $RUNS runs (of at least 11 rounds, each command in turn, for 1 GiB to one node)."
+echo "$(nproc) cores, $(uname -r); medians of $RUNS runs (of at least 21 rounds, each command in turn, for 1 GiB to one node)."
 echo
 
 # 1. One node, 1 GiB.
@@ -70,11 +70,11 @@ mount -t tmpfs -o huge=within_size,size=4g tmpfs "$FLOOR" 2>/dev/null || mount -
 up 2
 "$B/bpcp" "$SRC" 0:/tmp/big # warm up: the node's cache of huge pages, the page cache of SRC
 # bpcp, cp and the TCP floor, each into a tmpfs without the file (removed before each run,
-# untimed); whole processes, no shell, in rounds (bench/lib/rounds.sh). At least 11 rounds:
+# untimed); whole processes, no shell, in rounds (bench/lib/rounds.sh). At least 21 rounds:
 # on this virtual machine a run that gets memory the host took back is 2 to 4 times slower,
 # for cp too, now and then.
-R1=$((RUNS > 11 ? RUNS : 11))
-read -r bpcp_t bpcp_min bpcp_max cp_t _ _ tcp_t tcp_min tcp_max <<<"$(rounds "$DIR" "$R1" -N \
+R1=$((RUNS > 21 ? RUNS : 21))
+read -r bpcp_t bpcp_min bpcp_max cp_t cp_min _ tcp_t tcp_min tcp_max <<<"$(rounds "$DIR" "$R1" -N \
     --prepare "$B/bpsh 0 rm -f /tmp/big" --prepare "rm -f $FLOOR/big" --prepare "rm -f $FLOOR/big" \
     "$B/bpcp $SRC 0:/tmp/big" "cp $SRC $FLOOR/big" "$B/examples/tcp_floor $SRC $FLOOR/big" |
     awk '{printf "%.3f %.3f %.3f ", $1 / 1000, $2 / 1000, $3 / 1000}')"
@@ -98,7 +98,7 @@ printf "| the same, replacing the file | %s | %s–%s | %s | | %s | | |\n" \
 printf "| floor: the bytes alone through loopback TCP (tcp_floor) | %s | %s–%s | %s | | %s | | |\n" \
     "$tcp_t" "$tcp_min" "$tcp_max" "$(gbs "$tcp_t")" "$(ratio_to "$tcp_t" "$cp_t")"
 echo
-echo "bpcp takes $(ratio_to "$bpcp_t" "$tcp_t")× the TCP floor. Where the floor's own ratio to cp is above 1.5, or its GB/s below 2, no copy over TCP on this machine can meet that target."
+echo "bpcp takes $(ratio_to "$bpcp_t" "$tcp_t")× the TCP floor by the medians, $(ratio_to "$bpcp_min" "$tcp_min")× by the fastest runs; the floor takes $(ratio_to "$tcp_min" "$cp_min")× cp by the fastest runs. A run here is fast or 2 to 5 times slower (when the host hands the memory out slowly), so a median can fall on either side; the fastest runs are the steadier comparison. Where the floor's ratio to cp is above 1.5, or its GB/s below 2, no copy over TCP on this machine can meet that target."
 echo
 
 # 2. Bytes the front end sends for a broadcast, and 3. the time of a 100 MiB broadcast.
