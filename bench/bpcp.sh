@@ -131,8 +131,7 @@ umount "$FLOOR"
 echo "| 100 MiB to 64 nodes | median (s) | ratio to bpcp | target |"
 echo "|---|---:|---:|---|"
 printf "| bpcp FILE all:/tmp/copy.bin (chain) | %s | 1 | |\n" "$bc_t"
-printf "| floor: 64 local cp of the file into a tmpfs | %s | %s | |\n" "$bc_floor" \
-    "$(awk -v a="$bc_floor" -v b="$bc_t" 'BEGIN {printf "%.2f", a/b}')"
+printf "| floor: 64 local cp of the file into a tmpfs | %s | %s | |\n" "$bc_floor" "$(ratio_to "$bc_floor" "$bc_t")"
 if [ "$PEERS" = 1 ]; then
     CFG_COPY=$STATE/ssh_config_copy
     [ -f "$CFG_COPY" ] || CFG_COPY=$STATE/ssh_config
