@@ -64,6 +64,13 @@ fn main() {
         (args.len() == 5).then(|| std::os::unix::net::UnixDatagram::pair().expect("socket"));
     let image = std::fs::File::create(&args[1]).expect("image file");
     std::io::stdout().flush().unwrap();
+    // The heap as small as it goes, so that the dump's own allocations grow it: the image
+    // must still hold all of it.
+    // SAFETY: mallopt and malloc_trim only change the allocator's bookkeeping.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_TOP_PAD, 0);
+        nix::libc::malloc_trim(0);
+    }
     let lib = |p: &str| p.starts_with("/usr/lib") || p.starts_with("/lib");
     let skip = [image.as_raw_fd()];
     let t0 = std::time::Instant::now();

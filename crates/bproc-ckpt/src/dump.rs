@@ -880,6 +880,14 @@ fn write_all(fd: RawFd, mut buf: &[u8]) -> Result<(), CkptError> {
     Ok(())
 }
 
+/// Whether `h` lists the heap of a process whose break is `now`: the break it read is that
+/// one, and the region holding the heap reaches it.
+fn heap_listed(h: &Header, now: u64) -> bool {
+    let (start, brk) = (h.mm.start_brk, h.mm.brk);
+    let heap_end = h.regions.iter().find(|r| r.start <= start && start < r.end).map(|r| r.end);
+    now == brk && (brk <= start || heap_end.is_some_and(|e| e >= brk.next_multiple_of(PAGE)))
+}
+
 /// Which pages of a region the image carries, from `/proc/self/pagemap`: those present or
 /// swapped; in a mapping by reference, only those no longer the file's (copied on write);
 /// in a copied file mapping, every page.
@@ -933,10 +941,23 @@ fn dump(
     t: &Target,
     threads: &(Vec<bproc_image::Thread>, u32),
 ) -> Result<(), CkptError> {
-    let h = header(opts, t, threads)?;
-    let head = h.encode();
     let open = |p: String| std::fs::File::open(&p).map_err(|e| CkptError::sys(p, e));
     let (pagemap, mem) = (open(t.proc("pagemap"))?, open(t.proc("mem"))?);
+    // The dump's own allocations may grow the heap after its regions are listed; the
+    // allocator's state, saved with the pages, would then count heap the image lacks. List
+    // again until the heap holds still (it does once the allocator has what these need).
+    let mut h = header(opts, t, threads)?;
+    let mut head = h.encode();
+    for _ in 0..8 {
+        // SAFETY: brk(0) changes nothing and returns the current break.
+        let now = || unsafe { libc::syscall(libc::SYS_brk, 0) } as u64;
+        // A stopped child's heap never moves.
+        if matches!(t, Target::Exec { .. }) || heap_listed(&h, now()) {
+            break;
+        }
+        h = header(opts, t, threads)?;
+        head = h.encode();
+    }
     let pid = t.pid();
     // Pages are copied by the kernel (process_vm_readv) into a buffer mapped after the
     // regions were listed, so the dump never reads memory that Rust code may be using, and
@@ -1041,6 +1062,29 @@ fn dump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A heap that grew after the regions were listed, or after the break was read, is
+    /// listed again.
+    #[test]
+    fn a_heap_short_of_the_break_is_listed_again() {
+        let heap = |end: u64| Region {
+            start: 0x5000_0000,
+            end,
+            prot: 3,
+            stack: false,
+            source: Source::Anonymous,
+        };
+        let mut h = Header { regions: vec![heap(0x5000_3000)], ..Default::default() };
+        h.mm.start_brk = 0x5000_0000;
+        h.mm.brk = 0x5000_2010;
+        assert!(heap_listed(&h, 0x5000_2010));
+        assert!(!heap_listed(&h, 0x5000_4000), "the break moved after it was read");
+        h.regions = vec![heap(0x5000_2000)];
+        assert!(!heap_listed(&h, 0x5000_2010), "the heap grew after the regions were listed");
+        h.regions.clear();
+        h.mm.brk = h.mm.start_brk;
+        assert!(heap_listed(&h, h.mm.brk), "no heap yet");
+    }
 
     #[test]
     fn maps_lines_parse() {
