@@ -20,7 +20,8 @@
 #   copy_stream  arbitrary bytes as a bpcp copy stream (bproc-copy's entry and trailer
 #                decoders): no panic, no over-read, accepted entries re-encode to the same bytes.
 #   image        arbitrary bytes as a process image (bproc-image): no panic, bounded reads, an
-#                accepted header re-encodes to the same bytes.
+#                accepted header re-encodes to the same bytes; a copy carrying the files it
+#                names (inline_files) names none.
 #   probe        arbitrary bytes as the file probe on an image connection (bproc_proto::conn):
 #                no panic, an accepted probe re-encodes to the same bytes.
 #

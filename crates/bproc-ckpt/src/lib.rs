@@ -5,6 +5,8 @@
 //!   instruction (`exec_dump`).
 //! - [`restore`]: a new process (or a ghost, in place) is made from an image by system call
 //!   injection under ptrace, with the pid its caller chose.
+//! - [`inline`]: a copy of an image for a machine that lacks some of the files it names,
+//!   carrying their pages.
 //! - `threads`: holding the other threads of the dumping process still and reading their
 //!   state.
 //!
@@ -17,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod dump;
+pub mod inline;
 pub mod restore;
 mod threads;
 

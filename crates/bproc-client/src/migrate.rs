@@ -548,7 +548,13 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
     let listener = TcpListener::bind("0.0.0.0:0")?;
     let skip = [image.as_raw_fd(), listener.as_raw_fd(), client.stream().as_raw_fd()];
     let libs = mapped_libraries(Some(&mut client));
-    match dump_skipping(image.as_fd(), DUMP_DEFAULT | (flags & STRICT), &skip, &libs, &[])? {
+    // Every regular file is named: each node is asked which it has, and the pages of those
+    // it lacks travel in its copy (the same bytes either way).
+    let files: Vec<String> = mapped_files()
+        .into_iter()
+        .filter(|f| std::fs::metadata(f).is_ok_and(|st| st.is_file()))
+        .collect();
+    match dump_skipping(image.as_fd(), DUMP_DEFAULT | (flags & STRICT), &skip, &libs, &files)? {
         Resumed::Restored(v) => {
             std::mem::forget((image, listener, client));
             return Ok(Forked::Child((v - 1) as usize));
@@ -719,6 +725,14 @@ fn serve_image(
 ) -> Result<Message, BprocError> {
     let size =
         nix::sys::stat::fstat(image.as_raw_fd()).map_err(|e| BprocError::Io(e.into()))?.st_size;
+    let held = std::fs::File::from(image.try_clone()?);
+    let served = Served {
+        files: bproc_ckpt::inline::named(&bproc_ckpt::inline::header_in(&held)?),
+        image: held,
+        size: size as usize,
+        copies: Default::default(),
+    };
+    let served = &served;
     std::thread::scope(|scope| loop {
         let Some((sock_ready, reply_ready)) = wait_either(listener, client, u16::MAX)? else {
             continue;
@@ -728,13 +742,27 @@ fn serve_image(
         }
         if sock_ready {
             let Ok((s, _)) = listener.accept() else { continue };
-            scope.spawn(move || send_image(s, token, image, size as usize));
+            scope.spawn(move || send_image(s, token, served));
         }
     })
 }
 
-/// Sends the whole image to one node that presents `token`.
-fn send_image(mut s: TcpStream, token: &[u8; 16], image: &OwnedFd, size: usize) {
+/// A vector fork's image as the mover serves it.
+struct Served {
+    /// The image.
+    image: std::fs::File,
+    /// Its length.
+    size: usize,
+    /// The files it names, which each node is asked about.
+    files: Vec<conn::FileId>,
+    /// Copies made for nodes that lack some of them.
+    copies: bproc_ckpt::inline::Copies,
+}
+
+/// Sends the image to one node that presents `token`: as it is if the node has every file it
+/// names, else a copy carrying those it lacks.
+fn send_image(mut s: TcpStream, token: &[u8; 16], served: &Served) {
+    use std::os::unix::fs::FileExt;
     let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
     let mut head = [0u8; conn::HEADER_LEN];
     if s.read_exact(&mut head).is_err() {
@@ -744,15 +772,39 @@ fn send_image(mut s: TcpStream, token: &[u8; 16], image: &OwnedFd, size: usize) 
     if got != *token || what != conn::IMAGE {
         return;
     }
-    // The image is made: nothing to ask the node about.
-    let mut answer = [0u8; 4];
-    if s.write_all(&conn::encode_probe(&[])).is_err() || s.read_exact(&mut answer).is_err() {
+    let mut count = [0u8; 4];
+    if s.write_all(&conn::encode_probe(&served.files)).is_err() || s.read_exact(&mut count).is_err()
+    {
         return;
     }
+    let Ok(len) = conn::answer_len(count, served.files.len()) else { return };
+    let mut answer = vec![0u8; len];
+    if s.read_exact(&mut answer).is_err() {
+        return;
+    }
+    let whole = || {
+        let mut bytes = vec![0u8; served.size];
+        served.image.read_exact_at(&mut bytes, 0).map_err(|e| {
+            bproc_ckpt::CkptError::Path(format!("reading the vector fork's image back: {e}"))
+        })?;
+        Ok(std::sync::Arc::new(bytes))
+    };
+    match served.copies.for_answer(&served.files, &answer, None, whole) {
+        Ok(Some(copy)) => {
+            let _ = s.write_all(&copy);
+            return;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            // The node's log says why its rank failed.
+            let _ = s.write_all(&conn::encode_refusal(&e.to_string()));
+            return;
+        }
+    }
     let mut off: i64 = 0;
-    while (off as usize) < size {
-        let left = size - off as usize;
-        match nix::sys::sendfile::sendfile(&s, image, Some(&mut off), left) {
+    while (off as usize) < served.size {
+        let left = served.size - off as usize;
+        match nix::sys::sendfile::sendfile(&s, &served.image, Some(&mut off), left) {
             Ok(0) => return,
             Ok(_) => {}
             Err(nix::Error::EINTR) => {}

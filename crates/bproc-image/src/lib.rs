@@ -618,6 +618,91 @@ impl ImageReader<std::io::Empty> {
     }
 }
 
+/// The header of the image in `image` and where its chunks start.
+pub fn header_of(image: &[u8]) -> Result<(Header, usize), ImageError> {
+    let short = || ImageError::Layout("the image ends inside its header".into());
+    let pre: &[u8; PREAMBLE_LEN] =
+        image.get(..PREAMBLE_LEN).ok_or_else(short)?.try_into().expect("sliced");
+    let pre = Preamble::parse(pre)?;
+    let end = PREAMBLE_LEN + pre.header_len as usize;
+    let body = image.get(PREAMBLE_LEN..end).ok_or_else(short)?;
+    Ok((Header::decode(&pre, body)?, end))
+}
+
+impl Header {
+    /// The files this image maps by reference, each once, with the size and modification
+    /// time they had: what a machine restoring it must have identical.
+    pub fn by_reference(&self) -> Vec<(&str, u64, (i64, u32))> {
+        let mut files: Vec<(&str, u64, (i64, u32))> = Vec::new();
+        for r in &self.regions {
+            if let Source::File { path, size, mtime, .. } = &r.source {
+                if !files.iter().any(|f| f.0 == path) {
+                    files.push((path, *size, *mtime));
+                }
+            }
+        }
+        files
+    }
+}
+
+/// `image` with the regions that map a file by reference for which `inline(path)` holds
+/// carried by content instead ([`Source::Copied`]), for a machine that lacks those files:
+/// `read(path, offset, len)` gives the file's bytes there (fewer at its end). They come first,
+/// so that the image's own chunks (the pages the process changed) land over them.
+pub fn inline_files(
+    image: &[u8],
+    inline: impl Fn(&str) -> bool,
+    mut read: impl FnMut(&str, u64, usize) -> std::io::Result<Vec<u8>>,
+) -> Result<Vec<u8>, ReadError> {
+    let (mut header, start) = header_of(image)?;
+    // Where the chunks end, and how many there are.
+    let mut at = start;
+    let old = loop {
+        let head: &[u8; CHUNK_HEAD_LEN] = image
+            .get(at..at + CHUNK_HEAD_LEN)
+            .ok_or_else(|| ImageError::Layout("the image ends without its end marker".into()))?
+            .try_into()
+            .expect("sliced");
+        match Chunk::parse(head)? {
+            Chunk::End { chunks } => break chunks,
+            Chunk::Data { len, .. } => at += CHUNK_HEAD_LEN + len as usize,
+        }
+    };
+    if at + CHUNK_HEAD_LEN != image.len() {
+        return Err(ImageError::Layout("bytes after the image's end marker".into()).into());
+    }
+    let mut chunks = Vec::new();
+    let mut added = 0u32;
+    for r in &mut header.regions {
+        let Source::File { path, offset, .. } = &r.source else { continue };
+        if !inline(path) {
+            continue;
+        }
+        let mut done = 0;
+        while done < r.end - r.start {
+            let want = (r.end - r.start - done).min(u64::from(MAX_CHUNK));
+            let mut data = read(path, offset + done, want as usize)?;
+            if data.is_empty() {
+                // Past the file's end: no page there was ever readable.
+                break;
+            }
+            data.truncate(want as usize);
+            data.resize((data.len() as u64).next_multiple_of(PAGE) as usize, 0);
+            chunks.extend_from_slice(&Chunk::for_data(r.start + done, &data).encode());
+            chunks.extend_from_slice(&data);
+            added += 1;
+            done += data.len() as u64;
+        }
+        r.source = Source::Copied { path: path.clone() };
+    }
+    let mut out = header.encode();
+    out.reserve(chunks.len() + at - start + CHUNK_HEAD_LEN);
+    out.extend_from_slice(&chunks);
+    out.extend_from_slice(&image[start..at]);
+    out.extend_from_slice(&Chunk::End { chunks: old + added }.encode());
+    Ok(out)
+}
+
 /// Reads a whole image from `r`, passing each chunk to `chunk(header, addr, data)`.
 pub fn read_image<R: std::io::Read>(
     r: &mut R,
@@ -769,6 +854,40 @@ mod tests {
         .unwrap();
         assert_eq!(back, h);
         assert_eq!(got, vec![(0x7ffd_0001_0000, page)]);
+    }
+
+    /// A region mapped by reference becomes one carried by content: the file's pages first
+    /// (the last one padded with zeros, none past the file's end), then the image's own
+    /// chunks over them; with nothing to inline the image is unchanged.
+    #[test]
+    fn files_inline_under_the_changed_pages() {
+        let h = sample();
+        let dirty = vec![9u8; 4096];
+        let bytes = image(&h, &[(0x5555_0000_1000, dirty.clone())]);
+        let file: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
+        let read = |path: &str, off: u64, len: usize| {
+            assert_eq!(path, "/usr/bin/app");
+            let off = (off as usize).min(file.len());
+            Ok(file[off..(off + len).min(file.len())].to_vec())
+        };
+        assert_eq!(inline_files(&bytes, |_| false, read).unwrap(), bytes);
+        let fat = inline_files(&bytes, |p| p == "/usr/bin/app", read).unwrap();
+        let mut got = Vec::new();
+        let back = read_image(&mut fat.as_slice(), |_, a, d| {
+            got.push((a, d.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(back.regions[0].source, Source::Copied { path: "/usr/bin/app".into() });
+        assert!(back.by_reference().is_empty());
+        assert_eq!(h.by_reference(), vec![("/usr/bin/app", 9000, (-1_700_000_000, 5))]);
+        let mut first = file[0x1000..].to_vec();
+        first.resize(0x2000, 0);
+        assert_eq!(got, vec![(0x5555_0000_0000, first), (0x5555_0000_1000, dirty)]);
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(inline_files(&trailing, |_| true, read).is_err());
+        assert!(inline_files(&bytes[..bytes.len() - 1], |_| true, read).is_err());
     }
 
     /// In memory, the same chunks come back, lent from the image itself; a cut image is a

@@ -39,6 +39,7 @@ use std::sync::Mutex;
 
 use bproc_link::guard::{Pending, Refusals};
 use bproc_link::{read_sealed, write_sealed, LinkError, HANDSHAKE_TIMEOUT};
+use bproc_proto::conn::FileId;
 use bproc_proto::errno::BE_NODEDOWN;
 use bproc_proto::{split_tree, Creds, Message, ProcSpec, TreeEntry};
 use thiserror::Error;
@@ -199,7 +200,18 @@ async fn take(
 
 /// A vector fork's image as this node holds it, fetched once and shared by its ranks and
 /// its children in the tree.
-type SharedImage = Arc<tokio::sync::OnceCell<Result<Arc<Vec<u8>>, Arc<ImageError>>>>;
+type SharedImage = Arc<tokio::sync::OnceCell<Result<Arc<NodeImage>, Arc<ImageError>>>>;
+
+/// This node's copy of a vector fork's image: it has every file the image names (it was
+/// asked before the image came), and a child lacking some gets a copy carrying them.
+pub(crate) struct NodeImage {
+    /// The image.
+    bytes: Arc<Vec<u8>>,
+    /// The files it names, which each child is asked about.
+    files: Vec<FileId>,
+    /// Copies made for children that lack some of them.
+    copies: bproc_ckpt::inline::Copies,
+}
 
 /// Why this node has no copy of a vector fork's process image; shared, as the copy would
 /// be, by the ranks and children that wanted it.
@@ -217,6 +229,9 @@ pub(crate) enum ImageError {
     /// The parent node's connection failed while the image came.
     #[error("cannot fetch the process image from the parent node: {0}")]
     Parent(std::io::Error),
+    /// The mover could not send an image this node can restore (a file it names changed).
+    #[error("the mover refused to send the process image: {0}")]
+    Refused(String),
     /// The parent node sent less than it announced.
     #[error("cannot fetch the process image: the parent node sent {got} of {len} bytes")]
     Short {
@@ -242,8 +257,13 @@ async fn image_of(
     l: &Launch,
     source: &procs::Source,
     cell: &SharedImage,
-) -> Result<Arc<Vec<u8>>, Arc<ImageError>> {
+) -> Result<Arc<NodeImage>, Arc<ImageError>> {
     cell.get_or_init(|| fetch_image(ctx, l, source)).await.clone()
+}
+
+/// The root under which this node's files are found (a diskless node's), if not `/`.
+fn files_root(ctx: &Ctx) -> Option<&std::path::Path> {
+    ctx.opts.diskless.as_ref().map(|d| d.root.as_path())
 }
 
 /// Fetches the launch's image from `source`: the mover at the tree's first level, the parent
@@ -252,23 +272,27 @@ async fn fetch_image(
     ctx: &Ctx,
     l: &Launch,
     source: &procs::Source,
-) -> Result<Arc<Vec<u8>>, Arc<ImageError>> {
+) -> Result<Arc<NodeImage>, Arc<ImageError>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut data = Vec::new();
     let fetch = async {
         match source {
             procs::Source::Launcher => {
                 let from = l.spec.image.ok_or(ImageError::NotImage)?;
-                let root = ctx.opts.diskless.as_ref().map(|d| d.root.as_path());
+                let root = files_root(ctx);
                 let mut s = procs::connect_image(master_ip(ctx), &l.spec, from, 0, root)
                     .await
                     .map_err(|r| ImageError::Connect(r.message))?;
                 s.read_to_end(&mut data).await.map_err(ImageError::Mover)?;
+                if let Some(why) = refusal(&data) {
+                    return Err(ImageError::Refused(why));
+                }
             }
             procs::Source::Parent(conn) => {
                 let mut s = conn.lock().await;
                 let failed = ImageError::Parent;
                 s.write_all(&IMAGE_REQUEST).await.map_err(failed)?;
+                procs::answer_probe(&mut *s, files_root(ctx)).await.map_err(failed)?;
                 let len = s.read_u64().await.map_err(failed)?;
                 // Read as it comes: the length is the parent's word, not an allocation.
                 (&mut *s).take(len).read_to_end(&mut data).await.map_err(failed)?;
@@ -290,7 +314,9 @@ async fn fetch_image(
                 l.launch,
                 data.len()
             );
-            Ok(Arc::new(data))
+            let files = bproc_ckpt::inline::named_in(&data);
+            let copies = Default::default();
+            Ok(Arc::new(NodeImage { bytes: Arc::new(data), files, copies }))
         }
         Ok(Err(e)) => Err(Arc::new(e)),
         Err(_) => Err(Arc::new(ImageError::Timeout)),
@@ -343,7 +369,7 @@ async fn start(
 ) -> i32 {
     let image = match &shared {
         Some(cell) => match image_of(ctx, l, source, cell).await {
-            Ok(bytes) => Some(bytes),
+            Ok(image) => Some(image.bytes.clone()),
             Err(e) => {
                 warn!("launch {} rank {rank}: {e}", l.launch);
                 return -bproc_proto::errno::EIO;
@@ -444,8 +470,9 @@ async fn serve_child(
                     return;
                 }
             };
-            if s.write_all(&(image.len() as u64).to_be_bytes()).await.is_err()
-                || s.write_all(&image).await.is_err()
+            let Some(bytes) = image_for_child(l, s, ctx, image).await else { return };
+            if s.write_all(&(bytes.len() as u64).to_be_bytes()).await.is_err()
+                || s.write_all(&bytes).await.is_err()
             {
                 return;
             }
@@ -468,6 +495,47 @@ async fn serve_child(
             return;
         }
     }
+}
+
+/// Asks a child which of the files `image` names it has, and gives what to send it: the image,
+/// or a copy carrying the files it lacks; `None` if the child went away or the copy failed
+/// (logged).
+async fn image_for_child(
+    l: &Launch,
+    s: &mut TcpStream,
+    ctx: &Ctx,
+    image: Arc<NodeImage>,
+) -> Option<Arc<Vec<u8>>> {
+    use bproc_proto::conn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(&conn::encode_probe(&image.files)).await.ok()?;
+    let mut count = [0u8; 4];
+    s.read_exact(&mut count).await.ok()?;
+    let mut answer = vec![0u8; conn::answer_len(count, image.files.len()).ok()?];
+    s.read_exact(&mut answer).await.ok()?;
+    let root = files_root(ctx).map(|r| r.to_path_buf());
+    let held = image.clone();
+    let copy = tokio::task::spawn_blocking(move || {
+        let whole = || Ok(held.bytes.clone());
+        held.copies.for_answer(&held.files, &answer, root.as_deref(), whole)
+    })
+    .await;
+    match copy {
+        Ok(Ok(copy)) => Some(copy.unwrap_or_else(|| image.bytes.clone())),
+        Ok(Err(e)) => {
+            warn!("launch {}: cannot make the image for a child that lacks files: {e}", l.launch);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The mover's reason, when what it sent is a refusal instead of an image.
+fn refusal(data: &[u8]) -> Option<String> {
+    use bproc_proto::conn::{refusal_len, REFUSAL};
+    let rest = data.strip_prefix(&REFUSAL[..])?;
+    let len = refusal_len(rest.get(..2)?.try_into().ok()?);
+    Some(String::from_utf8_lossy(rest.get(2..2 + len)?).into_owned())
 }
 
 /// Why a child node could not be handed its part (its ranks are reported as on a down node).

@@ -470,7 +470,9 @@ fn journey(diskless: bool) -> Option<TestCluster> {
 /// `bproc_rfork` to 8 nodes, each child exiting with its rank, then `bproc_vrfork` to all 8:
 /// every child a direct child of the caller, its output relayed by its ghost. The vrfork's
 /// image goes down the launch tree (two children per node): only the first two nodes fetch
-/// it from the caller, the others from their parents.
+/// it from the caller, the others from their parents. The image names the program's file,
+/// which the nodes have; run again from a copy only the front end has, every node's copy
+/// carries the program's pages instead, whether from the caller or from its parent.
 #[test]
 fn rfork_and_vrfork_children_are_the_callers() {
     if !require_root("rforked children take their ghosts' pids (set_tid)") {
@@ -480,27 +482,64 @@ fn rfork_and_vrfork_children_are_the_callers() {
     let mut spec = TestCluster::spec(&bins(), 8, "rfork");
     spec.extra_config = "launchfanout 2\n".into();
     let c = TestCluster::start(spec);
-    let out = c.cmd(exe.to_str().unwrap()).arg("8").exits(42);
+    let private = bproc_testkit::unique_dir("rfork-private");
+    std::fs::create_dir_all(&private).unwrap();
+    let copy = private.join("rfork");
+    std::fs::copy(&exe, &copy).unwrap();
+    for exe in [&exe, &copy] {
+        let out = c.cmd(exe.to_str().unwrap()).arg("8").exits(42);
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        for i in 0..8 {
+            assert!(stdout.contains(&format!("rfork child {i} on node {i}\n")), "{stdout}");
+            assert!(stdout.contains(&format!("vrfork child {i} on node {i}\n")), "{stdout}");
+        }
+        assert_eq!(stdout.lines().count(), 16, "{stdout}");
+    }
+    // Each node's log says once per vrfork where its copy of the image came from, and its size.
+    let fetched = |n: usize| -> Vec<(u64, String)> {
+        let log = std::fs::read_to_string(c.slave_log(n)).unwrap();
+        log.lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("fetched the process image (")?;
+                let (size, from) = rest.split_once(" bytes) from ")?;
+                Some((size.parse().ok()?, from.to_owned()))
+            })
+            .collect()
+    };
+    let all: Vec<Vec<(u64, String)>> = (0..8).map(fetched).collect();
+    let from = |who: &str| all.iter().flatten().filter(|(_, f)| f == who).count();
+    assert_eq!(from("the mover"), 4, "the first two nodes fetched it from the caller: {all:?}");
+    assert_eq!(from("the parent node"), 12, "the others, from their parents: {all:?}");
+    for (node, got) in all.iter().enumerate() {
+        assert_eq!(got.len(), 2, "node {node}: {got:?}");
+        assert!(
+            got[1].0 > got[0].0,
+            "node {node}: the program's pages came the second time: {got:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(private);
+}
+
+/// A vector fork to diskless nodes, down a tree of two children per node: none has the
+/// program or the C library the image names, so every copy carries their pages, from the
+/// caller or from the parent node, and each child runs confined to its node's root.
+#[test]
+fn vrfork_reaches_diskless_nodes() {
+    if !require_root("diskless nodes need their own mount namespace and chroot") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("rfork.c", "rfork-diskless") else { return };
+    let mut spec = TestCluster::spec(&bins(), 4, "rfork-diskless");
+    spec.diskless = true;
+    spec.extra_config = "launchfanout 2\n".into();
+    let c = TestCluster::start(spec);
+    let out = c.cmd(exe.to_str().unwrap()).arg("4").exits(42);
     let stdout = String::from_utf8(out.stdout).unwrap();
-    for i in 0..8 {
-        assert!(stdout.contains(&format!("rfork child {i} on node {i}\n")), "{stdout}");
+    for i in 0..4 {
         assert!(stdout.contains(&format!("vrfork child {i} on node {i}\n")), "{stdout}");
     }
-    assert_eq!(stdout.lines().count(), 16, "{stdout}");
-    // Each node's log says once where its copy of the image came from.
-    let fetched = |from: &str| {
-        (0..8)
-            .flat_map(|n| {
-                let log = std::fs::read_to_string(c.slave_log(n)).unwrap();
-                log.lines()
-                    .filter(|l| l.contains("fetched the process image") && l.ends_with(from))
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .count()
-    };
-    assert_eq!(fetched("from the mover"), 2, "the first two nodes fetched it from the caller");
-    assert_eq!(fetched("from the parent node"), 6, "the others, from their parents");
+    assert_eq!(stdout.lines().count(), 8, "{stdout}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

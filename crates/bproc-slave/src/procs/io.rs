@@ -169,34 +169,45 @@ pub(crate) async fn connect_image(
     };
     let mut s = TcpStream::connect(to).await.map_err(failed)?;
     s.write_all(&bproc_proto::conn::header(&spec.token, rank, IMAGE_FD)).await.map_err(failed)?;
-    let answer = async {
-        use bproc_proto::conn;
-        use tokio::io::AsyncReadExt;
-        let bad = |e: bproc_proto::DecodeError| std::io::Error::other(e.to_string());
-        let mut head = [0u8; 4];
-        s.read_exact(&mut head).await?;
-        let mut body = vec![0u8; conn::probe_len(head).map_err(bad)?];
-        s.read_exact(&mut body).await?;
-        let here = |f: &conn::FileId| {
-            let path = match root {
-                Some(r) => r.join(f.path.trim_start_matches('/')).to_string_lossy().into_owned(),
-                None => f.path.clone(),
-            };
-            bproc_ckpt::restore::same_file(&path, f.size, f.mtime)
-        };
-        let answer = conn::answer(&body, here).map_err(bad)?;
-        let asked = answer.len() - 4;
-        let found = answer[4..].iter().filter(|a| **a == 1).count();
-        if asked > 0 {
-            info!("rank {rank}: {found} of {asked} files the mover asked about are here");
+    match tokio::time::timeout(std::time::Duration::from_secs(30), answer_probe(&mut s, root)).await
+    {
+        Ok(r) => {
+            let (found, asked) = r.map_err(failed)?;
+            if asked > 0 {
+                info!("rank {rank}: {found} of {asked} files the mover asked about are here");
+            }
         }
-        s.write_all(&answer).await
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(30), answer).await {
-        Ok(r) => r.map_err(failed)?,
         Err(_) => return Err(failed(std::io::ErrorKind::TimedOut.into())),
     }
     Ok(s)
+}
+
+/// Reads an image sender's probe from `s` and answers which of the files it names this node
+/// has identical (under `root`, a diskless node's, when given): how many, of how many.
+pub(crate) async fn answer_probe<S>(
+    s: &mut S,
+    root: Option<&Path>,
+) -> std::io::Result<(usize, usize)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use bproc_proto::conn;
+    use tokio::io::AsyncReadExt;
+    let bad = |e: bproc_proto::DecodeError| std::io::Error::other(e.to_string());
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).await?;
+    let mut body = vec![0u8; conn::probe_len(head).map_err(bad)?];
+    s.read_exact(&mut body).await?;
+    let here = |f: &conn::FileId| {
+        let path = match root {
+            Some(r) => r.join(f.path.trim_start_matches('/')).to_string_lossy().into_owned(),
+            None => f.path.clone(),
+        };
+        bproc_ckpt::restore::same_file(&path, f.size, f.mtime)
+    };
+    let answer = conn::answer(&body, here).map_err(bad)?;
+    s.write_all(&answer).await?;
+    Ok((answer[4..].iter().filter(|a| **a == 1).count(), answer.len() - 4))
 }
 
 /// [`connect_image`], as a blocking socket for the restore.
