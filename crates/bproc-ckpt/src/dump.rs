@@ -943,6 +943,13 @@ fn dump(
 ) -> Result<(), CkptError> {
     let open = |p: String| std::fs::File::open(&p).map_err(|e| CkptError::sys(p, e));
     let (pagemap, mem) = (open(t.proc("pagemap"))?, open(t.proc("mem"))?);
+    // A process dumping itself holds these two while its fds are listed: they are the
+    // dump's, not the process's.
+    let skip: Vec<RawFd> = match t {
+        Target::Me { .. } => [opts.skip_fds, &[pagemap.as_raw_fd(), mem.as_raw_fd()]].concat(),
+        Target::Exec { .. } => opts.skip_fds.to_vec(),
+    };
+    let opts = &DumpOptions { skip_fds: &skip, ..*opts };
     // The dump's own allocations may grow the heap after its regions are listed; the
     // allocator's state, saved with the pages, would then count heap the image lacks. List
     // again until the heap holds still (it does once the allocator has what these need).
