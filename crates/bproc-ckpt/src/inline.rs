@@ -94,7 +94,7 @@ impl Copies {
         files: &[FileId],
         answer: &[u8],
         root: Option<&Path>,
-        image: impl FnOnce() -> Result<Arc<Vec<u8>>, CkptError>,
+        image: impl FnOnce() -> Result<bproc_image::SharedImage, CkptError>,
     ) -> Result<Option<Arc<Vec<u8>>>, CkptError> {
         let lacks: Vec<bool> = answer.iter().map(|a| *a != 1).collect();
         if !lacks.contains(&true) {
@@ -106,7 +106,7 @@ impl Copies {
         }
         let lacking: Vec<FileId> =
             files.iter().zip(&lacks).filter(|(_, l)| **l).map(|(f, _)| f.clone()).collect();
-        let copy = Arc::new(inline(&image()?, &lacking, root)?);
+        let copy = Arc::new(inline((*image()?).as_ref(), &lacking, root)?);
         made.push((lacks, copy.clone()));
         Ok(Some(copy))
     }

@@ -787,7 +787,7 @@ fn send_image(mut s: TcpStream, token: &[u8; 16], served: &Served) {
         served.image.read_exact_at(&mut bytes, 0).map_err(|e| {
             bproc_ckpt::CkptError::Path(format!("reading the vector fork's image back: {e}"))
         })?;
-        Ok(std::sync::Arc::new(bytes))
+        Ok(std::sync::Arc::new(bytes) as std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>)
     };
     match served.copies.for_answer(&served.files, &answer, None, whole) {
         Ok(Some(copy)) => {

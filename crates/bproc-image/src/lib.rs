@@ -534,12 +534,25 @@ pub struct ImageReader<R> {
     seen: u32,
 }
 
+/// An image held whole in memory and shared (by a node's ranks and the children it serves).
+pub type SharedImage = std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>;
+
 /// Where an [`ImageReader`] reads.
-#[derive(Debug)]
 enum Input<R> {
     Stream(R),
     /// A whole image in memory and how far it has been read: chunks are lent in place.
-    Memory(std::sync::Arc<Vec<u8>>, usize),
+    Memory(SharedImage, usize),
+}
+
+impl<R: std::fmt::Debug> std::fmt::Debug for Input<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Stream(r) => f.debug_tuple("Stream").field(r).finish(),
+            Input::Memory(bytes, at) => {
+                write!(f, "Memory({} bytes, at {at})", (**bytes).as_ref().len())
+            }
+        }
+    }
 }
 
 impl<R: std::io::Read> Input<R> {
@@ -553,7 +566,7 @@ impl<R: std::io::Read> Input<R> {
             }
             Input::Memory(bytes, at) => {
                 let start = *at;
-                let Some(got) = bytes.get(start..start.saturating_add(n)) else {
+                let Some(got) = (**bytes).as_ref().get(start..start.saturating_add(n)) else {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 };
                 *at += n;
@@ -610,10 +623,29 @@ impl<R: std::io::Read> ImageReader<R> {
     }
 }
 
+impl<R> ImageReader<R> {
+    /// Where the chunks not yet read will go (address and length each), when the image is
+    /// in memory and they can be known before they are read: the listing stops at the end
+    /// or at a chunk head that does not parse (which reading it will then refuse).
+    pub fn chunks_ahead(&self) -> Option<Vec<(u64, u32)>> {
+        let Input::Memory(bytes, at) = &self.input else { return None };
+        let (bytes, mut at) = ((**bytes).as_ref(), *at);
+        let mut out = Vec::new();
+        while let Some(head) = bytes.get(at..at.saturating_add(CHUNK_HEAD_LEN)) {
+            match Chunk::parse(head.try_into().expect("sliced CHUNK_HEAD_LEN bytes")) {
+                Ok(Chunk::Data { addr, len, .. }) => out.push((addr, len)),
+                _ => break,
+            }
+            at += CHUNK_HEAD_LEN + out.last().map_or(0, |c| c.1 as usize);
+        }
+        Some(out)
+    }
+}
+
 impl ImageReader<std::io::Empty> {
     /// Reads an image held whole in memory, lending each chunk's data in place instead of
     /// copying it (a node restores a vector fork's ranks from its one copy).
-    pub fn in_memory(bytes: std::sync::Arc<Vec<u8>>) -> Result<Self, ReadError> {
+    pub fn in_memory(bytes: SharedImage) -> Result<Self, ReadError> {
         Self::start(Input::Memory(bytes, 0))
     }
 }
@@ -906,6 +938,8 @@ mod tests {
         assert!(inside.contains(&data.as_ptr()), "lent, not copied");
         assert!(buf.capacity() < page.len());
         assert!(r.next_chunk(&mut buf).unwrap().is_none());
+        let r = ImageReader::in_memory(bytes.clone()).unwrap();
+        assert_eq!(r.chunks_ahead(), Some(vec![(0x7ffd_0001_0000, 4096)]));
         let cut = std::sync::Arc::new(bytes[..bytes.len() - 100].to_vec());
         let mut r = ImageReader::in_memory(cut).unwrap();
         let short = r.next_chunk(&mut buf);

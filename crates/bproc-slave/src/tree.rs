@@ -206,7 +206,7 @@ type SharedImage = Arc<tokio::sync::OnceCell<Result<Arc<NodeImage>, Arc<ImageErr
 /// asked before the image came), and a child lacking some gets a copy carrying them.
 pub(crate) struct NodeImage {
     /// The image.
-    bytes: Arc<Vec<u8>>,
+    bytes: bproc_image::SharedImage,
     /// The files it names, which each child is asked about.
     files: Vec<FileId>,
     /// Copies made for children that lack some of them.
@@ -274,7 +274,7 @@ async fn fetch_image(
     source: &procs::Source,
 ) -> Result<Arc<NodeImage>, Arc<ImageError>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut data = Vec::new();
+    let mut data = bproc_sys::bigbuf::BigBuf::new();
     let fetch = async {
         match source {
             procs::Source::Launcher => {
@@ -283,7 +283,7 @@ async fn fetch_image(
                 let mut s = procs::connect_image(master_ip(ctx), &l.spec, from, 0, root)
                     .await
                     .map_err(|r| ImageError::Connect(r.message))?;
-                s.read_to_end(&mut data).await.map_err(ImageError::Mover)?;
+                read_to_end(&mut s, &mut data).await.map_err(ImageError::Mover)?;
                 if let Some(why) = refusal(&data) {
                     return Err(ImageError::Refused(why));
                 }
@@ -295,7 +295,7 @@ async fn fetch_image(
                 procs::answer_probe(&mut *s, files_root(ctx)).await.map_err(failed)?;
                 let len = s.read_u64().await.map_err(failed)?;
                 // Read as it comes: the length is the parent's word, not an allocation.
-                (&mut *s).take(len).read_to_end(&mut data).await.map_err(failed)?;
+                read_to_end(&mut (&mut *s).take(len), &mut data).await.map_err(failed)?;
                 if data.len() as u64 != len {
                     return Err(ImageError::Short { got: data.len(), len });
                 }
@@ -320,6 +320,20 @@ async fn fetch_image(
         }
         Ok(Err(e)) => Err(Arc::new(e)),
         Err(_) => Err(Arc::new(ImageError::Timeout)),
+    }
+}
+
+/// Reads `r` to its end into `buf`, a piece at a time straight into the buffer's memory.
+async fn read_to_end(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut bproc_sys::bigbuf::BigBuf,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match r.read(buf.spare(1 << 20)?).await? {
+            0 => return Ok(()),
+            n => buf.advance(n),
+        }
     }
 }
 
@@ -471,8 +485,9 @@ async fn serve_child(
                 }
             };
             let Some(bytes) = image_for_child(l, s, ctx, image).await else { return };
+            let bytes = (*bytes).as_ref();
             if s.write_all(&(bytes.len() as u64).to_be_bytes()).await.is_err()
-                || s.write_all(&bytes).await.is_err()
+                || s.write_all(bytes).await.is_err()
             {
                 return;
             }
@@ -505,7 +520,7 @@ async fn image_for_child(
     s: &mut TcpStream,
     ctx: &Ctx,
     image: Arc<NodeImage>,
-) -> Option<Arc<Vec<u8>>> {
+) -> Option<bproc_image::SharedImage> {
     use bproc_proto::conn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(&conn::encode_probe(&image.files)).await.ok()?;
@@ -521,7 +536,8 @@ async fn image_for_child(
     })
     .await;
     match copy {
-        Ok(Ok(copy)) => Some(copy.unwrap_or_else(|| image.bytes.clone())),
+        Ok(Ok(Some(copy))) => Some(copy),
+        Ok(Ok(None)) => Some(image.bytes.clone()),
         Ok(Err(e)) => {
             warn!("launch {}: cannot make the image for a child that lacks files: {e}", l.launch);
             None

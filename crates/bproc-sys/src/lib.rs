@@ -14,11 +14,14 @@
 //! - The ghost's process plumbing: forks, inherited fds, signal dispositions, and the light
 //!   tasks that let the ghosts of one launch share one address space ([`task`]).
 //!
+//! - Memory of its own for a large buffer filled once ([`bigbuf`]), grown without copies.
+//!
 //! It also reads what the kernel says about another process ([`peer`]: groups, limits,
 //! umask), since that is as raw as the rest and every daemon needs it.
 #![allow(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod bigbuf;
 pub mod forkpid;
 pub mod peer;
 pub mod procevents;

@@ -359,6 +359,8 @@ fn installed_library_builds_old_programs() {
             .arg(&prefix)
             .env("PROFILE", "debug"),
     )
+    // Its cargo build may rebuild crates whose features differ from the tests' build.
+    .timeout(600)
     .output_of()
     .status;
     assert!(st.success());

@@ -5,7 +5,6 @@ use std::ffi::CString;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bproc_proto::errno::{EINVAL, EPERM};
 use bproc_proto::{Creds, IoSpec, Message, ProcSpec};
@@ -52,7 +51,7 @@ pub struct Start<'a> {
 pub async fn spawn(
     cx: &Start<'_>,
     spec: ProcSpec,
-    shared: Option<Arc<Vec<u8>>>,
+    shared: Option<bproc_image::SharedImage>,
     report: impl Fn(Message) + Send + 'static,
 ) -> Result<i32, Refusal> {
     check_may_run(cx, &spec)?;

@@ -95,7 +95,7 @@ fn refusal(r: &mut impl std::io::BufRead) -> Option<String> {
 /// the launch tree).
 pub(super) enum Image {
     Stream(std::net::TcpStream),
-    Bytes(Arc<Vec<u8>>),
+    Bytes(bproc_image::SharedImage),
 }
 
 /// A failed restore, keeping its errno and explanation.
