@@ -1,7 +1,8 @@
 //! A large buffer filled once as bytes arrive (a node's copy of a vector fork's image): its
 //! own anonymous mapping, grown with `mremap`, so growing never copies what it holds, and
-//! advised to use huge pages, so filling 64 MiB takes 32 page faults rather than 16,384
-//! (faults, not the copy, were most of a node's time receiving an image).
+//! advised to use huge pages once past its first 2 MiB, so filling 64 MiB takes about 32
+//! page faults rather than 16,384 (faults, not the copy, were most of a node's time
+//! receiving an image).
 
 use std::ffi::c_void;
 use std::num::NonZeroUsize;
@@ -84,9 +85,13 @@ impl BigBuf {
         };
         self.map = Some(map);
         self.cap = cap;
-        // SAFETY: advice on our own mapping changes how its pages are backed, not their
-        // contents. Without transparent huge pages it fails, and small pages serve as well.
-        let _ = unsafe { madvise(map, cap, MmapAdvise::MADV_HUGEPAGE) };
+        // A small image keeps small pages: a huge page would clear 2 MiB for a few KiB.
+        if cap > STEP {
+            // SAFETY: advice on our own mapping changes how its pages are backed, not their
+            // contents. Without transparent huge pages it fails, and small pages serve as
+            // well.
+            let _ = unsafe { madvise(map, cap, MmapAdvise::MADV_HUGEPAGE) };
+        }
         Ok(())
     }
 }
