@@ -3,7 +3,8 @@
 //! printing `move_ms` for each move out (from the call until the process runs on the node)
 //! and `back_ms` for each return; the data, and that every thread still counts, are checked
 //! at the end. `move_bench vrfork MIB NODE...`: one vrfork to the nodes, printing
-//! `vrfork_ms` (until every child runs) once they have all exited 0.
+//! `vrfork_ms` (until every child runs) once they have all exited 0 (a child checks a byte
+//! of each page of its data, and exits 3 if one is wrong).
 
 use std::time::Instant;
 
@@ -51,12 +52,19 @@ fn main() {
             let nodes: Vec<i32> = args[2..].iter().filter_map(|a| a.parse().ok()).collect();
             let t = Instant::now();
             match vrfork(&nodes, &IoList::Default).expect("vrfork") {
-                Forked::Child(_) => std::process::exit(0),
+                Forked::Child(_) => {
+                    let intact =
+                        data.iter().enumerate().step_by(4096).all(|(i, b)| *b == (i % 251) as u8);
+                    std::process::exit(if intact { 0 } else { 3 })
+                }
                 Forked::Parent(pids) => {
                     let ms = t.elapsed().as_secs_f64() * 1e3;
                     for p in pids {
                         let st = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(p), None);
-                        assert!(matches!(st, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))));
+                        assert!(
+                            matches!(st, Ok(nix::sys::wait::WaitStatus::Exited(_, 0))),
+                            "child {p}: {st:?}"
+                        );
                     }
                     println!("vrfork_ms {ms:.3}");
                 }

@@ -175,7 +175,15 @@ struct Inner {
     /// `GhostOf`s for the slaves, of ahead forks bound when their events came
     /// ([`Ghosts::take_ghost_of`]).
     ghost_of: Vec<(i32, Message)>,
+    /// How the processes of ghosts lately ended, with their owners, for a wait that comes
+    /// after the end (a child that exits at once, before its stand-in asks); oldest first,
+    /// at most [`MAX_ENDED`].
+    ended: HashMap<i32, (u32, ExitStatus)>,
+    ended_order: std::collections::VecDeque<i32>,
 }
+
+/// Most ends kept for late waits.
+const MAX_ENDED: usize = 4096;
 
 /// A child ghost asked for an rforked child ([`Message::GhostRfork`]).
 #[derive(Debug)]
@@ -200,6 +208,18 @@ impl Inner {
     fn notify(&mut self, ghost: i32, status: ExitStatus) {
         for w in self.waiters.remove(&ghost).unwrap_or_default() {
             let _ = w.send(status);
+        }
+    }
+
+    /// Keeps how the process of ghost `ghost`, owned by `uid`, ended, for a late wait.
+    fn remember_end(&mut self, ghost: i32, uid: u32, status: ExitStatus) {
+        if self.ended.insert(ghost, (uid, status)).is_none() {
+            self.ended_order.push_back(ghost);
+        }
+        while self.ended_order.len() > MAX_ENDED {
+            if let Some(old) = self.ended_order.pop_front() {
+                self.ended.remove(&old);
+            }
         }
     }
 
@@ -246,6 +266,7 @@ impl Inner {
                     gh.remote = None;
                 }
                 if let Some(gp) = p.ghost {
+                    self.remember_end(gp, p.uid, status);
                     self.notify(gp, status);
                 }
                 p.launch.map(|(l, r)| (l, r, status))
@@ -486,13 +507,26 @@ impl Ghosts {
         admin: bool,
     ) -> Option<tokio::sync::oneshot::Receiver<ExitStatus>> {
         let mut g = self.lock();
-        let key = g.ghosts.get(&ghost)?.remote?;
-        let owner = g.procs.get(&key)?.uid;
-        if owner != uid && !admin {
-            return None;
-        }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        g.waiters.entry(ghost).or_default().push(tx);
+        match g.ghosts.get(&ghost).and_then(|gh| gh.remote) {
+            Some(key) => {
+                let owner = g.procs.get(&key)?.uid;
+                if owner != uid && !admin {
+                    return None;
+                }
+                g.waiters.entry(ghost).or_default().push(tx);
+            }
+            None => {
+                // Ended already: told at once, and only once.
+                let (owner, status) = *g.ended.get(&ghost)?;
+                if owner != uid && !admin {
+                    return None;
+                }
+                g.ended.remove(&ghost);
+                g.ended_order.retain(|p| *p != ghost);
+                let _ = tx.send(status);
+            }
+        }
         Some(rx)
     }
 

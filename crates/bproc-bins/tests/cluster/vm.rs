@@ -91,22 +91,28 @@ fn procs_on(c: &VmCluster, node: i32) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// Builds the `hop` example (a process holding 64 MiB that moves itself), stripped.
-fn hop(tools: &Path) -> PathBuf {
+/// Builds the examples `hop` (a process holding 64 MiB that moves itself) and `move_bench`
+/// (here, a process that vector-forks), and puts stripped copies of them in `tools`.
+fn examples(tools: &Path) -> (PathBuf, PathBuf) {
     // A cargo build may take a while on a loaded machine.
     TestCommand::from(
         Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "bproc-client", "--example", "hop"])
+            .args(["--example", "move_bench"])
             .current_dir(root()),
     )
     .timeout(600)
     .ok();
-    let bytes = bproc_beoboot::strip_debug(std::fs::read(bins().join("examples/hop")).unwrap());
-    let exe = tools.join("hop");
-    std::fs::write(&exe, bytes).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-    exe
+    let stripped = |name: &str| {
+        let bytes =
+            bproc_beoboot::strip_debug(std::fs::read(bins().join("examples").join(name)).unwrap());
+        let exe = tools.join(name);
+        std::fs::write(&exe, bytes).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        exe
+    };
+    (stripped("hop"), stripped("move_bench"))
 }
 
 /// Runs `f` on a thread of its own inside the network namespace `netns`.
@@ -332,7 +338,7 @@ fn network_booted_machines() {
     assert!(line.starts_with("1\t"), "{line}\n{seen}");
 
     // A process holding 64 MiB moves from node 0 to node 1, keeping its memory and pid.
-    let hop = hop(&tools);
+    let (hop, forker) = examples(&tools);
     let mut mover = cmd(&c, &tools, "bpsh").arg("0").arg(&hop).arg("1").spawn();
     let first = mover.wait_line(120, "the mover's pid", |n, l| n == 1 && l.starts_with("pid "));
     let hop_pid: i32 = first.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -347,6 +353,18 @@ fn network_booted_machines() {
     let _ = kill(Pid::from_raw(hop_pid), Signal::SIGKILL);
     until(30, "the mover to end", || (!procs_on(&c, 1).contains(&hop_pid)).then_some(()));
     drop(mover);
+
+    // A vector fork, from node 0, of a process holding 8 MiB: two children on node 1, which
+    // restores both from its one copy of the image, and each finds its data intact. (From
+    // the front end it is refused: a process moves only between machines of one kernel.)
+    let out = cmd(&c, &tools, "bpsh")
+        .arg("0")
+        .arg(&forker)
+        .args(["vrfork", "8", "1", "1"])
+        .timeout(300)
+        .output_of();
+    let (o, e) = text(&out);
+    assert!(out.status.success() && o.starts_with("vrfork_ms "), "{:?}: {o}{e}", out.status);
 
     // Garbage and strangers are dropped and counted; the server goes on (node 1 boots again
     // below).
