@@ -591,6 +591,20 @@ fn a_process_on_a_node_rforks() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Children that a process on a node vector-forks and that exit at once, before their
+/// stand-ins ask how they ended, still give the caller's `waitpid` their statuses.
+#[test]
+fn a_node_rforks_children_that_end_at_once() {
+    if !require_root("rforked children take their ghosts' pids (set_tid)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("quick_rfork.c", "quick-rfork") else { return };
+    let c = TestCluster::up(&bins(), 3, "quick-rfork");
+    let out = c.cmd("bpsh").args(["1", exe.to_str().unwrap(), "2", "0", "2"]).output();
+    assert_eq!(out.status.code(), Some(42), "{}", String::from_utf8_lossy(&out.stdout));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A process with a pipe, then with an open socket, that asks for strictness is refused with
 /// EBUSY and goes on where it was; without the flag the same process moves with a second
 /// thread, leaving its socket behind.
