@@ -410,7 +410,7 @@ pub fn same_file(path: &str, size: u64, mtime: (i64, u32)) -> bool {
 }
 
 /// `path` as seen from inside `root` (the host's own when `None`).
-pub(crate) fn inside(root: Option<&std::path::Path>, path: &str) -> std::path::PathBuf {
+pub fn inside(root: Option<&std::path::Path>, path: &str) -> std::path::PathBuf {
     match root {
         Some(r) => r.join(path.trim_start_matches('/')),
         None => path.into(),

@@ -700,7 +700,9 @@ impl Ghosts {
         let inner = &mut *g;
         let lost: Vec<(i32, i32)> = inner.procs.keys().filter(|k| k.0 == n).copied().collect();
         for key in lost {
-            let Some(gp) = inner.procs.remove(&key).and_then(|p| p.ghost) else { continue };
+            let Some(p) = inner.procs.remove(&key) else { continue };
+            let Some(gp) = p.ghost else { continue };
+            inner.remember_end(gp, p.uid, ExitStatus::NodeLost);
             inner.notify(gp, ExitStatus::NodeLost);
             if let Some(gh) = inner.ghosts.get_mut(&gp) {
                 gh.remote = None;

@@ -199,11 +199,8 @@ where
     let mut body = vec![0u8; conn::probe_len(head).map_err(bad)?];
     s.read_exact(&mut body).await?;
     let here = |f: &conn::FileId| {
-        let path = match root {
-            Some(r) => r.join(f.path.trim_start_matches('/')).to_string_lossy().into_owned(),
-            None => f.path.clone(),
-        };
-        bproc_ckpt::restore::same_file(&path, f.size, f.mtime)
+        let path = bproc_ckpt::restore::inside(root, &f.path);
+        bproc_ckpt::restore::same_file(&path.to_string_lossy(), f.size, f.mtime)
     };
     let answer = conn::answer(&body, here).map_err(bad)?;
     s.write_all(&answer).await?;
