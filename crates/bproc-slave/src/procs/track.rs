@@ -287,8 +287,10 @@ impl Procs {
         for (pid, comm) in pids {
             let direct = self.children().contains(&pid);
             let Some(st) = proc_stat(pid) else {
-                // Gone and reaped by its parent before this look: its status is lost.
-                if !direct && self.forget(pid, ExitStatus::Code(0)) {
+                // Gone and reaped by its parent before this look. The kernel's event of its
+                // end, with its status, may still wait to be read: it has a while. Then its
+                // status is taken for lost.
+                if !direct && !self.may_be_told(pid) && self.forget(pid, ExitStatus::Code(0)) {
                     let change = ProcChange::Exited(ExitStatus::Code(0));
                     (self.0.report)(Message::ProcEvent { pid, change });
                 }
@@ -339,6 +341,18 @@ impl Procs {
             }
         }
         self.rewatch();
+    }
+
+    /// Whether the end of `pid`, known and gone from `/proc`, may still come with its status
+    /// in a process event: events are read, and it was first found gone less than
+    /// [`MISSED_GRACE`] ago.
+    fn may_be_told(&self, pid: i32) -> bool {
+        if self.0.events.get().is_none() {
+            return false;
+        }
+        let mut known = self.known();
+        let Some(k) = known.get_mut(&pid) else { return false };
+        k.missed.get_or_insert_with(std::time::Instant::now).elapsed() < MISSED_GRACE
     }
 
     /// Starts watching `pid`, rank `rank` of `launch` with ghost `ghost` (0: none), run for
@@ -489,6 +503,9 @@ pub fn stat(pid: i32) -> Option<bproc_proto::ProcStat> {
 /// When [`Procs::follow`] first looks at a new process, and how rarely at most.
 const LOOK_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
 const LOOK_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the end of a process gone from `/proc` may wait in the kernel's process events
+/// (read late on a busy node) before its status is taken for lost.
+const MISSED_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A process of the master's, as [`Procs::follow`] last saw it.
 #[derive(Debug)]
@@ -507,12 +524,14 @@ pub(super) struct Known {
     /// How it ended, once it has, and when that was seen.
     end: Option<ExitStatus>,
     gone: Option<std::time::Instant>,
+    /// When a look at `/proc` first found it gone, its end not reported yet.
+    missed: Option<std::time::Instant>,
 }
 
 impl Known {
     fn new(comm: String, ghost: i32, launch: u64, rank: u32, uid: u32) -> Known {
         let seen = std::time::Instant::now();
-        Known { comm, seen, ghost, launch, rank, uid, end: None, gone: None }
+        Known { comm, seen, ghost, launch, rank, uid, end: None, gone: None, missed: None }
     }
 }
 
