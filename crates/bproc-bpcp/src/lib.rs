@@ -11,7 +11,7 @@ pub mod args;
 
 use std::cell::Cell;
 use std::ffi::OsString;
-use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Read};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -361,16 +361,8 @@ impl Run {
         }
         let mut out = Fanout::connect(links, std::net::Ipv4Addr::LOCALHOST);
         let bar = bar(total_size(paths, opts.recursive));
-        let result = {
-            let mut w = BufWriter::with_capacity(bproc_copy::CHUNK, &mut out);
-            let r = send(
-                paths,
-                opts.recursive,
-                &mut w,
-                bar.as_ref().map_or(&NoProgress as &dyn Progress, |b| b),
-            );
-            r.and_then(|s| w.flush().map(|()| s))
-        };
+        let progress = bar.as_ref().map_or(&NoProgress as &dyn Progress, |b| b);
+        let result = send(paths, opts.recursive, &mut out, progress);
         if let Some(b) = bar {
             b.0.finish_and_clear();
         }
@@ -465,11 +457,7 @@ impl Run {
         let (mut a, mut b) = std::os::unix::net::UnixStream::pair()
             .map_err(|e| Fatal::Message(format!("bpcp: {e}")))?;
         let paths = paths.to_vec();
-        let sender = std::thread::spawn(move || {
-            let mut w = BufWriter::with_capacity(bproc_copy::CHUNK, &mut a);
-            let r = send(&paths, opts.recursive, &mut w, &NoProgress);
-            r.and_then(|s| w.flush().map(|()| s))
-        });
+        let sender = std::thread::spawn(move || send(&paths, opts.recursive, &mut a, &NoProgress));
         let t = Target {
             path: target.into(),
             must_be_dir: opts.target_dir,

@@ -1,9 +1,9 @@
 //! The floor of a copy over TCP, for `bench/bpcp.sh`: moves FILE into DEST (which must not
 //! exist) through one loopback TCP connection, with nothing else a copy does: no checksum, no
-//! stream format, no relay, no rename. One thread reads the file and writes the socket in
-//! reads of bpcp's size ([`bproc_copy::CHUNK`]); the other reads the socket and writes the
-//! file, sized first, in whole blocks of 2 MiB at offsets that are multiples of it, as bpcp's
-//! receiver does. What bpcp takes beyond this is bpcp's own cost; what this takes beyond a
+//! stream format, no relay, no rename. One thread has the kernel send the file to the socket
+//! (`sendfile`, in bpcp's sender's steps); the other reads the socket and writes the file, sized
+//! first, in whole blocks of 2 MiB at offsets that are multiples of it, as bpcp's receiver
+//! does. What bpcp takes beyond this is bpcp's own cost; what this takes beyond a
 //! local `cp` is the cost of moving the bytes through a socket at all.
 //!
 //!     tcp_floor FILE DEST
@@ -31,19 +31,20 @@ fn main() -> ExitCode {
 }
 
 fn copy(from: &str, to: &str) -> io::Result<()> {
-    let mut src = File::open(from)?;
+    let src = File::open(from)?;
     let size = src.metadata()?.len();
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     let port = listener.local_addr()?.port();
     let sender = std::thread::spawn(move || -> io::Result<()> {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
-        let mut buf = vec![0u8; bproc_copy::CHUNK];
-        loop {
-            match src.read(&mut buf)? {
-                0 => return Ok(()),
-                n => s.write_all(&buf[..n])?,
+        let s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+        let mut at = 0i64;
+        while (at as u64) < size {
+            let step = (size - at as u64).min(bproc_copy::source::SEND_FILE_STEP as u64);
+            if nix::sys::sendfile::sendfile64(&s, &src, Some(&mut at), step as usize)? == 0 {
+                return Err(io::Error::other("the file shrank"));
             }
         }
+        Ok(())
     });
     let (mut s, _) = listener.accept()?;
     let mut out = OpenOptions::new().write(true).create_new(true).open(to)?;

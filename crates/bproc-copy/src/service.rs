@@ -17,7 +17,8 @@
 //! bounded number of descriptors, and its refusals are logged once per interval.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, BufWriter, Read, Write};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -256,11 +257,7 @@ impl DataService {
                 if out.outs.is_empty() {
                     return fail(out.errors.join("; "));
                 }
-                let r = {
-                    let mut w = BufWriter::with_capacity(crate::CHUNK, &mut out);
-                    let r = send(&paths, opts.recursive, &mut w, &NoProgress);
-                    r.and_then(|s| w.flush().map(|()| s))
-                };
+                let r = send(&paths, opts.recursive, &mut out, &NoProgress);
                 out.finish();
                 let mut errors = out.errors;
                 match r {
@@ -431,6 +428,17 @@ impl Fanout {
         f
     }
 
+    /// Drops the branches at indices `failed` (ascending); an error once none is left.
+    fn drop_failed(&mut self, failed: Vec<usize>) -> io::Result<()> {
+        for i in failed.into_iter().rev() {
+            self.outs.remove(i);
+        }
+        if self.outs.is_empty() && !self.errors.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "every receiver is gone"));
+        }
+        Ok(())
+    }
+
     /// Ends every branch's stream.
     pub fn finish(&mut self) {
         for (_, s) in &self.outs {
@@ -444,6 +452,39 @@ impl Fanout {
             let _ = s.read(&mut b);
         }
     }
+}
+
+impl crate::source::Out for Fanout {
+    fn send_file(&mut self, file: &File, offset: u64, data: &[u8]) -> io::Result<bool> {
+        let mut failed = Vec::new();
+        for (i, (n, s)) in self.outs.iter_mut().enumerate() {
+            match send_file_to(s, file, offset, data) {
+                Ok(()) => self.sent += data.len() as u64,
+                Err(e) => {
+                    failed.push(i);
+                    self.errors.push(format!("rcp: lost the connection to {}: {e}", node_name(*n)));
+                }
+            }
+        }
+        self.drop_failed(failed)?;
+        Ok(true)
+    }
+}
+
+/// Sends `data`, read from `file` at `offset`, to `s` from the file; what the file no longer
+/// holds, from `data`.
+fn send_file_to(s: &mut TcpStream, file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        let mut at = (offset + done as u64) as i64;
+        match nix::sys::sendfile::sendfile64(&*s, file, Some(&mut at), data.len() - done) {
+            Ok(0) => return s.write_all(&data[done..]),
+            Ok(k) => done += k,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 impl Write for Fanout {
@@ -462,13 +503,7 @@ impl Write for Fanout {
                 }
             }
         }
-        for i in failed.into_iter().rev() {
-            self.outs.remove(i);
-        }
-        if self.outs.is_empty() && !self.errors.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "every receiver is gone"));
-        }
-        Ok(())
+        self.drop_failed(failed)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -531,6 +566,96 @@ mod tests {
         let rx = svc.expect(t2);
         rx.recv_timeout(Duration::from_secs(1)).unwrap().read_exact(&mut got).unwrap();
         assert_eq!(&got, b"two");
+    }
+
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("bproc-service-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    /// Files large and small, sent by a sender to two receivers over loopback (large ones
+    /// from the file, by `sendfile`), arrive whole at both.
+    #[test]
+    fn a_stream_to_sockets_carries_every_file_whole() {
+        let d = scratch("fanout");
+        let sizes = [0, 10, 70 << 10, (1 << 20) + 12345, 3 << 20];
+        let mut paths = Vec::new();
+        for (i, len) in sizes.iter().enumerate() {
+            let p = d.join(format!("f{i}"));
+            std::fs::write(&p, pattern(*len, i as u8)).unwrap();
+            paths.push(p.to_string_lossy().into_owned());
+        }
+        let svc = service();
+        let links: Vec<CopyLink> = (0..2)
+            .map(|node| {
+                let token = new_token();
+                CopyLink { node, ip: Some(Ipv4Addr::LOCALHOST), port: svc.port(), token }
+            })
+            .collect();
+        let receivers: Vec<_> = links
+            .iter()
+            .map(|l| {
+                let rx = svc.expect(l.token);
+                let to = d.join(format!("to{}", l.node));
+                std::fs::create_dir_all(&to).unwrap();
+                std::thread::spawn(move || {
+                    let mut s = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+                    let target = crate::sink::Target {
+                        path: to,
+                        must_be_dir: true,
+                        suffix: Default::default(),
+                        preserve: false,
+                        umask: 0o022,
+                    };
+                    crate::sink::receive(&mut s, &target, &crate::NoProgress)
+                })
+            })
+            .collect();
+        let mut out = Fanout::connect(&links, Ipv4Addr::LOCALHOST);
+        let stats = crate::source::send(&paths, false, &mut out, &crate::NoProgress).unwrap();
+        out.finish();
+        assert_eq!(stats.files, sizes.len() as u64);
+        let data: usize = sizes.iter().sum();
+        assert!(out.sent >= 2 * data as u64, "{} bytes sent for 2 × {data}", out.sent);
+        for (node, r) in receivers.into_iter().enumerate() {
+            let report = r.join().unwrap();
+            assert!(report.errors.is_empty(), "node {node}: {:?}", report.errors);
+            for (i, len) in sizes.iter().enumerate() {
+                let got = std::fs::read(d.join(format!("to{node}/f{i}"))).unwrap();
+                assert!(got == pattern(*len, i as u8), "node {node}: f{i} differs");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A file cut shorter between its read and its sending still fills its place in the
+    /// stream, from what was read.
+    #[test]
+    fn a_file_cut_shorter_after_its_read_is_sent_as_read() {
+        let d = scratch("shrank");
+        let p = d.join("f");
+        let data = pattern(300 << 10, 7);
+        std::fs::write(&p, &data).unwrap();
+        let f = File::open(&p).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(100 << 10).unwrap();
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut s = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut r, _) = listener.accept().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).unwrap();
+            got
+        });
+        send_file_to(&mut s, &f, 0, &data).unwrap();
+        drop(s);
+        assert!(reader.join().unwrap() == data);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -377,14 +377,14 @@ impl Receiver<'_> {
                 None
             }
         });
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut hasher = twox_hash::XxHash3_128::new();
         let mut left = size;
         let result = (|| -> io::Result<()> {
             let block = self.block.get_or_insert_with(|| vec![0u8; BLOCK]);
             while left > 0 {
                 let chunk = &mut block[..left.min(BLOCK as u64) as usize];
                 inb.read_exact(chunk)?;
-                hasher.update(chunk);
+                hasher.write(chunk);
                 if let Some(w) = &mut out {
                     if let Err(e) = w.file.write_all(chunk) {
                         self.report.errors.push(rcp_error(&show(&w.shown), &e));
@@ -413,7 +413,7 @@ impl Receiver<'_> {
         };
         let Some(w) = out else { return Ok(()) };
         match trailer {
-            Trailer::Ok(h) if h == hasher.digest128().to_be_bytes() => {
+            Trailer::Ok(h) if h == hasher.finish_128().to_be_bytes() => {
                 match self.finish(&w, mode, &times) {
                     Ok(()) => {
                         self.report.files += 1;
@@ -757,7 +757,7 @@ mod tests {
             return s;
         }
         s.extend_from_slice(data);
-        let mut sum = xxhash_rust::xxh3::xxh3_128(data).to_be_bytes();
+        let mut sum = twox_hash::XxHash3_128::oneshot(data).to_be_bytes();
         if !good_sum {
             sum[0] ^= 1;
         }
