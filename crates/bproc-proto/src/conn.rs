@@ -50,9 +50,16 @@ pub const MAX_PROBE_FILES: usize = 4096;
 /// Largest probe body.
 pub const MAX_PROBE_BYTES: usize = 1 << 20;
 
-/// The length of a refusal's reason from the two bytes after [`REFUSAL`], bounded.
-pub fn refusal_len(head: [u8; 2]) -> usize {
-    usize::from(u16::from_be_bytes(head)).min(MAX_REFUSAL)
+/// The reason of the refusal `data` opens with, as much of it as `data` holds (at most
+/// [`MAX_REFUSAL`] bytes); `None` when `data` opens with something else.
+pub fn refusal(data: &[u8]) -> Option<String> {
+    let rest = data.strip_prefix(&REFUSAL[..])?;
+    let len = match rest {
+        [a, b, ..] => usize::from(u16::from_be_bytes([*a, *b])).min(MAX_REFUSAL),
+        _ => 0,
+    };
+    let why = rest.get(2..).unwrap_or_default();
+    Some(String::from_utf8_lossy(&why[..len.min(why.len())]).into_owned())
 }
 
 /// A file as a probe names it.
@@ -190,6 +197,26 @@ impl Rejoin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_read_back_bounded_and_in_part() {
+        let r = encode_refusal("node 3: /lib/x.so changed");
+        assert_eq!(refusal(&r).as_deref(), Some("node 3: /lib/x.so changed"));
+        // What comes after a refusal is not part of it; a cut one gives what came.
+        assert_eq!(
+            refusal(&[&r[..], b"more"].concat()).as_deref(),
+            Some("node 3: /lib/x.so changed")
+        );
+        assert_eq!(refusal(&r[..14]).as_deref(), Some("node"));
+        assert_eq!(refusal(&REFUSAL).as_deref(), Some(""));
+        assert_eq!(refusal(b"BPROCIMG...."), None);
+        let long = encode_refusal(&"é".repeat(MAX_REFUSAL));
+        assert_eq!(refusal(&long).map(|w| w.len()), Some(MAX_REFUSAL));
+        let mut claim = REFUSAL.to_vec();
+        claim.extend_from_slice(&u16::MAX.to_be_bytes());
+        claim.extend(std::iter::repeat_n(b'x', 2 * MAX_REFUSAL));
+        assert_eq!(refusal(&claim).map(|w| w.len()), Some(MAX_REFUSAL));
+    }
 
     #[test]
     fn probes_round_trip_and_are_bounded() {

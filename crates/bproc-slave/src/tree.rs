@@ -284,7 +284,7 @@ async fn fetch_image(
                     .await
                     .map_err(|r| ImageError::Connect(r.message))?;
                 read_to_end(&mut s, &mut data).await.map_err(ImageError::Mover)?;
-                if let Some(why) = refusal(&data) {
+                if let Some(why) = bproc_proto::conn::refusal(&data) {
                     return Err(ImageError::Refused(why));
                 }
             }
@@ -544,14 +544,6 @@ async fn image_for_child(
         }
         Err(_) => None,
     }
-}
-
-/// The mover's reason, when what it sent is a refusal instead of an image.
-fn refusal(data: &[u8]) -> Option<String> {
-    use bproc_proto::conn::{refusal_len, REFUSAL};
-    let rest = data.strip_prefix(&REFUSAL[..])?;
-    let len = refusal_len(rest.get(..2)?.try_into().ok()?);
-    Some(String::from_utf8_lossy(rest.get(2..2 + len)?).into_owned())
 }
 
 /// Why a child node could not be handed its part (its ranks are reported as on a down node).

@@ -47,8 +47,11 @@ impl Procs {
         let job = move || {
             let restored = match image {
                 Image::Stream(s) => {
+                    use std::io::BufRead;
                     let mut reader = std::io::BufReader::with_capacity(1 << 20, s);
-                    match refusal(&mut reader) {
+                    // The mover's reason, when it sent one instead of an image (it writes
+                    // the refusal at once and closes).
+                    match reader.fill_buf().ok().and_then(bproc_proto::conn::refusal) {
                         Some(why) => Err(bproc_ckpt::CkptError::Busy(why)),
                         None => bproc_ckpt::restore::restore_noting(reader, spec),
                     }
@@ -72,22 +75,6 @@ impl Procs {
         };
         self.0.spawner.run(Box::new(job)).await
     }
-}
-
-/// The mover's reason, when the stream opens with a refusal instead of an image
-/// ([`bproc_proto::conn::REFUSAL`]); the stream is left as it was otherwise.
-fn refusal(r: &mut impl std::io::BufRead) -> Option<String> {
-    use bproc_proto::conn;
-    let head = r.fill_buf().ok()?;
-    if head.len() < conn::REFUSAL.len() || head[..conn::REFUSAL.len()] != conn::REFUSAL {
-        return None;
-    }
-    r.consume(conn::REFUSAL.len());
-    let mut len = [0u8; 2];
-    r.read_exact(&mut len).ok()?;
-    let mut why = vec![0u8; conn::refusal_len(len)];
-    r.read_exact(&mut why).ok()?;
-    Some(String::from_utf8_lossy(&why).into_owned())
 }
 
 /// Where a restore reads its image: a connection to the mover (restored as it arrives), or
