@@ -472,15 +472,16 @@ impl crate::source::Out for Fanout {
 }
 
 /// Sends `data`, read from `file` at `offset`, to `s` from the file; what the file no longer
-/// holds, from `data`.
+/// holds, or all of it from a file system that cannot send its files so, from `data`.
 fn send_file_to(s: &mut TcpStream, file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
+    use nix::errno::Errno;
     let mut done = 0;
     while done < data.len() {
         let mut at = (offset + done as u64) as i64;
         match nix::sys::sendfile::sendfile64(&*s, file, Some(&mut at), data.len() - done) {
-            Ok(0) => return s.write_all(&data[done..]),
+            Ok(0) | Err(Errno::EINVAL | Errno::ENOSYS) => return s.write_all(&data[done..]),
             Ok(k) => done += k,
-            Err(nix::errno::Errno::EINTR) => {}
+            Err(Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
