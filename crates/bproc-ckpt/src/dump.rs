@@ -30,7 +30,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 
 use bproc_image::{
-    Chunk, Header, Machine, MmFields, OpenFile, Region, SigAction, Source, Special, MAX_CHUNK, PAGE,
+    Chunk, Header, Machine, MmFields, OpenFile, Region, SigAction, Source, Special, HUGE_PAGE,
+    MAX_CHUNK, PAGE,
 };
 use nix::libc;
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
@@ -1047,8 +1048,15 @@ fn dump(
             for (i, e) in entries[..n].iter().enumerate() {
                 let addr = page + i as u64 * PAGE;
                 let take = wanted(&r.source, *e);
+                // A long run is cut where a huge page starts, so that a restore reading the
+                // image as a stream finds each huge page whole in one chunk.
+                let cut_here = |k: u64| {
+                    k >= max_pages
+                        || (addr.is_multiple_of(HUGE_PAGE)
+                            && k * PAGE + HUGE_PAGE > u64::from(MAX_CHUNK))
+                };
                 run = match (run, take) {
-                    (Some((s, k)), true) if k < max_pages => Some((s, k + 1)),
+                    (Some((s, k)), true) if !cut_here(k) => Some((s, k + 1)),
                     (prev, take) => {
                         if let Some((s, k)) = prev {
                             write_chunk(s, k, readable, zeros_implied)?;

@@ -19,7 +19,7 @@
 use std::io::{IoSlice, IoSliceMut, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use bproc_image::{Header, ImageReader, Source, PAGE};
+use bproc_image::{Header, ImageReader, Source, HUGE_PAGE, PAGE};
 use nix::libc;
 use nix::sys::ptrace;
 use nix::sys::signal::{kill, Signal};
@@ -817,9 +817,16 @@ fn inject<R: Read>(
     let (at, stub_maps) = place_scratch(&mut t, h)?;
     clear_stub(&t, h, &stub_maps, at)?;
     map_regions(&t, h)?;
-    let huge = huge_spans(h, reader.chunks_ahead().unwrap_or_default());
+    // An image in memory shows all its chunks at once; a stream, one at a time.
+    let asked = huge_pages_asked();
+    let ahead = reader.chunks_ahead();
+    let streamed = ahead.is_none();
+    let mut huge = match ahead {
+        Some(chunks) if asked => filled_spans(h, chunks),
+        _ => Vec::new(),
+    };
     advise(&t, &huge, libc::MADV_HUGEPAGE);
-    write_pages(&t, h, reader, how.note)?;
+    write_pages(&t, h, reader, how.note, (asked && streamed).then_some(&mut huge))?;
     advise(&t, &huge, libc::MADV_NOHUGEPAGE);
     set_mm(&t, h)?;
     set_process_state(&t, h)?;
@@ -945,20 +952,13 @@ fn map_regions(t: &Tracee, h: &Header) -> Result<(), CkptError> {
     Ok(())
 }
 
-/// Bytes in a huge page.
-const HUGE: u64 = 2 << 20;
-
-/// The huge-page-aligned spans of anonymous regions that `chunks` fill whole, when this
-/// kernel gives huge pages only where asked: written as huge pages, they take one fault each
-/// rather than 512 (faults were most of a restore's time on a node).
-fn huge_spans(h: &Header, chunks: Vec<(u64, u32)>) -> Vec<(u64, u64)> {
-    let asked = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .is_ok_and(|mode| mode.contains("[madvise]"));
-    if asked {
-        filled_spans(h, chunks)
-    } else {
-        Vec::new()
-    }
+/// Whether this kernel gives huge pages only where asked. Then the huge-page-aligned spans
+/// of anonymous memory that the image's chunks fill whole are asked for them: written as
+/// huge pages, they take one fault each rather than 512 (faults were most of a restore's
+/// time on a node).
+fn huge_pages_asked() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|mode| mode.contains("[madvise]"))
 }
 
 /// The huge-page-aligned spans of anonymous regions (stacks aside) that `chunks` fill.
@@ -974,7 +974,8 @@ fn filled_spans(h: &Header, chunks: Vec<(u64, u32)>) -> Vec<(u64, u64)> {
     let mut spans = Vec::new();
     for r in h.regions.iter().filter(|r| !matches!(r.source, Source::File { .. }) && !r.stack) {
         for &(start, end) in &runs {
-            let (s, e) = (start.max(r.start).next_multiple_of(HUGE), end.min(r.end) & !(HUGE - 1));
+            let (s, e) =
+                (start.max(r.start).next_multiple_of(HUGE_PAGE), end.min(r.end) & !(HUGE_PAGE - 1));
             if s < e {
                 spans.push((s, e));
             }
@@ -997,15 +998,23 @@ fn advise(t: &Tracee, spans: &[(u64, u64)], how: i32) {
 }
 
 /// Writes the image's pages (and `note`, into the mailbox), then gives each region its own
-/// protection.
+/// protection. With `huge`, each chunk's whole huge pages are asked for before it is
+/// written, and added to `huge` (a stream's chunks, known only as they come; the dump cuts
+/// long runs of pages at huge-page boundaries, so a chunk holds each of them whole).
 fn write_pages<R: Read>(
     t: &Tracee,
     h: &Header,
     reader: &mut ImageReader<R>,
     note: Option<&[u8]>,
+    mut huge: Option<&mut Vec<(u64, u64)>>,
 ) -> Result<(), CkptError> {
     let mut buf = Vec::new();
     while let Some((addr, data)) = reader.next_chunk(&mut buf)? {
+        if let Some(huge) = huge.as_deref_mut() {
+            let spans = filled_spans(h, vec![(addr, data.len() as u32)]);
+            advise(t, &spans, libc::MADV_HUGEPAGE);
+            huge.extend(spans);
+        }
         t.poke(addr, data)?;
     }
     if let (Some(note), (at, len)) = (note, h.mailbox) {

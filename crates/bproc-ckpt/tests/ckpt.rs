@@ -59,8 +59,8 @@ fn a_process_is_restored_whole_under_its_pid() {
     let size = std::fs::metadata(&image).unwrap().len();
     assert!(size > 64 << 20, "the image holds the 64 MiB: {size} bytes");
     // The dump may grow the demo's trimmed heap: the image lists it up to the break it saved.
-    let reader = bproc_image::ImageReader::open(std::fs::File::open(&image).unwrap()).unwrap();
-    let h = reader.header();
+    let mut reader = bproc_image::ImageReader::open(std::fs::File::open(&image).unwrap()).unwrap();
+    let h = reader.header().clone();
     let heap = h.regions.iter().find(|r| r.start <= h.mm.start_brk && h.mm.start_brk < r.end);
     assert!(
         heap.is_some_and(|r| r.end >= h.mm.brk.next_multiple_of(4096)),
@@ -68,6 +68,18 @@ fn a_process_is_restored_whole_under_its_pid() {
         h.mm.brk
     );
     assert!(size < 72 << 20, "the image leaves out the 64 MiB of zeros: {size} bytes");
+    // A run of pages longer than a chunk is cut where a huge page starts (or a region does),
+    // so a restore that reads the image as a stream finds each huge page whole in one chunk.
+    let (mut buf, mut last, mut cuts) = (Vec::new(), None::<u64>, 0);
+    while let Some((addr, data)) = reader.next_chunk(&mut buf).unwrap() {
+        let region_starts = h.regions.iter().any(|r| r.start == addr);
+        if last == Some(addr) && !region_starts {
+            assert_eq!(addr % bproc_image::HUGE_PAGE, 0, "a run cut at {addr:#x}");
+            cuts += 1;
+        }
+        last = Some(addr + data.len() as u64);
+    }
+    assert!(cuts >= 15, "the 64 MiB run in {cuts} cuts");
 
     let log = dir.join("out");
     let stdio: [Option<OwnedFd>; 3] = [

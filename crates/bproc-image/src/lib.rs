@@ -41,6 +41,9 @@ pub const MAX_CHUNK: u32 = 4 << 20;
 pub const MAX_REGIONS: usize = 1 << 16;
 /// Page size the image is laid out in.
 pub const PAGE: u64 = 4096;
+/// A huge page (x86-64's 2 MiB): a dump cuts long runs of pages where one starts, and a
+/// restore asks for them where the chunks fill them whole.
+pub const HUGE_PAGE: u64 = 2 << 20;
 /// First address past user space on x86-64 (47-bit).
 pub const USER_END: u64 = 1 << 47;
 
