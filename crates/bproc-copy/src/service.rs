@@ -428,8 +428,23 @@ impl Fanout {
         f
     }
 
-    /// Drops the branches at indices `failed` (ascending); an error once none is left.
-    fn drop_failed(&mut self, failed: Vec<usize>) -> io::Result<()> {
+    /// Sends `len` bytes to every branch with `send`; a branch that fails is dropped and
+    /// named, and it is an error once none is left.
+    fn send_each(
+        &mut self,
+        len: usize,
+        mut send: impl FnMut(&mut TcpStream) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut failed = Vec::new();
+        for (i, (n, s)) in self.outs.iter_mut().enumerate() {
+            match send(s) {
+                Ok(()) => self.sent += len as u64,
+                Err(e) => {
+                    failed.push(i);
+                    self.errors.push(format!("rcp: lost the connection to {}: {e}", node_name(*n)));
+                }
+            }
+        }
         for i in failed.into_iter().rev() {
             self.outs.remove(i);
         }
@@ -456,18 +471,7 @@ impl Fanout {
 
 impl crate::source::Out for Fanout {
     fn send_file(&mut self, file: &File, offset: u64, data: &[u8]) -> io::Result<bool> {
-        let mut failed = Vec::new();
-        for (i, (n, s)) in self.outs.iter_mut().enumerate() {
-            match send_file_to(s, file, offset, data) {
-                Ok(()) => self.sent += data.len() as u64,
-                Err(e) => {
-                    failed.push(i);
-                    self.errors.push(format!("rcp: lost the connection to {}: {e}", node_name(*n)));
-                }
-            }
-        }
-        self.drop_failed(failed)?;
-        Ok(true)
+        self.send_each(data.len(), |s| send_file_to(s, file, offset, data)).map(|()| true)
     }
 }
 
@@ -494,17 +498,7 @@ impl Write for Fanout {
         Ok(buf.len())
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        let mut failed = Vec::new();
-        for (i, (n, s)) in self.outs.iter_mut().enumerate() {
-            match s.write_all(buf) {
-                Ok(()) => self.sent += buf.len() as u64,
-                Err(e) => {
-                    failed.push(i);
-                    self.errors.push(format!("rcp: lost the connection to {}: {e}", node_name(*n)));
-                }
-            }
-        }
-        self.drop_failed(failed)
+        self.send_each(buf.len(), |s| s.write_all(buf))
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())

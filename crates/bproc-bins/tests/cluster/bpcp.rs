@@ -206,6 +206,18 @@ fn caller_rights_on_nodes() {
     c.cmd("bpcp").as_user(&user).args([mine, "1:/tmp/hers"]).ok();
     let m = std::fs::metadata(on_node(&c, 1, "/tmp/hers")).unwrap();
     assert_eq!((m.uid(), m.gid()), (user.uid, user.gid));
+    // A file large enough to be sent from the file (sendfile), there by bpcp and back by the
+    // node's daemon with the user's rights.
+    let big = local.join("big");
+    let data = pattern((1 << 20) + 7, 5);
+    std::fs::write(&big, &data).unwrap();
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o644)).unwrap();
+    c.cmd("bpcp").as_user(&user).args([big.to_str().unwrap(), "1:/tmp/herbig"]).ok();
+    assert!(std::fs::read(on_node(&c, 1, "/tmp/herbig")).unwrap() == data);
+    let back = local.join("back");
+    c.cmd("bpcp").as_user(&user).args(["1:/tmp/herbig", back.to_str().unwrap()]).ok();
+    assert!(std::fs::read(&back).unwrap() == data);
+    assert_eq!(std::fs::metadata(&back).unwrap().uid(), user.uid);
     // A node that lets only its owner in.
     c.cmd("bpctl").args(["-S", "2", "-m", "0100"]).ok();
     let out = c.cmd("bpcp").as_user(&user).args([mine, "2:/tmp/"]).fails();
