@@ -138,6 +138,9 @@ pub enum MasterError {
 pub struct Options {
     /// Accept slaves of another software version (`-i`).
     pub ignore_version: bool,
+    /// Where to serve this machine's process events to the slaves on it (a virtual
+    /// cluster's), which then need not each subscribe (`--event-hub`).
+    pub event_hub: Option<PathBuf>,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -625,6 +628,12 @@ pub fn serve(
     if let Err(e) = bproc_sys::raise_fd_limit() {
         warn!("cannot raise the limit on open files: {e}");
     }
+    // Slaves that cannot reach it subscribe on their own.
+    let _hub = options.event_hub.as_deref().and_then(|path| {
+        bproc_sys::procevents::hub::Hub::start(path)
+            .inspect_err(|e| warn!("no process event hub at {}: {e}", path.display()))
+            .ok()
+    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

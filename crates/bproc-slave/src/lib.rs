@@ -115,6 +115,9 @@ pub struct Options {
     /// The node's client socket as its processes see it (`$BPROC_SOCKET` on the node);
     /// inside the diskless root when there is one.
     pub client_socket: Option<std::path::PathBuf>,
+    /// The hub of this machine's process events, shared by its slaves (a virtual cluster's),
+    /// instead of a subscription of this slave's own.
+    pub event_hub: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -135,6 +138,7 @@ impl Options {
             },
             diskless: None,
             client_socket: None,
+            event_hub: None,
         }
     }
 
@@ -489,7 +493,7 @@ pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveErro
         let outbox = outbox.clone();
         procs::Procs::new(move |m| outbox.send(0, m), opts.authority.root, opts.diskless.as_ref())
     };
-    tokio::spawn(procs.clone().follow());
+    tokio::spawn(procs.clone().follow(opts.event_hub.clone()));
     // The end of a flood of refused connections is reported even if nothing follows it.
     tokio::spawn(async {
         let mut tick = tokio::time::interval(bproc_link::guard::REFUSAL_INTERVAL);

@@ -10,12 +10,17 @@
 //! comparisons the kernel runs before queueing anything: 1.6 ms a fork with 1024 filtered
 //! listeners, and nobody woken for another's processes.
 //!
+//! Slaves sharing one kernel can share one subscription instead ([`hub`], and
+//! [`Events::through_hub`]): the kernel then runs one filter per event, not one per slave.
+//!
 //! Subscribing needs `CAP_NET_ADMIN`; without it [`Events::open`] fails and the caller looks
 //! at `/proc` instead.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::libc;
+
+pub mod hub;
 
 /// One process event of a watched process (host pids).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,15 +64,88 @@ const EVENT_DATA: usize = 16;
 /// each process takes four).
 pub const MAX_WATCHED: usize = 1000;
 
-/// A proc connector socket.
+/// Where a slave's process events come from: its own subscription, or a hub shared by the
+/// slaves of its machine ([`hub`]), left for a subscription of its own if the hub goes.
 #[derive(Debug)]
 pub struct Events {
-    fd: OwnedFd,
+    source: std::sync::RwLock<Source>,
+    /// The latest watched set, for a subscription that replaces a hub.
+    watched: std::sync::Mutex<Vec<i32>>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Own(Netlink),
+    Hub(OwnedFd),
 }
 
 impl Events {
     /// Subscribes to the process events, watching no process yet.
     pub fn open() -> std::io::Result<Events> {
+        Ok(Events::from(Source::Own(Netlink::open()?)))
+    }
+
+    /// Takes the events from the hub named `path` ([`hub::Hub::start`]), watching no
+    /// process yet.
+    pub fn through_hub(path: &std::path::Path) -> std::io::Result<Events> {
+        let fd = hub::connect(path)?;
+        hub::send_set(&fd, &[])?;
+        Ok(Events::from(Source::Hub(fd)))
+    }
+
+    fn from(source: Source) -> Events {
+        Events { source: std::sync::RwLock::new(source), watched: Default::default() }
+    }
+
+    /// Whether the events come from a hub (it has not gone).
+    pub fn shared(&self) -> bool {
+        matches!(*self.source.read().unwrap_or_else(|e| e.into_inner()), Source::Hub(_))
+    }
+
+    /// Keeps only the events of `pids` (for a fork, of the parent; for an exit, of the
+    /// process or its parent), replacing the set. With more than [`MAX_WATCHED`] pids,
+    /// nothing passes.
+    pub fn watch(&self, pids: &[i32]) -> std::io::Result<()> {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        watched.clear();
+        watched.extend_from_slice(pids);
+        match &*self.source.read().unwrap_or_else(|e| e.into_inner()) {
+            Source::Own(n) => n.watch(pids),
+            // A hub gone is seen by `next`, which then subscribes with this set.
+            Source::Hub(fd) => hub::send_set(fd, pids).or(Ok(())),
+        }
+    }
+
+    /// Waits for the next events and returns the watched ones (none for other messages,
+    /// such as the subscription's answer). `ENOBUFS` means events were lost (also once when
+    /// a hub has gone and a subscription of this process's own replaced it).
+    pub fn next(&self) -> std::io::Result<Vec<ProcEvent>> {
+        {
+            let source = self.source.read().unwrap_or_else(|e| e.into_inner());
+            match &*source {
+                Source::Own(n) => return n.next(),
+                Source::Hub(fd) => match hub::recv(fd) {
+                    Ok(Some(list)) => return Ok(list),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Err(e),
+                    Ok(None) | Err(_) => {}
+                },
+            }
+        }
+        let own = Netlink::open()?;
+        let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        own.watch(&watched)?;
+        *self.source.write().unwrap_or_else(|e| e.into_inner()) = Source::Own(own);
+        Err(std::io::Error::from_raw_os_error(libc::ENOBUFS))
+    }
+}
+
+/// A proc connector socket.
+#[derive(Debug)]
+struct Netlink(OwnedFd);
+
+impl Netlink {
+    /// Subscribes, passing nothing until [`Netlink::watch`].
+    fn open() -> std::io::Result<Netlink> {
         // SAFETY: socket(2) with constant arguments; the result is checked.
         let fd = unsafe {
             libc::socket(
@@ -80,7 +158,7 @@ impl Events {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: a fresh fd we own.
-        let events = Events { fd: unsafe { OwnedFd::from_raw_fd(fd) } };
+        let events = Netlink(unsafe { OwnedFd::from_raw_fd(fd) });
         events.watch(&[])?;
         // SAFETY: all-zero is a valid sockaddr_nl; the fields are set below.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
@@ -127,17 +205,15 @@ impl Events {
         Ok(events)
     }
 
-    /// Keeps only the events of `pids` (for a fork, of the parent; for an exit, of the
-    /// process or its parent): replaces the socket's filter. With more than [`MAX_WATCHED`]
-    /// pids, nothing passes.
-    pub fn watch(&self, pids: &[i32]) -> std::io::Result<()> {
+    /// Replaces the socket's filter with one keeping the events of `pids` ([`filter`]).
+    fn watch(&self, pids: &[i32]) -> std::io::Result<()> {
         let pids = if pids.len() > MAX_WATCHED { &[][..] } else { pids };
         let mut prog = filter(pids);
         let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
         // SAFETY: attaches a filter from a valid sock_fprog whose program outlives the call.
         let r = unsafe {
             libc::setsockopt(
-                self.fd.as_raw_fd(),
+                self.0.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_ATTACH_FILTER,
                 (&fprog as *const libc::sock_fprog).cast(),
@@ -150,12 +226,31 @@ impl Events {
         Ok(())
     }
 
-    /// Waits for the next datagram and returns the watched events in it (none for other
-    /// messages, such as the subscription's answer). `ENOBUFS` means events were lost.
-    pub fn next(&self) -> std::io::Result<Vec<ProcEvent>> {
+    /// Removes the filter: every event passes (the hub's).
+    fn watch_all(&self) -> std::io::Result<()> {
+        let none = 0i32;
+        // SAFETY: SO_DETACH_FILTER ignores its value; a valid pointer and size are passed.
+        let r = unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_DETACH_FILTER,
+                (&none as *const i32).cast(),
+                std::mem::size_of::<i32>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits for the next datagram and returns the events in it that pass the filter (none
+    /// for other messages). `ENOBUFS` means events were lost.
+    fn next(&self) -> std::io::Result<Vec<ProcEvent>> {
         let mut buf = [0u8; 4096];
         // SAFETY: receives into a local buffer of the given size.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }

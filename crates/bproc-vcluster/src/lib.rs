@@ -405,6 +405,14 @@ impl Cluster {
         std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(file_err(path))
     }
 
+    /// The name under which the master serves the host's process events to the slaves
+    /// (`--event-hub`, an abstract socket, one per cluster directory): each of a thousand
+    /// slaves subscribing on its own made every fork on the host run a thousand filters.
+    fn event_hub(&self) -> PathBuf {
+        let dir = std::path::absolute(&self.spec.dir).unwrap_or_else(|_| self.spec.dir.clone());
+        PathBuf::from(format!("bproc-events:{}", dir.display()))
+    }
+
     /// Starts the master (again) and waits until it listens.
     pub fn start_master(&mut self) -> Result<(), VclusterError> {
         let prog = self.spec.bin_dir.join("bpmaster");
@@ -418,6 +426,7 @@ impl Cluster {
         if self.spec.verbose {
             cmd.arg("-v");
         }
+        cmd.arg("--event-hub").arg(self.event_hub());
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -491,6 +500,9 @@ impl Cluster {
             // Without a /tmp of their own, the nodes' client sockets must not collide.
             cmd.arg("--client-socket").arg(self.spec.dir.join(format!("node{i}.sock")));
         }
+        // The slaves share the host's kernel: one subscription to its process events serves
+        // them all (a slave that cannot reach it subscribes on its own).
+        cmd.arg("--event-hub").arg(self.event_hub());
         cmd.arg(self.master_addr().to_string());
         let child = cmd
             .stdin(Stdio::null())

@@ -20,6 +20,9 @@ const USAGE: &str = "Usage: bpmaster [-h] [-V] [-d] [-v]... [-i] [-c file]
   -c FILE          configuration file (default /etc/clustermatic/config)
   --keygen [FILE]  create the cluster key (default /etc/clustermatic/key) and exit
   --print-address  print \"TCP-ADDRESS SOCKET PID\" on stdout once listening
+  --event-hub NAME serve this machine's process events at the abstract Unix socket NAME to
+                   the slaves running on it as the same user (a virtual cluster: bpslave
+                   --event-hub), which then need not each subscribe to them
 ";
 
 struct Args {
@@ -56,6 +59,7 @@ fn parse() -> anyhow::Result<Result<Args, ExitCode>> {
             Short('c') => a.config = p.value()?.into(),
             Short('m') => bail!("message tracing (-m) is not supported by this bpmaster"),
             Long("print-address") => a.print_address = true,
+            Long("event-hub") => a.options.event_hub = Some(p.value()?.into()),
             Long("keygen") => return Ok(Err(bproc_admin::keygen("bpmaster", &mut p)?)),
             other => return Err(Usage(other.unexpected().to_string()).into()),
         }

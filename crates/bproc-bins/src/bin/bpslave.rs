@@ -35,6 +35,9 @@ const USAGE: &str = "Usage: bpslave [options] MASTER[:PORT] [PORT]
   --client-socket P   where programs on this node reach the cluster ($BPROC_SOCKET on the
                       node; default /run/bproc/node.sock, /tmp/.bproc/node.sock with --isolate)
   --no-client-socket  programs on this node cannot use the cluster
+  --event-hub NAME    take process events from the hub at the abstract Unix socket NAME
+                      (bpmaster --event-hub), shared by the slaves of one machine; from a
+                      subscription of its own if the hub cannot be reached or goes
 ";
 
 struct Args {
@@ -59,6 +62,7 @@ fn parse() -> anyhow::Result<Option<Args>> {
     let (mut stderr, mut facility) = (false, logging::Facility::LOG_DAEMON);
     let mut positional = Vec::new();
     let mut client_socket: Option<Option<PathBuf>> = None;
+    let mut event_hub = None;
     let mut p = lexopt::Parser::from_env();
     while let Some(arg) = p.next()? {
         match arg {
@@ -98,6 +102,7 @@ fn parse() -> anyhow::Result<Option<Args>> {
             Long("diskless") => diskless = true,
             Long("client-socket") => client_socket = Some(Some(p.value()?.into())),
             Long("no-client-socket") => client_socket = Some(None),
+            Long("event-hub") => event_hub = Some(p.value()?.into()),
             Long("check-isolation") => {
                 isolate::isolate("bproc-check")?;
                 return Ok(None);
@@ -116,6 +121,7 @@ fn parse() -> anyhow::Result<Option<Args>> {
     let mut opts = Options::new(master, ClusterKey::load(&keyfile)?);
     opts.source = source;
     opts.reconnect = reconnect;
+    opts.event_hub = event_hub;
     if let Some(g) = grace {
         opts.grace = g;
     }

@@ -575,7 +575,52 @@ fn every_short_fork_gets_a_ghost() {
     if !require_root("the kernel's process events need CAP_NET_ADMIN") {
         return;
     }
-    let c = patient_cluster("ghost-forks");
+    short_forks_get_ghosts(&patient_cluster("ghost-forks"));
+}
+
+/// Whether the slave of node `i` has a subscription of its own to the process events (a
+/// proc connector socket bound to its pid), rather than the master's hub.
+fn subscribes_itself(c: &TestCluster, i: usize) -> bool {
+    let pid = c.slave_pid(i).expect("the slave runs").to_string();
+    let table = std::fs::read_to_string("/proc/net/netlink").unwrap();
+    // Columns: socket, protocol (11: the connector), port id (the binding process's pid).
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&"11") && f.get(2) == Some(&pid.as_str())
+    })
+}
+
+/// A virtual cluster's slaves take the host's process events from the master's hub, not one
+/// subscription each (which made every fork on the host run every slave's filter); when the
+/// hub goes with its master, each slave subscribes on its own, and every short fork still
+/// gets its ghost and its exit status.
+#[test]
+fn forks_are_seen_through_the_event_hub_and_after_it_goes() {
+    if !require_root("the kernel's process events need CAP_NET_ADMIN") {
+        return;
+    }
+    let mut c = patient_cluster("event-hub");
+    assert!(
+        !subscribes_itself(&c, 0) && !subscribes_itself(&c, 1),
+        "the slaves use the hub: {:?} {:?}\n{}\n{}",
+        c.slave_pid(0),
+        c.slave_pid(1),
+        std::fs::read_to_string("/proc/net/netlink").unwrap(),
+        std::fs::read_to_string(c.slave_log(0)).unwrap()
+    );
+    short_forks_get_ghosts(&c);
+    c.kill_master();
+    c.start_master().expect("the master restarts");
+    c.wait(20, "both nodes to rejoin", |t| t.iter().all(|n| n.state == "up"));
+    bproc_testkit::until(10, "the slaves to subscribe on their own", || {
+        (subscribes_itself(&c, 0) && subscribes_itself(&c, 1)).then_some(())
+    });
+    short_forks_get_ghosts(&c);
+}
+
+/// A shell on node 1 runs 50 short children, each ending with its own code: each gets a
+/// ghost (52 made, with the shell's and its final `sleep`'s) that ends with that code.
+fn short_forks_get_ghosts(c: &TestCluster) {
     let made = || -> u64 {
         let out = c.cmd("bpstat").arg("--master-info").ok();
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -584,7 +629,7 @@ fn every_short_fork_gets_a_ghost() {
     let before = made();
     let script = "echo $$; sleep 1; i=0; while [ $i -lt 50 ]; do \
                   sh -c \"echo \\$\\$ $((i % 7 + 1)); exit $((i % 7 + 1))\"; i=$((i+1)); done; exec sleep 1";
-    let (mut bpsh, mut out) = shell_on_node_1(&c, script);
+    let (mut bpsh, mut out) = shell_on_node_1(c, script);
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     let shell: i32 = line.trim().parse().unwrap_or_else(|_| panic!("the shell's pid: {line:?}"));

@@ -103,8 +103,8 @@ impl Procs {
     /// parent's. Looking often while a process is young and rarely after keeps the cost to
     /// this node's own processes (the kernel's process events go to every listener on the
     /// machine, which a virtual cluster of a thousand nodes on one host cannot afford).
-    pub async fn follow(self) {
-        self.listen();
+    pub async fn follow(self, event_hub: Option<std::path::PathBuf>) {
+        self.listen(event_hub.as_deref());
         loop {
             let youngest = self.0.known.lock().map_or(None, |k| k.values().map(|p| p.seen).max());
             match youngest {
@@ -126,13 +126,19 @@ impl Procs {
     /// seen as it happens, however short the child's life, and every end with its status.
     /// Looking at `/proc` goes on, as a backstop (events lost to a full socket buffer, a
     /// child that forked before it was watched). Without the right (`CAP_NET_ADMIN`), looking
-    /// is all there is.
-    fn listen(&self) {
+    /// is all there is. With `hub`, the events come from the hub of the slaves sharing this
+    /// machine when it answers.
+    fn listen(&self, hub: Option<&std::path::Path>) {
         use bproc_sys::procevents::Events;
         if std::env::var_os("BPROC_NO_PROCEVENTS").is_some() {
             return;
         }
-        let events = match Events::open() {
+        let shared = hub.and_then(|path| {
+            Events::through_hub(path)
+                .inspect_err(|e| info!("process event hub {}: {e}", path.display()))
+                .ok()
+        });
+        let events = match shared.map_or_else(Events::open, Ok) {
             Ok(e) => Arc::new(e),
             Err(e) => {
                 info!("following forks by looking at /proc (process events: {e})");
@@ -142,11 +148,18 @@ impl Procs {
         let _ = self.0.events.set(events.clone());
         self.rewatch();
         let procs = self.clone();
+        let mut shared = events.shared();
         let started = std::thread::Builder::new().name("procevents".into()).spawn(move || loop {
             match events.next() {
                 Ok(list) => list.into_iter().for_each(|e| procs.on_event(e)),
                 // Events were lost: look at everything once.
-                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => procs.scan_proc(),
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                    if shared && !events.shared() {
+                        shared = false;
+                        warn!("the process event hub went away: events now come to this slave");
+                    }
+                    procs.scan_proc()
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     warn!("process events: {e}; following forks by looking at /proc");
