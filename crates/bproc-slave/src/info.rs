@@ -25,6 +25,14 @@ fn loads(text: &str) -> [u32; 3] {
     out
 }
 
+/// The CPUs this daemon may use, read once: the standard library's answer reads the
+/// cgroup's quota files each time, half the cost of a pong (a thousand virtual nodes answer
+/// pings all through a launch).
+fn cpus() -> u32 {
+    static CPUS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+}
+
 /// Reads this machine's report. Fields that cannot be read are left zero or empty.
 pub fn node_info() -> NodeInfo {
     let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -33,7 +41,7 @@ pub fn node_info() -> NodeInfo {
         uts.as_ref().map(|u| f(u).to_string_lossy().into_owned()).unwrap_or_default()
     };
     NodeInfo {
-        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        cpus: cpus(),
         mem_total: meminfo_kib(&mem, "MemTotal:") * 1024,
         mem_free: meminfo_kib(&mem, "MemAvailable:") * 1024,
         load: loads(&std::fs::read_to_string("/proc/loadavg").unwrap_or_default()),
