@@ -12,7 +12,7 @@
 //! - the hub sends events as messages of [`RECORD`]-byte records; a record of kind
 //!   [`LOST`] says events were dropped (the hub's or the slave's queue was full).
 //!
-//! The hub applies the kernel filter's rule ([`super::filter`]) per slave, and watches a
+//! The hub applies the kernel filter's rule ([`super::Events::watch`]) per slave, and watches a
 //! watched process's new child at once (the slave would, a moment later). Each batch of
 //! events is read from the kernel before the slaves' new sets are taken, so an event that
 //! happened after a slave sent its set is judged by that set, as with the kernel's filter.
