@@ -105,4 +105,4 @@ echo "| front end | CPU | counted |"
 echo "|---|---:|---|"
 printf "%s" "$cpu"
 echo
-echo "On a virtual cluster the front end's CPU also holds what its process events (each ghost's start and end) cost in the filters of all the slaves on this machine: the more nodes, the more."
+echo "On a virtual cluster the slaves share one subscription to the machine's process events (the master's hub): the front end's processes (each ghost's start and end) no longer run a filter per slave, and neither does the spawn floor while the cluster is up."
