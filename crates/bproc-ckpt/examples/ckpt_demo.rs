@@ -27,6 +27,9 @@ extern "C" fn on_usr1(_: i32) {
     USR1.store(true, Ordering::SeqCst);
 }
 
+/// A huge page's size (2 MiB on x86-64).
+const HUGE: usize = 2 << 20;
+
 fn pattern(i: usize) -> u64 {
     (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5a5a
 }
@@ -40,7 +43,13 @@ fn main() {
     // Fds inherited from whoever started it (a build tool's pipes) could not move.
     bproc_sys::close_fds_from(3, &[]);
     let mib: usize = args[2].parse().expect("MIB");
-    let big: Vec<u64> = (0..mib * (1 << 20) / 8).map(pattern).collect();
+    // The pattern starts 1 MiB past a huge page's start (the pages before it are never
+    // written, so the image leaves them out): a dump must cut the run where each huge page
+    // starts, not every chunk's length from the run's own start.
+    let mut space = vec![0u64; (mib << 20) / 8 + (HUGE >> 3)];
+    let skip = ((1 << 20) + HUGE - space.as_ptr() as usize % HUGE) % HUGE / 8;
+    let big = &mut space[skip..skip + (mib << 20) / 8];
+    big.iter_mut().enumerate().for_each(|(i, x)| *x = pattern(i));
     // As much again of zeros, in pages that are present (written), which the image need not
     // carry.
     let mut zeros = vec![1u8; mib << 20];
