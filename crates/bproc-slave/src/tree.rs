@@ -46,6 +46,7 @@ use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::procs::IMAGE_REQUEST;
 use crate::{procs, proxy, Options, Outbox};
 
 /// What a tree node needs to start ranks and pass a tree on.
@@ -248,9 +249,6 @@ pub(crate) enum ImageError {
     Timeout,
 }
 
-/// What a child writes on its tree connection, in place of a file's hash, for the image.
-const IMAGE_REQUEST: [u8; 32] = [0xff; 32];
-
 /// This node's copy of the launch's image, fetching it the first time.
 async fn image_of(
     ctx: &Ctx,
@@ -273,7 +271,7 @@ async fn fetch_image(
     l: &Launch,
     source: &procs::Source,
 ) -> Result<Arc<NodeImage>, Arc<ImageError>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let mut data = bproc_sys::bigbuf::BigBuf::new();
     let fetch = async {
         match source {
@@ -291,9 +289,7 @@ async fn fetch_image(
             procs::Source::Parent(conn) => {
                 let mut s = conn.lock().await;
                 let failed = ImageError::Parent;
-                s.write_all(&IMAGE_REQUEST).await.map_err(failed)?;
-                procs::answer_probe(&mut *s, files_root(ctx)).await.map_err(failed)?;
-                let len = s.read_u64().await.map_err(failed)?;
+                let len = procs::request_image(&mut s, files_root(ctx)).await.map_err(failed)?;
                 // Read as it comes: the length is the parent's word, not an allocation.
                 read_to_end(&mut (&mut *s).take(len), &mut data).await.map_err(failed)?;
                 if data.len() as u64 != len {
@@ -344,10 +340,14 @@ pub(crate) fn run(ctx: Arc<Ctx>, l: Launch, entries: Vec<TreeEntry>, source: pro
         warn!("launch {}: already taken here; a replay is ignored", l.launch);
         return;
     }
-    let shared: Option<SharedImage> =
-        (l.spec.image.is_some() && l.size > 1).then(|| Arc::new(tokio::sync::OnceCell::new()));
+    let parts = split_tree(rest, l.width);
+    // A copy of a vector fork's image for this node's ranks and children to share; one rank
+    // and no children restores from the image as it comes instead (no copy to fill, and its
+    // pages go into the process while the rest arrives).
+    let shared: Option<SharedImage> = (l.spec.image.is_some() && me.ranks.len() + parts.len() > 1)
+        .then(|| Arc::new(tokio::sync::OnceCell::new()));
     // The subtree first: its nodes then start while this one starts its own ranks.
-    for part in split_tree(rest, l.width) {
+    for part in parts {
         let (ctx, l, part, source) = (ctx.clone(), l.clone(), part.to_vec(), source.clone());
         let shared = shared.clone();
         tokio::spawn(async move { forward(&ctx, &l, part, &source, shared).await });

@@ -497,21 +497,31 @@ fn rfork_and_vrfork_children_are_the_callers() {
         }
         assert_eq!(stdout.lines().count(), 16, "{stdout}");
     }
-    // Each node's log says once per vrfork where its copy of the image came from, and its size.
+    // Each node's log says once per vrfork where its image came from, and its size: a node
+    // with children fetched a copy to share, a leaf restored its rank as the image came.
     let fetched = |n: usize| -> Vec<(u64, String)> {
         let log = std::fs::read_to_string(c.slave_log(n)).unwrap();
         log.lines()
             .filter_map(|l| {
-                let (_, rest) = l.split_once("fetched the process image (")?;
+                let (how, rest) = match l.split_once("fetched the process image (") {
+                    Some((_, rest)) => ("copy", rest),
+                    None => {
+                        ("stream", l.split_once("restoring the process image as it comes (")?.1)
+                    }
+                };
                 let (size, from) = rest.split_once(" bytes) from ")?;
-                Some((size.parse().ok()?, from.to_owned()))
+                Some((size.parse().ok()?, format!("{how} from {from}")))
             })
             .collect()
     };
     let all: Vec<Vec<(u64, String)>> = (0..8).map(fetched).collect();
     let from = |who: &str| all.iter().flatten().filter(|(_, f)| f == who).count();
-    assert_eq!(from("the mover"), 4, "the first two nodes fetched it from the caller: {all:?}");
-    assert_eq!(from("the parent node"), 12, "the others, from their parents: {all:?}");
+    let mover = from("copy from the mover");
+    assert_eq!(mover, 4, "the first two nodes fetched it from the caller: {all:?}");
+    let copies = from("copy from the parent node");
+    assert_eq!(copies, 4, "the two others with children, from their parents: {all:?}");
+    let streams = from("stream from the parent node");
+    assert_eq!(streams, 8, "the four leaves restored it as it came from their parents: {all:?}");
     for (node, got) in all.iter().enumerate() {
         assert_eq!(got.len(), 2, "node {node}: {got:?}");
         assert!(

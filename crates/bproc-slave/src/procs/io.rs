@@ -225,3 +225,104 @@ pub(super) async fn open_image(
     s.set_read_timeout(Some(std::time::Duration::from_secs(30))).map_err(failed)?;
     Ok(s)
 }
+
+/// What a child writes on its tree connection, in place of a file's hash, for the image.
+pub(crate) const IMAGE_REQUEST: [u8; 32] = [0xff; 32];
+
+/// Asks the parent node for the launch's image on tree connection `s` and answers its
+/// probe (under `root`, a diskless node's, when given); returns the image's length, whose
+/// bytes follow on `s`.
+pub(crate) async fn request_image(s: &mut TcpStream, root: Option<&Path>) -> std::io::Result<u64> {
+    use tokio::io::AsyncReadExt;
+    s.write_all(&IMAGE_REQUEST).await?;
+    answer_probe(s, root).await?;
+    s.read_u64().await
+}
+
+/// How long a restore reading from the parent node waits for more of the image.
+const PARENT_SILENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The launch's image as the parent node sends it, read by a restore as it arrives (a node
+/// with one rank and no children keeps no copy of its own). The tree connection stays taken
+/// until the restore is done; it is shut down unless the image was read whole, so nothing
+/// else on it reads the rest as a reply.
+pub(crate) struct ParentImage {
+    /// The tree connection's socket, read without tokio (its fd duplicated).
+    socket: std::net::TcpStream,
+    /// Bytes of the image not yet read.
+    left: u64,
+    /// The tree connection, held.
+    _held: tokio::sync::OwnedMutexGuard<TcpStream>,
+}
+
+/// Asks the parent node on tree connection `conn` for the launch's image, for a restore to
+/// read as it comes.
+pub(super) async fn parent_image(
+    conn: &std::sync::Arc<tokio::sync::Mutex<TcpStream>>,
+    root: Option<&Path>,
+) -> Result<ParentImage, Refusal> {
+    let failed = |e: std::io::Error| Refusal {
+        code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
+        message: format!("cannot fetch the process image from the parent node: {e}"),
+    };
+    let mut held = conn.clone().lock_owned().await;
+    let len = match tokio::time::timeout(PARENT_SILENCE, request_image(&mut held, root)).await {
+        Ok(r) => r.map_err(failed)?,
+        Err(_) => return Err(failed(std::io::ErrorKind::TimedOut.into())),
+    };
+    let fd = std::os::fd::AsFd::as_fd(&*held).try_clone_to_owned().map_err(failed)?;
+    Ok(ParentImage { socket: std::net::TcpStream::from(fd), left: len, _held: held })
+}
+
+impl ParentImage {
+    /// Bytes of the image not yet read.
+    pub(super) fn left(&self) -> u64 {
+        self.left
+    }
+
+    /// Lets the tree connection go after a restore; `whole` says the image was read to its
+    /// last byte (else the connection is shut down).
+    pub(super) fn done(self, whole: bool) {
+        if !(whole && self.left == 0) {
+            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl std::io::Read for ParentImage {
+    /// Reads what has come, waiting for more when nothing has (the socket is tokio's,
+    /// non-blocking); the end of the image reads as the end.
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let want = buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        loop {
+            match self.socket.read(&mut buf[..want]) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    self.left -= n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+                    let wait = PollTimeout::try_from(PARENT_SILENCE).unwrap_or(PollTimeout::MAX);
+                    match poll(&mut fds, wait) {
+                        Ok(0) => {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "the parent node sent nothing for 30 s",
+                            ))
+                        }
+                        Ok(_) | Err(nix::Error::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -11,7 +11,7 @@ use bproc_proto::{Creds, IoSpec, Message, ProcSpec};
 use bproc_sys::{Identity, Jail};
 use tracing::{info, warn};
 
-use super::io::{open_image, open_io, Fds, Opened};
+use super::io::{open_image, open_io, parent_image, Fds, Opened};
 use super::spawner::{Image, RestoreFailed};
 use super::stage::{stage, Source};
 use super::{refuse, Authority, Procs, Refusal};
@@ -46,7 +46,8 @@ pub struct Start<'a> {
 /// Starts the rank `cx` names, from `spec`, as `set_tid` when this node gives processes
 /// their ghosts' pids; returns its pid here. The caller reports the start, then
 /// [`Procs::track`]s it. An image launch restores `shared` when given (the node's copy of a
-/// vector fork's image), else the image fetched for this rank. `report` sends the node's
+/// vector fork's image), else the image as it comes for this rank, from the mover or the
+/// parent node (`cx.source`). `report` sends the node's
 /// report when staging changed its cache.
 pub async fn spawn(
     cx: &Start<'_>,
@@ -66,7 +67,22 @@ pub async fn spawn(
         (Some(_), Some(bytes)) => Some(Image::Bytes(bytes)),
         (Some(from), None) => {
             let root = cx.diskless.map(|d| d.root.as_path());
-            Some(Image::Stream(open_image(cx.master, &spec, from, cx.rank, root).await?))
+            Some(match cx.source {
+                Source::Launcher => {
+                    Image::Stream(open_image(cx.master, &spec, from, cx.rank, root).await?)
+                }
+                Source::Parent(conn) => {
+                    let image = parent_image(conn, root).await?;
+                    info!(
+                        "launch {} rank {}: restoring the process image as it comes ({} bytes) \
+                         from the parent node",
+                        cx.launch,
+                        cx.rank,
+                        image.left()
+                    );
+                    Image::Parent(image)
+                }
+            })
         }
         (None, _) => None,
     };

@@ -57,6 +57,13 @@ impl Procs {
                     }
                 }
                 Image::Bytes(b) => bproc_ckpt::restore::restore_shared(b, spec),
+                Image::Parent(p) => {
+                    let mut reader = std::io::BufReader::with_capacity(64 << 10, p);
+                    let restored = bproc_ckpt::restore::restore_noting(&mut reader, spec);
+                    let whole = restored.is_ok() && reader.buffer().is_empty();
+                    reader.into_inner().done(whole);
+                    restored
+                }
             };
             restored
                 .map(|(pid, closed)| {
@@ -77,11 +84,12 @@ impl Procs {
     }
 }
 
-/// Where a restore reads its image: a connection to the mover (restored as it arrives), or
-/// a copy this node already holds (a vector fork's, shared by its ranks and its children in
-/// the launch tree).
+/// Where a restore reads its image: a connection to the mover or the parent node in the
+/// launch tree (restored as it arrives), or a copy this node already holds (a vector fork's,
+/// shared by its ranks and its children in the launch tree).
 pub(super) enum Image {
     Stream(std::net::TcpStream),
+    Parent(super::io::ParentImage),
     Bytes(bproc_image::SharedImage),
 }
 
