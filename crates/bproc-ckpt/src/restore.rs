@@ -997,6 +997,11 @@ fn advise(t: &Tracee, spans: &[(u64, u64)], how: i32) {
     }
 }
 
+/// How much of a chunk is checked and written at a time: small enough that the check leaves
+/// it in the cache for the write (a chunk is up to 4 MiB). A failed check kills the process
+/// the pages were written into.
+const PIECE: usize = 256 << 10;
+
 /// Writes the image's pages (and `note`, into the mailbox), then gives each region its own
 /// protection. With `huge`, each chunk's whole huge pages are asked for before it is
 /// written, and added to `huge` (a stream's chunks, known only as they come; the dump cuts
@@ -1009,14 +1014,15 @@ fn write_pages<R: Read>(
     mut huge: Option<&mut Vec<(u64, u64)>>,
 ) -> Result<(), CkptError> {
     let mut buf = Vec::new();
-    while let Some((addr, data)) = reader.next_chunk(&mut buf)? {
-        if let Some(huge) = huge.as_deref_mut() {
-            let spans = filled_spans(h, vec![(addr, data.len() as u32)]);
+    let mut each = |p: bproc_image::Piece<'_>| {
+        if let Some(huge) = huge.as_deref_mut().filter(|_| p.at == p.chunk.0) {
+            let spans = filled_spans(h, vec![p.chunk]);
             advise(t, &spans, libc::MADV_HUGEPAGE);
             huge.extend(spans);
         }
-        t.poke(addr, data)?;
-    }
+        t.poke(p.at, p.data)
+    };
+    while reader.next_chunk_pieces(&mut buf, PIECE, &mut each)? {}
     if let (Some(note), (at, len)) = (note, h.mailbox) {
         if at != 0 && len > 0 {
             let n = note.len().min(len as usize - 1);

@@ -610,6 +610,48 @@ impl<R: std::io::Read> ImageReader<R> {
         &'a mut self,
         buf: &'a mut Vec<u8>,
     ) -> Result<Option<(u64, &'a [u8])>, ReadError> {
+        let Some(c @ Chunk::Data { addr, len, .. }) = self.next_head(buf)? else {
+            return Ok(None);
+        };
+        let data = self.input.take(len as usize, buf)?;
+        c.verify(data)?;
+        self.seen = self.seen.saturating_add(1);
+        Ok(Some((addr, data)))
+    }
+
+    /// [`ImageReader::next_chunk`] a piece at a time: hands the next chunk's data to `each`
+    /// in pieces of at most `piece` bytes (whole pages), each added to the chunk's CRC just
+    /// before, so that it is still in the cache when `each` copies it on. The chunk is
+    /// checked after its last piece: `each` sees data not yet checked, and a caller must
+    /// throw away what it wrote when this fails. `Ok(false)` at a correct end.
+    pub fn next_chunk_pieces<E: From<ReadError>>(
+        &mut self,
+        buf: &mut Vec<u8>,
+        piece: usize,
+        mut each: impl FnMut(Piece<'_>) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        let Some(Chunk::Data { addr, len, crc }) = self.next_head(buf)? else {
+            return Ok(false);
+        };
+        let piece = piece.next_multiple_of(PAGE as usize).max(PAGE as usize);
+        let mut sum = crc32fast::Hasher::new();
+        let mut done = 0;
+        while done < len as usize {
+            let n = piece.min(len as usize - done);
+            let data = self.input.take(n, buf).map_err(ReadError::from)?;
+            sum.update(data);
+            each(Piece { chunk: (addr, len), at: addr + done as u64, data })?;
+            done += n;
+        }
+        if sum.finalize() != crc {
+            return Err(ReadError::from(ImageError::Checksum("page data")).into());
+        }
+        self.seen = self.seen.saturating_add(1);
+        Ok(true)
+    }
+
+    /// The next chunk's head, checked against the header; `None` at a correct end.
+    fn next_head(&mut self, buf: &mut Vec<u8>) -> Result<Option<Chunk>, ReadError> {
         let head: [u8; CHUNK_HEAD_LEN] =
             self.input.take(CHUNK_HEAD_LEN, buf)?.try_into().expect("took CHUNK_HEAD_LEN bytes");
         match Chunk::parse(&head)? {
@@ -619,15 +661,23 @@ impl<R: std::io::Read> ImageReader<R> {
                 self.seen
             ))
             .into()),
-            c @ Chunk::Data { addr, len, .. } => {
+            c => {
                 self.header.check_chunk(&c)?;
-                let data = self.input.take(len as usize, buf)?;
-                c.verify(data)?;
-                self.seen = self.seen.saturating_add(1);
-                Ok(Some((addr, data)))
+                Ok(Some(c))
             }
         }
     }
+}
+
+/// A piece of a chunk's data, from [`ImageReader::next_chunk_pieces`].
+#[derive(Debug)]
+pub struct Piece<'a> {
+    /// The chunk's address and length.
+    pub chunk: (u64, u32),
+    /// Where this piece goes.
+    pub at: u64,
+    /// Its bytes (not yet checked).
+    pub data: &'a [u8],
 }
 
 impl<R> ImageReader<R> {
@@ -958,6 +1008,59 @@ mod tests {
         bad[last] ^= 1;
         let mut r = ImageReader::in_memory(std::sync::Arc::new(bad)).unwrap();
         assert!(matches!(r.next_chunk(&mut buf), Err(ReadError::Image(_))));
+    }
+
+    /// A piece as a test sees it: its chunk's address and length, its address and length.
+    type Seen = (u64, u32, u64, usize);
+
+    /// Each piece of every chunk of `r`, and their bytes.
+    fn pieces_of<R: std::io::Read>(r: &mut ImageReader<R>, piece: usize) -> (Vec<Seen>, Vec<u8>) {
+        let (mut got, mut data, mut buf) = (Vec::new(), Vec::new(), Vec::new());
+        while r
+            .next_chunk_pieces::<ReadError>(&mut buf, piece, |p| {
+                data.extend_from_slice(p.data);
+                got.push((p.chunk.0, p.chunk.1, p.at, p.data.len()));
+                Ok(())
+            })
+            .unwrap()
+        {}
+        (got, data)
+    }
+
+    /// Read in pieces, from a stream or from memory, the chunks come back whole and in
+    /// order; a damaged chunk fails after its last piece.
+    #[test]
+    fn chunks_come_in_pieces() {
+        let h = sample();
+        let big: Vec<u8> = (0..5 * 4096).map(|i| (i % 251) as u8).collect();
+        let chunks = [(0x7ffd_0001_0000, big.clone()), (0x7ffd_0001_8000, vec![7u8; 4096])];
+        let bytes = image(&h, &chunks);
+        let mut stream = ImageReader::open(&bytes[..]).unwrap();
+        let mut memory = ImageReader::in_memory(std::sync::Arc::new(bytes.clone())).unwrap();
+        let (from_stream, data) = pieces_of(&mut stream, 8192);
+        let (from_memory, _) = pieces_of(&mut memory, 8000);
+        let a = 0x7ffd_0001_0000;
+        let want = vec![
+            (a, 20480, a, 8192),
+            (a, 20480, a + 8192, 8192),
+            (a, 20480, a + 16384, 4096),
+            (0x7ffd_0001_8000, 4096, 0x7ffd_0001_8000, 4096),
+        ];
+        assert_eq!(from_stream, want);
+        assert_eq!(from_memory, want);
+        assert_eq!(data[..big.len()], big[..]);
+        let mut buf = Vec::new();
+        let mut bad = bytes.clone();
+        let first_data = bytes.len() - 2 * CHUNK_HEAD_LEN - 4096 - big.len();
+        bad[first_data + 100] ^= 1;
+        let mut r = ImageReader::open(&bad[..]).unwrap();
+        let mut pieces = 0;
+        let got = r.next_chunk_pieces::<ReadError>(&mut buf, 8192, |_| {
+            pieces += 1;
+            Ok(())
+        });
+        assert!(matches!(got, Err(ReadError::Image(ImageError::Checksum(_)))), "{got:?}");
+        assert_eq!(pieces, 3, "every piece came before the check");
     }
 
     #[test]
