@@ -206,8 +206,8 @@ type SharedImage = Arc<tokio::sync::OnceCell<Result<Arc<NodeImage>, Arc<ImageErr
 /// This node's copy of a vector fork's image: it has every file the image names (it was
 /// asked before the image came), and a child lacking some gets a copy carrying them.
 pub(crate) struct NodeImage {
-    /// The image.
-    bytes: bproc_image::SharedImage,
+    /// The image, in memory of its own that nothing writes once it is filled.
+    bytes: Arc<bproc_sys::bigbuf::BigBuf>,
     /// The files it names, which each child is asked about.
     files: Vec<FileId>,
     /// Copies made for children that lack some of them.
@@ -383,7 +383,7 @@ async fn start(
 ) -> i32 {
     let image = match &shared {
         Some(cell) => match image_of(ctx, l, source, cell).await {
-            Ok(image) => Some(image.bytes.clone()),
+            Ok(image) => Some(image.bytes.clone() as bproc_image::SharedImage),
             Err(e) => {
                 warn!("launch {} rank {rank}: {e}", l.launch);
                 return -bproc_proto::errno::EIO;
@@ -484,11 +484,19 @@ async fn serve_child(
                     return;
                 }
             };
-            let Some(bytes) = image_for_child(l, s, ctx, image).await else { return };
-            let bytes = (*bytes).as_ref();
-            if s.write_all(&(bytes.len() as u64).to_be_bytes()).await.is_err()
-                || s.write_all(bytes).await.is_err()
-            {
+            let Some(copy) = image_for_child(l, s, ctx, image.clone()).await else { return };
+            let len = match &copy {
+                Some(made) => made.len(),
+                None => image.bytes.len(),
+            };
+            if s.write_all(&(len as u64).to_be_bytes()).await.is_err() {
+                return;
+            }
+            let sent = match &copy {
+                Some(made) => s.write_all(made).await,
+                None => send_pages(s, &image.bytes).await,
+            };
+            if sent.is_err() {
                 return;
             }
             continue;
@@ -512,15 +520,15 @@ async fn serve_child(
     }
 }
 
-/// Asks a child which of the files `image` names it has, and gives what to send it: the image,
-/// or a copy carrying the files it lacks; `None` if the child went away or the copy failed
-/// (logged).
+/// Asks a child which of the files `image` names it has, and gives what to send it: the image
+/// (`Some(None)`), or a copy carrying the files it lacks; `None` if the child went away or the
+/// copy failed (logged).
 async fn image_for_child(
     l: &Launch,
     s: &mut TcpStream,
     ctx: &Ctx,
     image: Arc<NodeImage>,
-) -> Option<bproc_image::SharedImage> {
+) -> Option<Option<Arc<Vec<u8>>>> {
     use bproc_proto::conn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(&conn::encode_probe(&image.files)).await.ok()?;
@@ -531,19 +539,51 @@ async fn image_for_child(
     let root = files_root(ctx).map(|r| r.to_path_buf());
     let held = image.clone();
     let copy = tokio::task::spawn_blocking(move || {
-        let whole = || Ok(held.bytes.clone());
+        let whole = || Ok(held.bytes.clone() as bproc_image::SharedImage);
         held.copies.for_answer(&held.files, &answer, root.as_deref(), whole)
     })
     .await;
     match copy {
-        Ok(Ok(Some(copy))) => Some(copy),
-        Ok(Ok(None)) => Some(image.bytes.clone()),
+        Ok(Ok(made)) => Some(made),
         Ok(Err(e)) => {
             warn!("launch {}: cannot make the image for a child that lacks files: {e}", l.launch);
             None
         }
         Err(_) => None,
     }
+}
+
+/// Sends this node's copy of an image to a child without copying its bytes: its pages go
+/// into a pipe (`vmsplice`) and from there to the socket (`splice`), which holds them until
+/// sent. Sound because nothing writes the copy once it is filled, and its pages outlive its
+/// mapping for as long as the kernel holds them.
+async fn send_pages(s: &TcpStream, image: &bproc_sys::bigbuf::BigBuf) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, splice, vmsplice, FcntlArg, OFlag, SpliceFFlags};
+    use std::os::fd::AsRawFd;
+    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    // A larger pipe moves more pages per call; the default one still works.
+    let _ = fcntl(wr.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
+    let mut sent = 0;
+    while sent < image.len() {
+        let slice = [std::io::IoSlice::new(&image[sent..])];
+        // The pipe is empty here, so this does not wait.
+        let mut held = vmsplice(&wr, &slice, SpliceFFlags::SPLICE_F_NONBLOCK)?;
+        sent += held;
+        while held > 0 {
+            s.writable().await?;
+            let moved = s.try_io(tokio::io::Interest::WRITABLE, || {
+                splice(&rd, None, s, None, held, SpliceFFlags::SPLICE_F_NONBLOCK)
+                    .map_err(std::io::Error::from)
+            });
+            match moved {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => held -= n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why a child node could not be handed its part (its ranks are reported as on a down node).
