@@ -312,10 +312,9 @@ impl std::io::Read for ParentImage {
                     let wait = PollTimeout::try_from(PARENT_SILENCE).unwrap_or(PollTimeout::MAX);
                     match poll(&mut fds, wait) {
                         Ok(0) => {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                "the parent node sent nothing for 30 s",
-                            ))
+                            let secs = PARENT_SILENCE.as_secs();
+                            let why = format!("the parent node sent nothing for {secs} s");
+                            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
                         }
                         Ok(_) | Err(nix::Error::EINTR) => {}
                         Err(e) => return Err(e.into()),

@@ -47,8 +47,8 @@ pub struct Start<'a> {
 /// their ghosts' pids; returns its pid here. The caller reports the start, then
 /// [`Procs::track`]s it. An image launch restores `shared` when given (the node's copy of a
 /// vector fork's image), else the image as it comes for this rank, from the mover or the
-/// parent node (`cx.source`). `report` sends the node's
-/// report when staging changed its cache.
+/// parent node (`cx.source`). `report` sends the node's report when staging changed its
+/// cache.
 pub async fn spawn(
     cx: &Start<'_>,
     spec: ProcSpec,
