@@ -568,6 +568,9 @@ async fn send_pages(s: &TcpStream, image: &bproc_sys::bigbuf::BigBuf) -> std::io
         let slice = [std::io::IoSlice::new(&image[sent..])];
         // The pipe is empty here, so this does not wait.
         let mut held = vmsplice(&wr, &slice, SpliceFFlags::SPLICE_F_NONBLOCK)?;
+        if held == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
         sent += held;
         while held > 0 {
             s.writable().await?;
