@@ -825,8 +825,15 @@ async fn relay(shared: &Shared, launch: u64, mut events: Exits, rd: ClientRd, mu
         tokio::select! {
             ev = events.recv() => {
                 let Some((rank, status)) = ev else { break };
-                let msg = Message::ProcExit { launch: 0, rank, status };
-                if write_frame(&mut wr, 0, &msg).await.is_err() {
+                // The exits that came together go in one write: a thousand ranks of a
+                // short program end in a burst, and each write wakes the client.
+                let exit = |rank, status| Message::ProcExit { launch: 0, rank, status };
+                let mut out = bproc_proto::encode(0, &exit(rank, status));
+                while out.len() < 64 << 10 {
+                    let Ok((rank, status)) = events.try_recv() else { break };
+                    out.extend_from_slice(&bproc_proto::encode(0, &exit(rank, status)));
+                }
+                if tokio::io::AsyncWriteExt::write_all(&mut wr, &out).await.is_err() {
                     break;
                 }
             }

@@ -177,6 +177,23 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_where_a_rank_runs_names_its_socket() {
+        let spec = crate::ProcSpec {
+            env: vec![
+                "A=1".into(),
+                "BPROC_SOCKET=/front/end".into(),
+                "BPROC_RANK=XXXXXXX".into(),
+                "NOEQUALS".into(),
+                "B=x=y".into(),
+            ],
+            ..Default::default()
+        };
+        let env = spec.env_where(7, Some("/node/sock"));
+        assert_eq!(env, ["A=1", "BPROC_RANK=0000007", "B=x=y", "BPROC_SOCKET=/node/sock"]);
+        assert_eq!(spec.env_where(7, None), ["A=1", "BPROC_RANK=0000007", "B=x=y"]);
+    }
+
+    #[test]
     fn unknown_type_decodes_to_unknown() {
         let mut bytes = encode(5, &Message::NodeList);
         bytes[6..8].copy_from_slice(&0xfffeu16.to_be_bytes());

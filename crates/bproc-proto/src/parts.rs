@@ -653,12 +653,19 @@ impl ProcSpec {
 
     /// [`ProcSpec::env_for_rank`] as `NAME=value` strings, with `BPROC_SOCKET` naming
     /// `socket` (the cluster socket where the process runs; left out when `None`) instead of
-    /// the launcher's.
+    /// the launcher's. Each entry is one string, made once: a launch's environment is some
+    /// dozens of them, made again for every rank.
     pub fn env_where(&self, rank: u32, socket: Option<&str>) -> Vec<String> {
-        let env = self.env_for_rank(rank).into_iter().filter(|(k, _)| k != "BPROC_SOCKET");
-        env.map(|(k, v)| format!("{k}={v}"))
-            .chain(socket.map(|s| format!("BPROC_SOCKET={s}")))
-            .collect()
+        let mut env = Vec::with_capacity(self.env.len() + 1);
+        for kv in &self.env {
+            match kv.split_once('=') {
+                None | Some(("BPROC_SOCKET", _)) => {}
+                Some(("BPROC_RANK", "XXXXXXX")) => env.push(format!("BPROC_RANK={rank:07}")),
+                Some(_) => env.push(kv.clone()),
+            }
+        }
+        env.extend(socket.map(|s| format!("BPROC_SOCKET={s}")));
+        env
     }
 }
 

@@ -173,18 +173,15 @@ async fn jail_of(
 
 /// The rank's environment: the spec's, with the node's client socket as `BPROC_SOCKET`.
 fn environment(cx: &Start<'_>, spec: &ProcSpec) -> Result<Vec<CString>, Refusal> {
-    let mut envp = Vec::new();
-    for (k, v) in spec.env_for_rank(cx.rank) {
-        // The cluster API on this node is the slave's client socket, whatever the
-        // launcher's was.
-        if k != "BPROC_SOCKET" {
-            envp.push(cstr(&format!("{k}={v}"))?);
-        }
-    }
-    if let Some(path) = cx.client_socket {
-        envp.push(cstr(&format!("BPROC_SOCKET={path}"))?);
-    }
-    Ok(envp)
+    spec.env_where(cx.rank, cx.client_socket)
+        .into_iter()
+        .map(|kv| {
+            CString::new(kv).map_err(|e| Refusal {
+                code: EINVAL,
+                message: format!("NUL in {:?}", String::from_utf8_lossy(&e.into_vec())),
+            })
+        })
+        .collect()
 }
 
 /// Opens the rank's fds 0 to 2 and those of its I/O list (an optional one that cannot be
