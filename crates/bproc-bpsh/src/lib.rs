@@ -941,6 +941,8 @@ struct Session {
     /// Which ranks have ended: a stream's last connection is known only then (a process that
     /// moves on from a node connects its streams again from the next).
     ended: Vec<watch::Sender<bool>>,
+    /// Which ranks' readers were told of their end.
+    told: Vec<bool>,
     /// In sequential mode, the rank whose output is read.
     turn: usize,
     turn_tx: watch::Sender<usize>,
@@ -1031,6 +1033,7 @@ impl Session {
             ghost_word,
             kill,
             ended,
+            told: vec![false; n],
             turn: 0,
             turn_tx,
             killed: false,
@@ -1047,8 +1050,11 @@ impl Session {
             let _ = self.stdout.flush().await;
         }
         loop {
-            for (r, tx) in self.ranks.iter().zip(&self.ended) {
-                if r.status.is_some() && !*tx.borrow() {
+            // Each rank's readers are told once; `told` spares a thousand-rank launch the
+            // watch's lock for every rank at every event.
+            for ((r, tx), told) in self.ranks.iter().zip(&self.ended).zip(&mut self.told) {
+                if r.status.is_some() && !*told {
+                    *told = true;
                     tx.send_replace(true);
                 }
             }
