@@ -6,7 +6,11 @@
 #    and waits for it, with no network: `timeout 60 /bin/true` (coreutils forks, executes
 #    /bin/true and waits);
 #  - `bpsh 0-N true` at each size against the spawn floor: N spawns of /bin/true by a tight
-#    posix_spawn + wait loop, one per core at a time (bench/lib/spawnloop.c);
+#    posix_spawn + wait loop, one per core at a time (bench/lib/spawnloop.c), and beside it
+#    the daemon floor: N bare daemons on this machine, each told over an open Unix socket to
+#    posix_spawn /bin/true, wait and answer (bench/lib/daemonfloor.c), the least any launch
+#    through node daemons sharing one machine costs (no connection made, no tree, no output,
+#    no identity or checks);
 #  - the front end's CPU per launched rank (bpsh, its ghosts and bpmaster together: bpsh runs
 #    in a cpuacct cgroup of its own, which its ghosts inherit; the master's from /proc), the
 #    figure a real cluster's front end cares about (here the slaves share the machine, but
@@ -28,12 +32,14 @@ DIR=$(mktemp -d /tmp/bproc-bench.XXXXXX)
 CG=/sys/fs/cgroup/cpuacct/bproc-bench-$$
 cleanup() {
     "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true
+    [ -S "$DIR/df.sock" ] && "$DIR/daemonfloor" down "$DIR/df.sock" 2>/dev/null
     [ -d "$CG" ] && rmdir "$CG" 2>/dev/null
     rm -rf "$DIR"
 }
 trap cleanup EXIT
 CORES=$(nproc)
 cc -O2 -o "$DIR/spawnloop" bench/lib/spawnloop.c
+cc -O2 -o "$DIR/daemonfloor" bench/lib/daemonfloor.c
 export BPROC_SOCKET=$DIR/c/master.sock
 up() { "$B/bpcluster" up -n "$1" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }; }
 down() { "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true; }
@@ -89,17 +95,22 @@ for n in $SIZES; do
     up "$n"
     runs=$RUNS
     [ "$n" -ge 512 ] && runs=$(( RUNS < 11 ? RUNS : 11 ))
-    read -r m lo hi bm _ _ <<<"$(rounds "$DIR" "$runs" -N "$B/bpsh 0-$((n - 1)) true" "$DIR/spawnloop $n $CORES /bin/true" | tr '\n' ' ')"
+    "$DIR/daemonfloor" up "$n" "$DIR/df.sock" /bin/true >/dev/null
+    read -r m lo hi bm _ _ dm dlo dhi <<<"$(rounds "$DIR" "$runs" -N "$B/bpsh 0-$((n - 1)) true" \
+        "$DIR/spawnloop $n $CORES /bin/true" "$DIR/daemonfloor launch $DIR/df.sock" | tr '\n' ' ')"
+    "$DIR/daemonfloor" down "$DIR/df.sock"
+    rm -f "$DIR/df.sock"
     if [ "$n" = 1024 ]; then
         row "bpsh -a true, $n nodes" "$m" "$lo" "$hi" "spawn floor" "$bm" "≤ 600 ms (≈ 1.3× floor)" 1.3
     else
         row "bpsh -a true, $n nodes" "$m" "$lo" "$hi" "spawn floor" "$bm" "—" ""
     fi
+    row "floor: $n bare daemons spawn /bin/true (daemonfloor)" "$dm" "$dlo" "$dhi" "spawn floor" "$bm" "—" ""
     cpu+="| front-end CPU per rank, $n nodes | $(cpu_per_rank "$n" 5) µs | bpsh, ghosts and bpmaster |"$'\n'
     down
 done
 echo
-echo "A remote launch, too, starts a launcher and a program, one after the other, and waits for the program: where the floor's ratio is near 2 or above, no remote launch can take under 2× /bin/true here."
+echo "A remote launch, too, starts a launcher and a program, one after the other, and waits for the program: where the floor's ratio is near 2 or above, no remote launch can take under 2× /bin/true here. The daemon floor is the least a launch through node daemons that share this machine costs: between its ratio and a target's lies all that a real launch may spend on everything else (connections, the tree, output, identity, ghosts)."
 echo
 echo "| front end | CPU | counted |"
 echo "|---|---:|---|"
