@@ -155,6 +155,11 @@ fn pester_the_boot_server(c: &VmCluster, loader: &Path) -> String {
     let stats = in_netns(&probe.0, || {
         use dhcproto::v4::{DhcpOption, Encodable, Encoder, Message, MessageType};
         use std::io::{Read, Write};
+        // The new port on the bridge passes packets once the boot server answers through it:
+        // a broadcast sent before that is lost, and its count with it.
+        until(10, "the boot server to answer the probe host", || {
+            std::net::TcpStream::connect("10.22.3.1:80").ok()
+        });
         let sock = std::net::UdpSocket::bind("0.0.0.0:68").unwrap();
         sock.set_broadcast(true).unwrap();
         let dev = std::ffi::OsString::from("bpprobe1");
