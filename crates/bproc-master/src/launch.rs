@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bproc_link::{write_frame, FrameReader};
+use bproc_link::{write_frame, write_frames, FrameReader};
 use bproc_proto::{errno, split_tree, Creds, ExitStatus, Message, ProcSpec, TreeEntry};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
@@ -828,12 +828,8 @@ async fn relay(shared: &Shared, launch: u64, mut events: Exits, rd: ClientRd, mu
                 // The exits that came together go in one write: a thousand ranks of a
                 // short program end in a burst, and each write wakes the client.
                 let exit = |rank, status| Message::ProcExit { launch: 0, rank, status };
-                let mut out = bproc_proto::encode(0, &exit(rank, status));
-                while out.len() < 64 << 10 {
-                    let Ok((rank, status)) = events.try_recv() else { break };
-                    out.extend_from_slice(&bproc_proto::encode(0, &exit(rank, status)));
-                }
-                if tokio::io::AsyncWriteExt::write_all(&mut wr, &out).await.is_err() {
+                let more = || events.try_recv().ok().map(|(r, s)| (0, exit(r, s)));
+                if write_frames(&mut wr, 0, &exit(rank, status), more).await.is_err() {
                     break;
                 }
             }

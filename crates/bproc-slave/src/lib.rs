@@ -324,21 +324,11 @@ impl Outbox {
     }
 }
 
-/// Sends the outbox on the link. What is queued together goes in one write (a process's
-/// end and its rank's report are made in one turn): on a virtual cluster each write to the
-/// master costs the sender the master's side of the delivery too.
+/// Sends the outbox on the link, what is queued together in one write (a process's end and
+/// its rank's report are made in one turn).
 async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<(u32, Message)>) {
-    use tokio::io::AsyncWriteExt;
-    /// Enough to gather a turn's messages; a bulk of them (a session's process list) is
-    /// still written as it comes.
-    const BATCH: usize = 64 << 10;
     while let Some((id, msg)) = rx.recv().await {
-        let mut out = bproc_proto::encode(id, &msg);
-        while out.len() < BATCH {
-            let Ok((id, msg)) = rx.try_recv() else { break };
-            out.extend_from_slice(&bproc_proto::encode(id, &msg));
-        }
-        if wr.write_all(&out).await.is_err() {
+        if bproc_link::write_frames(&mut wr, id, &msg, || rx.try_recv().ok()).await.is_err() {
             break;
         }
     }
