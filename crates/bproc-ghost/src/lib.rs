@@ -443,7 +443,11 @@ fn on_message(
             let fd = ctl.as_raw_fd();
             let _ =
                 nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()));
-            reexec(&comm, &[(ENV_FD, fd.to_string())]);
+            // The stop state goes along: a stop signal forwarded just before the exec names
+            // the stop that comes after it.
+            let stop = STOP_SIGNAL.load(std::sync::atomic::Ordering::Relaxed);
+            let state = format!("{stop},{}", u8::from(*cont_pending));
+            reexec(&comm, &[(ENV_FD, fd.to_string()), (ENV_STATE, state)]);
             let _ = nix::fcntl::fcntl(
                 fd,
                 nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),

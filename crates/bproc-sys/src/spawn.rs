@@ -737,14 +737,10 @@ pub fn fork_single_threaded() -> nix::Result<i32> {
 }
 
 /// Puts every signal back to its default action (signals ignored by a launcher stay ignored
-/// across `exec`; a ghost must see them all, and die by them when told to).
+/// across `exec`; a ghost must see them all, and die by them when told to), leaving pending
+/// signals pending: see [`crate::task::raw::default_signal_actions`].
 pub fn default_signal_actions() {
-    for sig in nix::sys::signal::Signal::iterator() {
-        if sig != nix::sys::signal::Signal::SIGKILL && sig != nix::sys::signal::Signal::SIGSTOP {
-            // SAFETY: installing SIG_DFL runs no code of ours in signal context.
-            let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
-        }
-    }
+    crate::task::raw::default_signal_actions();
 }
 
 /// Takes ownership of `fd`, inherited across `exec` under a number the environment gave, if

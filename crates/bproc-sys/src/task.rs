@@ -402,13 +402,21 @@ pub mod raw {
     }
 
     /// Puts every signal's action back to the default (SIGKILL's and SIGSTOP's cannot
-    /// change), ignored ones too, as an exec of a fresh program would find them.
+    /// change), ignored ones too, as an exec of a fresh program would find them. Actions
+    /// already default are left alone: setting SIG_DFL discards a pending signal whose
+    /// default is to be ignored (SIGCONT, SIGCHLD), blocked or not, and a ghost that
+    /// executes itself again must still read the SIGCONT that woke it.
     pub fn default_signal_actions() {
         // The kernel's `sigaction` (handler, flags, then restorer and mask) all zero: SIG_DFL,
         // no flags, nothing masked.
         let dfl = [0u64; 4];
         for sig in 1..=64usize {
-            if sig != libc::SIGKILL as usize && sig != libc::SIGSTOP as usize {
+            if sig == libc::SIGKILL as usize || sig == libc::SIGSTOP as usize {
+                continue;
+            }
+            let mut old = [0u64; 4];
+            let asked = call(libc::SYS_rt_sigaction, [sig, 0, old.as_mut_ptr() as usize, 8, 0, 0]);
+            if asked.is_err() || old[0] != 0 {
                 let _ = call(libc::SYS_rt_sigaction, [sig, dfl.as_ptr() as usize, 0, 8, 0, 0]);
             }
         }
@@ -446,6 +454,34 @@ pub mod raw {
         match call(libc::SYS_execve, a) {
             Err(e) => e,
             Ok(_) => Errno::EIO,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::raw;
+    use nix::libc;
+
+    /// A SIGCONT that came while blocked is still there after the actions are reset: a
+    /// ghost re-executing itself reads it afterwards.
+    #[test]
+    fn resetting_signal_actions_keeps_a_pending_sigcont() {
+        let bit = 1u64 << (libc::SIGCONT - 1);
+        // SAFETY: the child makes direct system calls only, as is safe after forking a
+        // threaded test process, and exits without returning.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                let _ = raw::sigprocmask(libc::SIG_BLOCK, Some(bit));
+                let _ = raw::kill(raw::getpid(), libc::SIGCONT);
+                raw::default_signal_actions();
+                let kept = raw::sigpending().is_ok_and(|p| p & bit != 0);
+                raw::exit_group(if kept { 0 } else { 1 })
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).expect("waitpid");
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
         }
     }
 }
