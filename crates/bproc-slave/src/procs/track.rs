@@ -252,16 +252,16 @@ impl Procs {
                 (self.0.report)(Message::ProcEvent { pid: parent, change });
             }
             ProcEvent::Exec { pid } => {
-                let Some(st) = proc_stat(pid) else { return };
+                let Some(comm) = proc_comm(pid) else { return };
                 let renamed = match self.known().get_mut(&pid) {
-                    Some(k) if k.comm != st.comm => {
-                        k.comm.clone_from(&st.comm);
+                    Some(k) if k.comm != comm => {
+                        k.comm.clone_from(&comm);
                         true
                     }
                     _ => false,
                 };
                 if renamed {
-                    let change = ProcChange::Exec { comm: st.comm };
+                    let change = ProcChange::Exec { comm };
                     (self.0.report)(Message::ProcEvent { pid, change });
                 }
             }
@@ -373,8 +373,8 @@ impl Procs {
     pub fn track(&self, launch: u64, rank: u32, pid: i32, ghost: i32, uid: u32) {
         self.ranks().insert((launch, rank), pid);
         self.children().insert(pid);
-        if let Some(st) = proc_stat(pid) {
-            self.known().insert(pid, Known::new(st.comm, ghost, launch, rank, uid));
+        if let Some(comm) = proc_comm(pid) {
+            self.known().insert(pid, Known::new(comm, ghost, launch, rank, uid));
         }
         let waiting = self.fresh().remove(&pid).unwrap_or_default();
         self.rewatch();
@@ -564,6 +564,17 @@ fn proc_stat(pid: i32) -> Option<Stat> {
         state: st.state()?,
         exit_code: st.num(52).unwrap_or(0),
     })
+}
+
+/// The command name of `pid` alone, from `/proc/PID/comm`: the kernel writes that file for
+/// the asking, where `/proc/PID/stat` costs it some fifty fields (a slave reads a name twice
+/// for each process it starts: when it starts and at its exec).
+fn proc_comm(pid: i32) -> Option<String> {
+    let mut comm = bproc_sys::peer::read_proc(format!("/proc/{pid}/comm")).ok()?;
+    if comm.ends_with('\n') {
+        comm.pop();
+    }
+    Some(comm)
 }
 
 /// A wait status as an [`ExitStatus`].
