@@ -103,9 +103,10 @@ pub fn main(argv0: OsString) -> ExitCode {
     // Hold nothing of the launcher's but the control socket a re-exec passes on: a ghost
     // that kept a pipe open would keep its reader waiting.
     let keep = std::env::var(ENV_FD).ok().and_then(|v| v.parse::<u32>().ok());
+    let conns = relay::inherited_conns().into_iter().map(|(fd, _)| fd);
     bproc_sys::close_fds_from(
         3,
-        &keep.into_iter().chain(relay::inherited_fd()).collect::<Vec<_>>(),
+        &keep.into_iter().chain(relay::inherited_fd()).chain(conns).collect::<Vec<_>>(),
     );
     let all = SigSet::all();
     bproc_sys::default_signal_actions();
@@ -115,9 +116,8 @@ pub fn main(argv0: OsString) -> ExitCode {
     let mut relay = None;
     let mut index = std::env::var(ENV_INDEX).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     if let Some(count) = std::env::var(ENV_COUNT).ok().and_then(|v| v.parse::<usize>().ok()) {
-        // Ghosts with no output to relay share one address space; if that cannot be had,
-        // each is a fork.
-        if std::env::var_os(relay::ENV_IO).is_none() && count > 1 {
+        // The ghosts share one address space; if that cannot be had, each is a fork.
+        if count > 1 {
             light::start(count, argv0.as_bytes());
         }
         let (me, made) = make_siblings(count);
@@ -134,7 +134,7 @@ pub fn main(argv0: OsString) -> ExitCode {
         if relay.is_none() {
             let mut lines = light::Lines::new();
             for (i, pid) in made {
-                lines.add(i, pid);
+                lines.add(i, pid, None);
             }
             lines.flush();
         }
@@ -447,7 +447,10 @@ fn on_message(
             // the stop that comes after it.
             let stop = STOP_SIGNAL.load(std::sync::atomic::Ordering::Relaxed);
             let state = format!("{stop},{}", u8::from(*cont_pending));
-            reexec(&comm, &[(ENV_FD, fd.to_string()), (ENV_STATE, state)]);
+            let mut env = vec![(ENV_FD, fd.to_string()), (ENV_STATE, state)];
+            // So does the relay, with the output it has yet to copy.
+            env.extend(relay.as_ref().map(relay::Relay::hand_over).unwrap_or_default());
+            reexec(&comm, &env);
             let _ = nix::fcntl::fcntl(
                 fd,
                 nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),

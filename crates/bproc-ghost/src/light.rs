@@ -44,7 +44,16 @@ struct Launch {
     /// Message types a light ghost serves itself.
     proc_exit: u16,
     ghost_state: u16,
+    /// The token a relaying ghost's output connections present (see [`crate::relay`]).
+    relay: Option<[u8; 16]>,
 }
+
+/// Output connections a light ghost relays at once; one more and it becomes a full ghost
+/// (a process that moved on from node to node may have several until the old ones end).
+const CONNS: usize = 8;
+
+/// The fd a relaying light ghost keeps its listener at.
+const LISTENER: RawFd = 3;
 
 /// One light ghost's own state; only its task touches it.
 pub struct Ghost {
@@ -54,6 +63,11 @@ pub struct Ghost {
     out: Vec<u8>,
     stop_signal: i32,
     cont_pending: bool,
+    /// Its relay's listener (-1: it relays nothing), and the listener's port.
+    listener: RawFd,
+    port: u16,
+    /// Its relay's output connections, each with the fd it feeds (-1: a free slot).
+    conns: [(RawFd, i32); CONNS],
 }
 
 /// Launches at least this big are made by two makers, one a core.
@@ -64,14 +78,20 @@ const SPLIT: usize = 128;
 /// it could not start, before any ghost was made; it makes fewer if the system runs out of
 /// processes.
 pub fn start(count: usize, argv0: &[u8]) -> Errno {
+    // Relaying ghosts write their processes' output where the launcher's stdout went.
+    let relay = std::env::var(crate::relay::ENV_IO).ok().and_then(|v| {
+        let mut t = [0u8; 16];
+        hex::decode_to_slice(&v, &mut t).ok().map(|()| t)
+    });
     let how = Launcher {
         program: c"/proc/self/exe".into(),
         env: crate::kept_env(&["BPROC_SOCKET", crate::ENV_GRACE, bproc_proto::conn::ENV_REJOIN]),
-        keep_output: std::env::var_os(crate::ENV_OUTPUT).is_some(),
+        keep_output: relay.is_some() || std::env::var_os(crate::ENV_OUTPUT).is_some(),
         blocked: match raw::sigprocmask(libc::SIG_BLOCK, None) {
             Ok(b) => b,
             Err(e) => return e,
         },
+        relay,
     };
     match prepare(count, argv0, how) {
         Ok((first, second)) => split(first, second),
@@ -98,7 +118,7 @@ pub fn fork(
     let cstr = |b: &[u8]| CString::new(b).map_err(|_| err(Errno::EINVAL));
     let program = cstr(program.as_os_str().as_bytes())?;
     let argv0 = format!("[{comm}]");
-    let how = Launcher { program, env, keep_output: true, blocked: u64::MAX };
+    let how = Launcher { program, env, keep_output: true, blocked: u64::MAX, relay: None };
     let (first, second) = prepare(count, argv0.as_bytes(), how).map_err(err)?;
     let null = first.ghosts[0].launch.null;
     let lines = match count {
@@ -137,6 +157,7 @@ struct Launcher {
     env: Vec<CString>,
     keep_output: bool,
     blocked: u64,
+    relay: Option<[u8; 16]>,
 }
 
 /// The launch's ghosts, and the stacks of all but the first.
@@ -170,21 +191,42 @@ fn prepare(
         blocked: how.blocked,
         proc_exit: exit.msg_type(),
         ghost_state: Message::GhostState { stopped: false }.msg_type(),
+        relay: how.relay,
     }));
-    let ghosts = (0..count.max(1)).map(|index| Ghost {
-        launch,
-        index,
-        out: Vec::with_capacity(64),
-        stop_signal: 0,
-        cont_pending: false,
-    });
-    let ghosts: &'static mut [Ghost] = Box::leak(ghosts.collect());
+    let mut ghosts = Vec::with_capacity(count.max(1));
+    for index in 0..count.max(1) {
+        // A relaying ghost's listener is open before the maker says its port.
+        let (listener, port) = match launch.relay {
+            Some(_) => listen().map_err(errno)?,
+            None => (-1, 0),
+        };
+        ghosts.push(Ghost {
+            launch,
+            index,
+            out: Vec::with_capacity(64),
+            stop_signal: 0,
+            cont_pending: false,
+            listener,
+            port,
+            conns: [(-1, 0); CONNS],
+        });
+    }
+    let ghosts: &'static mut [Ghost] = Box::leak(ghosts.into_boxed_slice());
     let n = ghosts.len();
     // The second maker's stack is one of the first's; its half's are its own.
     let theirs = if n >= SPLIT { stacks.split_off(n - n / 2 - 1) } else { None };
     let (low, high) = ghosts.split_at_mut(if theirs.is_some() { n / 2 } else { n });
     let second = theirs.map(|stacks| Box::leak(Box::new(Maker { ghosts: high, stacks })));
     Ok((Box::leak(Box::new(Maker { ghosts: low, stacks })), second))
+}
+
+/// A non-blocking listener on any address and port for a relay's output connections: its
+/// fd (every ghost's task gets a copy; each keeps its own) and port.
+fn listen() -> std::io::Result<(RawFd, u16)> {
+    let l = std::net::TcpListener::bind("0.0.0.0:0")?;
+    l.set_nonblocking(true)?;
+    let port = l.local_addr()?.port();
+    Ok((l.into_raw_fd(), port))
 }
 
 /// Starts the second maker, if any, then makes the first's ghosts.
@@ -255,11 +297,12 @@ fn make(m: &'static mut Maker) -> ! {
     let ghosts = std::mem::take(&mut m.ghosts);
     let Some((first, rest)) = ghosts.split_first_mut() else { raw::exit_group(255) };
     let mut lines = Lines::new();
-    lines.add(first.index, raw::getpid());
+    let port = |g: &Ghost| g.launch.relay.map(|_| g.port);
+    lines.add(first.index, raw::getpid(), port(first));
     for g in rest {
-        let index = g.index;
+        let (index, port) = (g.index, port(g));
         match m.stacks.spawn_sibling(g) {
-            Ok(pid) => lines.add(index, pid),
+            Ok(pid) => lines.add(index, pid, port),
             Err(_) => break, // the launcher sees fewer pids and runs those ranks without
         }
     }
@@ -280,11 +323,16 @@ impl Lines {
         Lines { buf: [0; 4000], len: 0 }
     }
 
-    pub(crate) fn add(&mut self, index: usize, pid: i32) {
+    /// Adds ghost `index`'s line: its pid, and its relay's port if it relays.
+    pub(crate) fn add(&mut self, index: usize, pid: i32, port: Option<u16>) {
         use std::fmt::Write;
         let mut line = Line::new();
         let mut w = Cursor { buf: &mut line.buf, len: 0 };
-        if writeln!(w, "{index} {pid}").is_err() {
+        let written = match port {
+            Some(p) => writeln!(w, "{index} {pid} {p}"),
+            None => writeln!(w, "{index} {pid}"),
+        };
+        if written.is_err() {
             return;
         }
         let n = w.len;
@@ -316,7 +364,14 @@ pub fn run(g: &'static mut Ghost) -> ! {
     } else {
         let _ = raw::dup2(l.null, 1);
     }
-    raw::close_from(3);
+    // Its relay's listener at a number of its own, the launch's other listeners closed.
+    if g.listener >= 0 && raw::dup2(g.listener, LISTENER).is_ok() {
+        g.listener = LISTENER;
+        raw::close_from(LISTENER + 1);
+    } else {
+        g.listener = -1;
+        raw::close_from(3);
+    }
     let Ok(sfd) = raw::signalfd(l.blocked) else { raw::exit_group(255) };
     let ctl = match raw::connect_unix(&l.socket) {
         Ok(fd) => fd,
@@ -329,14 +384,17 @@ pub fn run(g: &'static mut Ghost) -> ! {
         become_full(g, ctl);
     }
     loop {
-        let mut fds = [
-            libc::pollfd { fd: sfd, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: ctl, events: libc::POLLIN, revents: 0 },
-        ];
-        match raw::poll(&mut fds) {
+        let idle = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
+        let mut fds = [idle; 3 + CONNS];
+        fds[0].fd = sfd;
+        fds[1].fd = ctl;
+        let n = relay_fds(g, &mut fds[2..]);
+        match raw::poll(&mut fds[..2 + n]) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => crate::violent_death(),
         }
+        // Output first, as a full ghost relays it: what came before a signal or an end.
+        relay_ready(g, ctl, &fds[2..2 + n]);
         if fds[0].revents & libc::POLLIN != 0 {
             forward_signals(g, sfd, ctl);
         }
@@ -345,6 +403,100 @@ pub fn run(g: &'static mut Ghost) -> ! {
         }
     }
 }
+
+/// Fills `fds` with the relay's listener and connections; how many it filled.
+fn relay_fds(g: &Ghost, fds: &mut [libc::pollfd]) -> usize {
+    if g.listener < 0 {
+        return 0;
+    }
+    fds[0].fd = g.listener;
+    let mut n = 1;
+    for (fd, _) in g.conns.iter().filter(|(fd, _)| *fd >= 0) {
+        fds[n].fd = *fd;
+        n += 1;
+    }
+    n
+}
+
+/// Serves what `poll` found ready on the relay's fds (as [`relay_fds`] filled them): copies
+/// each connection's output to its fd, then takes new connections.
+fn relay_ready(g: &mut Ghost, ctl: RawFd, fds: &[libc::pollfd]) {
+    let Some((listener, conns)) = fds.split_first() else { return };
+    for p in conns.iter().filter(|p| p.revents != 0) {
+        if let Some(slot) = g.conns.iter_mut().find(|(fd, _)| *fd == p.fd) {
+            if !pump(*slot) {
+                raw::close(slot.0);
+                *slot = (-1, 0);
+            }
+        }
+    }
+    if listener.revents != 0 {
+        accept_conns(g, ctl);
+    }
+}
+
+/// Takes the output connections waiting on the listener: each presents the launch's token
+/// and which of fds 1 and 2 it feeds, or is closed. With no room for one more, the ghost
+/// becomes a full one, which takes the connection.
+fn accept_conns(g: &mut Ghost, ctl: RawFd) {
+    let Some(token) = g.launch.relay else { return };
+    loop {
+        if g.conns.iter().all(|(fd, _)| *fd >= 0) {
+            become_full(g, ctl);
+        }
+        let Ok(c) = raw::accept(g.listener) else { return };
+        let mut head = [0u8; bproc_proto::conn::HEADER_LEN];
+        let ok = raw::set_read_timeout(c, HEADER_SECS).is_ok()
+            && raw::read_exact(c, &mut head) == Ok(true)
+            && raw::set_read_timeout(c, 0).is_ok();
+        let (t, _, which) = bproc_proto::conn::parse(&head);
+        match g.conns.iter_mut().find(|(fd, _)| *fd < 0) {
+            Some(slot) if ok && t == token && (which == 1 || which == 2) => {
+                *slot = (c, i32::from(which));
+            }
+            _ => raw::close(c),
+        }
+    }
+}
+
+/// How long a new output connection may take to send its header, in seconds.
+const HEADER_SECS: u32 = 2;
+
+/// Copies what connection `c` has to its fd; false at its end. Output nobody reads any more
+/// (a closed pipe) is dropped, so the remote process is never held up by it.
+fn pump(c: (RawFd, i32)) -> bool {
+    let mut buf = [0u8; 16384];
+    match raw::read(c.0, &mut buf) {
+        Ok(0) => false,
+        Ok(n) => {
+            let _ = raw::write_all(c.1, &buf[..n]);
+            true
+        }
+        Err(e) => e == Errno::EINTR || e == Errno::EAGAIN,
+    }
+}
+
+/// Relays until every output connection has ended (or none has had anything for
+/// [`DRAIN_IDLE_MS`]): the process's last output comes before its end.
+fn drain(g: &mut Ghost, ctl: RawFd) {
+    if g.listener < 0 {
+        return;
+    }
+    accept_conns(g, ctl);
+    while g.conns.iter().any(|(fd, _)| *fd >= 0) {
+        let idle = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
+        let mut fds = [idle; 1 + CONNS];
+        let n = relay_fds(g, &mut fds);
+        match raw::poll_for(&mut fds[..n], DRAIN_IDLE_MS) {
+            Ok(0) => return,
+            Ok(_) | Err(Errno::EINTR) => relay_ready(g, ctl, &fds[..n]),
+            Err(_) => return,
+        }
+    }
+}
+
+/// How long a draining relay waits for output that does not come.
+const DRAIN_IDLE_MS: u32 = 10_000;
 
 /// Sends the master the signals that came (SIGCHLD aside: a light ghost has no children).
 fn forward_signals(g: &mut Ghost, sfd: RawFd, ctl: RawFd) {
@@ -392,7 +544,10 @@ fn take_frame(g: &mut Ghost, ctl: RawFd) {
         become_full(g, ctl);
     }
     match msg {
-        Ok(Message::ProcExit { status, .. }) => crate::die(status),
+        Ok(Message::ProcExit { status, .. }) => {
+            drain(g, ctl);
+            crate::die(status)
+        }
         Ok(Message::GhostState { stopped }) => {
             if stopped && !g.cont_pending {
                 crate::stop_as(std::mem::take(&mut g.stop_signal));
@@ -410,13 +565,25 @@ fn become_full(g: &mut Ghost, ctl: RawFd) -> ! {
     let mut fd = Line::new();
     let mut index = Line::new();
     let mut state = Line::new();
-    let mut env: [&CStr; 8] = [c""; 8];
+    let mut io = Line::new();
+    let mut conns = Line::new();
+    let mut env: [&CStr; 10] = [c""; 10];
     let mut n = 0;
-    for v in l.env.iter().map(CString::as_c_str).chain([
-        fd.var(crate::ENV_FD, ctl as i64, None),
-        index.var(crate::ENV_INDEX, g.index as i64, None),
-        state.var(crate::ENV_STATE, g.stop_signal.into(), Some(g.cont_pending.into())),
-    ]) {
+    let relay = match l.relay {
+        Some(token) if g.listener >= 0 => [io.relay(&token, g.listener), conns.conns(&g.conns)],
+        _ => [c"", c""],
+    };
+    for v in l
+        .env
+        .iter()
+        .map(CString::as_c_str)
+        .chain([
+            fd.var(crate::ENV_FD, ctl as i64, None),
+            index.var(crate::ENV_INDEX, g.index as i64, None),
+            state.var(crate::ENV_STATE, g.stop_signal.into(), Some(g.cont_pending.into())),
+        ])
+        .chain(relay.into_iter().filter(|v| !v.is_empty()))
+    {
         if let Some(slot) = env.get_mut(n) {
             *slot = v;
             n += 1;
@@ -436,12 +603,38 @@ fn say(parts: &[&[u8]]) {
 
 /// `KEY=N` or `KEY=N,M` for an environment, formatted on the stack.
 struct Line {
-    buf: [u8; 64],
+    buf: [u8; 128],
 }
 
 impl Line {
     fn new() -> Line {
-        Line { buf: [0; 64] }
+        Line { buf: [0; 128] }
+    }
+
+    /// The relay's token and listener, as [`crate::relay::ENV_IO`] hands them over.
+    fn relay(&mut self, token: &[u8; 16], listener: RawFd) -> &CStr {
+        use std::fmt::Write;
+        let mut hex = [0u8; 32];
+        let _ = hex::encode_to_slice(token, &mut hex);
+        let hex = std::str::from_utf8(&hex).unwrap_or_default();
+        let mut w = Cursor { buf: &mut self.buf, len: 0 };
+        let ok = write!(w, "{}={hex}:{listener}\0", crate::relay::ENV_IO).is_ok();
+        let len = if ok { w.len } else { 0 };
+        CStr::from_bytes_with_nul(&self.buf[..len]).unwrap_or(c"")
+    }
+
+    /// The relay's open connections, as [`crate::relay::ENV_CONNS`] hands them over.
+    fn conns(&mut self, conns: &[(RawFd, i32)]) -> &CStr {
+        use std::fmt::Write;
+        let mut w = Cursor { buf: &mut self.buf, len: 0 };
+        let mut ok = write!(w, "{}=", crate::relay::ENV_CONNS).is_ok();
+        for (i, (fd, which)) in conns.iter().filter(|(fd, _)| *fd >= 0).enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            ok &= write!(w, "{sep}{fd}:{which}").is_ok();
+        }
+        ok &= w.write_char('\0').is_ok();
+        let len = if ok { w.len } else { 0 };
+        CStr::from_bytes_with_nul(&self.buf[..len]).unwrap_or(c"")
     }
 
     fn var(&mut self, key: &str, n: i64, m: Option<i64>) -> &CStr {

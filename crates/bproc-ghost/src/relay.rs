@@ -21,6 +21,10 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 /// The environment variable that asks for a relay.
 pub const ENV_IO: &str = "BPROC_GHOST_IO";
 
+/// The output connections a light ghost's relay hands over with its listener when it
+/// becomes a full ghost: `FD:WHICH,...` (WHICH: 1 or 2, the fd the connection feeds).
+pub const ENV_CONNS: &str = "BPROC_GHOST_CONNS";
+
 /// How long a new connection may take to send its header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -52,6 +56,17 @@ pub fn inherited_fd() -> Option<u32> {
     std::env::var(ENV_IO).ok()?.split_once(':')?.1.parse().ok()
 }
 
+/// The inherited output connections named by the environment, each with the fd it feeds.
+pub fn inherited_conns() -> Vec<(u32, i32)> {
+    let v = std::env::var(ENV_CONNS).unwrap_or_default();
+    v.split(',')
+        .filter_map(|c| {
+            let (fd, which) = c.split_once(':')?;
+            Some((fd.parse().ok()?, which.parse().ok().filter(|w| *w == 1 || *w == 2)?))
+        })
+        .collect()
+}
+
 impl Relay {
     /// The relay the environment asks for, if any.
     pub fn from_env() -> Option<std::io::Result<Relay>> {
@@ -71,8 +86,39 @@ impl Relay {
                 std::os::fd::AsRawFd::as_raw_fd(&l),
                 nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
             )?;
-            Ok(Relay { listener: l, token, conns: Vec::new() })
+            let mut conns = Vec::new();
+            for (fd, which) in inherited_conns() {
+                if let Some(c) = bproc_sys::inherited_socket_fd(fd as i32) {
+                    let c = TcpStream::from(c);
+                    nix::fcntl::fcntl(
+                        std::os::fd::AsRawFd::as_raw_fd(&c),
+                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+                    )?;
+                    conns.push((c, which));
+                }
+            }
+            Ok(Relay { listener: l, token, conns })
         }))
+    }
+
+    /// The environment that hands this relay's listener and connections to the program the
+    /// ghost executes next ([`ENV_IO`], [`ENV_CONNS`]); they stay open across the exec.
+    pub fn hand_over(&self) -> Vec<(&'static str, String)> {
+        use std::os::fd::AsRawFd;
+        let keep = |fd: i32| {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+        };
+        let fd = self.listener.as_raw_fd();
+        if keep(fd).is_err() {
+            return Vec::new();
+        }
+        let conns: Vec<String> = self
+            .conns
+            .iter()
+            .filter(|(c, _)| keep(c.as_raw_fd()).is_ok())
+            .map(|(c, which)| format!("{}:{which}", c.as_raw_fd()))
+            .collect();
+        vec![(ENV_IO, env_value(&self.token, Some(fd))), (ENV_CONNS, conns.join(","))]
     }
 
     /// The listener's port.

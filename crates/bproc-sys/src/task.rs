@@ -295,6 +295,42 @@ pub mod raw {
         call(libc::SYS_ppoll, [fds.as_mut_ptr() as usize, fds.len(), 0, 0, 0, 0])
     }
 
+    /// [`poll`] for at most `ms` milliseconds; 0 when none became ready in that time.
+    pub fn poll_for(fds: &mut [libc::pollfd], ms: u32) -> Result<usize, Errno> {
+        let t = libc::timespec {
+            tv_sec: (ms / 1000) as libc::time_t,
+            tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+        };
+        let a = [fds.as_mut_ptr() as usize, fds.len(), &t as *const _ as usize, 0, 0, 0];
+        call(libc::SYS_ppoll, a)
+    }
+
+    /// The next connection waiting on listener `fd` (blocking, kept across exec), if any: the
+    /// listener is non-blocking, so `EAGAIN` says there is none.
+    pub fn accept(fd: RawFd) -> Result<RawFd, Errno> {
+        loop {
+            match call(libc::SYS_accept4, [fd as usize, 0, 0, 0, 0, 0]) {
+                Err(Errno::EINTR) => {}
+                r => return r.map(|c| c as RawFd),
+            }
+        }
+    }
+
+    /// Sets how long a read on socket `fd` waits (`SO_RCVTIMEO`; 0: for ever).
+    pub fn set_read_timeout(fd: RawFd, secs: u32) -> Result<(), Errno> {
+        let tv = libc::timeval { tv_sec: secs as libc::time_t, tv_usec: 0 };
+        let len = std::mem::size_of::<libc::timeval>();
+        let a = [
+            fd as usize,
+            libc::SOL_SOCKET as usize,
+            libc::SO_RCVTIMEO as usize,
+            &tv as *const _ as usize,
+            len,
+            0,
+        ];
+        call(libc::SYS_setsockopt, a).map(drop)
+    }
+
     /// `close(2)`.
     pub fn close(fd: RawFd) {
         let _ = call(libc::SYS_close, [fd as usize, 0, 0, 0, 0, 0]);

@@ -533,6 +533,58 @@ fn rfork_and_vrfork_children_are_the_callers() {
     let _ = std::fs::remove_dir_all(private);
 }
 
+/// A vector fork's children write, move on to another node, then back into their ghosts on
+/// the front end, writing after each move: their ghosts (which share one address space until
+/// a child comes back) relay every line, in order, and hand what they relay on when a child
+/// comes back.
+#[test]
+fn vrfork_children_move_on_and_back_with_their_output() {
+    if !require_root("rforked children take their ghosts' pids (set_tid)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("vrfork_journey.c", "vrfork-journey") else { return };
+    let c = TestCluster::up(&bins(), 3, "vrfork-journey");
+    let out = c.cmd(exe.to_str().unwrap()).args(["3", "10000"]).exits(42);
+    // Each child's bytes, told apart by its alphabet, and decoded.
+    let alphabets = ["ABCDEFGHIJ.", "KLMNOPQRST,", "abcdefghij;"];
+    for (r, alphabet) in alphabets.iter().enumerate() {
+        let mine: String = out
+            .stdout
+            .iter()
+            .filter_map(|b| alphabet.find(char::from(*b)).map(|d| b"0123456789 "[d] as char))
+            .collect();
+        let got: Vec<&str> = mine.split_whitespace().collect();
+        let mut want: Vec<String> = (0..20000).map(|k| k.to_string()).collect();
+        want.insert(10000, (1000000 + (r + 1) % 3).to_string());
+        want.push("2000000".into());
+        assert!(got == want, "child {r}: {} numbers, last {:?}", got.len(), got.last());
+    }
+    assert!(
+        out.stdout.iter().all(|b| alphabets.iter().any(|a| a.contains(char::from(*b)))),
+        "nothing else on stdout"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A vector fork's children execute another program: their output goes on through their
+/// ghosts, which execute themselves again with the relay and what it has yet to copy.
+#[test]
+fn vrfork_children_keep_their_output_across_an_exec() {
+    if !require_root("rforked children take their ghosts' pids (set_tid)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("vrfork_exec.c", "vrfork-exec") else { return };
+    let c = TestCluster::up(&bins(), 3, "vrfork-exec");
+    let out = c.cmd(exe.to_str().unwrap()).arg("3").exits(42);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for r in 0..3 {
+        assert!(stdout.contains(&format!("child {r} before exec\n")), "{stdout}");
+        assert!(stdout.contains(&format!("child {r} after exec\n")), "{stdout}");
+    }
+    assert_eq!(stdout.lines().count(), 6, "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A vector fork to diskless nodes, down a tree of two children per node: none has the
 /// program or the C library the image names, so every copy carries their pages, from the
 /// caller or from the parent node, and each child runs confined to its node's root.
