@@ -168,6 +168,8 @@ struct Tracee {
 struct Batch {
     calls: Vec<(String, i64, [u64; 6])>,
     data: Vec<u8>,
+    /// The last call may fail: its result is then `u64::MAX`, and the batch succeeds.
+    last_optional: bool,
 }
 
 impl Batch {
@@ -200,6 +202,7 @@ impl Batch {
     /// Runs the calls in order, stopping at the first failure (its errno, named); the
     /// results otherwise.
     fn run(self, t: &Tracee) -> Result<Vec<u64>, CkptError> {
+        let total = self.calls.len();
         t.poke(t.scratch, &self.data)?;
         let mut results = Vec::with_capacity(self.calls.len());
         for part in self.calls.chunks(TABLE_CALLS) {
@@ -224,6 +227,10 @@ impl Batch {
                 let at = i * 64 + 56;
                 let rax = u64::from_ne_bytes(got[at..at + 8].try_into().expect("8 bytes")) as i64;
                 if (-4095..0).contains(&rax) {
+                    if self.last_optional && results.len() + 1 == total {
+                        results.push(u64::MAX);
+                        break;
+                    }
                     let e = std::io::Error::from_raw_os_error(-rax as i32);
                     return Err(CkptError::sys(what.clone(), e));
                 }
@@ -814,9 +821,9 @@ fn inject<R: Read>(
     how: &Inject<'_>,
     before_resume: &mut dyn FnMut() -> Result<(), CkptError>,
 ) -> Result<Vec<String>, CkptError> {
+    // Calls that need nothing of the one before go together: each batch costs a stop.
     let (at, stub_maps) = place_scratch(&mut t, h)?;
-    clear_stub(&t, h, &stub_maps, at)?;
-    map_regions(&t, h)?;
+    map_regions(&t, h, clear_stub(h, &stub_maps, at)?)?;
     // An image in memory shows all its chunks at once; a stream, one at a time.
     let asked = huge_pages_asked();
     let ahead = reader.chunks_ahead();
@@ -826,10 +833,23 @@ fn inject<R: Read>(
         _ => Vec::new(),
     };
     advise(&t, &huge, libc::MADV_HUGEPAGE);
-    write_pages(&t, h, reader, how.note, (asked && streamed).then_some(&mut huge))?;
+    let mut finish =
+        write_pages(&t, h, reader, how.note, (asked && streamed).then_some(&mut huge))?;
+    // The executable, opened for PR_SET_MM_MAP along with the regions' protections.
+    let exe = match finish.string(&t, &h.exe).ok().flatten() {
+        Some(p) if !h.exe.is_empty() => {
+            let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+            finish.push("open exe", libc::SYS_openat, [libc::AT_FDCWD as u64, p, flags, 0, 0, 0]);
+            finish.last_optional = true;
+            true
+        }
+        _ => false,
+    };
+    let done = finish.run(&t)?;
+    let exe_fd = done.last().copied().filter(|fd| exe && *fd != u64::MAX);
     advise(&t, &huge, libc::MADV_NOHUGEPAGE);
-    set_mm(&t, h)?;
-    set_process_state(&t, h)?;
+    set_mm(&t, h, exe_fd)?;
+    set_process_state(&t, h, exe_fd)?;
     if how.in_place {
         set_inherited(&t, h)?;
     }
@@ -853,10 +873,13 @@ fn place_scratch(t: &mut Tracee, h: &Header) -> Result<(u64, Vec<MapLine>), Ckpt
     used.extend(h.specials.iter().map(|s| (s.start, s.end)));
     let at = hole(&used, SCRATCH_PAGES * PAGE, 0x10_0000)
         .ok_or_else(|| CkptError::Busy("no room for the restore's scratch pages".into()))?;
+    // Executable from the start (the gadget's page), so that writing the gadget in takes
+    // no further call; the pages go before the process runs.
+    let rwx = RW | libc::PROT_EXEC as u64;
     let got = t.call(
         "mmap scratch",
         libc::SYS_mmap,
-        [at, SCRATCH_PAGES * PAGE, RW, ANON | MAP_FIXED_NOREPLACE as u64, u64::MAX, 0],
+        [at, SCRATCH_PAGES * PAGE, rwx, ANON | MAP_FIXED_NOREPLACE as u64, u64::MAX, 0],
     )?;
     if got != at {
         return Err(CkptError::Busy(format!("scratch landed at {got:#x}, not {at:#x}")));
@@ -865,20 +888,15 @@ fn place_scratch(t: &mut Tracee, h: &Header) -> Result<(u64, Vec<MapLine>), Ckpt
     code.resize(RUNNER_AT as usize, 0xcc);
     code.extend_from_slice(&RUNNER);
     t.poke(at, &code)?;
-    t.call(
-        "mprotect gadget",
-        libc::SYS_mprotect,
-        [at, PAGE, (libc::PROT_READ | libc::PROT_EXEC) as u64, 0, 0, 0],
-    )?;
     t.gadget = at;
     t.scratch = at + PAGE;
     t.table = at + 2 * PAGE;
     Ok((at, stub_maps))
 }
 
-/// Unmaps the stub's mappings, leaving only the kernel's own and the scratch pages, and
-/// moves the vDSO to where the image had it.
-fn clear_stub(t: &Tracee, h: &Header, stub_maps: &[MapLine], at: u64) -> Result<(), CkptError> {
+/// The calls that unmap the stub's mappings, leaving only the kernel's own and the scratch
+/// pages, and move the vDSO to where the image had it.
+fn clear_stub(h: &Header, stub_maps: &[MapLine], at: u64) -> Result<Batch, CkptError> {
     let kernel_made = |m: &MapLine| {
         m.name.starts_with("[vdso") || m.name.starts_with("[vvar") || m.name == "[vsyscall]"
     };
@@ -887,12 +905,12 @@ fn clear_stub(t: &Tracee, h: &Header, stub_maps: &[MapLine], at: u64) -> Result<
         b.push("munmap stub", libc::SYS_munmap, [m.start, m.end - m.start, 0, 0, 0, 0]);
     }
     move_specials(h, stub_maps, at, &mut b)?;
-    b.run(t).map(drop)
+    Ok(b)
 }
 
-/// Maps every region of the image, writable until its pages are in: each file mapped by
-/// reference opened once, the rest anonymous.
-fn map_regions(t: &Tracee, h: &Header) -> Result<(), CkptError> {
+/// Runs `first`, then maps every region of the image, writable until its pages are in: each
+/// file mapped by reference opened once (the opens go with `first`), the rest anonymous.
+fn map_regions(t: &Tracee, h: &Header, first: Batch) -> Result<(), CkptError> {
     let mut paths: Vec<&str> = Vec::new();
     for r in &h.regions {
         if let Source::File { path, .. } = &r.source {
@@ -902,12 +920,18 @@ fn map_regions(t: &Tracee, h: &Header) -> Result<(), CkptError> {
         }
     }
     let mut fds: Vec<u64> = Vec::with_capacity(paths.len());
-    let mut b = Batch::default();
+    // The results of `first`'s own calls are not fds.
+    let mut lead = first.calls.len();
+    let mut b = first;
+    let mut run = |b: Batch, fds: &mut Vec<u64>| -> Result<(), CkptError> {
+        fds.extend(b.run(t)?.into_iter().skip(std::mem::take(&mut lead)));
+        Ok(())
+    };
     for path in &paths {
         let p = match b.string(t, path)? {
             Some(p) => p,
             None => {
-                fds.extend(std::mem::take(&mut b).run(t)?);
+                run(std::mem::take(&mut b), &mut fds)?;
                 b.string(t, path)?.expect("a path fits an empty page")
             }
         };
@@ -918,7 +942,7 @@ fn map_regions(t: &Tracee, h: &Header) -> Result<(), CkptError> {
             [libc::AT_FDCWD as u64, p, flags, 0, 0, 0],
         );
     }
-    fds.extend(b.run(t)?);
+    run(b, &mut fds)?;
     let mut b = Batch::default();
     for r in &h.regions {
         let len = r.end - r.start;
@@ -1002,8 +1026,8 @@ fn advise(t: &Tracee, spans: &[(u64, u64)], how: i32) {
 /// the pages were written into.
 const PIECE: usize = 256 << 10;
 
-/// Writes the image's pages (and `note`, into the mailbox), then gives each region its own
-/// protection. With `huge`, each chunk's whole huge pages are asked for before it is
+/// Writes the image's pages (and `note`, into the mailbox); returns the calls that give each
+/// region its own protection. With `huge`, each chunk's whole huge pages are asked for before it is
 /// written, and added to `huge` (a stream's chunks, known only as they come; the dump cuts
 /// long runs of pages at huge-page boundaries, so a chunk holds each of them whole).
 fn write_pages<R: Read>(
@@ -1012,7 +1036,7 @@ fn write_pages<R: Read>(
     reader: &mut ImageReader<R>,
     note: Option<&[u8]>,
     mut huge: Option<&mut Vec<(u64, u64)>>,
-) -> Result<(), CkptError> {
+) -> Result<Batch, CkptError> {
     let mut buf = Vec::new();
     let mut each = |p: bproc_image::Piece<'_>| {
         if let Some(huge) = huge.as_deref_mut().filter(|_| p.at == p.chunk.0) {
@@ -1039,13 +1063,16 @@ fn write_pages<R: Read>(
             [r.start, r.end - r.start, u64::from(r.prot), 0, 0, 0],
         );
     }
-    b.run(t).map(drop)
+    Ok(b)
 }
 
-/// Sets the process's name, signal actions, alternate stack, rseq area, robust list, tid
-/// address and personality.
-fn set_process_state(t: &Tracee, h: &Header) -> Result<(), CkptError> {
+/// Closes `exe_fd` (the executable, opened for [`set_mm`]) and sets the process's name,
+/// signal actions, alternate stack, rseq area, robust list, tid address and personality.
+fn set_process_state(t: &Tracee, h: &Header, exe_fd: Option<u64>) -> Result<(), CkptError> {
     let mut b = Batch::default();
+    if let Some(fd) = exe_fd {
+        b.push("close exe", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+    }
     let comm = b.string(t, &h.comm)?.ok_or_else(page_full)?;
     b.push("PR_SET_NAME", libc::SYS_prctl, [libc::PR_SET_NAME as u64, comm, 0, 0, 0, 0]);
     for a in &h.sigactions {
@@ -1469,8 +1496,8 @@ fn move_specials(
 }
 
 /// Restores brk, stack, argument and environment bounds, the auxiliary vector and (when the
-/// file is there and the caller may) `/proc/PID/exe`.
-fn set_mm(t: &Tracee, h: &Header) -> Result<(), CkptError> {
+/// file is there, open as `exe_fd`, and the caller may) `/proc/PID/exe`.
+fn set_mm(t: &Tracee, h: &Header, exe_fd: Option<u64>) -> Result<(), CkptError> {
     let mm = &h.mm;
     let mut auxv: Vec<u64> = h.auxv.iter().flat_map(|(k, v)| [*k, *v]).collect();
     auxv.extend([0, 0]);
@@ -1479,16 +1506,6 @@ fn set_mm(t: &Tracee, h: &Header) -> Result<(), CkptError> {
     if 256 + auxv_bytes.len() > PAGE as usize {
         return Err(CkptError::Busy("auxiliary vector too long".into()));
     }
-    let exe_fd = match t.string(&h.exe) {
-        Ok(p) if !h.exe.is_empty() => t
-            .call(
-                "open exe",
-                libc::SYS_openat,
-                [libc::AT_FDCWD as u64, p, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0],
-            )
-            .ok(),
-        _ => None,
-    };
     let map = |exe: u32| {
         let mut b = Vec::with_capacity(104);
         for v in mm.to_array().into_iter().chain([auxv_at]) {
@@ -1512,9 +1529,6 @@ fn set_mm(t: &Tracee, h: &Header) -> Result<(), CkptError> {
         if result.is_ok() {
             break;
         }
-    }
-    if let Some(fd) = exe_fd {
-        t.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     }
     result.map(|_| ())
 }
