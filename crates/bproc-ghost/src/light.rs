@@ -463,7 +463,10 @@ fn accept_conns(g: &mut Ghost, ctl: RawFd) {
 const HEADER_SECS: u32 = 2;
 
 /// Copies what connection `c` has to its fd; false at its end. Output nobody reads any more
-/// (a closed pipe) is dropped, so the remote process is never held up by it.
+/// (a closed pipe) is dropped, so the remote process is never held up by it. Never inlined:
+/// its buffer would make the ghost's loop touch four pages of stack in every light ghost,
+/// relaying or not.
+#[inline(never)]
 fn pump(c: (RawFd, i32)) -> bool {
     let mut buf = [0u8; 16384];
     match raw::read(c.0, &mut buf) {
