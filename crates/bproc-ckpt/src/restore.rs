@@ -203,7 +203,7 @@ impl Batch {
     /// results otherwise.
     fn run(self, t: &Tracee) -> Result<Vec<u64>, CkptError> {
         let total = self.calls.len();
-        t.poke(t.scratch, &self.data)?;
+        let mut data = Some(&self.data[..]).filter(|d| !d.is_empty());
         let mut results = Vec::with_capacity(self.calls.len());
         for part in self.calls.chunks(TABLE_CALLS) {
             let mut table: Vec<u8> = Vec::with_capacity((part.len() + 1) * 64);
@@ -215,7 +215,11 @@ impl Batch {
                 table.extend_from_slice(&0u64.to_ne_bytes());
             }
             table.extend_from_slice(&u64::MAX.to_ne_bytes());
-            t.poke(t.table, &table)?;
+            // The data page goes in with the first table.
+            match data.take() {
+                Some(d) => t.poke_all(&[(t.scratch, d), (t.table, &table)])?,
+                None => t.poke(t.table, &table)?,
+            }
             let mut r = t.base;
             r.rip = t.gadget + RUNNER_AT;
             r.rbx = t.table;
@@ -337,6 +341,20 @@ impl Tracee {
             at += n as u64;
         }
         Ok(())
+    }
+
+    /// Writes each `(addr, data)` in the process, all in one system call when it takes
+    /// them whole (each piece else on its own, as [`Tracee::poke`]).
+    fn poke_all(&self, parts: &[(u64, &[u8])]) -> Result<(), CkptError> {
+        let local: Vec<IoSlice<'_>> = parts.iter().map(|(_, d)| IoSlice::new(d)).collect();
+        let remote: Vec<RemoteIoVec> =
+            parts.iter().map(|(at, d)| RemoteIoVec { base: *at as usize, len: d.len() }).collect();
+        let total: usize = parts.iter().map(|(_, d)| d.len()).sum();
+        if process_vm_writev(self.nix_pid(), &local, &remote) == Ok(total) {
+            return Ok(());
+        }
+        // Written again from the start: the same bytes to the same places.
+        parts.iter().try_for_each(|(at, d)| self.poke(*at, d))
     }
 
     /// Reads `buf.len()` bytes at `addr` in the process.
@@ -823,7 +841,7 @@ fn inject<R: Read>(
 ) -> Result<Vec<String>, CkptError> {
     // Calls that need nothing of the one before go together: each batch costs a stop.
     let (at, stub_maps) = place_scratch(&mut t, h)?;
-    map_regions(&t, h, clear_stub(h, &stub_maps, at)?)?;
+    let exe_fd = map_regions(&t, h, clear_stub(h, &stub_maps, at)?)?;
     // An image in memory shows all its chunks at once; a stream, one at a time.
     let asked = huge_pages_asked();
     let ahead = reader.chunks_ahead();
@@ -835,21 +853,9 @@ fn inject<R: Read>(
     advise(&t, &huge, libc::MADV_HUGEPAGE);
     let mut finish =
         write_pages(&t, h, reader, how.note, (asked && streamed).then_some(&mut huge))?;
-    // The executable, opened for PR_SET_MM_MAP along with the regions' protections.
-    let exe = match finish.string(&t, &h.exe).ok().flatten() {
-        Some(p) if !h.exe.is_empty() => {
-            let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
-            finish.push("open exe", libc::SYS_openat, [libc::AT_FDCWD as u64, p, flags, 0, 0, 0]);
-            finish.last_optional = true;
-            true
-        }
-        _ => false,
-    };
-    let done = finish.run(&t)?;
-    let exe_fd = done.last().copied().filter(|fd| exe && *fd != u64::MAX);
     advise(&t, &huge, libc::MADV_NOHUGEPAGE);
-    set_mm(&t, h, exe_fd)?;
-    set_process_state(&t, h, exe_fd)?;
+    set_process_state(&t, h, exe_fd, &mut finish)?;
+    finish.run(&t)?;
     if how.in_place {
         set_inherited(&t, h)?;
     }
@@ -909,8 +915,10 @@ fn clear_stub(h: &Header, stub_maps: &[MapLine], at: u64) -> Result<Batch, CkptE
 }
 
 /// Runs `first`, then maps every region of the image, writable until its pages are in: each
-/// file mapped by reference opened once (the opens go with `first`), the rest anonymous.
-fn map_regions(t: &Tracee, h: &Header, first: Batch) -> Result<(), CkptError> {
+/// file mapped by reference opened once (the opens go with `first`, and the executable's,
+/// for [`push_mm_map`], which goes with the maps), the rest anonymous. Returns the executable's
+/// fd, if it could be opened, which stays open for the caller to close.
+fn map_regions(t: &Tracee, h: &Header, first: Batch) -> Result<Option<u64>, CkptError> {
     let mut paths: Vec<&str> = Vec::new();
     for r in &h.regions {
         if let Source::File { path, .. } = &r.source {
@@ -942,7 +950,21 @@ fn map_regions(t: &Tracee, h: &Header, first: Batch) -> Result<(), CkptError> {
             [libc::AT_FDCWD as u64, p, flags, 0, 0, 0],
         );
     }
+    // The executable last, since it may fail.
+    let exe = match b.string(t, &h.exe).ok().flatten() {
+        Some(p) if !h.exe.is_empty() => {
+            let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+            b.push("open exe", libc::SYS_openat, [libc::AT_FDCWD as u64, p, flags, 0, 0, 0]);
+            b.last_optional = true;
+            true
+        }
+        _ => false,
+    };
     run(b, &mut fds)?;
+    let exe_fd = match exe {
+        true => fds.pop().filter(|fd| *fd != u64::MAX),
+        false => None,
+    };
     let mut b = Batch::default();
     for r in &h.regions {
         let len = r.end - r.start;
@@ -967,13 +989,22 @@ fn map_regions(t: &Tracee, h: &Header, first: Batch) -> Result<(), CkptError> {
     for fd in &fds {
         b.push("close", libc::SYS_close, [*fd, 0, 0, 0, 0, 0]);
     }
+    push_mm_map(&mut b, t, h, exe_fd)?;
+    b.last_optional = true;
     let got = b.run(t)?;
-    for (r, got) in h.regions.iter().zip(got) {
-        if got != r.start {
+    for (r, got) in h.regions.iter().zip(&got) {
+        if *got != r.start {
             return Err(CkptError::Busy(format!("region {:#x} landed at {got:#x}", r.start)));
         }
     }
-    Ok(())
+    if got.last() == Some(&u64::MAX) {
+        // Without the executable (naming it needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE),
+        // /proc/PID/exe names the stub and the rest is right; a failure again is the error.
+        let mut b = Batch::default();
+        push_mm_map(&mut b, t, h, None)?;
+        b.run(t)?;
+    }
+    Ok(exe_fd)
 }
 
 /// Whether this kernel gives huge pages only where asked. Then the huge-page-aligned spans
@@ -1038,15 +1069,17 @@ fn write_pages<R: Read>(
     mut huge: Option<&mut Vec<(u64, u64)>>,
 ) -> Result<Batch, CkptError> {
     let mut buf = Vec::new();
+    let mut staged = Staged::default();
     let mut each = |p: bproc_image::Piece<'_>| {
         if let Some(huge) = huge.as_deref_mut().filter(|_| p.at == p.chunk.0) {
             let spans = filled_spans(h, vec![p.chunk]);
             advise(t, &spans, libc::MADV_HUGEPAGE);
             huge.extend(spans);
         }
-        t.poke(p.at, p.data)
+        staged.write(t, p.at, p.data)
     };
     while reader.next_chunk_pieces(&mut buf, PIECE, &mut each)? {}
+    staged.flush(t)?;
     if let (Some(note), (at, len)) = (note, h.mailbox) {
         if at != 0 && len > 0 {
             let n = note.len().min(len as usize - 1);
@@ -1066,10 +1099,63 @@ fn write_pages<R: Read>(
     Ok(b)
 }
 
-/// Closes `exe_fd` (the executable, opened for [`set_mm`]) and sets the process's name,
-/// signal actions, alternate stack, rseq area, robust list, tid address and personality.
-fn set_process_state(t: &Tracee, h: &Header, exe_fd: Option<u64>) -> Result<(), CkptError> {
-    let mut b = Batch::default();
+/// Small pieces of pages gathered to be written together: a small image is mostly short
+/// runs of pages, each a system call of its own otherwise.
+#[derive(Default)]
+struct Staged {
+    bytes: Vec<u8>,
+    /// Where each piece goes and its length, in `bytes` in turn.
+    spans: Vec<(u64, usize)>,
+}
+
+impl Staged {
+    /// Pieces up to this long are gathered; longer ones are written at once.
+    const SMALL: usize = 64 << 10;
+    /// Gathered bytes or pieces that are written together at most.
+    const BYTES: usize = 1 << 20;
+    const PIECES: usize = 512;
+
+    fn write(&mut self, t: &Tracee, at: u64, data: &[u8]) -> Result<(), CkptError> {
+        if data.len() > Self::SMALL {
+            self.flush(t)?;
+            return t.poke(at, data);
+        }
+        self.bytes.extend_from_slice(data);
+        self.spans.push((at, data.len()));
+        if self.bytes.len() >= Self::BYTES || self.spans.len() >= Self::PIECES {
+            self.flush(t)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, t: &Tracee) -> Result<(), CkptError> {
+        let mut from = 0;
+        let parts: Vec<(u64, &[u8])> = self
+            .spans
+            .iter()
+            .map(|&(at, len)| {
+                from += len;
+                (at, &self.bytes[from - len..from])
+            })
+            .collect();
+        if !parts.is_empty() {
+            t.poke_all(&parts)?;
+        }
+        self.bytes.clear();
+        self.spans.clear();
+        Ok(())
+    }
+}
+
+/// Adds to `b` the calls that close `exe_fd` (the executable, opened for [`push_mm_map`])
+/// and set the process's name, signal actions, alternate stack, rseq area, robust list, tid
+/// address and personality.
+fn set_process_state(
+    t: &Tracee,
+    h: &Header,
+    exe_fd: Option<u64>,
+    b: &mut Batch,
+) -> Result<(), CkptError> {
     if let Some(fd) = exe_fd {
         b.push("close exe", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
     }
@@ -1089,7 +1175,7 @@ fn set_process_state(t: &Tracee, h: &Header, exe_fd: Option<u64>) -> Result<(), 
         let what = format!("rt_sigaction {}", a.signal);
         b.push(what, libc::SYS_rt_sigaction, [u64::from(a.signal), at, 0, 8, 0, 0]);
     }
-    push_altstack(&mut b, t, h.altstack)?;
+    push_altstack(b, t, h.altstack)?;
     if h.rseq.0 != 0 {
         let args = [h.rseq.0, u64::from(h.rseq.1), 0, u64::from(h.rseq.2), 0, 0];
         b.push("rseq", libc::SYS_rseq, args);
@@ -1104,7 +1190,7 @@ fn set_process_state(t: &Tracee, h: &Header, exe_fd: Option<u64>) -> Result<(), 
     if h.personality != 0 {
         b.push("personality", libc::SYS_personality, [u64::from(h.personality), 0, 0, 0, 0, 0]);
     }
-    b.run(t).map(drop)
+    Ok(())
 }
 
 /// The restore's data page is full.
@@ -1495,42 +1581,30 @@ fn move_specials(
     Ok(())
 }
 
-/// Restores brk, stack, argument and environment bounds, the auxiliary vector and (when the
-/// file is there, open as `exe_fd`, and the caller may) `/proc/PID/exe`.
-fn set_mm(t: &Tracee, h: &Header, exe_fd: Option<u64>) -> Result<(), CkptError> {
-    let mm = &h.mm;
+/// Adds to `b` the call that restores brk, stack, argument and environment bounds, the
+/// auxiliary vector and (with `exe_fd`, when the caller may) `/proc/PID/exe`.
+fn push_mm_map(
+    b: &mut Batch,
+    t: &Tracee,
+    h: &Header,
+    exe_fd: Option<u64>,
+) -> Result<(), CkptError> {
     let mut auxv: Vec<u64> = h.auxv.iter().flat_map(|(k, v)| [*k, *v]).collect();
     auxv.extend([0, 0]);
-    let auxv_at = t.scratch + 256;
     let auxv_bytes: Vec<u8> = auxv.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    if 256 + auxv_bytes.len() > PAGE as usize {
-        return Err(CkptError::Busy("auxiliary vector too long".into()));
+    let too_long = || CkptError::Busy("auxiliary vector too long".into());
+    let auxv_at = b.bytes(t, &auxv_bytes).ok_or_else(too_long)?;
+    let exe = exe_fd.map_or(u32::MAX, |fd| fd as u32);
+    let mut map = Vec::with_capacity(104);
+    for v in h.mm.to_array().into_iter().chain([auxv_at]) {
+        map.extend_from_slice(&v.to_ne_bytes());
     }
-    let map = |exe: u32| {
-        let mut b = Vec::with_capacity(104);
-        for v in mm.to_array().into_iter().chain([auxv_at]) {
-            b.extend_from_slice(&v.to_ne_bytes());
-        }
-        b.extend_from_slice(&(auxv_bytes.len() as u32).to_ne_bytes());
-        b.extend_from_slice(&exe.to_ne_bytes());
-        b
-    };
-    t.poke(auxv_at, &auxv_bytes)?;
-    let mut result = Err(CkptError::Busy("no PR_SET_MM_MAP attempt".into()));
-    // With the executable when possible (needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE),
-    // else without: /proc/PID/exe then names the stub, the rest is right.
-    for exe in exe_fd.map(|fd| fd as u32).into_iter().chain([u32::MAX]) {
-        t.poke(t.scratch, &map(exe))?;
-        result = t.call(
-            "PR_SET_MM_MAP",
-            libc::SYS_prctl,
-            [PR_SET_MM as u64, PR_SET_MM_MAP, t.scratch, 104, 0, 0],
-        );
-        if result.is_ok() {
-            break;
-        }
-    }
-    result.map(|_| ())
+    map.extend_from_slice(&(auxv_bytes.len() as u32).to_ne_bytes());
+    map.extend_from_slice(&exe.to_ne_bytes());
+    let at = b.bytes(t, &map).ok_or_else(too_long)?;
+    let args = [PR_SET_MM as u64, PR_SET_MM_MAP, at, map.len() as u64, 0, 0];
+    b.push("PR_SET_MM_MAP", libc::SYS_prctl, args);
+    Ok(())
 }
 
 #[cfg(test)]
