@@ -8,11 +8,12 @@
 //!
 //! A light ghost does the common part of a ghost's life itself, with direct system calls and
 //! no allocation (it shares the heap and thread-local storage it must not touch): it forwards
-//! signals, stops and continues with its process, and ends with its status. Anything else
+//! signals, stops and continues with its process, relays its output (a vector fork's ghosts,
+//! each with a listener the maker opened), and ends with its status. Anything else
 //! the master asks (a fork, an exec, a move back, a rank to start) or a connection that
 //! breaks, and it becomes a full ghost: it executes the ghost program again, which gets the
-//! connection (with the request still unread on it), its index and its stop state in the
-//! environment, and takes over with its own memory.
+//! connection (with the request still unread on it), its index, its stop state and its
+//! relay's listener and connections in the environment, and takes over with its own memory.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{IntoRawFd, RawFd};
@@ -394,7 +395,7 @@ pub fn run(g: &'static mut Ghost) -> ! {
             Err(_) => crate::violent_death(),
         }
         // Output first, as a full ghost relays it: what came before a signal or an end.
-        relay_ready(g, ctl, &fds[2..2 + n]);
+        relay_ready(g, ctl, &fds[2..2 + n], false);
         if fds[0].revents & libc::POLLIN != 0 {
             forward_signals(g, sfd, ctl);
         }
@@ -420,7 +421,7 @@ fn relay_fds(g: &Ghost, fds: &mut [libc::pollfd]) -> usize {
 
 /// Serves what `poll` found ready on the relay's fds (as [`relay_fds`] filled them): copies
 /// each connection's output to its fd, then takes new connections.
-fn relay_ready(g: &mut Ghost, ctl: RawFd, fds: &[libc::pollfd]) {
+fn relay_ready(g: &mut Ghost, ctl: RawFd, fds: &[libc::pollfd], ending: bool) {
     let Some((listener, conns)) = fds.split_first() else { return };
     for p in conns.iter().filter(|p| p.revents != 0) {
         if let Some(slot) = g.conns.iter_mut().find(|(fd, _)| *fd == p.fd) {
@@ -431,17 +432,21 @@ fn relay_ready(g: &mut Ghost, ctl: RawFd, fds: &[libc::pollfd]) {
         }
     }
     if listener.revents != 0 {
-        accept_conns(g, ctl);
+        accept_conns(g, ctl, ending);
     }
 }
 
 /// Takes the output connections waiting on the listener: each presents the launch's token
 /// and which of fds 1 and 2 it feeds, or is closed. With no room for one more, the ghost
-/// becomes a full one, which takes the connection.
-fn accept_conns(g: &mut Ghost, ctl: RawFd) {
+/// becomes a full one, which takes the connection; or, at its end (`ending`: the message
+/// that ends it is read), leaves it.
+fn accept_conns(g: &mut Ghost, ctl: RawFd, ending: bool) {
     let Some(token) = g.launch.relay else { return };
     loop {
         if g.conns.iter().all(|(fd, _)| *fd >= 0) {
+            if ending {
+                return;
+            }
             become_full(g, ctl);
         }
         let Ok(c) = raw::accept(g.listener) else { return };
@@ -485,14 +490,14 @@ fn drain(g: &mut Ghost, ctl: RawFd) {
     if g.listener < 0 {
         return;
     }
-    accept_conns(g, ctl);
+    accept_conns(g, ctl, true);
     while g.conns.iter().any(|(fd, _)| *fd >= 0) {
         let idle = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
         let mut fds = [idle; 1 + CONNS];
         let n = relay_fds(g, &mut fds);
         match raw::poll_for(&mut fds[..n], DRAIN_IDLE_MS) {
             Ok(0) => return,
-            Ok(_) | Err(Errno::EINTR) => relay_ready(g, ctl, &fds[..n]),
+            Ok(_) | Err(Errno::EINTR) => relay_ready(g, ctl, &fds[..n], true),
             Err(_) => return,
         }
     }

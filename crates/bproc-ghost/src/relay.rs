@@ -7,8 +7,9 @@
 //! parent's `wait`.
 //!
 //! `BPROC_GHOST_IO=TOKEN` (32 hex digits) asks for a relay on a new listener, any address, any
-//! port; `BPROC_GHOST_IO=TOKEN:FD` hands over a listener the mover opened. Connections start
-//! with the launch header ([`bproc_proto::conn`]) under that token.
+//! port; `BPROC_GHOST_IO=TOKEN:FD` hands over a listener the mover (or the ghost before this
+//! program, [`Relay::hand_over`]) opened, and `BPROC_GHOST_CONNS` the connections it had open.
+//! Connections start with the launch header ([`bproc_proto::conn`]) under that token.
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
