@@ -229,10 +229,7 @@ fn control() -> std::io::Result<UnixStream> {
     if let Some(fd) = std::env::var(ENV_FD).ok().and_then(|v| v.parse::<i32>().ok()) {
         let s = bproc_sys::inherited_socket(fd)
             .ok_or_else(|| std::io::Error::other(format!("fd {fd} is not the master's socket")))?;
-        nix::fcntl::fcntl(
-            s.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )?;
+        close_on_exec(s.as_raw_fd(), true)?;
         return Ok(s);
     }
     let fork = std::env::var(ENV_FORK).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -441,8 +438,7 @@ fn on_message(
         Message::GhostRfork { fork, comm, token } => return rfork_ghost(fork, &comm, &token),
         Message::GhostExec { comm } => {
             let fd = ctl.as_raw_fd();
-            let _ =
-                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()));
+            let _ = close_on_exec(fd, false);
             // The stop state goes along: a stop signal forwarded just before the exec names
             // the stop that comes after it.
             let stop = STOP_SIGNAL.load(std::sync::atomic::Ordering::Relaxed);
@@ -451,10 +447,7 @@ fn on_message(
             // So does the relay, with the output it has yet to copy.
             env.extend(relay.as_ref().map(relay::Relay::hand_over).unwrap_or_default());
             reexec(&comm, &env);
-            let _ = nix::fcntl::fcntl(
-                fd,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            );
+            let _ = close_on_exec(fd, true);
         }
         _ => {}
     }
@@ -624,6 +617,12 @@ fn reexec(comm: &str, env: &[(&str, String)]) {
         envp.extend(CString::new(kv));
     }
     let _ = nix::unistd::execve(&exe, &[arg0], &envp);
+}
+
+/// Whether `fd` closes when this process executes a program (`on`), or stays open for it.
+pub(crate) fn close_on_exec(fd: std::os::fd::RawFd, on: bool) -> nix::Result<()> {
+    let flag = if on { nix::fcntl::FdFlag::FD_CLOEXEC } else { nix::fcntl::FdFlag::empty() };
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(flag)).map(drop)
 }
 
 /// Ends the ghost as the remote process ended: dies by its signal, or exits with its code.

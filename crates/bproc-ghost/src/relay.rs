@@ -13,7 +13,7 @@
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use bproc_proto::conn;
@@ -83,19 +83,12 @@ impl Relay {
         };
         Some(listener.and_then(|l| {
             l.set_nonblocking(true)?;
-            nix::fcntl::fcntl(
-                std::os::fd::AsRawFd::as_raw_fd(&l),
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            )?;
+            crate::close_on_exec(l.as_raw_fd(), true)?;
             let mut conns = Vec::new();
             for (fd, which) in inherited_conns() {
                 if let Some(c) = bproc_sys::inherited_socket_fd(fd as i32) {
-                    let c = TcpStream::from(c);
-                    nix::fcntl::fcntl(
-                        std::os::fd::AsRawFd::as_raw_fd(&c),
-                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-                    )?;
-                    conns.push((c, which));
+                    crate::close_on_exec(c.as_raw_fd(), true)?;
+                    conns.push((TcpStream::from(c), which));
                 }
             }
             Ok(Relay { listener: l, token, conns })
@@ -105,10 +98,7 @@ impl Relay {
     /// The environment that hands this relay's listener and connections to the program the
     /// ghost executes next ([`ENV_IO`], [`ENV_CONNS`]); they stay open across the exec.
     pub fn hand_over(&self) -> Vec<(&'static str, String)> {
-        use std::os::fd::AsRawFd;
-        let keep = |fd: i32| {
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
-        };
+        let keep = |fd: i32| crate::close_on_exec(fd, false);
         let fd = self.listener.as_raw_fd();
         if keep(fd).is_err() {
             return Vec::new();
