@@ -360,7 +360,8 @@ pub(crate) fn run(ctx: Arc<Ctx>, l: Launch, entries: Vec<TreeEntry>, source: pro
             let pid = start(&ctx, &l, rank, ghost, port, &source, shared).await;
             ctx.outbox.send(0, Message::RankSpawned { launch: l.launch, rank, pid });
             if pid > 0 {
-                ctx.procs.track(l.launch, rank, pid, ghost.unwrap_or(0), l.creds.uid);
+                let program = l.spec.image.is_none().then_some(l.spec.path.as_str());
+                ctx.procs.track(l.launch, rank, pid, ghost.unwrap_or(0), l.creds.uid, program);
             }
         });
     }

@@ -369,11 +369,24 @@ impl Procs {
     }
 
     /// Starts watching `pid`, rank `rank` of `launch` with ghost `ghost` (0: none), run for
-    /// `uid` (after its start was reported, so its events follow that report).
-    pub fn track(&self, launch: u64, rank: u32, pid: i32, ghost: i32, uid: u32) {
+    /// `uid` (after its start was reported, so its events follow that report). `program` is
+    /// the path it was started from, if it ran a program (not a restored image).
+    pub fn track(
+        &self,
+        launch: u64,
+        rank: u32,
+        pid: i32,
+        ghost: i32,
+        uid: u32,
+        program: Option<&str>,
+    ) {
         self.ranks().insert((launch, rank), pid);
         self.children().insert(pid);
-        if let Some(comm) = proc_comm(pid) {
+        // A started program's name is the one its exec gives, not read: the start returns
+        // once the exec has replaced the memory, a moment before the kernel names the
+        // process, so a read could find the spawner's name and report a rename that makes
+        // the ghost execute itself again for nothing.
+        if let Some(comm) = program.map(exec_comm).or_else(|| proc_comm(pid)) {
             self.known().insert(pid, Known::new(comm, ghost, launch, rank, uid));
         }
         let waiting = self.fresh().remove(&pid).unwrap_or_default();
@@ -567,14 +580,21 @@ fn proc_stat(pid: i32) -> Option<Stat> {
 }
 
 /// The command name of `pid` alone, from `/proc/PID/comm`: the kernel writes that file for
-/// the asking, where `/proc/PID/stat` costs it some fifty fields (a slave reads a name twice
-/// for each process it starts: when it starts and at its exec).
+/// the asking, where `/proc/PID/stat` costs it some fifty fields (read at each exec of a
+/// tracked process).
 fn proc_comm(pid: i32) -> Option<String> {
     let mut comm = bproc_sys::peer::read_proc(format!("/proc/{pid}/comm")).ok()?;
     if comm.ends_with('\n') {
         comm.pop();
     }
     Some(comm)
+}
+
+/// The name the kernel gives a process that executes `path`: its last component, cut to 15
+/// bytes (as `/proc/PID/comm` shows it).
+fn exec_comm(path: &str) -> String {
+    let name = path.rsplit('/').next().unwrap_or(path).as_bytes();
+    String::from_utf8_lossy(&name[..name.len().min(15)]).into_owned()
 }
 
 /// A wait status as an [`ExitStatus`].
@@ -605,4 +625,39 @@ fn comm_and_ns_pid(pid: i32) -> Option<(String, i32)> {
     let comm = text.lines().find_map(|l| l.strip_prefix("Name:"))?.trim().to_owned();
     let ns = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?;
     Some((comm, ns.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exec_comm;
+
+    #[test]
+    fn an_exec_names_a_process_after_its_file_cut_to_15_bytes() {
+        assert_eq!(exec_comm("/usr/bin/sleep"), "sleep");
+        assert_eq!(exec_comm("sleep"), "sleep");
+        assert_eq!(exec_comm("./a-very-long-program-name"), "a-very-long-pro");
+    }
+
+    #[test]
+    fn the_name_matches_what_the_kernel_gives() {
+        let dir = std::env::temp_dir().join(format!("bproc-comm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a-program-named-at-length");
+        std::fs::copy("/bin/sleep", &path).unwrap();
+        let mut child = std::process::Command::new(&path).arg("10").spawn().unwrap();
+        let pid = child.id() as i32;
+        // The kernel names it a moment after the exec; wait for the name to change.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let seen = loop {
+            let comm = super::proc_comm(pid).unwrap_or_default();
+            if comm == exec_comm(&path.to_string_lossy()) || std::time::Instant::now() > deadline {
+                break comm;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(seen, "a-program-named");
+    }
 }
