@@ -252,6 +252,16 @@ pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
     })
 }
 
+/// Whether this process's stdin is the null device or closed (a batch job's, `< /dev/null`):
+/// the remote stdin is then `/dev/null` too, which reads the same (end of file at once) and
+/// costs no connection per process.
+fn stdin_is_null() -> bool {
+    use nix::sys::stat::{fstat, stat, SFlag};
+    let Ok(st) = fstat(0) else { return true };
+    let char_dev = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
+    char_dev && stat("/dev/null").is_ok_and(|null| null.st_rdev == st.st_rdev)
+}
+
 /// What a run needs from the master before it starts.
 struct Prepared {
     nodes: Vec<i32>,
@@ -310,8 +320,9 @@ fn prepare(
         .collect();
     env.push("BPROC_RANK=XXXXXXX".into());
     env.push(format!("BPROC_PROGNAME={path_str}"));
+    let null_stdin = a.no_stdin || stdin_is_null();
     let io = (0..3)
-        .map(|fd| match (&a.files[fd], a.no_io, fd == 0 && a.no_stdin) {
+        .map(|fd| match (&a.files[fd], a.no_io, fd == 0 && null_stdin) {
             (Some(f), _, _) => IoSpec::File(f.clone()),
             (None, true, _) | (None, false, true) => IoSpec::Null,
             _ => IoSpec::Forward,

@@ -145,7 +145,10 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
     // The child shares this memory and runs on its own stack until it execs, while this
     // thread waits (vfork): no page tables are copied, which on a daemon of some size costs
     // more than the rest of a start. Its memory need not be cleared (64 KiB a start).
-    let mut stack: Vec<u8> = Vec::with_capacity(CHILD_STACK);
+    let mut stack = SPARE_STACK.take();
+    if stack.capacity() < CHILD_STACK {
+        stack = Vec::with_capacity(CHILD_STACK);
+    }
     let args = CloneArgs {
         flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
         exit_signal: libc::SIGCHLD as u64,
@@ -159,7 +162,7 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
     // returns, which happens only once the child has exec'd or exited) and writing only its
     // `errno`; it makes direct system calls only and never returns.
     let pid = unsafe { clone3_entry(&args, child_entry, (&mut ctx as *mut ChildCtx).cast()) };
-    drop(stack);
+    SPARE_STACK.set(stack);
     if pid < 0 {
         return Err(std::io::Error::from_raw_os_error(-pid as i32));
     }
@@ -215,6 +218,12 @@ pub fn spawn_errno(e: &std::io::Error) -> Option<i32> {
 
 /// Stack for the child of [`spawn`] until it execs.
 const CHILD_STACK: usize = 64 * 1024;
+
+thread_local! {
+    /// The calling thread's child stack, kept for its next start: allocating and freeing
+    /// 64 KiB each time made the allocator consolidate its free lists at every start.
+    static SPARE_STACK: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// What the child of [`spawn`] reads, and where it leaves its errno.
 struct ChildCtx<'a> {

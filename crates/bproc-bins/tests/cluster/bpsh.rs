@@ -79,8 +79,8 @@ fn exit_status_rules() {
     assert!(t.trim().split('.').nth(1).unwrap().len() == 6 && secs < 10.0, "{t}");
 }
 
-/// stdin goes to every node (slowest reader sets the pace); -n gives /dev/null; stdout and
-/// stderr stay apart.
+/// stdin goes to every node (slowest reader sets the pace); -n, or /dev/null as bpsh's own
+/// stdin, gives /dev/null; stdout and stderr stay apart.
 #[test]
 fn stdin_replication_and_streams() {
     let c = TestCluster::up(&bins(), 3, "bpsh-stdin");
@@ -94,6 +94,12 @@ fn stdin_replication_and_streams() {
     assert_eq!(sorted_err(&e), "  0: e\n  1: e\n  2: e\n");
     let out = c.cmd("bpsh").args(["-n", "1", "wc", "-c"]).stdin("ignored").ok();
     assert_eq!(out, "0\n");
+    // A bpsh whose own stdin is /dev/null gives its process /dev/null (no connection); an
+    // empty pipe is forwarded.
+    let fd0 = ["1", "readlink", "/proc/self/fd/0"];
+    assert_eq!(c.cmd("bpsh").args(fd0).ok(), "/dev/null\n");
+    let piped = c.cmd("bpsh").args(fd0).stdin("").ok();
+    assert!(piped.starts_with("socket:["), "stdin from an empty pipe: {piped}");
     // A node that stops reading early does not stall the others.
     let out = c
         .cmd("bpsh")
