@@ -504,12 +504,19 @@ pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveErro
             tree::REFUSED.flush();
         }
     });
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
-        Ok(mut sigchld) => {
+    // Not a restore's traced stops: its thread waits for those itself (see `Procs::restore`).
+    match bproc_sys::child_signals().and_then(tokio::net::UnixStream::from_std) {
+        Ok(sigchld) => {
             let procs = procs.clone();
             tokio::spawn(async move {
-                while sigchld.recv().await.is_some() {
-                    procs.reap();
+                let mut signals = [0u8; 64];
+                while sigchld.readable().await.is_ok() {
+                    match sigchld.try_read(&mut signals) {
+                        Ok(0) => break,
+                        Ok(_) => procs.reap(),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => break,
+                    }
                 }
             });
         }

@@ -15,6 +15,8 @@
 //!   tasks that let the ghosts of one launch share one address space ([`task`]).
 //!
 //! - Memory of its own for a large buffer filled once ([`bigbuf`]), grown without copies.
+//! - Children's state changes without a restore's traced stops ([`child_signals`]): a
+//!   handler that reads the signal's code.
 //!
 //! It also reads what the kernel says about another process ([`peer`]: groups, limits,
 //! umask), since that is as raw as the rest and every daemon needs it.
@@ -80,6 +82,34 @@ pub fn unblock_signals_in(cmd: &mut std::process::Command) {
             Ok(())
         });
     }
+}
+
+/// A socket that becomes readable (one byte each) when a child of this process exits, is
+/// stopped by a signal or continues: SIGCHLD, except for a traced child's stop
+/// (`CLD_TRAPPED`), which only the tracing thread waits for. A restore traces its process
+/// through a dozen stops, and a reaper woken by each would find nothing to reap.
+///
+/// A signal already pending absorbs another of its kind, so a child's end signalled while a
+/// traced stop's SIGCHLD is pending wakes no one: whoever traces a child reaps (or has the
+/// reaper look) once the tracing is over.
+pub fn child_signals() -> std::io::Result<std::os::unix::net::UnixStream> {
+    let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
+    tx.set_nonblocking(true)?;
+    rx.set_nonblocking(true)?;
+    let tx = std::os::fd::OwnedFd::from(tx);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&tx);
+    // The handler keeps the write end open for the life of the process.
+    std::mem::forget(tx);
+    // SAFETY: the handler only reads the signal's code and writes one byte to a non-blocking
+    // socket that stays open (both async-signal-safe; the registry keeps errno).
+    unsafe {
+        signal_hook_registry::register_sigaction(libc::SIGCHLD, move |info: &libc::siginfo_t| {
+            if info.si_code != libc::CLD_TRAPPED {
+                libc::send(fd, [1u8].as_ptr().cast(), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+            }
+        })
+    }?;
+    Ok(rx)
 }
 
 /// The soft limit on open files (`getrlimit(2)`, `RLIMIT_NOFILE`).

@@ -80,7 +80,11 @@ impl Procs {
                     )
                 })
         };
-        self.0.spawner.run(Box::new(job)).await
+        let restored = self.0.spawner.run(Box::new(job)).await;
+        // The end of another child could have been signalled while a traced stop's SIGCHLD
+        // was pending, which the reaper is not woken for.
+        self.reap();
+        restored
     }
 }
 
