@@ -1010,10 +1010,13 @@ fn map_regions(t: &Tracee, h: &Header, first: Batch) -> Result<Option<u64>, Ckpt
 /// Whether this kernel gives huge pages only where asked. Then the huge-page-aligned spans
 /// of anonymous memory that the image's chunks fill whole are asked for them: written as
 /// huge pages, they take one fault each rather than 512 (faults were most of a restore's
-/// time on a node).
+/// time on a node). Read once per process.
 fn huge_pages_asked() -> bool {
-    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .is_ok_and(|mode| mode.contains("[madvise]"))
+    static ASKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ASKED.get_or_init(|| {
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|mode| mode.contains("[madvise]"))
+    })
 }
 
 /// The huge-page-aligned spans of anonymous regions (stacks aside) that `chunks` fill.
@@ -1068,8 +1071,7 @@ fn write_pages<R: Read>(
     note: Option<&[u8]>,
     mut huge: Option<&mut Vec<(u64, u64)>>,
 ) -> Result<Batch, CkptError> {
-    let mut buf = Vec::new();
-    let mut staged = Staged::default();
+    let (mut buf, mut staged) = SPARE.take();
     let mut each = |p: bproc_image::Piece<'_>| {
         if let Some(huge) = huge.as_deref_mut().filter(|_| p.at == p.chunk.0) {
             let spans = filled_spans(h, vec![p.chunk]);
@@ -1080,6 +1082,9 @@ fn write_pages<R: Read>(
     };
     while reader.next_chunk_pieces(&mut buf, PIECE, &mut each)? {}
     staged.flush(t)?;
+    if buf.capacity() <= SPARE_MAX && staged.bytes.capacity() <= SPARE_MAX {
+        SPARE.set((buf, staged));
+    }
     if let (Some(note), (at, len)) = (note, h.mailbox) {
         if at != 0 && len > 0 {
             let n = note.len().min(len as usize - 1);
@@ -1098,6 +1103,18 @@ fn write_pages<R: Read>(
     }
     Ok(b)
 }
+
+thread_local! {
+    /// The page buffers of the thread's last restore, kept for its next one (a slave restores
+    /// on one thread): grown afresh, they cost each restore its reallocations, copies and
+    /// page faults, and the allocator's trimming after.
+    static SPARE: std::cell::Cell<(Vec<u8>, Staged)> = const {
+        std::cell::Cell::new((Vec::new(), Staged { bytes: Vec::new(), spans: Vec::new() }))
+    };
+}
+
+/// The most of either buffer kept between restores (a small image's fit).
+const SPARE_MAX: usize = 512 << 10;
 
 /// Small pieces of pages gathered to be written together: a small image is mostly short
 /// runs of pages, each a system call of its own otherwise.

@@ -90,8 +90,9 @@ pub fn unblock_signals_in(cmd: &mut std::process::Command) {
 /// through a dozen stops, and a reaper woken by each would find nothing to reap.
 ///
 /// A signal already pending absorbs another of its kind, so a child's end signalled while a
-/// traced stop's SIGCHLD is pending wakes no one: whoever traces a child reaps (or has the
-/// reaper look) once the tracing is over.
+/// traced stop's SIGCHLD is pending wakes no one: whoever traces a child waits, once the
+/// tracing is over, until that signal is taken ([`await_child_signals`]), then has the
+/// reaper look.
 pub fn child_signals() -> std::io::Result<std::os::unix::net::UnixStream> {
     let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
     tx.set_nonblocking(true)?;
@@ -110,6 +111,27 @@ pub fn child_signals() -> std::io::Result<std::os::unix::net::UnixStream> {
         })
     }?;
     Ok(rx)
+}
+
+/// Waits until no SIGCHLD is pending for this process (the handler of [`child_signals`] has
+/// taken each so far), for at most `limit`; false if one still is. Called from a thread that
+/// blocks SIGCHLD, so that another thread takes it.
+pub fn await_child_signals(limit: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        // SAFETY: `set` is a sigset_t that sigpending fills before sigismember reads it.
+        let pending = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&mut set) == 0 && libc::sigismember(&set, libc::SIGCHLD) == 1
+        };
+        if !pending {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
 }
 
 /// The soft limit on open files (`getrlimit(2)`, `RLIMIT_NOFILE`).

@@ -80,9 +80,16 @@ impl Procs {
                     )
                 })
         };
+        let job = move || {
+            let restored = job();
+            // The end or stop of another child, signalled while a traced stop's SIGCHLD was
+            // pending, wakes no one: once that signal is taken, the reap below finds it.
+            if !bproc_sys::await_child_signals(std::time::Duration::from_millis(500)) {
+                debug!("a child signal still pending after a restore");
+            }
+            restored
+        };
         let restored = self.0.spawner.run(Box::new(job)).await;
-        // The end of another child could have been signalled while a traced stop's SIGCHLD
-        // was pending, which the reaper is not woken for.
         self.reap();
         restored
     }
