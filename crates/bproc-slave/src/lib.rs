@@ -444,6 +444,10 @@ fn chroot(path: &str) -> Message {
             );
         }
     };
+    // The node's processes get /dev/null from outside the new root, which may lack it.
+    if let Err(e) = procs::null_device() {
+        warn!("cannot open /dev/null before changing root: {e}");
+    }
     match nix::unistd::chroot(&real).and_then(|()| nix::unistd::chdir("/")) {
         Ok(()) => {
             let mut root = NODE_ROOT.lock().unwrap_or_else(|e| e.into_inner());

@@ -16,7 +16,7 @@ mod spawner;
 mod stage;
 mod track;
 
-pub(crate) use io::{connect_image, request_image, IMAGE_REQUEST};
+pub(crate) use io::{connect_image, null_device, request_image, IMAGE_REQUEST};
 pub use spawn::{spawn, Start};
 use spawner::Spawner;
 pub use stage::Source;

@@ -23,6 +23,20 @@ use tracing::info;
 
 use super::Refusal;
 
+/// The null device, opened once (read and write) while the daemon's root still has it: a
+/// root given with `bpctl -r` need not have `/dev`. Each process gets its own fd for it.
+pub(crate) fn null_device() -> std::io::Result<OwnedFd> {
+    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    let null = match NULL.get() {
+        Some(null) => null,
+        None => {
+            let opened = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+            NULL.get_or_init(|| opened.into())
+        }
+    };
+    null.try_clone()
+}
+
 /// Opens a connection to the launcher and sends its header.
 pub(super) async fn open_to_launcher(
     master: Ipv4Addr,
@@ -94,14 +108,7 @@ pub(super) async fn open_io(
     };
     Ok(match io {
         IoSpec::Closed => Opened::Closed,
-        IoSpec::Null => Opened::Fd(
-            std::fs::OpenOptions::new()
-                .read(fd == 0)
-                .write(fd != 0)
-                .open("/dev/null")
-                .map(OwnedFd::from)
-                .map_err(|e| failed("/dev/null".into(), e))?,
-        ),
+        IoSpec::Null => Opened::Fd(null_device().map_err(|e| failed("/dev/null".into(), e))?),
         IoSpec::File(p) if fd == 0 => Opened::File(FdFile::read(fd, path(p)?)),
         IoSpec::File(p) => Opened::File(FdFile::write(fd, path(p)?)),
         IoSpec::Open { path: p, flags, mode, offset } => {
