@@ -97,10 +97,8 @@ pub fn child_signals() -> std::io::Result<std::os::unix::net::UnixStream> {
     let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
     tx.set_nonblocking(true)?;
     rx.set_nonblocking(true)?;
-    let tx = std::os::fd::OwnedFd::from(tx);
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&tx);
     // The handler keeps the write end open for the life of the process.
-    std::mem::forget(tx);
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(tx);
     // SAFETY: the handler only reads the signal's code and writes one byte to a non-blocking
     // socket that stays open (both async-signal-safe; the registry keeps errno).
     unsafe {
