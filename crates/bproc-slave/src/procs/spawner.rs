@@ -90,7 +90,10 @@ impl Procs {
             restored
         };
         let restored = self.0.spawner.run(Box::new(job)).await;
-        self.reap();
+        if restored.is_err() {
+            // A restored process is tracked next, which reaps.
+            self.reap();
+        }
         restored
     }
 }
