@@ -530,7 +530,6 @@ fn restore_from<R: Read>(
         files: spec.files,
         set_tid: spec.set_tid,
         trace: true,
-        fork_listener: None,
     };
     // The pid may still be held by the copy that just moved away from here (it ends once the
     // move has succeeded, and is reaped soon after): wait for it, briefly.

@@ -456,7 +456,6 @@ fn start_here_with_fds(spec: &ProcSpec, rank: usize) -> std::io::Result<i32> {
         files,
         set_tid: None,
         trace: false,
-        fork_listener: None,
     };
     bproc_sys::spawn(&req)
 }

@@ -1,9 +1,10 @@
 //! Forks on this node that take their ghosts' pids (root slaves, in the master's pid
 //! namespace).
 //!
-//! Every process the slave starts there carries a seccomp filter whose listener the slave
-//! holds ([`bproc_sys::forkpid`]): a fork (`fork`, `vfork`, a `clone` that makes a process)
-//! waits until the slave answers. One thread, [`Forks`], answers them one at a time:
+//! Every process the slave starts there carries the seccomp filter of the spawner thread,
+//! whose listener the slave holds ([`bproc_sys::forkpid`]): a fork (`fork`, `vfork`, a
+//! `clone` that makes a process) waits until the slave answers. One thread, [`Forks`],
+//! answers them one at a time (at once for the spawner thread's own forks):
 //!
 //! 1. it asks the master to have the parent's ghost fork now (`ForkAhead`), and waits for
 //!    the child ghost's pid (`ForkAheadReply`), at most [`Forks::wait`];
@@ -20,7 +21,7 @@
 //! `Forked` event the ghost forked ahead, as it does for any fork.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,11 +37,11 @@ const INIT_WAIT: Duration = Duration::from_millis(5);
 /// Default wait for the master's answer (`BPROC_FORK_WAIT_MS` overrides it).
 const MASTER_WAIT: Duration = Duration::from_millis(10);
 
-/// The forks thread's shared state: new listeners, the master's answers, fork events.
+/// The forks thread's shared state: the master's answers, fork events.
 pub(crate) struct Forks {
-    /// Listeners to add, and the write end of the thread's wake pipe.
-    new: Mutex<Vec<Listener>>,
-    wake: std::os::fd::OwnedFd,
+    /// The spawner thread, whose own forks (helpers, not processes of the master's) go on
+    /// at once.
+    spawner: i32,
     /// Answers from the master by request number.
     answers: Mutex<HashMap<u32, i32>>,
     answered: Condvar,
@@ -63,20 +64,20 @@ pub(crate) trait Host: Send + Sync + 'static {
 }
 
 impl Forks {
-    /// Starts the thread.
+    /// Starts the thread, answering the forks that come to `listener`, the filter of thread
+    /// `spawner`.
     pub(crate) fn start(
         host: impl Host,
         last_pid: Arc<Mutex<Option<Arc<LastPid>>>>,
+        listener: Listener,
+        spawner: i32,
     ) -> std::io::Result<Arc<Forks>> {
-        let (rd, wr) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
         let wait = std::env::var("BPROC_FORK_WAIT_MS")
             .ok()
             .and_then(|v| v.parse().ok())
             .map_or(MASTER_WAIT, Duration::from_millis);
         let forks = Arc::new(Forks {
-            new: Mutex::default(),
-            wake: wr,
+            spawner,
             answers: Mutex::default(),
             answered: Condvar::new(),
             seen: Mutex::new((0, false)),
@@ -85,18 +86,12 @@ impl Forks {
             wait,
         });
         let me = forks.clone();
-        std::thread::Builder::new().name("forks".into()).spawn(move || me.run(rd, host))?;
+        std::thread::Builder::new().name("forks".into()).spawn(move || me.run(listener, host))?;
         Ok(forks)
     }
 
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         m.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Answers the forks of a process just started (and of its descendants) from now on.
-    pub(crate) fn add(&self, l: Listener) {
-        Self::lock(&self.new).push(l);
-        let _ = nix::unistd::write(&self.wake, &[1]);
     }
 
     /// The master's answer to request `seq`.
@@ -114,48 +109,35 @@ impl Forks {
         }
     }
 
-    fn run(self: Arc<Self>, wake: std::os::fd::OwnedFd, host: impl Host) {
+    fn run(self: Arc<Self>, listener: Listener, host: impl Host) {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        let mut listeners: Vec<Listener> = Vec::new();
         let mut seq: u32 = 0;
         loop {
-            listeners.append(&mut Self::lock(&self.new));
-            let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
-            fds.extend(listeners.iter().map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN)));
-            if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
-                if e != nix::Error::EINTR {
+            let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => {
                     warn!("fork notifications: {e}");
                     std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+            let ready = fds[0].revents().unwrap_or(PollFlags::empty());
+            if !ready.contains(PollFlags::POLLIN) {
+                // The spawner thread, and with it every process of the filter, is gone.
+                if ready.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+                    return;
                 }
                 continue;
             }
-            let ready: Vec<PollFlags> =
-                fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
-            drop(fds);
-            if !ready[0].is_empty() {
-                let mut buf = [0u8; 64];
-                while matches!(nix::unistd::read(wake.as_raw_fd(), &mut buf), Ok(n) if n > 0) {}
-            }
-            let mut gone = Vec::new();
-            for (i, r) in ready[1..].iter().enumerate() {
-                if r.contains(PollFlags::POLLIN) {
-                    match listeners[i].recv() {
-                        Ok(n) => {
-                            seq = seq.wrapping_add(1);
-                            self.steer(&listeners[i], n, seq, &host);
-                        }
-                        Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
-                        Err(e) => debug!("fork notification: {e}"),
-                    }
-                } else if r
-                    .intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
-                {
-                    // No process uses the filter any more.
-                    gone.push(i);
+            match listener.recv() {
+                Ok(n) => {
+                    seq = seq.wrapping_add(1);
+                    self.steer(&listener, n, seq, &host);
                 }
-            }
-            for i in gone.into_iter().rev() {
-                listeners.swap_remove(i);
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
+                Err(e) => debug!("fork notification: {e}"),
             }
         }
     }
@@ -163,6 +145,12 @@ impl Forks {
     /// Lets fork `n` go on, with the pid of a ghost forked ahead for it when one comes in
     /// time.
     fn steer(&self, l: &Listener, n: Notification, seq: u32, host: &impl Host) {
+        if n.pid == self.spawner {
+            if let Err(e) = l.proceed(n.id) {
+                debug!("fork of the spawner thread: {e}");
+            }
+            return;
+        }
         let start = Instant::now();
         let last = Self::lock(&self.last_pid).clone();
         // The notification names the forking thread; events and the master name its process.

@@ -125,12 +125,18 @@ impl Procs {
             events: std::sync::OnceLock::new(),
             fresh: Mutex::default(),
             report: Box::new(report),
-            spawner: Spawner::start(pid_namespace, extra_proc),
+            spawner: Spawner::start(
+                pid_namespace,
+                extra_proc,
+                std::env::var_os("BPROC_NO_FORK_PIDS").is_none(),
+            ),
             forks: std::sync::OnceLock::new(),
         }));
-        if procs.same_pids() && std::env::var_os("BPROC_NO_FORK_PIDS").is_none() {
+        let filter = procs.0.spawner.fork_filter.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((listener, spawner_tid)) = filter {
             let host = ForksHost(Arc::downgrade(&procs.0));
-            match crate::forks::Forks::start(host, procs.0.spawner.last_pid.clone()) {
+            let last_pid = procs.0.spawner.last_pid.clone();
+            match crate::forks::Forks::start(host, last_pid, listener, spawner_tid) {
                 Ok(f) => {
                     let _ = procs.0.forks.set(f);
                 }

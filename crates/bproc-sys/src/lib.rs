@@ -269,7 +269,6 @@ mod tests {
             files,
             set_tid: None,
             trace: false,
-            fork_listener: None,
         }
     }
 
@@ -277,8 +276,9 @@ mod tests {
         nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap()
     }
 
-    /// A process started with a fork filter waits at each fork until the listener lets it
-    /// go, and the fork then runs as usual (issue 17).
+    /// A process started by a thread with the fork filter waits at each fork until the
+    /// listener lets it go, and the fork then runs as usual (issue 17); the thread's own
+    /// `clone3` of this crate's size goes through, another size fails with `ENOSYS`.
     #[test]
     fn forks_wait_for_the_listener() {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -287,31 +287,42 @@ mod tests {
             eprintln!("skipped: a filter without no_new_privs needs root");
             return;
         }
-        let (tx, rx) = forkpid::channel().unwrap();
-        let mut s =
-            spec(&["/bin/sh", "-c", "/bin/true; /bin/true; /bin/true; exit 3"], vec![], vec![]);
-        s.fork_listener = Some(tx);
-        let pid = spawn(&s).unwrap();
-        let l = forkpid::take_listener(rx.as_fd()).expect("the child sends its listener");
-        let mut forks = Vec::new();
-        while forks.len() < 3 {
-            let mut fds = [PollFd::new(l.as_fd(), PollFlags::POLLIN)];
+        let s = spec(&["/bin/sh", "-c", "/bin/true; /bin/true; /bin/true; exit 3"], vec![], vec![]);
+        // The thread that starts the process keeps the filter (and, by the parent-death
+        // signal, the process): everything happens on it.
+        std::thread::spawn(move || {
+            let l = forkpid::install_here().unwrap();
+            // Flags the kernel refuses (a thread without shared signal handlers): EINVAL if
+            // the call reaches it, ENOSYS if the filter stops it.
+            let bad = CloneArgs { flags: libc::CLONE_THREAD as u64, ..Default::default() };
+            for (size, errno) in [(88, libc::ENOSYS), (forkpid::CLONE3_SIZE, libc::EINVAL)] {
+                // SAFETY: the kernel rejects these flags, so no process or thread is made.
+                let r = unsafe { libc::syscall(libc::SYS_clone3, &bad as *const CloneArgs, size) };
+                assert_eq!((r, nix::Error::last_raw()), (-1, errno), "clone3 of {size} bytes");
+            }
+            let pid = spawn(&s).unwrap();
+            let mut forks = Vec::new();
+            while forks.len() < 3 {
+                let mut fds = [PollFd::new(l.as_fd(), PollFlags::POLLIN)];
+                assert_eq!(
+                    poll(&mut fds, PollTimeout::from(5000u16)),
+                    Ok(1),
+                    "forks so far: {forks:?}"
+                );
+                let n = l.recv().unwrap();
+                assert_eq!(n.pid, pid);
+                l.proceed(n.id).unwrap();
+                forks.push(n.nr);
+            }
+            assert!(forks.iter().all(|nr| [libc::SYS_clone, libc::SYS_fork, libc::SYS_vfork]
+                .contains(&(*nr as libc::c_long))));
             assert_eq!(
-                poll(&mut fds, PollTimeout::from(5000u16)),
-                Ok(1),
-                "forks so far: {forks:?}"
+                wait(pid),
+                nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 3)
             );
-            let n = l.recv().unwrap();
-            assert_eq!(n.pid, pid);
-            l.proceed(n.id).unwrap();
-            forks.push(n.nr);
-        }
-        assert!(forks.iter().all(|nr| [libc::SYS_clone, libc::SYS_fork, libc::SYS_vfork]
-            .contains(&(*nr as libc::c_long))));
-        assert_eq!(
-            wait(pid),
-            nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 3)
-        );
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! locks), and reports a failure to the parent as an errno on a close-on-exec pipe.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::libc;
 
@@ -45,18 +45,15 @@ pub struct SpawnSpec {
     /// Traced by the calling thread from its first instruction (`PTRACE_TRACEME`): it stops
     /// with `SIGTRAP` after the exec.
     pub trace: bool,
-    /// Where to send the listener of a fork filter installed in the child before the
-    /// identity switch (the first end of [`forkpid::channel`](crate::forkpid::channel)):
-    /// its forks then wait for the caller's answer. A child that cannot install it starts
-    /// without.
-    pub fork_listener: Option<OwnedFd>,
 }
 
 /// Most further fds a [`SpawnSpec`] may carry.
 pub const MAX_FDS: usize = 16;
 
 /// `struct clone_args` of `<linux/sched.h>` (libc has it only for some targets), for
-/// `clone3(2)` here and for the one a restore makes inside the restored process.
+/// `clone3(2)` here and for the one a restore makes inside the restored process; padded with
+/// zeros to [`CLONE3_SIZE`](crate::forkpid::CLONE3_SIZE), the size the slave's fork filter
+/// lets through.
 #[repr(C)]
 #[derive(Default)]
 pub struct CloneArgs {
@@ -82,7 +79,11 @@ pub struct CloneArgs {
     pub set_tid_size: u64,
     /// A cgroup fd (`CLONE_INTO_CGROUP`).
     pub cgroup: u64,
+    /// Zero: the padding to [`CLONE3_SIZE`](crate::forkpid::CLONE3_SIZE).
+    pub pad: u64,
 }
+
+const _: () = assert!(std::mem::size_of::<CloneArgs>() == crate::forkpid::CLONE3_SIZE);
 
 impl CloneArgs {
     /// The struct as `clone3` reads it, for a call another process makes.
@@ -129,19 +130,7 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
     let groups: Vec<libc::gid_t> =
         spec.identity.as_ref().map(|i| i.groups.clone()).unwrap_or_default();
     let tid: i32 = spec.set_tid.unwrap_or(0);
-    let mut prep = spec.fork_listener.as_ref().map(|s| crate::forkpid::ChildPrep::new(s.as_fd()));
-    if let Some(p) = &mut prep {
-        p.arm();
-    }
-    let mut ctx = ChildCtx {
-        spec,
-        argv: &argv,
-        envp: &envp,
-        groups: &groups,
-        prep: prep.as_mut().map(|p| p as *mut crate::forkpid::ChildPrep),
-        errno: 0,
-        step: 0,
-    };
+    let mut ctx = ChildCtx { spec, argv: &argv, envp: &envp, groups: &groups, errno: 0, step: 0 };
     // The child shares this memory and runs on its own stack until it execs, while this
     // thread waits (vfork): no page tables are copied, which on a daemon of some size costs
     // more than the rest of a start. Its memory need not be cleared (64 KiB a start).
@@ -231,8 +220,6 @@ struct ChildCtx<'a> {
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     groups: &'a [libc::gid_t],
-    /// The fork filter to install, prepared ([`SpawnSpec::fork_listener`]).
-    prep: Option<*mut crate::forkpid::ChildPrep>,
     errno: i32,
     step: u32,
 }
@@ -242,7 +229,7 @@ extern "C" fn child_entry(ctx: *mut libc::c_void) -> ! {
     // exits; the parent reads `errno` only after that.
     unsafe {
         let ctx = &mut *ctx.cast::<ChildCtx>();
-        let (e, step) = child(ctx.spec, ctx.argv, ctx.envp, ctx.groups, ctx.prep);
+        let (e, step) = child(ctx.spec, ctx.argv, ctx.envp, ctx.groups);
         std::ptr::write_volatile(&mut ctx.step, step);
         std::ptr::write_volatile(&mut ctx.errno, if e == 0 { libc::EIO } else { e });
         libc::_exit(127)
@@ -331,7 +318,6 @@ fn child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     groups: &[libc::gid_t],
-    prep: Option<*mut crate::forkpid::ChildPrep>,
 ) -> (i32, u32) {
     let err = |step: u32| (nix::Error::last_raw(), step);
     // SAFETY: every call below is a direct system call (async-signal-safe) on memory that was
@@ -360,11 +346,6 @@ fn child(
             if libc::chroot(j.root.as_ptr()) != 0 || libc::chdir(j.cwd.as_ptr()) != 0 {
                 return err(STEP_ROOT);
             }
-        }
-        // While still root: a filter installed with CAP_SYS_ADMIN needs no `no_new_privs`,
-        // so set-user-id programs keep working under it.
-        if let Some(p) = prep {
-            (*p).install();
         }
         if let Some(id) = &spec.identity {
             if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
@@ -776,12 +757,12 @@ pub fn inherited_socket_fd(fd: i32) -> Option<std::os::fd::OwnedFd> {
 /// signal queued from an ancestor namespace). The child only makes the call and `_exit`s
 /// with its errno.
 pub fn signal_from_inside(pid: i32, signal: i32, sender: i32) -> nix::Result<()> {
+    // A fork by `clone3` of this crate's size, which the slave's fork filter (on the thread
+    // that calls this) lets through at once.
+    let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, ..Default::default() };
     // SAFETY: the child makes only async-signal-safe calls (rt_sigqueueinfo through
     // signal_from, which allocates nothing, and _exit) before it exits.
-    let child = unsafe { libc::fork() };
-    if child < 0 {
-        return Err(nix::Error::last());
-    }
+    let child = unsafe { clone3(&args) }?;
     if child == 0 {
         let code = match signal_from(pid, signal, sender) {
             Ok(()) => 0,

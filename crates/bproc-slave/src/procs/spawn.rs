@@ -278,7 +278,6 @@ async fn start_program(
         files,
         set_tid: cx.set_tid.filter(|p| *p > 0 && cx.procs.same_pids()),
         trace: false,
-        fork_listener: None,
     };
     // What a failure names: the file -I/-O/-E (or an I/O list) opened, else the program.
     let file_paths: Vec<String> =
@@ -348,6 +347,5 @@ fn clone_spec(s: &bproc_sys::SpawnSpec) -> Result<bproc_sys::SpawnSpec, Refusal>
         files: s.files.clone(),
         set_tid: s.set_tid,
         trace: s.trace,
-        fork_listener: None,
     })
 }

@@ -14,22 +14,9 @@ impl Procs {
     pub(super) async fn spawn(&self, spec: bproc_sys::SpawnSpec) -> std::io::Result<i32> {
         let procs = self.clone();
         let job = move || {
-            let mut spec = spec;
-            // Its forks wait for this slave, which gives each child its ghost's pid.
-            let forks = procs.0.forks.get().and_then(|f| {
-                let (tx, rx) = bproc_sys::forkpid::channel().ok()?;
-                spec.fork_listener = Some(tx);
-                Some((f, rx))
-            });
             let started = bproc_sys::spawn(&spec);
             if let Ok(pid) = started {
                 procs.fresh_start(pid);
-                if let Some((f, rx)) = forks {
-                    match bproc_sys::forkpid::take_listener(std::os::fd::AsFd::as_fd(&rx)) {
-                        Some(l) => f.add(l),
-                        None => debug!("pid {pid}: started without its fork filter"),
-                    }
-                }
             }
             started
         };
@@ -131,7 +118,8 @@ type SpawnJob = (Job, tokio::sync::oneshot::Sender<std::io::Result<i32>>);
 /// The thread that starts processes. With a pid namespace it has entered the namespace for
 /// its children, which a thread can do only if it never starts threads itself; the
 /// namespace's init dies with it. Processes it starts die with it too (parent-death signal),
-/// and it lives as long as the daemon.
+/// and it lives as long as the daemon. With a namespace, and when asked, it carries the fork
+/// filter ([`bproc_sys::forkpid`]) that every process it starts or restores inherits.
 pub(super) struct Spawner {
     tx: Mutex<std::sync::mpsc::Sender<SpawnJob>>,
     pub(super) pid_namespace: bool,
@@ -141,10 +129,16 @@ pub(super) struct Spawner {
     init: Arc<std::sync::atomic::AtomicI32>,
     /// Asks the thread for a fresh namespace (killing everything in the old one).
     reset: Arc<std::sync::atomic::AtomicBool>,
+    /// The fork filter's listener and the thread's id, until the forks thread takes them.
+    pub(super) fork_filter: Mutex<Option<(bproc_sys::forkpid::Listener, i32)>>,
 }
 
 impl Spawner {
-    pub(super) fn start(want_namespace: bool, extra_proc: Option<std::path::PathBuf>) -> Spawner {
+    pub(super) fn start(
+        want_namespace: bool,
+        extra_proc: Option<std::path::PathBuf>,
+        fork_filter: bool,
+    ) -> Spawner {
         let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let init = Arc::new(std::sync::atomic::AtomicI32::new(0));
@@ -186,7 +180,15 @@ impl Spawner {
                 }
             };
             let mut ns = make();
-            let _ = ready_tx.send(ns.is_some());
+            let filter = (fork_filter && ns.is_some())
+                .then(|| {
+                    bproc_sys::forkpid::install_here()
+                        .inspect_err(|e| warn!("forks keep the pids the kernel gives ({e})"))
+                        .ok()
+                })
+                .flatten()
+                .map(|l| (l, nix::unistd::gettid().as_raw()));
+            let _ = ready_tx.send((ns.is_some(), filter));
             while let Ok((job, reply)) = rx.recv() {
                 if reset2.swap(false, std::sync::atomic::Ordering::Relaxed) && ns.is_some() {
                     ns = None; // kills the init, and every process of the namespace
@@ -195,8 +197,16 @@ impl Spawner {
                 let _ = reply.send(job());
             }
         });
-        let pid_namespace = spawned.is_ok() && ready_rx.recv().unwrap_or(false);
-        Spawner { tx: Mutex::new(tx), pid_namespace, last_pid, init, reset }
+        let (pid_namespace, filter) =
+            if spawned.is_ok() { ready_rx.recv().unwrap_or((false, None)) } else { (false, None) };
+        Spawner {
+            tx: Mutex::new(tx),
+            pid_namespace,
+            last_pid,
+            init,
+            reset,
+            fork_filter: Mutex::new(filter),
+        }
     }
 
     pub(super) async fn run(&self, job: Job) -> std::io::Result<i32> {
