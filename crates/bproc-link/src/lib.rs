@@ -106,17 +106,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<Option<(u32, Message)>, LinkError> {
     let mut head = [0u8; HEADER_LEN];
-    // The first byte: a clean end of stream here is the end of the conversation.
-    loop {
-        match r.read(&mut head[..1]).await {
+    // The header as far as it has come (one read for all of it, as a rule): a clean end of
+    // stream before its first byte is the end of the conversation.
+    let got = loop {
+        match r.read(&mut head).await {
             Ok(0) => return Ok(None),
-            Ok(_) => break,
+            Ok(n) => break n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         }
-    }
+    };
     let rest = async {
-        r.read_exact(&mut head[1..]).await.map_err(eof_is_closed)?;
+        r.read_exact(&mut head[got..]).await.map_err(eof_is_closed)?;
         // The header bounds the body length before anything is read for it.
         let h = Header::parse(&head)?;
         let mut body = Vec::new();
