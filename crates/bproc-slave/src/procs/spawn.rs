@@ -3,7 +3,6 @@
 
 use std::ffi::CString;
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use bproc_proto::errno::{EINVAL, EPERM};
@@ -264,7 +263,7 @@ async fn start_program(
     let (launch, rank) = (cx.launch, cx.rank);
     let Fds { stdio, extra, files } = fds;
     let cwd = if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
-    let mut req = bproc_sys::SpawnSpec {
+    let req = bproc_sys::SpawnSpec {
         path: cstr(&spec.path)?,
         argv: spec.argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
         envp,
@@ -283,16 +282,7 @@ async fn start_program(
     let file_paths: Vec<String> =
         req.files.iter().map(|f| f.path.to_string_lossy().into_owned()).collect();
     let jail_path = req.jail.as_ref().map(|j| j.root.to_string_lossy().into_owned());
-    let mut result = cx.procs.spawn(clone_spec(&req)?).await;
-    if req.set_tid.is_some()
-        && matches!(&result, Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST))
-    {
-        // The pid is taken here (a process of an earlier session): run under another.
-        warn!("launch {launch} rank {rank}: pid {:?} is taken on this node", req.set_tid);
-        req.set_tid = None;
-        result = cx.procs.spawn(req).await;
-    }
-    let pid = match result {
+    let pid = match cx.procs.spawn(req, (launch, rank)).await {
         Ok(pid) => pid,
         Err(e) => {
             let code = bproc_sys::spawn_errno(&e).unwrap_or(bproc_proto::errno::EIO);
@@ -319,33 +309,4 @@ async fn start_program(
     };
     info!("launch {launch} rank {rank}: started {} as pid {pid} (uid {})", spec.path, cx.creds.uid);
     Ok(pid)
-}
-
-/// A copy of `s` for a first attempt (its fds duplicated), so the original can be retried.
-fn clone_spec(s: &bproc_sys::SpawnSpec) -> Result<bproc_sys::SpawnSpec, Refusal> {
-    let dup = |fd: &OwnedFd| {
-        fd.try_clone().map_err(|e| Refusal {
-            code: e.raw_os_error().unwrap_or(EINVAL),
-            message: format!("dup: {e}"),
-        })
-    };
-    Ok(bproc_sys::SpawnSpec {
-        path: s.path.clone(),
-        argv: s.argv.clone(),
-        envp: s.envp.clone(),
-        cwd: s.cwd.clone(),
-        stdio: [
-            s.stdio[0].as_ref().map(dup).transpose()?,
-            s.stdio[1].as_ref().map(dup).transpose()?,
-            s.stdio[2].as_ref().map(dup).transpose()?,
-        ],
-        fds: s.fds.iter().map(|(n, fd)| Ok((*n, dup(fd)?))).collect::<Result<_, Refusal>>()?,
-        limits: s.limits.clone(),
-        jail: s.jail.clone(),
-        identity: s.identity.clone(),
-        umask: s.umask,
-        files: s.files.clone(),
-        set_tid: s.set_tid,
-        trace: s.trace,
-    })
 }

@@ -10,11 +10,25 @@ use tracing::{debug, info, warn};
 use super::Procs;
 
 impl Procs {
-    /// Starts `spec` on the spawner thread.
-    pub(super) async fn spawn(&self, spec: bproc_sys::SpawnSpec) -> std::io::Result<i32> {
+    /// Starts `spec`, rank `rank` of a launch `(launch, rank)`, on the spawner thread; under
+    /// another pid when the one it asks for is taken here.
+    pub(super) async fn spawn(
+        &self,
+        spec: bproc_sys::SpawnSpec,
+        (launch, rank): (u64, u32),
+    ) -> std::io::Result<i32> {
         let procs = self.clone();
         let job = move || {
-            let started = bproc_sys::spawn(&spec);
+            let mut spec = spec;
+            let mut started = bproc_sys::spawn(&spec);
+            if spec.set_tid.is_some()
+                && matches!(&started, Err(e) if e.raw_os_error() == Some(nix::libc::EEXIST))
+            {
+                // The pid is taken here (a process of an earlier session): run under another.
+                warn!("launch {launch} rank {rank}: pid {:?} is taken on this node", spec.set_tid);
+                spec.set_tid = None;
+                started = bproc_sys::spawn(&spec);
+            }
             if let Ok(pid) = started {
                 procs.fresh_start(pid);
             }
