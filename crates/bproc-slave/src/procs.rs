@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bproc_proto::Message;
-use tracing::warn;
+use tracing::error;
 
 use crate::isolate::Diskless;
 
@@ -140,7 +140,13 @@ impl Procs {
                 Ok(f) => {
                     let _ = procs.0.forks.set(f);
                 }
-                Err(e) => warn!("forks keep the pids the kernel gives ({e})"),
+                // The filter is on the spawner thread already, and with its listener gone
+                // a filtered fork fails: say so (a daemon that cannot start a thread at its
+                // start has worse troubles).
+                Err(e) => error!(
+                    "cannot start the forks thread ({e}): forks by the node's processes will \
+                     fail with ENOSYS; restart bpslave, or set BPROC_NO_FORK_PIDS=1"
+                ),
             }
         }
         procs
