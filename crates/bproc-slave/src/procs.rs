@@ -115,6 +115,8 @@ impl Procs {
         diskless: Option<&Diskless>,
     ) -> Procs {
         let extra_proc = diskless.map(|d| d.root.join("proc"));
+        let fork_pids = std::env::var_os("BPROC_NO_FORK_PIDS").is_none();
+        let (spawner, filter) = Spawner::start(pid_namespace, extra_proc, fork_pids);
         let procs = Procs(Arc::new(ProcsInner {
             ranks: Mutex::default(),
             children: Mutex::default(),
@@ -125,14 +127,9 @@ impl Procs {
             events: std::sync::OnceLock::new(),
             fresh: Mutex::default(),
             report: Box::new(report),
-            spawner: Spawner::start(
-                pid_namespace,
-                extra_proc,
-                std::env::var_os("BPROC_NO_FORK_PIDS").is_none(),
-            ),
+            spawner,
             forks: std::sync::OnceLock::new(),
         }));
-        let filter = procs.0.spawner.fork_filter.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some((listener, spawner_tid)) = filter {
             let host = ForksHost(Arc::downgrade(&procs.0));
             let last_pid = procs.0.spawner.last_pid.clone();

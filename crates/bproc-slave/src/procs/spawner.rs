@@ -143,16 +143,16 @@ pub(super) struct Spawner {
     init: Arc<std::sync::atomic::AtomicI32>,
     /// Asks the thread for a fresh namespace (killing everything in the old one).
     reset: Arc<std::sync::atomic::AtomicBool>,
-    /// The fork filter's listener and the thread's id, until the forks thread takes them.
-    pub(super) fork_filter: Mutex<Option<(bproc_sys::forkpid::Listener, i32)>>,
 }
 
 impl Spawner {
+    /// Starts the thread; with `fork_filter` and a namespace, also returns the fork filter's
+    /// listener and the thread's id, for the forks thread.
     pub(super) fn start(
         want_namespace: bool,
         extra_proc: Option<std::path::PathBuf>,
         fork_filter: bool,
-    ) -> Spawner {
+    ) -> (Spawner, Option<(bproc_sys::forkpid::Listener, i32)>) {
         let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let init = Arc::new(std::sync::atomic::AtomicI32::new(0));
@@ -213,14 +213,7 @@ impl Spawner {
         });
         let (pid_namespace, filter) =
             if spawned.is_ok() { ready_rx.recv().unwrap_or((false, None)) } else { (false, None) };
-        Spawner {
-            tx: Mutex::new(tx),
-            pid_namespace,
-            last_pid,
-            init,
-            reset,
-            fork_filter: Mutex::new(filter),
-        }
+        (Spawner { tx: Mutex::new(tx), pid_namespace, last_pid, init, reset }, filter)
     }
 
     pub(super) async fn run(&self, job: Job) -> std::io::Result<i32> {
