@@ -208,7 +208,11 @@ impl Netlink {
     /// Replaces the socket's filter with one keeping the events of `pids` ([`filter`]).
     fn watch(&self, pids: &[i32]) -> std::io::Result<()> {
         let pids = if pids.len() > MAX_WATCHED { &[][..] } else { pids };
-        let mut prog = filter(pids);
+        self.attach(&mut filter(pids))
+    }
+
+    /// Attaches classic BPF program `prog`, replacing any filter.
+    fn attach(&self, prog: &mut [libc::sock_filter]) -> std::io::Result<()> {
         let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
         // SAFETY: attaches a filter from a valid sock_fprog whose program outlives the call.
         let r = unsafe {
@@ -226,23 +230,12 @@ impl Netlink {
         Ok(())
     }
 
-    /// Removes the filter: every event passes (the hub's).
+    /// Replaces the filter with one passing every process's events, all but threads' (the
+    /// hub's).
     fn watch_all(&self) -> std::io::Result<()> {
-        let none = 0i32;
-        // SAFETY: SO_DETACH_FILTER ignores its value; a valid pointer and size are passed.
-        let r = unsafe {
-            libc::setsockopt(
-                self.0.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_DETACH_FILTER,
-                (&none as *const i32).cast(),
-                std::mem::size_of::<i32>() as u32,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        let mut prog = threads_out();
+        prog.push(libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0xffff }); // BPF_RET | BPF_K
+        self.attach(&mut prog)
     }
 
     /// Waits for the next datagram and returns the events in it that pass the filter (none
@@ -282,7 +275,8 @@ fn filter(pids: &[i32]) -> Vec<libc::sock_filter> {
     let event = (NLMSG_HDR + CN_MSG_HDR) as u32;
     let data = event + EVENT_DATA as u32;
     let swap = |v: u32| u32::from_be_bytes(v.to_ne_bytes());
-    let mut prog = Vec::with_capacity(4 * pids.len() + 8);
+    let mut prog = threads_out();
+    prog.reserve(4 * pids.len() + 8);
     // Jumps to resolve: (index of a JA, true for the accept, false for the drop).
     let mut jumps: Vec<(usize, bool)> = Vec::new();
     let members = |prog: &mut Vec<libc::sock_filter>, jumps: &mut Vec<(usize, bool)>, at: u32| {
@@ -310,6 +304,37 @@ fn filter(pids: &[i32]) -> Vec<libc::sock_filter> {
         prog[at].k = (target - at - 1) as u32;
     }
     prog
+}
+
+/// The start of a filter that drops the events of threads (a fork making a thread, a
+/// thread's end), which nobody here wants, and goes on past its end with anything else: a
+/// process's threads then wake no one.
+fn threads_out() -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const TAX: u16 = 0x07; // BPF_MISC | BPF_TAX
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JEQ_X: u16 = 0x1d; // BPF_JMP | BPF_JEQ | BPF_X
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let event = (NLMSG_HDR + CN_MSG_HDR) as u32;
+    let data = event + EVENT_DATA as u32;
+    let swap = |v: u32| u32::from_be_bytes(v.to_ne_bytes());
+    // A fork's child pid and tgid are its third and fourth u32, an exit's pid and tgid its
+    // first and second; they differ for a thread. (Both loads are swapped alike.)
+    vec![
+        ins(LD_W_ABS, 0, 0, event),
+        ins(JEQ_K, 0, 4, swap(PROC_EVENT_FORK)),
+        ins(LD_W_ABS, 0, 0, data + 12),
+        ins(TAX, 0, 0, 0),
+        ins(LD_W_ABS, 0, 0, data + 8),
+        ins(JEQ_X, 6, 5, 0),
+        ins(JEQ_K, 0, 5, swap(PROC_EVENT_EXIT)),
+        ins(LD_W_ABS, 0, 0, data + 4),
+        ins(TAX, 0, 0, 0),
+        ins(LD_W_ABS, 0, 0, data),
+        ins(JEQ_X, 1, 0, 0),
+        ins(RET_K, 0, 0, 0),
+    ]
 }
 
 /// The events in a datagram of netlink messages.
@@ -399,7 +424,7 @@ mod tests {
 
     /// Runs classic BPF `prog` on `pkt` (the few instructions the filter uses).
     fn run(prog: &[libc::sock_filter], pkt: &[u8]) -> u32 {
-        let (mut pc, mut a) = (0usize, 0u32);
+        let (mut pc, mut a, mut x) = (0usize, 0u32, 0u32);
         loop {
             let i = prog[pc];
             match i.code {
@@ -408,7 +433,12 @@ mod tests {
                     a = u32::from_be_bytes(pkt[k..k + 4].try_into().unwrap());
                     pc += 1;
                 }
+                0x07 => {
+                    x = a;
+                    pc += 1;
+                }
                 0x15 => pc += 1 + if a == i.k { i.jt as usize } else { i.jf as usize },
+                0x1d => pc += 1 + if a == x { i.jt as usize } else { i.jf as usize },
                 0x05 => pc += 1 + i.k as usize,
                 0x06 => return i.k,
                 c => panic!("unexpected instruction {c:#x}"),
@@ -435,6 +465,24 @@ mod tests {
         assert!(keep(exit(100, 1)), "a watched exit");
         assert!(keep(exit(900, 300)), "the exit of a watched process's child");
         assert!(!keep(exit(900, 901)), "another's exit");
-        assert!(!keep(msg(PROC_EVENT_FORK, [5, 5, 6, 6])) && filter(&[]).len() == 7);
+        assert!(!keep(msg(PROC_EVENT_FORK, [5, 5, 6, 6])) && filter(&[]).len() == 19);
+        assert!(!keep(msg(PROC_EVENT_FORK, [250, 250, 901, 900])), "a watched process's thread");
+        let mut thread_end = exit(100, 1);
+        thread_end[NLMSG_HDR + CN_MSG_HDR + EVENT_DATA..][..4]
+            .copy_from_slice(&101u32.to_ne_bytes());
+        assert!(!keep(thread_end), "a watched process's thread ends");
+    }
+
+    #[test]
+    fn the_hub_s_filter_keeps_every_process_s_events_and_no_thread_s() {
+        let mut prog = threads_out();
+        prog.push(libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0xffff });
+        let keep = |m: Vec<u8>| run(&prog, &m) != 0;
+        assert!(keep(msg(PROC_EVENT_FORK, [900, 900, 901, 901])), "a fork");
+        assert!(!keep(msg(PROC_EVENT_FORK, [900, 900, 902, 900])), "a new thread");
+        assert!(keep(msg(PROC_EVENT_EXEC, [901, 901, 0, 0])), "an exec");
+        assert!(keep(msg(PROC_EVENT_EXIT, [901, 901, 0, 0])), "a process's end");
+        assert!(!keep(msg(PROC_EVENT_EXIT, [902, 900, 0, 0])), "a thread's end");
+        assert!(keep(msg(0, [0, 0, 0, 0])), "the subscription's answer");
     }
 }

@@ -136,7 +136,9 @@ impl State {
         }
     }
 
-    /// Takes new connections and the sets sent; false when asked to stop.
+    /// Takes new connections and the sets sent; false when asked to stop. A connection
+    /// accepted here is looked at again at once: a set sent on it may come before events
+    /// already read.
     fn serve_clients(&mut self, epoll: &Epoll, listener: &OwnedFd) -> bool {
         let mut ready = [EpollEvent::empty(); 64];
         loop {
@@ -145,20 +147,23 @@ impl State {
                 Err(nix::Error::EINTR) => continue,
                 Err(_) => return false,
             };
+            let mut accepted = false;
             for ev in &ready[..n] {
                 match ev.data() {
                     STOP => return false,
-                    LISTENER => self.accept(epoll, listener),
+                    LISTENER => accepted |= self.accept(epoll, listener),
                     id => self.read_set(epoll, id),
                 }
             }
-            if n < ready.len() {
+            if n < ready.len() && !accepted {
                 return true;
             }
         }
     }
 
-    fn accept(&mut self, epoll: &Epoll, listener: &OwnedFd) {
+    /// Accepts the waiting connections; whether there were any.
+    fn accept(&mut self, epoll: &Epoll, listener: &OwnedFd) -> bool {
+        let mut any = false;
         use std::os::fd::FromRawFd;
         let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
         while let Ok(fd) = socket::accept4(listener.as_raw_fd(), flags) {
@@ -175,8 +180,10 @@ impl State {
             let id = self.next_id + STOP;
             if epoll.add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, id)).is_ok() {
                 self.clients.insert(id, Client { fd, watched: Vec::new() });
+                any = true;
             }
         }
+        any
     }
 
     /// Reads client `id`'s latest set (closing it when it has gone).
