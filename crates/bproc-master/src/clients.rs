@@ -225,12 +225,19 @@ fn admit_local(shared: &Arc<Shared>, stream: UnixStream) {
     let ghost = !admin && c.pid().is_some_and(|p| is_ghost(p, program, &shared.conns));
     match shared.conns.admit(c.uid(), c.pid(), admin, ghost) {
         Ok(slot) => {
-            // The process as it is now, so that a pid reused later is noticed.
-            let peer = c.pid().and_then(|pid| bproc_sys::peer::Peer::identify(pid).ok());
+            // The process that connected, so that its pid reused later is noticed; its
+            // groups as it connected.
+            use std::os::fd::AsFd;
+            let sock = stream.as_fd();
+            let peer = c.pid().and_then(|pid| bproc_sys::peer::Peer::of_socket(sock, pid).ok());
+            let groups = bproc_sys::peer::socket_groups(sock)
+                .ok()
+                .or_else(|| peer.as_ref().and_then(|p| p.groups().ok()))
+                .unwrap_or_default();
             let caller = Caller {
                 uid: c.uid(),
                 gid: c.gid(),
-                groups: peer.and_then(|p| p.groups().ok()).unwrap_or_default(),
+                groups,
                 admin,
                 origin: None,
                 pid: c.pid(),

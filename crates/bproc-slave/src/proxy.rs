@@ -9,6 +9,7 @@
 //! local client, with this node as the client's origin.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -127,8 +128,11 @@ async fn carry(
 ) -> Result<(), CarryError> {
     let cred = client.peer_cred().map_err(CarryError::NoCredentials)?;
     let pid = cred.pid().ok_or(CarryError::NoPid)?;
-    let peer = bproc_sys::peer::Peer::identify(pid)?;
-    let groups = peer.groups()?;
+    let peer = bproc_sys::peer::Peer::of_socket(client.as_fd(), pid)?;
+    let groups = match bproc_sys::peer::socket_groups(client.as_fd()) {
+        Ok(g) => g,
+        Err(_) => peer.groups()?,
+    };
     let inherited = peer.inherited()?;
     let creds = Creds { uid: cred.uid(), gid: cred.gid(), groups };
     // With the master unreachable the client sees its connection close at once.

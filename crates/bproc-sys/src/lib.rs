@@ -217,13 +217,6 @@ pub fn thread_fs_identity(id: &Identity) -> nix::Result<()> {
     Ok(())
 }
 
-/// The supplementary groups of process `pid`, from `/proc/<pid>/status` (the kernel's
-/// `SO_PEERCRED` gives only the uid and gid); empty when the process is gone. Prefer
-/// [`peer::Peer::groups`], which also notices a pid reused meanwhile.
-pub fn groups_of(pid: i32) -> Vec<u32> {
-    peer::Peer::identify(pid).and_then(|p| p.groups()).unwrap_or_default()
-}
-
 /// `limits` lowered to `ceiling`, resource by resource (a resource only one of them has is
 /// kept as it is there): the limits a restored image may have at most, when the image was
 /// made by the caller and the ceiling read from the caller's kernel.

@@ -9,11 +9,19 @@
 //! every read checks the start time again afterwards: if the pid still names a process that
 //! started then, it is the same process and what was read is its own.
 //!
-//! What stays open: a client that exits, and whose pid is reused, between its `connect` and
-//! the daemon's [`Peer::identify`] (microseconds, and a full turn of the pid space) would be
-//! taken for the new process. `SO_PEERPIDFD` (Linux 6.5) would close that too.
+//! A daemon's client is named better by its connection ([`Peer::of_socket`]): from Linux
+//! 6.5 the kernel hands over a pidfd of the process that connected (`SO_PEERPIDFD`), and a
+//! read is its own if that process has not ended by the time the read is done (a pid is
+//! given to another only once its process has ended and been reaped). This costs a system
+//! call where the start time costs reading and parsing `/proc/PID/stat`, and it leaves no
+//! window: with the start time, a client that exits, and whose pid is reused, between its
+//! `connect` and [`Peer::identify`] (microseconds, and a full turn of the pid space) would
+//! be taken for the new process. The supplementary groups a client had when it connected
+//! come from its connection too ([`socket_groups`], `SO_PEERGROUPS`).
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -51,12 +59,34 @@ pub enum PeerError {
     },
 }
 
-/// One process, named by its pid and start time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One process, named by its pid and its pidfd or start time.
+#[derive(Debug, Clone)]
 pub struct Peer {
     pid: i32,
-    start: u64,
+    check: Check,
 }
+
+/// How a [`Peer`] tells that its pid still names it.
+#[derive(Debug, Clone)]
+enum Check {
+    /// The process's start time, read again.
+    Start(u64),
+    /// Its pidfd, which a signal 0 finds gone once the process has been reaped.
+    Pidfd(Arc<OwnedFd>),
+}
+
+impl PartialEq for Peer {
+    fn eq(&self, other: &Peer) -> bool {
+        self.pid == other.pid
+            && match (&self.check, &other.check) {
+                (Check::Start(a), Check::Start(b)) => a == b,
+                (Check::Pidfd(a), Check::Pidfd(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl Eq for Peer {}
 
 /// What a launched process inherits from its launcher.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -76,7 +106,31 @@ impl Peer {
             file: "stat",
             what: "no start time".into(),
         })?;
-        Ok(Peer { pid, start })
+        Ok(Peer { pid, check: Check::Start(start) })
+    }
+
+    /// The process at the other end of Unix socket `sock`, whose pid the kernel says is
+    /// `pid`: by the pidfd the kernel keeps for the socket (Linux 6.5), else as
+    /// [`Peer::identify`] does.
+    pub fn of_socket(sock: BorrowedFd<'_>, pid: i32) -> Result<Peer, PeerError> {
+        let mut fd: nix::libc::c_int = -1;
+        let mut len = std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `fd`, an int we own.
+        let r = unsafe {
+            nix::libc::getsockopt(
+                sock.as_raw_fd(),
+                nix::libc::SOL_SOCKET,
+                nix::libc::SO_PEERPIDFD,
+                (&mut fd as *mut nix::libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 || fd < 0 {
+            return Peer::identify(pid);
+        }
+        // SAFETY: the kernel gave us this new fd (close-on-exec); we own it from here.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Peer { pid, check: Check::Pidfd(Arc::new(pidfd)) })
     }
 
     /// Its pid.
@@ -112,9 +166,63 @@ impl Peer {
 
     /// Fails unless the pid still names the process identified.
     fn same(&self) -> Result<(), PeerError> {
-        match read_proc(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) if start_time(&stat) == Some(self.start) => Ok(()),
-            _ => Err(PeerError::Gone { pid: self.pid }),
+        let gone = Err(PeerError::Gone { pid: self.pid });
+        match &self.check {
+            Check::Start(start) => match read_proc(format!("/proc/{}/stat", self.pid)) {
+                Ok(stat) if start_time(&stat) == Some(*start) => Ok(()),
+                _ => gone,
+            },
+            Check::Pidfd(fd) => {
+                // SAFETY: pidfd_send_signal with signal 0 (none is sent) on a pidfd we own,
+                // and no siginfo.
+                let r = unsafe {
+                    nix::libc::syscall(
+                        nix::libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        0,
+                        std::ptr::null::<nix::libc::siginfo_t>(),
+                        0,
+                    )
+                };
+                if r == 0 {
+                    Ok(())
+                } else {
+                    gone
+                }
+            }
+        }
+    }
+}
+
+/// The supplementary groups the process at the other end of Unix socket `sock` had when it
+/// connected (`SO_PEERGROUPS`, Linux 4.13).
+pub fn socket_groups(sock: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<u32> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * 4) as nix::libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into the vector's buffer, which holds
+        // that many; on ERANGE it writes the length it needs into `len` and nothing else.
+        let r = unsafe {
+            nix::libc::getsockopt(
+                sock.as_raw_fd(),
+                nix::libc::SOL_SOCKET,
+                nix::libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let err = io::Error::last_os_error();
+        match r {
+            0 => {
+                groups.truncate(len as usize / 4);
+                return Ok(groups);
+            }
+            _ if err.raw_os_error() == Some(nix::libc::ERANGE)
+                && len as usize / 4 > groups.len() =>
+            {
+                groups.resize(len as usize / 4, 0);
+            }
+            _ => return Err(err),
         }
     }
 }
@@ -387,8 +495,49 @@ Max realtime timeout      unlimited            unlimited            us
         nix::sys::stat::umask(umask);
         assert_eq!(got.umask, umask.bits());
         // Another process's start time under this pid: as if the pid had been reused.
-        let other = Peer { start: me.start + 1, ..me };
+        let Check::Start(start) = me.check else { panic!("identified by start time") };
+        let other = Peer { check: Check::Start(start + 1), ..me };
         assert!(matches!(other.inherited(), Err(PeerError::Gone { .. })));
         assert!(matches!(Peer::identify(i32::MAX), Err(PeerError::Gone { .. })));
+    }
+
+    #[test]
+    fn a_socket_s_peer_is_named_by_its_pidfd_and_its_end_is_noticed() {
+        use std::os::fd::AsFd;
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let dir = std::env::temp_dir().join(format!("bproc-peer-test-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let listener = UnixListener::bind(&dir).unwrap();
+        // A child that connects and then waits for the pipe to close.
+        let (rd, wr) = nix::unistd::pipe().unwrap();
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        let addr = nix::sys::socket::UnixAddr::new(path.as_c_str()).unwrap();
+        // SAFETY: the child makes only system calls (no allocation, no locks) and `_exit`s.
+        let child = match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                drop(wr);
+                use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType};
+                if let Ok(s) =
+                    socket(AddressFamily::Unix, SockType::Stream, SockFlag::empty(), None)
+                {
+                    let _ = connect(s.as_raw_fd(), &addr);
+                    let _ = nix::unistd::read(rd.as_raw_fd(), &mut [0u8; 1]);
+                }
+                // SAFETY: ends the child at once, running nothing of the parent's.
+                unsafe { nix::libc::_exit(0) }
+            }
+            nix::unistd::ForkResult::Parent { child } => child,
+        };
+        drop(rd);
+        let (conn, _): (UnixStream, _) = listener.accept().unwrap();
+        let _ = std::fs::remove_file(&dir);
+        let peer = Peer::of_socket(conn.as_fd(), child.as_raw()).unwrap();
+        assert!(matches!(peer.check, Check::Pidfd(_)), "Linux 6.5 gives a pidfd");
+        assert!(peer.inherited().is_ok());
+        let mine: Vec<u32> = nix::unistd::getgroups().unwrap().iter().map(|g| g.as_raw()).collect();
+        assert_eq!(socket_groups(conn.as_fd()).unwrap(), mine);
+        drop(wr);
+        nix::sys::wait::waitpid(child, None).unwrap();
+        assert!(matches!(peer.inherited(), Err(PeerError::Gone { .. })), "reaped: gone");
     }
 }
