@@ -593,69 +593,44 @@ impl Rank {
     }
 }
 
-/// Watches ghosts `(rank, pid)`, children of bpsh, on a thread of its own: each one's pidfd
-/// polls readable when it ends; it is then reaped, and how it ended (how its process ended)
-/// goes to `tx`. A ghost without a pidfd is looked at every 20 ms instead.
-fn watch_ghosts(mut ghosts: Vec<(usize, i32)>, tx: mpsc::UnboundedSender<(usize, ExitStatus)>) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+/// Watches ghosts `(rank, pid)`, children of bpsh, as tasks of the runtime (a thread of
+/// their own would cost every launch a thread's start and end): each one's pidfd polls
+/// readable when it ends; it is then reaped, and how it ended (how its process ended) goes
+/// to `tx`. A ghost without a pidfd is looked at every 20 ms instead.
+fn watch_ghosts(ghosts: Vec<(usize, i32)>, tx: mpsc::UnboundedSender<(usize, ExitStatus)>) {
+    for (rank, pid) in ghosts {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let end = reap_ghost(pid).await;
+            let _ = tx.send((rank, end));
+        });
+    }
+}
+
+/// Waits for ghost `pid` to end and reaps it: how it ended.
+async fn reap_ghost(pid: i32) -> ExitStatus {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    use std::os::fd::AsFd;
-    std::thread::spawn(move || {
-        let mut fds: Vec<Option<std::os::fd::OwnedFd>> = ghosts
-            .iter()
-            .map(|&(_, pid)| {
-                let p = rustix::process::Pid::from_raw(pid)?;
-                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
-            })
-            .collect();
-        while !ghosts.is_empty() {
-            let all = fds.iter().all(Option::is_some);
-            // Which to look at: those whose pidfd is readable, and those without one.
-            let mut look: Vec<bool> = fds.iter().map(Option::is_none).collect();
-            {
-                let (idx, mut polled): (Vec<usize>, Vec<PollFd<'_>>) = fds
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, fd)| {
-                        Some((i, PollFd::new(fd.as_ref()?.as_fd(), PollFlags::POLLIN)))
-                    })
-                    .unzip();
-                let wait = if all { PollTimeout::NONE } else { PollTimeout::from(20u8) };
-                if poll(&mut polled, wait).is_err() {
-                    look.iter_mut().for_each(|l| *l = true);
-                }
-                for (i, p) in idx.into_iter().zip(&polled) {
-                    if p.revents().is_some_and(|r| !r.is_empty()) {
-                        look[i] = true;
-                    }
-                }
-            }
-            let mut i = 0;
-            while i < ghosts.len() {
-                if !look[i] {
-                    i += 1;
-                    continue;
-                }
-                let (rank, pid) = ghosts[i];
-                let end = match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))
-                {
-                    Ok(WaitStatus::Exited(_, c)) => Some(ExitStatus::Code(c)),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => Some(ExitStatus::Signal(sig as i32)),
-                    Err(nix::Error::EINTR) | Ok(_) => None,
-                    Err(_) => Some(ExitStatus::NodeLost),
-                };
-                match end {
-                    Some(end) => {
-                        let _ = tx.send((rank, end));
-                        ghosts.swap_remove(i);
-                        fds.swap_remove(i);
-                        look.swap_remove(i);
-                    }
-                    None => i += 1,
-                }
-            }
+    let pidfd = rustix::process::Pid::from_raw(pid)
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK).ok())
+        .and_then(|fd| bproc_sys::pidwait::PidWait::new(fd).ok());
+    let mut waited = false;
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, c)) => return ExitStatus::Code(c),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return ExitStatus::Signal(sig as i32),
+            Err(nix::Error::EINTR) | Ok(_) => {}
+            Err(_) => return ExitStatus::NodeLost,
         }
-    });
+        // A pidfd stays readable once its process has ended: after that first wake, a ghost
+        // not yet reapable is looked at on a timer, as one without a pidfd is.
+        match &pidfd {
+            Some(fd) if !waited => {
+                waited = true;
+                let _ = fd.ended().await;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }
 
 /// The forwarded fds' slots (where connections are delivered) and, for each rank, the

@@ -17,6 +17,8 @@
 //! - Memory of its own for a large buffer filled once ([`bigbuf`]), grown without copies.
 //! - Children's state changes without a restore's traced stops ([`child_signals`]): a
 //!   handler that reads the signal's code.
+//! - Waiting in a tokio runtime for a process to end ([`pidwait`], feature `tokio`): its
+//!   pidfd registered with the reactor.
 //!
 //! It also reads what the kernel says about another process ([`peer`]: groups, limits,
 //! umask), since that is as raw as the rest and every daemon needs it.
@@ -26,6 +28,8 @@
 pub mod bigbuf;
 pub mod forkpid;
 pub mod peer;
+#[cfg(feature = "tokio")]
+pub mod pidwait;
 pub mod procevents;
 mod spawn;
 pub mod task;
