@@ -286,7 +286,7 @@ fn prepare(
         return Ok(None);
     };
     let mut client = Client::connect()?;
-    let table = client.nodes()?;
+    let (table, place) = client.nodes_and_place()?;
     let sel = match nodespec::filter(&table, &a.spec) {
         Ok(s) => s,
         Err(e) => {
@@ -301,7 +301,6 @@ fn prepare(
         eprintln!("bpsh: \"{}\" selects no node; nothing to run", a.spec);
         return Ok(None);
     }
-    let place = client.place()?;
     let listen_ip = place.ip;
     let mut strings = Vec::with_capacity(a.command.len());
     for arg in &a.command {

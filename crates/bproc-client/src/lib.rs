@@ -295,6 +295,43 @@ pub struct Client {
 /// close, worth one reconnection.
 const QUIET_BEFORE_RECONNECT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The [`MasterInfo`] in a reply to `MasterInfo`.
+fn master_info_of(reply: Message) -> Result<MasterInfo, BprocError> {
+    match reply {
+        Message::MasterInfoReply {
+            version,
+            addrs,
+            bytes_to_slaves,
+            client_node,
+            client_ip,
+            ghost,
+            ghosts_made,
+        } => Ok(MasterInfo {
+            version,
+            addrs,
+            bytes_to_slaves,
+            ghosts_made,
+            client_node,
+            client_ip,
+            ghost,
+        }),
+        other => Err(BprocError::Unexpected(other.name())),
+    }
+}
+
+/// Where a client runs, from what the master said of it.
+fn place_of(info: MasterInfo) -> Place {
+    let MasterInfo { addrs, client_node, client_ip, ghost, .. } = info;
+    Place {
+        node: client_node,
+        ghost: (client_node == NODE_MASTER && !ghost.is_empty()).then_some(ghost),
+        ip: client_ip
+            .or_else(|| addrs.iter().find_map(|e| e.ip))
+            .filter(|ip| !ip.is_unspecified())
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+    }
+}
+
 /// Whether `e` is a socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` report `EAGAIN`).
 fn timed_out(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
@@ -406,9 +443,37 @@ impl Client {
 
     /// One request and its reply, under the client's limit.
     fn request_once(&mut self, msg: &Message) -> Result<Message, BprocError> {
+        self.within_limit(|c| c.send(msg).and_then(|id| c.reply(id)))
+    }
+
+    /// Two requests sent together and their replies: one round trip instead of two, under
+    /// the client's limit. (No reconnect: a launcher sends these first, on a fresh
+    /// connection.)
+    fn request_two(&mut self, a: &Message, b: &Message) -> Result<(Message, Message), BprocError> {
+        self.within_limit(|c| {
+            let ia = c.next_id;
+            let ib = ia.wrapping_add(1).max(1);
+            c.next_id = ib.wrapping_add(1).max(1);
+            let mut both = bproc_proto::encode(ia, a);
+            both.extend_from_slice(&bproc_proto::encode(ib, b));
+            if let Err(e) = c.stream.write_all(&both) {
+                return Err(c.refusal().unwrap_or(BprocError::Io(e)));
+            }
+            // An error answering the first leaves the second's reply unread, which a later
+            // wait skips as stale.
+            let ra = c.reply(ia)?;
+            Ok((ra, c.reply(ib)?))
+        })
+    }
+
+    /// Runs `exchange` with each send and wait bounded by the client's limit.
+    fn within_limit<T>(
+        &mut self,
+        exchange: impl FnOnce(&mut Client) -> Result<T, BprocError>,
+    ) -> Result<T, BprocError> {
         self.stream.set_read_timeout(self.limit)?;
         self.stream.set_write_timeout(self.limit)?;
-        let r = self.send(msg).and_then(|id| self.reply(id));
+        let r = exchange(self);
         // Later waits (events, a watcher's changes) last as long as they must.
         let _ = self.stream.set_read_timeout(None);
         let _ = self.stream.set_write_timeout(None);
@@ -480,6 +545,15 @@ impl Client {
         match self.request(&Message::NodeList)? {
             Message::Nodes { nodes } => Ok(nodes),
             other => Err(BprocError::Unexpected(other.name())),
+        }
+    }
+
+    /// [`Client::nodes`] and [`Client::place`] in one round trip (a launcher's first
+    /// questions).
+    pub fn nodes_and_place(&mut self) -> Result<(Vec<NodeStatus>, Place), BprocError> {
+        match self.request_two(&Message::NodeList, &Message::MasterInfo)? {
+            (Message::Nodes { nodes }, info) => Ok((nodes, place_of(master_info_of(info)?))),
+            (other, _) => Err(BprocError::Unexpected(other.name())),
         }
     }
 
@@ -574,26 +648,7 @@ impl Client {
 
     /// What the master says of itself and of this client.
     pub fn master_info(&mut self) -> Result<MasterInfo, BprocError> {
-        match self.request(&Message::MasterInfo)? {
-            Message::MasterInfoReply {
-                version,
-                addrs,
-                bytes_to_slaves,
-                client_node,
-                client_ip,
-                ghost,
-                ghosts_made,
-            } => Ok(MasterInfo {
-                version,
-                addrs,
-                bytes_to_slaves,
-                ghosts_made,
-                client_node,
-                client_ip,
-                ghost,
-            }),
-            other => Err(BprocError::Unexpected(other.name())),
-        }
+        master_info_of(self.request(&Message::MasterInfo)?)
     }
 
     /// The master's software version.
@@ -604,15 +659,7 @@ impl Client {
     /// Where this process runs: its node ([`NODE_MASTER`] on the front end) and the address
     /// nodes reach it at (for listeners that nodes connect back to).
     pub fn place(&mut self) -> Result<Place, BprocError> {
-        let MasterInfo { addrs, client_node, client_ip, ghost, .. } = self.master_info()?;
-        Ok(Place {
-            node: client_node,
-            ghost: (client_node == NODE_MASTER && !ghost.is_empty()).then_some(ghost),
-            ip: client_ip
-                .or_else(|| addrs.iter().find_map(|e| e.ip))
-                .filter(|ip| !ip.is_unspecified())
-                .unwrap_or(std::net::Ipv4Addr::LOCALHOST),
-        })
+        Ok(place_of(self.master_info()?))
     }
 
     /// Asks the master to lay out a copy: it checks the nodes and tells each its part. The
