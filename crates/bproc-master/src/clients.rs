@@ -232,7 +232,7 @@ fn admit_local(shared: &Arc<Shared>, stream: UnixStream) {
             let peer = c.pid().and_then(|pid| bproc_sys::peer::Peer::of_socket(sock, pid).ok());
             let groups = bproc_sys::peer::socket_groups(sock)
                 .ok()
-                .or_else(|| peer.as_ref().and_then(|p| p.groups().ok()))
+                .or_else(|| peer.and_then(|p| p.groups().ok()))
                 .unwrap_or_default();
             let caller = Caller {
                 uid: c.uid(),

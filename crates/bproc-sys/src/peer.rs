@@ -9,19 +9,19 @@
 //! every read checks the start time again afterwards: if the pid still names a process that
 //! started then, it is the same process and what was read is its own.
 //!
-//! A daemon's client is named better by its connection ([`Peer::of_socket`]): from Linux
-//! 6.5 the kernel hands over a pidfd of the process that connected (`SO_PEERPIDFD`), and a
-//! read is its own if that process has not ended by the time the read is done (a pid is
-//! given to another only once its process has ended and been reaped). This costs a system
-//! call where the start time costs reading and parsing `/proc/PID/stat`, and it leaves no
-//! window: with the start time, a client that exits, and whose pid is reused, between its
-//! `connect` and [`Peer::identify`] (microseconds, and a full turn of the pid space) would
-//! be taken for the new process. The supplementary groups a client had when it connected
-//! come from its connection too ([`socket_groups`], `SO_PEERGROUPS`).
+//! A daemon's client is identified by its connection ([`Peer::of_socket`]): from Linux 6.5
+//! the kernel hands over a pidfd of the process that connected (`SO_PEERPIDFD`), and the
+//! start time read under its pid is that process's if the process has not ended by the time
+//! the read is done (a pid is given to another only once its process has ended and been
+//! reaped). Without it, a client that exits, and whose pid is reused, between its `connect`
+//! and [`Peer::identify`] (microseconds, and a full turn of the pid space) would be taken for
+//! the new process. The pidfd is closed at once: a daemon holds one descriptor per client,
+//! as its caps on clients count them. The supplementary groups a client had when it
+//! connected come from its connection too ([`socket_groups`], `SO_PEERGROUPS`), which
+//! spares reading `/proc/PID/status` and its start time again.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -59,34 +59,12 @@ pub enum PeerError {
     },
 }
 
-/// One process, named by its pid and its pidfd or start time.
-#[derive(Debug, Clone)]
+/// One process, named by its pid and start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
     pid: i32,
-    check: Check,
+    start: u64,
 }
-
-/// How a [`Peer`] tells that its pid still names it.
-#[derive(Debug, Clone)]
-enum Check {
-    /// The process's start time, read again.
-    Start(u64),
-    /// Its pidfd, which a signal 0 finds gone once the process has been reaped.
-    Pidfd(Arc<OwnedFd>),
-}
-
-impl PartialEq for Peer {
-    fn eq(&self, other: &Peer) -> bool {
-        self.pid == other.pid
-            && match (&self.check, &other.check) {
-                (Check::Start(a), Check::Start(b)) => a == b,
-                (Check::Pidfd(a), Check::Pidfd(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            }
-    }
-}
-
-impl Eq for Peer {}
 
 /// What a launched process inherits from its launcher.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -106,12 +84,12 @@ impl Peer {
             file: "stat",
             what: "no start time".into(),
         })?;
-        Ok(Peer { pid, check: Check::Start(start) })
+        Ok(Peer { pid, start })
     }
 
     /// The process at the other end of Unix socket `sock`, whose pid the kernel says is
-    /// `pid`: by the pidfd the kernel keeps for the socket (Linux 6.5), else as
-    /// [`Peer::identify`] does.
+    /// `pid`: confirmed by the pidfd the kernel keeps for the socket (Linux 6.5); on an older
+    /// kernel, as [`Peer::identify`] finds it.
     pub fn of_socket(sock: BorrowedFd<'_>, pid: i32) -> Result<Peer, PeerError> {
         let mut fd: nix::libc::c_int = -1;
         let mut len = std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t;
@@ -130,7 +108,22 @@ impl Peer {
         }
         // SAFETY: the kernel gave us this new fd (close-on-exec); we own it from here.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Peer { pid, check: Check::Pidfd(Arc::new(pidfd)) })
+        let peer = Peer::identify(pid)?;
+        // SAFETY: pidfd_send_signal with signal 0 (none is sent) on a pidfd we own, and no
+        // siginfo.
+        let alive = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                0,
+                std::ptr::null::<nix::libc::siginfo_t>(),
+                0,
+            )
+        } == 0;
+        match alive {
+            true => Ok(peer),
+            false => Err(PeerError::Gone { pid }),
+        }
     }
 
     /// Its pid.
@@ -166,30 +159,9 @@ impl Peer {
 
     /// Fails unless the pid still names the process identified.
     fn same(&self) -> Result<(), PeerError> {
-        let gone = Err(PeerError::Gone { pid: self.pid });
-        match &self.check {
-            Check::Start(start) => match read_proc(format!("/proc/{}/stat", self.pid)) {
-                Ok(stat) if start_time(&stat) == Some(*start) => Ok(()),
-                _ => gone,
-            },
-            Check::Pidfd(fd) => {
-                // SAFETY: pidfd_send_signal with signal 0 (none is sent) on a pidfd we own,
-                // and no siginfo.
-                let r = unsafe {
-                    nix::libc::syscall(
-                        nix::libc::SYS_pidfd_send_signal,
-                        fd.as_raw_fd(),
-                        0,
-                        std::ptr::null::<nix::libc::siginfo_t>(),
-                        0,
-                    )
-                };
-                if r == 0 {
-                    Ok(())
-                } else {
-                    gone
-                }
-            }
+        match read_proc(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) if start_time(&stat) == Some(self.start) => Ok(()),
+            _ => Err(PeerError::Gone { pid: self.pid }),
         }
     }
 }
@@ -495,14 +467,13 @@ Max realtime timeout      unlimited            unlimited            us
         nix::sys::stat::umask(umask);
         assert_eq!(got.umask, umask.bits());
         // Another process's start time under this pid: as if the pid had been reused.
-        let Check::Start(start) = me.check else { panic!("identified by start time") };
-        let other = Peer { check: Check::Start(start + 1), ..me };
+        let other = Peer { start: me.start + 1, ..me };
         assert!(matches!(other.inherited(), Err(PeerError::Gone { .. })));
         assert!(matches!(Peer::identify(i32::MAX), Err(PeerError::Gone { .. })));
     }
 
     #[test]
-    fn a_socket_s_peer_is_named_by_its_pidfd_and_its_end_is_noticed() {
+    fn a_socket_s_peer_and_groups_come_from_the_connection() {
         use std::os::fd::AsFd;
         use std::os::unix::net::{UnixListener, UnixStream};
         let dir = std::env::temp_dir().join(format!("bproc-peer-test-{}", std::process::id()));
@@ -517,9 +488,8 @@ Max realtime timeout      unlimited            unlimited            us
             nix::unistd::ForkResult::Child => {
                 drop(wr);
                 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType};
-                if let Ok(s) =
-                    socket(AddressFamily::Unix, SockType::Stream, SockFlag::empty(), None)
-                {
+                let stream = SockType::Stream;
+                if let Ok(s) = socket(AddressFamily::Unix, stream, SockFlag::empty(), None) {
                     let _ = connect(s.as_raw_fd(), &addr);
                     let _ = nix::unistd::read(rd.as_raw_fd(), &mut [0u8; 1]);
                 }
@@ -532,12 +502,16 @@ Max realtime timeout      unlimited            unlimited            us
         let (conn, _): (UnixStream, _) = listener.accept().unwrap();
         let _ = std::fs::remove_file(&dir);
         let peer = Peer::of_socket(conn.as_fd(), child.as_raw()).unwrap();
-        assert!(matches!(peer.check, Check::Pidfd(_)), "Linux 6.5 gives a pidfd");
+        assert_eq!(peer, Peer::identify(child.as_raw()).unwrap());
         assert!(peer.inherited().is_ok());
         let mine: Vec<u32> = nix::unistd::getgroups().unwrap().iter().map(|g| g.as_raw()).collect();
         assert_eq!(socket_groups(conn.as_fd()).unwrap(), mine);
         drop(wr);
         nix::sys::wait::waitpid(child, None).unwrap();
-        assert!(matches!(peer.inherited(), Err(PeerError::Gone { .. })), "reaped: gone");
+        // Its pid names nobody now: the connection's pidfd says so too.
+        assert!(matches!(
+            Peer::of_socket(conn.as_fd(), child.as_raw()),
+            Err(PeerError::Gone { .. })
+        ));
     }
 }
