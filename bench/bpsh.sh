@@ -53,25 +53,26 @@ row() { # what, median, min, max, baseline name, baseline median, target text, t
 }
 # Front-end CPU (µs) per rank over K launches of N ranks: bpsh and its ghosts (cgroup) plus
 # the master (utime + stime in /proc/PID/stat).
-master_ticks() {
+# The master's CPU in ns: the sum over its threads (all long-lived) of the scheduler's own
+# count, which a clock tick's 10 ms would round away over a few launches.
+master_ns() {
     local pid
     pid=$(awk '$1 == "master" {print $2}' "$DIR/c/pids")
-    awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$pid/stat"
+    cat /proc/"$pid"/task/*/schedstat | awk '{s += $1} END {printf "%d", s}'
 }
 cpu_per_rank() {
-    local n=$1 k=$2 m0 m1 c0 c1 hz
-    hz=$(getconf CLK_TCK)
+    local n=$1 k=$2 m0 m1 c0 c1
     mkdir -p "$CG"
-    m0=$(master_ticks)
+    m0=$(master_ns)
     c0=$(cat "$CG/cpuacct.usage")
     for _ in $(seq "$k"); do
         sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$CG" \
             "$B/bpsh" "0-$((n - 1))" true >/dev/null
     done
     c1=$(cat "$CG/cpuacct.usage")
-    m1=$(master_ticks)
-    awk -v c=$((c1 - c0)) -v m=$((m1 - m0)) -v hz="$hz" -v r=$((n * k)) \
-        'BEGIN {printf "%.1f", (c / 1000 + m * 1e6 / hz) / r}'
+    m1=$(master_ns)
+    awk -v c=$((c1 - c0)) -v m=$((m1 - m0)) -v r=$((n * k)) \
+        'BEGIN {printf "%.1f", (c + m) / 1000 / r}'
 }
 
 echo "## bpsh launch benchmark"
@@ -106,7 +107,7 @@ for n in $SIZES; do
         row "bpsh -a true, $n nodes" "$m" "$lo" "$hi" "spawn floor" "$bm" "—" ""
     fi
     row "floor: $n bare daemons spawn /bin/true (daemonfloor)" "$dm" "$dlo" "$dhi" "spawn floor" "$bm" "—" ""
-    cpu+="| front-end CPU per rank, $n nodes | $(cpu_per_rank "$n" 5) µs | bpsh, ghosts and bpmaster |"$'\n'
+    cpu+="| front-end CPU per rank, $n nodes | $(cpu_per_rank "$n" $((n >= 1024 ? 5 : 20))) µs | bpsh, ghosts and bpmaster |"$'\n'
     down
 done
 echo

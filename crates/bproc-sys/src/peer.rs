@@ -111,7 +111,7 @@ impl Peer {
         let peer = Peer::identify(pid)?;
         // SAFETY: pidfd_send_signal with signal 0 (none is sent) on a pidfd we own, and no
         // siginfo.
-        let alive = unsafe {
+        let r = unsafe {
             nix::libc::syscall(
                 nix::libc::SYS_pidfd_send_signal,
                 pidfd.as_raw_fd(),
@@ -119,11 +119,11 @@ impl Peer {
                 std::ptr::null::<nix::libc::siginfo_t>(),
                 0,
             )
-        } == 0;
-        match alive {
-            true => Ok(peer),
-            false => Err(PeerError::Gone { pid }),
+        };
+        if r != 0 {
+            return Err(PeerError::Gone { pid });
         }
+        Ok(peer)
     }
 
     /// Its pid.
