@@ -52,13 +52,14 @@ row() { # what, median, min, max, baseline name, baseline median, target text, t
         "$(ratio "$2" "$6")" "$7" "$(if [ -n "$8" ]; then holds "$(ratio "$2" "$6")" "$8"; else echo —; fi)"
 }
 # Front-end CPU (µs) per rank over K launches of N ranks: bpsh and its ghosts (cgroup) plus
-# the master (utime + stime in /proc/PID/stat).
+# the master (its threads' CPU, from the scheduler).
 # The master's CPU in ns: the sum over its threads (all long-lived) of the scheduler's own
-# count, which a clock tick's 10 ms would round away over a few launches.
+# count, which a clock tick's 10 ms would round away over a few launches (printed whole
+# with %.0f: mawk's %d stops at 2^31).
 master_ns() {
     local pid
     pid=$(awk '$1 == "master" {print $2}' "$DIR/c/pids")
-    cat /proc/"$pid"/task/*/schedstat | awk '{s += $1} END {printf "%d", s}'
+    cat /proc/"$pid"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'
 }
 cpu_per_rank() {
     local n=$1 k=$2 m0 m1 c0 c1
