@@ -233,9 +233,7 @@ impl Netlink {
     /// Replaces the filter with one passing every process's events, all but threads' (the
     /// hub's).
     fn watch_all(&self) -> std::io::Result<()> {
-        let mut prog = threads_out();
-        prog.push(libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0xffff }); // BPF_RET | BPF_K
-        self.attach(&mut prog)
+        self.attach(&mut processes_only())
     }
 
     /// Waits for the next datagram and returns the events in it that pass the filter (none
@@ -262,19 +260,30 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     }
 }
 
+// Classic BPF instructions the filters use.
+const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+const TAX: u16 = 0x07; // BPF_MISC | BPF_TAX
+const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+const JEQ_X: u16 = 0x1d; // BPF_JMP | BPF_JEQ | BPF_X
+const JA: u16 = 0x05; // BPF_JMP | BPF_JA
+const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+
+fn ins(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// `v` as a big-endian load of it reads: the kernel wrote host order, loads are big-endian.
+fn swap(v: u32) -> u32 {
+    u32::from_be_bytes(v.to_ne_bytes())
+}
+
 /// The filter keeping the events of `pids`: an event whose process (for a fork, the
 /// forking parent) is one of them, and an exit whose parent is one of them (a child that ends
 /// before it is watched itself). Loads are big-endian; the kernel wrote host order, so each
 /// pid is compared byte-swapped. Each comparison falls into a jump to the accept when equal.
 fn filter(pids: &[i32]) -> Vec<libc::sock_filter> {
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const JA: u16 = 0x05; // BPF_JMP | BPF_JA
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let event = (NLMSG_HDR + CN_MSG_HDR) as u32;
     let data = event + EVENT_DATA as u32;
-    let swap = |v: u32| u32::from_be_bytes(v.to_ne_bytes());
     let mut prog = threads_out();
     prog.reserve(4 * pids.len() + 8);
     // Jumps to resolve: (index of a JA, true for the accept, false for the drop).
@@ -310,15 +319,8 @@ fn filter(pids: &[i32]) -> Vec<libc::sock_filter> {
 /// thread's end), which nobody here wants, and goes on past its end with anything else: a
 /// process's threads then wake no one.
 fn threads_out() -> Vec<libc::sock_filter> {
-    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
-    const TAX: u16 = 0x07; // BPF_MISC | BPF_TAX
-    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const JEQ_X: u16 = 0x1d; // BPF_JMP | BPF_JEQ | BPF_X
-    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let event = (NLMSG_HDR + CN_MSG_HDR) as u32;
     let data = event + EVENT_DATA as u32;
-    let swap = |v: u32| u32::from_be_bytes(v.to_ne_bytes());
     // A fork's child pid and tgid are its third and fourth u32, an exit's pid and tgid its
     // first and second; they differ for a thread. (Both loads are swapped alike.)
     vec![
@@ -335,6 +337,13 @@ fn threads_out() -> Vec<libc::sock_filter> {
         ins(JEQ_X, 1, 0, 0),
         ins(RET_K, 0, 0, 0),
     ]
+}
+
+/// The hub's filter: every process's events, no thread's.
+fn processes_only() -> Vec<libc::sock_filter> {
+    let mut prog = threads_out();
+    prog.push(ins(RET_K, 0, 0, 0xffff));
+    prog
 }
 
 /// The events in a datagram of netlink messages.
@@ -428,19 +437,19 @@ mod tests {
         loop {
             let i = prog[pc];
             match i.code {
-                0x20 => {
+                LD_W_ABS => {
                     let k = i.k as usize;
                     a = u32::from_be_bytes(pkt[k..k + 4].try_into().unwrap());
                     pc += 1;
                 }
-                0x07 => {
+                TAX => {
                     x = a;
                     pc += 1;
                 }
-                0x15 => pc += 1 + if a == i.k { i.jt as usize } else { i.jf as usize },
-                0x1d => pc += 1 + if a == x { i.jt as usize } else { i.jf as usize },
-                0x05 => pc += 1 + i.k as usize,
-                0x06 => return i.k,
+                JEQ_K => pc += 1 + if a == i.k { i.jt as usize } else { i.jf as usize },
+                JEQ_X => pc += 1 + if a == x { i.jt as usize } else { i.jf as usize },
+                JA => pc += 1 + i.k as usize,
+                RET_K => return i.k,
                 c => panic!("unexpected instruction {c:#x}"),
             }
         }
@@ -475,8 +484,7 @@ mod tests {
 
     #[test]
     fn the_hub_s_filter_keeps_every_process_s_events_and_no_thread_s() {
-        let mut prog = threads_out();
-        prog.push(libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0xffff });
+        let prog = processes_only();
         let keep = |m: Vec<u8>| run(&prog, &m) != 0;
         assert!(keep(msg(PROC_EVENT_FORK, [900, 900, 901, 901])), "a fork");
         assert!(!keep(msg(PROC_EVENT_FORK, [900, 900, 902, 900])), "a new thread");
