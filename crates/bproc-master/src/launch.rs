@@ -1,8 +1,9 @@
 //! Launches: a client (bpsh) asks for one process per listed node; the master checks each
 //! node's permissions with the caller's kernel-given identity and sends the launch down a
-//! tree of slaves (`launchfanout` children per node, 32 by default): it sends only to the
-//! first level, each slave starts its ranks and passes the rest on, and every rank's outcome
-//! comes back on its node's own link. So what the master sends per launch stays nearly flat as
+//! tree of slaves (at most `launchfanout` children per node, 32 by default, and about √N of
+//! them for N nodes beyond that, see [`tree_width`]): it sends only to the first level, each
+//! slave starts its ranks and passes the rest on, and every rank's outcome comes back on its
+//! node's own link. So what the master sends per launch stays nearly flat as
 //! the node count grows. It answers the client with the pids, then relays each process's exit
 //! to the client until the client goes away.
 //!
@@ -28,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bproc_link::{write_frame, write_frames, FrameReader};
-use bproc_proto::{errno, split_tree, Creds, ExitStatus, Message, ProcSpec, TreeEntry};
+use bproc_proto::{errno, split_tree, tree_width, Creds, ExitStatus, Message, ProcSpec, TreeEntry};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
@@ -639,7 +640,6 @@ fn dispatch(shared: &Shared, caller: &Caller, plan: &Plan) -> Starts {
     };
     let launch = plan.launch;
     let creds = Creds { uid: caller.uid, gid: caller.gid, groups: caller.groups.clone() };
-    let width = shared.config().launch_fanout;
     let nonce = {
         let mut b = [0u8; 8];
         getrandom::fill(&mut b).expect("the kernel's random source failed");
@@ -691,6 +691,7 @@ fn dispatch(shared: &Shared, caller: &Caller, plan: &Plan) -> Starts {
         entries[i].ports.push(plan.io_ports.get(rank).copied().unwrap_or(0));
         starts.waiting[rank] = true;
     }
+    let width = tree_width(entries.len(), shared.config().launch_fanout);
     for part in split_tree(&entries, width) {
         let msg = Message::SpawnTree {
             launch,

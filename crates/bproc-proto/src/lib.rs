@@ -43,10 +43,10 @@ pub use frame::{
 };
 pub use msg::{Message, MESSAGE_TYPES};
 pub use parts::{
-    split_tree, CopyLink, CopyOpts, CopyRequest, CopyTask, Creds, Endpoint, ExitStatus, FdIo,
-    IoSpec, LibOp, NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec, ProcStat,
-    SlaveProc, StagedRef, TreeEntry, GHOST_FORKED, MAX_ARGS, MAX_ATTR_NAME, MAX_ATTR_VALUE,
-    MAX_COPY_ITEMS, MAX_FD, MAX_FD_IO, MAX_LAUNCH_TEXT, MAX_NODES, MAX_PATH, MAX_PROCS, MAX_STAGED,
-    MAX_STATE_LEN, MAX_TEXT, NODE_CLIENT, NODE_MASTER,
+    split_tree, tree_width, CopyLink, CopyOpts, CopyRequest, CopyTask, Creds, Endpoint, ExitStatus,
+    FdIo, IoSpec, LibOp, NodeAction, NodeInfo, NodeStatus, ProcChange, ProcEntry, ProcSpec,
+    ProcStat, SlaveProc, StagedRef, TreeEntry, GHOST_FORKED, MAX_ARGS, MAX_ATTR_NAME,
+    MAX_ATTR_VALUE, MAX_COPY_ITEMS, MAX_FD, MAX_FD_IO, MAX_LAUNCH_TEXT, MAX_NODES, MAX_PATH,
+    MAX_PROCS, MAX_STAGED, MAX_STATE_LEN, MAX_TEXT, NODE_CLIENT, NODE_MASTER,
 };
 pub use refusal::Refusal;

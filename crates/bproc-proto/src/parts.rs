@@ -402,6 +402,21 @@ wire_struct! {
     }
 }
 
+/// The width of a launch tree over `nodes` nodes whose nodes pass it on to at most `fanout`
+/// each: every node when they are no more than `fanout` (one hop), else about the square root
+/// of their number (at most `fanout`), so that the master and each node of the first level
+/// pass it on to about as many. The tree stays two hops deep up to `fanout`² nodes, and as
+/// few nodes as that allows hold a copy to pass on (a vector fork's image, a diskless node's
+/// program): at 64 nodes and a fanout of 32, 8 parts of 8 rather than 32 parts of 2.
+pub fn tree_width(nodes: usize, fanout: u32) -> u32 {
+    let fanout = fanout.max(1);
+    if nodes <= fanout as usize {
+        return fanout;
+    }
+    let root = (1u32..).find(|r| (*r as usize) * (*r as usize) >= nodes).unwrap_or(fanout);
+    root.min(fanout)
+}
+
 /// How a tree node splits the nodes below it among its children: at most `width` contiguous
 /// runs of nearly equal length, each led by the child that receives it.
 pub fn split_tree(rest: &[TreeEntry], width: u32) -> Vec<&[TreeEntry]> {
@@ -698,5 +713,29 @@ mod tree_tests {
         // 1024 nodes at width 32: 32 parts of 32, each led by its root.
         let e = entries(1024);
         assert!(split_tree(&e, 32).iter().all(|p| p.len() == 32));
+    }
+
+    #[test]
+    fn trees_are_as_wide_as_they_are_deep() {
+        // One hop while the fanout reaches every node.
+        assert_eq!(tree_width(3, 32), 32);
+        assert_eq!(tree_width(32, 32), 32);
+        // Beyond it, about the square root: each first-level node passes on to about as many
+        // as the master.
+        assert_eq!(tree_width(33, 32), 6);
+        assert_eq!(tree_width(64, 32), 8);
+        assert_eq!(tree_width(200, 32), 15);
+        assert_eq!(tree_width(1024, 32), 32);
+        // More than fanout² nodes: the fanout, a third hop.
+        assert_eq!(tree_width(2000, 32), 32);
+        assert_eq!(tree_width(8, 2), 2);
+        assert_eq!(tree_width(5, 0), 1);
+        // Two hops whenever the width is below the fanout: no part outgrows one node's reach.
+        for n in 1..=1024usize {
+            let w = tree_width(n, 32);
+            let e = entries(n);
+            let parts = split_tree(&e, w);
+            assert!(parts.iter().all(|p| p.len() <= 33), "{n} nodes");
+        }
     }
 }
