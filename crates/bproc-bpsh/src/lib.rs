@@ -252,12 +252,12 @@ pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
     })
 }
 
-/// Whether this process's stdin is the null device or closed (a batch job's, `< /dev/null`):
-/// the remote stdin is then `/dev/null` too, which reads the same (end of file at once) and
-/// costs no connection per process.
-fn stdin_is_null() -> bool {
+/// Whether this process's `fd` is the null device or closed (a batch job's `< /dev/null` or
+/// `> /dev/null`): the remote one is then `/dev/null` too, which reads the same (end of file
+/// at once) or keeps the same (nothing), and costs no connection per process.
+fn is_null(fd: i32) -> bool {
     use nix::sys::stat::{fstat, stat, SFlag};
-    let Ok(st) = fstat(0) else { return true };
+    let Ok(st) = fstat(fd) else { return true };
     let char_dev = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
     char_dev && stat("/dev/null").is_ok_and(|null| null.st_rdev == st.st_rdev)
 }
@@ -319,12 +319,17 @@ fn prepare(
         .collect();
     env.push("BPROC_RANK=XXXXXXX".into());
     env.push(format!("BPROC_PROGNAME={path_str}"));
-    let null_stdin = a.no_stdin || stdin_is_null();
+    // What goes to bpsh's own /dev/null need not come to it, unless an end-of-run view
+    // (`--fold`, `--json`) shows one stream where the other goes.
+    let null = |fd: usize| match fd {
+        0 => a.no_stdin || is_null(0),
+        _ => !a.fold && !a.json && is_null(fd as i32),
+    };
     let io = (0..3)
-        .map(|fd| match (&a.files[fd], a.no_io, fd == 0 && null_stdin) {
-            (Some(f), _, _) => IoSpec::File(f.clone()),
-            (None, true, _) | (None, false, true) => IoSpec::Null,
-            _ => IoSpec::Forward,
+        .map(|fd| match &a.files[fd] {
+            Some(f) => IoSpec::File(f.clone()),
+            None if a.no_io || null(fd) => IoSpec::Null,
+            None => IoSpec::Forward,
         })
         .collect();
     let mut token = [0u8; 16];

@@ -80,7 +80,8 @@ fn exit_status_rules() {
 }
 
 /// stdin goes to every node (slowest reader sets the pace); -n, or /dev/null as bpsh's own
-/// stdin, gives /dev/null; stdout and stderr stay apart.
+/// stdin, gives /dev/null, as /dev/null as its stdout or stderr does there; stdout and stderr
+/// stay apart.
 #[test]
 fn stdin_replication_and_streams() {
     let c = TestCluster::up(&bins(), 3, "bpsh-stdin");
@@ -100,6 +101,17 @@ fn stdin_replication_and_streams() {
     assert_eq!(c.cmd("bpsh").args(fd0).ok(), "/dev/null\n");
     let piped = c.cmd("bpsh").args(fd0).stdin("").ok();
     assert!(piped.starts_with("socket:["), "stdin from an empty pipe: {piped}");
+    // So are its stdout and stderr where bpsh's own are /dev/null, unless --json shows them.
+    let sh = |line: &str| c.cmd("/bin/sh").args(["-c", line]).output_of();
+    // (fd 3 keeps the shell's own stdout: a shell may run readlink as itself.)
+    let (_, e) = text(&sh("bpsh 1 sh -c 'exec 3>&1; readlink /proc/self/fd/3 >&2' >/dev/null"));
+    assert_eq!(e, "/dev/null\n");
+    let (_, e) = text(&sh("bpsh 1 sh -c 'exec 3>&1; readlink /proc/self/fd/3 >&2' | cat"));
+    assert!(e.starts_with("socket:["), "stdout to a pipe: {e}");
+    let (o, _) = text(&sh("bpsh 1 readlink /proc/self/fd/2 2>/dev/null"));
+    assert_eq!(o, "/dev/null\n");
+    let (o, _) = text(&sh("bpsh --json 1 sh -c 'echo gone >&2' 2>/dev/null"));
+    assert!(o.contains("gone"), "--json shows stderr: {o}");
     // A node that stops reading early does not stall the others.
     let out = c
         .cmd("bpsh")
