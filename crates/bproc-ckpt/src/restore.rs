@@ -5,7 +5,8 @@
 //! arguments it chooses, in batches (a small runner it writes into the process executes a
 //! table of calls, so a batch costs one ptrace stop): it unmaps the stub, moves the vDSO to where the image
 //! had it, maps every region (files by reference, the rest anonymous), writes the saved pages
-//! in with `process_vm_writev`, sets the memory layout (`PR_SET_MM_MAP`), name, signal
+//! in with `process_vm_writev` (large anonymous regions through a userfaultfd the process
+//! makes, see [`Filler`]), sets the memory layout (`PR_SET_MM_MAP`), name, signal
 //! actions, alternate stack, rseq, robust list, tid address and open files, and finally loads
 //! the saved stack pointer, resume address and thread pointer and lets go. The process then
 //! returns from [`crate::dump::checkpoint`] as a restored copy, under the pid the caller chose
@@ -841,8 +842,11 @@ fn inject<R: Read>(
     // Calls that need nothing of the one before go together: each batch costs a stop.
     let (at, stub_maps) = place_scratch(&mut t, h)?;
     let exe_fd = map_regions(&t, h, clear_stub(h, &stub_maps, at)?)?;
+    // Large anonymous regions are filled through the process's userfaultfd, on small pages
+    // that nothing zeroes first; without one, huge pages where they are asked for.
+    let filler = Filler::open(&t, h);
     // An image in memory shows all its chunks at once; a stream, one at a time.
-    let asked = huge_pages_asked();
+    let asked = filler.is_none() && huge_pages_asked();
     let ahead = reader.chunks_ahead();
     let streamed = ahead.is_none();
     let mut huge = match ahead {
@@ -851,7 +855,7 @@ fn inject<R: Read>(
     };
     advise(&t, &huge, libc::MADV_HUGEPAGE);
     let mut finish =
-        write_pages(&t, h, reader, how.note, (asked && streamed).then_some(&mut huge))?;
+        write_pages(&t, h, reader, how.note, (asked && streamed).then_some(&mut huge), filler)?;
     advise(&t, &huge, libc::MADV_NOHUGEPAGE);
     set_process_state(&t, h, exe_fd, &mut finish)?;
     finish.run(&t)?;
@@ -1062,13 +1066,15 @@ const PIECE: usize = 256 << 10;
 /// Writes the image's pages (and `note`, into the mailbox); returns the calls that give each
 /// region its own protection. With `huge`, each chunk's whole huge pages are asked for before it is
 /// written, and added to `huge` (a stream's chunks, known only as they come; the dump cuts
-/// long runs of pages at huge-page boundaries, so a chunk holds each of them whole).
+/// long runs of pages at huge-page boundaries, so a chunk holds each of them whole). With a
+/// `filler`, the pages of its regions go through it.
 fn write_pages<R: Read>(
     t: &Tracee,
     h: &Header,
     reader: &mut ImageReader<R>,
     note: Option<&[u8]>,
     mut huge: Option<&mut Vec<(u64, u64)>>,
+    mut filler: Option<Filler>,
 ) -> Result<Batch, CkptError> {
     let (mut buf, mut staged) = SPARE.take();
     let mut each = |p: bproc_image::Piece<'_>| {
@@ -1077,9 +1083,21 @@ fn write_pages<R: Read>(
             advise(t, &spans, libc::MADV_HUGEPAGE);
             huge.extend(spans);
         }
-        staged.write(t, p.at, p.data)
+        let filled = filler.as_mut().map_or(0, |f| f.write(p.at, p.data));
+        if filled == p.data.len() {
+            return Ok(());
+        }
+        staged.write(t, p.at + filled as u64, &p.data[filled..])
     };
-    while reader.next_chunk_pieces(&mut buf, PIECE, &mut each)? {}
+    let read = (|| {
+        while reader.next_chunk_pieces(&mut buf, PIECE, &mut each)? {}
+        Ok::<(), CkptError>(())
+    })();
+    // Registered ranges end before anything else writes the process (the note below).
+    if let Some(f) = filler {
+        f.end();
+    }
+    read?;
     staged.flush(t)?;
     if buf.capacity() <= SPARE_MAX && staged.bytes.capacity() <= SPARE_MAX {
         SPARE.set((buf, staged));
@@ -1101,6 +1119,82 @@ fn write_pages<R: Read>(
         );
     }
     Ok(b)
+}
+
+/// The restored process's large anonymous regions, registered with a userfaultfd that the
+/// process made (see [`bproc_sys::uffd`]) while the image's pages are written: each page is
+/// then made holding its bytes, where `process_vm_writev` has the kernel zero it first (and
+/// on huge pages, 2 MiB of fresh memory at a time, which on a virtual machine is dear: a
+/// 64 MiB image took 45–120 ms so against 18–20 ms). Small regions are left to the
+/// gathered writes of [`Staged`].
+struct Filler {
+    uffd: bproc_sys::uffd::Uffd,
+    /// The registered regions, in address order.
+    spans: Vec<(u64, u64)>,
+}
+
+impl Filler {
+    /// Regions smaller than this are not registered.
+    const MIN_REGION: u64 = 1 << 20;
+
+    /// Registers `h`'s large anonymous regions (the stack aside) with a userfaultfd the
+    /// process makes now; `None` if it has none, or the kernel gives none (no
+    /// `userfaultfd`, or before Linux 5.11, which it needs for `UFFD_USER_MODE_ONLY`).
+    fn open(t: &Tracee, h: &Header) -> Option<Filler> {
+        let wanted: Vec<(u64, u64)> = h
+            .regions
+            .iter()
+            .filter(|r| !matches!(r.source, Source::File { .. }) && !r.stack)
+            .filter(|r| r.end - r.start >= Self::MIN_REGION)
+            .map(|r| (r.start, r.end))
+            .collect();
+        if wanted.is_empty() {
+            return None;
+        }
+        let flags = libc::O_CLOEXEC as u64 | bproc_sys::uffd::USER_MODE_ONLY;
+        let fd = t.call("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0]).ok()?;
+        let taken = bproc_sys::uffd::Uffd::take(t.pid, fd as i32);
+        // The process's own descriptor goes at once: the image names the fds it has.
+        t.call("close userfaultfd", libc::SYS_close, [fd, 0, 0, 0, 0, 0]).ok()?;
+        let uffd = taken.ok()?;
+        let mut spans = Vec::new();
+        for (s, e) in wanted {
+            if uffd.register(s, e - s).is_ok() {
+                spans.push((s, e));
+            }
+        }
+        spans.sort_unstable();
+        (!spans.is_empty()).then_some(Filler { uffd, spans })
+    }
+
+    /// Writes what it can of `data` at `at` and returns how much: all of it when a
+    /// registered region holds it, none when none does. On a failure (a page there
+    /// already) every region is let go, and the rest is written the other way.
+    fn write(&mut self, at: u64, data: &[u8]) -> usize {
+        let end = at + data.len() as u64;
+        let i = self.spans.partition_point(|&(_, e)| e <= at);
+        if !self.spans.get(i).is_some_and(|&(s, e)| s <= at && end <= e) {
+            return 0;
+        }
+        match self.uffd.copy(at, data) {
+            Ok(()) => data.len(),
+            Err((done, _)) => {
+                self.unregister();
+                done
+            }
+        }
+    }
+
+    fn unregister(&mut self) {
+        for (s, e) in self.spans.drain(..) {
+            let _ = self.uffd.unregister(s, e - s);
+        }
+    }
+
+    /// Lets every region go: from here their faults are the kernel's as usual.
+    fn end(mut self) {
+        self.unregister();
+    }
 }
 
 thread_local! {

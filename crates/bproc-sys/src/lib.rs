@@ -17,6 +17,8 @@
 //! - Memory of its own for a large buffer filled once ([`bigbuf`]), grown without copies.
 //! - Children's state changes without a restore's traced stops ([`child_signals`]): a
 //!   handler that reads the signal's code.
+//! - Filling a restored process's memory without zeroing it first ([`uffd`]): its
+//!   userfaultfd, taken with `pidfd_getfd`.
 //! - Waiting in a tokio runtime for a process to end ([`pidwait`], feature `tokio`): its
 //!   pidfd registered with the reactor.
 //!
@@ -33,6 +35,7 @@ pub mod pidwait;
 pub mod procevents;
 mod spawn;
 pub mod task;
+pub mod uffd;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,
