@@ -6,7 +6,7 @@
 //! table of calls, so a batch costs one ptrace stop): it unmaps the stub, moves the vDSO to where the image
 //! had it, maps every region (files by reference, the rest anonymous), writes the saved pages
 //! in with `process_vm_writev` (large anonymous regions through a userfaultfd the process
-//! makes, see [`Filler`]), sets the memory layout (`PR_SET_MM_MAP`), name, signal
+//! makes, see `Filler`), sets the memory layout (`PR_SET_MM_MAP`), name, signal
 //! actions, alternate stack, rseq, robust list, tid address and open files, and finally loads
 //! the saved stack pointer, resume address and thread pointer and lets go. The process then
 //! returns from [`crate::dump::checkpoint`] as a restored copy, under the pid the caller chose
