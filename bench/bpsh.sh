@@ -11,6 +11,8 @@
 #    posix_spawn /bin/true, wait and answer (bench/lib/daemonfloor.c), the least any launch
 #    through node daemons sharing one machine costs (no connection made, no tree, no output,
 #    no identity or checks);
+#  - each launch again with its output forwarded to a pipe (hyperfine's default, /dev/null,
+#    is where bpsh gives its processes /dev/null too, with no connection for their output);
 #  - the front end's CPU per launched rank (bpsh, its ghosts and bpmaster together: bpsh runs
 #    in a cpuacct cgroup of its own, which its ghosts inherit; the master's from /proc), the
 #    figure a real cluster's front end cares about (here the slaves share the machine, but
@@ -61,14 +63,21 @@ master_ns() {
     pid=$(awk '$1 == "master" {print $2}' "$DIR/c/pids")
     cat /proc/"$pid"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'
 }
+# With OUT "pipe" bpsh's stdout and stderr are a pipe (its processes' output forwarded),
+# else /dev/null.
 cpu_per_rank() {
-    local n=$1 k=$2 m0 m1 c0 c1
+    local n=$1 k=$2 out=$3 m0 m1 c0 c1
     mkdir -p "$CG"
     m0=$(master_ns)
     c0=$(cat "$CG/cpuacct.usage")
     for _ in $(seq "$k"); do
-        sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$CG" \
-            "$B/bpsh" "0-$((n - 1))" true >/dev/null
+        if [ "$out" = pipe ]; then
+            sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$CG" \
+                "$B/bpsh" "0-$((n - 1))" true 2>&1 | cat >/dev/null
+        else
+            sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$CG" \
+                "$B/bpsh" "0-$((n - 1))" true >/dev/null 2>&1
+        fi
     done
     c1=$(cat "$CG/cpuacct.usage")
     m1=$(master_ns)
@@ -88,6 +97,10 @@ up 8
 read -r m lo hi bm _ _ fm flo fhi <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" "/bin/true" "timeout 60 /bin/true" | tr '\n' ' ')"
 row "bpsh 0 true" "$m" "$lo" "$hi" "/bin/true" "$bm" "≤ 2× /bin/true" 2
 row "floor: timeout 60 /bin/true (a local launcher)" "$fm" "$flo" "$fhi" "/bin/true" "$bm" "—" ""
+# hyperfine sends output to /dev/null, where bpsh gives its processes /dev/null too: the same
+# launch with its output forwarded (a pipe, which hyperfine reads and drops).
+read -r m lo hi bm _ _ <<<"$(rounds "$DIR" "$RUNS" -N --output=pipe "$B/bpsh 0 true" "/bin/true" | tr '\n' ' ')"
+row "bpsh 0 true, output forwarded to a pipe" "$m" "$lo" "$hi" "/bin/true" "$bm" "—" ""
 down
 cpu=""
 # Each size on a cluster of its size: on a virtual cluster every process event on the
@@ -108,7 +121,12 @@ for n in $SIZES; do
         row "bpsh -a true, $n nodes" "$m" "$lo" "$hi" "spawn floor" "$bm" "—" ""
     fi
     row "floor: $n bare daemons spawn /bin/true (daemonfloor)" "$dm" "$dlo" "$dhi" "spawn floor" "$bm" "—" ""
-    cpu+="| front-end CPU per rank, $n nodes | $(cpu_per_rank "$n" $((n >= 1024 ? 5 : 20))) µs | bpsh, ghosts and bpmaster |"$'\n'
+    read -r m lo hi bm _ _ <<<"$(rounds "$DIR" "$runs" -N --output=pipe "$B/bpsh 0-$((n - 1)) true" \
+        "$DIR/spawnloop $n $CORES /bin/true" | tr '\n' ' ')"
+    row "bpsh -a true, $n nodes, output forwarded to a pipe" "$m" "$lo" "$hi" "spawn floor" "$bm" "—" ""
+    k=$((n >= 1024 ? 5 : 20))
+    cpu+="| front-end CPU per rank, $n nodes, output to /dev/null | $(cpu_per_rank "$n" $k null) µs | bpsh, ghosts and bpmaster |"$'\n'
+    cpu+="| front-end CPU per rank, $n nodes, output forwarded | $(cpu_per_rank "$n" $k pipe) µs | bpsh, ghosts and bpmaster |"$'\n'
     down
 done
 echo
