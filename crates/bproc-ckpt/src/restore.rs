@@ -843,8 +843,8 @@ fn inject<R: Read>(
     let (at, stub_maps) = place_scratch(&mut t, h)?;
     let exe_fd = map_regions(&t, h, clear_stub(h, &stub_maps, at)?)?;
     // Large anonymous regions are filled through the process's userfaultfd, on small pages
-    // that nothing zeroes first; without one, huge pages where they are asked for.
-    let filler = Filler::open(&t, h);
+    // that nothing zeroes first; without one, on huge pages where they are asked for.
+    let filler = bproc_sys::uffd::available().then(Filler::default);
     // An image in memory shows all its chunks at once; a stream, one at a time.
     let asked = filler.is_none() && huge_pages_asked();
     let ahead = reader.chunks_ahead();
@@ -1083,6 +1083,9 @@ fn write_pages<R: Read>(
             advise(t, &spans, libc::MADV_HUGEPAGE);
             huge.extend(spans);
         }
+        if let Some(f) = filler.as_mut().filter(|_| p.at == p.chunk.0) {
+            f.chunk(t, h, p.chunk, &mut staged)?;
+        }
         let filled = filler.as_mut().map_or(0, |f| f.write(p.at, p.data));
         if filled == p.data.len() {
             return Ok(());
@@ -1121,77 +1124,103 @@ fn write_pages<R: Read>(
     Ok(b)
 }
 
-/// The restored process's large anonymous regions, registered with a userfaultfd that the
-/// process made (see [`bproc_sys::uffd`]) while the image's pages are written: each page is
-/// then made holding its bytes, where `process_vm_writev` has the kernel zero it first (and
-/// on huge pages, 2 MiB of fresh memory at a time, which on a virtual machine is dear: a
-/// 64 MiB image took 45–120 ms so against 18–20 ms). Small regions are left to the
-/// gathered writes of [`Staged`].
+/// The restored process's anonymous regions that large chunks of the image fill, registered
+/// with a userfaultfd that the process makes (see [`bproc_sys::uffd`]) while the image's
+/// pages are written: each page is then made holding its bytes, where `process_vm_writev`
+/// has the kernel zero it first (and on huge pages, 2 MiB of fresh memory at a time, which
+/// on a virtual machine is dear: 64 MiB took 45–120 ms so against 18–20 ms). A small image
+/// never makes one: its pages go in the gathered writes of [`Staged`].
+#[derive(Default)]
 struct Filler {
-    uffd: bproc_sys::uffd::Uffd,
+    uffd: Option<bproc_sys::uffd::Uffd>,
+    /// The process could not make or give one: pages go the other way.
+    failed: bool,
     /// The registered regions, in address order.
     spans: Vec<(u64, u64)>,
 }
 
 impl Filler {
-    /// Regions smaller than this are not registered.
-    const MIN_REGION: u64 = 1 << 20;
+    /// A chunk this long or longer has its region registered.
+    const MIN_CHUNK: u32 = 1 << 20;
 
-    /// Registers `h`'s large anonymous regions (the stack aside) with a userfaultfd the
-    /// process makes now; `None` if it has none, or the kernel gives none (no
-    /// `userfaultfd`, or before Linux 5.11, which it needs for `UFFD_USER_MODE_ONLY`).
-    fn open(t: &Tracee, h: &Header) -> Option<Filler> {
-        let wanted: Vec<(u64, u64)> = h
-            .regions
-            .iter()
-            .filter(|r| !matches!(r.source, Source::File { .. }) && !r.stack)
-            .filter(|r| r.end - r.start >= Self::MIN_REGION)
-            .map(|r| (r.start, r.end))
-            .collect();
-        if wanted.is_empty() {
-            return None;
+    /// Called before the first piece of each chunk: registers the chunk's region if the
+    /// chunk is large and the region anonymous (the stack aside), making the process's
+    /// userfaultfd the first time. What `staged` holds is written first, as a registered
+    /// region's missing pages take no other writes.
+    fn chunk(
+        &mut self,
+        t: &Tracee,
+        h: &Header,
+        (at, len): (u64, u32),
+        staged: &mut Staged,
+    ) -> Result<(), CkptError> {
+        if self.failed || len < Self::MIN_CHUNK || self.span_of(at, at + 1).is_some() {
+            return Ok(());
         }
+        let Some(r) = h.regions.iter().find(|r| r.start <= at && at < r.end) else {
+            return Ok(());
+        };
+        if matches!(r.source, Source::File { .. }) || r.stack {
+            return Ok(());
+        }
+        if self.uffd.is_none() {
+            self.uffd = Self::make(t)?;
+            self.failed = self.uffd.is_none();
+        }
+        let Some(uffd) = &self.uffd else { return Ok(()) };
+        staged.flush(t)?;
+        if uffd.register(r.start, r.end - r.start).is_ok() {
+            let i = self.spans.partition_point(|&(s, _)| s < r.start);
+            self.spans.insert(i, (r.start, r.end));
+        }
+        Ok(())
+    }
+
+    /// Has the process make a userfaultfd and takes it; `None` if it could not.
+    fn make(t: &Tracee) -> Result<Option<bproc_sys::uffd::Uffd>, CkptError> {
         let flags = libc::O_CLOEXEC as u64 | bproc_sys::uffd::USER_MODE_ONLY;
-        let fd = t.call("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0]).ok()?;
+        let Ok(fd) = t.call("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0]) else {
+            return Ok(None);
+        };
         let taken = bproc_sys::uffd::Uffd::take(t.pid, fd as i32);
-        // The process's own descriptor goes at once: the image names the fds it has.
-        t.call("close userfaultfd", libc::SYS_close, [fd, 0, 0, 0, 0, 0]).ok()?;
-        let uffd = taken.ok()?;
-        let mut spans = Vec::new();
-        for (s, e) in wanted {
-            if uffd.register(s, e - s).is_ok() {
-                spans.push((s, e));
-            }
-        }
-        spans.sort_unstable();
-        (!spans.is_empty()).then_some(Filler { uffd, spans })
+        // The process's own descriptor goes at once: the image says which fds it has.
+        t.call("close userfaultfd", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        Ok(taken.ok())
+    }
+
+    /// The registered region holding `[at, end)` whole.
+    fn span_of(&self, at: u64, end: u64) -> Option<usize> {
+        let i = self.spans.partition_point(|&(_, e)| e <= at);
+        self.spans.get(i).is_some_and(|&(s, e)| s <= at && end <= e).then_some(i)
     }
 
     /// Writes what it can of `data` at `at` and returns how much: all of it when a
     /// registered region holds it, none when none does. On a failure (a page there
     /// already) every region is let go, and the rest is written the other way.
     fn write(&mut self, at: u64, data: &[u8]) -> usize {
-        let end = at + data.len() as u64;
-        let i = self.spans.partition_point(|&(_, e)| e <= at);
-        if !self.spans.get(i).is_some_and(|&(s, e)| s <= at && end <= e) {
+        let (Some(uffd), Some(_)) = (&self.uffd, self.span_of(at, at + data.len() as u64)) else {
             return 0;
-        }
-        match self.uffd.copy(at, data) {
+        };
+        match uffd.copy(at, data) {
             Ok(()) => data.len(),
             Err((done, _)) => {
                 self.unregister();
+                self.failed = true;
                 done
             }
         }
     }
 
     fn unregister(&mut self) {
-        for (s, e) in self.spans.drain(..) {
-            let _ = self.uffd.unregister(s, e - s);
+        if let Some(uffd) = &self.uffd {
+            for (s, e) in self.spans.drain(..) {
+                let _ = uffd.unregister(s, e - s);
+            }
         }
     }
 
-    /// Lets every region go: from here their faults are the kernel's as usual.
+    /// Lets every region go: from here their faults are the kernel's as usual. (Closing the
+    /// descriptor would too.)
     fn end(mut self) {
         self.unregister();
     }

@@ -107,6 +107,26 @@ fn a_process_is_restored_whole_under_its_pid() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Where the kernel gives no userfaultfd (here: told not to use one), a restore writes the
+/// pages itself, on huge pages where they are asked for.
+#[test]
+fn a_restore_without_userfaultfd_writes_the_pages_itself() {
+    let (dir, image, out) = run_demo("no-uffd", "64", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(example("ckpt_restore"))
+        .arg(&image)
+        .env("BPROC_NO_USERFAULTFD", "1")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.starts_with("value: ok\nmemory: ok\nzeros: ok\ntls: ok\nheap growth: ok\n"),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn a_process_becomes_the_image_in_place() {
     let (dir, image, out) = run_demo("in-place", "8", &[]);

@@ -62,6 +62,28 @@ mod ioctls {
 }
 use ioctls::{uffdio_api, uffdio_copy, uffdio_register, uffdio_unregister};
 
+/// Whether this kernel gives a process a userfaultfd for its user-mode faults (found by
+/// making one here once, and closing it), and `BPROC_NO_USERFAULTFD` is not set (which
+/// leaves a restore its other way of writing pages, to test or compare it).
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if std::env::var_os("BPROC_NO_USERFAULTFD").is_some() {
+            return false;
+        }
+        // SAFETY: userfaultfd(2) with flags only; a descriptor it returns is closed at once.
+        let fd = unsafe {
+            libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC as u64 | USER_MODE_ONLY)
+        };
+        if fd < 0 {
+            return false;
+        }
+        // SAFETY: the fresh descriptor, owned here alone, closed by the drop.
+        drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        true
+    })
+}
+
 /// A userfaultfd of another process, ready for its ranges to be registered and filled.
 pub struct Uffd(OwnedFd);
 
