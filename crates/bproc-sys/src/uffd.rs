@@ -204,6 +204,17 @@ mod tests {
                 }
             }
             nix::unistd::ForkResult::Parent { child } => {
+                // Killed and reaped should an assertion fail first.
+                struct Reap(nix::unistd::Pid, bool);
+                impl Drop for Reap {
+                    fn drop(&mut self) {
+                        if !self.1 {
+                            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::SIGKILL);
+                            let _ = nix::sys::wait::waitpid(self.0, None);
+                        }
+                    }
+                }
+                let mut reap = Reap(child, false);
                 drop((wr, back_rd));
                 let mut msg = [0u8; 16];
                 nix::unistd::read(rd.as_raw_fd(), &mut msg).unwrap();
@@ -219,6 +230,7 @@ mod tests {
                 uffd.unregister(at, LEN as u64).unwrap();
                 nix::unistd::write(&back_wr, b"g").unwrap();
                 let status = nix::sys::wait::waitpid(child, None).unwrap();
+                reap.1 = true;
                 assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
             }
         }
