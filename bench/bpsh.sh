@@ -13,6 +13,10 @@
 #    no identity or checks);
 #  - each launch again with its output forwarded to a pipe (hyperfine's default, /dev/null,
 #    is where bpsh gives its processes /dev/null too, with no connection for their output);
+#  - every baseline timed twice: in turn with the command, with the cluster up, and alone
+#    before the cluster starts; each ratio is against the lower of the two, so that nothing
+#    the cluster's daemons do to the machine's other processes (an idle virtual cluster's
+#    event hub once made each of them start 1.3 times slower) pads a baseline;
 #  - the front end's CPU per launched rank (bpsh, its ghosts and bpmaster together: bpsh runs
 #    in a cpuacct cgroup of its own, which its ghosts inherit; the master's from /proc), the
 #    figure a real cluster's front end cares about (here the slaves share the machine, but
@@ -48,6 +52,8 @@ down() { "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true; }
 # rounds DIR RUNS CMD... -> "median min max" (ms) of each command, a line each
 . bench/lib/rounds.sh
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+lower() { awk -v a="$1" -v b="$2" 'BEGIN {print (a < b) ? a : b}'; }
+alone="" # the baselines timed with no cluster running, for the note below the table
 holds() { awk -v v="$1" -v t="$2" 'BEGIN {print (v <= t) ? "yes" : "**no**"}'; }
 row() { # what, median, min, max, baseline name, baseline median, target text, target ratio (or "")
     printf "| %s | %.2f | %.2f–%.2f | %s %.2f | %s | %s | %s |\n" "$1" "$2" "$3" "$4" "$5" "$6" \
@@ -93,42 +99,51 @@ echo "| what | median | min–max | baseline (median) | ratio | target | holds |
 echo "|---|---:|---:|---|---:|---|---|"
 # A single launch on a small cluster: on a real cluster the front end does not also host a
 # thousand slave daemons.
+read -r tm _ _ tfm _ _ <<<"$(rounds "$DIR" "$RUNS" -N "/bin/true" "timeout 60 /bin/true" | tr '\n' ' ')"
 up 8
 read -r m lo hi bm _ _ fm flo fhi <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" "/bin/true" "timeout 60 /bin/true" | tr '\n' ' ')"
+alone+="/bin/true $tm ms (in turn with bpsh: $bm), \`timeout 60 /bin/true\` $tfm ms (in turn: $fm)"
+bm=$(lower "$bm" "$tm")
 row "bpsh 0 true" "$m" "$lo" "$hi" "/bin/true" "$bm" "≤ 2× /bin/true" 2
 row "floor: timeout 60 /bin/true (a local launcher)" "$fm" "$flo" "$fhi" "/bin/true" "$bm" "—" ""
 # hyperfine sends output to /dev/null, where bpsh gives its processes /dev/null too: the same
 # launch with its output forwarded (a pipe, which hyperfine reads and drops).
-read -r m lo hi bm _ _ <<<"$(rounds "$DIR" "$RUNS" -N --output=pipe "$B/bpsh 0 true" "/bin/true" | tr '\n' ' ')"
-row "bpsh 0 true, output forwarded to a pipe" "$m" "$lo" "$hi" "/bin/true" "$bm" "—" ""
+read -r m lo hi pm _ _ <<<"$(rounds "$DIR" "$RUNS" -N --output=pipe "$B/bpsh 0 true" "/bin/true" | tr '\n' ' ')"
+row "bpsh 0 true, output forwarded to a pipe" "$m" "$lo" "$hi" "/bin/true" "$(lower "$pm" "$tm")" "—" ""
 down
 cpu=""
 # Each size on a cluster of its size: on a virtual cluster every process event on the
 # machine passes through every slave's filter, so a bigger cluster would slow a smaller
 # launch (and add to the front end's CPU) where a real one would not.
 for n in $SIZES; do
-    up "$n"
     runs=$RUNS
     [ "$n" -ge 512 ] && runs=$(( RUNS < 11 ? RUNS : 11 ))
     "$DIR/daemonfloor" up "$n" "$DIR/df.sock" /bin/true >/dev/null
+    read -r sm _ _ sdm _ _ <<<"$(rounds "$DIR" "$runs" -N "$DIR/spawnloop $n $CORES /bin/true" \
+        "$DIR/daemonfloor launch $DIR/df.sock" | tr '\n' ' ')"
+    up "$n"
     read -r m lo hi bm _ _ dm dlo dhi <<<"$(rounds "$DIR" "$runs" -N "$B/bpsh 0-$((n - 1)) true" \
         "$DIR/spawnloop $n $CORES /bin/true" "$DIR/daemonfloor launch $DIR/df.sock" | tr '\n' ' ')"
     "$DIR/daemonfloor" down "$DIR/df.sock"
     rm -f "$DIR/df.sock"
+    alone+="; spawn floor at $n $sm ms (in turn with bpsh: $bm), daemon floor $sdm ms (in turn: $dm)"
+    bm=$(lower "$bm" "$sm")
     if [ "$n" = 1024 ]; then
         row "bpsh -a true, $n nodes" "$m" "$lo" "$hi" "spawn floor" "$bm" "≤ 600 ms (≈ 1.3× floor)" 1.3
     else
         row "bpsh -a true, $n nodes" "$m" "$lo" "$hi" "spawn floor" "$bm" "—" ""
     fi
     row "floor: $n bare daemons spawn /bin/true (daemonfloor)" "$dm" "$dlo" "$dhi" "spawn floor" "$bm" "—" ""
-    read -r m lo hi bm _ _ <<<"$(rounds "$DIR" "$runs" -N --output=pipe "$B/bpsh 0-$((n - 1)) true" \
+    read -r m lo hi pm _ _ <<<"$(rounds "$DIR" "$runs" -N --output=pipe "$B/bpsh 0-$((n - 1)) true" \
         "$DIR/spawnloop $n $CORES /bin/true" | tr '\n' ' ')"
-    row "bpsh -a true, $n nodes, output forwarded to a pipe" "$m" "$lo" "$hi" "spawn floor" "$bm" "—" ""
+    row "bpsh -a true, $n nodes, output forwarded to a pipe" "$m" "$lo" "$hi" "spawn floor" "$(lower "$pm" "$sm")" "—" ""
     k=$((n >= 1024 ? 5 : 20))
     cpu+="| front-end CPU per rank, $n nodes, output to /dev/null | $(cpu_per_rank "$n" $k null) µs | bpsh, ghosts and bpmaster |"$'\n'
     cpu+="| front-end CPU per rank, $n nodes, output forwarded | $(cpu_per_rank "$n" $k pipe) µs | bpsh, ghosts and bpmaster |"$'\n'
     down
 done
+echo
+echo "Baselines timed alone, before the cluster started (each ratio is against the lower of the two): $alone."
 echo
 echo "A remote launch, too, starts a launcher and a program, one after the other, and waits for the program: where the floor's ratio is near 2 or above, no remote launch can take under 2× /bin/true here. The daemon floor is the least a launch through node daemons that share this machine costs: between its ratio and a target's lies all that a real launch may spend on everything else (connections, the tree, output, identity, ghosts)."
 echo
@@ -136,4 +151,4 @@ echo "| front end | CPU | counted |"
 echo "|---|---:|---|"
 printf "%s" "$cpu"
 echo
-echo "On a virtual cluster the slaves share one subscription to the machine's process events (the master's hub): the front end's processes (each ghost's start and end) no longer run a filter per slave, and neither does the spawn floor while the cluster is up."
+echo "On a virtual cluster the slaves share one subscription to the machine's process events (the master's hub), which the kernel filters to the cluster's processes: the machine's other processes (the baselines among them) wake neither the hub nor a slave."

@@ -632,6 +632,14 @@ pub fn serve(
     let _hub = options.event_hub.as_deref().and_then(|path| {
         bproc_sys::procevents::hub::Hub::start(path)
             .inspect_err(|e| warn!("no process event hub at {}: {e}", path.display()))
+            .inspect(|h| {
+                if let Some(e) = h.unfiltered() {
+                    info!(
+                        "process event hub: the kernel cannot filter its events ({e}): every \
+                         process on this machine wakes it; run bpmaster as root or with CAP_BPF"
+                    );
+                }
+            })
             .ok()
     });
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -39,7 +39,7 @@ use thiserror::Error;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use info::node_info;
 pub use master_arg::{master_address, MasterArgError};
@@ -184,6 +184,13 @@ impl Data {
         *self.tree_port.get_or_init(|| {
             let listener = std::net::TcpListener::bind((ip, 0))
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .inspect(|l| {
+                    // A parent connects and sends its part at once: one wake-up for both.
+                    use std::os::fd::AsFd;
+                    if let Err(e) = bproc_sys::defer_accept(l.as_fd(), TREE_DEFER_SECS) {
+                        debug!("tree port: TCP_DEFER_ACCEPT: {e}");
+                    }
+                })
                 .and_then(tokio::net::TcpListener::from_std);
             match listener {
                 Ok(l) => {
@@ -418,6 +425,10 @@ async fn open_link(
 fn error_reply(code: i32, message: String) -> Message {
     Message::Error { code, message }
 }
+
+/// How long the tree port holds a connection that has sent nothing before handing it over
+/// anyway (then the part's own deadline applies).
+const TREE_DEFER_SECS: u32 = 5;
 
 /// The node's root after `bpctl -r` (BProc's `bproc_nodechroot`), as a path from the root the
 /// slave started with; `None` until then. Process-wide, as the chroot itself is.

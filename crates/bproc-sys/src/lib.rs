@@ -70,6 +70,39 @@ pub fn raise_fd_limit() -> nix::Result<u64> {
     Ok(hard.max(soft))
 }
 
+/// Has listening socket `fd` hand over a connection only once its first bytes have come
+/// (`TCP_DEFER_ACCEPT`), waiting up to `secs` for them: a server that reads at once then wakes
+/// once per connection, not once for the connection and again for its data. nix has no
+/// wrapper for it.
+pub fn defer_accept(fd: std::os::fd::BorrowedFd<'_>, secs: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    set_int_option(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, secs as i32)
+}
+
+/// Sets socket option `name` of `level` on `fd` to the int `value` (`setsockopt(2)`), for
+/// the options nix has no wrapper for.
+pub(crate) fn set_int_option(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: setsockopt reads an int that lives on this stack for the call, of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Makes `cmd` start its program with no signal blocked (`sigprocmask(2)`), whatever the
 /// calling thread blocks. The mask survives fork and exec, and std does not reset it, so a
 /// program that blocks signals to read them from a signalfd (bpcluster's Ctrl-C) would start

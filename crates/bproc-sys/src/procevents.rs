@@ -21,6 +21,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use nix::libc;
 
 pub mod hub;
+mod kfilter;
 
 /// One process event of a watched process (host pids).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,9 @@ pub struct Events {
     source: std::sync::RwLock<Source>,
     /// The latest watched set, for a subscription that replaces a hub.
     watched: std::sync::Mutex<Vec<i32>>,
+    /// The hub's kernel filter map, where a newly watched pid goes at once: the set sent to
+    /// the hub is read a moment later, and the kernel would drop the events in between.
+    map: Option<kfilter::Map>,
 }
 
 #[derive(Debug)]
@@ -90,11 +94,12 @@ impl Events {
     pub fn through_hub(path: &std::path::Path) -> std::io::Result<Events> {
         let fd = hub::connect(path)?;
         hub::send_set(&fd, &[])?;
-        Ok(Events::from(Source::Hub(fd)))
+        let map = hub::take_hello(&fd);
+        Ok(Events { map, ..Events::from(Source::Hub(fd)) })
     }
 
     fn from(source: Source) -> Events {
-        Events { source: std::sync::RwLock::new(source), watched: Default::default() }
+        Events { source: std::sync::RwLock::new(source), watched: Default::default(), map: None }
     }
 
     /// Whether the events come from a hub (it has not gone).
@@ -106,13 +111,28 @@ impl Events {
     /// process or its parent), replacing the set. With more than [`MAX_WATCHED`] pids,
     /// nothing passes.
     pub fn watch(&self, pids: &[i32]) -> std::io::Result<()> {
+        let mut set = pids.to_vec();
+        set.sort_unstable();
+        set.dedup();
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
-        watched.clear();
-        watched.extend_from_slice(pids);
+        if *watched == set {
+            // The filter has it already (a start is watched as it forks, then as it is
+            // tracked): a hub is not woken for nothing.
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut *watched, set);
+        let set = watched.as_slice();
         match &*self.source.read().unwrap_or_else(|e| e.into_inner()) {
-            Source::Own(n) => n.watch(pids),
+            Source::Own(n) => n.watch(set),
             // A hub gone is seen by `next`, which then subscribes with this set.
-            Source::Hub(fd) => hub::send_set(fd, pids).or(Ok(())),
+            Source::Hub(fd) => {
+                if let Some(map) = &self.map {
+                    for pid in set.iter().filter(|p| old.binary_search(p).is_err()) {
+                        map.watch(*pid);
+                    }
+                }
+                hub::send_set(fd, set).or(Ok(()))
+            }
         }
     }
 
@@ -230,6 +250,17 @@ impl Netlink {
         Ok(())
     }
 
+    /// Lets up to `bytes` of events wait to be read (the kernel counts each datagram's whole
+    /// buffer): past the default (about 200 events) a busy machine drops events, and every
+    /// slave told so looks at all of its processes in `/proc`. Beyond `rmem_max` only with
+    /// `CAP_NET_ADMIN`, which a subscriber has.
+    fn reserve(&self, bytes: usize) {
+        use nix::sys::socket::{setsockopt, sockopt};
+        if setsockopt(&self.0, sockopt::RcvBufForce, &bytes).is_err() {
+            let _ = setsockopt(&self.0, sockopt::RcvBuf, &bytes);
+        }
+    }
+
     /// Replaces the filter with one passing every process's events, all but threads' (the
     /// hub's).
     fn watch_all(&self) -> std::io::Result<()> {
@@ -240,12 +271,40 @@ impl Netlink {
     /// for other messages). `ENOBUFS` means events were lost.
     fn next(&self) -> std::io::Result<Vec<ProcEvent>> {
         let mut buf = [0u8; 4096];
-        // SAFETY: receives into a local buffer of the given size.
-        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
+        match self.recv(&mut buf, 0)? {
+            Some(n) => Ok(parse(&buf[..n])),
+            None => Ok(Vec::new()),
         }
-        Ok(parse(&buf[..n as usize]))
+    }
+
+    /// [`Netlink::next`], then the events of up to `more` datagrams already waiting: one
+    /// wake-up for a burst (the kernel sends each event on its own).
+    fn drain(&self, more: usize) -> std::io::Result<Vec<ProcEvent>> {
+        let mut events = self.next()?;
+        let mut buf = [0u8; 4096];
+        for _ in 0..more {
+            match self.recv(&mut buf, libc::MSG_DONTWAIT)? {
+                Some(n) => events.extend(parse(&buf[..n])),
+                None => break,
+            }
+        }
+        Ok(events)
+    }
+
+    /// One datagram into `buf`: its length, `None` when none waits (with `MSG_DONTWAIT`).
+    fn recv(&self, buf: &mut [u8], flags: i32) -> std::io::Result<Option<usize>> {
+        // SAFETY: receives into a buffer we own, of the given size.
+        let n =
+            unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        match std::io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::EAGAIN) && flags & libc::MSG_DONTWAIT != 0 => {
+                Ok(None)
+            }
+            e => Err(e),
+        }
     }
 }
 

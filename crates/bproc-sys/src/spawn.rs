@@ -467,7 +467,10 @@ fn lower_limit(resource: u32, soft: u64, hard: u64) {
         }
         let max = hard.min(now.rlim_max);
         let lim = libc::rlimit { rlim_cur: soft.min(max), rlim_max: max };
-        libc::setrlimit(resource as _, &lim);
+        // Mostly the caller's limits are the node's: nothing to set.
+        if (lim.rlim_cur, lim.rlim_max) != (now.rlim_cur, now.rlim_max) {
+            libc::setrlimit(resource as _, &lim);
+        }
     }
 }
 

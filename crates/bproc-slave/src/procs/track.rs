@@ -108,7 +108,11 @@ impl Procs {
         loop {
             let youngest = self.0.known.lock().map_or(None, |k| k.values().map(|p| p.seen).max());
             match youngest {
-                None => self.0.started.notified().await,
+                None => {
+                    // The first look waits as below, from the start that woke it.
+                    self.0.started.notified().await;
+                    continue;
+                }
                 Some(t) => {
                     // The first look 50 ms after the latest start, then ever less often, up
                     // to once a second: a short process is never looked at, and a thousand

@@ -24,6 +24,7 @@ use std::path::Path;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 
+use super::kfilter::{Kfilter, Map};
 use super::{Netlink, ProcEvent, MAX_WATCHED};
 
 /// Bytes of one event record: kind, then three `i32` fields.
@@ -33,8 +34,14 @@ const EXEC: u32 = 2;
 const EXIT: u32 = 3;
 /// Record kind: events were lost.
 pub const LOST: u32 = 4;
+/// Record kind: the hub's first message, with its kernel filter's map when it has one.
+const HELLO: u32 = 5;
 /// Most records in one message.
 const BATCH: usize = 256;
+/// Bytes of events the hub's subscription may hold unread (the kernel doubles it).
+const HUB_BUFFER: usize = 16 << 20;
+/// Most datagrams read after the first at one wake-up.
+const DRAIN: usize = 1024;
 /// Most slaves at once; later connections are closed.
 const MAX_CLIENTS: usize = 16_384;
 
@@ -42,6 +49,16 @@ const MAX_CLIENTS: usize = 16_384;
 pub struct Hub {
     wake: OwnedFd,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Why the kernel cannot filter its events (every process's wake it), if it cannot.
+    unfiltered: Option<std::io::Error>,
+}
+
+impl Hub {
+    /// Why the kernel does not keep the machine's other processes' events from the hub
+    /// (its filter did not load: no `CAP_BPF`), if it does not.
+    pub fn unfiltered(&self) -> Option<&std::io::Error> {
+        self.unfiltered.as_ref()
+    }
 }
 
 impl Drop for Hub {
@@ -59,7 +76,21 @@ impl Hub {
     /// of their own reach it too). Only processes of this one's user are served.
     pub fn start(name: &Path) -> std::io::Result<Hub> {
         let events = Netlink::open()?;
-        events.watch_all()?;
+        let mut state = State::default();
+        // Only the watched processes' events, filtered in the kernel; else every process's.
+        let unfiltered = match Kfilter::attach(&events.0) {
+            Ok(k) => {
+                state.kernel = Some(k);
+                None
+            }
+            Err(e) => {
+                events.watch_all()?;
+                Some(e)
+            }
+        };
+        // A launch on a thousand nodes sharing this machine makes thousands of events at
+        // once, and one event lost is a look at `/proc` by every slave.
+        events.reserve(HUB_BUFFER);
         let listener = socket::socket(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -69,11 +100,10 @@ impl Hub {
         socket::bind(listener.as_raw_fd(), &address(name)?)?;
         socket::listen(&listener, socket::Backlog::new(1024)?)?;
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let mut state = State::default();
         let thread = std::thread::Builder::new()
             .name("event-hub".into())
             .spawn(move || state.run(&events, &listener, &rd))?;
-        Ok(Hub { wake: wr, thread: Some(thread) })
+        Ok(Hub { wake: wr, thread: Some(thread), unfiltered })
     }
 }
 
@@ -93,6 +123,9 @@ struct State {
     next_id: u64,
     /// Where a client's set is read.
     buf: Vec<u8>,
+    /// The kernel's filter, which passes the events of the pids in `watchers` (and of the
+    /// children they fork): `None` where it could not load, and every process's come.
+    kernel: Option<Kfilter>,
 }
 
 /// Epoll keys of the listener and the stop pipe (clients are 2 and up).
@@ -119,7 +152,7 @@ impl State {
             }
             let kernel = fds[0].revents().is_some_and(|r| !r.is_empty());
             // The kernel's batch first, then the sets sent before its events happened.
-            let got = if kernel { Some(events.next()) } else { None };
+            let got = if kernel { Some(events.drain(DRAIN)) } else { None };
             if !self.serve_clients(&epoll, listener) {
                 return;
             }
@@ -179,6 +212,7 @@ impl State {
             self.next_id += 1;
             let id = self.next_id + STOP;
             if epoll.add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, id)).is_ok() {
+                hello(&fd, self.kernel.as_ref().map(|k| k.map.fd()));
                 self.clients.insert(id, Client { fd, watched: Vec::new() });
                 any = true;
             }
@@ -215,18 +249,29 @@ impl State {
 
     fn set_watched(&mut self, id: u64, set: Vec<i32>) {
         let Some(c) = self.clients.get_mut(&id) else { return };
+        let mut unwatched = Vec::new();
         for pid in std::mem::replace(&mut c.watched, set) {
             if let Some(w) = self.watchers.get_mut(&pid) {
                 w.retain(|x| *x != id);
                 if w.is_empty() {
                     self.watchers.remove(&pid);
+                    unwatched.push(pid);
                 }
             }
         }
         for &pid in &c.watched {
             let w = self.watchers.entry(pid).or_default();
+            if let (true, Some(k)) = (w.is_empty(), &self.kernel) {
+                k.map.watch(pid);
+            }
             if !w.contains(&id) {
                 w.push(id);
+            }
+        }
+        // The kernel's filter lets go of what no one watches now.
+        for pid in unwatched {
+            if let (false, Some(k)) = (self.watchers.contains_key(&pid), &self.kernel) {
+                k.map.forget(pid);
             }
         }
     }
@@ -258,6 +303,13 @@ impl State {
                 }
                 out.entry(id).or_default().push(encode(e));
             }
+            if let (ProcEvent::Exit { pid, .. }, Some(k)) = (*e, &self.kernel) {
+                // Watched by the kernel's filter alone (a watched parent's child that no
+                // slave took): its pid may be reused by anyone.
+                if !self.watchers.contains_key(&pid) {
+                    k.map.forget(pid);
+                }
+            }
         }
         for id in self.lost.iter() {
             out.entry(*id).or_default();
@@ -281,6 +333,51 @@ impl State {
             }
         }
     }
+}
+
+/// A new slave's first message: the kernel filter's map (its descriptor passed along),
+/// when there is one, so that the slave's new pids pass from the moment it watches them.
+fn hello(fd: &OwnedFd, map: Option<BorrowedFd<'_>>) {
+    let mut r = [0u8; RECORD];
+    r[..4].copy_from_slice(&HELLO.to_ne_bytes());
+    let iov = [std::io::IoSlice::new(&r)];
+    let fds = map.map(|m| [m.as_raw_fd()]);
+    let cmsg: Vec<socket::ControlMessage<'_>> =
+        fds.as_ref().map(|f| socket::ControlMessage::ScmRights(f)).into_iter().collect();
+    // A slave gone already is seen when its connection is read.
+    let _ = socket::sendmsg::<()>(fd.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None);
+}
+
+/// A slave's side of [`hello`]: the map, if the hub sent one within a second (a hub without
+/// one sends none; one that has not answered yet only keeps the slave's new pids waiting for
+/// its set).
+pub(super) fn take_hello(fd: &OwnedFd) -> Option<Map> {
+    use std::os::fd::FromRawFd;
+    let mut ready = [nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLIN)];
+    if !matches!(nix::poll::poll(&mut ready, nix::poll::PollTimeout::from(1000u16)), Ok(1)) {
+        return None;
+    }
+    let mut r = [0u8; RECORD];
+    let mut iov = [std::io::IoSliceMut::new(&mut r)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = socket::recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .ok()?;
+    let mut map = None;
+    for c in msg.cmsgs().ok()? {
+        if let socket::ControlMessageOwned::ScmRights(fds) = c {
+            for f in fds {
+                // SAFETY: a descriptor the kernel just installed for this process.
+                let f = unsafe { OwnedFd::from_raw_fd(f) };
+                map.get_or_insert(Map::from_fd(f));
+            }
+        }
+    }
+    map
 }
 
 fn lost_record() -> [u8; RECORD] {
