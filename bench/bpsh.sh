@@ -128,6 +128,7 @@ for n in $SIZES; do
     rm -f "$DIR/df.sock"
     alone+="; spawn floor at $n $sm ms (in turn with bpsh: $bm), daemon floor $sdm ms (in turn: $dm)"
     bm=$(lower "$bm" "$sm")
+    dm=$(lower "$dm" "$sdm")
     if [ "$n" = 1024 ]; then
         row "bpsh -a true, $n nodes" "$m" "$lo" "$hi" "spawn floor" "$bm" "≤ 600 ms (≈ 1.3× floor)" 1.3
     else

@@ -3,9 +3,13 @@
 //!
 //! The kernel hands every event to every subscriber and runs each one's filter: with a
 //! thousand slaves on one host, a quarter of a launch's CPU went to those filters. The hub
-//! subscribes once, without a filter, and passes each event to the slaves watching its
-//! process, over a Unix `SOCK_SEQPACKET` connection each:
+//! subscribes once, with a filter of its own that passes the events of any slave's processes
+//! (`procevents::kfilter`; where it cannot load, every process's events come), and passes each
+//! event to the slaves watching its process, over a Unix `SOCK_SEQPACKET` connection each:
 //!
+//! - the hub's first message is one record of kind `HELLO`, carrying the descriptor of its
+//!   filter's map of watched pids when it has one (`SCM_RIGHTS`): a slave puts each pid it
+//!   starts watching there itself, before it sends its set;
 //! - a slave sends its whole watched set as one message: a native-endian `u32` count, then
 //!   as many `i32` pids (at most [`MAX_WATCHED`]; more keep nothing, as the kernel filter
 //!   does);
@@ -15,7 +19,8 @@
 //! The hub applies the kernel filter's rule ([`super::Events::watch`]) per slave, and watches a
 //! watched process's new child at once (the slave would, a moment later). Each batch of
 //! events is read from the kernel before the slaves' new sets are taken, so an event that
-//! happened after a slave sent its set is judged by that set, as with the kernel's filter.
+//! happened after a slave sent its set is judged by that set, as with the kernel's filter
+//! (the map already had the set's new pids, so the kernel passed the event).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
