@@ -137,13 +137,18 @@ impl Prog {
         self.push(jump);
     }
 
-    /// Goes to the accept if register `reg` holds a pid in the map.
-    fn accept_if_watched(&mut self, reg: u8) {
+    /// `r0` = the map's value for the pid in register `reg`, or null (the key at `r10 - 4`).
+    fn lookup(&mut self, reg: u8) {
         self.push(store_w(10, -4, reg));
         self.insns.extend(ld_map(1, self.map));
         self.push(mov(2, 10));
         self.push(add_k(2, -4));
         self.push(call(BPF_FUNC_MAP_LOOKUP_ELEM));
+    }
+
+    /// Goes to the accept if register `reg` holds a pid in the map.
+    fn accept_if_watched(&mut self, reg: u8) {
+        self.lookup(reg);
         self.jump_end(jne_null(0, 0), true);
     }
 
@@ -181,13 +186,9 @@ fn program(map: i32) -> Vec<Insn> {
     p.field(field(3));
     p.jump_end(jne(8, 0, 0), false);
     p.field(field(1));
-    p.push(store_w(10, -4, 0));
-    p.insns.extend(ld_map(1, map));
-    p.push(mov(2, 10));
-    p.push(add_k(2, -4));
-    p.push(call(BPF_FUNC_MAP_LOOKUP_ELEM));
+    p.lookup(0);
     p.jump_end(jeq_null(0, 0), false);
-    // A watched parent's new child is watched from now on.
+    // A watched parent's new child is watched from now on (its pid the key).
     p.push(store_w(10, -4, 8));
     p.push(mov_k(1, 1));
     p.push(store_w(10, -8, 1));
