@@ -21,6 +21,9 @@
 //!   userfaultfd, taken with `pidfd_getfd`.
 //! - Waiting in a tokio runtime for a process to end ([`pidwait`], feature `tokio`): its
 //!   pidfd registered with the reactor.
+//! - The kernel's process events ([`procevents`]): the netlink subscription, its classic BPF
+//!   filter, and the hub's eBPF filter and map (`bpf(2)`).
+//! - Socket options nix has no wrapper for ([`defer_accept`]).
 //!
 //! It also reads what the kernel says about another process ([`peer`]: groups, limits,
 //! umask), since that is as raw as the rest and every daemon needs it.
