@@ -30,11 +30,13 @@ mod session;
 mod tree;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bproc_link::{expect_frame, slave_handshake, write_frame, ClusterKey, LinkError};
 use bproc_proto::{Message, NodeAction};
+use nix::sys::socket::MsgFlags;
 use thiserror::Error;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -278,15 +280,48 @@ struct Link {
 
 /// Frames to the master, over whichever link is current. Tasks that outlive a link (a
 /// process reporting its exit) send here; frames sent while no link is up are held and go
-/// out on the next one.
+/// out on the next one. Any thread sends without waking the runtime: a frame goes straight
+/// into the socket when nothing is queued before it, else to the link's writer task.
 #[derive(Clone, Default)]
 struct Outbox(Arc<Mutex<OutboxState>>);
 
 /// The current link's writer, and frames held while there is none.
 #[derive(Default)]
 struct OutboxState {
-    link: Option<mpsc::UnboundedSender<(u32, Message)>>,
+    link: Option<LinkOut>,
     held: Vec<(u32, Message)>,
+}
+
+/// The current link's sending side.
+struct LinkOut {
+    /// Bytes for the writer task, which sends them in order.
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Queued frames the writer has not written whole yet: while there are any, a frame
+    /// joins the queue behind them.
+    queued: Arc<AtomicUsize>,
+    /// The link's socket. It stays open while this is the current link: the outbox lets go
+    /// of it ([`Outbox::attach`], [`Outbox::detach`]) before its read half, which holds the
+    /// connection, is dropped.
+    fd: std::os::fd::RawFd,
+}
+
+impl LinkOut {
+    fn send(&self, mut frame: Vec<u8>) {
+        if self.queued.load(Ordering::Acquire) == 0 {
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            match nix::sys::socket::send(self.fd, &frame, flags) {
+                Ok(n) if n == frame.len() => return,
+                Ok(n) => drop(frame.drain(..n)),
+                // A full socket (the writer waits for room) or a failed link (which the
+                // writer and the reader find too).
+                Err(_) => {}
+            }
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(frame).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Outbox {
@@ -296,18 +331,16 @@ impl Outbox {
     fn send(&self, id: u32, msg: Message) {
         let mut g = self.state();
         match &g.link {
-            Some(tx) if !tx.is_closed() => {
-                let _ = tx.send((id, msg));
-            }
+            Some(out) if !out.tx.is_closed() => out.send(bproc_proto::encode(id, &msg)),
             _ => g.held.push((id, msg)),
         }
     }
-    fn attach(&self, tx: mpsc::UnboundedSender<(u32, Message)>) {
+    fn attach(&self, out: LinkOut) {
         let mut g = self.state();
-        for (id, msg) in g.held.drain(..) {
-            let _ = tx.send((id, msg));
+        for (id, msg) in std::mem::take(&mut g.held) {
+            out.send(bproc_proto::encode(id, &msg));
         }
-        g.link = Some(tx);
+        g.link = Some(out);
     }
     fn detach(&self) {
         self.state().link = None;
@@ -331,13 +364,24 @@ impl Outbox {
     }
 }
 
-/// Sends the outbox on the link, what is queued together in one write (a process's end and
-/// its rank's report are made in one turn).
-async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<(u32, Message)>) {
-    while let Some((id, msg)) = rx.recv().await {
-        if bproc_link::write_frames(&mut wr, id, &msg, || rx.try_recv().ok()).await.is_err() {
+/// Sends what the outbox queued, in order, what is queued together in one write.
+async fn writer(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+) {
+    use tokio::io::AsyncWriteExt;
+    while let Some(mut out) = rx.recv().await {
+        let mut frames = 1;
+        while out.len() < 64 << 10 {
+            let Ok(more) = rx.try_recv() else { break };
+            out.extend_from_slice(&more);
+            frames += 1;
+        }
+        if wr.write_all(&out).await.is_err() {
             break;
         }
+        queued.fetch_sub(frames, Ordering::AcqRel);
     }
     // The connection closes with its read half, which a lost link keeps (see serve_link).
     wr.forget();
@@ -345,14 +389,17 @@ async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<(u32, Me
 
 /// Splits a joined link: its writer serves `outbox` from now on.
 fn attach(link: Link, outbox: &Outbox) -> (OwnedReadHalf, SocketAddrV4, i32, Duration, Ipv4Addr) {
+    use std::os::fd::AsRawFd;
     let local = match link.stream.local_addr() {
         Ok(SocketAddr::V4(a)) => *a.ip(),
         _ => Ipv4Addr::UNSPECIFIED,
     };
+    let fd = link.stream.as_raw_fd();
     let (rd, wr) = link.stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(writer(wr, rx));
-    outbox.attach(tx);
+    let queued = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(writer(wr, rx, queued.clone()));
+    outbox.attach(LinkOut { tx, queued, fd });
     (rd, link.master, link.node, link.ping_timeout, local)
 }
 
@@ -528,7 +575,7 @@ pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveErro
                 while sigchld.readable().await.is_ok() {
                     match sigchld.try_read(&mut signals) {
                         Ok(0) => break,
-                        Ok(_) => procs.reap(),
+                        Ok(_) => procs.child_signal(),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(_) => break,
                     }

@@ -17,7 +17,7 @@ mod stage;
 mod track;
 
 pub(crate) use io::{connect_image, null_device, request_image, IMAGE_REQUEST};
-pub use spawn::{spawn, Start};
+pub use spawn::{spawn, Done, Start};
 use spawner::Spawner;
 pub use stage::Source;
 pub(crate) use stage::{ensure_cached, stage};
@@ -43,6 +43,9 @@ struct ProcsInner {
     ranks: Mutex<HashMap<(u64, u32), i32>>,
     /// Direct children being watched.
     children: Mutex<std::collections::HashSet<i32>>,
+    /// Held while children are reaped: the runtime reaps on SIGCHLD and the spawner thread
+    /// after a start, and two reapers would each take one a status meant for the other.
+    reaping: Mutex<()>,
     /// Direct children killed with their session ([`Procs::kill_all`]): reaped, not reported.
     doomed: Mutex<std::collections::HashSet<i32>>,
     /// Every process of the master's here (direct children and what they forked).
@@ -52,6 +55,9 @@ struct ProcsInner {
     ended: Mutex<HashMap<i32, Known>>,
     /// Wakes [`Procs::follow`] when a process starts.
     started: tokio::sync::Notify,
+    /// A process started off the runtime, which [`Procs::child_signal`] wakes
+    /// [`Procs::follow`] for.
+    started_unseen: std::sync::atomic::AtomicBool,
     /// The kernel's process events for the known processes, when this slave may have them
     /// (root): forks, execs and ends as they happen ([`Procs::listen`]).
     events: std::sync::OnceLock<Arc<bproc_sys::procevents::Events>>,
@@ -120,10 +126,12 @@ impl Procs {
         let procs = Procs(Arc::new(ProcsInner {
             ranks: Mutex::default(),
             children: Mutex::default(),
+            reaping: Mutex::default(),
             doomed: Mutex::default(),
             known: Mutex::default(),
             ended: Mutex::default(),
             started: tokio::sync::Notify::new(),
+            started_unseen: std::sync::atomic::AtomicBool::new(false),
             events: std::sync::OnceLock::new(),
             fresh: Mutex::default(),
             report: Box::new(report),

@@ -40,7 +40,7 @@ use std::sync::Mutex;
 use bproc_link::guard::{Pending, Refusals};
 use bproc_link::{read_sealed, write_sealed, LinkError, HANDSHAKE_TIMEOUT};
 use bproc_proto::conn::FileId;
-use bproc_proto::errno::BE_NODEDOWN;
+use bproc_proto::errno::{BE_NODEDOWN, EIO};
 use bproc_proto::{split_tree, Creds, Message, ProcSpec, TreeEntry};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
@@ -356,14 +356,7 @@ pub(crate) fn run(ctx: Arc<Ctx>, l: Launch, entries: Vec<TreeEntry>, source: pro
         let ghost = me.pids.get(i).copied().filter(|p| *p > 0);
         let port = me.ports.get(i).copied().unwrap_or(0);
         let (ctx, l, source, shared) = (ctx.clone(), l.clone(), source.clone(), shared.clone());
-        tokio::spawn(async move {
-            let pid = start(&ctx, &l, rank, ghost, port, &source, shared).await;
-            ctx.outbox.send(0, Message::RankSpawned { launch: l.launch, rank, pid });
-            if pid > 0 {
-                let program = l.spec.image.is_none().then_some(l.spec.path.as_str());
-                ctx.procs.track(l.launch, rank, pid, ghost.unwrap_or(0), l.creds.uid, program);
-            }
-        });
+        tokio::spawn(async move { start(&ctx, &l, rank, ghost, port, &source, shared).await });
     }
 }
 
@@ -371,23 +364,24 @@ fn master_ip(ctx: &Ctx) -> Ipv4Addr {
     ctx.link.get().map_or(Ipv4Addr::LOCALHOST, |c| *c.master.ip())
 }
 
-/// Starts one rank here (its fds forwarded to `port` rather than the launch's, if not 0);
-/// its pid or a negated error.
+/// Starts one rank here (its fds forwarded to `port` rather than the launch's, if not 0),
+/// then reports how that went and tracks the process it started.
 async fn start(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     l: &Launch,
     rank: u32,
     ghost: Option<i32>,
     port: u16,
     source: &procs::Source,
     shared: Option<SharedImage>,
-) -> i32 {
+) {
     let image = match &shared {
         Some(cell) => match image_of(ctx, l, source, cell).await {
             Ok(image) => Some(image.bytes.clone() as bproc_image::SharedImage),
             Err(e) => {
                 warn!("launch {} rank {rank}: {e}", l.launch);
-                return -bproc_proto::errno::EIO;
+                let msg = Message::RankSpawned { launch: l.launch, rank, pid: -EIO };
+                return ctx.outbox.send(0, msg);
             }
         },
         None => None,
@@ -409,24 +403,32 @@ async fn start(
         creds: l.creds.clone(),
         forward_port: port,
     };
-    let reply = procs::spawn(&cx, spec, image, move |m| outbox.send(0, m)).await;
-    match reply {
-        Ok(pid) => pid,
-        Err(r) => {
-            debug!("launch {} rank {rank}: {}", l.launch, r.message);
-            // Ahead of the RankSpawned with the code, on the same link.
-            let mut reason = r.message.clone();
-            if reason.len() > 1024 {
-                let mut end = 1024;
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
+    let (ctx2, launch, uid) = (ctx.clone(), l.launch, l.creds.uid);
+    let program = l.spec.image.is_none().then(|| l.spec.path.clone());
+    let done: procs::Done = Box::new(move |reply| {
+        let pid = match reply {
+            Ok(pid) => pid,
+            Err(r) => {
+                debug!("launch {launch} rank {rank}: {}", r.message);
+                // Ahead of the RankSpawned with the code, on the same link.
+                let mut reason = r.message;
+                if reason.len() > 1024 {
+                    let mut end = 1024;
+                    while !reason.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    reason.truncate(end);
                 }
-                reason.truncate(end);
+                ctx2.outbox.send(0, Message::RankRefused { launch, rank, reason });
+                -r.code
             }
-            ctx.outbox.send(0, Message::RankRefused { launch: l.launch, rank, reason });
-            -r.code
+        };
+        ctx2.outbox.send(0, Message::RankSpawned { launch, rank, pid });
+        if pid > 0 {
+            ctx2.procs.track(launch, rank, pid, ghost.unwrap_or(0), uid, program.as_deref());
         }
-    }
+    });
+    procs::spawn(&cx, spec, image, move |m| outbox.send(0, m), done).await;
 }
 
 /// Hands `part` to its first node; a node that cannot be reached has its ranks reported and

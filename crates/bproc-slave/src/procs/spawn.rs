@@ -42,18 +42,60 @@ pub struct Start<'a> {
     pub forward_port: u16,
 }
 
+/// What a rank's start comes to: its pid here, or why it did not start. Called once, on the
+/// spawner thread when a program started (the caller reports the start, then
+/// [`Procs::track`]s it, there, without a turn of the daemon's runtime), else where
+/// [`spawn`] runs.
+pub type Done = Box<dyn FnOnce(Result<i32, Refusal>) + Send>;
+
 /// Starts the rank `cx` names, from `spec`, as `set_tid` when this node gives processes
-/// their ghosts' pids; returns its pid here. The caller reports the start, then
-/// [`Procs::track`]s it. An image launch restores `shared` when given (the node's copy of a
-/// vector fork's image), else the image as it comes for this rank, from the mover or the
-/// parent node (`cx.source`). `report` sends the node's report when staging changed its
-/// cache.
+/// their ghosts' pids, and tells `done` how that went. An image launch restores `shared`
+/// when given (the node's copy of a vector fork's image), else the image as it comes for
+/// this rank, from the mover or the parent node (`cx.source`). `report` sends the node's
+/// report when staging changed its cache.
 pub async fn spawn(
     cx: &Start<'_>,
     spec: ProcSpec,
     shared: Option<bproc_image::SharedImage>,
     report: impl Fn(Message) + Send + 'static,
-) -> Result<i32, Refusal> {
+    done: Done,
+) {
+    match prepare(cx, spec, shared, report).await {
+        Ok(Prepared::Image { spec, image, fds, identity, root }) => {
+            done(restore_image(cx, &spec, image, fds, identity, root).await)
+        }
+        Ok(Prepared::Program { spec, envp, jail, fds, identity }) => {
+            start_program(cx, &spec, envp, jail, fds, identity, done)
+        }
+        Err(r) => done(Err(r)),
+    }
+}
+
+/// A rank ready to start: its fds open, its program staged or its image on its way.
+enum Prepared {
+    Image {
+        spec: ProcSpec,
+        image: Image,
+        fds: Fds,
+        identity: Option<Identity>,
+        root: Option<PathBuf>,
+    },
+    Program {
+        spec: ProcSpec,
+        envp: Vec<CString>,
+        jail: Option<Jail>,
+        fds: Fds,
+        identity: Option<Identity>,
+    },
+}
+
+/// Checks and prepares the rank [`spawn`] starts.
+async fn prepare(
+    cx: &Start<'_>,
+    spec: ProcSpec,
+    shared: Option<bproc_image::SharedImage>,
+    report: impl Fn(Message) + Send + 'static,
+) -> Result<Prepared, Refusal> {
     check_may_run(cx, &spec)?;
     // A root given with `bpctl -r` confines the node's processes, below which a diskless
     // node's root is found (the daemon's own paths resolve there since its chroot).
@@ -97,13 +139,13 @@ pub async fn spawn(
         gid: cx.creds.gid,
         groups: cx.creds.groups.clone(),
     });
-    match image {
+    Ok(match image {
         Some(image) => {
             let root = cx.diskless.map(|d| jail_root(node_root.as_deref(), &d.root)).or(node_root);
-            restore_image(cx, &spec, image, fds, identity, root).await
+            Prepared::Image { spec, image, fds, identity, root }
         }
-        None => start_program(cx, &spec, envp, jail, fds, identity).await,
-    }
+        None => Prepared::Program { spec, envp, jail, fds, identity },
+    })
 }
 
 /// Refuses a rank this slave may not run: another user's on a slave without root, or one
@@ -251,62 +293,72 @@ async fn restore_image(
     }
 }
 
-/// Starts the rank's program, under another pid when its ghost's is taken here.
-async fn start_program(
+/// Starts the rank's program, under another pid when its ghost's is taken here, and tells
+/// `done` on the spawner thread.
+fn start_program(
     cx: &Start<'_>,
     spec: &ProcSpec,
     envp: Vec<CString>,
     jail: Option<Jail>,
     fds: Fds,
     identity: Option<Identity>,
-) -> Result<i32, Refusal> {
+    done: Done,
+) {
     let (launch, rank) = (cx.launch, cx.rank);
     let Fds { stdio, extra, files } = fds;
     let cwd = if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
-    let req = bproc_sys::SpawnSpec {
-        path: cstr(&spec.path)?,
-        argv: spec.argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
-        envp,
-        cwd: Some(cstr(cwd)?),
-        stdio,
-        fds: extra,
-        limits: spec.rlimits.clone(),
-        jail,
-        identity,
-        umask: spec.umask,
-        files,
-        set_tid: cx.set_tid.filter(|p| *p > 0 && cx.procs.same_pids()),
-        trace: false,
+    let req = (|| {
+        Ok(bproc_sys::SpawnSpec {
+            path: cstr(&spec.path)?,
+            argv: spec.argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
+            envp,
+            cwd: Some(cstr(cwd)?),
+            stdio,
+            fds: extra,
+            limits: spec.rlimits.clone(),
+            jail,
+            identity,
+            umask: spec.umask,
+            files,
+            set_tid: cx.set_tid.filter(|p| *p > 0 && cx.procs.same_pids()),
+            trace: false,
+        })
+    })();
+    let req = match req {
+        Ok(req) => req,
+        Err(r) => return done(Err(r)),
     };
     // What a failure names: the file -I/-O/-E (or an I/O list) opened, else the program.
     let file_paths: Vec<String> =
         req.files.iter().map(|f| f.path.to_string_lossy().into_owned()).collect();
     let jail_path = req.jail.as_ref().map(|j| j.root.to_string_lossy().into_owned());
-    let pid = match cx.procs.spawn(req, (launch, rank)).await {
-        Ok(pid) => pid,
-        Err(e) => {
-            let code = bproc_sys::spawn_errno(&e).unwrap_or(bproc_proto::errno::EIO);
-            let text = nix::errno::Errno::from_raw(code).desc();
-            let step = e
-                .get_ref()
-                .and_then(|r| r.downcast_ref::<bproc_sys::SpawnFailed>())
-                .map(|f| f.step);
-            let creds = &cx.creds;
-            let message = match step {
-                Some(bproc_sys::SpawnStep::File(i)) if i < file_paths.len() => {
-                    format!("{}: {text}", file_paths[i])
-                }
-                Some(bproc_sys::SpawnStep::Root) => {
-                    format!("{}: {text} (the node's root)", jail_path.unwrap_or_default())
-                }
-                Some(bproc_sys::SpawnStep::Identity) => {
-                    format!("cannot run as uid {} gid {}: {text}", creds.uid, creds.gid)
-                }
-                _ => format!("{}: {text}", spec.path),
-            };
-            return refuse(code, message);
-        }
-    };
-    info!("launch {launch} rank {rank}: started {} as pid {pid} (uid {})", spec.path, cx.creds.uid);
-    Ok(pid)
+    let (path, creds) = (spec.path.clone(), cx.creds.clone());
+    cx.procs.spawn(req, (launch, rank), move |started| {
+        let pid = match started {
+            Ok(pid) => pid,
+            Err(e) => {
+                let code = bproc_sys::spawn_errno(&e).unwrap_or(bproc_proto::errno::EIO);
+                let text = nix::errno::Errno::from_raw(code).desc();
+                let step = e
+                    .get_ref()
+                    .and_then(|r| r.downcast_ref::<bproc_sys::SpawnFailed>())
+                    .map(|f| f.step);
+                let message = match step {
+                    Some(bproc_sys::SpawnStep::File(i)) if i < file_paths.len() => {
+                        format!("{}: {text}", file_paths[i])
+                    }
+                    Some(bproc_sys::SpawnStep::Root) => {
+                        format!("{}: {text} (the node's root)", jail_path.unwrap_or_default())
+                    }
+                    Some(bproc_sys::SpawnStep::Identity) => {
+                        format!("cannot run as uid {} gid {}: {text}", creds.uid, creds.gid)
+                    }
+                    _ => format!("{path}: {text}"),
+                };
+                return done(refuse(code, message));
+            }
+        };
+        info!("launch {launch} rank {rank}: started {path} as pid {pid} (uid {})", creds.uid);
+        done(Ok(pid))
+    });
 }

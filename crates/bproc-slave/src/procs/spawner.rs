@@ -11,14 +11,20 @@ use super::Procs;
 
 impl Procs {
     /// Starts `spec`, rank `rank` of a launch `(launch, rank)`, on the spawner thread; under
-    /// another pid when the one it asks for is taken here.
-    pub(super) async fn spawn(
+    /// another pid when the one it asks for is taken here. `done` gets the outcome on that
+    /// thread, which goes on with the rank (its report and tracking) without waking the
+    /// daemon's runtime.
+    pub(super) fn spawn(
         &self,
         spec: bproc_sys::SpawnSpec,
         (launch, rank): (u64, u32),
-    ) -> std::io::Result<i32> {
+        done: impl FnOnce(std::io::Result<i32>) + Send + 'static,
+    ) {
         let procs = self.clone();
-        let job = move || {
+        let job = move |here: bool| {
+            if !here {
+                return done(Err(gone()));
+            }
             let mut spec = spec;
             let mut started = bproc_sys::spawn(&spec);
             if spec.set_tid.is_some()
@@ -32,9 +38,11 @@ impl Procs {
             if let Ok(pid) = started {
                 procs.fresh_start(pid);
             }
-            started
+            done(started)
         };
-        self.0.spawner.run(Box::new(job)).await
+        if let Err(job) = self.0.spawner.submit(Box::new(job)) {
+            job(false);
+        }
     }
 
     /// Restores `image` on the spawner thread (whose children are in the pid namespace, and
@@ -126,8 +134,9 @@ impl std::error::Error for RestoreFailed {}
 /// Work for the spawner thread: start a process, returning its pid.
 type Job = Box<dyn FnOnce() -> std::io::Result<i32> + Send>;
 
-/// A request to the spawner thread.
-type SpawnJob = (Job, tokio::sync::oneshot::Sender<std::io::Result<i32>>);
+/// A request to the spawner thread, which tells its own outcome: run there with `true`, or
+/// with `false` where it was made when the thread is gone.
+type SpawnJob = Box<dyn FnOnce(bool) + Send>;
 
 /// The thread that starts processes. With a pid namespace it has entered the namespace for
 /// its children, which a thread can do only if it never starts threads itself; the
@@ -143,6 +152,11 @@ pub(super) struct Spawner {
     init: Arc<std::sync::atomic::AtomicI32>,
     /// Asks the thread for a fresh namespace (killing everything in the old one).
     reset: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What a job for a spawner thread that ended gets.
+fn gone() -> std::io::Error {
+    std::io::Error::other("the spawner thread is gone")
 }
 
 impl Spawner {
@@ -203,12 +217,12 @@ impl Spawner {
                 .flatten()
                 .map(|l| (l, nix::unistd::gettid().as_raw()));
             let _ = ready_tx.send((ns.is_some(), filter));
-            while let Ok((job, reply)) = rx.recv() {
+            while let Ok(job) = rx.recv() {
                 if reset2.swap(false, std::sync::atomic::Ordering::Relaxed) && ns.is_some() {
                     ns = None; // kills the init, and every process of the namespace
                     ns = make().or(ns);
                 }
-                let _ = reply.send(job());
+                job(true);
             }
         });
         let (pid_namespace, filter) =
@@ -216,14 +230,19 @@ impl Spawner {
         (Spawner { tx: Mutex::new(tx), pid_namespace, last_pid, init, reset }, filter)
     }
 
+    /// Runs `job` on the thread and waits for its outcome.
     pub(super) async fn run(&self, job: Job) -> std::io::Result<i32> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send((job, tx))
-            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
-        rx.await.map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+        self.submit(Box::new(move |here| {
+            let _ = tx.send(if here { job() } else { Err(gone()) });
+        }))
+        .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Hands `job` to the thread, which runs it in turn; the job back if the thread is gone.
+    pub(super) fn submit(&self, job: SpawnJob) -> Result<(), SpawnJob> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(job).map_err(|e| e.0)
     }
 
     /// Kills the namespace's processes now; the thread makes a new namespace before its next

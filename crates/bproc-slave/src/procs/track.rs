@@ -390,14 +390,19 @@ impl Procs {
         uid: u32,
         program: Option<&str>,
     ) {
-        self.ranks().insert((launch, rank), pid);
-        self.children().insert(pid);
         // A started program's name is the one its exec gives, not read: the start returns
         // once the exec has replaced the memory, a moment before the kernel names the
         // process, so a read could find the spawner's name and report a rename that makes
         // the ghost execute itself again for nothing.
-        if let Some(comm) = program.map(exec_comm).or_else(|| proc_comm(pid)) {
-            self.known().insert(pid, Known::new(comm, ghost, launch, rank, uid));
+        let comm = program.map(exec_comm).or_else(|| proc_comm(pid));
+        {
+            // Known whole before a reaper on another thread may take its end.
+            let _reaping = self.0.reaping.lock().unwrap_or_else(|e| e.into_inner());
+            self.ranks().insert((launch, rank), pid);
+            self.children().insert(pid);
+            if let Some(comm) = comm {
+                self.known().insert(pid, Known::new(comm, ghost, launch, rank, uid));
+            }
         }
         let waiting = self.fresh().remove(&pid).unwrap_or_default();
         self.rewatch();
@@ -405,12 +410,28 @@ impl Procs {
             self.handle(e);
         }
         self.reap();
-        self.0.started.notify_one();
+        // With the kernel's process events, looking is a backstop that may begin late: a
+        // start on the spawner thread leaves the runtime asleep, and the looks begin at its
+        // next child signal (the process's own end, at the latest).
+        if self.0.events.get().is_some() && tokio::runtime::Handle::try_current().is_err() {
+            self.0.started_unseen.store(true, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.0.started.notify_one();
+        }
+    }
+
+    /// SIGCHLD came: reaps, and has [`Procs::follow`] look after starts it was not told of.
+    pub fn child_signal(&self) {
+        self.reap();
+        if self.0.started_unseen.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.0.started.notify_one();
+        }
     }
 
     /// Collects the state changes of watched children (on SIGCHLD) and reports them.
     pub fn reap(&self) {
         use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+        let _reaping = self.0.reaping.lock().unwrap_or_else(|e| e.into_inner());
         let doomed: Vec<i32> =
             self.0.doomed.lock().map(|d| d.iter().copied().collect()).unwrap_or_default();
         for pid in doomed {
