@@ -57,9 +57,10 @@ pub struct Authority {
     pub uid: u32,
 }
 
-/// Where receivers and their streams meet.
+/// Where receivers and their streams meet; told when a stream waits early (whose expiry
+/// the accepting task then awaits: with none waiting, it has no timer to wake for).
 #[derive(Default)]
-struct Registry(Mutex<Meet>);
+struct Registry(Mutex<Meet>, tokio::sync::Notify);
 
 #[derive(Default)]
 struct Meet {
@@ -125,6 +126,7 @@ impl Registry {
         m.early.insert(token, (s, now));
         m.order.push_back((token, now));
         drop(m);
+        self.1.notify_one();
         if expired > 0 {
             REFUSED.refuse(format_args!(
                 "{expired} stream(s) with unknown tokens dropped after {} s",
@@ -343,12 +345,15 @@ fn result(source_errors: Vec<String>, errors: Vec<String>, files: u64, bytes: u6
     Message::CopyResult { node: 0, source_errors, errors, files, bytes }
 }
 
-/// Accepts streams until the daemon ends: each reads its token in a pending task, and old
-/// early streams and the refusal summary are looked after every few seconds.
+/// Accepts streams until the daemon ends: each reads its token in a pending task; early
+/// streams are dropped as they expire, and refusals summed up as their interval ends (no
+/// timer runs while neither waits).
 async fn accept(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
     let pending = Pending::new(MAX_PENDING);
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tokio::spawn(REFUSED.flush_when_due());
     loop {
+        // When the oldest early stream expires, if any waits.
+        let expiry = registry.lock().order.front().map(|&(_, at)| at + MEET_TIMEOUT);
         tokio::select! {
             conn = listener.accept() => match conn {
                 Ok((s, peer)) => {
@@ -383,7 +388,8 @@ async fn accept(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now).into()),
+                if expiry.is_some() => {
                 let expired = registry.lock().expire(Instant::now());
                 if expired > 0 {
                     REFUSED.refuse(format_args!(
@@ -391,8 +397,9 @@ async fn accept(listener: tokio::net::TcpListener, registry: Arc<Registry>) {
                         MEET_TIMEOUT.as_secs()
                     ));
                 }
-                REFUSED.flush();
             }
+            // A stream came early: its expiry is awaited from the next turn.
+            _ = registry.1.notified(), if expiry.is_none() => {}
         }
     }
 }

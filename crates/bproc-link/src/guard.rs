@@ -119,6 +119,8 @@ impl Pending {
 pub struct Refusals {
     what: &'static str,
     state: Mutex<RefusalState>,
+    /// Told when an interval's first refusal goes uncounted, for [`Refusals::flush_when_due`].
+    counted: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -149,6 +151,7 @@ impl Refusals {
                 quiet: 0,
                 latest: String::new(),
             }),
+            counted: tokio::sync::Notify::const_new(),
         }
     }
 
@@ -166,6 +169,9 @@ impl Refusals {
             if s.logged >= REFUSAL_BURST {
                 s.quiet += 1;
                 s.latest = why.to_string();
+                if s.quiet == 1 {
+                    self.counted.notify_one();
+                }
                 return;
             }
         } else {
@@ -184,14 +190,39 @@ impl Refusals {
     /// Logs the summary of an interval that is over; daemons call it now and then so that
     /// the end of a flood is reported.
     pub fn flush(&self) {
+        self.flush_at(Instant::now());
+    }
+
+    /// [`Refusals::flush`] as of `now`.
+    fn flush_at(&self, now: Instant) {
         let mut s = self.lock();
-        if s.since.is_some_and(|t| t.elapsed() >= REFUSAL_INTERVAL) {
+        if s.since.is_some_and(|t| now.saturating_duration_since(t) >= REFUSAL_INTERVAL) {
             let summary = self.take_summary(&mut s);
             s.since = None;
             s.logged = 0;
             drop(s);
             if let Some(line) = summary {
                 warn!("{line}");
+            }
+        }
+    }
+
+    /// Logs each interval's summary once the interval is over, for as long as it runs (a
+    /// daemon's task): the end of a flood is reported even if nothing follows it. It sleeps
+    /// while nothing is counted, so that an idle daemon has no timer to wake for.
+    pub async fn flush_when_due(&self) {
+        loop {
+            let due = {
+                let s = self.lock();
+                s.since.filter(|_| s.quiet > 0).map(|t| t + REFUSAL_INTERVAL)
+            };
+            match due {
+                Some(at) => {
+                    tokio::time::sleep_until(at.into()).await;
+                    // As of the interval's end, which the timer's clock says has come.
+                    self.flush_at(at.max(Instant::now()));
+                }
+                None => self.counted.notified().await,
             }
         }
     }
@@ -275,5 +306,20 @@ mod tests {
             r.take_summary(&mut s).unwrap(),
             "test port: refused 100 more connections in the last 10 s (the latest: number 99)"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_is_summed_up_when_its_interval_ends() {
+        static R: Refusals = Refusals::new("test port");
+        let flusher = tokio::spawn(R.flush_when_due());
+        for i in 0..REFUSAL_BURST + 3 {
+            R.refuse(format_args!("number {i}"));
+        }
+        assert_eq!(R.unlogged(), 3);
+        tokio::time::sleep(REFUSAL_INTERVAL - Duration::from_secs(1)).await;
+        assert_eq!(R.unlogged(), 3);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(R.unlogged(), 0);
+        flusher.abort();
     }
 }

@@ -559,13 +559,7 @@ pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveErro
     };
     tokio::spawn(procs.clone().follow(opts.event_hub.clone()));
     // The end of a flood of refused connections is reported even if nothing follows it.
-    tokio::spawn(async {
-        let mut tick = tokio::time::interval(bproc_link::guard::REFUSAL_INTERVAL);
-        loop {
-            tick.tick().await;
-            tree::REFUSED.flush();
-        }
-    });
+    tokio::spawn(tree::REFUSED.flush_when_due());
     // Not a restore's traced stops: its thread waits for those itself (see `Procs::restore`).
     match bproc_sys::child_signals().and_then(tokio::net::UnixStream::from_std) {
         Ok(sigchld) => {
