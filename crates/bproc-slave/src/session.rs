@@ -116,6 +116,7 @@ impl Session<'_, '_> {
         Ok(match msg {
             Message::Ping { seq, time_ms } => {
                 tree::master_time(time_ms);
+                d.procs.note_starts();
                 Some(Message::Pong { seq, info: node_info() })
             }
             Message::Conf { node, cookie, ping_timeout, time_ms, grace } => {

@@ -412,7 +412,7 @@ impl Procs {
         self.reap();
         // With the kernel's process events, looking is a backstop that may begin late: a
         // start on the spawner thread leaves the runtime asleep, and the looks begin at its
-        // next child signal (the process's own end, at the latest).
+        // next turn for a child signal or a ping ([`Procs::note_starts`]).
         if self.0.events.get().is_some() && tokio::runtime::Handle::try_current().is_err() {
             self.0.started_unseen.store(true, std::sync::atomic::Ordering::Relaxed);
         } else {
@@ -420,9 +420,14 @@ impl Procs {
         }
     }
 
-    /// SIGCHLD came: reaps, and has [`Procs::follow`] look after starts it was not told of.
+    /// SIGCHLD came: reaps, and notes the starts made meanwhile.
     pub fn child_signal(&self) {
         self.reap();
+        self.note_starts();
+    }
+
+    /// Has [`Procs::follow`] look after the starts it was not told of (called on the runtime).
+    pub fn note_starts(&self) {
         if self.0.started_unseen.swap(false, std::sync::atomic::Ordering::Relaxed) {
             self.0.started.notify_one();
         }
