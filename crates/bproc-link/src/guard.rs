@@ -187,13 +187,7 @@ impl Refusals {
         warn!("{}: {why}", self.what);
     }
 
-    /// Logs the summary of an interval that is over; daemons call it now and then so that
-    /// the end of a flood is reported.
-    pub fn flush(&self) {
-        self.flush_at(Instant::now());
-    }
-
-    /// [`Refusals::flush`] as of `now`.
+    /// Logs the summary of an interval that is over as of `now`.
     fn flush_at(&self, now: Instant) {
         let mut s = self.lock();
         if s.since.is_some_and(|t| now.saturating_duration_since(t) >= REFUSAL_INTERVAL) {
@@ -299,7 +293,7 @@ mod tests {
             r.refuse(format_args!("number {i}"));
         }
         assert_eq!(r.unlogged(), 100);
-        r.flush(); // the interval is not over: nothing yet
+        r.flush_at(Instant::now()); // the interval is not over: nothing yet
         assert_eq!(r.unlogged(), 100);
         let mut s = r.lock();
         assert_eq!(

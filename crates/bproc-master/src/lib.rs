@@ -513,15 +513,9 @@ impl Master {
         tokio::spawn(slaves::ping_loop(shared.clone()));
         tokio::spawn(ghosts::stop_watch(shared.clone()));
         // The end of a flood of refused connections is reported even if nothing follows it.
-        tokio::spawn(async {
-            let mut tick = tokio::time::interval(bproc_link::guard::REFUSAL_INTERVAL);
-            loop {
-                tick.tick().await;
-                clients::REFUSED.flush();
-                slaves::REFUSED.flush();
-                stage::REFUSED.flush();
-            }
-        });
+        tokio::spawn(clients::REFUSED.flush_when_due());
+        tokio::spawn(slaves::REFUSED.flush_when_due());
+        tokio::spawn(stage::REFUSED.flush_when_due());
         if let Some(l) = self.status {
             tokio::spawn(status::serve(shared.clone(), l));
         }

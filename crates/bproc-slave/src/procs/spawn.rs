@@ -65,7 +65,10 @@ pub async fn spawn(
             done(restore_image(cx, &spec, image, fds, identity, root).await)
         }
         Ok(Prepared::Program { spec, envp, jail, fds, identity }) => {
-            start_program(cx, &spec, envp, jail, fds, identity, done)
+            match program_spec(cx, &spec, envp, jail, fds, identity) {
+                Ok(req) => start_program(cx, &spec, req, done),
+                Err(r) => done(Err(r)),
+            }
         }
         Err(r) => done(Err(r)),
     }
@@ -293,41 +296,10 @@ async fn restore_image(
     }
 }
 
-/// Starts the rank's program, under another pid when its ghost's is taken here, and tells
-/// `done` on the spawner thread.
-fn start_program(
-    cx: &Start<'_>,
-    spec: &ProcSpec,
-    envp: Vec<CString>,
-    jail: Option<Jail>,
-    fds: Fds,
-    identity: Option<Identity>,
-    done: Done,
-) {
+/// Starts the rank's program (`req`, from [`program_spec`]), under another pid when its
+/// ghost's is taken here, and tells `done` on the spawner thread.
+fn start_program(cx: &Start<'_>, spec: &ProcSpec, req: bproc_sys::SpawnSpec, done: Done) {
     let (launch, rank) = (cx.launch, cx.rank);
-    let Fds { stdio, extra, files } = fds;
-    let cwd = if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
-    let req = (|| {
-        Ok(bproc_sys::SpawnSpec {
-            path: cstr(&spec.path)?,
-            argv: spec.argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
-            envp,
-            cwd: Some(cstr(cwd)?),
-            stdio,
-            fds: extra,
-            limits: spec.rlimits.clone(),
-            jail,
-            identity,
-            umask: spec.umask,
-            files,
-            set_tid: cx.set_tid.filter(|p| *p > 0 && cx.procs.same_pids()),
-            trace: false,
-        })
-    })();
-    let req = match req {
-        Ok(req) => req,
-        Err(r) => return done(Err(r)),
-    };
     // What a failure names: the file -I/-O/-E (or an I/O list) opened, else the program.
     let file_paths: Vec<String> =
         req.files.iter().map(|f| f.path.to_string_lossy().into_owned()).collect();
@@ -361,4 +333,32 @@ fn start_program(
         info!("launch {launch} rank {rank}: started {path} as pid {pid} (uid {})", creds.uid);
         done(Ok(pid))
     });
+}
+
+/// What the spawner thread starts for the rank's program.
+fn program_spec(
+    cx: &Start<'_>,
+    spec: &ProcSpec,
+    envp: Vec<CString>,
+    jail: Option<Jail>,
+    fds: Fds,
+    identity: Option<Identity>,
+) -> Result<bproc_sys::SpawnSpec, Refusal> {
+    let Fds { stdio, extra, files } = fds;
+    let cwd = if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
+    Ok(bproc_sys::SpawnSpec {
+        path: cstr(&spec.path)?,
+        argv: spec.argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
+        envp,
+        cwd: Some(cstr(cwd)?),
+        stdio,
+        fds: extra,
+        limits: spec.rlimits.clone(),
+        jail,
+        identity,
+        umask: spec.umask,
+        files,
+        set_tid: cx.set_tid.filter(|p| *p > 0 && cx.procs.same_pids()),
+        trace: false,
+    })
 }
