@@ -13,6 +13,9 @@
 #    no identity or checks);
 #  - each launch again with its output forwarded to a pipe (hyperfine's default, /dev/null,
 #    is where bpsh gives its processes /dev/null too, with no connection for their output);
+#  - the daemons started as installed ones run, logging warnings only (`bpcluster up --quiet`);
+#    at the largest size, the launch again with them logging at -v's level (bpcluster's
+#    default: a line per node for every launch, each a write to a file on this machine);
 #  - every baseline timed twice: in turn with the command, with the cluster up, and alone
 #    before the cluster starts; each ratio is against the lower of the two, so that nothing
 #    the cluster's daemons do to the machine's other processes (an idle virtual cluster's
@@ -47,7 +50,8 @@ CORES=$(nproc)
 cc -O2 -o "$DIR/spawnloop" bench/lib/spawnloop.c
 cc -O2 -o "$DIR/daemonfloor" bench/lib/daemonfloor.c
 export BPROC_SOCKET=$DIR/c/master.sock
-up() { "$B/bpcluster" up -n "$1" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }; }
+# up N [--quiet]
+up() { "$B/bpcluster" up -n "$@" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }; }
 down() { "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true; }
 # rounds DIR RUNS CMD... -> "median min max" (ms) of each command, a line each
 . bench/lib/rounds.sh
@@ -100,7 +104,7 @@ echo "|---|---:|---:|---|---:|---|---|"
 # A single launch on a small cluster: on a real cluster the front end does not also host a
 # thousand slave daemons.
 read -r tm _ _ tfm _ _ <<<"$(rounds "$DIR" "$RUNS" -N "/bin/true" "timeout 60 /bin/true" | tr '\n' ' ')"
-up 8
+up 8 --quiet
 read -r m lo hi bm _ _ fm flo fhi <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" "/bin/true" "timeout 60 /bin/true" | tr '\n' ' ')"
 alone+="/bin/true $tm ms (in turn with bpsh: $bm), \`timeout 60 /bin/true\` $tfm ms (in turn: $fm)"
 bm=$(lower "$bm" "$tm")
@@ -121,7 +125,7 @@ for n in $SIZES; do
     "$DIR/daemonfloor" up "$n" "$DIR/df.sock" /bin/true >/dev/null
     read -r sm _ _ sdm sdlo sdhi <<<"$(rounds "$DIR" "$runs" -N "$DIR/spawnloop $n $CORES /bin/true" \
         "$DIR/daemonfloor launch $DIR/df.sock" | tr '\n' ' ')"
-    up "$n"
+    up "$n" --quiet
     read -r m lo hi bm _ _ dm dlo dhi <<<"$(rounds "$DIR" "$runs" -N "$B/bpsh 0-$((n - 1)) true" \
         "$DIR/spawnloop $n $CORES /bin/true" "$DIR/daemonfloor launch $DIR/df.sock" | tr '\n' ' ')"
     "$DIR/daemonfloor" down "$DIR/df.sock"
@@ -143,7 +147,14 @@ for n in $SIZES; do
     cpu+="| front-end CPU per rank, $n nodes, output to /dev/null | $(cpu_per_rank "$n" $k null) µs | bpsh, ghosts and bpmaster |"$'\n'
     cpu+="| front-end CPU per rank, $n nodes, output forwarded | $(cpu_per_rank "$n" $k pipe) µs | bpsh, ghosts and bpmaster |"$'\n'
     down
+    last=$n
 done
+# The largest launch again, its daemons logging at -v's level.
+up "$last"
+read -r m lo hi vm _ _ <<<"$(rounds "$DIR" "$runs" -N "$B/bpsh 0-$((last - 1)) true" \
+    "$DIR/spawnloop $last $CORES /bin/true" | tr '\n' ' ')"
+row "bpsh -a true, $last nodes, daemons logging at -v's level" "$m" "$lo" "$hi" "spawn floor" "$(lower "$vm" "$sm")" "—" ""
+down
 echo
 echo "Baselines timed alone, before the cluster started (each ratio is against the lower of the two): $alone."
 echo

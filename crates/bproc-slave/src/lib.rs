@@ -23,6 +23,7 @@
 mod forks;
 mod info;
 pub mod isolate;
+mod kept;
 mod master_arg;
 pub mod procs;
 mod proxy;
@@ -585,6 +586,7 @@ pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveErro
             procs: procs.clone(),
             outbox: outbox.clone(),
             link: state.clone(),
+            kept: kept::Kept::default(),
         }),
         opts.grace,
     );

@@ -55,6 +55,8 @@ pub(crate) struct Ctx {
     pub procs: procs::Procs,
     pub outbox: Outbox,
     pub link: proxy::LinkState,
+    /// Connections to children kept for later launches.
+    pub kept: crate::kept::Kept,
 }
 
 /// The master's clock minus ours, in milliseconds, from its latest ping.
@@ -162,41 +164,65 @@ pub(crate) enum TakeError {
     Timeout,
 }
 
-/// Reads one sealed tree part from a parent; `place` is its place among the connections not
-/// yet proved.
+/// Reads sealed tree parts from a parent; `place` is the connection's place among those not
+/// yet proved. A plain launch's connection is kept for the parent's next launch to this node
+/// (see [`crate::kept`]); any other stays open while its subtree may fetch through it.
 async fn take(
     mut s: TcpStream,
     ctx: &Arc<Ctx>,
     place: bproc_link::guard::Admitted,
 ) -> Result<(), TakeError> {
     let _ = s.set_nodelay(true);
-    let frame = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_sealed(&mut s, &ctx.opts.key)).await;
-    match frame {
-        Ok(Ok(Message::SpawnTree {
-            launch,
-            nonce,
-            time_ms,
-            size,
-            creds,
-            spec,
-            width,
-            entries,
-        })) => {
+    let mut place = Some(place);
+    loop {
+        let frame =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, read_sealed(&mut s, &ctx.opts.key)).await;
+        let (l, entries) = match frame {
+            Ok(Ok(Message::SpawnTree {
+                launch,
+                nonce,
+                time_ms,
+                size,
+                creds,
+                spec,
+                width,
+                entries,
+            })) => (Launch { launch, nonce, time_ms, size, creds, spec, width }, entries),
+            // The parent closed a kept connection between parts.
+            Ok(Err(LinkError::Closed)) if place.is_none() => return Ok(()),
+            Ok(Ok(other)) => return Err(TakeError::Unexpected(other.name())),
+            Ok(Err(e)) => return Err(TakeError::Link(e)),
+            Err(_) => return Err(TakeError::Timeout),
+        };
+        if let Some(place) = place.take() {
             place.admit();
-            let age = now_ms() + MASTER_CLOCK.load(Ordering::Relaxed) - time_ms as i64;
-            if age.abs() > MAX_AGE_MS {
-                return Err(TakeError::Old { launch, secs: age / 1000 });
-            }
-            // The connection stays open while this subtree may fetch files through it.
-            let source = procs::Source::Parent(Arc::new(tokio::sync::Mutex::new(s)));
-            let l = Launch { launch, nonce, time_ms, size, creds, spec, width };
-            run(ctx.clone(), l, entries, source);
-            Ok(())
         }
-        Ok(Ok(other)) => Err(TakeError::Unexpected(other.name())),
-        Ok(Err(e)) => Err(TakeError::Link(e)),
-        Err(_) => Err(TakeError::Timeout),
+        let age = now_ms() + MASTER_CLOCK.load(Ordering::Relaxed) - l.time_ms as i64;
+        if age.abs() > MAX_AGE_MS {
+            return Err(TakeError::Old { launch: l.launch, secs: age / 1000 });
+        }
+        if !plain(&l.spec) {
+            let source = procs::Source::Parent(Arc::new(tokio::sync::Mutex::new(s)));
+            run(ctx.clone(), l, entries, source);
+            return Ok(());
+        }
+        // Nothing is fetched for a plain launch, from the parent or anyone.
+        run(ctx.clone(), l, entries, procs::Source::Launcher);
+        // The next part's first byte, read without taking it (a readiness could be left
+        // over from the part just read).
+        let Some(_waiting) = crate::kept::Waiting::enter() else { return Ok(()) };
+        match tokio::time::timeout(crate::kept::WAIT_FOR, s.peek(&mut [0u8; 1])).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(_)) | Err(_) => return Ok(()),
+            Ok(Err(e)) => return Err(TakeError::Link(e.into())),
+        }
     }
+}
+
+/// Whether a launch needs nothing from the parent node once its part is there (no files for
+/// diskless nodes, no process image), so the part's connection is kept for the next one.
+fn plain(spec: &ProcSpec) -> bool {
+    spec.files.is_empty() && spec.image.is_none()
 }
 
 /// A vector fork's image as this node holds it, fetched once and shared by its ranks and
@@ -447,6 +473,8 @@ async fn forward(
                 let files = ctx.opts.diskless.is_some() && !l.spec.files.is_empty();
                 if files || shared.is_some() {
                     serve_child(ctx, l, &mut s, source, shared.as_ref()).await;
+                } else if plain(&l.spec) {
+                    ctx.kept.put(SocketAddrV4::new(child.ip, child.port), s);
                 }
                 return;
             }
@@ -616,15 +644,11 @@ enum SendError {
     },
 }
 
-/// Connects to `part`'s first node and hands it `part`; returns the open connection.
+/// Hands `part` to its first node, over a connection kept from an earlier launch when there
+/// is one, else a new one; returns the connection.
 async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<TcpStream, SendError> {
     let child = &part[0];
     let addr = SocketAddrV4::new(child.ip, child.port);
-    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .map_err(|_| SendError::Timeout(addr))?
-        .map_err(|error| SendError::Connect { addr, error })?;
-    let _ = s.set_nodelay(true);
     let msg = Message::SpawnTree {
         launch: l.launch,
         nonce: l.nonce,
@@ -635,6 +659,19 @@ async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<TcpStream, Se
         width: l.width,
         entries: part.to_vec(),
     };
+    if plain(&l.spec) {
+        while let Some(mut s) = ctx.kept.take(addr) {
+            match write_sealed(&mut s, &ctx.opts.key, &msg).await {
+                Ok(()) => return Ok(s),
+                Err(e) => debug!("launch {}: kept connection to {addr} failed: {e}", l.launch),
+            }
+        }
+    }
+    let mut s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| SendError::Timeout(addr))?
+        .map_err(|error| SendError::Connect { addr, error })?;
+    let _ = s.set_nodelay(true);
     write_sealed(&mut s, &ctx.opts.key, &msg)
         .await
         .map_err(|error| SendError::Write { addr, error })?;

@@ -41,6 +41,8 @@ Options:
   --no-isolate        do not give nodes their own host name and /tmp
   --diskless          nodes have no filesystem: their processes see only /proc, /dev, /tmp
                       and the programs and libraries bpsh brings (as root)
+  --quiet             the daemons log warnings and errors only, as installed daemons do
+                      (default: also every node's and process's start, as with -v)
   --timeout S         how long `up` waits for the nodes (default 60 + N/10; 180 with --vm)
   --kernel FILE       the machines' kernel (default /boot/vmlinuz-RELEASE of this machine),
                       modules from beside it (an unpacked linux-image package) or --modules
@@ -59,6 +61,7 @@ struct Args {
     ping_timeout: u32,
     isolate: bool,
     diskless: bool,
+    quiet: bool,
     timeout: Option<u64>,
     vms: Option<usize>,
     kernel: Option<PathBuf>,
@@ -89,6 +92,7 @@ fn parse(args: Vec<OsString>) -> Result<Result<Args, Stop>, lexopt::Error> {
         ping_timeout: 10,
         isolate: true,
         diskless: false,
+        quiet: false,
         timeout: None,
         vms: None,
         kernel: None,
@@ -107,6 +111,7 @@ fn parse(args: Vec<OsString>) -> Result<Result<Args, Stop>, lexopt::Error> {
             Long("ping-timeout") => a.ping_timeout = p.value()?.parse()?,
             Long("no-isolate") => a.isolate = false,
             Long("diskless") => a.diskless = true,
+            Long("quiet") => a.quiet = true,
             Long("timeout") => a.timeout = Some(p.value()?.parse()?),
             Long("vm") => a.vms = Some(p.value()?.parse()?),
             Long("kernel") => a.kernel = Some(p.value()?.into()),
@@ -169,6 +174,7 @@ fn spec_for(a: &Args, n: usize) -> Spec {
     let mut s = Spec::new(n, a.dir.clone(), bin.clone());
     s.isolate = a.isolate && isolation_works(&bin);
     s.diskless = a.diskless;
+    s.verbose = !a.quiet;
     s.ping_timeout = a.ping_timeout;
     s.timeout = Duration::from_secs(a.timeout.unwrap_or(60 + n as u64 / 10));
     s

@@ -738,6 +738,33 @@ fn launch_tree() {
     assert!(one < 3 * frame, "12 nodes cost {one} bytes, one node {frame}");
 }
 
+/// The connections of a launch tree are kept for the next launch; a node whose slave was
+/// killed and started again between launches (its kept connections ended with it) is still
+/// reached, down a chain where every node is another's child.
+#[test]
+fn launch_tree_reaches_a_restarted_node() {
+    let mut spec = TestCluster::spec(&bins(), 4, "bpsh-tree-restart");
+    spec.extra_config = "launchfanout 1\n".into();
+    let mut c = TestCluster::start(spec);
+    let ranks = |c: &TestCluster| {
+        let out = c.cmd("bpsh").args(["-a", "-p", "sh", "-c", "echo $BPROC_RANK"]).ok();
+        let mut lines: Vec<String> = out.lines().map(String::from).collect();
+        lines.sort();
+        lines
+    };
+    let want: Vec<String> = (0..4).map(|n| format!("{n:3}: {n:07}")).collect();
+    for _ in 0..3 {
+        assert_eq!(ranks(&c), want);
+    }
+    c.signal_slave(2, Signal::SIGKILL).unwrap();
+    c.wait_state(2, "down", 20);
+    c.start_slave(2).unwrap();
+    c.wait_state(2, "up", 20);
+    for _ in 0..2 {
+        assert_eq!(ranks(&c), want);
+    }
+}
+
 /// bpsh runs on a node too, through its slave: the processes it starts connect back to it.
 #[test]
 fn bpsh_on_a_node() {
