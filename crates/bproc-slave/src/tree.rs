@@ -168,11 +168,15 @@ pub(crate) enum TakeError {
 /// yet proved. A plain launch's connection is kept for the parent's next launch to this node
 /// (see [`crate::kept`]); any other stays open while its subtree may fetch through it.
 async fn take(
-    mut s: TcpStream,
+    s: TcpStream,
     ctx: &Arc<Ctx>,
     place: bproc_link::guard::Admitted,
 ) -> Result<(), TakeError> {
+    use tokio::io::AsyncBufReadExt;
     let _ = s.set_nodelay(true);
+    // A part comes whole in one read, not one for its header, one for its body and one for
+    // its seal.
+    let mut s = tokio::io::BufReader::with_capacity(PART_BUFFER, s);
     let mut place = Some(place);
     loop {
         let frame =
@@ -202,22 +206,28 @@ async fn take(
             return Err(TakeError::Old { launch: l.launch, secs: age / 1000 });
         }
         if !plain(&l.spec) {
-            let source = procs::Source::Parent(Arc::new(tokio::sync::Mutex::new(s)));
+            // The parent sends nothing more until this subtree asks it for files or the
+            // image, over the bare connection.
+            if !s.buffer().is_empty() {
+                return Err(TakeError::Unexpected("bytes after the launch part"));
+            }
+            let source = procs::Source::Parent(Arc::new(tokio::sync::Mutex::new(s.into_inner())));
             run(ctx.clone(), l, entries, source);
             return Ok(());
         }
         // Nothing is fetched for a plain launch, from the parent or anyone.
         run(ctx.clone(), l, entries, procs::Source::Launcher);
-        // The next part's first byte, read without taking it (a readiness could be left
-        // over from the part just read).
         let Some(_waiting) = crate::kept::Waiting::enter() else { return Ok(()) };
-        match tokio::time::timeout(crate::kept::WAIT_FOR, s.peek(&mut [0u8; 1])).await {
-            Ok(Ok(n)) if n > 0 => {}
+        match tokio::time::timeout(crate::kept::WAIT_FOR, s.fill_buf()).await {
+            Ok(Ok(next)) if !next.is_empty() => {}
             Ok(Ok(_)) | Err(_) => return Ok(()),
             Ok(Err(e)) => return Err(TakeError::Link(e.into())),
         }
     }
 }
+
+/// Room for a launch part read at once (a bigger one is read through).
+const PART_BUFFER: usize = 16 << 10;
 
 /// Whether a launch needs nothing from the parent node once its part is there (no files for
 /// diskless nodes, no process image), so the part's connection is kept for the next one.
