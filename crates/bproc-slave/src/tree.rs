@@ -226,8 +226,9 @@ async fn take(
     }
 }
 
-/// Room for a launch part read at once (a bigger one is read through).
-const PART_BUFFER: usize = 16 << 10;
+/// Room for a launch part read at once: a leaf's part with a caller's usual environment (a
+/// bigger one is read through). Allocated for every connection read, proved or not.
+const PART_BUFFER: usize = 4 << 10;
 
 /// Whether a launch needs nothing from the parent node once its part is there (no files for
 /// diskless nodes, no process image), so the part's connection is kept for the next one.

@@ -17,7 +17,9 @@
 //!   [`LOST`] says events were dropped (the hub's or the slave's queue was full).
 //!
 //! The hub applies the kernel filter's rule ([`super::Events::watch`]) per slave, and watches a
-//! watched process's new child at once (the slave would, a moment later). Each batch of
+//! watched process's new child at once (the slave would, a moment later). The end of a
+//! slave's own child is not sent to it: the slave reaps its children and reports their ends
+//! from their wait statuses, and the event only woke it. Each batch of
 //! events is read from the kernel before the slaves' new sets are taken, so an event that
 //! happened after a slave sent its set is judged by that set, as with the kernel's filter
 //! (the map already had the set's new pids, so the kernel passed the event).
@@ -116,6 +118,9 @@ impl Hub {
 struct Client {
     fd: OwnedFd,
     watched: Vec<i32>,
+    /// The slave's pid: the ends of its own children are not sent to it, since it reaps
+    /// them (a thousand slaves' event threads woke once more per launched rank for them).
+    pid: i32,
 }
 
 #[derive(Default)]
@@ -209,16 +214,18 @@ impl State {
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
             // Anyone may reach an abstract socket: events are for this user's slaves only.
             let peer = socket::getsockopt(&fd, socket::sockopt::PeerCredentials);
-            if self.clients.len() >= MAX_CLIENTS
-                || peer.map_or(true, |p| p.uid() != nix::unistd::geteuid().as_raw())
-            {
+            let pid = match peer {
+                Ok(p) if p.uid() == nix::unistd::geteuid().as_raw() => p.pid(),
+                _ => continue,
+            };
+            if self.clients.len() >= MAX_CLIENTS {
                 continue;
             }
             self.next_id += 1;
             let id = self.next_id + STOP;
             if epoll.add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, id)).is_ok() {
                 hello(&fd, self.kernel.as_ref().map(|k| k.map.fd()));
-                self.clients.insert(id, Client { fd, watched: Vec::new() });
+                self.clients.insert(id, Client { fd, watched: Vec::new(), pid });
                 any = true;
             }
         }
@@ -296,6 +303,9 @@ impl State {
                 if !to.contains(id) {
                     to.push(*id);
                 }
+            }
+            if let Some(parent) = parent {
+                to.retain(|id| self.clients.get(id).is_none_or(|c| c.pid != parent));
             }
             for id in to {
                 if let ProcEvent::Fork { child, .. } = *e {
@@ -522,12 +532,8 @@ mod tests {
         (got, lost)
     }
 
-    fn ended(got: &[ProcEvent], child: i32, code: i32) -> bool {
-        got.contains(&ProcEvent::Exit {
-            pid: child,
-            parent: std::process::id() as i32,
-            status: code << 8,
-        })
+    fn ended(got: &[ProcEvent], child: i32, parent: i32, code: i32) -> bool {
+        got.contains(&ProcEvent::Exit { pid: child, parent, status: code << 8 })
     }
 
     #[test]
@@ -548,18 +554,29 @@ mod tests {
         assert!(events.shared());
         let me = std::process::id() as i32;
         events.watch(&[me]).unwrap();
-        let mut child =
-            std::process::Command::new("/bin/sh").args(["-c", "exit 3"]).spawn().unwrap();
+        // A child whose own child ends with 3 before it ends with 5.
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "/bin/sh -c 'exit 3'; exit 5"])
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
         let _ = child.wait();
-        let (got, _) = gather(&rx, |g, _| ended(g, pid, 3));
+        let grandchild = |g: &[ProcEvent]| {
+            g.iter().find_map(|e| match *e {
+                ProcEvent::Fork { parent, child } if parent == pid => Some(child),
+                _ => None,
+            })
+        };
+        let (got, _) = gather(&rx, |g, _| grandchild(g).is_some_and(|gc| ended(g, gc, pid, 3)));
         assert!(got.contains(&ProcEvent::Fork { parent: me, child: pid }), "{got:?}");
-        assert!(ended(&got, pid, 3), "{got:?}");
-        // Nobody else's events: each one names this process or its child.
+        // Its child's end comes; its own end, which this process reaps, does not.
+        assert!(!got.iter().any(|e| matches!(*e, ProcEvent::Exit { pid: p, .. } if p == pid)));
+        // Nobody else's events: each one names this process's child or grandchild.
+        let gc = grandchild(&got).unwrap();
         assert!(got.iter().all(|e| match *e {
-            ProcEvent::Fork { parent, .. } => parent == me,
+            ProcEvent::Fork { parent, .. } => parent == me || parent == pid,
             ProcEvent::Exec { pid } => pid != me,
-            ProcEvent::Exit { parent, .. } => parent == me,
+            ProcEvent::Exit { pid: p, parent, .. } => p == gc && parent == pid,
         }));
         // The hub goes: the watcher subscribes on its own, with its set, and says events
         // may have been lost meanwhile.
@@ -570,8 +587,8 @@ mod tests {
             std::process::Command::new("/bin/sh").args(["-c", "exit 4"]).spawn().unwrap();
         let pid = child.id() as i32;
         let _ = child.wait();
-        let (got, _) = gather(&rx, |g, _| ended(g, pid, 4));
-        assert!(ended(&got, pid, 4), "{got:?}");
+        let (got, _) = gather(&rx, |g, _| ended(g, pid, me, 4));
+        assert!(ended(&got, pid, me, 4), "{got:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
