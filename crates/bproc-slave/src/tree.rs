@@ -162,6 +162,9 @@ pub(crate) enum TakeError {
     /// Nothing whole arrived within [`HANDSHAKE_TIMEOUT`].
     #[error("no launch arrived in time")]
     Timeout,
+    /// Bytes came after a part whose subtree fetches through the connection.
+    #[error("launch {0}: bytes after a part that fetches through its connection; refused")]
+    Trailing(u64),
 }
 
 /// Reads sealed tree parts from a parent; `place` is the connection's place among those not
@@ -209,7 +212,7 @@ async fn take(
             // The parent sends nothing more until this subtree asks it for files or the
             // image, over the bare connection.
             if !s.buffer().is_empty() {
-                return Err(TakeError::Unexpected("bytes after the launch part"));
+                return Err(TakeError::Trailing(l.launch));
             }
             let source = procs::Source::Parent(Arc::new(tokio::sync::Mutex::new(s.into_inner())));
             run(ctx.clone(), l, entries, source);

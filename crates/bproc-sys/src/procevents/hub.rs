@@ -554,29 +554,36 @@ mod tests {
         assert!(events.shared());
         let me = std::process::id() as i32;
         events.watch(&[me]).unwrap();
-        // A child whose own child ends with 3 before it ends with 5.
-        let mut child = std::process::Command::new("/bin/sh")
-            .args(["-c", "/bin/sh -c 'exit 3'; exit 5"])
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let _ = child.wait();
-        let grandchild = |g: &[ProcEvent]| {
+        // Children whose own child ends with `code` before they end: the grandchildren's
+        // ends come, the children's own (which this process reaps) do not. The second
+        // grandchild's end, which comes after the first child's would have, is the mark.
+        let family = |code: i32| {
+            let mut child = std::process::Command::new("/bin/sh")
+                .args(["-c", &format!("/bin/sh -c 'exit {code}'; exit 5")])
+                .spawn()
+                .unwrap();
+            let pid = child.id() as i32;
+            let _ = child.wait();
+            pid
+        };
+        let grandchild = |g: &[ProcEvent], of: i32| {
             g.iter().find_map(|e| match *e {
-                ProcEvent::Fork { parent, child } if parent == pid => Some(child),
+                ProcEvent::Fork { parent, child } if parent == of => Some(child),
                 _ => None,
             })
         };
-        let (got, _) = gather(&rx, |g, _| grandchild(g).is_some_and(|gc| ended(g, gc, pid, 3)));
-        assert!(got.contains(&ProcEvent::Fork { parent: me, child: pid }), "{got:?}");
-        // Its child's end comes; its own end, which this process reaps, does not.
-        assert!(!got.iter().any(|e| matches!(*e, ProcEvent::Exit { pid: p, .. } if p == pid)));
-        // Nobody else's events: each one names this process's child or grandchild.
-        let gc = grandchild(&got).unwrap();
+        let (first, second) = (family(3), family(6));
+        let (got, _) =
+            gather(&rx, |g, _| grandchild(g, second).is_some_and(|gc| ended(g, gc, second, 6)));
+        let (gc1, gc2) = (grandchild(&got, first).unwrap(), grandchild(&got, second).unwrap());
+        assert!(got.contains(&ProcEvent::Fork { parent: me, child: first }), "{got:?}");
+        assert!(ended(&got, gc1, first, 3), "{got:?}");
+        // Nobody else's events: each one names this process's children or grandchildren,
+        // and no child's end.
         assert!(got.iter().all(|e| match *e {
-            ProcEvent::Fork { parent, .. } => parent == me || parent == pid,
+            ProcEvent::Fork { parent, .. } => [me, first, second].contains(&parent),
             ProcEvent::Exec { pid } => pid != me,
-            ProcEvent::Exit { pid: p, parent, .. } => p == gc && parent == pid,
+            ProcEvent::Exit { pid, .. } => pid == gc1 || pid == gc2,
         }));
         // The hub goes: the watcher subscribes on its own, with its set, and says events
         // may have been lost meanwhile.
