@@ -6,10 +6,12 @@
 //! machine, and a round trip for each tree level on a real network).
 //!
 //! The parent reuses a connection only while it has been idle less than [`REUSE_FOR`], and
-//! closes it then; the child waits [`WAIT_FOR`], twice as long, before it closes one itself,
-//! so a child never closes a connection its parent may be writing to. A connection the child
-//! did close (its slave restarted) reads as ended when it is taken, and the part goes over a
-//! new one.
+//! closes it then; the child waits [`WAIT_FOR`], twice as long. A child that stops waiting
+//! (then, or when [`MAX_WAITING`] connections wait already) first sends the parent a byte
+//! ([`retire`]) and still takes, for [`RETIRE_GRACE`], the parts already on their way: a
+//! parent takes a connection with anything to read, or ended (its child's slave restarted),
+//! as closed, and sends the part over a new one. So no part is written into a connection
+//! its child has closed, but for a slave that dies at that moment.
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -30,8 +32,19 @@ pub(crate) const WAIT_FOR: Duration = Duration::from_secs(60);
 /// Idle connections a parent keeps to one child (more are open only while launches overlap).
 const PER_CHILD: usize = 2;
 
-/// Connections a child waits on at once; beyond them, a part's connection closes after it.
+/// Connections a child waits on at once; beyond them, a part's connection retires after it.
 const MAX_WAITING: usize = 1024;
+
+/// How long a child that retired a connection still takes the parts on their way.
+pub(crate) const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
+/// Tells the parent that the child waits on connection `s` no more, returning until when it
+/// still takes the parts already sent (the parent reads this as the connection's end).
+pub(crate) async fn retire(s: &mut TcpStream) -> Instant {
+    use tokio::io::AsyncWriteExt;
+    let _ = s.write_all(&[0]).await;
+    Instant::now() + RETIRE_GRACE
+}
 
 /// A parent's idle connections to its children, by the child's tree port.
 #[derive(Clone, Default)]
@@ -109,8 +122,8 @@ async fn sweep(pool: Arc<Mutex<Pool>>) {
     }
 }
 
-/// Whether the child still holds `s` open: a child sends nothing on a kept connection, so
-/// anything to read is its end (or an error).
+/// Whether the child still waits on `s`: anything to read is its end, or its word that it
+/// retires the connection ([`retire`]), or an error.
 fn still_open(s: &TcpStream) -> bool {
     use nix::sys::socket::{recv, MsgFlags};
     let mut byte = [0u8; 1];
@@ -160,22 +173,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_open_connection_is_reused_and_a_closed_one_is_not() {
+    async fn an_open_connection_is_reused_and_a_closed_or_retired_one_is_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let kept = Kept::default();
+        let (kept, to) = (Kept::default(), v4(&l));
         let (c1, mut s1) = pair(&l).await;
         let (c2, s2) = pair(&l).await;
-        // The child closes the connection kept last: it is passed over for the other.
+        let (c3, mut s3) = pair(&l).await;
+        // One child closes its connection, another retires it.
         drop(s2);
         c2.readable().await.unwrap();
-        kept.put(v4(&l), c1);
-        kept.put(v4(&l), c2);
-        let mut taken = kept.take(v4(&l)).expect("the open connection");
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        retire(&mut s3).await;
+        c3.readable().await.unwrap();
+        // The one kept last is taken first.
+        kept.put(to, c1);
+        kept.put(to, c2);
+        let c1 = kept.take(to).expect("the open connection, past the closed one");
+        kept.put(to, c1);
+        kept.put(to, c3);
+        let mut taken = kept.take(to).expect("the open connection, past the retired one");
         taken.write_all(b"x").await.unwrap();
         let mut b = [0u8; 1];
         s1.read_exact(&mut b).await.unwrap();
-        assert!(kept.take(v4(&l)).is_none());
+        assert!(kept.take(to).is_none());
         assert_eq!(kept.len(), 0);
     }
 

@@ -47,7 +47,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::procs::IMAGE_REQUEST;
-use crate::{procs, proxy, Options, Outbox};
+use crate::{kept, procs, proxy, Options, Outbox};
 
 /// What a tree node needs to start ranks and pass a tree on.
 pub(crate) struct Ctx {
@@ -56,7 +56,7 @@ pub(crate) struct Ctx {
     pub outbox: Outbox,
     pub link: proxy::LinkState,
     /// Connections to children kept for later launches.
-    pub kept: crate::kept::Kept,
+    pub kept: kept::Kept,
 }
 
 /// The master's clock minus ours, in milliseconds, from its latest ping.
@@ -169,18 +169,18 @@ pub(crate) enum TakeError {
 
 /// Reads sealed tree parts from a parent; `place` is the connection's place among those not
 /// yet proved. A plain launch's connection is kept for the parent's next launch to this node
-/// (see [`crate::kept`]); any other stays open while its subtree may fetch through it.
+/// (see [`kept`]); any other stays open while its subtree may fetch through it.
 async fn take(
     s: TcpStream,
     ctx: &Arc<Ctx>,
     place: bproc_link::guard::Admitted,
 ) -> Result<(), TakeError> {
-    use tokio::io::AsyncBufReadExt;
     let _ = s.set_nodelay(true);
     // A part comes whole in one read, not one for its header, one for its body and one for
     // its seal.
     let mut s = tokio::io::BufReader::with_capacity(PART_BUFFER, s);
     let mut place = Some(place);
+    let mut retiring = None;
     loop {
         let frame =
             tokio::time::timeout(HANDSHAKE_TIMEOUT, read_sealed(&mut s, &ctx.opts.key)).await;
@@ -220,11 +220,39 @@ async fn take(
         }
         // Nothing is fetched for a plain launch, from the parent or anyone.
         run(ctx.clone(), l, entries, procs::Source::Launcher);
-        let Some(_waiting) = crate::kept::Waiting::enter() else { return Ok(()) };
-        match tokio::time::timeout(crate::kept::WAIT_FOR, s.fill_buf()).await {
-            Ok(Ok(next)) if !next.is_empty() => {}
-            Ok(Ok(_)) | Err(_) => return Ok(()),
+        if !next_part(&mut s, &mut retiring).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits on a kept connection for the parent's next part; whether one is coming. A child
+/// that stops waiting (it waited [`kept::WAIT_FOR`], or too many connections wait) first
+/// tells the parent, which takes the connection no more, and still takes the parts already
+/// on their way for [`kept::RETIRE_GRACE`] (`retiring`: until when), so that none is lost.
+async fn next_part(
+    s: &mut tokio::io::BufReader<TcpStream>,
+    retiring: &mut Option<tokio::time::Instant>,
+) -> Result<bool, TakeError> {
+    use tokio::io::AsyncBufReadExt;
+    let waiting = match retiring {
+        None => kept::Waiting::enter(),
+        Some(_) => None,
+    };
+    loop {
+        let until = match (*retiring, &waiting) {
+            (Some(until), _) => until,
+            (None, Some(_)) => tokio::time::Instant::now() + kept::WAIT_FOR,
+            (None, None) => {
+                *retiring = Some(kept::retire(s.get_mut()).await);
+                continue;
+            }
+        };
+        match tokio::time::timeout_at(until, s.fill_buf()).await {
+            Ok(Ok(next)) => return Ok(!next.is_empty()),
             Ok(Err(e)) => return Err(TakeError::Link(e.into())),
+            Err(_) if retiring.is_some() => return Ok(false),
+            Err(_) => *retiring = Some(kept::retire(s.get_mut()).await),
         }
     }
 }
@@ -695,6 +723,33 @@ async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<TcpStream, Se
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child that waited its time tells the parent, still takes a part sent meanwhile,
+    /// and then lets the connection go once its grace is over.
+    #[tokio::test(start_paused = true)]
+    async fn a_child_retires_a_kept_connection_without_losing_a_part() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (parent, child) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+        let (mut parent, child) = (parent.unwrap(), child.unwrap().0);
+        let mut child = tokio::io::BufReader::new(child);
+        let mut retiring = None;
+        let waited = tokio::spawn(async move {
+            let next = next_part(&mut child, &mut retiring).await.unwrap();
+            (next, child, retiring)
+        });
+        // The child's word comes after its wait; a part written then still reaches it.
+        let mut word = [0u8; 1];
+        parent.read_exact(&mut word).await.unwrap();
+        parent.write_all(b"a part").await.unwrap();
+        let (next, mut child, mut retiring) = waited.await.unwrap();
+        assert!(next && retiring.is_some());
+        let mut got = [0u8; 6];
+        child.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"a part");
+        // Nothing more: the grace ends and so does the wait.
+        assert!(!next_part(&mut child, &mut retiring).await.unwrap());
+    }
 
     #[test]
     fn a_launch_is_taken_once() {
