@@ -68,7 +68,7 @@ impl Kept {
         let conns = pool.idle.get_mut(&addr)?;
         let mut found = None;
         while let Some((s, since)) = conns.pop() {
-            if since.elapsed() < REUSE_FOR && still_open(&s) {
+            if reusable(since) && still_open(&s) {
                 found = Some(s);
                 break;
             }
@@ -100,6 +100,11 @@ impl Kept {
     }
 }
 
+/// Whether a connection kept at `since` may still carry a part.
+fn reusable(since: Instant) -> bool {
+    since.elapsed() < REUSE_FOR
+}
+
 /// Closes connections once they have been idle [`REUSE_FOR`], sleeping until the oldest
 /// one's time, while any is kept (an idle slave has nothing to wake for).
 async fn sweep(pool: Arc<Mutex<Pool>>) {
@@ -107,7 +112,7 @@ async fn sweep(pool: Arc<Mutex<Pool>>) {
         let due = {
             let mut p = lock(&pool);
             p.idle.retain(|_, conns| {
-                conns.retain(|(_, since)| since.elapsed() < REUSE_FOR);
+                conns.retain(|(_, since)| reusable(*since));
                 !conns.is_empty()
             });
             match p.idle.values().flatten().map(|(_, since)| *since).min() {

@@ -235,19 +235,18 @@ async fn next_part(
     retiring: &mut Option<tokio::time::Instant>,
 ) -> Result<bool, TakeError> {
     use tokio::io::AsyncBufReadExt;
-    let waiting = match retiring {
-        None => kept::Waiting::enter(),
+    let _waiting = match retiring {
         Some(_) => None,
+        None => match kept::Waiting::enter() {
+            Some(place) => Some(place),
+            None => {
+                *retiring = Some(kept::retire(s.get_mut()).await);
+                None
+            }
+        },
     };
     loop {
-        let until = match (*retiring, &waiting) {
-            (Some(until), _) => until,
-            (None, Some(_)) => tokio::time::Instant::now() + kept::WAIT_FOR,
-            (None, None) => {
-                *retiring = Some(kept::retire(s.get_mut()).await);
-                continue;
-            }
-        };
+        let until = retiring.unwrap_or_else(|| tokio::time::Instant::now() + kept::WAIT_FOR);
         match tokio::time::timeout_at(until, s.fill_buf()).await {
             Ok(Ok(next)) => return Ok(!next.is_empty()),
             Ok(Err(e)) => return Err(TakeError::Link(e.into())),
