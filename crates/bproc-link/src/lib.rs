@@ -80,6 +80,10 @@ pub const FRAME_DEADLINE: Duration = Duration::from_secs(20);
 /// grows as data comes, so a header's claim alone costs nothing.
 const FIRST_ALLOC: usize = 16 << 10;
 
+/// The buffer a stream of frames is read through ([`FrameReader`], or a caller's own
+/// `BufReader` around [`read_frame`]): most frames fit, and a larger body bypasses it.
+pub const LINK_BUFFER: usize = 4 << 10;
+
 /// Reads `len` bytes of a body (or the rest of a frame) into `buf`, growing it only as
 /// bytes arrive: the length is the peer's word, not an allocation.
 async fn read_claimed<R: AsyncRead + Unpin>(
@@ -87,11 +91,19 @@ async fn read_claimed<R: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     len: usize,
 ) -> Result<(), LinkError> {
-    buf.reserve(len.min(FIRST_ALLOC));
     let want = buf.len() + len;
-    r.take(len as u64).read_to_end(buf).await?;
-    if buf.len() < want {
-        return Err(LinkError::Closed);
+    // Exactly what is claimed, up to the first allocation's bound, then doubling as bytes
+    // come: no read past the claim, so no buffer grown only to see its end (a copy of the
+    // body and, for glibc, a sweep of its freed small blocks, on every message).
+    buf.reserve_exact(len.min(FIRST_ALLOC));
+    while buf.len() < want {
+        if buf.len() == buf.capacity() {
+            buf.reserve_exact((want - buf.len()).min(buf.len()));
+        }
+        let room = (want - buf.len()) as u64;
+        if (&mut *r).take(room).read_buf(buf).await? == 0 {
+            return Err(LinkError::Closed);
+        }
     }
     Ok(())
 }
@@ -135,11 +147,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 /// waits for something else uses it instead of [`read_frame`], whose partial frame would be
 /// lost when the other branch wins, leaving the stream out of step.
 ///
-/// Like [`read_frame`] it reads no byte past the frame it returns, grows the body only as
-/// bytes arrive, and gives a started frame [`FRAME_DEADLINE`] to complete.
+/// Like [`read_frame`] it grows the body only as bytes arrive and gives a started frame
+/// [`FRAME_DEADLINE`] to complete. Unlike it, it reads through a buffer of its own
+/// ([`LINK_BUFFER`]), so a small frame takes one read, not one for its header, one for its
+/// body and one to find the stream empty; the stream is its alone.
 #[derive(Debug)]
 pub struct FrameReader<R> {
-    r: R,
+    r: tokio::io::BufReader<R>,
     head: [u8; HEADER_LEN],
     /// Bytes of the header in `head`.
     got: usize,
@@ -152,6 +166,7 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads frames from `r`.
     pub fn new(r: R) -> Self {
+        let r = tokio::io::BufReader::with_capacity(LINK_BUFFER, r);
         FrameReader { r, head: [0; HEADER_LEN], got: 0, frame: None, started: None }
     }
 
@@ -331,7 +346,8 @@ pub async fn read_sealed<R: AsyncRead + Unpin>(
     let mut head = [0u8; HEADER_LEN];
     r.read_exact(&mut head).await.map_err(eof_is_closed)?;
     let h = Header::parse(&head)?;
-    let mut frame = head.to_vec();
+    let mut frame = Vec::with_capacity(HEADER_LEN + (h.len as usize).min(FIRST_ALLOC));
+    frame.extend_from_slice(&head);
     read_claimed(r, &mut frame, h.len as usize).await?;
     let mut mac = [0u8; 32];
     r.read_exact(&mut mac).await.map_err(eof_is_closed)?;
@@ -492,6 +508,30 @@ mod tests {
         a.write_all(&second[..4]).await.unwrap();
         drop(a);
         assert!(matches!(FrameReader::new(b).next().await, Err(LinkError::Closed)));
+    }
+
+    /// A claimed body, small or beyond the first allocation and in pieces, is read whole
+    /// into a buffer no larger than the claim, and nothing after it is taken.
+    #[tokio::test]
+    async fn a_claimed_body_is_read_exactly() {
+        for len in [0, 1, 2017, FIRST_ALLOC, 5 * FIRST_ALLOC + 3] {
+            let body: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let (mut a, mut b) = tokio::io::duplex(1000);
+            let sent = body.clone();
+            let writer = tokio::spawn(async move {
+                a.write_all(&sent).await.unwrap();
+                a.write_all(b"next").await.unwrap();
+                a
+            });
+            let mut buf = b"head".to_vec();
+            read_claimed(&mut b, &mut buf, len).await.unwrap();
+            assert_eq!(&buf[4..], &body[..]);
+            assert!(buf.capacity() <= 4 + len.max(4), "{} for {len}", buf.capacity());
+            let mut next = [0u8; 4];
+            b.read_exact(&mut next).await.unwrap();
+            assert_eq!(&next, b"next");
+            drop(writer.await.unwrap());
+        }
     }
 
     #[tokio::test]

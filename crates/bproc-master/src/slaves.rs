@@ -344,9 +344,11 @@ async fn read_link(
     shared: &Shared,
     n: i32,
     conn: u64,
-    mut rd: OwnedReadHalf,
+    rd: OwnedReadHalf,
     mut done: oneshot::Receiver<()>,
 ) -> Ended {
+    // A frame in one read (its header and body, and any frames behind it), not three.
+    let mut rd = tokio::io::BufReader::with_capacity(bproc_link::LINK_BUFFER, rd);
     loop {
         let frame = tokio::select! {
             f = read_frame(&mut rd) => f,

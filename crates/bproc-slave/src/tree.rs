@@ -419,11 +419,17 @@ pub(crate) fn run(ctx: Arc<Ctx>, l: Launch, entries: Vec<TreeEntry>, source: pro
         let shared = shared.clone();
         tokio::spawn(async move { forward(&ctx, &l, part, &source, shared).await });
     }
+    // Each rank takes a launch of its own, the last this one: a leaf's one rank copies
+    // nothing (the environment alone is a few dozen strings).
+    let mut l = Some(l);
     for (i, &rank) in me.ranks.iter().enumerate() {
         let ghost = me.pids.get(i).copied().filter(|p| *p > 0);
         let port = me.ports.get(i).copied().unwrap_or(0);
-        let (ctx, l, source, shared) = (ctx.clone(), l.clone(), source.clone(), shared.clone());
-        tokio::spawn(async move { start(&ctx, &l, rank, ghost, port, &source, shared).await });
+        let Some(l) = (if i + 1 == me.ranks.len() { l.take() } else { l.clone() }) else {
+            return;
+        };
+        let (ctx, source, shared) = (ctx.clone(), source.clone(), shared.clone());
+        tokio::spawn(async move { start(&ctx, l, rank, ghost, port, &source, shared).await });
     }
 }
 
@@ -435,7 +441,7 @@ fn master_ip(ctx: &Ctx) -> Ipv4Addr {
 /// then reports how that went and tracks the process it started.
 async fn start(
     ctx: &Arc<Ctx>,
-    l: &Launch,
+    l: Launch,
     rank: u32,
     ghost: Option<i32>,
     port: u16,
@@ -443,7 +449,7 @@ async fn start(
     shared: Option<SharedImage>,
 ) {
     let image = match &shared {
-        Some(cell) => match image_of(ctx, l, source, cell).await {
+        Some(cell) => match image_of(ctx, &l, source, cell).await {
             Ok(image) => Some(image.bytes.clone() as bproc_image::SharedImage),
             Err(e) => {
                 warn!("launch {} rank {rank}: {e}", l.launch);
@@ -453,7 +459,6 @@ async fn start(
         },
         None => None,
     };
-    let spec = l.spec.clone();
     let master = master_ip(ctx);
     let client_socket = ctx.opts.client_socket.as_ref().map(|p| p.to_string_lossy().into_owned());
     let outbox = ctx.outbox.clone();
@@ -467,10 +472,10 @@ async fn start(
         launch: l.launch,
         rank,
         set_tid: ghost,
-        creds: l.creds.clone(),
+        creds: l.creds,
         forward_port: port,
     };
-    let (ctx2, launch, uid) = (ctx.clone(), l.launch, l.creds.uid);
+    let (ctx2, launch, uid) = (ctx.clone(), l.launch, cx.creds.uid);
     let program = l.spec.image.is_none().then(|| l.spec.path.clone());
     let done: procs::Done = Box::new(move |reply| {
         let pid = match reply {
@@ -495,7 +500,7 @@ async fn start(
             ctx2.procs.track(launch, rank, pid, ghost.unwrap_or(0), uid, program.as_deref());
         }
     });
-    procs::spawn(&cx, spec, image, move |m| outbox.send(0, m), done).await;
+    procs::spawn(&cx, l.spec, image, move |m| outbox.send(0, m), done).await;
 }
 
 /// Hands `part` to its first node; a node that cannot be reached has its ranks reported and
