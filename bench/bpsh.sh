@@ -143,6 +143,9 @@ for n in $SIZES; do
     read -r m lo hi pm _ _ <<<"$(rounds "$DIR" "$runs" -N --output=pipe "$B/bpsh 0-$((n - 1)) true" \
         "$DIR/spawnloop $n $CORES /bin/true" | tr '\n' ' ')"
     row "bpsh -a true, $n nodes, output forwarded to a pipe" "$m" "$lo" "$hi" "spawn floor" "$(lower "$pm" "$sm")" "—" ""
+    # One node of this cluster: bpsh asks the master for that node's entry, not the table.
+    read -r m lo hi sb _ _ <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" "/bin/true" | tr '\n' ' ')"
+    row "bpsh 0 true, on the $n-node cluster" "$m" "$lo" "$hi" "/bin/true" "$(lower "$sb" "$tm")" "—" ""
     k=$((n >= 1024 ? 5 : 20))
     cpu+="| front-end CPU per rank, $n nodes, output to /dev/null | $(cpu_per_rank "$n" $k null) µs | bpsh, ghosts and bpmaster |"$'\n'
     cpu+="| front-end CPU per rank, $n nodes, output forwarded | $(cpu_per_rank "$n" $k pipe) µs | bpsh, ghosts and bpmaster |"$'\n'

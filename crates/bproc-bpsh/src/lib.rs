@@ -276,6 +276,9 @@ struct Prepared {
     staged: Arc<std::collections::HashMap<[u8; 32], PathBuf>>,
 }
 
+/// Most nodes a spec may name by number for bpsh to ask the master for their entries alone.
+const FEW_NODES: usize = 256;
+
 /// Resolves the command and the nodes, with the master's connection the launch goes on with;
 /// `Ok(None)` when a message was printed.
 fn prepare(
@@ -287,7 +290,11 @@ fn prepare(
         return Ok(None);
     };
     let mut client = Client::connect()?;
-    let (table, place) = client.nodes_and_place()?;
+    // Nodes named by number need only their own entries, not a large cluster's table.
+    let (table, place) = match nodespec::numbered(&a.spec, FEW_NODES) {
+        Some(numbers) => client.nodes_of_and_place(&numbers)?,
+        None => client.nodes_and_place()?,
+    };
     let sel = match nodespec::filter(&table, &a.spec) {
         Ok(s) => s,
         Err(e) => {

@@ -257,10 +257,8 @@ fn stage_for_diskless(
     nodes: &[i32],
     spec: &mut ProcSpec,
 ) -> Result<Option<Staged>, BprocError> {
-    let table = client.nodes()?;
-    let diskless = table
-        .iter()
-        .any(|n| nodes.contains(&n.node) && n.info.as_ref().is_some_and(|i| i.diskless));
+    let table = client.nodes_of(nodes)?;
+    let diskless = table.iter().any(|n| n.info.as_ref().is_some_and(|i| i.diskless));
     if !diskless {
         return Ok(None);
     }

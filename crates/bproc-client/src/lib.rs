@@ -320,6 +320,17 @@ fn master_info_of(reply: Message) -> Result<MasterInfo, BprocError> {
 }
 
 /// Where a client runs, from what the master said of it.
+/// A master that does not know a request answers `ENOSYS` and keeps the connection.
+fn older_master(e: &BprocError) -> bool {
+    matches!(e, BprocError::Remote { code, .. } if *code == errno::ENOSYS)
+}
+
+/// The entries of `table` among `numbers`, as a master that knows [`Message::NodeListOf`]
+/// answers it.
+fn only(table: Vec<NodeStatus>, numbers: &[i32]) -> Vec<NodeStatus> {
+    table.into_iter().filter(|n| numbers.contains(&n.node)).collect()
+}
+
 fn place_of(info: MasterInfo) -> Place {
     let MasterInfo { addrs, client_node, client_ip, ghost, .. } = info;
     Place {
@@ -548,12 +559,44 @@ impl Client {
         }
     }
 
+    /// The configured nodes among `numbers`, in configuration order: a few entries instead
+    /// of a large cluster's whole table.
+    pub fn nodes_of(&mut self, numbers: &[i32]) -> Result<Vec<NodeStatus>, BprocError> {
+        match self.request(&Message::NodeListOf { nodes: numbers.to_vec() }) {
+            Ok(Message::Nodes { nodes }) => Ok(nodes),
+            Ok(other) => Err(BprocError::Unexpected(other.name())),
+            Err(e) if older_master(&e) => Ok(only(self.nodes()?, numbers)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// [`Client::nodes`] and [`Client::place`] in one round trip (a launcher's first
     /// questions).
     pub fn nodes_and_place(&mut self) -> Result<(Vec<NodeStatus>, Place), BprocError> {
-        match self.request_two(&Message::NodeList, &Message::MasterInfo)? {
-            (Message::Nodes { nodes }, info) => Ok((nodes, place_of(master_info_of(info)?))),
-            (other, _) => Err(BprocError::Unexpected(other.name())),
+        self.table_and_place(Message::NodeList)
+    }
+
+    /// [`Client::nodes_and_place`] for the configured nodes among `numbers` only
+    /// ([`Client::nodes_of`]).
+    pub fn nodes_of_and_place(
+        &mut self,
+        numbers: &[i32],
+    ) -> Result<(Vec<NodeStatus>, Place), BprocError> {
+        self.table_and_place(Message::NodeListOf { nodes: numbers.to_vec() })
+    }
+
+    fn table_and_place(&mut self, ask: Message) -> Result<(Vec<NodeStatus>, Place), BprocError> {
+        match self.request_two(&ask, &Message::MasterInfo) {
+            Ok((Message::Nodes { nodes }, info)) => Ok((nodes, place_of(master_info_of(info)?))),
+            Ok((other, _)) => Err(BprocError::Unexpected(other.name())),
+            Err(e) if older_master(&e) => match ask {
+                Message::NodeListOf { nodes } => {
+                    let (table, place) = self.nodes_and_place()?;
+                    Ok((only(table, &nodes), place))
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
         }
     }
 

@@ -216,6 +216,50 @@ pub fn filter(nodes: &[NodeStatus], spec: &str) -> Result<Selection, NodeSpecErr
     }
 }
 
+/// The node numbers `spec` names by number alone (numbers, ranges with both ends,
+/// hostlists), ascending and each once, when there are at most `limit` of them that could be
+/// configured (0 or more); `None` when it needs the table (`all`, a state, `master`, a range
+/// such as `5-` that runs to the highest node), names more, or is invalid ([`filter`] then
+/// says why). [`filter`] over the table's entries for these numbers selects, and finds
+/// unconfigured, what it does over the whole table: a launch to a few nodes of a large cluster
+/// need not fetch all of it.
+///
+/// ```
+/// use bproc_client::nodespec::numbered;
+/// assert_eq!(numbered("3,n[0-1],3", 16), Some(vec![0, 1, 3]));
+/// assert_eq!(numbered("0-99", 16), None);
+/// assert_eq!(numbered("up", 16), None);
+/// ```
+pub fn numbered(spec: &str, limit: usize) -> Option<Vec<i32>> {
+    let mut named = std::collections::BTreeSet::new();
+    for chunk in split_chunks(spec)?.into_iter().filter(|c| !c.is_empty()) {
+        let items = match parse_number_or_range(chunk) {
+            Some(item) => vec![item],
+            None => parse_hostlist(chunk)?,
+        };
+        for (lo, upper) in items {
+            let hi = match upper {
+                Upper::Same => lo,
+                Upper::To(hi) => hi,
+                Upper::Open => return None,
+            };
+            // Only 0..=i32::MAX can be configured; the rest is reported, never looked up.
+            let (lo, hi) = (lo.max(0), hi.min(i32::MAX.into()));
+            if lo > hi {
+                continue;
+            }
+            if hi - lo >= limit as i64 {
+                return None;
+            }
+            named.extend((lo..=hi).filter_map(|n| i32::try_from(n).ok()));
+            if named.len() > limit {
+                return None;
+            }
+        }
+    }
+    Some(named.into_iter().collect())
+}
+
 /// How one chunk evaluated.
 enum Chunk {
     Ok,
@@ -645,6 +689,28 @@ mod tests {
         ] {
             invalid(spec);
         }
+    }
+
+    /// Over the entries it names, a numbered spec selects and reports unconfigured what it
+    /// does over the whole table; the others need the table.
+    #[test]
+    fn numbered_specs_need_only_their_nodes() {
+        for spec in ["3", "n3,1,3", "0-2,9", "n[0-2,5],7", "8-5", "-1,2", ".[6,1]", "0x2,010", ""] {
+            let named = numbered(spec, 16).unwrap_or_else(|| panic!("{spec}"));
+            let some: Vec<NodeStatus> =
+                table().into_iter().filter(|n| named.contains(&n.node)).collect();
+            assert_eq!(filter(&some, spec), filter(&table(), spec), "{spec}");
+        }
+        assert_eq!(numbered("n3,1,3", 16), Some(vec![1, 3]));
+        assert_eq!(numbered("-5--1", 16), Some(vec![]));
+        for spec in ["all", "up", "master", "5-", "n[6-]", "0,up", "1x", "n[", "0-16"] {
+            assert_eq!(numbered(spec, 16), None, "{spec}");
+        }
+        // The bound counts numbers, not chunks: sixteen fit, seventeen do not.
+        assert_eq!(numbered("0-15", 16).map(|v| v.len()), Some(16));
+        assert_eq!(numbered("0-7,8-15,3", 16).map(|v| v.len()), Some(16));
+        assert_eq!(numbered("0-7,8-16", 16), None);
+        assert_eq!(numbered(&format!("0-{}", i64::MAX), 16), None);
     }
 
     #[test]

@@ -424,6 +424,9 @@ fn changed(
 async fn handle(shared: &Shared, caller: &Caller, msg: Message) -> Message {
     match msg {
         Message::NodeList => Message::Nodes { nodes: shared.table().statuses() },
+        Message::NodeListOf { nodes } => {
+            Message::Nodes { nodes: shared.table().statuses_of(&nodes) }
+        }
         Message::MasterInfo => Message::MasterInfoReply {
             version: crate::slaves::SOFTWARE_VERSION.into(),
             addrs: shared

@@ -336,6 +336,18 @@ impl Table {
         self.iter().map(Node::status).collect()
     }
 
+    /// The snapshot of the configured nodes among `numbers`, in configuration order.
+    pub fn statuses_of(&self, numbers: &[i32]) -> Vec<NodeStatus> {
+        let wanted: std::collections::BTreeSet<i32> =
+            numbers.iter().copied().filter(|n| self.nodes.contains_key(n)).collect();
+        self.order
+            .iter()
+            .filter(|n| wanted.contains(n))
+            .filter_map(|n| self.nodes.get(n))
+            .map(Node::status)
+            .collect()
+    }
+
     /// Decides how a slave presenting `cookie` is received on node `n`.
     pub fn join_kind(&self, n: i32, cookie: u64) -> Result<JoinKind, JoinError> {
         let node = self.nodes.get(&n).ok_or(JoinError::NotConfigured(n))?;

@@ -491,6 +491,15 @@ messages! {
         pid: i32 => Int("pid"),
     },
 
+    // 60–79: client requests, continued.
+    /// Client → master: the entries of `nodes` that are configured, in table order (replied
+    /// with [`Message::Nodes`]): what a launch to a few numbered nodes needs, where the whole
+    /// table of a large cluster took longer than the launch.
+    60 NodeListOf {
+        /// Node numbers.
+        nodes: Vec<i32> => List("node list", MAX_NODES, 4, Int("node")),
+    },
+
     // 100–119: replies.
     /// Reply: success.
     100 Ok,
@@ -501,9 +510,9 @@ messages! {
         /// What went wrong, naming the node or path.
         message: String => Text("message", MAX_TEXT),
     },
-    /// Reply to [`Message::NodeList`].
+    /// Reply to [`Message::NodeList`] and [`Message::NodeListOf`].
     102 Nodes {
-        /// Every configured node in table order.
+        /// Every configured node (or every one asked for) in table order.
         nodes: Vec<NodeStatus> => NODES,
     },
     /// Reply to [`Message::MasterInfo`].

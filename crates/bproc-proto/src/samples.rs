@@ -170,6 +170,7 @@ pub fn all() -> Vec<(&'static str, Message)> {
             },
         ),
         ("", NodeList),
+        ("", NodeListOf { nodes: vec![0, 3, 7] }),
         ("", SetState { node: 2, state: "boot".into() }),
         ("", Chmod { node: 2, mode: 0o111 }),
         ("", Chown { node: 2, uid: 1000 }),

@@ -123,6 +123,25 @@ fn bpstat_json_reports_node_info() {
     }
 }
 
+/// A client asks for a few nodes' entries alone (as bpsh does for nodes named by number, and
+/// libbproc for one node): the configured ones among them, each once, in table order, as the
+/// whole table has them.
+#[test]
+fn a_few_nodes_are_asked_for_alone() {
+    let c = TestCluster::up(&bins(), 3, "nodesof");
+    let mut client = bproc_client::Client::connect_to(&c.socket()).unwrap();
+    let all = client.nodes().unwrap();
+    let numbers = |t: &[bproc_client::NodeStatus]| t.iter().map(|n| n.node).collect::<Vec<_>>();
+    assert_eq!(numbers(&all), [0, 1, 2]);
+    assert_eq!(client.nodes_of(&[2, 99, 0, 2, -1]).unwrap(), [all[0].clone(), all[2].clone()]);
+    assert_eq!(client.nodes_of(&[1]).unwrap(), [all[1].clone()]);
+    assert!(client.nodes_of(&[]).unwrap().is_empty());
+    let out = c.cmd("bpsh").args(["2,0", "sh", "-c", "echo $BPROC_RANK"]).ok();
+    let mut ranks: Vec<&str> = out.lines().collect();
+    ranks.sort_unstable();
+    assert_eq!(ranks, ["0000000", "0000001"]);
+}
+
 /// Mode, owner and group set with bpctl show in bpstat, and survive a master restart while the
 /// slaves keep running (they resume their sessions).
 #[test]
