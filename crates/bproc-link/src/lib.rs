@@ -80,10 +80,6 @@ pub const FRAME_DEADLINE: Duration = Duration::from_secs(20);
 /// grows as data comes, so a header's claim alone costs nothing.
 const FIRST_ALLOC: usize = 16 << 10;
 
-/// The buffer a stream of frames is read through ([`FrameReader`], or a caller's own
-/// `BufReader` around [`read_frame`]): most frames fit, and a larger body bypasses it.
-pub const LINK_BUFFER: usize = 4 << 10;
-
 /// Reads `len` bytes of a body (or the rest of a frame) into `buf`, growing it only as
 /// bytes arrive: the length is the peer's word, not an allocation.
 async fn read_claimed<R: AsyncRead + Unpin>(
@@ -93,8 +89,8 @@ async fn read_claimed<R: AsyncRead + Unpin>(
 ) -> Result<(), LinkError> {
     let want = buf.len() + len;
     // Exactly what is claimed, up to the first allocation's bound, then doubling as bytes
-    // come: no read past the claim, so no buffer grown only to see its end (a copy of the
-    // body and, for glibc, a sweep of its freed small blocks, on every message).
+    // come: no read past the claim, so no buffer grown (and the body copied) only to see
+    // its end.
     buf.reserve_exact(len.min(FIRST_ALLOC));
     while buf.len() < want {
         if buf.len() == buf.capacity() {
@@ -147,13 +143,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 /// waits for something else uses it instead of [`read_frame`], whose partial frame would be
 /// lost when the other branch wins, leaving the stream out of step.
 ///
-/// Like [`read_frame`] it grows the body only as bytes arrive and gives a started frame
-/// [`FRAME_DEADLINE`] to complete. Unlike it, it reads through a buffer of its own
-/// ([`LINK_BUFFER`]), so a small frame takes one read, not one for its header, one for its
-/// body and one to find the stream empty; the stream is its alone.
+/// Like [`read_frame`] it reads no byte past the frame it returns, grows the body only as
+/// bytes arrive, and gives a started frame [`FRAME_DEADLINE`] to complete.
 #[derive(Debug)]
 pub struct FrameReader<R> {
-    r: tokio::io::BufReader<R>,
+    r: R,
     head: [u8; HEADER_LEN],
     /// Bytes of the header in `head`.
     got: usize,
@@ -166,7 +160,6 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads frames from `r`.
     pub fn new(r: R) -> Self {
-        let r = tokio::io::BufReader::with_capacity(LINK_BUFFER, r);
         FrameReader { r, head: [0; HEADER_LEN], got: 0, frame: None, started: None }
     }
 

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bproc_link::guard::Refusals;
-use bproc_link::{read_frame, write_frame, LinkError, LINK_BUFFER};
+use bproc_link::{read_frame, write_frame, LinkError};
 use bproc_proto::errno::{EAGAIN, ENOSYS, EPROTO};
 use bproc_proto::{Endpoint, Message};
 use tokio::net::{UnixListener, UnixStream};
@@ -288,10 +288,13 @@ pub(crate) async fn serve_proxied(shared: Arc<Shared>, proxied: Proxied) {
 }
 
 /// Serves one client connection; `_slot` holds its place under the caps until it ends.
-async fn serve(shared: Arc<Shared>, caller: Caller, _slot: Slot, rd: ClientRd, mut wr: ClientWr) {
-    // A request in one read, not one for its header, one for its body and one to find the
-    // connection empty; what serves the connection next reads on through the same buffer.
-    let mut rd: ClientRd = Box::new(tokio::io::BufReader::with_capacity(LINK_BUFFER, rd));
+async fn serve(
+    shared: Arc<Shared>,
+    caller: Caller,
+    _slot: Slot,
+    mut rd: ClientRd,
+    mut wr: ClientWr,
+) {
     let mut first = true;
     loop {
         // The first request comes at once; later ones may pause, but not forever.

@@ -338,6 +338,10 @@ fn open_session(
     Ok((kind, cookie))
 }
 
+/// The buffer a slave link's frames are read through: most frames fit in it, and a larger
+/// body bypasses it.
+const LINK_BUFFER: usize = 4 << 10;
+
 /// Handles node `n`'s frames on connection `conn` until the link ends (`done` fires when
 /// its writer stopped); returns how it ended.
 async fn read_link(
@@ -347,8 +351,10 @@ async fn read_link(
     rd: OwnedReadHalf,
     mut done: oneshot::Receiver<()>,
 ) -> Ended {
-    // A frame in one read (its header and body, and any frames behind it), not three.
-    let mut rd = tokio::io::BufReader::with_capacity(bproc_link::LINK_BUFFER, rd);
+    // A frame in one read (its header and body, and any frames behind it), not three: one
+    // buffer per node, where a buffer per client connection would cost the master as much
+    // for each of thousands of ghosts.
+    let mut rd = tokio::io::BufReader::with_capacity(LINK_BUFFER, rd);
     loop {
         let frame = tokio::select! {
             f = read_frame(&mut rd) => f,

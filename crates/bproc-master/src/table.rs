@@ -338,8 +338,7 @@ impl Table {
 
     /// The snapshot of the configured nodes among `numbers`, in configuration order.
     pub fn statuses_of(&self, numbers: &[i32]) -> Vec<NodeStatus> {
-        let wanted: std::collections::BTreeSet<i32> =
-            numbers.iter().copied().filter(|n| self.nodes.contains_key(n)).collect();
+        let wanted: std::collections::BTreeSet<i32> = numbers.iter().copied().collect();
         self.order
             .iter()
             .filter(|n| wanted.contains(n))
