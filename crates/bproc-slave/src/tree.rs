@@ -520,7 +520,7 @@ async fn forward(
                 if files || shared.is_some() {
                     serve_child(ctx, l, &mut s, source, shared.as_ref()).await;
                 } else if plain(&l.spec) {
-                    ctx.kept.put(SocketAddrV4::new(child.ip, child.port), s);
+                    ctx.kept.put(tree_addr(child), s);
                 }
                 return;
             }
@@ -690,11 +690,15 @@ enum SendError {
     },
 }
 
+/// Where a node takes its tree parts.
+fn tree_addr(e: &TreeEntry) -> SocketAddrV4 {
+    SocketAddrV4::new(e.ip, e.port)
+}
+
 /// Hands `part` to its first node, over a connection kept from an earlier launch when there
 /// is one, else a new one; returns the connection.
 async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<TcpStream, SendError> {
-    let child = &part[0];
-    let addr = SocketAddrV4::new(child.ip, child.port);
+    let addr = tree_addr(&part[0]);
     let msg = Message::SpawnTree {
         launch: l.launch,
         nonce: l.nonce,
