@@ -16,6 +16,10 @@
 #  - the daemons started as installed ones run, logging warnings only (`bpcluster up --quiet`);
 #    at the largest size, the launch again with them logging at -v's level (bpcluster's
 #    default: a line per node for every launch, each a write to a file on this machine);
+#  - where the time goes: each launch again with a program that exits at once with no C
+#    library (bench/lib/exit0.c), against its own spawn floor, and bpsh's own start-up
+#    (`bpsh --version`): what is left is the launch's own work, apart from the started
+#    program's start-up (on a virtual machine most of /bin/true's time: see exit0.c);
 #  - every baseline timed twice: in turn with the command, with the cluster up, and alone
 #    before the cluster starts; each ratio is against the lower of the two, so that nothing
 #    the cluster's daemons do to the machine's other processes (an idle virtual cluster's
@@ -49,6 +53,10 @@ trap cleanup EXIT
 CORES=$(nproc)
 cc -O2 -o "$DIR/spawnloop" bench/lib/spawnloop.c
 cc -O2 -o "$DIR/daemonfloor" bench/lib/daemonfloor.c
+# Under target/, not the scratch directory in /tmp: each node has a /tmp of its own.
+mkdir -p target/bench
+cc -static -nostdlib -o target/bench/exit0 bench/lib/exit0.c
+E0=$PWD/target/bench/exit0
 export BPROC_SOCKET=$DIR/c/master.sock
 # up N [--quiet]
 up() { "$B/bpcluster" up -n "$@" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }; }
@@ -73,11 +81,21 @@ master_ns() {
     pid=$(awk '$1 == "master" {print $2}' "$DIR/c/pids")
     cat /proc/"$pid"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}'
 }
+# The same for the master's event hub alone (its thread), which serves the slaves: a real
+# cluster's front end has none.
+hub_ns() {
+    local pid t
+    pid=$(awk '$1 == "master" {print $2}' "$DIR/c/pids")
+    for t in /proc/"$pid"/task/*; do
+        [ "$(cat "$t/comm")" = event-hub ] && cat "$t/schedstat"
+    done | awk '{s += $1} END {printf "%.0f", s}'
+}
 # With OUT "pipe" bpsh's stdout and stderr are a pipe (its processes' output forwarded),
 # else /dev/null.
 cpu_per_rank() {
-    local n=$1 k=$2 out=$3 m0 m1 c0 c1
+    local n=$1 k=$2 out=$3 m0 m1 c0 c1 h0 h1
     mkdir -p "$CG"
+    h0=$(hub_ns)
     m0=$(master_ns)
     c0=$(cat "$CG/cpuacct.usage")
     for _ in $(seq "$k"); do
@@ -91,8 +109,9 @@ cpu_per_rank() {
     done
     c1=$(cat "$CG/cpuacct.usage")
     m1=$(master_ns)
-    awk -v c=$((c1 - c0)) -v m=$((m1 - m0)) -v r=$((n * k)) \
-        'BEGIN {printf "%.1f", (c + m) / 1000 / r}'
+    h1=$(hub_ns)
+    awk -v c=$((c1 - c0)) -v m=$((m1 - m0)) -v h=$((h1 - h0)) -v r=$((n * k)) \
+        'BEGIN {printf "%.1f µs, of which the event hub %.1f", (c + m) / 1000 / r, h / 1000 / r}'
 }
 
 echo "## bpsh launch benchmark"
@@ -106,6 +125,7 @@ echo "|---|---:|---:|---|---:|---|---|"
 read -r tm _ _ tfm _ _ <<<"$(rounds "$DIR" "$RUNS" -N "/bin/true" "timeout 60 /bin/true" | tr '\n' ' ')"
 up 8 --quiet
 read -r m lo hi bm _ _ fm flo fhi <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" "/bin/true" "timeout 60 /bin/true" | tr '\n' ' ')"
+sm1=$m
 alone+="/bin/true $tm ms (in turn with bpsh: $bm), \`timeout 60 /bin/true\` $tfm ms (in turn: $fm)"
 bm=$(lower "$bm" "$tm")
 row "bpsh 0 true" "$m" "$lo" "$hi" "/bin/true" "$bm" "≤ 2× /bin/true" 2
@@ -114,8 +134,17 @@ row "floor: timeout 60 /bin/true (a local launcher)" "$fm" "$flo" "$fhi" "/bin/t
 # launch with its output forwarded (a pipe, which hyperfine reads and drops).
 read -r m lo hi pm _ _ <<<"$(rounds "$DIR" "$RUNS" -N --output=pipe "$B/bpsh 0 true" "/bin/true" | tr '\n' ' ')"
 row "bpsh 0 true, output forwarded to a pipe" "$m" "$lo" "$hi" "/bin/true" "$(lower "$pm" "$tm")" "—" ""
+# Where the single launch's time goes: bpsh's own start-up, the program's, and the rest.
+read -r m lo hi em _ _ vm vlo vhi tm2 _ _ <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 $E0" "$E0" \
+    "$B/bpsh --version" "/bin/true" | tr '\n' ' ')"
+row "bpsh 0 exit0 (a program with no C library)" "$m" "$lo" "$hi" "exit0" "$em" "—" ""
+row "bpsh --version (bpsh's own start-up)" "$vm" "$vlo" "$vhi" "/bin/true" "$(lower "$tm2" "$tm")" "—" ""
+where=$(awk -v s="$sm1" -v v="$vm" -v t="$(lower "$tm2" "$tm")" -v e="$em" -v x="$m" 'BEGIN {
+    printf "bpsh 0 true %.2f ms: bpsh'"'"'s own start-up %.2f, /bin/true %.2f (of which its C library'"'"'s start-up %.2f, against exit0'"'"'s %.2f), the launch itself (connections, master, node daemon, ghost) %.2f, as bpsh 0 exit0 less bpsh'"'"'s start-up and exit0 gives %.2f",
+        s, v, t, t - e, e, s - v - t, x - v - e }')
 down
 cpu=""
+own=""
 # Each size on a cluster of its size: on a virtual cluster every process event on the
 # machine passes through every slave's filter, so a bigger cluster would slow a smaller
 # launch (and add to the front end's CPU) where a real one would not.
@@ -146,9 +175,15 @@ for n in $SIZES; do
     # One node of this cluster: bpsh asks the master for that node's entry, not the table.
     read -r m lo hi sb _ _ <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" "/bin/true" | tr '\n' ' ')"
     row "bpsh 0 true, on the $n-node cluster" "$m" "$lo" "$hi" "/bin/true" "$(lower "$sb" "$tm")" "—" ""
+    # The launch apart from the program's start-up: exit0 on every node, against its floor.
+    read -r m lo hi eb _ _ <<<"$(rounds "$DIR" "$runs" -N "$B/bpsh 0-$((n - 1)) $E0" \
+        "$DIR/spawnloop $n $CORES $E0" | tr '\n' ' ')"
+    row "bpsh -a exit0 (no C library), $n nodes" "$m" "$lo" "$hi" "its spawn floor" "$eb" "—" ""
+    own+="; at $n nodes $(awk -v m="$m" -v e="$eb" -v n="$n" \
+        'BEGIN {printf "%.1f ms (%.0f µs a rank)", m - e, (m - e) * 1000 / n}')"
     k=$((n >= 1024 ? 5 : 20))
-    cpu+="| front-end CPU per rank, $n nodes, output to /dev/null | $(cpu_per_rank "$n" $k null) µs | bpsh, ghosts and bpmaster |"$'\n'
-    cpu+="| front-end CPU per rank, $n nodes, output forwarded | $(cpu_per_rank "$n" $k pipe) µs | bpsh, ghosts and bpmaster |"$'\n'
+    cpu+="| front-end CPU per rank, $n nodes, output to /dev/null | $(cpu_per_rank "$n" $k null) | bpsh, its ghosts and bpmaster (with its event hub, also given alone) |"$'\n'
+    cpu+="| front-end CPU per rank, $n nodes, output forwarded | $(cpu_per_rank "$n" $k pipe) | bpsh, its ghosts and bpmaster (with its event hub, also given alone) |"$'\n'
     down
     last=$n
 done
@@ -163,8 +198,10 @@ echo "Baselines timed alone, before the cluster started (each ratio is against t
 echo
 echo "A remote launch, too, starts a launcher and a program, one after the other, and waits for the program: where the floor's ratio is near 2 or above, no remote launch can take under 2× /bin/true here. The daemon floor is the least a launch through node daemons that share this machine costs: between its ratio and a target's lies all that a real launch may spend on everything else (connections, the tree, output, identity, ghosts)."
 echo
+echo "Where the time goes: $where. A launch's own time, apart from the program's start-up (bpsh -a exit0 less exit0's spawn floor):${own#;}."
+echo
 echo "| front end | CPU | counted |"
 echo "|---|---:|---|"
 printf "%s" "$cpu"
 echo
-echo "On a virtual cluster the slaves share one subscription to the machine's process events (the master's hub), which the kernel filters to the cluster's processes: the machine's other processes (the baselines among them) wake neither the hub nor a slave."
+echo "On a virtual cluster the slaves share one subscription to the machine's process events (the master's hub), which the kernel filters to the cluster's processes: the machine's other processes (the baselines among them) wake neither the hub nor a slave. The hub's thread works for the slaves (a real cluster's front end has none): its share is given beside each figure."
