@@ -19,7 +19,8 @@
 #  - where the time goes: each launch again with a program that exits at once with no C
 #    library (bench/lib/exit0.c), against its own spawn floor, and bpsh's own start-up
 #    (`bpsh --version`): what is left is the launch's own work, apart from the started
-#    program's start-up (on a virtual machine most of /bin/true's time: see exit0.c);
+#    program's start-up (on a virtual machine it can be most of /bin/true's time: see
+#    exit0.c);
 #  - every baseline timed twice: in turn with the command, with the cluster up, and alone
 #    before the cluster starts; each ratio is against the lower of the two, so that nothing
 #    the cluster's daemons do to the machine's other processes (an idle virtual cluster's

@@ -1,6 +1,6 @@
 /* A program that exits at once, with no C library: a launch of it costs what the launcher
- * spends and the kernel's process creation, without the started program's own start-up. A
- * glibc program's start-up is most of /bin/true's time on a virtual machine: glibc sizes the
+ * spends and the kernel's process creation, without the started program's own start-up. On a
+ * virtual machine a glibc program's start-up can be most of /bin/true's time: glibc sizes the
  * caches at every start by asking the CPU (cpuid) dozens of times, and each question traps to
  * the hypervisor. bench/bpsh.sh launches it beside /bin/true to show where a launch's time
  * goes.

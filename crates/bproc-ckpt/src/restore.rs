@@ -531,6 +531,9 @@ fn restore_from<R: Read>(
         files: spec.files,
         set_tid: spec.set_tid,
         trace: true,
+        // The image's actions are set on a process whose others are the defaults, not the
+        // restorer's (a daemon's inherited ignored signals).
+        default_signals: true,
     };
     // The pid may still be held by the copy that just moved away from here (it ends once the
     // move has succeeded, and is reaped soon after): wait for it, briefly.

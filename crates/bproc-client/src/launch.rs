@@ -454,6 +454,7 @@ fn start_here_with_fds(spec: &ProcSpec, rank: usize) -> std::io::Result<i32> {
         files,
         set_tid: None,
         trace: false,
+        default_signals: false,
     };
     bproc_sys::spawn(&req)
 }

@@ -305,11 +305,32 @@ mod tests {
             files,
             set_tid: None,
             trace: false,
+            default_signals: false,
         }
     }
 
     fn wait(pid: i32) -> nix::sys::wait::WaitStatus {
         nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap()
+    }
+
+    /// A start with `default_signals` gives the program the default action of each signal
+    /// its caller ignores (a daemon started in the background of a script ignores SIGINT and
+    /// SIGQUIT); one without leaves it ignored, as an exec does. (SIGUSR2 here: no other test
+    /// of this crate's uses it, and its default action ends a process without a core.)
+    #[test]
+    fn ignored_signals_go_back_to_their_defaults() {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        use nix::sys::wait::WaitStatus;
+        // SAFETY: ignoring a signal installs no handler.
+        unsafe { signal(Signal::SIGUSR2, SigHandler::SigIgn) }.unwrap();
+        let itself = ["/bin/sh", "-c", "kill -USR2 $$; exit 7"];
+        let fresh = SpawnSpec { default_signals: true, ..spec(&itself, vec![], vec![]) };
+        let reset = wait(spawn(&fresh).unwrap());
+        let inherited = wait(spawn(&spec(&itself, vec![], vec![])).unwrap());
+        // SAFETY: as above, the default action again.
+        unsafe { signal(Signal::SIGUSR2, SigHandler::SigDfl) }.unwrap();
+        assert!(matches!(reset, WaitStatus::Signaled(_, Signal::SIGUSR2, _)), "{reset:?}");
+        assert_eq!(inherited, WaitStatus::Exited(inherited.pid().unwrap(), 7));
     }
 
     /// A process started by a thread with the fork filter waits at each fork until the

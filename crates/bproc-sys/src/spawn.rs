@@ -45,6 +45,11 @@ pub struct SpawnSpec {
     /// Traced by the calling thread from its first instruction (`PTRACE_TRACEME`): it stops
     /// with `SIGTRAP` after the exec.
     pub trace: bool,
+    /// Every signal the calling process ignored when it first started a process with this
+    /// set goes back to its default action in the child: a daemon started in the background
+    /// of a script ignores SIGINT and SIGQUIT, which the processes it starts for others must
+    /// not inherit. (SIGPIPE, which the Rust runtime ignores, always goes back.)
+    pub default_signals: bool,
 }
 
 /// Most further fds a [`SpawnSpec`] may carry.
@@ -130,7 +135,9 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
     let groups: Vec<libc::gid_t> =
         spec.identity.as_ref().map(|i| i.groups.clone()).unwrap_or_default();
     let tid: i32 = spec.set_tid.unwrap_or(0);
-    let mut ctx = ChildCtx { spec, argv: &argv, envp: &envp, groups: &groups, errno: 0, step: 0 };
+    let ignored = if spec.default_signals { ignored_signals() } else { 0 };
+    let mut ctx =
+        ChildCtx { spec, argv: &argv, envp: &envp, groups: &groups, ignored, errno: 0, step: 0 };
     // The child shares this memory and runs on its own stack until it execs, while this
     // thread waits (vfork): no page tables are copied, which on a daemon of some size costs
     // more than the rest of a start. Its memory need not be cleared (64 KiB a start).
@@ -199,6 +206,29 @@ pub struct SpawnFailed {
     pub errno: i32,
 }
 
+/// The signals this process ignores, bit `n - 1` for signal `n`, as they were at the first
+/// call (a daemon's dispositions are set as it starts, and asking the kernel for each signal
+/// at every start would cost a start several dozen system calls).
+fn ignored_signals() -> u64 {
+    static IGNORED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *IGNORED.get_or_init(|| {
+        let mut ignored = 0u64;
+        for sig in 1..=64 {
+            // SAFETY: sigaction with no new action only writes the current one into `old`,
+            // a zeroed struct we own; signals the C library reserves fail with EINVAL.
+            let is_ignored = unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                    && old.sa_sigaction == libc::SIG_IGN
+            };
+            if is_ignored {
+                ignored |= 1 << (sig - 1);
+            }
+        }
+        ignored
+    })
+}
+
 /// The errno of an error [`spawn`] returned: the system's, or the child's ([`SpawnFailed`]).
 pub fn spawn_errno(e: &std::io::Error) -> Option<i32> {
     e.raw_os_error()
@@ -220,6 +250,8 @@ struct ChildCtx<'a> {
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
     groups: &'a [libc::gid_t],
+    /// Signals to set back to their defaults, bit `n - 1` for signal `n`.
+    ignored: u64,
     errno: i32,
     step: u32,
 }
@@ -229,7 +261,7 @@ extern "C" fn child_entry(ctx: *mut libc::c_void) -> ! {
     // exits; the parent reads `errno` only after that.
     unsafe {
         let ctx = &mut *ctx.cast::<ChildCtx>();
-        let (e, step) = child(ctx.spec, ctx.argv, ctx.envp, ctx.groups);
+        let (e, step) = child(ctx.spec, ctx.argv, ctx.envp, ctx.groups, ctx.ignored);
         std::ptr::write_volatile(&mut ctx.step, step);
         std::ptr::write_volatile(&mut ctx.errno, if e == 0 { libc::EIO } else { e });
         libc::_exit(127)
@@ -318,6 +350,7 @@ fn child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     groups: &[libc::gid_t],
+    ignored: u64,
 ) -> (i32, u32) {
     let err = |step: u32| (nix::Error::last_raw(), step);
     // SAFETY: every call below is a direct system call (async-signal-safe) on memory that was
@@ -326,6 +359,11 @@ fn child(
         // Handled signals go back to their defaults at exec; an ignored one would stay
         // ignored, and the Rust runtime ignores SIGPIPE.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        for sig in 1..=64 {
+            if ignored & (1 << (sig - 1)) != 0 {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
         if libc::setpgid(0, 0) != 0 {
             return err(STEP_SETUP);
         }

@@ -360,5 +360,8 @@ fn program_spec(
         files,
         set_tid: cx.set_tid.filter(|p| *p > 0 && cx.procs.same_pids()),
         trace: false,
+        // The daemon's own ignored signals (SIGINT and SIGQUIT when a script started it in
+        // the background) are no business of a launch's processes.
+        default_signals: true,
     })
 }
