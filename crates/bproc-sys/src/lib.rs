@@ -330,7 +330,7 @@ mod tests {
         // SAFETY: as above, the default action again.
         unsafe { signal(Signal::SIGUSR2, SigHandler::SigDfl) }.unwrap();
         assert!(matches!(reset, WaitStatus::Signaled(_, Signal::SIGUSR2, _)), "{reset:?}");
-        assert_eq!(inherited, WaitStatus::Exited(inherited.pid().unwrap(), 7));
+        assert!(matches!(inherited, WaitStatus::Exited(_, 7)), "{inherited:?}");
     }
 
     /// A process started by a thread with the fork filter waits at each fork until the
