@@ -123,7 +123,7 @@ echo "| what | median | min–max | baseline (median) | ratio | target | holds |
 echo "|---|---:|---:|---|---:|---|---|"
 # A single launch on a small cluster: on a real cluster the front end does not also host a
 # thousand slave daemons.
-read -r tm _ _ tfm _ _ <<<"$(rounds "$DIR" "$RUNS" -N "/bin/true" "timeout 60 /bin/true" | tr '\n' ' ')"
+read -r tm _ _ tfm _ _ te _ _ <<<"$(rounds "$DIR" "$RUNS" -N "/bin/true" "timeout 60 /bin/true" "$E0" | tr '\n' ' ')"
 up 8 --quiet
 read -r m lo hi bm _ _ fm flo fhi <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" "/bin/true" "timeout 60 /bin/true" | tr '\n' ' ')"
 sm1=$m
@@ -138,6 +138,8 @@ row "bpsh 0 true, output forwarded to a pipe" "$m" "$lo" "$hi" "/bin/true" "$(lo
 # Where the single launch's time goes: bpsh's own start-up, the program's, and the rest.
 read -r m lo hi em _ _ vm vlo vhi tm2 _ _ <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 $E0" "$E0" \
     "$B/bpsh --version" "/bin/true" | tr '\n' ' ')"
+alone+=", exit0 $te ms (in turn: $em)"
+em=$(lower "$em" "$te")
 row "bpsh 0 exit0 (a program with no C library)" "$m" "$lo" "$hi" "exit0" "$em" "—" ""
 row "bpsh --version (bpsh's own start-up)" "$vm" "$vlo" "$vhi" "/bin/true" "$(lower "$tm2" "$tm")" "—" ""
 where=$(awk -v s="$sm1" -v v="$vm" -v t="$(lower "$tm2" "$tm")" -v e="$em" -v x="$m" 'BEGIN {
@@ -153,8 +155,8 @@ for n in $SIZES; do
     runs=$RUNS
     [ "$n" -ge 512 ] && runs=$(( RUNS < 11 ? RUNS : 11 ))
     "$DIR/daemonfloor" up "$n" "$DIR/df.sock" /bin/true >/dev/null
-    read -r sm _ _ sdm sdlo sdhi <<<"$(rounds "$DIR" "$runs" -N "$DIR/spawnloop $n $CORES /bin/true" \
-        "$DIR/daemonfloor launch $DIR/df.sock" | tr '\n' ' ')"
+    read -r sm _ _ sdm sdlo sdhi se _ _ <<<"$(rounds "$DIR" "$runs" -N "$DIR/spawnloop $n $CORES /bin/true" \
+        "$DIR/daemonfloor launch $DIR/df.sock" "$DIR/spawnloop $n $CORES $E0" | tr '\n' ' ')"
     up "$n" --quiet
     read -r m lo hi bm _ _ dm dlo dhi <<<"$(rounds "$DIR" "$runs" -N "$B/bpsh 0-$((n - 1)) true" \
         "$DIR/spawnloop $n $CORES /bin/true" "$DIR/daemonfloor launch $DIR/df.sock" | tr '\n' ' ')"
@@ -179,6 +181,8 @@ for n in $SIZES; do
     # The launch apart from the program's start-up: exit0 on every node, against its floor.
     read -r m lo hi eb _ _ <<<"$(rounds "$DIR" "$runs" -N "$B/bpsh 0-$((n - 1)) $E0" \
         "$DIR/spawnloop $n $CORES $E0" | tr '\n' ' ')"
+    alone+="; exit0's spawn floor at $n $se ms (in turn: $eb)"
+    eb=$(lower "$eb" "$se")
     row "bpsh -a exit0 (no C library), $n nodes" "$m" "$lo" "$hi" "its spawn floor" "$eb" "—" ""
     own+="; at $n nodes $(awk -v m="$m" -v e="$eb" -v n="$n" \
         'BEGIN {printf "%.1f ms (%.0f µs a rank)", m - e, (m - e) * 1000 / n}')"
