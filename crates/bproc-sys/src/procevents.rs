@@ -110,6 +110,11 @@ impl Events {
     /// Keeps only the events of `pids` (for a fork, of the parent; for an exit, of the
     /// process or its parent), replacing the set. With more than [`MAX_WATCHED`] pids,
     /// nothing passes.
+    ///
+    /// Through a hub that filters in the kernel, this process's own pid in the set watches
+    /// the processes it starts from their fork, and passes nothing it knows already: its
+    /// own forks, its children's first execs (the programs it started) and their ends (it
+    /// reaps them). Elsewhere those come too.
     pub fn watch(&self, pids: &[i32]) -> std::io::Result<()> {
         let mut set = pids.to_vec();
         set.sort_unstable();
@@ -127,8 +132,13 @@ impl Events {
             // A hub gone is seen by `next`, which then subscribes with this set.
             Source::Hub(fd) => {
                 if let Some(map) = &self.map {
-                    for pid in set.iter().filter(|p| old.binary_search(p).is_err()) {
-                        map.watch(*pid);
+                    let me = std::process::id() as i32;
+                    for &pid in set.iter().filter(|p| old.binary_search(p).is_err()) {
+                        // A pid the kernel put there at its fork keeps what it said.
+                        match pid == me {
+                            true => map.put(pid, kfilter::Entry::Slave, false),
+                            false => map.put(pid, kfilter::Entry::Watched, true),
+                        }
                     }
                 }
                 hub::send_set(fd, set).or(Ok(()))
