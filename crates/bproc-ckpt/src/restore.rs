@@ -514,7 +514,7 @@ fn restore_from<R: Read>(
     let req = SpawnSpec {
         path: cstr(&format!("/proc/self/fd/{}", memfd.as_raw_fd()))?,
         argv: vec![cstr(comm_of(&h))?],
-        envp: Vec::new(),
+        envp: bproc_sys::CStrings::default(),
         cwd: Some(cstr(cwd_of(&h, root))?),
         stdio: spec.stdio,
         fds: spec.fds,

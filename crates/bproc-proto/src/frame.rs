@@ -188,9 +188,11 @@ mod tests {
             ],
             ..Default::default()
         };
-        let env = spec.env_where(7, Some("/node/sock"));
+        let joined =
+            |socket| spec.env_where("0000007", socket).map(|p| p.concat()).collect::<Vec<_>>();
+        let env = joined(Some("/node/sock"));
         assert_eq!(env, ["A=1", "BPROC_RANK=0000007", "B=x=y", "BPROC_SOCKET=/node/sock"]);
-        assert_eq!(spec.env_where(7, None), ["A=1", "BPROC_RANK=0000007", "B=x=y"]);
+        assert_eq!(joined(None), ["A=1", "BPROC_RANK=0000007", "B=x=y"]);
     }
 
     #[test]

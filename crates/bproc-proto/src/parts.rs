@@ -668,19 +668,20 @@ impl ProcSpec {
 
     /// [`ProcSpec::env_for_rank`] as `NAME=value` strings, with `BPROC_SOCKET` naming
     /// `socket` (the cluster socket where the process runs; left out when `None`) instead of
-    /// the launcher's. Each entry is one string, made once: a launch's environment is some
-    /// dozens of them, made again for every rank.
-    pub fn env_where(&self, rank: u32, socket: Option<&str>) -> Vec<String> {
-        let mut env = Vec::with_capacity(self.env.len() + 1);
-        for kv in &self.env {
-            match kv.split_once('=') {
-                None | Some(("BPROC_SOCKET", _)) => {}
-                Some(("BPROC_RANK", "XXXXXXX")) => env.push(format!("BPROC_RANK={rank:07}")),
-                Some(_) => env.push(kv.clone()),
-            }
-        }
-        env.extend(socket.map(|s| format!("BPROC_SOCKET={s}")));
-        env
+    /// the launcher's; `rank` is the rank in seven digits. Each string comes in two parts to
+    /// join, and none is made here: a launch's environment is some dozens of them, made again
+    /// for every rank.
+    pub fn env_where<'a>(
+        &'a self,
+        rank: &'a str,
+        socket: Option<&'a str>,
+    ) -> impl Iterator<Item = [&'a str; 2]> + 'a {
+        let kept = self.env.iter().filter_map(move |kv| match kv.split_once('=') {
+            None | Some(("BPROC_SOCKET", _)) => None,
+            Some(("BPROC_RANK", "XXXXXXX")) => Some(["BPROC_RANK=", rank]),
+            Some(_) => Some([kv.as_str(), ""]),
+        });
+        kept.chain(socket.map(|s| ["BPROC_SOCKET=", s]))
     }
 }
 

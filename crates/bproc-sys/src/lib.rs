@@ -42,8 +42,8 @@ pub mod uffd;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_socket,
-    inherited_socket_fd, signal_from, signal_from_inside, spawn, spawn_errno, CloneArgs, LastPid,
-    PidNamespace, SpawnFailed, SpawnSpec, SpawnStep, MAX_FDS,
+    inherited_socket_fd, signal_from, signal_from_inside, spawn, spawn_errno, CStrings, CloneArgs,
+    InteriorNul, LastPid, PidNamespace, SpawnFailed, SpawnSpec, SpawnStep, MAX_FDS,
 };
 
 use std::ffi::CString;
@@ -294,7 +294,7 @@ mod tests {
         SpawnSpec {
             path: CString::new(argv[0]).unwrap(),
             argv: argv.iter().map(|a| CString::new(*a).unwrap()).collect(),
-            envp: vec![CString::new("PATH=/bin:/usr/bin").unwrap()],
+            envp: CStrings::try_from_iter(["PATH=/bin:/usr/bin"]).unwrap(),
             cwd: Some(CString::new("/").unwrap()),
             stdio: null(),
             fds: Vec::new(),
@@ -317,6 +317,21 @@ mod tests {
     /// its caller ignores (a daemon started in the background of a script ignores SIGINT and
     /// SIGQUIT); one without leaves it ignored, as an exec does. (SIGUSR2 here: no other test
     /// of this crate's uses it, and its default action ends a process without a core.)
+    #[test]
+    fn strings_for_an_exec_are_joined_in_one_buffer_and_a_nul_is_refused() {
+        let mut env = CStrings::with_capacity(32);
+        env.push(&["A=", "1"]).unwrap();
+        env.push(&["B=x=y"]).unwrap();
+        assert!(env.push(&["C=", "a\0b"]).is_err());
+        env.push(&[""]).unwrap();
+        let got: Vec<&str> = env.iter().map(|s| s.to_str().unwrap()).collect();
+        assert_eq!(got, ["A=1", "B=x=y", ""]);
+        assert_eq!(env.len(), 3);
+        assert!(CStrings::default().is_empty() && CStrings::default().iter().next().is_none());
+        let joined = CStrings::try_from_iter(["A=1", "B=x=y", ""]).unwrap();
+        assert_eq!(joined, env);
+    }
+
     #[test]
     fn ignored_signals_go_back_to_their_defaults() {
         use nix::sys::signal::{signal, SigHandler, Signal};

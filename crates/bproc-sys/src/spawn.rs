@@ -22,7 +22,7 @@ pub struct SpawnSpec {
     /// Its arguments, `argv[0]` first.
     pub argv: Vec<CString>,
     /// Its environment, `NAME=value`.
-    pub envp: Vec<CString>,
+    pub envp: CStrings,
     /// Working directory (entered after the identity switch, with the caller's rights);
     /// ignored with a jail, which has its own.
     pub cwd: Option<CString>,
@@ -50,6 +50,78 @@ pub struct SpawnSpec {
     /// of a script ignores SIGINT and SIGQUIT, which the processes it starts for others must
     /// not inherit. (SIGPIPE, which the Rust runtime ignores, always goes back.)
     pub default_signals: bool,
+}
+
+/// NUL-terminated strings in one buffer, as `execve` takes an environment: one allocation
+/// for the dozens of strings of a launch's environment (made again for every rank a node
+/// starts, where one string each, copied twice more on the way, cost the slave a tenth of its
+/// work per rank), and together in memory for the kernel's copy at the exec.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CStrings {
+    buf: Vec<u8>,
+    count: usize,
+}
+
+/// A string for [`CStrings`] that holds a NUL.
+#[derive(Debug, thiserror::Error)]
+#[error("NUL in {0:?}")]
+pub struct InteriorNul(pub String);
+
+impl CStrings {
+    /// No strings yet, with room for `bytes` (their NULs included).
+    pub fn with_capacity(bytes: usize) -> CStrings {
+        CStrings { buf: Vec::with_capacity(bytes), count: 0 }
+    }
+
+    /// The strings of `items`, in order.
+    pub fn try_from_iter<S: AsRef<str>>(
+        items: impl IntoIterator<Item = S>,
+    ) -> Result<CStrings, InteriorNul> {
+        let mut all = CStrings::default();
+        for s in items {
+            all.push(&[s.as_ref()])?;
+        }
+        Ok(all)
+    }
+
+    /// Appends the string made of `parts` one after another; nothing when one holds a NUL.
+    pub fn push(&mut self, parts: &[&str]) -> Result<(), InteriorNul> {
+        if parts.iter().any(|p| p.as_bytes().contains(&0)) {
+            return Err(InteriorNul(parts.concat()));
+        }
+        for p in parts {
+            self.buf.extend_from_slice(p.as_bytes());
+        }
+        self.buf.push(0);
+        self.count += 1;
+        Ok(())
+    }
+
+    /// How many strings there are.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The strings, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &std::ffi::CStr> {
+        self.buf.split_inclusive(|b| *b == 0).map(|s| {
+            std::ffi::CStr::from_bytes_with_nul(s).expect("each string ends at its only NUL")
+        })
+    }
+
+    /// A pointer to each string, then a null one (`execve`'s array, valid while `self` is
+    /// neither changed nor dropped).
+    fn pointers(&self) -> Vec<*const libc::c_char> {
+        let mut out = Vec::with_capacity(self.count + 1);
+        out.extend(self.iter().map(|s| s.as_ptr()));
+        out.push(std::ptr::null());
+        out
+    }
 }
 
 /// Most further fds a [`SpawnSpec`] may carry.
@@ -130,8 +202,7 @@ pub fn spawn(spec: &SpawnSpec) -> std::io::Result<i32> {
     }
     let argv: Vec<*const libc::c_char> =
         spec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let envp: Vec<*const libc::c_char> =
-        spec.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp = spec.envp.pointers();
     let groups: Vec<libc::gid_t> =
         spec.identity.as_ref().map(|i| i.groups.clone()).unwrap_or_default();
     let tid: i32 = spec.set_tid.unwrap_or(0);

@@ -85,7 +85,7 @@ enum Prepared {
     },
     Program {
         spec: ProcSpec,
-        envp: Vec<CString>,
+        envp: bproc_sys::CStrings,
         jail: Option<Jail>,
         fds: Fds,
         identity: Option<Identity>,
@@ -216,16 +216,15 @@ async fn jail_of(
 }
 
 /// The rank's environment: the spec's, with the node's client socket as `BPROC_SOCKET`.
-fn environment(cx: &Start<'_>, spec: &ProcSpec) -> Result<Vec<CString>, Refusal> {
-    spec.env_where(cx.rank, cx.client_socket)
-        .into_iter()
-        .map(|kv| {
-            CString::new(kv).map_err(|e| Refusal {
-                code: EINVAL,
-                message: format!("NUL in {:?}", String::from_utf8_lossy(&e.into_vec())),
-            })
-        })
-        .collect()
+fn environment(cx: &Start<'_>, spec: &ProcSpec) -> Result<bproc_sys::CStrings, Refusal> {
+    let socket = cx.client_socket.map_or(0, |s| s.len() + 16);
+    let bytes = spec.env.iter().map(|kv| kv.len() + 1).sum::<usize>() + socket;
+    let mut env = bproc_sys::CStrings::with_capacity(bytes);
+    let rank = format!("{:07}", cx.rank);
+    for parts in spec.env_where(&rank, cx.client_socket) {
+        env.push(&parts).map_err(|e| Refusal { code: EINVAL, message: e.to_string() })?;
+    }
+    Ok(env)
 }
 
 /// Opens the rank's fds 0 to 2 and those of its I/O list (an optional one that cannot be
@@ -339,7 +338,7 @@ fn start_program(cx: &Start<'_>, spec: &ProcSpec, req: bproc_sys::SpawnSpec, don
 fn program_spec(
     cx: &Start<'_>,
     spec: &ProcSpec,
-    envp: Vec<CString>,
+    envp: bproc_sys::CStrings,
     jail: Option<Jail>,
     fds: Fds,
     identity: Option<Identity>,
