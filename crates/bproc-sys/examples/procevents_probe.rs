@@ -5,7 +5,7 @@ use bproc_sys::procevents::Events;
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let ev = Events::open().expect("open");
-    ev.watch(&[std::process::id() as i32]).expect("watch");
+    ev.watch(&[std::process::id() as i32], &[]).expect("watch");
     for _ in 0..n {
         let mut c = std::process::Command::new("/bin/true").spawn().expect("spawn");
         c.wait().expect("wait");

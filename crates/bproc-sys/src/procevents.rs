@@ -72,6 +72,9 @@ pub struct Events {
     source: std::sync::RwLock<Source>,
     /// The latest watched set, for a subscription that replaces a hub.
     watched: std::sync::Mutex<Vec<i32>>,
+    /// The latest set sent to a hub that filters in the kernel (without the processes
+    /// started here).
+    sent: std::sync::Mutex<Vec<i32>>,
     /// The hub's kernel filter map, where a newly watched pid goes at once: the set sent to
     /// the hub is read a moment later, and the kernel would drop the events in between.
     map: Option<kfilter::Map>,
@@ -99,7 +102,12 @@ impl Events {
     }
 
     fn from(source: Source) -> Events {
-        Events { source: std::sync::RwLock::new(source), watched: Default::default(), map: None }
+        Events {
+            source: std::sync::RwLock::new(source),
+            watched: Default::default(),
+            sent: Default::default(),
+            map: None,
+        }
     }
 
     /// Whether the events come from a hub (it has not gone).
@@ -107,16 +115,17 @@ impl Events {
         matches!(*self.source.read().unwrap_or_else(|e| e.into_inner()), Source::Hub(_))
     }
 
-    /// Keeps only the events of `pids` (for a fork, of the parent; for an exit, of the
-    /// process or its parent), replacing the set. With more than [`MAX_WATCHED`] pids,
-    /// nothing passes.
+    /// Keeps only the events of `pids` and `started` (for a fork, of the parent; for an exit,
+    /// of the process or its parent), replacing the set. With more than [`MAX_WATCHED`] pids,
+    /// nothing passes. `started` are the processes this one started (its children).
     ///
     /// Through a hub that filters in the kernel, this process's own pid in the set watches
     /// the processes it starts from their fork, and passes nothing it knows already: its
     /// own forks, its children's first execs (the programs it started) and their ends (it
-    /// reaps them). Elsewhere those come too.
-    pub fn watch(&self, pids: &[i32]) -> std::io::Result<()> {
-        let mut set = pids.to_vec();
+    /// reaps them). The hub learns of those children from the kernel's map, so a set that
+    /// changed by them alone is not sent. Elsewhere everything comes.
+    pub fn watch(&self, pids: &[i32], started: &[i32]) -> std::io::Result<()> {
+        let mut set: Vec<i32> = pids.iter().chain(started).copied().collect();
         set.sort_unstable();
         set.dedup();
         let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
@@ -127,23 +136,32 @@ impl Events {
         }
         let old = std::mem::replace(&mut *watched, set);
         let set = watched.as_slice();
-        match &*self.source.read().unwrap_or_else(|e| e.into_inner()) {
-            Source::Own(n) => n.watch(set),
+        let source = self.source.read().unwrap_or_else(|e| e.into_inner());
+        let (fd, map) = match (&*source, &self.map) {
+            (Source::Own(n), _) => return n.watch(set),
             // A hub gone is seen by `next`, which then subscribes with this set.
-            Source::Hub(fd) => {
-                if let Some(map) = &self.map {
-                    let me = std::process::id() as i32;
-                    for &pid in set.iter().filter(|p| old.binary_search(p).is_err()) {
-                        // A pid the kernel put there at its fork keeps what it said.
-                        match pid == me {
-                            true => map.put(pid, kfilter::Entry::Slave, false),
-                            false => map.put(pid, kfilter::Entry::Watched, true),
-                        }
-                    }
-                }
-                hub::send_set(fd, set).or(Ok(()))
+            (Source::Hub(fd), None) => return hub::send_set(fd, set).or(Ok(())),
+            (Source::Hub(fd), Some(map)) => (fd, map),
+        };
+        let me = std::process::id() as i32;
+        let mut started = started.to_vec();
+        started.sort_unstable();
+        let named: Vec<i32> =
+            set.iter().copied().filter(|p| *p == me || started.binary_search(p).is_err()).collect();
+        for &pid in named.iter().filter(|p| old.binary_search(p).is_err()) {
+            // A pid the kernel put there at its fork keeps what it said.
+            match pid == me {
+                true => map.put(pid, me, kfilter::Entry::Slave, false),
+                false => map.put(pid, me, kfilter::Entry::Watched, true),
             }
         }
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        if *sent != named {
+            *sent = named;
+            // A hub gone is seen by `next`, which then subscribes with the whole set.
+            let _ = hub::send_set(fd, &sent);
+        }
+        Ok(())
     }
 
     /// Waits for the next events and returns the watched ones (none for other messages,

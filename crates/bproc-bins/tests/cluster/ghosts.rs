@@ -636,7 +636,7 @@ fn short_forks_get_ghosts(c: &TestCluster) {
     // The shell's ghost has the shell's pid: its children's ends are watched from now on
     // (the shell sleeps a second first).
     let events = bproc_sys::procevents::Events::open().unwrap();
-    events.watch(&[shell]).unwrap();
+    events.watch(&[shell], &[]).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use bproc_sys::procevents::ProcEvent;

@@ -187,9 +187,10 @@ impl Procs {
     fn rewatch(&self) {
         let Some(events) = self.0.events.get() else { return };
         let mut pids: Vec<i32> = self.known().keys().copied().collect();
-        pids.extend(self.fresh().keys().copied());
         pids.push(std::process::id() as i32);
-        if let Err(e) = events.watch(&pids) {
+        let mut started: Vec<i32> = self.fresh().keys().copied().collect();
+        started.extend(self.children().iter().copied());
+        if let Err(e) = events.watch(&pids, &started) {
             debug!("process event filter: {e}");
         }
     }

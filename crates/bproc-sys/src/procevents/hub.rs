@@ -17,9 +17,9 @@
 //!   [`LOST`] says events were dropped (the hub's or the slave's queue was full).
 //!
 //! The hub applies the kernel filter's rule ([`super::Events::watch`]) per slave, and watches a
-//! watched process's new child at once (the slave would, a moment later). A process the
-//! kernel watches from its fork as a slave's start, whose slave's set has not come yet, is
-//! sent to the slave that is its parent. The end of a
+//! watched process's new child at once (the slave would, a moment later). The events of a
+//! process no set names (a slave's sets leave out the processes it starts, which the kernel
+//! watches for it from their fork) go to the slave the kernel's map names. The end of a
 //! slave's own child is not sent to it: the slave reaps its children and reports their ends
 //! from their wait statuses, and the event only woke it. Each batch of
 //! events is read from the kernel before the slaves' new sets are taken, so an event that
@@ -128,6 +128,8 @@ struct Client {
 #[derive(Default)]
 struct State {
     clients: HashMap<u64, Client>,
+    /// Each client by its slave's pid (the owner a kernel filter's entry names).
+    by_pid: HashMap<i32, u64>,
     /// Which clients watch each pid.
     watchers: HashMap<i32, Vec<u64>>,
     /// Clients whose events were dropped since the last they were sent.
@@ -228,6 +230,7 @@ impl State {
             if epoll.add(fd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, id)).is_ok() {
                 hello(&fd, self.kernel.as_ref().map(|k| k.map.fd()));
                 self.clients.insert(id, Client { fd, watched: Vec::new(), pid });
+                self.by_pid.insert(pid, id);
                 any = true;
             }
         }
@@ -256,6 +259,7 @@ impl State {
             self.set_watched(id, Vec::new());
             self.lost.remove(&id);
             if let Some(c) = self.clients.remove(&id) {
+                self.by_pid.retain(|_, i| *i != id);
                 let _ = epoll.delete(c.fd.as_fd());
             }
         }
@@ -277,7 +281,7 @@ impl State {
             let w = self.watchers.entry(pid).or_default();
             if let (true, Some(k)) = (w.is_empty(), &self.kernel) {
                 // The slave put it there first, as what it is.
-                k.map.put(pid, Entry::Watched, true);
+                k.map.put(pid, c.pid, Entry::Watched, true);
             }
             if !w.contains(&id) {
                 w.push(id);
@@ -291,16 +295,10 @@ impl State {
         }
     }
 
-    /// The client whose slave is `pid`'s parent, now watching `pid`, if there is one.
-    fn adopt_child(&mut self, pid: i32) -> Option<u64> {
-        self.kernel.as_ref()?;
-        let stat = crate::peer::read_proc(format!("/proc/{pid}/stat")).ok()?;
-        // After the name (which may hold anything): the state, then the parent.
-        let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-        let (&id, c) = self.clients.iter_mut().find(|(_, c)| c.pid == ppid)?;
-        c.watched.push(pid);
-        self.watchers.entry(pid).or_default().push(id);
-        Some(id)
+    /// The client whose slave the kernel's filter watches `pid` for, if it does.
+    fn owner_of(&self, pid: i32) -> Option<u64> {
+        let owner = self.kernel.as_ref()?.map.owner(pid)?;
+        self.by_pid.get(&owner).copied()
     }
 
     /// Sends each client the events of its watched processes (and a lost mark first when
@@ -314,10 +312,14 @@ impl State {
                 ProcEvent::Exit { pid, parent, .. } => (pid, Some(parent)),
             };
             let mut to: Vec<u64> = self.watchers.get(&pid).cloned().unwrap_or_default();
-            if to.is_empty() && parent.is_none() {
-                // A slave's process the kernel watches from its fork, whose slave's set
-                // (on its way) does not have it yet.
-                to.extend(self.adopt_child(pid));
+            if to.is_empty() {
+                // A process its slave started, which the kernel watches for it from its fork
+                // (its set leaves them out), or a child of one: the map names the slave.
+                let key = match *e {
+                    ProcEvent::Fork { child, .. } => child,
+                    _ => pid,
+                };
+                to.extend(self.owner_of(key).or_else(|| parent.and_then(|p| self.owner_of(p))));
             }
             for id in parent.and_then(|p| self.watchers.get(&p)).into_iter().flatten() {
                 if !to.contains(id) {
@@ -573,7 +575,7 @@ mod tests {
         let rx = reader(&events);
         assert!(events.shared());
         let me = std::process::id() as i32;
-        events.watch(&[me]).unwrap();
+        events.watch(&[me], &[]).unwrap();
         // Children whose own child ends with `code` while they wait: the grandchildren's
         // forks and ends come, nothing of the children's own but their forks (this process
         // started them and reaps them). The hub learns of the first from the watcher's set,
@@ -587,7 +589,7 @@ mod tests {
         };
         let mut first = child("read x; /bin/sh -c 'exit 3'; read x; exit 5");
         let first_pid = first.id() as i32;
-        events.watch(&[me, first_pid]).unwrap();
+        events.watch(&[me, first_pid], &[]).unwrap();
         let mut first_in = first.stdin.take().unwrap();
         std::io::Write::write_all(&mut first_in, b"go\n").unwrap();
         let mut second = child("/bin/sh -c 'exit 6'; read x; exit 5");

@@ -16,10 +16,13 @@
 //! no one unless it forks or execs again (measured: on a virtual cluster of 1024 nodes, the
 //! hub's and the slaves' event threads woke for each rank's fork and exec).
 //!
+//! An entry also names the slave its pid is watched for, which a new child inherits: a slave
+//! need not tell the hub of the processes it starts, whose events the hub routes by the map.
+//!
 //! The program, for a datagram of the proc connector (one event each):
 //! - a fork that makes a process (not a thread) passes if its parent is in the map, not as
-//!   a slave; the child is put in the map ([`Entry::Started`] if its parent is a slave, else
-//!   [`Entry::Watched`]);
+//!   a slave; the child is put in the map for the parent's slave ([`Entry::Started`] if its
+//!   parent is the slave, else [`Entry::Watched`]);
 //! - an exec passes if its process is in the map, but for a started process's first, which
 //!   makes it [`Entry::Reaped`];
 //! - a process's end (not a thread's) passes if it is watched, or if its parent is in the
@@ -41,6 +44,7 @@ const MAP_ENTRIES: u32 = 1 << 16;
 
 // bpf(2) commands, map and program types.
 const BPF_MAP_CREATE: libc::c_int = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_int = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_int = 3;
 const BPF_PROG_LOAD: libc::c_int = 5;
@@ -52,7 +56,18 @@ const BPF_FUNC_MAP_DELETE_ELEM: i32 = 3;
 /// Flag of an update: only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
 
-/// What the map says of a pid (its value).
+/// A map value's low bits: what is wanted of the pid ([`Entry`]); the rest: the pid of the
+/// slave it is watched for, which the kernel copies to a watched process's new children, so
+/// that the hub knows whose their events are without a word from the slave.
+const STATE: i32 = 7;
+const OWNER_SHIFT: u32 = 3;
+
+/// The map's value for a pid watched as `entry` for slave `owner` (a pid is below 2^22).
+fn value(owner: i32, entry: Entry) -> u32 {
+    ((owner as u32) << OWNER_SHIFT) | entry as u32
+}
+
+/// What the map says of a pid (the low bits of its value).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub(super) enum Entry {
@@ -110,6 +125,14 @@ fn add_k(dst: u8, imm: i32) -> Insn {
 /// `*(u32 *)(dst + off) = src`.
 fn store_w(dst: u8, off: i16, src: u8) -> Insn {
     insn(0x63, dst, src, off, 0)
+}
+/// `dst &= imm` (64 bits; `imm` sign-extended).
+fn and_k(dst: u8, imm: i32) -> Insn {
+    insn(0x57, dst, 0, 0, imm)
+}
+/// `dst |= imm` (64 bits).
+fn or_k(dst: u8, imm: i32) -> Insn {
+    insn(0x47, dst, 0, 0, imm)
 }
 /// `dst = *(u32 *)(src + off)`.
 fn load_w(dst: u8, src: u8, off: i16) -> Insn {
@@ -247,14 +270,19 @@ fn program(map: i32) -> Vec<Insn> {
     p.field(field(1));
     p.lookup(0);
     p.jump_end(jeq_null(0, 0), false);
-    // The new child is watched from now on (its pid the key): a slave's as started.
-    p.push(load_w(1, 0, 0));
-    p.push(mov_k(9, Entry::Watched as i32));
-    p.push(jne32_k(1, Entry::Slave as u32, 1));
-    p.push(mov_k(9, Entry::Started as i32));
+    // The new child is watched from now on (its pid the key), for its parent's owner: a
+    // slave's as started.
+    p.push(load_w(9, 0, 0));
+    p.push(mov(7, 9));
+    p.push(and_k(7, STATE));
+    p.push(and_k(9, !STATE));
+    p.push(jne32_k(7, Entry::Slave as u32, 2));
+    p.push(or_k(9, Entry::Started as i32));
+    p.push(ja(1));
+    p.push(or_k(9, Entry::Watched as i32));
     p.push(store_w(10, -4, 8));
     p.put(9);
-    p.jump_end(jeq32_k(9, Entry::Started as u32, 0), false);
+    p.jump_end(jeq32_k(7, Entry::Slave as u32, 0), false);
     p.jump_end(ja(0), true);
     // Exec: process pid and tgid.
     p.land(to_exec);
@@ -263,9 +291,12 @@ fn program(map: i32) -> Vec<Insn> {
     p.push(mov(8, 0));
     p.lookup(8);
     p.jump_end(jeq_null(0, 0), false);
-    p.push(load_w(1, 0, 0));
+    p.push(load_w(9, 0, 0));
+    p.push(mov(1, 9));
+    p.push(and_k(1, STATE));
     p.jump_end(jne32_k(1, Entry::Started as u32, 0), true);
-    p.push(mov_k(9, Entry::Reaped as i32));
+    p.push(and_k(9, !STATE));
+    p.push(or_k(9, Entry::Reaped as i32));
     p.put(9);
     p.jump_end(ja(0), false);
     // Exit: process pid and tgid, code, signal, parent pid and tgid.
@@ -278,6 +309,7 @@ fn program(map: i32) -> Vec<Insn> {
     p.lookup(8);
     let unknown = p.jump_later(jeq_null(0, 0));
     p.push(load_w(1, 0, 0));
+    p.push(and_k(1, STATE));
     p.jump_end(jeq32_k(1, Entry::Watched as u32, 0), true);
     let slave = p.jump_later(jeq32_k(1, Entry::Slave as u32, 0));
     // Started or reaped: its slave reaps it, and its pid may be anyone's next.
@@ -289,6 +321,7 @@ fn program(map: i32) -> Vec<Insn> {
     p.lookup(8);
     p.jump_end(jeq_null(0, 0), false);
     p.push(load_w(1, 0, 0));
+    p.push(and_k(1, STATE));
     p.jump_end(jeq32_k(1, Entry::Slave as u32, 0), false);
     p.jump_end(ja(0), true);
     p.finish()
@@ -377,10 +410,10 @@ impl Map {
         self.0.as_fd()
     }
 
-    /// Puts `pid` in the map as `entry`; with `only_new`, not if it is there already (as the
-    /// kernel's own entry for a fork it saw).
-    pub(super) fn put(&self, pid: i32, entry: Entry, only_new: bool) {
-        let value = entry as u32;
+    /// Puts `pid` in the map as `entry`, for the slave `owner`; with `only_new`, not if it
+    /// is there already (as the kernel's own entry for a fork it saw).
+    pub(super) fn put(&self, pid: i32, owner: i32, entry: Entry, only_new: bool) {
+        let value = value(owner, entry);
         let attr = MapElem {
             map_fd: self.0.as_raw_fd() as u32,
             _pad: 0,
@@ -391,6 +424,20 @@ impl Map {
         // A full map makes room itself (least recently used); a key present with
         // `only_new` is as good.
         let _ = bpf(BPF_MAP_UPDATE_ELEM, &attr);
+    }
+
+    /// The slave `pid` is watched for, if it is in the map.
+    pub(super) fn owner(&self, pid: i32) -> Option<i32> {
+        let mut value: u32 = 0;
+        let attr = MapElem {
+            map_fd: self.0.as_raw_fd() as u32,
+            _pad: 0,
+            key: &pid as *const i32 as u64,
+            value: &mut value as *mut u32 as u64,
+            flags: 0,
+        };
+        bpf(BPF_MAP_LOOKUP_ELEM, &attr).ok()?;
+        Some((value >> OWNER_SHIFT) as i32)
     }
 
     /// Drops `pid`'s events from now on.
@@ -464,7 +511,7 @@ mod tests {
             .spawn()
             .unwrap();
         let early_pid = early.id() as i32;
-        k.map.put(me, Entry::Slave, false);
+        k.map.put(me, me, Entry::Slave, false);
         // Started after, by a slave: its fork, first exec and end do not pass, its later
         // exec does; what it forks is watched from its fork on, its end included.
         let mut child = std::process::Command::new("/bin/sh")
