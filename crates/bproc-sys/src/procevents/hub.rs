@@ -579,7 +579,7 @@ mod tests {
         // Children whose own child ends with `code` while they wait: the grandchildren's
         // forks and ends come, nothing of the children's own but their forks (this process
         // started them and reaps them). The hub learns of the first from the watcher's set,
-        // of the second from its parent.
+        // of the second from the kernel's map.
         let child = |script: &str| {
             std::process::Command::new("/bin/sh")
                 .args(["-c", script])
