@@ -128,10 +128,8 @@ fn spawn(rank: u32, spec: &ProcSpec) -> std::io::Result<i32> {
     // The node's socket means nothing here: the master's, as this ghost has it.
     let socket = std::env::var("BPROC_SOCKET").ok();
     let rank = format!("{rank:07}");
-    let mut envp = bproc_sys::CStrings::default();
-    for parts in spec.env_where(&rank, socket.as_deref()) {
-        envp.push(&parts).map_err(std::io::Error::other)?;
-    }
+    let envp = bproc_sys::CStrings::joined(spec.env_where(&rank, socket.as_deref()))
+        .map_err(std::io::Error::other)?;
     let cwd = if std::path::Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
     let req = bproc_sys::SpawnSpec {
         path: cstr(&spec.path)?,

@@ -319,8 +319,7 @@ mod tests {
     /// of this crate's uses it, and its default action ends a process without a core.)
     #[test]
     fn strings_for_an_exec_are_joined_in_one_buffer_and_a_nul_is_refused() {
-        let mut env = CStrings::with_capacity(32);
-        env.push(&["A=", "1"]).unwrap();
+        let mut env = CStrings::joined([["A=", "1"]]).unwrap();
         env.push(&["B=x=y"]).unwrap();
         assert!(env.push(&["C=", "a\0b"]).is_err());
         env.push(&[""]).unwrap();

@@ -68,11 +68,6 @@ pub struct CStrings {
 pub struct InteriorNul(pub String);
 
 impl CStrings {
-    /// No strings yet, with room for `bytes` (their NULs included).
-    pub fn with_capacity(bytes: usize) -> CStrings {
-        CStrings { buf: Vec::with_capacity(bytes), count: 0 }
-    }
-
     /// The strings of `items`, in order.
     pub fn try_from_iter<S: AsRef<str>>(
         items: impl IntoIterator<Item = S>,
@@ -80,6 +75,17 @@ impl CStrings {
         let mut all = CStrings::default();
         for s in items {
             all.push(&[s.as_ref()])?;
+        }
+        Ok(all)
+    }
+
+    /// The strings each made of two parts one after the other (`NAME=` and a value, say).
+    pub fn joined<'a>(
+        items: impl IntoIterator<Item = [&'a str; 2]>,
+    ) -> Result<CStrings, InteriorNul> {
+        let mut all = CStrings::default();
+        for parts in items {
+            all.push(&parts)?;
         }
         Ok(all)
     }

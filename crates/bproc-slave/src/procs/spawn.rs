@@ -217,14 +217,9 @@ async fn jail_of(
 
 /// The rank's environment: the spec's, with the node's client socket as `BPROC_SOCKET`.
 fn environment(cx: &Start<'_>, spec: &ProcSpec) -> Result<bproc_sys::CStrings, Refusal> {
-    let socket = cx.client_socket.map_or(0, |s| s.len() + 16);
-    let bytes = spec.env.iter().map(|kv| kv.len() + 1).sum::<usize>() + socket;
-    let mut env = bproc_sys::CStrings::with_capacity(bytes);
     let rank = format!("{:07}", cx.rank);
-    for parts in spec.env_where(&rank, cx.client_socket) {
-        env.push(&parts).map_err(|e| Refusal { code: EINVAL, message: e.to_string() })?;
-    }
-    Ok(env)
+    bproc_sys::CStrings::joined(spec.env_where(&rank, cx.client_socket))
+        .map_err(|e| Refusal { code: EINVAL, message: e.to_string() })
 }
 
 /// Opens the rank's fds 0 to 2 and those of its I/O list (an optional one that cannot be
