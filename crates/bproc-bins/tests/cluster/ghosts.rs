@@ -673,6 +673,20 @@ fn short_forks_get_ghosts(c: &TestCluster) {
             ended.insert(pid, status);
         }
     }
+    // The nodes' and the master's logs, for a ghost that did not end as its process did.
+    let logs = || {
+        for f in std::fs::read_dir(c.dir().join("log")).unwrap().flatten() {
+            eprintln!(
+                "--- {}\n{}",
+                f.path().display(),
+                std::fs::read_to_string(f.path()).unwrap_or_default()
+            );
+        }
+    };
+    let ended_as = |pid: &i32| ended.get(pid).map(|s| (s >> 8) & 0xff);
+    if printed.iter().any(|(pid, code)| ended_as(pid) != Some(*code)) {
+        logs();
+    }
     for (pid, code) in &printed {
         let status = ended.get(pid).copied();
         assert_eq!(
@@ -687,13 +701,7 @@ fn short_forks_get_ghosts(c: &TestCluster) {
         after = made();
     }
     if after - before != 52 {
-        for f in std::fs::read_dir(c.dir().join("log")).unwrap().flatten() {
-            eprintln!(
-                "--- {}\n{}",
-                f.path().display(),
-                std::fs::read_to_string(f.path()).unwrap_or_default()
-            );
-        }
+        logs();
     }
     assert_eq!(after - before, 52);
 }
