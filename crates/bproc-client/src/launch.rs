@@ -443,7 +443,7 @@ fn start_here_with_fds(spec: &ProcSpec, rank: usize) -> std::io::Result<i32> {
     let req = bproc_sys::SpawnSpec {
         path: cstr(&spec.path)?,
         argv: spec.argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
-        envp: bproc_sys::CStrings::try_from_iter(env.iter().map(|(k, v)| format!("{k}={v}")))
+        envp: bproc_sys::CStrings::joined(env.iter().map(|(k, v)| [k.as_str(), "=", v.as_str()]))
             .map_err(std::io::Error::other)?,
         cwd: None,
         stdio,

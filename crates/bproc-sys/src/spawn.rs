@@ -54,8 +54,8 @@ pub struct SpawnSpec {
 
 /// NUL-terminated strings in one buffer, as `execve` takes an environment: one allocation
 /// for the dozens of strings of a launch's environment (made again for every rank a node
-/// starts, where one string each, copied twice more on the way, cost the slave a tenth of its
-/// work per rank), and together in memory for the kernel's copy at the exec.
+/// starts, where each string had been copied twice on the way), and together in memory for
+/// the kernel's copy at the exec.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CStrings {
     buf: Vec<u8>,
@@ -68,20 +68,9 @@ pub struct CStrings {
 pub struct InteriorNul(pub String);
 
 impl CStrings {
-    /// The strings of `items`, in order.
-    pub fn try_from_iter<S: AsRef<str>>(
-        items: impl IntoIterator<Item = S>,
-    ) -> Result<CStrings, InteriorNul> {
-        let mut all = CStrings::default();
-        for s in items {
-            all.push(&[s.as_ref()])?;
-        }
-        Ok(all)
-    }
-
-    /// The strings each made of two parts one after the other (`NAME=` and a value, say).
-    pub fn joined<'a>(
-        items: impl IntoIterator<Item = [&'a str; 2]>,
+    /// The strings each made of `N` parts one after the other (`NAME=` and a value, say).
+    pub fn joined<'a, const N: usize>(
+        items: impl IntoIterator<Item = [&'a str; N]>,
     ) -> Result<CStrings, InteriorNul> {
         let mut all = CStrings::default();
         for parts in items {
@@ -101,16 +90,6 @@ impl CStrings {
         self.buf.push(0);
         self.count += 1;
         Ok(())
-    }
-
-    /// How many strings there are.
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
     }
 
     /// The strings, in order.
