@@ -225,33 +225,81 @@ fn admit_local(shared: &Arc<Shared>, stream: UnixStream) {
     let ghost = !admin && c.pid().is_some_and(|p| is_ghost(p, program, &shared.conns));
     match shared.conns.admit(c.uid(), c.pid(), admin, ghost) {
         Ok(slot) => {
-            // The process that connected, so that its pid reused later is noticed; its
-            // groups as it connected.
-            use std::os::fd::AsFd;
-            let sock = stream.as_fd();
-            let peer = c.pid().and_then(|pid| bproc_sys::peer::Peer::of_socket(sock, pid).ok());
-            let groups = bproc_sys::peer::socket_groups(sock)
-                .ok()
-                .or_else(|| peer.and_then(|p| p.groups().ok()))
-                .unwrap_or_default();
             let caller = Caller {
                 uid: c.uid(),
                 gid: c.gid(),
-                groups,
+                groups: Vec::new(),
                 admin,
                 origin: None,
                 pid: c.pid(),
                 node_pid: None,
-                inherit: peer.map_or(Inherit::Unknown, Inherit::Local),
+                inherit: Inherit::Unknown,
             };
-            let (rd, wr) = stream.into_split();
-            tokio::spawn(serve(shared.clone(), caller, slot, Box::new(rd), Box::new(wr)));
+            tokio::spawn(serve_local(shared.clone(), caller, slot, stream));
         }
         Err(why) => {
             let _ = stream.try_write(&refusal(&why));
             shared.metrics.connection_rejected();
             REFUSED.refuse(format_args!("pid {}: {why}", c.pid().unwrap_or(0)));
         }
+    }
+}
+
+/// Serves an admitted local client. A ghost, which says so first (`GhostHello`), is its pid
+/// and uid alone; any other caller is identified first: the process that connected (so that
+/// its pid reused later is noticed) and its groups as it connected. A thousand-rank launch
+/// makes a thousand ghosts, each spared the look at `/proc` and the pidfd, a seventh of the
+/// master's work for a launched rank.
+async fn serve_local(shared: Arc<Shared>, mut caller: Caller, slot: Slot, stream: UnixStream) {
+    let Some(ghost) = says_ghost_hello(&stream).await else {
+        debug!(
+            "client uid {}: sent nothing within {} s; closed",
+            caller.uid,
+            FIRST_REQUEST.as_secs()
+        );
+        return;
+    };
+    if !ghost {
+        use std::os::fd::AsFd;
+        let sock = stream.as_fd();
+        let peer = caller.pid.and_then(|pid| bproc_sys::peer::Peer::of_socket(sock, pid).ok());
+        caller.groups = bproc_sys::peer::socket_groups(sock)
+            .ok()
+            .or_else(|| peer.and_then(|p| p.groups().ok()))
+            .unwrap_or_default();
+        caller.inherit = peer.map_or(Inherit::Unknown, Inherit::Local);
+    }
+    let (rd, wr) = stream.into_split();
+    serve(shared, caller, slot, Box::new(rd), Box::new(wr)).await;
+}
+
+/// Whether the first frame on `stream`, looked at without taking it, is a ghost's hello:
+/// false for anything else, and for a header not there whole (the caller is then identified,
+/// as any other); `None` when nothing came within [`FIRST_REQUEST`].
+async fn says_ghost_hello(stream: &UnixStream) -> Option<bool> {
+    use bproc_proto::{Header, HEADER_LEN};
+    use std::os::fd::AsRawFd;
+    let hello = Message::GhostHello { fork: 0 }.msg_type();
+    let peek = async {
+        loop {
+            stream.readable().await?;
+            let mut head = [0u8; HEADER_LEN];
+            let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+                let flags = nix::sys::socket::MsgFlags::MSG_PEEK;
+                nix::sys::socket::recv(stream.as_raw_fd(), &mut head, flags)
+                    .map_err(std::io::Error::from)
+            });
+            match peeked {
+                Ok(n) => return Ok::<_, std::io::Error>((n == HEADER_LEN).then_some(head)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    match tokio::time::timeout(FIRST_REQUEST, peek).await {
+        Ok(Ok(Some(head))) => Some(Header::parse(&head).is_ok_and(|h| h.msg_type == hello)),
+        Ok(_) => Some(false),
+        Err(_) => None,
     }
 }
 

@@ -23,8 +23,8 @@ pub struct SpawnSpec {
     pub argv: Vec<CString>,
     /// Its environment, `NAME=value`.
     pub envp: CStrings,
-    /// Working directory (entered after the identity switch, with the caller's rights);
-    /// ignored with a jail, which has its own.
+    /// Working directory (entered after the identity switch, with the caller's rights; `/`
+    /// when it cannot be); ignored with a jail, which has its own.
     pub cwd: Option<CString>,
     /// Its fds 0, 1 and 2 (`None`: closed).
     pub stdio: [Option<OwnedFd>; 3],
@@ -414,9 +414,9 @@ fn child(
     unsafe {
         // Handled signals go back to their defaults at exec; an ignored one would stay
         // ignored, and the Rust runtime ignores SIGPIPE.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let reset = ignored | 1 << (libc::SIGPIPE - 1);
         for sig in 1..=64 {
-            if ignored & (1 << (sig - 1)) != 0 {
+            if reset & (1 << (sig - 1)) != 0 {
                 libc::signal(sig, libc::SIG_DFL);
             }
         }

@@ -395,6 +395,11 @@ fn malformed_client_traffic_is_answered() {
         Message::Error { code, .. } => assert_eq!(code, errno::EPROTO),
         other => panic!("expected an error, got {other:?}"),
     }
+    // A first request whose header comes in pieces is served as any other.
+    let mut p = UnixStream::connect(c.socket()).unwrap();
+    let list = encode(10, &Message::NodeList);
+    p.write_all(&list[..5]).unwrap();
+    assert!(matches!(frame_exchange(&mut p, &list[5..]), Message::Nodes { .. }));
     let mut g = UnixStream::connect(c.socket()).unwrap();
     match frame_exchange(&mut g, b"GET / HTTP/1.0\r\n\r\n") {
         Message::Error { code, .. } => assert_eq!(code, errno::EPROTO),

@@ -339,12 +339,12 @@ fn program_spec(
     identity: Option<Identity>,
 ) -> Result<bproc_sys::SpawnSpec, Refusal> {
     let Fds { stdio, extra, files } = fds;
-    let cwd = if Path::new(&spec.cwd).is_dir() { spec.cwd.as_str() } else { "/" };
     Ok(bproc_sys::SpawnSpec {
         path: cstr(&spec.path)?,
         argv: spec.argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
         envp,
-        cwd: Some(cstr(cwd)?),
+        // A working directory the node lacks is `/`: the child falls back to it.
+        cwd: Some(cstr(&spec.cwd)?),
         stdio,
         fds: extra,
         limits: spec.rlimits.clone(),
