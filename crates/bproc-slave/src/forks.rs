@@ -3,8 +3,9 @@
 //!
 //! Every process the slave starts there carries the seccomp filter of the spawner thread,
 //! whose listener the slave holds ([`bproc_sys::forkpid`]): a fork (`fork`, `vfork`, a
-//! `clone` that makes a process) waits until the slave answers. One thread, [`Forks`],
-//! answers them one at a time (at once for the spawner thread's own forks):
+//! `clone` that makes a process) waits until the slave answers. One thread takes each fork
+//! at once (so that it waits unmoved by the signals that come meanwhile); another,
+//! [`Forks`], answers them one at a time (at once for the spawner thread's own forks):
 //!
 //! 1. it asks the master to have the parent's ghost fork now (`ForkAhead`), and waits for
 //!    the child ghost's pid (`ForkAheadReply`), at most [`Forks::wait`];
@@ -22,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -85,8 +87,18 @@ impl Forks {
             last_pid,
             wait,
         });
+        // One thread takes each fork as it comes, the other answers them in order: a fork
+        // taken waits unmoved by signals (see `install_here`), where one left in the queue
+        // while an earlier fork waited for the master failed with EINTR at the parent's
+        // SIGCHLD.
+        let listener = Arc::new(listener);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let taker = listener.clone();
+        std::thread::Builder::new().name("fork-taker".into()).spawn(move || take(&taker, &tx))?;
         let me = forks.clone();
-        std::thread::Builder::new().name("forks".into()).spawn(move || me.run(listener, host))?;
+        std::thread::Builder::new()
+            .name("forks".into())
+            .spawn(move || me.run(&listener, &rx, host))?;
         Ok(forks)
     }
 
@@ -109,36 +121,12 @@ impl Forks {
         }
     }
 
-    fn run(self: Arc<Self>, listener: Listener, host: impl Host) {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    /// Answers the forks [`take`] passes on, in order, until it ends.
+    fn run(&self, listener: &Listener, forks: &Receiver<Notification>, host: impl Host) {
         let mut seq: u32 = 0;
-        loop {
-            let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {}
-                Err(nix::Error::EINTR) => continue,
-                Err(e) => {
-                    warn!("fork notifications: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-            }
-            let ready = fds[0].revents().unwrap_or(PollFlags::empty());
-            if !ready.contains(PollFlags::POLLIN) {
-                // The spawner thread, and with it every process of the filter, is gone.
-                if ready.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
-                    return;
-                }
-                continue;
-            }
-            match listener.recv() {
-                Ok(n) => {
-                    seq = seq.wrapping_add(1);
-                    self.steer(&listener, n, seq, &host);
-                }
-                Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
-                Err(e) => debug!("fork notification: {e}"),
-            }
+        for n in forks {
+            seq = seq.wrapping_add(1);
+            self.steer(listener, n, seq, &host);
         }
     }
 
@@ -208,6 +196,40 @@ impl Forks {
                 return 0;
             }
             a = self.answered.wait_timeout(a, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+/// Takes each fork from `listener` as it comes and passes it on, until the spawner thread,
+/// and with it every process of the filter, is gone.
+fn take(listener: &Listener, forks: &Sender<Notification>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                warn!("fork notifications: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        }
+        let ready = fds[0].revents().unwrap_or(PollFlags::empty());
+        if !ready.contains(PollFlags::POLLIN) {
+            if ready.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL) {
+                return;
+            }
+            continue;
+        }
+        match listener.recv() {
+            Ok(n) => {
+                if forks.send(n).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
+            Err(e) => debug!("fork notification: {e}"),
         }
     }
 }

@@ -77,18 +77,32 @@ static FILTER: [libc::sock_filter; 14] = [
 /// Installs the filter on the calling thread (not its process's other threads) and returns
 /// its listener. Needs CAP_SYS_ADMIN. Everything the thread starts from then on inherits the
 /// filter; the thread's own `clone3` calls must pass [`CLONE3_SIZE`].
+///
+/// A fork waiting for the slave is interrupted by any signal that comes meanwhile, and then
+/// fails with `EINTR` unless the handler restarts calls (dash's SIGCHLD handler does not: the
+/// first child of `echo a | cat` ended while the second fork waited, and the shell said
+/// "Cannot fork"). Where the kernel has it (Linux 5.19), the fork waits unmoved by signals
+/// once the slave has taken it (`SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`), which leaves only
+/// the moment before the forks thread reads it.
 pub fn install_here() -> std::io::Result<Listener> {
     let prog = libc::sock_fprog { len: FILTER.len() as u16, filter: FILTER.as_ptr().cast_mut() };
-    // SAFETY: `prog` points at the static FILTER, which the kernel copies; the call installs
-    // a filter on this thread and returns a new fd, or fails.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &prog as *const libc::sock_fprog,
-        )
+    let install = |flags: libc::c_ulong| {
+        // SAFETY: `prog` points at the static FILTER, which the kernel copies; the call
+        // installs a filter on this thread and returns a new fd, or fails.
+        unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                flags,
+                &prog as *const libc::sock_fprog,
+            )
+        }
     };
+    let listener = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+    let mut fd = install(listener | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
+    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        fd = install(listener);
+    }
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
