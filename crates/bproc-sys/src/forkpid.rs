@@ -83,7 +83,7 @@ static FILTER: [libc::sock_filter; 14] = [
 /// first child of `echo a | cat` ended while the second fork waited, and the shell said
 /// "Cannot fork"). Where the kernel has it (Linux 5.19), the fork waits unmoved by signals
 /// once the slave has taken it (`SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`), which leaves only
-/// the moment before the forks thread reads it.
+/// the moment before the slave's `fork-taker` thread reads it.
 pub fn install_here() -> std::io::Result<Listener> {
     let prog = libc::sock_fprog { len: FILTER.len() as u16, filter: FILTER.as_ptr().cast_mut() };
     let install = |flags: libc::c_ulong| {
