@@ -201,9 +201,19 @@ impl Forks {
 }
 
 /// Takes each fork from `listener` as it comes and passes it on, until the spawner thread,
-/// and with it every process of the filter, is gone.
+/// and with it every process of the filter, is gone. Runs real-time: it only waits on the
+/// listener and hands each fork over a channel.
 fn take(listener: &Listener, forks: &Sender<Notification>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // A fork not yet taken fails at the first signal its caller gets: this thread must not
+    // wait for a core while the caller's last child ends.
+    match bproc_sys::forkpid::hurry_this_thread() {
+        Ok(h) => debug!("fork notifications read by a thread that runs at once ({h:?})"),
+        Err(e) => warn!(
+            "cannot raise the fork-taker thread's priority ({e}): on a busy node a fork may \
+             fail with EINTR when a signal comes before it is read"
+        ),
+    }
     loop {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::NONE) {
