@@ -4,7 +4,8 @@
 # turn with it (bench/lib/rounds.sh):
 #  - `bpsh 0 true` against `/bin/true`, and the floor of any launcher that starts a program
 #    and waits for it, with no network: `timeout 60 /bin/true` (coreutils forks, executes
-#    /bin/true and waits);
+#    /bin/true and waits); and the floor of any launch through a node daemon: one bare
+#    daemon (bench/lib/daemonfloor.c, below) that a client process asks to start /bin/true;
 #  - `bpsh 0-N true` at each size against the spawn floor: N spawns of /bin/true by a tight
 #    posix_spawn + wait loop, one per core at a time (bench/lib/spawnloop.c), and beside it
 #    the daemon floor: N bare daemons on this machine, each told over an open Unix socket to
@@ -46,7 +47,9 @@ DIR=$(mktemp -d /tmp/bproc-bench.XXXXXX)
 CG=/sys/fs/cgroup/cpuacct/bproc-bench-$$
 cleanup() {
     "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true
-    [ -S "$DIR/df.sock" ] && "$DIR/daemonfloor" down "$DIR/df.sock" 2>/dev/null
+    for sock in "$DIR/df.sock" "$DIR/df1.sock"; do
+        [ -S "$sock" ] && "$DIR/daemonfloor" down "$sock" 2>/dev/null
+    done
     [ -d "$CG" ] && rmdir "$CG" 2>/dev/null
     rm -rf "$DIR"
 }
@@ -123,14 +126,25 @@ echo "| what | median | min–max | baseline (median) | ratio | target | holds |
 echo "|---|---:|---:|---|---:|---|---|"
 # A single launch on a small cluster: on a real cluster the front end does not also host a
 # thousand slave daemons.
-read -r tm _ _ tfm _ _ te _ _ <<<"$(rounds "$DIR" "$RUNS" -N "/bin/true" "timeout 60 /bin/true" "$E0" | tr '\n' ' ')"
+# One bare daemon: a client process (the floor program itself) connects, asks it to start
+# /bin/true, and waits for its answer.
+"$DIR/daemonfloor" up 1 "$DIR/df1.sock" /bin/true >/dev/null
+D1="$DIR/daemonfloor launch $DIR/df1.sock"
+read -r tm _ _ tfm _ _ te _ _ tdm tdlo tdhi <<<"$(rounds "$DIR" "$RUNS" -N "/bin/true" \
+    "timeout 60 /bin/true" "$E0" "$D1" | tr '\n' ' ')"
 up 8 --quiet
-read -r m lo hi bm _ _ fm flo fhi <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" "/bin/true" "timeout 60 /bin/true" | tr '\n' ' ')"
+read -r m lo hi bm _ _ fm flo fhi dm dlo dhi <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" "/bin/true" \
+    "timeout 60 /bin/true" "$D1" | tr '\n' ' ')"
+"$DIR/daemonfloor" down "$DIR/df1.sock"
 sm1=$m
 alone+="/bin/true $tm ms (in turn with bpsh: $bm), \`timeout 60 /bin/true\` $tfm ms (in turn: $fm)"
+alone+=", one bare daemon $tdm ms (in turn: $dm)"
 bm=$(lower "$bm" "$tm")
+# A floor's row shows whichever timing is lower, with its own spread.
+if awk -v a="$tdm" -v b="$dm" 'BEGIN {exit !(a < b)}'; then dm=$tdm dlo=$tdlo dhi=$tdhi; fi
 row "bpsh 0 true" "$m" "$lo" "$hi" "/bin/true" "$bm" "≤ 2× /bin/true" 2
 row "floor: timeout 60 /bin/true (a local launcher)" "$fm" "$flo" "$fhi" "/bin/true" "$bm" "—" ""
+row "floor: a bare daemon starts /bin/true for a client (daemonfloor, 1 node)" "$dm" "$dlo" "$dhi" "/bin/true" "$bm" "—" ""
 # hyperfine sends output to /dev/null, where bpsh gives its processes /dev/null too: the same
 # launch with its output forwarded (a pipe, which hyperfine reads and drops).
 read -r m lo hi pm _ _ <<<"$(rounds "$DIR" "$RUNS" -N --output=pipe "$B/bpsh 0 true" "/bin/true" | tr '\n' ' ')"
