@@ -48,7 +48,7 @@ CG=/sys/fs/cgroup/cpuacct/bproc-bench-$$
 cleanup() {
     "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true
     for sock in "$DIR/df.sock" "$DIR/df1.sock"; do
-        [ -S "$sock" ] && "$DIR/daemonfloor" down "$sock" 2>/dev/null
+        [ -S "$sock" ] && { "$DIR/daemonfloor" down "$sock" 2>/dev/null || true; }
     done
     [ -d "$CG" ] && rmdir "$CG" 2>/dev/null
     rm -rf "$DIR"
@@ -136,6 +136,7 @@ up 8 --quiet
 read -r m lo hi bm _ _ fm flo fhi dm dlo dhi <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" "/bin/true" \
     "timeout 60 /bin/true" "$D1" | tr '\n' ' ')"
 "$DIR/daemonfloor" down "$DIR/df1.sock"
+rm -f "$DIR/df1.sock"
 sm1=$m
 alone+="/bin/true $tm ms (in turn with bpsh: $bm), \`timeout 60 /bin/true\` $tfm ms (in turn: $fm)"
 alone+=", one bare daemon $tdm ms (in turn: $dm)"
