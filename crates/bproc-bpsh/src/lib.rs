@@ -43,6 +43,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bproc_client::launch::{is_null, null_device};
 use bproc_client::{nodespec, strerror, Client};
 use bproc_link::{read_frame, write_frame};
 use bproc_proto::{ExitStatus, IoSpec, Message, ProcSpec};
@@ -252,17 +253,6 @@ pub fn brsh_main(args: Vec<OsString>) -> ExitCode {
     })
 }
 
-/// Whether this process's `fd` is the null device (whose device number is `null`) or closed
-/// (a batch job's `< /dev/null` or `> /dev/null`): the remote one is then `/dev/null` too,
-/// which reads the same (end of file at once) or keeps the same (nothing), and costs no
-/// connection per process.
-fn is_null(fd: i32, null: Option<u64>) -> bool {
-    use nix::sys::stat::{fstat, SFlag};
-    let Ok(st) = fstat(fd) else { return true };
-    let char_dev = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
-    char_dev && null == Some(st.st_rdev)
-}
-
 /// What a run needs from the master before it starts.
 struct Prepared {
     nodes: Vec<i32>,
@@ -329,7 +319,7 @@ fn prepare(
     env.push(format!("BPROC_PROGNAME={path_str}"));
     // What goes to bpsh's own /dev/null need not come to it, unless an end-of-run view
     // (`--fold`, `--json`) shows one stream where the other goes.
-    let null_dev = nix::sys::stat::stat("/dev/null").ok().map(|s| s.st_rdev);
+    let null_dev = null_device();
     let null = |fd: usize| match fd {
         0 => a.no_stdin || is_null(0, null_dev),
         _ => !a.fold && !a.json && is_null(fd as i32, null_dev),

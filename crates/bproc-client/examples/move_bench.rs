@@ -4,12 +4,30 @@
 //! and `back_ms` for each return; the data, and that every thread still counts, are checked
 //! at the end. `move_bench vrfork MIB NODE...`: one vrfork to the nodes, printing
 //! `vrfork_ms` (until every child runs) once they have all exited 0 (a child checks a byte
-//! of each page of its data, and exits 3 if one is wrong).
+//! of each page of its data, and exits 3 if one is wrong). With `MOVE_BENCH_OUT` set, the
+//! figures are appended to that file instead, so that a run's stdout and stderr can be
+//! `/dev/null`, as a batch job's are (its children's then are too, and no ghost relays).
 
 use std::time::Instant;
 
 use bproc_client::launch::IoList;
 use bproc_client::migrate::{move_to, vrfork, Forked};
+
+/// Writes one figure's line to `MOVE_BENCH_OUT`, or to stdout.
+fn report(line: String) {
+    use std::io::Write;
+    match std::env::var_os("MOVE_BENCH_OUT") {
+        Some(path) => {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.to_string_lossy()));
+            writeln!(f, "{line}").expect("write a figure");
+        }
+        None => println!("{line}"),
+    }
+}
 
 fn main() {
     for fd in 3..1024 {
@@ -37,10 +55,10 @@ fn main() {
             for _ in 0..num(3) {
                 let t = Instant::now();
                 move_to(node, &IoList::Default).expect("move");
-                println!("move_ms {:.3}", t.elapsed().as_secs_f64() * 1e3);
+                report(format!("move_ms {:.3}", t.elapsed().as_secs_f64() * 1e3));
                 let t = Instant::now();
                 move_to(bproc_client::NODE_MASTER, &IoList::Default).expect("move back");
-                println!("back_ms {:.3}", t.elapsed().as_secs_f64() * 1e3);
+                report(format!("back_ms {:.3}", t.elapsed().as_secs_f64() * 1e3));
             }
             let before: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -66,7 +84,7 @@ fn main() {
                             "child {p}: {st:?}"
                         );
                     }
-                    println!("vrfork_ms {ms:.3}");
+                    report(format!("vrfork_ms {ms:.3}"));
                 }
             }
         }

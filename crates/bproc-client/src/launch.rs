@@ -62,6 +62,22 @@ impl IoList {
     }
 }
 
+/// The null device's number, to tell an fd that is `/dev/null` ([`is_null`]).
+pub fn null_device() -> Option<u64> {
+    nix::sys::stat::stat("/dev/null").ok().map(|s| s.st_rdev)
+}
+
+/// Whether this process's `fd` is the null device (whose number is `null`, from
+/// [`null_device`]) or closed (a batch job's `< /dev/null` or `> /dev/null`): a remote
+/// process's fd is then `/dev/null` too, which reads the same (end of file at once) or keeps
+/// the same (nothing), and costs no connection per process.
+pub fn is_null(fd: i32, null: Option<u64>) -> bool {
+    use nix::sys::stat::{fstat, SFlag};
+    let Ok(st) = fstat(fd) else { return true };
+    let char_dev = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
+    char_dev && null == Some(st.st_rdev)
+}
+
 /// The caller's umask.
 pub fn current_umask() -> u32 {
     // umask(2) can only be read by setting it; put it back at once.

@@ -565,8 +565,19 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
     let exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
     let comm = crate::ghost::comm_of(&exe.to_string_lossy());
     let remote_count = if on_node { 0 } else { nodes.iter().filter(|n| !here(**n)).count() };
-    let relays = crate::ghost::spawn_relays(&prog, &comm, remote_count, &token)
-        .map_err(|e| remote(errno::EAGAIN, format!("cannot start ghosts: {e}")))?;
+    // Where the caller's stdout and stderr are both /dev/null (a batch job's), so are the
+    // children's, and their ghosts relay nothing: no connections per child.
+    let quiet = !on_node && matches!(io, IoList::Default) && {
+        let null = crate::launch::null_device();
+        crate::launch::is_null(1, null) && crate::launch::is_null(2, null)
+    };
+    let relays = if quiet {
+        crate::ghost::spawn(&prog, &comm, remote_count)
+            .map(|pids| pids.into_iter().map(|pid| (pid, 0)).collect())
+    } else {
+        crate::ghost::spawn_relays(&prog, &comm, remote_count, &token)
+    }
+    .map_err(|e| remote(errno::EAGAIN, format!("cannot start ghosts: {e}")))?;
     let mut made = relays.into_iter();
     let (ghosts, ports): (Vec<i32>, Vec<u16>) = nodes
         .iter()
@@ -578,9 +589,13 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
         })
         .unzip();
     let port = listener.local_addr()?.port();
+    let mut spec = image_spec(io, port, token);
+    if quiet {
+        spec.io = vec![IoSpec::Null; 3];
+    }
     let launch = Message::Launch {
         nodes: nodes.iter().map(|n| if here(*n) { NODE_MASTER } else { *n }).collect(),
-        spec: image_spec(io, port, token),
+        spec,
         ghosts: ghosts.clone(),
         io_ports: ports,
     };

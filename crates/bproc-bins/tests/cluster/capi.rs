@@ -533,6 +533,25 @@ fn rfork_and_vrfork_children_are_the_callers() {
     let _ = std::fs::remove_dir_all(private);
 }
 
+/// A vector fork whose caller writes to /dev/null (a batch job's output) gives its children
+/// /dev/null too and makes ghosts that relay nothing (no connection per child): each child
+/// still runs on its node and ends with its own status, which its caller's `waitpid` gets
+/// (the program exits 42 only then).
+#[test]
+fn a_vrfork_with_output_to_dev_null_relays_nothing() {
+    if !require_root("rforked children take their ghosts' pids (set_tid)") {
+        return;
+    }
+    let Some((dir, exe)) = build_program("rfork.c", "rfork-quiet") else { return };
+    let c = TestCluster::start(TestCluster::spec(&bins(), 4, "rfork-quiet"));
+    let exe = exe.to_str().unwrap();
+    c.cmd("/bin/sh").args(["-c", "exec \"$0\" 4 >/dev/null 2>&1", exe]).exits(42);
+    // With its output kept, the same run relays it all.
+    let out = c.cmd(exe).arg("4").exits(42);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 8);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A vector fork's children write, move on to another node, then back into their ghosts on
 /// the front end, writing after each move: their ghosts (which share one address space until
 /// a child comes back) relay every line, in order, and hand what they relay on when a child
