@@ -132,6 +132,9 @@ pub fn unblock_signals_in(cmd: &mut std::process::Command) {
 /// (`CLD_TRAPPED`), which only the tracing thread waits for. A restore traces its process
 /// through a dozen stops, and a reaper woken by each would find nothing to reap.
 ///
+/// A restore sets `SA_NOCLDSTOP` meanwhile ([`without_stop_signals`]), so that its stops
+/// raise no signal at all.
+///
 /// A signal already pending absorbs another of its kind, so a child's end signalled while a
 /// traced stop's SIGCHLD is pending wakes no one: whoever traces a child waits, once the
 /// tracing is over, until that signal is taken ([`await_child_signals`]), then has the
@@ -152,6 +155,40 @@ pub fn child_signals() -> std::io::Result<std::os::unix::net::UnixStream> {
         })
     }?;
     Ok(rx)
+}
+
+/// Runs `f` with this process's SIGCHLD raised only for its children's ends
+/// (`SA_NOCLDSTOP`), not for their stops and continues, traced ones included. A restore
+/// traces its process through a dozen stops, and each one's signal interrupted whichever
+/// thread took SIGCHLD (a signal frame, the handler of [`child_signals`], which drops it,
+/// and a wakeup) for nothing. Another child stopped or continued meanwhile raises no signal
+/// either: the caller looks at its children once `f` is done.
+pub fn without_stop_signals<T>(f: impl FnOnce() -> T) -> T {
+    /// Puts the action back, even if `f` panics.
+    struct Restore(libc::sigaction);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: `self.0` is the action sigaction returned below, set back as it was.
+            unsafe { libc::sigaction(libc::SIGCHLD, &self.0, std::ptr::null_mut()) };
+        }
+    }
+    // SAFETY: sigaction reads the current action into `old` (a sigaction struct, zeroed
+    // first) and, with `quiet`, sets the same handler, mask and flags plus SA_NOCLDSTOP.
+    let restore = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) != 0 {
+            return f();
+        }
+        let mut quiet = old;
+        quiet.sa_flags |= libc::SA_NOCLDSTOP;
+        if libc::sigaction(libc::SIGCHLD, &quiet, std::ptr::null_mut()) != 0 {
+            return f();
+        }
+        Restore(old)
+    };
+    let out = f();
+    drop(restore);
+    out
 }
 
 /// Waits until no SIGCHLD is pending for this process (the handler of [`child_signals`] has

@@ -90,9 +90,12 @@ impl Procs {
                 })
         };
         let job = move || {
-            let restored = job();
-            // The end or stop of another child, signalled while a traced stop's SIGCHLD was
-            // pending, wakes no one: once that signal is taken, the reap below finds it.
+            // No signal for each of the restore's traced stops: the restored process is
+            // tracked next (or on failure the children looked at), which reaps, and so finds
+            // another child's stop or continue that raised no signal meanwhile.
+            let restored = bproc_sys::without_stop_signals(job);
+            // The end of another child, signalled while a SIGCHLD was pending, wakes no
+            // one: once that signal is taken, the reap below finds it.
             if !bproc_sys::await_child_signals(std::time::Duration::from_millis(500)) {
                 debug!("a child signal still pending after a restore");
             }
