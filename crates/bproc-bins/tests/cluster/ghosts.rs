@@ -583,7 +583,7 @@ fn every_short_fork_gets_a_ghost() {
 /// and two background jobs, every child ending at once. A fork waits for the slave, and a
 /// signal that comes before the slave's fork-taker thread reads it fails the fork with
 /// EINTR ("Cannot fork"); that thread runs real-time, which leaves a window of
-/// microseconds (here about one shell in 200 failed, against one in three with an
+/// microseconds (here one shell in 200 or fewer failed, against one in three with an
 /// ordinary thread), so a few failures pass and more do not.
 #[test]
 fn a_shell_forking_while_its_children_end_sees_its_forks_succeed() {
