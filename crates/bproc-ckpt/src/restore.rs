@@ -462,22 +462,29 @@ fn check_machine(h: &Header, root: Option<&std::path::Path>) -> Result<(), CkptE
     }
     // A file mapped several times (a library's text, data and read-only parts) is looked at
     // once: each look is a path walk, about a tenth of a small restore's own work.
-    let mut seen: Vec<&str> = Vec::new();
-    for r in &h.regions {
-        if let Source::File { path, size, mtime, .. } = &r.source {
-            if seen.contains(&path.as_str()) {
-                continue;
-            }
-            seen.push(path);
-            if !same_file(&inside(root, path).to_string_lossy(), *size, *mtime) {
-                return Err(CkptError::Machine(format!(
-                    "{path} is missing or differs from the one the image names (it changed since \
-                     the dump, or it is on the library list but differs here: take it off)"
-                )));
-            }
+    for (path, size, mtime) in named_files(h) {
+        if !same_file(&inside(root, path).to_string_lossy(), size, mtime) {
+            return Err(CkptError::Machine(format!(
+                "{path} is missing or differs from the one the image names (it changed since \
+                 the dump, or it is on the library list but differs here: take it off)"
+            )));
         }
     }
     Ok(())
+}
+
+/// The files the image's regions map (path, size and mtime at the dump), each once, in the
+/// order they first appear.
+fn named_files(h: &Header) -> Vec<(&str, u64, (i64, u32))> {
+    let mut files: Vec<(&str, u64, (i64, u32))> = Vec::new();
+    for r in &h.regions {
+        if let Source::File { path, size, mtime, .. } = &r.source {
+            if !files.iter().any(|(p, ..)| p == path) {
+                files.push((path, *size, *mtime));
+            }
+        }
+    }
+    files
 }
 
 /// Restores the image read from `image` into a new child of the calling thread and lets it
@@ -932,14 +939,7 @@ fn clear_stub(h: &Header, stub_maps: &[MapLine], at: u64) -> Result<Batch, CkptE
 /// for [`push_mm_map`], which goes with the maps), the rest anonymous. Returns the executable's
 /// fd, if it could be opened, which stays open for the caller to close.
 fn map_regions(t: &Tracee, h: &Header, first: Batch) -> Result<Option<u64>, CkptError> {
-    let mut paths: Vec<&str> = Vec::new();
-    for r in &h.regions {
-        if let Source::File { path, .. } = &r.source {
-            if !paths.contains(&path.as_str()) {
-                paths.push(path);
-            }
-        }
-    }
+    let paths: Vec<&str> = named_files(h).into_iter().map(|(p, ..)| p).collect();
     let mut fds: Vec<u64> = Vec::with_capacity(paths.len());
     // The results of `first`'s own calls are not fds.
     let mut lead = first.calls.len();

@@ -100,10 +100,10 @@ pub fn install_here() -> std::io::Result<Listener> {
             )
         }
     };
-    let listener = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
-    let mut fd = install(listener | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
+    let new_listener = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
+    let mut fd = install(new_listener | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
     if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
-        fd = install(listener);
+        fd = install(new_listener);
     }
     if fd < 0 {
         return Err(std::io::Error::last_os_error());

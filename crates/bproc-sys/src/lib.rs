@@ -174,7 +174,7 @@ pub fn without_stop_signals<T>(f: impl FnOnce() -> T) -> T {
     }
     // SAFETY: sigaction reads the current action into `old` (a sigaction struct, zeroed
     // first) and, with `quiet`, sets the same handler, mask and flags plus SA_NOCLDSTOP.
-    let restore = unsafe {
+    let _restore = unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
         if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) != 0 {
             return f();
@@ -186,9 +186,7 @@ pub fn without_stop_signals<T>(f: impl FnOnce() -> T) -> T {
         }
         Restore(old)
     };
-    let out = f();
-    drop(restore);
-    out
+    f()
 }
 
 /// Waits until no SIGCHLD is pending for this process (the handler of [`child_signals`] has
