@@ -2,16 +2,19 @@
 # Migration benchmark on a local virtual cluster (loopback): the time to move a running
 # process to a node (from the call until it runs there, as the same pid) and back, for a
 # small process, for one holding 64 MiB and for a small one with 4 more threads (each
-# counting, checked to go on counting after the moves), and the time of one bproc_vrfork to 64 nodes
-# (until every child runs), small and holding 64 MiB. Baselines in the same run: a bpsh of
-# /bin/true on one node (the cheapest remote start there is) for the small move, a bpcp of a
-# 64 MiB file to the node (the same bytes moved to the node) for the big one, a bpsh of
-# /bin/true on all 64 nodes for the small vrfork, and a bpcp broadcast of 64 MiB to all 64
-# nodes for the big one; each vector fork and its baseline are taken in turn. A vector fork's
-# children write where the caller does, so each runs as its baseline does: with stdout and
-# stderr on /dev/null (hyperfine's default for the baselines; the fork's figure goes to a
-# file), and the small one again with both forwarded to a pipe (the children's through
-# their relaying ghosts), against the launch with its output forwarded to a pipe too.
+# counting, checked to go on counting after the moves), and one bproc_vrfork to 64 nodes,
+# small and holding 64 MiB, timed as a whole process (start, fork, every child's end) as its
+# baseline is. Baselines in the same run: a bpsh of /bin/true on one node (the cheapest
+# remote start there is) for the small move, a bpcp of a 64 MiB file to the node (the same
+# bytes moved to the node) for the big one, a bpsh of /bin/true on all 64 nodes for the
+# small vrfork, and a bpcp broadcast of 64 MiB to all 64 nodes for the big one; each vector
+# fork and its baseline are taken in turn. A vector fork's children write where the caller
+# does, so each runs as its baseline does: with stdout and stderr on /dev/null (hyperfine's
+# default), and the small one again with both forwarded to a pipe (the children's through
+# their relaying ghosts), against the launch with its output forwarded to a pipe too. Last,
+# the floors of the two, with no cluster: the small fork's image restored 64 times by a bare
+# restorer against 64 posix_spawns of /bin/true, one at a time per core. The daemons run as
+# installed ones do, logging warnings only.
 #
 #   bench/move.sh              # medians of 7 runs (as root: moves keep their pids)
 #   RUNS=3 NODES=16 bench/move.sh
@@ -24,7 +27,9 @@ B=$PWD/target/release
 export PATH=$B:$PATH
 DIR=$(mktemp -d /var/tmp/bproc-move-bench.XXXXXX)
 trap 'bpcluster down --dir "$DIR/c" >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
-eval "$(bpcluster up -n "$NODES" --dir "$DIR/c")"
+eval "$(bpcluster up --quiet -n "$NODES" --dir "$DIR/c")"
+# shellcheck source=bench/lib/rounds.sh
+. bench/lib/rounds.sh
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 if ! command -v hyperfine >/dev/null; then
     [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null
@@ -45,7 +50,7 @@ row() { # what, move ms, back ms, baseline name, baseline ms, target text, value
 head -c $((64 << 20)) /dev/urandom >"$DIR/64m"
 echo "## migration benchmark"
 echo
-echo "$(nproc) cores, kernel $(uname -r), $NODES nodes; moves timed inside the process (call to running there), medians of $RUNS; baselines whole processes by hyperfine in the same run."
+echo "$(nproc) cores, kernel $(uname -r), $NODES nodes; moves timed inside the process (call to running there), medians of $RUNS; vector forks, floors and baselines whole processes by hyperfine in the same run."
 echo
 echo "| what | median (ms) | back (ms) | baseline (ms) | ratio | target | holds |"
 echo "|---|---:|---:|---|---:|---|---|"
@@ -64,32 +69,27 @@ m=$(awk '/^move_ms/ {print $2}' "$DIR/out" | median)
 b=$(awk '/^back_ms/ {print $2}' "$DIR/out" | median)
 row "move, 4 more threads" "$m" "$b" "bpsh 1 /bin/true" "$(base_ms "$B/bpsh 1 /bin/true")" "" "" ""
 nodes=$(seq -s ' ' 0 $((NODES - 1)))
-# A vector fork and its baseline in turn (one of each per round, after one untimed round),
-# so that the machine's drift falls on both alike. Cases: SIZE (MiB) and where the output
-# goes (null or pipe).
+# A vector fork and its baseline, whole processes timed by hyperfine in turn (one run of each
+# per round, after one untimed round), so that the machine's drift falls on both alike.
+# Cases: SIZE (MiB) and where the output goes (null: hyperfine's default, or pipe).
 for case in 0:null 0:pipe 64:null; do
     mib=${case%%:*} out=${case#*:}
     if [ "$mib" = 0 ]; then against="$B/bpsh -a /bin/true"; else against="$B/bpcp $DIR/64m all:/tmp/64m"; fi
-    : >"$DIR/v"
-    rm -f "$DIR"/round.*.json
-    for i in $(seq 0 "$RUNS"); do
-        rm -f "$DIR/one"
-        # shellcheck disable=SC2086
-        if [ "$out" = null ]; then
-            MOVE_BENCH_OUT="$DIR/one" "$B/examples/move_bench" vrfork "$mib" $nodes >/dev/null 2>&1
-        else
-            MOVE_BENCH_OUT="$DIR/one" "$B/examples/move_bench" vrfork "$mib" $nodes 2>&1 | cat >/dev/null
-        fi
-        [ -s "$DIR/one" ] || { echo "move.sh: move_bench vrfork $mib failed ($out)" >&2; exit 1; }
-        hyperfine -N --style none --runs 1 --output="$out" --export-json "$DIR/round.$i.json" "$against" \
-            >/dev/null 2>"$DIR/hf.err" || { cat "$DIR/hf.err" >&2; exit 1; }
-        if [ "$i" = 0 ]; then rm "$DIR/round.0.json"; else awk '/^vrfork_ms/ {print $2}' "$DIR/one" >>"$DIR/v"; fi
-    done
-    v=$(median <"$DIR/v")
-    base=$(python3 bench/lib/hf.py --merge "$DIR"/round.*.json | awk '{print $1}')
+    # shellcheck disable=SC2086
+    read -r v base <<<"$(rounds "$DIR" "$RUNS" -N --output="$out" "$B/examples/move_bench vrfork $mib $nodes" \
+        "$against" | awk '{print $1}' | tr '\n' ' ')"
     case $case in
     0:null) row "vrfork, small, $NODES nodes" "$v" - "bpsh -a /bin/true" "$base" "ratio ≤ 1.5" "$(ratio "$v" "$base")" 1.5 ;;
     0:pipe) row "vrfork, small, $NODES nodes, output forwarded to a pipe" "$v" - "bpsh -a /bin/true, the same" "$base" "" "" "" ;;
     *) row "vrfork, 64 MiB, $NODES nodes" "$v" - "bpcp broadcast of 64 MiB" "$base" "ratio ≤ 1.5" "$(ratio "$v" "$base")" 1.5 ;;
     esac
 done
+# The floor of a small vector fork against that of a launch, on this machine with no cluster:
+# the same image (written by the same program at the same point) restored $NODES times by a
+# bare restorer, one at a time per core, each copy waited for, against the spawn floor of
+# $NODES /bin/true (posix_spawn and wait, one per core).
+cc -O2 -o "$DIR/spawnloop" bench/lib/spawnloop.c
+"$B/examples/move_bench" dump 0 "$DIR/image"
+read -r rf sf <<<"$(rounds "$DIR" "$RUNS" -N "$B/examples/move_bench restores $DIR/image $NODES $(nproc)" \
+    "$DIR/spawnloop $NODES $(nproc) /bin/true" | awk '{print $1}' | tr '\n' ' ')"
+row "floor: $NODES restores of the image, no cluster" "$rf" - "spawn floor, $NODES /bin/true" "$sf" "" "" ""

@@ -490,16 +490,23 @@ fn named_files(h: &Header) -> Vec<(&str, u64, (i64, u32))> {
 /// Restores the image read from `image` into a new child of the calling thread and lets it
 /// run; returns its pid. On failure the new process is killed.
 pub fn restore(image: impl Read, spec: RestoreSpec) -> Result<i32, CkptError> {
-    restore_noting(image, spec).map(|(pid, _)| pid)
+    restore_noting(image, spec).map(|r| r.pid)
 }
 
-/// [`restore`], also returning what the restored process lost on the way: a line for each
-/// file it had open that this machine lacks or denies, left closed
-/// (`fd 5 (/var/log/x) left closed: No such file or directory`).
-pub fn restore_noting(
-    image: impl Read,
-    spec: RestoreSpec,
-) -> Result<(i32, Vec<String>), CkptError> {
+/// A process [`restore_noting`] restored.
+#[derive(Debug)]
+pub struct Restored {
+    /// Its pid.
+    pub pid: i32,
+    /// Its name (`/proc/PID/comm`), from the image.
+    pub comm: String,
+    /// What it lost on the way: a line for each file it had open that this machine lacks or
+    /// denies, left closed (`fd 5 (/var/log/x) left closed: No such file or directory`).
+    pub closed: Vec<String>,
+}
+
+/// [`restore`], also returning the process's name and what it lost on the way.
+pub fn restore_noting(image: impl Read, spec: RestoreSpec) -> Result<Restored, CkptError> {
     restore_from(ImageReader::open(image)?, spec)
 }
 
@@ -508,14 +515,14 @@ pub fn restore_noting(
 pub fn restore_shared(
     image: bproc_image::SharedImage,
     spec: RestoreSpec,
-) -> Result<(i32, Vec<String>), CkptError> {
+) -> Result<Restored, CkptError> {
     restore_from(ImageReader::in_memory(image)?, spec)
 }
 
 fn restore_from<R: Read>(
     mut reader: ImageReader<R>,
     spec: RestoreSpec,
-) -> Result<(i32, Vec<String>), CkptError> {
+) -> Result<Restored, CkptError> {
     let h = reader.header().clone();
     let root = spec.root.as_deref();
     check_machine(&h, root)?;
@@ -583,7 +590,7 @@ fn restore_from<R: Read>(
         note: spec.note.as_deref(),
     };
     match started.and_then(|()| inject(t, &h, &mut reader, &how, &mut || Ok(()))) {
-        Ok(closed) => Ok((pid, closed)),
+        Ok(closed) => Ok(Restored { pid, comm: h.comm.clone(), closed }),
         Err(e) => {
             kill();
             Err(e)

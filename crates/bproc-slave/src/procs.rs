@@ -65,6 +65,9 @@ struct ProcsInner {
     /// the master), with the events of theirs that came meanwhile, replayed by
     /// [`Procs::track`]: a process may fork before it is tracked.
     fresh: Mutex<HashMap<i32, Vec<bproc_sys::procevents::ProcEvent>>>,
+    /// The names of restored processes not tracked yet, from their images (the spawner
+    /// thread, which tracks them, sees the pid namespace's `/proc`, not theirs).
+    names: Mutex<HashMap<i32, String>>,
     /// Where events go.
     report: Box<dyn Fn(Message) + Send + Sync>,
     spawner: Spawner,
@@ -134,6 +137,7 @@ impl Procs {
             started_unseen: std::sync::atomic::AtomicBool::new(false),
             events: std::sync::OnceLock::new(),
             fresh: Mutex::default(),
+            names: Mutex::default(),
             report: Box::new(report),
             spawner,
             forks: std::sync::OnceLock::new(),

@@ -613,6 +613,10 @@ async fn image_for_child(
     s.read_exact(&mut count).await.ok()?;
     let mut answer = vec![0u8; conn::answer_len(count, image.files.len()).ok()?];
     s.read_exact(&mut answer).await.ok()?;
+    if answer.iter().all(|a| *a == 1) {
+        // It has them all (the usual case): no copy to look for or make.
+        return Some(None);
+    }
     let root = files_root(ctx).map(|r| r.to_path_buf());
     let held = image.clone();
     let copy = tokio::task::spawn_blocking(move || {

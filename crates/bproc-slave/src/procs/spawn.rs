@@ -43,9 +43,9 @@ pub struct Start<'a> {
 }
 
 /// What a rank's start comes to: its pid here, or why it did not start. Called once, on the
-/// spawner thread when a program started (the caller reports the start, then
-/// [`Procs::track`]s it, there, without a turn of the daemon's runtime), else where
-/// [`spawn`] runs.
+/// spawner thread once it started the program or restored the image, or failed to (the
+/// caller reports the start, then [`Procs::track`]s it, there, without a turn of the
+/// daemon's runtime), else (a refusal before) where [`spawn`] runs.
 pub type Done = Box<dyn FnOnce(Result<i32, Refusal>) + Send>;
 
 /// Starts the rank `cx` names, from `spec`, as `set_tid` when this node gives processes
@@ -62,7 +62,7 @@ pub async fn spawn(
 ) {
     match prepare(cx, spec, shared, report).await {
         Ok(Prepared::Image { spec, image, fds, identity, root }) => {
-            done(restore_image(cx, &spec, image, fds, identity, root).await)
+            restore_image(cx, &spec, image, fds, identity, root, done)
         }
         Ok(Prepared::Program { spec, envp, jail, fds, identity }) => {
             match program_spec(cx, &spec, envp, jail, fds, identity) {
@@ -250,15 +250,17 @@ async fn open_fds(cx: &Start<'_>, spec: &ProcSpec) -> Result<Fds, Refusal> {
     Ok(fds)
 }
 
-/// Restores the rank's process image, confined to `root`.
-async fn restore_image(
+/// Restores the rank's process image, confined to `root`, on the spawner thread, which
+/// tells `done` (as [`start_program`] does).
+fn restore_image(
     cx: &Start<'_>,
     spec: &ProcSpec,
     image: Image,
     fds: Fds,
     identity: Option<Identity>,
     root: Option<PathBuf>,
-) -> Result<i32, Refusal> {
+    done: Done,
+) {
     let (launch, rank) = (cx.launch, cx.rank);
     let Fds { stdio, extra, files } = fds;
     let restore = bproc_ckpt::restore::RestoreSpec {
@@ -274,10 +276,10 @@ async fn restore_image(
         // The master filled these in from the launcher's kernel.
         limits: spec.rlimits.clone(),
     };
-    match cx.procs.restore(image, restore).await {
+    cx.procs.restore(image, restore, move |restored| match restored {
         Ok(pid) => {
             info!("launch {launch} rank {rank}: restored a process image as pid {pid}");
-            Ok(pid)
+            done(Ok(pid))
         }
         Err(e) => {
             let code = e
@@ -285,9 +287,9 @@ async fn restore_image(
                 .and_then(|r| r.downcast_ref::<RestoreFailed>())
                 .map_or(bproc_proto::errno::EIO, |r| r.errno);
             warn!("launch {launch} rank {rank}: restoring the process image failed: {e}");
-            refuse(code, format!("restoring the image: {e}"))
+            done(refuse(code, format!("restoring the image: {e}")))
         }
-    }
+    });
 }
 
 /// Starts the rank's program (`req`, from [`program_spec`]), under another pid when its

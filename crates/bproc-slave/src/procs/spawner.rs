@@ -46,14 +46,16 @@ impl Procs {
     }
 
     /// Restores `image` on the spawner thread (whose children are in the pid namespace, and
-    /// which alone may trace them).
-    pub(super) async fn restore(
+    /// which alone may trace them); `done` gets the outcome there, as for [`Procs::spawn`],
+    /// so the daemon's runtime is not woken for it.
+    pub(super) fn restore(
         &self,
         image: Image,
         spec: bproc_ckpt::restore::RestoreSpec,
-    ) -> std::io::Result<i32> {
+        done: impl FnOnce(std::io::Result<i32>) + Send + 'static,
+    ) {
         let procs = self.clone();
-        let job = move || {
+        let restore = move || {
             let restored = match image {
                 Image::Stream(s) => {
                     use std::io::BufRead;
@@ -75,12 +77,13 @@ impl Procs {
                 }
             };
             restored
-                .map(|(pid, closed)| {
-                    procs.fresh_start(pid);
-                    for what in closed {
-                        info!("pid {pid}: restored without a file this node lacks: {what}");
+                .map(|r| {
+                    procs.fresh_start(r.pid);
+                    procs.0.names.lock().unwrap_or_else(|e| e.into_inner()).insert(r.pid, r.comm);
+                    for what in r.closed {
+                        info!("pid {}: restored without a file this node lacks: {what}", r.pid);
                     }
-                    pid
+                    r.pid
                 })
                 .map_err(|e| {
                     std::io::Error::new(
@@ -89,24 +92,29 @@ impl Procs {
                     )
                 })
         };
-        let job = move || {
+        let procs = self.clone();
+        let job = move |here: bool| {
+            if !here {
+                return done(Err(gone()));
+            }
             // No signal for each of the restore's traced stops: the restored process is
             // tracked next (or on failure the children looked at), which reaps, and so finds
             // another child's stop or continue that raised no signal meanwhile.
-            let restored = bproc_sys::without_stop_signals(job);
+            let restored = bproc_sys::without_stop_signals(restore);
             // The end of another child, signalled while a SIGCHLD was pending, wakes no
             // one: once that signal is taken, the reap below finds it.
             if !bproc_sys::await_child_signals(std::time::Duration::from_millis(500)) {
                 debug!("a child signal still pending after a restore");
             }
-            restored
+            if restored.is_err() {
+                // A restored process is tracked next, which reaps.
+                procs.reap();
+            }
+            done(restored)
         };
-        let restored = self.0.spawner.run(Box::new(job)).await;
-        if restored.is_err() {
-            // A restored process is tracked next, which reaps.
-            self.reap();
+        if let Err(job) = self.0.spawner.submit(Box::new(job)) {
+            job(false);
         }
-        restored
     }
 }
 

@@ -46,11 +46,14 @@ impl Procs {
         true
     }
 
-    /// A process this slave has just started: watched at once (it may fork before it is
-    /// tracked).
+    /// A process this slave has just started: a signal for it is delivered at once, and it
+    /// is watched at once (it may fork before it is tracked).
     pub(super) fn fresh_start(&self, pid: i32) {
-        if self.0.events.get().is_some() && !self.known().contains_key(&pid) {
-            self.fresh().entry(pid).or_default();
+        if self.known().contains_key(&pid) {
+            return;
+        }
+        self.fresh().entry(pid).or_default();
+        if self.0.events.get().is_some() {
             self.rewatch();
         }
     }
@@ -394,8 +397,9 @@ impl Procs {
         // A started program's name is the one its exec gives, not read: the start returns
         // once the exec has replaced the memory, a moment before the kernel names the
         // process, so a read could find the spawner's name and report a rename that makes
-        // the ghost execute itself again for nothing.
-        let comm = program.map(exec_comm).or_else(|| proc_comm(pid));
+        // the ghost execute itself again for nothing. A restored process's is its image's.
+        let restored = self.0.names.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+        let comm = program.map(exec_comm).or(restored).or_else(|| proc_comm(pid));
         {
             // Known whole before a reaper on another thread may take its end.
             let _reaping = self.0.reaping.lock().unwrap_or_else(|e| e.into_inner());
@@ -495,7 +499,9 @@ impl Procs {
     /// Sends `signal` from its ghost to process `pid` alone, naming `sender` (a master pid)
     /// as its origin. Only processes of this master's are signalled.
     pub fn signal_pid(&self, pid: i32, signal: i32, sender: i32) {
-        if !self.known().contains_key(&pid) {
+        // One just started is known once its start is reported (on the spawner thread): a
+        // signal its caller sent as soon as it learnt the pid may come first.
+        if !self.known().contains_key(&pid) && !self.fresh().contains_key(&pid) {
             debug!("signal {signal} for {pid}: not a process of this master's here");
             return;
         }
