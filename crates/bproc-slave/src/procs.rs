@@ -16,11 +16,11 @@ mod spawner;
 mod stage;
 mod track;
 
-pub(crate) use io::{connect_image, null_device, request_image, IMAGE_REQUEST};
+pub(crate) use io::{connect_image, null_device, request_image, FETCHES_DONE, IMAGE_REQUEST};
 pub use spawn::{spawn, Done, Start};
 use spawner::Spawner;
-pub use stage::Source;
 pub(crate) use stage::{ensure_cached, stage};
+pub use stage::{Source, TreeConn};
 pub use track::stat;
 use track::{thread_group, Known};
 

@@ -46,6 +46,7 @@ use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::procs::TreeConn;
 use crate::procs::IMAGE_REQUEST;
 use crate::{kept, procs, proxy, Options, Outbox};
 
@@ -169,7 +170,8 @@ pub(crate) enum TakeError {
 
 /// Reads sealed tree parts from a parent; `place` is the connection's place among those not
 /// yet proved. A plain launch's connection is kept for the parent's next launch to this node
-/// (see [`kept`]); any other stays open while its subtree may fetch through it.
+/// (see [`kept`]), and an image launch's once its subtree has the image; one whose subtree
+/// fetches files stays open while the subtree may fetch through it, and closes then.
 async fn take(
     s: TcpStream,
     ctx: &Arc<Ctx>,
@@ -214,9 +216,23 @@ async fn take(
             if !s.buffer().is_empty() {
                 return Err(TakeError::Trailing(l.launch));
             }
-            let source = procs::Source::Parent(Arc::new(tokio::sync::Mutex::new(s.into_inner())));
-            run(ctx.clone(), l, entries, source);
-            return Ok(());
+            if !keepable(&l.spec) {
+                run(ctx.clone(), l, entries, procs::Source::Parent(TreeConn::new(s.into_inner())));
+                return Ok(());
+            }
+            // Once the subtree has its image, the connection waits for the parent's next part.
+            let (conn, back) = TreeConn::returning(s.into_inner());
+            run(ctx.clone(), l, entries, procs::Source::Parent(conn));
+            use tokio::io::AsyncWriteExt;
+            let Ok(mut back) = back.await else { return Ok(()) };
+            if !idle(&back) || back.write_all(&procs::FETCHES_DONE).await.is_err() {
+                return Ok(());
+            }
+            s = tokio::io::BufReader::with_capacity(PART_BUFFER, back);
+            if !next_part(&mut s, &mut retiring).await? {
+                return Ok(());
+            }
+            continue;
         }
         // Nothing is fetched for a plain launch, from the parent or anyone.
         run(ctx.clone(), l, entries, procs::Source::Launcher);
@@ -264,6 +280,20 @@ const PART_BUFFER: usize = 4 << 10;
 /// diskless nodes, no process image), so the part's connection is kept for the next one.
 fn plain(spec: &ProcSpec) -> bool {
     spec.files.is_empty() && spec.image.is_none()
+}
+
+/// Whether a launch's connection is kept for the next one: a plain launch's, and an image
+/// launch's once its subtree has the image (the child says so with
+/// [`procs::FETCHES_DONE`]). One that fetches files for diskless nodes is closed after it.
+fn keepable(spec: &ProcSpec) -> bool {
+    spec.files.is_empty()
+}
+
+/// Whether a connection given back by a launch's subtree is whole and has nothing unread: a
+/// fetch that failed part way shut it down or left bytes in it.
+fn idle(s: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(s.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// A vector fork's image as this node holds it, fetched once and shared by its ranks and
@@ -354,7 +384,7 @@ async fn fetch_image(
                 }
             }
             procs::Source::Parent(conn) => {
-                let mut s = conn.lock().await;
+                let mut s = conn.stream().lock().await;
                 let failed = ImageError::Parent;
                 let len = procs::request_image(&mut s, files_root(ctx)).await.map_err(failed)?;
                 // Read as it comes: the length is the parent's word, not an allocation.
@@ -518,7 +548,10 @@ async fn forward(
             Ok(mut s) => {
                 let files = ctx.opts.diskless.is_some() && !l.spec.files.is_empty();
                 if files || shared.is_some() {
-                    serve_child(ctx, l, &mut s, source, shared.as_ref()).await;
+                    let done = serve_child(ctx, l, &mut s, source, shared.as_ref()).await;
+                    if done && keepable(&l.spec) {
+                        ctx.kept.put(tree_addr(child), s);
+                    }
                 } else if plain(&l.spec) {
                     ctx.kept.put(tree_addr(child), s);
                 }
@@ -536,63 +569,67 @@ async fn forward(
     }
 }
 
-/// Answers a child's requests, until it is done and closes: for a file (its hash), the size
-/// and content from this node's cache, fetching into it what it lacks (diskless nodes); for
-/// [`IMAGE_REQUEST`], the size and bytes of the launch's image.
+/// Answers a child's requests, until it is done: for a file (its hash), the size and content
+/// from this node's cache, fetching into it what it lacks (diskless nodes); for
+/// [`IMAGE_REQUEST`], the size and bytes of the launch's image. Whether the child said it was
+/// done ([`procs::FETCHES_DONE`]), rather than closing or failing.
 async fn serve_child(
     ctx: &Ctx,
     l: &Launch,
     s: &mut TcpStream,
     source: &procs::Source,
     shared: Option<&SharedImage>,
-) {
+) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let mut hash = [0u8; 32];
         if s.read_exact(&mut hash).await.is_err() {
-            return;
+            return false;
+        }
+        if hash == procs::FETCHES_DONE {
+            return true;
         }
         if hash == IMAGE_REQUEST {
-            let Some(cell) = shared else { return };
+            let Some(cell) = shared else { return false };
             let image = match image_of(ctx, l, source, cell).await {
                 Ok(b) => b,
                 Err(e) => {
                     warn!("launch {}: cannot serve the image to a child: {e}", l.launch);
-                    return;
+                    return false;
                 }
             };
-            let Some(copy) = image_for_child(l, s, ctx, image.clone()).await else { return };
+            let Some(copy) = image_for_child(l, s, ctx, image.clone()).await else { return false };
             let len = match &copy {
                 Some(made) => made.len(),
                 None => image.bytes.len(),
             };
             if s.write_all(&(len as u64).to_be_bytes()).await.is_err() {
-                return;
+                return false;
             }
             let sent = match &copy {
                 Some(made) => s.write_all(made).await,
                 None => send_pages(s, &image.bytes).await,
             };
             if sent.is_err() {
-                return;
+                return false;
             }
             continue;
         }
-        let Some(d) = &ctx.opts.diskless else { return };
-        let Some(f) = l.spec.files.iter().find(|f| f.hash == hash) else { return };
+        let Some(d) = &ctx.opts.diskless else { return false };
+        let Some(f) = l.spec.files.iter().find(|f| f.hash == hash) else { return false };
         let cached =
             match procs::ensure_cached(d, source, master_ip(ctx), &l.spec, u32::MAX, f).await {
                 Ok(p) => p,
                 Err(e) => {
                     warn!("launch {}: cannot serve {} to a child: {e}", l.launch, f.path);
-                    return;
+                    return false;
                 }
             };
-        let Ok(data) = tokio::fs::read(&cached).await else { return };
+        let Ok(data) = tokio::fs::read(&cached).await else { return false };
         if s.write_all(&(data.len() as u64).to_be_bytes()).await.is_err()
             || s.write_all(&data).await.is_err()
         {
-            return;
+            return false;
         }
     }
 }
@@ -713,7 +750,7 @@ async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<TcpStream, Se
         width: l.width,
         entries: part.to_vec(),
     };
-    if plain(&l.spec) {
+    if keepable(&l.spec) {
         while let Some(mut s) = ctx.kept.take(addr) {
             match write_sealed(&mut s, &ctx.opts.key, &msg).await {
                 Ok(()) => return Ok(s),

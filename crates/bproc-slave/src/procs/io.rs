@@ -236,6 +236,10 @@ pub(super) async fn open_image(
 /// What a child writes on its tree connection, in place of a file's hash, for the image.
 pub(crate) const IMAGE_REQUEST: [u8; 32] = [0xff; 32];
 
+/// What a child writes on its tree connection, in place of a file's hash, once its subtree
+/// fetches nothing more: the parent keeps the connection for its next part.
+pub(crate) const FETCHES_DONE: [u8; 32] = [0xfe; 32];
+
 /// Asks the parent node for the launch's image on tree connection `s` and answers its
 /// probe (under `root`, a diskless node's, when given); returns the image's length, whose
 /// bytes follow on `s`.
@@ -258,27 +262,34 @@ pub(crate) struct ParentImage {
     socket: std::net::TcpStream,
     /// Bytes of the image not yet read.
     left: u64,
-    /// The tree connection, held.
+    /// The tree connection, held (let go before the connection itself, which then goes
+    /// back when this was its last user).
     _held: tokio::sync::OwnedMutexGuard<TcpStream>,
+    _conn: std::sync::Arc<super::TreeConn>,
 }
 
 /// Asks the parent node on tree connection `conn` for the launch's image, for a restore to
 /// read as it comes.
 pub(super) async fn parent_image(
-    conn: &std::sync::Arc<tokio::sync::Mutex<TcpStream>>,
+    conn: &std::sync::Arc<super::TreeConn>,
     root: Option<&Path>,
 ) -> Result<ParentImage, Refusal> {
     let failed = |e: std::io::Error| Refusal {
         code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
         message: format!("cannot fetch the process image from the parent node: {e}"),
     };
-    let mut held = conn.clone().lock_owned().await;
+    let mut held = conn.stream().clone().lock_owned().await;
     let len = match tokio::time::timeout(PARENT_SILENCE, request_image(&mut held, root)).await {
         Ok(r) => r.map_err(failed)?,
         Err(_) => return Err(failed(std::io::ErrorKind::TimedOut.into())),
     };
     let fd = std::os::fd::AsFd::as_fd(&*held).try_clone_to_owned().map_err(failed)?;
-    Ok(ParentImage { socket: std::net::TcpStream::from(fd), left: len, _held: held })
+    Ok(ParentImage {
+        socket: std::net::TcpStream::from(fd),
+        left: len,
+        _held: held,
+        _conn: conn.clone(),
+    })
 }
 
 impl ParentImage {

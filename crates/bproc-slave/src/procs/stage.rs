@@ -88,7 +88,47 @@ pub enum Source {
     /// The node that passed this launch on, over the tree connection: each node fetches from
     /// its parent, so a program crosses each tree edge once, not once per node from the
     /// launcher.
-    Parent(Arc<tokio::sync::Mutex<TcpStream>>),
+    Parent(Arc<TreeConn>),
+}
+
+/// A tree connection shared by the fetches of a launch's subtree. One made
+/// [`TreeConn::returning`] goes back, once the last of them is done with it, to whoever
+/// reads the parent's parts, so that the next part can come over it.
+pub struct TreeConn {
+    /// The connection, taken by one fetch at a time.
+    stream: Option<Arc<tokio::sync::Mutex<TcpStream>>>,
+    /// Where it goes back to.
+    back: Option<tokio::sync::oneshot::Sender<TcpStream>>,
+}
+
+impl TreeConn {
+    /// A connection shared until its subtree is done, then closed.
+    pub fn new(s: TcpStream) -> Arc<TreeConn> {
+        Arc::new(TreeConn { stream: Some(Arc::new(tokio::sync::Mutex::new(s))), back: None })
+    }
+
+    /// A connection shared until its subtree is done, then given back through the receiver
+    /// (which gets nothing if a fetch still held it then).
+    pub fn returning(s: TcpStream) -> (Arc<TreeConn>, tokio::sync::oneshot::Receiver<TcpStream>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let conn = TreeConn { stream: Some(Arc::new(tokio::sync::Mutex::new(s))), back: Some(tx) };
+        (Arc::new(conn), rx)
+    }
+
+    /// The connection, for a fetch to take.
+    pub fn stream(&self) -> &Arc<tokio::sync::Mutex<TcpStream>> {
+        self.stream.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for TreeConn {
+    fn drop(&mut self) {
+        if let (Some(s), Some(back)) = (self.stream.take(), self.back.take()) {
+            if let Ok(s) = Arc::try_unwrap(s) {
+                let _ = back.send(s.into_inner());
+            }
+        }
+    }
 }
 
 /// One fetch of each content at a time, so a file wanted by several ranks or children is
@@ -122,7 +162,7 @@ async fn fetch(
         Ok(data)
     }
     let from_parent = match source {
-        Source::Parent(s) => exchange(&mut *s.lock().await, f).await.ok(),
+        Source::Parent(s) => exchange(&mut *s.stream().lock().await, f).await.ok(),
         Source::Launcher => None,
     };
     // A parent with a disk of its own keeps no cache to serve from: go to the launcher.
@@ -213,4 +253,44 @@ pub(crate) async fn stage(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A returning tree connection comes back once its last user is done with it (a fetch
+    /// holds the connection itself too, and lets its lock go first), whole and usable; one
+    /// still locked when the last user goes does not, nor does one that does not return.
+    #[tokio::test]
+    async fn a_tree_connection_comes_back_after_its_last_fetch() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pair = || async {
+            let (c, p) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+            (c.unwrap(), p.unwrap().0)
+        };
+        let (child, mut parent) = pair().await;
+        let (conn, mut back) = TreeConn::returning(child);
+        let subtree = Source::Parent(conn.clone());
+        let fetch = (conn.stream().clone().lock_owned().await, conn);
+        drop(subtree);
+        assert!(back.try_recv().is_err(), "came back while a fetch held it");
+        drop(fetch);
+        let mut s = back.await.expect("back once the fetch let go");
+        s.write_all(b"next").await.unwrap();
+        let mut got = [0u8; 4];
+        parent.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"next");
+        let (child, mut parent) = pair().await;
+        let (conn, back) = TreeConn::returning(child);
+        let locked = conn.stream().clone().lock_owned().await;
+        drop(conn);
+        assert!(back.await.is_err(), "came back while still locked");
+        drop(locked);
+        assert_eq!(parent.read(&mut got).await.unwrap(), 0);
+        let (child, mut parent) = pair().await;
+        drop(TreeConn::new(child));
+        assert_eq!(parent.read(&mut got).await.unwrap(), 0);
+    }
 }
