@@ -177,6 +177,7 @@ async fn take(
     ctx: &Arc<Ctx>,
     place: bproc_link::guard::Admitted,
 ) -> Result<(), TakeError> {
+    use tokio::io::AsyncWriteExt;
     let _ = s.set_nodelay(true);
     // A part comes whole in one read, not one for its header, one for its body and one for
     // its seal.
@@ -223,7 +224,6 @@ async fn take(
             // Once the subtree has its image, the connection waits for the parent's next part.
             let (conn, back) = TreeConn::returning(s.into_inner());
             run(ctx.clone(), l, entries, procs::Source::Parent(conn));
-            use tokio::io::AsyncWriteExt;
             let Ok(mut back) = back.await else { return Ok(()) };
             if !idle(&back) || back.write_all(&procs::FETCHES_DONE).await.is_err() {
                 return Ok(());
