@@ -534,7 +534,7 @@ fn run_command(what: &str, cmd: &str) {
 /// `on_ready` is called once the daemon is set up and its first attempt to join the master
 /// is over: joined, or, with `-r`, failed and to be retried (a node may boot before its
 /// master). A first attempt that fails for good ends `run` with the error instead.
-pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveError> {
+pub async fn run(mut opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveError> {
     let key = opts.key.clone();
     // First, before anything is started: a socket another daemon serves stays its own.
     let client_socket = match opts.client_socket_file() {
@@ -548,6 +548,8 @@ pub async fn run(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveErro
                     "cannot open the node's client socket {}: {e}; programs on this node cannot use the cluster",
                     file.display()
                 );
+                // Nor are they pointed at a path another daemon may have taken meanwhile.
+                opts.client_socket = None;
                 None
             }
         },
