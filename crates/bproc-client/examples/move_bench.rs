@@ -62,11 +62,7 @@ fn main() {
             let nodes: Vec<i32> = args[2..].iter().filter_map(|a| a.parse().ok()).collect();
             let t = Instant::now();
             match vrfork(&nodes, &IoList::Default).expect("vrfork") {
-                Forked::Child(_) => {
-                    let intact =
-                        data.iter().enumerate().step_by(4096).all(|(i, b)| *b == (i % 251) as u8);
-                    std::process::exit(if intact { 0 } else { 3 })
-                }
+                Forked::Child(_) => std::process::exit(if intact(&data) { 0 } else { 3 }),
                 Forked::Parent(pids) => {
                     let ms = t.elapsed().as_secs_f64() * 1e3;
                     for p in pids {
@@ -86,9 +82,7 @@ fn main() {
             use std::os::fd::AsFd;
             match bproc_client::migrate::dump(out.as_fd(), 0).expect("dump") {
                 bproc_ckpt::Resumed::Restored(_) => {
-                    let intact =
-                        data.iter().enumerate().step_by(4096).all(|(i, b)| *b == (i % 251) as u8);
-                    std::process::exit(if intact { 0 } else { 3 })
+                    std::process::exit(if intact(&data) { 0 } else { 3 })
                 }
                 bproc_ckpt::Resumed::Dumped => {}
             }
@@ -146,4 +140,9 @@ fn restores(path: &str, n: i64, at_once: i64) -> Result<(), String> {
             .collect();
         workers.into_iter().try_for_each(|w| w.join().unwrap_or(Err("a worker panicked".into())))
     })
+}
+
+/// Whether a byte of each page of `data` still holds the pattern it was made with.
+fn intact(data: &[u8]) -> bool {
+    data.iter().enumerate().step_by(4096).all(|(i, b)| *b == (i % 251) as u8)
 }
