@@ -69,6 +69,7 @@ fn main() {
     let mut head = [0u8; 4];
     data.read_exact(&mut head).expect("read data");
     let pid = std::process::id();
+    let exe = std::env::current_exe().ok();
     let socket =
         (args.len() == 5).then(|| std::os::unix::net::UnixDatagram::pair().expect("socket"));
     let image = std::fs::File::create(&args[1]).expect("image file");
@@ -117,6 +118,9 @@ fn main() {
             check("clock", std::time::Instant::now().elapsed().as_secs() == 0);
             let out = std::process::Command::new("/bin/echo").arg("child").output();
             check("fork and exec", out.is_ok_and(|o| o.stdout == b"child\n"));
+            // Naming the executable takes privilege; as root, /proc/self/exe is it again.
+            let root = nix::unistd::geteuid().is_root();
+            check("exe", std::env::current_exe().ok() == exe || !root);
             std::io::stdout().flush().unwrap();
             std::process::exit(if ok { 42 } else { 1 });
         }

@@ -1,16 +1,20 @@
 //! Restore of a process image ([`crate::dump`]) into a new process, by system call injection.
 //!
-//! The new process starts as a five-byte static program (`syscall; int3; jmp`) written to a
-//! memfd, traced from its first instruction. The restorer makes it run system calls with the
-//! arguments it chooses, in batches (a small runner it writes into the process executes a
-//! table of calls, so a batch costs one ptrace stop): it unmaps the stub, moves the vDSO to where the image
-//! had it, maps every region (files by reference, the rest anonymous), writes the saved pages
-//! in with `process_vm_writev` (large anonymous regions through a userfaultfd the process
-//! makes, see `Filler`), sets the memory layout (`PR_SET_MM_MAP`), name, signal
-//! actions, alternate stack, rseq, robust list, tid address and open files, and finally loads
-//! the saved stack pointer, resume address and thread pointer and lets go. The process then
-//! returns from [`crate::dump::checkpoint`] as a restored copy, under the pid the caller chose
-//! (`set_tid`) when it runs the restore in a pid namespace.
+//! The new process starts as a tiny static program (`syscall; int3` in a segment that goes
+//! on with the restore's scratch pages), run from a sealed memfd made once per restorer,
+//! traced from its first instruction. The restorer makes it run system calls with the
+//! arguments it chooses, in batches (a small runner it writes into the scratch pages
+//! executes a table of calls, so a batch costs one ptrace stop; a call may take an argument
+//! from a slot that an earlier one filled, so that the files it opens are mapped and closed
+//! in the same batch): it unmaps the stub, moves the vDSO to where the image had it, maps
+//! every region (files by reference, the rest anonymous) and sets the memory layout
+//! (`PR_SET_MM_MAP`), all in one batch; writes the saved pages in with `process_vm_writev`
+//! (large anonymous regions through a userfaultfd the process makes, see `Filler`); sets
+//! the name, signal actions, alternate stack, rseq, robust list, tid address and open files,
+//! unmapping the scratch pages last; and finally loads the saved stack pointer, resume
+//! address and thread pointer and lets go. The process then returns from
+//! [`crate::dump::checkpoint`] as a restored copy, under the pid the caller chose (`set_tid`)
+//! when it runs the restore in a pid namespace.
 //!
 //! [`restore_in_place`] restores into the calling process instead (BProc's `bproc_undump`,
 //! and a ghost taking its process back from a node): the caller makes a helper that seizes
@@ -74,7 +78,6 @@ pub fn prepare() -> Result<(), CkptError> {
 }
 
 const STUB_BASE: u64 = 0x1_0000_0000;
-const STUB_CODE: [u8; 5] = [0x0f, 0x05, 0xcc, 0xeb, 0xfb]; // syscall; int3; jmp -5
 const PR_SET_MM: i32 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 const MAP_FIXED_NOREPLACE: i32 = 0x10_0000;
@@ -82,56 +85,85 @@ const MREMAP_MAYMOVE_FIXED: u64 = 3;
 /// Protection while a region is being filled, and the flags of an anonymous mapping.
 const RW: u64 = (libc::PROT_READ | libc::PROT_WRITE) as u64;
 const ANON: u64 = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-/// Pages the restore adds to the process while it works: code (the gadget and the batch
-/// runner), data (strings and structures system calls read), and the batch's call table.
+/// Pages the restore works in: code (the gadget and the batch runner, then the slots), data
+/// (strings and structures system calls read), and the batch's call table. The stub's own,
+/// after its file's page, unless the image needs their place.
 const SCRATCH_PAGES: u64 = 3;
+/// Where the stub's entry point is in its file: after the ELF and program headers.
+const ENTRY_AT: u64 = 64 + 2 * 56;
+/// The gadget: `syscall; int3`, the stub's entry point and the code page's start.
+const GADGET: [u8; 3] = [0x0f, 0x05, 0xcc];
 /// Where the batch runner starts in the code page.
 const RUNNER_AT: u64 = 16;
-/// The batch runner: with `rbx` at a table of 64-byte entries (number, six arguments,
-/// result), runs each call and stores its result, until an entry whose number is -1 or a
-/// call that fails; then `int3`.
-const RUNNER: [u8; 54] = [
-    0x48, 0x8b, 0x03, // 0: mov rax, [rbx]
+/// Where the slots start in the code page: 8 bytes each, written by calls that keep their
+/// result ([`flag::KEEP`]) and read by calls that take an argument from one.
+const SLOTS_AT: u64 = 512;
+const SLOTS: usize = ((PAGE - SLOTS_AT) / 8) as usize;
+/// The batch runner: with `rbx` at a table of 64-byte entries (number and flags, six
+/// arguments, result), runs each call and stores its result, until an entry whose number
+/// is -1 or a call that fails and may not; then `int3`. The flags, above the number's 32
+/// bits, are [`flag`]s: bit 32 loads the fifth argument from the address it holds, bit 33
+/// the first; bit 34 also stores the result's low 32 bits at the sixth argument; bit 35
+/// lets the call fail.
+const RUNNER: [u8; 96] = [
+    0x48, 0x8b, 0x03, // 0x00: mov rax, [rbx]
     0x48, 0x83, 0xf8, 0xff, // cmp rax, -1
-    0x74, 0x2c, // je done
+    0x74, 0x56, // je done
     0x48, 0x8b, 0x7b, 0x08, // mov rdi, [rbx + 8]
     0x48, 0x8b, 0x73, 0x10, // mov rsi, [rbx + 16]
     0x48, 0x8b, 0x53, 0x18, // mov rdx, [rbx + 24]
     0x4c, 0x8b, 0x53, 0x20, // mov r10, [rbx + 32]
     0x4c, 0x8b, 0x43, 0x28, // mov r8, [rbx + 40]
     0x4c, 0x8b, 0x4b, 0x30, // mov r9, [rbx + 48]
+    0x49, 0x89, 0xc4, // 0x21: mov r12, rax
+    0x49, 0x0f, 0xba, 0xe4, 0x20, // bt r12, 32
+    0x73, 0x03, // jnc +3
+    0x4d, 0x8b, 0x00, // mov r8, [r8]
+    0x49, 0x0f, 0xba, 0xe4, 0x21, // 0x2e: bt r12, 33
+    0x73, 0x03, // jnc +3
+    0x48, 0x8b, 0x3f, // mov rdi, [rdi]
+    0x89, 0xc0, // 0x38: mov eax, eax
     0x0f, 0x05, // syscall
-    0x48, 0x89, 0x43, 0x38, // mov [rbx + 56], rax
+    0x48, 0x89, 0x43, 0x38, // 0x3c: mov [rbx + 56], rax
+    0x49, 0x0f, 0xba, 0xe4, 0x22, // bt r12, 34
+    0x73, 0x03, // jnc +3
+    0x41, 0x89, 0x01, // mov [r9], eax
+    0x49, 0x0f, 0xba, 0xe4, 0x23, // 0x4a: bt r12, 35
+    0x72, 0x08, // jc next
     0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // cmp rax, -4095
     0x73, 0x06, // jae done
-    0x48, 0x83, 0xc3, 0x40, // add rbx, 64
-    0xeb, 0xcb, // jmp 0
-    0xcc, // done: int3
+    0x48, 0x83, 0xc3, 0x40, // 0x59: next: add rbx, 64
+    0xeb, 0xa1, // jmp 0
+    0xcc, // 0x5f: done: int3
 ];
+/// Where, in the code page, a call the runner made returns (the instruction after its
+/// `syscall`).
+const RUNNER_RETURN: u64 = RUNNER_AT + 0x3c;
 /// Calls in one table page, leaving room for the end marker.
 const TABLE_CALLS: usize = (PAGE as usize / 64) - 1;
 
-/// A minimal static ELF executable whose entry point is [`STUB_CODE`]: no libc, no rseq, no
-/// heap, nothing to undo.
+/// A minimal static ELF executable whose entry point is the gadget, and whose one segment
+/// goes on with the scratch pages, zeros: no libc, no rseq, no heap, nothing to undo, and
+/// nothing to map before the first batch. (Its file's page goes with the stub's other
+/// mappings: the executable cannot be named while its file is mapped.)
 fn stub_elf() -> Vec<u8> {
-    let code_off = 64 + 2 * 56;
-    let mut e = Vec::with_capacity(code_off + STUB_CODE.len());
+    let len = ENTRY_AT + GADGET.len() as u64;
+    let mut e = Vec::with_capacity(len as usize);
     e.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
     e.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
     e.extend_from_slice(&1u32.to_le_bytes());
-    e.extend_from_slice(&(STUB_BASE + code_off as u64).to_le_bytes()); // entry
+    e.extend_from_slice(&(STUB_BASE + ENTRY_AT).to_le_bytes()); // entry
     e.extend_from_slice(&64u64.to_le_bytes()); // program headers
     e.extend_from_slice(&0u64.to_le_bytes()); // no sections
     e.extend_from_slice(&0u32.to_le_bytes());
     for v in [64u16, 56, 2, 64, 0, 0] {
         e.extend_from_slice(&v.to_le_bytes());
     }
-    let size = (code_off + STUB_CODE.len()) as u64;
-    // PT_LOAD, read and execute, the whole file.
+    // PT_LOAD, read, write and execute: the file, then zeros to the scratch pages' end.
     e.extend_from_slice(&1u32.to_le_bytes());
-    e.extend_from_slice(&5u32.to_le_bytes());
-    for v in [0, STUB_BASE, STUB_BASE, size, size, PAGE] {
+    e.extend_from_slice(&7u32.to_le_bytes());
+    for v in [0, STUB_BASE, STUB_BASE, len, (1 + SCRATCH_PAGES) * PAGE, PAGE] {
         e.extend_from_slice(&v.to_le_bytes());
     }
     // PT_GNU_STACK, read and write: no executable stack.
@@ -140,8 +172,16 @@ fn stub_elf() -> Vec<u8> {
     for v in [0u64, 0, 0, 0, 0, 16] {
         e.extend_from_slice(&v.to_le_bytes());
     }
-    e.extend_from_slice(&STUB_CODE);
+    e.extend_from_slice(&GADGET);
     e
+}
+
+/// The code page's start: the gadget, then the runner.
+fn scratch_code() -> Vec<u8> {
+    let mut code = GADGET.to_vec();
+    code.resize(RUNNER_AT as usize, 0xcc);
+    code.extend_from_slice(&RUNNER);
+    code
 }
 
 fn last_err(what: impl Into<String>) -> CkptError {
@@ -163,87 +203,174 @@ struct Tracee {
     table: u64,
 }
 
-/// System calls run in the tracee together, each `(what, number, arguments)`; strings and
-/// structures they read go in the data page, through [`Batch::bytes`].
+/// How the batch runner treats a call: bits above its number's 32 (see [`RUNNER`]).
+mod flag {
+    /// The fifth argument is the address of a slot, whose value is passed instead.
+    pub(super) const ARG5_FROM_SLOT: u64 = 1 << 32;
+    /// The first argument is the address of a slot, whose value is passed instead.
+    pub(super) const ARG1_FROM_SLOT: u64 = 1 << 33;
+    /// The result's low 32 bits also go where the sixth argument points (a slot, or a
+    /// field of a structure in the data page).
+    pub(super) const KEEP: u64 = 1 << 34;
+    /// The call may fail: the runner goes on, and its result reads as `u64::MAX`.
+    pub(super) const MAY_FAIL: u64 = 1 << 35;
+}
+
+/// One call of a [`Batch`].
+struct Call {
+    /// What it does, for an error.
+    what: std::borrow::Cow<'static, str>,
+    nr: i64,
+    args: [u64; 6],
+    /// [`flag`]s.
+    flags: u64,
+}
+
+/// System calls run in the tracee together; strings and structures they read go in the data
+/// page, through [`Batch::put`].
 #[derive(Default)]
 struct Batch {
-    calls: Vec<(String, i64, [u64; 6])>,
+    calls: Vec<Call>,
     data: Vec<u8>,
-    /// The last call may fail: its result is then `u64::MAX`, and the batch succeeds.
-    last_optional: bool,
+    /// Where the scratch pages' code goes in with the first table (the restore's first
+    /// batch).
+    code: Option<u64>,
 }
 
 impl Batch {
-    fn push(&mut self, what: impl Into<String>, nr: i64, args: [u64; 6]) {
-        self.calls.push((what.into(), nr, args));
+    /// Adds a call; returns its place among the results.
+    fn push(
+        &mut self,
+        what: impl Into<std::borrow::Cow<'static, str>>,
+        nr: i64,
+        args: [u64; 6],
+    ) -> usize {
+        self.push_flagged(what, nr, args, 0)
     }
 
-    /// Puts `b` in the data page (8-byte aligned) and returns where it will be, or `None`
-    /// when the page is full (run the batch first).
-    fn bytes(&mut self, t: &Tracee, b: &[u8]) -> Option<u64> {
-        let at = self.data.len().next_multiple_of(8);
-        if at + b.len() > PAGE as usize {
-            return None;
-        }
+    /// [`Batch::push`] with [`flag`]s.
+    fn push_flagged(
+        &mut self,
+        what: impl Into<std::borrow::Cow<'static, str>>,
+        nr: i64,
+        args: [u64; 6],
+        flags: u64,
+    ) -> usize {
+        self.calls.push(Call { what: what.into(), nr, args, flags });
+        self.calls.len() - 1
+    }
+
+    /// Puts `b` in the data page (8-byte aligned) and returns where it will be: in this
+    /// batch's page or, when that is full, in a fresh one once the calls so far have run
+    /// (each call's data is put before the call is added, and slots outlast a run).
+    fn put(&mut self, t: &Tracee, b: &[u8]) -> Result<u64, CkptError> {
+        let room = |data: &Vec<u8>| {
+            let at = data.len().next_multiple_of(8);
+            (at + b.len() <= PAGE as usize).then_some(at)
+        };
+        let at = match room(&self.data) {
+            Some(at) => at,
+            None => {
+                std::mem::take(self).run(t)?;
+                room(&self.data).ok_or_else(page_full)?
+            }
+        };
         self.data.resize(at, 0);
         self.data.extend_from_slice(b);
-        Some(t.scratch + at as u64)
+        Ok(t.scratch + at as u64)
     }
 
-    /// A NUL-terminated string in the data page, as [`Batch::bytes`].
-    fn string(&mut self, t: &Tracee, s: &str) -> Result<Option<u64>, CkptError> {
-        if s.len() >= PAGE as usize || s.contains('\0') {
-            return Err(CkptError::Path(format!("too long or with a NUL: {s:?}")));
-        }
-        let mut b = s.as_bytes().to_vec();
-        b.push(0);
-        Ok(self.bytes(t, &b))
+    /// A NUL-terminated string in the data page, as [`Batch::put`].
+    fn string(&mut self, t: &Tracee, s: &str) -> Result<u64, CkptError> {
+        self.put(t, &c_string(s)?)
     }
 
-    /// Runs the calls in order, stopping at the first failure (its errno, named); the
-    /// results otherwise.
+    /// Runs the calls in order, stopping at the first failure of one that may not fail (its
+    /// errno, named); the results otherwise.
     fn run(self, t: &Tracee) -> Result<Vec<u64>, CkptError> {
-        let total = self.calls.len();
-        let mut data = Some(&self.data[..]).filter(|d| !d.is_empty());
+        self.run_ending(t, false)
+    }
+
+    /// [`Batch::run`], the last call unmapping the scratch pages at `at`, the runner's own
+    /// code: the process then stops with `SIGSEGV` at the instruction after that call, which
+    /// says that every call ran (a failure stops it at the runner's `int3` as ever). Saves
+    /// the stop of a call of its own.
+    fn run_unmapping(mut self, t: &Tracee, at: u64) -> Result<(), CkptError> {
+        self.push("munmap scratch", libc::SYS_munmap, [at, SCRATCH_PAGES * PAGE, 0, 0, 0, 0]);
+        self.run_ending(t, true).map(drop)
+    }
+
+    fn run_ending(self, t: &Tracee, unmapping: bool) -> Result<Vec<u64>, CkptError> {
+        let code = self.code.map(|at| (at, scratch_code()));
+        let mut first = code.iter().map(|(at, c)| (*at, &c[..])).collect::<Vec<_>>();
+        if !self.data.is_empty() {
+            first.push((t.scratch, &self.data[..]));
+        }
         let mut results = Vec::with_capacity(self.calls.len());
-        for part in self.calls.chunks(TABLE_CALLS) {
+        let parts = self.calls.chunks(TABLE_CALLS);
+        let count = parts.len();
+        for (n, part) in parts.enumerate() {
             let mut table: Vec<u8> = Vec::with_capacity((part.len() + 1) * 64);
-            for (_, nr, args) in part {
-                table.extend_from_slice(&(*nr as u64).to_ne_bytes());
-                for a in args {
+            for c in part {
+                table.extend_from_slice(&(c.nr as u64 | c.flags).to_ne_bytes());
+                for a in c.args {
                     table.extend_from_slice(&a.to_ne_bytes());
                 }
                 table.extend_from_slice(&0u64.to_ne_bytes());
             }
             table.extend_from_slice(&u64::MAX.to_ne_bytes());
-            // The data page goes in with the first table.
-            match data.take() {
-                Some(d) => t.poke_all(&[(t.scratch, d), (t.table, &table)])?,
-                None => t.poke(t.table, &table)?,
-            }
+            // The code and data go in with the first table.
+            let mut pokes = std::mem::take(&mut first);
+            pokes.push((t.table, &table));
+            t.poke_all(&pokes)?;
             let mut r = t.base;
             r.rip = t.gadget + RUNNER_AT;
             r.rbx = t.table;
             r.orig_rax = u64::MAX;
-            t.run_to_trap(&r, &part[0].0)?;
+            t.set_regs(&r)?;
+            t.cont()?;
+            let sig = t.wait_stop()?;
+            if sig == libc::SIGSEGV && unmapping && n + 1 == count {
+                let r = t.regs()?;
+                if r.rip == t.gadget + RUNNER_RETURN && r.rax == 0 {
+                    results.resize(results.len() + part.len(), 0);
+                    return Ok(results);
+                }
+            }
+            if sig != libc::SIGTRAP {
+                return Err(CkptError::sys(
+                    format!("{} in the restored process stopped with signal {sig}", part[0].what),
+                    std::io::Error::from_raw_os_error(libc::EFAULT),
+                ));
+            }
             let mut got = vec![0u8; part.len() * 64];
             t.peek(t.table, &mut got)?;
-            for (i, (what, _, _)) in part.iter().enumerate() {
+            for (i, c) in part.iter().enumerate() {
                 let at = i * 64 + 56;
                 let rax = u64::from_ne_bytes(got[at..at + 8].try_into().expect("8 bytes")) as i64;
-                if (-4095..0).contains(&rax) {
-                    if self.last_optional && results.len() + 1 == total {
-                        results.push(u64::MAX);
-                        break;
-                    }
+                if !(-4095..0).contains(&rax) {
+                    results.push(rax as u64);
+                } else if c.flags & flag::MAY_FAIL != 0 {
+                    results.push(u64::MAX);
+                } else {
                     let e = std::io::Error::from_raw_os_error(-rax as i32);
-                    return Err(CkptError::sys(what.clone(), e));
+                    return Err(CkptError::sys(c.what.to_string(), e));
                 }
-                results.push(rax as u64);
             }
         }
         Ok(results)
     }
+}
+
+/// `s` with a NUL after it, for the kernel.
+fn c_string(s: &str) -> Result<Vec<u8>, CkptError> {
+    if s.len() >= PAGE as usize || s.contains('\0') {
+        return Err(CkptError::Path(format!("too long or with a NUL: {s:?}")));
+    }
+    let mut b = Vec::with_capacity(s.len() + 1);
+    b.extend_from_slice(s.as_bytes());
+    b.push(0);
+    Ok(b)
 }
 
 impl Tracee {
@@ -373,13 +500,13 @@ impl Tracee {
 
     /// Puts a NUL-terminated string in the scratch page and returns its address.
     fn string(&self, s: &str) -> Result<u64, CkptError> {
-        if s.len() >= PAGE as usize || s.contains('\0') {
-            return Err(CkptError::Path(format!("too long or with a NUL: {s:?}")));
-        }
-        let mut b = s.as_bytes().to_vec();
-        b.push(0);
-        self.poke(self.scratch, &b)?;
+        self.poke(self.scratch, &c_string(s)?)?;
         Ok(self.scratch)
+    }
+
+    /// The address of slot `i` (below [`SLOTS`]), in the code page.
+    fn slot(&self, i: usize) -> u64 {
+        self.gadget + SLOTS_AT + 8 * i as u64
     }
 
     fn maps(&self) -> Result<Vec<MapLine>, CkptError> {
@@ -526,14 +653,14 @@ fn restore_from<R: Read>(
     let h = reader.header().clone();
     let root = spec.root.as_deref();
     check_machine(&h, root)?;
-    let memfd = stub_memfd()?;
+    let stub = stub_file()?;
     let cstr =
         |s: &str| std::ffi::CString::new(s).map_err(|_| CkptError::Path(format!("NUL in {s:?}")));
     // Reserved: the I/O list's fds, which the image's files must not replace.
     let reserved: Vec<i32> =
         spec.fds.iter().map(|(n, _)| *n).chain(spec.files.iter().map(|f| f.fd)).collect();
     let req = SpawnSpec {
-        path: cstr(&format!("/proc/self/fd/{}", memfd.as_raw_fd()))?,
+        path: cstr("bproc-stub")?,
         argv: vec![cstr(comm_of(&h))?],
         envp: bproc_sys::CStrings::default(),
         cwd: Some(cstr(cwd_of(&h, root))?),
@@ -555,6 +682,7 @@ fn restore_from<R: Read>(
         // The image's actions are set on a process whose others are the defaults, not the
         // restorer's (a daemon's inherited ignored signals).
         default_signals: true,
+        exec_fd: Some(stub),
     };
     // The pid may still be held by the copy that just moved away from here (it ends once the
     // move has succeeded, and is reaped soon after): wait for it, briefly.
@@ -570,7 +698,6 @@ fn restore_from<R: Read>(
             r => break r.map_err(|e| CkptError::sys("starting the restore stub", e))?,
         }
     };
-    drop(memfd);
     let kill = || kill_and_reap(pid);
     let t = Tracee::new(pid);
     let started = t.wait_stop().and_then(|sig| {
@@ -811,17 +938,35 @@ fn step_past_exec(t: &Tracee) -> Result<(), CkptError> {
     t.set_regs(&r)
 }
 
-/// The stub program in a new memfd.
+/// The stub program in a new memfd, sealed: nothing can change it once written.
 fn stub_memfd() -> Result<OwnedFd, CkptError> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
     use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
-    let memfd = memfd_create(c"bproc-stub", MemFdCreateFlag::MFD_CLOEXEC)
-        .map_err(|e| nix_err("memfd_create", e))?;
+    let flags = MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING;
+    let memfd = memfd_create(c"bproc-stub", flags).map_err(|e| nix_err("memfd_create", e))?;
     std::io::Write::write_all(
         &mut std::fs::File::from(memfd.try_clone().map_err(|e| CkptError::sys("dup", e))?),
         &stub_elf(),
     )
     .map_err(|e| CkptError::sys("writing the stub", e))?;
+    let seals = SealFlag::F_SEAL_SEAL
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE;
+    fcntl(memfd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))
+        .map_err(|e| nix_err("sealing the stub", e))?;
     Ok(memfd)
+}
+
+/// This process's stub program ([`stub_memfd`]), made once for all its restores: each
+/// runs it from its fd.
+fn stub_file() -> Result<std::os::fd::RawFd, CkptError> {
+    static STUB: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = STUB.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    let made = stub_memfd()?;
+    Ok(STUB.get_or_init(|| made).as_raw_fd())
 }
 
 fn comm_of(h: &Header) -> &str {
@@ -882,6 +1027,14 @@ fn inject<R: Read>(
         write_pages(&t, h, reader, how.note, (asked && streamed).then_some(&mut huge), filler)?;
     advise(&t, &huge, libc::MADV_NOHUGEPAGE);
     set_process_state(&t, h, exe_fd, &mut finish)?;
+    let reopened = || h.files.iter().any(|f| !how.reserved.contains(&f.fd));
+    if !how.in_place && h.threads.is_empty() && !reopened() {
+        // Nothing more runs in the process: the scratch pages go with the last batch.
+        finish.run_unmapping(&t, at)?;
+        before_resume()?;
+        let_go(&t, h, how.value, Vec::new())?;
+        return Ok(Vec::new());
+    }
     finish.run(&t)?;
     if how.in_place {
         set_inherited(&t, h)?;
@@ -895,32 +1048,37 @@ fn inject<R: Read>(
     Ok(closed)
 }
 
-/// Maps the gadget and scratch pages where neither the stub nor the image has anything, and
-/// points `t` at them; returns where they are and the stub's own mappings.
+/// Finds the restore's scratch pages: the stub's own, after its file's page, unless the
+/// image has something there; then pages mapped where neither the stub nor the image has
+/// anything. Points `t` at them; returns where they are and the stub's own mappings. Their
+/// code goes in with the first batch ([`clear_stub`]'s).
 fn place_scratch(t: &mut Tracee, h: &Header) -> Result<(u64, Vec<MapLine>), CkptError> {
     t.base = t.regs()?;
     t.gadget = t.base.rip;
     let stub_maps = t.maps()?;
-    let mut used: Vec<(u64, u64)> = stub_maps.iter().map(|m| (m.start, m.end)).collect();
-    used.extend(h.regions.iter().map(|r| (r.start, r.end)));
+    let mut used: Vec<(u64, u64)> = h.regions.iter().map(|r| (r.start, r.end)).collect();
     used.extend(h.specials.iter().map(|s| (s.start, s.end)));
-    let at = hole(&used, SCRATCH_PAGES * PAGE, 0x10_0000)
-        .ok_or_else(|| CkptError::Busy("no room for the restore's scratch pages".into()))?;
-    // Executable from the start (the gadget's page), so that writing the gadget in takes
-    // no further call; the pages go before the process runs.
-    let rwx = RW | libc::PROT_EXEC as u64;
-    let got = t.call(
-        "mmap scratch",
-        libc::SYS_mmap,
-        [at, SCRATCH_PAGES * PAGE, rwx, ANON | MAP_FIXED_NOREPLACE as u64, u64::MAX, 0],
-    )?;
-    if got != at {
-        return Err(CkptError::Busy(format!("scratch landed at {got:#x}, not {at:#x}")));
-    }
-    let mut code = STUB_CODE[..3].to_vec();
-    code.resize(RUNNER_AT as usize, 0xcc);
-    code.extend_from_slice(&RUNNER);
-    t.poke(at, &code)?;
+    let (len, own) = (SCRATCH_PAGES * PAGE, STUB_BASE + PAGE);
+    let free = used.iter().all(|&(s, e)| e <= own || own + len <= s);
+    let at = if free && t.gadget == STUB_BASE + ENTRY_AT {
+        own
+    } else {
+        used.extend(stub_maps.iter().map(|m| (m.start, m.end)));
+        let at = hole(&used, len, 0x10_0000)
+            .ok_or_else(|| CkptError::Busy("no room for the restore's scratch pages".into()))?;
+        // Executable from the start (the gadget's page), so that writing the code in takes
+        // no further call; the pages go before the process runs.
+        let rwx = RW | libc::PROT_EXEC as u64;
+        let got = t.call(
+            "mmap scratch",
+            libc::SYS_mmap,
+            [at, len, rwx, ANON | MAP_FIXED_NOREPLACE as u64, u64::MAX, 0],
+        )?;
+        if got != at {
+            return Err(CkptError::Busy(format!("scratch landed at {got:#x}, not {at:#x}")));
+        }
+        at
+    };
     t.gadget = at;
     t.scratch = at + PAGE;
     t.table = at + 2 * PAGE;
@@ -928,100 +1086,77 @@ fn place_scratch(t: &mut Tracee, h: &Header) -> Result<(u64, Vec<MapLine>), Ckpt
 }
 
 /// The calls that unmap the stub's mappings, leaving only the kernel's own and the scratch
-/// pages, and move the vDSO to where the image had it.
+/// pages (at `at`), and move the vDSO to where the image had it.
 fn clear_stub(h: &Header, stub_maps: &[MapLine], at: u64) -> Result<Batch, CkptError> {
     let kernel_made = |m: &MapLine| {
         m.name.starts_with("[vdso") || m.name.starts_with("[vvar") || m.name == "[vsyscall]"
     };
-    let mut b = Batch::default();
-    for m in stub_maps.iter().filter(|m| !kernel_made(m)) {
+    let scratch = |m: &MapLine| at <= m.start && m.end <= at + SCRATCH_PAGES * PAGE;
+    let mut b = Batch { code: Some(at), ..Batch::default() };
+    for m in stub_maps.iter().filter(|m| !kernel_made(m) && !scratch(m)) {
         b.push("munmap stub", libc::SYS_munmap, [m.start, m.end - m.start, 0, 0, 0, 0]);
     }
     move_specials(h, stub_maps, at, &mut b)?;
     Ok(b)
 }
 
-/// Runs `first`, then maps every region of the image, writable until its pages are in: each
-/// file mapped by reference opened once (the opens go with `first`, and the executable's,
-/// for [`push_mm_map`], which goes with the maps), the rest anonymous. Returns the executable's
-/// fd, if it could be opened, which stays open for the caller to close.
+/// Adds to `first` the calls that map every region of the image, writable until its pages
+/// are in (each file mapped by reference opened once, into a slot that its maps and its close
+/// read; the rest anonymous) and set the memory layout ([`push_mm_map`]), and runs them all
+/// together. Returns the fd of the executable, opened for that, if it could be; it stays
+/// open for the caller to close.
 fn map_regions(t: &Tracee, h: &Header, first: Batch) -> Result<Option<u64>, CkptError> {
     let paths: Vec<&str> = named_files(h).into_iter().map(|(p, ..)| p).collect();
-    let mut fds: Vec<u64> = Vec::with_capacity(paths.len());
-    // The results of `first`'s own calls are not fds.
-    let mut lead = first.calls.len();
     let mut b = first;
-    let mut run = |b: Batch, fds: &mut Vec<u64>| -> Result<(), CkptError> {
-        fds.extend(b.run(t)?.into_iter().skip(std::mem::take(&mut lead)));
-        Ok(())
-    };
-    for path in &paths {
-        let p = match b.string(t, path)? {
-            Some(p) => p,
-            None => {
-                run(std::mem::take(&mut b), &mut fds)?;
-                b.string(t, path)?.expect("a path fits an empty page")
-            }
-        };
-        let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
-        b.push(
-            format!("open {path}"),
-            libc::SYS_openat,
-            [libc::AT_FDCWD as u64, p, flags, 0, 0, 0],
-        );
-    }
-    // The executable last, since it may fail.
-    let exe = match b.string(t, &h.exe).ok().flatten() {
-        Some(p) if !h.exe.is_empty() => {
-            let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
-            b.push("open exe", libc::SYS_openat, [libc::AT_FDCWD as u64, p, flags, 0, 0, 0]);
-            b.last_optional = true;
-            true
+    let ro = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    // As many files at a time as there are slots: nearly always all of them.
+    let groups = paths.chunks(SLOTS);
+    let last = groups.len().saturating_sub(1);
+    for (g, group) in groups.enumerate() {
+        for (i, path) in group.iter().enumerate() {
+            let p = b.string(t, path)?;
+            let args = [libc::AT_FDCWD as u64, p, ro, 0, 0, t.slot(i)];
+            b.push_flagged(format!("open {path}"), libc::SYS_openat, args, flag::KEEP);
         }
-        _ => false,
-    };
-    run(b, &mut fds)?;
-    let exe_fd = match exe {
-        true => fds.pop().filter(|fd| *fd != u64::MAX),
-        false => None,
-    };
-    let mut b = Batch::default();
-    for r in &h.regions {
-        let len = r.end - r.start;
-        match &r.source {
-            Source::File { path, offset, .. } => {
-                let fd = fds[paths.iter().position(|p| p == path).expect("opened above")];
-                let prot = u64::from(r.prot) | RW;
-                let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64;
-                b.push(
-                    format!("map {path}"),
-                    libc::SYS_mmap,
-                    [r.start, len, prot, flags, fd, *offset],
-                );
-            }
-            Source::Anonymous | Source::Copied { .. } => {
-                let grows = if r.stack { libc::MAP_GROWSDOWN as u64 } else { 0 };
-                let flags = ANON | libc::MAP_FIXED as u64 | grows;
-                b.push("map region", libc::SYS_mmap, [r.start, len, RW, flags, u64::MAX, 0]);
-            }
+        for r in &h.regions {
+            let Source::File { path, offset, .. } = &r.source else { continue };
+            let Some(i) = group.iter().position(|p| p == path) else { continue };
+            let prot = u64::from(r.prot) | RW;
+            let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64;
+            let args = [r.start, r.end - r.start, prot, flags, t.slot(i), *offset];
+            b.push_flagged(format!("map {path}"), libc::SYS_mmap, args, flag::ARG5_FROM_SLOT);
+        }
+        for i in 0..group.len() {
+            let args = [t.slot(i), 0, 0, 0, 0, 0];
+            b.push_flagged("close", libc::SYS_close, args, flag::ARG1_FROM_SLOT);
+        }
+        if g != last {
+            // The next group takes the slots again.
+            std::mem::take(&mut b).run(t)?;
         }
     }
-    for fd in &fds {
-        b.push("close", libc::SYS_close, [*fd, 0, 0, 0, 0, 0]);
+    for r in h.regions.iter().filter(|r| !matches!(r.source, Source::File { .. })) {
+        let grows = if r.stack { libc::MAP_GROWSDOWN as u64 } else { 0 };
+        let flags = ANON | libc::MAP_FIXED as u64 | grows;
+        b.push("map region", libc::SYS_mmap, [r.start, r.end - r.start, RW, flags, u64::MAX, 0]);
     }
-    push_mm_map(&mut b, t, h, exe_fd)?;
-    b.last_optional = true;
+    // The executable, opened straight into the layout's field for it; either may fail.
+    let exe = (!h.exe.is_empty()).then_some(h.exe.as_str());
+    let (exe_at, map) = put_mm_map(&mut b, t, h, exe)?;
+    let opened = exe_at.map(|p| {
+        let args = [libc::AT_FDCWD as u64, p, ro, 0, 0, map + MM_MAP_LEN - 4];
+        b.push_flagged("open exe", libc::SYS_openat, args, flag::KEEP | flag::MAY_FAIL)
+    });
+    let set = push_mm_map(&mut b, map, flag::MAY_FAIL);
     let got = b.run(t)?;
-    for (r, got) in h.regions.iter().zip(&got) {
-        if *got != r.start {
-            return Err(CkptError::Busy(format!("region {:#x} landed at {got:#x}", r.start)));
-        }
-    }
-    if got.last() == Some(&u64::MAX) {
-        // Without the executable (naming it needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE),
-        // /proc/PID/exe names the stub and the rest is right; a failure again is the error.
+    let exe_fd = opened.map(|i| got[i]).filter(|fd| *fd != u64::MAX);
+    if got[set] == u64::MAX {
+        // Without the executable (naming it needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE,
+        // and it may be gone), /proc/PID/exe names the stub and the rest is right; a
+        // failure again is the error.
         let mut b = Batch::default();
-        push_mm_map(&mut b, t, h, None)?;
+        let (_, map) = put_mm_map(&mut b, t, h, None)?;
+        push_mm_map(&mut b, map, 0);
         b.run(t)?;
     }
     Ok(exe_fd)
@@ -1315,7 +1450,7 @@ fn set_process_state(
     if let Some(fd) = exe_fd {
         b.push("close exe", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
     }
-    let comm = b.string(t, &h.comm)?.ok_or_else(page_full)?;
+    let comm = b.string(t, &h.comm)?;
     b.push("PR_SET_NAME", libc::SYS_prctl, [libc::PR_SET_NAME as u64, comm, 0, 0, 0, 0]);
     for a in &h.sigactions {
         let k =
@@ -1327,7 +1462,7 @@ fn set_process_state(
                 std::mem::size_of::<KSigAction>(),
             )
         };
-        let at = b.bytes(t, bytes).ok_or_else(page_full)?;
+        let at = b.put(t, bytes)?;
         let what = format!("rt_sigaction {}", a.signal);
         b.push(what, libc::SYS_rt_sigaction, [u64::from(a.signal), at, 0, 8, 0, 0]);
     }
@@ -1364,7 +1499,7 @@ fn push_altstack(b: &mut Batch, t: &Tracee, altstack: (u64, i32, u64)) -> Result
         ss.extend_from_slice(&(ss_flags & !libc::SS_ONSTACK).to_ne_bytes());
         ss.extend_from_slice(&0u32.to_ne_bytes());
         ss.extend_from_slice(&ss_size.to_ne_bytes());
-        let at = b.bytes(t, &ss).ok_or_else(page_full)?;
+        let at = b.put(t, &ss)?;
         b.push("sigaltstack", libc::SYS_sigaltstack, [at, 0, 0, 0, 0, 0]);
     }
     Ok(())
@@ -1737,30 +1872,49 @@ fn move_specials(
     Ok(())
 }
 
-/// Adds to `b` the call that restores brk, stack, argument and environment bounds, the
-/// auxiliary vector and (with `exe_fd`, when the caller may) `/proc/PID/exe`.
-fn push_mm_map(
+/// Puts in `b`'s data page, all at once, the path `exe` when given and the structure that
+/// `PR_SET_MM_MAP` reads ([`push_mm_map`]: brk, stack, argument and environment bounds, the
+/// auxiliary vector, and an executable fd of -1, none, unless a call keeps one there);
+/// returns where the path is, and where the structure is.
+fn put_mm_map(
     b: &mut Batch,
     t: &Tracee,
     h: &Header,
-    exe_fd: Option<u64>,
-) -> Result<(), CkptError> {
-    let mut auxv: Vec<u64> = h.auxv.iter().flat_map(|(k, v)| [*k, *v]).collect();
-    auxv.extend([0, 0]);
-    let auxv_bytes: Vec<u8> = auxv.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    let too_long = || CkptError::Busy("auxiliary vector too long".into());
-    let auxv_at = b.bytes(t, &auxv_bytes).ok_or_else(too_long)?;
-    let exe = exe_fd.map_or(u32::MAX, |fd| fd as u32);
-    let mut map = Vec::with_capacity(104);
-    for v in h.mm.to_array().into_iter().chain([auxv_at]) {
-        map.extend_from_slice(&v.to_ne_bytes());
+    exe: Option<&str>,
+) -> Result<(Option<u64>, u64), CkptError> {
+    let mut bytes = match exe {
+        Some(p) => c_string(p)?,
+        None => Vec::new(),
+    };
+    bytes.resize(bytes.len().next_multiple_of(8), 0);
+    let auxv_off = bytes.len() as u64;
+    let auxv: Vec<u64> = h.auxv.iter().flat_map(|(k, v)| [*k, *v]).chain([0, 0]).collect();
+    bytes.extend(auxv.iter().flat_map(|v| v.to_ne_bytes()));
+    let map_off = bytes.len() as u64;
+    if map_off + MM_MAP_LEN > PAGE {
+        return Err(CkptError::Busy("auxiliary vector too long".into()));
     }
-    map.extend_from_slice(&(auxv_bytes.len() as u32).to_ne_bytes());
-    map.extend_from_slice(&exe.to_ne_bytes());
-    let at = b.bytes(t, &map).ok_or_else(too_long)?;
-    let args = [PR_SET_MM as u64, PR_SET_MM_MAP, at, map.len() as u64, 0, 0];
-    b.push("PR_SET_MM_MAP", libc::SYS_prctl, args);
-    Ok(())
+    // The structure holds the auxiliary vector's address: where the page will have it.
+    let at = b.put(t, &vec![0; (map_off + MM_MAP_LEN) as usize])?;
+    for v in h.mm.to_array().into_iter().chain([at + auxv_off]) {
+        bytes.extend_from_slice(&v.to_ne_bytes());
+    }
+    bytes.extend_from_slice(&(auxv.len() as u32 * 8).to_ne_bytes());
+    bytes.extend_from_slice(&u32::MAX.to_ne_bytes());
+    let off = (at - t.scratch) as usize;
+    b.data[off..off + bytes.len()].copy_from_slice(&bytes);
+    Ok((exe.map(|_| at), at + map_off))
+}
+
+/// The size of `struct prctl_mm_map`: 12 addresses, the auxiliary vector's size and the
+/// executable's fd (its last field).
+const MM_MAP_LEN: u64 = 12 * 8 + 4 + 4;
+
+/// Adds the `PR_SET_MM_MAP` call reading the structure at `map` ([`put_mm_map`]) with
+/// `flags`; returns its place among the results.
+fn push_mm_map(b: &mut Batch, map: u64, flags: u64) -> usize {
+    let args = [PR_SET_MM as u64, PR_SET_MM_MAP, map, MM_MAP_LEN, 0, 0];
+    b.push_flagged("PR_SET_MM_MAP", libc::SYS_prctl, args, flags)
 }
 
 #[cfg(test)]
@@ -1809,7 +1963,11 @@ mod tests {
     fn the_stub_is_a_valid_elf_header() {
         let e = stub_elf();
         assert_eq!(&e[..4], b"\x7fELF");
-        assert_eq!(e.len(), 64 + 112 + 5);
-        assert_eq!(u64::from_le_bytes(e[24..32].try_into().unwrap()), STUB_BASE + 176);
+        assert_eq!(e.len() as u64, ENTRY_AT + GADGET.len() as u64);
+        assert_eq!(u64::from_le_bytes(e[24..32].try_into().unwrap()), STUB_BASE + ENTRY_AT);
+        assert_eq!(e[ENTRY_AT as usize..], GADGET);
+        // The runner and the slots fit the code page, apart.
+        let code = scratch_code();
+        assert!(code.len() as u64 <= SLOTS_AT && SLOTS_AT + 8 * SLOTS as u64 == PAGE);
     }
 }

@@ -102,7 +102,7 @@ fn a_process_is_restored_whole_under_its_pid() {
     assert_eq!(
         printed,
         "value: ok\nmemory: ok\nzeros: ok\ntls: ok\nheap growth: ok\nhandler: ok\nmask: ok\nfile: ok\n\
-         pid: ok\nclock: ok\nfork and exec: ok\n"
+         pid: ok\nclock: ok\nfork and exec: ok\nexe: ok\n"
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -141,7 +141,7 @@ fn a_process_becomes_the_image_in_place() {
     assert_eq!(
         printed,
         "value: ok\nmemory: ok\nzeros: ok\ntls: ok\nheap growth: ok\nhandler: ok\nmask: ok\nfile: ok\n\
-         pid: WRONG\nclock: ok\nfork and exec: ok\n",
+         pid: WRONG\nclock: ok\nfork and exec: ok\nexe: ok\n",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

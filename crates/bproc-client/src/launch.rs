@@ -471,6 +471,7 @@ fn start_here_with_fds(spec: &ProcSpec, rank: usize) -> std::io::Result<i32> {
         files,
         set_tid: None,
         trace: false,
+        exec_fd: None,
         default_signals: false,
     };
     bproc_sys::spawn(&req)

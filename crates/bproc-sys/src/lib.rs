@@ -340,6 +340,7 @@ mod tests {
             files,
             set_tid: None,
             trace: false,
+            exec_fd: None,
             default_signals: false,
         }
     }

@@ -50,6 +50,9 @@ pub struct SpawnSpec {
     /// of a script ignores SIGINT and SIGQUIT, which the processes it starts for others must
     /// not inherit. (SIGPIPE, which the Rust runtime ignores, always goes back.)
     pub default_signals: bool,
+    /// The program as an open file, run with `execveat` (`AT_EMPTY_PATH`) rather than by
+    /// `path`, which then only names it: no lookup, no `/proc` in a jail.
+    pub exec_fd: Option<std::os::fd::RawFd>,
 }
 
 /// NUL-terminated strings in one buffer, as `execve` takes an environment: one allocation
@@ -423,6 +426,20 @@ fn child(
         if libc::setpgid(0, 0) != 0 {
             return err(STEP_SETUP);
         }
+        // The program's file above every fd the spec places, which would replace it.
+        let exec_fd = match spec.exec_fd {
+            Some(fd) => {
+                let targets =
+                    spec.fds.iter().map(|(to, _)| *to).chain(spec.files.iter().map(|f| f.fd));
+                let above = targets.max().unwrap_or(0).max(2) + 1;
+                let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+                if high < 0 {
+                    return err(STEP_SETUP);
+                }
+                Some(high)
+            }
+            None => None,
+        };
         if !place_fds(spec) {
             return err(STEP_SETUP);
         }
@@ -476,7 +493,16 @@ fn child(
         if spec.trace && libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
             return err(STEP_SETUP);
         }
-        libc::execve(spec.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        match exec_fd {
+            Some(fd) => {
+                let empty = c"".as_ptr();
+                let (argv, envp) = (argv.as_ptr(), envp.as_ptr());
+                libc::syscall(libc::SYS_execveat, fd, empty, argv, envp, libc::AT_EMPTY_PATH);
+            }
+            None => {
+                libc::execve(spec.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            }
+        }
     }
     err(STEP_EXEC)
 }

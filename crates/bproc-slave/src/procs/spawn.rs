@@ -358,6 +358,7 @@ fn program_spec(
         trace: false,
         // The daemon's own ignored signals (SIGINT and SIGQUIT when a script started it in
         // the background) are no business of a launch's processes.
+        exec_fd: None,
         default_signals: true,
     })
 }
