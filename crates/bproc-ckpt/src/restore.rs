@@ -1852,13 +1852,19 @@ fn move_specials(
         return Ok(());
     }
     let span = here.iter().map(|m| m.end).max().unwrap_or(0) - cmin;
-    let mut used: Vec<(u64, u64)> = h.regions.iter().map(|r| (r.start, r.end)).collect();
-    used.extend(h.specials.iter().map(|s| (s.start, s.end)));
-    used.extend(here.iter().map(|m| (m.start, m.end)));
-    used.push((scratch, scratch + SCRATCH_PAGES * PAGE));
-    let tmp = hole(&used, span, 0x10_0000)
-        .ok_or_else(|| CkptError::Busy("no room to move the vDSO".into()))?;
-    for (from, to) in [(cmin, tmp), (tmp, imin)] {
+    // Straight there, unless the group would land on itself: then by a hole free in both.
+    let hops = if cmin + span <= imin || imin + span <= cmin {
+        vec![(cmin, imin)]
+    } else {
+        let mut used: Vec<(u64, u64)> = h.regions.iter().map(|r| (r.start, r.end)).collect();
+        used.extend(h.specials.iter().map(|s| (s.start, s.end)));
+        used.extend(here.iter().map(|m| (m.start, m.end)));
+        used.push((scratch, scratch + SCRATCH_PAGES * PAGE));
+        let tmp = hole(&used, span, 0x10_0000)
+            .ok_or_else(|| CkptError::Busy("no room to move the vDSO".into()))?;
+        vec![(cmin, tmp), (tmp, imin)]
+    };
+    for (from, to) in hops {
         for m in &here {
             let len = m.end - m.start;
             let off = m.start - cmin;
