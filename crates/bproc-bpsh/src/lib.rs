@@ -349,6 +349,7 @@ fn prepare(
         rlimits: bproc_client::launch::current_rlimits(),
         files: Vec::new(),
         image: None,
+        image_files: None,
     };
     // One frame carries the launch: a spec over the limit is said here, with the limit.
     if let Some(why) = spec.too_large() {

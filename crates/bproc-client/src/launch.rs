@@ -149,6 +149,7 @@ fn spec_of(p: &Program) -> ProcSpec {
         rlimits: current_rlimits(),
         files: Vec::new(),
         image: None,
+        image_files: None,
     }
 }
 

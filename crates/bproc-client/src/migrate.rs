@@ -36,7 +36,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::sync::Mutex;
 
@@ -303,6 +303,7 @@ fn image_spec(io: &IoList, port: u16, token: [u8; 16]) -> ProcSpec {
         rlimits: Vec::new(),
         files: Vec::new(),
         image: Some(Endpoint { ip: None, port }),
+        image_files: None,
     }
 }
 
@@ -593,6 +594,10 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
     if quiet {
         spec.io = vec![IoSpec::Null; 3];
     }
+    // Each node says at once which of the files the image names it has: no probe.
+    let held = std::fs::File::from(image.try_clone()?);
+    let files = bproc_ckpt::inline::named(&bproc_ckpt::inline::header_in(&held)?);
+    spec.image_files = Some(files.clone());
     let launch = Message::Launch {
         nodes: nodes.iter().map(|n| if here(*n) { NODE_MASTER } else { *n }).collect(),
         spec,
@@ -600,7 +605,7 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
         io_ports: ports,
     };
     let id = client.send(&launch)?;
-    let reply = serve_image(&listener, &mut client, id, &token, &image);
+    let reply = serve_image(&listener, &mut client, id, &token, held, files);
     let mut pids = match reply {
         Ok(Message::Launched { pids }) if pids.len() == nodes.len() => pids,
         other => {
@@ -736,17 +741,11 @@ fn serve_image(
     client: &mut Client,
     id: u32,
     token: &[u8; 16],
-    image: &OwnedFd,
+    image: std::fs::File,
+    files: Vec<conn::FileId>,
 ) -> Result<Message, BprocError> {
-    let size =
-        nix::sys::stat::fstat(image.as_raw_fd()).map_err(|e| BprocError::Io(e.into()))?.st_size;
-    let held = std::fs::File::from(image.try_clone()?);
-    let served = Served {
-        files: bproc_ckpt::inline::named(&bproc_ckpt::inline::header_in(&held)?),
-        image: held,
-        size: size as usize,
-        copies: Default::default(),
-    };
+    let size = image.metadata()?.len();
+    let served = Served { files, image, size: size as usize, copies: Default::default() };
     let served = &served;
     std::thread::scope(|scope| loop {
         let Some((sock_ready, reply_ready)) = wait_either(listener, client, u16::MAX)? else {
@@ -787,9 +786,9 @@ fn send_image(mut s: TcpStream, token: &[u8; 16], served: &Served) {
     if got != *token || what != conn::IMAGE {
         return;
     }
+    // The node's answer follows, unasked: the launch listed the files.
     let mut count = [0u8; 4];
-    if s.write_all(&conn::encode_probe(&served.files)).is_err() || s.read_exact(&mut count).is_err()
-    {
+    if s.read_exact(&mut count).is_err() {
         return;
     }
     let Ok(len) = conn::answer_len(count, served.files.len()) else { return };

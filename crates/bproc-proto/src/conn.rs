@@ -13,8 +13,11 @@
 //! machine has, identical (same size and modification time), at the same path: a probe (u32
 //! body length ≤ [`MAX_PROBE_BYTES`], then the body: u32 count ≤ [`MAX_PROBE_FILES`], and per
 //! file its path, size u64, mtime seconds u64 as two's complement and nanoseconds u32),
-//! answered with u32 count and one byte per file (1: present). Those files go in the image by
-//! reference; then the image follows, or, when the mover cannot move after all, a refusal:
+//! answered with u32 count and one byte per file (1: present). A vector fork's launch lists
+//! those files ([`crate::ProcSpec::image_files`]), so there the node sends the answer right
+//! after the header, unasked, and no probe comes: a round trip less per node. Those files
+//! go in the image by reference; then the image follows, or, when the mover cannot move
+//! after all, a refusal:
 //! [`REFUSAL`], u16 length (big-endian, at most [`MAX_REFUSAL`]) and the reason in UTF-8, so
 //! the node's log says why no image came.
 
@@ -62,15 +65,17 @@ pub fn refusal(data: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&why[..len.min(why.len())]).into_owned())
 }
 
-/// A file as a probe names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileId {
-    /// Absolute path.
-    pub path: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time: seconds and nanoseconds.
-    pub mtime: (i64, u32),
+crate::wire_struct! {
+    /// A file as a probe, or a vector fork's launch ([`crate::ProcSpec::image_files`]), names it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct FileId {
+        /// Absolute path.
+        pub path: String => crate::wire::Text("probe path", crate::MAX_PATH),
+        /// Size in bytes.
+        pub size: u64 => crate::wire::Int("probe size"),
+        /// Modification time: seconds and nanoseconds.
+        pub mtime: (i64, u32) => (crate::wire::Int("probe mtime"), crate::wire::Int("probe mtime ns")),
+    }
 }
 
 /// A probe for `files`, length first.
@@ -78,10 +83,7 @@ pub fn encode_probe(files: &[FileId]) -> Vec<u8> {
     let mut w = Writer::new(vec![0; 4]);
     w.u32(files.len() as u32);
     for f in files {
-        w.str(&f.path);
-        w.u64(f.size);
-        w.u64(f.mtime.0 as u64);
-        w.u32(f.mtime.1);
+        crate::wire::Wire::put(f, &mut w);
     }
     let mut out = w.into_inner();
     let len = (out.len() - 4) as u32;
@@ -105,11 +107,7 @@ pub fn decode_probe(body: &[u8]) -> Result<Vec<FileId>, DecodeError> {
     let n = r.count("probe files", MAX_PROBE_FILES, 24)?;
     let mut files = Vec::with_capacity(n);
     for _ in 0..n {
-        files.push(FileId {
-            path: r.str("probe path", crate::MAX_PATH)?,
-            size: r.u64("probe size")?,
-            mtime: (r.u64("probe mtime")? as i64, r.u32("probe mtime ns")?),
-        });
+        files.push(<FileId as crate::wire::Wire>::get(&mut r)?);
     }
     r.finish()?;
     Ok(files)

@@ -187,6 +187,13 @@ wire_struct! {
         /// node fetches it from this endpoint (`None` address: the master's, as the node sees
         /// it) with `token`, and each rank's restored copy returns rank + 1 from the dump.
         pub image: Option<Endpoint> => Opt("image flag", Nested),
+        /// The files a vector fork's image names (maps by reference), in its order: each
+        /// node says which it has when it asks for the image, rather than being asked (see
+        /// [`crate::conn`]). `None` for a move, whose mover asks.
+        pub image_files: Option<Vec<crate::conn::FileId>> => Opt(
+            "image files flag",
+            List("image files", crate::conn::MAX_PROBE_FILES, 24, Nested)
+        ),
     }
 }
 

@@ -55,6 +55,7 @@ fn spec() -> ProcSpec {
             StagedRef { path: "/lib/libc.so.6".into(), mode: 0o644, size: 2 << 20, hash: [2; 32] },
         ],
         image: None,
+        image_files: None,
     }
 }
 
@@ -72,6 +73,11 @@ fn spec_with_image() -> ProcSpec {
         fds: Vec::new(),
         io_ip: None,
         image: Some(Endpoint { ip: Some(Ipv4Addr::new(10, 0, 0, 1)), port: 40020 }),
+        image_files: Some(vec![crate::conn::FileId {
+            path: "/lib/libc.so.6".into(),
+            size: 2 << 20,
+            mtime: (1_700_000_000, 7),
+        }]),
         ..spec()
     }
 }

@@ -129,6 +129,7 @@ fn spec_without_image() -> impl Strategy<Value = ProcSpec> {
                         .map(|(path, mode, size, hash)| StagedRef { path, mode, size, hash })
                         .collect(),
                     image: None,
+                    image_files: None,
                 }
             },
         )

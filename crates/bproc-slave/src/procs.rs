@@ -16,7 +16,9 @@ mod spawner;
 mod stage;
 mod track;
 
-pub(crate) use io::{connect_image, null_device, request_image, FETCHES_DONE, IMAGE_REQUEST};
+pub(crate) use io::{
+    connect_image, null_device, request_image, shut_down, FETCHES_DONE, IMAGE_REQUEST,
+};
 pub use spawn::{spawn, Done, Start};
 use spawner::Spawner;
 pub(crate) use stage::{ensure_cached, stage};

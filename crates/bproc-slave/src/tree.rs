@@ -224,8 +224,10 @@ async fn take(
             // Once the subtree has its image, the connection waits for the parent's next part.
             let (conn, back) = TreeConn::returning(s.into_inner());
             run(ctx.clone(), l, entries, procs::Source::Parent(conn));
-            let Ok(mut back) = back.await else { return Ok(()) };
-            if !idle(&back) || back.write_all(&procs::FETCHES_DONE).await.is_err() {
+            let Ok((mut back, told)) = back.await else { return Ok(()) };
+            // The image's request told the parent (which may have sent the next part since,
+            // or which reads the end of a fetch that failed); without one, it is told now.
+            if !told && (!idle(&back) || back.write_all(&procs::FETCHES_DONE).await.is_err()) {
                 return Ok(());
             }
             s = tokio::io::BufReader::with_capacity(PART_BUFFER, back);
@@ -386,9 +388,17 @@ async fn fetch_image(
             procs::Source::Parent(conn) => {
                 let mut s = conn.stream().lock().await;
                 let failed = ImageError::Parent;
-                let len = procs::request_image(&mut s, files_root(ctx)).await.map_err(failed)?;
+                let files = l.spec.image_files.as_deref().unwrap_or_default();
+                let len = procs::request_image(&mut s, conn, files, files_root(ctx))
+                    .await
+                    .map_err(failed)?;
                 // Read as it comes: the length is the parent's word, not an allocation.
-                read_to_end(&mut (&mut *s).take(len), &mut data).await.map_err(failed)?;
+                let read = read_to_end(&mut (&mut *s).take(len), &mut data).await;
+                if read.is_err() || data.len() as u64 != len {
+                    // The rest must not be read as the parent's next part.
+                    procs::shut_down(&s);
+                }
+                read.map_err(failed)?;
                 if data.len() as u64 != len {
                     return Err(ImageError::Short { got: data.len(), len });
                 }
@@ -412,7 +422,14 @@ async fn fetch_image(
             Ok(Arc::new(NodeImage { bytes: Arc::new(data), files, copies }))
         }
         Ok(Err(e)) => Err(Arc::new(e)),
-        Err(_) => Err(Arc::new(ImageError::Timeout)),
+        Err(_) => {
+            if let procs::Source::Parent(conn) = source {
+                if let Ok(s) = conn.stream().try_lock() {
+                    procs::shut_down(&s);
+                }
+            }
+            Err(Arc::new(ImageError::Timeout))
+        }
     }
 }
 
@@ -603,7 +620,7 @@ async fn serve_child(
                 Some(made) => made.len(),
                 None => image.bytes.len(),
             };
-            if s.write_all(&(len as u64).to_be_bytes()).await.is_err() {
+            if write_more(s, &(len as u64).to_be_bytes()).await.is_err() {
                 return false;
             }
             let sent = match &copy {
@@ -644,12 +661,17 @@ async fn image_for_child(
     image: Arc<NodeImage>,
 ) -> Option<Option<Arc<Vec<u8>>>> {
     use bproc_proto::conn;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(&conn::encode_probe(&image.files)).await.ok()?;
+    use tokio::io::AsyncReadExt;
+    // The child's answer follows its request, unasked, about the files the launch lists.
+    let listed = l.spec.image_files.as_deref().unwrap_or_default();
     let mut count = [0u8; 4];
     s.read_exact(&mut count).await.ok()?;
-    let mut answer = vec![0u8; conn::answer_len(count, image.files.len()).ok()?];
-    s.read_exact(&mut answer).await.ok()?;
+    let mut said = vec![0u8; conn::answer_len(count, listed.len()).ok()?];
+    s.read_exact(&mut said).await.ok()?;
+    // This node's copy names those of them it had (it holds the pages of the others), in
+    // their order.
+    let has = |f: &conn::FileId| listed.iter().zip(&said).any(|(g, a)| g == f && *a == 1);
+    let answer: Vec<u8> = image.files.iter().map(|f| u8::from(has(f))).collect();
     if answer.iter().all(|a| *a == 1) {
         // It has them all (the usual case): no copy to look for or make.
         return Some(None);
@@ -669,6 +691,27 @@ async fn image_for_child(
         }
         Err(_) => None,
     }
+}
+
+/// Writes `b` on `s` with `MSG_MORE`: TCP holds it for what follows (an image's length, for
+/// the image), so that both go out together, not as a segment of their own.
+async fn write_more(s: &TcpStream, b: &[u8]) -> std::io::Result<()> {
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut at = 0;
+    while at < b.len() {
+        s.writable().await?;
+        let sent = s.try_io(tokio::io::Interest::WRITABLE, || {
+            let more = MsgFlags::from_bits_retain(nix::libc::MSG_MORE);
+            send(s.as_raw_fd(), &b[at..], more).map_err(std::io::Error::from)
+        });
+        match sent {
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Sends this node's copy of an image to a child without copying its bytes: its pages go

@@ -743,7 +743,7 @@ fn a_rust_program_moves_and_vrforks() {
             .filter_map(|l| {
                 let (_, rest) = l.rsplit_once(": ")?;
                 let (found, rest) = rest.split_once(" of ")?;
-                let asked = rest.strip_suffix(" files the mover asked about are here")?;
+                let asked = rest.strip_suffix(" files the image names are here")?;
                 Some((found.parse::<usize>().ok()?, asked.parse::<usize>().ok()?))
             })
             .collect::<Vec<_>>()

@@ -160,8 +160,9 @@ pub(super) async fn open_io(
 }
 
 /// Opens the connection that carries rank `rank`'s process image, from `from` (an address of
-/// `None`: the master's), and answers the mover's probe: which of its files this node has
-/// (under `root`, a diskless node's, when given).
+/// `None`: the master's), and says which of the files the image names this node has (under
+/// `root`, a diskless node's, when given): at once when the launch lists them (a vector
+/// fork's), else when the mover asks.
 pub(crate) async fn connect_image(
     master: Ipv4Addr,
     spec: &ProcSpec,
@@ -175,26 +176,41 @@ pub(crate) async fn connect_image(
         message: format!("cannot fetch the process image from {to}: {e}"),
     };
     let mut s = TcpStream::connect(to).await.map_err(failed)?;
-    s.write_all(&bproc_proto::conn::header(&spec.token, rank, IMAGE_FD)).await.map_err(failed)?;
-    match tokio::time::timeout(std::time::Duration::from_secs(30), answer_probe(&mut s, root)).await
-    {
-        Ok(r) => {
-            let (found, asked) = r.map_err(failed)?;
-            if asked > 0 {
-                info!("rank {rank}: {found} of {asked} files the mover asked about are here");
+    let head = bproc_proto::conn::header(&spec.token, rank, IMAGE_FD);
+    let (found, asked) = match &spec.image_files {
+        Some(files) => {
+            let answer = answer_for(files, root);
+            s.write_all(&[&head[..], &answer].concat()).await.map_err(failed)?;
+            (answer[4..].iter().filter(|a| **a == 1).count(), files.len())
+        }
+        None => {
+            s.write_all(&head).await.map_err(failed)?;
+            let wait = std::time::Duration::from_secs(30);
+            match tokio::time::timeout(wait, answer_probe(&mut s, root)).await {
+                Ok(r) => r.map_err(failed)?,
+                Err(_) => return Err(failed(std::io::ErrorKind::TimedOut.into())),
             }
         }
-        Err(_) => return Err(failed(std::io::ErrorKind::TimedOut.into())),
+    };
+    if asked > 0 {
+        info!("rank {rank}: {found} of {asked} files the image names are here");
     }
     Ok(s)
 }
 
+/// Which of `files`, a process image's, this node has identical (under `root`, a diskless
+/// node's, when given): the answer to a probe for them.
+fn answer_for(files: &[bproc_proto::conn::FileId], root: Option<&Path>) -> Vec<u8> {
+    let here = |f: &bproc_proto::conn::FileId| {
+        let path = bproc_ckpt::restore::inside(root, &f.path);
+        bproc_ckpt::restore::same_file(&path.to_string_lossy(), f.size, f.mtime)
+    };
+    bproc_proto::conn::encode_answer(&files.iter().map(here).collect::<Vec<_>>())
+}
+
 /// Reads an image sender's probe from `s` and answers which of the files it names this node
 /// has identical (under `root`, a diskless node's, when given): how many, of how many.
-pub(crate) async fn answer_probe<S>(
-    s: &mut S,
-    root: Option<&Path>,
-) -> std::io::Result<(usize, usize)>
+async fn answer_probe<S>(s: &mut S, root: Option<&Path>) -> std::io::Result<(usize, usize)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -205,13 +221,10 @@ where
     s.read_exact(&mut head).await?;
     let mut body = vec![0u8; conn::probe_len(head).map_err(bad)?];
     s.read_exact(&mut body).await?;
-    let here = |f: &conn::FileId| {
-        let path = bproc_ckpt::restore::inside(root, &f.path);
-        bproc_ckpt::restore::same_file(&path.to_string_lossy(), f.size, f.mtime)
-    };
-    let answer = conn::answer(&body, here).map_err(bad)?;
+    let files = conn::decode_probe(&body).map_err(bad)?;
+    let answer = answer_for(&files, root);
     s.write_all(&answer).await?;
-    Ok((answer[4..].iter().filter(|a| **a == 1).count(), answer.len() - 4))
+    Ok((answer[4..].iter().filter(|a| **a == 1).count(), files.len()))
 }
 
 /// [`connect_image`], as a blocking socket for the restore.
@@ -240,14 +253,39 @@ pub(crate) const IMAGE_REQUEST: [u8; 32] = [0xff; 32];
 /// fetches nothing more: the parent keeps the connection for its next part.
 pub(crate) const FETCHES_DONE: [u8; 32] = [0xfe; 32];
 
-/// Asks the parent node for the launch's image on tree connection `s` and answers its
-/// probe (under `root`, a diskless node's, when given); returns the image's length, whose
-/// bytes follow on `s`.
-pub(crate) async fn request_image(s: &mut TcpStream, root: Option<&Path>) -> std::io::Result<u64> {
+/// Asks the parent node for the launch's image on tree connection `conn` (held: `s`), saying
+/// at once which of the files it names (`files`, as the launch lists them) this node has
+/// (under `root`, a diskless node's, when given), and, when the connection goes back for the
+/// parent's next part, that nothing more will be fetched ([`FETCHES_DONE`]); returns the
+/// image's length, whose bytes follow on `s`. A failure shuts the connection down: the
+/// parent may have taken it back already.
+pub(crate) async fn request_image(
+    s: &mut TcpStream,
+    conn: &super::TreeConn,
+    files: &[bproc_proto::conn::FileId],
+    root: Option<&Path>,
+) -> std::io::Result<u64> {
     use tokio::io::AsyncReadExt;
-    s.write_all(&IMAGE_REQUEST).await?;
-    answer_probe(s, root).await?;
-    s.read_u64().await
+    let mut ask = IMAGE_REQUEST.to_vec();
+    ask.extend(answer_for(files, root));
+    if conn.returns() {
+        ask.extend(FETCHES_DONE);
+        conn.told();
+    }
+    let len = match s.write_all(&ask).await {
+        Ok(()) => s.read_u64().await,
+        Err(e) => Err(e),
+    };
+    if len.is_err() {
+        shut_down(s);
+    }
+    len
+}
+
+/// Ends both directions of `s` now (whoever holds it next reads the end).
+pub(crate) fn shut_down(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let _ = nix::sys::socket::shutdown(s.as_raw_fd(), nix::sys::socket::Shutdown::Both);
 }
 
 /// How long a restore reading from the parent node waits for more of the image.
@@ -272,6 +310,7 @@ pub(crate) struct ParentImage {
 /// read as it comes.
 pub(super) async fn parent_image(
     conn: &std::sync::Arc<super::TreeConn>,
+    files: &[bproc_proto::conn::FileId],
     root: Option<&Path>,
 ) -> Result<ParentImage, Refusal> {
     let failed = |e: std::io::Error| Refusal {
@@ -279,9 +318,13 @@ pub(super) async fn parent_image(
         message: format!("cannot fetch the process image from the parent node: {e}"),
     };
     let mut held = conn.stream().clone().lock_owned().await;
-    let len = match tokio::time::timeout(PARENT_SILENCE, request_image(&mut held, root)).await {
+    let asked = request_image(&mut held, conn, files, root);
+    let len = match tokio::time::timeout(PARENT_SILENCE, asked).await {
         Ok(r) => r.map_err(failed)?,
-        Err(_) => return Err(failed(std::io::ErrorKind::TimedOut.into())),
+        Err(_) => {
+            shut_down(&held);
+            return Err(failed(std::io::ErrorKind::TimedOut.into()));
+        }
     };
     let fd = std::os::fd::AsFd::as_fd(&*held).try_clone_to_owned().map_err(failed)?;
     Ok(ParentImage {

@@ -116,7 +116,8 @@ async fn prepare(
                     Image::Stream(open_image(cx.master, &spec, from, cx.rank, root).await?)
                 }
                 Source::Parent(conn) => {
-                    let image = parent_image(conn, root).await?;
+                    let files = spec.image_files.as_deref().unwrap_or_default();
+                    let image = parent_image(conn, files, root).await?;
                     info!(
                         "launch {} rank {}: restoring the process image as it comes ({} bytes) \
                          from the parent node",

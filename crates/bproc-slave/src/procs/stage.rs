@@ -97,27 +97,45 @@ pub enum Source {
 pub struct TreeConn {
     /// The connection, taken by one fetch at a time.
     stream: Option<Arc<tokio::sync::Mutex<TcpStream>>>,
-    /// Where it goes back to.
-    back: Option<tokio::sync::oneshot::Sender<TcpStream>>,
+    /// Where it goes back to, with whether the parent was told the subtree fetches nothing
+    /// more.
+    back: Option<tokio::sync::oneshot::Sender<(TcpStream, bool)>>,
+    /// The parent was told (with the image request, [`super::FETCHES_DONE`]).
+    told: std::sync::atomic::AtomicBool,
 }
 
 impl TreeConn {
     /// A connection shared until its subtree is done, then closed.
     pub fn new(s: TcpStream) -> Arc<TreeConn> {
-        Arc::new(TreeConn { stream: Some(Arc::new(tokio::sync::Mutex::new(s))), back: None })
+        let stream = Some(Arc::new(tokio::sync::Mutex::new(s)));
+        Arc::new(TreeConn { stream, back: None, told: Default::default() })
     }
 
     /// A connection shared until its subtree is done, then given back through the receiver
-    /// (which gets nothing if a fetch still held it then).
-    pub fn returning(s: TcpStream) -> (Arc<TreeConn>, tokio::sync::oneshot::Receiver<TcpStream>) {
+    /// (which gets nothing if a fetch still held it then), with whether the parent was told
+    /// that the subtree fetches nothing more.
+    pub fn returning(
+        s: TcpStream,
+    ) -> (Arc<TreeConn>, tokio::sync::oneshot::Receiver<(TcpStream, bool)>) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let conn = TreeConn { stream: Some(Arc::new(tokio::sync::Mutex::new(s))), back: Some(tx) };
-        (Arc::new(conn), rx)
+        let stream = Some(Arc::new(tokio::sync::Mutex::new(s)));
+        (Arc::new(TreeConn { stream, back: Some(tx), told: Default::default() }), rx)
     }
 
     /// The connection, for a fetch to take.
     pub fn stream(&self) -> &Arc<tokio::sync::Mutex<TcpStream>> {
         self.stream.as_ref().expect("present until dropped")
+    }
+
+    /// Whether the connection goes back for the parent's next part once its subtree is done:
+    /// then the subtree's one fetch, the image's, may say at once that it is the last.
+    pub fn returns(&self) -> bool {
+        self.back.is_some()
+    }
+
+    /// Notes that the parent was told the subtree fetches nothing more.
+    pub fn told(&self) {
+        self.told.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -125,7 +143,8 @@ impl Drop for TreeConn {
     fn drop(&mut self) {
         if let (Some(s), Some(back)) = (self.stream.take(), self.back.take()) {
             if let Ok(s) = Arc::try_unwrap(s) {
-                let _ = back.send(s.into_inner());
+                let told = self.told.load(std::sync::atomic::Ordering::Relaxed);
+                let _ = back.send((s.into_inner(), told));
             }
         }
     }
@@ -277,7 +296,8 @@ mod tests {
         drop(subtree);
         assert!(back.try_recv().is_err(), "came back while a fetch held it");
         drop(fetch);
-        let mut s = back.await.expect("back once the fetch let go");
+        let (mut s, told) = back.await.expect("back once the fetch let go");
+        assert!(!told, "nothing told the parent");
         s.write_all(b"next").await.unwrap();
         let mut got = [0u8; 4];
         parent.read_exact(&mut got).await.unwrap();
