@@ -1055,7 +1055,10 @@ fn inject<R: Read>(
 fn place_scratch(t: &mut Tracee, h: &Header) -> Result<(u64, Vec<MapLine>), CkptError> {
     t.base = t.regs()?;
     t.gadget = t.base.rip;
-    let stub_maps = t.maps()?;
+    let stub_maps = match stub_maps_known(t, h) {
+        Some(maps) => maps,
+        None => t.maps()?,
+    };
     let mut used: Vec<(u64, u64)> = h.regions.iter().map(|r| (r.start, r.end)).collect();
     used.extend(h.specials.iter().map(|s| (s.start, s.end)));
     let (len, own) = (SCRATCH_PAGES * PAGE, STUB_BASE + PAGE);
@@ -1083,6 +1086,74 @@ fn place_scratch(t: &mut Tracee, h: &Header) -> Result<(u64, Vec<MapLine>), Ckpt
     t.scratch = at + PAGE;
     t.table = at + 2 * PAGE;
     Ok((at, stub_maps))
+}
+
+/// How much of the address space below the top of the stub's stack is taken as its stack
+/// (it has 132 KiB; nothing else is mapped within a MiB of it: the vDSO is above it, or far
+/// below with the other mappings).
+const STUB_STACK: u64 = 1 << 20;
+
+/// The stub's own mappings without reading `/proc/PID/maps` (an open and reads of a file the
+/// kernel writes out each time, 8% of a node's restoring thread): its file's page and the
+/// scratch pages after it, its stack, whose top the auxiliary vector's file name marks (the
+/// kernel puts it last, 8 bytes below the top), and the vDSO pages, around where the
+/// auxiliary vector has the vDSO, laid out as in the image, which this kernel made too.
+/// `None` when something there is not as expected: then the maps are read.
+fn stub_maps_known(t: &Tracee, h: &Header) -> Option<Vec<MapLine>> {
+    const AT_EXECFN: u64 = 31;
+    const AT_SYSINFO_EHDR: u64 = 33;
+    if t.gadget != STUB_BASE + ENTRY_AT {
+        return None;
+    }
+    let read = |at: u64, buf: &mut [u8]| -> Option<usize> {
+        let remote = RemoteIoVec { base: at as usize, len: buf.len() };
+        process_vm_readv(t.nix_pid(), &mut [IoSliceMut::new(buf)], &[remote]).ok()
+    };
+    // argc, the argument and environment pointers, then the auxiliary vector.
+    let mut top = [0u8; 2048];
+    let got = read(t.base.rsp, &mut top)?;
+    let words: Vec<u64> =
+        top[..got].chunks_exact(8).map(|w| u64::from_ne_bytes(w.try_into().unwrap())).collect();
+    let argc = usize::try_from(*words.first()?).ok()?;
+    let envp = 1 + argc.checked_add(1)?;
+    let auxv = envp + words.get(envp..)?.iter().position(|w| *w == 0)? + 1;
+    let (mut execfn, mut vdso) = (None, None);
+    for pair in words.get(auxv..)?.chunks_exact(2) {
+        match pair[0] {
+            0 => break,
+            AT_EXECFN => execfn = Some(pair[1]),
+            AT_SYSINFO_EHDR => vdso = Some(pair[1]),
+            _ => {}
+        }
+    }
+    let execfn = execfn?;
+    let mut name = [0u8; 256];
+    let got = read(execfn, &mut name)?;
+    let end = execfn + name[..got].iter().position(|b| *b == 0)? as u64 + 1 + 8;
+    if !end.is_multiple_of(PAGE) || end <= t.base.rsp {
+        return None;
+    }
+    let line = |start: u64, end: u64, name: &str| MapLine {
+        start,
+        end,
+        perms: *b"----",
+        offset: 0,
+        inode: 0,
+        name: name.to_owned(),
+    };
+    let mut maps = vec![
+        line(STUB_BASE, STUB_BASE + PAGE, "bproc-stub"),
+        line(STUB_BASE + PAGE, STUB_BASE + (1 + SCRATCH_PAGES) * PAGE, ""),
+        line(end - STUB_STACK, end, "[stack]"),
+    ];
+    if !h.specials.is_empty() {
+        let (vdso, theirs) = (vdso?, h.specials.iter().find(|s| s.name == "[vdso]")?);
+        for s in &h.specials {
+            let start = (vdso + s.start).checked_sub(theirs.start)?;
+            maps.push(line(start, start + (s.end - s.start), &s.name));
+        }
+    }
+    Some(maps)
 }
 
 /// The calls that unmap the stub's mappings, leaving only the kernel's own and the scratch
