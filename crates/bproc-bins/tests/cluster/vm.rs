@@ -140,6 +140,12 @@ fn ip(args: &[&str]) {
     assert!(st.success(), "ip {args:?} failed");
 }
 
+/// The counter `name` on the boot server's `/stats` page `page` (0 if absent).
+fn counter(page: &str, name: &str) -> u64 {
+    let line = page.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or("");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
 /// Sends the boot server, from a host of its own plugged into the cluster's bridge (another
 /// network namespace, 10.22.3.250), packets that are not DHCP requests and a request from a
 /// hardware address no node line names; returns its counters (`/stats`).
@@ -187,7 +193,7 @@ fn pester_the_boot_server(c: &VmCluster, loader: &Path) -> String {
             s.write_all(b"GET /stats HTTP/1.0\r\n\r\n").ok()?;
             let mut page = String::new();
             s.read_to_string(&mut page).ok()?;
-            page.contains("dhcp_unknown 1\n").then_some(page)
+            (counter(&page, "dhcp_malformed") + counter(&page, "dhcp_unknown") == 7).then_some(page)
         })
     });
     plain_pxe_firmware(&probe.0, loader);
@@ -385,11 +391,11 @@ fn network_booted_machines() {
     // Garbage and strangers are dropped and counted; the server goes on (node 1 boots again
     // below).
     let stats = pester_the_boot_server(&c, &loader);
-    let count = |name: &str| -> u64 {
-        let line = stats.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or("");
-        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
-    };
-    assert_eq!((count("dhcp_malformed"), count("dhcp_unknown")), (6, 1), "{stats}");
+    let count = |name: &str| counter(&stats, name);
+    // The packet whose option length trips a debug assertion in dhcproto is malformed in a
+    // debug build of the server; a release build decodes it, a request from a stranger.
+    let counted = (count("dhcp_malformed"), count("dhcp_unknown"));
+    assert!(counted == (6, 1) || counted == (5, 2), "{stats}");
     // Each node's firmware and then its system asked for an address.
     assert!(count("dhcp_acks") >= 4 && count("http_served") >= 8, "{stats}");
 

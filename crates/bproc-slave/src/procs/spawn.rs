@@ -357,9 +357,9 @@ fn program_spec(
         files,
         set_tid: cx.set_tid.filter(|p| *p > 0 && cx.procs.same_pids()),
         trace: false,
+        exec_fd: None,
         // The daemon's own ignored signals (SIGINT and SIGQUIT when a script started it in
         // the background) are no business of a launch's processes.
-        exec_fd: None,
         default_signals: true,
     })
 }
