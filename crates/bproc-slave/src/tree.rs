@@ -668,12 +668,18 @@ async fn image_for_child(
     s.read_exact(&mut count).await.ok()?;
     let mut said = vec![0u8; conn::answer_len(count, listed.len()).ok()?];
     s.read_exact(&mut said).await.ok()?;
+    if said.iter().all(|a| *a == 1) {
+        // It has them all (the usual case): no copy to look for or make.
+        return Some(None);
+    }
     // This node's copy names those of them it had (it holds the pages of the others), in
     // their order.
-    let has = |f: &conn::FileId| listed.iter().zip(&said).any(|(g, a)| g == f && *a == 1);
+    let said: std::collections::HashMap<&str, (&conn::FileId, u8)> =
+        listed.iter().zip(said).map(|(f, a)| (f.path.as_str(), (f, a))).collect();
+    let has = |f: &conn::FileId| said.get(f.path.as_str()).is_some_and(|(g, a)| *g == f && *a == 1);
     let answer: Vec<u8> = image.files.iter().map(|f| u8::from(has(f))).collect();
     if answer.iter().all(|a| *a == 1) {
-        // It has them all (the usual case): no copy to look for or make.
+        // It lacks only files whose pages this node's copy carries already.
         return Some(None);
     }
     let root = files_root(ctx).map(|r| r.to_path_buf());
