@@ -488,14 +488,19 @@ impl Tracee {
     /// Reads `buf.len()` bytes at `addr` in the process.
     fn peek(&self, addr: u64, buf: &mut [u8]) -> Result<(), CkptError> {
         let len = buf.len();
-        let remote = RemoteIoVec { base: addr as usize, len };
         let what = || format!("reading {len} bytes at {addr:#x}");
-        let n = process_vm_readv(self.nix_pid(), &mut [IoSliceMut::new(buf)], &[remote])
-            .map_err(|e| nix_err(what(), e))?;
+        let n = self.peek_some(addr, buf).map_err(|e| nix_err(what(), e))?;
         if n != len {
             return Err(nix_err(what(), nix::Error::EFAULT));
         }
         Ok(())
+    }
+
+    /// Reads what there is of `buf.len()` bytes at `addr` (up to the first unmapped page);
+    /// returns how many.
+    fn peek_some(&self, addr: u64, buf: &mut [u8]) -> nix::Result<usize> {
+        let remote = RemoteIoVec { base: addr as usize, len: buf.len() };
+        process_vm_readv(self.nix_pid(), &mut [IoSliceMut::new(buf)], &[remote])
     }
 
     /// Puts a NUL-terminated string in the scratch page and returns its address.
@@ -1105,10 +1110,7 @@ fn stub_maps_known(t: &Tracee, h: &Header) -> Option<Vec<MapLine>> {
     if t.gadget != STUB_BASE + ENTRY_AT {
         return None;
     }
-    let read = |at: u64, buf: &mut [u8]| -> Option<usize> {
-        let remote = RemoteIoVec { base: at as usize, len: buf.len() };
-        process_vm_readv(t.nix_pid(), &mut [IoSliceMut::new(buf)], &[remote]).ok()
-    };
+    let read = |at: u64, buf: &mut [u8]| t.peek_some(at, buf).ok();
     // argc, the argument and environment pointers, then the auxiliary vector.
     let mut top = [0u8; 2048];
     let got = read(t.base.rsp, &mut top)?;
