@@ -19,9 +19,10 @@
 //! 5. If bpmaster goes away (a restart), the jobs go on: bpsh follows each remote process
 //!    through its ghost, its own child, which waits for the master to come back and ends
 //!    with the process's status; signals go to the ghosts, which pass them on.
-//! 6. bpsh watches each ghost (a pidfd) and reaps it before it exits, so no ghost outlives
-//!    bpsh. A ghost that ends without the master reporting its process (the process moved
-//!    back to the front end into its ghost, and ended there) gives the rank its own status.
+//! 6. bpsh reaps each ghost as it ends (a wait on its process group at each `SIGCHLD`) and
+//!    waits for every one before it exits, so no ghost outlives bpsh. A ghost that ends
+//!    without the master reporting its process (the process moved back to the front end
+//!    into its ghost, and ended there) gives the rank its own status.
 //!    The ghosts keep bpsh's stdout and stderr, where such a process then writes.
 //!
 //! Exit status: the highest exit code of the remote processes; 255 if any was killed or
@@ -597,44 +598,58 @@ impl Rank {
     }
 }
 
-/// Watches ghosts `(rank, pid)`, children of bpsh, as tasks of the runtime (a thread of
-/// their own would cost every launch a thread's start and end): each one's pidfd polls
-/// readable when it ends; it is then reaped, and how it ended (how its process ended) goes
-/// to `tx`. A ghost without a pidfd is looked at every 20 ms instead.
+/// Watches ghosts `(rank, pid)`, children of bpsh in its process group, with one task of the
+/// runtime: at each `SIGCHLD` every ghost that ended is reaped (a `waitid` on the group: one
+/// system call a ghost, where a pidfd each cost four more and a task of its own), and how it
+/// ended (how its process ended) goes to `tx`. The ranks bpsh starts on the front end lead
+/// groups of their own. Once no child is left in the group, a ghost not reaped was none of
+/// bpsh's children: lost.
 fn watch_ghosts(ghosts: Vec<(usize, i32)>, tx: mpsc::UnboundedSender<(usize, ExitStatus)>) {
-    for (rank, pid) in ghosts {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let end = reap_ghost(pid).await;
-            let _ = tx.send((rank, end));
-        });
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let mut left: std::collections::HashMap<i32, usize> =
+        ghosts.into_iter().map(|(rank, pid)| (pid, rank)).collect();
+    if left.is_empty() {
+        return;
     }
-}
-
-/// Waits for ghost `pid` to end and reaps it: how it ended.
-async fn reap_ghost(pid: i32) -> ExitStatus {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let pidfd = rustix::process::Pid::from_raw(pid)
-        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK).ok())
-        .and_then(|fd| bproc_sys::pidwait::PidWait::new(fd).ok());
-    let mut waited = false;
-    loop {
-        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, c)) => return ExitStatus::Code(c),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return ExitStatus::Signal(sig as i32),
-            Err(nix::Error::EINTR) | Ok(_) => {}
-            Err(_) => return ExitStatus::NodeLost,
-        }
-        // A pidfd stays readable once its process has ended: after that first wake, a ghost
-        // not yet reapable is looked at on a timer, as one without a pidfd is.
-        match &pidfd {
-            Some(fd) if !waited => {
-                waited = true;
-                let _ = fd.ended().await;
+    // Asked for before the first look, so that no ghost's end falls between the two.
+    let mut chld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+    let group = nix::unistd::getpgrp();
+    tokio::spawn(async move {
+        loop {
+            let (pid, end) =
+                match waitid(Id::PGid(group), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG) {
+                    Ok(WaitStatus::Exited(pid, c)) => (pid.as_raw(), ExitStatus::Code(c)),
+                    Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                        (pid.as_raw(), ExitStatus::Signal(sig as i32))
+                    }
+                    Ok(WaitStatus::StillAlive) => {
+                        // Without a SIGCHLD stream (it could not be set up), every 20 ms.
+                        match &mut chld {
+                            Some(c) => {
+                                if c.recv().await.is_none() {
+                                    chld = None;
+                                }
+                            }
+                            None => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                        continue;
+                    }
+                    Err(nix::Error::EINTR) | Ok(_) => continue,
+                    Err(_) => {
+                        for (_, rank) in left.drain() {
+                            let _ = tx.send((rank, ExitStatus::NodeLost));
+                        }
+                        return;
+                    }
+                };
+            if let Some(rank) = left.remove(&pid) {
+                let _ = tx.send((rank, end));
+                if left.is_empty() {
+                    return;
+                }
             }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
-    }
+    });
 }
 
 /// The forwarded fds' slots (where connections are delivered) and, for each rank, the
@@ -841,9 +856,12 @@ fn follow_master(
     kill: mpsc::UnboundedReceiver<i32>,
     local: Arc<Mutex<Vec<i32>>>,
 ) -> oneshot::Receiver<()> {
-    let (mut mrd, mwr) = master;
+    let (mrd, mwr) = master;
     let (gone_tx, gone_rx) = oneshot::channel::<()>();
     tokio::spawn(async move {
+        // The master sends a thousand ranks' exits in one write: read as they came, not a
+        // frame's header and body at a time.
+        let mut mrd = tokio::io::BufReader::new(mrd);
         while let Ok(Some((_, msg))) = read_frame(&mut mrd).await {
             if let Message::ProcExit { rank, status, .. } = msg {
                 let _ = exits.send((rank, status));
@@ -1054,24 +1072,47 @@ impl Session {
             if self.ranks.iter().all(Rank::done) {
                 return;
             }
-            match self.next_event().await {
-                Event::Output(out) => self.on_output(out).await,
-                Event::Timeout => self.on_timeout(),
-                Event::MasterGone => self.on_master_gone(),
-                Event::GhostReaped(rank, end) => self.on_ghost_reaped(rank, end),
-                Event::GhostsWatched => self.events.watching = false,
-                Event::GhostWord(Some((rank, end))) => {
-                    let r = &mut self.ranks[rank];
-                    if r.status.is_none() {
-                        r.status = Some(end);
-                    }
-                }
-                // Never: the session keeps a sender.
-                Event::GhostWord(None) => {}
-                Event::Linger => self.on_linger(),
-                Event::Exit(exit) => self.on_exit(exit),
+            let event = self.next_event().await;
+            self.on_event(event).await;
+            // What else has come is taken before the ranks are looked at again: a big launch's
+            // ends come in bursts, and each turn of this loop looks at every rank.
+            while let Some(event) = self.ready_event() {
+                self.on_event(event).await;
             }
         }
+    }
+
+    /// Handles one event.
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Output(out) => self.on_output(out).await,
+            Event::Timeout => self.on_timeout(),
+            Event::MasterGone => self.on_master_gone(),
+            Event::GhostReaped(rank, end) => self.on_ghost_reaped(rank, end),
+            Event::GhostsWatched => self.events.watching = false,
+            Event::GhostWord(Some((rank, end))) => {
+                let r = &mut self.ranks[rank];
+                if r.status.is_none() {
+                    r.status = Some(end);
+                }
+            }
+            // Never: the session keeps a sender.
+            Event::GhostWord(None) => {}
+            Event::Linger => self.on_linger(),
+            Event::Exit(exit) => self.on_exit(exit),
+        }
+    }
+
+    /// An exit or a ghost's end that has already come, taken without waiting.
+    fn ready_event(&mut self) -> Option<Event> {
+        let ev = &mut self.events;
+        if let Ok(exit) = ev.exits.try_recv() {
+            return Some(Event::Exit(Some(exit)));
+        }
+        if !ev.watching {
+            return None;
+        }
+        ev.reaped.try_recv().ok().map(|(rank, end)| Event::GhostReaped(rank, end))
     }
 
     /// Advances the sequential turn past finished ranks, a divider for each new one.

@@ -19,8 +19,6 @@
 //!   handler that reads the signal's code.
 //! - Filling a restored process's memory without zeroing it first ([`uffd`]): its
 //!   userfaultfd, taken with `pidfd_getfd`.
-//! - Waiting in a tokio runtime for a process to end (`pidwait`, with the feature
-//!   `tokio`): its pidfd registered with the reactor.
 //! - The kernel's process events ([`procevents`]): the netlink subscription, its classic BPF
 //!   filter, and the hub's eBPF filter and map (`bpf(2)`).
 //! - Socket options nix has no wrapper for ([`defer_accept`]).
@@ -33,8 +31,6 @@
 pub mod bigbuf;
 pub mod forkpid;
 pub mod peer;
-#[cfg(feature = "tokio")]
-pub mod pidwait;
 pub mod procevents;
 mod spawn;
 pub mod task;
