@@ -520,9 +520,61 @@ fn chroot(path: &str) -> Message {
     }
 }
 
+/// Starts the thread that reaps the slave's children at each SIGCHLD, so that the runtime
+/// is not woken for a launch's process that ends (that wakeup cost a leaf node's runtime as
+/// much as the launch itself). [`serve`] blocks the signal in every thread, and this one
+/// reads it from a signalfd, with no handler to run; a thread that takes it all the same
+/// (one started before the signal was blocked) runs the handler of
+/// [`bproc_sys::child_signals`], which writes a byte to `handled`, read here too.
+fn reaper(handled: std::os::unix::net::UnixStream, procs: procs::Procs) -> std::io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    let mask = SigSet::from(Signal::SIGCHLD);
+    let pending = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+    std::thread::Builder::new().name("reaper".into()).spawn(move || {
+        // Taken from the signalfd alone, also if this thread was started with it unblocked.
+        let _ = mask.thread_block();
+        let mut handled = handled;
+        let mut bytes = [0u8; 64];
+        loop {
+            let mut fds = [
+                PollFd::new(pending.as_fd(), PollFlags::POLLIN),
+                PollFd::new(handled.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(_) => return,
+            }
+            // A traced child's stops are its tracer's (see `child_signals`).
+            let mut ended = false;
+            while let Ok(Some(info)) = pending.read_signal() {
+                ended |= info.ssi_code != nix::libc::CLD_TRAPPED;
+            }
+            loop {
+                match handled.read(&mut bytes) {
+                    Ok(0) => return,
+                    Ok(_) => ended = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            if ended {
+                procs.child_signal();
+            }
+        }
+    })?;
+    Ok(())
+}
+
 fn run_command(what: &str, cmd: &str) {
     info!("{what}: running `{cmd}`");
-    match std::process::Command::new("/bin/sh").arg("-c").arg(cmd).status() {
+    let mut sh = std::process::Command::new("/bin/sh");
+    // Not with the daemon's blocked SIGCHLD.
+    bproc_sys::unblock_signals_in(&mut sh);
+    match sh.arg("-c").arg(cmd).status() {
         Ok(s) if s.success() => {}
         Ok(s) => warn!("{what} command `{cmd}` failed: {s}"),
         Err(e) => warn!("{what} command `{cmd}` could not run: {e}"),
@@ -564,21 +616,8 @@ pub async fn run(mut opts: Options, on_ready: impl FnOnce()) -> Result<(), Slave
     // The end of a flood of refused connections is reported even if nothing follows it.
     tokio::spawn(tree::REFUSED.flush_when_due());
     // Not a restore's traced stops: its thread waits for those itself (see `Procs::restore`).
-    match bproc_sys::child_signals().and_then(tokio::net::UnixStream::from_std) {
-        Ok(sigchld) => {
-            let procs = procs.clone();
-            tokio::spawn(async move {
-                let mut signals = [0u8; 64];
-                while sigchld.readable().await.is_ok() {
-                    match sigchld.try_read(&mut signals) {
-                        Ok(0) => break,
-                        Ok(_) => procs.child_signal(),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(_) => break,
-                    }
-                }
-            });
-        }
+    match bproc_sys::child_signals().and_then(|s| reaper(s, procs.clone())) {
+        Ok(()) => {}
         Err(e) => warn!("cannot watch SIGCHLD ({e}): process exits will not be reported"),
     }
     let state = proxy::LinkState::default();
@@ -759,6 +798,9 @@ pub fn serve(opts: Options, on_ready: impl FnOnce()) -> Result<(), SlaveError> {
     if let Err(e) = bproc_sys::raise_fd_limit() {
         warn!("cannot raise the limit on open files: {e}");
     }
+    // SIGCHLD goes to the reaper thread alone: blocked here, before the runtime and the
+    // threads this one starts, which keep the mask.
+    let _ = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGCHLD).thread_block();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

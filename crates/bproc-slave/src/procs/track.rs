@@ -416,8 +416,8 @@ impl Procs {
         }
         self.reap();
         // With the kernel's process events, looking is a backstop that may begin late: a
-        // start on the spawner thread leaves the runtime asleep, and the looks begin at its
-        // next turn for a child signal or a ping ([`Procs::note_starts`]).
+        // start on the spawner thread leaves the runtime asleep, and the looks begin at the
+        // next child signal or ping ([`Procs::note_starts`]).
         if self.0.events.get().is_some() && tokio::runtime::Handle::try_current().is_err() {
             self.0.started_unseen.store(true, std::sync::atomic::Ordering::Relaxed);
         } else {
@@ -431,9 +431,13 @@ impl Procs {
         self.note_starts();
     }
 
-    /// Has [`Procs::follow`] look after the starts it was not told of (called on the runtime).
+    /// Has [`Procs::follow`] look after the starts it was not told of, if any of them still
+    /// runs: a launch's short process has ended by its child signal, and waking the runtime
+    /// for it would find nothing to look at.
     pub fn note_starts(&self) {
-        if self.0.started_unseen.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        if self.0.started_unseen.swap(false, std::sync::atomic::Ordering::Relaxed)
+            && !self.known().is_empty()
+        {
             self.0.started.notify_one();
         }
     }
