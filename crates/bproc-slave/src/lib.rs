@@ -522,48 +522,14 @@ fn chroot(path: &str) -> Message {
 
 /// Starts the thread that reaps the slave's children at each SIGCHLD, so that the runtime
 /// is not woken for a launch's process that ends (that wakeup cost a leaf node's runtime as
-/// much as the launch itself). [`serve`] blocks the signal in every thread, and this one
-/// reads it from a signalfd, with no handler to run; a thread that takes it all the same
-/// (one started before the signal was blocked) runs the handler of
-/// [`bproc_sys::child_signals`], which writes a byte to `handled`, read here too.
-fn reaper(handled: std::os::unix::net::UnixStream, procs: procs::Procs) -> std::io::Result<()> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use nix::sys::signal::{SigSet, Signal};
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
-    use std::io::Read;
-    use std::os::fd::AsFd;
-    let mask = SigSet::from(Signal::SIGCHLD);
-    let pending = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+/// much as the launch itself). [`serve`] blocks the signal in every thread; this one reads it
+/// ([`bproc_sys::ChildSignals`]).
+fn reaper(mut signals: bproc_sys::ChildSignals, procs: procs::Procs) -> std::io::Result<()> {
     std::thread::Builder::new().name("reaper".into()).spawn(move || {
-        // Taken from the signalfd alone, also if this thread was started with it unblocked.
-        let _ = mask.thread_block();
-        let mut handled = handled;
-        let mut bytes = [0u8; 64];
-        loop {
-            let mut fds = [
-                PollFd::new(pending.as_fd(), PollFlags::POLLIN),
-                PollFd::new(handled.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(nix::Error::EINTR) => {}
-                Err(_) => return,
-            }
-            // A traced child's stops are its tracer's (see `child_signals`).
-            let mut ended = false;
-            while let Ok(Some(info)) = pending.read_signal() {
-                ended |= info.ssi_code != nix::libc::CLD_TRAPPED;
-            }
-            loop {
-                match handled.read(&mut bytes) {
-                    Ok(0) => return,
-                    Ok(_) => ended = true,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
-            if ended {
-                procs.child_signal();
-            }
+        // Read, not handled, also if this thread was started with it unblocked.
+        let _ = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGCHLD).thread_block();
+        while signals.wait().is_ok() {
+            procs.child_signal();
         }
     })?;
     Ok(())

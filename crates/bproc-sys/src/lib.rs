@@ -16,7 +16,7 @@
 //!
 //! - Memory of its own for a large buffer filled once ([`bigbuf`]), grown without copies.
 //! - Children's state changes without a restore's traced stops ([`child_signals`]): a
-//!   handler that reads the signal's code.
+//!   signalfd, or a handler, and the signal's code.
 //! - Filling a restored process's memory without zeroing it first ([`uffd`]): its
 //!   userfaultfd, taken with `pidfd_getfd`.
 //! - The kernel's process events ([`procevents`]): the netlink subscription, its classic BPF
@@ -123,10 +123,14 @@ pub fn unblock_signals_in(cmd: &mut std::process::Command) {
     }
 }
 
-/// A socket that becomes readable (one byte each) when a child of this process exits, is
-/// stopped by a signal or continues: SIGCHLD, except for a traced child's stop
-/// (`CLD_TRAPPED`), which only the tracing thread waits for. A restore traces its process
-/// through a dozen stops, and a reaper woken by each would find nothing to reap.
+/// What says that a child of this process exited, was stopped by a signal or continued:
+/// SIGCHLD, except for a traced child's stop (`CLD_TRAPPED`), which only the tracing thread
+/// waits for. A restore traces its process through a dozen stops, and a reaper woken by each
+/// would find nothing to reap.
+///
+/// The signal is read from a signalfd, with no handler to run, where every thread blocks it
+/// (the waiting one too); a thread that takes it all the same (one that does not block it)
+/// runs a handler that writes a byte to a socket, read here too.
 ///
 /// A restore sets `SA_NOCLDSTOP` meanwhile ([`without_stop_signals`]), so that its stops
 /// raise no signal at all.
@@ -135,7 +139,16 @@ pub fn unblock_signals_in(cmd: &mut std::process::Command) {
 /// traced stop's SIGCHLD is pending wakes no one: whoever traces a child waits, once the
 /// tracing is over, until that signal is taken ([`await_child_signals`]), then has the
 /// reaper look.
-pub fn child_signals() -> std::io::Result<std::os::unix::net::UnixStream> {
+pub struct ChildSignals {
+    pending: nix::sys::signalfd::SignalFd,
+    handled: std::os::unix::net::UnixStream,
+}
+
+/// Sets up [`ChildSignals`]: the signalfd, and the handler with its socket.
+pub fn child_signals() -> std::io::Result<ChildSignals> {
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mask = nix::sys::signal::SigSet::from(nix::sys::signal::Signal::SIGCHLD);
+    let pending = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
     let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
     tx.set_nonblocking(true)?;
     rx.set_nonblocking(true)?;
@@ -150,7 +163,43 @@ pub fn child_signals() -> std::io::Result<std::os::unix::net::UnixStream> {
             }
         })
     }?;
-    Ok(rx)
+    Ok(ChildSignals { pending, handled: rx })
+}
+
+impl ChildSignals {
+    /// Blocks until a child's change is signalled (all that came meanwhile count as one); an
+    /// error when neither source can be read any more. The calling thread blocks SIGCHLD.
+    pub fn wait(&mut self) -> std::io::Result<()> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        loop {
+            let mut fds = [
+                PollFd::new(self.pending.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.handled.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let mut changed = false;
+            while let Ok(Some(info)) = self.pending.read_signal() {
+                changed |= info.ssi_code != libc::CLD_TRAPPED;
+            }
+            let mut bytes = [0u8; 64];
+            loop {
+                match self.handled.read(&mut bytes) {
+                    Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(_) => changed = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            if changed {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Runs `f` with this process's SIGCHLD raised only for its children's ends
@@ -185,7 +234,7 @@ pub fn without_stop_signals<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Waits until no SIGCHLD is pending for this process (the handler of [`child_signals`] has
+/// Waits until no SIGCHLD is pending for this process (whoever reads [`ChildSignals`] has
 /// taken each so far), for at most `limit`; false if one still is. Called from a thread that
 /// blocks SIGCHLD, so that another thread takes it.
 pub fn await_child_signals(limit: std::time::Duration) -> bool {
