@@ -314,24 +314,17 @@ fn seal_mac(key: &ClusterKey, frame: &[u8]) -> Hmac<Sha256> {
     mac
 }
 
-/// Writes one frame followed by an HMAC-SHA256 of it under the cluster key: a one-way message
-/// whose receiver checks that it comes from a member of the cluster, without the round trips
-/// of a handshake (slaves pass launch trees on this way). The message itself must carry what
-/// makes a replay harmless (a nonce and a time).
-pub async fn write_sealed<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    key: &ClusterKey,
-    msg: &Message,
-) -> Result<(), LinkError> {
-    let mut bytes = bproc_proto::encode(0, msg);
-    let mac: [u8; 32] = seal_mac(key, &bytes).finalize().into_bytes().into();
-    bytes.extend_from_slice(&mac);
-    w.write_all(&bytes).await?;
-    w.flush().await?;
-    Ok(())
+/// Seals one encoded frame: appends an HMAC-SHA256 of it under the cluster key, for a
+/// one-way message whose receiver checks that it comes from a member of the cluster, without
+/// the round trips of a handshake (slaves pass launch trees on this way). The message itself
+/// must carry what makes a replay harmless (a nonce and a time).
+pub fn seal(key: &ClusterKey, mut frame: Vec<u8>) -> Vec<u8> {
+    let mac: [u8; 32] = seal_mac(key, &frame).finalize().into_bytes().into();
+    frame.extend_from_slice(&mac);
+    frame
 }
 
-/// Reads a frame written by [`write_sealed`] and checks its MAC before decoding it. A frame
+/// Reads a frame that [`seal`] sealed and checks its MAC before decoding it. A frame
 /// already whole in `r`'s buffer (a launch part mostly is) is proved and decoded where it
 /// lies; another grows in memory only as its bytes arrive (nothing is set aside for the
 /// length the unauthenticated header claims). The caller bounds the time it may take.
@@ -448,8 +441,7 @@ mod tests {
     async fn sealed_frames_need_the_key_and_intact_bytes() {
         let k = ClusterKey::generate();
         let msg = Message::Error { code: 1, message: "sealed".into() };
-        let mut buf = Vec::new();
-        write_sealed(&mut buf, &k, &msg).await.unwrap();
+        let buf = seal(&k, bproc_proto::encode(0, &msg));
         assert_eq!(read_sealed(&mut &buf[..], &k).await.unwrap(), msg);
         let other = ClusterKey::generate();
         assert!(matches!(read_sealed(&mut &buf[..], &other).await, Err(LinkError::AuthFailed)));

@@ -60,6 +60,44 @@ impl Header {
     }
 }
 
+/// The frames of one launch's tree parts ([`Message::SpawnTree`]), which differ only in their
+/// entries, the last field: the rest (the spec and its environment, most of a frame) encoded
+/// once for a node that passes a launch on to dozens of children.
+#[derive(Debug, Clone)]
+pub struct TreeFrames {
+    /// The frame up to the entries' count.
+    head: Vec<u8>,
+}
+
+impl TreeFrames {
+    /// The parts of `msg`, a `SpawnTree` with no entries (`None` for anything else), sent
+    /// with request id `id`.
+    pub fn new(id: u32, msg: &Message) -> Option<TreeFrames> {
+        if !matches!(msg, Message::SpawnTree { entries, .. } if entries.is_empty()) {
+            return None;
+        }
+        let mut head = encode(id, msg);
+        head.truncate(head.len() - 4);
+        Some(TreeFrames { head })
+    }
+
+    /// The frame of the part with `entries`, with room for `spare` more bytes after it.
+    pub fn frame(&self, entries: &[crate::TreeEntry], spare: usize) -> Vec<u8> {
+        use crate::wire::Wire;
+        let mut w = Writer::new(Vec::with_capacity(self.head.len() + 4 + 64 + spare));
+        w.fixed(&self.head);
+        w.u32(entries.len() as u32);
+        for e in entries {
+            e.put(&mut w);
+        }
+        let mut buf = w.into_inner();
+        let len = (buf.len() - HEADER_LEN) as u32;
+        buf[12..16].copy_from_slice(&len.to_be_bytes());
+        debug_assert!(len as usize <= MAX_BODY, "encoded body over MAX_BODY");
+        buf
+    }
+}
+
 /// Encodes `msg` as one complete frame with request id `id`.
 pub fn encode(id: u32, msg: &Message) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
@@ -129,6 +167,30 @@ mod tests {
     fn header_fixture() {
         let bytes = encode(0x01020304, &Message::NodeList);
         assert_eq!(bytes, [b'B', b'P', b'R', b'C', 6, 0, 0, 20, 1, 2, 3, 4, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn tree_frames_encode_each_part_as_the_whole_message_would() {
+        let whole = crate::samples::all()
+            .into_iter()
+            .map(|(_, m)| m)
+            .find(|m| matches!(m, Message::SpawnTree { .. }))
+            .expect("a SpawnTree sample");
+        let Message::SpawnTree { entries, .. } = &whole else { unreachable!() };
+        let mut bare = whole.clone();
+        if let Message::SpawnTree { entries, .. } = &mut bare {
+            entries.clear();
+        }
+        let frames = TreeFrames::new(9, &bare).expect("a SpawnTree without entries");
+        for part in [&entries[..], &entries[1..], &[]] {
+            let mut msg = bare.clone();
+            if let Message::SpawnTree { entries, .. } = &mut msg {
+                *entries = part.to_vec();
+            }
+            assert_eq!(frames.frame(part, 32), encode(9, &msg));
+        }
+        assert!(TreeFrames::new(9, &whole).is_none());
+        assert!(TreeFrames::new(9, &Message::NodeList).is_none());
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub const DEFAULT_SOCKET: &str = "/run/bproc/master.sock";
 
 pub use codec::{DecodeError, Reader, Writer};
 pub use frame::{
-    check, decode, decode_body, encode, encode_into, Header, HEADER_LEN, MAGIC, MAX_BODY, VERSION,
+    check, decode, decode_body, encode, encode_into, Header, TreeFrames, HEADER_LEN, MAGIC,
+    MAX_BODY, VERSION,
 };
 pub use msg::{Message, MESSAGE_TYPES};
 pub use parts::{

@@ -38,10 +38,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use bproc_link::guard::{Pending, Refusals};
-use bproc_link::{read_sealed, write_sealed, LinkError, HANDSHAKE_TIMEOUT};
+use bproc_link::{read_sealed, seal, LinkError, HANDSHAKE_TIMEOUT};
 use bproc_proto::conn::FileId;
 use bproc_proto::errno::{BE_NODEDOWN, EIO};
-use bproc_proto::{split_tree, Creds, Message, ProcSpec, TreeEntry};
+use bproc_proto::{split_tree, Creds, Message, ProcSpec, TreeEntry, TreeFrames};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
@@ -448,7 +448,7 @@ async fn read_to_end(
 }
 
 /// Starts this node's ranks (`entries[0]`) and passes the rest of the tree on.
-pub(crate) fn run(ctx: Arc<Ctx>, l: Launch, entries: Vec<TreeEntry>, source: procs::Source) {
+pub(crate) fn run(ctx: Arc<Ctx>, mut l: Launch, entries: Vec<TreeEntry>, source: procs::Source) {
     let Some((me, rest)) = entries.split_first() else { return };
     if !first_time(l.nonce) {
         warn!("launch {}: already taken here; a replay is ignored", l.launch);
@@ -460,11 +460,19 @@ pub(crate) fn run(ctx: Arc<Ctx>, l: Launch, entries: Vec<TreeEntry>, source: pro
     // pages go into the process while the rest arrives).
     let shared: Option<SharedImage> = (l.spec.image.is_some() && me.ranks.len() + parts.len() > 1)
         .then(|| Arc::new(tokio::sync::OnceCell::new()));
-    // The subtree first: its nodes then start while this one starts its own ranks.
-    for part in parts {
-        let (ctx, l, part, source) = (ctx.clone(), l.clone(), part.to_vec(), source.clone());
-        let shared = shared.clone();
-        tokio::spawn(async move { forward(&ctx, &l, part, &source, shared).await });
+    // The subtree first: its nodes then start while this one starts its own ranks. The
+    // children's parts share the launch and all but their entries' bytes.
+    if !parts.is_empty() {
+        let frames = Arc::new(frames_of(&mut l));
+        let shared_l = Arc::new(l.clone());
+        for part in parts {
+            if plain(&l.spec) && send_now(&ctx, &shared_l, &frames, part, &source) {
+                continue;
+            }
+            let (ctx, l, frames) = (ctx.clone(), shared_l.clone(), frames.clone());
+            let (part, source, shared) = (part.to_vec(), source.clone(), shared.clone());
+            tokio::spawn(async move { forward(&ctx, &l, &frames, part, &source, shared).await });
+        }
     }
     // Each rank takes a launch of its own, the last this one: a leaf's one rank copies
     // nothing (the environment alone is a few dozen strings).
@@ -555,13 +563,14 @@ async fn start(
 async fn forward(
     ctx: &Ctx,
     l: &Launch,
+    frames: &TreeFrames,
     mut part: Vec<TreeEntry>,
     source: &procs::Source,
     shared: Option<SharedImage>,
 ) {
     while !part.is_empty() {
         let child = &part[0];
-        match send(ctx, l, &part).await {
+        match send(ctx, l, frames, &part).await {
             Ok(mut s) => {
                 let files = ctx.opts.diskless.is_some() && !l.spec.files.is_empty();
                 if files || shared.is_some() {
@@ -775,8 +784,8 @@ enum SendError {
     Write {
         /// The child's tree port.
         addr: SocketAddrV4,
-        /// What the link said.
-        error: LinkError,
+        /// What the connection said.
+        error: std::io::Error,
     },
 }
 
@@ -785,23 +794,82 @@ fn tree_addr(e: &TreeEntry) -> SocketAddrV4 {
     SocketAddrV4::new(e.ip, e.port)
 }
 
-/// Hands `part` to its first node, over a connection kept from an earlier launch when there
-/// is one, else a new one; returns the connection.
-async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<TcpStream, SendError> {
-    let addr = tree_addr(&part[0]);
+/// The frames of `l`'s parts for this node's children, made with its own spec and creds (lent
+/// to the message, not copied).
+fn frames_of(l: &mut Launch) -> TreeFrames {
     let msg = Message::SpawnTree {
         launch: l.launch,
         nonce: l.nonce,
         time_ms: l.time_ms,
         size: l.size,
-        creds: l.creds.clone(),
-        spec: l.spec.clone(),
+        creds: std::mem::take(&mut l.creds),
+        spec: std::mem::take(&mut l.spec),
         width: l.width,
-        entries: part.to_vec(),
+        entries: Vec::new(),
     };
+    let frames = TreeFrames::new(0, &msg).expect("a SpawnTree without entries");
+    if let Message::SpawnTree { creds, spec, .. } = msg {
+        (l.creds, l.spec) = (creds, spec);
+    }
+    frames
+}
+
+/// Sends a plain launch's `part` on a kept connection to its child without waiting, as most
+/// parts go; whether it went (else [`forward`] sends it). A part that fills the socket is
+/// finished by a task, which sends it again on another connection if this one fails.
+fn send_now(
+    ctx: &Arc<Ctx>,
+    l: &Arc<Launch>,
+    frames: &Arc<TreeFrames>,
+    part: &[TreeEntry],
+    source: &procs::Source,
+) -> bool {
+    let addr = tree_addr(&part[0]);
+    let Some(s) = ctx.kept.take(addr) else { return false };
+    let sealed = seal(&ctx.opts.key, frames.frame(part, 32));
+    match s.try_write(&sealed) {
+        Ok(n) if n == sealed.len() => ctx.kept.put(addr, s),
+        Ok(n) => {
+            let (ctx, l, frames) = (ctx.clone(), l.clone(), frames.clone());
+            let (part, source) = (part.to_vec(), source.clone());
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut s = s;
+                match s.write_all(&sealed[n..]).await {
+                    Ok(()) => ctx.kept.put(addr, s),
+                    Err(e) => {
+                        debug!("launch {}: kept connection to {addr} failed: {e}", l.launch);
+                        forward(&ctx, &l, &frames, part, &source, None).await;
+                    }
+                }
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            ctx.kept.put(addr, s);
+            return false;
+        }
+        Err(e) => {
+            debug!("kept connection to {addr} failed: {e}");
+            return false;
+        }
+    }
+    true
+}
+
+/// Hands `part` to its first node, over a connection kept from an earlier launch when there
+/// is one, else a new one; returns the connection.
+async fn send(
+    ctx: &Ctx,
+    l: &Launch,
+    frames: &TreeFrames,
+    part: &[TreeEntry],
+) -> Result<TcpStream, SendError> {
+    use tokio::io::AsyncWriteExt;
+    let addr = tree_addr(&part[0]);
+    let sealed = seal(&ctx.opts.key, frames.frame(part, 32));
     if keepable(&l.spec) {
         while let Some(mut s) = ctx.kept.take(addr) {
-            match write_sealed(&mut s, &ctx.opts.key, &msg).await {
+            match s.write_all(&sealed).await {
                 Ok(()) => return Ok(s),
                 Err(e) => debug!("launch {}: kept connection to {addr} failed: {e}", l.launch),
             }
@@ -812,9 +880,7 @@ async fn send(ctx: &Ctx, l: &Launch, part: &[TreeEntry]) -> Result<TcpStream, Se
         .map_err(|_| SendError::Timeout(addr))?
         .map_err(|error| SendError::Connect { addr, error })?;
     let _ = s.set_nodelay(true);
-    write_sealed(&mut s, &ctx.opts.key, &msg)
-        .await
-        .map_err(|error| SendError::Write { addr, error })?;
+    s.write_all(&sealed).await.map_err(|error| SendError::Write { addr, error })?;
     Ok(s)
 }
 
