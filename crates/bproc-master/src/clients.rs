@@ -251,17 +251,30 @@ fn admit_local(shared: &Arc<Shared>, stream: UnixStream) {
 /// makes a thousand ghosts, each spared the look at `/proc` and the pidfd, a seventh of the
 /// master's work for a launched rank.
 async fn serve_local(shared: Arc<Shared>, mut caller: Caller, slot: Slot, stream: UnixStream) {
-    let Some(ghost) = says_ghost_hello(&stream).await else {
-        debug!(
-            "client uid {}: sent nothing within {} s; closed",
-            caller.uid,
-            FIRST_REQUEST.as_secs()
-        );
-        return;
+    let first = match tokio::time::timeout(FIRST_REQUEST, first_bytes(&stream)).await {
+        Ok(Ok(first)) => first,
+        Ok(Err(e)) => return debug!("client uid {}: {e}", caller.uid),
+        Err(_) => {
+            let quiet = FIRST_REQUEST.as_secs();
+            return debug!("client uid {}: sent nothing within {quiet} s; closed", caller.uid);
+        }
     };
-    if !ghost {
+    let (rd, wr) = stream.into_split();
+    let read = match first {
+        First::Ghost { fork } => {
+            // Ghosts live on the front end only, where the kernel names their pid.
+            if let Some(pid) = caller.pid {
+                let _slot = slot;
+                let wr = Box::new(crate::conn::NoShutdown(Some(wr)));
+                crate::ghosts::serve(shared, pid, caller.uid, fork, Box::new(rd), wr).await;
+            }
+            return;
+        }
+        First::Other(read) => read,
+    };
+    {
         use std::os::fd::AsFd;
-        let sock = stream.as_fd();
+        let sock = rd.as_ref().as_fd();
         let peer = caller.pid.and_then(|pid| bproc_sys::peer::Peer::of_socket(sock, pid).ok());
         caller.groups = bproc_sys::peer::socket_groups(sock)
             .ok()
@@ -269,38 +282,43 @@ async fn serve_local(shared: Arc<Shared>, mut caller: Caller, slot: Slot, stream
             .unwrap_or_default();
         caller.inherit = peer.map_or(Inherit::Unknown, Inherit::Local);
     }
-    let (rd, wr) = stream.into_split();
-    serve(shared, caller, slot, Box::new(rd), Box::new(wr)).await;
+    // The first request is read from the bytes taken already, then the socket.
+    use tokio::io::AsyncReadExt;
+    let rd: ClientRd = Box::new(std::io::Cursor::new(read).chain(rd));
+    serve(shared, caller, slot, rd, Box::new(wr)).await;
 }
 
-/// Whether the first frame on `stream`, looked at without taking it, is a ghost's hello:
-/// false for anything else, and for a header not there whole (the caller is then identified,
-/// as any other); `None` when nothing came within [`FIRST_REQUEST`].
-async fn says_ghost_hello(stream: &UnixStream) -> Option<bool> {
-    use bproc_proto::{Header, HEADER_LEN};
-    use std::os::fd::AsRawFd;
-    let hello = Message::GhostHello { fork: 0 }.msg_type();
-    let peek = async {
-        loop {
-            stream.readable().await?;
-            let mut head = [0u8; HEADER_LEN];
-            let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
-                let flags = nix::sys::socket::MsgFlags::MSG_PEEK;
-                nix::sys::socket::recv(stream.as_raw_fd(), &mut head, flags)
-                    .map_err(std::io::Error::from)
-            });
-            match peeked {
-                Ok(n) => return Ok::<_, std::io::Error>((n == HEADER_LEN).then_some(head)),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
+/// What a local client sent first.
+enum First {
+    /// A ghost's hello, taken whole (one read: the ghost writes it at once).
+    Ghost {
+        /// Its fork id.
+        fork: u64,
+    },
+    /// Anything else (nothing, at the end of the stream): the bytes read, the first request's
+    /// start.
+    Other(Vec<u8>),
+}
+
+/// A `GhostHello` frame's length.
+const HELLO_LEN: usize = bproc_proto::HEADER_LEN + 8;
+
+/// Reads what `stream` has first, up to a ghost's hello.
+async fn first_bytes(stream: &UnixStream) -> std::io::Result<First> {
+    let mut buf = vec![0u8; HELLO_LEN];
+    let n = loop {
+        stream.readable().await?;
+        match stream.try_read(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
         }
     };
-    match tokio::time::timeout(FIRST_REQUEST, peek).await {
-        Ok(Ok(Some(head))) => Some(Header::parse(&head).is_ok_and(|h| h.msg_type == hello)),
-        Ok(_) => Some(false),
-        Err(_) => None,
-    }
+    buf.truncate(n);
+    Ok(match bproc_proto::decode(&buf) {
+        Ok((_, Message::GhostHello { fork })) => First::Ghost { fork },
+        _ => First::Other(buf),
+    })
 }
 
 /// Serves a client a slave carries for its node, once the slave port has checked the link.

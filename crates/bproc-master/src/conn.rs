@@ -13,6 +13,47 @@ pub(crate) type ClientRd = Box<dyn AsyncRead + Send + Unpin>;
 /// The writing half.
 pub(crate) type ClientWr = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// A local connection's writing half that lets the socket close with its reading half, without
+/// a `shutdown` of its own first (a ghost's connection ends when the ghost has gone: one
+/// system call a launched rank less).
+pub(crate) struct NoShutdown(pub Option<tokio::net::unix::OwnedWriteHalf>);
+
+impl NoShutdown {
+    fn half(&mut self) -> &mut tokio::net::unix::OwnedWriteHalf {
+        self.0.as_mut().expect("taken only when dropped")
+    }
+}
+
+impl AsyncWrite for NoShutdown {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(self.get_mut().half()).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(self.get_mut().half()).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(self.get_mut().half()).poll_shutdown(cx)
+    }
+}
+
+impl Drop for NoShutdown {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            w.forget();
+        }
+    }
+}
+
 /// A client of node `node` (at `ip`) whose slave opened `stream` for it, vouching for its
 /// identity as the node's kernel gave it.
 pub(crate) struct Proxied {
