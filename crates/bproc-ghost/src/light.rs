@@ -232,6 +232,15 @@ fn listen() -> std::io::Result<(RawFd, u16)> {
 
 /// Starts the second maker, if any, then makes the first's ghosts.
 fn split(first: &'static mut Maker, second: Option<&'static mut Maker>) -> ! {
+    // Every task copies the maker's fds and closes those it does not keep: a launch that
+    // relays nothing keeps only stdio and /dev/null, so the rest (a launcher's connections,
+    // whatever its shell left open) are closed once here, not copied into each task.
+    if let Some(l) = first.ghosts.first().map(|g| g.launch).filter(|l| l.relay.is_none()) {
+        if l.null > 3 {
+            raw::close_range(3, l.null - 1);
+        }
+        raw::close_from(l.null + 1);
+    }
     if let Some(second) = second {
         let _ = first.stacks.spawn_sibling(second);
     }

@@ -338,7 +338,12 @@ pub mod raw {
 
     /// Closes every fd from `first` up.
     pub fn close_from(first: RawFd) {
-        let _ = call(libc::SYS_close_range, [first as usize, u32::MAX as usize, 0, 0, 0, 0]);
+        close_range(first, u32::MAX as RawFd);
+    }
+
+    /// Closes every fd from `first` to `last`, both included.
+    pub fn close_range(first: RawFd, last: RawFd) {
+        let _ = call(libc::SYS_close_range, [first as usize, last as u32 as usize, 0, 0, 0, 0]);
     }
 
     /// Makes `new` a copy of `old`.
