@@ -173,19 +173,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.started = None;
                 return Ok(Some((h.id, bproc_proto::decode_body(&h, &body)?)));
             }
-            let mut chunk = [0u8; 8192];
-            let buf = match &self.frame {
-                None => &mut self.head[self.got..],
-                Some((h, body)) => {
-                    let left = (h.len as usize - body.len()).min(chunk.len());
-                    &mut chunk[..left]
+            // Nothing is lost if this await is dropped: `read` and `read_buf` take bytes only
+            // when they return them.
+            let started = self.started;
+            let read = async {
+                match &mut self.frame {
+                    None => self.r.read(&mut self.head[self.got..]).await,
+                    Some((h, body)) => {
+                        // The body's room grows with what has come, as in `read_claimed`.
+                        if body.len() == body.capacity() {
+                            body.reserve_exact((h.len as usize - body.len()).min(body.len()));
+                        }
+                        let room = (h.len as usize - body.len()) as u64;
+                        (&mut self.r).take(room).read_buf(body).await
+                    }
                 }
             };
-            // Nothing is lost if this await is dropped: `read` takes bytes only when it
-            // returns them.
-            let n = match self.started {
-                None => self.r.read(buf).await?,
-                Some(t) => Self::within(t, self.r.read(buf)).await?,
+            let n = match started {
+                None => read.await?,
+                Some(t) => Self::within(t, read).await?,
             };
             if n == 0 {
                 return match self.started {
@@ -194,17 +200,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 };
             }
             self.started.get_or_insert_with(tokio::time::Instant::now);
-            match &mut self.frame {
-                Some((_, body)) => body.extend_from_slice(&chunk[..n]),
-                None => {
-                    self.got += n;
-                    if self.got == HEADER_LEN {
-                        self.got = 0;
-                        // The header bounds the body length before anything is read for it.
-                        let h = Header::parse(&self.head)?;
-                        let body = Vec::with_capacity((h.len as usize).min(FIRST_ALLOC));
-                        self.frame = Some((h, body));
-                    }
+            if self.frame.is_none() {
+                self.got += n;
+                if self.got == HEADER_LEN {
+                    self.got = 0;
+                    // The header bounds the body length before anything is read for it.
+                    let h = Header::parse(&self.head)?;
+                    let body = Vec::with_capacity((h.len as usize).min(FIRST_ALLOC));
+                    self.frame = Some((h, body));
                 }
             }
         }
@@ -521,6 +524,30 @@ mod tests {
         a.write_all(&second[..4]).await.unwrap();
         drop(a);
         assert!(matches!(FrameReader::new(b).next().await, Err(LinkError::Closed)));
+    }
+
+    /// A frame whose body is beyond the first allocation comes in pieces, with `next`
+    /// dropped between them: it is read whole and in step.
+    #[tokio::test]
+    async fn a_frame_reader_takes_a_large_body_in_pieces() {
+        let spec = bproc_proto::ProcSpec {
+            env: (0..3000).map(|i| format!("VARIABLE_{i}=value")).collect(),
+            ..Default::default()
+        };
+        let big = Message::Launch { nodes: vec![0], spec, ghosts: vec![], io_ports: vec![] };
+        let frame = bproc_proto::encode(3, &big);
+        assert!(frame.len() > 3 * FIRST_ALLOC);
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut frames = FrameReader::new(b);
+        for piece in frame.chunks(7000) {
+            a.write_all(piece).await.unwrap();
+            let wait = tokio::time::timeout(Duration::from_millis(5), frames.next()).await;
+            if let Ok(got) = wait {
+                assert_eq!(got.unwrap().unwrap(), (3, big.clone()));
+            }
+        }
+        a.write_all(&bproc_proto::encode(4, &Message::NodeList)).await.unwrap();
+        assert_eq!(frames.next().await.unwrap().unwrap(), (4, Message::NodeList));
     }
 
     /// A claimed body, small or beyond the first allocation and in pieces, is read whole

@@ -285,7 +285,9 @@ async fn serve_local(shared: Arc<Shared>, mut caller: Caller, slot: Slot, stream
     // The first request is read from the bytes taken already, then the socket.
     use tokio::io::AsyncReadExt;
     let rd: ClientRd = Box::new(std::io::Cursor::new(read).chain(rd));
-    serve(shared, caller, slot, rd, Box::new(wr)).await;
+    // Boxed: a request loop's state is large, and a ghost's task (most connections) should not
+    // carry it.
+    Box::pin(serve(shared, caller, slot, rd, Box::new(wr))).await;
 }
 
 /// What a local client sent first.
