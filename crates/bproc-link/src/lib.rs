@@ -95,15 +95,25 @@ async fn read_claimed<R: AsyncRead + Unpin>(
     // its end.
     buf.reserve_exact(len.min(FIRST_ALLOC));
     while buf.len() < want {
-        if buf.len() == buf.capacity() {
-            buf.reserve_exact((want - buf.len()).min(buf.len()));
-        }
-        let room = (want - buf.len()) as u64;
-        if (&mut *r).take(room).read_buf(buf).await? == 0 {
+        if read_more(r, buf, want).await? == 0 {
             return Err(LinkError::Closed);
         }
     }
     Ok(())
+}
+
+/// One read of what has come into `buf`, which grows towards `want` bytes in all: room for
+/// what is left, up to twice what it holds. Cancel-safe: bytes are taken only when returned.
+async fn read_more<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> std::io::Result<usize> {
+    if buf.len() == buf.capacity() {
+        buf.reserve_exact((want - buf.len()).min(buf.len()));
+    }
+    let room = (want - buf.len()) as u64;
+    r.take(room).read_buf(buf).await
 }
 
 /// Reads one frame. Returns `Ok(None)` on a clean end of stream between frames.
@@ -173,20 +183,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.started = None;
                 return Ok(Some((h.id, bproc_proto::decode_body(&h, &body)?)));
             }
-            // Nothing is lost if this await is dropped: `read` and `read_buf` take bytes only
-            // when they return them.
+            // Nothing is lost if this await is dropped: both reads take bytes only when they
+            // return them.
             let started = self.started;
             let read = async {
                 match &mut self.frame {
                     None => self.r.read(&mut self.head[self.got..]).await,
-                    Some((h, body)) => {
-                        // The body's room grows with what has come, as in `read_claimed`.
-                        if body.len() == body.capacity() {
-                            body.reserve_exact((h.len as usize - body.len()).min(body.len()));
-                        }
-                        let room = (h.len as usize - body.len()) as u64;
-                        (&mut self.r).take(room).read_buf(body).await
-                    }
+                    Some((h, body)) => read_more(&mut self.r, body, h.len as usize).await,
                 }
             };
             let n = match started {
