@@ -670,9 +670,16 @@ fn short_forks_get_ghosts(c: &TestCluster) {
     let events = bproc_sys::procevents::Events::open().unwrap();
     events.watch(&[shell], &[]).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    // Why the watcher stopped, if it did: events lost (`ENOBUFS`) would hide ends that came.
+    let stopped = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let stopped_by = stopped.clone();
     std::thread::spawn(move || {
         use bproc_sys::procevents::ProcEvent;
-        while let Ok(list) = events.next() {
+        loop {
+            let list = match events.next() {
+                Ok(list) => list,
+                Err(e) => return *stopped_by.lock().unwrap() = Some(e.to_string()),
+            };
             for e in list {
                 if let ProcEvent::Exit { pid, parent, status } = e {
                     if parent == shell && tx.send((pid, status)).is_err() {
@@ -724,7 +731,9 @@ fn short_forks_get_ghosts(c: &TestCluster) {
         assert_eq!(
             status.map(|s| (s >> 8) & 0xff),
             Some(*code),
-            "the ghost with pid {pid} ends with {code}; ghosts' ends: {ended:?}"
+            "the ghost with pid {pid} ends with {code}; ghosts' ends: {ended:?}; the event \
+             watcher stopped: {:?}",
+            stopped.lock().unwrap()
         );
     }
     let mut after = made();
