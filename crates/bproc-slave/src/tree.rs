@@ -464,12 +464,14 @@ pub(crate) fn run(ctx: Arc<Ctx>, mut l: Launch, entries: Vec<TreeEntry>, source:
     // children's parts share the launch and all but their entries' bytes.
     if !parts.is_empty() {
         let frames = Arc::new(frames_of(&mut l));
-        let shared_l = Arc::new(l.clone());
+        // The launch for the tasks of parts that do not go at once, copied only for them.
+        let mut shared_l: Option<Arc<Launch>> = None;
         for part in parts {
-            if plain(&l.spec) && send_now(&ctx, &shared_l, &frames, part, &source) {
+            if plain(&l.spec) && send_now(&ctx, &l, &frames, part, &source) {
                 continue;
             }
-            let (ctx, l, frames) = (ctx.clone(), shared_l.clone(), frames.clone());
+            let l = shared_l.get_or_insert_with(|| Arc::new(l.clone())).clone();
+            let (ctx, frames) = (ctx.clone(), frames.clone());
             let (part, source, shared) = (part.to_vec(), source.clone(), shared.clone());
             tokio::spawn(async move { forward(&ctx, &l, &frames, part, &source, shared).await });
         }
@@ -819,7 +821,7 @@ fn frames_of(l: &mut Launch) -> TreeFrames {
 /// finished by a task, which sends it again on another connection if this one fails.
 fn send_now(
     ctx: &Arc<Ctx>,
-    l: &Arc<Launch>,
+    l: &Launch,
     frames: &Arc<TreeFrames>,
     part: &[TreeEntry],
     source: &procs::Source,

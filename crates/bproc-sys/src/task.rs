@@ -338,7 +338,7 @@ pub mod raw {
 
     /// Closes every fd from `first` up.
     pub fn close_from(first: RawFd) {
-        close_range(first, u32::MAX as RawFd);
+        close_range(first, RawFd::MAX);
     }
 
     /// Closes every fd from `first` to `last`, both included.
