@@ -30,7 +30,7 @@ use std::time::Duration;
 use bproc_link::guard::Refusals;
 use bproc_link::{read_frame, write_frame, LinkError};
 use bproc_proto::errno::{EAGAIN, ENOSYS, EPROTO};
-use bproc_proto::{Endpoint, Message};
+use bproc_proto::{Endpoint, Header, Message};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info};
 
@@ -305,18 +305,27 @@ enum First {
 /// A `GhostHello` frame's length.
 const HELLO_LEN: usize = bproc_proto::HEADER_LEN + 8;
 
-/// Reads what `stream` has first, up to a ghost's hello.
+/// Reads what `stream` has first: a ghost's hello whole, or as much of another client's
+/// first request as shows it is not one (its header, or the end of the stream). A ghost
+/// writes its hello at once, so this is one read but for a hello the socket splits.
 async fn first_bytes(stream: &UnixStream) -> std::io::Result<First> {
+    let hello = Message::GhostHello { fork: 0 }.msg_type();
     let mut buf = vec![0u8; HELLO_LEN];
-    let n = loop {
+    let mut len = 0;
+    while len < HELLO_LEN {
         stream.readable().await?;
-        match stream.try_read(&mut buf) {
-            Ok(n) => break n,
+        match stream.try_read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }
-    };
-    buf.truncate(n);
+        let header = buf.first_chunk().filter(|_| len >= bproc_proto::HEADER_LEN);
+        if header.is_some_and(|h| Header::parse(h).map_or(true, |h| h.msg_type != hello)) {
+            break;
+        }
+    }
+    buf.truncate(len);
     Ok(match bproc_proto::decode(&buf) {
         Ok((_, Message::GhostHello { fork })) => First::Ghost { fork },
         _ => First::Other(buf),
@@ -401,13 +410,6 @@ async fn serve(
             Message::Launch { nodes, spec, ghosts, io_ports } => {
                 let req = crate::launch::Request { nodes, spec, ghosts, io_ports };
                 crate::launch::serve(shared, caller, id, req, rd, wr).await;
-                return;
-            }
-            Message::GhostHello { fork } => {
-                // Ghosts live on the front end only, where the kernel names their pid.
-                if let Some(pid) = caller.pid {
-                    crate::ghosts::serve(shared, pid, caller.uid, fork, rd, wr).await;
-                }
                 return;
             }
             Message::ProcWait { pid } => {
@@ -660,6 +662,59 @@ mod tests {
         assert!(conns.holds_one(41), "one of two connections left");
         drop(two);
         assert!(!conns.holds_one(41));
+    }
+
+    /// What `first_bytes` takes from a client that writes `pieces` one after the other, each
+    /// once the reader has taken the one before, and then closes.
+    fn first_of(pieces: &[&[u8]]) -> First {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            // A second handle on the reader's socket, to see when it has read everything.
+            let watch = std::os::fd::AsFd::as_fd(&ours).try_clone_to_owned().unwrap();
+            let unread = move || {
+                use nix::sys::socket::{recv, MsgFlags};
+                let peek = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+                recv(std::os::fd::AsRawFd::as_raw_fd(&watch), &mut [0], peek).is_ok()
+            };
+            let done = std::cell::Cell::new(false);
+            let read = async {
+                let first = first_bytes(&ours).await;
+                done.set(true);
+                first
+            };
+            let write = async {
+                use tokio::io::AsyncWriteExt;
+                // Its own, to close at the end.
+                let mut theirs = theirs;
+                for p in pieces {
+                    theirs.write_all(p).await.unwrap();
+                    while unread() && !done.get() {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            };
+            let both = async { tokio::join!(read, write) };
+            let (first, ()) = tokio::time::timeout(Duration::from_secs(10), both).await.unwrap();
+            first.unwrap()
+        })
+    }
+
+    #[test]
+    fn a_ghost_hello_is_taken_whole_and_another_request_from_its_header() {
+        let hello = bproc_proto::encode(0, &Message::GhostHello { fork: 7 });
+        for at in [0, 3, HELLO_LEN - 1] {
+            let (a, b) = hello.split_at(at);
+            assert!(matches!(first_of(&[a, b]), First::Ghost { fork: 7 }), "split at {at}");
+        }
+        let nodes = bproc_proto::encode(5, &Message::NodeListOf { nodes: (0..64).collect() });
+        for at in [0, 5] {
+            let (a, b) = nodes.split_at(at);
+            let First::Other(got) = first_of(&[a, b]) else { panic!("not a hello") };
+            assert!(got.len() >= bproc_proto::HEADER_LEN && nodes.starts_with(&got), "at {at}");
+        }
+        let First::Other(got) = first_of(&[b"abc"]) else { panic!("not a hello") };
+        assert_eq!(got, b"abc");
     }
 
     #[test]
