@@ -3,7 +3,10 @@
 #  1. one-node throughput for a 1 GiB file, against a local `cp` of the same file into a fresh
 #     tmpfs with the nodes' settings (writing 1 GiB into memory once), and against the floor of
 #     any copy over TCP: the same bytes through one loopback connection into that tmpfs, with
-#     no checksum or stream format (crates/bproc-copy/examples/tcp_floor.rs);
+#     no checksum or stream format (crates/bproc-copy/examples/tcp_floor.rs), and against
+#     the floor of a copy that checks what it delivers: the same, with the sender reading and
+#     checksumming each piece before it is sent and the receiver checksumming each block, as
+#     bpcp does (`tcp_floor --checksum`);
 #  2. the bytes the front end sends for a broadcast to 8, 32 and 64 nodes (bpcp's own copy
 #     streams plus the master daemon's orders), against the file size;
 #  3. a 100 MiB broadcast to 64 nodes against `pdcp -R ssh` and `clush --copy` to the same
@@ -74,10 +77,12 @@ up 2
 # on this virtual machine a run that gets memory the host took back is 2 to 4 times slower,
 # for cp too, now and then.
 R1=$((RUNS > 21 ? RUNS : 21))
-read -r bpcp_t bpcp_min bpcp_max cp_t cp_min _ tcp_t tcp_min tcp_max <<<"$(rounds "$DIR" "$R1" -N \
-    --prepare "$B/bpsh 0 rm -f /tmp/big" --prepare "rm -f $FLOOR/big" --prepare "rm -f $FLOOR/big" \
-    "$B/bpcp $SRC 0:/tmp/big" "cp $SRC $FLOOR/big" "$B/examples/tcp_floor $SRC $FLOOR/big" |
-    awk '{printf "%.3f %.3f %.3f ", $1 / 1000, $2 / 1000, $3 / 1000}')"
+read -r bpcp_t bpcp_min bpcp_max cp_t cp_min _ tcp_t tcp_min tcp_max chk_t chk_min chk_max <<<"$(
+    rounds "$DIR" "$R1" -N --prepare "$B/bpsh 0 rm -f /tmp/big" --prepare "rm -f $FLOOR/big" \
+        --prepare "rm -f $FLOOR/big" --prepare "rm -f $FLOOR/big" \
+        "$B/bpcp $SRC 0:/tmp/big" "cp $SRC $FLOOR/big" "$B/examples/tcp_floor $SRC $FLOOR/big" \
+        "$B/examples/tcp_floor --checksum $SRC $FLOOR/big" |
+        awk '{printf "%.3f %.3f %.3f ", $1 / 1000, $2 / 1000, $3 / 1000}')"
 # Replacing the file (the old one stays until the new one is verified, so the node holds both
 # for a moment): no target, to show what the atomic replacement costs here.
 read -r repl_t repl_min repl_max <<<"$(hf "$R1" -N "$B/bpcp $SRC 0:/tmp/big")"
@@ -97,8 +102,10 @@ printf "| the same, replacing the file | %s | %s–%s | %s | | %s | | |\n" \
     "$repl_t" "$repl_min" "$repl_max" "$(gbs "$repl_t")" "$(ratio_to "$repl_t" "$cp_t")"
 printf "| floor: the bytes alone through loopback TCP (tcp_floor) | %s | %s–%s | %s | | %s | | |\n" \
     "$tcp_t" "$tcp_min" "$tcp_max" "$(gbs "$tcp_t")" "$(ratio_to "$tcp_t" "$cp_t")"
+printf "| floor: the same, checked (tcp_floor --checksum: the sender reads and sums each piece, the receiver sums each block) | %s | %s–%s | %s | | %s | | |\n" \
+    "$chk_t" "$chk_min" "$chk_max" "$(gbs "$chk_t")" "$(ratio_to "$chk_t" "$cp_t")"
 echo
-echo "bpcp takes $(ratio_to "$bpcp_t" "$tcp_t")× the TCP floor by the medians, $(ratio_to "$bpcp_min" "$tcp_min")× by the fastest runs; the floor takes $(ratio_to "$tcp_min" "$cp_min")× cp by the fastest runs. A run here is fast or 2 to 5 times slower (when the host hands the memory out slowly), so a median can fall on either side; the fastest runs are the steadier comparison. Where the floor's ratio to cp is above 1.5, or its GB/s below 2, no copy over TCP on this machine can meet that target."
+echo "bpcp takes $(ratio_to "$bpcp_t" "$tcp_t")× the TCP floor and $(ratio_to "$bpcp_t" "$chk_t")× the checked floor by the medians, $(ratio_to "$bpcp_min" "$tcp_min")× and $(ratio_to "$bpcp_min" "$chk_min")× by the fastest runs; the floors take $(ratio_to "$tcp_min" "$cp_min")× and $(ratio_to "$chk_min" "$cp_min")× cp by the fastest runs. A run here is fast or 2 to 5 times slower (when the host hands the memory out slowly), so a median can fall on either side; the fastest runs are the steadier comparison. Where the TCP floor's ratio to cp is above 1.5, or its GB/s below 2, no copy over TCP on this machine can meet that target; where the checked floor's is, no copy that checks what it delivers (bpcp's verified replacement) can."
 echo
 
 # 2. Bytes the front end sends for a broadcast, and 3. the time of a 100 MiB broadcast.

@@ -6,7 +6,12 @@
 //! does. What bpcp takes beyond this is bpcp's own cost; what this takes beyond a
 //! local `cp` is the cost of moving the bytes through a socket at all.
 //!
-//!     tcp_floor FILE DEST
+//! With `--checksum`, the floor of a copy that checks what it delivers, as bpcp does: the
+//! sender reads each piece of the file and checksums it before the kernel sends it (bpcp's
+//! pieces and checksum), the receiver checksums each block before writing it, and the two
+//! sums are compared at the end (a mismatch fails). Still no stream format, relay or rename.
+//!
+//!     tcp_floor [--checksum] FILE DEST
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -16,12 +21,16 @@ use std::process::ExitCode;
 const BLOCK: usize = 2 << 20;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let checksum = args.first().is_some_and(|a| a == "--checksum");
+    if checksum {
+        args.remove(0);
+    }
     let [from, to] = args.as_slice() else {
-        eprintln!("usage: tcp_floor FILE DEST");
+        eprintln!("usage: tcp_floor [--checksum] FILE DEST");
         return ExitCode::from(2);
     };
-    match copy(from, to) {
+    match copy(from, to, checksum) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tcp_floor: {e}");
@@ -30,32 +39,52 @@ fn main() -> ExitCode {
     }
 }
 
-fn copy(from: &str, to: &str) -> io::Result<()> {
+fn copy(from: &str, to: &str, checksum: bool) -> io::Result<()> {
     let src = File::open(from)?;
     let size = src.metadata()?.len();
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     let port = listener.local_addr()?.port();
-    let sender = std::thread::spawn(move || -> io::Result<()> {
+    let sender = std::thread::spawn(move || -> io::Result<Option<u128>> {
         let s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+        let step = bproc_copy::source::SEND_FILE_STEP;
+        let mut sum = checksum.then(twox_hash::XxHash3_128::new);
+        let mut piece = vec![0u8; if checksum { step } else { 0 }];
         let mut at = 0i64;
         while (at as u64) < size {
-            let step = (size - at as u64).min(bproc_copy::source::SEND_FILE_STEP as u64);
-            if nix::sys::sendfile::sendfile64(&s, &src, Some(&mut at), step as usize)? == 0 {
-                return Err(io::Error::other("the file shrank"));
+            let want = (size - at as u64).min(step as u64) as usize;
+            if let Some(sum) = &mut sum {
+                let mut f = &src;
+                f.read_exact(&mut piece[..want])?;
+                sum.write(&piece[..want]);
+            }
+            let end = at + want as i64;
+            while at < end {
+                let rest = (end - at) as usize;
+                if nix::sys::sendfile::sendfile64(&s, &src, Some(&mut at), rest)? == 0 {
+                    return Err(io::Error::other("the file shrank"));
+                }
             }
         }
-        Ok(())
+        Ok(sum.map(|s| s.finish_128()))
     });
     let (mut s, _) = listener.accept()?;
     let mut out = OpenOptions::new().write(true).create_new(true).open(to)?;
     out.set_len(size)?;
+    let mut sum = checksum.then(twox_hash::XxHash3_128::new);
     let mut block = vec![0u8; BLOCK];
     let mut left = size;
     while left > 0 {
         let chunk = &mut block[..left.min(BLOCK as u64) as usize];
         s.read_exact(chunk)?;
+        if let Some(sum) = &mut sum {
+            sum.write(chunk);
+        }
         out.write_all(chunk)?;
         left -= chunk.len() as u64;
     }
-    sender.join().map_err(|_| io::Error::other("the sending thread panicked"))?
+    let sent = sender.join().map_err(|_| io::Error::other("the sending thread panicked"))??;
+    if sent != sum.map(|s| s.finish_128()) {
+        return Err(io::Error::other("the checksums differ"));
+    }
+    Ok(())
 }
