@@ -47,12 +47,12 @@ fn copy(from: &str, to: &str, checksum: bool) -> io::Result<()> {
     let sender = std::thread::spawn(move || -> io::Result<Option<u128>> {
         let s = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
         let step = bproc_copy::source::SEND_FILE_STEP;
-        let mut sum = checksum.then(twox_hash::XxHash3_128::new);
-        let mut piece = vec![0u8; if checksum { step } else { 0 }];
+        // The checksum and the piece it reads into.
+        let mut check = checksum.then(|| (twox_hash::XxHash3_128::new(), vec![0u8; step]));
         let mut at = 0i64;
         while (at as u64) < size {
             let want = (size - at as u64).min(step as u64) as usize;
-            if let Some(sum) = &mut sum {
+            if let Some((sum, piece)) = &mut check {
                 let mut f = &src;
                 f.read_exact(&mut piece[..want])?;
                 sum.write(&piece[..want]);
@@ -65,7 +65,7 @@ fn copy(from: &str, to: &str, checksum: bool) -> io::Result<()> {
                 }
             }
         }
-        Ok(sum.map(|s| s.finish_128()))
+        Ok(check.map(|(sum, _)| sum.finish_128()))
     });
     let (mut s, _) = listener.accept()?;
     let mut out = OpenOptions::new().write(true).create_new(true).open(to)?;

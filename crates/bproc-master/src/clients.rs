@@ -292,7 +292,7 @@ async fn serve_local(shared: Arc<Shared>, mut caller: Caller, slot: Slot, stream
 
 /// What a local client sent first.
 enum First {
-    /// A ghost's hello, taken whole (one read: the ghost writes it at once).
+    /// A ghost's hello, taken whole (in one read but when the socket splits it).
     Ghost {
         /// Its fork id.
         fork: u64,
