@@ -11,7 +11,10 @@
 #    the daemon floor: N bare daemons on this machine, each told over an open Unix socket to
 #    posix_spawn /bin/true, wait and answer (bench/lib/daemonfloor.c), the least any launch
 #    through node daemons sharing one machine costs (no connection made, no tree, no output,
-#    no identity or checks);
+#    no identity or checks), and the ghost floor: the same with a ghost per rank, a process
+#    the launcher makes before the launch (sharing its memory, as bpsh's ghosts do) and that
+#    ends as its rank's answer comes (`daemonfloor ghosts`), the least a launch that gives
+#    every remote process a ghost costs here;
 #  - each launch again with its output forwarded to a pipe (hyperfine's default, /dev/null,
 #    is where bpsh gives its processes /dev/null too, with no connection for their output);
 #  - the daemons started as installed ones run, logging warnings only (`bpcluster up --quiet`);
@@ -130,22 +133,25 @@ echo "|---|---:|---:|---|---:|---|---|"
 # /bin/true, and waits for its answer.
 "$DIR/daemonfloor" up 1 "$DIR/df1.sock" /bin/true >/dev/null
 D1="$DIR/daemonfloor launch $DIR/df1.sock"
-read -r tm _ _ tfm _ _ te _ _ tdm tdlo tdhi <<<"$(rounds "$DIR" "$RUNS" -N "/bin/true" \
-    "timeout 60 /bin/true" "$E0" "$D1" | tr '\n' ' ')"
+G1="$DIR/daemonfloor ghosts $DIR/df1.sock"
+read -r tm _ _ tfm _ _ te _ _ tdm tdlo tdhi tgm tglo tghi <<<"$(rounds "$DIR" "$RUNS" -N "/bin/true" \
+    "timeout 60 /bin/true" "$E0" "$D1" "$G1" | tr '\n' ' ')"
 up 8 --quiet
-read -r m lo hi bm _ _ fm flo fhi dm dlo dhi <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" "/bin/true" \
-    "timeout 60 /bin/true" "$D1" | tr '\n' ' ')"
+read -r m lo hi bm _ _ fm flo fhi dm dlo dhi gm glo ghi <<<"$(rounds "$DIR" "$RUNS" -N "$B/bpsh 0 true" \
+    "/bin/true" "timeout 60 /bin/true" "$D1" "$G1" | tr '\n' ' ')"
 "$DIR/daemonfloor" down "$DIR/df1.sock"
 rm -f "$DIR/df1.sock"
 sm1=$m
 alone+="/bin/true $tm ms (in turn with bpsh: $bm), \`timeout 60 /bin/true\` $tfm ms (in turn: $fm)"
-alone+=", one bare daemon $tdm ms (in turn: $dm)"
+alone+=", one bare daemon $tdm ms (in turn: $dm), with a ghost $tgm ms (in turn: $gm)"
 bm=$(lower "$bm" "$tm")
 # A floor's row shows whichever timing is lower, with its own spread.
 if awk -v a="$tdm" -v b="$dm" 'BEGIN {exit !(a < b)}'; then dm=$tdm dlo=$tdlo dhi=$tdhi; fi
+if awk -v a="$tgm" -v b="$gm" 'BEGIN {exit !(a < b)}'; then gm=$tgm glo=$tglo ghi=$tghi; fi
 row "bpsh 0 true" "$m" "$lo" "$hi" "/bin/true" "$bm" "≤ 2× /bin/true" 2
 row "floor: timeout 60 /bin/true (a local launcher)" "$fm" "$flo" "$fhi" "/bin/true" "$bm" "—" ""
 row "floor: a bare daemon starts /bin/true for a client (daemonfloor, 1 node)" "$dm" "$dlo" "$dhi" "/bin/true" "$bm" "—" ""
+row "floor: the same with a ghost (daemonfloor ghosts, 1 node)" "$gm" "$glo" "$ghi" "/bin/true" "$bm" "—" ""
 # hyperfine sends output to /dev/null, where bpsh gives its processes /dev/null too: the same
 # launch with its output forwarded (a pipe, which hyperfine reads and drops).
 read -r m lo hi pm _ _ <<<"$(rounds "$DIR" "$RUNS" -N --output=pipe "$B/bpsh 0 true" "/bin/true" | tr '\n' ' ')"
@@ -170,23 +176,27 @@ for n in $SIZES; do
     runs=$RUNS
     [ "$n" -ge 512 ] && runs=$(( RUNS < 11 ? RUNS : 11 ))
     "$DIR/daemonfloor" up "$n" "$DIR/df.sock" /bin/true >/dev/null
-    read -r sm _ _ sdm sdlo sdhi se _ _ <<<"$(rounds "$DIR" "$runs" -N "$DIR/spawnloop $n $CORES /bin/true" \
-        "$DIR/daemonfloor launch $DIR/df.sock" "$DIR/spawnloop $n $CORES $E0" | tr '\n' ' ')"
+    read -r sm _ _ sdm sdlo sdhi sgm sglo sghi se _ _ <<<"$(rounds "$DIR" "$runs" -N \
+        "$DIR/spawnloop $n $CORES /bin/true" "$DIR/daemonfloor launch $DIR/df.sock" \
+        "$DIR/daemonfloor ghosts $DIR/df.sock" "$DIR/spawnloop $n $CORES $E0" | tr '\n' ' ')"
     up "$n" --quiet
-    read -r m lo hi bm _ _ dm dlo dhi <<<"$(rounds "$DIR" "$runs" -N "$B/bpsh 0-$((n - 1)) true" \
-        "$DIR/spawnloop $n $CORES /bin/true" "$DIR/daemonfloor launch $DIR/df.sock" | tr '\n' ' ')"
+    read -r m lo hi bm _ _ dm dlo dhi gm glo ghi <<<"$(rounds "$DIR" "$runs" -N \
+        "$B/bpsh 0-$((n - 1)) true" "$DIR/spawnloop $n $CORES /bin/true" \
+        "$DIR/daemonfloor launch $DIR/df.sock" "$DIR/daemonfloor ghosts $DIR/df.sock" | tr '\n' ' ')"
     "$DIR/daemonfloor" down "$DIR/df.sock"
     rm -f "$DIR/df.sock"
-    alone+="; spawn floor at $n $sm ms (in turn with bpsh: $bm), daemon floor $sdm ms (in turn: $dm)"
+    alone+="; spawn floor at $n $sm ms (in turn with bpsh: $bm), daemon floor $sdm ms (in turn: $dm), ghost floor $sgm ms (in turn: $gm)"
     bm=$(lower "$bm" "$sm")
-    # The daemon floor's row shows whichever timing is lower, with its own spread.
+    # Each daemon floor's row shows whichever timing is lower, with its own spread.
     if awk -v a="$sdm" -v b="$dm" 'BEGIN {exit !(a < b)}'; then dm=$sdm dlo=$sdlo dhi=$sdhi; fi
+    if awk -v a="$sgm" -v b="$gm" 'BEGIN {exit !(a < b)}'; then gm=$sgm glo=$sglo ghi=$sghi; fi
     if [ "$n" = 1024 ]; then
         row "bpsh -a true, $n nodes" "$m" "$lo" "$hi" "spawn floor" "$bm" "≤ 600 ms (≈ 1.3× floor)" 1.3
     else
         row "bpsh -a true, $n nodes" "$m" "$lo" "$hi" "spawn floor" "$bm" "—" ""
     fi
     row "floor: $n bare daemons spawn /bin/true (daemonfloor)" "$dm" "$dlo" "$dhi" "spawn floor" "$bm" "—" ""
+    row "floor: the same, a ghost per rank (daemonfloor ghosts)" "$gm" "$glo" "$ghi" "spawn floor" "$bm" "—" ""
     read -r m lo hi pm _ _ <<<"$(rounds "$DIR" "$runs" -N --output=pipe "$B/bpsh 0-$((n - 1)) true" \
         "$DIR/spawnloop $n $CORES /bin/true" | tr '\n' ' ')"
     row "bpsh -a true, $n nodes, output forwarded to a pipe" "$m" "$lo" "$hi" "spawn floor" "$(lower "$pm" "$sm")" "—" ""
@@ -216,7 +226,7 @@ down
 echo
 echo "Baselines timed alone, before the cluster started (each ratio is against the lower of the two): $alone."
 echo
-echo "A remote launch, too, starts a launcher and a program, one after the other, and waits for the program: where the floor's ratio is near 2 or above, no remote launch can take under 2× /bin/true here. The daemon floor is the least a launch through node daemons that share this machine costs: between its ratio and a target's lies all that a real launch may spend on everything else (connections, the tree, output, identity, ghosts)."
+echo "A remote launch, too, starts a launcher and a program, one after the other, and waits for the program: where the floor's ratio is near 2 or above, no remote launch can take under 2× /bin/true here. The daemon floor is the least a launch through node daemons that share this machine costs, and the ghost floor the least such a launch costs with a ghost for each remote process: between the ghost floor's ratio and a target's lies all that a real launch may spend on everything else (connections, the tree, reports, output, identity)."
 echo
 echo "Where the time goes: $where. A launch's own time, apart from the program's start-up (bpsh -a exit0 less exit0's spawn floor):${own#;}."
 echo

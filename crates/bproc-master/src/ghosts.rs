@@ -443,23 +443,23 @@ impl Ghosts {
     pub(crate) fn claim(&self, ghost: i32, caller_pid: i32, uid: u32) -> bool {
         use std::os::unix::fs::MetadataExt;
         // A ghost connected already is a live process of the uid the kernel gave for its
-        // connection (a thousand-rank launch's ghosts mostly are); for another, /proc/PID
-        // belongs to the process's effective uid: one stat, not a status read.
-        let connected = |g: &Inner| {
-            g.ghosts.get(&ghost).is_some_and(|gh| gh.tx.is_some() && gh.uid == Some(uid))
-        };
-        let owner = if ghost > 0 && connected(&self.lock()) {
-            Some(uid)
-        } else {
-            std::fs::metadata(format!("/proc/{ghost}")).map(|m| m.uid()).ok()
-        };
-        if ghost <= 0 || owner != Some(uid) {
-            if ghost > 0 {
-                warn!("pid {caller_pid}: {ghost} is not a process of uid {uid}; no ghost");
-            }
+        // connection; for one not connected yet, /proc/PID belongs to the process's
+        // effective uid: one stat (not under the lock), not a status read.
+        if ghost <= 0 {
             return false;
         }
         let mut g = self.lock();
+        let connected =
+            g.ghosts.get(&ghost).is_some_and(|gh| gh.tx.is_some() && gh.uid == Some(uid));
+        if !connected {
+            drop(g);
+            let owner = std::fs::metadata(format!("/proc/{ghost}")).map(|m| m.uid()).ok();
+            if owner != Some(uid) {
+                warn!("pid {caller_pid}: {ghost} is not a process of uid {uid}; no ghost");
+                return false;
+            }
+            g = self.lock();
+        }
         let entry = g.ghosts.entry(ghost).or_default();
         if entry.remote.is_some() || entry.uid.is_some_and(|u| u != uid) {
             return false;
