@@ -107,6 +107,7 @@ static int up(long n, const char *path, char **prog, int ready) {
         uint32_t count = (uint32_t)n, *ends = ghosts ? calloc(n, sizeof *ends) : NULL;
         char go;
         if (ghosts && (write(c, &count, sizeof count) != sizeof count || read(c, &go, 1) != 1)) {
+            free(ends);
             close(c);
             continue;
         }
@@ -215,6 +216,10 @@ static int ghosts(const char *path) {
     words = calloc(n, sizeof *words);
     stacks = mmap(NULL, (size_t)(n + 1) * GHOST_STACK, PROT_READ | PROT_WRITE,
                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (words == NULL || stacks == MAP_FAILED) {
+        perror("daemonfloor: ghosts");
+        return 1;
+    }
     uint32_t mine = n >= 128 ? n / 2 : n;
     second_half[0] = mine;
     second_half[1] = n;
