@@ -139,14 +139,22 @@ static int up(long n, const char *path, char **prog, int ready) {
     }
 }
 
-static int ask(const char *path, char req) {
+/* A connection to the master at `path`; -1 (said on stderr) when there is none. */
+static int connect_to(const char *path) {
     struct sockaddr_un a;
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    char r = 1;
-    if (unix_addr(path, &a) != 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
+    if (s < 0 || unix_addr(path, &a) != 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
         perror("daemonfloor: connect");
-        return 1;
+        return -1;
     }
+    return s;
+}
+
+static int ask(const char *path, char req) {
+    int s = connect_to(path);
+    char r = 1;
+    if (s < 0)
+        return 1;
     if (write(s, &req, 1) != 1)
         return 1;
     if (req == 'q')
@@ -204,14 +212,9 @@ static int second_maker(void *arg) {
  * makers at once, one a core, as bpsh's are), each ends as its rank's answer comes, and all
  * are reaped. */
 static int ghosts(const char *path) {
-    struct sockaddr_un a;
-    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int s = connect_to(path);
     uint32_t n;
-    if (unix_addr(path, &a) != 0 || connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
-        perror("daemonfloor: connect");
-        return 1;
-    }
-    if (write(s, "g", 1) != 1 || read(s, &n, sizeof n) != sizeof n)
+    if (s < 0 || write(s, "g", 1) != 1 || read(s, &n, sizeof n) != sizeof n)
         return 1;
     words = calloc(n, sizeof *words);
     stacks = mmap(NULL, (size_t)(n + 1) * GHOST_STACK, PROT_READ | PROT_WRITE,
@@ -232,16 +235,24 @@ static int ghosts(const char *path) {
         waitpid(maker, &st, 0);
     if (write(s, "G", 1) != 1)
         return 1;
+    /* The answers, 4 bytes each; a read may end inside one, whose bytes wait for the next. */
     uint32_t ends[1024];
+    size_t have = 0;
     for (uint32_t got = 0; got < n;) {
-        ssize_t k = read(s, ends, sizeof ends);
+        ssize_t k = read(s, (char *)ends + have, sizeof ends - have);
         if (k <= 0)
             return 1;
-        for (ssize_t j = 0; j < k / (ssize_t)sizeof *ends; j++, got++) {
+        have += (size_t)k;
+        size_t whole = have / sizeof *ends;
+        for (size_t j = 0; j < whole; j++, got++) {
             uint32_t i = ends[j] & 0x7fffffff;
+            if (i >= n)
+                return 1;
             __atomic_store_n(&words[i], 1 + (int)(ends[j] >> 31), __ATOMIC_RELEASE);
             sys4(SYS_futex, (long)&words[i], FUTEX_WAKE, 1, 0);
         }
+        have -= whole * sizeof *ends;
+        memmove(ends, ends + whole, have);
     }
     for (uint32_t i = 0; i < n; i++)
         if (wait(&st) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
