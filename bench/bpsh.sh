@@ -32,7 +32,11 @@
 #  - the front end's CPU per launched rank (bpsh, its ghosts and bpmaster together: bpsh runs
 #    in a cpuacct cgroup of its own, which its ghosts inherit; the master's from /proc), the
 #    figure a real cluster's front end cares about (here the slaves share the machine, but
-#    their CPU is not counted).
+#    their CPU is not counted);
+#  - the nodes' CPU per launched rank, where the launch's time above the ghost floor goes on
+#    this machine: the node daemons' own (each thread's, from the scheduler, split by thread)
+#    and their processes' (a cpuacct cgroup holding the daemons, less the daemons' own), for
+#    the slaves and for the daemon floor's bare daemons alike.
 # Prints a markdown table with each target and whether it holds.
 #
 #   bench/bpsh.sh                      # sizes 64 1024, 21 runs (11 at 1024)
@@ -54,6 +58,7 @@ cleanup() {
         [ -S "$sock" ] && { "$DIR/daemonfloor" down "$sock" 2>/dev/null || true; }
     done
     [ -d "$CG" ] && rmdir "$CG" 2>/dev/null
+    for cg in "$CG"-nodes-*; do [ -d "$cg" ] && rmdir "$cg" 2>/dev/null; done
     rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -96,6 +101,37 @@ hub_ns() {
     for t in /proc/"$pid"/task/*; do
         [ "$(cat "$t/comm")" = event-hub ] && cat "$t/schedstat"
     done | awk '{s += $1} END {printf "%.0f", s}'
+}
+# The CPU (ns) of the threads of processes PIDS..., as "TOTAL MAIN SPAWNER REAPER" (a slave's
+# threads by name; a bare daemon's one thread counts as main); one awk over every thread's
+# name and scheduler count, in that order.
+threads_ns() {
+    local p t files=()
+    for p in "$@"; do
+        for t in /proc/"$p"/task/*; do files+=("$t/comm" "$t/schedstat"); done
+    done
+    awk 'FILENAME ~ /comm$/ {c = $1; next}
+        {s += $1; if (c == "spawner") sp += $1; else if (c == "reaper") r += $1; else if (c == "bpslave" || c == "daemonfloor") m += $1}
+        END {printf "%.0f %.0f %.0f %.0f", s, m, sp, r}' "${files[@]}" 2>/dev/null
+}
+# Node-side CPU (µs) per rank over K launches of N ranks by CMD..., with the node daemons
+# PIDS (a space-separated list) moved into a cpuacct cgroup of their own (NAME), which their
+# processes inherit: "DAEMONS MAIN SPAWNER REAPER PROCESSES".
+node_cpu() {
+    local n=$1 k=$2 name=$3 pids=$4 cg p u0 u1 s0 s1
+    shift 4
+    cg=$CG-nodes-$name
+    mkdir -p "$cg"
+    for p in $pids; do echo "$p" >"$cg/cgroup.procs"; done
+    "$@" >/dev/null 2>&1
+    read -r -a s0 <<<"$(threads_ns $pids)"
+    u0=$(cat "$cg/cpuacct.usage")
+    for _ in $(seq "$k"); do "$@" >/dev/null 2>&1; done
+    u1=$(cat "$cg/cpuacct.usage")
+    read -r -a s1 <<<"$(threads_ns $pids)"
+    awk -v r=$((n * k)) -v u=$((u1 - u0)) -v s=$((s1[0] - s0[0])) -v m=$((s1[1] - s0[1])) \
+        -v sp=$((s1[2] - s0[2])) -v re=$((s1[3] - s0[3])) \
+        'BEGIN {printf "%.1f %.1f %.1f %.1f %.1f", s / 1000 / r, m / 1000 / r, sp / 1000 / r, re / 1000 / r, (u - s) / 1000 / r}'
 }
 # With OUT "pipe" bpsh's stdout and stderr are a pipe (its processes' output forwarded),
 # else /dev/null.
@@ -168,6 +204,7 @@ where=$(awk -v s="$sm1" -v v="$vm" -v t="$(lower "$tm2" "$tm")" -v e="$em" -v x=
         s, v, t, t - e, e, s - v - t, x - v - e }')
 down
 cpu=""
+nodes=""
 own=""
 # Each size on a cluster of its size: on a virtual cluster every process event on the
 # machine passes through every slave's filter, so a bigger cluster would slow a smaller
@@ -175,7 +212,7 @@ own=""
 for n in $SIZES; do
     runs=$RUNS
     [ "$n" -ge 512 ] && runs=$(( RUNS < 11 ? RUNS : 11 ))
-    "$DIR/daemonfloor" up "$n" "$DIR/df.sock" /bin/true >/dev/null
+    dfm=$("$DIR/daemonfloor" up "$n" "$DIR/df.sock" /bin/true)
     read -r sm _ _ sdm sdlo sdhi sgm sglo sghi se _ _ <<<"$(rounds "$DIR" "$runs" -N \
         "$DIR/spawnloop $n $CORES /bin/true" "$DIR/daemonfloor launch $DIR/df.sock" \
         "$DIR/daemonfloor ghosts $DIR/df.sock" "$DIR/spawnloop $n $CORES $E0" | tr '\n' ' ')"
@@ -183,6 +220,12 @@ for n in $SIZES; do
     read -r m lo hi bm _ _ dm dlo dhi gm glo ghi <<<"$(rounds "$DIR" "$runs" -N \
         "$B/bpsh 0-$((n - 1)) true" "$DIR/spawnloop $n $CORES /bin/true" \
         "$DIR/daemonfloor launch $DIR/df.sock" "$DIR/daemonfloor ghosts $DIR/df.sock" | tr '\n' ' ')"
+    k=$((n >= 1024 ? 5 : 20))
+    read -r -a nc <<<"$(node_cpu "$n" "$k" "slaves-$n" "$(awk '$1 != "master" {print $2}' "$DIR/c/pids")" \
+        "$B/bpsh" "0-$((n - 1))" true)"
+    read -r -a fc <<<"$(node_cpu "$n" "$k" "floor-$n" "$(cat /proc/"$dfm"/task/"$dfm"/children)" \
+        "$DIR/daemonfloor" launch "$DIR/df.sock")"
+    nodes+="| $n nodes | ${nc[0]} (main ${nc[1]}, spawner ${nc[2]}, reaper ${nc[3]}) | ${nc[4]} | ${fc[0]} | ${fc[4]} |"$'\n'
     "$DIR/daemonfloor" down "$DIR/df.sock"
     rm -f "$DIR/df.sock"
     alone+="; spawn floor at $n $sm ms (in turn with bpsh: $bm), daemon floor $sdm ms (in turn: $dm), ghost floor $sgm ms (in turn: $gm)"
@@ -211,7 +254,6 @@ for n in $SIZES; do
     row "bpsh -a exit0 (no C library), $n nodes" "$m" "$lo" "$hi" "its spawn floor" "$eb" "—" ""
     own+="; at $n nodes $(awk -v m="$m" -v e="$eb" -v n="$n" \
         'BEGIN {printf "%.1f ms (%.0f µs a rank)", m - e, (m - e) * 1000 / n}')"
-    k=$((n >= 1024 ? 5 : 20))
     cpu+="| front-end CPU per rank, $n nodes, output to /dev/null | $(cpu_per_rank "$n" $k null) | bpsh, its ghosts and bpmaster (with its event hub, also given alone) |"$'\n'
     cpu+="| front-end CPU per rank, $n nodes, output forwarded | $(cpu_per_rank "$n" $k pipe) | bpsh, its ghosts and bpmaster (with its event hub, also given alone) |"$'\n'
     down
@@ -233,5 +275,13 @@ echo
 echo "| front end | CPU | counted |"
 echo "|---|---:|---|"
 printf "%s" "$cpu"
+echo
+echo "Node side, CPU per launched rank in µs (bpsh -a true to /dev/null; the daemon floor's launch):"
+echo
+echo "| size | slaves' own (by thread) | their processes | bare daemons' own | their processes |"
+echo "|---|---:|---:|---:|---:|"
+printf "%s" "$nodes"
+echo
+echo "A launch that keeps every core busy takes about all its CPU (the nodes', the front end's, their processes') over the number of cores: the slaves' own less the bare daemons' own, times the ranks, over the cores, is the time the node side adds above the daemon floor."
 echo
 echo "On a virtual cluster the slaves share one subscription to the machine's process events (the master's hub), which the kernel filters to the cluster's processes: the machine's other processes (the baselines among them) wake neither the hub nor a slave. The hub's thread works for the slaves (a real cluster's front end has none): its share is given beside each figure."
