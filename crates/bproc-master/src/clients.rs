@@ -609,7 +609,7 @@ async fn proc_wait(
             }),
             frame = read_frame(rd) => match frame {
                 Ok(Some((_, Message::SignalLaunch { signal }))) => {
-                    if let Some((n, rpid)) = shared.ghosts.remote_of(pid) {
+                    if let Some((n, rpid)) = shared.ghosts.signal_target(pid, signal, 0) {
                         if let Some(node) = shared.table().get(n) {
                             node.send(0, Message::SignalPid { pid: rpid, signal, sender: 0 });
                         }

@@ -106,6 +106,9 @@ struct Ghost {
     restoring: Option<tokio::sync::oneshot::Sender<i32>>,
     /// Counted in [`Inner::made`].
     counted: bool,
+    /// Signals it forwarded (with their senders) before its process was known here: a
+    /// launch's ghost exists before its rank has started, and they follow the start.
+    held: Vec<(i32, i32)>,
 }
 
 impl Ghost {
@@ -172,8 +175,9 @@ struct Inner {
     rforks: HashMap<u64, Rfork>,
     /// Clients waiting for the end of the process of a ghost ([`Message::ProcWait`]).
     waiters: HashMap<i32, Vec<tokio::sync::oneshot::Sender<ExitStatus>>>,
-    /// `GhostOf`s for the slaves, of ahead forks bound when their events came
-    /// ([`Ghosts::take_ghost_of`]).
+    /// Messages for the slaves, made while the table was locked ([`Ghosts::take_ghost_of`]):
+    /// the `GhostOf`s of ahead forks bound when their events came, and the signals ghosts
+    /// held until their processes were known.
     ghost_of: Vec<(i32, Message)>,
     /// How the processes of ghosts lately ended, with their owners, for a wait that comes
     /// after the end (a child that exits at once, before its stand-in asks); oldest first,
@@ -184,6 +188,12 @@ struct Inner {
 
 /// Most ends kept for late waits.
 const MAX_ENDED: usize = 4096;
+
+/// Most signals a ghost holds until its process is known; and the first real-time signal,
+/// below which a signal is held once however often it comes (as the kernel keeps a
+/// standard signal pending).
+const MAX_HELD: usize = 64;
+const FIRST_REALTIME: i32 = 32;
 
 /// A child ghost asked for an rforked child ([`Message::GhostRfork`]).
 #[derive(Debug)]
@@ -264,6 +274,7 @@ impl Inner {
                 let p = self.procs.remove(&key)?;
                 if let Some(gh) = p.ghost.and_then(|gp| self.ghosts.get_mut(&gp)) {
                     gh.remote = None;
+                    gh.held.clear();
                 }
                 if let Some(gp) = p.ghost {
                     self.remember_end(gp, p.uid, status);
@@ -384,6 +395,7 @@ impl Inner {
             }
         }
         self.ghost_of.push((key.0, Message::GhostOf { pid: child, ghost: a.ghost }));
+        self.release_held(a.ghost, (key.0, child));
         true
     }
 
@@ -401,6 +413,15 @@ impl Inner {
             if let Some(gh) = self.ghosts.get_mut(&a.ghost).filter(|_| a.connected) {
                 gh.send(Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::Code(0) });
             }
+        }
+    }
+
+    /// Ghost `gp` now stands for process `key`: the signals it held go to that process
+    /// (through [`Inner::ghost_of`]).
+    fn release_held(&mut self, gp: i32, key: (i32, i32)) {
+        let Some(gh) = self.ghosts.get_mut(&gp) else { return };
+        for (signal, sender) in std::mem::take(&mut gh.held) {
+            self.ghost_of.push((key.0, Message::SignalPid { pid: key.1, signal, sender }));
         }
     }
 
@@ -599,6 +620,9 @@ impl Ghosts {
                 inner.moved.insert(old);
             }
         }
+        if let Some(gp) = ghost {
+            inner.release_held(gp, (n, pid));
+        }
         g.procs.insert((n, pid), Proc { ghost, launch: Some(was), uid, output });
         let mut ends = Vec::new();
         g.replay((n, pid), &mut ends);
@@ -715,6 +739,7 @@ impl Ghosts {
             inner.notify(gp, ExitStatus::NodeLost);
             if let Some(gh) = inner.ghosts.get_mut(&gp) {
                 gh.remote = None;
+                gh.held.clear();
                 gh.send(Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::NodeLost });
             }
         }
@@ -779,6 +804,7 @@ impl Ghosts {
             }
             gh.uid = Some(p.uid);
             gh.remote = Some(key);
+            inner.release_held(p.ghost, key);
             inner
                 .procs
                 .insert(key, Proc { ghost: Some(p.ghost), launch, uid: p.uid, output: None });
@@ -967,7 +993,8 @@ impl Ghosts {
         Some((f.node, a.seq))
     }
 
-    /// The `GhostOf`s for node `n` that ahead forks bound since the last call.
+    /// What the table made for node `n` since the last call: the `GhostOf`s of ahead forks
+    /// bound, and the signals ghosts held until their processes there were known.
     pub(crate) fn take_ghost_of(&self, n: i32) -> Vec<Message> {
         let mut g = self.lock();
         let (mine, rest) = std::mem::take(&mut g.ghost_of).into_iter().partition(|m| m.0 == n);
@@ -981,9 +1008,19 @@ impl Ghosts {
         self.lock().made
     }
 
-    /// The remote process ghost `pid` stands for.
-    pub(crate) fn remote_of(&self, pid: i32) -> Option<(i32, i32)> {
-        self.lock().ghosts.get(&pid).and_then(|g| g.remote)
+    /// Where a signal to ghost `pid` goes: its process `(node, pid)`; none while that is
+    /// not known yet (its rank still starting), and the signal is held until it is (one of
+    /// each standard signal, as the kernel keeps them pending, and at most [`MAX_HELD`]).
+    pub(crate) fn signal_target(&self, pid: i32, signal: i32, sender: i32) -> Option<(i32, i32)> {
+        let mut g = self.lock();
+        let gh = g.ghosts.get_mut(&pid)?;
+        if gh.remote.is_none() {
+            let again = signal < FIRST_REALTIME && gh.held.iter().any(|h| h.0 == signal);
+            if !again && gh.held.len() < MAX_HELD {
+                gh.held.push((signal, sender));
+            }
+        }
+        gh.remote
     }
 }
 
@@ -1047,7 +1084,7 @@ pub(crate) async fn serve(
                     }
                 }
                 Ok(Some((_, Message::GhostSignal { signal, sender }))) => {
-                    if let Some((n, rpid)) = shared.ghosts.remote_of(pid) {
+                    if let Some((n, rpid)) = shared.ghosts.signal_target(pid, signal, sender) {
                         if let Some(node) = shared.table().get(n) {
                             node.send(0, Message::SignalPid { pid: rpid, signal, sender });
                         }
@@ -1163,4 +1200,33 @@ pub(crate) async fn stop_watch(shared: Arc<Shared>) {
 /// The state letter of process `pid` (`T` when stopped).
 fn state_of(pid: i32) -> Option<char> {
     bproc_sys::peer::Stat::read(pid)?.state()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_before_the_start_are_held_and_follow_it() {
+        let g = Ghosts::default();
+        g.lock().ghosts.insert(100, Ghost::default());
+        let signal = |signal, sender| Message::SignalPid { pid: 555, signal, sender };
+        // A standard signal is held once, however often it comes; a real-time one each time.
+        for (sig, sender) in [(15, 7), (15, 8), (40, 9), (40, 10)] {
+            assert_eq!(g.signal_target(100, sig, sender), None);
+        }
+        assert!(g.take_ghost_of(3).is_empty(), "nothing goes before the start");
+        g.started(3, 555, (1, 0), 100, 0, None);
+        assert_eq!(g.take_ghost_of(3), [signal(15, 7), signal(40, 9), signal(40, 10)]);
+        // Once started, a signal goes at once.
+        assert_eq!(g.signal_target(100, 2, 0), Some((3, 555)));
+        assert!(g.take_ghost_of(3).is_empty());
+        // No more than MAX_HELD are held; none for a ghost the table does not know.
+        g.lock().ghosts.insert(101, Ghost::default());
+        for _ in 0..2 * MAX_HELD {
+            g.signal_target(101, 40, 0);
+        }
+        assert_eq!(g.lock().ghosts[&101].held.len(), MAX_HELD);
+        assert_eq!(g.signal_target(999, 15, 0), None);
+    }
 }

@@ -801,6 +801,17 @@ fn forks_take_their_ghosts_pids() {
     }
 }
 
+/// The ghost `[NAME]` of launcher `bpsh`, waited for.
+fn ghost_named(bpsh: i32, name: &str) -> i32 {
+    let args = format!("[{name}]");
+    until(10, "the ghost", || {
+        std::fs::read_dir("/proc").ok()?.find_map(|e| {
+            let pid = e.ok()?.file_name().to_str()?.parse::<i32>().ok()?;
+            ps(pid).filter(|p| p.0 == bpsh && p.2.starts_with(&args)).map(|_| pid)
+        })
+    })
+}
+
 /// A signal sent to a ghost reaches its process on the node with the sender's pid (on the
 /// front end) in `si_pid` and `SI_QUEUE` in `si_code`, though the process runs in the
 /// slave's pid namespace (the slave queues it from inside).
@@ -814,12 +825,7 @@ fn a_forwarded_signal_names_its_sender() {
     let mut job = c.cmd("bpsh").args(["1", prog.to_str().unwrap()]).spawn();
     job.wait_line(20, "the program to be ready", |n, l| n == 1 && l == "ready");
     let bpsh = job.pid();
-    let ghost = until(10, "the ghost", || {
-        std::fs::read_dir("/proc").ok()?.find_map(|e| {
-            let pid = e.ok()?.file_name().to_str()?.parse::<i32>().ok()?;
-            ps(pid).filter(|p| p.0 == bpsh && p.2.starts_with("[siginfo]")).map(|_| pid)
-        })
-    });
+    let ghost = ghost_named(bpsh, "siginfo");
     kill(Pid::from_raw(ghost), Signal::SIGUSR1).unwrap();
     let st = job.finish(20);
     assert!(st.success(), "{job:?}");
@@ -829,6 +835,52 @@ fn a_forwarded_signal_names_its_sender() {
         Some(format!("si_pid {me} si_code -1").as_str())
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A signal sent to a ghost while its rank is still starting reaches the process once it has
+/// started: the master holds it until the start is reported (it was dropped, and of a
+/// 1024-node launch whose 904 ghosts were sent SIGTERM as they appeared, 772 ranks ran on).
+/// The rank's start waits for its stdin, a FIFO on the node that the test opens only once
+/// the ghost has taken the signal.
+#[test]
+fn a_signal_before_the_start_reaches_the_process() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let c = TestCluster::up(&bins(), 1, "ghost-early-signal");
+    /// Removes its directory when dropped, also on failure.
+    struct Scratch(std::path::PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    // Where the node sees it too (a node's /tmp is its own).
+    let dir = Scratch(format!("/var/tmp/bproc-test-{}-early", std::process::id()).into());
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let fifo = dir.0.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    let mut job = c.cmd("bpsh").args(["0", "-I", fifo.to_str().unwrap(), "sleep", "100"]).spawn();
+    let bpsh = job.pid();
+    let ghost = ghost_named(bpsh, "sleep");
+    kill(Pid::from_raw(ghost), Signal::SIGTERM).unwrap();
+    // The ghost has taken it (and sent it on) once it is no longer pending.
+    let term = 1u64 << (Signal::SIGTERM as i32 - 1);
+    until(10, "the ghost to take the signal", || {
+        let status = std::fs::read_to_string(format!("/proc/{ghost}/status")).ok()?;
+        let pending = status
+            .lines()
+            .filter(|l| l.starts_with("ShdPnd:") || l.starts_with("SigPnd:"))
+            .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+            .fold(0, |a, b| a | b);
+        (pending & term == 0).then_some(())
+    });
+    // Now the rank may start: the node's open of its stdin is the FIFO's reader.
+    let _writer = until(10, "the node to open its end of the FIFO", || {
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).ok()
+    });
+    let st = job.finish(20);
+    assert!(!st.success(), "the rank ran on: {job:?}");
 }
 
 /// Forks on a node do not wait for a master that does not answer: with the master stopped,
