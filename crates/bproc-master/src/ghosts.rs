@@ -184,6 +184,10 @@ struct Inner {
     /// at most [`MAX_ENDED`].
     ended: HashMap<i32, (u32, ExitStatus)>,
     ended_order: std::collections::VecDeque<i32>,
+    /// Ghosts killed before their processes were known (their ranks still starting), oldest
+    /// first, at most [`MAX_ENDED`]: a start that names one is killed as it comes.
+    gone_early: std::collections::HashSet<i32>,
+    gone_early_order: std::collections::VecDeque<i32>,
 }
 
 /// Most ends kept for late waits.
@@ -229,6 +233,17 @@ impl Inner {
         while self.ended_order.len() > MAX_ENDED {
             if let Some(old) = self.ended_order.pop_front() {
                 self.ended.remove(&old);
+            }
+        }
+    }
+
+    fn remember_gone_early(&mut self, ghost: i32) {
+        if self.gone_early.insert(ghost) {
+            self.gone_early_order.push_back(ghost);
+        }
+        while self.gone_early_order.len() > MAX_ENDED {
+            if let Some(old) = self.gone_early_order.pop_front() {
+                self.gone_early.remove(&old);
             }
         }
     }
@@ -610,6 +625,21 @@ impl Ghosts {
         let mut g = self.lock();
         let inner = &mut *g;
         let ghost = (ghost > 0).then_some(ghost);
+        if let Some(gp) = ghost {
+            let killed = match inner.ghosts.get(&gp) {
+                // Killed after its hello.
+                None => inner.gone_early.remove(&gp),
+                // Killed before its hello, which will never come (one /proc read, for a
+                // ghost not connected by the time its rank started).
+                Some(gh) => gh.tx.is_none() && gh.remote.is_none() && !alive(gp),
+            };
+            if killed {
+                // Its ghost was killed while the rank was starting: so is the process.
+                inner.ghosts.remove(&gp);
+                let signal = nix::sys::signal::Signal::SIGKILL as i32;
+                inner.ghost_of.push((n, Message::SignalPid { pid, signal, sender: 0 }));
+            }
+        }
         let mut was = (launch, rank);
         if let Some(gh) = ghost.and_then(|p| inner.ghosts.get_mut(&p)) {
             if let Some(old) = gh.remote.replace((n, pid)).filter(|o| *o != (n, pid)) {
@@ -934,15 +964,22 @@ impl Ghosts {
     }
 
     /// Ghost `pid`'s connection closed: returns the remote process it leaves running (it was
-    /// killed: only SIGKILL can end a ghost before its process).
+    /// killed: only SIGKILL can end a ghost before its process). One killed while its rank
+    /// was starting is remembered, and its process killed as the start comes.
     fn disconnect(&self, pid: i32) -> Option<(i32, i32)> {
         let mut g = self.lock();
         // A ghost forked ahead for a fork that never came.
         g.forks.retain(|_, f| f.child != 0 || f.ahead.is_none_or(|a| a.ghost != pid));
         let gh = g.ghosts.remove(&pid)?;
-        // Its process is killed with it.
+        // Its process is killed with it: now, or as its start comes.
         g.notify(pid, ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL as i32));
-        let remote = gh.remote?;
+        let Some(remote) = gh.remote else {
+            // None yet, or none any more (its process ended, which is remembered).
+            if !g.ended.contains_key(&pid) {
+                g.remember_gone_early(pid);
+            }
+            return None;
+        };
         // Only the process this ghost stands for (another ghost may stand for its pid now).
         let p = g.procs.get_mut(&remote).filter(|p| p.ghost == Some(pid))?;
         p.ghost = None;
@@ -1206,10 +1243,17 @@ fn state_of(pid: i32) -> Option<char> {
 mod tests {
     use super::*;
 
+    /// A ghost that said hello (its connection's sending side, left open).
+    fn connected() -> Ghost {
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::mem::forget(rx);
+        Ghost { tx: Some(tx), ..Ghost::default() }
+    }
+
     #[test]
     fn signals_before_the_start_are_held_and_follow_it() {
         let g = Ghosts::default();
-        g.lock().ghosts.insert(100, Ghost::default());
+        g.lock().ghosts.insert(100, connected());
         let signal = |signal, sender| Message::SignalPid { pid: 555, signal, sender };
         // A standard signal is held once, however often it comes; a real-time one each time.
         for (sig, sender) in [(15, 7), (15, 8), (40, 9), (40, 10)] {
@@ -1222,11 +1266,35 @@ mod tests {
         assert_eq!(g.signal_target(100, 2, 0), Some((3, 555)));
         assert!(g.take_ghost_of(3).is_empty());
         // No more than MAX_HELD are held; none for a ghost the table does not know.
-        g.lock().ghosts.insert(101, Ghost::default());
+        g.lock().ghosts.insert(101, connected());
         for _ in 0..2 * MAX_HELD {
             g.signal_target(101, 40, 0);
         }
         assert_eq!(g.lock().ghosts[&101].held.len(), MAX_HELD);
         assert_eq!(g.signal_target(999, 15, 0), None);
+    }
+
+    #[test]
+    fn a_ghost_killed_before_the_start_takes_its_process_with_it() {
+        let g = Ghosts::default();
+        let kill = |pid| Message::SignalPid { pid, signal: 9, sender: 0 };
+        // Killed after its hello: its connection closed.
+        g.lock().ghosts.insert(100, connected());
+        assert_eq!(g.disconnect(100), None);
+        g.started(3, 555, (1, 0), 100, 0, None);
+        assert_eq!(g.take_ghost_of(3), [kill(555)]);
+        // Killed before its hello: claimed by the launch, and no longer a process.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id() as i32;
+        gone.wait().unwrap();
+        g.lock().ghosts.insert(dead, Ghost::default());
+        g.started(3, 556, (1, 1), dead, 0, None);
+        assert_eq!(g.take_ghost_of(3), [kill(556)]);
+        // Alive and not connected yet, or not known at all: the process runs.
+        let me = std::process::id() as i32;
+        g.lock().ghosts.insert(me, Ghost::default());
+        g.started(3, 557, (1, 2), me, 0, None);
+        g.started(3, 558, (1, 3), 101, 0, None);
+        assert!(g.take_ghost_of(3).is_empty());
     }
 }

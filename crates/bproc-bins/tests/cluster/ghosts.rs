@@ -803,11 +803,17 @@ fn forks_take_their_ghosts_pids() {
 
 /// The ghost `[NAME]` of launcher `bpsh`, waited for.
 fn ghost_named(bpsh: i32, name: &str) -> i32 {
+    ghost_named_but(bpsh, name, 0)
+}
+
+/// A ghost `[NAME]` of launcher `bpsh` other than `but`, waited for.
+fn ghost_named_but(bpsh: i32, name: &str, but: i32) -> i32 {
     let args = format!("[{name}]");
     until(10, "the ghost", || {
         std::fs::read_dir("/proc").ok()?.find_map(|e| {
             let pid = e.ok()?.file_name().to_str()?.parse::<i32>().ok()?;
-            ps(pid).filter(|p| p.0 == bpsh && p.2.starts_with(&args)).map(|_| pid)
+            let named = |p: &(i32, char, String)| p.0 == bpsh && p.2.starts_with(&args);
+            (pid != but && ps(pid).is_some_and(|p| named(&p))).then_some(pid)
         })
     })
 }
@@ -837,31 +843,48 @@ fn a_forwarded_signal_names_its_sender() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A signal sent to a ghost while its rank is still starting reaches the process once it has
-/// started: the master holds it until the start is reported (it was dropped, and of a
-/// 1024-node launch whose 904 ghosts were sent SIGTERM as they appeared, 772 ranks ran on).
-/// The rank's start waits for its stdin, a FIFO on the node that the test opens only once
-/// the ghost has taken the signal.
-#[test]
-fn a_signal_before_the_start_reaches_the_process() {
-    use std::os::unix::fs::OpenOptionsExt;
-    let c = TestCluster::up(&bins(), 1, "ghost-early-signal");
-    /// Removes its directory when dropped, also on failure.
-    struct Scratch(std::path::PathBuf);
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+/// Removes its directory when dropped, also on failure.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
-    // Where the node sees it too (a node's /tmp is its own).
-    let dir = Scratch(format!("/var/tmp/bproc-test-{}-early", std::process::id()).into());
+}
+
+/// A FIFO where the nodes see it too (a node's /tmp is its own), in a directory removed
+/// with the returned guard; a rank given it as stdin (`bpsh -I`) starts only once it is
+/// opened for writing ([`open_fifo`]).
+fn node_fifo(tag: &str) -> (Scratch, std::path::PathBuf) {
+    let dir = Scratch(format!("/var/tmp/bproc-test-{}-{tag}", std::process::id()).into());
     let _ = std::fs::remove_dir_all(&dir.0);
     std::fs::create_dir_all(&dir.0).unwrap();
     let fifo = dir.0.join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    (dir, fifo)
+}
+
+/// Opens `fifo` for writing once a node has opened it for reading, which lets the ranks
+/// waiting for it start.
+fn open_fifo(fifo: &std::path::Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    until(10, "a node to open its end of the FIFO", || {
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).custom_flags(nix::libc::O_NONBLOCK).open(fifo).ok()
+    })
+}
+
+/// A signal sent to a ghost while its rank is still starting reaches the process once it has
+/// started: the master holds it until the start is reported (it was dropped, and of a
+/// 1024-node launch whose 904 ghosts were sent SIGTERM as they appeared, 772 ranks ran on).
+/// The rank's start waits for its stdin, a FIFO that the test opens only once the ghost has
+/// taken the signal.
+#[test]
+fn a_signal_before_the_start_reaches_the_process() {
+    let c = TestCluster::up(&bins(), 1, "ghost-early-signal");
+    let (_dir, fifo) = node_fifo("early-signal");
     let mut job = c.cmd("bpsh").args(["0", "-I", fifo.to_str().unwrap(), "sleep", "100"]).spawn();
-    let bpsh = job.pid();
-    let ghost = ghost_named(bpsh, "sleep");
+    let ghost = ghost_named(job.pid(), "sleep");
     kill(Pid::from_raw(ghost), Signal::SIGTERM).unwrap();
     // The ghost has taken it (and sent it on) once it is no longer pending.
     let term = 1u64 << (Signal::SIGTERM as i32 - 1);
@@ -874,13 +897,54 @@ fn a_signal_before_the_start_reaches_the_process() {
             .fold(0, |a, b| a | b);
         (pending & term == 0).then_some(())
     });
-    // Now the rank may start: the node's open of its stdin is the FIFO's reader.
-    let _writer = until(10, "the node to open its end of the FIFO", || {
-        let mut open = std::fs::OpenOptions::new();
-        open.write(true).custom_flags(nix::libc::O_NONBLOCK).open(&fifo).ok()
-    });
+    let _writer = open_fifo(&fifo);
     let st = job.finish(20);
     assert!(!st.success(), "the rank ran on: {job:?}");
+}
+
+/// A ghost killed while its rank is still starting takes the process with it as the start
+/// comes, as one killed later does (the process ran on, without a ghost). Two ranks read
+/// their stdin from `/tmp/early-kill`, each node's own: on node 1 a file, on node 0 a FIFO,
+/// so rank 0 starts only once the test has killed its ghost and opened the FIFO (from node
+/// 0); rank 1 keeps the launch going until its ghost is sent SIGTERM.
+#[test]
+fn a_ghost_killed_before_the_start_takes_its_process_with_it() {
+    if !require_root("each node has a /tmp of its own only with a root slave's namespaces") {
+        return;
+    }
+    let c = TestCluster::up(&bins(), 2, "ghost-early-kill");
+    let path = "/tmp/early-kill";
+    c.cmd("bpsh").args(["0", "mkfifo", "-m", "666", path]).ok();
+    c.cmd("bpsh").args(["1", "touch", path]).ok();
+    let program = ["sleep", "4246"];
+    let mut job = c.cmd("bpsh").args(["0-1", "-I", path]).args(program).spawn();
+    let bpsh = job.pid();
+    let running_on_1 = until(10, "rank 1 to start", || {
+        c.client().ok()?.procs().ok()?.iter().find(|p| p.node == 1).map(|p| p.pid)
+    });
+    let early = ghost_named_but(bpsh, "sleep", running_on_1);
+    kill(Pid::from_raw(early), Signal::SIGKILL).unwrap();
+    until(10, "the killed ghost to end", || ps(early).is_none_or(|p| p.1 == 'Z').then_some(()));
+    // Node 0's FIFO, through a process there (a launch to node 0 would wait for rank 0's
+    // start): opened once rank 0 has opened it, just before it runs its program.
+    let fifo = until(10, "node 0's FIFO", || {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::read_dir("/proc").ok()?.find_map(|e| {
+            let f = e.ok()?.path().join("root").join(path.trim_start_matches('/'));
+            std::fs::metadata(&f).ok()?.file_type().is_fifo().then_some(f)
+        })
+    });
+    let _writer = open_fifo(&fifo);
+    kill(Pid::from_raw(running_on_1), Signal::SIGTERM).unwrap();
+    job.finish(20);
+    let want = program.join(" ");
+    until(10, "no process of the launch left", || {
+        let left = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .any(|p| ps(p).is_some_and(|p| p.1 != 'Z' && p.2 == want));
+        (!left).then_some(())
+    });
 }
 
 /// Forks on a node do not wait for a master that does not answer: with the master stopped,
