@@ -175,10 +175,10 @@ struct Inner {
     rforks: HashMap<u64, Rfork>,
     /// Clients waiting for the end of the process of a ghost ([`Message::ProcWait`]).
     waiters: HashMap<i32, Vec<tokio::sync::oneshot::Sender<ExitStatus>>>,
-    /// Messages for the slaves, made while the table was locked ([`Ghosts::take_ghost_of`]):
-    /// the `GhostOf`s of ahead forks bound when their events came, and the signals ghosts
-    /// held until their processes were known.
-    ghost_of: Vec<(i32, Message)>,
+    /// Messages for the slaves, made while the table was locked ([`Ghosts::take_for_node`]):
+    /// the `GhostOf`s of ahead forks bound when their events came, the signals ghosts held
+    /// until their processes were known, and the kills of processes whose ghosts died first.
+    for_nodes: Vec<(i32, Message)>,
     /// How the processes of ghosts lately ended, with their owners, for a wait that comes
     /// after the end (a child that exits at once, before its stand-in asks); oldest first,
     /// at most [`MAX_ENDED`].
@@ -409,7 +409,7 @@ impl Inner {
                 gh.send(m);
             }
         }
-        self.ghost_of.push((key.0, Message::GhostOf { pid: child, ghost: a.ghost }));
+        self.for_nodes.push((key.0, Message::GhostOf { pid: child, ghost: a.ghost }));
         self.release_held(a.ghost, (key.0, child));
         true
     }
@@ -432,11 +432,11 @@ impl Inner {
     }
 
     /// Ghost `gp` now stands for process `key`: the signals it held go to that process
-    /// (through [`Inner::ghost_of`]).
+    /// (through [`Inner::for_nodes`]).
     fn release_held(&mut self, gp: i32, key: (i32, i32)) {
         let Some(gh) = self.ghosts.get_mut(&gp) else { return };
         for (signal, sender) in std::mem::take(&mut gh.held) {
-            self.ghost_of.push((key.0, Message::SignalPid { pid: key.1, signal, sender }));
+            self.for_nodes.push((key.0, Message::SignalPid { pid: key.1, signal, sender }));
         }
     }
 
@@ -637,7 +637,7 @@ impl Ghosts {
                 // Its ghost was killed while the rank was starting: so is the process.
                 inner.ghosts.remove(&gp);
                 let signal = nix::sys::signal::Signal::SIGKILL as i32;
-                inner.ghost_of.push((n, Message::SignalPid { pid, signal, sender: 0 }));
+                inner.for_nodes.push((n, Message::SignalPid { pid, signal, sender: 0 }));
             }
         }
         let mut was = (launch, rank);
@@ -1030,12 +1030,11 @@ impl Ghosts {
         Some((f.node, a.seq))
     }
 
-    /// What the table made for node `n` since the last call: the `GhostOf`s of ahead forks
-    /// bound, and the signals ghosts held until their processes there were known.
-    pub(crate) fn take_ghost_of(&self, n: i32) -> Vec<Message> {
+    /// What the table made for node `n` since the last call ([`Inner::for_nodes`]).
+    pub(crate) fn take_for_node(&self, n: i32) -> Vec<Message> {
         let mut g = self.lock();
-        let (mine, rest) = std::mem::take(&mut g.ghost_of).into_iter().partition(|m| m.0 == n);
-        g.ghost_of = rest;
+        let (mine, rest) = std::mem::take(&mut g.for_nodes).into_iter().partition(|m| m.0 == n);
+        g.for_nodes = rest;
         mine.into_iter().map(|m: (i32, Message)| m.1).collect()
     }
 
@@ -1259,12 +1258,12 @@ mod tests {
         for (sig, sender) in [(15, 7), (15, 8), (40, 9), (40, 10)] {
             assert_eq!(g.signal_target(100, sig, sender), None);
         }
-        assert!(g.take_ghost_of(3).is_empty(), "nothing goes before the start");
+        assert!(g.take_for_node(3).is_empty(), "nothing goes before the start");
         g.started(3, 555, (1, 0), 100, 0, None);
-        assert_eq!(g.take_ghost_of(3), [signal(15, 7), signal(40, 9), signal(40, 10)]);
+        assert_eq!(g.take_for_node(3), [signal(15, 7), signal(40, 9), signal(40, 10)]);
         // Once started, a signal goes at once.
         assert_eq!(g.signal_target(100, 2, 0), Some((3, 555)));
-        assert!(g.take_ghost_of(3).is_empty());
+        assert!(g.take_for_node(3).is_empty());
         // No more than MAX_HELD are held; none for a ghost the table does not know.
         g.lock().ghosts.insert(101, connected());
         for _ in 0..2 * MAX_HELD {
@@ -1282,19 +1281,19 @@ mod tests {
         g.lock().ghosts.insert(100, connected());
         assert_eq!(g.disconnect(100), None);
         g.started(3, 555, (1, 0), 100, 0, None);
-        assert_eq!(g.take_ghost_of(3), [kill(555)]);
+        assert_eq!(g.take_for_node(3), [kill(555)]);
         // Killed before its hello: claimed by the launch, and no longer a process.
         let mut gone = std::process::Command::new("true").spawn().unwrap();
         let dead = gone.id() as i32;
         gone.wait().unwrap();
         g.lock().ghosts.insert(dead, Ghost::default());
         g.started(3, 556, (1, 1), dead, 0, None);
-        assert_eq!(g.take_ghost_of(3), [kill(556)]);
+        assert_eq!(g.take_for_node(3), [kill(556)]);
         // Alive and not connected yet, or not known at all: the process runs.
         let me = std::process::id() as i32;
         g.lock().ghosts.insert(me, Ghost::default());
         g.started(3, 557, (1, 2), me, 0, None);
         g.started(3, 558, (1, 3), 101, 0, None);
-        assert!(g.take_ghost_of(3).is_empty());
+        assert!(g.take_for_node(3).is_empty());
     }
 }

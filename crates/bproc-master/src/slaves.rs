@@ -455,7 +455,7 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
             for (launch, rank, status) in shared.ghosts.event(n, pid, change) {
                 shared.launches.exited(launch, rank, status);
             }
-            send_ghost_of(shared, n, session);
+            send_for_node(shared, n, session);
         }
         Message::ForkAhead { seq, pid, comm } => {
             if let Some(ghost) = shared.ghosts.fork_ahead(n, pid, comm, seq) {
@@ -474,7 +474,7 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
             for (launch, rank, status) in ends {
                 shared.launches.exited(launch, rank, status);
             }
-            send_ghost_of(shared, n, session);
+            send_for_node(shared, n, session);
         }
         Message::RankRefused { launch, rank, reason } => {
             shared.launches.rank_refused(n, launch, rank, reason);
@@ -487,8 +487,8 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
                     {
                         shared.launches.exited(launch, rank, status);
                     }
-                    // The signals its ghost took while the rank was starting.
-                    send_ghost_of(shared, n, session);
+                    // What its ghost left for the start: signals, or a kill.
+                    send_for_node(shared, n, session);
                 } else {
                     shared.ghosts.abandon(ghost);
                 }
@@ -525,9 +525,9 @@ fn on_frame(shared: &Shared, n: i32, conn: u64, id: u32, msg: Message) -> Option
     None
 }
 
-/// Sends node `n` what the ghost table made for it ([`crate::ghosts::Ghosts::take_ghost_of`]).
-fn send_ghost_of(shared: &Shared, n: i32, session: &crate::table::Session) {
-    for msg in shared.ghosts.take_ghost_of(n) {
+/// Sends node `n` what the ghost table made for it ([`crate::ghosts::Ghosts::take_for_node`]).
+fn send_for_node(shared: &Shared, n: i32, session: &crate::table::Session) {
+    for msg in shared.ghosts.take_for_node(n) {
         let _ = session.tx.send(Outgoing::Frame(0, msg));
     }
 }
