@@ -237,6 +237,7 @@ impl Inner {
         }
     }
 
+    /// Notes that `ghost` ended before its process was known ([`Inner::gone_early`]).
     fn remember_gone_early(&mut self, ghost: i32) {
         if self.gone_early.insert(ghost) {
             self.gone_early_order.push_back(ghost);
@@ -622,16 +623,22 @@ impl Ghosts {
         uid: u32,
         mut output: Option<Output>,
     ) -> Vec<RankEnd> {
+        let ghost = (ghost > 0).then_some(ghost);
+        // A launch's ghost not connected by the time its rank started may have been killed
+        // before its hello, which then never comes: one /proc read, not under the lock.
+        let waiting = |gh: &Ghost| gh.tx.is_none() && gh.remote.is_none();
+        let dead = ghost.is_some_and(|gp| {
+            let unconnected = self.lock().ghosts.get(&gp).is_some_and(waiting);
+            unconnected && !alive(gp)
+        });
         let mut g = self.lock();
         let inner = &mut *g;
-        let ghost = (ghost > 0).then_some(ghost);
         if let Some(gp) = ghost {
             let killed = match inner.ghosts.get(&gp) {
                 // Killed after its hello.
                 None => inner.gone_early.remove(&gp),
-                // Killed before its hello, which will never come (one /proc read, for a
-                // ghost not connected by the time its rank started).
-                Some(gh) => gh.tx.is_none() && gh.remote.is_none() && !alive(gp),
+                // Killed before it (and not connected since).
+                Some(gh) => dead && waiting(gh),
             };
             if killed {
                 // Its ghost was killed while the rank was starting: so is the process.
