@@ -740,12 +740,26 @@ async fn launch(
     // A ghost for each remote process, in our process group: Ctrl-C, Ctrl-Z and `kill` on it
     // reach the process, and `ps` shows it.
     let ghosts = match &p.ghost {
-        Some(g) => bproc_client::launch::ghosts_keeping_output(
+        Some(g) => match bproc_client::launch::ghosts_keeping_output(
             g,
             &bproc_client::ghost::comm_of(&spec.path),
             &p.nodes,
             rejoin(p, spec),
-        ),
+        ) {
+            Ok(ghosts) => ghosts,
+            // Whoever killed them meant the job to end: nothing is started.
+            Err(e) if bproc_client::ghost::killed(&e).is_some() => {
+                eprintln!("bpsh: {e}; nothing was started");
+                return Err(ExitCode::FAILURE);
+            }
+            Err(e) => {
+                eprintln!(
+                    "bpsh: {e}; the processes run without ghosts (ps, kill and job control \
+                     on the front end do not reach them)"
+                );
+                vec![0; p.nodes.len()]
+            }
+        },
         None => vec![0; p.nodes.len()],
     };
     let launch = Message::Launch {

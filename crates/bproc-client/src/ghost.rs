@@ -117,7 +117,7 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
     let mut first = cmd.stdout(Stdio::piped()).spawn()?;
     let first_pid = first.id() as i32;
     match first.stdout.take() {
-        Some(out) => read_pids(out, program, n, relay.is_some(), first_pid),
+        Some(out) => read_pids(out, program, comm, n, relay.is_some(), first_pid),
         None => Ok(Vec::new()),
     }
 }
@@ -145,7 +145,7 @@ pub fn fork_keeping_output(
     match bproc_ghost::light::fork(std::path::Path::new(program), comm, n, env) {
         Ok((first, None)) => Ok(vec![first]),
         Ok((first, Some(lines))) => {
-            let pids = read_pids(lines, program, n, false, first)?;
+            let pids = read_pids(lines, program, comm, n, false, first)?;
             Ok(pids.into_iter().map(|(pid, _)| pid).collect())
         }
         Err(_) => spawn_keeping_output(program, comm, n, rejoin),
@@ -165,12 +165,34 @@ fn ghost_env(rejoin: Option<&Rejoin>) -> Vec<(OsString, OsString)> {
     env
 }
 
+/// Ghosts that died as they were made: someone killed them, or their maker, before the
+/// launcher knew them all. The launch must not go on without them, since whoever killed
+/// them meant their processes to end (an error's payload: see [`killed`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the ghosts were killed as they were made ({made} of {of} made)")]
+pub struct GhostsKilled {
+    /// The ghosts whose pids came.
+    pub made: usize,
+    /// The ghosts asked for.
+    pub of: usize,
+}
+
+/// The [`GhostsKilled`] that `e` is, when ghosts failed because they were killed (not
+/// because the system would make no more, or the ghost program failed).
+pub fn killed(e: &std::io::Error) -> Option<&GhostsKilled> {
+    e.get_ref().and_then(|e| e.downcast_ref::<GhostsKilled>())
+}
+
 /// Reads the ghosts' `INDEX PID` lines (`INDEX PID PORT` with relays) from `out` until every
 /// ghost has let go of it; the pids (and ports) in index order. If one is missing, every
-/// ghost made (and `first`, the one that made them) is ended.
+/// ghost made (and `first`, the one that made them, and the ghosts named `comm` that a killed
+/// maker made but never named) is ended, and the error says why: the
+/// errno of a maker's `! ERRNO` line (it could make no more), the ghost program's failure
+/// (`first` exited), or else [`GhostsKilled`].
 fn read_pids(
     mut out: impl std::io::Read,
     program: &str,
+    comm: &str,
     n: usize,
     relay: bool,
     first: i32,
@@ -178,27 +200,84 @@ fn read_pids(
     let mut list = String::new();
     out.read_to_string(&mut list)?;
     let mut pids = vec![(0i32, 0u16); n];
-    for (i, pid, port) in list.lines().filter_map(|l| {
-        let mut f = l.split(' ');
-        let i = f.next()?.parse::<usize>().ok()?;
-        let pid = f.next()?.parse::<i32>().ok()?;
-        let port = f.next().map_or(Some(0), |p| p.parse::<u16>().ok())?;
-        Some((i, pid, port))
-    }) {
-        if let Some(slot) = pids.get_mut(i) {
-            *slot = (pid, port);
+    let mut failed = None;
+    for line in list.lines() {
+        let mut f = line.split(' ');
+        let (Some(i), Some(pid)) = (f.next(), f.next()) else { continue };
+        if i == "!" {
+            failed = pid.parse::<i32>().ok();
+            continue;
+        }
+        let port = f.next().map_or(Some(0), |p| p.parse::<u16>().ok());
+        if let (Ok(i), Ok(pid), Some(port)) = (i.parse::<usize>(), pid.parse::<i32>(), port) {
+            if let Some(slot) = pids.get_mut(i) {
+                *slot = (pid, port);
+            }
         }
     }
-    if pids.iter().any(|(pid, port)| *pid == 0 || (relay && *port == 0)) {
-        let all = pids.iter().map(|p| p.0).chain(std::iter::once(first));
-        discard(all);
-        return Err(std::io::Error::other(format!(
-            "{program} made {} of {n} ghosts",
-            list.lines().count()
-        )));
+    if pids.iter().all(|(pid, port)| *pid != 0 && (!relay || *port != 0)) {
+        // The ghosts are reaped by whoever waits for them (the caller); `first` is not
+        // waited for.
+        return Ok(pids);
     }
-    // The ghosts are reaped by whoever waits for them (the caller); `first` is not waited for.
-    Ok(pids)
+    let made = pids.iter().filter(|p| p.0 != 0).count();
+    // Looked at before `discard` reaps it.
+    let first_exit = first_exit_code(first);
+    // Each once: a pid reaped may be another process's by its second turn.
+    let mut all: std::collections::BTreeSet<i32> = strays(first, comm).into_iter().collect();
+    all.extend(pids.iter().map(|p| p.0).chain(std::iter::once(first)));
+    discard(all);
+    Err(match (failed, first_exit) {
+        (Some(errno), _) => {
+            let e = nix::errno::Errno::from_raw(errno);
+            let hint = match e {
+                nix::errno::Errno::EAGAIN => " (each ghost is a process: see `ulimit -u`)",
+                _ => "",
+            };
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!("{program} made {made} of {n} ghosts: {}{hint}", crate::strerror(errno)),
+            )
+        }
+        (None, Some(code)) => std::io::Error::other(format!(
+            "{program} made {made} of {n} ghosts and exited with code {code}"
+        )),
+        (None, None) => std::io::Error::other(GhostsKilled { made, of: n }),
+    })
+}
+
+/// The caller's children named `comm` that started no earlier than `first`: the ghosts its
+/// makers made, named or not (a maker killed before it wrote their lines leaves them
+/// unnamed, and nothing else would end them). The caller has no other such children while
+/// its ghosts are being made, before any of its ranks starts.
+fn strays(first: i32, comm: &str) -> Vec<i32> {
+    use bproc_sys::peer::{read_proc, Stat};
+    const START: usize = 22;
+    let Some(since) = Stat::read(first).and_then(|s| s.num::<u64>(START)) else {
+        return Vec::new();
+    };
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    tasks
+        .filter_map(|t| read_proc(t.ok()?.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).collect::<Vec<_>>()
+        })
+        .filter(|&pid| {
+            Stat::read(pid).is_some_and(|s| {
+                s.comm() == comm && s.num::<u64>(START).is_some_and(|t| t >= since)
+            })
+        })
+        .collect()
+}
+
+/// The exit code of `first` when it has exited (not killed), left to be reaped.
+fn first_exit_code(first: i32) -> Option<i32> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let how = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(nix::unistd::Pid::from_raw(first)), how) {
+        Ok(WaitStatus::Exited(_, code)) => Some(code),
+        _ => None,
+    }
 }
 
 /// Ends ghosts whose processes never started: kills and reaps each, so the caller never sees
@@ -216,6 +295,56 @@ pub fn discard(ghosts: impl IntoIterator<Item = i32>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child that runs until killed.
+    fn sleeper() -> i32 {
+        Command::new("sleep").arg("1000").spawn().expect("sleep").id() as i32
+    }
+
+    fn gone(pid: i32) -> bool {
+        // Reaped by `discard`: no longer this process's child.
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).is_err()
+    }
+
+    #[test]
+    fn a_maker_that_could_make_no_more_says_why() {
+        let first = sleeper();
+        let lines = format!("0 {first}\n! 11\n");
+        let e = read_pids(lines.as_bytes(), "bpghost", "none-such", 3, false, first).unwrap_err();
+        assert!(killed(&e).is_none(), "{e}");
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+        assert!(e.to_string().contains("made 1 of 3 ghosts: Resource temporarily unavailable"));
+        assert!(gone(first));
+    }
+
+    #[test]
+    fn ghosts_missing_without_a_word_were_killed() {
+        let (first, other) = (sleeper(), sleeper());
+        let lines = format!("0 {first}\n2 {other}\n");
+        let e = read_pids(lines.as_bytes(), "bpghost", "none-such", 3, false, first).unwrap_err();
+        let k = killed(&e).expect("killed");
+        assert_eq!((k.made, k.of), (2, 3));
+        assert!(gone(first) && gone(other));
+    }
+
+    #[test]
+    fn a_ghost_program_that_exited_failed() {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag};
+        let first = Command::new("sh").args(["-c", "exit 3"]).spawn().expect("sh").id() as i32;
+        // Ended, not reaped.
+        let how = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+        waitid(Id::Pid(nix::unistd::Pid::from_raw(first)), how).expect("waitid");
+        let e = read_pids(&b""[..], "bpghost", "none-such", 2, false, first).unwrap_err();
+        assert!(killed(&e).is_none(), "{e}");
+        assert!(e.to_string().contains("made 0 of 2 ghosts and exited with code 3"), "{e}");
+    }
+
+    #[test]
+    fn every_ghost_named_is_taken() {
+        let lines = "1 200\n0 100\n";
+        let pids = read_pids(lines.as_bytes(), "bpghost", "none-such", 2, false, 100).unwrap();
+        assert_eq!(pids, vec![(100, 0), (200, 0)]);
+    }
 
     #[test]
     fn comm_is_the_file_name_cut_to_15_bytes() {

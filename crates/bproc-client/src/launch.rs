@@ -190,13 +190,17 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
     let comm = crate::ghost::comm_of(&spec.path);
     let (ghosts, io_ports) = match &ghost {
         Some(g) if spec.io.contains(&IoSpec::Forward) => {
-            relays_for(g, &comm, nodes, &spec.token).unwrap_or_else(|| {
-                // No relays: the ranks run with ghosts that do not relay, and no output.
-                spec.io = vec![IoSpec::Null; 3];
-                (ghosts_for(g, &comm, nodes), Vec::new())
-            })
+            match relays_for(g, &comm, nodes, &spec.token) {
+                Ok(made) => made,
+                Err(e) if crate::ghost::killed(&e).is_some() => return Err(killed(e)),
+                Err(_) => {
+                    // No relays: the ranks run with ghosts that do not relay, and no output.
+                    spec.io = vec![IoSpec::Null; 3];
+                    (ghosts_for(g, &comm, nodes).map_err(killed)?, Vec::new())
+                }
+            }
         }
-        Some(g) => (ghosts_for(g, &comm, nodes), Vec::new()),
+        Some(g) => (ghosts_for(g, &comm, nodes).map_err(killed)?, Vec::new()),
         None => {
             // No ghosts (a launch from a node): nobody to relay to.
             if spec.io.contains(&IoSpec::Forward) {
@@ -339,50 +343,64 @@ fn serve_files<T>(staged: &Staged, token: &[u8; 16], request: impl FnOnce() -> T
 }
 
 /// A ghost for each rank not on the front end (0 for the others, and for all when the ghost
-/// program fails: the ranks then run without ghosts).
-pub fn ghosts_for(program: &str, comm: &str, nodes: &[i32]) -> Vec<i32> {
+/// program fails: the ranks then run without ghosts); the error when ghosts were killed as
+/// they were made ([`crate::ghost::killed`]), as the launch must then not go on.
+pub fn ghosts_for(program: &str, comm: &str, nodes: &[i32]) -> std::io::Result<Vec<i32>> {
     let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
-    let mut made = crate::ghost::spawn(program, comm, remote).unwrap_or_default().into_iter();
+    let made = match crate::ghost::spawn(program, comm, remote) {
+        Err(e) if crate::ghost::killed(&e).is_some() => return Err(e),
+        made => made.unwrap_or_default(),
+    };
+    Ok(rank_ghosts(nodes, made))
+}
+
+/// Each rank's ghost, from the ghosts made for the ranks not on the front end (0 for the
+/// others, and for those beyond the ghosts made).
+fn rank_ghosts(nodes: &[i32], made: Vec<i32>) -> Vec<i32> {
+    let mut made = made.into_iter();
     nodes.iter().map(|&n| if n == NODE_MASTER { 0 } else { made.next().unwrap_or(0) }).collect()
+}
+
+/// A launch whose ghosts were killed as they were made, as the caller sees it.
+fn killed(e: std::io::Error) -> BprocError {
+    BprocError::Remote { code: bproc_proto::errno::EINTR, message: e.to_string() }
 }
 
 /// [`ghosts_for`], the ghosts keeping the caller's stdout and stderr (bpsh's: a process that
 /// moves back to the front end into its ghost writes there, or, when the caller forwards its
 /// ranks' output to a listener, `rejoin`'s fds connect there again as the same rank). The
 /// caller forks into its ghosts ([`crate::ghost::fork_keeping_output`]): for a small launcher.
+/// Any failure is the caller's to tell (the ranks may run without ghosts, unless they were
+/// killed: [`crate::ghost::killed`]).
 pub fn ghosts_keeping_output(
     program: &str,
     comm: &str,
     nodes: &[i32],
     rejoin: Option<crate::ghost::Rejoin>,
-) -> Vec<i32> {
+) -> std::io::Result<Vec<i32>> {
     let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
     let rejoin = rejoin.map(|r| crate::ghost::Rejoin {
         ranks: (0..nodes.len() as u32).filter(|&i| nodes[i as usize] != NODE_MASTER).collect(),
         ..r
     });
-    let mut made = crate::ghost::fork_keeping_output(program, comm, remote, rejoin.as_ref())
-        .unwrap_or_default()
-        .into_iter();
-    nodes.iter().map(|&n| if n == NODE_MASTER { 0 } else { made.next().unwrap_or(0) }).collect()
+    let made = crate::ghost::fork_keeping_output(program, comm, remote, rejoin.as_ref())?;
+    Ok(rank_ghosts(nodes, made))
 }
 
 /// Relaying ghosts for each rank not on the front end, with the ports the nodes connect the
-/// ranks' output to (0 for the others); `None` when the ghost program fails.
+/// ranks' output to (0 for the others); the error when the ghost program fails.
 fn relays_for(
     program: &str,
     comm: &str,
     nodes: &[i32],
     token: &[u8; 16],
-) -> Option<(Vec<i32>, Vec<u16>)> {
+) -> std::io::Result<(Vec<i32>, Vec<u16>)> {
     let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
-    let mut made = crate::ghost::spawn_relays(program, comm, remote, token).ok()?.into_iter();
-    Some(
-        nodes
-            .iter()
-            .map(|&n| if n == NODE_MASTER { (0, 0) } else { made.next().unwrap_or((0, 0)) })
-            .unzip(),
-    )
+    let mut made = crate::ghost::spawn_relays(program, comm, remote, token)?.into_iter();
+    Ok(nodes
+        .iter()
+        .map(|&n| if n == NODE_MASTER { (0, 0) } else { made.next().unwrap_or((0, 0)) })
+        .unzip())
 }
 
 /// Rank `rank` on the front end: a plain child of the caller, with the caller's stdio or the

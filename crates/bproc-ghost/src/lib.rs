@@ -120,7 +120,7 @@ pub fn main(argv0: OsString) -> ExitCode {
         if count > 1 {
             light::start(count, argv0.as_bytes());
         }
-        let (me, made) = make_siblings(count);
+        let (me, made, failed) = make_siblings(count);
         index = me;
         if let Some(r) = relay::Relay::from_env() {
             // Each ghost has its own listener, so each writes its own line, with the port.
@@ -131,13 +131,16 @@ pub fn main(argv0: OsString) -> ExitCode {
             let _ = nix::unistd::write(std::io::stdout(), line.as_bytes());
             relay = r.ok();
         }
+        let mut lines = light::Lines::new();
         if relay.is_none() {
-            let mut lines = light::Lines::new();
             for (i, pid) in made {
                 lines.add(i, pid, None);
             }
-            lines.flush();
         }
+        if let Some(e) = failed {
+            lines.failed(e);
+        }
+        lines.flush();
         // Only the launcher's reader had use for stdout: let it see the end. A relay writes
         // its process's output to the launcher's stdout, which came in as stdin (the pipe
         // took the place of stdout); the ghost reads nothing.
@@ -195,28 +198,29 @@ pub fn main(argv0: OsString) -> ExitCode {
 /// those in parallel (a launcher's two cores fork twice as many).
 const SPLIT: usize = 64;
 
-/// Makes ghosts 0..count as siblings of this one (ghost 0); returns this process's index and
-/// the (index, pid) pairs it made, itself included. A sibling that takes over a range returns
-/// its own.
-fn make_siblings(count: usize) -> (usize, Vec<(usize, i32)>) {
+/// Makes ghosts 0..count as siblings of this one (ghost 0); returns this process's index,
+/// the (index, pid) pairs it made, itself included, and the errno that stopped it making
+/// more, if one did (the launcher sees fewer pids, and why). A sibling that takes over a
+/// range returns its own.
+fn make_siblings(count: usize) -> (usize, Vec<(usize, i32)>, Option<nix::errno::Errno>) {
     let (mut lo, mut hi) = (0, count.max(1));
     while hi - lo > SPLIT {
         let mid = lo + (hi - lo) / 2;
         match bproc_sys::clone_sibling() {
             Ok(0) => lo = mid, // this process is ghost `mid` and makes `mid..hi`
             Ok(_) => hi = mid,
-            Err(_) => break,
+            Err(_) => break, // this one makes the whole range, one at a time
         }
     }
     let mut made = vec![(lo, std::process::id() as i32)];
     for i in lo + 1..hi {
         match bproc_sys::clone_sibling() {
-            Ok(0) => return (i, Vec::new()),
+            Ok(0) => return (i, Vec::new(), None),
             Ok(pid) => made.push((i, pid)),
-            Err(_) => break, // the launcher sees fewer pids and runs those ranks without
+            Err(e) => return (lo, made, Some(e)),
         }
     }
-    (lo, made)
+    (lo, made, None)
 }
 
 /// `prog` from `[prog]`.

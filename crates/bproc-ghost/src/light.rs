@@ -313,7 +313,11 @@ fn make(m: &'static mut Maker) -> ! {
         let (index, port) = (g.index, port(g));
         match m.stacks.spawn_sibling(g) {
             Ok(pid) => lines.add(index, pid, port),
-            Err(_) => break, // the launcher sees fewer pids and runs those ranks without
+            Err(e) => {
+                // The launcher sees fewer pids, and why: made no more, not killed.
+                lines.failed(e);
+                break;
+            }
         }
     }
     lines.flush();
@@ -354,6 +358,18 @@ impl Lines {
         {
             to.copy_from_slice(from);
             self.len += n;
+        }
+    }
+
+    /// Says that the maker could make no more ghosts, and the errno why: a `! ERRNO` line.
+    pub(crate) fn failed(&mut self, e: Errno) {
+        use std::fmt::Write;
+        let mut line = Line::new();
+        let mut w = Cursor { buf: &mut line.buf, len: 0 };
+        if writeln!(w, "! {}", e as i32).is_ok() {
+            let n = w.len;
+            self.flush();
+            let _ = raw::write_all(1, line.buf.get(..n).unwrap_or_default());
         }
     }
 

@@ -9,6 +9,8 @@ pub const EPERM: i32 = 1;
 pub const ENOENT: i32 = 2;
 /// No such process.
 pub const ESRCH: i32 = 3;
+/// Interrupted (a launch whose ghosts were killed as they were made).
+pub const EINTR: i32 = 4;
 /// I/O error.
 pub const EIO: i32 = 5;
 /// Try again.

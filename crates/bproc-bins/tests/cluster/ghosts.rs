@@ -947,6 +947,67 @@ fn a_ghost_killed_before_the_start_takes_its_process_with_it() {
     });
 }
 
+/// Ghosts killed as they are made end the launch before anything starts: bpsh says so and
+/// fails, and no process of the launch runs, not even one whose ghost was made but never
+/// named (its maker was killed before it wrote its line). Before, bpsh started every rank
+/// without a ghost. The test stops the maker of 100 ghosts as soon as it appears (it names
+/// its ghosts only once it has made them all), and tries again if it was too late. The
+/// program is `sleep` under a name of its own, which its ghosts and processes have.
+#[test]
+fn ghosts_killed_as_they_are_made_start_nothing() {
+    let c = TestCluster::up(&bins(), 1, "ghost-killed-early");
+    let dir = bproc_testkit::unique_dir("ghost-killed-early");
+    let name = "early-kill-made";
+    let path = dir.join(name);
+    std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
+    let program = [path.to_str().unwrap(), "4248"];
+    let nodes = vec!["0"; 100].join(",");
+    let children = |pid: i32| -> Vec<i32> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+            .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
+            .collect()
+    };
+    let mut tries = 0;
+    let mut job = loop {
+        tries += 1;
+        let mut job = c.cmd("bpsh").args([nodes.as_str()]).args(program).spawn();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let maker = loop {
+            if let Some(&first) = children(job.pid()).first() {
+                break first;
+            }
+            assert!(Instant::now() < deadline, "bpsh made no ghost in 10 s");
+        };
+        kill(Pid::from_raw(maker), Signal::SIGSTOP).unwrap();
+        until(10, "the maker to stop", || (ps(maker)?.1 == 'T').then_some(()));
+        if children(job.pid()).len() < 100 {
+            kill(Pid::from_raw(maker), Signal::SIGKILL).unwrap();
+            break job;
+        }
+        // Too late: it made them all. That launch goes on and ends, every ghost killed.
+        assert!(tries < 10, "the maker made all its ghosts before it was stopped, 10 times");
+        for g in children(job.pid()) {
+            let _ = kill(Pid::from_raw(g), Signal::SIGKILL);
+        }
+        job.finish(20);
+    };
+    let st = job.finish(20);
+    assert!(!st.success(), "{job:?}");
+    assert!(job.err.iter().any(|l| l.contains("killed as they were made")), "{job:?}");
+    let left: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            comm.trim_end() == name && ps(*p).is_some_and(|p| p.1 != 'Z')
+        })
+        .collect();
+    assert!(left.is_empty(), "processes or ghosts of the launch left: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Forks on a node do not wait for a master that does not answer: with the master stopped,
 /// a shell on the node still runs twenty forks, each held at most the fork wait (10 ms), and
 /// its output reaches bpsh straight from the node; once the master runs again the job ends
