@@ -185,10 +185,10 @@ pub fn killed(e: &std::io::Error) -> Option<&GhostsKilled> {
 
 /// Reads the ghosts' `INDEX PID` lines (`INDEX PID PORT` with relays) from `out` until every
 /// ghost has let go of it; the pids (and ports) in index order. If one is missing, every
-/// ghost made (and `first`, the one that made them, and the ghosts named `comm` that a killed
-/// maker made but never named) is ended, and the error says why: the
+/// ghost made (and `first`, the one that made them) is ended, and the error says why: the
 /// errno of a maker's `! ERRNO` line (it could make no more), the ghost program's failure
-/// (`first` exited), or else [`GhostsKilled`].
+/// (`first` exited), or else [`GhostsKilled`], when the ghosts named `comm` that a killed
+/// maker made but never named are ended too.
 fn read_pids(
     mut out: impl std::io::Read,
     program: &str,
@@ -223,8 +223,10 @@ fn read_pids(
     let made = pids.iter().filter(|p| p.0 != 0).count();
     // Looked at before `discard` reaps it.
     let first_exit = first_exit_code(first);
+    let by_kill = failed.is_none() && first_exit.is_none();
     // Each once: a pid reaped may be another process's by its second turn.
-    let mut all: std::collections::BTreeSet<i32> = strays(first, comm).into_iter().collect();
+    let mut all: std::collections::BTreeSet<i32> =
+        if by_kill { strays(first, comm).into_iter().collect() } else { Default::default() };
     all.extend(pids.iter().map(|p| p.0).chain(std::iter::once(first)));
     discard(all);
     Err(match (failed, first_exit) {
