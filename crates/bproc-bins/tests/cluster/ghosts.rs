@@ -952,13 +952,25 @@ fn a_ghost_killed_before_the_start_takes_its_process_with_it() {
 /// named (its maker was killed before it wrote its line). Before, bpsh started every rank
 /// without a ghost. The test stops the maker of 100 ghosts as soon as it appears (it names
 /// its ghosts only once it has made them all), and tries again if it was too late. The
-/// program is `sleep` under a name of its own, which its ghosts and processes have.
+/// program is `sleep` under a name of its own, which its ghosts and processes have, in a
+/// directory the node sees (it has a /tmp of its own), so that a rank started would run.
 #[test]
 fn ghosts_killed_as_they_are_made_start_nothing() {
     let c = TestCluster::up(&bins(), 1, "ghost-killed-early");
-    let dir = bproc_testkit::unique_dir("ghost-killed-early");
+    let dir =
+        std::path::PathBuf::from(format!("/var/tmp/bproc-test-early-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    /// Removes the directory also on failure.
+    struct Dir(std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = Dir(dir);
     let name = "early-kill-made";
-    let path = dir.join(name);
+    let path = dir.0.join(name);
+    let _ = std::fs::remove_file(&path);
     std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
     let program = [path.to_str().unwrap(), "4248"];
     let nodes = vec!["0"; 100].join(",");
@@ -1005,7 +1017,6 @@ fn ghosts_killed_as_they_are_made_start_nothing() {
         })
         .collect();
     assert!(left.is_empty(), "processes or ghosts of the launch left: {left:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Forks on a node do not wait for a master that does not answer: with the master stopped,
