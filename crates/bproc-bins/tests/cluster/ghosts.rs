@@ -735,8 +735,9 @@ fn short_forks_get_ghosts(c: &TestCluster) {
             status.map(|s| (s >> 8) & 0xff),
             Some(*code),
             "the ghost with pid {pid} ends with {code}; ghosts' ends: {ended:?}; the event \
-             watcher stopped: {:?}",
-            stopped.lock().unwrap()
+             watcher stopped: {:?}; that ghost now (parent, state, command): {:?}",
+            stopped.lock().unwrap(),
+            ps(*pid)
         );
     }
     let mut after = made();
