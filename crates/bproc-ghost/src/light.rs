@@ -339,14 +339,23 @@ impl Lines {
 
     /// Adds ghost `index`'s line: its pid, and its relay's port if it relays.
     pub(crate) fn add(&mut self, index: usize, pid: i32, port: Option<u16>) {
+        match port {
+            Some(p) => self.push(format_args!("{index} {pid} {p}")),
+            None => self.push(format_args!("{index} {pid}")),
+        }
+    }
+
+    /// Says that the maker could make no more ghosts, and the errno why: a `! ERRNO` line.
+    pub(crate) fn failed(&mut self, e: Errno) {
+        self.push(format_args!("! {}", e as i32));
+    }
+
+    /// Adds one line, formatted on the stack.
+    fn push(&mut self, text: std::fmt::Arguments<'_>) {
         use std::fmt::Write;
         let mut line = Line::new();
         let mut w = Cursor { buf: &mut line.buf, len: 0 };
-        let written = match port {
-            Some(p) => writeln!(w, "{index} {pid} {p}"),
-            None => writeln!(w, "{index} {pid}"),
-        };
-        if written.is_err() {
+        if writeln!(w, "{text}").is_err() {
             return;
         }
         let n = w.len;
@@ -358,18 +367,6 @@ impl Lines {
         {
             to.copy_from_slice(from);
             self.len += n;
-        }
-    }
-
-    /// Says that the maker could make no more ghosts, and the errno why: a `! ERRNO` line.
-    pub(crate) fn failed(&mut self, e: Errno) {
-        use std::fmt::Write;
-        let mut line = Line::new();
-        let mut w = Cursor { buf: &mut line.buf, len: 0 };
-        if writeln!(w, "! {}", e as i32).is_ok() {
-            let n = w.len;
-            self.flush();
-            let _ = raw::write_all(1, line.buf.get(..n).unwrap_or_default());
         }
     }
 
