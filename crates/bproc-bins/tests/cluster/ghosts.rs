@@ -961,15 +961,29 @@ fn ghosts_killed_as_they_are_made_start_nothing() {
     let dir =
         std::path::PathBuf::from(format!("/var/tmp/bproc-test-early-kill-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    /// Removes the directory also on failure.
-    struct Dir(std::path::PathBuf);
-    impl Drop for Dir {
+    let name = "early-kill-made";
+    /// The live processes named `name` (the launch's ghosts and ranks: no other has it).
+    fn named(name: &str) -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|p| {
+                let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+                comm.trim_end() == name && ps(*p).is_some_and(|p| p.1 != 'Z')
+            })
+            .collect()
+    }
+    /// Also on failure (dropped after bpsh): ends what the launch left, removes the directory.
+    struct Cleanup(std::path::PathBuf, &'static str);
+    impl Drop for Cleanup {
         fn drop(&mut self) {
+            for p in named(self.1) {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
-    let dir = Dir(dir);
-    let name = "early-kill-made";
+    let dir = Cleanup(dir, name);
     let path = dir.0.join(name);
     let _ = std::fs::remove_file(&path);
     std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
@@ -1009,14 +1023,7 @@ fn ghosts_killed_as_they_are_made_start_nothing() {
     let st = job.finish(20);
     assert!(!st.success(), "{job:?}");
     assert!(job.err.iter().any(|l| l.contains("killed as they were made")), "{job:?}");
-    let left: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| {
-            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-            comm.trim_end() == name && ps(*p).is_some_and(|p| p.1 != 'Z')
-        })
-        .collect();
+    let left = named(name);
     assert!(left.is_empty(), "processes or ghosts of the launch left: {left:?}");
 }
 
