@@ -951,67 +951,72 @@ fn a_ghost_killed_before_the_start_takes_its_process_with_it() {
 /// Ghosts killed as they are made end the launch before anything starts: bpsh says so and
 /// fails, and no process of the launch runs, not even one whose ghost was made but never
 /// named (its maker was killed before it wrote its line). Before, bpsh started every rank
-/// without a ghost. The test stops the maker of 100 ghosts as soon as it appears (it names
-/// its ghosts only once it has made them all), and tries again if it was too late. The
-/// program is `sleep` under a name of its own, which its ghosts and processes have, in a
-/// directory the node sees (it has a /tmp of its own), so that a rank started would run.
+/// without a ghost.
 #[test]
 fn ghosts_killed_as_they_are_made_start_nothing() {
     let c = TestCluster::up(&bins(), 1, "ghost-killed-early");
+    let nodes = vec!["0"; 100].join(",");
+    let (mut job, left) = kill_the_maker("early-kill-made", |program| {
+        c.cmd("bpsh").arg(&nodes).args(program).spawn()
+    });
+    let st = job.finish(20);
+    left.assert_none();
+    assert!(!st.success(), "{job:?}");
+    assert!(job.err.iter().any(|l| l.contains("killed as they were made")), "{job:?}");
+}
+
+/// The same through the C API: `bproc_vexecmove`, whose ghosts are made by the ghost
+/// program, fails with `EINTR` and starts nothing.
+#[test]
+fn ghosts_killed_as_they_are_made_fail_a_vexecmove() {
+    let Some((dir, exe)) = build_program("many_ranks.c", "early-kill") else { return };
+    let c = TestCluster::up(&bins(), 1, "ghost-killed-early-c");
+    let (mut job, left) = kill_the_maker("early-kill-capi", |program| {
+        c.cmd(exe.to_str().unwrap()).arg("100").args(program).spawn()
+    });
+    let st = job.finish(20);
+    left.assert_none();
+    assert_eq!(st.code(), Some(2), "{job:?}");
+    assert_eq!(job.out, ["vexecmove: EINTR"], "{job:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Starts 100 ranks of `sleep` with `launch` (given the program's argv), stops the maker of
+/// their ghosts (the launcher's first child) as soon as it appears, and kills it; tries again
+/// if it was too late (it names its ghosts only once it has made them all, and a launch whose
+/// ghosts were all made goes on: the test then kills them and lets it end). The program is
+/// `sleep` under the name `name`, which its ghosts and processes have, in a directory the
+/// node sees (it has a /tmp of its own), so that a rank started would run. Returns the
+/// launch whose maker was killed, and what ends, by pid, the processes of that name it may
+/// leave (also on failure).
+fn kill_the_maker(
+    name: &'static str,
+    launch: impl Fn(&[&str]) -> bproc_testkit::Running,
+) -> (bproc_testkit::Running, NamedLeft) {
     let dir =
-        std::path::PathBuf::from(format!("/var/tmp/bproc-test-early-kill-{}", std::process::id()));
+        std::path::PathBuf::from(format!("/var/tmp/bproc-test-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let name = "early-kill-made";
-    /// The live processes named `name` (the launch's ghosts and ranks: no other has it).
-    fn named(name: &str) -> Vec<i32> {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|p| {
-                let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-                comm.trim_end() == name && ps(*p).is_some_and(|p| p.1 != 'Z')
-            })
-            .collect()
-    }
-    /// Also on failure (dropped after bpsh): ends what the launch left, removes the directory.
-    struct Cleanup(std::path::PathBuf, &'static str);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            for p in named(self.1) {
-                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-            }
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let dir = Cleanup(dir, name);
-    let path = dir.0.join(name);
+    let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
     std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
+    let cleanup = NamedLeft(dir, name);
     let program = [path.to_str().unwrap(), "4248"];
-    let nodes = vec!["0"; 100].join(",");
-    let children = |pid: i32| -> Vec<i32> {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
-        tasks
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
-            .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
-            .collect()
-    };
     let mut tries = 0;
-    let mut job = loop {
+    loop {
         tries += 1;
-        let mut job = c.cmd("bpsh").args([nodes.as_str()]).args(program).spawn();
+        let mut job = launch(&program);
         let deadline = Instant::now() + Duration::from_secs(10);
         let maker = loop {
             if let Some(&first) = children(job.pid()).first() {
                 break first;
             }
-            assert!(Instant::now() < deadline, "bpsh made no ghost in 10 s");
+            assert!(Instant::now() < deadline, "the launcher made no ghost in 10 s");
         };
         kill(Pid::from_raw(maker), Signal::SIGSTOP).unwrap();
         until(10, "the maker to stop", || (ps(maker)?.1 == 'T').then_some(()));
         if children(job.pid()).len() < 100 {
             kill(Pid::from_raw(maker), Signal::SIGKILL).unwrap();
-            break job;
+            return (job, cleanup);
         }
         // Too late: it made them all. That launch goes on and ends, every ghost killed.
         assert!(tries < 10, "the maker made all its ghosts before it was stopped, 10 times");
@@ -1019,12 +1024,49 @@ fn ghosts_killed_as_they_are_made_start_nothing() {
             let _ = kill(Pid::from_raw(g), Signal::SIGKILL);
         }
         job.finish(20);
-    };
-    let st = job.finish(20);
-    assert!(!st.success(), "{job:?}");
-    assert!(job.err.iter().any(|l| l.contains("killed as they were made")), "{job:?}");
-    let left = named(name);
-    assert!(left.is_empty(), "processes or ghosts of the launch left: {left:?}");
+    }
+}
+
+/// Also on failure (dropped after the launch): ends, by pid, the processes named `.1` that
+/// a launch left, and removes the directory `.0`.
+struct NamedLeft(std::path::PathBuf, &'static str);
+
+impl NamedLeft {
+    /// No process of the name is left (once the launch has ended).
+    fn assert_none(&self) {
+        let left = named(self.1);
+        assert!(left.is_empty(), "processes or ghosts of the launch left: {left:?}");
+    }
+}
+
+impl Drop for NamedLeft {
+    fn drop(&mut self) {
+        for p in named(self.1) {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The live processes named `name`.
+fn named(name: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            comm.trim_end() == name && ps(*p).is_some_and(|p| p.1 != 'Z')
+        })
+        .collect()
+}
+
+/// The children of process `pid` (of each of its threads).
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
+        .collect()
 }
 
 /// Forks on a node do not wait for a master that does not answer: with the master stopped,
