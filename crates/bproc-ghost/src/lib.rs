@@ -27,7 +27,7 @@
 //! The ghost of a moved or rforked process also relays that process's output ([`relay`]).
 //!
 //! The ghosts of one launch share one address space ([`light`]): each does the above for
-//! signals, stops and the end itself, and for anything else becomes a full ghost by
+//! signals, stops, forks and the end itself, and for anything else becomes a full ghost by
 //! executing this program again.
 //!
 //! SIGKILL cannot be caught: the master sees the ghost's connection close while the remote
