@@ -689,6 +689,9 @@ struct Launched {
     reasons: Vec<Option<String>>,
     /// When the connection was made (`-t` counts from here).
     start: Instant,
+    /// Told that the launch was sent, and kept open as long as bpsh runs: the light ghosts
+    /// watch it for bpsh's end.
+    _sent: Option<bproc_client::ghost::LaunchSent>,
 }
 
 /// Where a rank that moves back to the front end (into its ghost) connects its forwarded
@@ -739,14 +742,14 @@ async fn launch(
     let start = Instant::now();
     // A ghost for each remote process, in our process group: Ctrl-C, Ctrl-Z and `kill` on it
     // reach the process, and `ps` shows it.
-    let ghosts = match &p.ghost {
+    let (ghosts, sent) = match &p.ghost {
         Some(g) => match bproc_client::launch::ghosts_keeping_output(
             g,
             &bproc_client::ghost::comm_of(&spec.path),
             &p.nodes,
             rejoin(p, spec),
         ) {
-            Ok(ghosts) => ghosts,
+            Ok(made) => made,
             // Whoever killed them meant the job to end: nothing is started.
             Err(e) if bproc_client::ghost::killed(&e).is_some() => {
                 eprintln!("bpsh: {e}; nothing was started");
@@ -757,10 +760,10 @@ async fn launch(
                     "bpsh: {e}; the processes run without ghosts (ps, kill and job control \
                      on the front end do not reach them)"
                 );
-                vec![0; p.nodes.len()]
+                (vec![0; p.nodes.len()], None)
             }
         },
-        None => vec![0; p.nodes.len()],
+        None => (vec![0; p.nodes.len()], None),
     };
     let launch = Message::Launch {
         nodes: p.nodes.clone(),
@@ -774,7 +777,11 @@ async fn launch(
         ExitCode::FAILURE
     };
     match within(limit, write_frame(&mut mwr, 1, &launch)).await {
-        Some(Ok(())) => {}
+        Some(Ok(())) => {
+            if let Some(s) = &sent {
+                s.sent();
+            }
+        }
         Some(Err(e)) => return Err(fail(ghosts, format!("bproc_vexecmove_io: {e}"))),
         None => return Err(fail(ghosts, timed_out("answer").to_string())),
     }
@@ -814,7 +821,7 @@ async fn launch(
             return Err(fail(ghosts, why));
         }
     };
-    Ok(((mrd, mwr), Launched { ghosts, pids, reasons, start }))
+    Ok(((mrd, mwr), Launched { ghosts, pids, reasons, start, _sent: sent }))
 }
 
 /// Runs a prepared job: listen for its fds, launch it, then follow it to its end.
@@ -975,6 +982,8 @@ struct Session {
     master_lost: bool,
     stdout: tokio::io::Stdout,
     stderr: tokio::io::Stderr,
+    /// Kept open as long as bpsh runs (see [`Launched`]).
+    _sent: Option<bproc_client::ghost::LaunchSent>,
 }
 
 impl Session {
@@ -987,7 +996,7 @@ impl Session {
         mut receivers: Vec<[Option<mpsc::UnboundedReceiver<Conn>>; 3]>,
         links: Links,
     ) -> Session {
-        let Launched { ghosts, pids, reasons, start } = launched;
+        let Launched { ghosts, pids, reasons, start, _sent } = launched;
         let Links { kill, exits, exit_rx, master_gone } = links;
         let n = p.nodes.len();
         let forwarded = |fd: usize| p.spec.io.get(fd) == Some(&IoSpec::Forward);
@@ -1062,6 +1071,7 @@ impl Session {
             master_lost: false,
             stdout: tokio::io::stdout(),
             stderr: tokio::io::stderr(),
+            _sent,
         }
     }
 

@@ -126,15 +126,16 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
 /// first ghost, which makes the others as light tasks ([`bproc_ghost::light::fork`]). That
 /// saves a launch the start of a program, but the first ghost's memory, which all the
 /// launch's ghosts share, is a copy of the caller's: this suits a small launcher (bpsh). If
-/// the fork fails, the program starts them.
+/// the fork fails, the program starts them. With light ghosts comes the word the caller
+/// gives them once it has sent the launch ([`LaunchSent`]).
 pub fn fork_keeping_output(
     program: &str,
     comm: &str,
     n: usize,
     rejoin: Option<&Rejoin>,
-) -> std::io::Result<Vec<i32>> {
+) -> std::io::Result<(Vec<i32>, Option<LaunchSent>)> {
     if n == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let env = ghost_env(rejoin)
         .into_iter()
@@ -143,12 +144,27 @@ pub fn fork_keeping_output(
         })
         .collect();
     match bproc_ghost::light::fork(std::path::Path::new(program), comm, n, env) {
-        Ok((first, None)) => Ok(vec![first]),
-        Ok((first, Some(lines))) => {
+        Ok((first, None, word)) => Ok((vec![first], Some(LaunchSent(word)))),
+        Ok((first, Some(lines), word)) => {
             let pids = read_pids(lines, program, comm, n, false, first)?;
-            Ok(pids.into_iter().map(|(pid, _)| pid).collect())
+            Ok((pids.into_iter().map(|(pid, _)| pid).collect(), Some(LaunchSent(word))))
         }
-        Err(_) => spawn_keeping_output(program, comm, n, rejoin),
+        Err(_) => spawn_keeping_output(program, comm, n, rejoin).map(|g| (g, None)),
+    }
+}
+
+/// The pipe a launcher's light ghosts watch until it ends: told once the launch is sent
+/// ([`LaunchSent::sent`]), they go on standing for their processes if the launcher is then
+/// killed, as BProc's ghosts of a killed parent do; a launcher that ends before (killed as
+/// it made them) takes them with it, as no process will ever start for them. Keep it until
+/// the launcher ends.
+#[derive(Debug)]
+pub struct LaunchSent(std::os::fd::OwnedFd);
+
+impl LaunchSent {
+    /// Says that the launch is sent.
+    pub fn sent(&self) {
+        let _ = nix::unistd::write(&self.0, &[1]);
     }
 }
 

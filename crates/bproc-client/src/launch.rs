@@ -369,22 +369,23 @@ fn killed(e: std::io::Error) -> BprocError {
 /// [`ghosts_for`], the ghosts keeping the caller's stdout and stderr (bpsh's: a process that
 /// moves back to the front end into its ghost writes there, or, when the caller forwards its
 /// ranks' output to a listener, `rejoin`'s fds connect there again as the same rank). The
-/// caller forks into its ghosts ([`crate::ghost::fork_keeping_output`]): for a small launcher.
-/// Any failure is the caller's to tell (the ranks may run without ghosts, unless they were
-/// killed: [`crate::ghost::killed`]).
+/// caller forks into its ghosts ([`crate::ghost::fork_keeping_output`]): for a small launcher,
+/// which says when it has sent the launch through the [`crate::ghost::LaunchSent`] it gets
+/// with light ghosts. Any failure is the caller's to tell (the ranks may run without ghosts,
+/// unless they were killed: [`crate::ghost::killed`]).
 pub fn ghosts_keeping_output(
     program: &str,
     comm: &str,
     nodes: &[i32],
     rejoin: Option<crate::ghost::Rejoin>,
-) -> std::io::Result<Vec<i32>> {
+) -> std::io::Result<(Vec<i32>, Option<crate::ghost::LaunchSent>)> {
     let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
     let rejoin = rejoin.map(|r| crate::ghost::Rejoin {
         ranks: (0..nodes.len() as u32).filter(|&i| nodes[i as usize] != NODE_MASTER).collect(),
         ..r
     });
-    let made = crate::ghost::fork_keeping_output(program, comm, remote, rejoin.as_ref())?;
-    Ok(rank_ghosts(nodes, made))
+    let (made, word) = crate::ghost::fork_keeping_output(program, comm, remote, rejoin.as_ref())?;
+    Ok((rank_ghosts(nodes, made), word))
 }
 
 /// Relaying ghosts for each rank not on the front end, with the ports the nodes connect the

@@ -26,17 +26,20 @@ fn main() -> ExitCode {
         return fail(&e.into());
     }
     let program = std::path::Path::new(&program);
-    match bproc_ghost::light::fork(program, "sleep", n, Vec::new()) {
-        Ok((first, None)) => {
+    // Held until the ghosts end: no launch is sent for them, and they would end with it.
+    let _word = match bproc_ghost::light::fork(program, "sleep", n, Vec::new()) {
+        Ok((first, None, word)) => {
             let _ = writeln!(out, "0 {first}");
+            word
         }
-        Ok((_, Some(mut lines))) => {
+        Ok((_, Some(mut lines), word)) => {
             if let Err(e) = std::io::copy(&mut lines, &mut out) {
                 return fail(&e);
             }
+            word
         }
         Err(e) => return fail(&e),
-    }
+    };
     drop(out);
     while nix::sys::wait::wait().is_ok() {}
     ExitCode::SUCCESS

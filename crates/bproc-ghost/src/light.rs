@@ -50,6 +50,8 @@ struct Launch {
     ghost_fork: u16,
     /// The token a relaying ghost's output connections present (see [`crate::relay`]).
     relay: Option<[u8; 16]>,
+    /// The launcher's word that it sent the launch (see [`fork`]), or -1.
+    launched: RawFd,
 }
 
 /// Output connections a light ghost relays at once; one more and it becomes a full ghost
@@ -58,6 +60,10 @@ const CONNS: usize = 8;
 
 /// The fd a relaying light ghost keeps its listener at.
 const LISTENER: RawFd = 3;
+
+/// The fd a ghost of a launch that says when it is sent keeps that word at (such a launch
+/// relays nothing).
+const LAUNCHED: RawFd = 3;
 
 /// One light ghost's own state; only its task touches it.
 pub struct Ghost {
@@ -72,6 +78,9 @@ pub struct Ghost {
     port: u16,
     /// Its relay's output connections, each with the fd it feeds (-1: a free slot).
     conns: [(RawFd, i32); CONNS],
+    /// The launcher's word that it sent the launch, watched until the launcher ends (-1: not
+    /// watched).
+    launched: RawFd,
 }
 
 /// Launches at least this big are made by two makers, one a core.
@@ -96,6 +105,7 @@ pub fn start(count: usize, argv0: &[u8]) -> Errno {
             Err(e) => return e,
         },
         relay,
+        launched: -1,
     };
     match prepare(count, argv0, how) {
         Ok((first, second)) => split(first, second),
@@ -107,8 +117,11 @@ pub fn start(count: usize, argv0: &[u8]) -> Errno {
 /// `count` ghosts for processes named `comm`, which makes the others as light tasks: no
 /// program is executed for them. `program` is the ghost program, which a ghost executes if
 /// it has to become a full one, with `env` added (`KEY=VALUE`). The ghosts keep the caller's
-/// stdout and stderr, and read `/dev/null`. Returns the first ghost's pid and, when there are
-/// others, the pipe the makers write every ghost's `INDEX PID` line to (see [`start`]).
+/// stdout and stderr, and read `/dev/null`. Returns the first ghost's pid; when there are
+/// others, the pipe the makers write every ghost's `INDEX PID` line to (see [`start`]); and
+/// the write end of a pipe the ghosts watch until the caller ends. The caller writes a byte
+/// there once it has sent the launch, and keeps it open as long as it runs: a ghost that sees
+/// the caller end without that byte ends too, as no process will ever start for it.
 ///
 /// The first ghost's memory is a copy of the caller's, which its tasks share; so this suits
 /// a small launcher, and a launcher whose memory is large uses the ghost program instead.
@@ -117,12 +130,17 @@ pub fn fork(
     comm: &str,
     count: usize,
     env: Vec<CString>,
-) -> std::io::Result<(i32, Option<std::fs::File>)> {
+) -> std::io::Result<(i32, Option<std::fs::File>, std::os::fd::OwnedFd)> {
     let err = |e: Errno| std::io::Error::from_raw_os_error(e as i32);
     let cstr = |b: &[u8]| CString::new(b).map_err(|_| err(Errno::EINVAL));
     let program = cstr(program.as_os_str().as_bytes())?;
     let argv0 = format!("[{comm}]");
-    let how = Launcher { program, env, keep_output: true, blocked: u64::MAX, relay: None };
+    // The pipe the ghosts watch for the launcher's word that it sent the launch, or its end.
+    let (watched, word) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(err)?;
+    let (watched, word) = (above_stdio(watched)?, above_stdio(word)?);
+    let launched = std::os::fd::AsRawFd::as_raw_fd(&watched);
+    let how =
+        Launcher { program, env, keep_output: true, blocked: u64::MAX, relay: None, launched };
     let (first, second) = prepare(count, argv0.as_bytes(), how).map_err(err)?;
     let null = first.ghosts[0].launch.null;
     let lines = match count {
@@ -142,7 +160,7 @@ pub fn fork(
     let forked = bproc_sys::task::fork_task(child, Some(&argv0));
     raw::close(null);
     let pid = forked.map_err(err)?;
-    Ok((pid, lines.map(|(r, _)| std::fs::File::from(r))))
+    Ok((pid, lines.map(|(r, _)| std::fs::File::from(r)), word))
 }
 
 /// `fd`, or a copy of it numbered 3 or more: a launcher without stdin or stdout gets its new
@@ -162,6 +180,7 @@ struct Launcher {
     keep_output: bool,
     blocked: u64,
     relay: Option<[u8; 16]>,
+    launched: RawFd,
 }
 
 /// The launch's ghosts, and the stacks of all but the first.
@@ -197,6 +216,7 @@ fn prepare(
         ghost_state: Message::GhostState { stopped: false }.msg_type(),
         ghost_fork: Message::GhostFork { fork: 0, comm: String::new() }.msg_type(),
         relay: how.relay,
+        launched: how.launched,
     }));
     let mut ghosts = Vec::with_capacity(count.max(1));
     for index in 0..count.max(1) {
@@ -214,6 +234,7 @@ fn prepare(
             listener,
             port,
             conns: [(-1, 0); CONNS],
+            launched: -1,
         });
     }
     let ghosts: &'static mut [Ghost] = Box::leak(ghosts.into_boxed_slice());
@@ -240,10 +261,18 @@ fn split(first: &'static mut Maker, second: Option<&'static mut Maker>) -> ! {
     // relays nothing keeps only stdio and /dev/null, so the rest (a launcher's connections,
     // whatever its shell left open) are closed once here, not copied into each task.
     if let Some(l) = first.ghosts.first().map(|g| g.launch).filter(|l| l.relay.is_none()) {
-        if l.null > 3 {
-            raw::close_range(3, l.null - 1);
+        let mut keep = [l.null, l.launched];
+        keep.sort_unstable();
+        let mut from = 3;
+        for fd in keep {
+            if fd >= from {
+                if fd > from {
+                    raw::close_range(from, fd - 1);
+                }
+                from = fd + 1;
+            }
         }
-        raw::close_from(l.null + 1);
+        raw::close_from(from);
     }
     if let Some(second) = second {
         let _ = first.stacks.spawn_sibling(second);
@@ -391,10 +420,15 @@ pub fn run(g: &'static mut Ghost) -> ! {
     } else {
         let _ = raw::dup2(l.null, 1);
     }
-    // Its relay's listener at a number of its own, the launch's other listeners closed.
+    // Its relay's listener at a number of its own, the launch's other listeners closed; or
+    // the launcher's word that it sent the launch.
     if g.listener >= 0 && raw::dup2(g.listener, LISTENER).is_ok() {
         g.listener = LISTENER;
         raw::close_from(LISTENER + 1);
+    } else if l.launched >= 0 && raw::dup2(l.launched, LAUNCHED).is_ok() {
+        g.listener = -1;
+        g.launched = LAUNCHED;
+        raw::close_from(LAUNCHED + 1);
     } else {
         g.listener = -1;
         raw::close_from(3);
@@ -412,23 +446,41 @@ pub fn run(g: &'static mut Ghost) -> ! {
     }
     loop {
         let idle = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
-        let mut fds = [idle; 3 + CONNS];
+        let mut fds = [idle; 4 + CONNS];
         fds[0].fd = sfd;
         fds[1].fd = ctl;
-        let n = relay_fds(g, &mut fds[2..]);
-        match raw::poll(&mut fds[..2 + n]) {
+        // Only its end wakes the ghost (a hang-up is always reported).
+        fds[2] = libc::pollfd { fd: g.launched, events: 0, revents: 0 };
+        let n = relay_fds(g, &mut fds[3..]);
+        match raw::poll(&mut fds[..3 + n]) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => crate::violent_death(),
         }
         // Output first, as a full ghost relays it: what came before a signal or an end.
-        relay_ready(g, ctl, &fds[2..2 + n], false);
+        relay_ready(g, ctl, &fds[3..3 + n], false);
         if fds[0].revents & libc::POLLIN != 0 {
             forward_signals(g, sfd, ctl);
         }
         if fds[1].revents != 0 {
             take_frame(g, ctl);
         }
+        if fds[2].revents != 0 {
+            launcher_ended(g);
+        }
     }
+}
+
+/// The launcher ended (its end of the pipe closed). If it had said that it sent the launch
+/// (a byte waits in the pipe), the ghost goes on standing for its process, as BProc's ghosts
+/// of a killed parent do; if not, no process will ever start for it (the launcher was
+/// killed as it made its ghosts), and it ends. Before, such a ghost waited for the master's
+/// sweep of ghosts without a process, at least 35 s.
+fn launcher_ended(g: &mut Ghost) {
+    if !matches!(raw::readable(g.launched), Ok(n) if n > 0) {
+        crate::violent_death();
+    }
+    raw::close(g.launched);
+    g.launched = -1;
 }
 
 /// Fills `fds` with the relay's listener and connections; how many it filled.
@@ -638,6 +690,10 @@ fn fork_ghost(g: &mut Ghost, ctl: RawFd, fork: u64, argv0: &CStr) {
 /// ghost's index and its stop state; it takes over with memory of its own.
 fn become_full(g: &mut Ghost, ctl: RawFd) -> ! {
     let l = g.launch;
+    // A full ghost does not watch the launcher.
+    if g.launched >= 0 {
+        raw::close(g.launched);
+    }
     let mut fd = Line::new();
     let mut index = Line::new();
     let mut state = Line::new();

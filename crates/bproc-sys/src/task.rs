@@ -379,6 +379,14 @@ pub mod raw {
         }
     }
 
+    /// How many bytes wait to be read on `fd` (`FIONREAD`).
+    pub fn readable(fd: RawFd) -> Result<usize, Errno> {
+        let mut n: libc::c_int = 0;
+        let a =
+            [fd as usize, libc::FIONREAD as usize, &mut n as *mut libc::c_int as usize, 0, 0, 0];
+        call(libc::SYS_ioctl, a).map(|_| n.max(0) as usize)
+    }
+
     /// Reaps every child of this process that has ended, without waiting.
     pub fn reap_children() {
         let a = [usize::MAX, 0, (libc::WNOHANG | libc::__WALL) as usize, 0, 0, 0];

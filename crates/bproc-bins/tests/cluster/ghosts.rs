@@ -982,6 +982,55 @@ fn ghosts_killed_as_they_are_made_fail_a_vexecmove() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// bpsh killed (SIGKILL) once it has made its ghosts but before it sent the launch: the
+/// ghosts end at once, as no process will ever start for them. Before, they waited for the
+/// master's sweep of ghosts without a process, 35 s at least. The test stops bpsh as soon as
+/// its first ghost appears (it sends the launch only once it has them all), waits for the
+/// other 99, and kills bpsh; if it was too late (its ranks started: it was stopped just after
+/// it sent the launch), it ends that launch and tries again.
+#[test]
+fn ghosts_of_a_bpsh_killed_before_its_launch_end() {
+    let c = TestCluster::up(&bins(), 1, "ghost-launcher-killed");
+    let name = "launcher-killed";
+    let dir =
+        std::path::PathBuf::from(format!("/var/tmp/bproc-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
+    let left = NamedLeft(dir, name);
+    let nodes = vec!["0"; 100].join(",");
+    let started = || c.client().ok()?.procs().ok().map(|p| !p.is_empty());
+    for tries in 1.. {
+        let mut job = c.cmd("bpsh").arg(&nodes).args([path.to_str().unwrap(), "4249"]).spawn();
+        let bpsh = Pid::from_raw(job.pid());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while children(job.pid()).is_empty() {
+            assert!(Instant::now() < deadline, "bpsh made no ghost in 10 s");
+        }
+        kill(bpsh, Signal::SIGSTOP).unwrap();
+        until(10, "its 100 ghosts", || (children(job.pid()).len() == 100).then_some(()));
+        kill(bpsh, Signal::SIGKILL).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !named(name).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if named(name).is_empty() {
+            job.finish(20);
+            break;
+        }
+        // The ghosts stayed: right, if the launch was sent after all. That launch ends, every
+        // ghost killed, and the test tries again.
+        assert_eq!(started(), Some(true), "ghosts of a launch never sent stayed");
+        assert!(tries < 10, "bpsh sent its launch before it was stopped, 10 times");
+        for g in named(name) {
+            let _ = kill(Pid::from_raw(g), Signal::SIGKILL);
+        }
+        job.finish(20);
+        until(10, "that launch's processes to end", || (!started()?).then_some(()));
+    }
+    left.assert_none();
+}
+
 /// Starts 100 ranks of `sleep` with `launch` (given the program's argv), stops the maker of
 /// their ghosts (the launcher's first child) as soon as it appears, and kills it; tries again
 /// if it was too late (it names its ghosts only once it has made them all, and a launch whose
