@@ -459,26 +459,19 @@ fn on_message(
 }
 
 /// Forks this ghost for the process's fork `fork` (named `comm`) and tells the master the
-/// new ghost's pid on `ctl`; the child's exit code, should its re-exec fail.
+/// new ghost's pid on `ctl`. The child runs this program again, as a light ghost does its
+/// own children ([`raw::fork_exec`]); it holds nothing of the launcher's output, as a pipe
+/// it kept open would keep its reader waiting for as long as it lives.
 fn fork_ghost(fork: u64, comm: &str, ctl: &mut UnixStream) -> Option<ExitCode> {
-    let forked = bproc_sys::fork_single_threaded();
-    if let Some(pid) = forked.ok().filter(|p| *p > 0) {
+    let (exe, arg0, envp) = program_args(comm, &[(ENV_FORK, fork.to_string())])?;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null").ok()?;
+    let envp: Vec<&std::ffi::CStr> = envp.iter().map(CString::as_c_str).collect();
+    let null = std::os::fd::AsRawFd::as_raw_fd(&null);
+    if let Ok(pid) = raw::fork_exec(&exe, &[&arg0], &envp, null) {
         // Told at once: a node waits with the fork until it knows this pid, which its child
         // then takes. (A connection that failed is found so by the next read.)
         let msg = Message::GhostForked { fork, pid };
         let _ = ctl.write_all(&bproc_proto::encode(0, &msg));
-    }
-    if forked == Ok(0) {
-        // A fork's ghost holds nothing of the launcher's output: a pipe it kept open would
-        // keep its reader waiting for as long as the ghost lives.
-        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
-            let null = std::os::fd::AsRawFd::as_raw_fd(&null);
-            let _ = nix::unistd::dup2(null, 1);
-            let _ = nix::unistd::dup2(null, 2);
-        }
-        // The child's copies of the signalfd and connection close on exec.
-        reexec(comm, &[(ENV_FORK, fork.to_string())]);
-        violent_death()
     }
     None
 }
@@ -608,8 +601,15 @@ fn kept_env(names: &[&str]) -> Vec<CString> {
 /// Runs this ghost program again as `[comm]`, with `env` added to a minimal environment.
 /// Returns only if the exec failed.
 fn reexec(comm: &str, env: &[(&str, String)]) {
-    let Ok(exe) = CString::new("/proc/self/exe") else { return };
-    let Ok(arg0) = CString::new(format!("[{comm}]")) else { return };
+    let Some((exe, arg0, envp)) = program_args(comm, env) else { return };
+    let _ = nix::unistd::execve(&exe, &[arg0], &envp);
+}
+
+/// This ghost program as [`reexec`] runs it: its path, `[comm]` and the environment (`env`
+/// added to a minimal one).
+fn program_args(comm: &str, env: &[(&str, String)]) -> Option<(CString, CString, Vec<CString>)> {
+    let exe = CString::new("/proc/self/exe").ok()?;
+    let arg0 = CString::new(format!("[{comm}]")).ok()?;
     let mut envp: Vec<CString> =
         env.iter().filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok()).collect();
     envp.extend(kept_env(&["BPROC_SOCKET", ENV_GRACE]));
@@ -620,7 +620,7 @@ fn reexec(comm: &str, env: &[(&str, String)]) {
         let kv = format!("{}={}", bproc_proto::conn::ENV_REJOIN, mine.encode());
         envp.extend(CString::new(kv));
     }
-    let _ = nix::unistd::execve(&exe, &[arg0], &envp);
+    Some((exe, arg0, envp))
 }
 
 /// Whether `fd` closes when this process executes a program (`on`), or stays open for it.
