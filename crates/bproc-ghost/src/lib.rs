@@ -27,7 +27,7 @@
 //! The ghost of a moved or rforked process also relays that process's output ([`relay`]).
 //!
 //! The ghosts of one launch share one address space ([`light`]): each does the above for
-//! signals, stops, forks and the end itself, and for anything else becomes a full ghost by
+//! signals, stops and the end itself, and for anything else becomes a full ghost by
 //! executing this program again.
 //!
 //! SIGKILL cannot be caught: the master sees the ghost's connection close while the remote
@@ -459,19 +459,26 @@ fn on_message(
 }
 
 /// Forks this ghost for the process's fork `fork` (named `comm`) and tells the master the
-/// new ghost's pid on `ctl`. The child runs this program again, as a light ghost does its
-/// own children ([`raw::fork_exec`]); it holds nothing of the launcher's output, as a pipe
-/// it kept open would keep its reader waiting for as long as it lives.
+/// new ghost's pid on `ctl`; the child's exit code, should its re-exec fail.
 fn fork_ghost(fork: u64, comm: &str, ctl: &mut UnixStream) -> Option<ExitCode> {
-    let (exe, arg0, envp) = program_args(comm, &[(ENV_FORK, fork.to_string())])?;
-    let null = std::fs::OpenOptions::new().write(true).open("/dev/null").ok()?;
-    let envp: Vec<&std::ffi::CStr> = envp.iter().map(CString::as_c_str).collect();
-    let null = std::os::fd::AsRawFd::as_raw_fd(&null);
-    if let Ok(pid) = raw::fork_exec(&exe, &[&arg0], &envp, null) {
+    let forked = bproc_sys::fork_single_threaded();
+    if let Some(pid) = forked.ok().filter(|p| *p > 0) {
         // Told at once: a node waits with the fork until it knows this pid, which its child
         // then takes. (A connection that failed is found so by the next read.)
         let msg = Message::GhostForked { fork, pid };
         let _ = ctl.write_all(&bproc_proto::encode(0, &msg));
+    }
+    if forked == Ok(0) {
+        // A fork's ghost holds nothing of the launcher's output: a pipe it kept open would
+        // keep its reader waiting for as long as the ghost lives.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            let null = std::os::fd::AsRawFd::as_raw_fd(&null);
+            let _ = nix::unistd::dup2(null, 1);
+            let _ = nix::unistd::dup2(null, 2);
+        }
+        // The child's copies of the signalfd and connection close on exec.
+        reexec(comm, &[(ENV_FORK, fork.to_string())]);
+        violent_death()
     }
     None
 }
@@ -601,15 +608,8 @@ fn kept_env(names: &[&str]) -> Vec<CString> {
 /// Runs this ghost program again as `[comm]`, with `env` added to a minimal environment.
 /// Returns only if the exec failed.
 fn reexec(comm: &str, env: &[(&str, String)]) {
-    let Some((exe, arg0, envp)) = program_args(comm, env) else { return };
-    let _ = nix::unistd::execve(&exe, &[arg0], &envp);
-}
-
-/// This ghost program as [`reexec`] runs it: its path, `[comm]` and the environment (`env`
-/// added to a minimal one).
-fn program_args(comm: &str, env: &[(&str, String)]) -> Option<(CString, CString, Vec<CString>)> {
-    let exe = CString::new("/proc/self/exe").ok()?;
-    let arg0 = CString::new(format!("[{comm}]")).ok()?;
+    let Ok(exe) = CString::new("/proc/self/exe") else { return };
+    let Ok(arg0) = CString::new(format!("[{comm}]")) else { return };
     let mut envp: Vec<CString> =
         env.iter().filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok()).collect();
     envp.extend(kept_env(&["BPROC_SOCKET", ENV_GRACE]));
@@ -620,7 +620,7 @@ fn program_args(comm: &str, env: &[(&str, String)]) -> Option<(CString, CString,
         let kv = format!("{}={}", bproc_proto::conn::ENV_REJOIN, mine.encode());
         envp.extend(CString::new(kv));
     }
-    Some((exe, arg0, envp))
+    let _ = nix::unistd::execve(&exe, &[arg0], &envp);
 }
 
 /// Whether `fd` closes when this process executes a program (`on`), or stays open for it.

@@ -9,13 +9,11 @@
 //! A light ghost does the common part of a ghost's life itself, with direct system calls and
 //! no allocation (it shares the heap and thread-local storage it must not touch): it forwards
 //! signals, stops and continues with its process, relays its output (a vector fork's ghosts,
-//! each with a listener the maker opened), forks the ghosts of its process's children (a
-//! node holds a fork until it knows the child ghost's pid) and reaps them, and ends with its
-//! status. Anything else the master asks (an exec, a move back, a rank to start) or a
-//! connection that breaks, and it becomes a full ghost: it executes the ghost program again,
-//! which gets the connection (with the request still unread on it), its index, its stop state
-//! and its relay's listener and connections in the environment, and takes over with its own
-//! memory.
+//! each with a listener the maker opened), and ends with its status. Anything else
+//! the master asks (a fork, an exec, a move back, a rank to start) or a connection that
+//! breaks, and it becomes a full ghost: it executes the ghost program again, which gets the
+//! connection (with the request still unread on it), its index, its stop state and its
+//! relay's listener and connections in the environment, and takes over with its own memory.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{IntoRawFd, RawFd};
@@ -47,7 +45,6 @@ struct Launch {
     /// Message types a light ghost serves itself.
     proc_exit: u16,
     ghost_state: u16,
-    ghost_fork: u16,
     /// The token a relaying ghost's output connections present (see [`crate::relay`]).
     relay: Option<[u8; 16]>,
     /// The launcher's word that it sent the launch (see [`fork`]), or -1.
@@ -214,7 +211,6 @@ fn prepare(
         blocked: how.blocked,
         proc_exit: exit.msg_type(),
         ghost_state: Message::GhostState { stopped: false }.msg_type(),
-        ghost_fork: Message::GhostFork { fork: 0, comm: String::new() }.msg_type(),
         relay: how.relay,
         launched: how.launched,
     }));
@@ -589,8 +585,6 @@ fn forward_signals(g: &mut Ghost, sfd: RawFd, ctl: RawFd) {
     while let Ok(Some(info)) = raw::read_signal(sfd) {
         let sig = info.ssi_signo as i32;
         if sig == libc::SIGCHLD {
-            // The ghosts it forked for its process's children.
-            raw::reap_children();
             continue;
         }
         if crate::is_stop(sig) {
@@ -620,23 +614,12 @@ fn take_frame(g: &mut Ghost, ctl: RawFd) {
     let Ok(h) = Header::parse(&head) else { become_full(g, ctl) };
     let total = HEADER_LEN + h.len as usize;
     let l = g.launch;
-    if ![l.proc_exit, l.ghost_state, l.ghost_fork].contains(&h.msg_type) || total > buf.len() {
+    if ![l.proc_exit, l.ghost_state].contains(&h.msg_type) || total > buf.len() {
         become_full(g, ctl);
     }
     let frame = &mut buf[..total];
     if raw::peek_exact(ctl, frame) != Ok(total) {
         become_full(g, ctl);
-    }
-    if h.msg_type == l.ghost_fork {
-        // Read without allocating (its name is a string), then taken off the connection.
-        let Ok((fork, comm)) = Message::ghost_fork_fields(&frame[HEADER_LEN..]) else {
-            become_full(g, ctl)
-        };
-        let name = Name::new(comm.as_bytes());
-        if raw::read_exact(ctl, frame) != Ok(true) {
-            become_full(g, ctl);
-        }
-        return fork_ghost(g, ctl, fork, name.bracketed());
     }
     let msg = bproc_proto::decode_body(&h, &frame[HEADER_LEN..]);
     if msg.is_err() || raw::read_exact(ctl, frame) != Ok(true) {
@@ -654,35 +637,6 @@ fn take_frame(g: &mut Ghost, ctl: RawFd) {
             g.cont_pending = false;
         }
         _ => become_full(g, ctl),
-    }
-}
-
-/// Forks the ghost of the process's fork `fork` (named `comm`) and tells the master its pid
-/// at once, as a full ghost does: a node holds the fork until it knows that pid, which the
-/// child then takes. The child executes the ghost program, which says hello with the fork
-/// id; it holds nothing of the launcher's output. Without this a light ghost would first
-/// have to become a full one, an exec of the ghost program that the node's fork may not
-/// wait for.
-fn fork_ghost(g: &mut Ghost, ctl: RawFd, fork: u64, argv0: &CStr) {
-    let l = g.launch;
-    let mut id = Line::new();
-    let mut env: [&CStr; 10] = [c""; 10];
-    let mut k = 0;
-    for v in l.env.iter().map(CString::as_c_str).chain([id.var(crate::ENV_FORK, fork as i64, None)])
-    {
-        if let Some(slot) = env.get_mut(k) {
-            *slot = v;
-            k += 1;
-        }
-    }
-    // /dev/null: where the launcher's stdout is not kept (see `run`).
-    let null = if l.keep_output { 0 } else { 1 };
-    let Ok(pid) = raw::fork_exec(&l.program, &[argv0], &env[..k], null) else { return };
-    let msg = Message::GhostForked { fork, pid };
-    bproc_proto::encode_into(&mut g.out, 0, &msg);
-    if raw::write_all(ctl, &g.out).is_err() {
-        // The master went away: the full ghost waits for it.
-        become_full(g, ctl);
     }
 }
 
@@ -730,28 +684,6 @@ fn become_full(g: &mut Ghost, ctl: RawFd) -> ! {
 fn say(parts: &[&[u8]]) {
     for p in parts {
         let _ = raw::write_all(2, p);
-    }
-}
-
-/// A process name as a ghost's `argv[0]` shows it, `[comm]`, on the stack (a name of up to
-/// 64 bytes: a kernel's are 15 at most).
-struct Name {
-    buf: [u8; 64 + 3],
-}
-
-impl Name {
-    fn new(comm: &[u8]) -> Name {
-        let mut buf = [0u8; 64 + 3];
-        let n = comm.len().min(64);
-        buf[0] = b'[';
-        buf[1..=n].copy_from_slice(&comm[..n]);
-        buf[n + 1] = b']';
-        Name { buf }
-    }
-
-    fn bracketed(&self) -> &CStr {
-        // The last byte is never written: there is always a NUL.
-        CStr::from_bytes_until_nul(&self.buf).unwrap_or(c"[]")
     }
 }
 

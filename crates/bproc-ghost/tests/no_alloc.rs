@@ -49,14 +49,9 @@ fn a_light_ghosts_frames_allocate_nothing() {
         Message::GhostState { stopped: true },
     ];
     let frames: Vec<Vec<u8>> = ends.iter().map(|m| bproc_proto::encode(0, m)).collect();
-    let fork_frame = bproc_proto::encode(0, &Message::GhostFork { fork: 5, comm: "sh".into() });
     let mut out = Vec::with_capacity(64);
     assert_eq!(allocations(|| drop(std::hint::black_box(vec![1u8]))), 1, "the count works");
     let n = allocations(|| {
-        bproc_proto::encode_into(&mut out, 0, &Message::GhostForked { fork: 9, pid: 1234 });
-        let (fork, comm) = Message::ghost_fork_fields(&fork_frame[bproc_proto::HEADER_LEN..])
-            .expect("a GhostFork body");
-        assert_eq!((fork, comm), (5, "sh"));
         for sig in [1, 15, 20, 64] {
             let msg = Message::GhostSignal { signal: sig, sender: 1234 };
             bproc_proto::encode_into(&mut out, 0, &msg);

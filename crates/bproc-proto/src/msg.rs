@@ -686,40 +686,9 @@ messages! {
     },
 }
 
-impl Message {
-    /// A `GhostFork` body's fields, borrowed and checked as its decoding checks them: the
-    /// fork id and the child's name. A light ghost, which may not allocate, reads them so.
-    pub fn ghost_fork_fields(body: &[u8]) -> Result<(u64, &str), DecodeError> {
-        let mut r = Reader::new(body);
-        let fork = r.u64("fork")?;
-        let comm = r.bytes("comm", MAX_TEXT)?;
-        let comm = std::str::from_utf8(comm).map_err(|_| DecodeError::BadString("comm"))?;
-        r.finish()?;
-        Ok((fork, comm))
-    }
-}
-
 impl From<crate::CopyRequest> for Message {
     fn from(r: crate::CopyRequest) -> Message {
         let crate::CopyRequest { src, paths, dst, target, opts, cwd, fanout, port } = r;
         Message::Copy { src, paths, dst, target, opts, cwd, fanout, port }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ghost_fork_fields_read_what_decoding_reads() {
-        for (fork, comm) in [(0, ""), (7, "sh"), (u64::MAX, "a-long-command-name")] {
-            let frame = crate::encode(0, &Message::GhostFork { fork, comm: comm.into() });
-            let body = &frame[crate::HEADER_LEN..];
-            assert_eq!(Message::ghost_fork_fields(body).unwrap(), (fork, comm));
-        }
-        let frame = crate::encode(0, &Message::GhostFork { fork: 1, comm: "x".into() });
-        let body = &frame[crate::HEADER_LEN..];
-        assert!(Message::ghost_fork_fields(&body[..body.len() - 1]).is_err());
-        assert!(Message::ghost_fork_fields(&[body, &[0]].concat()).is_err());
     }
 }

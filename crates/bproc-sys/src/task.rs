@@ -354,43 +354,12 @@ pub mod raw {
         call(libc::SYS_dup3, [old as usize, new as usize, 0, 0, 0, 0]).map(drop)
     }
 
-    /// Forks this task into a child that points its stdout and stderr at `null`, closes
-    /// every fd from 3 up and executes `path` with `argv` and `envp` (a child that cannot
-    /// ends by SIGKILL); the child's pid. Until its exec the child makes only these direct
-    /// calls, on its own copy of this task's memory: safe whatever the other tasks and
-    /// threads of this address space held as it forked.
-    pub fn fork_exec(
-        path: &CStr,
-        argv: &[&CStr],
-        envp: &[&CStr],
-        null: RawFd,
-    ) -> Result<i32, Errno> {
-        // A plain fork: no new stack, the child returns here on its copy of this one.
-        match call(libc::SYS_clone, [libc::SIGCHLD as usize, 0, 0, 0, 0, 0])? {
-            0 => {
-                let _ = dup2(null, 1);
-                let _ = dup2(null, 2);
-                close_from(3);
-                let _ = execve(path, argv, envp);
-                let _ = kill(getpid(), libc::SIGKILL);
-                exit_group(127)
-            }
-            pid => Ok(pid as i32),
-        }
-    }
-
     /// How many bytes wait to be read on `fd` (`FIONREAD`).
     pub fn readable(fd: RawFd) -> Result<usize, Errno> {
         let mut n: libc::c_int = 0;
         let a =
             [fd as usize, libc::FIONREAD as usize, &mut n as *mut libc::c_int as usize, 0, 0, 0];
         call(libc::SYS_ioctl, a).map(|_| n.max(0) as usize)
-    }
-
-    /// Reaps every child of this process that has ended, without waiting.
-    pub fn reap_children() {
-        let a = [usize::MAX, 0, (libc::WNOHANG | libc::__WALL) as usize, 0, 0, 0];
-        while matches!(call(libc::SYS_wait4, a), Ok(p) if p > 0) {}
     }
 
     /// This process's pid.

@@ -154,8 +154,6 @@ pub struct Spec {
     pub daemonize_master: bool,
     /// Environment variables set for each slave (tests tune a slave's waits this way).
     pub slave_env: Vec<(String, String)>,
-    /// Environment variables set for the master (a test names its ghost program this way).
-    pub master_env: Vec<(String, String)>,
 }
 
 impl Spec {
@@ -175,7 +173,6 @@ impl Spec {
             diskless: false,
             daemonize_master: false,
             slave_env: Vec::new(),
-            master_env: Vec::new(),
         }
     }
 }
@@ -430,7 +427,6 @@ impl Cluster {
             cmd.arg("-v");
         }
         cmd.arg("--event-hub").arg(self.event_hub());
-        cmd.envs(self.spec.master_env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

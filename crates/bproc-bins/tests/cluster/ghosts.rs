@@ -256,8 +256,8 @@ fn remote_forks_become_ghosts() {
 /// bpsh forks itself into the ghost of a single rank (no program is run for it). The ghosts
 /// of a launch on several nodes share one address space while they forward
 /// signals and wait (light ghosts): a stop and a continue pass through them, and a signal ends
-/// the remote process and its ghost by that signal. A fork on a node leaves its parent's
-/// ghost light (it forks the fork's ghost itself), and the fork's ghost appears under it.
+/// the remote process and its ghost by that signal. A fork on a node makes its parent's ghost
+/// a full one, with memory of its own, and the fork's ghost appears under it.
 #[test]
 fn a_launchs_ghosts_share_one_address_space() {
     use bproc_sys::peer::same_address_space;
@@ -356,7 +356,7 @@ fn a_launchs_ghosts_share_one_address_space() {
         .filter(|p| ps(*p).is_some_and(|p| p.0 == forks.0.id() as i32))
         .collect();
     assert_eq!(shells.len(), 2, "{g:?}");
-    assert!(same_address_space(shells[0], shells[1]).unwrap(), "ghosts that forked");
+    assert!(!same_address_space(shells[0], shells[1]).unwrap(), "ghosts that forked");
     for shell in &shells {
         until(10, "the sleep's ghost under its shell's", || {
             let kids =
@@ -473,16 +473,15 @@ fn job_control_through_a_terminal() {
     type_keys("exit\n");
 }
 
-/// The ghosts of this cluster (by the socket in their environment) still alive, and the
-/// bpsh processes using it (a light ghost runs bpsh's program): pids.
+/// The ghosts of this cluster (by the socket in their environment) still alive: pids.
 fn ghosts_of(c: &TestCluster) -> Vec<i32> {
     let want = format!("BPROC_SOCKET={}", c.socket().display());
-    let (ghost, bpsh) = (bins().join("bpghost"), bins().join("bpsh"));
+    let ghost = bins().join("bpghost");
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == ghost || e == bpsh)
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == ghost)
                 && std::fs::read(format!("/proc/{pid}/environ"))
                     .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want.as_bytes()))
                 && ps(*pid).is_some_and(|p| p.1 != 'Z')
@@ -539,9 +538,9 @@ fn stop_continue_interrupt_leaves_no_ghosts() {
 
 /// Two nodes whose forks wait up to five seconds for their ghosts: 10 ms by default, and
 /// under a loaded test run the master may take longer (the child then keeps the kernel's pid).
-/// When a light ghost's first fork made it a full ghost first (an exec of the ghost program,
-/// a debug build here), a shell's first fork once waited a full second for its ghost with
-/// three of these tests at once (once in about 650 runs).
+/// A light ghost's first fork makes it a full ghost first, an exec of the ghost program (a
+/// debug build here): with three of these tests at once, a shell's first fork once waited a
+/// full second for its ghost (once in about 650 runs) and the next 49 about 2 ms each.
 fn patient_cluster(tag: &str) -> TestCluster {
     let mut spec = TestCluster::spec(&bins(), 2, tag);
     spec.slave_env.push(("BPROC_FORK_WAIT_MS".into(), "5000".into()));
@@ -1018,9 +1017,12 @@ fn ghosts_of_a_bpsh_killed_before_its_launch_end() {
             job.finish(20);
             break;
         }
-        // The ghosts stayed: right, if the launch was sent after all. That launch ends, every
-        // ghost killed, and the test tries again.
-        assert_eq!(started(), Some(true), "ghosts of a launch never sent stayed");
+        // The ghosts stayed: right, if the launch was sent after all (its ranks then start,
+        // slowly on a loaded machine). That launch ends, every ghost killed, and the test
+        // tries again.
+        until(20, "the ranks of a launch sent after all (else its ghosts stayed wrongly)", || {
+            started()?.then_some(())
+        });
         assert!(tries < 10, "bpsh sent its launch before it was stopped, 10 times");
         for g in named(name) {
             let _ = kill(Pid::from_raw(g), Signal::SIGKILL);
@@ -1117,38 +1119,6 @@ fn children(pid: i32) -> Vec<i32> {
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
         .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
         .collect()
-}
-
-/// A light ghost forks the ghost of its process's child itself: with a ghost program that
-/// takes two seconds to start, a shell's child on the node still takes its ghost's pid (a
-/// node holds a fork for its ghost 10 ms at most), a child of the shell's ghost on the
-/// front end. Before, a light ghost first executed the ghost program to become a full one,
-/// and the child ran under a pid no ghost had.
-#[test]
-fn a_light_ghost_forks_without_becoming_a_full_one() {
-    use std::os::unix::fs::PermissionsExt;
-    if !require_root("forks take their ghosts' pids only in a root slave's pid namespace") {
-        return;
-    }
-    let dir = bproc_testkit::unique_dir("slow-ghost");
-    std::fs::create_dir_all(&dir).unwrap();
-    let slow = dir.join("bpghost");
-    let real = bins().join("bpghost");
-    std::fs::write(&slow, format!("#!/bin/sh\nsleep 2\nexec {} \"$@\"\n", real.display())).unwrap();
-    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut spec = TestCluster::spec(&bins(), 1, "light-fork");
-    spec.master_env = vec![("BPROC_GHOST".into(), slow.display().to_string())];
-    let c = TestCluster::start(spec);
-    let script = "echo $$; sh -c 'echo $$; sleep 3'";
-    let mut job = c.cmd("bpsh").args(["0", "sh", "-c", script]).spawn();
-    let pid = |l: String| -> i32 { l.parse().unwrap_or_else(|_| panic!("a pid: {l:?}")) };
-    let shell = pid(job.wait_line(20, "the shell's pid", |n, _| n == 1));
-    let child = pid(job.wait_line(20, "its child's pid", |n, _| n == 1));
-    // Its ghost is that process on the front end (forked, then running the slow program).
-    let ghost = ps(child);
-    assert_eq!(ghost.as_ref().map(|g| g.0), Some(shell), "the child's ghost: {ghost:?}");
-    assert_eq!(job.finish(30).code(), Some(0), "{job:?}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Forks on a node do not wait for a master that does not answer: with the master stopped,
