@@ -4,6 +4,7 @@
 //! master names it ([`crate::Place::ghost`]).
 
 use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -29,7 +30,19 @@ pub fn comm_of(path: &str) -> String {
 /// once and forks the others, so a ghost costs a fork of a small process. Each connects to
 /// the master itself and waits there for its process.
 pub fn spawn(program: &str, comm: &str, n: usize) -> std::io::Result<Vec<i32>> {
-    Ok(spawn_with(program, comm, n, Io::None)?.into_iter().map(|(pid, _)| pid).collect())
+    Ok(spawn_with(program, comm, n, Io::None, false)?.0.into_iter().map(|(pid, _)| pid).collect())
+}
+
+/// [`spawn`] for a launch (with `relay`, [`spawn_relays`]): with the ghosts comes the word
+/// the caller gives them once it has sent the launch ([`LaunchSent`]), which they watch as
+/// bpsh's light ghosts do.
+pub(crate) fn spawn_for_launch(
+    program: &str,
+    comm: &str,
+    n: usize,
+    relay: Option<&[u8; 16]>,
+) -> std::io::Result<Made> {
+    spawn_with(program, comm, n, relay.map_or(Io::None, Io::Relay), true)
 }
 
 /// [`spawn`] for ghosts that keep the caller's stdout and stderr: a process that moves back
@@ -41,8 +54,13 @@ pub fn spawn_keeping_output(
     n: usize,
     rejoin: Option<&Rejoin>,
 ) -> std::io::Result<Vec<i32>> {
-    Ok(spawn_with(program, comm, n, Io::Output(rejoin))?.into_iter().map(|(pid, _)| pid).collect())
+    let made = spawn_with(program, comm, n, Io::Output(rejoin), false)?.0;
+    Ok(made.into_iter().map(|(pid, _)| pid).collect())
 }
+
+/// The ghosts made for a launch, each one's pid and relay port (0: none), and the word to
+/// give them once the launch is sent (when they watch for it).
+pub(crate) type Made = (Vec<(i32, u16)>, Option<LaunchSent>);
 
 /// What a new ghost keeps of the caller's stdio.
 enum Io<'a> {
@@ -63,16 +81,23 @@ pub fn spawn_relays(
     n: usize,
     token: &[u8; 16],
 ) -> std::io::Result<Vec<(i32, u16)>> {
-    spawn_with(program, comm, n, Io::Relay(token))
+    Ok(spawn_with(program, comm, n, Io::Relay(token), false)?.0)
 }
 
-fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Result<Vec<(i32, u16)>> {
+/// Starts the ghosts; with `watch`, they watch the pipe whose write end comes back.
+fn spawn_with(
+    program: &str,
+    comm: &str,
+    n: usize,
+    io: Io<'_>,
+    watch: bool,
+) -> std::io::Result<Made> {
     let relay = match io {
         Io::Relay(t) => Some(t),
         _ => None,
     };
     if n == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let mut cmd = Command::new(program);
     let rejoin = match &io {
@@ -80,6 +105,19 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
         _ => None,
     };
     cmd.arg0(format!("[{comm}]")).env_clear().envs(ghost_env(rejoin));
+    // The pipe's read end goes to the ghost program under its own number (open across the
+    // exec), the write end stays here only.
+    let pipe = match watch {
+        true => {
+            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            let open = nix::fcntl::FdFlag::empty();
+            nix::fcntl::fcntl(r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(open))?;
+            cmd.env(bproc_ghost::ENV_LAUNCHED, r.as_raw_fd().to_string());
+            Some((r, LaunchSent(w)))
+        }
+        false => None,
+    };
+    let (pipe, sent) = pipe.unzip();
     if n == 1 && !matches!(io, Io::Relay(_)) {
         // One ghost is the child itself: its pid is known once it has exec'd, and the launch
         // need not wait for it to start up and say so. One that keeps the caller's output
@@ -95,7 +133,9 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
                 cmd.stdout(Stdio::null()).stderr(Stdio::null());
             }
         }
-        return Ok(vec![(cmd.spawn()?.id() as i32, 0)]);
+        let pid = cmd.spawn()?.id() as i32;
+        drop(pipe);
+        return Ok((vec![(pid, 0)], sent));
     }
     cmd.env("BPROC_GHOST_COUNT", n.to_string());
     match io {
@@ -115,10 +155,11 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
         }
     }
     let mut first = cmd.stdout(Stdio::piped()).spawn()?;
+    drop(pipe);
     let first_pid = first.id() as i32;
     match first.stdout.take() {
-        Some(out) => read_pids(out, program, comm, n, relay.is_some(), first_pid),
-        None => Ok(Vec::new()),
+        Some(out) => Ok((read_pids(out, program, comm, n, relay.is_some(), first_pid)?, sent)),
+        None => Ok((Vec::new(), None)),
     }
 }
 

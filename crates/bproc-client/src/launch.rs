@@ -188,7 +188,8 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
     let staged = stage_for_diskless(&mut client, nodes, &mut spec)?;
     fits(&spec)?;
     let comm = crate::ghost::comm_of(&spec.path);
-    let (ghosts, io_ports) = match &ghost {
+    let plain = |g| ghosts_for(g, &comm, nodes).map(|(made, sent)| (made, Vec::new(), sent));
+    let (ghosts, io_ports, sent) = match &ghost {
         Some(g) if spec.io.contains(&IoSpec::Forward) => {
             match relays_for(g, &comm, nodes, &spec.token) {
                 Ok(made) => made,
@@ -196,17 +197,17 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
                 Err(_) => {
                     // No relays: the ranks run with ghosts that do not relay, and no output.
                     spec.io = vec![IoSpec::Null; 3];
-                    (ghosts_for(g, &comm, nodes).map_err(killed)?, Vec::new())
+                    plain(g).map_err(killed)?
                 }
             }
         }
-        Some(g) => (ghosts_for(g, &comm, nodes).map_err(killed)?, Vec::new()),
+        Some(g) => plain(g).map_err(killed)?,
         None => {
             // No ghosts (a launch from a node): nobody to relay to.
             if spec.io.contains(&IoSpec::Forward) {
                 spec.io = vec![IoSpec::Null; 3];
             }
-            (vec![0; nodes.len()], Vec::new())
+            (vec![0; nodes.len()], Vec::new(), None)
         }
     };
     let launch = Message::Launch {
@@ -215,9 +216,13 @@ pub fn vexecmove(nodes: &[i32], prog: &Program) -> Result<Vec<i32>, BprocError> 
         ghosts: ghosts.clone(),
         io_ports,
     };
+    // The ghosts hear once the launch is sent: if this process is killed before, they end
+    // (no process will ever start for them). The pipe closes as this call returns, the
+    // word in it: each ghost wakes once to stop watching.
+    let told = || sent.iter().for_each(crate::ghost::LaunchSent::sent);
     let reply = match &staged {
-        Some(files) => serve_files(files, &spec.token, || client.request(&launch)),
-        None => client.request(&launch),
+        Some(files) => serve_files(files, &spec.token, || client.request_telling(&launch, told)),
+        None => client.request_telling(&launch, told),
     };
     let mut pids = match reply {
         Ok(Message::Launched { pids }) if pids.len() == nodes.len() => pids,
@@ -343,15 +348,21 @@ fn serve_files<T>(staged: &Staged, token: &[u8; 16], request: impl FnOnce() -> T
 }
 
 /// A ghost for each rank not on the front end (0 for the others, and for all when the ghost
-/// program fails: the ranks then run without ghosts); the error when ghosts were killed as
-/// they were made ([`crate::ghost::killed`]), as the launch must then not go on.
-pub fn ghosts_for(program: &str, comm: &str, nodes: &[i32]) -> std::io::Result<Vec<i32>> {
+/// program fails: the ranks then run without ghosts), with the word to give them once the
+/// launch is sent; the error when ghosts were killed as they were made
+/// ([`crate::ghost::killed`]), as the launch must then not go on.
+pub fn ghosts_for(
+    program: &str,
+    comm: &str,
+    nodes: &[i32],
+) -> std::io::Result<(Vec<i32>, Option<crate::ghost::LaunchSent>)> {
     let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
-    let made = match crate::ghost::spawn(program, comm, remote) {
+    let (made, sent) = match crate::ghost::spawn_for_launch(program, comm, remote, None) {
         Err(e) if crate::ghost::killed(&e).is_some() => return Err(e),
         made => made.unwrap_or_default(),
     };
-    Ok(rank_ghosts(nodes, made))
+    let made = made.into_iter().map(|(pid, _)| pid).collect();
+    Ok((rank_ghosts(nodes, made), sent))
 }
 
 /// Each rank's ghost, from the ghosts made for the ranks not on the front end (0 for the
@@ -389,19 +400,23 @@ pub fn ghosts_keeping_output(
 }
 
 /// Relaying ghosts for each rank not on the front end, with the ports the nodes connect the
-/// ranks' output to (0 for the others); the error when the ghost program fails.
+/// ranks' output to (0 for the others) and the word to give them once the launch is sent;
+/// the error when the ghost program fails.
+#[allow(clippy::type_complexity)]
 fn relays_for(
     program: &str,
     comm: &str,
     nodes: &[i32],
     token: &[u8; 16],
-) -> std::io::Result<(Vec<i32>, Vec<u16>)> {
+) -> std::io::Result<(Vec<i32>, Vec<u16>, Option<crate::ghost::LaunchSent>)> {
     let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
-    let mut made = crate::ghost::spawn_relays(program, comm, remote, token)?.into_iter();
-    Ok(nodes
+    let (made, sent) = crate::ghost::spawn_for_launch(program, comm, remote, Some(token))?;
+    let mut made = made.into_iter();
+    let (ghosts, ports) = nodes
         .iter()
         .map(|&n| if n == NODE_MASTER { (0, 0) } else { made.next().unwrap_or((0, 0)) })
-        .unzip())
+        .unzip();
+    Ok((ghosts, ports, sent))
 }
 
 /// Rank `rank` on the front end: a plain child of the caller, with the caller's stdio or the

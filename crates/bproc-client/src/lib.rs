@@ -438,7 +438,17 @@ impl Client {
     /// Sends one request and returns the reply; an `Error` reply becomes [`BprocError::Remote`].
     /// Sending and the wait for the reply are each bounded by the client's limit.
     pub(crate) fn request(&mut self, msg: &Message) -> Result<Message, BprocError> {
-        let r = self.request_once(msg);
+        self.request_telling(msg, || {})
+    }
+
+    /// [`Client::request`], calling `sent` once the request is written (a launcher's word
+    /// to its ghosts that the launch is sent).
+    pub(crate) fn request_telling(
+        &mut self,
+        msg: &Message,
+        sent: impl Fn(),
+    ) -> Result<Message, BprocError> {
+        let r = self.request_once(msg, &sent);
         match r {
             Err(e)
                 if closed_by_master(&e)
@@ -446,15 +456,15 @@ impl Client {
             {
                 // Closed for being quiet: the request never reached the master.
                 *self = Client::connect_within(&self.path.clone(), self.limit)?;
-                self.request_once(msg)
+                self.request_once(msg, &sent)
             }
             r => r,
         }
     }
 
-    /// One request and its reply, under the client's limit.
-    fn request_once(&mut self, msg: &Message) -> Result<Message, BprocError> {
-        self.within_limit(|c| c.send(msg).and_then(|id| c.reply(id)))
+    /// One request and its reply, under the client's limit; `sent` once it is written.
+    fn request_once(&mut self, msg: &Message, sent: &impl Fn()) -> Result<Message, BprocError> {
+        self.within_limit(|c| c.send(msg).inspect(|_| sent()).and_then(|id| c.reply(id)))
     }
 
     /// Two requests sent together and their replies: one round trip instead of two, under

@@ -71,6 +71,10 @@ pub const ENV_INDEX: &str = "BPROC_GHOST_INDEX";
 /// Environment variable: `STOP,CONT`, the stop signal a ghost forwarded last and whether a
 /// SIGCONT was forwarded since (a light ghost that becomes a full one).
 pub const ENV_STATE: &str = "BPROC_GHOST_STATE";
+/// Environment variable naming an inherited fd: the pipe a launcher's ghosts watch until it
+/// says that it sent the launch (see [`light::fork`]), which a light ghost that becomes a
+/// full one hands on.
+pub const ENV_LAUNCHED: &str = "BPROC_GHOST_LAUNCHED";
 /// Set by a launcher that gives its ghosts its stdout (as their stdin, since stdout carries
 /// the pid list) and stderr: the ghost keeps them as its fds 1 and 2, so a process that moves
 /// back to the front end into its ghost writes where its launcher does.
@@ -102,12 +106,14 @@ pub fn main(argv0: OsString) -> ExitCode {
     }
     // Hold nothing of the launcher's but the control socket a re-exec passes on: a ghost
     // that kept a pipe open would keep its reader waiting.
-    let keep = std::env::var(ENV_FD).ok().and_then(|v| v.parse::<u32>().ok());
+    let fd_of = |name| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+    let keep = [fd_of(ENV_FD), fd_of(ENV_LAUNCHED)].into_iter().flatten();
     let conns = relay::inherited_conns().into_iter().map(|(fd, _)| fd);
     bproc_sys::close_fds_from(
         3,
-        &keep.into_iter().chain(relay::inherited_fd()).chain(conns).collect::<Vec<_>>(),
+        &keep.chain(relay::inherited_fd()).chain(conns).collect::<Vec<_>>(),
     );
+    let launched = fd_of(ENV_LAUNCHED).and_then(|fd| bproc_sys::inherited_pipe(fd as i32));
     let all = SigSet::all();
     bproc_sys::default_signal_actions();
     if sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None).is_err() {
@@ -118,7 +124,15 @@ pub fn main(argv0: OsString) -> ExitCode {
     if let Some(count) = std::env::var(ENV_COUNT).ok().and_then(|v| v.parse::<usize>().ok()) {
         // The ghosts share one address space; if that cannot be had, each is a fork.
         if count > 1 {
-            light::start(count, argv0.as_bytes());
+            // The launcher's pipe above a relaying light ghost's listener (fd 3), open
+            // across the exec that makes one a full ghost.
+            let above = nix::fcntl::FcntlArg::F_DUPFD(light::LISTENER + 1);
+            let watched =
+                launched.as_ref().and_then(|l| nix::fcntl::fcntl(l.as_raw_fd(), above).ok());
+            light::start(count, argv0.as_bytes(), watched.unwrap_or(-1));
+            if let Some(w) = watched {
+                let _ = nix::unistd::close(w);
+            }
         }
         let (me, made, failed) = make_siblings(count);
         index = me;
@@ -153,6 +167,9 @@ pub fn main(argv0: OsString) -> ExitCode {
                 let _ = nix::unistd::dup2(null, 1);
             }
         }
+    }
+    if let Some(l) = &launched {
+        let _ = close_on_exec(l.as_raw_fd(), true);
     }
     let sfd = match SignalFd::with_flags(&all, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
         Ok(s) => s,
@@ -191,7 +208,7 @@ pub fn main(argv0: OsString) -> ExitCode {
     let state = std::env::var(ENV_STATE).unwrap_or_default();
     let (stop, cont) = state.split_once(',').unwrap_or(("0", "0"));
     STOP_SIGNAL.store(stop.parse().unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
-    serve(sfd, ctl, relay, cont == "1")
+    serve(sfd, ctl, relay, cont == "1", launched)
 }
 
 /// Ghosts a maker makes itself; beyond, it hands half of its range to a sibling that makes
@@ -348,12 +365,14 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// Serves the master and the signals until the process ends. `cont_pending`: a SIGCONT was
 /// forwarded since the last stop request or notice, so a stop notice that comes after it is
 /// stale (Ctrl-Z then at once `fg`; or this ghost was stopped by a SIGSTOP of its own, which
-/// the master passed on, and continued since).
+/// the master passed on, and continued since). `launched`: the launcher's pipe, watched as a
+/// light ghost watches it (see [`light::fork`]).
 fn serve(
     sfd: SignalFd,
     mut ctl: UnixStream,
     mut relay: Option<relay::Relay>,
     mut cont_pending: bool,
+    mut launched: Option<std::os::fd::OwnedFd>,
 ) -> ExitCode {
     loop {
         let mut fds = vec![
@@ -362,6 +381,11 @@ fn serve(
         ];
         if let Some(r) = &relay {
             fds.extend(r.poll_fds().into_iter().map(|f| PollFd::new(f, PollFlags::POLLIN)));
+        }
+        let relayed = fds.len() - 2;
+        // Only its end wakes the ghost (a hang-up is always reported).
+        if let Some(l) = &launched {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::empty()));
         }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
@@ -373,8 +397,16 @@ fn serve(
         let sig_ready = fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
         drop(fds);
         let ctl_ready = ready[1];
+        // The launcher's end first, as a light ghost takes it.
+        if ready.get(2 + relayed) == Some(&true) {
+            if let Some(l) = launched.take() {
+                if !matches!(raw::readable(l.as_raw_fd()), Ok(n) if n > 0) {
+                    violent_death();
+                }
+            }
+        }
         if let Some(r) = &mut relay {
-            r.on_ready(&ready[2..]);
+            r.on_ready(&ready[2..2 + relayed]);
         }
         if sig_ready {
             let msgs = read_signals(&sfd, &mut cont_pending);
@@ -395,7 +427,8 @@ fn serve(
                 None => violent_death(),
             },
             Some(msg) => {
-                if let Some(code) = on_message(msg, &mut ctl, &mut relay, &mut cont_pending) {
+                let conn = (&mut ctl, launched.as_ref());
+                if let Some(code) = on_message(msg, conn, &mut relay, &mut cont_pending) {
                     return code;
                 }
             }
@@ -403,10 +436,11 @@ fn serve(
     }
 }
 
-/// Serves one message from the master on `ctl`; the ghost's exit code when it is to end.
+/// Serves one message from the master on `ctl` (with the launcher's pipe, while watched);
+/// the ghost's exit code when it is to end.
 fn on_message(
     msg: Message,
-    ctl: &mut UnixStream,
+    (ctl, launched): (&mut UnixStream, Option<&std::os::fd::OwnedFd>),
     relay: &mut Option<relay::Relay>,
     cont_pending: &mut bool,
 ) -> Option<ExitCode> {
@@ -448,10 +482,17 @@ fn on_message(
             let stop = STOP_SIGNAL.load(std::sync::atomic::Ordering::Relaxed);
             let state = format!("{stop},{}", u8::from(*cont_pending));
             let mut env = vec![(ENV_FD, fd.to_string()), (ENV_STATE, state)];
-            // So does the relay, with the output it has yet to copy.
+            // So does the relay, with the output it has yet to copy, and the launcher's pipe.
             env.extend(relay.as_ref().map(relay::Relay::hand_over).unwrap_or_default());
+            let launched = launched.map(AsRawFd::as_raw_fd);
+            if let Some(l) = launched.filter(|l| close_on_exec(*l, false).is_ok()) {
+                env.push((ENV_LAUNCHED, l.to_string()));
+            }
             reexec(&comm, &env);
             let _ = close_on_exec(fd, true);
+            if let Some(l) = launched {
+                let _ = close_on_exec(l, true);
+            }
         }
         _ => {}
     }

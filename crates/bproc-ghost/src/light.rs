@@ -56,10 +56,10 @@ struct Launch {
 const CONNS: usize = 8;
 
 /// The fd a relaying light ghost keeps its listener at.
-const LISTENER: RawFd = 3;
+pub(crate) const LISTENER: RawFd = 3;
 
-/// The fd a ghost of a launch that says when it is sent keeps that word at (such a launch
-/// relays nothing).
+/// The fd a ghost of a launch that says when it is sent keeps that word at, if it relays
+/// nothing (a relaying one keeps it where the ghost program put it, above its listener).
 const LAUNCHED: RawFd = 3;
 
 /// One light ghost's own state; only its task touches it.
@@ -86,8 +86,9 @@ const SPLIT: usize = 128;
 /// Makes the launch's `count` ghosts as light tasks, siblings of this process, and becomes
 /// ghost 0; each maker writes `INDEX PID` lines for the launcher on stdout. Returns only if
 /// it could not start, before any ghost was made; it makes fewer if the system runs out of
-/// processes.
-pub fn start(count: usize, argv0: &[u8]) -> Errno {
+/// processes. `launched`: the launcher's pipe the ghosts watch (see [`fork`]; above
+/// [`LISTENER`]), or -1.
+pub fn start(count: usize, argv0: &[u8], launched: RawFd) -> Errno {
     // Relaying ghosts write their processes' output where the launcher's stdout went.
     let relay = std::env::var(crate::relay::ENV_IO).ok().and_then(|v| {
         let mut t = [0u8; 16];
@@ -102,7 +103,7 @@ pub fn start(count: usize, argv0: &[u8]) -> Errno {
             Err(e) => return e,
         },
         relay,
-        launched: -1,
+        launched,
     };
     match prepare(count, argv0, how) {
         Ok((first, second)) => split(first, second),
@@ -420,7 +421,13 @@ pub fn run(g: &'static mut Ghost) -> ! {
     // the launcher's word that it sent the launch.
     if g.listener >= 0 && raw::dup2(g.listener, LISTENER).is_ok() {
         g.listener = LISTENER;
-        raw::close_from(LISTENER + 1);
+        if l.launched > LISTENER {
+            g.launched = l.launched;
+            raw::close_range(LISTENER + 1, l.launched - 1);
+            raw::close_from(l.launched + 1);
+        } else {
+            raw::close_from(LISTENER + 1);
+        }
     } else if l.launched >= 0 && raw::dup2(l.launched, LAUNCHED).is_ok() {
         g.listener = -1;
         g.launched = LAUNCHED;
@@ -452,16 +459,18 @@ pub fn run(g: &'static mut Ghost) -> ! {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => crate::violent_death(),
         }
-        // Output first, as a full ghost relays it: what came before a signal or an end.
+        // The launcher's end first: without its word that it sent the launch, nothing the
+        // master says (a connection it closed among it) concerns a process.
+        if fds[2].revents != 0 {
+            launcher_ended(g);
+        }
+        // Output next, as a full ghost relays it: what came before a signal or an end.
         relay_ready(g, ctl, &fds[3..3 + n], false);
         if fds[0].revents & libc::POLLIN != 0 {
             forward_signals(g, sfd, ctl);
         }
         if fds[1].revents != 0 {
             take_frame(g, ctl);
-        }
-        if fds[2].revents != 0 {
-            launcher_ended(g);
         }
     }
 }
@@ -644,20 +653,22 @@ fn take_frame(g: &mut Ghost, ctl: RawFd) {
 /// ghost's index and its stop state; it takes over with memory of its own.
 fn become_full(g: &mut Ghost, ctl: RawFd) -> ! {
     let l = g.launch;
-    // A full ghost does not watch the launcher.
-    if g.launched >= 0 {
-        raw::close(g.launched);
-    }
     let mut fd = Line::new();
     let mut index = Line::new();
     let mut state = Line::new();
     let mut io = Line::new();
     let mut conns = Line::new();
+    let mut launched = Line::new();
     let mut env: [&CStr; 10] = [c""; 10];
     let mut n = 0;
-    let relay = match l.relay {
+    // The relay's fds, and the launcher's pipe, which the full ghost watches in turn.
+    let relayed = match l.relay {
         Some(token) if g.listener >= 0 => [io.relay(&token, g.listener), conns.conns(&g.conns)],
         _ => [c"", c""],
+    };
+    let watched = match g.launched {
+        -1 => c"",
+        fd => launched.var(crate::ENV_LAUNCHED, fd.into(), None),
     };
     for v in l
         .env
@@ -668,7 +679,7 @@ fn become_full(g: &mut Ghost, ctl: RawFd) -> ! {
             index.var(crate::ENV_INDEX, g.index as i64, None),
             state.var(crate::ENV_STATE, g.stop_signal.into(), Some(g.cont_pending.into())),
         ])
-        .chain(relay.into_iter().filter(|v| !v.is_empty()))
+        .chain(relayed.into_iter().chain([watched]).filter(|v| !v.is_empty()))
     {
         if let Some(slot) = env.get_mut(n) {
             *slot = v;

@@ -666,12 +666,18 @@ impl Ghosts {
         ends
     }
 
-    /// A named ghost's rank did not start: forget it (its launcher ends it), unless it
-    /// still stands for a process (one that failed to move).
+    /// A named ghost's rank did not start: forget it, unless it still stands for a process
+    /// (one that failed to move), and tell it to end as its launcher would end it (by
+    /// SIGKILL). Its launcher does so too, but one stopped or killed before it did would
+    /// leave it waiting: a ghost whose connection just closes takes its master for gone and
+    /// waits for it to come back.
     pub(crate) fn abandon(&self, ghost: i32) {
         let mut g = self.lock();
         if g.ghosts.get(&ghost).is_some_and(|gh| gh.remote.is_none()) {
-            g.ghosts.remove(&ghost);
+            if let Some(mut gh) = g.ghosts.remove(&ghost) {
+                let killed = ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL as i32);
+                gh.send(Message::ProcExit { launch: 0, rank: 0, status: killed });
+            }
         }
     }
 
@@ -1278,6 +1284,21 @@ mod tests {
         }
         assert_eq!(g.lock().ghosts[&101].held.len(), MAX_HELD);
         assert_eq!(g.signal_target(999, 15, 0), None);
+    }
+
+    #[test]
+    fn a_ghost_whose_rank_did_not_start_is_told_to_end() {
+        let g = Ghosts::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        g.lock().ghosts.insert(100, Ghost { tx: Some(tx), ..Ghost::default() });
+        g.abandon(100);
+        let killed = ExitStatus::Signal(9);
+        assert_eq!(
+            rx.try_recv().ok(),
+            Some(Message::ProcExit { launch: 0, rank: 0, status: killed })
+        );
+        assert!(rx.try_recv().is_err(), "then its connection closes");
+        assert!(g.lock().ghosts.is_empty());
     }
 
     #[test]

@@ -864,9 +864,20 @@ pub fn inherited_socket(fd: i32) -> Option<std::os::unix::net::UnixStream> {
 
 /// [`inherited_socket`] for any kind of socket (a TCP listener, say).
 pub fn inherited_socket_fd(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    inherited_fd(fd, libc::S_IFSOCK)
+}
+
+/// Takes ownership of `fd`, inherited across `exec` under a number the environment gave, if
+/// it is an open pipe.
+pub fn inherited_pipe(fd: i32) -> Option<std::os::fd::OwnedFd> {
+    inherited_fd(fd, libc::S_IFIFO)
+}
+
+/// Takes ownership of `fd` if it is open and of file type `kind` (`S_IFSOCK`, ...).
+fn inherited_fd(fd: i32, kind: libc::mode_t) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let st = nix::sys::stat::fstat(fd).ok()?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+    if st.st_mode & libc::S_IFMT != kind {
         return None;
     }
     // SAFETY: `fd` is open (fstat succeeded), and the caller names an fd it was handed

@@ -983,14 +983,44 @@ fn ghosts_killed_as_they_are_made_fail_a_vexecmove() {
 
 /// bpsh killed (SIGKILL) once it has made its ghosts but before it sent the launch: the
 /// ghosts end at once, as no process will ever start for them. Before, they waited for the
-/// master's sweep of ghosts without a process, 35 s at least. The test stops bpsh as soon as
-/// its first ghost appears (it sends the launch only once it has them all), waits for the
-/// other 99, and kills bpsh; if it was too late (its ranks started: it was stopped just after
-/// it sent the launch), it ends that launch and tries again.
+/// master's sweep of ghosts without a process, 35 s at least.
 #[test]
 fn ghosts_of_a_bpsh_killed_before_its_launch_end() {
-    let c = TestCluster::up(&bins(), 1, "ghost-launcher-killed");
-    let name = "launcher-killed";
+    killed_before_its_launch("ghost-launcher-killed", "launcher-killed", false, None);
+}
+
+/// The same when the master restarted meanwhile: its ghosts, light, had become full ones
+/// (their connections closed) and watch bpsh as the light ones did. Before, they waited for
+/// the new master's sweep of ghosts without a process.
+#[test]
+fn full_ghosts_of_a_bpsh_killed_before_its_launch_end() {
+    killed_before_its_launch("ghost-launcher-killed-full", "killed-full", true, None);
+}
+
+/// The same through the C API: a program killed between making its ghosts with
+/// `bproc_vexecmove` (the ghost program makes them, relaying its ranks' output) and sending
+/// its launch. Before, they waited for the master's sweep.
+#[test]
+fn ghosts_of_a_vexecmove_killed_before_its_launch_end() {
+    let Some((dir, exe)) = build_program("many_ranks.c", "killed-early") else { return };
+    killed_before_its_launch("ghost-launcher-killed-c", "killed-c", false, Some(&exe));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Starts 100 ranks with bpsh (or with `capi`, the C program that starts them with
+/// `bproc_vexecmove`) and stops it as soon as its first child appears (it sends the launch
+/// only once it has all its ghosts), waits for the other 99 ghosts (and, with `restart`,
+/// restarts the master and waits until every ghost is a full one), kills the launcher, and
+/// checks that the ghosts end within 5 s; if it was too late (its ranks started: it was
+/// stopped just after it sent the launch), it ends that launch and tries again. (`name`: at
+/// most 15 bytes, a process's name.)
+fn killed_before_its_launch(
+    tag: &str,
+    name: &'static str,
+    restart: bool,
+    capi: Option<&std::path::Path>,
+) {
+    let mut c = TestCluster::up(&bins(), 1, tag);
     let dir =
         std::path::PathBuf::from(format!("/var/tmp/bproc-test-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -998,17 +1028,44 @@ fn ghosts_of_a_bpsh_killed_before_its_launch_end() {
     std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
     let left = NamedLeft(dir, name);
     let nodes = vec!["0"; 100].join(",");
-    let started = || c.client().ok()?.procs().ok().map(|p| !p.is_empty());
+    let ghost = bins().join("bpghost");
+    let full = |g: &i32| std::fs::read_link(format!("/proc/{g}/exe")).is_ok_and(|e| e == ghost);
     for tries in 1.. {
-        let mut job = c.cmd("bpsh").arg(&nodes).args([path.to_str().unwrap(), "4249"]).spawn();
-        let bpsh = Pid::from_raw(job.pid());
+        let program = [path.to_str().unwrap(), "4249"];
+        let mut job = match capi {
+            Some(exe) => c.cmd(exe.to_str().unwrap()).arg("100").args(program).spawn(),
+            None => c.cmd("bpsh").arg(&nodes).args(program).spawn(),
+        };
+        let launcher = Pid::from_raw(job.pid());
         let deadline = Instant::now() + Duration::from_secs(10);
         while children(job.pid()).is_empty() {
-            assert!(Instant::now() < deadline, "bpsh made no ghost in 10 s");
+            assert!(Instant::now() < deadline, "the launcher made no ghost in 10 s");
         }
-        kill(bpsh, Signal::SIGSTOP).unwrap();
+        kill(launcher, Signal::SIGSTOP).unwrap();
         until(10, "its 100 ghosts", || (children(job.pid()).len() == 100).then_some(()));
-        kill(bpsh, Signal::SIGKILL).unwrap();
+        // (On a virtual cluster its ranks, if started, have the name too.)
+        let ghosts = || children(job.pid());
+        let comm = |g: &i32| std::fs::read_to_string(format!("/proc/{g}/comm")).unwrap_or_default();
+        assert!(ghosts().iter().all(|g| comm(g).trim_end() == name), "the ghosts have its name");
+        if restart {
+            // Each connected to the master (a socket open: one that finds no master ends).
+            let connected = |g: &i32| {
+                let fds = std::fs::read_dir(format!("/proc/{g}/fd")).into_iter().flatten();
+                fds.flatten().any(|f| {
+                    std::fs::read_link(f.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+            };
+            until(10, "its ghosts to connect", || ghosts().iter().all(connected).then_some(()));
+            c.kill_master();
+            c.start_master().expect("the master restarts");
+            until(30, "its ghosts to become full ones (each executes the ghost program)", || {
+                ghosts().iter().all(full).then_some(())
+            });
+        }
+        // Whether the launcher said it sent the launch, read where its ghosts do.
+        let word = ghosts().into_iter().find_map(launch_word).expect("a ghost's pipe");
+        kill(launcher, Signal::SIGKILL).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while !named(name).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -1017,28 +1074,74 @@ fn ghosts_of_a_bpsh_killed_before_its_launch_end() {
             job.finish(20);
             break;
         }
-        // The ghosts stayed: right, if the launch was sent after all (its ranks then start,
-        // slowly on a loaded machine), or if they had become full ghosts before bpsh ended
-        // (which do not watch it: seen under heavy load). That launch ends, every ghost
-        // killed, and the test tries again.
-        let ghost = bins().join("bpghost");
-        let full = named(name)
-            .iter()
-            .all(|g| std::fs::read_link(format!("/proc/{g}/exe")).is_ok_and(|e| e == ghost));
-        if !full {
-            until(
-                20,
-                "the ranks of a launch sent after all (else its ghosts stayed wrongly)",
-                || started()?.then_some(()),
-            );
+        // The ghosts stayed: right only if the launch was sent after all (its ranks then
+        // start, slowly on a loaded machine; or, sent as the master was killed, it was lost
+        // with it, and the new master's sweep ends the ghosts). That launch ends, every
+        // ghost killed, and the test tries again.
+        let started = || c.client().ok()?.procs().ok().map(|p| !p.is_empty());
+        let sent = {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            use std::os::fd::AsFd;
+            let mut fds = [PollFd::new(word.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::ZERO) == Ok(1)
+        };
+        assert!(sent, "the ghosts of a launch never sent stayed");
+        if !restart {
+            until(20, "the ranks of a launch sent", || started()?.then_some(()));
         }
-        assert!(tries < 10, "bpsh sent its launch before it was stopped, 10 times");
+        assert!(tries < 10, "the launcher sent its launch before it was stopped, 10 times");
         for g in named(name) {
             let _ = kill(Pid::from_raw(g), Signal::SIGKILL);
         }
         job.finish(20);
         until(10, "that launch's processes to end", || (!started()?).then_some(()));
     }
+    left.assert_none();
+}
+
+/// Ghosts whose ranks did not start end by themselves, their launcher stopped: the master
+/// tells each to end. Before, it only forgot them, closing their connections; they took it
+/// for a master gone, became full ghosts waiting for it to come back, and stayed (40 s and
+/// more) once their launcher, stopped or killed before it ended them, could not. The
+/// program is one the front end has and the node lacks (under `/tmp`, which a node has its
+/// own of); bpsh is stopped as soon as its ghosts hear that it sent the launch (a byte in the
+/// pipe they watch), before it reads the answer.
+#[test]
+fn ghosts_of_ranks_that_did_not_start_end_without_their_launcher() {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let c = TestCluster::up(&bins(), 1, "ghost-not-started");
+    let name = "not-started";
+    let dir = std::path::PathBuf::from(format!("/tmp/bproc-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
+    let left = NamedLeft(dir, name);
+    let nodes = vec!["0"; 100].join(",");
+    // bpsh, whose ranks all fail, may end before a ghost's pipe is found.
+    let (mut job, pipe) = (1..)
+        .find_map(|tries| {
+            assert!(tries <= 10, "no ghost of bpsh seen with its pipe, 10 times");
+            let mut job = c.cmd("bpsh").arg(&nodes).args([path.to_str().unwrap(), "4250"]).spawn();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && ps(job.pid()).is_some_and(|p| p.1 != 'Z') {
+                if let Some(pipe) = children(job.pid()).into_iter().find_map(launch_word) {
+                    return Some((job, pipe));
+                }
+            }
+            job.finish(20);
+            None
+        })
+        .unwrap();
+    let bpsh = Pid::from_raw(job.pid());
+    let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+    assert_eq!(poll(&mut fds, PollTimeout::from(10_000u16)), Ok(1), "bpsh sent no launch in 10 s");
+    kill(bpsh, Signal::SIGSTOP).unwrap();
+    until(10, "the ghosts of ranks that never started to end, bpsh stopped", || {
+        named(name).is_empty().then_some(())
+    });
+    kill(bpsh, Signal::SIGKILL).unwrap();
+    job.finish(20);
     left.assert_none();
 }
 
@@ -1107,6 +1210,16 @@ impl Drop for NamedLeft {
         }
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A reader of the pipe that ghost `g` watches for its launcher's word that it sent the
+/// launch (the byte stays for every reader: the ghosts only look at it).
+fn launch_word(g: i32) -> Option<std::fs::File> {
+    let fds = std::fs::read_dir(format!("/proc/{g}/fd")).ok()?;
+    fds.filter_map(|f| f.ok().map(|f| f.path()))
+        .filter(|f| f.file_name().and_then(|n| n.to_str()?.parse::<i32>().ok()) >= Some(3))
+        .filter(|f| std::fs::read_link(f).is_ok_and(|l| l.to_string_lossy().starts_with("pipe:")))
+        .find_map(|f| std::fs::File::open(f).ok())
 }
 
 /// The live processes named `name`.
