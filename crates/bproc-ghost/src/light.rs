@@ -86,8 +86,8 @@ const SPLIT: usize = 128;
 /// Makes the launch's `count` ghosts as light tasks, siblings of this process, and becomes
 /// ghost 0; each maker writes `INDEX PID` lines for the launcher on stdout. Returns only if
 /// it could not start, before any ghost was made; it makes fewer if the system runs out of
-/// processes. `launched`: the launcher's pipe the ghosts watch (see [`fork`]; above
-/// [`LISTENER`]), or -1.
+/// processes. `launched`: the launcher's pipe the ghosts watch (see [`fork`]; above fd 3,
+/// where a relaying ghost keeps its listener), or -1.
 pub fn start(count: usize, argv0: &[u8], launched: RawFd) -> Errno {
     // Relaying ghosts write their processes' output where the launcher's stdout went.
     let relay = std::env::var(crate::relay::ENV_IO).ok().and_then(|v| {
