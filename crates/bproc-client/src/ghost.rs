@@ -25,24 +25,21 @@ pub fn comm_of(path: &str) -> String {
     base[..end].to_owned()
 }
 
-/// Starts `n` ghosts named `[comm]` from `program`, children of the caller with no stdio
-/// (the remote processes' I/O goes elsewhere); returns their pids. The program is executed
-/// once and forks the others, so a ghost costs a fork of a small process. Each connects to
-/// the master itself and waits there for its process.
-pub fn spawn(program: &str, comm: &str, n: usize) -> std::io::Result<Vec<i32>> {
-    Ok(spawn_with(program, comm, n, Io::None, false)?.0.into_iter().map(|(pid, _)| pid).collect())
-}
-
-/// [`spawn`] for a launch (with `relay`, [`spawn_relays`]): with the ghosts comes the word
-/// the caller gives them once it has sent the launch ([`LaunchSent`]), which they watch as
-/// bpsh's light ghosts do.
-pub(crate) fn spawn_for_launch(
+/// Starts `n` ghosts named `[comm]` from `program` for a launch, children of the caller;
+/// returns each one's pid and relay port, and the word to give them once the launch is sent
+/// ([`LaunchSent`]). The program is executed once and forks the others, so a ghost costs a
+/// fork of a small process. Each connects to the master itself and waits there for its
+/// process. Without `relay` they have no stdio (the remote processes' I/O goes elsewhere);
+/// with it (moved, rforked or launched processes whose output is forwarded), each listens
+/// for its process's output connections, which present that token, and keeps the caller's
+/// stdout and stderr to write it to.
+pub fn spawn(
     program: &str,
     comm: &str,
     n: usize,
     relay: Option<&[u8; 16]>,
 ) -> std::io::Result<Made> {
-    spawn_with(program, comm, n, relay.map_or(Io::None, Io::Relay), true)
+    spawn_with(program, comm, n, relay.map_or(Io::None, Io::Relay))
 }
 
 /// [`spawn`] for ghosts that keep the caller's stdout and stderr: a process that moves back
@@ -53,14 +50,14 @@ pub fn spawn_keeping_output(
     comm: &str,
     n: usize,
     rejoin: Option<&Rejoin>,
-) -> std::io::Result<Vec<i32>> {
-    let made = spawn_with(program, comm, n, Io::Output(rejoin), false)?.0;
-    Ok(made.into_iter().map(|(pid, _)| pid).collect())
+) -> std::io::Result<(Vec<i32>, Option<LaunchSent>)> {
+    let (made, sent) = spawn_with(program, comm, n, Io::Output(rejoin))?;
+    Ok((made.into_iter().map(|(pid, _)| pid).collect(), sent))
 }
 
 /// The ghosts made for a launch, each one's pid and relay port (0: none), and the word to
-/// give them once the launch is sent (when they watch for it).
-pub(crate) type Made = (Vec<(i32, u16)>, Option<LaunchSent>);
+/// give them once the launch is sent.
+pub type Made = (Vec<(i32, u16)>, Option<LaunchSent>);
 
 /// What a new ghost keeps of the caller's stdio.
 enum Io<'a> {
@@ -72,26 +69,8 @@ enum Io<'a> {
     Relay(&'a [u8; 16]),
 }
 
-/// [`spawn`] for processes whose output their ghosts relay (moved or rforked ones): each
-/// ghost listens for its process's output connections, which present `token`, and keeps
-/// the caller's stdout and stderr to write it to. Returns each ghost's pid and port.
-pub fn spawn_relays(
-    program: &str,
-    comm: &str,
-    n: usize,
-    token: &[u8; 16],
-) -> std::io::Result<Vec<(i32, u16)>> {
-    Ok(spawn_with(program, comm, n, Io::Relay(token), false)?.0)
-}
-
-/// Starts the ghosts; with `watch`, they watch the pipe whose write end comes back.
-fn spawn_with(
-    program: &str,
-    comm: &str,
-    n: usize,
-    io: Io<'_>,
-    watch: bool,
-) -> std::io::Result<Made> {
+/// Starts the ghosts, which watch the pipe whose write end comes back.
+fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Result<Made> {
     let relay = match io {
         Io::Relay(t) => Some(t),
         _ => None,
@@ -107,17 +86,11 @@ fn spawn_with(
     cmd.arg0(format!("[{comm}]")).env_clear().envs(ghost_env(rejoin));
     // The pipe's read end goes to the ghost program under its own number (open across the
     // exec), the write end stays here only.
-    let pipe = match watch {
-        true => {
-            let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-            let open = nix::fcntl::FdFlag::empty();
-            nix::fcntl::fcntl(r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(open))?;
-            cmd.env(bproc_ghost::ENV_LAUNCHED, r.as_raw_fd().to_string());
-            Some((r, LaunchSent(w)))
-        }
-        false => None,
-    };
-    let (pipe, sent) = pipe.unzip();
+    let (pipe, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let open = nix::fcntl::FdFlag::empty();
+    nix::fcntl::fcntl(pipe.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(open))?;
+    cmd.env(bproc_ghost::ENV_LAUNCHED, pipe.as_raw_fd().to_string());
+    let sent = Some(LaunchSent(w));
     if n == 1 && !matches!(io, Io::Relay(_)) {
         // One ghost is the child itself: its pid is known once it has exec'd, and the launch
         // need not wait for it to start up and say so. One that keeps the caller's output
@@ -167,8 +140,8 @@ fn spawn_with(
 /// first ghost, which makes the others as light tasks ([`bproc_ghost::light::fork`]). That
 /// saves a launch the start of a program, but the first ghost's memory, which all the
 /// launch's ghosts share, is a copy of the caller's: this suits a small launcher (bpsh). If
-/// the fork fails, the program starts them. With light ghosts comes the word the caller
-/// gives them once it has sent the launch ([`LaunchSent`]).
+/// the fork fails, the program starts them. With the ghosts comes the word the caller gives
+/// them once it has sent the launch ([`LaunchSent`]).
 pub fn fork_keeping_output(
     program: &str,
     comm: &str,
@@ -190,7 +163,7 @@ pub fn fork_keeping_output(
             let pids = read_pids(lines, program, comm, n, false, first)?;
             Ok((pids.into_iter().map(|(pid, _)| pid).collect(), Some(LaunchSent(word))))
         }
-        Err(_) => spawn_keeping_output(program, comm, n, rejoin).map(|g| (g, None)),
+        Err(_) => spawn_keeping_output(program, comm, n, rejoin),
     }
 }
 

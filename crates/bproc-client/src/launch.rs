@@ -357,7 +357,7 @@ pub fn ghosts_for(
     nodes: &[i32],
 ) -> std::io::Result<(Vec<i32>, Option<crate::ghost::LaunchSent>)> {
     let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
-    let (made, sent) = match crate::ghost::spawn_for_launch(program, comm, remote, None) {
+    let (made, sent) = match crate::ghost::spawn(program, comm, remote, None) {
         Err(e) if crate::ghost::killed(&e).is_some() => return Err(e),
         made => made.unwrap_or_default(),
     };
@@ -410,7 +410,7 @@ fn relays_for(
     token: &[u8; 16],
 ) -> std::io::Result<(Vec<i32>, Vec<u16>, Option<crate::ghost::LaunchSent>)> {
     let remote = nodes.iter().filter(|n| **n != NODE_MASTER).count();
-    let (made, sent) = crate::ghost::spawn_for_launch(program, comm, remote, Some(token))?;
+    let (made, sent) = crate::ghost::spawn(program, comm, remote, Some(token))?;
     let mut made = made.into_iter();
     let (ghosts, ports) = nodes
         .iter()

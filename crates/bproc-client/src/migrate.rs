@@ -572,13 +572,9 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
         let null = crate::launch::null_device();
         crate::launch::is_null(1, null) && crate::launch::is_null(2, null)
     };
-    let relays = if quiet {
-        crate::ghost::spawn(&prog, &comm, remote_count)
-            .map(|pids| pids.into_iter().map(|pid| (pid, 0)).collect())
-    } else {
-        crate::ghost::spawn_relays(&prog, &comm, remote_count, &token)
-    }
-    .map_err(|e| remote(errno::EAGAIN, format!("cannot start ghosts: {e}")))?;
+    let (relays, sent) =
+        crate::ghost::spawn(&prog, &comm, remote_count, (!quiet).then_some(&token))
+            .map_err(|e| remote(errno::EAGAIN, format!("cannot start ghosts: {e}")))?;
     let mut made = relays.into_iter();
     let (ghosts, ports): (Vec<i32>, Vec<u16>) = nodes
         .iter()
@@ -605,6 +601,8 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
         io_ports: ports,
     };
     let id = client.send(&launch)?;
+    // The ghosts hear that the request is out (see `launch::vexecmove`).
+    sent.iter().for_each(crate::ghost::LaunchSent::sent);
     let reply = serve_image(&listener, &mut client, id, &token, held, files);
     let mut pids = match reply {
         Ok(Message::Launched { pids }) if pids.len() == nodes.len() => pids,

@@ -986,7 +986,7 @@ fn ghosts_killed_as_they_are_made_fail_a_vexecmove() {
 /// master's sweep of ghosts without a process, 35 s at least.
 #[test]
 fn ghosts_of_a_bpsh_killed_before_its_launch_end() {
-    killed_before_its_launch("ghost-launcher-killed", "launcher-killed", false, None);
+    killed_before_its_launch("ghost-launcher-killed", "launcher-killed", false, Launcher::Bpsh);
 }
 
 /// The same when the master restarted meanwhile: its ghosts, light, had become full ones
@@ -994,7 +994,7 @@ fn ghosts_of_a_bpsh_killed_before_its_launch_end() {
 /// the new master's sweep of ghosts without a process.
 #[test]
 fn full_ghosts_of_a_bpsh_killed_before_its_launch_end() {
-    killed_before_its_launch("ghost-launcher-killed-full", "killed-full", true, None);
+    killed_before_its_launch("ghost-launcher-killed-full", "killed-full", true, Launcher::Bpsh);
 }
 
 /// The same through the C API: a program killed between making its ghosts with
@@ -1003,23 +1003,37 @@ fn full_ghosts_of_a_bpsh_killed_before_its_launch_end() {
 #[test]
 fn ghosts_of_a_vexecmove_killed_before_its_launch_end() {
     let Some((dir, exe)) = build_program("many_ranks.c", "killed-early") else { return };
-    killed_before_its_launch("ghost-launcher-killed-c", "killed-c", false, Some(&exe));
+    let launcher = Launcher::Vexecmove(&exe);
+    killed_before_its_launch("ghost-launcher-killed-c", "killed-c", false, launcher);
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Starts 100 ranks with bpsh (or with `capi`, the C program that starts them with
-/// `bproc_vexecmove`) and stops it as soon as its first child appears (it sends the launch
-/// only once it has all its ghosts), waits for the other 99 ghosts (and, with `restart`,
-/// restarts the master and waits until every ghost is a full one), kills the launcher, and
-/// checks that the ghosts end within 5 s; if it was too late (its ranks started: it was
-/// stopped just after it sent the launch), it ends that launch and tries again. (`name`: at
-/// most 15 bytes, a process's name.)
-fn killed_before_its_launch(
-    tag: &str,
-    name: &'static str,
-    restart: bool,
-    capi: Option<&std::path::Path>,
-) {
+/// The same for a vector fork (`bproc_vrfork`), whose ghosts are named after the forking
+/// program.
+#[test]
+fn ghosts_of_a_vrfork_killed_before_its_launch_end() {
+    let Some((dir, exe)) = build_program("many_vrforks.c", "killed-vrfork") else { return };
+    let launcher = Launcher::Vrfork(&exe);
+    killed_before_its_launch("ghost-launcher-killed-vrfork", "many_vrforks", false, launcher);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Who starts the 100 ranks of [`killed_before_its_launch`].
+enum Launcher<'a> {
+    Bpsh,
+    /// The C program that starts them with `bproc_vexecmove`.
+    Vexecmove(&'a std::path::Path),
+    /// The C program that makes them with `bproc_vrfork` (named as the ghosts are).
+    Vrfork(&'a std::path::Path),
+}
+
+/// Starts 100 ranks with `launcher` and stops it as soon as its first child appears (it
+/// sends the launch only once it has all its ghosts), waits for the other 99 ghosts (and,
+/// with `restart`, restarts the master and waits until every ghost is a full one), kills the
+/// launcher, and checks that the ghosts end within 5 s; if it was too late (its ranks
+/// started: it was stopped just after it sent the launch), it ends that launch and tries
+/// again. (`name`: at most 15 bytes, a process's name.)
+fn killed_before_its_launch(tag: &str, name: &'static str, restart: bool, launcher: Launcher) {
     let mut c = TestCluster::up(&bins(), 1, tag);
     let dir =
         std::path::PathBuf::from(format!("/var/tmp/bproc-test-{name}-{}", std::process::id()));
@@ -1032,16 +1046,18 @@ fn killed_before_its_launch(
     let full = |g: &i32| std::fs::read_link(format!("/proc/{g}/exe")).is_ok_and(|e| e == ghost);
     for tries in 1.. {
         let program = [path.to_str().unwrap(), "4249"];
-        let mut job = match capi {
-            Some(exe) => c.cmd(exe.to_str().unwrap()).arg("100").args(program).spawn(),
-            None => c.cmd("bpsh").arg(&nodes).args(program).spawn(),
-        };
-        let launcher = Pid::from_raw(job.pid());
+        let mut job = match launcher {
+            Launcher::Vexecmove(exe) => c.cmd(exe.to_str().unwrap()).arg("100").args(program),
+            Launcher::Vrfork(exe) => c.cmd(exe.to_str().unwrap()).arg("100"),
+            Launcher::Bpsh => c.cmd("bpsh").arg(&nodes).args(program),
+        }
+        .spawn();
+        let launcher_pid = Pid::from_raw(job.pid());
         let deadline = Instant::now() + Duration::from_secs(10);
         while children(job.pid()).is_empty() {
             assert!(Instant::now() < deadline, "the launcher made no ghost in 10 s");
         }
-        kill(launcher, Signal::SIGSTOP).unwrap();
+        kill(launcher_pid, Signal::SIGSTOP).unwrap();
         until(10, "its 100 ghosts", || (children(job.pid()).len() == 100).then_some(()));
         // (On a virtual cluster its ranks, if started, have the name too.)
         let ghosts = || children(job.pid());
@@ -1065,7 +1081,7 @@ fn killed_before_its_launch(
         }
         // Whether the launcher said it sent the launch, read where its ghosts do.
         let word = ghosts().into_iter().find_map(launch_word).expect("a ghost's pipe");
-        kill(launcher, Signal::SIGKILL).unwrap();
+        kill(launcher_pid, Signal::SIGKILL).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while !named(name).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
