@@ -673,11 +673,10 @@ impl Ghosts {
     /// waits for it to come back.
     pub(crate) fn abandon(&self, ghost: i32) {
         let mut g = self.lock();
-        if g.ghosts.get(&ghost).is_some_and(|gh| gh.remote.is_none()) {
-            if let Some(mut gh) = g.ghosts.remove(&ghost) {
-                let killed = ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL as i32);
-                gh.send(Message::ProcExit { launch: 0, rank: 0, status: killed });
-            }
+        let unused = g.ghosts.get(&ghost).is_some_and(|gh| gh.remote.is_none());
+        if let Some(mut gh) = unused.then(|| g.ghosts.remove(&ghost)).flatten() {
+            let killed = ExitStatus::Signal(nix::sys::signal::Signal::SIGKILL as i32);
+            gh.send(Message::ProcExit { launch: 0, rank: 0, status: killed });
         }
     }
 

@@ -1035,12 +1035,7 @@ enum Launcher<'a> {
 /// again. (`name`: at most 15 bytes, a process's name.)
 fn killed_before_its_launch(tag: &str, name: &'static str, restart: bool, launcher: Launcher) {
     let mut c = TestCluster::up(&bins(), 1, tag);
-    let dir =
-        std::path::PathBuf::from(format!("/var/tmp/bproc-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
-    let left = NamedLeft(dir, name);
+    let (path, left) = sleep_named("/var/tmp", name);
     let nodes = vec!["0"; 100].join(",");
     let ghost = bins().join("bpghost");
     let full = |g: &i32| std::fs::read_link(format!("/proc/{g}/exe")).is_ok_and(|e| e == ghost);
@@ -1127,12 +1122,8 @@ fn ghosts_of_ranks_that_did_not_start_end_without_their_launcher() {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let c = TestCluster::up(&bins(), 1, "ghost-not-started");
-    let name = "not-started";
-    let dir = std::path::PathBuf::from(format!("/tmp/bproc-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
-    let left = NamedLeft(dir, name);
+    let (path, left) = sleep_named("/tmp", "not-started");
+    let name = left.1;
     let nodes = vec!["0"; 100].join(",");
     // bpsh, whose ranks all fail, may end before a ghost's pipe is found.
     let (mut job, pipe) = (1..)
@@ -1173,13 +1164,7 @@ fn kill_the_maker(
     name: &'static str,
     launch: impl Fn(&[&str]) -> bproc_testkit::Running,
 ) -> (bproc_testkit::Running, NamedLeft) {
-    let dir =
-        std::path::PathBuf::from(format!("/var/tmp/bproc-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    let _ = std::fs::remove_file(&path);
-    std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
-    let cleanup = NamedLeft(dir, name);
+    let (path, cleanup) = sleep_named("/var/tmp", name);
     let program = [path.to_str().unwrap(), "4248"];
     let mut tries = 0;
     loop {
@@ -1210,6 +1195,18 @@ fn kill_the_maker(
 /// Also on failure (dropped after the launch): ends, by pid, the processes named `.1` that
 /// a launch left, and removes the directory `.0`.
 struct NamedLeft(std::path::PathBuf, &'static str);
+
+/// `sleep` under the name `name`, in a directory of its own under `root` (`/var/tmp`, which
+/// a virtual node shares, or `/tmp`, which it has its own of); the path, and what ends the
+/// processes of that name and removes the directory.
+fn sleep_named(root: &str, name: &'static str) -> (std::path::PathBuf, NamedLeft) {
+    let dir = std::path::Path::new(root).join(format!("bproc-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
+    (path, NamedLeft(dir, name))
+}
 
 impl NamedLeft {
     /// No process of the name is left (once the launch has ended).
