@@ -107,13 +107,14 @@ pub fn main(argv0: OsString) -> ExitCode {
     // Hold nothing of the launcher's but the control socket a re-exec passes on: a ghost
     // that kept a pipe open would keep its reader waiting.
     let fd_of = |name| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
-    let keep = [fd_of(ENV_FD), fd_of(ENV_LAUNCHED)].into_iter().flatten();
+    let launched_fd = fd_of(ENV_LAUNCHED);
+    let keep = [fd_of(ENV_FD), launched_fd].into_iter().flatten();
     let conns = relay::inherited_conns().into_iter().map(|(fd, _)| fd);
     bproc_sys::close_fds_from(
         3,
         &keep.chain(relay::inherited_fd()).chain(conns).collect::<Vec<_>>(),
     );
-    let launched = fd_of(ENV_LAUNCHED).and_then(|fd| bproc_sys::inherited_pipe(fd as i32));
+    let launched = launched_fd.and_then(|fd| bproc_sys::inherited_pipe(fd as i32));
     let all = SigSet::all();
     bproc_sys::default_signal_actions();
     if sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None).is_err() {
