@@ -1,10 +1,10 @@
 //! The floor of a copy over TCP, for `bench/bpcp.sh`: moves FILE into DEST (which must not
 //! exist) through one loopback TCP connection, with nothing else a copy does: no checksum, no
 //! stream format, no relay, no rename. One thread has the kernel send the file to the socket
-//! (`sendfile`, in bpcp's sender's steps); the other reads the socket and writes the file, sized
-//! first, in whole blocks of 2 MiB at offsets that are multiples of it, as bpcp's receiver
-//! does. What bpcp takes beyond this is bpcp's own cost; what this takes beyond a
-//! local `cp` is the cost of moving the bytes through a socket at all.
+//! (`sendfile`, in bpcp's sender's steps); the other reads the socket and writes the file in
+//! whole blocks of 512 KiB at offsets that are multiples of it, as bpcp's receiver does. What
+//! bpcp takes beyond this is bpcp's own cost; what this takes beyond a local `cp` is the cost
+//! of moving the bytes through a socket at all.
 //!
 //! With `--checksum`, the floor of a copy that checks what it delivers, as bpcp does: the
 //! sender reads each piece of the file and checksums it before the kernel sends it (bpcp's
@@ -18,7 +18,7 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::ExitCode;
 
 /// The receiver's block, as in bpcp's receiver.
-const BLOCK: usize = 2 << 20;
+const BLOCK: usize = 512 << 10;
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -69,7 +69,6 @@ fn copy(from: &str, to: &str, checksum: bool) -> io::Result<()> {
     });
     let (mut s, _) = listener.accept()?;
     let mut out = OpenOptions::new().write(true).create_new(true).open(to)?;
-    out.set_len(size)?;
     let mut sum = checksum.then(twox_hash::XxHash3_128::new);
     let mut block = vec![0u8; BLOCK];
     let mut left = size;
