@@ -351,6 +351,7 @@ fn prepare(
         files: Vec::new(),
         image: None,
         image_files: None,
+        image_len: None,
     };
     // One frame carries the launch: a spec over the limit is said here, with the limit.
     if let Some(why) = spec.too_large() {

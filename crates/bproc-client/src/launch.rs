@@ -150,6 +150,7 @@ fn spec_of(p: &Program) -> ProcSpec {
         files: Vec::new(),
         image: None,
         image_files: None,
+        image_len: None,
     }
 }
 

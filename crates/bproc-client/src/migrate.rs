@@ -304,6 +304,7 @@ fn image_spec(io: &IoList, port: u16, token: [u8; 16]) -> ProcSpec {
         files: Vec::new(),
         image: Some(Endpoint { ip: None, port }),
         image_files: None,
+        image_len: None,
     }
 }
 
@@ -594,6 +595,7 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
     let held = std::fs::File::from(image.try_clone()?);
     let files = bproc_ckpt::inline::named(&bproc_ckpt::inline::header_in(&held)?);
     spec.image_files = Some(files.clone());
+    spec.image_len = Some(held.metadata()?.len());
     let launch = Message::Launch {
         nodes: nodes.iter().map(|n| if here(*n) { NODE_MASTER } else { *n }).collect(),
         spec,

@@ -16,7 +16,7 @@ use crate::msg::Message;
 /// The four bytes that start every frame.
 pub const MAGIC: [u8; 4] = *b"BPRC";
 /// The protocol version this crate speaks. Bumped on any incompatible change.
-pub const VERSION: u8 = 6;
+pub const VERSION: u8 = 7;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 16;
 /// Largest body accepted (4 MiB): a full node list of thousands of nodes fits, and a peer
@@ -166,7 +166,7 @@ mod tests {
     #[test]
     fn header_fixture() {
         let bytes = encode(0x01020304, &Message::NodeList);
-        assert_eq!(bytes, [b'B', b'P', b'R', b'C', 6, 0, 0, 20, 1, 2, 3, 4, 0, 0, 0, 0]);
+        assert_eq!(bytes, [b'B', b'P', b'R', b'C', 7, 0, 0, 20, 1, 2, 3, 4, 0, 0, 0, 0]);
     }
 
     #[test]

@@ -194,6 +194,10 @@ wire_struct! {
             "image files flag",
             List("image files", crate::conn::MAX_PROBE_FILES, 24, Nested)
         ),
+        /// A vector fork's image length in bytes, as the mover sends it to a node that has
+        /// every file the image names: such a node passes the image on to its children
+        /// while it arrives. `None` for a move.
+        pub image_len: Option<u64> => Opt("image length flag", Int("image length")),
     }
 }
 

@@ -56,6 +56,7 @@ fn spec() -> ProcSpec {
         ],
         image: None,
         image_files: None,
+        image_len: None,
     }
 }
 
@@ -78,6 +79,7 @@ fn spec_with_image() -> ProcSpec {
             size: 2 << 20,
             mtime: (1_700_000_000, 7),
         }]),
+        image_len: Some(64 << 20),
         ..spec()
     }
 }

@@ -130,6 +130,7 @@ fn spec_without_image() -> impl Strategy<Value = ProcSpec> {
                         .collect(),
                     image: None,
                     image_files: None,
+                    image_len: None,
                 }
             },
         )

@@ -42,6 +42,7 @@ use bproc_link::{read_sealed, seal, LinkError, HANDSHAKE_TIMEOUT};
 use bproc_proto::conn::FileId;
 use bproc_proto::errno::{BE_NODEDOWN, EIO};
 use bproc_proto::{split_tree, Creds, Message, ProcSpec, TreeEntry, TreeFrames};
+use bproc_sys::bigbuf::{BigBuf, Filler, Filling};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
@@ -303,14 +304,47 @@ fn idle(s: &TcpStream) -> bool {
 type SharedImage = Arc<tokio::sync::OnceCell<Result<Arc<NodeImage>, Arc<ImageError>>>>;
 
 /// This node's copy of a vector fork's image: it has every file the image names (it was
-/// asked before the image came), and a child lacking some gets a copy carrying them.
+/// asked before the image came), and a child lacking some gets a copy carrying them. When its
+/// length is known first (a node with every file, or a parent's copy) the copy is handed out
+/// as soon as it is mapped, and children are sent each piece as it arrives.
 pub(crate) struct NodeImage {
-    /// The image, in memory of its own that nothing writes once it is filled.
-    bytes: Arc<bproc_sys::bigbuf::BigBuf>,
-    /// The files it names, which each child is asked about.
-    files: Vec<FileId>,
+    /// The image, in memory of its own, filled from the front and never written again.
+    bytes: Arc<Filling>,
+    /// How far the fetch has come.
+    fill: tokio::sync::watch::Receiver<Fill>,
+    /// The files it names, read from it once it is whole (for a child that lacks some).
+    files: std::sync::OnceLock<Vec<FileId>>,
     /// Copies made for children that lack some of them.
     copies: bproc_ckpt::inline::Copies,
+}
+
+/// How far a node's copy of an image has come.
+#[derive(Clone)]
+enum Fill {
+    /// This many bytes are in, more to come.
+    Filling(usize),
+    /// All of it is in.
+    Whole,
+    /// The fetch failed part way.
+    Failed(Arc<ImageError>),
+}
+
+impl NodeImage {
+    /// Waits until the image is whole.
+    async fn whole(&self) -> Result<(), Arc<ImageError>> {
+        let mut fill = self.fill.clone();
+        let end = fill.wait_for(|f| !matches!(f, Fill::Filling(_))).await.map(|f| f.clone());
+        match end {
+            Ok(Fill::Failed(e)) => Err(e),
+            Ok(_) => Ok(()),
+            Err(_) => Err(Arc::new(ImageError::Stopped)),
+        }
+    }
+
+    /// The files the image names; it must be whole.
+    fn files(&self) -> &[FileId] {
+        self.files.get_or_init(|| bproc_ckpt::inline::named_in(self.bytes.filled()))
+    }
 }
 
 /// Why this node has no copy of a vector fork's process image; shared, as the copy would
@@ -332,9 +366,11 @@ pub(crate) enum ImageError {
     /// The mover could not send an image this node can restore (a file it names changed).
     #[error("the mover refused to send the process image: {0}")]
     Refused(String),
-    /// The parent node sent less than it announced.
-    #[error("cannot fetch the process image: the parent node sent {got} of {len} bytes")]
+    /// The mover or the parent node sent less than it announced.
+    #[error("cannot fetch the process image: {from} sent {got} of {len} bytes")]
     Short {
+        /// "the mover" or "the parent node".
+        from: &'static str,
         /// Bytes received.
         got: usize,
         /// Bytes announced.
@@ -346,9 +382,13 @@ pub(crate) enum ImageError {
          sending)"
     )]
     Timeout,
+    /// The task fetching it ended without saying how (the slave is stopping).
+    #[error("cannot fetch the process image: the fetch stopped")]
+    Stopped,
 }
 
-/// This node's copy of the launch's image, fetching it the first time.
+/// This node's copy of the launch's image, fetching it the first time (as soon as it is
+/// mapped, when its length is known first; else once it is whole).
 async fn image_of(
     ctx: &Ctx,
     l: &Launch,
@@ -363,72 +403,205 @@ fn files_root(ctx: &Ctx) -> Option<&std::path::Path> {
     ctx.opts.diskless.as_ref().map(|d| d.root.as_path())
 }
 
-/// Fetches the launch's image from `source`: the mover at the tree's first level, the parent
-/// node below.
+/// Fetches the launch's image from `source` (the mover at the tree's first level, the parent
+/// node below) in a task of its own, which goes on filling the copy after handing it out.
 async fn fetch_image(
     ctx: &Ctx,
     l: &Launch,
     source: &procs::Source,
 ) -> Result<Arc<NodeImage>, Arc<ImageError>> {
-    use tokio::io::AsyncReadExt;
-    let mut data = bproc_sys::bigbuf::BigBuf::new();
-    let fetch = async {
-        match source {
+    let fetch = Fetch {
+        master: master_ip(ctx),
+        root: files_root(ctx).map(std::path::Path::to_path_buf),
+        spec: l.spec.clone(),
+        launch: l.launch,
+        source: source.clone(),
+    };
+    let (begun, copy) = tokio::sync::oneshot::channel();
+    tokio::spawn(fetch.run(begun));
+    copy.await.unwrap_or_else(|_| Err(Arc::new(ImageError::Stopped)))
+}
+
+/// What a fetch of a launch's image needs, owned by its task.
+struct Fetch {
+    /// The master's address, where an image endpoint without one is.
+    master: Ipv4Addr,
+    /// A diskless node's root, under which the image's files are looked for.
+    root: Option<std::path::PathBuf>,
+    /// The launch's spec: the image's endpoint, files and length.
+    spec: ProcSpec,
+    /// The launch, for the log.
+    launch: u64,
+    /// Where the image comes from.
+    source: procs::Source,
+}
+
+/// Where a fetch hands out the node's copy: once, as soon as there is one or it failed.
+type Begun = Option<tokio::sync::oneshot::Sender<Result<Arc<NodeImage>, Arc<ImageError>>>>;
+
+impl Fetch {
+    async fn run(
+        self,
+        begun: tokio::sync::oneshot::Sender<Result<Arc<NodeImage>, Arc<ImageError>>>,
+    ) {
+        let mut begun = Some(begun);
+        let (fill, filled) = tokio::sync::watch::channel(Fill::Filling(0));
+        let fetched =
+            tokio::time::timeout(Duration::from_secs(60), self.fetch(&mut begun, &fill, filled))
+                .await;
+        let result = match fetched {
+            Ok(r) => r,
+            Err(_) => {
+                if let procs::Source::Parent(conn) = &self.source {
+                    if let Ok(s) = conn.stream().try_lock() {
+                        procs::shut_down(&s);
+                    }
+                }
+                Err(ImageError::Timeout)
+            }
+        };
+        match result {
+            Ok(len) => {
+                let from = match self.source {
+                    procs::Source::Launcher => "the mover",
+                    procs::Source::Parent(_) => "the parent node",
+                };
+                info!(
+                    "launch {}: fetched the process image ({len} bytes) from {from}",
+                    self.launch
+                );
+                fill.send_replace(Fill::Whole);
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                match begun.take() {
+                    Some(tx) => {
+                        let _ = tx.send(Err(e));
+                    }
+                    None => {
+                        fill.send_replace(Fill::Failed(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fetches the image, handing the copy out through `begun`; its length when whole.
+    async fn fetch(
+        &self,
+        begun: &mut Begun,
+        fill: &tokio::sync::watch::Sender<Fill>,
+        filled: tokio::sync::watch::Receiver<Fill>,
+    ) -> Result<usize, ImageError> {
+        use tokio::io::AsyncReadExt;
+        let root = self.root.as_deref();
+        match &self.source {
             procs::Source::Launcher => {
-                let from = l.spec.image.ok_or(ImageError::NotImage)?;
-                let root = files_root(ctx);
-                let mut s = procs::connect_image(master_ip(ctx), &l.spec, from, 0, root)
+                let from = self.spec.image.ok_or(ImageError::NotImage)?;
+                let (mut s, all) = procs::connect_image(self.master, &self.spec, from, 0, root)
                     .await
                     .map_err(|r| ImageError::Connect(r.message))?;
+                // With every file here, the mover sends the image as it is, of the length the
+                // launch says.
+                let len = self.spec.image_len.filter(|_| all);
+                if let Some((len, (buf, mut filler))) = len.and_then(|n| Some((n, mapped(n)?))) {
+                    hand_out(begun, &buf, filled);
+                    fill_from(&mut s, &mut filler, &buf, fill).await.map_err(ImageError::Mover)?;
+                    let got = filler.len();
+                    if let Some(why) = bproc_proto::conn::refusal(buf.filled()) {
+                        return Err(ImageError::Refused(why));
+                    }
+                    if got as u64 != len {
+                        return Err(ImageError::Short { from: "the mover", got, len });
+                    }
+                    return Ok(got);
+                }
+                let mut data = BigBuf::new();
                 read_to_end(&mut s, &mut data).await.map_err(ImageError::Mover)?;
                 if let Some(why) = bproc_proto::conn::refusal(&data) {
                     return Err(ImageError::Refused(why));
                 }
+                let got = data.len();
+                hand_out(begun, &Arc::new(Filling::from(data)), filled);
+                Ok(got)
             }
             procs::Source::Parent(conn) => {
                 let mut s = conn.stream().lock().await;
                 let failed = ImageError::Parent;
-                let files = l.spec.image_files.as_deref().unwrap_or_default();
-                let len = procs::request_image(&mut s, conn, files, files_root(ctx))
-                    .await
-                    .map_err(failed)?;
-                // Read as it comes: the length is the parent's word, not an allocation.
+                let files = self.spec.image_files.as_deref().unwrap_or_default();
+                let len = procs::request_image(&mut s, conn, files, root).await.map_err(failed)?;
+                let short = |got| ImageError::Short { from: "the parent node", got, len };
+                // The length is the parent's word: memory is mapped for it, but taken only as
+                // bytes come (a mapping refused falls back to reading as they come).
+                if let Some((buf, mut filler)) = mapped(len) {
+                    hand_out(begun, &buf, filled);
+                    let read = fill_from(&mut *s, &mut filler, &buf, fill).await;
+                    let got = filler.len();
+                    if read.is_err() || got as u64 != len {
+                        // The rest must not be read as the parent's next part.
+                        procs::shut_down(&s);
+                    }
+                    read.map_err(failed)?;
+                    return if got as u64 == len { Ok(got) } else { Err(short(got)) };
+                }
+                let mut data = BigBuf::new();
                 let read = read_to_end(&mut (&mut *s).take(len), &mut data).await;
                 if read.is_err() || data.len() as u64 != len {
-                    // The rest must not be read as the parent's next part.
                     procs::shut_down(&s);
                 }
                 read.map_err(failed)?;
                 if data.len() as u64 != len {
-                    return Err(ImageError::Short { got: data.len(), len });
+                    return Err(short(data.len()));
                 }
+                let got = data.len();
+                hand_out(begun, &Arc::new(Filling::from(data)), filled);
+                Ok(got)
             }
         }
-        Ok::<(), ImageError>(())
+    }
+}
+
+/// A copy of `len` bytes mapped whole, with its filler; `None` if it cannot be mapped.
+fn mapped(len: u64) -> Option<(Arc<Filling>, Filler)> {
+    Filling::new(usize::try_from(len).ok()?).ok()
+}
+
+/// Hands the node's copy `buf` out to the ranks and children waiting for it.
+fn hand_out(begun: &mut Begun, buf: &Arc<Filling>, fill: tokio::sync::watch::Receiver<Fill>) {
+    let image = NodeImage {
+        bytes: buf.clone(),
+        fill,
+        files: std::sync::OnceLock::new(),
+        copies: Default::default(),
     };
-    match tokio::time::timeout(Duration::from_secs(60), fetch).await {
-        Ok(Ok(())) => {
-            let from = match source {
-                procs::Source::Launcher => "the mover",
-                procs::Source::Parent(_) => "the parent node",
-            };
-            info!(
-                "launch {}: fetched the process image ({} bytes) from {from}",
-                l.launch,
-                data.len()
-            );
-            let files = bproc_ckpt::inline::named_in(&data);
-            let copies = Default::default();
-            Ok(Arc::new(NodeImage { bytes: Arc::new(data), files, copies }))
+    if let Some(tx) = begun.take() {
+        let _ = tx.send(Ok(Arc::new(image)));
+    }
+}
+
+/// Reads `r` into `filler` (of `buf`) until it is full or `r` ends, telling `fill` of each
+/// piece once the first bytes show an image, not a refusal (which is never passed on).
+async fn fill_from(
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    filler: &mut Filler,
+    buf: &Filling,
+    fill: &tokio::sync::watch::Sender<Fill>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let magic = bproc_proto::conn::REFUSAL.len();
+    loop {
+        let spare = filler.spare();
+        if spare.is_empty() {
+            return Ok(());
         }
-        Ok(Err(e)) => Err(Arc::new(e)),
-        Err(_) => {
-            if let procs::Source::Parent(conn) = source {
-                if let Ok(s) = conn.stream().try_lock() {
-                    procs::shut_down(&s);
-                }
-            }
-            Err(Arc::new(ImageError::Timeout))
+        let piece = spare.len().min(1 << 20);
+        match r.read(&mut spare[..piece]).await? {
+            0 => return Ok(()),
+            n => filler.advance(n),
+        }
+        let bytes = buf.filled();
+        if bytes.len() >= magic && !bytes.starts_with(&bproc_proto::conn::REFUSAL) {
+            fill.send_replace(Fill::Filling(bytes.len()));
         }
     }
 }
@@ -436,7 +609,7 @@ async fn fetch_image(
 /// Reads `r` to its end into `buf`, a piece at a time straight into the buffer's memory.
 async fn read_to_end(
     r: &mut (impl tokio::io::AsyncRead + Unpin),
-    buf: &mut bproc_sys::bigbuf::BigBuf,
+    buf: &mut BigBuf,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncReadExt;
     loop {
@@ -506,14 +679,21 @@ async fn start(
     shared: Option<SharedImage>,
 ) {
     let image = match &shared {
-        Some(cell) => match image_of(ctx, &l, source, cell).await {
-            Ok(image) => Some(image.bytes.clone() as bproc_image::SharedImage),
-            Err(e) => {
-                warn!("launch {} rank {rank}: {e}", l.launch);
-                let msg = Message::RankSpawned { launch: l.launch, rank, pid: -EIO };
-                return ctx.outbox.send(0, msg);
+        Some(cell) => {
+            // The restore takes the copy whole.
+            let whole = async {
+                let image = image_of(ctx, &l, source, cell).await?;
+                image.whole().await.map(|()| image)
+            };
+            match whole.await {
+                Ok(image) => Some(image.bytes.clone() as bproc_image::SharedImage),
+                Err(e) => {
+                    warn!("launch {} rank {rank}: {e}", l.launch);
+                    let msg = Message::RankSpawned { launch: l.launch, rank, pid: -EIO };
+                    return ctx.outbox.send(0, msg);
+                }
             }
-        },
+        }
         None => None,
     };
     let master = master_ip(ctx);
@@ -629,14 +809,14 @@ async fn serve_child(
             let Some(copy) = image_for_child(l, s, ctx, image.clone()).await else { return false };
             let len = match &copy {
                 Some(made) => made.len(),
-                None => image.bytes.len(),
+                None => image.bytes.capacity(),
             };
             if write_more(s, &(len as u64).to_be_bytes()).await.is_err() {
                 return false;
             }
             let sent = match &copy {
                 Some(made) => s.write_all(made).await,
-                None => send_pages(s, &image.bytes).await,
+                None => send_pages(s, &image).await,
             };
             if sent.is_err() {
                 return false;
@@ -688,7 +868,9 @@ async fn image_for_child(
     let said: std::collections::HashMap<&str, (&conn::FileId, u8)> =
         listed.iter().zip(said).map(|(f, a)| (f.path.as_str(), (f, a))).collect();
     let has = |f: &conn::FileId| said.get(f.path.as_str()).is_some_and(|(g, a)| *g == f && *a == 1);
-    let answer: Vec<u8> = image.files.iter().map(|f| u8::from(has(f))).collect();
+    // What it lacks is looked up in the image, and a copy made from it, once it is whole.
+    image.whole().await.ok()?;
+    let answer: Vec<u8> = image.files().iter().map(|f| u8::from(has(f))).collect();
     if answer.iter().all(|a| *a == 1) {
         // It lacks only files whose pages this node's copy carries already.
         return Some(None);
@@ -697,7 +879,7 @@ async fn image_for_child(
     let held = image.clone();
     let copy = tokio::task::spawn_blocking(move || {
         let whole = || Ok(held.bytes.clone() as bproc_image::SharedImage);
-        held.copies.for_answer(&held.files, &answer, root.as_deref(), whole)
+        held.copies.for_answer(held.files(), &answer, root.as_deref(), whole)
     })
     .await;
     match copy {
@@ -731,36 +913,48 @@ async fn write_more(s: &TcpStream, b: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Sends this node's copy of an image to a child without copying its bytes: its pages go
-/// into a pipe (`vmsplice`) and from there to the socket (`splice`), which holds them until
-/// sent. Sound because nothing writes the copy once it is filled, and its pages outlive its
-/// mapping for as long as the kernel holds them.
-async fn send_pages(s: &TcpStream, image: &bproc_sys::bigbuf::BigBuf) -> std::io::Result<()> {
+/// Sends this node's copy of an image to a child without copying its bytes, each piece as it
+/// arrives: its pages go into a pipe (`vmsplice`) and from there to the socket (`splice`),
+/// which holds them until sent. Sound because nothing writes a byte of the copy once it is
+/// filled, and its pages outlive its mapping for as long as the kernel holds them. A fetch
+/// that fails part way fails the send (the caller closes the connection, so the child reads
+/// less than it was told).
+async fn send_pages(s: &TcpStream, image: &NodeImage) -> std::io::Result<()> {
     use nix::fcntl::{fcntl, splice, vmsplice, FcntlArg, OFlag, SpliceFFlags};
     use std::os::fd::AsRawFd;
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
     // A larger pipe moves more pages per call; the default one still works.
     let _ = fcntl(wr.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
+    let mut fill = image.fill.clone();
     let mut sent = 0;
-    while sent < image.len() {
-        let slice = [std::io::IoSlice::new(&image[sent..])];
-        // The pipe is empty here, so this does not wait.
-        let mut held = vmsplice(&wr, &slice, SpliceFFlags::SPLICE_F_NONBLOCK)?;
-        if held == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+    while sent < image.bytes.capacity() {
+        let more = fill.wait_for(|f| !matches!(f, Fill::Filling(n) if *n <= sent)).await;
+        match more.map(|f| f.clone()) {
+            Ok(Fill::Failed(e)) => return Err(std::io::Error::other(e.to_string())),
+            Ok(_) => {}
+            Err(_) => return Err(std::io::Error::other(ImageError::Stopped.to_string())),
         }
-        sent += held;
-        while held > 0 {
-            s.writable().await?;
-            let moved = s.try_io(tokio::io::Interest::WRITABLE, || {
-                splice(&rd, None, s, None, held, SpliceFFlags::SPLICE_F_NONBLOCK)
-                    .map_err(std::io::Error::from)
-            });
-            match moved {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => held -= n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+        let bytes = image.bytes.filled();
+        while sent < bytes.len() {
+            let slice = [std::io::IoSlice::new(&bytes[sent..])];
+            // The pipe is empty here, so this does not wait.
+            let mut held = vmsplice(&wr, &slice, SpliceFFlags::SPLICE_F_NONBLOCK)?;
+            if held == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            sent += held;
+            while held > 0 {
+                s.writable().await?;
+                let moved = s.try_io(tokio::io::Interest::WRITABLE, || {
+                    splice(&rd, None, s, None, held, SpliceFFlags::SPLICE_F_NONBLOCK)
+                        .map_err(std::io::Error::from)
+                });
+                match moved {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => held -= n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
     }

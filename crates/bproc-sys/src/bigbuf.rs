@@ -2,11 +2,14 @@
 //! own anonymous mapping, grown with `mremap`, so growing never copies what it holds, and
 //! advised to use huge pages once past its first 2 MiB, so filling 64 MiB takes about 32
 //! page faults rather than 16,384 (faults, not the copy, were most of a node's time
-//! receiving an image).
+//! receiving an image). When the length is known first, [`Filling`] maps it whole at once,
+//! so that what is filled can be read (and passed on) while the rest arrives.
 
 use std::ffi::c_void;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use nix::sys::mman::{madvise, mmap_anonymous, mremap, munmap, MRemapFlags, MmapAdvise};
 use nix::sys::mman::{MapFlags, ProtFlags};
@@ -70,29 +73,152 @@ impl BigBuf {
     fn grow(&mut self, cap: usize) -> std::io::Result<()> {
         let size = NonZeroUsize::new(cap).ok_or(std::io::ErrorKind::InvalidInput)?;
         let map = match self.map {
-            // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
-            None => unsafe {
-                mmap_anonymous(
-                    None,
-                    size,
-                    ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                    MapFlags::MAP_PRIVATE,
-                )?
-            },
+            None => map_new(size)?,
             // SAFETY: `old` is our mapping of `self.cap` bytes, and no slice of it outlives
             // the `&mut self` this runs under; the kernel moves its pages, not their bytes.
             Some(old) => unsafe { mremap(old, self.cap, cap, MRemapFlags::MREMAP_MAYMOVE, None)? },
         };
         self.map = Some(map);
         self.cap = cap;
-        // A small image keeps small pages: a huge page would clear 2 MiB for a few KiB.
-        if cap > STEP {
-            // SAFETY: advice on our own mapping changes how its pages are backed, not their
-            // contents. Without transparent huge pages it fails, and small pages serve as
-            // well.
-            let _ = unsafe { madvise(map, cap, MmapAdvise::MADV_HUGEPAGE) };
-        }
+        advise_huge(map, cap);
         Ok(())
+    }
+}
+
+/// A fresh private anonymous mapping of `size` bytes, readable and writable.
+fn map_new(size: NonZeroUsize) -> std::io::Result<NonNull<c_void>> {
+    // SAFETY: a new mapping; nothing else refers to it.
+    Ok(unsafe {
+        mmap_anonymous(
+            None,
+            size,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE,
+        )?
+    })
+}
+
+/// Advises huge pages for a mapping of `cap` bytes past the first [`STEP`]: a small image
+/// keeps small pages, where a huge page would clear 2 MiB for a few KiB.
+fn advise_huge(map: NonNull<c_void>, cap: usize) {
+    if cap > STEP {
+        // SAFETY: advice on our own mapping changes how its pages are backed, not their
+        // contents. Without transparent huge pages it fails, and small pages serve as well.
+        let _ = unsafe { madvise(map, cap, MmapAdvise::MADV_HUGEPAGE) };
+    }
+}
+
+/// A buffer of a length known before it is filled, mapped whole at once so it never moves:
+/// one [`Filler`] fills it from the front while any number of readers read what is filled
+/// ([`Filling::filled`]), each byte written once and never again.
+pub struct Filling {
+    /// The mapping, when there is one (none for length 0).
+    map: Option<NonNull<c_void>>,
+    /// Bytes mapped.
+    mapped: usize,
+    /// The length to fill (at most `mapped`).
+    cap: usize,
+    /// Bytes filled, published by the filler after it wrote them.
+    filled: AtomicUsize,
+}
+
+// SAFETY: the mapping is owned by the buffer alone; readers see only the filled bytes,
+// which nothing writes again, and the one filler writes only past them.
+unsafe impl Send for Filling {}
+// SAFETY: as above.
+unsafe impl Sync for Filling {}
+
+/// The one writer of a [`Filling`].
+pub struct Filler(Arc<Filling>);
+
+impl Filling {
+    /// A buffer for `len` bytes, empty, and its filler.
+    pub fn new(len: usize) -> std::io::Result<(Arc<Filling>, Filler)> {
+        let map = match NonZeroUsize::new(len) {
+            Some(size) => {
+                let map = map_new(size)?;
+                advise_huge(map, len);
+                Some(map)
+            }
+            None => None,
+        };
+        let f = Arc::new(Filling { map, mapped: len, cap: len, filled: AtomicUsize::new(0) });
+        Ok((f.clone(), Filler(f)))
+    }
+
+    /// The length to fill.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// The bytes filled so far.
+    pub fn filled(&self) -> &[u8] {
+        let len = self.filled.load(Ordering::Acquire);
+        match self.map {
+            // SAFETY: the first `len` bytes were written before `len` was published
+            // (release, read here with acquire), and nothing writes them again; the mapping
+            // lives as long as `self`.
+            Some(map) => unsafe { std::slice::from_raw_parts(map.as_ptr().cast::<u8>(), len) },
+            None => &[],
+        }
+    }
+}
+
+impl From<BigBuf> for Filling {
+    /// A buffer already filled: `b`'s bytes, its mapping taken over without a copy.
+    fn from(mut b: BigBuf) -> Filling {
+        let (map, mapped, len) = (b.map.take(), b.cap, b.len);
+        Filling { map, mapped, cap: len, filled: AtomicUsize::new(len) }
+    }
+}
+
+impl AsRef<[u8]> for Filling {
+    fn as_ref(&self) -> &[u8] {
+        self.filled()
+    }
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        if let Some(map) = self.map {
+            // SAFETY: our mapping, of `mapped` bytes; no slice of it outlives `self`.
+            let _ = unsafe { munmap(map, self.mapped) };
+        }
+    }
+}
+
+impl Filler {
+    /// The unfilled memory after the filled bytes (zeroes the first time it is lent). Fill
+    /// some of it, then [`Filler::advance`] by what was filled.
+    pub fn spare(&mut self) -> &mut [u8] {
+        let b = &*self.0;
+        let len = b.filled.load(Ordering::Relaxed);
+        match b.map {
+            // SAFETY: the bytes past `len` are written by this filler alone (there is one per
+            // buffer, and `&mut self` borrows it) and read by no one until published.
+            Some(map) => unsafe {
+                std::slice::from_raw_parts_mut(map.as_ptr().cast::<u8>().add(len), b.cap - len)
+            },
+            None => &mut [],
+        }
+    }
+
+    /// Publishes `n` more bytes of [`Filler::spare`] as filled.
+    pub fn advance(&mut self, n: usize) {
+        let b = &*self.0;
+        let len = b.filled.load(Ordering::Relaxed);
+        assert!(n <= b.cap - len, "advanced past the buffer's memory");
+        b.filled.store(len + n, Ordering::Release);
+    }
+
+    /// Bytes filled so far.
+    pub fn len(&self) -> usize {
+        self.0.filled.load(Ordering::Relaxed)
+    }
+
+    /// Whether nothing is filled yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -147,5 +273,42 @@ mod tests {
         }
         assert_eq!(b.len(), total);
         assert!(b.iter().enumerate().all(|(i, byte)| *byte == (i % 251) as u8));
+        let f = Filling::from(b);
+        assert_eq!((f.filled().len(), f.capacity()), (total, total));
+        assert!(f.filled().iter().enumerate().all(|(i, byte)| *byte == (i % 251) as u8));
+    }
+
+    /// Readers on other threads see each piece once it is published, and only then.
+    #[test]
+    fn readers_see_what_is_filled() {
+        let total = 3 * STEP + 77;
+        let (buf, mut filler) = Filling::new(total).unwrap();
+        assert_eq!(buf.capacity(), total);
+        let reader = {
+            let buf = buf.clone();
+            std::thread::spawn(move || {
+                let mut seen = 0;
+                while seen < total {
+                    let now = buf.filled();
+                    assert!(now.len() >= seen);
+                    let mut new = now[seen..].iter().enumerate();
+                    assert!(new.all(|(i, b)| *b == ((seen + i) % 251) as u8));
+                    seen = now.len();
+                }
+            })
+        };
+        while !filler.spare().is_empty() {
+            let at = filler.len();
+            let spare = filler.spare();
+            let piece = spare.len().min(65_536);
+            for (i, byte) in spare[..piece].iter_mut().enumerate() {
+                *byte = ((at + i) % 251) as u8;
+            }
+            filler.advance(piece);
+        }
+        reader.join().unwrap();
+        assert_eq!(buf.filled().len(), total);
+        let (empty, mut none) = Filling::new(0).unwrap();
+        assert!(empty.filled().is_empty() && none.spare().is_empty());
     }
 }

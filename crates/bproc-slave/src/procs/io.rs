@@ -162,14 +162,15 @@ pub(super) async fn open_io(
 /// Opens the connection that carries rank `rank`'s process image, from `from` (an address of
 /// `None`: the master's), and says which of the files the image names this node has (under
 /// `root`, a diskless node's, when given): at once when the launch lists them (a vector
-/// fork's), else when the mover asks.
+/// fork's), else when the mover asks. With the connection, whether it has them all (then the
+/// mover sends the image as it is, not a copy carrying some).
 pub(crate) async fn connect_image(
     master: Ipv4Addr,
     spec: &ProcSpec,
     from: bproc_proto::Endpoint,
     rank: u32,
     root: Option<&Path>,
-) -> Result<TcpStream, Refusal> {
+) -> Result<(TcpStream, bool), Refusal> {
     let to = SocketAddrV4::new(from.ip.unwrap_or(master), from.port);
     let failed = |e: std::io::Error| Refusal {
         code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
@@ -195,7 +196,7 @@ pub(crate) async fn connect_image(
     if asked > 0 {
         info!("rank {rank}: {found} of {asked} files the image names are here");
     }
-    Ok(s)
+    Ok((s, found == asked))
 }
 
 /// Which of `files`, a process image's, this node has identical (under `root`, a diskless
@@ -239,7 +240,7 @@ pub(super) async fn open_image(
         code: e.raw_os_error().unwrap_or(bproc_proto::errno::EIO),
         message: format!("cannot fetch the process image: {e}"),
     };
-    let s = connect_image(master, spec, from, rank, root).await?.into_std().map_err(failed)?;
+    let s = connect_image(master, spec, from, rank, root).await?.0.into_std().map_err(failed)?;
     s.set_nonblocking(false).map_err(failed)?;
     // A sender that stops mid-image must not hold the spawner thread for ever.
     s.set_read_timeout(Some(std::time::Duration::from_secs(30))).map_err(failed)?;
