@@ -14,9 +14,10 @@
 # fork's children write where the caller does, so each runs as its baseline does: with stdout
 # and stderr on /dev/null (hyperfine's default), and the small one again with both forwarded
 # to a pipe (the children's through their relaying ghosts), against the launch with its output
-# forwarded to a pipe too. Last, the floors of the two, with no cluster: the small fork's
+# forwarded to a pipe too. Last, the floors of the forks, with no cluster: the small fork's
 # image restored 64 times by a bare restorer against 64 posix_spawns of /bin/true, one at a
-# time per core. The daemons run as installed ones do, logging warnings only.
+# time per core, and the 64 MiB fork's against the broadcast. The daemons run as installed
+# ones do, logging warnings only.
 #
 #   bench/move.sh              # medians of 7 runs (as root: moves keep their pids)
 #   RUNS=3 NODES=16 bench/move.sh
@@ -97,3 +98,10 @@ cc -O2 -o "$DIR/spawnloop" bench/lib/spawnloop.c
 read -r rf sf <<<"$(rounds "$DIR" "$RUNS" -N "$B/examples/move_bench restores $DIR/image $NODES $(nproc)" \
     "$DIR/spawnloop $NODES $(nproc) /bin/true" | awk '{print $1}' | tr '\n' ' ')"
 row "floor: $NODES restores of the image, no cluster" "$rf" - "spawn floor, $NODES /bin/true" "$sf" "" "" ""
+# The same for the fork holding 64 MiB: its image restored $NODES times with no cluster (read
+# from a file the page cache holds, where the fork's nodes read it from a socket), against the
+# broadcast of 64 MiB, in turn: what the fork costs beyond this is the tree's transport.
+"$B/examples/move_bench" dump 64 "$DIR/image64"
+read -r rf sf <<<"$(rounds "$DIR" "$RUNS" -N "$B/examples/move_bench restores $DIR/image64 $NODES $(nproc)" \
+    "$B/bpcp $DIR/64m all:/tmp/64m" | awk '{print $1}' | tr '\n' ' ')"
+row "floor: $NODES restores of the 64 MiB image, no cluster" "$rf" - "bpcp broadcast of 64 MiB" "$sf" "" "" ""
