@@ -493,7 +493,6 @@ impl Fetch {
         fill: &tokio::sync::watch::Sender<Fill>,
         filled: tokio::sync::watch::Receiver<Fill>,
     ) -> Result<usize, ImageError> {
-        use tokio::io::AsyncReadExt;
         let root = self.root.as_deref();
         match &self.source {
             procs::Source::Launcher => {
@@ -502,68 +501,60 @@ impl Fetch {
                     .await
                     .map_err(|r| ImageError::Connect(r.message))?;
                 // With every file here, the mover sends the image as it is, of the length the
-                // launch says.
-                let len = self.spec.image_len.filter(|_| all);
-                if let Some((len, (buf, mut filler))) = len.and_then(|n| Some((n, mapped(n)?))) {
-                    hand_out(begun, &buf, filled);
-                    fill_from(&mut s, &mut filler, &buf, fill).await.map_err(ImageError::Mover)?;
-                    let got = filler.len();
-                    if let Some(why) = bproc_proto::conn::refusal(buf.filled()) {
+                // launch says; else a copy carrying some, of a length it does not say.
+                let Some(len) = self.spec.image_len.filter(|_| all) else {
+                    let mut data = BigBuf::new();
+                    read_to_end(&mut s, &mut data).await.map_err(ImageError::Mover)?;
+                    if let Some(why) = bproc_proto::conn::refusal(&data) {
                         return Err(ImageError::Refused(why));
                     }
-                    if got as u64 != len {
-                        return Err(ImageError::Short { from: "the mover", got, len });
-                    }
+                    let got = data.len();
+                    hand_out(begun, &Arc::new(Filling::from(data)), filled);
                     return Ok(got);
-                }
-                let mut data = BigBuf::new();
-                read_to_end(&mut s, &mut data).await.map_err(ImageError::Mover)?;
-                if let Some(why) = bproc_proto::conn::refusal(&data) {
+                };
+                let (buf, mut filler) = mapped(len).map_err(ImageError::Mover)?;
+                hand_out(begun, &buf, filled);
+                fill_from(&mut s, &mut filler, fill).await.map_err(ImageError::Mover)?;
+                if let Some(why) = bproc_proto::conn::refusal(buf.filled()) {
                     return Err(ImageError::Refused(why));
                 }
-                let got = data.len();
-                hand_out(begun, &Arc::new(Filling::from(data)), filled);
-                Ok(got)
+                match filler.len() {
+                    got if got as u64 == len => Ok(got),
+                    got => Err(ImageError::Short { from: "the mover", got, len }),
+                }
             }
             procs::Source::Parent(conn) => {
                 let mut s = conn.stream().lock().await;
-                let failed = ImageError::Parent;
                 let files = self.spec.image_files.as_deref().unwrap_or_default();
-                let len = procs::request_image(&mut s, conn, files, root).await.map_err(failed)?;
-                let short = |got| ImageError::Short { from: "the parent node", got, len };
+                let len = procs::request_image(&mut s, conn, files, root)
+                    .await
+                    .map_err(ImageError::Parent)?;
                 // The length is the parent's word: memory is mapped for it, but taken only as
-                // bytes come (a mapping refused falls back to reading as they come).
-                if let Some((buf, mut filler)) = mapped(len) {
-                    hand_out(begun, &buf, filled);
-                    let read = fill_from(&mut *s, &mut filler, &buf, fill).await;
-                    let got = filler.len();
-                    if read.is_err() || got as u64 != len {
-                        // The rest must not be read as the parent's next part.
-                        procs::shut_down(&s);
+                // bytes come.
+                let read = match mapped(len) {
+                    Ok((buf, mut filler)) => {
+                        hand_out(begun, &buf, filled);
+                        fill_from(&mut *s, &mut filler, fill).await.map(|()| filler.len())
                     }
-                    read.map_err(failed)?;
-                    return if got as u64 == len { Ok(got) } else { Err(short(got)) };
-                }
-                let mut data = BigBuf::new();
-                let read = read_to_end(&mut (&mut *s).take(len), &mut data).await;
-                if read.is_err() || data.len() as u64 != len {
+                    Err(e) => Err(e),
+                };
+                if !matches!(read, Ok(got) if got as u64 == len) {
+                    // The rest must not be read as the parent's next part.
                     procs::shut_down(&s);
                 }
-                read.map_err(failed)?;
-                if data.len() as u64 != len {
-                    return Err(short(data.len()));
+                match read.map_err(ImageError::Parent)? {
+                    got if got as u64 == len => Ok(got),
+                    got => Err(ImageError::Short { from: "the parent node", got, len }),
                 }
-                let got = data.len();
-                hand_out(begun, &Arc::new(Filling::from(data)), filled);
-                Ok(got)
             }
         }
     }
 }
 
-/// A copy of `len` bytes mapped whole, with its filler; `None` if it cannot be mapped.
-fn mapped(len: u64) -> Option<(Arc<Filling>, Filler)> {
-    Filling::new(usize::try_from(len).ok()?).ok()
+/// A copy of `len` bytes mapped whole, with its filler.
+fn mapped(len: u64) -> std::io::Result<(Arc<Filling>, Filler)> {
+    let len = usize::try_from(len).map_err(|_| std::io::ErrorKind::OutOfMemory)?;
+    Filling::new(len)
 }
 
 /// Hands the node's copy `buf` out to the ranks and children waiting for it.
@@ -579,12 +570,11 @@ fn hand_out(begun: &mut Begun, buf: &Arc<Filling>, fill: tokio::sync::watch::Rec
     }
 }
 
-/// Reads `r` into `filler` (of `buf`) until it is full or `r` ends, telling `fill` of each
-/// piece once the first bytes show an image, not a refusal (which is never passed on).
+/// Reads `r` into `filler` until it is full or `r` ends, telling `fill` of each piece once
+/// the first bytes show an image, not a refusal (which is never passed on).
 async fn fill_from(
     r: &mut (impl tokio::io::AsyncRead + Unpin),
     filler: &mut Filler,
-    buf: &Filling,
     fill: &tokio::sync::watch::Sender<Fill>,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncReadExt;
@@ -599,7 +589,7 @@ async fn fill_from(
             0 => return Ok(()),
             n => filler.advance(n),
         }
-        let bytes = buf.filled();
+        let bytes = filler.filled();
         if bytes.len() >= magic && !bytes.starts_with(&bproc_proto::conn::REFUSAL) {
             fill.send_replace(Fill::Filling(bytes.len()));
         }

@@ -211,6 +211,11 @@ impl Filler {
         b.filled.store(len + n, Ordering::Release);
     }
 
+    /// The bytes filled so far.
+    pub fn filled(&self) -> &[u8] {
+        self.0.filled()
+    }
+
     /// Bytes filled so far.
     pub fn len(&self) -> usize {
         self.0.filled.load(Ordering::Relaxed)
