@@ -39,7 +39,58 @@ pub fn spawn(
     n: usize,
     relay: Option<&[u8; 16]>,
 ) -> std::io::Result<Made> {
-    spawn_with(program, comm, n, relay.map_or(Io::None, Io::Relay))
+    start(program, comm, n, relay)?.made()
+}
+
+/// [`spawn`] in two steps: the ghost program starts here, and its pids are read by
+/// [`Starting::made`], so the caller can work meanwhile (a vector fork dumps itself while its
+/// ghosts are made).
+pub fn start(
+    program: &str,
+    comm: &str,
+    n: usize,
+    relay: Option<&[u8; 16]>,
+) -> std::io::Result<Starting> {
+    start_with(program, comm, n, relay.map_or(Io::None, Io::Relay))
+}
+
+/// Ghosts being made by [`start`].
+pub struct Starting(Step);
+
+enum Step {
+    /// Known at once (none, or one ghost that is the child itself).
+    Made(Made),
+    /// Their pids come on `out` from the program's first process.
+    Reading {
+        out: std::process::ChildStdout,
+        program: String,
+        comm: String,
+        n: usize,
+        relay: bool,
+        first: i32,
+        sent: LaunchSent,
+    },
+}
+
+impl Starting {
+    /// The descriptors this process holds for the ghosts until [`Starting::made`] (which a
+    /// dump meanwhile leaves out).
+    pub fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        match &self.0 {
+            Step::Made((_, sent)) => sent.iter().map(|s| s.0.as_raw_fd()).collect(),
+            Step::Reading { out, sent, .. } => vec![out.as_raw_fd(), sent.0.as_raw_fd()],
+        }
+    }
+
+    /// Waits for every ghost's pid, as [`spawn`] does.
+    pub fn made(self) -> std::io::Result<Made> {
+        match self.0 {
+            Step::Made(made) => Ok(made),
+            Step::Reading { out, program, comm, n, relay, first, sent } => {
+                Ok((read_pids(out, &program, &comm, n, relay, first)?, Some(sent)))
+            }
+        }
+    }
 }
 
 /// [`spawn`] for ghosts that keep the caller's stdout and stderr: a process that moves back
@@ -51,7 +102,7 @@ pub fn spawn_keeping_output(
     n: usize,
     rejoin: Option<&Rejoin>,
 ) -> std::io::Result<(Vec<i32>, Option<LaunchSent>)> {
-    let (made, sent) = spawn_with(program, comm, n, Io::Output(rejoin))?;
+    let (made, sent) = start_with(program, comm, n, Io::Output(rejoin))?.made()?;
     Ok((made.into_iter().map(|(pid, _)| pid).collect(), sent))
 }
 
@@ -70,13 +121,13 @@ enum Io<'a> {
 }
 
 /// Starts the ghosts, which watch the pipe whose write end comes back.
-fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Result<Made> {
+fn start_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Result<Starting> {
     let relay = match io {
         Io::Relay(t) => Some(t),
         _ => None,
     };
     if n == 0 {
-        return Ok((Vec::new(), None));
+        return Ok(Starting(Step::Made((Vec::new(), None))));
     }
     let mut cmd = Command::new(program);
     let rejoin = match &io {
@@ -90,7 +141,7 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
     let open = nix::fcntl::FdFlag::empty();
     nix::fcntl::fcntl(pipe.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(open))?;
     cmd.env(bproc_ghost::ENV_LAUNCHED, pipe.as_raw_fd().to_string());
-    let sent = Some(LaunchSent(w));
+    let sent = LaunchSent(w);
     if n == 1 && !matches!(io, Io::Relay(_)) {
         // One ghost is the child itself: its pid is known once it has exec'd, and the launch
         // need not wait for it to start up and say so. One that keeps the caller's output
@@ -108,7 +159,7 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
         }
         let pid = cmd.spawn()?.id() as i32;
         drop(pipe);
-        return Ok((vec![(pid, 0)], sent));
+        return Ok(Starting(Step::Made((vec![(pid, 0)], Some(sent)))));
     }
     cmd.env("BPROC_GHOST_COUNT", n.to_string());
     match io {
@@ -130,10 +181,18 @@ fn spawn_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
     let mut first = cmd.stdout(Stdio::piped()).spawn()?;
     drop(pipe);
     let first_pid = first.id() as i32;
-    match first.stdout.take() {
-        Some(out) => Ok((read_pids(out, program, comm, n, relay.is_some(), first_pid)?, sent)),
-        None => Ok((Vec::new(), None)),
-    }
+    Ok(Starting(match first.stdout.take() {
+        Some(out) => Step::Reading {
+            out,
+            program: program.to_owned(),
+            comm: comm.to_owned(),
+            n,
+            relay: relay.is_some(),
+            first: first_pid,
+            sent,
+        },
+        None => Step::Made((Vec::new(), None)),
+    }))
 }
 
 /// [`spawn_keeping_output`] without executing the ghost program: the caller forks into the

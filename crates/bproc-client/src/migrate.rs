@@ -548,21 +548,6 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
     )
     .map_err(|e| BprocError::Io(e.into()))?;
     let listener = TcpListener::bind("0.0.0.0:0")?;
-    let skip = [image.as_raw_fd(), listener.as_raw_fd(), client.stream().as_raw_fd()];
-    let libs = mapped_libraries(Some(&mut client));
-    // Every regular file is named: each node is asked which it has, and the pages of those
-    // it lacks travel in its copy (the same bytes either way).
-    let files: Vec<String> = mapped_files()
-        .into_iter()
-        .filter(|f| std::fs::metadata(f).is_ok_and(|st| st.is_file()))
-        .collect();
-    match dump_skipping(image.as_fd(), DUMP_DEFAULT | (flags & STRICT), &skip, &libs, &files)? {
-        Resumed::Restored(v) => {
-            std::mem::forget((image, listener, client));
-            return Ok(Forked::Child((v - 1) as usize));
-        }
-        Resumed::Dumped => {}
-    }
     let token = token();
     let exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
     let comm = crate::ghost::comm_of(&exe.to_string_lossy());
@@ -573,9 +558,40 @@ pub fn vrfork_with(nodes: &[i32], io: &IoList, flags: i32) -> Result<Forked, Bpr
         let null = crate::launch::null_device();
         crate::launch::is_null(1, null) && crate::launch::is_null(2, null)
     };
-    let (relays, sent) =
-        crate::ghost::spawn(&prog, &comm, remote_count, (!quiet).then_some(&token))
-            .map_err(|e| remote(errno::EAGAIN, format!("cannot start ghosts: {e}")))?;
+    // The ghosts are made while the caller dumps itself (on another core, where there is
+    // one): neither needs the other, and the launch waits for both.
+    let ghosts_made =
+        |e: std::io::Error| remote(errno::EAGAIN, format!("cannot start ghosts: {e}"));
+    let starting = crate::ghost::start(&prog, &comm, remote_count, (!quiet).then_some(&token))
+        .map_err(ghosts_made)?;
+    let skip: Vec<RawFd> = [image.as_raw_fd(), listener.as_raw_fd(), client.stream().as_raw_fd()]
+        .into_iter()
+        .chain(starting.fds())
+        .collect();
+    let libs = mapped_libraries(Some(&mut client));
+    // Every regular file is named: each node is asked which it has, and the pages of those
+    // it lacks travel in its copy (the same bytes either way).
+    let files: Vec<String> = mapped_files()
+        .into_iter()
+        .filter(|f| std::fs::metadata(f).is_ok_and(|st| st.is_file()))
+        .collect();
+    match dump_skipping(image.as_fd(), DUMP_DEFAULT | (flags & STRICT), &skip, &libs, &files) {
+        Ok(Resumed::Restored(v)) => {
+            // The descriptors these hold were left out of the image.
+            std::mem::forget((image, listener, client, starting));
+            return Ok(Forked::Child((v - 1) as usize));
+        }
+        Ok(Resumed::Dumped) => {}
+        Err(e) => {
+            // The ghosts end as their word is dropped unsent; each is reaped here.
+            if let Ok((made, sent)) = starting.made() {
+                drop(sent);
+                crate::ghost::discard(made.into_iter().map(|(pid, _)| pid));
+            }
+            return Err(e);
+        }
+    }
+    let (relays, sent) = starting.made().map_err(ghosts_made)?;
     let mut made = relays.into_iter();
     let (ghosts, ports): (Vec<i32>, Vec<u16>) = nodes
         .iter()

@@ -1,8 +1,10 @@
 /* A process that asks for BPROC_MOVE_STRICT is refused with EBUSY and goes on where it
- * was: first with a pipe, then with an open socket. Without the flag it moves to node N with
- * a second thread, the socket left behind, and exits 42 there. Usage: refuse N */
+ * was: first with a pipe (a move, then a vector fork, which leaves no ghost behind), then
+ * with an open socket. Without the flag it moves to node N with a second thread, the socket
+ * left behind, and exits 42 there. Usage: refuse N */
 #include <sys/bproc.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -30,6 +32,23 @@ static int refused(const char *what, int node, int flags, pid_t pid) {
     return ok;
 }
 
+/* A strict vector fork of two children to `node`, refused: no child of this process is left
+ * (the ghosts started for it are gone). */
+static int vrfork_refused(int node, pid_t pid) {
+    int nodes[2] = {node, node}, pids[2];
+    int r = _bproc_vrfork(2, nodes, pids, BPROC_MOVE_STRICT);
+    int e = errno;
+    if (r != -1) {
+        if (getpid() != pid) _exit(0);
+        printf("vrfork: not refused (%d)\n", r);
+        return 0;
+    }
+    int left = waitpid(-1, NULL, WNOHANG);
+    int none = left == -1 && errno == ECHILD;
+    printf("vrfork: %s, %s\n", bproc_strerror(e), none ? "no child left" : "a child left");
+    return e == EBUSY && none;
+}
+
 int main(int argc, char **argv) {
     closefrom(3); /* what the test harness leaves open would not move */
     if (argc != 2) return 2;
@@ -38,6 +57,7 @@ int main(int argc, char **argv) {
     int p[2];
     if (pipe(p) != 0) return 3;
     int ok = refused("pipe", node, BPROC_MOVE_STRICT, pid);
+    ok &= vrfork_refused(node, pid);
     close(p[0]);
     close(p[1]);
     pthread_t t;

@@ -687,8 +687,8 @@ fn a_node_rforks_children_that_end_at_once() {
 }
 
 /// A process with a pipe, then with an open socket, that asks for strictness is refused with
-/// EBUSY and goes on where it was; without the flag the same process moves with a second
-/// thread, leaving its socket behind.
+/// EBUSY and goes on where it was (a refused vector fork leaves no ghost behind); without the
+/// flag the same process moves with a second thread, leaving its socket behind.
 #[test]
 fn what_cannot_move_is_refused_and_stays() {
     if !require_root("moved processes keep their pids (set_tid in the nodes' pid namespaces)") {
@@ -700,6 +700,7 @@ fn what_cannot_move_is_refused_and_stays() {
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
         "pipe: Device or resource busy, still on node -1\n\
+         vrfork: Device or resource busy, no child left\n\
          socket: Device or resource busy, still on node -1\n\
          moved to node 1 as pid same, socket closed\n"
     );
