@@ -10,15 +10,21 @@ use bproc_ckpt::restore::{restore, restore_in_place, RestoreSpec};
 /// The examples, built now (a test does not make cargo build examples).
 fn example(name: &str) -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
     BUILT.call_once(|| {
+        // In this test's own profile (its directory's name), where they are then run from.
+        let profile = match dir.file_name().and_then(|d| d.to_str()) {
+            Some("debug") | None => vec![],
+            Some(p) => vec!["--profile", p],
+        };
         let st = Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "bproc-ckpt", "--examples"])
+            .args(profile)
             .status()
             .expect("run cargo");
         assert!(st.success(), "building the bproc-ckpt examples failed");
     });
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
     dir.join("examples").join(name)
 }
 

@@ -22,6 +22,19 @@ pub use bproc_vcluster::{log_tail, node_addr, Cluster, Spec};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// The arguments that make `cargo build` build the profile the running test was built in
+/// (the name of the directory its binaries are in: `debug` is `dev`), so that what a test
+/// builds itself (the C library, examples) is what it then runs from there.
+pub fn cargo_profile() -> Vec<String> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // A test binary is at target/PROFILE/deps/NAME.
+    let dir = exe.parent().and_then(Path::parent).and_then(Path::file_name);
+    match dir.and_then(|d| d.to_str()) {
+        None | Some("debug") => Vec::new(),
+        Some(p) => vec!["--profile".into(), p.into()],
+    }
+}
+
 /// A fresh directory for one test under the system temp dir.
 pub fn unique_dir(tag: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);

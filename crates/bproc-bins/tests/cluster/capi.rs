@@ -23,6 +23,7 @@ pub(crate) fn build_program(src: &str, tag: &str) -> Option<(PathBuf, PathBuf)> 
     TestCommand::from(
         Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "bproc-capi"])
+            .args(bproc_testkit::cargo_profile())
             .current_dir(root()),
     )
     .timeout(600)
@@ -717,6 +718,7 @@ fn a_rust_program_moves_and_vrforks() {
     TestCommand::from(
         Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "bproc-client", "--example", "wander"])
+            .args(bproc_testkit::cargo_profile())
             .current_dir(root()),
     )
     .timeout(600)

@@ -47,6 +47,7 @@ fn getent_resolves_node_names() {
     TestCommand::from(
         Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "bproc-nss"])
+            .args(bproc_testkit::cargo_profile())
             .current_dir(root()),
     )
     .timeout(600)

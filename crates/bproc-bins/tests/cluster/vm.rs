@@ -99,6 +99,7 @@ fn examples(tools: &Path) -> (PathBuf, PathBuf) {
         Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "bproc-client", "--example", "hop"])
             .args(["--example", "move_bench"])
+            .args(bproc_testkit::cargo_profile())
             .current_dir(root()),
     )
     .timeout(600)
