@@ -56,8 +56,11 @@ hf() {
     python3 bench/lib/hf.py "$DIR/hf.json" | awk '{printf "%.3f %.3f %.3f\n", $1 / 1000, $2 / 1000, $3 / 1000}'
 }
 . bench/lib/rounds.sh
+# shellcheck source=bench/lib/quiet.sh
+. bench/lib/quiet.sh
+quiet
 holds() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == "<=") ? v <= t : v >= t; print ok ? "yes" : "**no**"}'; }
-up() { "$B/bpcluster" up -n "$1" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }; }
+up() { quiet && "$B/bpcluster" up -n "$1" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }; }
 down() { "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true; }
 master_sent() { "$B/bpstat" --master-info | python3 -c "import json,sys; print(json.load(sys.stdin)['bytes_to_slaves'])"; }
 

@@ -71,10 +71,13 @@ cc -static -nostdlib -o target/bench/exit0 bench/lib/exit0.c
 E0=$PWD/target/bench/exit0
 export BPROC_SOCKET=$DIR/c/master.sock
 # up N [--quiet]
-up() { "$B/bpcluster" up -n "$@" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }; }
+up() { quiet && "$B/bpcluster" up -n "$@" --dir "$DIR/c" >/dev/null 2>"$DIR/up.err" || { cat "$DIR/up.err" >&2; exit 1; }; }
 down() { "$B/bpcluster" down --dir "$DIR/c" >/dev/null 2>&1 || true; }
 # rounds DIR RUNS CMD... -> "median min max" (ms) of each command, a line each
 . bench/lib/rounds.sh
+# shellcheck source=bench/lib/quiet.sh
+. bench/lib/quiet.sh
+quiet
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 lower() { awk -v a="$1" -v b="$2" 'BEGIN {print (a < b) ? a : b}'; }
 alone="" # the baselines timed with no cluster running, for the note below the table

@@ -8,9 +8,10 @@
 # remote start there is) for the small move, a bpcp of a 64 MiB file to the node (the same
 # bytes moved to the node) for the big one, a bpsh of /bin/true on all 64 nodes for the
 # small vrfork, and a bpcp broadcast of 64 MiB to all 64 nodes for the big one; each vector
-# fork and its baseline are taken in turn (the 64 MiB pair in at least 15 rounds: the host
-# hands memory out at two speeds, mostly to the broadcast's tmpfs pages, and two runs of 7
-# rounds on one commit gave median ratios of 1.54 and 1.08, one of 15 rounds 1.13). A vector
+# fork and its baseline are taken in turn (the small pairs in at least 21 rounds, as a launch
+# varies by a tenth from one run to the next; the 64 MiB pair in at least 15: the host hands
+# memory out at two speeds, mostly to the broadcast's tmpfs pages, and two runs of 7 rounds
+# on one commit gave median ratios of 1.54 and 1.08, one of 15 rounds 1.13). A vector
 # fork's children write where the caller does, so each runs as its baseline does: with stdout
 # and stderr on /dev/null (hyperfine's default), and the small one again with both forwarded
 # to a pipe (the children's through their relaying ghosts), against the launch with its output
@@ -32,6 +33,9 @@ B=$PWD/target/release
 export PATH=$B:$PATH
 DIR=$(mktemp -d /var/tmp/bproc-move-bench.XXXXXX)
 trap 'bpcluster down --dir "$DIR/c" >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
+# shellcheck source=bench/lib/quiet.sh
+. bench/lib/quiet.sh
+quiet
 eval "$(bpcluster up --quiet -n "$NODES" --dir "$DIR/c")"
 # shellcheck source=bench/lib/rounds.sh
 . bench/lib/rounds.sh
@@ -55,7 +59,7 @@ row() { # what, move ms, back ms, baseline name, baseline ms, target text, value
 head -c $((64 << 20)) /dev/urandom >"$DIR/64m"
 echo "## migration benchmark"
 echo
-echo "$(nproc) cores, kernel $(uname -r), $NODES nodes; moves timed inside the process (call to running there), medians of $RUNS (the 64 MiB vector fork: of at least 15); vector forks, floors and baselines whole processes by hyperfine in the same run."
+echo "$(nproc) cores, kernel $(uname -r), $NODES nodes; moves timed inside the process (call to running there), medians of $RUNS (the vector forks: of at least 21 small, 15 of 64 MiB); vector forks, floors and baselines whole processes by hyperfine in the same run."
 echo
 echo "| what | median (ms) | back (ms) | baseline (ms) | ratio | target | holds |"
 echo "|---|---:|---:|---|---:|---|---|"
@@ -81,6 +85,7 @@ for case in 0:null 0:pipe 64:null; do
     mib=${case%%:*} out=${case#*:}
     if [ "$mib" = 0 ]; then against="$B/bpsh -a /bin/true"; else against="$B/bpcp $DIR/64m all:/tmp/64m"; fi
     runs=$RUNS
+    [ "$mib" = 0 ] && [ "$runs" -lt 21 ] && runs=21
     [ "$mib" = 64 ] && [ "$runs" -lt 15 ] && runs=15
     # shellcheck disable=SC2086
     read -r v base <<<"$(rounds "$DIR" "$runs" -N --output="$out" "$B/examples/move_bench vrfork $mib $nodes" \
