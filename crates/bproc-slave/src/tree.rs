@@ -912,9 +912,15 @@ async fn write_more(s: &TcpStream, b: &[u8]) -> std::io::Result<()> {
 async fn send_pages(s: &TcpStream, image: &NodeImage) -> std::io::Result<()> {
     use nix::fcntl::{fcntl, splice, vmsplice, FcntlArg, OFlag, SpliceFFlags};
     use std::os::fd::AsRawFd;
-    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-    // A larger pipe moves more pages per call; the default one still works.
-    let _ = fcntl(wr.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
+    let (rd, wr) = match SPARE_PIPES.with_borrow_mut(Vec::pop) {
+        Some(pipe) => pipe,
+        None => {
+            let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+            // A larger pipe moves more pages per call; the default one still works.
+            let _ = fcntl(wr.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
+            (rd, wr)
+        }
+    };
     let mut fill = image.fill.clone();
     let mut sent = 0;
     while sent < image.bytes.capacity() {
@@ -948,8 +954,21 @@ async fn send_pages(s: &TcpStream, image: &NodeImage) -> std::io::Result<()> {
             }
         }
     }
+    // Empty again: the next send takes it (a failed one drops its pipe, and what it held).
+    SPARE_PIPES.with_borrow_mut(|p| (p.len() < SPARE_PIPES_MAX).then(|| p.push((rd, wr))));
     Ok(())
 }
+
+thread_local! {
+    /// Pipes of finished [`send_pages`] calls, empty, for the next ones on this thread (the
+    /// runtime's): making, sizing and closing one per child cost a node forwarding a small
+    /// image a tenth of its work.
+    static SPARE_PIPES: std::cell::RefCell<Vec<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most spare pipes kept: as many as children a node serves at once, usually.
+const SPARE_PIPES_MAX: usize = 16;
 
 /// Why a child node could not be handed its part (its ranks are reported as on a down node).
 #[derive(Debug, Error)]

@@ -3,13 +3,15 @@
 //! advised to use huge pages once past its first 2 MiB, so filling 64 MiB takes about 32
 //! page faults rather than 16,384 (faults, not the copy, were most of a node's time
 //! receiving an image). When the length is known first, [`Filling`] maps it whole at once,
-//! so that what is filled can be read (and passed on) while the rest arrives.
+//! so that what is filled can be read (and passed on) while the rest arrives. The last
+//! small one let go is kept for the next (see [`Kept`]): a node forks small images often,
+//! and each fresh mapping cost it a page fault per page as it filled.
 
 use std::ffi::c_void;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nix::sys::mman::{madvise, mmap_anonymous, mremap, munmap, MRemapFlags, MmapAdvise};
 use nix::sys::mman::{MapFlags, ProtFlags};
@@ -108,6 +110,21 @@ fn advise_huge(map: NonNull<c_void>, cap: usize) {
     }
 }
 
+/// The mapping of a [`Filling`] of at most [`STEP`] bytes that was let go, kept with its
+/// pages for the next one that fits: the pages of a fresh mapping are each a page fault as
+/// the buffer fills (a tenth of the work of a node that forwards a small vector fork's
+/// image), and the unmapping a cost of its own. One is kept, the largest let go, and none
+/// past `STEP` (a large image's pages go back at once).
+struct Kept {
+    map: NonNull<c_void>,
+    mapped: usize,
+}
+
+// SAFETY: a kept mapping is owned by the slot alone until a new Filling takes it over.
+unsafe impl Send for Kept {}
+
+static KEPT: Mutex<Option<Kept>> = Mutex::new(None);
+
 /// A buffer of a length known before it is filled, mapped whole at once so it never moves:
 /// one [`Filler`] fills it from the front while any number of readers read what is filled
 /// ([`Filling::filled`]), each byte written once and never again.
@@ -134,15 +151,20 @@ pub struct Filler(Arc<Filling>);
 impl Filling {
     /// A buffer for `len` bytes, empty, and its filler.
     pub fn new(len: usize) -> std::io::Result<(Arc<Filling>, Filler)> {
-        let map = match NonZeroUsize::new(len) {
-            Some(size) => {
-                let map = map_new(size)?;
-                advise_huge(map, len);
-                Some(map)
-            }
-            None => None,
-        };
-        let f = Arc::new(Filling { map, mapped: len, cap: len, filled: AtomicUsize::new(0) });
+        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, mapped) =
+            match (NonZeroUsize::new(len), kept.take_if(|k| len > 0 && len <= k.mapped)) {
+                (Some(_), Some(k)) => (Some(k.map), k.mapped),
+                (Some(size), None) => {
+                    drop(kept);
+                    let map = map_new(size)?;
+                    advise_huge(map, len);
+                    // Whole pages are mapped (4 KiB at least).
+                    (Some(map), len.next_multiple_of(4096))
+                }
+                (None, _) => (None, 0),
+            };
+        let f = Arc::new(Filling { map, mapped, cap: len, filled: AtomicUsize::new(0) });
         Ok((f.clone(), Filler(f)))
     }
 
@@ -180,16 +202,31 @@ impl AsRef<[u8]> for Filling {
 
 impl Drop for Filling {
     fn drop(&mut self) {
-        if let Some(map) = self.map {
-            // SAFETY: our mapping, of `mapped` bytes; no slice of it outlives `self`.
-            let _ = unsafe { munmap(map, self.mapped) };
+        let Some(mut map) = self.map.take() else { return };
+        let mut mapped = self.mapped;
+        if self.cap > 0 && mapped <= STEP {
+            let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+            match kept.as_mut() {
+                Some(k) if k.mapped < mapped => {
+                    (map, mapped) = (std::mem::replace(&mut k.map, map), k.mapped);
+                    k.mapped = self.mapped;
+                }
+                Some(_) => {}
+                None => {
+                    *kept = Some(Kept { map, mapped });
+                    return;
+                }
+            }
         }
+        // SAFETY: a mapping of `mapped` bytes that nothing else refers to: ours, or one kept
+        // that ours replaced; no slice of it outlives its Filling.
+        let _ = unsafe { munmap(map, mapped) };
     }
 }
 
 impl Filler {
-    /// The unfilled memory after the filled bytes (zeroes the first time it is lent). Fill
-    /// some of it, then [`Filler::advance`] by what was filled.
+    /// The unfilled memory after the filled bytes (holding whatever a kept mapping last
+    /// held). Fill some of it, then [`Filler::advance`] by what was filled.
     pub fn spare(&mut self) -> &mut [u8] {
         let b = &*self.0;
         let len = b.filled.load(Ordering::Relaxed);
@@ -316,4 +353,32 @@ mod tests {
         let (empty, mut none) = Filling::new(0).unwrap();
         assert!(empty.filled().is_empty() && none.spare().is_empty());
     }
+
+    /// A buffer made after another was let go (whose mapping it may take over, stale bytes
+    /// and all) offers its own length, and holds only what it was filled with.
+    #[test]
+    fn a_kept_mapping_serves_a_smaller_buffer() {
+        let fill = |len: usize, seed: usize| {
+            let (buf, mut filler) = Filling::new(len).unwrap();
+            assert_eq!(filler.spare().len(), len);
+            for (i, byte) in filler.spare().iter_mut().enumerate() {
+                *byte = ((i + seed) % 251) as u8;
+            }
+            filler.advance(len);
+            assert!(buf.filled().iter().enumerate().all(|(i, b)| *b == ((i + seed) % 251) as u8));
+            buf
+        };
+        drop(fill(3 * PAGE_BYTES, 1));
+        let smaller = fill(PAGE_BYTES + 10, 2);
+        assert_eq!(
+            (smaller.capacity(), smaller.filled().len()),
+            (PAGE_BYTES + 10, PAGE_BYTES + 10)
+        );
+        drop(smaller);
+        // Larger than any kept one, and too large to be kept itself.
+        drop(fill(STEP + PAGE_BYTES, 3));
+        drop(fill(STEP, 4));
+    }
+
+    const PAGE_BYTES: usize = 4096;
 }
