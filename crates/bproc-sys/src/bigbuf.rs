@@ -3,8 +3,8 @@
 //! advised to use huge pages once past its first 2 MiB, so filling 64 MiB takes about 32
 //! page faults rather than 16,384 (faults, not the copy, were most of a node's time
 //! receiving an image). When the length is known first, [`Filling`] maps it whole at once,
-//! so that what is filled can be read (and passed on) while the rest arrives. The last
-//! small one let go is kept for the next (see [`Kept`]): a node forks small images often,
+//! so that what is filled can be read (and passed on) while the rest arrives. A small one
+//! let go leaves its mapping for the next (see [`Kept`]): a node forks small images often,
 //! and each fresh mapping cost it a page fault per page as it filled.
 
 use std::ffi::c_void;
@@ -151,19 +151,22 @@ pub struct Filler(Arc<Filling>);
 impl Filling {
     /// A buffer for `len` bytes, empty, and its filler.
     pub fn new(len: usize) -> std::io::Result<(Arc<Filling>, Filler)> {
-        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
-        let (map, mapped) =
-            match (NonZeroUsize::new(len), kept.take_if(|k| len > 0 && len <= k.mapped)) {
-                (Some(_), Some(k)) => (Some(k.map), k.mapped),
-                (Some(size), None) => {
-                    drop(kept);
-                    let map = map_new(size)?;
-                    advise_huge(map, len);
-                    // Whole pages are mapped (4 KiB at least).
-                    (Some(map), len.next_multiple_of(4096))
+        let (map, mapped) = match NonZeroUsize::new(len) {
+            None => (None, 0),
+            Some(size) => {
+                let kept =
+                    KEPT.lock().unwrap_or_else(|e| e.into_inner()).take_if(|k| len <= k.mapped);
+                match kept {
+                    Some(k) => (Some(k.map), k.mapped),
+                    None => {
+                        let map = map_new(size)?;
+                        advise_huge(map, len);
+                        // Whole pages are mapped (4 KiB at least).
+                        (Some(map), len.next_multiple_of(4096))
+                    }
                 }
-                (None, _) => (None, 0),
-            };
+            }
+        };
         let f = Arc::new(Filling { map, mapped, cap: len, filled: AtomicUsize::new(0) });
         Ok((f.clone(), Filler(f)))
     }
@@ -202,25 +205,21 @@ impl AsRef<[u8]> for Filling {
 
 impl Drop for Filling {
     fn drop(&mut self) {
-        let Some(mut map) = self.map.take() else { return };
-        let mut mapped = self.mapped;
-        if self.cap > 0 && mapped <= STEP {
+        let Some(map) = self.map.take() else { return };
+        let mut gone = Kept { map, mapped: self.mapped };
+        if self.cap > 0 && gone.mapped <= STEP {
+            // The larger of ours and the one kept stays.
             let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
-            match kept.as_mut() {
-                Some(k) if k.mapped < mapped => {
-                    (map, mapped) = (std::mem::replace(&mut k.map, map), k.mapped);
-                    k.mapped = self.mapped;
-                }
-                Some(_) => {}
-                None => {
-                    *kept = Some(Kept { map, mapped });
-                    return;
+            if kept.as_ref().is_none_or(|k| k.mapped < gone.mapped) {
+                match kept.replace(gone) {
+                    Some(old) => gone = old,
+                    None => return,
                 }
             }
         }
-        // SAFETY: a mapping of `mapped` bytes that nothing else refers to: ours, or one kept
-        // that ours replaced; no slice of it outlives its Filling.
-        let _ = unsafe { munmap(map, mapped) };
+        // SAFETY: a mapping of `mapped` bytes that nothing else refers to (ours, or the one
+        // kept that ours replaced); no slice of it outlives its Filling.
+        let _ = unsafe { munmap(gone.map, gone.mapped) };
     }
 }
 
