@@ -4,7 +4,7 @@
 //! page faults rather than 16,384 (faults, not the copy, were most of a node's time
 //! receiving an image). When the length is known first, [`Filling`] maps it whole at once,
 //! so that what is filled can be read (and passed on) while the rest arrives. A small one
-//! let go leaves its mapping for the next (see [`Kept`]): a node forks small images often,
+//! let go leaves its mapping for the next (see `Kept`): a node forks small images often,
 //! and each fresh mapping cost it a page fault per page as it filled.
 
 use std::ffi::c_void;
