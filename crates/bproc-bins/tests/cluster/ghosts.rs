@@ -670,22 +670,28 @@ fn short_forks_get_ghosts(c: &TestCluster) {
     let shell: i32 = line.trim().parse().unwrap_or_else(|_| panic!("the shell's pid: {line:?}"));
     // The shell's ghost has the shell's pid: its children's ends are watched from now on
     // (the shell sleeps a second first).
-    let events = bproc_sys::procevents::Events::open().unwrap();
+    let events = std::sync::Arc::new(bproc_sys::procevents::Events::open().unwrap());
     events.watch(&[shell], &[]).unwrap();
+    // The children's pids as they are printed: a ghost whose end the master relays after the
+    // shell's ghost has ended (a loaded machine) ends with another parent, and is watched by
+    // its pid.
+    let named = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i32>::new()));
     let (tx, rx) = std::sync::mpsc::channel();
     // Why the watcher stopped, if it did: events lost (`ENOBUFS`) would hide ends that came.
     let stopped = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
     let stopped_by = stopped.clone();
+    let (watcher, named_by) = (events.clone(), named.clone());
     std::thread::spawn(move || {
         use bproc_sys::procevents::ProcEvent;
         loop {
-            let list = match events.next() {
+            let list = match watcher.next() {
                 Ok(list) => list,
                 Err(e) => return *stopped_by.lock().unwrap() = Some(e.to_string()),
             };
             for e in list {
                 if let ProcEvent::Exit { pid, parent, status } = e {
-                    if parent == shell && tx.send((pid, status)).is_err() {
+                    let ours = parent == shell || named_by.lock().unwrap().contains(&pid);
+                    if ours && tx.send((pid, status)).is_err() {
                         return;
                     }
                 }
@@ -697,7 +703,11 @@ fn short_forks_get_ghosts(c: &TestCluster) {
         .map(|l| {
             let l = l.unwrap();
             let (pid, code) = l.split_once(' ').unwrap_or_else(|| panic!("{l:?}"));
-            (pid.parse().unwrap(), code.parse().unwrap())
+            let pid: i32 = pid.parse().unwrap();
+            let mut named = named.lock().unwrap();
+            named.push(pid);
+            events.watch(&[shell], &named).unwrap();
+            (pid, code.parse().unwrap())
         })
         .collect();
     let t0 = Instant::now();
