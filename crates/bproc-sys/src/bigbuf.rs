@@ -19,6 +19,9 @@ use nix::sys::mman::{MapFlags, ProtFlags};
 /// The first mapping's size, and the unit the buffer grows by at least.
 const STEP: usize = 2 << 20;
 
+/// The page size a mapping is counted in whole of (at least this).
+const PAGE: usize = 4096;
+
 /// Bytes filled into memory of the buffer's own, from the front.
 pub struct BigBuf {
     /// The mapping, when there is one.
@@ -161,8 +164,7 @@ impl Filling {
                     None => {
                         let map = map_new(size)?;
                         advise_huge(map, len);
-                        // Whole pages are mapped (4 KiB at least).
-                        (Some(map), len.next_multiple_of(4096))
+                        (Some(map), len.next_multiple_of(PAGE))
                     }
                 }
             }
@@ -367,17 +369,12 @@ mod tests {
             assert!(buf.filled().iter().enumerate().all(|(i, b)| *b == ((i + seed) % 251) as u8));
             buf
         };
-        drop(fill(3 * PAGE_BYTES, 1));
-        let smaller = fill(PAGE_BYTES + 10, 2);
-        assert_eq!(
-            (smaller.capacity(), smaller.filled().len()),
-            (PAGE_BYTES + 10, PAGE_BYTES + 10)
-        );
+        drop(fill(3 * PAGE, 1));
+        let smaller = fill(PAGE + 10, 2);
+        assert_eq!((smaller.capacity(), smaller.filled().len()), (PAGE + 10, PAGE + 10));
         drop(smaller);
         // Larger than any kept one, and too large to be kept itself.
-        drop(fill(STEP + PAGE_BYTES, 3));
+        drop(fill(STEP + PAGE, 3));
         drop(fill(STEP, 4));
     }
-
-    const PAGE_BYTES: usize = 4096;
 }
