@@ -59,7 +59,7 @@ pub(crate) async fn serve(
     mut wr: ClientWr,
 ) {
     // New files on nodes are masked with the caller's umask as its kernel has it.
-    let umask = match crate::launch::inherited(&caller) {
+    let umask = match crate::launch::inherited(&caller, &[]) {
         Ok(i) => i.umask,
         Err(r) => {
             let _ = write_frame(&mut wr, id, &r.to_message()).await;

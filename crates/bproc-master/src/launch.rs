@@ -307,12 +307,16 @@ fn orphaned(shared: &Shared, launch: u64) {
 }
 
 /// The resource limits and umask `caller`'s processes get, from the kernel: read now from
-/// its `/proc/PID` on the front end (failing if the pid no longer names the process that
-/// connected), or as its slave reported them.
-pub(crate) fn inherited(caller: &Caller) -> Result<Inherited, Refusal> {
+/// its `/proc/PID` on the front end, or as its slave reported them. A launcher on the front
+/// end that is gone (killed just after it sent its launch) made `ghosts` first, its children,
+/// which stand for its processes now: they have its limits and umask, and a ghost of the
+/// caller's uid is read instead (no more than the caller could set on a process of its own).
+pub(crate) fn inherited(caller: &Caller, ghosts: &[i32]) -> Result<Inherited, Refusal> {
     match &caller.inherit {
-        Inherit::Local(peer) => peer.inherited().map_err(|e| {
-            Refusal::new(errno::ESRCH, format!("cannot read the launcher's limits: {e}"))
+        Inherit::Local(peer) => peer.inherited().or_else(|e| {
+            ghosts.iter().find_map(|&g| ghost_inherited(g, caller.uid)).ok_or_else(|| {
+                Refusal::new(errno::ESRCH, format!("cannot read the launcher's limits: {e}"))
+            })
         }),
         Inherit::Reported(i) => Ok(i.clone()),
         Inherit::Unknown => Err(Refusal::new(
@@ -320,6 +324,20 @@ pub(crate) fn inherited(caller: &Caller) -> Result<Inherited, Refusal> {
             "the kernel named no process for this client, so its limits are unknown",
         )),
     }
+}
+
+/// The limits and umask of `ghost`, if it is a live process of `uid` (whose `/proc/PID` it
+/// owns, as [`crate::ghosts::Ghosts::claim`] asks of a ghost).
+fn ghost_inherited(ghost: i32, uid: u32) -> Option<Inherited> {
+    use std::os::unix::fs::MetadataExt;
+    if ghost <= 0 {
+        return None;
+    }
+    let peer = bproc_sys::peer::Peer::identify(ghost).ok()?;
+    // Read between identifying it and reading its limits, which fails if the pid names
+    // another process by then.
+    let owner = std::fs::metadata(format!("/proc/{ghost}")).ok()?.uid();
+    (owner == uid).then(|| peer.inherited().ok()).flatten()
 }
 
 /// How long a launch from a node waits for its caller's ghost on the front end: a process
@@ -496,7 +514,7 @@ async fn plan(shared: &Shared, caller: &Caller, req: Request) -> Result<Plan, Me
     if let Some(message) = spec.too_large() {
         return Err(Message::Error { code: errno::E2BIG, message });
     }
-    let inherited = inherited(caller).map_err(|r| {
+    let inherited = inherited(caller, &asked).map_err(|r| {
         info!("launch refused for uid {}: {}", caller.uid, r.message);
         r.to_message()
     })?;

@@ -1028,6 +1028,80 @@ fn ghosts_of_a_vrfork_killed_before_its_launch_end() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A launch that reaches the master after its launcher was killed still starts: bpsh (its
+/// output on `/dev/null`) is let go, with the master stopped, once its ghosts are made, sends
+/// its launch and is killed;
+/// the master, woken, reads the launch of a process that is gone, takes the limits and umask
+/// for its ranks from its ghosts (its children, which the launch names), and every rank
+/// starts, its ghost standing for it. Before, the master refused such a launch (it could not
+/// read a dead launcher's limits) and the ghosts, told the launch was sent, waited for its
+/// sweep of ghosts without a process, 35 s at least.
+#[test]
+fn a_launch_read_after_its_launcher_was_killed_starts() {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let c = TestCluster::up(&bins(), 1, "ghost-launcher-gone");
+    let (path, left) = sleep_named("/var/tmp", "launcher-gone");
+    let nodes = vec!["0"; 100].join(",");
+    let master = Pid::from_raw(c.master_pid().unwrap() as i32);
+    let sent = |word: &std::fs::File, ms: u16| {
+        let mut fds = [PollFd::new(word.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::from(ms)) == Ok(1)
+    };
+    let started = || c.client().ok()?.procs().ok().map(|p| p.len());
+    for tries in 1.. {
+        assert!(tries <= 10, "bpsh had sent its launch when it was stopped, 10 times");
+        // Its ranks' output goes nowhere (a batch job's): nothing connects back to it.
+        let mut job = c
+            .cmd("/bin/sh")
+            .args(["-c", "exec \"$0\" \"$@\" </dev/null >/dev/null 2>&1"])
+            .arg(bins().join("bpsh"))
+            .arg(&nodes)
+            .args([path.to_str().unwrap(), "4252"])
+            .spawn();
+        let bpsh = Pid::from_raw(job.pid());
+        stop_at_its_ghosts(job.pid(), 100);
+        let word = children(job.pid()).into_iter().find_map(launch_word).expect("a ghost's pipe");
+        let stopped = Stopped::stop(master);
+        if sent(&word, 0) {
+            // Too late: the master may have read that launch before it was stopped.
+            drop(stopped);
+            kill(bpsh, Signal::SIGKILL).unwrap();
+            until(20, "that launch's ranks", || (started()? == 100).then_some(()));
+            for g in named(left.1) {
+                let _ = kill(Pid::from_raw(g), Signal::SIGKILL);
+            }
+            job.finish(20);
+            until(10, "that launch's processes to end", || (started()? == 0).then_some(()));
+            continue;
+        }
+        kill(bpsh, Signal::SIGCONT).unwrap();
+        assert!(sent(&word, 10_000), "bpsh did not send its launch in 10 s: {job:?}");
+        kill(bpsh, Signal::SIGKILL).unwrap();
+        // Dead before the master reads its launch (its ghosts keep its output open: it is
+        // reaped once they end).
+        until(10, "bpsh to die", || ps(job.pid()).is_some_and(|p| p.1 == 'Z').then_some(()));
+        drop(stopped);
+        until(20, "the 100 ranks of the dead launcher's launch", || {
+            (started()? == 100).then_some(())
+        });
+        // Its ghosts (the ranks have the name too, on a virtual cluster) stand for them.
+        let rank = |p: &i32| {
+            std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e.ends_with("sleep"))
+        };
+        let ghosts: Vec<i32> = named(left.1).into_iter().filter(|p| !rank(p)).collect();
+        assert_eq!(ghosts.len(), 100, "its ghosts stand for its ranks: {ghosts:?}");
+        // Each rank ends with its ghost.
+        for g in ghosts {
+            kill(Pid::from_raw(g), Signal::SIGKILL).unwrap();
+        }
+        until(10, "its ranks to end with their ghosts", || (started()? == 0).then_some(()));
+        job.finish(20);
+        break;
+    }
+    until(10, "no process of the launch left", || named(left.1).is_empty().then_some(()));
+}
+
 /// Who starts the 100 ranks of [`killed_before_its_launch`].
 enum Launcher<'a> {
     Bpsh,
@@ -1058,12 +1132,7 @@ fn killed_before_its_launch(tag: &str, name: &'static str, restart: bool, launch
         }
         .spawn();
         let launcher_pid = Pid::from_raw(job.pid());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while children(job.pid()).is_empty() {
-            assert!(Instant::now() < deadline, "the launcher made no ghost in 10 s");
-        }
-        kill(launcher_pid, Signal::SIGSTOP).unwrap();
-        until(10, "its 100 ghosts", || (children(job.pid()).len() == 100).then_some(()));
+        stop_at_its_ghosts(job.pid(), 100);
         // (On a virtual cluster its ranks, if started, have the name too.)
         let ghosts = || children(job.pid());
         let comm = |g: &i32| std::fs::read_to_string(format!("/proc/{g}/comm")).unwrap_or_default();
@@ -1245,6 +1314,33 @@ fn launch_word(g: i32) -> Option<std::fs::File> {
         .find_map(|f| std::fs::File::open(f).ok())
 }
 
+/// Stops `launcher` as its first ghost appears (it sends its launch only once it has them
+/// all), then waits for its `n` ghosts.
+fn stop_at_its_ghosts(launcher: i32, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children(launcher).is_empty() {
+        assert!(Instant::now() < deadline, "the launcher made no ghost in 10 s");
+    }
+    kill(Pid::from_raw(launcher), Signal::SIGSTOP).unwrap();
+    until(10, &format!("its {n} ghosts"), || (children(launcher).len() == n).then_some(()));
+}
+
+/// A process stopped (SIGSTOP), woken again when this is dropped, also on a failure.
+struct Stopped(Pid);
+
+impl Stopped {
+    fn stop(pid: Pid) -> Stopped {
+        kill(pid, Signal::SIGSTOP).unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
 /// The live processes named `name`.
 fn named(name: &str) -> Vec<i32> {
     std::fs::read_dir("/proc")
@@ -1281,15 +1377,7 @@ fn forks_go_on_while_the_master_is_stopped() {
     let mut job = c.cmd("bpsh").args(["1", "sh", "-c", script]).spawn();
     job.wait_line(20, "the job to start", |n, l| n == 1 && l == "ready");
     let master = Pid::from_raw(c.master_pid().unwrap() as i32);
-    /// Wakes the master again, also on failure.
-    struct Stopped(Pid);
-    impl Drop for Stopped {
-        fn drop(&mut self) {
-            let _ = kill(self.0, Signal::SIGCONT);
-        }
-    }
-    kill(master, Signal::SIGSTOP).unwrap();
-    let stopped = Stopped(master);
+    let stopped = Stopped::stop(master);
     // The shell's second of sleep, and 21 forks of at most 10 ms each with some slack.
     job.wait_line(3, "21 forks with the master stopped", |n, l| n == 1 && l == "done");
     drop(stopped);
