@@ -1030,10 +1030,9 @@ fn ghosts_of_a_vrfork_killed_before_its_launch_end() {
 
 /// A launch that reaches the master after its launcher was killed still starts: bpsh (its
 /// output on `/dev/null`) is let go, with the master stopped, once its ghosts are made, sends
-/// its launch and is killed;
-/// the master, woken, reads the launch of a process that is gone, takes the limits and umask
-/// for its ranks from its ghosts (its children, which the launch names), and every rank
-/// starts, its ghost standing for it. Before, the master refused such a launch (it could not
+/// its launch and is killed; the master, woken, reads the launch of a process that is gone,
+/// takes the limits and umask for its ranks from its ghosts (its children, which the launch
+/// names), and every rank starts, its ghost standing for it. Before, the master refused such a launch (it could not
 /// read a dead launcher's limits) and the ghosts, told the launch was sent, waited for its
 /// sweep of ghosts without a process, 35 s at least.
 #[test]
