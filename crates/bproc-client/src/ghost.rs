@@ -136,11 +136,13 @@ fn start_with(program: &str, comm: &str, n: usize, io: Io<'_>) -> std::io::Resul
     };
     cmd.arg0(format!("[{comm}]")).env_clear().envs(ghost_env(rejoin));
     // The pipe's read end goes to the ghost program under its own number (open across the
-    // exec), the write end stays here only.
+    // exec), the write end stays here only; with it, this process's pid, which the ghosts
+    // watch too (a process another thread forks meanwhile holds a copy of the write end).
     let (pipe, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let open = nix::fcntl::FdFlag::empty();
     nix::fcntl::fcntl(pipe.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(open))?;
-    cmd.env(bproc_ghost::ENV_LAUNCHED, pipe.as_raw_fd().to_string());
+    let launched = format!("{},{}", pipe.as_raw_fd(), std::process::id());
+    cmd.env(bproc_ghost::ENV_LAUNCHED, launched);
     let sent = LaunchSent(w);
     if n == 1 && !matches!(io, Io::Relay(_)) {
         // One ghost is the child itself: its pid is known once it has exec'd, and the launch

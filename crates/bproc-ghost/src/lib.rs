@@ -71,9 +71,10 @@ pub const ENV_INDEX: &str = "BPROC_GHOST_INDEX";
 /// Environment variable: `STOP,CONT`, the stop signal a ghost forwarded last and whether a
 /// SIGCONT was forwarded since (a light ghost that becomes a full one).
 pub const ENV_STATE: &str = "BPROC_GHOST_STATE";
-/// Environment variable naming an inherited fd: the pipe a launcher's ghosts watch until it
-/// says that it sent the launch (see [`light::fork`]), which a light ghost that becomes a
-/// full one hands on.
+/// Environment variable: `FD,PID`, an inherited fd, the pipe a launcher's ghosts watch until
+/// it says that it sent the launch (see [`light::fork`]), which a light ghost that becomes a
+/// full one hands on, and the launcher's pid, which they watch with it through a pidfd (0 or
+/// left out: not known).
 pub const ENV_LAUNCHED: &str = "BPROC_GHOST_LAUNCHED";
 /// Set by a launcher that gives its ghosts its stdout (as their stdin, since stdout carries
 /// the pid list) and stderr: the ghost keeps them as its fds 1 and 2, so a process that moves
@@ -107,7 +108,7 @@ pub fn main(argv0: OsString) -> ExitCode {
     // Hold nothing of the launcher's but the control socket a re-exec passes on: a ghost
     // that kept a pipe open would keep its reader waiting.
     let fd_of = |name| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
-    let launched_fd = fd_of(ENV_LAUNCHED);
+    let (launched_fd, launcher) = launched_env();
     let keep = [fd_of(ENV_FD), launched_fd].into_iter().flatten();
     let conns = relay::inherited_conns().into_iter().map(|(fd, _)| fd);
     bproc_sys::close_fds_from(
@@ -130,7 +131,7 @@ pub fn main(argv0: OsString) -> ExitCode {
             let above = nix::fcntl::FcntlArg::F_DUPFD(light::LISTENER + 1);
             let watched =
                 launched.as_ref().and_then(|l| nix::fcntl::fcntl(l.as_raw_fd(), above).ok());
-            light::start(count, argv0.as_bytes(), watched.unwrap_or(-1));
+            light::start(count, argv0.as_bytes(), watched.unwrap_or(-1), launcher);
             if let Some(w) = watched {
                 let _ = nix::unistd::close(w);
             }
@@ -209,7 +210,47 @@ pub fn main(argv0: OsString) -> ExitCode {
     let state = std::env::var(ENV_STATE).unwrap_or_default();
     let (stop, cont) = state.split_once(',').unwrap_or(("0", "0"));
     STOP_SIGNAL.store(stop.parse().unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    let launched = launched.and_then(|pipe| Watched::new(pipe, launcher));
     serve(sfd, ctl, relay, cont == "1", launched)
+}
+
+/// The launcher's pipe's fd and the launcher's pid (0: not known) from [`ENV_LAUNCHED`].
+fn launched_env() -> (Option<u32>, i32) {
+    let v = std::env::var(ENV_LAUNCHED).unwrap_or_default();
+    let (fd, pid) = v.split_once(',').unwrap_or((&v, "0"));
+    (fd.parse().ok(), pid.parse().unwrap_or(0))
+}
+
+/// What a full ghost watches until its launcher ends: the launcher's pipe, and a pidfd of the
+/// launcher, as a light ghost does (see [`light::launcher_pidfd`]).
+struct Watched {
+    pipe: std::os::fd::OwnedFd,
+    /// The pidfd (close-on-exec), where the kernel has them and the pid is known.
+    launcher: Option<std::os::fd::OwnedFd>,
+    /// The launcher's pid, handed on with the pipe.
+    pid: i32,
+}
+
+impl Watched {
+    /// Watches `pipe` and the launcher `pid`; `None` once the launcher ended with its word
+    /// that it sent the launch in the pipe (the ghost ends if it is not there).
+    fn new(pipe: std::os::fd::OwnedFd, pid: i32) -> Option<Watched> {
+        match light::launcher_pidfd(pid) {
+            Ok(launcher) => Some(Watched { pipe, launcher, pid }),
+            Err(()) => {
+                launcher_ended(&pipe);
+                None
+            }
+        }
+    }
+}
+
+/// The launcher ended: the ghost ends too, unless its word that it sent the launch waits in
+/// `pipe` (see [`light::fork`]).
+fn launcher_ended(pipe: &std::os::fd::OwnedFd) {
+    if !matches!(raw::readable(pipe.as_raw_fd()), Ok(n) if n > 0) {
+        violent_death();
+    }
 }
 
 /// Ghosts a maker makes itself; beyond, it hands half of its range to a sibling that makes
@@ -366,14 +407,14 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// Serves the master and the signals until the process ends. `cont_pending`: a SIGCONT was
 /// forwarded since the last stop request or notice, so a stop notice that comes after it is
 /// stale (Ctrl-Z then at once `fg`; or this ghost was stopped by a SIGSTOP of its own, which
-/// the master passed on, and continued since). `launched`: the launcher's pipe, watched as a
-/// light ghost watches it (see [`light::fork`]).
+/// the master passed on, and continued since). `launched`: the launcher's pipe and the
+/// launcher, watched as a light ghost watches them (see [`light::fork`]).
 fn serve(
     sfd: SignalFd,
     mut ctl: UnixStream,
     mut relay: Option<relay::Relay>,
     mut cont_pending: bool,
-    mut launched: Option<std::os::fd::OwnedFd>,
+    mut launched: Option<Watched>,
 ) -> ExitCode {
     loop {
         let mut fds = vec![
@@ -384,9 +425,12 @@ fn serve(
             fds.extend(r.poll_fds().into_iter().map(|f| PollFd::new(f, PollFlags::POLLIN)));
         }
         let relayed = fds.len() - 2;
-        // Only its end wakes the ghost (a hang-up is always reported).
+        // Only its end wakes the ghost (a hang-up is always reported), or the launcher's.
         if let Some(l) = &launched {
-            fds.push(PollFd::new(l.as_fd(), PollFlags::empty()));
+            fds.push(PollFd::new(l.pipe.as_fd(), PollFlags::empty()));
+            if let Some(p) = &l.launcher {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
         }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
@@ -399,11 +443,9 @@ fn serve(
         drop(fds);
         let ctl_ready = ready[1];
         // The launcher's end first, as a light ghost takes it.
-        if ready.get(2 + relayed) == Some(&true) {
+        if ready.get(2 + relayed..).is_some_and(|r| r.contains(&true)) {
             if let Some(l) = launched.take() {
-                if !matches!(raw::readable(l.as_raw_fd()), Ok(n) if n > 0) {
-                    violent_death();
-                }
+                launcher_ended(&l.pipe);
             }
         }
         if let Some(r) = &mut relay {
@@ -441,7 +483,7 @@ fn serve(
 /// the ghost's exit code when it is to end.
 fn on_message(
     msg: Message,
-    (ctl, launched): (&mut UnixStream, Option<&std::os::fd::OwnedFd>),
+    (ctl, launched): (&mut UnixStream, Option<&Watched>),
     relay: &mut Option<relay::Relay>,
     cont_pending: &mut bool,
 ) -> Option<ExitCode> {
@@ -485,9 +527,10 @@ fn on_message(
             let mut env = vec![(ENV_FD, fd.to_string()), (ENV_STATE, state)];
             // So does the relay, with the output it has yet to copy, and the launcher's pipe.
             env.extend(relay.as_ref().map(relay::Relay::hand_over).unwrap_or_default());
-            let launched = launched.map(AsRawFd::as_raw_fd);
+            let pid = launched.map_or(0, |l| l.pid);
+            let launched = launched.map(|l| l.pipe.as_raw_fd());
             if let Some(l) = launched.filter(|l| close_on_exec(*l, false).is_ok()) {
-                env.push((ENV_LAUNCHED, l.to_string()));
+                env.push((ENV_LAUNCHED, format!("{l},{pid}")));
             }
             reexec(&comm, &env);
             let _ = close_on_exec(fd, true);

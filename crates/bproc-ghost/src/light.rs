@@ -16,7 +16,7 @@
 //! relay's listener and connections in the environment, and takes over with its own memory.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use bproc_proto::{ExitStatus, Header, Message, HEADER_LEN};
@@ -49,6 +49,10 @@ struct Launch {
     relay: Option<[u8; 16]>,
     /// The launcher's word that it sent the launch (see [`fork`]), or -1.
     launched: RawFd,
+    /// A pidfd of the launcher, watched with `launched` (-1: none; else at 5 or above, and
+    /// above `launched`), and its pid (0: not known).
+    launcher: RawFd,
+    launcher_pid: i32,
 }
 
 /// Output connections a light ghost relays at once; one more and it becomes a full ghost
@@ -78,6 +82,8 @@ pub struct Ghost {
     /// The launcher's word that it sent the launch, watched until the launcher ends (-1: not
     /// watched).
     launched: RawFd,
+    /// The launch's pidfd of the launcher, watched with `launched` (-1: none).
+    launcher: RawFd,
 }
 
 /// Launches at least this big are made by two makers, one a core.
@@ -87,8 +93,9 @@ const SPLIT: usize = 128;
 /// ghost 0; each maker writes `INDEX PID` lines for the launcher on stdout. Returns only if
 /// it could not start, before any ghost was made; it makes fewer if the system runs out of
 /// processes. `launched`: the launcher's pipe the ghosts watch (see [`fork`]; above fd 3,
-/// where a relaying ghost keeps its listener), or -1.
-pub fn start(count: usize, argv0: &[u8], launched: RawFd) -> Errno {
+/// where a relaying ghost keeps its listener), or -1; `launcher`: the launcher's pid (0: not
+/// known).
+pub fn start(count: usize, argv0: &[u8], launched: RawFd, launcher: i32) -> Errno {
     // Relaying ghosts write their processes' output where the launcher's stdout went.
     let relay = std::env::var(crate::relay::ENV_IO).ok().and_then(|v| {
         let mut t = [0u8; 16];
@@ -104,6 +111,7 @@ pub fn start(count: usize, argv0: &[u8], launched: RawFd) -> Errno {
         },
         relay,
         launched,
+        launcher,
     };
     match prepare(count, argv0, how) {
         Ok((first, second)) => split(first, second),
@@ -119,7 +127,9 @@ pub fn start(count: usize, argv0: &[u8], launched: RawFd) -> Errno {
 /// others, the pipe the makers write every ghost's `INDEX PID` line to (see [`start`]); and
 /// the write end of a pipe the ghosts watch until the caller ends. The caller writes a byte
 /// there once it has sent the launch, and keeps it open as long as it runs: a ghost that sees
-/// the caller end without that byte ends too, as no process will ever start for it.
+/// the caller end without that byte ends too, as no process will ever start for it. (The
+/// ghosts watch the caller itself too, through a pidfd: a process another thread forks
+/// meanwhile holds a copy of the write end.)
 ///
 /// The first ghost's memory is a copy of the caller's, which its tasks share; so this suits
 /// a small launcher, and a launcher whose memory is large uses the ghost program instead.
@@ -137,10 +147,18 @@ pub fn fork(
     let (watched, word) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(err)?;
     let (watched, word) = (above_stdio(watched)?, above_stdio(word)?);
     let launched = std::os::fd::AsRawFd::as_raw_fd(&watched);
-    let how =
-        Launcher { program, env, keep_output: true, blocked: u64::MAX, relay: None, launched };
+    let launcher = std::process::id() as i32;
+    let how = Launcher {
+        program,
+        env,
+        keep_output: true,
+        blocked: u64::MAX,
+        relay: None,
+        launched,
+        launcher,
+    };
     let (first, second) = prepare(count, argv0.as_bytes(), how).map_err(err)?;
-    let null = first.ghosts[0].launch.null;
+    let (null, pidfd) = (first.ghosts[0].launch.null, first.ghosts[0].launch.launcher);
     let lines = match count {
         0 | 1 => None,
         _ => {
@@ -157,6 +175,7 @@ pub fn fork(
     let argv0 = cstr(argv0.as_bytes())?;
     let forked = bproc_sys::task::fork_task(child, Some(&argv0));
     raw::close(null);
+    raw::close(pidfd);
     let pid = forked.map_err(err)?;
     Ok((pid, lines.map(|(r, _)| std::fs::File::from(r)), word))
 }
@@ -179,6 +198,7 @@ struct Launcher {
     blocked: u64,
     relay: Option<[u8; 16]>,
     launched: RawFd,
+    launcher: i32,
 }
 
 /// The launch's ghosts, and the stacks of all but the first.
@@ -199,6 +219,10 @@ fn prepare(
     let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null");
     let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
     let null = above_stdio(null.map_err(errno)?.into()).map_err(errno)?;
+    let launcher = match how.launched {
+        -1 => -1,
+        launched => watched_launcher(how.launcher, launched).map_err(errno)?,
+    };
     let socket = crate::socket_path();
     let exit = Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::Code(0) };
     let launch: &'static Launch = Box::leak(Box::new(Launch {
@@ -214,6 +238,8 @@ fn prepare(
         ghost_state: Message::GhostState { stopped: false }.msg_type(),
         relay: how.relay,
         launched: how.launched,
+        launcher,
+        launcher_pid: how.launcher,
     }));
     let mut ghosts = Vec::with_capacity(count.max(1));
     for index in 0..count.max(1) {
@@ -232,6 +258,7 @@ fn prepare(
             port,
             conns: [(-1, 0); CONNS],
             launched: -1,
+            launcher: -1,
         });
     }
     let ghosts: &'static mut [Ghost] = Box::leak(ghosts.into_boxed_slice());
@@ -258,7 +285,7 @@ fn split(first: &'static mut Maker, second: Option<&'static mut Maker>) -> ! {
     // relays nothing keeps only stdio and /dev/null, so the rest (a launcher's connections,
     // whatever its shell left open) are closed once here, not copied into each task.
     if let Some(l) = first.ghosts.first().map(|g| g.launch).filter(|l| l.relay.is_none()) {
-        let mut keep = [l.null, l.launched];
+        let mut keep = [l.null, l.launched, l.launcher];
         keep.sort_unstable();
         let mut from = 3;
         for fd in keep {
@@ -419,19 +446,20 @@ pub fn run(g: &'static mut Ghost) -> ! {
     }
     // Its relay's listener at a number of its own, the launch's other listeners closed; or
     // the launcher's word that it sent the launch.
+    // (The launch's pidfd of the launcher is above both, where it was.)
     if g.listener >= 0 && raw::dup2(g.listener, LISTENER).is_ok() {
         g.listener = LISTENER;
         if l.launched > LISTENER {
-            g.launched = l.launched;
+            (g.launched, g.launcher) = (l.launched, l.launcher);
             raw::close_range(LISTENER + 1, l.launched - 1);
-            raw::close_from(l.launched + 1);
+            close_above(l.launched, l.launcher);
         } else {
             raw::close_from(LISTENER + 1);
         }
     } else if l.launched >= 0 && raw::dup2(l.launched, LAUNCHED).is_ok() {
         g.listener = -1;
-        g.launched = LAUNCHED;
-        raw::close_from(LAUNCHED + 1);
+        (g.launched, g.launcher) = (LAUNCHED, l.launcher);
+        close_above(LAUNCHED, l.launcher);
     } else {
         g.listener = -1;
         raw::close_from(3);
@@ -449,23 +477,24 @@ pub fn run(g: &'static mut Ghost) -> ! {
     }
     loop {
         let idle = libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 };
-        let mut fds = [idle; 4 + CONNS];
+        let mut fds = [idle; 5 + CONNS];
         fds[0].fd = sfd;
         fds[1].fd = ctl;
-        // Only its end wakes the ghost (a hang-up is always reported).
+        // Only its end wakes the ghost (a hang-up is always reported), or the launcher's.
         fds[2] = libc::pollfd { fd: g.launched, events: 0, revents: 0 };
-        let n = relay_fds(g, &mut fds[3..]);
-        match raw::poll(&mut fds[..3 + n]) {
+        fds[3].fd = g.launcher;
+        let n = relay_fds(g, &mut fds[4..]);
+        match raw::poll(&mut fds[..4 + n]) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => crate::violent_death(),
         }
         // The launcher's end first: without its word that it sent the launch, nothing the
         // master says (a connection it closed among it) concerns a process.
-        if fds[2].revents != 0 {
+        if fds[2].revents != 0 || fds[3].revents != 0 {
             launcher_ended(g);
         }
         // Output next, as a full ghost relays it: what came before a signal or an end.
-        relay_ready(g, ctl, &fds[3..3 + n], false);
+        relay_ready(g, ctl, &fds[4..4 + n], false);
         if fds[0].revents & libc::POLLIN != 0 {
             forward_signals(g, sfd, ctl);
         }
@@ -475,17 +504,66 @@ pub fn run(g: &'static mut Ghost) -> ! {
     }
 }
 
-/// The launcher ended (its end of the pipe closed). If it had said that it sent the launch
-/// (a byte waits in the pipe), the ghost goes on standing for its process, as BProc's ghosts
-/// of a killed parent do; if not, no process will ever start for it (the launcher was
-/// killed as it made its ghosts), and it ends. Before, such a ghost waited for the master's
-/// sweep of ghosts without a process, at least 35 s.
+/// The launcher ended (its end of the pipe closed, or the launcher itself). If it had said
+/// that it sent the launch (a byte waits in the pipe), the ghost goes on standing for its
+/// process, as BProc's ghosts of a killed parent do; if not, no process will ever start for
+/// it (the launcher was killed as it made its ghosts), and it ends. Before, such a ghost
+/// waited for the master's sweep of ghosts without a process, at least 35 s.
 fn launcher_ended(g: &mut Ghost) {
     if !matches!(raw::readable(g.launched), Ok(n) if n > 0) {
         crate::violent_death();
     }
     raw::close(g.launched);
+    raw::close(g.launcher);
     g.launched = -1;
+    g.launcher = -1;
+}
+
+/// Closes every fd above `kept` but `launcher` (-1: none), which is above it.
+fn close_above(kept: RawFd, launcher: RawFd) {
+    if launcher > kept {
+        raw::close_range(kept + 1, launcher - 1);
+        raw::close_from(launcher + 1);
+    } else {
+        raw::close_from(kept + 1);
+    }
+}
+
+/// A pidfd of the launcher `pid`, this process's parent or this process itself, which says
+/// when the launcher ends even while its pipe stays open: a process it forked as it made its
+/// ghosts (another thread's fork) holds a copy of the pipe's write end until it executes a
+/// program or ends. `None` where the kernel has no pidfds or the pid is not known; `Err` if
+/// the launcher is gone already (this process is no longer its child).
+pub(crate) fn launcher_pidfd(pid: i32) -> Result<Option<OwnedFd>, ()> {
+    if pid <= 0 {
+        return Ok(None);
+    }
+    match bproc_sys::pidfd_open(pid) {
+        // The pid is the launcher's only while this process is its child (or it).
+        Ok(fd) if nix::unistd::getppid().as_raw() == pid || std::process::id() as i32 == pid => {
+            Ok(Some(fd))
+        }
+        Err(e) if e.raw_os_error() != Some(libc::ESRCH) => Ok(None),
+        _ => Err(()),
+    }
+}
+
+/// The launch's pidfd of the launcher `pid` (see [`launcher_pidfd`]), at 5 or above and above
+/// `launched` (where [`run`] keeps it), or -1. If the launcher is gone, this process ends
+/// unless the launcher said in `launched` that it sent the launch.
+fn watched_launcher(pid: i32, launched: RawFd) -> std::io::Result<RawFd> {
+    let fd = match launcher_pidfd(pid) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => return Ok(-1),
+        Err(()) => {
+            if !matches!(raw::readable(launched), Ok(n) if n > 0) {
+                crate::violent_death();
+            }
+            return Ok(-1);
+        }
+    };
+    let at = nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC((LAUNCHED + 2).max(launched + 1));
+    Ok(nix::fcntl::fcntl(fd.as_raw_fd(), at)?)
 }
 
 /// Fills `fds` with the relay's listener and connections; how many it filled.
@@ -668,7 +746,7 @@ fn become_full(g: &mut Ghost, ctl: RawFd) -> ! {
     };
     let watched = match g.launched {
         -1 => c"",
-        fd => launched.var(crate::ENV_LAUNCHED, fd.into(), None),
+        fd => launched.var(crate::ENV_LAUNCHED, fd.into(), Some(l.launcher_pid.into())),
     };
     for v in l
         .env

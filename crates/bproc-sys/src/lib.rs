@@ -38,9 +38,9 @@ pub mod uffd;
 
 pub use spawn::{
     clone_sibling, close_fds_from, default_signal_actions, fork_single_threaded, inherited_pipe,
-    inherited_socket, inherited_socket_fd, signal_from, signal_from_inside, spawn, spawn_errno,
-    CStrings, CloneArgs, InteriorNul, LastPid, PidNamespace, SpawnFailed, SpawnSpec, SpawnStep,
-    MAX_FDS,
+    inherited_socket, inherited_socket_fd, pidfd_open, signal_from, signal_from_inside, spawn,
+    spawn_errno, CStrings, CloneArgs, InteriorNul, LastPid, PidNamespace, SpawnFailed, SpawnSpec,
+    SpawnStep, MAX_FDS,
 };
 
 use std::ffi::CString;

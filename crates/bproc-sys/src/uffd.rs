@@ -93,13 +93,7 @@ impl Uffd {
     /// completes its handshake. The caller's own memory must not be what it serves:
     /// [`Uffd::copy`] writes into that memory.
     pub fn take(pid: i32, fd: i32) -> io::Result<Uffd> {
-        // SAFETY: pidfd_open(2) with no flags; the result is checked and owned.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if pidfd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor owned by nothing else.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+        let pidfd = crate::pidfd_open(pid)?;
         // SAFETY: pidfd_getfd(2) with a pidfd we hold and no flags; the result is checked
         // and is a new descriptor (close-on-exec) that we own from here.
         let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };

@@ -999,12 +999,29 @@ fn ghosts_of_a_bpsh_killed_before_its_launch_end() {
     killed_before_its_launch("ghost-launcher-killed", "launcher-killed", false, Launcher::Bpsh);
 }
 
+/// The same while another process holds a copy of the pipe's write end, as a process that
+/// another thread of a launcher forked as it made its ghosts does until it executes a
+/// program: the ghosts watch the launcher itself too (a pidfd). Before, they waited for the
+/// master's sweep, the pipe never closing.
+#[test]
+fn ghosts_of_a_bpsh_killed_before_its_launch_end_with_its_pipe_held() {
+    let launcher = Launcher::Held(&Launcher::Bpsh);
+    killed_before_its_launch("ghost-launcher-held", "launcher-held", false, launcher);
+}
+
 /// The same when the master restarted meanwhile: its ghosts, light, had become full ones
 /// (their connections closed) and watch bpsh as the light ones did. Before, they waited for
 /// the new master's sweep of ghosts without a process.
 #[test]
 fn full_ghosts_of_a_bpsh_killed_before_its_launch_end() {
     killed_before_its_launch("ghost-launcher-killed-full", "killed-full", true, Launcher::Bpsh);
+}
+
+/// The same with the pipe held, as above: the full ghosts watch bpsh itself too.
+#[test]
+fn full_ghosts_of_a_bpsh_killed_before_its_launch_end_with_its_pipe_held() {
+    let launcher = Launcher::Held(&Launcher::Bpsh);
+    killed_before_its_launch("ghost-launcher-held-full", "held-full", true, launcher);
 }
 
 /// The same through the C API: a program killed between making its ghosts with
@@ -1025,6 +1042,16 @@ fn ghosts_of_a_vrfork_killed_before_its_launch_end() {
     let Some((dir, exe)) = build_program("many_vrforks.c", "killed-vrfork") else { return };
     let launcher = Launcher::Vrfork(&exe);
     killed_before_its_launch("ghost-launcher-killed-vrfork", "many_vrforks", false, launcher);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The same with the pipe held, as above: the ghosts the ghost program made watch the
+/// program that asked for them too.
+#[test]
+fn ghosts_of_a_vrfork_killed_before_its_launch_end_with_its_pipe_held() {
+    let Some((dir, exe)) = build_program("many_vrforks.c", "held-vrfork") else { return };
+    let launcher = Launcher::Held(&Launcher::Vrfork(&exe));
+    killed_before_its_launch("ghost-launcher-held-vrfork", "many_vrforks", false, launcher);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -1108,6 +1135,9 @@ enum Launcher<'a> {
     Vexecmove(&'a std::path::Path),
     /// The C program that makes them with `bproc_vrfork` (named as the ghosts are).
     Vrfork(&'a std::path::Path),
+    /// One of the others, with the test holding a copy of the write end of the pipe the
+    /// ghosts watch when it kills the launcher.
+    Held(&'a Launcher<'a>),
 }
 
 /// Starts 100 ranks with `launcher` and stops it as soon as its first child appears (it
@@ -1117,17 +1147,22 @@ enum Launcher<'a> {
 /// started: it was stopped just after it sent the launch), it ends that launch and tries
 /// again. (`name`: at most 15 bytes, a process's name.)
 fn killed_before_its_launch(tag: &str, name: &'static str, restart: bool, launcher: Launcher) {
+    use std::os::fd::AsRawFd;
     let mut c = TestCluster::up(&bins(), 1, tag);
     let (path, left) = sleep_named("/var/tmp", name);
     let nodes = vec!["0"; 100].join(",");
     let ghost = bins().join("bpghost");
     let full = |g: &i32| std::fs::read_link(format!("/proc/{g}/exe")).is_ok_and(|e| e == ghost);
+    let (launcher, held) = match &launcher {
+        Launcher::Held(l) => (*l, true),
+        l => (l, false),
+    };
     for tries in 1.. {
         let program = [path.to_str().unwrap(), "4249"];
         let mut job = match launcher {
             Launcher::Vexecmove(exe) => c.cmd(exe.to_str().unwrap()).arg("100").args(program),
             Launcher::Vrfork(exe) => c.cmd(exe.to_str().unwrap()).arg("100"),
-            Launcher::Bpsh => c.cmd("bpsh").arg(&nodes).args(program),
+            Launcher::Bpsh | Launcher::Held(_) => c.cmd("bpsh").arg(&nodes).args(program),
         }
         .spawn();
         let launcher_pid = Pid::from_raw(job.pid());
@@ -1154,6 +1189,11 @@ fn killed_before_its_launch(tag: &str, name: &'static str, restart: bool, launch
         }
         // Whether the launcher said it sent the launch, read where its ghosts do.
         let word = ghosts().into_iter().find_map(launch_word).expect("a ghost's pipe");
+        // A pipe opened again through `/proc` is the same pipe: this is a write end.
+        let _held = held.then(|| {
+            let word = format!("/proc/self/fd/{}", word.as_raw_fd());
+            std::fs::OpenOptions::new().write(true).open(word).expect("the pipe's write end")
+        });
         kill(launcher_pid, Signal::SIGKILL).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while !named(name).is_empty() && Instant::now() < deadline {
