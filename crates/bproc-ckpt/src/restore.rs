@@ -1674,8 +1674,13 @@ fn let_go(t: &Tracee, h: &Header, value: i64, threads: Vec<i32>) -> Result<(), C
     // Suppresses the pending SIGSEGV.
     ptrace::detach(t.nix_pid(), None).map_err(|e| nix_err("PTRACE_DETACH", e))?;
     for tid in threads {
-        // A thread we made and set up.
-        let _ = ptrace::detach(Pid::from_raw(tid), None);
+        // A thread we made and set up. The process, let go, may have ended already (a
+        // child that exits at once): the thread, killed while held, is then a zombie only
+        // its tracer reaps, and until it is, the process's end is not reported.
+        let tid = Pid::from_raw(tid);
+        if ptrace::detach(tid, None).is_err() {
+            let _ = waitpid(tid, Some(WaitPidFlag::__WALL));
+        }
     }
     MADE.with(|m| m.borrow_mut().clear());
     Ok(())

@@ -221,6 +221,25 @@ fn a_threaded_process_moves_with_every_thread() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A process with four more threads makes 32 children with `bproc_vrfork`, each of which ends
+/// at once: every one ends, and the parent hears it. Before, a child let go by its restore
+/// could end before the restore let its other threads go; a thread still held was left a
+/// zombie only the node's restoring thread could reap, the child's end was never reported,
+/// and its parent waited for ever.
+#[test]
+fn children_of_a_threaded_process_that_end_at_once_are_seen_to_end() {
+    if !require_root(
+        "forked children keep their ghosts' pids (set_tid in the nodes' pid namespaces)",
+    ) {
+        return;
+    }
+    let Some((dir, exe)) = build_program("threads_vrfork.c", "threads-vrfork") else { return };
+    let c = TestCluster::up(&bins(), 2, "threads-vrfork");
+    let out = c.cmd(exe.to_str().unwrap()).arg("32").ok();
+    assert_eq!(out, "32 of 32 ended\n");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `bproc_vexecmove` to diskless nodes (whose root has none of the front end's files): the
 /// library stages the program and its libraries as bpsh does, serving them while the launch
 /// runs; each child's line comes back without an I/O list, and each exit status.
