@@ -1162,7 +1162,8 @@ fn killed_before_its_launch(tag: &str, name: &'static str, restart: bool, launch
         let mut job = match launcher {
             Launcher::Vexecmove(exe) => c.cmd(exe.to_str().unwrap()).arg("100").args(program),
             Launcher::Vrfork(exe) => c.cmd(exe.to_str().unwrap()).arg("100"),
-            Launcher::Bpsh | Launcher::Held(_) => c.cmd("bpsh").arg(&nodes).args(program),
+            Launcher::Bpsh => c.cmd("bpsh").arg(&nodes).args(program),
+            Launcher::Held(_) => unreachable!("a held launcher is one of the others"),
         }
         .spawn();
         let launcher_pid = Pid::from_raw(job.pid());
