@@ -238,18 +238,10 @@ impl Watched {
         match light::launcher_pidfd(pid) {
             Ok(launcher) => Some(Watched { pipe, launcher, pid }),
             Err(()) => {
-                launcher_ended(&pipe);
+                light::end_unless_sent(pipe.as_raw_fd());
                 None
             }
         }
-    }
-}
-
-/// The launcher ended: the ghost ends too, unless its word that it sent the launch waits in
-/// `pipe` (see [`light::fork`]).
-fn launcher_ended(pipe: &std::os::fd::OwnedFd) {
-    if !matches!(raw::readable(pipe.as_raw_fd()), Ok(n) if n > 0) {
-        violent_death();
     }
 }
 
@@ -445,7 +437,7 @@ fn serve(
         // The launcher's end first, as a light ghost takes it.
         if ready.get(2 + relayed..).is_some_and(|r| r.contains(&true)) {
             if let Some(l) = launched.take() {
-                launcher_ended(&l.pipe);
+                light::end_unless_sent(l.pipe.as_raw_fd());
             }
         }
         if let Some(r) = &mut relay {

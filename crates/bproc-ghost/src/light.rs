@@ -510,13 +510,20 @@ pub fn run(g: &'static mut Ghost) -> ! {
 /// it (the launcher was killed as it made its ghosts), and it ends. Before, such a ghost
 /// waited for the master's sweep of ghosts without a process, at least 35 s.
 fn launcher_ended(g: &mut Ghost) {
-    if !matches!(raw::readable(g.launched), Ok(n) if n > 0) {
-        crate::violent_death();
-    }
+    end_unless_sent(g.launched);
     raw::close(g.launched);
     raw::close(g.launcher);
     g.launched = -1;
     g.launcher = -1;
+}
+
+/// Ends this process unless the launcher said in its pipe `launched` that it sent the launch
+/// (a byte waits there): once the launcher is gone, no process will ever start for a ghost
+/// without that word.
+pub(crate) fn end_unless_sent(launched: RawFd) {
+    if !matches!(raw::readable(launched), Ok(n) if n > 0) {
+        crate::violent_death();
+    }
 }
 
 /// Closes every fd above `kept` but `launcher` (-1: none), which is above it.
@@ -556,9 +563,7 @@ fn watched_launcher(pid: i32, launched: RawFd) -> std::io::Result<RawFd> {
         Ok(Some(fd)) => fd,
         Ok(None) => return Ok(-1),
         Err(()) => {
-            if !matches!(raw::readable(launched), Ok(n) if n > 0) {
-                crate::violent_death();
-            }
+            end_unless_sent(launched);
             return Ok(-1);
         }
     };

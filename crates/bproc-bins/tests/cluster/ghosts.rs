@@ -1312,8 +1312,8 @@ fn kill_the_maker(
 }
 
 /// Also on failure (dropped after the launch): ends, by pid, the processes named `.1` that
-/// a launch left, and removes the directory `.0`.
-struct NamedLeft(std::path::PathBuf, &'static str);
+/// a launch left, and removes the directory `.0`, if any.
+pub(crate) struct NamedLeft(Option<std::path::PathBuf>, &'static str);
 
 /// `sleep` under the name `name`, in a directory of its own under `root` (`/var/tmp`, which
 /// a virtual node shares, or `/tmp`, which it has its own of); the path, and what ends the
@@ -1324,10 +1324,15 @@ fn sleep_named(root: &str, name: &'static str) -> (std::path::PathBuf, NamedLeft
     let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
     std::os::unix::fs::symlink("/bin/sleep", &path).unwrap();
-    (path, NamedLeft(dir, name))
+    (path, NamedLeft(Some(dir), name))
 }
 
 impl NamedLeft {
+    /// Ends the processes named `name` that a launch left, when dropped.
+    pub(crate) fn of(name: &'static str) -> NamedLeft {
+        NamedLeft(None, name)
+    }
+
     /// No process of the name is left (once the launch has ended).
     fn assert_none(&self) {
         let left = named(self.1);
@@ -1340,7 +1345,9 @@ impl Drop for NamedLeft {
         for p in named(self.1) {
             let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         }
-        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -235,6 +235,8 @@ fn children_of_a_threaded_process_that_end_at_once_are_seen_to_end() {
     }
     let Some((dir, exe)) = build_program("threads_vrfork.c", "threads-vrfork") else { return };
     let c = TestCluster::up(&bins(), 2, "threads-vrfork");
+    // On failure, the ghosts of children never seen to end (named after the program).
+    let _left = crate::ghosts::NamedLeft::of("threads_vrfork");
     let out = c.cmd(exe.to_str().unwrap()).arg("32").ok();
     assert_eq!(out, "32 of 32 ended\n");
     let _ = std::fs::remove_dir_all(dir);
