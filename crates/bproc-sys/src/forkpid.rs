@@ -84,8 +84,7 @@ static FILTER: [libc::sock_filter; 14] = [
 /// "Cannot fork"). Where the kernel has it (Linux 5.19), the fork waits unmoved by signals
 /// once the slave has taken it (`SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`), which leaves only
 /// the moment before the slave's `fork-taker` thread reads it, which
-/// [`hurry_this_thread`] keeps short (a C program forking twice in a row on a node: 20 of
-/// 200 second forks failed with the thread an ordinary one, none with it real-time).
+/// [`Listener::wake_on_callers_cpu`] and [`hurry_this_thread`] keep short.
 pub fn install_here() -> std::io::Result<Listener> {
     let prog = libc::sock_fprog { len: FILTER.len() as u16, filter: FILTER.as_ptr().cast_mut() };
     let install = |flags: libc::c_ulong| {
@@ -112,30 +111,34 @@ pub fn install_here() -> std::io::Result<Listener> {
     Ok(Listener(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
 }
 
-/// How [`hurry_this_thread`] left the calling thread.
+/// How [`hurry_this_thread`] leaves the calling thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hurry {
     /// Real-time (`SCHED_FIFO`, its lowest priority): it runs as soon as it wakes, before
-    /// any ordinary thread.
+    /// any ordinary thread, on the core the kernel picks for it.
     RealTime,
-    /// The most favoured ordinary thread (nice −20): real-time was refused.
+    /// The most favoured ordinary thread (nice −20): asked for where forks wake their
+    /// reader on the forking task's core ([`Listener::wake_on_callers_cpu`]), which the
+    /// kernel does for ordinary threads only, or given when real-time was refused.
     Nice,
 }
 
 /// Makes the calling thread (not its process's others) run as soon as a fork comes, so
 /// that it reads the notification before a signal can interrupt the fork (see
-/// [`install_here`]): real-time at the lowest priority, or failing that nice −20; neither
-/// is passed on to children (`SCHED_RESET_ON_FORK`). Needs CAP_SYS_NICE; the error when
-/// both are refused. The thread must only ever block on the listener: a real-time thread
-/// that spins holds a core (the kernel's real-time throttling still leaves the others 5%).
-pub fn hurry_this_thread() -> std::io::Result<Hurry> {
-    let param = libc::sched_param { sched_priority: 1 };
-    // SAFETY: `param` is a live sched_param; pid 0 is the calling thread.
-    let r = unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
-    };
-    if r == 0 {
-        return Ok(Hurry::RealTime);
+/// [`install_here`]): as `want` asks, a real-time one falling back to nice −20; neither is
+/// passed on to children (`SCHED_RESET_ON_FORK`). Needs CAP_SYS_NICE; the error when
+/// refused. The thread must only ever block on the listener: a real-time thread that spins
+/// holds a core (the kernel's real-time throttling still leaves the others 5%).
+pub fn hurry_this_thread(want: Hurry) -> std::io::Result<Hurry> {
+    if want == Hurry::RealTime {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: `param` is a live sched_param; pid 0 is the calling thread.
+        let r = unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
+        };
+        if r == 0 {
+            return Ok(Hurry::RealTime);
+        }
     }
     let tid = nix::unistd::gettid().as_raw() as libc::id_t;
     // SAFETY: plain system call on this thread's id.
@@ -167,7 +170,30 @@ impl AsFd for Listener {
     }
 }
 
+/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` of `<linux/seccomp.h>` (Linux 6.6).
+const USER_NOTIF_FD_SYNC_WAKE_UP: libc::c_ulong = 1;
+
 impl Listener {
+    /// Has a fork wake the thread waiting on this listener on the forking task's own core
+    /// (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, Linux 6.6; `EINVAL` before): that core is
+    /// free the moment the fork starts to wait, where waking another one can take a while
+    /// (an idle core of a virtual machine first has to be run by its host). Only ordinary
+    /// threads are woken there ([`Hurry::Nice`]).
+    pub fn wake_on_callers_cpu(&self) -> std::io::Result<()> {
+        // SAFETY: this ioctl takes its flags as its argument, not through a pointer.
+        let r = unsafe {
+            libc::ioctl(
+                self.0.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS as _,
+                USER_NOTIF_FD_SYNC_WAKE_UP,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Reads the next notification (`SECCOMP_IOCTL_NOTIF_RECV`, seccomp_unotify(2)); blocks
     /// until there is one, so poll first. `ENOENT`: the caller went away meanwhile.
     pub fn recv(&self) -> std::io::Result<Notification> {

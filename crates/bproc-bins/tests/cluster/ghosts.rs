@@ -585,9 +585,9 @@ fn every_short_fork_gets_a_ghost() {
 /// not restart calls) sees its forks succeed: 100 shells, each with a three-stage pipeline
 /// and two background jobs, every child ending at once. A fork waits for the slave, and a
 /// signal that comes before the slave's fork-taker thread reads it fails the fork with
-/// EINTR ("Cannot fork"); that thread runs real-time, which leaves a window of
-/// microseconds (here one shell in 200 or fewer failed, against one in three with an
-/// ordinary thread), so a few failures pass and more do not.
+/// EINTR ("Cannot fork"); that thread is woken on the forking task's core (or runs
+/// real-time), which leaves a window of microseconds (2 of 1400 shells failed, against one
+/// in three with an ordinary thread woken anywhere), so a few failures pass and more do not.
 #[test]
 fn a_shell_forking_while_its_children_end_sees_its_forks_succeed() {
     if !require_root("forks on a node take their ghosts' pids only under a root slave") {
