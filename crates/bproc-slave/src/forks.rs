@@ -204,20 +204,10 @@ impl Forks {
 /// and with it every process of the filter, is gone. Runs at once when a fork comes: it only
 /// waits on the listener and hands each fork over a channel.
 fn take(listener: &Listener, forks: &Sender<Notification>) {
-    use bproc_sys::forkpid::{hurry_this_thread, Hurry};
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     // A fork not yet taken fails at the first signal its caller gets: this thread must not
-    // wait for a core while the caller's last child ends. Woken on the forking task's core,
-    // it runs there as the fork waits (an ordinary thread, the kernel does not place
-    // real-time ones so); without that, real-time on whichever core.
-    let want = match listener.wake_on_callers_cpu() {
-        Ok(()) => Hurry::Nice,
-        Err(e) => {
-            debug!("fork notifications wake their reader on any core: {e}");
-            Hurry::RealTime
-        }
-    };
-    match hurry_this_thread(want) {
+    // wait for a core while the caller's last child ends.
+    match listener.hurry_reader() {
         Ok(h) => debug!("fork notifications read by a thread that runs at once ({h:?})"),
         Err(e) => warn!(
             "cannot raise the fork-taker thread's priority ({e}): on a busy node a fork may \

@@ -84,7 +84,7 @@ static FILTER: [libc::sock_filter; 14] = [
 /// "Cannot fork"). Where the kernel has it (Linux 5.19), the fork waits unmoved by signals
 /// once the slave has taken it (`SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`), which leaves only
 /// the moment before the slave's `fork-taker` thread reads it, which
-/// [`Listener::wake_on_callers_cpu`] and [`hurry_this_thread`] keep short.
+/// [`Listener::hurry_reader`] keeps short.
 pub fn install_here() -> std::io::Result<Listener> {
     let prog = libc::sock_fprog { len: FILTER.len() as u16, filter: FILTER.as_ptr().cast_mut() };
     let install = |flags: libc::c_ulong| {
@@ -111,25 +111,21 @@ pub fn install_here() -> std::io::Result<Listener> {
     Ok(Listener(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
 }
 
-/// How [`hurry_this_thread`] leaves the calling thread.
+/// How [`Listener::hurry_reader`] left the calling thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hurry {
     /// Real-time (`SCHED_FIFO`, its lowest priority): it runs as soon as it wakes, before
     /// any ordinary thread, on the core the kernel picks for it.
     RealTime,
-    /// The most favoured ordinary thread (nice −20): asked for where forks wake their
-    /// reader on the forking task's core ([`Listener::wake_on_callers_cpu`]), which the
-    /// kernel does for ordinary threads only, or given when real-time was refused.
+    /// The most favoured ordinary thread (nice −20), woken on the forking task's core where
+    /// the kernel can do that; elsewhere only when real-time was refused.
     Nice,
 }
 
-/// Makes the calling thread (not its process's others) run as soon as a fork comes, so
-/// that it reads the notification before a signal can interrupt the fork (see
-/// [`install_here`]): as `want` asks, a real-time one falling back to nice −20; neither is
-/// passed on to children (`SCHED_RESET_ON_FORK`). Needs CAP_SYS_NICE; the error when
-/// refused. The thread must only ever block on the listener: a real-time thread that spins
-/// holds a core (the kernel's real-time throttling still leaves the others 5%).
-pub fn hurry_this_thread(want: Hurry) -> std::io::Result<Hurry> {
+/// Makes the calling thread (not its process's others) real-time, or if `want` is
+/// [`Hurry::Nice`] or real-time is refused, nice −20; neither is passed on to children
+/// (`SCHED_RESET_ON_FORK`). Needs CAP_SYS_NICE; the error when refused.
+fn hurry_this_thread(want: Hurry) -> std::io::Result<Hurry> {
     if want == Hurry::RealTime {
         let param = libc::sched_param { sched_priority: 1 };
         // SAFETY: `param` is a live sched_param; pid 0 is the calling thread.
@@ -174,12 +170,26 @@ impl AsFd for Listener {
 const USER_NOTIF_FD_SYNC_WAKE_UP: libc::c_ulong = 1;
 
 impl Listener {
+    /// Makes the calling thread, the one that reads this listener, run as soon as a fork
+    /// comes, so that it reads the notification before a signal can interrupt the fork
+    /// (see [`install_here`]). Where the kernel can wake it on the forking task's own core
+    /// (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, Linux 6.6), which is free the moment the fork
+    /// starts to wait, where waking another core can take a while (an idle core of a
+    /// virtual machine first has to be run by its host), it becomes an ordinary thread at
+    /// nice −20: the kernel wakes only ordinary threads so. Elsewhere it runs real-time, on
+    /// whichever core. The thread must only ever block on the listener: a real-time thread
+    /// that spins holds a core (the kernel's real-time throttling still leaves the others 5%).
+    pub fn hurry_reader(&self) -> std::io::Result<Hurry> {
+        let want = match self.wake_on_callers_cpu() {
+            Ok(()) => Hurry::Nice,
+            Err(_) => Hurry::RealTime,
+        };
+        hurry_this_thread(want)
+    }
+
     /// Has a fork wake the thread waiting on this listener on the forking task's own core
-    /// (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, Linux 6.6; `EINVAL` before): that core is
-    /// free the moment the fork starts to wait, where waking another one can take a while
-    /// (an idle core of a virtual machine first has to be run by its host). Only ordinary
-    /// threads are woken there ([`Hurry::Nice`]).
-    pub fn wake_on_callers_cpu(&self) -> std::io::Result<()> {
+    /// (`EINVAL` before Linux 6.6).
+    fn wake_on_callers_cpu(&self) -> std::io::Result<()> {
         // SAFETY: this ioctl takes its flags as its argument, not through a pointer.
         let r = unsafe {
             libc::ioctl(
