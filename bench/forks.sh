@@ -15,6 +15,10 @@
 #    whose pid was their ghost's;
 #  - CPU per fork: the master, every slave (with the processes they reaped: the job) and bpsh
 #    with its ghosts, over a job of FORKS forks of /bin/true, divided by FORKS;
+#  - a fork-heavy script: 50 dash shells of `true | true | true; true & true & wait` one
+#    after the other on node 1, the whole bpsh timed by hyperfine (RUNS runs) in each mode;
+#    the shells' children end while their next forks are held, which has the kernel start
+#    those forks over;
 #  - `bpsh -a true` at SIZE nodes in each mode (hyperfine, RUNS runs).
 #
 #   bench/forks.sh                 # FORKS=200 SIZE=1024 RUNS=11
@@ -60,8 +64,10 @@ print(r.ru_utime + r.ru_stime)' "$@"; }
 
 LOOP='echo $$; sleep 1; i=1; while [ $i -le '$FORKS' ]; do sh -c "echo \$\$ $i; exit $i"; i=$((i+1)); done; exec sleep 1'
 TRUE_LOOP='i=0; while [ $i -lt '$FORKS' ]; do /bin/true; i=$((i+1)); done'
+# A shell that cannot fork says so and the next one goes on: the time is the measure here.
+PIPES='i=0; while [ $i -lt 50 ]; do dash -c "true | true | true; true & true & wait" 2>/dev/null || :; i=$((i+1)); done'
 HZ=$(getconf CLK_TCK)
-declare -A LAT CPU
+declare -A LAT CPU SH
 for mode in off events on; do
     up "$mode" 2
     if [ "$mode" != off ]; then
@@ -72,6 +78,9 @@ for mode in off events on; do
     sleep 1 # the last ghosts end, the slaves reap
     d1=$(daemon_ticks 1)
     CPU[$mode]=$(awk -v d=$((d1 - d0)) -v hz="$HZ" -v f="$front" -v n="$FORKS" 'BEGIN {printf "%.0f", (d / hz + f) * 1e6 / n}')
+    hyperfine -N --style none --warmup 1 --runs "$RUNS" --export-json "$DIR/hf.json" \
+        "$B/bpsh 1 sh -c '$PIPES'" >/dev/null 2>"$DIR/hf.err" || { cat "$DIR/hf.err" >&2; exit 1; }
+    SH[$mode]=$(python3 bench/lib/hf.py "$DIR/hf.json")
     down
 done
 
@@ -89,6 +98,14 @@ echo
 echo "| CPU per fork (µs: master, slaves and the job, bpsh and ghosts) | off | events | on |"
 echo "|---|---:|---:|---:|"
 echo "| fork + exec + exit of /bin/true | ${CPU[off]} | ${CPU[events]} | ${CPU[on]} |"
+echo
+echo "| 50 shells of \`true \| true \| true; true & true & wait\` on a node ($RUNS runs) | median (ms) | min–max (ms) | ratio to off |"
+echo "|---|---:|---:|---:|"
+for mode in off events on; do
+    read -r med min max <<<"${SH[$mode]}"
+    read -r off _ <<<"${SH[off]}"
+    printf "| %s | %.0f | %.0f–%.0f | %.2f |\n" "$mode" "$med" "$min" "$max" "$(awk -v a="$med" -v b="$off" 'BEGIN {print a / b}')"
+done
 
 if [ "$SIZE" -gt 0 ]; then
     declare -A HF

@@ -13,7 +13,9 @@
 //! 3. it lets the fork go on (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`): the kernel gives the child
 //!    the next free pid, the ghost's;
 //! 4. it waits (at most [`FORK_SEEN`]) for the fork's process event, so that the next
-//!    fork's `ns_last_pid` cannot overtake this one.
+//!    fork's `ns_last_pid` cannot overtake this one, or until the forking thread's next fork
+//!    comes, which it makes only once this one is over: a signal that came while the fork
+//!    was held has the kernel start the fork again (`ERESTARTNOINTR`), with no event.
 //!
 //! Every step is bounded, and a step that fails (no master, a master too slow, a parent
 //! without a ghost, a pid taken in the namespace, a thread started meanwhile by another
@@ -47,13 +49,23 @@ pub(crate) struct Forks {
     /// Answers from the master by request number.
     answers: Mutex<HashMap<u32, i32>>,
     answered: Condvar,
-    /// The parent whose fork is awaited, and the latest fork seen of it.
-    seen: Mutex<(i32, bool)>,
+    /// The fork awaited once let go.
+    seen: Mutex<Awaited>,
     seen_cv: Condvar,
     /// The namespace's last-pid setter, replaced with the namespace (by the spawner).
     last_pid: Arc<Mutex<Option<Arc<LastPid>>>>,
     /// How long a fork waits for the master.
     wait: Duration,
+}
+
+/// The fork the forks thread waits to see once it let it go.
+#[derive(Debug, Default, Clone, Copy)]
+struct Awaited {
+    /// Its process (0: none awaited) and thread.
+    parent: i32,
+    tid: i32,
+    /// Seen to fork, or forking again.
+    over: bool,
 }
 
 /// What the forks thread needs of the rest of the slave.
@@ -82,7 +94,7 @@ impl Forks {
             spawner,
             answers: Mutex::default(),
             answered: Condvar::new(),
-            seen: Mutex::new((0, false)),
+            seen: Mutex::default(),
             seen_cv: Condvar::new(),
             last_pid,
             wait,
@@ -93,8 +105,10 @@ impl Forks {
         // SIGCHLD.
         let listener = Arc::new(listener);
         let (tx, rx) = std::sync::mpsc::channel();
-        let taker = listener.clone();
-        std::thread::Builder::new().name("fork-taker".into()).spawn(move || take(&taker, &tx))?;
+        let (taker, seen) = (listener.clone(), forks.clone());
+        std::thread::Builder::new()
+            .name("fork-taker".into())
+            .spawn(move || take(&taker, &tx, &seen))?;
         let me = forks.clone();
         std::thread::Builder::new()
             .name("forks".into())
@@ -114,9 +128,18 @@ impl Forks {
 
     /// A process event: `parent` forked.
     pub(crate) fn forked(&self, parent: i32) {
+        self.over_if(|a| a.parent == parent);
+    }
+
+    /// Thread `tid` forks again, so its fork before is over.
+    fn forks_again(&self, tid: i32) {
+        self.over_if(|a| a.tid == tid);
+    }
+
+    fn over_if(&self, this: impl Fn(&Awaited) -> bool) {
         let mut s = Self::lock(&self.seen);
-        if s.0 == parent {
-            s.1 = true;
+        if s.parent != 0 && this(&s) {
+            s.over = true;
             self.seen_cv.notify_all();
         }
     }
@@ -163,21 +186,21 @@ impl Forks {
             _ => false,
         };
         if set {
-            *Self::lock(&self.seen) = (parent, false);
+            *Self::lock(&self.seen) = Awaited { parent, tid: n.pid, over: false };
         }
         if let Err(e) = l.proceed(n.id) {
             // The caller went away meanwhile (killed): no fork.
             debug!("fork of {}: {e}", n.pid);
-            *Self::lock(&self.seen) = (0, false);
+            *Self::lock(&self.seen) = Awaited::default();
             return;
         }
         if set {
             let s = Self::lock(&self.seen);
             let (mut s, _) = self
                 .seen_cv
-                .wait_timeout_while(s, FORK_SEEN, |s| !s.1)
+                .wait_timeout_while(s, FORK_SEEN, |s| !s.over)
                 .unwrap_or_else(|e| e.into_inner());
-            *s = (0, false);
+            *s = Awaited::default();
         }
         debug!("fork of {}: ghost {ghost} (pid set: {set}) after {:?}", n.pid, start.elapsed());
     }
@@ -202,8 +225,9 @@ impl Forks {
 
 /// Takes each fork from `listener` as it comes and passes it on, until the spawner thread,
 /// and with it every process of the filter, is gone. Runs at once when a fork comes: it only
-/// waits on the listener and hands each fork over a channel.
-fn take(listener: &Listener, forks: &Sender<Notification>) {
+/// waits on the listener and hands each fork over a channel; then it tells the forks thread
+/// that the forking thread's fork before is over ([`Forks::forks_again`]).
+fn take(listener: &Listener, forks: &Sender<Notification>, seen: &Forks) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     // A fork not yet taken fails at the first signal its caller gets: this thread must not
     // wait for a core while the caller's last child ends.
@@ -237,6 +261,7 @@ fn take(listener: &Listener, forks: &Sender<Notification>) {
                 if forks.send(n).is_err() {
                     return;
                 }
+                seen.forks_again(n.pid);
             }
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
             Err(e) => debug!("fork notification: {e}"),
