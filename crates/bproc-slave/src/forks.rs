@@ -59,7 +59,7 @@ pub(crate) struct Forks {
 }
 
 /// The fork the forks thread waits to see once it let it go.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct Awaited {
     /// Its process (0: none awaited) and thread.
     parent: i32,
@@ -105,10 +105,10 @@ impl Forks {
         // SIGCHLD.
         let listener = Arc::new(listener);
         let (tx, rx) = std::sync::mpsc::channel();
-        let (taker, seen) = (listener.clone(), forks.clone());
+        let (taker, state) = (listener.clone(), forks.clone());
         std::thread::Builder::new()
             .name("fork-taker".into())
-            .spawn(move || take(&taker, &tx, &seen))?;
+            .spawn(move || take(&taker, &tx, &state))?;
         let me = forks.clone();
         std::thread::Builder::new()
             .name("forks".into())
@@ -227,7 +227,7 @@ impl Forks {
 /// and with it every process of the filter, is gone. Runs at once when a fork comes: it only
 /// waits on the listener and hands each fork over a channel; then it tells the forks thread
 /// that the forking thread's fork before is over ([`Forks::forks_again`]).
-fn take(listener: &Listener, forks: &Sender<Notification>, seen: &Forks) {
+fn take(listener: &Listener, forks: &Sender<Notification>, state: &Forks) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     // A fork not yet taken fails at the first signal its caller gets: this thread must not
     // wait for a core while the caller's last child ends.
@@ -261,7 +261,7 @@ fn take(listener: &Listener, forks: &Sender<Notification>, seen: &Forks) {
                 if forks.send(n).is_err() {
                     return;
                 }
-                seen.forks_again(n.pid);
+                state.forks_again(n.pid);
             }
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
             Err(e) => debug!("fork notification: {e}"),
