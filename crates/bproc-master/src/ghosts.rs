@@ -153,6 +153,8 @@ struct Ahead {
     ghost: i32,
     /// The child ghost said hello before its process's fork was reported.
     connected: bool,
+    /// The fork made no child: the ghost ends as soon as it says hello.
+    unused: bool,
 }
 
 #[derive(Debug, Default)]
@@ -380,9 +382,17 @@ impl Inner {
             .forks
             .iter()
             .filter(|(_, f)| f.node == key.0 && f.child == 0)
-            .filter_map(|(id, f)| f.ahead.filter(|a| a.parent == key.1).map(|a| (*id, a.ghost)))
+            .filter_map(|(id, f)| f.ahead.filter(|a| a.parent == key.1).map(|a| (*id, a)))
+            .filter(|(_, a)| !a.unused)
+            .map(|(id, a)| (id, a.ghost))
             .collect();
         let exact = waiting.iter().find(|w| w.1 == child_ns && child_ns > 0).map(|w| w.0);
+        if let Some(id) = exact {
+            // The slave lets a process's forks go one at a time, and their events come in
+            // that order: a try asked before this one and still waiting made no child (a
+            // signal had the kernel start it over).
+            self.end_ahead(waiting.iter().map(|w| w.0).filter(|w| *w < id).collect());
+        }
         let Some(id) = exact.or_else(|| waiting.iter().map(|w| w.0).min()) else {
             return false;
         };
@@ -404,6 +414,7 @@ impl Inner {
         if let Some(p) = self.procs.get_mut(&(key.0, child)) {
             p.ghost = Some(a.ghost);
         }
+        asked_of(&mut self.forks, a.ghost, &f.queue);
         if let Some(gh) = self.ghosts.get_mut(&a.ghost) {
             gh.remote = Some((key.0, child));
             for m in f.queue {
@@ -424,9 +435,21 @@ impl Inner {
             .filter(|(_, f)| f.ahead.is_some_and(|a| a.parent == key.1))
             .map(|(id, _)| *id)
             .collect();
+        self.end_ahead(unused);
+    }
+
+    /// Ends the ghosts forked ahead for forks `unused`, which made no child: now, or as they
+    /// say hello (refused instead, one would come back as a ghost of nothing).
+    fn end_ahead(&mut self, unused: Vec<u64>) {
         for id in unused {
-            let Some(a) = self.forks.remove(&id).and_then(|f| f.ahead) else { continue };
-            if let Some(gh) = self.ghosts.get_mut(&a.ghost).filter(|_| a.connected) {
+            let Some(a) = self.forks.get_mut(&id).and_then(|f| f.ahead.as_mut()) else { continue };
+            if !a.connected {
+                a.unused = true;
+                continue;
+            }
+            let ghost = a.ghost;
+            self.forks.remove(&id);
+            if let Some(gh) = self.ghosts.get_mut(&ghost) {
                 gh.send(Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::Code(0) });
             }
         }
@@ -450,6 +473,18 @@ impl Inner {
 /// The process table.
 #[derive(Debug, Default)]
 pub(crate) struct Ghosts(std::sync::Mutex<Inner>);
+
+/// Ghost `gp` is sent `queue`, which waited for it: the forks asked there are its to make
+/// (they were asked while it was on its way, of no ghost yet).
+fn asked_of(forks: &mut HashMap<u64, Fork>, gp: i32, queue: &[Message]) {
+    for m in queue {
+        if let Message::GhostFork { fork, .. } = m {
+            if let Some(f) = forks.get_mut(fork).filter(|f| f.parent_ghost == 0) {
+                f.parent_ghost = gp;
+            }
+        }
+    }
+}
 
 /// Whether process `pid` is alive (not ended, not a zombie), from `/proc`.
 fn alive(pid: i32) -> bool {
@@ -871,6 +906,7 @@ impl Ghosts {
         let mut g = self.lock();
         let inner = &mut *g;
         let mut forked = None;
+        let mut unused = false;
         let rforked = inner.rforks.get(&fork).is_some_and(|rf| rf.pid.is_none());
         if let Some(rf) = inner.rforks.get_mut(&fork).filter(|rf| rf.pid.is_none()) {
             // A ghost for an rforked child: forked by the caller's ghost, of its user.
@@ -882,17 +918,16 @@ impl Ghosts {
         } else if fork != 0 {
             // A child ghost is forked by a ghost of the same user; if that ghost has ended
             // since (its process ended before the child ghost said hello), by the ghost that
-            // was asked, which the child outlived.
+            // was asked: its parent still, while it ends, or gone, which the child outlived.
             let parent = parent_and_uid(pid).map(|p| p.0);
             let by_ghost =
                 parent.and_then(|pp| inner.ghosts.get(&pp)).is_some_and(|g| g.uid == Some(uid));
-            let orphaned = inner.forks.get(&fork).is_some_and(|f| {
+            let by_asked = inner.forks.get(&fork).is_some_and(|f| {
                 f.uid == uid
                     && f.parent_ghost > 0
-                    && parent != Some(f.parent_ghost)
-                    && !alive(f.parent_ghost)
+                    && (parent == Some(f.parent_ghost) || !alive(f.parent_ghost))
             });
-            if !by_ghost && !orphaned {
+            if !by_ghost && !by_asked {
                 return Err(NotAGhost::OfFork { pid, fork });
             }
             let unbound = inner.forks.get_mut(&fork).filter(|f| f.child == 0);
@@ -900,11 +935,21 @@ impl Ghosts {
                 // Forked ahead, its process not forked yet: it waits for the event.
                 a.ghost = pid;
                 a.connected = true;
-                inner.ghosts.insert(pid, Ghost { uid: Some(uid), ..Ghost::default() });
+                let mut gh = Ghost { uid: Some(uid), ..Ghost::default() };
+                if a.unused {
+                    inner.forks.remove(&fork);
+                    gh.queue.push(Message::ProcExit {
+                        launch: 0,
+                        rank: 0,
+                        status: ExitStatus::Code(0),
+                    });
+                    unused = true;
+                }
+                inner.ghosts.insert(pid, gh);
             }
         }
         let bound = inner.forks.get(&fork).is_none_or(|f| f.child != 0);
-        if fork != 0 && bound && !rforked {
+        if fork != 0 && bound && !rforked && !unused {
             let Some(Fork { node: n, child, queue, .. }) = inner.forks.remove(&fork) else {
                 return Err(NotAGhost::NotPending { fork });
             };
@@ -927,6 +972,7 @@ impl Ghosts {
             return Err(NotAGhost::Taken { pid });
         }
         gh.uid = Some(uid);
+        asked_of(&mut inner.forks, pid, &gh.queue);
         for m in gh.queue.drain(..) {
             let _ = tx.send(m);
         }
@@ -1013,7 +1059,7 @@ impl Ghosts {
         };
         inner.next_fork += 1;
         let fork = inner.next_fork;
-        let ahead = Ahead { parent: pid, seq, ghost: 0, connected: false };
+        let ahead = Ahead { parent: pid, seq, ghost: 0, connected: false, unused: false };
         let f = Fork {
             node: n,
             child: 0,
@@ -1035,7 +1081,7 @@ impl Ghosts {
     fn ghost_forked(&self, by: i32, fork: u64, pid: i32) -> Option<(i32, u32)> {
         let mut g = self.lock();
         let f = g.forks.get_mut(&fork).filter(|f| f.parent_ghost == by && pid > 0)?;
-        let a = f.ahead.as_mut()?;
+        let a = f.ahead.as_mut().filter(|a| !a.unused)?;
         if a.ghost == 0 {
             a.ghost = pid;
         }

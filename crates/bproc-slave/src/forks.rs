@@ -17,13 +17,19 @@
 //!    comes, which it makes only once this one is over: a signal that came while the fork
 //!    was held has the kernel start the fork again (`ERESTARTNOINTR`), with no event.
 //!
+//! Each try is remembered with the host's last pid when it was let go, so that a child gone
+//! before the slave could read its pid in the namespace is still known by its try's ghost
+//! ([`Forks::aimed`]): pids are handed out in increasing order, so a child belongs to the
+//! latest try of its parent let go before its pid was. The master gives every fork the
+//! ghost of its own try, and ends the ghosts of tries that made no child.
+//!
 //! Every step is bounded, and a step that fails (no master, a master too slow, a parent
 //! without a ghost, a pid taken in the namespace, a thread started meanwhile by another
 //! process, which takes pids too) only means the child gets another pid: the fork goes on
 //! after at most [`Forks::wait`] plus a few milliseconds, and the master gives the process's
 //! `Forked` event the ghost forked ahead, as it does for any fork.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -40,6 +46,9 @@ const FORK_SEEN: Duration = Duration::from_millis(10);
 const INIT_WAIT: Duration = Duration::from_millis(5);
 /// Default wait for the master's answer (`BPROC_FORK_WAIT_MS` overrides it).
 const MASTER_WAIT: Duration = Duration::from_millis(10);
+/// Tries remembered for [`Forks::aimed`]: their events come within milliseconds, so this
+/// many covers every try whose event can still come.
+const TRIES_KEPT: usize = 256;
 
 /// The forks thread's shared state: the master's answers, fork events.
 pub(crate) struct Forks {
@@ -52,6 +61,10 @@ pub(crate) struct Forks {
     /// The fork awaited once let go.
     seen: Mutex<Awaited>,
     seen_cv: Condvar,
+    /// The latest tries let go, oldest first.
+    tries: Mutex<VecDeque<Try>>,
+    /// The host's `ns_last_pid`, read as each try is let go.
+    host_last_pid: Option<std::fs::File>,
     /// The namespace's last-pid setter, replaced with the namespace (by the spawner).
     last_pid: Arc<Mutex<Option<Arc<LastPid>>>>,
     /// How long a fork waits for the master.
@@ -66,6 +79,17 @@ struct Awaited {
     tid: i32,
     /// Seen to fork, or forking again.
     over: bool,
+}
+
+/// A fork let go, for naming the ghost its child was meant to have ([`Forks::aimed`]).
+#[derive(Debug)]
+struct Try {
+    /// The forking process.
+    parent: i32,
+    /// The ghost's pid the child was steered to (0: not steered).
+    ghost: i32,
+    /// The host's last pid when it was let go: its child's host pid is greater.
+    after: i32,
 }
 
 /// What the forks thread needs of the rest of the slave.
@@ -96,6 +120,10 @@ impl Forks {
             answered: Condvar::new(),
             seen: Mutex::default(),
             seen_cv: Condvar::new(),
+            tries: Mutex::default(),
+            host_last_pid: std::fs::File::open("/proc/sys/kernel/ns_last_pid")
+                .inspect_err(|e| debug!("/proc/sys/kernel/ns_last_pid: {e}"))
+                .ok(),
             last_pid,
             wait,
         });
@@ -129,6 +157,40 @@ impl Forks {
     /// A process event: `parent` forked.
     pub(crate) fn forked(&self, parent: i32) {
         self.over_if(|a| a.parent == parent);
+    }
+
+    /// The ghost's pid that child `child` (a host pid) of `parent` was steered to, 0 if none
+    /// (from the latest try of `parent` let go before `child` was made). Tries of `parent`
+    /// up to that one are forgotten: their events, had they made children, came before.
+    pub(crate) fn aimed(&self, parent: i32, child: i32) -> i32 {
+        let mut tries = Self::lock(&self.tries);
+        let Some(at) = tries.iter().rposition(|t| t.parent == parent && t.after < child) else {
+            return 0;
+        };
+        let ghost = tries[at].ghost;
+        let mut i = 0;
+        tries.retain(|t| {
+            i += 1;
+            i > at + 1 || t.parent != parent
+        });
+        ghost
+    }
+
+    /// Remembers a try of `parent` steered to `ghost` (0: not steered), as it is let go.
+    fn remember(&self, parent: i32, ghost: i32) {
+        use std::os::unix::fs::FileExt;
+        let Some(f) = &self.host_last_pid else { return };
+        let mut buf = [0u8; 16];
+        let after = f
+            .read_at(&mut buf, 0)
+            .ok()
+            .and_then(|n| std::str::from_utf8(&buf[..n]).ok()?.trim().parse::<i32>().ok());
+        let Some(after) = after else { return };
+        let mut tries = Self::lock(&self.tries);
+        if tries.len() == TRIES_KEPT {
+            tries.pop_front();
+        }
+        tries.push_back(Try { parent, ghost, after });
     }
 
     /// Thread `tid` forks again, so its fork before is over.
@@ -187,6 +249,9 @@ impl Forks {
         };
         if set {
             *Self::lock(&self.seen) = Awaited { parent, tid: n.pid, over: false };
+        }
+        if last.is_some() {
+            self.remember(parent, if set { ghost } else { 0 });
         }
         if let Err(e) = l.proceed(n.id) {
             // The caller went away meanwhile (killed): no fork.

@@ -256,8 +256,10 @@ impl Procs {
             ProcEvent::Fork { parent, child } => {
                 let parent_of = self.known().get(&parent).map(|k| (k.uid, k.comm.clone()));
                 let Some((uid, parent_comm)) = parent_of else { return };
-                // A child gone already keeps its parent's name (it had no time to exec).
-                let (comm, child_ns) = comm_and_ns_pid(child).unwrap_or((parent_comm, 0));
+                // A child gone already keeps its parent's name (it had no time to exec), and
+                // is known by the pid it was steered to.
+                let aimed = self.0.forks.get().map_or(0, |f| f.aimed(parent, child));
+                let (comm, child_ns) = comm_and_ns_pid(child).unwrap_or((parent_comm, aimed));
                 if !self.adopt(child, Known::new(comm.clone(), 0, 0, 0, uid)) {
                     return;
                 }
