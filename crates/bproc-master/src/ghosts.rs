@@ -1369,4 +1369,37 @@ mod tests {
         g.started(3, 558, (1, 3), 101, 0, None);
         assert!(g.take_for_node(3).is_empty());
     }
+
+    #[test]
+    fn ghosts_of_tries_that_made_no_child_end_when_a_later_fork_takes_its_own() {
+        let g = Ghosts::default();
+        g.lock().ghosts.insert(100, connected());
+        g.started(3, 555, (1, 0), 100, 0, None);
+        // Three tries of process 555's fork: the ghost of the first said hello, the others
+        // not yet; only the third made a child, which took its ghost's pid.
+        let fork = |seq| {
+            assert_eq!(g.fork_ahead(3, 555, "sh".into(), seq), None);
+            g.lock().next_fork
+        };
+        let (first, second, third) = (fork(1), fork(2), fork(3));
+        for (f, pid) in [(first, 201), (second, 202), (third, 203)] {
+            assert_eq!(g.ghost_forked(100, f, pid), Some((3, f as u32)));
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        {
+            let mut inner = g.lock();
+            let a = inner.forks.get_mut(&first).and_then(|f| f.ahead.as_mut()).unwrap();
+            a.connected = true;
+            inner.ghosts.insert(201, Ghost { tx: Some(tx), ..Ghost::default() });
+        }
+        let change = ProcChange::Forked { child: 9003, child_ns: 203, comm: "sh".into() };
+        assert!(g.event(3, 555, change).is_empty());
+        let ended = Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::Code(0) };
+        assert_eq!(rx.try_recv().ok(), Some(ended), "the first try's ghost ends now");
+        let inner = g.lock();
+        assert!(!inner.forks.contains_key(&first));
+        let unused = |f: u64| inner.forks.get(&f).and_then(|f| f.ahead).map(|a| a.unused);
+        assert_eq!(unused(second), Some(true), "the second's ends as it says hello");
+        assert_eq!(inner.forks.get(&third).map(|f| f.child), Some(9003));
+    }
 }

@@ -92,6 +92,20 @@ struct Try {
     after: i32,
 }
 
+/// [`Forks::aimed`] on `tries`.
+fn take_aimed(tries: &mut VecDeque<Try>, parent: i32, child: i32) -> i32 {
+    let Some(at) = tries.iter().rposition(|t| t.parent == parent && t.after < child) else {
+        return 0;
+    };
+    let ghost = tries[at].ghost;
+    let mut i = 0;
+    tries.retain(|t| {
+        i += 1;
+        i > at + 1 || t.parent != parent
+    });
+    ghost
+}
+
 /// What the forks thread needs of the rest of the slave.
 pub(crate) trait Host: Send + Sync + 'static {
     /// The process of thread `tid` and its command name, if it is one of the master's
@@ -163,17 +177,7 @@ impl Forks {
     /// (from the latest try of `parent` let go before `child` was made). Tries of `parent`
     /// up to that one are forgotten: their events, had they made children, came before.
     pub(crate) fn aimed(&self, parent: i32, child: i32) -> i32 {
-        let mut tries = Self::lock(&self.tries);
-        let Some(at) = tries.iter().rposition(|t| t.parent == parent && t.after < child) else {
-            return 0;
-        };
-        let ghost = tries[at].ghost;
-        let mut i = 0;
-        tries.retain(|t| {
-            i += 1;
-            i > at + 1 || t.parent != parent
-        });
-        ghost
+        take_aimed(&mut Self::lock(&self.tries), parent, child)
     }
 
     /// Remembers a try of `parent` steered to `ghost` (0: not steered), as it is let go.
@@ -331,5 +335,40 @@ fn take(listener: &Listener, forks: &Sender<Notification>, state: &Forks) {
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => {}
             Err(e) => debug!("fork notification: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{take_aimed, Try};
+    use std::collections::VecDeque;
+
+    fn tries(list: &[(i32, i32, i32)]) -> VecDeque<Try> {
+        list.iter().map(|&(parent, ghost, after)| Try { parent, ghost, after }).collect()
+    }
+
+    #[test]
+    fn a_child_belongs_to_the_latest_try_of_its_parent_let_go_before_it() {
+        // Process 10's first try made a child (host pid 103) before its second was let go.
+        let mut t = tries(&[(10, 500, 100), (20, 600, 101), (10, 502, 105)]);
+        assert_eq!(take_aimed(&mut t, 10, 103), 500);
+        assert_eq!(take_aimed(&mut t, 10, 107), 502);
+        // Another process's try stays until its own child comes.
+        assert_eq!(t.len(), 1);
+        assert_eq!(take_aimed(&mut t, 20, 104), 600);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_try_started_over_is_passed_over_and_forgotten() {
+        // The first try made no child: the kernel started it over as the second.
+        let mut t = tries(&[(10, 500, 100), (10, 502, 100)]);
+        assert_eq!(take_aimed(&mut t, 10, 101), 502);
+        assert!(t.is_empty());
+        // No try of that parent before the child: not steered.
+        let mut t = tries(&[(10, 500, 200)]);
+        assert_eq!(take_aimed(&mut t, 10, 150), 0);
+        assert_eq!(take_aimed(&mut t, 11, 250), 0);
+        assert_eq!(t.len(), 1);
     }
 }
