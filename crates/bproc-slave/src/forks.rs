@@ -231,12 +231,12 @@ impl Forks {
         let start = Instant::now();
         let last = Self::lock(&self.last_pid).clone();
         // The notification names the forking thread; events and the master name its process.
-        let (parent, ghost) = match (&last, host.tracked(n.pid, self.wait)) {
+        let (parent, ghost, asked) = match (&last, host.tracked(n.pid, self.wait)) {
             (Some(_), Some((pid, comm))) => {
                 host.send(bproc_proto::Message::ForkAhead { seq, pid, comm });
-                (pid, self.await_answer(seq, start + self.wait))
+                (pid, self.await_answer(seq, start + self.wait), true)
             }
-            _ => (n.pid, 0),
+            _ => (n.pid, 0, false),
         };
         let set = match (&last, ghost) {
             (Some(last), g) if g > 1 => match last.set(
@@ -254,7 +254,8 @@ impl Forks {
         if set {
             *Self::lock(&self.seen) = Awaited { parent, tid: n.pid, over: false };
         }
-        if last.is_some() {
+        if asked {
+            // Even unsteered: its child must not be taken for an older try's.
             self.remember(parent, if set { ghost } else { 0 });
         }
         if let Err(e) = l.proceed(n.id) {
