@@ -382,9 +382,9 @@ impl Inner {
             .forks
             .iter()
             .filter(|(_, f)| f.node == key.0 && f.child == 0)
-            .filter_map(|(id, f)| f.ahead.filter(|a| a.parent == key.1).map(|a| (*id, a)))
-            .filter(|(_, a)| !a.unused)
-            .map(|(id, a)| (id, a.ghost))
+            .filter_map(|(id, f)| {
+                f.ahead.filter(|a| a.parent == key.1 && !a.unused).map(|a| (*id, a.ghost))
+            })
             .collect();
         let exact = waiting.iter().find(|w| w.1 == child_ns && child_ns > 0).map(|w| w.0);
         if let Some(id) = exact {
@@ -450,7 +450,7 @@ impl Inner {
             let ghost = a.ghost;
             self.forks.remove(&id);
             if let Some(gh) = self.ghosts.get_mut(&ghost) {
-                gh.send(Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::Code(0) });
+                gh.send(no_child());
             }
         }
     }
@@ -473,6 +473,11 @@ impl Inner {
 /// The process table.
 #[derive(Debug, Default)]
 pub(crate) struct Ghosts(std::sync::Mutex<Inner>);
+
+/// What ends the ghost of a fork that made no child.
+fn no_child() -> Message {
+    Message::ProcExit { launch: 0, rank: 0, status: ExitStatus::Code(0) }
+}
 
 /// Ghost `gp` is sent `queue`, which waited for it: the forks asked there are its to make
 /// (they were asked while it was on its way, of no ghost yet).
@@ -938,11 +943,7 @@ impl Ghosts {
                 let mut gh = Ghost { uid: Some(uid), ..Ghost::default() };
                 if a.unused {
                     inner.forks.remove(&fork);
-                    gh.queue.push(Message::ProcExit {
-                        launch: 0,
-                        rank: 0,
-                        status: ExitStatus::Code(0),
-                    });
+                    gh.queue.push(no_child());
                     unused = true;
                 }
                 inner.ghosts.insert(pid, gh);
